@@ -1,0 +1,93 @@
+"""Errors with stable codes, recorded against the image at fault.
+
+Every failure an image can meet derives from :class:`CxrError`; its ``code``
+is what lands in ``instances.error_code`` and what auditors group by.
+"""
+
+from __future__ import annotations
+
+
+class CxrError(Exception):
+    """Base of every error cxr-orient records or raises on purpose."""
+
+    code = "error"
+    #: Whether trying the same image again could succeed (e.g. a database outage).
+    transient = False
+
+
+class InputError(CxrError):
+    """The image itself is unusable; retrying will not help."""
+
+    code = "bad_input"
+
+
+class PathNotAllowedError(InputError):
+    code = "path_not_allowed"
+
+
+class FileMissingError(InputError):
+    code = "file_missing"
+
+
+class FileChangedError(InputError):
+    code = "file_changed"
+
+
+class NotDicomError(InputError):
+    code = "not_dicom"
+
+
+class TruncatedFileError(InputError):
+    code = "truncated"
+
+
+class MissingAttributeError(InputError):
+    code = "missing_attribute"
+
+
+class NoPixelDataError(InputError):
+    code = "no_pixel_data"
+
+
+class UnsupportedTransferSyntaxError(InputError):
+    code = "unsupported_transfer_syntax"
+
+
+class UnsupportedImageError(InputError):
+    """Not a single-frame greyscale radiograph (colour, multi-frame, 1-bit...)."""
+
+    code = "unsupported_image"
+
+
+class InvalidAttributeError(InputError):
+    """An attribute has an absurd or inconsistent value (Rows, BitsStored...)."""
+
+    code = "invalid_attribute"
+
+
+class ImageTooLargeError(InputError):
+    code = "image_too_large"
+
+
+class DecodeError(InputError):
+    code = "decode_failed"
+
+
+class ModelError(CxrError):
+    """A checkpoint is missing, altered, or not in the registry."""
+
+    code = "model_error"
+
+
+class ModelIntegrityError(ModelError):
+    code = "model_integrity"
+
+
+class LabelImportError(CxrError):
+    code = "label_import"
+
+
+class InterruptedProcessingError(CxrError):
+    """Processing was interrupted too many times (worker killed, poison input)."""
+
+    code = "too_many_attempts"

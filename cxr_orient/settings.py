@@ -1,0 +1,181 @@
+"""One settings object for every process: CLI, workers, training.
+
+Every field is read from an environment variable named ``CXR_<FIELD>`` (for
+example ``CXR_DATABASE_URL``), or from a ``.env`` file in the working
+directory. Defaults give an embedded setup that needs no server: an SQLite
+file and a filesystem broker under ``CXR_DATA_DIR``.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import make_url
+
+_REPO_ROOT = Path(__file__).resolve().parent.parent
+#: Checkpoint shipped with the source tree, used when nothing else is active.
+SHIPPED_MODEL = Path(__file__).resolve().parent / "shipped" / "compact-v1.keras"
+
+
+class Settings(BaseSettings):
+    """Runtime configuration. Field docs name the variable and the default."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="CXR_", env_file=".env", extra="ignore", validate_default=True
+    )
+
+    data_dir: Path = Field(
+        default=Path("cxr-orient-data"),
+        description="CXR_DATA_DIR: working folder for the embedded database, the filesystem "
+        "broker and reports. Default ./cxr-orient-data (relative to the working directory).",
+    )
+    database_url: SecretStr | None = Field(
+        default=None,
+        description="CXR_DATABASE_URL: SQLAlchemy URL, e.g. "
+        "postgresql+psycopg://cxr@db/cxr. Default sqlite:///<CXR_DATA_DIR>/cxr-orient.db.",
+    )
+    broker_url: SecretStr | None = Field(
+        default=None,
+        description="CXR_BROKER_URL: Celery broker, e.g. redis://127.0.0.1:6379/0. "
+        "Default: kombu's filesystem transport under <CXR_DATA_DIR>/broker (no server).",
+    )
+    queue_name: str = Field(
+        default="cxr-orient", description="CXR_QUEUE_NAME: Celery queue. Default cxr-orient."
+    )
+    model_path: Path | None = Field(
+        default=None,
+        description="CXR_MODEL_PATH: .keras checkpoint registered and activated when the "
+        "database has no active model. Default: the shipped compact checkpoint.",
+    )
+    model_dir: Path | None = Field(
+        default=None,
+        description="CXR_MODEL_DIR: where trained checkpoints are written. "
+        "Default <CXR_DATA_DIR>/models.",
+    )
+    batch_size: int = Field(
+        default=32, ge=1, le=4096,
+        description="CXR_BATCH_SIZE: most images per inference batch. Default 32.",
+    )
+    batch_max_wait_ms: int = Field(
+        default=200, ge=0, le=60_000,
+        description="CXR_BATCH_MAX_WAIT_MS: longest wait for a batch to fill. Default 200.",
+    )
+    decode_threads: int = Field(
+        default=0, ge=0, le=256,
+        description="CXR_DECODE_THREADS: decoder threads per worker process; 0 means one per "
+        "CPU core. Default 0.",
+    )
+    ingest_root: Path = Field(
+        default_factory=Path.cwd,
+        description="CXR_INGEST_ROOT: only files under this folder are read. "
+        "Default: the working directory.",
+    )
+    max_pixels: int = Field(
+        default=60_000_000, ge=1,
+        description="CXR_MAX_PIXELS: images with more pixels (rows x columns) are refused "
+        "before decoding. Default 60,000,000.",
+    )
+    max_attempts: int = Field(
+        default=3, ge=1, le=100,
+        description="CXR_MAX_ATTEMPTS: an instance whose processing is interrupted this many "
+        "times is failed. Default 3.",
+    )
+    processing_timeout_s: int = Field(
+        default=600, ge=10,
+        description="CXR_PROCESSING_TIMEOUT_S: an instance in 'processing' for longer is "
+        "considered stuck and requeued. Default 600.",
+    )
+    review_threshold: float | None = Field(
+        default=None, ge=0.5, le=1.0,
+        description="CXR_REVIEW_THRESHOLD: confidence under which an answer is flagged for "
+        "review. Default: the threshold recorded with the model version.",
+    )
+    imagenet_weights_dir: Path | None = Field(
+        default=None,
+        description="CXR_IMAGENET_WEIGHTS_DIR: local folder of keras.applications ImageNet "
+        "weight files for transfer learning. Nothing is downloaded. Default unset.",
+    )
+    log_level: str = Field(default="INFO", description="CXR_LOG_LEVEL. Default INFO.")
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        upper = value.upper()
+        if upper not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+            raise ValueError(f"unknown log level {value!r}")
+        return upper
+
+    @field_validator("database_url")
+    @classmethod
+    def _parsable_database_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            try:
+                make_url(value.get_secret_value())
+            except Exception as exc:  # SQLAlchemy raises ArgumentError
+                raise ValueError("CXR_DATABASE_URL is not a valid SQLAlchemy URL") from exc
+        return value
+
+    @field_validator("broker_url")
+    @classmethod
+    def _known_broker_scheme(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            scheme = value.get_secret_value().split("://", 1)[0]
+            if scheme not in {"redis", "rediss", "amqp", "pyamqp", "filesystem", "memory"}:
+                raise ValueError(f"unsupported broker scheme {scheme!r} in CXR_BROKER_URL")
+        return value
+
+    @model_validator(mode="after")
+    def _resolve_paths(self) -> Settings:
+        self.data_dir = self.data_dir.expanduser().resolve()
+        self.ingest_root = self.ingest_root.expanduser().resolve()
+        return self
+
+    @property
+    def effective_database_url(self) -> str:
+        if self.database_url is not None:
+            return self.database_url.get_secret_value()
+        return f"sqlite:///{self.data_dir / 'cxr-orient.db'}"
+
+    @property
+    def effective_broker_url(self) -> str:
+        if self.broker_url is not None:
+            return self.broker_url.get_secret_value()
+        return "filesystem://"
+
+    @property
+    def uses_embedded_broker(self) -> bool:
+        return self.broker_url is None
+
+    @property
+    def broker_folder(self) -> Path:
+        return self.data_dir / "broker"
+
+    @property
+    def effective_model_dir(self) -> Path:
+        return (self.model_dir or self.data_dir / "models").expanduser().resolve()
+
+    @property
+    def bootstrap_model_path(self) -> Path:
+        return (self.model_path or SHIPPED_MODEL).expanduser().resolve()
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once from the environment."""
+    return Settings()
+
+
+def reset_settings_cache() -> None:
+    """Forget the cached settings so the next call re-reads the environment (tests)."""
+    get_settings.cache_clear()
+
+
+def redact_url(url: str) -> str:
+    """A URL safe to print: the password, if any, replaced by ***."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return url.split("://", 1)[0] + "://***"
