@@ -56,15 +56,21 @@ class Settings(BaseSettings):
         "Default <CXR_DATA_DIR>/models.",
     )
     batch_size: int = Field(
-        default=32, ge=1, le=4096,
+        default=32,
+        ge=1,
+        le=4096,
         description="CXR_BATCH_SIZE: most images per inference batch. Default 32.",
     )
     batch_max_wait_ms: int = Field(
-        default=200, ge=0, le=60_000,
+        default=200,
+        ge=0,
+        le=60_000,
         description="CXR_BATCH_MAX_WAIT_MS: longest wait for a batch to fill. Default 200.",
     )
     decode_threads: int = Field(
-        default=0, ge=0, le=256,
+        default=0,
+        ge=0,
+        le=256,
         description="CXR_DECODE_THREADS: decoder threads per worker process; 0 means one per "
         "CPU core. Default 0.",
     )
@@ -74,22 +80,28 @@ class Settings(BaseSettings):
         "Default: the working directory.",
     )
     max_pixels: int = Field(
-        default=60_000_000, ge=1,
+        default=60_000_000,
+        ge=1,
         description="CXR_MAX_PIXELS: images with more pixels (rows x columns) are refused "
         "before decoding. Default 60,000,000.",
     )
     max_attempts: int = Field(
-        default=3, ge=1, le=100,
+        default=3,
+        ge=1,
+        le=100,
         description="CXR_MAX_ATTEMPTS: an instance whose processing is interrupted this many "
         "times is failed. Default 3.",
     )
     processing_timeout_s: int = Field(
-        default=600, ge=10,
+        default=600,
+        ge=10,
         description="CXR_PROCESSING_TIMEOUT_S: an instance in 'processing' for longer is "
         "considered stuck and requeued. Default 600.",
     )
     review_threshold: float | None = Field(
-        default=None, ge=0.5, le=1.0,
+        default=None,
+        ge=0.5,
+        le=1.0,
         description="CXR_REVIEW_THRESHOLD: confidence under which an answer is flagged for "
         "review. Default: the threshold recorded with the model version.",
     )

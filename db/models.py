@@ -1,0 +1,195 @@
+"""The audit schema: every instance, every answer, every model version, every label.
+
+Rows are only ever added or moved forward in status; a new model's answer for
+an instance is a new ``predictions`` row, never an update of an old one.
+Tables are created by Alembic migrations only (``cxr-orient db upgrade``).
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Enum,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+UID = String(64)  # DICOM UIDs are at most 64 characters
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map = {dict[str, Any]: JSON, datetime: DateTime(timezone=True)}
+
+
+class InstanceStatus(enum.StrEnum):
+    queued = "queued"
+    processing = "processing"
+    done = "done"
+    failed = "failed"
+
+
+class OrientationLabel(enum.StrEnum):
+    frontal = "frontal"
+    lateral = "lateral"
+
+
+def _enum(cls: type[enum.Enum], name: str) -> Enum:
+    # Stored as plain strings (no native ENUM type) so SQLite and PostgreSQL agree
+    # and auditors can filter with ordinary string literals.
+    return Enum(
+        cls,
+        name=name,
+        native_enum=False,
+        length=16,
+        validate_strings=True,
+        values_callable=lambda e: [m.value for m in e],
+    )
+
+
+class Study(Base):
+    __tablename__ = "studies"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_instance_uid: Mapped[str] = mapped_column(UID, unique=True)
+    #: PHI: the archive's patient identifier, kept for patient-grouped training splits.
+    patient_id: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    instances: Mapped[list[Instance]] = relationship(back_populates="study", lazy="raise")
+
+
+class Instance(Base):
+    __tablename__ = "instances"
+    __table_args__ = (Index("ix_instances_status_updated", "status", "updated_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    #: NULL only for files refused before their header could be read (not DICOM...).
+    study_id: Mapped[int | None] = mapped_column(
+        ForeignKey("studies.id", ondelete="RESTRICT"), index=True
+    )
+    #: NULL only for files refused before their header could be read.
+    sop_instance_uid: Mapped[str | None] = mapped_column(UID, unique=True)
+    series_instance_uid: Mapped[str | None] = mapped_column(UID)
+    file_path: Mapped[str] = mapped_column(Text)
+    file_sha256: Mapped[str] = mapped_column(String(64))
+    file_size: Mapped[int] = mapped_column(BigInteger)
+    modality: Mapped[str | None] = mapped_column(String(16))
+    transfer_syntax_uid: Mapped[str | None] = mapped_column(UID)
+    header_view_position: Mapped[str | None] = mapped_column(String(16))
+    status: Mapped[InstanceStatus] = mapped_column(
+        _enum(InstanceStatus, "instance_status"), default=InstanceStatus.queued
+    )
+    error_code: Mapped[str | None] = mapped_column(String(64))
+    error_message: Mapped[str | None] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    enqueued_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column()
+    finished_at: Mapped[datetime | None] = mapped_column()
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+    study: Mapped[Study | None] = relationship(back_populates="instances", lazy="raise")
+
+
+class ModelVersion(Base):
+    __tablename__ = "model_versions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    architecture: Mapped[str] = mapped_column(String(64))
+    file_path: Mapped[str] = mapped_column(Text)
+    sha256: Mapped[str] = mapped_column(String(64))
+    input_size: Mapped[int] = mapped_column(Integer)
+    labels: Mapped[list[str]] = mapped_column(JSON)
+    temperature: Mapped[float] = mapped_column(Float, default=1.0)
+    review_threshold: Mapped[float] = mapped_column(Float, default=0.9)
+    #: Evaluation figures (and, for retrained models, the data they saw).
+    metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    training: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    #: candidate -> active -> retired; or candidate -> rejected.
+    state: Mapped[str] = mapped_column(String(16), default="candidate")
+    is_active: Mapped[bool] = mapped_column(Boolean, default=False, index=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    activated_at: Mapped[datetime | None] = mapped_column()
+
+
+class Prediction(Base):
+    __tablename__ = "predictions"
+    __table_args__ = (UniqueConstraint("instance_id", "model_version_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    instance_id: Mapped[int] = mapped_column(
+        ForeignKey("instances.id", ondelete="RESTRICT"), index=True
+    )
+    model_version_id: Mapped[int] = mapped_column(
+        ForeignKey("model_versions.id", ondelete="RESTRICT"), index=True
+    )
+    label: Mapped[OrientationLabel] = mapped_column(_enum(OrientationLabel, "orientation_label"))
+    confidence: Mapped[float] = mapped_column(Float)
+    p_frontal: Mapped[float] = mapped_column(Float)
+    p_lateral: Mapped[float] = mapped_column(Float)
+    #: NULL when the header has no (or an unrecognised) ViewPosition.
+    header_agrees: Mapped[bool | None] = mapped_column(Boolean)
+    needs_review: Mapped[bool] = mapped_column(Boolean, default=False)
+    decode_ms: Mapped[float | None] = mapped_column(Float)
+    inference_ms: Mapped[float | None] = mapped_column(Float)
+    batch_size: Mapped[int | None] = mapped_column(Integer)
+    worker: Mapped[str | None] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class GroundTruthLabel(Base):
+    """Append-only labels from radiologists or QA; the latest per instance counts."""
+
+    __tablename__ = "labels"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    instance_id: Mapped[int] = mapped_column(
+        ForeignKey("instances.id", ondelete="RESTRICT"), index=True
+    )
+    label: Mapped[OrientationLabel] = mapped_column(_enum(OrientationLabel, "orientation_label"))
+    source: Mapped[str] = mapped_column(String(64), default="import")
+    annotator: Mapped[str | None] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ModelEvent(Base):
+    """Every registration, promotion decision, manual promotion and rollback."""
+
+    __tablename__ = "model_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model_version_id: Mapped[int] = mapped_column(
+        ForeignKey("model_versions.id", ondelete="RESTRICT"), index=True
+    )
+    action: Mapped[str] = mapped_column(String(32))
+    actor: Mapped[str] = mapped_column(String(128))
+    reason: Mapped[str] = mapped_column(Text)
+    details: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -1,0 +1,289 @@
+"""One batch of instances: claim -> decode (parallel) -> predict -> record.
+
+Plain functions; the Celery task only hands over instance ids. Each image that
+cannot be used fails alone with its reason; the rest of the batch goes on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
+
+import numpy as np
+from sqlalchemy import select
+from sqlalchemy.exc import DBAPIError, OperationalError
+
+from cxr_orient.errors import (
+    CxrError,
+    DecodeError,
+    FileChangedError,
+    FileMissingError,
+    InterruptedProcessingError,
+    PathNotAllowedError,
+)
+from cxr_orient.settings import Settings, get_settings
+from db import crud
+from db.models import Instance, InstanceStatus, OrientationLabel
+from db.session import dispose_engines, session_scope
+
+if TYPE_CHECKING:
+    from cxr_orient.registry import LoadedModel
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+WORKER_NAME = f"{socket.gethostname()}:{os.getpid()}"
+
+
+@dataclass
+class BatchOutcome:
+    done: list[int] = field(default_factory=list)
+    failed: dict[int, str] = field(default_factory=dict)
+    skipped: list[int] = field(default_factory=list)
+    model_version: str | None = None
+
+
+@dataclass(frozen=True)
+class _Work:
+    instance_id: int
+    file_path: str
+    file_sha256: str
+    header_view: str | None
+
+
+# --- resilience --------------------------------------------------------------------
+
+
+def with_db_retry(fn: Callable[[], T], *, what: str, max_wait_s: float = 300.0) -> T:
+    """Run ``fn`` until the database answers, backing off up to ``max_wait_s`` in all.
+
+    A database outage must not lose the work in hand (predictions already
+    computed) nor crash-loop the worker; after ``max_wait_s`` the error is raised
+    and the broker redelivers the messages.
+    """
+    delay, waited = 0.5, 0.0
+    while True:
+        try:
+            return fn()
+        except (OperationalError, DBAPIError) as exc:
+            if not getattr(exc, "connection_invalidated", False) and not isinstance(
+                exc, OperationalError
+            ):
+                raise
+            if waited >= max_wait_s:
+                raise
+            logger.warning(
+                "database unavailable during %s (%s); retrying in %.1fs",
+                what,
+                type(exc.orig).__name__ if exc.orig else exc,
+                delay,
+            )
+            time.sleep(delay)
+            waited += delay
+            delay = min(delay * 2, 15.0)
+
+
+# --- decoding -----------------------------------------------------------------------
+
+
+def resolve_ingest_path(file_path: str, ingest_root: Path) -> Path:
+    """The real path of an instance's file, refused unless it lies under the ingest root."""
+    path = Path(file_path)
+    if ".." in path.parts:
+        raise PathNotAllowedError(f"path {file_path!r} contains '..'")
+    try:
+        real = path.resolve(strict=True)
+    except FileNotFoundError as exc:
+        raise FileMissingError(f"file {file_path!r} no longer exists") from exc
+    except OSError as exc:
+        raise FileMissingError(f"file {file_path!r} cannot be resolved: {exc}") from exc
+    if not real.is_relative_to(ingest_root):
+        raise PathNotAllowedError(
+            f"file {file_path!r} resolves outside CXR_INGEST_ROOT ({ingest_root})"
+        )
+    return real
+
+
+def decode_instance(work: _Work, settings: Settings, size: int) -> np.ndarray:
+    """Checked read of one instance's file and its conversion to a model input array."""
+    from cxr_orient.imaging import load_dicom_image
+
+    real = resolve_ingest_path(work.file_path, settings.ingest_root)
+    try:
+        data = real.read_bytes()
+    except FileNotFoundError as exc:
+        raise FileMissingError(f"file {work.file_path!r} vanished before decoding") from exc
+    except OSError as exc:
+        raise FileMissingError(f"file {work.file_path!r} cannot be read: {exc}") from exc
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != work.file_sha256:
+        raise FileChangedError(
+            f"file {work.file_path!r} changed after enqueue (sha256 {digest[:12]}..., "
+            f"expected {work.file_sha256[:12]}...)"
+        )
+    return load_dicom_image(real, size=size, max_pixels=settings.max_pixels)
+
+
+_EXECUTOR: ThreadPoolExecutor | None = None
+
+
+def _executor(settings: Settings) -> ThreadPoolExecutor:
+    global _EXECUTOR
+    if _EXECUTOR is None:
+        threads = settings.decode_threads or os.cpu_count() or 1
+        _EXECUTOR = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="decode")
+    return _EXECUTOR
+
+
+def _timed_decode(
+    work: _Work, settings: Settings, size: int
+) -> tuple[np.ndarray | None, CxrError | None, float]:
+    start = time.perf_counter()
+    try:
+        image = decode_instance(work, settings, size)
+        return image, None, (time.perf_counter() - start) * 1000
+    except CxrError as exc:
+        return None, exc, (time.perf_counter() - start) * 1000
+    except Exception as exc:  # a codec bug must fail this image only
+        logger.exception("unexpected error decoding instance %d", work.instance_id)
+        error = DecodeError(f"unexpected {type(exc).__name__}: {exc}")
+        return None, error, (time.perf_counter() - start) * 1000
+
+
+# --- the batch ----------------------------------------------------------------------
+
+
+def _claim(instance_ids: Sequence[int], settings: Settings) -> tuple[list[_Work], BatchOutcome]:
+    outcome = BatchOutcome()
+    work: list[_Work] = []
+    stale_before = crud.stale_cutoff(settings.processing_timeout_s)
+    with session_scope() as session:
+        for instance_id in dict.fromkeys(instance_ids):  # de-duplicate, keep order
+            if not crud.claim_for_processing(
+                session, instance_id=instance_id, stale_before=stale_before
+            ):
+                exists = session.scalar(select(Instance.id).where(Instance.id == instance_id))
+                if exists is None:
+                    logger.warning("dropping task for unknown instance id %d", instance_id)
+                outcome.skipped.append(instance_id)
+                continue
+            row = session.get(Instance, instance_id)
+            assert row is not None
+            if row.attempts > settings.max_attempts:
+                error = InterruptedProcessingError(
+                    f"processing was interrupted {row.attempts - 1} times "
+                    f"(CXR_MAX_ATTEMPTS={settings.max_attempts}); giving up"
+                )
+                crud.mark_failed(
+                    session,
+                    instance_id=instance_id,
+                    error_code=error.code,
+                    error_message=str(error),
+                )
+                outcome.failed[instance_id] = error.code
+                continue
+            work.append(_Work(row.id, row.file_path, row.file_sha256, row.header_view_position))
+    return work, outcome
+
+
+def classify_instances(
+    instance_ids: Sequence[int], *, settings: Settings | None = None
+) -> BatchOutcome:
+    """Classify a batch of instances and record every outcome in the database."""
+    from cxr_orient.registry import current_model
+
+    settings = settings or get_settings()
+    work, outcome = with_db_retry(lambda: _claim(instance_ids, settings), what="claim")
+    if not work:
+        return outcome
+    model: LoadedModel = with_db_retry(current_model, what="model lookup")
+    outcome.model_version = model.name
+
+    pool = _executor(settings)
+    decoded = list(pool.map(lambda w: _timed_decode(w, settings, model.input_size), work))
+
+    ready = [
+        (w, img, ms) for w, (img, err, ms) in zip(work, decoded, strict=True) if img is not None
+    ]
+    failures = [(w, err) for w, (img, err, _) in zip(work, decoded, strict=True) if err is not None]
+    records: list[crud.PredictionRecord] = []
+    if ready:
+        batch = np.stack([img for _, img, _ in ready])
+        start = time.perf_counter()
+        probabilities = model.predict_proba(batch)
+        inference_ms = (time.perf_counter() - start) * 1000 / len(ready)
+        for (w, _, decode_ms), (p_frontal, p_lateral) in zip(ready, probabilities, strict=True):
+            label = OrientationLabel.lateral if p_lateral >= 0.5 else OrientationLabel.frontal
+            confidence = float(max(p_frontal, p_lateral))
+            claimed = crud.view_to_label(w.header_view)
+            records.append(
+                crud.PredictionRecord(
+                    instance_id=w.instance_id,
+                    label=label,
+                    confidence=confidence,
+                    p_frontal=float(p_frontal),
+                    p_lateral=float(p_lateral),
+                    header_agrees=None if claimed is None else claimed == label,
+                    needs_review=confidence < model.review_threshold,
+                    decode_ms=round(decode_ms, 3),
+                    inference_ms=round(inference_ms, 3),
+                    batch_size=len(ready),
+                )
+            )
+
+    def write() -> None:
+        with session_scope() as session:
+            crud.record_predictions(
+                session, model_version_id=model.version_id, records=records, worker=WORKER_NAME
+            )
+            for w, err in failures:
+                assert err is not None
+                crud.mark_failed(
+                    session, instance_id=w.instance_id, error_code=err.code, error_message=str(err)
+                )
+
+    with_db_retry(write, what="recording results")
+    outcome.done.extend(r.instance_id for r in records)
+    outcome.failed.update({w.instance_id: err.code for w, err in failures if err is not None})
+    logger.info(
+        "batch of %d: %d done, %d failed, %d skipped (model %s)",
+        len(instance_ids),
+        len(outcome.done),
+        len(outcome.failed),
+        len(outcome.skipped),
+        model.name,
+    )
+    return outcome
+
+
+def still_unfinished(instance_ids: Sequence[int]) -> list[int]:
+    with session_scope() as session:
+        return list(
+            session.scalars(
+                select(Instance.id).where(
+                    Instance.id.in_(instance_ids),
+                    Instance.status.in_([InstanceStatus.queued, InstanceStatus.processing]),
+                )
+            )
+        )
+
+
+def on_process_start() -> None:
+    """Per pool process, after fork: fresh DB connections, then load the model once."""
+    from cxr_orient.registry import current_model
+
+    dispose_engines()
+    try:
+        model = with_db_retry(current_model, what="initial model load", max_wait_s=60)
+        logger.info("worker process %s serving model %s", WORKER_NAME, model.name)
+    except Exception:
+        # The first batch retries; a worker must not die because the DB is late.
+        logger.exception("could not load the model at process start")

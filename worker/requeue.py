@@ -1,0 +1,69 @@
+"""Re-send work the database says is unfinished.
+
+The database is the source of truth. A message can be lost (the broker
+restarted without persistence) or stranded (its worker was killed); either way
+the instance stays ``queued`` or ``processing`` in the database, and sending
+its id again is safe: a worker claims an instance atomically and an instance
+that is already done is skipped.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+from cxr_orient.settings import get_settings
+from db import crud
+from db.session import session_scope
+
+logger = logging.getLogger(__name__)
+
+
+def broker_queue_depth() -> int | None:
+    """Messages waiting in the broker queue, or None when the broker can't say."""
+    from worker.celery import app
+
+    try:
+        with app.connection_for_write() as connection:
+            channel = connection.default_channel
+            declared = channel.queue_declare(get_settings().queue_name, passive=True)
+            return int(declared.message_count)
+    except Exception:
+        logger.debug("queue depth unavailable", exc_info=True)
+        return None
+
+
+def send_instances(instance_ids: Sequence[int]) -> int:
+    """Queue one classification message per instance id."""
+    from worker.tasks import classify
+
+    if not instance_ids:
+        return 0
+    with classify.app.producer_or_acquire() as producer:
+        for instance_id in instance_ids:
+            classify.apply_async(args=[instance_id], producer=producer)
+    return len(instance_ids)
+
+
+def requeue_unfinished(*, only_stale: bool = False) -> int:
+    """Send again every instance still ``queued`` or stuck in ``processing``.
+
+    With ``only_stale`` (worker start, periodic reaper) queued instances are
+    re-sent only when the broker holds fewer messages than the database has
+    queued instances, i.e. when messages were evidently lost; ``processing``
+    instances only once they are older than ``CXR_PROCESSING_TIMEOUT_S``.
+    """
+    settings = get_settings()
+    stale_before = crud.stale_cutoff(settings.processing_timeout_s)
+    with session_scope() as session:
+        counts = crud.status_counts(session)
+        ids = crud.unfinished_instance_ids(session, stale_before=stale_before)
+        if only_stale:
+            depth = broker_queue_depth()
+            if depth is not None and depth >= counts["queued"]:
+                ids = crud.unfinished_instance_ids(session, stale_before=stale_before, queued=False)
+        crud.mark_queued(session, instance_ids=ids)
+    sent = send_instances(ids)
+    if sent:
+        logger.info("re-sent %d unfinished instances", sent)
+    return sent

@@ -1,0 +1,51 @@
+"""Celery tasks. Thin: they take instance ids and call plain functions."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery_batches import Batches, SimpleRequest
+
+from cxr_orient.settings import get_settings
+from worker.celery import app
+
+logger = logging.getLogger(__name__)
+_settings = get_settings()
+
+
+@app.task(
+    base=Batches,
+    name="cxr_orient.classify",
+    flush_every=_settings.batch_size,
+    flush_interval=_settings.batch_max_wait_ms / 1000,
+    acks_late=True,
+    reject_on_worker_lost=True,
+)
+def classify(requests: list[SimpleRequest]) -> dict[str, Any]:
+    """Classify the instances named by a batch of ``classify(instance_id)`` messages."""
+    from worker.pipeline import classify_instances
+
+    ids: list[int] = []
+    for request in requests:
+        try:
+            ids.append(int(request.args[0]))
+        except (IndexError, TypeError, ValueError):
+            logger.warning(
+                "dropping malformed classify message %s: args=%r", request.id, request.args
+            )
+    outcome = classify_instances(ids)
+    return {
+        "done": len(outcome.done),
+        "failed": len(outcome.failed),
+        "skipped": len(outcome.skipped),
+        "model": outcome.model_version,
+    }
+
+
+@app.task(name="cxr_orient.requeue_stuck", ignore_result=True)
+def requeue_stuck() -> int:
+    """Periodic reaper (celery beat): re-send instances whose processing stalled."""
+    from worker.requeue import requeue_unfinished
+
+    return requeue_unfinished(only_stale=True)
