@@ -49,13 +49,22 @@ or :func:`dataset_to_image` (unknown ones become
 
 from __future__ import annotations
 
+import io
 import logging
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
+import numpy.typing as npt
+import pydicom
+import pydicom.pixels
 from PIL import Image, ImageOps
+from pydicom.encaps import generate_frames
+from pydicom.errors import InvalidDicomError
 from pydicom.uid import (
     JPEG2000,
     UID,
@@ -79,15 +88,25 @@ from cxr_orient.errors import (
     FileMissingError,
     ImageTooLargeError,
     InvalidAttributeError,
+    MissingAttributeError,
+    NoPixelDataError,
+    NotDicomError,
+    TruncatedFileError,
+    UnsupportedImageError,
+    UnsupportedTransferSyntaxError,
 )
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
     "MODEL_INPUT_SIZE",
     "SUPPORTED_TRANSFER_SYNTAXES",
+    "DicomHeader",
+    "dataset_to_image",
     "load_dicom_image",
+    "load_dicom_image_naive",
     "load_image_file",
     "normalise_to_uint8",
+    "read_header",
     "resize_square",
     "to_rgb",
 ]
@@ -258,8 +277,563 @@ def _check_size(rows: int, columns: int, max_pixels: int, path: Path | None) -> 
         )
 
 
+
+# ------------------------------------------------------------------------ DICOM
+
+
+@dataclass(frozen=True)
+class DicomHeader:
+    """What the pipeline records about a DICOM file before touching its pixels."""
+
+    sop_instance_uid: str
+    study_instance_uid: str
+    series_instance_uid: str | None
+    patient_id: str | None
+    modality: str | None
+    view_position: str | None
+    transfer_syntax_uid: str | None
+    rows: int | None
+    columns: int | None
+
+
+@dataclass(frozen=True)
+class _PixelSpec:
+    """The validated attributes that say how to read the pixels."""
+
+    rows: int
+    columns: int
+    bits_allocated: int
+    bits_stored: int
+    signed: bool
+    monochrome1: bool
+    transfer_syntax: UID
+
+
+@dataclass(frozen=True)
+class _Window:
+    center: float
+    width: float
+    function: str
+
+
+_Voi = _Window | Literal["lut", "minmax"]
+
+
+def read_header(path: Path) -> DicomHeader:
+    """Read the identifying attributes of a DICOM file, without its pixel data.
+
+    Raises NotDicomError, TruncatedFileError, or MissingAttributeError when
+    SOPInstanceUID or StudyInstanceUID is absent or empty.
+    """
+    path = Path(path)
+    with _errors_named(path):
+        ds = _read_dataset(path, stop_before_pixels=True)
+        sop_instance_uid = _optional_text(ds, "SOPInstanceUID")
+        study_instance_uid = _optional_text(ds, "StudyInstanceUID")
+        for keyword, value in (
+            ("SOPInstanceUID", sop_instance_uid),
+            ("StudyInstanceUID", study_instance_uid),
+        ):
+            if value is None:
+                raise MissingAttributeError(f"{path}: {keyword} is missing or empty")
+        assert sop_instance_uid is not None and study_instance_uid is not None
+        transfer_syntax = ds.file_meta.get("TransferSyntaxUID") if ds.file_meta else None
+        return DicomHeader(
+            sop_instance_uid=sop_instance_uid,
+            study_instance_uid=study_instance_uid,
+            series_instance_uid=_optional_text(ds, "SeriesInstanceUID"),
+            patient_id=_optional_text(ds, "PatientID"),
+            modality=_optional_text(ds, "Modality"),
+            view_position=_optional_text(ds, "ViewPosition"),
+            transfer_syntax_uid=str(transfer_syntax) if transfer_syntax else None,
+            rows=_optional_int(ds, "Rows"),
+            columns=_optional_int(ds, "Columns"),
+        )
+
+
 def load_dicom_image(
     path: Path, *, size: int = MODEL_INPUT_SIZE, max_pixels: int = DEFAULT_MAX_PIXELS
 ) -> np.ndarray:
-    """Decode a DICOM radiograph to ``(size, size)`` uint8 (work in progress)."""
-    raise DecodeError(f"{path}: DICOM decoding not available yet")
+    """Decode a DICOM radiograph to a ``(size, size)`` uint8 grey image (fast path)."""
+    path = Path(path)
+    with _errors_named(path):
+        ds = _read_dataset(path, stop_before_pixels=False)
+        return _dataset_to_image(ds, size=size, max_pixels=max_pixels, path=path)
+
+
+def dataset_to_image(
+    ds: pydicom.Dataset, *, size: int = MODEL_INPUT_SIZE, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> np.ndarray:
+    """The fast path of :func:`load_dicom_image`, for a dataset already read."""
+    filename = getattr(ds, "filename", None)
+    path = Path(filename) if isinstance(filename, str) and filename else None
+    with _errors_named(path):
+        return _dataset_to_image(ds, size=size, max_pixels=max_pixels, path=path)
+
+
+def load_dicom_image_naive(path: Path, *, size: int = MODEL_INPUT_SIZE) -> np.ndarray:
+    """Reference decoder: full-resolution pydicom processing in float64.
+
+    ``pixel_array`` -> ``apply_modality_lut`` -> VOI (``apply_windowing`` or
+    ``apply_voi``, chosen as in the module docstring) -> min-max to [0, 1] ->
+    MONOCHROME1 inverted -> :func:`resize_square` -> :func:`normalise_to_uint8`.
+    Slow; used by tests and benchmarks to check :func:`load_dicom_image`.
+    """
+    path = Path(path)
+    with _errors_named(path):
+        ds = _read_dataset(path, stop_before_pixels=False)
+        spec = _validate(ds, max_pixels=DEFAULT_MAX_PIXELS, path=path)
+        stored = pydicom.pixels.pixel_array(ds)
+        values = pydicom.pixels.apply_modality_lut(stored, ds)
+        voi = _choose_voi(ds, path)
+        if isinstance(voi, _Window):
+            values = pydicom.pixels.apply_windowing(np.asarray(values, dtype=np.float64), ds, 0)
+        elif voi == "lut":
+            values = pydicom.pixels.apply_voi(values, ds, 0)
+        values = np.asarray(values, dtype=np.float64)
+        low, high = float(values.min()), float(values.max())
+        values = (values - low) / (high - low) if high > low else np.zeros_like(values)
+        if spec.monochrome1:
+            values = 1.0 - values
+        return normalise_to_uint8(resize_square(values, size))
+
+
+def _read_dataset(path: Path, *, stop_before_pixels: bool) -> pydicom.Dataset:
+    """Read a DICOM Part 10 file (128-byte preamble + ``DICM``)."""
+    _require_file(path)
+    file_size = path.stat().st_size
+    if file_size == 0:
+        raise TruncatedFileError(f"{path}: empty file")
+    try:
+        return pydicom.dcmread(path, stop_before_pixels=stop_before_pixels)
+    except InvalidDicomError as e:
+        if _is_truncated_preamble(path, file_size):
+            raise TruncatedFileError(f"{path}: file ends inside the DICOM preamble") from e
+        raise NotDicomError(f"{path}: not a DICOM file (no 'DICM' prefix): {e}") from e
+    except EOFError as e:
+        raise TruncatedFileError(f"{path}: file ends early: {e}") from e
+    except (OSError, MemoryError) as e:
+        raise DecodeError(f"{path}: cannot read DICOM: {type(e).__name__}: {e}") from e
+    except Exception as e:
+        # Malformed element lengths and similar: pydicom fails in many ways.
+        raise NotDicomError(f"{path}: malformed DICOM: {type(e).__name__}: {e}") from e
+
+
+def _is_truncated_preamble(path: Path, file_size: int) -> bool:
+    if file_size >= 132:
+        return False
+    head = path.read_bytes()
+    if file_size <= 128:
+        # A zeroed preamble cut short looks like a truncated DICOM file.
+        return not any(head)
+    return b"DICM".startswith(head[128:])
+
+
+def _dataset_to_image(
+    ds: pydicom.Dataset, *, size: int, max_pixels: int, path: Path | None
+) -> np.ndarray:
+    if size <= 0:
+        raise ValueError(f"size must be positive, got {size}")
+    spec = _validate(ds, max_pixels=max_pixels, path=path)
+    stored, extent = _decode_stored(ds, spec, size=size, path=path)
+    return _stored_to_image(stored, extent, ds, spec, size=size, path=path)
+
+
+# ----------------------------------------------------------------- validation
+
+
+def _validate(ds: pydicom.Dataset, *, max_pixels: int, path: Path | None) -> _PixelSpec:
+    """Check every rule of the module docstring before anything is decoded."""
+    where = _where(path)
+    if "PixelData" not in ds:
+        if "FloatPixelData" in ds or "DoubleFloatPixelData" in ds:
+            raise UnsupportedImageError(f"{where}float pixel data is not a radiograph")
+        raise NoPixelDataError(f"{where}PixelData is missing")
+
+    file_meta = getattr(ds, "file_meta", None)
+    transfer_syntax = file_meta.get("TransferSyntaxUID") if file_meta is not None else None
+    if not transfer_syntax:
+        raise MissingAttributeError(f"{where}TransferSyntaxUID is missing")
+    transfer_syntax = UID(str(transfer_syntax))
+    if transfer_syntax not in SUPPORTED_TRANSFER_SYNTAXES:
+        raise UnsupportedTransferSyntaxError(
+            f"{where}TransferSyntaxUID {transfer_syntax} ({transfer_syntax.name}) is not supported"
+        )
+
+    samples = _required_int(ds, "SamplesPerPixel", where, default=1)
+    if samples != 1:
+        raise UnsupportedImageError(f"{where}SamplesPerPixel {samples} is not 1 (greyscale)")
+    photometric = _optional_text(ds, "PhotometricInterpretation")
+    if photometric is None:
+        raise MissingAttributeError(f"{where}PhotometricInterpretation is missing")
+    if photometric not in _ACCEPTED_PHOTOMETRIC:
+        raise UnsupportedImageError(
+            f"{where}PhotometricInterpretation '{photometric}' is not MONOCHROME1/MONOCHROME2"
+        )
+    frames = _required_int(ds, "NumberOfFrames", where, default=1)
+    if frames < 1:
+        raise InvalidAttributeError(f"{where}NumberOfFrames {frames} is not positive")
+    if frames > 1:
+        raise UnsupportedImageError(f"{where}NumberOfFrames {frames}: only single frames")
+
+    bits_allocated = _required_int(ds, "BitsAllocated", where)
+    if bits_allocated not in (8, 16):
+        raise UnsupportedImageError(f"{where}BitsAllocated {bits_allocated} is not 8 or 16")
+    bits_stored = _required_int(ds, "BitsStored", where, default=bits_allocated)
+    if bits_stored == 1:
+        raise UnsupportedImageError(f"{where}BitsStored 1: bilevel images are not radiographs")
+    if not 2 <= bits_stored <= bits_allocated:
+        raise InvalidAttributeError(
+            f"{where}BitsStored {bits_stored} not in 2..BitsAllocated ({bits_allocated})"
+        )
+    representation = _required_int(ds, "PixelRepresentation", where, default=0)
+    if representation not in (0, 1):
+        raise InvalidAttributeError(f"{where}PixelRepresentation {representation} is not 0 or 1")
+
+    rows = _required_int(ds, "Rows", where)
+    columns = _required_int(ds, "Columns", where)
+    _check_size(rows, columns, max_pixels, path)
+
+    if transfer_syntax in _NATIVE_SYNTAXES:
+        expected = rows * columns * bits_allocated // 8
+        actual = len(ds.PixelData)
+        if actual < expected:
+            raise TruncatedFileError(
+                f"{where}PixelData holds {actual} bytes, Rows*Columns*BitsAllocated/8 "
+                f"needs {expected}"
+            )
+    return _PixelSpec(
+        rows=rows,
+        columns=columns,
+        bits_allocated=bits_allocated,
+        bits_stored=bits_stored,
+        signed=representation == 1,
+        monochrome1=photometric == "MONOCHROME1",
+        transfer_syntax=transfer_syntax,
+    )
+
+
+def _required_int(ds: pydicom.Dataset, keyword: str, where: str, default: int | None = None) -> int:
+    value = ds.get(keyword)
+    if value is None or value == "":
+        if default is None:
+            raise MissingAttributeError(f"{where}{keyword} is missing")
+        return default
+    try:
+        return int(value)
+    except (TypeError, ValueError) as e:
+        raise InvalidAttributeError(f"{where}{keyword} {value!r} is not an integer") from e
+
+
+def _optional_int(ds: pydicom.Dataset, keyword: str) -> int | None:
+    try:
+        value = ds.get(keyword)
+        return None if value is None or value == "" else int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _optional_text(ds: pydicom.Dataset, keyword: str) -> str | None:
+    value = ds.get(keyword)
+    if value is None:
+        return None
+    text = str(value).strip()
+    return text or None
+
+
+def _choose_voi(ds: pydicom.Dataset, path: Path | None) -> _Voi:
+    """First window if present and sane, else VOI LUT sequence, else min-max."""
+    center, width = ds.get("WindowCenter"), ds.get("WindowWidth")
+    if center is not None and width is not None and center != "" and width != "":
+        try:
+            first_center = float(center[0] if _is_multi(center) else center)
+            first_width = float(width[0] if _is_multi(width) else width)
+        except (TypeError, ValueError, IndexError):
+            first_center, first_width = math.nan, math.nan
+        function = (_optional_text(ds, "VOILUTFunction") or "LINEAR").upper()
+        # PS3.3 C.11.2.1.2: LINEAR needs width >= 1, the other functions width > 0.
+        wide_enough = first_width >= 1.0 if function == "LINEAR" else first_width > 0.0
+        if math.isfinite(first_center) and math.isfinite(first_width) and wide_enough:
+            return _Window(first_center, first_width, function)
+        logger.warning(
+            "%sWindowCenter %r / WindowWidth %r unusable; window ignored",
+            _where(path),
+            center,
+            width,
+        )
+    sequence = ds.get("VOILUTSequence")
+    if sequence:
+        return "lut"
+    return "minmax"
+
+
+def _is_multi(value: object) -> bool:
+    return isinstance(value, list | tuple) or type(value).__name__ == "MultiValue"
+
+
+# ------------------------------------------------------------------- decoding
+
+
+def _decode_stored(
+    ds: pydicom.Dataset, spec: _PixelSpec, *, size: int, path: Path | None
+) -> tuple[np.ndarray, float]:
+    """Stored values, possibly at reduced resolution, and the reduction factor."""
+    if spec.transfer_syntax in _NATIVE_SYNTAXES:
+        return _native_stored(ds, spec), 1.0
+    if spec.transfer_syntax in _JPEG2000_SYNTAXES:
+        reduced = _jpeg2000_reduced(ds, spec, size=size, path=path)
+        if reduced is not None:
+            return reduced
+    if spec.transfer_syntax == JPEGBaseline8Bit:
+        drafted = _jpeg_baseline_draft(ds, spec, size=size, path=path)
+        if drafted is not None:
+            return drafted
+    try:
+        stored = pydicom.pixels.pixel_array(ds)
+    except Exception as e:
+        raise DecodeError(
+            f"{_where(path)}cannot decode {spec.transfer_syntax.name} PixelData: "
+            f"{type(e).__name__}: {e}"
+        ) from e
+    if stored.shape != (spec.rows, spec.columns):
+        raise DecodeError(
+            f"{_where(path)}decoded shape {stored.shape} != Rows x Columns "
+            f"{(spec.rows, spec.columns)}"
+        )
+    return _mask_to_bits_stored(stored, spec), 1.0
+
+
+def _native_stored(ds: pydicom.Dataset, spec: _PixelSpec) -> np.ndarray:
+    """Read uncompressed pixel data straight from the bytes (no copy until masking)."""
+    kind = "i" if spec.signed else "u"
+    dtype = np.dtype(f"{kind}{spec.bits_allocated // 8}")
+    if spec.transfer_syntax == ExplicitVRBigEndian:
+        dtype = dtype.newbyteorder(">")
+    else:
+        dtype = dtype.newbyteorder("<")
+    count = spec.rows * spec.columns
+    stored = np.frombuffer(ds.PixelData, dtype=dtype, count=count).reshape(
+        spec.rows, spec.columns
+    )
+    if not stored.dtype.isnative:
+        stored = stored.astype(stored.dtype.newbyteorder("="))
+    return _mask_to_bits_stored(stored, spec)
+
+
+def _mask_to_bits_stored(stored: np.ndarray, spec: _PixelSpec) -> np.ndarray:
+    """Drop bits above BitsStored (overlays, junk); sign-extend signed values."""
+    if spec.bits_stored >= spec.bits_allocated or stored.dtype.itemsize * 8 != spec.bits_allocated:
+        return stored
+    mask = (1 << spec.bits_stored) - 1
+    unsigned = stored.view(np.dtype(f"u{stored.dtype.itemsize}"))
+    if not spec.signed:
+        return unsigned & unsigned.dtype.type(mask)
+    sign = 1 << (spec.bits_stored - 1)
+    flipped = (unsigned & unsigned.dtype.type(mask)) ^ unsigned.dtype.type(sign)
+    signed = flipped.astype(np.dtype(f"i{stored.dtype.itemsize}"))
+    return signed - signed.dtype.type(sign)
+
+
+def _first_frame(ds: pydicom.Dataset) -> bytes:
+    return next(generate_frames(ds.PixelData, number_of_frames=1))
+
+
+def _reduction_for(spec: _PixelSpec, size: int, max_levels: int) -> int:
+    """Largest r such that the 2**r-reduced image keeps min side >= 2 * size."""
+    levels = 0
+    while levels < max_levels:
+        factor = 2 ** (levels + 1)
+        smaller = min(-(-spec.rows // factor), -(-spec.columns // factor))
+        if smaller < 2 * size:
+            break
+        levels += 1
+    return levels
+
+
+def _jpeg2000_reduced(
+    ds: pydicom.Dataset, spec: _PixelSpec, *, size: int, path: Path | None
+) -> tuple[np.ndarray, float] | None:
+    """Decode only the wavelet levels needed (Pillow/OpenJPEG ``reduce``).
+
+    The bundled ``openjpeg`` package has no reduced-resolution decode, Pillow's
+    OpenJPEG binding does. Returns None to ask for a full decode (signed data,
+    unexpected codestream, or any decoder error).
+    """
+    if spec.signed:
+        return None
+    try:
+        frame = _first_frame(ds)
+        precision, signed, levels = _j2k_codestream_info(frame)
+    except Exception:
+        return None
+    if signed or not 1 <= precision <= 16:
+        return None
+    levels = _reduction_for(spec, size, max_levels=levels)
+    if levels == 0:
+        return None
+    # Some codestreams refuse deep reductions; fewer levels still beat a full decode.
+    for reduce in range(levels, 0, -1):
+        try:
+            with Image.open(io.BytesIO(frame)) as image:
+                if image.size != (spec.columns, spec.rows) or image.mode not in ("L", "I;16"):
+                    return None
+                image.reduce = reduce  # type: ignore[method-assign,assignment]
+                image.load()
+                decoded = np.asarray(image)
+                # Pillow scales samples up to the full 8 or 16 bits of its mode.
+                shift = (8 if image.mode == "L" else 16) - precision
+                if shift > 0:
+                    decoded = decoded >> decoded.dtype.type(shift)
+        except Exception as e:
+            logger.debug("%sJPEG 2000 reduce=%d failed: %s", _where(path), reduce, e)
+            continue
+        factor = 2**reduce
+        expected = (-(-spec.rows // factor), -(-spec.columns // factor))
+        if decoded.shape != expected:
+            return None
+        return _mask_to_bits_stored(decoded, spec), float(factor)
+    return None
+
+
+def _j2k_codestream_info(frame: bytes) -> tuple[int, bool, int]:
+    """(precision, signed, wavelet levels) of the first component of a J2K codestream."""
+    siz = frame.find(b"\xff\x51", 0, 64)
+    cod = frame.find(b"\xff\x52", siz, siz + 4096)
+    if not frame.startswith(b"\xff\x4f") or siz < 0 or cod < 0:
+        raise ValueError("no SIZ/COD marker at the start of the JPEG 2000 codestream")
+    ssiz = frame[siz + 40]
+    return (ssiz & 0x7F) + 1, bool(ssiz & 0x80), frame[cod + 9]
+
+
+def _jpeg_baseline_draft(
+    ds: pydicom.Dataset, spec: _PixelSpec, *, size: int, path: Path | None
+) -> tuple[np.ndarray, float] | None:
+    """Decode 8-bit baseline JPEG with DCT scaling (1/2, 1/4, 1/8) via Pillow."""
+    if spec.bits_allocated != 8 or spec.signed:
+        return None
+    try:
+        frame = _first_frame(ds)
+        with Image.open(io.BytesIO(frame)) as image:
+            if image.mode != "L" or image.size != (spec.columns, spec.rows):
+                return None
+            scale = min(spec.rows, spec.columns) / (2 * size)
+            if scale >= 2:
+                image.draft("L", (int(spec.columns / scale), int(spec.rows / scale)))
+            decoded = np.asarray(image)
+    except Exception as e:
+        logger.debug("%sJPEG draft decode failed: %s", _where(path), e)
+        return None
+    factor = spec.columns / decoded.shape[1]
+    if abs(spec.rows / factor - decoded.shape[0]) >= 1.0:
+        return None
+    return _mask_to_bits_stored(decoded, spec), factor
+
+
+# ------------------------------------------------------------------ processing
+
+
+def _stored_to_image(
+    stored: np.ndarray,
+    factor: float,
+    ds: pydicom.Dataset,
+    spec: _PixelSpec,
+    *,
+    size: int,
+    path: Path | None,
+) -> np.ndarray:
+    """Modality LUT, VOI, MONOCHROME1 inversion, resize and normalisation.
+
+    ``stored`` may already be reduced by ``factor``. Tables (Modality LUT
+    Sequence, VOI LUT Sequence) are applied at full resolution by pydicom; the
+    common linear case is applied after block averaging, in float32.
+    """
+    voi = _choose_voi(ds, path)
+    values: np.ndarray = stored
+    modality_done = voi_done = False
+    if "ModalityLUTSequence" in ds or voi == "lut":
+        values = pydicom.pixels.apply_modality_lut(stored, ds)
+        modality_done = True
+        if voi == "lut":
+            values = pydicom.pixels.apply_voi(values, ds, 0)
+            voi_done = True
+
+    block = max(1, min(values.shape) // (2 * size))
+    small = _block_mean(values, block)
+    # Extent of the original image in ``small``'s pixel units (edges may be partial).
+    box = (0.0, 0.0, spec.columns / factor / block, spec.rows / factor / block)
+
+    if not modality_done:
+        small = _apply_rescale(small, ds, path)
+    if isinstance(voi, _Window) and not voi_done:
+        small = _apply_window(small, voi)
+    # Min-max VOI is a linear map: normalise_to_uint8 absorbs it, so skip it.
+    if spec.monochrome1:
+        small = -small
+    return normalise_to_uint8(_resize_float(small, (size, size), box=box))
+
+
+def _block_mean(values: np.ndarray, block: int) -> npt.NDArray[np.float32]:
+    """Mean over ``block x block`` tiles; the last row/column of tiles may be partial."""
+    if block == 1:
+        return values.astype(np.float32)
+    if values.dtype.kind == "u":
+        accumulator: type[np.generic] = np.uint32 if values.dtype.itemsize <= 2 else np.float64
+    elif values.dtype.kind == "i":
+        accumulator = np.int32 if values.dtype.itemsize <= 2 else np.float64
+    else:
+        accumulator = np.float64
+    rows, columns = values.shape
+    full_rows, full_columns = rows // block * block, columns // block * block
+
+    row_sums = values[:full_rows].reshape(full_rows // block, block, columns)
+    summed = row_sums.sum(axis=1, dtype=accumulator)
+    row_counts = [block] * (full_rows // block)
+    if full_rows < rows:
+        tail = values[full_rows:].sum(axis=0, dtype=accumulator)
+        summed = np.vstack([summed, tail[np.newaxis, :]])
+        row_counts.append(rows - full_rows)
+
+    tiles = summed[:, :full_columns].reshape(summed.shape[0], full_columns // block, block)
+    tile_sums = tiles.sum(axis=2, dtype=accumulator)
+    column_counts = [block] * (full_columns // block)
+    if full_columns < columns:
+        tail = summed[:, full_columns:].sum(axis=1, dtype=accumulator)
+        tile_sums = np.hstack([tile_sums, tail[:, np.newaxis]])
+        column_counts.append(columns - full_columns)
+
+    counts = np.outer(
+        np.asarray(row_counts, dtype=np.float32), np.asarray(column_counts, dtype=np.float32)
+    )
+    return (tile_sums.astype(np.float32) / counts).astype(np.float32)
+
+
+def _apply_rescale(values: np.ndarray, ds: pydicom.Dataset, path: Path | None) -> np.ndarray:
+    slope_value, intercept_value = ds.get("RescaleSlope"), ds.get("RescaleIntercept")
+    try:
+        slope = 1.0 if slope_value in (None, "") else float(slope_value)
+        intercept = 0.0 if intercept_value in (None, "") else float(intercept_value)
+    except (TypeError, ValueError) as e:
+        raise InvalidAttributeError(
+            f"{_where(path)}RescaleSlope {slope_value!r} / RescaleIntercept "
+            f"{intercept_value!r} not numbers"
+        ) from e
+    if slope == 1.0 and intercept == 0.0:
+        return values
+    return values * np.float32(slope) + np.float32(intercept)
+
+
+def _apply_window(values: np.ndarray, window: _Window) -> npt.NDArray[np.float32]:
+    """DICOM PS3.3 C.11.2.1.2 windowing to [0, 1], in float32."""
+    x = np.asarray(values, dtype=np.float32)
+    center, width = np.float32(window.center), np.float32(window.width)
+    if window.function == "SIGMOID":
+        with np.errstate(over="ignore"):
+            return (1.0 / (1.0 + np.exp(np.float32(-4.0) * (x - center) / width))).astype(
+                np.float32
+            )
+    if window.function == "LINEAR_EXACT":
+        scaled = (x - center) / width + np.float32(0.5)
+    else:
+        denominator = max(float(width) - 1.0, 1e-3)
+        scaled = (x - (center - np.float32(0.5))) / np.float32(denominator) + np.float32(0.5)
+    return np.clip(scaled, 0.0, 1.0).astype(np.float32)
