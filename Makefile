@@ -1,0 +1,27 @@
+# Entry points that work on a fresh machine: they build .venv first.
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
+
+.PHONY: demo test lint check bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[cpu,dev]'
+	rm -f $(VENV)/.installed-* && touch $@
+
+demo: $(STAMP)  ## The main job on bundled samples: real worker, embedded DB and broker.
+	$(BIN)/cxr-orient demo
+
+test: $(STAMP)  ## Unit and integration tests (needs Redis and PostgreSQL on 127.0.0.1).
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+	$(BIN)/pytest
+
+bench: $(STAMP)
+	$(BIN)/cxr-orient bench
+
+clean:
+	rm -rf $(VENV) cxr-orient-data .pytest_cache .mypy_cache .ruff_cache
