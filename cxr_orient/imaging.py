@@ -52,6 +52,7 @@ from __future__ import annotations
 import io
 import logging
 import math
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -405,7 +406,21 @@ def _read_dataset(path: Path, *, stop_before_pixels: bool) -> pydicom.Dataset:
     if file_size == 0:
         raise TruncatedFileError(f"{path}: empty file")
     try:
-        return pydicom.dcmread(path, stop_before_pixels=stop_before_pixels)
+        # pydicom turns a truncated encapsulated PixelData into a warning and drops
+        # the element; catch it so a cut file is not reported as "no pixel data".
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            ds = pydicom.dcmread(path, stop_before_pixels=stop_before_pixels)
+        for warning in caught:
+            message = str(warning.message)
+            if "end of file" in message.lower():
+                raise TruncatedFileError(f"{path}: file ends early: {message}")
+            warnings.warn_explicit(
+                warning.message, warning.category, warning.filename, warning.lineno
+            )
+        return ds
+    except CxrError:
+        raise
     except InvalidDicomError as e:
         if _is_truncated_preamble(path, file_size):
             raise TruncatedFileError(f"{path}: file ends inside the DICOM preamble") from e

@@ -1,0 +1,461 @@
+"""Tests for cxr_orient.imaging on real DICOM files (pydicom-data, covid-cxr wrapped)."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from PIL import Image
+from pydicom.data import get_testdata_file
+from pydicom.encaps import encapsulate
+from pydicom.uid import (
+    JPEG2000,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGBaseline8Bit,
+    JPEGLossless,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    RLELossless,
+)
+
+from cxr_orient.errors import (
+    DecodeError,
+    FileMissingError,
+    ImageTooLargeError,
+    InvalidAttributeError,
+    MissingAttributeError,
+    NoPixelDataError,
+    NotDicomError,
+    TruncatedFileError,
+    UnsupportedImageError,
+    UnsupportedTransferSyntaxError,
+)
+from cxr_orient.imaging import (
+    MODEL_INPUT_SIZE,
+    DicomHeader,
+    dataset_to_image,
+    load_dicom_image,
+    load_dicom_image_naive,
+    load_image_file,
+    normalise_to_uint8,
+    read_header,
+    resize_square,
+    to_rgb,
+)
+from tests.utils.dicom_factory import make_dicom, real_pixels
+
+
+def _max_diff(a: np.ndarray, b: np.ndarray) -> int:
+    return int(np.abs(a.astype(np.int16) - b.astype(np.int16)).max())
+
+
+def _mean_diff(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.abs(a.astype(np.int16) - b.astype(np.int16)).mean())
+
+
+# ------------------------------------------------------------------ RG1 (real CR)
+
+RG1 = ["RG1_UNCR.dcm", "RG1_UNCI.dcm", "RG1_J2KR.dcm", "RG1_J2KI.dcm"]
+
+
+@pytest.fixture(scope="module")
+def rg1_images() -> dict[str, np.ndarray]:
+    return {name: load_dicom_image(Path(get_testdata_file(name))) for name in RG1}
+
+
+@pytest.mark.parametrize("name", RG1, ids=[n.removesuffix(".dcm") for n in RG1])
+def test_rg1_shape_dtype_and_monochrome1_inverted(name: str, rg1_images) -> None:
+    image = rg1_images[name]
+    assert image.shape == (MODEL_INPUT_SIZE, MODEL_INPUT_SIZE)
+    assert image.dtype == np.uint8
+    # Bone bright: the mediastinum/spine band is brighter than both lung bands.
+    centre = image[64:192, 112:144].mean()
+    assert centre > image[64:192, 40:80].mean() + 20
+    assert centre > image[64:192, 176:216].mean() + 20
+
+
+def test_rg1_lossless_encodings_identical(rg1_images) -> None:
+    assert _max_diff(rg1_images["RG1_UNCR.dcm"], rg1_images["RG1_UNCI.dcm"]) <= 1
+    naive_uncr = load_dicom_image_naive(Path(get_testdata_file("RG1_UNCR.dcm")))
+    naive_j2kr = load_dicom_image_naive(Path(get_testdata_file("RG1_J2KR.dcm")))
+    np.testing.assert_array_equal(naive_uncr, naive_j2kr)
+
+
+def test_rg1_jpeg2000_fast_close_to_uncompressed(rg1_images) -> None:
+    # Reduced-resolution J2K decode vs full-resolution block mean: same picture.
+    assert _mean_diff(rg1_images["RG1_J2KR.dcm"], rg1_images["RG1_UNCR.dcm"]) < 1.0
+    assert _mean_diff(rg1_images["RG1_J2KI.dcm"], rg1_images["RG1_UNCR.dcm"]) < 1.5
+
+
+@pytest.mark.parametrize("name", RG1, ids=[n.removesuffix(".dcm") for n in RG1])
+def test_rg1_fast_matches_naive(name: str, rg1_images) -> None:
+    naive = load_dicom_image_naive(Path(get_testdata_file(name)))
+    fast = rg1_images[name]
+    assert _mean_diff(fast, naive) < 1.0
+    assert _max_diff(fast, naive) <= 40
+    assert np.mean(np.abs(fast.astype(int) - naive) > 8) < 0.005
+
+
+def test_read_header_rg1() -> None:
+    header = read_header(Path(get_testdata_file("RG1_J2KR.dcm")))
+    assert isinstance(header, DicomHeader)
+    assert header.transfer_syntax_uid == JPEG2000Lossless
+    assert (header.rows, header.columns) == (1955, 1841)
+    assert header.sop_instance_uid and header.study_instance_uid
+
+
+# --------------------------------------------------------- transfer syntaxes
+
+LOSSLESS = [
+    ImplicitVRLittleEndian,
+    ExplicitVRLittleEndian,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    RLELossless,
+    JPEGLSLossless,
+    JPEG2000Lossless,
+]
+LOSSY = [(JPEGLSNearLossless, 2), (JPEG2000, 16)]
+
+
+@pytest.fixture(scope="module")
+def radiograph() -> np.ndarray:
+    return real_pixels(1, bits=12)[0]
+
+
+@pytest.fixture(scope="module")
+def reference(radiograph, tmp_path_factory) -> np.ndarray:
+    path = tmp_path_factory.mktemp("ref") / "ref.dcm"
+    return load_dicom_image(make_dicom(path, radiograph))
+
+
+@pytest.mark.parametrize("syntax", LOSSLESS, ids=[s.keyword for s in LOSSLESS])
+def test_lossless_syntax_round_trips(syntax, radiograph, reference, tmp_path) -> None:
+    path = make_dicom(tmp_path / "x.dcm", radiograph, transfer_syntax=syntax)
+    assert read_header(path).transfer_syntax_uid == syntax
+    fast = load_dicom_image(path)
+    np.testing.assert_array_equal(fast, reference)
+    assert _max_diff(fast, load_dicom_image_naive(path)) <= 2
+
+
+@pytest.mark.parametrize(("syntax", "tolerance"), LOSSY, ids=[s.keyword for s, _ in LOSSY])
+def test_lossy_syntax_close(syntax, tolerance, radiograph, reference, tmp_path) -> None:
+    path = make_dicom(tmp_path / "x.dcm", radiograph, transfer_syntax=syntax)
+    fast = load_dicom_image(path)
+    assert _mean_diff(fast, reference) < tolerance / 4
+    assert _max_diff(fast, reference) <= tolerance
+    assert _max_diff(fast, load_dicom_image_naive(path)) <= 2
+
+
+def test_jpeg_baseline_8bit_close(radiograph, tmp_path) -> None:
+    eight_bit = (radiograph >> 4).astype(np.uint8)
+    reference = load_dicom_image(make_dicom(tmp_path / "u.dcm", eight_bit, bits_stored=8))
+    path = make_dicom(
+        tmp_path / "j.dcm", eight_bit, bits_stored=8, transfer_syntax=JPEGBaseline8Bit
+    )
+    fast = load_dicom_image(path)
+    assert _mean_diff(fast, reference) < 1.0
+    assert _max_diff(fast, reference) <= 8
+    assert _max_diff(fast, load_dicom_image_naive(path)) <= 4
+
+
+# No encoder is installed for JPEG lossless / extended: pydicom's own test files.
+@pytest.mark.parametrize(
+    "name", ["JPEG-LL.dcm", "JPGExtended.dcm"], ids=["JPEGLosslessSV1", "JPEGExtended12Bit"]
+)
+def test_pydicom_jpeg_files_fast_matches_naive(name: str) -> None:
+    path = Path(get_testdata_file(name))
+    fast = load_dicom_image(path)
+    assert fast.shape == (MODEL_INPUT_SIZE, MODEL_INPUT_SIZE) and fast.dtype == np.uint8
+    assert _max_diff(fast, load_dicom_image_naive(path)) <= 2
+
+
+def test_jpeg_lossless_process14(tmp_path) -> None:
+    # An SV1 stream is a valid process-14 stream: relabel it as 1.2.840.10008.1.2.4.57.
+    ds = pydicom.dcmread(get_testdata_file("JPEG-LL.dcm"))
+    sv1 = dataset_to_image(ds)
+    ds.file_meta.TransferSyntaxUID = JPEGLossless
+    ds.save_as(tmp_path / "p14.dcm")
+    np.testing.assert_array_equal(load_dicom_image(tmp_path / "p14.dcm"), sv1)
+
+
+# ------------------------------------------------------------- pixel semantics
+
+
+@pytest.mark.parametrize(
+    "syntax", [ExplicitVRLittleEndian, JPEG2000Lossless], ids=["native", "j2k"]
+)
+def test_monochrome1_equals_monochrome2(syntax, radiograph, tmp_path) -> None:
+    mono2 = load_dicom_image(make_dicom(tmp_path / "m2.dcm", radiograph, transfer_syntax=syntax))
+    inverted = (4095 - radiograph.astype(np.int32)).astype(np.uint16)
+    path = make_dicom(
+        tmp_path / "m1.dcm", inverted, photometric="MONOCHROME1", transfer_syntax=syntax
+    )
+    assert _max_diff(load_dicom_image(path), mono2) <= 1
+    assert _max_diff(load_dicom_image_naive(path), load_dicom_image_naive(tmp_path / "m2.dcm")) <= 1
+
+
+@pytest.mark.parametrize(
+    ("window", "rescale"),
+    [((2000, 3000), None), ((1000, 2000), (2.0, -1024.0)), (None, (0.5, 100.0))],
+    ids=["window", "window+rescale", "rescale"],
+)
+def test_window_and_rescale_fast_matches_naive(window, rescale, radiograph, tmp_path) -> None:
+    path = make_dicom(tmp_path / "w.dcm", radiograph, window=window, rescale=rescale)
+    fast, naive = load_dicom_image(path), load_dicom_image_naive(path)
+    assert _mean_diff(fast, naive) < 1.0
+    assert _max_diff(fast, naive) <= 40
+
+
+def test_sigmoid_window(radiograph, tmp_path) -> None:
+    path = make_dicom(tmp_path / "s.dcm", radiograph, window=(2000, 1500))
+    ds = pydicom.dcmread(path)
+    ds.VOILUTFunction = "SIGMOID"
+    ds.save_as(path)
+    assert _mean_diff(load_dicom_image(path), load_dicom_image_naive(path)) < 1.0
+
+
+def test_signed_16bit_with_junk_above_bits_stored(radiograph, tmp_path) -> None:
+    signed = radiograph.astype(np.int16) - 2048
+    reference = load_dicom_image(make_dicom(tmp_path / "s.dcm", signed))
+    ds = pydicom.dcmread(tmp_path / "s.dcm")
+    stored = np.frombuffer(ds.PixelData, dtype="<u2") | np.uint16(0x5000)  # overlay bits
+    ds.PixelData = stored.tobytes()
+    ds.save_as(tmp_path / "junk.dcm")
+    np.testing.assert_array_equal(load_dicom_image(tmp_path / "junk.dcm"), reference)
+
+
+def test_large_image_block_mean_path(tmp_path) -> None:
+    y, x = np.mgrid[0:1303, 0:1111]
+    pixels = ((np.sin(x / 50.0) * np.cos(y / 70.0) + 1.0) * 2000).astype(np.uint16)
+    path = make_dicom(tmp_path / "big.dcm", pixels, window=(2000, 3000))
+    fast, naive = load_dicom_image(path), load_dicom_image_naive(path)
+    assert _mean_diff(fast, naive) < 1.0 and _max_diff(fast, naive) <= 8
+
+
+# ------------------------------------------------------------------ PNG / JPEG
+
+
+@pytest.mark.parametrize("suffix", [".png", ".jpg", ".jpeg", ".PNG"])
+@pytest.mark.parametrize("mode", ["L", "RGB"])
+def test_load_image_file_pillow(suffix, mode, radiograph, tmp_path) -> None:
+    grey = (radiograph >> 4).astype(np.uint8)
+    path = tmp_path / f"x{suffix}"
+    Image.fromarray(grey).convert(mode).save(
+        path, format="PNG" if "png" in suffix.lower() else "JPEG"
+    )
+    image = load_image_file(path)
+    assert image.shape == (MODEL_INPUT_SIZE, MODEL_INPUT_SIZE) and image.dtype == np.uint8
+    dicom = load_image_file(make_dicom(tmp_path / "x.dcm", grey, bits_stored=8))
+    assert _mean_diff(image, dicom) < 2.0
+
+
+def test_load_image_file_dispatches_dicom(tmp_path, radiograph, reference) -> None:
+    path = make_dicom(tmp_path / "no_suffix", radiograph)
+    np.testing.assert_array_equal(load_image_file(path), reference)
+
+
+@pytest.mark.parametrize("size", [64, 224])
+def test_size_argument(size, radiograph, tmp_path) -> None:
+    path = make_dicom(tmp_path / "x.dcm", radiograph)
+    assert load_dicom_image(path, size=size).shape == (size, size)
+    assert load_dicom_image_naive(path, size=size).shape == (size, size)
+
+
+# -------------------------------------------------------------- array helpers
+
+
+def test_normalise_to_uint8() -> None:
+    ramp = np.linspace(0.0, 1.0, 10_000, dtype=np.float32).reshape(100, 100)
+    out = normalise_to_uint8(ramp)
+    assert out.dtype == np.uint8 and out.min() == 0 and out.max() == 255
+    assert normalise_to_uint8(np.full((8, 8), 7.0)).tolist() == np.zeros((8, 8)).tolist()
+
+
+def test_resize_square_and_to_rgb() -> None:
+    image = np.arange(12 * 20, dtype=np.float32).reshape(12, 20)
+    resized = resize_square(image, 4)
+    assert resized.shape == (4, 4)
+    assert resized.mean() == pytest.approx(image.mean(), rel=1e-4)
+    rgb = to_rgb(np.zeros((5, 6), dtype=np.uint8))
+    assert rgb.shape == (5, 6, 3) and rgb.dtype == np.uint8
+
+
+# -------------------------------------------------------------------- refusals
+
+
+def _edited(tmp_path: Path, pixels: np.ndarray, edit: Callable[[pydicom.Dataset], None]) -> Path:
+    path = make_dicom(tmp_path / "bad.dcm", pixels)
+    ds = pydicom.dcmread(path)
+    edit(ds)
+    ds.save_as(path)
+    return path
+
+
+def _del(keyword: str) -> Callable[[pydicom.Dataset], None]:
+    return lambda ds: delattr(ds, keyword)
+
+
+def _set(keyword: str, value: object) -> Callable[[pydicom.Dataset], None]:
+    return lambda ds: setattr(ds, keyword, value)
+
+
+def _short_pixels(ds: pydicom.Dataset) -> None:
+    ds.PixelData = ds.PixelData[: len(ds.PixelData) // 2]
+
+
+def _mpeg2(ds: pydicom.Dataset) -> None:
+    ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.100"
+    ds.PixelData = encapsulate([ds.PixelData])
+
+
+EDITS = {
+    "no_pixel_data": (_del("PixelData"), NoPixelDataError, "PixelData"),
+    "rgb": (_set("PhotometricInterpretation", "RGB"), UnsupportedImageError, "'RGB'"),
+    "ybr": (_set("PhotometricInterpretation", "YBR_FULL"), UnsupportedImageError, "YBR"),
+    "three_samples": (_set("SamplesPerPixel", 3), UnsupportedImageError, "SamplesPerPixel"),
+    "multi_frame": (_set("NumberOfFrames", 2), UnsupportedImageError, "NumberOfFrames"),
+    "bits_allocated_1": (_set("BitsAllocated", 1), UnsupportedImageError, "BitsAllocated"),
+    "bits_stored_1": (_set("BitsStored", 1), UnsupportedImageError, "BitsStored"),
+    "bits_stored_20": (_set("BitsStored", 20), InvalidAttributeError, "BitsStored"),
+    "rows_0": (_set("Rows", 0), InvalidAttributeError, "Rows"),
+    "rows_missing": (_del("Rows"), MissingAttributeError, "Rows"),
+    "photometric_missing": (
+        _del("PhotometricInterpretation"),
+        MissingAttributeError,
+        "PhotometricInterpretation",
+    ),
+    "pixel_data_short": (_short_pixels, TruncatedFileError, "PixelData"),
+    "mpeg2": (_mpeg2, UnsupportedTransferSyntaxError, "1.2.840.10008.1.2.4.100"),
+}
+
+
+@pytest.mark.parametrize("case", list(EDITS), ids=list(EDITS))
+def test_bad_dicom_refused(case, radiograph, tmp_path) -> None:
+    edit, error, fragment = EDITS[case]
+    path = _edited(tmp_path, radiograph, edit)
+    for loader in (load_dicom_image, load_dicom_image_naive, load_image_file):
+        with pytest.raises(error, match=fragment):
+            loader(path)
+
+
+@pytest.mark.parametrize(
+    ("name", "error"),
+    [
+        ("SC_rgb.dcm", UnsupportedImageError),
+        ("emri_small.dcm", UnsupportedImageError),
+        ("liver.dcm", UnsupportedImageError),
+    ],
+    ids=["rgb", "multi_frame", "one_bit"],
+)
+def test_pydicom_files_refused(name, error) -> None:
+    with pytest.raises(error):
+        load_dicom_image(Path(get_testdata_file(name)))
+
+
+def test_huge_image_refused_before_decoding(radiograph, tmp_path, monkeypatch) -> None:
+    path = make_dicom(tmp_path / "x.dcm", radiograph, transfer_syntax=JPEG2000Lossless)
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("decoded before the size check")
+
+    monkeypatch.setattr(pydicom.pixels, "pixel_array", no_decoding)
+    monkeypatch.setattr(Image, "open", no_decoding)
+    with pytest.raises(ImageTooLargeError, match="max_pixels"):
+        load_dicom_image(path, max_pixels=1000)
+
+
+def test_huge_png_refused(tmp_path) -> None:
+    path = tmp_path / "x.png"
+    Image.fromarray(np.zeros((100, 100), dtype=np.uint8)).save(path)
+    with pytest.raises(ImageTooLargeError):
+        load_image_file(path, max_pixels=1000)
+
+
+@pytest.mark.parametrize(
+    ("content", "error"),
+    [
+        (b"", TruncatedFileError),
+        (b"hello, this is a text file\n" * 20, NotDicomError),
+        (np.random.default_rng(1).bytes(4096), NotDicomError),
+        (b"\x00" * 100, TruncatedFileError),
+    ],
+    ids=["empty", "text", "random_bytes", "preamble_only"],
+)
+def test_not_dicom(content, error, tmp_path) -> None:
+    path = tmp_path / "x.dcm"
+    path.write_bytes(content)
+    for call in (load_dicom_image, load_dicom_image_naive, read_header):
+        with pytest.raises(error):
+            call(path)
+
+
+def test_garbage_png_is_decode_error(tmp_path) -> None:
+    path = tmp_path / "x.png"
+    path.write_bytes(b"not a png")
+    with pytest.raises(DecodeError, match=r"x\.png"):
+        load_image_file(path)
+
+
+def test_missing_file(tmp_path) -> None:
+    for call in (load_dicom_image, load_image_file):
+        with pytest.raises(FileMissingError):
+            call(tmp_path / "absent.dcm")
+    with pytest.raises(FileMissingError):
+        read_header(tmp_path / "absent.dcm")
+
+
+@pytest.mark.parametrize(
+    "syntax", [ExplicitVRLittleEndian, JPEG2000Lossless, RLELossless], ids=["native", "j2k", "rle"]
+)
+@pytest.mark.parametrize("fraction", [0.02, 0.1, 0.5, 0.9, 0.999])
+def test_truncated_files(syntax, fraction, radiograph, tmp_path) -> None:
+    path = make_dicom(tmp_path / "x.dcm", radiograph, transfer_syntax=syntax)
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * fraction)])
+    # pydicom silently drops a cut element before PixelData, which then reads as
+    # "no pixel data"; a cut inside the pixel data is always reported as truncation.
+    with pytest.raises((TruncatedFileError, NotDicomError, NoPixelDataError)) as caught:
+        load_dicom_image(path)
+    if fraction >= 0.5:
+        assert caught.type is TruncatedFileError
+
+
+def test_read_header_requires_uids(radiograph, tmp_path) -> None:
+    path = _edited(tmp_path, radiograph, _del("StudyInstanceUID"))
+    with pytest.raises(MissingAttributeError, match="StudyInstanceUID"):
+        read_header(path)
+    path = _edited(tmp_path, radiograph, _del("SOPInstanceUID"))
+    with pytest.raises(MissingAttributeError, match="SOPInstanceUID"):
+        read_header(path)
+
+
+def test_read_header_fields(radiograph, tmp_path) -> None:
+    path = make_dicom(
+        tmp_path / "x.dcm",
+        radiograph,
+        view_position=None,
+        patient_id="P9",
+        modality="CR",
+        study_uid="1.2.3",
+        sop_uid="1.2.3.4",
+    )
+    header = read_header(path)
+    assert header.view_position is None and header.patient_id == "P9"
+    assert header.modality == "CR" and header.study_instance_uid == "1.2.3"
+    assert header.sop_instance_uid == "1.2.3.4"
+    assert (header.rows, header.columns) == radiograph.shape
+
+
+def test_rg1_copy_with_odd_name(tmp_path) -> None:
+    target = tmp_path / "rg1.jpg.dcm"
+    shutil.copy(get_testdata_file("RG1_UNCI.dcm"), target)
+    assert load_image_file(target).shape == (MODEL_INPUT_SIZE, MODEL_INPUT_SIZE)

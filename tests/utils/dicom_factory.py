@@ -1,0 +1,147 @@
+"""Build real DICOM CR/DX objects for tests, in any supported transfer syntax."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.encaps import encapsulate
+from pydicom.uid import (
+    JPEG2000,
+    UID,
+    ComputedRadiographyImageStorage,
+    DeflatedExplicitVRLittleEndian,
+    DigitalXRayImageStorageForPresentation,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGBaseline8Bit,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    JPEGLSNearLossless,
+    RLELossless,
+    generate_uid,
+)
+
+COVID_CXR = Path(__file__).parents[2].parent / "shared" / "data" / "covid-cxr"
+"""Real radiographs (JPEG) beside the clone; absent on some machines."""
+
+_NATIVE = {ImplicitVRLittleEndian, ExplicitVRLittleEndian, DeflatedExplicitVRLittleEndian}
+
+
+def make_dicom(
+    path: Path,
+    pixels: np.ndarray,
+    *,
+    photometric: str = "MONOCHROME2",
+    bits_stored: int = 12,
+    transfer_syntax: str = ExplicitVRLittleEndian,
+    view_position: str | None = "PA",
+    patient_id: str = "P1",
+    study_uid: str | None = None,
+    sop_uid: str | None = None,
+    window: tuple[float, float] | None = None,
+    rescale: tuple[float, float] | None = None,
+    modality: str = "DX",
+) -> Path:
+    """Write ``pixels`` (2-D integers) as a DICOM file and return ``path``.
+
+    ``window`` is (center, width); ``rescale`` is (slope, intercept). 8-bit data
+    (``bits_stored <= 8``) is stored with BitsAllocated 8, otherwise 16.
+    Signed arrays get PixelRepresentation 1.
+    """
+    transfer_syntax = UID(transfer_syntax)
+    pixels = np.asarray(pixels)
+    bits_allocated = 8 if bits_stored <= 8 else 16
+    signed = pixels.dtype.kind == "i"
+    dtype = np.dtype(f"{'i' if signed else 'u'}{bits_allocated // 8}")
+    pixels = pixels.astype(dtype)
+
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    sop_class = (
+        ComputedRadiographyImageStorage
+        if modality == "CR"
+        else DigitalXRayImageStorageForPresentation
+    )
+    ds.file_meta.MediaStorageSOPClassUID = sop_class
+    ds.file_meta.MediaStorageSOPInstanceUID = sop_uid or generate_uid()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID = sop_class
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID = study_uid or generate_uid()
+    ds.SeriesInstanceUID = generate_uid()
+    ds.PatientID = patient_id
+    ds.Modality = modality
+    if view_position is not None:
+        ds.ViewPosition = view_position
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = photometric
+    ds.Rows, ds.Columns = pixels.shape
+    ds.BitsAllocated = bits_allocated
+    ds.BitsStored = bits_stored
+    ds.HighBit = bits_stored - 1
+    ds.PixelRepresentation = int(signed)
+    if window is not None:
+        ds.WindowCenter, ds.WindowWidth = window
+    if rescale is not None:
+        ds.RescaleSlope, ds.RescaleIntercept = rescale
+    ds.PixelData = pixels.tobytes()
+
+    if transfer_syntax == JPEGBaseline8Bit:
+        if bits_allocated != 8 or signed:
+            raise ValueError("JPEG baseline needs unsigned 8-bit pixels")
+        buffer = io.BytesIO()
+        Image.fromarray(pixels).save(buffer, format="JPEG", quality=95)
+        ds.PixelData = encapsulate([buffer.getvalue()])
+        ds["PixelData"].VR = "OB"
+        ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
+        ds.LossyImageCompression = "01"
+    elif transfer_syntax in (RLELossless, JPEGLSLossless, JPEG2000Lossless, JPEGLosslessSV1):
+        ds.compress(transfer_syntax, pixels)
+    elif transfer_syntax == JPEGLSNearLossless:
+        ds.compress(transfer_syntax, pixels, jls_error=2)
+    elif transfer_syntax == JPEG2000:
+        ds.compress(transfer_syntax, pixels, j2k_cr=[20])
+    elif transfer_syntax == ExplicitVRBigEndian:
+        ds.PixelData = pixels.astype(dtype.newbyteorder(">")).tobytes()
+        ds.file_meta.TransferSyntaxUID = ExplicitVRBigEndian
+    elif transfer_syntax in _NATIVE:
+        ds.file_meta.TransferSyntaxUID = transfer_syntax
+    else:
+        # Anything else: label only, for refusal tests.
+        ds.file_meta.TransferSyntaxUID = transfer_syntax
+    if "PixelData" in ds and ds["PixelData"].VR not in ("OB", "OW"):
+        ds["PixelData"].VR = "OW" if bits_allocated == 16 else "OB"
+    if transfer_syntax == ExplicitVRBigEndian:
+        ds.save_as(path, implicit_vr=False, little_endian=False, enforce_file_format=True)
+    else:
+        ds.save_as(path, enforce_file_format=True)
+    return Path(path)
+
+
+def real_pixels(n: int = 1, *, bits: int = 12, seed: int = 0) -> list[np.ndarray]:
+    """``n`` real radiographs scaled to ``bits`` bits (uint16), or synthetic stand-ins.
+
+    Reads covid-cxr frontal JPEGs when the shared folder exists; otherwise a
+    smooth gradient plus noise, so the tests run anywhere.
+    """
+    top = (1 << bits) - 1
+    files = sorted((COVID_CXR / "frontal").glob("*.jpg"))[:n] if COVID_CXR.is_dir() else []
+    arrays = []
+    for file in files:
+        with Image.open(file) as image:
+            grey = np.asarray(image.convert("L"), dtype=np.float64)
+        arrays.append(np.rint(grey / 255.0 * top).astype(np.uint16))
+    rng = np.random.default_rng(seed)
+    while len(arrays) < n:
+        rows, columns = 600 + 37 * len(arrays), 500
+        y, x = np.mgrid[0:rows, 0:columns]
+        smooth = 0.5 + 0.3 * np.sin(x / 60.0) * np.cos(y / 80.0) + 0.15 * (y / rows)
+        noisy = smooth + rng.normal(0.0, 0.03, size=smooth.shape)
+        arrays.append(np.rint(np.clip(noisy, 0.0, 1.0) * top).astype(np.uint16))
+    return arrays
