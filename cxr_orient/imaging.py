@@ -278,7 +278,6 @@ def _check_size(rows: int, columns: int, max_pixels: int, path: Path | None) -> 
         )
 
 
-
 # ------------------------------------------------------------------------ DICOM
 
 
@@ -627,9 +626,7 @@ def _native_stored(ds: pydicom.Dataset, spec: _PixelSpec) -> np.ndarray:
     else:
         dtype = dtype.newbyteorder("<")
     count = spec.rows * spec.columns
-    stored = np.frombuffer(ds.PixelData, dtype=dtype, count=count).reshape(
-        spec.rows, spec.columns
-    )
+    stored = np.frombuffer(ds.PixelData, dtype=dtype, count=count).reshape(spec.rows, spec.columns)
     if not stored.dtype.isnative:
         stored = stored.astype(stored.dtype.newbyteorder("="))
     return _mask_to_bits_stored(stored, spec)
