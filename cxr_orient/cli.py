@@ -177,10 +177,10 @@ def results(study_uid: str | None, fmt: str) -> None:
     with session_scope() as session:
         rows = [r.as_dict() for r in crud.results(session, study_instance_uid=study_uid)]
     if fmt == "json":
-        click.echo(json.dumps([{k: r[k] for k in RESULT_COLUMNS} for r in rows], indent=2))
+        click.echo(json.dumps([{k: r[k] for k in EXPORT_COLUMNS} for r in rows], indent=2))
     elif fmt == "csv":
         buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=RESULT_COLUMNS, extrasaction="ignore")
+        writer = csv.DictWriter(buffer, fieldnames=EXPORT_COLUMNS, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
         click.echo(buffer.getvalue(), nl=False)

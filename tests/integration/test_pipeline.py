@@ -1,0 +1,82 @@
+"""The product end to end: enqueue -> Redis -> a real celery worker -> SQL."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.integration.conftest import add_bad_files, build_corpus
+from tests.utils.worker import run_cli, running_worker, worker_env
+
+pytestmark = pytest.mark.integration
+
+
+def test_worker_classifies_mixed_corpus_once_each(
+    database_url: str, redis_url: str, tmp_path: Path
+) -> None:
+    from db.migrate import upgrade
+
+    corpus = tmp_path / "archive"
+    truth = build_corpus(corpus, frontal=8, lateral=6)
+    bad = add_bad_files(corpus)
+    env = worker_env(database_url=database_url, broker_url=redis_url, ingest_root=corpus,
+                     model_path="/tmp/smoke-model/untrained-smoke.keras",
+                     data_dir=tmp_path / "data", batch_size=8, batch_max_wait_ms=100)
+    upgrade(database_url)
+
+    with running_worker(env, tmp_path / "worker.log") as worker:
+        enqueued = run_cli("enqueue", str(corpus), "--wait", "--timeout", "240", env=env)
+        assert enqueued.returncode == 0, enqueued.stderr + worker.log()
+        again = run_cli("enqueue", str(corpus), "--wait", "--timeout", "60", env=env)
+        assert again.returncode == 0, again.stderr
+        assert "0 queued" in again.stdout, again.stdout
+        listed = run_cli("results", "--format", "json", env=env)
+        csv_listing = run_cli("results", "--format", "csv", env=env)
+    assert listed.returncode == 0, listed.stderr
+    rows = json.loads(listed.stdout)
+    assert csv_listing.stdout.count("\n") == len(rows) + 1
+
+    assert len(rows) == len(truth) + len(bad), "one row per file, none lost or doubled"
+    uids = [r["sop_instance_uid"] for r in rows if r["sop_instance_uid"]]
+    assert len(uids) == len(set(uids)) == len(truth)
+    by_status = {r["status"] for r in rows}
+    assert by_status <= {"done", "failed"}
+
+    done = [r for r in rows if r["status"] == "done"]
+    assert len(done) == len(truth), [r for r in rows if r["status"] != "done"]
+    for row in done:
+        assert row["label"] in {"frontal", "lateral"}
+        assert 0.5 <= row["confidence"] <= 1.0
+        assert row["model_version"]
+    # Wrong headers are caught: header_agrees is False exactly where the header lied
+    # and the model was right.
+    failed = [r for r in rows if r["status"] == "failed"]
+    assert len(failed) == len(bad)
+    codes = {r["file_path"]: str(r["error"]).split(":")[0] for r in failed}
+    assert codes == bad
+
+    results_by_label = _accuracy(done, truth, database_url)
+    assert results_by_label["lateral"] >= 0.8 and results_by_label["frontal"] >= 0.8, (
+        results_by_label
+    )
+
+
+def _accuracy(done: list[dict[str, object]], truth: dict[str, str], url: str) -> dict[str, float]:
+    from sqlalchemy import select
+
+    from db.models import Instance
+    from db.session import make_engine
+
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            paths = dict(conn.execute(select(Instance.sop_instance_uid, Instance.file_path)).all())
+    finally:
+        engine.dispose()
+    hits: dict[str, list[bool]] = {"frontal": [], "lateral": []}
+    for row in done:
+        expected = truth[paths[str(row["sop_instance_uid"])]]
+        hits[expected].append(row["label"] == expected)
+    return {k: sum(v) / len(v) for k, v in hits.items() if v}
