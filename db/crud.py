@@ -162,7 +162,6 @@ def claim_for_processing(session: Session, *, instance_id: int, stale_before: da
             started_at=utcnow(),
             updated_at=utcnow(),
         )
-        .execution_options(synchronize_session=False)
     )
     return bool(getattr(result, "rowcount", 0))
 
@@ -178,7 +177,6 @@ def mark_failed(session: Session, *, instance_id: int, error_code: str, error_me
             finished_at=utcnow(),
             updated_at=utcnow(),
         )
-        .execution_options(synchronize_session=False)
     )
 
 
@@ -192,7 +190,6 @@ def mark_queued(session: Session, *, instance_ids: Sequence[int]) -> None:
                 Instance.status != InstanceStatus.failed,
             )
             .values(status=InstanceStatus.queued, updated_at=utcnow())
-            .execution_options(synchronize_session=False)
         )
 
 
@@ -262,7 +259,6 @@ def record_predictions(
             finished_at=now,
             updated_at=now,
         )
-        .execution_options(synchronize_session=False)
     )
     return len(fresh)
 
