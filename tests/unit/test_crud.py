@@ -9,7 +9,7 @@ from db.models import InstanceStatus, OrientationLabel
 from db.session import session_scope
 
 
-def _add(session, uid: str, study: str = "1.2.3", view: str | None = "PA"):  # type: ignore[no-untyped-def]
+def _add(session, uid: str, study: str = "1.2.3", view: str | None = "PA"):
     s = crud.get_or_create_study(session, study_instance_uid=study, patient_id="P1")
     return crud.add_instance(
         session,
@@ -68,7 +68,7 @@ def test_claim_is_exclusive_and_reclaims_only_stale(migrated_db: str) -> None:
         assert row is not None and row.attempts == 2
 
 
-def _register(session, name: str = "m1"):  # type: ignore[no-untyped-def]
+def _register(session, name: str = "m1"):
     return crud.register_model_version(
         session,
         name=name,
