@@ -1,0 +1,36 @@
+"""The promotion gate: only a model that beats the active one goes into service."""
+
+from __future__ import annotations
+
+import pytest
+
+from training.lifecycle import ECE_TOLERANCE, gate, in_eval_split
+
+
+def _m(bal: float, lat: float, ece: float) -> dict[str, float]:
+    return {"balanced_accuracy": bal, "lateral_recall": lat, "ece": ece}
+
+
+@pytest.mark.parametrize(("candidate", "active", "promote"), [
+    (_m(0.99, 1.0, 0.02), _m(0.98, 1.0, 0.02), True),
+    (_m(0.98, 1.0, 0.02), _m(0.98, 0.9, 0.02), True),
+    (_m(0.98, 1.0, 0.01), _m(0.98, 1.0, 0.03), True),
+    (_m(0.98, 1.0, 0.02), _m(0.98, 1.0, 0.02), False),  # a tie gains nothing
+    (_m(0.99, 0.9, 0.02), _m(0.98, 1.0, 0.02), False),  # lateral recall worse
+    (_m(0.97, 1.0, 0.01), _m(0.98, 1.0, 0.02), False),  # balanced accuracy worse
+    (_m(0.99, 1.0, 0.02 + ECE_TOLERANCE + 0.01), _m(0.98, 1.0, 0.02), False),
+    (_m(float("nan"), 1.0, 0.0), _m(0.5, 0.5, 0.5), False),
+    (_m(0.9, 0.9, 0.1), None, True),
+], ids=["better-bal", "better-lat", "better-ece", "tie", "worse-lat", "worse-bal",
+        "worse-ece", "undefined", "no-active"])
+def test_gate(candidate: dict[str, float], active: dict[str, float] | None,
+              promote: bool) -> None:
+    decision = gate(candidate, active)
+    assert decision.promote is promote, decision.reasons
+    assert decision.reasons
+
+
+def test_eval_split_is_a_fixed_function_of_the_patient() -> None:
+    members = [in_eval_split(f"patient-{i}") for i in range(2000)]
+    assert members == [in_eval_split(f"patient-{i}") for i in range(2000)]
+    assert 0.17 < sum(members) / len(members) < 0.23
