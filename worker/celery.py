@@ -46,6 +46,10 @@ def make_app() -> Celery:
         worker_prefetch_multiplier=0,
         worker_hijack_root_logger=False,
         worker_send_task_events=False,
+        # A replacement pool process loads TensorFlow and the model before it reports
+        # up; celery's 4 s default killed it again and again on a busy machine after a
+        # pool process died (a crash loop found by tests/integration/test_faults.py).
+        worker_proc_alive_timeout=120.0,
         beat_schedule={
             "requeue-stuck-instances": {
                 "task": "cxr_orient.requeue_stuck",
