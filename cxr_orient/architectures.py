@@ -1,0 +1,203 @@
+"""Registry of the CNN architectures that classify a radiograph as frontal or lateral.
+
+Every model takes ``(input_size, input_size, 3)`` float32 images holding uint8 values
+(0..255; a greyscale radiograph repeated over the three channels) and does its own
+preprocessing inside the graph, so a saved ``.keras`` file is all that inference needs.
+Every model ends in ``Dense(2, softmax)``: index 0 frontal, index 1 lateral
+(:data:`cxr_orient.LABELS`).
+
+Only built-in Keras layers are used, so checkpoints round-trip through ``.keras``
+with ``safe_mode=True`` on any Keras 3 backend.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import keras
+from keras import layers
+
+from cxr_orient.errors import ModelError
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "ARCHITECTURES",
+    "DEFAULT_ARCHITECTURE",
+    "build_compact",
+    "build_mobilenetv3small",
+    "build_model",
+    "build_tutorial2019",
+    "build_vgg16",
+]
+
+DEFAULT_ARCHITECTURE = "compact"
+NUM_CLASSES = 2
+
+#: ImageNet channel means of the "caffe" preprocessing VGG16 was trained with (BGR order).
+#: Our inputs are grey repeated over three channels, so the RGB->BGR swap of
+#: ``keras.applications.vgg16.preprocess_input`` is a no-op and is left out.
+_VGG16_BGR_MEANS = (103.939, 116.779, 123.68)
+
+
+def _image_input(input_size: int) -> keras.KerasTensor:
+    if input_size < 32:
+        raise ValueError(f"input_size must be at least 32, got {input_size}")
+    return keras.Input(shape=(input_size, input_size, 3), dtype="float32", name="image")
+
+
+def _softmax_head(x: keras.KerasTensor) -> keras.KerasTensor:
+    # float32 output even under a mixed-precision policy, for stable probabilities.
+    return layers.Dense(NUM_CLASSES, activation="softmax", dtype="float32", name="view")(x)
+
+
+def build_tutorial2019(*, input_size: int = 256, weights_path: Path | None = None) -> keras.Model:
+    """The 2019 tutorial's network, layer for layer (~130 M parameters at 256 px).
+
+    Kept as a baseline: its Flatten -> Dense(256) is most of the parameters and
+    makes it slow on CPU and sensitive to where anatomy sits in the frame.
+    """
+    inputs = _image_input(input_size)
+    x = layers.Rescaling(1.0 / 255, name="rescale")(inputs)
+    x = layers.Conv2D(64, 2, activation="relu", name="conv1")(x)
+    x = layers.MaxPooling2D(name="pool1")(x)
+    x = layers.Dropout(0.3, name="drop1")(x)
+    x = layers.Conv2D(128, 2, activation="relu", name="conv2")(x)
+    x = layers.MaxPooling2D(name="pool2")(x)
+    x = layers.Dropout(0.3, name="drop2")(x)
+    x = layers.Flatten(name="flatten")(x)
+    x = layers.Dense(256, activation="relu", name="fc")(x)
+    model = keras.Model(inputs, _softmax_head(x), name="tutorial2019")
+    # As in the tutorial: Adam with binary cross-entropy on one-hot labels.
+    model.compile(optimizer="adam", loss="binary_crossentropy", metrics=["accuracy"])
+    _load_full_weights(model, weights_path)
+    return model
+
+
+def _conv_bn_relu(
+    x: keras.KerasTensor, filters: int, *, strides: int = 1, name: str
+) -> keras.KerasTensor:
+    x = layers.Conv2D(
+        filters, 3, strides=strides, padding="same", use_bias=False, name=f"{name}_conv"
+    )(x)
+    # momentum 0.9: with a few hundred training images an epoch is ~15 steps, and the
+    # default 0.99 leaves the moving statistics (used at validation) far behind.
+    x = layers.BatchNormalization(momentum=0.9, name=f"{name}_bn")(x)
+    return layers.ReLU(name=f"{name}_relu")(x)
+
+
+def build_compact(*, input_size: int = 256, weights_path: Path | None = None) -> keras.Model:
+    """The default: five Conv-BN-ReLU stages (16..128 channels), global pooling, ~0.3 M params.
+
+    Global average pooling rather than Flatten keeps the decision independent of
+    where the anatomy sits in the frame and the parameter count small, which
+    matters for CPU inference and for generalising from a few hundred images.
+    """
+    inputs = _image_input(input_size)
+    x = layers.Rescaling(1.0 / 255, name="rescale")(inputs)
+    x = _conv_bn_relu(x, 16, strides=2, name="stem")  # /2
+    for i, filters in enumerate((32, 64, 96, 128), start=1):
+        x = _conv_bn_relu(x, filters, name=f"block{i}a")
+        if i >= 3:
+            x = _conv_bn_relu(x, filters, name=f"block{i}b")
+        x = layers.MaxPooling2D(name=f"block{i}_pool")(x)  # /4, /8, /16, /32
+    x = layers.GlobalAveragePooling2D(name="gap")(x)
+    x = layers.Dropout(0.3, name="dropout")(x)
+    model = keras.Model(inputs, _softmax_head(x), name="compact")
+    _load_full_weights(model, weights_path)
+    return model
+
+
+def build_vgg16(*, input_size: int = 256, weights_path: Path | None = None) -> keras.Model:
+    """VGG16 body (``keras.applications``), "caffe" preprocessing inside the model.
+
+    ``weights_path`` is a local ImageNet no-top weights file
+    (``vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5``); nothing is downloaded.
+    """
+    inputs = _image_input(input_size)
+    x = layers.Rescaling(
+        1.0, offset=[-m for m in _VGG16_BGR_MEANS], name="caffe_preprocess"
+    )(inputs)
+    base = keras.applications.VGG16(
+        include_top=False, weights=None, input_shape=(input_size, input_size, 3)
+    )
+    _load_backbone_weights(base, weights_path)
+    x = base(x)
+    x = layers.GlobalAveragePooling2D(name="gap")(x)
+    x = layers.Dropout(0.3, name="dropout")(x)
+    return keras.Model(inputs, _softmax_head(x), name="vgg16")
+
+
+def build_mobilenetv3small(
+    *, input_size: int = 256, weights_path: Path | None = None
+) -> keras.Model:
+    """MobileNetV3Small body; its own preprocessing (0..255 -> -1..1) is inside the model.
+
+    ``weights_path`` is a local ImageNet no-top weights file; nothing is downloaded.
+    """
+    inputs = _image_input(input_size)
+    base = keras.applications.MobileNetV3Small(
+        input_shape=(input_size, input_size, 3),
+        include_top=False,
+        weights=None,
+        include_preprocessing=True,
+    )
+    _load_backbone_weights(base, weights_path)
+    x = base(inputs)
+    x = layers.GlobalAveragePooling2D(name="gap")(x)
+    x = layers.Dropout(0.3, name="dropout")(x)
+    return keras.Model(inputs, _softmax_head(x), name="mobilenetv3small")
+
+
+def _load_backbone_weights(base: keras.Model, weights_path: Path | None) -> None:
+    if weights_path is None:
+        logger.warning(
+            "%s: no ImageNet weights file given, training from scratch", base.name
+        )
+        return
+    path = Path(weights_path)
+    if not path.is_file():
+        raise ModelError(f"ImageNet weights file not found: {path}")
+    try:
+        base.load_weights(str(path))
+    except (ValueError, OSError) as e:
+        raise ModelError(f"cannot load ImageNet no-top weights from {path}: {e}") from e
+    logger.info("%s: ImageNet weights loaded from %s", base.name, path)
+
+
+def _load_full_weights(model: keras.Model, weights_path: Path | None) -> None:
+    """Architectures without a pretrained backbone take a full ``.weights.h5`` file, if any."""
+    if weights_path is None:
+        return
+    path = Path(weights_path)
+    if not path.is_file():
+        raise ModelError(f"weights file not found: {path}")
+    try:
+        model.load_weights(str(path))
+    except (ValueError, OSError) as e:
+        raise ModelError(f"cannot load weights for {model.name} from {path}: {e}") from e
+
+
+ARCHITECTURES: dict[str, Callable[..., keras.Model]] = {
+    "tutorial2019": build_tutorial2019,
+    "compact": build_compact,
+    "vgg16": build_vgg16,
+    "mobilenetv3small": build_mobilenetv3small,
+}
+
+
+def build_model(
+    name: str = DEFAULT_ARCHITECTURE,
+    *,
+    input_size: int = 256,
+    weights_path: Path | None = None,
+) -> keras.Model:
+    """Build the architecture registered under ``name`` (see :data:`ARCHITECTURES`)."""
+    try:
+        builder = ARCHITECTURES[name]
+    except KeyError:
+        known = ", ".join(sorted(ARCHITECTURES))
+        raise ModelError(f"unknown architecture {name!r}; known: {known}") from None
+    return builder(input_size=input_size, weights_path=weights_path)

@@ -1,0 +1,343 @@
+"""Checkpoints with sidecar model cards, integrity checks and calibrated inference.
+
+A checkpoint is ``<name>.keras`` with ``<name>.json`` beside it: the
+:class:`ModelCard` records labels, input size, the temperature that calibrates
+its probabilities, the confidence under which a prediction needs review, the
+file's SHA-256, and how it was trained and evaluated.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+
+from cxr_orient.errors import ModelError, ModelIntegrityError
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "Classifier",
+    "ModelCard",
+    "Prediction",
+    "apply_temperature",
+    "card_path_for",
+    "expected_calibration_error",
+    "file_sha256",
+    "fit_temperature",
+    "load_checkpoint",
+    "read_card",
+    "save_checkpoint",
+    "tta_views",
+]
+
+_EPS = 1e-7
+TTA_MODES = ("none", "dihedral", "dihedral+invert")
+
+
+def tta_views(x: np.ndarray, mode: str) -> list[np.ndarray]:
+    """The (N, H, W, C) batch under each transform of a test-time augmentation mode."""
+    if mode == "none":
+        return [x]
+    views = []
+    for flipped in (x, x[:, :, ::-1]):
+        views += [np.rot90(flipped, k=k, axes=(1, 2)) for k in range(4)]
+    if mode == "dihedral+invert":
+        views += [255.0 - v for v in views]
+    return [np.ascontiguousarray(v) for v in views]
+
+
+@dataclass
+class ModelCard:
+    """What a checkpoint is and how to use it; saved as JSON beside the ``.keras`` file."""
+
+    name: str
+    architecture: str
+    input_size: int
+    labels: tuple[str, ...] = ("frontal", "lateral")
+    temperature: float = 1.0
+    review_threshold: float = 0.9
+    sha256: str = ""
+    #: Test-time augmentation: "none", "dihedral" (mean over the 8 rotations/flips) or
+    #: "dihedral+invert" (those 8 and their greyscale inversions, 16 passes). Averaging
+    #: over the transforms makes the prediction exactly invariant to them.
+    test_time_augmentation: str = "none"
+    metrics: dict[str, Any] = field(default_factory=dict)
+    training: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.test_time_augmentation not in TTA_MODES:
+            raise ModelError(
+                f"unknown test_time_augmentation {self.test_time_augmentation!r}; "
+                f"known: {', '.join(TTA_MODES)}"
+            )
+
+    def to_json(self) -> str:
+        data = _finite_or_none(dataclasses.asdict(self))
+        data["labels"] = list(self.labels)
+        return json.dumps(data, indent=2, default=_json_default, allow_nan=False)
+
+    @classmethod
+    def from_json(cls, text: str) -> ModelCard:
+        data = json.loads(text)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            logger.warning("model card: ignoring unknown fields %s", sorted(unknown))
+        data = {k: v for k, v in data.items() if k in known}
+        data["labels"] = tuple(data.get("labels", ("frontal", "lateral")))
+        return cls(**data)
+
+
+def _finite_or_none(data: Any) -> Any:
+    """Undefined metrics (NaN) become null so the card is strict JSON."""
+    if isinstance(data, float | np.floating):
+        return float(data) if math.isfinite(data) else None
+    if isinstance(data, dict):
+        return {k: _finite_or_none(v) for k, v in data.items()}
+    if isinstance(data, list | tuple):
+        return [_finite_or_none(v) for v in data]
+    return data
+
+
+def _json_default(value: object) -> object:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def file_sha256(path: Path | str) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def card_path_for(checkpoint_path: Path | str) -> Path:
+    """``compact-v1.keras`` -> ``compact-v1.json``."""
+    return Path(checkpoint_path).with_suffix(".json")
+
+
+def save_checkpoint(model: keras.Model, card: ModelCard, directory: Path | str) -> Path:
+    """Write ``<directory>/<card.name>.keras`` and its card; return the checkpoint path.
+
+    ``card.sha256`` is set to the digest of the written file.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{card.name}.keras"
+    model.save(path)
+    card.sha256 = file_sha256(path)
+    card_path_for(path).write_text(card.to_json() + "\n", encoding="utf-8")
+    logger.info("saved checkpoint %s (sha256 %s)", path, card.sha256[:12])
+    return path
+
+
+def read_card(checkpoint_path: Path | str) -> ModelCard:
+    """Read the card beside ``checkpoint_path``."""
+    card_path = card_path_for(checkpoint_path)
+    try:
+        return ModelCard.from_json(card_path.read_text(encoding="utf-8"))
+    except FileNotFoundError as e:
+        raise ModelError(f"model card missing: {card_path}") from e
+    except (ValueError, TypeError) as e:
+        raise ModelError(f"model card unreadable: {card_path}: {e}") from e
+
+
+def load_checkpoint(path: Path | str, *, expected_sha256: str | None = None) -> keras.Model:
+    """Load a ``.keras`` checkpoint after checking its SHA-256 (when one is expected).
+
+    Loads with ``safe_mode=True`` and without the optimizer state.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"checkpoint not found: {path}")
+    if expected_sha256 is not None:
+        actual = file_sha256(path)
+        if actual.lower() != expected_sha256.lower():
+            raise ModelIntegrityError(
+                f"checkpoint {path} has sha256 {actual}, expected {expected_sha256}"
+            )
+    try:
+        return keras.saving.load_model(path, compile=False, safe_mode=True)
+    except Exception as e:  # keras raises many types for a corrupt or foreign file
+        raise ModelError(f"cannot load checkpoint {path}: {e}") from e
+
+
+# --- calibration -----------------------------------------------------------------
+
+
+def _lateral_logits(probs: np.ndarray) -> np.ndarray:
+    """(N, 2) softmax probabilities -> log-odds of lateral, (N,)."""
+    p = np.clip(np.asarray(probs, dtype=np.float64), _EPS, 1.0)
+    return np.log(p[:, 1]) - np.log(p[:, 0])
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + np.tanh(0.5 * x))
+
+
+def apply_temperature(probs: np.ndarray, temperature: float) -> np.ndarray:
+    """Temperature-scale (N, 2) probabilities: p_lat = sigmoid((log p_lat - log p_front) / T)."""
+    if temperature <= 0:
+        raise ValueError(f"temperature must be positive, got {temperature}")
+    p_lateral = _sigmoid(_lateral_logits(probs) / temperature)
+    return np.stack([1.0 - p_lateral, p_lateral], axis=1)
+
+
+def _nll(logits: np.ndarray, y: np.ndarray, temperature: float) -> float:
+    z = logits / temperature
+    # -log sigmoid(z) for y=1 and -log sigmoid(-z) for y=0, computed stably.
+    signed = np.where(y == 1, z, -z)
+    return float(np.mean(np.logaddexp(0.0, -signed)))
+
+
+def fit_temperature(
+    probs: np.ndarray, y: Sequence[int] | np.ndarray, *, bounds: tuple[float, float] = (0.05, 20.0)
+) -> float:
+    """Temperature minimising the validation NLL (1-D search in log T).
+
+    ``probs`` is (N, 2) uncalibrated softmax output, ``y`` the true class indices.
+    A coarse grid finds the basin, golden-section search refines it.
+    """
+    labels = np.asarray(y).astype(int)
+    logits = _lateral_logits(np.asarray(probs))
+    if logits.size == 0:
+        raise ValueError("fit_temperature needs at least one example")
+    lo, hi = math.log(bounds[0]), math.log(bounds[1])
+    grid = np.linspace(lo, hi, 81)
+    losses = [_nll(logits, labels, math.exp(t)) for t in grid]
+    best = int(np.argmin(losses))
+    a, b = grid[max(best - 1, 0)], grid[min(best + 1, len(grid) - 1)]
+    ratio = (math.sqrt(5) - 1) / 2
+    c, d = b - ratio * (b - a), a + ratio * (b - a)
+    fc, fd = _nll(logits, labels, math.exp(c)), _nll(logits, labels, math.exp(d))
+    for _ in range(60):
+        if fc < fd:
+            b, d, fd = d, c, fc
+            c = b - ratio * (b - a)
+            fc = _nll(logits, labels, math.exp(c))
+        else:
+            a, c, fc = c, d, fd
+            d = a + ratio * (b - a)
+            fd = _nll(logits, labels, math.exp(d))
+    return float(math.exp((a + b) / 2))
+
+
+def expected_calibration_error(
+    p_lateral: np.ndarray | Sequence[float], y: np.ndarray | Sequence[int], bins: int = 10
+) -> float:
+    """Top-label ECE: confidence max(p, 1-p) against accuracy, in equal-width bins on [0.5, 1]."""
+    p = np.asarray(p_lateral, dtype=np.float64)
+    labels = np.asarray(y).astype(int)
+    if p.size == 0:
+        return float("nan")
+    predicted = (p >= 0.5).astype(int)
+    confidence = np.where(predicted == 1, p, 1.0 - p)
+    correct = (predicted == labels).astype(np.float64)
+    edges = np.linspace(0.5, 1.0, bins + 1)
+    # Bin index by right-closed intervals so confidence 1.0 lands in the last bin.
+    index = np.clip(np.searchsorted(edges, confidence, side="left") - 1, 0, bins - 1)
+    ece = 0.0
+    for b in range(bins):
+        mask = index == b
+        if mask.any():
+            ece += mask.mean() * abs(correct[mask].mean() - confidence[mask].mean())
+    return float(ece)
+
+
+# --- inference -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One image's calibrated prediction."""
+
+    label: str
+    confidence: float
+    p_frontal: float
+    p_lateral: float
+    needs_review: bool
+
+
+class Classifier:
+    """A loaded model with its card: uint8 images in, calibrated predictions out."""
+
+    def __init__(self, model: keras.Model, card: ModelCard) -> None:
+        self.model = model
+        self.card = card
+
+    @classmethod
+    def from_checkpoint(cls, path: Path | str, *, verify: bool = True) -> Classifier:
+        """Load a checkpoint and its card; the card's SHA-256 is checked when ``verify``."""
+        card = read_card(path)
+        model = load_checkpoint(path, expected_sha256=card.sha256 if verify else None)
+        return cls(model, card)
+
+    @property
+    def input_size(self) -> int:
+        return self.card.input_size
+
+    def pre_process(self, batch: np.ndarray) -> np.ndarray:
+        """(N, H, W) grey or (N, H, W, 3) uint8 -> (N, H, W, 3) float32 holding 0..255."""
+        x = np.asarray(batch)
+        if x.ndim == 3:
+            x = x[..., np.newaxis]
+        if x.ndim != 4 or x.shape[-1] not in (1, 3):
+            raise ValueError(f"expected (N,H,W) or (N,H,W,3) images, got shape {x.shape}")
+        size = self.card.input_size
+        if x.shape[1:3] != (size, size):
+            raise ValueError(f"model expects {size}x{size} images, got {x.shape[1]}x{x.shape[2]}")
+        if x.shape[-1] == 1:
+            x = np.repeat(x, 3, axis=-1)
+        return x.astype(np.float32, copy=False)
+
+    def predict_raw(self, batch: np.ndarray) -> np.ndarray:
+        """Uncalibrated (N, 2) softmax output, averaged over the card's test-time views."""
+        x = self.pre_process(batch)
+        if len(x) == 0:
+            return np.zeros((0, 2), dtype=np.float64)
+        views = tta_views(x, self.card.test_time_augmentation)
+        # One call for all views: fewer, larger batches are what accelerators want.
+        out = self.model.predict_on_batch(np.concatenate(views) if len(views) > 1 else x)
+        probs = np.asarray(keras.ops.convert_to_numpy(out), dtype=np.float64)
+        return probs.reshape(len(views), len(x), 2).mean(axis=0)
+
+    def predict_proba(self, batch: np.ndarray) -> np.ndarray:
+        """Calibrated (N, 2) probabilities [p_frontal, p_lateral]."""
+        return apply_temperature(self.predict_raw(batch), self.card.temperature)
+
+    def post_process(self, probs: np.ndarray) -> list[Prediction]:
+        labels = self.card.labels
+        out = []
+        for p_front, p_lat in np.asarray(probs, dtype=np.float64):
+            index = int(p_lat >= 0.5)
+            confidence = float(max(p_front, p_lat))
+            out.append(
+                Prediction(
+                    label=labels[index],
+                    confidence=confidence,
+                    p_frontal=float(p_front),
+                    p_lateral=float(p_lat),
+                    needs_review=confidence < self.card.review_threshold,
+                )
+            )
+        return out
+
+    def predict(self, batch: np.ndarray) -> list[Prediction]:
+        return self.post_process(self.predict_proba(batch))

@@ -1,0 +1,57 @@
+import numpy as np
+import pytest
+
+from training.augment import augment_batch, augment_image
+from training.data import grouped_stratified_split
+from training.evaluate import binary_metrics, confusion_matrix, roc_auc
+from training.train import balanced_class_weights, train_model
+
+
+def test_augment_keeps_shape_dtype_and_is_seeded():
+    img = np.random.default_rng(0).integers(0, 256, (64, 64), dtype=np.uint8)
+    a = augment_image(img, np.random.default_rng(5))
+    b = augment_image(img, np.random.default_rng(5))
+    assert a.shape == (64, 64) and a.dtype == np.uint8
+    np.testing.assert_array_equal(a, b)
+    batch = augment_batch(np.stack([img] * 4), np.random.default_rng(1))
+    assert batch.shape == (4, 64, 64)
+
+
+def test_grouped_split_never_shares_a_patient():
+    rng = np.random.default_rng(0)
+    groups = [f"p{rng.integers(0, 60)}" for _ in range(300)]
+    labels = np.array([int(g in {"p1", "p2", "p3", "p7", "p9", "p11"}) for g in groups])
+    split = grouped_stratified_split(labels, groups, seed=3)
+    sides = [{groups[i] for i in idx} for idx in (split.train, split.val, split.test)]
+    assert not (sides[0] & sides[1] or sides[0] & sides[2] or sides[1] & sides[2])
+    assert len(split.train) + len(split.val) + len(split.test) == 300
+    assert all(labels[idx].sum() > 0 for idx in (split.train, split.val, split.test))
+
+
+def test_metrics_match_hand_computed():
+    y = np.array([0, 0, 0, 1, 1])
+    p = np.array([0.1, 0.6, 0.3, 0.8, 0.4])
+    np.testing.assert_array_equal(confusion_matrix(y, (p >= 0.5).astype(int)), [[2, 1], [1, 1]])
+    m = binary_metrics(y, p)
+    assert m["accuracy"] == pytest.approx(3 / 5)
+    assert m["balanced_accuracy"] == pytest.approx((2 / 3 + 1 / 2) / 2)
+    assert m["lateral_precision"] == pytest.approx(1 / 2)
+    assert m["frontal_recall"] == pytest.approx(2 / 3)
+    # positive scores 0.8, 0.4 vs negatives 0.1, 0.6, 0.3: 3 + 2 wins of 6 pairs
+    assert roc_auc(y, p) == pytest.approx(5 / 6)
+    assert roc_auc(y, np.full(5, 0.5)) == pytest.approx(0.5)
+
+
+def test_class_weights_balance():
+    w = balanced_class_weights(np.array([0] * 10 + [1]))
+    assert w[1] / w[0] == pytest.approx(10)
+
+
+def test_train_model_tiny():
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (24, 64, 64), dtype=np.uint8)
+    labels = np.array([0] * 18 + [1] * 6)
+    model, history = train_model(images, labels, architecture="compact", epochs=1,
+                                 batch_size=8, seed=0, val_fraction=0.25, verbose=0)
+    assert model.output_shape == (None, 2)
+    assert history.epochs_run == 1 and history.temperature > 0

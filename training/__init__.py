@@ -1,0 +1,1 @@
+"""Training, evaluation and reporting for the cxr-orient view classifier."""
