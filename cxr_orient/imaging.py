@@ -255,6 +255,12 @@ def _errors_named(path: Path | None) -> Iterator[None]:
         raise DecodeError(f"{_where(path)}out of memory while decoding") from e
     except Exception as e:
         raise DecodeError(f"{_where(path)}{type(e).__name__}: {e}") from e
+    except BaseException as e:
+        # Rust codecs (pylibjpeg-rle via pyo3) panic on crafted data with PanicException,
+        # a BaseException: it must fail this file, not the whole batch (found by fuzzing).
+        if isinstance(e, (KeyboardInterrupt, SystemExit, GeneratorExit)):
+            raise
+        raise DecodeError(f"{_where(path)}codec panic {type(e).__name__}: {e}") from e
 
 
 def _where(path: Path | None) -> str:
