@@ -1,0 +1,86 @@
+"""The bad-input corpus against the worker's decode step and against ingest.
+
+Each broken file must raise its own CxrError subclass (a specific, stable
+error code) with a message naming the file, never anything else. The same
+corpus goes through a real worker in tests/integration/test_security.py.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from cxr_orient import ingest
+from cxr_orient.errors import CxrError
+from cxr_orient.settings import Settings
+from tests.utils.faults import BadFile, build_bad_corpus
+from worker.pipeline import _Work, decode_instance
+
+MAX_PIXELS = 1_000_000
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[BadFile]]:
+    base = tmp_path_factory.mktemp("bad-inputs")
+    return base / "root", build_bad_corpus(base / "root", base / "outside")
+
+
+def _sha(path: Path) -> str:
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return ""
+
+
+def test_corpus_covers_every_kind(corpus: tuple[Path, list[BadFile]]) -> None:
+    codes = {b.code for b in corpus[1]} | {b.decode_code for b in corpus[1] if b.decode_code}
+    assert codes >= {"not_dicom", "truncated", "no_pixel_data", "invalid_attribute",
+                     "image_too_large", "unsupported_transfer_syntax", "decode_failed",
+                     "unsupported_image", "path_not_allowed", "file_missing", "file_changed",
+                     "missing_attribute"}
+    assert len(corpus[1]) >= 24
+
+
+def test_decode_instance_refuses_each_bad_file(
+    corpus: tuple[Path, list[BadFile]], tmp_path: Path
+) -> None:
+    root, bad = corpus
+    settings = Settings(ingest_root=root, max_pixels=MAX_PIXELS, data_dir=tmp_path)
+    seen: dict[str, str] = {}
+    for item in bad:
+        sha = _sha(item.path)  # what enqueue recorded
+        if item.after_enqueue is not None:
+            item.after_enqueue()
+        work = _Work(1, str(item.path), sha, None)
+        with pytest.raises(CxrError) as caught:
+            decode_instance(work, settings, 256)
+        seen[item.kind] = caught.value.code
+        assert caught.value.code == (item.decode_code or item.code), (item.kind, caught.value)
+        # Readable: the message names the file (or the attribute) at fault.
+        assert item.path.name in str(caught.value) or "PixelData" in str(caught.value), (
+            item.kind, str(caught.value))
+    assert len(seen) == len(bad)
+
+
+@pytest.mark.parametrize("kind", ["symlink", "dotdot", "not_dicom", "empty", "header_cut"])
+def test_ingest_refuses_before_queueing(kind: str, tmp_path: Path) -> None:
+    bad = build_bad_corpus(tmp_path / "root", tmp_path / "outside")
+    wanted = {"symlink": "symlink outside CXR_INGEST_ROOT", "dotdot": "path with '..'",
+              "not_dicom": "not_dicom", "empty": "empty",
+              "header_cut": "truncated in the header (byte 300)"}[kind]
+    item = next(b for b in bad if b.kind == wanted)
+    settings = Settings(ingest_root=tmp_path / "root", max_pixels=MAX_PIXELS, data_dir=tmp_path)
+    scanned = ingest._scan(item.path, settings)
+    assert scanned.error is not None and scanned.error.code == item.code
+
+
+def test_pixel_count_refused_before_any_read_of_pixels(tmp_path: Path) -> None:
+    """A header claiming 65535 x 65535 never allocates 8 GiB: refused from the header."""
+    bad = build_bad_corpus(tmp_path / "root", tmp_path / "outside")
+    item = next(b for b in bad if b.kind == "rows_columns_absurd")
+    settings = Settings(ingest_root=tmp_path / "root", max_pixels=60_000_000, data_dir=tmp_path)
+    with pytest.raises(CxrError) as caught:
+        decode_instance(_Work(1, str(item.path), _sha(item.path), None), settings, 256)
+    assert caught.value.code == "image_too_large"
