@@ -184,6 +184,99 @@ def labelled_images_from_db(session: Session) -> LabelledSet:
     return out
 
 
+# --- challenge: candidate vs active on the same patients ---------------------------------
+
+
+def challenge(
+    session: Session,
+    *,
+    candidate: ModelVersion,
+    test: Any,
+    actor: str,
+    seed: int = 0,
+    candidate_metrics: Mapping[str, Any] | None = None,
+) -> GateDecision:
+    """Evaluate ``candidate`` and the active model on ``test`` (the fixed evaluation
+    split), record the decision with both sets of figures, and promote on a win."""
+    from cxr_orient.registry import ensure_active_model, load_version
+    from training.evaluate import evaluate
+
+    serving = ensure_active_model(session)
+    if serving.id == candidate.id:
+        raise ModelError(f"{candidate.name!r} is already the active model")
+
+    def figures(version: ModelVersion) -> dict[str, Any]:
+        return evaluate(
+            load_version(version).classifier,
+            test.images,
+            test.labels,
+            groups=test.patients,
+            resamples=200,
+            seed=seed,
+        )
+
+    decision = gate(candidate_metrics or figures(candidate), figures(serving))
+    details = {
+        "candidate": decision.candidate,
+        "active": decision.active,
+        "active_version": serving.name,
+        "eval_images": len(test),
+        "eval_patients": len(set(test.patients)),
+        "reasons": decision.reasons,
+    }
+    reason = "; ".join(decision.reasons)
+    if decision.promote:
+        crud.activate_model_version(
+            session,
+            version=candidate,
+            actor=actor,
+            reason=reason,
+            action="promote",
+            details=details,
+        )
+    else:
+        candidate.state = "rejected"
+        crud.record_model_event(
+            session,
+            model_version_id=candidate.id,
+            action="reject",
+            actor=actor,
+            reason=reason,
+            details=details,
+        )
+    logger.info(
+        "gate: %s %s (%s)", candidate.name, "promoted" if decision.promote else "rejected", reason
+    )
+    return decision
+
+
+def eval_split_from_db(session: Session) -> Any:
+    """The labelled images of the fixed evaluation split's patients, from the database."""
+    from training.data import LabelledImages
+
+    collected = labelled_images_from_db(session)
+    keep = [i for i, p in enumerate(collected.patients) if in_eval_split(p)]
+    if not keep:
+        raise ModelError("no labelled image belongs to the fixed evaluation split yet")
+    return LabelledImages(
+        images=np.stack([collected.images[i] for i in keep]),
+        labels=np.asarray([collected.labels[i] for i in keep], dtype=np.int64),
+        files=[collected.files[i] for i in keep],
+        patients=[collected.patients[i] for i in keep],
+    )
+
+
+def challenge_version(name: str, *, actor: str) -> GateDecision:
+    """Gate a registered candidate against the active model (e.g. one trained elsewhere)."""
+    with session_scope() as session:
+        candidate = crud.find_model_version(session, name=name)
+        if candidate is None:
+            raise ModelError(f"no model version named {name!r}")
+        return challenge(
+            session, candidate=candidate, test=eval_split_from_db(session), actor=actor
+        )
+
+
 # --- retrain ------------------------------------------------------------------------------
 
 
@@ -260,15 +353,22 @@ def _retrain_locked(
     seed: int,
     actor: str,
 ) -> RetrainResult:
-    from cxr_orient.registry import ensure_active_model, load_version, register_checkpoint
+    from cxr_orient.registry import ensure_active_model, register_checkpoint
     from training.cli_train import train_and_evaluate
     from training.data import LabelledImages, Split, grouped_stratified_split, load_labelled_folder
-    from training.evaluate import evaluate
 
     settings = get_settings()
     with session_scope() as session:
-        active = ensure_active_model(session)
-        seen = int(active.training.get("highest_label_id", 0) or 0)
+        ensure_active_model(session)
+        # Labels already seen by any earlier candidate (promoted or not) are not new:
+        # a rejected candidate must not make every night retrain on the same data.
+        seen = max(
+            (
+                int(v.training.get("highest_label_id", 0) or 0)
+                for v in session.scalars(select(ModelVersion))
+            ),
+            default=0,
+        )
         new_labels = (
             session.scalar(
                 select(func.count()).select_from(GroundTruthLabel).where(GroundTruthLabel.id > seen)
@@ -278,11 +378,10 @@ def _retrain_locked(
         if new_labels < min_new_labels:
             return RetrainResult(
                 "skipped",
-                f"{new_labels} new label(s) since {active.name} "
+                f"{new_labels} new label(s) since the last training run "
                 f"(need {min_new_labels}); nothing to do",
             )
         collected = labelled_images_from_db(session)
-        active_id = active.id
     for problem in collected.problems:
         logger.warning("not trained on: %s", problem)
 
@@ -342,47 +441,17 @@ def _retrain_locked(
         },
     )
     with session_scope() as session:
-        serving = session.get(ModelVersion, active_id)
-        assert serving is not None
-        active_metrics = evaluate(
-            load_version(serving).classifier,
-            test.images,
-            test.labels,
-            groups=test.patients,
-            resamples=200,
-            seed=seed,
-        )
-        decision = gate(run.test_metrics, active_metrics)
         candidate = register_checkpoint(
             session, run.checkpoint, actor=actor, reason="nightly retrain candidate"
         )
-        details = {
-            "candidate": decision.candidate,
-            "active": decision.active,
-            "active_version": serving.name,
-            "eval_images": len(test),
-            "eval_patients": len(set(test.patients)),
-            "reasons": decision.reasons,
-        }
-        if decision.promote:
-            crud.activate_model_version(
-                session,
-                version=candidate,
-                actor=actor,
-                reason="; ".join(decision.reasons),
-                action="promote",
-                details=details,
-            )
-        else:
-            candidate.state = "rejected"
-            crud.record_model_event(
-                session,
-                model_version_id=candidate.id,
-                action="reject",
-                actor=actor,
-                reason="; ".join(decision.reasons),
-                details=details,
-            )
+        decision = challenge(
+            session,
+            candidate=candidate,
+            test=test,
+            actor=actor,
+            seed=seed,
+            candidate_metrics=run.test_metrics,
+        )
     status = "promoted" if decision.promote else "rejected"
     return RetrainResult(
         status,

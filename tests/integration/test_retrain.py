@@ -1,0 +1,133 @@
+"""Retraining end to end on real radiographs with labels in a real database."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from sqlalchemy import select
+
+from tests.utils.dicom_factory import COVID_CXR, make_dicom
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def _pixels(path: Path) -> np.ndarray:
+    with Image.open(path) as image:
+        grey = image.convert("L")
+        grey.thumbnail((512, 512))
+        return np.rint(np.asarray(grey, dtype=np.float64) / 255 * 4095).astype(np.uint16)
+
+
+def _labelled_corpus(root: Path, n_frontal: int, n_lateral: int) -> list[tuple[Path, str]]:
+    """Real films wrapped into DICOM, one patient each, with patient ids chosen so the
+    fixed evaluation split holds both classes."""
+    from training.lifecycle import in_eval_split
+
+    wanted = {"frontal": n_frontal, "lateral": n_lateral}
+    files = {c: sorted((COVID_CXR / c).glob("*.jpg"))[:wanted[c]] for c in wanted}
+    eval_ids = (f"P{i}" for i in range(10_000) if in_eval_split(f"db:P{i}"))
+    train_ids = (f"P{i}" for i in range(10_000) if not in_eval_split(f"db:P{i}"))
+    out = []
+    for label, paths in files.items():
+        for n, src in enumerate(paths):
+            patient = next(eval_ids) if n % 4 == 0 else next(train_ids)
+            path = root / f"{label}-{n:03d}.dcm"
+            make_dicom(path, _pixels(src), patient_id=patient, view_position=None,
+                       study_uid=f"1.2.826.0.1.3680043.10.9.{int(label == 'lateral')}.{n}")
+            out.append((path, label))
+    return out
+
+
+@pytest.mark.skipif(not COVID_CXR.is_dir(), reason="needs ../shared/data/covid-cxr")
+def test_retrain_gates_promotes_and_refuses_a_worse_model(
+    migrated_db: str, configure: Callable[..., None], tmp_path: Path
+) -> None:
+    from cxr_orient.architectures import build_model
+    from cxr_orient.ingest import enqueue_paths
+    from cxr_orient.labels import import_labels
+    from cxr_orient.modelstore import ModelCard, save_checkpoint
+    from cxr_orient.registry import current_model, register_checkpoint
+    from db import crud
+    from db.models import ModelEvent, ModelVersion
+    from db.session import session_scope
+    from training.lifecycle import challenge_version, retrain
+    from worker.pipeline import classify_instances
+
+    corpus = tmp_path / "archive"
+    corpus.mkdir()
+    files = _labelled_corpus(corpus, n_frontal=40, n_lateral=24)
+    configure(database_url=migrated_db, ingest_root=corpus, data_dir=tmp_path / "data",
+              model_dir=tmp_path / "models",
+              model_path=_untrained_checkpoint(tmp_path, build_model, ModelCard,
+                                               save_checkpoint))
+    report = enqueue_paths([corpus], send=False)
+    assert len(report.queued) == len(files)
+    rows = [{"sop_instance_uid": _uid(path), "label": label, "source": "test"}
+            for path, label in files]
+    with session_scope() as session:
+        assert import_labels(session, rows) == len(files)
+
+    # The first active model always answers frontal: the candidate must beat it.
+    skipped = retrain(min_new_labels=len(files) + 1)
+    assert skipped.status == "skipped" and "new label" in skipped.message
+    result = retrain(min_new_labels=10, epochs=8)
+    assert result.status == "promoted", result.message
+    with session_scope() as session:
+        active = crud.active_model_version(session)
+        assert active is not None and active.name == result.candidate
+        assert active.training["highest_label_id"] >= len(files)
+        event = session.scalars(select(ModelEvent).where(ModelEvent.action == "promote")
+                                .order_by(ModelEvent.id.desc())).first()
+        assert event is not None and event.details["active"] is not None
+        assert set(event.details["candidate"]) == {"balanced_accuracy", "lateral_recall", "ece"}
+    # No new labels since: the next night does nothing.
+    assert retrain(min_new_labels=1).status == "skipped"
+
+    # A deliberately worse model (untrained again) is refused and recorded.
+    worse = _untrained_checkpoint(tmp_path / "worse", build_model, ModelCard, save_checkpoint,
+                                  name="worse")
+    with session_scope() as session:
+        register_checkpoint(session, Path(worse), actor="test", reason="worse")
+    decision = challenge_version("worse", actor="test")
+    assert not decision.promote
+    with session_scope() as session:
+        worse_row = crud.find_model_version(session, name="worse")
+        assert worse_row is not None and worse_row.state == "rejected"
+        active = crud.active_model_version(session)
+        assert active is not None and active.name == result.candidate
+        assert session.scalar(select(ModelEvent.action).where(
+            ModelEvent.model_version_id == worse_row.id).order_by(ModelEvent.id.desc())
+        ) == "reject"
+
+    # Workers pick the promoted version up between batches, and say which made each answer.
+    new_file = corpus / "new.dcm"
+    make_dicom(new_file, _pixels(sorted((COVID_CXR / "lateral").glob("*.jpg"))[-1]),
+               patient_id="NEW")
+    new = enqueue_paths([new_file], send=False)
+    assert current_model().name == result.candidate
+    outcome = classify_instances(new.queued)
+    assert outcome.done == new.queued and outcome.model_version == result.candidate
+    with session_scope() as session:
+        assert session.scalar(select(ModelVersion.name).where(ModelVersion.is_active)) == (
+            result.candidate)
+
+
+def _uid(path: Path) -> str:
+    import pydicom
+
+    return str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
+
+
+def _untrained_checkpoint(folder: Path, build_model, ModelCard, save_checkpoint,
+                          name: str = "untrained") -> str:
+    """A deliberately bad model: untrained, its output biased to say 'frontal' always."""
+    model = build_model("compact")
+    head = model.get_layer("view")
+    kernel, _ = head.get_weights()
+    head.set_weights([np.zeros_like(kernel), np.array([4.0, -4.0])])
+    card = ModelCard(name=name, architecture="compact", input_size=256)
+    return str(save_checkpoint(model, card, folder))
