@@ -115,11 +115,11 @@ def make_dicom(
         ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
         ds.LossyImageCompression = "01"
     elif transfer_syntax in (RLELossless, JPEGLSLossless, JPEG2000Lossless, JPEGLosslessSV1):
-        ds.compress(transfer_syntax, pixels)
+        ds.compress(transfer_syntax, pixels, generate_instance_uid=False)
     elif transfer_syntax == JPEGLSNearLossless:
-        ds.compress(transfer_syntax, pixels, jls_error=2)
+        ds.compress(transfer_syntax, pixels, jls_error=2, generate_instance_uid=False)
     elif transfer_syntax == JPEG2000:
-        ds.compress(transfer_syntax, pixels, j2k_cr=[20])
+        ds.compress(transfer_syntax, pixels, j2k_cr=[20], generate_instance_uid=False)
     elif transfer_syntax == ExplicitVRBigEndian:
         ds.PixelData = pixels.astype(dtype.newbyteorder(">")).tobytes()
         ds.file_meta.TransferSyntaxUID = ExplicitVRBigEndian
