@@ -194,13 +194,52 @@ def _claim(instance_ids: Sequence[int], settings: Settings) -> tuple[list[_Work]
     return work, outcome
 
 
+def _interrupted_before(instance_ids: Sequence[int]) -> list[int]:
+    """Unfinished instances whose processing already started once and never ended."""
+    with session_scope() as session:
+        return list(
+            session.scalars(
+                select(Instance.id).where(
+                    Instance.id.in_(instance_ids),
+                    Instance.attempts > 0,
+                    Instance.status.in_([InstanceStatus.queued, InstanceStatus.processing]),
+                )
+            )
+        )
+
+
+def _merge(into: BatchOutcome, other: BatchOutcome) -> None:
+    into.done.extend(other.done)
+    into.failed.update(other.failed)
+    into.skipped.extend(other.skipped)
+    into.model_version = into.model_version or other.model_version
+
+
 def classify_instances(
     instance_ids: Sequence[int], *, settings: Settings | None = None
 ) -> BatchOutcome:
-    """Classify a batch of instances and record every outcome in the database."""
+    """Classify a batch of instances and record every outcome in the database.
+
+    An instance whose processing was interrupted before (its worker was killed) may
+    be what killed it: it runs alone, after the rest of the batch is recorded, so a
+    poison file cannot take its batch-mates down with it again and again.
+    """
+    settings = settings or get_settings()
+    ids = list(dict.fromkeys(instance_ids))
+    suspects: list[int] = []
+    if len(ids) > 1:
+        suspects = with_db_retry(lambda: _interrupted_before(ids), what="claim")
+    outcome = _classify_batch([i for i in ids if i not in suspects], settings)
+    for instance_id in suspects:
+        _merge(outcome, _classify_batch([instance_id], settings))
+    return outcome
+
+
+def _classify_batch(instance_ids: Sequence[int], settings: Settings) -> BatchOutcome:
     from cxr_orient.registry import current_model
 
-    settings = settings or get_settings()
+    if not instance_ids:
+        return BatchOutcome()
     work, outcome = with_db_retry(lambda: _claim(instance_ids, settings), what="claim")
     if not work:
         return outcome
