@@ -190,16 +190,17 @@ def results(study_uid: str | None, fmt: str) -> None:
         _print_results_table(rows)
 
 
-def _print_results_table(rows: list[dict[str, Any]]) -> None:
+def _print_results_table(rows: list[dict[str, Any]],
+                         columns: tuple[str, ...] = RESULT_COLUMNS) -> None:
     from rich.console import Console
     from rich.table import Table
 
     table = Table(show_lines=False)
-    for column in RESULT_COLUMNS:
+    for column in columns:
         table.add_column(column, overflow="fold")
     for row in rows:
-        table.add_row(*(_format_value(row[c]) for c in RESULT_COLUMNS))
-    Console(width=max(200, Console().width)).print(table)
+        table.add_row(*(_format_value(row[c]) for c in columns))
+    Console(width=max(160, Console().width)).print(table)
 
 
 @main.command()
@@ -446,6 +447,32 @@ def evaluate(model: str, data: Path, manifest: Path | None, robustness: bool,
             cells.append(f"{k}={r[k]:.3f} [{low:.3f}, {high:.3f}]")
         click.echo(f"{variant}: " + ", ".join(cells))
 
+
+# --- benchmark -----------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--quick", is_flag=True, help="A 2-3 minute run (smaller corpus, no sweep).")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("bench/results"),
+              show_default=True, help="Folder for <machine>.json and <machine>.md.")
+@click.option("--machine", default=None, help="Results file name. Default cpu-<N>core-<arch>.")
+@click.option("--model", "model_path", type=click.Path(path_type=Path), default=None,
+              help="Checkpoint to measure. Default: CXR_MODEL_PATH or the shipped one.")
+@click.option("--broker", default="redis://127.0.0.1:6379/10", show_default=True,
+              help="Broker for the pipeline run; 'filesystem' for the embedded one.")
+@click.option("--no-pipeline", is_flag=True, help="Skip the enqueue -> worker -> DB run.")
+def bench(quick: bool, out_dir: Path, machine: str | None, model_path: Path | None,
+          broker: str, no_pipeline: bool) -> None:
+    """Measure decode, model, pipeline and the tutorial-script baseline side by side."""
+    from bench.run import run_bench
+
+    results = run_bench(out_dir, quick=quick, machine=machine, model_path=model_path,
+                        broker_url=None if broker == "filesystem" else broker,
+                        pipeline=not no_pipeline, say=lambda m: click.echo(m, err=True))
+    click.echo(f"results: {out_dir}/{results['machine']}.json and .md")
+    for key, value in results.get("summary", {}).items():
+        shown = f"{value:,.2f}" if isinstance(value, float) else value
+        click.echo(f"{key}: {shown}")
 
 if __name__ == "__main__":
     main()

@@ -20,6 +20,9 @@ from typing import Any
 from cxr_orient.settings import get_settings, redact_url, reset_settings_cache
 
 SAMPLES = Path(__file__).resolve().parent / "samples"
+#: The demo shows sample file names rather than the (long) UIDs.
+DEMO_COLUMNS = ("file", "status", "label", "confidence", "needs_review", "header_view",
+                "header_agrees", "model_version", "error")
 
 
 def _start_worker(env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
@@ -60,7 +63,7 @@ def run_demo(
     timeout_s: float,
     show_worker_log: bool,
     echo: Callable[[str], Any],
-    print_results: Callable[[list[dict[str, Any]]], None],
+    print_results: Callable[[list[dict[str, Any]], tuple[str, ...]], None],
 ) -> int:
     from cxr_orient.ingest import enqueue_paths, wait_for
     from db import crud
@@ -119,7 +122,14 @@ def run_demo(
             and r.file_path.startswith(str(sample_dir))
             and r.file_path not in paths
         ]
-        print_results([r.as_dict() for r in rows])
+        shown = []
+        for row in rows:
+            values = row.as_dict()
+            values["file"] = str(Path(row.file_path).relative_to(sample_dir))
+            if values["error"]:
+                values["error"] = values["error"].replace(str(sample_dir) + "/", "")
+            shown.append(values)
+        print_results(sorted(shown, key=lambda r: r["file"]), DEMO_COLUMNS)
         if not finished:
             echo(f"timed out after {timeout_s:.0f} s; unfinished work stays queued")
             return 3
