@@ -38,6 +38,9 @@ def _setup_logging(verbose: bool) -> None:
     logging.basicConfig(
         level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    if not verbose:  # migration chatter and kombu's filesystem-transport notice
+        logging.getLogger("alembic").setLevel(logging.WARNING)
+        logging.getLogger("kombu.connection").setLevel(logging.ERROR)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
