@@ -25,6 +25,9 @@ from cxr_orient.errors import CxrError
 from cxr_orient.imaging import load_dicom_image
 from tests.utils.dicom_factory import make_dicom
 
+# Mutated headers make pydicom warn about every odd element; the warnings are expected.
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
 MAX_PIXELS = 2_000_000
 SECONDS_PER_FILE = 5.0
 EXAMPLES = int(os.environ.get("CXR_FUZZ_EXAMPLES", "5000"))
