@@ -104,6 +104,11 @@ class LoadedModel:
     input_size: int
     review_threshold: float
     classifier: Classifier
+    sha256: str
+
+    @property
+    def key(self) -> tuple[int, str, str]:
+        return (self.version_id, self.name, self.sha256)
 
     def predict_proba(self, batch: np.ndarray) -> np.ndarray:
         """Calibrated (N, 2) probabilities [p_frontal, p_lateral]."""
@@ -130,6 +135,7 @@ def load_version(version: ModelVersion) -> LoadedModel:
         input_size=version.input_size,
         review_threshold=threshold,
         classifier=Classifier(model, card),
+        sha256=version.sha256,
     )
 
 
@@ -139,11 +145,13 @@ def current_model() -> LoadedModel:
     global _LOADED
     with session_scope() as session:
         version = ensure_active_model(session)
-        version_id = version.id
-        if _LOADED is not None and _LOADED.version_id == version_id:
+        # Identity is the row and the file's hash: an id alone is not unique across
+        # databases (tests, a re-created database) and must never serve a stale model.
+        key = (version.id, version.name, version.sha256)
+        if _LOADED is not None and _LOADED.key == key:
             return _LOADED
         with _LOCK:
-            if _LOADED is None or _LOADED.version_id != version_id:
+            if _LOADED is None or _LOADED.key != key:
                 previous = _LOADED.name if _LOADED else None
                 _LOADED = load_version(version)
                 logger.info("model in service: %s (was %s)", _LOADED.name, previous)
