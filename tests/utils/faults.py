@@ -320,9 +320,11 @@ def build_bad_corpus(root: Path, outside: Path) -> list[BadFile]:
     (root / "empty.dcm").write_bytes(b"")
     bad.append(BadFile("empty", root / "empty.dcm", "truncated"))
 
-    source = dicom("source.dcm").read_bytes()
-    (root / "source.dcm").unlink()
-    for cut in (60, 131, 300, len(source) // 2, len(source) - 7):
+    size = len(dicom("source.dcm").read_bytes())
+    for cut in (60, 131, 300, size // 2, size - 7):
+        # A fresh source per cut: copies of one instance share its SOPInstanceUID and
+        # ingest (idempotent by UID) would record only the first.
+        source = dicom("source.dcm").read_bytes()
         path = root / f"truncated_{cut}.dcm"
         path.write_bytes(source[:cut])
         if cut == 300:  # cut inside the header: the UIDs ingest needs are gone
@@ -330,6 +332,7 @@ def build_bad_corpus(root: Path, outside: Path) -> list[BadFile]:
                                decode_code="no_pixel_data"))
         else:
             bad.append(BadFile(f"truncated at byte {cut}", path, "truncated"))
+    (root / "source.dcm").unlink()
 
     edited("no_pixel_data", "no_pixel_data", lambda ds: delattr(ds, "PixelData"))
     edited("rows_zero", "invalid_attribute", lambda ds: setattr(ds, "Rows", 0))
