@@ -110,7 +110,28 @@ class Settings(BaseSettings):
         description="CXR_IMAGENET_WEIGHTS_DIR: local folder of keras.applications ImageNet "
         "weight files for transfer learning. Nothing is downloaded. Default unset.",
     )
-    log_level: str = Field(default="INFO", description="CXR_LOG_LEVEL. Default INFO.")
+    retrain_schedule: str | None = Field(
+        default=None,
+        description="CXR_RETRAIN_SCHEDULE: crontab expression (5 fields, UTC) for the nightly "
+        "retrain run by celery beat, e.g. '15 2 * * *'; an alternative to the cron line in "
+        "docs/operations.md. Default unset (no beat-driven retrain).",
+    )
+    retrain_min_new_labels: int = Field(
+        default=50, ge=1,
+        description="CXR_RETRAIN_MIN_NEW_LABELS: a scheduled retrain with fewer new labels "
+        "exits without training. Default 50.",
+    )
+    log_level: str = Field(
+        default="INFO",
+        description="CXR_LOG_LEVEL: DEBUG, INFO, WARNING, ERROR or CRITICAL. Default INFO.",
+    )
+
+    @field_validator("retrain_schedule")
+    @classmethod
+    def _five_field_crontab(cls, value: str | None) -> str | None:
+        if value is not None and len(value.split()) != 5:
+            raise ValueError("CXR_RETRAIN_SCHEDULE must be a 5-field crontab expression")
+        return value
 
     @field_validator("log_level")
     @classmethod

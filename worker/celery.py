@@ -11,6 +11,7 @@ import logging
 from typing import Any
 
 from celery import Celery, signals
+from celery.schedules import crontab
 
 from cxr_orient.settings import get_settings
 
@@ -58,6 +59,13 @@ def make_app() -> Celery:
         },
         timezone="UTC",
     )
+    if settings.retrain_schedule:
+        minute, hour, day_of_month, month, day_of_week = settings.retrain_schedule.split()
+        app.conf.beat_schedule["nightly-retrain"] = {
+            "task": "cxr_orient.retrain",
+            "schedule": crontab(minute=minute, hour=hour, day_of_month=day_of_month,
+                                month_of_year=month, day_of_week=day_of_week),
+        }
     return app
 
 

@@ -49,3 +49,14 @@ def requeue_stuck() -> int:
     from worker.requeue import requeue_unfinished
 
     return requeue_unfinished(only_stale=True)
+
+
+@app.task(name="cxr_orient.retrain", ignore_result=True, acks_late=False)
+def retrain() -> str:
+    """Nightly retrain (celery beat, CXR_RETRAIN_SCHEDULE); the lock in
+    training.lifecycle keeps it from overlapping with a cron-started run."""
+    from training.lifecycle import retrain as run_retrain
+
+    result = run_retrain(min_new_labels=_settings.retrain_min_new_labels, actor="celery-beat")
+    logger.info("scheduled retrain: %s", result.message)
+    return result.message
