@@ -1,0 +1,165 @@
+"""GPU-node measurements (run on the lent H100 with ``KERAS_BACKEND=jax``).
+
+``python -m bench.gpu --model M --out DIR --machine h100``: model images/s per
+batch size through the worker's real input path (``Classifier.predict_proba``
+from uint8 grey), mixed bfloat16 where its answers agree, decode capacity of a
+process pool over one core each, and (optional) the pipeline with the embedded
+filesystem broker and SQLite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+
+def _model_rates(classifier: Any, batches: list[int], seconds: float) -> dict[str, float]:
+    from bench.measure import model_throughput
+
+    rates = model_throughput(classifier, batches, min_seconds=seconds, max_batches=200)
+    return {str(k): v for k, v in rates.items()}
+
+
+def _raw_uint8_rate(classifier: Any, batch: int, seconds: float) -> float:
+    """predict_on_batch fed uint8 RGB directly (what a uint8 input path would reach)."""
+    size = classifier.input_size
+    x = np.random.default_rng(0).integers(0, 256, (batch, size, size, 3), dtype=np.uint8)
+    classifier.model.predict_on_batch(x)
+    done, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        classifier.model.predict_on_batch(x)
+        done += 1
+    return done * batch / (time.perf_counter() - start)
+
+
+def _bf16(classifier: Any) -> Any:
+    import keras
+
+    from cxr_orient.architectures import build_model
+    from cxr_orient.modelstore import Classifier
+
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    try:
+        model = build_model(classifier.card.architecture, input_size=classifier.input_size)
+        model.set_weights(classifier.model.get_weights())
+    finally:
+        keras.config.set_dtype_policy("float32")
+    return Classifier(model, classifier.card)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--machine", default="h100")
+    parser.add_argument("--corpus-per-syntax", type=int, default=4)
+    parser.add_argument("--budget-s", type=float, default=420)
+    parser.add_argument("--pipeline", action="store_true")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO)
+    t0 = time.monotonic()
+    jax = importlib.import_module("jax")
+    import keras
+
+    from bench.corpus import build_corpus
+    from bench.run import write_results
+    from cxr_orient.imaging import load_dicom_image
+    from cxr_orient.modelstore import Classifier
+
+    results: dict[str, Any] = {
+        "machine": args.machine,
+        "backend": keras.backend.backend(),
+        "devices": [str(d) for d in jax.devices()],
+        "device_kind": jax.devices()[0].device_kind,
+        "cpu_count": os.cpu_count(),
+    }
+    out_json = args.out / f"{args.machine}.json"
+
+    def save() -> None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        out_json.write_text(json.dumps(results, indent=2, default=str))
+
+    compact = Classifier.from_checkpoint(args.model, verify=False)
+    rng = np.random.default_rng(1)
+    probe = rng.integers(0, 256, (256, 256, 256), dtype=np.uint8)
+    results["compact_float32"] = _model_rates(compact, [64, 256, 1024, 2048], 3.0)
+    results["compact_uint8_direct"] = {"1024": _raw_uint8_rate(compact, 1024, 3.0)}
+    save()
+    bf = _bf16(compact)
+    p32, p16 = compact.predict_proba(probe), bf.predict_proba(probe)
+    results["compact_bf16_agreement"] = {
+        "same_label": float(np.mean((p32[:, 1] >= 0.5) == (p16[:, 1] >= 0.5))),
+        "max_p_diff": float(np.abs(p32 - p16).max()),
+    }
+    results["compact_bf16"] = _model_rates(bf, [256, 1024, 2048], 3.0)
+    save()
+    from cxr_orient.architectures import build_model
+    from cxr_orient.modelstore import ModelCard
+
+    tutorial = Classifier(
+        build_model("tutorial2019"),
+        ModelCard(name="t", architecture="tutorial2019", input_size=256),
+    )
+    results["tutorial2019_float32"] = _model_rates(tutorial, [64, 256, 512], 3.0)
+    save()
+    logger.info("models done at %.0fs", time.monotonic() - t0)
+
+    root = Path("/tmp/gpu-bench")
+    items = build_corpus(root / "corpus", per_syntax=args.corpus_per_syntax)
+    paths = [i.path for i in items]
+    results["corpus_files"] = len(paths)
+    cores = os.cpu_count() or 1
+    with ProcessPoolExecutor(max_workers=cores) as pool:
+        list(pool.map(load_dicom_image, paths[:cores]))
+        per: dict[str, float] = {}
+        work = paths * 4
+        start = time.perf_counter()
+        list(pool.map(load_dicom_image, work, chunksize=2))
+        per["all_syntaxes"] = len(work) / (time.perf_counter() - start)
+        for name in sorted({i.syntax for i in items}):
+            subset = [i.path for i in items if i.syntax == name] * 8
+            start = time.perf_counter()
+            list(pool.map(load_dicom_image, subset))
+            per[name] = len(subset) / (time.perf_counter() - start)
+    results["decode_capacity_processes"] = cores
+    results["decode_capacity_images_per_s"] = per
+    save()
+    logger.info("decode done at %.0fs", time.monotonic() - t0)
+    if args.pipeline and time.monotonic() - t0 < args.budget_s - 150:
+        results["pipeline"] = _pipeline(items, root, args.model, cores)
+        save()
+    write_results(results, args.out, args.machine)
+
+
+def _pipeline(items: list[Any], root: Path, model: Path, cores: int) -> dict[str, Any]:
+    from bench import pipeline as pl
+
+    try:
+        config = pl.PipelineConfig(
+            root=root, model_path=model, broker_url=None, decode_threads=cores
+        )
+        env = pl.configure_environment(config)
+        env["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"
+        with pl.running_worker(
+            env, root / "worker.log", concurrency=1, batch_size=256, max_wait_ms=200
+        ):
+            pl.saturate(pl.make_studies(items, root / "studies", studies=4, tag="warm"))
+            return pl.saturate(pl.make_studies(items, root / "studies", studies=200, tag="s"))
+    except Exception as e:  # report, never lose the model/decode figures
+        logger.exception("pipeline failed")
+        return {"error": f"{type(e).__name__}: {e}"}
+
+
+if __name__ == "__main__":
+    main()

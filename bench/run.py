@@ -1,0 +1,368 @@
+"""``cxr-orient bench``: every measurement of issue 4 in one run, written as JSON + markdown."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.corpus import JPEG2000_NAMES, UNCOMPRESSED, build_corpus, uses_real_pixels
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How much of each measurement a run does."""
+
+    per_syntax: int
+    decode_repeats: int
+    compact_batches: tuple[int, ...]
+    tutorial_batches: tuple[int, ...]
+    pipeline_studies: int
+    steady_seconds: float
+    sweep: tuple[tuple[int, int], ...]  # (batch size, max wait ms)
+
+
+QUICK = Plan(
+    per_syntax=2,
+    decode_repeats=1,
+    compact_batches=(1, 32),
+    tutorial_batches=(8,),
+    pipeline_studies=16,
+    steady_seconds=8,
+    sweep=(),
+)
+FULL = Plan(
+    per_syntax=4,
+    decode_repeats=2,
+    compact_batches=(1, 8, 32, 64, 128),
+    tutorial_batches=(8, 32),
+    pipeline_studies=40,
+    steady_seconds=30,
+    sweep=((8, 200), (64, 200), (32, 50), (32, 1000)),
+)
+
+
+def default_machine() -> str:
+    return f"cpu-{os.cpu_count()}core-{platform.machine()}"
+
+
+def load_average() -> list[float]:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return []
+
+
+def _classifier(model_path: Path) -> Any:
+    from cxr_orient.modelstore import Classifier
+
+    return Classifier.from_checkpoint(model_path, verify=False)
+
+
+def _untrained(name: str, root: Path) -> Any:
+    """An untrained architecture wrapped as a Classifier (speed only)."""
+    from cxr_orient.architectures import build_model
+    from cxr_orient.modelstore import Classifier, ModelCard
+
+    return Classifier(
+        build_model(name), ModelCard(name=f"untrained-{name}", architecture=name, input_size=256)
+    )
+
+
+def run_bench(
+    out_dir: Path,
+    *,
+    quick: bool,
+    machine: str | None = None,
+    model_path: Path | None = None,
+    broker_url: str | None = "redis://127.0.0.1:6379/10",
+    pipeline: bool = True,
+    say: Callable[[str], None] = logger.info,
+) -> dict[str, Any]:
+    """Run the benchmark; write ``<out_dir>/<machine>.json`` and ``.md``; return the results."""
+    from bench import measure
+    from cxr_orient.settings import get_settings
+
+    plan = QUICK if quick else FULL
+    machine = machine or default_machine()
+    model_path = (model_path or get_settings().bootstrap_model_path).resolve()
+    root = Path(tempfile.mkdtemp(prefix="cxr-bench-"))
+    results: dict[str, Any] = {
+        "machine": machine,
+        "quick": quick,
+        "cpu_count": os.cpu_count(),
+        "platform": platform.platform(),
+        "model": str(model_path),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "load_before": load_average(),
+    }
+    try:
+        say(f"building corpus ({plan.per_syntax} per transfer syntax) in {root}")
+        items = build_corpus(root / "corpus", per_syntax=plan.per_syntax)
+        results["corpus"] = {"files": len(items), "real_pixels": uses_real_pixels()}
+
+        say("decode: naive vs fast, side by side")
+        classifier = _classifier(model_path)
+        decode = measure.decode_comparison(
+            items, repeats=plan.decode_repeats, classifier=classifier
+        )
+        results["decode"] = decode
+        threads = get_settings().decode_threads or os.cpu_count() or 1
+        results["decode_capacity_images_per_s"] = measure.decode_capacity(items, threads=threads)
+        results["decode_threads"] = threads
+
+        say("model throughput")
+        models = {"compact": measure.model_throughput(classifier, plan.compact_batches)}
+        tutorial = _untrained("tutorial2019", root)
+        models["tutorial2019"] = measure.model_throughput(
+            tutorial, plan.tutorial_batches, min_seconds=1.0, max_batches=3
+        )
+        del tutorial
+        results["model_images_per_s"] = {
+            k: {str(b): v for b, v in d.items()} for k, d in models.items()
+        }
+
+        say("tutorial script baseline")
+        results["baseline"] = {
+            "per_image": measure.tutorial_script(items, str(model_path), batch=None),
+            "batch32": measure.tutorial_script(items, str(model_path), batch=32),
+        }
+        if pipeline:
+            say("pipeline: enqueue -> broker -> real worker -> DB")
+            results["pipeline"] = _pipeline(items, root, model_path, plan, broker_url, say)
+        results["load_after"] = load_average()
+        results["summary"] = summarise(results)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    write_results(results, out_dir, machine)
+    return results
+
+
+def _pipeline(
+    items: list[Any],
+    root: Path,
+    model_path: Path,
+    plan: Plan,
+    broker_url: str | None,
+    say: Callable[[str], None],
+) -> dict[str, Any]:
+    from bench import pipeline as pl
+    from cxr_orient.settings import get_settings
+
+    config = pl.PipelineConfig(root=root, model_path=model_path, broker_url=broker_url)
+    env = pl.configure_environment(config)
+    settings = get_settings()
+    default = (settings.batch_size, settings.batch_max_wait_ms)
+    out: dict[str, Any] = {
+        "broker": broker_url or "filesystem",
+        "database": "sqlite",
+        "default_batch": default[0],
+        "default_max_wait_ms": default[1],
+    }
+    n = plan.pipeline_studies
+    runs: list[dict[str, Any]] = []
+    for k, (batch, wait) in enumerate((default, *plan.sweep)):
+        say(f"pipeline: batch {batch}, max wait {wait} ms")
+        sat = pl.make_studies(items, root / "studies", studies=n, tag=f"sat{k}")
+        with pl.running_worker(
+            env, root / f"worker{k}.log", concurrency=1, batch_size=batch, max_wait_ms=wait
+        ) as worker:
+            warm = pl.make_studies(items, root / "studies", studies=2, tag=f"warm{k}")
+            pl.saturate(warm)
+            saturated = pl.saturate(sat)
+            offered = out.get("offered_images_per_s") or 0.5 * saturated["images_per_s"]
+            out.setdefault("offered_images_per_s", offered)
+            count = max(4, int(plan.steady_seconds * offered / 2))
+            steady_folders = pl.make_studies(
+                items, root / "studies", studies=count, tag=f"steady{k}"
+            )
+            steady = pl.steady(steady_folders, images_per_s=offered)
+            rss = pl.peak_rss_mib(worker.pid)
+        runs.append(
+            {
+                "batch_size": batch,
+                "max_wait_ms": wait,
+                "saturated": saturated,
+                "steady": steady,
+                "peak_rss_mib": rss,
+            }
+        )
+    out["runs"] = runs
+    return out
+
+
+def summarise(results: dict[str, Any]) -> dict[str, Any]:
+    """The issue-4 targets as numbers and met / not met."""
+    by = results["decode"]["by_syntax"]
+    files = results["decode"]["files"]
+
+    def speedup(names: tuple[str, ...]) -> float | None:
+        naive = sum(by[n]["naive_ms"] * by[n]["files"] for n in names if n in by)
+        fast = sum(by[n]["fast_ms"] * by[n]["files"] for n in names if n in by)
+        return naive / fast if fast else None
+
+    agree = all(f.get("same_label", True) for f in files)
+    max_p = max((f.get("p_diff", 0.0) for f in files), default=0.0)
+    summary: dict[str, Any] = {
+        "uncompressed_speedup": speedup(UNCOMPRESSED),
+        "jpeg2000_speedup": speedup(JPEG2000_NAMES),
+        "predictions_labels_agree": agree,
+        "predictions_max_p_diff": max_p,
+    }
+    summary["target_uncompressed_4x"] = bool(
+        (summary["uncompressed_speedup"] or 0) >= 4 and agree and max_p <= 0.01
+    )
+    summary["target_jpeg2000_20x"] = bool(
+        (summary["jpeg2000_speedup"] or 0) >= 20 and agree and max_p <= 0.01
+    )
+    decode_cap = results["decode_capacity_images_per_s"]
+    compact = results["model_images_per_s"]["compact"]
+    model_cap = max(compact.values())
+    summary["decode_capacity"] = decode_cap
+    summary["model_capacity"] = model_cap
+    # On a shared CPU decode and inference take turns: the serial bound is lower.
+    summary["serial_bound"] = 1.0 / (1.0 / decode_cap + 1.0 / model_cap)
+    baseline = results["baseline"]["per_image"]["images_per_s"]
+    summary["baseline_images_per_s"] = baseline
+    summary["baseline_batch32_images_per_s"] = results["baseline"]["batch32"]["images_per_s"]
+    pipe = results.get("pipeline")
+    if pipe and "runs" in pipe:
+        first = pipe["runs"][0]
+        rate = first["saturated"]["images_per_s"]
+        summary["pipeline_images_per_s"] = rate
+        summary["pipeline_ratio_to_min_capacity"] = rate / min(decode_cap, model_cap)
+        summary["pipeline_ratio_to_serial_bound"] = rate / summary["serial_bound"]
+        summary["pipeline_vs_baseline"] = rate / baseline
+        summary["steady_p50_s"] = first["steady"]["latency_p50_s"]
+        summary["steady_p99_s"] = first["steady"]["latency_p99_s"]
+        summary["target_pipeline_0.8_capacity"] = summary["pipeline_ratio_to_min_capacity"] >= 0.8
+        summary["target_8x_baseline"] = summary["pipeline_vs_baseline"] >= 8
+        p99 = summary["steady_p99_s"]
+        summary["target_p99_under_2s"] = p99 is not None and p99 < 2.0
+        summary["peak_rss_mib_max"] = max(first["peak_rss_mib"].values(), default=None)
+    return summary
+
+
+def write_results(results: dict[str, Any], out_dir: Path, machine: str) -> tuple[Path, Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    json_path = out_dir / f"{machine}.json"
+    md_path = out_dir / f"{machine}.md"
+    json_path.write_text(json.dumps(results, indent=2, default=str) + "\n", encoding="utf-8")
+    md_path.write_text(to_markdown(results), encoding="utf-8")
+    return json_path, md_path
+
+
+def _f(value: Any, digits: int = 1) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "met" if value else "NOT met"
+    if isinstance(value, float):
+        return f"{value:,.{digits}f}"
+    return str(value)
+
+
+_SHOWN = frozenset(
+    {
+        "machine",
+        "quick",
+        "started",
+        "cpu_count",
+        "load_before",
+        "load_after",
+        "corpus",
+        "decode",
+        "model_images_per_s",
+        "summary",
+        "platform",
+        "model",
+    }
+)
+
+
+def to_markdown(results: dict[str, Any]) -> str:
+    lines = [
+        f"# cxr-orient bench: {results['machine']}",
+        "",
+        f"{'quick' if results.get('quick') else 'full'} run, {results.get('started')}, "
+        f"{results.get('cpu_count')} CPUs, load average before {results.get('load_before')} "
+        f"after {results.get('load_after')}; corpus {results.get('corpus')}.",
+        "",
+    ]
+    decode = results.get("decode")
+    if decode:
+        lines += [
+            "## Decode + preprocess to 256 px (ms per image, mean over files)",
+            "",
+            "| transfer syntax | files | naive ms | ours ms | speed-up | max pixel diff "
+            "| max p diff | labels agree |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for name, e in decode["by_syntax"].items():
+            lines.append(
+                f"| {name} | {e['files']} | {_f(e['naive_ms'])} | {_f(e['fast_ms'])} | "
+                f"{_f(e['speedup'])}x | {e['max_pixel_diff']} | "
+                f"{_f(e['max_p_diff'], 4)} | {e['labels_agree']} |"
+            )
+        lines.append("")
+    models = results.get("model_images_per_s")
+    if models:
+        lines += [
+            "## Model images/s (Classifier.predict_proba from uint8)",
+            "",
+            "| model | batch | images/s |",
+            "|---|---|---|",
+        ]
+        for name, per in models.items():
+            for batch, rate in per.items():
+                lines.append(f"| {name} | {batch} | {_f(rate)} |")
+        lines.append("")
+    pipe = results.get("pipeline")
+    if pipe and "runs" in pipe:
+        lines += [
+            f"## Pipeline ({pipe['broker']}, {pipe['database']}, one worker process)",
+            "",
+            f"Steady offered load {_f(pipe['offered_images_per_s'])} images/s "
+            "(half the default configuration's saturated rate).",
+            "",
+            "| batch | max wait ms | saturated images/s | p50 s (sat.) | steady p50 s "
+            "| steady p99 s | peak RSS MiB |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for run in pipe["runs"]:
+            rss = max(run["peak_rss_mib"].values(), default=None)
+            lines.append(
+                f"| {run['batch_size']} | {run['max_wait_ms']} | "
+                f"{_f(run['saturated']['images_per_s'])} | "
+                f"{_f(run['saturated']['latency_p50_s'], 2)} | "
+                f"{_f(run['steady']['latency_p50_s'], 2)} | "
+                f"{_f(run['steady']['latency_p99_s'], 2)} | {_f(rss, 0)} |"
+            )
+        lines.append("")
+    extra = {k: v for k, v in results.items() if k not in _SHOWN}
+    if extra:
+        lines += [
+            "## Other figures",
+            "",
+            "```json",
+            json.dumps(extra, indent=2, default=str),
+            "```",
+            "",
+        ]
+    summary = results.get("summary", {})
+    if summary:
+        lines += ["## Summary", "", "| figure | value |", "|---|---|"]
+        for key, value in summary.items():
+            lines.append(f"| {key} | {_f(value, 2)} |")
+        lines.append("")
+    return "\n".join(lines)

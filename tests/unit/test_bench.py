@@ -1,0 +1,56 @@
+"""The benchmark's pure parts on a tiny corpus (no timing assertions: targets live in
+the report, never in tests)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pydicom
+
+from bench.corpus import build_corpus, clone_with_new_uids
+from bench.measure import decode_comparison
+from bench.run import summarise, to_markdown, write_results
+
+
+def test_corpus_covers_syntaxes_and_photometrics(tmp_path: Path) -> None:
+    items = build_corpus(
+        tmp_path, per_syntax=2, scale=0.12, syntaxes=("explicit-le", "rle", "j2k-lossless")
+    )
+    assert {i.syntax for i in items} == {"explicit-le", "rle", "j2k-lossless"}
+    assert {i.photometric for i in items} == {"MONOCHROME1", "MONOCHROME2"}
+    for item in items:
+        ds = pydicom.dcmread(item.path, stop_before_pixels=True)
+        assert (ds.Rows, ds.Columns) == (item.rows, item.columns)
+        assert ds.BitsStored == item.bits_stored
+
+
+def test_clone_gets_new_uids(tmp_path: Path) -> None:
+    (item,) = build_corpus(tmp_path / "c", per_syntax=1, scale=0.1, syntaxes=("explicit-le",))
+    copy = clone_with_new_uids(
+        item.path, tmp_path / "s" / "1.dcm", study_uid="1.2.3", patient_id="X"
+    )
+    a, b = pydicom.dcmread(item.path), pydicom.dcmread(copy)
+    assert a.SOPInstanceUID != b.SOPInstanceUID and b.StudyInstanceUID == "1.2.3"
+    assert a.PixelData == b.PixelData
+
+
+def test_decode_comparison_and_report(tmp_path: Path) -> None:
+    items = build_corpus(
+        tmp_path / "c", per_syntax=1, scale=0.25, syntaxes=("explicit-le", "j2k-lossless")
+    )
+    decode = decode_comparison(items, repeats=1)
+    assert set(decode["by_syntax"]) == {"explicit-le", "j2k-lossless"}
+    assert decode["by_syntax"]["explicit-le"]["max_pixel_diff"] <= 1
+    results: dict[str, Any] = {
+        "machine": "test",
+        "decode": decode,
+        "decode_capacity_images_per_s": 10.0,
+        "model_images_per_s": {"compact": {"32": 100.0}},
+        "baseline": {"per_image": {"images_per_s": 2.0}, "batch32": {"images_per_s": 3.0}},
+    }
+    results["summary"] = summarise(results)
+    assert results["summary"]["decode_capacity"] == 10.0
+    assert "explicit-le" in to_markdown(results)
+    json_path, md_path = write_results(results, tmp_path / "out", "test")
+    assert json_path.is_file() and md_path.read_text().startswith("# cxr-orient bench")
