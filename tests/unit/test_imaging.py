@@ -63,12 +63,19 @@ def _mean_diff(a: np.ndarray, b: np.ndarray) -> float:
 
 # ------------------------------------------------------------------ RG1 (real CR)
 
+def pydicom_file(name: str) -> Path:
+    """A file of pydicom's test data (pydicom-data), as a path."""
+    found = get_testdata_file(name)
+    assert isinstance(found, str), f"pydicom test file {name} not installed"
+    return Path(found)
+
+
 RG1 = ["RG1_UNCR.dcm", "RG1_UNCI.dcm", "RG1_J2KR.dcm", "RG1_J2KI.dcm"]
 
 
 @pytest.fixture(scope="module")
 def rg1_images() -> dict[str, np.ndarray]:
-    return {name: load_dicom_image(Path(get_testdata_file(name))) for name in RG1}
+    return {name: load_dicom_image(pydicom_file(name)) for name in RG1}
 
 
 @pytest.mark.parametrize("name", RG1, ids=[n.removesuffix(".dcm") for n in RG1])
@@ -84,8 +91,8 @@ def test_rg1_shape_dtype_and_monochrome1_inverted(name: str, rg1_images) -> None
 
 def test_rg1_lossless_encodings_identical(rg1_images) -> None:
     assert _max_diff(rg1_images["RG1_UNCR.dcm"], rg1_images["RG1_UNCI.dcm"]) <= 1
-    naive_uncr = load_dicom_image_naive(Path(get_testdata_file("RG1_UNCR.dcm")))
-    naive_j2kr = load_dicom_image_naive(Path(get_testdata_file("RG1_J2KR.dcm")))
+    naive_uncr = load_dicom_image_naive(pydicom_file("RG1_UNCR.dcm"))
+    naive_j2kr = load_dicom_image_naive(pydicom_file("RG1_J2KR.dcm"))
     np.testing.assert_array_equal(naive_uncr, naive_j2kr)
 
 
@@ -97,7 +104,7 @@ def test_rg1_jpeg2000_fast_close_to_uncompressed(rg1_images) -> None:
 
 @pytest.mark.parametrize("name", RG1, ids=[n.removesuffix(".dcm") for n in RG1])
 def test_rg1_fast_matches_naive(name: str, rg1_images) -> None:
-    naive = load_dicom_image_naive(Path(get_testdata_file(name)))
+    naive = load_dicom_image_naive(pydicom_file(name))
     fast = rg1_images[name]
     assert _mean_diff(fast, naive) < 1.0
     assert _max_diff(fast, naive) <= 40
@@ -105,7 +112,7 @@ def test_rg1_fast_matches_naive(name: str, rg1_images) -> None:
 
 
 def test_read_header_rg1() -> None:
-    header = read_header(Path(get_testdata_file("RG1_J2KR.dcm")))
+    header = read_header(pydicom_file("RG1_J2KR.dcm"))
     assert isinstance(header, DicomHeader)
     assert header.transfer_syntax_uid == JPEG2000Lossless
     assert (header.rows, header.columns) == (1955, 1841)
@@ -172,7 +179,7 @@ def test_jpeg_baseline_8bit_close(radiograph, tmp_path) -> None:
     "name", ["JPEG-LL.dcm", "JPGExtended.dcm"], ids=["JPEGLosslessSV1", "JPEGExtended12Bit"]
 )
 def test_pydicom_jpeg_files_fast_matches_naive(name: str) -> None:
-    path = Path(get_testdata_file(name))
+    path = pydicom_file(name)
     fast = load_dicom_image(path)
     assert fast.shape == (MODEL_INPUT_SIZE, MODEL_INPUT_SIZE) and fast.dtype == np.uint8
     assert _max_diff(fast, load_dicom_image_naive(path)) <= 2
@@ -180,7 +187,7 @@ def test_pydicom_jpeg_files_fast_matches_naive(name: str) -> None:
 
 def test_jpeg_lossless_process14(tmp_path) -> None:
     # An SV1 stream is a valid process-14 stream: relabel it as 1.2.840.10008.1.2.4.57.
-    ds = pydicom.dcmread(get_testdata_file("JPEG-LL.dcm"))
+    ds = pydicom.dcmread(pydicom_file("JPEG-LL.dcm"))
     sv1 = dataset_to_image(ds)
     ds.file_meta.TransferSyntaxUID = JPEGLossless
     ds.save_as(tmp_path / "p14.dcm")
@@ -313,7 +320,7 @@ def _short_pixels(ds: pydicom.Dataset) -> None:
 
 
 def _mpeg2(ds: pydicom.Dataset) -> None:
-    ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.100"
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.UID("1.2.840.10008.1.2.4.100")
     ds.PixelData = encapsulate([ds.PixelData])
 
 
@@ -358,7 +365,7 @@ def test_bad_dicom_refused(case, radiograph, tmp_path) -> None:
 )
 def test_pydicom_files_refused(name, error) -> None:
     with pytest.raises(error):
-        load_dicom_image(Path(get_testdata_file(name)))
+        load_dicom_image(pydicom_file(name))
 
 
 def test_huge_image_refused_before_decoding(radiograph, tmp_path, monkeypatch) -> None:
@@ -457,5 +464,5 @@ def test_read_header_fields(radiograph, tmp_path) -> None:
 
 def test_rg1_copy_with_odd_name(tmp_path) -> None:
     target = tmp_path / "rg1.jpg.dcm"
-    shutil.copy(get_testdata_file("RG1_UNCI.dcm"), target)
+    shutil.copy(pydicom_file("RG1_UNCI.dcm"), target)
     assert load_image_file(target).shape == (MODEL_INPUT_SIZE, MODEL_INPUT_SIZE)
