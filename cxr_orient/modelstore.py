@@ -35,6 +35,7 @@ __all__ = [
     "file_sha256",
     "fit_temperature",
     "load_checkpoint",
+    "platt_targets",
     "read_card",
     "save_checkpoint",
     "tta_views",
@@ -136,11 +137,18 @@ def card_path_for(checkpoint_path: Path | str) -> Path:
 def save_checkpoint(model: keras.Model, card: ModelCard, directory: Path | str) -> Path:
     """Write ``<directory>/<card.name>.keras`` and its card; return the checkpoint path.
 
-    ``card.sha256`` is set to the digest of the written file.
+    ``card.sha256`` is set to the digest of the written file. The optimizer state is
+    left out (inference never needs it; it would double or triple the file): a compiled
+    model is saved through an uncompiled copy (rebuilt from its config) holding the same
+    weights (``clone_model`` would compile the copy too).
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"{card.name}.keras"
+    if getattr(model, "optimizer", None) is not None:
+        clone = model.__class__.from_config(model.get_config())
+        clone.set_weights(model.get_weights())
+        model = clone
     model.save(path)
     card.sha256 = file_sha256(path)
     card_path_for(path).write_text(card.to_json() + "\n", encoding="utf-8")
@@ -200,25 +208,51 @@ def apply_temperature(probs: np.ndarray, temperature: float) -> np.ndarray:
     return np.stack([1.0 - p_lateral, p_lateral], axis=1)
 
 
-def _nll(logits: np.ndarray, y: np.ndarray, temperature: float) -> float:
+def _soft_nll(logits: np.ndarray, y: np.ndarray, temperature: float,
+              targets: tuple[float, float] = (0.0, 1.0)) -> float:
+    """Cross-entropy of sigmoid(logits / T) against soft targets (negative, positive)."""
     z = logits / temperature
-    # -log sigmoid(z) for y=1 and -log sigmoid(-z) for y=0, computed stably.
-    signed = np.where(y == 1, z, -z)
-    return float(np.mean(np.logaddexp(0.0, -signed)))
+    t = np.where(y == 1, targets[1], targets[0])
+    # -t log sigmoid(z) - (1 - t) log sigmoid(-z), computed stably.
+    return float(np.mean(t * np.logaddexp(0.0, -z) + (1.0 - t) * np.logaddexp(0.0, z)))
+
+
+def platt_targets(y: np.ndarray) -> tuple[float, float]:
+    """Platt's (1999) smoothed targets: 1/(N- + 2) for negatives, (N+ + 1)/(N+ + 2) for
+    positives. With them a validation set the model separates perfectly still has a
+    finite best temperature (plain NLL would drive T to 0 and every probability to 0/1)."""
+    n_pos = int((y == 1).sum())
+    n_neg = int((y == 0).sum())
+    return 1.0 / (n_neg + 2), (n_pos + 1.0) / (n_pos + 2)
 
 
 def fit_temperature(
-    probs: np.ndarray, y: Sequence[int] | np.ndarray, *, bounds: tuple[float, float] = (0.05, 20.0)
+    probs: np.ndarray, y: Sequence[int] | np.ndarray, *,
+    bounds: tuple[float, float] = (0.01, 100.0), smoothed: bool = True, counts_per_image: int = 1,
 ) -> float:
     """Temperature minimising the validation NLL (1-D search in log T).
 
     ``probs`` is (N, 2) uncalibrated softmax output, ``y`` the true class indices.
-    A coarse grid finds the basin, golden-section search refines it.
+    With ``smoothed`` the NLL is against Platt's smoothed targets (:func:`platt_targets`),
+    counted over ``N / counts_per_image`` images when each image appears in several views.
+    A coarse grid finds the basin, golden-section search refines it. A result at
+    either end of ``bounds`` is logged as a warning: the NLL was still falling there,
+    so the temperature is a clamp, not a fit (e.g. a separable validation set, or
+    probabilities averaged into softness by test-time augmentation).
     """
     labels = np.asarray(y).astype(int)
     logits = _lateral_logits(np.asarray(probs))
     if logits.size == 0:
         raise ValueError("fit_temperature needs at least one example")
+    targets = (0.0, 1.0)
+    if smoothed:
+        per = max(1, int(counts_per_image))
+        targets = platt_targets(labels[: max(1, len(labels) // per)]) if per > 1 \
+            else platt_targets(labels)
+
+    def _nll(lg: np.ndarray, yy: np.ndarray, temp: float) -> float:
+        return _soft_nll(lg, yy, temp, targets)
+
     lo, hi = math.log(bounds[0]), math.log(bounds[1])
     grid = np.linspace(lo, hi, 81)
     losses = [_nll(logits, labels, math.exp(t)) for t in grid]
@@ -236,7 +270,11 @@ def fit_temperature(
             a, c, fc = c, d, fd
             d = a + ratio * (b - a)
             fd = _nll(logits, labels, math.exp(d))
-    return float(math.exp((a + b) / 2))
+    temperature = float(math.exp((a + b) / 2))
+    if min(abs(math.log(temperature) - lo), abs(hi - math.log(temperature))) < 0.05:
+        logger.warning("fitted temperature %.4g is at the edge of its range %s",
+                       temperature, bounds)
+    return temperature
 
 
 def expected_calibration_error(

@@ -4,8 +4,10 @@ Archives hold radiographs stored rotated, mirrored, inverted (MONOCHROME1 read
 as MONOCHROME2), tightly collimated or oddly windowed. None of that changes
 whether a film is frontal or lateral, so training shows the model all of it:
 
-- rotation by k * 90 degrees and horizontal / vertical flips (all 8 orientations),
-- greyscale inversion,
+- ALWAYS one of the 8 orientations (rotation by k * 90 degrees, k uniform in 0..3, then
+  a horizontal flip with p=0.5: a uniform draw from the dihedral group, so every
+  orientation is seen equally often and invariance is learned, not optional),
+- greyscale inversion with p=0.5 (an archive's MONOCHROME1 read as MONOCHROME2),
 - a random crop of 70-100 % of each side, resized back (zoom and aspect change),
 - contrast, brightness and gamma changes,
 - gaussian noise,
@@ -27,9 +29,9 @@ class AugmentConfig:
     """Probabilities and ranges; the defaults are what the shipped model used."""
 
     p_rot90: float = 1.0  # draw k in 0..3 uniformly with this probability
-    p_hflip: float = 0.5
-    p_vflip: float = 0.5
-    p_invert: float = 0.3
+    p_hflip: float = 0.5  # with p_rot90=1: a uniform draw from the 8 dihedral orientations
+    p_vflip: float = 0.0  # redundant with rot90 + hflip (vflip = rot180 o hflip)
+    p_invert: float = 0.5
     p_crop: float = 0.7
     crop_min: float = 0.7  # fraction of each side kept
     p_intensity: float = 0.8

@@ -24,7 +24,7 @@ from cxr_orient.modelstore import (
 from training.data import LabelledImages, Split, grouped_stratified_split, load_labelled_folder
 from training.evaluate import robustness
 from training.report import write_figures, write_json
-from training.train import TrainHistory, choose_review_threshold, train_model
+from training.train import TrainHistory, choose_review_threshold, train_model, validation_views
 
 logger = logging.getLogger(__name__)
 
@@ -63,12 +63,17 @@ def summarise(metrics: dict[str, Any]) -> dict[str, Any]:
 
 def calibrate_classifier(classifier: Classifier, images: np.ndarray, labels: np.ndarray) -> None:
     """Refit the card's temperature and review threshold through the classifier's own
-    inference path (test-time augmentation included), on validation images."""
-    raw = np.concatenate([classifier.predict_raw(images[i : i + 32])
-                          for i in range(0, len(images), 32)])
-    classifier.card.temperature = fit_temperature(raw, labels)
+    inference path (test-time augmentation included), on validation images in all 16
+    dihedral x inversion views (one temperature for whatever way up a film arrives)."""
+    y = np.asarray(labels).astype(int)
+    raw = np.concatenate([classifier.predict_raw(view[i : i + 32])
+                          for view in validation_views(images)
+                          for i in range(0, len(view), 32)])
+    y_all = np.tile(y, len(raw) // max(len(y), 1))
+    classifier.card.temperature = fit_temperature(
+        raw, y_all, counts_per_image=len(raw) // max(len(y), 1))
     classifier.card.review_threshold = choose_review_threshold(
-        apply_temperature(raw, classifier.card.temperature), labels
+        apply_temperature(raw, classifier.card.temperature), y_all
     )
 
 
@@ -89,6 +94,8 @@ def train_and_evaluate(
     grid_mask: np.ndarray | None = None,
     extra_training: dict[str, Any] | None = None,
     verbose: int | str = "auto",
+    workers: int = 1,
+    time_budget_s: float | None = None,
 ) -> TrainedRun:
     """Train on ``split.train``, calibrate on ``split.val``, evaluate on ``split.test``.
 
@@ -100,7 +107,7 @@ def train_and_evaluate(
     model, history = train_model(
         train.images, train.labels, architecture=architecture, epochs=epochs,
         batch_size=batch_size, seed=seed, val_images=val.images, val_labels=val.labels,
-        min_epochs=min_epochs, verbose=verbose,
+        min_epochs=min_epochs, verbose=verbose, workers=workers, time_budget_s=time_budget_s,
     )
     card = ModelCard(
         name=name, architecture=architecture, input_size=int(data.images.shape[1]),
@@ -118,6 +125,8 @@ def train_and_evaluate(
                               resamples=resamples, seed=seed)
         test_metrics = variants["original"]
     card.metrics = {
+        # What candidates are compared on: validation patients, 16 views, uncalibrated.
+        "validation_16_views": history.params.get("validation_16_views", {}),
         "held_out_test": summarise(test_metrics) if test_metrics else {},
         "robustness": {
             k: {m: v[m] for m in ("balanced_accuracy", "lateral_recall", "frontal_recall")}

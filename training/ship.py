@@ -3,11 +3,21 @@
     python -m training.ship                       # decode, train, evaluate, write
     python -m training.ship --make-npz .devdata/covid-cxr-256.npz   # decode only
     python -m training.ship --npz .devdata/covid-cxr-256.npz --out OUT --report OUT/report
+    # what made the shipped model: three candidates in parallel, chosen on validation
+    python -m training.ship --npz .devdata/covid-cxr-256.npz \
+        --candidate compact:20200601 --candidate compact:7 --candidate compact_wide:20200601 \
+        --jobs 3 --workers 4 --time-budget 240
 
-The split is fixed by ``--seed``: ~70 % of patients train, ~15 % validation
-(early stopping, temperature, review threshold), ~15 % test, stratified by whether
-a patient has a lateral film. The test patients are evaluated once, as they are
-and rotated by 90/180/270 degrees, flipped and inverted.
+The split is fixed by ``--split-seed``: ~70 % of patients train, ~15 % validation
+(early stopping, temperature, review threshold, choice between candidates), ~15 %
+test, stratified by whether a patient has a lateral film. The test patients are
+evaluated as they are and rotated by 90/180/270 degrees, flipped and inverted; those
+figures are reported, never used to choose.
+
+With several ``--candidate ARCH:SEED``, each trains in its own process (``--jobs`` at
+a time, sharing one GPU), and the one shipped is the best on the validation patients
+over all 16 dihedral x inversion views: highest mean lateral recall, then highest mean
+balanced accuracy, then lowest mean NLL.
 
 Decoding needs :mod:`cxr_orient.imaging` (pydicom); training from ``--npz`` does not,
 so the same script runs where only Keras and a backend are installed.
@@ -17,11 +27,19 @@ from __future__ import annotations
 
 import argparse
 import csv
+import importlib
 import json
 import logging
+import os
 import platform
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import keras
 import numpy as np
@@ -70,9 +88,14 @@ def ship(
     manifest: Path | None,
     verbose: int | str,
     min_epochs: int = 90,
-    test_time_augmentation: str = "dihedral+invert",
+    test_time_augmentation: str = "none",
+    architecture: str = ARCHITECTURE,
+    split_seed: int | None = None,
+    workers: int = 1,
+    time_budget_s: float | None = None,
 ) -> None:
-    split = grouped_stratified_split(data.labels, data.patients, seed=seed)
+    split_seed = seed if split_seed is None else split_seed
+    split = grouped_stratified_split(data.labels, data.patients, seed=split_seed)
     licences = _licences(manifest)
     test_files = [data.files[i] for i in split.test]
     grid_mask = np.asarray([licences.get(f, ("", ""))[0] in _SHOWABLE_LICENCES
@@ -80,19 +103,23 @@ def ship(
     started = time.monotonic()
     run = train_and_evaluate(
         data, split, name=NAME, out_dir=out_dir, report_dir=report_dir,
-        architecture=ARCHITECTURE, epochs=epochs, seed=seed, batch_size=batch_size,
+        architecture=architecture, epochs=epochs, seed=seed, batch_size=batch_size,
         grid_mask=grid_mask, verbose=verbose, min_epochs=min_epochs,
-        test_time_augmentation=test_time_augmentation,
+        test_time_augmentation=test_time_augmentation, workers=workers,
+        time_budget_s=time_budget_s,
         extra_training={
             "data": "covid-cxr (ieee8023/covid-chestxray-dataset, June 2020 snapshot)",
             "backend": keras.backend.backend(),
             "machine": platform.node(),
+            "device": _device(),
             "split": "patient-grouped 70/15/15, stratified by has-lateral, see split.json",
+            "split_seed": split_seed,
+            "command": shlex.join(["python", "-m", "training.ship", *sys.argv[1:]]),
         },
     )
     elapsed = time.monotonic() - started
     write_json(out_dir / "split.json", {
-        "seed": seed,
+        "seed": split_seed,
         "fractions": [0.7, 0.15, 0.15],
         "stratified_by": "patient has any lateral image",
         "patients": split.as_patients(data.patients),
@@ -102,7 +129,7 @@ def ship(
     shown = [f for f, keep in zip(test_files, grid_mask, strict=True) if keep]
     write_json(report_dir / "model_card_figures.json", {
         "model": NAME,
-        "architecture": ARCHITECTURE,
+        "architecture": architecture,
         "params": int(sum(int(np.prod(w.shape)) for w in
                           keras.saving.load_model(run.checkpoint, compile=False).weights)),
         "sha256": run.card.sha256,
@@ -110,11 +137,114 @@ def ship(
         "review_threshold": run.card.review_threshold,
         "training": run.card.training,
         "train_and_evaluate_seconds": round(elapsed, 1),
+        "test_time_augmentation": test_time_augmentation,
+        "validation_16_views": run.card.metrics.get("validation_16_views", {}),
         "held_out_test": summarise(run.test_metrics),
         "robustness": {k: summarise(v) for k, v in run.robustness.items()},
         "prediction_grid_sources": {f: licences.get(f, ("", "")) for f in shown},
     })
     logger.info("shipped %s: %s", NAME, run.checkpoint)
+
+
+def _device() -> str:
+    """What the backend computes on, e.g. ``NVIDIA H100 80GB HBM3`` or ``cpu``."""
+    try:
+        if keras.backend.backend() == "jax":
+            jax = importlib.import_module("jax")
+            return str(jax.devices()[0].device_kind)
+    except Exception:  # pragma: no cover - informational only
+        pass
+    return platform.processor() or "cpu"
+
+
+def selection_key(validation: dict[str, Any]) -> tuple[float, float, float]:
+    """Order candidates by validation over the 16 views: lateral recall, balanced accuracy,
+    then NLL (lower is better); larger keys are better."""
+    return (float(validation.get("lateral_recall_mean", 0.0)),
+            float(validation.get("balanced_accuracy_mean", 0.0)),
+            -float(validation.get("nll_mean", float("inf"))))
+
+
+def ship_candidates(
+    candidates: list[tuple[str, int]], *, base_args: list[str], out_dir: Path, report_dir: Path,
+    work_dir: Path, jobs: int,
+) -> dict[str, Any]:
+    """Train each ``(architecture, seed)`` in its own ``python -m training.ship`` process
+    (``jobs`` at a time), choose on validation (:func:`selection_key`), and copy the
+    chosen checkpoint, card, split and report into ``out_dir`` / ``report_dir``."""
+    started = time.monotonic()
+    work_dir.mkdir(parents=True, exist_ok=True)
+    pending = list(candidates)
+    running: list[tuple[str, subprocess.Popen[bytes], Any]] = []
+    dirs: dict[str, Path] = {}
+    failed: list[str] = []
+    while pending or running:
+        while pending and len(running) < max(1, jobs):
+            arch, seed = pending.pop(0)
+            key = f"{arch}-{seed}"
+            cdir = work_dir / key
+            cdir.mkdir(parents=True, exist_ok=True)
+            cmd = [sys.executable, "-m", "training.ship", *base_args, "--architecture", arch,
+                   "--seed", str(seed), "--out", str(cdir), "--report", str(cdir / "report")]
+            log = open(cdir / "train.log", "wb")  # noqa: SIM115 - closed when it ends
+            logger.info("candidate %s: %s", key, shlex.join(cmd))
+            running.append((key, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT),
+                            log))
+            dirs[key] = cdir
+        time.sleep(1.0)
+        for item in list(running):
+            key, proc, log = item
+            if proc.poll() is not None:
+                log.close()
+                running.remove(item)
+                if proc.returncode != 0:
+                    failed.append(key)
+                    logger.error("candidate %s failed (exit %d), see %s", key,
+                                 proc.returncode, dirs[key] / "train.log")
+                else:
+                    logger.info("candidate %s done", key)
+    scores: dict[str, dict[str, Any]] = {}
+    for key, cdir in dirs.items():
+        if key in failed:
+            continue
+        card = json.loads((cdir / f"{NAME}.json").read_text(encoding="utf-8"))
+        val = card["metrics"].get("validation_16_views", {})
+        scores[key] = {
+            "validation_16_views": val,
+            "epochs_run": card["training"].get("epochs_run"),
+            "best_epoch": card["training"].get("best_epoch"),
+            "seconds": card["training"].get("seconds"),
+            "stopped_by_time_budget": card["training"].get("stopped_by_time_budget"),
+            "temperature": card.get("temperature"),
+        }
+    if not scores:
+        raise SystemExit("every candidate failed")
+    chosen = max(scores, key=lambda k: selection_key(scores[k]["validation_16_views"]))
+    selection = {
+        "rule": "validation patients, all 16 dihedral x inversion views, uncalibrated: highest "
+                "mean lateral recall, then highest mean balanced accuracy, then lowest mean NLL",
+        "chosen": chosen, "candidates": scores, "failed": failed,
+        "wall_seconds": round(time.monotonic() - started, 1),
+        "command": shlex.join(["python", "-m", "training.ship", *sys.argv[1:]]),
+        "device": _device(),
+    }
+    logger.info("chose %s of %s", chosen, sorted(scores))
+    src = dirs[chosen]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name in (f"{NAME}.keras", "split.json"):
+        shutil.copy2(src / name, out_dir / name)
+    card_doc = json.loads((src / f"{NAME}.json").read_text(encoding="utf-8"))
+    card_doc["training"]["selection"] = selection
+    (out_dir / f"{NAME}.json").write_text(json.dumps(card_doc, indent=2) + "\n",
+                                          encoding="utf-8")
+    if report_dir.exists():
+        shutil.rmtree(report_dir)
+    shutil.copytree(src / "report", report_dir)
+    figures = json.loads((report_dir / "model_card_figures.json").read_text(encoding="utf-8"))
+    figures["selection"] = selection
+    write_json(report_dir / "model_card_figures.json", figures)
+    write_json(report_dir / "selection.json", selection)
+    return selection
 
 
 def finalize(
@@ -137,6 +267,7 @@ def finalize(
     calibrate_classifier(classifier, val.images, val.labels)
     variants = robustness(classifier, test.images, test.labels, groups=test.patients, seed=seed)
     card.metrics = {
+        "validation_16_views": card.metrics.get("validation_16_views", {}),
         "held_out_test": summarise(variants["original"]),
         "robustness": {
             k: {m: v[m] for m in ("balanced_accuracy", "lateral_recall", "frontal_recall")}
@@ -196,12 +327,24 @@ def main(argv: list[str] | None = None) -> None:
                         help="manifest.csv for image licences (default: --data/manifest.csv)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--report", type=Path, default=DEFAULT_REPORT)
-    parser.add_argument("--epochs", type=int, default=150)
+    parser.add_argument("--epochs", type=int, default=200)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--seed", type=int, default=20200601)
-    parser.add_argument("--min-epochs", type=int, default=90,
+    parser.add_argument("--seed", type=int, default=20200601, help="training seed")
+    parser.add_argument("--split-seed", type=int, default=20200601,
+                        help="patient split seed (fixed: keeps the evaluation split)")
+    parser.add_argument("--architecture", default=ARCHITECTURE)
+    parser.add_argument("--candidate", action="append", default=[], metavar="ARCH:SEED",
+                        help="train several candidates and ship the best on validation")
+    parser.add_argument("--jobs", type=int, default=1, help="candidates trained at a time")
+    parser.add_argument("--work", type=Path, default=None,
+                        help="folder for the candidates (default: a temporary folder)")
+    parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
+                        help="threads building augmented batches")
+    parser.add_argument("--time-budget", type=float, default=None,
+                        help="stop a training run after this many seconds")
+    parser.add_argument("--min-epochs", type=int, default=140,
                         help="epochs before early stopping may stop the run")
-    parser.add_argument("--tta", choices=TTA_MODES, default="dihedral+invert",
+    parser.add_argument("--tta", choices=TTA_MODES, default="none",
                         help="test-time augmentation recorded in the card")
     parser.add_argument("--finalize", action="store_true",
                         help="only apply --tta to the checkpoint in --out, recalibrate on the "
@@ -228,9 +371,24 @@ def main(argv: list[str] | None = None) -> None:
         replot(data, args.report, manifest, args.seed)
         return
     verbose: int | str = int(args.verbose) if args.verbose.isdigit() else args.verbose
+    if args.candidate:
+        candidates = [(c.split(":")[0], int(c.split(":")[1])) for c in args.candidate]
+        base = [*(["--npz", str(args.npz)] if args.npz is not None else
+                  ["--data", str(args.data)]),
+                "--manifest", str(manifest), "--epochs", str(args.epochs),
+                "--batch-size", str(args.batch_size), "--split-seed", str(args.split_seed),
+                "--min-epochs", str(args.min_epochs), "--tta", args.tta,
+                "--workers", str(args.workers), "--verbose", str(args.verbose),
+                *(["--time-budget", str(args.time_budget)] if args.time_budget else [])]
+        work = args.work or Path(tempfile.mkdtemp(prefix="cxr-orient-ship-"))
+        ship_candidates(candidates, base_args=base, out_dir=args.out, report_dir=args.report,
+                        work_dir=work, jobs=args.jobs)
+        return
     ship(data, out_dir=args.out, report_dir=args.report, epochs=args.epochs, seed=args.seed,
          batch_size=args.batch_size, manifest=manifest, verbose=verbose,
-         min_epochs=args.min_epochs, test_time_augmentation=args.tta)
+         min_epochs=args.min_epochs, test_time_augmentation=args.tta,
+         architecture=args.architecture, split_seed=args.split_seed, workers=args.workers,
+         time_budget_s=args.time_budget)
 
 
 if __name__ == "__main__":

@@ -4,14 +4,22 @@ Backend agnostic: batches are numpy arrays from a :class:`keras.utils.PyDataset`
 so the same code trains on TensorFlow (CPU hosts) and JAX (the GPU machine).
 
 Recipe: balanced class weights for the ~10:1 frontal:lateral imbalance, strong
-augmentation (:mod:`training.augment`), Adam, ``ModelCheckpoint`` on ``val_loss``
+augmentation (:mod:`training.augment`; every image in a random one of the 8
+orientations, inverted half the time), Adam, ``ModelCheckpoint`` on ``val_loss``
 (best only), cosine learning-rate decay, and ``EarlyStopping(patience=5, min_delta=0.001,
 restore_best_weights=True)`` as in the 2019 tutorial, then temperature scaling
 and a review threshold fitted on the validation images.
+
+Validation (early stopping, checkpointing, temperature, review threshold) sees the
+validation images in every orientation archives produce, not only as stored: the
+loss that picks the epoch is the loss on the rotated, flipped and inverted copies too,
+and the temperature is fitted over all 16 dihedral x inversion views, so that one
+temperature holds whatever way up a film arrives.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import tempfile
@@ -25,14 +33,16 @@ import keras
 import numpy as np
 
 from cxr_orient.architectures import DEFAULT_ARCHITECTURE, build_model
-from cxr_orient.modelstore import apply_temperature, fit_temperature
+from cxr_orient.modelstore import apply_temperature, fit_temperature, tta_views
 from training.augment import AugmentConfig, augment_batch
 from training.data import grouped_stratified_split
+from training.evaluate import ROBUSTNESS_VARIANTS, binary_metrics
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "AugmentedBatches",
+    "TimeBudget",
     "TrainHistory",
     "balanced_class_weights",
     "calibrate",
@@ -40,6 +50,8 @@ __all__ = [
     "predict_in_batches",
     "to_model_input",
     "train_model",
+    "validation_views",
+    "view_metrics",
 ]
 
 DEFAULT_REVIEW_THRESHOLD = 0.9
@@ -51,6 +63,63 @@ def to_model_input(images: np.ndarray) -> np.ndarray:
     if x.ndim == 3:
         x = np.repeat(x[..., np.newaxis], 3, axis=-1)
     return x.astype(np.float32, copy=False)
+
+
+def validation_views(images: np.ndarray) -> list[np.ndarray]:
+    """The 16 dihedral x inversion views of grey uint8 ``(N, H, W)`` images, as uint8."""
+    return [np.ascontiguousarray(v).astype(np.uint8)
+            for v in tta_views(np.asarray(images), "dihedral+invert")]
+
+
+def view_metrics(
+    model: keras.Model, images: np.ndarray, labels: np.ndarray, *, batch_size: int = 64
+) -> dict[str, Any]:
+    """Uncalibrated predictions on every one of the 16 views of the images, and per-view
+    balanced accuracy, lateral recall and NLL with their mean and minimum (NLL: maximum).
+
+    What candidate models are compared on: the validation patients in every
+    orientation an archive may store them in.
+    """
+    y = np.asarray(labels).astype(int)
+    raw = [predict_in_batches(model, v, batch_size) for v in validation_views(images)]
+    per_view = []
+    for probs in raw:
+        m = binary_metrics(y, probs[:, 1])
+        p_true = np.clip(probs[np.arange(len(y)), y], 1e-7, 1.0)
+        per_view.append({"balanced_accuracy": m["balanced_accuracy"],
+                         "lateral_recall": m["lateral_recall"],
+                         "nll": float(-np.log(p_true).mean())})
+    summary: dict[str, Any] = {}
+    for key in ("balanced_accuracy", "lateral_recall"):
+        vals = [v[key] for v in per_view]
+        summary[f"{key}_mean"] = float(np.mean(vals))
+        summary[f"{key}_min"] = float(np.min(vals))
+    summary["nll_mean"] = float(np.mean([v["nll"] for v in per_view]))
+    summary["nll_max"] = float(np.max([v["nll"] for v in per_view]))
+    summary["views"] = len(per_view)
+    summary["n"] = len(y)
+    summary["raw"] = raw
+    return summary
+
+
+class TimeBudget(keras.callbacks.Callback):
+    """Stop training at the end of the first epoch that ends after ``seconds``."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__()
+        self.seconds = seconds
+        self.started = time.monotonic()
+        self.stopped_at: int | None = None
+
+    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+        self.started = time.monotonic()
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        if time.monotonic() - self.started > self.seconds:
+            self.stopped_at = epoch + 1
+            logger.warning("time budget of %.0f s spent: stopping after epoch %d",
+                           self.seconds, epoch + 1)
+            self.model.stop_training = True
 
 
 def balanced_class_weights(labels: np.ndarray, num_classes: int = 2) -> dict[int, float]:
@@ -154,12 +223,19 @@ def choose_review_threshold(
 
 
 def calibrate(
-    model: keras.Model, images: np.ndarray, labels: np.ndarray
+    model: keras.Model, images: np.ndarray, labels: np.ndarray, *, all_views: bool = True
 ) -> tuple[float, float]:
-    """Fit the temperature and the review threshold on validation images."""
-    raw = predict_in_batches(model, images)
-    temperature = fit_temperature(raw, labels)
-    threshold = choose_review_threshold(apply_temperature(raw, temperature), labels)
+    """Fit the temperature and the review threshold on validation images; over all
+    16 dihedral x inversion views of them when ``all_views`` (one temperature for any
+    orientation a film arrives in)."""
+    y = np.asarray(labels).astype(int)
+    if all_views:
+        raw = np.concatenate([predict_in_batches(model, v) for v in validation_views(images)])
+        y = np.tile(y, len(raw) // max(len(y), 1))
+    else:
+        raw = predict_in_batches(model, images)
+    temperature = fit_temperature(raw, y, counts_per_image=len(y) // max(len(labels), 1))
+    threshold = choose_review_threshold(apply_temperature(raw, temperature), y)
     return temperature, threshold
 
 
@@ -183,6 +259,9 @@ def train_model(
     checkpoint_dir: Path | None = None,
     callbacks: Sequence[keras.callbacks.Callback] = (),
     verbose: int | str = "auto",
+    workers: int = 1,
+    validate_variants: bool = True,
+    time_budget_s: float | None = None,
 ) -> tuple[keras.Model, TrainHistory]:
     """Train ``architecture`` on grey uint8 ``(N, S, S)`` images; return the model and history.
 
@@ -190,6 +269,10 @@ def train_model(
     ``val_fraction`` of the patients (``groups``; each image its own patient when
     ``None``) is held out, stratified by class. The input size is the images' size.
     ``min_epochs`` delays early stopping while the augmented loss is still settling.
+    ``workers`` threads build the augmented batches (the CPU side is the bottleneck on
+    a GPU). With ``validate_variants`` the validation loss is over the validation images
+    as stored and rotated 90/180/270, flipped and inverted. ``time_budget_s`` stops
+    training after the first epoch that ends past it (best weights are still restored).
     """
     started = time.monotonic()
     keras.utils.set_random_seed(seed)
@@ -220,8 +303,15 @@ def train_model(
     model = build_model(architecture, input_size=input_size, weights_path=weights_path)
     batches = AugmentedBatches(
         train_x, train_y, batch_size=batch_size, seed=seed, class_weights=class_weights,
-        augment=augment or AugmentConfig(),
+        augment=augment or AugmentConfig(), workers=max(1, int(workers)),
+        use_multiprocessing=False, max_queue_size=max(10, 2 * int(workers)),
     )
+    if validate_variants:
+        val_fit_x = np.concatenate([ROBUSTNESS_VARIANTS[k](val_x) for k in ROBUSTNESS_VARIANTS])
+        val_fit_y = np.tile(val_y, len(ROBUSTNESS_VARIANTS))
+    else:
+        val_fit_x, val_fit_y = val_x, val_y
+    budget = TimeBudget(time_budget_s) if time_budget_s else None
     # Short linear warm-up, then cosine decay over the whole run: with ~15 steps an
     # epoch, plateau-based decay reacts to validation noise and starves training.
     total_steps = max(1, len(batches) * epochs)
@@ -248,10 +338,11 @@ def train_model(
                 restore_best_weights=True, start_from_epoch=min_epochs,
             ),
             *callbacks,
+            *([budget] if budget is not None else []),
         ]
         fit = model.fit(
             batches,
-            validation_data=(to_model_input(val_x), val_y),
+            validation_data=(to_model_input(val_fit_x), val_fit_y),
             epochs=epochs,
             callbacks=fit_callbacks,
             verbose=verbose,
@@ -259,6 +350,8 @@ def train_model(
     history = {k: [float(v) for v in vs] for k, vs in fit.history.items()}
     early = next(cb for cb in fit_callbacks if isinstance(cb, keras.callbacks.EarlyStopping))
     temperature, threshold = calibrate(model, val_x, val_y)
+    validation = view_metrics(model, val_x, val_y)
+    validation.pop("raw")
     result = TrainHistory(
         history=history,
         best_epoch=int(early.best_epoch) + 1,
@@ -273,7 +366,13 @@ def train_model(
             "seed": seed, "learning_rate": learning_rate, "patience": patience,
             "min_epochs": min_epochs, "input_size": input_size,
             "train_images": len(train_y), "val_images": len(val_y),
-            "backend": keras.backend.backend(),
+            "backend": keras.backend.backend(), "workers": workers,
+            "validation_loss_on": "stored + rot90/180/270 + hflip + vflip + inverted"
+            if validate_variants else "stored",
+            "time_budget_s": time_budget_s,
+            "stopped_by_time_budget": budget is not None and budget.stopped_at is not None,
+            "augment": dataclasses.asdict(augment or AugmentConfig()),
+            "validation_16_views": validation,
         },
     )
     logger.info(

@@ -36,3 +36,9 @@ def test_keras_round_trip(tmp_path, name):
     np.testing.assert_allclose(
         np.asarray(loaded.predict_on_batch(x)), np.asarray(model.predict_on_batch(x)), atol=1e-6
     )
+
+
+def test_compact_wide_is_under_a_million_parameters():
+    model = build_model("compact_wide", input_size=64)
+    assert 500_000 < model.count_params() < 1_000_000
+    assert model.output_shape == (None, 2)

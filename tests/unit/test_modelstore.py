@@ -75,3 +75,27 @@ def test_tta_makes_predictions_invariant(tmp_path):
     for variant in (np.rot90(x, 1, (1, 2)), x[:, :, ::-1], 255 - x):
         np.testing.assert_allclose(clf.predict_proba(np.ascontiguousarray(variant)), base,
                                    atol=1e-5)
+
+
+def test_temperature_stays_inside_its_range_on_separable_validation():
+    rng = np.random.default_rng(0)
+    y = np.array([0] * 80 + [1] * 10)
+    p_lat = np.where(y == 1, rng.uniform(0.9, 0.999, 90), rng.uniform(0.001, 0.1, 90))
+    probs = np.stack([1 - p_lat, p_lat], axis=1)
+    t = fit_temperature(probs, y)
+    assert 0.02 < t < 50  # plain NLL would run to the lower bound
+    assert fit_temperature(probs, y, smoothed=False) == pytest.approx(0.01, rel=1e-3)
+
+
+def test_checkpoint_has_no_optimizer_state(tmp_path):
+    import keras
+
+    model = build_model("compact", input_size=32)
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    model.fit(np.zeros((4, 32, 32, 3), np.float32), np.zeros(4), verbose=0)
+    path = save_checkpoint(model, ModelCard(name="m", architecture="compact", input_size=32),
+                           tmp_path)
+    loaded = keras.saving.load_model(path, compile=False)
+    assert getattr(loaded, "optimizer", None) is None
+    x = np.random.default_rng(1).uniform(0, 255, (2, 32, 32, 3)).astype(np.float32)
+    np.testing.assert_allclose(loaded.predict_on_batch(x), model.predict_on_batch(x), atol=1e-6)

@@ -55,3 +55,24 @@ def test_train_model_tiny():
                                  batch_size=8, seed=0, val_fraction=0.25, verbose=0)
     assert model.output_shape == (None, 2)
     assert history.epochs_run == 1 and history.temperature > 0
+
+
+def test_augment_always_draws_one_of_the_eight_orientations():
+    from training.augment import AugmentConfig
+
+    cfg = AugmentConfig(p_crop=0.0, p_intensity=0.0, p_noise=0.0, p_small_rotation=0.0,
+                        p_invert=0.0)
+    img = np.arange(16 * 16, dtype=np.uint8).reshape(16, 16)
+    views = {np.rot90(f, k).tobytes() for f in (img, img[:, ::-1]) for k in range(4)}
+    seen = {augment_image(img, np.random.default_rng(s), cfg).tobytes() for s in range(200)}
+    assert seen == views  # every orientation, and nothing else
+
+
+def test_view_metrics_cover_sixteen_views():
+    from cxr_orient.architectures import build_model
+    from training.train import validation_views, view_metrics
+
+    images = np.random.default_rng(0).integers(0, 256, (6, 32, 32), dtype=np.uint8)
+    assert len(validation_views(images)) == 16
+    m = view_metrics(build_model("compact", input_size=32), images, np.array([0, 0, 0, 0, 1, 1]))
+    assert m["views"] == 16 and len(m["raw"]) == 16 and m["nll_mean"] > 0
