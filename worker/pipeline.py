@@ -240,11 +240,13 @@ def _classify_batch(instance_ids: Sequence[int], settings: Settings) -> BatchOut
 
     if not instance_ids:
         return BatchOutcome()
+    # The model first: if it cannot be loaded, nothing is claimed and the instances
+    # stay queued for the reaper to re-send, instead of burning their attempts.
+    model: LoadedModel = with_db_retry(current_model, what="model lookup")
     work, outcome = with_db_retry(lambda: _claim(instance_ids, settings), what="claim")
+    outcome.model_version = model.name
     if not work:
         return outcome
-    model: LoadedModel = with_db_retry(current_model, what="model lookup")
-    outcome.model_version = model.name
 
     pool = _executor(settings)
     decoded = list(pool.map(lambda w: _timed_decode(w, settings, model.input_size), work))
@@ -322,6 +324,10 @@ def on_process_start() -> None:
     dispose_engines()
     try:
         model = with_db_retry(current_model, what="initial model load", max_wait_s=60)
+        # One throwaway batch traces the inference graph now, not during the first
+        # real batch (over a second on a CPU), so first-study latency stays low.
+        size = model.input_size
+        model.predict_proba(np.zeros((get_settings().batch_size, size, size), np.uint8))
         logger.info("worker process %s serving model %s", WORKER_NAME, model.name)
     except Exception:
         # The first batch retries; a worker must not die because the DB is late.

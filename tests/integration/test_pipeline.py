@@ -22,7 +22,6 @@ def test_worker_classifies_mixed_corpus_once_each(
     truth = build_corpus(corpus, frontal=8, lateral=6)
     bad = add_bad_files(corpus)
     env = worker_env(database_url=database_url, broker_url=redis_url, ingest_root=corpus,
-                     model_path="/tmp/smoke-model/untrained-smoke.keras",
                      data_dir=tmp_path / "data", batch_size=8, batch_max_wait_ms=100)
     upgrade(database_url)
 

@@ -27,6 +27,8 @@ import psycopg
 import redis
 from sqlalchemy import Engine, func, select
 
+from cxr_orient.settings import SHIPPED_MODEL
+
 PG_BIN = next(iter(sorted(Path("/usr/lib/postgresql").glob("*/bin"))), Path("/usr/bin"))
 COUNTS_FILE_ENV = "CXR_FAULT_COUNTS_FILE"
 
@@ -386,16 +388,13 @@ def build_bad_corpus(root: Path, outside: Path) -> list[BadFile]:
     return bad
 
 
-def smoke_checkpoint(folder: Path, source: Path = Path("/tmp/smoke-model/untrained-smoke.keras")
-                     ) -> Path:
-    """A copy of the small untrained checkpoint with its card under both card names
-    (``x.json`` and the older ``x.keras.json``), so tests do not depend on which one
-    modelstore reads."""
+def smoke_checkpoint(folder: Path, source: Path = SHIPPED_MODEL) -> Path:
+    """A private copy of a checkpoint (default: the shipped one) and its card, so a
+    test may alter or delete it without touching the original."""
+    from cxr_orient.modelstore import card_path_for
+
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / source.name
     shutil.copyfile(source, target)
-    card_sources = [source.with_suffix(".json"), Path(f"{source}.json")]
-    card = next(p for p in card_sources if p.is_file()).read_text()
-    target.with_suffix(".json").write_text(card)
-    Path(f"{target}.json").write_text(card)
+    shutil.copyfile(card_path_for(source), card_path_for(target))
     return target
