@@ -423,9 +423,13 @@ def _read_dataset(path: Path, *, stop_before_pixels: bool) -> pydicom.Dataset:
     try:
         # pydicom turns a truncated encapsulated PixelData into a warning and drops
         # the element; catch it so a cut file is not reported as "no pixel data".
+        # Parsed from memory, not from the file: a crafted element length makes
+        # pydicom ask a file for gigabytes, which a buffered read allocates before
+        # finding the file short; a BytesIO hands back only the bytes that exist.
+        data = io.BytesIO(path.read_bytes())
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            ds = pydicom.dcmread(path, stop_before_pixels=stop_before_pixels)
+            ds = pydicom.dcmread(data, stop_before_pixels=stop_before_pixels)
         for warning in caught:
             message = str(warning.message)
             if "end of file" in message.lower():
