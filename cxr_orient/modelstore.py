@@ -332,7 +332,11 @@ class Classifier:
         return self.card.input_size
 
     def pre_process(self, batch: np.ndarray) -> np.ndarray:
-        """(N, H, W) grey or (N, H, W, 3) uint8 -> (N, H, W, 3) float32 holding 0..255."""
+        """(N, H, W) grey or (N, H, W, 3) uint8 -> (N, H, W, 3) holding 0..255.
+
+        uint8 stays uint8: the model's input layer casts and its Rescaling layer
+        scales, on the device, so a GPU receives a quarter of float32's bytes.
+        """
         x = np.asarray(batch)
         if x.ndim == 3:
             x = x[..., np.newaxis]
@@ -343,7 +347,7 @@ class Classifier:
             raise ValueError(f"model expects {size}x{size} images, got {x.shape[1]}x{x.shape[2]}")
         if x.shape[-1] == 1:
             x = np.repeat(x, 3, axis=-1)
-        return x.astype(np.float32, copy=False)
+        return x if x.dtype == np.uint8 else x.astype(np.float32, copy=False)
 
     def predict_raw(self, batch: np.ndarray) -> np.ndarray:
         """Uncalibrated (N, 2) softmax output, averaged over the card's test-time views."""
