@@ -83,5 +83,5 @@ def add_bad_files(root: Path) -> dict[str, str]:
     good.unlink()
     (bad / "truncated.dcm").write_bytes(data[: len(data) // 2])
     (bad / "empty.dcm").write_bytes(b"")
-    return {str(bad / "notes.txt"): "not_dicom", str(bad / "empty.dcm"): "not_dicom",
+    return {str(bad / "notes.txt"): "not_dicom", str(bad / "empty.dcm"): "truncated",
             str(bad / "truncated.dcm"): "truncated"}
