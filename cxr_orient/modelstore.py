@@ -332,10 +332,12 @@ class Classifier:
         return self.card.input_size
 
     def pre_process(self, batch: np.ndarray) -> np.ndarray:
-        """(N, H, W) grey or (N, H, W, 3) uint8 -> (N, H, W, 3) holding 0..255.
+        """(N, H, W) grey or (N, H, W, 3) uint8 -> (N, H, W, 1 or 3) holding 0..255.
 
-        uint8 stays uint8: the model's input layer casts and its Rescaling layer
-        scales, on the device, so a GPU receives a quarter of float32's bytes.
+        Checked, not converted: uint8 stays uint8 and grey stays one channel. The
+        copy to three channels happens on the device (:meth:`to_model_input`), and the
+        model's input layer casts and its Rescaling layer scales there too, so a GPU
+        receives a twelfth of the bytes of a float32 RGB batch made on the host.
         """
         x = np.asarray(batch)
         if x.ndim == 3:
@@ -345,9 +347,15 @@ class Classifier:
         size = self.card.input_size
         if x.shape[1:3] != (size, size):
             raise ValueError(f"model expects {size}x{size} images, got {x.shape[1]}x{x.shape[2]}")
-        if x.shape[-1] == 1:
-            x = np.repeat(x, 3, axis=-1)
         return x if x.dtype == np.uint8 else x.astype(np.float32, copy=False)
+
+    @staticmethod
+    def to_model_input(batch: np.ndarray) -> Any:
+        """A backend tensor of three identical channels, expanded on the device."""
+        tensor = keras.ops.convert_to_tensor(batch)
+        if batch.shape[-1] == 1:
+            tensor = keras.ops.repeat(tensor, 3, axis=-1)
+        return tensor
 
     def predict_raw(self, batch: np.ndarray) -> np.ndarray:
         """Uncalibrated (N, 2) softmax output, averaged over the card's test-time views."""
@@ -356,7 +364,8 @@ class Classifier:
             return np.zeros((0, 2), dtype=np.float64)
         views = tta_views(x, self.card.test_time_augmentation)
         # One call for all views: fewer, larger batches are what accelerators want.
-        out = self.model.predict_on_batch(np.concatenate(views) if len(views) > 1 else x)
+        stacked = np.concatenate(views) if len(views) > 1 else x
+        out = self.model.predict_on_batch(self.to_model_input(stacked))
         probs = np.asarray(keras.ops.convert_to_numpy(out), dtype=np.float64)
         return probs.reshape(len(views), len(x), 2).mean(axis=0)
 
