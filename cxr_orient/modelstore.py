@@ -319,6 +319,7 @@ class Classifier:
     def __init__(self, model: keras.Model, card: ModelCard) -> None:
         self.model = model
         self.card = card
+        self._grey_model: keras.Model | None = None
 
     @classmethod
     def from_checkpoint(cls, path: Path | str, *, verify: bool = True) -> Classifier:
@@ -335,7 +336,7 @@ class Classifier:
         """(N, H, W) grey or (N, H, W, 3) uint8 -> (N, H, W, 1 or 3) holding 0..255.
 
         Checked, not converted: uint8 stays uint8 and grey stays one channel. The
-        copy to three channels happens on the device (:meth:`to_model_input`), and the
+        copy to three channels happens inside the model (:meth:`grey_model`), and the
         model's input layer casts and its Rescaling layer scales there too, so a GPU
         receives a twelfth of the bytes of a float32 RGB batch made on the host.
         """
@@ -349,13 +350,15 @@ class Classifier:
             raise ValueError(f"model expects {size}x{size} images, got {x.shape[1]}x{x.shape[2]}")
         return x if x.dtype == np.uint8 else x.astype(np.float32, copy=False)
 
-    @staticmethod
-    def to_model_input(batch: np.ndarray) -> Any:
-        """A backend tensor of three identical channels, expanded on the device."""
-        tensor = keras.ops.convert_to_tensor(batch)
-        if batch.shape[-1] == 1:
-            tensor = keras.ops.repeat(tensor, 3, axis=-1)
-        return tensor
+    def grey_model(self) -> keras.Model:
+        """The model behind a one-channel uint8 input that it copies to three channels
+        itself, so the copy runs where the model runs (built once, never saved)."""
+        if self._grey_model is None:
+            size = self.card.input_size
+            grey = keras.Input(shape=(size, size, 1), dtype="uint8", name="grey")
+            rgb = keras.layers.Concatenate(axis=-1, name="grey_to_rgb")([grey, grey, grey])
+            self._grey_model = keras.Model(grey, self.model(rgb), name=f"{self.model.name}_grey")
+        return self._grey_model
 
     def predict_raw(self, batch: np.ndarray) -> np.ndarray:
         """Uncalibrated (N, 2) softmax output, averaged over the card's test-time views."""
@@ -365,7 +368,11 @@ class Classifier:
         views = tta_views(x, self.card.test_time_augmentation)
         # One call for all views: fewer, larger batches are what accelerators want.
         stacked = np.concatenate(views) if len(views) > 1 else x
-        out = self.model.predict_on_batch(self.to_model_input(stacked))
+        single = stacked.shape[-1] == 1 and stacked.dtype == np.uint8
+        model = self.grey_model() if single else self.model
+        if stacked.shape[-1] == 1 and not single:
+            stacked = np.repeat(stacked, 3, axis=-1)
+        out = model.predict_on_batch(stacked)
         probs = np.asarray(keras.ops.convert_to_numpy(out), dtype=np.float64)
         return probs.reshape(len(views), len(x), 2).mean(axis=0)
 
