@@ -12,7 +12,6 @@ import logging
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -24,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from bench.corpus import CorpusItem, clone_with_new_uids
+from worker.launch import worker_command
 
 logger = logging.getLogger(__name__)
 
@@ -77,21 +77,7 @@ def running_worker(
 ) -> Iterator[subprocess.Popen[bytes]]:
     """A real worker (own process group), stopped with SIGTERM afterwards."""
     env = {**env, "CXR_BATCH_SIZE": str(batch_size), "CXR_BATCH_MAX_WAIT_MS": str(max_wait_ms)}
-    command = [
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        "worker",
-        "worker",
-        "--loglevel=INFO",
-        f"--concurrency={concurrency}",
-        "--without-gossip",
-        "--without-mingle",
-        "--without-heartbeat",
-        "-n",
-        f"bench-{os.getpid()}-{time.time_ns()}@%h",
-    ]
+    command = worker_command(concurrency=concurrency, name="bench")
     with log_path.open("ab") as log:
         process = subprocess.Popen(
             command, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True

@@ -11,7 +11,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -26,21 +25,9 @@ DEMO_COLUMNS = ("file", "status", "label", "confidence", "needs_review", "header
 
 
 def _start_worker(env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
-    command = [
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        "worker",
-        "worker",
-        "--loglevel=INFO",
-        "--concurrency=1",
-        "--without-gossip",
-        "--without-mingle",
-        "--without-heartbeat",
-        "-n",
-        f"demo-{os.getpid()}@%h",
-    ]
+    from worker.launch import worker_command
+
+    command = worker_command(concurrency=1, name="demo")
     log = log_path.open("wb")
     return subprocess.Popen(
         command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True

@@ -83,9 +83,9 @@ class ModelCard:
             )
 
     def to_json(self) -> str:
-        data = _finite_or_none(dataclasses.asdict(self))
+        data = finite_or_none(dataclasses.asdict(self))
         data["labels"] = list(self.labels)
-        return json.dumps(data, indent=2, default=_json_default, allow_nan=False)
+        return json.dumps(data, indent=2, default=json_default, allow_nan=False)
 
     @classmethod
     def from_json(cls, text: str) -> ModelCard:
@@ -99,18 +99,19 @@ class ModelCard:
         return cls(**data)
 
 
-def _finite_or_none(data: Any) -> Any:
-    """Undefined metrics (NaN) become null so the card is strict JSON."""
+def finite_or_none(data: Any) -> Any:
+    """Undefined metrics (NaN, infinities) become None, so the JSON written is strict."""
     if isinstance(data, float | np.floating):
         return float(data) if math.isfinite(data) else None
     if isinstance(data, dict):
-        return {k: _finite_or_none(v) for k, v in data.items()}
+        return {k: finite_or_none(v) for k, v in data.items()}
     if isinstance(data, list | tuple):
-        return [_finite_or_none(v) for v in data]
+        return [finite_or_none(v) for v in data]
     return data
 
 
-def _json_default(value: object) -> object:
+def json_default(value: object) -> object:
+    """``json.dumps(default=...)`` for numpy scalars and arrays and paths."""
     if isinstance(value, np.generic):
         return value.item()
     if isinstance(value, np.ndarray):

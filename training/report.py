@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from cxr_orient import LABELS
+from cxr_orient.modelstore import finite_or_none, json_default
 from training.evaluate import roc_curve
 
 logger = logging.getLogger(__name__)
@@ -42,30 +43,9 @@ def _pyplot() -> Any:
     return plt
 
 
-def _json_default(value: object) -> object:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
-
-
-def finite_or_none(data: Any) -> Any:
-    """Replace NaN and infinities (undefined metrics) by None, so the JSON is strict."""
-    if isinstance(data, float | np.floating):
-        return float(data) if math.isfinite(data) else None
-    if isinstance(data, dict):
-        return {k: finite_or_none(v) for k, v in data.items()}
-    if isinstance(data, list | tuple):
-        return [finite_or_none(v) for v in data]
-    return data
-
-
 def write_json(path: Path, data: Any) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(finite_or_none(data), indent=2, default=_json_default, allow_nan=False)
+    text = json.dumps(finite_or_none(data), indent=2, default=json_default, allow_nan=False)
     path.write_text(text + "\n", encoding="utf-8")
     return path
 

@@ -11,6 +11,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from worker.launch import worker_command
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -27,10 +29,7 @@ class WorkerProcess:
                  extra_args: tuple[str, ...] = ()) -> None:
         self.log_path = log_path
         self._log = log_path.open("ab")
-        command = [sys.executable, "-m", "celery", "-A", "worker", "worker", "--loglevel=INFO",
-                   f"--concurrency={concurrency}", "--without-gossip", "--without-mingle",
-                   "--without-heartbeat", "-n", f"test-{os.getpid()}-{time.time_ns()}@%h",
-                   *extra_args]
+        command = worker_command(concurrency=concurrency, name="test", extra=extra_args)
         self.process = subprocess.Popen(command, env=env, cwd=REPO, stdout=self._log,
                                         stderr=subprocess.STDOUT, start_new_session=True)
 
