@@ -168,6 +168,28 @@ def build_mobilenetv3small(
     return keras.Model(inputs, _softmax_head(x), name="mobilenetv3small")
 
 
+#: The file names keras.applications gives its ImageNet no-top weights; an operator
+#: copies them into CXR_IMAGENET_WEIGHTS_DIR (nothing is downloaded at run time).
+IMAGENET_WEIGHT_FILES = {
+    "vgg16": "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5",
+    "mobilenetv3small": "weights_mobilenet_v3_small_224_1.0_float_no_top_v2.h5",
+}
+
+
+def imagenet_weights_for(name: str, directory: Path | None) -> Path | None:
+    """The local ImageNet weights file for architecture ``name`` in ``directory``, if
+    the architecture has a pretrained backbone and the file is there."""
+    file_name = IMAGENET_WEIGHT_FILES.get(name)
+    if directory is None or file_name is None:
+        return None
+    path = Path(directory) / file_name
+    if not path.is_file():
+        logger.warning("%s: %s not in CXR_IMAGENET_WEIGHTS_DIR (%s)", name, file_name,
+                       directory)
+        return None
+    return path
+
+
 def _load_backbone_weights(base: keras.Model, weights_path: Path | None) -> None:
     if weights_path is None:
         logger.warning(

@@ -32,8 +32,9 @@ from typing import Any
 import keras
 import numpy as np
 
-from cxr_orient.architectures import DEFAULT_ARCHITECTURE, build_model
+from cxr_orient.architectures import DEFAULT_ARCHITECTURE, build_model, imagenet_weights_for
 from cxr_orient.modelstore import apply_temperature, fit_temperature, tta_views
+from cxr_orient.settings import get_settings
 from training.augment import AugmentConfig, augment_batch
 from training.data import grouped_stratified_split
 from training.evaluate import ROBUSTNESS_VARIANTS, binary_metrics
@@ -300,6 +301,8 @@ def train_model(
     )
 
     input_size = int(images.shape[1])
+    if weights_path is None:
+        weights_path = imagenet_weights_for(architecture, get_settings().imagenet_weights_dir)
     model = build_model(architecture, input_size=input_size, weights_path=weights_path)
     batches = AugmentedBatches(
         train_x, train_y, batch_size=batch_size, seed=seed, class_weights=class_weights,

@@ -42,3 +42,14 @@ def test_compact_wide_is_under_a_million_parameters():
     model = build_model("compact_wide", input_size=64)
     assert 500_000 < model.count_params() < 1_000_000
     assert model.output_shape == (None, 2)
+
+
+def test_imagenet_weights_are_found_only_in_the_configured_folder(tmp_path) -> None:
+    from cxr_orient.architectures import IMAGENET_WEIGHT_FILES, imagenet_weights_for
+
+    assert imagenet_weights_for("vgg16", None) is None
+    assert imagenet_weights_for("vgg16", tmp_path) is None  # missing: from scratch
+    assert imagenet_weights_for("compact", tmp_path) is None  # no pretrained backbone
+    expected = tmp_path / IMAGENET_WEIGHT_FILES["mobilenetv3small"]
+    expected.write_bytes(b"")
+    assert imagenet_weights_for("mobilenetv3small", tmp_path) == expected
