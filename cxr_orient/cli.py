@@ -43,7 +43,25 @@ def _setup_logging(verbose: bool) -> None:
         logging.getLogger("kombu.connection").setLevel(logging.ERROR)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Group(click.Group):
+    """Turns a database that cannot be reached or is not migrated into one clear line
+    (with the URL's password hidden) instead of a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        from sqlalchemy.exc import OperationalError, ProgrammingError
+
+        try:
+            return super().invoke(ctx)
+        except (OperationalError, ProgrammingError) as exc:
+            url = redact_url(get_settings().effective_database_url)
+            reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+            raise click.ClickException(
+                f"database {url}: {reason} (is it running, and has `cxr-orient db upgrade` "
+                "been run?)"
+            ) from exc
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-v", "--verbose", is_flag=True, help="Log at DEBUG level.")
 @click.version_option(package_name="cxr-orient")
 def main(verbose: bool) -> None:

@@ -26,8 +26,12 @@ def broker_queue_depth() -> int | None:
     try:
         with app.connection_for_write() as connection:
             channel = connection.default_channel
-            declared = channel.queue_declare(get_settings().queue_name, passive=True)
-            return int(declared.message_count)
+            queue = get_settings().queue_name
+            # kombu's Redis and filesystem channels count a queue directly; a passive
+            # declare (AMQP) fails on a queue that is merely empty or not created yet.
+            if hasattr(channel, "_size"):
+                return int(channel._size(queue))
+            return int(channel.queue_declare(queue, passive=True).message_count)
     except Exception:
         logger.debug("queue depth unavailable", exc_info=True)
         return None
