@@ -8,11 +8,13 @@ from pathlib import Path
 import pytest
 
 from tests.integration.conftest import add_bad_files, build_corpus
+from tests.utils.dicom_factory import COVID_CXR
 from tests.utils.worker import run_cli, running_worker, worker_env
 
 pytestmark = pytest.mark.integration
 
 
+@pytest.mark.skipif(not COVID_CXR.is_dir(), reason="needs the real films in ../shared/data")
 def test_worker_classifies_mixed_corpus_once_each(
     database_url: str, redis_url: str, tmp_path: Path
 ) -> None:
