@@ -433,6 +433,8 @@ def _read_dataset(path: Path, *, stop_before_pixels: bool) -> pydicom.Dataset:
         for warning in caught:
             message = str(warning.message)
             if "end of file" in message.lower():
+                # pydicom names the file it read, a BytesIO here: the path says it.
+                message = message.replace(" in file <no filename>", "")
                 raise TruncatedFileError(f"{path}: file ends early: {message}")
             warnings.warn_explicit(
                 warning.message, warning.category, warning.filename, warning.lineno
