@@ -368,12 +368,20 @@ def read_header(path: Path) -> DicomHeader:
 
 
 def load_dicom_image(
-    path: Path, *, size: int = MODEL_INPUT_SIZE, max_pixels: int = DEFAULT_MAX_PIXELS
+    path: Path,
+    *,
+    size: int = MODEL_INPUT_SIZE,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    data: bytes | None = None,
 ) -> np.ndarray:
-    """Decode a DICOM radiograph to a ``(size, size)`` uint8 grey image (fast path)."""
+    """Decode a DICOM radiograph to a ``(size, size)`` uint8 grey image (fast path).
+
+    ``data``, when given, is the file's content already read (e.g. to check its
+    hash); ``path`` then only names the file in errors.
+    """
     path = Path(path)
     with _errors_named(path):
-        ds = _read_dataset(path, stop_before_pixels=False)
+        ds = _read_dataset(path, stop_before_pixels=False, data=data)
         return _dataset_to_image(ds, size=size, max_pixels=max_pixels, path=path)
 
 
@@ -414,10 +422,14 @@ def load_dicom_image_naive(path: Path, *, size: int = MODEL_INPUT_SIZE) -> np.nd
         return normalise_to_uint8(resize_square(values, size))
 
 
-def _read_dataset(path: Path, *, stop_before_pixels: bool) -> pydicom.Dataset:
-    """Read a DICOM Part 10 file (128-byte preamble + ``DICM``)."""
-    _require_file(path)
-    file_size = path.stat().st_size
+def _read_dataset(
+    path: Path, *, stop_before_pixels: bool, data: bytes | None = None
+) -> pydicom.Dataset:
+    """Read a DICOM Part 10 file (128-byte preamble + ``DICM``), or its ``data``."""
+    if data is None:
+        _require_file(path)
+        data = path.read_bytes()
+    file_size = len(data)
     if file_size == 0:
         raise TruncatedFileError(f"{path}: empty file")
     try:
@@ -426,10 +438,9 @@ def _read_dataset(path: Path, *, stop_before_pixels: bool) -> pydicom.Dataset:
         # Parsed from memory, not from the file: a crafted element length makes
         # pydicom ask a file for gigabytes, which a buffered read allocates before
         # finding the file short; a BytesIO hands back only the bytes that exist.
-        data = io.BytesIO(path.read_bytes())
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            ds = pydicom.dcmread(data, stop_before_pixels=stop_before_pixels)
+            ds = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=stop_before_pixels)
         for warning in caught:
             message = str(warning.message)
             if "end of file" in message.lower():
@@ -443,7 +454,7 @@ def _read_dataset(path: Path, *, stop_before_pixels: bool) -> pydicom.Dataset:
     except CxrError:
         raise
     except InvalidDicomError as e:
-        if _is_truncated_preamble(path, file_size):
+        if _is_truncated_preamble(data):
             raise TruncatedFileError(f"{path}: file ends inside the DICOM preamble") from e
         raise NotDicomError(f"{path}: not a DICOM file (no 'DICM' prefix): {e}") from e
     except EOFError as e:
@@ -455,11 +466,10 @@ def _read_dataset(path: Path, *, stop_before_pixels: bool) -> pydicom.Dataset:
         raise NotDicomError(f"{path}: malformed DICOM: {type(e).__name__}: {e}") from e
 
 
-def _is_truncated_preamble(path: Path, file_size: int) -> bool:
-    if file_size >= 132:
+def _is_truncated_preamble(head: bytes) -> bool:
+    if len(head) >= 132:
         return False
-    head = path.read_bytes()
-    if file_size <= 128:
+    if len(head) <= 128:
         # A zeroed preamble cut short looks like a truncated DICOM file.
         return not any(head)
     return b"DICM".startswith(head[128:])

@@ -26,6 +26,7 @@ from cxr_orient.errors import (
     DecodeError,
     FileChangedError,
     FileMissingError,
+    ImageTooLargeError,
     InterruptedProcessingError,
     PathNotAllowedError,
 )
@@ -118,6 +119,14 @@ def decode_instance(work: _Work, settings: Settings, size: int) -> np.ndarray:
 
     real = resolve_ingest_path(work.file_path, settings.ingest_root)
     try:
+        # Read whole into memory (hash, then parse): a file larger than the biggest
+        # image we accept, stored raw at 16 bits plus headroom, is refused unread.
+        file_size = real.stat().st_size
+        if file_size > 2 * settings.max_pixels + (64 << 20):
+            raise ImageTooLargeError(
+                f"file {work.file_path!r} is {file_size} bytes, more than an image of "
+                f"CXR_MAX_PIXELS={settings.max_pixels} can need"
+            )
         data = real.read_bytes()
     except FileNotFoundError as exc:
         raise FileMissingError(f"file {work.file_path!r} vanished before decoding") from exc
@@ -129,7 +138,7 @@ def decode_instance(work: _Work, settings: Settings, size: int) -> np.ndarray:
             f"file {work.file_path!r} changed after enqueue (sha256 {digest[:12]}..., "
             f"expected {work.file_sha256[:12]}...)"
         )
-    return load_dicom_image(real, size=size, max_pixels=settings.max_pixels)
+    return load_dicom_image(real, size=size, max_pixels=settings.max_pixels, data=data)
 
 
 _EXECUTOR: ThreadPoolExecutor | None = None

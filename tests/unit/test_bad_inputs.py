@@ -84,3 +84,16 @@ def test_pixel_count_refused_before_any_read_of_pixels(tmp_path: Path) -> None:
     with pytest.raises(CxrError) as caught:
         decode_instance(_Work(1, str(item.path), _sha(item.path), None), settings, 256)
     assert caught.value.code == "image_too_large"
+
+
+def test_oversized_file_is_refused_before_it_is_read(tmp_path: Path, configure) -> None:
+    from cxr_orient.errors import ImageTooLargeError
+    from cxr_orient.settings import get_settings
+    from worker.pipeline import _Work, decode_instance
+
+    configure(ingest_root=tmp_path, max_pixels=1000)
+    big = tmp_path / "big.dcm"
+    with big.open("wb") as handle:  # sparse: 65 MiB of nothing, never written
+        handle.truncate((64 << 20) + 2 * 1000 + 1)
+    with pytest.raises(ImageTooLargeError, match="CXR_MAX_PIXELS=1000"):
+        decode_instance(_Work(1, str(big), "0" * 64, None), get_settings(), 256)
