@@ -318,18 +318,6 @@ def _classify_batch(instance_ids: Sequence[int], settings: Settings) -> BatchOut
     return outcome
 
 
-def still_unfinished(instance_ids: Sequence[int]) -> list[int]:
-    with session_scope() as session:
-        return list(
-            session.scalars(
-                select(Instance.id).where(
-                    Instance.id.in_(instance_ids),
-                    Instance.status.in_([InstanceStatus.queued, InstanceStatus.processing]),
-                )
-            )
-        )
-
-
 def on_process_start() -> None:
     """Per pool process, after fork: fresh DB connections, then load the model once."""
     from cxr_orient.registry import current_model
