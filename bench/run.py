@@ -171,11 +171,20 @@ def _pipeline(
     }
     n = plan.pipeline_studies
     runs: list[dict[str, Any]] = []
-    for k, (batch, wait) in enumerate((default, *plan.sweep)):
-        say(f"pipeline: batch {batch}, max wait {wait} ms")
+    cores = os.cpu_count() or 1
+    # One pool process decoding with a thread per core, then the sweep; last, the
+    # defaults as `celery -A worker worker` runs them: a pool process per core, each
+    # decoding with one thread, so one decodes while another predicts.
+    configs = [(*default, 1), *((b, w, 1) for b, w in plan.sweep)]
+    if cores > 1:
+        configs.append((*default, cores))
+    for k, (batch, wait, processes) in enumerate(configs):
+        say(f"pipeline: batch {batch}, max wait {wait} ms, {processes} pool process(es)")
         sat = pl.make_studies(items, root / "studies", studies=n, tag=f"sat{k}")
+        worker_env = {**env, "CXR_DECODE_THREADS": "1"} if processes > 1 else env
         with pl.running_worker(
-            env, root / f"worker{k}.log", concurrency=1, batch_size=batch, max_wait_ms=wait
+            worker_env, root / f"worker{k}.log", concurrency=processes, batch_size=batch,
+            max_wait_ms=wait,
         ) as worker:
             warm = pl.make_studies(items, root / "studies", studies=2, tag=f"warm{k}")
             pl.saturate(warm)
@@ -192,6 +201,7 @@ def _pipeline(
             {
                 "batch_size": batch,
                 "max_wait_ms": wait,
+                "pool_processes": processes,
                 "saturated": saturated,
                 "steady": steady,
                 "peak_rss_mib": rss,
@@ -250,6 +260,13 @@ def summarise(results: dict[str, Any]) -> dict[str, Any]:
         p99 = summary["steady_p99_s"]
         summary["target_p99_under_2s"] = p99 is not None and p99 < 2.0
         summary["peak_rss_mib_max"] = max(first["peak_rss_mib"].values(), default=None)
+        pooled = [r for r in pipe["runs"] if r.get("pool_processes", 1) > 1]
+        if pooled:
+            pool_rate = pooled[0]["saturated"]["images_per_s"]
+            summary["pipeline_pool_per_core_images_per_s"] = pool_rate
+            summary["pipeline_pool_ratio_to_min_capacity"] = pool_rate / min(decode_cap,
+                                                                              model_cap)
+            summary["pipeline_pool_vs_baseline"] = pool_rate / baseline
     return summary
 
 
@@ -330,20 +347,20 @@ def to_markdown(results: dict[str, Any]) -> str:
     pipe = results.get("pipeline")
     if pipe and "runs" in pipe:
         lines += [
-            f"## Pipeline ({pipe['broker']}, {pipe['database']}, one worker process)",
+            f"## Pipeline ({pipe['broker']}, {pipe['database']}, one worker)",
             "",
             f"Steady offered load {_f(pipe['offered_images_per_s'])} images/s "
             "(half the default configuration's saturated rate).",
             "",
-            "| batch | max wait ms | saturated images/s | p50 s (sat.) | steady p50 s "
-            "| steady p99 s | peak RSS MiB |",
-            "|---|---|---|---|---|---|---|",
+            "| batch | max wait ms | pool processes | saturated images/s | p50 s (sat.) "
+            "| steady p50 s | steady p99 s | peak RSS MiB |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for run in pipe["runs"]:
             rss = max(run["peak_rss_mib"].values(), default=None)
             lines.append(
                 f"| {run['batch_size']} | {run['max_wait_ms']} | "
-                f"{_f(run['saturated']['images_per_s'])} | "
+                f"{run.get('pool_processes', 1)} | {_f(run['saturated']['images_per_s'])} | "
                 f"{_f(run['saturated']['latency_p50_s'], 2)} | "
                 f"{_f(run['steady']['latency_p50_s'], 2)} | "
                 f"{_f(run['steady']['latency_p99_s'], 2)} | {_f(rss, 0)} |"
