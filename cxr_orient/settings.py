@@ -68,11 +68,12 @@ class Settings(BaseSettings):
         description="CXR_BATCH_MAX_WAIT_MS: longest wait for a batch to fill. Default 200.",
     )
     decode_threads: int = Field(
-        default=0,
+        default=1,
         ge=0,
         le=256,
-        description="CXR_DECODE_THREADS: decoder threads per worker process; 0 means one per "
-        "CPU core. Default 0.",
+        description="CXR_DECODE_THREADS: decoder threads per worker pool process; 0 means "
+        "one per CPU core. Default 1, because celery starts one pool process per core and "
+        "decoding in one while another predicts measured fastest (docs/performance.md).",
     )
     ingest_root: Path = Field(
         default_factory=Path.cwd,
