@@ -15,6 +15,7 @@ from sqlalchemy.engine import Engine
 from db import crud
 from db.models import Instance, OrientationLabel
 from db.session import make_engine, session_scope
+from tests.utils.factories import register_version
 
 AUDITING_MD = Path(__file__).resolve().parents[2] / "docs" / "auditing.md"
 QUERY_BLOCK = re.compile(
@@ -94,21 +95,8 @@ def _populate() -> dict[str, int]:
         ids["i5"] = unreadable.id
 
         def register(name: str) -> Any:
-            return crud.register_model_version(
-                session,
-                name=name,
-                architecture="compact",
-                file_path=f"/var/lib/cxr-orient/models/{name}.keras",
-                sha256="2" * 64,
-                input_size=256,
-                labels=["frontal", "lateral"],
-                temperature=1.0,
-                review_threshold=0.9,
-                metrics={"accuracy": 0.97},
-                training={},
-                actor="test",
-                reason=f"register {name}",
-            )
+            return register_version(session, name, sha256="2" * 64,
+                                    metrics={"accuracy": 0.97})
 
         v1 = register("compact-v1")
         crud.activate_model_version(session, version=v1, actor="test", reason="first model")

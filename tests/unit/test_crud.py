@@ -7,6 +7,7 @@ import pytest
 from db import crud
 from db.models import InstanceStatus, OrientationLabel
 from db.session import session_scope
+from tests.utils.factories import register_version
 
 
 def _add(session, uid: str, study: str = "1.2.3", view: str | None = "PA"):
@@ -68,24 +69,6 @@ def test_claim_is_exclusive_and_reclaims_only_stale(migrated_db: str) -> None:
         assert row is not None and row.attempts == 2
 
 
-def _register(session, name: str = "m1"):
-    return crud.register_model_version(
-        session,
-        name=name,
-        architecture="compact",
-        file_path=f"/m/{name}.keras",
-        sha256="a" * 64,
-        input_size=256,
-        labels=["frontal", "lateral"],
-        temperature=1.0,
-        review_threshold=0.9,
-        metrics={},
-        training={},
-        actor="test",
-        reason="test",
-    )
-
-
 def _record(
     instance_id: int, label: OrientationLabel = OrientationLabel.lateral
 ) -> crud.PredictionRecord:
@@ -106,7 +89,7 @@ def _record(
 def test_predictions_are_added_once_per_model_version(migrated_db: str) -> None:
     with session_scope() as session:
         instance, _ = _add(session, "3.1")
-        m1, m2 = _register(session, "m1"), _register(session, "m2")
+        m1, m2 = register_version(session, "m1"), register_version(session, "m2")
         ids = (instance.id, m1.id, m2.id)
     instance_id, m1_id, m2_id = ids
     with session_scope() as session:
@@ -143,7 +126,7 @@ def test_failed_rows_keep_their_reason_and_done_is_final(migrated_db: str) -> No
     with session_scope() as session:
         bad, _ = _add(session, "4.1")
         good, _ = _add(session, "4.2")
-        model = _register(session)
+        model = register_version(session)
         crud.mark_failed(session, instance_id=bad.id, error_code="not_dicom", error_message="x")
         crud.record_predictions(
             session, model_version_id=model.id, records=[_record(good.id)], worker="w"
@@ -160,7 +143,7 @@ def test_activation_keeps_one_active_and_records_events(migrated_db: str) -> Non
     from db.models import ModelEvent, ModelVersion
 
     with session_scope() as session:
-        m1, m2 = _register(session, "m1"), _register(session, "m2")
+        m1, m2 = register_version(session, "m1"), register_version(session, "m2")
         crud.activate_model_version(session, version=m1, actor="t", reason="first")
         crud.activate_model_version(session, version=m2, actor="t", reason="better")
         active = session.scalars(select(ModelVersion).where(ModelVersion.is_active)).all()
