@@ -67,16 +67,31 @@ def _sha256_of(path: Path) -> tuple[str, int]:
     return digest.hexdigest(), size
 
 
+def resolve_ingest_path(file_path: str | Path, ingest_root: Path) -> Path:
+    """The real path of a file, refused unless it lies under the ingest root.
+
+    The one rule for ingest and workers alike: no '..' in the path, and the path
+    with every symlink followed must be inside ``CXR_INGEST_ROOT``.
+    """
+    path = Path(file_path)
+    if ".." in path.parts:
+        raise PathNotAllowedError(f"path {str(file_path)!r} contains '..'")
+    try:
+        real = path.resolve(strict=True)
+    except FileNotFoundError as exc:
+        raise FileMissingError(f"file {str(file_path)!r} does not exist") from exc
+    except OSError as exc:
+        raise FileMissingError(f"file {str(file_path)!r} cannot be resolved: {exc}") from exc
+    if not real.is_relative_to(ingest_root):
+        raise PathNotAllowedError(
+            f"file {str(file_path)!r} resolves outside CXR_INGEST_ROOT ({ingest_root})"
+        )
+    return real
+
+
 def _checked_path(path: Path, ingest_root: Path) -> Path:
     absolute = path.expanduser().absolute()
-    if ".." in absolute.parts:
-        raise PathNotAllowedError(f"path {str(path)!r} contains '..'")
-    try:
-        real = absolute.resolve(strict=True)
-    except (FileNotFoundError, OSError) as exc:
-        raise FileMissingError(f"file {str(path)!r} does not exist") from exc
-    if not real.is_relative_to(ingest_root):
-        raise PathNotAllowedError(f"file {str(path)!r} is outside CXR_INGEST_ROOT ({ingest_root})")
+    real = resolve_ingest_path(absolute, ingest_root)
     if not real.is_file():
         raise FileMissingError(f"{str(path)!r} is not a regular file")
     return absolute

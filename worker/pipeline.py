@@ -14,7 +14,6 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
@@ -28,7 +27,6 @@ from cxr_orient.errors import (
     FileMissingError,
     ImageTooLargeError,
     InterruptedProcessingError,
-    PathNotAllowedError,
 )
 from cxr_orient.settings import Settings, get_settings
 from db import crud
@@ -95,27 +93,10 @@ def with_db_retry(fn: Callable[[], T], *, what: str, max_wait_s: float = 300.0) 
 # --- decoding -----------------------------------------------------------------------
 
 
-def resolve_ingest_path(file_path: str, ingest_root: Path) -> Path:
-    """The real path of an instance's file, refused unless it lies under the ingest root."""
-    path = Path(file_path)
-    if ".." in path.parts:
-        raise PathNotAllowedError(f"path {file_path!r} contains '..'")
-    try:
-        real = path.resolve(strict=True)
-    except FileNotFoundError as exc:
-        raise FileMissingError(f"file {file_path!r} no longer exists") from exc
-    except OSError as exc:
-        raise FileMissingError(f"file {file_path!r} cannot be resolved: {exc}") from exc
-    if not real.is_relative_to(ingest_root):
-        raise PathNotAllowedError(
-            f"file {file_path!r} resolves outside CXR_INGEST_ROOT ({ingest_root})"
-        )
-    return real
-
-
 def decode_instance(work: _Work, settings: Settings, size: int) -> np.ndarray:
     """Checked read of one instance's file and its conversion to a model input array."""
     from cxr_orient.imaging import load_dicom_image
+    from cxr_orient.ingest import resolve_ingest_path
 
     real = resolve_ingest_path(work.file_path, settings.ingest_root)
     try:
