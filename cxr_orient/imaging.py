@@ -335,15 +335,18 @@ class _Window:
 _Voi = _Window | Literal["lut", "minmax"]
 
 
-def read_header(path: Path) -> DicomHeader:
+def read_header(path: Path, *, data: bytes | None = None) -> DicomHeader:
     """Read the identifying attributes of a DICOM file, without its pixel data.
+
+    ``data``, when given, is the file's content already read; ``path`` then only
+    names the file in errors.
 
     Raises NotDicomError, TruncatedFileError, or MissingAttributeError when
     SOPInstanceUID or StudyInstanceUID is absent or empty.
     """
     path = Path(path)
     with _errors_named(path):
-        ds = _read_dataset(path, stop_before_pixels=True)
+        ds = _read_dataset(path, stop_before_pixels=True, data=data)
         sop_instance_uid = _optional_text(ds, "SOPInstanceUID")
         study_instance_uid = _optional_text(ds, "StudyInstanceUID")
         for keyword, value in (

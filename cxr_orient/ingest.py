@@ -16,7 +16,12 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cxr_orient.errors import CxrError, FileMissingError, PathNotAllowedError
+from cxr_orient.errors import (
+    CxrError,
+    FileMissingError,
+    ImageTooLargeError,
+    PathNotAllowedError,
+)
 from cxr_orient.settings import Settings, get_settings
 from db import crud
 from db.session import session_scope
@@ -57,14 +62,21 @@ def count_files(paths: Iterable[Path]) -> int:
     return sum(1 for _ in iter_files(paths))
 
 
-def _sha256_of(path: Path) -> tuple[str, int]:
-    digest = hashlib.sha256()
-    size = 0
-    with path.open("rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-            size += len(chunk)
-    return digest.hexdigest(), size
+def read_file_bounded(real: Path, *, shown: str, max_pixels: int) -> bytes:
+    """A file's bytes, read whole (to hash, then parse from memory); refused unread when
+    it is larger than the biggest image accepted, stored raw at 16 bits, plus headroom."""
+    try:
+        file_size = real.stat().st_size
+        if file_size > 2 * max_pixels + (64 << 20):
+            raise ImageTooLargeError(
+                f"file {shown!r} is {file_size} bytes, more than an image of "
+                f"CXR_MAX_PIXELS={max_pixels} can need"
+            )
+        return real.read_bytes()
+    except FileNotFoundError as exc:
+        raise FileMissingError(f"file {shown!r} vanished before it could be read") from exc
+    except OSError as exc:
+        raise FileMissingError(f"file {shown!r} cannot be read: {exc.strerror or exc}") from exc
 
 
 def resolve_ingest_path(file_path: str | Path, ingest_root: Path) -> Path:
@@ -115,13 +127,11 @@ def _scan(path: Path, settings: Settings) -> _Scanned:
         return _Scanned(str(path.expanduser().absolute()), "", 0, None, exc)
     sha256, size = "", 0
     try:
-        sha256, size = _sha256_of(checked)
-        header = read_header(checked)
+        data = read_file_bounded(checked, shown=str(path), max_pixels=settings.max_pixels)
+        sha256, size = hashlib.sha256(data).hexdigest(), len(data)
+        header = read_header(checked, data=data)
     except CxrError as exc:
         return _Scanned(str(checked), sha256, size, None, exc)
-    except OSError as exc:
-        error = FileMissingError(f"cannot read {str(path)!r}: {exc.strerror or exc}")
-        return _Scanned(str(checked), sha256, size, None, error)
     return _Scanned(str(checked), sha256, size, header, None)
 
 

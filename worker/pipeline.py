@@ -24,8 +24,6 @@ from cxr_orient.errors import (
     CxrError,
     DecodeError,
     FileChangedError,
-    FileMissingError,
-    ImageTooLargeError,
     InterruptedProcessingError,
 )
 from cxr_orient.settings import Settings, get_settings
@@ -96,23 +94,10 @@ def with_db_retry(fn: Callable[[], T], *, what: str, max_wait_s: float = 300.0) 
 def decode_instance(work: _Work, settings: Settings, size: int) -> np.ndarray:
     """Checked read of one instance's file and its conversion to a model input array."""
     from cxr_orient.imaging import load_dicom_image
-    from cxr_orient.ingest import resolve_ingest_path
+    from cxr_orient.ingest import read_file_bounded, resolve_ingest_path
 
     real = resolve_ingest_path(work.file_path, settings.ingest_root)
-    try:
-        # Read whole into memory (hash, then parse): a file larger than the biggest
-        # image we accept, stored raw at 16 bits plus headroom, is refused unread.
-        file_size = real.stat().st_size
-        if file_size > 2 * settings.max_pixels + (64 << 20):
-            raise ImageTooLargeError(
-                f"file {work.file_path!r} is {file_size} bytes, more than an image of "
-                f"CXR_MAX_PIXELS={settings.max_pixels} can need"
-            )
-        data = real.read_bytes()
-    except FileNotFoundError as exc:
-        raise FileMissingError(f"file {work.file_path!r} vanished before decoding") from exc
-    except OSError as exc:
-        raise FileMissingError(f"file {work.file_path!r} cannot be read: {exc}") from exc
+    data = read_file_bounded(real, shown=work.file_path, max_pixels=settings.max_pixels)
     digest = hashlib.sha256(data).hexdigest()
     if digest != work.file_sha256:
         raise FileChangedError(
