@@ -630,6 +630,7 @@ def _decode_stored(
     if spec.transfer_syntax in _NATIVE_SYNTAXES:
         return _native_stored(ds, spec), 1.0
     if spec.transfer_syntax in _JPEG2000_SYNTAXES:
+        _check_j2k_dimensions(ds, spec, path)
         reduced = _jpeg2000_reduced(ds, spec, size=size, path=path)
         if reduced is not None:
             return reduced
@@ -753,6 +754,28 @@ def _jpeg2000_reduced(
             return None
         return _mask_to_bits_stored(decoded, spec), float(factor)
     return None
+
+
+def _check_j2k_dimensions(ds: pydicom.Dataset, spec: _PixelSpec, path: Path | None) -> None:
+    """Refuse a JPEG 2000 codestream whose SIZ declares another image size than Rows x
+    Columns: decoders allocate what the codestream says, and Rows x Columns is what
+    CXR_MAX_PIXELS checked (a fuzzed byte made a 3 kB file allocate 260 MB)."""
+    try:
+        frame = _first_frame(ds)
+    except Exception:
+        return  # the decoder reports unreadable pixel data itself
+    siz = frame.find(b"\xff\x51", 0, 64)
+    if not frame.startswith(b"\xff\x4f") or siz < 0 or len(frame) < siz + 22:
+        return
+    x_siz, y_siz, x_offset, y_offset = (
+        int.from_bytes(frame[siz + k : siz + k + 4], "big") for k in (6, 10, 14, 18)
+    )
+    width, height = x_siz - x_offset, y_siz - y_offset
+    if (height, width) != (spec.rows, spec.columns):
+        raise DecodeError(
+            f"{_where(path)}JPEG 2000 codestream is {width}x{height}, but Columns x Rows "
+            f"is {spec.columns}x{spec.rows}"
+        )
 
 
 def _j2k_codestream_info(frame: bytes) -> tuple[int, bool, int]:

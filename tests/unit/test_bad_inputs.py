@@ -97,3 +97,23 @@ def test_oversized_file_is_refused_before_it_is_read(tmp_path: Path, configure) 
         handle.truncate((64 << 20) + 2 * 1000 + 1)
     with pytest.raises(ImageTooLargeError, match="CXR_MAX_PIXELS=1000"):
         decode_instance(_Work(1, str(big), "0" * 64, None), get_settings(), 256)
+
+
+def test_jpeg2000_codestream_larger_than_its_header_is_refused(tmp_path: Path) -> None:
+    """Decoders allocate what the codestream declares; CXR_MAX_PIXELS checked Rows x
+    Columns. A disagreement is refused before decoding (found by the fuzzer)."""
+    import numpy as np
+    import pydicom
+    from pydicom.uid import JPEG2000Lossless
+
+    from cxr_orient.errors import DecodeError
+    from cxr_orient.imaging import load_dicom_image
+    from tests.utils.dicom_factory import make_dicom
+
+    path = make_dicom(tmp_path / "j2k.dcm", np.full((128, 96), 700, dtype=np.uint16),
+                      transfer_syntax=JPEG2000Lossless)
+    ds = pydicom.dcmread(path)
+    ds.Rows, ds.Columns = 64, 48  # the header now claims a quarter of the codestream
+    ds.save_as(path)
+    with pytest.raises(DecodeError, match="codestream is 96x128, but Columns x Rows is 48x64"):
+        load_dicom_image(path, max_pixels=64 * 48)
