@@ -100,15 +100,6 @@ def run_demo(
             echo(f"the worker exited early with status {worker.returncode}; see {log_path}")
         with session_scope() as session:
             rows = crud.results(session, instance_ids=report.instance_ids)
-            refused_rows = crud.results(session, study_instance_uid=None)
-        paths = {r.file_path for r in rows}
-        rows += [
-            r
-            for r in refused_rows
-            if r.sop_instance_uid is None
-            and r.file_path.startswith(str(sample_dir))
-            and r.file_path not in paths
-        ]
         shown = []
         for row in rows:
             values = row.as_dict()

@@ -37,12 +37,13 @@ class EnqueueReport:
     queued: list[int] = field(default_factory=list)
     already_known: list[int] = field(default_factory=list)
     refused: list[tuple[str, str, str]] = field(default_factory=list)  # path, code, message
+    refused_ids: list[int] = field(default_factory=list)  # their failed instance rows
     studies: set[str] = field(default_factory=set)
 
     @property
     def instance_ids(self) -> list[int]:
         """Every instance this call is about: new, known, and refused ones."""
-        return [*self.queued, *self.already_known]
+        return [*self.queued, *self.already_known, *self.refused_ids]
 
 
 def iter_files(paths: Iterable[Path]) -> Iterator[Path]:
@@ -160,6 +161,7 @@ def _record_chunk(scanned: Sequence[_Scanned], report: EnqueueReport) -> list[in
                     error_message=str(error),
                 )
                 report.refused.append((item.path, error.code, str(error)))
+                report.refused_ids.append(instance.id)
                 continue
             header = item.header
             study = crud.get_or_create_study(

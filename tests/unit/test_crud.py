@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from db import crud
@@ -172,3 +174,17 @@ def test_unreadable_files_are_recorded_once(migrated_db: str) -> None:
         )
         assert created and not again
         assert crud.status_counts(session)["failed"] == 1
+
+
+def test_enqueue_report_names_refused_files_too(migrated_db: str, tmp_path: Path) -> None:
+    """A file refused at ingest is a failed row the report (and --wait) accounts for."""
+    from cxr_orient.ingest import enqueue_paths
+
+    (tmp_path / "notes.txt").write_text("not an image")
+    report = enqueue_paths([tmp_path / "notes.txt"], send=False)
+    assert len(report.refused) == 1 and report.queued == []
+    with session_scope() as session:
+        rows = crud.results(session, instance_ids=report.instance_ids)
+    assert [(r.status, r.error.split(":")[0] if r.error else None) for r in rows] == [
+        ("failed", "not_dicom")
+    ]
