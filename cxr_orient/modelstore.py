@@ -303,6 +303,27 @@ def expected_calibration_error(
 # --- inference -------------------------------------------------------------------
 
 
+def padded_batch_size(n: int, *, smallest: int = 8) -> int:
+    """The bucket a batch of ``n`` is padded to: the next power of two, at least ``smallest``.
+
+    JAX compiles the model once per input shape; celery-batches hands the worker any
+    size from 1 to CXR_BATCH_SIZE, so without buckets a GPU worker spends its first
+    minutes compiling (about a second each time) instead of classifying. With buckets
+    there are at most log2(batch size) + 1 shapes, and padding costs at most 2x the
+    arithmetic of a batch, which a GPU does not notice.
+    """
+    if n <= smallest:
+        return smallest
+    return 1 << (n - 1).bit_length()
+
+
+def _compiles_per_shape() -> bool:
+    """Whether the Keras backend compiles a new program for each input shape (JAX does;
+    TensorFlow's ``reduce_retracing`` generalises shapes itself, and padding would only
+    waste CPU time there)."""
+    return keras.backend.backend() == "jax"
+
+
 @dataclass(frozen=True)
 class Prediction:
     """One image's calibrated prediction."""
@@ -363,8 +384,13 @@ class Classifier:
         stacked = np.concatenate(views) if len(views) > 1 else x
         if stacked.shape[-1] == 1:
             stacked = np.repeat(stacked, 3, axis=-1)
+        n = len(stacked)
+        padded = padded_batch_size(n) if _compiles_per_shape() else n
+        if padded > n:
+            stacked = np.concatenate(
+                [stacked, np.zeros((padded - n, *stacked.shape[1:]), dtype=stacked.dtype)])
         out = self.model.predict_on_batch(stacked)
-        probs = np.asarray(keras.ops.convert_to_numpy(out), dtype=np.float64)
+        probs = np.asarray(keras.ops.convert_to_numpy(out), dtype=np.float64)[:n]
         return probs.reshape(len(views), len(x), 2).mean(axis=0)
 
     def predict_proba(self, batch: np.ndarray) -> np.ndarray:

@@ -10,6 +10,7 @@ from cxr_orient.modelstore import (
     expected_calibration_error,
     fit_temperature,
     load_checkpoint,
+    padded_batch_size,
     read_card,
     save_checkpoint,
     tta_views,
@@ -99,3 +100,30 @@ def test_checkpoint_has_no_optimizer_state(tmp_path):
     assert getattr(loaded, "optimizer", None) is None
     x = np.random.default_rng(1).uniform(0, 255, (2, 32, 32, 3)).astype(np.float32)
     np.testing.assert_allclose(loaded.predict_on_batch(x), model.predict_on_batch(x), atol=1e-6)
+
+
+def test_padded_batch_sizes_are_few_power_of_two_buckets():
+    sizes = {padded_batch_size(n) for n in range(1, 65)}
+    assert sizes == {8, 16, 32, 64}
+    assert all(padded_batch_size(n) >= n for n in range(1, 3000))
+    assert padded_batch_size(1025) == 2048
+
+
+def test_padding_a_batch_to_its_bucket_keeps_every_answer(monkeypatch):
+    # What a JAX worker does (one compiled shape per bucket), checked on this backend:
+    # the zero images added to fill the bucket must not change the real ones' outputs.
+    from cxr_orient import modelstore
+
+    clf = Classifier(build_model("compact", input_size=64),
+                     ModelCard(name="m", architecture="compact", input_size=64))
+    x = np.random.default_rng(2).integers(0, 256, (5, 64, 64, 3), dtype=np.uint8)
+    plain = clf.predict_raw(x)
+    calls = []
+    original = clf.model.predict_on_batch
+    monkeypatch.setattr(clf.model, "predict_on_batch",
+                        lambda batch: calls.append(len(batch)) or original(batch))
+    monkeypatch.setattr(modelstore, "_compiles_per_shape", lambda: True)
+    padded = clf.predict_raw(x)
+    assert calls == [8]
+    assert padded.shape == (5, 2)
+    np.testing.assert_allclose(padded, plain, atol=1e-6)
