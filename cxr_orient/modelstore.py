@@ -397,6 +397,20 @@ class Classifier:
         """Calibrated (N, 2) probabilities [p_frontal, p_lateral]."""
         return apply_temperature(self.predict_raw(batch), self.card.temperature)
 
+    def warm_up(self, max_batch: int) -> list[int]:
+        """Compile the inference program for every batch shape up to ``max_batch`` now,
+        not during the first real batches; returns the sizes run.
+
+        On JAX that is each padding bucket (a few seconds in all on a GPU); elsewhere one
+        batch of ``max_batch`` traces the graph (over a second on a CPU).
+        """
+        size = self.card.input_size
+        sizes = (sorted({padded_batch_size(n) for n in range(1, max_batch + 1)})
+                 if _compiles_per_shape() else [max_batch])
+        for n in sizes:
+            self.predict_raw(np.zeros((n, size, size, 3), np.uint8))
+        return sizes
+
     def post_process(self, probs: np.ndarray) -> list[Prediction]:
         labels = self.card.labels
         out = []

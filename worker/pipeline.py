@@ -291,10 +291,8 @@ def on_process_start() -> None:
     dispose_engines()
     try:
         model = with_db_retry(current_model, what="initial model load", max_wait_s=60)
-        # One throwaway batch traces the inference graph now, not during the first
-        # real batch (over a second on a CPU), so first-study latency stays low.
-        size = model.input_size
-        model.predict_proba(np.zeros((get_settings().batch_size, size, size), np.uint8))
+        # Compile now, not during the first real batches, so first-study latency stays low.
+        model.classifier.warm_up(get_settings().batch_size)
         logger.info("worker process %s serving model %s", WORKER_NAME, model.name)
     except Exception:
         # The first batch retries; a worker must not die because the DB is late.

@@ -120,10 +120,25 @@ def test_padding_a_batch_to_its_bucket_keeps_every_answer(monkeypatch):
     plain = clf.predict_raw(x)
     calls = []
     original = clf.model.predict_on_batch
-    monkeypatch.setattr(clf.model, "predict_on_batch",
-                        lambda batch: calls.append(len(batch)) or original(batch))
+
+    def counting(batch):
+        calls.append(len(batch))
+        return original(batch)
+
+    monkeypatch.setattr(clf.model, "predict_on_batch", counting)
     monkeypatch.setattr(modelstore, "_compiles_per_shape", lambda: True)
     padded = clf.predict_raw(x)
     assert calls == [8]
     assert padded.shape == (5, 2)
     np.testing.assert_allclose(padded, plain, atol=1e-6)
+
+
+def test_warm_up_runs_one_batch_here_and_every_bucket_where_shapes_compile(monkeypatch):
+    from cxr_orient import modelstore
+
+    clf = Classifier(build_model("compact", input_size=32),
+                     ModelCard(name="m", architecture="compact", input_size=32))
+    assert clf.warm_up(32) == [32]
+    monkeypatch.setattr(modelstore, "_compiles_per_shape", lambda: True)
+    assert clf.warm_up(32) == [8, 16, 32]
+    assert clf.warm_up(100) == [8, 16, 32, 64, 128]
