@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import platform
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -96,11 +97,14 @@ def train_and_evaluate(
     verbose: int | str = "auto",
     workers: int = 1,
     time_budget_s: float | None = None,
+    teacher_paths: Sequence[Path] = (),
+    distill_weight: float = 0.5,
 ) -> TrainedRun:
     """Train on ``split.train``, calibrate on ``split.val``, evaluate on ``split.test``.
 
     Writes ``<out_dir>/<name>.keras`` with its card, and (if ``report_dir``) the report.
-    ``grid_mask`` limits which test images the prediction grid may show.
+    ``grid_mask`` limits which test images the prediction grid may show. With
+    ``teacher_paths`` the model is distilled from them (:func:`training.train.train_model`).
     """
     train, val, test = (data.subset(split.train), data.subset(split.val),
                         data.subset(split.test))
@@ -108,6 +112,7 @@ def train_and_evaluate(
         train.images, train.labels, architecture=architecture, epochs=epochs,
         batch_size=batch_size, seed=seed, val_images=val.images, val_labels=val.labels,
         min_epochs=min_epochs, verbose=verbose, workers=workers, time_budget_s=time_budget_s,
+        teacher_paths=teacher_paths, distill_weight=distill_weight,
     )
     card = ModelCard(
         name=name, architecture=architecture, input_size=int(data.images.shape[1]),

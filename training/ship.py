@@ -38,6 +38,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -93,6 +94,8 @@ def ship(
     split_seed: int | None = None,
     workers: int = 1,
     time_budget_s: float | None = None,
+    teacher_paths: Sequence[Path] = (),
+    distill_weight: float = 0.5,
 ) -> None:
     split_seed = seed if split_seed is None else split_seed
     split = grouped_stratified_split(data.labels, data.patients, seed=split_seed)
@@ -106,7 +109,8 @@ def ship(
         architecture=architecture, epochs=epochs, seed=seed, batch_size=batch_size,
         grid_mask=grid_mask, verbose=verbose, min_epochs=min_epochs,
         test_time_augmentation=test_time_augmentation, workers=workers,
-        time_budget_s=time_budget_s,
+        time_budget_s=time_budget_s, teacher_paths=teacher_paths,
+        distill_weight=distill_weight,
         extra_training={
             "data": "covid-cxr (ieee8023/covid-chestxray-dataset, June 2020 snapshot)",
             "backend": keras.backend.backend(),
@@ -165,14 +169,12 @@ def selection_key(validation: dict[str, Any]) -> tuple[float, float, float]:
             -float(validation.get("nll_mean", float("inf"))))
 
 
-def ship_candidates(
-    candidates: list[tuple[str, int]], *, base_args: list[str], out_dir: Path, report_dir: Path,
-    work_dir: Path, jobs: int,
-) -> dict[str, Any]:
-    """Train each ``(architecture, seed)`` in its own ``python -m training.ship`` process
-    (``jobs`` at a time), choose on validation (:func:`selection_key`), and copy the
-    chosen checkpoint, card, split and report into ``out_dir`` / ``report_dir``."""
-    started = time.monotonic()
+def _train_all(
+    candidates: Sequence[tuple[str, int]], *, base_args: list[str], work_dir: Path, jobs: int,
+    prefix: str = "", extra_args: Sequence[str] = (),
+) -> tuple[dict[str, Path], list[str]]:
+    """Train each ``(architecture, seed)`` in its own ``python -m training.ship`` process,
+    ``jobs`` at a time; returns each candidate's folder and the keys of those that failed."""
     work_dir.mkdir(parents=True, exist_ok=True)
     pending = list(candidates)
     running: list[tuple[str, subprocess.Popen[bytes], Any]] = []
@@ -181,11 +183,12 @@ def ship_candidates(
     while pending or running:
         while pending and len(running) < max(1, jobs):
             arch, seed = pending.pop(0)
-            key = f"{arch}-{seed}"
+            key = f"{prefix}{arch}-{seed}"
             cdir = work_dir / key
             cdir.mkdir(parents=True, exist_ok=True)
             cmd = [sys.executable, "-m", "training.ship", *base_args, "--architecture", arch,
-                   "--seed", str(seed), "--out", str(cdir), "--report", str(cdir / "report")]
+                   "--seed", str(seed), "--out", str(cdir), "--report", str(cdir / "report"),
+                   *extra_args]
             log = open(cdir / "train.log", "wb")  # noqa: SIM115 - closed when it ends
             logger.info("candidate %s: %s", key, shlex.join(cmd))
             running.append((key, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT),
@@ -203,6 +206,28 @@ def ship_candidates(
                                  proc.returncode, dirs[key] / "train.log")
                 else:
                     logger.info("candidate %s done", key)
+    return dirs, failed
+
+
+def ship_candidates(
+    candidates: list[tuple[str, int]], *, base_args: list[str], out_dir: Path, report_dir: Path,
+    work_dir: Path, jobs: int, students: Sequence[tuple[str, int]] = (),
+    distill_weight: float = 0.5,
+) -> dict[str, Any]:
+    """Train each ``(architecture, seed)`` in its own ``python -m training.ship`` process
+    (``jobs`` at a time), then each of ``students`` distilled from all of them that
+    succeeded; choose on validation among all (:func:`selection_key`), and copy the
+    chosen checkpoint, card, split and report into ``out_dir`` / ``report_dir``."""
+    started = time.monotonic()
+    dirs, failed = _train_all(candidates, base_args=base_args, work_dir=work_dir, jobs=jobs)
+    teachers = [dirs[k] / f"{NAME}.keras" for k in dirs if k not in failed]
+    if students and teachers:
+        teacher_args = [a for t in teachers for a in ("--teacher", str(t))]
+        more, more_failed = _train_all(
+            students, base_args=base_args, work_dir=work_dir, jobs=jobs, prefix="distilled-",
+            extra_args=[*teacher_args, "--distill-weight", str(distill_weight)])
+        dirs.update(more)
+        failed.extend(more_failed)
     scores: dict[str, dict[str, Any]] = {}
     for key, cdir in dirs.items():
         if key in failed:
@@ -216,6 +241,7 @@ def ship_candidates(
             "seconds": card["training"].get("seconds"),
             "stopped_by_time_budget": card["training"].get("stopped_by_time_budget"),
             "temperature": card.get("temperature"),
+            "distilled_from": [t["file"] for t in card["training"].get("distilled_from", [])],
         }
     if not scores:
         raise SystemExit("every candidate failed")
@@ -336,6 +362,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--candidate", action="append", default=[], metavar="ARCH:SEED",
                         help="train several candidates and ship the best on validation")
     parser.add_argument("--jobs", type=int, default=1, help="candidates trained at a time")
+    parser.add_argument("--teacher", action="append", default=[], type=Path, metavar="KERAS",
+                        help="distil from the mean of these checkpoints (repeatable)")
+    parser.add_argument("--distill-weight", type=float, default=0.5,
+                        help="weight of the teachers' mean against the true label")
+    parser.add_argument("--student", action="append", default=[], metavar="ARCH:SEED",
+                        help="with --candidate: after them, train this model distilled from "
+                        "all the candidates, and choose among all")
     parser.add_argument("--work", type=Path, default=None,
                         help="folder for the candidates (default: a temporary folder)")
     parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
@@ -381,14 +414,17 @@ def main(argv: list[str] | None = None) -> None:
                 "--workers", str(args.workers), "--verbose", str(args.verbose),
                 *(["--time-budget", str(args.time_budget)] if args.time_budget else [])]
         work = args.work or Path(tempfile.mkdtemp(prefix="cxr-orient-ship-"))
+        students = [(c.split(":")[0], int(c.split(":")[1])) for c in args.student]
         ship_candidates(candidates, base_args=base, out_dir=args.out, report_dir=args.report,
-                        work_dir=work, jobs=args.jobs)
+                        work_dir=work, jobs=args.jobs, students=students,
+                        distill_weight=args.distill_weight)
         return
     ship(data, out_dir=args.out, report_dir=args.report, epochs=args.epochs, seed=args.seed,
          batch_size=args.batch_size, manifest=manifest, verbose=verbose,
          min_epochs=args.min_epochs, test_time_augmentation=args.tta,
          architecture=args.architecture, split_seed=args.split_seed, workers=args.workers,
-         time_budget_s=args.time_budget)
+         time_budget_s=args.time_budget, teacher_paths=args.teacher,
+         distill_weight=args.distill_weight)
 
 
 if __name__ == "__main__":

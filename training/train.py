@@ -10,6 +10,11 @@ orientations, inverted half the time), Adam, ``ModelCheckpoint`` on ``val_loss``
 restore_best_weights=True)`` as in the 2019 tutorial, then temperature scaling
 and a review threshold fitted on the validation images.
 
+Distillation (optional, ``teacher_paths``): the targets become a mix of the true label
+and the mean prediction of already trained models (a :class:`TeacherEnsemble`) on the
+very same augmented image. One model then carries much of what an ensemble knows about
+hard views (an inverted lateral, a rotated crop) at a single model's inference cost.
+
 Validation (early stopping, checkpointing, temperature, review threshold) sees the
 validation images in every orientation archives produce, not only as stored: the
 loss that picks the epoch is the loss on the rotated, flipped and inverted copies too,
@@ -23,6 +28,7 @@ import dataclasses
 import logging
 import math
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -33,7 +39,13 @@ import keras
 import numpy as np
 
 from cxr_orient.architectures import DEFAULT_ARCHITECTURE, build_model, imagenet_weights_for
-from cxr_orient.modelstore import apply_temperature, fit_temperature, tta_views
+from cxr_orient.modelstore import (
+    apply_temperature,
+    fit_temperature,
+    load_checkpoint,
+    read_card,
+    tta_views,
+)
 from cxr_orient.settings import get_settings
 from training.augment import AugmentConfig, augment_batch
 from training.data import grouped_stratified_split
@@ -43,6 +55,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "AugmentedBatches",
+    "TeacherEnsemble",
     "TimeBudget",
     "TrainHistory",
     "balanced_class_weights",
@@ -132,8 +145,38 @@ def balanced_class_weights(labels: np.ndarray, num_classes: int = 2) -> dict[int
     return {c: float(len(y) / (num_classes * counts[c])) for c in range(num_classes)}
 
 
+class TeacherEnsemble:
+    """Mean uncalibrated softmax of trained checkpoints (each checked against its card's
+    SHA-256): the soft targets a distilled model learns from."""
+
+    def __init__(self, paths: Sequence[Path | str]) -> None:
+        if not paths:
+            raise ValueError("a teacher ensemble needs at least one checkpoint")
+        self.paths = [Path(p) for p in paths]
+        self.sha256 = [read_card(p).sha256 for p in self.paths]
+        self.models = [load_checkpoint(p, expected_sha256=sha)
+                       for p, sha in zip(self.paths, self.sha256, strict=True)]
+        # PyDataset workers are threads; one model call at a time keeps backends happy.
+        self._lock = threading.Lock()
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        """(N, H, W, 3) model input -> (N, 2) mean softmax."""
+        with self._lock:
+            outs = [np.asarray(keras.ops.convert_to_numpy(m.predict_on_batch(x)), np.float64)
+                    for m in self.models]
+        return np.mean(outs, axis=0)
+
+    def describe(self) -> list[dict[str, str]]:
+        return [{"file": p.name, "sha256": s} for p, s in zip(self.paths, self.sha256,
+                                                                strict=True)]
+
+
 class AugmentedBatches(keras.utils.PyDataset):
-    """Shuffled, augmented ``(x, y, sample_weight)`` batches; reproducible per (seed, epoch)."""
+    """Shuffled, augmented ``(x, y, sample_weight)`` batches; reproducible per (seed, epoch).
+
+    With a ``teacher``, ``y`` is a soft target per image, ``(1 - distill_weight) * one-hot
+    label + distill_weight * teacher(x)``, for a categorical cross-entropy loss.
+    """
 
     def __init__(
         self,
@@ -144,9 +187,15 @@ class AugmentedBatches(keras.utils.PyDataset):
         seed: int,
         class_weights: dict[int, float] | None = None,
         augment: AugmentConfig | None = None,
+        teacher: TeacherEnsemble | None = None,
+        distill_weight: float = 0.5,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        if not 0.0 <= distill_weight <= 1.0:
+            raise ValueError(f"distill_weight must be in [0, 1], got {distill_weight}")
+        self.teacher = teacher
+        self.distill_weight = distill_weight
         self.images = images
         self.labels = np.asarray(labels).astype(np.int64)
         self.batch_size = batch_size
@@ -170,7 +219,12 @@ class AugmentedBatches(keras.utils.PyDataset):
             batch = augment_batch(batch, rng, self.augment)
         y = self.labels[idx]
         weights = np.asarray([self.class_weights[int(c)] for c in y], dtype=np.float32)
-        return to_model_input(batch), y, weights
+        x = to_model_input(batch)
+        if self.teacher is None:
+            return x, y, weights
+        onehot = np.eye(2, dtype=np.float64)[y]
+        target = (1.0 - self.distill_weight) * onehot + self.distill_weight * self.teacher(x)
+        return x, target.astype(np.float32), weights
 
     def on_epoch_end(self) -> None:
         self.epoch += 1
@@ -263,6 +317,8 @@ def train_model(
     workers: int = 1,
     validate_variants: bool = True,
     time_budget_s: float | None = None,
+    teacher_paths: Sequence[Path | str] = (),
+    distill_weight: float = 0.5,
 ) -> tuple[keras.Model, TrainHistory]:
     """Train ``architecture`` on grey uint8 ``(N, S, S)`` images; return the model and history.
 
@@ -274,6 +330,9 @@ def train_model(
     a GPU). With ``validate_variants`` the validation loss is over the validation images
     as stored and rotated 90/180/270, flipped and inverted. ``time_budget_s`` stops
     training after the first epoch that ends past it (best weights are still restored).
+    With ``teacher_paths`` the model is distilled from the mean of those checkpoints
+    (:class:`AugmentedBatches`); the validation loss that stops training and picks the
+    epoch stays the loss against the true labels.
     """
     started = time.monotonic()
     keras.utils.set_random_seed(seed)
@@ -304,16 +363,23 @@ def train_model(
     if weights_path is None:
         weights_path = imagenet_weights_for(architecture, get_settings().imagenet_weights_dir)
     model = build_model(architecture, input_size=input_size, weights_path=weights_path)
+    teacher = TeacherEnsemble(teacher_paths) if teacher_paths else None
+    if teacher is not None:
+        logger.info("distilling from %d teachers (weight %.2f)", len(teacher.paths),
+                    distill_weight)
     batches = AugmentedBatches(
         train_x, train_y, batch_size=batch_size, seed=seed, class_weights=class_weights,
-        augment=augment or AugmentConfig(), workers=max(1, int(workers)),
-        use_multiprocessing=False, max_queue_size=max(10, 2 * int(workers)),
+        augment=augment or AugmentConfig(), teacher=teacher, distill_weight=distill_weight,
+        workers=max(1, int(workers)), use_multiprocessing=False,
+        max_queue_size=max(10, 2 * int(workers)),
     )
     if validate_variants:
         val_fit_x = np.concatenate([ROBUSTNESS_VARIANTS[k](val_x) for k in ROBUSTNESS_VARIANTS])
         val_fit_y = np.tile(val_y, len(ROBUSTNESS_VARIANTS))
     else:
         val_fit_x, val_fit_y = val_x, val_y
+    if teacher is not None:  # soft training targets: the loss takes (N, 2) targets
+        val_fit_y = np.eye(2, dtype=np.float32)[np.asarray(val_fit_y).astype(int)]
     budget = TimeBudget(time_budget_s) if time_budget_s else None
     # Short linear warm-up, then cosine decay over the whole run: with ~15 steps an
     # epoch, plateau-based decay reacts to validation noise and starves training.
@@ -325,7 +391,8 @@ def train_model(
     )
     model.compile(
         optimizer=keras.optimizers.Adam(schedule),
-        loss="sparse_categorical_crossentropy",
+        loss=("categorical_crossentropy" if teacher is not None
+              else "sparse_categorical_crossentropy"),
         metrics=["accuracy"],
     )
     with tempfile.TemporaryDirectory() as tmp:
@@ -376,6 +443,8 @@ def train_model(
             "stopped_by_time_budget": budget is not None and budget.stopped_at is not None,
             "augment": dataclasses.asdict(augment or AugmentConfig()),
             "validation_16_views": validation,
+            **({"distilled_from": teacher.describe(), "distill_weight": distill_weight}
+               if teacher is not None else {}),
         },
     )
     logger.info(

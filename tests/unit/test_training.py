@@ -76,3 +76,49 @@ def test_view_metrics_cover_sixteen_views():
     assert len(validation_views(images)) == 16
     m = view_metrics(build_model("compact", input_size=32), images, np.array([0, 0, 0, 0, 1, 1]))
     assert m["views"] == 16 and len(m["raw"]) == 16 and m["nll_mean"] > 0
+
+
+def _tiny_teacher(tmp_path, name):
+    from cxr_orient.architectures import build_model
+    from cxr_orient.modelstore import ModelCard, save_checkpoint
+
+    card = ModelCard(name=name, architecture="compact", input_size=32)
+    return save_checkpoint(build_model("compact", input_size=32), card, tmp_path)
+
+
+def test_distillation_targets_mix_label_and_teachers_mean(tmp_path):
+    from training.train import AugmentedBatches, TeacherEnsemble, to_model_input
+
+    teacher = TeacherEnsemble([_tiny_teacher(tmp_path, "a"), _tiny_teacher(tmp_path, "b")])
+    images = np.random.default_rng(0).integers(0, 256, (6, 32, 32), dtype=np.uint8)
+    labels = np.array([0, 1, 0, 1, 0, 0])
+    batches = AugmentedBatches(images, labels, batch_size=6, seed=0, augment=None,
+                               teacher=teacher, distill_weight=0.25)
+    x, y, w = batches[0]
+    order = batches._order
+    means = np.mean([np.asarray(m.predict_on_batch(x)) for m in teacher.models], axis=0)
+    expected = 0.75 * np.eye(2)[labels[order]] + 0.25 * means
+    np.testing.assert_allclose(x, to_model_input(images[order]))
+    np.testing.assert_allclose(y, expected, atol=1e-5)
+    np.testing.assert_allclose(y.sum(axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(w, 1.0)  # no class weights given: every image counts once
+    assert not np.allclose(y, np.eye(2)[labels[order]])  # the teachers moved the targets
+    with pytest.raises(ValueError, match="distill_weight"):
+        AugmentedBatches(images, labels, batch_size=6, seed=0, teacher=teacher,
+                         distill_weight=1.5)
+
+
+def test_train_model_distilled_records_its_teachers(tmp_path):
+    from cxr_orient.modelstore import read_card
+
+    path = _tiny_teacher(tmp_path, "t")
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (24, 32, 32), dtype=np.uint8)
+    labels = np.array([0] * 18 + [1] * 6)
+    model, history = train_model(images, labels, architecture="compact", epochs=1,
+                                 batch_size=8, seed=0, val_fraction=0.25, verbose=0,
+                                 teacher_paths=[path], distill_weight=0.5)
+    assert model.output_shape == (None, 2)
+    assert history.params["distilled_from"] == [{"file": "t.keras",
+                                                 "sha256": read_card(path).sha256}]
+    assert history.params["distill_weight"] == 0.5
