@@ -3,8 +3,10 @@
 ``python -m bench.gpu --model M --out DIR --machine h100``: model images/s per
 batch size through the worker's real input path (``Classifier.predict_proba``
 from uint8 grey), mixed bfloat16 where its answers agree, decode capacity of a
-process pool over one core each, and (optional) the pipeline with the embedded
-filesystem broker and SQLite.
+process pool over one core each, and (``--pipeline``) the whole pipeline: a real
+``celery -A worker worker`` with one pool process per core, Redis (``--broker-url``)
+or the filesystem broker, SQLite, draining a queue of fresh files, against the
+decode capacity of the same files and cores (:func:`_pipeline`).
 """
 
 from __future__ import annotations
@@ -69,7 +71,10 @@ def main() -> None:
     parser.add_argument("--broker-url", default=None,
                         help="e.g. redis://127.0.0.1:6379/0; default: filesystem transport")
     parser.add_argument("--workers", type=int, default=0,
-                        help="worker pool processes for the pipeline (default cores/2)")
+                        help="worker pool processes for the pipeline (default: one per core)")
+    parser.add_argument("--studies", type=int, default=1000,
+                        help="studies (two images each) queued for the pipeline")
+    parser.add_argument("--batch-size", type=int, default=32, help="CXR_BATCH_SIZE")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO)
     t0 = time.monotonic()
@@ -142,33 +147,63 @@ def main() -> None:
     logger.info("decode done at %.0fs", time.monotonic() - t0)
     if args.pipeline and time.monotonic() - t0 < args.budget_s - 150:
         results["pipeline"] = _pipeline(items, root, args.model, cores,
-                                        broker_url=args.broker_url, workers=args.workers)
+                                        broker_url=args.broker_url, workers=args.workers,
+                                        studies=args.studies, batch_size=args.batch_size)
         save()
     write_results(results, args.out, args.machine)
 
 
 def _pipeline(items: list[Any], root: Path, model: Path, cores: int, *,
-              broker_url: str | None, workers: int) -> dict[str, Any]:
-    """The whole path on the GPU node: several pool processes share the card (each
-    decodes with 2 threads; decoding, not the model, is what needs the cores)."""
-    from bench import pipeline as pl
+              broker_url: str | None, workers: int, studies: int,
+              batch_size: int) -> dict[str, Any]:
+    """The whole path on the GPU node: one pool process per core (each decodes with one
+    thread; decoding, not the model, is what needs the cores), all sharing the card.
 
-    processes = workers or max(1, cores // 2)
+    The queue is filled first (``studies`` x 2 fresh files), then the worker starts and
+    drains it (:func:`bench.pipeline.drain`); the decode capacity it is compared with is
+    measured on the same files with the same number of processes, in the same run.
+    """
+    from bench import pipeline as pl
+    from cxr_orient.imaging import load_dicom_image
+    from cxr_orient.ingest import enqueue_paths
+
+    processes = workers or cores
+    out: dict[str, Any] = {"pool_processes": processes, "decode_threads": 1,
+                           "batch_size": batch_size, "max_wait_ms": 200,
+                           "broker": broker_url or "filesystem", "database": "sqlite"}
     try:
         config = pl.PipelineConfig(
-            root=root, model_path=model, broker_url=broker_url, decode_threads=2,
+            root=root, model_path=model, broker_url=broker_url, decode_threads=1,
             concurrency=processes,
         )
         env = pl.configure_environment(config)
         env["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"
-        with pl.running_worker(
-            env, root / "worker.log", concurrency=processes, batch_size=64, max_wait_ms=200
-        ):
-            pl.saturate(pl.make_studies(items, root / "studies", studies=4, tag="warm"))
-            return pl.saturate(pl.make_studies(items, root / "studies", studies=200, tag="s"))
+        folders = pl.make_studies(items, root / "studies", studies=studies, tag="gpu",
+                                  jobs=cores)
+        files = sorted(f for folder in folders for f in folder.glob("*.dcm"))
+        with ProcessPoolExecutor(max_workers=processes) as pool:
+            list(pool.map(load_dicom_image, files[:processes]))
+            start = time.perf_counter()
+            list(pool.map(load_dicom_image, files, chunksize=4))
+            out["decode_capacity_images_per_s"] = len(files) / (time.perf_counter() - start)
+        start = time.perf_counter()
+        report = enqueue_paths(list(folders))
+        ids = list(report.queued)
+        out["enqueue_images_per_s"] = len(ids) / (time.perf_counter() - start)
+        launched = time.time()
+        with pl.running_worker(env, root / "worker.log", concurrency=processes,
+                               batch_size=batch_size, max_wait_ms=200) as worker:
+            out.update(pl.drain(ids, started=launched))
+            rss = pl.peak_rss_mib(worker.pid)
+        out["peak_rss_mib_max"] = max(rss.values()) if rss else None
+        if out.get("sustained_images_per_s"):
+            out["ratio_to_decode_capacity"] = (out["sustained_images_per_s"]
+                                               / out["decode_capacity_images_per_s"])
+        return out
     except Exception as e:  # report, never lose the model/decode figures
         logger.exception("pipeline failed")
-        return {"error": f"{type(e).__name__}: {e}"}
+        out["error"] = f"{type(e).__name__}: {e}"
+        return out
 
 
 if __name__ == "__main__":

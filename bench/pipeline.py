@@ -14,9 +14,10 @@ import signal
 import subprocess
 import time
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -124,21 +125,31 @@ def _children(pid: int) -> list[str]:
 
 
 def make_studies(
-    items: Sequence[CorpusItem], target: Path, *, studies: int, tag: str
+    items: Sequence[CorpusItem], target: Path, *, studies: int, tag: str, jobs: int = 1
 ) -> list[Path]:
-    """``studies`` folders of two images each (a frontal and a lateral), fresh UIDs."""
+    """``studies`` folders of two images each (a frontal and a lateral), fresh UIDs;
+    ``jobs`` processes write them."""
     frontal = [i for i in items if i.view == "frontal"] or list(items)
     lateral = [i for i in items if i.view == "lateral"] or list(items)
-    folders = []
+    folders, copies = [], []
     for s in range(studies):
         folder = target / f"{tag}-{s:04d}"
         study_uid = f"1.2.826.0.1.3680043.10.3.{abs(hash(tag)) % 10**8}.{s}"
         for k, item in enumerate((frontal[s % len(frontal)], lateral[s % len(lateral)])):
-            clone_with_new_uids(
-                item.path, folder / f"{k}.dcm", study_uid=study_uid, patient_id=f"S{s}"
-            )
+            copies.append((item.path, folder / f"{k}.dcm", study_uid, f"S{s}"))
         folders.append(folder)
+    if jobs > 1:
+        with ProcessPoolExecutor(max_workers=jobs) as pool:
+            list(pool.map(_clone, copies, chunksize=8))
+    else:
+        for copy in copies:
+            _clone(copy)
     return folders
+
+
+def _clone(copy: tuple[Path, Path, str, str]) -> Path:
+    source, target, study_uid, patient_id = copy
+    return clone_with_new_uids(source, target, study_uid=study_uid, patient_id=patient_id)
 
 
 def _wait_done(ids: Sequence[int], timeout_s: float) -> bool:
@@ -192,6 +203,41 @@ def saturate(folders: Sequence[Path], *, timeout_s: float = 600) -> dict[str, An
         "complete": finished,
         **_percentiles(latencies),
     }
+
+
+def drain(ids: Sequence[int], *, started: float, timeout_s: float = 600) -> dict[str, Any]:
+    """Throughput of workers emptying a queue that was filled before they started.
+
+    ``sustained_images_per_s`` counts the results between the 10th and the 90th
+    percentile of finishing times: the rate once every pool process is busy, without
+    the start (model load, compilation) or the tail (the last batches, when processes
+    run out of work). ``images_per_s`` is over the whole run from ``started``
+    (``time.time()`` when the worker was launched).
+    """
+    from sqlalchemy import select
+
+    from db.models import Instance, InstanceStatus
+    from db.session import session_scope
+
+    finished = _wait_done(ids, timeout_s)
+    with session_scope() as session:
+        rows = session.execute(
+            select(Instance.finished_at, Instance.status).where(Instance.id.in_(list(ids)))
+        ).all()
+    # SQLite hands back naive datetimes; they were written in UTC.
+    times = sorted((f if f.tzinfo else f.replace(tzinfo=UTC)).timestamp()
+                   for f, _ in rows if f is not None)
+    failed = sum(1 for _, status in rows if status != InstanceStatus.done)
+    out: dict[str, Any] = {"images": len(ids), "failed": failed, "complete": finished}
+    if len(times) >= 10:
+        lo, hi = int(0.1 * len(times)), int(0.9 * len(times))
+        out["sustained_images_per_s"] = (hi - lo) / max(times[hi] - times[lo], 1e-6)
+        out["sustained_window_s"] = times[hi] - times[lo]
+    if times:
+        out["seconds_from_launch"] = times[-1] - started
+        out["images_per_s"] = len(times) / max(times[-1] - started, 1e-6)
+        out["first_result_after_launch_s"] = times[0] - started
+    return out
 
 
 def steady(

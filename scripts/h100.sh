@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# What runs on the lent H100 (no TensorFlow, no internet: Keras 3 on JAX from carried
+# wheels, see ../shared/GPU.md). Run from the repository root on that machine:
+#
+#   scripts/h100.sh train   # carry .whl .devdata: train the shipped model's candidates
+#   scripts/h100.sh bench   # carry .whl .devbin:  python -m bench.gpu with the pipeline
+#
+# .whl holds the Python 3.12 wheels (GPU.md lists them, plus celery-batches, pydantic,
+# pydantic-settings, alembic, pyjpegls, pylibjpeg-rle); .devdata the decoded covid-cxr
+# (python -m training.ship --make-npz .devdata/covid-cxr-256.npz) and its manifest.csv;
+# .devbin a redis-server binary with its shared libraries in .devbin/lib.
+# Everything is written under $OUT.
+set -euo pipefail
+mode=${1:?usage: scripts/h100.sh train|bench}
+OUT=${OUT:?set OUT to the folder that comes back}
+
+python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
+export PYTHONPATH=/tmp/site:$PWD KERAS_BACKEND=jax
+# Several processes share the card: none may take 75 % of its memory up front.
+export XLA_PYTHON_CLIENT_PREALLOCATE=false
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu.txt" || true
+
+case "$mode" in
+train)
+    # Four seeds of the default architecture in parallel, then two students distilled
+    # from all four; the one shipped is chosen on the validation patients only.
+    python3 -m training.ship --npz .devdata/covid-cxr-256.npz \
+        --manifest .devdata/manifest.csv \
+        --out "$OUT/ship/shipped" --report "$OUT/ship/report" --work "$OUT/ship/candidates" \
+        --candidate compact:20200601 --candidate compact:7 --candidate compact:11 \
+        --candidate compact:13 --student compact:20200601 --student compact:7 \
+        --jobs 4 --workers 4 --time-budget "${TIME_BUDGET:-170}" --verbose 2 \
+        2>&1 | tee "$OUT/train.log"
+    ;;
+bench)
+    export LD_LIBRARY_PATH=$PWD/.devbin/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+    .devbin/redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" \
+        --appendonly no --logfile "$OUT/redis.log"
+    python3 -m bench.gpu --model cxr_orient/shipped/compact-v1.keras --out "$OUT/results" \
+        --machine h100 --pipeline --broker-url redis://127.0.0.1:6379/0 \
+        --studies "${STUDIES:-1000}" --budget-s 540 2>&1 | tee "$OUT/bench.log"
+    cp /tmp/gpu-bench/worker.log "$OUT/worker.log" 2>/dev/null || true
+    ;;
+*)
+    echo "unknown mode $mode" >&2; exit 2 ;;
+esac
