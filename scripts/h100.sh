@@ -8,13 +8,15 @@
 # .whl holds the Python 3.12 wheels (GPU.md lists them, plus celery-batches, pydantic,
 # pydantic-settings, alembic, pyjpegls, pylibjpeg-rle); .devdata the decoded covid-cxr
 # (python -m training.ship --make-npz .devdata/covid-cxr-256.npz) and its manifest.csv;
-# .devbin a redis-server binary with its shared libraries in .devbin/lib.
+# .devbin a redis-server binary with its shared libraries in .devbin/lib. A call may
+# carry 64 MiB with the tree: for train, WHEELS=.whl-train names a copy of .whl
+# without the worker-only wheels (celery and its kin, the JPEG-LS codecs, greenlet).
 # Everything is written under $OUT.
 set -euo pipefail
 mode=${1:?usage: scripts/h100.sh train|bench}
 OUT=${OUT:?set OUT to the folder that comes back}
 
-python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
+python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site "${WHEELS:-.whl}"/*.whl
 export PYTHONPATH=/tmp/site:$PWD KERAS_BACKEND=jax
 # Several processes share the card: none may take 75 % of its memory up front.
 export XLA_PYTHON_CLIENT_PREALLOCATE=false
