@@ -26,6 +26,7 @@ from pydicom.uid import (
     RLELossless,
 )
 
+from cxr_orient import imaging
 from cxr_orient.errors import (
     DecodeError,
     FileMissingError,
@@ -39,6 +40,7 @@ from cxr_orient.errors import (
     UnsupportedTransferSyntaxError,
 )
 from cxr_orient.imaging import (
+    DEFAULT_MAX_PIXELS,
     MODEL_INPUT_SIZE,
     DicomHeader,
     dataset_to_image,
@@ -50,7 +52,7 @@ from cxr_orient.imaging import (
     resize_square,
     to_rgb,
 )
-from tests.utils.dicom_factory import make_dicom, real_pixels
+from tests.utils.dicom_factory import COVID_CXR, make_dicom, real_pixels
 
 
 def _max_diff(a: np.ndarray, b: np.ndarray) -> int:
@@ -466,3 +468,85 @@ def test_rg1_copy_with_odd_name(tmp_path) -> None:
     target = tmp_path / "rg1.jpg.dcm"
     shutil.copy(pydicom_file("RG1_UNCI.dcm"), target)
     assert load_image_file(target).shape == (MODEL_INPUT_SIZE, MODEL_INPUT_SIZE)
+
+
+# ------------------------------------------- JPEG 2000 reduced-resolution decode
+
+
+@pytest.mark.parametrize("wavelet", ["5-3", "9-7"])
+@pytest.mark.parametrize(("length", "levels"), [(2500, 2), (1841, 2), (2048, 3), (1024, 1)])
+def test_wavelet_box_matrix_keeps_constants(wavelet, length, levels) -> None:
+    matrix = imaging._wavelet_box_matrix(length, MODEL_INPUT_SIZE, levels, wavelet)
+    band = -(-length // 2**levels)
+    assert matrix.shape == (MODEL_INPUT_SIZE, band)
+    np.testing.assert_allclose(matrix.sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_wavelet_box_matrix_53_is_linear_interpolation_of_the_band() -> None:
+    # 5-3 synthesis with zero details interpolates linearly between band samples at
+    # full-resolution positions 2**levels * k: a ramp comes back as the same ramp,
+    # so each bin gets the mean position of its own pixels (away from the right edge).
+    length, levels = 2048, 2
+    matrix = imaging._wavelet_box_matrix(length, MODEL_INPUT_SIZE, levels, "5-3")
+    band = np.arange(length // 4, dtype=np.float64) * 4
+    expected = np.arange(MODEL_INPUT_SIZE) * 8 + 3.5
+    np.testing.assert_allclose((matrix @ band)[:-1], expected[:-1], atol=1e-3)
+
+
+@pytest.mark.parametrize(
+    ("name", "wavelet"), [("RG1_J2KR.dcm", "5-3"), ("RG1_J2KI.dcm", "9-7")], ids=["J2KR", "J2KI"]
+)
+def test_jpeg2000_reduce_where_pillow_rounds_the_side_down(name, wavelet) -> None:
+    # 1841 / 4 = 460.25: Pillow alone sizes the band 460 wide, OpenJPEG 461, and the
+    # decode fails; the fast path must still get the 4x band (not fall back to 2x).
+    ds = pydicom.dcmread(pydicom_file(name))
+    spec = imaging._validate(ds, max_pixels=DEFAULT_MAX_PIXELS, path=None)
+    reduced = imaging._jpeg2000_reduced(ds, spec, size=128, path=None)
+    assert reduced is not None
+    band, factor, found = reduced
+    assert (band.shape, factor, found) == ((489, 461), 4.0, wavelet)
+
+
+def _real_film_at_least(side: int) -> np.ndarray:
+    if not COVID_CXR.is_dir():
+        pytest.skip("covid-cxr radiographs not available")
+    for file in sorted((COVID_CXR / "lateral").glob("*.jpg")):
+        with Image.open(file) as image:
+            if min(image.size) >= side:
+                grey = np.asarray(image.convert("L"), dtype=np.float64)
+                return np.rint(grey / 255 * 4095).astype(np.uint16)
+    pytest.skip(f"no covid-cxr lateral film of {side} px")
+
+
+@pytest.fixture(scope="module")
+def shipped_classifier():
+    from cxr_orient.modelstore import Classifier
+    from cxr_orient.settings import SHIPPED_MODEL
+
+    return Classifier.from_checkpoint(SHIPPED_MODEL, verify=False)
+
+
+@pytest.mark.slow
+def test_jpeg2000_fast_keeps_the_naive_answer(shipped_classifier, tmp_path) -> None:
+    """The reduced decode gives the shipped model the reference's answer (same label,
+    p within 0.01) on real CR films and on a real film wrapped in both J2K syntaxes."""
+    film = _real_film_at_least(1024)
+    paths = [pydicom_file("RG1_J2KR.dcm"), pydicom_file("RG1_J2KI.dcm")]
+    for n, syntax in enumerate((JPEG2000Lossless, JPEG2000)):
+        paths.append(
+            make_dicom(
+                tmp_path / f"film-{n}.dcm",
+                4095 - film,
+                photometric="MONOCHROME1",
+                transfer_syntax=syntax,
+                window=(2048, 3000),
+            )
+        )
+    fast = np.stack([load_dicom_image(p) for p in paths])
+    naive = np.stack([load_dicom_image_naive(p) for p in paths])
+    # A few grey levels on average; tens at a few sharp edges (the band lacks detail).
+    assert max(_mean_diff(a, b) for a, b in zip(fast, naive, strict=True)) < 0.5
+    p_fast = shipped_classifier.predict_proba(fast)[:, 1]
+    p_naive = shipped_classifier.predict_proba(naive)[:, 1]
+    np.testing.assert_array_equal(p_fast >= 0.5, p_naive >= 0.5)
+    assert np.abs(p_fast - p_naive).max() <= 0.01
