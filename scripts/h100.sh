@@ -26,13 +26,18 @@ case "$mode" in
 train)
     # Four seeds of the default architecture in parallel, then two students distilled
     # from all four; the one shipped is chosen on the validation patients only.
+    # $OUT returns at most 8 files, two folders down: work in /tmp, send back archives.
+    work=/tmp/ship
+    rm -rf "$work"
     python3 -m training.ship --npz .devdata/covid-cxr-256.npz \
         --manifest .devdata/manifest.csv \
-        --out "$OUT/ship/shipped" --report "$OUT/ship/report" --work "$OUT/ship/candidates" \
+        --out "$work/shipped" --report "$work/report" --work "$work/candidates" \
         --candidate compact:20200601 --candidate compact:7 --candidate compact:11 \
         --candidate compact:13 --student compact:20200601 --student compact:7 \
         --jobs 4 --workers 4 --time-budget "${TIME_BUDGET:-170}" --verbose 2 \
         2>&1 | tee "$OUT/train.log"
+    tar -C "$work" -czf "$OUT/shipped.tar.gz" shipped report
+    tar -C "$work" -czf "$OUT/candidates.tar.gz" --exclude='*.png' candidates
     ;;
 bench)
     export LD_LIBRARY_PATH=$PWD/.devbin/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}

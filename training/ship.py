@@ -17,7 +17,8 @@ figures are reported, never used to choose.
 With several ``--candidate ARCH:SEED``, each trains in its own process (``--jobs`` at
 a time, sharing one GPU), and the one shipped is the best on the validation patients
 over all 16 dihedral x inversion views: highest mean lateral recall, then highest mean
-balanced accuracy, then lowest mean NLL.
+balanced accuracy, then lowest mean NLL after each candidate's own temperature scaling.
+With ``--student``, models distilled from all the candidates compete under the same rule.
 
 Decoding needs :mod:`cxr_orient.imaging` (pydicom); training from ``--npz`` does not,
 so the same script runs where only Keras and a backend are installed.
@@ -163,10 +164,12 @@ def _device() -> str:
 
 def selection_key(validation: dict[str, Any]) -> tuple[float, float, float]:
     """Order candidates by validation over the 16 views: lateral recall, balanced accuracy,
-    then NLL (lower is better); larger keys are better."""
+    then NLL after each one's temperature scaling (lower is better; uncalibrated NLL for
+    cards that predate it); larger keys are better."""
+    nll = validation.get("nll_calibrated_mean", validation.get("nll_mean", float("inf")))
     return (float(validation.get("lateral_recall_mean", 0.0)),
             float(validation.get("balanced_accuracy_mean", 0.0)),
-            -float(validation.get("nll_mean", float("inf"))))
+            -float(nll))
 
 
 def _train_all(
@@ -247,8 +250,9 @@ def ship_candidates(
         raise SystemExit("every candidate failed")
     chosen = max(scores, key=lambda k: selection_key(scores[k]["validation_16_views"]))
     selection = {
-        "rule": "validation patients, all 16 dihedral x inversion views, uncalibrated: highest "
-                "mean lateral recall, then highest mean balanced accuracy, then lowest mean NLL",
+        "rule": "validation patients, all 16 dihedral x inversion views: highest mean lateral "
+                "recall, then highest mean balanced accuracy (both at p >= 0.5), then lowest "
+                "mean NLL after the candidate's own temperature scaling",
         "chosen": chosen, "candidates": scores, "failed": failed,
         "wall_seconds": round(time.monotonic() - started, 1),
         "command": shlex.join(["python", "-m", "training.ship", *sys.argv[1:]]),

@@ -86,10 +86,15 @@ def validation_views(images: np.ndarray) -> list[np.ndarray]:
 
 
 def view_metrics(
-    model: keras.Model, images: np.ndarray, labels: np.ndarray, *, batch_size: int = 64
+    model: keras.Model, images: np.ndarray, labels: np.ndarray, *, batch_size: int = 64,
+    temperature: float | None = None,
 ) -> dict[str, Any]:
     """Uncalibrated predictions on every one of the 16 views of the images, and per-view
     balanced accuracy, lateral recall and NLL with their mean and minimum (NLL: maximum).
+    With ``temperature``, also the mean NLL after temperature scaling
+    (``nll_calibrated_mean``): how candidates compare once each is calibrated, which is
+    how they would serve (a distilled model is trained to be less confident, so its
+    uncalibrated NLL says little).
 
     What candidate models are compared on: the validation patients in every
     orientation an archive may store them in.
@@ -109,6 +114,10 @@ def view_metrics(
         summary[f"{key}_mean"] = float(np.mean(vals))
         summary[f"{key}_min"] = float(np.min(vals))
     summary["nll_mean"] = float(np.mean([v["nll"] for v in per_view]))
+    if temperature is not None:
+        calibrated = [apply_temperature(probs, temperature) for probs in raw]
+        summary["nll_calibrated_mean"] = float(np.mean(
+            [-np.log(np.clip(c[np.arange(len(y)), y], 1e-7, 1.0)).mean() for c in calibrated]))
     summary["nll_max"] = float(np.max([v["nll"] for v in per_view]))
     summary["views"] = len(per_view)
     summary["n"] = len(y)
@@ -420,7 +429,7 @@ def train_model(
     history = {k: [float(v) for v in vs] for k, vs in fit.history.items()}
     early = next(cb for cb in fit_callbacks if isinstance(cb, keras.callbacks.EarlyStopping))
     temperature, threshold = calibrate(model, val_x, val_y)
-    validation = view_metrics(model, val_x, val_y)
+    validation = view_metrics(model, val_x, val_y, temperature=temperature)
     validation.pop("raw")
     result = TrainHistory(
         history=history,

@@ -122,3 +122,23 @@ def test_train_model_distilled_records_its_teachers(tmp_path):
     assert history.params["distilled_from"] == [{"file": "t.keras",
                                                  "sha256": read_card(path).sha256}]
     assert history.params["distill_weight"] == 0.5
+
+
+def test_selection_compares_calibrated_nll_when_cards_have_it():
+    from training.ship import selection_key
+
+    sharp = {"lateral_recall_mean": 1.0, "balanced_accuracy_mean": 1.0, "nll_mean": 0.005,
+             "nll_calibrated_mean": 0.004}
+    soft = {"lateral_recall_mean": 1.0, "balanced_accuracy_mean": 1.0, "nll_mean": 0.013,
+            "nll_calibrated_mean": 0.003}
+    worse_recall = {**soft, "lateral_recall_mean": 0.99}
+    assert max([sharp, soft, worse_recall], key=selection_key) is soft
+    assert selection_key({"lateral_recall_mean": 1.0, "balanced_accuracy_mean": 1.0,
+                          "nll_mean": 0.01})[2] == -0.01
+    from cxr_orient.architectures import build_model
+    from training.train import view_metrics
+
+    images = np.random.default_rng(0).integers(0, 256, (4, 32, 32), dtype=np.uint8)
+    out = view_metrics(build_model("compact", input_size=32), images, np.array([0, 0, 1, 1]),
+            temperature=2.0)
+    assert out["nll_calibrated_mean"] > 0
