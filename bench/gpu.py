@@ -15,6 +15,7 @@ import argparse
 import importlib
 import json
 import logging
+import multiprocessing
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -24,6 +25,8 @@ from typing import Any
 import numpy as np
 
 logger = logging.getLogger(__name__)
+# Pools start fresh interpreters: forking this process, which runs JAX, can deadlock.
+_SPAWN = multiprocessing.get_context("spawn")
 
 
 def _model_rates(classifier: Any, batches: list[int], seconds: float) -> dict[str, float]:
@@ -75,15 +78,17 @@ def main() -> None:
     parser.add_argument("--studies", type=int, default=1000,
                         help="studies (two images each) queued for the pipeline")
     parser.add_argument("--batch-size", type=int, default=32, help="CXR_BATCH_SIZE")
+    parser.add_argument("--skip-models", action="store_true",
+                        help="only decode capacity and the pipeline")
+    parser.add_argument("--worker-log", type=Path, default=None,
+                        help="where the pipeline's worker writes its log")
+    parser.add_argument("--drain-timeout", type=float, default=300)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO)
     t0 = time.monotonic()
     jax = importlib.import_module("jax")
     import keras
 
-    from bench.corpus import build_corpus
-    from bench.run import write_results
-    from cxr_orient.imaging import load_dicom_image
     from cxr_orient.modelstore import Classifier
 
     results: dict[str, Any] = {
@@ -99,6 +104,8 @@ def main() -> None:
         args.out.mkdir(parents=True, exist_ok=True)
         out_json.write_text(json.dumps(results, indent=2, default=str))
 
+    if args.skip_models:
+        return _decode_and_pipeline(args, results, save, t0)
     compact = Classifier.from_checkpoint(args.model, verify=False)
     rng = np.random.default_rng(1)
     probe = rng.integers(0, 256, (256, 256, 256), dtype=np.uint8)
@@ -123,13 +130,21 @@ def main() -> None:
     results["tutorial2019_float32"] = _model_rates(tutorial, [64, 256, 512], 3.0)
     save()
     logger.info("models done at %.0fs", time.monotonic() - t0)
+    _decode_and_pipeline(args, results, save, t0)
+
+
+def _decode_and_pipeline(args: argparse.Namespace, results: dict[str, Any], save: Any,
+                         t0: float) -> None:
+    from bench.corpus import build_corpus
+    from bench.run import write_results
+    from cxr_orient.imaging import load_dicom_image
 
     root = Path("/tmp/gpu-bench")
     items = build_corpus(root / "corpus", per_syntax=args.corpus_per_syntax)
     paths = [i.path for i in items]
     results["corpus_files"] = len(paths)
     cores = os.cpu_count() or 1
-    with ProcessPoolExecutor(max_workers=cores) as pool:
+    with ProcessPoolExecutor(max_workers=cores, mp_context=_SPAWN) as pool:
         list(pool.map(load_dicom_image, paths[:cores]))
         per: dict[str, float] = {}
         work = paths * 4
@@ -148,14 +163,16 @@ def main() -> None:
     if args.pipeline and time.monotonic() - t0 < args.budget_s - 150:
         results["pipeline"] = _pipeline(items, root, args.model, cores,
                                         broker_url=args.broker_url, workers=args.workers,
-                                        studies=args.studies, batch_size=args.batch_size)
+                                        studies=args.studies, batch_size=args.batch_size,
+                                        worker_log=args.worker_log or root / "worker.log",
+                                        drain_timeout_s=args.drain_timeout)
         save()
     write_results(results, args.out, args.machine)
 
 
 def _pipeline(items: list[Any], root: Path, model: Path, cores: int, *,
               broker_url: str | None, workers: int, studies: int,
-              batch_size: int) -> dict[str, Any]:
+              batch_size: int, worker_log: Path, drain_timeout_s: float) -> dict[str, Any]:
     """The whole path on the GPU node: one pool process per core (each decodes with one
     thread; decoding, not the model, is what needs the cores), all sharing the card.
 
@@ -181,7 +198,7 @@ def _pipeline(items: list[Any], root: Path, model: Path, cores: int, *,
         folders = pl.make_studies(items, root / "studies", studies=studies, tag="gpu",
                                   jobs=cores)
         files = sorted(f for folder in folders for f in folder.glob("*.dcm"))
-        with ProcessPoolExecutor(max_workers=processes) as pool:
+        with ProcessPoolExecutor(max_workers=processes, mp_context=_SPAWN) as pool:
             list(pool.map(load_dicom_image, files[:processes]))
             start = time.perf_counter()
             list(pool.map(load_dicom_image, files, chunksize=4))
@@ -191,9 +208,9 @@ def _pipeline(items: list[Any], root: Path, model: Path, cores: int, *,
         ids = list(report.queued)
         out["enqueue_images_per_s"] = len(ids) / (time.perf_counter() - start)
         launched = time.time()
-        with pl.running_worker(env, root / "worker.log", concurrency=processes,
+        with pl.running_worker(env, worker_log, concurrency=processes,
                                batch_size=batch_size, max_wait_ms=200) as worker:
-            out.update(pl.drain(ids, started=launched))
+            out.update(pl.drain(ids, started=launched, timeout_s=drain_timeout_s))
             rss = pl.peak_rss_mib(worker.pid)
         out["peak_rss_mib_max"] = max(rss.values()) if rss else None
         if out.get("sustained_images_per_s"):

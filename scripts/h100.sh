@@ -43,10 +43,12 @@ bench)
     export LD_LIBRARY_PATH=$PWD/.devbin/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
     .devbin/redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" \
         --appendonly no --logfile "$OUT/redis.log"
+    # One BLAS thread per process, as the worker sets for itself (worker/__init__.py).
+    export OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1
     python3 -m bench.gpu --model cxr_orient/shipped/compact-v1.keras --out "$OUT/results" \
         --machine h100 --pipeline --broker-url redis://127.0.0.1:6379/0 \
-        --studies "${STUDIES:-1000}" --budget-s 540 2>&1 | tee "$OUT/bench.log"
-    cp /tmp/gpu-bench/worker.log "$OUT/worker.log" 2>/dev/null || true
+        --studies "${STUDIES:-1000}" --budget-s 540 --worker-log "$OUT/worker.log" \
+        --drain-timeout "${DRAIN_TIMEOUT:-300}" ${BENCH_ARGS:-} 2>&1 | tee "$OUT/bench.log"
     ;;
 *)
     echo "unknown mode $mode" >&2; exit 2 ;;
