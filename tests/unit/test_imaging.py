@@ -550,3 +550,52 @@ def test_jpeg2000_fast_keeps_the_naive_answer(shipped_classifier, tmp_path) -> N
     p_naive = shipped_classifier.predict_proba(naive)[:, 1]
     np.testing.assert_array_equal(p_fast >= 0.5, p_naive >= 0.5)
     assert np.abs(p_fast - p_naive).max() <= 0.01
+
+
+def _deflated_file(tmp_path, shape=(600, 500)):
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    from cxr_orient.synthetic import make_dicom
+
+    pixels = np.random.default_rng(3).integers(0, 4096, shape, dtype=np.uint16)
+    path = tmp_path / "deflated.dcm"
+    make_dicom(path, pixels, transfer_syntax=DeflatedExplicitVRLittleEndian)
+    return path
+
+
+def test_deflated_dataset_inflated_here_reads_as_pydicom_reads_it(tmp_path):
+    import pydicom
+
+    from cxr_orient.imaging import _dataset_to_image, load_dicom_image, read_header
+
+    path = _deflated_file(tmp_path)
+    ours = load_dicom_image(path)
+    theirs = _dataset_to_image(pydicom.dcmread(path), size=256, max_pixels=10**8, path=path)
+    np.testing.assert_array_equal(ours, theirs)
+    header = read_header(path)
+    assert header.rows == 600 and header.transfer_syntax_uid == "1.2.840.10008.1.2.1.99"
+
+
+def test_deflate_bomb_is_refused_before_it_is_inflated(tmp_path):
+    from cxr_orient.errors import ImageTooLargeError
+    from cxr_orient.imaging import _read_dataset, inflated_size_limit
+
+    path = _deflated_file(tmp_path)  # inflates to about 600 kB
+    with pytest.raises(ImageTooLargeError, match="inflates to more than 100000 bytes"):
+        _read_dataset(path, stop_before_pixels=False, inflate_limit=100_000)
+    assert inflated_size_limit(60_000_000) == 4 * 60_000_000 + 16 * 2**20
+
+
+def test_corrupt_or_cut_deflate_stream_is_a_truncated_file(tmp_path):
+    from cxr_orient.errors import TruncatedFileError
+    from cxr_orient.imaging import load_dicom_image
+
+    data = _deflated_file(tmp_path).read_bytes()
+    cut = tmp_path / "cut.dcm"
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(TruncatedFileError):
+        load_dicom_image(cut)
+    garbled = tmp_path / "garbled.dcm"
+    garbled.write_bytes(data[:400] + bytes(255 - b for b in data[400:]))
+    with pytest.raises(TruncatedFileError):
+        load_dicom_image(garbled)
