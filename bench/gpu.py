@@ -49,18 +49,10 @@ def _raw_uint8_rate(classifier: Any, batch: int, seconds: float) -> float:
 
 
 def _bf16(classifier: Any) -> Any:
-    import keras
+    """What a worker with ``CXR_MIXED_PRECISION=bfloat16`` serves."""
+    from cxr_orient.modelstore import Classifier, with_mixed_bfloat16
 
-    from cxr_orient.architectures import build_model
-    from cxr_orient.modelstore import Classifier
-
-    keras.config.set_dtype_policy("mixed_bfloat16")
-    try:
-        model = build_model(classifier.card.architecture, input_size=classifier.input_size)
-        model.set_weights(classifier.model.get_weights())
-    finally:
-        keras.config.set_dtype_policy("float32")
-    return Classifier(model, classifier.card)
+    return Classifier(with_mixed_bfloat16(classifier.model, classifier.card), classifier.card)
 
 
 def main() -> None:

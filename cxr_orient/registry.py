@@ -121,13 +121,20 @@ _LOADED: LoadedModel | None = None
 
 def load_version(version: ModelVersion) -> LoadedModel:
     """Load a registered version's checkpoint, refusing it if its bytes changed."""
-    from cxr_orient.modelstore import Classifier, load_checkpoint, read_card
+    from cxr_orient.modelstore import (
+        Classifier,
+        load_checkpoint,
+        read_card,
+        with_mixed_bfloat16,
+    )
 
     path = Path(version.file_path)
     model = load_checkpoint(path, expected_sha256=version.sha256)
     card = dataclasses.replace(
         read_card(path), temperature=version.temperature, review_threshold=version.review_threshold
     )
+    if get_settings().mixed_precision == "bfloat16":
+        model = with_mixed_bfloat16(model, card)
     threshold = get_settings().review_threshold or version.review_threshold
     return LoadedModel(
         version_id=version.id,

@@ -142,3 +142,39 @@ def test_warm_up_runs_one_batch_here_and_every_bucket_where_shapes_compile(monke
     monkeypatch.setattr(modelstore, "_compiles_per_shape", lambda: True)
     assert clf.warm_up(32) == [8, 16, 32]
     assert clf.warm_up(100) == [8, 16, 32, 64, 128]
+
+
+def test_mixed_bfloat16_copy_computes_in_bfloat16_and_answers_alike():
+    from cxr_orient.modelstore import with_mixed_bfloat16
+
+    card = ModelCard(name="m", architecture="compact", input_size=32)
+    model = build_model("compact", input_size=32)
+    mixed = with_mixed_bfloat16(model, card)
+    assert mixed.layers[-1].dtype_policy.name == "float32"  # the softmax stays float32
+    assert any(layer.dtype_policy.name == "mixed_bfloat16" for layer in mixed.layers)
+    assert all(w.dtype == "float32" for w in mixed.weights)
+    x = np.random.default_rng(4).integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
+    full, half = Classifier(model, card).predict_raw(x), Classifier(mixed, card).predict_raw(x)
+    np.testing.assert_allclose(half, full, atol=0.02)
+    import keras
+
+    assert keras.config.dtype_policy().name == "float32"  # the global policy is restored
+
+
+def test_workers_serve_the_mixed_bfloat16_copy_when_configured(configure, sqlite_url, tmp_path):
+    from cxr_orient.registry import load_version, register_checkpoint
+    from db.migrate import upgrade
+    from db.session import session_scope
+
+    configure(database_url=sqlite_url, data_dir=tmp_path / "data", ingest_root=tmp_path)
+    upgrade()
+    card = ModelCard(name="m", architecture="compact", input_size=32)
+    path = save_checkpoint(build_model("compact", input_size=32), card, tmp_path / "m")
+    with session_scope() as session:
+        version = register_checkpoint(session, path, actor="test", reason="test")
+        plain = load_version(version)
+        configure(mixed_precision="bfloat16")
+        mixed = load_version(version)
+    assert {layer.dtype_policy.name for layer in plain.classifier.model.layers} == {"float32"}
+    assert {layer.dtype_policy.name for layer in mixed.classifier.model.layers} >= {
+        "mixed_bfloat16", "float32"}
