@@ -268,6 +268,13 @@ def summarise(results: dict[str, Any]) -> dict[str, Any]:
             summary["pipeline_pool_ratio_to_min_capacity"] = pool_rate / min(decode_cap,
                                                                               model_cap)
             summary["pipeline_pool_vs_baseline"] = pool_rate / baseline
+            # The worker's default is one pool process per core (celery's default
+            # concurrency, one decode thread each): that is the configuration the
+            # throughput targets are about; the one-process run stays for comparison.
+            summary["targets_judged_on"] = "one pool process per core (the default)"
+            summary["target_pipeline_0.8_capacity"] = (
+                summary["pipeline_pool_ratio_to_min_capacity"] >= 0.8)
+            summary["target_8x_baseline"] = summary["pipeline_pool_vs_baseline"] >= 8
     return summary
 
 
