@@ -187,6 +187,7 @@ def _pipeline(items: list[Any], root: Path, model: Path, cores: int, *,
         )
         env = pl.configure_environment(config)
         env["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"
+        out["mixed_precision"] = env.get("CXR_MIXED_PRECISION", "off")
         folders = pl.make_studies(items, root / "studies", studies=studies, tag="gpu",
                                   jobs=cores)
         files = sorted(f for folder in folders for f in folder.glob("*.dcm"))

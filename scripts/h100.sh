@@ -4,6 +4,8 @@
 #
 #   scripts/h100.sh train   # carry .whl .devdata: train the shipped model's candidates
 #   scripts/h100.sh bench   # carry .whl .devbin:  python -m bench.gpu with the pipeline
+#                           # (CXR_* variables in the environment reach its worker, e.g.
+#                           # CXR_MIXED_PRECISION=bfloat16)
 #
 # .whl holds the Python 3.12 wheels (GPU.md lists them, plus celery-batches, pydantic,
 # pydantic-settings, alembic, pyjpegls, pylibjpeg-rle); .devdata the decoded covid-cxr
