@@ -168,13 +168,15 @@ def _pipeline(items: list[Any], root: Path, model: Path, cores: int, *,
     """The whole path on the GPU node: one pool process per core (each decodes with one
     thread; decoding, not the model, is what needs the cores), all sharing the card.
 
-    The queue is filled first (``studies`` x 2 fresh files), then the worker starts and
-    drains it (:func:`bench.pipeline.drain`); the decode capacity it is compared with is
-    measured on the same files with the same number of processes, in the same run.
+    The worker starts first; once every pool process serves the model, ``studies`` x 2
+    fresh files are recorded and their messages sent at once, and the pool drains them
+    (:func:`bench.pipeline.drain`); the decode capacity it is compared with is measured
+    on the same files with the same number of processes, in the same run.
     """
     from bench import pipeline as pl
     from cxr_orient.imaging import load_dicom_image
     from cxr_orient.ingest import enqueue_paths
+    from worker.requeue import send_instances
 
     processes = workers or cores
     out: dict[str, Any] = {"pool_processes": processes, "decode_threads": 1,
@@ -196,14 +198,19 @@ def _pipeline(items: list[Any], root: Path, model: Path, cores: int, *,
             start = time.perf_counter()
             list(pool.map(load_dicom_image, files, chunksize=4))
             out["decode_capacity_images_per_s"] = len(files) / (time.perf_counter() - start)
-        start = time.perf_counter()
-        report = enqueue_paths(list(folders))
-        ids = list(report.queued)
-        out["enqueue_images_per_s"] = len(ids) / (time.perf_counter() - start)
-        launched = time.time()
+        launched = time.monotonic()
         with pl.running_worker(env, worker_log, concurrency=processes,
                                batch_size=batch_size, max_wait_ms=200) as worker:
-            out.update(pl.drain(ids, started=launched, timeout_s=drain_timeout_s))
+            # Every pool process loaded the model and compiled its buckets (tens of
+            # seconds under JAX, staggered): only then is there work, all of it at once.
+            pl.wait_for_pool(worker_log, processes)
+            out["pool_ready_after_s"] = time.monotonic() - launched
+            start = time.perf_counter()
+            ids = list(enqueue_paths(list(folders), send=False).queued)
+            out["enqueue_images_per_s"] = len(ids) / (time.perf_counter() - start)
+            sent_at = time.time()
+            send_instances(ids)
+            out.update(pl.drain(ids, started=sent_at, timeout_s=drain_timeout_s))
             rss = pl.peak_rss_mib(worker.pid)
         out["peak_rss_mib_max"] = max(rss.values()) if rss else None
         if out.get("sustained_images_per_s"):

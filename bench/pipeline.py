@@ -205,14 +205,24 @@ def saturate(folders: Sequence[Path], *, timeout_s: float = 600) -> dict[str, An
     }
 
 
+def wait_for_pool(log_path: Path, processes: int, *, timeout_s: float = 300) -> None:
+    """Wait until ``processes`` pool processes logged that they serve a model."""
+    deadline = time.monotonic() + timeout_s
+    while log_path.read_text(errors="replace").count(" serving model ") < processes:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"pool not ready after {timeout_s:.0f} s:\n"
+                               f"{log_path.read_text(errors='replace')[-3000:]}")
+        time.sleep(0.5)
+
+
 def drain(ids: Sequence[int], *, started: float, timeout_s: float = 600) -> dict[str, Any]:
-    """Throughput of workers emptying a queue that was filled before they started.
+    """Throughput of workers emptying a queue that holds all of ``ids`` at once.
 
     ``sustained_images_per_s`` counts the results between the 10th and the 90th
     percentile of finishing times: the rate once every pool process is busy, without
-    the start (model load, compilation) or the tail (the last batches, when processes
-    run out of work). ``images_per_s`` is over the whole run from ``started``
-    (``time.time()`` when the worker was launched).
+    the start or the tail (the last batches, when processes run out of work).
+    ``images_per_s`` is over the whole run from ``started`` (``time.time()`` when the
+    work became available).
     """
     from sqlalchemy import select
 
@@ -234,9 +244,9 @@ def drain(ids: Sequence[int], *, started: float, timeout_s: float = 600) -> dict
         out["sustained_images_per_s"] = (hi - lo) / max(times[hi] - times[lo], 1e-6)
         out["sustained_window_s"] = times[hi] - times[lo]
     if times:
-        out["seconds_from_launch"] = times[-1] - started
+        out["seconds_from_start"] = times[-1] - started
         out["images_per_s"] = len(times) / max(times[-1] - started, 1e-6)
-        out["first_result_after_launch_s"] = times[0] - started
+        out["first_result_after_start_s"] = times[0] - started
     return out
 
 
