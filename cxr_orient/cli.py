@@ -365,16 +365,20 @@ def label_import(csv_path: Path, source: str, annotator: str | None) -> None:
 @click.option("--manifest", type=click.Path(exists=True, path_type=Path), default=None,
               help="Patient ids for --data (CSV with file and patientid columns).")
 @click.option("--architecture", default="compact", show_default=True)
-@click.option("--epochs", default=40, show_default=True)
+@click.option("--epochs", default=200, show_default=True,
+              help="Epochs of the cosine learning-rate schedule.")
+@click.option("--min-epochs", type=int, default=None,
+              help="Epochs before early stopping may stop the run [default: 70 % of --epochs].")
 @click.option("--seed", default=0, show_default=True)
 def retrain(min_new_labels: int, extra_dir: Path | None, manifest: Path | None,
-            architecture: str, epochs: int, seed: int) -> None:
+            architecture: str, epochs: int, min_epochs: int | None, seed: int) -> None:
     """Nightly retrain: train a candidate on the labels, promote it only if it beats the
     active model on the fixed evaluation split. Exit 0 when done or nothing to do."""
     from training.lifecycle import retrain as run_retrain
 
     result = run_retrain(min_new_labels=min_new_labels, extra_dir=extra_dir, manifest=manifest,
-                         architecture=architecture, epochs=epochs, seed=seed)
+                         architecture=architecture, epochs=epochs, min_epochs=min_epochs,
+                         seed=seed)
     for problem in result.problems[:20]:
         click.echo(f"not trained on: {problem}", err=True)
     click.echo(result.message)

@@ -329,12 +329,20 @@ def retrain(
     extra_dir: Path | None = None,
     manifest: Path | None = None,
     architecture: str = "compact",
-    epochs: int = 40,
+    epochs: int = 200,
+    min_epochs: int | None = None,
     seed: int = 0,
     actor: str = "retrain",
 ) -> RetrainResult:
     """Train a candidate on every label so far, gate it against the active model on
-    the fixed evaluation split, and promote it only if it wins."""
+    the fixed evaluation split, and promote it only if it wins.
+
+    The recipe is the shipped model's: ``epochs`` of cosine-decayed learning rate, and
+    early stopping only from ``min_epochs`` (default 70 % of ``epochs``). Stopped early
+    while the rate is still high, a run ends on a weak model: with 40 epochs and early
+    stopping from epoch 10, a retrain on the 614 covid-cxr films here stopped at epoch
+    24 with balanced accuracy 0.875 and was (rightly) refused by the gate.
+    """
     with retrain_lock() as acquired:
         if not acquired:
             return RetrainResult("skipped", "another retrain is running")
@@ -344,6 +352,7 @@ def retrain(
             manifest=manifest,
             architecture=architecture,
             epochs=epochs,
+            min_epochs=int(0.7 * epochs) if min_epochs is None else min_epochs,
             seed=seed,
             actor=actor,
         )
@@ -356,6 +365,7 @@ def _retrain_locked(
     manifest: Path | None,
     architecture: str,
     epochs: int,
+    min_epochs: int,
     seed: int,
     actor: str,
 ) -> RetrainResult:
@@ -435,6 +445,7 @@ def _retrain_locked(
         report_dir=out_dir / f"{name}-report",
         architecture=architecture,
         epochs=epochs,
+        min_epochs=min_epochs,
         seed=seed,
         resamples=200,
         extra_training={
