@@ -359,7 +359,7 @@ def label_import(csv_path: Path, source: str, annotator: str | None) -> None:
 
 @main.command()
 @click.option("--min-new-labels", default=50, show_default=True,
-              help="Skip (exit 0) when fewer labels arrived since the active model.")
+              help="Skip (exit 0) when fewer labels arrived since the last training run.")
 @click.option("--data", "extra_dir", type=click.Path(exists=True, file_okay=False,
               path_type=Path), default=None, help="Also train on a folder of class subfolders.")
 @click.option("--manifest", type=click.Path(exists=True, path_type=Path), default=None,
