@@ -128,8 +128,8 @@ def main() -> None:
 def _decode_and_pipeline(args: argparse.Namespace, results: dict[str, Any], save: Any,
                          t0: float) -> None:
     from bench.corpus import build_corpus
+    from bench.measure import decode_rate
     from bench.run import write_results
-    from cxr_orient.imaging import load_dicom_image
 
     root = Path("/tmp/gpu-bench")
     items = build_corpus(root / "corpus", per_syntax=args.corpus_per_syntax)
@@ -137,17 +137,9 @@ def _decode_and_pipeline(args: argparse.Namespace, results: dict[str, Any], save
     results["corpus_files"] = len(paths)
     cores = os.cpu_count() or 1
     with ProcessPoolExecutor(max_workers=cores, mp_context=_SPAWN) as pool:
-        list(pool.map(load_dicom_image, paths[:cores]))
-        per: dict[str, float] = {}
-        work = paths * 4
-        start = time.perf_counter()
-        list(pool.map(load_dicom_image, work, chunksize=2))
-        per["all_syntaxes"] = len(work) / (time.perf_counter() - start)
+        per = {"all_syntaxes": decode_rate(pool, paths * 4, warm_up=cores, chunksize=2)}
         for name in sorted({i.syntax for i in items}):
-            subset = [i.path for i in items if i.syntax == name] * 8
-            start = time.perf_counter()
-            list(pool.map(load_dicom_image, subset))
-            per[name] = len(subset) / (time.perf_counter() - start)
+            per[name] = decode_rate(pool, [i.path for i in items if i.syntax == name] * 8)
     results["decode_capacity_processes"] = cores
     results["decode_capacity_images_per_s"] = per
     save()
@@ -174,7 +166,7 @@ def _pipeline(items: list[Any], root: Path, model: Path, cores: int, *,
     on the same files with the same number of processes, in the same run.
     """
     from bench import pipeline as pl
-    from cxr_orient.imaging import load_dicom_image
+    from bench.measure import decode_rate
     from cxr_orient.ingest import enqueue_paths
     from worker.requeue import send_instances
 
@@ -194,10 +186,8 @@ def _pipeline(items: list[Any], root: Path, model: Path, cores: int, *,
                                   jobs=cores)
         files = sorted(f for folder in folders for f in folder.glob("*.dcm"))
         with ProcessPoolExecutor(max_workers=processes, mp_context=_SPAWN) as pool:
-            list(pool.map(load_dicom_image, files[:processes]))
-            start = time.perf_counter()
-            list(pool.map(load_dicom_image, files, chunksize=4))
-            out["decode_capacity_images_per_s"] = len(files) / (time.perf_counter() - start)
+            out["decode_capacity_images_per_s"] = decode_rate(pool, files, warm_up=processes,
+                                                              chunksize=4)
         launched = time.monotonic()
         with pl.running_worker(env, worker_log, concurrency=processes,
                                batch_size=batch_size, max_wait_ms=200) as worker:
