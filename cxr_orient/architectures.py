@@ -6,8 +6,9 @@ preprocessing inside the graph, so a saved ``.keras`` file is all that inference
 Every model ends in ``Dense(2, softmax)``: index 0 frontal, index 1 lateral
 (:data:`cxr_orient.LABELS`).
 
-Only built-in Keras layers are used, so checkpoints round-trip through ``.keras``
-with ``safe_mode=True`` on any Keras 3 backend.
+Besides built-in Keras layers, only the registered layers of :mod:`cxr_orient.layers`
+are used, so checkpoints round-trip through ``.keras`` with ``safe_mode=True`` on any
+Keras 3 backend.
 """
 
 from __future__ import annotations
@@ -20,13 +21,16 @@ import keras
 from keras import layers
 
 from cxr_orient.errors import ModelError
+from cxr_orient.layers import Abs, DihedralOrbit, OrbitMean
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "ARCHITECTURES",
     "DEFAULT_ARCHITECTURE",
+    "INVARIANT_ARCHITECTURES",
     "build_compact",
+    "build_compact_invariant",
     "build_compact_wide",
     "build_mobilenetv3small",
     "build_model",
@@ -34,7 +38,7 @@ __all__ = [
     "build_vgg16",
 ]
 
-DEFAULT_ARCHITECTURE = "compact"
+DEFAULT_ARCHITECTURE = "compact_invariant"
 NUM_CLASSES = 2
 
 #: ImageNet channel means of the "caffe" preprocessing VGG16 was trained with (BGR order).
@@ -114,6 +118,49 @@ def build_compact(
     x = layers.GlobalAveragePooling2D(name="gap")(x)
     x = layers.Dropout(0.3, name="dropout")(x)
     model = keras.Model(inputs, _softmax_head(x), name=name)
+    _load_full_weights(model, weights_path)
+    return model
+
+
+def build_compact_invariant(
+    *, input_size: int = 256, weights_path: Path | None = None, width: float = 1.0,
+    pool: int = 2,
+) -> keras.Model:
+    """:func:`build_compact`'s trunk made exactly invariant to the 8 rotations/flips of the
+    film and to greyscale inversion (:mod:`cxr_orient.layers` explains how).
+
+    The input is centred (0..255 -> -1..1) so that inversion is a sign change, averaged
+    over ``pool`` x ``pool`` blocks (the trunk sees 128 px of a 256 px input: a view is
+    told from the outline of the chest, and the 8 copies would otherwise cost 8 times
+    ``compact``), then the trunk runs on all 8 dihedral copies, its first convolution has
+    no bias and is followed by ``|.|``, and the pooled features are averaged over the
+    copies before the classifier. Rotated, mirrored and inverted films therefore get the
+    very same answer as the film as stored (to float rounding), and training needs no
+    luck to learn it.
+    """
+    def ch(n: int) -> int:
+        return max(8, round(n * width / 4.0) * 4)
+
+    if input_size % (2 * pool):
+        raise ValueError(f"input_size {input_size} must be a multiple of {2 * pool}")
+    inputs = _image_input(input_size)
+    x = layers.Rescaling(1.0 / 127.5, offset=-1.0, name="centre")(inputs)
+    if pool > 1:
+        x = layers.AveragePooling2D(pool, name="downsample")(x)
+    x = DihedralOrbit(name="orbit")(x)
+    x = layers.Conv2D(ch(16), 3, strides=2, padding="same", use_bias=False,
+                      name="stem_conv")(x)
+    x = Abs(name="stem_abs")(x)
+    x = layers.BatchNormalization(momentum=0.9, name="stem_bn")(x)
+    for i, filters in enumerate((32, 64, 96, 128), start=1):
+        x = _conv_bn_relu(x, ch(filters), name=f"block{i}a")
+        if i >= 3:
+            x = _conv_bn_relu(x, ch(filters), name=f"block{i}b")
+        x = layers.MaxPooling2D(name=f"block{i}_pool")(x)
+    x = layers.GlobalAveragePooling2D(name="gap")(x)
+    x = OrbitMean(name="orbit_mean")(x)
+    x = layers.Dropout(0.3, name="dropout")(x)
+    model = keras.Model(inputs, _softmax_head(x), name="compact_invariant")
     _load_full_weights(model, weights_path)
     return model
 
@@ -223,9 +270,16 @@ ARCHITECTURES: dict[str, Callable[..., keras.Model]] = {
     "tutorial2019": build_tutorial2019,
     "compact": build_compact,
     "compact_wide": build_compact_wide,
+    "compact_invariant": build_compact_invariant,
     "vgg16": build_vgg16,
     "mobilenetv3small": build_mobilenetv3small,
 }
+
+
+#: Architectures whose answer cannot change under the 16 dihedral x inversion views (by
+#: construction, see :func:`build_compact_invariant`): validating them on all 16 views
+#: would only repeat the same figures 16 times.
+INVARIANT_ARCHITECTURES = frozenset({"compact_invariant"})
 
 
 def build_model(

@@ -21,6 +21,7 @@ from typing import Any
 import keras
 import numpy as np
 
+from cxr_orient import layers as _layers  # noqa: F401 - registers the layers checkpoints use
 from cxr_orient.errors import ModelError, ModelIntegrityError
 
 logger = logging.getLogger(__name__)

@@ -38,7 +38,12 @@ from typing import Any
 import keras
 import numpy as np
 
-from cxr_orient.architectures import DEFAULT_ARCHITECTURE, build_model, imagenet_weights_for
+from cxr_orient.architectures import (
+    DEFAULT_ARCHITECTURE,
+    INVARIANT_ARCHITECTURES,
+    build_model,
+    imagenet_weights_for,
+)
 from cxr_orient.modelstore import (
     apply_temperature,
     fit_temperature,
@@ -382,6 +387,8 @@ def train_model(
         workers=max(1, int(workers)), use_multiprocessing=False,
         max_queue_size=max(10, 2 * int(workers)),
     )
+    if validate_variants and architecture in INVARIANT_ARCHITECTURES:
+        validate_variants = False  # every variant would give the very same loss
     if validate_variants:
         val_fit_x = np.concatenate([ROBUSTNESS_VARIANTS[k](val_x) for k in ROBUSTNESS_VARIANTS])
         val_fit_y = np.tile(val_y, len(ROBUSTNESS_VARIANTS))
@@ -447,7 +454,9 @@ def train_model(
             "train_images": len(train_y), "val_images": len(val_y),
             "backend": keras.backend.backend(), "workers": workers,
             "validation_loss_on": "stored + rot90/180/270 + hflip + vflip + inverted"
-            if validate_variants else "stored",
+            if validate_variants else "stored" + (
+                " (the architecture is invariant to the variants)"
+                if architecture in INVARIANT_ARCHITECTURES else ""),
             "time_budget_s": time_budget_s,
             "stopped_by_time_budget": budget is not None and budget.stopped_at is not None,
             "augment": dataclasses.asdict(augment or AugmentConfig()),

@@ -26,7 +26,7 @@ def test_registry_names_and_unknown():
         build_model("resnet9000")
 
 
-@pytest.mark.parametrize("name", ["compact", "tutorial2019"])
+@pytest.mark.parametrize("name", ["compact", "tutorial2019", "compact_invariant"])
 def test_keras_round_trip(tmp_path, name):
     model = build_model(name, input_size=64)
     x = np.random.default_rng(0).integers(0, 256, (3, 64, 64, 3)).astype(np.float32)
@@ -53,3 +53,73 @@ def test_imagenet_weights_are_found_only_in_the_configured_folder(tmp_path) -> N
     expected = tmp_path / IMAGENET_WEIGHT_FILES["mobilenetv3small"]
     expected.write_bytes(b"")
     assert imagenet_weights_for("mobilenetv3small", tmp_path) == expected
+
+
+def _sixteen_views(x: np.ndarray) -> list[np.ndarray]:
+    from cxr_orient.modelstore import tta_views
+
+    return [np.ascontiguousarray(v) for v in tta_views(x, "dihedral+invert")]
+
+
+def test_compact_invariant_gives_one_answer_for_all_sixteen_views():
+    """Exact by construction, not learned: an untrained network must already agree."""
+    model = build_model("compact_invariant", input_size=64)
+    rng = np.random.default_rng(1)
+    x = rng.integers(0, 256, (5, 64, 64, 3)).astype(np.float32)
+    base = np.asarray(model.predict_on_batch(x))
+    assert np.abs(base[:, 1] - base[:, 1].mean()).max() > 1e-4  # images differ
+    for view in _sixteen_views(x):
+        np.testing.assert_allclose(np.asarray(model.predict_on_batch(view)), base, atol=1e-5)
+
+
+def test_compact_invariant_is_not_invariant_to_what_matters():
+    """Shifting the anatomy inside the frame or changing its contrast does change
+    the features: invariance is to the 16 views only."""
+    model = build_model("compact_invariant", input_size=64)
+    x = np.random.default_rng(2).integers(0, 256, (2, 64, 64, 3)).astype(np.float32)
+    half = x.copy()
+    half[:, :32] = 0
+    out = [np.asarray(model.predict_on_batch(v)) for v in (x, half)]
+    assert np.abs(out[0] - out[1]).max() > 1e-5
+
+
+def test_compact_invariant_under_mixed_bfloat16_keeps_its_invariance():
+    import keras
+
+    from cxr_orient.modelstore import ModelCard, with_mixed_bfloat16
+
+    model = build_model("compact_invariant", input_size=64)
+    card = ModelCard(name="m", architecture="compact_invariant", input_size=64)
+    try:
+        mixed = with_mixed_bfloat16(model, card)
+    finally:
+        keras.config.set_dtype_policy("float32")
+    x = np.random.default_rng(3).integers(0, 256, (2, 64, 64, 3)).astype(np.float32)
+    base = np.asarray(mixed.predict_on_batch(x))
+    np.testing.assert_allclose(base, np.asarray(model.predict_on_batch(x)), atol=0.05)
+    for view in _sixteen_views(x)[1:4]:
+        np.testing.assert_allclose(np.asarray(mixed.predict_on_batch(view)), base, atol=0.02)
+
+
+def test_compact_invariant_needs_a_square_input_its_blocks_divide():
+    with pytest.raises(ValueError):
+        build_model("compact_invariant", input_size=66)
+
+
+def test_command_defaults_name_the_default_architecture():
+    """The CLI and the nightly retrain spell the default out (importing the registry
+    would load Keras); they must not drift from it."""
+    import inspect
+
+    from cxr_orient import cli
+    from cxr_orient.architectures import DEFAULT_ARCHITECTURE
+    from training import lifecycle
+
+    assert DEFAULT_ARCHITECTURE == "compact_invariant"
+    assert inspect.signature(lifecycle.retrain).parameters["architecture"].default \
+        == DEFAULT_ARCHITECTURE
+    for command in (cli.train, cli.retrain):
+        option = next(p for p in command.params if p.name == "architecture")
+        assert option.default == DEFAULT_ARCHITECTURE
+    for name in ARCHITECTURES:
+        assert name in cli.ARCHITECTURE_HELP
