@@ -9,6 +9,8 @@ whether a film is frontal or lateral, so training shows the model all of it:
   orientation is seen equally often and invariance is learned, not optional),
 - greyscale inversion with p=0.5 (an archive's MONOCHROME1 read as MONOCHROME2),
 - a random crop of 70-100 % of each side, resized back (zoom and aspect change),
+- the opposite: the film shrunk to 60-100 % of each side on a dark canvas (a small
+  film scanned on a large plate, letterboxed screenshots, a panel cut from a figure),
 - contrast, brightness and gamma changes,
 - gaussian noise,
 - optional small rotation (+-10 degrees).
@@ -34,6 +36,8 @@ class AugmentConfig:
     p_invert: float = 0.5
     p_crop: float = 0.7
     crop_min: float = 0.7  # fraction of each side kept
+    p_zoom_out: float = 0.2  # applied only when no crop was drawn
+    zoom_out_min: float = 0.6  # fraction of each side the shrunk film covers
     p_intensity: float = 0.8
     gamma_range: tuple[float, float] = (0.6, 1.6)
     contrast_range: tuple[float, float] = (0.75, 1.3)
@@ -52,6 +56,19 @@ def _crop_resize(img: np.ndarray, rng: np.random.Generator, crop_min: float) -> 
     left = int(rng.integers(0, w - cw + 1))
     crop = Image.fromarray(img[top : top + ch, left : left + cw])
     return np.asarray(crop.resize((w, h), Image.Resampling.BILINEAR))
+
+
+def _zoom_out(img: np.ndarray, rng: np.random.Generator, scale_min: float) -> np.ndarray:
+    h, w = img.shape
+    sh = max(8, round(h * rng.uniform(scale_min, 1.0)))
+    sw = max(8, round(w * rng.uniform(scale_min, 1.0)))
+    small = np.asarray(Image.fromarray(img).resize((sw, sh), Image.Resampling.BILINEAR))
+    # The darkest level, as around a collimated film; inversion, drawn later, makes it white.
+    canvas = np.full_like(img, img.min())
+    top = int(rng.integers(0, h - sh + 1))
+    left = int(rng.integers(0, w - sw + 1))
+    canvas[top : top + sh, left : left + sw] = small
+    return canvas
 
 
 def _small_rotation(img: np.ndarray, rng: np.random.Generator, max_angle: float) -> np.ndarray:
@@ -84,6 +101,8 @@ def augment_image(
         x = _small_rotation(x, rng, cfg.max_small_angle)
     if rng.random() < cfg.p_crop:
         x = _crop_resize(x, rng, cfg.crop_min)
+    elif rng.random() < cfg.p_zoom_out:
+        x = _zoom_out(x, rng, cfg.zoom_out_min)
     if rng.random() < cfg.p_intensity:
         x = _intensity(x, rng, cfg)
     if rng.random() < cfg.p_invert:

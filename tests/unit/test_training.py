@@ -60,12 +60,28 @@ def test_train_model_tiny():
 def test_augment_always_draws_one_of_the_eight_orientations():
     from training.augment import AugmentConfig
 
-    cfg = AugmentConfig(p_crop=0.0, p_intensity=0.0, p_noise=0.0, p_small_rotation=0.0,
-                        p_invert=0.0)
+    cfg = AugmentConfig(p_crop=0.0, p_zoom_out=0.0, p_intensity=0.0, p_noise=0.0,
+                        p_small_rotation=0.0, p_invert=0.0)
     img = np.arange(16 * 16, dtype=np.uint8).reshape(16, 16)
     views = {np.rot90(f, k).tobytes() for f in (img, img[:, ::-1]) for k in range(4)}
     seen = {augment_image(img, np.random.default_rng(s), cfg).tobytes() for s in range(200)}
     assert seen == views  # every orientation, and nothing else
+
+
+def test_zoom_out_shrinks_the_film_onto_a_dark_canvas():
+    from training.augment import AugmentConfig
+
+    cfg = AugmentConfig(p_crop=0.0, p_zoom_out=1.0, zoom_out_min=0.5, p_intensity=0.0,
+                        p_noise=0.0, p_small_rotation=0.0, p_invert=0.0, p_rot90=0.0,
+                        p_hflip=0.0)
+    img = np.full((64, 64), 200, np.uint8)
+    img[0, 0] = 10  # the darkest level fills the canvas
+    shrunk = [augment_image(img, np.random.default_rng(s), cfg) for s in range(20)]
+    assert all(x.shape == img.shape and x.dtype == np.uint8 for x in shrunk)
+    film = [int((x > 100).sum()) for x in shrunk]
+    assert all(0.25 * 64 * 64 * 0.8 < n < 64 * 64 for n in film)  # 50-100 % of each side
+    assert all(set(np.unique(x[x <= 100])) <= set(range(10, 101)) for x in shrunk)
+    assert len(set(film)) > 5  # the scale is drawn, not fixed
 
 
 def test_view_metrics_cover_sixteen_views():
