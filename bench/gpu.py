@@ -70,6 +70,8 @@ def main() -> None:
     parser.add_argument("--studies", type=int, default=1000,
                         help="studies (two images each) queued for the pipeline")
     parser.add_argument("--batch-size", type=int, default=32, help="CXR_BATCH_SIZE")
+    parser.add_argument("--models-only", action="store_true",
+                        help="measure the models only: no decode capacity, no pipeline")
     parser.add_argument("--skip-models", action="store_true",
                         help="only decode capacity and the pipeline")
     parser.add_argument("--worker-log", type=Path, default=None,
@@ -89,6 +91,7 @@ def main() -> None:
         "devices": [str(d) for d in jax.devices()],
         "device_kind": jax.devices()[0].device_kind,
         "cpu_count": os.cpu_count(),
+        "model": str(args.model),
     }
     out_json = args.out / f"{args.machine}.json"
 
@@ -122,6 +125,8 @@ def main() -> None:
     results["tutorial2019_float32"] = _model_rates(tutorial, [64, 256, 512], 3.0)
     save()
     logger.info("models done at %.0fs", time.monotonic() - t0)
+    if args.models_only:
+        return
     _decode_and_pipeline(args, results, save, t0)
 
 

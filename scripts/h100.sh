@@ -5,7 +5,9 @@
 #   scripts/h100.sh train   # carry .whl .devdata: train the shipped model's candidates
 #   scripts/h100.sh bench   # carry .whl .devbin:  python -m bench.gpu with the pipeline
 #                           # (CXR_* variables in the environment reach its worker, e.g.
-#                           # CXR_MIXED_PRECISION=bfloat16)
+#                           # CXR_MIXED_PRECISION=bfloat16; MODEL=path picks the model)
+#   scripts/h100.sh train+models  # carry .whl-train .devdata: train, then time the new
+#                           # model and the previous one side by side (bench.gpu --models-only)
 #
 # .whl holds the Python 3.12 wheels (GPU.md lists them, plus celery-batches, pydantic,
 # pydantic-settings, alembic, pyjpegls, pylibjpeg-rle); .devdata the decoded covid-cxr
@@ -25,21 +27,29 @@ export XLA_PYTHON_CLIENT_PREALLOCATE=false
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu.txt" || true
 
 case "$mode" in
-train)
-    # Four seeds of the default architecture in parallel, then two students distilled
-    # from all four; the one shipped is chosen on the validation patients only.
+train|train+models)
+    # Five seeds of the default architecture in parallel; the one shipped is chosen on
+    # the validation patients only.
     # $OUT returns at most 8 files, two folders down: work in /tmp, send back archives.
     work=/tmp/ship
     rm -rf "$work"
     python3 -m training.ship --npz .devdata/covid-cxr-256.npz \
         --manifest .devdata/manifest.csv \
         --out "$work/shipped" --report "$work/report" --work "$work/candidates" \
-        --candidate compact:20200601 --candidate compact:7 --candidate compact:11 \
-        --candidate compact:13 --student compact:20200601 --student compact:7 \
-        --jobs 4 --workers 4 --time-budget "${TIME_BUDGET:-170}" --verbose 2 \
+        --candidate compact_invariant:20200601 --candidate compact_invariant:7 \
+        --candidate compact_invariant:11 --candidate compact_invariant:13 \
+        --candidate compact_invariant:17 \
+        --jobs 5 --workers 3 --time-budget "${TIME_BUDGET:-190}" --verbose 2 \
         2>&1 | tee "$OUT/train.log"
     tar -C "$work" -czf "$OUT/shipped.tar.gz" shipped report
     tar -C "$work" -czf "$OUT/candidates.tar.gz" --exclude='*.png' candidates
+    if [ "$mode" = train+models ]; then
+        for model in "$work"/shipped/*.keras cxr_orient/shipped/compact-v1.keras; do
+            python3 -m bench.gpu --model "$model" --models-only --machine "${MACHINE:-gpu}" \
+                --out "$work/models/$(basename "$model" .keras)" 2>&1 | tee -a "$OUT/models.log"
+        done
+        tar -C "$work" -czf "$OUT/models.tar.gz" models
+    fi
     ;;
 bench)
     export LD_LIBRARY_PATH=$PWD/.devbin/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
@@ -47,7 +57,7 @@ bench)
         --appendonly no --logfile "$OUT/redis.log"
     # One BLAS thread per process, as the worker sets for itself (worker/__init__.py).
     export OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1
-    python3 -m bench.gpu --model cxr_orient/shipped/compact-v1.keras --out "$OUT/results" \
+    python3 -m bench.gpu --model "${MODEL:-cxr_orient/shipped/compact-v1.keras}" --out "$OUT/results" \
         --machine h100 --pipeline --broker-url redis://127.0.0.1:6379/0 \
         --studies "${STUDIES:-1000}" --budget-s 540 --worker-log "$OUT/worker.log" \
         --drain-timeout "${DRAIN_TIMEOUT:-300}" ${BENCH_ARGS:-} 2>&1 | tee "$OUT/bench.log"
