@@ -249,14 +249,18 @@ def status() -> None:
 
 # --- models --------------------------------------------------------------------------
 
+# Literal here: importing cxr_orient.architectures would load Keras for every command.
+ARCHITECTURE_HELP = ("compact_invariant (the shipped model's), compact, compact_wide, "
+                     "tutorial2019, vgg16, mobilenetv3small.")
+
 
 @main.command()
 @click.argument("data_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option(
     "--architecture",
-    default="compact",
+    default="compact_invariant",
     show_default=True,
-    help="compact, tutorial2019, vgg16, mobilenetv3small.",
+    help=ARCHITECTURE_HELP,
 )
 @click.option("--epochs", default=30, show_default=True)
 @click.option("--seed", default=0, show_default=True)
@@ -364,7 +368,8 @@ def label_import(csv_path: Path, source: str, annotator: str | None) -> None:
               path_type=Path), default=None, help="Also train on a folder of class subfolders.")
 @click.option("--manifest", type=click.Path(exists=True, path_type=Path), default=None,
               help="Patient ids for --data (CSV with file and patientid columns).")
-@click.option("--architecture", default="compact", show_default=True)
+@click.option("--architecture", default="compact_invariant", show_default=True,
+              help=ARCHITECTURE_HELP)
 @click.option("--epochs", default=200, show_default=True,
               help="Epochs of the cosine learning-rate schedule.")
 @click.option("--min-epochs", type=int, default=None,
@@ -382,6 +387,46 @@ def retrain(min_new_labels: int, extra_dir: Path | None, manifest: Path | None,
     for problem in result.problems[:20]:
         click.echo(f"not trained on: {problem}", err=True)
     click.echo(result.message)
+
+
+@main.command()
+@click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--reason", required=True, help="Why, for the audit trail.")
+@click.option("--actor", default=None, help="Who (default: $USER).")
+@click.option("--challenge", is_flag=True,
+              help="Then let the promotion gate decide, on the fixed evaluation split, "
+              "whether it replaces the active model (recorded either way).")
+def register(checkpoint: Path, reason: str, actor: str | None, challenge: bool) -> None:
+    """Register CHECKPOINT (a .keras file with its card beside it) as a model version.
+
+    It is not active until `cxr-orient promote NAME` (a human decision) or, with
+    --challenge, until it beats the active model at the gate. A new release's shipped
+    model reaches an existing database this way; the shipped file only seeds an empty one.
+    """
+    import getpass
+
+    from cxr_orient.errors import ModelError
+    from cxr_orient.registry import register_checkpoint
+    from db.session import session_scope
+
+    who = actor or getpass.getuser()
+    try:
+        with session_scope() as session:
+            version = register_checkpoint(session, checkpoint, actor=who, reason=reason)
+            name, state = version.name, version.state
+    except ModelError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"registered {name} ({state}) from {checkpoint.resolve()}")
+    if not challenge:
+        return
+    from training.lifecycle import challenge_version
+
+    try:
+        decision = challenge_version(name, actor=who)
+    except ModelError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(("promoted: " if decision.promote else "kept the active model: ")
+               + "; ".join(decision.reasons))
 
 
 @main.command()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -131,3 +132,66 @@ def _untrained_checkpoint(folder: Path, build_model, ModelCard, save_checkpoint,
     head.set_weights([np.zeros_like(kernel), np.array([4.0, -4.0])])
     card = ModelCard(name=name, architecture="compact", input_size=256)
     return str(save_checkpoint(model, card, folder))
+
+
+def test_an_existing_database_adopts_a_new_shipped_model_by_register_and_promote(
+    migrated_db: str, configure: Callable[..., None], tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A database serving the previous release's model keeps it until a human moves it."""
+    from click.testing import CliRunner
+
+    from cxr_orient.cli import main
+    from cxr_orient.registry import ensure_active_model
+    from cxr_orient.settings import SHIPPED_MODEL
+    from db import crud
+    from db.models import ModelEvent, ModelVersion
+    from db.session import session_scope
+
+    previous = SHIPPED_MODEL.parent / "compact-v1.keras"
+    configure(database_url=migrated_db, data_dir=tmp_path / "data", model_path=previous)
+    with session_scope() as session:
+        assert ensure_active_model(session).name == "compact-v1"
+    # The new release: CXR_MODEL_PATH unset, the shipped default is the new model.
+    monkeypatch.delenv("CXR_MODEL_PATH")
+    configure()
+    with session_scope() as session:
+        assert ensure_active_model(session).name == "compact-v1"  # not swapped behind anyone
+
+    runner = CliRunner()
+    out = runner.invoke(main, ["register", str(SHIPPED_MODEL), "--reason", "release 0.2",
+                               "--actor", "it-admin"])
+    assert out.exit_code == 0, out.output
+    assert "registered compact-invariant-v1 (candidate)" in out.output
+    out = runner.invoke(main, ["promote", "compact-invariant-v1", "--reason", "release 0.2",
+                               "--actor", "it-admin"])
+    assert out.exit_code == 0, out.output
+    with session_scope() as session:
+        active = crud.active_model_version(session)
+        assert active is not None and active.name == "compact-invariant-v1"
+        assert active.architecture == "compact_invariant"
+        events = session.execute(
+            select(ModelVersion.name, ModelEvent.action, ModelEvent.actor)
+            .join(ModelVersion, ModelVersion.id == ModelEvent.model_version_id)
+            .order_by(ModelEvent.id)).all()
+    assert [tuple(e) for e in events][-2:] == [
+        ("compact-invariant-v1", "register", "it-admin"),
+        ("compact-invariant-v1", "promote", "it-admin")]
+
+    out = runner.invoke(main, ["rollback", "--reason", "check", "--actor", "it-admin"])
+    assert out.exit_code == 0 and "rolled back to compact-v1" in out.output, out.output
+
+    # Another file under a registered name is refused, and says so.
+    impostor = tmp_path / "impostor"
+    impostor.mkdir()
+    for suffix in (".keras", ".json"):
+        data = SHIPPED_MODEL.with_suffix(suffix).read_bytes()
+        (impostor / f"compact-v1{suffix}").write_bytes(
+            data + b"\n" if suffix == ".keras" else data.replace(b"compact-invariant-v1",
+                                                                 b"compact-v1"))
+    card = json.loads((impostor / "compact-v1.json").read_text())
+    card["sha256"] = ""
+    (impostor / "compact-v1.json").write_text(json.dumps(card))
+    out = runner.invoke(main, ["register", str(impostor / "compact-v1.keras"),
+                               "--reason", "x"])
+    assert out.exit_code != 0 and "already registered with another file" in out.output
