@@ -250,15 +250,16 @@ def status() -> None:
 # --- models --------------------------------------------------------------------------
 
 # Literal here: importing cxr_orient.architectures would load Keras for every command.
-ARCHITECTURE_HELP = ("compact_invariant (the shipped model's), compact, compact_wide, "
-                     "tutorial2019, vgg16, mobilenetv3small.")
+ARCHITECTURE_HELP = ("compact_invariant_64 (the shipped model's), compact_invariant, "
+                     "compact_invariant_slim, compact, compact_wide, tutorial2019, vgg16, "
+                     "mobilenetv3small.")
 
 
 @main.command()
 @click.argument("data_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option(
     "--architecture",
-    default="compact_invariant",
+    default="compact_invariant_64",
     show_default=True,
     help=ARCHITECTURE_HELP,
 )
@@ -368,7 +369,7 @@ def label_import(csv_path: Path, source: str, annotator: str | None) -> None:
               path_type=Path), default=None, help="Also train on a folder of class subfolders.")
 @click.option("--manifest", type=click.Path(exists=True, path_type=Path), default=None,
               help="Patient ids for --data (CSV with file and patientid columns).")
-@click.option("--architecture", default="compact_invariant", show_default=True,
+@click.option("--architecture", default="compact_invariant_64", show_default=True,
               help=ARCHITECTURE_HELP)
 @click.option("--epochs", default=200, show_default=True,
               help="Epochs of the cosine learning-rate schedule.")

@@ -28,18 +28,18 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu
 
 case "$mode" in
 train|train+models)
-    # Five seeds of the default architecture in parallel; the one shipped is chosen on
-    # the validation patients only.
+    # Three seeds each of the default architecture and of its slim sibling in parallel;
+    # the one shipped is chosen on the validation patients only.
     # $OUT returns at most 8 files, two folders down: work in /tmp, send back archives.
     work=/tmp/ship
     rm -rf "$work"
     python3 -m training.ship --npz .devdata/covid-cxr-256.npz \
         --manifest .devdata/manifest.csv \
         --out "$work/shipped" --report "$work/report" --work "$work/candidates" \
-        --candidate compact_invariant:20200601 --candidate compact_invariant:7 \
-        --candidate compact_invariant:11 --candidate compact_invariant:13 \
-        --candidate compact_invariant:17 \
-        --jobs 5 --workers 3 --time-budget "${TIME_BUDGET:-190}" --verbose 2 \
+        --candidate compact_invariant_64:20200601 --candidate compact_invariant_64:7 \
+        --candidate compact_invariant_64:11 --candidate compact_invariant_slim:20200601 \
+        --candidate compact_invariant_slim:7 --candidate compact_invariant_slim:11 \
+        --jobs 6 --workers 2 --time-budget "${TIME_BUDGET:-250}" --verbose 2 \
         2>&1 | tee "$OUT/train.log"
     tar -C "$work" -czf "$OUT/shipped.tar.gz" shipped report
     tar -C "$work" -czf "$OUT/candidates.tar.gz" --exclude='*.png' candidates
@@ -57,7 +57,7 @@ bench)
         --appendonly no --logfile "$OUT/redis.log"
     # One BLAS thread per process, as the worker sets for itself (worker/__init__.py).
     export OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1
-    python3 -m bench.gpu --model "${MODEL:-cxr_orient/shipped/compact-v1.keras}" --out "$OUT/results" \
+    python3 -m bench.gpu --model "${MODEL:-cxr_orient/shipped/compact-invariant-64-v1.keras}" --out "$OUT/results" \
         --machine h100 --pipeline --broker-url redis://127.0.0.1:6379/0 \
         --studies "${STUDIES:-1000}" --budget-s 540 --worker-log "$OUT/worker.log" \
         --drain-timeout "${DRAIN_TIMEOUT:-300}" ${BENCH_ARGS:-} 2>&1 | tee "$OUT/bench.log"

@@ -328,7 +328,7 @@ def retrain(
     min_new_labels: int = 50,
     extra_dir: Path | None = None,
     manifest: Path | None = None,
-    architecture: str = "compact_invariant",
+    architecture: str = "compact_invariant_64",
     epochs: int = 200,
     min_epochs: int | None = None,
     seed: int = 0,

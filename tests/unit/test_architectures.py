@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from cxr_orient.architectures import ARCHITECTURES, build_model
+from cxr_orient.architectures import ARCHITECTURES, INVARIANT_ARCHITECTURES, build_model
 from cxr_orient.errors import ModelError
 from cxr_orient.modelstore import load_checkpoint
 
@@ -26,10 +26,11 @@ def test_registry_names_and_unknown():
         build_model("resnet9000")
 
 
-@pytest.mark.parametrize("name", ["compact", "tutorial2019", "compact_invariant"])
+@pytest.mark.parametrize("name", ["compact", "tutorial2019", "compact_invariant",
+                                  "compact_invariant_64"])
 def test_keras_round_trip(tmp_path, name):
-    model = build_model(name, input_size=64)
-    x = np.random.default_rng(0).integers(0, 256, (3, 64, 64, 3)).astype(np.float32)
+    model = build_model(name, input_size=128)
+    x = np.random.default_rng(0).integers(0, 256, (3, 128, 128, 3)).astype(np.float32)
     path = tmp_path / f"{name}.keras"
     model.save(path)
     loaded = load_checkpoint(path)
@@ -61,11 +62,12 @@ def _sixteen_views(x: np.ndarray) -> list[np.ndarray]:
     return [np.ascontiguousarray(v) for v in tta_views(x, "dihedral+invert")]
 
 
-def test_compact_invariant_gives_one_answer_for_all_sixteen_views():
+@pytest.mark.parametrize("name", sorted(INVARIANT_ARCHITECTURES))
+def test_invariant_architectures_give_one_answer_for_all_sixteen_views(name):
     """Exact by construction, not learned: an untrained network must already agree."""
-    model = build_model("compact_invariant", input_size=64)
+    model = build_model(name, input_size=128)
     rng = np.random.default_rng(1)
-    x = rng.integers(0, 256, (5, 64, 64, 3)).astype(np.float32)
+    x = rng.integers(0, 256, (5, 128, 128, 3)).astype(np.float32)
     base = np.asarray(model.predict_on_batch(x))
     assert np.abs(base[:, 1] - base[:, 1].mean()).max() > 1e-4  # images differ
     for view in _sixteen_views(x):
@@ -83,27 +85,31 @@ def test_compact_invariant_is_not_invariant_to_what_matters():
     assert np.abs(out[0] - out[1]).max() > 1e-5
 
 
-def test_compact_invariant_under_mixed_bfloat16_keeps_its_invariance():
+def test_the_default_under_mixed_bfloat16_keeps_its_invariance():
     import keras
 
     from cxr_orient.modelstore import ModelCard, with_mixed_bfloat16
 
-    model = build_model("compact_invariant", input_size=64)
-    card = ModelCard(name="m", architecture="compact_invariant", input_size=64)
+    model = build_model("compact_invariant_64", input_size=128)
+    card = ModelCard(name="m", architecture="compact_invariant_64", input_size=128)
     try:
         mixed = with_mixed_bfloat16(model, card)
     finally:
         keras.config.set_dtype_policy("float32")
-    x = np.random.default_rng(3).integers(0, 256, (2, 64, 64, 3)).astype(np.float32)
+    x = np.random.default_rng(3).integers(0, 256, (2, 128, 128, 3)).astype(np.float32)
     base = np.asarray(mixed.predict_on_batch(x))
     np.testing.assert_allclose(base, np.asarray(model.predict_on_batch(x)), atol=0.05)
     for view in _sixteen_views(x)[1:4]:
         np.testing.assert_allclose(np.asarray(mixed.predict_on_batch(view)), base, atol=0.02)
 
 
-def test_compact_invariant_needs_a_square_input_its_blocks_divide():
+@pytest.mark.parametrize(("name", "size"), [("compact_invariant", 67),
+                                            ("compact_invariant", 62),
+                                            ("compact_invariant_64", 126),
+                                            ("compact_invariant_64", 124)])
+def test_invariant_input_must_tile_and_survive_the_trunk(name, size):
     with pytest.raises(ValueError):
-        build_model("compact_invariant", input_size=66)
+        build_model(name, input_size=size)
 
 
 def test_command_defaults_name_the_default_architecture():
@@ -115,7 +121,7 @@ def test_command_defaults_name_the_default_architecture():
     from cxr_orient.architectures import DEFAULT_ARCHITECTURE
     from training import lifecycle
 
-    assert DEFAULT_ARCHITECTURE == "compact_invariant"
+    assert DEFAULT_ARCHITECTURE == "compact_invariant_64"
     assert inspect.signature(lifecycle.retrain).parameters["architecture"].default \
         == DEFAULT_ARCHITECTURE
     for command in (cli.train, cli.retrain):
