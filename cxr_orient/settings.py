@@ -18,7 +18,7 @@ from sqlalchemy.engine import make_url
 
 _REPO_ROOT = Path(__file__).resolve().parent.parent
 #: Checkpoint shipped with the source tree, used when nothing else is active.
-SHIPPED_MODEL = Path(__file__).resolve().parent / "shipped" / "compact-invariant-v1.keras"
+SHIPPED_MODEL = Path(__file__).resolve().parent / "shipped" / "compact-invariant-64-v1.keras"
 
 
 class Settings(BaseSettings):
@@ -49,7 +49,7 @@ class Settings(BaseSettings):
     model_path: Path | None = Field(
         default=None,
         description="CXR_MODEL_PATH: .keras checkpoint registered and activated when the "
-        "database has no active model. Default: the shipped checkpoint (compact-invariant-v1).",
+        "database has no active model. Default: the shipped checkpoint (compact-invariant-64-v1).",
     )
     model_dir: Path | None = Field(
         default=None,

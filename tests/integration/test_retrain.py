@@ -162,21 +162,21 @@ def test_an_existing_database_adopts_a_new_shipped_model_by_register_and_promote
     out = runner.invoke(main, ["register", str(SHIPPED_MODEL), "--reason", "release 0.2",
                                "--actor", "it-admin"])
     assert out.exit_code == 0, out.output
-    assert "registered compact-invariant-v1 (candidate)" in out.output
-    out = runner.invoke(main, ["promote", "compact-invariant-v1", "--reason", "release 0.2",
+    assert "registered compact-invariant-64-v1 (candidate)" in out.output
+    out = runner.invoke(main, ["promote", "compact-invariant-64-v1", "--reason", "release 0.2",
                                "--actor", "it-admin"])
     assert out.exit_code == 0, out.output
     with session_scope() as session:
         active = crud.active_model_version(session)
-        assert active is not None and active.name == "compact-invariant-v1"
-        assert active.architecture == "compact_invariant"
+        assert active is not None and active.name == "compact-invariant-64-v1"
+        assert active.architecture == "compact_invariant_64"
         events = session.execute(
             select(ModelVersion.name, ModelEvent.action, ModelEvent.actor)
             .join(ModelVersion, ModelVersion.id == ModelEvent.model_version_id)
             .order_by(ModelEvent.id)).all()
     assert [tuple(e) for e in events][-2:] == [
-        ("compact-invariant-v1", "register", "it-admin"),
-        ("compact-invariant-v1", "promote", "it-admin")]
+        ("compact-invariant-64-v1", "register", "it-admin"),
+        ("compact-invariant-64-v1", "promote", "it-admin")]
 
     out = runner.invoke(main, ["rollback", "--reason", "check", "--actor", "it-admin"])
     assert out.exit_code == 0 and "rolled back to compact-v1" in out.output, out.output
@@ -187,7 +187,7 @@ def test_an_existing_database_adopts_a_new_shipped_model_by_register_and_promote
     for suffix in (".keras", ".json"):
         data = SHIPPED_MODEL.with_suffix(suffix).read_bytes()
         (impostor / f"compact-v1{suffix}").write_bytes(
-            data + b"\n" if suffix == ".keras" else data.replace(b"compact-invariant-v1",
+            data + b"\n" if suffix == ".keras" else data.replace(b"compact-invariant-64-v1",
                                                                  b"compact-v1"))
     card = json.loads((impostor / "compact-v1.json").read_text())
     card["sha256"] = ""
