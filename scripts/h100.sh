@@ -58,7 +58,7 @@ bench)
     # One BLAS thread per process, as the worker sets for itself (worker/__init__.py).
     export OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1
     python3 -m bench.gpu --model "${MODEL:-cxr_orient/shipped/compact-invariant-64-v1.keras}" --out "$OUT/results" \
-        --machine h100 --pipeline --broker-url redis://127.0.0.1:6379/0 \
+        --machine "${MACHINE:-h100}" --pipeline --broker-url redis://127.0.0.1:6379/0 \
         --studies "${STUDIES:-1000}" --budget-s 540 --worker-log "$OUT/worker.log" \
         --drain-timeout "${DRAIN_TIMEOUT:-300}" ${BENCH_ARGS:-} 2>&1 | tee "$OUT/bench.log"
     ;;
