@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.corpus import JPEG2000_NAMES, UNCOMPRESSED, build_corpus, uses_real_pixels
+from cxr_orient.settings import SHIPPED_MODEL
 
 logger = logging.getLogger(__name__)
 
@@ -64,8 +65,7 @@ def load_average() -> list[float]:
 
 
 #: The previous release's default model, timed beside the one under test.
-PREVIOUS_MODEL = Path(__file__).resolve().parent.parent / "cxr_orient" / "shipped" / (
-    "compact-v1.keras")
+PREVIOUS_MODEL = SHIPPED_MODEL.parent / "compact-v1.keras"
 
 
 def _classifier(model_path: Path) -> Any:

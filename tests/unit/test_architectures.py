@@ -59,15 +59,20 @@ def test_imagenet_weights_are_found_only_in_the_configured_folder(tmp_path) -> N
 def _sixteen_views(x: np.ndarray) -> list[np.ndarray]:
     from cxr_orient.modelstore import tta_views
 
-    return [np.ascontiguousarray(v) for v in tta_views(x, "dihedral+invert")]
+    return tta_views(x, "dihedral+invert")
 
 
 @pytest.mark.parametrize("name", sorted(INVARIANT_ARCHITECTURES))
 def test_invariant_architectures_give_one_answer_for_all_sixteen_views(name):
     """Exact by construction, not learned: an untrained network must already agree."""
+    import keras
+
+    keras.utils.set_random_seed(1)  # the weights, so that "images differ" is not luck
     model = build_model(name, input_size=128)
     rng = np.random.default_rng(1)
     x = rng.integers(0, 256, (5, 128, 128, 3)).astype(np.float32)
+    for i, image in enumerate(x):  # noise alone looks alike once averaged: add a shape
+        image[10 + 15 * i : 60 + 10 * i, 20 : 40 + 15 * i] = 255.0
     base = np.asarray(model.predict_on_batch(x))
     assert np.abs(base[:, 1] - base[:, 1].mean()).max() > 1e-4  # images differ
     for view in _sixteen_views(x):
@@ -75,8 +80,8 @@ def test_invariant_architectures_give_one_answer_for_all_sixteen_views(name):
 
 
 def test_compact_invariant_is_not_invariant_to_what_matters():
-    """Shifting the anatomy inside the frame or changing its contrast does change
-    the features: invariance is to the 16 views only."""
+    """Blanking half the frame does change the answer: the invariance is to the 16
+    views only, not a network that ignores its input."""
     model = build_model("compact_invariant", input_size=64)
     x = np.random.default_rng(2).integers(0, 256, (2, 64, 64, 3)).astype(np.float32)
     half = x.copy()
