@@ -26,7 +26,6 @@ from pydicom.uid import (
     RLELossless,
 )
 
-from cxr_orient import imaging
 from cxr_orient.errors import (
     DecodeError,
     FileMissingError,
@@ -52,6 +51,9 @@ from cxr_orient.imaging import (
     resize_square,
     to_rgb,
 )
+from cxr_orient.imaging.decoders.jpeg2000 import jpeg2000_reduced
+from cxr_orient.imaging.validation import validate_pixel_spec
+from cxr_orient.imaging.wavelet import wavelet_box_matrix
 from tests.utils.dicom_factory import COVID_CXR, make_dicom, real_pixels
 
 
@@ -476,7 +478,7 @@ def test_rg1_copy_with_odd_name(tmp_path) -> None:
 @pytest.mark.parametrize("wavelet", ["5-3", "9-7"])
 @pytest.mark.parametrize(("length", "levels"), [(2500, 2), (1841, 2), (2048, 3), (1024, 1)])
 def test_wavelet_box_matrix_keeps_constants(wavelet, length, levels) -> None:
-    matrix = imaging._wavelet_box_matrix(length, MODEL_INPUT_SIZE, levels, wavelet)
+    matrix = wavelet_box_matrix(length, MODEL_INPUT_SIZE, levels, wavelet)
     band = -(-length // 2**levels)
     assert matrix.shape == (MODEL_INPUT_SIZE, band)
     np.testing.assert_allclose(matrix.sum(axis=1), 1.0, atol=1e-5)
@@ -487,7 +489,7 @@ def test_wavelet_box_matrix_53_is_linear_interpolation_of_the_band() -> None:
     # full-resolution positions 2**levels * k: a ramp comes back as the same ramp,
     # so each bin gets the mean position of its own pixels (away from the right edge).
     length, levels = 2048, 2
-    matrix = imaging._wavelet_box_matrix(length, MODEL_INPUT_SIZE, levels, "5-3")
+    matrix = wavelet_box_matrix(length, MODEL_INPUT_SIZE, levels, "5-3")
     band = np.arange(length // 4, dtype=np.float64) * 4
     expected = np.arange(MODEL_INPUT_SIZE) * 8 + 3.5
     np.testing.assert_allclose((matrix @ band)[:-1], expected[:-1], atol=1e-3)
@@ -500,8 +502,8 @@ def test_jpeg2000_reduce_where_pillow_rounds_the_side_down(name, wavelet) -> Non
     # 1841 / 4 = 460.25: Pillow alone sizes the band 460 wide, OpenJPEG 461, and the
     # decode fails; the fast path must still get the 4x band (not fall back to 2x).
     ds = pydicom.dcmread(pydicom_file(name))
-    spec = imaging._validate(ds, max_pixels=DEFAULT_MAX_PIXELS, path=None)
-    reduced = imaging._jpeg2000_reduced(ds, spec, size=128, path=None)
+    spec = validate_pixel_spec(ds, max_pixels=DEFAULT_MAX_PIXELS, path=None)
+    reduced = jpeg2000_reduced(ds, spec, size=128, path=None)
     assert reduced is not None
     band, factor, found = reduced
     assert (band.shape, factor, found) == ((489, 461), 4.0, wavelet)
@@ -566,11 +568,12 @@ def _deflated_file(tmp_path, shape=(600, 500)):
 def test_deflated_dataset_inflated_here_reads_as_pydicom_reads_it(tmp_path):
     import pydicom
 
-    from cxr_orient.imaging import _dataset_to_image, load_dicom_image, read_header
+    from cxr_orient.imaging import load_dicom_image, read_header
+    from cxr_orient.imaging.pipeline import decode_dataset
 
     path = _deflated_file(tmp_path)
     ours = load_dicom_image(path)
-    theirs = _dataset_to_image(pydicom.dcmread(path), size=256, max_pixels=10**8, path=path)
+    theirs = decode_dataset(pydicom.dcmread(path), size=256, max_pixels=10**8, path=path)
     np.testing.assert_array_equal(ours, theirs)
     header = read_header(path)
     assert header.rows == 600 and header.transfer_syntax_uid == "1.2.840.10008.1.2.1.99"
@@ -578,11 +581,12 @@ def test_deflated_dataset_inflated_here_reads_as_pydicom_reads_it(tmp_path):
 
 def test_deflate_bomb_is_refused_before_it_is_inflated(tmp_path):
     from cxr_orient.errors import ImageTooLargeError
-    from cxr_orient.imaging import _read_dataset, inflated_size_limit
+    from cxr_orient.imaging import inflated_size_limit
+    from cxr_orient.imaging.reading import read_dataset
 
     path = _deflated_file(tmp_path)  # inflates to about 600 kB
     with pytest.raises(ImageTooLargeError, match="inflates to more than 100000 bytes"):
-        _read_dataset(path, stop_before_pixels=False, inflate_limit=100_000)
+        read_dataset(path, stop_before_pixels=False, inflate_limit=100_000)
     assert inflated_size_limit(60_000_000) == 4 * 60_000_000 + 16 * 2**20
 
 

@@ -1,0 +1,87 @@
+"""What a DICOM file says about itself before its pixels are touched.
+
+:func:`read_header` reads the identifying attributes (stopping before PixelData);
+:func:`view_to_label` turns a *ViewPosition* into the orientation it claims.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from cxr_orient.errors import MissingAttributeError
+from cxr_orient.imaging.attributes import optional_int, optional_text
+from cxr_orient.imaging.errors import errors_named
+from cxr_orient.imaging.reading import read_dataset
+
+__all__ = ["FRONTAL_VIEWS", "LATERAL_VIEWS", "DicomHeader", "read_header", "view_to_label"]
+
+FRONTAL_VIEWS = frozenset({"PA", "AP", "APS", "PAS", "AP SUPINE", "FRONTAL"})
+LATERAL_VIEWS = frozenset({"LL", "RL", "LAT", "LATERAL", "L", "R"})
+
+
+def view_to_label(view_position: str | None) -> str | None:
+    """The orientation a DICOM ViewPosition claims, or None when it says nothing usable.
+
+    Decubitus (RLD/LLD) and oblique (RLO/LLO) views are neither answer, so None.
+    Returns ``"frontal"`` or ``"lateral"`` (plain strings, the values of
+    ``db.models.OrientationLabel``).
+    """
+    if not view_position:
+        return None
+    value = view_position.strip().upper()
+    if value in FRONTAL_VIEWS:
+        return "frontal"
+    if value in LATERAL_VIEWS:
+        return "lateral"
+    return None
+
+
+@dataclass(frozen=True)
+class DicomHeader:
+    """What the pipeline records about a DICOM file before touching its pixels."""
+
+    sop_instance_uid: str
+    study_instance_uid: str
+    series_instance_uid: str | None
+    patient_id: str | None
+    modality: str | None
+    view_position: str | None
+    transfer_syntax_uid: str | None
+    rows: int | None
+    columns: int | None
+
+
+def read_header(path: Path, *, data: bytes | None = None) -> DicomHeader:
+    """Read the identifying attributes of a DICOM file, without its pixel data.
+
+    ``data``, when given, is the file's content already read; ``path`` then only
+    names the file in errors.
+
+    Raises NotDicomError, TruncatedFileError, or MissingAttributeError when
+    SOPInstanceUID or StudyInstanceUID is absent or empty.
+    """
+    path = Path(path)
+    with errors_named(path):
+        ds = read_dataset(path, stop_before_pixels=True, data=data)
+        sop_instance_uid = optional_text(ds, "SOPInstanceUID")
+        study_instance_uid = optional_text(ds, "StudyInstanceUID")
+        for keyword, value in (
+            ("SOPInstanceUID", sop_instance_uid),
+            ("StudyInstanceUID", study_instance_uid),
+        ):
+            if value is None:
+                raise MissingAttributeError(f"{path}: {keyword} is missing or empty")
+        assert sop_instance_uid is not None and study_instance_uid is not None
+        transfer_syntax = ds.file_meta.get("TransferSyntaxUID") if ds.file_meta else None
+        return DicomHeader(
+            sop_instance_uid=sop_instance_uid,
+            study_instance_uid=study_instance_uid,
+            series_instance_uid=optional_text(ds, "SeriesInstanceUID"),
+            patient_id=optional_text(ds, "PatientID"),
+            modality=optional_text(ds, "Modality"),
+            view_position=optional_text(ds, "ViewPosition"),
+            transfer_syntax_uid=str(transfer_syntax) if transfer_syntax else None,
+            rows=optional_int(ds, "Rows"),
+            columns=optional_int(ds, "Columns"),
+        )
