@@ -83,7 +83,7 @@ def main() -> None:
     jax = importlib.import_module("jax")
     import keras
 
-    from cxr_orient.modelstore import Classifier
+    from cxr_orient.modelstore import Classifier, predicted_class
 
     results: dict[str, Any] = {
         "machine": args.machine,
@@ -110,7 +110,7 @@ def main() -> None:
     bf = _bf16(compact)
     p32, p16 = compact.predict_proba(probe), bf.predict_proba(probe)
     results["compact_bf16_agreement"] = {
-        "same_label": float(np.mean((p32[:, 1] >= 0.5) == (p16[:, 1] >= 0.5))),
+        "same_label": float(np.mean(predicted_class(p32[:, 1]) == predicted_class(p16[:, 1]))),
         "max_p_diff": float(np.abs(p32 - p16).max()),
     }
     results["compact_bf16"] = _model_rates(bf, [256, 1024, 2048], 3.0)
@@ -173,7 +173,7 @@ def _pipeline(items: list[Any], root: Path, model: Path, cores: int, *,
     from bench import pipeline as pl
     from bench.measure import decode_rate
     from cxr_orient.ingest import enqueue_paths
-    from worker.requeue import send_instances
+    from worker.dispatch import send_instances
 
     processes = workers or cores
     out: dict[str, Any] = {"pool_processes": processes, "decode_threads": 1,
@@ -201,7 +201,7 @@ def _pipeline(items: list[Any], root: Path, model: Path, cores: int, *,
             pl.wait_for_pool(worker_log, processes)
             out["pool_ready_after_s"] = time.monotonic() - launched
             start = time.perf_counter()
-            ids = list(enqueue_paths(list(folders), send=False).queued)
+            ids = list(enqueue_paths(list(folders), send=None).queued)
             out["enqueue_images_per_s"] = len(ids) / (time.perf_counter() - start)
             sent_at = time.time()
             send_instances(ids)

@@ -60,12 +60,14 @@ def decode_comparison(
             }
         )
     if classifier is not None and rows:
+        from cxr_orient.modelstore import predicted_class
+
         p_naive = classifier.predict_proba(np.stack(naive_images))[:, 1]
         p_fast = classifier.predict_proba(np.stack(fast_images))[:, 1]
         for row, a, b in zip(rows, p_naive, p_fast, strict=True):
             row["p_lateral_naive"] = float(a)
             row["p_lateral_fast"] = float(b)
-            row["same_label"] = bool((a >= 0.5) == (b >= 0.5))
+            row["same_label"] = bool(predicted_class(a) == predicted_class(b))
             row["p_diff"] = float(abs(a - b))
     by_syntax: dict[str, dict[str, Any]] = {}
     for row in rows:

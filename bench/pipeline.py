@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
-import subprocess
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -24,7 +22,8 @@ from typing import Any
 import numpy as np
 
 from bench.corpus import CorpusItem, clone_with_new_uids
-from worker.launch import worker_command
+from worker import launch
+from worker.launch import WorkerProcess
 
 logger = logging.getLogger(__name__)
 
@@ -75,29 +74,12 @@ def configure_environment(config: PipelineConfig) -> dict[str, str]:
 @contextmanager
 def running_worker(
     env: dict[str, str], log_path: Path, *, concurrency: int, batch_size: int, max_wait_ms: int
-) -> Iterator[subprocess.Popen[bytes]]:
-    """A real worker (own process group), stopped with SIGTERM afterwards."""
+) -> Iterator[WorkerProcess]:
+    """A real, ready worker with this batch configuration, stopped with SIGTERM afterwards."""
     env = {**env, "CXR_BATCH_SIZE": str(batch_size), "CXR_BATCH_MAX_WAIT_MS": str(max_wait_ms)}
-    command = worker_command(concurrency=concurrency, name="bench")
-    with log_path.open("ab") as log:
-        process = subprocess.Popen(
-            command, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-    try:
-        deadline = time.monotonic() + 180
-        while " ready." not in log_path.read_text(errors="replace"):
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"worker did not start:\n{log_path.read_text()[-3000:]}")
-            time.sleep(0.3)
-        yield process
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+    with launch.running_worker(env, log_path, concurrency=concurrency, name="bench",
+                               ready_timeout=180) as worker:
+        yield worker
 
 
 def peak_rss_mib(pid: int) -> dict[str, float]:
@@ -189,8 +171,9 @@ def _study_latencies(ids: Sequence[int]) -> tuple[list[float], datetime, datetim
 def saturate(folders: Sequence[Path], *, timeout_s: float = 600) -> dict[str, Any]:
     """Enqueue every study at once; images/s from the first enqueue to the last result."""
     from cxr_orient.ingest import enqueue_paths
+    from worker.dispatch import send_instances
 
-    report = enqueue_paths(list(folders))
+    report = enqueue_paths(list(folders), send=send_instances)
     ids = list(report.queued)
     finished = _wait_done(ids, timeout_s)
     latencies, first, last, failed = _study_latencies(ids)
@@ -255,6 +238,7 @@ def steady(
 ) -> dict[str, Any]:
     """Offer studies (two images each) at a steady ``images_per_s``; per-study latency."""
     from cxr_orient.ingest import enqueue_paths
+    from worker.dispatch import send_instances
 
     interval = 2.0 / images_per_s
     ids: list[int] = []
@@ -263,7 +247,7 @@ def steady(
         delay = start + k * interval - time.monotonic()
         if delay > 0:
             time.sleep(delay)
-        ids.extend(enqueue_paths([folder]).queued)
+        ids.extend(enqueue_paths([folder], send=send_instances).queued)
     offered_s = time.monotonic() - start
     finished = _wait_done(ids, timeout_s)
     latencies, _, _, failed = _study_latencies(ids)

@@ -108,10 +108,11 @@ def _progress_enqueue(paths: list[Path]) -> Any:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
     from cxr_orient.ingest import count_files, enqueue_paths
+    from worker.dispatch import send_instances
 
     total = count_files(paths)
     if total < 50 or not sys.stderr.isatty():
-        return enqueue_paths(paths)
+        return enqueue_paths(paths, send=send_instances)
     with Progress(
         "[progress.description]{task.description}",
         BarColumn(),
@@ -120,7 +121,7 @@ def _progress_enqueue(paths: list[Path]) -> Any:
         transient=True,
     ) as progress:
         task = progress.add_task("reading headers", total=total)
-        return enqueue_paths(paths, on_file=lambda: progress.advance(task))
+        return enqueue_paths(paths, send=send_instances, on_file=lambda: progress.advance(task))
 
 
 @main.command()
@@ -139,7 +140,13 @@ def enqueue(paths: tuple[Path, ...], wait: bool, timeout: float | None) -> None:
     Files that cannot be ingested are recorded as failed, with their reason.
     """
     from cxr_orient.ingest import wait_for
+    from cxr_orient.runtime import missing_backend
 
+    # Waiting is for a worker of this installation; without a model backend it would
+    # wait for ever for workers that cannot start.
+    problem = missing_backend() if wait else None
+    if problem:
+        raise click.ClickException(problem)
     report = _progress_enqueue(list(paths))
     click.echo(
         f"{report.files} files: {len(report.queued)} queued, "
@@ -229,7 +236,7 @@ def status() -> None:
     """Counts by status, broker queue depth, and the active model."""
     from db import crud
     from db.session import session_scope
-    from worker.requeue import broker_queue_depth
+    from worker.dispatch import broker_queue_depth
 
     settings = get_settings()
     with session_scope() as session:
@@ -292,7 +299,7 @@ def train(
     """
     from cxr_orient.registry import register_checkpoint
     from db.session import session_scope
-    from training.cli_train import train_from_folder
+    from training.candidate import train_from_folder
 
     settings = get_settings()
     out = (out_dir or settings.effective_model_dir).expanduser().resolve()
@@ -439,7 +446,7 @@ def promote(version: str, reason: str, actor: str | None) -> None:
     import getpass
 
     from cxr_orient.errors import ModelError
-    from training.lifecycle import promote as do_promote
+    from cxr_orient.registry import promote as do_promote
 
     try:
         do_promote(version, actor=actor or getpass.getuser(), reason=reason)
@@ -456,7 +463,7 @@ def rollback(reason: str, actor: str | None) -> None:
     import getpass
 
     from cxr_orient.errors import ModelError
-    from training.lifecycle import rollback as do_rollback
+    from cxr_orient.registry import rollback as do_rollback
 
     try:
         version = do_rollback(actor=actor or getpass.getuser(), reason=reason)
@@ -468,13 +475,11 @@ def rollback(reason: str, actor: str | None) -> None:
 @main.command()
 def models() -> None:
     """Registered model versions, newest first."""
-    from sqlalchemy import select
-
-    from db.models import ModelVersion
+    from db import crud
     from db.session import session_scope
 
     with session_scope() as session:
-        for v in session.scalars(select(ModelVersion).order_by(ModelVersion.id.desc())):
+        for v in crud.list_model_versions(session):
             held_out = v.metrics.get("held_out_test", {}).get("balanced_accuracy", {})
             figure = held_out.get("value") if isinstance(held_out, dict) else held_out
             click.echo(f"{v.name:40s} {v.architecture:16s} {v.state:9s}"
@@ -494,9 +499,9 @@ def evaluate(model: str, data: Path, manifest: Path | None, robustness: bool,
     """Evaluate MODEL (a registered version name or a .keras path) on DATA, a folder of
     frontal/ and lateral/ subfolders (PNG, JPEG or DICOM): accuracy, balanced accuracy,
     per-class precision and recall, ROC AUC and ECE with bootstrap 95 % intervals."""
+    from cxr_orient.registry import load_classifier
     from training.data import load_labelled_folder
     from training.evaluate import robustness as run_robustness
-    from training.lifecycle import load_classifier
 
     classifier = load_classifier(model)
     dataset = load_labelled_folder(data, manifest=manifest)

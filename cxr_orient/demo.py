@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
-import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -24,25 +22,10 @@ DEMO_COLUMNS = ("file", "status", "label", "confidence", "needs_review", "header
                 "header_agrees", "model_version", "error")
 
 
-def _start_worker(env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
-    from worker.launch import worker_command
-
-    command = worker_command(concurrency=1, name="demo")
-    log = log_path.open("wb")
-    return subprocess.Popen(
-        command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-    )
-
-
-def _stop_worker(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is not None:
-        return
-    process.send_signal(signal.SIGTERM)  # warm shutdown: finish the batch in hand
-    try:
-        process.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
+class WorkerDied(Exception):
+    def __init__(self, status: int | None) -> None:
+        super().__init__(f"worker exited with status {status}")
+        self.status = status
 
 
 def run_demo(
@@ -53,10 +36,17 @@ def run_demo(
     print_results: Callable[[list[dict[str, Any]], tuple[str, ...]], None],
 ) -> int:
     from cxr_orient.ingest import enqueue_paths, wait_for
+    from cxr_orient.runtime import missing_backend
     from db import crud
     from db.migrate import upgrade
     from db.session import dispose_engines, session_scope
+    from worker.dispatch import send_instances
+    from worker.launch import WorkerProcess
 
+    problem = missing_backend()
+    if problem:
+        echo(f"cannot run the demo: {problem}")
+        return 2
     settings = get_settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     # The samples are copied under the data folder, which becomes the ingest root
@@ -81,23 +71,32 @@ def run_demo(
     upgrade()
 
     log_path = settings.data_dir / "demo-worker.log"
-    worker = _start_worker(dict(os.environ), log_path)
+    worker = WorkerProcess(dict(os.environ), log_path, name="demo")
     echo(f"worker:   celery -A worker worker (pid {worker.pid}), log {log_path}")
+
+    def give_up_if_worker_died(_remaining: int) -> None:
+        if worker.exited() is not None:
+            raise WorkerDied(worker.exited())
+
     try:
         start = time.monotonic()
-        report = enqueue_paths([sample_dir])
+        report = enqueue_paths([sample_dir], send=send_instances)
         echo(
             f"enqueued {report.files} files: {len(report.queued)} new, "
             f"{len(report.already_known)} already known, {len(report.refused)} refused"
         )
-        finished = (
-            wait_for(report.instance_ids, timeout_s=timeout_s, poll_s=0.5)
-            if report.instance_ids
-            else True
-        )
+        try:
+            finished = (
+                wait_for(report.instance_ids, timeout_s=timeout_s, poll_s=0.5,
+                         on_poll=give_up_if_worker_died)
+                if report.instance_ids
+                else True
+            )
+        except WorkerDied as died:
+            echo(f"the worker exited early with status {died.status}; see {log_path}:")
+            echo("\n".join(worker.log().strip().splitlines()[-5:]))
+            return 4
         elapsed = time.monotonic() - start
-        if worker.poll() is not None:
-            echo(f"the worker exited early with status {worker.returncode}; see {log_path}")
         with session_scope() as session:
             rows = crud.results(session, instance_ids=report.instance_ids)
         shown = []
@@ -114,6 +113,6 @@ def run_demo(
         echo(f"{len(rows)} instances in {elapsed:.1f} s")
         return 0
     finally:
-        _stop_worker(worker)
+        worker.stop()
         if show_worker_log:
             echo(log_path.read_text(errors="replace"))

@@ -8,7 +8,6 @@ not DICOM, no UIDs) is recorded as a failed instance with its reason.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import time
@@ -16,12 +15,9 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cxr_orient.errors import (
-    CxrError,
-    FileMissingError,
-    ImageTooLargeError,
-    PathNotAllowedError,
-)
+from cxr_orient.errors import CxrError
+from cxr_orient.imaging import DicomHeader, read_header
+from cxr_orient.intake import read_for_ingest
 from cxr_orient.settings import Settings, get_settings
 from db import crud
 from db.session import session_scope
@@ -63,94 +59,44 @@ def count_files(paths: Iterable[Path]) -> int:
     return sum(1 for _ in iter_files(paths))
 
 
-def read_file_bounded(real: Path, *, shown: str, max_pixels: int) -> bytes:
-    """A file's bytes, read whole (to hash, then parse from memory); refused unread when
-    it is larger than the biggest image accepted, stored raw at 16 bits, plus headroom."""
-    try:
-        file_size = real.stat().st_size
-        if file_size > 2 * max_pixels + (64 << 20):
-            raise ImageTooLargeError(
-                f"file {shown!r} is {file_size} bytes, more than an image of "
-                f"CXR_MAX_PIXELS={max_pixels} can need"
-            )
-        return real.read_bytes()
-    except FileNotFoundError as exc:
-        raise FileMissingError(f"file {shown!r} vanished before it could be read") from exc
-    except OSError as exc:
-        raise FileMissingError(f"file {shown!r} cannot be read: {exc.strerror or exc}") from exc
-
-
-def resolve_ingest_path(file_path: str | Path, ingest_root: Path) -> Path:
-    """The real path of a file, refused unless it lies under the ingest root.
-
-    The one rule for ingest and workers alike: no '..' in the path, and the path
-    with every symlink followed must be inside ``CXR_INGEST_ROOT``.
-    """
-    path = Path(file_path)
-    if ".." in path.parts:
-        raise PathNotAllowedError(f"path {str(file_path)!r} contains '..'")
-    try:
-        real = path.resolve(strict=True)
-    except FileNotFoundError as exc:
-        raise FileMissingError(f"file {str(file_path)!r} does not exist") from exc
-    except OSError as exc:
-        raise FileMissingError(f"file {str(file_path)!r} cannot be resolved: {exc}") from exc
-    if not real.is_relative_to(ingest_root):
-        raise PathNotAllowedError(
-            f"file {str(file_path)!r} resolves outside CXR_INGEST_ROOT ({ingest_root})"
-        )
-    return real
-
-
-def _checked_path(path: Path, ingest_root: Path) -> Path:
-    absolute = path.expanduser().absolute()
-    real = resolve_ingest_path(absolute, ingest_root)
-    if not real.is_file():
-        raise FileMissingError(f"{str(path)!r} is not a regular file")
-    return absolute
-
-
 @dataclass(frozen=True)
-class _Scanned:
+class ScannedFile:
+    """One file as ingest saw it: its header, or why it was refused (never both)."""
+
     path: str
     sha256: str
     size: int
-    header: object | None  # cxr_orient.imaging.DicomHeader
+    header: DicomHeader | None
     error: CxrError | None
 
 
-def _scan(path: Path, settings: Settings) -> _Scanned:
-    from cxr_orient.imaging import read_header
-
+def scan_file(path: Path, settings: Settings) -> ScannedFile:
+    """The checked read (:func:`cxr_orient.intake.read_for_ingest`) and the header of one
+    file; a refusal is returned with its error, never raised."""
     try:
-        checked = _checked_path(path, settings.ingest_root)
+        checked = read_for_ingest(path, settings)
     except CxrError as exc:
-        return _Scanned(str(path.expanduser().absolute()), "", 0, None, exc)
-    sha256, size = "", 0
+        return ScannedFile(str(path.expanduser().absolute()), "", 0, None, exc)
     try:
-        data = read_file_bounded(checked, shown=str(path), max_pixels=settings.max_pixels)
-        sha256, size = hashlib.sha256(data).hexdigest(), len(data)
-        header = read_header(checked, data=data)
+        header = read_header(checked.path, data=checked.data)
     except CxrError as exc:
-        return _Scanned(str(checked), sha256, size, None, exc)
-    return _Scanned(str(checked), sha256, size, header, None)
+        return ScannedFile(str(checked.path), checked.sha256, len(checked.data), None, exc)
+    return ScannedFile(str(checked.path), checked.sha256, len(checked.data), header, None)
 
 
-def _record_chunk(scanned: Sequence[_Scanned], report: EnqueueReport) -> list[int]:
-    from cxr_orient.imaging import DicomHeader
-
+def _record_chunk(scanned: Sequence[ScannedFile], report: EnqueueReport) -> list[int]:
     new_ids: list[int] = []
     with session_scope() as session:
         # Grouped by study so that a study's instances travel (and finish) together.
         ordered = sorted(
             scanned,
             key=lambda s: (
-                s.header.study_instance_uid if isinstance(s.header, DicomHeader) else "",
+                s.header.study_instance_uid if s.header is not None else "",
                 s.path,
             ),
         )
         for item in ordered:
-            if item.error is not None or not isinstance(item.header, DicomHeader):
+            if item.error is not None or item.header is None:
                 error = item.error or CxrError("no header")
                 instance, created = crud.add_unreadable_file(
                     session,
@@ -187,34 +133,37 @@ def _record_chunk(scanned: Sequence[_Scanned], report: EnqueueReport) -> list[in
     return new_ids
 
 
+#: Sends one classification per instance id (``worker.dispatch.send_instances``).
+Sender = Callable[[Sequence[int]], object]
+
+
 def enqueue_paths(
     paths: Sequence[Path],
     *,
+    send: Sender | None,
     settings: Settings | None = None,
     on_file: Callable[[], None] | None = None,
-    send: bool = True,
 ) -> EnqueueReport:
-    """Record every DICOM file under ``paths`` and queue one classification per new instance.
+    """Record every DICOM file under ``paths`` and hand each new instance's id to ``send``
+    (``None``: record only, e.g. when the work is sent later by other means).
 
     Work is sent after its rows are committed, chunk by chunk, so workers start
     on the first studies while later folders are still being read.
     """
-    from worker.requeue import send_instances
-
     settings = settings or get_settings()
     report = EnqueueReport()
-    chunk: list[_Scanned] = []
+    chunk: list[ScannedFile] = []
 
     def flush() -> None:
         new_ids = _record_chunk(chunk, report)
         report.queued.extend(new_ids)
-        if send:
-            send_instances(new_ids)
+        if send is not None and new_ids:
+            send(new_ids)
         chunk.clear()
 
     for path in iter_files(paths):
         report.files += 1
-        chunk.append(_scan(path, settings))
+        chunk.append(scan_file(path, settings))
         if on_file is not None:
             on_file()
         if len(chunk) >= CHUNK:

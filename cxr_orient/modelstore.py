@@ -39,6 +39,7 @@ __all__ = [
     "platt_targets",
     "read_card",
     "save_checkpoint",
+    "to_model_input",
     "tta_views",
 ]
 
@@ -287,7 +288,7 @@ def expected_calibration_error(
     labels = np.asarray(y).astype(int)
     if p.size == 0:
         return float("nan")
-    predicted = (p >= 0.5).astype(int)
+    predicted = predicted_class(p)
     confidence = np.where(predicted == 1, p, 1.0 - p)
     correct = (predicted == labels).astype(np.float64)
     edges = np.linspace(0.5, 1.0, bins + 1)
@@ -344,6 +345,31 @@ def _compiles_per_shape() -> bool:
     return keras.backend.backend() == "jax"
 
 
+def to_model_input(batch: np.ndarray) -> np.ndarray:
+    """(N, H, W) grey or (N, H, W, 1 or 3) images -> (N, H, W, 3) holding 0..255, the
+    model's input: uint8 stays uint8 (the model's input layer casts, its Rescaling layer
+    scales), anything else becomes float32. Grey is copied to three channels here, on
+    the host (see :meth:`Classifier.pre_process` for why)."""
+    x = np.asarray(batch)
+    if x.ndim == 3:
+        x = x[..., np.newaxis]
+    if x.ndim != 4 or x.shape[-1] not in (1, 3):
+        raise ValueError(f"expected (N,H,W) or (N,H,W,3) images, got shape {x.shape}")
+    if x.shape[-1] == 1:
+        x = np.repeat(x, 3, axis=-1)
+    return x if x.dtype == np.uint8 else x.astype(np.float32, copy=False)
+
+
+#: The decision rule: lateral when p_lateral is at least this, else frontal. Every
+#: answer (the worker's, ``evaluate``'s, training reports') is made by it.
+DECISION_THRESHOLD = 0.5
+
+
+def predicted_class(p_lateral: np.ndarray) -> np.ndarray:
+    """Class indices (0 frontal, 1 lateral) for calibrated lateral probabilities."""
+    return (np.asarray(p_lateral, dtype=np.float64) >= DECISION_THRESHOLD).astype(int)
+
+
 @dataclass(frozen=True)
 class Prediction:
     """One image's calibrated prediction."""
@@ -374,7 +400,8 @@ class Classifier:
         return self.card.input_size
 
     def pre_process(self, batch: np.ndarray) -> np.ndarray:
-        """(N, H, W) grey or (N, H, W, 3) uint8 -> (N, H, W, 1 or 3) holding 0..255.
+        """(N, H, W) grey or (N, H, W, 3) uint8 -> (N, H, W, 3) holding 0..255
+        (:func:`to_model_input`), checked against the card's input size.
 
         uint8 stays uint8: the model's input layer casts and its Rescaling layer scales
         on the device, so a GPU receives a quarter of float32's bytes. Grey is copied to
@@ -384,15 +411,11 @@ class Classifier:
         concatenate/repeat/tile after the input, 3,600-5,400: XLA's convolution on a
         three-channel tensor made inside the graph is the slow part.)
         """
-        x = np.asarray(batch)
-        if x.ndim == 3:
-            x = x[..., np.newaxis]
-        if x.ndim != 4 or x.shape[-1] not in (1, 3):
-            raise ValueError(f"expected (N,H,W) or (N,H,W,3) images, got shape {x.shape}")
+        x = to_model_input(batch)
         size = self.card.input_size
         if x.shape[1:3] != (size, size):
             raise ValueError(f"model expects {size}x{size} images, got {x.shape[1]}x{x.shape[2]}")
-        return x if x.dtype == np.uint8 else x.astype(np.float32, copy=False)
+        return x
 
     def predict_raw(self, batch: np.ndarray) -> np.ndarray:
         """Uncalibrated (N, 2) softmax output, averaged over the card's test-time views."""
@@ -402,8 +425,6 @@ class Classifier:
         views = tta_views(x, self.card.test_time_augmentation)
         # One call for all views: fewer, larger batches are what accelerators want.
         stacked = np.concatenate(views) if len(views) > 1 else x
-        if stacked.shape[-1] == 1:
-            stacked = np.repeat(stacked, 3, axis=-1)
         n = len(stacked)
         padded = padded_batch_size(n) if _compiles_per_shape() else n
         if padded > n:
@@ -412,6 +433,13 @@ class Classifier:
         out = self.model.predict_on_batch(stacked)
         probs = np.asarray(keras.ops.convert_to_numpy(out), dtype=np.float64)[:n]
         return probs.reshape(len(views), len(x), 2).mean(axis=0)
+
+    def predict_raw_in_batches(self, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
+        """:meth:`predict_raw` over ``images`` ``batch_size`` at a time (evaluation and
+        training sets that do not fit one call)."""
+        parts = [self.predict_raw(images[i : i + batch_size])
+                 for i in range(0, len(images), batch_size)]
+        return np.concatenate(parts) if parts else np.zeros((0, 2), dtype=np.float64)
 
     def predict_proba(self, batch: np.ndarray) -> np.ndarray:
         """Calibrated (N, 2) probabilities [p_frontal, p_lateral]."""
@@ -432,14 +460,16 @@ class Classifier:
         return sizes
 
     def post_process(self, probs: np.ndarray) -> list[Prediction]:
+        """The prediction rule: the label by :func:`predicted_class`, the confidence as
+        the larger probability, review below the card's ``review_threshold``."""
         labels = self.card.labels
+        probs = np.asarray(probs, dtype=np.float64)
         out = []
-        for p_front, p_lat in np.asarray(probs, dtype=np.float64):
-            index = int(p_lat >= 0.5)
+        for (p_front, p_lat), index in zip(probs, predicted_class(probs[:, 1]), strict=True):
             confidence = float(max(p_front, p_lat))
             out.append(
                 Prediction(
-                    label=labels[index],
+                    label=labels[int(index)],
                     confidence=confidence,
                     p_frontal=float(p_front),
                     p_lateral=float(p_lat),

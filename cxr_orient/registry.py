@@ -1,5 +1,12 @@
 """The model registry: checkpoints recorded in ``model_versions`` and the one in service.
 
+It owns model versions: registering a checkpoint, the bootstrap of an empty database,
+promotion and rollback (each recorded in ``model_events``), loading a version for
+serving, and the model in service in this process. Queries live in :mod:`db.crud`; the
+promotion *gate* (whether a retrained candidate is better) lives in
+:mod:`training.gate`, and calls :func:`db.crud.activate_model_version` through
+:mod:`training.lifecycle`.
+
 Only a checkpoint registered here is ever loaded by a worker, and only after
 its SHA-256 matches the registered value (``cxr_orient.modelstore``).
 """
@@ -95,20 +102,63 @@ def ensure_active_model(session: Session) -> ModelVersion:
     return version
 
 
+def promote(name: str, *, actor: str, reason: str) -> ModelVersion:
+    """Make a registered version the active one (a human's decision, recorded)."""
+    with session_scope() as session:
+        version = crud.find_model_version(session, name=name)
+        if version is None:
+            raise ModelError(f"no model version named {name!r}")
+        if version.is_active:
+            raise ModelError(f"{name!r} is already active")
+        crud.activate_model_version(
+            session, version=version, actor=actor, reason=reason, action="promote"
+        )
+        return version
+
+
+def rollback(*, actor: str, reason: str) -> ModelVersion:
+    """Re-activate the version that was in service before the current one."""
+    with session_scope() as session:
+        active = crud.active_model_version(session)
+        previous = crud.previously_active_model_version(session)
+        if previous is None:
+            raise ModelError("no previously active model version to roll back to")
+        crud.activate_model_version(
+            session,
+            version=previous,
+            actor=actor,
+            reason=reason,
+            action="rollback",
+            details={"rolled_back": active.name if active else None},
+        )
+        return previous
+
+
 @dataclass(frozen=True)
 class LoadedModel:
-    """The model in service in this process, as the database describes it."""
+    """The model in service in this process, as the database describes it.
+
+    ``classifier.card`` carries the registered temperature and the review threshold in
+    force (``CXR_REVIEW_THRESHOLD`` when set, else the version's), so
+    :meth:`~cxr_orient.modelstore.Classifier.predict` is the one prediction rule.
+    """
 
     version_id: int
     name: str
-    input_size: int
-    review_threshold: float
     classifier: Classifier
     sha256: str
 
     @property
     def key(self) -> tuple[int, str, str]:
         return (self.version_id, self.name, self.sha256)
+
+    @property
+    def input_size(self) -> int:
+        return self.classifier.input_size
+
+    @property
+    def review_threshold(self) -> float:
+        return self.classifier.card.review_threshold
 
     def predict_proba(self, batch: np.ndarray) -> np.ndarray:
         """Calibrated (N, 2) probabilities [p_frontal, p_lateral]."""
@@ -128,19 +178,19 @@ def load_version(version: ModelVersion) -> LoadedModel:
         with_mixed_bfloat16,
     )
 
+    settings = get_settings()
     path = Path(version.file_path)
     model = load_checkpoint(path, expected_sha256=version.sha256)
     card = dataclasses.replace(
-        read_card(path), temperature=version.temperature, review_threshold=version.review_threshold
+        read_card(path),
+        temperature=version.temperature,
+        review_threshold=settings.review_threshold or version.review_threshold,
     )
-    if get_settings().mixed_precision == "bfloat16":
+    if settings.mixed_precision == "bfloat16":
         model = with_mixed_bfloat16(model, card)
-    threshold = get_settings().review_threshold or version.review_threshold
     return LoadedModel(
         version_id=version.id,
         name=version.name,
-        input_size=version.input_size,
-        review_threshold=threshold,
         classifier=Classifier(model, card),
         sha256=version.sha256,
     )
@@ -163,3 +213,18 @@ def current_model() -> LoadedModel:
                 _LOADED = load_version(version)
                 logger.info("model in service: %s (was %s)", _LOADED.name, previous)
             return _LOADED
+
+
+def load_classifier(model: str) -> Classifier:
+    """A :class:`~cxr_orient.modelstore.Classifier` for a registered version name or a
+    ``.keras`` path (its card's SHA-256 is checked either way)."""
+    from cxr_orient.modelstore import Classifier
+
+    path = Path(model)
+    if path.suffix == ".keras" and path.is_file():
+        return Classifier.from_checkpoint(path)
+    with session_scope() as session:
+        version = crud.find_model_version(session, name=model)
+        if version is None:
+            raise ModelError(f"{model!r} is neither a .keras file nor a registered version")
+        return load_version(version).classifier

@@ -23,25 +23,6 @@ from db.models import (
     utcnow,
 )
 
-FRONTAL_VIEWS = frozenset({"PA", "AP", "APS", "PAS", "AP SUPINE", "FRONTAL"})
-LATERAL_VIEWS = frozenset({"LL", "RL", "LAT", "LATERAL", "L", "R"})
-
-
-def view_to_label(view_position: str | None) -> OrientationLabel | None:
-    """The orientation a DICOM ViewPosition claims, or None when it says nothing usable.
-
-    Decubitus (RLD/LLD) and oblique (RLO/LLO) views are neither answer, so None.
-    """
-    if not view_position:
-        return None
-    value = view_position.strip().upper()
-    if value in FRONTAL_VIEWS:
-        return OrientationLabel.frontal
-    if value in LATERAL_VIEWS:
-        return OrientationLabel.lateral
-    return None
-
-
 # --- studies and instances -------------------------------------------------------
 
 
@@ -60,6 +41,10 @@ def get_or_create_study(
             select(Study).where(Study.study_instance_uid == study_instance_uid)
         ).one()
     return study
+
+
+def get_instance(session: Session, *, instance_id: int) -> Instance | None:
+    return session.get(Instance, instance_id)
 
 
 def find_instance_by_uid(session: Session, *, sop_instance_uid: str) -> Instance | None:
@@ -263,6 +248,20 @@ def record_predictions(
     return len(fresh)
 
 
+def interrupted_instance_ids(session: Session, *, instance_ids: Sequence[int]) -> list[int]:
+    """Those of ``instance_ids`` still unfinished whose processing already started once
+    and never ended (their worker died: they may be what killed it)."""
+    return list(
+        session.scalars(
+            select(Instance.id).where(
+                Instance.id.in_(instance_ids),
+                Instance.attempts > 0,
+                Instance.status.in_([InstanceStatus.queued, InstanceStatus.processing]),
+            )
+        )
+    )
+
+
 def unfinished_instance_ids(
     session: Session, *, stale_before: datetime | None = None, queued: bool = True
 ) -> list[int]:
@@ -390,6 +389,30 @@ def find_model_version(session: Session, *, name: str) -> ModelVersion | None:
     return session.scalar(select(ModelVersion).where(ModelVersion.name == name))
 
 
+def list_model_versions(session: Session) -> list[ModelVersion]:
+    """Every registered version, newest first."""
+    return list(session.scalars(select(ModelVersion).order_by(ModelVersion.id.desc())))
+
+
+def previously_active_model_version(session: Session) -> ModelVersion | None:
+    """The retired version that was activated most recently: what a rollback restores."""
+    return session.scalar(
+        select(ModelVersion)
+        .where(ModelVersion.state == "retired", ModelVersion.activated_at.is_not(None))
+        .order_by(ModelVersion.activated_at.desc())
+        .limit(1)
+    )
+
+
+def highest_trained_label_id(session: Session) -> int:
+    """The newest label any registered version was trained with (0 when none)."""
+    return max(
+        (int(v.training.get("highest_label_id", 0) or 0)
+         for v in session.scalars(select(ModelVersion))),
+        default=0,
+    )
+
+
 def register_model_version(
     session: Session,
     *,
@@ -463,6 +486,26 @@ def activate_model_version(
     )
 
 
+def reject_model_version(
+    session: Session,
+    *,
+    version: ModelVersion,
+    actor: str,
+    reason: str,
+    details: dict[str, Any] | None = None,
+) -> None:
+    """Mark a candidate that lost at the gate as rejected, with the figures why."""
+    version.state = "rejected"
+    record_model_event(
+        session,
+        model_version_id=version.id,
+        action="reject",
+        actor=actor,
+        reason=reason,
+        details=details,
+    )
+
+
 def record_model_event(
     session: Session,
     *,
@@ -498,6 +541,16 @@ def add_label(
     row = GroundTruthLabel(instance_id=instance_id, label=label, source=source, annotator=annotator)
     session.add(row)
     return row
+
+
+def count_labels_after(session: Session, *, label_id: int) -> int:
+    """Label rows added after ``label_id`` (labels are append-only, ids increase)."""
+    return (
+        session.scalar(
+            select(func.count()).select_from(GroundTruthLabel).where(GroundTruthLabel.id > label_id)
+        )
+        or 0
+    )
 
 
 def latest_labels(session: Session) -> list[tuple[Instance, Study | None, GroundTruthLabel]]:

@@ -1,4 +1,9 @@
-"""Train, evaluate and save a checkpoint from a folder; what ``cxr-orient train`` calls."""
+"""A candidate checkpoint from labelled images: train, calibrate, evaluate on held-out
+patients, save it with its card and report.
+
+What ``cxr-orient train`` (a folder), the nightly retrain (:mod:`training.lifecycle`) and
+the release script (:mod:`training.ship`) all call.
+"""
 
 from __future__ import annotations
 
@@ -18,19 +23,17 @@ from cxr_orient.architectures import DEFAULT_ARCHITECTURE
 from cxr_orient.modelstore import (
     Classifier,
     ModelCard,
-    apply_temperature,
-    fit_temperature,
     save_checkpoint,
 )
 from training.data import LabelledImages, Split, grouped_stratified_split, load_labelled_folder
 from training.evaluate import robustness
 from training.report import write_figures, write_json
-from training.train import TrainHistory, choose_review_threshold, train_model, validation_views
+from training.train import TrainHistory, calibrate, train_model
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "TrainedRun", "calibrate_classifier", "summarise", "train_and_evaluate", "train_from_folder",
+    "TrainedRun", "summarise", "train_and_evaluate", "train_from_folder",
 ]
 
 #: Headline figures copied from the evaluation into the model card and summaries.
@@ -60,22 +63,6 @@ def summarise(metrics: dict[str, Any]) -> dict[str, Any]:
     out["n_patients"] = metrics.get("n_patients")
     out["confusion_matrix"] = metrics.get("confusion_matrix")
     return out
-
-
-def calibrate_classifier(classifier: Classifier, images: np.ndarray, labels: np.ndarray) -> None:
-    """Refit the card's temperature and review threshold through the classifier's own
-    inference path (test-time augmentation included), on validation images in all 16
-    dihedral x inversion views (one temperature for whatever way up a film arrives)."""
-    y = np.asarray(labels).astype(int)
-    raw = np.concatenate([classifier.predict_raw(view[i : i + 32])
-                          for view in validation_views(images)
-                          for i in range(0, len(view), 32)])
-    y_all = np.tile(y, len(raw) // max(len(y), 1))
-    classifier.card.temperature = fit_temperature(
-        raw, y_all, counts_per_image=len(raw) // max(len(y), 1))
-    classifier.card.review_threshold = choose_review_threshold(
-        apply_temperature(raw, classifier.card.temperature), y_all
-    )
 
 
 def train_and_evaluate(
@@ -122,7 +109,7 @@ def train_and_evaluate(
     )
     classifier = Classifier(model, card)
     if test_time_augmentation != "none":
-        calibrate_classifier(classifier, val.images, val.labels)
+        card.temperature, card.review_threshold = calibrate(classifier, val.images, val.labels)
     test_metrics: dict[str, Any] = {}
     variants: dict[str, dict[str, Any]] = {}
     if len(test):

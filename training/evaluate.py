@@ -14,7 +14,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from cxr_orient import LABELS
-from cxr_orient.modelstore import expected_calibration_error
+from cxr_orient.modelstore import expected_calibration_error, predicted_class
 
 logger = logging.getLogger(__name__)
 
@@ -103,7 +103,7 @@ def binary_metrics(y_true: np.ndarray, p_lateral: np.ndarray) -> dict[str, float
     """Point metrics at the 0.5 decision threshold."""
     y = np.asarray(y_true, dtype=int)
     p = np.asarray(p_lateral, dtype=np.float64)
-    pred = (p >= 0.5).astype(int)
+    pred = predicted_class(p)
     cm = confusion_matrix(y, pred)
     recall = [_ratio(cm[c, c], cm[c].sum()) for c in (0, 1)]
     precision = [_ratio(cm[c, c], cm[:, c].sum()) for c in (0, 1)]
@@ -174,7 +174,7 @@ def evaluate_probabilities(
         k: list(v)
         for k, v in bootstrap_ci(y, p, groups=groups, resamples=resamples, seed=seed).items()
     }
-    metrics["confusion_matrix"] = confusion_matrix(y, (p >= 0.5).astype(int)).tolist()
+    metrics["confusion_matrix"] = confusion_matrix(y, predicted_class(p)).tolist()
     metrics["n"] = len(y)
     metrics["n_per_class"] = {name: int((y == i).sum()) for i, name in enumerate(LABELS)}
     if groups is not None:

@@ -1,6 +1,10 @@
-"""Model lifecycle: retrain on labels from the database, gate, promote, roll back.
+"""Model lifecycle: retrain on labels from the database, and challenge the model in service.
 
-Every decision is recorded in ``model_events`` with the figures behind it.
+A candidate (retrained here, or registered from elsewhere) is evaluated beside the active
+model on the fixed evaluation split and promoted only when :func:`training.gate.gate`
+says it wins; every decision is recorded in ``model_events`` with the figures behind it.
+Human promotion and rollback are :func:`cxr_orient.registry.promote` and
+:func:`~cxr_orient.registry.rollback`.
 
 The evaluation split is fixed: a patient belongs to it when a salted hash of
 its identifier falls under ``EVAL_FRACTION``. Membership depends on nothing
@@ -13,7 +17,6 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import logging
-import math
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -22,126 +25,29 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sqlalchemy import func, select, text
+from sqlalchemy import text
 from sqlalchemy.orm import Session
 
+from cxr_orient import LABELS
 from cxr_orient.errors import CxrError, ModelError
+from cxr_orient.imaging import MODEL_INPUT_SIZE
+from cxr_orient.intake import load_checked_image
 from cxr_orient.settings import get_settings
 from db import crud
-from db.models import GroundTruthLabel, ModelVersion, OrientationLabel
+from db.models import ModelVersion, OrientationLabel
 from db.session import get_engine, session_scope
+from training.gate import GateDecision, gate
 
 logger = logging.getLogger(__name__)
 
 EVAL_SALT = "cxr-orient/fixed-eval/v1"
 EVAL_FRACTION = 0.2
-#: ECE differences smaller than this are noise on evaluation sets of this size: the gate
-#: tolerates that much worse, and does not count that much better as a reason to promote.
-ECE_TOLERANCE = 0.01
 _ADVISORY_LOCK_KEY = 0x0C0F_0A11
 
 
 def in_eval_split(patient_key: str, *, fraction: float = EVAL_FRACTION) -> bool:
     digest = hashlib.sha256(f"{EVAL_SALT}:{patient_key}".encode()).digest()
     return int.from_bytes(digest[:8], "big") / 2**64 < fraction
-
-
-# --- the gate -----------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class GateDecision:
-    promote: bool
-    reasons: list[str]
-    candidate: dict[str, float]
-    active: dict[str, float] | None
-
-
-def _figures(metrics: Mapping[str, Any]) -> dict[str, float]:
-    return {k: float(metrics[k]) for k in ("balanced_accuracy", "lateral_recall", "ece")}
-
-
-def gate(candidate: Mapping[str, Any], active: Mapping[str, Any] | None) -> GateDecision:
-    """Promote only a candidate that beats the active model on the same evaluation set.
-
-    It must be no worse in balanced accuracy and lateral recall, no worse in
-    calibration (ECE, within ``ECE_TOLERANCE``), and strictly better in balanced
-    accuracy or lateral recall, or, with both tied, better calibrated by more than
-    ``ECE_TOLERANCE``: the ECE of an evaluation set of a few hundred images moves by
-    that much between equally good models, and a tie-break on noise would swap the model
-    in service night after night (one 2026-11-27 candidate would have replaced the
-    shipped model on an ECE 0.0012 lower, then missed a lateral on the held-out patients
-    that the model in service gets right).
-    """
-    cand = _figures(candidate)
-    if any(math.isnan(v) for v in cand.values()):
-        return GateDecision(
-            False, ["candidate figures undefined (evaluation set lacks a class?)"], cand, None
-        )
-    if active is None:
-        return GateDecision(True, ["no active model to compare with"], cand, None)
-    act = _figures(active)
-    reasons: list[str] = []
-    if cand["balanced_accuracy"] < act["balanced_accuracy"]:
-        reasons.append(
-            f"balanced accuracy {cand['balanced_accuracy']:.4f} < {act['balanced_accuracy']:.4f}"
-        )
-    if cand["lateral_recall"] < act["lateral_recall"]:
-        reasons.append(f"lateral recall {cand['lateral_recall']:.4f} < {act['lateral_recall']:.4f}")
-    if cand["ece"] > act["ece"] + ECE_TOLERANCE:
-        reasons.append(
-            f"calibration worse: ECE {cand['ece']:.4f} > {act['ece']:.4f} + {ECE_TOLERANCE}"
-        )
-    if reasons:
-        return GateDecision(False, reasons, cand, act)
-    better = (
-        cand["balanced_accuracy"] > act["balanced_accuracy"]
-        or cand["lateral_recall"] > act["lateral_recall"]
-        or cand["ece"] < act["ece"] - ECE_TOLERANCE
-    )
-    if not better:
-        return GateDecision(False, ["ties the active model: nothing to gain"], cand, act)
-    return GateDecision(True, ["beats the active model"], cand, act)
-
-
-# --- promote / rollback ---------------------------------------------------------------
-
-
-def promote(name: str, *, actor: str, reason: str) -> ModelVersion:
-    """Make a registered version the active one (a human's decision, recorded)."""
-    with session_scope() as session:
-        version = crud.find_model_version(session, name=name)
-        if version is None:
-            raise ModelError(f"no model version named {name!r}")
-        if version.is_active:
-            raise ModelError(f"{name!r} is already active")
-        crud.activate_model_version(
-            session, version=version, actor=actor, reason=reason, action="promote"
-        )
-        return version
-
-
-def rollback(*, actor: str, reason: str) -> ModelVersion:
-    """Re-activate the version that was in service before the current one."""
-    with session_scope() as session:
-        active = crud.active_model_version(session)
-        previous = session.scalar(
-            select(ModelVersion)
-            .where(ModelVersion.state == "retired", ModelVersion.activated_at.is_not(None))
-            .order_by(ModelVersion.activated_at.desc())
-            .limit(1)
-        )
-        if previous is None:
-            raise ModelError("no previously active model version to roll back to")
-        crud.activate_model_version(
-            session,
-            version=previous,
-            actor=actor,
-            reason=reason,
-            action="rollback",
-            details={"rolled_back": active.name if active else None},
-        )
-        return previous
 
 
 # --- the training set -------------------------------------------------------------------
@@ -163,16 +69,15 @@ def labelled_images_from_db(session: Session) -> LabelledSet:
     A file that is missing, outside the ingest root, changed or undecodable is
     reported in ``problems`` and not trained on.
     """
-    from cxr_orient import LABELS
-    from worker.pipeline import _Work, decode_instance
-
     settings = get_settings()
     out = LabelledSet()
     for instance, study, label in crud.latest_labels(session):
         out.highest_label_id = max(out.highest_label_id, label.id)
-        work = _Work(instance.id, instance.file_path, instance.file_sha256, None)
         try:
-            image = decode_instance(work, settings, 256)
+            image = load_checked_image(
+                instance.file_path, expected_sha256=instance.file_sha256, settings=settings,
+                size=MODEL_INPUT_SIZE,
+            )
         except CxrError as exc:
             out.problems.append(f"{instance.sop_instance_uid}: {exc.code}: {exc}")
             continue
@@ -241,14 +146,8 @@ def challenge(
             details=details,
         )
     else:
-        candidate.state = "rejected"
-        crud.record_model_event(
-            session,
-            model_version_id=candidate.id,
-            action="reject",
-            actor=actor,
-            reason=reason,
-            details=details,
+        crud.reject_model_version(
+            session, version=candidate, actor=actor, reason=reason, details=details
         )
     logger.info(
         "gate: %s %s (%s)", candidate.name, "promoted" if decision.promote else "rejected", reason
@@ -370,7 +269,7 @@ def _retrain_locked(
     actor: str,
 ) -> RetrainResult:
     from cxr_orient.registry import ensure_active_model, register_checkpoint
-    from training.cli_train import train_and_evaluate
+    from training.candidate import train_and_evaluate
     from training.data import LabelledImages, Split, grouped_stratified_split, load_labelled_folder
 
     settings = get_settings()
@@ -378,19 +277,8 @@ def _retrain_locked(
         ensure_active_model(session)
         # Labels already seen by any earlier candidate (promoted or not) are not new:
         # a rejected candidate must not make every night retrain on the same data.
-        seen = max(
-            (
-                int(v.training.get("highest_label_id", 0) or 0)
-                for v in session.scalars(select(ModelVersion))
-            ),
-            default=0,
-        )
-        new_labels = (
-            session.scalar(
-                select(func.count()).select_from(GroundTruthLabel).where(GroundTruthLabel.id > seen)
-            )
-            or 0
-        )
+        seen = crud.highest_trained_label_id(session)
+        new_labels = crud.count_labels_after(session, label_id=seen)
         if new_labels < min_new_labels:
             return RetrainResult(
                 "skipped",
@@ -477,19 +365,3 @@ def _retrain_locked(
         decision=decision,
         problems=collected.problems,
     )
-
-
-def load_classifier(model: str) -> Any:
-    """A :class:`~cxr_orient.modelstore.Classifier` for a registered version name or a
-    ``.keras`` path (its card's SHA-256 is checked either way)."""
-    from cxr_orient.modelstore import Classifier
-    from cxr_orient.registry import load_version
-
-    path = Path(model)
-    if path.suffix == ".keras" and path.is_file():
-        return Classifier.from_checkpoint(path)
-    with session_scope() as session:
-        version = crud.find_model_version(session, name=model)
-        if version is None:
-            raise ModelError(f"{model!r} is neither a .keras file nor a registered version")
-        return load_version(version).classifier

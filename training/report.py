@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from cxr_orient import LABELS
-from cxr_orient.modelstore import finite_or_none, json_default
+from cxr_orient.modelstore import finite_or_none, json_default, predicted_class
 from training.evaluate import roc_curve
 
 logger = logging.getLogger(__name__)
@@ -119,7 +119,7 @@ def plot_prediction_grid(
     """The tutorial's picture; every error is shown first, then a seeded sample of the rest."""
     plt = _pyplot()
     y = np.asarray(y_true, dtype=int)
-    pred = (np.asarray(p_lateral) >= 0.5).astype(int)
+    pred = predicted_class(p_lateral)
     wrong = np.nonzero(pred != y)[0]
     right = np.nonzero(pred == y)[0]
     rng = np.random.default_rng(seed)
@@ -173,7 +173,7 @@ def write_figures(
         written["curves"] = plot_training_curves(history, report_dir / "training_curves.png")
     if len(y):
         written["confusion"] = plot_confusion_matrix(
-            confusion_matrix(y, (p >= 0.5).astype(int)), report_dir / "confusion_matrix.png",
+            confusion_matrix(y, predicted_class(p)), report_dir / "confusion_matrix.png",
             title="held-out patients",
         )
         written["roc"] = plot_roc(y, p, report_dir / "roc.png", roc_auc(y, p))
@@ -206,7 +206,7 @@ def write_report(
         from training.evaluate import confusion_matrix, roc_auc
 
         written["confusion"] = plot_confusion_matrix(
-            confusion_matrix(y, (p >= 0.5).astype(int)), out_dir / "confusion_matrix.png",
+            confusion_matrix(y, predicted_class(p)), out_dir / "confusion_matrix.png",
             title="held-out patients",
         )
         written["roc"] = plot_roc(y, p, out_dir / "roc.png", roc_auc(y, p))

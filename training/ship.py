@@ -49,7 +49,7 @@ import keras
 import numpy as np
 
 from cxr_orient.modelstore import TTA_MODES, Classifier, save_checkpoint
-from training.cli_train import calibrate_classifier, summarise, train_and_evaluate
+from training.candidate import summarise, train_and_evaluate
 from training.data import (
     LabelledImages,
     grouped_stratified_split,
@@ -58,7 +58,9 @@ from training.data import (
     save_npz,
 )
 from training.evaluate import robustness
+from training.gate import selection_key
 from training.report import write_figures, write_json
+from training.train import calibrate
 
 logger = logging.getLogger(__name__)
 
@@ -162,16 +164,6 @@ def _device() -> str:
     except Exception:  # pragma: no cover - informational only
         pass
     return platform.processor() or "cpu"
-
-
-def selection_key(validation: dict[str, Any]) -> tuple[float, float, float]:
-    """Order candidates by validation over the 16 views: lateral recall, balanced accuracy,
-    then NLL after each one's temperature scaling (lower is better; uncalibrated NLL for
-    cards that predate it); larger keys are better."""
-    nll = validation.get("nll_calibrated_mean", validation.get("nll_mean", float("inf")))
-    return (float(validation.get("lateral_recall_mean", 0.0)),
-            float(validation.get("balanced_accuracy_mean", 0.0)),
-            -float(nll))
 
 
 def _train_all(
@@ -296,7 +288,7 @@ def finalize(
     classifier = Classifier.from_checkpoint(checkpoint)
     card = classifier.card
     card.test_time_augmentation = test_time_augmentation
-    calibrate_classifier(classifier, val.images, val.labels)
+    card.temperature, card.review_threshold = calibrate(classifier, val.images, val.labels)
     variants = robustness(classifier, test.images, test.labels, groups=test.patients, seed=seed)
     card.metrics = {
         "validation_16_views": card.metrics.get("validation_16_views", {}),

@@ -45,10 +45,14 @@ from cxr_orient.architectures import (
     imagenet_weights_for,
 )
 from cxr_orient.modelstore import (
+    Classifier,
+    ModelCard,
     apply_temperature,
     fit_temperature,
     load_checkpoint,
+    predicted_class,
     read_card,
+    to_model_input,
     tta_views,
 )
 from cxr_orient.settings import get_settings
@@ -66,22 +70,12 @@ __all__ = [
     "balanced_class_weights",
     "calibrate",
     "choose_review_threshold",
-    "predict_in_batches",
-    "to_model_input",
     "train_model",
     "validation_views",
     "view_metrics",
 ]
 
 DEFAULT_REVIEW_THRESHOLD = 0.9
-
-
-def to_model_input(images: np.ndarray) -> np.ndarray:
-    """(N, H, W) grey uint8 -> (N, H, W, 3) float32 holding 0..255."""
-    x = np.asarray(images)
-    if x.ndim == 3:
-        x = np.repeat(x[..., np.newaxis], 3, axis=-1)
-    return x.astype(np.float32, copy=False)
 
 
 def validation_views(images: np.ndarray) -> list[np.ndarray]:
@@ -91,7 +85,7 @@ def validation_views(images: np.ndarray) -> list[np.ndarray]:
 
 
 def view_metrics(
-    model: keras.Model, images: np.ndarray, labels: np.ndarray, *, batch_size: int = 64,
+    classifier: Classifier, images: np.ndarray, labels: np.ndarray, *, batch_size: int = 64,
     temperature: float | None = None,
 ) -> dict[str, Any]:
     """Uncalibrated predictions on every one of the 16 views of the images, and per-view
@@ -105,7 +99,7 @@ def view_metrics(
     orientation an archive may store them in.
     """
     y = np.asarray(labels).astype(int)
-    raw = [predict_in_batches(model, v, batch_size) for v in validation_views(images)]
+    raw = [classifier.predict_raw_in_batches(v, batch_size) for v in validation_views(images)]
     per_view = []
     for probs in raw:
         m = binary_metrics(y, probs[:, 1])
@@ -233,7 +227,8 @@ class AugmentedBatches(keras.utils.PyDataset):
             batch = augment_batch(batch, rng, self.augment)
         y = self.labels[idx]
         weights = np.asarray([self.class_weights[int(c)] for c in y], dtype=np.float32)
-        x = to_model_input(batch)
+        # Training has always fed float32; the values are those the model sees in service.
+        x = to_model_input(batch).astype(np.float32, copy=False)
         if self.teacher is None:
             return x, y, weights
         onehot = np.eye(2, dtype=np.float64)[y]
@@ -260,20 +255,6 @@ class TrainHistory:
     params: dict[str, Any] = field(default_factory=dict)
 
 
-def predict_in_batches(model: keras.Model, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
-    """Uncalibrated (N, 2) softmax output for grey or 3-channel uint8 images."""
-    out = [
-        np.asarray(
-            keras.ops.convert_to_numpy(
-                model.predict_on_batch(to_model_input(images[i : i + batch_size]))
-            ),
-            dtype=np.float64,
-        )
-        for i in range(0, len(images), batch_size)
-    ]
-    return np.concatenate(out) if out else np.zeros((0, 2))
-
-
 def choose_review_threshold(
     calibrated: np.ndarray, labels: np.ndarray, *, floor: float = DEFAULT_REVIEW_THRESHOLD,
     ceiling: float = 0.99,
@@ -284,7 +265,7 @@ def choose_review_threshold(
     that no validation mistake would have passed unreviewed (capped at ``ceiling``).
     """
     y = np.asarray(labels).astype(int)
-    predicted = (calibrated[:, 1] >= 0.5).astype(int)
+    predicted = predicted_class(calibrated[:, 1])
     confidence = calibrated.max(axis=1)
     wrong = confidence[predicted != y]
     threshold = floor if wrong.size == 0 else max(floor, float(wrong.max()) + 0.005)
@@ -292,19 +273,20 @@ def choose_review_threshold(
 
 
 def calibrate(
-    model: keras.Model, images: np.ndarray, labels: np.ndarray, *, all_views: bool = True
+    classifier: Classifier, images: np.ndarray, labels: np.ndarray
 ) -> tuple[float, float]:
-    """Fit the temperature and the review threshold on validation images; over all
-    16 dihedral x inversion views of them when ``all_views`` (one temperature for any
-    orientation a film arrives in)."""
+    """Fit the temperature and the review threshold on validation images, through the
+    classifier's own inference path (its card's test-time augmentation included), over
+    all 16 dihedral x inversion views of them: one temperature for whatever way up a
+    film arrives. Returns ``(temperature, review_threshold)``; the caller puts them on
+    the card."""
     y = np.asarray(labels).astype(int)
-    if all_views:
-        raw = np.concatenate([predict_in_batches(model, v) for v in validation_views(images)])
-        y = np.tile(y, len(raw) // max(len(y), 1))
-    else:
-        raw = predict_in_batches(model, images)
-    temperature = fit_temperature(raw, y, counts_per_image=len(y) // max(len(labels), 1))
-    threshold = choose_review_threshold(apply_temperature(raw, temperature), y)
+    raw = np.concatenate([classifier.predict_raw_in_batches(view, 32)
+                          for view in validation_views(images)])
+    views = len(raw) // max(len(y), 1)
+    y_all = np.tile(y, views)
+    temperature = fit_temperature(raw, y_all, counts_per_image=views)
+    threshold = choose_review_threshold(apply_temperature(raw, temperature), y_all)
     return temperature, threshold
 
 
@@ -428,15 +410,17 @@ def train_model(
         ]
         fit = model.fit(
             batches,
-            validation_data=(to_model_input(val_fit_x), val_fit_y),
+            validation_data=(to_model_input(val_fit_x).astype(np.float32), val_fit_y),
             epochs=epochs,
             callbacks=fit_callbacks,
             verbose=verbose,
         )
     history = {k: [float(v) for v in vs] for k, vs in fit.history.items()}
     early = next(cb for cb in fit_callbacks if isinstance(cb, keras.callbacks.EarlyStopping))
-    temperature, threshold = calibrate(model, val_x, val_y)
-    validation = view_metrics(model, val_x, val_y, temperature=temperature)
+    trained = Classifier(model, ModelCard(name="training", architecture=architecture,
+                                          input_size=input_size))
+    temperature, threshold = calibrate(trained, val_x, val_y)
+    validation = view_metrics(trained, val_x, val_y, temperature=temperature)
     validation.pop("raw")
     result = TrainHistory(
         history=history,

@@ -1,4 +1,4 @@
-"""The Celery application, configured from cxr-orient settings.
+"""The Celery application, configured from cxr-orient settings, and nothing else.
 
 JSON only crosses the queue; tasks carry instance ids, never paths or pixels.
 Messages are acknowledged after their batch is written (late acks), and a
@@ -7,29 +7,36 @@ message whose worker process died is handed back to the queue.
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
-from celery import Celery, signals
+from celery import Celery
 from celery.schedules import crontab
 
 from cxr_orient.settings import get_settings
 
-logger = logging.getLogger(__name__)
-
+#: Task names, the queue's contract (worker.dispatch sends by them, worker.tasks registers
+#: under them); here because the beat schedule below names them too.
+CLASSIFY = "cxr_orient.classify"
+REQUEUE_STUCK = "cxr_orient.requeue_stuck"
+RETRAIN = "cxr_orient.retrain"
 
 def make_app() -> Celery:
     settings = get_settings()
-    app = Celery("cxr_orient", include=["worker.tasks"])
+    # The task module, and the signal handlers that load the model in each pool process
+    # and requeue lost work on start: imported by the worker, never by senders.
+    app = Celery("cxr_orient", include=["worker.tasks", "worker.signals"])
     transport_options: dict[str, Any] = {"visibility_timeout": settings.processing_timeout_s}
     if settings.uses_embedded_broker:
         folder = settings.broker_folder
-        for sub in ("out", "processed"):
+        for sub in ("out", "processed", "control"):
             (folder / sub).mkdir(parents=True, exist_ok=True)
         transport_options = {
             "data_folder_in": str(folder / "out"),
             "data_folder_out": str(folder / "out"),
             "processed_folder": str(folder / "processed"),
+            # kombu's default is "control" relative to the working directory: a worker
+            # would leave an exchange table in whatever folder it was started from.
+            "control_folder": str(folder / "control"),
             "store_processed": False,
         }
     app.conf.update(
@@ -53,7 +60,7 @@ def make_app() -> Celery:
         worker_proc_alive_timeout=120.0,
         beat_schedule={
             "requeue-stuck-instances": {
-                "task": "cxr_orient.requeue_stuck",
+                "task": REQUEUE_STUCK,
                 "schedule": max(30.0, settings.processing_timeout_s / 2),
             },
         },
@@ -62,7 +69,7 @@ def make_app() -> Celery:
     if settings.retrain_schedule:
         minute, hour, day_of_month, month, day_of_week = settings.retrain_schedule.split()
         app.conf.beat_schedule["nightly-retrain"] = {
-            "task": "cxr_orient.retrain",
+            "task": RETRAIN,
             "schedule": crontab(minute=minute, hour=hour, day_of_month=day_of_month,
                                 month_of_year=month, day_of_week=day_of_week),
         }
@@ -70,27 +77,3 @@ def make_app() -> Celery:
 
 
 app = make_app()
-
-
-@signals.worker_process_init.connect
-def _load_model_in_child(**_: Any) -> None:
-    # Runs in each prefork child after fork: TensorFlow state must never be
-    # created in the parent, or the children hang.
-    from worker.pipeline import on_process_start
-
-    on_process_start()
-
-
-@signals.worker_ready.connect
-def _requeue_on_start(sender: Any = None, **_: Any) -> None:
-    # The database, not the broker, is the source of truth: work recorded as
-    # unfinished whose message may be gone (broker restarted) is sent again.
-    from worker.requeue import requeue_unfinished
-
-    try:
-        sent = requeue_unfinished(only_stale=True)
-    except Exception:
-        logger.exception("requeue on worker start failed; the periodic reaper will retry")
-        return
-    if sent:
-        logger.info("requeued %d unfinished instances on worker start", sent)

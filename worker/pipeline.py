@@ -6,7 +6,6 @@ cannot be used fails alone with its reason; the rest of the batch goes on.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import socket
@@ -17,18 +16,14 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
-from sqlalchemy import select
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from cxr_orient.errors import (
-    CxrError,
-    DecodeError,
-    FileChangedError,
-    InterruptedProcessingError,
-)
+from cxr_orient.errors import CxrError, DecodeError, InterruptedProcessingError
+from cxr_orient.imaging import to_rgb, view_to_label
+from cxr_orient.intake import load_checked_image
 from cxr_orient.settings import Settings, get_settings
 from db import crud
-from db.models import Instance, InstanceStatus, OrientationLabel
+from db.models import OrientationLabel
 from db.session import dispose_engines, session_scope
 
 if TYPE_CHECKING:
@@ -37,7 +32,10 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
-WORKER_NAME = f"{socket.gethostname()}:{os.getpid()}"
+def worker_name() -> str:
+    """``host:pid`` of this pool process, recorded with each answer (read at call time:
+    this module is imported in the parent, before the pool forks)."""
+    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 @dataclass
@@ -91,22 +89,6 @@ def with_db_retry(fn: Callable[[], T], *, what: str, max_wait_s: float = 300.0) 
 # --- decoding -----------------------------------------------------------------------
 
 
-def decode_instance(work: _Work, settings: Settings, size: int) -> np.ndarray:
-    """Checked read of one instance's file and its conversion to a model input array."""
-    from cxr_orient.imaging import load_dicom_image
-    from cxr_orient.ingest import read_file_bounded, resolve_ingest_path
-
-    real = resolve_ingest_path(work.file_path, settings.ingest_root)
-    data = read_file_bounded(real, shown=work.file_path, max_pixels=settings.max_pixels)
-    digest = hashlib.sha256(data).hexdigest()
-    if digest != work.file_sha256:
-        raise FileChangedError(
-            f"file {work.file_path!r} changed after enqueue (sha256 {digest[:12]}..., "
-            f"expected {work.file_sha256[:12]}...)"
-        )
-    return load_dicom_image(real, size=size, max_pixels=settings.max_pixels, data=data)
-
-
 _EXECUTOR: ThreadPoolExecutor | None = None
 
 
@@ -121,13 +103,14 @@ def _executor(settings: Settings) -> ThreadPoolExecutor:
 def _timed_decode(
     work: _Work, settings: Settings, size: int
 ) -> tuple[np.ndarray | None, CxrError | None, float]:
-    from cxr_orient.imaging import to_rgb
-
     start = time.perf_counter()
     try:
+        grey = load_checked_image(
+            work.file_path, expected_sha256=work.file_sha256, settings=settings, size=size
+        )
         # Three channels made here, in the decode thread, in parallel: on a GPU the
         # model runs 6x faster fed RGB uint8 than making the channels itself.
-        image = to_rgb(decode_instance(work, settings, size))
+        image = to_rgb(grey)
         return image, None, (time.perf_counter() - start) * 1000
     except CxrError as exc:
         return None, exc, (time.perf_counter() - start) * 1000
@@ -149,12 +132,11 @@ def _claim(instance_ids: Sequence[int], settings: Settings) -> tuple[list[_Work]
             if not crud.claim_for_processing(
                 session, instance_id=instance_id, stale_before=stale_before
             ):
-                exists = session.scalar(select(Instance.id).where(Instance.id == instance_id))
-                if exists is None:
+                if crud.get_instance(session, instance_id=instance_id) is None:
                     logger.warning("dropping task for unknown instance id %d", instance_id)
                 outcome.skipped.append(instance_id)
                 continue
-            row = session.get(Instance, instance_id)
+            row = crud.get_instance(session, instance_id=instance_id)
             assert row is not None
             if row.attempts > settings.max_attempts:
                 error = InterruptedProcessingError(
@@ -174,17 +156,8 @@ def _claim(instance_ids: Sequence[int], settings: Settings) -> tuple[list[_Work]
 
 
 def _interrupted_before(instance_ids: Sequence[int]) -> list[int]:
-    """Unfinished instances whose processing already started once and never ended."""
     with session_scope() as session:
-        return list(
-            session.scalars(
-                select(Instance.id).where(
-                    Instance.id.in_(instance_ids),
-                    Instance.attempts > 0,
-                    Instance.status.in_([InstanceStatus.queued, InstanceStatus.processing]),
-                )
-            )
-        )
+        return crud.interrupted_instance_ids(session, instance_ids=instance_ids)
 
 
 def _merge(into: BatchOutcome, other: BatchOutcome) -> None:
@@ -238,21 +211,19 @@ def _classify_batch(instance_ids: Sequence[int], settings: Settings) -> BatchOut
     if ready:
         batch = np.stack([img for _, img, _ in ready])
         start = time.perf_counter()
-        probabilities = model.predict_proba(batch)
+        predictions = model.classifier.predict(batch)
         inference_ms = (time.perf_counter() - start) * 1000 / len(ready)
-        for (w, _, decode_ms), (p_frontal, p_lateral) in zip(ready, probabilities, strict=True):
-            label = OrientationLabel.lateral if p_lateral >= 0.5 else OrientationLabel.frontal
-            confidence = float(max(p_frontal, p_lateral))
-            claimed = crud.view_to_label(w.header_view)
+        for (w, _, decode_ms), answer in zip(ready, predictions, strict=True):
+            claimed = view_to_label(w.header_view)
             records.append(
                 crud.PredictionRecord(
                     instance_id=w.instance_id,
-                    label=label,
-                    confidence=confidence,
-                    p_frontal=float(p_frontal),
-                    p_lateral=float(p_lateral),
-                    header_agrees=None if claimed is None else claimed == label,
-                    needs_review=confidence < model.review_threshold,
+                    label=OrientationLabel(answer.label),
+                    confidence=answer.confidence,
+                    p_frontal=answer.p_frontal,
+                    p_lateral=answer.p_lateral,
+                    header_agrees=None if claimed is None else claimed == answer.label,
+                    needs_review=answer.needs_review,
                     decode_ms=round(decode_ms, 3),
                     inference_ms=round(inference_ms, 3),
                     batch_size=len(ready),
@@ -262,7 +233,7 @@ def _classify_batch(instance_ids: Sequence[int], settings: Settings) -> BatchOut
     def write() -> None:
         with session_scope() as session:
             crud.record_predictions(
-                session, model_version_id=model.version_id, records=records, worker=WORKER_NAME
+                session, model_version_id=model.version_id, records=records, worker=worker_name()
             )
             for w, err in failures:
                 assert err is not None
@@ -293,7 +264,7 @@ def on_process_start() -> None:
         model = with_db_retry(current_model, what="initial model load", max_wait_s=60)
         # Compile now, not during the first real batches, so first-study latency stays low.
         model.classifier.warm_up(get_settings().batch_size)
-        logger.info("worker process %s serving model %s", WORKER_NAME, model.name)
+        logger.info("worker process %s serving model %s", worker_name(), model.name)
     except Exception:
         # The first batch retries; a worker must not die because the DB is late.
         logger.exception("could not load the model at process start")

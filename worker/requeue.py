@@ -10,43 +10,13 @@ that is already done is skipped.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 
 from cxr_orient.settings import get_settings
 from db import crud
 from db.session import session_scope
+from worker.dispatch import broker_queue_depth, send_instances
 
 logger = logging.getLogger(__name__)
-
-
-def broker_queue_depth() -> int | None:
-    """Messages waiting in the broker queue, or None when the broker can't say."""
-    from worker.celery import app
-
-    try:
-        with app.connection_for_write() as connection:
-            channel = connection.default_channel
-            queue = get_settings().queue_name
-            # kombu's Redis and filesystem channels count a queue directly; a passive
-            # declare (AMQP) fails on a queue that is merely empty or not created yet.
-            if hasattr(channel, "_size"):
-                return int(channel._size(queue))
-            return int(channel.queue_declare(queue, passive=True).message_count)
-    except Exception:
-        logger.debug("queue depth unavailable", exc_info=True)
-        return None
-
-
-def send_instances(instance_ids: Sequence[int]) -> int:
-    """Queue one classification message per instance id."""
-    from worker.tasks import classify
-
-    if not instance_ids:
-        return 0
-    with classify.app.producer_or_acquire() as producer:
-        for instance_id in instance_ids:
-            classify.apply_async(args=[instance_id], producer=producer)
-    return len(instance_ids)
 
 
 def requeue_unfinished(*, only_stale: bool = False) -> int:

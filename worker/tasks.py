@@ -1,4 +1,8 @@
-"""Celery tasks. Thin: they take instance ids and call plain functions."""
+"""Celery tasks. Thin: they take instance ids and call plain functions.
+
+Registered under the names in :mod:`worker.celery`, which senders use
+(:mod:`worker.dispatch`) without importing this module.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,9 @@ from typing import Any
 from celery_batches import Batches, SimpleRequest
 
 from cxr_orient.settings import get_settings
-from worker.celery import app
+from worker.celery import CLASSIFY, REQUEUE_STUCK, RETRAIN, app
+from worker.pipeline import classify_instances
+from worker.requeue import requeue_unfinished
 
 logger = logging.getLogger(__name__)
 _settings = get_settings()
@@ -16,7 +22,7 @@ _settings = get_settings()
 
 @app.task(
     base=Batches,
-    name="cxr_orient.classify",
+    name=CLASSIFY,
     flush_every=_settings.batch_size,
     flush_interval=_settings.batch_max_wait_ms / 1000,
     acks_late=True,
@@ -24,8 +30,6 @@ _settings = get_settings()
 )
 def classify(requests: list[SimpleRequest]) -> dict[str, Any]:
     """Classify the instances named by a batch of ``classify(instance_id)`` messages."""
-    from worker.pipeline import classify_instances
-
     ids: list[int] = []
     for request in requests:
         try:
@@ -43,18 +47,17 @@ def classify(requests: list[SimpleRequest]) -> dict[str, Any]:
     }
 
 
-@app.task(name="cxr_orient.requeue_stuck", ignore_result=True)
+@app.task(name=REQUEUE_STUCK, ignore_result=True)
 def requeue_stuck() -> int:
     """Periodic reaper (celery beat): re-send instances whose processing stalled."""
-    from worker.requeue import requeue_unfinished
-
     return requeue_unfinished(only_stale=True)
 
 
-@app.task(name="cxr_orient.retrain", ignore_result=True, acks_late=False)
+@app.task(name=RETRAIN, ignore_result=True, acks_late=False)
 def retrain() -> str:
     """Nightly retrain (celery beat, CXR_RETRAIN_SCHEDULE); the lock in
     training.lifecycle keeps it from overlapping with a cron-started run."""
+    # Imported here: training (and its plotting) is loaded only by the process that runs it.
     from training.lifecycle import retrain as run_retrain
 
     result = run_retrain(min_new_labels=_settings.retrain_min_new_labels, actor="celery-beat")

@@ -85,7 +85,8 @@ def _env(tmp_path: Path, database_url: str, broker_url: str, **extra: object) ->
 
 def _worker(env: dict[str, str], tmp_path: Path, name: str, beat: bool = True) -> WorkerProcess:
     args = ("-B", "-s", str(tmp_path / f"beat-{name}")) if beat else ()
-    worker = WorkerProcess(env, tmp_path / f"{name}.log", 1, args)
+    worker = WorkerProcess(env, tmp_path / f"{name}.log", name="test", extra_args=args,
+                           cwd=REPO)
     worker.wait_ready()
     return worker
 

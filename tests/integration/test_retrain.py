@@ -65,7 +65,7 @@ def test_retrain_gates_promotes_and_refuses_a_worse_model(
               model_dir=tmp_path / "models",
               model_path=_untrained_checkpoint(tmp_path, build_model, ModelCard,
                                                save_checkpoint))
-    report = enqueue_paths([corpus], send=False)
+    report = enqueue_paths([corpus], send=None)
     assert len(report.queued) == len(files)
     rows = [{"sop_instance_uid": _uid(path), "label": label, "source": "test"}
             for path, label in files]
@@ -108,7 +108,7 @@ def test_retrain_gates_promotes_and_refuses_a_worse_model(
     new_file = corpus / "new.dcm"
     make_dicom(new_file, _pixels(sorted((COVID_CXR / "lateral").glob("*.jpg"))[-1]),
                patient_id="NEW")
-    new = enqueue_paths([new_file], send=False)
+    new = enqueue_paths([new_file], send=None)
     assert current_model().name == result.candidate
     outcome = classify_instances(new.queued)
     assert outcome.done == new.queued and outcome.model_version == result.candidate

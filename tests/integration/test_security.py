@@ -99,7 +99,7 @@ def test_bad_corpus_through_real_worker_without_secrets_or_phi_in_logs(
         for item in bad:
             if item.after_enqueue is not None:
                 item.after_enqueue()
-        worker = WorkerProcess(env, tmp_path / "worker.log", 1)
+        worker = WorkerProcess(env, tmp_path / "worker.log", name="test", cwd=REPO)
         try:
             worker.wait_ready()
             wait_until(lambda: all(s in {"done", "failed"} for s, _ in _states(pg_url).values()),
@@ -160,7 +160,7 @@ def test_queue_accepts_json_ids_only(pg_url: str, tmp_path: Path) -> None:
     sender = Celery("attacker", broker=redis.url(15))
     sender.conf.update(accept_content=["json", "pickle"], task_default_queue="cxr-orient")
     try:
-        worker = WorkerProcess(env, tmp_path / "worker.log", 1)
+        worker = WorkerProcess(env, tmp_path / "worker.log", name="test", cwd=REPO)
         try:
             worker.wait_ready()
             sender.send_task("cxr_orient.classify", args=[_Exploit(marker)],

@@ -1,4 +1,5 @@
-"""The bad-input corpus against the worker's decode step and against ingest.
+"""The bad-input corpus against the checked read the worker decodes with
+(:func:`cxr_orient.intake.load_checked_image`) and against ingest.
 
 Each broken file must raise its own CxrError subclass (a specific, stable
 error code) with a message naming the file, never anything else. The same
@@ -14,9 +15,9 @@ import pytest
 
 from cxr_orient import ingest
 from cxr_orient.errors import CxrError
+from cxr_orient.intake import load_checked_image
 from cxr_orient.settings import Settings
 from tests.utils.faults import BadFile, build_bad_corpus
-from worker.pipeline import _Work, decode_instance
 
 MAX_PIXELS = 1_000_000
 
@@ -43,7 +44,7 @@ def test_corpus_covers_every_kind(corpus: tuple[Path, list[BadFile]]) -> None:
     assert len(corpus[1]) >= 24
 
 
-def test_decode_instance_refuses_each_bad_file(
+def test_checked_read_refuses_each_bad_file(
     corpus: tuple[Path, list[BadFile]], tmp_path: Path
 ) -> None:
     root, bad = corpus
@@ -53,9 +54,8 @@ def test_decode_instance_refuses_each_bad_file(
         sha = _sha(item.path)  # what enqueue recorded
         if item.after_enqueue is not None:
             item.after_enqueue()
-        work = _Work(1, str(item.path), sha, None)
         with pytest.raises(CxrError) as caught:
-            decode_instance(work, settings, 256)
+            load_checked_image(str(item.path), expected_sha256=sha, settings=settings, size=256)
         seen[item.kind] = caught.value.code
         assert caught.value.code == (item.decode_code or item.code), (item.kind, caught.value)
         # Readable: the message names the file (or the attribute) at fault.
@@ -72,7 +72,7 @@ def test_ingest_refuses_before_queueing(kind: str, tmp_path: Path) -> None:
               "header_cut": "truncated in the header (byte 300)"}[kind]
     item = next(b for b in bad if b.kind == wanted)
     settings = Settings(ingest_root=tmp_path / "root", max_pixels=MAX_PIXELS, data_dir=tmp_path)
-    scanned = ingest._scan(item.path, settings)
+    scanned = ingest.scan_file(item.path, settings)
     assert scanned.error is not None and scanned.error.code == item.code
 
 
@@ -82,21 +82,21 @@ def test_pixel_count_refused_before_any_read_of_pixels(tmp_path: Path) -> None:
     item = next(b for b in bad if b.kind == "rows_columns_absurd")
     settings = Settings(ingest_root=tmp_path / "root", max_pixels=60_000_000, data_dir=tmp_path)
     with pytest.raises(CxrError) as caught:
-        decode_instance(_Work(1, str(item.path), _sha(item.path), None), settings, 256)
+        load_checked_image(str(item.path), expected_sha256=_sha(item.path), settings=settings,
+                           size=256)
     assert caught.value.code == "image_too_large"
 
 
 def test_oversized_file_is_refused_before_it_is_read(tmp_path: Path, configure) -> None:
     from cxr_orient.errors import ImageTooLargeError
     from cxr_orient.settings import get_settings
-    from worker.pipeline import _Work, decode_instance
 
     configure(ingest_root=tmp_path, max_pixels=1000)
     big = tmp_path / "big.dcm"
     with big.open("wb") as handle:  # sparse: 65 MiB of nothing, never written
         handle.truncate((64 << 20) + 2 * 1000 + 1)
     with pytest.raises(ImageTooLargeError, match="CXR_MAX_PIXELS=1000"):
-        decode_instance(_Work(1, str(big), "0" * 64, None), get_settings(), 256)
+        load_checked_image(str(big), expected_sha256="0" * 64, settings=get_settings(), size=256)
 
 
 def test_jpeg2000_codestream_larger_than_its_header_is_refused(tmp_path: Path) -> None:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
 from db import crud
 from db.models import InstanceStatus, OrientationLabel
 from db.session import session_scope
@@ -26,25 +24,6 @@ def _add(session, uid: str, study: str = "1.2.3", view: str | None = "PA"):
         transfer_syntax_uid=None,
         header_view_position=view,
     )
-
-
-@pytest.mark.parametrize(
-    ("view", "label"),
-    [
-        ("PA", OrientationLabel.frontal),
-        ("ap", OrientationLabel.frontal),
-        ("LL", OrientationLabel.lateral),
-        ("RL", OrientationLabel.lateral),
-        ("LATERAL", OrientationLabel.lateral),
-        ("RLD", None),
-        ("LLO", None),
-        ("", None),
-        (None, None),
-    ],
-    ids=lambda v: repr(v),
-)
-def test_view_to_label(view: str | None, label: OrientationLabel | None) -> None:
-    assert crud.view_to_label(view) == label
 
 
 def test_add_instance_is_idempotent_by_sop_uid(migrated_db: str) -> None:
@@ -181,7 +160,7 @@ def test_enqueue_report_names_refused_files_too(migrated_db: str, tmp_path: Path
     from cxr_orient.ingest import enqueue_paths
 
     (tmp_path / "notes.txt").write_text("not an image")
-    report = enqueue_paths([tmp_path / "notes.txt"], send=False)
+    report = enqueue_paths([tmp_path / "notes.txt"], send=None)
     assert len(report.refused) == 1 and report.queued == []
     with session_scope() as session:
         rows = crud.results(session, instance_ids=report.instance_ids)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from training.lifecycle import ECE_TOLERANCE, gate, in_eval_split
+from training.gate import ECE_TOLERANCE, gate
+from training.lifecycle import in_eval_split
 
 
 def _m(bal: float, lat: float, ece: float) -> dict[str, float]:

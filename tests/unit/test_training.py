@@ -84,13 +84,20 @@ def test_zoom_out_shrinks_the_film_onto_a_dark_canvas():
     assert len(set(film)) > 5  # the scale is drawn, not fixed
 
 
-def test_view_metrics_cover_sixteen_views():
+def _untrained_classifier(size: int = 32):
     from cxr_orient.architectures import build_model
+    from cxr_orient.modelstore import Classifier, ModelCard
+
+    card = ModelCard(name="untrained", architecture="compact", input_size=size)
+    return Classifier(build_model("compact", input_size=size), card)
+
+
+def test_view_metrics_cover_sixteen_views():
     from training.train import validation_views, view_metrics
 
     images = np.random.default_rng(0).integers(0, 256, (6, 32, 32), dtype=np.uint8)
     assert len(validation_views(images)) == 16
-    m = view_metrics(build_model("compact", input_size=32), images, np.array([0, 0, 0, 0, 1, 1]))
+    m = view_metrics(_untrained_classifier(), images, np.array([0, 0, 0, 0, 1, 1]))
     assert m["views"] == 16 and len(m["raw"]) == 16 and m["nll_mean"] > 0
 
 
@@ -103,7 +110,8 @@ def _tiny_teacher(tmp_path, name):
 
 
 def test_distillation_targets_mix_label_and_teachers_mean(tmp_path):
-    from training.train import AugmentedBatches, TeacherEnsemble, to_model_input
+    from cxr_orient.modelstore import to_model_input
+    from training.train import AugmentedBatches, TeacherEnsemble
 
     teacher = TeacherEnsemble([_tiny_teacher(tmp_path, "a"), _tiny_teacher(tmp_path, "b")])
     images = np.random.default_rng(0).integers(0, 256, (6, 32, 32), dtype=np.uint8)
@@ -141,7 +149,7 @@ def test_train_model_distilled_records_its_teachers(tmp_path):
 
 
 def test_selection_compares_calibrated_nll_when_cards_have_it():
-    from training.ship import selection_key
+    from training.gate import selection_key
 
     sharp = {"lateral_recall_mean": 1.0, "balanced_accuracy_mean": 1.0, "nll_mean": 0.005,
              "nll_calibrated_mean": 0.004}
@@ -151,10 +159,9 @@ def test_selection_compares_calibrated_nll_when_cards_have_it():
     assert max([sharp, soft, worse_recall], key=selection_key) is soft
     assert selection_key({"lateral_recall_mean": 1.0, "balanced_accuracy_mean": 1.0,
                           "nll_mean": 0.01})[2] == -0.01
-    from cxr_orient.architectures import build_model
     from training.train import view_metrics
 
     images = np.random.default_rng(0).integers(0, 256, (4, 32, 32), dtype=np.uint8)
-    out = view_metrics(build_model("compact", input_size=32), images, np.array([0, 0, 1, 1]),
-            temperature=2.0)
+    out = view_metrics(_untrained_classifier(), images, np.array([0, 0, 1, 1]),
+                       temperature=2.0)
     assert out["nll_calibrated_mean"] > 0

@@ -1,0 +1,43 @@
+"""Sending work to the queue, by task name.
+
+Whoever queues work (ingest, the requeue reaper, the benchmark) sends through here. Tasks
+are named, not imported: a sender never loads the task module (and with it celery-batches
+and the classification pipeline); the names in :mod:`worker.celery` are the queue's
+contract with :mod:`worker.tasks`, which registers its tasks under them.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+from cxr_orient.settings import get_settings
+from worker.celery import CLASSIFY, app
+
+logger = logging.getLogger(__name__)
+
+
+def send_instances(instance_ids: Sequence[int]) -> int:
+    """Queue one ``classify(instance_id)`` message per instance id; returns how many."""
+    if not instance_ids:
+        return 0
+    with app.producer_or_acquire() as producer:
+        for instance_id in instance_ids:
+            app.send_task(CLASSIFY, args=[int(instance_id)], producer=producer)
+    return len(instance_ids)
+
+
+def broker_queue_depth() -> int | None:
+    """Messages waiting in the broker queue, or None when the broker can't say."""
+    try:
+        with app.connection_for_write() as connection:
+            channel = connection.default_channel
+            queue = get_settings().queue_name
+            # kombu's Redis and filesystem channels count a queue directly; a passive
+            # declare (AMQP) fails on a queue that is merely empty or not created yet.
+            if hasattr(channel, "_size"):
+                return int(channel._size(queue))
+            return int(channel.queue_declare(queue, passive=True).message_count)
+    except Exception:
+        logger.debug("queue depth unavailable", exc_info=True)
+        return None
