@@ -1,0 +1,210 @@
+"""The layering in docs/architecture.md, checked on the code's own imports.
+
+Every import (top-level and deferred inside functions) of the project's own modules is
+read with ``ast``; the rules below are the table in docs/architecture.md. A new module
+that breaks them fails here, naming the import.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+PACKAGES = ("cxr_orient", "db", "worker", "training", "bench")
+#: The composition roots: the command line and the demo may use every layer.
+ENTRY_POINTS = {"cxr_orient.cli", "cxr_orient.demo"}
+#: What each layer may import (besides itself). ``cxr_orient`` here is the library,
+#: everything of the package but its entry points.
+ALLOWED = {
+    "db": {"cxr_orient.settings", "cxr_orient.errors"},
+    "cxr_orient": {"cxr_orient", "db"},
+    "training": {"cxr_orient", "db"},
+    "worker": {"cxr_orient", "db"},
+    "bench": {"cxr_orient", "db", "worker", "bench"},
+}
+#: Deliberate exceptions, each with its reason (docs/architecture.md says the same).
+EXCEPTIONS = {
+    # The nightly retrain runs as a beat-scheduled task; the import is deferred into it.
+    ("worker.tasks", "training.lifecycle"),
+}
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join(parts)
+
+
+def _sources() -> dict[str, Path]:
+    out = {}
+    for package in PACKAGES:
+        for path in (ROOT / package).rglob("*.py"):
+            out[_module_name(path)] = path
+    return out
+
+
+SOURCES = _sources()
+
+
+def _resolve(name: str) -> str | None:
+    """The project module an imported name refers to (longest known prefix)."""
+    parts = name.split(".")
+    for end in range(len(parts), 0, -1):
+        candidate = ".".join(parts[:end])
+        if candidate in SOURCES:
+            return candidate
+    return None
+
+
+def _imports(module: str, path: Path) -> Iterator[tuple[str, int, list[str]]]:
+    """(imported module, line, names taken from it) for each import of a project module."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                target = _resolve(alias.name)
+                if target:
+                    yield target, node.lineno, []
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join([*anchor, base] if base else anchor)
+            for alias in node.names:
+                submodule = _resolve(f"{base}.{alias.name}")
+                if submodule and submodule != _resolve(base):
+                    yield submodule, node.lineno, []
+                else:
+                    target = _resolve(base)
+                    if target:
+                        yield target, node.lineno, [alias.name]
+
+
+def _layer(module: str) -> str:
+    return module.split(".")[0]
+
+
+def _allowed(source: str, target: str) -> bool:
+    if source in ENTRY_POINTS or (source, target) in EXCEPTIONS:
+        return True
+    if target in ENTRY_POINTS:
+        return False
+    layer, goal = _layer(source), _layer(target)
+    if layer == goal:
+        return True
+    return any(target == a or target.startswith(a + ".") for a in ALLOWED[layer])
+
+
+def test_every_import_follows_the_layering() -> None:
+    broken = [
+        f"{source} (line {line}) imports {target}"
+        for source, path in SOURCES.items()
+        for target, line, _ in _imports(source, path)
+        if not _allowed(source, target)
+    ]
+    assert not broken, "\n".join(broken)
+
+
+def test_no_module_takes_another_modules_private_names() -> None:
+    taken = []
+    for source, path in {**SOURCES, **_test_sources()}.items():
+        for target, line, names in _imports(source, path):
+            if target == source:
+                continue
+            taken += [f"{source} (line {line}) takes {target}.{n}" for n in names
+                      if n.startswith("_") and not n.startswith("__")]
+        taken += _private_attributes(source, path)
+    assert not taken, "\n".join(taken)
+
+
+def _test_sources() -> dict[str, Path]:
+    return {_module_name(p): p for p in (ROOT / "tests").rglob("*.py")}
+
+
+def _private_attributes(source: str, path: Path) -> list[str]:
+    """``module._name`` where ``module`` is a project module bound by an import."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    aliases: dict[str, str] = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                if _resolve(alias.name) == alias.name:
+                    aliases[alias.asname or alias.name.split(".")[0]] = alias.name
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            for alias in node.names:
+                full = f"{node.module}.{alias.name}"
+                if full in SOURCES:
+                    aliases[alias.asname or alias.name] = full
+    found = []
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
+                and node.value.id in aliases and node.attr.startswith("_")
+                and not node.attr.startswith("__")):
+            found.append(f"{source} (line {node.lineno}) uses {aliases[node.value.id]}."
+                         f"{node.attr}")
+    return found
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components of more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    out: list[list[str]] = []
+    counter = 0
+
+    def visit(node: str) -> None:
+        nonlocal counter
+        index[node] = low[node] = counter
+        counter += 1
+        stack.append(node)
+        on_stack.add(node)
+        for nxt in graph.get(node, ()):
+            if nxt not in index:
+                visit(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in on_stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                item = stack.pop()
+                on_stack.discard(item)
+                component.append(item)
+                if item == node:
+                    break
+            if len(component) > 1:
+                out.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return out
+
+
+def test_no_import_circles() -> None:
+    graph = {
+        source: {t for t, _, _ in _imports(source, path) if t != source}
+        for source, path in SOURCES.items()
+    }
+    # A package's __init__ importing its own submodules is how re-exports work.
+    for source, path in SOURCES.items():
+        if path.name == "__init__.py":
+            graph[source] = {t for t in graph[source] if not t.startswith(source + ".")}
+    assert not _cycles(graph), _cycles(graph)
+
+
+@pytest.mark.parametrize("rule", [("worker.pipeline", "training.lifecycle"),
+                                  ("training.lifecycle", "worker.pipeline"),
+                                  ("db.crud", "cxr_orient.imaging"),
+                                  ("cxr_orient.ingest", "worker.dispatch")],
+                         ids=lambda r: f"{r[0]}->{r[1]}")
+def test_the_rules_refuse_what_the_doc_forbids(rule: tuple[str, str]) -> None:
+    assert not _allowed(*rule)
