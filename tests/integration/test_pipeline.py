@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import add_bad_files, build_corpus
+from tests.utils.corpus import CorpusFile, add_bad_files, build_corpus
 from tests.utils.dicom_factory import COVID_CXR
 from tests.utils.worker import run_cli, running_worker, worker_env
 
@@ -22,6 +22,8 @@ def test_worker_classifies_mixed_corpus_once_each(
 
     corpus = tmp_path / "archive"
     truth = build_corpus(corpus, frontal=8, lateral=6)
+    assert any(f.header_lies for f in truth.values()), "the corpus must hold lying headers"
+    assert any(f.header_view is None for f in truth.values())
     bad = add_bad_files(corpus)
     env = worker_env(database_url=database_url, broker_url=redis_url, ingest_root=corpus,
                      data_dir=tmp_path / "data", batch_size=8, batch_max_wait_ms=100)
@@ -54,31 +56,39 @@ def test_worker_classifies_mixed_corpus_once_each(
         assert row["model_version"]
     # Wrong headers are caught: header_agrees is False exactly where the header lied
     # and the model was right.
+    _assert_header_agreement(done, truth)
     failed = [r for r in rows if r["status"] == "failed"]
     assert len(failed) == len(bad)
     codes = {r["file_path"]: str(r["error"]).split(":")[0] for r in failed}
     assert codes == bad
 
-    results_by_label = _accuracy(done, truth, database_url)
+    results_by_label = _accuracy(done, truth)
     assert results_by_label["lateral"] >= 0.8 and results_by_label["frontal"] >= 0.8, (
         results_by_label
     )
 
 
-def _accuracy(done: list[dict[str, object]], truth: dict[str, str], url: str) -> dict[str, float]:
-    from sqlalchemy import select
+def _assert_header_agreement(done: list[dict[str, object]], truth: dict[str, CorpusFile]) -> None:
+    """None without a ViewPosition; else whether the header claims the model's answer:
+    True for a right header and a right model, False for a lying header and a right model."""
+    caught = 0
+    for row in done:
+        film = truth[str(row["file_path"])]
+        assert row["header_view"] == film.header_view, row
+        model_right = row["label"] == film.label
+        if film.header_view is None:
+            assert row["header_agrees"] is None, row
+        elif model_right:
+            assert row["header_agrees"] is (not film.header_lies), row
+            caught += int(film.header_lies)
+        else:  # a wrong answer agrees with a lying header only
+            assert row["header_agrees"] is film.header_lies, row
+    assert caught >= 1, "no lying header was caught"
 
-    from db.models import Instance
-    from db.session import make_engine
 
-    engine = make_engine(url)
-    try:
-        with engine.connect() as conn:
-            paths = dict(conn.execute(select(Instance.sop_instance_uid, Instance.file_path)).all())
-    finally:
-        engine.dispose()
+def _accuracy(done: list[dict[str, object]], truth: dict[str, CorpusFile]) -> dict[str, float]:
     hits: dict[str, list[bool]] = {"frontal": [], "lateral": []}
     for row in done:
-        expected = truth[paths[str(row["sop_instance_uid"])]]
+        expected = truth[str(row["file_path"])].label
         hits[expected].append(row["label"] == expected)
     return {k: sum(v) / len(v) for k, v in hits.items() if v}
