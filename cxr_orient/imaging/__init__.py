@@ -19,7 +19,8 @@ Accepted images
   - transfer syntaxes: implicit/explicit VR little endian, deflated, explicit
     VR big endian, RLE lossless, JPEG baseline (8-bit) and extended (12-bit),
     JPEG lossless (process 14 and SV1), JPEG-LS lossless and near-lossless,
-    JPEG 2000 lossless and lossy. Anything else is refused, naming the UID.
+    JPEG 2000 lossless and lossy, HTJ2K (High-Throughput JPEG 2000) lossless,
+    lossless RPCL and lossy. Anything else is refused, naming the UID.
 
 Pixel pipeline (DICOM)
 ----------------------
@@ -38,8 +39,8 @@ PNG/JPEG files go through steps 4 only.
 losslessly decoded pixels are summed in integers straight into the output
 pixels (the same bins as Pillow's BOX resize), after clipping them to a linear
 window's end points, so the result equals :func:`load_dicom_image_naive` (the
-straightforward reference) up to float rounding. JPEG 2000 is decoded at
-reduced resolution (its wavelet low-pass band, smallest level >= ``2 * size``),
+straightforward reference) up to float rounding. JPEG 2000 and HTJ2K are decoded
+at reduced resolution (their wavelet low-pass band, smallest level >= ``2 * size``),
 resampled as the band's own inverse wavelet transform (details zero) averaged over
 the reference's bins; JPEG baseline with DCT scaling. Those differ from the
 reference by a few grey levels (tens at some sharp edges), with the same
@@ -63,7 +64,7 @@ Each module holds one concern and imports only public names of the others
   the VOI choice; the one parser of *RescaleSlope*/*RescaleIntercept*.
 * :mod:`~cxr_orient.imaging.decoders`: one module per codec family, chosen by
   transfer syntax from a table (``native``, ``rle``, ``jpeg``, ``jpegls``,
-  ``jpeg2000``; the interface in ``decoders.base``).
+  ``jpeg2000``, ``htj2k``; the interface in ``decoders.base``).
 * :mod:`~cxr_orient.imaging.reading`: bytes to dataset, with the bounded inflate
   of deflated datasets and the truncation checks.
 * :mod:`~cxr_orient.imaging.wavelet`: the JPEG 2000 band resampling.

@@ -44,7 +44,7 @@ def test_view_sets_are_disjoint_and_upper_case() -> None:
 
 
 def test_every_supported_syntax_has_one_decoder() -> None:
-    assert len(SUPPORTED_TRANSFER_SYNTAXES) == 13
+    assert len(SUPPORTED_TRANSFER_SYNTAXES) == 16  # 13 + HTJ2K lossless, RPCL, lossy
     for syntax in SUPPORTED_TRANSFER_SYNTAXES:
         decoder = decoder_for(syntax)
         assert decoder is not None and syntax in decoder.transfer_syntaxes

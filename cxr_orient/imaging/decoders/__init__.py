@@ -23,7 +23,7 @@ import pydicom
 from pydicom.uid import UID
 
 from cxr_orient.errors import UnsupportedTransferSyntaxError
-from cxr_orient.imaging.decoders import jpeg, jpeg2000, jpegls, native, rle
+from cxr_orient.imaging.decoders import htj2k, jpeg, jpeg2000, jpegls, native, rle
 from cxr_orient.imaging.decoders.base import Decoded, Decoder, PixelSpec
 from cxr_orient.imaging.errors import where
 
@@ -43,6 +43,7 @@ DECODERS: tuple[Decoder, ...] = (
     jpeg.DECODER,
     jpegls.DECODER,
     jpeg2000.DECODER,
+    htj2k.DECODER,
 )
 """Every decoder, in order of preference where two list the same transfer syntax."""
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import io
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +37,7 @@ __all__ = [
     "JPEG2000_SYNTAXES",
     "J2kInfo",
     "check_j2k_dimensions",
+    "codestream_spec",
     "decode_jpeg2000",
     "j2k_codestream_info",
     "jpeg2000_reduced",
@@ -55,7 +56,22 @@ def decode_jpeg2000(
     reduced = jpeg2000_reduced(ds, spec, size=size, path=path)
     if reduced is not None:
         return reduced
-    return decode_with_pydicom(ds, spec, path=path)
+    return decode_with_pydicom(ds, codestream_spec(ds, spec), path=path)
+
+
+def codestream_spec(ds: pydicom.Dataset, spec: PixelSpec) -> PixelSpec:
+    """``spec`` with BitsStored raised to the codestream's precision where that is larger
+    (up to BitsAllocated), for a full decode: pydicom reads J2K samples at the
+    codestream's precision (so does the naive path), and a lossy decode overshoots past
+    BitsStored when the precision is larger (OpenJPH writes 16 for uint16 input), which
+    masking at BitsStored would wrap (a white edge turned black).
+    """
+    try:
+        info = j2k_codestream_info(first_frame(ds))
+    except Exception:
+        return spec
+    precision = min(info.precision, spec.bits_allocated)
+    return replace(spec, bits_stored=precision) if precision > spec.bits_stored else spec
 
 
 def _reduction_for(spec: PixelSpec, size: int, max_levels: int, *, margin: int = 2) -> int:
@@ -120,6 +136,12 @@ def jpeg2000_reduced(
         if decoded.shape != expected:
             return None
         wavelet: Wavelet = "5-3" if info.reversible else "9-7"
+        if info.precision > spec.bits_stored:
+            # The low-pass band overshoots the image's range at sharp edges; OpenJPEG
+            # clips it to the codestream's precision. Where that exceeds BitsStored
+            # (OpenJPH writes 16 for 12-bit data), clip at BitsStored as a 12-bit
+            # codestream is clipped, rather than mask (which wraps white to black).
+            decoded = np.minimum(decoded, decoded.dtype.type((1 << spec.bits_stored) - 1))
         return Decoded(mask_to_bits_stored(decoded, spec), float(factor), wavelet)
     return None
 
