@@ -122,18 +122,19 @@ def model_throughput(
     min_seconds: float = 1.5,
     max_batches: int = 20,
 ) -> dict[int, float]:
-    """Images/s of ``classifier.predict_proba`` on the worker's input: uint8 RGB, the
-    three channels made in its decode threads (their cost is in the decode figures)."""
+    """Images/s of ``classifier.predict``, the worker's call (every head and the answer
+    rule), on the worker's input: uint8 RGB, the three channels made in its decode
+    threads (their cost is in the decode figures)."""
     rng = np.random.default_rng(0)
     size = classifier.input_size
     out: dict[int, float] = {}
     for batch_size in batch_sizes:
         grey = rng.integers(0, 256, (batch_size, size, size, 1), dtype=np.uint8)
         batch = np.repeat(grey, 3, axis=-1)
-        classifier.predict_proba(batch)  # trace / warm up
+        classifier.predict(batch)  # trace / warm up
         done, start = 0, time.perf_counter()
         while done < max_batches and (time.perf_counter() - start < min_seconds or done < 2):
-            classifier.predict_proba(batch)
+            classifier.predict(batch)
             done += 1
         out[batch_size] = done * batch_size / (time.perf_counter() - start)
     return out

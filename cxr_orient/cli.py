@@ -24,13 +24,20 @@ RESULT_COLUMNS = (
     "confidence",
     "p_lateral",
     "needs_review",
+    "review_reason",
+    "rotation",
+    "mirrored",
     "header_view",
     "header_agrees",
     "model_version",
     "error",
 )
-#: csv and json add the file path, which an operator needs to find a failed file.
-EXPORT_COLUMNS = (*RESULT_COLUMNS, "file_path")
+#: csv and json add the unusual-image score and the file path (an operator needs it to
+#: find a failed file).
+EXPORT_COLUMNS = (*RESULT_COLUMNS, "unusual_score", "file_path")
+#: ``results --changed-between A B``: A's answer, then B's.
+CHANGED_COLUMNS = ("sop_instance_uid", "study_instance_uid", "label_a", "confidence_a",
+                   "label_b", "confidence_b")
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -136,7 +143,9 @@ def _progress_enqueue(paths: list[Path]) -> Any:
 def enqueue(paths: tuple[Path, ...], wait: bool, timeout: float | None) -> None:
     """Record DICOM files (and folders, recursively) and queue them for classification.
 
-    Idempotent: an instance whose SOPInstanceUID is already recorded is not queued again.
+    Idempotent: an instance whose SOPInstanceUID is already recorded with the same bytes
+    is not queued again (already known). A known SOPInstanceUID with other bytes is a
+    uid_conflict, recorded and handled by CXR_UID_CONFLICT_POLICY (keep_first, replace).
     Files that cannot be ingested are recorded as failed, with their reason.
     """
     from cxr_orient.ingest import wait_for
@@ -150,9 +159,21 @@ def enqueue(paths: tuple[Path, ...], wait: bool, timeout: float | None) -> None:
     report = _progress_enqueue(list(paths))
     click.echo(
         f"{report.files} files: {len(report.queued)} queued, "
-        f"{len(report.already_known)} already known, {len(report.refused)} refused "
-        f"({len(report.studies)} studies)"
+        f"{len(report.already_known)} already known, {len(report.uid_conflicts)} uid_conflict, "
+        f"{len(report.refused)} refused ({len(report.studies)} studies)"
     )
+    for conflict in report.uid_conflicts[:20]:
+        notes = "" if conflict.study_matches else ", names another study: not moved"
+        notes += "" if conflict.first_seen else ", recorded before"
+        click.echo(
+            f"  uid_conflict {conflict.path}: SOPInstanceUID {conflict.sop_instance_uid} "
+            f"(instance {conflict.instance_id}) has other bytes: {conflict.action}{notes}",
+            err=True,
+        )
+    if len(report.uid_conflicts) > 20:
+        click.echo(
+            f"  ... and {len(report.uid_conflicts) - 20} more (table uid_conflicts)", err=True
+        )
     for path, code, message in report.refused[:20]:
         click.echo(f"  refused {path}: {code}: {message}", err=True)
     if len(report.refused) > 20:
@@ -179,6 +200,72 @@ def requeue() -> None:
     click.echo(f"re-sent {sent} instances")
 
 
+@main.command()
+@click.option("--study", "study_uid", default=None, help="Only this StudyInstanceUID.")
+@click.option("--since", type=click.DateTime(formats=["%Y-%m-%d"]), default=None,
+              metavar="YYYY-MM-DD",
+              help="Only instances ingested on or after this day (YYYY-MM-DD, UTC).")
+@click.option("--model", "model_name", default=None, metavar="VERSION",
+              help="A registered version to answer (default: the active one).")
+@click.option("--limit", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Send at most N instances now; the run stays resumable.")
+@click.option("--include-failed", is_flag=True,
+              help="Also failed instances (never files refused at ingest).")
+@click.option("--resume", "resume_id", type=int, default=None, metavar="RUN_ID",
+              help="Go on with run RUN_ID (its own filters and model).")
+@click.option("--chunk-size", type=click.IntRange(1, 50_000), default=1000, show_default=True,
+              help="Instance ids per chunk (one id range per transaction and send).")
+@click.option("--actor", default=None, help="Who (default: $USER).")
+def reclassify(study_uid: str | None, since: Any, model_name: str | None, limit: int | None,
+               include_failed: bool, resume_id: int | None, chunk_size: int,
+               actor: str | None) -> None:
+    """Queue done instances for another answer (after a promotion): each a new row.
+
+    Instances that already have an answer from the version are skipped. The walk goes in
+    id order, chunk by chunk, recorded in reclassify_runs: an interrupted run resumes with
+    --resume RUN_ID, or by running the same command again (same filters and model).
+    """
+    import getpass
+
+    from cxr_orient.errors import ReclassifyError
+    from cxr_orient.reclassify import Filters, last_instance_id
+    from cxr_orient.reclassify import reclassify as run_reclassify
+    from worker.dispatch import send_instances
+
+    if resume_id is not None and (study_uid or since or model_name or include_failed):
+        raise click.UsageError("--resume goes on with the run's own filters and model; "
+                               "give none of --study, --since, --model, --include-failed")
+    filters = Filters(study_instance_uid=study_uid, since=since.date() if since else None,
+                      include_failed=include_failed)
+    kwargs: dict[str, Any] = dict(send=send_instances, model=model_name, filters=filters,
+                                  limit=limit, resume=resume_id, chunk_size=chunk_size,
+                                  actor=actor or getpass.getuser())
+    try:
+        if sys.stderr.isatty():
+            from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+            with Progress("reclassify", BarColumn(), TextColumn("{task.description}"),
+                          TimeRemainingColumn(), transient=True) as bar:
+                task = bar.add_task("", total=max(1, last_instance_id()))
+                report = run_reclassify(**kwargs, on_chunk=lambda p: bar.update(
+                    task, completed=p.cursor,
+                    description=f"run {p.run_id}: sent {p.sent}, skipped {p.skipped}"))
+        else:
+            report = run_reclassify(**kwargs)
+    except ReclassifyError as exc:
+        raise click.ClickException(str(exc)) from exc
+    if report.resumed:
+        click.echo(f"resumed run {report.run_id}", err=True)
+    click.echo(f"run {report.run_id} ({report.model_version}): sent {report.sent}, "
+               f"skipped {report.skipped} already answered by {report.model_version}")
+    if report.finished:
+        click.echo(f"run {report.run_id} finished: {report.total_sent} sent, "
+                   f"{report.total_skipped} skipped in all")
+    else:
+        click.echo(f"run {report.run_id} stopped after instance {report.cursor}; go on with "
+                   f"`cxr-orient reclassify --resume {report.run_id}`")
+
+
 # --- reporting -----------------------------------------------------------------------
 
 
@@ -199,23 +286,47 @@ def _format_value(value: Any) -> str:
     default="table",
     show_default=True,
 )
-def results(study_uid: str | None, fmt: str) -> None:
-    """One row per instance: status, label, confidence, header agreement, model version."""
+@click.option("--model", "model_name", default=None, metavar="VERSION",
+              help="Only the answers of this model version (one row per instance it answered).")
+@click.option("--changed-between", "changed", nargs=2, default=None, metavar="A B",
+              help="Instances whose label differs between versions A and B, both confidences.")
+def results(study_uid: str | None, fmt: str, model_name: str | None,
+            changed: tuple[str, str] | None) -> None:
+    """One row per instance: status, label, confidence, header agreement, model version.
+
+    The answer shown is the current one: that of the model version most recently put in
+    service (promotion or rollback) among those that answered the instance.
+    """
     from db import crud
     from db.session import session_scope
 
+    def version_id(session: Any, name: str) -> int:
+        version = crud.find_model_version(session, name=name)
+        if version is None:
+            raise click.ClickException(f"no model version named {name!r}")
+        return version.id
+
+    columns: tuple[str, ...] = EXPORT_COLUMNS
     with session_scope() as session:
-        rows = [r.as_dict() for r in crud.results(session, study_instance_uid=study_uid)]
+        if changed:
+            a, b = (version_id(session, name) for name in changed)
+            rows = [r.as_dict() for r in crud.changed_between(session, version_a_id=a,
+                                                              version_b_id=b)]
+            columns = CHANGED_COLUMNS
+        else:
+            only = None if model_name is None else version_id(session, model_name)
+            rows = [r.as_dict() for r in crud.results(session, study_instance_uid=study_uid,
+                                                      model_version_id=only)]
     if fmt == "json":
-        click.echo(json.dumps([{k: r[k] for k in EXPORT_COLUMNS} for r in rows], indent=2))
+        click.echo(json.dumps([{k: r[k] for k in columns} for r in rows], indent=2))
     elif fmt == "csv":
         buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=EXPORT_COLUMNS, extrasaction="ignore")
+        writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
         click.echo(buffer.getvalue(), nl=False)
     else:
-        _print_results_table(rows)
+        _print_results_table(rows, CHANGED_COLUMNS if changed else RESULT_COLUMNS)
 
 
 def _print_results_table(rows: list[dict[str, Any]],
@@ -241,8 +352,11 @@ def status() -> None:
     settings = get_settings()
     with session_scope() as session:
         counts = crud.status_counts(session)
+        conflicts = crud.uid_conflict_counts(session)
         active = crud.active_model_version(session)
         active_name = f"{active.name} ({active.architecture})" if active else "none"
+        targeted = crud.count_targeted(session)
+        runs = [r.id for r in crud.unfinished_reclassify_runs(session)]
     depth = broker_queue_depth()
     click.echo(f"database: {redact_url(settings.effective_database_url)}")
     click.echo(
@@ -252,12 +366,22 @@ def status() -> None:
     click.echo("instances: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
     click.echo(f"queue depth: {'unknown' if depth is None else depth}")
     click.echo(f"active model: {active_name}")
+    if targeted or runs:
+        click.echo(f"reclassify: {targeted} instances queued or processing for a named "
+                   f"version; unfinished runs: {', '.join(map(str, runs)) or 'none'}")
+    click.echo(
+        f"uid conflicts: {sum(conflicts.values())} ("
+        + ", ".join(f"{k} {v}" for k, v in conflicts.items())
+        + ")"
+    )
 
 
 # --- models --------------------------------------------------------------------------
 
 # Literal here: importing cxr_orient.architectures would load Keras for every command.
-ARCHITECTURE_HELP = ("compact_invariant_64 (the shipped model's), compact_invariant, "
+ARCHITECTURE_HELP = ("compact_invariant_64 (the shipped model's view network; "
+                     "compact_invariant_64_heads adds its orientation and unusual-image "
+                     "heads, see python -m training.heads), compact_invariant, "
                      "compact_invariant_slim, compact, compact_wide, tutorial2019, vgg16, "
                      "mobilenetv3small.")
 
@@ -482,7 +606,7 @@ def models() -> None:
         for v in crud.list_model_versions(session):
             held_out = v.metrics.get("held_out_test", {}).get("balanced_accuracy", {})
             figure = held_out.get("value") if isinstance(held_out, dict) else held_out
-            click.echo(f"{v.name:40s} {v.architecture:16s} {v.state:9s}"
+            click.echo(f"{v.name:40s} {v.architecture:26s} {v.state:9s}"
                        f"{' ACTIVE' if v.is_active else '':7s} balanced_accuracy={figure}")
 
 

@@ -18,8 +18,8 @@ from cxr_orient.settings import get_settings, redact_url, reset_settings_cache
 
 SAMPLES = Path(__file__).resolve().parent / "samples"
 #: The demo shows sample file names rather than the (long) UIDs.
-DEMO_COLUMNS = ("file", "status", "label", "confidence", "needs_review", "header_view",
-                "header_agrees", "model_version", "error")
+DEMO_COLUMNS = ("file", "status", "label", "confidence", "needs_review", "rotation",
+                "mirrored", "header_view", "header_agrees", "model_version", "error")
 
 
 class WorkerDied(Exception):

@@ -73,6 +73,13 @@ class DecodeError(InputError):
     code = "decode_failed"
 
 
+class UnusualImageError(InputError):
+    """The model finds the image unlike any chest radiograph it was trained on and
+    ``CXR_UNUSUAL_IMAGE_ACTION=refuse``."""
+
+    code = "unusual_image"
+
+
 class ModelError(CxrError):
     """A checkpoint is missing, altered, or not in the registry."""
 
@@ -91,3 +98,9 @@ class InterruptedProcessingError(CxrError):
     """Processing was interrupted too many times (worker killed, poison input)."""
 
     code = "too_many_attempts"
+
+
+class ReclassifyError(CxrError):
+    """A reclassify run that cannot start or go on (unknown run, no such model...)."""
+
+    code = "reclassify"

@@ -1,9 +1,14 @@
 """Ingest: find DICOM files, record every one in the database, queue the work.
 
 Headers only are read here; pixels are decoded by the workers. Enqueueing is
-idempotent by SOPInstanceUID: a file whose instance is already recorded adds
-nothing. A file that cannot be ingested (outside the ingest root, unreadable,
-not DICOM, no UIDs) is recorded as a failed instance with its reason.
+idempotent by SOPInstanceUID: a file whose instance is already recorded with the
+same bytes (sha256; under any path) adds nothing ("already known"). A file with a
+known SOPInstanceUID and other bytes is a **uid conflict** (a ``uid_conflicts`` row):
+``CXR_UID_CONFLICT_POLICY=keep_first`` leaves the instance as it is, ``replace``
+points the instance at the new file and queues it again (its earlier answers stay);
+a file naming another study than the instance's is never moved there. A file that
+cannot be ingested (outside the ingest root, unreadable, not DICOM, no UIDs) is
+recorded as a failed instance with its reason.
 """
 
 from __future__ import annotations
@@ -15,11 +20,14 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sqlalchemy.orm import Session
+
 from cxr_orient.errors import CxrError
 from cxr_orient.imaging import DicomHeader, read_header
 from cxr_orient.intake import read_for_ingest
 from cxr_orient.settings import Settings, get_settings
 from db import crud
+from db.models import Instance, InstanceStatus, UidConflictAction
 from db.session import session_scope
 
 logger = logging.getLogger(__name__)
@@ -27,19 +35,47 @@ logger = logging.getLogger(__name__)
 CHUNK = 500
 
 
+@dataclass(frozen=True)
+class UidConflictEntry:
+    """A file whose SOPInstanceUID was recorded with other bytes: its ``uid_conflicts``
+    row, and what was done (``kept_first``: not queued; ``replaced``: the instance now
+    refers to this file and is queued again)."""
+
+    path: str
+    sop_instance_uid: str
+    instance_id: int
+    conflict_id: int
+    action: str
+    study_matches: bool
+    #: False: the same conflict was recorded by an earlier enqueue (no new row).
+    first_seen: bool
+
+
 @dataclass
 class EnqueueReport:
+    """Each file lands in one list: queued (new instances), already_known, uid_conflicts
+    or refused."""
+
     files: int = 0
     queued: list[int] = field(default_factory=list)
     already_known: list[int] = field(default_factory=list)
     refused: list[tuple[str, str, str]] = field(default_factory=list)  # path, code, message
     refused_ids: list[int] = field(default_factory=list)  # their failed instance rows
+    uid_conflicts: list[UidConflictEntry] = field(default_factory=list)
     studies: set[str] = field(default_factory=set)
 
     @property
+    def requeued(self) -> list[int]:
+        """Instances whose file was replaced by this call (queued again)."""
+        return [c.instance_id for c in self.uid_conflicts
+                if c.action == UidConflictAction.replaced.value]
+
+    @property
     def instance_ids(self) -> list[int]:
-        """Every instance this call is about: new, known, and refused ones."""
-        return [*self.queued, *self.already_known, *self.refused_ids]
+        """Every instance this call is about: new, known, conflicting and refused ones."""
+        conflicting = [c.instance_id for c in self.uid_conflicts]
+        return list(dict.fromkeys(
+            [*self.queued, *self.already_known, *conflicting, *self.refused_ids]))
 
 
 def iter_files(paths: Iterable[Path]) -> Iterator[Path]:
@@ -84,8 +120,100 @@ def scan_file(path: Path, settings: Settings) -> ScannedFile:
     return ScannedFile(str(checked.path), checked.sha256, len(checked.data), header, None)
 
 
-def _record_chunk(scanned: Sequence[ScannedFile], report: EnqueueReport) -> list[int]:
+def _record_known(
+    session: Session,
+    instance: Instance,
+    item: ScannedFile,
+    header: DicomHeader,
+    policy: str,
+    report: EnqueueReport,
+    *,
+    tries: int = 3,
+) -> bool:
+    """A file whose SOPInstanceUID is recorded: the same bytes (already known), or a uid
+    conflict recorded and handled by ``policy``. True when the instance was re-queued
+    with this file."""
+    if instance.file_sha256 == item.sha256:
+        report.already_known.append(instance.id)
+        report.studies.add(header.study_instance_uid)
+        return False
+    study = None if instance.study_id is None else crud.get_study(
+        session, study_id=instance.study_id)
+    known_study = study.study_instance_uid if study is not None else None
+    if known_study is not None:
+        report.studies.add(known_study)
+    study_matches = known_study == header.study_instance_uid
+    known_status = InstanceStatus(instance.status)
+    known = (instance.file_path, instance.file_sha256, instance.file_size)
+    action = UidConflictAction.kept_first
+    if not study_matches:
+        detail = (f"the file names study {header.study_instance_uid}, the instance belongs "
+                  f"to study {known_study}: a UID clash across studies; the instance is not "
+                  "moved and keeps its file and answers, whatever the policy")
+    elif policy == "keep_first":
+        detail = ("keep_first: the new file is not queued; the instance keeps its file and "
+                  "its answers")
+    elif crud.replace_instance_file(
+        session,
+        instance_id=instance.id,
+        expected_sha256=instance.file_sha256,
+        file_path=item.path,
+        file_sha256=item.sha256,
+        file_size=item.size,
+        series_instance_uid=header.series_instance_uid,
+        modality=header.modality,
+        transfer_syntax_uid=header.transfer_syntax_uid,
+        header_view_position=header.view_position,
+    ):
+        action = UidConflictAction.replaced
+        detail = (f"replace: the instance (was {known_status.value}) now refers to the new "
+                  "file and is queued again; its earlier answers stay, made on the known bytes")
+        if known_status == InstanceStatus.processing:
+            detail += "; the answer in flight on the known bytes is not recorded"
+    elif tries > 1:
+        # Another enqueue replaced the file meanwhile: decide again against the new one.
+        session.refresh(instance)
+        return _record_known(session, instance, item, header, policy, report,
+                             tries=tries - 1)
+    else:
+        detail = "replace: lost repeated races with other enqueues; the instance is unchanged"
+    conflict, created = crud.add_uid_conflict(
+        session,
+        instance_id=instance.id,
+        known_status=known_status,
+        study_instance_uid=header.study_instance_uid,
+        study_matches=study_matches,
+        known_file_path=known[0],
+        known_file_sha256=known[1],
+        known_file_size=known[2],
+        new_file_path=item.path,
+        new_file_sha256=item.sha256,
+        new_file_size=item.size,
+        policy=policy,
+        action=action,
+        detail=detail,
+    )
+    logger.warning("uid conflict on instance %d: %s", instance.id, detail)
+    report.uid_conflicts.append(
+        UidConflictEntry(
+            path=item.path,
+            sop_instance_uid=header.sop_instance_uid,
+            instance_id=instance.id,
+            conflict_id=conflict.id,
+            action=action.value,
+            study_matches=study_matches,
+            first_seen=created,
+        )
+    )
+    return action == UidConflictAction.replaced
+
+
+def _record_chunk(
+    scanned: Sequence[ScannedFile], report: EnqueueReport, policy: str
+) -> tuple[list[int], list[int]]:
+    """Record one chunk in one transaction; (new instance ids, re-queued instance ids)."""
     new_ids: list[int] = []
+    requeued: list[int] = []
     with session_scope() as session:
         # Grouped by study so that a study's instances travel (and finish) together.
         ordered = sorted(
@@ -110,10 +238,14 @@ def _record_chunk(scanned: Sequence[ScannedFile], report: EnqueueReport) -> list
                 report.refused_ids.append(instance.id)
                 continue
             header = item.header
+            known = crud.find_instance_by_uid(session, sop_instance_uid=header.sop_instance_uid)
+            if known is not None:
+                if _record_known(session, known, item, header, policy, report):
+                    requeued.append(known.id)
+                continue
             study = crud.get_or_create_study(
                 session, study_instance_uid=header.study_instance_uid, patient_id=header.patient_id
             )
-            report.studies.add(header.study_instance_uid)
             instance, created = crud.add_instance(
                 session,
                 study=study,
@@ -127,10 +259,12 @@ def _record_chunk(scanned: Sequence[ScannedFile], report: EnqueueReport) -> list
                 header_view_position=header.view_position,
             )
             if created:
+                report.studies.add(header.study_instance_uid)
                 new_ids.append(instance.id)
-            else:
-                report.already_known.append(instance.id)
-    return new_ids
+            elif _record_known(session, instance, item, header, policy, report):
+                # recorded meanwhile by another enqueue
+                requeued.append(instance.id)
+    return new_ids, requeued
 
 
 #: Sends one classification per instance id (``worker.dispatch.send_instances``).
@@ -151,14 +285,16 @@ def enqueue_paths(
     on the first studies while later folders are still being read.
     """
     settings = settings or get_settings()
+    policy = settings.uid_conflict_policy
     report = EnqueueReport()
     chunk: list[ScannedFile] = []
 
     def flush() -> None:
-        new_ids = _record_chunk(chunk, report)
+        new_ids, requeued = _record_chunk(chunk, report, policy)
         report.queued.extend(new_ids)
-        if send is not None and new_ids:
-            send(new_ids)
+        to_send = list(dict.fromkeys([*new_ids, *requeued]))
+        if send is not None and to_send:
+            send(to_send)
         chunk.clear()
 
     for path in iter_files(paths):
@@ -171,10 +307,13 @@ def enqueue_paths(
     if chunk:
         flush()
     logger.info(
-        "enqueue: %d files, %d new instances, %d already known, %d refused",
+        "enqueue: %d files, %d new instances, %d already known, %d uid conflicts "
+        "(%d replaced), %d refused",
         report.files,
         len(report.queued),
         len(report.already_known),
+        len(report.uid_conflicts),
+        len(report.requeued),
         len(report.refused),
     )
     return report

@@ -27,7 +27,10 @@ from cxr_orient.errors import ModelError, ModelIntegrityError
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "LOW_CONFIDENCE",
+    "UNUSUAL_IMAGE",
     "Classifier",
+    "HeadOutputs",
     "ModelCard",
     "Prediction",
     "apply_temperature",
@@ -36,6 +39,7 @@ __all__ = [
     "file_sha256",
     "fit_temperature",
     "load_checkpoint",
+    "orientation_answer",
     "platt_targets",
     "read_card",
     "save_checkpoint",
@@ -74,6 +78,9 @@ class ModelCard:
     #: "dihedral+invert" (those 8 and their greyscale inversions, 16 passes). Averaging
     #: over the transforms makes the prediction exactly invariant to them.
     test_time_augmentation: str = "none"
+    #: For a model with an unusual-image head: scores above this are unlike the chest
+    #: films it was trained on (fitted on validation films; None without the head).
+    unusual_threshold: float | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
     training: dict[str, Any] = field(default_factory=dict)
 
@@ -370,15 +377,60 @@ def predicted_class(p_lateral: np.ndarray) -> np.ndarray:
     return (np.asarray(p_lateral, dtype=np.float64) >= DECISION_THRESHOLD).astype(int)
 
 
+#: Why an answer needs a human: its confidence is under the review threshold, or the
+#: image is unlike any chest film seen in training.
+LOW_CONFIDENCE = "low_confidence"
+UNUSUAL_IMAGE = "unusual_image"
+
+
 @dataclass(frozen=True)
 class Prediction:
-    """One image's calibrated prediction."""
+    """One image's calibrated prediction.
+
+    ``rotation`` (0, 90, 180, 270) and ``mirrored`` say how the image is stored relative
+    to standard display: ``numpy.rot90(upright, rotation // 90)`` is the stored image
+    (after a left-right mirror when ``mirrored``). ``mirrored`` is None for laterals
+    (archives display them facing either way) and both are None for a model without an
+    orientation head; ``unusual_score`` likewise without an unusual-image head.
+    """
 
     label: str
     confidence: float
     p_frontal: float
     p_lateral: float
     needs_review: bool
+    rotation: int | None = None
+    mirrored: bool | None = None
+    unusual_score: float | None = None
+    unusual: bool = False
+    review_reasons: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class HeadOutputs:
+    """What one forward pass gives: the view's uncalibrated (N, 2) softmax, and, when the
+    model has them, the (N, 8) orientation softmax over the copies and (N,) scores."""
+
+    view: np.ndarray
+    orientation: np.ndarray | None = None
+    unusual: np.ndarray | None = None
+
+
+def orientation_answer(copies: np.ndarray, label: str) -> tuple[int, bool | None]:
+    """``(rotation in degrees, mirrored)`` from one image's softmax over its 8 copies:
+    the rotation whose two copies (mirrored or not) hold the most probability, then, for
+    a frontal, the more probable of those two."""
+    from cxr_orient.layers import STORED_AS
+
+    p = np.asarray(copies, dtype=np.float64)
+    by_rotation = np.zeros(4)
+    for copy, (k, _) in enumerate(STORED_AS):
+        by_rotation[k] += p[copy]
+    k_best = int(np.argmax(by_rotation))
+    if label != "frontal":
+        return 90 * k_best, None
+    plain, mirror = (p[STORED_AS.index((k_best, m))] for m in (False, True))
+    return 90 * k_best, bool(mirror > plain)
 
 
 class Classifier:
@@ -430,9 +482,37 @@ class Classifier:
         if padded > n:
             stacked = np.concatenate(
                 [stacked, np.zeros((padded - n, *stacked.shape[1:]), dtype=stacked.dtype)])
-        out = self.model.predict_on_batch(stacked)
-        probs = np.asarray(keras.ops.convert_to_numpy(out), dtype=np.float64)[:n]
+        probs = self._forward(stacked)["view"][:n]
         return probs.reshape(len(views), len(x), 2).mean(axis=0)
+
+    def _forward(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        """One ``predict_on_batch``; every output by name (a one-output model's is
+        ``view``), as float64 numpy."""
+        out = self.model.predict_on_batch(x)
+        named = out if isinstance(out, dict) else {"view": out}
+        return {k: np.asarray(keras.ops.convert_to_numpy(v), dtype=np.float64)
+                for k, v in named.items()}
+
+    @property
+    def has_heads(self) -> bool:
+        """Whether the model has the orientation and unusual-image heads."""
+        return any(name == "orientation" for name in getattr(self.model, "output_names", ()))
+
+    def predict_heads(self, batch: np.ndarray) -> HeadOutputs:
+        """Every head's raw output for ``batch`` (one forward pass; no test-time
+        augmentation, which a model with heads refuses: it would mix the copies)."""
+        if not self.has_heads:
+            return HeadOutputs(view=self.predict_raw(batch))
+        x = self.pre_process(batch)
+        n = len(x)
+        if n == 0:
+            return HeadOutputs(np.zeros((0, 2)), np.zeros((0, 8)), np.zeros(0))
+        padded = padded_batch_size(n) if _compiles_per_shape() else n
+        if padded > n:
+            x = np.concatenate([x, np.zeros((padded - n, *x.shape[1:]), dtype=x.dtype)])
+        out = self._forward(x)
+        return HeadOutputs(view=out["view"][:n], orientation=out["orientation"][:n],
+                           unusual=out["unusual"][:n, 0])
 
     def predict_raw_in_batches(self, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
         """:meth:`predict_raw` over ``images`` ``batch_size`` at a time (evaluation and
@@ -459,24 +539,45 @@ class Classifier:
             self.predict_raw(np.zeros((n, size, size, 3), np.uint8))
         return sizes
 
-    def post_process(self, probs: np.ndarray) -> list[Prediction]:
+    def post_process(self, probs: np.ndarray, *, orientation: np.ndarray | None = None,
+                     unusual: np.ndarray | None = None) -> list[Prediction]:
         """The prediction rule: the label by :func:`predicted_class`, the confidence as
-        the larger probability, review below the card's ``review_threshold``."""
+        the larger probability, review below the card's ``review_threshold`` or above
+        its ``unusual_threshold``; with an orientation head, which way up
+        (:func:`orientation_answer`)."""
         labels = self.card.labels
         probs = np.asarray(probs, dtype=np.float64)
+        threshold = self.card.unusual_threshold
         out = []
-        for (p_front, p_lat), index in zip(probs, predicted_class(probs[:, 1]), strict=True):
+        for i, ((p_front, p_lat), index) in enumerate(
+                zip(probs, predicted_class(probs[:, 1]), strict=True)):
+            label = labels[int(index)]
             confidence = float(max(p_front, p_lat))
+            rotation, mirrored = (orientation_answer(orientation[i], label)
+                                  if orientation is not None else (None, None))
+            score = float(unusual[i]) if unusual is not None else None
+            is_unusual = score is not None and threshold is not None and score > threshold
+            reasons = tuple(reason for reason, applies in (
+                (LOW_CONFIDENCE, confidence < self.card.review_threshold),
+                (UNUSUAL_IMAGE, is_unusual)) if applies)
             out.append(
                 Prediction(
-                    label=labels[int(index)],
+                    label=label,
                     confidence=confidence,
                     p_frontal=float(p_front),
                     p_lateral=float(p_lat),
-                    needs_review=confidence < self.card.review_threshold,
+                    needs_review=bool(reasons),
+                    rotation=rotation,
+                    mirrored=mirrored,
+                    unusual_score=score,
+                    unusual=is_unusual,
+                    review_reasons=reasons,
                 )
             )
         return out
 
     def predict(self, batch: np.ndarray) -> list[Prediction]:
-        return self.post_process(self.predict_proba(batch))
+        """Calibrated answers with everything the model's heads say."""
+        heads = self.predict_heads(batch)
+        return self.post_process(apply_temperature(heads.view, self.card.temperature),
+                                 orientation=heads.orientation, unusual=heads.unusual)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -213,6 +214,36 @@ def current_model() -> LoadedModel:
                 _LOADED = load_version(version)
                 logger.info("model in service: %s (was %s)", _LOADED.name, previous)
             return _LOADED
+
+
+#: Versions other than the active one kept loaded per process (reclassify work for a
+#: named version); the least recently used is dropped beyond this.
+OTHER_VERSIONS_KEPT = 2
+_OTHERS: OrderedDict[tuple[int, str, str], LoadedModel] = OrderedDict()
+
+
+def model_for_version(version_id: int) -> LoadedModel:
+    """A registered version by id, for work that names its model (``cxr-orient reclassify
+    --model``): the active model when it is that version, else loaded once per process and
+    kept in a small cache (:data:`OTHER_VERSIONS_KEPT`). Raises :class:`ModelError` when
+    the version is unknown or its checkpoint cannot be loaded (missing, altered)."""
+    with session_scope() as session:
+        version = crud.get_model_version(session, version_id=version_id)
+        if version is None:
+            raise ModelError(f"no model version with id {version_id}")
+        key = (version.id, version.name, version.sha256)
+        if _LOADED is not None and _LOADED.key == key:
+            return _LOADED
+        with _LOCK:
+            loaded = _OTHERS.get(key)
+            if loaded is None:
+                loaded = load_version(version)
+                logger.info("loaded model %s for work that names it", loaded.name)
+            _OTHERS[key] = loaded
+            _OTHERS.move_to_end(key)
+            while len(_OTHERS) > OTHER_VERSIONS_KEPT:
+                _OTHERS.popitem(last=False)
+            return loaded
 
 
 def load_classifier(model: str) -> Classifier:

@@ -18,7 +18,7 @@ from sqlalchemy.engine import make_url
 
 _REPO_ROOT = Path(__file__).resolve().parent.parent
 #: Checkpoint shipped with the source tree, used when nothing else is active.
-SHIPPED_MODEL = Path(__file__).resolve().parent / "shipped" / "compact-invariant-64-v1.keras"
+SHIPPED_MODEL = Path(__file__).resolve().parent / "shipped" / "compact-invariant-64-v2.keras"
 
 
 class Settings(BaseSettings):
@@ -49,7 +49,7 @@ class Settings(BaseSettings):
     model_path: Path | None = Field(
         default=None,
         description="CXR_MODEL_PATH: .keras checkpoint registered and activated when the "
-        "database has no active model. Default: the shipped checkpoint (compact-invariant-64-v1).",
+        "database has no active model. Default: the shipped checkpoint (compact-invariant-64-v2).",
     )
     model_dir: Path | None = Field(
         default=None,
@@ -94,6 +94,14 @@ class Settings(BaseSettings):
         description="CXR_MAX_PIXELS: images with more pixels (rows x columns) are refused "
         "before decoding. Default 60,000,000.",
     )
+    uid_conflict_policy: Literal["keep_first", "replace"] = Field(
+        default="keep_first",
+        description="CXR_UID_CONFLICT_POLICY: what enqueue does with a file whose "
+        "SOPInstanceUID is known but whose bytes differ (a uid_conflicts row either way): "
+        "'keep_first' does not queue it; 'replace' makes it the instance's file and "
+        "classifies it again, keeping the earlier answers. A file naming another study "
+        "is never moved there (kept first). Default 'keep_first'.",
+    )
     max_attempts: int = Field(
         default=3,
         ge=1,
@@ -113,6 +121,15 @@ class Settings(BaseSettings):
         le=1.0,
         description="CXR_REVIEW_THRESHOLD: confidence under which an answer is flagged for "
         "review. Default: the threshold recorded with the model version.",
+    )
+    unusual_image_action: Literal["review", "refuse"] = Field(
+        default="review",
+        description="CXR_UNUSUAL_IMAGE_ACTION: what happens to an image the model finds "
+        "unlike any chest radiograph it was trained on (score above the model's "
+        "unusual_threshold; models with the unusual-image head only): 'review' answers it "
+        "and flags it needs_review with reason unusual_image; 'refuse' gives no answer and "
+        "fails the instance with error code unusual_image (its score in the message). "
+        "Default 'review'.",
     )
     imagenet_weights_dir: Path | None = Field(
         default=None,

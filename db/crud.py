@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import and_, func, or_, select, tuple_, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from db.models import (
     GroundTruthLabel,
@@ -19,7 +19,10 @@ from db.models import (
     ModelVersion,
     OrientationLabel,
     Prediction,
+    ReclassifyRun,
     Study,
+    UidConflict,
+    UidConflictAction,
     utcnow,
 )
 
@@ -91,6 +94,125 @@ def add_instance(
     return instance, True
 
 
+def get_study(session: Session, *, study_id: int) -> Study | None:
+    return session.get(Study, study_id)
+
+
+def replace_instance_file(
+    session: Session,
+    *,
+    instance_id: int,
+    expected_sha256: str,
+    file_path: str,
+    file_sha256: str,
+    file_size: int,
+    series_instance_uid: str | None,
+    modality: str | None,
+    transfer_syntax_uid: str | None,
+    header_view_position: str | None,
+) -> bool:
+    """Point an instance at a new file (a uid conflict under ``replace``) and queue it
+    again: its answers stay (each names the bytes it was made on); status, attempts and
+    error start over. Compare-and-set: False, and nothing changed, when the instance no
+    longer refers to ``expected_sha256`` (another enqueue replaced it meanwhile).
+
+    An answer in flight on the old bytes (the instance was ``processing``) is then not
+    recorded: :func:`record_predictions` and :func:`mark_failed` only touch an instance
+    that still refers to the bytes the work was claimed with.
+    """
+    now = utcnow()
+    result = session.execute(
+        update(Instance)
+        .where(Instance.id == instance_id, Instance.file_sha256 == expected_sha256)
+        .values(
+            file_path=file_path,
+            file_sha256=file_sha256,
+            file_size=file_size,
+            series_instance_uid=series_instance_uid,
+            modality=modality,
+            transfer_syntax_uid=transfer_syntax_uid,
+            header_view_position=header_view_position,
+            status=InstanceStatus.queued,
+            error_code=None,
+            error_message=None,
+            attempts=0,
+            # New bytes are answered by the model in service, not by a reclassify that
+            # was queued for the old ones.
+            target_model_version_id=None,
+            enqueued_at=now,
+            started_at=None,
+            finished_at=None,
+            updated_at=now,
+        )
+        .execution_options(synchronize_session="fetch")
+    )
+    return bool(getattr(result, "rowcount", 0))
+
+
+def add_uid_conflict(
+    session: Session,
+    *,
+    instance_id: int,
+    known_status: InstanceStatus,
+    study_instance_uid: str,
+    study_matches: bool,
+    known_file_path: str,
+    known_file_sha256: str,
+    known_file_size: int,
+    new_file_path: str,
+    new_file_sha256: str,
+    new_file_size: int,
+    policy: str,
+    action: UidConflictAction,
+    detail: str,
+) -> tuple[UidConflict, bool]:
+    """Record a file with a known SOPInstanceUID and other bytes. A ``kept_first``
+    conflict already recorded (same instance, same bytes known, same new path and bytes:
+    enqueue run again) returns (existing, False); every replacement is a new row."""
+    if action == UidConflictAction.kept_first:
+        existing = session.scalar(
+            select(UidConflict)
+            .where(
+                UidConflict.instance_id == instance_id,
+                UidConflict.action == UidConflictAction.kept_first,
+                UidConflict.known_file_sha256 == known_file_sha256,
+                UidConflict.new_file_sha256 == new_file_sha256,
+                UidConflict.new_file_path == new_file_path,
+            )
+            .order_by(UidConflict.id)
+            .limit(1)
+        )
+        if existing is not None:
+            return existing, False
+    conflict = UidConflict(
+        instance_id=instance_id,
+        study_instance_uid=study_instance_uid,
+        study_matches=study_matches,
+        known_file_path=known_file_path,
+        known_file_sha256=known_file_sha256,
+        known_file_size=known_file_size,
+        known_status=known_status,
+        new_file_path=new_file_path,
+        new_file_sha256=new_file_sha256,
+        new_file_size=new_file_size,
+        policy=policy,
+        action=action,
+        detail=detail,
+    )
+    session.add(conflict)
+    session.flush()
+    return conflict, True
+
+
+def uid_conflict_counts(session: Session) -> dict[str, int]:
+    """Recorded uid conflicts by what was done: ``{"kept_first": n, "replaced": m}``."""
+    counts = {action.value: 0 for action in UidConflictAction}
+    query = select(UidConflict.action, func.count()).group_by(UidConflict.action)
+    for action, n in session.execute(query):
+        counts[UidConflictAction(action).value] = n
+    return counts
+
+
 def add_unreadable_file(
     session: Session,
     *,
@@ -151,14 +273,28 @@ def claim_for_processing(session: Session, *, instance_id: int, stale_before: da
     return bool(getattr(result, "rowcount", 0))
 
 
-def mark_failed(session: Session, *, instance_id: int, error_code: str, error_message: str) -> None:
+def mark_failed(
+    session: Session,
+    *,
+    instance_id: int,
+    error_code: str,
+    error_message: str,
+    file_sha256: str | None = None,
+) -> None:
+    """Fail an instance (never a ``done`` one). With ``file_sha256`` (the bytes the work
+    was claimed with), only while the instance still refers to them: a failure on a file
+    replaced since (uid conflict, ``replace``) must not fail its replacement."""
+    condition = and_(Instance.id == instance_id, Instance.status != InstanceStatus.done)
+    if file_sha256 is not None:
+        condition = and_(condition, Instance.file_sha256 == file_sha256)
     session.execute(
         update(Instance)
-        .where(Instance.id == instance_id, Instance.status != InstanceStatus.done)
+        .where(condition)
         .values(
             status=InstanceStatus.failed,
             error_code=error_code,
             error_message=error_message[:4000],
+            target_model_version_id=None,
             finished_at=utcnow(),
             updated_at=utcnow(),
         )
@@ -190,6 +326,15 @@ class PredictionRecord:
     decode_ms: float | None
     inference_ms: float | None
     batch_size: int | None
+    #: The bytes the answer was made on: the instance's ``file_sha256`` when the work was
+    #: claimed (``worker.pipeline``). None: the instance's now (no check). Keep it last
+    #: (it has a default).
+    file_sha256: str | None = None
+    #: What a model with orientation and unusual-image heads says (None without them).
+    review_reason: str | None = None
+    rotation: int | None = None
+    mirrored: bool | None = None
+    unusual_score: float | None = None
 
 
 def record_predictions(
@@ -201,31 +346,72 @@ def record_predictions(
 ) -> int:
     """Insert predictions and mark their instances done; returns rows inserted.
 
-    An instance that already has an answer from this model version keeps it (a
-    redelivered message must not add a second row).
+    Each row says which bytes it was made on (``file_sha256``). An instance that already
+    has an answer from this model version on these bytes keeps it (a redelivered message
+    must not add a second row). An instance that no longer refers to the bytes a record
+    was made on (its file was replaced since the claim: uid conflict, ``replace``) gets
+    neither the answer nor a status change: its new file is queued and answered anew.
     """
     records = list(records)
     if not records:
         return 0
     ids = [r.instance_id for r in records]
-    already = set(
+    current: dict[int, str] = {
+        i: sha
+        for i, sha in session.execute(
+            select(Instance.id, Instance.file_sha256).where(Instance.id.in_(ids))
+        )
+    }
+    made_on = {r.instance_id: r.file_sha256 or current.get(r.instance_id, "") for r in records}
+    now = utcnow()
+    # Compare-and-set in one statement: done only where the bytes are still the ones
+    # answered (on PostgreSQL the rows stay locked until commit, so a replacement that
+    # comes meanwhile waits and then queues the instance again).
+    matched = set(
         session.scalars(
-            select(Prediction.instance_id).where(
-                Prediction.model_version_id == model_version_id, Prediction.instance_id.in_(ids)
+            update(Instance)
+            .where(tuple_(Instance.id, Instance.file_sha256).in_(list(made_on.items())))
+            .values(
+                status=InstanceStatus.done,
+                error_code=None,
+                error_message=None,
+                target_model_version_id=None,
+                finished_at=now,
+                updated_at=now,
             )
+            .returning(Instance.id)
+            .execution_options(synchronize_session="fetch")
         )
     )
-    fresh = [r for r in records if r.instance_id not in already]
+    already = {
+        (i, sha)
+        for i, sha in session.execute(
+            select(Prediction.instance_id, Prediction.file_sha256).where(
+                Prediction.model_version_id == model_version_id,
+                Prediction.instance_id.in_(matched),
+            )
+        )
+    }
+    fresh = [
+        r
+        for r in records
+        if r.instance_id in matched and (r.instance_id, made_on[r.instance_id]) not in already
+    ]
     session.add_all(
         Prediction(
             instance_id=r.instance_id,
             model_version_id=model_version_id,
+            file_sha256=made_on[r.instance_id],
             label=r.label,
             confidence=r.confidence,
             p_frontal=r.p_frontal,
             p_lateral=r.p_lateral,
             header_agrees=r.header_agrees,
             needs_review=r.needs_review,
+            review_reason=r.review_reason,
+            rotation=r.rotation,
+            mirrored=r.mirrored,
+            unusual_score=r.unusual_score,
             decode_ms=r.decode_ms,
             inference_ms=r.inference_ms,
             batch_size=r.batch_size,
@@ -233,19 +419,19 @@ def record_predictions(
         )
         for r in fresh
     )
-    now = utcnow()
-    session.execute(
-        update(Instance)
-        .where(Instance.id.in_(ids))
-        .values(
-            status=InstanceStatus.done,
-            error_code=None,
-            error_message=None,
-            finished_at=now,
-            updated_at=now,
-        )
-    )
+    session.flush()
     return len(fresh)
+
+
+def superseded_instance_ids(session: Session, *, made_on: Mapping[int, str]) -> list[int]:
+    """Those of ``made_on``'s instances that no longer refer to the bytes given (instance
+    id -> sha256 the work was claimed with): their file was replaced since."""
+    if not made_on:
+        return []
+    rows = session.execute(
+        select(Instance.id, Instance.file_sha256).where(Instance.id.in_(list(made_on)))
+    )
+    return sorted(i for i, sha in rows if sha != made_on[i])
 
 
 def interrupted_instance_ids(session: Session, *, instance_ids: Sequence[int]) -> list[int]:
@@ -320,9 +506,34 @@ class ResultRow:
     header_agrees: bool | None
     model_version: str | None
     error: str | None
+    review_reason: str | None
+    rotation: int | None
+    mirrored: bool | None
+    unusual_score: float | None
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
+
+
+def current_answer_id() -> Any:
+    """The id of an instance's current answer, correlated to ``Instance``: the answer of
+    the version most recently put in service (``activated_at``, so a promotion and a
+    rollback both move it); versions never activated (candidates answering through
+    ``reclassify --model``) rank below every activated one, newer registration first."""
+    return (
+        select(Prediction.id)
+        .join(ModelVersion, ModelVersion.id == Prediction.model_version_id)
+        .where(Prediction.instance_id == Instance.id)
+        .order_by(
+            ModelVersion.activated_at.is_(None),
+            ModelVersion.activated_at.desc(),
+            ModelVersion.id.desc(),
+            Prediction.id.desc(),
+        )
+        .limit(1)
+        .correlate(Instance)
+        .scalar_subquery()
+    )
 
 
 def results(
@@ -330,18 +541,24 @@ def results(
     *,
     study_instance_uid: str | None = None,
     instance_ids: Sequence[int] | None = None,
+    model_version_id: int | None = None,
 ) -> list[ResultRow]:
-    """One row per instance with its latest prediction (by any model version)."""
-    latest = (
-        select(Prediction.instance_id, func.max(Prediction.id).label("pid"))
-        .group_by(Prediction.instance_id)
-        .subquery()
-    )
+    """One row per instance with its current answer (:func:`current_answer_id`); with
+    ``model_version_id``, one row per instance that version answered, with its answer."""
+    if model_version_id is None:
+        answer = Prediction.id == current_answer_id()
+    else:
+        own = aliased(Prediction)
+        answer = Prediction.id == (
+            select(func.max(own.id))
+            .where(own.instance_id == Instance.id, own.model_version_id == model_version_id)
+            .correlate(Instance)
+            .scalar_subquery()
+        )
     query = (
         select(Instance, Study.study_instance_uid, Prediction, ModelVersion.name)
         .outerjoin(Study, Study.id == Instance.study_id)
-        .outerjoin(latest, latest.c.instance_id == Instance.id)
-        .outerjoin(Prediction, Prediction.id == latest.c.pid)
+        .join(Prediction, answer, isouter=model_version_id is None)
         .outerjoin(ModelVersion, ModelVersion.id == Prediction.model_version_id)
         .order_by(Study.study_instance_uid, Instance.id)
     )
@@ -368,9 +585,242 @@ def results(
                 header_agrees=prediction.header_agrees if prediction else None,
                 model_version=model_name,
                 error=error,
+                review_reason=prediction.review_reason if prediction else None,
+                rotation=prediction.rotation if prediction else None,
+                mirrored=prediction.mirrored if prediction else None,
+                unusual_score=prediction.unusual_score if prediction else None,
             )
         )
     return rows
+
+
+@dataclass(frozen=True)
+class ChangedAnswer:
+    """An instance whose label differs between two model versions' answers."""
+
+    sop_instance_uid: str | None
+    study_instance_uid: str | None
+    label_a: str
+    confidence_a: float
+    label_b: str
+    confidence_b: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def changed_between(
+    session: Session, *, version_a_id: int, version_b_id: int
+) -> list[ChangedAnswer]:
+    """Instances both versions answered, on the same bytes, with different labels (the
+    query of docs/auditing.md "Answers that changed between two model versions")."""
+    a, b = aliased(Prediction), aliased(Prediction)
+    query = (
+        select(Instance.sop_instance_uid, Study.study_instance_uid,
+               a.label, a.confidence, b.label, b.confidence)
+        .select_from(a)
+        .join(b, and_(b.instance_id == a.instance_id, b.model_version_id == version_b_id,
+                      b.file_sha256 == a.file_sha256))
+        .join(Instance, Instance.id == a.instance_id)
+        .outerjoin(Study, Study.id == Instance.study_id)
+        .where(a.model_version_id == version_a_id, a.label != b.label)
+        .order_by(Instance.id)
+    )
+    return [
+        ChangedAnswer(uid, study, OrientationLabel(la).value, ca, OrientationLabel(lb).value, cb)
+        for uid, study, la, ca, lb, cb in session.execute(query)
+    ]
+
+
+# --- reclassify ------------------------------------------------------------------
+
+
+def create_reclassify_run(
+    session: Session,
+    *,
+    actor: str,
+    model_version_id: int,
+    study_instance_uid: str | None,
+    since: datetime | None,
+    include_failed: bool,
+) -> ReclassifyRun:
+    run = ReclassifyRun(
+        actor=actor,
+        model_version_id=model_version_id,
+        study_instance_uid=study_instance_uid,
+        since=since,
+        include_failed=include_failed,
+        cursor_instance_id=0,
+        sent=0,
+        skipped=0,
+    )
+    session.add(run)
+    session.flush()
+    return run
+
+
+def get_reclassify_run(
+    session: Session, *, run_id: int, lock: bool = False
+) -> ReclassifyRun | None:
+    """A run by id; ``lock`` takes its row lock (PostgreSQL) so that two processes
+    resuming one run walk its chunks one after the other, never the same chunk twice."""
+    query = select(ReclassifyRun).where(ReclassifyRun.id == run_id)
+    if lock:
+        query = query.with_for_update()
+    return session.scalar(query)
+
+
+def find_unfinished_reclassify_run(
+    session: Session,
+    *,
+    model_version_id: int,
+    study_instance_uid: str | None,
+    since: datetime | None,
+    include_failed: bool,
+) -> ReclassifyRun | None:
+    """The newest unfinished run with exactly these filters and this target, if any."""
+    same_since = ReclassifyRun.since.is_(None) if since is None else ReclassifyRun.since == since
+    same_study = (ReclassifyRun.study_instance_uid.is_(None) if study_instance_uid is None
+                  else ReclassifyRun.study_instance_uid == study_instance_uid)
+    return session.scalar(
+        select(ReclassifyRun)
+        .where(
+            ReclassifyRun.finished_at.is_(None),
+            ReclassifyRun.model_version_id == model_version_id,
+            ReclassifyRun.include_failed.is_(include_failed),
+            same_since,
+            same_study,
+        )
+        .order_by(ReclassifyRun.id.desc())
+        .limit(1)
+    )
+
+
+def unfinished_reclassify_runs(session: Session) -> list[ReclassifyRun]:
+    return list(session.scalars(
+        select(ReclassifyRun).where(ReclassifyRun.finished_at.is_(None))
+        .order_by(ReclassifyRun.id)
+    ))
+
+
+def reclassify_statuses(*, include_failed: bool) -> list[InstanceStatus]:
+    return [InstanceStatus.done, InstanceStatus.failed] if include_failed else [
+        InstanceStatus.done]
+
+
+def _reclassify_range(
+    *,
+    after_id: int,
+    up_to_id: int,
+    study_instance_uid: str | None,
+    since: datetime | None,
+    include_failed: bool,
+) -> list[Any]:
+    """The conditions of a reclassify run's chunk: ids in ``(after_id, up_to_id]`` that
+    are ``done`` (and ``failed`` with ``include_failed``), have a header (files refused at
+    ingest never do) and match the filters."""
+    conditions: list[Any] = [
+        Instance.id > after_id,
+        Instance.id <= up_to_id,
+        Instance.status.in_(reclassify_statuses(include_failed=include_failed)),
+        Instance.study_id.is_not(None),
+    ]
+    if study_instance_uid is not None:
+        conditions.append(Instance.study_id == select(Study.id).where(
+            Study.study_instance_uid == study_instance_uid).scalar_subquery())
+    if since is not None:
+        conditions.append(Instance.enqueued_at >= since)
+    return conditions
+
+
+def _answered_by(model_version_id: int) -> Any:
+    """EXISTS an answer from this version on the bytes the instance refers to now (an
+    answer on a replaced file does not count)."""
+    return (
+        select(Prediction.id)
+        .where(
+            Prediction.instance_id == Instance.id,
+            Prediction.model_version_id == model_version_id,
+            Prediction.file_sha256 == Instance.file_sha256,
+        )
+        .correlate(Instance)
+        .exists()
+    )
+
+
+def reclassify_candidates(
+    session: Session,
+    *,
+    after_id: int,
+    up_to_id: int,
+    model_version_id: int,
+    study_instance_uid: str | None,
+    since: datetime | None,
+    include_failed: bool,
+) -> list[tuple[int, bool]]:
+    """(id, already answered by ``model_version_id``) for the instances in
+    ``(after_id, up_to_id]``, in id order, that a reclassify run with these filters
+    considers.
+
+    A bounded id range (keyset, no OFFSET), not ``id > after_id ... LIMIT n``: with the
+    status index PostgreSQL may answer a LIMIT query by reading every matching row past
+    the cursor and sorting them (measured: the walk turns quadratic); a range reads at most
+    ``up_to_id - after_id`` rows through the primary key."""
+    conditions = _reclassify_range(after_id=after_id, up_to_id=up_to_id,
+                                   study_instance_uid=study_instance_uid, since=since,
+                                   include_failed=include_failed)
+    query = select(Instance.id, _answered_by(model_version_id)).where(*conditions)
+    return [(int(i), bool(a)) for i, a in session.execute(query.order_by(Instance.id))]
+
+
+def queue_for_model(
+    session: Session,
+    *,
+    after_id: int,
+    up_to_id: int,
+    model_version_id: int,
+    study_instance_uid: str | None,
+    since: datetime | None,
+    include_failed: bool,
+) -> list[int]:
+    """Move the instances of the range :func:`reclassify_candidates` lists as not yet
+    answered back to ``queued`` for ``model_version_id`` (the reclassify marker); attempts
+    start again from 0. One statement, no id list; returns the ids moved (an instance no
+    longer finished by now is left alone)."""
+    conditions = _reclassify_range(after_id=after_id, up_to_id=up_to_id,
+                                   study_instance_uid=study_instance_uid, since=since,
+                                   include_failed=include_failed)
+    if up_to_id <= after_id:
+        return []
+    moved = session.execute(
+        update(Instance)
+        .where(*conditions, ~_answered_by(model_version_id))
+        .values(
+            status=InstanceStatus.queued,
+            target_model_version_id=model_version_id,
+            attempts=0,
+            error_code=None,
+            error_message=None,
+            updated_at=utcnow(),
+        )
+        .returning(Instance.id)
+        .execution_options(synchronize_session=False)
+    )
+    return sorted(moved.scalars())
+
+
+def count_targeted(session: Session) -> int:
+    """Instances queued or processing for a named version (reclassify work in flight)."""
+    return session.scalar(
+        select(func.count()).select_from(Instance).where(
+            Instance.target_model_version_id.is_not(None),
+            Instance.status.in_([InstanceStatus.queued, InstanceStatus.processing]),
+        )
+    ) or 0
+
+
+def max_instance_id(session: Session) -> int:
+    return session.scalar(select(func.max(Instance.id))) or 0
 
 
 # --- model versions --------------------------------------------------------------
@@ -387,6 +837,10 @@ def active_model_version(session: Session) -> ModelVersion | None:
 
 def find_model_version(session: Session, *, name: str) -> ModelVersion | None:
     return session.scalar(select(ModelVersion).where(ModelVersion.name == name))
+
+
+def get_model_version(session: Session, *, version_id: int) -> ModelVersion | None:
+    return session.get(ModelVersion, version_id)
 
 
 def list_model_versions(session: Session) -> list[ModelVersion]:

@@ -1,7 +1,10 @@
 """The audit schema: every instance, every answer, every model version, every label.
 
 Rows are only ever added or moved forward in status; a new model's answer for
-an instance is a new ``predictions`` row, never an update of an old one.
+an instance is a new ``predictions`` row, never an update of an old one. (The one
+exception: a uid conflict under ``CXR_UID_CONFLICT_POLICY=replace`` points an instance
+at its new file; the old one is kept in the ``uid_conflicts`` row, and each prediction
+names the bytes it was made on.)
 Tables are created by Alembic migrations only (``cxr-orient db upgrade``).
 """
 
@@ -22,6 +25,7 @@ from sqlalchemy import (
     Index,
     Integer,
     MetaData,
+    SmallInteger,
     String,
     Text,
     UniqueConstraint,
@@ -58,6 +62,15 @@ class InstanceStatus(enum.StrEnum):
 class OrientationLabel(enum.StrEnum):
     frontal = "frontal"
     lateral = "lateral"
+
+
+class UidConflictAction(enum.StrEnum):
+    """What ingest did with the conflicting file."""
+
+    #: Not queued: the instance keeps its file and its answers.
+    kept_first = "kept_first"
+    #: The instance now refers to the new file and is queued again (earlier answers stay).
+    replaced = "replaced"
 
 
 def _enum(cls: type[enum.Enum], name: str) -> Enum:
@@ -109,6 +122,11 @@ class Instance(Base):
     error_code: Mapped[str | None] = mapped_column(String(64))
     error_message: Mapped[str | None] = mapped_column(Text)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    #: The reclassify marker: the version that must answer this queued work (set by
+    #: ``cxr-orient reclassify``, cleared when it answers or fails); NULL: the active one.
+    target_model_version_id: Mapped[int | None] = mapped_column(
+        ForeignKey("model_versions.id", ondelete="RESTRICT")
+    )
     enqueued_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column()
     finished_at: Mapped[datetime | None] = mapped_column()
@@ -141,7 +159,9 @@ class ModelVersion(Base):
 
 class Prediction(Base):
     __tablename__ = "predictions"
-    __table_args__ = (UniqueConstraint("instance_id", "model_version_id"),)
+    #: One answer per model version per file version (an instance's file can be replaced:
+    #: see ``UidConflict``).
+    __table_args__ = (UniqueConstraint("instance_id", "model_version_id", "file_sha256"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     instance_id: Mapped[int] = mapped_column(
@@ -150,6 +170,8 @@ class Prediction(Base):
     model_version_id: Mapped[int] = mapped_column(
         ForeignKey("model_versions.id", ondelete="RESTRICT"), index=True
     )
+    #: The bytes the answer was made on: the instance's ``file_sha256`` when it was claimed.
+    file_sha256: Mapped[str] = mapped_column(String(64))
     label: Mapped[OrientationLabel] = mapped_column(_enum(OrientationLabel, "orientation_label"))
     confidence: Mapped[float] = mapped_column(Float)
     p_frontal: Mapped[float] = mapped_column(Float)
@@ -157,11 +179,51 @@ class Prediction(Base):
     #: NULL when the header has no (or an unrecognised) ViewPosition.
     header_agrees: Mapped[bool | None] = mapped_column(Boolean)
     needs_review: Mapped[bool] = mapped_column(Boolean, default=False)
+    #: Why it needs review: ``low_confidence``, ``unusual_image`` or both (comma-separated);
+    #: NULL when it does not.
+    review_reason: Mapped[str | None] = mapped_column(String(64))
+    #: How the image is stored relative to standard display: ``numpy.rot90(upright, k)``
+    #: with ``rotation = 90 k`` (0, 90, 180, 270) is the stored image, after a left-right
+    #: mirror when ``mirrored``. ``mirrored`` is NULL for laterals; both are NULL for a
+    #: model without an orientation head.
+    rotation: Mapped[int | None] = mapped_column(SmallInteger)
+    mirrored: Mapped[bool | None] = mapped_column(Boolean)
+    #: Distance from the chest films the model was trained on (about 1 for a typical
+    #: one); NULL for a model without the unusual-image head.
+    unusual_score: Mapped[float | None] = mapped_column(Float)
     decode_ms: Mapped[float | None] = mapped_column(Float)
     inference_ms: Mapped[float | None] = mapped_column(Float)
     batch_size: Mapped[int | None] = mapped_column(Integer)
     worker: Mapped[str | None] = mapped_column(String(128))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ReclassifyRun(Base):
+    """One ``cxr-orient reclassify``: its filters, its target and how far it got.
+
+    The walk goes through instances in id order; ``cursor_instance_id`` is the last id
+    examined (sent or skipped), committed with the chunk it ends, so an interrupted run
+    resumes after it without sending anything twice.
+    """
+
+    __tablename__ = "reclassify_runs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    actor: Mapped[str] = mapped_column(String(128))
+    model_version_id: Mapped[int] = mapped_column(
+        ForeignKey("model_versions.id", ondelete="RESTRICT"), index=True
+    )
+    #: Filters: NULL means not filtered.
+    study_instance_uid: Mapped[str | None] = mapped_column(UID)
+    since: Mapped[datetime | None] = mapped_column()
+    include_failed: Mapped[bool] = mapped_column(Boolean, default=False)
+    cursor_instance_id: Mapped[int] = mapped_column(Integer, default=0)
+    sent: Mapped[int] = mapped_column(Integer, default=0)
+    skipped: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    #: NULL while the walk has not reached the last instance (resumable).
+    finished_at: Mapped[datetime | None] = mapped_column()
 
 
 class GroundTruthLabel(Base):
@@ -192,4 +254,40 @@ class ModelEvent(Base):
     actor: Mapped[str] = mapped_column(String(128))
     reason: Mapped[str] = mapped_column(Text)
     details: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class UidConflict(Base):
+    """A file whose SOPInstanceUID was already recorded, with other bytes (other sha256):
+    a corrected re-send, or a UID clash. Append-only; what was done is in ``action``."""
+
+    __tablename__ = "uid_conflicts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    instance_id: Mapped[int] = mapped_column(
+        ForeignKey("instances.id", ondelete="RESTRICT"), index=True
+    )
+    #: The StudyInstanceUID the new file names; ``study_matches`` is False when it is not
+    #: the instance's (a clash across studies: the instance is never moved).
+    study_instance_uid: Mapped[str] = mapped_column(UID)
+    study_matches: Mapped[bool] = mapped_column(Boolean)
+    #: The file the instance referred to when the new one came.
+    known_file_path: Mapped[str] = mapped_column(Text)
+    known_file_sha256: Mapped[str] = mapped_column(String(64))
+    known_file_size: Mapped[int] = mapped_column(BigInteger)
+    #: The instance's status then (``processing``: an answer in flight on the old bytes).
+    known_status: Mapped[InstanceStatus] = mapped_column(
+        _enum(InstanceStatus, "instance_status")
+    )
+    new_file_path: Mapped[str] = mapped_column(Text)
+    new_file_sha256: Mapped[str] = mapped_column(String(64))
+    new_file_size: Mapped[int] = mapped_column(BigInteger)
+    #: ``CXR_UID_CONFLICT_POLICY`` in force (``keep_first``, ``replace``), and what was
+    #: done under it.
+    policy: Mapped[str] = mapped_column(String(16))
+    action: Mapped[UidConflictAction] = mapped_column(
+        _enum(UidConflictAction, "uid_conflict_action")
+    )
+    #: Why, in words (no paths: see docs/schema.md on PHI).
+    detail: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

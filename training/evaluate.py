@@ -22,6 +22,7 @@ __all__ = [
     "ROBUSTNESS_VARIANTS",
     "binary_metrics",
     "bootstrap_ci",
+    "bootstrap_mean_ci",
     "confusion_matrix",
     "evaluate",
     "evaluate_probabilities",
@@ -156,6 +157,28 @@ def bootstrap_ci(
         else:
             out[k] = (float(np.quantile(arr, alpha)), float(np.quantile(arr, 1.0 - alpha)))
     return out
+
+
+def bootstrap_mean_ci(
+    values: Sequence[float], groups: Sequence[str], *, resamples: int = 1000, seed: int = 0,
+    level: float = 0.95,
+) -> tuple[float, float]:
+    """Percentile bootstrap CI of the mean of per-answer 0/1 (or real) ``values``,
+    resampling ``groups`` (patients: one patient's answers are not independent)."""
+    v = np.asarray(values, dtype=np.float64)
+    if v.size == 0:
+        return (float("nan"), float("nan"))
+    by_group: dict[str, list[int]] = {}
+    for i, g in enumerate(groups):
+        by_group.setdefault(g, []).append(i)
+    clusters = [np.asarray(ix) for _, ix in sorted(by_group.items())]
+    rng = np.random.default_rng(seed)
+    means = []
+    for _ in range(resamples):
+        pick = rng.integers(0, len(clusters), size=len(clusters))
+        means.append(float(v[np.concatenate([clusters[i] for i in pick])].mean()))
+    alpha = (1.0 - level) / 2.0
+    return (float(np.quantile(means, alpha)), float(np.quantile(means, 1.0 - alpha)))
 
 
 def evaluate_probabilities(

@@ -17,7 +17,7 @@ chosen and should be weighed against the other.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,9 +40,13 @@ def _figures(metrics: Mapping[str, Any]) -> dict[str, float]:
     return {k: float(metrics[k]) for k in ("balanced_accuracy", "lateral_recall", "ece")}
 
 
-def gate(candidate: Mapping[str, Any], active: Mapping[str, Any] | None) -> GateDecision:
+def gate(candidate: Mapping[str, Any], active: Mapping[str, Any] | None, *,
+         lost_heads: Sequence[str] = ()) -> GateDecision:
     """Promote only a candidate that beats the active model on the same evaluation set.
     (Choosing among sibling candidates before release is :func:`selection_key`.)
+
+    Never one that lacks a head the active model has (``lost_heads``: e.g. a view-only
+    retrain against a model that also says which way up and flags unusual images).
 
     It must be no worse in balanced accuracy and lateral recall, no worse in
     calibration (ECE, within ``ECE_TOLERANCE``), and strictly better in balanced
@@ -54,6 +58,11 @@ def gate(candidate: Mapping[str, Any], active: Mapping[str, Any] | None) -> Gate
     that the model in service gets right).
     """
     cand = _figures(candidate)
+    if lost_heads:
+        # A better view figure does not pay for answers the service would stop giving.
+        return GateDecision(
+            False, [f"lacks the active model's {', '.join(lost_heads)} head(s)"], cand,
+            _figures(active) if active is not None else None)
     if any(math.isnan(v) for v in cand.values()):
         return GateDecision(
             False, ["candidate figures undefined (evaluation set lacks a class?)"], cand, None

@@ -126,7 +126,12 @@ def challenge(
             seed=seed,
         )
 
-    decision = gate(candidate_metrics or figures(candidate), figures(serving))
+    from cxr_orient.architectures import HEADED_ARCHITECTURES
+
+    lost = (["orientation", "unusual-image"]
+            if serving.architecture in HEADED_ARCHITECTURES
+            and candidate.architecture not in HEADED_ARCHITECTURES else [])
+    decision = gate(candidate_metrics or figures(candidate), figures(serving), lost_heads=lost)
     details = {
         "candidate": decision.candidate,
         "active": decision.active,

@@ -18,7 +18,13 @@ from typing import TYPE_CHECKING, TypeVar
 import numpy as np
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from cxr_orient.errors import CxrError, DecodeError, InterruptedProcessingError
+from cxr_orient.errors import (
+    CxrError,
+    DecodeError,
+    InterruptedProcessingError,
+    ModelError,
+    UnusualImageError,
+)
 from cxr_orient.imaging import to_rgb, view_to_label
 from cxr_orient.intake import load_checked_image
 from cxr_orient.settings import Settings, get_settings
@@ -52,6 +58,8 @@ class _Work:
     file_path: str
     file_sha256: str
     header_view: str | None
+    #: The reclassify marker: the version that must answer (None: the active one).
+    target_version_id: int | None = None
 
 
 # --- resilience --------------------------------------------------------------------
@@ -148,10 +156,12 @@ def _claim(instance_ids: Sequence[int], settings: Settings) -> tuple[list[_Work]
                     instance_id=instance_id,
                     error_code=error.code,
                     error_message=str(error),
+                    file_sha256=row.file_sha256,
                 )
                 outcome.failed[instance_id] = error.code
                 continue
-            work.append(_Work(row.id, row.file_path, row.file_sha256, row.header_view_position))
+            work.append(_Work(row.id, row.file_path, row.file_sha256, row.header_view_position,
+                              row.target_model_version_id))
     return work, outcome
 
 
@@ -199,7 +209,44 @@ def _classify_batch(instance_ids: Sequence[int], settings: Settings) -> BatchOut
     outcome.model_version = model.name
     if not work:
         return outcome
+    # Reclassify work names its version (the row's marker, so a re-sent id keeps it); the
+    # rest, and work naming the active version, is one group for the active model.
+    groups: dict[int, list[_Work]] = {}
+    for w in work:
+        groups.setdefault(w.target_version_id or model.version_id, []).append(w)
+    for version_id, items in groups.items():
+        served = model if version_id == model.version_id else _named_model(version_id, items,
+                                                                           outcome)
+        if served is not None:
+            _predict_and_record(items, served, settings, outcome)
+    return outcome
 
+
+def _named_model(version_id: int, work: list[_Work], outcome: BatchOutcome) -> LoadedModel | None:
+    """The version reclassify work names, from the per-process cache; if it cannot be
+    loaded here (checkpoint missing or altered), that work fails with the reason."""
+    from cxr_orient.registry import model_for_version
+
+    try:
+        return with_db_retry(lambda: model_for_version(version_id), what="model lookup")
+    except ModelError as exc:
+        error = exc
+    logger.error("cannot serve model version %d: %s", version_id, error)
+
+    def write() -> None:
+        with session_scope() as session:
+            for w in work:
+                crud.mark_failed(session, instance_id=w.instance_id, error_code=error.code,
+                                 error_message=str(error), file_sha256=w.file_sha256)
+
+    with_db_retry(write, what="recording results")
+    outcome.failed.update({w.instance_id: error.code for w in work})
+    return None
+
+
+def _predict_and_record(
+    work: list[_Work], model: LoadedModel, settings: Settings, outcome: BatchOutcome
+) -> None:
     pool = _executor(settings)
     decoded = list(pool.map(lambda w: _timed_decode(w, settings, model.input_size), work))
 
@@ -214,6 +261,13 @@ def _classify_batch(instance_ids: Sequence[int], settings: Settings) -> BatchOut
         predictions = model.classifier.predict(batch)
         inference_ms = (time.perf_counter() - start) * 1000 / len(ready)
         for (w, _, decode_ms), answer in zip(ready, predictions, strict=True):
+            if answer.unusual and settings.unusual_image_action == "refuse":
+                failures.append((w, UnusualImageError(
+                    f"{w.file_path!r}: unlike any chest radiograph the model was trained on "
+                    f"(unusual-image score {answer.unusual_score:.3f} > "
+                    f"{model.classifier.card.unusual_threshold:.3f}); "
+                    "CXR_UNUSUAL_IMAGE_ACTION=refuse")))
+                continue
             claimed = view_to_label(w.header_view)
             records.append(
                 crud.PredictionRecord(
@@ -224,11 +278,18 @@ def _classify_batch(instance_ids: Sequence[int], settings: Settings) -> BatchOut
                     p_lateral=answer.p_lateral,
                     header_agrees=None if claimed is None else claimed == answer.label,
                     needs_review=answer.needs_review,
+                    review_reason=",".join(answer.review_reasons) or None,
+                    rotation=answer.rotation,
+                    mirrored=answer.mirrored,
+                    unusual_score=answer.unusual_score,
                     decode_ms=round(decode_ms, 3),
                     inference_ms=round(inference_ms, 3),
                     batch_size=len(ready),
+                    file_sha256=w.file_sha256,
                 )
             )
+
+    superseded: list[int] = []
 
     def write() -> None:
         with session_scope() as session:
@@ -238,21 +299,35 @@ def _classify_batch(instance_ids: Sequence[int], settings: Settings) -> BatchOut
             for w, err in failures:
                 assert err is not None
                 crud.mark_failed(
-                    session, instance_id=w.instance_id, error_code=err.code, error_message=str(err)
+                    session,
+                    instance_id=w.instance_id,
+                    error_code=err.code,
+                    error_message=str(err),
+                    file_sha256=w.file_sha256,
                 )
+            # Files replaced since the claim (uid conflict, CXR_UID_CONFLICT_POLICY=replace):
+            # nothing was recorded for them; their replacement is queued.
+            superseded[:] = crud.superseded_instance_ids(
+                session, made_on={w.instance_id: w.file_sha256 for w in work})
 
     with_db_retry(write, what="recording results")
-    outcome.done.extend(r.instance_id for r in records)
-    outcome.failed.update({w.instance_id: err.code for w, err in failures if err is not None})
+    if superseded:
+        logger.warning("instances %s: file replaced while in flight; answer not recorded, "
+                       "the replacement is queued", superseded)
+    gone = set(superseded)
+    outcome.done.extend(r.instance_id for r in records if r.instance_id not in gone)
+    outcome.failed.update(
+        {w.instance_id: err.code for w, err in failures if err is not None
+         and w.instance_id not in gone})
+    outcome.skipped.extend(superseded)
     logger.info(
         "batch of %d: %d done, %d failed, %d skipped (model %s)",
-        len(instance_ids),
+        len(work),
         len(outcome.done),
         len(outcome.failed),
         len(outcome.skipped),
         model.name,
     )
-    return outcome
 
 
 def on_process_start() -> None:

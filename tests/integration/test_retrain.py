@@ -148,50 +148,51 @@ def test_an_existing_database_adopts_a_new_shipped_model_by_register_and_promote
     from db.models import ModelEvent, ModelVersion
     from db.session import session_scope
 
-    previous = SHIPPED_MODEL.parent / "compact-v1.keras"
+    # The previous release's model is what the database serves; this release ships another.
+    previous = SHIPPED_MODEL.parent / "compact-invariant-64-v1.keras"
+    old, new = previous.stem, SHIPPED_MODEL.stem
+    assert old != new
     configure(database_url=migrated_db, data_dir=tmp_path / "data", model_path=previous)
     with session_scope() as session:
-        assert ensure_active_model(session).name == "compact-v1"
+        assert ensure_active_model(session).name == old
     # The new release: CXR_MODEL_PATH unset, the shipped default is the new model.
     monkeypatch.delenv("CXR_MODEL_PATH")
     configure()
     with session_scope() as session:
-        assert ensure_active_model(session).name == "compact-v1"  # not swapped behind anyone
+        assert ensure_active_model(session).name == old  # not swapped behind anyone
 
     runner = CliRunner()
-    out = runner.invoke(main, ["register", str(SHIPPED_MODEL), "--reason", "release 0.2",
+    out = runner.invoke(main, ["register", str(SHIPPED_MODEL), "--reason", "release 0.3",
                                "--actor", "it-admin"])
     assert out.exit_code == 0, out.output
-    assert "registered compact-invariant-64-v1 (candidate)" in out.output
-    out = runner.invoke(main, ["promote", "compact-invariant-64-v1", "--reason", "release 0.2",
+    assert f"registered {new} (candidate)" in out.output
+    out = runner.invoke(main, ["promote", new, "--reason", "release 0.3",
                                "--actor", "it-admin"])
     assert out.exit_code == 0, out.output
     with session_scope() as session:
         active = crud.active_model_version(session)
-        assert active is not None and active.name == "compact-invariant-64-v1"
-        assert active.architecture == "compact_invariant_64"
+        assert active is not None and active.name == new
+        assert active.architecture == "compact_invariant_64_heads"
         events = session.execute(
             select(ModelVersion.name, ModelEvent.action, ModelEvent.actor)
             .join(ModelVersion, ModelVersion.id == ModelEvent.model_version_id)
             .order_by(ModelEvent.id)).all()
     assert [tuple(e) for e in events][-2:] == [
-        ("compact-invariant-64-v1", "register", "it-admin"),
-        ("compact-invariant-64-v1", "promote", "it-admin")]
+        (new, "register", "it-admin"), (new, "promote", "it-admin")]
 
     out = runner.invoke(main, ["rollback", "--reason", "check", "--actor", "it-admin"])
-    assert out.exit_code == 0 and "rolled back to compact-v1" in out.output, out.output
+    assert out.exit_code == 0 and f"rolled back to {old}" in out.output, out.output
 
     # Another file under a registered name is refused, and says so.
     impostor = tmp_path / "impostor"
     impostor.mkdir()
     for suffix in (".keras", ".json"):
         data = SHIPPED_MODEL.with_suffix(suffix).read_bytes()
-        (impostor / f"compact-v1{suffix}").write_bytes(
-            data + b"\n" if suffix == ".keras" else data.replace(b"compact-invariant-64-v1",
-                                                                 b"compact-v1"))
-    card = json.loads((impostor / "compact-v1.json").read_text())
+        (impostor / f"{old}{suffix}").write_bytes(
+            data + b"\n" if suffix == ".keras" else data.replace(new.encode(), old.encode()))
+    card = json.loads((impostor / f"{old}.json").read_text())
     card["sha256"] = ""
-    (impostor / "compact-v1.json").write_text(json.dumps(card))
-    out = runner.invoke(main, ["register", str(impostor / "compact-v1.keras"),
+    (impostor / f"{old}.json").write_text(json.dumps(card))
+    out = runner.invoke(main, ["register", str(impostor / f"{old}.keras"),
                                "--reason", "x"])
     assert out.exit_code != 0 and "already registered with another file" in out.output

@@ -13,7 +13,7 @@ from sqlalchemy import update
 from sqlalchemy.engine import Engine
 
 from db import crud
-from db.models import Instance, OrientationLabel
+from db.models import Instance, InstanceStatus, OrientationLabel, UidConflictAction
 from db.session import make_engine, session_scope
 from tests.utils.factories import register_version
 
@@ -46,6 +46,9 @@ def _prediction(
     *,
     agrees: bool | None,
     review: bool = False,
+    rotation: int | None = None,
+    mirrored: bool | None = None,
+    unusual: float | None = None,
 ) -> crud.PredictionRecord:
     p_lateral = confidence if label == "lateral" else 1 - confidence
     return crud.PredictionRecord(
@@ -59,6 +62,13 @@ def _prediction(
         decode_ms=5.0,
         inference_ms=2.0,
         batch_size=4,
+        rotation=rotation,
+        mirrored=mirrored,
+        unusual_score=unusual,
+        review_reason=",".join(
+            r for r, on in (("low_confidence", review and unusual is None),
+                            ("unusual_image", unusual is not None and unusual > 2.0)) if on)
+        or None,
     )
 
 
@@ -112,19 +122,55 @@ def _populate() -> dict[str, int]:
             session,
             model_version_id=v2.id,
             records=[
-                _prediction(ids["i1"], "frontal", 0.97, agrees=True),
-                _prediction(ids["i2"], "lateral", 0.95, agrees=False),
-                _prediction(ids["i3"], "frontal", 0.60, agrees=None, review=True),
+                _prediction(ids["i1"], "frontal", 0.97, agrees=True, rotation=0,
+                            mirrored=True, unusual=0.9),
+                _prediction(ids["i2"], "lateral", 0.95, agrees=False, rotation=90,
+                            unusual=1.1),
+                _prediction(ids["i3"], "frontal", 0.60, agrees=None, review=True,
+                            rotation=0, mirrored=False, unusual=3.5),
                 _prediction(ids["i8"], "lateral", 0.55, agrees=True, review=True),
             ],
             worker="w1",
         )
+        # A reclassify with the retired compact-v1 answers i2 after compact-v2 did: the
+        # newer row, but not the current answer (compact-v2 was put in service later).
+        run = crud.create_reclassify_run(session, actor="dr-a", model_version_id=v1.id,
+                                         study_instance_uid="1.2.840.1", since=None,
+                                         include_failed=False)
+        crud.record_predictions(
+            session,
+            model_version_id=v1.id,
+            records=[_prediction(ids["i2"], "frontal", 0.90, agrees=True)],
+            worker="w2",
+        )
+        run.cursor_instance_id, run.sent, run.skipped = ids["i8"], 1, 5
+        run.finished_at = datetime.now(UTC)
         crud.mark_failed(
             session,
             instance_id=ids["i4"],
             error_code="unsupported_photometric",
             error_message="PhotometricInterpretation RGB is not a greyscale radiograph",
         )
+        # Two files with known SOPInstanceUIDs and other bytes: a re-send of i6 kept first,
+        # and a file naming another study for i2 (never moved, even under replace).
+        for name, study_uid, policy in (("i6", "1.2.840.1", "keep_first"),
+                                        ("i2", "1.2.840.9", "replace")):
+            crud.add_uid_conflict(
+                session,
+                instance_id=ids[name],
+                known_status=InstanceStatus.queued if name == "i6" else InstanceStatus.done,
+                study_instance_uid=study_uid,
+                study_matches=study_uid == "1.2.840.1",
+                known_file_path=f"/archive/{name}.dcm",
+                known_file_sha256="0" * 64,
+                known_file_size=1000,
+                new_file_path=f"/archive/resent/{name}.dcm",
+                new_file_sha256="3" * 64,
+                new_file_size=1001,
+                policy=policy,
+                action=UidConflictAction.kept_first,
+                detail="test",
+            )
         assert crud.claim_for_processing(
             session, instance_id=ids["i7"], stale_before=crud.stale_cutoff(600)
         )
@@ -219,8 +265,36 @@ def check_answers_by_model(rows: list[Any]) -> None:
         (r.model_version, r.answers, r.frontal, r.lateral, r.needs_review, r.header_disagreements)
         for r in rows
     ]
-    assert got == [("compact-v1", 1, 1, 0, 0, 0), ("compact-v2", 4, 2, 2, 2, 1)]
+    assert got == [("compact-v1", 2, 2, 0, 0, 0), ("compact-v2", 4, 2, 2, 2, 1)]
     assert float(rows[1].mean_confidence) == pytest.approx((0.97 + 0.95 + 0.60 + 0.55) / 4)
+
+
+def check_changed_between(rows: list[Any]) -> None:
+    got = [(r.sop_instance_uid, r.label_a, r.confidence_a, r.label_b, r.confidence_b)
+           for r in rows]
+    assert got == [(_uid("i2"), "frontal", pytest.approx(0.90), "lateral", pytest.approx(0.95))]
+    assert rows[0].study_instance_uid == "1.2.840.1" and rows[0].header_view_position == "PA"
+
+
+def check_reclassify_runs(rows: list[Any]) -> None:
+    got = [(r.actor, r.model_version, r.study_instance_uid, r.since, _bool(r.include_failed),
+            r.sent, r.skipped) for r in rows]
+    assert got == [("dr-a", "compact-v1", "1.2.840.1", None, False, 1, 5)]
+    assert rows[0].cursor_instance_id > 0 and rows[0].finished_at is not None
+
+
+def check_uid_conflicts(rows: list[Any]) -> None:
+    got = [(r.sop_instance_uid, r.instance_study, r.file_study, _bool(r.study_matches),
+            r.policy, r.action, r.known_status, r.new_file_path) for r in rows]
+    assert got == [
+        (_uid("i6"), "1.2.840.1", "1.2.840.1", True, "keep_first", "kept_first", "queued",
+         "/archive/resent/i6.dcm"),
+        (_uid("i2"), "1.2.840.1", "1.2.840.9", False, "replace", "kept_first", "done",
+         "/archive/resent/i2.dcm"),
+    ]
+    assert {(r.known_file_sha256, r.new_file_sha256, r.current_file_sha256) for r in rows} == {
+        ("0" * 64, "3" * 64, "0" * 64)}
+    assert all(r.created_at is not None for r in rows)
 
 
 def check_needs_review(rows: list[Any]) -> None:
@@ -255,6 +329,19 @@ def check_accuracy_by_model(rows: list[Any]) -> None:
     assert [tuple(r) for r in rows] == [("compact-v1", 1, 1), ("compact-v2", 2, 1)]
 
 
+def check_stored_turned(rows: list[Any]) -> None:
+    # i1 mirrored, i2 turned 90 (a lateral: mirrored unknown); i3 upright; i8's answer
+    # comes from a model without the head (NULLs) and is not listed.
+    got = {(r.sop_instance_uid, r.rotation, _bool(r.mirrored)) for r in rows}
+    assert got == {(_uid("i1"), 0, True), (_uid("i2"), 90, None)}
+
+
+def check_unusual_images(rows: list[Any]) -> None:
+    assert [(r.sop_instance_uid, r.review_reason) for r in rows] == [
+        (_uid("i3"), "unusual_image")]
+    assert rows[0].unusual_score == 3.5
+
+
 CHECKS = {
     "latest-answer": check_latest_answer,
     "status-counts": check_status_counts,
@@ -263,11 +350,16 @@ CHECKS = {
     "failures-per-day": check_failures_per_day,
     "stuck-processing": check_stuck_processing,
     "answers-by-model": check_answers_by_model,
+    "changed-between": check_changed_between,
+    "reclassify-runs": check_reclassify_runs,
     "needs-review": check_needs_review,
     "model-history": check_model_history,
     "model-versions": check_model_versions,
     "label-vs-prediction": check_label_vs_prediction,
     "accuracy-by-model": check_accuracy_by_model,
+    "uid-conflicts": check_uid_conflicts,
+    "stored-turned": check_stored_turned,
+    "unusual-images": check_unusual_images,
 }
 
 

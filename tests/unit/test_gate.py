@@ -37,3 +37,11 @@ def test_eval_split_is_a_fixed_function_of_the_patient() -> None:
     members = [in_eval_split(f"patient-{i}") for i in range(2000)]
     assert members == [in_eval_split(f"patient-{i}") for i in range(2000)]
     assert 0.17 < sum(members) / len(members) < 0.23
+
+
+def test_gate_refuses_a_candidate_that_would_drop_a_head() -> None:
+    better = {"balanced_accuracy": 1.0, "lateral_recall": 1.0, "ece": 0.0}
+    worse = {"balanced_accuracy": 0.5, "lateral_recall": 0.5, "ece": 0.3}
+    decision = gate(better, worse, lost_heads=["orientation"])
+    assert not decision.promote and "orientation" in decision.reasons[0]
+    assert gate(better, worse).promote

@@ -58,3 +58,42 @@ def test_models_match_migrations(database_url: str) -> None:
     finally:
         engine.dispose()
     assert diff == []
+
+
+def test_a_populated_first_release_database_upgrades_to_head(database_url: str) -> None:
+    """Every revision on a database with rows in each table of revision 0001 (SQLite
+    rebuilds a table to alter it, which foreign keys would refuse with children present),
+    and the rows survive."""
+    upgrade(database_url, "0001")
+    engine = make_engine(database_url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(text(
+                "INSERT INTO studies (id, study_instance_uid, patient_id, created_at) "
+                "VALUES (1, '1.2.3', 'P1', CURRENT_TIMESTAMP)"))
+            conn.execute(text(
+                "INSERT INTO instances (id, study_id, sop_instance_uid, file_path, "
+                "file_sha256, file_size, status, attempts, enqueued_at, updated_at) VALUES "
+                "(1, 1, '1.2.3.4', '/a.dcm', 'ab', 10, 'done', 1, CURRENT_TIMESTAMP, "
+                "CURRENT_TIMESTAMP)"))
+            conn.execute(text(
+                "INSERT INTO model_versions (id, name, architecture, file_path, sha256, "
+                "input_size, labels, temperature, review_threshold, metrics, training, state, "
+                "is_active, created_at) VALUES (1, 'm', 'compact', '/m.keras', 'cd', 256, "
+                "'[]', 1.0, 0.9, '{}', '{}', 'active', true, CURRENT_TIMESTAMP)"))
+            conn.execute(text(
+                "INSERT INTO predictions (instance_id, model_version_id, label, confidence, "
+                "p_frontal, p_lateral, needs_review, created_at) VALUES "
+                "(1, 1, 'frontal', 0.8, 0.8, 0.2, true, CURRENT_TIMESTAMP)"))
+            conn.execute(text(
+                "INSERT INTO labels (instance_id, label, source, created_at) VALUES "
+                "(1, 'frontal', 'test', CURRENT_TIMESTAMP)"))
+        upgrade(database_url)
+        with engine.connect() as conn:
+            row = conn.execute(text(
+                "SELECT p.file_sha256, p.review_reason, p.rotation, i.target_model_version_id "
+                "FROM predictions p JOIN instances i ON i.id = p.instance_id")).one()
+            assert tuple(row) == ("ab", "low_confidence", None, None)
+            assert conn.execute(text("SELECT count(*) FROM labels")).scalar_one() == 1
+    finally:
+        engine.dispose()
