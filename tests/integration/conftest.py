@@ -5,6 +5,7 @@ Fixtures only; the corpus builders live in :mod:`tests.utils.corpus`.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
@@ -13,8 +14,9 @@ from tests.utils.env import flush_redis_db, redis_available
 
 pytestmark = pytest.mark.integration
 
-#: Redis database numbers reserved for the integration tests (0 is left to humans).
-REDIS_DB = 11
+#: The Redis database the integration tests use (0 is left to humans). Parallel runs
+#: from several checkouts on one machine each set CXR_TEST_REDIS_DB to their own number.
+REDIS_DB = int(os.environ.get("CXR_TEST_REDIS_DB", "11"))
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,24 +13,12 @@ from sqlalchemy import select
 from cxr_orient.settings import SHIPPED_MODEL
 from tests.utils.corpus import build_corpus, rg1_dicom
 from tests.utils.dicom_factory import COVID_CXR
-from tests.utils.env import flush_redis_db, redis_available
 from tests.utils.worker import run_cli, running_worker, worker_env
 
 pytestmark = pytest.mark.integration
 
-#: This test's Redis database (11 is the other integration tests').
-REDIS_DB = 13
 SHIPPED_NAME = SHIPPED_MODEL.stem
 OTHER = SHIPPED_MODEL.parent / "compact-v1.keras"
-
-
-@pytest.fixture
-def redis_13() -> Iterator[str]:
-    if not redis_available():
-        pytest.fail("Redis is not running on 127.0.0.1:6379")
-    flush_redis_db(REDIS_DB)
-    yield f"redis://127.0.0.1:6379/{REDIS_DB}"
-    flush_redis_db(REDIS_DB)
 
 
 def _archive(root: Path) -> int:
@@ -73,12 +60,12 @@ def _wait_for(url: str, n: int, *, per_instance: int, timeout: float = 240) -> d
 
 
 def test_reclassify_after_a_promotion_with_a_real_worker(
-        database_url: str, redis_13: str, tmp_path: Path) -> None:
+        database_url: str, redis_url: str, tmp_path: Path) -> None:
     from db.migrate import upgrade
 
     corpus = tmp_path / "archive"
     n = _archive(corpus)
-    env = worker_env(database_url=database_url, broker_url=redis_13, ingest_root=corpus,
+    env = worker_env(database_url=database_url, broker_url=redis_url, ingest_root=corpus,
                      data_dir=tmp_path / "data", batch_size=8, batch_max_wait_ms=100)
     upgrade(database_url)
 
