@@ -88,6 +88,12 @@ class Settings(BaseSettings):
         description="CXR_INGEST_ROOT: only files under this folder are read. "
         "Default: the working directory.",
     )
+    spool_dir: Path | None = Field(
+        default=None,
+        description="CXR_SPOOL_DIR: where instances received over the network (C-STORE, "
+        "STOW-RS, DICOMweb pull) are written before they are recorded; must lie under "
+        "CXR_INGEST_ROOT. Default: <CXR_INGEST_ROOT>/spool.",
+    )
     max_pixels: int = Field(
         default=60_000_000,
         ge=1,
@@ -190,6 +196,12 @@ class Settings(BaseSettings):
     def _resolve_paths(self) -> Settings:
         self.data_dir = self.data_dir.expanduser().resolve()
         self.ingest_root = self.ingest_root.expanduser().resolve()
+        if self.spool_dir is not None:
+            self.spool_dir = self.spool_dir.expanduser().resolve()
+            if not self.spool_dir.is_relative_to(self.ingest_root):
+                raise ValueError(
+                    f"CXR_SPOOL_DIR {self.spool_dir} must lie under CXR_INGEST_ROOT "
+                    f"{self.ingest_root}: workers read only files under the ingest root")
         return self
 
     @property
@@ -211,6 +223,10 @@ class Settings(BaseSettings):
     @property
     def broker_folder(self) -> Path:
         return self.data_dir / "broker"
+
+    @property
+    def effective_spool_dir(self) -> Path:
+        return (self.spool_dir or self.ingest_root / "spool").expanduser().resolve()
 
     @property
     def effective_model_dir(self) -> Path:

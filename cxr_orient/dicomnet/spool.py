@@ -1,0 +1,105 @@
+"""The spool: where instances received over the network are written before they are
+recorded, so that nothing acknowledged to a sender can be lost.
+
+Every network source (``listen``, STOW-RS, ``pull``) writes through :func:`write_instance`
+and then records the returned path through :mod:`cxr_orient.ingest`, like any file. The
+spool lies under ``CXR_INGEST_ROOT`` (``CXR_SPOOL_DIR``, default ``<ingest root>/spool``),
+so the checked read that the worker and training use accepts its files.
+
+A write is durable before it returns: the bytes go to a temporary name in the target
+folder, are fsynced, renamed into place, and the folder is fsynced. The final name
+carries the first 16 hex digits of the bytes' SHA-256, so a re-send of the same bytes
+lands on the same file (written once), while other bytes under a known SOPInstanceUID
+(a corrected re-send or a UID clash) get a file of their own and never overwrite the
+bytes an earlier answer was made on. Layout::
+
+    <spool>/<StudyInstanceUID>/<SOPInstanceUID>.<sha256[:16]>.dcm
+
+UIDs are checked against the DICOM UID grammar (digits and dots, at most 64 characters)
+before they name anything on disk; a UID that does not parse is replaced by ``invalid-``
+and a hash of it, so no received value can escape the spool.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from cxr_orient.settings import Settings
+
+__all__ = ["SpooledFile", "free_mb", "safe_uid_name", "spool_dir", "write_instance"]
+
+_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+
+
+def spool_dir(settings: Settings) -> Path:
+    """The spool folder (created on first use)."""
+    return settings.effective_spool_dir
+
+
+def safe_uid_name(uid: str) -> str:
+    """``uid`` itself when it is a well-formed DICOM UID, else ``invalid-<sha256[:16]>``."""
+    uid = uid.strip().rstrip("\x00")
+    if len(uid) <= 64 and _UID.match(uid):
+        return uid
+    return "invalid-" + hashlib.sha256(uid.encode("utf-8", "replace")).hexdigest()[:16]
+
+
+def free_mb(settings: Settings) -> float:
+    """Free space, in MiB, on the file system that holds the spool."""
+    folder = spool_dir(settings)
+    folder.mkdir(parents=True, exist_ok=True)
+    return shutil.disk_usage(folder).free / (1024 * 1024)
+
+
+@dataclass(frozen=True)
+class SpooledFile:
+    """A received instance on disk: where, its SHA-256, and whether this call wrote it
+    (False: the same bytes were already spooled)."""
+
+    path: Path
+    sha256: str
+    size: int
+    written: bool
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_instance(
+    data: bytes, *, study_instance_uid: str, sop_instance_uid: str, settings: Settings
+) -> SpooledFile:
+    """Write one received instance's bytes (a whole DICOM file, preamble and file meta
+    included) to the spool durably, and return where it lies."""
+    digest = hashlib.sha256(data).hexdigest()
+    folder = spool_dir(settings) / safe_uid_name(study_instance_uid)
+    final = folder / f"{safe_uid_name(sop_instance_uid)}.{digest[:16]}.dcm"
+    if final.is_file() and final.stat().st_size == len(data):
+        return SpooledFile(final, digest, len(data), written=False)
+    created = not folder.is_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=".incoming-", suffix=".tmp", dir=folder)
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, final)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(folder)
+    if created:
+        _fsync_dir(folder.parent)
+    return SpooledFile(final, digest, len(data), written=True)
