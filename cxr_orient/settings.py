@@ -308,6 +308,12 @@ class Settings(BaseSettings):
         return (self.spool_dir or self.ingest_root / "spool").expanduser().resolve()
 
     @property
+    def study_release_interval_s(self) -> float:
+        """How often held studies are swept: a fifth of CXR_STUDY_QUIET_S, between 0.5
+        and 5 seconds (a quiet study is released at most that late)."""
+        return min(5.0, max(0.5, self.study_quiet_s / 5))
+
+    @property
     def effective_model_dir(self) -> Path:
         return (self.model_dir or self.data_dir / "models").expanduser().resolve()
 

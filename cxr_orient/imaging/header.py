@@ -6,8 +6,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 from cxr_orient.errors import MissingAttributeError
 from cxr_orient.imaging.attributes import is_multi, optional_int, optional_text
@@ -102,5 +104,5 @@ def image_type_values(value: object) -> tuple[str, ...]:
     """ImageType's values, stripped and upper case; () when absent or empty."""
     if value is None or value == "":
         return ()
-    values = value if is_multi(value) else str(value).split("\\")
+    values = cast("Iterable[object]", value) if is_multi(value) else str(value).split("\\")
     return tuple(v for v in (str(x).strip().upper() for x in values) if v)
