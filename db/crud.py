@@ -720,6 +720,7 @@ def record_study_answers(
     query = (
         select(Instance.study_id, Instance.id, Instance.status, Prediction.id, Prediction.label,
                Prediction.needs_review, Prediction.header_agrees, ModelVersion.name)
+        .select_from(Instance)
         .outerjoin(Prediction, Prediction.id == current_answer_id())
         .outerjoin(ModelVersion, ModelVersion.id == Prediction.model_version_id)
         .where(Instance.study_id.in_(complete))
