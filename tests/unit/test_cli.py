@@ -74,14 +74,16 @@ def test_enqueue_prints_the_counts_and_queues(embedded: Embedded) -> None:
 
     assert result.exit_code == 0, result.output
     assert result.stdout == (
-        "3 files: 2 queued, 0 already known, 0 uid_conflict, 0 out_of_scope, 1 refused (1 studies)\n")
+        "3 files: 2 queued, 0 already known, 0 uid_conflict, 0 out_of_scope, 1 refused "
+        "(1 studies)\n")
     assert f"refused {files['notes']}: not_dicom:" in result.stderr
     messages = embedded.messages()
     assert len(messages) == 2 and {m.task for m in messages} == {"cxr_orient.classify"}
 
     again = cli("enqueue", str(embedded.root))
     assert again.stdout == (
-        "3 files: 0 queued, 2 already known, 0 uid_conflict, 0 out_of_scope, 1 refused (1 studies)\n")
+        "3 files: 0 queued, 2 already known, 0 uid_conflict, 0 out_of_scope, 1 refused "
+        "(1 studies)\n")
     assert len(embedded.messages()) == 2
 
 

@@ -130,8 +130,8 @@ def _pydicom_file(name: str, target: Path) -> Path:
 
 
 def test_ct_and_mr_are_recorded_out_of_scope_and_never_queued(embedded: Embedded) -> None:
-    ct = _pydicom_file("CT_small.dcm", embedded.root / "ct.dcm")
-    mr = _pydicom_file("MR_small.dcm", embedded.root / "mr.dcm")
+    _pydicom_file("CT_small.dcm", embedded.root / "ct.dcm")
+    _pydicom_file("MR_small.dcm", embedded.root / "mr.dcm")
     chest = rg1_dicom(embedded.root / "chest.dcm")
 
     report = enqueue_paths([embedded.root], send=send_instances)
