@@ -40,6 +40,10 @@ STUDY_COLUMNS = ("study_instance_uid", "sequence", "instance_count", "frontal_co
                  "lateral_count", "needs_review_count", "failed_count", "out_of_scope_count",
                  "header_agrees_count", "header_disagrees_count", "flags", "model_versions",
                  "answered_at")
+#: The table leaves out what the flags and the counts already say (csv/json have it all).
+STUDY_TABLE_COLUMNS = ("study_instance_uid", "sequence", "instance_count", "frontal_count",
+                       "lateral_count", "needs_review_count", "failed_count",
+                       "out_of_scope_count", "flags", "model_versions")
 #: ``results --changed-between A B``: A's answer, then B's.
 CHANGED_COLUMNS = ("sop_instance_uid", "study_instance_uid", "label_a", "confidence_a",
                    "label_b", "confidence_b")
@@ -354,7 +358,7 @@ def results(study_uid: str | None, fmt: str, model_name: str | None,
         writer.writerows(rows)
         click.echo(buffer.getvalue(), nl=False)
     else:
-        _print_results_table(rows, STUDY_COLUMNS if by_study
+        _print_results_table(rows, STUDY_TABLE_COLUMNS if by_study
                              else CHANGED_COLUMNS if changed else RESULT_COLUMNS)
 
 

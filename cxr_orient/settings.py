@@ -309,9 +309,10 @@ class Settings(BaseSettings):
 
     @property
     def study_release_interval_s(self) -> float:
-        """How often held studies are swept: a fifth of CXR_STUDY_QUIET_S, between 0.5
-        and 5 seconds (a quiet study is released at most that late)."""
-        return min(5.0, max(0.5, self.study_quiet_s / 5))
+        """How often held studies are swept: a quarter of CXR_STUDY_QUIET_S, between 1 and
+        5 seconds (a quiet study is released at most that late; each sweep is one UPDATE
+        through the status index, and one beat message)."""
+        return min(5.0, max(1.0, self.study_quiet_s / 4))
 
     @property
     def effective_model_dir(self) -> Path:
