@@ -716,18 +716,28 @@ def record_study_answers(
     complete = [i for i in ordered if i not in busy]
     if not complete:
         return 0
-    answers: dict[int, list[tuple[Any, ...]]] = {i: [] for i in complete}
-    query = (
-        select(Instance.study_id, Instance.id, Instance.status, Prediction.id, Prediction.label,
-               Prediction.needs_review, Prediction.header_agrees, ModelVersion.name)
-        .select_from(Instance)
-        .outerjoin(Prediction, Prediction.id == current_answer_id())
-        .outerjoin(ModelVersion, ModelVersion.id == Prediction.model_version_id)
+    # The current answer's id as a column, then those answers by primary key: joining on
+    # the correlated subquery made PostgreSQL evaluate it against every prediction.
+    current = current_answer_id().label("answer_id")
+    listed = session.execute(
+        select(Instance.study_id, Instance.id, Instance.status, current)
         .where(Instance.study_id.in_(complete))
         .order_by(Instance.id)
-    )
-    for row in session.execute(query):
-        answers[row[0] or 0].append(tuple(row[1:]))
+    ).all()
+    answer_ids = [a for *_, a in listed if a is not None]
+    details: dict[int, tuple[Any, ...]] = {}
+    for start in range(0, len(answer_ids), 5000):
+        for row in session.execute(
+            select(Prediction.id, Prediction.label, Prediction.needs_review,
+                   Prediction.header_agrees, ModelVersion.name)
+            .join(ModelVersion, ModelVersion.id == Prediction.model_version_id)
+            .where(Prediction.id.in_(answer_ids[start:start + 5000]))
+        ):
+            details[row[0]] = tuple(row[1:])
+    answers: dict[int, list[tuple[Any, ...]]] = {i: [] for i in complete}
+    for study_id, instance_id, status, answer_id in listed:
+        answers[study_id or 0].append(
+            (instance_id, status, answer_id, *details.get(answer_id, (None,) * 4)))
     other = aliased(StudyAnswer)
     newest = {
         a.study_id: a
@@ -737,20 +747,32 @@ def record_study_answers(
                 other.study_id == StudyAnswer.study_id).correlate(StudyAnswer).scalar_subquery(),
         ))
     }
-    added = 0
+    fresh: list[StudyAnswer] = []
     for study_id, rows in answers.items():
         answer = _study_answer(study_id, rows)
         last = newest.get(study_id)
         if last is not None and last.fingerprint == answer.fingerprint:
             continue
         answer.sequence = 1 if last is None else last.sequence + 1
-        try:
-            with session.begin_nested():
-                session.add(answer)
-        except IntegrityError:  # the same sequence written meanwhile (no row lock: SQLite)
-            continue
-        added += 1
-    return added
+        fresh.append(answer)
+    try:
+        with session.begin_nested():
+            session.add_all(fresh)
+    except IntegrityError:
+        # A sequence taken meanwhile (possible on SQLite only: no row lock; PostgreSQL
+        # holds the study rows): one at a time, keeping those still free.
+        kept = []
+        for answer in fresh:
+            try:
+                with session.begin_nested():
+                    session.add(StudyAnswer(**{c.key: getattr(answer, c.key)
+                                               for c in StudyAnswer.__table__.columns
+                                               if c.key != "id"}))
+                kept.append(answer)
+            except IntegrityError:
+                continue
+        fresh = kept
+    return len(fresh)
 
 
 def _study_answer(study_id: int, rows: list[tuple[Any, ...]]) -> StudyAnswer:

@@ -209,3 +209,25 @@ def test_concurrent_workers_finishing_a_study_write_its_answer_once(
     assert sum(added) == 1 and len(history) == 1, "the last to finish writes it, once"
     assert (history[0].frontal_count, history[0].lateral_count) == (1, 7)
     assert history[0].flags is None
+
+
+def test_held_instances_outlive_their_process_and_the_reaper_leaves_them(
+        quiet_db: str, tmp_path: Path) -> None:
+    """Held is a row, not a message: requeue/the reaper neither send nor re-status it, and
+    any later sweep (another process) releases it."""
+    from click.testing import CliRunner
+
+    from cxr_orient.cli import main
+
+    held = _receive(tmp_path, "a", "b")
+    with session_scope() as session:
+        assert crud.unfinished_instance_ids(session) == [], "requeue sends nothing held"
+        crud.mark_queued(session, instance_ids=held)
+        assert crud.count_unfinished(session, instance_ids=held) == 2, "but it is unfinished"
+    assert _statuses(held) == ["waiting", "waiting"]
+    status = CliRunner().invoke(main, ["status"])
+    assert "held: 2 instances of 1 studies waiting for CXR_STUDY_QUIET_S=10 s" in status.stdout
+
+    sent = Sent()  # a fresh caller, as after the receiving process died
+    assert release_quiet_studies(sent, now=utcnow() + timedelta(seconds=11)) == 2
+    assert sorted(sent.ids) == sorted(held)
