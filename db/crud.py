@@ -765,9 +765,7 @@ def record_study_answers(
         for answer in fresh:
             try:
                 with session.begin_nested():
-                    session.add(StudyAnswer(**{c.key: getattr(answer, c.key)
-                                               for c in StudyAnswer.__table__.columns
-                                               if c.key != "id"}))
+                    session.add(answer)  # transient again after the rollback above
                 kept.append(answer)
             except IntegrityError:
                 continue
