@@ -35,6 +35,15 @@ RESULT_COLUMNS = (
 #: csv and json add the unusual-image score and the file path (an operator needs it to
 #: find a failed file).
 EXPORT_COLUMNS = (*RESULT_COLUMNS, "unusual_score", "file_path")
+#: ``results --by-study``: each study's current answer (view current_study_answers).
+STUDY_COLUMNS = ("study_instance_uid", "sequence", "instance_count", "frontal_count",
+                 "lateral_count", "needs_review_count", "failed_count", "out_of_scope_count",
+                 "header_agrees_count", "header_disagrees_count", "flags", "model_versions",
+                 "answered_at")
+#: The table leaves out what the flags and the counts already say (csv/json have it all).
+STUDY_TABLE_COLUMNS = ("study_instance_uid", "sequence", "instance_count", "frontal_count",
+                       "lateral_count", "needs_review_count", "failed_count",
+                       "out_of_scope_count", "flags", "model_versions")
 #: ``results --changed-between A B``: A's answer, then B's.
 CHANGED_COLUMNS = ("sop_instance_uid", "study_instance_uid", "label_a", "confidence_a",
                    "label_b", "confidence_b")
@@ -146,7 +155,9 @@ def enqueue(paths: tuple[Path, ...], wait: bool, timeout: float | None) -> None:
     Idempotent: an instance whose SOPInstanceUID is already recorded with the same bytes
     is not queued again (already known). A known SOPInstanceUID with other bytes is a
     uid_conflict, recorded and handled by CXR_UID_CONFLICT_POLICY (keep_first, replace).
-    Files that cannot be ingested are recorded as failed, with their reason.
+    Instances the accept policy refuses (CXR_ACCEPT_*, CXR_REFUSE_IMAGE_TYPES: a CT, an
+    MR, a screenshot) are recorded out_of_scope and never labelled. Files that cannot be
+    ingested are recorded as failed, with their reason.
     """
     from cxr_orient.ingest import wait_for
     from cxr_orient.runtime import missing_backend
@@ -160,7 +171,8 @@ def enqueue(paths: tuple[Path, ...], wait: bool, timeout: float | None) -> None:
     click.echo(
         f"{report.files} files: {len(report.queued)} queued, "
         f"{len(report.already_known)} already known, {len(report.uid_conflicts)} uid_conflict, "
-        f"{len(report.refused)} refused ({len(report.studies)} studies)"
+        f"{len(report.out_of_scope)} out_of_scope, {len(report.refused)} refused "
+        f"({len(report.studies)} studies)"
     )
     for conflict in report.uid_conflicts[:20]:
         notes = "" if conflict.study_matches else ", names another study: not moved"
@@ -174,6 +186,11 @@ def enqueue(paths: tuple[Path, ...], wait: bool, timeout: float | None) -> None:
         click.echo(
             f"  ... and {len(report.uid_conflicts) - 20} more (table uid_conflicts)", err=True
         )
+    for path, _rule, message in report.out_of_scope[:20]:
+        click.echo(f"  out_of_scope {path}: {message}", err=True)
+    if len(report.out_of_scope) > 20:
+        click.echo(f"  ... and {len(report.out_of_scope) - 20} more (see `cxr-orient "
+                   "results`)", err=True)
     for path, code, message in report.refused[:20]:
         click.echo(f"  refused {path}: {code}: {message}", err=True)
     if len(report.refused) > 20:
@@ -290,12 +307,18 @@ def _format_value(value: Any) -> str:
               help="Only the answers of this model version (one row per instance it answered).")
 @click.option("--changed-between", "changed", nargs=2, default=None, metavar="A B",
               help="Instances whose label differs between versions A and B, both confidences.")
+@click.option("--by-study", is_flag=True,
+              help="One row per study: its current study answer (counts and flags).")
 def results(study_uid: str | None, fmt: str, model_name: str | None,
-            changed: tuple[str, str] | None) -> None:
+            changed: tuple[str, str] | None, by_study: bool) -> None:
     """One row per instance: status, label, confidence, header agreement, model version.
 
     The answer shown is the current one: that of the model version most recently put in
-    service (promotion or rollback) among those that answered the instance.
+    service (promotion or rollback) among those that answered the instance. With
+    --by-study, one row per study whose instances are all finished: frontal, lateral,
+    needs_review, failed and out_of_scope counts, header agreement and the flags
+    no_frontal, no_lateral, header_disagreement, needs_review, failed (the newest row of
+    study_answers; `sequence` counts the study's answers so far).
     """
     from db import crud
     from db.session import session_scope
@@ -306,9 +329,18 @@ def results(study_uid: str | None, fmt: str, model_name: str | None,
             raise click.ClickException(f"no model version named {name!r}")
         return version.id
 
+    if by_study and (changed or model_name):
+        raise click.UsageError("--by-study shows each study's current answer; it takes "
+                               "--study, not --model or --changed-between")
     columns: tuple[str, ...] = EXPORT_COLUMNS
     with session_scope() as session:
-        if changed:
+        if by_study:
+            rows = [r.as_dict() for r in crud.current_study_answers(
+                session, study_instance_uid=study_uid)]
+            for row in rows:
+                row["answered_at"] = row["answered_at"].isoformat()
+            columns = STUDY_COLUMNS
+        elif changed:
             a, b = (version_id(session, name) for name in changed)
             rows = [r.as_dict() for r in crud.changed_between(session, version_a_id=a,
                                                               version_b_id=b)]
@@ -326,7 +358,8 @@ def results(study_uid: str | None, fmt: str, model_name: str | None,
         writer.writerows(rows)
         click.echo(buffer.getvalue(), nl=False)
     else:
-        _print_results_table(rows, CHANGED_COLUMNS if changed else RESULT_COLUMNS)
+        _print_results_table(rows, STUDY_TABLE_COLUMNS if by_study
+                             else CHANGED_COLUMNS if changed else RESULT_COLUMNS)
 
 
 def _print_results_table(rows: list[dict[str, Any]],
@@ -344,7 +377,8 @@ def _print_results_table(rows: list[dict[str, Any]],
 
 @main.command()
 def status() -> None:
-    """Counts by status, broker queue depth, and the active model."""
+    """Counts by status (out_of_scope: refused by the accept policy, not a failure;
+    waiting: held for the study's quiet period), broker queue depth, the active model."""
     from db import crud
     from db.session import session_scope
     from worker.dispatch import broker_queue_depth
@@ -357,6 +391,7 @@ def status() -> None:
         active_name = f"{active.name} ({active.architecture})" if active else "none"
         targeted = crud.count_targeted(session)
         runs = [r.id for r in crud.unfinished_reclassify_runs(session)]
+        waiting, waiting_studies = crud.count_waiting(session)
     depth = broker_queue_depth()
     click.echo(f"database: {redact_url(settings.effective_database_url)}")
     click.echo(
@@ -365,6 +400,9 @@ def status() -> None:
     )
     click.echo("instances: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
     click.echo(f"queue depth: {'unknown' if depth is None else depth}")
+    if waiting:
+        click.echo(f"held: {waiting} instances of {waiting_studies} studies waiting for "
+                   f"CXR_STUDY_QUIET_S={settings.study_quiet_s:g} s of quiet")
     click.echo(f"active model: {active_name}")
     if targeted or runs:
         click.echo(f"reclassify: {targeted} instances queued or processing for a named "

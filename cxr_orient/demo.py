@@ -83,7 +83,8 @@ def run_demo(
         report = enqueue_paths([sample_dir], send=send_instances)
         echo(
             f"enqueued {report.files} files: {len(report.queued)} new, "
-            f"{len(report.already_known)} already known, {len(report.refused)} refused"
+            f"{len(report.already_known)} already known, {len(report.out_of_scope)} "
+            f"out_of_scope, {len(report.refused)} refused"
         )
         try:
             finished = (

@@ -9,6 +9,14 @@ points the instance at the new file and queues it again (its earlier answers sta
 a file naming another study than the instance's is never moved there. A file that
 cannot be ingested (outside the ingest root, unreadable, not DICOM, no UIDs) is
 recorded as a failed instance with its reason.
+
+The accept policy (:mod:`cxr_orient.dicomnet.policy`) is applied here, in
+:func:`scan_file`, for every source: an instance it refuses (a CT slice, an MR, a
+screenshot) is recorded ``out_of_scope`` with the rule and value in its message, and is
+never queued. With ``hold`` (network sources) new instances are recorded ``waiting`` and
+their study's last arrival noted; :func:`cxr_orient.studies.release_quiet_studies` queues
+them once the study is quiet (``CXR_STUDY_QUIET_S``). A folder is not held: it is
+complete when the walk returns, and its studies are grouped within each chunk.
 """
 
 from __future__ import annotations
@@ -22,12 +30,13 @@ from pathlib import Path
 
 from sqlalchemy.orm import Session
 
+from cxr_orient.dicomnet.policy import PolicyRefusal, check_policy
 from cxr_orient.errors import CxrError
 from cxr_orient.imaging import DicomHeader, read_header
 from cxr_orient.intake import read_for_ingest
 from cxr_orient.settings import Settings, get_settings
 from db import crud
-from db.models import Instance, InstanceStatus, UidConflictAction
+from db.models import Instance, InstanceStatus, UidConflictAction, utcnow
 from db.session import session_scope
 
 logger = logging.getLogger(__name__)
@@ -53,11 +62,15 @@ class UidConflictEntry:
 
 @dataclass
 class EnqueueReport:
-    """Each file lands in one list: queued (new instances), already_known, uid_conflicts
-    or refused."""
+    """Each file lands in one list: queued (new instances), held (new instances waiting
+    for their study's quiet period), already_known, uid_conflicts, out_of_scope (refused
+    by the accept policy) or refused (failed: no usable header)."""
 
     files: int = 0
     queued: list[int] = field(default_factory=list)
+    held: list[int] = field(default_factory=list)
+    out_of_scope: list[tuple[str, str, str]] = field(default_factory=list)  # path, rule, msg
+    out_of_scope_ids: list[int] = field(default_factory=list)
     already_known: list[int] = field(default_factory=list)
     refused: list[tuple[str, str, str]] = field(default_factory=list)  # path, code, message
     refused_ids: list[int] = field(default_factory=list)  # their failed instance rows
@@ -72,10 +85,12 @@ class EnqueueReport:
 
     @property
     def instance_ids(self) -> list[int]:
-        """Every instance this call is about: new, known, conflicting and refused ones."""
+        """Every instance this call is about: new (queued or held), known, conflicting,
+        out-of-scope and refused ones."""
         conflicting = [c.instance_id for c in self.uid_conflicts]
         return list(dict.fromkeys(
-            [*self.queued, *self.already_known, *conflicting, *self.refused_ids]))
+            [*self.queued, *self.held, *self.already_known, *conflicting,
+             *self.out_of_scope_ids, *self.refused_ids]))
 
 
 def iter_files(paths: Iterable[Path]) -> Iterator[Path]:
@@ -97,18 +112,20 @@ def count_files(paths: Iterable[Path]) -> int:
 
 @dataclass(frozen=True)
 class ScannedFile:
-    """One file as ingest saw it: its header, or why it was refused (never both)."""
+    """One file as ingest saw it: its header, or why it was refused (never both); with a
+    header, the accept policy's refusal when it is out of scope."""
 
     path: str
     sha256: str
     size: int
     header: DicomHeader | None
     error: CxrError | None
+    refusal: PolicyRefusal | None = None
 
 
 def scan_file(path: Path, settings: Settings) -> ScannedFile:
-    """The checked read (:func:`cxr_orient.intake.read_for_ingest`) and the header of one
-    file; a refusal is returned with its error, never raised."""
+    """The checked read (:func:`cxr_orient.intake.read_for_ingest`), the header of one
+    file and the accept policy's verdict on it; a refusal is returned, never raised."""
     try:
         checked = read_for_ingest(path, settings)
     except CxrError as exc:
@@ -117,7 +134,8 @@ def scan_file(path: Path, settings: Settings) -> ScannedFile:
         header = read_header(checked.path, data=checked.data)
     except CxrError as exc:
         return ScannedFile(str(checked.path), checked.sha256, len(checked.data), None, exc)
-    return ScannedFile(str(checked.path), checked.sha256, len(checked.data), header, None)
+    return ScannedFile(str(checked.path), checked.sha256, len(checked.data), header, None,
+                       check_policy(header, settings))
 
 
 def _record_known(
@@ -128,6 +146,7 @@ def _record_known(
     policy: str,
     report: EnqueueReport,
     *,
+    hold: bool = False,
     tries: int = 3,
 ) -> bool:
     """A file whose SOPInstanceUID is recorded: the same bytes (already known), or a uid
@@ -164,6 +183,7 @@ def _record_known(
         modality=header.modality,
         transfer_syntax_uid=header.transfer_syntax_uid,
         header_view_position=header.view_position,
+        status=InstanceStatus.waiting if hold else InstanceStatus.queued,
     ):
         action = UidConflictAction.replaced
         detail = (f"replace: the instance (was {known_status.value}) now refers to the new "
@@ -174,7 +194,7 @@ def _record_known(
         # Another enqueue replaced the file meanwhile: decide again against the new one.
         session.refresh(instance)
         return _record_known(session, instance, item, header, policy, report,
-                             tries=tries - 1)
+                             hold=hold, tries=tries - 1)
     else:
         detail = "replace: lost repeated races with other enqueues; the instance is unchanged"
     conflict, created = crud.add_uid_conflict(
@@ -209,11 +229,14 @@ def _record_known(
 
 
 def _record_chunk(
-    scanned: Sequence[ScannedFile], report: EnqueueReport, policy: str
+    scanned: Sequence[ScannedFile], report: EnqueueReport, policy: str, *, hold: bool = False
 ) -> tuple[list[int], list[int]]:
-    """Record one chunk in one transaction; (new instance ids, re-queued instance ids)."""
+    """Record one chunk in one transaction; (new instance ids, re-queued instance ids),
+    each ``waiting`` instead of ``queued`` with ``hold``."""
     new_ids: list[int] = []
     requeued: list[int] = []
+    arrived: set[int] = set()  # studies whose quiet period restarts
+    finished: set[int] = set()  # studies given an out-of-scope instance
     with session_scope() as session:
         # Grouped by study so that a study's instances travel (and finish) together.
         ordered = sorted(
@@ -238,14 +261,21 @@ def _record_chunk(
                 report.refused_ids.append(instance.id)
                 continue
             header = item.header
+            refusal = item.refusal
+            # An out-of-scope file never replaces a known instance's file.
+            file_policy = policy if refusal is None else "keep_first"
             known = crud.find_instance_by_uid(session, sop_instance_uid=header.sop_instance_uid)
             if known is not None:
-                if _record_known(session, known, item, header, policy, report):
+                if _record_known(session, known, item, header, file_policy, report, hold=hold):
                     requeued.append(known.id)
+                    if hold and known.study_id is not None:
+                        arrived.add(known.study_id)
                 continue
             study = crud.get_or_create_study(
                 session, study_instance_uid=header.study_instance_uid, patient_id=header.patient_id
             )
+            status = (InstanceStatus.out_of_scope if refusal is not None
+                      else InstanceStatus.waiting if hold else InstanceStatus.queued)
             instance, created = crud.add_instance(
                 session,
                 study=study,
@@ -257,13 +287,31 @@ def _record_chunk(
                 modality=header.modality,
                 transfer_syntax_uid=header.transfer_syntax_uid,
                 header_view_position=header.view_position,
+                status=status,
+                error_code=None if refusal is None else refusal.code,
+                error_message=None if refusal is None else refusal.message,
             )
             if created:
                 report.studies.add(header.study_instance_uid)
-                new_ids.append(instance.id)
-            elif _record_known(session, instance, item, header, policy, report):
+                if refusal is not None:
+                    logger.info("out of scope: %s: %s", item.path, refusal.message)
+                    report.out_of_scope.append((item.path, refusal.rule, refusal.message))
+                    report.out_of_scope_ids.append(instance.id)
+                    finished.add(study.id)
+                else:
+                    new_ids.append(instance.id)
+                    if hold:
+                        arrived.add(study.id)
+            elif _record_known(session, instance, item, header, file_policy, report, hold=hold):
                 # recorded meanwhile by another enqueue
                 requeued.append(instance.id)
+                if hold:
+                    arrived.add(study.id)
+        # Studies last, after every instance row this chunk wrote (the lock order of the
+        # worker, which finishes instances and then locks their studies).
+        crud.touch_study_arrivals(session, study_ids=arrived, at=utcnow())
+        # A study whose last instances are out of scope is complete without the worker.
+        crud.record_study_answers(session, study_ids=sorted(finished))
     return new_ids, requeued
 
 
@@ -277,23 +325,29 @@ def enqueue_paths(
     send: Sender | None,
     settings: Settings | None = None,
     on_file: Callable[[], None] | None = None,
+    hold: bool = False,
 ) -> EnqueueReport:
     """Record every DICOM file under ``paths`` and hand each new instance's id to ``send``
     (``None``: record only, e.g. when the work is sent later by other means).
 
     Work is sent after its rows are committed, chunk by chunk, so workers start
-    on the first studies while later folders are still being read.
+    on the first studies while later folders are still being read. With ``hold`` (the
+    network sources, through :func:`cxr_orient.dicomnet.receive.record_received`) and
+    ``CXR_STUDY_QUIET_S`` > 0, new instances are recorded ``waiting`` instead and not
+    sent: :func:`cxr_orient.studies.release_quiet_studies` sends them once their study
+    is quiet.
     """
     settings = settings or get_settings()
     policy = settings.uid_conflict_policy
+    hold = hold and settings.study_quiet_s > 0
     report = EnqueueReport()
     chunk: list[ScannedFile] = []
 
     def flush() -> None:
-        new_ids, requeued = _record_chunk(chunk, report, policy)
-        report.queued.extend(new_ids)
+        new_ids, requeued = _record_chunk(chunk, report, policy, hold=hold)
+        (report.held if hold else report.queued).extend(new_ids)
         to_send = list(dict.fromkeys([*new_ids, *requeued]))
-        if send is not None and to_send:
+        if send is not None and to_send and not hold:
             send(to_send)
         chunk.clear()
 
@@ -307,13 +361,15 @@ def enqueue_paths(
     if chunk:
         flush()
     logger.info(
-        "enqueue: %d files, %d new instances, %d already known, %d uid conflicts "
-        "(%d replaced), %d refused",
+        "enqueue: %d files, %d new instances (%d held), %d already known, %d uid conflicts "
+        "(%d replaced), %d out of scope, %d refused",
         report.files,
-        len(report.queued),
+        len(report.queued) + len(report.held),
+        len(report.held),
         len(report.already_known),
         len(report.uid_conflicts),
         len(report.requeued),
+        len(report.out_of_scope),
         len(report.refused),
     )
     return report
@@ -326,7 +382,8 @@ def wait_for(
     poll_s: float = 0.5,
     on_poll: Callable[[int], None] | None = None,
 ) -> bool:
-    """Block until none of ``instance_ids`` is queued or processing; False on timeout."""
+    """Block until none of ``instance_ids`` is waiting, queued or processing; False on
+    timeout."""
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     ids = list(instance_ids)
     while True:

@@ -16,6 +16,13 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
 
+#: CR Image Storage; Digital X-Ray Image Storage for presentation, for processing.
+CHEST_RADIOGRAPH_SOP_CLASSES = (
+    "1.2.840.10008.5.1.4.1.1.1",
+    "1.2.840.10008.5.1.4.1.1.1.1",
+    "1.2.840.10008.5.1.4.1.1.1.1.1",
+)
+
 _REPO_ROOT = Path(__file__).resolve().parent.parent
 #: Checkpoint shipped with the source tree, used when nothing else is active.
 SHIPPED_MODEL = Path(__file__).resolve().parent / "shipped" / "compact-invariant-64-v2.keras"
@@ -108,6 +115,52 @@ class Settings(BaseSettings):
         "classifies it again, keeping the earlier answers. A file naming another study "
         "is never moved there (kept first). Default 'keep_first'.",
     )
+    accept_modalities: str = Field(
+        default="CR,DX",
+        description="CXR_ACCEPT_MODALITIES: the accept policy's Modality rule, a "
+        "comma-separated list (case-insensitive); an instance of another Modality, or "
+        "without one, is recorded out_of_scope and never labelled. Empty: any Modality. "
+        "Default CR,DX.",
+    )
+    accept_sop_classes: str = Field(
+        default=",".join(CHEST_RADIOGRAPH_SOP_CLASSES),
+        description="CXR_ACCEPT_SOP_CLASSES: the accept policy's SOP Class rule, a "
+        "comma-separated list of SOP Class UIDs (SOPClassUID, else the file meta's "
+        "MediaStorageSOPClassUID); others are out_of_scope. Empty: any. Default: CR Image "
+        "Storage and Digital X-Ray Image Storage for presentation and for processing "
+        "(1.2.840.10008.5.1.4.1.1.1, .1.1.1.1, .1.1.1.1.1).",
+    )
+    accept_body_parts: str = Field(
+        default="CHEST,THORAX",
+        description="CXR_ACCEPT_BODY_PARTS: the accept policy's BodyPartExamined rule, a "
+        "comma-separated list (case-insensitive); another body part is out_of_scope; an "
+        "absent one is governed by CXR_ACCEPT_MISSING_BODY_PART. Empty: any. "
+        "Default CHEST,THORAX.",
+    )
+    accept_missing_body_part: bool = Field(
+        default=True,
+        description="CXR_ACCEPT_MISSING_BODY_PART: whether an instance without "
+        "BodyPartExamined passes the body-part rule (it is Type 3 in CR and DX, often "
+        "absent on chest films). Default true.",
+    )
+    refuse_image_types: str = Field(
+        default="DERIVED\\SECONDARY",
+        description="CXR_REFUSE_IMAGE_TYPES: the accept policy's ImageType rule, a "
+        "comma-separated list of patterns, each backslash-separated values that must all "
+        "be in ImageType (case-insensitive) for the instance to be out_of_scope. Empty: no "
+        "ImageType rule. Default DERIVED\\SECONDARY (screenshots, secondary captures and "
+        "re-saved annotated copies; an acquired film, also a processed DERIVED\\PRIMARY "
+        "one, passes).",
+    )
+    study_quiet_s: float = Field(
+        default=10.0,
+        ge=0,
+        le=86_400,
+        description="CXR_STUDY_QUIET_S: instances received over the network (C-STORE, "
+        "STOW-RS, pull) are held ('waiting') until no instance of their study arrived for "
+        "this many seconds, then queued together; 0 queues each at once. Folder enqueue "
+        "never holds. Default 10.",
+    )
     max_attempts: int = Field(
         default=3,
         ge=1,
@@ -164,6 +217,32 @@ class Settings(BaseSettings):
         if value is not None and len(value.split()) != 5:
             raise ValueError("CXR_RETRAIN_SCHEDULE must be a 5-field crontab expression")
         return value
+
+    @field_validator("accept_modalities", "accept_body_parts")
+    @classmethod
+    def _upper_list(cls, value: str) -> str:
+        return ",".join(v.strip().upper() for v in value.split(",") if v.strip())
+
+    @field_validator("accept_sop_classes")
+    @classmethod
+    def _uid_list(cls, value: str) -> str:
+        uids = [v.strip() for v in value.split(",") if v.strip()]
+        for uid in uids:
+            if len(uid) > 64 or not all(part.isdigit() for part in uid.split(".")):
+                raise ValueError(f"CXR_ACCEPT_SOP_CLASSES: {uid!r} is not a DICOM UID")
+        return ",".join(uids)
+
+    @field_validator("refuse_image_types")
+    @classmethod
+    def _image_type_patterns(cls, value: str) -> str:
+        patterns = []
+        for pattern in value.split(","):
+            values = [v.strip().upper() for v in pattern.split("\\")]
+            if any(not v for v in values) and pattern.strip():
+                raise ValueError(f"CXR_REFUSE_IMAGE_TYPES: empty value in {pattern!r}")
+            if pattern.strip():
+                patterns.append("\\".join(values))
+        return ",".join(patterns)
 
     @field_validator("log_level")
     @classmethod
@@ -227,6 +306,13 @@ class Settings(BaseSettings):
     @property
     def effective_spool_dir(self) -> Path:
         return (self.spool_dir or self.ingest_root / "spool").expanduser().resolve()
+
+    @property
+    def study_release_interval_s(self) -> float:
+        """How often held studies are swept: a quarter of CXR_STUDY_QUIET_S, between 1 and
+        5 seconds (a quiet study is released at most that late; each sweep is one UPDATE
+        through the status index, and one beat message)."""
+        return min(5.0, max(1.0, self.study_quiet_s / 4))
 
     @property
     def effective_model_dir(self) -> Path:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -12,6 +13,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased
 
 from db.models import (
+    UNFINISHED_STATUSES,
     GroundTruthLabel,
     Instance,
     InstanceStatus,
@@ -21,6 +23,7 @@ from db.models import (
     Prediction,
     ReclassifyRun,
     Study,
+    StudyAnswer,
     UidConflict,
     UidConflictAction,
     utcnow,
@@ -66,8 +69,13 @@ def add_instance(
     modality: str | None,
     transfer_syntax_uid: str | None,
     header_view_position: str | None,
+    status: InstanceStatus = InstanceStatus.queued,
+    error_code: str | None = None,
+    error_message: str | None = None,
 ) -> tuple[Instance, bool]:
-    """Record a queued instance; (existing, False) when the SOPInstanceUID is known."""
+    """Record an instance, ``queued`` (or ``waiting``: held for its study's quiet period;
+    or ``out_of_scope`` with the accept policy's reason, finished at once); (existing,
+    False) when the SOPInstanceUID is known."""
     existing = find_instance_by_uid(session, sop_instance_uid=sop_instance_uid)
     if existing is not None:
         return existing, False
@@ -81,7 +89,10 @@ def add_instance(
         modality=modality,
         transfer_syntax_uid=transfer_syntax_uid,
         header_view_position=header_view_position,
-        status=InstanceStatus.queued,
+        status=status,
+        error_code=error_code,
+        error_message=error_message,
+        finished_at=utcnow() if status == InstanceStatus.out_of_scope else None,
     )
     try:
         with session.begin_nested():
@@ -110,9 +121,11 @@ def replace_instance_file(
     modality: str | None,
     transfer_syntax_uid: str | None,
     header_view_position: str | None,
+    status: InstanceStatus = InstanceStatus.queued,
 ) -> bool:
     """Point an instance at a new file (a uid conflict under ``replace``) and queue it
-    again: its answers stay (each names the bytes it was made on); status, attempts and
+    again (``status`` ``waiting``: hold it for its study's quiet period): its answers
+    stay (each names the bytes it was made on); status, attempts and
     error start over. Compare-and-set: False, and nothing changed, when the instance no
     longer refers to ``expected_sha256`` (another enqueue replaced it meanwhile).
 
@@ -132,7 +145,7 @@ def replace_instance_file(
             modality=modality,
             transfer_syntax_uid=transfer_syntax_uid,
             header_view_position=header_view_position,
-            status=InstanceStatus.queued,
+            status=status,
             error_code=None,
             error_message=None,
             attempts=0,
@@ -307,8 +320,7 @@ def mark_queued(session: Session, *, instance_ids: Sequence[int]) -> None:
             update(Instance)
             .where(
                 Instance.id.in_(instance_ids),
-                Instance.status != InstanceStatus.done,
-                Instance.status != InstanceStatus.failed,
+                Instance.status.in_([InstanceStatus.queued, InstanceStatus.processing]),
             )
             .values(status=InstanceStatus.queued, updated_at=utcnow())
         )
@@ -481,7 +493,7 @@ def count_unfinished(session: Session, *, instance_ids: Sequence[int]) -> int:
                 .select_from(Instance)
                 .where(
                     Instance.id.in_(chunk),
-                    Instance.status.in_([InstanceStatus.queued, InstanceStatus.processing]),
+                    Instance.status.in_(UNFINISHED_STATUSES),
                 )
             )
             or 0
@@ -630,6 +642,235 @@ def changed_between(
         ChangedAnswer(uid, study, OrientationLabel(la).value, ca, OrientationLabel(lb).value, cb)
         for uid, study, la, ca, lb, cb in session.execute(query)
     ]
+
+
+# --- study completeness and study answers -----------------------------------------
+
+
+def touch_study_arrivals(session: Session, *, study_ids: Iterable[int], at: datetime) -> None:
+    """Note that instances of these studies arrived ``at`` (their quiet period restarts)."""
+    ids = sorted(set(study_ids))
+    if ids:
+        session.execute(update(Study).where(Study.id.in_(ids)).values(last_arrival_at=at)
+                        .execution_options(synchronize_session=False))
+
+
+def release_waiting(session: Session, *, arrived_before: datetime) -> list[int]:
+    """Move the ``waiting`` instances of every study whose last arrival is before
+    ``arrived_before`` to ``queued``; the ids moved. One compare-and-set statement: of
+    concurrent callers, only the one whose UPDATE flipped a row gets its id (PostgreSQL
+    re-checks ``status = 'waiting'`` on a row another transaction changed meanwhile;
+    SQLite runs one writer at a time)."""
+    now = utcnow()
+    quiet = select(Study.id).where(Study.last_arrival_at.is_not(None),
+                                   Study.last_arrival_at < arrived_before)
+    moved = session.execute(
+        update(Instance)
+        .where(Instance.status == InstanceStatus.waiting, Instance.study_id.in_(quiet))
+        .values(status=InstanceStatus.queued, enqueued_at=now, updated_at=now)
+        .returning(Instance.id)
+        .execution_options(synchronize_session=False)
+    )
+    return sorted(moved.scalars())
+
+
+def count_waiting(session: Session) -> tuple[int, int]:
+    """(instances waiting for their study's quiet period, studies they belong to)."""
+    row = session.execute(
+        select(func.count(), func.count(func.distinct(Instance.study_id)))
+        .where(Instance.status == InstanceStatus.waiting)
+    ).one()
+    return int(row[0]), int(row[1])
+
+
+#: The flags a study answer can carry, in the order they are listed.
+STUDY_FLAGS = ("no_frontal", "no_lateral", "header_disagreement", "needs_review", "failed")
+
+
+def record_study_answers(
+    session: Session,
+    *,
+    instance_ids: Sequence[int] = (),
+    study_ids: Sequence[int] = (),
+) -> int:
+    """Add a ``study_answers`` row for each study of ``instance_ids`` (and each of
+    ``study_ids``) that has no waiting, queued or processing instance left and whose
+    answers differ from its newest row's (by fingerprint); returns rows added.
+
+    Called in the transaction that finished the instances. The studies' rows are locked
+    first (PostgreSQL), so of two workers finishing a study's last instances at once the
+    second sees the first's commit: the answer is written once, by whichever is last.
+    """
+    ids = set(study_ids)
+    for start in range(0, len(instance_ids), 5000):
+        chunk = list(instance_ids[start:start + 5000])
+        ids.update(session.scalars(select(Instance.study_id).where(
+            Instance.id.in_(chunk), Instance.study_id.is_not(None)).distinct()))
+    if not ids:
+        return 0
+    ordered = sorted(ids)
+    session.execute(select(Study.id).where(Study.id.in_(ordered)).order_by(Study.id)
+                    .with_for_update())
+    busy = set(session.scalars(select(Instance.study_id).where(
+        Instance.study_id.in_(ordered), Instance.status.in_(UNFINISHED_STATUSES)).distinct()))
+    complete = [i for i in ordered if i not in busy]
+    if not complete:
+        return 0
+    # The current answer's id as a column, then those answers by primary key: joining on
+    # the correlated subquery made PostgreSQL evaluate it against every prediction.
+    current = current_answer_id().label("answer_id")
+    listed = session.execute(
+        select(Instance.study_id, Instance.id, Instance.status, current)
+        .where(Instance.study_id.in_(complete))
+        .order_by(Instance.id)
+    ).all()
+    answer_ids = [a for *_, a in listed if a is not None]
+    details: dict[int, tuple[Any, ...]] = {}
+    for start in range(0, len(answer_ids), 5000):
+        for row in session.execute(
+            select(Prediction.id, Prediction.label, Prediction.needs_review,
+                   Prediction.header_agrees, ModelVersion.name)
+            .join(ModelVersion, ModelVersion.id == Prediction.model_version_id)
+            .where(Prediction.id.in_(answer_ids[start:start + 5000]))
+        ):
+            details[row[0]] = tuple(row[1:])
+    answers: dict[int, list[tuple[Any, ...]]] = {i: [] for i in complete}
+    for study_id, instance_id, status, answer_id in listed:
+        answers[study_id or 0].append(
+            (instance_id, status, answer_id, *details.get(answer_id, (None,) * 4)))
+    other = aliased(StudyAnswer)
+    newest = {
+        a.study_id: a
+        for a in session.scalars(select(StudyAnswer).where(
+            StudyAnswer.study_id.in_(complete),
+            StudyAnswer.sequence == select(func.max(other.sequence)).where(
+                other.study_id == StudyAnswer.study_id).correlate(StudyAnswer).scalar_subquery(),
+        ))
+    }
+    fresh: list[StudyAnswer] = []
+    for study_id, rows in answers.items():
+        answer = _study_answer(study_id, rows)
+        last = newest.get(study_id)
+        if last is not None and last.fingerprint == answer.fingerprint:
+            continue
+        answer.sequence = 1 if last is None else last.sequence + 1
+        fresh.append(answer)
+    try:
+        with session.begin_nested():
+            session.add_all(fresh)
+    except IntegrityError:
+        # A sequence taken meanwhile (possible on SQLite only: no row lock; PostgreSQL
+        # holds the study rows): one at a time, keeping those still free.
+        kept = []
+        for answer in fresh:
+            try:
+                with session.begin_nested():
+                    session.add(answer)  # transient again after the rollback above
+                kept.append(answer)
+            except IntegrityError:
+                continue
+        fresh = kept
+    return len(fresh)
+
+
+def _study_answer(study_id: int, rows: list[tuple[Any, ...]]) -> StudyAnswer:
+    """The study answer for a study's (instance id, status, prediction id, label,
+    needs_review, header_agrees, model name) rows; ``sequence`` left to the caller."""
+
+    def count(test: Any) -> int:
+        return sum(1 for r in rows if test(r))
+
+    done = [r for r in rows if InstanceStatus(r[1]) == InstanceStatus.done and r[2] is not None]
+    frontal = sum(1 for r in done if OrientationLabel(r[3]) == OrientationLabel.frontal)
+    lateral = sum(1 for r in done if OrientationLabel(r[3]) == OrientationLabel.lateral)
+    review = sum(1 for r in done if r[4])
+    agrees = sum(1 for r in done if r[5] is True)
+    disagrees = sum(1 for r in done if r[5] is False)
+    failed = count(lambda r: InstanceStatus(r[1]) == InstanceStatus.failed)
+    flags = {"no_frontal": frontal == 0, "no_lateral": lateral == 0,
+             "header_disagreement": disagrees > 0, "needs_review": review > 0,
+             "failed": failed > 0}
+    fingerprint = hashlib.sha256(";".join(
+        f"{r[0]},{InstanceStatus(r[1]).value},{r[2] or ''}" for r in rows).encode()).hexdigest()
+    return StudyAnswer(
+        study_id=study_id,
+        fingerprint=fingerprint,
+        instance_count=len(rows),
+        frontal_count=frontal,
+        lateral_count=lateral,
+        needs_review_count=review,
+        failed_count=failed,
+        out_of_scope_count=count(lambda r: InstanceStatus(r[1]) == InstanceStatus.out_of_scope),
+        header_agrees_count=agrees,
+        header_disagrees_count=disagrees,
+        no_frontal=flags["no_frontal"],
+        no_lateral=flags["no_lateral"],
+        header_disagreement=flags["header_disagreement"],
+        flags=",".join(f for f in STUDY_FLAGS if flags[f]) or None,
+        model_versions=",".join(sorted({r[6] for r in done if r[6]})) or None,
+    )
+
+
+@dataclass(frozen=True)
+class StudyAnswerRow:
+    """A study's current (newest) answer, as ``results --by-study`` shows it."""
+
+    study_instance_uid: str
+    sequence: int
+    instance_count: int
+    frontal_count: int
+    lateral_count: int
+    needs_review_count: int
+    failed_count: int
+    out_of_scope_count: int
+    header_agrees_count: int
+    header_disagrees_count: int
+    flags: str | None
+    model_versions: str | None
+    answered_at: datetime
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def current_study_answers(
+    session: Session, *, study_instance_uid: str | None = None
+) -> list[StudyAnswerRow]:
+    """The newest answer of each study (of one study), by StudyInstanceUID: what the view
+    ``current_study_answers`` holds."""
+    newest = (
+        select(func.max(StudyAnswer.sequence))
+        .where(StudyAnswer.study_id == Study.id)
+        .correlate(Study)
+        .scalar_subquery()
+    )
+    query = (
+        select(StudyAnswer, Study.study_instance_uid)
+        .join(Study, Study.id == StudyAnswer.study_id)
+        .where(StudyAnswer.sequence == newest)
+        .order_by(Study.study_instance_uid)
+    )
+    if study_instance_uid is not None:
+        query = query.where(Study.study_instance_uid == study_instance_uid)
+    return [
+        StudyAnswerRow(
+            study_instance_uid=uid, sequence=a.sequence, instance_count=a.instance_count,
+            frontal_count=a.frontal_count, lateral_count=a.lateral_count,
+            needs_review_count=a.needs_review_count, failed_count=a.failed_count,
+            out_of_scope_count=a.out_of_scope_count, header_agrees_count=a.header_agrees_count,
+            header_disagrees_count=a.header_disagrees_count, flags=a.flags,
+            model_versions=a.model_versions, answered_at=a.created_at,
+        )
+        for a, uid in session.execute(query)
+    ]
+
+
+def study_answer_history(session: Session, *, study_instance_uid: str) -> list[StudyAnswer]:
+    """Every answer row of a study, oldest first."""
+    return list(session.scalars(
+        select(StudyAnswer).join(Study, Study.id == StudyAnswer.study_id)
+        .where(Study.study_instance_uid == study_instance_uid)
+        .order_by(StudyAnswer.sequence)))
 
 
 # --- reclassify ------------------------------------------------------------------

@@ -53,10 +53,20 @@ class Base(DeclarativeBase):
 
 
 class InstanceStatus(enum.StrEnum):
+    #: Received over the network, held until its study is quiet (``CXR_STUDY_QUIET_S``),
+    #: then queued. Not a message in the broker: the release sweep sends it.
+    waiting = "waiting"
     queued = "queued"
     processing = "processing"
     done = "done"
     failed = "failed"
+    #: Refused by the accept policy (not a chest radiograph): recorded, never labelled,
+    #: not a failure (``error_code`` out_of_scope, ``error_message`` names the rule).
+    out_of_scope = "out_of_scope"
+
+
+#: Statuses of an instance whose work is not finished (a study with one is incomplete).
+UNFINISHED_STATUSES = (InstanceStatus.waiting, InstanceStatus.queued, InstanceStatus.processing)
 
 
 class OrientationLabel(enum.StrEnum):
@@ -94,6 +104,9 @@ class Study(Base):
     #: PHI: the archive's patient identifier, kept for patient-grouped training splits.
     patient_id: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    #: When an instance held for the study's quiet period last arrived (network sources);
+    #: NULL for studies only ever enqueued from folders.
+    last_arrival_at: Mapped[datetime | None] = mapped_column()
 
     instances: Mapped[list[Instance]] = relationship(back_populates="study", lazy="raise")
 
@@ -290,4 +303,42 @@ class UidConflict(Base):
     )
     #: Why, in words (no paths: see docs/schema.md on PHI).
     detail: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class StudyAnswer(Base):
+    """The study-level answer, append-only: a new row each time a study's instances are
+    all finished with a set of answers unlike its newest row's (a late instance, a new
+    model's answers); the newest row (highest ``sequence``) is the current answer (view
+    ``current_study_answers``)."""
+
+    __tablename__ = "study_answers"
+    __table_args__ = (UniqueConstraint("study_id", "sequence"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_id: Mapped[int] = mapped_column(
+        ForeignKey("studies.id", ondelete="RESTRICT"), index=True
+    )
+    #: 1 for a study's first answer, then 2, 3... (the unique pair keeps concurrent
+    #: writers from adding the same answer twice).
+    sequence: Mapped[int] = mapped_column(Integer)
+    #: sha256 of the study's (instance id, status, current prediction id) list: a row is
+    #: added only when it differs from the newest row's.
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    instance_count: Mapped[int] = mapped_column(Integer)
+    frontal_count: Mapped[int] = mapped_column(Integer)
+    lateral_count: Mapped[int] = mapped_column(Integer)
+    needs_review_count: Mapped[int] = mapped_column(Integer)
+    failed_count: Mapped[int] = mapped_column(Integer)
+    out_of_scope_count: Mapped[int] = mapped_column(Integer)
+    #: Answers whose instance's ViewPosition claims the same view / another view.
+    header_agrees_count: Mapped[int] = mapped_column(Integer)
+    header_disagrees_count: Mapped[int] = mapped_column(Integer)
+    no_frontal: Mapped[bool] = mapped_column(Boolean)
+    no_lateral: Mapped[bool] = mapped_column(Boolean)
+    header_disagreement: Mapped[bool] = mapped_column(Boolean)
+    #: The flags set, comma-separated (``no_lateral,header_disagreement``); NULL: none.
+    flags: Mapped[str | None] = mapped_column(String(128))
+    #: The model versions behind the answers counted, comma-separated names.
+    model_versions: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

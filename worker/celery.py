@@ -19,6 +19,7 @@ from cxr_orient.settings import get_settings
 CLASSIFY = "cxr_orient.classify"
 REQUEUE_STUCK = "cxr_orient.requeue_stuck"
 RETRAIN = "cxr_orient.retrain"
+RELEASE_QUIET_STUDIES = "cxr_orient.release_quiet_studies"
 
 def make_app() -> Celery:
     settings = get_settings()
@@ -62,6 +63,11 @@ def make_app() -> Celery:
             "requeue-stuck-instances": {
                 "task": REQUEUE_STUCK,
                 "schedule": max(30.0, settings.processing_timeout_s / 2),
+            },
+            # Studies received over the network, held until quiet (CXR_STUDY_QUIET_S).
+            "release-quiet-studies": {
+                "task": RELEASE_QUIET_STUDIES,
+                "schedule": settings.study_release_interval_s,
             },
         },
         timezone="UTC",

@@ -162,6 +162,8 @@ def _claim(instance_ids: Sequence[int], settings: Settings) -> tuple[list[_Work]
                 continue
             work.append(_Work(row.id, row.file_path, row.file_sha256, row.header_view_position,
                               row.target_model_version_id))
+        if outcome.failed:  # studies after instances: the lock order of every writer
+            crud.record_study_answers(session, instance_ids=list(outcome.failed))
     return work, outcome
 
 
@@ -238,6 +240,7 @@ def _named_model(version_id: int, work: list[_Work], outcome: BatchOutcome) -> L
             for w in work:
                 crud.mark_failed(session, instance_id=w.instance_id, error_code=error.code,
                                  error_message=str(error), file_sha256=w.file_sha256)
+            crud.record_study_answers(session, instance_ids=[w.instance_id for w in work])
 
     with_db_retry(write, what="recording results")
     outcome.failed.update({w.instance_id: error.code for w in work})
@@ -309,6 +312,8 @@ def _predict_and_record(
             # nothing was recorded for them; their replacement is queued.
             superseded[:] = crud.superseded_instance_ids(
                 session, made_on={w.instance_id: w.file_sha256 for w in work})
+            # A study left with nothing waiting, queued or processing gets its answer.
+            crud.record_study_answers(session, instance_ids=[w.instance_id for w in work])
 
     with_db_retry(write, what="recording results")
     if superseded:

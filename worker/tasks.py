@@ -10,9 +10,12 @@ import logging
 from typing import Any
 
 from celery_batches import Batches, SimpleRequest
+from sqlalchemy.exc import OperationalError
 
 from cxr_orient.settings import get_settings
-from worker.celery import CLASSIFY, REQUEUE_STUCK, RETRAIN, app
+from cxr_orient.studies import release_quiet_studies as release_studies
+from worker.celery import CLASSIFY, RELEASE_QUIET_STUDIES, REQUEUE_STUCK, RETRAIN, app
+from worker.dispatch import send_instances
 from worker.pipeline import classify_instances
 from worker.requeue import requeue_unfinished
 
@@ -51,6 +54,14 @@ def classify(requests: list[SimpleRequest]) -> dict[str, Any]:
 def requeue_stuck() -> int:
     """Periodic reaper (celery beat): re-send instances whose processing stalled."""
     return requeue_unfinished(only_stale=True)
+
+
+@app.task(name=RELEASE_QUIET_STUDIES, ignore_result=True, acks_late=False,
+          autoretry_for=(OperationalError,), retry_backoff=True, max_retries=3)
+def release_quiet_studies() -> int:
+    """Periodic (celery beat): queue the held instances of studies quiet for
+    CXR_STUDY_QUIET_S. Not acked late: a lost run is simply the next one."""
+    return release_studies(send_instances, _settings)
 
 
 @app.task(name=RETRAIN, ignore_result=True, acks_late=False)

@@ -1,7 +1,9 @@
 """The one way in for instances received over the network: spooled files are recorded
 through :func:`cxr_orient.ingest.enqueue_paths`, exactly like files found on disk, so that
 the accept policy, the UID-conflict rule and the refusal codes are the same whatever the
-source (C-STORE, STOW-RS, DICOMweb pull)."""
+source (C-STORE, STOW-RS, DICOMweb pull). Received instances are held for their study's
+quiet period (``hold=True``, :mod:`cxr_orient.studies`): a sender may still be sending
+the rest of the study."""
 
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ __all__ = ["record_received"]
 def record_received(
     paths: Sequence[Path], *, send: Sender | None, settings: Settings
 ) -> EnqueueReport:
-    """Record spooled files (each already durable on disk) and hand the new instances to
-    ``send`` (``worker.dispatch.send_instances`` in the network processes)."""
-    return enqueue_paths(list(paths), send=send, settings=settings)
+    """Record spooled files (each already durable on disk), held ``waiting`` until their
+    study is quiet (``CXR_STUDY_QUIET_S``; with 0 the new instances go to ``send``,
+    ``worker.dispatch.send_instances`` in the network processes, at once)."""
+    return enqueue_paths(list(paths), send=send, settings=settings, hold=True)

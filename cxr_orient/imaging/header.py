@@ -6,11 +6,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 from cxr_orient.errors import MissingAttributeError
-from cxr_orient.imaging.attributes import optional_int, optional_text
+from cxr_orient.imaging.attributes import is_multi, optional_int, optional_text
 from cxr_orient.imaging.errors import errors_named
 from cxr_orient.imaging.reading import read_dataset
 
@@ -50,6 +52,12 @@ class DicomHeader:
     transfer_syntax_uid: str | None
     rows: int | None
     columns: int | None
+    #: SOPClassUID, else the file meta's MediaStorageSOPClassUID (None: neither).
+    sop_class_uid: str | None = None
+    #: BodyPartExamined as stored (None: absent or blank).
+    body_part_examined: str | None = None
+    #: ImageType's values, upper case (``("DERIVED", "SECONDARY")``); empty: absent.
+    image_type: tuple[str, ...] = ()
 
 
 def read_header(path: Path, *, data: bytes | None = None) -> DicomHeader:
@@ -74,6 +82,8 @@ def read_header(path: Path, *, data: bytes | None = None) -> DicomHeader:
                 raise MissingAttributeError(f"{path}: {keyword} is missing or empty")
         assert sop_instance_uid is not None and study_instance_uid is not None
         transfer_syntax = ds.file_meta.get("TransferSyntaxUID") if ds.file_meta else None
+        sop_class = optional_text(ds, "SOPClassUID") or (
+            optional_text(ds.file_meta, "MediaStorageSOPClassUID") if ds.file_meta else None)
         return DicomHeader(
             sop_instance_uid=sop_instance_uid,
             study_instance_uid=study_instance_uid,
@@ -84,4 +94,15 @@ def read_header(path: Path, *, data: bytes | None = None) -> DicomHeader:
             transfer_syntax_uid=str(transfer_syntax) if transfer_syntax else None,
             rows=optional_int(ds, "Rows"),
             columns=optional_int(ds, "Columns"),
+            sop_class_uid=sop_class,
+            body_part_examined=optional_text(ds, "BodyPartExamined"),
+            image_type=image_type_values(ds.get("ImageType")),
         )
+
+
+def image_type_values(value: object) -> tuple[str, ...]:
+    """ImageType's values, stripped and upper case; () when absent or empty."""
+    if value is None or value == "":
+        return ()
+    values = cast("Iterable[object]", value) if is_multi(value) else str(value).split("\\")
+    return tuple(v for v in (str(x).strip().upper() for x in values) if v)

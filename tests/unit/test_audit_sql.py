@@ -201,6 +201,34 @@ def _populate() -> dict[str, int]:
             source="radiologist",
             annotator="dr-b",
         )
+    ids.update(_populate_studies())
+    return ids
+
+
+def _populate_studies() -> dict[str, int]:
+    """Study 1.2.840.2: a CT, out of scope (a first study answer), then an MR (a second);
+    study 1.2.840.3: an instance held for its quiet period."""
+    ids: dict[str, int] = {}
+    for name, study_uid, modality, status in (
+            ("ct", "1.2.840.2", "CT", InstanceStatus.out_of_scope),
+            ("mr", "1.2.840.2", "MR", InstanceStatus.out_of_scope),
+            ("held", "1.2.840.3", "DX", InstanceStatus.waiting)):
+        with session_scope() as session:
+            study = crud.get_or_create_study(session, study_instance_uid=study_uid,
+                                             patient_id="P2")
+            instance, _ = crud.add_instance(
+                session, study=study, sop_instance_uid=f"{study_uid}.{name}",
+                series_instance_uid=None, file_path=f"/archive/{name}.dcm",
+                file_sha256="4" * 64, file_size=100, modality=modality,
+                transfer_syntax_uid=None, header_view_position=None, status=status,
+                error_code="out_of_scope" if modality != "DX" else None,
+                error_message=(f"modality: Modality {modality!r} is not one of CR, DX "
+                               "(CXR_ACCEPT_MODALITIES)") if modality != "DX" else None)
+            ids[name] = instance.id
+            if status == InstanceStatus.waiting:
+                crud.touch_study_arrivals(session, study_ids=[study.id],
+                                          at=datetime.now(UTC))
+            crud.record_study_answers(session, instance_ids=[instance.id])
     return ids
 
 
@@ -223,6 +251,9 @@ def check_latest_answer(rows: list[Any]) -> None:
         _uid("i6"): ("queued", None, None, None),
         _uid("i7"): ("processing", None, None, None),
         _uid("i8"): ("done", "lateral", "compact-v2", None),
+        "1.2.840.2.ct": ("out_of_scope", None, None, "out_of_scope"),
+        "1.2.840.2.mr": ("out_of_scope", None, None, "out_of_scope"),
+        "1.2.840.3.held": ("waiting", None, None, None),
     }
     i2 = next(r for r in rows if r.sop_instance_uid == _uid("i2"))
     assert _bool(i2.header_agrees) is False
@@ -231,7 +262,8 @@ def check_latest_answer(rows: list[Any]) -> None:
 
 
 def check_status_counts(rows: list[Any]) -> None:
-    expected = [("done", 4), ("failed", 2), ("processing", 1), ("queued", 1)]
+    expected = [("done", 4), ("failed", 2), ("out_of_scope", 2), ("processing", 1),
+                ("queued", 1), ("waiting", 1)]
     assert [tuple(r) for r in rows] == expected
 
 
@@ -342,7 +374,33 @@ def check_unusual_images(rows: list[Any]) -> None:
     assert rows[0].unusual_score == 3.5
 
 
+def check_out_of_scope(rows: list[Any]) -> None:
+    assert [(r.sop_instance_uid, r.modality, r.error_message.split(":")[0]) for r in rows] == [
+        ("1.2.840.2.ct", "CT", "modality"), ("1.2.840.2.mr", "MR", "modality")]
+
+
+def check_current_study_answers(rows: list[Any]) -> None:
+    # Study 1 has work unfinished (i6 queued, i7 processing): no answer yet.
+    assert [(r.study_instance_uid, r.sequence, r.frontal_count, r.lateral_count,
+             r.out_of_scope_count, r.flags) for r in rows] == [
+        ("1.2.840.2", 2, 0, 0, 2, "no_frontal,no_lateral")]
+
+
+def check_study_answer_history(rows: list[Any]) -> None:
+    assert [(r.study_instance_uid, r.sequence, r.instance_count, r.out_of_scope_count)
+            for r in rows] == [("1.2.840.2", 1, 1, 1), ("1.2.840.2", 2, 2, 2)]
+
+
+def check_waiting_studies(rows: list[Any]) -> None:
+    assert [(r.study_instance_uid, r.waiting) for r in rows] == [("1.2.840.3", 1)]
+    assert rows[0].last_arrival_at is not None
+
+
 CHECKS = {
+    "out-of-scope": check_out_of_scope,
+    "current-study-answers": check_current_study_answers,
+    "study-answer-history": check_study_answer_history,
+    "waiting-studies": check_waiting_studies,
     "latest-answer": check_latest_answer,
     "status-counts": check_status_counts,
     "header-disagreements": check_header_disagreements,

@@ -74,14 +74,16 @@ def test_enqueue_prints_the_counts_and_queues(embedded: Embedded) -> None:
 
     assert result.exit_code == 0, result.output
     assert result.stdout == (
-        "3 files: 2 queued, 0 already known, 0 uid_conflict, 1 refused (1 studies)\n")
+        "3 files: 2 queued, 0 already known, 0 uid_conflict, 0 out_of_scope, 1 refused "
+        "(1 studies)\n")
     assert f"refused {files['notes']}: not_dicom:" in result.stderr
     messages = embedded.messages()
     assert len(messages) == 2 and {m.task for m in messages} == {"cxr_orient.classify"}
 
     again = cli("enqueue", str(embedded.root))
     assert again.stdout == (
-        "3 files: 0 queued, 2 already known, 0 uid_conflict, 1 refused (1 studies)\n")
+        "3 files: 0 queued, 2 already known, 0 uid_conflict, 0 out_of_scope, 1 refused "
+        "(1 studies)\n")
     assert len(embedded.messages()) == 2
 
 
@@ -95,13 +97,15 @@ def test_status_counts_and_queue_depth(embedded: Embedded) -> None:
     lines = result.stdout.splitlines()
     assert lines[0] == f"database: {embedded.database_url}"
     assert lines[1] == "broker:   filesystem:// (embedded filesystem transport)"
-    assert lines[2] == "instances: queued 2, processing 0, done 0, failed 1"
+    assert lines[2] == ("instances: waiting 0, queued 2, processing 0, done 0, failed 1, "
+                        "out_of_scope 0")
     assert lines[3] == "queue depth: 2"
     assert lines[4] == "active model: none"
     with session_scope() as session:
         crud.mark_failed(session, instance_id=crud.unfinished_instance_ids(session)[0],
                          error_code="test", error_message="by the test")
-    assert "instances: queued 1, processing 0, done 0, failed 2" in cli("status").stdout
+    assert ("instances: waiting 0, queued 1, processing 0, done 0, failed 2, out_of_scope 0"
+            in cli("status").stdout)
 
 
 def test_results_as_json_and_csv(embedded: Embedded) -> None:

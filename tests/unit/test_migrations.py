@@ -97,3 +97,47 @@ def test_a_populated_first_release_database_upgrades_to_head(database_url: str) 
             assert conn.execute(text("SELECT count(*) FROM labels")).scalar_one() == 1
     finally:
         engine.dispose()
+
+
+def test_0005_study_answers_up_and_down_with_data(database_url: str) -> None:
+    """0005 adds studies.last_arrival_at, study_answers and the current_study_answers view;
+    its downgrade turns waiting/out_of_scope instances into statuses 0004 knows."""
+    upgrade(database_url, "0004")
+    engine = make_engine(database_url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(text(
+                "INSERT INTO studies (id, study_instance_uid, patient_id, created_at) "
+                "VALUES (1, '1.2.3', 'P1', CURRENT_TIMESTAMP)"))
+        upgrade(database_url, "0005")
+        with engine.begin() as conn:
+            conn.execute(text("UPDATE studies SET last_arrival_at = CURRENT_TIMESTAMP"))
+            for n, status in ((1, "waiting"), (2, "out_of_scope")):
+                conn.execute(text(
+                    "INSERT INTO instances (id, study_id, sop_instance_uid, file_path, "
+                    "file_sha256, file_size, status, attempts, enqueued_at, updated_at) VALUES "
+                    f"({n}, 1, '1.2.3.{n}', '/{n}.dcm', 'ab', 10, '{status}', 0, "
+                    "CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"))
+            for sequence in (1, 2):
+                conn.execute(text(
+                    "INSERT INTO study_answers (study_id, sequence, fingerprint, instance_count, "
+                    "frontal_count, lateral_count, needs_review_count, failed_count, "
+                    "out_of_scope_count, header_agrees_count, header_disagrees_count, "
+                    "no_frontal, no_lateral, header_disagreement, created_at) VALUES "
+                    f"(1, {sequence}, 'f{sequence}', {sequence}, 0, 0, 0, 0, {sequence}, 0, 0, "
+                    "true, true, false, CURRENT_TIMESTAMP)"))
+            view = conn.execute(text(
+                "SELECT study_instance_uid, sequence, out_of_scope_count "
+                "FROM current_study_answers")).all()
+            assert [tuple(r) for r in view] == [("1.2.3", 2, 2)]
+        downgrade(database_url, "0004")
+        names = inspect(engine)
+        assert "study_answers" not in names.get_table_names()
+        assert "current_study_answers" not in names.get_view_names()
+        assert "last_arrival_at" not in {c["name"] for c in names.get_columns("studies")}
+        with engine.connect() as conn:
+            statuses = conn.execute(text("SELECT status FROM instances ORDER BY id")).scalars()
+            assert list(statuses) == ["queued", "failed"]
+        upgrade(database_url)
+    finally:
+        engine.dispose()

@@ -135,8 +135,8 @@ def test_enqueue_and_status_report_the_conflict(archive: Path) -> None:
     result = CliRunner().invoke(main, ["enqueue", str(changed)])
 
     assert result.exit_code == 0, result.output
-    assert result.stdout == ("1 files: 0 queued, 0 already known, 1 uid_conflict, 0 refused "
-                             "(1 studies)\n")
+    assert result.stdout == ("1 files: 0 queued, 0 already known, 1 uid_conflict, "
+                             "0 out_of_scope, 0 refused (1 studies)\n")
     assert (f"  uid_conflict {changed}: SOPInstanceUID {SOP} (instance {instance_id}) has "
             "other bytes: kept_first\n") in result.stderr
     status = CliRunner().invoke(main, ["status"])
