@@ -19,6 +19,9 @@ from cxr_orient.settings import get_settings
 CLASSIFY = "cxr_orient.classify"
 REQUEUE_STUCK = "cxr_orient.requeue_stuck"
 RETRAIN = "cxr_orient.retrain"
+PURGE_SPOOL = "cxr_orient.purge_spool"
+#: How often received files that nobody needs any more are deleted (docs/security.md).
+PURGE_SPOOL_EVERY_S = 300.0
 
 def make_app() -> Celery:
     settings = get_settings()
@@ -63,6 +66,7 @@ def make_app() -> Celery:
                 "task": REQUEUE_STUCK,
                 "schedule": max(30.0, settings.processing_timeout_s / 2),
             },
+            "purge-spool": {"task": PURGE_SPOOL, "schedule": PURGE_SPOOL_EVERY_S},
         },
         timezone="UTC",
     )

@@ -11,8 +11,10 @@ from typing import Any
 
 from celery_batches import Batches, SimpleRequest
 
+from cxr_orient.dicomnet.retention import purge_spool as run_purge_spool
 from cxr_orient.settings import get_settings
-from worker.celery import CLASSIFY, REQUEUE_STUCK, RETRAIN, app
+from db.models import utcnow
+from worker.celery import CLASSIFY, PURGE_SPOOL, REQUEUE_STUCK, RETRAIN, app
 from worker.pipeline import classify_instances
 from worker.requeue import requeue_unfinished
 
@@ -51,6 +53,15 @@ def classify(requests: list[SimpleRequest]) -> dict[str, Any]:
 def requeue_stuck() -> int:
     """Periodic reaper (celery beat): re-send instances whose processing stalled."""
     return requeue_unfinished(only_stale=True)
+
+
+@app.task(name=PURGE_SPOOL, ignore_result=True, acks_late=False)
+def purge_spool() -> dict[str, int]:
+    """Periodic (celery beat): delete received files that nobody needs any more
+    (CXR_SPOOL_KEEP_DAYS, docs/security.md)."""
+    counts = run_purge_spool(get_settings(), utcnow())
+    return {"deleted": counts.deleted, "already_gone": counts.already_gone,
+            "errors": counts.errors}
 
 
 @app.task(name=RETRAIN, ignore_result=True, acks_late=False)
