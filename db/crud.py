@@ -1071,6 +1071,7 @@ def revoke_api_token(session: Session, *, name: str, now: datetime) -> bool:
         update(ApiToken)
         .where(ApiToken.name == name, ApiToken.revoked_at.is_(None))
         .values(revoked_at=now)
+        .execution_options(synchronize_session=False)
     )
     return bool(getattr(result, "rowcount", 0))
 
@@ -1084,6 +1085,8 @@ def touch_api_token(session: Session, *, token_id: int, now: datetime,
         .where(ApiToken.id == token_id,
                or_(ApiToken.last_used_at.is_(None), ApiToken.last_used_at < not_since))
         .values(last_used_at=now)
+        # No in-Python evaluation against loaded rows (SQLite hands back naive datetimes).
+        .execution_options(synchronize_session=False)
     )
 
 
