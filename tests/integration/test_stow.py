@@ -146,8 +146,9 @@ def test_stow_then_classify_then_purge(
             refused = DICOMwebClient(f"{base}/dicom-web", headers=headers)
             with pytest.raises(requests.HTTPError) as error:
                 refused.store_instances([pydicom.dcmread(_sample(3, "frontal"))])
-            assert error.value.response.status_code == 401
-            assert error.value.response.headers["WWW-Authenticate"].startswith("Bearer")
+            response = error.value.response
+            assert response is not None and response.status_code == 401
+            assert response.headers["WWW-Authenticate"].startswith("Bearer")
 
         # A bad part among good ones: 202, the bad one in FailedSOPSequence, the rest kept.
         mixed = httpx.post(
