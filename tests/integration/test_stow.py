@@ -210,3 +210,52 @@ def test_stow_then_classify_then_purge(
     after = _instances(1, 2, 3)
     assert {k for k, r in after.items() if r.file_purged_at is not None} == gone
     assert purge_spool(get_settings(), utcnow()).purged == 0
+
+
+def _hang_up_mid_part(port: int, token: str, whole: bytes, cut: bytes) -> None:
+    """A chunked STOW-RS upload whose sender goes away inside its second part."""
+    head = (f"POST /dicom-web/studies HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+            f"Authorization: Bearer {token}\r\n"
+            f'Content-Type: multipart/related; type="application/dicom"; boundary={BOUNDARY}'
+            "\r\nTransfer-Encoding: chunked\r\n\r\n").encode()
+    body = _multipart(whole, cut)
+    sent = body[:len(body) - len(cut) // 2]  # the first part whole, half the second
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(head)
+        for start in range(0, len(sent), 65536):
+            piece = sent[start:start + 65536]
+            sock.sendall(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
+        time.sleep(1.0)
+
+
+def test_a_sender_gone_mid_request_leaves_its_whole_parts_recorded(
+    tmp_path: Path, broker_url: str, configure: Callable[..., None]
+) -> None:
+    from db.migrate import upgrade
+    from tests.utils.corpus import rg1_dicom
+
+    study = "1.2.826.0.1.3680043.8.498.4242"
+    root = tmp_path / "root"
+    settings = dict(database_url=f"sqlite:///{tmp_path / 'cxr.db'}", broker_url=broker_url,
+                    ingest_root=root, data_dir=tmp_path / "data")
+    env = worker_env(**settings)
+    configure(**settings)
+    upgrade()
+    token = _token(env, "modality")
+    made = [rg1_dicom(tmp_path / f"{i}.dcm", study_uid=study) for i in (1, 2)]
+    uids = [pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID for p in made]
+    with serving(env, tmp_path / "serve.log") as base:
+        port = int(base.rsplit(":", 1)[1])
+        _hang_up_mid_part(port, token, made[0].read_bytes(), made[1].read_bytes())
+
+        def first_recorded() -> bool:
+            with session_scope() as session:
+                return crud.find_instance_by_uid(session, sop_instance_uid=uids[0]) is not None
+        wait_until(first_recorded, timeout=30, what="the whole part recorded")
+        # The server is still there for the next sender.
+        assert httpx.get(f"{base}/healthz", timeout=5).status_code == 200
+    with session_scope() as session:
+        assert crud.find_instance_by_uid(session, sop_instance_uid=uids[1]) is None
+        assert crud.status_counts(session)["queued"] == 1
+    spooled = sorted(p.name for p in (get_settings().effective_spool_dir / study).iterdir())
+    assert len(spooled) == 1 and spooled[0].startswith(uids[0]), spooled

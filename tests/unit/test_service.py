@@ -207,3 +207,21 @@ def test_parts_too_large_or_cut_off_fail_with_their_reasons(service: Service) ->
     assert (other_type.failure_reason, other_type.code) == (
         CANNOT_UNDERSTAND, "unsupported_media_type")
     assert http_status([too_large, cut]) == 409
+
+
+def test_not_ready_when_the_database_is_unreachable(
+        service: Service, configure: Callable[..., None]) -> None:
+    configure(database_url="postgresql+psycopg://cxr@127.0.0.1:1/nowhere")
+    ready = service.client.get("/readyz")
+    assert ready.status_code == 503
+    assert ready.json()["database"] == "unreachable"
+    assert service.client.get("/healthz").status_code == 200
+
+
+def test_the_purge_is_a_beat_task() -> None:
+    import worker.tasks  # noqa: F401  (registers the tasks)
+    from worker.celery import PURGE_SPOOL, app, make_app
+
+    assert PURGE_SPOOL in app.tasks
+    schedule = make_app().conf.beat_schedule
+    assert [e["task"] for e in schedule.values()].count(PURGE_SPOOL) == 1
