@@ -12,7 +12,8 @@ files received over the network, never an operator's archive enqueued in place) 
 The rule is evaluated in the database's UPDATE that marks the instance
 (``instances.file_purged_at``), and the files are deleted before that transaction
 commits: a crash in between leaves the rows unmarked and the next run finds the files
-gone and marks them; work that needs the pixels later fails with ``file_purged``.
+gone and marks them; work that needs the pixels later fails with ``file_purged``
+(:func:`ensure_not_purged` for readers other than the worker: training, the review page).
 """
 
 from __future__ import annotations
@@ -23,11 +24,13 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
+from cxr_orient.errors import FilePurgedError
 from cxr_orient.settings import Settings
 from db import crud
+from db.models import Instance
 from db.session import session_scope
 
-__all__ = ["PurgeCounts", "purge_spool"]
+__all__ = ["PurgeCounts", "ensure_not_purged", "purge_spool"]
 
 logger = logging.getLogger(__name__)
 CHUNK = 500
@@ -46,6 +49,18 @@ class PurgeCounts:
     @property
     def purged(self) -> int:
         return self.deleted + self.already_gone
+
+
+def ensure_not_purged(instance: Instance) -> None:
+    """Raise :class:`~cxr_orient.errors.FilePurgedError` (``file_purged``) when the spool
+    purge deleted the instance's file: for whatever needs its pixels (training on a
+    label added after the purge, the review page), a clear code instead of a missing
+    file."""
+    if instance.file_purged_at is not None:
+        raise FilePurgedError(
+            f"instance {instance.id}: its received file was deleted by the spool purge at "
+            f"{instance.file_purged_at:%Y-%m-%d %H:%M} UTC (CXR_SPOOL_KEEP_DAYS); have it "
+            "sent again to use its pixels")
 
 
 def _delete(path: Path, spool: Path) -> bool | None:

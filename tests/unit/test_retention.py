@@ -174,3 +174,19 @@ def test_work_reaching_a_worker_for_a_purged_file_fails_with_file_purged(
         row = crud.get_instance(session, instance_id=instance_id)
         assert row is not None and row.error_code == "file_purged"
         assert "spool purge" in (row.error_message or "")
+
+
+def test_a_label_after_the_purge_is_reported_file_purged_by_training(
+        version_id: int, tmp_path: Path) -> None:
+    from training.lifecycle import labelled_images_from_db
+
+    instance_id, _ = _receive(tmp_path, "1.2.3.40")
+    _answer(instance_id, version_id)
+    assert purge_spool(get_settings(), utcnow()).deleted == 1
+    with session_scope() as session:
+        crud.add_label(session, instance_id=instance_id, label=OrientationLabel.frontal,
+                       source="import", annotator=None)
+    with session_scope() as session:
+        labelled = labelled_images_from_db(session)
+    assert labelled.images == []
+    assert len(labelled.problems) == 1 and ": file_purged: " in labelled.problems[0]
