@@ -1142,13 +1142,16 @@ def _purgeable(*, spool_prefix: str, finished_before: datetime) -> list[Any]:
 
 def mark_files_purged(
     session: Session, *, spool_prefix: str, finished_before: datetime, now: datetime,
-    limit: int,
+    after_id: int, limit: int,
 ) -> list[tuple[int, str]]:
-    """Mark up to ``limit`` purgeable instances (:func:`_purgeable`) as purged at ``now``
-    and return (id, file_path) of each. The rule is evaluated in the UPDATE itself, so a
-    label, a review flag or a reclassify that came meanwhile keeps its file; the caller
-    deletes the files before it commits (rows locked meanwhile)."""
-    conditions = _purgeable(spool_prefix=spool_prefix, finished_before=finished_before)
+    """Mark the first ``limit`` purgeable instances (:func:`_purgeable`) with an id above
+    ``after_id`` as purged at ``now`` and return (id, file_path) of each, in id order.
+    The rule is evaluated in the UPDATE itself, so a label, a review flag or a reclassify
+    that came meanwhile keeps its file; the caller deletes the files before it commits
+    (rows locked meanwhile). A keyset walk: a run reads each instance once, not once per
+    chunk."""
+    conditions = [Instance.id > after_id,
+                  *_purgeable(spool_prefix=spool_prefix, finished_before=finished_before)]
     chunk = select(Instance.id).where(*conditions).order_by(Instance.id).limit(limit)
     marked = session.execute(
         update(Instance)

@@ -100,11 +100,12 @@ def purge_spool(settings: Settings, now: datetime) -> PurgeCounts:
     finished_before = now - timedelta(days=settings.spool_keep_days)
     counts = PurgeCounts()
     folders: set[Path] = set()
+    after_id = 0
     while True:
         with session_scope() as session:
             marked = crud.mark_files_purged(session, spool_prefix=prefix,
                                             finished_before=finished_before, now=now,
-                                            limit=CHUNK)
+                                            after_id=after_id, limit=CHUNK)
             kept: list[int] = []
             for instance_id, file_path in marked:
                 path = Path(file_path)
@@ -119,8 +120,10 @@ def purge_spool(settings: Settings, now: datetime) -> PurgeCounts:
                     counts.already_gone += 1
                 folders.add(path.parent)
             crud.unmark_files_purged(session, instance_ids=kept)
-        if len(marked) < CHUNK or len(kept) == len(marked):
+        if len(marked) < CHUNK:
             break
+        # Files that could not be deleted lie behind the cursor: tried again next run.
+        after_id = marked[-1][0]
     counts.folders_removed = _remove_empty_folders(folders, spool)
     if counts.purged or counts.errors:
         logger.info("spool purge: %d files deleted, %d gone already, %d could not be deleted",
