@@ -3,10 +3,12 @@ machine (a bearer token holding a scope)."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request, status
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from cxr_orient.settings import Settings, get_settings
@@ -14,6 +16,7 @@ from cxr_orient.tokens import TokenInfo, verify_token
 from db.session import session_scope
 
 REALM = "cxr-orient"
+logger = logging.getLogger(__name__)
 
 
 def settings_dep() -> Settings:
@@ -58,8 +61,13 @@ def require_scope(scope: str) -> Callable[..., TokenInfo]:
         token = bearer_token(request)
         if token is None:
             raise _unauthorized("a bearer token is required", None)
-        with session_scope() as session:
-            info = verify_token(session, token=token)
+        try:
+            with session_scope() as session:
+                info = verify_token(session, token=token)
+        except SQLAlchemyError as exc:  # the database is down: try again later, not 500
+            logger.error("token check: database unavailable (%s)", type(exc).__name__)
+            raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE,
+                                detail="the database is unavailable; try again") from exc
         if info is None:
             raise _unauthorized("the token is unknown or revoked", "invalid_token")
         if scope not in info.scopes:

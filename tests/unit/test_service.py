@@ -216,6 +216,8 @@ def test_not_ready_when_the_database_is_unreachable(
     assert ready.status_code == 503
     assert ready.json()["database"] == "unreachable"
     assert service.client.get("/healthz").status_code == 200
+    stow = service.stow(service.dicom("1.2.3.40"))
+    assert stow.status_code == 503, stow.text
 
 
 def test_the_purge_is_a_beat_task() -> None:
