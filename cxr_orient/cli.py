@@ -686,6 +686,78 @@ def evaluate(model: str, data: Path, manifest: Path | None, robustness: bool,
         click.echo(f"{variant}: " + ", ".join(cells))
 
 
+# --- the HTTP service and its tokens --------------------------------------------------
+
+
+@main.command()
+@click.option("--host", default=None, help="Address to listen on [default: CXR_HTTP_HOST].")
+@click.option("--port", type=click.IntRange(1, 65535), default=None,
+              help="TCP port [default: CXR_HTTP_PORT].")
+def serve(host: str | None, port: int | None) -> None:
+    """The HTTP service: STOW-RS in (POST /dicom-web/studies, bearer token with the
+    'stow' scope, see `cxr-orient token`), GET /healthz and /readyz."""
+    from service.server import serve as run_server
+
+    settings = get_settings()
+    run_server(host=host or settings.http_host, port=port or settings.http_port,
+               log_level=settings.log_level)
+
+
+@main.group()
+def token() -> None:
+    """API tokens for machines (STOW-RS senders); only their SHA-256 is stored."""
+
+
+@token.command("create")
+@click.argument("name")
+@click.option("--scope", "scopes", multiple=True, default=("stow",), show_default=True,
+              help="What the token may do (repeatable).")
+def token_create(name: str, scopes: tuple[str, ...]) -> None:
+    """Create token NAME and print it, once: it cannot be shown again."""
+    from cxr_orient.tokens import TokenError, create_token
+    from db.session import session_scope
+
+    try:
+        with session_scope() as session:
+            secret = create_token(session, name=name, scopes=list(scopes))
+    except TokenError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"token {name} ({', '.join(sorted(set(scopes)))}); it is shown only now:",
+               err=True)
+    click.echo(secret)
+
+
+@token.command("list")
+def token_list() -> None:
+    """Every token: name, scopes, created, last used, revoked (never the token)."""
+    from cxr_orient.tokens import list_tokens
+    from db.session import session_scope
+
+    def when(value: Any) -> str:
+        return value.strftime("%Y-%m-%d %H:%M") if value is not None else "-"
+
+    with session_scope() as session:
+        for info in list_tokens(session):
+            click.echo(f"{info.name:32s} {','.join(info.scopes):12s} "
+                       f"created {when(info.created_at)}  last used {when(info.last_used_at)}"
+                       f"  {'REVOKED ' + when(info.revoked_at) if info.revoked_at else ''}")
+
+
+@token.command("revoke")
+@click.argument("name")
+def token_revoke(name: str) -> None:
+    """Revoke token NAME: refused (401) from now on; the row stays for the audit."""
+    from cxr_orient.tokens import TokenError, revoke_token
+    from db.session import session_scope
+
+    try:
+        with session_scope() as session:
+            revoke_token(session, name=name)
+    except TokenError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"revoked {name}")
+
+
 # --- benchmark -----------------------------------------------------------------------
 
 

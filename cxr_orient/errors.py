@@ -41,6 +41,13 @@ class TruncatedFileError(InputError):
     code = "truncated"
 
 
+class FilePurgedError(InputError):
+    """The instance's received file was deleted by the spool purge (CXR_SPOOL_KEEP_DAYS):
+    its answers stay, its pixels are gone; have it sent again to classify it again."""
+
+    code = "file_purged"
+
+
 class MissingAttributeError(InputError):
     code = "missing_attribute"
 

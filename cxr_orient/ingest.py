@@ -153,6 +153,10 @@ def _record_known(
     conflict recorded and handled by ``policy``. True when the instance was re-queued
     with this file."""
     if instance.file_sha256 == item.sha256:
+        if instance.file_purged_at is not None:
+            # The very bytes of an instance whose received file was purged came again:
+            # the file is back on disk and falls under the purge rule anew.
+            crud.restore_purged_file(session, instance_id=instance.id, file_path=item.path)
         report.already_known.append(instance.id)
         report.studies.add(header.study_instance_uid)
         return False

@@ -101,6 +101,32 @@ class Settings(BaseSettings):
         "STOW-RS, DICOMweb pull) are written before they are recorded; must lie under "
         "CXR_INGEST_ROOT. Default: <CXR_INGEST_ROOT>/spool.",
     )
+    spool_keep_days: int = Field(
+        default=0,
+        ge=0,
+        le=36_500,
+        description="CXR_SPOOL_KEEP_DAYS: days a received file (under the spool) is kept after "
+        "its instance finished; 0 deletes it at the next purge once classified. Files of "
+        "instances awaiting review, labelled, not finished, or with a result not yet "
+        "delivered are kept whatever this says; files outside the spool are never "
+        "deleted (docs/security.md). Default 0.",
+    )
+    http_host: str = Field(
+        default="127.0.0.1",
+        description="CXR_HTTP_HOST: address `cxr-orient serve` listens on (STOW-RS, health). "
+        "Default 127.0.0.1.",
+    )
+    http_port: int = Field(
+        default=8080, ge=1, le=65_535,
+        description="CXR_HTTP_PORT: TCP port of `cxr-orient serve`. Default 8080.",
+    )
+    stow_max_request_mb: int = Field(
+        default=2048,
+        ge=1,
+        description="CXR_STOW_MAX_REQUEST_MB: largest STOW-RS request body, in MiB (each part "
+        "is also bounded by the worker's largest file, from CXR_MAX_PIXELS); a larger "
+        "request is answered 413. Default 2048.",
+    )
     max_pixels: int = Field(
         default=60_000_000,
         ge=1,

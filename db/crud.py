@@ -8,12 +8,13 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select, tuple_, update
+from sqlalchemy import and_, false, func, or_, select, true, tuple_, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased
 
 from db.models import (
     UNFINISHED_STATUSES,
+    ApiToken,
     GroundTruthLabel,
     Instance,
     InstanceStatus,
@@ -152,6 +153,8 @@ def replace_instance_file(
             # New bytes are answered by the model in service, not by a reclassify that
             # was queued for the old ones.
             target_model_version_id=None,
+            # The new file is on disk: the purge of the old one no longer applies.
+            file_purged_at=None,
             enqueued_at=now,
             started_at=None,
             finished_at=None,
@@ -965,6 +968,8 @@ def _reclassify_range(
         Instance.id <= up_to_id,
         Instance.status.in_(reclassify_statuses(include_failed=include_failed)),
         Instance.study_id.is_not(None),
+        # A purged file has no pixels left to answer on (docs/security.md).
+        Instance.file_purged_at.is_(None),
     ]
     if study_instance_uid is not None:
         conditions.append(Instance.study_id == select(Study.id).where(
@@ -1267,3 +1272,154 @@ def latest_labels(session: Session) -> list[tuple[Instance, Study | None, Ground
 
 def stale_cutoff(seconds: int) -> datetime:
     return utcnow() - timedelta(seconds=seconds)
+
+
+# --- health ----------------------------------------------------------------------
+
+
+def ping(session: Session) -> None:
+    """One round trip to the database (readiness checks); raises when it is unreachable."""
+    session.execute(select(1)).scalar_one()
+
+
+# --- api tokens ------------------------------------------------------------------
+
+
+def add_api_token(
+    session: Session, *, name: str, token_sha256: str, scopes: Sequence[str]
+) -> ApiToken:
+    row = ApiToken(name=name, token_sha256=token_sha256, scopes=",".join(scopes))
+    session.add(row)
+    session.flush()
+    return row
+
+
+def find_api_token_by_name(session: Session, *, name: str) -> ApiToken | None:
+    return session.scalar(select(ApiToken).where(ApiToken.name == name))
+
+
+def find_api_token_by_hash(session: Session, *, token_sha256: str) -> ApiToken | None:
+    return session.scalar(select(ApiToken).where(ApiToken.token_sha256 == token_sha256))
+
+
+def list_api_tokens(session: Session) -> list[ApiToken]:
+    return list(session.scalars(select(ApiToken).order_by(ApiToken.name)))
+
+
+def revoke_api_token(session: Session, *, name: str, now: datetime) -> bool:
+    """Revoke the named token; False when there is none, or it was revoked already."""
+    result = session.execute(
+        update(ApiToken)
+        .where(ApiToken.name == name, ApiToken.revoked_at.is_(None))
+        .values(revoked_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    return bool(getattr(result, "rowcount", 0))
+
+
+def touch_api_token(session: Session, *, token_id: int, now: datetime,
+                    not_since: datetime) -> None:
+    """Record a use, at most once per interval (``last_used_at`` before ``not_since``), so
+    that a busy sender does not turn every request into a write."""
+    session.execute(
+        update(ApiToken)
+        .where(ApiToken.id == token_id,
+               or_(ApiToken.last_used_at.is_(None), ApiToken.last_used_at < not_since))
+        .values(last_used_at=now)
+        # No in-Python evaluation against loaded rows (SQLite hands back naive datetimes).
+        .execution_options(synchronize_session=False)
+    )
+
+
+# --- spool retention -------------------------------------------------------------
+
+
+def held_for_delivery() -> Any:
+    """HOOK(outbox): EXISTS an outbox row of the instance not yet sent, correlated to
+    ``Instance``; its received file is kept until the result went out. The outbox table
+    lands with the results-to-PACS work; until then nothing is held here. Wire it as::
+
+        select(Outbox.id).where(Outbox.instance_id == Instance.id,
+                                Outbox.status != "sent").correlate(Instance).exists()
+    """
+    return false()
+
+
+def _awaiting_review() -> Any:
+    """The instance's current answer (:func:`current_answer_id`) needs review."""
+    return (
+        select(Prediction.needs_review)
+        .where(Prediction.id == current_answer_id())
+        .correlate(Instance)
+        .scalar_subquery()
+        .is_(true())
+    )
+
+
+def _labelled() -> Any:
+    return (
+        select(GroundTruthLabel.id)
+        .where(GroundTruthLabel.instance_id == Instance.id)
+        .correlate(Instance)
+        .exists()
+    )
+
+
+def _purgeable(*, spool_prefix: str, finished_before: datetime) -> list[Any]:
+    """The spool purge's rule: a received file (under the spool), not purged yet, of an
+    instance finished (done or failed) before ``finished_before``, that no one still needs:
+    not awaiting review, not labelled, no result waiting for delivery."""
+    return [
+        Instance.file_purged_at.is_(None),
+        Instance.status.in_([InstanceStatus.done, InstanceStatus.failed]),
+        Instance.finished_at.is_not(None),
+        Instance.finished_at <= finished_before,
+        Instance.file_path.startswith(spool_prefix, autoescape=True),
+        ~_labelled(),
+        ~func.coalesce(_awaiting_review(), false()),
+        ~held_for_delivery(),
+    ]
+
+
+def mark_files_purged(
+    session: Session, *, spool_prefix: str, finished_before: datetime, now: datetime,
+    after_id: int, limit: int,
+) -> list[tuple[int, str]]:
+    """Mark the first ``limit`` purgeable instances (:func:`_purgeable`) with an id above
+    ``after_id`` as purged at ``now`` and return (id, file_path) of each, in id order.
+    The rule is evaluated in the UPDATE itself, so a label, a review flag or a reclassify
+    that came meanwhile keeps its file; the caller deletes the files before it commits
+    (rows locked meanwhile). A keyset walk: a run reads each instance once, not once per
+    chunk."""
+    conditions = [Instance.id > after_id,
+                  *_purgeable(spool_prefix=spool_prefix, finished_before=finished_before)]
+    chunk = select(Instance.id).where(*conditions).order_by(Instance.id).limit(limit)
+    marked = session.execute(
+        update(Instance)
+        .where(Instance.id.in_(chunk.scalar_subquery()), *conditions)
+        .values(file_purged_at=now)
+        .returning(Instance.id, Instance.file_path)
+        .execution_options(synchronize_session=False)
+    )
+    return sorted((int(i), str(p)) for i, p in marked)
+
+
+def unmark_files_purged(session: Session, *, instance_ids: Sequence[int]) -> None:
+    """Undo :func:`mark_files_purged` for files that could not be deleted."""
+    if instance_ids:
+        session.execute(
+            update(Instance).where(Instance.id.in_(instance_ids)).values(file_purged_at=None)
+            .execution_options(synchronize_session=False)
+        )
+
+
+def restore_purged_file(session: Session, *, instance_id: int, file_path: str) -> bool:
+    """A purged instance's very bytes were received again (same SHA-256): its file is back,
+    at ``file_path``, and the purge rule applies to it anew."""
+    result = session.execute(
+        update(Instance)
+        .where(Instance.id == instance_id, Instance.file_purged_at.is_not(None))
+        .values(file_path=file_path, file_purged_at=None, updated_at=utcnow())
+        .execution_options(synchronize_session="fetch")
+    )
+    return bool(getattr(result, "rowcount", 0))

@@ -135,6 +135,10 @@ class Instance(Base):
     error_code: Mapped[str | None] = mapped_column(String(64))
     error_message: Mapped[str | None] = mapped_column(Text)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    #: When the spool purge deleted the instance's received file (CXR_SPOOL_KEEP_DAYS);
+    #: NULL while the file is there (and always for files outside the spool). Work that
+    #: needs the pixels afterwards fails with ``file_purged``.
+    file_purged_at: Mapped[datetime | None] = mapped_column()
     #: The reclassify marker: the version that must answer this queued work (set by
     #: ``cxr-orient reclassify``, cleared when it answers or fails); NULL: the active one.
     target_model_version_id: Mapped[int | None] = mapped_column(
@@ -342,3 +346,21 @@ class StudyAnswer(Base):
     #: The model versions behind the answers counted, comma-separated names.
     model_versions: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+class ApiToken(Base):
+    """A bearer token for machines (STOW-RS senders): only its SHA-256 is stored.
+
+    Tokens are 32 random bytes, so a fast hash is enough (nothing to brute-force) and
+    lets a request find its row by an index; see docs/security.md."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    #: Hex SHA-256 of the token as sent (never the token).
+    token_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    #: What it may do, comma-separated (``stow``).
+    scopes: Mapped[str] = mapped_column(String(256))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_used_at: Mapped[datetime | None] = mapped_column()
+    #: Set by ``cxr-orient token revoke``; a revoked token is refused (401).
+    revoked_at: Mapped[datetime | None] = mapped_column()

@@ -29,6 +29,7 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from cxr_orient import LABELS
+from cxr_orient.dicomnet.retention import ensure_not_purged
 from cxr_orient.errors import CxrError, ModelError
 from cxr_orient.imaging import MODEL_INPUT_SIZE
 from cxr_orient.intake import load_checked_image
@@ -66,14 +67,15 @@ class LabelledSet:
 def labelled_images_from_db(session: Session) -> LabelledSet:
     """Decode the image behind every labelled instance, checked against its hash.
 
-    A file that is missing, outside the ingest root, changed or undecodable is
-    reported in ``problems`` and not trained on.
+    A file that is missing, purged from the spool, outside the ingest root, changed or
+    undecodable is reported in ``problems`` and not trained on.
     """
     settings = get_settings()
     out = LabelledSet()
     for instance, study, label in crud.latest_labels(session):
         out.highest_label_id = max(out.highest_label_id, label.id)
         try:
+            ensure_not_purged(instance)
             image = load_checked_image(
                 instance.file_path, expected_sha256=instance.file_sha256, settings=settings,
                 size=MODEL_INPUT_SIZE,

@@ -20,6 +20,9 @@ CLASSIFY = "cxr_orient.classify"
 REQUEUE_STUCK = "cxr_orient.requeue_stuck"
 RETRAIN = "cxr_orient.retrain"
 RELEASE_QUIET_STUDIES = "cxr_orient.release_quiet_studies"
+PURGE_SPOOL = "cxr_orient.purge_spool"
+#: How often received files that nobody needs any more are deleted (docs/security.md).
+PURGE_SPOOL_EVERY_S = 300.0
 
 def make_app() -> Celery:
     settings = get_settings()
@@ -69,6 +72,7 @@ def make_app() -> Celery:
                 "task": RELEASE_QUIET_STUDIES,
                 "schedule": settings.study_release_interval_s,
             },
+            "purge-spool": {"task": PURGE_SPOOL, "schedule": PURGE_SPOOL_EVERY_S},
         },
         timezone="UTC",
     )

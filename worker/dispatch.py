@@ -27,6 +27,18 @@ def send_instances(instance_ids: Sequence[int]) -> int:
     return len(instance_ids)
 
 
+def broker_reachable(timeout_s: float = 3.0) -> bool:
+    """Whether the broker accepts a connection now (readiness checks)."""
+    try:
+        with app.connection_for_write() as connection:
+            connection.ensure_connection(max_retries=1, interval_start=0, interval_step=0,
+                                         timeout=timeout_s)
+        return True
+    except Exception:
+        logger.debug("broker unreachable", exc_info=True)
+        return False
+
+
 def broker_queue_depth() -> int | None:
     """Messages waiting in the broker queue, or None when the broker can't say."""
     try:

@@ -21,6 +21,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from cxr_orient.errors import (
     CxrError,
     DecodeError,
+    FilePurgedError,
     InterruptedProcessingError,
     ModelError,
     UnusualImageError,
@@ -159,6 +160,15 @@ def _claim(instance_ids: Sequence[int], settings: Settings) -> tuple[list[_Work]
                     file_sha256=row.file_sha256,
                 )
                 outcome.failed[instance_id] = error.code
+                continue
+            if row.file_purged_at is not None:
+                purged = FilePurgedError(
+                    f"instance {row.id}: its received file was deleted by the spool purge "
+                    "(CXR_SPOOL_KEEP_DAYS); its earlier answers stay, have it sent again "
+                    "to classify it again")
+                crud.mark_failed(session, instance_id=instance_id, error_code=purged.code,
+                                 error_message=str(purged), file_sha256=row.file_sha256)
+                outcome.failed[instance_id] = purged.code
                 continue
             work.append(_Work(row.id, row.file_path, row.file_sha256, row.header_view_position,
                               row.target_model_version_id))

@@ -12,9 +12,18 @@ from typing import Any
 from celery_batches import Batches, SimpleRequest
 from sqlalchemy.exc import OperationalError
 
+from cxr_orient.dicomnet.retention import purge_spool as run_purge_spool
 from cxr_orient.settings import get_settings
 from cxr_orient.studies import release_quiet_studies as release_studies
-from worker.celery import CLASSIFY, RELEASE_QUIET_STUDIES, REQUEUE_STUCK, RETRAIN, app
+from db.models import utcnow
+from worker.celery import (
+    CLASSIFY,
+    PURGE_SPOOL,
+    RELEASE_QUIET_STUDIES,
+    REQUEUE_STUCK,
+    RETRAIN,
+    app,
+)
 from worker.dispatch import send_instances
 from worker.pipeline import classify_instances
 from worker.requeue import requeue_unfinished
@@ -62,6 +71,13 @@ def release_quiet_studies() -> int:
     """Periodic (celery beat): queue the held instances of studies quiet for
     CXR_STUDY_QUIET_S. Not acked late: a lost run is simply the next one."""
     return release_studies(send_instances, _settings)
+@app.task(name=PURGE_SPOOL, ignore_result=True, acks_late=False)
+def purge_spool() -> dict[str, int]:
+    """Periodic (celery beat): delete received files that nobody needs any more
+    (CXR_SPOOL_KEEP_DAYS, docs/security.md)."""
+    counts = run_purge_spool(get_settings(), utcnow())
+    return {"deleted": counts.deleted, "already_gone": counts.already_gone,
+            "errors": counts.errors}
 
 
 @app.task(name=RETRAIN, ignore_result=True, acks_late=False)

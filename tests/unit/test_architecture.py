@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ("cxr_orient", "db", "worker", "training", "bench")
+PACKAGES = ("cxr_orient", "db", "worker", "training", "bench", "service")
 #: The composition roots: the command line and the demo may use every layer.
 ENTRY_POINTS = {"cxr_orient.cli", "cxr_orient.demo"}
 #: What each layer may import (besides itself). ``cxr_orient`` here is the library,
@@ -25,6 +25,9 @@ ALLOWED = {
     "training": {"cxr_orient", "db"},
     "worker": {"cxr_orient", "db"},
     "bench": {"cxr_orient", "db", "worker", "bench"},
+    # The HTTP service: the library, the database and the sender; nothing imports it but
+    # the CLI's serve verb (an entry point).
+    "service": {"cxr_orient", "db", "worker.dispatch"},
 }
 #: Deliberate exceptions, each with its reason (docs/architecture.md says the same).
 EXCEPTIONS = {
@@ -204,7 +207,10 @@ def test_no_import_circles() -> None:
 @pytest.mark.parametrize("rule", [("worker.pipeline", "training.lifecycle"),
                                   ("training.lifecycle", "worker.pipeline"),
                                   ("db.crud", "cxr_orient.imaging"),
-                                  ("cxr_orient.ingest", "worker.dispatch")],
+                                  ("cxr_orient.ingest", "worker.dispatch"),
+                                  ("service.routes.stow", "worker.tasks"),
+                                  ("worker.tasks", "service.app"),
+                                  ("cxr_orient.dicomnet.stow", "service.deps")],
                          ids=lambda r: f"{r[0]}->{r[1]}")
 def test_the_rules_refuse_what_the_doc_forbids(rule: tuple[str, str]) -> None:
     assert not _allowed(*rule)

@@ -1,0 +1,131 @@
+"""PHI at rest: received files are deleted from the spool once nobody needs their pixels.
+
+:func:`purge_spool` (run by the beat task ``cxr_orient.purge_spool``, worker/tasks.py)
+deletes the file of every instance whose file lies under the spool (``CXR_SPOOL_DIR``:
+files received over the network, never an operator's archive enqueued in place) and that
+
+- finished (done or failed) at least ``CXR_SPOOL_KEEP_DAYS`` days ago (0: at once),
+- is not awaiting review (its current answer is not flagged ``needs_review``),
+- is not labelled (retraining reads the pixels of labelled instances),
+- has no result waiting for delivery (``db.crud.held_for_delivery``, the outbox hook).
+
+The rule is evaluated in the database's UPDATE that marks the instance
+(``instances.file_purged_at``), and the files are deleted before that transaction
+commits: a crash in between leaves the rows unmarked and the next run finds the files
+gone and marks them; work that needs the pixels later fails with ``file_purged``
+(:func:`ensure_not_purged` for readers other than the worker: training, the review page).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from cxr_orient.errors import FilePurgedError
+from cxr_orient.settings import Settings
+from db import crud
+from db.models import Instance
+from db.session import session_scope
+
+__all__ = ["PurgeCounts", "ensure_not_purged", "purge_spool"]
+
+logger = logging.getLogger(__name__)
+CHUNK = 500
+
+
+@dataclass
+class PurgeCounts:
+    """What one purge did: files deleted, files found gone already (marked all the
+    same), files that could not be deleted (left unmarked, tried again next run)."""
+
+    deleted: int = 0
+    already_gone: int = 0
+    errors: int = 0
+    folders_removed: int = 0
+
+    @property
+    def purged(self) -> int:
+        return self.deleted + self.already_gone
+
+
+def ensure_not_purged(instance: Instance) -> None:
+    """Raise :class:`~cxr_orient.errors.FilePurgedError` (``file_purged``) when the spool
+    purge deleted the instance's file: for whatever needs its pixels (training on a
+    label added after the purge, the review page), a clear code instead of a missing
+    file."""
+    if instance.file_purged_at is not None:
+        raise FilePurgedError(
+            f"instance {instance.id}: its received file was deleted by the spool purge at "
+            f"{instance.file_purged_at:%Y-%m-%d %H:%M} UTC (CXR_SPOOL_KEEP_DAYS); have it "
+            "sent again to use its pixels")
+
+
+def _delete(path: Path, spool: Path) -> bool | None:
+    """True deleted, False gone already, None refused or failed (kept)."""
+    # Never follow a link out of the spool: the recorded path must itself lie there.
+    if ".." in path.parts or not path.is_relative_to(spool) or path.is_symlink():
+        logger.error("spool purge: refusing a recorded path that is not a plain file "
+                     "under the spool")
+        return None
+    try:
+        path.unlink()
+        return True
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        logger.error("spool purge: could not delete a file: %s", exc.strerror or exc)
+        return None
+
+
+def _remove_empty_folders(folders: set[Path], spool: Path) -> int:
+    removed = 0
+    for folder in sorted(folders, key=lambda p: len(p.parts), reverse=True):
+        if folder == spool or not folder.is_relative_to(spool):
+            continue
+        try:
+            folder.rmdir()
+            removed += 1
+        except OSError:  # not empty (more instances of the study), or gone
+            pass
+    return removed
+
+
+def purge_spool(settings: Settings, now: datetime) -> PurgeCounts:
+    """Delete the received files that nobody needs any more (see the module's rule)."""
+    spool = settings.effective_spool_dir
+    prefix = str(spool) + os.sep
+    finished_before = now - timedelta(days=settings.spool_keep_days)
+    counts = PurgeCounts()
+    folders: set[Path] = set()
+    after_id = 0
+    while True:
+        with session_scope() as session:
+            marked = crud.mark_files_purged(session, spool_prefix=prefix,
+                                            finished_before=finished_before, now=now,
+                                            after_id=after_id, limit=CHUNK)
+            kept: list[int] = []
+            for instance_id, file_path in marked:
+                path = Path(file_path)
+                outcome = _delete(path, spool)
+                if outcome is None:
+                    kept.append(instance_id)
+                    counts.errors += 1
+                    continue
+                if outcome:
+                    counts.deleted += 1
+                else:
+                    counts.already_gone += 1
+                folders.add(path.parent)
+            crud.unmark_files_purged(session, instance_ids=kept)
+        if len(marked) < CHUNK:
+            break
+        # Files that could not be deleted lie behind the cursor: tried again next run.
+        after_id = marked[-1][0]
+    counts.folders_removed = _remove_empty_folders(folders, spool)
+    if counts.purged or counts.errors:
+        logger.info("spool purge: %d files deleted, %d gone already, %d could not be deleted",
+                    counts.deleted, counts.already_gone, counts.errors)
+    return counts

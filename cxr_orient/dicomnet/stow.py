@@ -1,0 +1,198 @@
+"""STOW-RS in (PS3.18 10.5): each part of a request checked, spooled and recorded, and
+the Store Instances Response that tells the sender what became of each.
+
+Framework-free: the HTTP service (``service.routes.stow``) streams the body through
+:class:`~cxr_orient.dicomnet.multipart.RelatedStreamReader` and hands each complete part
+to :func:`spool_part`, then all of them to :func:`record_parts`, which records the
+spooled files through :func:`cxr_orient.dicomnet.receive.record_received` (the one way in,
+the same rules as ``enqueue`` and ``listen``).
+
+A part fails alone, with a FailureReason (PS3.4 Annex B storage statuses, as PS3.18
+uses them) and one of our error codes; the rest go on:
+
+====================  =======  ==========================================================
+what                  reason   code
+====================  =======  ==========================================================
+larger than allowed   0xA700   ``too_large`` (the worker's largest file, CXR_MAX_PIXELS)
+disk full             0xA700   ``out_of_resources``
+cut off, not DICOM    0xC000   ``incomplete``, ``not_dicom``, ``truncated``,
+                               ``missing_attribute`` ... (the file read's own codes)
+not application/dicom 0xC000   ``unsupported_media_type``
+another study         0x0110   ``wrong_study`` (the URL names a study; as Orthanc does)
+refused at recording  0x0110   the ingest code (``out_of_scope`` -> 0x0122)
+====================  =======  ==========================================================
+
+An instance already recorded with the same bytes, and a uid conflict (recorded in
+``uid_conflicts``, handled by CXR_UID_CONFLICT_POLICY), are stored as far as the sender is
+concerned: sending again would change nothing.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydicom import Dataset
+
+from cxr_orient.dicomnet.multipart import DICOM_MEDIA_TYPE, Part
+from cxr_orient.dicomnet.receive import record_received
+from cxr_orient.dicomnet.spool import write_instance
+from cxr_orient.errors import CxrError, MissingAttributeError, TruncatedFileError
+from cxr_orient.imaging.reading import read_dataset
+from cxr_orient.imaging.validation import validate_pixel_spec
+from cxr_orient.ingest import Sender
+from cxr_orient.settings import Settings
+
+__all__ = [
+    "CANNOT_UNDERSTAND",
+    "OUT_OF_RESOURCES",
+    "PROCESSING_FAILURE",
+    "SOP_CLASS_NOT_SUPPORTED",
+    "PartOutcome",
+    "http_status",
+    "record_parts",
+    "response_json",
+    "spool_part",
+]
+
+logger = logging.getLogger(__name__)
+
+OUT_OF_RESOURCES = 0xA700
+CANNOT_UNDERSTAND = 0xC000
+PROCESSING_FAILURE = 0x0110
+SOP_CLASS_NOT_SUPPORTED = 0x0122
+#: Ingest refusals with a reason of their own; every other one is a processing failure.
+_RECORDING_REASONS = {"out_of_scope": SOP_CLASS_NOT_SUPPORTED}
+
+
+@dataclass
+class PartOutcome:
+    """What became of one part: spooled (``path``) and then stored, or failed."""
+
+    index: int
+    sop_class_uid: str | None = None
+    sop_instance_uid: str | None = None
+    study_instance_uid: str | None = None
+    path: Path | None = None
+    failure_reason: int | None = None
+    code: str = "stored"
+
+    @property
+    def stored(self) -> bool:
+        return self.failure_reason is None
+
+    def fail(self, reason: int, code: str) -> PartOutcome:
+        self.failure_reason, self.code = reason, code
+        return self
+
+
+def _text(ds: Dataset, keyword: str) -> str | None:
+    value = ds.get(keyword)
+    text = str(value).strip().rstrip("\x00") if value is not None else ""
+    return text or None
+
+
+def _refuse_cut_pixels(ds: Dataset, shown: Path, settings: Settings) -> None:
+    """A native PixelData shorter than Rows x Columns needs is a part cut short (pydicom
+    reads it without a word). Only that is refused here: what else the pixel checks
+    find (colour, multi-frame...) is the worker's to record, as for any file."""
+    try:
+        validate_pixel_spec(ds, max_pixels=settings.max_pixels, path=shown)
+    except TruncatedFileError:
+        raise
+    except CxrError:
+        pass
+
+
+def spool_part(part: Part, *, study_instance_uid: str | None, settings: Settings) -> PartOutcome:
+    """Check one part (size, media type, a whole readable DICOM file, the URL's study) and
+    write it to the spool; never raises for what the part holds."""
+    outcome = PartOutcome(part.index)
+    if part.too_large:
+        return outcome.fail(OUT_OF_RESOURCES, "too_large")
+    if part.incomplete or part.data is None:
+        return outcome.fail(CANNOT_UNDERSTAND, "incomplete")
+    if part.content_type not in (None, DICOM_MEDIA_TYPE):
+        return outcome.fail(CANNOT_UNDERSTAND, "unsupported_media_type")
+    shown = Path(f"STOW-RS part {part.index}")
+    try:
+        # Pixels included: a cut pixel data element is found here, before anything is kept.
+        ds = read_dataset(shown, stop_before_pixels=False, data=part.data)
+        outcome.sop_class_uid = _text(ds, "SOPClassUID")
+        outcome.sop_instance_uid = _text(ds, "SOPInstanceUID")
+        outcome.study_instance_uid = _text(ds, "StudyInstanceUID")
+        for keyword in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID"):
+            if _text(ds, keyword) is None:
+                raise MissingAttributeError(f"{shown}: {keyword} is missing or empty")
+        _refuse_cut_pixels(ds, shown, settings)
+    except CxrError as exc:
+        return outcome.fail(CANNOT_UNDERSTAND, exc.code)
+    except Exception:  # a pydicom bug on crafted bytes must fail this part only
+        logger.exception("unexpected error reading %s", shown)
+        return outcome.fail(CANNOT_UNDERSTAND, "not_dicom")
+    assert outcome.study_instance_uid is not None and outcome.sop_instance_uid is not None
+    if study_instance_uid is not None and outcome.study_instance_uid != study_instance_uid:
+        return outcome.fail(PROCESSING_FAILURE, "wrong_study")
+    try:
+        spooled = write_instance(part.data, study_instance_uid=outcome.study_instance_uid,
+                                 sop_instance_uid=outcome.sop_instance_uid, settings=settings)
+    except OSError as exc:
+        logger.error("STOW-RS part %d: spool write failed: %s", part.index,
+                     errno.errorcode.get(exc.errno or 0, type(exc).__name__))
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return outcome.fail(OUT_OF_RESOURCES, "out_of_resources")
+        return outcome.fail(PROCESSING_FAILURE, "spool_write_failed")
+    outcome.path = spooled.path
+    return outcome
+
+
+def record_parts(outcomes: Sequence[PartOutcome], *, send: Sender | None,
+                 settings: Settings) -> None:
+    """Record every spooled part in one go (one transaction per ingest chunk) and hand the
+    new instances to ``send``; a part refused by the recording rules gets its failure.
+    Database errors propagate (the service answers 503: nothing was acknowledged, and a
+    re-send lands on the same spool files)."""
+    spooled = [o for o in outcomes if o.stored and o.path is not None]
+    if not spooled:
+        return
+    report = record_received([o.path for o in spooled if o.path is not None], send=send,
+                             settings=settings)
+    refused = {Path(path): code for path, code, _ in report.refused}
+    for outcome in spooled:
+        assert outcome.path is not None
+        code = refused.get(outcome.path.absolute())
+        if code is not None:
+            outcome.fail(_RECORDING_REASONS.get(code, PROCESSING_FAILURE), code)
+
+
+def http_status(outcomes: Sequence[PartOutcome]) -> int:
+    """PS3.18 10.5.3: 200 when every instance was stored, 409 when none was, else 202."""
+    stored = sum(1 for o in outcomes if o.stored)
+    if stored == len(outcomes):
+        return 200
+    return 409 if stored == 0 else 202
+
+
+def response_json(outcomes: Sequence[PartOutcome]) -> dict[str, Any]:
+    """The Store Instances Response (application/dicom+json): ReferencedSOPSequence for
+    the stored, FailedSOPSequence with FailureReason for the rest."""
+    response = Dataset()
+    referenced, failed = [], []
+    for outcome in outcomes:
+        item = Dataset()
+        item.ReferencedSOPClassUID = outcome.sop_class_uid or ""
+        item.ReferencedSOPInstanceUID = outcome.sop_instance_uid or ""
+        if outcome.stored:
+            referenced.append(item)
+        else:
+            item.FailureReason = outcome.failure_reason
+            failed.append(item)
+    if referenced:
+        response.ReferencedSOPSequence = referenced
+    if failed:
+        response.FailedSOPSequence = failed
+    return response.to_json_dict()
