@@ -19,6 +19,7 @@ from cxr_orient.settings import get_settings
 CLASSIFY = "cxr_orient.classify"
 REQUEUE_STUCK = "cxr_orient.requeue_stuck"
 RETRAIN = "cxr_orient.retrain"
+DELIVER_OUTBOX = "cxr_orient.deliver_outbox"
 
 def make_app() -> Celery:
     settings = get_settings()
@@ -66,6 +67,14 @@ def make_app() -> Celery:
         },
         timezone="UTC",
     )
+    if settings.result_destinations:
+        # Results back to PACS: the outbox is swept every few seconds (and kicked after
+        # each recorded batch), so a destination back up is served within one interval.
+        app.conf.beat_schedule["deliver-outbox"] = {
+            "task": DELIVER_OUTBOX,
+            "schedule": settings.outbox_interval_s,
+            "options": {"expires": max(settings.outbox_interval_s * 2, 10.0)},
+        }
     if settings.retrain_schedule:
         minute, hour, day_of_month, month, day_of_week = settings.retrain_schedule.split()
         app.conf.beat_schedule["nightly-retrain"] = {

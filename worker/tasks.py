@@ -11,8 +11,9 @@ from typing import Any
 
 from celery_batches import Batches, SimpleRequest
 
+from cxr_orient.dicomnet.delivery import deliver_due
 from cxr_orient.settings import get_settings
-from worker.celery import CLASSIFY, REQUEUE_STUCK, RETRAIN, app
+from worker.celery import CLASSIFY, DELIVER_OUTBOX, REQUEUE_STUCK, RETRAIN, app
 from worker.pipeline import classify_instances
 from worker.requeue import requeue_unfinished
 
@@ -51,6 +52,15 @@ def classify(requests: list[SimpleRequest]) -> dict[str, Any]:
 def requeue_stuck() -> int:
     """Periodic reaper (celery beat): re-send instances whose processing stalled."""
     return requeue_unfinished(only_stale=True)
+
+
+@app.task(name=DELIVER_OUTBOX, ignore_result=True, acks_late=False)
+def deliver_outbox() -> dict[str, int]:
+    """Send due Structured Reports (beat, every CXR_OUTBOX_INTERVAL_S, and after each
+    recorded batch). Acked early: the outbox rows, not the message, hold the work, so a
+    lost message loses nothing (the next sweep finds the rows)."""
+    counts = deliver_due(get_settings())
+    return dict(counts.__dict__)
 
 
 @app.task(name=RETRAIN, ignore_result=True, acks_late=False)
