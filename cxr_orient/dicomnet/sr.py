@@ -27,6 +27,7 @@ its content date and time are the answer's, so a re-send is the same object.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -35,7 +36,6 @@ import highdicom as hd
 from highdicom.sr import CodedConcept
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
-from pydicom.uid import generate_uid
 
 from cxr_orient import __version__
 
@@ -44,6 +44,7 @@ __all__ = [
     "MANUFACTURER",
     "ReportedAnswer",
     "build_sr",
+    "derived_uid",
     "sr_series_uid",
     "view_code",
 ]
@@ -79,8 +80,16 @@ REASONS = {
     "unusual_image": CodedConcept("unusual_image", LOCAL_SCHEME, "Unusual image"),
 }
 
+
+def derived_uid(*parts: str) -> str:
+    """A UID that is a function of ``parts`` (PS3.5 B.2: 2.25 and a name-based UUID),
+    the same on every machine and every run."""
+    name = "\x1f".join(("cxr-orient", *parts))
+    return f"2.25.{uuid.uuid5(uuid.NAMESPACE_OID, name).int}"
+
+
 #: The device that makes every report (a fixed UID, so the observer is one device).
-DEVICE_UID = generate_uid(prefix=None, entropy_srcs=["cxr-orient device observer"])
+DEVICE_UID = derived_uid("device observer")
 
 _PA_VIEWS = frozenset({"PA", "PAS"})
 _AP_VIEWS = frozenset({"AP", "APS", "AP SUPINE"})
@@ -120,8 +129,7 @@ def view_code(label: str, header_view: str | None) -> CodedConcept:
 
 def sr_series_uid(study_instance_uid: str) -> str:
     """cxr-orient's SR series in a study: one per study, the same on every machine."""
-    return str(generate_uid(prefix=None,
-                            entropy_srcs=["cxr-orient SR series", study_instance_uid]))
+    return derived_uid("SR series", study_instance_uid)
 
 
 def _yes_no(value: bool) -> CodedConcept:
@@ -179,7 +187,7 @@ def build_sr(
     )
     group = hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(
-            uid=generate_uid(prefix=None, entropy_srcs=["tracking", sop_instance_uid]),
+            uid=derived_uid("tracking", sop_instance_uid),
             identifier="view classification"),
         algorithm_id=algorithm,
         source_images=[hd.sr.SourceImageForMeasurementGroup(
