@@ -536,14 +536,21 @@ def claim_due_outbox(session: Session, *, limit: int, lease_s: float) -> list[in
     now = utcnow()
     due = and_(OutboxMessage.status == OutboxStatus.pending,
                OutboxMessage.next_attempt_at <= now)
-    picked = (
+    picked: Any = (
         select(OutboxMessage.id)
         .where(due)
         .order_by(OutboxMessage.next_attempt_at, OutboxMessage.id)
         .limit(limit)
-        .with_for_update(skip_locked=True)
-        .scalar_subquery()
     )
+    if session.get_bind().dialect.name == "postgresql":
+        # Lock the picked rows first, in this transaction: as a subquery of the UPDATE,
+        # PostgreSQL may run the LIMIT ... SKIP LOCKED scan more than once and claim
+        # more than ``limit`` rows (measured: limit 1 claimed 2).
+        picked = list(session.scalars(picked.with_for_update(skip_locked=True)))
+        if not picked:
+            return []
+    else:
+        picked = picked.scalar_subquery()
     claimed = session.execute(
         update(OutboxMessage)
         .where(OutboxMessage.id.in_(picked), due)
@@ -607,7 +614,8 @@ def outbox_work(session: Session, *, outbox_ids: Sequence[int]) -> list[OutboxWo
 
 def mark_outbox_sent(session: Session, *, outbox_id: int) -> None:
     now = utcnow()
-    session.execute(update(OutboxMessage).where(OutboxMessage.id == outbox_id).values(
+    session.execute(update(OutboxMessage).where(
+        OutboxMessage.id == outbox_id, OutboxMessage.status == OutboxStatus.pending).values(
         status=OutboxStatus.sent, sent_at=now, updated_at=now))
 
 
