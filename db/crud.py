@@ -530,9 +530,10 @@ def add_outbox_messages(
 def claim_due_outbox(session: Session, *, limit: int, lease_s: float) -> list[int]:
     """Atomically take up to ``limit`` due pending rows: each gets one more attempt and
     is leased (due again only after ``lease_s``, so a sender that dies mid-send leaves it
-    to be re-sent, never lost). Oldest due first. On PostgreSQL rows another sender has
-    locked are skipped (FOR UPDATE SKIP LOCKED); SQLite serialises writers, so the one
-    UPDATE is atomic there."""
+    to be re-sent, never lost). Oldest due first. On PostgreSQL the rows are picked and
+    locked first (FOR UPDATE SKIP LOCKED: rows another sender holds are skipped), then
+    updated; SQLite serialises writers, so one UPDATE ... WHERE id IN (SELECT ...) is
+    atomic there. Either way the UPDATE re-checks that each row is still due."""
     now = utcnow()
     due = and_(OutboxMessage.status == OutboxStatus.pending,
                OutboxMessage.next_attempt_at <= now)

@@ -101,6 +101,9 @@ class StowDestination:
 
         url = self.destination.url
         client = DICOMwebClient(self.destination.http_url, timeout=self.timeout_s)
+        # The outbox retries, with its own backoff; the client's retries (up to 5, with
+        # exponential waits) would hold the delivery run for half a minute per row.
+        client.set_http_retry_params(retry=False)
         try:
             response = client.store_instances([sr])
         except requests.HTTPError as exc:

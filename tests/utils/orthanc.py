@@ -42,6 +42,8 @@ class Orthanc:
     http_port: int
     #: name -> [AE title, host, port] (Orthanc's DicomModalities).
     modalities: dict[str, list[Any]]
+    #: With the DICOMweb plugin loaded (False: /dicom-web answers 404, as a PACS without it).
+    dicomweb: bool = True
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     @property
@@ -69,7 +71,7 @@ class Orthanc:
             "DicomCheckCalledAet": True,
             "DicomAlwaysAllowStore": False,
             "DicomModalities": self.modalities,
-            "Plugins": [str(DICOMWEB_PLUGIN)],
+            "Plugins": [str(DICOMWEB_PLUGIN)] if self.dicomweb else [],
             "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
             "StableAge": 1,
             "HttpTimeout": 30,
@@ -123,6 +125,10 @@ class Orthanc:
         response = httpx.post(f"{self.url}{path}", json=body, timeout=30)
         response.raise_for_status()
         return response.json()
+
+    def instances(self) -> list[str]:
+        """Orthanc ids of every stored instance."""
+        return list(self.get("/instances"))
 
     def instance_tags(self, orthanc_id: str) -> dict[str, Any]:
         """``/instances/{id}/simplified-tags``: keyword -> value (sequences as lists)."""
