@@ -255,7 +255,7 @@ class Settings(BaseSettings):
         "Default 5.",
     )
     outbox_backoff_max_s: float = Field(
-        default=600.0, ge=1, le=86_400,
+        default=600.0, ge=0.1, le=86_400,
         description="CXR_OUTBOX_BACKOFF_MAX_S: the longest wait between two attempts. "
         "Default 600. A destination that is down is retried for ever at this pace.",
     )

@@ -629,6 +629,17 @@ def mark_outbox_retry(
         last_error=error[:4000], next_attempt_at=next_attempt_at, updated_at=utcnow()))
 
 
+def release_outbox(
+    session: Session, *, outbox_id: int, error: str, next_attempt_at: datetime
+) -> None:
+    """Give back a claimed row that was not tried (its destination just failed in the
+    same run): its attempt is not counted; due at ``next_attempt_at``."""
+    session.execute(update(OutboxMessage).where(
+        OutboxMessage.id == outbox_id, OutboxMessage.status == OutboxStatus.pending).values(
+        attempts=OutboxMessage.attempts - 1, last_error=error[:4000],
+        next_attempt_at=next_attempt_at, updated_at=utcnow()))
+
+
 def mark_outbox_failed(session: Session, *, outbox_id: int, error: str) -> None:
     """A send refused for good (retrying the same object cannot succeed)."""
     session.execute(update(OutboxMessage).where(

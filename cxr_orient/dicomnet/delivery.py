@@ -12,7 +12,8 @@ scheduled and kicked after each recorded batch, and ``cxr-orient outbox deliver`
 3. **send** it to each row's destination and record: ``sent``; or, for a transient error,
    ``pending`` again with the error and the next attempt after a capped exponential
    backoff (CXR_OUTBOX_BACKOFF_S doubled per attempt up to CXR_OUTBOX_BACKOFF_MAX_S: a
-   destination that is down delays delivery, never loses it); or ``failed`` for good
+   destination that is down delays delivery, never loses it; its other rows in the run
+   are given back untried, due with it); or ``failed`` for good
    when the destination refused the object or its source file can no longer be read.
 
 Delivered once: a sender that dies between the destination's answer and step 3's
@@ -24,7 +25,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from pydicom.dataset import Dataset
 
@@ -86,8 +87,23 @@ def deliver_due(settings: Settings, limit: int | None = None) -> DeliveryCounts:
     counts.claimed = len(ids)
     with session_scope() as session:
         work = crud.outbox_work(session, outbox_ids=ids)
+    # Fewest attempts first: while a destination is down only its first row is tried per
+    # run (below), so its rows take turns and each records why it waits.
+    work.sort(key=lambda w: (w.attempts, w.outbox_id))
     reports: dict[int, Dataset | CxrError] = {}
+    #: Destinations found unavailable in this run -> (when due again, the error).
+    down: dict[str, tuple[datetime, str]] = {}
     for item in work:
+        if item.destination in down:
+            # Not tried: one timeout per down destination per run, not one per row
+            # (a black-holed PACS must not hold this pool process for rows x timeout).
+            due, error = down[item.destination]
+            with session_scope() as session:
+                crud.release_outbox(session, outbox_id=item.outbox_id,
+                                    error=f"not tried, destination unavailable: {error}",
+                                    next_attempt_at=due)
+            counts.retrying += 1
+            continue
         if item.prediction_id not in reports:
             reports[item.prediction_id] = _build(item, settings)
         report = reports[item.prediction_id]
@@ -98,13 +114,15 @@ def deliver_due(settings: Settings, limit: int | None = None) -> DeliveryCounts:
             sender_for(item.destination, settings).send(report)
         except DeliveryError as exc:
             if exc.transient:
-                _record_retry(item, f"{exc.code}: {exc}", settings, counts)
+                error = f"{exc.code}: {exc}"
+                down[item.destination] = (_record_retry(item, error, settings, counts), error)
             else:
                 _record_failed(item, f"{exc.code}: {exc}", counts)
             continue
         except Exception as exc:  # a library's own error: the network, most likely
             logger.exception("unexpected error sending outbox row %d", item.outbox_id)
-            _record_retry(item, f"unexpected {type(exc).__name__}: {exc}", settings, counts)
+            error = f"unexpected {type(exc).__name__}: {exc}"
+            down[item.destination] = (_record_retry(item, error, settings, counts), error)
             continue
         with session_scope() as session:
             crud.mark_outbox_sent(session, outbox_id=item.outbox_id)
@@ -125,14 +143,17 @@ def _build(item: crud.OutboxWork, settings: Settings) -> Dataset | CxrError:
 
 
 def _record_retry(item: crud.OutboxWork, error: str, settings: Settings,
-                  counts: DeliveryCounts) -> None:
+                  counts: DeliveryCounts) -> datetime:
+    """Pending again after the backoff; returns when it is due."""
     delay = backoff_s(item.attempts, settings)
+    due = utcnow() + timedelta(seconds=delay)
     logger.warning("outbox row %d (%s), attempt %d: %s; next in %.0fs", item.outbox_id,
                    item.destination, item.attempts, error, delay)
     with session_scope() as session:
         crud.mark_outbox_retry(session, outbox_id=item.outbox_id, error=error,
-                               next_attempt_at=utcnow() + timedelta(seconds=delay))
+                               next_attempt_at=due)
     counts.retrying += 1
+    return due
 
 
 def _record_failed(item: crud.OutboxWork, error: str, counts: DeliveryCounts) -> None:

@@ -8,6 +8,7 @@ from datetime import timedelta
 
 import pytest
 from pydantic import ValidationError
+from sqlalchemy.orm import Session
 
 from cxr_orient.dicomnet.delivery import backoff_s, retry_failed
 from cxr_orient.settings import Settings, parse_result_destination
@@ -20,7 +21,7 @@ DEST_A = "dicom://PACS@127.0.0.1:4242"
 DEST_B = "dicomweb+http://127.0.0.1:8042/dicom-web"
 
 
-def _instance(session, uid: str) -> int:  # type: ignore[no-untyped-def]
+def _instance(session: Session, uid: str) -> int:
     study = crud.get_or_create_study(session, study_instance_uid="1.2.3", patient_id="P")
     instance, _ = crud.add_instance(
         session, study=study, sop_instance_uid=uid, series_instance_uid="1.2.3.4",
