@@ -270,6 +270,13 @@ class Settings(BaseSettings):
         "recording the outcome is due again after this long (re-sent with the same "
         "SOPInstanceUID). Must exceed the time one delivery run takes. Default 300.",
     )
+    outbox_queue: str | None = Field(
+        default=None,
+        description="CXR_OUTBOX_QUEUE: Celery queue for the outbox delivery task, so that a "
+        "slow or black-holed destination never holds a classification pool process; "
+        "start a worker for it with -Q <this queue> (or add it to a worker's -Q list). "
+        "Default unset: the classification queue CXR_QUEUE_NAME.",
+    )
     log_level: str = Field(
         default="INFO",
         description="CXR_LOG_LEVEL: DEBUG, INFO, WARNING, ERROR or CRITICAL. Default INFO.",

@@ -4,7 +4,9 @@ CXR_RESULT_DESTINATIONS setting checked strictly."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
@@ -142,3 +144,18 @@ def test_destinations_are_canonical() -> None:
     assert web.http_url == "http://h:8042/dicom-web"
     with pytest.raises(ValidationError, match="CXR_RESULT_CALLING_AE"):
         Settings(result_calling_ae="")
+
+
+def test_delivery_is_scheduled_and_routed_by_settings(
+    configure: Callable[..., None], tmp_path: Path
+) -> None:
+    from worker.celery import DELIVER_OUTBOX, make_app
+
+    configure(data_dir=tmp_path, result_destinations=DEST_A, outbox_interval_s=2)
+    app = make_app()
+    assert app.conf.beat_schedule["deliver-outbox"]["schedule"] == 2
+    assert app.amqp.router.route({}, DELIVER_OUTBOX)["queue"].name == "cxr-orient"
+    configure(data_dir=tmp_path, result_destinations=DEST_A, outbox_queue="cxr-outbox")
+    assert make_app().amqp.router.route({}, DELIVER_OUTBOX)["queue"].name == "cxr-outbox"
+    configure(data_dir=tmp_path, result_destinations="")
+    assert "deliver-outbox" not in make_app().conf.beat_schedule
