@@ -29,7 +29,7 @@ from datetime import datetime, timedelta
 
 from pydicom.dataset import Dataset
 
-from cxr_orient.dicomnet.destinations import sender_for
+from cxr_orient.dicomnet.destinations import Sender, sender_for
 from cxr_orient.dicomnet.sr import ReportedAnswer, build_sr, reasons_of
 from cxr_orient.errors import CxrError, DeliveryError
 from cxr_orient.imaging.reading import inflated_size_limit, read_dataset
@@ -90,6 +90,22 @@ def deliver_due(settings: Settings, limit: int | None = None) -> DeliveryCounts:
     # Fewest attempts first: while a destination is down only its first row is tried per
     # run (below), so its rows take turns and each records why it waits.
     work.sort(key=lambda w: (w.attempts, w.outbox_id))
+    senders: dict[str, Sender] = {}
+    try:
+        _deliver(work, senders, settings, counts)
+    finally:
+        for sender in senders.values():
+            try:
+                sender.close()
+            except Exception:  # a release the peer no longer hears: nothing to keep
+                logger.debug("closing a sender", exc_info=True)
+    logger.info("outbox: %d claimed, %d sent, %d retrying, %d failed", counts.claimed,
+                counts.sent, counts.retrying, counts.failed)
+    return counts
+
+
+def _deliver(work: list[crud.OutboxWork], senders: dict[str, Sender], settings: Settings,
+             counts: DeliveryCounts) -> None:
     reports: dict[int, Dataset | CxrError] = {}
     #: Destinations found unavailable in this run -> (when due again, the error).
     down: dict[str, tuple[datetime, str]] = {}
@@ -111,7 +127,9 @@ def deliver_due(settings: Settings, limit: int | None = None) -> DeliveryCounts:
             _record_failed(item, f"{report.code}: {report}", counts)
             continue
         try:
-            sender_for(item.destination, settings).send(report)
+            if item.destination not in senders:
+                senders[item.destination] = sender_for(item.destination, settings)
+            senders[item.destination].send(report)
         except DeliveryError as exc:
             if exc.transient:
                 error = f"{exc.code}: {exc}"
@@ -127,9 +145,6 @@ def deliver_due(settings: Settings, limit: int | None = None) -> DeliveryCounts:
         with session_scope() as session:
             crud.mark_outbox_sent(session, outbox_id=item.outbox_id)
         counts.sent += 1
-    logger.info("outbox: %d claimed, %d sent, %d retrying, %d failed", counts.claimed,
-                counts.sent, counts.retrying, counts.failed)
-    return counts
 
 
 def _build(item: crud.OutboxWork, settings: Settings) -> Dataset | CxrError:

@@ -17,7 +17,7 @@ raises otherwise:
 from __future__ import annotations
 
 import logging
-from typing import Protocol
+from typing import Any, Protocol
 
 import requests
 from pydicom.dataset import Dataset
@@ -40,44 +40,64 @@ class Sender(Protocol):
     def send(self, sr: Dataset) -> None:
         """Deliver ``sr``; raise a DeliveryError subclass if it was not stored."""
 
+    def close(self) -> None:
+        """Release what :meth:`send` kept open (an association, HTTP connections)."""
+
 
 def _transient_status(status: int) -> bool:
     return status in _TRANSIENT or (status & 0xFF00) == 0xA700
 
 
 class CStoreDestination:
-    """A C-STORE SCP (``dicom://AET@host:port``), called as CXR_RESULT_CALLING_AE."""
+    """A C-STORE SCP (``dicom://AET@host:port``), called as CXR_RESULT_CALLING_AE.
+
+    One association serves every :meth:`send` until :meth:`close` (a delivery run sends
+    its rows for one destination through one association: measured on the 2-core
+    machine, an association per SR made C-STORE 2.3x slower than STOW-RS)."""
 
     def __init__(self, destination: ResultDestination, *, calling_ae: str,
                  timeout_s: float) -> None:
         self.destination = destination
         self.calling_ae = calling_ae
         self.timeout_s = timeout_s
+        self._assoc: Any = None
 
-    def send(self, sr: Dataset) -> None:
+    def _association(self, sop_class_uid: str) -> Any:
         from pynetdicom import AE
 
+        if self._assoc is not None and self._assoc.is_established:
+            return self._assoc
         dest = self.destination
         ae = AE(ae_title=self.calling_ae)
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = self.timeout_s
         ae.connection_timeout = self.timeout_s
-        ae.add_requested_context(sr.SOPClassUID, [ExplicitVRLittleEndian,
-                                                  ImplicitVRLittleEndian])
+        ae.add_requested_context(sop_class_uid, [ExplicitVRLittleEndian,
+                                                 ImplicitVRLittleEndian])
         assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title or "ANY-SCP")
         if not assoc.is_established:
             reason = ("rejected" if assoc.is_rejected else
                       "aborted" if assoc.is_aborted else "no connection or no answer")
             raise DestinationUnavailableError(
                 f"{dest.url}: association not established ({reason})")
-        try:
-            if not any(c.abstract_syntax == sr.SOPClassUID for c in assoc.accepted_contexts):
-                raise DeliveryRefusedError(
-                    f"{dest.url}: SOP class {sr.SOPClassUID} (Comprehensive SR) not accepted")
-            status = assoc.send_c_store(sr)
-        finally:
+        if not any(c.abstract_syntax == sop_class_uid for c in assoc.accepted_contexts):
             assoc.release()
+            raise DeliveryRefusedError(
+                f"{dest.url}: SOP class {sop_class_uid} (Comprehensive SR) not accepted")
+        self._assoc = assoc
+        return assoc
+
+    def send(self, sr: Dataset) -> None:
+        dest = self.destination
+        assoc = self._association(sr.SOPClassUID)
+        try:
+            status = assoc.send_c_store(sr)
+        except Exception as exc:  # the association broke under us
+            self.close()
+            raise DestinationUnavailableError(
+                f"{dest.url}: C-STORE failed: {type(exc).__name__}: {exc}") from exc
         code = getattr(status, "Status", None)
         if code is None:
+            self.close()
             raise DestinationUnavailableError(
                 f"{dest.url}: no C-STORE response (timeout, abort or invalid response)")
         if code in _STORED:
@@ -88,24 +108,32 @@ class CStoreDestination:
             raise DestinationUnavailableError(message)
         raise DeliveryRefusedError(message)
 
+    def close(self) -> None:
+        assoc, self._assoc = self._assoc, None
+        if assoc is not None and assoc.is_established:
+            assoc.release()
+
 
 class StowDestination:
-    """A DICOMweb service root (``dicomweb+http(s)://host:port/path``), STOW-RS."""
+    """A DICOMweb service root (``dicomweb+http(s)://host:port/path``), STOW-RS; one
+    client (and its kept-alive connections) for every :meth:`send` until :meth:`close`."""
 
     def __init__(self, destination: ResultDestination, *, timeout_s: float) -> None:
-        self.destination = destination
-        self.timeout_s = timeout_s
-
-    def send(self, sr: Dataset) -> None:
         from dicomweb_client.api import DICOMwebClient
 
-        url = self.destination.url
-        client = DICOMwebClient(self.destination.http_url, timeout=self.timeout_s)
+        self.destination = destination
+        self.timeout_s = timeout_s
+        self._session = requests.Session()
+        self._client = DICOMwebClient(destination.http_url, session=self._session,
+                                      timeout=timeout_s)
         # The outbox retries, with its own backoff; the client's retries (up to 5, with
         # exponential waits) would hold the delivery run for half a minute per row.
-        client.set_http_retry_params(retry=False)
+        self._client.set_http_retry_params(retry=False)
+
+    def send(self, sr: Dataset) -> None:
+        url = self.destination.url
         try:
-            response = client.store_instances([sr])
+            response = self._client.store_instances([sr])
         except requests.HTTPError as exc:
             code = exc.response.status_code if exc.response is not None else 0
             message = f"{url}: STOW-RS HTTP {code}"
@@ -125,6 +153,9 @@ class StowDestination:
             if _transient_status(reason):
                 raise DestinationUnavailableError(message)
             raise DeliveryRefusedError(message)
+
+    def close(self) -> None:
+        self._session.close()
 
 
 def sender_for(destination: str, settings: Settings) -> Sender:

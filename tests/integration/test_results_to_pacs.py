@@ -225,7 +225,11 @@ def _resend_all(env: dict[str, str], pg_url: str) -> None:
     finally:
         engine.dispose()
     for item in work:
-        sender_for(item.destination, settings).send(report_for(item, settings))
+        sender = sender_for(item.destination, settings)
+        try:
+            sender.send(report_for(item, settings))
+        finally:
+            sender.close()
 
 
 def test_refused_for_good_then_retried_by_the_operator(
