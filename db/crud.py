@@ -610,7 +610,25 @@ def outbox_work(session: Session, *, outbox_ids: Sequence[int]) -> list[OutboxWo
             model_name=name, model_architecture=arch, answered_at=p.created_at,
         )
         for m, p, path, sop, name, arch in session.execute(query)
+        for path in (_file_answered(session, p, path),)
     ]
+
+
+def _file_answered(session: Session, prediction: Prediction, current_path: str) -> str:
+    """Where the bytes an answer was made on are: the instance's file, or, when it was
+    replaced since (uid conflict under ``replace``), the earlier file its conflict row
+    names (the checked read then finds the right bytes, or fails naming the file)."""
+    instance_sha = session.scalar(
+        select(Instance.file_sha256).where(Instance.id == prediction.instance_id))
+    if instance_sha == prediction.file_sha256:
+        return current_path
+    earlier = session.scalar(
+        select(UidConflict.known_file_path)
+        .where(UidConflict.instance_id == prediction.instance_id,
+               UidConflict.known_file_sha256 == prediction.file_sha256)
+        .order_by(UidConflict.id.desc())
+        .limit(1))
+    return earlier or current_path
 
 
 def mark_outbox_sent(session: Session, *, outbox_id: int) -> None:

@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from cxr_orient.dicomnet.delivery import deliver_due
+from cxr_orient.dicomnet.delivery import deliver_due, report_for
 from cxr_orient.settings import get_settings
 from db import crud
 from db.migrate import upgrade
@@ -87,3 +87,43 @@ def test_a_changed_source_file_fails_for_good(
         rows = crud.outbox_rows(session)
     assert {r.status for r in rows} == {OutboxStatus.failed}
     assert all(str(r.last_error).startswith("file_changed") for r in rows)
+
+
+def test_an_answer_on_a_replaced_file_is_reported_from_that_file(
+    tmp_path: Path, sqlite_url: str, configure: Callable[..., None]
+) -> None:
+    """A uid conflict under ``replace`` points the instance at new bytes; the SR of the
+    answer made on the earlier bytes is built from the earlier file."""
+    from db.models import UidConflictAction
+
+    archive = tmp_path / "archive"
+    shutil.copytree(SAMPLES, archive)
+    destination = f"dicom://NOBODY@127.0.0.1:{_closed_port()}"
+    configure(database_url=sqlite_url, ingest_root=tmp_path, data_dir=tmp_path / "d",
+              result_destinations=destination)
+    upgrade()
+    _answered(archive, destination)
+    resent = tmp_path / "resent.dcm"
+    resent.write_bytes((archive / "frontal.dcm").read_bytes() + b"\0\0")
+    with session_scope() as session:
+        row = crud.outbox_rows(session)[0]
+        work = crud.outbox_work(session, outbox_ids=[row.id])[0]
+        instance = crud.find_instance_by_uid(session, sop_instance_uid=str(work.sop_instance_uid))
+        assert instance is not None
+        old_path, old_sha = instance.file_path, instance.file_sha256
+        crud.add_uid_conflict(
+            session, instance_id=instance.id, known_status=instance.status,
+            study_instance_uid="1.2", study_matches=True, known_file_path=old_path,
+            known_file_sha256=old_sha, known_file_size=instance.file_size,
+            new_file_path=str(resent), new_file_sha256="f" * 64, new_file_size=1,
+            policy="replace", action=UidConflictAction.replaced, detail="test")
+        assert crud.replace_instance_file(
+            session, instance_id=instance.id, expected_sha256=old_sha, file_path=str(resent),
+            file_sha256="f" * 64, file_size=1, series_instance_uid=None, modality="DX",
+            transfer_syntax_uid=None, header_view_position="PA")
+    with session_scope() as session:
+        work = crud.outbox_work(session, outbox_ids=[row.id])[0]
+    assert (work.file_path, work.file_sha256) == (old_path, old_sha)
+    report = report_for(work, get_settings())
+    assert report.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[
+        0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == work.sop_instance_uid
