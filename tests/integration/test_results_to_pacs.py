@@ -294,3 +294,105 @@ def test_refused_for_good_then_retried_by_the_operator(
         assert len(_srs(orthanc)) == 2
     finally:
         orthanc.stop()
+
+
+class _HangingProxy:
+    """A TCP-level fault injector in front of Orthanc's DICOMweb: the first POST is
+    forwarded (Orthanc stores the SR) and then never answered, so the sender is caught
+    between the PACS storing and the outbox recording ``sent``; later requests pass."""
+
+    def __init__(self, target: str) -> None:
+        import http.server
+        import threading
+
+        import httpx
+
+        self.forwarded = threading.Event()
+        self.release = threading.Event()
+        self.posts = 0
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                headers = {k: v for k, v in self.headers.items()
+                           if k.lower() in ("content-type", "accept")}
+                answer = httpx.post(target + self.path, content=body, headers=headers,
+                                    timeout=30)
+                proxy.posts += 1
+                if proxy.posts == 1:
+                    proxy.forwarded.set()
+                    proxy.release.wait(120)  # the sender is killed meanwhile
+                    return
+                self.send_response(answer.status_code)
+                self.send_header("Content-Type", answer.headers.get("content-type", ""))
+                self.send_header("Content-Length", str(len(answer.content)))
+                self.end_headers()
+                self.wfile.write(answer.content)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.release.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_worker_killed_between_pacs_storing_and_marking_sent(
+    pg_url: str, broker_url: str, tmp_path: Path
+) -> None:
+    """kill -9 of the worker while the PACS has stored an SR and before ``sent`` is
+    recorded: the row stays pending (leased), a new worker re-sends the same object
+    after the lease, and the PACS holds it once."""
+    from db.migrate import upgrade
+    from tests.utils.worker import WorkerProcess
+
+    orthanc = start(tmp_path / "orthanc", free_port(), free_port(), {})
+    proxy = _HangingProxy(orthanc.url)
+    try:
+        archive = tmp_path / "archive"
+        archive.mkdir()
+        sources = _study(archive, "study3")
+        destination = f"dicomweb+http://127.0.0.1:{proxy.port}/dicom-web"
+        env = worker_env(database_url=pg_url, broker_url=broker_url, ingest_root=archive,
+                         data_dir=tmp_path / "data", model_path=SHIPPED_MODEL,
+                         batch_max_wait_ms=100, result_destinations=destination,
+                         outbox_interval_s=1, outbox_timeout_s=60, outbox_lease_s=10)
+        upgrade(pg_url)
+        beat = ("-B", "-s", str(tmp_path / "beat"))
+        first = WorkerProcess(env, tmp_path / "worker-1.log", extra_args=beat, cwd=REPO)
+        try:
+            first.wait_ready(180)
+            enqueued = run_cli("enqueue", str(archive / "study3"), "--wait", "--timeout",
+                               "240", env=env)
+            assert enqueued.returncode == 0, enqueued.stderr + first.log()
+            assert proxy.forwarded.wait(120), first.log()[-3000:]
+            _wait(lambda: len(_srs(orthanc)) == 1, "Orthanc stored the first SR")
+            first.kill_group()
+        finally:
+            first.stop()
+        rows = _outbox(pg_url)
+        assert [r["status"] for r in rows] == ["pending", "pending"], rows
+        with running_worker(env, tmp_path / "worker-2.log", extra_args=beat,
+                            ready_timeout=180) as second:
+            _wait(lambda: [r["status"] for r in _outbox(pg_url)] == ["sent", "sent"],
+                  "both SRs sent after the lease", timeout=120)
+            assert "outbox" in second.log()
+        rows = _outbox(pg_url)
+        srs = _srs(orthanc)
+        assert set(srs) == {r["uid"] for r in rows}, "the same SOPInstanceUIDs, stored once"
+        assert len(orthanc.instances()) == 2
+        assert proxy.posts >= 3, "the SR stored before the kill was sent again"
+        referenced = {t["CurrentRequestedProcedureEvidenceSequence"][0][  # type: ignore[index]
+            "ReferencedSeriesSequence"][0]["ReferencedSOPSequence"][0][
+            "ReferencedSOPInstanceUID"] for t in srs.values()}
+        assert referenced == set(sources)
+    finally:
+        proxy.close()
+        orthanc.stop()
