@@ -350,10 +350,12 @@ def record_predictions(
 ) -> int:
     """Insert predictions and mark their instances done; returns rows inserted.
 
-    Each new answer gets one ``outbox`` row per entry of ``result_destinations``
-    (canonical destination URLs, CXR_RESULT_DESTINATIONS), in this same transaction:
-    an answer is never recorded without its outgoing reports, nor a report queued for an
-    answer that was rolled back.
+    Each new answer of the model version in service gets one ``outbox`` row per entry of
+    ``result_destinations`` (canonical destination URLs, CXR_RESULT_DESTINATIONS), in
+    this same transaction: an answer is never recorded without its outgoing reports, nor
+    a report queued for an answer that was rolled back. Answers of a version not in
+    service (a candidate run through ``reclassify --model``) stay in SQL: the PACS only
+    hears the model the hospital put in service.
 
     Each row says which bytes it was made on (``file_sha256``). An instance that already
     has an answer from this model version on these bytes keeps it (a redelivered message
@@ -430,7 +432,8 @@ def record_predictions(
     ]
     session.add_all(added)
     session.flush()
-    if result_destinations:
+    if result_destinations and added and session.scalar(
+            select(ModelVersion.is_active).where(ModelVersion.id == model_version_id)):
         add_outbox_messages(session, prediction_ids=[p.id for p in added],
                             destinations=result_destinations)
     return len(fresh)

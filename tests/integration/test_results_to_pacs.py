@@ -260,7 +260,9 @@ def test_refused_for_good_then_retried_by_the_operator(
             database_url=sqlite_url, ingest_root=archive, data_dir=tmp_path / "data"))
         assert enqueued.returncode == 0, enqueued.stderr
         with session_scope() as session:
-            model_id = register_version(session, "m-test").id
+            model = register_version(session, "m-test")
+            crud.activate_model_version(session, version=model, actor="t", reason="test")
+            model_id = model.id
             rows = crud.results(session)
             ids = [crud.find_instance_by_uid(session, sop_instance_uid=str(r.sop_instance_uid))
                    for r in rows]

@@ -33,7 +33,9 @@ def _answered(archive: Path, destination: str) -> list[int]:
 
     enqueue_paths([archive], send=None, settings=get_settings())
     with session_scope() as session:
-        model_id = register_version(session, "m1").id
+        model = register_version(session, "m1")
+        crud.activate_model_version(session, version=model, actor="t", reason="in service")
+        model_id = model.id
         instances = [crud.find_instance_by_uid(session, sop_instance_uid=str(r.sop_instance_uid))
                      for r in crud.results(session)]
         records = [crud.PredictionRecord(

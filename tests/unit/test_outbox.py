@@ -43,7 +43,9 @@ def _record(instance_id: int, needs_review: bool = False) -> crud.PredictionReco
 def _answer_two(destinations: list[str]) -> list[int]:
     with session_scope() as session:
         ids = [_instance(session, "9.1"), _instance(session, "9.2")]
-        model_id = register_version(session, "m1").id
+        model = register_version(session, "m1")
+        crud.activate_model_version(session, version=model, actor="t", reason="in service")
+        model_id = model.id
     with session_scope() as session:
         crud.record_predictions(session, model_version_id=model_id, worker="w",
                                 records=[_record(ids[0]), _record(ids[1], True)],
@@ -76,6 +78,19 @@ def test_no_destinations_no_rows(migrated_db: str) -> None:
     _answer_two([])
     with session_scope() as session:
         assert crud.outbox_rows(session) == []
+
+
+def test_a_candidate_s_answers_are_not_sent(migrated_db: str) -> None:
+    """reclassify --model CANDIDATE answers in SQL only: the PACS hears the model in
+    service."""
+    ids = _answer_two([DEST_A])
+    with session_scope() as session:
+        candidate = register_version(session, "candidate").id
+        before = len(crud.outbox_rows(session))
+        assert crud.record_predictions(session, model_version_id=candidate, worker="w",
+                                       records=[_record(ids[0])],
+                                       result_destinations=[DEST_A]) == 1
+        assert len(crud.outbox_rows(session)) == before == 2
 
 
 def test_claim_is_exclusive_leased_and_counts_attempts(migrated_db: str) -> None:
