@@ -392,6 +392,7 @@ def status() -> None:
         targeted = crud.count_targeted(session)
         runs = [r.id for r in crud.unfinished_reclassify_runs(session)]
         waiting, waiting_studies = crud.count_waiting(session)
+        outbox = crud.outbox_summary(session)
     depth = broker_queue_depth()
     click.echo(f"database: {redact_url(settings.effective_database_url)}")
     click.echo(
@@ -412,6 +413,63 @@ def status() -> None:
         + ", ".join(f"{k} {v}" for k, v in conflicts.items())
         + ")"
     )
+    _echo_outbox(outbox, configured=[d.url for d in settings.result_destination_list])
+
+
+def _echo_outbox(summary: list[Any], *, configured: list[str]) -> None:
+    """The outbox per destination: pending, sent, failed, and the oldest pending's age."""
+    from db.models import utcnow
+
+    if not summary and not configured:
+        click.echo("outbox: no result destinations (CXR_RESULT_DESTINATIONS)")
+        return
+    click.echo("outbox:")
+    now = utcnow()
+    listed = {s.destination for s in summary}
+    for s in summary:
+        age = ""
+        if s.oldest_pending is not None:
+            oldest = s.oldest_pending
+            if oldest.tzinfo is None:  # SQLite hands back naive UTC
+                oldest = oldest.replace(tzinfo=now.tzinfo)
+            age = f", oldest pending {(now - oldest).total_seconds():.0f}s"
+        extra = "" if s.destination in configured else " (not configured now)"
+        click.echo(f"  {s.destination}{extra}: pending {s.pending}, sent {s.sent}, "
+                   f"failed {s.failed}{age}")
+    for url in configured:
+        if url not in listed:
+            click.echo(f"  {url}: pending 0, sent 0, failed 0")
+
+
+@main.group()
+def outbox() -> None:
+    """Structured Reports on their way back to PACS (CXR_RESULT_DESTINATIONS)."""
+
+
+@outbox.command("retry")
+@click.option("--destination", default=None, help="Only rows for this destination URL.")
+@click.option("--id", "outbox_ids", type=int, multiple=True, help="Only this row (repeatable).")
+def outbox_retry(destination: str | None, outbox_ids: tuple[int, ...]) -> None:
+    """Make failed rows pending again, due now (after fixing what the destination refused)."""
+    from cxr_orient.dicomnet.delivery import retry_failed
+
+    try:
+        moved = retry_failed(destination=destination, outbox_ids=list(outbox_ids) or None)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"{moved} failed rows pending again")
+
+
+@outbox.command("deliver")
+@click.option("--limit", type=click.IntRange(min=1), default=None,
+              help="Most rows to send (default CXR_OUTBOX_BATCH).")
+def outbox_deliver(limit: int | None) -> None:
+    """Send due rows now, from this process (what the deliver_outbox task does)."""
+    from cxr_orient.dicomnet.delivery import deliver_due
+
+    counts = deliver_due(get_settings(), limit)
+    click.echo(f"{counts.claimed} claimed: {counts.sent} sent, {counts.retrying} retrying, "
+               f"{counts.failed} failed")
 
 
 # --- models --------------------------------------------------------------------------

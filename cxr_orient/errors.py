@@ -111,3 +111,25 @@ class ReclassifyError(CxrError):
     """A reclassify run that cannot start or go on (unknown run, no such model...)."""
 
     code = "reclassify"
+
+
+class DeliveryError(CxrError):
+    """A Structured Report could not be delivered to a result destination."""
+
+    code = "delivery"
+
+
+class DestinationUnavailableError(DeliveryError):
+    """The destination is down, busy or did not answer: the same report is sent again
+    later (the outbox backs off)."""
+
+    code = "destination_unavailable"
+    transient = True
+
+
+class DeliveryRefusedError(DeliveryError):
+    """The destination refused the report with a status that sending the same object
+    again cannot change (a bad request, an unsupported SOP class): failed for good until
+    an operator retries it (``cxr-orient outbox retry``)."""
+
+    code = "delivery_refused"

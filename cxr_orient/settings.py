@@ -8,9 +8,12 @@ file and a filesystem broker under ``CXR_DATA_DIR``.
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -26,6 +29,77 @@ CHEST_RADIOGRAPH_SOP_CLASSES = (
 _REPO_ROOT = Path(__file__).resolve().parent.parent
 #: Checkpoint shipped with the source tree, used when nothing else is active.
 SHIPPED_MODEL = Path(__file__).resolve().parent / "shipped" / "compact-invariant-64-v2.keras"
+
+
+_AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # printable, no backslash
+
+
+def check_ae_title(value: str, *, name: str) -> str:
+    """An AE title as DICOM allows it (1-16 printable characters, no backslash, not all
+    spaces), stripped; else ValueError naming the setting."""
+    stripped = value.strip()
+    if not stripped or not _AE_TITLE.match(stripped):
+        raise ValueError(f"{name}: {value!r} is not an AE title (1-16 printable "
+                         "characters, no backslash)")
+    return stripped
+
+
+@dataclass(frozen=True)
+class ResultDestination:
+    """One entry of CXR_RESULT_DESTINATIONS: a C-STORE SCP or a STOW-RS endpoint."""
+
+    #: ``dicom``, ``dicomweb+http`` or ``dicomweb+https``.
+    scheme: str
+    host: str
+    port: int
+    #: The called AE title (``dicom`` only).
+    ae_title: str | None = None
+    #: The path of the DICOMweb service root (``dicomweb+*`` only), e.g. ``/dicom-web``.
+    path: str = ""
+
+    @property
+    def url(self) -> str:
+        """The canonical spelling: what the outbox records as the destination."""
+        if self.scheme == "dicom":
+            return f"dicom://{self.ae_title}@{self.host}:{self.port}"
+        return f"{self.scheme}://{self.host}:{self.port}{self.path}"
+
+    @property
+    def http_url(self) -> str:
+        """The DICOMweb service root as an http(s) URL (``dicomweb+*`` only)."""
+        return f"{self.scheme.removeprefix('dicomweb+')}://{self.host}:{self.port}{self.path}"
+
+
+def parse_result_destination(text: str) -> ResultDestination:
+    """``dicom://AET@host:port`` or ``dicomweb+http(s)://host:port/path``; ValueError
+    saying what is wrong otherwise."""
+    where = f"CXR_RESULT_DESTINATIONS entry {text!r}"
+    try:
+        parts = urlsplit(text.strip())
+        port = parts.port
+    except ValueError as exc:
+        raise ValueError(f"{where}: {exc}") from exc
+    if parts.scheme not in {"dicom", "dicomweb+http", "dicomweb+https"}:
+        raise ValueError(f"{where}: scheme must be dicom://, dicomweb+http:// or "
+                         "dicomweb+https://")
+    if not parts.hostname:
+        raise ValueError(f"{where}: no host")
+    if parts.query or parts.fragment or parts.password:
+        raise ValueError(f"{where}: no query, fragment or password allowed")
+    if parts.scheme == "dicom":
+        if port is None:
+            raise ValueError(f"{where}: a dicom:// destination needs a port")
+        if parts.path not in ("", "/"):
+            raise ValueError(f"{where}: a dicom:// destination has no path")
+        if not parts.username:
+            raise ValueError(f"{where}: the called AE title is missing (dicom://AET@host:port)")
+        return ResultDestination("dicom", parts.hostname, port,
+                                 ae_title=check_ae_title(parts.username, name=where))
+    if parts.username:
+        raise ValueError(f"{where}: no user in a DICOMweb URL")
+    default_port = 443 if parts.scheme == "dicomweb+https" else 80
+    return ResultDestination(parts.scheme, parts.hostname, port or default_port,
+                             path=parts.path.rstrip("/"))
 
 
 class Settings(BaseSettings):
@@ -232,6 +306,56 @@ class Settings(BaseSettings):
         description="CXR_RETRAIN_MIN_NEW_LABELS: a scheduled retrain with fewer new labels "
         "exits without training. Default 50.",
     )
+    result_destinations: str = Field(
+        default="",
+        description="CXR_RESULT_DESTINATIONS: where each answer goes back as a DICOM "
+        "Structured Report, comma-separated: dicom://AET@host:port (C-STORE) and "
+        "dicomweb+http://host:port/path or dicomweb+https://... (STOW-RS to the service "
+        "root, e.g. /dicom-web). Checked at startup. Default empty (answers stay in SQL).",
+    )
+    result_calling_ae: str = Field(
+        default="CXR_ORIENT",
+        description="CXR_RESULT_CALLING_AE: our AE title when sending SRs by C-STORE. "
+        "Default CXR_ORIENT.",
+    )
+    outbox_interval_s: float = Field(
+        default=5.0, ge=0.5, le=3600,
+        description="CXR_OUTBOX_INTERVAL_S: how often celery beat runs the outbox "
+        "delivery (it also runs after each recorded batch). Default 5.",
+    )
+    outbox_batch: int = Field(
+        default=50, ge=1, le=10_000,
+        description="CXR_OUTBOX_BATCH: most SRs sent by one delivery run. Default 50.",
+    )
+    outbox_backoff_s: float = Field(
+        default=5.0, ge=0.1, le=3600,
+        description="CXR_OUTBOX_BACKOFF_S: wait before the first retry of a failed "
+        "send; doubled after each further failure, up to CXR_OUTBOX_BACKOFF_MAX_S. "
+        "Default 5.",
+    )
+    outbox_backoff_max_s: float = Field(
+        default=600.0, ge=0.1, le=86_400,
+        description="CXR_OUTBOX_BACKOFF_MAX_S: the longest wait between two attempts. "
+        "Default 600. A destination that is down is retried for ever at this pace.",
+    )
+    outbox_timeout_s: float = Field(
+        default=30.0, ge=1, le=3600,
+        description="CXR_OUTBOX_TIMEOUT_S: network timeout of one send (connect, "
+        "association, response). Default 30.",
+    )
+    outbox_lease_s: float = Field(
+        default=300.0, ge=10, le=86_400,
+        description="CXR_OUTBOX_LEASE_S: a claimed row whose sender died without "
+        "recording the outcome is due again after this long (re-sent with the same "
+        "SOPInstanceUID). Must exceed the time one delivery run takes. Default 300.",
+    )
+    outbox_queue: str | None = Field(
+        default=None,
+        description="CXR_OUTBOX_QUEUE: Celery queue for the outbox delivery task, so that a "
+        "slow or black-holed destination never holds a classification pool process; "
+        "start a worker for it with -Q <this queue> (or add it to a worker's -Q list). "
+        "Default unset: the classification queue CXR_QUEUE_NAME.",
+    )
     log_level: str = Field(
         default="INFO",
         description="CXR_LOG_LEVEL: DEBUG, INFO, WARNING, ERROR or CRITICAL. Default INFO.",
@@ -269,6 +393,18 @@ class Settings(BaseSettings):
             if pattern.strip():
                 patterns.append("\\".join(values))
         return ",".join(patterns)
+    @field_validator("result_destinations")
+    @classmethod
+    def _parsable_destinations(cls, value: str) -> str:
+        urls = [parse_result_destination(e).url for e in value.split(",") if e.strip()]
+        if len(set(urls)) != len(urls):
+            raise ValueError("CXR_RESULT_DESTINATIONS names a destination twice")
+        return ",".join(urls)
+
+    @field_validator("result_calling_ae")
+    @classmethod
+    def _calling_ae_title(cls, value: str) -> str:
+        return check_ae_title(value, name="CXR_RESULT_CALLING_AE")
 
     @field_validator("log_level")
     @classmethod
@@ -308,6 +444,12 @@ class Settings(BaseSettings):
                     f"CXR_SPOOL_DIR {self.spool_dir} must lie under CXR_INGEST_ROOT "
                     f"{self.ingest_root}: workers read only files under the ingest root")
         return self
+
+    @property
+    def result_destination_list(self) -> list[ResultDestination]:
+        """CXR_RESULT_DESTINATIONS parsed, in the order given."""
+        return [parse_result_destination(e) for e in self.result_destinations.split(",")
+                if e.strip()]
 
     @property
     def effective_database_url(self) -> str:

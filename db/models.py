@@ -364,3 +364,38 @@ class ApiToken(Base):
     last_used_at: Mapped[datetime | None] = mapped_column()
     #: Set by ``cxr-orient token revoke``; a revoked token is refused (401).
     revoked_at: Mapped[datetime | None] = mapped_column()
+class OutboxStatus(enum.StrEnum):
+    #: Not delivered yet: due at ``next_attempt_at`` (claimed rows are leased forward).
+    pending = "pending"
+    sent = "sent"
+    #: Refused for good (a refusal that retrying cannot fix, or a source file that is
+    #: gone); ``cxr-orient outbox retry`` makes it pending again.
+    failed = "failed"
+
+
+class OutboxMessage(Base):
+    """One answer's Structured Report for one destination (CXR_RESULT_DESTINATIONS),
+    added in the transaction that records the answer; a sender delivers and retries."""
+
+    __tablename__ = "outbox"
+    __table_args__ = (
+        UniqueConstraint("prediction_id", "destination"),
+        Index("ix_outbox_status_next_attempt_at", "status", "next_attempt_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    prediction_id: Mapped[int] = mapped_column(
+        ForeignKey("predictions.id", ondelete="RESTRICT"))
+    #: The destination's canonical URL (``dicom://AET@host:port``, ``dicomweb+http://...``).
+    destination: Mapped[str] = mapped_column(String(512))
+    #: Fixed when the row is made: every (re-)send is the same object, stored once.
+    #: The same for every destination of one answer.
+    sr_sop_instance_uid: Mapped[str] = mapped_column(UID)
+    status: Mapped[OutboxStatus] = mapped_column(
+        _enum(OutboxStatus, "outbox_status"), default=OutboxStatus.pending)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    next_attempt_at: Mapped[datetime] = mapped_column(default=utcnow)
+    sent_at: Mapped[datetime | None] = mapped_column()
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)

@@ -23,6 +23,7 @@ RELEASE_QUIET_STUDIES = "cxr_orient.release_quiet_studies"
 PURGE_SPOOL = "cxr_orient.purge_spool"
 #: How often received files that nobody needs any more are deleted (docs/security.md).
 PURGE_SPOOL_EVERY_S = 300.0
+DELIVER_OUTBOX = "cxr_orient.deliver_outbox"
 
 def make_app() -> Celery:
     settings = get_settings()
@@ -76,6 +77,17 @@ def make_app() -> Celery:
         },
         timezone="UTC",
     )
+    if settings.outbox_queue:
+        # Beat's sweeps and the kicks after each batch both route by task name.
+        app.conf.task_routes = {DELIVER_OUTBOX: {"queue": settings.outbox_queue}}
+    if settings.result_destinations:
+        # Results back to PACS: the outbox is swept every few seconds (and kicked after
+        # each recorded batch), so a destination back up is served within one interval.
+        app.conf.beat_schedule["deliver-outbox"] = {
+            "task": DELIVER_OUTBOX,
+            "schedule": settings.outbox_interval_s,
+            "options": {"expires": max(settings.outbox_interval_s * 2, 10.0)},
+        }
     if settings.retrain_schedule:
         minute, hour, day_of_month, month, day_of_week = settings.retrain_schedule.split()
         app.conf.beat_schedule["nightly-retrain"] = {

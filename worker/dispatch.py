@@ -12,7 +12,7 @@ import logging
 from collections.abc import Sequence
 
 from cxr_orient.settings import get_settings
-from worker.celery import CLASSIFY, app
+from worker.celery import CLASSIFY, DELIVER_OUTBOX, app
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +37,15 @@ def broker_reachable(timeout_s: float = 3.0) -> bool:
     except Exception:
         logger.debug("broker unreachable", exc_info=True)
         return False
+def kick_delivery() -> None:
+    """Ask a worker to deliver the outbox now (answers just recorded with outgoing SRs);
+    best effort: the beat-scheduled sweep delivers them anyway."""
+    try:
+        settings = get_settings()
+        app.send_task(DELIVER_OUTBOX, expires=max(settings.outbox_interval_s * 2, 10.0))
+    except Exception:
+        logger.warning("could not queue an outbox delivery; the periodic one will",
+                       exc_info=True)
 
 
 def broker_queue_depth() -> int | None:

@@ -303,12 +303,14 @@ def _predict_and_record(
             )
 
     superseded: list[int] = []
+    recorded = [0]
+    destinations = [d.url for d in settings.result_destination_list]
 
     def write() -> None:
         with session_scope() as session:
-            crud.record_predictions(
-                session, model_version_id=model.version_id, records=records, worker=worker_name()
-            )
+            recorded[0] = crud.record_predictions(
+                session, model_version_id=model.version_id, records=records,
+                worker=worker_name(), result_destinations=destinations)
             for w, err in failures:
                 assert err is not None
                 crud.mark_failed(
@@ -326,6 +328,10 @@ def _predict_and_record(
             crud.record_study_answers(session, instance_ids=[w.instance_id for w in work])
 
     with_db_retry(write, what="recording results")
+    if recorded[0] and destinations:
+        from worker.dispatch import kick_delivery
+
+        kick_delivery()
     if superseded:
         logger.warning("instances %s: file replaced while in flight; answer not recorded, "
                        "the replacement is queued", superseded)

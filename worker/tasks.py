@@ -12,12 +12,14 @@ from typing import Any
 from celery_batches import Batches, SimpleRequest
 from sqlalchemy.exc import OperationalError
 
+from cxr_orient.dicomnet.delivery import deliver_due
 from cxr_orient.dicomnet.retention import purge_spool as run_purge_spool
 from cxr_orient.settings import get_settings
 from cxr_orient.studies import release_quiet_studies as release_studies
 from db.models import utcnow
 from worker.celery import (
     CLASSIFY,
+    DELIVER_OUTBOX,
     PURGE_SPOOL,
     RELEASE_QUIET_STUDIES,
     REQUEUE_STUCK,
@@ -78,6 +80,13 @@ def purge_spool() -> dict[str, int]:
     counts = run_purge_spool(get_settings(), utcnow())
     return {"deleted": counts.deleted, "already_gone": counts.already_gone,
             "errors": counts.errors}
+@app.task(name=DELIVER_OUTBOX, ignore_result=True, acks_late=False)
+def deliver_outbox() -> dict[str, int]:
+    """Send due Structured Reports (beat, every CXR_OUTBOX_INTERVAL_S, and after each
+    recorded batch). Acked early: the outbox rows, not the message, hold the work, so a
+    lost message loses nothing (the next sweep finds the rows)."""
+    counts = deliver_due(get_settings())
+    return dict(counts.__dict__)
 
 
 @app.task(name=RETRAIN, ignore_result=True, acks_late=False)

@@ -24,6 +24,7 @@ QUERY_BLOCK = re.compile(
     re.DOTALL,
 )
 DIALECTS = ("sqlite", "postgresql")
+OUTBOX_DESTINATION = "dicom://PACS@pacs:104"
 
 
 def audit_queries() -> dict[str, dict[str, str]]:
@@ -131,7 +132,13 @@ def _populate() -> dict[str, int]:
                 _prediction(ids["i8"], "lateral", 0.55, agrees=True, review=True),
             ],
             worker="w1",
+            result_destinations=[OUTBOX_DESTINATION],
         )
+        # Their SRs: i1's delivered, i2's refused for good, i3's and i8's pending.
+        outbox = crud.outbox_rows(session)
+        crud.mark_outbox_sent(session, outbox_id=outbox[0].id)
+        crud.mark_outbox_failed(session, outbox_id=outbox[1].id,
+                                error="delivery_refused: C-STORE status 0xA900")
         # A reclassify with the retired compact-v1 answers i2 after compact-v2 did: the
         # newer row, but not the current answer (compact-v2 was put in service later).
         run = crud.create_reclassify_run(session, actor="dr-a", model_version_id=v1.id,
@@ -396,11 +403,27 @@ def check_waiting_studies(rows: list[Any]) -> None:
     assert rows[0].last_arrival_at is not None
 
 
+def check_outbox(rows: list[Any]) -> None:
+    assert [tuple(r[:4]) for r in rows] == [(OUTBOX_DESTINATION, 2, 1, 1)]
+    assert rows[0].oldest_pending is not None and rows[0].most_attempts == 0
+
+
+def check_outbox_reports(rows: list[Any]) -> None:
+    assert [(r.sop_instance_uid, r.status) for r in rows] == [
+        (_uid("i1"), "sent"), (_uid("i2"), "failed"), (_uid("i3"), "pending"),
+        (_uid("i8"), "pending")]
+    assert rows[1].last_error.startswith("delivery_refused")
+    assert len({r.sr_sop_instance_uid for r in rows}) == 4
+    assert rows[0].sent_at is not None and rows[2].sent_at is None
+
+
 CHECKS = {
     "out-of-scope": check_out_of_scope,
     "current-study-answers": check_current_study_answers,
     "study-answer-history": check_study_answer_history,
     "waiting-studies": check_waiting_studies,
+    "outbox": check_outbox,
+    "outbox-reports": check_outbox_reports,
     "latest-answer": check_latest_answer,
     "status-counts": check_status_counts,
     "header-disagreements": check_header_disagreements,

@@ -203,3 +203,15 @@ def test_enqueue_wait_without_a_backend_fails_fast(embedded: Embedded) -> None:
     with session_scope() as session:
         assert sum(crud.status_counts(session).values()) == 0, "nothing recorded"
     assert embedded.messages() == []
+
+
+def test_outbox_in_status_and_retry_verb(embedded: Embedded,
+                                        configure: Callable[..., None]) -> None:
+    assert "outbox: no result destinations" in cli("status").stdout
+    bad = cli("outbox", "retry", "--destination", "http://not-a-destination")
+    assert bad.exit_code == 1 and "scheme must be dicom://" in bad.output
+    ok = cli("outbox", "retry")
+    assert ok.exit_code == 0 and "0 failed rows pending again" in ok.stdout
+    configure(result_destinations="dicom://PACS@127.0.0.1:4242")
+    shown = cli("status")
+    assert "  dicom://PACS@127.0.0.1:4242: pending 0, sent 0, failed 0" in shown.stdout

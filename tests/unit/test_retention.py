@@ -17,7 +17,7 @@ from cxr_orient.ingest import enqueue_paths
 from cxr_orient.settings import get_settings
 from cxr_orient.synthetic import make_dicom
 from db import crud
-from db.models import Instance, InstanceStatus, OrientationLabel, utcnow
+from db.models import Instance, InstanceStatus, OrientationLabel, Prediction, utcnow
 from db.session import session_scope
 from tests.utils.corpus import rg1_dicom
 from tests.utils.embedded import embedded_setup
@@ -190,3 +190,24 @@ def test_a_label_after_the_purge_is_reported_file_purged_by_training(
         labelled = labelled_images_from_db(session)
     assert labelled.images == []
     assert len(labelled.problems) == 1 and ": file_purged: " in labelled.problems[0]
+
+
+def test_a_report_not_yet_delivered_keeps_its_source_file(
+        version_id: int, tmp_path: Path) -> None:
+    """The SR is built from the source file's header when it is sent: a pending outbox
+    row holds the file; once sent (or failed for good) the file may go."""
+    instance_id, path = _receive(tmp_path, "1.2.3.20")
+    _answer(instance_id, version_id)
+    with session_scope() as session:
+        prediction_id = session.scalars(
+            select(Prediction.id).where(Prediction.instance_id == instance_id)).one()
+        crud.add_outbox_messages(session, prediction_ids=[prediction_id],
+                                 destinations=["dicom://PACS@127.0.0.1:4242"])
+        (outbox,) = crud.outbox_rows(session, prediction_ids=[prediction_id])
+        outbox_id = outbox.id
+    assert purge_spool(get_settings(), utcnow()).deleted == 0
+    assert path.is_file() and _purged_at(instance_id) is None
+    with session_scope() as session:
+        crud.mark_outbox_sent(session, outbox_id=outbox_id)
+    assert purge_spool(get_settings(), utcnow()).deleted == 1
+    assert not path.exists() and _purged_at(instance_id) is not None

@@ -1,0 +1,131 @@
+"""deliver_due on real files and a real closed port (no mock): a destination that is
+down delays (one try per run, rows take turns), a source file that changed fails the
+row for good."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from cxr_orient.dicomnet.delivery import deliver_due, report_for
+from cxr_orient.settings import get_settings
+from db import crud
+from db.migrate import upgrade
+from db.models import OrientationLabel, OutboxStatus
+from db.session import session_scope
+from tests.utils.factories import register_version
+
+SAMPLES = Path(__file__).resolve().parents[2] / "cxr_orient" / "samples" / "study1"
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])  # closed again when the block ends
+
+
+def _answered(archive: Path, destination: str) -> list[int]:
+    """Both sample films recorded, answered, with one outbox row each."""
+    from cxr_orient.ingest import enqueue_paths
+
+    enqueue_paths([archive], send=None, settings=get_settings())
+    with session_scope() as session:
+        model = register_version(session, "m1")
+        crud.activate_model_version(session, version=model, actor="t", reason="in service")
+        model_id = model.id
+        instances = [crud.find_instance_by_uid(session, sop_instance_uid=str(r.sop_instance_uid))
+                     for r in crud.results(session)]
+        records = [crud.PredictionRecord(
+            instance_id=i.id, label=OrientationLabel.frontal, confidence=0.9, p_frontal=0.9,
+            p_lateral=0.1, header_agrees=None, needs_review=False, decode_ms=None,
+            inference_ms=None, batch_size=None) for i in instances if i is not None]
+        crud.record_predictions(session, model_version_id=model_id, records=records,
+                                worker="t", result_destinations=[destination])
+        return [r.id for r in crud.outbox_rows(session)]
+
+
+def test_a_down_destination_is_tried_once_per_run_and_rows_take_turns(
+    tmp_path: Path, database_url: str, configure: Callable[..., None]
+) -> None:
+    archive = tmp_path / "archive"
+    shutil.copytree(SAMPLES, archive)
+    destination = f"dicom://NOBODY@127.0.0.1:{_closed_port()}"
+    configure(database_url=database_url, ingest_root=tmp_path, data_dir=tmp_path / "d",
+              result_destinations=destination, outbox_backoff_s=0.1,
+              outbox_backoff_max_s=0.1, outbox_timeout_s=3)
+    upgrade()
+    ids = _answered(archive, destination)
+    assert len(ids) == 2
+    for expected_attempts in ([1, 0], [1, 1], [2, 1]):
+        counts = deliver_due(get_settings())
+        assert (counts.claimed, counts.sent, counts.retrying, counts.failed) == (2, 0, 2, 0)
+        with session_scope() as session:
+            rows = {r.id: r for r in crud.outbox_rows(session)}
+        assert all(r.status == OutboxStatus.pending for r in rows.values())
+        assert all("destination_unavailable" in str(r.last_error) for r in rows.values())
+        # One try per run; an untried row's attempt is not counted; rows take turns.
+        assert [rows[i].attempts for i in ids] == expected_attempts
+        time.sleep(0.2)
+
+
+def test_a_changed_source_file_fails_for_good(
+    tmp_path: Path, sqlite_url: str, configure: Callable[..., None]
+) -> None:
+    archive = tmp_path / "archive"
+    shutil.copytree(SAMPLES, archive)
+    destination = f"dicom://NOBODY@127.0.0.1:{_closed_port()}"
+    configure(database_url=sqlite_url, ingest_root=tmp_path, data_dir=tmp_path / "d",
+              result_destinations=destination)
+    upgrade()
+    _answered(archive, destination)
+    for path in archive.glob("*.dcm"):
+        path.write_bytes(path.read_bytes() + b"\0\0")
+    counts = deliver_due(get_settings())
+    assert (counts.claimed, counts.failed) == (2, 2)
+    with session_scope() as session:
+        rows = crud.outbox_rows(session)
+    assert {r.status for r in rows} == {OutboxStatus.failed}
+    assert all(str(r.last_error).startswith("file_changed") for r in rows)
+
+
+def test_an_answer_on_a_replaced_file_is_reported_from_that_file(
+    tmp_path: Path, sqlite_url: str, configure: Callable[..., None]
+) -> None:
+    """A uid conflict under ``replace`` points the instance at new bytes; the SR of the
+    answer made on the earlier bytes is built from the earlier file."""
+    from db.models import UidConflictAction
+
+    archive = tmp_path / "archive"
+    shutil.copytree(SAMPLES, archive)
+    destination = f"dicom://NOBODY@127.0.0.1:{_closed_port()}"
+    configure(database_url=sqlite_url, ingest_root=tmp_path, data_dir=tmp_path / "d",
+              result_destinations=destination)
+    upgrade()
+    _answered(archive, destination)
+    resent = tmp_path / "resent.dcm"
+    resent.write_bytes((archive / "frontal.dcm").read_bytes() + b"\0\0")
+    with session_scope() as session:
+        row = crud.outbox_rows(session)[0]
+        work = crud.outbox_work(session, outbox_ids=[row.id])[0]
+        instance = crud.find_instance_by_uid(session, sop_instance_uid=str(work.sop_instance_uid))
+        assert instance is not None
+        old_path, old_sha = instance.file_path, instance.file_sha256
+        crud.add_uid_conflict(
+            session, instance_id=instance.id, known_status=instance.status,
+            study_instance_uid="1.2", study_matches=True, known_file_path=old_path,
+            known_file_sha256=old_sha, known_file_size=instance.file_size,
+            new_file_path=str(resent), new_file_sha256="f" * 64, new_file_size=1,
+            policy="replace", action=UidConflictAction.replaced, detail="test")
+        assert crud.replace_instance_file(
+            session, instance_id=instance.id, expected_sha256=old_sha, file_path=str(resent),
+            file_sha256="f" * 64, file_size=1, series_instance_uid=None, modality="DX",
+            transfer_syntax_uid=None, header_view_position="PA")
+    with session_scope() as session:
+        work = crud.outbox_work(session, outbox_ids=[row.id])[0]
+    assert (work.file_path, work.file_sha256) == (old_path, old_sha)
+    report = report_for(work, get_settings())
+    assert report.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[
+        0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == work.sop_instance_uid
