@@ -72,6 +72,8 @@ def multipart(*parts: bytes) -> bytes:
 def service(tmp_path: Path, configure: Callable[..., None],
             monkeypatch: pytest.MonkeyPatch) -> Iterator[Service]:
     setup = embedded_setup(tmp_path, configure, monkeypatch)
+    # Sent at once: holding a study until it is quiet is cxr_orient.studies' (test_studies).
+    configure(study_quiet_s=0)
     with session_scope() as session:
         token = create_token(session, name="pacs", scopes=["stow"])
     made = tmp_path / "made"
