@@ -187,6 +187,77 @@ def enqueue(paths: tuple[Path, ...], wait: bool, timeout: float | None) -> None:
         click.echo("all instances finished")
 
 
+# --- the DICOM node ------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--port", type=int, default=None,
+              help="TCP port (0: any free one, logged). Default CXR_DICOM_PORT (11112).")
+@click.option("--bind", default=None, help="Address to bind. Default CXR_DICOM_BIND (127.0.0.1).")
+@click.option("--ae-title", default=None, help="Our AE title. Default CXR_DICOM_AE_TITLE.")
+def listen(port: int | None, bind: str | None, ae_title: str | None) -> None:
+    """Receive instances over DICOM (C-STORE SCP, C-ECHO) until SIGTERM.
+
+    Each instance is written to the spool (durably, as sent) before success is returned,
+    then recorded and queued like a file given to `enqueue`. docs/dicom.md is the
+    conformance statement.
+    """
+    from cxr_orient.dicomnet.listener import ListenerConfig, serve_dicom
+    from worker.dispatch import send_instances
+
+    settings = get_settings()
+    try:
+        config = ListenerConfig.from_settings(settings, ae_title=ae_title, bind=bind, port=port)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
+    stored = serve_dicom(settings, send=send_instances, config=config)
+    click.echo(f"listener stopped: {stored} instances stored", err=True)
+
+
+@main.command()
+@click.option("--dicomweb", "url", required=True,
+              help="DICOMweb base URL, e.g. http://pacs:8042/dicom-web.")
+@click.option("--study", "study_uid", default=None, help="Only this StudyInstanceUID.")
+@click.option("--since", type=click.DateTime(["%Y-%m-%d"]), default=None,
+              help="Studies from this StudyDate (YYYY-MM-DD).")
+@click.option("--until", type=click.DateTime(["%Y-%m-%d"]), default=None,
+              help="Studies up to this StudyDate (YYYY-MM-DD).")
+@click.option("--modality", default="CR,DX", show_default=True,
+              help="Comma-separated series modalities to fetch.")
+def pull(url: str, study_uid: str | None, since: Any, until: Any, modality: str) -> None:
+    """Fetch studies from a PACS over DICOMweb (QIDO-RS, WADO-RS) and queue them.
+
+    Idempotent and resumable: instances already recorded are not fetched again, so an
+    interrupted pull run again fetches only the rest.
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    from cxr_orient.dicomnet.pull import PullQuery, parse_modalities, remote_summary
+    from cxr_orient.dicomnet.pull import pull as pull_dicomweb
+    from worker.dispatch import send_instances
+
+    query = PullQuery(study_uid=study_uid, since=since.date() if since else None,
+                      until=until.date() if until else None,
+                      modalities=parse_modalities(modality))
+    with Progress("[progress.description]{task.description}", BarColumn(),
+                  MofNCompleteColumn(), TimeRemainingColumn(), transient=True,
+                  disable=not sys.stderr.isatty()) as progress:
+        task = progress.add_task("fetching", total=None)
+        report = pull_dicomweb(
+            url, query, settings=get_settings(), send=send_instances,
+            on_total=lambda n: progress.update(task, total=n),
+            on_instance=lambda: progress.advance(task))
+    recorded = report.recorded
+    click.echo(f"{report.found} instances found: {report.skipped_known} recorded before, "
+               f"{report.fetched} fetched, {len(report.failed)} failed; "
+               f"{len(recorded.queued)} queued, {len(recorded.already_known)} already known, "
+               f"{len(recorded.uid_conflicts)} uid_conflict, {len(recorded.refused)} refused")
+    for line in remote_summary(report.failed)[:20]:
+        click.echo(f"  failed {line}", err=True)
+    if report.failed:
+        sys.exit(4)
+
+
 @main.command()
 def requeue() -> None:
     """Send again every instance the database has as queued or processing.

@@ -36,6 +36,7 @@ from cxr_orient.settings import Settings
 __all__ = [
     "CheckedFile",
     "load_checked_image",
+    "max_file_bytes",
     "read_checked",
     "read_file_bounded",
     "read_for_ingest",
@@ -65,12 +66,18 @@ def resolve_ingest_path(file_path: str | Path, ingest_root: Path) -> Path:
     return real
 
 
+def max_file_bytes(max_pixels: int) -> int:
+    """The largest file accepted: an image of ``max_pixels`` stored raw at 16 bits, plus
+    headroom for the header. Network sources refuse larger instances with the same bound."""
+    return 2 * max_pixels + (64 << 20)
+
+
 def read_file_bounded(real: Path, *, shown: str, max_pixels: int) -> bytes:
     """A file's bytes, read whole (to hash, then parse from memory); refused unread when
     it is larger than the biggest image accepted, stored raw at 16 bits, plus headroom."""
     try:
         file_size = real.stat().st_size
-        if file_size > 2 * max_pixels + (64 << 20):
+        if file_size > max_file_bytes(max_pixels):
             raise ImageTooLargeError(
                 f"file {shown!r} is {file_size} bytes, more than an image of "
                 f"CXR_MAX_PIXELS={max_pixels} can need"

@@ -1,0 +1,404 @@
+"""``cxr-orient listen``: a C-STORE SCP (with C-ECHO) that writes what it receives to the
+spool and records it through :mod:`cxr_orient.dicomnet.receive`.
+
+A C-STORE handler only checks, writes and returns a status (pynetdicom's storescp
+pattern); recording happens on one recorder thread that takes the spooled paths of every
+association in batches, so the database sees one transaction per batch, not per
+instance. Nothing acknowledged can be lost:
+
+- success (0000) is returned only after the instance's bytes, exactly as sent (file meta
+  added, never transcoded), are durable in the spool (:func:`spool.write_instance`);
+- a batch the recorder cannot record (database down) is retried while the listener
+  runs, and whatever is still unrecorded when it stops (or is killed) is recorded by the
+  sweep at the next start (:func:`sweep_spool`): every ``*.dcm`` under the spool that no
+  row names is recorded.
+
+Statuses returned (docs/dicom.md lists them with their reasons): 0000 stored (an
+instance outside the accept policy too: it is recorded as refused, never labelled);
+A700 free space under the spool below ``CXR_SPOOL_MIN_FREE_MB``, or the write failed;
+C001 larger than the worker accepts (``CXR_MAX_PIXELS``); C210 a dataset whose header
+cannot be read (spooled and recorded as a failed instance with the reason, like a bad
+file given to ``enqueue``); C211 any other error in the handler. The handler never
+raises: the listener does not die of input.
+
+Logs carry counts, AE titles, peer addresses and status codes, never UIDs, paths or
+other header values (docs/security.md).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import signal
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydicom.dataset import Dataset
+from pydicom.uid import UID
+
+from cxr_orient.dicomnet.receive import record_received
+from cxr_orient.dicomnet.spool import free_mb, spool_dir, write_instance
+from cxr_orient.errors import CxrError
+from cxr_orient.imaging import read_header
+from cxr_orient.imaging.decoders import SUPPORTED_TRANSFER_SYNTAXES
+from cxr_orient.ingest import Sender
+from cxr_orient.intake import max_file_bytes
+from cxr_orient.settings import Settings
+from db import crud
+from db.session import session_scope
+
+__all__ = [
+    "STATUS",
+    "ListenerConfig",
+    "Recorder",
+    "caller_allowed",
+    "serve_dicom",
+    "sop_classes_from_setting",
+    "sweep_spool",
+]
+
+logger = logging.getLogger(__name__)
+
+#: The C-STORE statuses this SCP returns, by name (docs/dicom.md).
+STATUS = {
+    "success": 0x0000,
+    "out_of_resources": 0xA700,
+    "too_large": 0xC001,
+    "cannot_read": 0xC210,
+    "internal_error": 0xC211,
+}
+
+VERIFICATION = UID("1.2.840.10008.1.1")
+
+#: Temporary files of interrupted writes older than this are removed by the sweep
+#: (younger ones may belong to a write in progress by another network source).
+STALE_TEMPORARY_S = 600.0
+
+
+def sop_classes_from_setting(text: str) -> list[UID]:
+    """CXR_DICOM_SOP_CLASSES as UIDs; a pydicom keyword is looked up; nonsense raises
+    ValueError naming the item."""
+    from pydicom.uid import UID_dictionary
+
+    by_keyword = {entry[4]: uid for uid, entry in UID_dictionary.items()}
+    out: list[UID] = []
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        uid = UID(by_keyword.get(item, item))
+        if not uid.is_valid or (item not in by_keyword and not item[0].isdigit()):
+            raise ValueError(f"CXR_DICOM_SOP_CLASSES: {item!r} is neither a UID nor a "
+                             "known SOP class keyword")
+        out.append(uid)
+    if not out:
+        raise ValueError("CXR_DICOM_SOP_CLASSES names no SOP class")
+    return list(dict.fromkeys(out))
+
+
+def caller_allowed(title: str, host: str, allowed: Sequence[tuple[str, str | None]]) -> bool:
+    """Whether a calling AE title from ``host`` may associate: any when ``allowed`` is
+    empty, else a matching (title, host-or-None) entry."""
+    if not allowed:
+        return True
+    title = title.strip()
+    return any(t == title and (h is None or h == host) for t, h in allowed)
+
+
+@dataclass(frozen=True)
+class ListenerConfig:
+    """What the SCP is: address, AE title, who may call, what it stores."""
+
+    ae_title: str
+    bind: str
+    port: int
+    allowed_callers: list[tuple[str, str | None]]
+    max_associations: int
+    sop_classes: list[UID]
+    transfer_syntaxes: list[UID] = field(
+        default_factory=lambda: sorted(SUPPORTED_TRANSFER_SYNTAXES))
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, ae_title: str | None = None,
+                      bind: str | None = None, port: int | None = None) -> ListenerConfig:
+        return cls(
+            ae_title=ae_title or settings.dicom_ae_title,
+            bind=bind or settings.dicom_bind,
+            port=settings.dicom_port if port is None else port,
+            allowed_callers=settings.dicom_allowed_caller_list,
+            max_associations=settings.dicom_max_associations,
+            sop_classes=sop_classes_from_setting(settings.dicom_sop_classes),
+        )
+
+
+class Recorder:
+    """One thread recording spooled paths in batches (every association's), retrying a
+    batch that fails; what is unrecorded at stop is left to the next start's sweep."""
+
+    def __init__(self, settings: Settings, send: Sender | None, *, batch: int = 200,
+                 window_s: float = 0.05) -> None:
+        self.settings = settings
+        self.send = send
+        self.batch = batch
+        self.window_s = window_s
+        self.recorded = 0
+        self._paths: queue.Queue[Path] = queue.Queue()
+        self._stopping = threading.Event()
+        self._idle = threading.Condition()
+        self._pending = 0
+        self._thread = threading.Thread(target=self._run, name="cxr-recorder", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def put(self, path: Path) -> None:
+        with self._idle:
+            self._pending += 1
+        self._paths.put(path)
+
+    def _take(self) -> list[Path]:
+        try:
+            first = self._paths.get(timeout=0.2)
+        except queue.Empty:
+            return []
+        taken = [first]
+        deadline = time.monotonic() + self.window_s
+        while len(taken) < self.batch:
+            left = deadline - time.monotonic()
+            try:
+                taken.append(self._paths.get(timeout=max(left, 0)) if left > 0
+                             else self._paths.get_nowait())
+            except queue.Empty:
+                break
+        return taken
+
+    def _record(self, paths: list[Path], *, retry: bool) -> bool:
+        try:
+            if not retry:
+                report = record_received(paths, send=self.send, settings=self.settings)
+            else:
+                # The failed try may have committed rows and failed to send them (broker
+                # down): send every instance of the batch again. A duplicate message is
+                # harmless, the worker claims each instance once and skips finished ones.
+                report = record_received(paths, send=None, settings=self.settings)
+                if self.send is not None and report.instance_ids:
+                    self.send(report.instance_ids)
+        except Exception as exc:
+            # The exception's text may quote paths (UIDs): its type at WARNING, the rest
+            # at DEBUG only.
+            logger.warning("recording %d spooled instances failed (%s); retrying",
+                           len(paths), type(exc).__name__)
+            logger.debug("recording failed", exc_info=True)
+            return False
+        self.recorded += len(paths)
+        logger.info("recorded %d received instances: %d new, %d already known, "
+                    "%d uid conflicts, %d refused", len(paths), len(report.queued),
+                    len(report.already_known), len(report.uid_conflicts),
+                    len(report.refused))
+        return True
+
+    def _run(self) -> None:
+        backoff = 0.5
+        while True:
+            paths = self._take()
+            if not paths:
+                if self._stopping.is_set():
+                    return
+                continue
+            retry = False
+            while not self._record(paths, retry=retry):
+                retry = True
+                if self._stopping.wait(backoff):
+                    logger.warning("%d spooled instances left unrecorded at shutdown; the "
+                                   "next start's sweep records them", len(paths))
+                    return
+                backoff = min(backoff * 2, 30.0)
+            backoff = 0.5
+            with self._idle:
+                self._pending -= len(paths)
+                self._idle.notify_all()
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Block until every path put so far is recorded; False on timeout."""
+        deadline = time.monotonic() + timeout
+        with self._idle:
+            while self._pending > 0:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._idle.wait(left)
+        return True
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self.wait_idle(timeout)
+        self._stopping.set()
+        self._thread.join(timeout)
+
+
+def sweep_spool(settings: Settings, send: Sender | None) -> int:
+    """Record every spooled file no row names (acknowledged before a crash or a failed
+    recording) and remove stale temporaries of interrupted writes; returns how many
+    files were recorded."""
+    folder = spool_dir(settings)
+    if not folder.is_dir():
+        return 0
+    now = time.time()
+    for temporary in folder.glob("*/.incoming-*.tmp"):
+        try:
+            if now - temporary.stat().st_mtime > STALE_TEMPORARY_S:
+                temporary.unlink()
+        except FileNotFoundError:
+            continue
+    with session_scope() as session:
+        recorded = crud.recorded_paths_under(session, prefix=f"{folder}/")
+    unrecorded = sorted(p for p in folder.glob("*/*.dcm") if str(p) not in recorded)
+    for start in range(0, len(unrecorded), 500):
+        record_received(unrecorded[start:start + 500], send=send, settings=settings)
+    if unrecorded:
+        logger.info("spool sweep: recorded %d files received before the last stop",
+                    len(unrecorded))
+    return len(unrecorded)
+
+
+def _status(code: str, comment: str) -> Dataset:
+    status = Dataset()
+    status.Status = STATUS[code]
+    status.ErrorComment = comment[:64]
+    return status
+
+
+class _Handlers:
+    """The SCP's event handlers: association check, C-ECHO, C-STORE."""
+
+    def __init__(self, config: ListenerConfig, settings: Settings, recorder: Recorder) -> None:
+        self.config = config
+        self.settings = settings
+        self.recorder = recorder
+        self.largest = max_file_bytes(settings.max_pixels)
+        self.stored = 0
+
+    def on_requested(self, event: Any) -> None:
+        assoc = event.assoc
+        title = str(assoc.requestor.primitive.calling_ae_title).strip()
+        host = str(assoc.requestor.address)
+        if not caller_allowed(title, host, self.config.allowed_callers):
+            logger.warning("association from %s@%s rejected: calling AE title not allowed "
+                           "(CXR_DICOM_ALLOWED_CALLERS)", title, host)
+            assoc.acse.send_reject(0x01, 0x01, 0x03)
+
+    def on_echo(self, event: Any) -> int:
+        return STATUS["success"]
+
+    def on_store(self, event: Any) -> int | Dataset:
+        try:
+            return self._store(event)
+        except Exception:
+            logger.exception("C-STORE from %s: unexpected error",
+                             str(event.assoc.requestor.ae_title).strip())
+            return _status("internal_error", "internal error, see the listener's log")
+
+    def _store(self, event: Any) -> int | Dataset:
+        caller = str(event.assoc.requestor.ae_title).strip()
+        if free_mb(self.settings) < self.settings.spool_min_free_mb:
+            logger.warning("C-STORE from %s refused (A700): spool free space under "
+                           "CXR_SPOOL_MIN_FREE_MB=%d", caller, self.settings.spool_min_free_mb)
+            return _status("out_of_resources", "spool disk nearly full")
+        data = event.encoded_dataset(include_meta=True)
+        if len(data) > self.largest:
+            logger.warning("C-STORE from %s refused (C001): %d bytes, more than "
+                           "CXR_MAX_PIXELS allows", caller, len(data))
+            return _status("too_large", "instance larger than CXR_MAX_PIXELS allows")
+        sop_uid = str(event.request.AffectedSOPInstanceUID or "")
+        try:
+            header = read_header(Path("c-store"), data=data)
+        except CxrError as exc:
+            # Spooled anyway, so that the failure is recorded with its reason, as ingest
+            # records a bad file (the name carries the bytes' hash: a resend is one row).
+            spooled = write_instance(data, study_instance_uid="unreadable",
+                                     sop_instance_uid=sop_uid, settings=self.settings)
+            self.recorder.put(spooled.path)
+            logger.warning("C-STORE from %s refused (C210): %s", caller, exc.code)
+            return _status("cannot_read", f"{exc.code}: header cannot be read")
+        try:
+            spooled = write_instance(data, study_instance_uid=header.study_instance_uid,
+                                     sop_instance_uid=header.sop_instance_uid,
+                                     settings=self.settings)
+        except OSError as exc:
+            logger.error("C-STORE from %s refused (A700): spool write failed: %s", caller,
+                         exc.strerror or type(exc).__name__)
+            return _status("out_of_resources", "spool write failed")
+        self.recorder.put(spooled.path)
+        self.stored += 1
+        return STATUS["success"]
+
+
+def _application_entity(config: ListenerConfig) -> Any:
+    from pynetdicom import AE
+
+    ae = AE(ae_title=config.ae_title)
+    ae.maximum_associations = config.max_associations
+    ae.add_supported_context(VERIFICATION)
+    for sop_class in config.sop_classes:
+        ae.add_supported_context(sop_class, config.transfer_syntaxes)
+    return ae
+
+
+def serve_dicom(
+    settings: Settings,
+    *,
+    send: Sender | None,
+    config: ListenerConfig | None = None,
+    on_ready: Callable[[str, int], None] | None = None,
+    stop: threading.Event | None = None,
+    grace_s: float = 30.0,
+) -> int:
+    """Run the SCP until SIGTERM/SIGINT (or ``stop`` is set): sweep the spool, serve,
+    then stop accepting, let open associations finish (up to ``grace_s``), and record
+    what is left. Returns the number of instances stored."""
+    from pynetdicom import evt
+
+    config = config or ListenerConfig.from_settings(settings)
+    logging.getLogger("pynetdicom").setLevel(
+        logging.DEBUG if logger.isEnabledFor(logging.DEBUG) else logging.WARNING)
+    spool_dir(settings).mkdir(parents=True, exist_ok=True)
+    sweep_spool(settings, send)
+    recorder = Recorder(settings, send)
+    recorder.start()
+    handlers = _Handlers(config, settings, recorder)
+    stop = stop or threading.Event()
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            previous[signum] = signal.signal(signum, lambda *_: stop.set())
+    ae = _application_entity(config)
+    server = ae.start_server(
+        (config.bind, config.port), block=False,
+        evt_handlers=[(evt.EVT_REQUESTED, handlers.on_requested),
+                      (evt.EVT_C_ECHO, handlers.on_echo),
+                      (evt.EVT_C_STORE, handlers.on_store)])
+    host, port = server.server_address[:2]
+    logger.info("listening on %s:%d as %s (%d SOP classes, %d transfer syntaxes, at most "
+                "%d associations)", host, port, config.ae_title, len(config.sop_classes),
+                len(config.transfer_syntaxes), config.max_associations)
+    if on_ready is not None:
+        on_ready(str(host), int(port))
+    try:
+        stop.wait()
+    finally:
+        logger.info("stopping: no new associations; waiting up to %.0f s for open ones",
+                    grace_s)
+        server.shutdown()
+        deadline = time.monotonic() + grace_s
+        while server.active_associations and time.monotonic() < deadline:
+            time.sleep(0.1)
+        for assoc in server.active_associations:
+            assoc.abort()
+        recorder.stop(timeout=grace_s)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        logger.info("stopped: %d instances stored, %d recorded", handlers.stored,
+                    recorder.recorded)
+    return handlers.stored
