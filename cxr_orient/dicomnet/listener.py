@@ -54,6 +54,7 @@ from db.session import session_scope
 __all__ = [
     "STATUS",
     "ListenerConfig",
+    "accepted_transfer_syntaxes",
     "Recorder",
     "caller_allowed",
     "serve_dicom",
@@ -99,6 +100,15 @@ def sop_classes_from_setting(text: str) -> list[UID]:
     return list(dict.fromkeys(out))
 
 
+def accepted_transfer_syntaxes() -> list[UID]:
+    """Every syntax the decoder reads, in our order of preference. pynetdicom accepts, of
+    the syntaxes a sender proposes in a context, the first in this list: implicit VR
+    little endian, which every sender proposes as its fallback, comes last, so that an
+    instance is sent in the syntax it is held in (dcmsend converts otherwise)."""
+    implicit = UID("1.2.840.10008.1.2")
+    return [*sorted(s for s in SUPPORTED_TRANSFER_SYNTAXES if s != implicit), implicit]
+
+
 def caller_allowed(title: str, host: str, allowed: Sequence[tuple[str, str | None]]) -> bool:
     """Whether a calling AE title from ``host`` may associate: any when ``allowed`` is
     empty, else a matching (title, host-or-None) entry."""
@@ -118,8 +128,7 @@ class ListenerConfig:
     allowed_callers: list[tuple[str, str | None]]
     max_associations: int
     sop_classes: list[UID]
-    transfer_syntaxes: list[UID] = field(
-        default_factory=lambda: sorted(SUPPORTED_TRANSFER_SYNTAXES))
+    transfer_syntaxes: list[UID] = field(default_factory=lambda: accepted_transfer_syntaxes())
 
     @classmethod
     def from_settings(cls, settings: Settings, *, ae_title: str | None = None,
@@ -287,7 +296,10 @@ class _Handlers:
         if not caller_allowed(title, host, self.config.allowed_callers):
             logger.warning("association from %s@%s rejected: calling AE title not allowed "
                            "(CXR_DICOM_ALLOWED_CALLERS)", title, host)
+            # As pynetdicom's own rejection does: kill() lets the DUL send the
+            # A-ASSOCIATE-RJ before the socket is closed.
             assoc.acse.send_reject(0x01, 0x01, 0x03)
+            assoc.kill()
 
     def on_echo(self, event: Any) -> int:
         return STATUS["success"]

@@ -1,0 +1,250 @@
+"""``cxr-orient listen`` against a real modality: dcmtk's ``echoscu`` and ``dcmsend``
+talking to the real listener process, a real worker classifying what it received."""
+
+from __future__ import annotations
+
+import dataclasses
+import struct
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydicom.uid import JPEG2000Lossless, JPEGLosslessSV1, JPEGLSLossless, RLELossless
+
+from tests.utils.corpus import film_dicom, rg1_dicom
+from tests.utils.dicom_factory import COVID_CXR, make_dicom, synthetic_pixels
+from tests.utils.dicomnode import dcmsend, echoscu, need_tool, running_listener
+from tests.utils.worker import running_worker, worker_env
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def node(tmp_path: Path, configure: Callable[..., None]) -> dict[str, str]:
+    """A migrated SQLite database, the filesystem broker, the ingest root: the env every
+    process of the test shares (this process reads the same database)."""
+    from db.migrate import upgrade
+
+    values = {"database_url": f"sqlite:///{tmp_path / 'cxr.db'}", "ingest_root": tmp_path,
+              "data_dir": tmp_path / "data", "spool_min_free_mb": 1}
+    (tmp_path / "data").mkdir()
+    configure(**values)
+    upgrade()
+    return worker_env(**values)
+
+
+def rows() -> list[dict[str, object]]:
+    from db import crud
+    from db.session import session_scope
+
+    with session_scope() as session:
+        return [dataclasses.asdict(row) for row in crud.results(session)]
+
+
+def wait_rows(count: int, timeout: float = 60) -> list[dict[str, object]]:
+    deadline = time.monotonic() + timeout
+    while True:
+        found = rows()
+        if len(found) >= count or time.monotonic() > deadline:
+            return found
+        time.sleep(0.25)
+
+
+def spooled(root: Path) -> list[Path]:
+    return sorted((root / "spool").glob("*/*.dcm"))
+
+
+def dataset_bytes(path: Path) -> bytes:
+    """A DICOM file's bytes after its file meta (explicit VR LE group 2 with its group
+    length first): what the sender sent over the network."""
+    data = path.read_bytes()
+    assert data[128:132] == b"DICM"
+    assert data[132:136] == b"\x02\x00\x00\x00", "file meta must start with its group length"
+    (length,) = struct.unpack("<I", data[140:144])
+    return data[144 + length:]
+
+
+def small(path: Path, **kwargs: Any) -> Path:
+    """A small synthetic radiograph (speed: these tests are about the network)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return make_dicom(path, synthetic_pixels((64, 64)), **kwargs)
+
+
+def test_echo_and_callers_outside_the_allowed_list_are_rejected(
+    node: dict[str, str], tmp_path: Path
+) -> None:
+    env = {**node, "CXR_DICOM_ALLOWED_CALLERS": "MODALITY, OTHER@10.9.9.9"}
+    source = small(tmp_path / "src" / "a.dcm")
+    with running_listener(env, tmp_path / "listen.log") as listener:
+        assert echoscu(listener.port).returncode == 0
+        stranger = echoscu(listener.port, aet="STRANGER")
+        # OTHER is allowed from 10.9.9.9 only; we call from 127.0.0.1.
+        wrong_host = echoscu(listener.port, aet="OTHER")
+        sent = dcmsend(listener.port, [source], aet="STRANGER")
+    assert stranger.returncode != 0 and "Rejected" in stranger.stdout + stranger.stderr
+    assert wrong_host.returncode != 0
+    assert sent.returncode != 0
+    assert not spooled(tmp_path) and not rows()
+    log = listener.log()
+    assert "STRANGER@127.0.0.1 rejected" in log
+    assert "1.2.826" not in log, "no UIDs in the log"
+
+
+@pytest.mark.skipif(not COVID_CXR.is_dir(), reason="needs the real films in ../shared/data")
+def test_a_frontal_and_lateral_study_is_recorded_and_classified(
+    node: dict[str, str], tmp_path: Path
+) -> None:
+    study = "1.2.826.0.1.3680043.10.77.1"
+    files = [rg1_dicom(tmp_path / "src" / "frontal.dcm", study_uid=study),
+             film_dicom(tmp_path / "src" / "lateral.dcm", view="lateral", study_uid=study)]
+    with running_worker(node, tmp_path / "worker.log"), \
+            running_listener(node, tmp_path / "listen.log") as listener:
+        sent = dcmsend(listener.port, files)
+        assert sent.returncode == 0, sent.stdout + sent.stderr
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            found = rows()
+            if len(found) == 2 and all(r["status"] == "done" for r in found):
+                break
+            time.sleep(0.5)
+    assert len(found) == 2, found
+    assert {r["study_instance_uid"] for r in found} == {study}
+    by_label = sorted(str(r["label"]) for r in found)
+    assert by_label == ["frontal", "lateral"], found
+    for path in spooled(tmp_path):
+        assert str(path) in {r["file_path"] for r in found}
+
+
+def test_a_spool_disk_under_the_threshold_refuses_with_a700(
+    node: dict[str, str], tmp_path: Path
+) -> None:
+    env = {**node, "CXR_SPOOL_MIN_FREE_MB": str(10**12)}
+    source = small(tmp_path / "src" / "a.dcm")
+    with running_listener(env, tmp_path / "listen.log") as listener:
+        sent = dcmsend(listener.port, [source])
+    out = sent.stdout + sent.stderr
+    assert "Received C-STORE Response (Refused: OutOfResources)" in out, out
+    assert not spooled(tmp_path) and not rows()
+    assert "(A700)" in listener.log()
+
+
+def test_an_unreadable_dataset_gets_a_failure_status_and_a_recorded_reason(
+    node: dict[str, str], tmp_path: Path
+) -> None:
+    import pydicom
+
+    source = small(tmp_path / "src" / "no-study.dcm")
+    ds = pydicom.dcmread(source)
+    del ds.StudyInstanceUID
+    ds.save_as(source)
+    good = small(tmp_path / "src" / "good.dcm")
+    with running_listener(node, tmp_path / "listen.log") as listener:
+        sent = dcmsend(listener.port, [source, good])
+        found = wait_rows(2)
+        assert listener.process.poll() is None, "the listener must survive bad input"
+    out = sent.stdout + sent.stderr
+    assert "C-STORE Response (Error: CannotUnderstand)" in out, out
+    assert out.count("C-STORE Response (Success)") == 1, out
+    assert len(found) == 2, found
+    failed = [r for r in found if r["status"] == "failed"]
+    assert len(failed) == 1 and str(failed[0]["error"]).startswith("missing_attribute"), found
+
+
+def test_killed_mid_association_nothing_half_recorded_and_the_resend_is_accepted_once(
+    node: dict[str, str], tmp_path: Path
+) -> None:
+    sources = [rg1_dicom(tmp_path / "src" / f"{k:02d}.dcm", study_uid=f"1.2.826.0.1.9.{k % 3}")
+               for k in range(30)]
+    truth = {dataset_bytes(p) for p in sources}
+    with running_listener(node, tmp_path / "listen.log") as listener:
+        sender = subprocess.Popen(
+            [need_tool("dcmsend"), "-aet", "MODALITY", "-aec", "CXR_ORIENT", "127.0.0.1",
+             str(listener.port), *map(str, sources)],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        deadline = time.monotonic() + 60
+        while len(spooled(tmp_path)) < 3 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        listener.kill()
+        sender.wait(timeout=60)
+    assert sender.returncode != 0, "the sender must see the association die"
+    acknowledged = spooled(tmp_path)
+    assert 3 <= len(acknowledged) < 30, len(acknowledged)
+    # Every file in the spool is whole (temporaries are hidden and never recorded) ...
+    for path in acknowledged:
+        assert dataset_bytes(path) in truth
+    # ... and every row names a whole spooled file.
+    for row in rows():
+        assert Path(str(row["file_path"])) in acknowledged
+    with running_listener(node, tmp_path / "listen.log") as listener:
+        resent = dcmsend(listener.port, sources)
+        assert resent.returncode == 0, resent.stdout + resent.stderr
+        found = wait_rows(30)
+        time.sleep(1)
+        found = rows()
+    assert len(found) == 30, "each instance recorded once"
+    assert len({r["sop_instance_uid"] for r in found}) == 30
+    assert len(spooled(tmp_path)) == 30
+    assert {r["status"] for r in found} == {"queued"}
+
+
+def test_100_instances_from_4_concurrent_senders_are_each_recorded_once(
+    node: dict[str, str], tmp_path: Path
+) -> None:
+    sources = [small(tmp_path / "src" / f"{k:03d}.dcm", study_uid=f"1.2.826.0.1.8.{k % 10}",
+                     modality="CR" if k % 2 else "DX") for k in range(100)]
+    with running_listener(node, tmp_path / "listen.log") as listener:
+        senders = [subprocess.Popen(
+            [need_tool("dcmsend"), "-aet", f"MOD{n}", "-aec", "CXR_ORIENT", "127.0.0.1",
+             str(listener.port), *map(str, sources[n::4])],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for n in range(4)]
+        for sender in senders:
+            out, _ = sender.communicate(timeout=120)
+            assert sender.returncode == 0, out
+        found = wait_rows(100)
+        time.sleep(0.5)
+        found = rows()
+    assert len(found) == 100
+    assert len({r["sop_instance_uid"] for r in found}) == 100
+    assert len(spooled(tmp_path)) == 100
+
+
+def rewrapped(name: str, path: Path) -> Path:
+    """A pydicom-data file as a DX instance with new UIDs, its pixel data untouched."""
+    import pydicom
+    from pydicom.data import get_testdata_file
+    from pydicom.uid import DigitalXRayImageStorageForPresentation, generate_uid
+
+    found = get_testdata_file(name)
+    assert isinstance(found, str), f"pydicom-data's {name} is not installed"
+    ds = pydicom.dcmread(found)
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = (
+        DigitalXRayImageStorageForPresentation)
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.Modality = generate_uid(), generate_uid(), "DX"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+@pytest.mark.parametrize("syntax", [RLELossless, JPEGLSLossless, JPEG2000Lossless,
+                                    JPEGLosslessSV1], ids=lambda s: s.name)
+def test_compressed_syntaxes_are_stored_as_sent(
+    node: dict[str, str], tmp_path: Path, syntax: str
+) -> None:
+    if syntax == JPEGLosslessSV1:  # pydicom has no encoder for it: pydicom-data's file
+        source = rewrapped("JPGLosslessP14SV1_1s_1f_8b.dcm", tmp_path / "src" / "c.dcm")
+    else:
+        source = small(tmp_path / "src" / "c.dcm", transfer_syntax=syntax)
+    with running_listener(node, tmp_path / "listen.log") as listener:
+        sent = dcmsend(listener.port, [source])
+        assert sent.returncode == 0, sent.stdout + sent.stderr
+        found = wait_rows(1)
+    (stored,) = spooled(tmp_path)
+    assert dataset_bytes(stored) == dataset_bytes(source), "no transcoding"
+    import pydicom
+
+    assert pydicom.dcmread(stored).file_meta.TransferSyntaxUID == syntax
+    assert len(found) == 1 and found[0]["file_path"] == str(stored)
