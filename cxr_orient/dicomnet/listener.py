@@ -54,8 +54,8 @@ from db.session import session_scope
 __all__ = [
     "STATUS",
     "ListenerConfig",
-    "accepted_transfer_syntaxes",
     "Recorder",
+    "accepted_transfer_syntaxes",
     "caller_allowed",
     "serve_dicom",
     "sop_classes_from_setting",
