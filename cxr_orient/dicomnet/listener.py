@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import re
 import signal
 import threading
 import time
@@ -73,6 +74,7 @@ STATUS = {
     "internal_error": 0xC211,
 }
 
+_UID_TEXT = re.compile(r"^[0-9]+(\.[0-9]+)+$")
 VERIFICATION = UID("1.2.840.10008.1.1")
 
 #: Temporary files of interrupted writes older than this are removed by the sweep
@@ -90,11 +92,11 @@ def sop_classes_from_setting(text: str) -> list[UID]:
     for item in (part.strip() for part in text.split(",")):
         if not item:
             continue
-        uid = UID(by_keyword.get(item, item))
-        if not uid.is_valid or (item not in by_keyword and not item[0].isdigit()):
+        value = by_keyword.get(item, item)
+        if not _UID_TEXT.match(value) or len(value) > 64:
             raise ValueError(f"CXR_DICOM_SOP_CLASSES: {item!r} is neither a UID nor a "
                              "known SOP class keyword")
-        out.append(uid)
+        out.append(UID(value))
     if not out:
         raise ValueError("CXR_DICOM_SOP_CLASSES names no SOP class")
     return list(dict.fromkeys(out))
