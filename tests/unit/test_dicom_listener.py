@@ -46,7 +46,7 @@ def test_allowed_callers_setting_is_parsed() -> None:
 
 @pytest.mark.parametrize("title", ["", "A" * 17, "BAD\\TITLE"])
 def test_a_nonsense_ae_title_fails_fast(title: str) -> None:
-    with pytest.raises(ValueError, match="CXR_DICOM_AE_TITLE|at most 16|at least 1"):
+    with pytest.raises(ValueError, match=r"CXR_DICOM_AE_TITLE|at most 16|at least 1"):
         Settings(dicom_ae_title=title)
 
 
