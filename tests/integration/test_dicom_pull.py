@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from pydicom.uid import JPEG2000Lossless, RLELossless
+from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, RLELossless
 
 from tests.utils.dicom_factory import make_dicom, synthetic_pixels
 from tests.utils.dicomnode import running_orthanc
@@ -44,11 +44,11 @@ def rows() -> list[dict[str, object]]:
 
 
 def instances(folder: Path, count: int, *, study: str, modality: str = "DX",
-              syntax: str | None = None, size: int = 64) -> list[Path]:
+              syntax: str = ExplicitVRLittleEndian, size: int = 64) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
-    extra = {"transfer_syntax": syntax} if syntax else {}
     return [make_dicom(folder / f"{k:03d}.dcm", synthetic_pixels((size, size), seed=k),
-                       study_uid=study, modality=modality, **extra) for k in range(count)]
+                       study_uid=study, modality=modality, transfer_syntax=syntax)
+            for k in range(count)]
 
 
 def test_pull_records_what_matches_twice_adds_nothing(node: dict[str, str],
