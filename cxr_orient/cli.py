@@ -210,7 +210,10 @@ def listen(port: int | None, bind: str | None, ae_title: str | None) -> None:
         config = ListenerConfig.from_settings(settings, ae_title=ae_title, bind=bind, port=port)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from exc
-    stored = serve_dicom(settings, send=send_instances, config=config)
+    stored = serve_dicom(
+        settings, send=send_instances, config=config,
+        on_ready=lambda host, bound: click.echo(
+            f"listening on {host}:{bound} as {config.ae_title}", err=True))
     click.echo(f"listener stopped: {stored} instances stored", err=True)
 
 
@@ -732,14 +735,17 @@ def evaluate(model: str, data: Path, manifest: Path | None, robustness: bool,
 @click.option("--broker", default="redis://127.0.0.1:6379/10", show_default=True,
               help="Broker for the pipeline run; 'filesystem' for the embedded one.")
 @click.option("--no-pipeline", is_flag=True, help="Skip the enqueue -> worker -> DB run.")
+@click.option("--no-network", is_flag=True,
+              help="Skip network ingest (cxr-orient listen fed by dcmsend).")
 def bench(quick: bool, out_dir: Path, machine: str | None, model_path: Path | None,
-          broker: str, no_pipeline: bool) -> None:
+          broker: str, no_pipeline: bool, no_network: bool) -> None:
     """Measure decode, model, pipeline and the tutorial-script baseline side by side."""
     from bench.run import run_bench
 
     results = run_bench(out_dir, quick=quick, machine=machine, model_path=model_path,
                         broker_url=None if broker == "filesystem" else broker,
-                        pipeline=not no_pipeline, say=lambda m: click.echo(m, err=True))
+                        pipeline=not no_pipeline, network=not no_network,
+                        say=lambda m: click.echo(m, err=True))
     click.echo(f"results: {out_dir}/{results['machine']}.json and .md")
     for key, value in results.get("summary", {}).items():
         shown = f"{value:,.2f}" if isinstance(value, float) else value

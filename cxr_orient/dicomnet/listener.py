@@ -74,6 +74,9 @@ STATUS = {
     "internal_error": 0xC211,
 }
 
+#: The largest P-DATA PDU we accept (peers send at most this much per PDU).
+MAX_PDU_BYTES = 4 << 20
+
 _UID_TEXT = re.compile(r"^[0-9]+(\.[0-9]+)+$")
 VERIFICATION = UID("1.2.840.10008.1.1")
 
@@ -354,10 +357,46 @@ def _application_entity(config: ListenerConfig) -> Any:
 
     ae = AE(ae_title=config.ae_title)
     ae.maximum_associations = config.max_associations
+    # Large PDUs: pynetdicom handles each PDU in Python, so the 16 KiB default makes
+    # receiving a 4 MB radiograph cost hundreds of round trips through the DUL thread.
+    ae.maximum_pdu_size = MAX_PDU_BYTES
     ae.add_supported_context(VERIFICATION)
     for sop_class in config.sop_classes:
         ae.add_supported_context(sop_class, config.transfer_syntaxes)
     return ae
+
+
+def _fast_receive(server: Any) -> None:
+    """Make ``server`` read PDUs with few large ``recv_into`` calls: pynetdicom 3.0 reads
+    in 4 KiB ``recv`` calls, a thousand Python iterations per 4 MB radiograph (measured:
+    the receive path, not the disk, bounded the listener on 2 cores)."""
+    from pynetdicom.transport import AssociationSocket, RequestHandler
+
+    class FastSocket(AssociationSocket):
+        def recv(self, nr_bytes: int) -> bytearray:
+            buffer = bytearray(nr_bytes)
+            view = memoryview(buffer)
+            got = 0
+            sock = self.socket
+            assert sock is not None
+            while got < nr_bytes:
+                count = sock.recv_into(view[got:], nr_bytes - got)
+                if not count:
+                    del view
+                    return buffer[:got]
+                got += count
+            del view
+            return buffer
+
+    class Handler(RequestHandler):
+        def _create_association(self) -> Any:
+            assoc = super()._create_association()
+            socket = assoc.dul.socket
+            if type(socket) is AssociationSocket:
+                socket.__class__ = FastSocket
+            return assoc
+
+    server.RequestHandlerClass = Handler
 
 
 def serve_dicom(
@@ -393,6 +432,7 @@ def serve_dicom(
         evt_handlers=[(evt.EVT_REQUESTED, handlers.on_requested),
                       (evt.EVT_C_ECHO, handlers.on_echo),
                       (evt.EVT_C_STORE, handlers.on_store)])
+    _fast_receive(server)
     host, port = server.server_address[:2]
     logger.info("listening on %s:%d as %s (%d SOP classes, %d transfer syntaxes, at most "
                 "%d associations)", host, port, config.ae_title, len(config.sop_classes),
