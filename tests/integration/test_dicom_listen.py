@@ -16,7 +16,13 @@ from pydicom.uid import JPEG2000Lossless, JPEGLosslessSV1, JPEGLSLossless, RLELo
 
 from tests.utils.corpus import film_dicom, rg1_dicom
 from tests.utils.dicom_factory import COVID_CXR, make_dicom, synthetic_pixels
-from tests.utils.dicomnode import dcmsend, echoscu, need_tool, running_listener
+from tests.utils.dicomnode import (
+    dcmsend,
+    echoscu,
+    need_tool,
+    running_listener,
+    running_orthanc,
+)
 from tests.utils.worker import running_worker, worker_env
 
 pytestmark = pytest.mark.integration
@@ -248,3 +254,21 @@ def test_compressed_syntaxes_are_stored_as_sent(
 
     assert pydicom.dcmread(stored).file_meta.TransferSyntaxUID == syntax
     assert len(found) == 1 and found[0]["file_path"] == str(stored)
+
+
+def test_orthanc_routes_a_study_to_the_listener(node: dict[str, str], tmp_path: Path) -> None:
+    """docs/dicom.md's route: Orthanc declares us in DicomModalities and stores to us
+    (its AE title is the one allowed)."""
+    env = {**node, "CXR_DICOM_ALLOWED_CALLERS": "ORTHANC@127.0.0.1"}
+    files = [small(tmp_path / "src" / f"{k}.dcm", study_uid="1.2.826.0.1.5.1",
+                   transfer_syntax=RLELossless) for k in range(2)]
+    with running_listener(env, tmp_path / "listen.log") as listener, running_orthanc(
+            tmp_path / "orthanc",
+            modalities={"cxr-orient": ["CXR_ORIENT", "127.0.0.1", listener.port]}) as orthanc:
+        for path in files:
+            orthanc.upload(path)
+        (study,) = orthanc.get("/studies")  # type: ignore[misc]
+        orthanc.post("/modalities/cxr-orient/store", str(study).encode())
+        found = wait_rows(2)
+    assert len(found) == 2 and {r["study_instance_uid"] for r in found} == {"1.2.826.0.1.5.1"}
+    assert {dataset_bytes(p) for p in spooled(tmp_path)} == {dataset_bytes(p) for p in files}

@@ -128,7 +128,9 @@ class OrthancProcess:
     """A real Orthanc: its own storage folder, free DICOM and HTTP ports, DICOMweb on,
     authentication off, reachable from 127.0.0.1 only."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, modalities: dict[str, list[object]] | None = None
+                 ) -> None:
+        """``modalities``: Orthanc's DicomModalities (name -> [AET, host, port])."""
         binary = need_tool("Orthanc")
         if not (ORTHANC_PLUGINS / "libOrthancDicomWeb.so").is_file():
             pytest.fail("Orthanc's DICOMweb plugin is missing (apt-get install orthanc-dicomweb)")
@@ -145,6 +147,7 @@ class OrthancProcess:
             "AuthenticationEnabled": False,
             "Plugins": [str(ORTHANC_PLUGINS / "libOrthancDicomWeb.so")],
             "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
+            "DicomModalities": modalities or {},
         }
         config_path = root / "orthanc.json"
         config_path.write_text(json.dumps(config), encoding="utf-8")
@@ -177,6 +180,11 @@ class OrthancProcess:
         with urllib.request.urlopen(self.url + path, timeout=30) as response:
             return json.loads(response.read())
 
+    def post(self, path: str, body: bytes) -> object:
+        request = urllib.request.Request(self.url + path, data=body)
+        with urllib.request.urlopen(request, timeout=120) as response:
+            return json.loads(response.read())
+
     def upload(self, path: Path) -> str:
         """REST ``POST /instances``; Orthanc's id of the instance."""
         request = urllib.request.Request(self.url + "/instances", data=path.read_bytes(),
@@ -197,8 +205,9 @@ class OrthancProcess:
 
 
 @contextmanager
-def running_orthanc(root: Path) -> Iterator[OrthancProcess]:
-    orthanc = OrthancProcess(root)
+def running_orthanc(root: Path, *, modalities: dict[str, list[object]] | None = None
+                    ) -> Iterator[OrthancProcess]:
+    orthanc = OrthancProcess(root, modalities=modalities)
     try:
         orthanc.wait_ready()
         yield orthanc
