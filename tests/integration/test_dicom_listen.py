@@ -267,8 +267,9 @@ def test_orthanc_routes_a_study_to_the_listener(node: dict[str, str], tmp_path: 
             modalities={"cxr-orient": ["CXR_ORIENT", "127.0.0.1", listener.port]}) as orthanc:
         for path in files:
             orthanc.upload(path)
-        (study,) = orthanc.get("/studies")  # type: ignore[misc]
-        orthanc.post("/modalities/cxr-orient/store", str(study).encode())
+        studies = orthanc.get("/studies")
+        assert isinstance(studies, list) and len(studies) == 1
+        orthanc.post("/modalities/cxr-orient/store", str(studies[0]).encode())
         found = wait_rows(2)
     assert len(found) == 2 and {r["study_instance_uid"] for r in found} == {"1.2.826.0.1.5.1"}
     assert {dataset_bytes(p) for p in spooled(tmp_path)} == {dataset_bytes(p) for p in files}
