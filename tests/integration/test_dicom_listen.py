@@ -212,9 +212,13 @@ def test_100_instances_from_4_concurrent_senders_are_each_recorded_once(
         found = wait_rows(100)
         time.sleep(0.5)
         found = rows()
+        assert listener.stop() == 0, "SIGTERM is a clean stop"
     assert len(found) == 100
     assert len({r["sop_instance_uid"] for r in found}) == 100
     assert len(spooled(tmp_path)) == 100
+    log = listener.log()
+    assert "stopped: 100 instances stored, 100 recorded" in log, log
+    assert "1.2.826" not in log and "/spool/" not in log, "no UIDs or paths in the log"
 
 
 def rewrapped(name: str, path: Path) -> Path:
