@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from pydicom.uid import JPEG2000Lossless, JPEGLosslessSV1, JPEGLSLossless, RLELossless
 
@@ -28,18 +29,27 @@ from tests.utils.worker import running_worker, worker_env
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture
-def node(tmp_path: Path, configure: Callable[..., None]) -> dict[str, str]:
-    """A migrated SQLite database, the filesystem broker, the ingest root: the env every
+def make_node(url: str, tmp_path: Path, configure: Callable[..., None]) -> dict[str, str]:
+    """A migrated database, the filesystem broker, the ingest root: the env every
     process of the test shares (this process reads the same database)."""
     from db.migrate import upgrade
 
-    values = {"database_url": f"sqlite:///{tmp_path / 'cxr.db'}", "ingest_root": tmp_path,
-              "data_dir": tmp_path / "data", "spool_min_free_mb": 1}
+    values = {"database_url": url, "ingest_root": tmp_path, "data_dir": tmp_path / "data",
+              "spool_min_free_mb": 1}
     (tmp_path / "data").mkdir()
     configure(**values)
     upgrade()
     return worker_env(**values)
+
+
+@pytest.fixture
+def node(tmp_path: Path, configure: Callable[..., None]) -> dict[str, str]:
+    return make_node(f"sqlite:///{tmp_path / 'cxr.db'}", tmp_path, configure)
+
+
+@pytest.fixture
+def pg_node(pg_url: str, tmp_path: Path, configure: Callable[..., None]) -> dict[str, str]:
+    return make_node(pg_url, tmp_path, configure)
 
 
 def rows() -> list[dict[str, object]]:
@@ -196,9 +206,11 @@ def test_killed_mid_association_nothing_half_recorded_and_the_resend_is_accepted
     assert {r["status"] for r in found} == {"queued"}
 
 
+@pytest.mark.parametrize("database", ["node", "pg_node"], ids=["sqlite", "postgresql"])
 def test_100_instances_from_4_concurrent_senders_are_each_recorded_once(
-    node: dict[str, str], tmp_path: Path
+    database: str, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
+    node: dict[str, str] = request.getfixturevalue(database)
     sources = [small(tmp_path / "src" / f"{k:03d}.dcm", study_uid=f"1.2.826.0.1.8.{k % 10}",
                      modality="CR" if k % 2 else "DX") for k in range(100)]
     with running_listener(node, tmp_path / "listen.log") as listener:
@@ -277,3 +289,40 @@ def test_orthanc_routes_a_study_to_the_listener(node: dict[str, str], tmp_path: 
         found = wait_rows(2)
     assert len(found) == 2 and {r["study_instance_uid"] for r in found} == {"1.2.826.0.1.5.1"}
     assert {dataset_bytes(p) for p in spooled(tmp_path)} == {dataset_bytes(p) for p in files}
+
+
+def test_associations_beyond_the_maximum_are_rejected(node: dict[str, str],
+                                                       tmp_path: Path) -> None:
+    from pynetdicom import AE
+
+    env = {**node, "CXR_DICOM_MAX_ASSOCIATIONS": "1"}
+    with running_listener(env, tmp_path / "listen.log") as listener:
+        scu = AE(ae_title="HOLDER")
+        scu.add_requested_context("1.2.840.10008.1.1")
+        held = scu.associate("127.0.0.1", listener.port, ae_title="CXR_ORIENT")
+        try:
+            assert held.is_established
+            time.sleep(0.3)
+            second = echoscu(listener.port)
+        finally:
+            held.release()
+        time.sleep(0.5)
+        after = echoscu(listener.port)
+    assert second.returncode != 0, second.stdout + second.stderr
+    assert after.returncode == 0, "the slot is free again once the first is released"
+
+
+def test_an_instance_larger_than_the_worker_accepts_is_refused(node: dict[str, str],
+                                                               tmp_path: Path) -> None:
+    # CXR_MAX_PIXELS=1: the bound is 64 MiB + 2 bytes; a 6000 x 6000 16-bit image is 72 MB.
+    env = {**node, "CXR_MAX_PIXELS": "1"}
+    (tmp_path / "src").mkdir()
+    source = make_dicom(tmp_path / "src" / "big.dcm",
+                        np.zeros((6000, 6000), dtype=np.uint16))
+    with running_listener(env, tmp_path / "listen.log") as listener:
+        sent = dcmsend(listener.port, [source])
+        assert listener.process.poll() is None
+    assert "C-STORE Response (Error: CannotUnderstand)" in sent.stdout + sent.stderr, (
+        sent.stdout + sent.stderr)
+    assert "(C001)" in listener.log()
+    assert not spooled(tmp_path) and not rows()
