@@ -11,13 +11,12 @@ import pytest
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEG2000Lossless
 
 from cxr_orient.dicomnet.listener import (
-    STALE_TEMPORARY_S,
     ListenerConfig,
     accepted_transfer_syntaxes,
     caller_allowed,
     sop_classes_from_setting,
-    sweep_spool,
 )
+from cxr_orient.dicomnet.recorder import STALE_TEMPORARY_S, sweep_spool
 from cxr_orient.dicomnet.spool import write_instance
 from cxr_orient.imaging.decoders import SUPPORTED_TRANSFER_SYNTAXES
 from cxr_orient.settings import Settings, get_settings
