@@ -44,30 +44,45 @@ def rows() -> list[dict[str, object]]:
 
 
 def instances(folder: Path, count: int, *, study: str, modality: str = "DX",
-              syntax: str = ExplicitVRLittleEndian, size: int = 64) -> list[Path]:
+              syntax: str = ExplicitVRLittleEndian, size: int = 64,
+              study_date: str | None = None) -> list[Path]:
+    import pydicom
+
     folder.mkdir(parents=True, exist_ok=True)
-    return [make_dicom(folder / f"{k:03d}.dcm", synthetic_pixels((size, size), seed=k),
-                       study_uid=study, modality=modality, transfer_syntax=syntax)
-            for k in range(count)]
+    out = [make_dicom(folder / f"{k:03d}.dcm", synthetic_pixels((size, size), seed=k),
+                      study_uid=study, modality=modality, transfer_syntax=syntax)
+           for k in range(count)]
+    if study_date:
+        for path in out:
+            ds = pydicom.dcmread(path)
+            ds.StudyDate = study_date
+            ds.save_as(path)
+    return out
 
 
 def test_pull_records_what_matches_twice_adds_nothing(node: dict[str, str],
                                                       tmp_path: Path) -> None:
     wanted = [*instances(tmp_path / "src" / "a", 3, study="1.2.826.0.1.7.1",
-                         syntax=RLELossless),
+                         syntax=RLELossless, study_date="20261115"),
               *instances(tmp_path / "src" / "b", 3, study="1.2.826.0.1.7.2", modality="CR",
-                         syntax=JPEG2000Lossless)]
+                         syntax=JPEG2000Lossless, study_date="20261120")]
     other = instances(tmp_path / "src" / "mr", 2, study="1.2.826.0.1.7.3", modality="MR")
     with running_orthanc(tmp_path / "orthanc") as orthanc:
         for path in [*wanted, *other]:
             orthanc.upload(path)
+        dated = run_cli("pull", "--dicomweb", orthanc.dicomweb, "--since", "2026-11-18",
+                        "--until", "2026-11-30", env=node)
+        assert dated.returncode == 0, dated.stdout + dated.stderr
         first = run_cli("pull", "--dicomweb", orthanc.dicomweb, env=node)
         assert first.returncode == 0, first.stdout + first.stderr
         found = rows()
         again = run_cli("pull", "--dicomweb", orthanc.dicomweb, env=node)
         one = run_cli("pull", "--dicomweb", orthanc.dicomweb, "--study", "1.2.826.0.1.7.3",
                       "--modality", "MR", env=node)
-    assert "6 instances found: 0 recorded before, 6 fetched, 0 failed; 6 queued" in first.stdout
+    assert "3 instances found: 0 recorded before, 3 fetched, 0 failed; 3 queued" in (
+        dated.stdout), dated.stdout
+    assert "6 instances found: 3 recorded before, 3 fetched, 0 failed; 3 queued" in (
+        first.stdout), first.stdout
     assert len(found) == 6 and {r["status"] for r in found} == {"queued"}
     assert {r["study_instance_uid"] for r in found} == {"1.2.826.0.1.7.1", "1.2.826.0.1.7.2"}
     assert again.returncode == 0, again.stderr
