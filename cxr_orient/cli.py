@@ -218,8 +218,11 @@ def listen(port: int | None, bind: str | None, ae_title: str | None) -> None:
 
 
 @main.command()
-@click.option("--dicomweb", "url", required=True,
+@click.option("--dicomweb", "url", default=None,
               help="DICOMweb base URL, e.g. http://pacs:8042/dicom-web.")
+@click.option("--dimse", default=None,
+              help="Or a Query/Retrieve SCP, AET@host:port: C-FIND, then C-MOVE to "
+                   "CXR_DICOM_AE_TITLE (a running `cxr-orient listen`).")
 @click.option("--study", "study_uid", default=None, help="Only this StudyInstanceUID.")
 @click.option("--since", type=click.DateTime(["%Y-%m-%d"]), default=None,
               help="Studies from this StudyDate (YYYY-MM-DD).")
@@ -227,8 +230,10 @@ def listen(port: int | None, bind: str | None, ae_title: str | None) -> None:
               help="Studies up to this StudyDate (YYYY-MM-DD).")
 @click.option("--modality", default="CR,DX", show_default=True,
               help="Comma-separated series modalities to fetch.")
-def pull(url: str, study_uid: str | None, since: Any, until: Any, modality: str) -> None:
-    """Fetch studies from a PACS over DICOMweb (QIDO-RS, WADO-RS) and queue them.
+def pull(url: str | None, dimse: str | None, study_uid: str | None, since: Any, until: Any,
+         modality: str) -> None:
+    """Fetch studies from a PACS over DICOMweb (QIDO-RS, WADO-RS) or DIMSE (C-FIND,
+    C-MOVE to the listener) and queue them.
 
     Idempotent and resumable: instances already recorded are not fetched again, so an
     interrupted pull run again fetches only the rest.
@@ -237,8 +242,12 @@ def pull(url: str, study_uid: str | None, since: Any, until: Any, modality: str)
 
     from cxr_orient.dicomnet.pull import PullQuery, parse_modalities, remote_summary
     from cxr_orient.dicomnet.pull import pull as pull_dicomweb
+    from cxr_orient.dicomnet.pull_dimse import DimsePeer, pull_dimse
     from worker.dispatch import send_instances
 
+    if (url is None) == (dimse is None):
+        raise click.UsageError("give one of --dicomweb URL or --dimse AET@host:port")
+    recorded_now = 0
     query = PullQuery(study_uid=study_uid, since=since.date() if since else None,
                       until=until.date() if until else None,
                       modalities=parse_modalities(modality))
@@ -246,15 +255,35 @@ def pull(url: str, study_uid: str | None, since: Any, until: Any, modality: str)
                   MofNCompleteColumn(), TimeRemainingColumn(), transient=True,
                   disable=not sys.stderr.isatty()) as progress:
         task = progress.add_task("fetching", total=None)
-        report = pull_dicomweb(
-            url, query, settings=get_settings(), send=send_instances,
-            on_total=lambda n: progress.update(task, total=n),
-            on_instance=lambda: progress.advance(task))
+
+        def on_total(count: int) -> None:
+            progress.update(task, total=count)
+
+        def on_instance() -> None:
+            progress.advance(task)
+
+        if dimse is not None:
+            try:
+                peer = DimsePeer.parse(dimse)
+                report, recorded_now = pull_dimse(peer, query, settings=get_settings(),
+                                                  on_total=on_total, on_instance=on_instance)
+            except (ValueError, ConnectionError) as exc:
+                raise click.ClickException(str(exc)) from exc
+        else:
+            assert url is not None
+            report = pull_dicomweb(url, query, settings=get_settings(), send=send_instances,
+                                   on_total=on_total, on_instance=on_instance)
+    summary = (f"{report.found} instances found: {report.skipped_known} recorded before, "
+               f"{report.fetched} {'moved' if dimse else 'fetched'}, "
+               f"{len(report.failed)} failed; ")
     recorded = report.recorded
-    click.echo(f"{report.found} instances found: {report.skipped_known} recorded before, "
-               f"{report.fetched} fetched, {len(report.failed)} failed; "
-               f"{len(recorded.queued)} queued, {len(recorded.already_known)} already known, "
-               f"{len(recorded.uid_conflicts)} uid_conflict, {len(recorded.refused)} refused")
+    if dimse:
+        summary += f"{recorded_now} of the moved recorded by the listener"
+    else:
+        summary += (f"{len(recorded.queued)} queued, {len(recorded.already_known)} already "
+                    f"known, {len(recorded.uid_conflicts)} uid_conflict, "
+                    f"{len(recorded.refused)} refused")
+    click.echo(summary)
     for line in remote_summary(report.failed)[:20]:
         click.echo(f"  failed {line}", err=True)
     if report.failed:

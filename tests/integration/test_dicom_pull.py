@@ -16,7 +16,7 @@ import pytest
 from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, RLELossless
 
 from tests.utils.dicom_factory import make_dicom, synthetic_pixels
-from tests.utils.dicomnode import running_orthanc
+from tests.utils.dicomnode import running_listener, running_orthanc
 from tests.utils.worker import REPO, run_cli, worker_env
 
 pytestmark = pytest.mark.integration
@@ -123,3 +123,26 @@ def test_an_interrupted_pull_run_again_fetches_the_rest_once(node: dict[str, str
     assert len(found) == 60
     assert len({r["sop_instance_uid"] for r in found}) == 60
     assert len(list(spool.glob("*/*.dcm"))) == 60, "a refetched instance lands on its file"
+
+
+def test_pull_over_dimse_moves_to_the_listener_once(node: dict[str, str],
+                                                    tmp_path: Path) -> None:
+    """C-FIND at Orthanc, C-MOVE of each unrecorded instance to CXR_ORIENT, which is the
+    running listener (Orthanc knows it, and lets it query, as a DicomModalities entry)."""
+    wanted = instances(tmp_path / "src" / "a", 4, study="1.2.826.0.1.4.1",
+                       syntax=RLELossless)
+    other = instances(tmp_path / "src" / "mr", 1, study="1.2.826.0.1.4.2", modality="MR")
+    with running_listener(node, tmp_path / "listen.log") as listener, running_orthanc(
+            tmp_path / "orthanc",
+            modalities={"cxr": ["CXR_ORIENT", "127.0.0.1", listener.port]}) as orthanc:
+        for path in [*wanted, *other]:
+            orthanc.upload(path)
+        peer = f"ORTHANC@127.0.0.1:{orthanc.dicom_port}"
+        first = run_cli("pull", "--dimse", peer, env=node)
+        again = run_cli("pull", "--dimse", peer, env=node)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "4 instances found: 0 recorded before, 4 moved, 0 failed; 4 of the moved " \
+        "recorded by the listener" in first.stdout, first.stdout
+    assert "4 instances found: 4 recorded before, 0 moved" in again.stdout, again.stdout
+    found = rows()
+    assert len(found) == 4 and {r["study_instance_uid"] for r in found} == {"1.2.826.0.1.4.1"}
