@@ -326,3 +326,24 @@ def test_an_instance_larger_than_the_worker_accepts_is_refused(node: dict[str, s
         sent.stdout + sent.stderr)
     assert "(C001)" in listener.log()
     assert not spooled(tmp_path) and not rows()
+
+
+def test_instances_acknowledged_while_the_database_is_down_are_recorded_when_it_is_back(
+    tmp_path: Path, configure: Callable[..., None]
+) -> None:
+    from tests.utils.faults import private_postgres
+
+    files = [small(tmp_path / "src" / f"{k}.dcm") for k in range(3)]
+    with private_postgres() as pg:
+        env = make_node(pg.create_database("cxr"), tmp_path, configure)
+        with running_listener(env, tmp_path / "listen.log") as listener:
+            pg.stop()
+            sent = dcmsend(listener.port, files)
+            time.sleep(1.5)
+            assert "spooled instances failed (OperationalError); retrying" in (
+                listener.log()), listener.log()
+            pg.start()
+            found = wait_rows(3, timeout=60)
+    out = sent.stdout + sent.stderr
+    assert out.count("C-STORE Response (Success)") == 3, "durable in the spool: acknowledged"
+    assert len(found) == 3 and {r["status"] for r in found} == {"queued"}
