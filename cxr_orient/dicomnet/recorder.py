@@ -113,6 +113,13 @@ class Recorder:
                                    "next start's sweep records them", len(paths))
                     return
                 backoff = min(backoff * 2, 30.0)
+                # What arrived meanwhile joins the retried batch: one recording when the
+                # database is back, not one per waiting instance.
+                while len(paths) < self.batch:
+                    try:
+                        paths.append(self._paths.get_nowait())
+                    except queue.Empty:
+                        break
             backoff = 0.5
             with self._idle:
                 self._pending -= len(paths)

@@ -344,6 +344,10 @@ def test_instances_acknowledged_while_the_database_is_down_are_recorded_when_it_
                 listener.log()), listener.log()
             pg.start()
             found = wait_rows(3, timeout=60)
+            time.sleep(0.5)
+            log = listener.log()
+    # The instances that came while it was down joined the retried batch.
+    assert "recorded 3 received instances: 3 new" in log, log
     out = sent.stdout + sent.stderr
     assert out.count("C-STORE Response (Success)") == 3, "durable in the spool: acknowledged"
     assert len(found) == 3 and {r["status"] for r in found} == {"queued"}
