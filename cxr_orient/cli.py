@@ -210,10 +210,14 @@ def listen(port: int | None, bind: str | None, ae_title: str | None) -> None:
         config = ListenerConfig.from_settings(settings, ae_title=ae_title, bind=bind, port=port)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from exc
-    stored = serve_dicom(
-        settings, send=send_instances, config=config,
-        on_ready=lambda host, bound: click.echo(
-            f"listening on {host}:{bound} as {config.ae_title}", err=True))
+    try:
+        stored = serve_dicom(
+            settings, send=send_instances, config=config,
+            on_ready=lambda host, bound: click.echo(
+                f"listening on {host}:{bound} as {config.ae_title}", err=True))
+    except OSError as exc:  # the port taken, the address not ours
+        raise click.ClickException(
+            f"cannot listen on {config.bind}:{config.port}: {exc.strerror or exc}") from exc
     click.echo(f"listener stopped: {stored} instances stored", err=True)
 
 
