@@ -31,6 +31,8 @@ class Plan:
     pipeline_studies: int
     steady_seconds: float
     sweep: tuple[tuple[int, int], ...]  # (batch size, max wait ms)
+    network_files: int = 60
+    network_senders: int = 4
 
 
 QUICK = Plan(
@@ -50,6 +52,7 @@ FULL = Plan(
     pipeline_studies=40,
     steady_seconds=30,
     sweep=((8, 200), (64, 200), (32, 50), (32, 1000)),
+    network_files=400,
 )
 
 
@@ -92,6 +95,7 @@ def run_bench(
     model_path: Path | None = None,
     broker_url: str | None = "redis://127.0.0.1:6379/10",
     pipeline: bool = True,
+    network: bool = True,
     say: Callable[[str], None] = logger.info,
 ) -> dict[str, Any]:
     """Run the benchmark; write ``<out_dir>/<machine>.json`` and ``.md``; return the results."""
@@ -153,6 +157,9 @@ def run_bench(
         if pipeline:
             say("pipeline: enqueue -> broker -> real worker -> DB")
             results["pipeline"] = _pipeline(items, root, model_path, plan, broker_url, say)
+        if network:
+            say("network ingest: cxr-orient listen vs enqueue from a folder")
+            results["network"] = _network(items, root, model_path, plan, broker_url, say)
         results["load_after"] = load_average()
         results["summary"] = summarise(results)
     finally:
@@ -224,6 +231,62 @@ def _pipeline(
     return out
 
 
+def _network(
+    items: list[Any],
+    root: Path,
+    model_path: Path,
+    plan: Plan,
+    broker_url: str | None,
+    say: Callable[[str], None],
+) -> dict[str, Any]:
+    from bench import pipeline as pl
+    from bench.network import network_ingest
+
+    net = root / "net"
+    net.mkdir()
+    pl.configure_environment(pl.PipelineConfig(root=net, model_path=model_path,
+                                               broker_url=broker_url))
+    out = network_ingest(items, net, files=plan.network_files,
+                         senders=plan.network_senders, say=say)
+    out["broker"] = broker_url or "filesystem"
+    return out
+
+
+#: The worker's classification rate on the 2-core CI machine, for the listener's target
+#: when a run measures no pipeline of its own.
+REFERENCE_RESULTS = Path(__file__).resolve().parent / "results" / "cpu-2core-x86_64.json"
+
+
+def _worker_rate(summary: dict[str, Any]) -> tuple[float | None, str]:
+    for key in ("pipeline_pool_per_core_images_per_s", "pipeline_images_per_s"):
+        if summary.get(key):
+            return float(summary[key]), f"this run ({key})"
+    try:
+        stored = json.loads(REFERENCE_RESULTS.read_text(encoding="utf-8"))["summary"]
+    except (OSError, KeyError, ValueError):
+        return None, "none"
+    for key in ("pipeline_pool_per_core_images_per_s", "pipeline_images_per_s"):
+        if stored.get(key):
+            return float(stored[key]), f"{REFERENCE_RESULTS.name} ({key})"
+    return None, "none"
+
+
+def _summarise_network(results: dict[str, Any], summary: dict[str, Any]) -> None:
+    net = results.get("network")
+    if not net or "listen_recorded_per_s" not in net:
+        return
+    summary["listen_recorded_per_s"] = net["listen_recorded_per_s"]
+    summary["folder_enqueue_per_s"] = net["folder_instances_per_s"]
+    summary["listen_disk_bound_per_s"] = net["disk_bound_instances_per_s"]
+    summary["listen_vs_disk_bound"] = (net["listen_recorded_per_s"]
+                                       / net["disk_bound_instances_per_s"])
+    worker, source = _worker_rate(summary)
+    summary["worker_rate_source"] = source
+    if worker:
+        summary["listen_vs_worker"] = net["listen_recorded_per_s"] / worker
+        summary["target_listen_3x_worker"] = summary["listen_vs_worker"] >= 3
+
+
 def summarise(results: dict[str, Any]) -> dict[str, Any]:
     """The issue-4 targets as numbers and met / not met."""
     by = results["decode"]["by_syntax"]
@@ -287,6 +350,7 @@ def summarise(results: dict[str, Any]) -> dict[str, Any]:
             summary["target_pipeline_0.8_capacity"] = (
                 summary["pipeline_pool_ratio_to_min_capacity"] >= 0.8)
             summary["target_8x_baseline"] = summary["pipeline_pool_vs_baseline"] >= 8
+    _summarise_network(results, summary)
     return summary
 
 
@@ -323,6 +387,7 @@ _SHOWN = frozenset(
         "summary",
         "platform",
         "model",
+        "network",
     }
 )
 
@@ -386,6 +451,23 @@ def to_markdown(results: dict[str, Any]) -> str:
                 f"{_f(run['steady']['latency_p99_s'], 2)} | {_f(rss, 0)} |"
             )
         lines.append("")
+    net = results.get("network")
+    if net and "listen_recorded_per_s" in net:
+        lines += [
+            f"## Network ingest ({net['files']} instances, {net['megabytes']} MB, "
+            f"{net['broker']})",
+            "",
+            "| path | instances/s |",
+            "|---|---|",
+            f"| enqueue from a folder | {_f(net['folder_instances_per_s'])} |",
+            f"| listen, {net['senders']} concurrent dcmsend: acknowledged | "
+            f"{_f(net['listen_acknowledged_per_s'])} |",
+            f"| listen, {net['senders']} concurrent dcmsend: recorded | "
+            f"{_f(net['listen_recorded_per_s'])} |",
+            f"| the spool disk's bound ({_f(net['spool_disk_durable_mb_per_s'])} MB/s "
+            f"durable) | {_f(net['disk_bound_instances_per_s'])} |",
+            "",
+        ]
     extra = {k: v for k, v in results.items() if k not in _SHOWN}
     if extra:
         lines += [

@@ -204,6 +204,113 @@ def enqueue(paths: tuple[Path, ...], wait: bool, timeout: float | None) -> None:
         click.echo("all instances finished")
 
 
+# --- the DICOM node ------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--port", type=int, default=None,
+              help="TCP port (0: any free one, logged). Default CXR_DICOM_PORT (11112).")
+@click.option("--bind", default=None, help="Address to bind. Default CXR_DICOM_BIND (127.0.0.1).")
+@click.option("--ae-title", default=None, help="Our AE title. Default CXR_DICOM_AE_TITLE.")
+def listen(port: int | None, bind: str | None, ae_title: str | None) -> None:
+    """Receive instances over DICOM (C-STORE SCP, C-ECHO) until SIGTERM.
+
+    Each instance is written to the spool (durably, as sent) before success is returned,
+    then recorded and queued like a file given to `enqueue`. docs/dicom.md is the
+    conformance statement.
+    """
+    from cxr_orient.dicomnet.listener import ListenerConfig, serve_dicom
+    from worker.dispatch import send_instances
+
+    settings = get_settings()
+    try:
+        config = ListenerConfig.from_settings(settings, ae_title=ae_title, bind=bind, port=port)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from exc
+    try:
+        stored = serve_dicom(
+            settings, send=send_instances, config=config,
+            on_ready=lambda host, bound: click.echo(
+                f"listening on {host}:{bound} as {config.ae_title}", err=True))
+    except OSError as exc:  # the port taken, the address not ours
+        raise click.ClickException(
+            f"cannot listen on {config.bind}:{config.port}: {exc.strerror or exc}") from exc
+    click.echo(f"listener stopped: {stored} instances stored", err=True)
+
+
+@main.command()
+@click.option("--dicomweb", "url", default=None,
+              help="DICOMweb base URL, e.g. http://pacs:8042/dicom-web.")
+@click.option("--dimse", default=None,
+              help="Or a Query/Retrieve SCP, AET@host:port: C-FIND, then C-MOVE to "
+                   "CXR_DICOM_AE_TITLE (a running `cxr-orient listen`).")
+@click.option("--study", "study_uid", default=None, help="Only this StudyInstanceUID.")
+@click.option("--since", type=click.DateTime(["%Y-%m-%d"]), default=None,
+              help="Studies from this StudyDate (YYYY-MM-DD).")
+@click.option("--until", type=click.DateTime(["%Y-%m-%d"]), default=None,
+              help="Studies up to this StudyDate (YYYY-MM-DD).")
+@click.option("--modality", default="CR,DX", show_default=True,
+              help="Comma-separated series modalities to fetch.")
+def pull(url: str | None, dimse: str | None, study_uid: str | None, since: Any, until: Any,
+         modality: str) -> None:
+    """Fetch studies from a PACS over DICOMweb (QIDO-RS, WADO-RS) or DIMSE (C-FIND,
+    C-MOVE to the listener) and queue them.
+
+    Idempotent and resumable: instances already recorded are not fetched again, so an
+    interrupted pull run again fetches only the rest.
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    from cxr_orient.dicomnet.pull import PullQuery, parse_modalities, remote_summary
+    from cxr_orient.dicomnet.pull import pull as pull_dicomweb
+    from cxr_orient.dicomnet.pull_dimse import DimsePeer, pull_dimse
+    from worker.dispatch import send_instances
+
+    if (url is None) == (dimse is None):
+        raise click.UsageError("give one of --dicomweb URL or --dimse AET@host:port")
+    recorded_now = 0
+    query = PullQuery(study_uid=study_uid, since=since.date() if since else None,
+                      until=until.date() if until else None,
+                      modalities=parse_modalities(modality))
+    with Progress("[progress.description]{task.description}", BarColumn(),
+                  MofNCompleteColumn(), TimeRemainingColumn(), transient=True,
+                  disable=not sys.stderr.isatty()) as progress:
+        task = progress.add_task("fetching", total=None)
+
+        def on_total(count: int) -> None:
+            progress.update(task, total=count)
+
+        def on_instance() -> None:
+            progress.advance(task)
+
+        if dimse is not None:
+            try:
+                peer = DimsePeer.parse(dimse)
+                report, recorded_now = pull_dimse(peer, query, settings=get_settings(),
+                                                  on_total=on_total, on_instance=on_instance)
+            except (ValueError, ConnectionError) as exc:
+                raise click.ClickException(str(exc)) from exc
+        else:
+            assert url is not None
+            report = pull_dicomweb(url, query, settings=get_settings(), send=send_instances,
+                                   on_total=on_total, on_instance=on_instance)
+    summary = (f"{report.found} instances found: {report.skipped_known} recorded before, "
+               f"{report.fetched} {'moved' if dimse else 'fetched'}, "
+               f"{len(report.failed)} failed; ")
+    recorded = report.recorded
+    if dimse:
+        summary += f"{recorded_now} of the moved recorded by the listener"
+    else:
+        summary += (f"{len(recorded.queued)} queued, {len(recorded.already_known)} already "
+                    f"known, {len(recorded.uid_conflicts)} uid_conflict, "
+                    f"{len(recorded.refused)} refused")
+    click.echo(summary)
+    for line in remote_summary(report.failed)[:20]:
+        click.echo(f"  failed {line}", err=True)
+    if report.failed:
+        sys.exit(4)
+
+
 @main.command()
 def requeue() -> None:
     """Send again every instance the database has as queued or processing.
@@ -829,14 +936,17 @@ def token_revoke(name: str) -> None:
 @click.option("--broker", default="redis://127.0.0.1:6379/10", show_default=True,
               help="Broker for the pipeline run; 'filesystem' for the embedded one.")
 @click.option("--no-pipeline", is_flag=True, help="Skip the enqueue -> worker -> DB run.")
+@click.option("--no-network", is_flag=True,
+              help="Skip network ingest (cxr-orient listen fed by dcmsend).")
 def bench(quick: bool, out_dir: Path, machine: str | None, model_path: Path | None,
-          broker: str, no_pipeline: bool) -> None:
+          broker: str, no_pipeline: bool, no_network: bool) -> None:
     """Measure decode, model, pipeline and the tutorial-script baseline side by side."""
     from bench.run import run_bench
 
     results = run_bench(out_dir, quick=quick, machine=machine, model_path=model_path,
                         broker_url=None if broker == "filesystem" else broker,
-                        pipeline=not no_pipeline, say=lambda m: click.echo(m, err=True))
+                        pipeline=not no_pipeline, network=not no_network,
+                        say=lambda m: click.echo(m, err=True))
     click.echo(f"results: {out_dir}/{results['machine']}.json and .md")
     for key, value in results.get("summary", {}).items():
         shown = f"{value:,.2f}" if isinstance(value, float) else value

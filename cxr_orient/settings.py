@@ -201,6 +201,46 @@ class Settings(BaseSettings):
         "is also bounded by the worker's largest file, from CXR_MAX_PIXELS); a larger "
         "request is answered 413. Default 2048.",
     )
+    dicom_ae_title: str = Field(
+        default="CXR_ORIENT",
+        min_length=1,
+        max_length=16,
+        description="CXR_DICOM_AE_TITLE: the AE title `cxr-orient listen` answers to "
+        "(1-16 characters, no backslash). Default CXR_ORIENT.",
+    )
+    dicom_port: int = Field(
+        default=11112,
+        ge=0,
+        le=65535,
+        description="CXR_DICOM_PORT: TCP port of `cxr-orient listen`. Default 11112.",
+    )
+    dicom_bind: str = Field(
+        default="127.0.0.1",
+        description="CXR_DICOM_BIND: address `cxr-orient listen` binds to; 0.0.0.0 for "
+        "every interface. Default 127.0.0.1 (this machine only).",
+    )
+    dicom_allowed_callers: str = Field(
+        default="",
+        description="CXR_DICOM_ALLOWED_CALLERS: comma-separated calling AE titles allowed to "
+        "associate, each optionally AET@host (host: an IP address, matched exactly); any "
+        "other caller is rejected at association (A-ASSOCIATE-RJ, calling AE title not "
+        "recognised). Empty: any caller. Default empty.",
+    )
+    dicom_max_associations: int = Field(
+        default=8,
+        ge=1,
+        le=256,
+        description="CXR_DICOM_MAX_ASSOCIATIONS: most simultaneous associations "
+        "`cxr-orient listen` accepts; more are rejected (transient, local limit "
+        "exceeded). Default 8.",
+    )
+    spool_min_free_mb: int = Field(
+        default=1024,
+        ge=0,
+        description="CXR_SPOOL_MIN_FREE_MB: network sources refuse an instance (C-STORE "
+        "status A700, out of resources) while the file system holding the spool has less "
+        "free space than this, in MiB. Default 1024.",
+    )
     max_pixels: int = Field(
         default=60_000_000,
         ge=1,
@@ -226,7 +266,9 @@ class Settings(BaseSettings):
         default=",".join(CHEST_RADIOGRAPH_SOP_CLASSES),
         description="CXR_ACCEPT_SOP_CLASSES: the accept policy's SOP Class rule, a "
         "comma-separated list of SOP Class UIDs (SOPClassUID, else the file meta's "
-        "MediaStorageSOPClassUID); others are out_of_scope. Empty: any. Default: CR Image "
+        "MediaStorageSOPClassUID); others are out_of_scope. `cxr-orient listen` offers "
+        "presentation contexts for these classes only (others are refused at association); "
+        "empty: any class, and listen offers every storage SOP class. Default: CR Image "
         "Storage and Digital X-Ray Image Storage for presentation and for processing "
         "(1.2.840.10008.5.1.4.1.1.1, .1.1.1.1, .1.1.1.1.1).",
     )
@@ -405,6 +447,25 @@ class Settings(BaseSettings):
     @classmethod
     def _calling_ae_title(cls, value: str) -> str:
         return check_ae_title(value, name="CXR_RESULT_CALLING_AE")
+    @field_validator("dicom_ae_title")
+    @classmethod
+    def _valid_ae_title(cls, value: str) -> str:
+        title = value.strip()
+        if not title or "\\" in title or not title.isprintable() or not title.isascii():
+            raise ValueError("CXR_DICOM_AE_TITLE must be 1-16 printable ASCII characters, "
+                             "no backslash")
+        return title
+
+    @property
+    def dicom_allowed_caller_list(self) -> list[tuple[str, str | None]]:
+        """CXR_DICOM_ALLOWED_CALLERS as (AE title, host or None) pairs."""
+        out: list[tuple[str, str | None]] = []
+        for item in self.dicom_allowed_callers.split(","):
+            item = item.strip()
+            if item:
+                title, _, host = item.partition("@")
+                out.append((title.strip(), host.strip() or None))
+        return out
 
     @field_validator("log_level")
     @classmethod

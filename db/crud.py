@@ -268,6 +268,27 @@ def add_unreadable_file(
     return instance, True
 
 
+def recorded_paths_under(session: Session, *, prefix: str) -> set[str]:
+    """Every file path under ``prefix`` (a folder, ending in '/') that is recorded: as an
+    instance's file or as the new file of a uid conflict (the spool's startup sweep)."""
+    instances = select(Instance.file_path).where(
+        Instance.file_path.startswith(prefix, autoescape=True))
+    conflicts = select(UidConflict.new_file_path).where(
+        UidConflict.new_file_path.startswith(prefix, autoescape=True))
+    return set(session.scalars(instances)) | set(session.scalars(conflicts))
+
+
+def known_sop_instance_uids(session: Session, *, sop_instance_uids: Sequence[str]) -> set[str]:
+    """Those of ``sop_instance_uids`` that are recorded (a pull skips them)."""
+    found: set[str] = set()
+    uids = list(dict.fromkeys(sop_instance_uids))
+    for start in range(0, len(uids), 500):
+        chunk = uids[start:start + 500]
+        found.update(session.scalars(
+            select(Instance.sop_instance_uid).where(Instance.sop_instance_uid.in_(chunk))))
+    return found
+
+
 def claim_for_processing(session: Session, *, instance_id: int, stale_before: datetime) -> bool:
     """Atomically move an instance to ``processing``; False if another worker has it or
     it is finished. A ``processing`` row untouched since ``stale_before`` is reclaimable."""

@@ -17,9 +17,13 @@ __all__ = ["record_received"]
 
 
 def record_received(
-    paths: Sequence[Path], *, send: Sender | None, settings: Settings
+    paths: Sequence[Path], *, send: Sender | None, settings: Settings, hold: bool = True
 ) -> EnqueueReport:
     """Record spooled files (each already durable on disk), held ``waiting`` until their
     study is quiet (``CXR_STUDY_QUIET_S``; with 0 the new instances go to ``send``,
-    ``worker.dispatch.send_instances`` in the network processes, at once)."""
-    return enqueue_paths(list(paths), send=send, settings=settings, hold=True)
+    ``worker.dispatch.send_instances`` in the network processes, at once).
+
+    ``hold=False`` is for a source that knows its studies are whole when it records them:
+    ``pull`` retrieves what the PACS already holds, study by study (like a folder walk,
+    and a short-lived command with no release sweep of its own), so it sends at once."""
+    return enqueue_paths(list(paths), send=send, settings=settings, hold=hold)

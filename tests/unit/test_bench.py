@@ -54,3 +54,25 @@ def test_decode_comparison_and_report(tmp_path: Path) -> None:
     assert "explicit-le" in to_markdown(results)
     json_path, md_path = write_results(results, tmp_path / "out", "test")
     assert json_path.is_file() and md_path.read_text().startswith("# cxr-orient bench")
+
+
+def test_network_ingest_is_summarised_against_the_worker_rate(tmp_path: Path) -> None:
+    results: dict[str, Any] = {
+        "machine": "test",
+        "decode": {"by_syntax": {}, "files": []},
+        "decode_capacity_images_per_s": 10.0,
+        "model_images_per_s": {"compact": {"32": 100.0}},
+        "baseline": {"per_image": {"images_per_s": 2.0}, "batch32": {"images_per_s": 3.0}},
+        "network": {"files": 60, "megabytes": 240.0, "senders": 4, "broker": "filesystem",
+                    "folder_instances_per_s": 80.0, "listen_acknowledged_per_s": 40.0,
+                    "listen_recorded_per_s": 30.0, "spool_disk_durable_mb_per_s": 200.0,
+                    "disk_bound_instances_per_s": 50.0},
+    }
+    summary = summarise(results)
+    # No pipeline in this run: the worker's rate comes from the committed 2-core results.
+    assert summary["worker_rate_source"].startswith("cpu-2core-x86_64.json")
+    assert summary["listen_recorded_per_s"] == 30.0
+    assert summary["listen_vs_disk_bound"] == 30.0 / 50.0
+    assert summary["target_listen_3x_worker"] is (summary["listen_vs_worker"] >= 3)
+    results["summary"] = summary
+    assert "| enqueue from a folder | 80.0 |" in to_markdown(results)

@@ -1,0 +1,322 @@
+"""``cxr-orient listen``: a C-STORE SCP (with C-ECHO) that writes what it receives to the
+spool and records it through :mod:`cxr_orient.dicomnet.receive`.
+
+A C-STORE handler only checks, writes and returns a status (pynetdicom's storescp
+pattern); recording happens on the :class:`~cxr_orient.dicomnet.recorder.Recorder`
+thread, which takes the spooled paths of every association in batches, so the database
+sees one transaction per batch, not per instance. Nothing acknowledged can be lost:
+
+- success (0000) is returned only after the instance's bytes, exactly as sent (file meta
+  added, never transcoded), are durable in the spool (:func:`spool.write_instance`);
+- a batch the recorder cannot record (database down) is retried while the listener
+  runs, and whatever is still unrecorded when it stops (or is killed) is recorded by the
+  sweep at the next start (:func:`~cxr_orient.dicomnet.recorder.sweep_spool`): every
+  ``*.dcm`` under the spool that no row names is recorded.
+
+Statuses returned (docs/dicom.md lists them with their reasons): 0000 stored (an
+instance outside the accept policy too: it is recorded as refused, never labelled);
+A700 free space under the spool below ``CXR_SPOOL_MIN_FREE_MB``, or the write failed;
+C001 larger than the worker accepts (``CXR_MAX_PIXELS``); C210 a dataset whose header
+cannot be read (spooled and recorded as a failed instance with the reason, like a bad
+file given to ``enqueue``); C211 any other error in the handler. The handler never
+raises: the listener does not die of input.
+
+Logs carry counts, AE titles, peer addresses and status codes, never UIDs, paths or
+other header values (docs/security.md).
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydicom.dataset import Dataset
+from pydicom.uid import UID
+
+from cxr_orient.dicomnet.recorder import Recorder, sweep_spool
+from cxr_orient.dicomnet.spool import free_mb, spool_dir, write_instance
+from cxr_orient.errors import CxrError
+from cxr_orient.imaging import read_header
+from cxr_orient.imaging.decoders import SUPPORTED_TRANSFER_SYNTAXES
+from cxr_orient.ingest import Sender
+from cxr_orient.intake import max_file_bytes
+from cxr_orient.settings import Settings
+from cxr_orient.studies import run_release_loop
+
+__all__ = [
+    "STATUS",
+    "ListenerConfig",
+    "accepted_transfer_syntaxes",
+    "caller_allowed",
+    "listener_sop_classes",
+    "serve_dicom",
+]
+
+logger = logging.getLogger(__name__)
+
+#: The C-STORE statuses this SCP returns, by name (docs/dicom.md).
+STATUS = {
+    "success": 0x0000,
+    "out_of_resources": 0xA700,
+    "too_large": 0xC001,
+    "cannot_read": 0xC210,
+    "internal_error": 0xC211,
+}
+
+#: The largest P-DATA PDU we accept (peers send at most this much per PDU).
+MAX_PDU_BYTES = 4 << 20
+
+VERIFICATION = UID("1.2.840.10008.1.1")
+
+def listener_sop_classes(settings: Settings) -> list[UID]:
+    """The storage SOP classes the SCP offers presentation contexts for: those of the
+    accept policy (``CXR_ACCEPT_SOP_CLASSES``, one setting for every way in), so that an
+    instance of another class is refused at association instead of stored and then
+    recorded out of scope; with that rule switched off (empty) every storage SOP class,
+    and the policy's other rules decide."""
+    listed = [uid for uid in settings.accept_sop_classes.split(",") if uid]
+    if listed:
+        return [UID(uid) for uid in listed]
+    from pynetdicom import AllStoragePresentationContexts
+
+    return list(dict.fromkeys(UID(cx.abstract_syntax) for cx in AllStoragePresentationContexts
+                              if cx.abstract_syntax is not None))
+
+
+def accepted_transfer_syntaxes() -> list[UID]:
+    """Every syntax the decoder reads, in our order of preference. pynetdicom accepts, of
+    the syntaxes a sender proposes in a context, the first in this list: implicit VR
+    little endian, which every sender proposes as its fallback, comes last, so that an
+    instance is sent in the syntax it is held in (dcmsend converts otherwise)."""
+    implicit = UID("1.2.840.10008.1.2")
+    return [*sorted(s for s in SUPPORTED_TRANSFER_SYNTAXES if s != implicit), implicit]
+
+
+def caller_allowed(title: str, host: str, allowed: Sequence[tuple[str, str | None]]) -> bool:
+    """Whether a calling AE title from ``host`` may associate: any when ``allowed`` is
+    empty, else a matching (title, host-or-None) entry."""
+    if not allowed:
+        return True
+    title = title.strip()
+    return any(t == title and (h is None or h == host) for t, h in allowed)
+
+
+@dataclass(frozen=True)
+class ListenerConfig:
+    """What the SCP is: address, AE title, who may call, what it stores."""
+
+    ae_title: str
+    bind: str
+    port: int
+    allowed_callers: list[tuple[str, str | None]]
+    max_associations: int
+    sop_classes: list[UID]
+    transfer_syntaxes: list[UID] = field(default_factory=lambda: accepted_transfer_syntaxes())
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, ae_title: str | None = None,
+                      bind: str | None = None, port: int | None = None) -> ListenerConfig:
+        return cls(
+            ae_title=ae_title or settings.dicom_ae_title,
+            bind=bind or settings.dicom_bind,
+            port=settings.dicom_port if port is None else port,
+            allowed_callers=settings.dicom_allowed_caller_list,
+            max_associations=settings.dicom_max_associations,
+            sop_classes=listener_sop_classes(settings),
+        )
+
+
+def _status(code: str, comment: str) -> Dataset:
+    status = Dataset()
+    status.Status = STATUS[code]
+    status.ErrorComment = comment[:64]
+    return status
+
+
+class _Handlers:
+    """The SCP's event handlers: association check, C-ECHO, C-STORE."""
+
+    def __init__(self, config: ListenerConfig, settings: Settings, recorder: Recorder) -> None:
+        self.config = config
+        self.settings = settings
+        self.recorder = recorder
+        self.largest = max_file_bytes(settings.max_pixels)
+        self.stored = 0
+
+    def on_requested(self, event: Any) -> None:
+        assoc = event.assoc
+        title = str(assoc.requestor.primitive.calling_ae_title).strip()
+        host = str(assoc.requestor.address)
+        if not caller_allowed(title, host, self.config.allowed_callers):
+            logger.warning("association from %s@%s rejected: calling AE title not allowed "
+                           "(CXR_DICOM_ALLOWED_CALLERS)", title, host)
+            # As pynetdicom's own rejection does: kill() lets the DUL send the
+            # A-ASSOCIATE-RJ before the socket is closed.
+            assoc.acse.send_reject(0x01, 0x01, 0x03)
+            assoc.kill()
+
+    def on_echo(self, event: Any) -> int:
+        return STATUS["success"]
+
+    def on_store(self, event: Any) -> int | Dataset:
+        try:
+            return self._store(event)
+        except Exception:
+            logger.exception("C-STORE from %s: unexpected error",
+                             str(event.assoc.requestor.ae_title).strip())
+            return _status("internal_error", "internal error, see the listener's log")
+
+    def _store(self, event: Any) -> int | Dataset:
+        caller = str(event.assoc.requestor.ae_title).strip()
+        if free_mb(self.settings) < self.settings.spool_min_free_mb:
+            logger.warning("C-STORE from %s refused (A700): spool free space under "
+                           "CXR_SPOOL_MIN_FREE_MB=%d", caller, self.settings.spool_min_free_mb)
+            return _status("out_of_resources", "spool disk nearly full")
+        data = event.encoded_dataset(include_meta=True)
+        if len(data) > self.largest:
+            logger.warning("C-STORE from %s refused (C001): %d bytes, more than "
+                           "CXR_MAX_PIXELS allows", caller, len(data))
+            return _status("too_large", "instance larger than CXR_MAX_PIXELS allows")
+        sop_uid = str(event.request.AffectedSOPInstanceUID or "")
+        try:
+            header = read_header(Path("c-store"), data=data)
+        except CxrError as exc:
+            # Spooled anyway, so that the failure is recorded with its reason, as ingest
+            # records a bad file (the name carries the bytes' hash: a resend is one row).
+            spooled = write_instance(data, study_instance_uid="unreadable",
+                                     sop_instance_uid=sop_uid, settings=self.settings)
+            self.recorder.put(spooled.path)
+            logger.warning("C-STORE from %s refused (C210): %s", caller, exc.code)
+            return _status("cannot_read", f"{exc.code}: header cannot be read")
+        try:
+            spooled = write_instance(data, study_instance_uid=header.study_instance_uid,
+                                     sop_instance_uid=header.sop_instance_uid,
+                                     settings=self.settings)
+        except OSError as exc:
+            logger.error("C-STORE from %s refused (A700): spool write failed: %s", caller,
+                         exc.strerror or type(exc).__name__)
+            return _status("out_of_resources", "spool write failed")
+        self.recorder.put(spooled.path)
+        self.stored += 1
+        return STATUS["success"]
+
+
+def _application_entity(config: ListenerConfig) -> Any:
+    from pynetdicom import AE
+
+    ae = AE(ae_title=config.ae_title)
+    ae.maximum_associations = config.max_associations
+    # Large PDUs: pynetdicom handles each PDU in Python, so the 16 KiB default makes
+    # receiving a 4 MB radiograph cost hundreds of round trips through the DUL thread.
+    ae.maximum_pdu_size = MAX_PDU_BYTES
+    ae.add_supported_context(VERIFICATION)
+    for sop_class in config.sop_classes:
+        ae.add_supported_context(sop_class, config.transfer_syntaxes)
+    return ae
+
+
+def _fast_receive(server: Any) -> None:
+    """Make ``server`` read PDUs with few large ``recv_into`` calls: pynetdicom 3.0 reads
+    in 4 KiB ``recv`` calls, a thousand Python iterations per 4 MB radiograph (measured:
+    the receive path, not the disk, bounded the listener on 2 cores)."""
+    from pynetdicom.transport import AssociationSocket, RequestHandler
+
+    class FastSocket(AssociationSocket):
+        def recv(self, nr_bytes: int) -> bytearray:
+            buffer = bytearray(nr_bytes)
+            view = memoryview(buffer)
+            got = 0
+            sock = self.socket
+            assert sock is not None
+            while got < nr_bytes:
+                count = sock.recv_into(view[got:], nr_bytes - got)
+                if not count:
+                    del view
+                    return buffer[:got]
+                got += count
+            del view
+            return buffer
+
+    class Handler(RequestHandler):
+        def _create_association(self) -> Any:
+            assoc = super()._create_association()
+            socket = assoc.dul.socket
+            if type(socket) is AssociationSocket:
+                socket.__class__ = FastSocket
+            return assoc
+
+    server.RequestHandlerClass = Handler
+
+
+def serve_dicom(
+    settings: Settings,
+    *,
+    send: Sender | None,
+    config: ListenerConfig | None = None,
+    on_ready: Callable[[str, int], None] | None = None,
+    stop: threading.Event | None = None,
+    grace_s: float = 30.0,
+) -> int:
+    """Run the SCP until SIGTERM/SIGINT (or ``stop`` is set): sweep the spool, serve,
+    then stop accepting, let open associations finish (up to ``grace_s``), and record
+    what is left. Returns the number of instances stored."""
+    from pynetdicom import evt
+
+    config = config or ListenerConfig.from_settings(settings)
+    logging.getLogger("pynetdicom").setLevel(
+        logging.DEBUG if logger.isEnabledFor(logging.DEBUG) else logging.WARNING)
+    spool_dir(settings).mkdir(parents=True, exist_ok=True)
+    sweep_spool(settings, send)
+    recorder = Recorder(settings, send)
+    recorder.start()
+    handlers = _Handlers(config, settings, recorder)
+    stop = stop or threading.Event()
+    # Received instances are held until their study is quiet (CXR_STUDY_QUIET_S): this
+    # process releases them itself, so a study sent here is classified without a beat.
+    releaser = None
+    if send is not None:
+        releaser = threading.Thread(target=run_release_loop, args=(send, stop, settings),
+                                    name="release-quiet-studies", daemon=True)
+        releaser.start()
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            previous[signum] = signal.signal(signum, lambda *_: stop.set())
+    ae = _application_entity(config)
+    server = ae.start_server(
+        (config.bind, config.port), block=False,
+        evt_handlers=[(evt.EVT_REQUESTED, handlers.on_requested),
+                      (evt.EVT_C_ECHO, handlers.on_echo),
+                      (evt.EVT_C_STORE, handlers.on_store)])
+    _fast_receive(server)
+    host, port = server.server_address[:2]
+    logger.info("listening on %s:%d as %s (%d SOP classes, %d transfer syntaxes, at most "
+                "%d associations)", host, port, config.ae_title, len(config.sop_classes),
+                len(config.transfer_syntaxes), config.max_associations)
+    if on_ready is not None:
+        on_ready(str(host), int(port))
+    try:
+        stop.wait()
+    finally:
+        logger.info("stopping: no new associations; waiting up to %.0f s for open ones",
+                    grace_s)
+        server.shutdown()
+        deadline = time.monotonic() + grace_s
+        while server.active_associations and time.monotonic() < deadline:
+            time.sleep(0.1)
+        for assoc in server.active_associations:
+            assoc.abort()
+        recorder.stop(timeout=grace_s)
+        if releaser is not None:
+            releaser.join(timeout=5)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        logger.info("stopped: %d instances stored, %d recorded", handlers.stored,
+                    recorder.recorded)
+    return handlers.stored

@@ -1,0 +1,355 @@
+"""``cxr-orient listen`` against a real modality: dcmtk's ``echoscu`` and ``dcmsend``
+talking to the real listener process, a real worker classifying what it received."""
+
+from __future__ import annotations
+
+import dataclasses
+import struct
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from pydicom.uid import JPEG2000Lossless, JPEGLosslessSV1, JPEGLSLossless, RLELossless
+
+from tests.utils.corpus import film_dicom, rg1_dicom
+from tests.utils.dicom_factory import COVID_CXR, make_dicom, synthetic_pixels
+from tests.utils.dicomnode import (
+    dcmsend,
+    echoscu,
+    need_tool,
+    running_listener,
+    running_orthanc,
+)
+from tests.utils.worker import running_worker, worker_env
+
+pytestmark = pytest.mark.integration
+
+
+def make_node(url: str, tmp_path: Path, configure: Callable[..., None]) -> dict[str, str]:
+    """A migrated database, the filesystem broker, the ingest root: the env every
+    process of the test shares (this process reads the same database)."""
+    from db.migrate import upgrade
+
+    values = {"database_url": url, "ingest_root": tmp_path, "data_dir": tmp_path / "data",
+              "spool_min_free_mb": 1}
+    (tmp_path / "data").mkdir()
+    configure(**values)
+    upgrade()
+    return worker_env(**values)
+
+
+@pytest.fixture
+def node(tmp_path: Path, configure: Callable[..., None]) -> dict[str, str]:
+    return make_node(f"sqlite:///{tmp_path / 'cxr.db'}", tmp_path, configure)
+
+
+@pytest.fixture
+def pg_node(pg_url: str, tmp_path: Path, configure: Callable[..., None]) -> dict[str, str]:
+    return make_node(pg_url, tmp_path, configure)
+
+
+def rows() -> list[dict[str, object]]:
+    from db import crud
+    from db.session import session_scope
+
+    with session_scope() as session:
+        return [dataclasses.asdict(row) for row in crud.results(session)]
+
+
+def wait_rows(count: int, timeout: float = 60) -> list[dict[str, object]]:
+    deadline = time.monotonic() + timeout
+    while True:
+        found = rows()
+        if len(found) >= count or time.monotonic() > deadline:
+            return found
+        time.sleep(0.25)
+
+
+def spooled(root: Path) -> list[Path]:
+    return sorted((root / "spool").glob("*/*.dcm"))
+
+
+def dataset_bytes(path: Path) -> bytes:
+    """A DICOM file's bytes after its file meta (explicit VR LE group 2 with its group
+    length first): what the sender sent over the network."""
+    data = path.read_bytes()
+    assert data[128:132] == b"DICM"
+    assert data[132:136] == b"\x02\x00\x00\x00", "file meta must start with its group length"
+    (length,) = struct.unpack("<I", data[140:144])
+    return data[144 + length:]
+
+
+def small(path: Path, **kwargs: Any) -> Path:
+    """A small synthetic radiograph (speed: these tests are about the network)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return make_dicom(path, synthetic_pixels((64, 64)), **kwargs)
+
+
+def test_echo_and_callers_outside_the_allowed_list_are_rejected(
+    node: dict[str, str], tmp_path: Path
+) -> None:
+    env = {**node, "CXR_DICOM_ALLOWED_CALLERS": "MODALITY, OTHER@10.9.9.9"}
+    source = small(tmp_path / "src" / "a.dcm")
+    with running_listener(env, tmp_path / "listen.log") as listener:
+        assert echoscu(listener.port).returncode == 0
+        stranger = echoscu(listener.port, aet="STRANGER")
+        # OTHER is allowed from 10.9.9.9 only; we call from 127.0.0.1.
+        wrong_host = echoscu(listener.port, aet="OTHER")
+        sent = dcmsend(listener.port, [source], aet="STRANGER")
+    assert stranger.returncode != 0 and "Rejected" in stranger.stdout + stranger.stderr
+    assert wrong_host.returncode != 0
+    assert sent.returncode != 0
+    assert not spooled(tmp_path) and not rows()
+    log = listener.log()
+    assert "STRANGER@127.0.0.1 rejected" in log
+    assert "1.2.826" not in log, "no UIDs in the log"
+
+
+@pytest.mark.skipif(not COVID_CXR.is_dir(), reason="needs the real films in ../shared/data")
+def test_a_frontal_and_lateral_study_is_recorded_and_classified(
+    node: dict[str, str], tmp_path: Path
+) -> None:
+    study = "1.2.826.0.1.3680043.10.77.1"
+    files = [rg1_dicom(tmp_path / "src" / "frontal.dcm", study_uid=study),
+             film_dicom(tmp_path / "src" / "lateral.dcm", view="lateral", study_uid=study)]
+    with running_worker(node, tmp_path / "worker.log"), \
+            running_listener(node, tmp_path / "listen.log") as listener:
+        sent = dcmsend(listener.port, files)
+        assert sent.returncode == 0, sent.stdout + sent.stderr
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            found = rows()
+            if len(found) == 2 and all(r["status"] == "done" for r in found):
+                break
+            time.sleep(0.5)
+    assert len(found) == 2, found
+    assert {r["study_instance_uid"] for r in found} == {study}
+    by_label = sorted(str(r["label"]) for r in found)
+    assert by_label == ["frontal", "lateral"], found
+    for path in spooled(tmp_path):
+        assert str(path) in {r["file_path"] for r in found}
+
+
+def test_a_spool_disk_under_the_threshold_refuses_with_a700(
+    node: dict[str, str], tmp_path: Path
+) -> None:
+    env = {**node, "CXR_SPOOL_MIN_FREE_MB": str(10**12)}
+    source = small(tmp_path / "src" / "a.dcm")
+    with running_listener(env, tmp_path / "listen.log") as listener:
+        sent = dcmsend(listener.port, [source])
+    out = sent.stdout + sent.stderr
+    assert "Received C-STORE Response (Refused: OutOfResources)" in out, out
+    assert not spooled(tmp_path) and not rows()
+    assert "(A700)" in listener.log()
+
+
+def test_an_unreadable_dataset_gets_a_failure_status_and_a_recorded_reason(
+    node: dict[str, str], tmp_path: Path
+) -> None:
+    import pydicom
+
+    source = small(tmp_path / "src" / "no-study.dcm")
+    ds = pydicom.dcmread(source)
+    del ds.StudyInstanceUID
+    ds.save_as(source)
+    good = small(tmp_path / "src" / "good.dcm")
+    with running_listener(node, tmp_path / "listen.log") as listener:
+        sent = dcmsend(listener.port, [source, good])
+        found = wait_rows(2)
+        assert listener.process.poll() is None, "the listener must survive bad input"
+    out = sent.stdout + sent.stderr
+    assert "C-STORE Response (Error: CannotUnderstand)" in out, out
+    assert out.count("C-STORE Response (Success)") == 1, out
+    assert len(found) == 2, found
+    failed = [r for r in found if r["status"] == "failed"]
+    assert len(failed) == 1 and str(failed[0]["error"]).startswith("missing_attribute"), found
+
+
+def test_killed_mid_association_nothing_half_recorded_and_the_resend_is_accepted_once(
+    node: dict[str, str], tmp_path: Path
+) -> None:
+    sources = [rg1_dicom(tmp_path / "src" / f"{k:02d}.dcm", study_uid=f"1.2.826.0.1.9.{k % 3}")
+               for k in range(30)]
+    truth = {dataset_bytes(p) for p in sources}
+    with running_listener(node, tmp_path / "listen.log") as listener:
+        sender = subprocess.Popen(
+            [need_tool("dcmsend"), "-aet", "MODALITY", "-aec", "CXR_ORIENT", "127.0.0.1",
+             str(listener.port), *map(str, sources)],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        deadline = time.monotonic() + 60
+        while len(spooled(tmp_path)) < 3 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        listener.kill()
+        sender.wait(timeout=60)
+    assert sender.returncode != 0, "the sender must see the association die"
+    acknowledged = spooled(tmp_path)
+    assert 3 <= len(acknowledged) < 30, len(acknowledged)
+    # Every file in the spool is whole (temporaries are hidden and never recorded) ...
+    for path in acknowledged:
+        assert dataset_bytes(path) in truth
+    # ... and every row names a whole spooled file.
+    for row in rows():
+        assert Path(str(row["file_path"])) in acknowledged
+    with running_listener(node, tmp_path / "listen.log") as listener:
+        resent = dcmsend(listener.port, sources)
+        assert resent.returncode == 0, resent.stdout + resent.stderr
+        found = wait_rows(30)
+        time.sleep(1)
+        found = rows()
+    assert len(found) == 30, "each instance recorded once"
+    assert len({r["sop_instance_uid"] for r in found}) == 30
+    assert len(spooled(tmp_path)) == 30
+    # Held for their study's quiet period (CXR_STUDY_QUIET_S), then queued by the listener.
+    assert {r["status"] for r in found} <= {"waiting", "queued"}
+
+
+@pytest.mark.parametrize("database", ["node", "pg_node"], ids=["sqlite", "postgresql"])
+def test_100_instances_from_4_concurrent_senders_are_each_recorded_once(
+    database: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    node: dict[str, str] = request.getfixturevalue(database)
+    sources = [small(tmp_path / "src" / f"{k:03d}.dcm", study_uid=f"1.2.826.0.1.8.{k % 10}",
+                     modality="CR" if k % 2 else "DX") for k in range(100)]
+    with running_listener(node, tmp_path / "listen.log") as listener:
+        senders = [subprocess.Popen(
+            [need_tool("dcmsend"), "-aet", f"MOD{n}", "-aec", "CXR_ORIENT", "127.0.0.1",
+             str(listener.port), *map(str, sources[n::4])],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for n in range(4)]
+        for sender in senders:
+            out, _ = sender.communicate(timeout=120)
+            assert sender.returncode == 0, out
+        found = wait_rows(100)
+        time.sleep(0.5)
+        found = rows()
+        assert listener.stop() == 0, "SIGTERM is a clean stop"
+    assert len(found) == 100
+    assert len({r["sop_instance_uid"] for r in found}) == 100
+    assert len(spooled(tmp_path)) == 100
+    log = listener.log()
+    assert "stopped: 100 instances stored, 100 recorded" in log, log
+    assert "1.2.826" not in log and "/spool/" not in log, "no UIDs or paths in the log"
+
+
+def rewrapped(name: str, path: Path) -> Path:
+    """A pydicom-data file as a DX instance with new UIDs, its pixel data untouched."""
+    import pydicom
+    from pydicom.data import get_testdata_file
+    from pydicom.uid import DigitalXRayImageStorageForPresentation, generate_uid
+
+    found = get_testdata_file(name)
+    assert isinstance(found, str), f"pydicom-data's {name} is not installed"
+    ds = pydicom.dcmread(found)
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = (
+        DigitalXRayImageStorageForPresentation)
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.Modality = generate_uid(), generate_uid(), "DX"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
+@pytest.mark.parametrize("syntax", [RLELossless, JPEGLSLossless, JPEG2000Lossless,
+                                    JPEGLosslessSV1], ids=lambda s: s.name)
+def test_compressed_syntaxes_are_stored_as_sent(
+    node: dict[str, str], tmp_path: Path, syntax: str
+) -> None:
+    if syntax == JPEGLosslessSV1:  # pydicom has no encoder for it: pydicom-data's file
+        source = rewrapped("JPGLosslessP14SV1_1s_1f_8b.dcm", tmp_path / "src" / "c.dcm")
+    else:
+        source = small(tmp_path / "src" / "c.dcm", transfer_syntax=syntax)
+    with running_listener(node, tmp_path / "listen.log") as listener:
+        sent = dcmsend(listener.port, [source])
+        assert sent.returncode == 0, sent.stdout + sent.stderr
+        found = wait_rows(1)
+    (stored,) = spooled(tmp_path)
+    assert dataset_bytes(stored) == dataset_bytes(source), "no transcoding"
+    import pydicom
+
+    assert pydicom.dcmread(stored).file_meta.TransferSyntaxUID == syntax
+    assert len(found) == 1 and found[0]["file_path"] == str(stored)
+
+
+def test_orthanc_routes_a_study_to_the_listener(node: dict[str, str], tmp_path: Path) -> None:
+    """docs/dicom.md's route: Orthanc declares us in DicomModalities and stores to us
+    (its AE title is the one allowed)."""
+    env = {**node, "CXR_DICOM_ALLOWED_CALLERS": "ORTHANC@127.0.0.1"}
+    files = [small(tmp_path / "src" / f"{k}.dcm", study_uid="1.2.826.0.1.5.1",
+                   transfer_syntax=RLELossless) for k in range(2)]
+    with running_listener(env, tmp_path / "listen.log") as listener, running_orthanc(
+            tmp_path / "orthanc",
+            modalities={"cxr-orient": ["CXR_ORIENT", "127.0.0.1", listener.port]}) as orthanc:
+        for path in files:
+            orthanc.upload(path)
+        studies = orthanc.get("/studies")
+        assert isinstance(studies, list) and len(studies) == 1
+        orthanc.post("/modalities/cxr-orient/store", str(studies[0]).encode())
+        found = wait_rows(2)
+    assert len(found) == 2 and {r["study_instance_uid"] for r in found} == {"1.2.826.0.1.5.1"}
+    assert {dataset_bytes(p) for p in spooled(tmp_path)} == {dataset_bytes(p) for p in files}
+
+
+def test_associations_beyond_the_maximum_are_rejected(node: dict[str, str],
+                                                       tmp_path: Path) -> None:
+    from pynetdicom import AE
+
+    env = {**node, "CXR_DICOM_MAX_ASSOCIATIONS": "1"}
+    with running_listener(env, tmp_path / "listen.log") as listener:
+        scu = AE(ae_title="HOLDER")
+        scu.add_requested_context("1.2.840.10008.1.1")
+        held = scu.associate("127.0.0.1", listener.port, ae_title="CXR_ORIENT")
+        try:
+            assert held.is_established
+            time.sleep(0.3)
+            second = echoscu(listener.port)
+        finally:
+            held.release()
+        time.sleep(0.5)
+        after = echoscu(listener.port)
+    assert second.returncode != 0, second.stdout + second.stderr
+    assert after.returncode == 0, "the slot is free again once the first is released"
+
+
+def test_an_instance_larger_than_the_worker_accepts_is_refused(node: dict[str, str],
+                                                               tmp_path: Path) -> None:
+    # CXR_MAX_PIXELS=1: the bound is 64 MiB + 2 bytes; a 6000 x 6000 16-bit image is 72 MB.
+    env = {**node, "CXR_MAX_PIXELS": "1"}
+    (tmp_path / "src").mkdir()
+    source = make_dicom(tmp_path / "src" / "big.dcm",
+                        np.zeros((6000, 6000), dtype=np.uint16))
+    with running_listener(env, tmp_path / "listen.log") as listener:
+        sent = dcmsend(listener.port, [source])
+        assert listener.process.poll() is None
+    assert "C-STORE Response (Error: CannotUnderstand)" in sent.stdout + sent.stderr, (
+        sent.stdout + sent.stderr)
+    assert "(C001)" in listener.log()
+    assert not spooled(tmp_path) and not rows()
+
+
+def test_instances_acknowledged_while_the_database_is_down_are_recorded_when_it_is_back(
+    tmp_path: Path, configure: Callable[..., None]
+) -> None:
+    from tests.utils.faults import private_postgres
+
+    files = [small(tmp_path / "src" / f"{k}.dcm") for k in range(3)]
+    with private_postgres() as pg:
+        env = make_node(pg.create_database("cxr"), tmp_path, configure)
+        with running_listener(env, tmp_path / "listen.log") as listener:
+            pg.stop()
+            sent = dcmsend(listener.port, files)
+            time.sleep(1.5)
+            assert "spooled instances failed (OperationalError); retrying" in (
+                listener.log()), listener.log()
+            pg.start()
+            found = wait_rows(3, timeout=60)
+            time.sleep(0.5)
+            log = listener.log()
+    # The instances that came while it was down joined the retried batch.
+    assert "recorded 3 received instances: 3 new" in log, log
+    out = sent.stdout + sent.stderr
+    assert out.count("C-STORE Response (Success)") == 3, "durable in the spool: acknowledged"
+    # Held for their study's quiet period (CXR_STUDY_QUIET_S), then queued by the listener.
+    assert len(found) == 3 and {r["status"] for r in found} <= {"waiting", "queued"}
