@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import io
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
@@ -30,8 +30,8 @@ from cxr_orient.settings import Settings
 from db import crud
 from db.session import session_scope
 
-__all__ = ["PullQuery", "PullReport", "RemoteInstance", "find_instances", "parse_modalities",
-           "pull", "remote_summary"]
+__all__ = ["PullQuery", "PullReport", "RemoteInstance", "find_instances", "not_yet_recorded",
+           "parse_modalities", "pull", "remote_summary"]
 
 logger = logging.getLogger(__name__)
 
@@ -131,6 +131,25 @@ def _merge(into: EnqueueReport, report: EnqueueReport) -> None:
     into.studies |= report.studies
 
 
+def not_yet_recorded(
+    found: Iterable[RemoteInstance], report: PullReport,
+    on_total: Callable[[int], None] | None = None,
+) -> list[RemoteInstance]:
+    """The instances a PACS answered with (duplicates dropped) that no row records yet:
+    what a pull, by DICOMweb or by C-MOVE, must fetch. Counts ``found`` and
+    ``skipped_known`` in ``report`` and tells ``on_total`` how many are left to fetch."""
+    remote = list(dict.fromkeys(found))
+    report.found = len(remote)
+    with session_scope() as session:
+        known = crud.known_sop_instance_uids(
+            session, sop_instance_uids=[r.sop_uid for r in remote])
+    todo = [r for r in remote if r.sop_uid not in known]
+    report.skipped_known = len(remote) - len(todo)
+    if on_total is not None:
+        on_total(len(todo))
+    return todo
+
+
 def pull(
     url: str,
     query: PullQuery,
@@ -145,15 +164,7 @@ def pull(
     not recorded yet into the spool, record them and hand the new ones to ``send``."""
     client = client or _client(url)
     report = PullReport()
-    remote = list(dict.fromkeys(find_instances(client, query)))
-    report.found = len(remote)
-    with session_scope() as session:
-        known = crud.known_sop_instance_uids(
-            session, sop_instance_uids=[r.sop_uid for r in remote])
-    todo = [r for r in remote if r.sop_uid not in known]
-    report.skipped_known = len(remote) - len(todo)
-    if on_total is not None:
-        on_total(len(todo))
+    todo = not_yet_recorded(find_instances(client, query), report, on_total)
     spooled: list[Path] = []
 
     def flush() -> None:

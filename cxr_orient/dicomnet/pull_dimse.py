@@ -20,7 +20,7 @@ from typing import Any
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
-from cxr_orient.dicomnet.pull import PullQuery, PullReport, RemoteInstance
+from cxr_orient.dicomnet.pull import PullQuery, PullReport, RemoteInstance, not_yet_recorded
 from cxr_orient.settings import Settings
 from db import crud
 from db.session import session_scope
@@ -131,15 +131,8 @@ def pull_dimse(
     report = PullReport()
     moved: list[str] = []
     try:
-        remote = list(dict.fromkeys(find_instances_dimse(assoc, query)))  # all, then move
-        report.found = len(remote)
-        with session_scope() as session:
-            known = crud.known_sop_instance_uids(
-                session, sop_instance_uids=[r.sop_uid for r in remote])
-        todo = [r for r in remote if r.sop_uid not in known]
-        report.skipped_known = len(remote) - len(todo)
-        if on_total is not None:
-            on_total(len(todo))
+        # All found first, then moved (one association carries both).
+        todo = not_yet_recorded(find_instances_dimse(assoc, query), report, on_total)
         for item in todo:
             problem = _move(assoc, item, title)
             if problem is None:
