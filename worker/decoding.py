@@ -22,14 +22,21 @@ import numpy as np
 
 from cxr_orient.errors import CxrError, DecodeError
 from cxr_orient.imaging import to_rgb
-from cxr_orient.imaging.gpu import PlannedImage, choose_decode_device, decode_on_cpu, read_and_plan
+from cxr_orient.imaging.gpu import (
+    CardJob,
+    PlannedImage,
+    choose_decode_device,
+    decode_on_cpu,
+    read_and_plan,
+)
 from cxr_orient.intake import load_checked_image, read_checked
 from cxr_orient.settings import Settings
 
 if TYPE_CHECKING:
     from cxr_orient.imaging.gpu.card import CardDecoder
 
-__all__ = ["DecodeResult", "FileToDecode", "decode_batch", "decode_device", "start_decoding"]
+__all__ = ["BatchCard", "DecodeResult", "FileToDecode", "decode_batch", "decode_batch_with",
+           "decode_device", "start_decoding"]
 
 logger = logging.getLogger(__name__)
 
@@ -138,11 +145,24 @@ def _timed_cpu(work: FileToDecode, planned: PlannedImage, settings: Settings, si
         return None, _unexpected(work, exc), spent_ms + (time.perf_counter() - start) * 1000
 
 
+class BatchCard(Protocol):
+    """What :func:`decode_batch_with` needs of a card: :class:`CardDecoder`'s ``decode``."""
+
+    def decode(self, jobs: Sequence[CardJob], *, size: int) -> list[np.ndarray | Exception]:
+        ...
+
+
 def decode_batch(work: Sequence[FileToDecode], settings: Settings,
                  size: int) -> list[DecodeResult]:
-    """Each file's image (or error) and its decode time, in the order of ``work``."""
+    """Each file's image (or error) and its decode time, in the order of ``work``, on this
+    process's card where it has one."""
+    return decode_batch_with(work, settings, size, card=_card(settings))
+
+
+def decode_batch_with(work: Sequence[FileToDecode], settings: Settings, size: int, *,
+                      card: BatchCard | None) -> list[DecodeResult]:
+    """:func:`decode_batch` with the card given (None: every file on the CPU threads)."""
     pool = _executor(settings)
-    card = _card(settings)
     if card is None:
         return list(pool.map(lambda w: _timed_decode(w, settings, size), work))
     reads = list(pool.map(lambda w: _timed_read(w, settings, size), work))
