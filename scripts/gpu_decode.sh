@@ -7,7 +7,7 @@
 set -uo pipefail
 OUT=${OUT:?set OUT to the folder that comes back}
 mkdir -p /tmp/site "$OUT/results"
-tar xJf .whl/site.tar.xz -C /tmp/site || exit 1
+tar xJf .whl/site.tar.xz -C /tmp/site && python3 -m zipfile -e .whl/highdicom-0.28.2-py3-none-any.whl /tmp/site || exit 1
 export PYTHONPATH=/tmp/site:$PWD KERAS_BACKEND=jax XLA_PYTHON_CLIENT_PREALLOCATE=false
 export OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1 PYTHONUNBUFFERED=1
 export LD_LIBRARY_PATH=/tmp/site/nvidia/cu13/lib:/tmp/site/nvidia/nvjpeg2k/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
