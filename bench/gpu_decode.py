@@ -256,7 +256,9 @@ def main() -> None:
                         help="corpus files this machine cannot write (HTJ2K)")
     parser.add_argument("--broker-url", default="redis://127.0.0.1:6379/0")
     parser.add_argument("--per-syntax", type=int, default=4)
-    parser.add_argument("--mixed-studies", type=int, default=1000)
+    parser.add_argument("--root", type=Path, default=Path("/tmp/gpu-decode"),
+                        help="where the corpus and the studies are written (GBs)")
+    parser.add_argument("--mixed-studies", type=int, default=800)
     parser.add_argument("--syntax-studies", type=int, default=200)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--layouts",
@@ -289,7 +291,7 @@ def main() -> None:
         results.setdefault("step_seconds", {})[key] = round(time.monotonic() - start, 1)
         save()
 
-    root = Path("/tmp/gpu-decode")
+    root = args.root
     shutil.rmtree(root, ignore_errors=True)
     per_syntax = 2 if args.quick else args.per_syntax
     items = _corpus(root / "corpus", per_syntax, args.carried)
@@ -299,17 +301,20 @@ def main() -> None:
     save()
     step("agreement", lambda: _agreement(items, args.model))
     step("card_alone_images_per_s", lambda: _card_rates(
-        items, batch=64, seconds=1.0 if args.quick else 1.5,
-        threads=(1, 4) if args.quick else (1, 2, 8)))
+        items, batch=64, seconds=1.0,
+        threads=(1, 4)))
     sampler = UtilisationSampler()
     sampler.start()
-    step("pipeline", lambda: _pipelines(args, items, root, sampler, deadline))
+    results["pipeline"] = {}
+    step("pipeline", lambda: _pipelines(args, items, root, sampler, deadline, save,
+                                         results["pipeline"]))
     sampler.stop()
     logger.info("done in %.0f s", time.monotonic() - t0)
 
 
 def _pipelines(args: argparse.Namespace, items: list[CorpusItem], root: Path,
-               sampler: UtilisationSampler, deadline: float) -> dict[str, Any]:
+               sampler: UtilisationSampler, deadline: float,
+               save: Callable[[], None], out: dict[str, Any]) -> dict[str, Any]:
     from bench import pipeline as pl
     from bench.measure import decode_rate
 
@@ -331,38 +336,57 @@ def _pipelines(args: argparse.Namespace, items: list[CorpusItem], root: Path,
         "gpu-card-decode-8x2": (cores // 2, {"CXR_DECODE_DEVICE": "gpu",
                                              "CXR_DECODE_THREADS": "2"}),
     }
-    out: dict[str, Any] = {"broker": args.broker_url, "database": "sqlite",
-                           "batch_size": args.batch_size, "layouts": {}}
-    # Fresh files (new UIDs) for every layout and set: nothing is recorded twice.
+    out.update({"broker": args.broker_url, "database": "sqlite",
+                "batch_size": args.batch_size, "layouts": {}})
+    # One set of files for every layout, each layout on a fresh database (and an empty
+    # queue): nothing is recorded twice, and the disk holds one copy of the studies.
     jobs = cores
-    sets_per_layout: dict[str, dict[str, list[Path]]] = {}
-    for layout in layouts_wanted:
-        sets: dict[str, list[Path]] = {}
-        sets["mixed"] = pl.make_studies(items, root / "studies" / layout / "mixed",
-                                        studies=mixed_n, tag=f"{layout}-mixed", jobs=jobs)
-        for name in CARD_SYNTAXES:
-            chosen = [i for i in items if i.syntax == name]
-            if chosen and (layout != "cpu-node" or not quick):
-                sets[name] = pl.make_studies(chosen, root / "studies" / layout / name,
-                                             studies=syntax_n, tag=f"{layout}-{name}",
-                                             jobs=jobs)
-        sets_per_layout[layout] = sets
-    mixed_files = sorted(f for folder in sets_per_layout[layouts_wanted[0]]["mixed"]
-                         for f in folder.glob("*.dcm"))
+    sets: dict[str, list[Path]] = {}
+    sets["mixed"] = pl.make_studies(items, root / "studies" / "mixed", studies=mixed_n,
+                                    tag="mixed", jobs=jobs)
+    for name in CARD_SYNTAXES:
+        chosen = [i for i in items if i.syntax == name]
+        if chosen:
+            sets[name] = pl.make_studies(chosen, root / "studies" / name, studies=syntax_n,
+                                         tag=name, jobs=jobs)
+    mixed_files = sorted(f for folder in sets["mixed"] for f in folder.glob("*.dcm"))
+    out["disk_used_gib"] = round(sum(f.stat().st_size for s in sets.values()
+                                     for folder in s for f in folder.glob("*.dcm")) / 2**30, 2)
     with ProcessPoolExecutor(max_workers=cores, mp_context=_SPAWN) as pool:
         out["cpu_decode_capacity_mixed_images_per_s"] = decode_rate(
             pool, mixed_files, warm_up=cores, chunksize=4)
+    save()
     for layout in layouts_wanted:
         processes, extra = all_layouts[layout]
         if deadline - time.monotonic() < 100:
             out["layouts"][layout] = {"skipped": "out of time"}
             continue
+        env = _fresh_database(root / f"{layout}.db", args.broker_url)
+        env["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"
         out["layouts"][layout] = _layout_run(
-            layout, sets_per_layout[layout], base_env=env, extra_env=extra,
+            layout, sets, base_env=env, extra_env=extra,
             processes=processes, batch_size=args.batch_size,
             log=args.out / f"worker-{layout}.log", sampler=sampler,
             drain_timeout_s=60 if quick else 150, deadline=deadline)
+        save()
     return out
+
+
+def _fresh_database(path: Path, broker_url: str) -> dict[str, str]:
+    """Point this process (and the environment returned, for the worker) at a new,
+    migrated SQLite database; empty the broker's queue."""
+    import redis
+
+    from cxr_orient.settings import reset_settings_cache
+    from db.migrate import upgrade
+    from db.session import dispose_engines
+
+    os.environ["CXR_DATABASE_URL"] = f"sqlite:///{path}"
+    reset_settings_cache()
+    dispose_engines()
+    upgrade()
+    redis.Redis.from_url(broker_url).flushdb()
+    return {**os.environ, "PYTHONUNBUFFERED": "1"}
 
 
 if __name__ == "__main__":

@@ -15,7 +15,10 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/res
 python3 -c "import nvidia.nvimgcodec as n, cupy, jax, keras; print('nvimgcodec', n.__version__, 'cupy', cupy.__version__, 'jax', jax.__version__, jax.devices(), 'keras', keras.__version__)" 2>&1 | tee "$OUT/results/versions.txt"
 LD_LIBRARY_PATH=$PWD/.devbin/lib .devbin/redis-server --daemonize yes --bind 127.0.0.1 \
     --port 6379 --save "" --appendonly no --logfile /tmp/redis.log
-python3 -m bench.gpu_decode --model "${MODEL:-cxr_orient/shipped/compact-invariant-64-v2.keras}" \
+# The studies take GBs: write them where there is most room.
+df -h /tmp "$PWD" /dev/shm /root > "$OUT/results/disk.txt" 2>&1
+work=$(df -P /tmp "$PWD" /dev/shm 2>/dev/null | tail -n +2 | sort -k4 -n | tail -1 | awk '{print $6}')
+python3 -m bench.gpu_decode --root "${work%/}/gpu-decode-work" --model "${MODEL:-cxr_orient/shipped/compact-invariant-64-v2.keras}" \
     --out "$OUT/results" --carried .whl/htj2k --machine "${MACHINE:-h200}" "$@" 2>&1 \
     | tee "$OUT/results/bench.log"
 tar czf "$OUT/logs.tar.gz" -C "$OUT/results" --remove-files $(cd "$OUT/results" && ls worker-*.log 2>/dev/null) 2>/dev/null
