@@ -160,10 +160,11 @@ class Settings(BaseSettings):
     decode_device: Literal["auto", "cpu", "gpu"] = Field(
         default="auto",
         description="CXR_DECODE_DEVICE: where a worker pool process decodes JPEG 2000, "
-        "HTJ2K and JPEG baseline files. 'auto' (default) and 'gpu' use the card (NVIDIA "
-        "nvImageCodec and CuPy, when installed; one batch per call, every other syntax "
-        "on the CPU threads meanwhile); 'cpu' never does. Without the libraries, or "
-        "without a card, decoding stays on the CPU ('gpu' says so in the log).",
+        "HTJ2K and JPEG baseline files. 'auto' and 'gpu' use the card (NVIDIA "
+        "nvImageCodec and CuPy, when installed: the extra '.[gpu-decode]'; one call per "
+        "batch, every other syntax on the CPU threads meanwhile); 'cpu' never does. "
+        "Without the libraries, or without a card, decoding stays on the CPU ('gpu' says "
+        "so in the log). Default 'auto'.",
     )
     mixed_precision: Literal["off", "bfloat16"] = Field(
         default="off",
