@@ -15,11 +15,13 @@ from pathlib import Path
 import numpy as np
 import pydicom
 from pydicom.uid import (
+    HTJ2K,
     JPEG2000,
     UID,
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
+    HTJ2KLossless,
     ImplicitVRLittleEndian,
     JPEG2000Lossless,
     JPEGBaseline8Bit,
@@ -45,6 +47,11 @@ SYNTAXES: dict[UID, str] = {
     JPEG2000: "j2k-lossy",
     JPEGBaseline8Bit: "jpeg-baseline",
 }
+#: HTJ2K, written with OpenJPH (imagecodecs, a dev dependency) where it is installed; a
+#: machine without it (the lent GPU) takes files made elsewhere (:func:`load_corpus`).
+HTJ2K_SYNTAXES: dict[UID, str] = {HTJ2KLossless: "htj2k-lossless", HTJ2K: "htj2k-lossy"}
+#: OpenJPH's quantisation step for lossy HTJ2K (about 20:1 on a 12-bit film).
+_HTJ2K_LOSSY_STEP = 0.0005
 UNCOMPRESSED = ("explicit-le", "implicit-le", "explicit-be")
 JPEG2000_NAMES = ("j2k-lossless", "j2k-lossy")
 
@@ -80,15 +87,17 @@ def build_corpus(
     root.mkdir(parents=True, exist_ok=True)
     items: list[CorpusItem] = []
     n = 0
-    for uid, name in SYNTAXES.items():
+    for uid, name in {**SYNTAXES, **HTJ2K_SYNTAXES}.items():
         if syntaxes is not None and name not in syntaxes:
+            continue
+        if uid in HTJ2K_SYNTAXES and not _can_encode_htj2k():
             continue
         for k in range(per_syntax):
             rows, columns, bits = _DETECTORS[n % len(_DETECTORS)]
             rows, columns = max(64, int(rows * scale)), max(64, int(columns * scale))
             if uid == JPEGBaseline8Bit:
                 bits = 8
-            elif uid in (JPEG2000Lossless, JPEG2000, JPEGLSLossless) and bits > 15:
+            elif uid in (JPEG2000Lossless, JPEG2000, JPEGLSLossless, *HTJ2K_SYNTAXES) and bits > 15:
                 bits = 15  # keep the encoders on their well-trodden paths
             view = "frontal" if k % 2 == 0 else "lateral"
             mono1 = (k // 2 + n) % 2 == 1
@@ -104,12 +113,14 @@ def build_corpus(
                 pixels,
                 photometric="MONOCHROME1" if mono1 else "MONOCHROME2",
                 bits_stored=bits,
-                transfer_syntax=uid,
+                transfer_syntax=ExplicitVRLittleEndian if uid in HTJ2K_SYNTAXES else uid,
                 view_position="PA" if view == "frontal" else "LL",
                 patient_id=f"B{n % 7}",
                 study_uid=f"1.2.826.0.1.3680043.10.2.{n // 2}",
                 window=window,
             )
+            if uid in HTJ2K_SYNTAXES:
+                _to_htj2k(path, uid)
             items.append(
                 CorpusItem(
                     path=path,
@@ -124,6 +135,49 @@ def build_corpus(
             )
             n += 1
     logger.info("corpus: %d files under %s (real pixels: %s)", len(items), root, COVID_CXR.is_dir())
+    return items
+
+
+def _can_encode_htj2k() -> bool:
+    try:
+        import imagecodecs
+
+        return bool(imagecodecs.HTJ2K.available)
+    except Exception:
+        return False
+
+
+def _to_htj2k(path: Path, syntax: UID) -> None:
+    """Re-encode a native file in place as HTJ2K (reversible 5-3 for lossless)."""
+    import imagecodecs
+    from pydicom.encaps import encapsulate
+
+    ds = pydicom.dcmread(path)
+    if syntax == HTJ2K:
+        stream = imagecodecs.htj2k_encode(ds.pixel_array, _HTJ2K_LOSSY_STEP, reversible=False)
+        ds.LossyImageCompression = "01"
+    else:
+        stream = imagecodecs.htj2k_encode(ds.pixel_array, reversible=True)
+    ds.PixelData = encapsulate([bytes(stream)])
+    ds["PixelData"].VR = "OB"
+    ds.file_meta.TransferSyntaxUID = syntax
+    ds.save_as(path, enforce_file_format=True)
+
+
+def load_corpus(folder: Path) -> list[CorpusItem]:
+    """The items of corpus files already written (e.g. carried to a machine that cannot
+    encode them), read back from their headers."""
+    names = {**SYNTAXES, **HTJ2K_SYNTAXES}
+    items = []
+    for path in sorted(folder.glob("*.dcm")):
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        window = "WindowCenter" in ds
+        items.append(CorpusItem(
+            path=path, syntax=names.get(ds.file_meta.TransferSyntaxUID, "other"),
+            photometric=str(ds.PhotometricInterpretation), bits_stored=int(ds.BitsStored),
+            rows=int(ds.Rows), columns=int(ds.Columns),
+            view="frontal" if ds.get("ViewPosition") in ("PA", "AP") else "lateral",
+            windowed=window))
     return items
 
 

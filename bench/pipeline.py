@@ -9,6 +9,7 @@ and reads latencies back from the database (``enqueued_at`` .. ``finished_at``).
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
 import time
 from collections.abc import Iterator, Sequence
@@ -121,7 +122,9 @@ def make_studies(
             copies.append((item.path, folder / f"{k}.dcm", study_uid, f"S{s}"))
         folders.append(folder)
     if jobs > 1:
-        with ProcessPoolExecutor(max_workers=jobs) as pool:
+        # Fresh interpreters: the bench process may run JAX, which forking can deadlock.
+        spawn = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=spawn) as pool:
             list(pool.map(_clone, copies, chunksize=8))
     else:
         for copy in copies:

@@ -157,6 +157,15 @@ class Settings(BaseSettings):
         "one per CPU core. Default 1, because celery starts one pool process per core and "
         "decoding in one while another predicts measured fastest (docs/performance.md).",
     )
+    decode_device: Literal["auto", "cpu", "gpu"] = Field(
+        default="auto",
+        description="CXR_DECODE_DEVICE: where a worker pool process decodes JPEG 2000, "
+        "HTJ2K and JPEG baseline files. 'auto' and 'gpu' use the card (NVIDIA "
+        "nvImageCodec and CuPy, when installed: the extra '.[gpu-decode]'; one call per "
+        "batch, every other syntax on the CPU threads meanwhile); 'cpu' never does. "
+        "Without the libraries, or without a card, decoding stays on the CPU ('gpu' says "
+        "so in the log). Default 'auto'.",
+    )
     mixed_precision: Literal["off", "bfloat16"] = Field(
         default="off",
         description="CXR_MIXED_PRECISION: 'bfloat16' runs the model's layers in bfloat16 "

@@ -11,7 +11,6 @@ import os
 import socket
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeVar
 
@@ -19,19 +18,17 @@ import numpy as np
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from cxr_orient.errors import (
-    CxrError,
-    DecodeError,
     FilePurgedError,
     InterruptedProcessingError,
     ModelError,
     UnusualImageError,
 )
-from cxr_orient.imaging import to_rgb, view_to_label
-from cxr_orient.intake import load_checked_image
+from cxr_orient.imaging import view_to_label
 from cxr_orient.settings import Settings, get_settings
 from db import crud
 from db.models import OrientationLabel
 from db.session import dispose_engines, session_scope
+from worker.decoding import decode_batch, start_decoding
 
 if TYPE_CHECKING:
     from cxr_orient.registry import LoadedModel
@@ -93,40 +90,6 @@ def with_db_retry(fn: Callable[[], T], *, what: str, max_wait_s: float = 300.0) 
             time.sleep(delay)
             waited += delay
             delay = min(delay * 2, 15.0)
-
-
-# --- decoding -----------------------------------------------------------------------
-
-
-_EXECUTOR: ThreadPoolExecutor | None = None
-
-
-def _executor(settings: Settings) -> ThreadPoolExecutor:
-    global _EXECUTOR
-    if _EXECUTOR is None:
-        threads = settings.decode_threads or os.cpu_count() or 1
-        _EXECUTOR = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="decode")
-    return _EXECUTOR
-
-
-def _timed_decode(
-    work: _Work, settings: Settings, size: int
-) -> tuple[np.ndarray | None, CxrError | None, float]:
-    start = time.perf_counter()
-    try:
-        grey = load_checked_image(
-            work.file_path, expected_sha256=work.file_sha256, settings=settings, size=size
-        )
-        # Three channels made here, in the decode thread, in parallel: on a GPU the
-        # model runs 6x faster fed RGB uint8 than making the channels itself.
-        image = to_rgb(grey)
-        return image, None, (time.perf_counter() - start) * 1000
-    except CxrError as exc:
-        return None, exc, (time.perf_counter() - start) * 1000
-    except Exception as exc:  # a codec bug must fail this image only
-        logger.exception("unexpected error decoding instance %d", work.instance_id)
-        error = DecodeError(f"unexpected {type(exc).__name__}: {exc}")
-        return None, error, (time.perf_counter() - start) * 1000
 
 
 # --- the batch ----------------------------------------------------------------------
@@ -260,8 +223,7 @@ def _named_model(version_id: int, work: list[_Work], outcome: BatchOutcome) -> L
 def _predict_and_record(
     work: list[_Work], model: LoadedModel, settings: Settings, outcome: BatchOutcome
 ) -> None:
-    pool = _executor(settings)
-    decoded = list(pool.map(lambda w: _timed_decode(w, settings, model.input_size), work))
+    decoded = decode_batch(work, settings, model.input_size)
 
     ready = [
         (w, img, ms) for w, (img, err, ms) in zip(work, decoded, strict=True) if img is not None
@@ -360,7 +322,8 @@ def on_process_start() -> None:
         model = with_db_retry(current_model, what="initial model load", max_wait_s=60)
         # Compile now, not during the first real batches, so first-study latency stays low.
         model.classifier.warm_up(get_settings().batch_size)
-        logger.info("worker process %s serving model %s", worker_name(), model.name)
+        logger.info("worker process %s serving model %s, %s", worker_name(), model.name,
+                    start_decoding(get_settings()))
     except Exception:
         # The first batch retries; a worker must not die because the DB is late.
         logger.exception("could not load the model at process start")

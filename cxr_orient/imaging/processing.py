@@ -33,6 +33,7 @@ __all__ = [
     "resize_box",
     "resize_square",
     "to_rgb",
+    "window_clip_bounds",
 ]
 
 _PERCENTILE_LOW = 0.5
@@ -213,22 +214,33 @@ def clip_to_window(
     this clip "average, then window" equals "window, then average" (to a rounding of
     the clip points). SIGMOID windows, and a zero or non-finite rescale, are left alone.
     """
-    if window.function == "SIGMOID":
+    bounds = window_clip_bounds(window, slope, intercept, values.dtype)
+    if bounds is None:
         return values
+    return np.clip(values, values.dtype.type(bounds[0]), values.dtype.type(bounds[1]))
+
+
+def window_clip_bounds(
+    window: Window, slope: float, intercept: float, dtype: npt.DTypeLike
+) -> tuple[int, int] | None:
+    """The stored-value clip points of :func:`clip_to_window` for integers of ``dtype``,
+    or None where nothing is to be clipped (the GPU path clips with them on the card)."""
+    if window.function == "SIGMOID":
+        return None
     if window.function == "LINEAR_EXACT":
         low, high = window.center - window.width / 2, window.center + window.width / 2
     else:
         half = (max(window.width - 1.0, 1e-3)) / 2
         low, high = window.center - 0.5 - half, window.center - 0.5 + half
     if slope == 0.0 or not (math.isfinite(slope) and math.isfinite(intercept)):
-        return values
+        return None
     ends = sorted(((low - intercept) / slope, (high - intercept) / slope))
-    info = np.iinfo(values.dtype)
+    info = np.iinfo(np.dtype(dtype))
     lowest = int(max(info.min, min(info.max, round(ends[0]))))
     highest = int(max(info.min, min(info.max, round(ends[1]))))
     if lowest > highest:
-        return values
-    return np.clip(values, values.dtype.type(lowest), values.dtype.type(highest))
+        return None
+    return lowest, highest
 
 
 def apply_window(values: np.ndarray, window: Window) -> npt.NDArray[np.float32]:
