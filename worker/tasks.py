@@ -89,7 +89,13 @@ def deliver_outbox() -> dict[str, int]:
     return dict(counts.__dict__)
 
 
-@app.task(name=RETRAIN, ignore_result=True, acks_late=False)
+#: The retrain's own time limits (training takes minutes to hours, far past the pool's
+#: batch-sized defaults); the lock in training.lifecycle keeps runs from overlapping.
+RETRAIN_TIME_LIMIT_S = 12 * 3600
+
+
+@app.task(name=RETRAIN, ignore_result=True, acks_late=False,
+          soft_time_limit=RETRAIN_TIME_LIMIT_S - 60, time_limit=RETRAIN_TIME_LIMIT_S)
 def retrain() -> str:
     """Nightly retrain (celery beat, CXR_RETRAIN_SCHEDULE); the lock in
     training.lifecycle keeps it from overlapping with a cron-started run."""
