@@ -58,6 +58,13 @@ def _forget_pool_process(pid: int | None = None, **_: Any) -> None:
     metrics.mark_process_dead(pid or os.getpid())
 
 
+@signals.task_received.connect
+def _classify_received(request: Any = None, **_: Any) -> None:
+    from worker.events import send_received
+
+    send_received(request)
+
+
 @signals.worker_process_init.connect
 def _load_model_in_child(**_: Any) -> None:
     # Runs in each prefork child after fork: TensorFlow state must never be

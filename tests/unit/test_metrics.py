@@ -16,7 +16,6 @@ from pathlib import Path
 import pytest
 import yaml
 from fastapi.testclient import TestClient
-from prometheus_client.parser import text_string_to_metric_families
 from pydantic import ValidationError
 
 from cxr_orient import metrics
@@ -27,6 +26,7 @@ from db.session import session_scope
 from service import create_app
 from tests.utils.embedded import embedded_setup
 from tests.utils.factories import register_version
+from tests.utils.services import parse_samples as samples
 
 REPO = Path(__file__).resolve().parents[2]
 ALERTS = REPO / "docker" / "prometheus" / "alerts.yml"
@@ -49,15 +49,6 @@ def _answer(instance_id: int, *, needs_review: bool) -> crud.PredictionRecord:
         instance_id=instance_id, label=OrientationLabel.frontal, confidence=0.6,
         p_frontal=0.6, p_lateral=0.4, header_agrees=True, needs_review=needs_review,
         decode_ms=1.0, inference_ms=1.0, batch_size=1)
-
-
-def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """Every sample of a scrape: (name, sorted labels) -> value."""
-    out = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            out[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
-    return out
 
 
 @pytest.fixture
