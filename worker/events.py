@@ -13,7 +13,6 @@ batch (:func:`send_batch_events`). Nothing is sent when task events are off
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -40,6 +39,6 @@ def send_batch_events(requests: Sequence[Any], kind: str, **fields: Any) -> None
     try:
         with app.events.default_dispatcher(hostname=requests[0].hostname) as dispatcher:
             for request in requests:
-                dispatcher.send(kind, uuid=request.id, pid=os.getpid(), **fields)
+                dispatcher.send(kind, uuid=request.id, **fields)
     except Exception:
         logger.warning("could not send %s events", kind, exc_info=True)
