@@ -85,7 +85,7 @@ def test_metrics_and_flower_show_a_running_worker(redis_url: str, tmp_path: Path
         assert httpx.get(f"{service_url}/readyz", timeout=10).status_code == 200
 
         # Flower: the worker (asked over the broker) and its tasks (from the events).
-        node = {}
+        node: dict[str, object] = {}
 
         def worker_listed() -> bool:
             answer = httpx.get(f"{flower_url}/api/workers", params={"refresh": "1"},

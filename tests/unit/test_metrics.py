@@ -35,7 +35,7 @@ SCRAPE_CONFIG = REPO / "docker" / "prometheus" / "prometheus.yml"
 DESTINATION = "dicom://PACS@127.0.0.1:11112"
 
 
-def _add(session, uid: str):  # type: ignore[no-untyped-def]
+def _add(session, uid: str):
     study = crud.get_or_create_study(session, study_instance_uid="1.2.3", patient_id="P1")
     instance, _ = crud.add_instance(
         session, study=study, sop_instance_uid=uid, series_instance_uid=None,
@@ -322,10 +322,10 @@ class _Only:
     def __init__(self, metric: object) -> None:
         self._metric = metric
 
-    def collect(self):  # type: ignore[no-untyped-def]
+    def collect(self):
         return self._metric.collect()  # type: ignore[attr-defined]
 
-    def describe(self):  # type: ignore[no-untyped-def]
+    def describe(self):
         return []
 
 

@@ -84,7 +84,7 @@ def _serve(mountpoint: str, source: str, switch: str) -> None:
     hang_flag = Path(switch)
     never = threading.Event()
 
-    class Mirror(Operations):  # type: ignore[misc]
+    class Mirror(Operations):
         def _real(self, path: str) -> Path:
             return root / path.lstrip("/")
 
