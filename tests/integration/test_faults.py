@@ -390,8 +390,13 @@ def test_poison_instance_fails_after_max_attempts(
                     kill9(child)
                     kills += 1
                     killed_at_attempt = attempts
+                    # Killed in a read the server holds, the process sleeps uninterruptibly
+                    # until the server answers (a hard NFS mount does the same): let it
+                    # answer so the process can die, then stall again for the next claim.
+                    mount.resume()
                     wait_until(lambda c=child: _replaced(worker, c),  # type: ignore[misc]
                                timeout=60, what="replacement pool process")
+                    mount.hang()
             time.sleep(0.2)
         _wait_finished(engine, ids, timeout=60)
         with engine.connect() as conn:

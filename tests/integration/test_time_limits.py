@@ -97,6 +97,9 @@ def test_a_hung_read_times_out_is_retried_then_failed_and_the_worker_goes_on(
             assert again.returncode == 0, again.stdout + again.stderr + worker.log()
             got = parse_samples(httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text)
             log = worker.log()
+            # The decode thread stuck in the read would hold the pool process's exit
+            # (uninterruptible, as on a hard NFS mount) until the server answers.
+            mount.resume()
         rows_after = _rows(pg_url, archive)
 
     status, code, attempts, message = rows["nfs/frontal.dcm"]

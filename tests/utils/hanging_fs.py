@@ -1,6 +1,7 @@
 """A real filesystem whose reads hang, like a stalled NFS mount: a FUSE mount (fusepy over
 libfuse) mirroring the files of a folder read-only; once :meth:`HangingMount.hang` is
-called, every read of a file's bytes blocks until the mount is torn down (``stat`` still
+called, every read of a file's bytes blocks until :meth:`HangingMount.resume` or until
+the mount is torn down (``stat`` still
 answers, as it does from an NFS client's attribute cache).
 
 Run as ``python -m tests.utils.hanging_fs MOUNTPOINT SOURCE SWITCH`` by
@@ -15,7 +16,6 @@ import os
 import shutil
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -47,6 +47,12 @@ class HangingMount:
     def hang(self) -> None:
         """From now on, reading any file's bytes blocks."""
         self._switch.touch()
+
+    def resume(self) -> None:
+        """The server answers again, the reads it held first. A process killed while
+        blocked in a read here stays in uninterruptible sleep (as on a hard NFS mount)
+        until then: the kernel waits for the answer to a request already sent."""
+        self._switch.unlink(missing_ok=True)
 
 
 @contextmanager
@@ -82,7 +88,6 @@ def _serve(mountpoint: str, source: str, switch: str) -> None:
 
     root = Path(source)
     hang_flag = Path(switch)
-    never = threading.Event()
 
     class Mirror(Operations):
         def _real(self, path: str) -> Path:
@@ -104,8 +109,8 @@ def _serve(mountpoint: str, source: str, switch: str) -> None:
             return os.open(self._real(path), os.O_RDONLY)
 
         def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
-            if hang_flag.exists():
-                never.wait()  # the stalled server: no answer, ever
+            while hang_flag.exists():  # the stalled server: no answer while it lasts
+                time.sleep(0.05)
             return os.pread(fh, size, offset)
 
         def release(self, path: str, fh: int) -> int:
