@@ -107,6 +107,22 @@ class InterruptedProcessingError(CxrError):
     code = "too_many_attempts"
 
 
+class TaskTimeoutError(CxrError):
+    """The batch holding the image ran past CXR_TASK_SOFT_TIME_LIMIT_S (a read that hung,
+    a stalled NFS mount): the image is sent again, and failed with this code once it used
+    CXR_MAX_ATTEMPTS."""
+
+    code = "timeout"
+    transient = True
+
+
+class NotRegularFileError(InputError):
+    """The path names a FIFO, a device or a socket: opening or reading it could block for
+    ever, so it is refused before any byte is read."""
+
+    code = "not_regular_file"
+
+
 class ReclassifyError(CxrError):
     """A reclassify run that cannot start or go on (unknown run, no such model...)."""
 

@@ -6,7 +6,8 @@ reasons:
 
 1. **Confinement**: no ``..`` in the path, and the path with every symlink followed must
    lie under ``CXR_INGEST_ROOT`` (:func:`resolve_ingest_path`).
-2. **Bounded read**: a file larger than the biggest image accepted (``CXR_MAX_PIXELS``
+2. **Bounded read**: a FIFO, device or socket is refused before a byte is read (it could
+   block for ever); a file larger than the biggest image accepted (``CXR_MAX_PIXELS``
    stored raw at 16 bits, plus headroom) is refused unread (:func:`read_file_bounded`).
 3. **Integrity**: after ingest, the bytes must still hash to the SHA-256 recorded then
    (:func:`read_checked`).
@@ -19,6 +20,8 @@ Every refusal is a :class:`~cxr_orient.errors.InputError` with its error code.
 from __future__ import annotations
 
 import hashlib
+import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +31,7 @@ from cxr_orient.errors import (
     FileChangedError,
     FileMissingError,
     ImageTooLargeError,
+    NotRegularFileError,
     PathNotAllowedError,
 )
 from cxr_orient.imaging import load_dicom_image
@@ -75,15 +79,25 @@ def max_file_bytes(max_pixels: int) -> int:
 
 def read_file_bounded(real: Path, *, shown: str, max_pixels: int) -> bytes:
     """A file's bytes, read whole (to hash, then parse from memory); refused unread when
-    it is larger than the biggest image accepted, stored raw at 16 bits, plus headroom."""
+    it is not a regular file, or larger than the biggest image accepted, stored raw at 16
+    bits, plus headroom."""
     try:
-        file_size = real.stat().st_size
-        if file_size > max_file_bytes(max_pixels):
-            raise ImageTooLargeError(
-                f"file {shown!r} is {file_size} bytes, more than an image of "
-                f"CXR_MAX_PIXELS={max_pixels} can need"
-            )
-        return real.read_bytes()
+        # Opened without blocking, then checked on the descriptor: a FIFO or a device
+        # swapped in for the file after its check would block open() or read() for ever.
+        fd = os.open(real, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+        with os.fdopen(fd, "rb", buffering=0) as file:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                raise NotRegularFileError(
+                    f"file {shown!r} is not a regular file (a FIFO, device or socket); "
+                    "refused unread")
+            if info.st_size > max_file_bytes(max_pixels):
+                raise ImageTooLargeError(
+                    f"file {shown!r} is {info.st_size} bytes, more than an image of "
+                    f"CXR_MAX_PIXELS={max_pixels} can need"
+                )
+            os.set_blocking(fd, True)
+            return file.readall()
     except FileNotFoundError as exc:
         raise FileMissingError(f"file {shown!r} vanished before it could be read") from exc
     except OSError as exc:

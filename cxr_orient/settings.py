@@ -31,6 +31,16 @@ _REPO_ROOT = Path(__file__).resolve().parent.parent
 SHIPPED_MODEL = Path(__file__).resolve().parent / "shipped" / "compact-invariant-64-v2.keras"
 
 
+#: How long the worker waits for the database to come back before giving a batch up
+#: (worker.pipeline.with_db_retry); the soft time limit's default rides it out.
+DB_RETRY_MAX_WAIT_S = 300.0
+#: The time budget per image in a batch: ten times the slowest decode measured (JPEG-LS,
+#: ~100 ms at 2-3k px on the 2-core CI box, docs/performance.md).
+SLOWEST_IMAGE_S = 1.0
+#: Between the soft limit and the kill: time to record the unfinished images as timeouts.
+SOFT_LIMIT_GRACE_S = 60.0
+
+
 _AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # printable, no backslash
 
 
@@ -407,6 +417,55 @@ class Settings(BaseSettings):
         "start a worker for it with -Q <this queue> (or add it to a worker's -Q list). "
         "Default unset: the classification queue CXR_QUEUE_NAME.",
     )
+    task_soft_time_limit_s: float | None = Field(
+        default=None,
+        ge=0,
+        le=86_400,
+        description="CXR_TASK_SOFT_TIME_LIMIT_S: seconds a classification batch may run "
+        "before it is stopped: the images it had not finished are recorded 'timeout' and "
+        "sent again (at most CXR_MAX_ATTEMPTS tries, then failed 'timeout'); a read that "
+        "hangs (stalled NFS) ends this way instead of holding its pool process. 0 turns it "
+        "off. Default: 300 + CXR_BATCH_SIZE seconds (332 at batch 32): the 300 s a batch "
+        "rides out a database outage for, plus 1 s per image, ten times the slowest "
+        "decode measured (docs/operations.md, 'Time limits').",
+    )
+    task_time_limit_s: float | None = Field(
+        default=None,
+        ge=0,
+        le=86_400,
+        description="CXR_TASK_TIME_LIMIT_S: seconds after which a task's pool process is "
+        "killed and replaced (its batch is re-sent by the reaper). 0 turns it off. "
+        "Default: the soft limit + 60 s.",
+    )
+    task_events: bool = Field(
+        default=True,
+        description="CXR_TASK_EVENTS: workers send task events and senders 'task-sent' "
+        "events, so Flower (celery -A worker flower) shows workers and tasks. Default "
+        "true; false saves one event message per task.",
+    )
+    metrics_dir: Path | None = Field(
+        default=None,
+        description="CXR_METRICS_DIR: folder of the workers' Prometheus multiprocess files "
+        "(a subfolder per worker node, emptied when that worker starts). Default "
+        "<CXR_DATA_DIR>/metrics.",
+    )
+    worker_metrics_host: str = Field(
+        default="127.0.0.1",
+        description="CXR_WORKER_METRICS_HOST: address a worker's metrics exporter listens "
+        "on. Default 127.0.0.1.",
+    )
+    worker_metrics_port: int = Field(
+        default=9808, ge=0, le=65_535,
+        description="CXR_WORKER_METRICS_PORT: TCP port of a worker's Prometheus exporter "
+        "(GET /metrics, served by the worker's main process for all its pool processes); "
+        "0 turns it off. Give each worker on a host its own port. Default 9808.",
+    )
+    metrics_token: SecretStr | None = Field(
+        default=None,
+        description="CXR_METRICS_TOKEN: when set, the service's GET /metrics wants "
+        "'Authorization: Bearer <this>'. Default unset: /metrics is open, like /healthz "
+        "(the service binds 127.0.0.1 by default).",
+    )
     log_level: str = Field(
         default="INFO",
         description="CXR_LOG_LEVEL: DEBUG, INFO, WARNING, ERROR or CRITICAL. Default INFO.",
@@ -504,6 +563,15 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
+    def _soft_limit_below_hard(self) -> Settings:
+        soft, hard = self.effective_task_soft_time_limit_s, self.effective_task_time_limit_s
+        if soft is not None and hard is not None and soft >= hard:
+            raise ValueError(
+                f"CXR_TASK_SOFT_TIME_LIMIT_S ({soft:g}) must be below CXR_TASK_TIME_LIMIT_S "
+                f"({hard:g}): the soft limit records the unfinished images, the hard one kills")
+        return self
+
+    @model_validator(mode="after")
     def _resolve_paths(self) -> Settings:
         self.data_dir = self.data_dir.expanduser().resolve()
         self.ingest_root = self.ingest_root.expanduser().resolve()
@@ -551,6 +619,25 @@ class Settings(BaseSettings):
         5 seconds (a quiet study is released at most that late; each sweep is one UPDATE
         through the status index, and one beat message)."""
         return min(5.0, max(1.0, self.study_quiet_s / 4))
+
+    @property
+    def effective_metrics_dir(self) -> Path:
+        return (self.metrics_dir or self.data_dir / "metrics").expanduser().resolve()
+
+    @property
+    def effective_task_soft_time_limit_s(self) -> float | None:
+        """CXR_TASK_SOFT_TIME_LIMIT_S, its default computed; None when off."""
+        if self.task_soft_time_limit_s is None:
+            return DB_RETRY_MAX_WAIT_S + self.batch_size * SLOWEST_IMAGE_S
+        return self.task_soft_time_limit_s or None
+
+    @property
+    def effective_task_time_limit_s(self) -> float | None:
+        """CXR_TASK_TIME_LIMIT_S, its default computed; None when off."""
+        if self.task_time_limit_s is None:
+            soft = self.effective_task_soft_time_limit_s
+            return None if soft is None else soft + SOFT_LIMIT_GRACE_S
+        return self.task_time_limit_s or None
 
     @property
     def effective_model_dir(self) -> Path:

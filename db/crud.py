@@ -341,6 +341,49 @@ def mark_failed(
     )
 
 
+@dataclass(frozen=True)
+class TimedOut:
+    """What :func:`time_out_instances` did with the ids of a batch stopped mid-way."""
+
+    #: Claimed and unfinished: back to ``queued`` with the error recorded, to send again.
+    retried: list[int]
+    #: Claimed and unfinished on their last allowed attempt: ``failed`` with the error.
+    failed: list[int]
+    #: Never claimed by the batch (still ``queued``): to send again as they are.
+    unclaimed: list[int]
+
+
+def time_out_instances(session: Session, *, instance_ids: Sequence[int], max_attempts: int,
+                       error_code: str, error_message: str) -> TimedOut:
+    """The ids of a batch that was stopped (time limit): those it had claimed and not
+    finished (``processing``) are queued again with ``error_code`` recorded, or failed
+    with it once they used ``max_attempts``; finished ones are left as they are."""
+    rows = session.execute(
+        select(Instance.id, Instance.status, Instance.attempts)
+        .where(Instance.id.in_(instance_ids))
+        .with_for_update()
+    ).all()
+    processing = [(i, n) for i, status, n in rows if status == InstanceStatus.processing]
+    retried = sorted(i for i, n in processing if n < max_attempts)
+    failed = sorted(i for i, n in processing if n >= max_attempts)
+    unclaimed = sorted(i for i, status, _ in rows if status == InstanceStatus.queued)
+    now = utcnow()
+    if retried:
+        session.execute(
+            update(Instance)
+            .where(Instance.id.in_(retried), Instance.status == InstanceStatus.processing)
+            .values(status=InstanceStatus.queued, error_code=error_code,
+                    error_message=error_message[:4000], updated_at=now))
+    if failed:
+        session.execute(
+            update(Instance)
+            .where(Instance.id.in_(failed), Instance.status == InstanceStatus.processing)
+            .values(status=InstanceStatus.failed, error_code=error_code,
+                    error_message=error_message[:4000], target_model_version_id=None,
+                    finished_at=now, updated_at=now))
+    return TimedOut(retried, failed, unclaimed)
+
+
 def mark_queued(session: Session, *, instance_ids: Sequence[int]) -> None:
     if instance_ids:
         session.execute(
@@ -1586,6 +1629,18 @@ def touch_api_token(session: Session, *, token_id: int, now: datetime,
 
 
 # --- spool retention -------------------------------------------------------------
+
+
+def review_backlog(session: Session) -> int:
+    """Instances ``done`` whose current answer needs review and that carry no label yet
+    (what a reviewer still has to look at); one query."""
+    return int(session.scalar(
+        select(func.count()).select_from(Instance).where(
+            Instance.status == InstanceStatus.done,
+            func.coalesce(_awaiting_review(), false()),
+            ~_labelled(),
+        )
+    ) or 0)
 
 
 def held_for_delivery() -> Any:

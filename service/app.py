@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from service.routes import health, stow
+from service.routes import health, metrics, stow
 
 
 def create_app() -> FastAPI:
@@ -15,4 +15,5 @@ def create_app() -> FastAPI:
     )
     app.include_router(health.router)
     app.include_router(stow.router)
+    app.include_router(metrics.router)
     return app

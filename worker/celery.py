@@ -58,7 +58,16 @@ def make_app() -> Celery:
         # celery-batches needs every waiting message delivered to fill a batch.
         worker_prefetch_multiplier=0,
         worker_hijack_root_logger=False,
-        worker_send_task_events=False,
+        # Task events, so that `celery -A worker flower` shows workers and tasks.
+        worker_send_task_events=settings.task_events,
+        task_send_sent_event=settings.task_events,
+        # The pool's limits, so they hold for the classify batches too: celery-batches
+        # hands a batch to the pool without a task's own limits. The soft limit raises
+        # SoftTimeLimitExceeded in the pool process (worker.pipeline records the
+        # unfinished images as timeouts and sends them again); the hard one kills it.
+        # Tasks that may run longer (the retrain) set their own.
+        task_soft_time_limit=settings.effective_task_soft_time_limit_s,
+        task_time_limit=settings.effective_task_time_limit_s,
         # A replacement pool process loads TensorFlow and the model before it reports
         # up; celery's 4 s default killed it again and again on a busy machine after a
         # pool process died (a crash loop found by tests/integration/test_faults.py).

@@ -66,6 +66,15 @@ def _executor(settings: Settings) -> ThreadPoolExecutor:
     return _EXECUTOR
 
 
+def abandon_decode_threads() -> None:
+    """Replace this process's decode threads (the next batch gets new ones): after a soft
+    time limit one of them may be stuck for good in a read that hung."""
+    global _EXECUTOR
+    stuck, _EXECUTOR = _EXECUTOR, None
+    if stuck is not None:
+        stuck.shutdown(wait=False, cancel_futures=True)
+
+
 def _card(settings: Settings) -> CardDecoder | None:
     """This process's card decoder, built on first use (None: decode on the CPU)."""
     global _CARD, _CARD_RESOLVED

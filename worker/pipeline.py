@@ -15,20 +15,23 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
+from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy.exc import DBAPIError, OperationalError
 
+from cxr_orient import metrics
 from cxr_orient.errors import (
     FilePurgedError,
     InterruptedProcessingError,
     ModelError,
+    TaskTimeoutError,
     UnusualImageError,
 )
 from cxr_orient.imaging import view_to_label
-from cxr_orient.settings import Settings, get_settings
+from cxr_orient.settings import DB_RETRY_MAX_WAIT_S, Settings, get_settings
 from db import crud
 from db.models import OrientationLabel
 from db.session import dispose_engines, session_scope
-from worker.decoding import decode_batch, start_decoding
+from worker.decoding import abandon_decode_threads, decode_batch, start_decoding
 
 if TYPE_CHECKING:
     from cxr_orient.registry import LoadedModel
@@ -63,7 +66,8 @@ class _Work:
 # --- resilience --------------------------------------------------------------------
 
 
-def with_db_retry(fn: Callable[[], T], *, what: str, max_wait_s: float = 300.0) -> T:
+def with_db_retry(fn: Callable[[], T], *, what: str,
+                  max_wait_s: float = DB_RETRY_MAX_WAIT_S) -> T:
     """Run ``fn`` until the database answers, backing off up to ``max_wait_s`` in all.
 
     A database outage must not lose the work in hand (predictions already
@@ -163,13 +167,53 @@ def classify_instances(
     """
     settings = settings or get_settings()
     ids = list(dict.fromkeys(instance_ids))
-    suspects: list[int] = []
-    if len(ids) > 1:
-        suspects = with_db_retry(lambda: _interrupted_before(ids), what="claim")
-    outcome = _classify_batch([i for i in ids if i not in suspects], settings)
-    for instance_id in suspects:
-        _merge(outcome, _classify_batch([instance_id], settings))
+    try:
+        suspects: list[int] = []
+        if len(ids) > 1:
+            suspects = with_db_retry(lambda: _interrupted_before(ids), what="claim")
+        outcome = _classify_batch([i for i in ids if i not in suspects], settings)
+        for instance_id in suspects:
+            _merge(outcome, _classify_batch([instance_id], settings))
+    except SoftTimeLimitExceeded:
+        return _timed_out(ids, settings)
+    metrics.worker_metrics().count_failed(outcome.failed.values())
     return outcome
+
+
+def _timed_out(ids: list[int], settings: Settings) -> BatchOutcome:
+    """The batch ran past CXR_TASK_SOFT_TIME_LIMIT_S: what it had claimed and not finished
+    is recorded ``timeout`` and sent again (failed with it on its last attempt), what it
+    had not claimed yet is sent again as it is; what it finished stays finished. The
+    decode threads are replaced: one may be stuck in the read that hung, for good."""
+    abandon_decode_threads()
+    limit = settings.effective_task_soft_time_limit_s
+    error = TaskTimeoutError(
+        f"the batch ran past CXR_TASK_SOFT_TIME_LIMIT_S={limit:g} s before this image was "
+        f"finished (a read that hung?); tried at most CXR_MAX_ATTEMPTS={settings.max_attempts}"
+        " times")
+
+    def write() -> crud.TimedOut:
+        with session_scope() as session:
+            timed_out = crud.time_out_instances(
+                session, instance_ids=ids, max_attempts=settings.max_attempts,
+                error_code=error.code, error_message=str(error))
+            crud.record_study_answers(session, instance_ids=timed_out.failed)
+            return timed_out
+
+    timed_out = with_db_retry(write, what="recording timeouts")
+    from worker.dispatch import send_instances
+
+    send_instances(timed_out.retried + timed_out.unclaimed)
+    counters = metrics.worker_metrics()
+    counters.timeouts.inc()
+    counters.count_retried(error.code, len(timed_out.retried))
+    counters.count_failed([error.code] * len(timed_out.failed))
+    logger.error("batch of %d stopped by the soft time limit (%g s): %d sent again, "
+                 "%d failed (%s), %d not started sent again", len(ids), limit,
+                 len(timed_out.retried), len(timed_out.failed), error.code,
+                 len(timed_out.unclaimed))
+    return BatchOutcome(failed={i: error.code for i in timed_out.failed},
+                        skipped=timed_out.retried + timed_out.unclaimed)
 
 
 def _classify_batch(instance_ids: Sequence[int], settings: Settings) -> BatchOutcome:
@@ -224,6 +268,9 @@ def _predict_and_record(
     work: list[_Work], model: LoadedModel, settings: Settings, outcome: BatchOutcome
 ) -> None:
     decoded = decode_batch(work, settings, model.input_size)
+    counters = metrics.worker_metrics()
+    for _, _, ms in decoded:
+        counters.decode_seconds.observe(ms / 1000)
 
     ready = [
         (w, img, ms) for w, (img, err, ms) in zip(work, decoded, strict=True) if img is not None
@@ -234,7 +281,10 @@ def _predict_and_record(
         batch = np.stack([img for _, img, _ in ready])
         start = time.perf_counter()
         predictions = model.classifier.predict(batch)
-        inference_ms = (time.perf_counter() - start) * 1000 / len(ready)
+        inference_s = time.perf_counter() - start
+        inference_ms = inference_s * 1000 / len(ready)
+        counters.inference_seconds.observe(inference_s)
+        counters.batch_size.observe(len(ready))
         for (w, _, decode_ms), answer in zip(ready, predictions, strict=True):
             if answer.unusual and settings.unusual_image_action == "refuse":
                 failures.append((w, UnusualImageError(
@@ -299,6 +349,7 @@ def _predict_and_record(
                        "the replacement is queued", superseded)
     gone = set(superseded)
     outcome.done.extend(r.instance_id for r in records if r.instance_id not in gone)
+    counters.count_done(r.label.value for r in records if r.instance_id not in gone)
     outcome.failed.update(
         {w.instance_id: err.code for w, err in failures if err is not None
          and w.instance_id not in gone})
@@ -318,6 +369,7 @@ def on_process_start() -> None:
     from cxr_orient.registry import current_model
 
     dispose_engines()
+    metrics.worker_metrics().pool_processes.set(1)
     try:
         model = with_db_retry(current_model, what="initial model load", max_wait_s=60)
         # Compile now, not during the first real batches, so first-study latency stays low.

@@ -5,16 +5,23 @@
   naming what is missing, instead of pool processes that crash on import for ever.
 - Worker ready: re-send work the database has as unfinished whose messages may be gone.
 - Each pool process, after fork: load the model there, never in the parent.
+- Metrics (cxr_orient.metrics): the multiprocess folder emptied at worker start, the
+  exporter started in the main process when the worker is ready, a pool process's live
+  gauges dropped when it exits.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+from pathlib import Path
 from typing import Any
 
 from celery import signals
 
+from cxr_orient import metrics
 from cxr_orient.runtime import missing_backend
+from cxr_orient.settings import get_settings
 
 logger = logging.getLogger(__name__)
 
@@ -25,6 +32,37 @@ def _require_backend(**_: Any) -> None:
     if problem:
         logger.critical("%s", problem)
         raise SystemExit(problem)
+
+
+def _metrics_dir(sender: Any) -> Path:
+    node = getattr(sender, "hostname", None) or f"worker-{os.getpid()}"
+    return metrics.node_metrics_dir(get_settings().effective_metrics_dir, str(node))
+
+
+@signals.worker_init.connect
+def _prepare_metrics(sender: Any = None, **_: Any) -> None:
+    # Main process, before the pool forks: the pool processes inherit the folder.
+    metrics.prepare_multiprocess_dir(_metrics_dir(sender))
+
+
+@signals.worker_ready.connect
+def _start_metrics_exporter(sender: Any = None, **_: Any) -> None:
+    settings = get_settings()
+    if settings.worker_metrics_port:
+        metrics.start_worker_exporter(_metrics_dir(sender), host=settings.worker_metrics_host,
+                                      port=settings.worker_metrics_port)
+
+
+@signals.worker_process_shutdown.connect
+def _forget_pool_process(pid: int | None = None, **_: Any) -> None:
+    metrics.mark_process_dead(pid or os.getpid())
+
+
+@signals.task_received.connect
+def _classify_received(request: Any = None, **_: Any) -> None:
+    from worker.events import send_received
+
+    send_received(request)
 
 
 @signals.worker_process_init.connect

@@ -7,6 +7,7 @@ Registered under the names in :mod:`worker.celery`, which senders use
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from celery_batches import Batches, SimpleRequest
@@ -27,6 +28,7 @@ from worker.celery import (
     app,
 )
 from worker.dispatch import send_instances
+from worker.events import send_batch_events
 from worker.pipeline import classify_instances
 from worker.requeue import requeue_unfinished
 
@@ -52,13 +54,23 @@ def classify(requests: list[SimpleRequest]) -> dict[str, Any]:
             logger.warning(
                 "dropping malformed classify message %s: args=%r", request.id, request.args
             )
-    outcome = classify_instances(ids)
-    return {
+    send_batch_events(requests, "task-started")
+    start = time.monotonic()
+    try:
+        outcome = classify_instances(ids)
+    except Exception as exc:
+        send_batch_events(requests, "task-failed", exception=repr(exc),
+                          runtime=time.monotonic() - start)
+        raise
+    result = {
         "done": len(outcome.done),
         "failed": len(outcome.failed),
         "skipped": len(outcome.skipped),
         "model": outcome.model_version,
     }
+    send_batch_events(requests, "task-succeeded", result=repr(result),
+                      runtime=time.monotonic() - start)
+    return result
 
 
 @app.task(name=REQUEUE_STUCK, ignore_result=True)
@@ -89,7 +101,13 @@ def deliver_outbox() -> dict[str, int]:
     return dict(counts.__dict__)
 
 
-@app.task(name=RETRAIN, ignore_result=True, acks_late=False)
+#: The retrain's own time limits (training takes minutes to hours, far past the pool's
+#: batch-sized defaults); the lock in training.lifecycle keeps runs from overlapping.
+RETRAIN_TIME_LIMIT_S = 12 * 3600
+
+
+@app.task(name=RETRAIN, ignore_result=True, acks_late=False,
+          soft_time_limit=RETRAIN_TIME_LIMIT_S - 60, time_limit=RETRAIN_TIME_LIMIT_S)
 def retrain() -> str:
     """Nightly retrain (celery beat, CXR_RETRAIN_SCHEDULE); the lock in
     training.lifecycle keeps it from overlapping with a cron-started run."""

@@ -17,7 +17,6 @@ Recovery paths exercised (see docs/reliability.md):
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -45,6 +44,7 @@ from tests.utils.faults import (
     smoke_checkpoint,
     wait_until,
 )
+from tests.utils.hanging_fs import fuse_unavailable, hanging_mount
 from tests.utils.worker import REPO, WorkerProcess, run_cli, worker_env
 
 pytestmark = pytest.mark.integration
@@ -337,17 +337,28 @@ def test_sigterm_warm_shutdown_finishes_or_hands_back(
 def test_poison_instance_fails_after_max_attempts(
     pg_url: str, redis_server: PrivateRedis, tmp_path: Path
 ) -> None:
-    """An instance whose processing kills the worker every time (here: its file turns into a
-    FIFO that never yields data, and a watchdog, like the OOM killer, kills the stuck pool
-    process) ends failed with too_many_attempts; its queue keeps flowing."""
+    """An instance whose processing kills the worker every time (here: its file lies on a
+    mount whose server stalls after enqueue, a FUSE mount standing in for a hung NFS
+    server, so the read blocks for ever; the soft time limit is off and a watchdog, like
+    the OOM killer, kills the stuck pool process) ends failed with too_many_attempts; its
+    queue keeps flowing. (A FIFO swapped in for the file no longer hangs anyone: it is
+    refused unread, tests/integration/test_time_limits.py.)"""
     from db.migrate import upgrade
 
+    problem = fuse_unavailable()
+    if problem:
+        pytest.skip(f"needs a FUSE mount: {problem}")
     upgrade(pg_url)
     max_attempts = 2
-    env = _env(tmp_path, pg_url, redis_server.url(13), max_attempts=max_attempts)
+    env = _env(tmp_path, pg_url, redis_server.url(13), max_attempts=max_attempts,
+               task_soft_time_limit_s=0)
     corpus = tmp_path / "archive" / "poison"
-    paths = make_corpus(corpus, 6, prefix="poison")
-    poison_path = paths[0]
+    make_corpus(corpus, 5, prefix="poison")
+    exported = tmp_path / "nfs-export"
+    make_corpus(exported, 1, prefix="hang")[0].rename(exported / "poison-hang.dcm")
+    mount_cm = hanging_mount(corpus / "nfs", exported, tmp_path / "fuse.log")
+    mount = mount_cm.__enter__()
+    poison_path = corpus / "nfs" / "poison-hang.dcm"
     engine = make_engine(pg_url)
     worker = _worker(env, tmp_path, "w", beat=True)
     kills = 0
@@ -357,8 +368,7 @@ def test_poison_instance_fails_after_max_attempts(
         with engine.connect() as conn:
             poison = conn.execute(select(Instance.id).where(
                 Instance.file_path == str(poison_path))).scalar_one()
-        poison_path.unlink()
-        os.mkfifo(poison_path)  # reading it blocks for ever: the pool process hangs
+        mount.hang()  # reading it now blocks for ever: the pool process hangs
 
         def poison_row() -> tuple[str, int]:
             with engine.connect() as conn:
@@ -380,8 +390,13 @@ def test_poison_instance_fails_after_max_attempts(
                     kill9(child)
                     kills += 1
                     killed_at_attempt = attempts
+                    # Killed in a read the server holds, the process sleeps uninterruptibly
+                    # until the server answers (a hard NFS mount does the same): let it
+                    # answer so the process can die, then stall again for the next claim.
+                    mount.resume()
                     wait_until(lambda c=child: _replaced(worker, c),  # type: ignore[misc]
                                timeout=60, what="replacement pool process")
+                    mount.hang()
             time.sleep(0.2)
         _wait_finished(engine, ids, timeout=60)
         with engine.connect() as conn:
@@ -390,6 +405,7 @@ def test_poison_instance_fails_after_max_attempts(
     finally:
         worker.stop()
         engine.dispose()
+        mount_cm.__exit__(None, None, None)
     counts = ledger(pg_url, ids, "poison instance (hangs until killed)", kills=kills,
                     poison_error_code=row.error_code, poison_attempts=row.attempts,
                     max_attempts=max_attempts)

@@ -117,3 +117,38 @@ def test_jpeg2000_codestream_larger_than_its_header_is_refused(tmp_path: Path) -
     ds.save_as(path)
     with pytest.raises(DecodeError, match="codestream is 96x128, but Columns x Rows is 48x64"):
         load_dicom_image(path, max_pixels=64 * 48)
+
+
+def test_a_fifo_swapped_in_for_a_recorded_file_is_refused_unread(tmp_path: Path,
+                                                                 configure) -> None:
+    """Ingest checked a regular file; a FIFO put at its path since would block the
+    worker's open() or read() for ever. It is refused without either blocking (the read
+    runs in a thread so that a regression fails here instead of hanging the suite)."""
+    import os
+    import threading
+
+    from cxr_orient.errors import NotRegularFileError
+    from cxr_orient.settings import get_settings
+
+    configure(ingest_root=tmp_path)
+    path = tmp_path / "swapped.dcm"
+    os.mkfifo(path)
+    caught: list[BaseException] = []
+
+    def read() -> None:
+        try:
+            load_checked_image(str(path), expected_sha256="0" * 64, settings=get_settings(),
+                               size=256)
+        except BaseException as exc:
+            caught.append(exc)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    reader.join(10)
+    if reader.is_alive():  # unblock the stuck open() before failing
+        with open(path, "wb"):
+            pass
+        pytest.fail("the read of a FIFO blocked")
+    assert len(caught) == 1 and isinstance(caught[0], NotRegularFileError), caught
+    assert caught[0].code == "not_regular_file"
+    assert "swapped.dcm" in str(caught[0]) and "not a regular file" in str(caught[0])

@@ -67,7 +67,7 @@ def test_decode_device_refuses_nonsense() -> None:
     with pytest.raises(ValueError, match="auto, cpu or gpu"):
         choose_decode_device("tpu", libraries_installed=True)
     with pytest.raises(ValueError):
-        Settings(decode_device="tpu")  # type: ignore[arg-type]
+        Settings(decode_device="tpu")
 
 
 def test_card_plans_its_syntaxes_only(corpus: list[CorpusItem]) -> None:
@@ -102,8 +102,8 @@ def test_cpu_keeps_what_the_card_cannot_take(tmp_path: Path) -> None:
     ds.VOILUTSequence = [item]
     ds.save_as(lut)
     for path in (small, signed, lut):
-        ds, spec = _spec_and_ds(path)
-        assert plan_card_job(ds, spec, size=256, path=path) is None, path  # type: ignore[arg-type]
+        case, spec = _spec_and_ds(path)
+        assert plan_card_job(case, spec, size=256, path=path) is None, path  # type: ignore[arg-type]
 
 
 def _card_image(job: CardJob, stored: np.ndarray, size: int = 256) -> np.ndarray:
@@ -172,7 +172,7 @@ def _files(corpus: list[CorpusItem]) -> list[_File]:
 
 
 def _settings(root: Path, device: str = "auto") -> Settings:
-    return Settings(ingest_root=root, decode_device=device, decode_threads=2)  # type: ignore[arg-type]
+    return Settings(ingest_root=root, decode_device=device, decode_threads=2)
 
 
 def test_batch_on_a_card_agrees_with_the_cpu(corpus: list[CorpusItem]) -> None:

@@ -17,7 +17,7 @@ from pydantic import ValidationError
 from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 
-import worker.pipeline
+import worker.decoding
 from cxr_orient.cli import main
 from cxr_orient.ingest import enqueue_paths
 from cxr_orient.settings import Settings
@@ -217,7 +217,7 @@ def test_replace_while_processing_records_nothing_stale_and_requeues(
     _policy(configure, "replace")
     new_path = first if where == "same-path" else archive / "corrected.dcm"
     sent = Sent()
-    real_read = worker.pipeline.load_checked_image
+    real_read = worker.decoding.load_checked_image
 
     def replace_then_read(file_path: str, **kwargs: Any) -> Any:
         if not sent:  # in the decode thread, after the claim: the new file arrives
@@ -225,7 +225,7 @@ def test_replace_while_processing_records_nothing_stale_and_requeues(
             enqueue_paths([new_path], send=sent)
         return real_read(file_path, **kwargs)
 
-    monkeypatch.setattr(worker.pipeline, "load_checked_image", replace_then_read)
+    monkeypatch.setattr(worker.decoding, "load_checked_image", replace_then_read)
 
     outcome = classify_instances([instance_id])
 
@@ -238,7 +238,7 @@ def test_replace_while_processing_records_nothing_stale_and_requeues(
     (conflict,) = conflict_rows(instance_id)
     assert (conflict.known_status, conflict.action) == ("processing", "replaced")
 
-    monkeypatch.setattr(worker.pipeline, "load_checked_image", real_read)
+    monkeypatch.setattr(worker.decoding, "load_checked_image", real_read)
     assert classify_instances([instance_id]).done == [instance_id]
     assert [p.file_sha256 for p in prediction_rows(instance_id)] == [sha256_of(new_path)]
     assert instance_row(instance_id).status == "done"
