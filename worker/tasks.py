@@ -57,6 +57,7 @@ def classify(requests: list[SimpleRequest]) -> dict[str, Any]:
         "done": len(outcome.done),
         "failed": len(outcome.failed),
         "skipped": len(outcome.skipped),
+        "lost": len(outcome.lost),
         "model": outcome.model_version,
     }
 
