@@ -1,0 +1,173 @@
+"""Several worker hosts sharing one Redis and one PostgreSQL; one is cut off mid-batch.
+
+Three nodes, each a network namespace with its own link to the host (tests/utils/netns.py),
+each running a real ``celery -A worker worker -n node<X>@%h`` at the default lease
+settings. The private redis-server and PostgreSQL cluster listen on the host ends of the
+links; the ingest root is a host folder (the namespaces share the file system, as hosts
+share an NFS mount). 200 instances: node A's link is taken down for 30 s while A holds a
+claimed batch, then brought up; node C is started after that, mid-run. Checked: A's
+claims lapse and are re-queued and answered by the others while A is cut off, A records
+nothing for them when it comes back, node C answers some, and in the end every instance
+is done exactly once, none left queued or processing.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, func, select
+
+from db.models import Instance, InstanceStatus, Prediction
+from db.session import make_engine
+from tests.integration.test_faults import make_corpus
+from tests.utils import netns
+from tests.utils.faults import (
+    PrivatePostgres,
+    PrivateRedis,
+    ledger,
+    record_counts,
+    smoke_checkpoint,
+    wait_until,
+)
+from tests.utils.worker import REPO, WorkerProcess, run_cli, worker_env
+
+pytestmark = pytest.mark.integration
+
+N_FIRST, N_SECOND = 140, 60  # the second wave is enqueued once node C is up
+PARTITION_S = 30.0
+
+
+@pytest.fixture
+def nodes() -> Iterator[list[netns.Node]]:
+    reason = netns.unavailable()
+    if reason:
+        pytest.skip(reason)
+    with netns.namespaces(["a", "b", "c"]) as made:
+        yield made
+
+
+def _claims_by(engine: Engine, prefix: str) -> list[int]:
+    with engine.connect() as conn:
+        return list(conn.scalars(select(Instance.id).where(
+            Instance.status == InstanceStatus.processing,
+            Instance.claimed_by.like(f"{prefix}%"))))
+
+
+def _states(engine: Engine, ids: list[int]) -> dict[int, tuple[str, str | None]]:
+    with engine.connect() as conn:
+        return {i: (str(s), c) for i, s, c in conn.execute(
+            select(Instance.id, Instance.status, Instance.claimed_by).where(
+                Instance.id.in_(ids)))}
+
+
+def test_three_hosts_one_cut_off_30s_mid_batch_then_healed(
+    nodes: list[netns.Node], tmp_path: Path
+) -> None:
+    from db.migrate import upgrade
+
+    node_a, node_b, node_c = nodes
+    host_ips = [n.host_ip for n in nodes]
+    redis_server = PrivateRedis(also_bind=host_ips)
+    subnet = node_a.host_ip.rsplit(".", 1)[0] + ".0/24"
+    pg = PrivatePostgres(also_listen=host_ips, trust_cidr=subnet)
+    workers: dict[str, WorkerProcess] = {}
+    try:
+        redis_server.start()
+        pg.start()
+        local_url = pg.create_database("cxr")
+        upgrade(local_url)
+        archive = tmp_path / "archive"  # shared storage: every node sees this folder
+        first, second = archive / "first", archive / "second"
+        make_corpus(first, N_FIRST, size=256, prefix="mh1")
+        make_corpus(second, N_SECOND, size=256, prefix="mh2")
+        model = smoke_checkpoint(tmp_path / "model")
+        common = dict(ingest_root=archive, model_path=model, batch_size=4,
+                      batch_max_wait_ms=100, decode_threads=1)
+
+        def env_on(host: str, data: str) -> dict[str, str]:
+            return worker_env(
+                database_url=local_url.replace("127.0.0.1", host),
+                broker_url=f"redis://{host}:{redis_server.port}/0",
+                data_dir=tmp_path / data, **common)
+
+        host_env = env_on("127.0.0.1", "data-host")
+
+        def start(node: netns.Node) -> WorkerProcess:
+            worker = WorkerProcess(env_on(node.host_ip, f"data-{node.name}"),
+                                   tmp_path / f"node{node.name}.log", name=f"node{node.name}",
+                                   cwd=REPO, command_prefix=node.exec_prefix)
+            workers[node.name] = worker
+            return worker
+
+        start(node_a)
+        start(node_b)
+        workers["a"].wait_ready()
+        workers["b"].wait_ready()
+        engine = make_engine(local_url)
+        enqueued = run_cli("enqueue", str(first), env=host_env, timeout=120)
+        assert enqueued.returncode == 0, enqueued.stdout + enqueued.stderr
+
+        # Cut node A off while it holds a claimed batch.
+        wait_until(lambda: bool(_claims_by(engine, "nodea")), timeout=90, poll=0.05,
+                   what="node A holding a claimed batch")
+        netns.cut(node_a)
+        cut_at = time.monotonic()
+        held_by_a = _claims_by(engine, "nodea")
+        assert held_by_a, "node A's batch finished before the cut"
+
+        # While A is cut off, its claims lapse (CXR_LEASE_S) and another node takes them.
+        def taken_over() -> bool:
+            states = _states(engine, held_by_a)
+            return all(not (c or "").startswith("nodea") for _, c in states.values())
+
+        wait_until(taken_over, timeout=PARTITION_S - 2, poll=0.2,
+                   what="node A's claims re-claimed by another node during the partition")
+        reclaim_s = round(time.monotonic() - cut_at, 1)
+        time.sleep(max(0.0, PARTITION_S - (time.monotonic() - cut_at)))
+        netns.heal(node_a)
+        partition_s = round(time.monotonic() - cut_at, 1)
+
+        # Mid-run: a third node joins, then more work arrives.
+        start(node_c).wait_ready()
+        enqueued = run_cli("enqueue", str(second), env=host_env, timeout=120)
+        assert enqueued.returncode == 0, enqueued.stdout + enqueued.stderr
+        with engine.connect() as conn:
+            ids = list(conn.scalars(select(Instance.id)))
+        assert len(ids) == N_FIRST + N_SECOND
+
+        def all_done() -> bool:
+            return all(s == "done" for s, _ in _states(engine, ids).values())
+
+        wait_until(all_done, timeout=150, poll=0.5, what="every instance done")
+        finished_s = round(time.monotonic() - cut_at, 1)
+        per_node: dict[str, int] = {}
+        with engine.connect() as conn:
+            for worker_name, n in conn.execute(
+                    select(Prediction.worker, func.count()).group_by(Prediction.worker)):
+                node = (worker_name or "?").split("-", 1)[0]
+                per_node[node] = per_node.get(node, 0) + n
+            answered_held = dict(conn.execute(
+                select(Prediction.instance_id, Prediction.worker).where(
+                    Prediction.instance_id.in_(held_by_a))).all())
+        assert workers["a"].exited() is None, workers["a"].log()[-5000:]
+        log_a = workers["a"].log()
+        engine.dispose()
+        counts = ledger(local_url, ids, "3 hosts, node A cut off from Redis and PostgreSQL "
+                        "30 s mid-batch, node C added mid-run", partition_s=partition_s,
+                        held_by_a_at_cut=len(held_by_a), reclaimed_s=reclaim_s,
+                        all_done_s_after_cut=finished_s, answers_per_node=per_node,
+                        a_lost_batches=log_a.count("lapsed"))
+    finally:
+        for worker in workers.values():
+            worker.stop()
+        redis_server.kill()
+        pg.destroy()
+    record_counts(counts, tmp_path)
+    assert (counts.done, counts.failed, counts.duplicated, counts.lost, counts.unfinished) == (
+        N_FIRST + N_SECOND, 0, 0, 0, 0), counts
+    assert per_node.get("nodec", 0) > 0, f"node C took no work: {per_node}"
+    assert all(not (w or "").startswith("nodea") for w in answered_held.values()), (
+        f"node A recorded answers for claims it had lost: {answered_held}")
