@@ -38,6 +38,7 @@ pytestmark = pytest.mark.integration
 
 N_FIRST, N_SECOND = 140, 60  # the second wave is enqueued once node C is up
 PARTITION_S = 30.0
+REDIS_PASSWORD = "multihost-test"
 
 
 @pytest.fixture
@@ -54,6 +55,12 @@ def _claims_by(engine: Engine, prefix: str) -> list[int]:
         return list(conn.scalars(select(Instance.id).where(
             Instance.status == InstanceStatus.processing,
             Instance.claimed_by.like(f"{prefix}%"))))
+
+
+def _tokens(engine: Engine, ids: list[int]) -> dict[int, str | None]:
+    with engine.connect() as conn:
+        return dict(conn.execute(select(Instance.id, Instance.claim_token).where(
+            Instance.id.in_(ids))).all())
 
 
 def _states(engine: Engine, ids: list[int]) -> dict[int, tuple[str, str | None]]:
@@ -75,7 +82,7 @@ def test_three_hosts_one_cut_off_30s_mid_batch_then_healed(
     pg = PrivatePostgres(also_listen=host_ips, trust_cidr=subnet)
     workers: dict[str, WorkerProcess] = {}
     try:
-        redis_server.start()
+        redis_server.start(password=REDIS_PASSWORD)  # listening beyond loopback: a password
         pg.start()
         local_url = pg.create_database("cxr")
         upgrade(local_url)
@@ -84,13 +91,13 @@ def test_three_hosts_one_cut_off_30s_mid_batch_then_healed(
         make_corpus(first, N_FIRST, size=256, prefix="mh1")
         make_corpus(second, N_SECOND, size=256, prefix="mh2")
         model = smoke_checkpoint(tmp_path / "model")
-        common = dict(ingest_root=archive, model_path=model, batch_size=4,
+        common = dict(ingest_root=archive, model_path=model, batch_size=8,
                       batch_max_wait_ms=100, decode_threads=1)
 
         def env_on(host: str, data: str) -> dict[str, str]:
             return worker_env(
                 database_url=local_url.replace("127.0.0.1", host),
-                broker_url=f"redis://{host}:{redis_server.port}/0",
+                broker_url=f"redis://:{REDIS_PASSWORD}@{host}:{redis_server.port}/0",
                 data_dir=tmp_path / data, **common)
 
         host_env = env_on("127.0.0.1", "data-host")
@@ -110,28 +117,30 @@ def test_three_hosts_one_cut_off_30s_mid_batch_then_healed(
         enqueued = run_cli("enqueue", str(first), env=host_env, timeout=120)
         assert enqueued.returncode == 0, enqueued.stdout + enqueued.stderr
 
-        # Cut node A off while it holds a claimed batch.
+        # Cut node A off while it holds a claimed batch; node C starts meanwhile.
         wait_until(lambda: bool(_claims_by(engine, "nodea")), timeout=90, poll=0.05,
                    what="node A holding a claimed batch")
         netns.cut(node_a)
         cut_at = time.monotonic()
         held_by_a = _claims_by(engine, "nodea")
         assert held_by_a, "node A's batch finished before the cut"
+        tokens_of_a = set(_tokens(engine, held_by_a).values())
+        start(node_c)
 
-        # While A is cut off, its claims lapse (CXR_LEASE_S) and another node takes them.
-        def taken_over() -> bool:
-            states = _states(engine, held_by_a)
-            return all(not (c or "").startswith("nodea") for _, c in states.values())
+        # While A is cut off its leases lapse (CXR_LEASE_S, not renewed) and another node's
+        # keeper re-queues them: within CXR_LEASE_S + CXR_LEASE_RENEW_S = 25 s at defaults.
+        def requeued() -> bool:
+            return not tokens_of_a & set(_tokens(engine, held_by_a).values())
 
-        wait_until(taken_over, timeout=PARTITION_S - 2, poll=0.2,
-                   what="node A's claims re-claimed by another node during the partition")
-        reclaim_s = round(time.monotonic() - cut_at, 1)
+        wait_until(requeued, timeout=PARTITION_S, poll=0.2,
+                   what="node A's claims re-queued by another node during the partition")
+        requeued_s = round(time.monotonic() - cut_at, 1)
         time.sleep(max(0.0, PARTITION_S - (time.monotonic() - cut_at)))
         netns.heal(node_a)
         partition_s = round(time.monotonic() - cut_at, 1)
 
-        # Mid-run: a third node joins, then more work arrives.
-        start(node_c).wait_ready()
+        # Mid-run: the third node is up, more work arrives.
+        workers["c"].wait_ready()
         enqueued = run_cli("enqueue", str(second), env=host_env, timeout=120)
         assert enqueued.returncode == 0, enqueued.stdout + enqueued.stderr
         with engine.connect() as conn:
@@ -157,7 +166,7 @@ def test_three_hosts_one_cut_off_30s_mid_batch_then_healed(
         engine.dispose()
         counts = ledger(local_url, ids, "3 hosts, node A cut off from Redis and PostgreSQL "
                         "30 s mid-batch, node C added mid-run", partition_s=partition_s,
-                        held_by_a_at_cut=len(held_by_a), reclaimed_s=reclaim_s,
+                        held_by_a_at_cut=len(held_by_a), requeued_s_after_cut=requeued_s,
                         all_done_s_after_cut=finished_s, answers_per_node=per_node,
                         a_lost_batches=log_a.count("lapsed"))
     finally:
