@@ -5,10 +5,12 @@ each running a real ``celery -A worker worker -n node<X>@%h`` at the default lea
 settings. The private redis-server and PostgreSQL cluster listen on the host ends of the
 links; the ingest root is a host folder (the namespaces share the file system, as hosts
 share an NFS mount). 200 instances: node A's link is taken down for 30 s while A holds a
-claimed batch, then brought up; node C is started after that, mid-run. Checked: A's
-claims lapse and are re-queued and answered by the others while A is cut off, A records
+claimed batch, then brought up; node C joins mid-run (started during the partition, the
+last 60 instances enqueued once it serves). Checked: A's claims lapse and are re-queued
+by another node while A is cut off (within CXR_LEASE_S + CXR_LEASE_RENEW_S), A records
 nothing for them when it comes back, node C answers some, and in the end every instance
-is done exactly once, none left queued or processing.
+is done exactly once, none left queued or processing. Skipped only without root or
+``ip netns``.
 """
 
 from __future__ import annotations
@@ -139,8 +141,10 @@ def test_three_hosts_one_cut_off_30s_mid_batch_then_healed(
         netns.heal(node_a)
         partition_s = round(time.monotonic() - cut_at, 1)
 
-        # Mid-run: the third node is up, more work arrives.
+        # Mid-run: the third node is up (its pool process serving), more work arrives.
         workers["c"].wait_ready()
+        wait_until(lambda: "serving model" in workers["c"].log(), timeout=120,
+                   what="node C's pool process serving")
         enqueued = run_cli("enqueue", str(second), env=host_env, timeout=120)
         assert enqueued.returncode == 0, enqueued.stdout + enqueued.stderr
         with engine.connect() as conn:
