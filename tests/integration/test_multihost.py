@@ -15,6 +15,7 @@ is done exactly once, none left queued or processing. Skipped only without root 
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -162,9 +163,6 @@ def test_three_hosts_one_cut_off_30s_mid_batch_then_healed(
                     select(Prediction.worker, func.count()).group_by(Prediction.worker)):
                 node = (worker_name or "?").split("-", 1)[0]
                 per_node[node] = per_node.get(node, 0) + n
-            answered_held = dict(conn.execute(
-                select(Prediction.instance_id, Prediction.worker).where(
-                    Prediction.instance_id.in_(held_by_a))).all())
         assert workers["a"].exited() is None, workers["a"].log()[-5000:]
         log_a = workers["a"].log()
         engine.dispose()
@@ -172,7 +170,8 @@ def test_three_hosts_one_cut_off_30s_mid_batch_then_healed(
                         "30 s mid-batch, node C added mid-run", partition_s=partition_s,
                         held_by_a_at_cut=len(held_by_a), requeued_s_after_cut=requeued_s,
                         all_done_s_after_cut=finished_s, answers_per_node=per_node,
-                        a_lost_batches=log_a.count("lapsed"))
+                        a_gave_up=log_a.count("lapsed before their results were written")
+                        + log_a.count("batch abandoned"))
     finally:
         for worker in workers.values():
             worker.stop()
@@ -182,5 +181,7 @@ def test_three_hosts_one_cut_off_30s_mid_batch_then_healed(
     assert (counts.done, counts.failed, counts.duplicated, counts.lost, counts.unfinished) == (
         N_FIRST + N_SECOND, 0, 0, 0, 0), counts
     assert per_node.get("nodec", 0) > 0, f"node C took no work: {per_node}"
-    assert all(not (w or "").startswith("nodea") for w in answered_held.values()), (
-        f"node A recorded answers for claims it had lost: {answered_held}")
+    # A came back with the batch it had claimed and found the claim gone: nothing recorded.
+    given_up = {int(i) for found in re.findall(r"claim on instances \[([\d, ]+)\] lapsed", log_a)
+                for i in found.split(",")}
+    assert set(held_by_a) <= given_up, (held_by_a, log_a[-5000:])
