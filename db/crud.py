@@ -315,14 +315,16 @@ def claim_for_processing(
     """Atomically move an instance to ``processing`` under a lease of ``lease_s`` seconds
     held by ``claim_token``; False if another worker holds a live lease on it or it is
     finished. A ``processing`` row whose lease lapsed (its worker stopped renewing it:
-    dead, or cut off from the database) is claimed anew, with a new token."""
+    dead, or cut off from the database) is claimed anew, with a new token. A claim
+    retried under its own token (the commit went through, its answer was lost) holds."""
     now = utcnow()
+    claimable = or_(Instance.status == InstanceStatus.queued, lease_lapsed(now, lease_s))
+    if claim_token is not None:
+        claimable = or_(claimable, and_(Instance.status == InstanceStatus.processing,
+                                        Instance.claim_token == claim_token))
     result = session.execute(
         update(Instance)
-        .where(
-            Instance.id == instance_id,
-            or_(Instance.status == InstanceStatus.queued, lease_lapsed(now, lease_s)),
-        )
+        .where(Instance.id == instance_id, claimable)
         .values(
             status=InstanceStatus.processing,
             attempts=Instance.attempts + 1,
