@@ -150,13 +150,15 @@ class Settings(BaseSettings):
         description="CXR_BATCH_MAX_WAIT_MS: longest wait for a batch to fill. Default 200.",
     )
     prefetch_batches: int = Field(
-        default=2,
+        default=0,
         ge=0,
         le=1000,
         description="CXR_PREFETCH_BATCHES: messages a worker takes from the broker ahead, in "
-        "batches per pool process (CXR_PREFETCH_BATCHES x CXR_BATCH_SIZE x concurrency): "
-        "enough to fill the next batch while one runs, few enough that a worker added "
-        "later gets work and a worker that dies strands little. 0: unlimited. Default 2.",
+        "batches per pool process (CXR_PREFETCH_BATCHES x CXR_BATCH_SIZE x concurrency); "
+        "0: unlimited. A bound spreads a backlog over workers started later, but a pool "
+        "process killed mid-batch leaves its batch's messages unacknowledged in its worker "
+        "until that worker restarts (celery-batches does not hand them back), each kill "
+        "taking a batch of the bound for good. Default 0.",
     )
     decode_threads: int = Field(
         default=1,
