@@ -91,7 +91,11 @@ def _worker(env: dict[str, str], tmp_path: Path, name: str, beat: bool = True) -
     args = ("-B", "-s", str(tmp_path / f"beat-{name}")) if beat else ()
     worker = WorkerProcess(env, tmp_path / f"{name}.log", name="test", extra_args=args,
                            cwd=REPO)
-    worker.wait_ready()
+    try:
+        worker.wait_ready()
+    except BaseException:
+        worker.stop()  # not left running after the test (it outlived its servers once)
+        raise
     return worker
 
 
