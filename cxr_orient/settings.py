@@ -155,10 +155,8 @@ class Settings(BaseSettings):
         le=1000,
         description="CXR_PREFETCH_BATCHES: messages a worker takes from the broker ahead, in "
         "batches per pool process (CXR_PREFETCH_BATCHES x CXR_BATCH_SIZE x concurrency); "
-        "0: unlimited. A bound spreads a backlog over workers started later, but a pool "
-        "process killed mid-batch leaves its batch's messages unacknowledged in its worker "
-        "until that worker restarts (celery-batches does not hand them back), each kill "
-        "taking a batch of the bound for good. Default 0.",
+        "0: unlimited, the workers running share a backlog out as it arrives. A bound "
+        "(e.g. 2) leaves a backlog in the broker for workers started later. Default 0.",
     )
     decode_threads: int = Field(
         default=1,

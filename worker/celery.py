@@ -55,10 +55,8 @@ def make_app() -> Celery:
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         task_default_queue=settings.queue_name,
-        # celery-batches needs at least a batch of messages delivered to fill one. Unlimited
-        # by default: a pool process killed mid-batch leaks its batch's messages as
-        # unacknowledged until the worker restarts, which under a bound starves the worker
-        # (found by the poison test with a bound of 2 batches).
+        # celery-batches needs at least a batch of messages delivered to fill one; unlimited
+        # by default (CXR_PREFETCH_BATCHES=0).
         worker_prefetch_multiplier=settings.prefetch_batches * settings.batch_size,
         worker_hijack_root_logger=False,
         worker_send_task_events=False,

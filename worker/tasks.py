@@ -64,8 +64,9 @@ class HandingBackBatches(Batches):
             # The pool job failed outside the task (its process was killed): give the
             # messages back; a redelivered id whose claim is still leased is skipped, the
             # others are claimed, and a lapsed claim is re-sent by the lease keepers.
+            cause = getattr(error, "exception", error)
             logger.warning("batch of %d lost with its pool process (%s); its messages go "
-                           "back to the queue", len(late), error)
+                           "back to the queue", len(late), type(cause).__name__)
             for request in late:
                 request.reject(requeue=True)
 
