@@ -84,7 +84,8 @@ def test_renewal_keeps_a_slow_claim_and_only_the_holders(migrated_db: str) -> No
         assert crud.requeue_lapsed_claims(session, lease_s=20) == []  # re-sent once
         # the renewal after the reaper finds nothing of b's left to renew
         assert crud.renew_leases(session, claim_tokens=["b" * 32], lease_s=20) == 0
-        assert crud.get_instance(session, instance_id=ids[1]).status == InstanceStatus.queued
+        reaped = crud.get_instance(session, instance_id=ids[1])
+        assert reaped is not None and reaped.status == InstanceStatus.queued
 
 
 def test_requeue_never_takes_a_live_lease(migrated_db: str) -> None:
