@@ -313,10 +313,12 @@ def pull(url: str | None, dimse: str | None, study_uid: str | None, since: Any, 
 
 @main.command()
 def requeue() -> None:
-    """Send again every instance the database has as queued or processing.
+    """Send again every instance the database has as queued, and processing ones whose
+    claim lapsed (their worker stopped renewing its lease, CXR_LEASE_S).
 
     Use after the broker lost its messages (e.g. Redis restarted without persistence).
-    Safe to repeat: workers claim each instance once and skip finished ones.
+    A live worker's claim is never taken, however long its batch runs. Safe to repeat:
+    workers claim each instance once and skip finished ones.
     """
     from worker.requeue import requeue_unfinished
 

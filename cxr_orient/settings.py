@@ -159,6 +159,15 @@ class Settings(BaseSettings):
         le=60_000,
         description="CXR_BATCH_MAX_WAIT_MS: longest wait for a batch to fill. Default 200.",
     )
+    prefetch_batches: int = Field(
+        default=0,
+        ge=0,
+        le=1000,
+        description="CXR_PREFETCH_BATCHES: messages a worker takes from the broker ahead, in "
+        "batches per pool process (CXR_PREFETCH_BATCHES x CXR_BATCH_SIZE x concurrency); "
+        "0: unlimited, the workers running share a backlog out as it arrives. A bound "
+        "(e.g. 2) leaves a backlog in the broker for workers started later. Default 0.",
+    )
     decode_threads: int = Field(
         default=1,
         ge=0,
@@ -332,8 +341,27 @@ class Settings(BaseSettings):
     processing_timeout_s: int = Field(
         default=600,
         ge=10,
-        description="CXR_PROCESSING_TIMEOUT_S: an instance in 'processing' for longer is "
-        "considered stuck and requeued. Default 600.",
+        description="CXR_PROCESSING_TIMEOUT_S: the Redis visibility timeout: a message "
+        "delivered to a worker that never acknowledged it (the worker died) is delivered "
+        "again after this long. It no longer decides when stalled work is retried (the "
+        "claim leases do: CXR_LEASE_S); keep it above the longest time a message can wait "
+        "in a worker before its batch is written. Default 600.",
+    )
+    lease_s: float = Field(
+        default=20.0,
+        ge=2.0,
+        le=3600.0,
+        description="CXR_LEASE_S: a worker's claim on the instances of its batch is a lease "
+        "of this many seconds, renewed every CXR_LEASE_RENEW_S while the batch runs; a claim "
+        "not renewed for this long (its worker died, or lost the database) is re-queued and "
+        "its worker's results are not recorded. Dead workers' work is retried within "
+        "CXR_LEASE_S + CXR_LEASE_RENEW_S. Default 20.",
+    )
+    lease_renew_s: float = Field(
+        default=5.0,
+        gt=0.0,
+        description="CXR_LEASE_RENEW_S: how often each pool process renews the leases it holds "
+        "and re-queues lapsed ones (its own reaper). Below CXR_LEASE_S / 2. Default 5.",
     )
     review_threshold: float | None = Field(
         default=None,
@@ -569,6 +597,15 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"CXR_TASK_SOFT_TIME_LIMIT_S ({soft:g}) must be below CXR_TASK_TIME_LIMIT_S "
                 f"({hard:g}): the soft limit records the unfinished images, the hard one kills")
+        return self
+
+    @model_validator(mode="after")
+    def _lease_renewed_in_time(self) -> Settings:
+        if self.lease_renew_s * 2 > self.lease_s:
+            raise ValueError(
+                f"CXR_LEASE_RENEW_S ({self.lease_renew_s:g}) must be at most half of "
+                f"CXR_LEASE_S ({self.lease_s:g}): a live worker's lease would lapse between "
+                "two renewals")
         return self
 
     @model_validator(mode="after")

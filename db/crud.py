@@ -158,6 +158,9 @@ def replace_instance_file(
             target_model_version_id=None,
             # The new file is on disk: the purge of the old one no longer applies.
             file_purged_at=None,
+            # Any claim on the old bytes is void: its worker records nothing.
+            claim_token=None,
+            lease_expires_at=None,
             enqueued_at=now,
             started_at=None,
             finished_at=None,
@@ -289,28 +292,88 @@ def known_sop_instance_uids(session: Session, *, sop_instance_uids: Sequence[str
     return found
 
 
-def claim_for_processing(session: Session, *, instance_id: int, stale_before: datetime) -> bool:
-    """Atomically move an instance to ``processing``; False if another worker has it or
-    it is finished. A ``processing`` row untouched since ``stale_before`` is reclaimable."""
+def lease_lapsed(now: datetime, lease_s: float) -> Any:
+    """SQL condition: a ``processing`` row whose claim has lapsed at ``now`` (its lease
+    was not renewed in time; a claim from before leases existed, with no lease, counts
+    from its last update)."""
+    return and_(
+        Instance.status == InstanceStatus.processing,
+        or_(Instance.lease_expires_at < now,
+            and_(Instance.lease_expires_at.is_(None),
+                 Instance.updated_at < now - timedelta(seconds=lease_s))),
+    )
+
+
+def new_claim_token() -> str:
+    return uuid.uuid4().hex
+
+
+def claim_for_processing(
+    session: Session, *, instance_id: int, lease_s: float, claim_token: str | None = None,
+    claimed_by: str | None = None,
+) -> bool:
+    """Atomically move an instance to ``processing`` under a lease of ``lease_s`` seconds
+    held by ``claim_token``; False if another worker holds a live lease on it or it is
+    finished. A ``processing`` row whose lease lapsed (its worker stopped renewing it:
+    dead, or cut off from the database) is claimed anew, with a new token. A claim
+    retried under its own token (the commit went through, its answer was lost) holds."""
+    now = utcnow()
+    claimable = or_(Instance.status == InstanceStatus.queued, lease_lapsed(now, lease_s))
+    if claim_token is not None:
+        claimable = or_(claimable, and_(Instance.status == InstanceStatus.processing,
+                                        Instance.claim_token == claim_token))
     result = session.execute(
         update(Instance)
-        .where(
-            Instance.id == instance_id,
-            or_(
-                Instance.status == InstanceStatus.queued,
-                and_(
-                    Instance.status == InstanceStatus.processing, Instance.updated_at < stale_before
-                ),
-            ),
-        )
+        .where(Instance.id == instance_id, claimable)
         .values(
             status=InstanceStatus.processing,
             attempts=Instance.attempts + 1,
-            started_at=utcnow(),
-            updated_at=utcnow(),
+            claim_token=claim_token or new_claim_token(),
+            claimed_by=claimed_by,
+            lease_expires_at=now + timedelta(seconds=lease_s),
+            started_at=now,
+            updated_at=now,
         )
     )
     return bool(getattr(result, "rowcount", 0))
+
+
+def renew_leases(session: Session, *, claim_tokens: Sequence[str], lease_s: float) -> int:
+    """Extend the leases of the rows still held under ``claim_tokens`` to ``lease_s`` from
+    now (the heartbeat of a worker at work); returns how many rows were renewed. A row
+    re-queued by the reaper or claimed by another worker has another token (or none)
+    and is left alone. ``updated_at`` is left alone too: it says when the row last
+    changed state, not when its worker last said it is alive."""
+    if not claim_tokens:
+        return 0
+    result = session.execute(
+        update(Instance)
+        .where(Instance.claim_token.in_(list(claim_tokens)),
+               Instance.status == InstanceStatus.processing)
+        .values(lease_expires_at=utcnow() + timedelta(seconds=lease_s))
+        .execution_options(synchronize_session=False)
+    )
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+def requeue_lapsed_claims(session: Session, *, lease_s: float, limit: int = 5000) -> list[int]:
+    """Move ``processing`` rows whose lease lapsed back to ``queued`` (their claim void)
+    and return their ids, for the caller to send. Compare-and-set: reapers running at
+    once in several processes each get distinct rows (each lapsed row is returned once)."""
+    now = utcnow()
+    lapsed = list(session.scalars(
+        select(Instance.id).where(lease_lapsed(now, lease_s)).order_by(Instance.id)
+        .limit(limit)))
+    if not lapsed:
+        return []
+    return sorted(session.scalars(
+        update(Instance)
+        .where(Instance.id.in_(lapsed), lease_lapsed(now, lease_s))
+        .values(status=InstanceStatus.queued, claim_token=None, lease_expires_at=None,
+                updated_at=now)
+        .returning(Instance.id)
+        .execution_options(synchronize_session=False)
+    ))
 
 
 def mark_failed(
@@ -320,14 +383,20 @@ def mark_failed(
     error_code: str,
     error_message: str,
     file_sha256: str | None = None,
-) -> None:
-    """Fail an instance (never a ``done`` one). With ``file_sha256`` (the bytes the work
-    was claimed with), only while the instance still refers to them: a failure on a file
-    replaced since (uid conflict, ``replace``) must not fail its replacement."""
+    claim_token: str | None = None,
+) -> bool:
+    """Fail an instance (never a ``done`` one); False when nothing changed. With
+    ``file_sha256`` (the bytes the work was claimed with), only while the instance still
+    refers to them: a failure on a file replaced since (uid conflict, ``replace``) must
+    not fail its replacement. With ``claim_token``, only while that claim is still the
+    instance's (a worker whose lease lapsed records nothing)."""
     condition = and_(Instance.id == instance_id, Instance.status != InstanceStatus.done)
     if file_sha256 is not None:
         condition = and_(condition, Instance.file_sha256 == file_sha256)
-    session.execute(
+    if claim_token is not None:
+        condition = and_(condition, Instance.claim_token == claim_token,
+                         Instance.status == InstanceStatus.processing)
+    result = session.execute(
         update(Instance)
         .where(condition)
         .values(
@@ -335,10 +404,13 @@ def mark_failed(
             error_code=error_code,
             error_message=error_message[:4000],
             target_model_version_id=None,
+            claim_token=None,
+            lease_expires_at=None,
             finished_at=utcnow(),
             updated_at=utcnow(),
         )
     )
+    return bool(getattr(result, "rowcount", 0))
 
 
 @dataclass(frozen=True)
@@ -373,26 +445,31 @@ def time_out_instances(session: Session, *, instance_ids: Sequence[int], max_att
             update(Instance)
             .where(Instance.id.in_(retried), Instance.status == InstanceStatus.processing)
             .values(status=InstanceStatus.queued, error_code=error_code,
-                    error_message=error_message[:4000], updated_at=now))
+                    error_message=error_message[:4000], claim_token=None,
+                    lease_expires_at=None, updated_at=now))
     if failed:
         session.execute(
             update(Instance)
             .where(Instance.id.in_(failed), Instance.status == InstanceStatus.processing)
             .values(status=InstanceStatus.failed, error_code=error_code,
                     error_message=error_message[:4000], target_model_version_id=None,
-                    finished_at=now, updated_at=now))
+                    claim_token=None, lease_expires_at=None, finished_at=now, updated_at=now))
     return TimedOut(retried, failed, unclaimed)
 
 
-def mark_queued(session: Session, *, instance_ids: Sequence[int]) -> None:
+def mark_queued(session: Session, *, instance_ids: Sequence[int], lease_s: float) -> None:
+    """Queue again those of ``instance_ids`` that are queued, or ``processing`` under a
+    lapsed lease (their claim is void). A live lease is never taken from its worker."""
     if instance_ids:
+        now = utcnow()
         session.execute(
             update(Instance)
             .where(
                 Instance.id.in_(instance_ids),
-                Instance.status.in_([InstanceStatus.queued, InstanceStatus.processing]),
+                or_(Instance.status == InstanceStatus.queued, lease_lapsed(now, lease_s)),
             )
-            .values(status=InstanceStatus.queued, updated_at=utcnow())
+            .values(status=InstanceStatus.queued, claim_token=None, lease_expires_at=None,
+                    updated_at=now)
         )
 
 
@@ -426,6 +503,7 @@ def record_predictions(
     records: Iterable[PredictionRecord],
     worker: str | None,
     result_destinations: Sequence[str] = (),
+    claim_token: str | None = None,
 ) -> int:
     """Insert predictions and mark their instances done; returns rows inserted.
 
@@ -441,6 +519,11 @@ def record_predictions(
     must not add a second row). An instance that no longer refers to the bytes a record
     was made on (its file was replaced since the claim: uid conflict, ``replace``) gets
     neither the answer nor a status change: its new file is queued and answered anew.
+
+    With ``claim_token`` (the worker's claim on the batch), only instances still held
+    under that claim are recorded: a worker whose lease lapsed (it was cut off from the
+    database, and the work was re-queued and claimed by another) records nothing, so an
+    instance is answered once however the claims went.
     """
     records = list(records)
     if not records:
@@ -454,18 +537,24 @@ def record_predictions(
     }
     made_on = {r.instance_id: r.file_sha256 or current.get(r.instance_id, "") for r in records}
     now = utcnow()
+    condition: Any = tuple_(Instance.id, Instance.file_sha256).in_(list(made_on.items()))
+    if claim_token is not None:
+        condition = and_(condition, Instance.claim_token == claim_token,
+                         Instance.status == InstanceStatus.processing)
     # Compare-and-set in one statement: done only where the bytes are still the ones
     # answered (on PostgreSQL the rows stay locked until commit, so a replacement that
     # comes meanwhile waits and then queues the instance again).
     matched = set(
         session.scalars(
             update(Instance)
-            .where(tuple_(Instance.id, Instance.file_sha256).in_(list(made_on.items())))
+            .where(condition)
             .values(
                 status=InstanceStatus.done,
                 error_code=None,
                 error_message=None,
                 target_model_version_id=None,
+                claim_token=None,
+                lease_expires_at=None,
                 finished_at=now,
                 updated_at=now,
             )
@@ -518,6 +607,19 @@ def record_predictions(
     return len(fresh)
 
 
+def held_instance_ids(session: Session, *, claim_token: str,
+                      instance_ids: Sequence[int]) -> list[int]:
+    """Those of ``instance_ids`` still ``processing`` under ``claim_token``, locked until
+    the transaction ends (PostgreSQL): the rows a worker may record outcomes for."""
+    if not instance_ids:
+        return []
+    return sorted(session.scalars(
+        select(Instance.id).where(Instance.id.in_(list(instance_ids)),
+                                  Instance.claim_token == claim_token,
+                                  Instance.status == InstanceStatus.processing)
+        .order_by(Instance.id).with_for_update()))
+
+
 def superseded_instance_ids(session: Session, *, made_on: Mapping[int, str]) -> list[int]:
     """Those of ``made_on``'s instances that no longer refer to the bytes given (instance
     id -> sha256 the work was claimed with): their file was replaced since."""
@@ -544,13 +646,14 @@ def interrupted_instance_ids(session: Session, *, instance_ids: Sequence[int]) -
 
 
 def unfinished_instance_ids(
-    session: Session, *, stale_before: datetime | None = None, queued: bool = True
+    session: Session, *, lapsed_lease_s: float | None = None, queued: bool = True
 ) -> list[int]:
     """Instances to (re)send: ``queued`` ones (unless ``queued`` is False) and
-    ``processing`` ones not touched since ``stale_before`` (all when it is None)."""
-    condition = Instance.status == InstanceStatus.processing
-    if stale_before is not None:
-        condition = and_(condition, Instance.updated_at < stale_before)
+    ``processing`` ones, all of them, or with ``lapsed_lease_s`` only those whose lease
+    lapsed (see :func:`lease_lapsed`)."""
+    condition: Any = Instance.status == InstanceStatus.processing
+    if lapsed_lease_s is not None:
+        condition = lease_lapsed(utcnow(), lapsed_lease_s)
     if queued:
         condition = or_(Instance.status == InstanceStatus.queued, condition)
     return list(session.scalars(select(Instance.id).where(condition).order_by(Instance.id)))
@@ -1565,10 +1668,6 @@ def latest_labels(session: Session) -> list[tuple[Instance, Study | None, Ground
         .order_by(GroundTruthLabel.id)
     )
     return [(i, s, g) for i, s, g in session.execute(query)]
-
-
-def stale_cutoff(seconds: int) -> datetime:
-    return utcnow() - timedelta(seconds=seconds)
 
 
 # --- health ----------------------------------------------------------------------

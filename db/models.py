@@ -113,7 +113,8 @@ class Study(Base):
 
 class Instance(Base):
     __tablename__ = "instances"
-    __table_args__ = (Index("ix_instances_status_updated", "status", "updated_at"),)
+    __table_args__ = (Index("ix_instances_status_updated", "status", "updated_at"),
+                      Index("ix_instances_status_lease", "status", "lease_expires_at"))
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     #: NULL only for files refused before their header could be read (not DICOM...).
@@ -144,6 +145,16 @@ class Instance(Base):
     target_model_version_id: Mapped[int | None] = mapped_column(
         ForeignKey("model_versions.id", ondelete="RESTRICT")
     )
+    #: The claim is a lease: while ``processing``, the claim lapses at this time unless its
+    #: worker renews it (CXR_LEASE_S, renewed every CXR_LEASE_RENEW_S); a lapsed claim is
+    #: re-queued by the reaper. NULL when not claimed.
+    lease_expires_at: Mapped[datetime | None] = mapped_column()
+    #: One token per claimed batch; only the holder of the current token may record the
+    #: outcome (a worker that lost its lease, e.g. cut off from the database, records
+    #: nothing). NULL when not claimed.
+    claim_token: Mapped[str | None] = mapped_column(String(32))
+    #: ``<celery node name>:<pid>`` of the pool process that holds (or last held) the claim.
+    claimed_by: Mapped[str | None] = mapped_column(String(255))
     enqueued_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column()
     finished_at: Mapped[datetime | None] = mapped_column()

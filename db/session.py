@@ -27,7 +27,16 @@ def make_engine(url: str) -> Engine:
             cursor.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+    connect_args: dict[str, Any] = {}
+    if url.startswith("postgresql"):
+        # A worker cut off from the database (link down, host partitioned) must notice
+        # within seconds, not after the kernel's ~15 min of TCP retransmissions: connects
+        # time out, idle connections are probed, unacknowledged writes give up after 20 s.
+        connect_args = {"connect_timeout": 10, "keepalives": 1, "keepalives_idle": 10,
+                        "keepalives_interval": 5, "keepalives_count": 3,
+                        "tcp_user_timeout": 20000}
+    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5,
+                         connect_args=connect_args)
 
 
 _ENGINES: dict[str, Engine] = {}
@@ -44,11 +53,13 @@ def get_engine() -> Engine:
     return engine
 
 
-def dispose_engines() -> None:
-    """Drop every engine and its pooled connections (after fork; tests changing the URL)."""
+def dispose_engines(*, close: bool = True) -> None:
+    """Drop every engine and its pooled connections (tests changing the URL). After fork,
+    ``close=False``: the connections inherited are the parent's; closing them here would
+    end the parent's sessions (SQLAlchemy's advice for forked processes)."""
     while _ENGINES:
         _, engine = _ENGINES.popitem()
-        engine.dispose()
+        engine.dispose(close=close)
 
 
 @contextmanager

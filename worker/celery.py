@@ -55,8 +55,9 @@ def make_app() -> Celery:
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         task_default_queue=settings.queue_name,
-        # celery-batches needs every waiting message delivered to fill a batch.
-        worker_prefetch_multiplier=0,
+        # celery-batches needs at least a batch of messages delivered to fill one; unlimited
+        # by default (CXR_PREFETCH_BATCHES=0).
+        worker_prefetch_multiplier=settings.prefetch_batches * settings.batch_size,
         worker_hijack_root_logger=False,
         # Task events, so that `celery -A worker flower` shows workers and tasks.
         worker_send_task_events=settings.task_events,

@@ -33,12 +33,15 @@ class WorkerProcess:
 
     def __init__(self, env: dict[str, str], log_path: Path, *, concurrency: int = 1,
                  name: str = "worker", extra_args: tuple[str, ...] = (),
-                 cwd: Path | None = None) -> None:
+                 cwd: Path | None = None, command_prefix: tuple[str, ...] = ()) -> None:
         """Start it; ``cwd`` defaults to the caller's (relative CXR_* paths keep their
-        meaning), the tests and the benchmark run it in :data:`SOURCE_ROOT`."""
+        meaning), the tests and the benchmark run it in :data:`SOURCE_ROOT`.
+        ``command_prefix`` runs it through a command that then execs it in place (same
+        pid), e.g. ``ip netns exec <ns>`` to put the worker on another network."""
         self.log_path = log_path
         self._log = log_path.open("ab")
-        command = worker_command(concurrency=concurrency, name=name, extra=extra_args)
+        command = [*command_prefix,
+                   *worker_command(concurrency=concurrency, name=name, extra=extra_args)]
         self.process = subprocess.Popen(command, env=env, cwd=cwd, stdout=self._log,
                                         stderr=subprocess.STDOUT, start_new_session=True)
 

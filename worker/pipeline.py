@@ -32,6 +32,7 @@ from db import crud
 from db.models import OrientationLabel
 from db.session import dispose_engines, session_scope
 from worker.decoding import abandon_decode_threads, decode_batch, start_decoding
+from worker.leases import keeper, start_keeper
 
 if TYPE_CHECKING:
     from cxr_orient.registry import LoadedModel
@@ -39,10 +40,21 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
+_NODE_NAME: str | None = None
+
+
+def set_node_name(name: str) -> None:
+    """The celery node name (``-n``/``--hostname``), set in the worker's parent before the
+    pool forks (worker.signals), so two workers on one host tell apart in the records."""
+    global _NODE_NAME
+    _NODE_NAME = name
+
+
 def worker_name() -> str:
-    """``host:pid`` of this pool process, recorded with each answer (read at call time:
-    this module is imported in the parent, before the pool forks)."""
-    return f"{socket.gethostname()}:{os.getpid()}"
+    """``<node>:<pid>`` of this pool process (the celery node name, else the host name),
+    recorded with each answer and each claim (read at call time: this module is
+    imported in the parent, before the pool forks)."""
+    return f"{_NODE_NAME or socket.gethostname()}:{os.getpid()}"
 
 
 @dataclass
@@ -51,6 +63,10 @@ class BatchOutcome:
     failed: dict[int, str] = field(default_factory=dict)
     skipped: list[int] = field(default_factory=list)
     model_version: str | None = None
+    #: Claimed, then the claim lapsed before the outcome was written (this worker was cut
+    #: off from the database for longer than CXR_LEASE_S): nothing recorded, the work was
+    #: re-queued and another claim answers it.
+    lost: list[int] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -99,14 +115,16 @@ def with_db_retry(fn: Callable[[], T], *, what: str,
 # --- the batch ----------------------------------------------------------------------
 
 
-def _claim(instance_ids: Sequence[int], settings: Settings) -> tuple[list[_Work], BatchOutcome]:
+def _claim(instance_ids: Sequence[int], settings: Settings,
+           claim_token: str) -> tuple[list[_Work], BatchOutcome]:
     outcome = BatchOutcome()
     work: list[_Work] = []
-    stale_before = crud.stale_cutoff(settings.processing_timeout_s)
+    me = worker_name()
     with session_scope() as session:
         for instance_id in dict.fromkeys(instance_ids):  # de-duplicate, keep order
             if not crud.claim_for_processing(
-                session, instance_id=instance_id, stale_before=stale_before
+                session, instance_id=instance_id, lease_s=settings.lease_s,
+                claim_token=claim_token, claimed_by=me,
             ):
                 if crud.get_instance(session, instance_id=instance_id) is None:
                     logger.warning("dropping task for unknown instance id %d", instance_id)
@@ -153,6 +171,7 @@ def _merge(into: BatchOutcome, other: BatchOutcome) -> None:
     into.done.extend(other.done)
     into.failed.update(other.failed)
     into.skipped.extend(other.skipped)
+    into.lost.extend(other.lost)
     into.model_version = into.model_version or other.model_version
 
 
@@ -224,24 +243,35 @@ def _classify_batch(instance_ids: Sequence[int], settings: Settings) -> BatchOut
     # The model first: if it cannot be loaded, nothing is claimed and the instances
     # stay queued for the reaper to re-send, instead of burning their attempts.
     model: LoadedModel = with_db_retry(current_model, what="model lookup")
-    work, outcome = with_db_retry(lambda: _claim(instance_ids, settings), what="claim")
+    # One token for the batch, made before the first try: a claim that committed though
+    # its answer was lost (the connection dropped) is retried under the same token.
+    token = crud.new_claim_token()
+    work, outcome = with_db_retry(lambda: _claim(instance_ids, settings, token),
+                                  what="claim")
     outcome.model_version = model.name
     if not work:
         return outcome
+    with keeper(settings).holding(token):
+        _classify_claimed(work, model, settings, outcome, token)
+    return outcome
+
+
+def _classify_claimed(work: list[_Work], model: LoadedModel, settings: Settings,
+                      outcome: BatchOutcome, token: str) -> None:
     # Reclassify work names its version (the row's marker, so a re-sent id keeps it); the
     # rest, and work naming the active version, is one group for the active model.
     groups: dict[int, list[_Work]] = {}
     for w in work:
         groups.setdefault(w.target_version_id or model.version_id, []).append(w)
     for version_id, items in groups.items():
-        served = model if version_id == model.version_id else _named_model(version_id, items,
-                                                                           outcome)
+        served = model if version_id == model.version_id else _named_model(
+            version_id, items, outcome, token)
         if served is not None:
-            _predict_and_record(items, served, settings, outcome)
-    return outcome
+            _predict_and_record(items, served, settings, outcome, token)
 
 
-def _named_model(version_id: int, work: list[_Work], outcome: BatchOutcome) -> LoadedModel | None:
+def _named_model(version_id: int, work: list[_Work], outcome: BatchOutcome,
+                 token: str) -> LoadedModel | None:
     """The version reclassify work names, from the per-process cache; if it cannot be
     loaded here (checkpoint missing or altered), that work fails with the reason."""
     from cxr_orient.registry import model_for_version
@@ -252,25 +282,41 @@ def _named_model(version_id: int, work: list[_Work], outcome: BatchOutcome) -> L
         error = exc
     logger.error("cannot serve model version %d: %s", version_id, error)
 
+    failed: list[int] = []
+
     def write() -> None:
         with session_scope() as session:
-            for w in work:
-                crud.mark_failed(session, instance_id=w.instance_id, error_code=error.code,
-                                 error_message=str(error), file_sha256=w.file_sha256)
+            failed[:] = [w.instance_id for w in work if crud.mark_failed(
+                session, instance_id=w.instance_id, error_code=error.code,
+                error_message=str(error), file_sha256=w.file_sha256, claim_token=token)]
             crud.record_study_answers(session, instance_ids=[w.instance_id for w in work])
 
     with_db_retry(write, what="recording results")
-    outcome.failed.update({w.instance_id: error.code for w in work})
+    outcome.failed.update({i: error.code for i in failed})
+    outcome.lost.extend(w.instance_id for w in work if w.instance_id not in set(failed))
     return None
 
 
+def _abandon(work: list[_Work], outcome: BatchOutcome, when: str) -> None:
+    ids = [w.instance_id for w in work]
+    logger.warning("claim on instances %s lapsed %s (no lease renewal reached the database "
+                   "for CXR_LEASE_S, or another worker holds them now): batch abandoned, "
+                   "nothing recorded; the work is re-queued", ids, when)
+    outcome.lost.extend(ids)
+
+
 def _predict_and_record(
-    work: list[_Work], model: LoadedModel, settings: Settings, outcome: BatchOutcome
+    work: list[_Work], model: LoadedModel, settings: Settings, outcome: BatchOutcome,
+    token: str,
 ) -> None:
+    leases = keeper(settings)
     decoded = decode_batch(work, settings, model.input_size)
     counters = metrics.worker_metrics()
     for _, _, ms in decoded:
         counters.decode_seconds.observe(ms / 1000)
+    if leases.lost(token):
+        _abandon(work, outcome, "while decoding")
+        return
 
     ready = [
         (w, img, ms) for w, (img, err, ms) in zip(work, decoded, strict=True) if img is not None
@@ -315,22 +361,32 @@ def _predict_and_record(
             )
 
     superseded: list[int] = []
+    held: set[int] = set()
     recorded = [0]
     destinations = [d.url for d in settings.result_destination_list]
 
     def write() -> None:
         with session_scope() as session:
+            # The rows still ours, locked: a claim that lapsed and was taken over while
+            # this worker was cut off is recorded by its new holder only.
+            held.clear()
+            held.update(crud.held_instance_ids(
+                session, claim_token=token, instance_ids=[w.instance_id for w in work]))
             recorded[0] = crud.record_predictions(
-                session, model_version_id=model.version_id, records=records,
-                worker=worker_name(), result_destinations=destinations)
+                session, model_version_id=model.version_id,
+                records=[r for r in records if r.instance_id in held],
+                worker=worker_name(), result_destinations=destinations, claim_token=token)
             for w, err in failures:
                 assert err is not None
+                if w.instance_id not in held:
+                    continue
                 crud.mark_failed(
                     session,
                     instance_id=w.instance_id,
                     error_code=err.code,
                     error_message=str(err),
                     file_sha256=w.file_sha256,
+                    claim_token=token,
                 )
             # Files replaced since the claim (uid conflict, CXR_UID_CONFLICT_POLICY=replace):
             # nothing was recorded for them; their replacement is queued.
@@ -347,19 +403,27 @@ def _predict_and_record(
     if superseded:
         logger.warning("instances %s: file replaced while in flight; answer not recorded, "
                        "the replacement is queued", superseded)
-    gone = set(superseded)
+    lost = [w.instance_id for w in work
+            if w.instance_id not in held and w.instance_id not in set(superseded)]
+    if lost:
+        logger.warning("claim on instances %s lapsed before their results were written "
+                       "(this worker was cut off for longer than CXR_LEASE_S): not "
+                       "recorded here; they were re-queued for another claim", lost)
+    gone = set(superseded) | set(lost)
     outcome.done.extend(r.instance_id for r in records if r.instance_id not in gone)
     counters.count_done(r.label.value for r in records if r.instance_id not in gone)
     outcome.failed.update(
         {w.instance_id: err.code for w, err in failures if err is not None
          and w.instance_id not in gone})
     outcome.skipped.extend(superseded)
+    outcome.lost.extend(lost)
     logger.info(
-        "batch of %d: %d done, %d failed, %d skipped (model %s)",
+        "batch of %d: %d done, %d failed, %d skipped, %d lost (model %s)",
         len(work),
         len(outcome.done),
         len(outcome.failed),
         len(outcome.skipped),
+        len(outcome.lost),
         model.name,
     )
 
@@ -368,8 +432,11 @@ def on_process_start() -> None:
     """Per pool process, after fork: fresh DB connections, then load the model once."""
     from cxr_orient.registry import current_model
 
-    dispose_engines()
+    dispose_engines(close=False)
     metrics.worker_metrics().pool_processes.set(1)
+    # The lease keeper first: this process renews its claims and, idle or not, re-queues
+    # claims whose worker died (worker.leases).
+    start_keeper()
     try:
         model = with_db_retry(current_model, what="initial model load", max_wait_s=60)
         # Compile now, not during the first real batches, so first-study latency stays low.

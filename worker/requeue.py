@@ -20,23 +20,25 @@ logger = logging.getLogger(__name__)
 
 
 def requeue_unfinished(*, only_stale: bool = False) -> int:
-    """Send again every instance still ``queued`` or stuck in ``processing``.
+    """Send again every instance still ``queued`` or stranded in ``processing``.
 
-    With ``only_stale`` (worker start, periodic reaper) queued instances are
-    re-sent only when the broker holds fewer messages than the database has
-    queued instances, i.e. when messages were evidently lost; ``processing``
-    instances only once they are older than ``CXR_PROCESSING_TIMEOUT_S``.
+    ``processing`` instances are re-sent only once their claim's lease lapsed (their
+    worker stopped renewing it, CXR_LEASE_S): a live worker's batch, however slow, is
+    never taken from it. With ``only_stale`` (worker start, periodic beat task) queued
+    instances are re-sent only when the broker holds fewer messages than the database
+    has queued instances, i.e. when messages were evidently lost.
     """
     settings = get_settings()
-    stale_before = crud.stale_cutoff(settings.processing_timeout_s)
+    lease_s = settings.lease_s
     with session_scope() as session:
         counts = crud.status_counts(session)
-        ids = crud.unfinished_instance_ids(session, stale_before=stale_before)
+        ids = crud.unfinished_instance_ids(session, lapsed_lease_s=lease_s)
         if only_stale:
             depth = broker_queue_depth()
             if depth is not None and depth >= counts["queued"]:
-                ids = crud.unfinished_instance_ids(session, stale_before=stale_before, queued=False)
-        crud.mark_queued(session, instance_ids=ids)
+                ids = crud.unfinished_instance_ids(session, lapsed_lease_s=lease_s,
+                                                   queued=False)
+        crud.mark_queued(session, instance_ids=ids, lease_s=lease_s)
     sent = send_instances(ids)
     if sent:
         logger.info("re-sent %d unfinished instances", sent)

@@ -3,6 +3,7 @@
 
 - Worker start (main process): refuse to start without a Keras backend, with one line
   naming what is missing, instead of pool processes that crash on import for ever.
+- Worker setup (main process, before fork): remember the node name for the records.
 - Worker ready: re-send work the database has as unfinished whose messages may be gone.
 - Each pool process, after fork: load the model there, never in the parent.
 - Metrics (cxr_orient.metrics): the multiprocess folder emptied at worker start, the
@@ -63,6 +64,14 @@ def _classify_received(request: Any = None, **_: Any) -> None:
     from worker.events import send_received
 
     send_received(request)
+@signals.celeryd_after_setup.connect
+def _remember_node_name(sender: Any = None, **_: Any) -> None:
+    # In the parent, before the pool forks: each pool process records answers and claims
+    # under its node name (``-n``), which tells two workers on one host apart.
+    from worker.pipeline import set_node_name
+
+    if sender:
+        set_node_name(str(sender))
 
 
 @signals.worker_process_init.connect

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Collection
 from typing import Any
 
+from celery.worker.request import Request
 from celery_batches import Batches, SimpleRequest
+from celery_batches.trace import apply_batches_task
 from sqlalchemy.exc import OperationalError
 
 from cxr_orient.dicomnet.delivery import deliver_due
@@ -36,8 +39,50 @@ logger = logging.getLogger(__name__)
 _settings = get_settings()
 
 
+class HandingBackBatches(Batches):
+    """celery-batches' ``Batches``, but a batch whose pool process died hands its messages
+    back to the broker (as ``task_reject_on_worker_lost`` does for plain tasks).
+
+    celery-batches acknowledges a batch's messages only when its pool job returns; when
+    the pool process is killed the job never returns and its messages stay unacknowledged
+    in the worker until the worker restarts: instances still ``queued`` with no message
+    anyone will deliver (found by the poison test once claims became leases: the lapsed
+    claim came back, its batch-mates did not).
+    """
+
+    def flush(self, requests: Collection[Request]) -> Any:
+        late = [r for r in requests if r.task.acks_late]
+        early = [r for r in requests if not r.task.acks_late]
+
+        def on_accepted(pid: int, time_accepted: float) -> None:
+            for request in early:
+                request.acknowledge()
+
+        def on_return(result: Any) -> None:
+            for request in late:
+                request.acknowledge()
+
+        def on_pool_failure(error: Any) -> None:
+            # The pool job failed outside the task (its process was killed): give the
+            # messages back; a redelivered id whose claim is still leased is skipped, the
+            # others are claimed, and a lapsed claim is re-sent by the lease keepers.
+            cause = getattr(error, "exception", error)
+            logger.warning("batch of %d lost with its pool process (%s); its messages go "
+                           "back to the queue", len(late), type(cause).__name__)
+            for request in late:
+                request.reject(requeue=True)
+
+        return self._pool.apply_async(
+            apply_batches_task,
+            (self, ([SimpleRequest.from_request(r) for r in requests],), 0, None),
+            accept_callback=on_accepted,
+            callback=on_return,
+            error_callback=on_pool_failure,
+        )
+
+
 @app.task(
-    base=Batches,
+    base=HandingBackBatches,
     name=CLASSIFY,
     flush_every=_settings.batch_size,
     flush_interval=_settings.batch_max_wait_ms / 1000,
@@ -66,6 +111,7 @@ def classify(requests: list[SimpleRequest]) -> dict[str, Any]:
         "done": len(outcome.done),
         "failed": len(outcome.failed),
         "skipped": len(outcome.skipped),
+        "lost": len(outcome.lost),
         "model": outcome.model_version,
     }
     send_batch_events(requests, "task-succeeded", result=repr(result),

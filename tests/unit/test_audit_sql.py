@@ -178,13 +178,13 @@ def _populate() -> dict[str, int]:
                 action=UidConflictAction.kept_first,
                 detail="test",
             )
-        assert crud.claim_for_processing(
-            session, instance_id=ids["i7"], stale_before=crud.stale_cutoff(600)
-        )
-        session.execute(
+        assert crud.claim_for_processing(session, instance_id=ids["i7"], lease_s=20,
+                                         claimed_by="node-a@host:1")
+        session.execute(  # its worker died an hour ago: the lease lapsed, nobody reaped it
             update(Instance)
             .where(Instance.id == ids["i7"])
-            .values(updated_at=datetime.now(UTC) - timedelta(hours=1))
+            .values(updated_at=datetime.now(UTC) - timedelta(hours=1),
+                    lease_expires_at=datetime.now(UTC) - timedelta(hours=1))
         )
         crud.add_label(
             session,

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
 from db import crud
-from db.models import InstanceStatus, OrientationLabel
+from db.models import InstanceStatus, OrientationLabel, utcnow
 from db.session import session_scope
 from tests.utils.factories import register_version
 
@@ -35,19 +36,100 @@ def test_add_instance_is_idempotent_by_sop_uid(migrated_db: str) -> None:
         assert crud.status_counts(session)["queued"] == 1
 
 
-def test_claim_is_exclusive_and_reclaims_only_stale(migrated_db: str) -> None:
+def _lapse(instance_id: int) -> None:
+    """Make the instance's lease lapse now, as if its worker stopped renewing it."""
+    from sqlalchemy import update
+
+    with session_scope() as session:
+        session.execute(update(crud.Instance).where(crud.Instance.id == instance_id)
+                        .values(lease_expires_at=utcnow() - timedelta(seconds=1)))
+
+
+def test_claim_is_a_lease_exclusive_until_it_lapses(migrated_db: str) -> None:
     with session_scope() as session:
         instance, _ = _add(session, "2.1")
         instance_id = instance.id
-    fresh = crud.stale_cutoff(3600)
     with session_scope() as session:
-        assert crud.claim_for_processing(session, instance_id=instance_id, stale_before=fresh)
-        assert not crud.claim_for_processing(session, instance_id=instance_id, stale_before=fresh)
-    later = crud.stale_cutoff(-60)  # everything counts as stale
-    with session_scope() as session:
-        assert crud.claim_for_processing(session, instance_id=instance_id, stale_before=later)
+        assert crud.claim_for_processing(session, instance_id=instance_id, lease_s=20,
+                                         claim_token="a" * 32, claimed_by="nodeA@h:1")
+        assert not crud.claim_for_processing(session, instance_id=instance_id, lease_s=20,
+                                             claim_token="b" * 32)
         row = session.get(crud.Instance, instance_id)
-        assert row is not None and row.attempts == 2
+        assert row is not None and row.claimed_by == "nodeA@h:1"
+        assert row.lease_expires_at is not None
+    _lapse(instance_id)
+    with session_scope() as session:
+        assert crud.claim_for_processing(session, instance_id=instance_id, lease_s=20,
+                                         claim_token="b" * 32, claimed_by="nodeB@h:2")
+        row = session.get(crud.Instance, instance_id)
+        assert row is not None and row.attempts == 2 and row.claim_token == "b" * 32
+
+
+def test_renewal_keeps_a_slow_claim_and_only_the_holders(migrated_db: str) -> None:
+    with session_scope() as session:
+        a, _ = _add(session, "2.2")
+        b, _ = _add(session, "2.3")
+        ids = (a.id, b.id)
+    with session_scope() as session:
+        assert crud.claim_for_processing(session, instance_id=ids[0], lease_s=20,
+                                         claim_token="a" * 32)
+        assert crud.claim_for_processing(session, instance_id=ids[1], lease_s=20,
+                                         claim_token="b" * 32)
+    _lapse(ids[0])
+    _lapse(ids[1])
+    with session_scope() as session:  # holder a renews in time; b's worker is gone
+        assert crud.renew_leases(session, claim_tokens=["a" * 32], lease_s=20) == 1
+        assert crud.unfinished_instance_ids(session, lapsed_lease_s=20) == [ids[1]]
+        assert crud.requeue_lapsed_claims(session, lease_s=20) == [ids[1]]
+        assert crud.requeue_lapsed_claims(session, lease_s=20) == []  # re-sent once
+        # the renewal after the reaper finds nothing of b's left to renew
+        assert crud.renew_leases(session, claim_tokens=["b" * 32], lease_s=20) == 0
+        reaped = crud.get_instance(session, instance_id=ids[1])
+        assert reaped is not None and reaped.status == InstanceStatus.queued
+
+
+def test_requeue_never_takes_a_live_lease(migrated_db: str) -> None:
+    with session_scope() as session:
+        instance, _ = _add(session, "2.4")
+        instance_id = instance.id
+    with session_scope() as session:
+        assert crud.claim_for_processing(session, instance_id=instance_id, lease_s=20)
+        assert crud.unfinished_instance_ids(session, lapsed_lease_s=20) == []
+        crud.mark_queued(session, instance_ids=[instance_id], lease_s=20)
+        row = crud.get_instance(session, instance_id=instance_id)
+        assert row is not None and row.status == InstanceStatus.processing
+
+
+def test_a_lapsed_claim_records_nothing_its_successor_records_once(migrated_db: str) -> None:
+    """A worker cut off from the database past its lease comes back with answers: the
+    instance was re-queued and claimed by another worker, whose answer alone counts."""
+    with session_scope() as session:
+        instance, _ = _add(session, "2.5")
+        version = register_version(session, "m-lease")
+        instance_id, version_id = instance.id, version.id
+    with session_scope() as session:
+        assert crud.claim_for_processing(session, instance_id=instance_id, lease_s=20,
+                                         claim_token="a" * 32)
+    _lapse(instance_id)
+    with session_scope() as session:
+        assert crud.requeue_lapsed_claims(session, lease_s=20) == [instance_id]
+        assert crud.claim_for_processing(session, instance_id=instance_id, lease_s=20,
+                                         claim_token="b" * 32)
+    with session_scope() as session:  # the cut-off worker is back
+        assert crud.held_instance_ids(session, claim_token="a" * 32,
+                                      instance_ids=[instance_id]) == []
+        assert crud.record_predictions(session, model_version_id=version_id, worker="A",
+                                       records=[_record(instance_id)],
+                                       claim_token="a" * 32) == 0
+        assert not crud.mark_failed(session, instance_id=instance_id, error_code="x",
+                                    error_message="x", claim_token="a" * 32)
+    with session_scope() as session:
+        assert crud.record_predictions(session, model_version_id=version_id, worker="B",
+                                       records=[_record(instance_id)],
+                                       claim_token="b" * 32) == 1
+        row = crud.get_instance(session, instance_id=instance_id)
+        assert row is not None and row.status == InstanceStatus.done
+        assert row.claim_token is None and row.lease_expires_at is None
 
 
 def _record(

@@ -69,8 +69,7 @@ def _fill_database() -> None:
         version_id = version.id
     with session_scope() as session:
         for i in ids[:4]:
-            assert crud.claim_for_processing(session, instance_id=i,
-                                             stale_before=crud.stale_cutoff(3600))
+            assert crud.claim_for_processing(session, instance_id=i, lease_s=3600)
         crud.record_predictions(
             session, model_version_id=version_id, worker="w",
             records=[_answer(ids[0], needs_review=True), _answer(ids[1], needs_review=True),
@@ -262,16 +261,17 @@ def test_the_celery_app_carries_the_limits_and_events(configure: Callable[..., N
 def test_timed_out_instances_are_retried_then_failed(migrated_db: str) -> None:
     with session_scope() as session:
         ids = [_add(session, f"9.9.{n}").id for n in range(4)]
-    fresh = crud.stale_cutoff(3600)
     with session_scope() as session:
         for i in ids[:3]:
-            assert crud.claim_for_processing(session, instance_id=i, stale_before=fresh)
+            # ids[2]'s first claim lapses at once (lease 0 s): its worker is gone
+            lease = 0.0 if i == ids[2] else 3600.0
+            assert crud.claim_for_processing(session, instance_id=i, lease_s=lease)
         version = register_version(session, "m1")
         crud.record_predictions(session, model_version_id=version.id, worker="w",
                                 records=[_answer(ids[0], needs_review=False)])
     with session_scope() as session:  # ids[2] claimed a second time: its last attempt
-        crud.mark_queued(session, instance_ids=[ids[2]])
-        assert crud.claim_for_processing(session, instance_id=ids[2], stale_before=fresh)
+        crud.mark_queued(session, instance_ids=[ids[2]], lease_s=3600)
+        assert crud.claim_for_processing(session, instance_id=ids[2], lease_s=3600)
     with session_scope() as session:
         out = crud.time_out_instances(session, instance_ids=ids, max_attempts=2,
                                       error_code="timeout", error_message="too slow")

@@ -43,8 +43,7 @@ def _receive(tmp: Path, sop: str, study: str = STUDY) -> tuple[int, Path]:
 
 def _answer(instance_id: int, version_id: int, *, needs_review: bool = False) -> None:
     with session_scope() as session:
-        assert crud.claim_for_processing(session, instance_id=instance_id,
-                                         stale_before=utcnow())
+        assert crud.claim_for_processing(session, instance_id=instance_id, lease_s=20)
         crud.record_predictions(session, model_version_id=version_id, worker="test", records=[
             crud.PredictionRecord(instance_id=instance_id, label=OrientationLabel.frontal,
                                   confidence=0.7 if needs_review else 0.99, p_frontal=0.99,
@@ -86,7 +85,7 @@ def test_finished_unneeded_received_files_go_and_the_rest_stay(
     with session_scope() as session:
         crud.add_label(session, instance_id=labelled, label=OrientationLabel.frontal,
                        source="review", annotator="qa")
-        assert crud.claim_for_processing(session, instance_id=processing, stale_before=utcnow())
+        assert crud.claim_for_processing(session, instance_id=processing, lease_s=20)
         crud.mark_failed(session, instance_id=failed, error_code="decode_failed",
                          error_message="test")
 

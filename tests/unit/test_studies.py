@@ -222,7 +222,7 @@ def test_held_instances_outlive_their_process_and_the_reaper_leaves_them(
     held = _receive(tmp_path, "a", "b")
     with session_scope() as session:
         assert crud.unfinished_instance_ids(session) == [], "requeue sends nothing held"
-        crud.mark_queued(session, instance_ids=held)
+        crud.mark_queued(session, instance_ids=held, lease_s=20)
         assert crud.count_unfinished(session, instance_ids=held) == 2, "but it is unfinished"
     assert _statuses(held) == ["waiting", "waiting"]
     status = CliRunner().invoke(main, ["status"])

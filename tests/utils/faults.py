@@ -17,7 +17,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import closing, contextmanager, suppress
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -53,10 +53,13 @@ def wait_until(condition: Callable[[], bool], *, timeout: float, poll: float = 0
 
 
 class PrivateRedis:
-    """A redis-server that keeps nothing on disk, like ours: a restart loses every key."""
+    """A redis-server that keeps nothing on disk, like ours: a restart loses every key.
+    It listens on 127.0.0.1 and on any ``also_bind`` addresses (network namespaces' host
+    ends, tests/utils/netns.py)."""
 
-    def __init__(self, port: int | None = None) -> None:
+    def __init__(self, port: int | None = None, also_bind: Sequence[str] = ()) -> None:
         self.port = port or free_port()
+        self.also_bind = tuple(also_bind)
         self.process: subprocess.Popen[bytes] | None = None
 
     def url(self, db: int = 12) -> str:
@@ -65,7 +68,8 @@ class PrivateRedis:
     def start(self, password: str | None = None) -> None:
         auth = ["--requirepass", password] if password else []
         self.process = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", *self.also_bind,
+             "--save", "",
              "--appendonly", "no", "--dir", tempfile.gettempdir(), *auth],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         client = redis.Redis(port=self.port, socket_timeout=1, password=password)
@@ -102,9 +106,12 @@ def private_redis() -> Iterator[PrivateRedis]:
 
 
 class PrivatePostgres:
-    """A throwaway PostgreSQL cluster (trust auth) that a test may stop and start."""
+    """A throwaway PostgreSQL cluster (trust auth) that a test may stop and start. It
+    listens on 127.0.0.1 and on any ``also_listen`` addresses, trusting clients from
+    ``trust_cidr`` there too (network namespaces, tests/utils/netns.py)."""
 
-    def __init__(self) -> None:
+    def __init__(self, also_listen: Sequence[str] = (), trust_cidr: str | None = None) -> None:
+        self.also_listen = tuple(also_listen)
         self.port = free_port()
         self.root = Path(tempfile.mkdtemp(prefix="cxr-pg-"))
         self.data = self.root / "data"
@@ -114,6 +121,9 @@ class PrivatePostgres:
             os.chown(self.root, owner.pw_uid, owner.pw_gid)
         self._run("initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync",
                   "-E", "UTF8")
+        if trust_cidr:
+            with (self.data / "pg_hba.conf").open("a") as hba:
+                hba.write(f"host all all {trust_cidr} trust\n")
 
     def _run(self, tool: str, *args: str) -> None:
         command = [str(PG_BIN / tool), *args]
@@ -128,7 +138,8 @@ class PrivatePostgres:
         return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
 
     def start(self) -> None:
-        options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off"
+        listen = ",".join(("127.0.0.1", *self.also_listen))
+        options = f"-p {self.port} -k {self.root} -c listen_addresses={listen} -c fsync=off"
         self._run("pg_ctl", "-D", str(self.data), "-o", options, "-l",
                   str(self.root / "server.log"), "-w", "-t", "60", "start")
 
