@@ -4,7 +4,8 @@ Self-contained and general: :func:`start` writes a config of its own (storage un
 given folder, the given DICOM and HTTP ports, DICOMweb on, authentication off on
 127.0.0.1, the given modalities allowed to store), starts ``Orthanc`` and waits for its
 REST API; :meth:`Orthanc.stop` stops it; a restart on the same folder keeps what it
-stored. :meth:`Orthanc.get` / :meth:`Orthanc.post` speak to its REST API.
+stored. :meth:`Orthanc.get` / :meth:`Orthanc.post` speak to its REST API;
+:meth:`Orthanc.structured_reports` and :func:`sr_sources` read back the SRs it holds.
 """
 
 from __future__ import annotations
@@ -22,10 +23,11 @@ from typing import Any
 import httpx
 import pytest
 
-__all__ = ["DICOMWEB_PLUGIN", "Orthanc", "free_port", "start"]
+__all__ = ["COMPREHENSIVE_SR", "DICOMWEB_PLUGIN", "Orthanc", "free_port", "sr_sources", "start"]
 
 DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
 AE_TITLE = "ORTHANC"
+COMPREHENSIVE_SR = "1.2.840.10008.5.1.4.1.1.88.33"
 
 
 def free_port() -> int:
@@ -133,6 +135,30 @@ class Orthanc:
     def instance_tags(self, orthanc_id: str) -> dict[str, Any]:
         """``/instances/{id}/simplified-tags``: keyword -> value (sequences as lists)."""
         return dict(self.get(f"/instances/{orthanc_id}/simplified-tags"))
+
+    def instance_file(self, orthanc_id: str) -> bytes:
+        """``/instances/{id}/file``: the stored DICOM file, as Orthanc holds it."""
+        response = httpx.get(f"{self.url}/instances/{orthanc_id}/file", timeout=30)
+        response.raise_for_status()
+        return response.content
+
+    def structured_reports(self) -> dict[str, tuple[str, dict[str, Any]]]:
+        """SOPInstanceUID -> (Orthanc id, simplified tags) of every Comprehensive SR stored."""
+        found = {}
+        for orthanc_id in self.instances():
+            tags = self.instance_tags(orthanc_id)
+            if tags.get("SOPClassUID") == COMPREHENSIVE_SR:
+                found[str(tags["SOPInstanceUID"])] = (orthanc_id, tags)
+        return found
+
+
+def sr_sources(tags: dict[str, Any]) -> list[str]:
+    """The SOPInstanceUIDs an SR's CurrentRequestedProcedureEvidenceSequence references
+    (Orthanc's simplified tags)."""
+    return [str(item["ReferencedSOPInstanceUID"])
+            for evidence in tags["CurrentRequestedProcedureEvidenceSequence"]
+            for series in evidence["ReferencedSeriesSequence"]
+            for item in series["ReferencedSOPSequence"]]
 
 
 def start(folder: Path, dicom_port: int, http_port: int,
