@@ -46,9 +46,10 @@ def _study_state() -> tuple[dict[str, tuple[str, object]], object, dict[str, int
         counts = dict(session.execute(
             select(Prediction.instance_id, func.count()).group_by(Prediction.instance_id)
         ).all())
-        return ({uid: (str(getattr(status, "value", status)), at) for uid, status, at, _ in rows},
+        return ({str(uid): (str(getattr(status, "value", status)), at)
+                 for uid, status, at, _ in rows},
                 study.last_arrival_at,
-                {uid: int(counts.get(id_, 0)) for uid, _, _, id_ in rows})
+                {str(uid): int(counts.get(id_, 0)) for uid, _, _, id_ in rows})
 
 
 def _epoch(at: datetime) -> float:
