@@ -307,8 +307,9 @@ def _summarise_network(results: dict[str, Any], summary: dict[str, Any]) -> None
             uncompressed["disk_bound_instances_per_s"])
     if net.get("raw_dsync_mb_per_s"):
         summary["raw_dsync_mb_per_s"] = net["raw_dsync_mb_per_s"]
-        summary["listen_mb_per_s_vs_raw_dsync"] = (net["listen_megabytes_per_s"]
-                                                   / net["raw_dsync_mb_per_s"])
+        if net.get("listen_megabytes_per_s"):
+            summary["listen_mb_per_s_vs_raw_dsync"] = (net["listen_megabytes_per_s"]
+                                                       / net["raw_dsync_mb_per_s"])
     e2e = net.get("end_to_end") or {}
     if "images_per_s" in e2e:
         summary["end_to_end_images_per_s"] = e2e["images_per_s"]
@@ -440,7 +441,7 @@ def _network_detail(net: dict[str, Any]) -> list[str]:
             f"| {name} | {', '.join(c.get('syntaxes', []))} | {c['files']} | "
             f"{c['megabytes']} | {_f(c['megabytes'] / c['files'], 2)} | "
             f"{_f(c['folder_instances_per_s'])} | {_f(c['listen_acknowledged_per_s'])} | "
-            f"{_f(c['listen_recorded_per_s'])} | {_f(c['listen_megabytes_per_s'])} | "
+            f"{_f(c['listen_recorded_per_s'])} | {_f(c.get('listen_megabytes_per_s'))} | "
             f"{_f(c['spool_disk_durable_mb_per_s'])} | {_f(c['disk_bound_instances_per_s'])} |")
     lines.append("")
     if net.get("raw_dsync_mb_per_s"):
