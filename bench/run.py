@@ -459,7 +459,9 @@ def _network_detail(net: dict[str, Any]) -> list[str]:
             "|---|---|",
             f"| all sent (s) | {_f(e2e['sent_s'], 2)} |",
             f"| last SR visible in Orthanc (s) | {_f(e2e['last_sr_s'], 2)} |",
-            f"| SRs stored | {e2e['srs_stored']} of {e2e['files']} |",
+            f"| SRs stored | {e2e['srs_stored']} of {e2e['files']} sent "
+            f"({e2e.get('received', e2e['files'])} received; senders' exit codes "
+            f"{e2e.get('senders_exit')}) |",
             f"| images/s end to end | {_f(e2e['images_per_s'])} |",
             "",
         ]
