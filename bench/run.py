@@ -240,15 +240,35 @@ def _network(
     say: Callable[[str], None],
 ) -> dict[str, Any]:
     from bench import pipeline as pl
-    from bench.network import network_ingest
+    from bench.network import end_to_end, network_ingest
+    from cxr_orient.settings import get_settings
 
     net = root / "net"
     net.mkdir()
-    pl.configure_environment(pl.PipelineConfig(root=net, model_path=model_path,
-                                               broker_url=broker_url))
+    env = pl.configure_environment(pl.PipelineConfig(root=net, model_path=model_path,
+                                                     broker_url=broker_url))
     out = network_ingest(items, net, files=plan.network_files,
                          senders=plan.network_senders, say=say)
     out["broker"] = broker_url or "filesystem"
+    # End to end on a database and broker of its own: nothing the ingest runs recorded
+    # (folder files queued, received ones held) may reach its worker or its PACS.
+    e2e = root / "net-e2e"
+    e2e.mkdir()
+    env = pl.configure_environment(pl.PipelineConfig(root=e2e, model_path=model_path,
+                                                     broker_url=broker_url))
+    settings = get_settings()
+    cores = os.cpu_count() or 1
+
+    def worker(worker_env: dict[str, str]) -> Any:
+        # The worker's defaults: a pool process per core, one decode thread each.
+        return pl.running_worker({**worker_env, "CXR_DECODE_THREADS": "1"},
+                                 e2e / "worker.log", concurrency=cores,
+                                 batch_size=settings.batch_size,
+                                 max_wait_ms=settings.batch_max_wait_ms)
+
+    out["end_to_end"] = end_to_end(items, e2e, files=plan.network_files,
+                                   senders=plan.network_senders, env=env, worker=worker,
+                                   say=say)
     return out
 
 
@@ -280,6 +300,20 @@ def _summarise_network(results: dict[str, Any], summary: dict[str, Any]) -> None
     summary["listen_disk_bound_per_s"] = net["disk_bound_instances_per_s"]
     summary["listen_vs_disk_bound"] = (net["listen_recorded_per_s"]
                                        / net["disk_bound_instances_per_s"])
+    uncompressed = net.get("uncompressed") or {}
+    if "listen_recorded_per_s" in uncompressed:
+        summary["listen_uncompressed_recorded_per_s"] = uncompressed["listen_recorded_per_s"]
+        summary["listen_uncompressed_disk_bound_per_s"] = (
+            uncompressed["disk_bound_instances_per_s"])
+    if net.get("raw_dsync_mb_per_s"):
+        summary["raw_dsync_mb_per_s"] = net["raw_dsync_mb_per_s"]
+        if net.get("listen_megabytes_per_s"):
+            summary["listen_mb_per_s_vs_raw_dsync"] = (net["listen_megabytes_per_s"]
+                                                       / net["raw_dsync_mb_per_s"])
+    e2e = net.get("end_to_end") or {}
+    if "images_per_s" in e2e:
+        summary["end_to_end_images_per_s"] = e2e["images_per_s"]
+        summary["end_to_end_complete"] = e2e["complete"]
     worker, source = _worker_rate(summary)
     summary["worker_rate_source"] = source
     if worker:
@@ -392,6 +426,50 @@ _SHOWN = frozenset(
 )
 
 
+def _network_detail(net: dict[str, Any]) -> list[str]:
+    """Both corpora side by side, the raw disk figure and the end-to-end run."""
+    corpora = [("mixed", net)]
+    if "listen_recorded_per_s" in (net.get("uncompressed") or {}):
+        corpora.append(("uncompressed", net["uncompressed"]))
+    lines = [
+        "| corpus | syntaxes | instances | MB | MB/instance | folder /s | listen acknowledged /s "
+        "| listen recorded /s | listen MB/s | spool disk MB/s | disk bound /s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, c in corpora:
+        lines.append(
+            f"| {name} | {', '.join(c.get('syntaxes', []))} | {c['files']} | "
+            f"{c['megabytes']} | {_f(c['megabytes'] / c['files'], 2)} | "
+            f"{_f(c['folder_instances_per_s'])} | {_f(c['listen_acknowledged_per_s'])} | "
+            f"{_f(c['listen_recorded_per_s'])} | {_f(c.get('listen_megabytes_per_s'))} | "
+            f"{_f(c['spool_disk_durable_mb_per_s'])} | {_f(c['disk_bound_instances_per_s'])} |")
+    lines.append("")
+    if net.get("raw_dsync_mb_per_s"):
+        lines += [f"Raw synchronous write bandwidth of the spool's disk in the same run "
+                  f"(`dd bs=4M oflag=dsync`, one writer): "
+                  f"{_f(net['raw_dsync_mb_per_s'])} MB/s.", ""]
+    e2e = net.get("end_to_end") or {}
+    if "images_per_s" in e2e:
+        lines += [
+            f"### End to end: dcmsend -> listen -> worker -> SR in Orthanc "
+            f"({e2e['files']} instances, mixed corpus, {e2e['senders']} senders, "
+            f"CXR_STUDY_QUIET_S={e2e['study_quiet_s']:g})",
+            "",
+            "| figure | value |",
+            "|---|---|",
+            f"| all sent (s) | {_f(e2e['sent_s'], 2)} |",
+            f"| last SR visible in Orthanc (s) | {_f(e2e['last_sr_s'], 2)} |",
+            f"| SRs stored | {e2e['srs_stored']} of {e2e['files']} sent "
+            f"({e2e.get('received', e2e['files'])} received; senders' exit codes "
+            f"{e2e.get('senders_exit')}) |",
+            f"| images/s end to end | {_f(e2e['images_per_s'])} |",
+            "",
+        ]
+    elif e2e.get("skipped"):
+        lines += [f"End to end skipped: {e2e['skipped']}", ""]
+    return lines
+
+
 def to_markdown(results: dict[str, Any]) -> str:
     lines = [
         f"# cxr-orient bench: {results['machine']}",
@@ -465,9 +543,10 @@ def to_markdown(results: dict[str, Any]) -> str:
             f"| listen, {net['senders']} concurrent dcmsend: recorded | "
             f"{_f(net['listen_recorded_per_s'])} |",
             f"| the spool disk's bound ({_f(net['spool_disk_durable_mb_per_s'])} MB/s "
-            f"durable) | {_f(net['disk_bound_instances_per_s'])} |",
+            f"durable, {net['senders']} writers) | {_f(net['disk_bound_instances_per_s'])} |",
             "",
         ]
+        lines += _network_detail(net)
     extra = {k: v for k, v in results.items() if k not in _SHOWN}
     if extra:
         lines += [

@@ -939,10 +939,14 @@ def token_revoke(name: str) -> None:
               help="Broker for the pipeline run; 'filesystem' for the embedded one.")
 @click.option("--no-pipeline", is_flag=True, help="Skip the enqueue -> worker -> DB run.")
 @click.option("--no-network", is_flag=True,
-              help="Skip network ingest (cxr-orient listen fed by dcmsend).")
+              help="Skip network ingest: cxr-orient listen fed by concurrent dcmsend "
+                   "(mixed and uncompressed corpora, beside the folder path and the "
+                   "disk's fsync bound) and end to end dcmsend -> listen -> worker -> SR "
+                   "in Orthanc.")
 def bench(quick: bool, out_dir: Path, machine: str | None, model_path: Path | None,
           broker: str, no_pipeline: bool, no_network: bool) -> None:
-    """Measure decode, model, pipeline and the tutorial-script baseline side by side."""
+    """Measure decode, model, pipeline, network ingest and the tutorial-script baseline
+    side by side."""
     from bench.run import run_bench
 
     results = run_bench(out_dir, quick=quick, machine=machine, model_path=model_path,

@@ -250,6 +250,11 @@ def _record_chunk(
                 s.path,
             ),
         )
+        # One query for the chunk's known instances, one for its studies, one insert for
+        # its new instances (statements per chunk, not per file).
+        known_by_uid = crud.find_instances_by_uids(session, sop_instance_uids=[
+            s.header.sop_instance_uid for s in ordered if s.header is not None])
+        fresh: list[ScannedFile] = []
         for item in ordered:
             if item.error is not None or item.header is None:
                 error = item.error or CxrError("no header")
@@ -264,25 +269,26 @@ def _record_chunk(
                 report.refused.append((item.path, error.code, str(error)))
                 report.refused_ids.append(instance.id)
                 continue
-            header = item.header
-            refusal = item.refusal
-            # An out-of-scope file never replaces a known instance's file.
-            file_policy = policy if refusal is None else "keep_first"
-            known = crud.find_instance_by_uid(session, sop_instance_uid=header.sop_instance_uid)
-            if known is not None:
-                if _record_known(session, known, item, header, file_policy, report, hold=hold):
-                    requeued.append(known.id)
-                    if hold and known.study_id is not None:
-                        arrived.add(known.study_id)
+            known = known_by_uid.get(item.header.sop_instance_uid)
+            if known is None:
+                fresh.append(item)
                 continue
-            study = crud.get_or_create_study(
-                session, study_instance_uid=header.study_instance_uid, patient_id=header.patient_id
-            )
-            status = (InstanceStatus.out_of_scope if refusal is not None
-                      else InstanceStatus.waiting if hold else InstanceStatus.queued)
-            instance, created = crud.add_instance(
-                session,
-                study=study,
+            # An out-of-scope file never replaces a known instance's file.
+            file_policy = policy if item.refusal is None else "keep_first"
+            if _record_known(session, known, item, item.header, file_policy, report,
+                             hold=hold):
+                requeued.append(known.id)
+                if hold and known.study_id is not None:
+                    arrived.add(known.study_id)
+        studies = crud.get_or_create_studies(session, studies={
+            s.header.study_instance_uid: s.header.patient_id
+            for s in fresh if s.header is not None})
+        new: list[crud.NewInstance] = []
+        for item in fresh:
+            assert item.header is not None
+            header, refusal = item.header, item.refusal
+            new.append(crud.NewInstance(
+                study=studies[header.study_instance_uid],
                 sop_instance_uid=header.sop_instance_uid,
                 series_instance_uid=header.series_instance_uid,
                 file_path=item.path,
@@ -291,10 +297,16 @@ def _record_chunk(
                 modality=header.modality,
                 transfer_syntax_uid=header.transfer_syntax_uid,
                 header_view_position=header.view_position,
-                status=status,
+                status=(InstanceStatus.out_of_scope if refusal is not None
+                        else InstanceStatus.waiting if hold else InstanceStatus.queued),
                 error_code=None if refusal is None else refusal.code,
                 error_message=None if refusal is None else refusal.message,
-            )
+            ))
+        for item, (instance, created) in zip(fresh, crud.add_instances(session, new=new),
+                                             strict=True):
+            assert item.header is not None
+            header, refusal = item.header, item.refusal
+            study = studies[header.study_instance_uid]
             if created:
                 report.studies.add(header.study_instance_uid)
                 if refusal is not None:
@@ -306,8 +318,10 @@ def _record_chunk(
                     new_ids.append(instance.id)
                     if hold:
                         arrived.add(study.id)
-            elif _record_known(session, instance, item, header, file_policy, report, hold=hold):
-                # recorded meanwhile by another enqueue
+            elif _record_known(session, instance, item, header,
+                               policy if refusal is None else "keep_first", report,
+                               hold=hold):
+                # recorded meanwhile by another enqueue (or earlier in this chunk)
                 requeued.append(instance.id)
                 if hold:
                     arrived.add(study.id)
@@ -342,6 +356,29 @@ def enqueue_paths(
     is quiet.
     """
     settings = settings or get_settings()
+
+    def scanned() -> Iterator[ScannedFile]:
+        for path in iter_files(paths):
+            yield scan_file(path, settings)
+            if on_file is not None:
+                on_file()
+
+    return enqueue_scanned(scanned(), send=send, settings=settings, hold=hold)
+
+
+def enqueue_scanned(
+    scanned: Iterable[ScannedFile],
+    *,
+    send: Sender | None,
+    settings: Settings | None = None,
+    hold: bool = False,
+) -> EnqueueReport:
+    """:func:`enqueue_paths` for files already scanned: each :class:`ScannedFile` as
+    :func:`scan_file` makes it (a network source that has just written the bytes, hashed
+    them and parsed their header builds the same record without reading the file again:
+    :func:`cxr_orient.dicomnet.receive.received_file`). Recorded chunk by chunk, the same
+    rows and rules as a file found on disk."""
+    settings = settings or get_settings()
     policy = settings.uid_conflict_policy
     hold = hold and settings.study_quiet_s > 0
     report = EnqueueReport()
@@ -355,11 +392,9 @@ def enqueue_paths(
             send(to_send)
         chunk.clear()
 
-    for path in iter_files(paths):
+    for item in scanned:
         report.files += 1
-        chunk.append(scan_file(path, settings))
-        if on_file is not None:
-            on_file()
+        chunk.append(item)
         if len(chunk) >= CHUNK:
             flush()
     if chunk:

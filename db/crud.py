@@ -53,12 +53,101 @@ def get_or_create_study(
     return study
 
 
+def get_or_create_studies(
+    session: Session, *, studies: Mapping[str, str | None]
+) -> dict[str, Study]:
+    """:func:`get_or_create_study` for many (StudyInstanceUID -> PatientID): one query
+    for the known ones, one insert for the rest (one by one only when another ingest
+    created some of them meanwhile)."""
+    found: dict[str, Study] = {}
+    uids = list(studies)
+    for start in range(0, len(uids), 500):
+        for study in session.scalars(select(Study).where(
+                Study.study_instance_uid.in_(uids[start:start + 500]))):
+            found[study.study_instance_uid] = study
+    missing = [Study(study_instance_uid=uid, patient_id=studies[uid])
+               for uid in uids if uid not in found]
+    if missing:
+        try:
+            with session.begin_nested():
+                session.add_all(missing)
+        except IntegrityError:
+            missing = []
+        for study in missing:
+            found[study.study_instance_uid] = study
+        for uid in uids:
+            if uid not in found:
+                found[uid] = get_or_create_study(session, study_instance_uid=uid,
+                                                 patient_id=studies[uid])
+    return found
+
+
+@dataclass(frozen=True)
+class NewInstance:
+    """One instance for :func:`add_instances` (the fields of :func:`add_instance`)."""
+
+    study: Study
+    sop_instance_uid: str
+    series_instance_uid: str | None
+    file_path: str
+    file_sha256: str
+    file_size: int
+    modality: str | None
+    transfer_syntax_uid: str | None
+    header_view_position: str | None
+    status: InstanceStatus = InstanceStatus.queued
+    error_code: str | None = None
+    error_message: str | None = None
+
+
+def add_instances(session: Session, *, new: Sequence[NewInstance]
+                  ) -> list[tuple[Instance, bool]]:
+    """:func:`add_instance` for instances whose UIDs the caller has just found unknown in
+    this transaction: inserted together (one savepoint, not one each); when one of them
+    was recorded meanwhile (by another ingest, or twice in ``new``), one by one. Returns
+    (instance, created) in the order of ``new``."""
+    rows = [Instance(
+        study_id=n.study.id, sop_instance_uid=n.sop_instance_uid,
+        series_instance_uid=n.series_instance_uid, file_path=n.file_path,
+        file_sha256=n.file_sha256, file_size=n.file_size, modality=n.modality,
+        transfer_syntax_uid=n.transfer_syntax_uid, header_view_position=n.header_view_position,
+        status=n.status, error_code=n.error_code, error_message=n.error_message,
+        finished_at=utcnow() if n.status == InstanceStatus.out_of_scope else None,
+    ) for n in new]
+    if len({n.sop_instance_uid for n in new}) == len(new):
+        try:
+            with session.begin_nested():
+                session.add_all(rows)
+            return [(row, True) for row in rows]
+        except IntegrityError:
+            pass
+    return [add_instance(session, study=n.study, sop_instance_uid=n.sop_instance_uid,
+                         series_instance_uid=n.series_instance_uid, file_path=n.file_path,
+                         file_sha256=n.file_sha256, file_size=n.file_size,
+                         modality=n.modality, transfer_syntax_uid=n.transfer_syntax_uid,
+                         header_view_position=n.header_view_position, status=n.status,
+                         error_code=n.error_code, error_message=n.error_message)
+            for n in new]
+
+
 def get_instance(session: Session, *, instance_id: int) -> Instance | None:
     return session.get(Instance, instance_id)
 
 
 def find_instance_by_uid(session: Session, *, sop_instance_uid: str) -> Instance | None:
     return session.scalar(select(Instance).where(Instance.sop_instance_uid == sop_instance_uid))
+
+
+def find_instances_by_uids(session: Session, *, sop_instance_uids: Sequence[str]
+                           ) -> dict[str, Instance]:
+    """The recorded instances among ``sop_instance_uids``, by UID (one query per 500)."""
+    found: dict[str, Instance] = {}
+    uids = list(dict.fromkeys(sop_instance_uids))
+    for start in range(0, len(uids), 500):
+        for instance in session.scalars(select(Instance).where(
+                Instance.sop_instance_uid.in_(uids[start:start + 500]))):
+            found[str(instance.sop_instance_uid)] = instance
+    return found
 
 
 def add_instance(

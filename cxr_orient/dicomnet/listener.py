@@ -7,7 +7,9 @@ thread, which takes the spooled paths of every association in batches, so the da
 sees one transaction per batch, not per instance. Nothing acknowledged can be lost:
 
 - success (0000) is returned only after the instance's bytes, exactly as sent (file meta
-  added, never transcoded), are durable in the spool (:func:`spool.write_instance`);
+  added, never transcoded), are durable in the spool (:func:`spool.write_instance`); the
+  header is parsed once, from the bytes received, and the SHA-256 the spool computed to
+  name the file goes with it to the recorder, which therefore never reads the file back;
 - a batch the recorder cannot record (database down) is retried while the listener
   runs, and whatever is still unrecorded when it stops (or is killed) is recorded by the
   sweep at the next start (:func:`~cxr_orient.dicomnet.recorder.sweep_spool`): every
@@ -39,6 +41,7 @@ from typing import Any
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
+from cxr_orient.dicomnet.receive import received_file
 from cxr_orient.dicomnet.recorder import Recorder, sweep_spool
 from cxr_orient.dicomnet.spool import free_mb, spool_dir, write_instance
 from cxr_orient.errors import CxrError
@@ -191,7 +194,8 @@ class _Handlers:
             # records a bad file (the name carries the bytes' hash: a resend is one row).
             spooled = write_instance(data, study_instance_uid="unreadable",
                                      sop_instance_uid=sop_uid, settings=self.settings)
-            self.recorder.put(spooled.path)
+            self.recorder.put(received_file(spooled, header=None, error=exc,
+                                            settings=self.settings))
             logger.warning("C-STORE from %s refused (C210): %s", caller, exc.code)
             return _status("cannot_read", f"{exc.code}: header cannot be read")
         try:
@@ -202,7 +206,9 @@ class _Handlers:
             logger.error("C-STORE from %s refused (A700): spool write failed: %s", caller,
                          exc.strerror or type(exc).__name__)
             return _status("out_of_resources", "spool write failed")
-        self.recorder.put(spooled.path)
+        # Hashed as written and parsed once: the recorder does not read the file back.
+        self.recorder.put(received_file(spooled, header=header, error=None,
+                                        settings=self.settings))
         self.stored += 1
         return STATUS["success"]
 

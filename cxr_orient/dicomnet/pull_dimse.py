@@ -120,6 +120,10 @@ def pull_dimse(
     moved instances the listener had recorded within ``wait_recorded_s``."""
     from pynetdicom import AE
 
+    # pynetdicom logs every identifier it sends and receives (UIDs) at INFO: WARNING
+    # unless we are debugging, as the listener does (docs/security.md).
+    logging.getLogger("pynetdicom").setLevel(
+        logging.DEBUG if logger.isEnabledFor(logging.DEBUG) else logging.WARNING)
     title = settings.dicom_ae_title
     ae = AE(ae_title=title)
     ae.add_requested_context(FIND)

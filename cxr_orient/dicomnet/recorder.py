@@ -13,9 +13,8 @@ import logging
 import queue
 import threading
 import time
-from pathlib import Path
 
-from cxr_orient.dicomnet.receive import record_received
+from cxr_orient.dicomnet.receive import Received, record_received
 from cxr_orient.dicomnet.spool import spool_dir
 from cxr_orient.ingest import Sender
 from cxr_orient.settings import Settings
@@ -42,7 +41,7 @@ class Recorder:
         self.batch = batch
         self.window_s = window_s
         self.recorded = 0
-        self._paths: queue.Queue[Path] = queue.Queue()
+        self._paths: queue.Queue[Received] = queue.Queue()
         self._stopping = threading.Event()
         self._idle = threading.Condition()
         self._pending = 0
@@ -51,12 +50,13 @@ class Recorder:
     def start(self) -> None:
         self._thread.start()
 
-    def put(self, path: Path) -> None:
+    def put(self, path: Received) -> None:
+        """A spooled path, or the record of a file just spooled (``received_file``)."""
         with self._idle:
             self._pending += 1
         self._paths.put(path)
 
-    def _take(self) -> list[Path]:
+    def _take(self) -> list[Received]:
         try:
             first = self._paths.get(timeout=0.2)
         except queue.Empty:
@@ -72,7 +72,7 @@ class Recorder:
                 break
         return taken
 
-    def _record(self, paths: list[Path], *, retry: bool) -> bool:
+    def _record(self, paths: list[Received], *, retry: bool) -> bool:
         try:
             if not retry:
                 report = record_received(paths, send=self.send, settings=self.settings)

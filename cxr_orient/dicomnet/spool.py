@@ -7,7 +7,7 @@ spool lies under ``CXR_INGEST_ROOT`` (``CXR_SPOOL_DIR``, default ``<ingest root>
 so the checked read that the worker and training use accepts its files.
 
 A write is durable before it returns: the bytes go to a temporary name in the target
-folder, are fsynced, renamed into place, and the folder is fsynced. The final name
+folder, are fdatasynced, renamed into place, and the folder is fsynced. The final name
 carries the first 16 hex digits of the bytes' SHA-256, so a re-send of the same bytes
 lands on the same file (written once), while other bytes under a known SOPInstanceUID
 (a corrected re-send or a UID clash) get a file of their own and never overwrite the
@@ -94,7 +94,10 @@ def write_instance(
         with os.fdopen(fd, "wb") as out:
             out.write(data)
             out.flush()
-            os.fsync(out.fileno())
+            # fdatasync: the data and the size, what reading the file back needs (the
+            # times fsync would add are not); the rename is made durable by the
+            # folder's fsync below.
+            os.fdatasync(out.fileno())
         os.replace(tmp, final)
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -29,7 +29,6 @@ from tests.utils.worker import REPO, run_cli, running_worker, worker_env
 pytestmark = pytest.mark.integration
 
 SAMPLES = REPO / "cxr_orient" / "samples"
-COMPREHENSIVE_SR = "1.2.840.10008.5.1.4.1.1.88.33"
 CALLING_AE = "CXR_ORIENT"
 
 
@@ -103,12 +102,7 @@ def _outbox(database_url: str) -> list[dict[str, object]]:
 
 def _srs(orthanc: Orthanc) -> dict[str, dict[str, object]]:
     """SOPInstanceUID -> simplified tags of every SR stored in ``orthanc``."""
-    found = {}
-    for orthanc_id in orthanc.instances():
-        tags = orthanc.instance_tags(orthanc_id)
-        if tags.get("SOPClassUID") == COMPREHENSIVE_SR:
-            found[str(tags["SOPInstanceUID"])] = tags
-    return found
+    return {uid: tags for uid, (_, tags) in orthanc.structured_reports().items()}
 
 
 def _study(root: Path, name: str) -> dict[str, str]:

@@ -124,6 +124,9 @@ def test_stow_then_classify_then_purge(
         assert [int(i.FailureReason) for i in body.FailedSOPSequence] == [CANNOT_UNDERSTAND]
         assert sorted(i.ReferencedSOPInstanceUID for i in body.ReferencedSOPSequence) == [
             f"{STUDY[2]}.1", f"{STUDY[2]}.2"]
+        # The bad part is recorded too: a failed row with its reason (as listen's C210).
+        with session_scope() as session:
+            assert crud.status_counts(session).get("failed") == 1
 
         # An operator's archive enqueued in place, beside what came over the network.
         in_place = archive / "rg1.dcm"
@@ -134,8 +137,9 @@ def test_stow_then_classify_then_purge(
             def all_done() -> bool:
                 with session_scope() as session:
                     counts = crud.status_counts(session)
-                return counts.get("done", 0) + counts.get("failed", 0) == 5
-            wait_until(all_done, timeout=300, what="5 instances finished")
+                # 4 received + 1 enqueued, and the refused part's failed row.
+                return counts.get("done", 0) + counts.get("failed", 0) == 6
+            wait_until(all_done, timeout=300, what="6 instances finished")
             worker_log = worker.log()
         # Study 3 arrives once the worker has gone: it stays unfinished (held for its
         # study's quiet period, then queued by this server's release sweep).
@@ -165,7 +169,8 @@ def test_stow_then_classify_then_purge(
 
     counts = purge_spool(get_settings(), utcnow())
 
-    assert (counts.deleted, counts.errors) == (3, 0)
+    # The three finished, unlabelled received files, and the refused part's bytes.
+    assert (counts.deleted, counts.errors) == (4, 0)
     gone = {"1-frontal", "2-frontal", "2-lateral"}
     for key, row in rows.items():
         assert Path(row.file_path).exists() == (key not in gone), key

@@ -66,7 +66,19 @@ def test_network_ingest_is_summarised_against_the_worker_rate(tmp_path: Path) ->
         "network": {"files": 60, "megabytes": 240.0, "senders": 4, "broker": "filesystem",
                     "folder_instances_per_s": 80.0, "listen_acknowledged_per_s": 40.0,
                     "listen_recorded_per_s": 30.0, "spool_disk_durable_mb_per_s": 200.0,
-                    "disk_bound_instances_per_s": 50.0},
+                    "disk_bound_instances_per_s": 50.0, "listen_megabytes_per_s": 120.0,
+                    "raw_dsync_mb_per_s": 240.0,
+                    "uncompressed": {"files": 60, "megabytes": 600.0, "senders": 4,
+                                     "syntaxes": ["explicit-le"],
+                                     "folder_instances_per_s": 40.0,
+                                     "listen_acknowledged_per_s": 12.0,
+                                     "listen_recorded_per_s": 11.0,
+                                     "listen_megabytes_per_s": 110.0,
+                                     "spool_disk_durable_mb_per_s": 200.0,
+                                     "disk_bound_instances_per_s": 20.0},
+                    "end_to_end": {"files": 60, "senders": 4, "study_quiet_s": 1.0,
+                                   "sent_s": 5.0, "last_sr_s": 20.0, "srs_stored": 60,
+                                   "complete": True, "images_per_s": 3.0}},
     }
     summary = summarise(results)
     # No pipeline in this run: the worker's rate comes from the committed 2-core results.
@@ -75,4 +87,11 @@ def test_network_ingest_is_summarised_against_the_worker_rate(tmp_path: Path) ->
     assert summary["listen_vs_disk_bound"] == 30.0 / 50.0
     assert summary["target_listen_3x_worker"] is (summary["listen_vs_worker"] >= 3)
     results["summary"] = summary
-    assert "| enqueue from a folder | 80.0 |" in to_markdown(results)
+    assert summary["listen_uncompressed_recorded_per_s"] == 11.0
+    assert summary["listen_mb_per_s_vs_raw_dsync"] == 0.5
+    assert summary["end_to_end_images_per_s"] == 3.0
+    markdown = to_markdown(results)
+    assert "| enqueue from a folder | 80.0 |" in markdown
+    assert "| uncompressed | explicit-le | 60 | 600.0 | 10.00 | 40.0 | 12.0 | 11.0 |" in markdown
+    assert "`dd bs=4M oflag=dsync`, one writer): 240.0 MB/s" in markdown
+    assert "| images/s end to end | 3.0 |" in markdown

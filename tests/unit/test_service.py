@@ -229,3 +229,58 @@ def test_the_purge_is_a_beat_task() -> None:
     assert PURGE_SPOOL in app.tasks
     schedule = make_app().conf.beat_schedule
     assert [e["task"] for e in schedule.values()].count(PURGE_SPOOL) == 1
+
+
+def _failed_rows() -> list[crud.Instance]:
+    from sqlalchemy import select
+
+    from db.models import Instance, InstanceStatus
+
+    with session_scope() as session:
+        rows = list(session.scalars(select(Instance).where(
+            Instance.status == InstanceStatus.failed).order_by(Instance.id)))
+        session.expunge_all()
+    return rows
+
+
+def test_parts_refused_before_spooling_are_recorded_as_failed_rows(
+        service: Service, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As ``listen`` records a dataset it cannot read (C210), a refused STOW-RS part is a
+    failed row with its code and reason, not only a line of the response."""
+    import hashlib
+    import re
+
+    good = service.dicom("1.2.3.40")
+    not_dicom = b"this is not DICOM"
+    truncated = service.dicom("1.2.3.41")[:-500]
+    wrong_study = service.dicom("1.2.3.42", study=OTHER_STUDY)
+    answer = service.stow(good, not_dicom, truncated, wrong_study)
+    assert answer.status_code == 202, answer.text
+    rows = _failed_rows()
+    assert len(rows) == 3, [(r.error_code, r.error_message) for r in rows]
+    by_hash = {r.file_sha256: r for r in rows}
+    for index, data in ((1, not_dicom), (2, truncated), (3, wrong_study)):
+        row = by_hash[hashlib.sha256(data).hexdigest()]
+        assert row.sop_instance_uid is None and row.finished_at is not None
+        assert str(row.error_message).startswith(f"STOW-RS part {index} refused")
+        # The bytes as received are kept in the spool, where the row says.
+        assert Path(row.file_path).read_bytes() == data
+        assert Path(row.file_path).is_relative_to(get_settings().effective_spool_dir)
+    assert by_hash[hashlib.sha256(wrong_study).hexdigest()].error_code == "wrong_study"
+    assert by_hash[hashlib.sha256(truncated).hexdigest()].error_code == "truncated"
+    assert "PHI-PATIENT" not in " ".join(str(r.error_message) for r in rows)
+
+    # The same request again: the same rows, none added.
+    assert service.stow(good, not_dicom, truncated, wrong_study).status_code == 202
+    assert len(_failed_rows()) == 3
+
+    # A part whose bytes are not kept (the request goes over its limit mid-stream) is
+    # recorded too, under a name of its request and part.
+    monkeypatch.setenv("CXR_STOW_MAX_REQUEST_MB", "1")
+    get_settings.cache_clear()
+    raw = multipart(service.dicom("1.2.3.43"), b"x" * (1 << 20))
+    answer = service.stow(content=(raw[i:i + 4096] for i in range(0, len(raw), 4096)))
+    assert answer.status_code == 413
+    (cut,) = [r for r in _failed_rows() if r.error_code == "request_too_large"]
+    assert re.fullmatch(r"stow-rs://[0-9a-f]{32}/part/[0-9]+", cut.file_path), cut.file_path
+    assert "CXR_STOW_MAX_REQUEST_MB" in str(cut.error_message)
