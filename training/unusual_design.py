@@ -34,7 +34,7 @@ import numpy as np
 from cxr_orient.layers import OrbitMean, PixelStatistics
 from cxr_orient.modelstore import Classifier
 from training.data import load_npz
-from training.heads import _augmented, _predict, _subset
+from training.heads import augmented_copies, predict_batches, subset_files
 
 logger = logging.getLogger(__name__)
 
@@ -79,18 +79,18 @@ def build_cache(args: argparse.Namespace) -> None:
 
     data = load_npz(args.npz)
     split = json.loads(args.split.read_text(encoding="utf-8"))["files"]
-    train, val, test = (_subset(data, split[k]) for k in ("train", "val", "test"))
+    train, val, test = (subset_files(data, split[k]) for k in ("train", "val", "test"))
     extractor = feature_model(Classifier.from_checkpoint(args.base).model)
     measurement = non_chest_images()
     development = development_images(exclude=measurement)
     chest_dev = chest_development_images()
     sets: dict[str, tuple[np.ndarray, np.ndarray, list[str]]] = {
-        "train": (_augmented(train.images, 6, args.seed), np.tile(train.labels, 6),
+        "train": (augmented_copies(train.images, 6, args.seed), np.tile(train.labels, 6),
                   list(train.patients) * 6),
-        "val": (_augmented(val.images, 6, args.seed + 1), np.tile(val.labels, 6),
+        "val": (augmented_copies(val.images, 6, args.seed + 1), np.tile(val.labels, 6),
                 list(val.patients) * 6),
         "test_stored": (test.images, test.labels, list(test.patients)),
-        "test_augmented": (_augmented(test.images, 6, args.seed + 2)[len(test):],
+        "test_augmented": (augmented_copies(test.images, 6, args.seed + 2)[len(test):],
                            np.tile(test.labels, 5), list(test.patients) * 5),
         "development": (np.stack(list(development.values())), np.full(len(development), -1),
                         list(development)),
@@ -112,9 +112,9 @@ def build_cache(args: argparse.Namespace) -> None:
     model = Classifier.from_checkpoint(args.base).model
     scorer = keras.Model(model.input, model.get_layer("unusual").output)
     for name, (images, _, _) in sets.items():
-        arrays[f"{name}/shipped"] = _predict(scorer, images)[:, 0]
+        arrays[f"{name}/shipped"] = predict_batches(scorer, images)[:, 0]
     args.cache.parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(args.cache, **arrays)
+    np.savez_compressed(args.cache, **arrays)  # type: ignore[arg-type]
     logger.info("wrote %s", args.cache)
 
 
@@ -203,14 +203,14 @@ def ship(args: argparse.Namespace) -> None:
 
     data = load_npz(args.npz)
     split = json.loads(args.split.read_text(encoding="utf-8"))["files"]
-    test = _subset(data, split["test"])
+    test = subset_files(data, split["test"])
     poses = np.concatenate([np.stack([store_as(img, c) for img in test.images])
                             for c in range(len(STORED_AS))])
     pose_patients = list(test.patients) * len(STORED_AS)
     new_poses, old_poses = answers(classifier, poses), answers(base, poses)
     same = all((a.label, a.rotation, a.mirrored, a.p_lateral) == (b.label, b.rotation,
                b.mirrored, b.p_lateral) for a, b in zip(new_poses, old_poses, strict=True))
-    augmented = _augmented(test.images, 6, args.seed + 2)[len(test):]
+    augmented = augmented_copies(test.images, 6, args.seed + 2)[len(test):]
     measurement = non_chest_images()
     development = development_images(exclude=measurement)
     chest_dev = chest_development_images()
