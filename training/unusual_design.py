@@ -15,9 +15,11 @@ the validation films (likewise, the threshold), the held-out test films (as stor
 The measurement set (:mod:`training.unusual`) is featurised too but only read by
 ``--measure``.
 
-Step 2 (default) prints every design's development-set detection, its validation and
-test false alarms; ``--measure`` adds the measurement-set detection, meant to be run
-once, for the design already chosen.
+Step 2 (default) logs the designs compared (:func:`compare`): development-set detection,
+validation and test false alarms, RG1, at each design's own 99.5th percentile of
+validation scores. ``--measure`` adds the measurement set; it was read once, for the
+design already chosen. Step 3 (``--ship DIR``) builds that design as
+``compact-invariant-64-v3`` (:func:`ship`) and measures it beside its base.
 """
 
 from __future__ import annotations
@@ -136,7 +138,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quantile", type=float, default=0.995,
                         help="the threshold: this quantile of validation films' scores")
     parser.add_argument("--measure", action="store_true",
-                        help="with --ship: also the measurement set (once, at the end)")
+                        help="also the measurement set (read once, at the end)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -144,7 +146,89 @@ def main(argv: list[str] | None = None) -> None:
         build_cache(args)
     if args.ship is not None:
         ship(args)
+    else:
+        for row in compare(np.load(args.cache), measure=args.measure):
+            logger.info("%s", json.dumps(row))
 
+
+
+def _mahalanobis(train: np.ndarray, labels: np.ndarray, shrinkage: float
+                 ) -> Any:
+    """A scorer fitted as :class:`cxr_orient.layers.MahalanobisScore` fits (numpy)."""
+    classes = sorted(set(labels.tolist()))
+    means = np.stack([train[labels == c].mean(0) for c in classes])
+    centred = train - means[np.searchsorted(classes, labels)]
+    cov = centred.T @ centred / max(1, len(train) - len(classes))
+    dims = train.shape[1]
+    cov = (1 - shrinkage) * cov + shrinkage * np.eye(dims) * np.trace(cov) / dims
+    precision = np.linalg.inv(cov)
+
+    def score(x: np.ndarray) -> np.ndarray:
+        diff = x[:, None, :] - means[None]
+        d2 = np.einsum("bcd,de,bce->bc", diff, precision, diff)
+        return np.sqrt(np.maximum(d2.min(1), 0.0) / dims)
+    return score
+
+
+_SETS = ("train", "val", "test_stored", "test_augmented", "development",
+         "chest_development", "measurement")
+
+
+def _entropy(p: np.ndarray) -> np.ndarray:
+    return -(p * np.log(p + 1e-12)).sum(1)
+
+
+def compare(cache: Any, *, measure: bool) -> list[dict[str, Any]]:
+    """Each design's scores over the cached sets, thresholded at the 99.5th percentile
+    of validation: rows of false-alarm and detection rates."""
+    def feats(s: str, keys: list[str]) -> np.ndarray:
+        return np.concatenate([cache[f"{s}/{k}"] for k in keys], axis=1)
+
+    def distance(keys: list[str], shrinkage: float = 0.01) -> dict[str, np.ndarray]:
+        fit = _mahalanobis(feats("train", keys), cache["train/labels"], shrinkage)
+        return {s: fit(feats(s, keys)) for s in _SETS}
+
+    def scaled(scores: dict[str, np.ndarray], q: float) -> dict[str, np.ndarray]:
+        scale = float(np.quantile(scores["val"], q))
+        return {s: v / scale for s, v in scores.items()}
+
+    def maximum(parts: list[dict[str, np.ndarray]], q: float = 0.9975
+                ) -> dict[str, np.ndarray]:
+        scaled_parts = [scaled(p, q) for p in parts]
+        return {s: np.max([p[s] for p in scaled_parts], axis=0) for s in _SETS}
+
+    def knn(keys: list[str], k: int = 1) -> dict[str, np.ndarray]:
+        def unit(x: np.ndarray) -> np.ndarray:
+            return x / np.linalg.norm(x, axis=1, keepdims=True)
+        bank = unit(feats("train", keys))
+        return {s: np.sqrt(np.sort(np.maximum(2 - 2 * unit(feats(s, keys)) @ bank.T, 0),
+                                   axis=1)[:, k - 1]) for s in _SETS}
+
+    means = [f"{d}_mean" for d in DEPTHS]
+    stds = [f"{d}_std" for d in DEPTHS]
+    late = ["block2_mean", "block3_mean", "block4_mean"]
+    entropy = {s: _entropy(cache[f"{s}/orientation"]) for s in _SETS}
+    designs: dict[str, dict[str, np.ndarray]] = {
+        "v2: distance, stages 2-4 means": {s: cache[f"{s}/shipped"] for s in _SETS},
+        "distance per depth (stem..4), maximum": maximum([distance([m]) for m in means]),
+        "distance, all depths' means and stds + pixel statistics":
+            distance([*means, *stds, "pixels"]),
+        "distance, stages 2-4 means + pixel statistics": distance([*late, "pixels"], 0.03),
+        "nearest training film, stages 2-4 means": knn(late),
+        "orientation entropy alone": entropy,
+        "v3: max(v2 distance, orientation entropy)": maximum(
+            [{s: cache[f"{s}/shipped"] for s in _SETS}, entropy]),
+    }
+    rows = []
+    for name, scores in designs.items():
+        threshold = float(np.quantile(scores["val"], 0.995))
+        row: dict[str, Any] = {"design": name}
+        for s in _SETS[1:]:
+            if s == "measurement" and not measure:
+                continue
+            row[s] = f"{int((scores[s] > threshold).sum())}/{len(scores[s])}"
+        rows.append(row)
+    return rows
 
 
 def wilson_interval(hits: int, n: int, z: float = 1.96) -> list[float]:
