@@ -28,6 +28,7 @@ from cxr_orient.layers import (
     MahalanobisScore,
     OrbitMean,
     OrbitSplit,
+    UnusualScore,
 )
 
 logger = logging.getLogger(__name__)
@@ -41,6 +42,7 @@ __all__ = [
     "build_compact_invariant",
     "build_compact_invariant_64",
     "build_compact_invariant_64_heads",
+    "build_compact_invariant_64_heads2",
     "build_compact_invariant_slim",
     "build_compact_wide",
     "build_mobilenetv3small",
@@ -229,7 +231,8 @@ def _orientation_member(block2: keras.KerasTensor, name: str) -> keras.KerasTens
 
 
 def build_compact_invariant_64_heads(
-    *, input_size: int = 256, weights_path: Path | None = None
+    *, input_size: int = 256, weights_path: Path | None = None,
+    with_orientation_entropy: bool = False, name: str = "compact_invariant_64_heads",
 ) -> keras.Model:
     """:func:`build_compact_invariant_64` (the same layers, names and view answer) with two
     more heads, as a model with three named outputs:
@@ -260,12 +263,31 @@ def build_compact_invariant_64_heads(
         for i in (2, 3)
     ]
     x = layers.Concatenate(name="unusual_features")([*pooled, trunk["features"]])
-    unusual = MahalanobisScore(NUM_CLASSES, UNUSUAL_FEATURE_DIMS, dtype="float32",
-                               name="unusual")(x)
+    if with_orientation_entropy:
+        distance = MahalanobisScore(NUM_CLASSES, UNUSUAL_FEATURE_DIMS, dtype="float32",
+                                    name="unusual_distance")(x)
+        unusual = UnusualScore(dtype="float32", name="unusual")([distance, orientation])
+    else:
+        unusual = MahalanobisScore(NUM_CLASSES, UNUSUAL_FEATURE_DIMS, dtype="float32",
+                                   name="unusual")(x)
     model = keras.Model(inputs, {"view": view, "orientation": orientation, "unusual": unusual},
-                        name="compact_invariant_64_heads")
+                        name=name)
     _load_full_weights(model, weights_path)
     return model
+
+
+def build_compact_invariant_64_heads2(
+    *, input_size: int = 256, weights_path: Path | None = None
+) -> keras.Model:
+    """:func:`build_compact_invariant_64_heads` (the same layers, names, view and
+    orientation answers) whose ``unusual`` output also asks the orientation head: the
+    larger of the feature distance (layer ``unusual_distance``) and the entropy of the
+    orientation softmax, each over its validation scale
+    (:class:`~cxr_orient.layers.UnusualScore`). A chest film has one upright copy;
+    what is not a chest film has none, and the head, trained on chest films only, hedges."""
+    return build_compact_invariant_64_heads(
+        input_size=input_size, weights_path=weights_path, with_orientation_entropy=True,
+        name="compact_invariant_64_heads2")
 
 
 def build_compact_invariant_slim(
@@ -386,6 +408,7 @@ ARCHITECTURES: dict[str, Callable[..., keras.Model]] = {
     "compact_invariant_slim": build_compact_invariant_slim,
     "compact_invariant_64": build_compact_invariant_64,
     "compact_invariant_64_heads": build_compact_invariant_64_heads,
+    "compact_invariant_64_heads2": build_compact_invariant_64_heads2,
     "vgg16": build_vgg16,
     "mobilenetv3small": build_mobilenetv3small,
 }
@@ -396,10 +419,10 @@ ARCHITECTURES: dict[str, Callable[..., keras.Model]] = {
 #: would only repeat the same figures 16 times.
 INVARIANT_ARCHITECTURES = frozenset(
     {"compact_invariant", "compact_invariant_slim", "compact_invariant_64",
-     "compact_invariant_64_heads"})
+     "compact_invariant_64_heads", "compact_invariant_64_heads2"})
 
 #: Architectures with the orientation and unusual-image heads (three named outputs).
-HEADED_ARCHITECTURES = frozenset({"compact_invariant_64_heads"})
+HEADED_ARCHITECTURES = frozenset({"compact_invariant_64_heads", "compact_invariant_64_heads2"})
 
 
 def build_model(

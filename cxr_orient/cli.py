@@ -586,7 +586,9 @@ def outbox_deliver(limit: int | None) -> None:
 # Literal here: importing cxr_orient.architectures would load Keras for every command.
 ARCHITECTURE_HELP = ("compact_invariant_64 (the shipped model's view network; "
                      "compact_invariant_64_heads adds its orientation and unusual-image "
-                     "heads, see python -m training.heads), compact_invariant, "
+                     "heads, see python -m training.heads; compact_invariant_64_heads2, "
+                     "the shipped one, also scores unusual images by the orientation head, "
+                     "see python -m training.unusual_design), compact_invariant, "
                      "compact_invariant_slim, compact, compact_wide, tutorial2019, vgg16, "
                      "mobilenetv3small.")
 

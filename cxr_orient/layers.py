@@ -38,13 +38,17 @@ from keras import ops
 
 __all__ = [
     "ORBIT_SIZE",
+    "PIXEL_STATISTICS",
     "STORED_AS",
     "Abs",
     "DihedralOrbit",
     "MahalanobisScore",
     "OrbitMean",
     "OrbitSplit",
+    "PixelStatistics",
+    "UnusualScore",
     "orbit_copies",
+    "orientation_entropy",
 ]
 
 #: The dihedral group of the square: 4 rotations, each with and without a mirror.
@@ -187,3 +191,109 @@ class MahalanobisScore(keras.layers.Layer):
         cov = (1.0 - shrinkage) * cov + shrinkage * target
         self.means.assign(means.astype(np.float32))
         self.precision.assign(np.linalg.inv(cov).astype(np.float32))
+
+
+#: Grey-level bins of :class:`PixelStatistics`' histogram (of 0..255 input values).
+PIXEL_HISTOGRAM_BINS = 16
+#: How many statistics :class:`PixelStatistics` gives per image.
+PIXEL_STATISTICS = PIXEL_HISTOGRAM_BINS + 5
+
+
+@keras.saving.register_keras_serializable(package="cxr_orient")
+class PixelStatistics(keras.layers.Layer):
+    """``(B, H, W, C)`` images holding 0..255 (channel 0 read) -> ``(B, 21)``: simple
+    statistics of the pixels themselves, each unchanged by the 8 dihedral transforms
+    and by greyscale inversion, like the view:
+
+    - the square-rooted 16-bin grey-level histogram folded onto itself
+      (``sqrt h_i + sqrt h_(15-i)`` and ``|sqrt h_i - sqrt h_(15-i)|``, i < 8): how much
+      of the film is background, how grey it is;
+    - the log mean absolute difference of neighbouring pixels at full size and on the
+      4x4 block average (edge density at the film's detail and at the trunk's 64 px),
+      and the log mean absolute Laplacian at full size (grain, text, noise);
+    - how far the centre quarter's mean lies from the whole image's;
+    - the fraction of pixels at either end of the range (saturated or cut off).
+
+    Nothing is learnt; the unusual-image score measures these beside the trunk's
+    features, fitted on chest films only.
+    """
+
+    def compute_output_shape(self, input_shape: tuple[Any, ...]) -> tuple[Any, ...]:
+        return (input_shape[0], PIXEL_STATISTICS)
+
+    def call(self, inputs: Any) -> Any:
+        x = ops.cast(inputs[..., 0], "float32")
+        bins = PIXEL_HISTOGRAM_BINS
+        # Values are whole numbers 0..255: bin i holds 16 i .. 16 i + 15 exactly.
+        at_least = [ops.mean(ops.cast(x >= 256.0 * i / bins - 0.5, "float32"), axis=(1, 2))
+                    for i in range(bins + 1)]
+        root = [ops.sqrt(ops.maximum(at_least[i] - at_least[i + 1], 0.0)) for i in range(bins)]
+        half = bins // 2
+        folded = ([root[i] + root[bins - 1 - i] for i in range(half)]
+                  + [ops.abs(root[i] - root[bins - 1 - i]) for i in range(half)])
+        x = x / 255.0
+
+        def edges(y: Any) -> Any:
+            return (ops.mean(ops.abs(y[:, 1:, :] - y[:, :-1, :]), axis=(1, 2))
+                    + ops.mean(ops.abs(y[:, :, 1:] - y[:, :, :-1]), axis=(1, 2)))
+
+        size = inputs.shape[1]
+        block = ops.mean(ops.reshape(x, (-1, size // 4, 4, size // 4, 4)), axis=(2, 4))
+        laplacian = (4.0 * x[:, 1:-1, 1:-1] - x[:, :-2, 1:-1] - x[:, 2:, 1:-1]
+                     - x[:, 1:-1, :-2] - x[:, 1:-1, 2:])
+        quarter = size // 4
+        centre = ops.mean(x[:, quarter:size - quarter, quarter:size - quarter], axis=(1, 2))
+        extremes = ops.mean(ops.cast((x <= 0.5 / 255.0) | (x >= 254.5 / 255.0), "float32"),
+                            axis=(1, 2))
+        stats = [
+            ops.log(edges(x) + 1e-4),
+            ops.log(edges(block) + 1e-4),
+            ops.log(ops.mean(ops.abs(laplacian), axis=(1, 2)) + 1e-4),
+            ops.abs(centre - ops.mean(x, axis=(1, 2))),
+            extremes,
+        ]
+        return ops.stack(folded + stats, axis=-1)
+
+
+@keras.saving.register_keras_serializable(package="cxr_orient")
+class UnusualScore(keras.layers.Layer):
+    """``[(B, 1) feature distance, (B, 8) orientation softmax] -> (B, 1)``: the larger of
+    the distance and the orientation head's entropy, each divided by its scale
+    (weights that :meth:`fit` sets from validation chest films).
+
+    The entropy is the second line: a chest film, however it is stored, has one copy
+    that is upright and the orientation head, trained only on chest films, says which
+    with confidence; an image that is not a chest film has no upright copy, and the
+    head spreads its probability (the self-supervised task's confidence as an
+    out-of-distribution signal, Hendrycks et al. 2019). Both parts are unchanged by the
+    8 dihedral transforms and by inversion, so the score is too.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.scales = self.add_weight(shape=(2,), initializer="ones", trainable=False,
+                                      name="scales", dtype="float32")
+
+    def compute_output_shape(self, input_shapes: Any) -> tuple[Any, ...]:
+        return (input_shapes[0][0], 1)
+
+    def call(self, inputs: Any) -> Any:
+        distance, copies = inputs
+        return ops.maximum(ops.cast(distance, "float32") / self.scales[0],
+                           orientation_entropy(copies) / self.scales[1])
+
+    def fit(self, distances: Any, copies: Any, *, quantile: float = 0.9975) -> None:
+        """Each part's scale: its ``quantile`` over validation chest films (numpy
+        ``(N,)`` distances and ``(N, 8)`` orientation softmaxes)."""
+        d = np.asarray(distances, dtype=np.float64).reshape(-1)
+        p = np.asarray(copies, dtype=np.float64)
+        entropy = -(p * np.log(p + 1e-12)).sum(axis=-1)
+        self.scales.assign(np.array([np.quantile(d, quantile), np.quantile(entropy, quantile)],
+                                    dtype=np.float32))
+
+
+def orientation_entropy(copies: Any) -> Any:
+    """``(B, 8)`` softmax over the copies -> ``(B, 1)`` its entropy in nats (0 for one
+    certain copy, log 8 = 2.08 for none preferred)."""
+    p = ops.cast(copies, "float32")
+    return -ops.sum(p * ops.log(p + 1e-12), axis=-1, keepdims=True)

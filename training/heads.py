@@ -53,11 +53,14 @@ __all__ = [
     "ARCHITECTURE",
     "HEAD_AUGMENT",
     "OrientationBatches",
+    "augmented_copies",
     "copy_view_weights",
     "fit_unusual",
     "orientation_metrics",
     "orientation_targets",
+    "predict_batches",
     "store_as",
+    "subset_files",
     "train_heads",
     "unusual_metrics",
 ]
@@ -190,7 +193,7 @@ def _unusual_features(model: keras.Model) -> keras.Model:
     return keras.Model(model.input, model.get_layer("unusual_features").output)
 
 
-def _augmented(images: np.ndarray, copies: int, seed: int) -> np.ndarray:
+def augmented_copies(images: np.ndarray, copies: int, seed: int) -> np.ndarray:
     """Each image as stored plus ``copies - 1`` augmented versions (all augmentations
     the view model trains with; the score is invariant to the turns anyway)."""
     rng = np.random.default_rng(seed)
@@ -199,7 +202,7 @@ def _augmented(images: np.ndarray, copies: int, seed: int) -> np.ndarray:
     return np.concatenate(out)
 
 
-def _predict(model: keras.Model, images: np.ndarray, batch: int = 64) -> np.ndarray:
+def predict_batches(model: keras.Model, images: np.ndarray, batch: int = 64) -> np.ndarray:
     return np.concatenate([np.asarray(keras.ops.convert_to_numpy(
         model.predict_on_batch(_rgb(images[i:i + batch]))), dtype=np.float64)
         for i in range(0, len(images), batch)])
@@ -211,11 +214,11 @@ def fit_unusual(model: keras.Model, train: LabelledImages, val: LabelledImages, 
     """Fit the score on augmented training films; return the threshold (the
     ``quantile`` of augmented validation films' scores) and those scores."""
     features = _unusual_features(model)
-    train_x = _augmented(train.images, copies, seed)
+    train_x = augmented_copies(train.images, copies, seed)
     train_y = np.tile(train.labels, copies)
-    model.get_layer("unusual").fit(_predict(features, train_x), train_y, shrinkage=shrinkage)
+    model.get_layer("unusual").fit(predict_batches(features, train_x), train_y, shrinkage=shrinkage)
     scorer = keras.Model(model.input, model.get_layer("unusual").output)
-    val_scores = _predict(scorer, _augmented(val.images, copies, seed + 1))[:, 0]
+    val_scores = predict_batches(scorer, augmented_copies(val.images, copies, seed + 1))[:, 0]
     return float(np.quantile(val_scores, quantile)), val_scores
 
 
@@ -262,7 +265,7 @@ def unusual_metrics(classifier: Classifier, chest: LabelledImages,
                 for a in classifier.predict(_rgb(images[i:i + 64]))]
 
     stored = flagged(chest.images)
-    augmented = flagged(_augmented(chest.images, copies, seed)[len(chest):])
+    augmented = flagged(augmented_copies(chest.images, copies, seed)[len(chest):])
     names = sorted(non_chest)
     detected = flagged(np.stack([non_chest[n] for n in names])) if names else []
     kinds: dict[str, list[bool]] = {}
@@ -282,7 +285,7 @@ def unusual_metrics(classifier: Classifier, chest: LabelledImages,
     }
 
 
-def _subset(data: LabelledImages, files: Sequence[str]) -> LabelledImages:
+def subset_files(data: LabelledImages, files: Sequence[str]) -> LabelledImages:
     index = {f: i for i, f in enumerate(data.files)}
     return data.subset([index[f] for f in files])
 
@@ -320,7 +323,7 @@ def main(argv: list[str] | None = None) -> None:
 
     data = load_npz(args.npz)
     split = json.loads(args.split.read_text(encoding="utf-8"))["files"]
-    train, val, test = (_subset(data, split[k]) for k in ("train", "val", "test"))
+    train, val, test = (subset_files(data, split[k]) for k in ("train", "val", "test"))
     base_card = read_card(args.base)
     base = Classifier.from_checkpoint(args.base)
     if args.evaluate_only is not None:

@@ -149,7 +149,7 @@ def test_an_existing_database_adopts_a_new_shipped_model_by_register_and_promote
     from db.session import session_scope
 
     # The previous release's model is what the database serves; this release ships another.
-    previous = SHIPPED_MODEL.parent / "compact-invariant-64-v1.keras"
+    previous = SHIPPED_MODEL.parent / "compact-invariant-64-v2.keras"
     old, new = previous.stem, SHIPPED_MODEL.stem
     assert old != new
     configure(database_url=migrated_db, data_dir=tmp_path / "data", model_path=previous)
@@ -172,7 +172,7 @@ def test_an_existing_database_adopts_a_new_shipped_model_by_register_and_promote
     with session_scope() as session:
         active = crud.active_model_version(session)
         assert active is not None and active.name == new
-        assert active.architecture == "compact_invariant_64_heads"
+        assert active.architecture == "compact_invariant_64_heads2"
         events = session.execute(
             select(ModelVersion.name, ModelEvent.action, ModelEvent.actor)
             .join(ModelVersion, ModelVersion.id == ModelEvent.model_version_id)

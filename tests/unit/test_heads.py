@@ -152,3 +152,64 @@ def test_mahalanobis_score_fits_and_survives_a_keras_round_trip(tmp_path: Path) 
     loaded = keras.saving.load_model(path, compile=False, safe_mode=True)
     np.testing.assert_allclose(np.asarray(loaded.predict_on_batch(x))[:, 0], typical,
                                rtol=1e-6)
+
+
+def test_orientation_entropy_spans_certain_to_undecided() -> None:
+    from cxr_orient.layers import orientation_entropy
+
+    p = np.zeros((2, ORBIT_SIZE), np.float32)
+    p[0, 3] = 1.0
+    p[1] = 1.0 / ORBIT_SIZE
+    h = np.asarray(orientation_entropy(p))[:, 0]
+    assert h[0] < 1e-6
+    assert abs(h[1] - np.log(ORBIT_SIZE)) < 1e-5
+
+
+def test_unusual_score_is_the_larger_scaled_part_and_round_trips(tmp_path: Path) -> None:
+    """Scales fitted as validation quantiles; the output is max(d / s_d, H / s_h), the
+    same after a ``.keras`` round trip with ``safe_mode``."""
+    import keras
+
+    from cxr_orient.layers import UnusualScore
+
+    rng = np.random.default_rng(2)
+    distances = rng.uniform(0.5, 1.5, 400).astype(np.float32)
+    confident = np.full((400, ORBIT_SIZE), 0.01, np.float32)
+    confident[:, 0] = 1.0 - 0.01 * (ORBIT_SIZE - 1)
+    d_in, p_in = keras.Input((1,)), keras.Input((ORBIT_SIZE,))
+    layer = UnusualScore(name="unusual")
+    model = keras.Model([d_in, p_in], layer([d_in, p_in]))
+    layer.fit(distances, confident, quantile=0.99)
+    s_d, s_h = np.asarray(layer.scales)
+    assert abs(s_d - np.quantile(distances, 0.99)) < 1e-5
+    undecided = np.full((1, ORBIT_SIZE), 1.0 / ORBIT_SIZE, np.float32)
+    near = np.array([[1.0]], np.float32)
+    out = float(np.asarray(model.predict_on_batch([near, undecided]))[0, 0])
+    assert abs(out - np.log(ORBIT_SIZE) / s_h) < 1e-4 and out > 1.0 / s_d
+    far = float(np.asarray(model.predict_on_batch([np.array([[50.0]], np.float32),
+                                                   confident[:1]]))[0, 0])
+    assert abs(far - 50.0 / s_d) < 1e-3
+    path = tmp_path / "score.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path, compile=False, safe_mode=True)
+    again = float(np.asarray(loaded.predict_on_batch([near, undecided]))[0, 0])
+    assert abs(again - out) < 1e-6
+
+
+def test_heads2_score_is_invariant_on_an_untrained_network() -> None:
+    """The orientation-entropy score of ``compact_invariant_64_heads2`` is unchanged by the
+    8 poses and by inversion (the entropy of a permuted softmax is the same)."""
+    import keras
+
+    from cxr_orient.architectures import build_model
+
+    keras.utils.set_random_seed(4)
+    model = build_model("compact_invariant_64_heads2")
+    rng = np.random.default_rng(5)
+    image = rng.integers(0, 256, (256, 256), dtype=np.uint8)
+    image[:90, :30] = 0
+    poses = np.stack([_store_as(image, c) for c in range(ORBIT_SIZE)])
+    for batch in (poses, 255 - poses):
+        x = np.repeat(batch[..., None], 3, axis=-1).astype(np.float32)
+        scores = np.asarray(model.predict_on_batch(x)["unusual"])[:, 0]
+        np.testing.assert_allclose(scores, scores[0], rtol=1e-5)
