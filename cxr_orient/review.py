@@ -42,6 +42,7 @@ __all__ = [
     "RenderCache",
     "Rendered",
     "ReviewError",
+    "next_for_review",
     "placeholder_png",
     "record_review",
     "render_instance",
@@ -155,3 +156,14 @@ def record_review(session: Session, *, instance_id: int, decision: str,
     logger.info("review: %s labelled instance %d %s (label %d)", annotator, instance_id,
                 value.value, row.id)
     return row
+
+
+def next_for_review(session: Session, *, kind: str, after: int) -> int | None:
+    """The instance to show after instance ``after`` in the ``kind`` queue: the next one
+    awaiting review in instance order, else the first (the queue wraps; None: empty)."""
+    for start in (after, 0):
+        items = crud.review_queue(session, kind=kind, after=start, limit=2)
+        found = [i.instance_id for i in items if i.instance_id != after]
+        if found:
+            return found[0]
+    return None
