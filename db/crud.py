@@ -1864,6 +1864,7 @@ def review_item(session: Session, *, instance_id: int) -> ReviewItem | None:
     """One instance with its current answer, whether or not it awaits review."""
     row = session.execute(
         select(Instance, Prediction, ModelVersion.name)
+        .select_from(Instance)
         .outerjoin(Prediction, Prediction.id == current_answer_id())
         .outerjoin(ModelVersion, ModelVersion.id == Prediction.model_version_id)
         .where(Instance.id == instance_id)
