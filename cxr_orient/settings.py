@@ -202,11 +202,11 @@ class Settings(BaseSettings):
         "is also bounded by the worker's largest file, from CXR_MAX_PIXELS); a larger "
         "request is answered 413. Default 2048.",
     )
-    session_secret: SecretStr | None = Field(
+    session_key: SecretStr | None = Field(
         default=None,
-        description="CXR_SESSION_SECRET: the key that signs the review page's session "
+        description="CXR_SESSION_KEY: the key that signs the review page's session "
         "cookies (at least 32 characters). Default unset: a random key is made once and "
-        "kept in <CXR_DATA_DIR>/session-secret (mode 0600); set it when several `serve` "
+        "kept in <CXR_DATA_DIR>/session-key (mode 0600); set it when several `serve` "
         "processes must accept each other's cookies. Changing it logs everybody out.",
     )
     session_cookie_secure: bool = Field(
@@ -510,11 +510,11 @@ class Settings(BaseSettings):
                 out.append((title.strip(), host.strip() or None))
         return out
 
-    @field_validator("session_secret")
+    @field_validator("session_key")
     @classmethod
     def _long_secret(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None and len(value.get_secret_value()) < 32:
-            raise ValueError("CXR_SESSION_SECRET must be at least 32 characters")
+            raise ValueError("CXR_SESSION_KEY must be at least 32 characters")
         return value
 
     @field_validator("trusted_proxies")

@@ -14,7 +14,7 @@ from cxr_orient.settings import get_settings
 from service.deps import ROLE_CAN, Caller, LoginRequired, current_user
 from service.pages import page
 from service.routes import admin, api, audit, auth, health, review, stow
-from service.sessions import session_secret
+from service.sessions import session_key
 
 SESSION_COOKIE = "cxr_session"
 
@@ -28,7 +28,7 @@ def create_app() -> FastAPI:
         version="0.1.0",
     )
     app.state.render_cache = RenderCache()
-    app.add_middleware(SessionMiddleware, secret_key=session_secret(settings),
+    app.add_middleware(SessionMiddleware, secret_key=session_key(settings),
                        session_cookie=SESSION_COOKIE, max_age=settings.session_max_age_s,
                        same_site="lax", https_only=settings.session_cookie_secure)
     for module in (health, stow, auth, review, audit, admin, api):

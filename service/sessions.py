@@ -9,8 +9,8 @@ The session is Starlette's ``SessionMiddleware``: the cookie holds ``{"uid", "ep
 the user's ``session_epoch``: a password change or a disable bumps it, so the cookies
 signed before stop working at once.
 
-The key is ``CXR_SESSION_SECRET`` when set; otherwise one made at the first start and
-kept in ``<CXR_DATA_DIR>/session-secret`` (0600), so a restart keeps everybody logged in
+The key is ``CXR_SESSION_KEY`` when set; otherwise one made at the first start and
+kept in ``<CXR_DATA_DIR>/session-key`` (0600), so a restart keeps everybody logged in
 and nobody has to invent a secret to try the page.
 """
 
@@ -30,16 +30,16 @@ from cxr_orient.users import UserInfo, user_by_name, user_for_session
 from db.session import session_scope
 
 logger = logging.getLogger(__name__)
-SECRET_FILE = "session-secret"
+KEY_FILE = "session-key"
 CSRF_FIELD = "csrf_token"
 CSRF_HEADER = "x-csrf-token"
 
 
-def session_secret(settings: Settings) -> str:
-    """CXR_SESSION_SECRET, or the key kept under the data dir (made once, 0600)."""
-    if settings.session_secret is not None:
-        return settings.session_secret.get_secret_value()
-    path = Path(settings.data_dir) / SECRET_FILE
+def session_key(settings: Settings) -> str:
+    """CXR_SESSION_KEY, or the key kept under the data dir (made once, 0600)."""
+    if settings.session_key is not None:
+        return settings.session_key.get_secret_value()
+    path = Path(settings.data_dir) / KEY_FILE
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -49,7 +49,7 @@ def session_secret(settings: Settings) -> str:
         else:
             with os.fdopen(fd, "w") as handle:
                 handle.write(secrets.token_urlsafe(48))
-            logger.info("session key made in %s (set CXR_SESSION_SECRET to choose one)", path)
+            logger.info("session key made in %s (set CXR_SESSION_KEY to choose one)", path)
     key = path.read_text().strip()
     if len(key) < 32:
         raise RuntimeError(f"{path}: the session key is shorter than 32 characters")
