@@ -46,7 +46,8 @@ def create_app() -> FastAPI:
             return await http_exception_handler(request, exc)
         user = current_user(request, settings)
         caller = Caller(user.username, ROLE_CAN[user.role], user=user) if user else None
-        return page(request, "error.html", status_code=exc.status_code, caller=caller,
+        return page(request, "error.html", status_code=exc.status_code, code=exc.status_code,
+                    caller=caller,
                     detail=exc.detail)
 
     return app
