@@ -37,6 +37,7 @@ from db.models import GroundTruthLabel, Instance, LabelValue
 
 __all__ = [
     "DECISIONS",
+    "KINDS",
     "LARGE_SIZE",
     "REVIEW_SOURCE",
     "RenderCache",
@@ -63,12 +64,16 @@ class ReviewError(CxrError):
     code = "review"
 
 
+#: The two pictures of an instance: the model's input, the larger windowed one.
+KINDS = ("model", "large")
+
+
 @dataclass(frozen=True)
 class Rendered:
-    """The two PNGs of one instance, or placeholders with ``unavailable`` saying why."""
+    """One picture of an instance as PNG, or a placeholder with ``unavailable`` saying
+    why."""
 
-    model_png: bytes
-    large_png: bytes
+    png: bytes
     unavailable: str | None = None
 
 
@@ -95,46 +100,50 @@ def _unavailable(exc: CxrError) -> str:
     return f"{exc.code}"
 
 
-def render_instance(instance: Instance, *, settings: Settings) -> Rendered:
-    """The model's input and a larger windowed image of ``instance``'s stored file."""
+def render_instance(instance: Instance, *, kind: str, settings: Settings) -> Rendered:
+    """``kind`` "model": the model's 256 px input; "large": the windowed image, its
+    longer side :data:`LARGE_SIZE`, in the stored aspect ratio."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown picture {kind!r}; choose from {KINDS}")
+    size = MODEL_INPUT_SIZE if kind == "model" else LARGE_SIZE
     try:
         ensure_not_purged(instance)
         checked = read_checked(instance.file_path, expected_sha256=instance.file_sha256,
                                settings=settings)
-        model = load_dicom_image(checked.real, size=MODEL_INPUT_SIZE,
-                                 max_pixels=settings.max_pixels, data=checked.data)
+        square = load_dicom_image(checked.real, size=size, max_pixels=settings.max_pixels,
+                                  data=checked.data)
+        if kind == "model":
+            return Rendered(_png(square))
         header = read_header(checked.real, data=checked.data)
-        square = load_dicom_image(checked.real, size=LARGE_SIZE,
-                                  max_pixels=settings.max_pixels, data=checked.data)
     except CxrError as exc:
         reason = _unavailable(exc)
         logger.info("review: instance %d has no image (%s)", instance.id, exc.code)
-        return Rendered(placeholder_png(MODEL_INPUT_SIZE, reason),
-                        placeholder_png(LARGE_SIZE, reason), reason)
+        return Rendered(placeholder_png(size, reason), reason)
     rows, columns = header.rows or LARGE_SIZE, header.columns or LARGE_SIZE
     scale = LARGE_SIZE / max(rows, columns)
     shape = (max(1, round(columns * scale)), max(1, round(rows * scale)))
-    large = np.asarray(Image.fromarray(square).resize(shape, Image.Resampling.BILINEAR))
-    return Rendered(_png(model), _png(large))
+    return Rendered(_png(np.asarray(Image.fromarray(square).resize(
+        shape, Image.Resampling.BILINEAR))))
 
 
 class RenderCache:
-    """The last ``capacity`` renderings, by (instance id, file sha256): the page asks for
-    two images of each instance and prefetches the next one's, each decoded once."""
+    """The last ``capacity`` pictures, by (instance id, file version, kind): the item
+    page prefetches its successor's, so a reviewer's next picture is ready when the
+    decision is made; each is decoded once."""
 
-    def __init__(self, capacity: int = 64) -> None:
+    def __init__(self, capacity: int = 128) -> None:
         self.capacity = capacity
-        self._items: OrderedDict[tuple[int, str], Rendered] = OrderedDict()
+        self._items: OrderedDict[tuple[int, str, str], Rendered] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, instance: Instance, *, settings: Settings) -> Rendered:
-        key = (instance.id, instance.file_sha256 + str(instance.file_purged_at))
+    def get(self, instance: Instance, *, kind: str, settings: Settings) -> Rendered:
+        key = (instance.id, instance.file_sha256 + str(instance.file_purged_at), kind)
         with self._lock:
             found = self._items.get(key)
             if found is not None:
                 self._items.move_to_end(key)
                 return found
-        rendered = render_instance(instance, settings=settings)
+        rendered = render_instance(instance, kind=kind, settings=settings)
         with self._lock:
             self._items[key] = rendered
             while len(self._items) > self.capacity:

@@ -94,8 +94,8 @@ def image(instance_id: int, kind: Literal["model", "large"], request: Request,
     if instance is None:
         raise HTTPException(404, detail=f"no instance {instance_id}")
     cache: RenderCache = request.app.state.render_cache
-    rendered = cache.get(instance, settings=settings)
-    body = rendered.model_png if kind == "model" else rendered.large_png
+    rendered = cache.get(instance, kind=kind, settings=settings)
+    body = rendered.png
     headers = {"Cache-Control": "private, max-age=300", "X-Content-Type-Options": "nosniff"}
     if rendered.unavailable:
         headers["X-Image-Unavailable"] = rendered.unavailable.replace("\n", " ")

@@ -134,19 +134,19 @@ def test_render_is_the_model_input_or_a_placeholder(answers: dict[str, int]) -> 
     with session_scope() as session:
         instance = crud.get_instance(session, instance_id=answers["low"])
         assert instance is not None
-        rendered = render_instance(instance, settings=settings)
+        rendered = render_instance(instance, kind="model", settings=settings)
         assert rendered.unavailable is None
         from io import BytesIO
 
         import numpy as np
         from PIL import Image
 
-        shown = np.asarray(Image.open(BytesIO(rendered.model_png)))
+        shown = np.asarray(Image.open(BytesIO(rendered.png)))
         model_input = load_checked_image(instance.file_path, settings=settings, size=256,
                                          expected_sha256=instance.file_sha256)
         assert np.array_equal(shown, model_input)
         Path(instance.file_path).write_bytes(b"changed")
-        assert render_instance(instance, settings=settings).unavailable == (
+        assert render_instance(instance, kind="large", settings=settings).unavailable == (
             "file changed since it\nwas recorded")
 
 
