@@ -1825,7 +1825,7 @@ def _answered_queue(session: Session, condition: Any, *, after: int,
     every answer's currency before sorting (a second per page, measured)."""
     picked: list[int] = []
     cursor = after
-    batch = max(4 * limit, 200)
+    batch = max(4 * limit, 32)
     labelled = (select(GroundTruthLabel.id)
                 .where(GroundTruthLabel.instance_id == Prediction.instance_id)
                 .correlate(Prediction).exists())
