@@ -863,8 +863,10 @@ def evaluate(model: str, data: Path, manifest: Path | None, robustness: bool,
 @click.option("--port", type=click.IntRange(1, 65535), default=None,
               help="TCP port [default: CXR_HTTP_PORT].")
 def serve(host: str | None, port: int | None) -> None:
-    """The HTTP service: STOW-RS in (POST /dicom-web/studies, bearer token with the
-    'stow' scope, see `cxr-orient token`), GET /healthz and /readyz."""
+    """The HTTP service: the review page (/review, /audit, /admin/users; log in as a
+    user made with `cxr-orient user create`), its JSON API (/api/v1, OpenAPI at
+    /openapi.json), STOW-RS in (POST /dicom-web/studies, bearer token with the 'stow'
+    scope, see `cxr-orient token`), GET /healthz and /readyz."""
     from service.server import serve as run_server
 
     settings = get_settings()
@@ -874,13 +876,14 @@ def serve(host: str | None, port: int | None) -> None:
 
 @main.group()
 def token() -> None:
-    """API tokens for machines (STOW-RS senders); only their SHA-256 is stored."""
+    """API tokens for machines (STOW-RS senders, review/audit API scripts); only their
+    SHA-256 is stored."""
 
 
 @token.command("create")
 @click.argument("name")
 @click.option("--scope", "scopes", multiple=True, default=("stow",), show_default=True,
-              help="What the token may do (repeatable).")
+              help="What the token may do (repeatable): stow, review, audit.")
 def token_create(name: str, scopes: tuple[str, ...]) -> None:
     """Create token NAME and print it, once: it cannot be shown again."""
     from cxr_orient.tokens import TokenError, create_token
@@ -925,6 +928,92 @@ def token_revoke(name: str) -> None:
     except TokenError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"revoked {name}")
+
+
+@main.group()
+def user() -> None:
+    """People who log in to the review page (roles: reviewer, auditor, admin)."""
+
+
+def _password_from(stdin: bool, none: bool) -> str | None:
+    if none:
+        return None
+    if stdin:
+        return sys.stdin.readline().rstrip("\n")
+    return str(click.prompt("password", hide_input=True, confirmation_prompt=True))
+
+
+@user.command("create")
+@click.argument("username")
+@click.option("--role", type=click.Choice(["reviewer", "auditor", "admin"]),
+              default="reviewer", show_default=True)
+@click.option("--password-stdin", is_flag=True,
+              help="Read the password from the first line of stdin (scripts) instead of a "
+                   "prompt.")
+@click.option("--no-password", is_flag=True,
+              help="No password: single sign-on only (CXR_TRUSTED_USER_HEADER).")
+def user_create(username: str, role: str, password_stdin: bool, no_password: bool) -> None:
+    """Create user USERNAME (asks for a password of at least 12 characters)."""
+    from cxr_orient.users import UserError, create_user
+    from db.session import session_scope
+
+    password = _password_from(password_stdin, no_password)
+    try:
+        with session_scope() as session:
+            made = create_user(session, username=username, role=role, password=password)
+    except UserError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"user {made.username} ({made.role.value}) created")
+
+
+@user.command("list")
+def user_list() -> None:
+    """Every user: name, role, password set or not, last login, disabled."""
+    from cxr_orient.users import list_users
+    from db.session import session_scope
+
+    def when(value: Any) -> str:
+        return value.strftime("%Y-%m-%d %H:%M") if value is not None else "-"
+
+    with session_scope() as session:
+        for info in list_users(session):
+            click.echo(f"{info.username:32s} {info.role.value:9s} "
+                       f"{'password' if info.has_password else 'sso-only':9s} "
+                       f"last login {when(info.last_login_at)}"
+                       f"{'  DISABLED ' + when(info.disabled_at) if info.disabled_at else ''}")
+
+
+@user.command("disable")
+@click.argument("username")
+def user_disable(username: str) -> None:
+    """Disable USERNAME: no more logins, its sessions end; its labels keep its name."""
+    from cxr_orient.users import UserError, disable_user
+    from db.session import session_scope
+
+    try:
+        with session_scope() as session:
+            disable_user(session, username=username)
+    except UserError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"disabled {username}")
+
+
+@user.command("set-password")
+@click.argument("username")
+@click.option("--password-stdin", is_flag=True, help="Read it from the first line of stdin.")
+@click.option("--no-password", is_flag=True, help="Remove it (single sign-on only).")
+def user_set_password(username: str, password_stdin: bool, no_password: bool) -> None:
+    """Set USERNAME's password; the user's open sessions end."""
+    from cxr_orient.users import UserError, set_password
+    from db.session import session_scope
+
+    password = _password_from(password_stdin, no_password)
+    try:
+        with session_scope() as session:
+            set_password(session, username=username, password=password)
+    except UserError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"password of {username} {'removed' if password is None else 'set'}")
 
 
 # --- benchmark -----------------------------------------------------------------------

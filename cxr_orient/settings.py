@@ -8,6 +8,7 @@ file and a filesystem broker under ``CXR_DATA_DIR``.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass
 from functools import lru_cache
@@ -215,8 +216,8 @@ class Settings(BaseSettings):
     )
     http_host: str = Field(
         default="127.0.0.1",
-        description="CXR_HTTP_HOST: address `cxr-orient serve` listens on (STOW-RS, health). "
-        "Default 127.0.0.1.",
+        description="CXR_HTTP_HOST: address `cxr-orient serve` listens on (review page, "
+        "STOW-RS, health). Default 127.0.0.1.",
     )
     http_port: int = Field(
         default=8080, ge=1, le=65_535,
@@ -228,6 +229,48 @@ class Settings(BaseSettings):
         description="CXR_STOW_MAX_REQUEST_MB: largest STOW-RS request body, in MiB (each part "
         "is also bounded by the worker's largest file, from CXR_MAX_PIXELS); a larger "
         "request is answered 413. Default 2048.",
+    )
+    session_key: SecretStr | None = Field(
+        default=None,
+        description="CXR_SESSION_KEY: the key that signs the review page's session "
+        "cookies (at least 32 characters). Default unset: a random key is made once and "
+        "kept in <CXR_DATA_DIR>/session-key (mode 0600); set it when several `serve` "
+        "processes must accept each other's cookies. Changing it logs everybody out.",
+    )
+    session_cookie_secure: bool = Field(
+        default=False,
+        description="CXR_SESSION_COOKIE_SECURE: mark the session cookie Secure (sent over "
+        "HTTPS only). Turn on behind a TLS-terminating proxy. Default false (the default "
+        "listen address is 127.0.0.1, plain HTTP).",
+    )
+    session_max_age_s: int = Field(
+        default=12 * 3600, ge=60,
+        description="CXR_SESSION_MAX_AGE_S: how long a login lasts, in seconds. Default "
+        "43200 (12 hours).",
+    )
+    login_max_failures: int = Field(
+        default=5, ge=1,
+        description="CXR_LOGIN_MAX_FAILURES: failed logins allowed per username and client "
+        "address within CXR_LOGIN_WINDOW_S; further attempts are answered 429 without "
+        "checking the password. Counted in the database (shared by every serve process). "
+        "Default 5.",
+    )
+    login_window_s: int = Field(
+        default=900, ge=1,
+        description="CXR_LOGIN_WINDOW_S: the rate limit's window, in seconds. Default 900.",
+    )
+    trusted_user_header: str | None = Field(
+        default=None,
+        description="CXR_TRUSTED_USER_HEADER: for single sign-on behind a reverse proxy, the "
+        "request header naming the logged-in user (e.g. X-Remote-User); the user must exist "
+        "(`cxr-orient user create --no-password`) and its role applies. Believed only from "
+        "CXR_TRUSTED_PROXIES. Default unset (off).",
+    )
+    trusted_proxies: str = Field(
+        default="",
+        description="CXR_TRUSTED_PROXIES: comma-separated addresses or networks "
+        "(10.0.0.5, 10.1.0.0/16) of the reverse proxies whose CXR_TRUSTED_USER_HEADER is "
+        "believed. Default empty.",
     )
     dicom_ae_title: str = Field(
         default="CXR_ORIENT",
@@ -562,6 +605,30 @@ class Settings(BaseSettings):
                 title, _, host = item.partition("@")
                 out.append((title.strip(), host.strip() or None))
         return out
+
+    @field_validator("session_key")
+    @classmethod
+    def _long_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < 32:
+            raise ValueError("CXR_SESSION_KEY must be at least 32 characters")
+        return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: str) -> str:
+        items = [v.strip() for v in value.split(",") if v.strip()]
+        for item in items:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"CXR_TRUSTED_PROXIES: {item!r} is not an address or "
+                                 "network") from exc
+        return ",".join(items)
+
+    @property
+    def trusted_proxy_networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+        return [ipaddress.ip_network(v, strict=False)
+                for v in self.trusted_proxies.split(",") if v]
 
     @field_validator("log_level")
     @classmethod

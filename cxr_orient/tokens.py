@@ -1,5 +1,6 @@
-"""API tokens for machines (STOW-RS senders): created by ``cxr-orient token create``,
-sent as ``Authorization: Bearer <token>``, stored as their SHA-256 only.
+"""API tokens for machines (STOW-RS senders, scripts using the review and audit API):
+created by ``cxr-orient token create``, sent as ``Authorization: Bearer <token>``, stored
+as their SHA-256 only.
 
 A token is 32 random bytes (``secrets.token_urlsafe``), shown once. Why a plain SHA-256
 and not argon2 or bcrypt: those are slow on purpose so that a stolen hash of a *password*
@@ -40,8 +41,9 @@ __all__ = [
     "verify_token",
 ]
 
-#: What a token may be allowed to do.
-KNOWN_SCOPES = frozenset({"stow"})
+#: What a token may be allowed to do: send instances (STOW-RS), the review API (read the
+#: queue, record labels), the audit API (read).
+KNOWN_SCOPES = frozenset({"stow", "review", "audit"})
 #: Makes a leaked token recognisable (secret scanners, log greps); not part of the secret.
 TOKEN_PREFIX = "cxr_"
 #: ``last_used_at`` is written at most this often per token.

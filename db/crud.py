@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, false, func, or_, select, true, tuple_, update
+from sqlalchemy import and_, case, delete, false, func, or_, select, true, tuple_, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased
 
@@ -19,6 +19,8 @@ from db.models import (
     GroundTruthLabel,
     Instance,
     InstanceStatus,
+    LabelValue,
+    LoginFailure,
     ModelEvent,
     ModelVersion,
     OrientationLabel,
@@ -30,6 +32,8 @@ from db.models import (
     StudyAnswer,
     UidConflict,
     UidConflictAction,
+    User,
+    UserRole,
     utcnow,
 )
 
@@ -1723,13 +1727,21 @@ def add_label(
     session: Session,
     *,
     instance_id: int,
-    label: OrientationLabel,
+    label: OrientationLabel | LabelValue,
     source: str,
     annotator: str | None,
 ) -> GroundTruthLabel:
-    row = GroundTruthLabel(instance_id=instance_id, label=label, source=source, annotator=annotator)
+    row = GroundTruthLabel(instance_id=instance_id, label=LabelValue(label.value),
+                           source=source, annotator=annotator)
     session.add(row)
     return row
+
+
+def labels_of(session: Session, *, instance_id: int) -> list[GroundTruthLabel]:
+    """Every label of an instance, oldest first (the last one counts)."""
+    return list(session.scalars(select(GroundTruthLabel)
+                                .where(GroundTruthLabel.instance_id == instance_id)
+                                .order_by(GroundTruthLabel.id)))
 
 
 def count_labels_after(session: Session, *, label_id: int) -> int:
@@ -1924,3 +1936,350 @@ def restore_purged_file(session: Session, *, instance_id: int, file_path: str) -
         .execution_options(synchronize_session="fetch")
     )
     return bool(getattr(result, "rowcount", 0))
+
+
+# --- users -----------------------------------------------------------------------
+
+
+def add_user(session: Session, *, username: str, password_hash: str | None,
+             role: UserRole) -> User:
+    row = User(username=username, password_hash=password_hash, role=role)
+    session.add(row)
+    session.flush()
+    return row
+
+
+def find_user(session: Session, *, username: str) -> User | None:
+    return session.scalar(select(User).where(User.username == username))
+
+
+def get_user(session: Session, *, user_id: int) -> User | None:
+    return session.get(User, user_id)
+
+
+def list_users(session: Session) -> list[User]:
+    return list(session.scalars(select(User).order_by(User.username)))
+
+
+def set_user_password(session: Session, *, user_id: int, password_hash: str | None) -> None:
+    """A new hash (or none); the session epoch moves on, so older cookies stop working."""
+    session.execute(update(User).where(User.id == user_id)
+                    .values(password_hash=password_hash, session_epoch=User.session_epoch + 1)
+                    .execution_options(synchronize_session="fetch"))
+
+
+def disable_user(session: Session, *, user_id: int, now: datetime) -> None:
+    session.execute(update(User).where(User.id == user_id, User.disabled_at.is_(None))
+                    .values(disabled_at=now, session_epoch=User.session_epoch + 1)
+                    .execution_options(synchronize_session="fetch"))
+
+
+def touch_user_login(session: Session, *, user_id: int, now: datetime) -> None:
+    session.execute(update(User).where(User.id == user_id).values(last_login_at=now)
+                    .execution_options(synchronize_session=False))
+
+
+def count_login_failures(session: Session, *, username: str, address: str,
+                         since: datetime) -> int:
+    return session.scalar(
+        select(func.count()).select_from(LoginFailure)
+        .where(LoginFailure.username == username, LoginFailure.address == address,
+               LoginFailure.created_at >= since)) or 0
+
+
+def add_login_failure(session: Session, *, username: str, address: str,
+                      now: datetime) -> None:
+    session.add(LoginFailure(username=username, address=address, created_at=now))
+
+
+def forget_login_failures(session: Session, *, before: datetime,
+                          username: str | None = None, address: str | None = None) -> None:
+    """Delete failures older than ``before`` (or, with a username and address, all of that
+    pair's: a successful login starts afresh)."""
+    query = delete(LoginFailure).where(LoginFailure.created_at < before)
+    if username is not None and address is not None:
+        query = delete(LoginFailure).where(LoginFailure.username == username,
+                                           LoginFailure.address == address)
+    session.execute(query.execution_options(synchronize_session=False))
+
+
+# --- the review queue --------------------------------------------------------------
+
+#: The queue's filters: flagged answers (``needs_review``), answers whose header names
+#: the other view, out of scope (refused by the accept policy, or flagged as an unusual
+#: image by the model), instances with a uid conflict.
+REVIEW_FILTERS = ("flagged", "disagree", "out_of_scope", "uid_conflict")
+
+
+@dataclass(frozen=True)
+class ReviewItem:
+    """An instance awaiting review with its current answer (none for a policy refusal).
+    No patient identifiers and no UIDs: the page shows and links by internal ids."""
+
+    instance_id: int
+    study_id: int | None
+    status: str
+    modality: str | None
+    header_view: str | None
+    error_code: str | None
+    file_purged: bool
+    enqueued_at: datetime
+    prediction_id: int | None = None
+    label: str | None = None
+    confidence: float | None = None
+    p_lateral: float | None = None
+    header_agrees: bool | None = None
+    review_reason: str | None = None
+    unusual_score: float | None = None
+    model_version: str | None = None
+    answered_at: datetime | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def _review_item(instance: Instance, prediction: Prediction | None,
+                 model_name: str | None) -> ReviewItem:
+    answer: dict[str, Any] = {}
+    if prediction is not None:
+        answer = {
+            "prediction_id": prediction.id, "label": OrientationLabel(prediction.label).value,
+            "confidence": prediction.confidence, "p_lateral": prediction.p_lateral,
+            "header_agrees": prediction.header_agrees, "review_reason": prediction.review_reason,
+            "unusual_score": prediction.unusual_score, "model_version": model_name,
+            "answered_at": prediction.created_at,
+        }
+    return ReviewItem(
+        instance_id=instance.id, study_id=instance.study_id,
+        status=InstanceStatus(instance.status).value, modality=instance.modality,
+        header_view=instance.header_view_position, error_code=instance.error_code,
+        file_purged=instance.file_purged_at is not None, enqueued_at=instance.enqueued_at,
+        **answer)
+
+
+def _answered_queue(session: Session, condition: Any, *, after: int,
+                    limit: int) -> list[tuple[Instance, Prediction, str]]:
+    """Current, unlabelled answers meeting ``condition``, in instance order from ``after``.
+
+    Walked in rounds, keyset on ``instance_id`` through the partial indexes on predictions
+    (the two common conditions): a round takes the next unlabelled candidates in order,
+    then keeps those that are their instance's current answer. One query for all
+    of it would leave the order to the planner, which at 100,000 answers chose to check
+    every answer's currency before sorting (a second per page, measured)."""
+    picked: list[int] = []
+    cursor = after
+    batch = max(4 * limit, 32)
+    labelled = (select(GroundTruthLabel.id)
+                .where(GroundTruthLabel.instance_id == Prediction.instance_id)
+                .correlate(Prediction).exists())
+    while len(picked) < limit:
+        candidates = session.execute(
+            select(Prediction.instance_id, Prediction.id)
+            .where(condition, Prediction.instance_id > cursor, ~labelled)
+            .order_by(Prediction.instance_id, Prediction.id)
+            .limit(batch)).all()
+        if not candidates:
+            break
+        full = len(candidates) == batch
+        if full:  # an instance cut by the limit is taken whole in the next round
+            last = candidates[-1][0]
+            whole = [c for c in candidates if c[0] != last]
+            candidates = whole or candidates
+        cursor = candidates[-1][0]
+        current: dict[int, int | None] = dict(session.execute(
+            select(Instance.id, current_answer_id())
+            .where(Instance.id.in_({i for i, _ in candidates}))).all())
+        picked += [p for i, p in candidates if current.get(i) == p]
+        if not full:
+            break
+        batch = min(2 * batch, 5000)  # a long reviewed stretch: fewer, larger rounds
+    if not picked:
+        return []
+    rows = session.execute(
+        select(Instance, Prediction, ModelVersion.name)
+        .join(Prediction, Prediction.instance_id == Instance.id)
+        .join(ModelVersion, ModelVersion.id == Prediction.model_version_id)
+        .where(Prediction.id.in_(picked[:limit]))
+        .order_by(Instance.id))
+    return [(i, p, n) for i, p, n in rows]
+
+
+def review_queue(session: Session, *, kind: str = "flagged", after: int = 0,
+                 limit: int = 50) -> list[ReviewItem]:
+    """Instances awaiting review (no label yet), oldest (lowest instance id) first, from
+    instance id ``after`` on: ``kind`` one of :data:`REVIEW_FILTERS`."""
+    if kind not in REVIEW_FILTERS:
+        raise ValueError(f"unknown review filter {kind!r}; choose from {REVIEW_FILTERS}")
+    if kind == "flagged":
+        # "= true" / "= false", not IS: the form the partial indexes' predicates match.
+        rows = _answered_queue(session, Prediction.needs_review == true(), after=after,
+                               limit=limit)
+    elif kind == "disagree":
+        rows = _answered_queue(session, Prediction.header_agrees == false(), after=after,
+                               limit=limit)
+    elif kind == "uid_conflict":
+        conflicted = (select(UidConflict.id)
+                      .where(UidConflict.instance_id == Prediction.instance_id)
+                      .correlate(Prediction).exists())
+        rows = _answered_queue(session, conflicted, after=after, limit=limit)
+    else:
+        unusual = _answered_queue(
+            session, and_(Prediction.needs_review == true(),
+                          Prediction.review_reason.contains("unusual_image", autoescape=True)),
+            after=after, limit=limit)
+        refused = (
+            select(Instance)
+            .where(Instance.status == InstanceStatus.out_of_scope, Instance.id > after,
+                   Instance.study_id.is_not(None), ~_labelled())
+            .order_by(Instance.id)
+            .limit(limit)
+        )
+        items = [_review_item(i, p, n) for i, p, n in unusual]
+        items += [_review_item(i, None, None) for i in session.scalars(refused)]
+        return sorted(items, key=lambda item: item.instance_id)[:limit]
+    return [_review_item(i, p, n) for i, p, n in rows]
+
+
+def review_item(session: Session, *, instance_id: int) -> ReviewItem | None:
+    """One instance with its current answer, whether or not it awaits review."""
+    row = session.execute(
+        select(Instance, Prediction, ModelVersion.name)
+        .select_from(Instance)
+        .outerjoin(Prediction, Prediction.id == current_answer_id())
+        .outerjoin(ModelVersion, ModelVersion.id == Prediction.model_version_id)
+        .where(Instance.id == instance_id)
+    ).first()
+    if row is None:
+        return None
+    return _review_item(row[0], row[1], row[2])
+
+
+# --- audit views -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class VersionCounts:
+    name: str
+    state: str
+    is_active: bool
+    answers: int
+    needs_review: int
+    header_disagrees: int
+    activated_at: datetime | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def answers_per_version(session: Session) -> list[VersionCounts]:
+    """Every model version with its number of answers, flagged ones and disagreements."""
+    query = (
+        select(ModelVersion.name, ModelVersion.state, ModelVersion.is_active,
+               ModelVersion.activated_at, func.count(Prediction.id),
+               func.coalesce(func.sum(case((Prediction.needs_review.is_(true()), 1),
+                                           else_=0)), 0),
+               func.coalesce(func.sum(case((Prediction.header_agrees.is_(false()), 1),
+                                           else_=0)), 0))
+        .outerjoin(Prediction, Prediction.model_version_id == ModelVersion.id)
+        .group_by(ModelVersion.id)
+        .order_by(ModelVersion.id)
+    )
+    return [VersionCounts(name=n, state=s, is_active=bool(a), activated_at=at, answers=int(c),
+                          needs_review=int(r), header_disagrees=int(d))
+            for n, s, a, at, c, r, d in session.execute(query)]
+
+
+@dataclass(frozen=True)
+class DailyRates:
+    day: str
+    answers: int
+    needs_review: int
+    header_known: int
+    header_disagrees: int
+    reviewed: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def daily_rates(session: Session, *, since: datetime) -> list[DailyRates]:
+    """Per UTC day since ``since``: answers, flagged ones, answers with a header view and
+    those disagreeing, and review labels recorded."""
+    day = func.date(Prediction.created_at)
+    answers = (
+        select(day, func.count(),
+               func.sum(case((Prediction.needs_review.is_(true()), 1), else_=0)),
+               func.sum(case((Prediction.header_agrees.is_not(None), 1), else_=0)),
+               func.sum(case((Prediction.header_agrees.is_(false()), 1), else_=0)))
+        .where(Prediction.created_at >= since)
+        .group_by(day)
+    )
+    label_day = func.date(GroundTruthLabel.created_at)
+    reviews = dict(
+        (str(d), int(n)) for d, n in session.execute(
+            select(label_day, func.count())
+            .where(GroundTruthLabel.source == "review", GroundTruthLabel.created_at >= since)
+            .group_by(label_day)))
+    rows = {str(d): DailyRates(day=str(d), answers=int(c), needs_review=int(r or 0),
+                               header_known=int(k or 0), header_disagrees=int(x or 0),
+                               reviewed=reviews.get(str(d), 0))
+            for d, c, r, k, x in session.execute(answers)}
+    for d, n in reviews.items():
+        rows.setdefault(d, DailyRates(day=d, answers=0, needs_review=0, header_known=0,
+                                      header_disagrees=0, reviewed=n))
+    return [rows[d] for d in sorted(rows)]
+
+
+def find_study_id(session: Session, *, study_instance_uid: str) -> int | None:
+    return session.scalar(select(Study.id).where(Study.study_instance_uid == study_instance_uid))
+
+
+@dataclass(frozen=True)
+class AnswerHistory:
+    """An instance of a study with every answer it got and every label."""
+
+    instance_id: int
+    status: str
+    header_view: str | None
+    current_prediction_id: int | None
+    answers: list[dict[str, Any]]
+    labels: list[dict[str, Any]]
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def study_history(session: Session, *, study_id: int) -> list[AnswerHistory]:
+    """Every instance of the study, each with all its answers (oldest first, the current
+    one marked) and labels: the audit view of one study. No UIDs."""
+    instances = list(session.execute(
+        select(Instance, current_answer_id()).where(Instance.study_id == study_id)
+        .order_by(Instance.id)))
+    ids = [i.id for i, _ in instances]
+    answers: dict[int, list[dict[str, Any]]] = {i: [] for i in ids}
+    for p, name in session.execute(
+            select(Prediction, ModelVersion.name)
+            .join(ModelVersion, ModelVersion.id == Prediction.model_version_id)
+            .where(Prediction.instance_id.in_(ids)).order_by(Prediction.id)):
+        answers[p.instance_id].append({
+            "prediction_id": p.id, "model_version": name,
+            "label": OrientationLabel(p.label).value, "confidence": p.confidence,
+            "needs_review": p.needs_review, "review_reason": p.review_reason,
+            "header_agrees": p.header_agrees, "created_at": p.created_at})
+    labels: dict[int, list[dict[str, Any]]] = {i: [] for i in ids}
+    for g in session.scalars(select(GroundTruthLabel)
+                             .where(GroundTruthLabel.instance_id.in_(ids))
+                             .order_by(GroundTruthLabel.id)):
+        labels[g.instance_id].append({
+            "label_id": g.id, "label": LabelValue(g.label).value, "source": g.source,
+            "annotator": g.annotator, "created_at": g.created_at})
+    return [AnswerHistory(instance_id=i.id, status=InstanceStatus(i.status).value,
+                          header_view=i.header_view_position, current_prediction_id=current,
+                          answers=answers[i.id], labels=labels[i.id])
+            for i, current in instances]
+
+
+def study_answer_rows(session: Session, *, study_id: int) -> list[StudyAnswer]:
+    """The study-level answers of a study, oldest first."""
+    return list(session.scalars(select(StudyAnswer).where(StudyAnswer.study_id == study_id)
+                                .order_by(StudyAnswer.sequence)))

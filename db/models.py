@@ -29,6 +29,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -72,6 +73,19 @@ UNFINISHED_STATUSES = (InstanceStatus.waiting, InstanceStatus.queued, InstanceSt
 class OrientationLabel(enum.StrEnum):
     frontal = "frontal"
     lateral = "lateral"
+
+
+class LabelValue(enum.StrEnum):
+    """What a ground-truth label may say: a view, or that the image is no chest
+    radiograph at all (a reviewer's answer; training leaves such an instance out)."""
+
+    frontal = "frontal"
+    lateral = "lateral"
+    not_chest = "not_chest"
+
+
+#: The label values that name a view (what training learns from).
+VIEW_LABELS = (LabelValue.frontal, LabelValue.lateral)
 
 
 class UidConflictAction(enum.StrEnum):
@@ -188,8 +202,17 @@ class ModelVersion(Base):
 class Prediction(Base):
     __tablename__ = "predictions"
     #: One answer per model version per file version (an instance's file can be replaced:
-    #: see ``UidConflict``).
-    __table_args__ = (UniqueConstraint("instance_id", "model_version_id", "file_sha256"),)
+    #: see ``UidConflict``). The partial indexes walk the review queue's answers in
+    #: instance (= arrival) order without reading the unflagged majority.
+    __table_args__ = (
+        UniqueConstraint("instance_id", "model_version_id", "file_sha256"),
+        Index("ix_predictions_review_queue", "instance_id",
+              postgresql_where=text("needs_review"), sqlite_where=text("needs_review")),
+        Index("ix_predictions_header_disagrees", "instance_id",
+              postgresql_where=text("header_agrees = false"),
+              sqlite_where=text("header_agrees = 0")),
+        Index("ix_predictions_created_at", "created_at"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     instance_id: Mapped[int] = mapped_column(
@@ -263,7 +286,9 @@ class GroundTruthLabel(Base):
     instance_id: Mapped[int] = mapped_column(
         ForeignKey("instances.id", ondelete="RESTRICT"), index=True
     )
-    label: Mapped[OrientationLabel] = mapped_column(_enum(OrientationLabel, "orientation_label"))
+    #: frontal, lateral, or not_chest (a reviewer's "not a chest radiograph").
+    label: Mapped[LabelValue] = mapped_column(_enum(LabelValue, "orientation_label"))
+    #: ``import`` (CSV), ``review`` (the review page; annotator is the user) or as given.
     source: Mapped[str] = mapped_column(String(64), default="import")
     annotator: Mapped[str | None] = mapped_column(String(128))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
@@ -410,3 +435,50 @@ class OutboxMessage(Base):
     sent_at: Mapped[datetime | None] = mapped_column()
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class UserRole(enum.StrEnum):
+    """What a person may do on the review page (docs/security.md, "Users")."""
+
+    #: The review queue: look, and record a label.
+    reviewer = "reviewer"
+    #: The audit views (read-only): answers per version, rates, a study's history.
+    auditor = "auditor"
+    #: Everything, and the users.
+    admin = "admin"
+
+
+class User(Base):
+    """A person who logs in to the review page (``cxr-orient user create``)."""
+
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    username: Mapped[str] = mapped_column(String(64), unique=True)
+    #: argon2id (PHC string, argon2-cffi); NULL: no password (single sign-on only, via
+    #: CXR_TRUSTED_USER_HEADER).
+    password_hash: Mapped[str | None] = mapped_column(Text)
+    role: Mapped[UserRole] = mapped_column(_enum(UserRole, "user_role"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    #: Bumped on a password change or a disable: session cookies signed before it (they
+    #: carry the value) no longer log anybody in.
+    session_epoch: Mapped[int] = mapped_column(Integer, default=0)
+    last_login_at: Mapped[datetime | None] = mapped_column()
+    #: Set by ``cxr-orient user disable``; a disabled user cannot log in (the row stays:
+    #: labels name the user).
+    disabled_at: Mapped[datetime | None] = mapped_column()
+
+
+class LoginFailure(Base):
+    """A failed login, kept for the rate limit (CXR_LOGIN_MAX_FAILURES per username and
+    address within CXR_LOGIN_WINDOW_S); rows older than the window are deleted."""
+
+    __tablename__ = "login_failures"
+    __table_args__ = (Index("ix_login_failures_username_address", "username", "address",
+                            "created_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    #: As typed (lower-cased, cut to 64): an unknown name is limited like a known one.
+    username: Mapped[str] = mapped_column(String(64))
+    address: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

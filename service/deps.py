@@ -1,10 +1,12 @@
-"""Dependencies of the routes: the settings, a database session, and the calling
-machine (a bearer token holding a scope)."""
+"""Dependencies of the routes: the settings, a database session, the calling machine (a
+bearer token holding a scope), the logged-in person (a session cookie, or a trusted
+proxy's header) and what its role allows, and the CSRF check of forms."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request, status
@@ -13,7 +15,10 @@ from sqlalchemy.orm import Session
 
 from cxr_orient.settings import Settings, get_settings
 from cxr_orient.tokens import TokenInfo, verify_token
+from cxr_orient.users import UserInfo
+from db.models import UserRole
 from db.session import session_scope
+from service.sessions import CSRF_FIELD, CSRF_HEADER, csrf_ok, session_user
 
 REALM = "cxr-orient"
 logger = logging.getLogger(__name__)
@@ -79,3 +84,103 @@ def require_scope(scope: str) -> Callable[..., TokenInfo]:
         return info
 
     return dependency
+
+
+# --- people: the session's user and what its role allows -----------------------------
+
+#: What each role may do (docs/security.md, "Users and roles"). Tokens hold the same
+#: names as scopes (``review``, ``audit``).
+ROLE_CAN: dict[UserRole, frozenset[str]] = {
+    UserRole.reviewer: frozenset({"review"}),
+    UserRole.auditor: frozenset({"audit"}),
+    UserRole.admin: frozenset({"review", "audit", "admin"}),
+}
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who is asking: a person (``user``) or a machine (``token``)."""
+
+    name: str
+    can: frozenset[str]
+    user: UserInfo | None = None
+    token: TokenInfo | None = None
+
+    @property
+    def annotator(self) -> str:
+        return self.name if self.user is not None else f"token:{self.name}"
+
+
+class LoginRequired(Exception):
+    """Raised by a page dependency when nobody is logged in: the app answers with a
+    redirect to the login page (see ``service.app``)."""
+
+    def __init__(self, next_path: str) -> None:
+        self.next_path = next_path
+
+
+def current_user(request: Request, settings: SettingsDep) -> UserInfo | None:
+    try:
+        user = session_user(request, settings)
+    except SQLAlchemyError as exc:
+        logger.error("session check: database unavailable (%s)", type(exc).__name__)
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE,
+                            detail="the database is unavailable; try again") from exc
+    if user is not None:
+        request.state.user_name = user.username
+    return user
+
+
+def page_user(capability: str) -> Callable[..., Caller]:
+    """A page dependency: a logged-in person allowed ``capability`` (else a redirect to
+    the login page, or 403)."""
+
+    def dependency(request: Request,
+                   user: Annotated[UserInfo | None, Depends(current_user)]) -> Caller:
+        if user is None:
+            raise LoginRequired(request.url.path)
+        can = ROLE_CAN[user.role]
+        if capability not in can:
+            raise HTTPException(status.HTTP_403_FORBIDDEN,
+                                detail=f"the {user.role.value} role may not do this")
+        return Caller(user.username, can, user=user)
+
+    return dependency
+
+
+def api_caller(capability: str) -> Callable[..., Caller]:
+    """An API dependency: a bearer token holding the scope ``capability``, or a logged-in
+    person allowed it; a person's unsafe request (POST...) must carry the session's
+    CSRF token in X-CSRF-Token (a token's need not: no cookie, no cross-site forgery)."""
+    by_token = require_scope(capability)
+
+    def dependency(request: Request,
+                   user: Annotated[UserInfo | None, Depends(current_user)]) -> Caller:
+        if bearer_token(request) is not None:
+            info = by_token(request)
+            return Caller(info.name, frozenset(info.scopes), token=info)
+        if user is None:
+            raise _unauthorized("log in, or send a bearer token", None)
+        can = ROLE_CAN[user.role]
+        if capability not in can:
+            raise HTTPException(status.HTTP_403_FORBIDDEN,
+                                detail=f"the {user.role.value} role may not do this")
+        if request.method not in {"GET", "HEAD", "OPTIONS"} and not csrf_ok(
+                request, request.headers.get(CSRF_HEADER)):
+            raise HTTPException(status.HTTP_403_FORBIDDEN, detail="missing or wrong CSRF token")
+        return Caller(user.username, can, user=user)
+
+    return dependency
+
+
+async def checked_form(request: Request) -> dict[str, str]:
+    """A form's fields, after its CSRF token was checked (403 otherwise)."""
+    form = await request.form()
+    fields = {k: v for k, v in form.items() if isinstance(v, str)}
+    if not csrf_ok(request, fields.get(CSRF_FIELD)):
+        raise HTTPException(status.HTTP_403_FORBIDDEN,
+                            detail="missing or wrong CSRF token; reload the page")
+    return fields
+
+
+CheckedForm = Annotated[dict[str, str], Depends(checked_form)]

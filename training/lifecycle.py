@@ -35,7 +35,7 @@ from cxr_orient.imaging import MODEL_INPUT_SIZE
 from cxr_orient.intake import load_checked_image
 from cxr_orient.settings import get_settings
 from db import crud
-from db.models import ModelVersion, OrientationLabel
+from db.models import VIEW_LABELS, ModelVersion, OrientationLabel
 from db.session import get_engine, session_scope
 from training.gate import GateDecision, gate
 
@@ -62,6 +62,8 @@ class LabelledSet:
     patients: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     highest_label_id: int = 0
+    #: Instances whose latest label says they are no chest radiograph: not trained on.
+    not_chest: int = 0
 
 
 def labelled_images_from_db(session: Session) -> LabelledSet:
@@ -74,6 +76,9 @@ def labelled_images_from_db(session: Session) -> LabelledSet:
     out = LabelledSet()
     for instance, study, label in crud.latest_labels(session):
         out.highest_label_id = max(out.highest_label_id, label.id)
+        if label.label not in VIEW_LABELS:  # "not a chest radiograph" (a reviewer's)
+            out.not_chest += 1
+            continue
         try:
             ensure_not_purged(instance)
             image = load_checked_image(

@@ -1,0 +1,75 @@
+"""The review pages: the queue (``/review``), one instance (``/review/items/{id}``) and
+recording a decision (``POST /review/items/{id}/label``: a ``labels`` row, then the next
+instance). URLs carry internal ids only, never a UID."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi.responses import RedirectResponse, Response
+
+from cxr_orient.review import ReviewError, next_for_review, record_review
+from db import crud
+from db.crud import REVIEW_FILTERS
+from service.deps import Caller, CheckedForm, SessionDep, page_user
+from service.pages import page
+
+router = APIRouter(prefix="/review", include_in_schema=False)
+Reviewer = Annotated[Caller, Depends(page_user("review"))]
+FILTER_NAMES = {"flagged": "Flagged for review", "disagree": "Header disagrees",
+                "out_of_scope": "Out of scope", "uid_conflict": "UID conflicts"}
+DECISION_BUTTONS = [("frontal", "Frontal", "f"), ("lateral", "Lateral", "l"),
+                    ("not_chest", "Not a chest radiograph", "n")]
+PAGE_SIZE = 50
+
+
+def _kind(value: str | None) -> str:
+    return value if value in REVIEW_FILTERS else "flagged"
+
+
+@router.get("")
+def queue(request: Request, caller: Reviewer, session: SessionDep,
+          filter: str | None = None, after: int = 0) -> Response:
+    kind = _kind(filter)
+    items = crud.review_queue(session, kind=kind, after=max(0, after), limit=PAGE_SIZE + 1)
+    return page(request, "queue.html", caller=caller, kind=kind,
+                filters=list(FILTER_NAMES.items()), items=items[:PAGE_SIZE],
+                more=len(items) > PAGE_SIZE)
+
+
+@router.get("/next")
+def next_item(caller: Reviewer, session: SessionDep, filter: str | None = None,
+              after: int = 0) -> Response:
+    kind = _kind(filter)
+    found = next_for_review(session, kind=kind, after=after)
+    target = f"/review/items/{found}?filter={kind}" if found else f"/review?filter={kind}"
+    return RedirectResponse(target, status_code=303)
+
+
+@router.get("/items/{instance_id}")
+def item(instance_id: int, request: Request, caller: Reviewer, session: SessionDep,
+         filter: str | None = None) -> Response:
+    kind = _kind(filter)
+    found = crud.review_item(session, instance_id=instance_id)
+    if found is None:
+        raise HTTPException(404, detail=f"no instance {instance_id}")
+    return page(request, "item.html", caller=caller, kind=kind, item=found,
+                labels=crud.labels_of(session, instance_id=instance_id),
+                decisions=DECISION_BUTTONS,
+                next_id=next_for_review(session, kind=kind, after=instance_id))
+
+
+@router.post("/items/{instance_id}/label")
+def label(instance_id: int, caller: Reviewer, session: SessionDep,
+          form: CheckedForm) -> Response:
+    kind = _kind(form.get("filter"))
+    try:
+        record_review(session, instance_id=instance_id, decision=form.get("decision", ""),
+                      annotator=caller.annotator)
+    except ReviewError as exc:
+        raise HTTPException(400, detail=str(exc)) from exc
+    session.flush()
+    found = next_for_review(session, kind=kind, after=instance_id)
+    target = f"/review/items/{found}?filter={kind}" if found else f"/review?filter={kind}"
+    return RedirectResponse(target, status_code=303)
