@@ -190,8 +190,19 @@ compose up -d --no-build migrate worker beat serve listen > "$WORK/up.log" 2>&1 
   || { cat "$WORK/up.log" >&2; fail "compose up"; }
 phase compose-up
 
-container() { compose ps -q "$1"; }
-health() { $DOCKER inspect -f '{{if .State.Health}}{{.State.Health.Status}}{{else}}{{.State.Status}}{{end}}' "$(container "$1")"; }
+declare -A CONTAINERS=()
+# One call for every container id (docker exec is much faster than compose exec).
+while read -r svc id; do CONTAINERS[$svc]=$id; done < <(
+  $DOCKER ps -a --filter "label=com.docker.compose.project=$PROJECT" \
+    --format '{{.Label "com.docker.compose.service"}} {{.ID}}')
+for svc in migrate worker beat serve listen postgres redis; do
+  [ -n "${CONTAINERS[$svc]:-}" ] || fail "no container for $svc"
+done
+in_service() { local svc=$1; shift; $DOCKER exec -i "${CONTAINERS[$svc]}" "$@"; }
+state() {
+  $DOCKER inspect -f '{{.State.Status}} {{.State.ExitCode}}{{if .State.Health}} {{.State.Health.Status}}{{end}}' \
+    "${CONTAINERS[$1]}"
+}
 wait_until() {  # wait_until WHAT COMMAND...: retry COMMAND until it succeeds or TIMEOUT_S
   local what=$1; shift
   local deadline=$((SECONDS + TIMEOUT_S))
@@ -200,32 +211,38 @@ wait_until() {  # wait_until WHAT COMMAND...: retry COMMAND until it succeeds or
     sleep 1
   done
 }
-migrate_ok() {
-  [ "$($DOCKER inspect -f '{{.State.Status}} {{.State.ExitCode}}' "$(container migrate)")" = "exited 0" ]
-}
-wait_until "migrate to finish" migrate_ok
-healthy() { [ "$(health "$1")" = healthy ]; }
-wait_until "serve to be healthy (/readyz)" healthy serve
-wait_until "listen to be healthy (C-ECHO)" healthy listen
-worker_answers() {
-  compose exec -T worker sh -c 'celery -A worker inspect ping --timeout 5 --destination "$(cat /tmp/cxr-celery-node)"'
-}
-wait_until "the worker to answer a ping" worker_answers
-for svc in beat; do
-  [ "$(health "$svc")" = running ] || fail "$svc is $(health "$svc")"
-done
-phase services-ready
+[ "$(state migrate)" = "exited 0" ] || fail "migrate: $(state migrate)"
+healthy() { [ "$(state "$1")" = "running 0 healthy" ]; }
 
 # --- 5. send the demo samples -------------------------------------------------------
-# study1, rg1 and broken: folder enqueue (in the worker container, paths under /ingest);
-# study2: C-STORE to listen (dcmtk's dcmsend); study3: STOW-RS to serve (a bearer token).
-compose exec -T worker cxr-orient enqueue /ingest/archive > "$WORK/enqueue.log" 2>&1 \
-  || { cat "$WORK/enqueue.log" >&2; fail "cxr-orient enqueue"; }
+# Each way in is used as soon as it can take them, side by side (the work is mostly
+# Python start-up, which the services' own start-up competes with):
+#   study1, rg1, broken: `cxr-orient enqueue` in the worker container (paths under
+#     /ingest); the broker holds the messages until the worker is up
+#   study2: C-STORE to listen (dcmtk's dcmsend) once listen answers a C-ECHO
+#   study3: STOW-RS to serve, with a bearer token from `cxr-orient token create`
+# and the worker's own healthcheck command (a celery ping of its node) must answer.
+log "enqueue /ingest/archive (study1, rg1, broken) in the worker container"
+in_service worker cxr-orient enqueue /ingest/archive > "$WORK/enqueue.log" 2>&1 &
+enqueue_pid=$!
+in_service serve cxr-orient token create compose-smoke > "$WORK/token" 2> "$WORK/token.log" &
+token_pid=$!
+worker_answers() {
+  in_service worker sh -c 'celery -A worker inspect ping --timeout 5 --destination "$(cat /tmp/cxr-celery-node)"'
+}
+( wait_until "the worker to answer its healthcheck ping" worker_answers
+  log "worker answers its healthcheck ping" ) &
+ping_pid=$!
+
+wait_until "listen to be healthy (C-ECHO)" healthy listen
+log "listen healthy; C-STORE study2 (dcmsend to 127.0.0.1:$DICOM_PORT)"
 dcmsend -aec CXR_ORIENT 127.0.0.1 "$DICOM_PORT" "$SAMPLES"/study2/*.dcm > "$WORK/dcmsend.log" 2>&1 \
   || { cat "$WORK/dcmsend.log" >&2; fail "dcmsend to listen"; }
-token=$(compose exec -T serve cxr-orient token create compose-smoke 2>/dev/null | tail -1 | tr -d '\r')
-[ -n "$token" ] || fail "cxr-orient token create"
-python3 - "$HTTP_PORT" "$token" "$SAMPLES"/study3/*.dcm <<'EOF' || fail "STOW-RS to serve"
+wait_until "serve to be healthy (/readyz)" healthy serve
+wait "$token_pid" || { cat "$WORK/token.log" >&2; fail "cxr-orient token create"; }
+token=$(tail -1 "$WORK/token")
+log "serve healthy; STOW-RS study3 (127.0.0.1:$HTTP_PORT)"
+python3 - "$HTTP_PORT" "$token" "$SAMPLES"/study3/*.dcm <<'PY' || fail "STOW-RS to serve"
 import sys, urllib.request, uuid
 port, token, files = sys.argv[1], sys.argv[2], sys.argv[3:]
 boundary = uuid.uuid4().hex
@@ -238,23 +255,26 @@ request = urllib.request.Request(
              "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}'})
 with urllib.request.urlopen(request, timeout=60) as response:
     sys.exit(0 if response.status == 200 else 1)
-EOF
-phase send-samples
+PY
+wait "$enqueue_pid" || { cat "$WORK/enqueue.log" >&2; fail "cxr-orient enqueue"; }
+log "enqueue: $(tail -1 "$WORK/enqueue.log")"
+phase services-up+send
 
 # --- 6. results ---------------------------------------------------------------------
-results() { compose exec -T serve cxr-orient results --format json 2>/dev/null; }
-all_finished() {
-  results > "$WORK/results.json" || return 1
-  python3 - "$WORK/results.json" <<'EOF'
-import json, sys
-rows = json.load(open(sys.argv[1]))
-sys.exit(0 if len(rows) == 8 and all(r["status"] in ("done", "failed") for r in rows) else 1)
-EOF
+# Polled in SQL (psql in the postgres container, over its Unix socket: no Python start
+# per poll), then read
+# once with `cxr-orient results --format json` and checked.
+finished() {
+  [ "$(in_service postgres psql -qAt -U cxr -d cxr -c \
+        "SELECT count(*) FROM instances WHERE status IN ('done', 'failed')")" = 8 ]
 }
-wait_until "8 finished instances" all_finished
-phase classify-8
+wait_until "8 finished instances" finished
+wait "$ping_pid" || fail "the worker's healthcheck ping"
+phase classify
 
-python3 - "$WORK/results.json" <<'EOF' || fail "the results are not what the samples are"
+in_service serve cxr-orient results --format json > "$WORK/results.json" 2> "$WORK/results.log" \
+  || { cat "$WORK/results.log" >&2; fail "cxr-orient results"; }
+python3 - "$WORK/results.json" <<'PY' || fail "the results are not what the samples are"
 import json, sys
 rows = json.load(open(sys.argv[1]))
 done = [r for r in rows if r["status"] == "done"]
@@ -270,9 +290,10 @@ if labels != ["frontal"] * 4 + ["lateral"] * 3:
     problems.append(f"labels {labels}, expected 4 frontal and 3 lateral")
 for r in done:
     name = r["file_path"].rsplit("/", 1)[-1]
-    expected = "lateral" if name == "lateral.dcm" else "frontal" if "/archive/" in r["file_path"] else None
-    if expected and r["label"] != expected:
-        problems.append(f"{r['file_path']}: {r['label']}, expected {expected}")
+    if "/ingest/archive/" in r["file_path"]:
+        expected = "lateral" if name == "lateral.dcm" else "frontal"
+        if r["label"] != expected:
+            problems.append(f"{r['file_path']}: {r['label']}, expected {expected}")
     if not r["model_version"]:
         problems.append(f"{r['file_path']}: no model version")
 spooled = sum("/ingest/spool/" in r["file_path"] for r in done)
@@ -280,14 +301,15 @@ if spooled != 4:
     problems.append(f"{spooled} instances came in over the network, expected 4")
 for r in sorted(rows, key=lambda r: r["file_path"]):
     print(f"  {r['status']:6} {r['label'] or '-':8} {r['confidence'] or 0:.3f} "
-          f"{r['model_version'] or '-':28} {r['file_path']}", file=sys.stderr)
+          f"{r['model_version'] or '-':24} {r['file_path'][:80]}", file=sys.stderr)
 for p in problems:
     print("  problem:", p, file=sys.stderr)
 sys.exit(1 if problems else 0)
-EOF
-phase check-results
+PY
+phase results
 
-log "tearing down"
+# --- 7. tear down -------------------------------------------------------------------
+log "tearing down (compose down -v)"
 compose down -v --remove-orphans > /dev/null 2>&1 || fail "compose down"
 COMPOSE_UP=""
 phase compose-down
