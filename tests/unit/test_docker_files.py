@@ -21,7 +21,8 @@ DOCKER = ROOT / "docker"
 COMPOSE = DOCKER / "compose.yaml"
 DOCKERFILES = [DOCKER / "Dockerfile", DOCKER / "Dockerfile.gpu"]
 #: The local stand-ins for the public redis and postgres images (context docker/local).
-LOCAL_DOCKERFILES = [DOCKER / "local" / "Dockerfile.redis", DOCKER / "local" / "Dockerfile.postgres"]
+LOCAL_DOCKERFILES = [DOCKER / "local" / "Dockerfile.redis",
+                     DOCKER / "local" / "Dockerfile.postgres"]
 SETTINGS_VARIABLES = {f"CXR_{name.upper()}" for name in Settings.model_fields}
 #: Compose-level inputs that are not application settings (docs/deployment.md).
 COMPOSE_INPUTS = {"POSTGRES_PASSWORD", "ARCHIVE_DIR", "WORKER_CONCURRENCY", "APP_IMAGE",
@@ -263,7 +264,7 @@ def _check_base_and_user(instructions: list[tuple[str, str]]) -> None:
     for image in bases:
         _, _, tag = image.rpartition(":")
         assert tag and tag != "latest" and re.search(r"\d+\.\d+", tag), f"unpinned base {image}"
-    assert [rest for k, rest in instructions if k == "ARG"][0].startswith("BASE_IMAGE=")
+    assert next(rest for k, rest in instructions if k == "ARG").startswith("BASE_IMAGE=")
     users = [rest for k, rest in instructions if k == "USER"]
     assert users and users[-1].split(":")[0] not in {"root", "0"}, "must end as a non-root user"
     assert keywords.index("USER") > max(i for i, k in enumerate(keywords) if k == "RUN")
@@ -310,7 +311,8 @@ def test_cpu_and_gpu_images() -> None:
     assert gpu_base.startswith("tensorflow/tensorflow:") and gpu_base.endswith("-gpu")
 
 
-@pytest.mark.parametrize("script", ["entrypoint.sh", "retrain-loop.sh", "local/postgres-entrypoint.sh"])
+@pytest.mark.parametrize(
+    "script", ["entrypoint.sh", "retrain-loop.sh", "local/postgres-entrypoint.sh"])
 def test_scripts_are_executable_posix_sh(script: str) -> None:
     path = DOCKER / script
     assert path.stat().st_mode & stat.S_IXUSR
