@@ -71,15 +71,12 @@ if ! $DOCKER buildx version >/dev/null 2>&1 && [ -x /usr/bin/docker ]; then
   DOCKER=/usr/bin/docker
 fi
 export DOCKER_BUILDKIT=1
+COMPOSE=()
 if docker compose version >/dev/null 2>&1; then
   COMPOSE=(docker compose)
 elif command -v docker-compose >/dev/null 2>&1; then
   COMPOSE=(docker-compose)
-else
-  fail "neither 'docker compose' nor docker-compose is installed"
 fi
-command -v dcmsend >/dev/null || fail "dcmsend (dcmtk) is needed to send to listen"
-command -v debootstrap >/dev/null || fail "debootstrap is needed for the base image"
 
 WORK=$(mktemp -d /tmp/cxr-compose-smoke.XXXXXX)
 STARTED_DOCKERD=""
@@ -133,7 +130,11 @@ if ! $DOCKER info >/dev/null 2>&1; then
     log "dockerd did not start within 30 s (log: $DOCKERD_LOG)"
     exit 77
   fi
+  # The engine this run started has no bridge network (only host and none).
+  ! $DOCKER network ls --format '{{.Driver}}' | grep -qx bridge || fail "dockerd made a bridge network"
 fi
+[ "${#COMPOSE[@]}" -gt 0 ] || fail "neither 'docker compose' nor docker-compose is installed"
+command -v dcmsend >/dev/null || fail "dcmsend (dcmtk) is needed to send to listen"
 phase engine
 
 # --- 2. the base image (debootstrap, cached) ----------------------------------------
@@ -148,6 +149,7 @@ if ! $DOCKER image inspect "$BASE_TAG" >/dev/null 2>&1; then
   mkdir -p "$CACHE_DIR"
   tarball=$CACHE_DIR/bookworm-base.tar
   if [ ! -s "$tarball" ] || [ -n "${SMOKE_REBUILD_BASE:-}" ]; then
+    command -v debootstrap >/dev/null || fail "debootstrap is needed for the base image"
     mirror=${DEBIAN_MIRROR:-$(debian_mirror)}
     log "debootstrap bookworm from $mirror (python3.11, venv; once, then cached in $tarball)"
     rootfs=$WORK/rootfs
@@ -227,6 +229,9 @@ wait_until() {  # wait_until WHAT COMMAND...: retry COMMAND until it succeeds or
   done
 }
 [ "$(state migrate)" = "exited 0" ] || fail "migrate: $(state migrate)"
+# Every container is on the host's network, none on a Docker network.
+modes=$($DOCKER inspect -f '{{.HostConfig.NetworkMode}}' "${CONTAINERS[@]}" | sort -u)
+[ "$modes" = host ] || fail "containers not on the host network: $modes"
 healthy() { [ "$(state "$1")" = "running 0 healthy" ]; }
 
 # --- 5. send the demo samples -------------------------------------------------------
