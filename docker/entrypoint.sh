@@ -13,10 +13,14 @@ role="${1:-worker}"
 case "$role" in
   worker)
     # One prefork child per WORKER_CONCURRENCY; each loads the model once after fork.
+    # The node name must be unique per container: on host networking every container
+    # has the host's name, so a random suffix is added. The healthcheck reads it back.
+    node="worker-$(od -An -N4 -tx1 /dev/urandom | tr -d ' \n')@$(uname -n)"
+    printf '%s\n' "$node" > "${TMPDIR:-/tmp}/cxr-celery-node"
     exec celery -A worker worker \
       --loglevel "${CXR_LOG_LEVEL:-INFO}" \
       --concurrency "${WORKER_CONCURRENCY:-1}" \
-      --hostname "celery@$(hostname)" \
+      --hostname "$node" \
       "$@"
     ;;
   beat)
