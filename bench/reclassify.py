@@ -24,33 +24,17 @@ import platform
 import resource
 import tempfile
 import time
-import uuid
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from bench.pgdb import temporary_pg_database
+
 REDIS_URL = "redis://127.0.0.1:6379/13"
-PG_ADMIN_DSN = os.environ.get("CXR_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/test")
 OUT = Path(__file__).resolve().parent / "results" / "reclassify.md"
 
 
-@contextmanager
-def _pg_database() -> Iterator[str]:
-    import psycopg
-
-    name = f"cxr_bench_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    base = PG_ADMIN_DSN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://", 1)
-    try:
-        yield f"{base}/{name}"
-    finally:
-        with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
-            conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                         "WHERE datname = %s", (name,))
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
 
 
 def _use(url: str) -> None:
@@ -185,7 +169,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as folder:
         results.append(_measure("SQLite", f"sqlite:///{folder}/bench.db", args.instances,
                                 args.chunk_size))
-    with _pg_database() as url:
+    with temporary_pg_database() as url:
         results.append(_measure("PostgreSQL", url, args.instances, args.chunk_size))
     _write(args.out, results)
     print(args.out.read_text())

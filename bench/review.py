@@ -33,20 +33,17 @@ import json
 import os
 import platform
 import re
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
-import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-PG_ADMIN_DSN = os.environ.get("CXR_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/test")
+from bench.pgdb import temporary_pg_database
+from bench.services import serving
+
 RESULTS = Path(__file__).resolve().parent / "results"
 REPO = Path(__file__).resolve().parents[1]
 PASSWORD = "bench reviewer password"
@@ -54,21 +51,6 @@ FILES = 12
 SHAPE = (2000, 1600)
 
 
-@contextmanager
-def _pg_database() -> Iterator[str]:
-    import psycopg
-
-    name = f"cxr_bench_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    base = PG_ADMIN_DSN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://", 1)
-    try:
-        yield f"{base}/{name}"
-    finally:
-        with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
-            conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                         "WHERE datname = %s", (name,))
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
 
 
 def _configure(url: str, root: Path, data: Path) -> dict[str, str]:
@@ -168,45 +150,6 @@ def _populate(n: int, files: list[tuple[str, str, int]]) -> dict[str, int]:
     return {"instances": n, "flagged": len(flagged), "already_reviewed": len(reviewed)}
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@contextmanager
-def _serving(env: dict[str, str], log: Path) -> Iterator[str]:
-    import httpx
-
-    port = _free_port()
-    with log.open("ab") as out:
-        server = subprocess.Popen(
-            [sys.executable, "-m", "cxr_orient.cli", "serve", "--port", str(port)],
-            env=env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            if server.poll() is not None:
-                raise RuntimeError(f"serve exited {server.returncode}:\n{log.read_text()}")
-            try:
-                if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"serve not up after 120 s:\n{log.read_text()}")
-            time.sleep(0.3)
-        yield base
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
-
-
 def _csrf(html: str) -> str:
     found = re.search(r'name="csrf_token" value="([^"]+)"', html)
     if not found:
@@ -281,7 +224,7 @@ def _drive(base: str, requests: int) -> dict[str, Any]:
 
 
 def run(*, instances: int, requests: int, machine: str) -> dict[str, Any]:
-    with tempfile.TemporaryDirectory() as folder, _pg_database() as url:
+    with tempfile.TemporaryDirectory() as folder, temporary_pg_database() as url:
         root, data = Path(folder) / "archive", Path(folder) / "data"
         root.mkdir()
         env = _configure(url, root.resolve(), data.resolve())
@@ -293,7 +236,7 @@ def run(*, instances: int, requests: int, machine: str) -> dict[str, Any]:
         counts = _populate(instances, files)
         build_s = time.perf_counter() - build_start
         scans_before = _index_scans(url)
-        with _serving(env, Path(folder) / "serve.log") as base:
+        with serving(env, Path(folder) / "serve.log", timeout=120) as base:
             timings = _drive(base, requests)
         scans = _index_scans(url) - scans_before
     return {"machine": machine, "date": f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC",

@@ -899,20 +899,22 @@ def token_create(name: str, scopes: tuple[str, ...]) -> None:
     click.echo(secret)
 
 
+def _when(value: Any) -> str:
+    """A listed timestamp to the minute, or '-'."""
+    return value.strftime("%Y-%m-%d %H:%M") if value is not None else "-"
+
+
 @token.command("list")
 def token_list() -> None:
     """Every token: name, scopes, created, last used, revoked (never the token)."""
     from cxr_orient.tokens import list_tokens
     from db.session import session_scope
 
-    def when(value: Any) -> str:
-        return value.strftime("%Y-%m-%d %H:%M") if value is not None else "-"
-
     with session_scope() as session:
         for info in list_tokens(session):
             click.echo(f"{info.name:32s} {','.join(info.scopes):12s} "
-                       f"created {when(info.created_at)}  last used {when(info.last_used_at)}"
-                       f"  {'REVOKED ' + when(info.revoked_at) if info.revoked_at else ''}")
+                       f"created {_when(info.created_at)}  last used {_when(info.last_used_at)}"
+                       f"  {'REVOKED ' + _when(info.revoked_at) if info.revoked_at else ''}")
 
 
 @token.command("revoke")
@@ -972,15 +974,12 @@ def user_list() -> None:
     from cxr_orient.users import list_users
     from db.session import session_scope
 
-    def when(value: Any) -> str:
-        return value.strftime("%Y-%m-%d %H:%M") if value is not None else "-"
-
     with session_scope() as session:
         for info in list_users(session):
             click.echo(f"{info.username:32s} {info.role.value:9s} "
                        f"{'password' if info.has_password else 'sso-only':9s} "
-                       f"last login {when(info.last_login_at)}"
-                       f"{'  DISABLED ' + when(info.disabled_at) if info.disabled_at else ''}")
+                       f"last login {_when(info.last_login_at)}"
+                       f"{'  DISABLED ' + _when(info.disabled_at) if info.disabled_at else ''}")
 
 
 @user.command("disable")

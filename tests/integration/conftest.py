@@ -15,8 +15,10 @@ from tests.utils.env import flush_redis_db, redis_available
 pytestmark = pytest.mark.integration
 
 #: The Redis database the integration tests use (0 is left to humans). Parallel runs
-#: from several checkouts on one machine each set CXR_TEST_REDIS_DB to their own number.
-REDIS_DB = int(os.environ.get("CXR_TEST_REDIS_DB", "11"))
+#: from several checkouts on one machine each set CXR_TEST_REDIS_DB to their own number;
+#: under pytest-xdist each test process takes the next number up (gw0 the base, gw1 +1).
+REDIS_DB = int(os.environ.get("CXR_TEST_REDIS_DB", "11")) + int(
+    os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
 
 
 @pytest.fixture
