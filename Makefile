@@ -18,7 +18,7 @@ demo: $(STAMP)  ## The main job on bundled samples: real worker, embedded DB and
 test: $(STAMP)  ## Unit and integration tests (needs Redis and PostgreSQL on 127.0.0.1).
 	$(BIN)/ruff check .
 	$(BIN)/mypy
-	$(BIN)/pytest
+	$(BIN)/pytest -n 2 --dist loadfile
 
 bench: $(STAMP)
 	$(BIN)/cxr-orient bench

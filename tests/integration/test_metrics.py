@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from cxr_orient.settings import SHIPPED_MODEL
 from tests.utils.faults import free_port, wait_until
 from tests.utils.services import Samples, flower, serving
 from tests.utils.services import parse_samples as samples
@@ -81,7 +82,8 @@ def test_metrics_and_flower_show_a_running_worker(redis_url: str, tmp_path: Path
         assert _total(served, "cxr_orient_queue_depth", queue="cxr-orient") == 0
         versions = [dict(ls)["version"] for (n, ls), _ in served.items()
                     if n == "cxr_orient_active_model_info"]
-        assert versions == ["compact-invariant-64-v2"], versions
+        # The worker registered the shipped checkpoint on the empty database: its name.
+        assert versions == [SHIPPED_MODEL.stem], versions
         assert httpx.get(f"{service_url}/readyz", timeout=10).status_code == 200
 
         # Flower: the worker (asked over the broker) and its tasks (from the events).
