@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -22,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+
+from bench.services import free_port
 
 __all__ = [
     "COMPREHENSIVE_SR",
@@ -50,13 +51,6 @@ def orthanc_binary() -> str:
         raise OrthancMissingError("Orthanc with its DICOMweb plugin is missing "
                                   "(apt-get install orthanc orthanc-dicomweb)")
     return binary
-
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 now (bind port 0, read it back)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass

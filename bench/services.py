@@ -15,6 +15,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (bind port 0, read it back)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])

@@ -10,7 +10,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from bench.services import free_port
 from tests.utils.worker import REPO
 
 __all__ = [
@@ -43,12 +43,6 @@ def need_tool(name: str) -> str:
     if found is None:
         pytest.fail(f"{name} is not installed (apt-get install {PACKAGES.get(name, name)})")
     return found
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class ListenerProcess:
