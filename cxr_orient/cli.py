@@ -246,18 +246,23 @@ def listen(port: int | None, bind: str | None, ae_title: str | None) -> None:
                    "CXR_DICOM_AE_TITLE (a running `cxr-orient listen`).")
 @click.option("--study", "study_uid", default=None, help="Only this StudyInstanceUID.")
 @click.option("--since", type=click.DateTime(["%Y-%m-%d"]), default=None,
-              help="Studies from this StudyDate (YYYY-MM-DD).")
+              help="Studies from this StudyDate (YYYY-MM-DD), and undated ones.")
 @click.option("--until", type=click.DateTime(["%Y-%m-%d"]), default=None,
-              help="Studies up to this StudyDate (YYYY-MM-DD).")
+              help="Studies up to this StudyDate (YYYY-MM-DD), and undated ones.")
+@click.option("--undated/--skip-undated", default=True, show_default=True,
+              help="With --since/--until: also studies with no StudyDate (no date rules "
+                   "them out; the PACS then lists every study and the dates are matched "
+                   "here). --skip-undated lets the PACS match the dates.")
 @click.option("--modality", default="CR,DX", show_default=True,
               help="Comma-separated series modalities to fetch.")
 def pull(url: str | None, dimse: str | None, study_uid: str | None, since: Any, until: Any,
-         modality: str) -> None:
+         undated: bool, modality: str) -> None:
     """Fetch studies from a PACS over DICOMweb (QIDO-RS, WADO-RS) or DIMSE (C-FIND,
     C-MOVE to the listener) and queue them.
 
     Idempotent and resumable: instances already recorded are not fetched again, so an
-    interrupted pull run again fetches only the rest.
+    interrupted pull run again fetches only the rest. A study with no StudyDate is in
+    every date window unless --skip-undated.
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
@@ -271,7 +276,7 @@ def pull(url: str | None, dimse: str | None, study_uid: str | None, since: Any, 
     recorded_now = 0
     query = PullQuery(study_uid=study_uid, since=since.date() if since else None,
                       until=until.date() if until else None,
-                      modalities=parse_modalities(modality))
+                      modalities=parse_modalities(modality), undated=undated)
     with Progress("[progress.description]{task.description}", BarColumn(),
                   MofNCompleteColumn(), TimeRemainingColumn(), transient=True,
                   disable=not sys.stderr.isatty()) as progress:
