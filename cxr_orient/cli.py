@@ -59,9 +59,18 @@ def _setup_logging(verbose: bool) -> None:
         logging.getLogger("kombu.connection").setLevel(logging.ERROR)
 
 
+#: ``ctx.meta`` key (shared by every nested context): what to suggest when the database
+#: fails; a command sets its own so that it never advises running itself.
+DATABASE_HINT = "cxr_orient.database_hint"
+DEFAULT_DATABASE_HINT = "is it running, and has `cxr-orient db upgrade` been run?"
+MIGRATE_DATABASE_HINT = ("is it running, is the URL right, and for SQLite, can its folder "
+                         "be written?")
+
+
 class _Group(click.Group):
     """Turns a database that cannot be reached or is not migrated into one clear line
-    (with the URL's password hidden) instead of a traceback."""
+    (with the URL's password hidden) instead of a traceback; the hint is the failing
+    command's (``ctx.meta[DATABASE_HINT]``)."""
 
     def invoke(self, ctx: click.Context) -> Any:
         from sqlalchemy.exc import OperationalError, ProgrammingError
@@ -71,10 +80,8 @@ class _Group(click.Group):
         except (OperationalError, ProgrammingError) as exc:
             url = redact_url(get_settings().effective_database_url)
             reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
-            raise click.ClickException(
-                f"database {url}: {reason} (is it running, and has `cxr-orient db upgrade` "
-                "been run?)"
-            ) from exc
+            hint = ctx.meta.get(DATABASE_HINT, DEFAULT_DATABASE_HINT)
+            raise click.ClickException(f"database {url}: {reason} ({hint})") from exc
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -95,6 +102,7 @@ def main(verbose: bool) -> None:
 @main.group()
 def db() -> None:
     """Database migrations (Alembic)."""
+    click.get_current_context().meta[DATABASE_HINT] = MIGRATE_DATABASE_HINT
 
 
 @db.command("upgrade")
