@@ -59,9 +59,18 @@ def _setup_logging(verbose: bool) -> None:
         logging.getLogger("kombu.connection").setLevel(logging.ERROR)
 
 
+#: ``ctx.meta`` key (shared by every nested context): what to suggest when the database
+#: fails; a command sets its own so that it never advises running itself.
+DATABASE_HINT = "cxr_orient.database_hint"
+DEFAULT_DATABASE_HINT = "is it running, and has `cxr-orient db upgrade` been run?"
+MIGRATE_DATABASE_HINT = ("is it running, is the URL right, and for SQLite, can its folder "
+                         "be written?")
+
+
 class _Group(click.Group):
     """Turns a database that cannot be reached or is not migrated into one clear line
-    (with the URL's password hidden) instead of a traceback."""
+    (with the URL's password hidden) instead of a traceback; the hint is the failing
+    command's (``ctx.meta[DATABASE_HINT]``)."""
 
     def invoke(self, ctx: click.Context) -> Any:
         from sqlalchemy.exc import OperationalError, ProgrammingError
@@ -71,10 +80,8 @@ class _Group(click.Group):
         except (OperationalError, ProgrammingError) as exc:
             url = redact_url(get_settings().effective_database_url)
             reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
-            raise click.ClickException(
-                f"database {url}: {reason} (is it running, and has `cxr-orient db upgrade` "
-                "been run?)"
-            ) from exc
+            hint = ctx.meta.get(DATABASE_HINT, DEFAULT_DATABASE_HINT)
+            raise click.ClickException(f"database {url}: {reason} ({hint})") from exc
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -95,6 +102,7 @@ def main(verbose: bool) -> None:
 @main.group()
 def db() -> None:
     """Database migrations (Alembic)."""
+    click.get_current_context().meta[DATABASE_HINT] = MIGRATE_DATABASE_HINT
 
 
 @db.command("upgrade")
@@ -246,18 +254,23 @@ def listen(port: int | None, bind: str | None, ae_title: str | None) -> None:
                    "CXR_DICOM_AE_TITLE (a running `cxr-orient listen`).")
 @click.option("--study", "study_uid", default=None, help="Only this StudyInstanceUID.")
 @click.option("--since", type=click.DateTime(["%Y-%m-%d"]), default=None,
-              help="Studies from this StudyDate (YYYY-MM-DD).")
+              help="Studies from this StudyDate (YYYY-MM-DD), and undated ones.")
 @click.option("--until", type=click.DateTime(["%Y-%m-%d"]), default=None,
-              help="Studies up to this StudyDate (YYYY-MM-DD).")
+              help="Studies up to this StudyDate (YYYY-MM-DD), and undated ones.")
+@click.option("--undated/--skip-undated", default=True, show_default=True,
+              help="With --since/--until: also studies with no StudyDate (no date rules "
+                   "them out; the PACS then lists every study and the dates are matched "
+                   "here). --skip-undated lets the PACS match the dates.")
 @click.option("--modality", default="CR,DX", show_default=True,
               help="Comma-separated series modalities to fetch.")
 def pull(url: str | None, dimse: str | None, study_uid: str | None, since: Any, until: Any,
-         modality: str) -> None:
+         undated: bool, modality: str) -> None:
     """Fetch studies from a PACS over DICOMweb (QIDO-RS, WADO-RS) or DIMSE (C-FIND,
     C-MOVE to the listener) and queue them.
 
     Idempotent and resumable: instances already recorded are not fetched again, so an
-    interrupted pull run again fetches only the rest.
+    interrupted pull run again fetches only the rest. A study with no StudyDate is in
+    every date window unless --skip-undated.
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
@@ -271,7 +284,7 @@ def pull(url: str | None, dimse: str | None, study_uid: str | None, since: Any, 
     recorded_now = 0
     query = PullQuery(study_uid=study_uid, since=since.date() if since else None,
                       until=until.date() if until else None,
-                      modalities=parse_modalities(modality))
+                      modalities=parse_modalities(modality), undated=undated)
     with Progress("[progress.description]{task.description}", BarColumn(),
                   MofNCompleteColumn(), TimeRemainingColumn(), transient=True,
                   disable=not sys.stderr.isatty()) as progress:

@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from cxr_orient.settings import get_settings
 
 
 def make_engine(url: str) -> Engine:
-    """An engine for ``url``; SQLite gets WAL and a busy timeout for concurrent workers."""
+    """An engine for ``url``; SQLite gets WAL and a busy timeout for concurrent workers,
+    and its file's folder is created (the first `cxr-orient db upgrade` of a fresh
+    ``./cxr-orient-data`` must not fail on a folder nobody made)."""
     if url.startswith("sqlite"):
+        _make_sqlite_folder(url)
         engine = create_engine(url, connect_args={"timeout": 30})
 
         @event.listens_for(engine, "connect")
@@ -39,6 +42,15 @@ def make_engine(url: str) -> Engine:
                          connect_args=connect_args)
 
 
+def _make_sqlite_folder(url: str) -> None:
+    database = make_url(url).database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return
+    # Not ours to create (no permission): SQLite's own "unable to open" names the problem.
+    with suppress(OSError):
+        Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+
+
 _ENGINES: dict[str, Engine] = {}
 
 
@@ -47,8 +59,6 @@ def get_engine() -> Engine:
     url = get_settings().effective_database_url
     engine = _ENGINES.get(url)
     if engine is None:
-        if url.startswith("sqlite:///"):
-            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         engine = _ENGINES[url] = make_engine(url)
     return engine
 

@@ -11,6 +11,12 @@ is recorded once.
 Instances are asked for in the transfer syntax the PACS holds them in
 (``transfer-syntax=*``: no transcoding by the server). Series are filtered by Modality
 (``--modality``); studies by StudyDate (``--since``/``--until``) or named (``--study``).
+
+A study with no StudyDate (empty, absent or not a date) has no date a window could rule
+out, so a date-bounded pull includes it unless ``undated`` is off (``--skip-undated``).
+A PACS cannot match an empty date against a range (DICOM range matching skips empty
+values), so such a pull lists the studies unfiltered, with their StudyDate, and applies
+the window here; with ``undated`` off the PACS filters, as before.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ import io
 import logging
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +42,7 @@ __all__ = ["PullQuery", "PullReport", "RemoteInstance", "find_instances", "not_y
 logger = logging.getLogger(__name__)
 
 STUDY_UID, SERIES_UID, SOP_UID = "0020000D", "0020000E", "00080018"
+STUDY_DATE = "00080020"
 MODALITY = "00080060"
 #: Instances recorded per transaction (and the most an interruption leaves unrecorded).
 CHUNK = 50
@@ -43,19 +50,38 @@ CHUNK = 50
 
 @dataclass(frozen=True)
 class PullQuery:
-    """Which instances to pull: one study, or studies by date; series by modality."""
+    """Which instances to pull: one study, or studies by date (and, unless ``undated`` is
+    off, those with no StudyDate); series by modality."""
 
     study_uid: str | None = None
     since: date | None = None
     until: date | None = None
     modalities: tuple[str, ...] = ("CR", "DX")
+    undated: bool = True
+
+    @property
+    def dated(self) -> bool:
+        return self.since is not None or self.until is not None
 
     def study_filters(self) -> dict[str, str]:
-        if self.since is None and self.until is None:
+        """The StudyDate range for the PACS to match; none when undated studies are
+        wanted too (the PACS would leave them out), :meth:`wants_study` then decides."""
+        if not self.dated or self.undated:
             return {}
         low = self.since.strftime("%Y%m%d") if self.since else ""
         high = self.until.strftime("%Y%m%d") if self.until else ""
         return {"StudyDate": f"{low}-{high}"}
+
+    def wants_study(self, study_date: str | None) -> bool:
+        """Whether a study the PACS listed, with this StudyDate (DA), is in the window."""
+        if not self.dated:
+            return True
+        try:
+            day = datetime.strptime((study_date or "").strip(), "%Y%m%d").date()
+        except ValueError:
+            return self.undated
+        return (self.since is None or day >= self.since) and (
+            self.until is None or day <= self.until)
 
 
 @dataclass(frozen=True)
@@ -96,8 +122,10 @@ def find_instances(client: Any, query: PullQuery) -> Iterator[RemoteInstance]:
         studies = [query.study_uid]
     else:
         found = client.search_for_studies(search_filters=query.study_filters(),
-                                          get_remaining=True)
-        studies = [uid for uid in (_value(s, STUDY_UID) for s in found) if uid]
+                                          fields=["StudyDate"], get_remaining=True)
+        studies = [uid for uid, day in ((_value(s, STUDY_UID), _value(s, STUDY_DATE))
+                                        for s in found)
+                   if uid and query.wants_study(day)]
     wanted = {m.upper() for m in query.modalities}
     for study in studies:
         for series in client.search_for_series(study, get_remaining=True):

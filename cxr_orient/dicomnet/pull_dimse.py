@@ -69,9 +69,10 @@ def find_instances_dimse(assoc: Any, query: PullQuery) -> Iterator[RemoteInstanc
     if query.study_uid:
         studies = [query.study_uid]
     else:
-        keys = {"StudyInstanceUID": "", **query.study_filters()}
+        keys = {"StudyInstanceUID": "", "StudyDate": "", **query.study_filters()}
         studies = [str(d.StudyInstanceUID) for d in _find(assoc, "STUDY", keys)
-                   if d.get("StudyInstanceUID")]
+                   if d.get("StudyInstanceUID")
+                   and query.wants_study(str(d.get("StudyDate") or ""))]
     wanted = {m.upper() for m in query.modalities}
     for study in studies:
         # Each level is read to its end before the next C-FIND: one operation at a time

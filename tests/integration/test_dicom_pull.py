@@ -146,3 +146,29 @@ def test_pull_over_dimse_moves_to_the_listener_once(node: dict[str, str],
     assert "4 instances found: 4 recorded before, 0 moved" in again.stdout, again.stdout
     found = rows()
     assert len(found) == 4 and {r["study_instance_uid"] for r in found} == {"1.2.826.0.1.4.1"}
+
+
+def test_since_includes_studies_without_a_study_date(node: dict[str, str],
+                                                     tmp_path: Path) -> None:
+    """The bundled samples have no StudyDate: a date window cannot rule them out, so
+    ``--since`` pulls them (DICOMweb and C-FIND alike); ``--skip-undated`` does not."""
+    undated = instances(tmp_path / "src" / "u", 2, study="1.2.826.0.1.5.1")
+    old = instances(tmp_path / "src" / "o", 1, study="1.2.826.0.1.5.2", study_date="20200101")
+    new = instances(tmp_path / "src" / "n", 1, study="1.2.826.0.1.5.3", study_date="20261120")
+    with running_orthanc(tmp_path / "orthanc",
+                         modalities={"cxr": ["CXR_ORIENT", "127.0.0.1", 9]}) as orthanc:
+        for path in [*undated, *old, *new]:
+            orthanc.upload(path)
+        skipping = run_cli("pull", "--dicomweb", orthanc.dicomweb, "--since", "2026-11-01",
+                           "--skip-undated", env=node)
+        window = run_cli("pull", "--dicomweb", orthanc.dicomweb, "--since", "2026-11-01",
+                         env=node)
+        dimse = run_cli("pull", "--dimse", f"ORTHANC@127.0.0.1:{orthanc.dicom_port}",
+                        "--since", "2026-11-01", env=node)
+    assert skipping.returncode == 0, skipping.stdout + skipping.stderr
+    assert "1 instances found: 0 recorded before, 1 fetched" in skipping.stdout, skipping.stdout
+    assert window.returncode == 0, window.stdout + window.stderr
+    assert "3 instances found: 1 recorded before, 2 fetched" in window.stdout, window.stdout
+    assert {r["study_instance_uid"] for r in rows()} == {"1.2.826.0.1.5.1", "1.2.826.0.1.5.3"}
+    assert dimse.returncode == 0, dimse.stdout + dimse.stderr
+    assert "3 instances found: 3 recorded before, 0 moved" in dimse.stdout, dimse.stdout
