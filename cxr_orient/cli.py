@@ -50,10 +50,14 @@ CHANGED_COLUMNS = ("sop_instance_uid", "study_instance_uid", "label_a", "confide
 
 
 def _setup_logging(verbose: bool) -> None:
+    from cxr_orient.logs import cap_third_party_loggers
+
     level = "DEBUG" if verbose else get_settings().log_level
     logging.basicConfig(
         level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    # No UIDs from highdicom, pynetdicom... (docs/security.md)
+    cap_third_party_loggers(debugging=verbose)
     if not verbose:  # migration chatter and kombu's filesystem-transport notice
         logging.getLogger("alembic").setLevel(logging.WARNING)
         logging.getLogger("kombu.connection").setLevel(logging.ERROR)
