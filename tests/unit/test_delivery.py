@@ -8,13 +8,16 @@ import shutil
 import socket
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
+
+from sqlalchemy import update
 
 from cxr_orient.dicomnet.delivery import deliver_due, report_for
 from cxr_orient.settings import get_settings
 from db import crud
 from db.migrate import upgrade
-from db.models import OrientationLabel, OutboxStatus
+from db.models import OrientationLabel, OutboxMessage, OutboxStatus
 from db.session import session_scope
 from tests.utils.factories import register_version
 
@@ -69,6 +72,43 @@ def test_a_down_destination_is_tried_once_per_run_and_rows_take_turns(
         # One try per run; an untried row's attempt is not counted; rows take turns.
         assert [rows[i].attempts for i in ids] == expected_attempts
         time.sleep(0.2)
+
+
+def test_a_dead_destination_backs_off_by_its_own_failures_and_names_the_cause(
+    tmp_path: Path, database_url: str, configure: Callable[..., None]
+) -> None:
+    """The destination, not the row, counts failures: its wait doubles up to the cap
+    while rows take turns, no row of it is claimed before that, and the row's error says
+    "connection refused" (pynetdicom calls a closed port an aborted association)."""
+    archive = tmp_path / "archive"
+    shutil.copytree(SAMPLES, archive)
+    destination = f"dicom://NOBODY@127.0.0.1:{_closed_port()}"
+    configure(database_url=database_url, ingest_root=tmp_path, data_dir=tmp_path / "d",
+              result_destinations=destination, outbox_backoff_s=0.3,
+              outbox_backoff_max_s=1.2, outbox_timeout_s=3)
+    upgrade()
+    assert len(_answered(archive, destination)) == 2
+    waits = []
+    for failures in (1, 2, 3, 4):
+        counts = deliver_due(get_settings())
+        assert (counts.claimed, counts.retrying) == (2, 2), counts
+        with session_scope() as session:
+            state = crud.destination_states(session)[destination]
+            rows = crud.outbox_rows(session)
+        assert state.consecutive_failures == failures
+        assert state.next_attempt_at is not None
+        assert all("connection refused" in str(r.last_error) for r in rows), rows
+        assert "connection refused" in str(state.last_error)
+        wait = (state.next_attempt_at.replace(tzinfo=None)
+                - datetime.now(UTC).replace(tzinfo=None)).total_seconds()
+        waits.append(round(wait, 1))
+        # Every row is due by its own clock, but the destination is backing off.
+        with session_scope() as session:
+            session.execute(update(OutboxMessage).values(next_attempt_at=datetime.now(UTC)))
+        assert deliver_due(get_settings()).claimed == 0, "claimed while backing off"
+        time.sleep(wait + 0.05)
+    assert waits[0] <= 0.3 < waits[1] <= 0.6 < waits[2] <= 1.2, waits
+    assert waits[3] <= 1.2, "capped at CXR_OUTBOX_BACKOFF_MAX_S"
 
 
 def test_a_changed_source_file_fails_for_good(
