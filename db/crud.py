@@ -47,6 +47,7 @@ from db.models import (
     UidConflictAction,
     User,
     UserRole,
+    WorkerHeartbeat,
     utcnow,
 )
 
@@ -480,6 +481,24 @@ def requeue_lapsed_claims(session: Session, *, lease_s: float, limit: int = 5000
         .returning(Instance.id)
         .execution_options(synchronize_session=False)
     ))
+
+
+def take_queued_for_resend(
+    session: Session, *, queued_before: datetime, limit: int = 5000
+) -> list[int]:
+    """``queued`` rows last touched before ``queued_before`` (their messages were lost
+    with the broker's): touched now and returned, for the caller to send again.
+    Compare-and-set: workers that notice the loss at once each get distinct rows, and a
+    row is re-sent once per loss (touched now, it is no longer before the cut-off)."""
+    now = utcnow()
+    stale = and_(Instance.status == InstanceStatus.queued, Instance.updated_at < queued_before)
+    ids = list(session.scalars(select(Instance.id).where(stale).order_by(Instance.id)
+                               .limit(limit)))
+    if not ids:
+        return []
+    return sorted(session.scalars(
+        update(Instance).where(Instance.id.in_(ids), stale).values(updated_at=now)
+        .returning(Instance.id).execution_options(synchronize_session=False)))
 
 
 def mark_failed(
@@ -2354,3 +2373,38 @@ def study_answer_rows(session: Session, *, study_id: int) -> list[StudyAnswer]:
     """The study-level answers of a study, oldest first."""
     return list(session.scalars(select(StudyAnswer).where(StudyAnswer.study_id == study_id)
                                 .order_by(StudyAnswer.sequence)))
+
+
+# --- worker heartbeats: who can classify now ------------------------------------------
+
+
+def record_worker_heartbeat(
+    session: Session, *, node: str, pool_processes: int, ready_processes: int,
+    ready_at: datetime | None
+) -> None:
+    """This worker's state, seen now (one row per node name)."""
+    row = session.get(WorkerHeartbeat, node)
+    if row is None:
+        row = WorkerHeartbeat(node=node)
+        session.add(row)
+    row.pool_processes = pool_processes
+    row.ready_processes = ready_processes
+    row.ready_at = ready_at
+    row.seen_at = utcnow()
+
+
+def forget_worker(session: Session, *, node: str) -> None:
+    session.execute(delete(WorkerHeartbeat).where(WorkerHeartbeat.node == node))
+
+
+#: A worker renews its heartbeat every 2 s; one older than this is gone.
+HEARTBEAT_FRESH_S = 30.0
+
+
+def ready_workers(session: Session, *, fresh_s: float = HEARTBEAT_FRESH_S) -> list[str]:
+    """Nodes seen in the last ``fresh_s`` with a pool process that can classify now."""
+    seen_after = utcnow() - timedelta(seconds=fresh_s)
+    return list(session.scalars(
+        select(WorkerHeartbeat.node)
+        .where(WorkerHeartbeat.seen_at > seen_after, WorkerHeartbeat.ready_processes > 0)
+        .order_by(WorkerHeartbeat.node)))

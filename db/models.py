@@ -456,6 +456,22 @@ class OutboxDestination(Base):
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
 
+class WorkerHeartbeat(Base):
+    """A running worker's word on whether it can classify now, renewed every few seconds
+    by its main process (``/readyz`` counts the fresh ones); removed on a clean stop."""
+
+    __tablename__ = "worker_heartbeats"
+
+    #: The celery node name (``-n``, e.g. ``celery@host``).
+    node: Mapped[str] = mapped_column(String(255), primary_key=True)
+    pool_processes: Mapped[int] = mapped_column(Integer)
+    #: Pool processes that have loaded the model (each can classify now).
+    ready_processes: Mapped[int] = mapped_column(Integer)
+    #: When every pool process first had its model (None before).
+    ready_at: Mapped[datetime | None] = mapped_column()
+    seen_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class UserRole(enum.StrEnum):
     """What a person may do on the review page (docs/security.md, "Users")."""
 
