@@ -177,6 +177,7 @@ def test_queued_work_is_done_within_60s_of_a_broker_that_lost_its_messages(
             os.killpg(worker.pid, signal.SIGCONT)
         took = _wait(lambda: _counts(pg_url)["done"] == 6, "all 6 instances done",
                      timeout=90)
+        print(f"broker {loss}: all done {took:.1f}s after its return")
         assert took < 60, f"{took:.0f}s after the broker's return"
         assert "sent 6 queued instances again" in worker.log() or (
             "sent" in worker.log() and "queued instances again" in worker.log())
