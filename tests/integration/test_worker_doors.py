@@ -25,11 +25,12 @@ from pathlib import Path
 import httpx
 import pydicom
 import pytest
+import redis
 
 from bench.services import serving
 from cxr_orient.settings import SHIPPED_MODEL
+from tests.utils.faults import PrivateRedis, private_redis
 from tests.utils.orthanc import Orthanc, free_port
-from tests.utils.redis_server import RedisServer
 from tests.utils.worker import REPO, WorkerProcess, run_cli, worker_env
 
 pytestmark = pytest.mark.integration
@@ -39,11 +40,14 @@ CALLING_AE = "CXR_ORIENT"
 
 
 @pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path / "redis")
-    server.start()
-    yield server
-    server.kill()
+def redis_server() -> Iterator[PrivateRedis]:
+    """A Redis of the test's own (nothing kept on disk: a restart loses every message)."""
+    with private_redis() as server:
+        yield server
+
+
+def _redis(server: PrivateRedis) -> redis.Redis:
+    return redis.Redis(port=server.port, db=12, socket_timeout=2)
 
 
 def _wait(condition: Callable[[], bool], what: str, timeout: float = 120) -> float:
@@ -90,7 +94,7 @@ def _read(database_url: str, read: Callable[..., object]) -> object:
         engine.dispose()
 
 
-def _env(pg_url: str, redis_server: RedisServer, tmp_path: Path, **more: object
+def _env(pg_url: str, redis_server: PrivateRedis, tmp_path: Path, **more: object
          ) -> dict[str, str]:
     return worker_env(database_url=pg_url, broker_url=redis_server.url(),
                       ingest_root=tmp_path / "archive", data_dir=tmp_path / "data",
@@ -98,7 +102,7 @@ def _env(pg_url: str, redis_server: RedisServer, tmp_path: Path, **more: object
 
 
 def test_ready_to_classify_only_once_every_pool_process_has_its_model(
-    pg_url: str, redis_server: RedisServer, tmp_path: Path
+    pg_url: str, redis_server: PrivateRedis, tmp_path: Path
 ) -> None:
     from db import crud
     from db.migrate import upgrade
@@ -146,7 +150,7 @@ def test_ready_to_classify_only_once_every_pool_process_has_its_model(
 
 @pytest.mark.parametrize("loss", ["restart", "flush"])
 def test_queued_work_is_done_within_60s_of_a_broker_that_lost_its_messages(
-    pg_url: str, redis_server: RedisServer, tmp_path: Path, loss: str
+    pg_url: str, redis_server: PrivateRedis, tmp_path: Path, loss: str
 ) -> None:
     """The worker is paused (SIGSTOP) while 6 instances are queued, so their messages
     wait in Redis; Redis then loses them (SIGKILL and a restart without persistence, or
@@ -166,13 +170,13 @@ def test_queued_work_is_done_within_60s_of_a_broker_that_lost_its_messages(
             enqueued = run_cli("enqueue", str(tmp_path / "archive"), env=env)
             assert enqueued.returncode == 0, enqueued.stderr
             assert _counts(pg_url)["queued"] == 6
-            assert redis_server.client().llen("cxr-orient") == 6, "the messages wait"
+            assert _redis(redis_server).llen("cxr-orient") == 6, "the messages wait"
             if loss == "restart":
                 redis_server.kill()
                 redis_server.start()
             else:
-                redis_server.client().flushall()
-            assert redis_server.client().llen("cxr-orient") == 0
+                _redis(redis_server).flushall()
+            assert _redis(redis_server).llen("cxr-orient") == 0
         finally:
             os.killpg(worker.pid, signal.SIGCONT)
         took = _wait(lambda: _counts(pg_url)["done"] == 6, "all 6 instances done",
@@ -186,7 +190,7 @@ def test_queued_work_is_done_within_60s_of_a_broker_that_lost_its_messages(
 
 
 def test_delivery_without_beat_backs_off_from_a_closed_port_then_reaches_orthanc(
-    pg_url: str, redis_server: RedisServer, tmp_path: Path
+    pg_url: str, redis_server: PrivateRedis, tmp_path: Path
 ) -> None:
     from db import crud
     from db.migrate import upgrade
