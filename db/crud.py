@@ -2397,7 +2397,7 @@ def forget_worker(session: Session, *, node: str) -> None:
     session.execute(delete(WorkerHeartbeat).where(WorkerHeartbeat.node == node))
 
 
-#: A worker renews its heartbeat every 2 s; one older than this is gone.
+#: A worker rewrites its heartbeat at least every 10 s; one older than this is gone.
 HEARTBEAT_FRESH_S = 30.0
 
 

@@ -6,7 +6,7 @@ up, drops a marker named by its pid in a folder the main process made before the
 (:func:`prepare`, :func:`mark_ready`); the main process counts the markers of its live
 pool processes (:class:`Readiness`, from :mod:`worker.housekeeping`) and, once every pool
 process has one, logs ``ready to classify`` and sets ``cxr_orient_worker_ready``. It
-writes its state to ``worker_heartbeats`` every few seconds, so ``/readyz`` of
+writes its state to ``worker_heartbeats`` when it changes and every 10 s, so ``/readyz`` of
 ``cxr-orient serve`` can say whether any worker can classify.
 """
 
@@ -17,6 +17,7 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 from datetime import datetime
 from pathlib import Path
 
@@ -29,6 +30,9 @@ from worker.launch import READY_LINE
 logger = logging.getLogger(__name__)
 
 __all__ = ["READY_LINE", "Readiness", "mark_ready", "marker_folder", "prepare"]
+
+#: A heartbeat row is rewritten at least this often (fresh for crud.HEARTBEAT_FRESH_S).
+HEARTBEAT_WRITE_S = 10.0
 
 _FOLDER: Path | None = None
 
@@ -71,6 +75,10 @@ class Readiness:
         self.folder = folder
         self.ready_at: datetime | None = None
         self._gauge = metrics.worker_metrics().worker_ready
+        #: The ready count last written, and when (a write on change, else every
+        #: HEARTBEAT_WRITE_S: well inside crud.HEARTBEAT_FRESH_S).
+        self._written = -1
+        self._written_at = 0.0
 
     def ready_processes(self) -> int:
         count = 0
@@ -93,10 +101,14 @@ class Readiness:
             self._gauge.set(0)
         elif self.ready_at is not None:
             self._gauge.set(1)
+        now = time.monotonic()
+        if ready == self._written and now - self._written_at < HEARTBEAT_WRITE_S:
+            return
         with session_scope() as session:
             crud.record_worker_heartbeat(session, node=self.node,
                                          pool_processes=self.pool_processes,
                                          ready_processes=ready, ready_at=self.ready_at)
+        self._written, self._written_at = ready, now
 
     def forget(self) -> None:
         """A clean stop: this worker no longer counts as ready anywhere."""

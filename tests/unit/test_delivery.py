@@ -11,6 +11,10 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pydicom
+import pytest
+from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
 from sqlalchemy import update
 
 from cxr_orient.dicomnet.delivery import deliver_due, report_for
@@ -169,3 +173,58 @@ def test_an_answer_on_a_replaced_file_is_reported_from_that_file(
     report = report_for(work, get_settings())
     assert report.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[
         0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == work.sop_instance_uid
+
+
+def _sr_for(tmp_path: Path) -> Dataset:
+    from cxr_orient.dicomnet.sr import ReportedAnswer, build_sr
+
+    source = pydicom.dcmread(SAMPLES / "frontal.dcm", stop_before_pixels=True)
+    answer = ReportedAnswer(
+        label="frontal", confidence=0.9, needs_review=False, review_reasons=(),
+        header_agrees=True, rotation=0, mirrored=False, unusual_score=1.0, model_name="m",
+        model_architecture="a", answered_at=datetime(2026, 12, 6, tzinfo=UTC))
+    return build_sr(source, answer, sop_instance_uid=generate_uid(), instance_number=1)
+
+
+def _cause(destination: str, sr: Dataset, timeout_s: float = 2) -> str:
+    from cxr_orient.dicomnet.destinations import sender_for
+    from cxr_orient.errors import DestinationUnavailableError
+    from cxr_orient.settings import Settings
+
+    sender = sender_for(destination, Settings(outbox_timeout_s=timeout_s))
+    try:
+        with pytest.raises(DestinationUnavailableError) as caught:
+            sender.send(sr)
+    finally:
+        sender.close()
+    return str(caught.value)
+
+
+def test_the_error_names_the_cause(tmp_path: Path) -> None:
+    """A closed port, a peer that rejects our AE title (a real pynetdicom SCP), a peer
+    that accepts the TCP connection and never answers: three causes, three messages
+    (all three read "association not established (aborted)" or "(rejected)" before)."""
+    from pynetdicom import AE, AllStoragePresentationContexts
+
+    sr = _sr_for(tmp_path)
+    closed = _cause(f"dicom://NOBODY@127.0.0.1:{_closed_port()}", sr)
+    assert "connection refused" in closed, closed
+    stow = _cause(f"dicomweb+http://127.0.0.1:{_closed_port()}/dicom-web", sr)
+    assert "connection refused" in stow, stow
+
+    scp = AE(ae_title="PACS")
+    scp.supported_contexts = AllStoragePresentationContexts
+    scp.require_calling_aet = ["SOMEONE_ELSE"]
+    server = scp.start_server(("127.0.0.1", 0), block=False)
+    try:
+        port = server.server_address[1]
+        rejected = _cause(f"dicom://PACS@127.0.0.1:{port}", sr)
+    finally:
+        server.shutdown()
+    assert "association rejected" in rejected and "CXR_ORIENT" in rejected, rejected
+
+    with socket.socket() as silent:  # listens (the kernel accepts), never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(4)
+        hung = _cause(f"dicom://PACS@127.0.0.1:{silent.getsockname()[1]}", sr, timeout_s=1)
+    assert "timed out" in hung, hung
