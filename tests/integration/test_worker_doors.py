@@ -21,6 +21,7 @@ import signal
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import httpx
 import pydicom
@@ -35,6 +36,7 @@ from tests.utils.worker import REPO, WorkerProcess, run_cli, worker_env
 
 pytestmark = pytest.mark.integration
 
+T = TypeVar("T")
 SAMPLES = REPO / "cxr_orient" / "samples"
 CALLING_AE = "CXR_ORIENT"
 
@@ -83,7 +85,7 @@ def _counts(database_url: str) -> dict[str, int]:
         engine.dispose()
 
 
-def _read(database_url: str, read: Callable[..., object]) -> object:
+def _read(database_url: str, read: Callable[..., T]) -> T:
     from db.session import make_engine, session_scope
 
     engine = make_engine(database_url)
@@ -124,8 +126,7 @@ def test_ready_to_classify_only_once_every_pool_process_has_its_model(
         ready_at = log.index("ready to classify")
         assert log[:ready_at].count("serving model") == 2, "both pool processes first"
         assert log.index(" ready.") < ready_at
-        nodes = _read(pg_url, crud.ready_workers)
-        assert isinstance(nodes, list) and len(nodes) == 1
+        assert len(_read(pg_url, crud.ready_workers)) == 1
         scraped = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).text
         assert re.search(r"^cxr_orient_worker_ready(\{[^}]*\})? 1\.0$", scraped, re.M), (
             scraped)
@@ -183,8 +184,7 @@ def test_queued_work_is_done_within_60s_of_a_broker_that_lost_its_messages(
                      timeout=90)
         print(f"broker {loss}: all done {took:.1f}s after its return")
         assert took < 60, f"{took:.0f}s after the broker's return"
-        assert "sent 6 queued instances again" in worker.log() or (
-            "sent" in worker.log() and "queued instances again" in worker.log())
+        assert "queued instances again" in worker.log(), "the watch, not something else"
     finally:
         worker.stop()
 
@@ -206,9 +206,7 @@ def test_delivery_without_beat_backs_off_from_a_closed_port_then_reaches_orthanc
     upgrade(pg_url)
 
     def state() -> crud.DestinationState | None:
-        states = _read(pg_url, crud.destination_states)
-        assert isinstance(states, dict)
-        return states.get(destination)
+        return _read(pg_url, crud.destination_states).get(destination)
 
     # Exactly the README's recipe: `celery -A worker worker`, no -B.
     worker = WorkerProcess(env, tmp_path / "worker.log", concurrency=1, cwd=REPO)
@@ -221,7 +219,7 @@ def test_delivery_without_beat_backs_off_from_a_closed_port_then_reaches_orthanc
         _wait(lambda: (s := state()) is not None and s.consecutive_failures >= 3,
               "the closed port failed 3 times in a row", timeout=60)
         rows = _read(pg_url, crud.outbox_rows)
-        assert isinstance(rows, list) and len(rows) == 2
+        assert len(rows) == 2
         assert all(r.status.value == "pending" for r in rows)
         assert all("connection refused" in str(r.last_error) for r in rows), [
             r.last_error for r in rows]
@@ -237,14 +235,14 @@ def test_delivery_without_beat_backs_off_from_a_closed_port_then_reaches_orthanc
         assert "connection refused" in status.stdout, status.stdout
 
         orthanc.start()  # the PACS comes up on that port
-        _wait(lambda: [r.status.value for r in _read(pg_url, crud.outbox_rows)]  # type: ignore[attr-defined]
+        _wait(lambda: [r.status.value for r in _read(pg_url, crud.outbox_rows)]
               == ["sent", "sent"], "both SRs sent once the PACS is up", timeout=60)
         assert len(orthanc.structured_reports()) == 2
         after_success = state()
         assert after_success is not None and after_success.consecutive_failures == 0
         status = run_cli("status", env=env)
         assert "failures in a row" not in status.stdout, status.stdout
-        sr_uids = {r.sr_sop_instance_uid for r in _read(pg_url, crud.outbox_rows)}  # type: ignore[attr-defined]
+        sr_uids = {r.sr_sop_instance_uid for r in _read(pg_url, crud.outbox_rows)}
     finally:
         worker.stop()
         orthanc.stop()

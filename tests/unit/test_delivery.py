@@ -216,6 +216,7 @@ def test_the_error_names_the_cause(tmp_path: Path) -> None:
     scp.supported_contexts = AllStoragePresentationContexts
     scp.require_calling_aet = ["SOMEONE_ELSE"]
     server = scp.start_server(("127.0.0.1", 0), block=False)
+    assert server is not None
     try:
         port = server.server_address[1]
         rejected = _cause(f"dicom://PACS@127.0.0.1:{port}", sr)
