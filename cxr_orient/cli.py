@@ -491,7 +491,8 @@ def _print_results_table(rows: list[dict[str, Any]],
 @main.command()
 def status() -> None:
     """Counts by status (out_of_scope: refused by the accept policy, not a failure;
-    waiting: held for the study's quiet period), broker queue depth, the active model."""
+    waiting: held for the study's quiet period), broker queue depth, the workers that can
+    classify now, the active model, the outbox per destination."""
     from db import crud
     from db.session import session_scope
     from worker.dispatch import broker_queue_depth
@@ -507,6 +508,7 @@ def status() -> None:
         waiting, waiting_studies = crud.count_waiting(session)
         outbox = crud.outbox_summary(session)
         destinations = crud.destination_states(session)
+        ready = crud.ready_workers(session)
     depth = broker_queue_depth()
     click.echo(f"database: {redact_url(settings.effective_database_url)}")
     click.echo(
@@ -529,6 +531,8 @@ def status() -> None:
     )
     _echo_outbox(outbox, configured=[d.url for d in settings.result_destination_list],
                  states=destinations)
+    click.echo(f"workers ready to classify: {len(ready)}"
+               + (f" ({', '.join(ready)})" if ready else ""))
 
 
 def _echo_outbox(summary: list[Any], *, configured: list[str],

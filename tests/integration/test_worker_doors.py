@@ -127,6 +127,8 @@ def test_ready_to_classify_only_once_every_pool_process_has_its_model(
         assert log[:ready_at].count("serving model") == 2, "both pool processes first"
         assert log.index(" ready.") < ready_at
         assert len(_read(pg_url, crud.ready_workers)) == 1
+        status = run_cli("status", env=env)
+        assert "workers ready to classify: 1 (" in status.stdout, status.stdout + status.stderr
         scraped = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).text
         assert re.search(r"^cxr_orient_worker_ready(\{[^}]*\})? 1\.0$", scraped, re.M), (
             scraped)
