@@ -37,7 +37,8 @@ Sender = Callable[[Sequence[int]], int]
 
 
 class Periodic:
-    """``action`` every ``interval_s`` in a daemon thread; an error is logged, not fatal."""
+    """``action`` every ``interval_s`` in a daemon thread; an error is logged (once per
+    run of failures), not fatal."""
 
     def __init__(self, name: str, interval_s: float, action: Callable[[], Any]) -> None:
         self.name = name
@@ -54,12 +55,21 @@ class Periodic:
         self._thread.join(timeout)
 
     def _run(self) -> None:
+        failing = False
         while True:
             try:
                 self.action()
-            except Exception:
-                logger.warning("%s: this round failed; next in %gs", self.name,
-                               self.interval_s, exc_info=True)
+                if failing:
+                    logger.warning("%s: working again", self.name)
+                failing = False
+            except Exception as exc:
+                # Once per run of failures (a broker or database down for minutes must
+                # not fill the log); the traceback at DEBUG (it may quote a path).
+                level = logging.DEBUG if failing else logging.WARNING
+                logger.log(level, "%s: this round failed (%s); trying every %gs",
+                           self.name, type(exc).__name__, self.interval_s)
+                logger.debug("%s failed", self.name, exc_info=True)
+                failing = True
             if self._stop.wait(self.interval_s):
                 return
 
