@@ -50,10 +50,14 @@ CHANGED_COLUMNS = ("sop_instance_uid", "study_instance_uid", "label_a", "confide
 
 
 def _setup_logging(verbose: bool) -> None:
+    from cxr_orient.logs import cap_third_party_loggers
+
     level = "DEBUG" if verbose else get_settings().log_level
     logging.basicConfig(
         level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    # No UIDs from highdicom, pynetdicom... (docs/security.md)
+    cap_third_party_loggers(debugging=verbose)
     if not verbose:  # migration chatter and kombu's filesystem-transport notice
         logging.getLogger("alembic").setLevel(logging.WARNING)
         logging.getLogger("kombu.connection").setLevel(logging.ERROR)
@@ -500,7 +504,8 @@ def _print_results_table(rows: list[dict[str, Any]],
 @main.command()
 def status() -> None:
     """Counts by status (out_of_scope: refused by the accept policy, not a failure;
-    waiting: held for the study's quiet period), broker queue depth, the active model."""
+    waiting: held for the study's quiet period), broker queue depth, the workers that can
+    classify now, the active model, the outbox per destination."""
     from db import crud
     from db.session import session_scope
     from worker.dispatch import broker_queue_depth
@@ -515,6 +520,8 @@ def status() -> None:
         runs = [r.id for r in crud.unfinished_reclassify_runs(session)]
         waiting, waiting_studies = crud.count_waiting(session)
         outbox = crud.outbox_summary(session)
+        destinations = crud.destination_states(session)
+        ready = crud.ready_workers(session)
     depth = broker_queue_depth()
     click.echo(f"database: {redact_url(settings.effective_database_url)}")
     click.echo(
@@ -535,11 +542,16 @@ def status() -> None:
         + ", ".join(f"{k} {v}" for k, v in conflicts.items())
         + ")"
     )
-    _echo_outbox(outbox, configured=[d.url for d in settings.result_destination_list])
+    _echo_outbox(outbox, configured=[d.url for d in settings.result_destination_list],
+                 states=destinations)
+    click.echo(f"workers ready to classify: {len(ready)}"
+               + (f" ({', '.join(ready)})" if ready else ""))
 
 
-def _echo_outbox(summary: list[Any], *, configured: list[str]) -> None:
-    """The outbox per destination: pending, sent, failed, and the oldest pending's age."""
+def _echo_outbox(summary: list[Any], *, configured: list[str],
+                 states: dict[str, Any]) -> None:
+    """The outbox per destination: pending, sent, failed, the oldest pending's age, and
+    for a destination that is failing, why and when it is tried next."""
     from db.models import utcnow
 
     if not summary and not configured:
@@ -558,9 +570,29 @@ def _echo_outbox(summary: list[Any], *, configured: list[str]) -> None:
         extra = "" if s.destination in configured else " (not configured now)"
         click.echo(f"  {s.destination}{extra}: pending {s.pending}, sent {s.sent}, "
                    f"failed {s.failed}{age}")
+        _echo_destination_state(states.get(s.destination), now)
     for url in configured:
         if url not in listed:
             click.echo(f"  {url}: pending 0, sent 0, failed 0")
+            _echo_destination_state(states.get(url), now)
+
+
+def _echo_destination_state(state: Any, now: Any) -> None:
+    if state is None or not state.consecutive_failures:
+        return
+
+    def aware(moment: Any) -> Any:  # SQLite hands back naive UTC
+        return moment.replace(tzinfo=now.tzinfo) if moment.tzinfo is None else moment
+
+    wait = ""
+    if state.next_attempt_at is not None:
+        left = (aware(state.next_attempt_at) - now).total_seconds()
+        wait = f", next try in {max(left, 0):.0f}s"
+    since = ""
+    if state.failing_since is not None:
+        since = f" over {(now - aware(state.failing_since)).total_seconds():.0f}s"
+    click.echo(f"    down: {state.consecutive_failures} failures in a row{since}{wait}; "
+               f"last error: {state.last_error}")
 
 
 @main.group()

@@ -80,6 +80,9 @@ class WorkerMetrics:
     timeouts: Counter
     #: Pool processes up (each sets 1 after fork; summed over the live ones).
     pool_processes: Gauge
+    #: 1 once every pool process of the worker has its model (set by the main process:
+    #: the worker can classify now; celery's "ready" comes before the models).
+    worker_ready: Gauge
 
     def count_done(self, labels: Iterable[str]) -> None:
         for label in labels:
@@ -119,6 +122,9 @@ def worker_metrics() -> WorkerMetrics:
                                  "Classification batches stopped by the soft time limit."),
                 pool_processes=Gauge("cxr_orient_worker_pool_processes",
                                      "Worker pool processes up.", multiprocess_mode="livesum"),
+                worker_ready=Gauge("cxr_orient_worker_ready",
+                                   "1 once every pool process of the worker has loaded its "
+                                   "model and can classify.", multiprocess_mode="livemax"),
             )
         return _WORKER_METRICS
 

@@ -406,6 +406,17 @@ class Settings(BaseSettings):
         description="CXR_LEASE_RENEW_S: how often each pool process renews the leases it holds "
         "and re-queues lapsed ones (its own reaper). Below CXR_LEASE_S / 2. Default 5.",
     )
+    broker_watch_s: float = Field(
+        default=5.0,
+        ge=0.0,
+        le=300.0,
+        description="CXR_BROKER_WATCH_S: how often each worker's main process looks at the "
+        "Redis broker for lost messages: a restarted broker (a new run_id) or an empty one "
+        "(queue and unacknowledged set) while the database has instances queued for longer "
+        "than 3 x this gets those instances sent again (compare-and-set: once, whichever "
+        "worker looks first). 0 turns it off (the beat's reaper and `cxr-orient requeue` "
+        "remain). Default 5.",
+    )
     review_threshold: float | None = Field(
         default=None,
         ge=0.5,
@@ -452,8 +463,9 @@ class Settings(BaseSettings):
     )
     outbox_interval_s: float = Field(
         default=5.0, ge=0.5, le=3600,
-        description="CXR_OUTBOX_INTERVAL_S: how often celery beat runs the outbox "
-        "delivery (it also runs after each recorded batch). Default 5.",
+        description="CXR_OUTBOX_INTERVAL_S: how often every worker delivers the outbox, "
+        "from a thread of its main process (no beat needed; it also runs after each "
+        "recorded batch, and on beat when a worker runs one). Default 5.",
     )
     outbox_batch: int = Field(
         default=50, ge=1, le=10_000,

@@ -4,12 +4,24 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, case, delete, false, func, or_, select, true, tuple_, update
+from sqlalchemy import (
+    and_,
+    case,
+    delete,
+    exists,
+    false,
+    func,
+    or_,
+    select,
+    true,
+    tuple_,
+    update,
+)
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased
 
@@ -24,6 +36,7 @@ from db.models import (
     ModelEvent,
     ModelVersion,
     OrientationLabel,
+    OutboxDestination,
     OutboxMessage,
     OutboxStatus,
     Prediction,
@@ -34,6 +47,7 @@ from db.models import (
     UidConflictAction,
     User,
     UserRole,
+    WorkerHeartbeat,
     utcnow,
 )
 
@@ -469,6 +483,24 @@ def requeue_lapsed_claims(session: Session, *, lease_s: float, limit: int = 5000
     ))
 
 
+def take_queued_for_resend(
+    session: Session, *, queued_before: datetime, limit: int = 5000
+) -> list[int]:
+    """``queued`` rows last touched before ``queued_before`` (their messages were lost
+    with the broker's): touched now and returned, for the caller to send again.
+    Compare-and-set: workers that notice the loss at once each get distinct rows, and a
+    row is re-sent once per loss (touched now, it is no longer before the cut-off)."""
+    now = utcnow()
+    stale = and_(Instance.status == InstanceStatus.queued, Instance.updated_at < queued_before)
+    ids = list(session.scalars(select(Instance.id).where(stale).order_by(Instance.id)
+                               .limit(limit)))
+    if not ids:
+        return []
+    return sorted(session.scalars(
+        update(Instance).where(Instance.id.in_(ids), stale).values(updated_at=now)
+        .returning(Instance.id).execution_options(synchronize_session=False)))
+
+
 def mark_failed(
     session: Session,
     *,
@@ -811,10 +843,15 @@ def claim_due_outbox(session: Session, *, limit: int, lease_s: float) -> list[in
     to be re-sent, never lost). Oldest due first. On PostgreSQL the rows are picked and
     locked first (FOR UPDATE SKIP LOCKED: rows another sender holds are skipped), then
     updated; SQLite serialises writers, so one UPDATE ... WHERE id IN (SELECT ...) is
-    atomic there. Either way the UPDATE re-checks that each row is still due."""
+    atomic there. Either way the UPDATE re-checks that each row is still due. Rows of a
+    destination in backoff (:func:`record_destination_failure`) are not due."""
     now = utcnow()
+    # A destination in backoff (its consecutive failures, outbox_destinations) lends none
+    # of its rows, however due each row is.
+    backing_off = exists().where(OutboxDestination.destination == OutboxMessage.destination,
+                                 OutboxDestination.next_attempt_at > now)
     due = and_(OutboxMessage.status == OutboxStatus.pending,
-               OutboxMessage.next_attempt_at <= now)
+               OutboxMessage.next_attempt_at <= now, ~backing_off)
     picked: Any = (
         select(OutboxMessage.id)
         .where(due)
@@ -957,6 +994,59 @@ def retry_failed_outbox(
     result = session.execute(update(OutboxMessage).where(condition).values(
         status=OutboxStatus.pending, next_attempt_at=now, updated_at=now))
     return int(getattr(result, "rowcount", 0) or 0)
+
+
+def record_destination_failure(
+    session: Session, *, destination: str, error: str, delay_s: Callable[[int], float]
+) -> tuple[int, datetime]:
+    """One more consecutive failure of ``destination``: none of its rows is claimed
+    before ``now + delay_s(failures)``. Returns (consecutive failures, that time)."""
+    now = utcnow()
+    if session.get(OutboxDestination, destination) is None:
+        try:
+            with session.begin_nested():  # another sender may add it first
+                session.add(OutboxDestination(destination=destination,
+                                              consecutive_failures=0, updated_at=now))
+        except IntegrityError:
+            pass
+    failures = int(session.execute(
+        update(OutboxDestination).where(OutboxDestination.destination == destination)
+        .values(consecutive_failures=OutboxDestination.consecutive_failures + 1,
+                last_error=error[:4000], updated_at=now,
+                failing_since=func.coalesce(OutboxDestination.failing_since, now))
+        .returning(OutboxDestination.consecutive_failures)
+        .execution_options(synchronize_session=False)).scalar_one())
+    due = now + timedelta(seconds=delay_s(failures))
+    session.execute(update(OutboxDestination).where(
+        OutboxDestination.destination == destination).values(next_attempt_at=due)
+        .execution_options(synchronize_session=False))
+    return failures, due
+
+
+def record_destination_success(session: Session, *, destination: str) -> None:
+    """``destination`` stored a report: its backoff ends (no write while it is up)."""
+    session.execute(update(OutboxDestination).where(
+        OutboxDestination.destination == destination,
+        or_(OutboxDestination.consecutive_failures > 0,
+            OutboxDestination.next_attempt_at.is_not(None)))
+        .values(consecutive_failures=0, next_attempt_at=None, failing_since=None)
+        .execution_options(synchronize_session=False))
+
+
+@dataclass(frozen=True)
+class DestinationState:
+    destination: str
+    consecutive_failures: int
+    next_attempt_at: datetime | None
+    last_error: str | None
+    failing_since: datetime | None
+
+
+def destination_states(session: Session) -> dict[str, DestinationState]:
+    """Destinations that have failed at least once, by URL (their backoff and cause)."""
+    return {row.destination: DestinationState(
+        row.destination, row.consecutive_failures, row.next_attempt_at, row.last_error,
+        row.failing_since) for row in session.scalars(select(OutboxDestination))}
 
 
 @dataclass(frozen=True)
@@ -2283,3 +2373,38 @@ def study_answer_rows(session: Session, *, study_id: int) -> list[StudyAnswer]:
     """The study-level answers of a study, oldest first."""
     return list(session.scalars(select(StudyAnswer).where(StudyAnswer.study_id == study_id)
                                 .order_by(StudyAnswer.sequence)))
+
+
+# --- worker heartbeats: who can classify now ------------------------------------------
+
+
+def record_worker_heartbeat(
+    session: Session, *, node: str, pool_processes: int, ready_processes: int,
+    ready_at: datetime | None
+) -> None:
+    """This worker's state, seen now (one row per node name)."""
+    row = session.get(WorkerHeartbeat, node)
+    if row is None:
+        row = WorkerHeartbeat(node=node)
+        session.add(row)
+    row.pool_processes = pool_processes
+    row.ready_processes = ready_processes
+    row.ready_at = ready_at
+    row.seen_at = utcnow()
+
+
+def forget_worker(session: Session, *, node: str) -> None:
+    session.execute(delete(WorkerHeartbeat).where(WorkerHeartbeat.node == node))
+
+
+#: A worker rewrites its heartbeat at least every 10 s; one older than this is gone.
+HEARTBEAT_FRESH_S = 30.0
+
+
+def ready_workers(session: Session, *, fresh_s: float = HEARTBEAT_FRESH_S) -> list[str]:
+    """Nodes seen in the last ``fresh_s`` with a pool process that can classify now."""
+    seen_after = utcnow() - timedelta(seconds=fresh_s)
+    return list(session.scalars(
+        select(WorkerHeartbeat.node)
+        .where(WorkerHeartbeat.seen_at > seen_after, WorkerHeartbeat.ready_processes > 0)
+        .order_by(WorkerHeartbeat.node)))

@@ -437,6 +437,41 @@ class OutboxMessage(Base):
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
 
+class OutboxDestination(Base):
+    """One result destination's health, shared by every sender: while it is down its
+    consecutive failures grow the wait before anyone tries it again (capped); a success
+    resets it. Made on a destination's first failure."""
+
+    __tablename__ = "outbox_destinations"
+
+    #: The canonical URL, as in ``outbox.destination``.
+    destination: Mapped[str] = mapped_column(String(512), primary_key=True)
+    consecutive_failures: Mapped[int] = mapped_column(Integer, default=0)
+    #: No row of this destination is claimed before this (None: no backoff).
+    next_attempt_at: Mapped[datetime | None] = mapped_column()
+    #: The cause of the last failure ("connection refused", "association rejected"...).
+    last_error: Mapped[str | None] = mapped_column(Text)
+    #: When the current run of failures began (None while it is up).
+    failing_since: Mapped[datetime | None] = mapped_column()
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class WorkerHeartbeat(Base):
+    """A running worker's word on whether it can classify now, renewed every few seconds
+    by its main process (``/readyz`` counts the fresh ones); removed on a clean stop."""
+
+    __tablename__ = "worker_heartbeats"
+
+    #: The celery node name (``-n``, e.g. ``celery@host``).
+    node: Mapped[str] = mapped_column(String(255), primary_key=True)
+    pool_processes: Mapped[int] = mapped_column(Integer)
+    #: Pool processes that have loaded the model (each can classify now).
+    ready_processes: Mapped[int] = mapped_column(Integer)
+    #: When every pool process first had its model (None before).
+    ready_at: Mapped[datetime | None] = mapped_column()
+    seen_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class UserRole(enum.StrEnum):
     """What a person may do on the review page (docs/security.md, "Users")."""
 

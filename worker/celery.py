@@ -7,11 +7,13 @@ message whose worker process died is handed back to the queue.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
-from celery import Celery
+from celery import Celery, signals
 from celery.schedules import crontab
 
+from cxr_orient.logs import cap_third_party_loggers
 from cxr_orient.settings import get_settings
 
 #: Task names, the queue's contract (worker.dispatch sends by them, worker.tasks registers
@@ -106,6 +108,14 @@ def make_app() -> Celery:
                                 month_of_year=month, day_of_week=day_of_week),
         }
     return app
+
+
+@signals.after_setup_logger.connect
+def _cap_third_party_loggers(loglevel: int | str | None = None, **_: Any) -> None:
+    # Every celery entry point (worker, beat) logs by celery's setup: the same rule as the
+    # CLI's, no UIDs from highdicom or pynetdicom below WARNING (cxr_orient.logs).
+    level = logging.getLevelName(loglevel) if isinstance(loglevel, str) else loglevel
+    cap_third_party_loggers(debugging=isinstance(level, int) and level <= logging.DEBUG)
 
 
 app = make_app()

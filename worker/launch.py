@@ -14,6 +14,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+#: What a worker logs once every pool process can classify (worker.readiness; not
+#: imported from there: launching a worker must not load the database layer).
+READY_LINE = "ready to classify"
+
 #: The folder holding ``worker/``: a worker started from anywhere imports this checkout.
 SOURCE_ROOT = Path(__file__).resolve().parents[1]
 
@@ -56,17 +60,22 @@ class WorkerProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
-    def wait_ready(self, timeout: float = 120) -> None:
-        """Return once the worker logged that it is ready; raise if it exits or is late."""
+    def wait_ready(self, timeout: float = 120, *, line: str = " ready.") -> None:
+        """Return once the worker logged ``line`` (celery's " ready.": consuming; its
+        pool may still be loading the model); raise if it exits or is late."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(
                     f"worker exited with {self.process.returncode}:\n{self.log()[-5000:]}")
-            if " ready." in self.log():
+            if line in self.log():
                 return
             time.sleep(0.3)
         raise TimeoutError(f"worker not ready after {timeout}s:\n{self.log()[-5000:]}")
+
+    def wait_ready_to_classify(self, timeout: float = 180) -> None:
+        """Return once every pool process has its model (worker.readiness.READY_LINE)."""
+        self.wait_ready(timeout, line=READY_LINE)
 
     def stop(self, timeout: float = 60) -> int:
         """Warm shutdown (SIGTERM: the batch in hand is finished), SIGKILL after ``timeout``."""

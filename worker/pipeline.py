@@ -33,6 +33,7 @@ from db.models import OrientationLabel
 from db.session import dispose_engines, session_scope
 from worker.decoding import abandon_decode_threads, decode_batch, start_decoding
 from worker.leases import keeper, start_keeper
+from worker.readiness import mark_ready
 
 if TYPE_CHECKING:
     from cxr_orient.registry import LoadedModel
@@ -443,6 +444,7 @@ def on_process_start() -> None:
         model.classifier.warm_up(get_settings().batch_size)
         logger.info("worker process %s serving model %s, %s", worker_name(), model.name,
                     start_decoding(get_settings()))
+        mark_ready()  # this process can classify now (worker.readiness)
     except Exception:
         # The first batch retries; a worker must not die because the DB is late.
         logger.exception("could not load the model at process start")

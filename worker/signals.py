@@ -4,8 +4,11 @@
 - Worker start (main process): refuse to start without a Keras backend, with one line
   naming what is missing, instead of pool processes that crash on import for ever.
 - Worker setup (main process, before fork): remember the node name for the records.
-- Worker ready: re-send work the database has as unfinished whose messages may be gone.
-- Each pool process, after fork: load the model there, never in the parent.
+- Worker ready: re-send work the database has as unfinished whose messages may be gone;
+  start the main process's threads (worker.housekeeping: outbox delivery, broker watch,
+  readiness and heartbeat), stopped at shutdown.
+- Each pool process, after fork: load the model there, never in the parent; then say so
+  (worker.readiness: the worker logs "ready to classify" once every pool process has).
 - Metrics (cxr_orient.metrics): the multiprocess folder emptied at worker start, the
   exporter started in the main process when the worker is ready, a pool process's live
   gauges dropped when it exits.
@@ -44,6 +47,32 @@ def _metrics_dir(sender: Any) -> Path:
 def _prepare_metrics(sender: Any = None, **_: Any) -> None:
     # Main process, before the pool forks: the pool processes inherit the folder.
     metrics.prepare_multiprocess_dir(_metrics_dir(sender))
+    # And the folder where each pool process says it has its model (worker.readiness).
+    from worker import readiness
+
+    readiness.prepare()
+
+
+_HOUSEKEEPING: Any = None
+
+
+@signals.worker_ready.connect
+def _start_housekeeping(sender: Any = None, **_: Any) -> None:
+    # Delivery, the broker watch and readiness run in the main process: a worker started
+    # without -B delivers and recovers lost messages (worker.housekeeping).
+    global _HOUSEKEEPING
+    from worker.housekeeping import start
+
+    pool = getattr(sender, "pool", None)
+    node = str(getattr(sender, "hostname", None) or f"worker-{os.getpid()}")
+    _HOUSEKEEPING = start(get_settings(), node=node,
+                          pool_processes=int(getattr(pool, "num_processes", 1) or 1))
+
+
+@signals.worker_shutdown.connect
+def _stop_housekeeping(**_: Any) -> None:
+    if _HOUSEKEEPING is not None:
+        _HOUSEKEEPING.stop()
 
 
 @signals.worker_ready.connect

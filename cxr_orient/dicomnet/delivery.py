@@ -9,12 +9,15 @@ scheduled and kicked after each recorded batch, and ``cxr-orient outbox deliver`
 2. **build** each answer's SR once (:func:`cxr_orient.dicomnet.sr.build_sr`) from the
    source file's header, read through the checked read (:func:`cxr_orient.intake.read_checked`:
    confined, bounded, and the bytes the answer was made on);
-3. **send** it to each row's destination and record: ``sent``; or, for a transient error,
-   ``pending`` again with the error and the next attempt after a capped exponential
-   backoff (CXR_OUTBOX_BACKOFF_S doubled per attempt up to CXR_OUTBOX_BACKOFF_MAX_S: a
-   destination that is down delays delivery, never loses it; its other rows in the run
-   are given back untried, due with it); or ``failed`` for good
-   when the destination refused the object or its source file can no longer be read.
+3. **send** it to each row's destination and record: ``sent`` (and the destination's
+   backoff ends); or, for a transient error, ``pending`` again with the cause
+   ("connection refused", "association rejected", "timed out"...) and the destination
+   backs off: its consecutive failures (``outbox_destinations``, shared by every sender)
+   grow one capped exponential wait (CXR_OUTBOX_BACKOFF_S doubled per failure up to
+   CXR_OUTBOX_BACKOFF_MAX_S) before any of its rows is claimed again. A destination that
+   is down delays delivery, never loses it, and is not hammered; its other rows in the
+   run are given back untried, due with it. Or ``failed`` for good when the destination
+   refused the object or its source file can no longer be read.
 
 Delivered once: a sender that dies between the destination's answer and step 3's
 commit leaves the row pending; after the lease it is sent again, the same object with
@@ -25,7 +28,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from pydicom.dataset import Dataset
 
@@ -53,9 +56,9 @@ class DeliveryCounts:
     failed: int = 0
 
 
-def backoff_s(attempts: int, settings: Settings) -> float:
-    """Wait before the next attempt after ``attempts`` failed ones."""
-    exponent = min(max(attempts - 1, 0), 30)
+def backoff_s(failures: int, settings: Settings) -> float:
+    """Wait before trying a destination again after ``failures`` consecutive failures."""
+    exponent = min(max(failures - 1, 0), 30)
     return float(min(settings.outbox_backoff_max_s, settings.outbox_backoff_s * 2**exponent))
 
 
@@ -144,6 +147,7 @@ def _deliver(work: list[crud.OutboxWork], senders: dict[str, Sender], settings: 
             continue
         with session_scope() as session:
             crud.mark_outbox_sent(session, outbox_id=item.outbox_id)
+            crud.record_destination_success(session, destination=item.destination)
         counts.sent += 1
 
 
@@ -159,14 +163,16 @@ def _build(item: crud.OutboxWork, settings: Settings) -> Dataset | CxrError:
 
 def _record_retry(item: crud.OutboxWork, error: str, settings: Settings,
                   counts: DeliveryCounts) -> datetime:
-    """Pending again after the backoff; returns when it is due."""
-    delay = backoff_s(item.attempts, settings)
-    due = utcnow() + timedelta(seconds=delay)
-    logger.warning("outbox row %d (%s), attempt %d: %s; next in %.0fs", item.outbox_id,
-                   item.destination, item.attempts, error, delay)
+    """Pending again, due when its destination's backoff ends; returns that time."""
     with session_scope() as session:
+        failures, due = crud.record_destination_failure(
+            session, destination=item.destination, error=error,
+            delay_s=lambda n: backoff_s(n, settings))
         crud.mark_outbox_retry(session, outbox_id=item.outbox_id, error=error,
                                next_attempt_at=due)
+    logger.warning("outbox row %d (%s), attempt %d: %s; destination failed %d times in a "
+                   "row, next try in %.1fs", item.outbox_id, item.destination, item.attempts,
+                   error, failures, (due - utcnow()).total_seconds())
     counts.retrying += 1
     return due
 

@@ -3,7 +3,8 @@
 
 A sender returns when the destination has stored the object (or already had it: a
 re-send after a crash carries the same SOPInstanceUID, which a PACS stores once), and
-raises otherwise:
+raises otherwise, naming the cause (connection refused, timed out, association rejected
+or aborted, the status):
 
 - :class:`~cxr_orient.errors.DestinationUnavailableError` (transient, retried with
   backoff): no connection, association rejected or aborted, a timeout, an
@@ -17,6 +18,8 @@ raises otherwise:
 from __future__ import annotations
 
 import logging
+import socket
+import time
 from typing import Any, Protocol
 
 import requests
@@ -26,7 +29,8 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from cxr_orient.errors import DeliveryRefusedError, DestinationUnavailableError
 from cxr_orient.settings import ResultDestination, Settings, parse_result_destination
 
-__all__ = ["CStoreDestination", "Sender", "StowDestination", "sender_for"]
+__all__ = ["CStoreDestination", "Sender", "StowDestination", "connection_failure",
+           "sender_for"]
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +46,22 @@ class Sender(Protocol):
 
     def close(self) -> None:
         """Release what :meth:`send` kept open (an association, HTTP connections)."""
+
+
+def connection_failure(host: str, port: int, timeout_s: float) -> str | None:
+    """Why a TCP connection to ``host:port`` cannot be made ("connection refused",
+    "timed out connecting after 5s", "no route to host"...), or None when it can."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            return None
+    except ConnectionRefusedError:
+        return "connection refused"
+    except TimeoutError:
+        return f"timed out connecting after {timeout_s:g}s"
+    except socket.gaierror as exc:
+        return f"cannot resolve {host}: {exc.strerror or exc}"
+    except OSError as exc:
+        return (exc.strerror or str(exc) or type(exc).__name__).lower()
 
 
 def _transient_status(status: int) -> bool:
@@ -73,12 +93,24 @@ class CStoreDestination:
         ae.connection_timeout = self.timeout_s
         ae.add_requested_context(sop_class_uid, [ExplicitVRLittleEndian,
                                                  ImplicitVRLittleEndian])
+        # pynetdicom reports a refused or unreachable port as an aborted association;
+        # a plain TCP connect first names the real cause for the outbox row and status.
+        cause = connection_failure(dest.host, dest.port, self.timeout_s)
+        if cause is not None:
+            raise DestinationUnavailableError(f"{dest.url}: {cause}")
+        started = time.monotonic()
         assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title or "ANY-SCP")
         if not assoc.is_established:
-            reason = ("rejected" if assoc.is_rejected else
-                      "aborted" if assoc.is_aborted else "no connection or no answer")
-            raise DestinationUnavailableError(
-                f"{dest.url}: association not established ({reason})")
+            if assoc.is_rejected:
+                reason = (f"association rejected (is the calling AE title "
+                          f"{self.calling_ae} known to it?)")
+            elif time.monotonic() - started >= self.timeout_s * 0.9:
+                reason = f"timed out: no association answer within {self.timeout_s:g}s"
+            elif assoc.is_aborted:
+                reason = "association aborted by the peer"
+            else:
+                reason = "association not established"
+            raise DestinationUnavailableError(f"{dest.url}: {reason}")
         if not any(c.abstract_syntax == sop_class_uid for c in assoc.accepted_contexts):
             assoc.release()
             raise DeliveryRefusedError(
@@ -140,9 +172,13 @@ class StowDestination:
             if code in (408, 429) or code >= 500 or code == 0:
                 raise DestinationUnavailableError(message) from exc
             raise DeliveryRefusedError(message) from exc
-        except (requests.ConnectionError, requests.Timeout) as exc:
+        except requests.Timeout as exc:
             raise DestinationUnavailableError(
-                f"{url}: STOW-RS not reachable ({type(exc).__name__})") from exc
+                f"{url}: STOW-RS timed out after {self.timeout_s:g}s") from exc
+        except requests.ConnectionError as exc:
+            cause = (connection_failure(self.destination.host, self.destination.port,
+                                        self.timeout_s) or "connection lost")
+            raise DestinationUnavailableError(f"{url}: STOW-RS {cause}") from exc
         except requests.RequestException as exc:
             raise DestinationUnavailableError(f"{url}: STOW-RS failed: {exc}") from exc
         for failed in (response.get("FailedSOPSequence") or []) if response else []:

@@ -49,6 +49,7 @@ from cxr_orient.imaging import read_header
 from cxr_orient.imaging.decoders import SUPPORTED_TRANSFER_SYNTAXES
 from cxr_orient.ingest import Sender
 from cxr_orient.intake import max_file_bytes
+from cxr_orient.logs import cap_third_party_loggers
 from cxr_orient.settings import Settings
 from cxr_orient.studies import run_release_loop
 
@@ -275,8 +276,7 @@ def serve_dicom(
     from pynetdicom import evt
 
     config = config or ListenerConfig.from_settings(settings)
-    logging.getLogger("pynetdicom").setLevel(
-        logging.DEBUG if logger.isEnabledFor(logging.DEBUG) else logging.WARNING)
+    cap_third_party_loggers(debugging=logger.isEnabledFor(logging.DEBUG))
     spool_dir(settings).mkdir(parents=True, exist_ok=True)
     sweep_spool(settings, send)
     recorder = Recorder(settings, send)

@@ -21,6 +21,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
 from cxr_orient.dicomnet.pull import PullQuery, PullReport, RemoteInstance, not_yet_recorded
+from cxr_orient.logs import cap_third_party_loggers
 from cxr_orient.settings import Settings
 from db import crud
 from db.session import session_scope
@@ -123,8 +124,7 @@ def pull_dimse(
 
     # pynetdicom logs every identifier it sends and receives (UIDs) at INFO: WARNING
     # unless we are debugging, as the listener does (docs/security.md).
-    logging.getLogger("pynetdicom").setLevel(
-        logging.DEBUG if logger.isEnabledFor(logging.DEBUG) else logging.WARNING)
+    cap_third_party_loggers(debugging=logger.isEnabledFor(logging.DEBUG))
     title = settings.dicom_ae_title
     ae = AE(ae_title=title)
     ae.add_requested_context(FIND)

@@ -1,5 +1,9 @@
 """Liveness (``/healthz``: the process answers) and readiness (``/readyz``: the database
-and the broker answer too)."""
+and the broker answer too; it also says how many workers can classify now, from the
+heartbeats their main processes keep in ``worker_heartbeats``).
+
+No worker does not make the service unready: what it receives is recorded and queued,
+and is classified once a worker is up. ``"workers": "none ready"`` says so."""
 
 from __future__ import annotations
 
@@ -32,14 +36,28 @@ def _database_ok() -> bool:
         return False
 
 
+def _ready_workers() -> list[str] | None:
+    """Workers that can classify now (fresh heartbeat, a pool process with its model);
+    None when the database cannot say."""
+    try:
+        with session_scope() as session:
+            return crud.ready_workers(session)
+    except Exception:
+        return None
+
+
 @router.get("/readyz")
 async def readyz() -> JSONResponse:
     database = await run_in_threadpool(_database_ok)
     broker = await run_in_threadpool(broker_reachable)
+    workers = await run_in_threadpool(_ready_workers) if database else None
     ready = database and broker
     return JSONResponse(
         {"status": "ready" if ready else "not ready",
          "database": "ok" if database else "unreachable",
-         "broker": "ok" if broker else "unreachable"},
+         "broker": "ok" if broker else "unreachable",
+         "workers": ("unknown" if workers is None else
+                     f"{len(workers)} ready to classify" if workers else "none ready"),
+         "workers_ready": len(workers or [])},
         status_code=200 if ready else 503,
     )

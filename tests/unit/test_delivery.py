@@ -8,13 +8,20 @@ import shutil
 import socket
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
+from sqlalchemy import update
 
 from cxr_orient.dicomnet.delivery import deliver_due, report_for
 from cxr_orient.settings import get_settings
 from db import crud
 from db.migrate import upgrade
-from db.models import OrientationLabel, OutboxStatus
+from db.models import OrientationLabel, OutboxMessage, OutboxStatus
 from db.session import session_scope
 from tests.utils.factories import register_version
 
@@ -69,6 +76,43 @@ def test_a_down_destination_is_tried_once_per_run_and_rows_take_turns(
         # One try per run; an untried row's attempt is not counted; rows take turns.
         assert [rows[i].attempts for i in ids] == expected_attempts
         time.sleep(0.2)
+
+
+def test_a_dead_destination_backs_off_by_its_own_failures_and_names_the_cause(
+    tmp_path: Path, database_url: str, configure: Callable[..., None]
+) -> None:
+    """The destination, not the row, counts failures: its wait doubles up to the cap
+    while rows take turns, no row of it is claimed before that, and the row's error says
+    "connection refused" (pynetdicom calls a closed port an aborted association)."""
+    archive = tmp_path / "archive"
+    shutil.copytree(SAMPLES, archive)
+    destination = f"dicom://NOBODY@127.0.0.1:{_closed_port()}"
+    configure(database_url=database_url, ingest_root=tmp_path, data_dir=tmp_path / "d",
+              result_destinations=destination, outbox_backoff_s=0.3,
+              outbox_backoff_max_s=1.2, outbox_timeout_s=3)
+    upgrade()
+    assert len(_answered(archive, destination)) == 2
+    waits = []
+    for failures in (1, 2, 3, 4):
+        counts = deliver_due(get_settings())
+        assert (counts.claimed, counts.retrying) == (2, 2), counts
+        with session_scope() as session:
+            state = crud.destination_states(session)[destination]
+            rows = crud.outbox_rows(session)
+        assert state.consecutive_failures == failures
+        assert state.next_attempt_at is not None
+        assert all("connection refused" in str(r.last_error) for r in rows), rows
+        assert "connection refused" in str(state.last_error)
+        wait = (state.next_attempt_at.replace(tzinfo=None)
+                - datetime.now(UTC).replace(tzinfo=None)).total_seconds()
+        waits.append(round(wait, 1))
+        # Every row is due by its own clock, but the destination is backing off.
+        with session_scope() as session:
+            session.execute(update(OutboxMessage).values(next_attempt_at=datetime.now(UTC)))
+        assert deliver_due(get_settings()).claimed == 0, "claimed while backing off"
+        time.sleep(wait + 0.05)
+    assert waits[0] <= 0.3 < waits[1] <= 0.6 < waits[2] <= 1.2, waits
+    assert waits[3] <= 1.2, "capped at CXR_OUTBOX_BACKOFF_MAX_S"
 
 
 def test_a_changed_source_file_fails_for_good(
@@ -129,3 +173,59 @@ def test_an_answer_on_a_replaced_file_is_reported_from_that_file(
     report = report_for(work, get_settings())
     assert report.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[
         0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == work.sop_instance_uid
+
+
+def _sr_for(tmp_path: Path) -> Dataset:
+    from cxr_orient.dicomnet.sr import ReportedAnswer, build_sr
+
+    source = pydicom.dcmread(SAMPLES / "frontal.dcm", stop_before_pixels=True)
+    answer = ReportedAnswer(
+        label="frontal", confidence=0.9, needs_review=False, review_reasons=(),
+        header_agrees=True, rotation=0, mirrored=False, unusual_score=1.0, model_name="m",
+        model_architecture="a", answered_at=datetime(2026, 12, 6, tzinfo=UTC))
+    return build_sr(source, answer, sop_instance_uid=generate_uid(), instance_number=1)
+
+
+def _cause(destination: str, sr: Dataset, timeout_s: float = 2) -> str:
+    from cxr_orient.dicomnet.destinations import sender_for
+    from cxr_orient.errors import DestinationUnavailableError
+    from cxr_orient.settings import Settings
+
+    sender = sender_for(destination, Settings(outbox_timeout_s=timeout_s))
+    try:
+        with pytest.raises(DestinationUnavailableError) as caught:
+            sender.send(sr)
+    finally:
+        sender.close()
+    return str(caught.value)
+
+
+def test_the_error_names_the_cause(tmp_path: Path) -> None:
+    """A closed port, a peer that rejects our AE title (a real pynetdicom SCP), a peer
+    that accepts the TCP connection and never answers: three causes, three messages
+    (all three read "association not established (aborted)" or "(rejected)" before)."""
+    from pynetdicom import AE, AllStoragePresentationContexts
+
+    sr = _sr_for(tmp_path)
+    closed = _cause(f"dicom://NOBODY@127.0.0.1:{_closed_port()}", sr)
+    assert "connection refused" in closed, closed
+    stow = _cause(f"dicomweb+http://127.0.0.1:{_closed_port()}/dicom-web", sr)
+    assert "connection refused" in stow, stow
+
+    scp = AE(ae_title="PACS")
+    scp.supported_contexts = AllStoragePresentationContexts
+    scp.require_calling_aet = ["SOMEONE_ELSE"]
+    server = scp.start_server(("127.0.0.1", 0), block=False)
+    assert server is not None
+    try:
+        port = server.server_address[1]
+        rejected = _cause(f"dicom://PACS@127.0.0.1:{port}", sr)
+    finally:
+        server.shutdown()
+    assert "association rejected" in rejected and "CXR_ORIENT" in rejected, rejected
+
+    with socket.socket() as silent:  # listens (the kernel accepts), never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(4)
+        hung = _cause(f"dicom://PACS@127.0.0.1:{silent.getsockname()[1]}", sr, timeout_s=1)
+    assert "timed out" in hung, hung

@@ -81,3 +81,29 @@ def test_keeper_reports_a_claim_taken_over(migrated_db: str) -> None:
         assert keeper.lost("m" * 32)
         assert _row(mine).claim_token == "o" * 32
     assert not keeper.lost("m" * 32)
+
+
+def test_work_a_broker_lost_is_taken_for_resending_once(migrated_db: str) -> None:
+    """db.crud.take_queued_for_resend, what the broker watch calls: queued rows from
+    before the loss are taken once (two workers noticing at once share them), a claimed
+    row and a row queued after the cut-off are left alone."""
+    with session_scope() as session:
+        study = crud.get_or_create_study(session, study_instance_uid="1.2.9", patient_id="P")
+        ids = []
+        for uid in ("8.1", "8.2", "8.3"):
+            row, _ = crud.add_instance(
+                session, study=study, sop_instance_uid=uid, series_instance_uid=None,
+                file_path=f"/x/{uid}.dcm", file_sha256="0" * 64, file_size=1,
+                modality="CR", transfer_syntax_uid=None, header_view_position="PA")
+            ids.append(row.id)
+    claimed = _claimed("8.4", "c" * 32)
+    with session_scope() as session:
+        session.execute(update(Instance).where(Instance.id.in_([*ids[:2], claimed]))
+                        .values(updated_at=utcnow() - timedelta(seconds=60)))
+    cutoff = utcnow() - timedelta(seconds=10)
+    with session_scope() as session:
+        first = crud.take_queued_for_resend(session, queued_before=cutoff)
+    with session_scope() as session:
+        second = crud.take_queued_for_resend(session, queued_before=cutoff)
+    assert first == sorted(ids[:2]), "the two queued before the cut-off, not the claimed one"
+    assert second == [], "taken once"

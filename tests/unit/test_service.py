@@ -97,7 +97,8 @@ def test_health_and_readiness(service: Service) -> None:
     assert service.client.get("/healthz").json() == {"status": "ok"}
     ready = service.client.get("/readyz")
     assert ready.status_code == 200
-    assert ready.json() == {"status": "ready", "database": "ok", "broker": "ok"}
+    assert ready.json() == {"status": "ready", "database": "ok", "broker": "ok",
+                            "workers": "none ready", "workers_ready": 0}
 
 
 @pytest.mark.parametrize("authorization", [None, "Basic cGFjczpwYWNz", "Bearer ",
