@@ -11,9 +11,10 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import RedirectResponse, Response
 
 from cxr_orient.users import LoginRefused, LoginThrottled, UserInfo, authenticate
+from service.clients import client_address
 from service.deps import ROLE_CAN, CheckedForm, SessionDep, SettingsDep, current_user
 from service.pages import page
-from service.sessions import client_address, log_in, log_out
+from service.sessions import log_in, log_out
 
 router = APIRouter(include_in_schema=False)
 logger = logging.getLogger(__name__)

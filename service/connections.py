@@ -1,0 +1,149 @@
+"""Connections of ``cxr-orient serve``: a cap on how many are open at once, a deadline for
+each request's line and headers, and a last deadline for its body.
+
+Uvicorn's HTTP/1.1 protocol (h11) with three additions, each refusal logged with the
+peer's address:
+
+- **the cap** (``CXR_HTTP_MAX_CONNECTIONS``): a connection beyond it is answered 503 and
+  closed as soon as it is accepted, before it can hold anything;
+- **the header deadline** (``CXR_HTTP_HEADER_TIMEOUT_S``): from the moment a connection
+  is made, or the previous answer was sent, its next request line and headers must be in
+  within the deadline, else 408 and closed: a peer that opens connections and never
+  finishes its headers holds each for that long at most (uvicorn alone holds it until
+  the peer leaves);
+- **the body's last deadline**: the body deadline is the ASGI middleware's
+  (:mod:`service.limits`, which answers 408); a body still arriving a grace period
+  after it (the answer went out without reading it: 401, 413...) gets its connection
+  closed here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import h11
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from cxr_orient.settings import Settings
+from service.limits import limits_for
+
+__all__ = ["ConnectionLimits", "GuardedH11Protocol", "guarded_protocol"]
+
+logger = logging.getLogger(__name__)
+#: After the middleware's body deadline, how long the protocol waits before it closes.
+BODY_GRACE_S = 2.0
+_TIMEOUT_408 = (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain\r\n"
+                b"content-length: 0\r\nconnection: close\r\n\r\n")
+_BUSY_503 = (b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\n"
+             b"content-length: 0\r\nconnection: close\r\nretry-after: 1\r\n\r\n")
+
+
+@dataclass(frozen=True)
+class ConnectionLimits:
+    max_connections: int
+    header_timeout_s: float
+    settings: Settings
+
+
+class GuardedH11Protocol(H11Protocol):
+    """:class:`H11Protocol` with the cap and deadlines above (``limits`` is set on a
+    subclass by :func:`guarded_protocol`)."""
+
+    limits: ClassVar[ConnectionLimits]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.header_timer: asyncio.TimerHandle | None = None
+        self.body_timer: asyncio.TimerHandle | None = None
+
+    def _peer(self) -> str:
+        return self.client[0] if self.client else "unknown"
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        if len(self.connections) > self.limits.max_connections:
+            logger.warning("503 to %s: %d connections open, over CXR_HTTP_MAX_CONNECTIONS=%d",
+                           self._peer(), len(self.connections) - 1,
+                           self.limits.max_connections)
+            transport.write(_BUSY_503)
+            transport.close()
+            return
+        self._arm_header_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_timers()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        self._follow_state()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self._follow_state()
+
+    # --- the deadlines --------------------------------------------------------------
+
+    def _follow_state(self) -> None:
+        """Arm or cancel the timers by where the peer is in its request."""
+        if self.transport.is_closing():
+            self._cancel_timers()
+            return
+        state = self.conn.their_state
+        if state is h11.IDLE:
+            if self.header_timer is None and self.conn.our_state is h11.IDLE:
+                self._arm_header_timer()
+            return
+        if self.header_timer is not None:
+            self.header_timer.cancel()
+            self.header_timer = None
+        if state is h11.SEND_BODY:
+            if self.body_timer is None:
+                path = self.scope["path"] if self.scope else "/"
+                timeout = limits_for(path, self.limits.settings).timeout_s + BODY_GRACE_S
+                self.body_timer = self.loop.call_later(timeout, self._body_too_slow, timeout)
+        elif self.body_timer is not None:
+            self.body_timer.cancel()
+            self.body_timer = None
+
+    def _arm_header_timer(self) -> None:
+        self.header_timer = self.loop.call_later(self.limits.header_timeout_s,
+                                                 self._headers_too_slow)
+
+    def _cancel_timers(self) -> None:
+        for timer in (self.header_timer, self.body_timer):
+            if timer is not None:
+                timer.cancel()
+        self.header_timer = self.body_timer = None
+
+    def _headers_too_slow(self) -> None:
+        self.header_timer = None
+        if self.transport.is_closing() or self.conn.their_state is not h11.IDLE:
+            return
+        if self.conn.our_state is not h11.IDLE:
+            return  # an answer is still being written
+        logger.warning("408 to %s: request headers not complete within %g s "
+                       "(CXR_HTTP_HEADER_TIMEOUT_S)", self._peer(), self.limits.header_timeout_s)
+        self._unset_keepalive_if_required()
+        self.transport.write(_TIMEOUT_408)
+        self.transport.close()
+
+    def _body_too_slow(self, timeout: float) -> None:
+        self.body_timer = None
+        if self.transport.is_closing() or self.conn.their_state is not h11.SEND_BODY:
+            return
+        logger.warning("closed the connection of %s: request body still arriving after %g s",
+                       self._peer(), timeout)
+        if self.cycle is not None and not self.cycle.response_started:
+            self.transport.write(_TIMEOUT_408)
+        self.transport.close()
+
+
+def guarded_protocol(settings: Settings) -> type[GuardedH11Protocol]:
+    """The protocol class uvicorn is given (``http=``), bound to ``settings``' limits."""
+    limits = ConnectionLimits(settings.http_max_connections, settings.http_header_timeout_s,
+                              settings)
+    return type("BoundGuardedH11Protocol", (GuardedH11Protocol,), {"limits": limits})
