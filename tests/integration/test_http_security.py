@@ -255,19 +255,19 @@ def test_half_open_connections_are_capped_and_timed_out(server: Server) -> None:
     try:
         while len(closed) < count and time.monotonic() - opened_at < HEADER_TIMEOUT_S + 8:
             for key, _ in selector.select(timeout=0.2):
-                sock = key.fileobj
-                assert isinstance(sock, socket.socket)
+                peer = key.fileobj
+                assert isinstance(peer, socket.socket)
                 try:
-                    data = sock.recv(4096)
+                    data = peer.recv(4096)
                 except (ConnectionResetError, BlockingIOError):
                     data = b""
                 answer = key.data + data
                 if data:
-                    selector.modify(sock, selectors.EVENT_READ, data=answer)
+                    selector.modify(peer, selectors.EVENT_READ, data=answer)
                     continue
-                closed[sock.fileno()] = (time.monotonic() - opened_at, answer[:12])
-                selector.unregister(sock)
-                sock.close()
+                closed[peer.fileno()] = (time.monotonic() - opened_at, answer[:12])
+                selector.unregister(peer)
+                peer.close()
     finally:
         for key in list(selector.get_map().values()):
             key.fileobj.close()  # type: ignore[union-attr]
@@ -375,3 +375,37 @@ def test_stow_refuses_malformed_uids(server: Server) -> None:
         engine.dispose()
     assert codes == ["invalid_uid"]
     assert "../../../../tmp/x" not in studies
+
+
+# --- and behind a real proxy (here: this host), the same rule lets it work --------------
+
+
+def test_behind_a_trusted_proxy_sso_works_and_the_client_is_the_forwarded_one(
+        tmp_path: Path) -> None:
+    from db.migrate import upgrade
+
+    with temporary_pg_database() as url:
+        upgrade(url)
+        env = worker_env(database_url=url, ingest_root=tmp_path, data_dir=tmp_path / "data",
+                         trusted_user_header="X-Remote-User", trusted_proxies="127.0.0.1")
+        env.pop("CXR_BROKER_URL", None)
+        _user(env, "carol", "admin", None)
+        log = tmp_path / "serve.log"
+        with serving(env, log) as base, httpx.Client(follow_redirects=False,
+                                                     timeout=30) as client:
+            sso = client.get(f"{base}/admin/users",
+                             headers={"X-Remote-User": "carol", "Accept": "text/html"})
+            assert sso.status_code == 200, "the proxy's header is believed"
+
+            def attempts(forwarded: list[str]) -> list[int]:
+                return [_log_in(client, base, "target", "wrong password",
+                                headers={"X-Forwarded-For": value}).status_code
+                        for value in forwarded]
+
+            # The proxy appends the real client; what the client wrote on the left is
+            # not believed, so rotating it does not reset the count.
+            forged = attempts([f"203.0.113.{i}, 198.51.100.9" for i in range(8)])
+            assert forged == [401] * 5 + [429] * 3
+            # Another real client behind the proxy has a count of its own.
+            assert attempts(["198.51.100.10"]) == [401]
+
