@@ -15,10 +15,18 @@ import ipaddress
 from collections.abc import Sequence
 
 from fastapi import Request
+from starlette.types import Scope
 
 from cxr_orient.settings import Settings
 
-__all__ = ["Networks", "client_address", "forwarded_client", "is_trusted", "peer_is_trusted_proxy"]
+__all__ = [
+    "Networks",
+    "client_address",
+    "forwarded_client",
+    "is_trusted",
+    "peer_is_trusted_proxy",
+    "scope_client_address",
+]
 
 Networks = Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network]
 
@@ -60,8 +68,17 @@ def peer_is_trusted_proxy(request: Request, settings: Settings) -> bool:
                       settings.trusted_proxy_networks)
 
 
+def scope_client_address(scope: Scope, settings: Settings) -> str:
+    """The caller's address by the one rule above, from an ASGI scope (``unknown``
+    without a peer): for the middlewares, which log before any route runs."""
+    client = scope.get("client")
+    peer = str(client[0]) if client else "unknown"
+    forwarded = [value.decode("latin-1") for name, value in scope.get("headers", [])
+                 if name == b"x-forwarded-for"]
+    return forwarded_client(peer, forwarded, settings.trusted_proxy_networks)
+
+
 def client_address(request: Request, settings: Settings) -> str:
-    """The caller's address by the one rule above (``unknown`` without a peer)."""
-    peer = request.client.host if request.client else "unknown"
-    return forwarded_client(peer, request.headers.getlist("x-forwarded-for"),
-                            settings.trusted_proxy_networks)
+    """The caller's address by the one rule above: what the login rate limit counts and
+    the service's log lines name."""
+    return scope_client_address(request.scope, settings)

@@ -8,7 +8,8 @@ limit: a Content-Length over it is answered 413 before the body is read, a chunk
 lying) body is counted as it streams and cut at the limit (:class:`BodyTooLarge`, an
 HTTP 413), and a body that has not arrived whole by the deadline ends in 408
 (:class:`BodyTimeout`). Either answer closes the connection and is logged (with the
-route's kind and the client's address, never the path: a DICOMweb path names a study).
+route's kind and the client's address by :mod:`service.clients`' rule, never the path:
+a DICOMweb path names a study).
 The header deadline and the connection cap are the protocol's
 (:mod:`service.connections`), which also closes a connection whose body outlives this
 deadline after the answer went out.
@@ -24,6 +25,7 @@ from fastapi import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cxr_orient.settings import Settings
+from service.clients import scope_client_address
 
 __all__ = ["BodyLimits", "BodyLimitsMiddleware", "BodyTimeout", "BodyTooLarge", "limits_for"]
 
@@ -64,12 +66,6 @@ class BodyTimeout(HTTPException):
                          headers={"Connection": "close"})
 
 
-def _client(scope: Scope) -> str:
-    # The socket's peer (proxy headers are off); logged as the refusal's source.
-    client = scope.get("client")
-    return str(client[0]) if client else "unknown"
-
-
 class BodyLimitsMiddleware:
     """Applies :func:`limits_for` to every HTTP request."""
 
@@ -82,9 +78,10 @@ class BodyLimitsMiddleware:
             await self.app(scope, receive, send)
             return
         limits = limits_for(scope["path"], self.settings)
+        client = scope_client_address(scope, self.settings)
         declared = _content_length(scope)
         if declared is not None and (declared < 0 or declared > limits.max_bytes):
-            logger.warning("413 from %s: %s request declares %d bytes, over %d", _client(scope),
+            logger.warning("413 from %s: %s request declares %d bytes, over %d", client,
                            limits.kind, declared, limits.max_bytes)
             await _answer(send, 413, f"request body over {limits.max_bytes} bytes")
             return
@@ -103,14 +100,14 @@ class BodyLimitsMiddleware:
             except TimeoutError:
                 refused = BodyTimeout(limits)
                 logger.warning("408 from %s: %s request body not whole after %g s (%d bytes)",
-                               _client(scope), limits.kind, limits.timeout_s, received)
+                               client, limits.kind, limits.timeout_s, received)
                 raise refused from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limits.max_bytes:
                     refused = BodyTooLarge(limits)
                     logger.warning("413 from %s: %s request body went over %d bytes",
-                                   _client(scope), limits.kind, limits.max_bytes)
+                                   client, limits.kind, limits.max_bytes)
                     raise refused
                 body_done = not message.get("more_body", False)
             else:

@@ -28,7 +28,7 @@ from fastapi import Request
 from cxr_orient.settings import Settings
 from cxr_orient.users import UserInfo, end_sessions, user_by_name, user_for_session
 from db.session import session_scope
-from service.clients import peer_is_trusted_proxy
+from service.clients import client_address, peer_is_trusted_proxy
 
 logger = logging.getLogger(__name__)
 KEY_FILE = "session-key"
@@ -104,7 +104,8 @@ def session_user(request: Request, settings: Settings) -> UserInfo | None:
                 if user is None:
                     logger.warning("trusted proxy named an unknown or disabled user")
                 return user
-            logger.warning("%s header from an untrusted address ignored", header)
+            logger.warning("%s header from an untrusted address ignored (%s)", header,
+                           client_address(request, settings))
     uid, epoch = request.session.get("uid"), request.session.get("epoch")
     if not isinstance(uid, int) or not isinstance(epoch, int):
         return None

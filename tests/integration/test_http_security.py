@@ -138,7 +138,8 @@ def test_forwarded_for_from_this_host_does_not_forge_single_sign_on(server: Serv
     finally:
         engine.dispose()
     assert "eve" not in names
-    assert "X-Remote-User header from an untrusted address ignored" in server.log_text()
+    assert "X-Remote-User header from an untrusted address ignored (127.0.0.1)" in (
+        server.log_text())
 
 
 # --- Medium: the login rate limit holds whatever X-Forwarded-For says ------------------
@@ -375,6 +376,7 @@ def test_stow_refuses_malformed_uids(server: Server) -> None:
         engine.dispose()
     assert codes == ["invalid_uid"]
     assert "../../../../tmp/x" not in studies
+    assert "tmp/x" not in server.log_text(), "nor in the log"
 
 
 # --- and behind a real proxy (here: this host), the same rule lets it work --------------
@@ -408,4 +410,8 @@ def test_behind_a_trusted_proxy_sso_works_and_the_client_is_the_forwarded_one(
             assert forged == [401] * 5 + [429] * 3
             # Another real client behind the proxy has a count of its own.
             assert attempts(["198.51.100.10"]) == [401]
+        text = log.read_text()
+        # The log names the client by the same rule, never what the client wrote.
+        assert "login refused from 198.51.100.9" in text
+        assert "login refused from 198.51.100.10" in text and "203.0.113." not in text
 
