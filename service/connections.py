@@ -1,8 +1,9 @@
 """Connections of ``cxr-orient serve``: a cap on how many are open at once, a deadline for
 each request's line and headers, and a last deadline for its body.
 
-Uvicorn's HTTP/1.1 protocol (h11) with three additions, each refusal logged with the
-peer's address:
+Uvicorn's HTTP/1.1 protocol (h11; uvicorn has neither a header deadline nor a cap that
+counts connections before their headers are in) with three additions, each refusal
+logged with the peer's address (no header is believed before the headers are whole):
 
 - **the cap** (``CXR_HTTP_MAX_CONNECTIONS``): a connection beyond it is answered 503 and
   closed as soon as it is accepted, before it can hold anything;
@@ -34,7 +35,7 @@ __all__ = ["ConnectionLimits", "GuardedH11Protocol", "guarded_protocol"]
 
 logger = logging.getLogger(__name__)
 #: After the middleware's body deadline, how long the protocol waits before it closes.
-BODY_GRACE_S = 2.0
+BODY_GRACE_S = 5.0
 _TIMEOUT_408 = (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain\r\n"
                 b"content-length: 0\r\nconnection: close\r\n\r\n")
 _BUSY_503 = (b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\n"
@@ -127,7 +128,6 @@ class GuardedH11Protocol(H11Protocol):
             return  # an answer is still being written
         logger.warning("408 to %s: request headers not complete within %g s "
                        "(CXR_HTTP_HEADER_TIMEOUT_S)", self._peer(), self.limits.header_timeout_s)
-        self._unset_keepalive_if_required()
         self.transport.write(_TIMEOUT_408)
         self.transport.close()
 

@@ -41,6 +41,7 @@ MAX_CONNECTIONS = 64
 HUGE = "99999999999999999999"  # over int64
 MARK = "TYPEDMARK"  # typed into fields: must never reach the log
 SAMPLE = REPO / "cxr_orient" / "samples" / "study1" / "frontal.dcm"
+SAMPLE_2 = REPO / "cxr_orient" / "samples" / "study2" / "frontal.dcm"
 
 
 @dataclass
@@ -82,6 +83,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
                          trusted_user_header="X-Remote-User", trusted_proxies="10.0.0.5",
                          http_header_timeout_s=HEADER_TIMEOUT_S,
                          http_body_timeout_s=BODY_TIMEOUT_S,
+                         stow_body_timeout_s=BODY_TIMEOUT_S,
                          http_max_connections=MAX_CONNECTIONS, study_quiet_s=3600)
         env.pop("CXR_BROKER_URL", None)
         _user(env, "carol", "admin", None)  # single sign-on only
@@ -239,6 +241,34 @@ def test_a_trickled_body_is_cut_at_the_body_deadline(server: Server) -> None:
           f"(CXR_HTTP_BODY_TIMEOUT_S={BODY_TIMEOUT_S:g})")
     assert status == 408
     assert elapsed < BODY_TIMEOUT_S + 3
+
+
+def test_a_stalled_stow_request_ends_in_408_with_its_whole_parts_kept(server: Server) -> None:
+    """STOW-RS has a deadline of its own (CXR_STOW_BODY_TIMEOUT_S): a sender that stalls
+    after one whole part gets 408, and that part is recorded like any other."""
+    whole = SAMPLE_2.read_bytes()
+    start = (b"--b\r\nContent-Type: application/dicom\r\n\r\n" + whole
+             + b"\r\n--b\r\nContent-Type: application/dicom\r\n\r\nDICM")  # then nothing
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", server.port)) as sock:
+        sock.sendall(b"POST /dicom-web/studies HTTP/1.1\r\nHost: x\r\n"
+                     + f"Authorization: Bearer {server.stow_token}\r\n".encode()
+                     + b'Content-Type: multipart/related; type="application/dicom"; boundary=b\r\n'
+                     + f"Content-Length: {len(start) + 100_000}\r\n\r\n".encode() + start)
+        status = _status_line(sock, timeout=BODY_TIMEOUT_S + 10)
+    elapsed = time.monotonic() - started
+    print(f"a STOW-RS request stalled after one part: HTTP {status} after {elapsed:.1f} s")
+    assert status == 408
+    assert elapsed < BODY_TIMEOUT_S + 3
+    sop = str(pydicom.dcmread(SAMPLE_2, stop_before_pixels=True).SOPInstanceUID)
+    engine = make_engine(server.database_url)
+    try:
+        with engine.connect() as conn:
+            kept = list(conn.scalars(select(Instance.status)
+                                     .where(Instance.sop_instance_uid == sop)))
+    finally:
+        engine.dispose()
+    assert kept == ["waiting"], "the whole part is recorded, held for its study"
 
 
 def test_half_open_connections_are_capped_and_timed_out(server: Server) -> None:

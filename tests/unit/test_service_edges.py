@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from annotated_types import Interval
 from fastapi.routing import APIRoute
+from fastapi.testclient import TestClient
 
 from cxr_orient.settings import Settings
 from service.app import create_app
@@ -65,3 +66,21 @@ def test_the_limits_of_each_route() -> None:
     for path in ("/login", "/api/v1/review/items/1/label", "/admin/users", "/"):
         limits = limits_for(path, settings)
         assert (limits.kind, limits.max_bytes, limits.timeout_s) == ("form", 8 << 10, 5)
+
+
+def test_an_unforeseen_error_is_500_and_logged_without_its_message(
+        configure: Callable[..., None], tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A database error's message quotes its parameters (what someone typed): the last
+    resort (service.edge) logs the type and the frames only."""
+    configure(data_dir=tmp_path)
+    app = create_app()
+
+    @app.get("/boom")
+    def boom(typed: str) -> None:
+        raise ValueError(f"value {typed!r} refused")  # as a driver quotes a parameter
+
+    with TestClient(app, raise_server_exceptions=True) as client:
+        answer = client.get("/boom?typed=SECRETTYPED")
+    assert answer.status_code == 500 and "SECRETTYPED" not in answer.text
+    assert "ValueError" in caplog.text and "in boom" in caplog.text, "type and frames"
+    assert "SECRETTYPED" not in caplog.text
