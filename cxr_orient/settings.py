@@ -259,6 +259,13 @@ class Settings(BaseSettings):
         description="CXR_HTTP_MAX_CONNECTIONS: open connections `cxr-orient serve` holds at "
         "once; one more is answered 503 and closed at once (logged). Default 256.",
     )
+    http_max_connections_per_client: int = Field(
+        default=32, ge=1,
+        description="CXR_HTTP_MAX_CONNECTIONS_PER_CLIENT: open connections one peer address "
+        "may hold (the addresses of CXR_TRUSTED_PROXIES excepted: every client behind them "
+        "shares them); one more is answered 503 and closed at once (logged), so one peer "
+        "cannot take every connection. Default 32.",
+    )
     session_key: SecretStr | None = Field(
         default=None,
         description="CXR_SESSION_KEY: the key that signs the review page's session "

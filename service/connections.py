@@ -5,8 +5,10 @@ Uvicorn's HTTP/1.1 protocol (h11; uvicorn has neither a header deadline nor a ca
 counts connections before their headers are in) with three additions, each refusal
 logged with the peer's address (no header is believed before the headers are whole):
 
-- **the cap** (``CXR_HTTP_MAX_CONNECTIONS``): a connection beyond it is answered 503 and
-  closed as soon as it is accepted, before it can hold anything;
+- **the caps** (``CXR_HTTP_MAX_CONNECTIONS`` in all, ``CXR_HTTP_MAX_CONNECTIONS_PER_CLIENT``
+  per peer address, trusted proxies excepted): a connection beyond either is answered 503
+  and closed as soon as it is accepted, before it can hold anything, so one peer cannot
+  take every connection;
 - **the header deadline** (``CXR_HTTP_HEADER_TIMEOUT_S``): from the moment a connection
   is made, or the previous answer was sent, its next request line and headers must be in
   within the deadline, else 408 and closed: a peer that opens connections and never
@@ -29,6 +31,7 @@ import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from cxr_orient.settings import Settings
+from service.clients import is_trusted
 from service.limits import limits_for
 
 __all__ = ["ConnectionLimits", "GuardedH11Protocol", "guarded_protocol"]
@@ -45,6 +48,7 @@ _BUSY_503 = (b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\n"
 @dataclass(frozen=True)
 class ConnectionLimits:
     max_connections: int
+    max_per_client: int
     header_timeout_s: float
     settings: Settings
 
@@ -65,14 +69,29 @@ class GuardedH11Protocol(H11Protocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        if len(self.connections) > self.limits.max_connections:
-            logger.warning("503 to %s: %d connections open, over CXR_HTTP_MAX_CONNECTIONS=%d",
-                           self._peer(), len(self.connections) - 1,
-                           self.limits.max_connections)
+        refusal = self._over_a_cap()
+        if refusal is not None:
+            logger.warning("503 to %s: %s", self._peer(), refusal)
             transport.write(_BUSY_503)
             transport.close()
             return
         self._arm_header_timer()
+
+    def _over_a_cap(self) -> str | None:
+        """Why this new connection is one too many, or None. Connections already closing
+        (refused a moment ago) do not count."""
+        others = [c for c in self.connections if c is not self and _still_open(c)]
+        if len(others) >= self.limits.max_connections:
+            return (f"{len(others)} connections open, at CXR_HTTP_MAX_CONNECTIONS="
+                    f"{self.limits.max_connections}")
+        peer = self._peer()
+        if is_trusted(peer, self.limits.settings.trusted_proxy_networks):
+            return None
+        same = sum(1 for c in others if (getattr(c, "client", None) or ("",))[0] == peer)
+        if same >= self.limits.max_per_client:
+            return (f"{same} connections open from it, at "
+                    f"CXR_HTTP_MAX_CONNECTIONS_PER_CLIENT={self.limits.max_per_client}")
+        return None
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_timers()
@@ -142,8 +161,14 @@ class GuardedH11Protocol(H11Protocol):
         self.transport.close()
 
 
+def _still_open(protocol: object) -> bool:
+    transport = getattr(protocol, "transport", None)
+    return transport is not None and not transport.is_closing()
+
+
 def guarded_protocol(settings: Settings) -> type[GuardedH11Protocol]:
     """The protocol class uvicorn is given (``http=``), bound to ``settings``' limits."""
-    limits = ConnectionLimits(settings.http_max_connections, settings.http_header_timeout_s,
-                              settings)
+    limits = ConnectionLimits(settings.http_max_connections,
+                              settings.http_max_connections_per_client,
+                              settings.http_header_timeout_s, settings)
     return type("BoundGuardedH11Protocol", (GuardedH11Protocol,), {"limits": limits})

@@ -35,9 +35,10 @@ from tests.utils.worker import REPO, run_cli, worker_env
 pytestmark = pytest.mark.integration
 
 PASSWORD = "correct horse battery staple"
-HEADER_TIMEOUT_S = 2.0
+HEADER_TIMEOUT_S = 3.0
 BODY_TIMEOUT_S = 3.0
-MAX_CONNECTIONS = 64
+MAX_CONNECTIONS = 48
+MAX_PER_CLIENT = 16
 HUGE = "99999999999999999999"  # over int64
 MARK = "TYPEDMARK"  # typed into fields: must never reach the log
 SAMPLE = REPO / "cxr_orient" / "samples" / "study1" / "frontal.dcm"
@@ -84,7 +85,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
                          http_header_timeout_s=HEADER_TIMEOUT_S,
                          http_body_timeout_s=BODY_TIMEOUT_S,
                          stow_body_timeout_s=BODY_TIMEOUT_S,
-                         http_max_connections=MAX_CONNECTIONS, study_quiet_s=3600)
+                         http_max_connections=MAX_CONNECTIONS,
+                         http_max_connections_per_client=MAX_PER_CLIENT, study_quiet_s=3600)
         env.pop("CXR_BROKER_URL", None)
         _user(env, "carol", "admin", None)  # single sign-on only
         _user(env, "alice", "reviewer", PASSWORD)
@@ -271,52 +273,75 @@ def test_a_stalled_stow_request_ends_in_408_with_its_whole_parts_kept(server: Se
     assert kept == ["waiting"], "the whole part is recorded, held for its study"
 
 
-def test_half_open_connections_are_capped_and_timed_out(server: Server) -> None:
-    """Headers never finished: beyond the cap a connection is refused at once, and those
-    within it are answered 408 after CXR_HTTP_HEADER_TIMEOUT_S."""
-    count = 3 * MAX_CONNECTIONS
-    selector = selectors.DefaultSelector()
-    opened_at = time.monotonic()
+def _half_open(port: int, source: str, count: int) -> list[tuple[socket.socket, float]]:
+    """``count`` connections from ``source`` whose request headers never end."""
+    out = []
     for _ in range(count):
-        sock = socket.create_connection(("127.0.0.1", server.port))
-        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # no blank line: never ends
+        sock = socket.create_connection(("127.0.0.1", port), source_address=(source, 0))
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # no blank line
         sock.setblocking(False)
-        selector.register(sock, selectors.EVENT_READ, data=b"")
-    closed: dict[int, tuple[float, bytes]] = {}
+        out.append((sock, time.monotonic()))
+    return out
+
+
+def _until_closed(opened: list[tuple[socket.socket, float]],
+                  limit_s: float) -> list[tuple[float, bytes]]:
+    """For each connection: seconds from its opening until the server closed it, and the
+    start of what it answered (inf: still open after ``limit_s``)."""
+    selector = selectors.DefaultSelector()
+    for sock, at in opened:
+        selector.register(sock, selectors.EVENT_READ, data=(at, b""))
+    ended: list[tuple[float, bytes]] = []
+    deadline = time.monotonic() + limit_s
     try:
-        while len(closed) < count and time.monotonic() - opened_at < HEADER_TIMEOUT_S + 8:
+        while selector.get_map() and time.monotonic() < deadline:
             for key, _ in selector.select(timeout=0.2):
                 peer = key.fileobj
                 assert isinstance(peer, socket.socket)
+                at, answer = key.data
                 try:
                     data = peer.recv(4096)
                 except (ConnectionResetError, BlockingIOError):
                     data = b""
-                answer = key.data + data
                 if data:
-                    selector.modify(peer, selectors.EVENT_READ, data=answer)
+                    selector.modify(peer, selectors.EVENT_READ, data=(at, answer + data))
                     continue
-                closed[peer.fileno()] = (time.monotonic() - opened_at, answer[:12])
+                ended.append((time.monotonic() - at, answer[:12]))
                 selector.unregister(peer)
                 peer.close()
     finally:
         for key in list(selector.get_map().values()):
+            ended.append((float("inf"), key.data[1][:12]))
             key.fileobj.close()  # type: ignore[union-attr]
-    refused = [t for t, answer in closed.values() if answer.startswith(b"HTTP/1.1 503")]
-    timed_out = [t for t, answer in closed.values() if answer.startswith(b"HTTP/1.1 408")]
-    last = max((t for t, _ in closed.values()), default=float("inf"))
-    print(f"{count} half-open connections: {len(refused)} refused at once (503, max "
-          f"{max(refused, default=0):.2f} s), {len(timed_out)} answered 408 at "
-          f"{min(timed_out, default=0):.1f}-{max(timed_out, default=0):.1f} s; "
-          f"all closed after {last:.1f} s")
-    assert len(closed) == count, f"{count - len(closed)} still open"
-    assert len(refused) >= count - MAX_CONNECTIONS
-    assert max(refused) < HEADER_TIMEOUT_S
-    assert len(timed_out) + len(refused) == count
-    assert last < HEADER_TIMEOUT_S + 3
-    assert httpx.get(f"{server.base}/healthz", timeout=10).status_code == 200
+    return ended
+
+
+def test_half_open_connections_are_capped_and_timed_out(server: Server) -> None:
+    """Headers never finished. One peer gets CXR_HTTP_MAX_CONNECTIONS_PER_CLIENT at most;
+    all together CXR_HTTP_MAX_CONNECTIONS; the rest are refused (503) at once, those held
+    are answered 408 after CXR_HTTP_HEADER_TIMEOUT_S; meanwhile another client is served.
+    Loopback's other addresses (127.0.0.2...) stand for other hosts."""
+    attacker = _half_open(server.port, "127.0.0.1", 3 * MAX_PER_CLIENT)
+    with httpx.Client(transport=httpx.HTTPTransport(local_address="127.0.0.2")) as other:
+        served = other.get(f"{server.base}/healthz", timeout=10).status_code
+    crowd = [c for n in (3, 4, 5) for c in _half_open(server.port, f"127.0.0.{n}",
+                                                      MAX_PER_CLIENT)]
+    ended = _until_closed(attacker + crowd, HEADER_TIMEOUT_S + 8)
+    refused = [t for t, answer in ended if answer.startswith(b"HTTP/1.1 503")]
+    timed_out = [t for t, answer in ended if answer.startswith(b"HTTP/1.1 408")]
+    last = max(t for t, _ in ended)
+    print(f"{len(ended)} half-open connections (48 from one address, 16 from each of 3 "
+          f"others): {len(refused)} refused at once (503, at most {max(refused):.2f} s), "
+          f"{len(timed_out)} answered 408 at {min(timed_out):.1f}-{max(timed_out):.1f} s; "
+          f"all closed after {last:.1f} s; another client meanwhile: HTTP {served}")
+    assert served == 200
+    assert last < HEADER_TIMEOUT_S + 3, "none held past the header deadline"
+    assert len(refused) + len(timed_out) == len(ended)
+    assert max(refused) < 1
+    assert len(timed_out) <= MAX_CONNECTIONS
     log = server.log_text()
-    assert log.count("over CXR_HTTP_MAX_CONNECTIONS") >= len(refused)
+    assert log.count("at CXR_HTTP_MAX_CONNECTIONS_PER_CLIENT") >= 2 * MAX_PER_CLIENT
+    assert log.count("at CXR_HTTP_MAX_CONNECTIONS=") >= 4 * MAX_PER_CLIENT - MAX_CONNECTIONS
     assert log.count("request headers not complete within") >= len(timed_out)
 
 
