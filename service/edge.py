@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import traceback
@@ -20,7 +21,7 @@ from urllib.parse import unquote_to_bytes
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-__all__ = ["EdgeMiddleware"]
+__all__ = ["EdgeMiddleware", "answer_json"]
 
 logger = logging.getLogger(__name__)
 _CONTROL = re.compile(rb"[\x00-\x1f\x7f]")
@@ -32,11 +33,15 @@ def _bad_url(scope: Scope) -> bool:
                 or _CONTROL.search(unquote_to_bytes(scope.get("query_string", b""))))
 
 
-async def _answer(send: Send, status: int, detail: str) -> None:
-    body = ('{"detail":"' + detail + '"}').encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"),
-                            (b"content-length", str(len(body)).encode())]})
+async def answer_json(send: Send, status: int, detail: str, *, close: bool = False) -> None:
+    """A ``{"detail": ...}`` answer sent straight from a middleware (no route ran);
+    ``close``: the connection is not reused (its body was not read)."""
+    body = json.dumps({"detail": detail}).encode()
+    headers = [(b"content-type", b"application/json"),
+               (b"content-length", str(len(body)).encode())]
+    if close:
+        headers.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
 
@@ -53,7 +58,7 @@ class EdgeMiddleware:
         if _bad_url(scope):
             logger.warning("400: a control character in the URL of a %s request",
                            scope["method"])
-            await _answer(send, 400, "the URL holds a control character")
+            await answer_json(send, 400, "the URL holds a control character")
             return
         started = False
 
@@ -69,4 +74,4 @@ class EdgeMiddleware:
             logger.error("500 on a %s request: %s (message not logged: it may quote the "
                          "request)\n%s", scope["method"], type(exc).__name__, frames)
             if not started:
-                await _answer(send, 500, "internal error")
+                await answer_json(send, 500, "internal error")

@@ -26,6 +26,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cxr_orient.settings import Settings
 from service.clients import scope_client_address
+from service.edge import answer_json
 
 __all__ = ["BodyLimits", "BodyLimitsMiddleware", "BodyTimeout", "BodyTooLarge", "limits_for"]
 
@@ -83,12 +84,15 @@ class BodyLimitsMiddleware:
         if declared is not None and (declared < 0 or declared > limits.max_bytes):
             logger.warning("413 from %s: %s request declares %d bytes, over %d", client,
                            limits.kind, declared, limits.max_bytes)
-            await _answer(send, 413, f"request body over {limits.max_bytes} bytes")
+            await answer_json(send, 413, f"request body over {limits.max_bytes} bytes",
+                              close=True)
             return
         loop = asyncio.get_running_loop()
         deadline = loop.time() + limits.timeout_s
         received = 0
-        body_done = scope["method"] in {"GET", "HEAD", "OPTIONS"} and declared in (None, 0)
+        chunked = any(name == b"transfer-encoding" for name, _ in scope["headers"])
+        body_done = (scope["method"] in {"GET", "HEAD", "OPTIONS"} and declared in (None, 0)
+                     and not chunked)
         refused: BodyTooLarge | BodyTimeout | None = None
 
         async def bounded_receive() -> Message:
@@ -132,10 +136,3 @@ def _content_length(scope: Scope) -> int | None:
                 return -1
     return None
 
-
-async def _answer(send: Send, status: int, detail: str) -> None:
-    body = ('{"detail":"' + detail + '"}').encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"),
-                            (b"content-length", str(len(body)).encode()), CLOSE]})
-    await send({"type": "http.response.body", "body": body})
