@@ -39,6 +39,8 @@ def is_trusted(host: str | None, networks: Networks) -> bool:
         address = ipaddress.ip_address(host.strip())
     except ValueError:
         return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped  # a dual-stack socket's view of an IPv4 peer
     return any(address in network for network in networks)
 
 

@@ -34,8 +34,9 @@ PROXIES = [ipaddress.ip_network("10.0.0.5"), ipaddress.ip_network("10.1.0.0/16")
     ("10.0.0.5", ["10.1.2.3, 10.1.2.4"], "10.1.2.3"),  # proxies all the way: the leftmost
     ("10.0.0.5", ["198.51.100.1, not-an-address"], "10.0.0.5"),  # garbage stops the walk
     ("10.0.0.5", ["2001:db8::1"], "2001:db8::1"),
+    ("::ffff:10.0.0.5", ["198.51.100.1"], "198.51.100.1"),  # dual-stack socket
 ], ids=["untrusted-peer", "untrusted-other", "proxy-alone", "proxy", "forged-left",
-        "two-lines", "chain", "all-proxies", "garbage", "ipv6"])
+        "two-lines", "chain", "all-proxies", "garbage", "ipv6", "ipv4-mapped"])
 def test_forwarded_client(peer: str, forwarded: list[str], client: str) -> None:
     assert forwarded_client(peer, forwarded, PROXIES) == client
 
