@@ -911,7 +911,9 @@ def serve(host: str | None, port: int | None) -> None:
     """The HTTP service: the review page (/review, /audit, /admin/users; log in as a
     user made with `cxr-orient user create`), its JSON API (/api/v1, OpenAPI at
     /openapi.json), STOW-RS in (POST /dicom-web/studies, bearer token with the 'stow'
-    scope, see `cxr-orient token`), GET /healthz and /readyz."""
+    scope, see `cxr-orient token`), GET /healthz and /readyz. Request bodies, header
+    and body deadlines and open connections are bounded (CXR_HTTP_*, CXR_STOW_*);
+    behind a reverse proxy list it in CXR_TRUSTED_PROXIES (docs/security.md)."""
     from service.server import serve as run_server
 
     settings = get_settings()

@@ -52,6 +52,13 @@ class MissingAttributeError(InputError):
     code = "missing_attribute"
 
 
+class InvalidUidError(InputError):
+    """A Study, Series or SOP Instance UID that is not a DICOM UID (PS3.5 9.1): the
+    instance is refused whatever the way in (``cxr_orient.dicomnet.policy.check_uids``)."""
+
+    code = "invalid_uid"
+
+
 class NoPixelDataError(InputError):
     code = "no_pixel_data"
 

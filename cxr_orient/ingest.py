@@ -30,7 +30,7 @@ from pathlib import Path
 
 from sqlalchemy.orm import Session
 
-from cxr_orient.dicomnet.policy import PolicyRefusal, check_policy
+from cxr_orient.dicomnet.policy import PolicyRefusal, check_policy, check_uids
 from cxr_orient.errors import CxrError
 from cxr_orient.imaging import DicomHeader, read_header
 from cxr_orient.intake import read_for_ingest
@@ -123,9 +123,23 @@ class ScannedFile:
     refusal: PolicyRefusal | None = None
 
 
+def header_record(path: str, sha256: str, size: int, header: DicomHeader,
+                  settings: Settings) -> ScannedFile:
+    """The record of a file whose header was read, for every way in (:func:`scan_file`,
+    and the network sources through :func:`cxr_orient.dicomnet.receive.received_file`):
+    refused (a failed row, ``invalid_uid``) when a UID is malformed
+    (:func:`cxr_orient.dicomnet.policy.check_uids`), else with the accept policy's
+    verdict."""
+    invalid = check_uids(header)
+    if invalid is not None:
+        return ScannedFile(path, sha256, size, None, invalid)
+    return ScannedFile(path, sha256, size, header, None, check_policy(header, settings))
+
+
 def scan_file(path: Path, settings: Settings) -> ScannedFile:
     """The checked read (:func:`cxr_orient.intake.read_for_ingest`), the header of one
-    file and the accept policy's verdict on it; a refusal is returned, never raised."""
+    file and the verdict of :func:`header_record` on it; a refusal is returned, never
+    raised."""
     try:
         checked = read_for_ingest(path, settings)
     except CxrError as exc:
@@ -134,8 +148,8 @@ def scan_file(path: Path, settings: Settings) -> ScannedFile:
         header = read_header(checked.path, data=checked.data)
     except CxrError as exc:
         return ScannedFile(str(checked.path), checked.sha256, len(checked.data), None, exc)
-    return ScannedFile(str(checked.path), checked.sha256, len(checked.data), header, None,
-                       check_policy(header, settings))
+    return header_record(str(checked.path), checked.sha256, len(checked.data), header,
+                         settings)
 
 
 def _record_known(

@@ -230,6 +230,42 @@ class Settings(BaseSettings):
         "is also bounded by the worker's largest file, from CXR_MAX_PIXELS); a larger "
         "request is answered 413. Default 2048.",
     )
+    http_max_body_kb: int = Field(
+        default=64, ge=1,
+        description="CXR_HTTP_MAX_BODY_KB: largest request body of every route but STOW-RS "
+        "(the login, review and admin forms, the JSON API), in KiB; a larger one is "
+        "answered 413 before it is parsed (Content-Length checked first, a chunked body "
+        "counted as it arrives). Default 64.",
+    )
+    http_header_timeout_s: float = Field(
+        default=10.0, gt=0,
+        description="CXR_HTTP_HEADER_TIMEOUT_S: seconds a connection may take to send a "
+        "request's line and headers (from connecting, or from the previous answer); a "
+        "slower one is answered 408 and closed. Default 10.",
+    )
+    http_body_timeout_s: float = Field(
+        default=30.0, gt=0,
+        description="CXR_HTTP_BODY_TIMEOUT_S: seconds a request body of every route but "
+        "STOW-RS may take to arrive whole once its headers are in; a slower one is "
+        "answered 408 and closed. Default 30.",
+    )
+    stow_body_timeout_s: float = Field(
+        default=900.0, gt=0,
+        description="CXR_STOW_BODY_TIMEOUT_S: the same deadline for a STOW-RS request body "
+        "(up to CXR_STOW_MAX_REQUEST_MB). Default 900.",
+    )
+    http_max_connections: int = Field(
+        default=256, ge=1,
+        description="CXR_HTTP_MAX_CONNECTIONS: open connections `cxr-orient serve` holds at "
+        "once; one more is answered 503 and closed at once (logged). Default 256.",
+    )
+    http_max_connections_per_client: int = Field(
+        default=32, ge=1,
+        description="CXR_HTTP_MAX_CONNECTIONS_PER_CLIENT: open connections one peer address "
+        "may hold (the addresses of CXR_TRUSTED_PROXIES excepted: every client behind them "
+        "shares them); one more is answered 503 and closed at once (logged), so one peer "
+        "cannot take every connection. Default 32.",
+    )
     session_key: SecretStr | None = Field(
         default=None,
         description="CXR_SESSION_KEY: the key that signs the review page's session "
@@ -269,8 +305,11 @@ class Settings(BaseSettings):
     trusted_proxies: str = Field(
         default="",
         description="CXR_TRUSTED_PROXIES: comma-separated addresses or networks "
-        "(10.0.0.5, 10.1.0.0/16) of the reverse proxies whose CXR_TRUSTED_USER_HEADER is "
-        "believed. Default empty.",
+        "(10.0.0.5, 10.1.0.0/16) of the reverse proxies in front of `cxr-orient serve`: "
+        "only a connection from one of them has its CXR_TRUSTED_USER_HEADER believed and "
+        "its X-Forwarded-For read (walked from the right, skipping these proxies) for the "
+        "client's address that rate limits and logs use. Default empty: the socket's "
+        "peer is the client.",
     )
     dicom_ae_title: str = Field(
         default="CXR_ORIENT",

@@ -35,6 +35,7 @@ __all__ = [
     "authenticate",
     "create_user",
     "disable_user",
+    "end_sessions",
     "hash_password",
     "list_users",
     "set_password",
@@ -140,6 +141,12 @@ def disable_user(session: Session, *, username: str) -> None:
     if row.disabled_at is not None:
         raise UserError(f"user {row.username!r} is disabled already")
     crud.disable_user(session, user_id=row.id, now=utcnow())
+
+
+def end_sessions(session: Session, *, user_id: int, epoch: int) -> None:
+    """Logout, server side: the user's sessions of ``epoch`` (the logged-out cookie's, and
+    any copy of it, in every browser) stop working at once."""
+    crud.end_user_sessions(session, user_id=user_id, epoch=epoch)
 
 
 def authenticate(session: Session, *, username: str, password: str, address: str,

@@ -2064,6 +2064,14 @@ def disable_user(session: Session, *, user_id: int, now: datetime) -> None:
                     .execution_options(synchronize_session="fetch"))
 
 
+def end_user_sessions(session: Session, *, user_id: int, epoch: int) -> None:
+    """Logout: the epoch moves on if it is still ``epoch`` (the cookie's), so every cookie
+    signed before stops working; a cookie of an older epoch changes nothing."""
+    session.execute(update(User).where(User.id == user_id, User.session_epoch == epoch)
+                    .values(session_epoch=User.session_epoch + 1)
+                    .execution_options(synchronize_session="fetch"))
+
+
 def touch_user_login(session: Session, *, user_id: int, now: datetime) -> None:
     session.execute(update(User).where(User.id == user_id).values(last_login_at=now)
                     .execution_options(synchronize_session=False))

@@ -12,6 +12,8 @@ from starlette.middleware.sessions import SessionMiddleware
 from cxr_orient.review import RenderCache
 from cxr_orient.settings import get_settings
 from service.deps import ROLE_CAN, Caller, LoginRequired, current_user
+from service.edge import EdgeMiddleware
+from service.limits import BodyLimitsMiddleware
 from service.pages import page
 from service.routes import admin, api, audit, auth, health, metrics, review, stow
 from service.sessions import session_key
@@ -31,6 +33,10 @@ def create_app() -> FastAPI:
     app.add_middleware(SessionMiddleware, secret_key=session_key(settings),
                        session_cookie=SESSION_COOKIE, max_age=settings.session_max_age_s,
                        same_site="lax", https_only=settings.session_cookie_secure)
+    # Added last, so outermost: no body reaches a parser past its route's limits, and
+    # the URL check and the quiet last-resort 500 come before everything.
+    app.add_middleware(BodyLimitsMiddleware, settings=settings)
+    app.add_middleware(EdgeMiddleware)
     for module in (health, stow, metrics, auth, review, audit, admin, api):
         app.include_router(module.router)
 

@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Annotated
 
+from annotated_types import Interval
 from fastapi import Depends, HTTPException, Request, status
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
@@ -36,6 +37,12 @@ def session_dep() -> Iterator[Session]:
 
 SettingsDep = Annotated[Settings, Depends(settings_dep)]
 SessionDep = Annotated[Session, Depends(session_dep)]
+
+#: The largest value a SQL BIGINT holds (SQLite's integer, PostgreSQL's bigint).
+MAX_DB_INT = 2**63 - 1
+#: Every integer a route takes from its URL (an id, a cursor, a count): checked here, at
+#: the edge, so a number the database cannot hold is a 422, never an overflow (HTTP 500).
+DbInt = Annotated[int, Interval(ge=0, le=MAX_DB_INT)]
 
 
 def _unauthorized(detail: str, error: str | None) -> HTTPException:
@@ -174,9 +181,14 @@ def api_caller(capability: str) -> Callable[..., Caller]:
 
 
 async def checked_form(request: Request) -> dict[str, str]:
-    """A form's fields, after its CSRF token was checked (403 otherwise)."""
+    """A form's fields, after its CSRF token was checked (403 otherwise); a field with a
+    NUL byte is a 400."""
     form = await request.form()
     fields = {k: v for k, v in form.items() if isinstance(v, str)}
+    if any("\x00" in value for value in fields.values()):
+        # PostgreSQL refuses NUL in text: a 400 here, never a database error (500) that
+        # would log the typed value.
+        raise HTTPException(status.HTTP_400_BAD_REQUEST, detail="a form field holds a NUL byte")
     if not csrf_ok(request, fields.get(CSRF_FIELD)):
         raise HTTPException(status.HTTP_403_FORBIDDEN,
                             detail="missing or wrong CSRF token; reload the page")

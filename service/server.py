@@ -10,6 +10,7 @@ import uvicorn
 from cxr_orient.settings import get_settings
 from cxr_orient.studies import run_release_loop
 from service.app import create_app
+from service.connections import guarded_protocol
 from worker.dispatch import send_instances
 
 
@@ -20,14 +21,21 @@ def serve(*, host: str, port: int, log_level: str) -> None:
     Instances received by STOW-RS are held until their study is quiet
     (``CXR_STUDY_QUIET_S``); a thread of this process releases them, so a study sent here
     is classified without a celery beat (the beat's sweep, where one runs, is the same
-    compare-and-set and sends each instance once)."""
+    compare-and-set and sends each instance once).
+
+    The connections are uvicorn's h11 protocol with a cap and deadlines
+    (:mod:`service.connections`); request bodies are bounded by :mod:`service.limits`."""
+    settings = get_settings()
     stop = threading.Event()
-    sweeper = threading.Thread(target=run_release_loop, args=(send_instances, stop, get_settings()),
+    sweeper = threading.Thread(target=run_release_loop, args=(send_instances, stop, settings),
                                name="release-quiet-studies", daemon=True)
     sweeper.start()
     try:
+        # proxy_headers off: uvicorn would otherwise believe X-Forwarded-For from
+        # 127.0.0.1 and rewrite the client's address; service.clients is the one rule.
         uvicorn.run(create_app(), host=host, port=port, access_log=False, log_config=None,
-                    log_level=log_level.lower(), server_header=False)
+                    log_level=log_level.lower(), server_header=False, proxy_headers=False,
+                    http=guarded_protocol(settings))
     finally:
         stop.set()
         sweeper.join(timeout=5)

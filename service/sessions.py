@@ -6,8 +6,9 @@ The session is Starlette's ``SessionMiddleware``: the cookie holds ``{"uid", "ep
 "csrf"}`` signed with itsdangerous (HMAC-SHA1 over the key, timestamped: it expires after
 ``CXR_SESSION_MAX_AGE_S``), HttpOnly, SameSite=Lax, Secure with
 ``CXR_SESSION_COOKIE_SECURE``. Nothing secret or identifying is in it. The ``epoch`` is
-the user's ``session_epoch``: a password change or a disable bumps it, so the cookies
-signed before stop working at once.
+the user's ``session_epoch``: logging out, a password change or a disable bumps it, so
+the cookies signed before (a copied one too) stop working at once; logging out thus ends
+that user's sessions in every browser.
 
 The key is ``CXR_SESSION_KEY`` when set; otherwise one made at the first start and
 kept in ``<CXR_DATA_DIR>/session-key`` (0600), so a restart keeps everybody logged in
@@ -17,7 +18,6 @@ and nobody has to invent a secret to try the page.
 from __future__ import annotations
 
 import hmac
-import ipaddress
 import logging
 import os
 import secrets
@@ -26,8 +26,9 @@ from pathlib import Path
 from fastapi import Request
 
 from cxr_orient.settings import Settings
-from cxr_orient.users import UserInfo, user_by_name, user_for_session
+from cxr_orient.users import UserInfo, end_sessions, user_by_name, user_for_session
 from db.session import session_scope
+from service.clients import client_address, peer_is_trusted_proxy
 
 logger = logging.getLogger(__name__)
 KEY_FILE = "session-key"
@@ -80,44 +81,31 @@ def log_in(request: Request, user: UserInfo) -> None:
 
 
 def log_out(request: Request) -> None:
+    """End the session server side (the user's session epoch moves on, so a copy of the
+    cookie is worthless: :func:`cxr_orient.users.end_sessions`), then clear the cookie."""
+    uid, epoch = request.session.get("uid"), request.session.get("epoch")
+    if isinstance(uid, int) and isinstance(epoch, int):
+        with session_scope() as session:
+            end_sessions(session, user_id=uid, epoch=epoch)
     request.session.clear()
 
 
-def from_trusted_proxy(request: Request, settings: Settings) -> bool:
-    host = request.client.host if request.client else None
-    if host is None:
-        return False
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return any(address in network for network in settings.trusted_proxy_networks)
-
-
-def client_address(request: Request, settings: Settings) -> str:
-    """The caller's address: the proxy's X-Forwarded-For (last hop) from a trusted proxy,
-    else the peer's."""
-    peer = request.client.host if request.client else "unknown"
-    forwarded = request.headers.get("x-forwarded-for")
-    if forwarded and from_trusted_proxy(request, settings):
-        return forwarded.split(",")[-1].strip() or peer
-    return peer
-
-
 def session_user(request: Request, settings: Settings) -> UserInfo | None:
-    """Who is asking: the trusted proxy's user header (CXR_TRUSTED_USER_HEADER, from
-    CXR_TRUSTED_PROXIES only), else the session cookie's user; None: nobody."""
+    """Who is asking: the trusted proxy's user header (CXR_TRUSTED_USER_HEADER, from a
+    socket peer among CXR_TRUSTED_PROXIES only: :mod:`service.clients`), else the session
+    cookie's user; None: nobody."""
     header = settings.trusted_user_header
     if header:
         name = request.headers.get(header)
         if name is not None:
-            if from_trusted_proxy(request, settings):
+            if peer_is_trusted_proxy(request, settings):
                 with session_scope() as session:
                     user = user_by_name(session, username=name)
                 if user is None:
                     logger.warning("trusted proxy named an unknown or disabled user")
                 return user
-            logger.warning("%s header from an untrusted address ignored", header)
+            logger.warning("%s header from an untrusted address ignored (%s)", header,
+                           client_address(request, settings))
     uid, epoch = request.session.get("uid"), request.session.get("epoch")
     if not isinstance(uid, int) or not isinstance(epoch, int):
         return None

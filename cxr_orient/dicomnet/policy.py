@@ -22,20 +22,82 @@ refuses names the instance's reason):
 
 An empty list setting turns its rule off. The policy reads headers only; a file whose
 header cannot be read fails earlier, with its own error code.
+
+Before these rules, :func:`check_uids`: the Study, Series and SOP Instance UIDs must be
+DICOM UIDs (PS3.5 9.1: digits and dots, components without leading zeros, at most 64
+characters). An instance with one that is not is refused as a **failed** instance with
+the code ``invalid_uid`` (it is not a chest radiograph out of scope: it is malformed, and
+a UID like ``../../x`` must reach neither a study row, nor a path, nor a report sent to
+a PACS). :func:`uid_problem` is the one check of a UID's form; STOW-RS also applies it
+to the study named in its URL.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
+from cxr_orient.errors import InvalidUidError
 from cxr_orient.imaging import DicomHeader
 from cxr_orient.settings import Settings
 
-__all__ = ["OUT_OF_SCOPE", "RULES", "PolicyRefusal", "check_policy"]
+__all__ = [
+    "OUT_OF_SCOPE",
+    "RULES",
+    "PolicyRefusal",
+    "check_policy",
+    "check_uid_values",
+    "check_uids",
+    "uid_problem",
+]
 
 #: The error code an out-of-scope instance is recorded with (its status is the same word).
 OUT_OF_SCOPE = "out_of_scope"
 RULES = ("modality", "sop_class", "body_part", "image_type")
+
+
+MAX_UID_LENGTH = 64
+_COMPONENT = re.compile(r"0|[1-9][0-9]*")
+
+
+def uid_problem(uid: str) -> str | None:
+    """Why ``uid`` is not a DICOM UID (PS3.5 9.1), in words that do not repeat it (they
+    land in logs and rows); None when it is one. A trailing NUL (the padding of an odd
+    length) is not part of the value."""
+    value = uid.rstrip("\x00")
+    if not value:
+        return "it is empty"
+    if len(value) > MAX_UID_LENGTH:
+        return f"it is longer than {MAX_UID_LENGTH} characters"
+    for component in value.split("."):
+        if not component:
+            return "it has an empty component"
+        if not _COMPONENT.fullmatch(component):
+            if component.isascii() and component.isdigit():
+                return "a component has a leading zero"
+            return "it holds a character other than digits and dots"
+    return None
+
+
+def check_uid_values(*, study: str | None, series: str | None,
+                     sop_instance: str | None) -> InvalidUidError | None:
+    """The first of the Study, Series (None: absent, allowed) and SOP Instance UIDs that
+    is not a DICOM UID, as the error its instance is refused with; None when all are."""
+    for keyword, value in (("StudyInstanceUID", study), ("SeriesInstanceUID", series),
+                           ("SOPInstanceUID", sop_instance)):
+        if value is None and keyword == "SeriesInstanceUID":
+            continue
+        problem = uid_problem(value or "")
+        if problem is not None:
+            return InvalidUidError(f"{keyword} is not a valid DICOM UID (PS3.5 9.1): {problem}")
+    return None
+
+
+def check_uids(header: DicomHeader) -> InvalidUidError | None:
+    """:func:`check_uid_values` of a header (what :func:`cxr_orient.ingest.header_record`
+    applies to every instance recorded, whatever the way in)."""
+    return check_uid_values(study=header.study_instance_uid, series=header.series_instance_uid,
+                            sop_instance=header.sop_instance_uid)
 
 
 @dataclass(frozen=True)

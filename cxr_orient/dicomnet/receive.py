@@ -16,11 +16,17 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from cxr_orient.dicomnet.policy import check_policy
 from cxr_orient.dicomnet.spool import SpooledFile
 from cxr_orient.errors import CxrError
 from cxr_orient.imaging import DicomHeader
-from cxr_orient.ingest import EnqueueReport, ScannedFile, Sender, enqueue_scanned, scan_file
+from cxr_orient.ingest import (
+    EnqueueReport,
+    ScannedFile,
+    Sender,
+    enqueue_scanned,
+    header_record,
+    scan_file,
+)
 from cxr_orient.intake import resolve_ingest_path
 from cxr_orient.settings import Settings
 
@@ -35,8 +41,8 @@ def received_file(spooled: SpooledFile, *, header: DicomHeader | None,
                   error: CxrError | None, settings: Settings) -> ScannedFile:
     """The ingest record of an instance the spool has just written, as :func:`scan_file`
     would make it: the same confinement rule, the spool's SHA-256 and size of the bytes
-    written, the header parsed once from those bytes (or why it could not be), and the
-    accept policy's verdict on it."""
+    written, the header parsed once from those bytes (or why it could not be), and
+    :func:`cxr_orient.ingest.header_record`'s verdict on it (UIDs, accept policy)."""
     path = spooled.path.absolute()
     try:
         resolve_ingest_path(path, settings.ingest_root)
@@ -45,8 +51,7 @@ def received_file(spooled: SpooledFile, *, header: DicomHeader | None,
     if header is None:
         return ScannedFile(str(path), spooled.sha256, spooled.size, None,
                            error or CxrError("no header"))
-    return ScannedFile(str(path), spooled.sha256, spooled.size, header, None,
-                       check_policy(header, settings))
+    return header_record(str(path), spooled.sha256, spooled.size, header, settings)
 
 
 def record_received(

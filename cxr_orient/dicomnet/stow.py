@@ -17,6 +17,8 @@ larger than allowed   0xA700   ``too_large`` (the worker's largest file, CXR_MAX
 disk full             0xA700   ``out_of_resources``
 cut off, not DICOM    0xC000   ``incomplete``, ``not_dicom``, ``truncated``,
                                ``missing_attribute`` ... (the file read's own codes)
+a UID malformed       0xC000   ``invalid_uid`` (Study, Series or SOP Instance UID not
+                               a DICOM UID, PS3.5 9.1: ``policy.check_uid_values``)
 not application/dicom 0xC000   ``unsupported_media_type``
 another study         0x0110   ``wrong_study`` (the URL names a study; as Orthanc does)
 refused at recording  0x0110   the ingest code (``out_of_scope`` -> 0x0122)
@@ -48,6 +50,7 @@ from typing import Any
 from pydicom import Dataset
 
 from cxr_orient.dicomnet.multipart import DICOM_MEDIA_TYPE, Part
+from cxr_orient.dicomnet.policy import check_uid_values
 from cxr_orient.dicomnet.receive import Received, received_file, record_received
 from cxr_orient.dicomnet.spool import SpooledFile, write_instance
 from cxr_orient.errors import CxrError, InputError, MissingAttributeError, TruncatedFileError
@@ -186,6 +189,13 @@ def _check_and_spool(part: Part, *, study_instance_uid: str | None,
         for keyword in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID"):
             if _text(ds, keyword) is None:
                 raise MissingAttributeError(f"{shown}: {keyword} is missing or empty")
+        invalid = check_uid_values(study=outcome.study_instance_uid,
+                                   series=_text(ds, "SeriesInstanceUID"),
+                                   sop_instance=outcome.sop_instance_uid)
+        if invalid is not None:
+            # Not echoed in the response either: a malformed UID goes nowhere.
+            outcome.study_instance_uid = outcome.sop_instance_uid = None
+            raise invalid
         _refuse_cut_pixels(ds, shown, settings)
     except CxrError as exc:
         return outcome.fail(CANNOT_UNDERSTAND, exc.code, str(exc))

@@ -36,6 +36,13 @@ from cxr_orient.errors import (
 from cxr_orient.imaging.errors import require_file, where
 from cxr_orient.imaging.limits import DEFAULT_MAX_PIXELS
 
+# pydicom checks each value as it is read and, in its default mode, logs and warns with
+# the value quoted ("Invalid value for VR UI: '../../x'"): a malformed PatientName or
+# date would reach the logs. The checks that matter are ours and name the attribute,
+# never the value (the UIDs: cxr_orient.dicomnet.policy.check_uids; the pixel module:
+# imaging.validation), so pydicom's are off wherever a dataset is read.
+pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
+
 __all__ = [
     "bounded_inflate",
     "dcmread_bytes",

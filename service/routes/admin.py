@@ -11,7 +11,7 @@ from fastapi.responses import RedirectResponse, Response
 from cxr_orient.users import UserError, create_user, disable_user, list_users
 from db import crud
 from db.models import UserRole
-from service.deps import Caller, CheckedForm, SessionDep, page_user
+from service.deps import Caller, CheckedForm, DbInt, SessionDep, page_user
 from service.pages import page
 
 router = APIRouter(prefix="/admin", include_in_schema=False)
@@ -44,7 +44,7 @@ def add_user(request: Request, caller: Admin, session: SessionDep,
 
 
 @router.post("/users/{user_id}/disable")
-def disable(user_id: int, caller: Admin, session: SessionDep, form: CheckedForm) -> Response:
+def disable(user_id: DbInt, caller: Admin, session: SessionDep, form: CheckedForm) -> Response:
     row = crud.get_user(session, user_id=user_id)
     if row is None:
         raise HTTPException(404, detail=f"no user {user_id}")

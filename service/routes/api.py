@@ -15,7 +15,7 @@ from pydantic import BaseModel, Field
 from cxr_orient.review import DECISIONS, RenderCache, ReviewError, record_review
 from db import crud
 from db.models import utcnow
-from service.deps import Caller, SessionDep, SettingsDep, api_caller
+from service.deps import Caller, DbInt, SessionDep, SettingsDep, api_caller
 
 router = APIRouter(prefix="/api/v1", tags=["review"])
 ReviewCaller = Annotated[Caller, Depends(api_caller("review"))]
@@ -68,7 +68,7 @@ class LabelOut(BaseModel):
 
 @router.get("/review/queue", response_model=QueueOut, summary="Instances awaiting review")
 def queue(caller: ReviewCaller, session: SessionDep, filter: Filter = "flagged",
-          after: int = 0, limit: int = 50) -> QueueOut:
+          after: DbInt = 0, limit: DbInt = 50) -> QueueOut:
     limit = min(max(limit, 1), 500)
     items = crud.review_queue(session, kind=filter, after=max(0, after), limit=limit + 1)
     shown = items[:limit]
@@ -78,7 +78,7 @@ def queue(caller: ReviewCaller, session: SessionDep, filter: Filter = "flagged",
 
 @router.get("/review/items/{instance_id}", response_model=ReviewItemOut,
             summary="One instance with its current answer")
-def item(instance_id: int, caller: ReviewCaller, session: SessionDep) -> ReviewItemOut:
+def item(instance_id: DbInt, caller: ReviewCaller, session: SessionDep) -> ReviewItemOut:
     found = crud.review_item(session, instance_id=instance_id)
     if found is None:
         raise HTTPException(404, detail=f"no instance {instance_id}")
@@ -88,7 +88,7 @@ def item(instance_id: int, caller: ReviewCaller, session: SessionDep) -> ReviewI
 @router.get("/review/items/{instance_id}/images/{kind}.png",
             responses={200: {"content": {"image/png": {}}}},
             summary="The model's 256 px input (model) or the larger windowed image (large)")
-def image(instance_id: int, kind: Literal["model", "large"], request: Request,
+def image(instance_id: DbInt, kind: Literal["model", "large"], request: Request,
           caller: ReviewCaller, session: SessionDep, settings: SettingsDep) -> Response:
     instance = crud.get_instance(session, instance_id=instance_id)
     if instance is None:
@@ -104,7 +104,7 @@ def image(instance_id: int, kind: Literal["model", "large"], request: Request,
 
 @router.post("/review/items/{instance_id}/label", response_model=LabelOut, status_code=201,
              summary="Record a reviewer's decision as a label (source review)")
-def label(instance_id: int, decision: Decision, caller: ReviewCaller,
+def label(instance_id: DbInt, decision: Decision, caller: ReviewCaller,
           session: SessionDep) -> LabelOut:
     try:
         row = record_review(session, instance_id=instance_id, decision=decision.decision,
@@ -123,14 +123,14 @@ def versions(caller: AuditCaller, session: SessionDep) -> list[dict[str, Any]]:
 
 @router.get("/audit/rates", tags=["audit"],
             summary="Per day: answers, flagged, header disagreements, reviews")
-def rates(caller: AuditCaller, session: SessionDep, days: int = 90) -> list[dict[str, Any]]:
+def rates(caller: AuditCaller, session: SessionDep, days: DbInt = 90) -> list[dict[str, Any]]:
     since = utcnow() - timedelta(days=min(max(days, 1), 3650))
     return [r.as_dict() for r in crud.daily_rates(session, since=since)]
 
 
 @router.get("/audit/studies/{study_id}", tags=["audit"],
             summary="Every answer of a study's instances with its history, and labels")
-def study(study_id: int, caller: AuditCaller, session: SessionDep) -> dict[str, Any]:
+def study(study_id: DbInt, caller: AuditCaller, session: SessionDep) -> dict[str, Any]:
     if crud.get_study(session, study_id=study_id) is None:
         raise HTTPException(404, detail=f"no study {study_id}")
     return {"study_id": study_id,

@@ -13,7 +13,7 @@ from fastapi.responses import RedirectResponse, Response
 
 from db import crud
 from db.models import utcnow
-from service.deps import Caller, CheckedForm, SessionDep, page_user
+from service.deps import Caller, CheckedForm, DbInt, SessionDep, page_user
 from service.pages import page
 from service.plots import Series, share_plot
 
@@ -62,7 +62,7 @@ def find_study(request: Request, caller: Auditor, session: SessionDep,
 
 
 @router.get("/studies/{study_id}")
-def study(study_id: int, request: Request, caller: Auditor, session: SessionDep) -> Response:
+def study(study_id: DbInt, request: Request, caller: Auditor, session: SessionDep) -> Response:
     if crud.get_study(session, study_id=study_id) is None:
         raise HTTPException(404, detail=f"no study {study_id}")
     return page(request, "study.html", caller=caller, study_id=study_id,

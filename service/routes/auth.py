@@ -11,9 +11,10 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import RedirectResponse, Response
 
 from cxr_orient.users import LoginRefused, LoginThrottled, UserInfo, authenticate
+from service.clients import client_address
 from service.deps import ROLE_CAN, CheckedForm, SessionDep, SettingsDep, current_user
 from service.pages import page
-from service.sessions import client_address, log_in, log_out
+from service.sessions import log_in, log_out
 
 router = APIRouter(include_in_schema=False)
 logger = logging.getLogger(__name__)
@@ -46,22 +47,23 @@ def login(request: Request, form: CheckedForm, settings: SettingsDep,
           session: SessionDep) -> Response:
     username = form.get("username", "")
     next_path = _safe_next(form.get("next"))
+    address = client_address(request, settings)
     try:
         user = authenticate(session, username=username, password=form.get("password", ""),
-                            address=client_address(request, settings),
+                            address=address,
                             max_failures=settings.login_max_failures,
                             window_s=settings.login_window_s)
     except LoginThrottled as exc:
-        logger.warning("login throttled for a username from one address")
+        logger.warning("login throttled for a username from %s", address)
         return page(request, "login.html", status_code=429, error=str(exc),
                     next_path=next_path or "")
     except LoginRefused as exc:
         session.commit()  # the failure counts, whatever the response
-        logger.info("login refused")
+        logger.info("login refused from %s", address)
         return page(request, "login.html", status_code=401, error=str(exc),
                     next_path=next_path or "")
     log_in(request, user)
-    logger.info("login: %s (%s)", user.username, user.role.value)
+    logger.info("login: %s (%s) from %s", user.username, user.role.value, address)
     return RedirectResponse(next_path or start_page(user), status_code=303)
 
 

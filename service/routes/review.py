@@ -12,7 +12,7 @@ from fastapi.responses import RedirectResponse, Response
 from cxr_orient.review import ReviewError, next_for_review, record_review
 from db import crud
 from db.crud import REVIEW_FILTERS
-from service.deps import Caller, CheckedForm, SessionDep, page_user
+from service.deps import Caller, CheckedForm, DbInt, SessionDep, page_user
 from service.pages import page
 
 router = APIRouter(prefix="/review", include_in_schema=False)
@@ -30,7 +30,7 @@ def _kind(value: str | None) -> str:
 
 @router.get("")
 def queue(request: Request, caller: Reviewer, session: SessionDep,
-          filter: str | None = None, after: int = 0) -> Response:
+          filter: str | None = None, after: DbInt = 0) -> Response:
     kind = _kind(filter)
     items = crud.review_queue(session, kind=kind, after=max(0, after), limit=PAGE_SIZE + 1)
     return page(request, "queue.html", caller=caller, kind=kind,
@@ -40,7 +40,7 @@ def queue(request: Request, caller: Reviewer, session: SessionDep,
 
 @router.get("/next")
 def next_item(caller: Reviewer, session: SessionDep, filter: str | None = None,
-              after: int = 0) -> Response:
+              after: DbInt = 0) -> Response:
     kind = _kind(filter)
     found = next_for_review(session, kind=kind, after=after)
     target = f"/review/items/{found}?filter={kind}" if found else f"/review?filter={kind}"
@@ -48,7 +48,7 @@ def next_item(caller: Reviewer, session: SessionDep, filter: str | None = None,
 
 
 @router.get("/items/{instance_id}")
-def item(instance_id: int, request: Request, caller: Reviewer, session: SessionDep,
+def item(instance_id: DbInt, request: Request, caller: Reviewer, session: SessionDep,
          filter: str | None = None) -> Response:
     kind = _kind(filter)
     found = crud.review_item(session, instance_id=instance_id)
@@ -61,7 +61,7 @@ def item(instance_id: int, request: Request, caller: Reviewer, session: SessionD
 
 
 @router.post("/items/{instance_id}/label")
-def label(instance_id: int, caller: Reviewer, session: SessionDep,
+def label(instance_id: DbInt, caller: Reviewer, session: SessionDep,
           form: CheckedForm) -> Response:
     kind = _kind(form.get("filter"))
     try:

@@ -27,6 +27,7 @@ from cxr_orient.dicomnet.multipart import (
     UnsupportedMediaTypeError,
     related_boundary,
 )
+from cxr_orient.dicomnet.policy import uid_problem
 from cxr_orient.dicomnet.stow import (
     CANNOT_UNDERSTAND,
     OUT_OF_RESOURCES,
@@ -40,6 +41,7 @@ from cxr_orient.intake import max_file_bytes
 from cxr_orient.settings import Settings
 from cxr_orient.tokens import TokenInfo
 from service.deps import SettingsDep, require_scope
+from service.limits import BodyTimeout, BodyTooLarge
 from worker.dispatch import send_instances
 
 router = APIRouter(prefix="/dicom-web", tags=["dicomweb"])
@@ -54,16 +56,20 @@ def _problem(status_code: int, detail: str) -> JSONResponse:
 
 async def _store(request: Request, study: str | None, settings: Settings,
                  token: TokenInfo) -> Response:
+    if study is not None and (problem := uid_problem(study)) is not None:
+        # Refused before the body is read (and the connection closed: it is not read).
+        return JSONResponse({"detail": "the StudyInstanceUID of the URL is not a valid DICOM "
+                                       f"UID (PS3.5 9.1): {problem}"},
+                            status_code=400, headers={"Connection": "close"})
     try:
         boundary = related_boundary(request.headers.get("content-type"))
     except UnsupportedMediaTypeError as exc:
         return _problem(415, str(exc))
     except MultipartError as exc:
         return _problem(400, str(exc))
+    # A Content-Length over CXR_STOW_MAX_REQUEST_MB was answered 413 by service.limits,
+    # which also cuts a longer body as it streams (BodyTooLarge) or a late one (BodyTimeout).
     max_total = settings.stow_max_request_mb << 20
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > max_total:
-        return _problem(413, f"request body over {max_total} bytes (CXR_STOW_MAX_REQUEST_MB)")
     reader = RelatedStreamReader(boundary, max_part_bytes=max_file_bytes(settings.max_pixels),
                                  max_total_bytes=max_total)
     outcomes: list[PartOutcome] = []
@@ -78,13 +84,16 @@ async def _store(request: Request, study: str | None, settings: Settings,
         async for chunk in request.stream():
             await handle(reader.feed(chunk))
         await handle(reader.finish())
-    except RequestTooLargeError:
+    except (RequestTooLargeError, BodyTooLarge):
         cut_short = 413
         outcomes.append(PartOutcome(len(outcomes)).fail(OUT_OF_RESOURCES, "request_too_large"))
     except MultipartError as exc:
         if not outcomes:
             return _problem(400, str(exc))
         outcomes.append(PartOutcome(len(outcomes)).fail(CANNOT_UNDERSTAND, "bad_multipart"))
+    except BodyTimeout:
+        cut_short = 408  # what arrived whole is recorded; the rest was too slow
+        outcomes.append(PartOutcome(len(outcomes)).fail(CANNOT_UNDERSTAND, "incomplete"))
     except ClientDisconnect:
         cut_short = 499  # nobody to answer; what arrived whole is still recorded below
     try:

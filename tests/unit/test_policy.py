@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from pydicom.data import get_testdata_file
 
 from cxr_orient.cli import main
-from cxr_orient.dicomnet.policy import check_policy
+from cxr_orient.dicomnet.policy import check_policy, check_uids, uid_problem
 from cxr_orient.imaging import DicomHeader
 from cxr_orient.ingest import enqueue_paths
 from cxr_orient.settings import Settings
@@ -194,3 +194,62 @@ def test_a_refused_file_never_replaces_a_known_instance(embedded: Embedded,
         assert instance is not None
         assert instance.file_path == str(film)
         assert InstanceStatus(instance.status) == InstanceStatus.queued
+
+
+# --- UIDs (PS3.5 9.1), checked for every way in ------------------------------------------
+
+
+@pytest.mark.parametrize(("uid", "problem"), [
+    ("1.2.840.10008.5.1.4.1.1.1", None),
+    ("1.2.0.3", None),  # a component that is 0 alone is fine
+    ("1.2.3\x00", None),  # the padding of an odd length
+    ("9" * 64, None),
+    ("9" * 65, "it is longer than 64 characters"),
+    ("", "it is empty"),
+    ("1.2.03.4", "a component has a leading zero"),
+    ("1..2", "it has an empty component"),
+    ("1.2.", "it has an empty component"),
+    ("../../../../tmp/x", "it has an empty component"),
+    ("1.2.abc", "it holds a character other than digits and dots"),
+    ("1.2.3 ", "it holds a character other than digits and dots"),
+    ("1.2.\u0663", "it holds a character other than digits and dots"),  # Arabic-Indic 3
+], ids=["ok", "zero", "nul-pad", "64", "65", "empty", "leading-zero", "double-dot",
+        "trailing-dot", "traversal", "letters", "space", "non-ascii-digit"])
+def test_uid_problem(uid: str, problem: str | None) -> None:
+    assert uid_problem(uid) == problem
+
+
+def test_check_uids_names_the_attribute_and_never_the_value() -> None:
+    bad = replace(CHEST_CR, study_instance_uid="../../../../tmp/x")
+    error = check_uids(bad)
+    assert error is not None and error.code == "invalid_uid"
+    assert str(error).startswith("StudyInstanceUID is not a valid DICOM UID")
+    assert "tmp" not in str(error)
+    assert check_uids(replace(CHEST_CR, series_instance_uid="1.02")) is not None
+    assert check_uids(replace(CHEST_CR, sop_instance_uid="1.2.3.x")) is not None
+    assert check_uids(CHEST_CR) is None
+
+
+def test_enqueue_records_an_invalid_uid_as_failed_and_never_queues_it(
+        embedded: Embedded) -> None:
+    good = rg1_dicom(embedded.root / "good.dcm")
+    for name, keyword, value in (("study.dcm", "StudyInstanceUID", "../../../../tmp/x"),
+                                 ("series.dcm", "SeriesInstanceUID", "1.2.03"),
+                                 ("sop.dcm", "SOPInstanceUID", "1." + "2" * 70)):
+        ds = pydicom.dcmread(good)
+        setattr(ds, keyword, value)
+        ds.save_as(embedded.root / name)
+
+    report = enqueue_paths([embedded.root], send=send_instances)
+
+    assert len(report.queued) == 1
+    assert sorted((Path(p).name, code) for p, code, _ in report.refused) == [
+        ("series.dcm", "invalid_uid"), ("sop.dcm", "invalid_uid"), ("study.dcm", "invalid_uid")]
+    assert [m.args[0] for m in embedded.messages()] == report.queued, "only the good file"
+    with session_scope() as session:
+        rows = {Path(r.file_path).name: r for r in crud.results(session)}
+        bad_study = crud.find_study_id(session, study_instance_uid="../../../../tmp/x")
+    assert rows["study.dcm"].status == "failed"
+    assert rows["study.dcm"].error == ("invalid_uid: StudyInstanceUID is not a valid DICOM UID "
+                                       "(PS3.5 9.1): it has an empty component")
+    assert bad_study is None, "a malformed UID names no study"
