@@ -9,7 +9,7 @@ seconds for ever; now its failures grow one shared, capped wait and a success re
 processes have their model loaded, renewed by the worker's main process: ``/readyz``
 says whether any worker can classify now (celery's "ready" comes before the models).
 
-Revision ID: 0011
+Revision ID: 0010
 Revises: 0009
 Create Date: 2026-12-06 22:10:00
 """
@@ -22,7 +22,7 @@ import sqlalchemy as sa
 
 from alembic import op
 
-revision: str = "0011"
+revision: str = "0010"
 down_revision: str | None = "0009"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
