@@ -64,7 +64,7 @@ def build_rejection_note(rejected: Sequence[Dataset], *, reason: str,
         observer_device_context=observer,
         description=f"{reason}; decided by {decided_by}"[:1024],
     )
-    note = hd.ko.KeyObjectSelectionDocument(
+    note: Dataset = hd.ko.KeyObjectSelectionDocument(
         evidence=list(rejected),
         content=content,
         series_instance_uid=rejection_series_uid(rejected[0].StudyInstanceUID),

@@ -270,11 +270,14 @@ def _derivation_description(original: Dataset, correction: Correction) -> str:
 
 
 def _mark_lossy(ds: Dataset, original_syntax: UID) -> None:
+    """Once lossy, always flagged (PS3.3 C.7.6.1.1.5): an original in a lossy syntax
+    (unless it says 00: a lossless JPEG 2000 in the lossy syntax) keeps or gets 01 and
+    the method its syntax names."""
     method = _LOSSY_METHODS.get(original_syntax)
     if method is None or str(ds.get("LossyImageCompression", "")) == "00":
         return
-    if str(ds.get("LossyImageCompression", "")) != "01":
-        ds.LossyImageCompression = "01"
+    ds.LossyImageCompression = "01"
+    if not ds.get("LossyImageCompressionMethod"):
         ds.LossyImageCompressionMethod = method
 
 

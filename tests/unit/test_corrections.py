@@ -1,0 +1,367 @@
+"""The corrected replacement and the rejection note on real pixels: RG1 (a real CR chest
+PA, MONOCHROME1, 15 bits) and the demo samples, in several transfer syntaxes, every pose;
+the replacement's decoded pixels equal the original's turned back, and dciodvfy finds no
+error in either object that the original did not already have."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.dataset import Dataset
+from pydicom.uid import (
+    JPEG2000,
+    ExplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    RLELossless,
+)
+
+from cxr_orient.dicomnet.corrections import (
+    REJECTED_FOR_QUALITY_REASONS,
+    SOURCE_FOR_PROCESSING,
+    Correction,
+    CorrectionError,
+    Turn,
+    build_corrected_image,
+    build_rejection_note,
+    corrected_instance_uid,
+    corrected_series_uid,
+    upright_pixels,
+)
+from cxr_orient.dicomnet.policy import check_policy
+from cxr_orient.imaging import read_header
+from cxr_orient.settings import Settings
+from tests.utils.corrections import CR_STORAGE, rg1, stored_as, turned_original, write_in_syntax
+from tests.utils.dciodvfy import dciodvfy
+
+SAMPLES = Path(__file__).resolve().parents[2] / "cxr_orient" / "samples"
+WHEN = datetime(2026, 12, 6, 21, 30, 5, tzinfo=UTC)
+KOS = "1.2.840.10008.5.1.4.1.1.88.59"
+POSES = [(r, m) for r in (0, 90, 180, 270) for m in (False, True)]
+IDS = [f"{r}{'-mirrored' if m else ''}" for r, m in POSES]
+
+
+def _correction(rotation: int = 90, mirrored: bool = True, view: str = "PA") -> Correction:
+    return Correction(Turn(rotation, mirrored), view, "model compact-invariant-64-v3", WHEN)
+
+
+@pytest.fixture(scope="module")
+def upright() -> np.ndarray:
+    return np.asarray(rg1().pixel_array)
+
+
+def _saved(ds: Dataset, path: Path) -> Dataset:
+    ds.save_as(path, enforce_file_format=True)
+    return pydicom.dcmread(path)
+
+
+def _errors(path: Path) -> set[str]:
+    errors, _, _ = dciodvfy(path)
+    return set(errors)
+
+
+# ------------------------------------------------------------------ the pixels
+
+
+@pytest.mark.parametrize(("rotation", "mirrored"), POSES, ids=IDS)
+def test_rg1_in_every_pose_comes_back_upright(tmp_path: Path, upright: np.ndarray,
+                                              rotation: int, mirrored: bool) -> None:
+    original = turned_original(upright, rotation, mirrored)
+    replacement = _saved(build_corrected_image(original, _correction(rotation, mirrored)),
+                         tmp_path / "r.dcm")
+    assert np.array_equal(replacement.pixel_array, upright)
+    assert (replacement.Rows, replacement.Columns) == upright.shape
+    assert replacement.PatientOrientation == ["L", "F"]
+    assert replacement.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+
+
+@pytest.mark.parametrize(("syntax", "rotation", "mirrored", "written_as"), [
+    (ExplicitVRLittleEndian, 270, False, ExplicitVRLittleEndian),
+    (JPEG2000Lossless, 90, True, JPEG2000Lossless),
+    (JPEGLosslessSV1, 180, True, ExplicitVRLittleEndian),  # no JPEG lossless encoder
+    (RLELossless, 90, False, RLELossless),
+    (JPEGLSLossless, 0, True, JPEGLSLossless),
+], ids=["explicit-le", "jpeg2000-lossless", "jpeg-lossless", "rle", "jpeg-ls-lossless"])
+def test_rg1_in_lossless_syntaxes_stays_lossless(tmp_path: Path, upright: np.ndarray,
+                                                 syntax: str, rotation: int, mirrored: bool,
+                                                 written_as: str) -> None:
+    path = write_in_syntax(turned_original(upright, rotation, mirrored), syntax, tmp_path)
+    original = pydicom.dcmread(path)
+    assert original.file_meta.TransferSyntaxUID == syntax
+    assert np.array_equal(original.pixel_array, stored_as(upright, rotation, mirrored))
+    replacement = _saved(build_corrected_image(original, _correction(rotation, mirrored)),
+                         tmp_path / "r.dcm")
+    assert replacement.file_meta.TransferSyntaxUID == written_as
+    assert np.array_equal(replacement.pixel_array, upright)
+    assert "LossyImageCompression" not in replacement
+
+
+@pytest.mark.parametrize("path", [
+    str(SAMPLES / "rg1" / "RG1_J2KI.dcm"),  # lossy JPEG 2000, MONOCHROME1
+    "RG1_J2KI.dcm",
+    str(SAMPLES / "study1" / "frontal.dcm"),  # JPEG 2000 lossless
+    str(SAMPLES / "study1" / "lateral.dcm"),  # JPEG-LS lossless
+    str(SAMPLES / "study3" / "frontal.dcm"),  # not square
+], ids=["sample-rg1-lossy", "pydicom-data-rg1-lossy", "study1-frontal-j2k",
+        "study1-lateral-jpeg-ls", "study3-frontal"])
+@pytest.mark.parametrize(("rotation", "mirrored"), [(90, False), (180, True), (270, True)],
+                         ids=["90", "180-mirrored", "270-mirrored"])
+def test_samples_turned_back_losslessly(tmp_path: Path, path: str, rotation: int,
+                                        mirrored: bool) -> None:
+    original = rg1(path) if "/" not in path else pydicom.dcmread(path)
+    syntax = original.file_meta.TransferSyntaxUID
+    view = "LL" if "lateral" in path else "PA"
+    replacement = _saved(
+        build_corrected_image(original, _correction(rotation, mirrored, view)),
+        tmp_path / "r.dcm")
+    assert np.array_equal(replacement.pixel_array,
+                          upright_pixels(original.pixel_array, Turn(rotation, mirrored)))
+    if syntax == JPEG2000:  # lossy in: the decoded pixels, losslessly, flagged lossy
+        assert replacement.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+        assert replacement.LossyImageCompression == "01"
+        assert replacement.LossyImageCompressionMethod == "ISO_15444_1"
+    else:
+        assert replacement.file_meta.TransferSyntaxUID == syntax
+
+
+def test_the_shipped_models_answer_puts_a_turned_real_film_upright(
+        tmp_path: Path, upright: np.ndarray) -> None:
+    """The direction convention end to end: RG1 stored turned by a known amount, read
+    and answered by the shipped model, corrected from that answer: upright again."""
+    from cxr_orient.imaging import load_dicom_image
+    from cxr_orient.modelstore import Classifier
+    from cxr_orient.settings import SHIPPED_MODEL
+
+    classifier = Classifier.from_checkpoint(SHIPPED_MODEL)
+    poses = [(90, False), (270, True), (180, True)]
+    images = []
+    for i, (rotation, mirrored) in enumerate(poses):
+        path = tmp_path / f"stored{i}.dcm"
+        turned_original(upright, rotation, mirrored).save_as(path, enforce_file_format=True)
+        images.append(load_dicom_image(path))
+    answers = classifier.predict(np.repeat(np.stack(images)[..., None], 3, axis=-1))
+    for i, answer in enumerate(answers):
+        assert answer.rotation is not None and answer.mirrored is not None
+        original = pydicom.dcmread(tmp_path / f"stored{i}.dcm")
+        correction = Correction(Turn(answer.rotation, answer.mirrored), "PA",
+                                "model shipped", WHEN)
+        assert np.array_equal(build_corrected_image(original, correction).pixel_array,
+                              upright), poses[i]
+
+
+# ------------------------------------------------------------------ the header
+
+
+def test_replacement_header(tmp_path: Path, upright: np.ndarray) -> None:
+    original = turned_original(upright, 90, True, dx=True)
+    original.ImagerPixelSpacing = [0.2, 0.1]
+    original.CollimatorShape = "RECTANGULAR"
+    # The collimator's opening on the stored pixels: rows 11-30, columns 101-150.
+    original.CollimatorUpperHorizontalEdge, original.CollimatorLowerHorizontalEdge = 11, 30
+    original.CollimatorLeftVerticalEdge, original.CollimatorRightVerticalEdge = 101, 150
+    original.CenterOfCircularShutter = [20, 40]
+    original.add_new(0x60000010, "US", original.Rows)  # an overlay: old geometry
+    before = original.to_json_dict()
+    correction = _correction(90, True)
+    replacement = build_corrected_image(original, correction)
+    assert original.to_json_dict() == before, "the caller's dataset is left alone"
+
+    assert replacement.SOPInstanceUID == corrected_instance_uid(original.SOPInstanceUID,
+                                                                correction)
+    assert replacement.SOPInstanceUID != original.SOPInstanceUID
+    assert replacement.SOPClassUID == original.SOPClassUID
+    assert replacement.file_meta.MediaStorageSOPInstanceUID == replacement.SOPInstanceUID
+    assert replacement.StudyInstanceUID == original.StudyInstanceUID
+    assert replacement.SeriesInstanceUID == corrected_series_uid(original.SeriesInstanceUID)
+    assert replacement.SeriesNumber == 9001
+    assert replacement.SeriesDescription.startswith("cxr-orient corrected")
+    assert replacement.PatientID == original.PatientID
+    assert replacement.ImageType[:2] == ["DERIVED", "SECONDARY"]
+    assert "90 degrees clockwise then mirrored" in replacement.DerivationDescription
+    assert "compact-invariant-64-v3" in replacement.DerivationDescription
+    (source,) = replacement.SourceImageSequence
+    assert source.ReferencedSOPInstanceUID == original.SOPInstanceUID
+    assert source.ReferencedSOPClassUID == original.SOPClassUID
+    purpose = source.PurposeOfReferenceCodeSequence[0]
+    assert (purpose.CodeValue, purpose.CodingSchemeDesignator,
+            purpose.CodeMeaning) == SOURCE_FOR_PROCESSING
+    assert replacement.ViewPosition == "PA"
+    assert replacement.ViewCodeSequence[0].CodeValue == "272479007"
+    assert (replacement.InstanceCreationDate, replacement.InstanceCreationTime) == (
+        "20261206", "213005")
+    # Geometry: spacings trade places, the collimator moves with the pixels.
+    assert [float(v) for v in replacement.ImagerPixelSpacing] == [0.1, 0.2]
+    mask = np.zeros(original.pixel_array.shape, bool)
+    mask[10:30, 100:150] = True
+    rows, columns = np.nonzero(upright_pixels(mask, correction.turn))
+    assert (replacement.CollimatorUpperHorizontalEdge,
+            replacement.CollimatorLowerHorizontalEdge) == (rows.min() + 1, rows.max() + 1)
+    assert (replacement.CollimatorLeftVerticalEdge,
+            replacement.CollimatorRightVerticalEdge) == (columns.min() + 1,
+                                                         columns.max() + 1)
+    point = np.zeros(original.pixel_array.shape, bool)
+    point[19, 39] = True
+    (row,), (column,) = np.nonzero(upright_pixels(point, correction.turn))
+    assert list(replacement.CenterOfCircularShutter) == [row + 1, column + 1]
+    assert 0x60000010 not in replacement
+
+
+def test_pixel_aspect_ratio_trades_places(upright: np.ndarray) -> None:
+    original = turned_original(upright, 270, False)
+    original.PixelAspectRatio = [2, 1]
+    assert list(build_corrected_image(original, _correction(270, False))
+                .PixelAspectRatio) == [1, 2]
+    assert list(build_corrected_image(original, _correction(180, False))
+                .PixelAspectRatio) == [2, 1]
+
+
+def test_same_answer_same_object(tmp_path: Path, upright: np.ndarray) -> None:
+    """A re-send rebuilds the replacement: byte for byte the same file."""
+    path = write_in_syntax(turned_original(upright, 90, False), RLELossless, tmp_path)
+    first = build_corrected_image(pydicom.dcmread(path), _correction(90, False))
+    again = build_corrected_image(pydicom.dcmread(path), _correction(90, False))
+    first.save_as(tmp_path / "a.dcm", enforce_file_format=True)
+    again.save_as(tmp_path / "b.dcm", enforce_file_format=True)
+    assert (tmp_path / "a.dcm").read_bytes() == (tmp_path / "b.dcm").read_bytes()
+    other = build_corrected_image(pydicom.dcmread(path), _correction(270, False))
+    assert other.SOPInstanceUID != first.SOPInstanceUID
+    assert other.SeriesInstanceUID == first.SeriesInstanceUID
+
+
+@pytest.mark.parametrize(("view", "upright_as", "expected"), [
+    ("PA", ["L", "F"], ["L", "F"]),
+    ("AP", ["L", "F"], ["L", "F"]),
+    ("PA", [], ["L", "F"]),  # no orientation on the original: a frontal's is known
+    ("LL", ["A", "F"], ["A", "F"]),  # the facing kept from the original
+    ("RL", ["P", "F"], ["P", "F"]),
+    ("LL", [], []),  # a lateral's facing unknown: left empty
+], ids=["pa", "ap", "pa-none", "ll-facing-right", "rl-facing-left", "ll-unknown"])
+def test_patient_orientation_for_each_view(upright: np.ndarray, view: str,
+                                           upright_as: list[str],
+                                           expected: list[str]) -> None:
+    original = turned_original(upright, 270, False, view=view, orientation=upright_as)
+    replacement = build_corrected_image(original, _correction(270, False, view))
+    assert list(replacement.PatientOrientation) == expected
+    assert replacement.ViewPosition == view
+
+
+def test_the_accept_policy_refuses_the_replacement(tmp_path: Path,
+                                                   upright: np.ndarray) -> None:
+    """A replacement sent back to cxr-orient is not classified again (DERIVED\\SECONDARY,
+    CXR_REFUSE_IMAGE_TYPES' default), while its original is accepted."""
+    original = turned_original(upright, 90, False)
+    original.ImageType = ["ORIGINAL", "PRIMARY"]
+    original.save_as(tmp_path / "o.dcm", enforce_file_format=True)
+    build_corrected_image(original, _correction(90, False)).save_as(
+        tmp_path / "r.dcm", enforce_file_format=True)
+    settings = Settings()
+    assert check_policy(read_header(tmp_path / "o.dcm"), settings) is None
+    refusal = check_policy(read_header(tmp_path / "r.dcm"), settings)
+    assert refusal is not None and refusal.rule == "image_type"
+
+
+def test_refuses_what_it_cannot_correct(upright: np.ndarray) -> None:
+    original = turned_original(upright, 90, False)
+    with pytest.raises(CorrectionError, match="view must be"):
+        _correction(view="LAT")
+    colour = Dataset()
+    colour.update(original)
+    colour.SamplesPerPixel = 3
+    with pytest.raises(Exception, match="SamplesPerPixel 3"):
+        build_corrected_image(colour, _correction())
+    header = pydicom.dcmread(pydicom.filebase.DicomBytesIO(b""), force=True)  # empty
+    header.file_meta = original.file_meta
+    with pytest.raises(Exception, match="no Pixel Data"):
+        build_corrected_image(header, _correction())
+
+
+# ------------------------------------------------------------------ dciodvfy
+
+
+@pytest.mark.parametrize(("view", "dx"), [("PA", True), ("AP", True), ("LL", True),
+                                          ("RL", True), ("PA", False), ("LL", False)],
+                         ids=["dx-pa", "dx-ap", "dx-ll", "dx-rl", "cr-pa", "cr-ll"])
+def test_dciodvfy_finds_no_new_error_in_the_replacement(tmp_path: Path, upright: np.ndarray,
+                                                        view: str, dx: bool) -> None:
+    """The DX original is complete (dciodvfy finds nothing): the replacement must be too.
+    The CR original is RG1's own header, whose only errors (Pixel Spacing 0\\0) it keeps."""
+    original = turned_original(upright, 90, True, dx=dx, view=view,
+                               orientation=["A", "F"] if view in ("LL", "RL") else None)
+    original.save_as(tmp_path / "o.dcm", enforce_file_format=True)
+    build_corrected_image(original, _correction(90, True, view)).save_as(
+        tmp_path / "r.dcm", enforce_file_format=True)
+    before = _errors(tmp_path / "o.dcm")
+    if dx:
+        assert before == set()
+    else:
+        assert before and all("Pixel Spacing" in e for e in before), before
+    assert _errors(tmp_path / "r.dcm") == before
+    _, _, report = dciodvfy(tmp_path / "r.dcm")
+    assert ("DXImageForPresentation" if dx else "CRImage") in report.split(), report
+
+
+def test_dciodvfy_on_a_lateral_of_unknown_facing(tmp_path: Path, upright: np.ndarray) -> None:
+    original = turned_original(upright, 180, False, dx=True, view="LL", orientation=[])
+    original.save_as(tmp_path / "o.dcm", enforce_file_format=True)
+    build_corrected_image(original, _correction(180, False, "LL")).save_as(
+        tmp_path / "r.dcm", enforce_file_format=True)
+    assert _errors(tmp_path / "r.dcm") == _errors(tmp_path / "o.dcm")
+
+
+# ------------------------------------------------------------------ the rejection note
+
+
+def test_rejection_note_rejects_the_original_then_the_replacement(
+        tmp_path: Path, upright: np.ndarray) -> None:
+    original = turned_original(upright, 90, True)
+    original.save_as(tmp_path / "o.dcm", enforce_file_format=True)
+    replacement = build_corrected_image(original, _correction())
+    notes = {
+        "original": build_rejection_note([original], reason="stored turned",
+                                         decided_by="model m", decided_at=WHEN),
+        # The reversal: a reviewer rejects the replacement later.
+        "replacement": build_rejection_note([replacement], reason="correction undone",
+                                            decided_by="reviewer alice", decided_at=WHEN),
+    }
+    for name, rejected in (("original", original), ("replacement", replacement)):
+        note = _saved(notes[name], tmp_path / f"{name}.dcm")
+        assert note.SOPClassUID == KOS and note.Modality == "KO"
+        title = note.ConceptNameCodeSequence[0]
+        assert (title.CodeValue, title.CodingSchemeDesignator) == (
+            REJECTED_FOR_QUALITY_REASONS.value, "DCM")
+        assert title.CodeMeaning == "Rejected for Quality Reasons"
+        assert note.StudyInstanceUID == original.StudyInstanceUID
+        assert note.PatientID == original.PatientID
+        evidence = note.CurrentRequestedProcedureEvidenceSequence[0]
+        series = evidence.ReferencedSeriesSequence[0]
+        assert series.SeriesInstanceUID == rejected.SeriesInstanceUID
+        assert [s.ReferencedSOPInstanceUID for s in series.ReferencedSOPSequence] == [
+            rejected.SOPInstanceUID]
+        images = [i for i in note.ContentSequence if i.ValueType == "IMAGE"]
+        assert [i.ReferencedSOPSequence[0].ReferencedSOPInstanceUID for i in images] == [
+            rejected.SOPInstanceUID]
+        errors, warnings, report = dciodvfy(tmp_path / f"{name}.dcm")
+        assert "KeyObjectSelectionDocument" in report.replace(" ", ""), report
+        assert errors == [], report
+        # RG1's Referring Physician's Name "ward" (copied) is the only thing it notes.
+        assert all("Referring Physician" in w for w in warnings), warnings
+    assert notes["original"].SOPInstanceUID != notes["replacement"].SOPInstanceUID
+    again = build_rejection_note([original], reason="stored turned", decided_by="model m",
+                                 decided_at=WHEN)
+    assert again.SOPInstanceUID == notes["original"].SOPInstanceUID
+
+
+def test_rejection_note_stays_in_one_study(upright: np.ndarray) -> None:
+    first = turned_original(upright, 0, False)
+    other = turned_original(upright, 0, False)
+    other.StudyInstanceUID = "1.2.3.4"
+    with pytest.raises(ValueError, match="one study"):
+        build_rejection_note([first, other], reason="r", decided_by="m", decided_at=WHEN)
+    with pytest.raises(ValueError, match="at least one"):
+        build_rejection_note([], reason="r", decided_by="m", decided_at=WHEN)
+    assert first.SOPClassUID == CR_STORAGE
