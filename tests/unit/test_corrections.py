@@ -194,6 +194,10 @@ def test_replacement_header(tmp_path: Path, upright: np.ndarray) -> None:
             purpose.CodeMeaning) == SOURCE_FOR_PROCESSING
     assert replacement.ViewPosition == "PA"
     assert replacement.ViewCodeSequence[0].CodeValue == "272479007"
+    (equipment,) = replacement.ContributingEquipmentSequence
+    assert equipment.PurposeOfReferenceCodeSequence[0].CodeValue == "109102"
+    assert equipment.Manufacturer == "cxr-orient"
+    assert replacement.Manufacturer == original.Manufacturer  # the acquisition device's
     assert (replacement.InstanceCreationDate, replacement.InstanceCreationTime) == (
         "20261206", "213005")
     # Geometry: spacings trade places, the collimator moves with the pixels.

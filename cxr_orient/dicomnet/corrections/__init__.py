@@ -22,6 +22,7 @@ from cxr_orient.dicomnet.corrections.rejection import (
     rejection_series_uid,
 )
 from cxr_orient.dicomnet.corrections.replacement import (
+    PROCESSING_EQUIPMENT,
     SOURCE_FOR_PROCESSING,
     VIEWS,
     Correction,
@@ -33,6 +34,7 @@ from cxr_orient.dicomnet.corrections.replacement import (
 )
 
 __all__ = [
+    "PROCESSING_EQUIPMENT",
     "REJECTED_FOR_QUALITY_REASONS",
     "SOURCE_FOR_PROCESSING",
     "VIEWS",

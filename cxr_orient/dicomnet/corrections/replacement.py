@@ -60,11 +60,19 @@ from cxr_orient.dicomnet.corrections.geometry import (
     upright_pixels,
     upright_point,
 )
-from cxr_orient.dicomnet.sr import AP, LEFT_LATERAL, PA, RIGHT_LATERAL, derived_uid
+from cxr_orient.dicomnet.sr import (
+    AP,
+    LEFT_LATERAL,
+    MANUFACTURER,
+    PA,
+    RIGHT_LATERAL,
+    derived_uid,
+)
 from cxr_orient.errors import CxrError, NoPixelDataError, UnsupportedImageError
 
 __all__ = [
     "CORRECTED_SERIES_NUMBER_OFFSET",
+    "PROCESSING_EQUIPMENT",
     "SOURCE_FOR_PROCESSING",
     "VIEWS",
     "Correction",
@@ -83,6 +91,11 @@ SERIES_DESCRIPTION_PREFIX = "cxr-orient corrected"
 #: PS3.16 CID 7202 "Source Image Purposes of Reference": the replacement is the original
 #: put through an image processing operation (a turn and a mirror).
 SOURCE_FOR_PROCESSING = ("121322", "DCM", "Source image for image processing operation")
+
+#: PS3.16 CID 7005 "Contributing Equipment Purposes of Reference": cxr-orient made new
+#: instances from existing ones (109103 "Modifying Equipment" is for changing instances
+#: without making new ones).
+PROCESSING_EQUIPMENT = ("109102", "DCM", "Processing Equipment")
 
 #: View Position (PS3.3 C.8.7.? / C.8.11.5) -> its CID 4010 code (as in the SR).
 VIEWS = {"PA": PA, "AP": AP, "LL": LEFT_LATERAL, "RL": RIGHT_LATERAL}
@@ -269,6 +282,20 @@ def _derivation_description(original: Dataset, correction: Correction) -> str:
     return text[:1024]
 
 
+def _contributing_equipment(ds: Dataset, correction: Correction) -> None:
+    """cxr-orient as processing equipment, after any the original names (the General
+    Equipment module stays the acquisition device's)."""
+    item = Dataset()
+    item.PurposeOfReferenceCodeSequence = DicomSequence([_code_item(*PROCESSING_EQUIPMENT)])
+    item.Manufacturer = MANUFACTURER
+    item.ManufacturerModelName = MANUFACTURER
+    item.SoftwareVersions = __version__
+    item.ContributionDateTime = correction.decided_at.strftime("%Y%m%d%H%M%S%z")
+    item.ContributionDescription = f"turned upright; decided by {correction.decided_by}"[:1024]
+    ds.ContributingEquipmentSequence = DicomSequence(
+        [*ds.get("ContributingEquipmentSequence", []), item])
+
+
 def _mark_lossy(ds: Dataset, original_syntax: UID) -> None:
     """Once lossy, always flagged (PS3.3 C.7.6.1.1.5): an original in a lossy syntax
     (unless it says 00: a lossless JPEG 2000 in the lossy syntax) keeps or gets 01 and
@@ -306,6 +333,7 @@ def build_corrected_image(original: Dataset, correction: Correction) -> Dataset:
     ds.InstanceCreationTime = correction.decided_at.strftime("%H%M%S")
     ds.ImageType = _image_type(ds)
     ds.DerivationDescription = _derivation_description(original, correction)
+    _contributing_equipment(ds, correction)
     source = Dataset()
     source.ReferencedSOPClassUID = original.SOPClassUID
     source.ReferencedSOPInstanceUID = original.SOPInstanceUID
