@@ -19,7 +19,8 @@ What changes (docs/dicom.md, "Corrected images and rejection notes"):
 - Image Type DERIVED\\SECONDARY (so cxr-orient's accept policy refuses it when it comes
   back: it is not classified again), Derivation Description (what changed, who
   decided), Source Image Sequence naming the original with purpose (121322, DCM,
-  "Source image for image processing operation") from CID 7202.
+  "Source image for image processing operation") from CID 7202; cxr-orient in the
+  Contributing Equipment Sequence as (109102, DCM, "Processing Equipment") (CID 7005).
 
 Everything else is copied.
 """
