@@ -35,7 +35,11 @@ from cxr_orient.dicomnet.corrections import (
     upright_pixels,
 )
 from cxr_orient.dicomnet.policy import check_policy
-from cxr_orient.errors import NoPixelDataError, UnsupportedImageError
+from cxr_orient.errors import (
+    MissingAttributeError,
+    NoPixelDataError,
+    UnsupportedImageError,
+)
 from cxr_orient.imaging import read_header
 from cxr_orient.settings import Settings
 from tests.utils.corrections import CR_STORAGE, rg1, stored_as, turned_original, write_in_syntax
@@ -217,6 +221,36 @@ def test_replacement_header(tmp_path: Path, upright: np.ndarray) -> None:
     assert 0x60000010 not in replacement
 
 
+def test_a_header_only_correction_keeps_the_pixels_as_they_came(tmp_path: Path) -> None:
+    """Upright already, only the view was wrong: the encoded pixels and the transfer
+    syntax (lossy JPEG 2000 here) stay exactly as they were."""
+    original = rg1("RG1_J2KI.dcm")
+    original.ViewPosition = "LL"
+    replacement = _saved(build_corrected_image(original, _correction(0, False, "PA")),
+                         tmp_path / "r.dcm")
+    assert replacement.file_meta.TransferSyntaxUID == original.file_meta.TransferSyntaxUID
+    assert replacement.PixelData == original.PixelData
+    assert replacement.ViewPosition == "PA"
+    assert "pixels unchanged; view PA (was LL)" in replacement.DerivationDescription
+
+
+def test_a_bitmap_shutter_goes_with_its_overlay(upright: np.ndarray) -> None:
+    original = turned_original(upright, 90, False)
+    original.ShutterShape = ["RECTANGULAR", "BITMAP"]
+    original.ShutterOverlayGroup = 0x6000
+    original.ShutterLeftVerticalEdge, original.ShutterRightVerticalEdge = 1, 10
+    original.ShutterUpperHorizontalEdge, original.ShutterLowerHorizontalEdge = 1, 20
+    replacement = build_corrected_image(original, _correction(90, False))
+    assert replacement.ShutterShape == "RECTANGULAR"
+    assert "ShutterOverlayGroup" not in replacement
+    # The rectangle moved: a clockwise quarter turn of rows 1-20, columns 1-10.
+    assert (replacement.ShutterUpperHorizontalEdge,
+            replacement.ShutterLowerHorizontalEdge) == (1, 10)
+    rows = original.Rows
+    assert (replacement.ShutterLeftVerticalEdge,
+            replacement.ShutterRightVerticalEdge) == (rows + 1 - 20, rows)
+
+
 def test_pixel_aspect_ratio_trades_places(upright: np.ndarray) -> None:
     original = turned_original(upright, 270, False)
     original.PixelAspectRatio = [2, 1]
@@ -275,11 +309,15 @@ def test_refuses_what_it_cannot_correct(upright: np.ndarray) -> None:
     original = turned_original(upright, 90, False)
     with pytest.raises(CorrectionError, match="view must be"):
         _correction(view="LAT")
-    colour = Dataset()
-    colour.update(original)
+    colour = copy.deepcopy(original)
     colour.SamplesPerPixel = 3
     with pytest.raises(UnsupportedImageError, match="SamplesPerPixel 3"):
         build_corrected_image(colour, _correction())
+    for keyword in ("SeriesInstanceUID", "BitsStored"):
+        broken = copy.deepcopy(original)
+        delattr(broken, keyword)
+        with pytest.raises(MissingAttributeError, match=keyword):
+            build_corrected_image(broken, _correction())
     header = copy.deepcopy(original)
     del header.PixelData
     with pytest.raises(NoPixelDataError, match="no Pixel Data"):

@@ -69,7 +69,12 @@ from cxr_orient.dicomnet.sr import (
     RIGHT_LATERAL,
     derived_uid,
 )
-from cxr_orient.errors import CxrError, NoPixelDataError, UnsupportedImageError
+from cxr_orient.errors import (
+    CxrError,
+    MissingAttributeError,
+    NoPixelDataError,
+    UnsupportedImageError,
+)
 
 __all__ = [
     "CORRECTED_SERIES_NUMBER_OFFSET",
@@ -195,6 +200,21 @@ def _code_item(value: str, scheme: str, meaning: str) -> Dataset:
     return item
 
 
+#: What building a replacement reads from the original (all Type 1 in CR and DX).
+_REQUIRED = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID",
+             "Rows", "Columns", "BitsStored", "PhotometricInterpretation")
+
+
+def _check_required(original: Dataset) -> None:
+    for keyword in _REQUIRED:
+        if original.get(keyword) in (None, ""):
+            raise MissingAttributeError(f"the original has no {keyword}: cannot correct it")
+    meta = getattr(original, "file_meta", None)
+    if meta is None or not meta.get("TransferSyntaxUID"):
+        raise MissingAttributeError(
+            "the original has no Transfer Syntax UID (0002,0010) in its file meta")
+
+
 def _stored_pixels(original: Dataset) -> np.ndarray:
     if "PixelData" not in original:
         raise NoPixelDataError("the original has no Pixel Data (7FE0,0010)")
@@ -260,12 +280,33 @@ def _swap_geometry(ds: Dataset, turn: Turn, rows: int, columns: int) -> None:
 
 
 def _drop_old_geometry_drawings(ds: Dataset) -> None:
-    """Overlays (60xx) and the icon image were drawn on the stored geometry."""
+    """Overlays (60xx), a bitmap display shutter drawn in one, and the icon image were
+    drawn on the stored geometry."""
     overlays = [e.tag for e in ds if 0x6000 <= e.tag.group <= 0x601E and e.tag.group % 2 == 0]
     for tag in overlays:
         del ds[tag]
     if "IconImageSequence" in ds:
         del ds.IconImageSequence
+    shapes = [str(v) for v in _values(ds.get("ShutterShape"))]
+    if "BITMAP" in shapes:
+        for keyword in ("ShutterOverlayGroup", "ShutterPresentationValue",
+                        "ShutterPresentationColorCIELabValue"):
+            if keyword in ds:
+                delattr(ds, keyword)
+        kept = [v for v in shapes if v != "BITMAP"]
+        if kept:
+            ds.ShutterShape = kept
+        else:
+            del ds.ShutterShape
+
+
+def _values(value: object) -> list[object]:
+    """A multi-valued attribute's values as a list (one value, none, or several)."""
+    if value is None or value == "":
+        return []
+    if isinstance(value, str | bytes | int | float):
+        return [value]
+    return list(value)  # type: ignore[call-overload]
 
 
 def _image_type(ds: Dataset) -> list[str]:
@@ -278,7 +319,8 @@ def _image_type(ds: Dataset) -> list[str]:
 def _derivation_description(original: Dataset, correction: Correction) -> str:
     turn = correction.turn
     said = str(original.get("ViewPosition", "") or "none")
-    text = (f"cxr-orient {__version__}: turned upright ({turn.describe()}); view "
+    done = "pixels unchanged" if turn.is_identity else f"turned upright ({turn.describe()})"
+    text = (f"cxr-orient {__version__}: {done}; view "
             f"{correction.view} (was {said}); decided by {correction.decided_by}")
     return text[:1024]
 
@@ -312,6 +354,7 @@ def _mark_lossy(ds: Dataset, original_syntax: UID) -> None:
 def build_corrected_image(original: Dataset, correction: Correction) -> Dataset:
     """The corrected replacement of ``original`` (a whole instance, pixels included; the
     caller's dataset is left alone), with ``file_meta``, ready to write or send."""
+    _check_required(original)
     stored = _stored_pixels(original)
     original_syntax = UID(original.file_meta.TransferSyntaxUID)
     turn = correction.turn
@@ -319,10 +362,15 @@ def build_corrected_image(original: Dataset, correction: Correction) -> Dataset:
     ds.file_meta = FileMetaDataset()
     rows, columns = int(original.Rows), int(original.Columns)
 
-    _set_pixels(ds, upright_pixels(stored, turn), _output_syntax(original_syntax))
-    _mark_lossy(ds, original_syntax)
-    _swap_geometry(ds, turn, rows, columns)
-    _drop_old_geometry_drawings(ds)
+    if turn.is_identity:
+        # Only the header was wrong: the pixels stay exactly as they came, encoded bytes
+        # and transfer syntax included (nothing to lose, nothing to re-encode).
+        ds.file_meta.TransferSyntaxUID = original_syntax
+    else:
+        _set_pixels(ds, upright_pixels(stored, turn), _output_syntax(original_syntax))
+        _mark_lossy(ds, original_syntax)
+        _swap_geometry(ds, turn, rows, columns)
+        _drop_old_geometry_drawings(ds)
 
     ds.SOPInstanceUID = corrected_instance_uid(original.SOPInstanceUID, correction)
     ds.SeriesInstanceUID = corrected_series_uid(original.SeriesInstanceUID)
