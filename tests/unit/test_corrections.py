@@ -86,25 +86,63 @@ def test_rg1_in_every_pose_comes_back_upright(tmp_path: Path, upright: np.ndarra
     assert replacement.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
 
 
-@pytest.mark.parametrize(("syntax", "rotation", "mirrored", "written_as"), [
-    (ExplicitVRLittleEndian, 270, False, ExplicitVRLittleEndian),
-    (JPEG2000Lossless, 90, True, JPEG2000Lossless),
-    (JPEGLosslessSV1, 180, True, ExplicitVRLittleEndian),  # no JPEG lossless encoder
-    (RLELossless, 90, False, RLELossless),
-    (JPEGLSLossless, 0, True, JPEGLSLossless),
-], ids=["explicit-le", "jpeg2000-lossless", "jpeg-lossless", "rle", "jpeg-ls-lossless"])
-def test_rg1_in_lossless_syntaxes_stays_lossless(tmp_path: Path, upright: np.ndarray,
-                                                 syntax: str, rotation: int, mirrored: bool,
-                                                 written_as: str) -> None:
+SYNTAXES = [
+    # (written in, the replacement written as)
+    (ExplicitVRLittleEndian, ExplicitVRLittleEndian),
+    (JPEG2000Lossless, JPEG2000Lossless),
+    (JPEGLosslessSV1, ExplicitVRLittleEndian),  # pydicom has no JPEG lossless encoder
+    (RLELossless, RLELossless),
+    (JPEGLSLossless, JPEGLSLossless),
+    (JPEG2000, ExplicitVRLittleEndian),  # lossy: its decoded pixels, losslessly
+]
+SYNTAX_IDS = ["explicit-le", "jpeg2000-lossless", "jpeg-lossless", "rle", "jpeg-ls-lossless",
+              "jpeg2000-lossy"]
+
+
+def _check_syntax_round_trip(tmp_path: Path, upright: np.ndarray, syntax: str,
+                             written_as: str, rotation: int, mirrored: bool) -> None:
     path = write_in_syntax(turned_original(upright, rotation, mirrored), syntax, tmp_path)
     original = pydicom.dcmread(path)
     assert original.file_meta.TransferSyntaxUID == syntax
-    assert np.array_equal(original.pixel_array, stored_as(upright, rotation, mirrored))
+    stored = original.pixel_array
+    if syntax != JPEG2000:
+        assert np.array_equal(stored, stored_as(upright, rotation, mirrored))
     replacement = _saved(build_corrected_image(original, _correction(rotation, mirrored)),
                          tmp_path / "r.dcm")
-    assert replacement.file_meta.TransferSyntaxUID == written_as
-    assert np.array_equal(replacement.pixel_array, upright)
-    assert "LossyImageCompression" not in replacement
+    turn = Turn(rotation, mirrored)
+    # Already upright (a header-only correction): the encoded pixels stay as they came.
+    assert replacement.file_meta.TransferSyntaxUID == (syntax if turn.is_identity
+                                                       else written_as)
+    # The replacement's decoded pixels are the original's decoded pixels turned back.
+    assert np.array_equal(replacement.pixel_array, upright_pixels(stored, turn))
+    if syntax == JPEG2000:
+        assert replacement.get("LossyImageCompression") == (
+            original.get("LossyImageCompression") if turn.is_identity else "01")
+    else:
+        assert np.array_equal(replacement.pixel_array, upright)
+        assert "LossyImageCompression" not in replacement
+
+
+@pytest.mark.parametrize(("syntax", "written_as"), SYNTAXES, ids=SYNTAX_IDS)
+@pytest.mark.parametrize(("rotation", "mirrored"), POSES, ids=IDS)
+def test_rg1_detail_in_every_syntax_and_pose(tmp_path: Path, upright: np.ndarray,
+                                             syntax: str, written_as: str, rotation: int,
+                                             mirrored: bool) -> None:
+    """Every syntax x every pose on a 384 x 256 piece of RG1 (real pixels, small enough
+    to encode 48 times)."""
+    detail = np.ascontiguousarray(upright[700:1084, 800:1056])
+    _check_syntax_round_trip(tmp_path, detail, syntax, written_as, rotation, mirrored)
+
+
+@pytest.mark.parametrize(("syntax", "written_as", "rotation", "mirrored"), [
+    (syntax, written_as, rotation, mirrored)
+    for (syntax, written_as), (rotation, mirrored) in zip(
+        SYNTAXES, [(270, False), (90, True), (180, True), (90, False), (0, True),
+                   (270, True)], strict=True)
+], ids=SYNTAX_IDS)
+def test_whole_rg1_in_each_syntax(tmp_path: Path, upright: np.ndarray, syntax: str,
+                                  written_as: str, rotation: int, mirrored: bool) -> None:
+    _check_syntax_round_trip(tmp_path, upright, syntax, written_as, rotation, mirrored)
 
 
 @pytest.mark.parametrize("path", [

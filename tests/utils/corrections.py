@@ -13,7 +13,13 @@ import pydicom
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
-from pydicom.uid import UID, ExplicitVRLittleEndian, JPEGLosslessSV1, generate_uid
+from pydicom.uid import (
+    JPEG2000,
+    UID,
+    ExplicitVRLittleEndian,
+    JPEGLosslessSV1,
+    generate_uid,
+)
 
 __all__ = ["CR_STORAGE", "DX_STORAGE", "as_dx", "rg1", "stored_as", "turned_original",
            "write_in_syntax"]
@@ -131,6 +137,9 @@ def write_in_syntax(ds: Dataset, syntax: str, folder: Path) -> Path:
                        capture_output=True, timeout=120)
         return out
     ds = pydicom.dcmread(plain)
-    ds.compress(syntax, generate_instance_uid=False)
+    if syntax == JPEG2000:  # lossy: compressed 10:1
+        ds.compress(syntax, generate_instance_uid=False, j2k_cr=[10])
+    else:
+        ds.compress(syntax, generate_instance_uid=False)
     ds.save_as(out, enforce_file_format=True)
     return out
