@@ -3,9 +3,11 @@ or with the wrong view in its header, is replaced by a corrected instance
 (:func:`build_corrected_image`) and the original rejected by a Key Object Selection
 rejection note (:func:`build_rejection_note`), which IOCM archives honour by hiding it.
 
-``geometry`` (pure: pixels and header positions turned upright), ``replacement`` (the
-corrected instance), ``rejection`` (the note). Builders only: sending them is the
-outbox's (docs/dicom.md, "Corrected images and rejection notes").
+``geometry`` (pure: pixels, pixel positions and directions turned upright), ``pixels``
+(decode, turn, write losslessly), ``positions`` (the header's positions and axes moved
+with the pixels), ``replacement`` (the corrected instance), ``rejection`` (the note).
+Builders only: sending them is the outbox's (docs/dicom.md, "Corrected images and
+rejection notes").
 """
 
 from cxr_orient.dicomnet.corrections.geometry import (
@@ -26,12 +28,12 @@ from cxr_orient.dicomnet.corrections.replacement import (
     SOURCE_FOR_PROCESSING,
     VIEWS,
     Correction,
-    CorrectionError,
     build_corrected_image,
     corrected_instance_uid,
     corrected_series_uid,
     upright_patient_orientation,
 )
+from cxr_orient.errors import CorrectionError
 
 __all__ = [
     "PROCESSING_EQUIPMENT",

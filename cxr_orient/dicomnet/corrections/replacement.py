@@ -32,35 +32,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.pixels import get_encoder
 from pydicom.sequence import Sequence as DicomSequence
-from pydicom.uid import (
-    HTJ2K,
-    JPEG2000,
-    PYDICOM_IMPLEMENTATION_UID,
-    UID,
-    DeflatedExplicitVRLittleEndian,
-    ExplicitVRBigEndian,
-    ExplicitVRLittleEndian,
-    ImplicitVRLittleEndian,
-    JPEG2000Lossless,
-    JPEGBaseline8Bit,
-    JPEGExtended12Bit,
-    JPEGLSLossless,
-    JPEGLSNearLossless,
-    RLELossless,
-)
+from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID
 
 from cxr_orient import __version__
-from cxr_orient.dicomnet.corrections.geometry import (
-    Turn,
-    upright_field_of_view,
-    upright_orientation,
-    upright_pixels,
-    upright_point,
+from cxr_orient.dicomnet.corrections.geometry import Turn, upright_orientation
+from cxr_orient.dicomnet.corrections.pixels import (
+    mark_lossy,
+    stored_pixels,
+    write_upright_pixels,
 )
+from cxr_orient.dicomnet.corrections.positions import drop_old_drawings, move_positions
 from cxr_orient.dicomnet.sr import (
     AP,
     LEFT_LATERAL,
@@ -69,12 +52,7 @@ from cxr_orient.dicomnet.sr import (
     RIGHT_LATERAL,
     derived_uid,
 )
-from cxr_orient.errors import (
-    CxrError,
-    MissingAttributeError,
-    NoPixelDataError,
-    UnsupportedImageError,
-)
+from cxr_orient.errors import CorrectionError, MissingAttributeError
 
 __all__ = [
     "CORRECTED_SERIES_NUMBER_OFFSET",
@@ -82,7 +60,6 @@ __all__ = [
     "SOURCE_FOR_PROCESSING",
     "VIEWS",
     "Correction",
-    "CorrectionError",
     "build_corrected_image",
     "corrected_instance_uid",
     "corrected_series_uid",
@@ -103,38 +80,10 @@ SOURCE_FOR_PROCESSING = ("121322", "DCM", "Source image for image processing ope
 #: without making new ones).
 PROCESSING_EQUIPMENT = ("109102", "DCM", "Processing Equipment")
 
-#: View Position (PS3.3 C.8.7.? / C.8.11.5) -> its CID 4010 code (as in the SR).
+#: View Position (CR Series PS3.3 C.8.1.1, DX Positioning C.8.11.5) -> its CID 4010 code
+#: (the SR's codes).
 VIEWS = {"PA": PA, "AP": AP, "LL": LEFT_LATERAL, "RL": RIGHT_LATERAL}
 _LATERAL_VIEWS = frozenset({"LL", "RL"})
-
-#: Transfer syntaxes re-encoded as they came (lossless and pydicom can encode them).
-_REENCODED = frozenset({RLELossless, JPEGLSLossless, JPEG2000Lossless})
-#: Lossless without compression: written as explicit VR little endian.
-_UNCOMPRESSED = frozenset({ExplicitVRLittleEndian, ImplicitVRLittleEndian,
-                           DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian})
-#: Syntaxes that may have lost information, with PS3.3 C.7.6.1.1.5's method name.
-_LOSSY_METHODS = {JPEGBaseline8Bit: "ISO_10918_1", JPEGExtended12Bit: "ISO_10918_1",
-                  JPEG2000: "ISO_15444_1", HTJ2K: "ISO_15444_15",
-                  JPEGLSNearLossless: "ISO_14495_1"}
-
-#: (row spacing, column spacing) pairs that trade places when rows and columns do.
-_SPACINGS = ("PixelSpacing", "ImagerPixelSpacing", "NominalScannedPixelSpacing")
-#: (left, right, upper, lower) edge keywords of each rectangle.
-_RECTANGLES = (("CollimatorLeftVerticalEdge", "CollimatorRightVerticalEdge",
-                "CollimatorUpperHorizontalEdge", "CollimatorLowerHorizontalEdge"),
-               ("ShutterLeftVerticalEdge", "ShutterRightVerticalEdge",
-                "ShutterUpperHorizontalEdge", "ShutterLowerHorizontalEdge"))
-#: row\column points, and lists of them.
-_POINTS = ("CenterOfCircularCollimator", "CenterOfCircularShutter")
-_POLYGONS = ("VerticesOfThePolygonalCollimator", "VerticesOfThePolygonalShutter")
-
-
-class CorrectionError(CxrError):
-    """A corrected replacement cannot be built from this original (no pixels, colour,
-    several frames, an unknown view)."""
-
-    code = "correction"
-
 
 @dataclass(frozen=True)
 class Correction:
@@ -215,100 +164,6 @@ def _check_required(original: Dataset) -> None:
             "the original has no Transfer Syntax UID (0002,0010) in its file meta")
 
 
-def _stored_pixels(original: Dataset) -> np.ndarray:
-    if "PixelData" not in original:
-        raise NoPixelDataError("the original has no Pixel Data (7FE0,0010)")
-    if int(original.get("SamplesPerPixel", 1)) != 1:
-        raise UnsupportedImageError(
-            f"SamplesPerPixel {original.SamplesPerPixel}: only greyscale is corrected")
-    if int(original.get("NumberOfFrames", 1) or 1) != 1:
-        raise UnsupportedImageError(
-            f"NumberOfFrames {original.NumberOfFrames}: only single frames are corrected")
-    try:
-        return np.asarray(original.pixel_array)
-    except Exception as exc:  # any codec failure: name the syntax
-        syntax = original.file_meta.get("TransferSyntaxUID", "unknown")
-        raise CorrectionError(f"cannot decode the original's Pixel Data ({syntax}): "
-                              f"{exc}") from exc
-
-
-def _output_syntax(original_syntax: UID) -> UID:
-    """The original's syntax when it is lossless and pydicom encodes it, else explicit VR
-    little endian."""
-    if original_syntax in _REENCODED and get_encoder(original_syntax).is_available:
-        return original_syntax
-    return ExplicitVRLittleEndian
-
-
-def _set_pixels(ds: Dataset, pixels: np.ndarray, syntax: UID) -> None:
-    bits_stored = int(ds.BitsStored)
-    photometric = str(ds.PhotometricInterpretation)
-    ds.set_pixel_data(pixels, photometric, bits_stored, generate_instance_uid=False)
-    if syntax != ExplicitVRLittleEndian:
-        ds.compress(syntax, generate_instance_uid=False)
-
-
-def _swap_geometry(ds: Dataset, turn: Turn, rows: int, columns: int) -> None:
-    if turn.swaps_axes:
-        for keyword in (*_SPACINGS, "PixelAspectRatio"):
-            if keyword in ds and ds[keyword].VM == 2:
-                ds[keyword].value = list(reversed(list(ds[keyword].value)))
-    for left, right, upper, lower in _RECTANGLES:
-        if not all(k in ds and ds[k].value is not None for k in (left, right, upper, lower)):
-            continue
-        corners = [upright_point(float(r), float(c), rows, columns, turn)
-                   for r in (ds[upper].value, ds[lower].value)
-                   for c in (ds[left].value, ds[right].value)]
-        new_rows = [p[0] for p in corners]
-        new_columns = [p[1] for p in corners]
-        ds[left].value, ds[right].value = int(min(new_columns)), int(max(new_columns))
-        ds[upper].value, ds[lower].value = int(min(new_rows)), int(max(new_rows))
-    for keyword in (*_POINTS, *_POLYGONS):
-        if keyword not in ds or not ds[keyword].value:
-            continue
-        values = [int(v) for v in ds[keyword].value]
-        moved: list[int] = []
-        for r, c in zip(values[0::2], values[1::2], strict=True):
-            new_r, new_c = upright_point(r, c, rows, columns, turn)
-            moved += [int(new_r), int(new_c)]
-        ds[keyword].value = moved
-    if "FieldOfViewRotation" in ds and ds.FieldOfViewRotation not in (None, ""):
-        flip = str(ds.get("FieldOfViewHorizontalFlip", "NO")).upper() == "YES"
-        rotation, flip = upright_field_of_view(int(float(ds.FieldOfViewRotation)), flip, turn)
-        ds.FieldOfViewRotation = str(rotation)
-        ds.FieldOfViewHorizontalFlip = "YES" if flip else "NO"
-
-
-def _drop_old_geometry_drawings(ds: Dataset) -> None:
-    """Overlays (60xx), a bitmap display shutter drawn in one, and the icon image were
-    drawn on the stored geometry."""
-    overlays = [e.tag for e in ds if 0x6000 <= e.tag.group <= 0x601E and e.tag.group % 2 == 0]
-    for tag in overlays:
-        del ds[tag]
-    if "IconImageSequence" in ds:
-        del ds.IconImageSequence
-    shapes = [str(v) for v in _values(ds.get("ShutterShape"))]
-    if "BITMAP" in shapes:
-        for keyword in ("ShutterOverlayGroup", "ShutterPresentationValue",
-                        "ShutterPresentationColorCIELabValue"):
-            if keyword in ds:
-                delattr(ds, keyword)
-        kept = [v for v in shapes if v != "BITMAP"]
-        if kept:
-            ds.ShutterShape = kept
-        else:
-            del ds.ShutterShape
-
-
-def _values(value: object) -> list[object]:
-    """A multi-valued attribute's values as a list (one value, none, or several)."""
-    if value is None or value == "":
-        return []
-    if isinstance(value, str | bytes | int | float):
-        return [value]
-    return list(value)  # type: ignore[call-overload]
-
-
 def _image_type(ds: Dataset) -> list[str]:
     """DERIVED (pixels changed) and SECONDARY (made after the examination; PS3.3
     C.7.6.1.1.2); the original's further values kept (the DX IOD allows SECONDARY and
@@ -339,23 +194,11 @@ def _contributing_equipment(ds: Dataset, correction: Correction) -> None:
         [*ds.get("ContributingEquipmentSequence", []), item])
 
 
-def _mark_lossy(ds: Dataset, original_syntax: UID) -> None:
-    """Once lossy, always flagged (PS3.3 C.7.6.1.1.5): an original in a lossy syntax
-    (unless it says 00: a lossless JPEG 2000 in the lossy syntax) keeps or gets 01 and
-    the method its syntax names."""
-    method = _LOSSY_METHODS.get(original_syntax)
-    if method is None or str(ds.get("LossyImageCompression", "")) == "00":
-        return
-    ds.LossyImageCompression = "01"
-    if not ds.get("LossyImageCompressionMethod"):
-        ds.LossyImageCompressionMethod = method
-
-
 def build_corrected_image(original: Dataset, correction: Correction) -> Dataset:
     """The corrected replacement of ``original`` (a whole instance, pixels included; the
     caller's dataset is left alone), with ``file_meta``, ready to write or send."""
     _check_required(original)
-    stored = _stored_pixels(original)
+    stored = stored_pixels(original)
     original_syntax = UID(original.file_meta.TransferSyntaxUID)
     turn = correction.turn
     ds = copy.deepcopy(original)
@@ -367,10 +210,10 @@ def build_corrected_image(original: Dataset, correction: Correction) -> Dataset:
         # and transfer syntax included (nothing to lose, nothing to re-encode).
         ds.file_meta.TransferSyntaxUID = original_syntax
     else:
-        _set_pixels(ds, upright_pixels(stored, turn), _output_syntax(original_syntax))
-        _mark_lossy(ds, original_syntax)
-        _swap_geometry(ds, turn, rows, columns)
-        _drop_old_geometry_drawings(ds)
+        write_upright_pixels(ds, stored, turn, original_syntax)
+        mark_lossy(ds, original_syntax)
+        move_positions(ds, turn, rows, columns)
+        drop_old_drawings(ds)
 
     ds.SOPInstanceUID = corrected_instance_uid(original.SOPInstanceUID, correction)
     ds.SeriesInstanceUID = corrected_series_uid(original.SeriesInstanceUID)
