@@ -192,7 +192,7 @@ def test_the_shipped_models_answer_puts_a_turned_real_film_upright(
     for i, answer in enumerate(answers):
         assert answer.rotation is not None and answer.mirrored is not None
         original = pydicom.dcmread(tmp_path / f"stored{i}.dcm")
-        correction = Correction(Turn(answer.rotation, answer.mirrored), "PA",
+        correction = Correction(Turn.from_answer(answer.rotation, answer.mirrored), "PA",
                                 "model shipped", WHEN)
         assert np.array_equal(build_corrected_image(original, correction).pixel_array,
                               upright), poses[i]

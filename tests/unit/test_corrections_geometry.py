@@ -77,3 +77,10 @@ def test_turn_refuses_other_angles() -> None:
         Turn(45)
     assert Turn(90, True).describe() == "rotated 90 degrees clockwise then mirrored left-right"
     assert Turn(0).is_identity and Turn(270).swaps_axes and not Turn(180).swaps_axes
+
+
+def test_turn_from_an_answer() -> None:
+    assert Turn.from_answer(270, None) == Turn(270, False)  # a lateral
+    assert Turn.from_answer(90, True) == Turn(90, True)
+    with pytest.raises(ValueError, match="no orientation head"):
+        Turn.from_answer(None, None)

@@ -39,6 +39,15 @@ class Turn:
         if self.rotation not in (0, 90, 180, 270):
             raise ValueError(f"rotation must be 0, 90, 180 or 270, not {self.rotation!r}")
 
+    @classmethod
+    def from_answer(cls, rotation: int | None, mirrored: bool | None) -> Turn:
+        """From a ``predictions`` row (or a ``Prediction``): a lateral's ``mirrored`` is
+        None (the model leaves its facing open) and counts as not mirrored; a model
+        without the orientation head (``rotation`` None) gives nothing to undo."""
+        if rotation is None:
+            raise ValueError("no rotation in the answer: the model has no orientation head")
+        return cls(int(rotation), bool(mirrored))
+
     @property
     def quarter_turns(self) -> int:
         return self.rotation // 90

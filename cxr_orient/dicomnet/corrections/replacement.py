@@ -90,7 +90,8 @@ class Correction:
     """What the replacement puts right, and on whose word.
 
     ``turn``: how the original is stored (the model's ``rotation`` / ``mirrored``;
-    ``Turn(rotation, bool(mirrored))`` for a lateral, whose mirror the model leaves open).
+    :meth:`Turn.from_answer`: a lateral's mirror, which the model leaves open, counts as
+    not mirrored).
     ``view``: the View Position the replacement states, ``PA``, ``AP``, ``LL`` or ``RL``
     (a frontal's PA/AP comes from the projection answer). ``decided_by``: who decided, in
     words, e.g. ``"model compact-invariant-64-v3"`` or ``"reviewer alice"``.
