@@ -383,8 +383,15 @@ def test_dciodvfy_finds_no_new_error_in_the_replacement(tmp_path: Path, upright:
     else:
         assert before and all("Pixel Spacing" in e for e in before), before
     assert _errors(tmp_path / "r.dcm") == before
-    _, _, report = dciodvfy(tmp_path / "r.dcm")
+    _, warnings_before, _ = dciodvfy(tmp_path / "o.dcm")
+    _, warnings, report = dciodvfy(tmp_path / "r.dcm")
     assert ("DXImageForPresentation" if dx else "CRImage") in report.split(), report
+    new = set(warnings) - set(warnings_before)
+    if dx:
+        assert new == set(), new
+    else:  # View Code Sequence is DX Positioning's: in a CR, a standard extension
+        assert new and all(any(k in w for k in ("(0x0054,0x022", "(0x0008,0x010"))
+                           for w in new), new
 
 
 def test_dciodvfy_on_a_lateral_of_unknown_facing(tmp_path: Path, upright: np.ndarray) -> None:
