@@ -289,6 +289,17 @@ def test_a_bitmap_shutter_goes_with_its_overlay(upright: np.ndarray) -> None:
             replacement.ShutterRightVerticalEdge) == (rows + 1 - 20, rows)
 
 
+def test_single_valued_image_type_and_orientation(upright: np.ndarray) -> None:
+    """pydicom hands one value bare: "ORIGINAL" is one value, not eight letters, and a
+    one-value Patient Orientation names no facing."""
+    original = turned_original(upright, 90, False, view="LL", orientation=[])
+    original.ImageType = "ORIGINAL"
+    original.PatientOrientation = "AF"
+    replacement = build_corrected_image(original, _correction(90, False, "LL"))
+    assert list(replacement.ImageType) == ["DERIVED", "SECONDARY"]
+    assert list(replacement.PatientOrientation) == []
+
+
 def test_pixel_aspect_ratio_trades_places(upright: np.ndarray) -> None:
     original = turned_original(upright, 270, False)
     original.PixelAspectRatio = [2, 1]

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID
 
@@ -122,7 +123,7 @@ def corrected_instance_uid(original_sop_instance_uid: str, correction: Correctio
                        str(turn.mirrored), correction.view)
 
 
-def upright_patient_orientation(stored: Sequence[str] | None, view: str,
+def upright_patient_orientation(stored: Sequence[str] | str | None, view: str,
                                 turn: Turn) -> list[str]:
     """Patient Orientation (0020,0020) of the upright image for ``view``.
 
@@ -137,8 +138,9 @@ def upright_patient_orientation(stored: Sequence[str] | None, view: str,
     """
     if view not in _LATERAL_VIEWS:
         return ["L", "F"]
-    if stored is not None and len(stored) == 2 and all(stored):
-        row_dir, column_dir = upright_orientation([str(v) for v in stored], turn)
+    values = [str(v) for v in _as_list(stored)]
+    if len(values) == 2 and all(values):
+        row_dir, column_dir = upright_orientation(values, turn)
         if row_dir in ("A", "P") and column_dir == "F":
             return [row_dir, column_dir]
     return []
@@ -169,14 +171,26 @@ def _image_type(ds: Dataset) -> list[str]:
     """DERIVED (pixels changed) and SECONDARY (made after the examination; PS3.3
     C.7.6.1.1.2); the original's further values kept (the DX IOD allows SECONDARY and
     wants Value 3 empty: the original's is kept as it was)."""
-    return ["DERIVED", "SECONDARY", *[str(v) for v in ds.get("ImageType", [])][2:]]
+    return ["DERIVED", "SECONDARY", *[str(v) for v in _as_list(ds.get("ImageType"))][2:]]
+
+
+def _as_list(value: object) -> list[object]:
+    """An attribute's values as a list: pydicom gives one value bare, several as a
+    MultiValue (a single "ORIGINAL" must not become its letters)."""
+    if value is None or value == "":
+        return []
+    if isinstance(value, MultiValue | list | tuple):
+        return list(value)
+    return [value]
+
+
+def _what_was_done(turn: Turn) -> str:
+    return "pixels unchanged" if turn.is_identity else f"turned upright ({turn.describe()})"
 
 
 def _derivation_description(original: Dataset, correction: Correction) -> str:
-    turn = correction.turn
     said = str(original.get("ViewPosition", "") or "none")
-    done = "pixels unchanged" if turn.is_identity else f"turned upright ({turn.describe()})"
-    text = (f"cxr-orient {__version__}: {done}; view "
+    text = (f"cxr-orient {__version__}: {_what_was_done(correction.turn)}; view "
             f"{correction.view} (was {said}); decided by {correction.decided_by}")
     return text[:1024]
 
@@ -190,7 +204,8 @@ def _contributing_equipment(ds: Dataset, correction: Correction) -> None:
     item.ManufacturerModelName = MANUFACTURER
     item.SoftwareVersions = __version__
     item.ContributionDateTime = correction.decided_at.strftime("%Y%m%d%H%M%S%z")
-    item.ContributionDescription = f"turned upright; decided by {correction.decided_by}"[:1024]
+    item.ContributionDescription = (f"{_what_was_done(correction.turn)}; decided by "
+                                    f"{correction.decided_by}")[:1024]
     ds.ContributingEquipmentSequence = DicomSequence(
         [*ds.get("ContributingEquipmentSequence", []), item])
 
