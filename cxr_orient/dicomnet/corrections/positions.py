@@ -6,6 +6,9 @@ bitmap shutter drawn in one, the icon image)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import cast
+
 from pydicom.dataset import Dataset
 
 from cxr_orient.dicomnet.corrections.geometry import (
@@ -13,8 +16,9 @@ from cxr_orient.dicomnet.corrections.geometry import (
     upright_field_of_view,
     upright_point,
 )
+from cxr_orient.imaging.attributes import is_multi
 
-__all__ = ["drop_old_drawings", "move_positions"]
+__all__ = ["drop_old_drawings", "move_positions", "values_of"]
 
 #: (row spacing, column spacing) pairs that trade places when rows and columns do.
 _SPACINGS = ("PixelSpacing", "ImagerPixelSpacing", "NominalScannedPixelSpacing")
@@ -69,7 +73,7 @@ def drop_old_drawings(ds: Dataset) -> None:
         del ds[tag]
     if "IconImageSequence" in ds:
         del ds.IconImageSequence
-    shapes = [str(v) for v in _values(ds.get("ShutterShape"))]
+    shapes = [str(v) for v in values_of(ds.get("ShutterShape"))]
     if "BITMAP" in shapes:
         for keyword in ("ShutterOverlayGroup", "ShutterPresentationValue",
                         "ShutterPresentationColorCIELabValue"):
@@ -82,10 +86,9 @@ def drop_old_drawings(ds: Dataset) -> None:
             del ds.ShutterShape
 
 
-def _values(value: object) -> list[object]:
-    """A multi-valued attribute's values as a list (one value, none, or several)."""
+def values_of(value: object) -> list[object]:
+    """An attribute's values as a list: pydicom gives one value bare and several as a
+    MultiValue (a single "ORIGINAL" must not become its letters)."""
     if value is None or value == "":
         return []
-    if isinstance(value, str | bytes | int | float):
-        return [value]
-    return list(value)  # type: ignore[call-overload]
+    return list(cast("Iterable[object]", value)) if is_multi(value) else [value]

@@ -33,7 +33,6 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID
 
@@ -44,7 +43,11 @@ from cxr_orient.dicomnet.corrections.pixels import (
     stored_pixels,
     write_upright_pixels,
 )
-from cxr_orient.dicomnet.corrections.positions import drop_old_drawings, move_positions
+from cxr_orient.dicomnet.corrections.positions import (
+    drop_old_drawings,
+    move_positions,
+    values_of,
+)
 from cxr_orient.dicomnet.sr import (
     AP,
     LEFT_LATERAL,
@@ -138,7 +141,7 @@ def upright_patient_orientation(stored: Sequence[str] | str | None, view: str,
     """
     if view not in _LATERAL_VIEWS:
         return ["L", "F"]
-    values = [str(v) for v in _as_list(stored)]
+    values = [str(v) for v in values_of(stored)]
     if len(values) == 2 and all(values):
         row_dir, column_dir = upright_orientation(values, turn)
         if row_dir in ("A", "P") and column_dir == "F":
@@ -171,17 +174,7 @@ def _image_type(ds: Dataset) -> list[str]:
     """DERIVED (pixels changed) and SECONDARY (made after the examination; PS3.3
     C.7.6.1.1.2); the original's further values kept (the DX IOD allows SECONDARY and
     wants Value 3 empty: the original's is kept as it was)."""
-    return ["DERIVED", "SECONDARY", *[str(v) for v in _as_list(ds.get("ImageType"))][2:]]
-
-
-def _as_list(value: object) -> list[object]:
-    """An attribute's values as a list: pydicom gives one value bare, several as a
-    MultiValue (a single "ORIGINAL" must not become its letters)."""
-    if value is None or value == "":
-        return []
-    if isinstance(value, MultiValue | list | tuple):
-        return list(value)
-    return [value]
+    return ["DERIVED", "SECONDARY", *[str(v) for v in values_of(ds.get("ImageType"))][2:]]
 
 
 def _what_was_done(turn: Turn) -> str:
