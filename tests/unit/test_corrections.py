@@ -456,6 +456,19 @@ def test_rejection_note_rejects_the_original_then_the_replacement(
     assert again.SOPInstanceUID == notes["original"].SOPInstanceUID
 
 
+@pytest.mark.parametrize("sample", ["study1/frontal.dcm", "study2/lateral.dcm"])
+def test_rejection_note_of_a_sample_with_a_bare_header(tmp_path: Path, sample: str) -> None:
+    """The demo samples carry no patient name, birth date, study date...: the note
+    still builds, with those Type 2 attributes empty, and dciodvfy finds no error."""
+    original = pydicom.dcmread(SAMPLES / sample)
+    assert "PatientName" not in original
+    note = build_rejection_note([original], reason="r", decided_by="m", decided_at=WHEN)
+    note.save_as(tmp_path / "note.dcm", enforce_file_format=True)
+    errors, _, report = dciodvfy(tmp_path / "note.dcm")
+    assert errors == [], report
+    assert note.PatientID == original.PatientID and "PatientName" not in original
+
+
 def test_rejection_note_stays_in_one_study(upright: np.ndarray) -> None:
     first = turned_original(upright, 0, False)
     other = turned_original(upright, 0, False)

@@ -17,7 +17,12 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
 from cxr_orient import __version__
-from cxr_orient.dicomnet.sr import DEVICE_UID, MANUFACTURER, derived_uid
+from cxr_orient.dicomnet.sr import (
+    DEVICE_UID,
+    MANUFACTURER,
+    derived_uid,
+    with_type2_attributes,
+)
 
 __all__ = [
     "REJECTED_FOR_QUALITY_REASONS",
@@ -50,6 +55,9 @@ def build_rejection_note(rejected: Sequence[Dataset], *, reason: str,
     (Key Object Description), ``decided_at`` is its content date and time."""
     if not rejected:
         raise ValueError("a rejection note must name at least one instance")
+    # highdicom copies the patient and study modules from the evidence: their Type 2
+    # attributes must be there (empty when the instance has none).
+    rejected = [with_type2_attributes(ds) for ds in rejected]
     studies = {ds.StudyInstanceUID for ds in rejected}
     if len(studies) != 1:
         raise ValueError(f"a rejection note lies in one study; got {len(studies)}")
@@ -60,12 +68,12 @@ def build_rejection_note(rejected: Sequence[Dataset], *, reason: str,
     )
     content = hd.ko.KeyObjectSelection(
         document_title=REJECTED_FOR_QUALITY_REASONS,
-        referenced_objects=list(rejected),
+        referenced_objects=rejected,
         observer_device_context=observer,
         description=f"{reason}; decided by {decided_by}"[:1024],
     )
     note: Dataset = hd.ko.KeyObjectSelectionDocument(
-        evidence=list(rejected),
+        evidence=rejected,
         content=content,
         series_instance_uid=rejection_series_uid(rejected[0].StudyInstanceUID),
         series_number=REJECTION_SERIES_NUMBER,
