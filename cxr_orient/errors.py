@@ -156,3 +156,10 @@ class DeliveryRefusedError(DeliveryError):
     an operator retries it (``cxr-orient outbox retry``)."""
 
     code = "delivery_refused"
+
+
+class CorrectionError(CxrError):
+    """A corrected replacement cannot be built from an original (its pixels do not
+    decode, an unknown view; cxr_orient.dicomnet.corrections)."""
+
+    code = "correction"

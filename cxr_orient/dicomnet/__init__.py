@@ -8,5 +8,6 @@ One module per concern: ``spool`` (durable, confined writes of received bytes),
 startup sweep of what no row names), ``listener`` (C-STORE/C-ECHO SCP), ``multipart`` and
 ``stow`` (STOW-RS in), ``pull`` (QIDO-RS/WADO-RS), ``pull_dimse`` (C-FIND, C-MOVE to the
 listener), ``retention`` (the spool purge), ``sr`` (the report), ``destinations``
-(C-STORE SCU, STOW-RS) and ``delivery`` (the outbox: claim, build, send, record, back off).
+(C-STORE SCU, STOW-RS) and ``delivery`` (the outbox: claim, build, send, record, back off);
+``corrections`` (IHE IOCM: a corrected replacement and a rejection note; builders only).
 """

@@ -47,6 +47,7 @@ __all__ = [
     "derived_uid",
     "sr_series_uid",
     "view_code",
+    "with_type2_attributes",
 ]
 
 MANUFACTURER = "cxr-orient"
@@ -175,7 +176,7 @@ def build_sr(
 ) -> Dataset:
     """The Comprehensive SR reporting ``answer`` on ``source`` (the answered instance's
     header, pixels not needed)."""
-    source = _with_type2_attributes(source)
+    source = with_type2_attributes(source)
     algorithm = hd.sr.AlgorithmIdentification(name=answer.model_name,
                                               version=answer.model_architecture,
                                               manufacturer=MANUFACTURER)
@@ -223,7 +224,7 @@ _TYPE2 = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDa
           "StudyTime", "ReferringPhysicianName", "StudyID", "AccessionNumber")
 
 
-def _with_type2_attributes(source: Dataset) -> Dataset:
+def with_type2_attributes(source: Dataset) -> Dataset:
     """A copy of ``source`` (the caller's is left alone) with every attribute of
     :data:`_TYPE2` present, empty where the source lacks it."""
     header = Dataset()
