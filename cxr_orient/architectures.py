@@ -28,6 +28,8 @@ from cxr_orient.layers import (
     MahalanobisScore,
     OrbitMean,
     OrbitSplit,
+    ScopeScore,
+    SpatialMeanStd,
     UnusualScore,
 )
 
@@ -43,6 +45,7 @@ __all__ = [
     "build_compact_invariant_64",
     "build_compact_invariant_64_heads",
     "build_compact_invariant_64_heads2",
+    "build_compact_invariant_64_heads3",
     "build_compact_invariant_slim",
     "build_compact_wide",
     "build_mobilenetv3small",
@@ -250,6 +253,18 @@ def build_compact_invariant_64_heads(
       training), invariant like the view.
     """
     inputs = _image_input(input_size)
+    _, outputs = _headed_outputs(inputs, input_size=input_size,
+                                 with_orientation_entropy=with_orientation_entropy)
+    model = keras.Model(inputs, outputs, name=name)
+    _load_full_weights(model, weights_path)
+    return model
+
+
+def _headed_outputs(
+    inputs: keras.KerasTensor, *, input_size: int, with_orientation_entropy: bool,
+) -> tuple[dict[str, keras.KerasTensor], dict[str, keras.KerasTensor]]:
+    """The trunk's tapped tensors and the ``view``, ``orientation`` and ``unusual``
+    outputs of :func:`build_compact_invariant_64_heads` (its layers and names)."""
     trunk = _invariant_trunk(inputs, width=1.0, pool=4, input_size=input_size)
     view = _softmax_head(layers.Dropout(0.3, name="dropout")(trunk["features"]))
 
@@ -270,10 +285,7 @@ def build_compact_invariant_64_heads(
     else:
         unusual = MahalanobisScore(NUM_CLASSES, UNUSUAL_FEATURE_DIMS, dtype="float32",
                                    name="unusual")(x)
-    model = keras.Model(inputs, {"view": view, "orientation": orientation, "unusual": unusual},
-                        name=name)
-    _load_full_weights(model, weights_path)
-    return model
+    return trunk, {"view": view, "orientation": orientation, "unusual": unusual}
 
 
 def build_compact_invariant_64_heads2(
@@ -288,6 +300,51 @@ def build_compact_invariant_64_heads2(
     return build_compact_invariant_64_heads(
         input_size=input_size, weights_path=weights_path, with_orientation_entropy=True,
         name="compact_invariant_64_heads2")
+
+
+#: Features the chest-or-not and PA/AP heads read: the spatial mean and standard
+#: deviation of every channel of stages 2, 3 and 4, averaged over the 8 copies.
+SCOPE_FEATURE_DIMS = 2 * (64 + 96 + 128)
+
+
+def build_compact_invariant_64_heads3(
+    *, input_size: int = 256, weights_path: Path | None = None
+) -> keras.Model:
+    """:func:`build_compact_invariant_64_heads2` (the same layers, names and view,
+    orientation answers) with two linear heads on :data:`SCOPE_FEATURE_DIMS` invariant
+    features (:class:`~cxr_orient.layers.SpatialMeanStd` of stages 2-4, averaged over
+    the copies), trained on frozen trunk features:
+
+    - ``not_chest`` (B, 1): the probability that the image is not a chest radiograph
+      (trained on chest films against real radiographs of other body parts); its logit
+      joins the unusual-image score (:class:`~cxr_orient.layers.ScopeScore`), so
+      ``unusual`` (B, 1) passes 1 when the distance, the orientation entropy or this
+      head passes its own threshold;
+    - ``projection`` (B, 1): p_ap, the probability that a frontal film was taken AP
+      (1 - p_ap: PA).
+
+    Every output is invariant to the 8 turns/mirrorings and to inversion (the view's,
+    the features' and the orientation entropy's invariance), the orientation
+    equivariant, as in ``heads2``.
+    """
+    inputs = _image_input(input_size)
+    trunk, outputs = _headed_outputs(inputs, input_size=input_size,
+                                     with_orientation_entropy=True)
+    scope = layers.Concatenate(name="scope_features")([
+        OrbitMean(name=f"scope_mean{i}")(SpatialMeanStd(name=f"scope_stats{i}")(
+            trunk[f"block{i}"]))
+        for i in (2, 3, 4)
+    ])
+    logit = layers.Dense(1, dtype="float32", name="not_chest_logit")(scope)
+    not_chest = layers.Activation("sigmoid", dtype="float32", name="not_chest")(logit)
+    unusual = ScopeScore(dtype="float32", name="scope_unusual")([outputs["unusual"], logit])
+    projection = layers.Dense(1, activation="sigmoid", dtype="float32",
+                              name="projection")(scope)
+    model = keras.Model(inputs, {**outputs, "unusual": unusual, "not_chest": not_chest,
+                                 "projection": projection},
+                        name="compact_invariant_64_heads3")
+    _load_full_weights(model, weights_path)
+    return model
 
 
 def build_compact_invariant_slim(
@@ -409,6 +466,7 @@ ARCHITECTURES: dict[str, Callable[..., keras.Model]] = {
     "compact_invariant_64": build_compact_invariant_64,
     "compact_invariant_64_heads": build_compact_invariant_64_heads,
     "compact_invariant_64_heads2": build_compact_invariant_64_heads2,
+    "compact_invariant_64_heads3": build_compact_invariant_64_heads3,
     "vgg16": build_vgg16,
     "mobilenetv3small": build_mobilenetv3small,
 }
@@ -419,10 +477,12 @@ ARCHITECTURES: dict[str, Callable[..., keras.Model]] = {
 #: would only repeat the same figures 16 times.
 INVARIANT_ARCHITECTURES = frozenset(
     {"compact_invariant", "compact_invariant_slim", "compact_invariant_64",
-     "compact_invariant_64_heads", "compact_invariant_64_heads2"})
+     "compact_invariant_64_heads", "compact_invariant_64_heads2",
+     "compact_invariant_64_heads3"})
 
 #: Architectures with the orientation and unusual-image heads (three named outputs).
-HEADED_ARCHITECTURES = frozenset({"compact_invariant_64_heads", "compact_invariant_64_heads2"})
+HEADED_ARCHITECTURES = frozenset({"compact_invariant_64_heads", "compact_invariant_64_heads2",
+                                  "compact_invariant_64_heads3"})
 
 
 def build_model(

@@ -633,7 +633,9 @@ ARCHITECTURE_HELP = ("compact_invariant_64 (the shipped model's view network; "
                      "compact_invariant_64_heads adds its orientation and unusual-image "
                      "heads, see python -m training.heads; compact_invariant_64_heads2, "
                      "the shipped one, also scores unusual images by the orientation head, "
-                     "see python -m training.unusual_design), compact_invariant, "
+                     "see python -m training.unusual_design; compact_invariant_64_heads3 "
+                     "adds a chest-or-not and a PA/AP head, see python -m "
+                     "recipes.compact_invariant_64_v4), compact_invariant, "
                      "compact_invariant_slim, compact, compact_wide, tutorial2019, vgg16, "
                      "mobilenetv3small.")
 

@@ -22,6 +22,10 @@ Two more serve the heads that say more than the view:
   the scores permute with it (an *equivariant* orientation head: which copy is upright).
 - :class:`MahalanobisScore` is a fitted, non-trainable distance of pooled features from
   the chest radiographs seen in training (the unusual-image score).
+- :class:`SpatialMeanStd` pools a per-copy feature map to its channels' spatial mean and
+  standard deviation (a rotation of the copy only moves its pixels, so both are
+  unchanged); :class:`ScopeScore` joins a trained chest-or-not logit to the unusual-image
+  score, so that one threshold (1) decides both.
 
 All are registered Keras serializables (package ``cxr_orient``), so a checkpoint
 that uses them loads with ``safe_mode=True`` once this module is imported
@@ -46,6 +50,8 @@ __all__ = [
     "OrbitMean",
     "OrbitSplit",
     "PixelStatistics",
+    "ScopeScore",
+    "SpatialMeanStd",
     "UnusualScore",
     "orbit_copies",
     "orientation_entropy",
@@ -297,3 +303,47 @@ def orientation_entropy(copies: Any) -> Any:
     certain copy, log 8 = 2.08 for none preferred)."""
     p = ops.cast(copies, "float32")
     return -ops.sum(p * ops.log(p + 1e-12), axis=-1, keepdims=True)
+
+
+@keras.saving.register_keras_serializable(package="cxr_orient")
+class SpatialMeanStd(keras.layers.Layer):
+    """``(B, H, W, C)`` -> ``(B, 2 C)``: each channel's spatial mean, then its spatial
+    standard deviation. Rotating or mirroring the map only permutes its pixels, so both
+    are unchanged; after :class:`OrbitMean` they are invariant like the view."""
+
+    def compute_output_shape(self, input_shape: tuple[Any, ...]) -> tuple[Any, ...]:
+        return (input_shape[0], 2 * input_shape[-1])
+
+    def call(self, inputs: Any) -> Any:
+        x = ops.cast(inputs, "float32")
+        mean = ops.mean(x, axis=(1, 2))
+        variance = ops.mean(ops.square(x), axis=(1, 2)) - ops.square(mean)
+        return ops.concatenate([mean, ops.sqrt(ops.maximum(variance, 0.0) + 1e-12)], axis=-1)
+
+
+@keras.saving.register_keras_serializable(package="cxr_orient")
+class ScopeScore(keras.layers.Layer):
+    """``[(B, 1) unusual-image score, (B, 1) not-a-chest-film logit] -> (B, 1)``: the
+    larger of the score over its threshold and ``exp(logit - logit threshold)``, so
+    that the result passes 1 exactly when either part passes its own threshold (both
+    are weights, set by :meth:`fit`). One threshold, 1, then decides "unusual" for the
+    distance, the orientation entropy and the trained chest-or-not head together."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.thresholds = self.add_weight(shape=(2,), initializer="ones", trainable=False,
+                                          name="thresholds", dtype="float32")
+
+    def compute_output_shape(self, input_shapes: Any) -> tuple[Any, ...]:
+        return (input_shapes[0][0], 1)
+
+    def call(self, inputs: Any) -> Any:
+        score, logit = (ops.cast(t, "float32") for t in inputs)
+        excess = ops.minimum(logit - self.thresholds[1], 30.0)
+        return ops.maximum(score / self.thresholds[0], ops.exp(excess))
+
+    def fit(self, score_threshold: float, logit_threshold: float) -> None:
+        """Set the unusual-image score's threshold and the chest-or-not logit's."""
+        if score_threshold <= 0:
+            raise ValueError(f"score threshold must be positive, got {score_threshold}")
+        self.thresholds.assign(np.array([score_threshold, logit_threshold], dtype=np.float32))

@@ -28,6 +28,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "LOW_CONFIDENCE",
+    "PROJECTIONS",
     "UNUSUAL_IMAGE",
     "Classifier",
     "HeadOutputs",
@@ -41,6 +42,7 @@ __all__ = [
     "load_checkpoint",
     "orientation_answer",
     "platt_targets",
+    "projection_answer",
     "read_card",
     "save_checkpoint",
     "to_model_input",
@@ -81,6 +83,9 @@ class ModelCard:
     #: For a model with an unusual-image head: scores above this are unlike the chest
     #: films it was trained on (fitted on validation films; None without the head).
     unusual_threshold: float | None = None
+    #: For a model with a PA/AP head: a frontal's projection is stated when
+    #: max(p_ap, 1 - p_ap) is at least this, left empty below it (None without the head).
+    projection_threshold: float | None = None
     metrics: dict[str, Any] = field(default_factory=dict)
     training: dict[str, Any] = field(default_factory=dict)
 
@@ -392,6 +397,13 @@ class Prediction:
     (after a left-right mirror when ``mirrored``). ``mirrored`` is None for laterals
     (archives display them facing either way) and both are None for a model without an
     orientation head; ``unusual_score`` likewise without an unusual-image head.
+
+    With a chest-or-not and a PA/AP head (``compact_invariant_64_heads3``):
+    ``p_not_chest`` is the probability that the image is not a chest radiograph (its
+    threshold is part of ``unusual``), ``p_ap`` the calibrated probability that a frontal
+    was taken AP, and ``projection`` "PA" or "AP" for a frontal whose confidence
+    max(p_ap, 1 - p_ap) reaches the card's ``projection_threshold`` (None otherwise,
+    for laterals, and for models without the head).
     """
 
     label: str
@@ -404,16 +416,22 @@ class Prediction:
     unusual_score: float | None = None
     unusual: bool = False
     review_reasons: tuple[str, ...] = ()
+    p_not_chest: float | None = None
+    p_ap: float | None = None
+    projection: str | None = None
 
 
 @dataclass(frozen=True)
 class HeadOutputs:
     """What one forward pass gives: the view's uncalibrated (N, 2) softmax, and, when the
-    model has them, the (N, 8) orientation softmax over the copies and (N,) scores."""
+    model has them, the (N, 8) orientation softmax over the copies and (N,) scores:
+    the unusual-image score, p(not a chest film) and p_ap."""
 
     view: np.ndarray
     orientation: np.ndarray | None = None
     unusual: np.ndarray | None = None
+    not_chest: np.ndarray | None = None
+    projection: np.ndarray | None = None
 
 
 def orientation_answer(copies: np.ndarray, label: str) -> tuple[int, bool | None]:
@@ -431,6 +449,21 @@ def orientation_answer(copies: np.ndarray, label: str) -> tuple[int, bool | None
         return 90 * k_best, None
     plain, mirror = (p[STORED_AS.index((k_best, m))] for m in (False, True))
     return 90 * k_best, bool(mirror > plain)
+
+
+#: The projections a frontal's answer may state (``p_ap`` is the probability of "AP").
+PROJECTIONS = ("PA", "AP")
+
+
+def projection_answer(p_ap: float | None, label: str, threshold: float | None) -> str | None:
+    """"PA" or "AP" for a frontal whose confidence ``max(p_ap, 1 - p_ap)`` reaches
+    ``threshold`` (0.5 when the card has none); None otherwise (abstention), for a
+    lateral, and without a PA/AP head."""
+    if p_ap is None or label != "frontal":
+        return None
+    if max(p_ap, 1.0 - p_ap) < (0.5 if threshold is None else threshold):
+        return None
+    return PROJECTIONS[int(p_ap >= 0.5)]
 
 
 class Classifier:
@@ -511,8 +544,9 @@ class Classifier:
         if padded > n:
             x = np.concatenate([x, np.zeros((padded - n, *x.shape[1:]), dtype=x.dtype)])
         out = self._forward(x)
+        optional = {k: out[k][:n, 0] for k in ("not_chest", "projection") if k in out}
         return HeadOutputs(view=out["view"][:n], orientation=out["orientation"][:n],
-                           unusual=out["unusual"][:n, 0])
+                           unusual=out["unusual"][:n, 0], **optional)
 
     def predict_raw_in_batches(self, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
         """:meth:`predict_raw` over ``images`` ``batch_size`` at a time (evaluation and
@@ -540,11 +574,13 @@ class Classifier:
         return sizes
 
     def post_process(self, probs: np.ndarray, *, orientation: np.ndarray | None = None,
-                     unusual: np.ndarray | None = None) -> list[Prediction]:
+                     unusual: np.ndarray | None = None, not_chest: np.ndarray | None = None,
+                     projection: np.ndarray | None = None) -> list[Prediction]:
         """The prediction rule: the label by :func:`predicted_class`, the confidence as
         the larger probability, review below the card's ``review_threshold`` or above
         its ``unusual_threshold``; with an orientation head, which way up
-        (:func:`orientation_answer`)."""
+        (:func:`orientation_answer`); with a PA/AP head, a frontal's projection
+        (:func:`projection_answer`)."""
         labels = self.card.labels
         probs = np.asarray(probs, dtype=np.float64)
         threshold = self.card.unusual_threshold
@@ -560,6 +596,7 @@ class Classifier:
             reasons = tuple(reason for reason, applies in (
                 (LOW_CONFIDENCE, confidence < self.card.review_threshold),
                 (UNUSUAL_IMAGE, is_unusual)) if applies)
+            p_ap = float(projection[i]) if projection is not None else None
             out.append(
                 Prediction(
                     label=label,
@@ -572,6 +609,9 @@ class Classifier:
                     unusual_score=score,
                     unusual=is_unusual,
                     review_reasons=reasons,
+                    p_not_chest=float(not_chest[i]) if not_chest is not None else None,
+                    p_ap=p_ap,
+                    projection=projection_answer(p_ap, label, self.card.projection_threshold),
                 )
             )
         return out
@@ -580,4 +620,5 @@ class Classifier:
         """Calibrated answers with everything the model's heads say."""
         heads = self.predict_heads(batch)
         return self.post_process(apply_temperature(heads.view, self.card.temperature),
-                                 orientation=heads.orientation, unusual=heads.unusual)
+                                 orientation=heads.orientation, unusual=heads.unusual,
+                                 not_chest=heads.not_chest, projection=heads.projection)
