@@ -29,6 +29,8 @@ other header values (docs/security.md).
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import logging
 import signal
 import threading
@@ -41,14 +43,25 @@ from typing import Any
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
+from cxr_orient.dicomnet.admission import Admission, Limits, shutdown_socket
 from cxr_orient.dicomnet.receive import received_file
+from cxr_orient.dicomnet.receiving import RECEIVING_FOLDER, ReceiveGuard, receive_on_disk
 from cxr_orient.dicomnet.recorder import Recorder, sweep_spool
-from cxr_orient.dicomnet.spool import free_mb, spool_dir, write_instance
+from cxr_orient.dicomnet.spool import (
+    adopt_file,
+    free_mb,
+    remove_stale_partials,
+    spool_dir,
+    write_instance,
+)
 from cxr_orient.errors import CxrError
 from cxr_orient.imaging import read_header
 from cxr_orient.imaging.decoders import SUPPORTED_TRANSFER_SYNTAXES
+from cxr_orient.imaging.reading import read_dataset
+from cxr_orient.imaging.validation import check_pixel_data_complete
 from cxr_orient.ingest import Sender
 from cxr_orient.intake import max_file_bytes
+from cxr_orient.metrics import listener_refusals, start_listener_exporter
 from cxr_orient.settings import Settings
 from cxr_orient.studies import run_release_loop
 
@@ -76,6 +89,9 @@ STATUS = {
 MAX_PDU_BYTES = 4 << 20
 
 VERIFICATION = UID("1.2.840.10008.1.1")
+
+#: Seconds between two sweeps of stale partial files while the listener runs.
+PARTIAL_SWEEP_S = 60.0
 
 def listener_sop_classes(settings: Settings) -> list[UID]:
     """The storage SOP classes the SCP offers presentation contexts for: those of the
@@ -121,6 +137,18 @@ class ListenerConfig:
     max_associations: int
     sop_classes: list[UID]
     transfer_syntaxes: list[UID] = field(default_factory=lambda: accepted_transfer_syntaxes())
+    #: Per host / per calling AE title / connections awaiting their A-ASSOCIATE-RQ
+    #: (``limits.associations`` is ``max_associations``).
+    per_host: int = 0
+    per_caller: int = 0
+    max_pending: int = 16
+    acse_timeout_s: float = 10.0
+    idle_timeout_s: float = 15.0
+
+    @property
+    def limits(self) -> Limits:
+        return Limits(associations=self.max_associations, per_host=self.per_host,
+                      per_caller=self.per_caller, pending=self.max_pending)
 
     @classmethod
     def from_settings(cls, settings: Settings, *, ae_title: str | None = None,
@@ -132,6 +160,11 @@ class ListenerConfig:
             allowed_callers=settings.dicom_allowed_caller_list,
             max_associations=settings.dicom_max_associations,
             sop_classes=listener_sop_classes(settings),
+            per_host=settings.dicom_max_associations_per_host,
+            per_caller=settings.dicom_max_associations_per_caller,
+            max_pending=settings.dicom_max_pending,
+            acse_timeout_s=settings.dicom_acse_timeout_s,
+            idle_timeout_s=settings.dicom_idle_timeout_s,
         )
 
 
@@ -143,7 +176,9 @@ def _status(code: str, comment: str) -> Dataset:
 
 
 class _Handlers:
-    """The SCP's event handlers: association check, C-ECHO, C-STORE."""
+    """The SCP's event handlers: association check, C-ECHO, C-STORE; the books of who
+    holds a connection (:class:`Admission`) and of the dataset being received
+    (:class:`ReceiveGuard`)."""
 
     def __init__(self, config: ListenerConfig, settings: Settings, recorder: Recorder) -> None:
         self.config = config
@@ -151,18 +186,38 @@ class _Handlers:
         self.recorder = recorder
         self.largest = max_file_bytes(settings.max_pixels)
         self.stored = 0
+        self.admission = Admission(config.limits, listener_refusals)
+        self.guard = ReceiveGuard(self.largest, self._refuse_transfer)
+
+    def _refuse_transfer(self, reason: str, message: str) -> None:
+        self.admission.refuse(reason, "%s", message)
 
     def on_requested(self, event: Any) -> None:
         assoc = event.assoc
         title = str(assoc.requestor.primitive.calling_ae_title).strip()
         host = str(assoc.requestor.address)
         if not caller_allowed(title, host, self.config.allowed_callers):
-            logger.warning("association from %s@%s rejected: calling AE title not allowed "
-                           "(CXR_DICOM_ALLOWED_CALLERS)", title, host)
+            self.admission.associating(id(assoc))
+            self.admission.refuse("caller_not_allowed", "association from %s@%s rejected: "
+                                  "calling AE title not allowed (CXR_DICOM_ALLOWED_CALLERS)",
+                                  title, host)
             # As pynetdicom's own rejection does: kill() lets the DUL send the
             # A-ASSOCIATE-RJ before the socket is closed.
             assoc.acse.send_reject(0x01, 0x01, 0x03)
             assoc.kill()
+            return
+        if self.admission.requested(id(assoc), host, title) is not None:
+            # rejected-transient, service-provider (presentation), local limit exceeded.
+            assoc.acse.send_reject(0x02, 0x03, 0x02)
+            assoc.kill()
+
+    def on_aborted(self, event: Any) -> None:
+        assoc = event.assoc
+        idle = assoc.dul.idle_timer_expired()
+        reason = "idle_timeout" if idle else "aborted"
+        self.admission.refuse(reason, "association from %s@%s aborted%s",
+                              str(assoc.requestor.ae_title).strip(), assoc.requestor.address,
+                              " (silent for CXR_DICOM_IDLE_TIMEOUT_S)" if idle else "")
 
     def on_echo(self, event: Any) -> int:
         return STATUS["success"]
@@ -174,21 +229,35 @@ class _Handlers:
             logger.exception("C-STORE from %s: unexpected error",
                              str(event.assoc.requestor.ae_title).strip())
             return _status("internal_error", "internal error, see the listener's log")
+        finally:
+            self.guard.taken(event.assoc)
 
     def _store(self, event: Any) -> int | Dataset:
         caller = str(event.assoc.requestor.ae_title).strip()
         if free_mb(self.settings) < self.settings.spool_min_free_mb:
             logger.warning("C-STORE from %s refused (A700): spool free space under "
                            "CXR_SPOOL_MIN_FREE_MB=%d", caller, self.settings.spool_min_free_mb)
+            listener_refusals("out_of_resources")
             return _status("out_of_resources", "spool disk nearly full")
-        data = event.encoded_dataset(include_meta=True)
-        if len(data) > self.largest:
+        # Received onto disk (receive_on_disk): preamble, file meta and the dataset as
+        # sent; pynetdicom deletes the file after this handler unless it was adopted.
+        received = Path(event.dataset_path)
+        size = received.stat().st_size
+        if size > self.largest:
             logger.warning("C-STORE from %s refused (C001): %d bytes, more than "
-                           "CXR_MAX_PIXELS allows", caller, len(data))
+                           "CXR_MAX_PIXELS allows", caller, size)
+            listener_refusals("too_large")
             return _status("too_large", "instance larger than CXR_MAX_PIXELS allows")
+        data = received.read_bytes()
         sop_uid = str(event.request.AffectedSOPInstanceUID or "")
+        shown = Path("c-store")
         try:
-            header = read_header(Path("c-store"), data=data)
+            header = read_header(shown, data=data)
+            # Pixels included: an instance cut short is refused now, while the sender
+            # can still send it again, not acknowledged and failed later (the check
+            # STOW-RS makes).
+            check_pixel_data_complete(read_dataset(shown, stop_before_pixels=False,
+                                                   data=data), path=shown)
         except CxrError as exc:
             # Spooled anyway, so that the failure is recorded with its reason, as ingest
             # records a bad file (the name carries the bytes' hash: a resend is one row).
@@ -197,16 +266,19 @@ class _Handlers:
             self.recorder.put(received_file(spooled, header=None, error=exc,
                                             settings=self.settings))
             logger.warning("C-STORE from %s refused (C210): %s", caller, exc.code)
-            return _status("cannot_read", f"{exc.code}: header cannot be read")
+            listener_refusals(exc.code)
+            return _status("cannot_read", f"{exc.code}: cannot be read or incomplete")
         try:
-            spooled = write_instance(data, study_instance_uid=header.study_instance_uid,
-                                     sop_instance_uid=header.sop_instance_uid,
-                                     settings=self.settings)
+            spooled = adopt_file(received, sha256=hashlib.sha256(data).hexdigest(),
+                                 study_instance_uid=header.study_instance_uid,
+                                 sop_instance_uid=header.sop_instance_uid,
+                                 settings=self.settings)
         except OSError as exc:
             logger.error("C-STORE from %s refused (A700): spool write failed: %s", caller,
                          exc.strerror or type(exc).__name__)
+            listener_refusals("spool_write_failed")
             return _status("out_of_resources", "spool write failed")
-        # Hashed as written and parsed once: the recorder does not read the file back.
+        # Hashed as received and parsed once: the recorder does not read the file back.
         self.recorder.put(received_file(spooled, header=header, error=None,
                                         settings=self.settings))
         self.stored += 1
@@ -217,7 +289,15 @@ def _application_entity(config: ListenerConfig) -> Any:
     from pynetdicom import AE
 
     ae = AE(ae_title=config.ae_title)
-    ae.maximum_associations = config.max_associations
+    # pynetdicom counts a connection from its first byte; the association limits are
+    # ours (Admission, from the A-ASSOCIATE-RQ). Its own bound stays as a ceiling on
+    # threads: admitted + pending + a margin for those being rejected.
+    ae.maximum_associations = config.max_associations + config.max_pending + 16
+    # No A-ASSOCIATE-RQ within acse_timeout: closed. No PDU for idle_timeout (waiting
+    # for a message, or inside one): aborted.
+    ae.acse_timeout = config.acse_timeout_s
+    ae.network_timeout = config.idle_timeout_s
+    ae.dimse_timeout = config.idle_timeout_s
     # Large PDUs: pynetdicom handles each PDU in Python, so the 16 KiB default makes
     # receiving a 4 MB radiograph cost hundreds of round trips through the DUL thread.
     ae.maximum_pdu_size = MAX_PDU_BYTES
@@ -227,10 +307,13 @@ def _application_entity(config: ListenerConfig) -> Any:
     return ae
 
 
-def _fast_receive(server: Any) -> None:
-    """Make ``server`` read PDUs with few large ``recv_into`` calls: pynetdicom 3.0 reads
-    in 4 KiB ``recv`` calls, a thousand Python iterations per 4 MB radiograph (measured:
-    the receive path, not the disk, bounded the listener on 2 cores)."""
+def _request_handler(server: Any, handlers: _Handlers, config: ListenerConfig) -> None:
+    """Make ``server`` (1) read PDUs with few large ``recv_into`` calls: pynetdicom 3.0
+    reads in 4 KiB ``recv`` calls, a thousand Python iterations per 4 MB radiograph
+    (measured: the receive path, not the disk, bounded the listener on 2 cores); (2) give
+    every read a timeout, so a PDU sent byte by byte cannot hold a thread; (3) keep the
+    books of each connection from accept to close (:class:`Admission`), and delete the
+    partial dataset of one that ends mid-transfer."""
     from pynetdicom.transport import AssociationSocket, RequestHandler
 
     class FastSocket(AssociationSocket):
@@ -251,13 +334,34 @@ def _fast_receive(server: Any) -> None:
 
     class Handler(RequestHandler):
         def _create_association(self) -> Any:
+            self.request.settimeout(config.idle_timeout_s)
             assoc = super()._create_association()
             socket = assoc.dul.socket
             if type(socket) is AssociationSocket:
                 socket.__class__ = FastSocket
+            self.assoc = assoc
+            handlers.admission.opened(id(assoc), str(self.client_address[0]),
+                                      shutdown_socket(self.request))
             return assoc
 
+        def handle(self) -> None:
+            # This thread lives as long as the connection: its end is the one place
+            # every way a connection ends (released, aborted, timed out, evicted, the
+            # peer killed) passes through.
+            try:
+                super().handle()
+                self.assoc.join()
+            finally:
+                assoc = getattr(self, "assoc", None)
+                if assoc is not None:
+                    handlers.guard.ended(assoc)
+                    handlers.admission.closed(id(assoc))
+
     server.RequestHandlerClass = Handler
+    # The connection threads end with their connections: stopping the server must not
+    # wait for them (serve_dicom gives open associations their grace, then aborts).
+    server.daemon_threads = True
+    server.block_on_close = False
 
 
 def serve_dicom(
@@ -294,13 +398,21 @@ def serve_dicom(
     if threading.current_thread() is threading.main_thread():
         for signum in (signal.SIGTERM, signal.SIGINT):
             previous[signum] = signal.signal(signum, lambda *_: stop.set())
+    exporter = None
+    if settings.dicom_metrics_port:
+        exporter = start_listener_exporter(host=settings.dicom_metrics_host,
+                                           port=settings.dicom_metrics_port)
+    cleanup = contextlib.ExitStack()
+    cleanup.enter_context(receive_on_disk(spool_dir(settings) / RECEIVING_FOLDER))
     ae = _application_entity(config)
     server = ae.start_server(
         (config.bind, config.port), block=False,
         evt_handlers=[(evt.EVT_REQUESTED, handlers.on_requested),
+                      (evt.EVT_ABORTED, handlers.on_aborted),
+                      (evt.EVT_PDU_RECV, handlers.guard.on_pdu),
                       (evt.EVT_C_ECHO, handlers.on_echo),
                       (evt.EVT_C_STORE, handlers.on_store)])
-    _fast_receive(server)
+    _request_handler(server, handlers, config)
     host, port = server.server_address[:2]
     logger.info("listening on %s:%d as %s (%d SOP classes, %d transfer syntaxes, at most "
                 "%d associations)", host, port, config.ae_title, len(config.sop_classes),
@@ -308,7 +420,10 @@ def serve_dicom(
     if on_ready is not None:
         on_ready(str(host), int(port))
     try:
-        stop.wait()
+        # Partials a killed listener (or another source) left: deleted once stale, while
+        # the listener runs, not only at its next start.
+        while not stop.wait(PARTIAL_SWEEP_S):
+            remove_stale_partials(settings)
     finally:
         logger.info("stopping: no new associations; waiting up to %.0f s for open ones",
                     grace_s)
@@ -323,6 +438,9 @@ def serve_dicom(
             releaser.join(timeout=5)
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+        cleanup.close()
+        if exporter is not None:
+            exporter.shutdown()
         logger.info("stopped: %d instances stored, %d recorded", handlers.stored,
                     recorder.recorded)
     return handlers.stored

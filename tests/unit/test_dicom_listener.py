@@ -17,8 +17,8 @@ from cxr_orient.dicomnet.listener import (
     caller_allowed,
     listener_sop_classes,
 )
-from cxr_orient.dicomnet.recorder import STALE_TEMPORARY_S, sweep_spool
-from cxr_orient.dicomnet.spool import write_instance
+from cxr_orient.dicomnet.recorder import sweep_spool
+from cxr_orient.dicomnet.spool import stale_partial_s, write_instance
 from cxr_orient.imaging.decoders import SUPPORTED_TRANSFER_SYNTAXES
 from cxr_orient.settings import Settings, get_settings
 from tests.utils.dicom_factory import make_dicom, synthetic_pixels
@@ -80,7 +80,7 @@ def test_the_sweep_records_acknowledged_files_once_and_drops_stale_temporaries(
     fresh = spooled.path.parent / ".incoming-new.tmp"
     stale.write_bytes(b"half")
     fresh.write_bytes(b"half")
-    old = time.time() - STALE_TEMPORARY_S - 10
+    old = time.time() - stale_partial_s(settings) - 10
     os.utime(stale, (old, old))
     sent: list[list[int]] = []
     assert sweep_spool(settings, lambda ids: sent.append(list(ids))) == 1
