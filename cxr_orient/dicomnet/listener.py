@@ -6,10 +6,15 @@ pattern); recording happens on the :class:`~cxr_orient.dicomnet.recorder.Recorde
 thread, which takes the spooled paths of every association in batches, so the database
 sees one transaction per batch, not per instance. Nothing acknowledged can be lost:
 
+- the dataset is received onto disk as it arrives, into the spool's ``.receiving``
+  folder (:mod:`~cxr_orient.dicomnet.receiving`: memory stays bounded whatever the
+  size; an association whose dataset passes the largest we accept is aborted at once,
+  and a partial file is deleted when its association ends without storing it);
 - success (0000) is returned only after the instance's bytes, exactly as sent (file meta
-  added, never transcoded), are durable in the spool (:func:`spool.write_instance`); the
-  header is parsed once, from the bytes received, and the SHA-256 the spool computed to
-  name the file goes with it to the recorder, which therefore never reads the file back;
+  added, never transcoded), are checked whole and durable in the spool
+  (:func:`spool.adopt_file`: fdatasync, rename, folder fsync); the header is parsed
+  once, from the file received (large values left on disk), and the SHA-256 that names
+  the file goes with it to the recorder, which therefore never reads the file back;
 - a batch the recorder cannot record (database down) is retried while the listener
   runs, and whatever is still unrecorded when it stops (or is killed) is recorded by the
   sweep at the next start (:func:`~cxr_orient.dicomnet.recorder.sweep_spool`): every
@@ -18,13 +23,21 @@ sees one transaction per batch, not per instance. Nothing acknowledged can be lo
 Statuses returned (docs/dicom.md lists them with their reasons): 0000 stored (an
 instance outside the accept policy too: it is recorded as refused, never labelled);
 A700 free space under the spool below ``CXR_SPOOL_MIN_FREE_MB``, or the write failed;
-C001 larger than the worker accepts (``CXR_MAX_PIXELS``); C210 a dataset whose header
-cannot be read (spooled and recorded as a failed instance with the reason, like a bad
-file given to ``enqueue``); C211 any other error in the handler. The handler never
+C001 larger than the worker accepts (``CXR_MAX_PIXELS``; in practice the association
+is aborted before: see above); C210 a dataset whose header cannot be read, or whose
+pixel data is incomplete (native: fewer bytes than Rows x Columns x SamplesPerPixel x
+BitsAllocated/8 x NumberOfFrames; encapsulated: a fragment cut, no sequence
+delimiter), so that the sender keeps it and can send it again (spooled and recorded as
+a failed instance with the reason, like a bad file given to ``enqueue``); C211 any
+other error in the handler. The handler never
 raises: the listener does not die of input.
 
+Who may hold a connection or an association, and for how long, is
+:mod:`~cxr_orient.dicomnet.admission`'s: idle or slow peers cannot keep a modality out.
+
 Logs carry counts, AE titles, peer addresses and status codes, never UIDs, paths or
-other header values (docs/security.md).
+other header values (docs/security.md); every refusal is logged and counted
+(``cxr_orient_dicom_refused_total`` by reason, on ``CXR_DICOM_METRICS_PORT``).
 """
 
 from __future__ import annotations
@@ -52,7 +65,6 @@ from cxr_orient.dicomnet.spool import (
     free_mb,
     remove_stale_partials,
     spool_dir,
-    write_instance,
 )
 from cxr_orient.errors import CxrError
 from cxr_orient.imaging import read_header
@@ -89,6 +101,9 @@ STATUS = {
 MAX_PDU_BYTES = 4 << 20
 
 VERIFICATION = UID("1.2.840.10008.1.1")
+
+#: Values longer than this stay on disk while a received instance is checked.
+DEFER_BYTES = 1 << 16
 
 #: Seconds between two sweeps of stale partial files while the listener runs.
 PARTIAL_SWEEP_S = 60.0
@@ -166,6 +181,12 @@ class ListenerConfig:
             acse_timeout_s=settings.dicom_acse_timeout_s,
             idle_timeout_s=settings.dicom_idle_timeout_s,
         )
+
+
+def _sha256(path: Path) -> str:
+    """The file's SHA-256, read in chunks (never whole in memory)."""
+    with path.open("rb") as stream:
+        return hashlib.file_digest(stream, "sha256").hexdigest()
 
 
 def _status(code: str, comment: str) -> Dataset:
@@ -248,28 +269,30 @@ class _Handlers:
                            "CXR_MAX_PIXELS allows", caller, size)
             listener_refusals("too_large")
             return _status("too_large", "instance larger than CXR_MAX_PIXELS allows")
-        data = received.read_bytes()
         sop_uid = str(event.request.AffectedSOPInstanceUID or "")
         shown = Path("c-store")
         try:
-            header = read_header(shown, data=data)
-            # Pixels included: an instance cut short is refused now, while the sender
-            # can still send it again, not acknowledged and failed later (the check
-            # STOW-RS makes).
-            check_pixel_data_complete(read_dataset(shown, stop_before_pixels=False,
-                                                   data=data), path=shown)
+            # Parsed from the file, large values left on disk (deferred), pixel data
+            # included in the check: an instance cut short is refused now, while the
+            # sender can still send it again, not acknowledged and failed later (the
+            # check STOW-RS makes).
+            dataset = read_dataset(received, stop_before_pixels=False,
+                                   defer_size=DEFER_BYTES)
+            header = read_header(shown, dataset=dataset)
+            check_pixel_data_complete(dataset, path=shown)
         except CxrError as exc:
             # Spooled anyway, so that the failure is recorded with its reason, as ingest
             # records a bad file (the name carries the bytes' hash: a resend is one row).
-            spooled = write_instance(data, study_instance_uid="unreadable",
-                                     sop_instance_uid=sop_uid, settings=self.settings)
+            spooled = adopt_file(received, sha256=_sha256(received),
+                                 study_instance_uid="unreadable", sop_instance_uid=sop_uid,
+                                 settings=self.settings)
             self.recorder.put(received_file(spooled, header=None, error=exc,
                                             settings=self.settings))
             logger.warning("C-STORE from %s refused (C210): %s", caller, exc.code)
             listener_refusals(exc.code)
             return _status("cannot_read", f"{exc.code}: cannot be read or incomplete")
         try:
-            spooled = adopt_file(received, sha256=hashlib.sha256(data).hexdigest(),
+            spooled = adopt_file(received, sha256=_sha256(received),
                                  study_instance_uid=header.study_instance_uid,
                                  sop_instance_uid=header.sop_instance_uid,
                                  settings=self.settings)

@@ -50,7 +50,8 @@ def receive_on_disk(folder: Path) -> Iterator[None]:
     folder.mkdir(parents=True, exist_ok=True)
 
     def partial_file(*args: Any, **kwargs: Any) -> Any:
-        kwargs.update(dir=folder, prefix=".receiving-")
+        # Not *.dcm: the sweep records every *.dcm under the spool as received.
+        kwargs.update(dir=folder, prefix=".receiving-", suffix=".tmp")
         handle = NamedTemporaryFile(*args, **kwargs)  # noqa: SIM115 - pynetdicom closes it
         with _LOCK:
             _PARTIALS[threading.get_ident()] = Path(handle.name)

@@ -147,7 +147,7 @@ def adopt_file(received: Path, *, sha256: str, study_instance_uid: str,
 
 #: Partial files: a write in progress (:func:`write_instance`) and a dataset being
 #: received (the listener's ``.receiving`` folder).
-PARTIAL_PATTERNS = ("*/.incoming-*.tmp", ".receiving/.receiving-*")
+PARTIAL_PATTERNS = ("*/.incoming-*.tmp", ".receiving/.receiving-*.tmp")
 
 
 def stale_partial_s(settings: Settings) -> float:

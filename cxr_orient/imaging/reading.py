@@ -112,30 +112,59 @@ def read_dataset(
     stop_before_pixels: bool,
     data: bytes | None = None,
     inflate_limit: int | None = None,
+    defer_size: int | None = None,
 ) -> pydicom.Dataset:
     """Read a DICOM Part 10 file (128-byte preamble + ``DICM``), or its ``data``.
 
     A deflated dataset may inflate to ``inflate_limit`` bytes at most (default: the
     :func:`inflated_size_limit` of ``DEFAULT_MAX_PIXELS``).
+
+    ``defer_size`` (a file, no ``data``): parsed from the file, values longer than this
+    left unread (pydicom's deferred elements: their length and offset are known, which
+    is what :func:`~cxr_orient.imaging.validation.check_pixel_data_complete` needs), so
+    that a large instance is checked without holding it in memory; a crafted length is
+    a seek, not an allocation. A deflated file is read from memory all the same.
     """
+    if data is None and defer_size is not None:
+        require_file(path)
+        with path.open("rb") as head:
+            head_bytes = head.read(1 << 16)
+        if not _is_deflated(head_bytes):
+            return _parse_checked(path, head_bytes, lambda: pydicom.dcmread(
+                str(path), stop_before_pixels=stop_before_pixels, defer_size=defer_size))
     if data is None:
         require_file(path)
         data = path.read_bytes()
-    file_size = len(data)
-    if file_size == 0:
-        raise TruncatedFileError(f"{path}: empty file")
     limit = inflated_size_limit(DEFAULT_MAX_PIXELS) if inflate_limit is None else inflate_limit
+    # Parsed from memory, not from the file: a crafted element length makes pydicom ask
+    # a file for gigabytes, which a buffered read allocates before finding the file
+    # short; a BytesIO hands back only the bytes that exist.
+    read = data
+    return _parse_checked(path, data, lambda: dcmread_bytes(
+        read, stop_before_pixels=stop_before_pixels, inflate_limit=limit, path=path))
+
+
+def _is_deflated(head: bytes) -> bool:
+    try:
+        fp = io.BytesIO(head)
+        filereader.read_preamble(fp, False)
+        file_meta = filereader._read_file_meta_info(fp)
+    except Exception:  # not DICOM, cut: the parse proper says which
+        return False
+    return bool(file_meta.get("TransferSyntaxUID") == DeflatedExplicitVRLittleEndian)
+
+
+def _parse_checked(path: Path, head: bytes, parse: Any) -> pydicom.Dataset:
+    """``parse()`` with pydicom's failures told apart (``head``: the file's first bytes,
+    to tell a cut preamble from a file that is not DICOM)."""
+    if len(head) == 0:
+        raise TruncatedFileError(f"{path}: empty file")
     try:
         # pydicom turns a truncated encapsulated PixelData into a warning and drops
         # the element; catch it so a cut file is not reported as "no pixel data".
-        # Parsed from memory, not from the file: a crafted element length makes
-        # pydicom ask a file for gigabytes, which a buffered read allocates before
-        # finding the file short; a BytesIO hands back only the bytes that exist.
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            ds = dcmread_bytes(
-                data, stop_before_pixels=stop_before_pixels, inflate_limit=limit, path=path
-            )
+            ds = parse()
         for warning in caught:
             message = str(warning.message)
             if "end of file" in message.lower():
@@ -149,7 +178,7 @@ def read_dataset(
     except CxrError:
         raise
     except InvalidDicomError as e:
-        if is_truncated_preamble(data):
+        if is_truncated_preamble(head):
             raise TruncatedFileError(f"{path}: file ends inside the DICOM preamble") from e
         raise NotDicomError(f"{path}: not a DICOM file (no 'DICM' prefix): {e}") from e
     except EOFError as e:

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from pathlib import Path
 from typing import Literal
 
 import pydicom
+from pydicom.dataelem import RawDataElement
 from pydicom.uid import UID
 
 from cxr_orient.errors import (
@@ -145,10 +147,11 @@ def check_pixel_data_complete(ds: pydicom.Dataset, *, path: Path | None) -> None
     read itself. Nothing else is judged here (colour, frames, sizes are the worker's to
     record), so the network sources can refuse an incomplete instance at once, before
     acknowledging it, with the one rule."""
-    pixels = ds.get("PixelData")
+    if "PixelData" not in ds:
+        return
     file_meta = getattr(ds, "file_meta", None)
     syntax = file_meta.get("TransferSyntaxUID") if file_meta is not None else None
-    if pixels is None or not syntax or UID(str(syntax)).is_encapsulated:
+    if not syntax or UID(str(syntax)).is_encapsulated:
         return
     try:
         factors = [int(ds.get(k) or d) for k, d in (("Rows", 0), ("Columns", 0),
@@ -158,11 +161,22 @@ def check_pixel_data_complete(ds: pydicom.Dataset, *, path: Path | None) -> None
     except (TypeError, ValueError):
         return  # attributes the worker refuses with their own code
     expected = math.prod(factors) * bits_allocated // 8
-    actual = len(pixels)
+    actual = _pixel_bytes(ds)
     if actual < expected:
         raise TruncatedFileError(
             f"{_where(path)}PixelData holds {actual} bytes, Rows*Columns*SamplesPerPixel*"
             f"BitsAllocated/8*NumberOfFrames needs {expected}")
+
+
+def _pixel_bytes(ds: pydicom.Dataset) -> int:
+    """The PixelData bytes there are, without reading a deferred value (``read_dataset``
+    with ``defer_size``): its declared length, as far as the file holds it."""
+    raw = ds.get_item("PixelData")
+    filename = getattr(ds, "filename", None)
+    if isinstance(raw, RawDataElement) and raw.value is None and raw.length and filename:
+        available = os.path.getsize(filename) - (raw.value_tell or 0)
+        return max(0, min(raw.length, available))
+    return len(ds.PixelData)
 
 
 def read_rescale(ds: pydicom.Dataset, path: Path | None) -> tuple[float, float]:

@@ -76,7 +76,7 @@ def spooled(root: Path) -> list[Path]:
 def partials(root: Path) -> list[Path]:
     """Partial files under the spool: a write or a transfer in progress (or left)."""
     spool = root / "spool"
-    return [*spool.glob("*/.incoming-*.tmp"), *spool.glob(".receiving/.receiving-*")]
+    return [*spool.glob("*/.incoming-*.tmp"), *spool.glob(".receiving/.receiving-*.tmp")]
 
 
 def dataset_bytes(path: Path) -> bytes:
