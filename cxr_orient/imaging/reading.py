@@ -8,6 +8,7 @@ bound, with ISA-L where installed; truncation and non-DICOM input are told apart
 from __future__ import annotations
 
 import io
+import os
 import warnings
 import zlib
 from pathlib import Path
@@ -20,10 +21,14 @@ import pydicom
 # ``read_file_meta_info`` only takes a path) and ``_at_pixel_data`` (dcmread's
 # ``stop_before_pixels`` test) are private and have no public equivalent. They are
 # used in this module only, so that a pydicom upgrade that moves them breaks one place.
+# So is ``Dataset._dict`` (:func:`pixel_data_extent`): every public accessor of an
+# element reads a deferred value whole.
 from pydicom import filereader
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import FileDataset
 from pydicom.errors import InvalidDicomError
 from pydicom.filebase import DicomBytesIO
+from pydicom.tag import Tag
 from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 from cxr_orient.errors import (
@@ -41,8 +46,12 @@ __all__ = [
     "dcmread_bytes",
     "inflated_size_limit",
     "is_truncated_preamble",
+    "pixel_data_extent",
     "read_dataset",
 ]
+
+_PIXEL_DATA = Tag(0x7FE0, 0x0010)
+_UNDEFINED_LENGTH = 0xFFFFFFFF
 
 
 def inflated_size_limit(max_pixels: int) -> int:
@@ -188,6 +197,22 @@ def _parse_checked(path: Path, head: bytes, parse: Any) -> pydicom.Dataset:
     except Exception as e:
         # Malformed element lengths and similar: pydicom fails in many ways.
         raise NotDicomError(f"{path}: malformed DICOM: {type(e).__name__}: {e}") from e
+
+
+def pixel_data_extent(ds: pydicom.Dataset) -> tuple[int, int] | None:
+    """(declared length, bytes the file holds) of a defined-length PixelData element not
+    yet converted, without reading its value when it was deferred (``read_dataset`` with
+    ``defer_size``); None when there is no such element (absent, encapsulated, or
+    already read)."""
+    raw = ds._dict.get(_PIXEL_DATA)
+    if not isinstance(raw, RawDataElement) or raw.length == _UNDEFINED_LENGTH:
+        return None
+    if raw.value is not None:
+        return raw.length, len(raw.value)
+    filename = getattr(ds, "filename", None)
+    if not filename:
+        return None
+    return raw.length, max(0, os.path.getsize(filename) - (raw.value_tell or 0))
 
 
 def is_truncated_preamble(head: bytes) -> bool:
