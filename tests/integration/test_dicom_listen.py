@@ -18,7 +18,16 @@ from typing import Any
 
 import numpy as np
 import pytest
-from pydicom.uid import JPEG2000Lossless, JPEGLosslessSV1, JPEGLSLossless, RLELossless
+from pydicom.uid import (
+    DigitalXRayImageStorageForPresentation as DX,
+)
+from pydicom.uid import (
+    ExplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    RLELossless,
+)
 
 from tests.utils.corpus import film_dicom, rg1_dicom
 from tests.utils.dicom_factory import COVID_CXR, make_dicom, synthetic_pixels
@@ -541,3 +550,68 @@ def test_a_large_c_store_is_received_on_disk_and_an_oversize_one_cut_off_early(
     bound = 2 * 20_000_000 + (64 << 20)
     assert bound < int(aborted.group(1)) <= bound + 2 * (4 << 20), "cut off at the bound"
     assert len(spooled(tmp_path)) == 1 and not partials(tmp_path)
+
+
+def cut_files(folder: Path) -> dict[str, Path]:
+    """Instances cut short four ways, each a file whose bytes go on the wire as they are:
+    native pixel data shorter than Rows x Columns needs (the element's length says so
+    too), a native PixelData declaring 4 GB, encapsulated pixel data without its
+    sequence delimiter, and one cut inside a fragment."""
+    import pydicom
+
+    folder.mkdir(parents=True, exist_ok=True)
+    short = small(folder / "short.dcm")
+    ds = pydicom.dcmread(short)
+    ds.PixelData = ds.PixelData[: len(ds.PixelData) // 2]
+    ds.save_as(short)
+    whole = small(folder / "whole.dcm").read_bytes()
+    at = whole.rindex(b"\xe0\x7f\x10\x00OW\x00\x00") + 8
+    huge = folder / "huge-length.dcm"
+    huge.write_bytes(whole[:at] + struct.pack("<I", 0xFFFFFFF0) + whole[at + 4:])
+    rle = small(folder / "rle.dcm", transfer_syntax=RLELossless).read_bytes()
+    no_delimiter = folder / "no-delimiter.dcm"
+    no_delimiter.write_bytes(rle[:-8])
+    fragment = folder / "fragment-cut.dcm"
+    fragment.write_bytes(rle[:-100])
+    return {"native-short": short, "native-4gb-length": huge,
+            "encapsulated-no-delimiter": no_delimiter, "encapsulated-fragment-cut": fragment}
+
+
+def test_an_instance_cut_short_gets_a_failure_status_not_success(
+    node: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each cut instance is refused at C-STORE time (C210, its code), so the modality
+    keeps it and sends it again, and is recorded failed with the reason; before: 0000
+    Success, then ``failed truncated`` where nobody resends. The bytes go on the wire
+    unparsed (pynetdicom's SCU sends the file's dataset as it is); dcmsend sends the
+    native one."""
+    from pynetdicom import AE, _config
+
+    monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", True)
+    files = cut_files(tmp_path / "src")
+    good = small(tmp_path / "src" / "good.dcm")
+    with running_listener(node, tmp_path / "listen.log") as listener:
+        by_dcmsend = dcmsend(listener.port, [files["native-short"], good])
+        scu = AE(ae_title="MODALITY")
+        scu.add_requested_context(DX, ExplicitVRLittleEndian)
+        scu.add_requested_context(DX, RLELossless)
+        assoc = scu.associate("127.0.0.1", listener.port, ae_title="CXR_ORIENT")
+        assert assoc.is_established
+        try:
+            statuses = {name: assoc.send_c_store(path) for name, path in files.items()}
+        finally:
+            assoc.release()
+        found = wait_rows(5)  # the good one, the four cut ones
+        time.sleep(0.5)
+        found = rows()
+    out = by_dcmsend.stdout + by_dcmsend.stderr
+    assert "C-STORE Response (Error: CannotUnderstand)" in out, out
+    assert out.count("C-STORE Response (Success)") == 1, out
+    for name, status in statuses.items():
+        assert status.Status == 0xC210, (name, status)
+        assert str(status.ErrorComment).startswith("truncated"), (name, status)
+    failed = [r for r in found if r["status"] == "failed"]
+    # The short native one twice: by dcmsend and by the SCU, the same bytes: one row.
+    assert len(failed) == 4, found
+    assert {str(r["error"]).split(":")[0] for r in failed} == {"truncated"}, failed
+    assert not partials(tmp_path)
