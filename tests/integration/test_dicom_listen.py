@@ -4,6 +4,7 @@ talking to the real listener process, a real worker classifying what it received
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import socket
 import struct
@@ -615,3 +616,51 @@ def test_an_instance_cut_short_gets_a_failure_status_not_success(
     assert len(failed) == 4, found
     assert {str(r["error"]).split(":")[0] for r in failed} == {"truncated"}, failed
     assert not partials(tmp_path)
+
+
+def test_a_transfer_cut_off_by_a_killed_sender_or_listener_leaves_no_partial(
+    node: dict[str, str], tmp_path: Path
+) -> None:
+    """kill -9 of dcmsend mid-transfer: the partial dataset goes when the association
+    ends. kill -9 of the listener mid-transfer: its partial goes at the next start once
+    stale (and at the periodic purge, tests/unit/test_retention.py), never recorded."""
+    from cxr_orient.dicomnet.spool import stale_partial_s
+    from cxr_orient.settings import get_settings
+
+    (tmp_path / "src").mkdir()
+    large = make_dicom(tmp_path / "src" / "large.dcm", np.ones((7000, 7000), np.uint16))
+
+    def send_and_wait_for_a_partial(port: int) -> subprocess.Popen[str]:
+        sender = subprocess.Popen(
+            [need_tool("dcmsend"), "-aet", "MODALITY", "-aec", "CXR_ORIENT", "127.0.0.1",
+             str(port), str(large)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            text=True)
+        deadline = time.monotonic() + 60
+        while not any(p.stat().st_size > 10 << 20 for p in partials(tmp_path)):
+            assert time.monotonic() < deadline, "no transfer under way"
+            time.sleep(0.01)
+        return sender
+
+    with running_listener(node, tmp_path / "listen.log") as listener:
+        sender = send_and_wait_for_a_partial(listener.port)
+        sender.kill()
+        sender.wait()
+        deadline = time.monotonic() + 10
+        while partials(tmp_path) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not partials(tmp_path), "deleted when the association ended"
+        assert "ended mid-transfer: partial dataset deleted" in listener.log()
+        assert listener.process.poll() is None
+
+    with running_listener(node, tmp_path / "listen.log") as listener:
+        sender = send_and_wait_for_a_partial(listener.port)
+        listener.kill()
+        sender.wait(timeout=60)
+    (left,) = partials(tmp_path)
+    with running_listener(node, tmp_path / "listen.log"):
+        assert left.exists(), "a fresh partial may be another listener's transfer"
+    old = time.time() - stale_partial_s(get_settings()) - 1
+    os.utime(left, (old, old))
+    with running_listener(node, tmp_path / "listen.log"):
+        assert not left.exists(), "stale: removed by the start's sweep"
+    assert not spooled(tmp_path) and not rows()
