@@ -22,9 +22,7 @@ reason (``cxr_orient_dicom_refused_total``, :mod:`cxr_orient.metrics`).
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import socket
 import threading
 import time
 from collections import Counter as Tally
@@ -32,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Admission", "Limits", "shutdown_socket"]
+__all__ = ["Admission", "Limits"]
 
 logger = logging.getLogger(__name__)
 
@@ -130,13 +128,3 @@ class Admission:
         with self._lock:
             return len(self._pending), len(self._admitted)
 
-
-def shutdown_socket(sock: socket.socket) -> Callable[[], None]:
-    """A closer for a pending connection: shut the socket down (its reader then sees the
-    connection end and its thread finishes), from any thread."""
-
-    def close() -> None:
-        with contextlib.suppress(OSError):  # already gone
-            sock.shutdown(socket.SHUT_RDWR)
-
-    return close

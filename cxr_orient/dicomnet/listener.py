@@ -46,6 +46,7 @@ import contextlib
 import hashlib
 import logging
 import signal
+import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -56,7 +57,7 @@ from typing import Any
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
-from cxr_orient.dicomnet.admission import Admission, Limits, shutdown_socket
+from cxr_orient.dicomnet.admission import Admission, Limits
 from cxr_orient.dicomnet.receive import received_file
 from cxr_orient.dicomnet.receiving import RECEIVING_FOLDER, ReceiveGuard, receive_on_disk
 from cxr_orient.dicomnet.recorder import Recorder, sweep_spool
@@ -234,6 +235,8 @@ class _Handlers:
 
     def on_aborted(self, event: Any) -> None:
         assoc = event.assoc
+        if self.guard.cut_off(assoc):
+            return  # refused and counted as too_large already
         idle = assoc.dul.idle_timer_expired()
         reason = "idle_timeout" if idle else "aborted"
         self.admission.refuse(reason, "association from %s@%s aborted%s",
@@ -364,8 +367,17 @@ def _request_handler(server: Any, handlers: _Handlers, config: ListenerConfig) -
                 socket.__class__ = FastSocket
             self.assoc = assoc
             handlers.admission.opened(id(assoc), str(self.client_address[0]),
-                                      shutdown_socket(self.request))
+                                      self._close_pending)
             return assoc
+
+        def _close_pending(self) -> None:
+            """Close a connection still waiting for its A-ASSOCIATE-RQ, from any thread:
+            shut the socket (its reader sees the end), and wake the association thread
+            waiting for the request as its timeout would (it gets None), so that the
+            thread ends now, not CXR_DICOM_ACSE_TIMEOUT_S later."""
+            with contextlib.suppress(OSError):  # gone already
+                self.request.shutdown(socket.SHUT_RDWR)
+            self.assoc.dul.to_user_queue.put(None)
 
         def handle(self) -> None:
             # This thread lives as long as the connection: its end is the one place

@@ -20,6 +20,7 @@ those a killed listener leaves (at its next start and in the periodic purge).
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -118,11 +119,13 @@ class ReceiveGuard:
             abort.reason_diagnostic = 0x00
             sock.send(abort.encode())
             if sock.socket is not None:
-                import socket
-
                 sock.socket.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
+
+    def cut_off(self, assoc: Any) -> bool:
+        """Whether this guard aborted ``assoc`` (its dataset passed the bound)."""
+        return self._received.get(id(assoc), 0) < 0
 
     def taken(self, assoc: Any) -> None:
         """The C-STORE handler took (or refused) the dataset: nothing partial left."""
