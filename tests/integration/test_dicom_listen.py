@@ -454,6 +454,8 @@ def test_idle_sockets_and_idle_associations_do_not_keep_a_modality_out(
             started = time.monotonic()
             sent = dcmsend(listener.port, [source], timeout=60)
             took = time.monotonic() - started
+            assert sent.returncode == 0, sent.stdout + sent.stderr
+            assert took < 10, f"the modality waited {took:.1f} s"
             found = wait_rows(1)
             counted = scrape(metrics)
         finally:
@@ -462,8 +464,6 @@ def test_idle_sockets_and_idle_associations_do_not_keep_a_modality_out(
                     assoc.release()
             for sock in idle:
                 sock.close()
-    assert sent.returncode == 0, sent.stdout + sent.stderr
-    assert took < 10, f"the modality waited {took:.1f} s"
     assert len(found) == 1
     assert established == admitted
     log = listener.log()
