@@ -3,6 +3,7 @@ the startup sweep that records what was acknowledged before a crash."""
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from collections.abc import Callable
@@ -97,7 +98,7 @@ def test_admission_counts_from_the_request_per_host_and_per_caller() -> None:
     books = Admission(Limits(associations=3, per_host=2, per_caller=1, pending=2),
                       refusals.append)
     for key in range(3):  # three bare connections: the oldest is closed at the third
-        books.opened(key, "10.0.0.9", lambda key=key: closed.append(key))
+        books.opened(key, "10.0.0.9", functools.partial(closed.append, key))
     assert closed == [0] and refusals == ["pending_evicted"]
     assert books.counts() == (2, 0), "pending connections are not associations"
     assert books.requested(1, "10.0.0.1", "MOD") is None
