@@ -337,7 +337,7 @@ def _request_handler(server: Any, handlers: _Handlers, config: ListenerConfig) -
     """Make ``server`` (1) read PDUs with few large ``recv_into`` calls: pynetdicom 3.0
     reads in 4 KiB ``recv`` calls, a thousand Python iterations per 4 MB radiograph
     (measured: the receive path, not the disk, bounded the listener on 2 cores); (2) give
-    every read a timeout, so a PDU sent byte by byte cannot hold a thread; (3) keep the
+    every read a deadline, so a PDU sent byte by byte cannot hold a thread; (3) keep the
     books of each connection from accept to close (:class:`Admission`), and delete the
     partial dataset of one that ends mid-transfer."""
     from pynetdicom.transport import AssociationSocket, RequestHandler
@@ -349,13 +349,22 @@ def _request_handler(server: Any, handlers: _Handlers, config: ListenerConfig) -
             got = 0
             sock = self.socket
             assert sock is not None
-            while got < nr_bytes:
-                count = sock.recv_into(view[got:], nr_bytes - got)
-                if not count:
-                    del view
-                    return buffer[:got]
-                got += count
-            del view
+            # One deadline for the whole read, not one per recv: a peer that trickles
+            # a byte now and then must not hold the thread (the DUL's own idle timer
+            # is restarted only between PDUs).
+            deadline = time.monotonic() + config.idle_timeout_s
+            try:
+                while got < nr_bytes:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise TimeoutError("PDU not received within CXR_DICOM_IDLE_TIMEOUT_S")
+                    sock.settimeout(left)
+                    count = sock.recv_into(view[got:], nr_bytes - got)
+                    if not count:
+                        return buffer[:got]
+                    got += count
+            finally:
+                del view
             return buffer
 
     class Handler(RequestHandler):

@@ -3,6 +3,7 @@ talking to the real listener process, a real worker classifying what it received
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import re
@@ -479,8 +480,9 @@ def test_silent_connections_and_associations_are_cut_off_by_their_timeouts(
     node: dict[str, str], tmp_path: Path
 ) -> None:
     """A connection that never sends its A-ASSOCIATE-RQ, one that stalls inside a PDU,
-    and an association that goes silent are closed after CXR_DICOM_ACSE_TIMEOUT_S /
-    CXR_DICOM_IDLE_TIMEOUT_S (before: 30 s and 60 s, unlogged)."""
+    one that trickles a PDU a byte at a time, and an association that goes silent are
+    closed after CXR_DICOM_ACSE_TIMEOUT_S / CXR_DICOM_IDLE_TIMEOUT_S (before: 30 s and
+    60 s, unlogged)."""
     from pynetdicom import AE
 
     metrics = free_port()
@@ -490,16 +492,29 @@ def test_silent_connections_and_associations_are_cut_off_by_their_timeouts(
         bare = socket.create_connection(("127.0.0.1", listener.port))
         stalled = socket.create_connection(("127.0.0.1", listener.port))
         stalled.sendall(b"\x01\x00\x00\x00\x01\x00")  # an A-ASSOCIATE-RQ of 256 bytes, begun
+        trickling = socket.create_connection(("127.0.0.1", listener.port))
+        trickling.sendall(b"\x01\x00\x00\x00\x01\x00")
+        stop_trickling = threading.Event()
+
+        def trickle() -> None:  # a byte every 0.5 s: never silent for 2 s, never done
+            with contextlib.suppress(OSError):
+                while not stop_trickling.wait(0.5):
+                    trickling.sendall(b"\x00")
+
+        threading.Thread(target=trickle, daemon=True).start()
         scu = AE(ae_title="IDLER")
         scu.add_requested_context("1.2.840.10008.1.1")
         quiet = scu.associate("127.0.0.1", listener.port, ae_title="CXR_ORIENT")
         assert quiet.is_established
         started = time.monotonic()
-        for sock in (bare, stalled):
+        for sock in (bare, stalled, trickling):
             sock.settimeout(15)
-            assert sock.recv(64) in (b"", b"\x07\x00\x00\x00\x00\x04\x00\x00\x00\x00")
-            sock.close()
+            with contextlib.suppress(ConnectionResetError):
+                assert sock.recv(64) in (b"", b"\x07\x00\x00\x00\x00\x04\x00\x00\x00\x00")
         closed_after = time.monotonic() - started
+        stop_trickling.set()
+        for sock in (bare, stalled, trickling):
+            sock.close()
         deadline = time.monotonic() + 15
         while quiet.is_established and time.monotonic() < deadline:
             time.sleep(0.1)
@@ -509,9 +524,9 @@ def test_silent_connections_and_associations_are_cut_off_by_their_timeouts(
     assert closed_after < 8, closed_after
     assert quiet.is_aborted and aborted_after < 10, aborted_after
     log = listener.log()
-    assert log.count("refused (no_association_request)") == 2, log
+    assert log.count("refused (no_association_request)") == 3, log
     assert "refused (idle_timeout): association from IDLER@127.0.0.1 aborted" in log, log
-    assert refused(counted, "no_association_request") == 2
+    assert refused(counted, "no_association_request") == 3
     assert refused(counted, "idle_timeout") == 1
 
 
