@@ -342,9 +342,10 @@ class Settings(BaseSettings):
         default=15.0,
         gt=0,
         le=3600,
-        description="CXR_DICOM_IDLE_TIMEOUT_S: seconds an association may stay silent "
-        "(no PDU, or a PDU stalled mid-way) before `cxr-orient listen` aborts it. Default "
-        "15.",
+        description="CXR_DICOM_IDLE_TIMEOUT_S: seconds an association may stay silent (no "
+        "PDU) before `cxr-orient listen` aborts it, and the most one PDU may take to arrive "
+        "(at most 4 MiB: raise it for senders with large PDUs on links under ~300 KB/s). "
+        "Default 15.",
     )
     dicom_metrics_host: str = Field(
         default="127.0.0.1",
