@@ -233,6 +233,14 @@ class _Handlers:
             assoc.acse.send_reject(0x02, 0x03, 0x02)
             assoc.kill()
 
+    def on_rejected(self, event: Any) -> None:
+        """pynetdicom's own rejection: its ceiling on connection threads (admitted +
+        pending + a margin) reached, or a request it cannot accept."""
+        assoc = event.assoc
+        self.admission.refuse("rejected", "association from %s@%s rejected by pynetdicom "
+                              "(too many connections in all, or a malformed request)",
+                              str(assoc.requestor.ae_title).strip(), assoc.requestor.address)
+
     def on_aborted(self, event: Any) -> None:
         assoc = event.assoc
         if self.guard.cut_off(assoc):
@@ -453,6 +461,7 @@ def serve_dicom(
         (config.bind, config.port), block=False,
         evt_handlers=[(evt.EVT_REQUESTED, handlers.on_requested),
                       (evt.EVT_ABORTED, handlers.on_aborted),
+                      (evt.EVT_REJECTED, handlers.on_rejected),
                       (evt.EVT_PDU_RECV, handlers.guard.on_pdu),
                       (evt.EVT_C_ECHO, handlers.on_echo),
                       (evt.EVT_C_STORE, handlers.on_store)])

@@ -469,6 +469,7 @@ def test_idle_sockets_and_idle_associations_do_not_keep_a_modality_out(
     assert established == admitted
     log = listener.log()
     assert log.count(f"refused ({reason})") == 8 - admitted, log
+    assert "refused (rejected)" not in log, "each refusal counted once, by our limit"
     # CXR_DICOM_MAX_PENDING=16: the 17th to 20th idle sockets closed the oldest four, the
     # first HOLDER connection (17 waiting again for a moment) one more.
     assert log.count("refused (pending_evicted)") == 5, log
