@@ -33,7 +33,8 @@ other error in the handler. The handler never
 raises: the listener does not die of input.
 
 Who may hold a connection or an association, and for how long, is
-:mod:`~cxr_orient.dicomnet.admission`'s: idle or slow peers cannot keep a modality out.
+:mod:`~cxr_orient.dicomnet.admission`'s, applied by the server of
+:mod:`~cxr_orient.dicomnet.scp`: idle or slow peers cannot keep a modality out.
 
 Logs carry counts, AE titles, peer addresses and status codes, never UIDs, paths or
 other header values (docs/security.md); every refusal is logged and counted
@@ -46,7 +47,6 @@ import contextlib
 import hashlib
 import logging
 import signal
-import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -61,6 +61,7 @@ from cxr_orient.dicomnet.admission import Admission, Limits
 from cxr_orient.dicomnet.receive import received_file
 from cxr_orient.dicomnet.receiving import RECEIVING_FOLDER, ReceiveGuard, receive_on_disk
 from cxr_orient.dicomnet.recorder import Recorder, sweep_spool
+from cxr_orient.dicomnet.scp import application_entity, track_connections
 from cxr_orient.dicomnet.spool import (
     adopt_file,
     free_mb,
@@ -98,10 +99,6 @@ STATUS = {
     "internal_error": 0xC211,
 }
 
-#: The largest P-DATA PDU we accept (peers send at most this much per PDU).
-MAX_PDU_BYTES = 4 << 20
-
-VERIFICATION = UID("1.2.840.10008.1.1")
 
 #: Values longer than this stay on disk while a received instance is checked.
 DEFER_BYTES = 1 << 16
@@ -319,103 +316,6 @@ class _Handlers:
         return STATUS["success"]
 
 
-def _application_entity(config: ListenerConfig) -> Any:
-    from pynetdicom import AE
-
-    ae = AE(ae_title=config.ae_title)
-    # pynetdicom counts a connection from its first byte; the association limits are
-    # ours (Admission, from the A-ASSOCIATE-RQ). Its own bound stays as a ceiling on
-    # threads: admitted + pending + a margin for those being rejected.
-    ae.maximum_associations = config.max_associations + config.max_pending + 16
-    # No A-ASSOCIATE-RQ within acse_timeout: closed. No PDU for idle_timeout (waiting
-    # for a message, or inside one): aborted.
-    ae.acse_timeout = config.acse_timeout_s
-    ae.network_timeout = config.idle_timeout_s
-    ae.dimse_timeout = config.idle_timeout_s
-    # Large PDUs: pynetdicom handles each PDU in Python, so the 16 KiB default makes
-    # receiving a 4 MB radiograph cost hundreds of round trips through the DUL thread.
-    ae.maximum_pdu_size = MAX_PDU_BYTES
-    ae.add_supported_context(VERIFICATION)
-    for sop_class in config.sop_classes:
-        ae.add_supported_context(sop_class, config.transfer_syntaxes)
-    return ae
-
-
-def _request_handler(server: Any, handlers: _Handlers, config: ListenerConfig) -> None:
-    """Make ``server`` (1) read PDUs with few large ``recv_into`` calls: pynetdicom 3.0
-    reads in 4 KiB ``recv`` calls, a thousand Python iterations per 4 MB radiograph
-    (measured: the receive path, not the disk, bounded the listener on 2 cores); (2) give
-    every read a deadline, so a PDU sent byte by byte cannot hold a thread; (3) keep the
-    books of each connection from accept to close (:class:`Admission`), and delete the
-    partial dataset of one that ends mid-transfer."""
-    from pynetdicom.transport import AssociationSocket, RequestHandler
-
-    class FastSocket(AssociationSocket):
-        def recv(self, nr_bytes: int) -> bytearray:
-            buffer = bytearray(nr_bytes)
-            view = memoryview(buffer)
-            got = 0
-            sock = self.socket
-            assert sock is not None
-            # One deadline for the whole read, not one per recv: a peer that trickles
-            # a byte now and then must not hold the thread (the DUL's own idle timer
-            # is restarted only between PDUs).
-            deadline = time.monotonic() + config.idle_timeout_s
-            try:
-                while got < nr_bytes:
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        raise TimeoutError("PDU not received within CXR_DICOM_IDLE_TIMEOUT_S")
-                    sock.settimeout(left)
-                    count = sock.recv_into(view[got:], nr_bytes - got)
-                    if not count:
-                        return buffer[:got]
-                    got += count
-            finally:
-                del view
-            return buffer
-
-    class Handler(RequestHandler):
-        def _create_association(self) -> Any:
-            self.request.settimeout(config.idle_timeout_s)
-            assoc = super()._create_association()
-            socket = assoc.dul.socket
-            if type(socket) is AssociationSocket:
-                socket.__class__ = FastSocket
-            self.assoc = assoc
-            handlers.admission.opened(id(assoc), str(self.client_address[0]),
-                                      self._close_pending)
-            return assoc
-
-        def _close_pending(self) -> None:
-            """Close a connection still waiting for its A-ASSOCIATE-RQ, from any thread:
-            shut the socket (its reader sees the end), and wake the association thread
-            waiting for the request as its timeout would (it gets None), so that the
-            thread ends now, not CXR_DICOM_ACSE_TIMEOUT_S later."""
-            with contextlib.suppress(OSError):  # gone already
-                self.request.shutdown(socket.SHUT_RDWR)
-            self.assoc.dul.to_user_queue.put(None)
-
-        def handle(self) -> None:
-            # This thread lives as long as the connection: its end is the one place
-            # every way a connection ends (released, aborted, timed out, evicted, the
-            # peer killed) passes through.
-            try:
-                super().handle()
-                self.assoc.join()
-            finally:
-                assoc = getattr(self, "assoc", None)
-                if assoc is not None:
-                    handlers.guard.ended(assoc)
-                    handlers.admission.closed(id(assoc))
-
-    server.RequestHandlerClass = Handler
-    # The connection threads end with their connections: stopping the server must not
-    # wait for them (serve_dicom gives open associations their grace, then aborts).
-    server.daemon_threads = True
-    server.block_on_close = False
-
-
 def serve_dicom(
     settings: Settings,
     *,
@@ -456,7 +356,12 @@ def serve_dicom(
                                            port=settings.dicom_metrics_port)
     cleanup = contextlib.ExitStack()
     cleanup.enter_context(receive_on_disk(spool_dir(settings) / RECEIVING_FOLDER))
-    ae = _application_entity(config)
+    ae = application_entity(
+        ae_title=config.ae_title, sop_classes=config.sop_classes,
+        transfer_syntaxes=config.transfer_syntaxes,
+        # admitted + pending + a margin for those being rejected
+        thread_ceiling=config.max_associations + config.max_pending + 16,
+        acse_timeout_s=config.acse_timeout_s, idle_timeout_s=config.idle_timeout_s)
     server = ae.start_server(
         (config.bind, config.port), block=False,
         evt_handlers=[(evt.EVT_REQUESTED, handlers.on_requested),
@@ -465,7 +370,8 @@ def serve_dicom(
                       (evt.EVT_PDU_RECV, handlers.guard.on_pdu),
                       (evt.EVT_C_ECHO, handlers.on_echo),
                       (evt.EVT_C_STORE, handlers.on_store)])
-    _request_handler(server, handlers, config)
+    track_connections(server, admission=handlers.admission, guard=handlers.guard,
+                      idle_timeout_s=config.idle_timeout_s)
     host, port = server.server_address[:2]
     logger.info("listening on %s:%d as %s (%d SOP classes, %d transfer syntaxes, at most "
                 "%d associations)", host, port, config.ae_title, len(config.sop_classes),
