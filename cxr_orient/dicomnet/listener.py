@@ -29,8 +29,8 @@ pixel data is incomplete (native: fewer bytes than Rows x Columns x SamplesPerPi
 BitsAllocated/8 x NumberOfFrames; encapsulated: a fragment cut, no sequence
 delimiter), so that the sender keeps it and can send it again (spooled and recorded as
 a failed instance with the reason, like a bad file given to ``enqueue``); C211 any
-other error in the handler. The handler never
-raises: the listener does not die of input.
+other error in the handler. The handler never raises: the listener does not die of
+input.
 
 Who may hold a connection or an association, and for how long, is
 :mod:`~cxr_orient.dicomnet.admission`'s, applied by the server of
@@ -62,12 +62,7 @@ from cxr_orient.dicomnet.receive import received_file
 from cxr_orient.dicomnet.receiving import RECEIVING_FOLDER, ReceiveGuard, receive_on_disk
 from cxr_orient.dicomnet.recorder import Recorder, sweep_spool
 from cxr_orient.dicomnet.scp import application_entity, track_connections
-from cxr_orient.dicomnet.spool import (
-    adopt_file,
-    free_mb,
-    remove_stale_partials,
-    spool_dir,
-)
+from cxr_orient.dicomnet.spool import adopt_file, free_mb, remove_stale_partials, spool_dir
 from cxr_orient.errors import CxrError
 from cxr_orient.imaging import read_header
 from cxr_orient.imaging.decoders import SUPPORTED_TRANSFER_SYNTAXES
@@ -99,12 +94,12 @@ STATUS = {
     "internal_error": 0xC211,
 }
 
-
 #: Values longer than this stay on disk while a received instance is checked.
 DEFER_BYTES = 1 << 16
 
 #: Seconds between two sweeps of stale partial files while the listener runs.
 PARTIAL_SWEEP_S = 60.0
+
 
 def listener_sop_classes(settings: Settings) -> list[UID]:
     """The storage SOP classes the SCP offers presentation contexts for: those of the
@@ -350,11 +345,12 @@ def serve_dicom(
     if threading.current_thread() is threading.main_thread():
         for signum in (signal.SIGTERM, signal.SIGINT):
             previous[signum] = signal.signal(signum, lambda *_: stop.set())
-    exporter = None
+    cleanup = contextlib.ExitStack()
     if settings.dicom_metrics_port:
         exporter = start_listener_exporter(host=settings.dicom_metrics_host,
                                            port=settings.dicom_metrics_port)
-    cleanup = contextlib.ExitStack()
+        if exporter is not None:
+            cleanup.callback(exporter.shutdown)
     cleanup.enter_context(receive_on_disk(spool_dir(settings) / RECEIVING_FOLDER))
     ae = application_entity(
         ae_title=config.ae_title, sop_classes=config.sop_classes,
@@ -362,14 +358,18 @@ def serve_dicom(
         # admitted + pending + a margin for those being rejected
         thread_ceiling=config.max_associations + config.max_pending + 16,
         acse_timeout_s=config.acse_timeout_s, idle_timeout_s=config.idle_timeout_s)
-    server = ae.start_server(
-        (config.bind, config.port), block=False,
-        evt_handlers=[(evt.EVT_REQUESTED, handlers.on_requested),
-                      (evt.EVT_ABORTED, handlers.on_aborted),
-                      (evt.EVT_REJECTED, handlers.on_rejected),
-                      (evt.EVT_PDU_RECV, handlers.guard.on_pdu),
-                      (evt.EVT_C_ECHO, handlers.on_echo),
-                      (evt.EVT_C_STORE, handlers.on_store)])
+    try:
+        server = ae.start_server(
+            (config.bind, config.port), block=False,
+            evt_handlers=[(evt.EVT_REQUESTED, handlers.on_requested),
+                          (evt.EVT_ABORTED, handlers.on_aborted),
+                          (evt.EVT_REJECTED, handlers.on_rejected),
+                          (evt.EVT_PDU_RECV, handlers.guard.on_pdu),
+                          (evt.EVT_C_ECHO, handlers.on_echo),
+                          (evt.EVT_C_STORE, handlers.on_store)])
+    except BaseException:  # the port taken: the metrics port and pynetdicom's globals back
+        cleanup.close()
+        raise
     track_connections(server, admission=handlers.admission, guard=handlers.guard,
                       idle_timeout_s=config.idle_timeout_s)
     host, port = server.server_address[:2]
@@ -398,8 +398,6 @@ def serve_dicom(
         for signum, handler in previous.items():
             signal.signal(signum, handler)
         cleanup.close()
-        if exporter is not None:
-            exporter.shutdown()
         logger.info("stopped: %d instances stored, %d recorded", handlers.stored,
                     recorder.recorded)
     return handlers.stored
