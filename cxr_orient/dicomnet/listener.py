@@ -61,7 +61,7 @@ from cxr_orient.dicomnet.admission import Admission, Limits
 from cxr_orient.dicomnet.receive import received_file
 from cxr_orient.dicomnet.receiving import RECEIVING_FOLDER, ReceiveGuard, receive_on_disk
 from cxr_orient.dicomnet.recorder import Recorder, sweep_spool
-from cxr_orient.dicomnet.scp import application_entity, track_connections
+from cxr_orient.dicomnet.scp import application_entity, restart_idle_timer, track_connections
 from cxr_orient.dicomnet.spool import adopt_file, free_mb, remove_stale_partials, spool_dir
 from cxr_orient.errors import CxrError
 from cxr_orient.imaging import read_header
@@ -255,6 +255,7 @@ class _Handlers:
             return _status("internal_error", "internal error, see the listener's log")
         finally:
             self.guard.taken(event.assoc)
+            restart_idle_timer(event.assoc)
 
     def _store(self, event: Any) -> int | Dataset:
         caller = str(event.assoc.requestor.ae_title).strip()

@@ -25,7 +25,13 @@ from pydicom.uid import UID
 from cxr_orient.dicomnet.admission import Admission
 from cxr_orient.dicomnet.receiving import ReceiveGuard
 
-__all__ = ["MAX_PDU_BYTES", "VERIFICATION", "application_entity", "track_connections"]
+__all__ = [
+    "MAX_PDU_BYTES",
+    "VERIFICATION",
+    "application_entity",
+    "restart_idle_timer",
+    "track_connections",
+]
 
 #: The largest P-DATA PDU we accept (peers send at most this much per PDU).
 MAX_PDU_BYTES = 4 << 20
@@ -125,3 +131,14 @@ def track_connections(server: Any, *, admission: Admission, guard: ReceiveGuard,
     # wait for them (serve_dicom gives open associations their grace, then aborts).
     server.daemon_threads = True
     server.block_on_close = False
+
+
+def restart_idle_timer(assoc: Any) -> None:
+    """Count the peer as active again after our own handler ran: pynetdicom restarts an
+    association's idle timer only when a PDU arrives, and the peer sends nothing while
+    it waits for our response, so a C-STORE handler slower than the idle timeout (a slow
+    disk's fdatasync) would otherwise have the association aborted right after its
+    response. pynetdicom has no public call for it: its ``_idle_timer``, used here only."""
+    timer = getattr(assoc.dul, "_idle_timer", None)
+    if timer is not None:
+        timer.restart()
