@@ -227,8 +227,11 @@ def enqueue(paths: tuple[Path, ...], wait: bool, timeout: float | None) -> None:
 def listen(port: int | None, bind: str | None, ae_title: str | None) -> None:
     """Receive instances over DICOM (C-STORE SCP, C-ECHO) until SIGTERM.
 
-    Each instance is written to the spool (durably, as sent) before success is returned,
-    then recorded and queued like a file given to `enqueue`. docs/dicom.md is the
+    Each instance is received onto disk, checked whole (one cut short gets a failure
+    status, C210) and moved into the spool (durably, as sent) before success is returned,
+    then recorded and queued like a file given to `enqueue`. Idle or slow peers are cut
+    off and limited per host and per calling AE title (CXR_DICOM_* settings); every
+    refusal is logged and counted on CXR_DICOM_METRICS_PORT. docs/dicom.md is the
     conformance statement.
     """
     from cxr_orient.dicomnet.listener import ListenerConfig, serve_dicom

@@ -44,10 +44,12 @@ __all__ = [
     "MULTIPROC_ENV",
     "ServiceCollector",
     "WorkerMetrics",
+    "listener_refusals",
     "mark_process_dead",
     "node_metrics_dir",
     "prepare_multiprocess_dir",
     "service_registry",
+    "start_listener_exporter",
     "start_worker_exporter",
     "worker_metrics",
     "worker_registry",
@@ -207,6 +209,34 @@ def start_worker_exporter(folder: Path, *, host: str, port: int) -> Any | None:
                      "(CXR_WORKER_METRICS_PORT: one port per worker on a host)", host, port, exc)
         return None
     logger.info("worker metrics on http://%s:%d/metrics", host, port)
+    return server
+
+
+# --- the DICOM listener's metrics ------------------------------------------------------
+
+_LISTENER_REGISTRY = CollectorRegistry()
+_LISTENER_REFUSALS = Counter(
+    "cxr_orient_dicom_refused", "Connections, associations and C-STOREs the DICOM "
+    "listener refused or cut off, by reason.", ["reason"], registry=_LISTENER_REGISTRY)
+
+
+def listener_refusals(reason: str) -> None:
+    """Count one refusal of ``cxr-orient listen`` (``reason``: the limit or check)."""
+    _LISTENER_REFUSALS.labels(reason=reason).inc()
+
+
+def start_listener_exporter(*, host: str, port: int) -> Any | None:
+    """Serve ``GET /metrics`` of ``cxr-orient listen`` from a thread (one process: no
+    multiprocess folder); None when the port is taken (logged: it listens on)."""
+    from prometheus_client import start_http_server
+
+    try:
+        server, _thread = start_http_server(port, addr=host, registry=_LISTENER_REGISTRY)
+    except OSError as exc:
+        logger.error("listener metrics exporter not started on %s:%d: %s "
+                     "(CXR_DICOM_METRICS_PORT)", host, port, exc)
+        return None
+    logger.info("listener metrics on http://%s:%d/metrics", host, port)
     return server
 
 

@@ -2016,6 +2016,50 @@ def unmark_files_purged(session: Session, *, instance_ids: Sequence[int]) -> Non
         )
 
 
+def _conflict_unused_file() -> Any:
+    """The file of a UID conflict that the instance does not refer to: the new one kept
+    out (keep_first), or the old one replaced (replace)."""
+    return case((UidConflict.action == UidConflictAction.kept_first,
+                 UidConflict.new_file_path), else_=UidConflict.known_file_path)
+
+
+def mark_conflict_files_purged(
+    session: Session, *, spool_prefix: str, created_before: datetime, now: datetime,
+    after_id: int, limit: int,
+) -> list[tuple[int, str]]:
+    """Mark the first ``limit`` UID conflicts above ``after_id`` whose unused file
+    (:func:`_conflict_unused_file`) lies under the spool, is named by no instance (the
+    same bytes may have become an instance's file since) and was recorded before
+    ``created_before`` as purged at ``now``; return (id, path) of each, in id order. The
+    caller deletes the files before it commits, as for :func:`mark_files_purged`."""
+    unused = _conflict_unused_file()
+    conditions = [
+        UidConflict.id > after_id,
+        UidConflict.file_purged_at.is_(None),
+        UidConflict.created_at <= created_before,
+        unused.startswith(spool_prefix, autoescape=True),
+        ~exists().where(Instance.file_path == unused),
+    ]
+    chunk = select(UidConflict.id).where(*conditions).order_by(UidConflict.id).limit(limit)
+    marked = session.execute(
+        update(UidConflict)
+        .where(UidConflict.id.in_(chunk.scalar_subquery()), *conditions)
+        .values(file_purged_at=now)
+        .returning(UidConflict.id, unused)
+        .execution_options(synchronize_session=False)
+    )
+    return sorted((int(i), str(p)) for i, p in marked)
+
+
+def unmark_conflict_files_purged(session: Session, *, conflict_ids: Sequence[int]) -> None:
+    """Undo :func:`mark_conflict_files_purged` for files that could not be deleted."""
+    if conflict_ids:
+        session.execute(
+            update(UidConflict).where(UidConflict.id.in_(conflict_ids))
+            .values(file_purged_at=None).execution_options(synchronize_session=False)
+        )
+
+
 def restore_purged_file(session: Session, *, instance_id: int, file_path: str) -> bool:
     """A purged instance's very bytes were received again (same SHA-256): its file is back,
     at ``file_path``, and the purge rule applies to it anew."""

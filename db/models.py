@@ -344,6 +344,10 @@ class UidConflict(Base):
     #: Why, in words (no paths: see docs/schema.md on PHI).
     detail: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    #: When the spool purge deleted the file of this conflict that no instance refers to
+    #: (``new_file_path`` kept out under keep_first, ``known_file_path`` replaced);
+    #: NULL while it is there (and for files outside the spool, never deleted).
+    file_purged_at: Mapped[datetime | None] = mapped_column()
 
 
 class StudyAnswer(Base):

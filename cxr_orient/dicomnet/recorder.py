@@ -15,19 +15,15 @@ import threading
 import time
 
 from cxr_orient.dicomnet.receive import Received, record_received
-from cxr_orient.dicomnet.spool import spool_dir
+from cxr_orient.dicomnet.spool import remove_stale_partials, spool_dir
 from cxr_orient.ingest import Sender
 from cxr_orient.settings import Settings
 from db import crud
 from db.session import session_scope
 
-__all__ = ["STALE_TEMPORARY_S", "Recorder", "sweep_spool"]
+__all__ = ["Recorder", "sweep_spool"]
 
 logger = logging.getLogger(__name__)
-
-#: Temporary files of interrupted writes older than this are removed by the sweep
-#: (younger ones may belong to a write in progress by another network source).
-STALE_TEMPORARY_S = 600.0
 
 
 class Recorder:
@@ -150,13 +146,8 @@ def sweep_spool(settings: Settings, send: Sender | None) -> int:
     folder = spool_dir(settings)
     if not folder.is_dir():
         return 0
-    now = time.time()
-    for temporary in folder.glob("*/.incoming-*.tmp"):
-        try:
-            if now - temporary.stat().st_mtime > STALE_TEMPORARY_S:
-                temporary.unlink()
-        except FileNotFoundError:
-            continue
+    # Younger partials may belong to a transfer in progress by another network source.
+    remove_stale_partials(settings)
     with session_scope() as session:
         recorded = crud.recorded_paths_under(session, prefix=f"{folder}/")
     unrecorded = sorted(p for p in folder.glob("*/*.dcm") if str(p) not in recorded)

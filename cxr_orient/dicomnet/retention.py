@@ -9,6 +9,13 @@ files received over the network, never an operator's archive enqueued in place) 
 - is not labelled (retraining reads the pixels of labelled instances),
 - has no result waiting for delivery (``db.crud.held_for_delivery``, the outbox hook).
 
+The files of UID conflicts that no instance refers to (the new bytes kept out under
+``CXR_UID_CONFLICT_POLICY=keep_first``, the old ones under ``replace``) go too, once
+recorded ``CXR_SPOOL_KEEP_DAYS`` days ago (``uid_conflicts.file_purged_at``; the row
+keeps the hashes and sizes), and so do partial files of interrupted writes and transfers
+(:func:`~cxr_orient.dicomnet.spool.remove_stale_partials`): nothing received stays at
+rest for want of a restart.
+
 The rule is evaluated in the database's UPDATE that marks the instance
 (``instances.file_purged_at``), and the files are deleted before that transaction
 commits: a crash in between leaves the rows unmarked and the next run finds the files
@@ -20,10 +27,13 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
+from cxr_orient.dicomnet.spool import remove_stale_partials
 from cxr_orient.errors import FilePurgedError
 from cxr_orient.settings import Settings
 from db import crud
@@ -45,6 +55,10 @@ class PurgeCounts:
     already_gone: int = 0
     errors: int = 0
     folders_removed: int = 0
+    #: Of which files of UID conflicts (in ``deleted`` / ``already_gone`` too).
+    conflict_files: int = 0
+    #: Partial files of interrupted writes and transfers removed.
+    partials: int = 0
 
     @property
     def purged(self) -> int:
@@ -100,18 +114,40 @@ def purge_spool(settings: Settings, now: datetime) -> PurgeCounts:
     finished_before = now - timedelta(days=settings.spool_keep_days)
     counts = PurgeCounts()
     folders: set[Path] = set()
+    _purge_marked(crud.mark_files_purged, crud.unmark_files_purged, "instance_ids",
+                  dict(spool_prefix=prefix, finished_before=finished_before, now=now),
+                  spool, counts, folders)
+    conflicts_before = counts.purged
+    _purge_marked(crud.mark_conflict_files_purged, crud.unmark_conflict_files_purged,
+                  "conflict_ids",
+                  dict(spool_prefix=prefix, created_before=finished_before, now=now),
+                  spool, counts, folders)
+    counts.conflict_files = counts.purged - conflicts_before
+    counts.folders_removed = _remove_empty_folders(folders, spool)
+    counts.partials = remove_stale_partials(settings)
+    if counts.purged or counts.errors or counts.partials:
+        logger.info("spool purge: %d files deleted (%d of uid conflicts), %d gone already, "
+                    "%d could not be deleted, %d stale partial files removed",
+                    counts.deleted, counts.conflict_files, counts.already_gone,
+                    counts.errors, counts.partials)
+    return counts
+
+
+def _purge_marked(mark: Callable[..., list[tuple[int, str]]], unmark: Callable[..., None],
+                  unmark_ids: str, rule: dict[str, Any], spool: Path, counts: PurgeCounts,
+                  folders: set[Path]) -> None:
+    """Walk the rows ``mark`` marks (a chunk per transaction), delete each one's file,
+    and ``unmark`` those whose file could not be deleted."""
     after_id = 0
     while True:
         with session_scope() as session:
-            marked = crud.mark_files_purged(session, spool_prefix=prefix,
-                                            finished_before=finished_before, now=now,
-                                            after_id=after_id, limit=CHUNK)
+            marked = mark(session, after_id=after_id, limit=CHUNK, **rule)
             kept: list[int] = []
-            for instance_id, file_path in marked:
+            for row_id, file_path in marked:
                 path = Path(file_path)
                 outcome = _delete(path, spool)
                 if outcome is None:
-                    kept.append(instance_id)
+                    kept.append(row_id)
                     counts.errors += 1
                     continue
                 if outcome:
@@ -119,13 +155,8 @@ def purge_spool(settings: Settings, now: datetime) -> PurgeCounts:
                 else:
                     counts.already_gone += 1
                 folders.add(path.parent)
-            crud.unmark_files_purged(session, instance_ids=kept)
+            unmark(session, **{unmark_ids: kept})
         if len(marked) < CHUNK:
             break
         # Files that could not be deleted lie behind the cursor: tried again next run.
         after_id = marked[-1][0]
-    counts.folders_removed = _remove_empty_folders(folders, spool)
-    if counts.purged or counts.errors:
-        logger.info("spool purge: %d files deleted, %d gone already, %d could not be deleted",
-                    counts.deleted, counts.already_gone, counts.errors)
-    return counts

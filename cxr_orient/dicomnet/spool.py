@@ -27,12 +27,23 @@ import os
 import re
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from cxr_orient.settings import Settings
 
-__all__ = ["SpooledFile", "free_mb", "safe_uid_name", "spool_dir", "write_instance"]
+__all__ = [
+    "PARTIAL_PATTERNS",
+    "SpooledFile",
+    "adopt_file",
+    "free_mb",
+    "remove_stale_partials",
+    "safe_uid_name",
+    "spool_dir",
+    "stale_partial_s",
+    "write_instance",
+]
 
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 
@@ -106,3 +117,61 @@ def write_instance(
     if created:
         _fsync_dir(folder.parent)
     return SpooledFile(final, digest, len(data), written=True)
+
+
+def adopt_file(received: Path, *, sha256: str, study_instance_uid: str,
+               sop_instance_uid: str, settings: Settings) -> SpooledFile:
+    """Move a whole received file (``received``, on the spool's file system: the
+    listener receives into ``<spool>/.receiving``) to its place in the spool, durably,
+    as :func:`write_instance` would have written its bytes (``sha256``: of those bytes).
+    The same bytes already spooled: ``received`` is deleted and the spooled file kept."""
+    size = received.stat().st_size
+    folder = spool_dir(settings) / safe_uid_name(study_instance_uid)
+    final = folder / f"{safe_uid_name(sop_instance_uid)}.{sha256[:16]}.dcm"
+    if final.is_file() and final.stat().st_size == size:
+        received.unlink(missing_ok=True)
+        return SpooledFile(final, sha256, size, written=False)
+    created = not folder.is_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(received, os.O_RDONLY)
+    try:
+        os.fdatasync(fd)
+    finally:
+        os.close(fd)
+    os.replace(received, final)
+    _fsync_dir(folder)
+    if created:
+        _fsync_dir(folder.parent)
+    return SpooledFile(final, sha256, size, written=True)
+
+
+#: Partial files: a write in progress (:func:`write_instance`) and a dataset being
+#: received (the listener's ``.receiving`` folder).
+PARTIAL_PATTERNS = ("*/.incoming-*.tmp", ".receiving/.receiving-*.tmp")
+
+
+def stale_partial_s(settings: Settings) -> float:
+    """How old (last written) a partial file must be to be nobody's: a transfer in
+    progress writes its file at least every ``CXR_DICOM_IDLE_TIMEOUT_S`` (else it is
+    aborted), and a spool write takes seconds."""
+    return 2 * settings.dicom_idle_timeout_s + 30
+
+
+def remove_stale_partials(settings: Settings, *, now: float | None = None) -> int:
+    """Delete partial files of interrupted writes and transfers (PHI: a part of a
+    received instance) last written longer than :func:`stale_partial_s` ago; returns
+    how many."""
+    folder = spool_dir(settings)
+    if not folder.is_dir():
+        return 0
+    now = time.time() if now is None else now
+    removed = 0
+    for pattern in PARTIAL_PATTERNS:
+        for partial in folder.glob(pattern):
+            try:
+                if now - partial.stat().st_mtime > stale_partial_s(settings):
+                    partial.unlink()
+                    removed += 1
+            except FileNotFoundError:
+                continue
+    return removed

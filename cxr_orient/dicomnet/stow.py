@@ -53,9 +53,9 @@ from cxr_orient.dicomnet.multipart import DICOM_MEDIA_TYPE, Part
 from cxr_orient.dicomnet.policy import check_uid_values
 from cxr_orient.dicomnet.receive import Received, received_file, record_received
 from cxr_orient.dicomnet.spool import SpooledFile, write_instance
-from cxr_orient.errors import CxrError, InputError, MissingAttributeError, TruncatedFileError
+from cxr_orient.errors import CxrError, InputError, MissingAttributeError
 from cxr_orient.imaging.reading import read_dataset
-from cxr_orient.imaging.validation import validate_pixel_spec
+from cxr_orient.imaging.validation import check_pixel_data_complete
 from cxr_orient.ingest import ScannedFile, Sender
 from cxr_orient.settings import Settings
 
@@ -141,18 +141,6 @@ def _text(ds: Dataset, keyword: str) -> str | None:
     return text or None
 
 
-def _refuse_cut_pixels(ds: Dataset, shown: Path, settings: Settings) -> None:
-    """A native PixelData shorter than Rows x Columns needs is a part cut short (pydicom
-    reads it without a word). Only that is refused here: what else the pixel checks
-    find (colour, multi-frame...) is the worker's to record, as for any file."""
-    try:
-        validate_pixel_spec(ds, max_pixels=settings.max_pixels, path=shown)
-    except TruncatedFileError:
-        raise
-    except CxrError:
-        pass
-
-
 def spool_part(part: Part, *, study_instance_uid: str | None, settings: Settings) -> PartOutcome:
     """Check one part (size, media type, a whole readable DICOM file, the URL's study) and
     write it to the spool; never raises for what the part holds. A refused part's bytes
@@ -196,7 +184,7 @@ def _check_and_spool(part: Part, *, study_instance_uid: str | None,
             # Not echoed in the response either: a malformed UID goes nowhere.
             outcome.study_instance_uid = outcome.sop_instance_uid = None
             raise invalid
-        _refuse_cut_pixels(ds, shown, settings)
+        check_pixel_data_complete(ds, path=shown)
     except CxrError as exc:
         return outcome.fail(CANNOT_UNDERSTAND, exc.code, str(exc))
     except Exception:  # a pydicom bug on crafted bytes must fail this part only

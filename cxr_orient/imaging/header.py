@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
 
+import pydicom
+
 from cxr_orient.errors import MissingAttributeError
 from cxr_orient.imaging.attributes import is_multi, optional_int, optional_text
 from cxr_orient.imaging.errors import errors_named
@@ -60,18 +62,20 @@ class DicomHeader:
     image_type: tuple[str, ...] = ()
 
 
-def read_header(path: Path, *, data: bytes | None = None) -> DicomHeader:
+def read_header(path: Path, *, data: bytes | None = None,
+                dataset: pydicom.Dataset | None = None) -> DicomHeader:
     """Read the identifying attributes of a DICOM file, without its pixel data.
 
-    ``data``, when given, is the file's content already read; ``path`` then only
-    names the file in errors.
+    ``data``, when given, is the file's content already read, ``dataset`` the file
+    already parsed (``read_dataset``); ``path`` then only names the file in errors.
 
     Raises NotDicomError, TruncatedFileError, or MissingAttributeError when
     SOPInstanceUID or StudyInstanceUID is absent or empty.
     """
     path = Path(path)
     with errors_named(path):
-        ds = read_dataset(path, stop_before_pixels=True, data=data)
+        ds = (dataset if dataset is not None
+              else read_dataset(path, stop_before_pixels=True, data=data))
         sop_instance_uid = optional_text(ds, "SOPInstanceUID")
         study_instance_uid = optional_text(ds, "StudyInstanceUID")
         for keyword, value in (

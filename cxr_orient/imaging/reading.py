@@ -8,6 +8,7 @@ bound, with ISA-L where installed; truncation and non-DICOM input are told apart
 from __future__ import annotations
 
 import io
+import os
 import warnings
 import zlib
 from pathlib import Path
@@ -20,10 +21,14 @@ import pydicom
 # ``read_file_meta_info`` only takes a path) and ``_at_pixel_data`` (dcmread's
 # ``stop_before_pixels`` test) are private and have no public equivalent. They are
 # used in this module only, so that a pydicom upgrade that moves them breaks one place.
+# So is ``Dataset._dict`` (:func:`pixel_data_extent`): every public accessor of an
+# element reads a deferred value whole.
 from pydicom import filereader
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import FileDataset
 from pydicom.errors import InvalidDicomError
 from pydicom.filebase import DicomBytesIO
+from pydicom.tag import Tag
 from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 from cxr_orient.errors import (
@@ -48,8 +53,12 @@ __all__ = [
     "dcmread_bytes",
     "inflated_size_limit",
     "is_truncated_preamble",
+    "pixel_data_extent",
     "read_dataset",
 ]
+
+_PIXEL_DATA = Tag(0x7FE0, 0x0010)
+_UNDEFINED_LENGTH = 0xFFFFFFFF
 
 
 def inflated_size_limit(max_pixels: int) -> int:
@@ -119,30 +128,59 @@ def read_dataset(
     stop_before_pixels: bool,
     data: bytes | None = None,
     inflate_limit: int | None = None,
+    defer_size: int | None = None,
 ) -> pydicom.Dataset:
     """Read a DICOM Part 10 file (128-byte preamble + ``DICM``), or its ``data``.
 
     A deflated dataset may inflate to ``inflate_limit`` bytes at most (default: the
     :func:`inflated_size_limit` of ``DEFAULT_MAX_PIXELS``).
+
+    ``defer_size`` (a file, no ``data``): parsed from the file, values longer than this
+    left unread (pydicom's deferred elements: their length and offset are known, which
+    is what :func:`~cxr_orient.imaging.validation.check_pixel_data_complete` needs), so
+    that a large instance is checked without holding it in memory; a crafted length is
+    a seek, not an allocation. A deflated file is read from memory all the same.
     """
+    if data is None and defer_size is not None:
+        require_file(path)
+        with path.open("rb") as head:
+            head_bytes = head.read(1 << 16)
+        if not _is_deflated(head_bytes):
+            return _parse_checked(path, head_bytes, lambda: pydicom.dcmread(
+                str(path), stop_before_pixels=stop_before_pixels, defer_size=defer_size))
     if data is None:
         require_file(path)
         data = path.read_bytes()
-    file_size = len(data)
-    if file_size == 0:
-        raise TruncatedFileError(f"{path}: empty file")
     limit = inflated_size_limit(DEFAULT_MAX_PIXELS) if inflate_limit is None else inflate_limit
+    # Parsed from memory, not from the file: a crafted element length makes pydicom ask
+    # a file for gigabytes, which a buffered read allocates before finding the file
+    # short; a BytesIO hands back only the bytes that exist.
+    read = data
+    return _parse_checked(path, data, lambda: dcmread_bytes(
+        read, stop_before_pixels=stop_before_pixels, inflate_limit=limit, path=path))
+
+
+def _is_deflated(head: bytes) -> bool:
+    try:
+        fp = io.BytesIO(head)
+        filereader.read_preamble(fp, False)
+        file_meta = filereader._read_file_meta_info(fp)
+    except Exception:  # not DICOM, cut: the parse proper says which
+        return False
+    return bool(file_meta.get("TransferSyntaxUID") == DeflatedExplicitVRLittleEndian)
+
+
+def _parse_checked(path: Path, head: bytes, parse: Any) -> pydicom.Dataset:
+    """``parse()`` with pydicom's failures told apart (``head``: the file's first bytes,
+    to tell a cut preamble from a file that is not DICOM)."""
+    if len(head) == 0:
+        raise TruncatedFileError(f"{path}: empty file")
     try:
         # pydicom turns a truncated encapsulated PixelData into a warning and drops
         # the element; catch it so a cut file is not reported as "no pixel data".
-        # Parsed from memory, not from the file: a crafted element length makes
-        # pydicom ask a file for gigabytes, which a buffered read allocates before
-        # finding the file short; a BytesIO hands back only the bytes that exist.
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            ds = dcmread_bytes(
-                data, stop_before_pixels=stop_before_pixels, inflate_limit=limit, path=path
-            )
+            ds = parse()
         for warning in caught:
             message = str(warning.message)
             if "end of file" in message.lower():
@@ -156,7 +194,7 @@ def read_dataset(
     except CxrError:
         raise
     except InvalidDicomError as e:
-        if is_truncated_preamble(data):
+        if is_truncated_preamble(head):
             raise TruncatedFileError(f"{path}: file ends inside the DICOM preamble") from e
         raise NotDicomError(f"{path}: not a DICOM file (no 'DICM' prefix): {e}") from e
     except EOFError as e:
@@ -166,6 +204,22 @@ def read_dataset(
     except Exception as e:
         # Malformed element lengths and similar: pydicom fails in many ways.
         raise NotDicomError(f"{path}: malformed DICOM: {type(e).__name__}: {e}") from e
+
+
+def pixel_data_extent(ds: pydicom.Dataset) -> tuple[int, int] | None:
+    """(declared length, bytes the file holds) of a defined-length PixelData element not
+    yet converted, without reading its value when it was deferred (``read_dataset`` with
+    ``defer_size``); None when there is no such element (absent, encapsulated, or
+    already read)."""
+    raw = ds._dict.get(_PIXEL_DATA)
+    if not isinstance(raw, RawDataElement) or raw.length == _UNDEFINED_LENGTH:
+        return None
+    if raw.value is not None:
+        return raw.length, len(raw.value)
+    filename = getattr(ds, "filename", None)
+    if not filename:
+        return None
+    return raw.length, max(0, os.path.getsize(filename) - (raw.value_tell or 0))
 
 
 def is_truncated_preamble(head: bytes) -> bool:

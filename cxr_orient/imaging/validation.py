@@ -31,8 +31,16 @@ from cxr_orient.imaging.decoders import PixelSpec, decoder_for
 from cxr_orient.imaging.errors import where as _where
 from cxr_orient.imaging.limits import MAX_SIDE
 from cxr_orient.imaging.processing import Window
+from cxr_orient.imaging.reading import pixel_data_extent
 
-__all__ = ["Voi", "check_size", "choose_voi", "read_rescale", "validate_pixel_spec"]
+__all__ = [
+    "Voi",
+    "check_pixel_data_complete",
+    "check_size",
+    "choose_voi",
+    "read_rescale",
+    "validate_pixel_spec",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -127,6 +135,51 @@ def validate_pixel_spec(ds: pydicom.Dataset, *, max_pixels: int, path: Path | No
         monochrome1=photometric == "MONOCHROME1",
         transfer_syntax=transfer_syntax,
     )
+
+
+def check_pixel_data_complete(ds: pydicom.Dataset, *, path: Path | None) -> None:
+    """Raise TruncatedFileError when a dataset read with its pixels (``read_dataset(...,
+    stop_before_pixels=False)``) holds fewer native pixel bytes than Rows x Columns x
+    SamplesPerPixel x BitsAllocated/8 x NumberOfFrames, or whose declared length runs
+    past the end of the file (a 4 GB length): a file cut short that pydicom reads
+    without a word. Encapsulated pixel data cut short (a fragment incomplete, no
+    sequence delimiter) is already refused by the read itself. Nothing else is judged
+    here (colour, frames, sizes are the worker's to record), so the network sources
+    (STOW-RS, C-STORE) refuse an incomplete instance at once, before acknowledging it,
+    with the one rule."""
+    if "PixelData" not in ds:
+        return
+    file_meta = getattr(ds, "file_meta", None)
+    syntax = file_meta.get("TransferSyntaxUID") if file_meta is not None else None
+    if not syntax or UID(str(syntax)).is_encapsulated:
+        return
+    actual = _pixel_bytes(ds, _where(path))
+    try:
+        factors = [int(ds.get(k) or d) for k, d in (("Rows", 0), ("Columns", 0),
+                                                    ("SamplesPerPixel", 1),
+                                                    ("NumberOfFrames", 1))]
+        bits_allocated = int(ds.get("BitsAllocated") or 0)
+    except (TypeError, ValueError):
+        return  # attributes the worker refuses with their own code
+    expected = math.prod(factors) * bits_allocated // 8
+    if actual < expected:
+        raise TruncatedFileError(
+            f"{_where(path)}PixelData holds {actual} bytes, Rows*Columns*SamplesPerPixel*"
+            f"BitsAllocated/8*NumberOfFrames needs {expected}")
+
+
+def _pixel_bytes(ds: pydicom.Dataset, where: str) -> int:
+    """The PixelData bytes there are, without reading a deferred value; an element whose
+    declared length runs past the end of the file (a file cut short, or a crafted 4 GB
+    length) is refused as such."""
+    extent = pixel_data_extent(ds)
+    if extent is None:
+        return len(ds.PixelData)
+    declared, there = extent
+    if there < declared:
+        raise TruncatedFileError(
+            f"{where}PixelData declares {declared} bytes, the file holds {there}")
+    return declared
 
 
 def read_rescale(ds: pydicom.Dataset, path: Path | None) -> tuple[float, float]:

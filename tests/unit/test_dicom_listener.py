@@ -3,6 +3,7 @@ the startup sweep that records what was acknowledged before a crash."""
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from collections.abc import Callable
@@ -11,14 +12,15 @@ from pathlib import Path
 import pytest
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEG2000Lossless
 
+from cxr_orient.dicomnet.admission import Admission, Limits
 from cxr_orient.dicomnet.listener import (
     ListenerConfig,
     accepted_transfer_syntaxes,
     caller_allowed,
     listener_sop_classes,
 )
-from cxr_orient.dicomnet.recorder import STALE_TEMPORARY_S, sweep_spool
-from cxr_orient.dicomnet.spool import write_instance
+from cxr_orient.dicomnet.recorder import sweep_spool
+from cxr_orient.dicomnet.spool import stale_partial_s, write_instance
 from cxr_orient.imaging.decoders import SUPPORTED_TRANSFER_SYNTAXES
 from cxr_orient.settings import Settings, get_settings
 from tests.utils.dicom_factory import make_dicom, synthetic_pixels
@@ -80,7 +82,7 @@ def test_the_sweep_records_acknowledged_files_once_and_drops_stale_temporaries(
     fresh = spooled.path.parent / ".incoming-new.tmp"
     stale.write_bytes(b"half")
     fresh.write_bytes(b"half")
-    old = time.time() - STALE_TEMPORARY_S - 10
+    old = time.time() - stale_partial_s(settings) - 10
     os.utime(stale, (old, old))
     sent: list[list[int]] = []
     assert sweep_spool(settings, lambda ids: sent.append(list(ids))) == 1
@@ -88,3 +90,26 @@ def test_the_sweep_records_acknowledged_files_once_and_drops_stale_temporaries(
     assert not stale.exists() and fresh.exists(), "a write in progress is left alone"
     assert sweep_spool(settings, lambda ids: sent.append(list(ids))) == 0
     assert len(sent) == 1
+
+
+def test_admission_counts_from_the_request_per_host_and_per_caller() -> None:
+    refusals: list[str] = []
+    closed: list[int] = []
+    books = Admission(Limits(associations=3, per_host=2, per_caller=1, pending=2),
+                      refusals.append)
+    for key in range(3):  # three bare connections: the oldest is closed at the third
+        books.opened(key, "10.0.0.9", functools.partial(closed.append, key))
+    assert closed == [0] and refusals == ["pending_evicted"]
+    assert books.counts() == (2, 0), "pending connections are not associations"
+    assert books.requested(1, "10.0.0.1", "MOD") is None
+    assert books.requested(2, "10.0.0.1", "MOD") == "per_caller"
+    assert books.requested(3, "10.0.0.1", "OTHER") is None
+    assert books.requested(4, "10.0.0.1", "THIRD") == "per_host"
+    assert books.requested(5, "10.0.0.2", "FOURTH") is None
+    assert books.requested(6, "10.0.0.3", "FIFTH") == "associations"
+    books.closed(1)
+    assert books.requested(7, "10.0.0.1", "MOD") is None, "a slot freed is taken again"
+    books.opened(8, "10.0.0.4", lambda: None)
+    books.closed(8)  # gave up (or timed out) before its request
+    assert refusals == ["pending_evicted", "per_caller", "per_host", "associations",
+                        "no_association_request"]

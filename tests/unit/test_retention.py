@@ -3,6 +3,8 @@ kept, and what later work on a purged instance gets (SQLite and PostgreSQL)."""
 
 from __future__ import annotations
 
+import os
+import time
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
@@ -12,12 +14,19 @@ import pytest
 from sqlalchemy import select
 
 from cxr_orient.dicomnet.retention import purge_spool
-from cxr_orient.dicomnet.spool import write_instance
+from cxr_orient.dicomnet.spool import stale_partial_s, write_instance
 from cxr_orient.ingest import enqueue_paths
 from cxr_orient.settings import get_settings
 from cxr_orient.synthetic import make_dicom
 from db import crud
-from db.models import Instance, InstanceStatus, OrientationLabel, Prediction, utcnow
+from db.models import (
+    Instance,
+    InstanceStatus,
+    OrientationLabel,
+    Prediction,
+    UidConflict,
+    utcnow,
+)
 from db.session import session_scope
 from tests.utils.corpus import rg1_dicom
 from tests.utils.embedded import embedded_setup
@@ -210,3 +219,71 @@ def test_a_report_not_yet_delivered_keeps_its_source_file(
         crud.mark_outbox_sent(session, outbox_id=outbox_id)
     assert purge_spool(get_settings(), utcnow()).deleted == 1
     assert not path.exists() and _purged_at(instance_id) is not None
+
+
+def _conflicting(tmp: Path, sop: str) -> Path:
+    """Other bytes under a known SOPInstanceUID (a corrected re-send), spooled."""
+    pixels = (np.arange(64 * 64, dtype=np.uint16).reshape(64, 64) % 4096)[:, ::-1].copy()
+    data = make_dicom(tmp / f"{sop}.v2.dcm", pixels, study_uid=STUDY, sop_uid=sop).read_bytes()
+    return write_instance(data, study_instance_uid=STUDY, sop_instance_uid=sop,
+                          settings=get_settings()).path
+
+
+@pytest.mark.parametrize("policy", ["keep_first", "replace"])
+def test_the_file_of_a_uid_conflict_that_no_instance_uses_is_purged(
+        version_id: int, tmp_path: Path, configure: Callable[..., None], policy: str) -> None:
+    """keep_first: the new bytes, never an instance's file; replace: the old ones. Both
+    are received PHI that nothing reads (before: kept forever). The instance's own file
+    is the usual rule's: kept here while it is unfinished."""
+    configure(uid_conflict_policy=policy, spool_keep_days=1)
+    instance_id, first = _receive(tmp_path, "1.2.3.60")
+    second = _conflicting(tmp_path, "1.2.3.60")
+    report = enqueue_paths([second], send=None)
+    assert len(report.uid_conflicts) == 1, report
+    unused, used = (second, first) if policy == "keep_first" else (first, second)
+    now = utcnow()
+    assert purge_spool(get_settings(), now).purged == 0, "kept CXR_SPOOL_KEEP_DAYS"
+    counts = purge_spool(get_settings(), now + timedelta(days=1, minutes=1))
+    assert (counts.deleted, counts.conflict_files, counts.errors) == (1, 1, 0)
+    assert not unused.exists() and used.is_file()
+    with session_scope() as session:
+        (conflict,) = session.scalars(select(UidConflict)).all()
+        assert conflict.file_purged_at is not None
+        assert session.get(Instance, instance_id).file_purged_at is None  # type: ignore[union-attr]
+    assert purge_spool(get_settings(), now + timedelta(days=2)).purged == 0, "once"
+
+
+def test_a_conflict_file_that_became_an_instances_file_is_kept(
+        version_id: int, tmp_path: Path, configure: Callable[..., None]) -> None:
+    """keep_first kept the second bytes out; replace later made them the instance's file
+    (a second conflict, same bytes): the first conflict's "unused" file is used now."""
+    configure(uid_conflict_policy="keep_first")
+    _receive(tmp_path, "1.2.3.61")
+    second = _conflicting(tmp_path, "1.2.3.61")
+    enqueue_paths([second], send=None)
+    configure(uid_conflict_policy="replace")
+    enqueue_paths([second], send=None)
+    counts = purge_spool(get_settings(), utcnow())
+    assert second.is_file(), "the instance's file now"
+    assert counts.errors == 0
+
+
+def test_the_purge_removes_stale_partial_files_and_leaves_fresh_ones(
+        migrated_db: str, tmp_path: Path) -> None:
+    """Partials of interrupted writes (``.incoming-*.tmp``) and of transfers cut off
+    (``.receiving/``), left by a killed process: removed by the periodic purge once
+    stale, not only by a listener's restart; a fresh one may be a transfer in progress."""
+    settings = get_settings()
+    spool = settings.effective_spool_dir
+    (spool / "1.2.3").mkdir(parents=True)
+    (spool / ".receiving").mkdir()
+    stale = [spool / "1.2.3" / ".incoming-a.tmp", spool / ".receiving" / ".receiving-a.tmp"]
+    fresh = [spool / "1.2.3" / ".incoming-b.tmp", spool / ".receiving" / ".receiving-b.tmp"]
+    old = time.time() - stale_partial_s(settings) - 1
+    for path in stale + fresh:
+        path.write_bytes(b"part of an instance")
+    for path in stale:
+        os.utime(path, (old, old))
+    counts = purge_spool(settings, utcnow())
+    assert counts.partials == 2
+    assert not any(p.exists() for p in stale) and all(p.exists() for p in fresh)
