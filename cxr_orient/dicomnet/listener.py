@@ -27,10 +27,10 @@ C001 larger than the worker accepts (``CXR_MAX_PIXELS``; in practice the associa
 is aborted before: see above); C210 a dataset whose header cannot be read, or whose
 pixel data is incomplete (native: fewer bytes than Rows x Columns x SamplesPerPixel x
 BitsAllocated/8 x NumberOfFrames; encapsulated: a fragment cut, no sequence
-delimiter), so that the sender keeps it and can send it again (spooled and recorded as
-a failed instance with the reason, like a bad file given to ``enqueue``); C211 any
-other error in the handler. The handler never raises: the listener does not die of
-input.
+delimiter), or a malformed Study, Series or SOP Instance UID, so that the sender keeps
+it and can send it again (spooled and recorded as a failed instance with the reason,
+like a bad file given to ``enqueue``); C211 any other error in the handler. The handler
+never raises: the listener does not die of input.
 
 Who may hold a connection or an association, and for how long, is
 :mod:`~cxr_orient.dicomnet.admission`'s, applied by the server of
@@ -58,6 +58,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
 from cxr_orient.dicomnet.admission import Admission, Limits
+from cxr_orient.dicomnet.policy import check_uids
 from cxr_orient.dicomnet.receive import received_file
 from cxr_orient.dicomnet.receiving import RECEIVING_FOLDER, ReceiveGuard, receive_on_disk
 from cxr_orient.dicomnet.recorder import Recorder, sweep_spool
@@ -285,6 +286,11 @@ class _Handlers:
                                    defer_size=DEFER_BYTES)
             header = read_header(shown, dataset=dataset)
             check_pixel_data_complete(dataset, path=shown)
+            # A malformed UID would be recorded failed after a Success: the modality
+            # would never learn of it (the rule every way in applies, said now).
+            invalid = check_uids(header)
+            if invalid is not None:
+                raise invalid
         except CxrError as exc:
             # Spooled anyway, so that the failure is recorded with its reason, as ingest
             # records a bad file (the name carries the bytes' hash: a resend is one row).
@@ -295,7 +301,7 @@ class _Handlers:
                                             settings=self.settings))
             logger.warning("C-STORE from %s refused (C210): %s", caller, exc.code)
             listener_refusals(exc.code)
-            return _status("cannot_read", f"{exc.code}: cannot be read or incomplete")
+            return _status("cannot_read", f"{exc.code}: unreadable, incomplete or malformed")
         try:
             spooled = adopt_file(received, sha256=_sha256(received),
                                  study_instance_uid=header.study_instance_uid,

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.integration
 BAD = "../../../../tmp/x"
 
 
-def test_the_listener_records_a_malformed_uid_as_a_failed_row(
+def test_the_listener_refuses_a_malformed_uid_and_records_a_failed_row(
         tmp_path: Path, configure: Callable[..., None]) -> None:
     from db.migrate import upgrade
 
@@ -54,7 +54,10 @@ def test_the_listener_records_a_malformed_uid_as_a_failed_row(
                 break
             time.sleep(0.25)
         log = listener.log()
-    assert sent.returncode == 0, sent.stdout + sent.stderr
+    out = sent.stdout + sent.stderr
+    # Refused at C-STORE time, so the modality knows (before: Success, then a failed row).
+    assert "C-STORE Response (Error: CannotUnderstand)" in out, out
+    assert out.count("C-STORE Response (Success)") == 1, out
     assert len(found) == 2, found
     statuses = sorted((r.status, (r.error or "").split(":")[0]) for r in found.values())
     assert statuses == [("failed", "invalid_uid"), ("waiting", "")], statuses
