@@ -47,6 +47,7 @@ __all__ = [
     "listener_refusals",
     "mark_process_dead",
     "node_metrics_dir",
+    "pid_alive",
     "prepare_multiprocess_dir",
     "service_registry",
     "start_listener_exporter",
@@ -163,7 +164,8 @@ def mark_process_dead(pid: int) -> None:
 _LIVE_FILE = re.compile(r"^gauge_live\w*?_(\d+)\.db$")
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists on this host (one we may not signal counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -184,7 +186,7 @@ class _SweepingCollector(MultiProcessCollector):
     def collect(self) -> Iterator[Metric]:
         for file in self._folder.glob("gauge_live*.db"):
             match = _LIVE_FILE.match(file.name)
-            if match and not _pid_alive(int(match.group(1))):
+            if match and not pid_alive(int(match.group(1))):
                 _mark_dead(int(match.group(1)), str(self._folder))
         yield from super().collect()
 

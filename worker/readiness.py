@@ -56,15 +56,6 @@ def mark_ready() -> None:
             (_FOLDER / str(os.getpid())).touch()
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
 
 class Readiness:
     """The main process's view of its pool: how many processes can classify."""
@@ -83,7 +74,7 @@ class Readiness:
     def ready_processes(self) -> int:
         count = 0
         for marker in self.folder.iterdir():
-            if marker.name.isdigit() and _alive(int(marker.name)):
+            if marker.name.isdigit() and metrics.pid_alive(int(marker.name)):
                 count += 1
             else:  # a pool process that exited (replaced): its marker goes
                 with contextlib.suppress(OSError):
