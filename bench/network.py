@@ -75,7 +75,7 @@ def _recorded_under(prefix: Path) -> int:
 def _start_listener(env: dict[str, str], log_path: Path) -> tuple[subprocess.Popen[bytes], int]:
     log = log_path.open("ab")
     process = subprocess.Popen(
-        [sys.executable, "-m", "cxr_orient.cli", "listen", "--port", "0"], env=env, cwd=REPO,
+        [sys.executable, "-m", "cli", "listen", "--port", "0"], env=env, cwd=REPO,
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:

@@ -1,5 +1,5 @@
 """A real Orthanc (Debian's ``orthanc`` + ``orthanc-dicomweb``) as a PACS, for the tests and
-for ``cxr-orient bench`` (the end-to-end network figure).
+for ``python -m bench`` (the end-to-end network figure).
 
 Self-contained and general: :func:`start` writes a config of its own (storage under the
 given folder, the given DICOM and HTTP ports, DICOMweb on, authentication off on

@@ -1,4 +1,4 @@
-"""``cxr-orient bench``: every measurement of issue 4 in one run, written as JSON + markdown."""
+"""``python -m bench``: every measurement of issue 4 in one run, written as JSON + markdown."""
 
 from __future__ import annotations
 

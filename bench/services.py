@@ -56,7 +56,7 @@ def serving(env: dict[str, str], log: Path, *, timeout: float = 90) -> Iterator[
     port = free_port()
     with log.open("ab") as out:
         server = subprocess.Popen(
-            [sys.executable, "-m", "cxr_orient.cli", "serve", "--port", str(port)],
+            [sys.executable, "-m", "cli", "serve", "--port", str(port)],
             env=env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     try:

@@ -44,7 +44,7 @@ at reduced resolution (their wavelet low-pass band, smallest level >= ``2 * size
 resampled as the band's own inverse wavelet transform (details zero) averaged over
 the reference's bins; JPEG baseline with DCT scaling. Those differ from the
 reference by a few grey levels (tens at some sharp edges), with the same
-predictions (checked by ``cxr-orient bench`` and the tests).
+predictions (checked by ``python -m bench`` and the tests).
 
 Every failure is raised as a :class:`~cxr_orient.errors.InputError` subclass;
 no pydicom, numpy, Pillow or codec exception escapes the ``load_*`` functions

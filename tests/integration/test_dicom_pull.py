@@ -104,7 +104,7 @@ def test_an_interrupted_pull_run_again_fetches_the_rest_once(node: dict[str, str
         for path in sources:
             orthanc.upload(path)
         puller = subprocess.Popen(
-            [sys.executable, "-m", "cxr_orient.cli", "pull", "--dicomweb", orthanc.dicomweb],
+            [sys.executable, "-m", "cli", "pull", "--dicomweb", orthanc.dicomweb],
             env=node, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             start_new_session=True)
         deadline = time.monotonic() + 120

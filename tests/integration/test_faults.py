@@ -107,7 +107,7 @@ def _enqueue(env: dict[str, str], path: Path) -> None:
 def _enqueue_async(env: dict[str, str], path: Path) -> subprocess.Popen[str]:
     """Enqueue in the background: a warm worker may finish a small run before a
     blocking enqueue returns, and the tests must catch it mid-batch."""
-    return subprocess.Popen([sys.executable, "-m", "cxr_orient.cli", "enqueue", str(path)],
+    return subprocess.Popen([sys.executable, "-m", "cli", "enqueue", str(path)],
                             env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
 

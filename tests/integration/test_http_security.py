@@ -61,7 +61,7 @@ class Server:
 def _user(env: dict[str, str], name: str, role: str, password: str | None) -> None:
     args = ["user", "create", name, "--role", role]
     args += ["--password-stdin"] if password else ["--no-password"]
-    made = subprocess.run([sys.executable, "-m", "cxr_orient.cli", *args],
+    made = subprocess.run([sys.executable, "-m", "cli", *args],
                           input=(password or "") + "\n", env=env, cwd=REPO,
                           capture_output=True, text=True, timeout=120, check=False)
     assert made.returncode == 0, made.stderr

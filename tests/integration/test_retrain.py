@@ -141,7 +141,7 @@ def test_an_existing_database_adopts_a_new_shipped_model_by_register_and_promote
     """A database serving the previous release's model keeps it until a human moves it."""
     from click.testing import CliRunner
 
-    from cxr_orient.cli import main
+    from cli.main import main
     from cxr_orient.registry import ensure_active_model
     from cxr_orient.settings import SHIPPED_MODEL
     from db import crud

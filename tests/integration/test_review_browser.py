@@ -64,7 +64,7 @@ def browser(tmp_path: Path) -> Iterator[WebDriver]:
 
 def _user(env: dict[str, str], name: str, role: str) -> None:
     made = subprocess.run(
-        [sys.executable, "-m", "cxr_orient.cli", "user", "create", name, "--role", role,
+        [sys.executable, "-m", "cli", "user", "create", name, "--role", role,
          "--password-stdin"], input=PASSWORD + "\n", env=env, cwd=REPO, capture_output=True,
         text=True, timeout=120, check=False)
     assert made.returncode == 0, made.stderr

@@ -8,17 +8,19 @@ that breaks them fails here, naming the import.
 from __future__ import annotations
 
 import ast
+import fnmatch
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ("cxr_orient", "db", "worker", "training", "recipes", "bench", "service")
-#: The composition roots: the command line and the demo may use every layer.
-ENTRY_POINTS = {"cxr_orient.cli", "cxr_orient.demo"}
-#: What each layer may import (besides itself). ``cxr_orient`` here is the library,
-#: everything of the package but its entry points.
+PACKAGES = ("cxr_orient", "db", "worker", "training", "recipes", "bench", "service", "cli")
+#: The composition root: the command line (``cli/``, the demo among it) may use every
+#: layer, and no layer imports it.
+ENTRY_POINTS = {"cli"}
+#: What each layer may import (besides itself).
 ALLOWED = {
     "db": {"cxr_orient.settings", "cxr_orient.errors"},
     "cxr_orient": {"cxr_orient", "db"},
@@ -96,11 +98,11 @@ def _layer(module: str) -> str:
 
 
 def _allowed(source: str, target: str) -> bool:
-    if source in ENTRY_POINTS or (source, target) in EXCEPTIONS:
-        return True
-    if target in ENTRY_POINTS:
-        return False
     layer, goal = _layer(source), _layer(target)
+    if layer in ENTRY_POINTS or (source, target) in EXCEPTIONS:
+        return True
+    if goal in ENTRY_POINTS:
+        return False
     if layer == goal:
         return True
     return any(target == a or target.startswith(a + ".") for a in ALLOWED[layer])
@@ -212,7 +214,40 @@ def test_no_import_circles() -> None:
                                   ("cxr_orient.ingest", "worker.dispatch"),
                                   ("service.routes.stow", "worker.tasks"),
                                   ("worker.tasks", "service.app"),
-                                  ("cxr_orient.dicomnet.stow", "service.deps")],
+                                  ("cxr_orient.dicomnet.stow", "service.deps"),
+                                  ("cxr_orient.ingest", "cli.ingest"),
+                                  ("worker.tasks", "cli.main"),
+                                  ("service.routes.admin", "cli.users"),
+                                  ("bench.run", "cli.main"),
+                                  ("cxr_orient.registry", "training.lifecycle"),
+                                  ("cxr_orient.settings", "bench.run")],
                          ids=lambda r: f"{r[0]}->{r[1]}")
 def test_the_rules_refuse_what_the_doc_forbids(rule: tuple[str, str]) -> None:
     assert not _allowed(*rule)
+
+
+def _wheel_packages() -> set[str]:
+    """The top-level packages ``pip wheel .`` puts in the wheel (pyproject.toml's
+    ``packages.find``)."""
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    include = config["tool"]["setuptools"]["packages"]["find"]["include"]
+    # setuptools matches each package's dotted name against the patterns (fnmatch).
+    return {path.parent.name for path in ROOT.glob("*/__init__.py")
+            if any(fnmatch.fnmatchcase(path.parent.name, p) for p in include)}
+
+
+def test_the_wheel_holds_the_product_only() -> None:
+    """The product's packages and nothing else (the bench and the tests run from a
+    checkout), and nothing shipped imports what is not shipped."""
+    shipped = _wheel_packages()
+    assert shipped == {"cxr_orient", "db", "worker", "training", "service", "cli"}
+    outside = [f"{source} (line {line}) imports {target}"
+               for source, path in SOURCES.items() if _layer(source) in shipped
+               for target, line, _ in _imports(source, path)
+               if _layer(target) not in shipped]
+    assert not outside, "\n".join(outside)
+
+
+def test_the_console_script_is_the_cli_main() -> None:
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    assert config["project"]["scripts"] == {"cxr-orient": "cli.main:main"}

@@ -126,7 +126,7 @@ def test_command_defaults_name_the_default_architecture():
     would load Keras); they must not drift from it."""
     import inspect
 
-    from cxr_orient import cli
+    from cli import models as cli
     from cxr_orient.architectures import DEFAULT_ARCHITECTURE
     from training import lifecycle
 

@@ -1,4 +1,4 @@
-"""cxr_orient/cli.py through click's CliRunner, in the test process: SQLite and the
+"""The command line (cli/) through click's CliRunner, in the test process: SQLite and the
 filesystem broker under tmp_path, no server, no worker."""
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ import click
 import pytest
 from click.testing import CliRunner, Result
 
-from cxr_orient.cli import EXPORT_COLUMNS, main
+from cli.main import main
+from cli.results import EXPORT_COLUMNS
 from cxr_orient.settings import SHIPPED_MODEL
 from db import crud
 from db.session import session_scope

@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from pydantic import ValidationError
 from pydicom.data import get_testdata_file
 
-from cxr_orient.cli import main
+from cli.main import main
 from cxr_orient.dicomnet.policy import check_policy, check_uids, uid_problem
 from cxr_orient.imaging import DicomHeader
 from cxr_orient.ingest import enqueue_paths

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
-from cxr_orient.cli import main
+from cli.main import main
 from cxr_orient.settings import SHIPPED_MODEL
 from tests.utils.corpus import rg1_dicom
 from tests.utils.embedded import Embedded, embedded_setup

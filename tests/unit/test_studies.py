@@ -217,7 +217,7 @@ def test_held_instances_outlive_their_process_and_the_reaper_leaves_them(
     any later sweep (another process) releases it."""
     from click.testing import CliRunner
 
-    from cxr_orient.cli import main
+    from cli.main import main
 
     held = _receive(tmp_path, "a", "b")
     with session_scope() as session:

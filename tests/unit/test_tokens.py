@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import select
 
-from cxr_orient.cli import main
+from cli.main import main
 from cxr_orient.tokens import (
     LAST_USED_RESOLUTION,
     TOKEN_PREFIX,

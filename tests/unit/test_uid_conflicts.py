@@ -18,7 +18,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 
 import worker.decoding
-from cxr_orient.cli import main
+from cli.main import main
 from cxr_orient.ingest import enqueue_paths
 from cxr_orient.settings import Settings
 from db import crud

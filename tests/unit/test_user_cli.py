@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
-from cxr_orient.cli import main
+from cli.main import main
 from cxr_orient.users import LoginRefused, authenticate
 from db import crud
 from db.session import session_scope

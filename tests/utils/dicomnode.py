@@ -54,7 +54,7 @@ class ListenerProcess:
         self._log = log_path.open("ab")
         self.offset = log_path.stat().st_size
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "cxr_orient.cli", "listen", "--port", "0", *args],
+            [sys.executable, "-m", "cli", "listen", "--port", "0", *args],
             env=env, cwd=REPO, stdout=self._log, stderr=subprocess.STDOUT,
             start_new_session=True)
         self.port = 0

@@ -2,21 +2,27 @@
 
 The samples are real radiographs: RG1 (a CR chest PA from the NEMA test set,
 via pydicom-data, MIT) and openly licensed images from the COVID-19 image data
-collection wrapped into DICOM (see ``samples/ATTRIBUTION.md``).
+collection wrapped into DICOM (see ``cxr_orient/samples/ATTRIBUTION.md``).
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import click
+
+import cxr_orient
+from cli.formatting import print_table
 from cxr_orient.settings import get_settings, redact_url, reset_settings_cache
 
-SAMPLES = Path(__file__).resolve().parent / "samples"
+#: Package data of the library (pyproject.toml), so the demo runs from a wheel too.
+SAMPLES = Path(cxr_orient.__file__).resolve().parent / "samples"
 #: The demo shows sample file names rather than the (long) UIDs.
 DEMO_COLUMNS = ("file", "status", "label", "confidence", "needs_review", "rotation",
                 "mirrored", "header_view", "header_agrees", "model_version", "error")
@@ -33,7 +39,6 @@ def run_demo(
     timeout_s: float,
     show_worker_log: bool,
     echo: Callable[[str], Any],
-    print_results: Callable[[list[dict[str, Any]], tuple[str, ...]], None],
 ) -> int:
     from cxr_orient.ingest import enqueue_paths, wait_for
     from cxr_orient.runtime import missing_backend
@@ -107,7 +112,7 @@ def run_demo(
             if values["error"]:
                 values["error"] = values["error"].replace(str(sample_dir) + "/", "")
             shown.append(values)
-        print_results(sorted(shown, key=lambda r: r["file"]), DEMO_COLUMNS)
+        print_table(sorted(shown, key=lambda r: r["file"]), DEMO_COLUMNS)
         if not finished:
             echo(f"timed out after {timeout_s:.0f} s; unfinished work stays queued")
             return 3
@@ -117,3 +122,16 @@ def run_demo(
         worker.stop()
         if show_worker_log:
             echo(log_path.read_text(errors="replace"))
+
+
+@click.command()
+@click.option("--timeout", type=float, default=600, show_default=True)
+@click.option("--keep-worker-log", is_flag=True, help="Print the worker's log at the end.")
+def demo(timeout: float, keep_worker_log: bool) -> None:
+    """Run the whole path on bundled sample studies and print the results.
+
+    Starts a real `celery -A worker worker` process, enqueues the samples, waits,
+    prints the results table and stops the worker. Uses CXR_DATABASE_URL and
+    CXR_BROKER_URL when set; otherwise SQLite and a filesystem broker (no server).
+    """
+    sys.exit(run_demo(timeout_s=timeout, show_worker_log=keep_worker_log, echo=click.echo))
