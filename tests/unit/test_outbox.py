@@ -13,6 +13,7 @@ from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
 from cxr_orient.dicomnet.delivery import backoff_s, retry_failed
+from cxr_orient.dicomnet.sr import new_sr_uid
 from cxr_orient.settings import Settings, parse_result_destination
 from db import crud
 from db.models import OrientationLabel, OutboxStatus, utcnow
@@ -49,10 +50,11 @@ def _answer_two(destinations: list[str]) -> list[int]:
     with session_scope() as session:
         crud.record_predictions(session, model_version_id=model_id, worker="w",
                                 records=[_record(ids[0]), _record(ids[1], True)],
-                                result_destinations=destinations)
+                                result_destinations=destinations, new_report_uid=new_sr_uid)
     with session_scope() as session:  # a redelivered message adds no row
         crud.record_predictions(session, model_version_id=model_id, worker="w",
-                                records=[_record(ids[0])], result_destinations=destinations)
+                                records=[_record(ids[0])], result_destinations=destinations,
+                                new_report_uid=new_sr_uid)
     return ids
 
 
@@ -89,7 +91,8 @@ def test_a_candidate_s_answers_are_not_sent(migrated_db: str) -> None:
         before = len(crud.outbox_rows(session))
         assert crud.record_predictions(session, model_version_id=candidate, worker="w",
                                        records=[_record(ids[0])],
-                                       result_destinations=[DEST_A]) == 1
+                                       result_destinations=[DEST_A],
+                                       new_report_uid=new_sr_uid) == 1
         assert len(crud.outbox_rows(session)) == before == 2
 
 

@@ -15,7 +15,7 @@ import pytest
 from cxr_orient.dicomnet.receive import record_received
 from cxr_orient.ingest import enqueue_paths
 from cxr_orient.settings import get_settings
-from cxr_orient.studies import release_quiet_studies, run_release_loop
+from cxr_orient.studies import record_study_answers, release_quiet_studies, run_release_loop
 from db import crud
 from db.models import InstanceStatus, OrientationLabel, utcnow
 from db.session import session_scope
@@ -144,7 +144,7 @@ def _answer(ids: Sequence[int], label: str, *, agrees: bool | None = True) -> in
                                   header_agrees=agrees, needs_review=False, decode_ms=None,
                                   inference_ms=None, batch_size=len(ids))
             for i in ids])
-        return crud.record_study_answers(session, instance_ids=ids)
+        return record_study_answers(session, instance_ids=ids)
 
 
 def test_a_study_is_answered_once_complete_and_again_after_a_late_instance(
@@ -163,7 +163,7 @@ def test_a_study_is_answered_once_complete_and_again_after_a_late_instance(
 
     late = _receive(tmp_path, "late", view="LL")
     with session_scope() as session:
-        assert crud.record_study_answers(session, study_ids=[_study_id()]) == 0, "held"
+        assert record_study_answers(session, study_ids=[_study_id()]) == 0, "held"
     release_quiet_studies(Sent(), now=utcnow() + timedelta(seconds=11))
     assert _answer(late, "lateral") == 1
 
