@@ -174,6 +174,10 @@ from db.crud.users import (
     touch_user_login,
 )
 
+# Names of db.models that callers took through crud.py when it imported them (kept: no
+# caller changes for the split); new code imports them from db.models.
+from db.models import Instance, OrientationLabel, utcnow
+
 __all__ = [
     "HEARTBEAT_FRESH_S",
     "REVIEW_FILTERS",
@@ -181,8 +185,10 @@ __all__ = [
     "ChangedAnswer",
     "DailyRates",
     "DestinationState",
+    "Instance",
     "NewInstance",
     "NewStudyAnswer",
+    "OrientationLabel",
     "OutboxSummary",
     "OutboxWork",
     "PredictionRecord",
@@ -301,4 +307,5 @@ __all__ = [
     "unfinished_instance_ids",
     "unfinished_reclassify_runs",
     "unmark_files_purged",
+    "utcnow",
 ]

@@ -7,13 +7,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import (
-    and_,
-    func,
-    select,
-    tuple_,
-    update,
-)
+from sqlalchemy import and_, func, select, tuple_, update
 from sqlalchemy.orm import Session, aliased
 
 from db.crud.common import current_answer_id

@@ -6,13 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import (
-    case,
-    false,
-    func,
-    select,
-    true,
-)
+from sqlalchemy import case, false, func, select, true
 from sqlalchemy.orm import Session
 
 from db.crud.common import current_answer_id

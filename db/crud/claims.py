@@ -8,22 +8,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import (
-    and_,
-    func,
-    or_,
-    select,
-    update,
-)
+from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from db.crud.common import ID_CHUNK, chunked
-from db.models import (
-    UNFINISHED_STATUSES,
-    Instance,
-    InstanceStatus,
-    utcnow,
-)
+from db.models import UNFINISHED_STATUSES, Instance, InstanceStatus, utcnow
 
 
 def lease_lapsed(now: datetime, lease_s: float) -> Any:

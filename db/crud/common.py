@@ -7,17 +7,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from typing import Any, TypeVar
 
-from sqlalchemy import (
-    select,
-    true,
-)
+from sqlalchemy import select, true
 
-from db.models import (
-    GroundTruthLabel,
-    Instance,
-    ModelVersion,
-    Prediction,
-)
+from db.models import GroundTruthLabel, Instance, ModelVersion, Prediction
 
 T = TypeVar("T")
 

@@ -4,16 +4,10 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from sqlalchemy import (
-    delete,
-    select,
-)
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from db.models import (
-    WorkerHeartbeat,
-    utcnow,
-)
+from db.models import WorkerHeartbeat, utcnow
 
 
 def ping(session: Session) -> None:

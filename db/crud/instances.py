@@ -5,23 +5,12 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import (
-    func,
-    select,
-    update,
-)
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from db.crud.common import UID_CHUNK, chunked
-from db.models import (
-    Instance,
-    InstanceStatus,
-    Study,
-    UidConflict,
-    UidConflictAction,
-    utcnow,
-)
+from db.models import Instance, InstanceStatus, Study, UidConflict, UidConflictAction, utcnow
 
 
 def get_or_create_study(

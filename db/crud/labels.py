@@ -2,19 +2,10 @@
 
 from __future__ import annotations
 
-from sqlalchemy import (
-    func,
-    select,
-)
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from db.models import (
-    GroundTruthLabel,
-    Instance,
-    LabelValue,
-    OrientationLabel,
-    Study,
-)
+from db.models import GroundTruthLabel, Instance, LabelValue, OrientationLabel, Study
 
 
 def add_label(

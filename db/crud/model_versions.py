@@ -5,17 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import (
-    select,
-    update,
-)
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from db.models import (
-    ModelEvent,
-    ModelVersion,
-    utcnow,
-)
+from db.models import ModelEvent, ModelVersion, utcnow
 
 
 def active_model_version(session: Session) -> ModelVersion | None:

@@ -5,21 +5,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import (
-    func,
-    select,
-    update,
-)
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from db.models import (
-    Instance,
-    InstanceStatus,
-    Prediction,
-    ReclassifyRun,
-    Study,
-    utcnow,
-)
+from db.models import Instance, InstanceStatus, Prediction, ReclassifyRun, Study, utcnow
 
 
 def create_reclassify_run(

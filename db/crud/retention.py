@@ -6,23 +6,11 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import (
-    false,
-    func,
-    select,
-    update,
-)
+from sqlalchemy import false, func, select, update
 from sqlalchemy.orm import Session
 
 from db.crud.common import awaiting_review, labelled
-from db.models import (
-    Instance,
-    InstanceStatus,
-    OutboxMessage,
-    OutboxStatus,
-    Prediction,
-    utcnow,
-)
+from db.models import Instance, InstanceStatus, OutboxMessage, OutboxStatus, Prediction, utcnow
 
 
 def review_backlog(session: Session) -> int:

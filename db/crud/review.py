@@ -6,12 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import (
-    and_,
-    false,
-    select,
-    true,
-)
+from sqlalchemy import and_, false, select, true
 from sqlalchemy.orm import Session
 
 from db.crud.common import current_answer_id, labelled

@@ -5,16 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import (
-    or_,
-    select,
-    update,
-)
+from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
-from db.models import (
-    ApiToken,
-)
+from db.models import ApiToken
 
 
 def add_api_token(

@@ -4,19 +4,10 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import (
-    delete,
-    func,
-    select,
-    update,
-)
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
-from db.models import (
-    LoginFailure,
-    User,
-    UserRole,
-)
+from db.models import LoginFailure, User, UserRole
 
 
 def add_user(session: Session, *, username: str, password_hash: str | None,
