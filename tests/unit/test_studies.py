@@ -247,7 +247,7 @@ def _instance(instance_id: int, status: str, label: str | None = None, *,
     return crud.StudyInstance(
         instance_id=instance_id, status=InstanceStatus(status),
         answer_id=100 + instance_id if answered else None,
-        label=OrientationLabel(label) if answered else None,
+        label=None if label is None else OrientationLabel(label),
         needs_review=review if answered else None, header_agrees=agrees if answered else None,
         model_version=version if answered else None)
 
