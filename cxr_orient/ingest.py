@@ -35,6 +35,7 @@ from cxr_orient.errors import CxrError
 from cxr_orient.imaging import DicomHeader, read_header
 from cxr_orient.intake import read_for_ingest
 from cxr_orient.settings import Settings, get_settings
+from cxr_orient.studies import record_study_answers
 from db import crud
 from db.models import Instance, InstanceStatus, UidConflictAction, utcnow
 from db.session import session_scope
@@ -343,7 +344,7 @@ def _record_chunk(
         # worker, which finishes instances and then locks their studies).
         crud.touch_study_arrivals(session, study_ids=arrived, at=utcnow())
         # A study whose last instances are out of scope is complete without the worker.
-        crud.record_study_answers(session, study_ids=sorted(finished))
+        record_study_answers(session, study_ids=sorted(finished))
     return new_ids, requeued
 
 

@@ -14,23 +14,93 @@ worker's periodic ``requeue_stuck``) re-sends them like any other lost message.
 
 An instance arriving after its study was released is held again and released on its
 own quiet period; the study's answer (``study_answers``) then gets a new row.
+
+A study's answer: once none of its instances is waiting, queued or processing,
+:func:`record_study_answers` (in the transaction that finished them) reads its instances
+(``db.crud.finished_studies``), applies the rule (:func:`study_answer`, a pure function)
+and records the result (``db.crud.add_study_answers``) when it changed.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 
-from cxr_orient.ingest import Sender
+from sqlalchemy.orm import Session
+
 from cxr_orient.settings import Settings, get_settings
 from db import crud
-from db.models import utcnow
+from db.models import InstanceStatus, OrientationLabel, utcnow
 from db.session import session_scope
 
-__all__ = ["release_quiet_studies", "run_release_loop"]
+__all__ = ["STUDY_FLAGS", "record_study_answers", "release_quiet_studies",
+           "run_release_loop", "study_answer"]
 
 logger = logging.getLogger(__name__)
+
+#: Sends one classification per instance id (``worker.dispatch.send_instances``).
+Sender = Callable[[Sequence[int]], object]
+
+#: The flags a study answer can carry, in the order they are listed.
+STUDY_FLAGS = ("no_frontal", "no_lateral", "header_disagreement", "needs_review", "failed")
+
+
+def study_answer(instances: Sequence[crud.StudyInstance]) -> crud.NewStudyAnswer:
+    """The answer of a study whose instances (in id order) are all finished: how many
+    answered frontal, lateral, flagged for review, failed, out of scope, agreeing or not
+    with their header, the flags (:data:`STUDY_FLAGS`: no frontal, no lateral, a header
+    disagreement, an answer to review, a failure) and the model versions that answered.
+    Only ``done`` instances with an answer count as answered. The fingerprint names the
+    inputs (each instance's id, status and current answer)."""
+    done = [i for i in instances if i.status == InstanceStatus.done and i.answer_id is not None]
+    frontal = sum(1 for i in done if i.label == OrientationLabel.frontal)
+    lateral = sum(1 for i in done if i.label == OrientationLabel.lateral)
+    review = sum(1 for i in done if i.needs_review)
+    agrees = sum(1 for i in done if i.header_agrees is True)
+    disagrees = sum(1 for i in done if i.header_agrees is False)
+    failed = sum(1 for i in instances if i.status == InstanceStatus.failed)
+    flags = {"no_frontal": frontal == 0, "no_lateral": lateral == 0,
+             "header_disagreement": disagrees > 0, "needs_review": review > 0,
+             "failed": failed > 0}
+    fingerprint = hashlib.sha256(";".join(
+        f"{i.instance_id},{i.status.value},{i.answer_id or ''}" for i in instances
+    ).encode()).hexdigest()
+    return crud.NewStudyAnswer(
+        fingerprint=fingerprint,
+        instance_count=len(instances),
+        frontal_count=frontal,
+        lateral_count=lateral,
+        needs_review_count=review,
+        failed_count=failed,
+        out_of_scope_count=sum(1 for i in instances
+                               if i.status == InstanceStatus.out_of_scope),
+        header_agrees_count=agrees,
+        header_disagrees_count=disagrees,
+        no_frontal=flags["no_frontal"],
+        no_lateral=flags["no_lateral"],
+        header_disagreement=flags["header_disagreement"],
+        flags=",".join(f for f in STUDY_FLAGS if flags[f]) or None,
+        model_versions=",".join(sorted({i.model_version for i in done
+                                        if i.model_version})) or None,
+    )
+
+
+def record_study_answers(
+    session: Session, *, instance_ids: Sequence[int] = (), study_ids: Sequence[int] = ()
+) -> int:
+    """Add a ``study_answers`` row for each study of ``instance_ids`` (and each of
+    ``study_ids``) that has no waiting, queued or processing instance left and whose
+    answer (:func:`study_answer`) differs from its newest row's; returns rows added.
+
+    Called in the transaction that finished the instances (``session``), after them:
+    the studies' rows are locked then (the lock order of every writer), so the answer
+    is written once, by whichever transaction finishes a study last."""
+    finished = crud.finished_studies(session, instance_ids=instance_ids, study_ids=study_ids)
+    return crud.add_study_answers(session, answers={
+        study_id: study_answer(instances) for study_id, instances in finished.items()})
 
 
 def release_quiet_studies(

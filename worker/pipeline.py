@@ -19,6 +19,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from cxr_orient import metrics
+from cxr_orient.dicomnet.sr import new_sr_uid
 from cxr_orient.errors import (
     FilePurgedError,
     InterruptedProcessingError,
@@ -28,6 +29,7 @@ from cxr_orient.errors import (
 )
 from cxr_orient.imaging import view_to_label
 from cxr_orient.settings import DB_RETRY_MAX_WAIT_S, Settings, get_settings
+from cxr_orient.studies import record_study_answers
 from db import crud
 from db.models import OrientationLabel
 from db.session import dispose_engines, session_scope
@@ -159,7 +161,7 @@ def _claim(instance_ids: Sequence[int], settings: Settings,
             work.append(_Work(row.id, row.file_path, row.file_sha256, row.header_view_position,
                               row.target_model_version_id))
         if outcome.failed:  # studies after instances: the lock order of every writer
-            crud.record_study_answers(session, instance_ids=list(outcome.failed))
+            record_study_answers(session, instance_ids=list(outcome.failed))
     return work, outcome
 
 
@@ -217,7 +219,7 @@ def _timed_out(ids: list[int], settings: Settings) -> BatchOutcome:
             timed_out = crud.time_out_instances(
                 session, instance_ids=ids, max_attempts=settings.max_attempts,
                 error_code=error.code, error_message=str(error))
-            crud.record_study_answers(session, instance_ids=timed_out.failed)
+            record_study_answers(session, instance_ids=timed_out.failed)
             return timed_out
 
     timed_out = with_db_retry(write, what="recording timeouts")
@@ -290,7 +292,7 @@ def _named_model(version_id: int, work: list[_Work], outcome: BatchOutcome,
             failed[:] = [w.instance_id for w in work if crud.mark_failed(
                 session, instance_id=w.instance_id, error_code=error.code,
                 error_message=str(error), file_sha256=w.file_sha256, claim_token=token)]
-            crud.record_study_answers(session, instance_ids=[w.instance_id for w in work])
+            record_study_answers(session, instance_ids=[w.instance_id for w in work])
 
     with_db_retry(write, what="recording results")
     outcome.failed.update({i: error.code for i in failed})
@@ -376,7 +378,8 @@ def _predict_and_record(
             recorded[0] = crud.record_predictions(
                 session, model_version_id=model.version_id,
                 records=[r for r in records if r.instance_id in held],
-                worker=worker_name(), result_destinations=destinations, claim_token=token)
+                worker=worker_name(), result_destinations=destinations,
+                new_report_uid=new_sr_uid, claim_token=token)
             for w, err in failures:
                 assert err is not None
                 if w.instance_id not in held:
@@ -394,7 +397,7 @@ def _predict_and_record(
             superseded[:] = crud.superseded_instance_ids(
                 session, made_on={w.instance_id: w.file_sha256 for w in work})
             # A study left with nothing waiting, queued or processing gets its answer.
-            crud.record_study_answers(session, instance_ids=[w.instance_id for w in work])
+            record_study_answers(session, instance_ids=[w.instance_id for w in work])
 
     with_db_retry(write, what="recording results")
     if recorded[0] and destinations:

@@ -45,6 +45,7 @@ __all__ = [
     "ReportedAnswer",
     "build_sr",
     "derived_uid",
+    "new_sr_uid",
     "sr_series_uid",
     "view_code",
     "with_type2_attributes",
@@ -87,6 +88,13 @@ def derived_uid(*parts: str) -> str:
     the same on every machine and every run."""
     name = "\x1f".join(("cxr-orient", *parts))
     return f"2.25.{uuid.uuid5(uuid.NAMESPACE_OID, name).int}"
+
+
+def new_sr_uid() -> str:
+    """A fresh UID for a Structured Report (PS3.5 B.2: 2.25 and a random UUID): one per
+    answer, made when the answer and its outbox rows are recorded, the same for every
+    destination and every retry of that report."""
+    return f"2.25.{uuid.uuid4().int}"
 
 
 #: The device that makes every report (a fixed UID, so the observer is one device).

@@ -232,6 +232,7 @@ def test_refused_for_good_then_retried_by_the_operator(
     """STOW-RS to an Orthanc without DICOMweb: HTTP 404, failed for good (retrying the
     same request cannot help); the plugin enabled, ``outbox retry`` delivers it."""
     from cxr_orient.dicomnet.delivery import deliver_due
+    from cxr_orient.dicomnet.sr import new_sr_uid
     from cxr_orient.settings import get_settings
     from db import crud
     from db.migrate import upgrade
@@ -267,7 +268,8 @@ def test_refused_for_good_then_retried_by_the_operator(
                 batch_size=None) for i in ids if i is not None]
             assert len(records) == len(uids) == 2
             crud.record_predictions(session, model_version_id=model_id, records=records,
-                                    worker="test", result_destinations=[destination])
+                                    worker="test", result_destinations=[destination],
+                                    new_report_uid=new_sr_uid)
         counts = deliver_due(settings)
         assert (counts.claimed, counts.sent, counts.failed) == (2, 0, 2)
         with session_scope() as session:

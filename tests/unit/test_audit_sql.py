@@ -12,6 +12,8 @@ import pytest
 from sqlalchemy import update
 from sqlalchemy.engine import Engine
 
+from cxr_orient.dicomnet.sr import new_sr_uid
+from cxr_orient.studies import record_study_answers
 from db import crud
 from db.models import Instance, InstanceStatus, OrientationLabel, UidConflictAction
 from db.session import make_engine, session_scope
@@ -132,7 +134,7 @@ def _populate() -> dict[str, int]:
                 _prediction(ids["i8"], "lateral", 0.55, agrees=True, review=True),
             ],
             worker="w1",
-            result_destinations=[OUTBOX_DESTINATION],
+            result_destinations=[OUTBOX_DESTINATION], new_report_uid=new_sr_uid,
         )
         # Their SRs: i1's delivered, i2's refused for good, i3's and i8's pending.
         outbox = crud.outbox_rows(session)
@@ -235,7 +237,7 @@ def _populate_studies() -> dict[str, int]:
             if status == InstanceStatus.waiting:
                 crud.touch_study_arrivals(session, study_ids=[study.id],
                                           at=datetime.now(UTC))
-            crud.record_study_answers(session, instance_ids=[instance.id])
+            record_study_answers(session, instance_ids=[instance.id])
     return ids
 
 

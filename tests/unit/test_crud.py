@@ -6,6 +6,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from db import crud
+from db.crud.common import UID_CHUNK, chunked
 from db.models import InstanceStatus, OrientationLabel, utcnow
 from db.session import session_scope
 from tests.utils.factories import register_version
@@ -249,3 +250,33 @@ def test_enqueue_report_names_refused_files_too(migrated_db: str, tmp_path: Path
     assert [(r.status, r.error.split(":")[0] if r.error else None) for r in rows] == [
         ("failed", "not_dicom")
     ]
+
+
+def test_chunked_splits_in_order_and_yields_nothing_for_nothing() -> None:
+    assert list(chunked(range(12), 5)) == [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9], [10, 11]]
+    assert list(chunked([], 5)) == []
+    assert list(chunked((u for u in "abc"), 3)) == [["a", "b", "c"]]
+
+
+def test_lookups_by_uid_span_more_than_one_chunk(migrated_db: str) -> None:
+    """The UID lookups read their IN lists a chunk at a time: a list longer than one
+    chunk finds every recorded UID, across the chunk boundary."""
+    uids = [f"7.{n}" for n in range(UID_CHUNK + 3)]
+    studies = {f"8.{n}": None for n in range(UID_CHUNK + 3)}
+    with session_scope() as session:
+        made = crud.get_or_create_studies(session, studies=studies)
+        assert sorted(made) == sorted(studies)
+        study = made["8.0"]
+        crud.add_instances(session, new=[crud.NewInstance(
+            study=study, sop_instance_uid=uid, series_instance_uid=None,
+            file_path=f"/x/{uid}.dcm", file_sha256="0" * 64, file_size=1, modality="CR",
+            transfer_syntax_uid=None, header_view_position=None) for uid in uids[1:]])
+    with session_scope() as session:
+        again = crud.get_or_create_studies(session, studies=studies)
+        assert {s.id for s in again.values()} == {s.id for s in made.values()}
+        asked = [*uids, "7.unknown"]
+        assert crud.known_sop_instance_uids(session, sop_instance_uids=asked) == set(uids[1:])
+        found = crud.find_instances_by_uids(session, sop_instance_uids=asked)
+        assert sorted(found) == sorted(uids[1:])
+        ids = [i.id for i in found.values()]
+        assert crud.count_unfinished(session, instance_ids=ids) == len(uids) - 1

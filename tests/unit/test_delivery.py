@@ -18,6 +18,7 @@ from pydicom.uid import generate_uid
 from sqlalchemy import update
 
 from cxr_orient.dicomnet.delivery import deliver_due, report_for
+from cxr_orient.dicomnet.sr import new_sr_uid
 from cxr_orient.settings import get_settings
 from db import crud
 from db.migrate import upgrade
@@ -50,7 +51,8 @@ def _answered(archive: Path, destination: str) -> list[int]:
             p_lateral=0.1, header_agrees=None, needs_review=False, decode_ms=None,
             inference_ms=None, batch_size=None) for i in instances if i is not None]
         crud.record_predictions(session, model_version_id=model_id, records=records,
-                                worker="t", result_destinations=[destination])
+                                worker="t", result_destinations=[destination],
+                                new_report_uid=new_sr_uid)
         return [r.id for r in crud.outbox_rows(session)]
 
 

@@ -19,6 +19,7 @@ from fastapi.testclient import TestClient
 from pydantic import ValidationError
 
 from cxr_orient import metrics
+from cxr_orient.dicomnet.sr import new_sr_uid
 from cxr_orient.settings import Settings
 from db import crud
 from db.models import InstanceStatus, OrientationLabel
@@ -74,7 +75,7 @@ def _fill_database() -> None:
             session, model_version_id=version_id, worker="w",
             records=[_answer(ids[0], needs_review=True), _answer(ids[1], needs_review=True),
                      _answer(ids[2], needs_review=False)],
-            result_destinations=[DESTINATION])
+            result_destinations=[DESTINATION], new_report_uid=new_sr_uid)
         crud.mark_failed(session, instance_id=ids[3], error_code="decode_failed",
                          error_message="bad")
         crud.add_label(session, instance_id=ids[1], label=OrientationLabel.frontal,

@@ -4,6 +4,7 @@ CXR_RESULT_DESTINATIONS setting checked strictly."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
@@ -13,6 +14,7 @@ from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
 from cxr_orient.dicomnet.delivery import backoff_s, retry_failed
+from cxr_orient.dicomnet.sr import new_sr_uid
 from cxr_orient.settings import Settings, parse_result_destination
 from db import crud
 from db.models import OrientationLabel, OutboxStatus, utcnow
@@ -49,10 +51,11 @@ def _answer_two(destinations: list[str]) -> list[int]:
     with session_scope() as session:
         crud.record_predictions(session, model_version_id=model_id, worker="w",
                                 records=[_record(ids[0]), _record(ids[1], True)],
-                                result_destinations=destinations)
+                                result_destinations=destinations, new_report_uid=new_sr_uid)
     with session_scope() as session:  # a redelivered message adds no row
         crud.record_predictions(session, model_version_id=model_id, worker="w",
-                                records=[_record(ids[0])], result_destinations=destinations)
+                                records=[_record(ids[0])], result_destinations=destinations,
+                                new_report_uid=new_sr_uid)
     return ids
 
 
@@ -74,6 +77,36 @@ def test_rows_made_with_each_answer_one_uid_per_answer(migrated_db: str) -> None
     assert all(s.oldest_pending is not None for s in summary)
 
 
+def test_the_report_uids_are_the_callers(migrated_db: str) -> None:
+    """db mints no DICOM UID: each answer's report takes the next UID its caller's
+    ``new_report_uid`` makes (one per answer, the same for every destination); and a
+    destination without a UID source is refused before anything is written."""
+    with session_scope() as session:
+        ids = [_instance(session, "9.5"), _instance(session, "9.6")]
+        model = register_version(session, "m1")
+        crud.activate_model_version(session, version=model, actor="t", reason="in service")
+        model_id = model.id
+    made = iter(["1.2.3.999.1", "1.2.3.999.2"])
+    with session_scope() as session:
+        with pytest.raises(ValueError, match="new_report_uid"):
+            crud.record_predictions(session, model_version_id=model_id, worker="w",
+                                    records=[_record(ids[0])], result_destinations=[DEST_A])
+        assert crud.record_predictions(
+            session, model_version_id=model_id, worker="w",
+            records=[_record(ids[0]), _record(ids[1])], result_destinations=[DEST_A, DEST_B],
+            new_report_uid=lambda: next(made)) == 2
+        rows = crud.outbox_rows(session)
+    assert sorted((r.sr_sop_instance_uid, r.destination) for r in rows) == [
+        ("1.2.3.999.1", DEST_A), ("1.2.3.999.1", DEST_B),
+        ("1.2.3.999.2", DEST_A), ("1.2.3.999.2", DEST_B)]
+
+
+def test_new_sr_uid_is_a_fresh_valid_uid() -> None:
+    uids = {new_sr_uid() for _ in range(100)}
+    assert len(uids) == 100
+    assert all(re.fullmatch(r"2\.25\.[1-9][0-9]*", u) and len(u) <= 64 for u in uids)
+
+
 def test_no_destinations_no_rows(migrated_db: str) -> None:
     _answer_two([])
     with session_scope() as session:
@@ -89,7 +122,8 @@ def test_a_candidate_s_answers_are_not_sent(migrated_db: str) -> None:
         before = len(crud.outbox_rows(session))
         assert crud.record_predictions(session, model_version_id=candidate, worker="w",
                                        records=[_record(ids[0])],
-                                       result_destinations=[DEST_A]) == 1
+                                       result_destinations=[DEST_A],
+                                       new_report_uid=new_sr_uid) == 1
         assert len(crud.outbox_rows(session)) == before == 2
 
 

@@ -15,6 +15,7 @@ from sqlalchemy import select
 
 from cxr_orient.dicomnet.retention import purge_spool
 from cxr_orient.dicomnet.spool import stale_partial_s, write_instance
+from cxr_orient.dicomnet.sr import new_sr_uid
 from cxr_orient.ingest import enqueue_paths
 from cxr_orient.settings import get_settings
 from cxr_orient.synthetic import make_dicom
@@ -210,7 +211,8 @@ def test_a_report_not_yet_delivered_keeps_its_source_file(
         prediction_id = session.scalars(
             select(Prediction.id).where(Prediction.instance_id == instance_id)).one()
         crud.add_outbox_messages(session, prediction_ids=[prediction_id],
-                                 destinations=["dicom://PACS@127.0.0.1:4242"])
+                                 destinations=["dicom://PACS@127.0.0.1:4242"],
+                                 new_report_uid=new_sr_uid)
         (outbox,) = crud.outbox_rows(session, prediction_ids=[prediction_id])
         outbox_id = outbox.id
     assert purge_spool(get_settings(), utcnow()).deleted == 0

@@ -5,6 +5,7 @@ by exactly one of concurrent callers, and each finished study gets an append-onl
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from collections.abc import Callable, Sequence
 from datetime import timedelta
@@ -15,7 +16,13 @@ import pytest
 from cxr_orient.dicomnet.receive import record_received
 from cxr_orient.ingest import enqueue_paths
 from cxr_orient.settings import get_settings
-from cxr_orient.studies import release_quiet_studies, run_release_loop
+from cxr_orient.studies import (
+    STUDY_FLAGS,
+    record_study_answers,
+    release_quiet_studies,
+    run_release_loop,
+    study_answer,
+)
 from db import crud
 from db.models import InstanceStatus, OrientationLabel, utcnow
 from db.session import session_scope
@@ -144,7 +151,7 @@ def _answer(ids: Sequence[int], label: str, *, agrees: bool | None = True) -> in
                                   header_agrees=agrees, needs_review=False, decode_ms=None,
                                   inference_ms=None, batch_size=len(ids))
             for i in ids])
-        return crud.record_study_answers(session, instance_ids=ids)
+        return record_study_answers(session, instance_ids=ids)
 
 
 def test_a_study_is_answered_once_complete_and_again_after_a_late_instance(
@@ -163,7 +170,7 @@ def test_a_study_is_answered_once_complete_and_again_after_a_late_instance(
 
     late = _receive(tmp_path, "late", view="LL")
     with session_scope() as session:
-        assert crud.record_study_answers(session, study_ids=[_study_id()]) == 0, "held"
+        assert record_study_answers(session, study_ids=[_study_id()]) == 0, "held"
     release_quiet_studies(Sent(), now=utcnow() + timedelta(seconds=11))
     assert _answer(late, "lateral") == 1
 
@@ -231,3 +238,53 @@ def test_held_instances_outlive_their_process_and_the_reaper_leaves_them(
     sent = Sent()  # a fresh caller, as after the receiving process died
     assert release_quiet_studies(sent, now=utcnow() + timedelta(seconds=11)) == 2
     assert sorted(sent.ids) == sorted(held)
+
+
+def _instance(instance_id: int, status: str, label: str | None = None, *,
+              review: bool = False, agrees: bool | None = None,
+              version: str | None = "m1") -> crud.StudyInstance:
+    answered = label is not None
+    return crud.StudyInstance(
+        instance_id=instance_id, status=InstanceStatus(status),
+        answer_id=100 + instance_id if answered else None,
+        label=None if label is None else OrientationLabel(label),
+        needs_review=review if answered else None, header_agrees=agrees if answered else None,
+        model_version=version if answered else None)
+
+
+@pytest.mark.parametrize(("instances", "counts", "flags", "versions"), [
+    pytest.param([_instance(1, "done", "frontal", agrees=True),
+                  _instance(2, "done", "lateral", agrees=True, version="m2")],
+                 (2, 1, 1, 0, 0, 0, 2, 0), None, "m1,m2", id="frontal_and_lateral"),
+    pytest.param([_instance(1, "done", "frontal", review=True, agrees=False),
+                  _instance(2, "failed"), _instance(3, "out_of_scope")],
+                 (3, 1, 0, 1, 1, 1, 0, 1),
+                 "no_lateral,header_disagreement,needs_review,failed", "m1",
+                 id="flags_in_their_order"),
+    pytest.param([_instance(1, "failed", "frontal"), _instance(2, "out_of_scope")],
+                 (2, 0, 0, 0, 1, 1, 0, 0), "no_frontal,no_lateral,failed", None,
+                 id="an_answer_counts_only_when_done"),
+])
+def test_study_answer_rule(instances: list[crud.StudyInstance],
+                           counts: tuple[int, ...], flags: str | None,
+                           versions: str | None) -> None:
+    """The rule over named fields: instances, frontal, lateral, to review, failed, out
+    of scope, header agrees, header disagrees; the flags in STUDY_FLAGS' order."""
+    answer = study_answer(instances)
+    assert (answer.instance_count, answer.frontal_count, answer.lateral_count,
+            answer.needs_review_count, answer.failed_count, answer.out_of_scope_count,
+            answer.header_agrees_count, answer.header_disagrees_count) == counts
+    assert answer.flags == flags and answer.model_versions == versions
+    assert (answer.no_frontal, answer.no_lateral, answer.header_disagreement) == (
+        answer.frontal_count == 0, answer.lateral_count == 0,
+        answer.header_disagrees_count > 0)
+    assert set((flags or "").split(",")) - {""} <= set(STUDY_FLAGS)
+
+
+def test_study_answer_fingerprint_is_the_recorded_one() -> None:
+    """The fingerprint of rows recorded before the rule moved: (id, status, answer id)
+    per instance, so a study answered then gets no new row for the same inputs."""
+    answer = study_answer([_instance(1, "done", "frontal"), _instance(2, "failed")])
+    assert answer.fingerprint == hashlib.sha256(b"1,done,101;2,failed,").hexdigest()
+    moved = study_answer([_instance(1, "done", "frontal"), _instance(2, "done", "lateral")])
+    assert moved.fingerprint != answer.fingerprint

@@ -1,0 +1,281 @@
+"""Answers: a batch's predictions recorded (with their outbox rows, same transaction),
+and read back (one row per instance, the changes between two versions)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import and_, func, select, tuple_, update
+from sqlalchemy.orm import Session, aliased
+
+from db.crud.common import current_answer_id
+from db.crud.outbox import add_outbox_messages
+from db.models import (
+    Instance,
+    InstanceStatus,
+    ModelVersion,
+    OrientationLabel,
+    Prediction,
+    Study,
+    utcnow,
+)
+
+
+@dataclass(frozen=True)
+class PredictionRecord:
+    instance_id: int
+    label: OrientationLabel
+    confidence: float
+    p_frontal: float
+    p_lateral: float
+    header_agrees: bool | None
+    needs_review: bool
+    decode_ms: float | None
+    inference_ms: float | None
+    batch_size: int | None
+    #: The bytes the answer was made on: the instance's ``file_sha256`` when the work was
+    #: claimed (``worker.pipeline``). None: the instance's now (no check). Keep it last
+    #: (it has a default).
+    file_sha256: str | None = None
+    #: What a model with orientation and unusual-image heads says (None without them).
+    review_reason: str | None = None
+    rotation: int | None = None
+    mirrored: bool | None = None
+    unusual_score: float | None = None
+
+
+def record_predictions(
+    session: Session,
+    *,
+    model_version_id: int,
+    records: Iterable[PredictionRecord],
+    worker: str | None,
+    result_destinations: Sequence[str] = (),
+    new_report_uid: Callable[[], str] | None = None,
+    claim_token: str | None = None,
+) -> int:
+    """Insert predictions and mark their instances done; returns rows inserted.
+
+    Each new answer of the model version in service gets one ``outbox`` row per entry of
+    ``result_destinations`` (canonical destination URLs, CXR_RESULT_DESTINATIONS), in
+    this same transaction: an answer is never recorded without its outgoing reports, nor
+    a report queued for an answer that was rolled back. Each report's SOP Instance UID
+    comes from ``new_report_uid`` (required with ``result_destinations``:
+    ``cxr_orient.dicomnet.sr.new_sr_uid``). Answers of a version not in
+    service (a candidate run through ``reclassify --model``) stay in SQL: the PACS only
+    hears the model the hospital put in service.
+
+    Each row says which bytes it was made on (``file_sha256``). An instance that already
+    has an answer from this model version on these bytes keeps it (a redelivered message
+    must not add a second row). An instance that no longer refers to the bytes a record
+    was made on (its file was replaced since the claim: uid conflict, ``replace``) gets
+    neither the answer nor a status change: its new file is queued and answered anew.
+
+    With ``claim_token`` (the worker's claim on the batch), only instances still held
+    under that claim are recorded: a worker whose lease lapsed (it was cut off from the
+    database, and the work was re-queued and claimed by another) records nothing, so an
+    instance is answered once however the claims went.
+    """
+    if result_destinations and new_report_uid is None:
+        raise ValueError("result_destinations need new_report_uid (the reports' UIDs)")
+    records = list(records)
+    if not records:
+        return 0
+    ids = [r.instance_id for r in records]
+    current: dict[int, str] = {
+        i: sha
+        for i, sha in session.execute(
+            select(Instance.id, Instance.file_sha256).where(Instance.id.in_(ids))
+        )
+    }
+    made_on = {r.instance_id: r.file_sha256 or current.get(r.instance_id, "") for r in records}
+    now = utcnow()
+    condition: Any = tuple_(Instance.id, Instance.file_sha256).in_(list(made_on.items()))
+    if claim_token is not None:
+        condition = and_(condition, Instance.claim_token == claim_token,
+                         Instance.status == InstanceStatus.processing)
+    # Compare-and-set in one statement: done only where the bytes are still the ones
+    # answered (on PostgreSQL the rows stay locked until commit, so a replacement that
+    # comes meanwhile waits and then queues the instance again).
+    matched = set(
+        session.scalars(
+            update(Instance)
+            .where(condition)
+            .values(
+                status=InstanceStatus.done,
+                error_code=None,
+                error_message=None,
+                target_model_version_id=None,
+                claim_token=None,
+                lease_expires_at=None,
+                finished_at=now,
+                updated_at=now,
+            )
+            .returning(Instance.id)
+            .execution_options(synchronize_session="fetch")
+        )
+    )
+    already = {
+        (i, sha)
+        for i, sha in session.execute(
+            select(Prediction.instance_id, Prediction.file_sha256).where(
+                Prediction.model_version_id == model_version_id,
+                Prediction.instance_id.in_(matched),
+            )
+        )
+    }
+    fresh = [
+        r
+        for r in records
+        if r.instance_id in matched and (r.instance_id, made_on[r.instance_id]) not in already
+    ]
+    added = [
+        Prediction(
+            instance_id=r.instance_id,
+            model_version_id=model_version_id,
+            file_sha256=made_on[r.instance_id],
+            label=r.label,
+            confidence=r.confidence,
+            p_frontal=r.p_frontal,
+            p_lateral=r.p_lateral,
+            header_agrees=r.header_agrees,
+            needs_review=r.needs_review,
+            review_reason=r.review_reason,
+            rotation=r.rotation,
+            mirrored=r.mirrored,
+            unusual_score=r.unusual_score,
+            decode_ms=r.decode_ms,
+            inference_ms=r.inference_ms,
+            batch_size=r.batch_size,
+            worker=worker,
+        )
+        for r in fresh
+    ]
+    session.add_all(added)
+    session.flush()
+    if new_report_uid is not None and result_destinations and added and session.scalar(
+            select(ModelVersion.is_active).where(ModelVersion.id == model_version_id)):
+        add_outbox_messages(session, prediction_ids=[p.id for p in added],
+                            destinations=result_destinations, new_report_uid=new_report_uid)
+    return len(fresh)
+
+
+@dataclass(frozen=True)
+class ResultRow:
+    sop_instance_uid: str | None
+    study_instance_uid: str | None
+    file_path: str
+    status: str
+    label: str | None
+    confidence: float | None
+    p_lateral: float | None
+    needs_review: bool | None
+    header_view: str | None
+    header_agrees: bool | None
+    model_version: str | None
+    error: str | None
+    review_reason: str | None
+    rotation: int | None
+    mirrored: bool | None
+    unusual_score: float | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def results(
+    session: Session,
+    *,
+    study_instance_uid: str | None = None,
+    instance_ids: Sequence[int] | None = None,
+    model_version_id: int | None = None,
+) -> list[ResultRow]:
+    """One row per instance with its current answer (:func:`current_answer_id`); with
+    ``model_version_id``, one row per instance that version answered, with its answer."""
+    if model_version_id is None:
+        answer = Prediction.id == current_answer_id()
+    else:
+        own = aliased(Prediction)
+        answer = Prediction.id == (
+            select(func.max(own.id))
+            .where(own.instance_id == Instance.id, own.model_version_id == model_version_id)
+            .correlate(Instance)
+            .scalar_subquery()
+        )
+    query = (
+        select(Instance, Study.study_instance_uid, Prediction, ModelVersion.name)
+        .outerjoin(Study, Study.id == Instance.study_id)
+        .join(Prediction, answer, isouter=model_version_id is None)
+        .outerjoin(ModelVersion, ModelVersion.id == Prediction.model_version_id)
+        .order_by(Study.study_instance_uid, Instance.id)
+    )
+    if study_instance_uid is not None:
+        query = query.where(Study.study_instance_uid == study_instance_uid)
+    if instance_ids is not None:
+        query = query.where(Instance.id.in_(instance_ids))
+    rows = []
+    for instance, study_uid, prediction, model_name in session.execute(query):
+        error = None
+        if instance.error_code:
+            error = f"{instance.error_code}: {instance.error_message or ''}".rstrip(": ")
+        rows.append(
+            ResultRow(
+                sop_instance_uid=instance.sop_instance_uid,
+                study_instance_uid=study_uid,
+                file_path=instance.file_path,
+                status=InstanceStatus(instance.status).value,
+                label=OrientationLabel(prediction.label).value if prediction else None,
+                confidence=prediction.confidence if prediction else None,
+                p_lateral=prediction.p_lateral if prediction else None,
+                needs_review=prediction.needs_review if prediction else None,
+                header_view=instance.header_view_position,
+                header_agrees=prediction.header_agrees if prediction else None,
+                model_version=model_name,
+                error=error,
+                review_reason=prediction.review_reason if prediction else None,
+                rotation=prediction.rotation if prediction else None,
+                mirrored=prediction.mirrored if prediction else None,
+                unusual_score=prediction.unusual_score if prediction else None,
+            )
+        )
+    return rows
+
+
+@dataclass(frozen=True)
+class ChangedAnswer:
+    """An instance whose label differs between two model versions' answers."""
+
+    sop_instance_uid: str | None
+    study_instance_uid: str | None
+    label_a: str
+    confidence_a: float
+    label_b: str
+    confidence_b: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def changed_between(
+    session: Session, *, version_a_id: int, version_b_id: int
+) -> list[ChangedAnswer]:
+    """Instances both versions answered, on the same bytes, with different labels (the
+    query of docs/auditing.md "Answers that changed between two model versions")."""
+    a, b = aliased(Prediction), aliased(Prediction)
+    query = (
+        select(Instance.sop_instance_uid, Study.study_instance_uid,
+               a.label, a.confidence, b.label, b.confidence)
+        .select_from(a)
+        .join(b, and_(b.instance_id == a.instance_id, b.model_version_id == version_b_id,
+                      b.file_sha256 == a.file_sha256))
+        .join(Instance, Instance.id == a.instance_id)
+        .outerjoin(Study, Study.id == Instance.study_id)
+        .where(a.model_version_id == version_a_id, a.label != b.label)
+        .order_by(Instance.id)
+    )
+    return [
+        ChangedAnswer(uid, study, OrientationLabel(la).value, ca, OrientationLabel(lb).value, cb)
+        for uid, study, la, ca, lb, cb in session.execute(query)
+    ]
