@@ -185,7 +185,9 @@ def test_queue_accepts_json_ids_only(pg_url: str, tmp_path: Path) -> None:
     assert Counter(s for s, _ in _states(pg_url).values()) == {"done": 2}
 
 
-def test_checkpoint_sha256_mismatch_refused(tmp_path: Path, configure: object) -> None:
+def test_checkpoint_sha256_mismatch_refused(tmp_path: Path, configure: object,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    from cxr_orient import registry
     from cxr_orient.errors import ModelError, ModelIntegrityError
     from cxr_orient.registry import current_model, load_version
     from db.migrate import upgrade
@@ -199,6 +201,9 @@ def test_checkpoint_sha256_mismatch_refused(tmp_path: Path, configure: object) -
 
     with session_scope() as session:
         version = ensure_active_model(session)
+    # Nothing loaded in this process before: an earlier test's model of the same row id,
+    # name and bytes (the smoke checkpoint is deterministic) would be served from memory.
+    monkeypatch.setattr(registry, "_LOADED", None)
     with checkpoint.open("ab") as handle:  # tampered after registration
         handle.write(b"\0tampered")
     with pytest.raises(ModelIntegrityError, match=r"sha256|SHA-256|hash"):
