@@ -1,4 +1,10 @@
-"""Shared fixtures. Settings-changing fixtures restore the environment afterwards."""
+"""Shared fixtures. Settings-changing fixtures restore the environment afterwards.
+
+Tiers are defined by what a test needs, not by its folder alone: a test that gets the
+real PostgreSQL (``pg_url``, or the ``postgresql`` side of ``database_url``) is marked
+``pg``, one under tests/integration or that gets Redis (``redis_url``) ``integration``,
+here at collection. ``make unit`` runs ``-m "not integration and not pg"``: no server.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +15,28 @@ import pytest
 
 from cxr_orient.settings import reset_settings_cache
 from db.session import dispose_engines
-from tests.utils.env import temporary_pg_database
+from tests.utils.env import drop_templates, migrate_from_template, temporary_pg_database
+
+#: Fixtures that need a server: a test using one is marked so (see the module's text).
+_SERVER_FIXTURES = {"pg_url": "pg", "redis_url": "integration"}
+_INTEGRATION = Path(__file__).resolve().parent / "integration"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        needs = {mark for fixture, mark in _SERVER_FIXTURES.items()
+                 if fixture in getattr(item, "fixturenames", ())}
+        callspec = getattr(item, "callspec", None)
+        if callspec is not None and callspec.params.get("database_url") == "postgresql":
+            needs.add("pg")
+        if _INTEGRATION in Path(str(item.path)).resolve().parents:
+            needs.add("integration")
+        for mark in sorted(needs):
+            item.add_marker(mark)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    drop_templates()
 
 
 @pytest.fixture
@@ -50,10 +77,9 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
 
 @pytest.fixture
 def migrated_db(database_url: str, configure: Callable[..., None], tmp_path: Path) -> str:
-    """An empty, fully migrated database configured as CXR_DATABASE_URL."""
-    from db.migrate import upgrade
-
+    """An empty, fully migrated database configured as CXR_DATABASE_URL (a copy of the
+    run's migrated template: what ``upgrade()`` would leave)."""
     configure(database_url=database_url, data_dir=tmp_path / "data",
               ingest_root=tmp_path)
-    upgrade()
+    migrate_from_template(database_url)
     return database_url
