@@ -46,11 +46,13 @@ def _drop_pg_database(name: str) -> None:
 
 
 @contextmanager
-def temporary_pg_database() -> Iterator[str]:
-    """A new, empty PostgreSQL database; dropped afterwards (connections terminated)."""
+def temporary_pg_database(template: str | None = None) -> Iterator[str]:
+    """A new PostgreSQL database, empty or a copy of ``template``; dropped afterwards
+    (connections terminated)."""
     name = f"cxr_test_{uuid.uuid4().hex[:10]}"
+    copy = f' TEMPLATE "{template}"' if template else ""
     with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
+        conn.execute(f'CREATE DATABASE "{name}"{copy}')
     try:
         yield pg_url_for(name)
     finally:
@@ -110,6 +112,20 @@ def migrate_from_template(url: str) -> None:
     _drop_pg_database(database)
     with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{database}" TEMPLATE "{template}"')
+
+
+@contextmanager
+def migrated_database(backend: str, sqlite_file: Path) -> Iterator[str]:
+    """A new database at head on ``backend`` ("sqlite": ``sqlite_file``, "postgresql": a
+    temporary database), a copy of the run's template; a PostgreSQL one is dropped
+    afterwards."""
+    if backend == "sqlite":
+        url = f"sqlite:///{sqlite_file}"
+        migrate_from_template(url)
+        yield url
+    else:
+        with temporary_pg_database(template=_pg_template()) as url:
+            yield url
 
 
 def drop_templates() -> None:
