@@ -21,7 +21,7 @@ test: $(STAMP)  ## Unit and integration tests (needs Redis and PostgreSQL on 127
 	$(BIN)/pytest -n 2 --dist loadfile
 
 unit: $(STAMP)  ## The unit tier: no server (tests needing PostgreSQL/Redis/workers deselected).
-	$(BIN)/pytest -m "not integration and not pg" -q
+	$(BIN)/pytest -n 2 -m "not integration and not pg" -q
 
 bench: $(STAMP)
 	$(BIN)/cxr-orient bench
