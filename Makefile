@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 
-.PHONY: demo test lint check bench clean
+.PHONY: demo test unit lint check bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,6 +19,9 @@ test: $(STAMP)  ## Unit and integration tests (needs Redis and PostgreSQL on 127
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/pytest -n 2 --dist loadfile
+
+unit: $(STAMP)  ## The unit tier: no server (tests needing PostgreSQL/Redis/workers deselected).
+	$(BIN)/pytest -n 2 -m "not integration and not pg" -q
 
 bench: $(STAMP)  ## The benchmark from this checkout (not a cxr-orient verb, not in the wheel).
 	$(BIN)/python -m bench

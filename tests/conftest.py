@@ -1,4 +1,11 @@
-"""Shared fixtures. Settings-changing fixtures restore the environment afterwards."""
+"""Shared fixtures. Settings-changing fixtures restore the environment afterwards.
+
+Tiers are defined by what a test needs, not by its folder alone: a test that gets the
+real PostgreSQL (``pg_url``, or the ``postgresql`` side of ``database_url`` and
+``migrated_db``) is marked
+``pg``, one under tests/integration or that gets Redis (``redis_url``) ``integration``,
+here at collection. ``make unit`` runs ``-m "not integration and not pg"``: no server.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +16,28 @@ import pytest
 
 from cxr_orient.settings import reset_settings_cache
 from db.session import dispose_engines
-from tests.utils.env import temporary_pg_database
+from tests.utils.env import drop_templates, migrated_database, temporary_pg_database
+
+#: Fixtures that need a server: a test using one is marked so (see the module's text).
+_SERVER_FIXTURES = {"pg_url": "pg", "redis_url": "integration"}
+_INTEGRATION = Path(__file__).resolve().parent / "integration"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        needs = {mark for fixture, mark in _SERVER_FIXTURES.items()
+                 if fixture in getattr(item, "fixturenames", ())}
+        callspec = getattr(item, "callspec", None)
+        if callspec is not None and callspec.params.get("db_backend") == "postgresql":
+            needs.add("pg")
+        if _INTEGRATION in Path(str(item.path)).resolve().parents:
+            needs.add("integration")
+        for mark in sorted(needs):
+            item.add_marker(mark)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    drop_templates()
 
 
 @pytest.fixture
@@ -39,9 +67,15 @@ def pg_url() -> Iterator[str]:
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """Each test using this runs on SQLite and on the real PostgreSQL."""
-    if request.param == "sqlite":
+def db_backend(request: pytest.FixtureRequest) -> str:
+    """The two databases a test using ``database_url`` or ``migrated_db`` runs on."""
+    return str(request.param)
+
+
+@pytest.fixture
+def database_url(db_backend: str, tmp_path: Path) -> Iterator[str]:
+    """An empty database: each test using this runs on SQLite and on the real PostgreSQL."""
+    if db_backend == "sqlite":
         yield f"sqlite:///{tmp_path / 'cxr.db'}"
     else:
         with temporary_pg_database() as url:
@@ -49,11 +83,11 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
 
 
 @pytest.fixture
-def migrated_db(database_url: str, configure: Callable[..., None], tmp_path: Path) -> str:
-    """An empty, fully migrated database configured as CXR_DATABASE_URL."""
-    from db.migrate import upgrade
-
-    configure(database_url=database_url, data_dir=tmp_path / "data",
-              ingest_root=tmp_path)
-    upgrade()
-    return database_url
+def migrated_db(db_backend: str, configure: Callable[..., None], tmp_path: Path
+                ) -> Iterator[str]:
+    """An empty, fully migrated database configured as CXR_DATABASE_URL, on SQLite and on
+    PostgreSQL: a copy of the run's migrated template (what ``upgrade()`` would leave)."""
+    with migrated_database(db_backend, tmp_path / "cxr.db") as url:
+        configure(database_url=url, data_dir=tmp_path / "data", ingest_root=tmp_path)
+        yield url
+        dispose_engines()  # before the database is dropped

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.utils.env import flush_redis_db, redis_available
+from tests.utils.env import REDIS_HOST, REDIS_PORT, flush_redis_db, redis_available
 
 pytestmark = pytest.mark.integration
 
@@ -24,7 +24,7 @@ REDIS_DB = int(os.environ.get("CXR_TEST_REDIS_DB", "11")) + int(
 @pytest.fixture
 def redis_url() -> Iterator[str]:
     if not redis_available():
-        pytest.fail("Redis is not running on 127.0.0.1:6379 (.ci/run starts it)")
+        pytest.fail(f"Redis is not running on {REDIS_HOST}:{REDIS_PORT} (.ci/run starts it)")
     flush_redis_db(REDIS_DB)
-    yield f"redis://127.0.0.1:6379/{REDIS_DB}"
+    yield f"redis://{REDIS_HOST}:{REDIS_PORT}/{REDIS_DB}"
     flush_redis_db(REDIS_DB)

@@ -24,14 +24,14 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture
 def node(tmp_path: Path, configure: Callable[..., None]) -> dict[str, str]:
-    from db.migrate import upgrade
+    from tests.utils.env import migrate_from_template
 
     values = {"database_url": f"sqlite:///{tmp_path / 'cxr.db'}",
               "ingest_root": tmp_path / "in", "data_dir": tmp_path / "data"}
     for folder in ("in", "data"):
         (tmp_path / folder).mkdir()
     configure(**values)
-    upgrade()
+    migrate_from_template(str(values["database_url"]))
     return worker_env(**values)
 
 

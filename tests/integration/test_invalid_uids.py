@@ -25,12 +25,12 @@ BAD = "../../../../tmp/x"
 
 def test_the_listener_refuses_a_malformed_uid_and_records_a_failed_row(
         tmp_path: Path, configure: Callable[..., None]) -> None:
-    from db.migrate import upgrade
+    from tests.utils.env import migrate_from_template
 
     values = dict(database_url=f"sqlite:///{tmp_path / 'cxr.db'}", ingest_root=tmp_path,
                   data_dir=tmp_path / "data", study_quiet_s=3600)
     configure(**values)
-    upgrade()
+    migrate_from_template(str(values["database_url"]))
     env = worker_env(**values)
     sources = tmp_path / "src"
     sources.mkdir()

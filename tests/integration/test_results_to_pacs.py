@@ -119,7 +119,7 @@ def _study(root: Path, name: str) -> dict[str, str]:
 def test_srs_reach_pacs_by_cstore_and_stow_and_survive_an_outage(
     pg_url: str, broker_url: str, tmp_path: Path, orthancs: tuple[Orthanc, Orthanc]
 ) -> None:
-    from db.migrate import upgrade
+    from tests.utils.env import migrate_from_template
 
     a, b = orthancs
     archive = tmp_path / "archive"
@@ -131,7 +131,7 @@ def test_srs_reach_pacs_by_cstore_and_stow_and_survive_an_outage(
                      batch_max_wait_ms=100, result_destinations=",".join(destinations),
                      outbox_interval_s=1, outbox_backoff_s=0.5, outbox_backoff_max_s=2,
                      outbox_timeout_s=5)
-    upgrade(pg_url)
+    migrate_from_template(pg_url)
     first = _study(archive, "study1")
 
     with running_worker(env, tmp_path / "worker.log",
@@ -235,9 +235,9 @@ def test_refused_for_good_then_retried_by_the_operator(
     from cxr_orient.dicomnet.sr import new_sr_uid
     from cxr_orient.settings import get_settings
     from db import crud
-    from db.migrate import upgrade
     from db.models import OrientationLabel
     from db.session import session_scope
+    from tests.utils.env import migrate_from_template
     from tests.utils.factories import register_version
 
     archive = tmp_path / "archive"
@@ -249,7 +249,7 @@ def test_refused_for_good_then_retried_by_the_operator(
         destination = f"dicomweb+http://127.0.0.1:{orthanc.http_port}/dicom-web"
         configure(database_url=sqlite_url, ingest_root=archive, data_dir=tmp_path / "data",
                   result_destinations=destination, outbox_timeout_s=5)
-        upgrade()
+        migrate_from_template(sqlite_url)
         settings = get_settings()
         enqueued = run_cli("enqueue", str(archive / "study3"), env=worker_env(
             database_url=sqlite_url, ingest_root=archive, data_dir=tmp_path / "data"))
@@ -348,7 +348,7 @@ def test_worker_killed_between_pacs_storing_and_marking_sent(
     """kill -9 of the worker while the PACS has stored an SR and before ``sent`` is
     recorded: the row stays pending (leased), a new worker re-sends the same object
     after the lease, and the PACS holds it once."""
-    from db.migrate import upgrade
+    from tests.utils.env import migrate_from_template
     from tests.utils.worker import WorkerProcess
 
     orthanc = start(tmp_path / "orthanc", free_port(), free_port(), {})
@@ -362,7 +362,7 @@ def test_worker_killed_between_pacs_storing_and_marking_sent(
                          data_dir=tmp_path / "data", model_path=SHIPPED_MODEL,
                          batch_max_wait_ms=100, result_destinations=destination,
                          outbox_interval_s=1, outbox_timeout_s=60, outbox_lease_s=10)
-        upgrade(pg_url)
+        migrate_from_template(pg_url)
         beat = ("-B", "-s", str(tmp_path / "beat"))
         first = WorkerProcess(env, tmp_path / "worker-1.log", extra_args=beat, cwd=REPO)
         try:

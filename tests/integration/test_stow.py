@@ -74,7 +74,7 @@ def broker_url() -> Iterator[str]:
 def test_stow_then_classify_then_purge(
     database_url: str, broker_url: str, tmp_path: Path, configure: Callable[..., None]
 ) -> None:
-    from db.migrate import upgrade
+    from tests.utils.env import migrate_from_template
 
     root = tmp_path / "root"
     archive = root / "archive"
@@ -83,7 +83,7 @@ def test_stow_then_classify_then_purge(
                     data_dir=tmp_path / "data", batch_size=8, batch_max_wait_ms=100)
     env = worker_env(**settings)
     configure(**settings)
-    upgrade(database_url)
+    migrate_from_template(database_url)
     token = _token(env, "modality-1")
     revoked = _token(env, "old-modality")
     assert run_cli("token", "revoke", "old-modality", env=env).returncode == 0
@@ -199,8 +199,8 @@ def _hang_up_mid_part(port: int, token: str, whole: bytes, cut: bytes) -> None:
 def test_a_sender_gone_mid_request_leaves_its_whole_parts_recorded(
     tmp_path: Path, broker_url: str, configure: Callable[..., None]
 ) -> None:
-    from db.migrate import upgrade
     from tests.utils.corpus import rg1_dicom
+    from tests.utils.env import migrate_from_template
 
     study = "1.2.826.0.1.3680043.8.498.4242"
     root = tmp_path / "root"
@@ -208,7 +208,7 @@ def test_a_sender_gone_mid_request_leaves_its_whole_parts_recorded(
                     ingest_root=root, data_dir=tmp_path / "data")
     env = worker_env(**settings)
     configure(**settings)
-    upgrade()
+    migrate_from_template(str(settings["database_url"]))
     token = _token(env, "modality")
     made = [rg1_dicom(tmp_path / f"{i}.dcm", study_uid=study) for i in (1, 2)]
     uids = [pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID for p in made]

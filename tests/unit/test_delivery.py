@@ -21,9 +21,9 @@ from cxr_orient.dicomnet.delivery import deliver_due, report_for
 from cxr_orient.dicomnet.sr import new_sr_uid
 from cxr_orient.settings import get_settings
 from db import crud
-from db.migrate import upgrade
 from db.models import OrientationLabel, OutboxMessage, OutboxStatus
 from db.session import session_scope
+from tests.utils.env import migrate_from_template
 from tests.utils.factories import register_version
 
 SAMPLES = Path(__file__).resolve().parents[2] / "cxr_orient" / "samples" / "study1"
@@ -65,7 +65,7 @@ def test_a_down_destination_is_tried_once_per_run_and_rows_take_turns(
     configure(database_url=database_url, ingest_root=tmp_path, data_dir=tmp_path / "d",
               result_destinations=destination, outbox_backoff_s=0.1,
               outbox_backoff_max_s=0.1, outbox_timeout_s=3)
-    upgrade()
+    migrate_from_template(database_url)  # what upgrade() would leave
     ids = _answered(archive, destination)
     assert len(ids) == 2
     for expected_attempts in ([1, 0], [1, 1], [2, 1]):
@@ -92,7 +92,7 @@ def test_a_dead_destination_backs_off_by_its_own_failures_and_names_the_cause(
     configure(database_url=database_url, ingest_root=tmp_path, data_dir=tmp_path / "d",
               result_destinations=destination, outbox_backoff_s=0.3,
               outbox_backoff_max_s=1.2, outbox_timeout_s=3)
-    upgrade()
+    migrate_from_template(database_url)  # what upgrade() would leave
     assert len(_answered(archive, destination)) == 2
     waits = []
     for failures in (1, 2, 3, 4):
@@ -125,7 +125,7 @@ def test_a_changed_source_file_fails_for_good(
     destination = f"dicom://NOBODY@127.0.0.1:{_closed_port()}"
     configure(database_url=sqlite_url, ingest_root=tmp_path, data_dir=tmp_path / "d",
               result_destinations=destination)
-    upgrade()
+    migrate_from_template(sqlite_url)  # what upgrade() would leave
     _answered(archive, destination)
     for path in archive.glob("*.dcm"):
         path.write_bytes(path.read_bytes() + b"\0\0")
@@ -149,7 +149,7 @@ def test_an_answer_on_a_replaced_file_is_reported_from_that_file(
     destination = f"dicom://NOBODY@127.0.0.1:{_closed_port()}"
     configure(database_url=sqlite_url, ingest_root=tmp_path, data_dir=tmp_path / "d",
               result_destinations=destination)
-    upgrade()
+    migrate_from_template(sqlite_url)  # what upgrade() would leave
     _answered(archive, destination)
     resent = tmp_path / "resent.dcm"
     resent.write_bytes((archive / "frontal.dcm").read_bytes() + b"\0\0")

@@ -47,9 +47,10 @@ def embedded_setup(
     **settings: object,
 ) -> Embedded:
     """SQLite + filesystem broker under ``tmp_path`` for this test (CXR_BROKER_URL unset);
-    ``settings`` are further CXR_* values. Migrated unless ``migrate`` is False."""
+    ``settings`` are further CXR_* values. Migrated (a copy of the run's migrated
+    template) unless ``migrate`` is False."""
     from cxr_orient import registry
-    from db.migrate import upgrade
+    from tests.utils.env import migrate_from_template
 
     monkeypatch.delenv("CXR_BROKER_URL", raising=False)
     root = tmp_path / "archive"
@@ -65,7 +66,7 @@ def embedded_setup(
     monkeypatch.setattr(worker.dispatch, "app", make_app())
     monkeypatch.setattr(registry, "_LOADED", None)
     if migrate:
-        upgrade()
+        migrate_from_template(setup.database_url)  # what upgrade() would leave
     return setup
 
 
