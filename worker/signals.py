@@ -5,7 +5,9 @@
   naming what is missing, instead of pool processes that crash on import for ever.
 - Worker setup (main process, before fork): remember the node name for the records.
 - Worker ready: re-send work the database has as unfinished whose messages may be gone.
-- Each pool process, after fork: load the model there, never in the parent.
+- Each pool process, after fork: load the model there, never in the parent; with
+  ``CXR_INFERENCE=served``, the main process starts the inference processes first
+  (:mod:`cxr_orient.serving`) and stops them at shutdown.
 - Metrics (cxr_orient.metrics): the multiprocess folder emptied at worker start, the
   exporter started in the main process when the worker is ready, a pool process's live
   gauges dropped when it exits.
@@ -72,6 +74,27 @@ def _remember_node_name(sender: Any = None, **_: Any) -> None:
 
     if sender:
         set_node_name(str(sender))
+
+
+@signals.worker_init.connect
+def _start_inference_processes(**_: Any) -> None:
+    # CXR_INFERENCE=served: one inference process per card, started here, in the main
+    # process before the pool forks (cxr_orient.serving); the pool processes inherit
+    # their sockets and never load the model themselves.
+    settings = get_settings()
+    if settings.inference == "served":
+        from cxr_orient.serving import start_servers
+
+        start_servers(max_batch=max(1024, settings.batch_size),
+                      log_level=settings.log_level)
+
+
+@signals.worker_shutdown.connect
+def _stop_inference_processes(**_: Any) -> None:
+    from cxr_orient.serving import server_sockets, stop_servers
+
+    if server_sockets():
+        stop_servers()
 
 
 @signals.worker_process_init.connect
