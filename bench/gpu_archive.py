@@ -189,7 +189,9 @@ def main() -> None:
     parser.add_argument("--mixes", default="lossless-archive,lossy-archive")
     parser.add_argument("--mix", action="append", default=[],
                         help="a site's own mix, NAME=syntax:weight,... (repeatable)")
-    parser.add_argument("--layouts", default="cpu-node,gpu-cpu-decode,gpu-card-decode")
+    parser.add_argument("--layouts", default="gpu-card-decode,cpu-node,gpu-cpu-decode",
+                        help="in the order run (the card's first: a cut-off loses the "
+                        "slowest, CPU-bound ones)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--budget-s", type=float, default=540)
     parser.add_argument("--skip", default="", help="comma-separated: agreement, rates")
@@ -255,10 +257,12 @@ def main() -> None:
                                      extra=extra, batch_size=args.batch_size,
                                      log=args.out / f"worker-{mix.name}-{name}.log",
                                      sampler=sampler, deadline=deadline)
-            reference = runs.get("cpu-node", {}).get("answers")
-            if reference and name != "cpu-node":
-                runs[name]["same_as_cpu_node"] = compare(reference, runs[name]["answers"])
             save()
+        reference = runs.get("cpu-node", {}).get("answers")
+        for name, run in runs.items():
+            if reference and name != "cpu-node" and run.get("answers"):
+                run["same_as_cpu_node"] = compare(reference, run["answers"])
+        save()
     sampler.stop()
     results["seconds"] = round(time.monotonic() - t0, 1)
     save()
