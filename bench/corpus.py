@@ -25,6 +25,7 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
     JPEG2000Lossless,
     JPEGBaseline8Bit,
+    JPEGLosslessSV1,
     JPEGLSLossless,
     RLELossless,
     generate_uid,
@@ -34,8 +35,7 @@ from cxr_orient.synthetic import COVID_CXR, make_dicom, real_pixels
 
 logger = logging.getLogger(__name__)
 
-#: Transfer syntax -> short name used in tables. JPEG lossless (process 14) is
-#: decoded by the product but pydicom cannot encode it, so it is not generated.
+#: Transfer syntax -> short name used in tables (pydicom encodes these).
 SYNTAXES: dict[UID, str] = {
     ExplicitVRLittleEndian: "explicit-le",
     ImplicitVRLittleEndian: "implicit-le",
@@ -50,6 +50,13 @@ SYNTAXES: dict[UID, str] = {
 #: HTJ2K, written with OpenJPH (imagecodecs, a dev dependency) where it is installed; a
 #: machine without it (the lent GPU) takes files made elsewhere (:func:`load_corpus`).
 HTJ2K_SYNTAXES: dict[UID, str] = {HTJ2KLossless: "htj2k-lossless", HTJ2K: "htj2k-lossy"}
+#: JPEG Lossless, Non-Hierarchical, First-Order Prediction (process 14, selection value
+#: 1): the compressed syntax CR and DX films are most often archived in. pydicom cannot
+#: encode it; libjpeg-turbo 3 (imagecodecs, a dev dependency) does, so like HTJ2K the
+#: lent GPU takes files made elsewhere.
+JPEG_LOSSLESS_SYNTAXES: dict[UID, str] = {JPEGLosslessSV1: "jpeg-lossless"}
+#: Written with imagecodecs where it is installed, else carried (:func:`load_corpus`).
+ENCODED_ELSEWHERE: dict[UID, str] = {**HTJ2K_SYNTAXES, **JPEG_LOSSLESS_SYNTAXES}
 #: OpenJPH's quantisation step for lossy HTJ2K (about 20:1 on a 12-bit film).
 _HTJ2K_LOSSY_STEP = 0.0005
 UNCOMPRESSED = ("explicit-le", "implicit-le", "explicit-be")
@@ -87,10 +94,12 @@ def build_corpus(
     root.mkdir(parents=True, exist_ok=True)
     items: list[CorpusItem] = []
     n = 0
-    for uid, name in {**SYNTAXES, **HTJ2K_SYNTAXES}.items():
+    for uid, name in {**SYNTAXES, **ENCODED_ELSEWHERE}.items():
         if syntaxes is not None and name not in syntaxes:
             continue
         if uid in HTJ2K_SYNTAXES and not _can_encode_htj2k():
+            continue
+        if uid in JPEG_LOSSLESS_SYNTAXES and not _can_encode_jpeg_lossless():
             continue
         for k in range(per_syntax):
             rows, columns, bits = _DETECTORS[n % len(_DETECTORS)]
@@ -113,7 +122,7 @@ def build_corpus(
                 pixels,
                 photometric="MONOCHROME1" if mono1 else "MONOCHROME2",
                 bits_stored=bits,
-                transfer_syntax=ExplicitVRLittleEndian if uid in HTJ2K_SYNTAXES else uid,
+                transfer_syntax=ExplicitVRLittleEndian if uid in ENCODED_ELSEWHERE else uid,
                 view_position="PA" if view == "frontal" else "LL",
                 patient_id=f"B{n % 7}",
                 study_uid=f"1.2.826.0.1.3680043.10.2.{n // 2}",
@@ -121,6 +130,8 @@ def build_corpus(
             )
             if uid in HTJ2K_SYNTAXES:
                 _to_htj2k(path, uid)
+            elif uid in JPEG_LOSSLESS_SYNTAXES:
+                _to_jpeg_lossless(path, bits)
             items.append(
                 CorpusItem(
                     path=path,
@@ -147,6 +158,30 @@ def _can_encode_htj2k() -> bool:
         return False
 
 
+def _can_encode_jpeg_lossless() -> bool:
+    try:
+        import imagecodecs
+
+        return bool(imagecodecs.JPEG8.available)
+    except Exception:
+        return False
+
+
+def _to_jpeg_lossless(path: Path, bits: int) -> None:
+    """Re-encode a native file in place as JPEG lossless, first-order prediction
+    (libjpeg-turbo's process 14, predictor 1, no point transform)."""
+    import imagecodecs
+    from pydicom.encaps import encapsulate
+
+    ds = pydicom.dcmread(path)
+    stream = imagecodecs.jpeg8_encode(ds.pixel_array, lossless=True, predictor=1,
+                                      bitspersample=max(bits, 2))
+    ds.PixelData = encapsulate([bytes(stream)])
+    ds["PixelData"].VR = "OB"
+    ds.file_meta.TransferSyntaxUID = JPEGLosslessSV1
+    ds.save_as(path, enforce_file_format=True)
+
+
 def _to_htj2k(path: Path, syntax: UID) -> None:
     """Re-encode a native file in place as HTJ2K (reversible 5-3 for lossless)."""
     import imagecodecs
@@ -167,7 +202,7 @@ def _to_htj2k(path: Path, syntax: UID) -> None:
 def load_corpus(folder: Path) -> list[CorpusItem]:
     """The items of corpus files already written (e.g. carried to a machine that cannot
     encode them), read back from their headers."""
-    names = {**SYNTAXES, **HTJ2K_SYNTAXES}
+    names = {**SYNTAXES, **ENCODED_ELSEWHERE}
     items = []
     for path in sorted(folder.glob("*.dcm")):
         ds = pydicom.dcmread(path, stop_before_pixels=True)

@@ -104,15 +104,17 @@ def _corpus(root: Path, per_syntax: int, carried: Path | None) -> list[CorpusIte
     return items
 
 
-def _agreement(items: Sequence[CorpusItem], model: Path, size: int = 256) -> dict[str, Any]:
-    """CPU path against the card, file by file: pixels and the model's answers."""
+def agreement(items: Sequence[CorpusItem], model: Path, size: int = 256,
+              syntaxes: Sequence[str] = CARD_SYNTAXES) -> dict[str, Any]:
+    """CPU path against the card, file by file, for the corpus files of ``syntaxes``:
+    pixels and the model's answers."""
     from cxr_orient.imaging import load_dicom_image, to_rgb
     from cxr_orient.imaging.gpu import read_and_plan
     from cxr_orient.imaging.gpu.card import CardDecoder
     from cxr_orient.modelstore import Classifier, predicted_class
 
     card = CardDecoder(cpu_threads=1)
-    chosen = [i for i in items if i.syntax in CARD_SYNTAXES]
+    chosen = [i for i in items if i.syntax in syntaxes]
     planned = [read_and_plan(i.path, data=i.path.read_bytes(), size=size,
                              max_pixels=100_000_000) for i in chosen]
     on_card = [p.job is not None for p in planned]
@@ -120,10 +122,13 @@ def _agreement(items: Sequence[CorpusItem], model: Path, size: int = 256) -> dic
     cpu = [load_dicom_image(i.path, size=size) for i in chosen]
     gpu: list[np.ndarray] = []
     it = iter(answers)
+    card_errors: dict[str, str] = {}
     for k, p in enumerate(planned):
         answer = next(it) if p.job is not None else cpu[k]
-        if isinstance(answer, Exception):
-            raise answer
+        if isinstance(answer, Exception):  # the worker decodes it on the CPU: so here
+            card_errors[chosen[k].path.name] = str(answer)[:300]
+            on_card[k] = False
+            answer = cpu[k]
         gpu.append(answer)
     classifier = Classifier.from_checkpoint(model, verify=False)
     p_cpu = classifier.predict_proba(np.stack([to_rgb(g) for g in cpu]))
@@ -148,12 +153,14 @@ def _agreement(items: Sequence[CorpusItem], model: Path, size: int = 256) -> dic
                            "max_p_diff": max(r["p_diff"] for r in rows),
                            "same_labels": sum(r["same_label"] for r in rows)}
     return {"card": card.name, "files": len(per_file), "same_labels": int(same.sum()),
+            "card_errors": card_errors,
             "max_p_diff": float(np.abs(p_cpu - p_gpu).max()), "by_syntax": by_syntax,
             "per_file": per_file}
 
 
-def _card_rates(items: Sequence[CorpusItem], *, batch: int, seconds: float,
-                threads: Sequence[int] = (1,), size: int = 256) -> dict[str, Any]:
+def card_rates(items: Sequence[CorpusItem], *, batch: int, seconds: float,
+               threads: Sequence[int] = (1,), size: int = 256,
+               syntaxes: Sequence[str] = CARD_SYNTAXES) -> dict[str, Any]:
     """One process, the card alone: codestreams already read, batches of ``batch``; per
     nvImageCodec CPU thread count, images/s and the share of the time spent decoding
     (the rest: the reduction on the card, its copy back and the normalisation)."""
@@ -164,7 +171,7 @@ def _card_rates(items: Sequence[CorpusItem], *, batch: int, seconds: float,
     for count in threads:
         card = CardDecoder(cpu_threads=count)
         rates: dict[str, Any] = {}
-        for name in CARD_SYNTAXES:
+        for name in syntaxes:
             files = [i.path for i in items if i.syntax == name]
             jobs = [read_and_plan(f, data=f.read_bytes(), size=size,
                                   max_pixels=100_000_000).job for f in files]
@@ -173,20 +180,25 @@ def _card_rates(items: Sequence[CorpusItem], *, batch: int, seconds: float,
                 continue
             work = (ready * (batch // len(ready) + 1))[:batch]
             card.decode(work, size=size)  # warm-up: buffers, matrices
-            done, decode_s, reduce_s = 0, 0.0, 0.0
+            done, failed, decode_s, reduce_s = 0, 0, 0.0, 0.0
+            errors: list[str] = []
             start = time.perf_counter()
             while time.perf_counter() - start < seconds:
                 results = card.decode(work, size=size)
                 done += sum(not isinstance(r, Exception) for r in results)
+                bad = [r for r in results if isinstance(r, Exception)]
+                failed += len(bad)
+                errors = errors or [str(e)[:300] for e in bad[:1]]
                 decode_s += card.last_seconds[0]
                 reduce_s += card.last_seconds[1]
             rates[name] = {"images_per_s": done / (time.perf_counter() - start),
+                           "failed": failed, "first_error": errors[0] if errors else None,
                            "decode_share": decode_s / max(decode_s + reduce_s, 1e-9)}
         out[f"cpu_threads_{count}"] = rates
     return out
 
 
-def _time_split(ids: Sequence[int]) -> dict[str, float | None]:
+def time_split(ids: Sequence[int]) -> dict[str, float | None]:
     """Mean decode and inference milliseconds per image, and the mean batch, from SQL."""
     from sqlalchemy import select
 
@@ -233,7 +245,7 @@ def _layout_run(name: str, sets: dict[str, list[Path]], *, base_env: dict[str, s
                 send_instances(ids)
                 result = pl.drain(ids, started=sent_at, timeout_s=drain_timeout_s)
                 result.update(sampler.between(sent_at, time.time()))
-                result.update(_time_split(ids))
+                result.update(time_split(ids))
                 out["sets"][set_name] = result
                 logger.info("%s %s: %s", name, set_name, result)
                 if not result.get("complete"):
@@ -299,8 +311,8 @@ def main() -> None:
                          for name in sorted({i.syntax for i in items})}
     results["step_seconds"] = {"corpus": round(time.monotonic() - t0, 1)}
     save()
-    step("agreement", lambda: _agreement(items, args.model))
-    step("card_alone_images_per_s", lambda: _card_rates(
+    step("agreement", lambda: agreement(items, args.model))
+    step("card_alone_images_per_s", lambda: card_rates(
         items, batch=64, seconds=1.0,
         threads=(1, 4)))
     sampler = UtilisationSampler()
@@ -361,7 +373,7 @@ def _pipelines(args: argparse.Namespace, items: list[CorpusItem], root: Path,
         if deadline - time.monotonic() < 100:
             out["layouts"][layout] = {"skipped": "out of time"}
             continue
-        env = _fresh_database(root / f"{layout}.db", args.broker_url)
+        env = fresh_database(root / f"{layout}.db", args.broker_url)
         env["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"
         out["layouts"][layout] = _layout_run(
             layout, sets, base_env=env, extra_env=extra,
@@ -372,7 +384,7 @@ def _pipelines(args: argparse.Namespace, items: list[CorpusItem], root: Path,
     return out
 
 
-def _fresh_database(path: Path, broker_url: str) -> dict[str, str]:
+def fresh_database(path: Path, broker_url: str) -> dict[str, str]:
     """Point this process (and the environment returned, for the worker) at a new,
     migrated SQLite database; empty the broker's queue."""
     import redis

@@ -394,12 +394,17 @@ class Classifier:
         # One call for all views: fewer, larger batches are what accelerators want.
         stacked = np.concatenate(views) if len(views) > 1 else x
         n = len(stacked)
-        padded = padded_batch_size(n) if _compiles_per_shape() else n
+        padded = self.padded_size(n)
         if padded > n:
             stacked = np.concatenate(
                 [stacked, np.zeros((padded - n, *stacked.shape[1:]), dtype=stacked.dtype)])
         probs = self._forward(stacked)["view"][:n]
         return probs.reshape(len(views), len(x), 2).mean(axis=0)
+
+    def padded_size(self, n: int) -> int:
+        """The batch size ``n`` images are padded to before the forward pass
+        (:func:`padded_batch_size` on JAX, ``n`` elsewhere)."""
+        return padded_batch_size(n) if _compiles_per_shape() else n
 
     def _forward(self, x: np.ndarray) -> dict[str, np.ndarray]:
         """One ``predict_on_batch``; every output by name (a one-output model's is
@@ -423,7 +428,7 @@ class Classifier:
         n = len(x)
         if n == 0:
             return HeadOutputs(np.zeros((0, 2)), np.zeros((0, 8)), np.zeros(0))
-        padded = padded_batch_size(n) if _compiles_per_shape() else n
+        padded = self.padded_size(n)
         if padded > n:
             x = np.concatenate([x, np.zeros((padded - n, *x.shape[1:]), dtype=x.dtype)])
         out = self._forward(x)

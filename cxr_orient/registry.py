@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -181,12 +182,23 @@ def load_version(version: ModelVersion) -> LoadedModel:
 
     settings = get_settings()
     path = Path(version.file_path)
-    model = load_checkpoint(path, expected_sha256=version.sha256)
     card = dataclasses.replace(
         read_card(path),
         temperature=version.temperature,
         review_threshold=settings.review_threshold or version.review_threshold,
     )
+    if settings.inference == "served":
+        # The forward pass runs in the worker's inference process, which loads (and
+        # checks) the checkpoint itself: this pool process holds no Keras model.
+        from cxr_orient.serving import socket_for
+        from cxr_orient.serving.client import ServedClassifier
+
+        return LoadedModel(
+            version_id=version.id, name=version.name, sha256=version.sha256,
+            classifier=ServedClassifier(card, path=path, sha256=version.sha256,
+                                        mixed_precision=settings.mixed_precision,
+                                        socket_path=socket_for(os.getpid())))
+    model = load_checkpoint(path, expected_sha256=version.sha256)
     if settings.mixed_precision == "bfloat16":
         model = with_mixed_bfloat16(model, card)
     return LoadedModel(

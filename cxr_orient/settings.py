@@ -186,6 +186,28 @@ class Settings(BaseSettings):
         "Without the libraries, or without a card, decoding stays on the CPU ('gpu' says "
         "so in the log). Default 'auto'.",
     )
+    card_syntaxes: str = Field(
+        default="htj2k-lossless,htj2k-lossy,jpeg-baseline,jpeg-lossless,native",
+        description="CXR_CARD_SYNTAXES: which transfer syntaxes a pool process that decodes "
+        "on the card hands to it, a comma-separated list of htj2k-lossless, htj2k-lossy, "
+        "j2k-lossless, j2k-lossy, jpeg-baseline, jpeg-lossless (process 14, SV1 and the "
+        "other predictors) and native (uncompressed little endian: the stored values go "
+        "to the card as read, the windowing and the resize are done there); the rest is "
+        "decoded on the CPU. The default leaves classic JPEG 2000 on the CPU, which "
+        "decodes it at reduced resolution faster than the card decodes it in full "
+        "(docs/performance.md). Empty: nothing on the card. Default: every name but "
+        "j2k-lossless and j2k-lossy.",
+    )
+    inference: Literal["local", "served"] = Field(
+        default="local",
+        description="CXR_INFERENCE: where a worker's pool processes run the model. "
+        "'local': each loads it and predicts its own batches (the prefork layout). "
+        "'served': the worker starts one inference process per card (or one on a CPU "
+        "host) that loads the model and predicts for every pool process, which only "
+        "read, decode and record (worker/serving.py): the pool processes start without "
+        "loading the model, and decoding overlaps inference from the first batch. "
+        "Default 'local'.",
+    )
     mixed_precision: Literal["off", "bfloat16"] = Field(
         default="off",
         description="CXR_MIXED_PRECISION: 'bfloat16' runs the model's layers in bfloat16 "
@@ -652,6 +674,18 @@ class Settings(BaseSettings):
         if value is not None and len(value.split()) != 5:
             raise ValueError("CXR_RETRAIN_SCHEDULE must be a 5-field crontab expression")
         return value
+
+    @field_validator("card_syntaxes")
+    @classmethod
+    def _card_syntax_names(cls, value: str) -> str:
+        from cxr_orient.imaging.gpu.plan import CARD_SYNTAX_NAMES
+
+        names = [v.strip().lower() for v in value.split(",") if v.strip()]
+        unknown = sorted(set(names) - set(CARD_SYNTAX_NAMES))
+        if unknown:
+            raise ValueError(f"CXR_CARD_SYNTAXES: unknown {', '.join(unknown)} (choose from "
+                             f"{', '.join(CARD_SYNTAX_NAMES)})")
+        return ",".join(dict.fromkeys(names))
 
     @field_validator("accept_modalities", "accept_body_parts")
     @classmethod

@@ -25,6 +25,7 @@ from cxr_orient.imaging import to_rgb
 from cxr_orient.imaging.gpu import (
     CardJob,
     PlannedImage,
+    card_syntaxes,
     choose_decode_device,
     decode_on_cpu,
     read_and_plan,
@@ -134,7 +135,8 @@ def _timed_read(work: FileToDecode, settings: Settings,
         checked = read_checked(work.file_path, expected_sha256=work.file_sha256,
                                settings=settings)
         planned = read_and_plan(checked.real, data=checked.data, size=size,
-                                max_pixels=settings.max_pixels)
+                                max_pixels=settings.max_pixels,
+                                syntaxes=card_syntaxes(settings.card_syntaxes))
         return planned, None, (time.perf_counter() - start) * 1000
     except CxrError as exc:
         return None, exc, (time.perf_counter() - start) * 1000

@@ -9,6 +9,8 @@
   readiness and heartbeat), stopped at shutdown.
 - Each pool process, after fork: load the model there, never in the parent; then say so
   (worker.readiness: the worker logs "ready to classify" once every pool process has).
+- With ``CXR_INFERENCE=served``, the main process starts the inference processes first
+  (:mod:`cxr_orient.serving`) and stops them at shutdown; pool processes then load no model.
 - Metrics (cxr_orient.metrics): the multiprocess folder emptied at worker start, the
   exporter started in the main process when the worker is ready, a pool process's live
   gauges dropped when it exits.
@@ -101,6 +103,27 @@ def _remember_node_name(sender: Any = None, **_: Any) -> None:
 
     if sender:
         set_node_name(str(sender))
+
+
+@signals.worker_init.connect
+def _start_inference_processes(**_: Any) -> None:
+    # CXR_INFERENCE=served: one inference process per card, started here, in the main
+    # process before the pool forks (cxr_orient.serving); the pool processes inherit
+    # their sockets and never load the model themselves.
+    settings = get_settings()
+    if settings.inference == "served":
+        from cxr_orient.serving import start_servers
+
+        start_servers(max_batch=max(1024, settings.batch_size),
+                      log_level=settings.log_level)
+
+
+@signals.worker_shutdown.connect
+def _stop_inference_processes(**_: Any) -> None:
+    from cxr_orient.serving import server_sockets, stop_servers
+
+    if server_sockets():
+        stop_servers()
 
 
 @signals.worker_process_init.connect

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import libjpeg
 import numpy as np
 import openjpeg
 import pydicom
@@ -23,9 +24,11 @@ from bench.corpus import CorpusItem, build_corpus
 from cxr_orient.errors import FileChangedError
 from cxr_orient.imaging import load_dicom_image, load_dicom_image_naive
 from cxr_orient.imaging.gpu import (
+    CARD_SYNTAX_NAMES,
     CardJob,
     box_matrix,
     card_libraries_installed,
+    card_syntaxes,
     choose_decode_device,
     plan_card_job,
     read_and_plan,
@@ -37,15 +40,21 @@ from cxr_orient.settings import Settings
 from tests.utils.dicom_factory import make_dicom, real_pixels
 from worker.decoding import decode_batch, decode_batch_with, decode_device
 
-CARD = ("j2k-lossless", "j2k-lossy", "jpeg-baseline", "htj2k-lossless", "htj2k-lossy")
-CPU = ("explicit-le", "rle", "jpeg-ls")
+CARD = ("j2k-lossless", "j2k-lossy", "jpeg-baseline", "htj2k-lossless", "htj2k-lossy",
+        "explicit-le", "jpeg-lossless", "implicit-le", "deflated")
+CPU = ("rle", "jpeg-ls", "explicit-be")
+#: Added with JPEG lossless and native pixels on the card (issue 23), written apart so
+#: the files of the first ones stay what they were.
+ADDED = ("jpeg-lossless", "implicit-le", "deflated", "explicit-be")
 
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory: pytest.TempPathFactory) -> list[CorpusItem]:
     """Card and CPU syntaxes, MONOCHROME1 and 2, windowed or not, 600-900 px."""
     root = tmp_path_factory.mktemp("corpus")
-    return build_corpus(root, per_syntax=2, scale=0.3, syntaxes=CARD + CPU)
+    first = tuple(n for n in CARD + CPU if n not in ADDED)
+    return (build_corpus(root, per_syntax=2, scale=0.3, syntaxes=first)
+            + build_corpus(root / "added", per_syntax=2, scale=0.3, syntaxes=ADDED))
 
 
 def _max_diff(a: np.ndarray, b: np.ndarray) -> int:
@@ -80,6 +89,39 @@ def test_card_plans_its_syntaxes_only(corpus: list[CorpusItem]) -> None:
             assert planned.job.monochrome1 == (item.photometric == "MONOCHROME1")
             assert (planned.job.window is not None) == item.windowed
             assert (planned.job.window_bounds is not None) == item.windowed
+
+
+def test_card_takes_only_the_syntaxes_chosen(corpus: list[CorpusItem]) -> None:
+    """CXR_CARD_SYNTAXES: what it does not name is planned for the CPU; the default
+    leaves classic JPEG 2000 on the CPU (faster there at reduced resolution)."""
+    chosen = card_syntaxes("htj2k-lossless, jpeg-baseline,native")
+    default = card_syntaxes(Settings(_env_file=None).card_syntaxes)
+    for item in corpus:
+        planned = read_and_plan(item.path, data=item.path.read_bytes(), size=256,
+                                max_pixels=10**8, syntaxes=chosen)
+        expected = item.syntax in ("htj2k-lossless", "jpeg-baseline", "explicit-le",
+                                   "implicit-le", "deflated")
+        assert (planned.job is not None) == expected, item
+        by_default = read_and_plan(item.path, data=item.path.read_bytes(), size=256,
+                                   max_pixels=10**8, syntaxes=default)
+        assert (by_default.job is not None) == (item.syntax in CARD and not
+                                                item.syntax.startswith("j2k")), item
+    with pytest.raises(ValueError, match="CXR_CARD_SYNTAXES"):
+        Settings(card_syntaxes="htj2k,webp")
+
+
+def test_card_masks_native_values_to_bits_stored(tmp_path: Path) -> None:
+    """Native 12-bit values with the high bits set (an overlay left in them): the card's
+    steps mask them as the CPU path does."""
+    pixels = real_pixels(1, bits=12, seed=5, shape=(600, 500))[0].astype(np.uint16)
+    path = make_dicom(tmp_path / "high-bits.dcm", pixels, bits_stored=12)
+    ds = pydicom.dcmread(path)
+    ds.PixelData = (pixels | np.uint16(0xF000)).astype("<u2").tobytes()
+    ds.save_as(path)
+    planned = read_and_plan(path, data=path.read_bytes(), size=256, max_pixels=10**8)
+    assert planned.job is not None and planned.job.mask == 0x0FFF
+    stored = np.frombuffer(planned.job.codestream, planned.job.raw_dtype).reshape(600, 500)
+    assert _max_diff(_card_image(planned.job, stored), load_dicom_image(path)) <= 1
 
 
 def _spec_and_ds(path: Path) -> tuple[pydicom.Dataset, object]:
@@ -121,7 +163,11 @@ def test_card_steps_match_the_reference(corpus: list[CorpusItem]) -> None:
         planned = read_and_plan(item.path, data=item.path.read_bytes(), size=256,
                                 max_pixels=10**8)
         assert planned.job is not None
-        stored = pydicom.pixels.pixel_array(planned.ds)
+        if planned.job.raw_dtype is not None:  # native: the file's bytes, as the card gets them
+            stored = np.frombuffer(planned.job.codestream, planned.job.raw_dtype).reshape(
+                planned.job.rows, planned.job.columns)
+        else:
+            stored = pydicom.pixels.pixel_array(planned.ds)
         if planned.job.clip_max is not None:
             stored = np.minimum(stored, planned.job.clip_max)
         image = _card_image(planned.job, stored)
@@ -158,8 +204,13 @@ class NumpyCard:
             if name in self.fail:
                 out.append(RuntimeError("nvjpeg2k: out of memory"))
                 continue
-            if job.codestream.startswith(b"\xff\x4f"):  # JPEG 2000 and HTJ2K
+            if job.raw_dtype is not None:  # native pixels, as read
+                stored = np.frombuffer(job.codestream, job.raw_dtype).reshape(job.rows,
+                                                                               job.columns)
+            elif job.codestream.startswith(b"\xff\x4f"):  # JPEG 2000 and HTJ2K
                 stored = np.asarray(openjpeg.decode(job.codestream))
+            elif b"\xff\xc3" in job.codestream[:4096]:  # lossless JPEG (SOF3)
+                stored = np.asarray(libjpeg.decode(job.codestream))
             else:
                 stored = np.asarray(Image.open(io.BytesIO(job.codestream)))
             out.append(_card_image(job, stored, size))
@@ -172,7 +223,9 @@ def _files(corpus: list[CorpusItem]) -> list[_File]:
 
 
 def _settings(root: Path, device: str = "auto") -> Settings:
-    return Settings(ingest_root=root, decode_device=device, decode_threads=2)
+    """Every syntax the card can take, classic JPEG 2000 too."""
+    return Settings(ingest_root=root, decode_device=device, decode_threads=2,
+                    card_syntaxes=",".join(CARD_SYNTAX_NAMES))
 
 
 def test_batch_on_a_card_agrees_with_the_cpu(corpus: list[CorpusItem]) -> None:

@@ -1,8 +1,10 @@
 """Decoding on the GPU: NVIDIA nvImageCodec for the JPEG family, the rest on the card.
 
-A worker on a GPU host hands each batch's JPEG 2000, HTJ2K and JPEG baseline files to
-the card in one call (nvImageCodec: nvJPEG2000 and nvJPEG); the first frame's stored
-values stay in device memory, where the clip to a linear window, the 256 px area
+A worker on a GPU host hands each batch's files of the transfer syntaxes
+``CXR_CARD_SYNTAXES`` names to the card in one call (nvImageCodec: nvJPEG2000 for
+JPEG 2000 and HTJ2K, nvJPEG for JPEG baseline and lossless; native little-endian pixels
+are copied to the card as read); the first frame's stored values stay in device
+memory, where the clip to a linear window, the 256 px area
 (Pillow BOX) resize, the modality rescale, the window and the MONOCHROME1 inversion
 are done (CuPy). Only the ``size x size`` result comes back to the host, where
 :func:`~cxr_orient.imaging.processing.normalise_to_uint8` ends it as on the CPU path.
@@ -35,17 +37,25 @@ from cxr_orient.imaging.gpu.device import (
     card_libraries_installed,
     choose_decode_device,
 )
-from cxr_orient.imaging.gpu.plan import CARD_TRANSFER_SYNTAXES, CardJob, plan_card_job
+from cxr_orient.imaging.gpu.plan import (
+    CARD_SYNTAX_NAMES,
+    CARD_TRANSFER_SYNTAXES,
+    CardJob,
+    card_syntaxes,
+    plan_card_job,
+)
 from cxr_orient.imaging.gpu.reduce import box_matrix, reduce_stored
 from cxr_orient.imaging.gpu.split import PlannedImage, decode_on_cpu, read_and_plan
 
 __all__ = [
+    "CARD_SYNTAX_NAMES",
     "CARD_TRANSFER_SYNTAXES",
     "CardJob",
     "DecodeDevice",
     "PlannedImage",
     "box_matrix",
     "card_libraries_installed",
+    "card_syntaxes",
     "choose_decode_device",
     "decode_on_cpu",
     "plan_card_job",

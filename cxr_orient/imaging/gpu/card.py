@@ -58,19 +58,34 @@ class CardDecoder:
             return []
         cupy = self._cupy
         start = time.perf_counter()
+        coded = [job for job in jobs if job.raw_dtype is None]
+        images: dict[int, Any] = {}
         try:
-            images = self._decoder.decode([job.codestream for job in jobs],
-                                          params=self._params)
-        except Exception as e:  # the whole batch failed: each job reports it
-            return [DecodeError(f"{where(job.path)}nvImageCodec: {e}") for job in jobs]
+            if coded:
+                answers = self._decoder.decode([job.codestream for job in coded],
+                                               params=self._params)
+                images = {id(job): image for job, image in zip(coded, answers, strict=True)}
+        except Exception as e:  # the whole call failed: each of its jobs reports it
+            failed = DecodeError(f"nvImageCodec: {e}")
+            images = {id(job): failed for job in coded}
         decoded = time.perf_counter()
         out: list[np.ndarray | Exception] = []
-        for job, image in zip(jobs, images, strict=True):
-            if image is None:
-                out.append(DecodeError(f"{where(job.path)}nvImageCodec could not decode it"))
-                continue
+        for job in jobs:
+            if job.raw_dtype is None:
+                image = images.get(id(job))
+                if isinstance(image, Exception):
+                    out.append(DecodeError(f"{where(job.path)}{image}"))
+                    continue
+                if image is None:
+                    out.append(DecodeError(f"{where(job.path)}nvImageCodec could not "
+                                           "decode it"))
+                    continue
             try:
-                stored = cupy.asarray(image)
+                if job.raw_dtype is not None:  # native pixels: to the card as read
+                    stored = cupy.asarray(np.frombuffer(job.codestream, job.raw_dtype)
+                                          .reshape(job.rows, job.columns))
+                else:
+                    stored = cupy.asarray(image)
                 small = reduce_stored(cupy, stored, job, self._matrix(job.rows, size),
                                       self._matrix(job.columns, size))
                 out.append(normalise_to_uint8(cupy.asnumpy(small)))

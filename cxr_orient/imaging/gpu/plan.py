@@ -11,11 +11,25 @@ output, or a JPEG 2000 codestream the header reader does not understand.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 import pydicom
-from pydicom.uid import JPEG2000, UID, JPEG2000Lossless, JPEGBaseline8Bit
+from pydicom.uid import (
+    HTJ2K,
+    JPEG2000,
+    UID,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRLittleEndian,
+    HTJ2KLossless,
+    HTJ2KLosslessRPCL,
+    ImplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGBaseline8Bit,
+    JPEGLossless,
+    JPEGLosslessSV1,
+)
 
 from cxr_orient.imaging.decoders import PixelSpec
 from cxr_orient.imaging.decoders.base import first_frame
@@ -24,14 +38,43 @@ from cxr_orient.imaging.decoders.jpeg2000 import check_j2k_dimensions, j2k_codes
 from cxr_orient.imaging.processing import Window, window_clip_bounds
 from cxr_orient.imaging.validation import choose_voi, read_rescale
 
-__all__ = ["CARD_TRANSFER_SYNTAXES", "CardJob", "plan_card_job"]
+__all__ = ["CARD_SYNTAX_NAMES", "CARD_TRANSFER_SYNTAXES", "CardJob", "card_syntaxes",
+           "plan_card_job"]
 
 _J2K_FAMILY = frozenset({JPEG2000Lossless, JPEG2000}) | HTJ2K_SYNTAXES
+_JPEG_LOSSLESS = frozenset({JPEGLossless, JPEGLosslessSV1})
+#: Uncompressed little endian (deflated is inflated when the file is read): the stored
+#: values go to the card as they are.
+_NATIVE = frozenset({ExplicitVRLittleEndian, ImplicitVRLittleEndian,
+                     DeflatedExplicitVRLittleEndian})
 
-CARD_TRANSFER_SYNTAXES: frozenset[UID] = _J2K_FAMILY | {JPEGBaseline8Bit}
-"""Transfer syntaxes the card decodes (nvJPEG2000: JPEG 2000 and HTJ2K; nvJPEG: JPEG
-baseline). JPEG lossless and extended, JPEG-LS, RLE and the native syntaxes stay on
-the CPU."""
+CARD_SYNTAX_NAMES: dict[str, frozenset[UID]] = {
+    "htj2k-lossless": frozenset({HTJ2KLossless, HTJ2KLosslessRPCL}),
+    "htj2k-lossy": frozenset({HTJ2K}),
+    "j2k-lossless": frozenset({JPEG2000Lossless}),
+    "j2k-lossy": frozenset({JPEG2000}),
+    "jpeg-baseline": frozenset({JPEGBaseline8Bit}),
+    "jpeg-lossless": _JPEG_LOSSLESS,
+    "native": _NATIVE,
+}
+"""The names ``CXR_CARD_SYNTAXES`` takes, and the transfer syntaxes each stands for."""
+
+CARD_TRANSFER_SYNTAXES: frozenset[UID] = frozenset().union(*CARD_SYNTAX_NAMES.values())
+"""Transfer syntaxes the card can take (nvJPEG2000: JPEG 2000 and HTJ2K; nvJPEG: JPEG
+baseline and lossless; native little endian: copied as read). JPEG extended, JPEG-LS,
+RLE and big endian stay on the CPU."""
+
+
+@lru_cache(maxsize=16)
+def card_syntaxes(names: str) -> frozenset[UID]:
+    """The transfer syntaxes of a ``CXR_CARD_SYNTAXES`` value (comma-separated names of
+    :data:`CARD_SYNTAX_NAMES`)."""
+    chosen = [n.strip().lower() for n in names.split(",") if n.strip()]
+    unknown = [n for n in chosen if n not in CARD_SYNTAX_NAMES]
+    if unknown:
+        raise ValueError(f"unknown card syntax names {unknown}; choose from "
+                         f"{sorted(CARD_SYNTAX_NAMES)}")
+    return frozenset().union(*(CARD_SYNTAX_NAMES[n] for n in chosen))
 
 
 @dataclass(frozen=True)
@@ -53,17 +96,25 @@ class CardJob:
     intercept: float
     monochrome1: bool
     path: Path | None
+    #: Set for native pixel data: ``codestream`` holds the stored values as they are in
+    #: the file, of this NumPy dtype (e.g. ``<u2``), masked to BitsStored on the card.
+    raw_dtype: str | None = None
+    #: BitsStored's mask for native pixel data whose BitsStored < BitsAllocated.
+    mask: int | None = None
 
 
 def plan_card_job(
-    ds: pydicom.Dataset, spec: PixelSpec, *, size: int, path: Path | None
+    ds: pydicom.Dataset, spec: PixelSpec, *, size: int, path: Path | None,
+    syntaxes: frozenset[UID] = CARD_TRANSFER_SYNTAXES,
 ) -> CardJob | None:
-    """A :class:`CardJob` for ``ds``, or None where the CPU path decodes it.
+    """A :class:`CardJob` for ``ds``, or None where the CPU path decodes it (among them
+    every transfer syntax not in ``syntaxes``, ``CXR_CARD_SYNTAXES``'s choice).
 
     A JPEG 2000 codestream whose size disagrees with Rows x Columns raises
     :class:`~cxr_orient.errors.DecodeError`, as on the CPU path.
     """
-    if spec.transfer_syntax not in CARD_TRANSFER_SYNTAXES or spec.signed:
+    if (spec.transfer_syntax not in syntaxes or spec.transfer_syntax
+            not in CARD_TRANSFER_SYNTAXES or spec.signed):
         return None
     if spec.rows < size or spec.columns < size or "ModalityLUTSequence" in ds:
         return None
@@ -81,6 +132,11 @@ def plan_card_job(
             return None
         if info.precision > spec.bits_stored:
             clip_max = (1 << spec.bits_stored) - 1
+    elif spec.transfer_syntax in _NATIVE:
+        return _native_job(ds, spec, path)
+    elif spec.transfer_syntax in _JPEG_LOSSLESS:
+        if spec.bits_allocated not in (8, 16):
+            return None
     elif spec.bits_allocated != 8:
         return None
     try:
@@ -93,3 +149,29 @@ def plan_card_job(
     bounds = window_clip_bounds(window, slope, intercept, dtype) if window else None
     return CardJob(codestream, spec.rows, spec.columns, clip_max, bounds, window, slope,
                    intercept, spec.monochrome1, path)
+
+
+def _native_job(ds: pydicom.Dataset, spec: PixelSpec, path: Path | None) -> CardJob | None:
+    """Native little-endian pixels: the first frame's bytes, as read, for the card."""
+    if spec.bits_allocated not in (8, 16):
+        return None
+    if "ModalityLUTSequence" in ds:
+        return None
+    voi = choose_voi(ds, path)
+    if voi == "lut":
+        return None
+    nbytes = spec.rows * spec.columns * spec.bits_allocated // 8
+    try:
+        data = ds.PixelData
+    except Exception:
+        return None
+    if not isinstance(data, bytes) or len(data) < nbytes:
+        return None  # the CPU path reports short pixel data itself
+    slope, intercept = read_rescale(ds, path)
+    window = voi if isinstance(voi, Window) else None
+    dtype = np.uint8 if spec.bits_allocated == 8 else np.uint16
+    bounds = window_clip_bounds(window, slope, intercept, dtype) if window else None
+    mask = (1 << spec.bits_stored) - 1 if spec.bits_stored < spec.bits_allocated else None
+    return CardJob(data[:nbytes], spec.rows, spec.columns, None, bounds, window, slope,
+                   intercept, spec.monochrome1, path,
+                   raw_dtype=f"<u{spec.bits_allocated // 8}", mask=mask)

@@ -44,6 +44,8 @@ def reduce_stored(xp: ModuleType, stored: Any, job: CardJob, rows_matrix: Any,
     if values.shape != (job.rows, job.columns):
         raise ValueError(f"decoded shape {tuple(values.shape)} != Rows x Columns "
                          f"{(job.rows, job.columns)}")
+    if job.mask is not None:
+        values = values & values.dtype.type(job.mask)
     if job.clip_max is not None:
         values = xp.minimum(values, values.dtype.type(job.clip_max))
     if job.window_bounds is not None:

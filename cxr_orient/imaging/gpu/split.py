@@ -14,10 +14,11 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
+from pydicom.uid import UID
 
 from cxr_orient.imaging.decoders import PixelSpec
 from cxr_orient.imaging.errors import errors_named
-from cxr_orient.imaging.gpu.plan import CardJob, plan_card_job
+from cxr_orient.imaging.gpu.plan import CARD_TRANSFER_SYNTAXES, CardJob, plan_card_job
 from cxr_orient.imaging.pipeline import decode_dataset
 from cxr_orient.imaging.reading import inflated_size_limit, read_dataset
 from cxr_orient.imaging.validation import validate_pixel_spec
@@ -35,8 +36,10 @@ class PlannedImage:
     path: Path
 
 
-def read_and_plan(path: Path, *, data: bytes, size: int, max_pixels: int) -> PlannedImage:
-    """Parse ``data`` (the bytes of ``path``), validate it, plan it for the card or not.
+def read_and_plan(path: Path, *, data: bytes, size: int, max_pixels: int,
+                  syntaxes: frozenset[UID] = CARD_TRANSFER_SYNTAXES) -> PlannedImage:
+    """Parse ``data`` (the bytes of ``path``), validate it, plan it for the card or not
+    (only the transfer syntaxes in ``syntaxes`` go to the card).
 
     Raises only :mod:`cxr_orient.errors` classes, as :func:`load_dicom_image` does.
     """
@@ -44,7 +47,8 @@ def read_and_plan(path: Path, *, data: bytes, size: int, max_pixels: int) -> Pla
         ds = read_dataset(path, stop_before_pixels=False, data=data,
                           inflate_limit=inflated_size_limit(max_pixels))
         spec = validate_pixel_spec(ds, max_pixels=max_pixels, path=path)
-        return PlannedImage(ds, spec, plan_card_job(ds, spec, size=size, path=path), path)
+        return PlannedImage(ds, spec, plan_card_job(ds, spec, size=size, path=path,
+                                                         syntaxes=syntaxes), path)
 
 
 def decode_on_cpu(planned: PlannedImage, *, size: int, max_pixels: int) -> np.ndarray:
