@@ -268,7 +268,10 @@ def _check_base_and_user(instructions: list[tuple[str, str]]) -> None:
     assert next(rest for k, rest in instructions if k == "ARG").startswith("BASE_IMAGE=")
     users = [rest for k, rest in instructions if k == "USER"]
     assert users and users[-1].split(":")[0] not in {"root", "0"}, "must end as a non-root user"
-    assert keywords.index("USER") > max(i for i, k in enumerate(keywords) if k == "RUN")
+    # The last USER comes after the last RUN (a build may start as root, as the GPU image on
+    # the project's own CPU image must, but nothing runs as root after it).
+    last_user = max(i for i, k in enumerate(keywords) if k == "USER")
+    assert last_user > max(i for i, k in enumerate(keywords) if k == "RUN")
     assert "ADD" not in keywords, "use COPY; never ADD (remote URLs, implicit extraction)"
 
 
