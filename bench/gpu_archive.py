@@ -23,13 +23,12 @@ and a Markdown summary, ``DIR/<machine>-gpu-archive.md``, at the end.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import multiprocessing
 import os
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -39,6 +38,7 @@ import numpy as np
 from bench.archive import MIXES, Mix, archive_set, parse_mix, record_archive
 from bench.corpus import CorpusItem, build_corpus, load_corpus
 from bench.gpu_decode import (
+    StepLog,
     UtilisationSampler,
     agreement,
     card_rates,
@@ -204,18 +204,8 @@ def main() -> None:
                                "model": str(args.model), "films": args.films}
     out_json = args.out / f"{args.machine}-gpu-archive.json"
 
-    def save() -> None:
-        out_json.write_text(json.dumps(results, indent=2, default=str))
-
-    def step(key: str, fn: Callable[[], Any]) -> None:
-        start = time.monotonic()
-        try:
-            results[key] = fn()
-        except Exception as e:
-            logger.exception("%s failed", key)
-            results[key] = {"error": f"{type(e).__name__}: {e}"}
-        results.setdefault("step_seconds", {})[key] = round(time.monotonic() - start, 1)
-        save()
+    steps = StepLog(out_json, results)
+    save, step = steps.save, steps.step
 
     shutil.rmtree(args.root, ignore_errors=True)
     items = _corpus(args.root / "corpus", args.per_syntax, args.carried)

@@ -259,6 +259,28 @@ def _layout_run(name: str, sets: dict[str, list[Path]], *, base_env: dict[str, s
     return out
 
 
+class StepLog:
+    """A GPU bench's results, written to ``out_json`` after every step: a step that fails
+    records its error and the run goes on (a call on the lent card is not repeated)."""
+
+    def __init__(self, out_json: Path, results: dict[str, Any]) -> None:
+        self.out_json = out_json
+        self.results = results
+
+    def save(self) -> None:
+        self.out_json.write_text(json.dumps(self.results, indent=2, default=str))
+
+    def step(self, key: str, fn: Callable[[], Any]) -> None:
+        start = time.monotonic()
+        try:
+            self.results[key] = fn()
+        except Exception as e:
+            logger.exception("%s failed", key)
+            self.results[key] = {"error": f"{type(e).__name__}: {e}"}
+        self.results.setdefault("step_seconds", {})[key] = round(time.monotonic() - start, 1)
+        self.save()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", type=Path, required=True)
@@ -290,18 +312,8 @@ def main() -> None:
                                "model": str(args.model)}
     out_json = args.out / f"{args.machine}-gpu-decode.json"
 
-    def save() -> None:
-        out_json.write_text(json.dumps(results, indent=2, default=str))
-
-    def step(key: str, fn: Callable[[], Any]) -> None:
-        start = time.monotonic()
-        try:
-            results[key] = fn()
-        except Exception as e:
-            logger.exception("%s failed", key)
-            results[key] = {"error": f"{type(e).__name__}: {e}"}
-        results.setdefault("step_seconds", {})[key] = round(time.monotonic() - start, 1)
-        save()
+    steps = StepLog(out_json, results)
+    save, step = steps.save, steps.step
 
     root = args.root
     shutil.rmtree(root, ignore_errors=True)
