@@ -36,13 +36,14 @@ from typing import Any
 import numpy as np
 
 from bench.archive import MIXES, Mix, archive_set, parse_mix, record_archive
-from bench.corpus import CorpusItem, build_corpus, load_corpus
+from bench.corpus import CorpusItem
 from bench.gpu_decode import (
     StepLog,
     UtilisationSampler,
     agreement,
     card_rates,
     fresh_database,
+    parallel_corpus,
     time_split,
 )
 
@@ -55,19 +56,6 @@ SYNTAXES = ("explicit-le", "jpeg-lossless", "j2k-lossless", "j2k-lossy", "jpeg-b
 #: What the card can be given (``CXR_CARD_SYNTAXES`` names, corpus names here).
 ON_CARD = ("explicit-le", "jpeg-lossless", "j2k-lossless", "j2k-lossy", "jpeg-baseline",
            "htj2k-lossless", "htj2k-lossy")
-
-
-def _corpus(root: Path, per_syntax: int, carried: Path | None) -> list[CorpusItem]:
-    with ProcessPoolExecutor(max_workers=len(SYNTAXES), mp_context=_SPAWN) as pool:
-        futures = [pool.submit(build_corpus, root / name, per_syntax=per_syntax,
-                               syntaxes=(name,)) for name in SYNTAXES]
-        items = [item for f in futures for item in f.result()]
-    have = {i.syntax for i in items}
-    if carried is not None and carried.is_dir():
-        target = root / "carried"
-        shutil.copytree(carried, target, dirs_exist_ok=True)
-        items += [i for i in load_corpus(target) if i.syntax not in have]
-    return items
 
 
 def cpu_rates(items: Sequence[CorpusItem], *, processes: int, per_process: int = 4
@@ -208,7 +196,8 @@ def main() -> None:
     save, step = steps.save, steps.step
 
     shutil.rmtree(args.root, ignore_errors=True)
-    items = _corpus(args.root / "corpus", args.per_syntax, args.carried)
+    items = parallel_corpus(args.root / "corpus", args.per_syntax, args.carried,
+                            names=SYNTAXES)
     results["corpus"] = {name: sum(i.syntax == name for i in items)
                          for name in sorted({i.syntax for i in items})}
     results["step_seconds"] = {"corpus": round(time.monotonic() - t0, 1)}

@@ -88,10 +88,16 @@ class UtilisationSampler:
                 "gpu_memory_max_mib": float(max(s[2] for s in window))}
 
 
-def _corpus(root: Path, per_syntax: int, carried: Path | None) -> list[CorpusItem]:
-    """Every syntax, built in parallel (one process per syntax); HTJ2K carried."""
-    names = ("explicit-le", "implicit-le", "explicit-be", "deflated", "rle", "jpeg-ls",
-             "j2k-lossless", "j2k-lossy", "jpeg-baseline", "htj2k-lossless", "htj2k-lossy")
+#: The syntaxes of this bench's corpus.
+CORPUS_SYNTAXES = ("explicit-le", "implicit-le", "explicit-be", "deflated", "rle", "jpeg-ls",
+                   "j2k-lossless", "j2k-lossy", "jpeg-baseline", "htj2k-lossless",
+                   "htj2k-lossy")
+
+
+def parallel_corpus(root: Path, per_syntax: int, carried: Path | None,
+                    names: Sequence[str] = CORPUS_SYNTAXES) -> list[CorpusItem]:
+    """Each syntax of ``names`` built in parallel (one process per syntax); those this
+    machine cannot encode (HTJ2K) taken from the ``carried`` corpus."""
     with ProcessPoolExecutor(max_workers=len(names), mp_context=_SPAWN) as pool:
         futures = [pool.submit(build_corpus, root / name, per_syntax=per_syntax,
                                syntaxes=(name,)) for name in names]
@@ -318,7 +324,7 @@ def main() -> None:
     root = args.root
     shutil.rmtree(root, ignore_errors=True)
     per_syntax = 2 if args.quick else args.per_syntax
-    items = _corpus(root / "corpus", per_syntax, args.carried)
+    items = parallel_corpus(root / "corpus", per_syntax, args.carried)
     results["corpus"] = {name: sum(i.syntax == name for i in items)
                          for name in sorted({i.syntax for i in items})}
     results["step_seconds"] = {"corpus": round(time.monotonic() - t0, 1)}
