@@ -164,6 +164,17 @@ def test_three_hosts_one_cut_off_30s_mid_batch_then_healed(
                 node = (worker_name or "?").split("-", 1)[0]
                 per_node[node] = per_node.get(node, 0) + n
         assert workers["a"].exited() is None, workers["a"].log()[-5000:]
+
+        # A may still be backing off (up to 15 s between tries, a hung socket up to
+        # tcp_user_timeout 20 s) when the others finish: the ledger is read once A has come
+        # back to its batch and given it up, so a late write of A's would be counted.
+        def given_up_by_a() -> set[int]:
+            return {int(i) for found in re.findall(
+                r"claim on instances \[([\d, ]+)\] lapsed", workers["a"].log())
+                for i in found.split(",")}
+
+        wait_until(lambda: set(held_by_a) <= given_up_by_a(), timeout=120, poll=0.5,
+                   what="node A back from the partition, giving up the batch it held")
         log_a = workers["a"].log()
         engine.dispose()
         counts = ledger(local_url, ids, "3 hosts, node A cut off from Redis and PostgreSQL "
