@@ -55,6 +55,11 @@ def check_ae_title(value: str, *, name: str) -> str:
     return stripped
 
 
+#: The faults a correction puts right (CXR_CORRECTION_RULES): the film stored turned, or
+#: mirrored; the header's view (frontal / lateral) wrong; a frontal's PA / AP wrong.
+CORRECTION_FAULTS = ("turned", "mirrored", "header_view", "header_projection")
+
+
 @dataclass(frozen=True)
 class ResultDestination:
     """One entry of CXR_RESULT_DESTINATIONS: a C-STORE SCP or a STOW-RS endpoint."""
@@ -614,6 +619,22 @@ class Settings(BaseSettings):
         "start a worker for it with -Q <this queue> (or add it to a worker's -Q list). "
         "Default unset: the classification queue CXR_QUEUE_NAME.",
     )
+    correction_destinations: str = Field(
+        default="",
+        description="CXR_CORRECTION_DESTINATIONS: where corrections go (IHE IOCM: a "
+        "corrected replacement and a rejection note of the original), comma-separated, "
+        "spelled as CXR_RESULT_DESTINATIONS: dicom://AET@host:port and dicomweb+http(s)://"
+        "host:port/path. The archive must implement IOCM to hide what a note rejects "
+        "(docs/dicom.md). Default empty: no correction is ever sent, by rule or review.",
+    )
+    correction_rules: str = Field(
+        default="",
+        description="CXR_CORRECTION_RULES: the faults the workers correct on their own, "
+        "comma-separated, from turned, mirrored, header_view, header_projection; an answer "
+        "is corrected by rule only when every fault found is listed, it needs no review "
+        "(above the review threshold, not an unusual image) and its model is in service. "
+        "Default empty: corrections only from the review page, confirmed by a reviewer.",
+    )
     task_soft_time_limit_s: float | None = Field(
         default=None,
         ge=0,
@@ -719,6 +740,24 @@ class Settings(BaseSettings):
         if len(set(urls)) != len(urls):
             raise ValueError("CXR_RESULT_DESTINATIONS names a destination twice")
         return ",".join(urls)
+
+    @field_validator("correction_destinations")
+    @classmethod
+    def _parsable_correction_destinations(cls, value: str) -> str:
+        urls = [parse_result_destination(e).url for e in value.split(",") if e.strip()]
+        if len(set(urls)) != len(urls):
+            raise ValueError("CXR_CORRECTION_DESTINATIONS names a destination twice")
+        return ",".join(urls)
+
+    @field_validator("correction_rules")
+    @classmethod
+    def _known_faults(cls, value: str) -> str:
+        faults = [f.strip().lower() for f in value.split(",") if f.strip()]
+        unknown = sorted(set(faults) - set(CORRECTION_FAULTS))
+        if unknown:
+            raise ValueError(f"CXR_CORRECTION_RULES: unknown fault {', '.join(unknown)} "
+                             f"(known: {', '.join(CORRECTION_FAULTS)})")
+        return ",".join(f for f in CORRECTION_FAULTS if f in faults)
 
     @field_validator("result_calling_ae")
     @classmethod
@@ -830,6 +869,16 @@ class Settings(BaseSettings):
         """CXR_RESULT_DESTINATIONS parsed, in the order given."""
         return [parse_result_destination(e) for e in self.result_destinations.split(",")
                 if e.strip()]
+
+    @property
+    def correction_destination_list(self) -> list[str]:
+        """CXR_CORRECTION_DESTINATIONS as canonical URLs, in the order given."""
+        return [e for e in self.correction_destinations.split(",") if e]
+
+    @property
+    def correction_rule_faults(self) -> frozenset[str]:
+        """CXR_CORRECTION_RULES as a set (empty: no correction by rule)."""
+        return frozenset(f for f in self.correction_rules.split(",") if f)
 
     @property
     def effective_database_url(self) -> str:

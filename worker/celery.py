@@ -92,7 +92,7 @@ def make_app() -> Celery:
     if settings.outbox_queue:
         # Beat's sweeps and the kicks after each batch both route by task name.
         app.conf.task_routes = {DELIVER_OUTBOX: {"queue": settings.outbox_queue}}
-    if settings.result_destinations:
+    if settings.result_destinations or settings.correction_destinations:
         # Results back to PACS: the outbox is swept every few seconds (and kicked after
         # each recorded batch), so a destination back up is served within one interval.
         app.conf.beat_schedule["deliver-outbox"] = {

@@ -147,7 +147,7 @@ def start(settings: Settings, *, node: str, pool_processes: int) -> Housekeeping
     if folder is not None:
         state = readiness.Readiness(node, pool_processes, folder)
         threads.append(Periodic("readiness", HEARTBEAT_S, state.check))
-    if settings.result_destinations:
+    if settings.result_destinations or settings.correction_destinations:
         from cxr_orient.dicomnet.delivery import deliver_due
 
         threads.append(Periodic("outbox-delivery", settings.outbox_interval_s,

@@ -19,6 +19,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from cxr_orient import metrics
+from cxr_orient.dicomnet.corrections.rules import AnswerFacts, rule_correction
 from cxr_orient.dicomnet.sr import new_sr_uid
 from cxr_orient.errors import (
     FilePurgedError,
@@ -31,7 +32,7 @@ from cxr_orient.imaging import view_to_label
 from cxr_orient.settings import DB_RETRY_MAX_WAIT_S, Settings, get_settings
 from cxr_orient.studies import record_study_answers
 from db import crud
-from db.models import OrientationLabel
+from db.models import OrientationLabel, utcnow
 from db.session import dispose_engines, session_scope
 from worker.decoding import abandon_decode_threads, decode_batch, start_decoding
 from worker.leases import keeper, start_keeper
@@ -80,6 +81,7 @@ class _Work:
     header_view: str | None
     #: The reclassify marker: the version that must answer (None: the active one).
     target_version_id: int | None = None
+    sop_instance_uid: str | None = None
 
 
 # --- resilience --------------------------------------------------------------------
@@ -159,7 +161,7 @@ def _claim(instance_ids: Sequence[int], settings: Settings,
                 outcome.failed[instance_id] = purged.code
                 continue
             work.append(_Work(row.id, row.file_path, row.file_sha256, row.header_view_position,
-                              row.target_model_version_id))
+                              row.target_model_version_id, row.sop_instance_uid))
         if outcome.failed:  # studies after instances: the lock order of every writer
             record_study_answers(session, instance_ids=list(outcome.failed))
     return work, outcome
@@ -326,6 +328,8 @@ def _predict_and_record(
     ]
     failures = [(w, err) for w, (img, err, _) in zip(work, decoded, strict=True) if err is not None]
     records: list[crud.PredictionRecord] = []
+    corrections: dict[int, crud.CorrectionRecord] = {}
+    decided_at = utcnow()
     if ready:
         batch = np.stack([img for _, img, _ in ready])
         start = time.perf_counter()
@@ -362,6 +366,14 @@ def _predict_and_record(
                     file_sha256=w.file_sha256,
                 )
             )
+            correction = rule_correction(
+                AnswerFacts(answer.label, answer.rotation, answer.mirrored, w.header_view,
+                            answer.needs_review, answer.projection),
+                enabled=settings.correction_rule_faults, instance_id=w.instance_id,
+                original_sop_instance_uid=w.sop_instance_uid, model_name=model.name,
+                decided_at=decided_at)
+            if correction is not None:
+                corrections[w.instance_id] = correction
 
     superseded: list[int] = []
     held: set[int] = set()
@@ -379,7 +391,8 @@ def _predict_and_record(
                 session, model_version_id=model.version_id,
                 records=[r for r in records if r.instance_id in held],
                 worker=worker_name(), result_destinations=destinations,
-                new_report_uid=new_sr_uid, claim_token=token)
+                new_report_uid=new_sr_uid, claim_token=token, corrections=corrections,
+                correction_destinations=settings.correction_destination_list)
             for w, err in failures:
                 assert err is not None
                 if w.instance_id not in held:
@@ -400,7 +413,7 @@ def _predict_and_record(
             record_study_answers(session, instance_ids=[w.instance_id for w in work])
 
     with_db_retry(write, what="recording results")
-    if recorded[0] and destinations:
+    if recorded[0] and (destinations or corrections):
         from worker.dispatch import kick_delivery
 
         kick_delivery()

@@ -1,5 +1,6 @@
-"""Delivering the outbox: due rows are claimed, their Structured Reports built and sent,
-and each outcome recorded.
+"""Delivering the outbox: due rows are claimed, their Structured Reports (or a
+correction's replacement and rejection note, :mod:`.corrections.outgoing`) built and
+sent, and each outcome recorded.
 
 :func:`deliver_due` is the one entry point (the ``deliver_outbox`` Celery task, beat
 scheduled and kicked after each recorded batch, and ``cxr-orient outbox deliver``):
@@ -32,6 +33,7 @@ from datetime import datetime
 
 from pydicom.dataset import Dataset
 
+from cxr_orient.dicomnet.corrections.outgoing import correction_objects
 from cxr_orient.dicomnet.destinations import Sender, sender_for
 from cxr_orient.dicomnet.sr import ReportedAnswer, build_sr, reasons_of
 from cxr_orient.errors import CxrError, DeliveryError
@@ -45,6 +47,9 @@ from db.session import session_scope
 __all__ = ["DeliveryCounts", "backoff_s", "deliver_due", "report_for"]
 
 logger = logging.getLogger(__name__)
+
+#: One outbox row's work: an answer's report, or a correction's objects.
+Work = crud.OutboxWork | crud.CorrectionWork
 
 
 @dataclass
@@ -89,7 +94,8 @@ def deliver_due(settings: Settings, limit: int | None = None) -> DeliveryCounts:
         return counts
     counts.claimed = len(ids)
     with session_scope() as session:
-        work = crud.outbox_work(session, outbox_ids=ids)
+        work: list[Work] = [*crud.outbox_work(session, outbox_ids=ids),
+                            *crud.correction_work(session, outbox_ids=ids)]
     # Fewest attempts first: while a destination is down only its first row is tried per
     # run (below), so its rows take turns and each records why it waits.
     work.sort(key=lambda w: (w.attempts, w.outbox_id))
@@ -107,9 +113,15 @@ def deliver_due(settings: Settings, limit: int | None = None) -> DeliveryCounts:
     return counts
 
 
-def _deliver(work: list[crud.OutboxWork], senders: dict[str, Sender], settings: Settings,
+def _key(item: Work) -> tuple[str, int]:
+    if isinstance(item, crud.CorrectionWork):
+        return "correction", item.correction_id
+    return "report", item.prediction_id
+
+
+def _deliver(work: list[Work], senders: dict[str, Sender], settings: Settings,
              counts: DeliveryCounts) -> None:
-    reports: dict[int, Dataset | CxrError] = {}
+    built: dict[tuple[str, int], list[Dataset] | CxrError] = {}
     #: Destinations found unavailable in this run -> (when due again, the error).
     down: dict[str, tuple[datetime, str]] = {}
     for item in work:
@@ -123,16 +135,19 @@ def _deliver(work: list[crud.OutboxWork], senders: dict[str, Sender], settings: 
                                     next_attempt_at=due)
             counts.retrying += 1
             continue
-        if item.prediction_id not in reports:
-            reports[item.prediction_id] = _build(item, settings)
-        report = reports[item.prediction_id]
-        if isinstance(report, CxrError):
-            _record_failed(item, f"{report.code}: {report}", counts)
+        if _key(item) not in built:
+            built[_key(item)] = _build(item, settings)
+        objects = built[_key(item)]
+        if isinstance(objects, CxrError):
+            _record_failed(item, f"{objects.code}: {objects}", counts)
             continue
         try:
             if item.destination not in senders:
                 senders[item.destination] = sender_for(item.destination, settings)
-            senders[item.destination].send(report)
+            # In order: a correction's replacement is stored before the note rejecting
+            # the original; a retry sends both again (the same UIDs, stored once).
+            for dataset in objects:
+                senders[item.destination].send(dataset)
         except DeliveryError as exc:
             if exc.transient:
                 error = f"{exc.code}: {exc}"
@@ -151,17 +166,22 @@ def _deliver(work: list[crud.OutboxWork], senders: dict[str, Sender], settings: 
         counts.sent += 1
 
 
-def _build(item: crud.OutboxWork, settings: Settings) -> Dataset | CxrError:
+def _build(item: Work, settings: Settings) -> list[Dataset] | CxrError:
     try:
-        return report_for(item, settings)
+        if isinstance(item, crud.CorrectionWork):
+            return correction_objects(item, settings)
+        return [report_for(item, settings)]
     except CxrError as exc:
         return exc
-    except Exception as exc:  # highdicom refusing a header value
-        logger.exception("cannot build the SR of prediction %d", item.prediction_id)
-        return DeliveryError(f"cannot build the SR: {type(exc).__name__}: {exc}")
+    except Exception as exc:  # highdicom or a codec refusing a header value
+        what = ("the objects of correction %d" if isinstance(item, crud.CorrectionWork)
+                else "the SR of prediction %d")
+        logger.exception(f"cannot build {what}", _key(item)[1])
+        return DeliveryError(f"cannot build {what % _key(item)[1]}: "
+                             f"{type(exc).__name__}: {exc}")
 
 
-def _record_retry(item: crud.OutboxWork, error: str, settings: Settings,
+def _record_retry(item: Work, error: str, settings: Settings,
                   counts: DeliveryCounts) -> datetime:
     """Pending again, due when its destination's backoff ends; returns that time."""
     with session_scope() as session:
@@ -177,7 +197,7 @@ def _record_retry(item: crud.OutboxWork, error: str, settings: Settings,
     return due
 
 
-def _record_failed(item: crud.OutboxWork, error: str, counts: DeliveryCounts) -> None:
+def _record_failed(item: Work, error: str, counts: DeliveryCounts) -> None:
     logger.error("outbox row %d (%s) failed for good: %s", item.outbox_id, item.destination,
                  error)
     with session_scope() as session:

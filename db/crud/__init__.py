@@ -5,6 +5,7 @@ the session and its transaction: ``from db import crud; crud.add_instance(sessio
 - ``claims``: claims and leases on instances, failures, time-outs, status counts
 - ``answers``: a batch's predictions recorded (with their outbox rows); results read back
 - ``outbox``: reports back to PACS, their claims and retries, the destinations' backoff
+- ``corrections``: corrected images and rejection notes back to PACS (IOCM), their audit
 - ``studies``: study completeness, the study answers' rows (the rule that makes an answer
   is ``cxr_orient.studies.study_answer``)
 - ``reclassify``: reclassify runs and the keyset walk that queues instances for a version
@@ -55,6 +56,17 @@ from db.crud.claims import (
 )
 from db.crud.common import (
     current_answer_id,
+)
+from db.crud.corrections import (
+    CorrectionRecord,
+    CorrectionRow,
+    CorrectionWork,
+    add_correction,
+    correction,
+    correction_of_instance,
+    correction_rows,
+    correction_work,
+    instance_corrected,
 )
 from db.crud.health import (
     HEARTBEAT_FRESH_S,
@@ -185,6 +197,9 @@ __all__ = [
     "REVIEW_FILTERS",
     "AnswerHistory",
     "ChangedAnswer",
+    "CorrectionRecord",
+    "CorrectionRow",
+    "CorrectionWork",
     "DailyRates",
     "DestinationState",
     "Instance",
@@ -203,6 +218,7 @@ __all__ = [
     "activate_model_version",
     "active_model_version",
     "add_api_token",
+    "add_correction",
     "add_instance",
     "add_instances",
     "add_label",
@@ -216,6 +232,10 @@ __all__ = [
     "changed_between",
     "claim_due_outbox",
     "claim_for_processing",
+    "correction",
+    "correction_of_instance",
+    "correction_rows",
+    "correction_work",
     "count_labels_after",
     "count_login_failures",
     "count_targeted",
@@ -249,6 +269,7 @@ __all__ = [
     "held_for_delivery",
     "held_instance_ids",
     "highest_trained_label_id",
+    "instance_corrected",
     "interrupted_instance_ids",
     "known_sop_instance_uids",
     "labels_of",

@@ -3,14 +3,15 @@ and read back (one row per instance, the changes between two versions)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 from sqlalchemy import and_, func, select, tuple_, update
 from sqlalchemy.orm import Session, aliased
 
 from db.crud.common import current_answer_id
+from db.crud.corrections import CorrectionRecord, add_correction
 from db.crud.outbox import add_outbox_messages
 from db.models import (
     Instance,
@@ -55,6 +56,8 @@ def record_predictions(
     result_destinations: Sequence[str] = (),
     new_report_uid: Callable[[], str] | None = None,
     claim_token: str | None = None,
+    corrections: Mapping[int, CorrectionRecord] | None = None,
+    correction_destinations: Sequence[str] = (),
 ) -> int:
     """Insert predictions and mark their instances done; returns rows inserted.
 
@@ -77,6 +80,11 @@ def record_predictions(
     under that claim are recorded: a worker whose lease lapsed (it was cut off from the
     database, and the work was re-queued and claimed by another) records nothing, so an
     instance is answered once however the claims went.
+
+    ``corrections`` (by instance id: what the correction rules decided on the answer,
+    ``cxr_orient.dicomnet.corrections.rule_correction``) become ``corrections`` rows with
+    their outbox rows to ``correction_destinations``, in this same transaction and under
+    the same condition as the reports: a new answer of the version in service.
     """
     if result_destinations and new_report_uid is None:
         raise ValueError("result_destinations need new_report_uid (the reports' UIDs)")
@@ -155,10 +163,20 @@ def record_predictions(
     ]
     session.add_all(added)
     session.flush()
-    if new_report_uid is not None and result_destinations and added and session.scalar(
+    decided = corrections if corrections and correction_destinations else {}
+    if not added or not ((new_report_uid is not None and result_destinations) or decided):
+        return len(fresh)
+    if not session.scalar(
             select(ModelVersion.is_active).where(ModelVersion.id == model_version_id)):
+        return len(fresh)
+    if new_report_uid is not None and result_destinations:
         add_outbox_messages(session, prediction_ids=[p.id for p in added],
                             destinations=result_destinations, new_report_uid=new_report_uid)
+    for p in added:
+        if p.instance_id in decided:
+            add_correction(session, record=replace(
+                decided[p.instance_id], prediction_id=p.id, file_sha256=p.file_sha256),
+                destinations=correction_destinations)
     return len(fresh)
 
 

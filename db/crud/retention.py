@@ -6,10 +6,11 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import case, exists, false, func, select, update
+from sqlalchemy import case, exists, false, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from db.crud.common import awaiting_review, labelled
+from db.crud.corrections import instance_corrected
 from db.models import (
     Instance,
     InstanceStatus,
@@ -38,14 +39,17 @@ def held_for_delivery() -> Any:
     """EXISTS a pending outbox row for an answer of the instance, correlated to
     ``Instance``: its received file is kept until the report went out, because the SR is
     built from the source file's header when it is sent. A row failed for good no longer
-    holds the file (``outbox retry`` of it after a purge fails with ``file_purged``)."""
-    return (
+    holds the file (``outbox retry`` of it after a purge fails with ``file_purged``).
+    An instance corrected back to PACS keeps its file for good: the replacement is
+    rebuilt from it, for delivery and for a later reversal's rejection note."""
+    return or_(
         select(OutboxMessage.id)
         .join(Prediction, Prediction.id == OutboxMessage.prediction_id)
         .where(Prediction.instance_id == Instance.id,
                OutboxMessage.status == OutboxStatus.pending)
         .correlate(Instance)
-        .exists()
+        .exists(),
+        instance_corrected(),
     )
 
 

@@ -65,7 +65,7 @@ def test_rows_made_with_each_answer_one_uid_per_answer(migrated_db: str) -> None
         rows = crud.outbox_rows(session)
         assert len(rows) == 4, "2 answers (needs_review included) x 2 destinations"
         assert {r.status for r in rows} == {OutboxStatus.pending}
-        by_prediction: dict[int, set[str]] = {}
+        by_prediction: dict[int | None, set[str]] = {}
         for r in rows:
             by_prediction.setdefault(r.prediction_id, set()).add(r.sr_sop_instance_uid)
         assert all(len(uids) == 1 for uids in by_prediction.values())
