@@ -1,5 +1,5 @@
-"""Result destinations: sending one Structured Report by C-STORE (pynetdicom) or STOW-RS
-(dicomweb-client).
+"""Result destinations: sending one Structured Report (or a correction's replacement or
+rejection note) by C-STORE (pynetdicom) or STOW-RS (dicomweb-client).
 
 A sender returns when the destination has stored the object (or already had it: a
 re-send after a crash carries the same SOPInstanceUID, which a PACS stores once), and
@@ -17,6 +17,7 @@ or aborted, the status):
 
 from __future__ import annotations
 
+import copy
 import logging
 import socket
 import time
@@ -38,6 +39,7 @@ logger = logging.getLogger(__name__)
 _STORED = {0x0000, 0x0111, 0xB000, 0xB006, 0xB007}
 #: Failure statuses worth a retry: out of resources, processing failure, resource limit.
 _TRANSIENT = {0x0110, 0x0213}
+_UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
 
 
 class Sender(Protocol):
@@ -73,7 +75,12 @@ class CStoreDestination:
 
     One association serves every :meth:`send` until :meth:`close` (a delivery run sends
     its rows for one destination through one association: measured on the 2-core
-    machine, an association per SR made C-STORE 2.3x slower than STOW-RS)."""
+    machine, an association per SR made C-STORE 2.3x slower than STOW-RS). It offers,
+    for each SOP class sent so far, the object's own transfer syntax (a corrected image
+    in JPEG-LS or JPEG 2000 lossless, RLE) and the uncompressed ones; an object whose
+    class or syntax the association lacks opens a new one offering it. A compressed
+    object whose syntax the peer declines goes uncompressed (every syntax the
+    corrections write is lossless: nothing is lost)."""
 
     def __init__(self, destination: ResultDestination, *, calling_ae: str,
                  timeout_s: float) -> None:
@@ -81,18 +88,35 @@ class CStoreDestination:
         self.calling_ae = calling_ae
         self.timeout_s = timeout_s
         self._assoc: Any = None
+        #: SOP class -> the syntaxes offered for it (each its own presentation context).
+        self._offered: dict[str, list[str]] = {}
 
-    def _association(self, sop_class_uid: str) -> Any:
+    def _has_context(self, sop_class_uid: str, syntaxes: list[str]) -> bool:
+        return self._assoc is not None and self._assoc.is_established and any(
+            c.abstract_syntax == sop_class_uid and c.transfer_syntax[0] in syntaxes
+            for c in self._assoc.accepted_contexts)
+
+    def _association(self, sop_class_uid: str, syntax: str) -> Any:
         from pynetdicom import AE
 
-        if self._assoc is not None and self._assoc.is_established:
+        if self._has_context(sop_class_uid, [syntax, *_UNCOMPRESSED]):
             return self._assoc
+        offered = self._offered.setdefault(sop_class_uid, [])
+        alive = self._assoc is not None and self._assoc.is_established
+        new_offer = syntax not in offered or not alive
+        if syntax not in offered:
+            offered.append(syntax)
+        if not new_offer:
+            return self._assoc  # offered and declined: the caller says so
+        self.close()
         dest = self.destination
         ae = AE(ae_title=self.calling_ae)
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = self.timeout_s
         ae.connection_timeout = self.timeout_s
-        ae.add_requested_context(sop_class_uid, [ExplicitVRLittleEndian,
-                                                 ImplicitVRLittleEndian])
+        for sop_class, syntaxes in self._offered.items():
+            for compressed in (x for x in syntaxes if x not in _UNCOMPRESSED):
+                ae.add_requested_context(sop_class, [compressed])
+            ae.add_requested_context(sop_class, list(_UNCOMPRESSED))
         # pynetdicom reports a refused or unreachable port as an aborted association;
         # a plain TCP connect first names the real cause for the outbox row and status.
         cause = connection_failure(dest.host, dest.port, self.timeout_s)
@@ -111,16 +135,24 @@ class CStoreDestination:
             else:
                 reason = "association not established"
             raise DestinationUnavailableError(f"{dest.url}: {reason}")
-        if not any(c.abstract_syntax == sop_class_uid for c in assoc.accepted_contexts):
-            assoc.release()
-            raise DeliveryRefusedError(
-                f"{dest.url}: SOP class {sop_class_uid} (Comprehensive SR) not accepted")
         self._assoc = assoc
         return assoc
 
     def send(self, sr: Dataset) -> None:
+        """Store ``sr`` (a report, a corrected image or a rejection note)."""
         dest = self.destination
-        assoc = self._association(sr.SOPClassUID)
+        meta = getattr(sr, "file_meta", None)
+        syntax = str(meta.get("TransferSyntaxUID", ExplicitVRLittleEndian)
+                     if meta is not None else ExplicitVRLittleEndian)
+        assoc = self._association(sr.SOPClassUID, syntax)
+        if not self._has_context(sr.SOPClassUID, [syntax, *_UNCOMPRESSED]):
+            self.close()
+            raise DeliveryRefusedError(
+                f"{dest.url}: SOP class {sr.SOPClassUID} not accepted")
+        if not self._has_context(sr.SOPClassUID, [syntax]):
+            # The peer takes this class only uncompressed: send a lossless copy so.
+            sr = copy.deepcopy(sr)
+            sr.decompress(generate_instance_uid=False)
         try:
             status = assoc.send_c_store(sr)
         except Exception as exc:  # the association broke under us

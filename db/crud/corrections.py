@@ -174,15 +174,16 @@ def correction_rows(session: Session, *, instance_id: int | None = None,
     counts: dict[int, dict[str, int]] = {}
     last_sent: dict[int, datetime | None] = {}
     if rows:
-        for cid, status, n, sent in session.execute(
+        for cid_, status, n, sent in session.execute(
                 select(OutboxMessage.correction_id, OutboxMessage.status, func.count(),
                        func.max(OutboxMessage.sent_at))
                 .where(OutboxMessage.correction_id.in_([r.id for r in rows]))
                 .group_by(OutboxMessage.correction_id, OutboxMessage.status)):
-            counts.setdefault(int(cid), {s.value: 0 for s in OutboxStatus})[
+            cid = int(cid_ or 0)
+            counts.setdefault(cid, {s.value: 0 for s in OutboxStatus})[
                 OutboxStatus(status).value] = n
             if OutboxStatus(status) == OutboxStatus.sent:
-                last_sent[int(cid)] = sent
+                last_sent[cid] = sent
     result = []
     for r in rows:
         c = counts.get(r.id, {s.value: 0 for s in OutboxStatus})
