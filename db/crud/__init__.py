@@ -58,14 +58,17 @@ from db.crud.common import (
     current_answer_id,
 )
 from db.crud.corrections import (
+    AnswerToCorrect,
     CorrectionRecord,
     CorrectionRow,
     CorrectionWork,
     add_correction,
+    answer_to_correct,
     correction,
     correction_of_instance,
     correction_rows,
     correction_work,
+    destinations_of,
     instance_corrected,
 )
 from db.crud.health import (
@@ -196,6 +199,7 @@ __all__ = [
     "HEARTBEAT_FRESH_S",
     "REVIEW_FILTERS",
     "AnswerHistory",
+    "AnswerToCorrect",
     "ChangedAnswer",
     "CorrectionRecord",
     "CorrectionRow",
@@ -228,6 +232,7 @@ __all__ = [
     "add_uid_conflict",
     "add_unreadable_file",
     "add_user",
+    "answer_to_correct",
     "answers_per_version",
     "changed_between",
     "claim_due_outbox",
@@ -246,6 +251,7 @@ __all__ = [
     "current_study_answers",
     "daily_rates",
     "destination_states",
+    "destinations_of",
     "disable_user",
     "end_user_sessions",
     "find_api_token_by_hash",

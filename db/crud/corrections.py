@@ -14,12 +14,16 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased
 
+from db.crud.common import current_answer_id
 from db.models import (
     Correction,
     CorrectionAction,
     Instance,
+    ModelVersion,
+    OrientationLabel,
     OutboxMessage,
     OutboxStatus,
+    Prediction,
     utcnow,
 )
 
@@ -198,3 +202,45 @@ def correction_rows(session: Session, *, instance_id: int | None = None,
             reverses_id=r.reverses_id, pending=c["pending"], sent=c["sent"],
             failed=c["failed"], delivered_at=last_sent.get(r.id) if done else None))
     return result
+
+
+@dataclass(frozen=True)
+class AnswerToCorrect:
+    """An instance's current answer, with what a correction of it needs."""
+
+    instance_id: int
+    prediction_id: int
+    label: str
+    rotation: int | None
+    mirrored: bool | None
+    needs_review: bool
+    header_view: str | None
+    sop_instance_uid: str | None
+    file_sha256: str
+    model_name: str
+    #: The instance's file holds other bytes now (replaced since the answer).
+    file_replaced: bool
+
+
+def answer_to_correct(session: Session, *, instance_id: int) -> AnswerToCorrect | None:
+    """The instance's current answer (``current_answer_id``), or None without one."""
+    found = session.execute(
+        select(Instance, Prediction, ModelVersion.name)
+        .join(Prediction, Prediction.id == current_answer_id())
+        .join(ModelVersion, ModelVersion.id == Prediction.model_version_id)
+        .where(Instance.id == instance_id)).first()
+    if found is None:
+        return None
+    instance, p, name = found
+    return AnswerToCorrect(
+        instance_id=instance.id, prediction_id=p.id, label=OrientationLabel(p.label).value,
+        rotation=p.rotation, mirrored=p.mirrored, needs_review=p.needs_review,
+        header_view=instance.header_view_position, sop_instance_uid=instance.sop_instance_uid,
+        file_sha256=p.file_sha256, model_name=name,
+        file_replaced=instance.file_sha256 != p.file_sha256)
+
+
+def destinations_of(session: Session, *, correction_id: int) -> list[str]:
+    """Where a correction was sent (its reversal goes to the same places)."""
+    return sorted(session.scalars(select(OutboxMessage.destination).where(
+        OutboxMessage.correction_id == correction_id).distinct()))

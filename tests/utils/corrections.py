@@ -6,6 +6,7 @@ the replacement), in a chosen transfer syntax."""
 from __future__ import annotations
 
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -18,11 +19,12 @@ from pydicom.uid import (
     UID,
     ExplicitVRLittleEndian,
     JPEGLosslessSV1,
+    JPEGLSLossless,
     generate_uid,
 )
 
-__all__ = ["CR_STORAGE", "DX_STORAGE", "as_dx", "rg1", "stored_as", "turned_original",
-           "write_in_syntax"]
+__all__ = ["CR_STORAGE", "DX_STORAGE", "TurnedLateralStudy", "as_dx", "rg1", "stored_as",
+           "turned_lateral_study", "turned_original", "write_in_syntax"]
 
 CR_STORAGE = UID("1.2.840.10008.5.1.4.1.1.1")
 DX_STORAGE = UID("1.2.840.10008.5.1.4.1.1.1.1")
@@ -143,3 +145,35 @@ def write_in_syntax(ds: Dataset, syntax: str, folder: Path) -> Path:
         ds.compress(syntax, generate_instance_uid=False)
     ds.save_as(out, enforce_file_format=True)
     return out
+
+
+SAMPLE_LATERAL = Path(__file__).resolve().parents[2] / "cxr_orient" / "samples" / "study1" / \
+    "lateral.dcm"
+
+
+@dataclass(frozen=True)
+class TurnedLateralStudy:
+    frontal: Path
+    #: Stored turned by 90 degrees, its header saying PA (JPEG-LS lossless).
+    lateral: Path
+    #: The lateral's pixels upright (what the replacement must hold).
+    upright_lateral: np.ndarray
+    study_uid: str
+
+
+def turned_lateral_study(folder: Path) -> TurnedLateralStudy:
+    """A complete DX study (dciodvfy-clean): RG1 upright as the PA frontal, and the
+    bundled study1 lateral stored turned by 90 degrees (``numpy.rot90(upright, 1)``) in
+    JPEG-LS lossless, with View Position PA: the header's view wrong, the film turned."""
+    upright_lateral = np.asarray(pydicom.dcmread(SAMPLE_LATERAL).pixel_array)
+    frontal = turned_original(np.asarray(rg1().pixel_array), 0, False, dx=True)
+    lateral = turned_original(upright_lateral, 90, False, dx=True, view="PA",
+                              orientation=["A", "F"])
+    study_uid = generate_uid()
+    for ds in (frontal, lateral):
+        ds.StudyInstanceUID = study_uid
+    lateral.InstanceNumber = 2
+    return TurnedLateralStudy(
+        write_in_syntax(frontal, ExplicitVRLittleEndian, folder / "frontal"),
+        write_in_syntax(lateral, JPEGLSLossless, folder / "lateral"),
+        upright_lateral, study_uid)
