@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 
+from cli.corrections import corrections
 from cli.db import db
 from cli.demo import demo
 from cli.hints import DATABASE_HINT, DEFAULT_DATABASE_HINT
@@ -74,6 +75,7 @@ def main(verbose: bool) -> None:
 
 for command in (db, enqueue, requeue, reclassify,  # cli.db, cli.ingest
                 listen, pull, serve, outbox, token,  # cli.node
+                corrections,  # cli.corrections
                 results, status,  # cli.results
                 train, evaluate, register, promote, rollback, models, retrain, label,
                 user, demo):

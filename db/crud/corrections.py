@@ -127,13 +127,12 @@ def correction(session: Session, *, correction_id: int) -> CorrectionRecord | No
 
 
 def correction_of_instance(session: Session, *, instance_id: int) -> int | None:
-    """The id of the instance's standing correction (made, not reversed), if any."""
-    reversal = aliased(Correction)
+    """The id of the instance's correction, if any (reversed or not: an original is
+    corrected once, its rejection note has one UID)."""
     return session.scalar(
         select(Correction.id)
-        .outerjoin(reversal, reversal.reverses_id == Correction.id)
         .where(Correction.instance_id == instance_id,
-               Correction.action == CorrectionAction.correct, reversal.id.is_(None))
+               Correction.action == CorrectionAction.correct)
         .order_by(Correction.id.desc()).limit(1))
 
 

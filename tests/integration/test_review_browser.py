@@ -174,3 +174,86 @@ def test_a_reviewer_logs_in_and_labels_three_answers(
         _shot(browser, "audit")
     assert PATIENT_ID not in (tmp_path / "serve.log").read_text()
     shutil.rmtree(tmp_path / "chromium", ignore_errors=True)
+
+
+def test_a_reviewer_confirms_a_fault_with_one_key_and_an_operator_reverses_it(
+        browser: WebDriver, pg_url: str, tmp_path: Path,
+        configure: Callable[..., None]) -> None:
+    """CXR_CORRECTION_DESTINATIONS set, no rule: a lateral stored turned by 90 degrees
+    whose header says PA is offered for correction on its page; the reviewer presses
+    ``c``: a ``corrections`` row (decided by the reviewer, when), its outbox row and the
+    reviewer's label, in SQL; the page then shows it; ``cxr-orient corrections reverse``
+    records the reversal, going where the correction went. An answer with nothing wrong
+    offers no correction."""
+    root, data = (tmp_path / "archive").resolve(), (tmp_path / "data").resolve()
+    root.mkdir()
+    pacs = "dicom://ORTHANC@127.0.0.1:4242"
+    configure(database_url=pg_url, data_dir=data, ingest_root=root,
+              correction_destinations=pacs)
+    upgrade(pg_url)
+    with session_scope() as session:
+        version = active_version(session, "compact-invariant-64-v3")
+        turned = answered_instance(session, root=root, version=version, index=1,
+                                   label="lateral", confidence=0.97, header_view="PA",
+                                   header_agrees=False, needs_review=True,
+                                   review_reason="low_confidence", rotation=90)
+        fine = answered_instance(session, root=root, version=version, index=2,
+                                 label="frontal", confidence=0.6, header_view="PA",
+                                 rotation=0, mirrored=False)
+    env = worker_env(database_url=pg_url, data_dir=data, ingest_root=root,
+                     correction_destinations=pacs)
+    _user(env, "rita", "reviewer")
+
+    with serving(env, tmp_path / "serve.log") as base:
+        _log_in(browser, base, "rita")
+        WebDriverWait(browser, 30).until(expected_conditions.presence_of_element_located(
+            (By.ID, "queue")))
+        browser.get(f"{base}/review/items/{fine}")
+        _instance_shown(browser)
+        assert not browser.find_elements(By.ID, "correct"), "nothing wrong: no offer"
+        browser.get(f"{base}/review/items/{turned}?filter=disagree")
+        assert _instance_shown(browser) == turned
+        offer = browser.find_element(By.ID, "correction-offer").text
+        assert "turned, header view" in offer and "View Position LL" in offer, offer
+        _shot(browser, "correction")
+        browser.find_element(By.TAG_NAME, "body").send_keys("c")  # the one key
+        WebDriverWait(browser, 30).until(lambda d: f"/items/{turned}" not in d.current_url)
+
+        with psycopg.connect(pg_url.replace("+psycopg", "")) as conn:
+            rows = conn.execute(
+                "SELECT id, action, instance_id, faults, rotation, view, decided_via, "
+                "decided_by, decided_at IS NOT NULL FROM corrections ORDER BY id").fetchall()
+            outbox = conn.execute(
+                "SELECT correction_id, destination, status FROM outbox").fetchall()
+            labels = conn.execute(
+                "SELECT instance_id, label, source, annotator FROM labels").fetchall()
+        assert [r[1:] for r in rows] == [("correct", turned, "turned,header_view", 90, "LL",
+                                          "review", "reviewer rita", True)]
+        correction_id = rows[0][0]
+        assert outbox == [(correction_id, pacs, "pending")]
+        assert labels == [(turned, "lateral", "review", "rita")]
+        browser.get(f"{base}/review/items/{turned}")
+        _instance_shown(browser)
+        assert "reviewer rita" in browser.find_element(By.ID, "corrections").text
+        assert not browser.find_elements(By.ID, "correct"), "corrected once"
+
+    reversed_ = subprocess.run(
+        [sys.executable, "-m", "cli", "corrections", "reverse", str(correction_id),
+         "--by", "ops oliver", "--reason", "wrong patient orientation"],
+        env=env, cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
+    assert reversed_.returncode == 0, reversed_.stderr
+    again = subprocess.run(
+        [sys.executable, "-m", "cli", "corrections", "reverse", str(correction_id),
+         "--by", "ops oliver", "--reason", "twice"],
+        env=env, cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
+    assert again.returncode != 0 and "reversed already" in again.stderr
+    with psycopg.connect(pg_url.replace("+psycopg", "")) as conn:
+        reversal = conn.execute(
+            "SELECT action, reverses_id, decided_via, decided_by, reason FROM corrections "
+            "WHERE action = 'reverse'").fetchall()
+        destinations = conn.execute(
+            "SELECT o.destination FROM outbox o JOIN corrections c ON c.id = o.correction_id "
+            "WHERE c.action = 'reverse'").fetchall()
+    assert reversal == [("reverse", correction_id, "cli", "ops oliver",
+                         "wrong patient orientation")]
+    assert destinations == [(pacs,)]
