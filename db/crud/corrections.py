@@ -225,6 +225,7 @@ def answer_to_correct(session: Session, *, instance_id: int) -> AnswerToCorrect 
     """The instance's current answer (``current_answer_id``), or None without one."""
     found = session.execute(
         select(Instance, Prediction, ModelVersion.name)
+        .select_from(Instance)
         .join(Prediction, Prediction.id == current_answer_id())
         .join(ModelVersion, ModelVersion.id == Prediction.model_version_id)
         .where(Instance.id == instance_id)).first()
