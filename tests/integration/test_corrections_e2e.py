@@ -5,7 +5,8 @@ worker classifies it and, under CXR_CORRECTION_RULES=turned,header_view, sends b
 C-STORE the SRs, an upright corrected replacement (View Position LL, JPEG-LS lossless as
 the original came, its pixels the original's turned back) and a rejection note
 referencing the original. Orthanc ends with each object exactly once, all
-dciodvfy-clean. The same with the PACS down for a minute first: the outbox retries and
+dciodvfy-clean; ``cxr-orient corrections reverse`` then sends a rejection note of the
+replacement. The same with the PACS down for a minute first: the outbox retries and
 delivers everything once when it is back.
 """
 
@@ -28,7 +29,7 @@ from tests.utils.dciodvfy import KNOWN_WARNINGS, dciodvfy
 from tests.utils.dicomnode import dcmsend, running_listener
 from tests.utils.faults import private_redis
 from tests.utils.orthanc import Orthanc, free_port, start
-from tests.utils.worker import running_worker, worker_env
+from tests.utils.worker import run_cli, running_worker, worker_env
 
 pytestmark = pytest.mark.integration
 
@@ -124,6 +125,17 @@ def test_turned_lateral_is_corrected_in_orthanc(
                       "every outbox row sent", 240)
                 time.sleep(3)  # nothing more comes
                 rows, corrections, log = _outbox(), _corrections(), worker.log()
+                if not pacs_down:
+                    # An operator undoes it: a rejection note of the replacement.
+                    undo = run_cli("corrections", "reverse", str(corrections[0].id),
+                                   "--by", "ops oliver", "--reason", "test of the reversal",
+                                   env=env)
+                    assert undo.returncode == 0, undo.stderr
+                    _wait(lambda: len(_outbox()) == 4
+                          and {r["status"] for r in _outbox()} == {"sent"},
+                          "the reversal's note sent")
+                    reversal = _corrections()[0]
+                    assert reversal.action == "reverse" and reversal.delivered_at is not None
                 stored = _by_uid(orthanc)
                 files = {uid: orthanc.instance_file(ids[0]) for uid, ids in stored.items()}
                 tags = {uid: orthanc.instance_tags(ids[0]) for uid, ids in stored.items()}
@@ -141,8 +153,9 @@ def test_turned_lateral_is_corrected_in_orthanc(
     note_uid = correction.rejection_note_uid
     srs = {uid for uid, t in tags.items() if t["Modality"] == "SR"}
     assert len(srs) == 2
+    reversal_note = set() if pacs_down else {reversal.rejection_note_uid}
     assert set(stored) == {frontal.SOPInstanceUID, original.SOPInstanceUID,
-                           replacement_uid, note_uid, *srs}
+                           replacement_uid, note_uid, *srs, *reversal_note}
     assert all(len(ids) == 1 for ids in stored.values()), "each object stored once"
 
     replacement = pydicom.dcmread(DicomBytesIO(files[replacement_uid]))
@@ -163,6 +176,12 @@ def test_turned_lateral_is_corrected_in_orthanc(
                 for series in evidence.ReferencedSeriesSequence
                 for item in series.ReferencedSOPSequence]
     assert rejected == [original.SOPInstanceUID]
+    if not pacs_down:
+        undo_note = pydicom.dcmread(DicomBytesIO(files[reversal.rejection_note_uid]))
+        assert [item.ReferencedSOPInstanceUID
+                for evidence in undo_note.CurrentRequestedProcedureEvidenceSequence
+                for series in evidence.ReferencedSeriesSequence
+                for item in series.ReferencedSOPSequence] == [replacement_uid]
 
     for uid, data in files.items():
         path = tmp_path / "from-orthanc" / f"{uid}.dcm"
