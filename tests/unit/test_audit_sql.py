@@ -12,6 +12,11 @@ import pytest
 from sqlalchemy import update
 from sqlalchemy.engine import Engine
 
+from cxr_orient.dicomnet.corrections.rules import (
+    AnswerFacts,
+    correction_record,
+    plan_correction,
+)
 from cxr_orient.dicomnet.sr import new_sr_uid
 from cxr_orient.studies import record_study_answers
 from db import crud
@@ -27,6 +32,7 @@ QUERY_BLOCK = re.compile(
 )
 DIALECTS = ("sqlite", "postgresql")
 OUTBOX_DESTINATION = "dicom://PACS@pacs:104"
+CORRECTION_DESTINATION = "dicom://IOCM@archive:104"
 
 
 def audit_queries() -> dict[str, dict[str, str]]:
@@ -141,6 +147,15 @@ def _populate() -> dict[str, int]:
         crud.mark_outbox_sent(session, outbox_id=outbox[0].id)
         crud.mark_outbox_failed(session, outbox_id=outbox[1].id,
                                 error="delivery_refused: C-STORE status 0xA900")
+        # i2 (a lateral stored turned, its header saying otherwise) corrected by a
+        # reviewer; its objects not sent yet.
+        plan = plan_correction(AnswerFacts("lateral", 90, None, "PA", False))
+        assert plan is not None and outbox[1].prediction_id is not None
+        crud.add_correction(session, record=correction_record(
+            plan, instance_id=ids["i2"], prediction_id=outbox[1].prediction_id,
+            file_sha256="0" * 64, original_sop_instance_uid=_uid("i2"), decided_via="review",
+            decided_by="reviewer rita", decided_at=datetime(2026, 12, 7, tzinfo=UTC)),
+            destinations=[CORRECTION_DESTINATION])
         # A reclassify with the retired compact-v1 answers i2 after compact-v2 did: the
         # newer row, but not the current answer (compact-v2 was put in service later).
         run = crud.create_reclassify_run(session, actor="dr-a", model_version_id=v1.id,
@@ -406,8 +421,17 @@ def check_waiting_studies(rows: list[Any]) -> None:
 
 
 def check_outbox(rows: list[Any]) -> None:
-    assert [tuple(r[:4]) for r in rows] == [(OUTBOX_DESTINATION, 2, 1, 1)]
-    assert rows[0].oldest_pending is not None and rows[0].most_attempts == 0
+    assert [tuple(r[:4]) for r in rows] == [(CORRECTION_DESTINATION, 1, 0, 0),
+                                            (OUTBOX_DESTINATION, 2, 1, 1)]
+    assert rows[1].oldest_pending is not None and rows[1].most_attempts == 0
+
+
+def check_corrections(rows: list[Any]) -> None:
+    assert [(r.original, r.action, r.faults, r.view, r.decided_via, r.decided_by,
+             r.pending, r.last_sent) for r in rows] == [
+        (_uid("i2"), "correct", "turned,header_view", "LL", "review", "reviewer rita", 1,
+         None)]
+    assert rows[0].replacement_sop_instance_uid.startswith("2.25.")
 
 
 def check_outbox_reports(rows: list[Any]) -> None:
@@ -426,6 +450,7 @@ CHECKS = {
     "waiting-studies": check_waiting_studies,
     "outbox": check_outbox,
     "outbox-reports": check_outbox_reports,
+    "corrections": check_corrections,
     "latest-answer": check_latest_answer,
     "status-counts": check_status_counts,
     "header-disagreements": check_header_disagreements,
