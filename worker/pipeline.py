@@ -330,6 +330,9 @@ def _predict_and_record(
     records: list[crud.PredictionRecord] = []
     corrections: dict[int, crud.CorrectionRecord] = {}
     decided_at = utcnow()
+    # Rules decide nothing while corrections go nowhere.
+    rule_faults = (settings.correction_rule_faults if settings.correction_destinations
+                   else frozenset())
     if ready:
         batch = np.stack([img for _, img, _ in ready])
         start = time.perf_counter()
@@ -369,7 +372,7 @@ def _predict_and_record(
             correction = rule_correction(
                 AnswerFacts(answer.label, answer.rotation, answer.mirrored, w.header_view,
                             answer.needs_review, answer.projection),
-                enabled=settings.correction_rule_faults, instance_id=w.instance_id,
+                enabled=rule_faults, instance_id=w.instance_id,
                 original_sop_instance_uid=w.sop_instance_uid, model_name=model.name,
                 decided_at=decided_at)
             if correction is not None:

@@ -174,11 +174,11 @@ def _build(item: Work, settings: Settings) -> list[Dataset] | CxrError:
     except CxrError as exc:
         return exc
     except Exception as exc:  # highdicom or a codec refusing a header value
-        what = ("the objects of correction %d" if isinstance(item, crud.CorrectionWork)
-                else "the SR of prediction %d")
-        logger.exception(f"cannot build {what}", _key(item)[1])
-        return DeliveryError(f"cannot build {what % _key(item)[1]}: "
-                             f"{type(exc).__name__}: {exc}")
+        kind, key = _key(item)
+        what = (f"the objects of correction {key}" if kind == "correction"
+                else f"the SR of prediction {key}")
+        logger.exception("cannot build %s", what)
+        return DeliveryError(f"cannot build {what}: {type(exc).__name__}: {exc}")
 
 
 def _record_retry(item: Work, error: str, settings: Settings,
