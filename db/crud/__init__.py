@@ -3,7 +3,8 @@ the session and its transaction: ``from db import crud; crud.add_instance(sessio
 
 - ``instances``: studies and instances as received, uid conflicts, files refused at ingest
 - ``claims``: claims and leases on instances, failures, time-outs, status counts
-- ``answers``: a batch's predictions recorded (with their outbox rows, rule corrections); results read back
+- ``answers``: a batch's predictions recorded (with their outbox rows and rule
+  corrections); results read back
 - ``outbox``: reports back to PACS, their claims and retries, the destinations' backoff
 - ``corrections``: corrected images and rejection notes back to PACS (IOCM), their audit
 - ``studies``: study completeness, the study answers' rows (the rule that makes an answer
