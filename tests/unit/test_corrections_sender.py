@@ -60,6 +60,7 @@ def _scp(syntaxes: list[str]) -> Iterator[tuple[int, list[tuple[str, Any]]]]:
         ae.add_supported_context(sop_class, syntaxes)
     server = ae.start_server(("127.0.0.1", 0), block=False,
                              evt_handlers=[(evt.EVT_C_STORE, store)])
+    assert server is not None
     try:
         yield server.server_address[1], received
     finally:
