@@ -147,8 +147,9 @@ def status() -> None:
         + ", ".join(f"{k} {v}" for k, v in conflicts.items())
         + ")"
     )
-    _echo_outbox(outbox, configured=[d.url for d in settings.result_destination_list],
-                 states=destinations)
+    configured = [d.url for d in settings.result_destination_list]
+    configured += [u for u in settings.correction_destination_list if u not in configured]
+    _echo_outbox(outbox, configured=configured, states=destinations)
     click.echo(f"workers ready to classify: {len(ready)}"
                + (f" ({', '.join(ready)})" if ready else ""))
 
@@ -160,7 +161,8 @@ def _echo_outbox(summary: list[Any], *, configured: list[str],
     from db.models import utcnow
 
     if not summary and not configured:
-        click.echo("outbox: no result destinations (CXR_RESULT_DESTINATIONS)")
+        click.echo("outbox: no result destinations (CXR_RESULT_DESTINATIONS, "
+                   "CXR_CORRECTION_DESTINATIONS)")
         return
     click.echo("outbox:")
     now = utcnow()
