@@ -4,6 +4,9 @@ import pytest
 from cxr_orient.architectures import ARCHITECTURES, INVARIANT_ARCHITECTURES, build_model
 from cxr_orient.errors import ModelError
 from cxr_orient.modelstore import load_checkpoint
+from cxr_orient.settings import SHIPPED_MODEL
+
+SHIPPED = SHIPPED_MODEL.parent
 
 
 def test_compact_shape_params_and_softmax():
@@ -138,3 +141,17 @@ def test_command_defaults_name_the_default_architecture():
         assert option.default == DEFAULT_ARCHITECTURE
     for name in ARCHITECTURES:
         assert name in cli.ARCHITECTURE_HELP
+
+
+@pytest.mark.parametrize("card", sorted(p.name for p in SHIPPED.glob("*.json")
+                                        if p.name != "split.json"))
+def test_every_shipped_architecture_is_rebuilt_by_name(card: str) -> None:
+    """A shipped checkpoint's architecture is in the registry and its graph takes the
+    checkpoint's weights (what with_mixed_bfloat16 rebuilds by name)."""
+    from cxr_orient.modelstore import read_card
+
+    path = SHIPPED / card.replace(".json", ".keras")
+    meta = read_card(path)
+    assert meta.architecture in ARCHITECTURES
+    rebuilt = build_model(meta.architecture, input_size=meta.input_size)
+    rebuilt.set_weights(load_checkpoint(path).get_weights())
