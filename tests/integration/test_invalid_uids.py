@@ -12,9 +12,9 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from cxr_orient.synthetic import make_dicom, synthetic_pixels
 from db import crud
 from db.session import session_scope
+from tests.utils.dicom_factory import make_dicom, synthetic_pixels
 from tests.utils.dicomnode import dcmsend, running_listener
 from tests.utils.worker import worker_env
 

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 from sqlalchemy import select
 
-from cxr_orient.synthetic import make_dicom
 from db.models import Instance
 from db.session import make_engine
+from tests.utils.dicom_factory import make_dicom
 from tests.utils.faults import free_port, wait_until
 from tests.utils.hanging_fs import fuse_unavailable, hanging_mount
 from tests.utils.services import parse_samples

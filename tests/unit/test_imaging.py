@@ -557,7 +557,7 @@ def test_jpeg2000_fast_keeps_the_naive_answer(shipped_classifier, tmp_path) -> N
 def _deflated_file(tmp_path, shape=(600, 500)):
     from pydicom.uid import DeflatedExplicitVRLittleEndian
 
-    from cxr_orient.synthetic import make_dicom
+    from tests.utils.dicom_factory import make_dicom
 
     pixels = np.random.default_rng(3).integers(0, 4096, shape, dtype=np.uint16)
     path = tmp_path / "deflated.dcm"

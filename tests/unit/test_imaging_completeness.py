@@ -17,7 +17,7 @@ from pydicom.uid import RLELossless
 from cxr_orient.errors import TruncatedFileError
 from cxr_orient.imaging.reading import pixel_data_extent, read_dataset
 from cxr_orient.imaging.validation import check_pixel_data_complete
-from cxr_orient.synthetic import make_dicom, synthetic_pixels
+from tests.utils.dicom_factory import make_dicom, synthetic_pixels
 
 
 def _native(path: Path) -> Path:

@@ -18,7 +18,6 @@ from cxr_orient.dicomnet.spool import stale_partial_s, write_instance
 from cxr_orient.dicomnet.sr import new_sr_uid
 from cxr_orient.ingest import enqueue_paths
 from cxr_orient.settings import get_settings
-from cxr_orient.synthetic import make_dicom
 from db import crud
 from db.models import (
     Instance,
@@ -30,6 +29,7 @@ from db.models import (
 )
 from db.session import session_scope
 from tests.utils.corpus import rg1_dicom
+from tests.utils.dicom_factory import make_dicom
 from tests.utils.embedded import embedded_setup
 from tests.utils.factories import register_version
 

@@ -24,11 +24,11 @@ from cxr_orient.dicomnet.stow import (
     spool_part,
 )
 from cxr_orient.settings import get_settings
-from cxr_orient.synthetic import make_dicom
 from cxr_orient.tokens import create_token, revoke_token
 from db import crud
 from db.session import session_scope
 from service import create_app
+from tests.utils.dicom_factory import make_dicom
 from tests.utils.embedded import Embedded, embedded_setup
 
 STUDY = "1.2.826.0.1.3680043.8.498.900"

@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 from sqlalchemy.orm import Session
 
-from cxr_orient.synthetic import make_dicom, real_pixels
 from db import crud
 from db.crud import PredictionRecord
 from db.models import InstanceStatus, ModelVersion, OrientationLabel
+from tests.utils.dicom_factory import make_dicom, real_pixels
 from tests.utils.factories import register_version
 
 #: What the files say about the patient: a test looks for it where it must not be.

@@ -1,14 +1,19 @@
-"""Write realistic DICOM CR/DX radiographs, in any supported transfer syntax.
+"""Realistic DICOM CR/DX radiograph files, in any supported transfer syntax: fixtures,
+not product.
 
-Used by the benchmark (:mod:`bench`) and the tests: :func:`make_dicom` wraps a
-2-D integer array into a DICOM file; :func:`real_pixels` gives real radiographs
-(the covid-cxr JPEGs, when that shared folder exists) or smooth synthetic
-stand-ins, at a chosen bit depth and size.
+For the benchmark's corpus (:mod:`bench.corpus`), the tests (``tests/utils/dicom_factory``
+re-exports it, as ``tests/utils/orthanc`` does :mod:`bench.orthanc`) and the scripts that
+build the demo samples and archive runs (``scripts/``): :func:`make_dicom` wraps a 2-D
+integer array into a DICOM file; :func:`real_pixels` gives real radiographs (the
+covid-cxr JPEGs of the development data, :data:`COVID_CXR`, when that folder exists) or
+smooth synthetic stand-ins, at a chosen bit depth and size. Not in the wheel: it runs
+from a checkout, like the rest of ``bench/``.
 """
 
 from __future__ import annotations
 
 import io
+import os
 from pathlib import Path
 
 import numpy as np
@@ -33,13 +38,13 @@ from pydicom.uid import (
     generate_uid,
 )
 
-_REPO_ROOT = Path(__file__).resolve().parents[1]
-COVID_CXR_CANDIDATES = (
-    _REPO_ROOT.parent / "shared" / "data" / "covid-cxr",
-    Path("/work/shared/data/covid-cxr"),
-)
-COVID_CXR = next((p for p in COVID_CXR_CANDIDATES if p.is_dir()), COVID_CXR_CANDIDATES[0])
-"""Real radiographs (JPEG) beside the clone; absent on some machines."""
+#: The development data (not in the repository): ``CXR_DEV_DATA`` names the folder that
+#: holds ``covid-cxr/``; unset, ``../shared/data`` beside the checkout (README,
+#: "Development"). The recipes read the same variable (``recipes/devdata.py``).
+DEV_DATA = Path(os.environ.get("CXR_DEV_DATA")
+                or Path(__file__).resolve().parents[2] / "shared" / "data")
+COVID_CXR = DEV_DATA / "covid-cxr"
+"""Real radiographs (JPEG); absent on most machines, where synthetic stand-ins serve."""
 
 __all__ = ["COVID_CXR", "make_dicom", "real_pixels", "synthetic_pixels"]
 
