@@ -2,7 +2,7 @@
 patients, save it with its card and report.
 
 What ``cxr-orient train`` (a folder), the nightly retrain (:mod:`training.lifecycle`) and
-the release script (:mod:`training.ship`) all call.
+the release recipes (``recipes/common/release.py``) all call.
 """
 
 from __future__ import annotations

@@ -25,7 +25,8 @@ ALLOWED = {
     "db": {"cxr_orient.settings", "cxr_orient.errors"},
     "cxr_orient": {"cxr_orient", "db"},
     "training": {"cxr_orient", "db"},
-    # One-off scripts that made a shipped checkpoint: nothing imports them.
+    # How each shipped checkpoint was made (one recipe per model or study, and what
+    # they share in recipes.common): the library and training; nothing imports them.
     "recipes": {"cxr_orient", "training"},
     "worker": {"cxr_orient", "db"},
     "bench": {"cxr_orient", "db", "worker", "bench"},
@@ -220,10 +221,25 @@ def test_no_import_circles() -> None:
                                   ("service.routes.admin", "cli.users"),
                                   ("bench.run", "cli.main"),
                                   ("cxr_orient.registry", "training.lifecycle"),
-                                  ("cxr_orient.settings", "bench.run")],
+                                  ("cxr_orient.settings", "bench.run"),
+                                  ("training.lifecycle", "recipes.compact_invariant_64_v4"),
+                                  ("cxr_orient.architectures", "recipes.common.release"),
+                                  ("worker.tasks", "recipes.unusual_score"),
+                                  ("bench.corpus", "recipes.common.devdata"),
+                                  ("recipes.common.devdata", "bench.dicom_factory"),
+                                  ("recipes.compact_invariant_64_v4", "db.crud")],
                          ids=lambda r: f"{r[0]}->{r[1]}")
 def test_the_rules_refuse_what_the_doc_forbids(rule: tuple[str, str]) -> None:
     assert not _allowed(*rule)
+
+
+def test_nothing_imports_the_recipes() -> None:
+    """The recipes record how a checkpoint was made; the product, the bench and the
+    CLI never run them (tests may)."""
+    found = [f"{source} (line {line}) imports {target}"
+             for source, path in SOURCES.items() if _layer(source) != "recipes"
+             for target, line, _ in _imports(source, path) if _layer(target) == "recipes"]
+    assert not found, "\n".join(found)
 
 
 def _wheel_packages() -> set[str]:

@@ -8,7 +8,7 @@ import pytest
 
 
 def test_synthetic_development_images_are_model_input() -> None:
-    from training.unusual_dev import synthetic_images
+    from recipes.common.nonchest_dev import synthetic_images
 
     images = synthetic_images(count=2)
     assert len(images) == 20
@@ -23,8 +23,8 @@ def test_development_set_leaves_out_measurement_images() -> None:
     in any pose, while a picture no measurement image resembles is."""
     pytest.importorskip("pynetdicom")
     from cxr_orient.layers import orbit_copies
-    from training.unusual import non_chest_images
-    from training.unusual_dev import package_images
+    from recipes.common.nonchest import non_chest_images
+    from recipes.common.nonchest_dev import package_images
 
     measurement = non_chest_images()
     ct = next(v for k, v in measurement.items() if k.endswith(":CT_small"))
@@ -38,7 +38,7 @@ def test_development_set_leaves_out_measurement_images() -> None:
 
 
 def test_wilson_interval() -> None:
-    from training.unusual_design import wilson_interval
+    from recipes.common.proportions import wilson_interval
 
     low, high = wilson_interval(0, 97)
     assert low == 0.0 and abs(high - 0.0381) < 1e-3

@@ -1,6 +1,6 @@
 """A development set of non-chest images, kept apart from the measurement set.
 
-:mod:`training.unusual` is the *measurement* set: what the unusual-image score's
+:mod:`recipes.common.nonchest` is the *measurement* set: what the unusual-image score's
 detection figure is reported on, and nothing is chosen on it. Choosing between score
 designs (which trunk depths, which pixel statistics, how much shrinkage) needs other
 non-chest images; these are they. Every one is either made here by generators the
@@ -15,7 +15,7 @@ and is not among the measurement images (near-duplicates of any of those, in any
   (photographs, a Shepp-Logan phantom, a retina, microscopy, the moon, coins, scanned
   text);
 - ``synthetic:*``: shapes, large print, bar codes, colour bars, 1/f noise, gratings,
-  rings and lines, drawn with seeded generators unlike :func:`training.unusual.patterns`.
+  rings and lines, drawn with seeded generators unlike :func:`recipes.common.nonchest.patterns`.
 
 :func:`chest_development_images` gives chest films outside the covid-cxr collection
 that must *not* be flagged: NEMA's RG1 (a real CR chest PA, four encodings) through the
@@ -183,7 +183,7 @@ def _one_over_f(rng: np.random.Generator, size: int, exponent: float) -> np.ndar
 def synthetic_images(count: int = 4, *, size: int = MODEL_INPUT_SIZE, seed: int = 12345
                      ) -> dict[str, np.ndarray]:
     """``count`` images of each of ten generators (none of them
-    :func:`training.unusual.patterns` or :func:`training.unusual.documents`)."""
+    :func:`recipes.common.nonchest.patterns` or :func:`recipes.common.nonchest.documents`)."""
     rng = np.random.default_rng(seed)
     canvas = 512
     yy, xx = np.mgrid[0:canvas, 0:canvas].astype(np.float32) / canvas

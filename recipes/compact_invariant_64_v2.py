@@ -1,8 +1,19 @@
-"""Give a trained view model the heads that say more: which way up, and unusual images.
+"""compact-invariant-64-v2: the view model v1 with the heads that say more: which way
+up, and unusual images.
 
-    python -m training.heads --npz .devdata/covid-cxr-256.npz \\
-        --base cxr_orient/shipped/compact-invariant-64-v1.keras \\
-        --split cxr_orient/shipped/split.json --out OUT --name compact-invariant-64-v2
+    python -m recipes.compact_invariant_64_v2 --out OUT/seed-7 --seed 7 \\
+        --epochs 80 --workers 5 --skip-non-chest       # seeds 20200601, 7 and 11
+    python -m recipes.compact_invariant_64_v2 --out OUT/seed-20200601 \\
+        --evaluate-only OUT/seed-20200601/compact-invariant-64-v2.keras --refit-unusual
+
+What made the checkpoint in cxr_orient/shipped/ (docs/model-card.md tells it under the
+recipe's former name, ``python -m training.heads``): three seeds trained on a GPU
+(``scripts/gpu_heads.sh``), seed 20200601 chosen by the lowest validation loss (all
+three perfect on validation), then its unusual-image score fitted again and the
+non-chest figures measured where pydicom's test files are. Defaults: ``--npz
+.devdata/covid-cxr-256.npz`` (``python -m recipes.compact_invariant_64_v1
+--make-npz``), ``--base cxr_orient/shipped/compact-invariant-64-v1.keras`` and its
+``--split cxr_orient/shipped/split.json``.
 
 The view model's layers are copied and frozen, so its answers stay exactly what they
 were (same weights, same graph up to the view output). On top of it:
@@ -21,8 +32,8 @@ were (same weights, same graph up to the view output). On top of it:
   fit or choose anything.
 
 The held-out test patients, in all 8 orientations, give the figures in the card (with
-bootstrap intervals over patients); the non-chest images of :mod:`training.unusual`
-give the detection rate.
+bootstrap intervals over patients); the non-chest images of
+:mod:`recipes.common.nonchest` give the detection rate.
 """
 
 from __future__ import annotations
@@ -32,7 +43,6 @@ import json
 import logging
 import math
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +52,8 @@ import numpy as np
 from cxr_orient.architectures import build_model
 from cxr_orient.layers import ORBIT_SIZE, STORED_AS
 from cxr_orient.modelstore import Classifier, ModelCard, read_card, save_checkpoint
+from recipes.common.devdata import NPZ, SHIPPED, SPLIT
+from recipes.common.films import augmented_copies, predict_batches, rgb, store_as, subset_files
 from training.augment import AugmentConfig, augment_image
 from training.data import LabelledImages, load_npz
 from training.evaluate import bootstrap_mean_ci
@@ -53,14 +65,11 @@ __all__ = [
     "ARCHITECTURE",
     "HEAD_AUGMENT",
     "OrientationBatches",
-    "augmented_copies",
     "copy_view_weights",
     "fit_unusual",
+    "main",
     "orientation_metrics",
     "orientation_targets",
-    "predict_batches",
-    "store_as",
-    "subset_files",
     "train_heads",
     "unusual_metrics",
 ]
@@ -70,12 +79,6 @@ ARCHITECTURE = "compact_invariant_64_heads"
 HEAD_AUGMENT = AugmentConfig(p_rot90=0.0, p_hflip=0.0, p_vflip=0.0)
 #: Copy indices by how a film is stored: STORED_AS is copy -> (k, mirrored).
 _COPY_FOR = {pose: copy for copy, pose in enumerate(STORED_AS)}
-
-
-def store_as(image: np.ndarray, copy: int) -> np.ndarray:
-    """The upright ``image`` stored so that its copy ``copy`` is the upright one."""
-    k, mirrored = STORED_AS[copy]
-    return np.ascontiguousarray(np.rot90(image[:, ::-1] if mirrored else image, k))
 
 
 def orientation_targets(labels: np.ndarray, copies: np.ndarray) -> np.ndarray:
@@ -159,10 +162,6 @@ def copy_view_weights(model: keras.Model, base: keras.Model) -> int:
     return copied
 
 
-def _rgb(batch: np.ndarray) -> np.ndarray:
-    return np.repeat(np.asarray(batch)[..., np.newaxis], 3, axis=-1)
-
-
 def train_heads(
     model: keras.Model, train: LabelledImages, val: LabelledImages, *, epochs: int,
     seed: int, batch_size: int = 32, patience: int = 8, workers: int = 1,
@@ -183,7 +182,7 @@ def train_heads(
                                  members=len(members))
     stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience,
                                          min_delta=1e-4, restore_best_weights=True)
-    fit = orient.fit(batches, validation_data=(_rgb(val_x).astype(np.float32),
+    fit = orient.fit(batches, validation_data=(rgb(val_x).astype(np.float32),
                                                tuple([val_y] * len(members))),
                      epochs=epochs, callbacks=[stop], verbose=verbose)
     return {k: [float(v) for v in vs] for k, vs in fit.history.items()}
@@ -191,21 +190,6 @@ def train_heads(
 
 def _unusual_features(model: keras.Model) -> keras.Model:
     return keras.Model(model.input, model.get_layer("unusual_features").output)
-
-
-def augmented_copies(images: np.ndarray, copies: int, seed: int) -> np.ndarray:
-    """Each image as stored plus ``copies - 1`` augmented versions (all augmentations
-    the view model trains with; the score is invariant to the turns anyway)."""
-    rng = np.random.default_rng(seed)
-    out = [images] + [np.stack([augment_image(img, rng) for img in images])
-                      for _ in range(copies - 1)]
-    return np.concatenate(out)
-
-
-def predict_batches(model: keras.Model, images: np.ndarray, batch: int = 64) -> np.ndarray:
-    return np.concatenate([np.asarray(keras.ops.convert_to_numpy(
-        model.predict_on_batch(_rgb(images[i:i + batch]))), dtype=np.float64)
-        for i in range(0, len(images), batch)])
 
 
 def fit_unusual(model: keras.Model, train: LabelledImages, val: LabelledImages, *,
@@ -235,7 +219,7 @@ def orientation_metrics(classifier: Classifier, data: LabelledImages, *, resampl
         k, mirrored = STORED_AS[copy]
         stored = np.stack([store_as(img, copy) for img in data.images])
         answers = [a for i in range(0, len(stored), 64)
-                   for a in classifier.predict(_rgb(stored[i:i + 64]))]
+                   for a in classifier.predict(rgb(stored[i:i + 64]))]
         for answer, label, patient in zip(answers, data.labels, data.patients, strict=True):
             rotation_ok.append(float(answer.rotation == 90 * k))
             groups_rot.append(patient)
@@ -262,7 +246,7 @@ def unusual_metrics(classifier: Classifier, chest: LabelledImages,
     non-chest images, at the card's threshold, through the classifier's own rule."""
     def flagged(images: np.ndarray) -> list[bool]:
         return [a.unusual for i in range(0, len(images), 64)
-                for a in classifier.predict(_rgb(images[i:i + 64]))]
+                for a in classifier.predict(rgb(images[i:i + 64]))]
 
     stored = flagged(chest.images)
     augmented = flagged(augmented_copies(chest.images, copies, seed)[len(chest):])
@@ -285,18 +269,18 @@ def unusual_metrics(classifier: Classifier, chest: LabelledImages,
     }
 
 
-def subset_files(data: LabelledImages, files: Sequence[str]) -> LabelledImages:
-    index = {f: i for i, f in enumerate(data.files)}
-    return data.subset([index[f] for f in files])
-
-
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m training.heads", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m recipes.compact_invariant_64_v2",
+                                     description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--npz", type=Path, required=True)
-    parser.add_argument("--base", type=Path, required=True, help="the view model (.keras)")
-    parser.add_argument("--split", type=Path, required=True, help="its split.json")
-    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--npz", type=Path, default=NPZ,
+                        help="covid-cxr decoded (default: .devdata/covid-cxr-256.npz)")
+    parser.add_argument("--base", type=Path, default=SHIPPED / "compact-invariant-64-v1.keras",
+                        help="the view model (.keras; default: the shipped v1)")
+    parser.add_argument("--split", type=Path, default=SPLIT,
+                        help="its split.json (default: cxr_orient/shipped/split.json)")
+    parser.add_argument("--out", type=Path, required=True,
+                        help="where the checkpoint, its card and the report go")
     parser.add_argument("--name", default="compact-invariant-64-v2")
     parser.add_argument("--epochs", type=int, default=60)
     parser.add_argument("--seed", type=int, default=20200601)
@@ -365,13 +349,13 @@ def main(argv: list[str] | None = None) -> None:
     held_out = orientation_metrics(classifier, test, resamples=args.resamples, seed=args.seed)
     non_chest: dict[str, np.ndarray] = {}
     if not args.skip_non_chest:
-        from training.unusual import non_chest_images
+        from recipes.common.nonchest import non_chest_images
 
         non_chest = non_chest_images()
     unusual = unusual_metrics(classifier, test, non_chest, copies=args.unusual_copies,
                               seed=args.seed + 2, resamples=args.resamples)
-    view_same = float(np.abs(classifier.predict_raw_in_batches(_rgb(test.images))
-                             - base.predict_raw_in_batches(_rgb(test.images))).max())
+    view_same = float(np.abs(classifier.predict_raw_in_batches(rgb(test.images))
+                             - base.predict_raw_in_batches(rgb(test.images))).max())
     card.metrics = {**base_card.metrics,
                     "orientation_validation": validation, "orientation_held_out": held_out,
                     "unusual_held_out": unusual,

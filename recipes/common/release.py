@@ -1,14 +1,9 @@
-"""Train THE SHIPPED MODEL (``compact-invariant-64-v1``) on the covid-cxr collection.
+"""The release of a view model: candidates trained on the covid-cxr collection, the
+best on validation shipped with its card, split and report.
 
-    python -m training.ship                       # decode, train, evaluate, write
-    python -m training.ship --make-npz .devdata/covid-cxr-256.npz   # decode only
-    python -m training.ship --npz .devdata/covid-cxr-256.npz --out OUT --report OUT/report
-    # what made the shipped model: six candidates in parallel, chosen on validation
-    python -m training.ship --npz .devdata/covid-cxr-256.npz \
-        --candidate compact_invariant_64:20200601 --candidate compact_invariant_64:7 \
-        --candidate compact_invariant_64:11 --candidate compact_invariant_slim:20200601 \
-        --candidate compact_invariant_slim:7 --candidate compact_invariant_slim:11 \
-        --jobs 6 --workers 2 --time-budget 250
+What :mod:`recipes.compact_v1` and :mod:`recipes.compact_invariant_64_v1` share; each
+names its checkpoint and the candidates it was chosen from (a :class:`Release`) and
+calls :func:`main`.
 
 The split is fixed by ``--split-seed``: ~70 % of patients train, ~15 % validation
 (early stopping, temperature, review threshold, choice between candidates), ~15 %
@@ -16,14 +11,15 @@ test, stratified by whether a patient has a lateral film. The test patients are
 evaluated as they are and rotated by 90/180/270 degrees, flipped and inverted; those
 figures are reported, never used to choose.
 
-With several ``--candidate ARCH:SEED``, each trains in its own process (``--jobs`` at
+With several candidates (``ARCH:SEED``), each trains in its own process (``--jobs`` at
 a time, sharing one GPU), and the one shipped is the best on the validation patients
-over all 16 dihedral x inversion views: highest mean lateral recall, then highest mean
-balanced accuracy, then lowest mean NLL after each candidate's own temperature scaling.
-With ``--student``, models distilled from all the candidates compete under the same rule.
+over all 16 dihedral x inversion views (:func:`training.gate.selection_key`): highest
+mean lateral recall, then highest mean balanced accuracy, then lowest mean NLL after
+each candidate's own temperature scaling. With ``--student``, models distilled from all
+the candidates compete under the same rule.
 
 Decoding needs :mod:`cxr_orient.imaging` (pydicom); training from ``--npz`` does not,
-so the same script runs where only Keras and a backend are installed.
+so the same recipe runs where only Keras and a backend are installed.
 """
 
 from __future__ import annotations
@@ -42,6 +38,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +46,7 @@ import keras
 import numpy as np
 
 from cxr_orient.modelstore import TTA_MODES, Classifier, save_checkpoint
+from recipes.common.devdata import COVID_CXR, FIGURES, SHIPPED
 from training.candidate import summarise, train_and_evaluate
 from training.data import (
     LabelledImages,
@@ -64,11 +62,23 @@ from training.train import calibrate
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "covid-cxr"
-DEFAULT_OUT = Path(__file__).resolve().parent.parent / "cxr_orient" / "shipped"
-NAME = "compact-invariant-64-v1"
-DEFAULT_REPORT = Path(__file__).resolve().parent.parent / "docs" / "figures" / NAME
-ARCHITECTURE = "compact_invariant_64"
+__all__ = ["Release", "finalize", "main", "replot", "ship", "ship_candidates"]
+
+
+@dataclass(frozen=True)
+class Release:
+    """A shipped view model and how it was chosen."""
+
+    #: The checkpoint's name (``NAME.keras``, ``NAME.json``, ``docs/figures/NAME/``).
+    name: str
+    #: The recipe's module: ``python -m MODULE`` runs it, each candidate's process too.
+    module: str
+    #: The candidates it was chosen from, ``ARCH:SEED``, used when neither
+    #: ``--candidate`` nor ``--architecture`` is given.
+    candidates: tuple[str, ...]
+    #: The recipe's own description (its ``--help``).
+    doc: str
+
 #: Licences under which an image may appear in a committed figure.
 _SHOWABLE_LICENCES = ("CC BY", "CC BY 3.0", "CC BY 4.0", "CC BY-NC-SA", "CC BY-NC-SA 4.0",
                       "CC BY-SA")
@@ -85,7 +95,9 @@ def _licences(manifest: Path | None) -> dict[str, tuple[str, str]]:
 
 def ship(
     data: LabelledImages,
+    release: Release,
     *,
+    architecture: str,
     out_dir: Path,
     report_dir: Path,
     epochs: int,
@@ -95,7 +107,6 @@ def ship(
     verbose: int | str,
     min_epochs: int = 90,
     test_time_augmentation: str = "none",
-    architecture: str = ARCHITECTURE,
     split_seed: int | None = None,
     workers: int = 1,
     time_budget_s: float | None = None,
@@ -110,7 +121,7 @@ def ship(
                             for f in test_files])
     started = time.monotonic()
     run = train_and_evaluate(
-        data, split, name=NAME, out_dir=out_dir, report_dir=report_dir,
+        data, split, name=release.name, out_dir=out_dir, report_dir=report_dir,
         architecture=architecture, epochs=epochs, seed=seed, batch_size=batch_size,
         grid_mask=grid_mask, verbose=verbose, min_epochs=min_epochs,
         test_time_augmentation=test_time_augmentation, workers=workers,
@@ -123,7 +134,7 @@ def ship(
             "device": _device(),
             "split": "patient-grouped 70/15/15, stratified by has-lateral, see split.json",
             "split_seed": split_seed,
-            "command": shlex.join(["python", "-m", "training.ship", *sys.argv[1:]]),
+            "command": shlex.join(["python", "-m", release.module, *sys.argv[1:]]),
         },
     )
     elapsed = time.monotonic() - started
@@ -137,7 +148,7 @@ def ship(
     })
     shown = [f for f, keep in zip(test_files, grid_mask, strict=True) if keep]
     write_json(report_dir / "model_card_figures.json", {
-        "model": NAME,
+        "model": release.name,
         "architecture": architecture,
         "params": int(sum(int(np.prod(w.shape)) for w in
                           keras.saving.load_model(run.checkpoint, compile=False).weights)),
@@ -152,7 +163,7 @@ def ship(
         "robustness": {k: summarise(v) for k, v in run.robustness.items()},
         "prediction_grid_sources": {f: licences.get(f, ("", "")) for f in shown},
     })
-    logger.info("shipped %s: %s", NAME, run.checkpoint)
+    logger.info("shipped %s: %s", release.name, run.checkpoint)
 
 
 def _device() -> str:
@@ -167,10 +178,10 @@ def _device() -> str:
 
 
 def _train_all(
-    candidates: Sequence[tuple[str, int]], *, base_args: list[str], work_dir: Path, jobs: int,
-    prefix: str = "", extra_args: Sequence[str] = (),
+    candidates: Sequence[tuple[str, int]], *, module: str, base_args: list[str],
+    work_dir: Path, jobs: int, prefix: str = "", extra_args: Sequence[str] = (),
 ) -> tuple[dict[str, Path], list[str]]:
-    """Train each ``(architecture, seed)`` in its own ``python -m training.ship`` process,
+    """Train each ``(architecture, seed)`` in its own ``python -m MODULE`` process,
     ``jobs`` at a time; returns each candidate's folder and the keys of those that failed."""
     work_dir.mkdir(parents=True, exist_ok=True)
     pending = list(candidates)
@@ -183,7 +194,7 @@ def _train_all(
             key = f"{prefix}{arch}-{seed}"
             cdir = work_dir / key
             cdir.mkdir(parents=True, exist_ok=True)
-            cmd = [sys.executable, "-m", "training.ship", *base_args, "--architecture", arch,
+            cmd = [sys.executable, "-m", module, *base_args, "--architecture", arch,
                    "--seed", str(seed), "--out", str(cdir), "--report", str(cdir / "report"),
                    *extra_args]
             log = open(cdir / "train.log", "wb")  # noqa: SIM115 - closed when it ends
@@ -207,21 +218,24 @@ def _train_all(
 
 
 def ship_candidates(
-    candidates: list[tuple[str, int]], *, base_args: list[str], out_dir: Path, report_dir: Path,
-    work_dir: Path, jobs: int, students: Sequence[tuple[str, int]] = (),
-    distill_weight: float = 0.5,
+    release: Release, candidates: list[tuple[str, int]], *, base_args: list[str],
+    out_dir: Path, report_dir: Path, work_dir: Path, jobs: int,
+    students: Sequence[tuple[str, int]] = (), distill_weight: float = 0.5,
 ) -> dict[str, Any]:
-    """Train each ``(architecture, seed)`` in its own ``python -m training.ship`` process
+    """Train each ``(architecture, seed)`` in its own ``python -m MODULE`` process
     (``jobs`` at a time), then each of ``students`` distilled from all of them that
     succeeded; choose on validation among all (:func:`selection_key`), and copy the
     chosen checkpoint, card, split and report into ``out_dir`` / ``report_dir``."""
     started = time.monotonic()
-    dirs, failed = _train_all(candidates, base_args=base_args, work_dir=work_dir, jobs=jobs)
-    teachers = [dirs[k] / f"{NAME}.keras" for k in dirs if k not in failed]
+    name = release.name
+    dirs, failed = _train_all(candidates, module=release.module, base_args=base_args,
+                              work_dir=work_dir, jobs=jobs)
+    teachers = [dirs[k] / f"{name}.keras" for k in dirs if k not in failed]
     if students and teachers:
         teacher_args = [a for t in teachers for a in ("--teacher", str(t))]
         more, more_failed = _train_all(
-            students, base_args=base_args, work_dir=work_dir, jobs=jobs, prefix="distilled-",
+            students, module=release.module, base_args=base_args, work_dir=work_dir,
+            jobs=jobs, prefix="distilled-",
             extra_args=[*teacher_args, "--distill-weight", str(distill_weight)])
         dirs.update(more)
         failed.extend(more_failed)
@@ -229,7 +243,7 @@ def ship_candidates(
     for key, cdir in dirs.items():
         if key in failed:
             continue
-        card = json.loads((cdir / f"{NAME}.json").read_text(encoding="utf-8"))
+        card = json.loads((cdir / f"{name}.json").read_text(encoding="utf-8"))
         val = card["metrics"].get("validation_16_views", {})
         scores[key] = {
             "validation_16_views": val,
@@ -249,17 +263,17 @@ def ship_candidates(
                 "mean NLL after the candidate's own temperature scaling",
         "chosen": chosen, "candidates": scores, "failed": failed,
         "wall_seconds": round(time.monotonic() - started, 1),
-        "command": shlex.join(["python", "-m", "training.ship", *sys.argv[1:]]),
+        "command": shlex.join(["python", "-m", release.module, *sys.argv[1:]]),
         "device": _device(),
     }
     logger.info("chose %s of %s", chosen, sorted(scores))
     src = dirs[chosen]
     out_dir.mkdir(parents=True, exist_ok=True)
-    for name in (f"{NAME}.keras", "split.json"):
-        shutil.copy2(src / name, out_dir / name)
-    card_doc = json.loads((src / f"{NAME}.json").read_text(encoding="utf-8"))
+    for file in (f"{name}.keras", "split.json"):
+        shutil.copy2(src / file, out_dir / file)
+    card_doc = json.loads((src / f"{name}.json").read_text(encoding="utf-8"))
     card_doc["training"]["selection"] = selection
-    (out_dir / f"{NAME}.json").write_text(json.dumps(card_doc, indent=2) + "\n",
+    (out_dir / f"{name}.json").write_text(json.dumps(card_doc, indent=2) + "\n",
                                           encoding="utf-8")
     if report_dir.exists():
         shutil.rmtree(report_dir)
@@ -272,8 +286,8 @@ def ship_candidates(
 
 
 def finalize(
-    data: LabelledImages, *, out_dir: Path, report_dir: Path, test_time_augmentation: str,
-    manifest: Path | None, seed: int,
+    data: LabelledImages, release: Release, *, out_dir: Path, report_dir: Path,
+    test_time_augmentation: str, manifest: Path | None, seed: int,
 ) -> None:
     """Set the test-time augmentation of a trained checkpoint, refit its calibration on the
     validation patients, re-evaluate the test patients, and rewrite card and report.
@@ -284,7 +298,7 @@ def finalize(
     index = {f: i for i, f in enumerate(data.files)}
     val = data.subset([index[f] for f in split_doc["files"]["val"]])
     test = data.subset([index[f] for f in split_doc["files"]["test"]])
-    checkpoint = out_dir / f"{NAME}.keras"
+    checkpoint = out_dir / f"{release.name}.keras"
     classifier = Classifier.from_checkpoint(checkpoint)
     card = classifier.card
     card.test_time_augmentation = test_time_augmentation
@@ -338,27 +352,35 @@ def replot(data: LabelledImages, report_dir: Path, manifest: Path | None, seed: 
     )
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m training.ship", description=__doc__,
+def main(release: Release, argv: list[str] | None = None) -> None:
+    """The recipe's command line: train, choose and write ``release``'s checkpoint."""
+    parser = argparse.ArgumentParser(prog=f"python -m {release.module}",
+                                     description=release.doc,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA,
-                        help="covid-cxr folder (frontal/, lateral/, other/, manifest.csv)")
+    parser.add_argument("--data", type=Path, default=COVID_CXR,
+                        help="covid-cxr folder (frontal/, lateral/, other/, manifest.csv; "
+                        "default: $CXR_DEV_DATA/covid-cxr, CXR_DEV_DATA defaulting to "
+                        "../shared/data beside the checkout)")
     parser.add_argument("--npz", type=Path, default=None,
                         help="already decoded images (from --make-npz) instead of --data")
     parser.add_argument("--make-npz", type=Path, default=None,
                         help="decode --data into this .npz and stop")
     parser.add_argument("--manifest", type=Path, default=None,
                         help="manifest.csv for image licences (default: --data/manifest.csv)")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    parser.add_argument("--report", type=Path, default=DEFAULT_REPORT)
+    parser.add_argument("--out", type=Path, default=SHIPPED,
+                        help="checkpoint, card and split.json (default: cxr_orient/shipped)")
+    parser.add_argument("--report", type=Path, default=FIGURES / release.name,
+                        help="figures and metrics (default: docs/figures/NAME)")
     parser.add_argument("--epochs", type=int, default=200)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--seed", type=int, default=20200601, help="training seed")
     parser.add_argument("--split-seed", type=int, default=20200601,
                         help="patient split seed (fixed: keeps the evaluation split)")
-    parser.add_argument("--architecture", default=ARCHITECTURE)
+    parser.add_argument("--architecture", default=None,
+                        help="train this one architecture (--seed) and ship it, no choice")
     parser.add_argument("--candidate", action="append", default=[], metavar="ARCH:SEED",
-                        help="train several candidates and ship the best on validation")
+                        help="train several candidates and ship the best on validation "
+                        f"(default: those it was chosen from, {' '.join(release.candidates)})")
     parser.add_argument("--jobs", type=int, default=1, help="candidates trained at a time")
     parser.add_argument("--teacher", action="append", default=[], type=Path, metavar="KERAS",
                         help="distil from the mean of these checkpoints (repeatable)")
@@ -395,15 +417,16 @@ def main(argv: list[str] | None = None) -> None:
         return
     manifest = args.manifest or (args.data / "manifest.csv")
     if args.finalize:
-        finalize(data, out_dir=args.out, report_dir=args.report,
+        finalize(data, release, out_dir=args.out, report_dir=args.report,
                  test_time_augmentation=args.tta, manifest=manifest, seed=args.seed)
         return
     if args.replot:
         replot(data, args.report, manifest, args.seed)
         return
     verbose: int | str = int(args.verbose) if args.verbose.isdigit() else args.verbose
-    if args.candidate:
-        candidates = [(c.split(":")[0], int(c.split(":")[1])) for c in args.candidate]
+    if args.architecture is None:
+        chosen_from = args.candidate or list(release.candidates)
+        candidates = [(c.split(":")[0], int(c.split(":")[1])) for c in chosen_from]
         base = [*(["--npz", str(args.npz)] if args.npz is not None else
                   ["--data", str(args.data)]),
                 "--manifest", str(manifest), "--epochs", str(args.epochs),
@@ -413,17 +436,15 @@ def main(argv: list[str] | None = None) -> None:
                 *(["--time-budget", str(args.time_budget)] if args.time_budget else [])]
         work = args.work or Path(tempfile.mkdtemp(prefix="cxr-orient-ship-"))
         students = [(c.split(":")[0], int(c.split(":")[1])) for c in args.student]
-        ship_candidates(candidates, base_args=base, out_dir=args.out, report_dir=args.report,
-                        work_dir=work, jobs=args.jobs, students=students,
+        ship_candidates(release, candidates, base_args=base, out_dir=args.out,
+                        report_dir=args.report, work_dir=work, jobs=args.jobs, students=students,
                         distill_weight=args.distill_weight)
         return
-    ship(data, out_dir=args.out, report_dir=args.report, epochs=args.epochs, seed=args.seed,
+    ship(data, release, architecture=args.architecture, out_dir=args.out,
+         report_dir=args.report, epochs=args.epochs, seed=args.seed,
          batch_size=args.batch_size, manifest=manifest, verbose=verbose,
          min_epochs=args.min_epochs, test_time_augmentation=args.tta,
-         architecture=args.architecture, split_seed=args.split_seed, workers=args.workers,
+         split_seed=args.split_seed, workers=args.workers,
          time_budget_s=args.time_budget, teacher_paths=args.teacher,
          distill_weight=args.distill_weight)
 
-
-if __name__ == "__main__":
-    main()
