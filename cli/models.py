@@ -11,15 +11,15 @@ import click
 from cxr_orient.settings import get_settings
 
 # Literal here: importing cxr_orient.architectures would load Keras for every command.
-ARCHITECTURE_HELP = ("compact_invariant_64 (the shipped model's view network; "
-                     "compact_invariant_64_heads adds its orientation and unusual-image "
-                     "heads, see python -m training.heads; compact_invariant_64_heads2, "
-                     "the shipped one, also scores unusual images by the orientation head, "
-                     "see python -m training.unusual_design; compact_invariant_64_heads3 "
-                     "adds a chest-or-not and a PA/AP head, see python -m "
-                     "recipes.compact_invariant_64_v4), compact_invariant, "
+ARCHITECTURE_HELP = ("compact_invariant_64 (the shipped models' view network), "
+                     "compact_invariant_64_heads (adds the orientation and unusual-image "
+                     "heads), compact_invariant_64_heads2 (the served one: the unusual-image "
+                     "score also asks the orientation head), compact_invariant_64_heads3 "
+                     "(adds a chest-or-not and a PA/AP head), compact_invariant, "
                      "compact_invariant_slim, compact, compact_wide, tutorial2019, vgg16, "
-                     "mobilenetv3small.")
+                     "mobilenetv3small. A headed network trains its view here; how each "
+                     "shipped checkpoint was made: python -m recipes.<name> --help, from a "
+                     "checkout.")
 
 
 @click.command()
