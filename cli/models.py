@@ -17,9 +17,8 @@ ARCHITECTURE_HELP = ("compact_invariant_64 (the shipped models' view network), "
                      "score also asks the orientation head), compact_invariant_64_heads3 "
                      "(adds a chest-or-not and a PA/AP head), compact_invariant, "
                      "compact_invariant_slim, compact, compact_wide, tutorial2019, vgg16, "
-                     "mobilenetv3small. A headed network trains its view here; how each "
-                     "shipped checkpoint was made: python -m recipes.<name> --help, from a "
-                     "checkout.")
+                     "mobilenetv3small. How each shipped checkpoint and its heads were "
+                     "made: python -m recipes.<name> --help, from a checkout.")
 
 
 @click.command()
