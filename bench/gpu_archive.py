@@ -166,6 +166,7 @@ def _run_layout(name: str, films: Sequence[tuple[CorpusItem, int]], *, mix: str,
 
     env = fresh_database(root / f"{mix}-{name}.db", broker_url)
     env["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"
+    env["CXR_LOG_LEVEL"] = "INFO"  # the inference process's load and compile times
     env.update(extra)
     out: dict[str, Any] = {"processes": processes, "env": extra}
     start = time.monotonic()
