@@ -169,9 +169,7 @@ def _run_layout(name: str, films: Sequence[tuple[CorpusItem, int]], *, mix: str,
     env["CXR_LOG_LEVEL"] = "INFO"  # the inference process's load and compile times
     env.update(extra)
     out: dict[str, Any] = {"processes": processes, "env": extra}
-    start = time.monotonic()
-    ids = record_archive(films, tag=f"{mix}-{name}")
-    out["record_s"] = round(time.monotonic() - start, 2)
+    ids: list[int] = []
     launched = time.monotonic()
     try:
         with pl.running_worker(env, log, concurrency=processes, batch_size=batch_size,
@@ -182,6 +180,12 @@ def _run_layout(name: str, films: Sequence[tuple[CorpusItem, int]], *, mix: str,
             text = log.read_text(errors="replace")
             out["processes_on_card"] = text.count("decoding on the card")
             out["startup_phases"] = startup_phases(text)
+            # Recorded once the pool serves, then sent at once: recorded earlier, a slow
+            # start-up lets the worker's own requeue (instances queued > 15 s) send them
+            # before the timed run, twice.
+            start = time.monotonic()
+            ids = record_archive(films, tag=f"{mix}-{name}")
+            out["record_s"] = round(time.monotonic() - start, 2)
             sent_at = time.time()
             send_instances(ids)
             timeout = max(20.0, min(400.0, deadline - time.monotonic() - 15))
@@ -194,7 +198,7 @@ def _run_layout(name: str, films: Sequence[tuple[CorpusItem, int]], *, mix: str,
     except Exception as e:
         logger.exception("layout %s failed", name)
         out["error"] = f"{type(e).__name__}: {e}"
-    out["answers"] = answers(ids)
+    out["answers"] = answers(ids) if ids else {}
     logger.info("%s %s: %s", mix, name, {k: v for k, v in out.items() if k != "answers"})
     return out
 
@@ -304,6 +308,12 @@ def _fmt(value: Any, digits: int = 0) -> str:
     return str(value)
 
 
+def _first_line(text: Any, width: int = 120) -> str:
+    """An error's first line, shortened (the JSON keeps it whole)."""
+    line = str(text).strip().splitlines()[0] if str(text).strip() else ""
+    return line if len(line) <= width else line[: width - 3] + "..."
+
+
 def summary(results: dict[str, Any]) -> str:
     """The tables of the report, from the JSON."""
     films = results.get("films_by_mix") or {}
@@ -316,7 +326,8 @@ def summary(results: dict[str, Any]) -> str:
     fallback = results.get("cpu_images_per_s_pylibjpeg", {})
     agree = results.get("agreement", {}).get("by_syntax", {})
     lines += ["## Per syntax", "",
-              "| syntax | CPU decode, 16 processes (images/s) | card alone, 1 process "
+              f"| syntax | CPU decode, {results['cpu_count']} processes (images/s) | card "
+              "alone, 1 process "
               "(images/s) | the same, 4 nvImageCodec threads | card failures | agreement: "
               "same labels / files, max p diff |", "|---|---|---|---|---|---|"]
     for name in sorted(set(cpu) | set(card)):
@@ -345,8 +356,8 @@ def summary(results: dict[str, Any]) -> str:
                 f"{_fmt(run.get('inference_ms_mean'), 2)} | {_fmt(run.get('failed'))} | "
                 f"{_fmt(same.get('same_labels'))} / {_fmt(same.get('files'))}, "
                 f"{_fmt(same.get('max_p_diff'), 5)} |"
-                + (f" {run.get('error') or run.get('skipped')}" if run.get("error")
-                   or run.get("skipped") else ""))
+                + (f" {_first_line(run.get('error') or run.get('skipped'))}"
+                   if run.get("error") or run.get("skipped") else ""))
     lines += ["", "## Where the start-up went (s, from the worker's log)", "",
               "| mix | layout | start-up | slowest pool process: model ready | its decoding "
               "ready (side by side) | inference process: load | compile (sizes) |",
