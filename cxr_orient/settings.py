@@ -198,6 +198,14 @@ class Settings(BaseSettings):
         "(docs/performance.md). Empty: nothing on the card. Default: every name but "
         "j2k-lossless and j2k-lossy.",
     )
+    cpu_decoders_off: str = Field(
+        default="",
+        description="CXR_CPU_DECODERS_OFF: CPU decoders a worker passes over, a comma-separated "
+        "list of decoder names; 'libjpeg-turbo' sends JPEG lossless (process 14 and SV1) "
+        "back to pydicom's plugins (pylibjpeg), about 4x slower a film "
+        "(docs/performance.md). Default: none (libjpeg-turbo through imagecodecs decodes "
+        "JPEG lossless where it is installed).",
+    )
     inference: Literal["local", "served"] = Field(
         default="local",
         description="CXR_INFERENCE: where a worker's pool processes run the model. "
@@ -685,6 +693,19 @@ class Settings(BaseSettings):
         if unknown:
             raise ValueError(f"CXR_CARD_SYNTAXES: unknown {', '.join(unknown)} (choose from "
                              f"{', '.join(CARD_SYNTAX_NAMES)})")
+        return ",".join(dict.fromkeys(names))
+
+    @field_validator("cpu_decoders_off")
+    @classmethod
+    def _cpu_decoder_names(cls, value: str) -> str:
+        from cxr_orient.imaging.decoders import DECODERS
+
+        names = [v.strip().lower() for v in value.split(",") if v.strip()]
+        known = [d.name for d in DECODERS]
+        unknown = sorted(set(names) - set(known))
+        if unknown:
+            raise ValueError(f"CXR_CPU_DECODERS_OFF: unknown {', '.join(unknown)} (choose "
+                             f"from {', '.join(known)})")
         return ",".join(dict.fromkeys(names))
 
     @field_validator("accept_modalities", "accept_body_parts")

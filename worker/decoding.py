@@ -22,6 +22,7 @@ import numpy as np
 
 from cxr_orient.errors import CxrError, DecodeError
 from cxr_orient.imaging import to_rgb
+from cxr_orient.imaging.decoders import turn_off
 from cxr_orient.imaging.gpu import (
     CardJob,
     PlannedImage,
@@ -82,6 +83,8 @@ def _card(settings: Settings) -> CardDecoder | None:
     if _CARD_RESOLVED:
         return _CARD
     _CARD_RESOLVED = True
+    # The CPU decoders too, once per process: the card hands what it fails on to them.
+    turn_off(settings.cpu_decoders_off.split(","))
     device, reason = choose_decode_device(settings.decode_device)
     if device == "cpu":
         (logger.warning if settings.decode_device == "gpu" else logger.debug)("%s", reason)

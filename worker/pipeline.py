@@ -11,6 +11,7 @@ import os
 import socket
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeVar
 
@@ -441,12 +442,22 @@ def on_process_start() -> None:
     # The lease keeper first: this process renews its claims and, idle or not, re-queues
     # claims whose worker died (worker.leases).
     start_keeper()
+    started = time.monotonic()
+    # The card's set-up (CUDA context, nvImageCodec) in a thread, meanwhile the model loads
+    # and compiles (or, served, the inference process does): start-up is the longer of the
+    # two, not their sum (issue 23).
+    setup = ThreadPoolExecutor(1, thread_name_prefix="decode-setup")
+    decoding: Future[str] = setup.submit(start_decoding, get_settings())
+    setup.shutdown(wait=False)  # the thread ends once the set-up is done
     try:
         model = with_db_retry(current_model, what="initial model load", max_wait_s=60)
         # Compile now, not during the first real batches, so first-study latency stays low.
         model.classifier.warm_up(get_settings().batch_size)
-        logger.info("worker process %s serving model %s, %s", worker_name(), model.name,
-                    start_decoding(get_settings()))
+        warm = time.monotonic() - started
+        where = decoding.result()
+        logger.info("worker process %s serving model %s, %s (model ready in %.1f s, "
+                    "decoding in %.1f s)", worker_name(), model.name, where, warm,
+                    time.monotonic() - started)
         mark_ready()  # this process can classify now (worker.readiness)
     except Exception:
         # The first batch retries; a worker must not die because the DB is late.
