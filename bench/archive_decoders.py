@@ -76,12 +76,12 @@ def jpeg_lossless(root: Path) -> list[dict[str, Any]]:
 def j2k_band(root: Path, films: int, model: Path) -> dict[str, Any]:
     """The reduced JPEG 2000 lossless decode at margin 2 (the product) and 1 (a level
     deeper) against the same film uncompressed."""
+    from bench.dicom_factory import make_dicom, real_pixels
     from cxr_orient.imaging import load_dicom_image, to_rgb
     from cxr_orient.imaging.decoders.jpeg2000 import jpeg2000_reduced
     from cxr_orient.imaging.pipeline import stored_to_image
     from cxr_orient.imaging.validation import validate_pixel_spec
     from cxr_orient.modelstore import Classifier, predicted_class
-    from cxr_orient.synthetic import make_dicom, real_pixels
 
     root.mkdir(parents=True, exist_ok=True)
     images: dict[str, list[np.ndarray]] = {"reference": [], "margin2": [], "margin1": []}
