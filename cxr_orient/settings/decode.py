@@ -1,0 +1,63 @@
+"""Decoding in a worker pool process: how many threads, and what goes to the card."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BeforeValidator, Field
+from pydantic_settings import NoDecode
+
+from cxr_orient.settings.base import SettingsGroup, comma_separated
+
+__all__ = ["DecodeSettings"]
+
+
+def _card_syntax_names(value: object) -> object:
+    """Known names of ``cxr_orient.imaging.gpu.plan.CARD_SYNTAX_NAMES``, lower case,
+    each once, in the order given."""
+    items = comma_separated(value)
+    if not isinstance(items, list | tuple):
+        return items
+    # Deferred: the names live beside the card's plan, which imports pydicom.
+    from cxr_orient.imaging.gpu.plan import CARD_SYNTAX_NAMES
+
+    names = [str(v).strip().lower() for v in items]
+    unknown = sorted(set(names) - set(CARD_SYNTAX_NAMES))
+    if unknown:
+        raise ValueError(f"CXR_CARD_SYNTAXES: unknown {', '.join(unknown)} (choose from "
+                         f"{', '.join(CARD_SYNTAX_NAMES)})")
+    return list(dict.fromkeys(names))
+
+
+class DecodeSettings(SettingsGroup):
+    """Decoder threads and the card."""
+
+    decode_threads: int = Field(
+        default=1,
+        ge=0,
+        le=256,
+        description="CXR_DECODE_THREADS: decoder threads per worker pool process; 0 means "
+        "one per CPU core. Default 1, because celery starts one pool process per core and "
+        "decoding in one while another predicts measured fastest (docs/performance.md).",
+    )
+    decode_device: Literal["auto", "cpu", "gpu"] = Field(
+        default="auto",
+        description="CXR_DECODE_DEVICE: where a worker pool process decodes JPEG 2000, "
+        "HTJ2K and JPEG baseline files. 'auto' and 'gpu' use the card (NVIDIA "
+        "nvImageCodec and CuPy, when installed: the extra '.[gpu-decode]'; one call per "
+        "batch, every other syntax on the CPU threads meanwhile); 'cpu' never does. "
+        "Without the libraries, or without a card, decoding stays on the CPU ('gpu' says "
+        "so in the log). Default 'auto'.",
+    )
+    card_syntaxes: Annotated[list[str], NoDecode, BeforeValidator(_card_syntax_names)] = Field(
+        default=["htj2k-lossless", "htj2k-lossy", "jpeg-baseline", "jpeg-lossless", "native"],
+        description="CXR_CARD_SYNTAXES: which transfer syntaxes a pool process that decodes "
+        "on the card hands to it, a comma-separated list of htj2k-lossless, htj2k-lossy, "
+        "j2k-lossless, j2k-lossy, jpeg-baseline, jpeg-lossless (process 14, SV1 and the "
+        "other predictors) and native (uncompressed little endian: the stored values go "
+        "to the card as read, the windowing and the resize are done there); the rest is "
+        "decoded on the CPU. The default leaves classic JPEG 2000 on the CPU, which "
+        "decodes it at reduced resolution faster than the card decodes it in full "
+        "(docs/performance.md). Empty: nothing on the card. Default: every name but "
+        "j2k-lossless and j2k-lossy.",
+    )
