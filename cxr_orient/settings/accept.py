@@ -5,10 +5,9 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import BeforeValidator, Field
-from pydantic_settings import NoDecode
+from pydantic import Field
 
-from cxr_orient.settings.base import SettingsGroup, each
+from cxr_orient.settings.base import CommaList, SettingsGroup, from_text
 
 __all__ = ["CHEST_RADIOGRAPH_SOP_CLASSES", "AcceptSettings", "parse_image_type_pattern"]
 
@@ -39,23 +38,22 @@ def parse_image_type_pattern(text: str) -> tuple[str, ...]:
     return values
 
 
-UpperList = Annotated[list[str], NoDecode, BeforeValidator(each(_upper))]
-UidList = Annotated[list[str], NoDecode, BeforeValidator(each(_uid))]
-ImageTypePatterns = Annotated[list[tuple[str, ...]], NoDecode,
-                              BeforeValidator(each(parse_image_type_pattern))]
+Upper = Annotated[str, from_text(_upper)]
+Uid = Annotated[str, from_text(_uid)]
+ImageTypePattern = Annotated[tuple[str, ...], from_text(parse_image_type_pattern)]
 
 
 class AcceptSettings(SettingsGroup):
     """The accept policy's rules; an empty list switches its rule off."""
 
-    accept_modalities: UpperList = Field(
+    accept_modalities: CommaList[Upper] = Field(
         default=["CR", "DX"],
         description="CXR_ACCEPT_MODALITIES: the accept policy's Modality rule, a "
         "comma-separated list (case-insensitive); an instance of another Modality, or "
         "without one, is recorded out_of_scope and never labelled. Empty: any Modality. "
         "Default CR,DX.",
     )
-    accept_sop_classes: UidList = Field(
+    accept_sop_classes: CommaList[Uid] = Field(
         default=list(CHEST_RADIOGRAPH_SOP_CLASSES),
         description="CXR_ACCEPT_SOP_CLASSES: the accept policy's SOP Class rule, a "
         "comma-separated list of SOP Class UIDs (SOPClassUID, else the file meta's "
@@ -65,7 +63,7 @@ class AcceptSettings(SettingsGroup):
         "Storage and Digital X-Ray Image Storage for presentation and for processing "
         "(1.2.840.10008.5.1.4.1.1.1, .1.1.1.1, .1.1.1.1.1).",
     )
-    accept_body_parts: UpperList = Field(
+    accept_body_parts: CommaList[Upper] = Field(
         default=["CHEST", "THORAX"],
         description="CXR_ACCEPT_BODY_PARTS: the accept policy's BodyPartExamined rule, a "
         "comma-separated list (case-insensitive); another body part is out_of_scope; an "
@@ -78,7 +76,7 @@ class AcceptSettings(SettingsGroup):
         "BodyPartExamined passes the body-part rule (it is Type 3 in CR and DX, often "
         "absent on chest films). Default true.",
     )
-    refuse_image_types: ImageTypePatterns = Field(
+    refuse_image_types: CommaList[ImageTypePattern] = Field(
         default=[("DERIVED", "SECONDARY")],
         description="CXR_REFUSE_IMAGE_TYPES: the accept policy's ImageType rule, a "
         "comma-separated list of patterns, each backslash-separated values that must all "

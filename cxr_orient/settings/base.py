@@ -3,7 +3,9 @@
 A group is a :class:`SettingsGroup`: it reads its own fields from ``CXR_<FIELD>``
 variables (or ``.env``), ignores the others', and is frozen once read. A list-valued
 setting is a :data:`CommaList`: written ``a,b,c`` in the environment (a JSON list is not
-needed), parsed once when the group is read into a typed list, blank items dropped.
+needed), split once when the group is read, blank items dropped, each item then
+validated as its type says: ``CommaList[Annotated[ResultDestination,
+from_text(parse_result_destination)]]`` parses each item with its domain's parser.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import Annotated, Any, TypeAlias, TypeVar
 from pydantic import BeforeValidator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-__all__ = ["CommaList", "SettingsGroup", "comma_separated", "each"]
+__all__ = ["CommaList", "SettingsGroup", "comma_separated", "from_text"]
 
 T = TypeVar("T")
 
@@ -39,14 +41,7 @@ def comma_separated(value: Any) -> Any:
 CommaList: TypeAlias = Annotated[list[T], NoDecode, BeforeValidator(comma_separated)]
 
 
-def each(parse: Callable[[str], Any]) -> Callable[[Any], Any]:
-    """A before-validator applying ``parse`` to each string item of a comma-separated
-    value (items already parsed pass as they are)."""
-
-    def validate(value: Any) -> Any:
-        items = comma_separated(value)
-        if not isinstance(items, list | tuple):
-            return items
-        return [parse(item) if isinstance(item, str) else item for item in items]
-
-    return validate
+def from_text(parse: Callable[[str], Any]) -> BeforeValidator:
+    """An item's validator: ``parse`` applied to its written form (a value given already
+    parsed, from code, passes as it is)."""
+    return BeforeValidator(lambda value: parse(value) if isinstance(value, str) else value)

@@ -4,29 +4,23 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BeforeValidator, Field
-from pydantic_settings import NoDecode
+from pydantic import Field, field_validator
 
-from cxr_orient.settings.base import SettingsGroup, comma_separated
+from cxr_orient.settings.base import CommaList, SettingsGroup, from_text
 
 __all__ = ["DecodeSettings"]
 
 
-def _card_syntax_names(value: object) -> object:
-    """Known names of ``cxr_orient.imaging.gpu.plan.CARD_SYNTAX_NAMES``, lower case,
-    each once, in the order given."""
-    items = comma_separated(value)
-    if not isinstance(items, list | tuple):
-        return items
+def _card_syntax_name(text: str) -> str:
+    """A name of ``cxr_orient.imaging.gpu.plan.CARD_SYNTAX_NAMES``, lower case."""
     # Deferred: the names live beside the card's plan, which imports pydicom.
     from cxr_orient.imaging.gpu.plan import CARD_SYNTAX_NAMES
 
-    names = [str(v).strip().lower() for v in items]
-    unknown = sorted(set(names) - set(CARD_SYNTAX_NAMES))
-    if unknown:
-        raise ValueError(f"CXR_CARD_SYNTAXES: unknown {', '.join(unknown)} (choose from "
+    name = text.strip().lower()
+    if name not in CARD_SYNTAX_NAMES:
+        raise ValueError(f"CXR_CARD_SYNTAXES: unknown {text!r} (choose from "
                          f"{', '.join(CARD_SYNTAX_NAMES)})")
-    return list(dict.fromkeys(names))
+    return name
 
 
 class DecodeSettings(SettingsGroup):
@@ -49,7 +43,7 @@ class DecodeSettings(SettingsGroup):
         "Without the libraries, or without a card, decoding stays on the CPU ('gpu' says "
         "so in the log). Default 'auto'.",
     )
-    card_syntaxes: Annotated[list[str], NoDecode, BeforeValidator(_card_syntax_names)] = Field(
+    card_syntaxes: CommaList[Annotated[str, from_text(_card_syntax_name)]] = Field(
         default=["htj2k-lossless", "htj2k-lossy", "jpeg-baseline", "jpeg-lossless", "native"],
         description="CXR_CARD_SYNTAXES: which transfer syntaxes a pool process that decodes "
         "on the card hands to it, a comma-separated list of htj2k-lossless, htj2k-lossy, "
@@ -61,3 +55,8 @@ class DecodeSettings(SettingsGroup):
         "(docs/performance.md). Empty: nothing on the card. Default: every name but "
         "j2k-lossless and j2k-lossy.",
     )
+
+    @field_validator("card_syntaxes")
+    @classmethod
+    def _each_once(cls, value: list[str]) -> list[str]:
+        return list(dict.fromkeys(value))

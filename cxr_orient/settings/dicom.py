@@ -5,11 +5,10 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import BeforeValidator, Field, field_validator
-from pydantic_settings import NoDecode
+from pydantic import Field, field_validator
 
 from cxr_orient.dicomnet.addresses import AllowedCaller, check_ae_title, parse_allowed_caller
-from cxr_orient.settings.base import SettingsGroup, each
+from cxr_orient.settings.base import CommaList, SettingsGroup, from_text
 
 __all__ = ["DicomSettings"]
 
@@ -33,8 +32,8 @@ class DicomSettings(SettingsGroup):
         description="CXR_DICOM_BIND: address `cxr-orient listen` binds to; 0.0.0.0 for "
         "every interface. Default 127.0.0.1 (this machine only).",
     )
-    dicom_allowed_callers: Annotated[list[AllowedCaller], NoDecode,
-                                     BeforeValidator(each(parse_allowed_caller))] = Field(
+    dicom_allowed_callers: CommaList[Annotated[AllowedCaller,
+                                               from_text(parse_allowed_caller)]] = Field(
         default=[],
         description="CXR_DICOM_ALLOWED_CALLERS: comma-separated calling AE titles allowed to "
         "associate, each optionally AET@host (host: an IP address, matched exactly); any "

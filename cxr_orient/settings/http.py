@@ -7,10 +7,9 @@ from __future__ import annotations
 import ipaddress
 from typing import Annotated, TypeAlias
 
-from pydantic import BeforeValidator, Field, SecretStr, field_validator
-from pydantic_settings import NoDecode
+from pydantic import Field, SecretStr, field_validator
 
-from cxr_orient.settings.base import SettingsGroup, each
+from cxr_orient.settings.base import CommaList, SettingsGroup, from_text
 
 __all__ = ["HttpSettings", "Network"]
 
@@ -115,7 +114,7 @@ class HttpSettings(SettingsGroup):
         "(`cxr-orient user create --no-password`) and its role applies. Believed only from "
         "CXR_TRUSTED_PROXIES. Default unset (off).",
     )
-    trusted_proxies: Annotated[list[Network], NoDecode, BeforeValidator(each(_network))] = Field(
+    trusted_proxies: CommaList[Annotated[Network, from_text(_network)]] = Field(
         default=[],
         description="CXR_TRUSTED_PROXIES: comma-separated addresses or networks "
         "(10.0.0.5, 10.1.0.0/16) of the reverse proxies in front of `cxr-orient serve`: "

@@ -5,15 +5,14 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import BeforeValidator, Field, field_validator
-from pydantic_settings import NoDecode
+from pydantic import Field, field_validator
 
 from cxr_orient.dicomnet.addresses import (
     ResultDestination,
     check_ae_title,
     parse_result_destination,
 )
-from cxr_orient.settings.base import SettingsGroup, each
+from cxr_orient.settings.base import CommaList, SettingsGroup, from_text
 
 __all__ = ["ResultSettings"]
 
@@ -21,8 +20,8 @@ __all__ = ["ResultSettings"]
 class ResultSettings(SettingsGroup):
     """The destinations and the outbox's pace."""
 
-    result_destinations: Annotated[list[ResultDestination], NoDecode,
-                                   BeforeValidator(each(parse_result_destination))] = Field(
+    result_destinations: CommaList[Annotated[ResultDestination,
+                                             from_text(parse_result_destination)]] = Field(
         default=[],
         description="CXR_RESULT_DESTINATIONS: where each answer goes back as a DICOM "
         "Structured Report, comma-separated: dicom://AET@host:port (C-STORE) and "

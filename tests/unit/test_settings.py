@@ -10,10 +10,11 @@ docs/configuration.md carries a table per settings group, generated from each gr
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from types import UnionType
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import pytest
-from pydantic import ValidationError
+from pydantic import SecretStr, ValidationError
 from pydantic_core import PydanticUndefined
 
 from cxr_orient.dicomnet.addresses import AllowedCaller, ResultDestination
@@ -29,14 +30,23 @@ def env_name(field: str) -> str:
 
 
 def _type_name(annotation: Any) -> str:
-    text = getattr(annotation, "__name__", None) if not hasattr(annotation, "__args__") else None
-    text = text or str(annotation)
-    for noise in ("pydantic.types.", "pathlib.", "typing."):
-        text = text.replace(noise, "")
-    text = text.replace("|", "or").replace("SecretStr", "secret string")
-    for noise in ("ipaddress.", "cxr_orient.dicomnet.addresses."):
-        text = text.replace(noise, "")
-    return text
+    """The type as a reader wants it: ``list[str]``, ``Path or None``, the item
+    validators of a list left out."""
+    origin, args = get_origin(annotation), get_args(annotation)
+    if origin is Annotated:
+        return _type_name(args[0])
+    if origin in (Union, UnionType):
+        return " or ".join(_type_name(a) for a in args)
+    if origin is Literal:
+        return f"one of {', '.join(repr(a) for a in args)}"
+    if origin is not None:
+        inner = ", ".join("..." if a is Ellipsis else _type_name(a) for a in args)
+        return f"{origin.__name__}[{inner}]"
+    if annotation is type(None):
+        return "None"
+    if annotation is SecretStr:
+        return "secret string"
+    return str(getattr(annotation, "__name__", annotation))
 
 
 def _written(value: Any) -> str:
