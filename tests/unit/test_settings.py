@@ -252,6 +252,22 @@ def test_an_empty_list_switches_its_rule_off(monkeypatch: pytest.MonkeyPatch,
     assert getattr(getattr(settings, field_groups()[name]), name) == []
 
 
+def test_a_dot_env_file_fills_every_group(monkeypatch: pytest.MonkeyPatch,
+                                          tmp_path: Path) -> None:
+    for name in field_groups():
+        monkeypatch.delenv(env_name(name), raising=False)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".env").write_text("CXR_BATCH_SIZE=7\nCXR_ACCEPT_MODALITIES=cr,dx\n"
+                                   "CXR_DICOM_PORT=11113\nCXR_TRUSTED_PROXIES=10.0.0.1\n"
+                                   "NOT_OURS=1\n")
+    settings = Settings()
+    assert settings.worker.batch_size == 7
+    assert settings.accept.accept_modalities == ["CR", "DX"]
+    assert settings.dicom.dicom_port == 11113
+    assert [str(n) for n in settings.http.trusted_proxies] == ["10.0.0.1/32"]
+    assert Settings(_env_file=None).worker.batch_size == 32
+
+
 def test_lists_from_code_are_taken_as_given() -> None:
     settings = _settings(accept_modalities=["cr"], trusted_proxies=["10.0.0.0/8"])
     assert settings.accept.accept_modalities == ["CR"]
