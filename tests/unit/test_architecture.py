@@ -289,6 +289,8 @@ SETTINGS_READERS = {
     "service.app", "service.deps",
     # The process-wide engine, built on first use from CXR_DATABASE_URL.
     "db.session",
+    # python -m training.ship (its main: CXR_IMAGENET_WEIGHTS_DIR for a transfer backbone).
+    "training.ship",
 }
 #: Layers that are entry points as a whole: the command line (the listener's entry is its
 #: ``listen`` verb) and the bench (``python -m bench``).
