@@ -31,8 +31,8 @@ def create_app() -> FastAPI:
     )
     app.state.render_cache = RenderCache()
     app.add_middleware(SessionMiddleware, secret_key=session_key(settings),
-                       session_cookie=SESSION_COOKIE, max_age=settings.session_max_age_s,
-                       same_site="lax", https_only=settings.session_cookie_secure)
+                       session_cookie=SESSION_COOKIE, max_age=settings.http.session_max_age_s,
+                       same_site="lax", https_only=settings.http.session_cookie_secure)
     # Added last, so outermost: no body reaches a parser past its route's limits, and
     # the URL check and the quiet last-resort 500 come before everything.
     app.add_middleware(BodyLimitsMiddleware, settings=settings)

@@ -29,7 +29,7 @@ from cxr_orient.errors import (
     UnusualImageError,
 )
 from cxr_orient.imaging import view_to_label
-from cxr_orient.settings import DB_RETRY_MAX_WAIT_S, Settings, get_settings
+from cxr_orient.settings import DB_RETRY_MAX_WAIT_S, Settings
 from cxr_orient.studies import record_study_answers
 from db import crud
 from db.models import OrientationLabel
@@ -127,7 +127,7 @@ def _claim(instance_ids: Sequence[int], settings: Settings,
     with session_scope() as session:
         for instance_id in dict.fromkeys(instance_ids):  # de-duplicate, keep order
             if not crud.claim_for_processing(
-                session, instance_id=instance_id, lease_s=settings.lease_s,
+                session, instance_id=instance_id, lease_s=settings.worker.lease_s,
                 claim_token=claim_token, claimed_by=me,
             ):
                 if crud.get_instance(session, instance_id=instance_id) is None:
@@ -136,10 +136,10 @@ def _claim(instance_ids: Sequence[int], settings: Settings,
                 continue
             row = crud.get_instance(session, instance_id=instance_id)
             assert row is not None
-            if row.attempts > settings.max_attempts:
+            if row.attempts > settings.worker.max_attempts:
                 error = InterruptedProcessingError(
                     f"processing was interrupted {row.attempts - 1} times "
-                    f"(CXR_MAX_ATTEMPTS={settings.max_attempts}); giving up"
+                    f"(CXR_MAX_ATTEMPTS={settings.worker.max_attempts}); giving up"
                 )
                 crud.mark_failed(
                     session,
@@ -180,7 +180,7 @@ def _merge(into: BatchOutcome, other: BatchOutcome) -> None:
 
 
 def classify_instances(
-    instance_ids: Sequence[int], *, settings: Settings | None = None
+    instance_ids: Sequence[int], *, settings: Settings
 ) -> BatchOutcome:
     """Classify a batch of instances and record every outcome in the database.
 
@@ -188,7 +188,6 @@ def classify_instances(
     be what killed it: it runs alone, after the rest of the batch is recorded, so a
     poison file cannot take its batch-mates down with it again and again.
     """
-    settings = settings or get_settings()
     ids = list(dict.fromkeys(instance_ids))
     try:
         suspects: list[int] = []
@@ -209,16 +208,16 @@ def _timed_out(ids: list[int], settings: Settings) -> BatchOutcome:
     had not claimed yet is sent again as it is; what it finished stays finished. The
     decode threads are replaced: one may be stuck in the read that hung, for good."""
     abandon_decode_threads()
-    limit = settings.effective_task_soft_time_limit_s
+    limit = settings.worker.effective_task_soft_time_limit_s
     error = TaskTimeoutError(
         f"the batch ran past CXR_TASK_SOFT_TIME_LIMIT_S={limit:g} s before this image was "
-        f"finished (a read that hung?); tried at most CXR_MAX_ATTEMPTS={settings.max_attempts}"
-        " times")
+        "finished (a read that hung?); tried at most "
+        f"CXR_MAX_ATTEMPTS={settings.worker.max_attempts} times")
 
     def write() -> crud.TimedOut:
         with session_scope() as session:
             timed_out = crud.time_out_instances(
-                session, instance_ids=ids, max_attempts=settings.max_attempts,
+                session, instance_ids=ids, max_attempts=settings.worker.max_attempts,
                 error_code=error.code, error_message=str(error))
             record_study_answers(session, instance_ids=timed_out.failed)
             return timed_out
@@ -246,7 +245,8 @@ def _classify_batch(instance_ids: Sequence[int], settings: Settings) -> BatchOut
         return BatchOutcome()
     # The model first: if it cannot be loaded, nothing is claimed and the instances
     # stay queued for the reaper to re-send, instead of burning their attempts.
-    model: LoadedModel = with_db_retry(current_model, what="model lookup")
+    model: LoadedModel = with_db_retry(lambda: current_model(settings.inference),
+                                       what="model lookup")
     # One token for the batch, made before the first try: a claim that committed though
     # its answer was lost (the connection dropped) is retried under the same token.
     token = crud.new_claim_token()
@@ -255,7 +255,7 @@ def _classify_batch(instance_ids: Sequence[int], settings: Settings) -> BatchOut
     outcome.model_version = model.name
     if not work:
         return outcome
-    with keeper(settings).holding(token):
+    with keeper(settings.worker).holding(token):
         _classify_claimed(work, model, settings, outcome, token)
     return outcome
 
@@ -269,19 +269,20 @@ def _classify_claimed(work: list[_Work], model: LoadedModel, settings: Settings,
         groups.setdefault(w.target_version_id or model.version_id, []).append(w)
     for version_id, items in groups.items():
         served = model if version_id == model.version_id else _named_model(
-            version_id, items, outcome, token)
+            version_id, items, outcome, token, settings)
         if served is not None:
             _predict_and_record(items, served, settings, outcome, token)
 
 
 def _named_model(version_id: int, work: list[_Work], outcome: BatchOutcome,
-                 token: str) -> LoadedModel | None:
+                 token: str, settings: Settings) -> LoadedModel | None:
     """The version reclassify work names, from the per-process cache; if it cannot be
     loaded here (checkpoint missing or altered), that work fails with the reason."""
     from cxr_orient.registry import model_for_version
 
     try:
-        return with_db_retry(lambda: model_for_version(version_id), what="model lookup")
+        return with_db_retry(lambda: model_for_version(version_id, settings.inference),
+                             what="model lookup")
     except ModelError as exc:
         error = exc
     logger.error("cannot serve model version %d: %s", version_id, error)
@@ -313,7 +314,7 @@ def _predict_and_record(
     work: list[_Work], model: LoadedModel, settings: Settings, outcome: BatchOutcome,
     token: str,
 ) -> None:
-    leases = keeper(settings)
+    leases = keeper(settings.worker)
     decoded = decode_batch(work, settings, model.input_size)
     counters = metrics.worker_metrics()
     for _, _, ms in decoded:
@@ -336,7 +337,7 @@ def _predict_and_record(
         counters.inference_seconds.observe(inference_s)
         counters.batch_size.observe(len(ready))
         for (w, _, decode_ms), answer in zip(ready, predictions, strict=True):
-            if answer.unusual and settings.unusual_image_action == "refuse":
+            if answer.unusual and settings.inference.unusual_image_action == "refuse":
                 failures.append((w, UnusualImageError(
                     f"{w.file_path!r}: unlike any chest radiograph the model was trained on "
                     f"(unusual-image score {answer.unusual_score:.3f} > "
@@ -367,7 +368,7 @@ def _predict_and_record(
     superseded: list[int] = []
     held: set[int] = set()
     recorded = [0]
-    destinations = [d.url for d in settings.result_destination_list]
+    destinations = settings.results.destination_urls
 
     def write() -> None:
         with session_scope() as session:
@@ -404,7 +405,7 @@ def _predict_and_record(
     if recorded[0] and destinations:
         from worker.dispatch import kick_delivery
 
-        kick_delivery()
+        kick_delivery(settings.results.outbox_interval_s)
     if superseded:
         logger.warning("instances %s: file replaced while in flight; answer not recorded, "
                        "the replacement is queued", superseded)
@@ -433,7 +434,7 @@ def _predict_and_record(
     )
 
 
-def on_process_start() -> None:
+def on_process_start(settings: Settings) -> None:
     """Per pool process, after fork: fresh DB connections, then load the model once."""
     from cxr_orient.registry import current_model
 
@@ -441,18 +442,19 @@ def on_process_start() -> None:
     metrics.worker_metrics().pool_processes.set(1)
     # The lease keeper first: this process renews its claims and, idle or not, re-queues
     # claims whose worker died (worker.leases).
-    start_keeper()
+    start_keeper(settings.worker)
     started = time.monotonic()
     # The card's set-up (CUDA context, nvImageCodec) in a thread, meanwhile the model loads
     # and compiles (or, served, the inference process does): start-up is the longer of the
     # two, not their sum (issue 23).
     setup = ThreadPoolExecutor(1, thread_name_prefix="decode-setup")
-    decoding: Future[str] = setup.submit(start_decoding, get_settings())
+    decoding: Future[str] = setup.submit(start_decoding, settings)
     setup.shutdown(wait=False)  # the thread ends once the set-up is done
     try:
-        model = with_db_retry(current_model, what="initial model load", max_wait_s=60)
+        model = with_db_retry(lambda: current_model(settings.inference),
+                              what="initial model load", max_wait_s=60)
         # Compile now, not during the first real batches, so first-study latency stays low.
-        model.classifier.warm_up(get_settings().batch_size)
+        model.classifier.warm_up(settings.worker.batch_size)
         warm = time.monotonic() - started
         where = decoding.result()
         logger.info("worker process %s serving model %s, %s (model ready in %.1f s, "

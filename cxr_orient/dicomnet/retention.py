@@ -109,9 +109,9 @@ def _remove_empty_folders(folders: set[Path], spool: Path) -> int:
 
 def purge_spool(settings: Settings, now: datetime) -> PurgeCounts:
     """Delete the received files that nobody needs any more (see the module's rule)."""
-    spool = settings.effective_spool_dir
+    spool = settings.intake.effective_spool_dir
     prefix = str(spool) + os.sep
-    finished_before = now - timedelta(days=settings.spool_keep_days)
+    finished_before = now - timedelta(days=settings.intake.spool_keep_days)
     counts = PurgeCounts()
     folders: set[Path] = set()
     _purge_marked(crud.mark_files_purged, crud.unmark_files_purged, "instance_ids",

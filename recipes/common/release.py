@@ -46,6 +46,7 @@ import keras
 import numpy as np
 
 from cxr_orient.modelstore import TTA_MODES, Classifier, save_checkpoint
+from cxr_orient.settings import get_settings
 from recipes.common.devdata import COVID_CXR, FIGURES, SHIPPED
 from training.candidate import summarise, train_and_evaluate
 from training.data import (
@@ -112,6 +113,7 @@ def ship(
     time_budget_s: float | None = None,
     teacher_paths: Sequence[Path] = (),
     distill_weight: float = 0.5,
+    imagenet_weights_dir: Path | None = None,
 ) -> None:
     split_seed = seed if split_seed is None else split_seed
     split = grouped_stratified_split(data.labels, data.patients, seed=split_seed)
@@ -126,7 +128,7 @@ def ship(
         grid_mask=grid_mask, verbose=verbose, min_epochs=min_epochs,
         test_time_augmentation=test_time_augmentation, workers=workers,
         time_budget_s=time_budget_s, teacher_paths=teacher_paths,
-        distill_weight=distill_weight,
+        distill_weight=distill_weight, imagenet_weights_dir=imagenet_weights_dir,
         extra_training={
             "data": "covid-cxr (ieee8023/covid-chestxray-dataset, June 2020 snapshot)",
             "backend": keras.backend.backend(),
@@ -446,5 +448,6 @@ def main(release: Release, argv: list[str] | None = None) -> None:
          min_epochs=args.min_epochs, test_time_augmentation=args.tta,
          split_seed=args.split_seed, workers=args.workers,
          time_budget_s=args.time_budget, teacher_paths=args.teacher,
-         distill_weight=args.distill_weight)
+         distill_weight=args.distill_weight,
+         imagenet_weights_dir=get_settings().training.imagenet_weights_dir)
 

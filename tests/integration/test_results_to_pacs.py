@@ -219,9 +219,9 @@ def _resend_all(env: dict[str, str], pg_url: str) -> None:
     finally:
         engine.dispose()
     for item in work:
-        sender = sender_for(item.destination, settings)
+        sender = sender_for(item.destination, settings.results)
         try:
-            sender.send(report_for(item, settings))
+            sender.send(report_for(item, settings.intake))
         finally:
             sender.close()
 

@@ -21,6 +21,7 @@ import psycopg
 import pytest
 from sqlalchemy import select
 
+from cxr_orient.settings import get_settings
 from db.models import Instance
 from db.session import make_engine
 from tests.integration.test_faults import make_corpus
@@ -200,16 +201,16 @@ def test_checkpoint_sha256_mismatch_refused(tmp_path: Path, configure: object,
     from cxr_orient.registry import ensure_active_model
 
     with session_scope() as session:
-        version = ensure_active_model(session)
+        version = ensure_active_model(session, get_settings().inference)
     # Nothing loaded in this process before: an earlier test's model of the same row id,
     # name and bytes (the smoke checkpoint is deterministic) would be served from memory.
     monkeypatch.setattr(registry, "_LOADED", None)
     with checkpoint.open("ab") as handle:  # tampered after registration
         handle.write(b"\0tampered")
     with pytest.raises(ModelIntegrityError, match=r"sha256|SHA-256|hash"):
-        load_version(version)
+        load_version(version, get_settings().inference)
     with pytest.raises(ModelError):
-        current_model()
+        current_model(get_settings().inference)
 
 
 def test_audit_role_reads_and_cannot_write(tmp_path: Path) -> None:

@@ -55,7 +55,8 @@ def test_checked_read_refuses_each_bad_file(
         if item.after_enqueue is not None:
             item.after_enqueue()
         with pytest.raises(CxrError) as caught:
-            load_checked_image(str(item.path), expected_sha256=sha, settings=settings, size=256)
+            load_checked_image(str(item.path), expected_sha256=sha, intake=settings.intake,
+                               size=256)
         seen[item.kind] = caught.value.code
         assert caught.value.code == (item.decode_code or item.code), (item.kind, caught.value)
         # Readable: the message names the file (or the attribute) at fault.
@@ -82,7 +83,7 @@ def test_pixel_count_refused_before_any_read_of_pixels(tmp_path: Path) -> None:
     item = next(b for b in bad if b.kind == "rows_columns_absurd")
     settings = Settings(ingest_root=tmp_path / "root", max_pixels=60_000_000, data_dir=tmp_path)
     with pytest.raises(CxrError) as caught:
-        load_checked_image(str(item.path), expected_sha256=_sha(item.path), settings=settings,
+        load_checked_image(str(item.path), expected_sha256=_sha(item.path), intake=settings.intake,
                            size=256)
     assert caught.value.code == "image_too_large"
 
@@ -96,7 +97,8 @@ def test_oversized_file_is_refused_before_it_is_read(tmp_path: Path, configure) 
     with big.open("wb") as handle:  # sparse: 65 MiB of nothing, never written
         handle.truncate((64 << 20) + 2 * 1000 + 1)
     with pytest.raises(ImageTooLargeError, match="CXR_MAX_PIXELS=1000"):
-        load_checked_image(str(big), expected_sha256="0" * 64, settings=get_settings(), size=256)
+        load_checked_image(str(big), expected_sha256="0" * 64, intake=get_settings().intake,
+                           size=256)
 
 
 def test_jpeg2000_codestream_larger_than_its_header_is_refused(tmp_path: Path) -> None:
@@ -137,7 +139,7 @@ def test_a_fifo_swapped_in_for_a_recorded_file_is_refused_unread(tmp_path: Path,
 
     def read() -> None:
         try:
-            load_checked_image(str(path), expected_sha256="0" * 64, settings=get_settings(),
+            load_checked_image(str(path), expected_sha256="0" * 64, intake=get_settings().intake,
                                size=256)
         except BaseException as exc:
             caught.append(exc)

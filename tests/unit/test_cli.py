@@ -16,7 +16,7 @@ from click.testing import CliRunner, Result
 
 from cli.main import main
 from cli.results import EXPORT_COLUMNS
-from cxr_orient.settings import SHIPPED_MODEL
+from cxr_orient.settings import SHIPPED_MODEL, get_settings
 from db import crud
 from db.session import session_scope
 from tests.utils.corpus import rg1_dicom
@@ -146,7 +146,7 @@ def test_models_lists_versions_and_the_active_one(embedded: Embedded) -> None:
     assert empty.exit_code == 0 and empty.stdout == ""
 
     with session_scope() as session:
-        ensure_active_model(session)
+        ensure_active_model(session, get_settings().inference)
 
     result = cli("models")
 
@@ -166,7 +166,7 @@ def test_promote_and_rollback_errors_are_one_clean_line(embedded: Embedded) -> N
     from cxr_orient.registry import ensure_active_model
 
     with session_scope() as session:
-        ensure_active_model(session)
+        ensure_active_model(session, get_settings().inference)
     _assert_clean_error(cli("promote", SHIPPED_NAME, "--reason", "r"),
                         f"{SHIPPED_NAME!r} is already active")
     _assert_clean_error(cli("rollback", "--reason", "r"),

@@ -349,8 +349,8 @@ def test_the_accept_policy_refuses_the_replacement(tmp_path: Path,
     build_corrected_image(original, _correction(90, False)).save_as(
         tmp_path / "r.dcm", enforce_file_format=True)
     settings = Settings()
-    assert check_policy(read_header(tmp_path / "o.dcm"), settings) is None
-    refusal = check_policy(read_header(tmp_path / "r.dcm"), settings)
+    assert check_policy(read_header(tmp_path / "o.dcm"), settings.accept) is None
+    refusal = check_policy(read_header(tmp_path / "r.dcm"), settings.accept)
     assert refusal is not None and refusal.rule == "image_type"
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 from pathlib import Path
 
+from cxr_orient.settings import get_settings
 from db import crud
 from db.crud.common import UID_CHUNK, chunked
 from db.models import InstanceStatus, OrientationLabel, utcnow
@@ -243,7 +244,7 @@ def test_enqueue_report_names_refused_files_too(migrated_db: str, tmp_path: Path
     from cxr_orient.ingest import enqueue_paths
 
     (tmp_path / "notes.txt").write_text("not an image")
-    report = enqueue_paths([tmp_path / "notes.txt"], send=None)
+    report = enqueue_paths([tmp_path / "notes.txt"], send=None, settings=get_settings())
     assert len(report.refused) == 1 and report.queued == []
     with session_scope() as session:
         rows = crud.results(session, instance_ids=report.instance_ids)

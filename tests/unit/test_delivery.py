@@ -172,7 +172,7 @@ def test_an_answer_on_a_replaced_file_is_reported_from_that_file(
     with session_scope() as session:
         work = crud.outbox_work(session, outbox_ids=[row.id])[0]
     assert (work.file_path, work.file_sha256) == (old_path, old_sha)
-    report = report_for(work, get_settings())
+    report = report_for(work, get_settings().intake)
     assert report.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[
         0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == work.sop_instance_uid
 
@@ -193,7 +193,7 @@ def _cause(destination: str, sr: Dataset, timeout_s: float = 2) -> str:
     from cxr_orient.errors import DestinationUnavailableError
     from cxr_orient.settings import Settings
 
-    sender = sender_for(destination, Settings(outbox_timeout_s=timeout_s))
+    sender = sender_for(destination, Settings(outbox_timeout_s=timeout_s).results)
     try:
         with pytest.raises(DestinationUnavailableError) as caught:
             sender.send(sr)

@@ -43,7 +43,7 @@ def test_callers(title: str, host: str, allowed: list[tuple[str, str | None]],
 
 def test_allowed_callers_setting_is_parsed() -> None:
     settings = Settings(dicom_allowed_callers=" MOD1, PACS@10.1.2.3 ,,")
-    assert settings.dicom_allowed_caller_list == [("MOD1", None), ("PACS", "10.1.2.3")]
+    assert settings.dicom.dicom_allowed_callers == [("MOD1", None), ("PACS", "10.1.2.3")]
 
 
 @pytest.mark.parametrize("title", ["", "A" * 17, "BAD\\TITLE"])
@@ -53,10 +53,10 @@ def test_a_nonsense_ae_title_fails_fast(title: str) -> None:
 
 
 def test_the_listener_offers_the_accept_policys_sop_classes() -> None:
-    assert listener_sop_classes(Settings()) == [CR, DX, "1.2.840.10008.5.1.4.1.1.1.1.1"]
-    assert listener_sop_classes(Settings(accept_sop_classes=CR)) == [CR]
+    assert listener_sop_classes(Settings().accept) == [CR, DX, "1.2.840.10008.5.1.4.1.1.1.1.1"]
+    assert listener_sop_classes(Settings(accept_sop_classes=CR).accept) == [CR]
     # The rule switched off: every storage class is offered; the other rules decide.
-    everything = listener_sop_classes(Settings(accept_sop_classes=""))
+    everything = listener_sop_classes(Settings(accept_sop_classes="").accept)
     assert len(everything) > 100 and CR in everything
     assert "1.2.840.10008.5.1.4.1.1.2" in everything  # CT Image Storage
 

@@ -94,8 +94,8 @@ def test_card_plans_its_syntaxes_only(corpus: list[CorpusItem]) -> None:
 def test_card_takes_only_the_syntaxes_chosen(corpus: list[CorpusItem]) -> None:
     """CXR_CARD_SYNTAXES: what it does not name is planned for the CPU; the default
     leaves classic JPEG 2000 on the CPU (faster there at reduced resolution)."""
-    chosen = card_syntaxes("htj2k-lossless, jpeg-baseline,native")
-    default = card_syntaxes(Settings(_env_file=None).card_syntaxes)
+    chosen = card_syntaxes(["htj2k-lossless", "jpeg-baseline", "native"])
+    default = card_syntaxes(Settings(_env_file=None).decode.card_syntaxes)
     for item in corpus:
         planned = read_and_plan(item.path, data=item.path.read_bytes(), size=256,
                                 max_pixels=10**8, syntaxes=chosen)

@@ -11,6 +11,7 @@ import pytest
 from sqlalchemy import select
 
 from cxr_orient.ingest import enqueue_paths, wait_for
+from cxr_orient.settings import get_settings
 from db import crud
 from db.models import Instance, InstanceStatus, Study
 from db.session import session_scope
@@ -39,7 +40,7 @@ def _rows(ids: Sequence[int]) -> dict[int, Instance]:
 def test_new_files_are_queued_one_message_each(embedded: Embedded) -> None:
     files = [rg1_dicom(embedded.root / f"s{i}.dcm", study_uid=STUDY_A) for i in range(3)]
 
-    report = enqueue_paths([embedded.root], send=send_instances)
+    report = enqueue_paths([embedded.root], send=send_instances, settings=get_settings())
 
     assert report.files == 3
     assert len(report.queued) == 3 and report.already_known == [] and report.refused == []
@@ -60,10 +61,10 @@ def test_new_files_are_queued_one_message_each(embedded: Embedded) -> None:
 def test_re_enqueue_adds_nothing(embedded: Embedded) -> None:
     rg1_dicom(embedded.root / "a.dcm")
     rg1_dicom(embedded.root / "b.dcm")
-    first = enqueue_paths([embedded.root], send=send_instances)
+    first = enqueue_paths([embedded.root], send=send_instances, settings=get_settings())
     assert len(first.queued) == 2
 
-    again = enqueue_paths([embedded.root], send=send_instances)
+    again = enqueue_paths([embedded.root], send=send_instances, settings=get_settings())
 
     assert again.queued == []
     assert sorted(again.already_known) == sorted(first.queued)
@@ -79,7 +80,7 @@ def test_non_dicom_and_outside_files_are_recorded_failed(embedded: Embedded,
     outside = rg1_dicom(tmp_path / "elsewhere" / "outside.dcm")
     good = rg1_dicom(embedded.root / "good.dcm")
 
-    report = enqueue_paths([notes, outside, good], send=send_instances)
+    report = enqueue_paths([notes, outside, good], send=send_instances, settings=get_settings())
 
     codes = {path: code for path, code, _ in report.refused}
     assert codes == {str(notes): "not_dicom", str(outside): "path_not_allowed"}
@@ -95,7 +96,7 @@ def test_non_dicom_and_outside_files_are_recorded_failed(embedded: Embedded,
 def test_send_none_records_without_sending(embedded: Embedded) -> None:
     rg1_dicom(embedded.root / "a.dcm")
 
-    report = enqueue_paths([embedded.root], send=None)
+    report = enqueue_paths([embedded.root], send=None, settings=get_settings())
 
     assert len(report.queued) == 1
     assert _rows(report.queued)[report.queued[0]].status == InstanceStatus.queued
@@ -114,7 +115,7 @@ def test_a_studys_instances_are_grouped(embedded: Embedded) -> None:
         sent.append(list(ids))
         return send_instances(ids)
 
-    report = enqueue_paths([embedded.root], send=send)
+    report = enqueue_paths([embedded.root], send=send, settings=get_settings())
 
     assert report.studies == {STUDY_A, STUDY_B}
     assert sent == [report.queued]
@@ -132,7 +133,7 @@ def test_a_studys_instances_are_grouped(embedded: Embedded) -> None:
 def test_wait_for_times_out_then_sees_the_work_finished(embedded: Embedded) -> None:
     rg1_dicom(embedded.root / "a.dcm")
     rg1_dicom(embedded.root / "b.dcm")
-    ids = enqueue_paths([embedded.root], send=None).queued
+    ids = enqueue_paths([embedded.root], send=None, settings=get_settings()).queued
     polls: list[int] = []
 
     start = time.monotonic()

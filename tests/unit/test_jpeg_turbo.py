@@ -104,6 +104,7 @@ def test_a_stream_libjpeg_turbo_refuses_fails_with_pydicoms_error(tmp_path) -> N
 def test_turning_off_names_a_real_decoder() -> None:
     with pytest.raises(ValueError, match="no decoder named"):
         turn_off(["libjpeg-tubro"])
-    assert Settings(cpu_decoders_off=" libjpeg-turbo ,").cpu_decoders_off == "libjpeg-turbo"
+    assert Settings(cpu_decoders_off=" libjpeg-turbo ,").decode.cpu_decoders_off == [
+        "libjpeg-turbo"]
     with pytest.raises(ValueError, match="CXR_CPU_DECODERS_OFF"):
         Settings(cpu_decoders_off="nope")

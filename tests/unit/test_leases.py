@@ -50,7 +50,7 @@ def test_keeper_renews_its_own_and_reaps_the_dead_workers(migrated_db: str) -> N
         sent.extend(ids)
         return len(ids)
 
-    keeper = LeaseKeeper(get_settings(), send)
+    keeper = LeaseKeeper(get_settings().worker, send)
     mine = _claimed("9.1", "m" * 32)
     dead = _claimed("9.2", "d" * 32)
     with keeper.holding("m" * 32):
@@ -68,11 +68,11 @@ def test_keeper_renews_its_own_and_reaps_the_dead_workers(migrated_db: str) -> N
 
 
 def test_keeper_reports_a_claim_taken_over(migrated_db: str) -> None:
-    keeper = LeaseKeeper(get_settings(), None)
+    keeper = LeaseKeeper(get_settings().worker, None)
     mine = _claimed("9.3", "m" * 32)
     with keeper.holding("m" * 32):
         _lapse(mine)
-        other = LeaseKeeper(get_settings(), None)  # another worker's reaper got there first
+        other = LeaseKeeper(get_settings().worker, None)  # another worker's reaper got there first
         assert other.reap() == 1
         with session_scope() as session:
             assert crud.claim_for_processing(session, instance_id=mine, lease_s=20,

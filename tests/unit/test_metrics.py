@@ -235,15 +235,15 @@ def test_node_folders_are_safe_names(tmp_path: Path) -> None:
 
 def test_time_limit_defaults_follow_the_batch_size() -> None:
     settings = Settings(batch_size=32)
-    assert settings.effective_task_soft_time_limit_s == 332
-    assert settings.effective_task_time_limit_s == 392
-    assert Settings(batch_size=2048).effective_task_soft_time_limit_s == 2348
+    assert settings.worker.effective_task_soft_time_limit_s == 332
+    assert settings.worker.effective_task_time_limit_s == 392
+    assert Settings(batch_size=2048).worker.effective_task_soft_time_limit_s == 2348
     off = Settings(task_soft_time_limit_s=0, task_time_limit_s=0)
-    assert off.effective_task_soft_time_limit_s is None
-    assert off.effective_task_time_limit_s is None
+    assert off.worker.effective_task_soft_time_limit_s is None
+    assert off.worker.effective_task_time_limit_s is None
     only_hard = Settings(task_soft_time_limit_s=0, task_time_limit_s=30)
-    assert (only_hard.effective_task_soft_time_limit_s,
-            only_hard.effective_task_time_limit_s) == (None, 30)
+    assert (only_hard.worker.effective_task_soft_time_limit_s,
+            only_hard.worker.effective_task_time_limit_s) == (None, 30)
     with pytest.raises(ValidationError, match="must be below CXR_TASK_TIME_LIMIT_S"):
         Settings(task_soft_time_limit_s=60, task_time_limit_s=60)
 

@@ -15,6 +15,7 @@ from cxr_orient.modelstore import (
     save_checkpoint,
     tta_views,
 )
+from cxr_orient.settings import get_settings
 
 
 def _nll(probs, y):
@@ -172,9 +173,9 @@ def test_workers_serve_the_mixed_bfloat16_copy_when_configured(configure, sqlite
     path = save_checkpoint(build_model("compact", input_size=32), card, tmp_path / "m")
     with session_scope() as session:
         version = register_checkpoint(session, path, actor="test", reason="test")
-        plain = load_version(version)
+        plain = load_version(version, get_settings().inference)
         configure(mixed_precision="bfloat16")
-        mixed = load_version(version)
+        mixed = load_version(version, get_settings().inference)
     assert {layer.dtype_policy.name for layer in plain.classifier.model.layers} == {"float32"}
     assert {layer.dtype_policy.name for layer in mixed.classifier.model.layers} >= {
         "mixed_bfloat16", "float32"}

@@ -13,9 +13,10 @@ import pytest
 from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
+from cxr_orient.dicomnet.addresses import parse_result_destination
 from cxr_orient.dicomnet.delivery import backoff_s, retry_failed
 from cxr_orient.dicomnet.sr import new_sr_uid
-from cxr_orient.settings import Settings, parse_result_destination
+from cxr_orient.settings import Settings
 from db import crud
 from db.models import OrientationLabel, OutboxStatus, utcnow
 from db.session import session_scope
@@ -169,7 +170,7 @@ def test_claim_is_exclusive_leased_and_counts_attempts(migrated_db: str) -> None
 
 def test_backoff_doubles_up_to_the_cap() -> None:
     settings = Settings(outbox_backoff_s=5, outbox_backoff_max_s=60)
-    assert [backoff_s(n, settings) for n in (1, 2, 3, 4, 5, 50)] == [5, 10, 20, 40, 60, 60]
+    assert [backoff_s(n, settings.results) for n in (1, 2, 3, 4, 5, 50)] == [5, 10, 20, 40, 60, 60]
 
 
 @pytest.mark.parametrize("value", [
@@ -187,8 +188,8 @@ def test_bad_destinations_fail_at_startup(value: str) -> None:
 def test_destinations_are_canonical() -> None:
     settings = Settings(result_destinations=" dicom://PACS@LocalHost:4242 , "
                         "dicomweb+https://pacs.example/dicom-web/")
-    assert settings.result_destinations == (
-        "dicom://PACS@localhost:4242,dicomweb+https://pacs.example:443/dicom-web")
+    assert settings.results.destination_urls == [
+        "dicom://PACS@localhost:4242", "dicomweb+https://pacs.example:443/dicom-web"]
     web = parse_result_destination("dicomweb+http://h:8042/dicom-web")
     assert web.http_url == "http://h:8042/dicom-web"
     with pytest.raises(ValidationError, match="CXR_RESULT_CALLING_AE"):

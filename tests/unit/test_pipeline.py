@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 
 from cxr_orient.ingest import enqueue_paths
 from cxr_orient.registry import current_model
-from cxr_orient.settings import SHIPPED_MODEL
+from cxr_orient.settings import SHIPPED_MODEL, get_settings
 from db import crud
 from db.models import Prediction
 from db.session import session_scope
@@ -33,7 +33,7 @@ def embedded(tmp_path: Path, configure: Callable[..., None],
 
 def _enqueue(*paths: Path) -> dict[str, int]:
     """Record the files (nothing sent); file name -> instance id."""
-    report = enqueue_paths(list(paths), send=None)
+    report = enqueue_paths(list(paths), send=None, settings=get_settings())
     assert report.refused == [], report.refused
     with session_scope() as session:
         rows = [crud.get_instance(session, instance_id=i) for i in report.queued]
@@ -57,12 +57,12 @@ def test_answers_are_recorded_with_model_version_and_header_agreement(
                    rg1_dicom(embedded.root / "ll.dcm", view_position="LL"),
                    rg1_dicom(embedded.root / "none.dcm", view_position=None))
 
-    outcome = classify_instances(list(ids.values()))
+    outcome = classify_instances(list(ids.values()), settings=get_settings())
 
     assert sorted(outcome.done) == sorted(ids.values())
     assert outcome.failed == {} and outcome.skipped == []
     assert outcome.model_version == SHIPPED_NAME
-    threshold = current_model().classifier.card.review_threshold
+    threshold = current_model(get_settings().inference).classifier.card.review_threshold
     assert threshold == 0.9  # the shipped card's, no CXR_REVIEW_THRESHOLD set
     rows = _results(list(ids.values()))
     for row in rows.values():
@@ -93,7 +93,7 @@ def test_lateral_films_and_a_lying_header(embedded: Embedded) -> None:
                    film_dicom(embedded.root / "front-pa.dcm", view="frontal", index=0,
                               view_position="PA"))
 
-    outcome = classify_instances(list(ids.values()))
+    outcome = classify_instances(list(ids.values()), settings=get_settings())
 
     assert sorted(outcome.done) == sorted(ids.values())
     rows = _results(list(ids.values()))
@@ -112,7 +112,7 @@ def test_a_bad_file_fails_alone(embedded: Embedded) -> None:
     ds.save_as(bad)
     ids = _enqueue(good, mate, bad)
 
-    outcome = classify_instances(list(ids.values()))
+    outcome = classify_instances(list(ids.values()), settings=get_settings())
 
     assert outcome.failed == {ids["short.dcm"]: "truncated"}
     assert sorted(outcome.done) == sorted([ids["good.dcm"], ids["mate.dcm"]])
@@ -130,7 +130,7 @@ def test_a_file_changed_after_enqueue_fails(embedded: Embedded) -> None:
     ids = _enqueue(path)
     rg1_dicom(path, view_position="LL")  # same path, other bytes (new UIDs too)
 
-    outcome = classify_instances(list(ids.values()))
+    outcome = classify_instances(list(ids.values()), settings=get_settings())
 
     assert outcome.failed == {ids["changed.dcm"]: "file_changed"}
     assert outcome.done == []
@@ -141,9 +141,9 @@ def test_a_file_changed_after_enqueue_fails(embedded: Embedded) -> None:
 def test_an_instance_already_done_is_skipped(embedded: Embedded) -> None:
     ids = _enqueue(rg1_dicom(embedded.root / "once.dcm"))
     instance_id = ids["once.dcm"]
-    assert classify_instances([instance_id]).done == [instance_id]
+    assert classify_instances([instance_id], settings=get_settings()).done == [instance_id]
 
-    again = classify_instances([instance_id, instance_id])
+    again = classify_instances([instance_id, instance_id], settings=get_settings())
 
     assert again.skipped == [instance_id]
     assert again.done == [] and again.failed == {}
@@ -157,10 +157,10 @@ def test_review_threshold_setting_overrides_the_versions(
     embedded = embedded_setup(tmp_path, configure, monkeypatch, review_threshold=0.999)
     ids = _enqueue(rg1_dicom(embedded.root / "pa.dcm"))
 
-    outcome = classify_instances(list(ids.values()))
+    outcome = classify_instances(list(ids.values()), settings=get_settings())
 
     assert outcome.done == list(ids.values())
-    assert current_model().classifier.card.review_threshold == 0.999
+    assert current_model(get_settings().inference).classifier.card.review_threshold == 0.999
     with session_scope() as session:
         active = crud.active_model_version(session)
         assert active is not None and active.review_threshold == 0.9  # the record unchanged

@@ -21,7 +21,7 @@ from cli.main import main
 from cxr_orient.dicomnet.policy import check_policy, check_uids, uid_problem
 from cxr_orient.imaging import DicomHeader
 from cxr_orient.ingest import enqueue_paths
-from cxr_orient.settings import Settings
+from cxr_orient.settings import AcceptSettings, Settings, get_settings
 from db import crud
 from db.models import InstanceStatus
 from db.session import session_scope
@@ -40,7 +40,7 @@ CHEST_CR = DicomHeader(
 
 
 def _rule(header: DicomHeader, **settings: object) -> tuple[str, str | None] | None:
-    refusal = check_policy(header, Settings(**settings))  # type: ignore[arg-type]
+    refusal = check_policy(header, AcceptSettings(**settings))  # type: ignore[arg-type]
     return None if refusal is None else (refusal.rule, refusal.value)
 
 
@@ -107,7 +107,7 @@ def test_image_type_setting() -> None:
 
 
 def test_the_message_names_the_rule_the_value_and_the_setting() -> None:
-    refusal = check_policy(replace(CHEST_CR, modality="MR"), Settings())
+    refusal = check_policy(replace(CHEST_CR, modality="MR"), Settings().accept)
     assert refusal is not None and refusal.code == "out_of_scope"
     assert refusal.message == ("modality: Modality 'MR' is not one of CR, DX "
                                "(CXR_ACCEPT_MODALITIES)")
@@ -134,7 +134,7 @@ def test_ct_and_mr_are_recorded_out_of_scope_and_never_queued(embedded: Embedded
     _pydicom_file("MR_small.dcm", embedded.root / "mr.dcm")
     chest = rg1_dicom(embedded.root / "chest.dcm")
 
-    report = enqueue_paths([embedded.root], send=send_instances)
+    report = enqueue_paths([embedded.root], send=send_instances, settings=get_settings())
 
     assert len(report.queued) == 1 and report.refused == []
     assert sorted((Path(p).name, rule) for p, rule, _ in report.out_of_scope) == [
@@ -150,7 +150,7 @@ def test_ct_and_mr_are_recorded_out_of_scope_and_never_queued(embedded: Embedded
     assert counts["out_of_scope"] == 2 and counts["failed"] == 0, "not a failure"
     assert str(chest) == rows["chest.dcm"].file_path
 
-    again = enqueue_paths([embedded.root], send=send_instances)
+    again = enqueue_paths([embedded.root], send=send_instances, settings=get_settings())
     assert again.out_of_scope == [] and len(again.already_known) == 3, "recorded once"
 
 
@@ -180,13 +180,13 @@ def test_a_refused_file_never_replaces_a_known_instance(embedded: Embedded,
                                                         configure: Callable[..., None]) -> None:
     configure(uid_conflict_policy="replace")
     film = rg1_dicom(embedded.root / "film.dcm")
-    first = enqueue_paths([film], send=None)
+    first = enqueue_paths([film], send=None, settings=get_settings())
     ds = pydicom.dcmread(film)
     ds.Modality = "OT"
     resent = embedded.root / "resent.dcm"
     ds.save_as(resent)
 
-    report = enqueue_paths([resent], send=None)
+    report = enqueue_paths([resent], send=None, settings=get_settings())
 
     assert [c.action for c in report.uid_conflicts] == ["kept_first"]
     with session_scope() as session:
@@ -240,7 +240,7 @@ def test_enqueue_records_an_invalid_uid_as_failed_and_never_queues_it(
         setattr(ds, keyword, value)
         ds.save_as(embedded.root / name)
 
-    report = enqueue_paths([embedded.root], send=send_instances)
+    report = enqueue_paths([embedded.root], send=send_instances, settings=get_settings())
 
     assert len(report.queued) == 1
     assert sorted((Path(p).name, code) for p, code, _ in report.refused) == [

@@ -16,7 +16,7 @@ from cxr_orient.errors import ReclassifyError
 from cxr_orient.ingest import enqueue_paths
 from cxr_orient.reclassify import Filters, reclassify
 from cxr_orient.registry import promote, register_checkpoint, rollback
-from cxr_orient.settings import SHIPPED_MODEL
+from cxr_orient.settings import SHIPPED_MODEL, get_settings
 from db import crud
 from db.models import Instance, ModelVersion, Prediction, ReclassifyRun
 from db.session import session_scope
@@ -54,14 +54,14 @@ def _archive(root: Path, n: int, *, study: str = STUDY_A) -> list[int]:
     folder = root / study
     paths = [rg1_dicom(folder / f"{k}.dcm", study_uid=study,
                        view_position="PA" if k % 2 else None) for k in range(n)]
-    report = enqueue_paths(paths, send=None)
+    report = enqueue_paths(paths, send=None, settings=get_settings())
     assert len(report.queued) == n, report.refused
     return sorted(report.queued)
 
 
 def _classified(root: Path, n: int, *, study: str = STUDY_A) -> list[int]:
     ids = _archive(root, n, study=study)
-    outcome = classify_instances(ids)
+    outcome = classify_instances(ids, settings=get_settings())
     assert sorted(outcome.done) == ids and outcome.model_version == SHIPPED_NAME
     return ids
 
@@ -136,7 +136,7 @@ def test_after_a_promotion_reclassify_adds_rows_loses_none_and_doubles_none(
         assert (run.cursor_instance_id, run.sent, run.skipped) == (ids[-1], 5, 0)
         assert run.finished_at is not None
 
-    outcome = classify_instances(broker.sent)
+    outcome = classify_instances(broker.sent, settings=get_settings())
 
     assert sorted(outcome.done) == ids and outcome.model_version == "compact-v1"
     assert set(_instances(ids).values()) == {("done", None, 1)}
@@ -153,7 +153,7 @@ def test_after_a_promotion_reclassify_adds_rows_loses_none_and_doubles_none(
     assert again.run_id != report.run_id and not again.resumed
     assert (again.sent, again.skipped, again.finished) == (0, 5, True)
     assert again_broker.sent == []
-    assert classify_instances(ids).skipped == ids
+    assert classify_instances(ids, settings=get_settings()).skipped == ids
     assert _answers(ids) == after
 
 
@@ -165,7 +165,7 @@ def test_model_names_a_version_that_is_not_active(migrated_db: str, tmp_path: Pa
     report = reclassify(send=broker, model="compact-v1")
     # Work for the active model, in the same batch as the reclassify work.
     fresh = _archive(tmp_path, 1, study=STUDY_B)
-    outcome = classify_instances([*broker.sent, *fresh])
+    outcome = classify_instances([*broker.sent, *fresh], settings=get_settings())
 
     assert report.sent == 3 and sorted(outcome.done) == sorted([*ids, *fresh])
     answers = _answers([*ids, *fresh])
@@ -195,7 +195,7 @@ def test_an_unknown_or_unloadable_version(migrated_db: str, tmp_path: Path) -> N
     broker = Broker()
     reclassify(send=broker, model="gone")
 
-    outcome = classify_instances(broker.sent)
+    outcome = classify_instances(broker.sent, settings=get_settings())
 
     assert outcome.failed == dict.fromkeys(ids, "model_error")
     assert set(_instances(ids).values()) == {("failed", None, 1)}
@@ -214,11 +214,11 @@ def test_an_interrupted_run_resumes_and_sends_only_the_rest(
     assert first.calls == [ids[0:2], ids[2:3]]  # the limit cut the second chunk
     assert (stopped.sent, stopped.cursor, stopped.finished) == (3, ids[2], False)
     # Some of the rest already answered by compact-v1 (e.g. by an earlier run): skipped.
-    classify_instances(first.sent)
+    classify_instances(first.sent, settings=get_settings())
     head_start = Broker()
     reclassify(send=head_start, model="compact-v1", filters=Filters(study_instance_uid=STUDY_A),
                chunk_size=100, limit=1)
-    classify_instances(head_start.sent)
+    classify_instances(head_start.sent, settings=get_settings())
     assert head_start.sent == [ids[3]]
 
     # The same command again goes on with the unfinished run (same filters and model).
@@ -256,8 +256,9 @@ def test_filters_and_failed_instances(migrated_db: str, tmp_path: Path) -> None:
     ds.PixelData = ds.PixelData[: len(ds.PixelData) // 3]
     ds.save_as(short)
     (tmp_path / "notes.txt").write_text("not an image")
-    report = enqueue_paths([short, tmp_path / "notes.txt"], send=None)
-    assert classify_instances(report.queued).failed == dict.fromkeys(report.queued, "truncated")
+    report = enqueue_paths([short, tmp_path / "notes.txt"], send=None, settings=get_settings())
+    outcome = classify_instances(report.queued, settings=get_settings())
+    assert outcome.failed == dict.fromkeys(report.queued, "truncated")
     failed, refused = report.queued[0], report.refused
     assert len(refused) == 1
     _register_other()
@@ -277,7 +278,7 @@ def test_filters_and_failed_instances(migrated_db: str, tmp_path: Path) -> None:
     reclassify(send=with_failed, model="compact-v1", filters=Filters(include_failed=True))
     assert with_failed.sent == [failed]  # never the file refused at ingest
     assert _instances([failed])[failed] == ("queued", _version_id("compact-v1"), 0)
-    assert classify_instances([failed]).failed == {failed: "truncated"}
+    assert classify_instances([failed], settings=get_settings()).failed == {failed: "truncated"}
     with session_scope() as session:
         runs = session.scalars(select(ReclassifyRun).order_by(ReclassifyRun.id)).all()
         assert [(r.study_instance_uid, r.since is not None, r.include_failed) for r in runs] == [

@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from cli.main import main
-from cxr_orient.settings import SHIPPED_MODEL
+from cxr_orient.settings import SHIPPED_MODEL, get_settings
 from tests.utils.corpus import rg1_dicom
 from tests.utils.embedded import Embedded, embedded_setup
 from worker.pipeline import classify_instances
@@ -44,7 +44,7 @@ def test_reclassify_after_a_promotion_from_the_command_line(embedded: Embedded) 
         rg1_dicom(embedded.root / f"{k}.dcm", view_position=None)
     assert cli("enqueue", str(embedded.root)).exit_code == 0
     ids = _sent_ids(embedded)
-    assert sorted(classify_instances(ids).done) == sorted(ids)
+    assert sorted(classify_instances(ids, settings=get_settings()).done) == sorted(ids)
     assert cli("register", str(OTHER), "--reason", "r").exit_code == 0
 
     not_active = cli("reclassify", "--model", "compact-v1", "--limit", "2", "--chunk-size", "1",
@@ -71,7 +71,7 @@ def test_reclassify_after_a_promotion_from_the_command_line(embedded: Embedded) 
     assert "resumed run 1" in rest.stderr
     again = _sent_ids(embedded)
     assert sorted(again) == sorted(ids)
-    classify_instances(again)
+    classify_instances(again, settings=get_settings())
 
     current = json.loads(cli("results", "--format", "json").stdout)
     assert {r["model_version"] for r in current} == {SHIPPED_NAME}  # compact-v1 not active

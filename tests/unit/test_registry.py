@@ -20,7 +20,7 @@ from cxr_orient.registry import (
     register_checkpoint,
     rollback,
 )
-from cxr_orient.settings import SHIPPED_MODEL
+from cxr_orient.settings import SHIPPED_MODEL, get_settings
 from db import crud
 from db.models import ModelEvent, ModelVersion
 from db.session import session_scope
@@ -104,11 +104,11 @@ def test_missing_checkpoint_and_altered_file_are_refused(tmp_path: Path) -> None
 def test_ensure_active_model_bootstraps_an_empty_database() -> None:
     assert _active() == {}
     with session_scope() as session:
-        version = ensure_active_model(session)
+        version = ensure_active_model(session, get_settings().inference)
         assert (version.name, version.is_active, version.state) == (SHIPPED_NAME, True, "active")
         version_id = version.id
     with session_scope() as session:
-        assert ensure_active_model(session).id == version_id
+        assert ensure_active_model(session, get_settings().inference).id == version_id
     assert _active() == {SHIPPED_NAME: True}
     assert [(n, a, who) for n, a, who, _ in _events()] == [
         (SHIPPED_NAME, "register", "system"), (SHIPPED_NAME, "bootstrap", "system")]
@@ -116,7 +116,7 @@ def test_ensure_active_model_bootstraps_an_empty_database() -> None:
 
 def test_promote_and_rollback_swap_is_active_and_record_events(tmp_path: Path) -> None:
     with session_scope() as session:
-        ensure_active_model(session)
+        ensure_active_model(session, get_settings().inference)
         register_checkpoint(session, tiny_checkpoint(tmp_path), actor="tester", reason="new")
 
     promoted = promote("tiny-v1", actor="alice", reason="better on site data")
@@ -139,7 +139,7 @@ def test_promote_and_rollback_swap_is_active_and_record_events(tmp_path: Path) -
 
 def test_promote_refuses_unknown_and_active_versions() -> None:
     with session_scope() as session:
-        ensure_active_model(session)
+        ensure_active_model(session, get_settings().inference)
     with pytest.raises(ModelError, match="no model version named 'nope'"):
         promote("nope", actor="a", reason="r")
     with pytest.raises(ModelError, match="already active"):
@@ -151,7 +151,7 @@ def test_rollback_without_a_previous_version_raises() -> None:
     with pytest.raises(ModelError, match="no previously active"):
         rollback(actor="a", reason="empty database")
     with session_scope() as session:
-        ensure_active_model(session)
+        ensure_active_model(session, get_settings().inference)
     with pytest.raises(ModelError, match="no previously active"):
         rollback(actor="a", reason="only the bootstrap model")
     assert _active() == {SHIPPED_NAME: True}
@@ -163,8 +163,8 @@ def test_load_classifier_by_name_and_by_path(tmp_path: Path) -> None:
     with session_scope() as session:
         register_checkpoint(session, tiny, actor="tester", reason="r")
 
-    by_name = load_classifier("tiny-v1")
-    by_path = load_classifier(str(SHIPPED_MODEL))
+    by_name = load_classifier("tiny-v1", get_settings().inference)
+    by_path = load_classifier(str(SHIPPED_MODEL), get_settings().inference)
 
     assert isinstance(by_name, Classifier) and isinstance(by_path, Classifier)
     assert (by_name.card.name, by_name.input_size) == ("tiny-v1", 32)
@@ -172,23 +172,24 @@ def test_load_classifier_by_name_and_by_path(tmp_path: Path) -> None:
     probs = by_name.predict_proba(np.zeros((2, 32, 32, 3), np.uint8))
     assert probs.shape == (2, 2) and np.allclose(probs.sum(axis=1), 1.0)
     with pytest.raises(ModelError, match=r"neither a \.keras file nor a registered version"):
-        load_classifier("not-registered")
+        load_classifier("not-registered", get_settings().inference)
 
 
 def test_current_model_is_cached_until_the_active_version_changes(tmp_path: Path) -> None:
-    first = current_model()  # bootstraps the empty database
+    first = current_model(get_settings().inference)  # bootstraps the empty database
     assert first.name == SHIPPED_NAME and first.input_size == 256
-    assert current_model() is first
+    assert current_model(get_settings().inference) is first
     with session_scope() as session:
         register_checkpoint(session, tiny_checkpoint(tmp_path), actor="tester", reason="r")
-    assert current_model() is first, "registering alone changes nothing in service"
+    assert current_model(get_settings().inference) is first, (
+        "registering alone changes nothing in service")
 
     promote("tiny-v1", actor="tester", reason="swap")
-    swapped = current_model()
+    swapped = current_model(get_settings().inference)
     assert swapped is not first
     assert (swapped.name, swapped.input_size, swapped.review_threshold) == ("tiny-v1", 32, 0.8)
-    assert current_model() is swapped
+    assert current_model(get_settings().inference) is swapped
 
     rollback(actor="tester", reason="back")
-    back = current_model()
+    back = current_model(get_settings().inference)
     assert back.name == SHIPPED_NAME and back is not first

@@ -88,7 +88,7 @@ def test_finished_unneeded_received_files_go_and_the_rest_stay(
     archive = tmp_path / "archive" / "2026" / "in-place.dcm"
     archive.parent.mkdir(parents=True)
     archive.write_bytes(_dicom_bytes(made, "1.2.3.7"))
-    in_place = enqueue_paths([archive], send=None).queued[0]
+    in_place = enqueue_paths([archive], send=None, settings=get_settings()).queued[0]
     for instance_id in (done, labelled, in_place):
         _answer(instance_id, version_id)
     _answer(review, version_id, needs_review=True)
@@ -140,7 +140,7 @@ def test_a_file_gone_already_is_marked_and_a_resend_brings_it_back(
     # row says so; the next purge deletes it again.
     spooled = write_instance(sent, study_instance_uid=STUDY,
                              sop_instance_uid="1.2.3.20", settings=get_settings())
-    report = enqueue_paths([spooled.path], send=None)
+    report = enqueue_paths([spooled.path], send=None, settings=get_settings())
     assert report.already_known == [instance_id]
     assert _purged_at(instance_id) is None and spooled.path.is_file()
     assert purge_spool(get_settings(), utcnow()).deleted == 1
@@ -170,14 +170,14 @@ def test_work_reaching_a_worker_for_a_purged_file_fails_with_file_purged(
 
     setup = embedded_setup(tmp_path, configure, monkeypatch)
     path = rg1_dicom(setup.root / "spool" / STUDY / "rg1.dcm", study_uid=STUDY)
-    instance_id = enqueue_paths([path], send=None).queued[0]
-    assert classify_instances([instance_id]).done == [instance_id]
+    instance_id = enqueue_paths([path], send=None, settings=get_settings()).queued[0]
+    assert classify_instances([instance_id], settings=get_settings()).done == [instance_id]
     assert purge_spool(get_settings(), utcnow()).deleted == 1
     with session_scope() as session:  # a re-send of the message, as after a redelivery
         row = session.scalar(select(Instance).where(Instance.id == instance_id))
         assert row is not None
         row.status = InstanceStatus.queued
-    outcome = classify_instances([instance_id])
+    outcome = classify_instances([instance_id], settings=get_settings())
     assert outcome.failed == {instance_id: "file_purged"}
     with session_scope() as session:
         row = crud.get_instance(session, instance_id=instance_id)
@@ -196,7 +196,7 @@ def test_a_label_after_the_purge_is_reported_file_purged_by_training(
         crud.add_label(session, instance_id=instance_id, label=OrientationLabel.frontal,
                        source="import", annotator=None)
     with session_scope() as session:
-        labelled = labelled_images_from_db(session)
+        labelled = labelled_images_from_db(session, get_settings().intake)
     assert labelled.images == []
     assert len(labelled.problems) == 1 and ": file_purged: " in labelled.problems[0]
 
@@ -240,7 +240,7 @@ def test_the_file_of_a_uid_conflict_that_no_instance_uses_is_purged(
     configure(uid_conflict_policy=policy, spool_keep_days=1)
     instance_id, first = _receive(tmp_path, "1.2.3.60")
     second = _conflicting(tmp_path, "1.2.3.60")
-    report = enqueue_paths([second], send=None)
+    report = enqueue_paths([second], send=None, settings=get_settings())
     assert len(report.uid_conflicts) == 1, report
     unused, used = (second, first) if policy == "keep_first" else (first, second)
     now = utcnow()
@@ -262,9 +262,9 @@ def test_a_conflict_file_that_became_an_instances_file_is_kept(
     configure(uid_conflict_policy="keep_first")
     _receive(tmp_path, "1.2.3.61")
     second = _conflicting(tmp_path, "1.2.3.61")
-    enqueue_paths([second], send=None)
+    enqueue_paths([second], send=None, settings=get_settings())
     configure(uid_conflict_policy="replace")
-    enqueue_paths([second], send=None)
+    enqueue_paths([second], send=None, settings=get_settings())
     counts = purge_spool(get_settings(), utcnow())
     assert second.is_file(), "the instance's file now"
     assert counts.errors == 0
@@ -276,7 +276,7 @@ def test_the_purge_removes_stale_partial_files_and_leaves_fresh_ones(
     (``.receiving/``), left by a killed process: removed by the periodic purge once
     stale, not only by a listener's restart; a fresh one may be a transfer in progress."""
     settings = get_settings()
-    spool = settings.effective_spool_dir
+    spool = settings.intake.effective_spool_dir
     (spool / "1.2.3").mkdir(parents=True)
     (spool / ".receiving").mkdir()
     stale = [spool / "1.2.3" / ".incoming-a.tmp", spool / ".receiving" / ".receiving-a.tmp"]

@@ -111,7 +111,7 @@ def test_a_decision_leaves_the_queue_and_feeds_the_next_retrain(
         # The retrain's trigger counts them as new, and its data query takes the latest
         # label of each instance: the reviewer's lateral beats the earlier import.
         assert crud.count_labels_after(session, label_id=seen) == 3
-        labelled = labelled_images_from_db(session)
+        labelled = labelled_images_from_db(session, get_settings().intake)
     assert labelled.labels == [LABELS.index("lateral")]
     assert len(labelled.images) == 1 and labelled.images[0].shape == (256, 256)
     assert labelled.not_chest == 1 and labelled.problems == []
@@ -142,7 +142,7 @@ def test_render_is_the_model_input_or_a_placeholder(answers: dict[str, int]) -> 
         from PIL import Image
 
         shown = np.asarray(Image.open(BytesIO(rendered.png)))
-        model_input = load_checked_image(instance.file_path, settings=settings, size=256,
+        model_input = load_checked_image(instance.file_path, intake=settings.intake, size=256,
                                          expected_sha256=instance.file_sha256)
         assert np.array_equal(shown, model_input)
         Path(instance.file_path).write_bytes(b"changed")

@@ -140,7 +140,7 @@ def test_a_study_is_stored_recorded_and_queued(service: Service,
         rows = [crud.find_instance_by_uid(session, sop_instance_uid=u)
                 for u in ("1.2.3.1", "1.2.3.2")]
     assert all(r is not None and r.status == "queued" for r in rows)
-    spool = get_settings().effective_spool_dir / STUDY
+    spool = get_settings().intake.effective_spool_dir / STUDY
     assert sorted(Path(r.file_path).parent for r in rows if r) == [spool, spool]
     assert sorted(m.args[0] for m in service.setup.messages()) == sorted(
         r.id for r in rows if r)
@@ -168,7 +168,7 @@ def test_bad_parts_fail_alone_202(service: Service) -> None:
                                ("1.2.3.12", PROCESSING_FAILURE)]
     with session_scope() as session:
         assert crud.status_counts(session)["queued"] == 1
-    assert not (get_settings().effective_spool_dir / OTHER_STUDY).exists()
+    assert not (get_settings().intake.effective_spool_dir / OTHER_STUDY).exists()
 
 
 def test_no_part_stored_is_409(service: Service) -> None:
@@ -266,7 +266,7 @@ def test_parts_refused_before_spooling_are_recorded_as_failed_rows(
         assert str(row.error_message).startswith(f"STOW-RS part {index} refused")
         # The bytes as received are kept in the spool, where the row says.
         assert Path(row.file_path).read_bytes() == data
-        assert Path(row.file_path).is_relative_to(get_settings().effective_spool_dir)
+        assert Path(row.file_path).is_relative_to(get_settings().intake.effective_spool_dir)
     assert by_hash[hashlib.sha256(wrong_study).hexdigest()].error_code == "wrong_study"
     assert by_hash[hashlib.sha256(truncated).hexdigest()].error_code == "truncated"
     assert "PHI-PATIENT" not in " ".join(str(r.error_message) for r in rows)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections.abc import Callable, Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -46,6 +46,11 @@ class Sent:
         return len(ids)
 
 
+def release(send: Sent, now: datetime) -> int:
+    """Release the studies quiet as of ``now``, with the test's settings."""
+    return release_quiet_studies(send, get_settings().intake, now=now)
+
+
 @pytest.fixture
 def quiet_db(migrated_db: str, configure: Callable[..., None]) -> str:
     configure(study_quiet_s=10)
@@ -70,21 +75,22 @@ def test_received_instances_wait_for_the_quiet_period(quiet_db: str, tmp_path: P
     assert _statuses(held) == ["waiting", "waiting"]
     sent = Sent()
 
-    assert release_quiet_studies(sent, now=utcnow() + timedelta(seconds=5)) == 0
+    assert release(sent, now=utcnow() + timedelta(seconds=5)) == 0
     late = _receive(tmp_path, "c")  # restarts the study's quiet period
-    assert release_quiet_studies(sent, now=utcnow() + timedelta(seconds=9)) == 0
+    assert release(sent, now=utcnow() + timedelta(seconds=9)) == 0
     assert sent.ids == [] and _statuses(held + late) == ["waiting"] * 3
 
-    assert release_quiet_studies(sent, now=utcnow() + timedelta(seconds=11)) == 3
+    assert release(sent, now=utcnow() + timedelta(seconds=11)) == 3
     assert sorted(sent.ids) == sorted(held + late)
     assert _statuses(held + late) == ["queued"] * 3
-    assert release_quiet_studies(sent, now=utcnow() + timedelta(seconds=60)) == 0
+    assert release(sent, now=utcnow() + timedelta(seconds=60)) == 0
     assert len(sent.ids) == 3, "sent once"
 
 
 def test_quiet_zero_and_folders_send_at_once(migrated_db: str, tmp_path: Path,
                                              configure: Callable[..., None]) -> None:
-    folder = enqueue_paths([rg1_dicom(tmp_path / "f.dcm", study_uid=STUDY)], send=Sent())
+    folder = enqueue_paths([rg1_dicom(tmp_path / "f.dcm", study_uid=STUDY)], send=Sent(),
+                           settings=get_settings())
     assert len(folder.queued) == 1 and folder.held == [], "a folder is never held"
     configure(study_quiet_s=0)
     sent = Sent()
@@ -104,7 +110,7 @@ def test_concurrent_callers_send_each_instance_once(quiet_db: str, tmp_path: Pat
     def caller() -> None:
         try:
             start.wait()
-            counts.append(release_quiet_studies(sent, now=later))
+            counts.append(release(sent, now=later))
         except BaseException as exc:  # reported below, not lost in the thread
             errors.append(exc)
 
@@ -123,7 +129,8 @@ def test_the_release_loop_runs_in_a_thread_until_stopped(migrated_db: str, tmp_p
     configure(study_quiet_s=0.5)
     held = _receive(tmp_path, "a")
     sent, stop = Sent(), threading.Event()
-    thread = threading.Thread(target=run_release_loop, args=(sent, stop), daemon=True)
+    thread = threading.Thread(target=run_release_loop, args=(sent, stop, get_settings().intake),
+                              daemon=True)
     thread.start()
     try:
         for _ in range(100):
@@ -157,7 +164,7 @@ def _answer(ids: Sequence[int], label: str, *, agrees: bool | None = True) -> in
 def test_a_study_is_answered_once_complete_and_again_after_a_late_instance(
         quiet_db: str, tmp_path: Path) -> None:
     frontal, lateral = _receive(tmp_path, "frontal", "lateral")
-    release_quiet_studies(Sent(), now=utcnow() + timedelta(seconds=11))
+    release(Sent(), now=utcnow() + timedelta(seconds=11))
 
     assert _answer([frontal], "frontal") == 0, "the lateral is still queued"
     assert _answer([lateral], "lateral", agrees=False) == 1
@@ -171,7 +178,7 @@ def test_a_study_is_answered_once_complete_and_again_after_a_late_instance(
     late = _receive(tmp_path, "late", view="LL")
     with session_scope() as session:
         assert record_study_answers(session, study_ids=[_study_id()]) == 0, "held"
-    release_quiet_studies(Sent(), now=utcnow() + timedelta(seconds=11))
+    release(Sent(), now=utcnow() + timedelta(seconds=11))
     assert _answer(late, "lateral") == 1
 
     with session_scope() as session:
@@ -191,7 +198,7 @@ def _study_id() -> int:
 def test_concurrent_workers_finishing_a_study_write_its_answer_once(
         quiet_db: str, tmp_path: Path) -> None:
     ids = _receive(tmp_path, *(f"i{n}" for n in range(8)))
-    release_quiet_studies(Sent(), now=utcnow() + timedelta(seconds=11))
+    release(Sent(), now=utcnow() + timedelta(seconds=11))
     assert _answer(ids[:1], "frontal") == 0  # registers the model; the rest still queued
     rest = ids[1:]
     start = threading.Barrier(4)
@@ -236,7 +243,7 @@ def test_held_instances_outlive_their_process_and_the_reaper_leaves_them(
     assert "held: 2 instances of 1 studies waiting for CXR_STUDY_QUIET_S=10 s" in status.stdout
 
     sent = Sent()  # a fresh caller, as after the receiving process died
-    assert release_quiet_studies(sent, now=utcnow() + timedelta(seconds=11)) == 2
+    assert release(sent, now=utcnow() + timedelta(seconds=11)) == 2
     assert sorted(sent.ids) == sorted(held)
 
 

@@ -20,7 +20,7 @@ from sqlalchemy.exc import IntegrityError
 import worker.decoding
 from cli.main import main
 from cxr_orient.ingest import enqueue_paths
-from cxr_orient.settings import Settings
+from cxr_orient.settings import Settings, get_settings
 from db import crud
 from db.migrate import downgrade, upgrade
 from db.models import OrientationLabel
@@ -50,7 +50,7 @@ def archive(migrated_db: str, tmp_path: Path) -> Path:
 
 def _first(archive: Path, name: str = "first.dcm") -> tuple[Path, int]:
     path = radiograph_version(archive / name, version=0)
-    report = enqueue_paths([path], send=None)
+    report = enqueue_paths([path], send=None, settings=get_settings())
     assert len(report.queued) == 1, report
     return path, report.queued[0]
 
@@ -69,7 +69,7 @@ def test_identical_resends_are_already_known_under_any_path(archive: Path) -> No
     shutil.copyfile(path, copy)
     sent = Sent()
 
-    again = enqueue_paths([path, copy], send=sent)
+    again = enqueue_paths([path, copy], send=sent, settings=get_settings())
 
     assert again.already_known == [instance_id, instance_id]
     assert again.queued == [] and again.uid_conflicts == [] and sent == []
@@ -82,11 +82,11 @@ def test_identical_resends_are_already_known_under_any_path(archive: Path) -> No
 def test_a_file_refused_first_is_no_conflict(archive: Path) -> None:
     path = archive / "later-fixed.dcm"
     path.write_bytes(b"not yet a DICOM file")
-    refused = enqueue_paths([path], send=None)
+    refused = enqueue_paths([path], send=None, settings=get_settings())
     assert [code for _, code, _ in refused.refused] == ["not_dicom"]
 
     radiograph_version(path, version=0)
-    fixed = enqueue_paths([path], send=None)
+    fixed = enqueue_paths([path], send=None, settings=get_settings())
 
     assert len(fixed.queued) == 1 and fixed.uid_conflicts == [] and fixed.already_known == []
     assert conflict_rows() == []
@@ -101,7 +101,7 @@ def test_keep_first_records_the_conflict_and_queues_nothing(
     changed = radiograph_version(archive / "resent" / "changed.dcm", version=1)
     sent = Sent()
 
-    report = enqueue_paths([changed], send=sent)
+    report = enqueue_paths([changed], send=sent, settings=get_settings())
 
     assert report.queued == [] and report.already_known == [] and sent == []
     assert [(c.instance_id, c.action, c.study_matches, c.first_seen, c.sop_instance_uid)
@@ -122,7 +122,9 @@ def test_keep_first_records_the_conflict_and_queues_nothing(
     with session_scope() as session:
         assert crud.uid_conflict_counts(session) == {"kept_first": 1, "replaced": 0}
 
-    again = enqueue_paths([changed], send=sent)  # the same conflict: reported, not re-recorded
+    # the same conflict: reported, not re-recorded
+    again = enqueue_paths([changed], send=sent,
+                          settings=get_settings())
 
     assert [(c.conflict_id, c.first_seen) for c in again.uid_conflicts] == [(row.id, False)]
     assert len(conflict_rows()) == 1 and sent == []
@@ -150,12 +152,12 @@ def test_enqueue_and_status_report_the_conflict(archive: Path) -> None:
 def test_replace_requeues_the_instance_and_keeps_the_earlier_answer(
         archive: Path, configure: Callable[..., None]) -> None:
     first, instance_id = _first(archive)
-    assert classify_instances([instance_id]).done == [instance_id]
+    assert classify_instances([instance_id], settings=get_settings()).done == [instance_id]
     _policy(configure, "replace")
     corrected = radiograph_version(archive / "corrected.dcm", version=1, view_position="AP")
     sent = Sent()
 
-    report = enqueue_paths([corrected], send=sent)
+    report = enqueue_paths([corrected], send=sent, settings=get_settings())
 
     assert report.queued == [] and sent == [instance_id]
     assert [(c.instance_id, c.action) for c in report.uid_conflicts] == [
@@ -170,7 +172,7 @@ def test_replace_requeues_the_instance_and_keeps_the_earlier_answer(
     assert conflict.known_file_sha256 == sha256_of(first)
     assert len(prediction_rows(instance_id)) == 1  # history is kept
 
-    outcome = classify_instances([instance_id])
+    outcome = classify_instances([instance_id], settings=get_settings())
 
     assert outcome.done == [instance_id]
     answers = prediction_rows(instance_id)
@@ -181,7 +183,8 @@ def test_replace_requeues_the_instance_and_keeps_the_earlier_answer(
         assert crud.uid_conflict_counts(session) == {"kept_first": 0, "replaced": 1}
     assert (latest.status, latest.file_path, latest.header_view) == (
         "done", str(corrected), "AP")
-    assert classify_instances([instance_id]).skipped == [instance_id]  # answered once
+    # answered once
+    assert classify_instances([instance_id], settings=get_settings()).skipped == [instance_id]
     assert len(prediction_rows(instance_id)) == 2
 
 
@@ -191,13 +194,14 @@ def test_replace_revives_a_failed_instance(
     ds = pydicom.dcmread(broken)
     ds.PixelData = ds.PixelData[: len(ds.PixelData) // 3]  # the header is intact
     ds.save_as(broken)
-    (instance_id,) = enqueue_paths([broken], send=None).queued
-    assert classify_instances([instance_id]).failed == {instance_id: "truncated"}
+    (instance_id,) = enqueue_paths([broken], send=None, settings=get_settings()).queued
+    outcome = classify_instances([instance_id], settings=get_settings())
+    assert outcome.failed == {instance_id: "truncated"}
     _policy(configure, "replace")
 
     resent = radiograph_version(archive / "resent.dcm", version=0)
-    enqueue_paths([resent], send=None)
-    outcome = classify_instances([instance_id])
+    enqueue_paths([resent], send=None, settings=get_settings())
+    outcome = classify_instances([instance_id], settings=get_settings())
 
     assert outcome.done == [instance_id]
     row = instance_row(instance_id)
@@ -222,12 +226,12 @@ def test_replace_while_processing_records_nothing_stale_and_requeues(
     def replace_then_read(file_path: str, **kwargs: Any) -> Any:
         if not sent:  # in the decode thread, after the claim: the new file arrives
             radiograph_version(new_path, version=1)
-            enqueue_paths([new_path], send=sent)
+            enqueue_paths([new_path], send=sent, settings=get_settings())
         return real_read(file_path, **kwargs)
 
     monkeypatch.setattr(worker.decoding, "load_checked_image", replace_then_read)
 
-    outcome = classify_instances([instance_id])
+    outcome = classify_instances([instance_id], settings=get_settings())
 
     assert sent == [instance_id]
     assert outcome.done == [] and outcome.failed == {} and outcome.skipped == [instance_id]
@@ -239,7 +243,7 @@ def test_replace_while_processing_records_nothing_stale_and_requeues(
     assert (conflict.known_status, conflict.action) == ("processing", "replaced")
 
     monkeypatch.setattr(worker.decoding, "load_checked_image", real_read)
-    assert classify_instances([instance_id]).done == [instance_id]
+    assert classify_instances([instance_id], settings=get_settings()).done == [instance_id]
     assert [p.file_sha256 for p in prediction_rows(instance_id)] == [sha256_of(new_path)]
     assert instance_row(instance_id).status == "done"
 
@@ -251,7 +255,7 @@ def test_a_clash_across_studies_is_recorded_and_never_moves_the_instance(
     clash = radiograph_version(archive / "other-study.dcm", version=1, study_uid=OTHER_STUDY)
     sent = Sent()
 
-    report = enqueue_paths([clash], send=sent)
+    report = enqueue_paths([clash], send=sent, settings=get_settings())
 
     assert sent == [] and report.queued == []
     assert [(c.action, c.study_matches) for c in report.uid_conflicts] == [
@@ -308,9 +312,9 @@ def test_answers_and_failures_on_replaced_bytes_are_not_recorded(archive: Path) 
 
 def test_the_policy_setting_is_validated(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("CXR_UID_CONFLICT_POLICY", raising=False)
-    assert Settings(_env_file=None).uid_conflict_policy == "keep_first"
+    assert Settings(_env_file=None).intake.uid_conflict_policy == "keep_first"
     monkeypatch.setenv("CXR_UID_CONFLICT_POLICY", "replace")
-    assert Settings(_env_file=None).uid_conflict_policy == "replace"
+    assert Settings(_env_file=None).intake.uid_conflict_policy == "replace"
     monkeypatch.setenv("CXR_UID_CONFLICT_POLICY", "keep_last")
     with pytest.raises(ValidationError, match="uid_conflict_policy"):
         Settings(_env_file=None)
