@@ -10,18 +10,14 @@ plain functions over plain values, tested without a database, a broker or a mode
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field, replace
 
+from cxr_orient.answer import Answer
 from cxr_orient.dicomnet.retention import purged_error
 from cxr_orient.errors import CxrError, InterruptedProcessingError, UnusualImageError
 from cxr_orient.imaging import view_to_label
 from db.crud import ClaimedInstance, PredictionRecord
-from db.models import OrientationLabel
 from worker.decoding import DecodeResult
-
-if TYPE_CHECKING:
-    from cxr_orient.modelstore import Prediction
 
 __all__ = ["BatchOutcome", "Decided", "Failure", "Refusal", "Written", "by_version",
            "decide", "refused_at_claim", "settle"]
@@ -120,7 +116,7 @@ def by_version(work: Sequence[ClaimedInstance],
 
 
 def decide(work: Sequence[ClaimedInstance], decoded: Sequence[DecodeResult],
-           predictions: Sequence[Prediction], *, refusal: Refusal,
+           predictions: Sequence[Answer], *, refusal: Refusal,
            inference_ms: float) -> Decided:
     """The records and failures of a batch: ``decoded`` holds each work item's decode
     (in the order of ``work``), ``predictions`` the model's answers on the images that
@@ -141,20 +137,12 @@ def decide(work: Sequence[ClaimedInstance], decoded: Sequence[DecodeResult],
         claimed = view_to_label(w.header_view)
         records.append(PredictionRecord(
             instance_id=w.instance_id,
-            label=OrientationLabel(answer.label),
-            confidence=answer.confidence,
-            p_frontal=answer.p_frontal,
-            p_lateral=answer.p_lateral,
-            header_agrees=None if claimed is None else claimed == answer.label,
-            needs_review=answer.needs_review,
-            review_reason=",".join(answer.review_reasons) or None,
-            rotation=answer.rotation,
-            mirrored=answer.mirrored,
-            unusual_score=answer.unusual_score,
+            answer=replace(answer, header_agrees=None if claimed is None
+                           else claimed == answer.label),
+            file_sha256=w.file_sha256,
             decode_ms=round(decode_ms, 3),
             inference_ms=round(inference_ms, 3),
             batch_size=len(ready),
-            file_sha256=w.file_sha256,
         ))
     return Decided(records, failures)
 

@@ -21,6 +21,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from cxr_orient import metrics
+from cxr_orient.answer import Answer
 from cxr_orient.dicomnet.sr import new_sr_uid
 from cxr_orient.errors import ModelError, TaskTimeoutError
 from cxr_orient.settings import DB_RETRY_MAX_WAIT_S, Settings, get_settings
@@ -46,7 +47,6 @@ from worker.readiness import mark_ready
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
-    from cxr_orient.modelstore import Prediction
     from cxr_orient.registry import LoadedModel
 
 logger = logging.getLogger(__name__)
@@ -304,7 +304,7 @@ def _predict_and_record(work: list[ClaimedInstance], model: LoadedModel, setting
                        "re-queued", ids)
         return BatchOutcome(lost=ids)
     images = [img for img, _, _ in decoded if img is not None]
-    predictions: list[Prediction] = []
+    predictions: list[Answer] = []
     inference_ms = 0.0
     if images:
         start = time.perf_counter()
@@ -318,7 +318,7 @@ def _predict_and_record(work: list[ClaimedInstance], model: LoadedModel, setting
     decided = decide(work, decoded, predictions, refusal=refusal, inference_ms=inference_ms)
     outcome = _record(work, model.version_id, decided, token, settings)
     done = set(outcome.done)
-    counters.count_done(r.label.value for r in decided.records if r.instance_id in done)
+    counters.count_done(r.answer.label for r in decided.records if r.instance_id in done)
     return outcome
 
 

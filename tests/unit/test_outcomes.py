@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime
 
 import numpy as np
 
+from cxr_orient.answer import Answer
 from cxr_orient.errors import DecodeError, TruncatedFileError
-from cxr_orient.modelstore import Prediction
 from db.crud import ClaimedInstance
 from worker.outcomes import (
     Decided,
@@ -34,12 +35,13 @@ def _claimed(instance_id: int, *, view: str | None = "PA", attempts: int = 1,
 
 
 def _answer(label: str = "frontal", *, unusual: bool = False,
-            reasons: tuple[str, ...] = ()) -> Prediction:
+            reasons: tuple[str, ...] = ()) -> Answer:
     p_frontal = 0.95 if label == "frontal" else 0.05
-    return Prediction(label=label, confidence=0.95, p_frontal=p_frontal,
-                      p_lateral=1 - p_frontal, needs_review=bool(reasons), rotation=0,
-                      mirrored=False, unusual_score=0.9 if unusual else 0.1,
-                      unusual=unusual, review_reasons=reasons)
+    if unusual:
+        reasons = (*reasons, "unusual_image")
+    return Answer(label=label, confidence=0.95, p_frontal=p_frontal, p_lateral=1 - p_frontal,
+                  needs_review=bool(reasons), rotation=0, mirrored=False,
+                  unusual_score=0.9 if unusual else 0.1, review_reasons=reasons)
 
 
 def test_a_claimed_row_past_its_attempts_or_purged_fails_at_once_the_rest_is_work() -> None:
@@ -66,18 +68,20 @@ def test_each_bad_image_fails_alone_and_the_others_are_recorded_with_the_header(
     bad = TruncatedFileError("cut short")
     decoded = [(IMAGE, None, 2.00049), (None, bad, 1.0), (IMAGE, None, 3.0), (IMAGE, None, 4.0)]
     predictions = [_answer("frontal"), _answer("frontal", reasons=("low_confidence",)),
-                   _answer("lateral", reasons=("low_confidence", "unusual_image"))]
+                   _answer("lateral", reasons=("low_confidence",), unusual=True)]
 
     decided = decide(work, decoded, predictions, refusal=KEEP, inference_ms=10.12345)
 
     assert decided.failures == [Failure(2, work[1].file_sha256, bad)]
     records = {r.instance_id: r for r in decided.records}
     assert sorted(records) == [1, 3, 4]
-    assert records[1].header_agrees is True
-    assert records[3].header_agrees is False  # the header says lateral, the model frontal
-    assert records[4].header_agrees is None  # no ViewPosition: nothing to agree with
-    assert records[4].review_reason == "low_confidence,unusual_image"
-    assert records[1].review_reason is None
+    assert records[1].answer.header_agrees is True
+    assert records[3].answer.header_agrees is False  # the header says lateral, the model frontal
+    assert records[4].answer.header_agrees is None  # no ViewPosition: nothing to agree with
+    assert records[4].answer.review_reason == "low_confidence,unusual_image"
+    assert records[4].answer.unusual and not records[1].answer.unusual
+    assert records[1].answer.review_reason is None
+    assert records[1].answer == replace(predictions[0], header_agrees=True)
     assert records[1].decode_ms == 2.0 and records[1].inference_ms == 10.123
     assert {r.batch_size for r in decided.records} == {3}  # the images that decoded
     assert {r.file_sha256 for r in decided.records} == {w.file_sha256 for w in work} - {
@@ -87,7 +91,7 @@ def test_each_bad_image_fails_alone_and_the_others_are_recorded_with_the_header(
 def test_an_unusual_image_is_refused_only_under_the_refuse_policy() -> None:
     work = [_claimed(1), _claimed(2)]
     decoded = [(IMAGE, None, 1.0), (IMAGE, None, 1.0)]
-    predictions = [_answer(), _answer(unusual=True, reasons=("unusual_image",))]
+    predictions = [_answer(), _answer(unusual=True)]
 
     kept = decide(work, decoded, predictions, refusal=KEEP, inference_ms=1.0)
     assert [r.instance_id for r in kept.records] == [1, 2] and kept.failures == []
