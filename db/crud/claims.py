@@ -96,7 +96,10 @@ def claim_instances(
                    Instance.file_purged_at, Instance.target_model_version_id)
         .execution_options(synchronize_session=False)
     ).all()
-    by_id = {row[0]: ClaimedInstance(*row) for row in rows}
+    by_id = {i: ClaimedInstance(instance_id=i, file_path=path, file_sha256=sha,
+                                header_view=view, attempts=attempts, file_purged_at=purged,
+                                target_version_id=target)
+             for i, path, sha, view, attempts, purged, target in rows}
     skipped = [i for i in ids if i not in by_id]
     unknown: list[int] = []
     if skipped:
