@@ -34,7 +34,7 @@ from pydicom.dataset import Dataset
 
 from cxr_orient.dicomnet.addresses import parse_result_destination
 from cxr_orient.dicomnet.destinations import Sender, sender_for
-from cxr_orient.dicomnet.sr import ReportedAnswer, build_sr, reasons_of
+from cxr_orient.dicomnet.sr import build_sr
 from cxr_orient.errors import CxrError, DeliveryError
 from cxr_orient.imaging.reading import inflated_size_limit, read_dataset
 from cxr_orient.intake import read_checked
@@ -70,13 +70,9 @@ def report_for(work: crud.OutboxWork, intake: IntakeSettings) -> Dataset:
                            intake=intake)
     source = read_dataset(checked.real, stop_before_pixels=True, data=checked.data,
                           inflate_limit=inflated_size_limit(intake.max_pixels))
-    answer = ReportedAnswer(
-        label=work.label, confidence=work.confidence, needs_review=work.needs_review,
-        review_reasons=tuple(reasons_of(work.review_reason)),
-        header_agrees=work.header_agrees, rotation=work.rotation, mirrored=work.mirrored,
-        unusual_score=work.unusual_score, model_name=work.model_name,
-        model_architecture=work.model_architecture, answered_at=work.answered_at)
-    return build_sr(source, answer, sop_instance_uid=work.sr_sop_instance_uid,
+    return build_sr(source, work.answer, model_name=work.model_name,
+                    model_architecture=work.model_architecture,
+                    answered_at=work.answered_at, sop_instance_uid=work.sr_sop_instance_uid,
                     instance_number=work.prediction_id)
 
 

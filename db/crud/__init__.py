@@ -36,8 +36,11 @@ from db.crud.audit import (
     study_history,
 )
 from db.crud.claims import (
+    Claim,
+    ClaimedInstance,
     TimedOut,
     claim_for_processing,
+    claim_instances,
     count_unfinished,
     held_instance_ids,
     interrupted_instance_ids,
@@ -185,6 +188,8 @@ __all__ = [
     "REVIEW_FILTERS",
     "AnswerHistory",
     "ChangedAnswer",
+    "Claim",
+    "ClaimedInstance",
     "DailyRates",
     "DestinationState",
     "Instance",
@@ -216,6 +221,7 @@ __all__ = [
     "changed_between",
     "claim_due_outbox",
     "claim_for_processing",
+    "claim_instances",
     "count_labels_after",
     "count_login_failures",
     "count_targeted",

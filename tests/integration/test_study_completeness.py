@@ -138,7 +138,7 @@ def _held_released_answered(pg_url: str, redis_url: str, tmp_path: Path,
         refused = {Path(r.file_path).name: r for r in crud.results(session)
                    if r.status == "out_of_scope"}
     assert sorted(refused) == ["ct.dcm", "mr.dcm"]
-    assert all(r.label is None and r.error and "modality" in r.error
+    assert all(r.answer is None and r.error and "modality" in r.error
                for r in refused.values())
     # Each refused file's own study is complete at once: answered with nothing classified.
     ct_study = rows[refused["ct.dcm"].study_instance_uid or ""]

@@ -22,7 +22,8 @@ PACKAGES = ("cxr_orient", "db", "worker", "training", "recipes", "bench", "servi
 ENTRY_POINTS = {"cli"}
 #: What each layer may import (besides itself).
 ALLOWED = {
-    "db": {"cxr_orient.settings", "cxr_orient.errors"},
+    # ``cxr_orient.answer`` is a leaf (the standard library only): the one answer type.
+    "db": {"cxr_orient.settings", "cxr_orient.errors", "cxr_orient.answer"},
     "cxr_orient": {"cxr_orient", "db"},
     "training": {"cxr_orient", "db"},
     # How each shipped checkpoint was made (one recipe per model or study, and what

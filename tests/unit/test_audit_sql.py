@@ -17,7 +17,7 @@ from cxr_orient.studies import record_study_answers
 from db import crud
 from db.models import Instance, InstanceStatus, OrientationLabel, UidConflictAction
 from db.session import make_engine, session_scope
-from tests.utils.factories import register_version
+from tests.utils.factories import prediction_record, register_version
 
 AUDITING_MD = Path(__file__).resolve().parents[2] / "docs" / "auditing.md"
 QUERY_BLOCK = re.compile(
@@ -54,7 +54,7 @@ def _prediction(
     unusual: float | None = None,
 ) -> crud.PredictionRecord:
     p_lateral = confidence if label == "lateral" else 1 - confidence
-    return crud.PredictionRecord(
+    return prediction_record(
         instance_id=instance_id,
         label=OrientationLabel(label),
         confidence=confidence,

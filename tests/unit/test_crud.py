@@ -10,7 +10,7 @@ from db import crud
 from db.crud.common import UID_CHUNK, chunked
 from db.models import InstanceStatus, OrientationLabel, utcnow
 from db.session import session_scope
-from tests.utils.factories import register_version
+from tests.utils.factories import prediction_record, register_version
 
 
 def _add(session, uid: str, study: str = "1.2.3", view: str | None = "PA"):
@@ -137,7 +137,7 @@ def test_a_lapsed_claim_records_nothing_its_successor_records_once(migrated_db: 
 def _record(
     instance_id: int, label: OrientationLabel = OrientationLabel.lateral
 ) -> crud.PredictionRecord:
-    return crud.PredictionRecord(
+    return prediction_record(
         instance_id=instance_id,
         label=label,
         confidence=0.97,
@@ -184,7 +184,8 @@ def test_predictions_are_added_once_per_model_version(migrated_db: str) -> None:
         rows = crud.results(session)
     assert len(rows) == 1
     assert rows[0].status == InstanceStatus.done.value
-    assert rows[0].model_version == "m2" and rows[0].label == "frontal"
+    assert rows[0].model_version == "m2"
+    assert rows[0].answer is not None and rows[0].answer.label == "frontal"
 
 
 def test_failed_rows_keep_their_reason_and_done_is_final(migrated_db: str) -> None:

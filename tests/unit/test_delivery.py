@@ -24,7 +24,7 @@ from db import crud
 from db.models import OrientationLabel, OutboxMessage, OutboxStatus
 from db.session import session_scope
 from tests.utils.env import migrate_from_template
-from tests.utils.factories import register_version
+from tests.utils.factories import prediction_record, register_version
 
 SAMPLES = Path(__file__).resolve().parents[2] / "cxr_orient" / "samples" / "study1"
 
@@ -46,7 +46,7 @@ def _answered(archive: Path, destination: str) -> list[int]:
         model_id = model.id
         instances = [crud.find_instance_by_uid(session, sop_instance_uid=str(r.sop_instance_uid))
                      for r in crud.results(session)]
-        records = [crud.PredictionRecord(
+        records = [prediction_record(
             instance_id=i.id, label=OrientationLabel.frontal, confidence=0.9, p_frontal=0.9,
             p_lateral=0.1, header_agrees=None, needs_review=False, decode_ms=None,
             inference_ms=None, batch_size=None) for i in instances if i is not None]
@@ -178,14 +178,16 @@ def test_an_answer_on_a_replaced_file_is_reported_from_that_file(
 
 
 def _sr_for(tmp_path: Path) -> Dataset:
-    from cxr_orient.dicomnet.sr import ReportedAnswer, build_sr
+    from cxr_orient.answer import Answer
+    from cxr_orient.dicomnet.sr import build_sr
 
     source = pydicom.dcmread(SAMPLES / "frontal.dcm", stop_before_pixels=True)
-    answer = ReportedAnswer(
-        label="frontal", confidence=0.9, needs_review=False, review_reasons=(),
-        header_agrees=True, rotation=0, mirrored=False, unusual_score=1.0, model_name="m",
-        model_architecture="a", answered_at=datetime(2026, 12, 6, tzinfo=UTC))
-    return build_sr(source, answer, sop_instance_uid=generate_uid(), instance_number=1)
+    answer = Answer(label="frontal", confidence=0.9, p_frontal=0.9, p_lateral=0.1,
+                    needs_review=False, header_agrees=True, rotation=0, mirrored=False,
+                    unusual_score=1.0)
+    return build_sr(source, answer, model_name="m", model_architecture="a",
+                    answered_at=datetime(2026, 12, 6, tzinfo=UTC),
+                    sop_instance_uid=generate_uid(), instance_number=1)
 
 
 def _cause(destination: str, sr: Dataset, timeout_s: float = 2) -> str:

@@ -13,7 +13,8 @@ import pydicom
 import pytest
 from pydicom.uid import generate_uid
 
-from cxr_orient.dicomnet.sr import ReportedAnswer, build_sr
+from cxr_orient.answer import Answer
+from cxr_orient.dicomnet.sr import build_sr
 from cxr_orient.logs import PHI_LOGGERS, cap_third_party_loggers
 from tests.utils.dicom_factory import make_dicom
 
@@ -36,13 +37,13 @@ def _build(tmp_path: Path) -> tuple[str, str]:
     path = make_dicom(tmp_path / "src.dcm", np.full((64, 64), 500, np.uint16),
                       view_position="PA", patient_id="PAT-7")
     source = pydicom.dcmread(path, stop_before_pixels=True)
-    answer = ReportedAnswer(
-        label="frontal", confidence=0.97, needs_review=False, review_reasons=(),
-        header_agrees=True, rotation=0, mirrored=False, unusual_score=1.0,
-        model_name="m", model_architecture="a",
-        answered_at=datetime(2026, 12, 3, 8, 15, 30, tzinfo=UTC))
+    answer = Answer(label="frontal", confidence=0.97, p_frontal=0.97, p_lateral=0.03,
+                    needs_review=False, header_agrees=True, rotation=0, mirrored=False,
+                    unusual_score=1.0)
     sr_uid = generate_uid()
-    build_sr(source, answer, sop_instance_uid=sr_uid, instance_number=1)
+    build_sr(source, answer, model_name="m", model_architecture="a",
+             answered_at=datetime(2026, 12, 3, 8, 15, 30, tzinfo=UTC),
+             sop_instance_uid=sr_uid, instance_number=1)
     return str(source.SOPInstanceUID), str(source.StudyInstanceUID)
 
 

@@ -26,7 +26,7 @@ from db.models import InstanceStatus, OrientationLabel
 from db.session import session_scope
 from service import create_app
 from tests.utils.embedded import embedded_setup
-from tests.utils.factories import register_version
+from tests.utils.factories import prediction_record, register_version
 from tests.utils.services import parse_samples as samples
 
 REPO = Path(__file__).resolve().parents[2]
@@ -46,7 +46,7 @@ def _add(session, uid: str):
 
 
 def _answer(instance_id: int, *, needs_review: bool) -> crud.PredictionRecord:
-    return crud.PredictionRecord(
+    return prediction_record(
         instance_id=instance_id, label=OrientationLabel.frontal, confidence=0.6,
         p_frontal=0.6, p_lateral=0.4, header_agrees=True, needs_review=needs_review,
         decode_ms=1.0, inference_ms=1.0, batch_size=1)

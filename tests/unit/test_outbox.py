@@ -20,7 +20,7 @@ from cxr_orient.settings import Settings
 from db import crud
 from db.models import OrientationLabel, OutboxStatus, utcnow
 from db.session import session_scope
-from tests.utils.factories import register_version
+from tests.utils.factories import prediction_record, register_version
 
 DEST_A = "dicom://PACS@127.0.0.1:4242"
 DEST_B = "dicomweb+http://127.0.0.1:8042/dicom-web"
@@ -36,7 +36,7 @@ def _instance(session: Session, uid: str) -> int:
 
 
 def _record(instance_id: int, needs_review: bool = False) -> crud.PredictionRecord:
-    return crud.PredictionRecord(
+    return prediction_record(
         instance_id=instance_id, label=OrientationLabel.frontal, confidence=0.6 if
         needs_review else 0.99, p_frontal=0.99, p_lateral=0.01, header_agrees=True,
         needs_review=needs_review, decode_ms=1.0, inference_ms=1.0, batch_size=2,

@@ -11,6 +11,7 @@ import pydicom
 import pytest
 from sqlalchemy import func, select
 
+from cxr_orient.answer import Answer
 from cxr_orient.ingest import enqueue_paths
 from cxr_orient.registry import current_model
 from cxr_orient.settings import SHIPPED_MODEL, get_settings
@@ -45,6 +46,11 @@ def _results(ids: Sequence[int]) -> dict[str, crud.ResultRow]:
         return {Path(r.file_path).name: r for r in crud.results(session, instance_ids=ids)}
 
 
+def _answer(row: crud.ResultRow) -> Answer:
+    assert row.answer is not None, row
+    return row.answer
+
+
 def _prediction_count(instance_id: int) -> int:
     with session_scope() as session:
         return int(session.scalar(select(func.count()).select_from(Prediction)
@@ -67,15 +73,16 @@ def test_answers_are_recorded_with_model_version_and_header_agreement(
     rows = _results(list(ids.values()))
     for row in rows.values():
         assert row.status == "done"
-        assert row.label == "frontal", row  # RG1 is a chest PA
+        answer = _answer(row)
+        assert answer.label == "frontal", row  # RG1 is a chest PA
         assert row.model_version == SHIPPED_NAME
-        assert row.confidence is not None and 0.5 <= row.confidence <= 1.0
-        assert row.p_lateral is not None and abs(1 - row.confidence - row.p_lateral) < 1e-9
-        assert row.needs_review is (row.confidence < threshold)
+        assert 0.5 <= answer.confidence <= 1.0
+        assert abs(1 - answer.confidence - answer.p_lateral) < 1e-9
+        assert answer.needs_review is (answer.confidence < threshold)
         assert row.error is None
     assert {name: row.header_view for name, row in rows.items()} == {
         "pa.dcm": "PA", "ll.dcm": "LL", "none.dcm": None}
-    assert {name: row.header_agrees for name, row in rows.items()} == {
+    assert {name: _answer(row).header_agrees for name, row in rows.items()} == {
         "pa.dcm": True, "ll.dcm": False, "none.dcm": None}
     with session_scope() as session:
         active = crud.active_model_version(session)
@@ -97,9 +104,9 @@ def test_lateral_films_and_a_lying_header(embedded: Embedded) -> None:
 
     assert sorted(outcome.done) == sorted(ids.values())
     rows = _results(list(ids.values()))
-    assert {n: r.label for n, r in rows.items()} == {
+    assert {n: _answer(r).label for n, r in rows.items()} == {
         "lat-ll.dcm": "lateral", "lat-pa.dcm": "lateral", "front-pa.dcm": "frontal"}
-    assert {n: r.header_agrees for n, r in rows.items()} == {
+    assert {n: _answer(r).header_agrees for n, r in rows.items()} == {
         "lat-ll.dcm": True, "lat-pa.dcm": False, "front-pa.dcm": True}
 
 
@@ -118,7 +125,7 @@ def test_a_bad_file_fails_alone(embedded: Embedded) -> None:
     assert sorted(outcome.done) == sorted([ids["good.dcm"], ids["mate.dcm"]])
     rows = _results(list(ids.values()))
     assert rows["short.dcm"].status == "failed"
-    assert rows["short.dcm"].label is None
+    assert rows["short.dcm"].answer is None
     assert str(rows["short.dcm"].error).startswith("truncated:")
     assert "short.dcm" in str(rows["short.dcm"].error)
     assert {rows["good.dcm"].status, rows["mate.dcm"].status} == {"done"}
@@ -165,5 +172,5 @@ def test_review_threshold_setting_overrides_the_versions(
         active = crud.active_model_version(session)
         assert active is not None and active.review_threshold == 0.9  # the record unchanged
     row = _results(list(ids.values()))["pa.dcm"]
-    assert row.confidence is not None and row.confidence < 0.999
-    assert row.needs_review is True
+    assert _answer(row).confidence < 0.999
+    assert _answer(row).needs_review is True

@@ -146,7 +146,7 @@ def test_ct_and_mr_are_recorded_out_of_scope_and_never_queued(embedded: Embedded
     assert rows["ct.dcm"].status == rows["mr.dcm"].status == "out_of_scope"
     assert rows["ct.dcm"].error == ("out_of_scope: modality: Modality 'CT' is not one of CR, "
                                     "DX (CXR_ACCEPT_MODALITIES)")
-    assert rows["ct.dcm"].label is None and rows["chest.dcm"].status == "queued"
+    assert rows["ct.dcm"].answer is None and rows["chest.dcm"].status == "queued"
     assert counts["out_of_scope"] == 2 and counts["failed"] == 0, "not a failure"
     assert str(chest) == rows["chest.dcm"].file_path
 

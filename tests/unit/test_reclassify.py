@@ -21,7 +21,7 @@ from db import crud
 from db.models import Instance, ModelVersion, Prediction, ReclassifyRun
 from db.session import session_scope
 from tests.utils.corpus import rg1_dicom
-from tests.utils.factories import register_version
+from tests.utils.factories import prediction_record, register_version
 from worker.pipeline import classify_instances
 
 SHIPPED_NAME = SHIPPED_MODEL.stem
@@ -294,7 +294,7 @@ def test_changed_between_lists_changed_labels_with_both_confidences(
         v2 = register_version(session, "v2")
         for version, labels in ((v1, "FFL"), (v2, "FLL")):
             crud.record_predictions(session, model_version_id=version.id, worker="t", records=[
-                crud.PredictionRecord(instance_id=i, label=crud.OrientationLabel(
+                prediction_record(instance_id=i, label=crud.OrientationLabel(
                     "frontal" if c == "F" else "lateral"), confidence=0.9 if c == "F" else 0.8,
                     p_frontal=0.5, p_lateral=0.5, header_agrees=None, needs_review=False,
                     decode_ms=None, inference_ms=None, batch_size=None)

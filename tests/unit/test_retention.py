@@ -31,7 +31,7 @@ from db.session import session_scope
 from tests.utils.corpus import rg1_dicom
 from tests.utils.dicom_factory import make_dicom
 from tests.utils.embedded import embedded_setup
-from tests.utils.factories import register_version
+from tests.utils.factories import prediction_record, register_version
 
 STUDY = "1.2.826.0.1.3680043.8.498.77"
 
@@ -55,7 +55,7 @@ def _answer(instance_id: int, version_id: int, *, needs_review: bool = False) ->
     with session_scope() as session:
         assert crud.claim_for_processing(session, instance_id=instance_id, lease_s=20)
         crud.record_predictions(session, model_version_id=version_id, worker="test", records=[
-            crud.PredictionRecord(instance_id=instance_id, label=OrientationLabel.frontal,
+            prediction_record(instance_id=instance_id, label=OrientationLabel.frontal,
                                   confidence=0.7 if needs_review else 0.99, p_frontal=0.99,
                                   p_lateral=0.01, header_agrees=True,
                                   needs_review=needs_review, decode_ms=None,

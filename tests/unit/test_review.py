@@ -72,15 +72,14 @@ def test_a_newer_model_answer_replaces_the_flagged_one(answers: dict[str, int],
                                                        tmp_path: Path) -> None:
     """The queue shows current answers only: once a newly promoted version answers the
     instance confidently, it no longer awaits review."""
-    from db.crud import PredictionRecord
-    from tests.utils.factories import register_version
+    from tests.utils.factories import prediction_record, register_version
 
     with session_scope() as session:
         second = register_version(session, "m2")
         crud.activate_model_version(session, version=second, actor="t", reason="t")
         crud.mark_queued(session, instance_ids=[answers["low"]], lease_s=0)
         crud.record_predictions(session, model_version_id=second.id, worker="t", records=[
-            PredictionRecord(instance_id=answers["low"], label=OrientationLabel.frontal,
+            prediction_record(instance_id=answers["low"], label=OrientationLabel.frontal,
                              confidence=0.99, p_frontal=0.99, p_lateral=0.01,
                              header_agrees=True, needs_review=False, decode_ms=None,
                              inference_ms=None, batch_size=None)])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pydicom
@@ -11,6 +12,7 @@ import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
+from cxr_orient.answer import Answer
 from cxr_orient.dicomnet.sr import (
     AP,
     FRONTAL,
@@ -18,7 +20,6 @@ from cxr_orient.dicomnet.sr import (
     LEFT_LATERAL,
     LOCAL_SCHEME,
     PA,
-    ReportedAnswer,
     build_sr,
     sr_series_uid,
     view_code,
@@ -29,16 +30,22 @@ from tests.utils.dicom_factory import make_dicom
 COMPREHENSIVE_SR = "1.2.840.10008.5.1.4.1.1.88.33"
 
 
-def _answer(label: str, **overrides: object) -> ReportedAnswer:
-    values: dict[str, object] = {
+#: The model version that made the answers, and when.
+MADE_BY: dict[str, Any] = {
+    "model_name": "compact-invariant-64-v2", "model_architecture": "compact_invariant_64_heads",
+    "answered_at": datetime(2026, 12, 3, 8, 15, 30, tzinfo=UTC)}
+
+
+def _answer(label: str, **overrides: Any) -> Answer:
+    values: dict[str, Any] = {
         "label": label, "confidence": 0.97, "needs_review": False, "review_reasons": (),
+        "p_frontal": 0.97 if label == "frontal" else 0.03,
+        "p_lateral": 0.03 if label == "frontal" else 0.97,
         "header_agrees": True, "rotation": 0, "mirrored": False if label == "frontal" else None,
-        "unusual_score": 1.02, "model_name": "compact-invariant-64-v2",
-        "model_architecture": "compact_invariant_64_heads",
-        "answered_at": datetime(2026, 12, 3, 8, 15, 30, tzinfo=UTC),
+        "unusual_score": 1.02,
     }
     values.update(overrides)
-    return ReportedAnswer(**values)  # type: ignore[arg-type]
+    return Answer(**values)
 
 
 def _source(tmp_path: Path, view: str | None) -> Dataset:
@@ -92,7 +99,7 @@ def test_sr_references_its_source_in_the_source_study(tmp_path: Path) -> None:
     sr = build_sr(source, _answer("frontal", needs_review=True,
                                   review_reasons=("low_confidence", "unusual_image"),
                                   header_agrees=False, rotation=90),
-                  sop_instance_uid=uid, instance_number=12)
+                  **MADE_BY, sop_instance_uid=uid, instance_number=12)
     assert sr.SOPClassUID == COMPREHENSIVE_SR
     assert sr.SOPInstanceUID == uid and sr.InstanceNumber == 12
     assert sr.StudyInstanceUID == source.StudyInstanceUID
@@ -129,8 +136,10 @@ def test_same_answer_same_uid_same_object(tmp_path: Path) -> None:
     """A re-send rebuilds the SR: with the UID fixed, it is the same object."""
     source = _source(tmp_path, "PA")
     uid = generate_uid()
-    first = build_sr(source, _answer("frontal"), sop_instance_uid=uid, instance_number=1)
-    again = build_sr(source, _answer("frontal"), sop_instance_uid=uid, instance_number=1)
+    first = build_sr(source, _answer("frontal"), **MADE_BY, sop_instance_uid=uid,
+                     instance_number=1)
+    again = build_sr(source, _answer("frontal"), **MADE_BY, sop_instance_uid=uid,
+                     instance_number=1)
     for keyword in ("SOPInstanceUID", "SeriesInstanceUID", "ContentDate", "ContentTime"):
         assert first[keyword].value == again[keyword].value
     assert first.ContentSequence == again.ContentSequence
@@ -141,7 +150,7 @@ def test_without_header_view_or_heads(tmp_path: Path) -> None:
     source = _source(tmp_path, None)
     sr = build_sr(source, _answer("frontal", header_agrees=None, rotation=None,
                                   mirrored=None, unusual_score=None),
-                  sop_instance_uid=generate_uid(), instance_number=1)
+                  **MADE_BY, sop_instance_uid=generate_uid(), instance_number=1)
     assert _code(_named(sr, "Image View")[0]) == ("frontal", LOCAL_SCHEME)
     assert not _named(sr, "Header view disagrees")
     assert not _named(sr, "Rotation Angle") and not _named(sr, "Stored mirrored")
@@ -158,7 +167,7 @@ def test_without_header_view_or_heads(tmp_path: Path) -> None:
 def test_dciodvfy_finds_no_errors(tmp_path: Path, label: str, view: str | None,
                                   overrides: dict[str, object]) -> None:
     sr = build_sr(_source(tmp_path, view), _answer(label, **overrides),
-                  sop_instance_uid=generate_uid(), instance_number=3)
+                  **MADE_BY, sop_instance_uid=generate_uid(), instance_number=3)
     out = tmp_path / "sr.dcm"
     sr.save_as(out, enforce_file_format=True)
     errors, warnings, report = dciodvfy(out)

@@ -27,7 +27,7 @@ from db import crud
 from db.models import InstanceStatus, OrientationLabel, utcnow
 from db.session import session_scope
 from tests.utils.corpus import rg1_dicom
-from tests.utils.factories import register_version
+from tests.utils.factories import prediction_record, register_version
 
 STUDY = "1.2.826.0.1.3680043.10.9.1"
 
@@ -152,7 +152,7 @@ def _answer(ids: Sequence[int], label: str, *, agrees: bool | None = True) -> in
             version = register_version(session, "m1")
             crud.activate_model_version(session, version=version, actor="t", reason="t")
         crud.record_predictions(session, model_version_id=version.id, worker="t", records=[
-            crud.PredictionRecord(instance_id=i, label=OrientationLabel(label), confidence=0.9,
+            prediction_record(instance_id=i, label=OrientationLabel(label), confidence=0.9,
                                   p_frontal=0.9 if label == "frontal" else 0.1,
                                   p_lateral=0.1 if label == "frontal" else 0.9,
                                   header_agrees=agrees, needs_review=False, decode_ms=None,

@@ -277,7 +277,7 @@ def test_a_clash_across_studies_is_recorded_and_never_moves_the_instance(
 
 
 def test_answers_and_failures_on_replaced_bytes_are_not_recorded(archive: Path) -> None:
-    from tests.utils.factories import register_version
+    from tests.utils.factories import prediction_record, register_version
 
     first, instance_id = _first(archive)
     old = sha256_of(first)
@@ -291,7 +291,7 @@ def test_answers_and_failures_on_replaced_bytes_are_not_recorded(archive: Path) 
             session, instance_id=instance_id, expected_sha256=old, file_path="/x.dcm",
             file_sha256="c" * 64, file_size=1, series_instance_uid=None, modality="CR",
             transfer_syntax_uid=None, header_view_position=None)
-    record = crud.PredictionRecord(
+    record = prediction_record(
         instance_id=instance_id, label=OrientationLabel.frontal, confidence=0.9,
         p_frontal=0.9, p_lateral=0.1, header_agrees=None, needs_review=False,
         decode_ms=None, inference_ms=None, batch_size=1, file_sha256=old)
