@@ -5,14 +5,18 @@ real PostgreSQL (``pg_url``, or the ``postgresql`` side of ``database_url`` and
 ``migrated_db``) is marked
 ``pg``, one under tests/integration or that gets Redis (``redis_url``) ``integration``,
 here at collection. ``make unit`` runs ``-m "not integration and not pg"``: no server.
+Hypothesis runs the ``ci`` profile unless HYPOTHESIS_PROFILE names another (``thorough``:
+the nightly count).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from cxr_orient.settings import reset_settings_cache
 from db.session import dispose_engines
@@ -21,6 +25,14 @@ from tests.utils.env import drop_templates, migrated_database, temporary_pg_data
 #: Fixtures that need a server: a test using one is marked so (see the module's text).
 _SERVER_FIXTURES = {"pg_url": "pg", "redis_url": "integration"}
 _INTEGRATION = Path(__file__).resolve().parent / "integration"
+
+#: Bounded examples for every run of the suite (sized for the decoder fuzzer,
+#: tests/unit/test_fuzz_decode.py); the property checked is the same at any count, and
+#: each run draws new examples (hypothesis replays a failure it saved before).
+settings.register_profile("ci", max_examples=1000, deadline=None)
+#: What a nightly or a hunt for a decoder bug runs (HYPOTHESIS_PROFILE=thorough).
+settings.register_profile("thorough", max_examples=5000, deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
