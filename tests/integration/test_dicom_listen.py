@@ -49,13 +49,13 @@ pytestmark = pytest.mark.integration
 def make_node(url: str, tmp_path: Path, configure: Callable[..., None]) -> dict[str, str]:
     """A migrated database, the filesystem broker, the ingest root: the env every
     process of the test shares (this process reads the same database)."""
-    from db.migrate import upgrade
+    from tests.utils.env import migrate_from_template
 
     values = {"database_url": url, "ingest_root": tmp_path, "data_dir": tmp_path / "data",
               "spool_min_free_mb": 1}
     (tmp_path / "data").mkdir()
     configure(**values)
-    upgrade()
+    migrate_from_template(url)
     return worker_env(**values)
 
 
