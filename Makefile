@@ -18,7 +18,7 @@ demo: $(STAMP)  ## The main job on bundled samples: real worker, embedded DB and
 test: $(STAMP)  ## Unit and integration tests (needs Redis and PostgreSQL on 127.0.0.1).
 	$(BIN)/ruff check .
 	$(BIN)/mypy
-	$(BIN)/pytest -n 2 --dist loadfile
+	$(BIN)/pytest -n 2 --dist loadgroup --no-loadscope-reorder
 
 unit: $(STAMP)  ## The unit tier: no server (tests needing PostgreSQL/Redis/workers deselected).
 	$(BIN)/pytest -n 2 -m "not integration and not pg" -q
