@@ -32,8 +32,9 @@ _SERVER_FIXTURES = {"pg_url": "pg", "redis_url": "integration"}
 _INTEGRATION = Path(__file__).resolve().parent / "integration"
 
 #: Bounded examples for every run of the suite (sized for the decoder fuzzer,
-#: tests/unit/test_fuzz_decode.py); the property checked is the same at any count, and
-#: each run draws new examples (hypothesis replays a failure it saved before).
+#: tests/unit/cxr_orient/imaging/test_fuzz_decode.py); the property checked is the same
+#: at any count, and each run draws new examples (hypothesis replays a failure it saved
+#: before).
 settings.register_profile("ci", max_examples=1000, deadline=None)
 #: What a nightly or a hunt for a decoder bug runs (HYPOTHESIS_PROFILE=thorough).
 settings.register_profile("thorough", max_examples=5000, deadline=None)

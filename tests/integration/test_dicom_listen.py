@@ -639,7 +639,8 @@ def test_a_transfer_cut_off_by_a_killed_sender_or_listener_leaves_no_partial(
 ) -> None:
     """kill -9 of dcmsend mid-transfer: the partial dataset goes when the association
     ends. kill -9 of the listener mid-transfer: its partial goes at the next start once
-    stale (and at the periodic purge, tests/unit/test_retention.py), never recorded."""
+    stale (and at the periodic purge, tests/unit/cxr_orient/dicomnet/test_retention.py),
+    never recorded."""
     from cxr_orient.dicomnet.spool import stale_partial_s
     from cxr_orient.settings import get_settings
 
