@@ -69,9 +69,9 @@ def _states(url: str) -> dict[str, tuple[str, str | None]]:
 def test_bad_corpus_through_real_worker_without_secrets_or_phi_in_logs(
     pg_url: str, tmp_path: Path
 ) -> None:
-    from db.migrate import upgrade
+    from tests.utils.env import migrate_from_template
 
-    upgrade(pg_url)
+    migrate_from_template(pg_url)
     # trust auth ignores the password, but it is in the URL the processes see.
     secret_db_url = pg_url.replace("postgres@", f"postgres:{DB_PASSWORD}@", 1)
     assert DB_PASSWORD in secret_db_url
@@ -147,9 +147,9 @@ def test_bad_corpus_through_real_worker_without_secrets_or_phi_in_logs(
 def test_queue_accepts_json_ids_only(pg_url: str, tmp_path: Path) -> None:
     from celery import Celery
 
-    from db.migrate import upgrade
+    from tests.utils.env import migrate_from_template
 
-    upgrade(pg_url)
+    migrate_from_template(pg_url)
     redis = PrivateRedis()
     redis.start()
     root = tmp_path / "archive"
@@ -191,13 +191,13 @@ def test_checkpoint_sha256_mismatch_refused(tmp_path: Path, configure: object,
     from cxr_orient import registry
     from cxr_orient.errors import ModelError, ModelIntegrityError
     from cxr_orient.registry import current_model, load_version
-    from db.migrate import upgrade
     from db.session import session_scope
+    from tests.utils.env import migrate_from_template
 
     checkpoint = smoke_checkpoint(tmp_path / "model")
     url = f"sqlite:///{tmp_path / 'cxr.db'}"
     configure(database_url=url, model_path=checkpoint, data_dir=tmp_path)  # type: ignore[operator]
-    upgrade(url)
+    migrate_from_template(url)
     from cxr_orient.registry import ensure_active_model
 
     with session_scope() as session:

@@ -19,7 +19,7 @@ from db.models import Instance, InstanceStatus, OrientationLabel, UidConflictAct
 from db.session import make_engine, session_scope
 from tests.utils.factories import prediction_record, register_version
 
-AUDITING_MD = Path(__file__).resolve().parents[2] / "docs" / "auditing.md"
+AUDITING_MD = Path(__file__).resolve().parents[3] / "docs" / "auditing.md"
 QUERY_BLOCK = re.compile(
     r"<!-- audit-query: (?P<name>[\w-]+)(?: dialect: (?P<dialect>\w+))? -->\s*"
     r"```sql\n(?P<sql>.*?)```",

@@ -13,7 +13,7 @@ import click
 
 from cli.main import main
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 #: ``cxr-orient VERB [SUB]`` in inline code, or at the start of a line in a fenced block.
 _INLINE = re.compile(r"`cxr-orient ([a-z][a-z-]*)(?: ([a-z][a-z-]*))?")
 _FENCED = re.compile(r"^```\w*\n(.*?)^```$", re.M | re.S)

@@ -26,7 +26,7 @@ from db.session import session_scope
 from tests.utils.env import migrate_from_template
 from tests.utils.factories import prediction_record, register_version
 
-SAMPLES = Path(__file__).resolve().parents[2] / "cxr_orient" / "samples" / "study1"
+SAMPLES = Path(__file__).resolve().parents[4] / "cxr_orient" / "samples" / "study1"
 
 
 def _closed_port() -> int:

@@ -29,7 +29,7 @@ from tests.utils.embedded import embedded_setup
 from tests.utils.factories import prediction_record, register_version
 from tests.utils.services import parse_samples as samples
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 ALERTS = REPO / "docker" / "prometheus" / "alerts.yml"
 DASHBOARD = REPO / "docker" / "grafana" / "cxr-orient.json"
 SCRAPE_CONFIG = REPO / "docker" / "prometheus" / "prometheus.yml"

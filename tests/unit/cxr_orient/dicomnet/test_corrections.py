@@ -45,7 +45,7 @@ from cxr_orient.settings import Settings
 from tests.utils.corrections import CR_STORAGE, rg1, stored_as, turned_original, write_in_syntax
 from tests.utils.dciodvfy import dciodvfy
 
-SAMPLES = Path(__file__).resolve().parents[2] / "cxr_orient" / "samples"
+SAMPLES = Path(__file__).resolve().parents[4] / "cxr_orient" / "samples"
 WHEN = datetime(2026, 12, 6, 21, 30, 5, tzinfo=UTC)
 KOS = "1.2.840.10008.5.1.4.1.1.88.59"
 POSES = [(r, m) for r in (0, 90, 180, 270) for m in (False, True)]

@@ -14,8 +14,8 @@ import pytest
 from cxr_orient.layers import STORED_AS
 from cxr_orient.modelstore import Classifier, projection_answer
 
-SHIPPED = Path(__file__).resolve().parents[2] / "cxr_orient" / "shipped"
-SAMPLES = Path(__file__).resolve().parents[2] / "cxr_orient" / "samples"
+SHIPPED = Path(__file__).resolve().parents[3] / "cxr_orient" / "shipped"
+SAMPLES = Path(__file__).resolve().parents[3] / "cxr_orient" / "samples"
 SAMPLE_FILES = ("study1/frontal.dcm", "study1/lateral.dcm", "study2/frontal.dcm",
                 "study2/lateral.dcm", "study3/frontal.dcm", "study3/lateral.dcm",
                 "rg1/RG1_J2KI.dcm")
