@@ -15,7 +15,7 @@ from db import crud
 from db.models import utcnow
 from service.deps import Caller, CheckedForm, DbInt, SessionDep, page_user
 from service.pages import page
-from service.plots import Series, share_plot
+from cxr_orient.plots import Series, share_plot
 
 router = APIRouter(prefix="/audit", include_in_schema=False)
 Auditor = Annotated[Caller, Depends(page_user("audit"))]
