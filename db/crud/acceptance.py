@@ -192,9 +192,9 @@ def acceptance_report_rows(session: Session, *, plan_id: int) -> list[ReportRow]
     if rows and prediction_has_projection(session):
         predictions = table("predictions", column("id"), column("projection"))
         for chunk in chunked([r[1].id for r in rows], ID_CHUNK):
-            projections.update(session.execute(
+            projections.update({i: p for i, p in session.execute(
                 select(predictions.c.id, predictions.c.projection)
-                .where(predictions.c.id.in_(chunk))).tuples().all())
+                .where(predictions.c.id.in_(chunk)))})
     return [ReportRow(
         instance_id=item.instance_id, core=item.core, strata=tuple(item.strata),
         predicted=OrientationLabel(prediction.label).value,
