@@ -39,6 +39,12 @@ def test_clopper_pearson_matches_known_values(x: int, n: int, low: float,
     assert found.high == pytest.approx(high, abs=1e-6)
 
 
+def _bounds(x: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    found = clopper_pearson(x, n, confidence)
+    assert found.low is not None and found.high is not None
+    return found.low, found.high
+
+
 def _tail_at_least(x: int, n: int, p: float) -> float:
     return sum(math.comb(n, k) * p ** k * (1 - p) ** (n - k) for k in range(x, n + 1))
 
@@ -48,16 +54,16 @@ def _tail_at_least(x: int, n: int, p: float) -> float:
 def test_clopper_pearson_is_the_binomial_tail_inversion(x: int, n: int) -> None:
     """The definition, summed term by term: at the lower bound P(X >= x) = 2.5 %, at the
     upper bound P(X <= x) = 2.5 %."""
-    found = clopper_pearson(x, n)
-    assert _tail_at_least(x, n, found.low) == pytest.approx(0.025, abs=1e-9)
-    assert 1 - _tail_at_least(x + 1, n, found.high) == pytest.approx(0.025, abs=1e-9)
+    low, high = _bounds(x, n)
+    assert _tail_at_least(x, n, low) == pytest.approx(0.025, abs=1e-9)
+    assert 1 - _tail_at_least(x + 1, n, high) == pytest.approx(0.025, abs=1e-9)
 
 
 def test_clopper_pearson_edges() -> None:
     assert clopper_pearson(0, 0).value is None
     # x = n: the lower bound is (alpha / 2) ** (1 / n), the upper one 1.
     assert clopper_pearson(50, 50).low == pytest.approx(0.025 ** (1 / 50))
-    assert clopper_pearson(3, 7, 0.99).low < clopper_pearson(3, 7, 0.95).low
+    assert _bounds(3, 7, 0.99)[0] < _bounds(3, 7, 0.95)[0]
     for bad in ((-1, 3), (4, 3)):
         with pytest.raises(ValueError):
             clopper_pearson(*bad)
@@ -67,11 +73,11 @@ def test_sample_size_rules() -> None:
     # With every film right, the lower bound is (alpha/2) ** (1/n): n >= ln 0.025 / ln L.
     assert size_for_lower_bound(1.0, 0.98) == math.ceil(math.log(0.025) / math.log(0.98))
     n = size_for_lower_bound(0.995, 0.98)
-    assert clopper_pearson(round(n * 0.995), n).low >= 0.98
-    assert clopper_pearson(round((n - 1) * 0.995), n - 1).low < 0.98
+    assert _bounds(round(n * 0.995), n)[0] >= 0.98
+    assert _bounds(round((n - 1) * 0.995), n - 1)[0] < 0.98
     n = size_for_half_width(0.9, 0.05)
-    found = clopper_pearson(round(n * 0.9), n)
-    assert max(0.9 - found.low, found.high - 0.9) <= 0.05 + 1e-9
+    low, high = _bounds(round(n * 0.9), n)
+    assert max(0.9 - low, high - 0.9) <= 0.05 + 1e-9
     assert size_for_half_width(0.9, 0.05) < size_for_half_width(0.9, 0.03)
     with pytest.raises(ValueError):
         size_for_lower_bound(0.97, 0.98)
