@@ -193,3 +193,32 @@ def test_the_projection_is_measured_when_the_answers_carry_it(answered: list[int
     assert (projection["accuracy"]["x"], projection["accuracy"]["n"]) == (1, 2)
     assert made["requirements"][0]["passed"]
     assert made["decision"] == "go"
+
+
+def test_the_verbs_say_what_is_wrong(migrated_db: str, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from cli.main import main
+
+    runner = CliRunner()
+    empty = runner.invoke(main, ["acceptance", "plan", "site"])
+    assert empty.exit_code == 1 and "no answered films" in empty.output
+    unknown = runner.invoke(main, ["acceptance", "report", "nowhere"])
+    assert unknown.exit_code == 1 and "no acceptance plan named 'nowhere'" in unknown.output
+    bad = runner.invoke(main, ["acceptance", "report", "nowhere", "--require", "recall=1"])
+    assert bad.exit_code == 1 and "NAME>=VALUE" in bad.output
+    with session_scope() as session:
+        version = active_version(session)
+        answered_instance(session, root=tmp_path, version=version, index=1)
+    made = runner.invoke(main, ["acceptance", "plan", "site", "--seed", "4",
+                                "--lower-bound", "0.99", "--expected", "0.98"])
+    assert made.exit_code == 1 and "must be below the expected" in made.output
+    made = runner.invoke(main, ["acceptance", "plan", "site", "--seed", "4"])
+    assert made.exit_code == 0, made.output
+    assert "seed 4" in made.output and "101 per class needed" in made.output
+    listed = runner.invoke(main, ["acceptance", "list"])
+    assert "site" in listed.output
+    reported = runner.invoke(main, ["acceptance", "report", "site", "--out",
+                                    str(tmp_path / "out"), "--exit-status"])
+    assert reported.exit_code == 1 and "decision: undecided" in reported.output
+    assert (tmp_path / "out" / "report.html").is_file()
