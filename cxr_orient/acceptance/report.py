@@ -13,7 +13,7 @@ view and are left out of the view figures.
 from __future__ import annotations
 
 import statistics
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
@@ -129,7 +129,7 @@ def _load(rows: Sequence[ReportRow]) -> dict[str, Any]:
             for a, b in zip(sorted(times), sorted(times)[1:], strict=False)]
     timed = [g for g in gaps if g <= PAUSE_S]
     return {"films": len(rows), "labelled": sum(r.truth is not None for r in rows),
-            "reviewers": dict(Counter({k: len(v) for k, v in by_reviewer.items()})),
+            "reviewers": {k: len(v) for k, v in sorted(by_reviewer.items())},
             "timed_films": len(timed),
             "median_seconds_per_film": statistics.median(timed) if timed else None,
             "active_minutes": sum(timed) / 60 if timed else None}
