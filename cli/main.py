@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 
+from cli.acceptance import acceptance
 from cli.db import db
 from cli.demo import demo
 from cli.hints import DATABASE_HINT, DEFAULT_DATABASE_HINT
@@ -76,7 +77,7 @@ for command in (db, enqueue, requeue, reclassify,  # cli.db, cli.ingest
                 listen, pull, serve, outbox, token,  # cli.node
                 results, status,  # cli.results
                 train, evaluate, register, promote, rollback, models, retrain, label,
-                user, demo):
+                user, demo, acceptance):
     main.add_command(command)
 
 if __name__ == "__main__":

@@ -202,6 +202,8 @@ def _record_known(
         modality=header.modality,
         transfer_syntax_uid=header.transfer_syntax_uid,
         header_view_position=header.view_position,
+        manufacturer=header.manufacturer,
+        manufacturer_model=header.manufacturer_model,
         status=InstanceStatus.waiting if hold else InstanceStatus.queued,
     ):
         action = UidConflictAction.replaced
@@ -312,6 +314,8 @@ def _record_chunk(
                 modality=header.modality,
                 transfer_syntax_uid=header.transfer_syntax_uid,
                 header_view_position=header.view_position,
+                manufacturer=header.manufacturer,
+                manufacturer_model=header.manufacturer_model,
                 status=(InstanceStatus.out_of_scope if refusal is not None
                         else InstanceStatus.waiting if hold else InstanceStatus.queued),
                 error_code=None if refusal is None else refusal.code,

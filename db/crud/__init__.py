@@ -12,11 +12,30 @@ the session and its transaction: ``from db import crud; crud.add_instance(sessio
 - ``labels``, ``tokens``, ``users``: ground-truth labels, API tokens, review-page users
 - ``retention``: which received files the spool purge may delete
 - ``review``: the review queue; ``audit``: the audit views; ``health``: ping, heartbeats
+- ``acceptance``: acceptance plans, their items and queue, the rows of their report
 - ``common``: what several of them share (the chunked IN list, the current answer)
 """
 
 from __future__ import annotations
 
+from db.crud.acceptance import (
+    PROJECTION_COLUMNS,
+    AnsweredFilm,
+    PlanItemRow,
+    PlanProgress,
+    ReportRow,
+    acceptance_item,
+    acceptance_items,
+    acceptance_plans,
+    acceptance_report_rows,
+    add_acceptance_plan,
+    answered_films,
+    find_acceptance_plan,
+    get_acceptance_plan,
+    next_unlabelled_item,
+    prediction_has_projection,
+    set_acceptance_label,
+)
 from db.crud.answers import (
     ChangedAnswer,
     PredictionRecord,
@@ -185,8 +204,10 @@ from db.models import Instance, OrientationLabel, utcnow
 
 __all__ = [
     "HEARTBEAT_FRESH_S",
+    "PROJECTION_COLUMNS",
     "REVIEW_FILTERS",
     "AnswerHistory",
+    "AnsweredFilm",
     "ChangedAnswer",
     "Claim",
     "ClaimedInstance",
@@ -198,15 +219,23 @@ __all__ = [
     "OrientationLabel",
     "OutboxSummary",
     "OutboxWork",
+    "PlanItemRow",
+    "PlanProgress",
     "PredictionRecord",
+    "ReportRow",
     "ResultRow",
     "ReviewItem",
     "StudyAnswerRow",
     "StudyInstance",
     "TimedOut",
     "VersionCounts",
+    "acceptance_item",
+    "acceptance_items",
+    "acceptance_plans",
+    "acceptance_report_rows",
     "activate_model_version",
     "active_model_version",
+    "add_acceptance_plan",
     "add_api_token",
     "add_instance",
     "add_instances",
@@ -217,6 +246,7 @@ __all__ = [
     "add_uid_conflict",
     "add_unreadable_file",
     "add_user",
+    "answered_films",
     "answers_per_version",
     "changed_between",
     "claim_due_outbox",
@@ -234,6 +264,7 @@ __all__ = [
     "destination_states",
     "disable_user",
     "end_user_sessions",
+    "find_acceptance_plan",
     "find_api_token_by_hash",
     "find_api_token_by_name",
     "find_instance_by_uid",
@@ -245,6 +276,7 @@ __all__ = [
     "finished_studies",
     "forget_login_failures",
     "forget_worker",
+    "get_acceptance_plan",
     "get_instance",
     "get_model_version",
     "get_or_create_studies",
@@ -272,10 +304,12 @@ __all__ = [
     "mark_queued",
     "max_instance_id",
     "new_claim_token",
+    "next_unlabelled_item",
     "outbox_rows",
     "outbox_summary",
     "outbox_work",
     "ping",
+    "prediction_has_projection",
     "previously_active_model_version",
     "queue_for_model",
     "ready_workers",
@@ -301,6 +335,7 @@ __all__ = [
     "review_item",
     "review_queue",
     "revoke_api_token",
+    "set_acceptance_label",
     "set_user_password",
     "status_counts",
     "study_answer_history",

@@ -15,7 +15,7 @@ import pytest
 
 from cxr_orient.settings import SHIPPED_MODEL
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 RECIPES = sorted(p.stem for p in (ROOT / "recipes").glob("*.py") if p.stem != "__init__")
 
 

@@ -1,4 +1,5 @@
-"""Server-rendered SVG line plots for the audit page (no script, no front-end build)."""
+"""Server-rendered SVG plots (no script, no front-end build): shares per day for the
+audit page, estimates with their intervals for the acceptance report."""
 
 from __future__ import annotations
 
@@ -60,5 +61,59 @@ def share_plot(days: Sequence[str], series: Sequence[Series], *, title: str,
         out.append(f'<rect x="{lx}" y="{height - 14}" width="10" height="4" '
                    f'fill="{s.colour}"/><text x="{lx + 14}" y="{height - 9}" '
                    f'font-size="11">{escape(s.name)}</text>')
+    out.append("</svg>")
+    return "".join(out)
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A share with its interval (``value`` None: not measured) and, optionally, the
+    threshold it is held to."""
+
+    name: str
+    value: float | None
+    low: float | None
+    high: float | None
+    threshold: float | None = None
+
+
+def interval_plot(estimates: Sequence[Estimate], *, title: str, width: int = 560) -> str:
+    """One row per estimate: the point, its interval as a bar, the threshold as a red
+    tick; the x axis from the lowest value shown (rounded down to 10 %) to 100 %."""
+    left, right, top, row_h = 170, 24, 30, 26
+    height = top + row_h * max(1, len(estimates)) + 30
+    shown = [v for e in estimates for v in (e.low, e.threshold) if v is not None]
+    start = min(0.9, int(10 * min(shown, default=0.9)) / 10)
+    plot_w = width - left - right
+
+    def x(v: float) -> float:
+        return left + plot_w * (v - start) / (1 - start)
+
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+           f'viewBox="0 0 {width} {height}" role="img" aria-label="{escape(title)}" '
+           'style="background:#fff">',
+           f'<text x="8" y="16" font-size="13" font-weight="bold">{escape(title)}</text>']
+    bottom = top + row_h * max(1, len(estimates))
+    for k in range(5):
+        v = start + (1 - start) * k / 4
+        out.append(f'<line x1="{x(v):.1f}" x2="{x(v):.1f}" y1="{top}" y2="{bottom}" '
+                   'stroke="#e3e6ee"/>')
+        out.append(f'<text x="{x(v):.1f}" y="{bottom + 16}" font-size="11" '
+                   f'text-anchor="middle">{v:.0%}</text>')
+    for i, e in enumerate(estimates):
+        cy = top + row_h * i + row_h / 2
+        out.append(f'<text x="{left - 8}" y="{cy + 4:.1f}" font-size="12" '
+                   f'text-anchor="end">{escape(e.name)}</text>')
+        if e.value is None or e.low is None or e.high is None:
+            out.append(f'<text x="{left + 6}" y="{cy + 4:.1f}" font-size="11" '
+                       'fill="#667">not measured</text>')
+        else:
+            out.append(f'<line x1="{x(e.low):.1f}" x2="{x(e.high):.1f}" y1="{cy:.1f}" '
+                       f'y2="{cy:.1f}" stroke="#2456c7" stroke-width="3"/>')
+            out.append(f'<circle cx="{x(e.value):.1f}" cy="{cy:.1f}" r="4" fill="#1d2330"/>')
+        if e.threshold is not None:
+            out.append(f'<line x1="{x(e.threshold):.1f}" x2="{x(e.threshold):.1f}" '
+                       f'y1="{cy - 9:.1f}" y2="{cy + 9:.1f}" stroke="#c01010" '
+                       'stroke-width="2"/>')
     out.append("</svg>")
     return "".join(out)
