@@ -53,7 +53,8 @@ def corrections_send(instance_id: int, decided_by: str) -> None:
     try:
         with session_scope() as session:
             found = correct_instance(session, instance_id=instance_id, via="cli",
-                                     decided_by=decided_by, settings=get_settings())
+                                     decided_by=decided_by,
+                                     corrections=get_settings().corrections)
     except CorrectionError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"correction {found} recorded; the workers' outbox sends it")

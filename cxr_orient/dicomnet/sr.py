@@ -28,8 +28,6 @@ its content date and time are the answer's, so a re-send is the same object.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime
 
 import highdicom as hd
@@ -38,11 +36,11 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
 from cxr_orient import __version__
+from cxr_orient.answer import Answer
 
 __all__ = [
     "LOCAL_SCHEME",
     "MANUFACTURER",
-    "ReportedAnswer",
     "build_sr",
     "derived_uid",
     "new_sr_uid",
@@ -104,23 +102,6 @@ _PA_VIEWS = frozenset({"PA", "PAS"})
 _AP_VIEWS = frozenset({"AP", "APS", "AP SUPINE"})
 
 
-@dataclass(frozen=True)
-class ReportedAnswer:
-    """What one SR says: an answer (a ``predictions`` row) and the model that made it."""
-
-    label: str  # "frontal" or "lateral"
-    confidence: float
-    needs_review: bool
-    review_reasons: tuple[str, ...]
-    header_agrees: bool | None
-    rotation: int | None
-    mirrored: bool | None
-    unusual_score: float | None
-    model_name: str
-    model_architecture: str
-    answered_at: datetime
-
-
 def view_code(label: str, header_view: str | None) -> CodedConcept:
     """The CID 4010 code for the model's answer, made precise by the header when it
     agrees (PA or AP for a frontal, left or right for a lateral)."""
@@ -145,7 +126,7 @@ def _yes_no(value: bool) -> CodedConcept:
     return CodedConcept.from_code(codes.SCT.Yes if value else codes.SCT.No)
 
 
-def _evaluations(answer: ReportedAnswer, header_view: str | None
+def _evaluations(answer: Answer, header_view: str | None
                  ) -> list[hd.sr.QualitativeEvaluation]:
     items = [
         hd.sr.QualitativeEvaluation(IMAGE_VIEW, view_code(answer.label, header_view)),
@@ -162,7 +143,7 @@ def _evaluations(answer: ReportedAnswer, header_view: str | None
     return items
 
 
-def _measurements(answer: ReportedAnswer, algorithm: hd.sr.AlgorithmIdentification
+def _measurements(answer: Answer, algorithm: hd.sr.AlgorithmIdentification
                   ) -> list[hd.sr.Measurement]:
     items = [hd.sr.Measurement(CERTAINTY, round(answer.confidence, 6), RATIO,
                                algorithm_id=algorithm)]
@@ -177,22 +158,26 @@ def _measurements(answer: ReportedAnswer, algorithm: hd.sr.AlgorithmIdentificati
 
 def build_sr(
     source: Dataset,
-    answer: ReportedAnswer,
+    answer: Answer,
     *,
+    model_name: str,
+    model_architecture: str,
+    answered_at: datetime,
     sop_instance_uid: str,
     instance_number: int,
 ) -> Dataset:
     """The Comprehensive SR reporting ``answer`` on ``source`` (the answered instance's
-    header, pixels not needed)."""
+    header, pixels not needed), made by the model version ``model_name`` (of
+    ``model_architecture``) at ``answered_at``."""
     source = with_type2_attributes(source)
-    algorithm = hd.sr.AlgorithmIdentification(name=answer.model_name,
-                                              version=answer.model_architecture,
+    algorithm = hd.sr.AlgorithmIdentification(name=model_name,
+                                              version=model_architecture,
                                               manufacturer=MANUFACTURER)
     observer = hd.sr.ObserverContext(
         observer_type=CodedConcept.from_code(codes.cid270.Device),
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
             uid=DEVICE_UID, name=MANUFACTURER, manufacturer_name=MANUFACTURER,
-            model_name=answer.model_name[:64]),
+            model_name=model_name[:64]),
     )
     group = hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(
@@ -222,7 +207,7 @@ def build_sr(
         is_final=False,
         is_verified=False,
     )
-    _stamp(sr, answer.answered_at)
+    _stamp(sr, answered_at)
     return sr
 
 
@@ -255,8 +240,3 @@ def _stamp(sr: Dataset, when: datetime) -> None:
     scheme.CodingSchemeName = "cxr-orient local codes"
     scheme.CodingSchemeResponsibleOrganization = "cxr-orient"
     sr.CodingSchemeIdentificationSequence = [scheme]
-
-
-def reasons_of(review_reason: str | None) -> Sequence[str]:
-    """``predictions.review_reason`` (comma-separated) as a tuple of reasons."""
-    return tuple(r for r in (review_reason or "").split(",") if r)

@@ -14,13 +14,13 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased
 
-from db.crud.common import current_answer_id
+from cxr_orient.answer import Answer
+from db.crud.common import answer_of, current_answer_id
 from db.models import (
     Correction,
     CorrectionAction,
     Instance,
     ModelVersion,
-    OrientationLabel,
     OutboxMessage,
     OutboxStatus,
     Prediction,
@@ -209,10 +209,7 @@ class AnswerToCorrect:
 
     instance_id: int
     prediction_id: int
-    label: str
-    rotation: int | None
-    mirrored: bool | None
-    needs_review: bool
+    answer: Answer
     header_view: str | None
     sop_instance_uid: str | None
     file_sha256: str
@@ -233,8 +230,7 @@ def answer_to_correct(session: Session, *, instance_id: int) -> AnswerToCorrect 
         return None
     instance, p, name = found
     return AnswerToCorrect(
-        instance_id=instance.id, prediction_id=p.id, label=OrientationLabel(p.label).value,
-        rotation=p.rotation, mirrored=p.mirrored, needs_review=p.needs_review,
+        instance_id=instance.id, prediction_id=p.id, answer=answer_of(p),
         header_view=instance.header_view_position, sop_instance_uid=instance.sop_instance_uid,
         file_sha256=p.file_sha256, model_name=name,
         file_replaced=instance.file_sha256 != p.file_sha256)

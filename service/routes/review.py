@@ -62,7 +62,8 @@ def item(instance_id: DbInt, request: Request, caller: Reviewer, session: Sessio
     return page(request, "item.html", caller=caller, kind=kind, item=found,
                 labels=crud.labels_of(session, instance_id=instance_id),
                 decisions=DECISION_BUTTONS,
-                offer=offer_for(session, instance_id=instance_id, settings=settings),
+                offer=offer_for(session, instance_id=instance_id,
+                                corrections=settings.corrections),
                 corrections=crud.correction_rows(session, instance_id=instance_id),
                 next_id=next_for_review(session, kind=kind, after=instance_id))
 
@@ -89,12 +90,13 @@ def correct(instance_id: DbInt, caller: Reviewer, session: SessionDep, settings:
     outbox run within CXR_OUTBOX_INTERVAL_S) and the answer's view is their label."""
     kind = _kind(form.get("filter"))
     found = crud.review_item(session, instance_id=instance_id)
-    if found is None or found.label is None:
+    if found is None or found.answer is None:
         raise HTTPException(404, detail=f"no answer for instance {instance_id}")
     try:
         correct_instance(session, instance_id=instance_id, via="review",
-                         decided_by=f"reviewer {caller.annotator}", settings=settings)
-        record_review(session, instance_id=instance_id, decision=found.label,
+                         decided_by=f"reviewer {caller.annotator}",
+                         corrections=settings.corrections)
+        record_review(session, instance_id=instance_id, decision=found.answer.label,
                       annotator=caller.annotator)
     except (CorrectionError, ReviewError) as exc:
         raise HTTPException(400, detail=str(exc)) from exc

@@ -18,26 +18,28 @@ from cxr_orient.dicomnet.corrections.rules import (
     plan_correction,
 )
 from cxr_orient.errors import CorrectionError
-from cxr_orient.settings import Settings
+from cxr_orient.settings import CorrectionSettings
 from db import crud
 from db.models import CorrectionAction, utcnow
 
 __all__ = ["correct_instance", "facts_of", "offer_for", "reverse_correction"]
 
 
-def facts_of(answer: crud.AnswerToCorrect, projection: str | None = None) -> AnswerFacts:
-    """``projection``: the answer's PA / AP where predictions carry it (None until then:
-    a frontal's view then comes from its header)."""
-    return AnswerFacts(answer.label, answer.rotation, answer.mirrored, answer.header_view,
-                       answer.needs_review, projection)
+def facts_of(found: crud.AnswerToCorrect, projection: str | None = None) -> AnswerFacts:
+    """The rules' facts of a stored answer. ``projection`` (PA / AP) overrides the
+    stored answer's own (``Answer.projection``: None where the prediction holds none, a
+    frontal's view then comes from its header)."""
+    answer = found.answer
+    return AnswerFacts(answer.label, answer.rotation, answer.mirrored, found.header_view,
+                       answer.needs_review, projection or answer.projection)
 
 
-def offer_for(session: Session, *, instance_id: int, settings: Settings,
+def offer_for(session: Session, *, instance_id: int, corrections: CorrectionSettings,
               projection: str | None = None) -> CorrectionPlan | None:
     """The correction a reviewer may send for the instance's current answer (None:
     corrections are off, nothing is wrong, it is corrected already, or the view cannot be
     stated)."""
-    if not settings.correction_destination_list:
+    if not corrections.correction_destinations:
         return None
     answer = crud.answer_to_correct(session, instance_id=instance_id)
     if answer is None or answer.file_replaced or not answer.sop_instance_uid:
@@ -48,11 +50,11 @@ def offer_for(session: Session, *, instance_id: int, settings: Settings,
 
 
 def correct_instance(session: Session, *, instance_id: int, decided_by: str, via: str,
-                     settings: Settings, projection: str | None = None,
+                     corrections: CorrectionSettings, projection: str | None = None,
                      now: datetime | None = None) -> int:
     """Record the correction of the instance's current answer (confirmed by
     ``decided_by``); returns its id. Raises :class:`CorrectionError` saying why not."""
-    destinations = settings.correction_destination_list
+    destinations = corrections.destination_urls
     if not destinations:
         raise CorrectionError("corrections are off: CXR_CORRECTION_DESTINATIONS is empty")
     answer = crud.answer_to_correct(session, instance_id=instance_id)

@@ -20,7 +20,7 @@ from cxr_orient.dicomnet.corrections.replacement import Correction, build_correc
 from cxr_orient.errors import CorrectionError
 from cxr_orient.imaging.reading import inflated_size_limit, read_dataset
 from cxr_orient.intake import read_checked
-from cxr_orient.settings import Settings
+from cxr_orient.settings import IntakeSettings
 from db.crud import CorrectionRecord, CorrectionWork
 from db.models import CorrectionAction
 
@@ -39,15 +39,15 @@ def replacement_of(original: Dataset, record: CorrectionRecord) -> Dataset:
         _utc(record.decided_at)))
 
 
-def correction_objects(work: CorrectionWork, settings: Settings) -> list[Dataset]:
+def correction_objects(work: CorrectionWork, intake: IntakeSettings) -> list[Dataset]:
     """The objects of one correction outbox row, in the order they must be stored.
     Raises an :class:`~cxr_orient.errors.InputError` when the original's file is gone or
     changed, a :class:`CorrectionError` when it cannot be corrected."""
     record = work.correction
     checked = read_checked(work.file_path, expected_sha256=record.file_sha256,
-                           settings=settings)
+                           intake=intake)
     original = read_dataset(checked.real, stop_before_pixels=False, data=checked.data,
-                            inflate_limit=inflated_size_limit(settings.max_pixels))
+                            inflate_limit=inflated_size_limit(intake.max_pixels))
     if original.SOPInstanceUID != record.original_sop_instance_uid:
         raise CorrectionError(f"{work.file_path!r} holds {original.SOPInstanceUID}, not the "
                               f"corrected original {record.original_sop_instance_uid}")
