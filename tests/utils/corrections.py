@@ -38,7 +38,7 @@ def rg1(name: str = "RG1_UNCR.dcm") -> Dataset:
 
 def stored_as(upright: np.ndarray, rotation: int, mirrored: bool) -> np.ndarray:
     """``upright`` stored the way the model's answer (rotation, mirrored) describes it
-    (db/models.py: ``numpy.rot90(upright, k)``, after a left-right mirror)."""
+    (cxr_orient.answer.Answer: ``numpy.rot90(upright, k)``, after a left-right mirror)."""
     return np.ascontiguousarray(np.rot90(upright[:, ::-1] if mirrored else upright,
                                          rotation // 90))
 
