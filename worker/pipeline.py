@@ -27,7 +27,7 @@ from cxr_orient.errors import (
     TaskTimeoutError,
     UnusualImageError,
 )
-from cxr_orient.imaging import view_to_label
+from cxr_orient.imaging import view_to_label, view_to_projection
 from cxr_orient.settings import DB_RETRY_MAX_WAIT_S, Settings, get_settings
 from cxr_orient.studies import record_study_answers
 from db import crud
@@ -343,6 +343,7 @@ def _predict_and_record(
                     "CXR_UNUSUAL_IMAGE_ACTION=refuse")))
                 continue
             claimed = view_to_label(w.header_view)
+            header_projection = view_to_projection(w.header_view)
             records.append(
                 crud.PredictionRecord(
                     instance_id=w.instance_id,
@@ -356,6 +357,13 @@ def _predict_and_record(
                     rotation=answer.rotation,
                     mirrored=answer.mirrored,
                     unusual_score=answer.unusual_score,
+                    projection=answer.projection,
+                    # A lateral has no projection to be probable of.
+                    p_ap=answer.p_ap if answer.label == "frontal" else None,
+                    projection_agrees=(None if answer.projection is None
+                                       or header_projection is None
+                                       else answer.projection == header_projection),
+                    p_not_chest=answer.p_not_chest,
                     decode_ms=round(decode_ms, 3),
                     inference_ms=round(inference_ms, 3),
                     batch_size=len(ready),

@@ -73,7 +73,8 @@ def report_for(work: crud.OutboxWork, settings: Settings) -> Dataset:
         label=work.label, confidence=work.confidence, needs_review=work.needs_review,
         review_reasons=tuple(reasons_of(work.review_reason)),
         header_agrees=work.header_agrees, rotation=work.rotation, mirrored=work.mirrored,
-        unusual_score=work.unusual_score, model_name=work.model_name,
+        unusual_score=work.unusual_score, projection=work.projection, p_ap=work.p_ap,
+        projection_agrees=work.projection_agrees, model_name=work.model_name,
         model_architecture=work.model_architecture, answered_at=work.answered_at)
     return build_sr(source, answer, sop_instance_uid=work.sr_sop_instance_uid,
                     instance_number=work.prediction_id)

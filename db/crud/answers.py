@@ -44,6 +44,11 @@ class PredictionRecord:
     rotation: int | None = None
     mirrored: bool | None = None
     unusual_score: float | None = None
+    #: What a model with chest-or-not and PA/AP heads says (None without them).
+    projection: str | None = None
+    p_ap: float | None = None
+    projection_agrees: bool | None = None
+    p_not_chest: float | None = None
 
 
 def record_predictions(
@@ -146,6 +151,10 @@ def record_predictions(
             rotation=r.rotation,
             mirrored=r.mirrored,
             unusual_score=r.unusual_score,
+            projection=r.projection,
+            p_ap=r.p_ap,
+            projection_agrees=r.projection_agrees,
+            p_not_chest=r.p_not_chest,
             decode_ms=r.decode_ms,
             inference_ms=r.inference_ms,
             batch_size=r.batch_size,
@@ -180,6 +189,10 @@ class ResultRow:
     rotation: int | None
     mirrored: bool | None
     unusual_score: float | None
+    projection: str | None = None
+    p_ap: float | None = None
+    projection_agrees: bool | None = None
+    p_not_chest: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -238,6 +251,10 @@ def results(
                 rotation=prediction.rotation if prediction else None,
                 mirrored=prediction.mirrored if prediction else None,
                 unusual_score=prediction.unusual_score if prediction else None,
+                projection=prediction.projection if prediction else None,
+                p_ap=prediction.p_ap if prediction else None,
+                projection_agrees=prediction.projection_agrees if prediction else None,
+                p_not_chest=prediction.p_not_chest if prediction else None,
             )
         )
     return rows

@@ -105,6 +105,11 @@ class OutboxWork:
     rotation: int | None
     mirrored: bool | None
     unusual_score: float | None
+    #: PA/AP heads: the projection stated (None: abstained or no head), p_ap, and the
+    #: projection against the header (None: either says nothing about it).
+    projection: str | None
+    p_ap: float | None
+    projection_agrees: bool | None
     model_name: str
     model_architecture: str
     answered_at: datetime
@@ -128,6 +133,7 @@ def outbox_work(session: Session, *, outbox_ids: Sequence[int]) -> list[OutboxWo
             confidence=p.confidence, needs_review=p.needs_review,
             review_reason=p.review_reason, header_agrees=p.header_agrees,
             rotation=p.rotation, mirrored=p.mirrored, unusual_score=p.unusual_score,
+            projection=p.projection, p_ap=p.p_ap, projection_agrees=p.projection_agrees,
             model_name=name, model_architecture=arch, answered_at=p.created_at,
         )
         for m, p, path, sop, name, arch in session.execute(query)
