@@ -18,9 +18,11 @@ from cxr_orient.imaging.attributes import is_multi, optional_int, optional_text
 from cxr_orient.imaging.errors import errors_named
 from cxr_orient.imaging.reading import read_dataset
 
-__all__ = ["AP_VIEWS", "FRONTAL_VIEWS", "LATERAL_VIEWS", "PA_VIEWS", "DicomHeader",
+__all__ = ["AP_VIEWS", "FRONTAL_VIEWS", "LATERAL_VIEWS", "PA_VIEWS", "PROJECTIONS", "DicomHeader",
            "read_header", "view_to_label", "view_to_projection"]
 
+#: The projections a frontal may have (a model's ``p_ap`` is the probability of "AP").
+PROJECTIONS = ("PA", "AP")
 #: ViewPosition values that name the projection of a frontal (PAS, APS: the "S" of
 #: some vendors for standing/supine; AP SUPINE and AP ERECT as some modalities write).
 PA_VIEWS = frozenset({"PA", "PAS", "PA ERECT"})

@@ -48,6 +48,11 @@ class ReviewItem:
     unusual_score: float | None = None
     model_version: str | None = None
     answered_at: datetime | None = None
+    #: A model with a PA/AP head: the projection stated (None: abstained), p(AP), and
+    #: whether it agrees with the header's ViewPosition.
+    projection: str | None = None
+    p_ap: float | None = None
+    projection_agrees: bool | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -62,7 +67,8 @@ def _review_item(instance: Instance, prediction: Prediction | None,
             "confidence": prediction.confidence, "p_lateral": prediction.p_lateral,
             "header_agrees": prediction.header_agrees, "review_reason": prediction.review_reason,
             "unusual_score": prediction.unusual_score, "model_version": model_name,
-            "answered_at": prediction.created_at,
+            "answered_at": prediction.created_at, "projection": prediction.projection,
+            "p_ap": prediction.p_ap, "projection_agrees": prediction.projection_agrees,
         }
     return ReviewItem(
         instance_id=instance.id, study_id=instance.study_id,
