@@ -24,13 +24,14 @@ RESULT_COLUMNS = (
     "p_ap",
     "header_view",
     "header_agrees",
-    "projection_agrees",
     "model_version",
     "error",
 )
-#: csv and json add the unusual-image score, the chest-or-not probability and the file
-#: path (an operator needs it to find a failed file).
-EXPORT_COLUMNS = (*RESULT_COLUMNS, "unusual_score", "p_not_chest", "file_path")
+#: csv and json add the projection's agreement with the header, the unusual-image score,
+#: the chest-or-not probability and the file path (an operator needs it to find a failed
+#: file); the table has no room for them.
+EXPORT_COLUMNS = (*RESULT_COLUMNS, "projection_agrees", "unusual_score", "p_not_chest",
+                  "file_path")
 #: ``results --by-study``: each study's current answer (view current_study_answers).
 STUDY_COLUMNS = ("study_instance_uid", "sequence", "instance_count", "frontal_count",
                  "lateral_count", "needs_review_count", "failed_count", "out_of_scope_count",
