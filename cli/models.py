@@ -143,8 +143,9 @@ def register(checkpoint: Path, reason: str, actor: str | None, challenge: bool) 
     """Register CHECKPOINT (a .keras file with its card beside it) as a model version.
 
     It is not active until `cxr-orient promote NAME` (a human decision) or, with
-    --challenge, until it beats the active model at the gate. A new release's shipped
-    model reaches an existing database this way; the shipped file only seeds an empty one.
+    --challenge, until it beats the active model at the gate (or ties it on the view and
+    adds heads, as compact-invariant-64-v4 does over v3). A new release's shipped model
+    reaches an existing database this way; the shipped file only seeds an empty one.
     """
     import getpass
 

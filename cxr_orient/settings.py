@@ -29,7 +29,7 @@ CHEST_RADIOGRAPH_SOP_CLASSES = (
 
 _REPO_ROOT = Path(__file__).resolve().parent.parent
 #: Checkpoint shipped with the source tree, used when nothing else is active.
-SHIPPED_MODEL = Path(__file__).resolve().parent / "shipped" / "compact-invariant-64-v3.keras"
+SHIPPED_MODEL = Path(__file__).resolve().parent / "shipped" / "compact-invariant-64-v4.keras"
 
 
 #: How long the worker waits for the database to come back before giving a batch up
@@ -141,7 +141,7 @@ class Settings(BaseSettings):
     model_path: Path | None = Field(
         default=None,
         description="CXR_MODEL_PATH: .keras checkpoint registered and activated when the "
-        "database has no active model. Default: the shipped checkpoint (compact-invariant-64-v3).",
+        "database has no active model. Default: the shipped checkpoint (compact-invariant-64-v4).",
     )
     model_dir: Path | None = Field(
         default=None,

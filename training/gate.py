@@ -41,12 +41,16 @@ def _figures(metrics: Mapping[str, Any]) -> dict[str, float]:
 
 
 def gate(candidate: Mapping[str, Any], active: Mapping[str, Any] | None, *,
-         lost_heads: Sequence[str] = ()) -> GateDecision:
+         lost_heads: Sequence[str] = (), gained_heads: Sequence[str] = ()) -> GateDecision:
     """Promote only a candidate that beats the active model on the same evaluation set.
     (Choosing among sibling candidates before release is :func:`selection_key`.)
 
     Never one that lacks a head the active model has (``lost_heads``: e.g. a view-only
     retrain against a model that also says which way up and flags unusual images).
+    A candidate that ties the active model on the view and adds heads
+    (``gained_heads``: e.g. a release's model that keeps the view network weight for
+    weight and adds chest-or-not and PA/AP) is promoted: it gives every answer the
+    active model gives, as well, and more.
 
     It must be no worse in balanced accuracy and lateral recall, no worse in
     calibration (ECE, within ``ECE_TOLERANCE``), and strictly better in balanced
@@ -88,6 +92,9 @@ def gate(candidate: Mapping[str, Any], active: Mapping[str, Any] | None, *,
         or cand["lateral_recall"] > act["lateral_recall"]
         or cand["ece"] < act["ece"] - ECE_TOLERANCE
     )
+    if not better and gained_heads:
+        return GateDecision(True, [f"ties the active model on the view and adds the "
+                                   f"{', '.join(gained_heads)} head(s)"], cand, act)
     if not better:
         return GateDecision(False, ["ties the active model: nothing to gain"], cand, act)
     return GateDecision(True, ["beats the active model"], cand, act)

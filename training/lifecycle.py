@@ -133,12 +133,13 @@ def challenge(
             seed=seed,
         )
 
-    from cxr_orient.architectures import HEADED_ARCHITECTURES
+    from cxr_orient.architectures import heads_of
 
-    lost = (["orientation", "unusual-image"]
-            if serving.architecture in HEADED_ARCHITECTURES
-            and candidate.architecture not in HEADED_ARCHITECTURES else [])
-    decision = gate(candidate_metrics or figures(candidate), figures(serving), lost_heads=lost)
+    serving_heads, candidate_heads = heads_of(serving.architecture), heads_of(
+        candidate.architecture)
+    decision = gate(candidate_metrics or figures(candidate), figures(serving),
+                    lost_heads=sorted(serving_heads - candidate_heads),
+                    gained_heads=sorted(candidate_heads - serving_heads))
     details = {
         "candidate": decision.candidate,
         "active": decision.active,
