@@ -71,7 +71,7 @@ def test_register_the_shipped_checkpoint(tmp_path: Path) -> None:
         assert version.sha256 == file_sha256(SHIPPED_MODEL) == read_card(SHIPPED_MODEL).sha256
         assert version.file_path == str(SHIPPED_MODEL.resolve())
         assert (version.state, version.is_active) == ("candidate", False)
-        assert version.input_size == 256 and version.architecture == "compact_invariant_64_heads2"
+        assert version.input_size == 256 and version.architecture == "compact_invariant_64_heads3"
         again = register_checkpoint(session, SHIPPED_MODEL, actor="tester", reason="again")
         assert again.id == first_id, "the same file under the same name: the same row"
     assert _events() == [(SHIPPED_NAME, "register", "tester", "unit")]
