@@ -538,6 +538,16 @@ class Settings(BaseSettings):
         description="CXR_REVIEW_THRESHOLD: confidence under which an answer is flagged for "
         "review. Default: the threshold recorded with the model version.",
     )
+    projection_threshold: float | None = Field(
+        default=None,
+        ge=0.5,
+        le=1.0,
+        description="CXR_PROJECTION_THRESHOLD: confidence max(p_ap, 1 - p_ap) a frontal's "
+        "PA/AP answer must reach to be stated (models with a PA/AP head); under it the "
+        "projection is left empty. Raise it to state fewer, surer projections (1.0: "
+        "none, p_ap still recorded). Default: the model card's projection_threshold "
+        "(0.81 for compact-invariant-64-v4; see docs/model-card.md).",
+    )
     unusual_image_action: Literal["review", "refuse"] = Field(
         default="review",
         description="CXR_UNUSUAL_IMAGE_ACTION: what happens to an image the model finds "

@@ -16,6 +16,7 @@ from cxr_orient.registry import (
     current_model,
     ensure_active_model,
     load_classifier,
+    load_version,
     promote,
     register_checkpoint,
     rollback,
@@ -192,3 +193,19 @@ def test_current_model_is_cached_until_the_active_version_changes(tmp_path: Path
     rollback(actor="tester", reason="back")
     back = current_model()
     assert back.name == SHIPPED_NAME and back is not first
+
+
+def test_the_projection_threshold_in_force(configure: Callable[..., None]) -> None:
+    """The card's PA/AP threshold unless CXR_PROJECTION_THRESHOLD raises it; a model
+    without a PA/AP head keeps none."""
+    from cxr_orient.modelstore import read_card
+
+    with session_scope() as session:
+        shipped = ensure_active_model(session)
+        v3 = SHIPPED_MODEL.parent / "compact-invariant-64-v3.keras"
+        older = register_checkpoint(session, v3, actor="tester", reason="r")
+    assert load_version(shipped).classifier.card.projection_threshold == read_card(
+        SHIPPED_MODEL).projection_threshold == 0.81
+    configure(projection_threshold=0.95)
+    assert load_version(shipped).classifier.card.projection_threshold == 0.95
+    assert load_version(older).classifier.card.projection_threshold is None
