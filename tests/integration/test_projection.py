@@ -89,7 +89,7 @@ def test_v4_adopted_and_reclassify_records_the_projection(database_url: str, red
                 "SELECT i.header_view_position, p.projection, p.projection_agrees "
                 "FROM predictions p JOIN instances i ON i.id = p.instance_id "
                 "WHERE p.projection IS NOT NULL ORDER BY p.projection")).all()
-            per_version = dict(conn.execute(text(
+            per_version: dict[str, int] = dict(conn.execute(text(
                 "SELECT m.name, count(*) FROM predictions p JOIN model_versions m "
                 "ON m.id = p.model_version_id GROUP BY m.name")).all())
     finally:
