@@ -89,7 +89,8 @@ def label() -> None:
               help="Source recorded for rows without a source column.")
 @click.option("--annotator", default=None, help="Annotator for rows without one.")
 def label_import(csv_path: Path, source: str, annotator: str | None) -> None:
-    """Import CSV_PATH (sop_instance_uid,label[,source,annotator]); all rows or none."""
+    """Import CSV_PATH (sop_instance_uid,label[,source,annotator,projection]); all rows or
+    none. A label PA or AP is a frontal with that projection."""
     from cxr_orient.errors import LabelImportError
     from cxr_orient.labels import import_labels, read_label_csv
     from db.session import session_scope
