@@ -37,7 +37,6 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "ARCHITECTURES",
-    "ARCHITECTURE_HEADS",
     "DEFAULT_ARCHITECTURE",
     "HEADED_ARCHITECTURES",
     "INVARIANT_ARCHITECTURES",
@@ -53,7 +52,6 @@ __all__ = [
     "build_model",
     "build_tutorial2019",
     "build_vgg16",
-    "heads_of",
 ]
 
 DEFAULT_ARCHITECTURE = "compact_invariant_64"
@@ -485,20 +483,6 @@ INVARIANT_ARCHITECTURES = frozenset(
 #: Architectures with the orientation and unusual-image heads (three named outputs).
 HEADED_ARCHITECTURES = frozenset({"compact_invariant_64_heads", "compact_invariant_64_heads2",
                                   "compact_invariant_64_heads3"})
-
-#: The answers beyond the view each architecture's heads give (what a model in service
-#: would stop giving if replaced by one without them; the gate weighs both ways).
-ARCHITECTURE_HEADS: dict[str, frozenset[str]] = {
-    "compact_invariant_64_heads": frozenset({"orientation", "unusual-image"}),
-    "compact_invariant_64_heads2": frozenset({"orientation", "unusual-image"}),
-    "compact_invariant_64_heads3": frozenset({"orientation", "unusual-image",
-                                              "chest-or-not", "PA/AP"}),
-}
-
-
-def heads_of(architecture: str) -> frozenset[str]:
-    """The heads ``architecture`` has beyond the view (none for a view-only network)."""
-    return ARCHITECTURE_HEADS.get(architecture, frozenset())
 
 
 def build_model(

@@ -21,11 +21,28 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["ECE_TOLERANCE", "GateDecision", "gate", "selection_key"]
+__all__ = ["ARCHITECTURE_HEADS", "ECE_TOLERANCE", "GateDecision", "gate", "heads_of",
+           "selection_key"]
 
 #: ECE differences smaller than this are noise on evaluation sets of this size: the gate
 #: tolerates that much worse, and does not count that much better as a reason to promote.
 ECE_TOLERANCE = 0.01
+
+
+#: The answers beyond the view each architecture's heads give: what the service would stop
+#: giving if the model in service were replaced by one without them, or start giving with
+#: one that has more (the gate weighs both: ``lost_heads``, ``gained_heads``).
+ARCHITECTURE_HEADS: dict[str, frozenset[str]] = {
+    "compact_invariant_64_heads": frozenset({"orientation", "unusual-image"}),
+    "compact_invariant_64_heads2": frozenset({"orientation", "unusual-image"}),
+    "compact_invariant_64_heads3": frozenset({"orientation", "unusual-image",
+                                              "chest-or-not", "PA/AP"}),
+}
+
+
+def heads_of(architecture: str) -> frozenset[str]:
+    """The heads ``architecture`` has beyond the view (none for a view-only network)."""
+    return ARCHITECTURE_HEADS.get(architecture, frozenset())
 
 
 @dataclass(frozen=True)

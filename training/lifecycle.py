@@ -37,7 +37,7 @@ from cxr_orient.settings import get_settings
 from db import crud
 from db.models import VIEW_LABELS, ModelVersion, OrientationLabel
 from db.session import get_engine, session_scope
-from training.gate import GateDecision, gate
+from training.gate import GateDecision, gate, heads_of
 
 logger = logging.getLogger(__name__)
 
@@ -132,8 +132,6 @@ def challenge(
             resamples=200,
             seed=seed,
         )
-
-    from cxr_orient.architectures import heads_of
 
     serving_heads, candidate_heads = heads_of(serving.architecture), heads_of(
         candidate.architecture)

@@ -59,8 +59,10 @@ def test_gate_promotes_a_tie_that_adds_heads_and_nothing_worse() -> None:
 
 
 def test_heads_of_each_architecture() -> None:
-    from cxr_orient.architectures import heads_of
+    from cxr_orient.architectures import ARCHITECTURES
+    from training.gate import ARCHITECTURE_HEADS, heads_of
 
+    assert set(ARCHITECTURE_HEADS) <= set(ARCHITECTURES)
     assert heads_of("compact_invariant_64_heads3") - heads_of("compact_invariant_64_heads2") == {
         "chest-or-not", "PA/AP"}
     assert heads_of("compact_invariant_64") == frozenset()
