@@ -15,10 +15,11 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)  ## The main job on bundled samples: real worker, embedded DB and broker.
 	$(BIN)/cxr-orient demo
 
-test: $(STAMP)  ## Unit and integration tests (needs Redis and PostgreSQL on 127.0.0.1).
+test: $(STAMP)  ## Lint, format check, types, unit and integration tests (needs Redis and PostgreSQL on 127.0.0.1).
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/mypy
-	$(BIN)/pytest -n 2 --dist loadfile
+	$(BIN)/pytest -n 2 --dist loadgroup --no-loadscope-reorder
 
 unit: $(STAMP)  ## The unit tier: no server (tests needing PostgreSQL/Redis/workers deselected).
 	$(BIN)/pytest -n 2 -m "not integration and not pg" -q

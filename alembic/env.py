@@ -7,9 +7,8 @@ from logging.config import fileConfig
 from sqlalchemy import Connection
 
 from alembic import context
-from cxr_orient.settings import get_settings
 from db.models import Base
-from db.session import make_engine
+from db.session import configured_database_url, make_engine
 
 config = context.config
 if config.config_file_name is not None and config.attributes.get("configure_logger", True):
@@ -45,7 +44,7 @@ def _configure(connection: Connection) -> None:
 
 def run_migrations_offline() -> None:
     context.configure(
-        url=config.attributes.get("url") or get_settings().effective_database_url,
+        url=config.attributes.get("url") or configured_database_url(),
         target_metadata=target_metadata,
         literal_binds=True,
         compare_type=True,
@@ -59,7 +58,7 @@ def run_migrations_online() -> None:
     if connection is not None:
         _configure(connection)
         return
-    url = config.attributes.get("url") or get_settings().effective_database_url
+    url = config.attributes.get("url") or configured_database_url()
     engine = make_engine(url)
     try:
         with engine.connect() as conn:

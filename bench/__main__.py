@@ -39,7 +39,7 @@ def main(quick: bool, out_dir: Path, machine: str | None, model_path: Path | Non
     from cxr_orient.logs import cap_third_party_loggers
     from cxr_orient.settings import get_settings
 
-    logging.basicConfig(level="DEBUG" if verbose else get_settings().log_level,
+    logging.basicConfig(level="DEBUG" if verbose else get_settings().logs.log_level,
                         stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cap_third_party_loggers(debugging=verbose)

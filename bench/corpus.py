@@ -1,7 +1,7 @@
 """The benchmark's DICOM corpus: realistic detector sizes, every transfer syntax.
 
 Real covid-cxr radiographs upscaled to 2000-3000 px when the shared folder
-exists (:data:`cxr_orient.synthetic.COVID_CXR`), smooth synthetic images
+exists (:data:`bench.dicom_factory.COVID_CXR`), smooth synthetic images
 otherwise; 12 to 16 bits stored, MONOCHROME1 and MONOCHROME2, frontal and
 lateral, some with a window in the header.
 """
@@ -31,7 +31,7 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from cxr_orient.synthetic import COVID_CXR, make_dicom, real_pixels
+from bench.dicom_factory import COVID_CXR, make_dicom, real_pixels
 
 logger = logging.getLogger(__name__)
 

@@ -173,6 +173,7 @@ def _pipeline(items: list[Any], root: Path, model: Path, cores: int, *,
     from bench import pipeline as pl
     from bench.measure import decode_rate
     from cxr_orient.ingest import enqueue_paths
+    from cxr_orient.settings import get_settings
     from worker.dispatch import send_instances
 
     processes = workers or cores
@@ -201,7 +202,7 @@ def _pipeline(items: list[Any], root: Path, model: Path, cores: int, *,
             pl.wait_for_pool(worker_log, processes)
             out["pool_ready_after_s"] = time.monotonic() - launched
             start = time.perf_counter()
-            ids = list(enqueue_paths(list(folders), send=None).queued)
+            ids = list(enqueue_paths(list(folders), send=None, settings=get_settings()).queued)
             out["enqueue_images_per_s"] = len(ids) / (time.perf_counter() - start)
             sent_at = time.time()
             send_instances(ids)

@@ -26,6 +26,7 @@ import argparse
 import logging
 import multiprocessing
 import os
+import re
 import shutil
 import time
 from collections.abc import Sequence
@@ -58,15 +59,21 @@ ON_CARD = ("explicit-le", "jpeg-lossless", "j2k-lossless", "j2k-lossy", "jpeg-ba
            "htj2k-lossless", "htj2k-lossy")
 
 
-def cpu_rates(items: Sequence[CorpusItem], *, processes: int, per_process: int = 4
+def cpu_rates(items: Sequence[CorpusItem], *, processes: int, per_process: int = 4,
+              syntaxes: Sequence[str] | None = None, decoders_off: Sequence[str] = ()
               ) -> dict[str, float]:
     """Images/s of ``processes`` processes decoding each syntax's files on the CPU (the
-    worker's fast path), after one untimed round."""
+    worker's fast path), after one untimed round; ``decoders_off`` as
+    CXR_CPU_DECODERS_OFF (the fallback's figure beside the chosen decoder's)."""
     from bench.measure import decode_rate
+    from cxr_orient.imaging.decoders import turn_off
 
     out: dict[str, float] = {}
-    with ProcessPoolExecutor(max_workers=processes, mp_context=_SPAWN) as pool:
+    with ProcessPoolExecutor(max_workers=processes, mp_context=_SPAWN, initializer=turn_off,
+                             initargs=(tuple(decoders_off),)) as pool:
         for name in sorted({i.syntax for i in items}):
+            if syntaxes is not None and name not in syntaxes:
+                continue
             files = [i.path for i in items if i.syntax == name]
             work = (files * (processes * per_process // len(files) + 1))[:processes
                                                                           * per_process]
@@ -108,6 +115,27 @@ def compare(reference: dict[str, dict[str, Any]], other: dict[str, dict[str, Any
     return {"files": len(reference), "same_labels": same, "max_p_diff": diff}
 
 
+_READY = re.compile(r"model ready in ([0-9.]+) s, decoding in ([0-9.]+) s")
+_LOADED = re.compile(r"inference process \d+ loaded \S+ in ([0-9.]+) s")
+_COMPILED = re.compile(r"inference process \d+ compiled batch sizes \[([0-9, ]*)\] in ([0-9.]+) s")
+
+
+def startup_phases(log_text: str) -> dict[str, Any]:
+    """Where a worker's start-up went, from its log: the slowest pool process's model
+    (loaded and compiled, or served) and decoding set-up (both from its start, run side
+    by side), and the inference process's load and compile times."""
+    ready = [(float(a), float(b)) for a, b in _READY.findall(log_text)]
+    loaded = [float(x) for x in _LOADED.findall(log_text)]
+    compiled = _COMPILED.findall(log_text)
+    return {
+        "pool_model_ready_s_max": max((a for a, _ in ready), default=None),
+        "pool_decoding_ready_s_max": max((b for _, b in ready), default=None),
+        "served_load_s": max(loaded, default=None),
+        "served_compile_s": max((float(t) for _, t in compiled), default=None),
+        "served_compiled_sizes": compiled[0][0] if compiled else None,
+    }
+
+
 def _layouts(cores: int) -> dict[str, tuple[int, dict[str, str]]]:
     card = ",".join(n if n != "explicit-le" else "native" for n in ON_CARD
                     if not n.startswith("j2k"))
@@ -118,6 +146,10 @@ def _layouts(cores: int) -> dict[str, tuple[int, dict[str, str]]]:
         "gpu-cpu-decode": (cores, {"CXR_DECODE_DEVICE": "cpu", "CXR_INFERENCE": "served"}),
         "gpu-card-decode": (cores, {"CXR_DECODE_DEVICE": "gpu", "CXR_INFERENCE": "served",
                                     "CXR_CARD_SYNTAXES": card}),
+        # Classic JPEG 2000 on the card too (16 processes handing it to nvJPEG2000 at
+        # once, where the card alone with one process measured slower than the CPUs).
+        "gpu-card-decode-j2k": (cores, {"CXR_DECODE_DEVICE": "gpu", "CXR_INFERENCE": "served",
+                                        "CXR_CARD_SYNTAXES": card + ",j2k-lossless,j2k-lossy"}),
         # The prefork layout of issue 14 on the card, for its start-up and its figures.
         "gpu-card-decode-prefork": (cores, {"CXR_DECODE_DEVICE": "gpu",
                                             "CXR_INFERENCE": "local",
@@ -134,22 +166,29 @@ def _run_layout(name: str, films: Sequence[tuple[CorpusItem, int]], *, mix: str,
 
     env = fresh_database(root / f"{mix}-{name}.db", broker_url)
     env["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"
+    env["CXR_LOG_LEVEL"] = "INFO"  # the inference process's load and compile times
     env.update(extra)
     out: dict[str, Any] = {"processes": processes, "env": extra}
-    start = time.monotonic()
-    ids = record_archive(films, tag=f"{mix}-{name}")
-    out["record_s"] = round(time.monotonic() - start, 2)
+    ids: list[int] = []
     launched = time.monotonic()
     try:
         with pl.running_worker(env, log, concurrency=processes, batch_size=batch_size,
                                max_wait_ms=200) as worker:
-            pl.wait_for_pool(log, processes, timeout_s=180)
+            pl.wait_for_pool(log, processes,
+                             timeout_s=max(30.0, min(150.0, deadline - time.monotonic() - 30)))
             out["startup_s"] = round(time.monotonic() - launched, 1)
             text = log.read_text(errors="replace")
             out["processes_on_card"] = text.count("decoding on the card")
+            out["startup_phases"] = startup_phases(text)
+            # Recorded once the pool serves, then sent at once: recorded earlier, a slow
+            # start-up lets the worker's own requeue (instances queued > 15 s) send them
+            # before the timed run, twice.
+            start = time.monotonic()
+            ids = record_archive(films, tag=f"{mix}-{name}")
+            out["record_s"] = round(time.monotonic() - start, 2)
             sent_at = time.time()
             send_instances(ids)
-            timeout = max(30.0, min(400.0, deadline - time.monotonic() - 20))
+            timeout = max(20.0, min(400.0, deadline - time.monotonic() - 15))
             result = pl.drain(ids, started=sent_at, timeout_s=timeout)
             result.update(sampler.between(sent_at, time.time()))
             result.update(time_split(ids))
@@ -159,7 +198,7 @@ def _run_layout(name: str, films: Sequence[tuple[CorpusItem, int]], *, mix: str,
     except Exception as e:
         logger.exception("layout %s failed", name)
         out["error"] = f"{type(e).__name__}: {e}"
-    out["answers"] = answers(ids)
+    out["answers"] = answers(ids) if ids else {}
     logger.info("%s %s: %s", mix, name, {k: v for k, v in out.items() if k != "answers"})
     return out
 
@@ -174,12 +213,17 @@ def main() -> None:
     parser.add_argument("--root", type=Path, default=Path("/tmp/gpu-archive"))
     parser.add_argument("--per-syntax", type=int, default=4)
     parser.add_argument("--films", type=int, default=10_000)
+    parser.add_argument("--mix-films", action="append", default=[],
+                        help="NAME=N: another set length for one mix (repeatable), e.g. "
+                        "lossy-archive=5000 to keep the call inside its limit")
     parser.add_argument("--mixes", default="lossless-archive,lossy-archive")
     parser.add_argument("--mix", action="append", default=[],
                         help="a site's own mix, NAME=syntax:weight,... (repeatable)")
     parser.add_argument("--layouts", default="gpu-card-decode,cpu-node,gpu-cpu-decode",
                         help="in the order run (the card's first: a cut-off loses the "
                         "slowest, CPU-bound ones)")
+    parser.add_argument("--mix-layouts", action="append", default=[],
+                        help="NAME=layout,...: other layouts for one mix (repeatable)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--budget-s", type=float, default=540)
     parser.add_argument("--skip", default="", help="comma-separated: agreement, rates")
@@ -208,8 +252,12 @@ def main() -> None:
         step("agreement", lambda: agreement(items, args.model, syntaxes=ON_CARD))
     if "rates" not in skip:
         step("card_alone_images_per_s", lambda: card_rates(
-            items, batch=64, seconds=1.0, threads=(1,), syntaxes=ON_CARD))
+            items, batch=64, seconds=1.0, threads=(1, 4), syntaxes=ON_CARD))
         step("cpu_images_per_s", lambda: cpu_rates(items, processes=cores))
+        # The decoder choice for JPEG lossless, measured: pydicom's plugin (pylibjpeg).
+        step("cpu_images_per_s_pylibjpeg", lambda: cpu_rates(
+            items, processes=cores, syntaxes=("jpeg-lossless",),
+            decoders_off=("libjpeg-turbo",)))
     mixes: list[Mix] = [MIXES[m] for m in args.mixes.split(",") if m]
     mixes += [parse_mix(m) for m in args.mix]
     results["mixes"] = {m.name: {"weights": dict(m.weights), "source": m.source}
@@ -223,11 +271,14 @@ def main() -> None:
         decode_threads=1, concurrency=cores))
     layouts = _layouts(cores)
     results["pipeline"] = {}
+    mix_films = {k: int(v) for k, _, v in (m.partition("=") for m in args.mix_films)}
+    results["films_by_mix"] = {m.name: mix_films.get(m.name, args.films) for m in mixes}
     for mix in mixes:
-        films = archive_set(items, mix, args.films)
+        films = archive_set(items, mix, results["films_by_mix"][mix.name])
         runs: dict[str, Any] = results["pipeline"].setdefault(mix.name, {})
-        for name in args.layouts.split(","):
-            if deadline - time.monotonic() < 60:
+        mix_layouts = dict(m.partition("=")[::2] for m in args.mix_layouts)
+        for name in mix_layouts.get(mix.name, args.layouts).split(","):
+            if deadline - time.monotonic() < 75:
                 runs[name] = {"skipped": "out of time"}
                 continue
             processes, extra = layouts[name]
@@ -257,40 +308,69 @@ def _fmt(value: Any, digits: int = 0) -> str:
     return str(value)
 
 
+def _first_line(text: Any, width: int = 120) -> str:
+    """An error's first line, shortened (the JSON keeps it whole)."""
+    line = str(text).strip().splitlines()[0] if str(text).strip() else ""
+    return line if len(line) <= width else line[: width - 3] + "..."
+
+
 def summary(results: dict[str, Any]) -> str:
     """The tables of the report, from the JSON."""
+    films = results.get("films_by_mix") or {}
     lines = [f"# GPU node on archive mixes ({results['machine']}, {results['cpu_count']} "
-             f"cores, {results['films']} films a run)", ""]
+             f"cores; films a run: "
+             f"{', '.join(f'{k} {v}' for k, v in films.items()) or results['films']})", ""]
     card = results.get("card_alone_images_per_s", {}).get("cpu_threads_1", {})
+    card4 = results.get("card_alone_images_per_s", {}).get("cpu_threads_4", {})
     cpu = results.get("cpu_images_per_s", {})
+    fallback = results.get("cpu_images_per_s_pylibjpeg", {})
     agree = results.get("agreement", {}).get("by_syntax", {})
     lines += ["## Per syntax", "",
-              "| syntax | CPU decode, 16 processes (images/s) | card alone, 1 process "
-              "(images/s) | card failures | agreement: same labels / files, max p diff |",
-              "|---|---|---|---|---|"]
+              f"| syntax | CPU decode, {results['cpu_count']} processes (images/s) | card "
+              "alone, 1 process "
+              "(images/s) | the same, 4 nvImageCodec threads | card failures | agreement: "
+              "same labels / files, max p diff |", "|---|---|---|---|---|---|"]
     for name in sorted(set(cpu) | set(card)):
         c = card.get(name, {})
         a = agree.get(name, {})
-        lines.append(f"| {name} | {_fmt(cpu.get(name))} | {_fmt(c.get('images_per_s'))} | "
+        cpu_text = _fmt(cpu.get(name))
+        if isinstance(fallback, dict) and isinstance(fallback.get(name), float):
+            cpu_text += f" (pylibjpeg: {_fmt(fallback[name])})"
+        lines.append(f"| {name} | {cpu_text} | {_fmt(c.get('images_per_s'))} | "
+                     f"{_fmt(card4.get(name, {}).get('images_per_s'))} | "
                      f"{_fmt(c.get('failed'))} | "
                      f"{_fmt(a.get('same_labels'))} / {_fmt(a.get('files'))}, "
                      f"{_fmt(a.get('max_p_diff'), 5)} |")
     lines += ["", "## Per archive mix, end to end (enqueue -> Redis -> worker -> SQLite)", "",
-              "| mix | layout | whole run (films/s) | sustained (films/s) | start-up (s) | "
-              "card busy (mean %) | decode ms | model ms | failed | same labels as CPU "
-              "node, max p diff |", "|---|---|---|---|---|---|---|---|---|---|"]
+              "| mix | layout | films | whole run (films/s) | sustained (films/s) | "
+              "start-up (s) | card busy (mean %) | decode ms | model ms | failed | same "
+              "labels as CPU node, max p diff |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for mix, runs in results.get("pipeline", {}).items():
         for name, run in runs.items():
             same = run.get("same_as_cpu_node", {})
             lines.append(
-                f"| {mix} | {name} | {_fmt(run.get('images_per_s'))} | "
+                f"| {mix} | {name} | {_fmt(run.get('images'))} | "
+                f"{_fmt(run.get('images_per_s'))} | "
                 f"{_fmt(run.get('sustained_images_per_s'))} | {_fmt(run.get('startup_s'))} | "
                 f"{_fmt(run.get('gpu_util_mean_pct'))} | {_fmt(run.get('decode_ms_mean'), 1)} | "
                 f"{_fmt(run.get('inference_ms_mean'), 2)} | {_fmt(run.get('failed'))} | "
                 f"{_fmt(same.get('same_labels'))} / {_fmt(same.get('files'))}, "
                 f"{_fmt(same.get('max_p_diff'), 5)} |"
-                + (f" {run.get('error') or run.get('skipped')}" if run.get("error")
-                   or run.get("skipped") else ""))
+                + (f" {_first_line(run.get('error') or run.get('skipped'))}"
+                   if run.get("error") or run.get("skipped") else ""))
+    lines += ["", "## Where the start-up went (s, from the worker's log)", "",
+              "| mix | layout | start-up | slowest pool process: model ready | its decoding "
+              "ready (side by side) | inference process: load | compile (sizes) |",
+              "|---|---|---|---|---|---|---|"]
+    for mix, runs in results.get("pipeline", {}).items():
+        for name, run in runs.items():
+            ph = run.get("startup_phases") or {}
+            lines.append(
+                f"| {mix} | {name} | {_fmt(run.get('startup_s'), 1)} | "
+                f"{_fmt(ph.get('pool_model_ready_s_max'), 1)} | "
+                f"{_fmt(ph.get('pool_decoding_ready_s_max'), 1)} | "
+                f"{_fmt(ph.get('served_load_s'), 1)} | {_fmt(ph.get('served_compile_s'), 1)}"
+                f" ({ph.get('served_compiled_sizes') or '-'}) |")
     return "\n".join(lines) + "\n"
 
 

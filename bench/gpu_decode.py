@@ -229,6 +229,7 @@ def _layout_run(name: str, sets: dict[str, list[Path]], *, base_env: dict[str, s
     """One worker layout: start it, then drain each set of study folders in turn."""
     from bench import pipeline as pl
     from cxr_orient.ingest import enqueue_paths
+    from cxr_orient.settings import get_settings
     from worker.dispatch import send_instances
 
     env = {**base_env, **extra_env}
@@ -246,7 +247,8 @@ def _layout_run(name: str, sets: dict[str, list[Path]], *, base_env: dict[str, s
                 if time.monotonic() > deadline:
                     out["sets"][set_name] = {"skipped": "out of time"}
                     continue
-                ids = list(enqueue_paths(list(folders), send=None).queued)
+                ids = list(enqueue_paths(list(folders), send=None,
+                                           settings=get_settings()).queued)
                 sent_at = time.time()
                 send_instances(ids)
                 result = pl.drain(ids, started=sent_at, timeout_s=drain_timeout_s)

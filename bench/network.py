@@ -177,12 +177,12 @@ def _one_corpus(items: Sequence[CorpusItem], root: Path, *, name: str,
 
     say(f"network ingest ({name}): {files} instances from {senders} concurrent dcmsend")
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "CXR_SPOOL_MIN_FREE_MB": "64"}
-    spool = settings.effective_spool_dir
+    spool = settings.intake.effective_spool_dir
     before = _recorded_under(spool)
     listener, port = _start_listener(env, root / f"listen-{name}.log")
     try:
         start = time.perf_counter()
-        processes = _send_all(dcmsend, port, sent, senders, settings.dicom_ae_title)
+        processes = _send_all(dcmsend, port, sent, senders, settings.dicom.dicom_ae_title)
         for process in processes:
             process.wait(timeout=600)
         acknowledged_s = time.perf_counter() - start
@@ -262,7 +262,7 @@ def end_to_end(items: Sequence[CorpusItem], root: Path, *, files: int, senders: 
     quiet_s = 1.0
     from cxr_orient.settings import get_settings
 
-    spool = get_settings().effective_spool_dir  # this process is configured like env
+    spool = get_settings().intake.effective_spool_dir  # this process is configured like env
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per poll otherwise
     env = {**env, "PYTHONUNBUFFERED": "1", "CXR_SPOOL_MIN_FREE_MB": "64",
            "CXR_STUDY_QUIET_S": str(quiet_s), "CXR_OUTBOX_INTERVAL_S": "1",

@@ -174,9 +174,10 @@ def _study_latencies(ids: Sequence[int]) -> tuple[list[float], datetime, datetim
 def saturate(folders: Sequence[Path], *, timeout_s: float = 600) -> dict[str, Any]:
     """Enqueue every study at once; images/s from the first enqueue to the last result."""
     from cxr_orient.ingest import enqueue_paths
+    from cxr_orient.settings import get_settings
     from worker.dispatch import send_instances
 
-    report = enqueue_paths(list(folders), send=send_instances)
+    report = enqueue_paths(list(folders), send=send_instances, settings=get_settings())
     ids = list(report.queued)
     finished = _wait_done(ids, timeout_s)
     latencies, first, last, failed = _study_latencies(ids)
@@ -241,6 +242,7 @@ def steady(
 ) -> dict[str, Any]:
     """Offer studies (two images each) at a steady ``images_per_s``; per-study latency."""
     from cxr_orient.ingest import enqueue_paths
+    from cxr_orient.settings import get_settings
     from worker.dispatch import send_instances
 
     interval = 2.0 / images_per_s
@@ -250,7 +252,8 @@ def steady(
         delay = start + k * interval - time.monotonic()
         if delay > 0:
             time.sleep(delay)
-        ids.extend(enqueue_paths([folder], send=send_instances).queued)
+        ids.extend(enqueue_paths([folder], send=send_instances,
+                                 settings=get_settings()).queued)
     offered_s = time.monotonic() - start
     finished = _wait_done(ids, timeout_s)
     latencies, _, _, failed = _study_latencies(ids)

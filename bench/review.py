@@ -70,7 +70,7 @@ def _configure(url: str, root: Path, data: Path) -> dict[str, str]:
 
 def _files(root: Path) -> list[tuple[str, str, int]]:
     """Real-size DICOM files: (path, sha256, size)."""
-    from cxr_orient.synthetic import make_dicom, real_pixels
+    from bench.dicom_factory import make_dicom, real_pixels
 
     out = []
     for i, pixels in enumerate(real_pixels(FILES, shape=SHAPE, bits=12, seed=7)):

@@ -104,7 +104,7 @@ def run_bench(
 
     plan = QUICK if quick else FULL
     machine = machine or default_machine()
-    model_path = (model_path or get_settings().bootstrap_model_path).resolve()
+    model_path = (model_path or get_settings().inference.bootstrap_model_path).resolve()
     root = Path(tempfile.mkdtemp(prefix="cxr-bench-"))
     results: dict[str, Any] = {
         "machine": machine,
@@ -182,7 +182,7 @@ def _pipeline(
     config = pl.PipelineConfig(root=root, model_path=model_path, broker_url=broker_url)
     env = pl.configure_environment(config)
     settings = get_settings()
-    default = (settings.batch_size, settings.batch_max_wait_ms)
+    default = (settings.worker.batch_size, settings.worker.batch_max_wait_ms)
     out: dict[str, Any] = {
         "broker": broker_url or "filesystem",
         "database": "sqlite",
@@ -263,8 +263,8 @@ def _network(
         # The worker's defaults: a pool process per core, one decode thread each.
         return pl.running_worker({**worker_env, "CXR_DECODE_THREADS": "1"},
                                  e2e / "worker.log", concurrency=cores,
-                                 batch_size=settings.batch_size,
-                                 max_wait_ms=settings.batch_max_wait_ms)
+                                 batch_size=settings.worker.batch_size,
+                                 max_wait_ms=settings.worker.batch_max_wait_ms)
 
     out["end_to_end"] = end_to_end(items, e2e, files=plan.network_files,
                                    senders=plan.network_senders, env=env, worker=worker,

@@ -21,7 +21,8 @@ def db_upgrade(revision: str) -> None:
     from db.migrate import upgrade
 
     upgrade(revision=revision)
-    click.echo(f"database at {redact_url(get_settings().effective_database_url)} is at {revision}")
+    url = get_settings().storage.effective_database_url
+    click.echo(f"database at {redact_url(url)} is at {revision}")
 
 
 @db.command("downgrade")

@@ -53,29 +53,29 @@ def run_demo(
         echo(f"cannot run the demo: {problem}")
         return 2
     settings = get_settings()
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    settings.storage.data_dir.mkdir(parents=True, exist_ok=True)
     # The samples are copied under the data folder, which becomes the ingest root
     # for this run only, so the worker may read them whatever CXR_INGEST_ROOT says.
-    sample_dir = settings.data_dir / "demo-samples"
+    sample_dir = settings.storage.data_dir / "demo-samples"
     shutil.rmtree(sample_dir, ignore_errors=True)
     shutil.copytree(SAMPLES, sample_dir, ignore=shutil.ignore_patterns("*.md"))
     os.environ["CXR_INGEST_ROOT"] = str(sample_dir)
-    os.environ.setdefault("CXR_DATA_DIR", str(settings.data_dir))
+    os.environ.setdefault("CXR_DATA_DIR", str(settings.storage.data_dir))
     reset_settings_cache()
     dispose_engines()
     settings = get_settings()
 
-    echo(f"database: {redact_url(settings.effective_database_url)}")
-    if settings.uses_embedded_broker:
+    echo(f"database: {redact_url(settings.storage.effective_database_url)}")
+    if settings.storage.uses_embedded_broker:
         echo(
             f"broker:   none configured (CXR_BROKER_URL unset): using kombu's filesystem "
-            f"transport in {settings.broker_folder}"
+            f"transport in {settings.storage.broker_folder}"
         )
     else:
-        echo(f"broker:   {redact_url(settings.effective_broker_url)}")
+        echo(f"broker:   {redact_url(settings.storage.effective_broker_url)}")
     upgrade()
 
-    log_path = settings.data_dir / "demo-worker.log"
+    log_path = settings.storage.data_dir / "demo-worker.log"
     worker = WorkerProcess(dict(os.environ), log_path, name="demo")
     echo(f"worker:   celery -A worker worker (pid {worker.pid}), log {log_path}")
 
@@ -85,7 +85,7 @@ def run_demo(
 
     try:
         start = time.monotonic()
-        report = enqueue_paths([sample_dir], send=send_instances)
+        report = enqueue_paths([sample_dir], send=send_instances, settings=get_settings())
         echo(
             f"enqueued {report.files} files: {len(report.queued)} new, "
             f"{len(report.already_known)} already known, {len(report.out_of_scope)} "

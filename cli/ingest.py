@@ -17,11 +17,13 @@ def _progress_enqueue(paths: list[Path]) -> Any:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
     from cxr_orient.ingest import count_files, enqueue_paths
+    from cxr_orient.settings import get_settings
     from worker.dispatch import send_instances
 
+    settings = get_settings()
     total = count_files(paths)
     if total < 50 or not sys.stderr.isatty():
-        return enqueue_paths(paths, send=send_instances)
+        return enqueue_paths(paths, send=send_instances, settings=settings)
     with Progress(
         "[progress.description]{task.description}",
         BarColumn(),
@@ -30,7 +32,8 @@ def _progress_enqueue(paths: list[Path]) -> Any:
         transient=True,
     ) as progress:
         task = progress.add_task("reading headers", total=total)
-        return enqueue_paths(paths, send=send_instances, on_file=lambda: progress.advance(task))
+        return enqueue_paths(paths, send=send_instances, settings=settings,
+                             on_file=lambda: progress.advance(task))
 
 
 @click.command()
@@ -106,9 +109,10 @@ def requeue() -> None:
     A live worker's claim is never taken, however long its batch runs. Safe to repeat:
     workers claim each instance once and skip finished ones.
     """
+    from cxr_orient.settings import get_settings
     from worker.requeue import requeue_unfinished
 
-    sent = requeue_unfinished(only_stale=False)
+    sent = requeue_unfinished(get_settings().worker, only_stale=False)
     click.echo(f"re-sent {sent} instances")
 
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 
+from cli.acceptance import acceptance
 from cli.db import db
 from cli.demo import demo
 from cli.hints import DATABASE_HINT, DEFAULT_DATABASE_HINT
@@ -32,7 +33,7 @@ from cxr_orient.settings import get_settings, redact_url
 def setup_logging(verbose: bool) -> None:
     from cxr_orient.logs import cap_third_party_loggers
 
-    level = "DEBUG" if verbose else get_settings().log_level
+    level = "DEBUG" if verbose else get_settings().logs.log_level
     logging.basicConfig(
         level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -54,7 +55,7 @@ class DatabaseErrorGroup(click.Group):
         try:
             return super().invoke(ctx)
         except (OperationalError, ProgrammingError) as exc:
-            url = redact_url(get_settings().effective_database_url)
+            url = redact_url(get_settings().storage.effective_database_url)
             reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
             hint = ctx.meta.get(DATABASE_HINT, DEFAULT_DATABASE_HINT)
             raise click.ClickException(f"database {url}: {reason} ({hint})") from exc
@@ -76,7 +77,7 @@ for command in (db, enqueue, requeue, reclassify,  # cli.db, cli.ingest
                 listen, pull, serve, outbox, token,  # cli.node
                 results, status,  # cli.results
                 train, evaluate, register, promote, rollback, models, retrain, label,
-                user, demo):
+                user, demo, acceptance):
     main.add_command(command)
 
 if __name__ == "__main__":

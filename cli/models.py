@@ -11,15 +11,14 @@ import click
 from cxr_orient.settings import get_settings
 
 # Literal here: importing cxr_orient.architectures would load Keras for every command.
-ARCHITECTURE_HELP = ("compact_invariant_64 (the shipped model's view network; "
-                     "compact_invariant_64_heads adds its orientation and unusual-image "
-                     "heads, see python -m training.heads; compact_invariant_64_heads2, "
-                     "the shipped one, also scores unusual images by the orientation head, "
-                     "see python -m training.unusual_design; compact_invariant_64_heads3 "
-                     "adds a chest-or-not and a PA/AP head, see python -m "
-                     "recipes.compact_invariant_64_v4), compact_invariant, "
+ARCHITECTURE_HELP = ("compact_invariant_64 (the shipped models' view network), "
+                     "compact_invariant_64_heads (adds the orientation and unusual-image "
+                     "heads), compact_invariant_64_heads2 (the served one: the unusual-image "
+                     "score also asks the orientation head), compact_invariant_64_heads3 "
+                     "(adds a chest-or-not and a PA/AP head), compact_invariant, "
                      "compact_invariant_slim, compact, compact_wide, tutorial2019, vgg16, "
-                     "mobilenetv3small.")
+                     "mobilenetv3small. How each shipped checkpoint and its heads were "
+                     "made: python -m recipes.<name> --help, from a checkout.")
 
 
 @click.command()
@@ -62,12 +61,13 @@ def train(
     from training.candidate import train_from_folder
 
     settings = get_settings()
-    out = (out_dir or settings.effective_model_dir).expanduser().resolve()
+    out = (out_dir or settings.storage.effective_model_dir).expanduser().resolve()
     checkpoint, card = train_from_folder(
         data_dir,
         out_dir=out,
         architecture=architecture,
         epochs=epochs,
+        imagenet_weights_dir=settings.training.imagenet_weights_dir,
         seed=seed,
         manifest=manifest,
     )
@@ -125,9 +125,9 @@ def retrain(min_new_labels: int, extra_dir: Path | None, manifest: Path | None,
     active model on the fixed evaluation split. Exit 0 when done or nothing to do."""
     from training.lifecycle import retrain as run_retrain
 
-    result = run_retrain(min_new_labels=min_new_labels, extra_dir=extra_dir, manifest=manifest,
-                         architecture=architecture, epochs=epochs, min_epochs=min_epochs,
-                         seed=seed)
+    result = run_retrain(get_settings(), min_new_labels=min_new_labels, extra_dir=extra_dir,
+                         manifest=manifest, architecture=architecture, epochs=epochs,
+                         min_epochs=min_epochs, seed=seed)
     for problem in result.problems[:20]:
         click.echo(f"not trained on: {problem}", err=True)
     click.echo(result.message)
@@ -167,7 +167,7 @@ def register(checkpoint: Path, reason: str, actor: str | None, challenge: bool) 
     from training.lifecycle import challenge_version
 
     try:
-        decision = challenge_version(name, actor=who)
+        decision = challenge_version(name, actor=who, settings=get_settings())
     except ModelError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(("promoted: " if decision.promote else "kept the active model: ")
@@ -240,7 +240,7 @@ def evaluate(model: str, data: Path, manifest: Path | None, robustness: bool,
     from training.data import load_labelled_folder
     from training.evaluate import robustness as run_robustness
 
-    classifier = load_classifier(model)
+    classifier = load_classifier(model, get_settings().inference)
     dataset = load_labelled_folder(data, manifest=manifest)
     variants = None if robustness else ["original"]
     results = run_robustness(classifier, dataset.images, dataset.labels,

@@ -138,8 +138,8 @@ def serve(host: str | None, port: int | None) -> None:
     from service.server import serve as run_server
 
     settings = get_settings()
-    run_server(host=host or settings.http_host, port=port or settings.http_port,
-               log_level=settings.log_level)
+    run_server(settings, host=host or settings.http.http_host,
+               port=port or settings.http.http_port)
 
 
 @click.group()

@@ -136,16 +136,16 @@ def status() -> None:
         destinations = crud.destination_states(session)
         ready = crud.ready_workers(session)
     depth = broker_queue_depth()
-    click.echo(f"database: {redact_url(settings.effective_database_url)}")
+    click.echo(f"database: {redact_url(settings.storage.effective_database_url)}")
     click.echo(
-        f"broker:   {redact_url(settings.effective_broker_url)}"
-        + (" (embedded filesystem transport)" if settings.uses_embedded_broker else "")
+        f"broker:   {redact_url(settings.storage.effective_broker_url)}"
+        + (" (embedded filesystem transport)" if settings.storage.uses_embedded_broker else "")
     )
     click.echo("instances: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
     click.echo(f"queue depth: {'unknown' if depth is None else depth}")
     if waiting:
         click.echo(f"held: {waiting} instances of {waiting_studies} studies waiting for "
-                   f"CXR_STUDY_QUIET_S={settings.study_quiet_s:g} s of quiet")
+                   f"CXR_STUDY_QUIET_S={settings.intake.study_quiet_s:g} s of quiet")
     click.echo(f"active model: {active_name}")
     if targeted or runs:
         click.echo(f"reclassify: {targeted} instances queued or processing for a named "
@@ -155,7 +155,7 @@ def status() -> None:
         + ", ".join(f"{k} {v}" for k, v in conflicts.items())
         + ")"
     )
-    _echo_outbox(outbox, configured=[d.url for d in settings.result_destination_list],
+    _echo_outbox(outbox, configured=settings.results.destination_urls,
                  states=destinations)
     click.echo(f"workers ready to classify: {len(ready)}"
                + (f" ({', '.join(ready)})" if ready else ""))

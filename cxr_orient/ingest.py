@@ -34,7 +34,7 @@ from cxr_orient.dicomnet.policy import PolicyRefusal, check_policy, check_uids
 from cxr_orient.errors import CxrError
 from cxr_orient.imaging import DicomHeader, read_header
 from cxr_orient.intake import read_for_ingest
-from cxr_orient.settings import Settings, get_settings
+from cxr_orient.settings import Settings
 from cxr_orient.studies import record_study_answers
 from db import crud
 from db.models import Instance, InstanceStatus, UidConflictAction, utcnow
@@ -134,7 +134,7 @@ def header_record(path: str, sha256: str, size: int, header: DicomHeader,
     invalid = check_uids(header)
     if invalid is not None:
         return ScannedFile(path, sha256, size, None, invalid)
-    return ScannedFile(path, sha256, size, header, None, check_policy(header, settings))
+    return ScannedFile(path, sha256, size, header, None, check_policy(header, settings.accept))
 
 
 def scan_file(path: Path, settings: Settings) -> ScannedFile:
@@ -142,7 +142,7 @@ def scan_file(path: Path, settings: Settings) -> ScannedFile:
     file and the verdict of :func:`header_record` on it; a refusal is returned, never
     raised."""
     try:
-        checked = read_for_ingest(path, settings)
+        checked = read_for_ingest(path, settings.intake)
     except CxrError as exc:
         return ScannedFile(str(path.expanduser().absolute()), "", 0, None, exc)
     try:
@@ -202,6 +202,8 @@ def _record_known(
         modality=header.modality,
         transfer_syntax_uid=header.transfer_syntax_uid,
         header_view_position=header.view_position,
+        manufacturer=header.manufacturer,
+        manufacturer_model=header.manufacturer_model,
         status=InstanceStatus.waiting if hold else InstanceStatus.queued,
     ):
         action = UidConflictAction.replaced
@@ -312,6 +314,8 @@ def _record_chunk(
                 modality=header.modality,
                 transfer_syntax_uid=header.transfer_syntax_uid,
                 header_view_position=header.view_position,
+                manufacturer=header.manufacturer,
+                manufacturer_model=header.manufacturer_model,
                 status=(InstanceStatus.out_of_scope if refusal is not None
                         else InstanceStatus.waiting if hold else InstanceStatus.queued),
                 error_code=None if refusal is None else refusal.code,
@@ -356,7 +360,7 @@ def enqueue_paths(
     paths: Sequence[Path],
     *,
     send: Sender | None,
-    settings: Settings | None = None,
+    settings: Settings,
     on_file: Callable[[], None] | None = None,
     hold: bool = False,
 ) -> EnqueueReport:
@@ -370,7 +374,6 @@ def enqueue_paths(
     sent: :func:`cxr_orient.studies.release_quiet_studies` sends them once their study
     is quiet.
     """
-    settings = settings or get_settings()
 
     def scanned() -> Iterator[ScannedFile]:
         for path in iter_files(paths):
@@ -385,7 +388,7 @@ def enqueue_scanned(
     scanned: Iterable[ScannedFile],
     *,
     send: Sender | None,
-    settings: Settings | None = None,
+    settings: Settings,
     hold: bool = False,
 ) -> EnqueueReport:
     """:func:`enqueue_paths` for files already scanned: each :class:`ScannedFile` as
@@ -393,9 +396,8 @@ def enqueue_scanned(
     them and parsed their header builds the same record without reading the file again:
     :func:`cxr_orient.dicomnet.receive.received_file`). Recorded chunk by chunk, the same
     rows and rules as a file found on disk."""
-    settings = settings or get_settings()
-    policy = settings.uid_conflict_policy
-    hold = hold and settings.study_quiet_s > 0
+    policy = settings.intake.uid_conflict_policy
+    hold = hold and settings.intake.study_quiet_s > 0
     report = EnqueueReport()
     chunk: list[ScannedFile] = []
 

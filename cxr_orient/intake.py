@@ -35,7 +35,7 @@ from cxr_orient.errors import (
     PathNotAllowedError,
 )
 from cxr_orient.imaging import load_dicom_image
-from cxr_orient.settings import Settings
+from cxr_orient.settings import IntakeSettings
 
 __all__ = [
     "CheckedFile",
@@ -116,22 +116,22 @@ class CheckedFile:
     sha256: str
 
 
-def read_for_ingest(path: Path, settings: Settings) -> CheckedFile:
+def read_for_ingest(path: Path, intake: IntakeSettings) -> CheckedFile:
     """Steps 1 and 2 for a file being recorded: confined, a regular file, read bounded,
     hashed. The absolute path as named is what the database records."""
     absolute = path.expanduser().absolute()
-    real = resolve_ingest_path(absolute, settings.ingest_root)
+    real = resolve_ingest_path(absolute, intake.ingest_root)
     if not real.is_file():
         raise FileMissingError(f"{str(path)!r} is not a regular file")
-    data = read_file_bounded(real, shown=str(path), max_pixels=settings.max_pixels)
+    data = read_file_bounded(real, shown=str(path), max_pixels=intake.max_pixels)
     return CheckedFile(absolute, real, data, hashlib.sha256(data).hexdigest())
 
 
-def read_checked(file_path: str, *, expected_sha256: str, settings: Settings) -> CheckedFile:
+def read_checked(file_path: str, *, expected_sha256: str, intake: IntakeSettings) -> CheckedFile:
     """Steps 1 to 3 for a recorded file: confined, read bounded, and unchanged since it
     was recorded (else :class:`~cxr_orient.errors.FileChangedError`)."""
-    real = resolve_ingest_path(file_path, settings.ingest_root)
-    data = read_file_bounded(real, shown=file_path, max_pixels=settings.max_pixels)
+    real = resolve_ingest_path(file_path, intake.ingest_root)
+    data = read_file_bounded(real, shown=file_path, max_pixels=intake.max_pixels)
     digest = hashlib.sha256(data).hexdigest()
     if digest != expected_sha256:
         raise FileChangedError(
@@ -142,10 +142,10 @@ def read_checked(file_path: str, *, expected_sha256: str, settings: Settings) ->
 
 
 def load_checked_image(
-    file_path: str, *, expected_sha256: str, settings: Settings, size: int
+    file_path: str, *, expected_sha256: str, intake: IntakeSettings, size: int
 ) -> np.ndarray:
     """All four steps: a recorded file's pixels as a ``size x size`` grey uint8 image."""
-    checked = read_checked(file_path, expected_sha256=expected_sha256, settings=settings)
+    checked = read_checked(file_path, expected_sha256=expected_sha256, intake=intake)
     return load_dicom_image(
-        checked.real, size=size, max_pixels=settings.max_pixels, data=checked.data
+        checked.real, size=size, max_pixels=intake.max_pixels, data=checked.data
     )

@@ -21,6 +21,7 @@ import keras
 import numpy as np
 
 from cxr_orient import layers as _layers  # noqa: F401 - registers the layers checkpoints use
+from cxr_orient.answer import LOW_CONFIDENCE, UNUSUAL_IMAGE, Answer
 from cxr_orient.calibration import (
     DECISION_THRESHOLD,
     apply_temperature,
@@ -42,7 +43,6 @@ __all__ = [
     "Classifier",
     "HeadOutputs",
     "ModelCard",
-    "Prediction",
     "apply_temperature",
     "card_path_for",
     "expected_calibration_error",
@@ -266,45 +266,6 @@ def to_model_input(batch: np.ndarray) -> np.ndarray:
     return x if x.dtype == np.uint8 else x.astype(np.float32, copy=False)
 
 
-#: Why an answer needs a human: its confidence is under the review threshold, or the
-#: image is unlike any chest film seen in training.
-LOW_CONFIDENCE = "low_confidence"
-UNUSUAL_IMAGE = "unusual_image"
-
-
-@dataclass(frozen=True)
-class Prediction:
-    """One image's calibrated prediction.
-
-    ``rotation`` (0, 90, 180, 270) and ``mirrored`` say how the image is stored relative
-    to standard display: ``numpy.rot90(upright, rotation // 90)`` is the stored image
-    (after a left-right mirror when ``mirrored``). ``mirrored`` is None for laterals
-    (archives display them facing either way) and both are None for a model without an
-    orientation head; ``unusual_score`` likewise without an unusual-image head.
-
-    With a chest-or-not and a PA/AP head (``compact_invariant_64_heads3``):
-    ``p_not_chest`` is the probability that the image is not a chest radiograph (its
-    threshold is part of ``unusual``), ``p_ap`` the calibrated probability that a frontal
-    was taken AP, and ``projection`` "PA" or "AP" for a frontal whose confidence
-    max(p_ap, 1 - p_ap) reaches the card's ``projection_threshold`` (None otherwise,
-    for laterals, and for models without the head).
-    """
-
-    label: str
-    confidence: float
-    p_frontal: float
-    p_lateral: float
-    needs_review: bool
-    rotation: int | None = None
-    mirrored: bool | None = None
-    unusual_score: float | None = None
-    unusual: bool = False
-    review_reasons: tuple[str, ...] = ()
-    p_not_chest: float | None = None
-    p_ap: float | None = None
-    projection: str | None = None
-
-
 @dataclass(frozen=True)
 class HeadOutputs:
     """What one forward pass gives: the view's uncalibrated (N, 2) softmax, and, when the
@@ -462,7 +423,7 @@ class Classifier:
 
     def post_process(self, probs: np.ndarray, *, orientation: np.ndarray | None = None,
                      unusual: np.ndarray | None = None, not_chest: np.ndarray | None = None,
-                     projection: np.ndarray | None = None) -> list[Prediction]:
+                     projection: np.ndarray | None = None) -> list[Answer]:
         """The prediction rule: the label by :func:`predicted_class`, the confidence as
         the larger probability, review below the card's ``review_threshold`` or above
         its ``unusual_threshold``; with an orientation head, which way up
@@ -485,7 +446,7 @@ class Classifier:
                 (UNUSUAL_IMAGE, is_unusual)) if applies)
             p_ap = float(projection[i]) if projection is not None else None
             out.append(
-                Prediction(
+                Answer(
                     label=label,
                     confidence=confidence,
                     p_frontal=float(p_front),
@@ -494,7 +455,6 @@ class Classifier:
                     rotation=rotation,
                     mirrored=mirrored,
                     unusual_score=score,
-                    unusual=is_unusual,
                     review_reasons=reasons,
                     p_not_chest=float(not_chest[i]) if not_chest is not None else None,
                     p_ap=p_ap,
@@ -503,7 +463,7 @@ class Classifier:
             )
         return out
 
-    def predict(self, batch: np.ndarray) -> list[Prediction]:
+    def predict(self, batch: np.ndarray) -> list[Answer]:
         """Calibrated answers with everything the model's heads say."""
         heads = self.predict_heads(batch)
         return self.post_process(apply_temperature(heads.view, self.card.temperature),

@@ -27,7 +27,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from cxr_orient.errors import ModelError
-from cxr_orient.settings import get_settings
+from cxr_orient.settings import InferenceSettings
 from db import crud
 from db.models import ModelVersion
 from db.session import session_scope
@@ -76,13 +76,13 @@ def register_checkpoint(
     )
 
 
-def ensure_active_model(session: Session) -> ModelVersion:
+def ensure_active_model(session: Session, inference: InferenceSettings) -> ModelVersion:
     """The active model version; with none, the bootstrap checkpoint
     (``CXR_MODEL_PATH`` or the shipped one) is registered and activated."""
     active = crud.active_model_version(session)
     if active is not None:
         return active
-    path = get_settings().bootstrap_model_path
+    path = inference.bootstrap_model_path
     try:
         with session.begin_nested():
             version = register_checkpoint(
@@ -172,7 +172,7 @@ _LOCK = threading.Lock()
 _LOADED: LoadedModel | None = None
 
 
-def load_version(version: ModelVersion) -> LoadedModel:
+def load_version(version: ModelVersion, inference: InferenceSettings) -> LoadedModel:
     """Load a registered version's checkpoint, refusing it if its bytes changed."""
     from cxr_orient.modelstore import (
         Classifier,
@@ -181,19 +181,18 @@ def load_version(version: ModelVersion) -> LoadedModel:
         with_mixed_bfloat16,
     )
 
-    settings = get_settings()
     path = Path(version.file_path)
     card = read_card(path)
     card = dataclasses.replace(
         card,
         temperature=version.temperature,
-        review_threshold=settings.review_threshold or version.review_threshold,
-        projection_threshold=(settings.projection_threshold
-                              if settings.projection_threshold is not None
+        review_threshold=inference.review_threshold or version.review_threshold,
+        projection_threshold=(inference.projection_threshold
+                              if inference.projection_threshold is not None
                                  and card.projection_threshold is not None
                               else card.projection_threshold),
     )
-    if settings.inference == "served":
+    if inference.inference == "served":
         # The forward pass runs in the worker's inference process, which loads (and
         # checks) the checkpoint itself: this pool process holds no Keras model.
         from cxr_orient.serving import socket_for
@@ -202,10 +201,10 @@ def load_version(version: ModelVersion) -> LoadedModel:
         return LoadedModel(
             version_id=version.id, name=version.name, sha256=version.sha256,
             classifier=ServedClassifier(card, path=path, sha256=version.sha256,
-                                        mixed_precision=settings.mixed_precision,
+                                        mixed_precision=inference.mixed_precision,
                                         socket_path=socket_for(os.getpid())))
     model = load_checkpoint(path, expected_sha256=version.sha256)
-    if settings.mixed_precision == "bfloat16":
+    if inference.mixed_precision == "bfloat16":
         model = with_mixed_bfloat16(model, card)
     return LoadedModel(
         version_id=version.id,
@@ -215,12 +214,12 @@ def load_version(version: ModelVersion) -> LoadedModel:
     )
 
 
-def current_model() -> LoadedModel:
+def current_model(inference: InferenceSettings) -> LoadedModel:
     """The active model, loaded once per process and swapped when the active version
     changes in the database (checked at every call, i.e. between batches)."""
     global _LOADED
     with session_scope() as session:
-        version = ensure_active_model(session)
+        version = ensure_active_model(session, inference)
         # Identity is the row and the file's hash: an id alone is not unique across
         # databases (tests, a re-created database) and must never serve a stale model.
         key = (version.id, version.name, version.sha256)
@@ -229,7 +228,7 @@ def current_model() -> LoadedModel:
         with _LOCK:
             if _LOADED is None or _LOADED.key != key:
                 previous = _LOADED.name if _LOADED else None
-                _LOADED = load_version(version)
+                _LOADED = load_version(version, inference)
                 logger.info("model in service: %s (was %s)", _LOADED.name, previous)
             return _LOADED
 
@@ -240,7 +239,7 @@ OTHER_VERSIONS_KEPT = 2
 _OTHERS: OrderedDict[tuple[int, str, str], LoadedModel] = OrderedDict()
 
 
-def model_for_version(version_id: int) -> LoadedModel:
+def model_for_version(version_id: int, inference: InferenceSettings) -> LoadedModel:
     """A registered version by id, for work that names its model (``cxr-orient reclassify
     --model``): the active model when it is that version, else loaded once per process and
     kept in a small cache (:data:`OTHER_VERSIONS_KEPT`). Raises :class:`ModelError` when
@@ -255,7 +254,7 @@ def model_for_version(version_id: int) -> LoadedModel:
         with _LOCK:
             loaded = _OTHERS.get(key)
             if loaded is None:
-                loaded = load_version(version)
+                loaded = load_version(version, inference)
                 logger.info("loaded model %s for work that names it", loaded.name)
             _OTHERS[key] = loaded
             _OTHERS.move_to_end(key)
@@ -264,7 +263,7 @@ def model_for_version(version_id: int) -> LoadedModel:
             return loaded
 
 
-def load_classifier(model: str) -> Classifier:
+def load_classifier(model: str, inference: InferenceSettings) -> Classifier:
     """A :class:`~cxr_orient.modelstore.Classifier` for a registered version name or a
     ``.keras`` path (its card's SHA-256 is checked either way)."""
     from cxr_orient.modelstore import Classifier
@@ -276,4 +275,4 @@ def load_classifier(model: str) -> Classifier:
         version = crud.find_model_version(session, name=model)
         if version is None:
             raise ModelError(f"{model!r} is neither a .keras file nor a registered version")
-        return load_version(version).classifier
+        return load_version(version, inference).classifier

@@ -111,8 +111,8 @@ def render_instance(instance: Instance, *, kind: str, settings: Settings) -> Ren
     try:
         ensure_not_purged(instance)
         checked = read_checked(instance.file_path, expected_sha256=instance.file_sha256,
-                               settings=settings)
-        square = load_dicom_image(checked.real, size=size, max_pixels=settings.max_pixels,
+                               intake=settings.intake)
+        square = load_dicom_image(checked.real, size=size, max_pixels=settings.intake.max_pixels,
                                   data=checked.data)
         if kind == "model":
             return Rendered(_png(square))

@@ -31,7 +31,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy.orm import Session
 
-from cxr_orient.settings import Settings, get_settings
+from cxr_orient.settings import IntakeSettings
 from db import crud
 from db.models import InstanceStatus, OrientationLabel, utcnow
 from db.session import session_scope
@@ -104,12 +104,11 @@ def record_study_answers(
 
 
 def release_quiet_studies(
-    send: Sender, settings: Settings | None = None, now: datetime | None = None
+    send: Sender, intake: IntakeSettings, now: datetime | None = None
 ) -> int:
     """Queue and send the waiting instances of every study quiet for
     ``CXR_STUDY_QUIET_S`` seconds (as of ``now``, default the present); how many sent."""
-    settings = settings or get_settings()
-    cutoff = (now or utcnow()) - timedelta(seconds=settings.study_quiet_s)
+    cutoff = (now or utcnow()) - timedelta(seconds=intake.study_quiet_s)
     with session_scope() as session:
         ids = crud.release_waiting(session, arrived_before=cutoff)
     if ids:
@@ -119,14 +118,13 @@ def release_quiet_studies(
 
 
 def run_release_loop(
-    send: Sender, stop: threading.Event, settings: Settings | None = None
+    send: Sender, stop: threading.Event, intake: IntakeSettings
 ) -> None:
     """Sweep until ``stop`` is set (the body of a thread in ``listen``/``serve``); a
     database error is logged and the next sweep tries again: the process never dies of it."""
-    settings = settings or get_settings()
-    interval = settings.study_release_interval_s
+    interval = intake.study_release_interval_s
     while not stop.wait(interval):
         try:
-            release_quiet_studies(send, settings)
+            release_quiet_studies(send, intake)
         except Exception:
             logger.exception("releasing quiet studies failed; retrying in %.1f s", interval)

@@ -8,14 +8,14 @@ from alembic.config import Config
 from alembic.script import ScriptDirectory
 
 from alembic import command
-from cxr_orient.settings import get_settings
+from db.session import configured_database_url
 
 ALEMBIC_INI = Path(__file__).resolve().parent.parent / "alembic.ini"
 
 
 def alembic_config(url: str | None = None) -> Config:
     config = Config(str(ALEMBIC_INI))
-    config.attributes["url"] = url or get_settings().effective_database_url
+    config.attributes["url"] = url or configured_database_url()
     config.attributes["configure_logger"] = False
     return config
 

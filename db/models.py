@@ -144,6 +144,10 @@ class Instance(Base):
     modality: Mapped[str | None] = mapped_column(String(16))
     transfer_syntax_uid: Mapped[str | None] = mapped_column(UID)
     header_view_position: Mapped[str | None] = mapped_column(String(16))
+    #: The header's Manufacturer and ManufacturerModelName (the device, a stratum of an
+    #: acceptance plan); NULL when absent or for instances recorded before 0012.
+    manufacturer: Mapped[str | None] = mapped_column(String(64))
+    manufacturer_model: Mapped[str | None] = mapped_column(String(64))
     status: Mapped[InstanceStatus] = mapped_column(
         _enum(InstanceStatus, "instance_status"), default=InstanceStatus.queued
     )
@@ -535,3 +539,44 @@ class LoginFailure(Base):
     username: Mapped[str] = mapped_column(String(64))
     address: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class AcceptancePlan(Base):
+    """A stratified sample of a site's answered films drawn for acceptance
+    (``cxr-orient acceptance plan``); ``design`` records how (seed, targets, strata sizes)."""
+
+    __tablename__ = "acceptance_plans"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    actor: Mapped[str] = mapped_column(String(128))
+    seed: Mapped[int] = mapped_column(BigInteger)
+    #: Answered films the sample was drawn from.
+    population: Mapped[int] = mapped_column(Integer)
+    design: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class AcceptanceItem(Base):
+    """One sampled film of a plan: the answer it measures, and once a reviewer has
+    labelled it in the plan's queue, that ``labels`` row (plus PA/AP for a frontal)."""
+
+    __tablename__ = "acceptance_items"
+    __table_args__ = (UniqueConstraint("plan_id", "instance_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    plan_id: Mapped[int] = mapped_column(ForeignKey("acceptance_plans.id", ondelete="RESTRICT"))
+    instance_id: Mapped[int] = mapped_column(ForeignKey("instances.id", ondelete="RESTRICT"))
+    #: The answer sampled (the instance's current one when the plan was drawn).
+    prediction_id: Mapped[int] = mapped_column(
+        ForeignKey("predictions.id", ondelete="RESTRICT"))
+    #: Drawn in the simple random core sample (per-class figures), not only as a top-up
+    #: of a stratum.
+    core: Mapped[bool] = mapped_column(Boolean)
+    #: Every stratum the film belongs to (``["class:lateral", "modality:CR", ...]``).
+    strata: Mapped[list[str]] = mapped_column(JSON)
+    #: The newest label recorded through the plan's queue; NULL: not labelled yet.
+    label_id: Mapped[int | None] = mapped_column(ForeignKey("labels.id", ondelete="RESTRICT"))
+    #: The reviewer's PA or AP for a frontal (NULL: not said, or not a frontal).
+    projection: Mapped[str | None] = mapped_column(String(8))
+    labelled_at: Mapped[datetime | None] = mapped_column()

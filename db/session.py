@@ -54,9 +54,16 @@ def _make_sqlite_folder(url: str) -> None:
 _ENGINES: dict[str, Engine] = {}
 
 
+def configured_database_url() -> str:
+    """``CXR_DATABASE_URL`` (or the embedded SQLite file): the one URL of this process.
+    The engine is a process-wide resource built on first use, so this module reads the
+    settings itself (the one reader outside the processes' entry modules)."""
+    return get_settings().storage.effective_database_url
+
+
 def get_engine() -> Engine:
     """The process-wide engine for ``CXR_DATABASE_URL``."""
-    url = get_settings().effective_database_url
+    url = configured_database_url()
     engine = _ENGINES.get(url)
     if engine is None:
         engine = _ENGINES[url] = make_engine(url)

@@ -21,8 +21,10 @@ its frozen, exactly invariant features (:data:`cxr_orient.architectures.SCOPE_FE
   AP Supine (the source's ``view``), class-balanced; regularisation and the abstention
   threshold are chosen on validation patients, measured once on the test patients.
 
-Nothing of ``nonchest/`` or ``covid-cxr/`` is committed (licences): the caches live in
-``.devdata/`` (git-ignored), only figures reach the card.
+The data: ``covid-cxr/`` and ``nonchest/`` in ``$CXR_DEV_DATA`` (unset: ``../shared/data``
+beside the checkout). Nothing of them is committed (licences): the caches live in
+``.devdata/`` (git-ignored), only figures reach the card. ``--out`` (default
+cxr_orient/shipped) takes the checkpoint and its card.
 """
 
 from __future__ import annotations
@@ -40,13 +42,12 @@ import numpy as np
 
 from cxr_orient.architectures import build_model
 from cxr_orient.modelstore import Classifier
+from recipes.common.devdata import COVID_CXR, DEVDATA, FIGURES, NONCHEST, SHIPPED
+from recipes.common.films import augmented_copies, features
+from recipes.common.proportions import wilson_interval
 
 logger = logging.getLogger("recipes.compact_invariant_64_v4")
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "data"
-DEVDATA = ROOT / ".devdata"
-SHIPPED = ROOT / "cxr_orient" / "shipped"
 BASE = SHIPPED / "compact-invariant-64-v3.keras"
 NAME = "compact-invariant-64-v4"
 SEED = 20261206
@@ -68,10 +69,10 @@ def _host(url: str) -> str:
 def decode(args: argparse.Namespace) -> dict[str, Any]:
     """Every film as the worker sees it: grey uint8 256 x 256, and what is known of it."""
     from cxr_orient.imaging import load_image_file
+    from recipes.common.nonchest import non_chest_images
     from training.data import load_labelled_folder
-    from training.unusual import non_chest_images
 
-    chest_dir = SHARED / "covid-cxr"
+    chest_dir = COVID_CXR
     chest = load_labelled_folder(chest_dir)
     rows = _sources(chest_dir / "manifest.csv")
     split = json.loads((SHIPPED / "split.json").read_text(encoding="utf-8"))["files"]
@@ -79,7 +80,7 @@ def decode(args: argparse.Namespace) -> dict[str, Any]:
     views = [rows.get(f, {}).get("view", "") for f in chest.files]
     hosts = [_host(rows.get(f, {}).get("url", "")) for f in chest.files]
 
-    non_dir = SHARED / "nonchest"
+    non_dir = NONCHEST
     non_rows = list(csv.DictReader((non_dir / "manifest.csv").open(newline="", encoding="utf-8")))
     non_images = np.stack([load_image_file(non_dir / r["file"], size=256) for r in non_rows])
     other = non_chest_images()
@@ -119,18 +120,7 @@ def extractor(model: keras.Model) -> keras.Model:
     })
 
 
-def features(ex: keras.Model, images: np.ndarray, batch: int = 64) -> dict[str, np.ndarray]:
-    parts: dict[str, list[np.ndarray]] = {}
-    for i in range(0, len(images), batch):
-        x = np.repeat(images[i:i + batch][..., None], 3, axis=-1).astype(np.float32)
-        for k, v in ex.predict_on_batch(x).items():
-            parts.setdefault(k, []).append(np.asarray(keras.ops.convert_to_numpy(v), np.float64))
-    return {k: np.concatenate(v) for k, v in parts.items()}
-
-
 def cache(args: argparse.Namespace) -> None:
-    from training.heads import augmented_copies
-
     images_path = DEVDATA / "v4-images.npz"
     if images_path.is_file():
         data = dict(np.load(images_path, allow_pickle=False))
@@ -193,20 +183,11 @@ def logistic(x: np.ndarray, y: np.ndarray, w: np.ndarray, penalty: float
     return coef, float(beta[-1] - coef @ mu)
 
 
-def wilson(hits: int, n: int, z: float = 1.96) -> list[float]:
-    if n == 0:
-        return [float("nan"), float("nan")]
-    p = hits / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return [max(0.0, centre - half), min(1.0, centre + half)]
-
-
 def rate(flags: np.ndarray) -> dict[str, Any]:
     flags = np.asarray(flags, dtype=bool)
     return {"k": int(flags.sum()), "n": int(flags.size),
             "rate": float(flags.mean()) if flags.size else float("nan"),
-            "ci95": wilson(int(flags.sum()), int(flags.size))}
+            "ci95": wilson_interval(int(flags.sum()), int(flags.size))}
 
 
 def _part(parts: np.ndarray) -> np.ndarray:
@@ -410,7 +391,6 @@ def measure(v3: Classifier, v4: Classifier, d: dict[str, np.ndarray]) -> dict[st
     from pydicom.data import get_testdata_file
 
     from cxr_orient.imaging import load_image_file
-    from training.heads import augmented_copies
 
     test = d["chest_split"] == "test"
     images = d["chest_images"][test]
@@ -474,7 +454,7 @@ def occlusion(args: argparse.Namespace, *, patch: int = 32, stride: int = 16,
 
     d = dict(np.load(DEVDATA / "v4-images.npz", allow_pickle=False))
     v4 = Classifier.from_checkpoint(args.out / f"{NAME}.keras")
-    rows = _sources(SHARED / "covid-cxr" / "manifest.csv")
+    rows = _sources(COVID_CXR / "manifest.csv")
     licence = np.array([rows.get(str(f), {}).get("license", "") for f in d["chest_files"]])
     open_licence = np.isin(licence, ["CC BY", "CC BY 3.0", "CC BY 4.0"])
     picks: list[int] = []
@@ -507,7 +487,7 @@ def occlusion(args: argparse.Namespace, *, patch: int = 32, stride: int = 16,
         for ax in axes[:, column]:
             ax.axis("off")
     fig.suptitle("PA/AP head: |change of logit| when a 32 px square is greyed", fontsize=9)
-    out = ROOT / "docs" / "figures" / NAME / "projection-occlusion.png"
+    out = FIGURES / NAME / "projection-occlusion.png"
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110, bbox_inches="tight")
     attribution = [{"file": str(d["chest_files"][i]), "licence": str(licence[i]),
@@ -529,11 +509,9 @@ def thresholds(args: argparse.Namespace) -> None:
     hospital trades by raising
     CXR_PROJECTION_THRESHOLD. Decodes the chest films only (no cache needed)."""
     from training.data import load_labelled_folder
-    from training.heads import augmented_copies
 
-    chest_dir = SHARED / "covid-cxr"
-    chest = load_labelled_folder(chest_dir)
-    rows = _sources(chest_dir / "manifest.csv")
+    chest = load_labelled_folder(COVID_CXR)
+    rows = _sources(COVID_CXR / "manifest.csv")
     split = json.loads((SHIPPED / "split.json").read_text(encoding="utf-8"))["files"]
     part = {f: k for k, files in split.items() for f in files}
     views = np.asarray([rows.get(f, {}).get("view", "") for f in chest.files])
@@ -552,7 +530,7 @@ def thresholds(args: argparse.Namespace) -> None:
         logger.info("%s: %s", name, {t: (v["answered"]["k"], v["answered"]["n"],
                                          round(v["balanced_accuracy_answered"], 3))
                                      for t, v in table[name].items()})
-    out = ROOT / "docs" / "figures" / NAME / "projection-thresholds.json"
+    out = FIGURES / NAME / "projection-thresholds.json"
     out.write_text(json.dumps(table, indent=2, default=float) + "\n", encoding="utf-8")
     logger.info("wrote %s", out)
 
@@ -562,7 +540,8 @@ def main(argv: list[str] | None = None) -> None:
                                      description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("step", choices=("cache", "fit", "occlusion", "thresholds"))
-    parser.add_argument("--out", type=Path, default=SHIPPED)
+    parser.add_argument("--out", type=Path, default=SHIPPED,
+                        help="the checkpoint and its card (default: cxr_orient/shipped)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     steps = {"cache": cache, "fit": fit, "occlusion": occlusion, "thresholds": thresholds}

@@ -9,8 +9,11 @@ each file's label, patient and split of the shipped model (train/val/test).
 the accuracy by split (only the test patients say anything about the model),
 and how many rows each status has.
 
-    python scripts/archive_run.py build ../shared/data/covid-cxr /tmp/archive
-    python scripts/archive_run.py score results.csv /tmp/archive/truth.csv
+    python -m scripts.archive_run build ../shared/data/covid-cxr /tmp/archive
+    python -m scripts.archive_run score results.csv /tmp/archive/truth.csv
+
+Run from the checkout's root (``-m``): the DICOM writer is :mod:`bench.dicom_factory`,
+which is not in the wheel.
 """
 
 from __future__ import annotations
@@ -32,8 +35,8 @@ from pydicom.uid import (
     RLELossless,
 )
 
+from bench.dicom_factory import make_dicom
 from cxr_orient.settings import SHIPPED_MODEL
-from cxr_orient.synthetic import make_dicom
 
 SYNTAXES = [ExplicitVRLittleEndian, JPEG2000Lossless, RLELossless, JPEGLSLossless,
             DeflatedExplicitVRLittleEndian, JPEG2000]

@@ -7,8 +7,9 @@
 #                   downloaded as cp312 manylinux x86_64 wheels, unpacked into one
 #                   folder, trimmed (other Pythons' extension modules, nvImageCodec's
 #                   OpenCV and TIFF extensions, tests, caches) and packed with xz
-# .whl/corpus/      bench corpus files the machine cannot encode (JPEG lossless SV1 and
-#                   HTJ2K: libjpeg-turbo 3 and OpenJPH through imagecodecs, here)
+# .whl/corpus/      bench corpus files the machine cannot encode (HTJ2K: OpenJPH through
+#                   imagecodecs, here; the carried imagecodecs keeps only libjpeg-turbo,
+#                   which writes the JPEG lossless files there)
 # .devbin/redis.tar.xz  redis-server and the shared libraries it needs beyond glibc
 #
 # Then `run` with carry [".whl", ".devbin"] and `bash scripts/gpu_archive.sh` there.
@@ -36,13 +37,19 @@ done
 find "$stage/site" -name '*.cpython-3*' ! -name '*cpython-312*' -delete
 find "$stage/site" -path '*nvimgcodec/extensions/*' \( -name '*opencv*' -o -name '*tiff*' \) -delete
 find "$stage/site" -depth -type d \( -name tests -o -name __pycache__ \) -exec rm -rf {} +
+# imagecodecs: only libjpeg-turbo (JPEG lossless on the CPU, 44 MiB -> 6.5 MiB unpacked);
+# its other codecs then report themselves unavailable.
+find "$stage/site/imagecodecs" -name '_*.so' ! -name '_jpeg8.*' ! -name '_shared*' \
+    ! -name '_imcd.*' -delete
+find "$stage/site/imagecodecs.libs" -type f ! -name 'libjpeg-*' -delete
+rm -rf "$stage/site/imagecodecs/licenses"
 tar -C "$stage/site" -cJf .whl/site.tar.xz .
 
-# Corpus files the lent machine cannot write (two of each: a frontal and a lateral).
+# Corpus files the lent machine cannot write (a frontal and a lateral).
 PYTHONPATH=$PWD "$PY" - <<'PYEOF'
 from pathlib import Path
 from bench.corpus import build_corpus
-for name in ("jpeg-lossless", "htj2k-lossy"):
+for name in ("htj2k-lossy",):
     build_corpus(Path(".whl/corpus"), per_syntax=2, syntaxes=(name,))
 PYEOF
 

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # What made compact-invariant-64-v2's heads, on the lent H200 (Keras 3 on JAX from carried
 # wheels; ../shared/GPU.md). Carry .whl-heads (keras, optree, namex, pydantic and
-# pydantic-settings, sqlalchemy: what training.heads and bench.gpu --models-only import)
-# and .devdata (python -m training.ship --make-npz .devdata/covid-cxr-256.npz).
+# pydantic-settings, sqlalchemy: what recipes.compact_invariant_64_v2 and bench.gpu --models-only import)
+# and .devdata (python -m recipes.compact_invariant_64_v1 --make-npz .devdata/covid-cxr-256.npz).
 # Three seeds train in parallel; the one shipped is chosen on the validation patients
-# afterwards (python -m training.heads --evaluate-only adds the non-chest figures here,
+# afterwards (python -m recipes.compact_invariant_64_v2 --evaluate-only adds the non-chest figures here,
 # where pydicom's test files are). Then both models are timed side by side.
 set -euo pipefail
 OUT=${OUT:?set OUT to the folder that comes back}
@@ -14,7 +14,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu
 work=/tmp/heads
 rm -rf "$work" && mkdir -p "$work"
 for seed in ${SEEDS:-20200601 7 11}; do
-    python3 -m training.heads --npz .devdata/covid-cxr-256.npz \
+    python3 -m recipes.compact_invariant_64_v2 --npz .devdata/covid-cxr-256.npz \
         --base cxr_orient/shipped/compact-invariant-64-v1.keras \
         --split cxr_orient/shipped/split.json --out "$work/seed-$seed" --seed "$seed" \
         --epochs "${EPOCHS:-80}" --workers 5 --skip-non-chest --verbose 2 \

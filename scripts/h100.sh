@@ -11,7 +11,7 @@
 #
 # .whl holds the Python 3.12 wheels (GPU.md lists them, plus celery-batches, pydantic,
 # pydantic-settings, alembic, pyjpegls, pylibjpeg-rle); .devdata the decoded covid-cxr
-# (python -m training.ship --make-npz .devdata/covid-cxr-256.npz) and its manifest.csv;
+# (python -m recipes.compact_invariant_64_v1 --make-npz .devdata/covid-cxr-256.npz) and its manifest.csv;
 # .devbin a redis-server binary with its shared libraries in .devbin/lib. A call may
 # carry 64 MiB with the tree: for train, WHEELS=.whl-train names a copy of .whl
 # without the worker-only wheels (celery and its kin, the JPEG-LS codecs, greenlet).
@@ -28,17 +28,14 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu
 
 case "$mode" in
 train|train+models)
-    # Three seeds each of the default architecture and of its slim sibling in parallel;
-    # the one shipped is chosen on the validation patients only.
+    # Three seeds each of the default architecture and of its slim sibling in parallel (the
+    # recipe's candidates); the one shipped is chosen on the validation patients only.
     # $OUT returns at most 8 files, two folders down: work in /tmp, send back archives.
     work=/tmp/ship
     rm -rf "$work"
-    python3 -m training.ship --npz .devdata/covid-cxr-256.npz \
+    python3 -m recipes.compact_invariant_64_v1 --npz .devdata/covid-cxr-256.npz \
         --manifest .devdata/manifest.csv \
         --out "$work/shipped" --report "$work/report" --work "$work/candidates" \
-        --candidate compact_invariant_64:20200601 --candidate compact_invariant_64:7 \
-        --candidate compact_invariant_64:11 --candidate compact_invariant_slim:20200601 \
-        --candidate compact_invariant_slim:7 --candidate compact_invariant_slim:11 \
         --jobs 6 --workers 2 --time-budget "${TIME_BUDGET:-250}" --verbose 2 \
         2>&1 | tee "$OUT/train.log"
     tar -C "$work" -czf "$OUT/shipped.tar.gz" shipped report

@@ -6,7 +6,10 @@ COVID-19 image data collection, three patients with a PA and a lateral film each
 DICOM as an archive would hold them: mixed transfer syntaxes, MONOCHROME1 and 2,
 one ViewPosition missing and one wrong. One truncated copy shows a recorded failure.
 
-    python scripts/make_demo_samples.py ../shared/data/covid-cxr
+    python -m scripts.make_demo_samples ../shared/data/covid-cxr
+
+Run from the checkout's root (``-m``): the DICOM writer is :mod:`bench.dicom_factory`,
+which is not in the wheel.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from PIL import Image
 from pydicom.data import get_testdata_file
 from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, JPEGLSLossless, RLELossless
 
-from cxr_orient.synthetic import make_dicom
+from bench.dicom_factory import make_dicom
 
 OUT = Path(__file__).resolve().parents[1] / "cxr_orient" / "samples"
 # Patients held out from the shipped model's training (cxr_orient/shipped/split.json):

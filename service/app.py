@@ -15,7 +15,7 @@ from service.deps import ROLE_CAN, Caller, LoginRequired, current_user
 from service.edge import EdgeMiddleware
 from service.limits import BodyLimitsMiddleware
 from service.pages import page
-from service.routes import admin, api, audit, auth, health, metrics, review, stow
+from service.routes import acceptance, admin, api, audit, auth, health, metrics, review, stow
 from service.sessions import session_key
 
 SESSION_COOKIE = "cxr_session"
@@ -31,13 +31,13 @@ def create_app() -> FastAPI:
     )
     app.state.render_cache = RenderCache()
     app.add_middleware(SessionMiddleware, secret_key=session_key(settings),
-                       session_cookie=SESSION_COOKIE, max_age=settings.session_max_age_s,
-                       same_site="lax", https_only=settings.session_cookie_secure)
+                       session_cookie=SESSION_COOKIE, max_age=settings.http.session_max_age_s,
+                       same_site="lax", https_only=settings.http.session_cookie_secure)
     # Added last, so outermost: no body reaches a parser past its route's limits, and
     # the URL check and the quiet last-resort 500 come before everything.
     app.add_middleware(BodyLimitsMiddleware, settings=settings)
     app.add_middleware(EdgeMiddleware)
-    for module in (health, stow, metrics, auth, review, audit, admin, api):
+    for module in (health, stow, metrics, auth, review, acceptance, audit, admin, api):
         app.include_router(module.router)
 
     @app.exception_handler(LoginRequired)

@@ -67,7 +67,7 @@ def peer_is_trusted_proxy(request: Request, settings: Settings) -> bool:
     """The socket's peer is one of CXR_TRUSTED_PROXIES (the only callers whose
     CXR_TRUSTED_USER_HEADER is believed)."""
     return is_trusted(request.client.host if request.client else None,
-                      settings.trusted_proxy_networks)
+                      settings.http.trusted_proxies)
 
 
 def scope_client_address(scope: Scope, settings: Settings) -> str:
@@ -77,7 +77,7 @@ def scope_client_address(scope: Scope, settings: Settings) -> str:
     peer = str(client[0]) if client else "unknown"
     forwarded = [value.decode("latin-1") for name, value in scope.get("headers", [])
                  if name == b"x-forwarded-for"]
-    return forwarded_client(peer, forwarded, settings.trusted_proxy_networks)
+    return forwarded_client(peer, forwarded, settings.http.trusted_proxies)
 
 
 def client_address(request: Request, settings: Settings) -> str:

@@ -85,7 +85,7 @@ class GuardedH11Protocol(H11Protocol):
             return (f"{len(others)} connections open, at CXR_HTTP_MAX_CONNECTIONS="
                     f"{self.limits.max_connections}")
         peer = self._peer()
-        if is_trusted(peer, self.limits.settings.trusted_proxy_networks):
+        if is_trusted(peer, self.limits.settings.http.trusted_proxies):
             return None
         same = sum(1 for c in others if (getattr(c, "client", None) or ("",))[0] == peer)
         if same >= self.limits.max_per_client:
@@ -168,7 +168,7 @@ def _still_open(protocol: object) -> bool:
 
 def guarded_protocol(settings: Settings) -> type[GuardedH11Protocol]:
     """The protocol class uvicorn is given (``http=``), bound to ``settings``' limits."""
-    limits = ConnectionLimits(settings.http_max_connections,
-                              settings.http_max_connections_per_client,
-                              settings.http_header_timeout_s, settings)
+    limits = ConnectionLimits(settings.http.http_max_connections,
+                              settings.http.http_max_connections_per_client,
+                              settings.http.http_header_timeout_s, settings)
     return type("BoundGuardedH11Protocol", (GuardedH11Protocol,), {"limits": limits})

@@ -47,8 +47,10 @@ class BodyLimits:
 def limits_for(path: str, settings: Settings) -> BodyLimits:
     """The bounds of the route at ``path``: STOW-RS's, or the small ones of the rest."""
     if path.startswith(STOW_PREFIX):
-        return BodyLimits("stow", settings.stow_max_request_mb << 20, settings.stow_body_timeout_s)
-    return BodyLimits("form", settings.http_max_body_kb << 10, settings.http_body_timeout_s)
+        return BodyLimits("stow", settings.http.stow_max_request_mb << 20,
+                          settings.http.stow_body_timeout_s)
+    return BodyLimits("form", settings.http.http_max_body_kb << 10,
+                      settings.http.http_body_timeout_s)
 
 
 class BodyTooLarge(HTTPException):

@@ -38,9 +38,9 @@ CSRF_HEADER = "x-csrf-token"
 
 def session_key(settings: Settings) -> str:
     """CXR_SESSION_KEY, or the key kept under the data dir (made once, 0600)."""
-    if settings.session_key is not None:
-        return settings.session_key.get_secret_value()
-    path = Path(settings.data_dir) / KEY_FILE
+    if settings.http.session_key is not None:
+        return settings.http.session_key.get_secret_value()
+    path = Path(settings.storage.data_dir) / KEY_FILE
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -94,7 +94,7 @@ def session_user(request: Request, settings: Settings) -> UserInfo | None:
     """Who is asking: the trusted proxy's user header (CXR_TRUSTED_USER_HEADER, from a
     socket peer among CXR_TRUSTED_PROXIES only: :mod:`service.clients`), else the session
     cookie's user; None: nobody."""
-    header = settings.trusted_user_header
+    header = settings.http.trusted_user_header
     if header:
         name = request.headers.get(header)
         if name is not None:

@@ -5,14 +5,23 @@ real PostgreSQL (``pg_url``, or the ``postgresql`` side of ``database_url`` and
 ``migrated_db``) is marked
 ``pg``, one under tests/integration or that gets Redis (``redis_url``) ``integration``,
 here at collection. ``make unit`` runs ``-m "not integration and not pg"``: no server.
+
+Under ``pytest -n 2 --dist loadgroup`` (``make test``) the tests of one file run in one test
+process (they may share module fixtures and module state), except integration tests that
+use no module-scoped fixture and tests marked ``spread``: those go one by one to whichever
+process is free, so one file of slow tests (killed workers, outages) does not keep one
+process busy while the other idles. Hypothesis runs the ``ci`` profile unless
+HYPOTHESIS_PROFILE names another (``thorough``: the nightly count).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from cxr_orient.settings import reset_settings_cache
 from db.session import dispose_engines
@@ -22,15 +31,41 @@ from tests.utils.env import drop_templates, migrated_database, temporary_pg_data
 _SERVER_FIXTURES = {"pg_url": "pg", "redis_url": "integration"}
 _INTEGRATION = Path(__file__).resolve().parent / "integration"
 
+#: Bounded examples for every run of the suite (sized for the decoder fuzzer,
+#: tests/unit/cxr_orient/imaging/test_fuzz_decode.py); the property checked is the same
+#: at any count, and each run draws new examples (hypothesis replays a failure it saved
+#: before).
+settings.register_profile("ci", max_examples=1000, deadline=None)
+#: What a nightly or a hunt for a decoder bug runs (HYPOTHESIS_PROFILE=thorough).
+settings.register_profile("thorough", max_examples=5000, deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
+
+def _spread(item: pytest.Item, integration: bool) -> bool:
+    """Whether ``item`` may run in another test process than the rest of its file: marked
+    ``spread``, or an integration test (they keep no state in their module) that uses no
+    fixture shared wider than one test but narrower than the session."""
+    if any(item.iter_markers("spread")):
+        return True
+    info = getattr(item, "_fixtureinfo", None)
+    if not integration or info is None:
+        return False
+    return all(d.scope in ("function", "session")
+               for defs in info.name2fixturedefs.values() for d in defs)
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups (--dist loadgroup)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
+        integration = _INTEGRATION in Path(str(item.path)).resolve().parents
+        if not any(item.iter_markers("xdist_group")) and not _spread(item, integration):
+            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::", 1)[0]))
         needs = {mark for fixture, mark in _SERVER_FIXTURES.items()
                  if fixture in getattr(item, "fixturenames", ())}
         callspec = getattr(item, "callspec", None)
         if callspec is not None and callspec.params.get("db_backend") == "postgresql":
             needs.add("pg")
-        if _INTEGRATION in Path(str(item.path)).resolve().parents:
+        if integration:
             needs.add("integration")
         for mark in sorted(needs):
             item.add_marker(mark)

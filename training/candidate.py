@@ -2,7 +2,7 @@
 patients, save it with its card and report.
 
 What ``cxr-orient train`` (a folder), the nightly retrain (:mod:`training.lifecycle`) and
-the release script (:mod:`training.ship`) all call.
+the release recipes (``recipes/common/release.py``) all call.
 """
 
 from __future__ import annotations
@@ -86,6 +86,7 @@ def train_and_evaluate(
     time_budget_s: float | None = None,
     teacher_paths: Sequence[Path] = (),
     distill_weight: float = 0.5,
+    imagenet_weights_dir: Path | None = None,
 ) -> TrainedRun:
     """Train on ``split.train``, calibrate on ``split.val``, evaluate on ``split.test``.
 
@@ -100,6 +101,7 @@ def train_and_evaluate(
         batch_size=batch_size, seed=seed, val_images=val.images, val_labels=val.labels,
         min_epochs=min_epochs, verbose=verbose, workers=workers, time_budget_s=time_budget_s,
         teacher_paths=teacher_paths, distill_weight=distill_weight,
+        imagenet_weights_dir=imagenet_weights_dir,
     )
     card = ModelCard(
         name=name, architecture=architecture, input_size=int(data.images.shape[1]),
@@ -178,6 +180,7 @@ def train_from_folder(
     epochs: int,
     seed: int,
     manifest: Path | None,
+    imagenet_weights_dir: Path | None = None,
 ) -> tuple[Path, ModelCard]:
     """Decode ``data_dir`` (``frontal/``, ``lateral/``), split by patient 70/15/15, train,
     evaluate on the held-out patients, and save the checkpoint, card and report in ``out_dir``.
@@ -189,7 +192,7 @@ def train_from_folder(
     run = train_and_evaluate(
         data, split, name=name, out_dir=out_dir, report_dir=out_dir / f"{name}-report",
         architecture=architecture, epochs=epochs, seed=seed,
-        extra_training={"data_dir": str(data_dir)},
+        extra_training={"data_dir": str(data_dir)}, imagenet_weights_dir=imagenet_weights_dir,
     )
     write_json(out_dir / f"{name}-split.json", split.as_patients(data.patients))
     return run.checkpoint, run.card

@@ -6,7 +6,8 @@
   ``cxr-orient register --challenge``.
 - :func:`selection_key`: which of several candidates trained in one go (seeds,
   architectures) becomes the release's shipped model. Judged on the validation patients
-  only, over all 16 dihedral x inversion views; used by :mod:`training.ship`.
+  only, over all 16 dihedral x inversion views; used by the release recipes
+  (``recipes/common/release.py``, e.g. ``python -m recipes.compact_invariant_64_v1``).
 
 They differ on purpose: the gate compares against a model that is already serving and
 must beat it by more than noise on patients no candidate was chosen on; the selection

@@ -33,7 +33,7 @@ from cxr_orient.dicomnet.retention import ensure_not_purged
 from cxr_orient.errors import CxrError, ModelError
 from cxr_orient.imaging import MODEL_INPUT_SIZE
 from cxr_orient.intake import load_checked_image
-from cxr_orient.settings import get_settings
+from cxr_orient.settings import InferenceSettings, IntakeSettings, Settings
 from db import crud
 from db.models import VIEW_LABELS, ModelVersion, OrientationLabel
 from db.session import get_engine, session_scope
@@ -66,13 +66,12 @@ class LabelledSet:
     not_chest: int = 0
 
 
-def labelled_images_from_db(session: Session) -> LabelledSet:
+def labelled_images_from_db(session: Session, intake: IntakeSettings) -> LabelledSet:
     """Decode the image behind every labelled instance, checked against its hash.
 
     A file that is missing, purged from the spool, outside the ingest root, changed or
     undecodable is reported in ``problems`` and not trained on.
     """
-    settings = get_settings()
     out = LabelledSet()
     for instance, study, label in crud.latest_labels(session):
         out.highest_label_id = max(out.highest_label_id, label.id)
@@ -82,7 +81,7 @@ def labelled_images_from_db(session: Session) -> LabelledSet:
         try:
             ensure_not_purged(instance)
             image = load_checked_image(
-                instance.file_path, expected_sha256=instance.file_sha256, settings=settings,
+                instance.file_path, expected_sha256=instance.file_sha256, intake=intake,
                 size=MODEL_INPUT_SIZE,
             )
         except CxrError as exc:
@@ -111,6 +110,7 @@ def challenge(
     candidate: ModelVersion,
     test: Any,
     actor: str,
+    inference: InferenceSettings,
     seed: int = 0,
     candidate_metrics: Mapping[str, Any] | None = None,
 ) -> GateDecision:
@@ -119,13 +119,13 @@ def challenge(
     from cxr_orient.registry import ensure_active_model, load_version
     from training.evaluate import evaluate
 
-    serving = ensure_active_model(session)
+    serving = ensure_active_model(session, inference)
     if serving.id == candidate.id:
         raise ModelError(f"{candidate.name!r} is already the active model")
 
     def figures(version: ModelVersion) -> dict[str, Any]:
         return evaluate(
-            load_version(version).classifier,
+            load_version(version, inference).classifier,
             test.images,
             test.labels,
             groups=test.patients,
@@ -166,11 +166,11 @@ def challenge(
     return decision
 
 
-def eval_split_from_db(session: Session) -> Any:
+def eval_split_from_db(session: Session, intake: IntakeSettings) -> Any:
     """The labelled images of the fixed evaluation split's patients, from the database."""
     from training.data import LabelledImages
 
-    collected = labelled_images_from_db(session)
+    collected = labelled_images_from_db(session, intake)
     keep = [i for i, p in enumerate(collected.patients) if in_eval_split(p)]
     if not keep:
         raise ModelError("no labelled image belongs to the fixed evaluation split yet")
@@ -182,14 +182,15 @@ def eval_split_from_db(session: Session) -> Any:
     )
 
 
-def challenge_version(name: str, *, actor: str) -> GateDecision:
+def challenge_version(name: str, *, actor: str, settings: Settings) -> GateDecision:
     """Gate a registered candidate against the active model (e.g. one trained elsewhere)."""
     with session_scope() as session:
         candidate = crud.find_model_version(session, name=name)
         if candidate is None:
             raise ModelError(f"no model version named {name!r}")
         return challenge(
-            session, candidate=candidate, test=eval_split_from_db(session), actor=actor
+            session, candidate=candidate, test=eval_split_from_db(session, settings.intake),
+            actor=actor, inference=settings.inference,
         )
 
 
@@ -206,12 +207,11 @@ class RetrainResult:
 
 
 @contextmanager
-def retrain_lock() -> Iterator[bool]:
+def retrain_lock(data_dir: Path) -> Iterator[bool]:
     """Held while a retrain runs: a file lock on this host and, on PostgreSQL, an
     advisory lock, so two retrains never run at once anywhere."""
-    settings = get_settings()
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    with (settings.data_dir / "retrain.lock").open("w") as handle:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    with (data_dir / "retrain.lock").open("w") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -234,6 +234,7 @@ def retrain_lock() -> Iterator[bool]:
 
 
 def retrain(
+    settings: Settings,
     *,
     min_new_labels: int = 50,
     extra_dir: Path | None = None,
@@ -253,10 +254,11 @@ def retrain(
     stopping from epoch 10, a retrain on the 614 covid-cxr films here stopped at epoch
     24 with balanced accuracy 0.875 and was (rightly) refused by the gate.
     """
-    with retrain_lock() as acquired:
+    with retrain_lock(settings.storage.data_dir) as acquired:
         if not acquired:
             return RetrainResult("skipped", "another retrain is running")
         return _retrain_locked(
+            settings,
             min_new_labels=min_new_labels,
             extra_dir=extra_dir,
             manifest=manifest,
@@ -269,6 +271,7 @@ def retrain(
 
 
 def _retrain_locked(
+    settings: Settings,
     *,
     min_new_labels: int,
     extra_dir: Path | None,
@@ -283,9 +286,8 @@ def _retrain_locked(
     from training.candidate import train_and_evaluate
     from training.data import LabelledImages, Split, grouped_stratified_split, load_labelled_folder
 
-    settings = get_settings()
     with session_scope() as session:
-        ensure_active_model(session)
+        ensure_active_model(session, settings.inference)
         # Labels already seen by any earlier candidate (promoted or not) are not new:
         # a rejected candidate must not make every night retrain on the same data.
         seen = crud.highest_trained_label_id(session)
@@ -296,7 +298,7 @@ def _retrain_locked(
                 f"{new_labels} new label(s) since the last training run "
                 f"(need {min_new_labels}); nothing to do",
             )
-        collected = labelled_images_from_db(session)
+        collected = labelled_images_from_db(session, settings.intake)
     for problem in collected.problems:
         logger.warning("not trained on: %s", problem)
 
@@ -335,7 +337,7 @@ def _retrain_locked(
         )
 
     name = f"{architecture}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
-    out_dir = settings.effective_model_dir
+    out_dir = settings.storage.effective_model_dir
     run = train_and_evaluate(
         data,
         split,
@@ -347,6 +349,7 @@ def _retrain_locked(
         min_epochs=min_epochs,
         seed=seed,
         resamples=200,
+        imagenet_weights_dir=settings.training.imagenet_weights_dir,
         extra_training={
             "labels_used": len(collected.labels),
             "highest_label_id": collected.highest_label_id,
@@ -365,6 +368,7 @@ def _retrain_locked(
             candidate=candidate,
             test=test,
             actor=actor,
+            inference=settings.inference,
             seed=seed,
             candidate_metrics=run.test_metrics,
         )

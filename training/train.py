@@ -55,7 +55,6 @@ from cxr_orient.modelstore import (
     to_model_input,
     tta_views,
 )
-from cxr_orient.settings import get_settings
 from training.augment import AugmentConfig, augment_batch
 from training.data import grouped_stratified_split
 from training.evaluate import ROBUSTNESS_VARIANTS, binary_metrics
@@ -307,6 +306,7 @@ def train_model(
     min_epochs: int = 10,
     augment: AugmentConfig | None = None,
     weights_path: Path | None = None,
+    imagenet_weights_dir: Path | None = None,
     checkpoint_dir: Path | None = None,
     callbacks: Sequence[keras.callbacks.Callback] = (),
     verbose: int | str = "auto",
@@ -357,7 +357,7 @@ def train_model(
 
     input_size = int(images.shape[1])
     if weights_path is None:
-        weights_path = imagenet_weights_for(architecture, get_settings().imagenet_weights_dir)
+        weights_path = imagenet_weights_for(architecture, imagenet_weights_dir)
     model = build_model(architecture, input_size=input_size, weights_path=weights_path)
     teacher = TeacherEnsemble(teacher_paths) if teacher_paths else None
     if teacher is not None:

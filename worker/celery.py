@@ -27,14 +27,16 @@ PURGE_SPOOL = "cxr_orient.purge_spool"
 PURGE_SPOOL_EVERY_S = 300.0
 DELIVER_OUTBOX = "cxr_orient.deliver_outbox"
 
+
 def make_app() -> Celery:
     settings = get_settings()
     # The task module, and the signal handlers that load the model in each pool process
     # and requeue lost work on start: imported by the worker, never by senders.
     app = Celery("cxr_orient", include=["worker.tasks", "worker.signals"])
-    transport_options: dict[str, Any] = {"visibility_timeout": settings.processing_timeout_s}
-    if settings.uses_embedded_broker:
-        folder = settings.broker_folder
+    transport_options: dict[str, Any] = {
+        "visibility_timeout": settings.worker.processing_timeout_s}
+    if settings.storage.uses_embedded_broker:
+        folder = settings.storage.broker_folder
         for sub in ("out", "processed", "control"):
             (folder / sub).mkdir(parents=True, exist_ok=True)
         transport_options = {
@@ -47,7 +49,7 @@ def make_app() -> Celery:
             "store_processed": False,
         }
     app.conf.update(
-        broker_url=settings.effective_broker_url,
+        broker_url=settings.storage.effective_broker_url,
         broker_transport_options=transport_options,
         broker_connection_retry_on_startup=True,
         task_serializer="json",
@@ -56,21 +58,21 @@ def make_app() -> Celery:
         task_ignore_result=True,
         task_acks_late=True,
         task_reject_on_worker_lost=True,
-        task_default_queue=settings.queue_name,
+        task_default_queue=settings.worker.queue_name,
         # celery-batches needs at least a batch of messages delivered to fill one; unlimited
         # by default (CXR_PREFETCH_BATCHES=0).
-        worker_prefetch_multiplier=settings.prefetch_batches * settings.batch_size,
+        worker_prefetch_multiplier=settings.worker.prefetch_batches * settings.worker.batch_size,
         worker_hijack_root_logger=False,
         # Task events, so that `celery -A worker flower` shows workers and tasks.
-        worker_send_task_events=settings.task_events,
-        task_send_sent_event=settings.task_events,
+        worker_send_task_events=settings.worker.task_events,
+        task_send_sent_event=settings.worker.task_events,
         # The pool's limits, so they hold for the classify batches too: celery-batches
         # hands a batch to the pool without a task's own limits. The soft limit raises
         # SoftTimeLimitExceeded in the pool process (worker.pipeline records the
         # unfinished images as timeouts and sends them again); the hard one kills it.
         # Tasks that may run longer (the retrain) set their own.
-        task_soft_time_limit=settings.effective_task_soft_time_limit_s,
-        task_time_limit=settings.effective_task_time_limit_s,
+        task_soft_time_limit=settings.worker.effective_task_soft_time_limit_s,
+        task_time_limit=settings.worker.effective_task_time_limit_s,
         # A replacement pool process loads TensorFlow and the model before it reports
         # up; celery's 4 s default killed it again and again on a busy machine after a
         # pool process died (a crash loop found by tests/integration/test_faults.py).
@@ -78,30 +80,31 @@ def make_app() -> Celery:
         beat_schedule={
             "requeue-stuck-instances": {
                 "task": REQUEUE_STUCK,
-                "schedule": max(30.0, settings.processing_timeout_s / 2),
+                "schedule": max(30.0, settings.worker.processing_timeout_s / 2),
             },
             # Studies received over the network, held until quiet (CXR_STUDY_QUIET_S).
             "release-quiet-studies": {
                 "task": RELEASE_QUIET_STUDIES,
-                "schedule": settings.study_release_interval_s,
+                "schedule": settings.intake.study_release_interval_s,
             },
             "purge-spool": {"task": PURGE_SPOOL, "schedule": PURGE_SPOOL_EVERY_S},
         },
         timezone="UTC",
     )
-    if settings.outbox_queue:
+    if settings.results.outbox_queue:
         # Beat's sweeps and the kicks after each batch both route by task name.
-        app.conf.task_routes = {DELIVER_OUTBOX: {"queue": settings.outbox_queue}}
-    if settings.result_destinations:
+        app.conf.task_routes = {DELIVER_OUTBOX: {"queue": settings.results.outbox_queue}}
+    if settings.results.result_destinations:
         # Results back to PACS: the outbox is swept every few seconds (and kicked after
         # each recorded batch), so a destination back up is served within one interval.
         app.conf.beat_schedule["deliver-outbox"] = {
             "task": DELIVER_OUTBOX,
-            "schedule": settings.outbox_interval_s,
-            "options": {"expires": max(settings.outbox_interval_s * 2, 10.0)},
+            "schedule": settings.results.outbox_interval_s,
+            "options": {"expires": max(settings.results.outbox_interval_s * 2, 10.0)},
         }
-    if settings.retrain_schedule:
-        minute, hour, day_of_month, month, day_of_week = settings.retrain_schedule.split()
+    if settings.training.retrain_schedule:
+        schedule = settings.training.retrain_schedule
+        minute, hour, day_of_month, month, day_of_week = schedule.split()
         app.conf.beat_schedule["nightly-retrain"] = {
             "task": RETRAIN,
             "schedule": crontab(minute=minute, hour=hour, day_of_month=day_of_month,

@@ -22,6 +22,7 @@ import numpy as np
 
 from cxr_orient.errors import CxrError, DecodeError
 from cxr_orient.imaging import to_rgb
+from cxr_orient.imaging.decoders import turn_off
 from cxr_orient.imaging.gpu import (
     CardJob,
     PlannedImage,
@@ -62,7 +63,7 @@ _CARD_RESOLVED = False
 def _executor(settings: Settings) -> ThreadPoolExecutor:
     global _EXECUTOR
     if _EXECUTOR is None:
-        threads = settings.decode_threads or os.cpu_count() or 1
+        threads = settings.decode.decode_threads or os.cpu_count() or 1
         _EXECUTOR = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="decode")
     return _EXECUTOR
 
@@ -82,18 +83,20 @@ def _card(settings: Settings) -> CardDecoder | None:
     if _CARD_RESOLVED:
         return _CARD
     _CARD_RESOLVED = True
-    device, reason = choose_decode_device(settings.decode_device)
+    # The CPU decoders too, once per process: the card hands what it fails on to them.
+    turn_off(settings.decode.cpu_decoders_off)
+    device, reason = choose_decode_device(settings.decode.decode_device)
     if device == "cpu":
-        (logger.warning if settings.decode_device == "gpu" else logger.debug)("%s", reason)
+        (logger.warning if settings.decode.decode_device == "gpu" else logger.debug)("%s", reason)
         return None
     try:
         from cxr_orient.imaging.gpu.card import CardDecoder
 
-        _CARD = CardDecoder(cpu_threads=max(1, settings.decode_threads))
+        _CARD = CardDecoder(cpu_threads=max(1, settings.decode.decode_threads))
     except Exception as e:  # no card, no driver, a library that does not load
-        (logger.warning if settings.decode_device == "gpu" else logger.info)(
+        (logger.warning if settings.decode.decode_device == "gpu" else logger.info)(
             "CXR_DECODE_DEVICE=%s: no card decoding here (%s: %s); decoding on the CPU",
-            settings.decode_device, type(e).__name__, e)
+            settings.decode.decode_device, type(e).__name__, e)
     return _CARD
 
 
@@ -117,7 +120,7 @@ def _timed_decode(work: FileToDecode, settings: Settings, size: int) -> DecodeRe
     start = time.perf_counter()
     try:
         grey = load_checked_image(
-            work.file_path, expected_sha256=work.file_sha256, settings=settings, size=size
+            work.file_path, expected_sha256=work.file_sha256, intake=settings.intake, size=size
         )
         # Three channels made here, in the decode thread, in parallel: on a GPU the
         # model runs 6x faster fed RGB uint8 than making the channels itself.
@@ -133,10 +136,10 @@ def _timed_read(work: FileToDecode, settings: Settings,
     start = time.perf_counter()
     try:
         checked = read_checked(work.file_path, expected_sha256=work.file_sha256,
-                               settings=settings)
+                               intake=settings.intake)
         planned = read_and_plan(checked.real, data=checked.data, size=size,
-                                max_pixels=settings.max_pixels,
-                                syntaxes=card_syntaxes(settings.card_syntaxes))
+                                max_pixels=settings.intake.max_pixels,
+                                syntaxes=card_syntaxes(settings.decode.card_syntaxes))
         return planned, None, (time.perf_counter() - start) * 1000
     except CxrError as exc:
         return None, exc, (time.perf_counter() - start) * 1000
@@ -148,7 +151,7 @@ def _timed_cpu(work: FileToDecode, planned: PlannedImage, settings: Settings, si
                spent_ms: float) -> DecodeResult:
     start = time.perf_counter()
     try:
-        grey = decode_on_cpu(planned, size=size, max_pixels=settings.max_pixels)
+        grey = decode_on_cpu(planned, size=size, max_pixels=settings.intake.max_pixels)
         return to_rgb(grey), None, spent_ms + (time.perf_counter() - start) * 1000
     except CxrError as exc:
         return None, exc, spent_ms + (time.perf_counter() - start) * 1000

@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-from cxr_orient.settings import get_settings
 from worker.celery import CLASSIFY, DELIVER_OUTBOX, app
 
 logger = logging.getLogger(__name__)
@@ -37,12 +36,14 @@ def broker_reachable(timeout_s: float = 3.0) -> bool:
     except Exception:
         logger.debug("broker unreachable", exc_info=True)
         return False
-def kick_delivery() -> None:
+
+
+def kick_delivery(outbox_interval_s: float) -> None:
     """Ask a worker to deliver the outbox now (answers just recorded with outgoing SRs);
-    best effort: the beat-scheduled sweep delivers them anyway."""
+    best effort: the beat-scheduled sweep delivers them anyway. The message expires
+    after two sweeps (``CXR_OUTBOX_INTERVAL_S``), at least 10 s."""
     try:
-        settings = get_settings()
-        app.send_task(DELIVER_OUTBOX, expires=max(settings.outbox_interval_s * 2, 10.0))
+        app.send_task(DELIVER_OUTBOX, expires=max(outbox_interval_s * 2, 10.0))
     except Exception:
         logger.warning("could not queue an outbox delivery; the periodic one will",
                        exc_info=True)
@@ -53,7 +54,7 @@ def broker_queue_depth() -> int | None:
     try:
         with app.connection_for_write() as connection:
             channel = connection.default_channel
-            queue = get_settings().queue_name
+            queue = str(app.conf.task_default_queue)  # CXR_QUEUE_NAME
             # kombu's Redis and filesystem channels count a queue directly; a passive
             # declare (AMQP) fails on a queue that is merely empty or not created yet.
             if hasattr(channel, "_size"):

@@ -78,8 +78,8 @@ class BrokerWatch:
     """Notices a Redis broker that lost its messages and re-sends the queued instances."""
 
     def __init__(self, settings: Settings, send: Sender, app: Any) -> None:
-        self.queue = settings.queue_name
-        self.grace_s = 3 * settings.broker_watch_s
+        self.queue = settings.worker.queue_name
+        self.grace_s = 3 * settings.worker.broker_watch_s
         self._send = send
         self._app = app
         self.run_id: str | None = None
@@ -118,7 +118,7 @@ class BrokerWatch:
 
 
 def uses_redis(settings: Settings) -> bool:
-    return settings.effective_broker_url.startswith(("redis://", "rediss://"))
+    return settings.storage.effective_broker_url.startswith(("redis://", "rediss://"))
 
 
 class Housekeeping:
@@ -147,14 +147,14 @@ def start(settings: Settings, *, node: str, pool_processes: int) -> Housekeeping
     if folder is not None:
         state = readiness.Readiness(node, pool_processes, folder)
         threads.append(Periodic("readiness", HEARTBEAT_S, state.check))
-    if settings.result_destinations:
+    if settings.results.result_destinations:
         from cxr_orient.dicomnet.delivery import deliver_due
 
-        threads.append(Periodic("outbox-delivery", settings.outbox_interval_s,
+        threads.append(Periodic("outbox-delivery", settings.results.outbox_interval_s,
                                 lambda: deliver_due(settings)))
-    if settings.broker_watch_s and uses_redis(settings):
+    if settings.worker.broker_watch_s and uses_redis(settings):
         watch = BrokerWatch(settings, send_instances, app)
-        threads.append(Periodic("broker-watch", settings.broker_watch_s, watch.check))
+        threads.append(Periodic("broker-watch", settings.worker.broker_watch_s, watch.check))
     for thread in threads:
         thread.start()
     return Housekeeping(threads, state)

@@ -24,7 +24,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 
-from cxr_orient.settings import Settings, get_settings
+from cxr_orient.settings import WorkerSettings
 from db import crud
 from db.session import session_scope
 
@@ -36,7 +36,7 @@ Sender = Callable[[Sequence[int]], int]
 class LeaseKeeper:
     """Renews the leases of the claims this process holds; re-queues lapsed claims."""
 
-    def __init__(self, settings: Settings, send: Sender | None) -> None:
+    def __init__(self, settings: WorkerSettings, send: Sender | None) -> None:
         self.lease_s = settings.lease_s
         self.renew_s = settings.lease_renew_s
         self._send = send
@@ -146,18 +146,18 @@ class LeaseKeeper:
 _KEEPER: LeaseKeeper | None = None
 
 
-def keeper(settings: Settings | None = None) -> LeaseKeeper:
+def keeper(settings: WorkerSettings) -> LeaseKeeper:
     """This process's keeper (one inherited through fork belongs to the parent: a new one
     is made)."""
     global _KEEPER
     if _KEEPER is None or _KEEPER.pid != os.getpid():
         from worker.dispatch import send_instances
 
-        _KEEPER = LeaseKeeper(settings or get_settings(), send_instances)
+        _KEEPER = LeaseKeeper(settings, send_instances)
     return _KEEPER
 
 
-def start_keeper(settings: Settings | None = None) -> LeaseKeeper:
+def start_keeper(settings: WorkerSettings) -> LeaseKeeper:
     """Start this pool process's keeper thread (after fork): it renews while a batch runs
     and reaps lapsed claims, idle or not."""
     found = keeper(settings)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 
-from cxr_orient.settings import get_settings
+from cxr_orient.settings import WorkerSettings
 from db import crud
 from db.session import session_scope
 from worker.dispatch import broker_queue_depth, send_instances
@@ -19,7 +19,7 @@ from worker.dispatch import broker_queue_depth, send_instances
 logger = logging.getLogger(__name__)
 
 
-def requeue_unfinished(*, only_stale: bool = False) -> int:
+def requeue_unfinished(worker: WorkerSettings, *, only_stale: bool = False) -> int:
     """Send again every instance still ``queued`` or stranded in ``processing``.
 
     ``processing`` instances are re-sent only once their claim's lease lapsed (their
@@ -28,8 +28,7 @@ def requeue_unfinished(*, only_stale: bool = False) -> int:
     instances are re-sent only when the broker holds fewer messages than the database
     has queued instances, i.e. when messages were evidently lost.
     """
-    settings = get_settings()
-    lease_s = settings.lease_s
+    lease_s = worker.lease_s
     with session_scope() as session:
         counts = crud.status_counts(session)
         ids = crud.unfinished_instance_ids(session, lapsed_lease_s=lease_s)

@@ -42,7 +42,7 @@ def _require_backend(**_: Any) -> None:
 
 def _metrics_dir(sender: Any) -> Path:
     node = getattr(sender, "hostname", None) or f"worker-{os.getpid()}"
-    return metrics.node_metrics_dir(get_settings().effective_metrics_dir, str(node))
+    return metrics.node_metrics_dir(get_settings().storage.effective_metrics_dir, str(node))
 
 
 @signals.worker_init.connect
@@ -80,9 +80,10 @@ def _stop_housekeeping(**_: Any) -> None:
 @signals.worker_ready.connect
 def _start_metrics_exporter(sender: Any = None, **_: Any) -> None:
     settings = get_settings()
-    if settings.worker_metrics_port:
-        metrics.start_worker_exporter(_metrics_dir(sender), host=settings.worker_metrics_host,
-                                      port=settings.worker_metrics_port)
+    if settings.worker.worker_metrics_port:
+        metrics.start_worker_exporter(_metrics_dir(sender),
+                                      host=settings.worker.worker_metrics_host,
+                                      port=settings.worker.worker_metrics_port)
 
 
 @signals.worker_process_shutdown.connect
@@ -95,6 +96,8 @@ def _classify_received(request: Any = None, **_: Any) -> None:
     from worker.events import send_received
 
     send_received(request)
+
+
 @signals.celeryd_after_setup.connect
 def _remember_node_name(sender: Any = None, **_: Any) -> None:
     # In the parent, before the pool forks: each pool process records answers and claims
@@ -111,11 +114,11 @@ def _start_inference_processes(**_: Any) -> None:
     # process before the pool forks (cxr_orient.serving); the pool processes inherit
     # their sockets and never load the model themselves.
     settings = get_settings()
-    if settings.inference == "served":
+    if settings.inference.inference == "served":
         from cxr_orient.serving import start_servers
 
-        start_servers(max_batch=max(1024, settings.batch_size),
-                      log_level=settings.log_level)
+        start_servers(max_batch=max(1024, settings.worker.batch_size),
+                      log_level=settings.logs.log_level)
 
 
 @signals.worker_shutdown.connect
@@ -132,7 +135,7 @@ def _load_model_in_child(**_: Any) -> None:
     # created in the parent, or the children hang.
     from worker.pipeline import on_process_start
 
-    on_process_start()
+    on_process_start(get_settings())
 
 
 @signals.worker_ready.connect
@@ -142,7 +145,7 @@ def _requeue_on_start(sender: Any = None, **_: Any) -> None:
     from worker.requeue import requeue_unfinished
 
     try:
-        sent = requeue_unfinished(only_stale=True)
+        sent = requeue_unfinished(get_settings().worker, only_stale=True)
     except Exception:
         logger.exception("requeue on worker start failed; the periodic reaper will retry")
         return

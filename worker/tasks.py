@@ -36,7 +36,6 @@ from worker.pipeline import classify_instances
 from worker.requeue import requeue_unfinished
 
 logger = logging.getLogger(__name__)
-_settings = get_settings()
 
 
 class HandingBackBatches(Batches):
@@ -84,8 +83,8 @@ class HandingBackBatches(Batches):
 @app.task(
     base=HandingBackBatches,
     name=CLASSIFY,
-    flush_every=_settings.batch_size,
-    flush_interval=_settings.batch_max_wait_ms / 1000,
+    flush_every=get_settings().worker.batch_size,
+    flush_interval=get_settings().worker.batch_max_wait_ms / 1000,
     acks_late=True,
     reject_on_worker_lost=True,
 )
@@ -102,7 +101,7 @@ def classify(requests: list[SimpleRequest]) -> dict[str, Any]:
     send_batch_events(requests, "task-started")
     start = time.monotonic()
     try:
-        outcome = classify_instances(ids)
+        outcome = classify_instances(ids, settings=get_settings())
     except Exception as exc:
         send_batch_events(requests, "task-failed", exception=repr(exc),
                           runtime=time.monotonic() - start)
@@ -122,7 +121,7 @@ def classify(requests: list[SimpleRequest]) -> dict[str, Any]:
 @app.task(name=REQUEUE_STUCK, ignore_result=True)
 def requeue_stuck() -> int:
     """Periodic reaper (celery beat): re-send instances whose processing stalled."""
-    return requeue_unfinished(only_stale=True)
+    return requeue_unfinished(get_settings().worker, only_stale=True)
 
 
 @app.task(name=RELEASE_QUIET_STUDIES, ignore_result=True, acks_late=False,
@@ -130,7 +129,9 @@ def requeue_stuck() -> int:
 def release_quiet_studies() -> int:
     """Periodic (celery beat): queue the held instances of studies quiet for
     CXR_STUDY_QUIET_S. Not acked late: a lost run is simply the next one."""
-    return release_studies(send_instances, _settings)
+    return release_studies(send_instances, get_settings().intake)
+
+
 @app.task(name=PURGE_SPOOL, ignore_result=True, acks_late=False)
 def purge_spool() -> dict[str, int]:
     """Periodic (celery beat): delete received files that nobody needs any more
@@ -138,6 +139,8 @@ def purge_spool() -> dict[str, int]:
     counts = run_purge_spool(get_settings(), utcnow())
     return {"deleted": counts.deleted, "already_gone": counts.already_gone,
             "errors": counts.errors}
+
+
 @app.task(name=DELIVER_OUTBOX, ignore_result=True, acks_late=False)
 def deliver_outbox() -> dict[str, int]:
     """Send due Structured Reports (beat, every CXR_OUTBOX_INTERVAL_S, and after each
@@ -160,6 +163,8 @@ def retrain() -> str:
     # Imported here: training (and its plotting) is loaded only by the process that runs it.
     from training.lifecycle import retrain as run_retrain
 
-    result = run_retrain(min_new_labels=_settings.retrain_min_new_labels, actor="celery-beat")
+    settings = get_settings()
+    result = run_retrain(settings, min_new_labels=settings.training.retrain_min_new_labels,
+                         actor="celery-beat")
     logger.info("scheduled retrain: %s", result.message)
     return result.message

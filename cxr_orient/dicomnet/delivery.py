@@ -32,12 +32,13 @@ from datetime import datetime
 
 from pydicom.dataset import Dataset
 
+from cxr_orient.dicomnet.addresses import parse_result_destination
 from cxr_orient.dicomnet.destinations import Sender, sender_for
-from cxr_orient.dicomnet.sr import ReportedAnswer, build_sr, reasons_of
+from cxr_orient.dicomnet.sr import build_sr
 from cxr_orient.errors import CxrError, DeliveryError
 from cxr_orient.imaging.reading import inflated_size_limit, read_dataset
 from cxr_orient.intake import read_checked
-from cxr_orient.settings import Settings
+from cxr_orient.settings import IntakeSettings, ResultSettings, Settings
 from db import crud
 from db.models import utcnow
 from db.session import session_scope
@@ -56,27 +57,22 @@ class DeliveryCounts:
     failed: int = 0
 
 
-def backoff_s(failures: int, settings: Settings) -> float:
+def backoff_s(failures: int, results: ResultSettings) -> float:
     """Wait before trying a destination again after ``failures`` consecutive failures."""
     exponent = min(max(failures - 1, 0), 30)
-    return float(min(settings.outbox_backoff_max_s, settings.outbox_backoff_s * 2**exponent))
+    return float(min(results.outbox_backoff_max_s, results.outbox_backoff_s * 2**exponent))
 
 
-def report_for(work: crud.OutboxWork, settings: Settings) -> Dataset:
+def report_for(work: crud.OutboxWork, intake: IntakeSettings) -> Dataset:
     """The SR of one outbox row, built from its source file's header (raises an
     :class:`~cxr_orient.errors.InputError` when the file is gone or changed)."""
     checked = read_checked(work.file_path, expected_sha256=work.file_sha256,
-                           settings=settings)
+                           intake=intake)
     source = read_dataset(checked.real, stop_before_pixels=True, data=checked.data,
-                          inflate_limit=inflated_size_limit(settings.max_pixels))
-    answer = ReportedAnswer(
-        label=work.label, confidence=work.confidence, needs_review=work.needs_review,
-        review_reasons=tuple(reasons_of(work.review_reason)),
-        header_agrees=work.header_agrees, rotation=work.rotation, mirrored=work.mirrored,
-        unusual_score=work.unusual_score, projection=work.projection, p_ap=work.p_ap,
-        projection_agrees=work.projection_agrees, model_name=work.model_name,
-        model_architecture=work.model_architecture, answered_at=work.answered_at)
-    return build_sr(source, answer, sop_instance_uid=work.sr_sop_instance_uid,
+                          inflate_limit=inflated_size_limit(intake.max_pixels))
+    return build_sr(source, work.answer, model_name=work.model_name,
+                    model_architecture=work.model_architecture,
+                    answered_at=work.answered_at, sop_instance_uid=work.sr_sop_instance_uid,
                     instance_number=work.prediction_id)
 
 
@@ -84,8 +80,8 @@ def deliver_due(settings: Settings, limit: int | None = None) -> DeliveryCounts:
     """Claim, build, send and record up to ``limit`` (CXR_OUTBOX_BATCH) due rows."""
     counts = DeliveryCounts()
     with session_scope() as session:
-        ids = crud.claim_due_outbox(session, limit=limit or settings.outbox_batch,
-                                    lease_s=settings.outbox_lease_s)
+        ids = crud.claim_due_outbox(session, limit=limit or settings.results.outbox_batch,
+                                    lease_s=settings.results.outbox_lease_s)
     if not ids:
         return counts
     counts.claimed = len(ids)
@@ -132,7 +128,7 @@ def _deliver(work: list[crud.OutboxWork], senders: dict[str, Sender], settings: 
             continue
         try:
             if item.destination not in senders:
-                senders[item.destination] = sender_for(item.destination, settings)
+                senders[item.destination] = sender_for(item.destination, settings.results)
             senders[item.destination].send(report)
         except DeliveryError as exc:
             if exc.transient:
@@ -154,7 +150,7 @@ def _deliver(work: list[crud.OutboxWork], senders: dict[str, Sender], settings: 
 
 def _build(item: crud.OutboxWork, settings: Settings) -> Dataset | CxrError:
     try:
-        return report_for(item, settings)
+        return report_for(item, settings.intake)
     except CxrError as exc:
         return exc
     except Exception as exc:  # highdicom refusing a header value
@@ -168,7 +164,7 @@ def _record_retry(item: crud.OutboxWork, error: str, settings: Settings,
     with session_scope() as session:
         failures, due = crud.record_destination_failure(
             session, destination=item.destination, error=error,
-            delay_s=lambda n: backoff_s(n, settings))
+            delay_s=lambda n: backoff_s(n, settings.results))
         crud.mark_outbox_retry(session, outbox_id=item.outbox_id, error=error,
                                next_attempt_at=due)
     logger.warning("outbox row %d (%s), attempt %d: %s; destination failed %d times in a "
@@ -191,8 +187,6 @@ def retry_failed(*, destination: str | None = None,
     """Make failed rows pending and due now (``cxr-orient outbox retry``: the operator
     fixed what the destination refused); ``destination`` in any spelling the setting
     accepts. Returns rows moved."""
-    from cxr_orient.settings import parse_result_destination
-
     canonical = parse_result_destination(destination).url if destination else None
     with session_scope() as session:
         return crud.retry_failed_outbox(session, destination=canonical, outbox_ids=outbox_ids)

@@ -26,8 +26,9 @@ import requests
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
+from cxr_orient.dicomnet.addresses import ResultDestination, parse_result_destination
 from cxr_orient.errors import DeliveryRefusedError, DestinationUnavailableError
-from cxr_orient.settings import ResultDestination, Settings, parse_result_destination
+from cxr_orient.settings import ResultSettings
 
 __all__ = ["CStoreDestination", "Sender", "StowDestination", "connection_failure",
            "sender_for"]
@@ -194,10 +195,10 @@ class StowDestination:
         self._session.close()
 
 
-def sender_for(destination: str, settings: Settings) -> Sender:
+def sender_for(destination: str, results: ResultSettings) -> Sender:
     """The sender for a canonical destination URL (an outbox row's ``destination``)."""
     parsed = parse_result_destination(destination)
     if parsed.scheme == "dicom":
-        return CStoreDestination(parsed, calling_ae=settings.result_calling_ae,
-                                 timeout_s=settings.outbox_timeout_s)
-    return StowDestination(parsed, timeout_s=settings.outbox_timeout_s)
+        return CStoreDestination(parsed, calling_ae=results.result_calling_ae,
+                                 timeout_s=results.outbox_timeout_s)
+    return StowDestination(parsed, timeout_s=results.outbox_timeout_s)

@@ -57,6 +57,7 @@ from typing import Any
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
+from cxr_orient.dicomnet.addresses import AllowedCaller
 from cxr_orient.dicomnet.admission import Admission, Limits
 from cxr_orient.dicomnet.policy import check_uids
 from cxr_orient.dicomnet.receive import received_file
@@ -73,7 +74,7 @@ from cxr_orient.ingest import Sender
 from cxr_orient.intake import max_file_bytes
 from cxr_orient.logs import cap_third_party_loggers
 from cxr_orient.metrics import listener_refusals, start_listener_exporter
-from cxr_orient.settings import Settings
+from cxr_orient.settings import AcceptSettings, Settings
 from cxr_orient.studies import run_release_loop
 
 __all__ = [
@@ -103,15 +104,14 @@ DEFER_BYTES = 1 << 16
 PARTIAL_SWEEP_S = 60.0
 
 
-def listener_sop_classes(settings: Settings) -> list[UID]:
+def listener_sop_classes(accept: AcceptSettings) -> list[UID]:
     """The storage SOP classes the SCP offers presentation contexts for: those of the
     accept policy (``CXR_ACCEPT_SOP_CLASSES``, one setting for every way in), so that an
     instance of another class is refused at association instead of stored and then
     recorded out of scope; with that rule switched off (empty) every storage SOP class,
     and the policy's other rules decide."""
-    listed = [uid for uid in settings.accept_sop_classes.split(",") if uid]
-    if listed:
-        return [UID(uid) for uid in listed]
+    if accept.accept_sop_classes:
+        return [UID(uid) for uid in accept.accept_sop_classes]
     from pynetdicom import AllStoragePresentationContexts
 
     return list(dict.fromkeys(UID(cx.abstract_syntax) for cx in AllStoragePresentationContexts
@@ -143,7 +143,7 @@ class ListenerConfig:
     ae_title: str
     bind: str
     port: int
-    allowed_callers: list[tuple[str, str | None]]
+    allowed_callers: Sequence[AllowedCaller]
     max_associations: int
     sop_classes: list[UID]
     transfer_syntaxes: list[UID] = field(default_factory=lambda: accepted_transfer_syntaxes())
@@ -164,17 +164,17 @@ class ListenerConfig:
     def from_settings(cls, settings: Settings, *, ae_title: str | None = None,
                       bind: str | None = None, port: int | None = None) -> ListenerConfig:
         return cls(
-            ae_title=ae_title or settings.dicom_ae_title,
-            bind=bind or settings.dicom_bind,
-            port=settings.dicom_port if port is None else port,
-            allowed_callers=settings.dicom_allowed_caller_list,
-            max_associations=settings.dicom_max_associations,
-            sop_classes=listener_sop_classes(settings),
-            per_host=settings.dicom_max_associations_per_host,
-            per_caller=settings.dicom_max_associations_per_caller,
-            max_pending=settings.dicom_max_pending,
-            acse_timeout_s=settings.dicom_acse_timeout_s,
-            idle_timeout_s=settings.dicom_idle_timeout_s,
+            ae_title=ae_title or settings.dicom.dicom_ae_title,
+            bind=bind or settings.dicom.dicom_bind,
+            port=settings.dicom.dicom_port if port is None else port,
+            allowed_callers=settings.dicom.dicom_allowed_callers,
+            max_associations=settings.dicom.dicom_max_associations,
+            sop_classes=listener_sop_classes(settings.accept),
+            per_host=settings.dicom.dicom_max_associations_per_host,
+            per_caller=settings.dicom.dicom_max_associations_per_caller,
+            max_pending=settings.dicom.dicom_max_pending,
+            acse_timeout_s=settings.dicom.dicom_acse_timeout_s,
+            idle_timeout_s=settings.dicom.dicom_idle_timeout_s,
         )
 
 
@@ -200,7 +200,7 @@ class _Handlers:
         self.config = config
         self.settings = settings
         self.recorder = recorder
-        self.largest = max_file_bytes(settings.max_pixels)
+        self.largest = max_file_bytes(settings.intake.max_pixels)
         self.stored = 0
         self.admission = Admission(config.limits, listener_refusals)
         self.guard = ReceiveGuard(self.largest, self._refuse_transfer)
@@ -261,9 +261,10 @@ class _Handlers:
 
     def _store(self, event: Any) -> int | Dataset:
         caller = str(event.assoc.requestor.ae_title).strip()
-        if free_mb(self.settings) < self.settings.spool_min_free_mb:
+        if free_mb(self.settings) < self.settings.intake.spool_min_free_mb:
             logger.warning("C-STORE from %s refused (A700): spool free space under "
-                           "CXR_SPOOL_MIN_FREE_MB=%d", caller, self.settings.spool_min_free_mb)
+                           "CXR_SPOOL_MIN_FREE_MB=%d", caller,
+                           self.settings.intake.spool_min_free_mb)
             listener_refusals("out_of_resources")
             return _status("out_of_resources", "spool disk nearly full")
         # Received onto disk (receive_on_disk): preamble, file meta and the dataset as
@@ -345,7 +346,7 @@ def serve_dicom(
     # process releases them itself, so a study sent here is classified without a beat.
     releaser = None
     if send is not None:
-        releaser = threading.Thread(target=run_release_loop, args=(send, stop, settings),
+        releaser = threading.Thread(target=run_release_loop, args=(send, stop, settings.intake),
                                     name="release-quiet-studies", daemon=True)
         releaser.start()
     previous = {}
@@ -353,9 +354,9 @@ def serve_dicom(
         for signum in (signal.SIGTERM, signal.SIGINT):
             previous[signum] = signal.signal(signum, lambda *_: stop.set())
     cleanup = contextlib.ExitStack()
-    if settings.dicom_metrics_port:
-        exporter = start_listener_exporter(host=settings.dicom_metrics_host,
-                                           port=settings.dicom_metrics_port)
+    if settings.dicom.dicom_metrics_port:
+        exporter = start_listener_exporter(host=settings.dicom.dicom_metrics_host,
+                                           port=settings.dicom.dicom_metrics_port)
         if exporter is not None:
             cleanup.callback(exporter.shutdown)
     cleanup.enter_context(receive_on_disk(spool_dir(settings) / RECEIVING_FOLDER))

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 
 from cxr_orient.errors import InvalidUidError
 from cxr_orient.imaging import DicomHeader
-from cxr_orient.settings import Settings
+from cxr_orient.settings import AcceptSettings
 
 __all__ = [
     "OUT_OF_SCOPE",
@@ -113,28 +113,25 @@ class PolicyRefusal:
         return OUT_OF_SCOPE
 
 
-def _listed(setting: str) -> list[str]:
-    return [v for v in setting.split(",") if v]
 
-
-def check_policy(header: DicomHeader, settings: Settings) -> PolicyRefusal | None:
+def check_policy(header: DicomHeader, accept: AcceptSettings) -> PolicyRefusal | None:
     """None when the instance is in scope, else the first rule that refuses it."""
-    modalities = _listed(settings.accept_modalities)
+    modalities = accept.accept_modalities
     modality = (header.modality or "").upper() or None
     if modalities and modality not in modalities:
         shown = "absent" if modality is None else repr(header.modality)
         return PolicyRefusal("modality", header.modality,
                              f"modality: Modality {shown} is not one of "
                              f"{', '.join(modalities)} (CXR_ACCEPT_MODALITIES)")
-    sop_classes = _listed(settings.accept_sop_classes)
+    sop_classes = accept.accept_sop_classes
     if sop_classes and header.sop_class_uid not in sop_classes:
         shown = "absent" if header.sop_class_uid is None else header.sop_class_uid
         return PolicyRefusal("sop_class", header.sop_class_uid,
                              f"sop_class: SOPClassUID {shown} is not an accepted SOP Class "
                              "(CXR_ACCEPT_SOP_CLASSES)")
-    body_parts = _listed(settings.accept_body_parts)
+    body_parts = accept.accept_body_parts
     body_part = (header.body_part_examined or "").upper() or None
-    if body_part is None and body_parts and not settings.accept_missing_body_part:
+    if body_part is None and body_parts and not accept.accept_missing_body_part:
         return PolicyRefusal("body_part", None,
                              "body_part: BodyPartExamined is absent "
                              "(CXR_ACCEPT_MISSING_BODY_PART=false)")
@@ -143,10 +140,10 @@ def check_policy(header: DicomHeader, settings: Settings) -> PolicyRefusal | Non
                              f"body_part: BodyPartExamined {header.body_part_examined!r} is "
                              f"not one of {', '.join(body_parts)} (CXR_ACCEPT_BODY_PARTS)")
     present = set(header.image_type)
-    for pattern in _listed(settings.refuse_image_types):
-        if set(pattern.split("\\")) <= present:
-            value = "\\".join(header.image_type)
+    for pattern in accept.refuse_image_types:
+        if set(pattern) <= present:
+            value, shown = "\\".join(header.image_type), "\\".join(pattern)
             return PolicyRefusal("image_type", value,
-                                 f"image_type: ImageType {value} matches {pattern} "
+                                 f"image_type: ImageType {value} matches {shown} "
                                  "(CXR_REFUSE_IMAGE_TYPES)")
     return None

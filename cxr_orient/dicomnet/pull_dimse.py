@@ -125,7 +125,7 @@ def pull_dimse(
     # pynetdicom logs every identifier it sends and receives (UIDs) at INFO: WARNING
     # unless we are debugging, as the listener does (docs/security.md).
     cap_third_party_loggers(debugging=logger.isEnabledFor(logging.DEBUG))
-    title = settings.dicom_ae_title
+    title = settings.dicom.dicom_ae_title
     ae = AE(ae_title=title)
     ae.add_requested_context(FIND)
     ae.add_requested_context(MOVE)

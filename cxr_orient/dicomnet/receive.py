@@ -45,7 +45,7 @@ def received_file(spooled: SpooledFile, *, header: DicomHeader | None,
     :func:`cxr_orient.ingest.header_record`'s verdict on it (UIDs, accept policy)."""
     path = spooled.path.absolute()
     try:
-        resolve_ingest_path(path, settings.ingest_root)
+        resolve_ingest_path(path, settings.intake.ingest_root)
     except CxrError as exc:
         return ScannedFile(str(path), spooled.sha256, spooled.size, None, exc)
     if header is None:

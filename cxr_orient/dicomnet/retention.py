@@ -20,7 +20,7 @@ The rule is evaluated in the database's UPDATE that marks the instance
 (``instances.file_purged_at``), and the files are deleted before that transaction
 commits: a crash in between leaves the rows unmarked and the next run finds the files
 gone and marks them; work that needs the pixels later fails with ``file_purged``
-(:func:`ensure_not_purged` for readers other than the worker: training, the review page).
+(:func:`purged_error`: the worker, training, the review page).
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from db import crud
 from db.models import Instance
 from db.session import session_scope
 
-__all__ = ["PurgeCounts", "ensure_not_purged", "purge_spool"]
+__all__ = ["PurgeCounts", "ensure_not_purged", "purge_spool", "purged_error"]
 
 logger = logging.getLogger(__name__)
 CHUNK = 500
@@ -65,16 +65,24 @@ class PurgeCounts:
         return self.deleted + self.already_gone
 
 
+def purged_error(instance_id: int, file_purged_at: datetime | None) -> FilePurgedError | None:
+    """The ``file_purged`` error of an instance whose received file the spool purge
+    deleted at ``file_purged_at`` (None: the file was not purged, nothing to say)."""
+    if file_purged_at is None:
+        return None
+    return FilePurgedError(
+        f"instance {instance_id}: its received file was deleted by the spool purge at "
+        f"{file_purged_at:%Y-%m-%d %H:%M} UTC (CXR_SPOOL_KEEP_DAYS); have it "
+        "sent again to use its pixels")
+
+
 def ensure_not_purged(instance: Instance) -> None:
-    """Raise :class:`~cxr_orient.errors.FilePurgedError` (``file_purged``) when the spool
-    purge deleted the instance's file: for whatever needs its pixels (training on a
-    label added after the purge, the review page), a clear code instead of a missing
-    file."""
-    if instance.file_purged_at is not None:
-        raise FilePurgedError(
-            f"instance {instance.id}: its received file was deleted by the spool purge at "
-            f"{instance.file_purged_at:%Y-%m-%d %H:%M} UTC (CXR_SPOOL_KEEP_DAYS); have it "
-            "sent again to use its pixels")
+    """Raise :func:`purged_error` when the spool purge deleted the instance's file: for
+    whatever needs its pixels (training on a label added after the purge, the review
+    page, the worker), a clear code instead of a missing file."""
+    error = purged_error(instance.id, instance.file_purged_at)
+    if error is not None:
+        raise error
 
 
 def _delete(path: Path, spool: Path) -> bool | None:
@@ -109,9 +117,9 @@ def _remove_empty_folders(folders: set[Path], spool: Path) -> int:
 
 def purge_spool(settings: Settings, now: datetime) -> PurgeCounts:
     """Delete the received files that nobody needs any more (see the module's rule)."""
-    spool = settings.effective_spool_dir
+    spool = settings.intake.effective_spool_dir
     prefix = str(spool) + os.sep
-    finished_before = now - timedelta(days=settings.spool_keep_days)
+    finished_before = now - timedelta(days=settings.intake.spool_keep_days)
     counts = PurgeCounts()
     folders: set[Path] = set()
     _purge_marked(crud.mark_files_purged, crud.unmark_files_purged, "instance_ids",

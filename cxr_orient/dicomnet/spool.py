@@ -50,7 +50,7 @@ _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 
 def spool_dir(settings: Settings) -> Path:
     """The spool folder (created on first use)."""
-    return settings.effective_spool_dir
+    return settings.intake.effective_spool_dir
 
 
 def safe_uid_name(uid: str) -> str:
@@ -154,7 +154,7 @@ def stale_partial_s(settings: Settings) -> float:
     """How old (last written) a partial file must be to be nobody's: a transfer in
     progress writes its file at least every ``CXR_DICOM_IDLE_TIMEOUT_S`` (else it is
     aborted), and a spool write takes seconds."""
-    return 2 * settings.dicom_idle_timeout_s + 30
+    return 2 * settings.dicom.dicom_idle_timeout_s + 30
 
 
 def remove_stale_partials(settings: Settings, *, now: float | None = None) -> int:

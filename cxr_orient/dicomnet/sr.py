@@ -32,8 +32,6 @@ its content date and time are the answer's, so a re-send is the same object.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime
 
 import highdicom as hd
@@ -42,12 +40,12 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 
 from cxr_orient import __version__
+from cxr_orient.answer import Answer
 from cxr_orient.imaging import view_to_projection
 
 __all__ = [
     "LOCAL_SCHEME",
     "MANUFACTURER",
-    "ReportedAnswer",
     "build_sr",
     "derived_uid",
     "new_sr_uid",
@@ -108,28 +106,6 @@ def new_sr_uid() -> str:
 #: The device that makes every report (a fixed UID, so the observer is one device).
 DEVICE_UID = derived_uid("device observer")
 
-@dataclass(frozen=True)
-class ReportedAnswer:
-    """What one SR says: an answer (a ``predictions`` row) and the model that made it."""
-
-    label: str  # "frontal" or "lateral"
-    confidence: float
-    needs_review: bool
-    review_reasons: tuple[str, ...]
-    header_agrees: bool | None
-    rotation: int | None
-    mirrored: bool | None
-    unusual_score: float | None
-    model_name: str
-    model_architecture: str
-    answered_at: datetime
-    #: A model with a PA/AP head: the projection it states for a frontal (None when it
-    #: abstains), the probability of AP, and the projection against the header.
-    projection: str | None = None
-    p_ap: float | None = None
-    projection_agrees: bool | None = None
-
-
 def view_code(label: str, header_view: str | None,
               projection: str | None = None) -> CodedConcept:
     """The CID 4010 code for the model's answer: for a frontal, the ``projection`` the
@@ -153,7 +129,7 @@ def _yes_no(value: bool) -> CodedConcept:
     return CodedConcept.from_code(codes.SCT.Yes if value else codes.SCT.No)
 
 
-def _evaluations(answer: ReportedAnswer, header_view: str | None
+def _evaluations(answer: Answer, header_view: str | None
                  ) -> list[hd.sr.QualitativeEvaluation]:
     items = [
         hd.sr.QualitativeEvaluation(IMAGE_VIEW, view_code(answer.label, header_view,
@@ -174,7 +150,7 @@ def _evaluations(answer: ReportedAnswer, header_view: str | None
     return items
 
 
-def _measurements(answer: ReportedAnswer, algorithm: hd.sr.AlgorithmIdentification
+def _measurements(answer: Answer, algorithm: hd.sr.AlgorithmIdentification
                   ) -> list[hd.sr.Measurement]:
     items = [hd.sr.Measurement(CERTAINTY, round(answer.confidence, 6), RATIO,
                                algorithm_id=algorithm)]
@@ -192,22 +168,26 @@ def _measurements(answer: ReportedAnswer, algorithm: hd.sr.AlgorithmIdentificati
 
 def build_sr(
     source: Dataset,
-    answer: ReportedAnswer,
+    answer: Answer,
     *,
+    model_name: str,
+    model_architecture: str,
+    answered_at: datetime,
     sop_instance_uid: str,
     instance_number: int,
 ) -> Dataset:
     """The Comprehensive SR reporting ``answer`` on ``source`` (the answered instance's
-    header, pixels not needed)."""
+    header, pixels not needed), made by the model version ``model_name`` (of
+    ``model_architecture``) at ``answered_at``."""
     source = with_type2_attributes(source)
-    algorithm = hd.sr.AlgorithmIdentification(name=answer.model_name,
-                                              version=answer.model_architecture,
+    algorithm = hd.sr.AlgorithmIdentification(name=model_name,
+                                              version=model_architecture,
                                               manufacturer=MANUFACTURER)
     observer = hd.sr.ObserverContext(
         observer_type=CodedConcept.from_code(codes.cid270.Device),
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
             uid=DEVICE_UID, name=MANUFACTURER, manufacturer_name=MANUFACTURER,
-            model_name=answer.model_name[:64]),
+            model_name=model_name[:64]),
     )
     group = hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(
@@ -237,7 +217,7 @@ def build_sr(
         is_final=False,
         is_verified=False,
     )
-    _stamp(sr, answer.answered_at)
+    _stamp(sr, answered_at)
     return sr
 
 
@@ -270,8 +250,3 @@ def _stamp(sr: Dataset, when: datetime) -> None:
     scheme.CodingSchemeName = "cxr-orient local codes"
     scheme.CodingSchemeResponsibleOrganization = "cxr-orient"
     sr.CodingSchemeIdentificationSequence = [scheme]
-
-
-def reasons_of(review_reason: str | None) -> Sequence[str]:
-    """``predictions.review_reason`` (comma-separated) as a tuple of reasons."""
-    return tuple(r for r in (review_reason or "").split(",") if r)

@@ -83,7 +83,9 @@ Decoder(name=..., transfer_syntaxes=..., decode=..., is_available=...)``, where
 the shared steps ``mask_to_bits_stored``, ``first_frame`` and
 ``decode_with_pydicom`` are in ``decoders.base``), and add it to ``DECODERS`` in
 ``decoders/__init__.py``. Placed before an existing decoder of the same syntaxes,
-it is used wherever its ``is_available()`` is true, the older one otherwise. A new
+it is used wherever its ``is_available()`` is true and it is not turned off
+(``decoders.turn_off``, CXR_CPU_DECODERS_OFF), the older one otherwise: JPEG lossless
+goes to libjpeg-turbo (``decoders.jpeg_turbo``) before pydicom's plugins. A new
 syntax is then accepted by validation; list it under "Accepted images" above.
 """
 

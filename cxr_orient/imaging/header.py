@@ -78,6 +78,9 @@ class DicomHeader:
     body_part_examined: str | None = None
     #: ImageType's values, upper case (``("DERIVED", "SECONDARY")``); empty: absent.
     image_type: tuple[str, ...] = ()
+    #: Manufacturer and ManufacturerModelName as stored (None: absent or blank).
+    manufacturer: str | None = None
+    manufacturer_model: str | None = None
 
 
 def read_header(path: Path, *, data: bytes | None = None,
@@ -119,6 +122,8 @@ def read_header(path: Path, *, data: bytes | None = None,
             sop_class_uid=sop_class,
             body_part_examined=optional_text(ds, "BodyPartExamined"),
             image_type=image_type_values(ds.get("ImageType")),
+            manufacturer=optional_text(ds, "Manufacturer"),
+            manufacturer_model=optional_text(ds, "ManufacturerModelName"),
         )
 
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import queue
@@ -20,7 +21,7 @@ from cxr_orient.errors import ModelError
 from cxr_orient.modelstore import Classifier
 from cxr_orient.serving.wire import array_from, array_header, recv, send
 
-__all__ = ["InferenceServer", "main"]
+__all__ = ["InferenceServer", "card_bucket", "main"]
 
 logger = logging.getLogger(__name__)
 
@@ -124,13 +125,15 @@ class InferenceServer:
 
         sha = str(header["sha256"])
         if sha not in self._models:
+            started = time.monotonic()
             path = Path(header["path"])
             card = read_card(path)
             model = load_checkpoint(path, expected_sha256=sha)
             if header.get("mixed_precision") == "bfloat16":
                 model = with_mixed_bfloat16(model, card)
             self._models[sha] = Classifier(model, card)
-            logger.info("inference process %d loaded %s", os.getpid(), path.name)
+            logger.info("inference process %d loaded %s in %.1f s", os.getpid(), path.name,
+                        time.monotonic() - started)
         return self._models[sha]
 
     def _model(self, sha: str) -> Classifier:
@@ -141,20 +144,37 @@ class InferenceServer:
     def _warm_up(self, header: dict[str, Any]) -> list[int]:
         sha = str(header["sha256"])
         if sha not in self._warm:
+            started = time.monotonic()
             classifier = self._model(sha)
-            # JAX compiles per shape: every bucket up to the joined batch's largest. Other
-            # backends trace once: one batch of the pool processes' size is enough.
-            compiles = classifier.padded_size(1) != 1
-            self._warm[sha] = classifier.warm_up(
-                self.max_batch if compiles else int(header["max_batch"]))
+            size = classifier.card.input_size
+            if classifier.padded_size(1) != 1:
+                # JAX compiles per shape: every bucket up to the joined batch's largest.
+                sizes = sorted({self._bucket(classifier, n)
+                                for n in range(1, self.max_batch + 1)})
+                for n in sizes:
+                    classifier.model.predict_on_batch(np.zeros((n, size, size, 3), np.uint8))
+            else:
+                # Other backends trace once: one batch of the pool processes' size.
+                sizes = classifier.warm_up(int(header["max_batch"]))
+            self._warm[sha] = sizes
+            logger.info("inference process %d compiled batch sizes %s in %.1f s",
+                        os.getpid(), sizes, time.monotonic() - started)
         return self._warm[sha]
+
+    def _bucket(self, classifier: Classifier, n: int) -> int:
+        """The batch size ``n`` joined images are padded to. On a card, powers of four
+        from 64 (64, 256, 1024: three programs to compile at start, not eight; the card
+        does not notice the padding); elsewhere the classifier's own buckets."""
+        if classifier.padded_size(1) == 1 or not _on_accelerator():
+            return classifier.padded_size(n)
+        return card_bucket(n, self.max_batch)
 
     def _forward(self, group: list[_Request]) -> None:
         classifier = self._model(str(group[0].header["sha256"]))
         parts = [array_from(r.header, r.payload) for r in group]
         x = np.concatenate(parts) if len(parts) > 1 else parts[0]
         n = len(x)
-        padded = classifier.padded_size(n)
+        padded = self._bucket(classifier, n)
         if padded > n:
             x = np.concatenate([x, np.zeros((padded - n, *x.shape[1:]), dtype=x.dtype)])
         out = classifier.model.predict_on_batch(x)
@@ -170,6 +190,24 @@ class InferenceServer:
             self._reply(request, {"outputs": {k: array_header(a) for k, a in pieces.items()}},
                         b"".join(a.tobytes() for a in pieces.values()))
             start = end
+
+
+def card_bucket(n: int, max_batch: int) -> int:
+    """On a card, the batch ``n`` joined images are padded to: 64, 256, 1024, ... (powers
+    of four from 64), at most ``max_batch`` (and never fewer than ``n``)."""
+    bucket = 64
+    while bucket < n:
+        bucket *= 4
+    return max(n, min(bucket, max_batch))
+
+
+@functools.cache
+def _on_accelerator() -> bool:
+    """Whether the model runs on a card (Keras lists a device other than CPUs)."""
+    import keras
+
+    return any(not str(d).lower().startswith("cpu")
+               for d in keras.distribution.list_devices())
 
 
 def _output_names(classifier: Classifier) -> list[str]:

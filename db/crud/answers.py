@@ -10,7 +10,8 @@ from typing import Any
 from sqlalchemy import and_, func, select, tuple_, update
 from sqlalchemy.orm import Session, aliased
 
-from db.crud.common import current_answer_id
+from cxr_orient.answer import Answer, flat
+from db.crud.common import answer_columns, answer_of, current_answer_id
 from db.crud.outbox import add_outbox_messages
 from db.models import (
     Instance,
@@ -25,30 +26,16 @@ from db.models import (
 
 @dataclass(frozen=True)
 class PredictionRecord:
+    """An answer to record for an instance, with how it was made."""
+
     instance_id: int
-    label: OrientationLabel
-    confidence: float
-    p_frontal: float
-    p_lateral: float
-    header_agrees: bool | None
-    needs_review: bool
-    decode_ms: float | None
-    inference_ms: float | None
-    batch_size: int | None
+    answer: Answer
     #: The bytes the answer was made on: the instance's ``file_sha256`` when the work was
-    #: claimed (``worker.pipeline``). None: the instance's now (no check). Keep it last
-    #: (it has a default).
+    #: claimed (``worker.pipeline``). None: the instance's now (no check).
     file_sha256: str | None = None
-    #: What a model with orientation and unusual-image heads says (None without them).
-    review_reason: str | None = None
-    rotation: int | None = None
-    mirrored: bool | None = None
-    unusual_score: float | None = None
-    #: What a model with chest-or-not and PA/AP heads says (None without them).
-    projection: str | None = None
-    p_ap: float | None = None
-    projection_agrees: bool | None = None
-    p_not_chest: float | None = None
+    decode_ms: float | None = None
+    inference_ms: float | None = None
+    batch_size: int | None = None
 
 
 def record_predictions(
@@ -141,20 +128,7 @@ def record_predictions(
             instance_id=r.instance_id,
             model_version_id=model_version_id,
             file_sha256=made_on[r.instance_id],
-            label=r.label,
-            confidence=r.confidence,
-            p_frontal=r.p_frontal,
-            p_lateral=r.p_lateral,
-            header_agrees=r.header_agrees,
-            needs_review=r.needs_review,
-            review_reason=r.review_reason,
-            rotation=r.rotation,
-            mirrored=r.mirrored,
-            unusual_score=r.unusual_score,
-            projection=r.projection,
-            p_ap=r.p_ap,
-            projection_agrees=r.projection_agrees,
-            p_not_chest=r.p_not_chest,
+            **answer_columns(r.answer),
             decode_ms=r.decode_ms,
             inference_ms=r.inference_ms,
             batch_size=r.batch_size,
@@ -173,29 +147,21 @@ def record_predictions(
 
 @dataclass(frozen=True)
 class ResultRow:
+    """An instance with its answer (None: it has none)."""
+
     sop_instance_uid: str | None
     study_instance_uid: str | None
     file_path: str
     status: str
-    label: str | None
-    confidence: float | None
-    p_lateral: float | None
-    needs_review: bool | None
     header_view: str | None
-    header_agrees: bool | None
     model_version: str | None
     error: str | None
-    review_reason: str | None
-    rotation: int | None
-    mirrored: bool | None
-    unusual_score: float | None
-    projection: str | None = None
-    p_ap: float | None = None
-    projection_agrees: bool | None = None
-    p_not_chest: float | None = None
+    answer: Answer | None
 
     def as_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        """Flat: the instance's fields and the answer's (:func:`cxr_orient.answer.flat`)."""
+        row = {k: v for k, v in self.__dict__.items() if k != "answer"}
+        return {**row, **flat(self.answer)}
 
 
 def results(
@@ -239,22 +205,10 @@ def results(
                 study_instance_uid=study_uid,
                 file_path=instance.file_path,
                 status=InstanceStatus(instance.status).value,
-                label=OrientationLabel(prediction.label).value if prediction else None,
-                confidence=prediction.confidence if prediction else None,
-                p_lateral=prediction.p_lateral if prediction else None,
-                needs_review=prediction.needs_review if prediction else None,
                 header_view=instance.header_view_position,
-                header_agrees=prediction.header_agrees if prediction else None,
                 model_version=model_name,
                 error=error,
-                review_reason=prediction.review_reason if prediction else None,
-                rotation=prediction.rotation if prediction else None,
-                mirrored=prediction.mirrored if prediction else None,
-                unusual_score=prediction.unusual_score if prediction else None,
-                projection=prediction.projection if prediction else None,
-                p_ap=prediction.p_ap if prediction else None,
-                projection_agrees=prediction.projection_agrees if prediction else None,
-                p_not_chest=prediction.p_not_chest if prediction else None,
+                answer=answer_of(prediction) if prediction else None,
             )
         )
     return rows

@@ -9,14 +9,14 @@ from typing import Any
 from sqlalchemy import case, false, func, select, true
 from sqlalchemy.orm import Session
 
-from db.crud.common import current_answer_id
+from cxr_orient.answer import flat
+from db.crud.common import answer_of, current_answer_id
 from db.models import (
     GroundTruthLabel,
     Instance,
     InstanceStatus,
     LabelValue,
     ModelVersion,
-    OrientationLabel,
     Prediction,
     Study,
     StudyAnswer,
@@ -127,11 +127,8 @@ def study_history(session: Session, *, study_id: int) -> list[AnswerHistory]:
             select(Prediction, ModelVersion.name)
             .join(ModelVersion, ModelVersion.id == Prediction.model_version_id)
             .where(Prediction.instance_id.in_(ids)).order_by(Prediction.id)):
-        answers[p.instance_id].append({
-            "prediction_id": p.id, "model_version": name,
-            "label": OrientationLabel(p.label).value, "confidence": p.confidence,
-            "needs_review": p.needs_review, "review_reason": p.review_reason,
-            "header_agrees": p.header_agrees, "created_at": p.created_at})
+        answers[p.instance_id].append({"prediction_id": p.id, "model_version": name,
+                                       **flat(answer_of(p)), "created_at": p.created_at})
     labels: dict[int, list[dict[str, Any]]] = {i: [] for i in ids}
     for g in session.scalars(select(GroundTruthLabel)
                              .where(GroundTruthLabel.instance_id.in_(ids))

@@ -31,23 +31,57 @@ def new_claim_token() -> str:
     return uuid.uuid4().hex
 
 
-def claim_for_processing(
-    session: Session, *, instance_id: int, lease_s: float, claim_token: str | None = None,
-    claimed_by: str | None = None,
-) -> bool:
-    """Atomically move an instance to ``processing`` under a lease of ``lease_s`` seconds
-    held by ``claim_token``; False if another worker holds a live lease on it or it is
-    finished. A ``processing`` row whose lease lapsed (its worker stopped renewing it:
-    dead, or cut off from the database) is claimed anew, with a new token. A claim
-    retried under its own token (the commit went through, its answer was lost) holds."""
+@dataclass(frozen=True)
+class ClaimedInstance:
+    """A row as a claim left it (``attempts`` counts this claim): what a worker needs
+    to decide whether to work on it and to read its file."""
+
+    instance_id: int
+    file_path: str
+    #: The bytes claimed: an answer is recorded only while the row still refers to them.
+    file_sha256: str
+    header_view: str | None
+    attempts: int
+    file_purged_at: datetime | None
+    #: The reclassify marker: the version that must answer (None: the active one).
+    target_version_id: int | None
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What :func:`claim_instances` took, in the order asked, and what it could not."""
+
+    claimed: list[ClaimedInstance]
+    #: Asked for, not taken: finished, or under another worker's live lease.
+    skipped: list[int]
+    #: Of ``skipped``, the ids no instance has.
+    unknown: list[int]
+
+
+def claim_instances(
+    session: Session, *, instance_ids: Sequence[int], lease_s: float,
+    claim_token: str | None = None, claimed_by: str | None = None,
+) -> Claim:
+    """Atomically move the claimable of ``instance_ids`` to ``processing`` under a lease
+    of ``lease_s`` seconds held by ``claim_token``, in one ``UPDATE ... RETURNING`` (the
+    WHERE is the compare-and-set: two workers claiming at once each get distinct rows;
+    on PostgreSQL the second waits for the first to commit and re-checks). Claimable: a
+    ``queued`` row; a ``processing`` row whose lease lapsed (its worker stopped renewing
+    it: dead, or cut off from the database), claimed anew with the new token; and a row
+    already held under ``claim_token`` (a claim retried after its commit went through
+    and its answer was lost). Finished rows and live leases of others are skipped. One
+    more query, only when something was skipped, tells the unknown ids apart."""
+    ids = list(dict.fromkeys(instance_ids))  # de-duplicate, keep order
+    if not ids:
+        return Claim([], [], [])
     now = utcnow()
     claimable = or_(Instance.status == InstanceStatus.queued, lease_lapsed(now, lease_s))
     if claim_token is not None:
         claimable = or_(claimable, and_(Instance.status == InstanceStatus.processing,
                                         Instance.claim_token == claim_token))
-    result = session.execute(
+    rows = session.execute(
         update(Instance)
-        .where(Instance.id == instance_id, claimable)
+        .where(Instance.id.in_(ids), claimable)
         .values(
             status=InstanceStatus.processing,
             attempts=Instance.attempts + 1,
@@ -57,8 +91,30 @@ def claim_for_processing(
             started_at=now,
             updated_at=now,
         )
-    )
-    return bool(getattr(result, "rowcount", 0))
+        .returning(Instance.id, Instance.file_path, Instance.file_sha256,
+                   Instance.header_view_position, Instance.attempts,
+                   Instance.file_purged_at, Instance.target_model_version_id)
+        .execution_options(synchronize_session=False)
+    ).all()
+    by_id = {i: ClaimedInstance(instance_id=i, file_path=path, file_sha256=sha,
+                                header_view=view, attempts=attempts, file_purged_at=purged,
+                                target_version_id=target)
+             for i, path, sha, view, attempts, purged, target in rows}
+    skipped = [i for i in ids if i not in by_id]
+    unknown: list[int] = []
+    if skipped:
+        known = set(session.scalars(select(Instance.id).where(Instance.id.in_(skipped))))
+        unknown = [i for i in skipped if i not in known]
+    return Claim([by_id[i] for i in ids if i in by_id], skipped, unknown)
+
+
+def claim_for_processing(
+    session: Session, *, instance_id: int, lease_s: float, claim_token: str | None = None,
+    claimed_by: str | None = None,
+) -> bool:
+    """:func:`claim_instances` for one instance: whether it was claimed."""
+    return bool(claim_instances(session, instance_ids=[instance_id], lease_s=lease_s,
+                                claim_token=claim_token, claimed_by=claimed_by).claimed)
 
 
 def renew_leases(session: Session, *, claim_tokens: Sequence[str], lease_s: float) -> int:

@@ -74,6 +74,8 @@ class NewInstance:
     status: InstanceStatus = InstanceStatus.queued
     error_code: str | None = None
     error_message: str | None = None
+    manufacturer: str | None = None
+    manufacturer_model: str | None = None
 
 
 def add_instances(session: Session, *, new: Sequence[NewInstance]
@@ -87,6 +89,7 @@ def add_instances(session: Session, *, new: Sequence[NewInstance]
         series_instance_uid=n.series_instance_uid, file_path=n.file_path,
         file_sha256=n.file_sha256, file_size=n.file_size, modality=n.modality,
         transfer_syntax_uid=n.transfer_syntax_uid, header_view_position=n.header_view_position,
+        manufacturer=n.manufacturer, manufacturer_model=n.manufacturer_model,
         status=n.status, error_code=n.error_code, error_message=n.error_message,
         finished_at=utcnow() if n.status == InstanceStatus.out_of_scope else None,
     ) for n in new]
@@ -102,6 +105,7 @@ def add_instances(session: Session, *, new: Sequence[NewInstance]
                          file_sha256=n.file_sha256, file_size=n.file_size,
                          modality=n.modality, transfer_syntax_uid=n.transfer_syntax_uid,
                          header_view_position=n.header_view_position, status=n.status,
+                         manufacturer=n.manufacturer, manufacturer_model=n.manufacturer_model,
                          error_code=n.error_code, error_message=n.error_message)
             for n in new]
 
@@ -141,6 +145,8 @@ def add_instance(
     status: InstanceStatus = InstanceStatus.queued,
     error_code: str | None = None,
     error_message: str | None = None,
+    manufacturer: str | None = None,
+    manufacturer_model: str | None = None,
 ) -> tuple[Instance, bool]:
     """Record an instance, ``queued`` (or ``waiting``: held for its study's quiet period;
     or ``out_of_scope`` with the accept policy's reason, finished at once); (existing,
@@ -158,6 +164,8 @@ def add_instance(
         modality=modality,
         transfer_syntax_uid=transfer_syntax_uid,
         header_view_position=header_view_position,
+        manufacturer=manufacturer,
+        manufacturer_model=manufacturer_model,
         status=status,
         error_code=error_code,
         error_message=error_message,
@@ -191,6 +199,8 @@ def replace_instance_file(
     transfer_syntax_uid: str | None,
     header_view_position: str | None,
     status: InstanceStatus = InstanceStatus.queued,
+    manufacturer: str | None = None,
+    manufacturer_model: str | None = None,
 ) -> bool:
     """Point an instance at a new file (a uid conflict under ``replace``) and queue it
     again (``status`` ``waiting``: hold it for its study's quiet period): its answers
@@ -214,6 +224,8 @@ def replace_instance_file(
             modality=modality,
             transfer_syntax_uid=transfer_syntax_uid,
             header_view_position=header_view_position,
+            manufacturer=manufacturer,
+            manufacturer_model=manufacturer_model,
             status=status,
             error_code=None,
             error_message=None,

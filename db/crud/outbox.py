@@ -11,10 +11,11 @@ from sqlalchemy import and_, exists, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from cxr_orient.answer import Answer
+from db.crud.common import answer_of
 from db.models import (
     Instance,
     ModelVersion,
-    OrientationLabel,
     OutboxDestination,
     OutboxMessage,
     OutboxStatus,
@@ -97,19 +98,7 @@ class OutboxWork:
     #: The bytes the answer was made on (the checked read must find them).
     file_sha256: str
     sop_instance_uid: str | None
-    label: str
-    confidence: float
-    needs_review: bool
-    review_reason: str | None
-    header_agrees: bool | None
-    rotation: int | None
-    mirrored: bool | None
-    unusual_score: float | None
-    #: PA/AP heads: the projection stated (None: abstained or no head), p_ap, and the
-    #: projection against the header (None: either says nothing about it).
-    projection: str | None
-    p_ap: float | None
-    projection_agrees: bool | None
+    answer: Answer
     model_name: str
     model_architecture: str
     answered_at: datetime
@@ -129,12 +118,8 @@ def outbox_work(session: Session, *, outbox_ids: Sequence[int]) -> list[OutboxWo
         OutboxWork(
             outbox_id=m.id, destination=m.destination, sr_sop_instance_uid=m.sr_sop_instance_uid,
             attempts=m.attempts, prediction_id=p.id, file_path=path, file_sha256=p.file_sha256,
-            sop_instance_uid=sop, label=OrientationLabel(p.label).value,
-            confidence=p.confidence, needs_review=p.needs_review,
-            review_reason=p.review_reason, header_agrees=p.header_agrees,
-            rotation=p.rotation, mirrored=p.mirrored, unusual_score=p.unusual_score,
-            projection=p.projection, p_ap=p.p_ap, projection_agrees=p.projection_agrees,
-            model_name=name, model_architecture=arch, answered_at=p.created_at,
+            sop_instance_uid=sop, answer=answer_of(p), model_name=name,
+            model_architecture=arch, answered_at=p.created_at,
         )
         for m, p, path, sop, name, arch in session.execute(query)
         for path in (_file_answered(session, p, path),)

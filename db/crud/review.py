@@ -9,13 +9,13 @@ from typing import Any
 from sqlalchemy import and_, false, select, true
 from sqlalchemy.orm import Session
 
-from db.crud.common import current_answer_id, labelled
+from cxr_orient.answer import Answer, flat
+from db.crud.common import answer_of, current_answer_id, labelled
 from db.models import (
     GroundTruthLabel,
     Instance,
     InstanceStatus,
     ModelVersion,
-    OrientationLabel,
     Prediction,
     UidConflict,
 )
@@ -40,42 +40,28 @@ class ReviewItem:
     file_purged: bool
     enqueued_at: datetime
     prediction_id: int | None = None
-    label: str | None = None
-    confidence: float | None = None
-    p_lateral: float | None = None
-    header_agrees: bool | None = None
-    review_reason: str | None = None
-    unusual_score: float | None = None
+    answer: Answer | None = None
     model_version: str | None = None
     answered_at: datetime | None = None
-    #: A model with a PA/AP head: the projection stated (None: abstained), p(AP), and
-    #: whether it agrees with the header's ViewPosition.
-    projection: str | None = None
-    p_ap: float | None = None
-    projection_agrees: bool | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        """Flat: the instance's fields and the answer's (:func:`cxr_orient.answer.flat`)."""
+        row = {k: v for k, v in self.__dict__.items() if k != "answer"}
+        return {**row, **flat(self.answer)}
 
 
 def _review_item(instance: Instance, prediction: Prediction | None,
                  model_name: str | None) -> ReviewItem:
-    answer: dict[str, Any] = {}
+    answered: dict[str, Any] = {}
     if prediction is not None:
-        answer = {
-            "prediction_id": prediction.id, "label": OrientationLabel(prediction.label).value,
-            "confidence": prediction.confidence, "p_lateral": prediction.p_lateral,
-            "header_agrees": prediction.header_agrees, "review_reason": prediction.review_reason,
-            "unusual_score": prediction.unusual_score, "model_version": model_name,
-            "answered_at": prediction.created_at, "projection": prediction.projection,
-            "p_ap": prediction.p_ap, "projection_agrees": prediction.projection_agrees,
-        }
+        answered = {"prediction_id": prediction.id, "answer": answer_of(prediction),
+                    "model_version": model_name, "answered_at": prediction.created_at}
     return ReviewItem(
         instance_id=instance.id, study_id=instance.study_id,
         status=InstanceStatus(instance.status).value, modality=instance.modality,
         header_view=instance.header_view_position, error_code=instance.error_code,
         file_purged=instance.file_purged_at is not None, enqueued_at=instance.enqueued_at,
-        **answer)
+        **answered)
 
 
 def _answered_queue(session: Session, condition: Any, *, after: int,

@@ -44,9 +44,9 @@ class ReviewItemOut(BaseModel):
     model_version: str | None
     answered_at: Any | None
     enqueued_at: Any
-    projection: str | None = None
-    p_ap: float | None = None
-    projection_agrees: bool | None = None
+    projection: str | None
+    p_ap: float | None
+    projection_agrees: bool | None
 
 
 class QueueOut(BaseModel):

@@ -11,11 +11,11 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.responses import RedirectResponse, Response
 
+from cxr_orient.plots import Series, share_plot
 from db import crud
 from db.models import utcnow
 from service.deps import Caller, CheckedForm, DbInt, SessionDep, page_user
 from service.pages import page
-from service.plots import Series, share_plot
 
 router = APIRouter(prefix="/audit", include_in_schema=False)
 Auditor = Annotated[Caller, Depends(page_user("audit"))]

@@ -51,8 +51,8 @@ def login(request: Request, form: CheckedForm, settings: SettingsDep,
     try:
         user = authenticate(session, username=username, password=form.get("password", ""),
                             address=address,
-                            max_failures=settings.login_max_failures,
-                            window_s=settings.login_window_s)
+                            max_failures=settings.http.login_max_failures,
+                            window_s=settings.http.login_window_s)
     except LoginThrottled as exc:
         logger.warning("login throttled for a username from %s", address)
         return page(request, "login.html", status_code=429, error=str(exc),

@@ -15,8 +15,7 @@ from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from cxr_orient.metrics import service_registry
-from cxr_orient.settings import get_settings
-from service.deps import REALM, bearer_token
+from service.deps import REALM, SettingsDep, bearer_token
 from worker.dispatch import broker_queue_depth
 
 router = APIRouter(tags=["metrics"])
@@ -28,16 +27,15 @@ def _registry(queue_name: str) -> CollectorRegistry:
 
 
 @router.get("/metrics", response_class=Response)
-def scrape(request: Request) -> Response:
+def scrape(request: Request, settings: SettingsDep) -> Response:
     """Prometheus text format. A plain ``def``: FastAPI runs it in its thread pool, so
     the queries and the broker round trip never hold the event loop."""
-    settings = get_settings()
-    if settings.metrics_token is not None:
+    if settings.http.metrics_token is not None:
         given = bearer_token(request) or ""
         if not hmac.compare_digest(given.encode(),
-                                   settings.metrics_token.get_secret_value().encode()):
+                                   settings.http.metrics_token.get_secret_value().encode()):
             raise HTTPException(status.HTTP_401_UNAUTHORIZED,
                                 detail="GET /metrics wants the CXR_METRICS_TOKEN bearer token",
                                 headers={"WWW-Authenticate": f'Bearer realm="{REALM}"'})
-    return Response(generate_latest(_registry(settings.queue_name)),
+    return Response(generate_latest(_registry(settings.worker.queue_name)),
                     media_type=CONTENT_TYPE_LATEST)

@@ -69,8 +69,9 @@ async def _store(request: Request, study: str | None, settings: Settings,
         return _problem(400, str(exc))
     # A Content-Length over CXR_STOW_MAX_REQUEST_MB was answered 413 by service.limits,
     # which also cuts a longer body as it streams (BodyTooLarge) or a late one (BodyTimeout).
-    max_total = settings.stow_max_request_mb << 20
-    reader = RelatedStreamReader(boundary, max_part_bytes=max_file_bytes(settings.max_pixels),
+    max_total = settings.http.stow_max_request_mb << 20
+    reader = RelatedStreamReader(boundary,
+                                 max_part_bytes=max_file_bytes(settings.intake.max_pixels),
                                  max_total_bytes=max_total)
     outcomes: list[PartOutcome] = []
     cut_short: int | None = None

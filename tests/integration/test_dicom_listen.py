@@ -49,13 +49,13 @@ pytestmark = pytest.mark.integration
 def make_node(url: str, tmp_path: Path, configure: Callable[..., None]) -> dict[str, str]:
     """A migrated database, the filesystem broker, the ingest root: the env every
     process of the test shares (this process reads the same database)."""
-    from db.migrate import upgrade
+    from tests.utils.env import migrate_from_template
 
     values = {"database_url": url, "ingest_root": tmp_path, "data_dir": tmp_path / "data",
               "spool_min_free_mb": 1}
     (tmp_path / "data").mkdir()
     configure(**values)
-    upgrade()
+    migrate_from_template(url)
     return worker_env(**values)
 
 
@@ -639,7 +639,8 @@ def test_a_transfer_cut_off_by_a_killed_sender_or_listener_leaves_no_partial(
 ) -> None:
     """kill -9 of dcmsend mid-transfer: the partial dataset goes when the association
     ends. kill -9 of the listener mid-transfer: its partial goes at the next start once
-    stale (and at the periodic purge, tests/unit/test_retention.py), never recorded."""
+    stale (and at the periodic purge, tests/unit/cxr_orient/dicomnet/test_retention.py),
+    never recorded."""
     from cxr_orient.dicomnet.spool import stale_partial_s
     from cxr_orient.settings import get_settings
 

@@ -71,7 +71,7 @@ def test_dcmsend_to_listen_to_worker_to_srs_in_orthanc(
 ) -> None:
     import pydicom
 
-    from db.migrate import upgrade
+    from tests.utils.env import migrate_from_template
 
     root = tmp_path / "node"
     (root / "src").mkdir(parents=True)
@@ -95,7 +95,7 @@ def test_dcmsend_to_listen_to_worker_to_srs_in_orthanc(
                 result_destinations=f"dicom://ORTHANC@127.0.0.1:{orthanc.dicom_port}",
                 outbox_interval_s=1, outbox_backoff_s=0.5, outbox_timeout_s=10)
             configure(**values)
-            upgrade(pg_url)
+            migrate_from_template(pg_url)
             env = worker_env(**values)
             with running_worker(env, tmp_path / "worker.log", ready_timeout=180) as worker, \
                     running_listener(env, tmp_path / "listen.log") as listener:

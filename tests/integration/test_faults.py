@@ -34,6 +34,7 @@ from sqlalchemy import Engine, select
 from db.models import Instance
 from db.session import make_engine
 from tests.utils.dicom_factory import make_dicom
+from tests.utils.env import migrate_from_template
 from tests.utils.faults import (
     PrivateRedis,
     instance_states,
@@ -148,9 +149,7 @@ def _replaced(worker: WorkerProcess, old_child: int) -> bool:
 def test_kill9_pool_child_then_parent_mid_batch(
     pg_url: str, redis_server: PrivateRedis, tmp_path: Path
 ) -> None:
-    from db.migrate import upgrade
-
-    upgrade(pg_url)
+    migrate_from_template(pg_url)
     env = _env(tmp_path, pg_url, redis_server.url(12))
     engine = make_engine(pg_url)
     first = tmp_path / "archive" / "first"
@@ -216,9 +215,7 @@ def test_kill9_worker_at_default_settings_requeue_new_worker(
     be re-queued within CXR_LEASE_S + CXR_LEASE_RENEW_S (25 s) of the kill, or within
     CXR_LEASE_RENEW_S of the new worker being up if it took longer to start, plus
     MARGIN_S; everything done once."""
-    from db.migrate import upgrade
-
-    upgrade(pg_url)
+    migrate_from_template(pg_url)
     env = _env(tmp_path, pg_url, redis_server.url(12))
     engine = make_engine(pg_url)
     corpus = tmp_path / "archive" / "defaults"
@@ -269,9 +266,7 @@ def test_redis_restart_loses_queue_requeue_completes(
     pg_url: str, tmp_path: Path
 ) -> None:
     """Work queued, Redis killed and restarted empty: the DB re-sends it all."""
-    from db.migrate import upgrade
-
-    upgrade(pg_url)
+    migrate_from_template(pg_url)
     server = PrivateRedis()
     server.start()
     try:
@@ -305,9 +300,7 @@ def test_redis_restart_loses_queue_requeue_completes(
 
 def test_redis_restart_worker_start_requeues(pg_url: str, tmp_path: Path) -> None:
     """Same loss, no operator: the worker's start-up requeue notices the empty broker."""
-    from db.migrate import upgrade
-
-    upgrade(pg_url)
+    migrate_from_template(pg_url)
     with private_redis() as server:
         env = _env(tmp_path, pg_url, server.url(14))
         corpus = tmp_path / "archive" / "redis2"
@@ -372,9 +365,7 @@ def test_database_outage_45s_workers_wait_and_finish(
 def test_sigterm_warm_shutdown_finishes_or_hands_back(
     pg_url: str, redis_server: PrivateRedis, tmp_path: Path
 ) -> None:
-    from db.migrate import upgrade
-
-    upgrade(pg_url)
+    migrate_from_template(pg_url)
     env = _env(tmp_path, pg_url, redis_server.url(12))
     corpus = tmp_path / "archive" / "term"
     make_corpus(corpus, 24, prefix="term")
@@ -414,12 +405,10 @@ def test_poison_instance_fails_after_max_attempts(
     the OOM killer, kills the stuck pool process) ends failed with too_many_attempts; its
     queue keeps flowing. (A FIFO swapped in for the file no longer hangs anyone: it is
     refused unread, tests/integration/test_time_limits.py.)"""
-    from db.migrate import upgrade
-
     problem = fuse_unavailable()
     if problem:
         pytest.skip(f"needs a FUSE mount: {problem}")
-    upgrade(pg_url)
+    migrate_from_template(pg_url)
     max_attempts = 2
     env = _env(tmp_path, pg_url, redis_server.url(13), max_attempts=max_attempts,
                task_soft_time_limit_s=0)

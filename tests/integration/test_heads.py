@@ -45,14 +45,14 @@ def _archive(root: Path) -> dict[str, tuple[int, bool]]:
 def test_worker_records_orientation_and_flags_a_ct_slice(
     action: str, redis_url: str, tmp_path: Path
 ) -> None:
-    from db.migrate import upgrade
+    from tests.utils.env import migrate_from_template
 
     root = tmp_path / "archive"
     poses = _archive(root)
     database_url = f"sqlite:///{tmp_path / 'cxr.db'}"
     env = worker_env(database_url=database_url, broker_url=redis_url, ingest_root=root,
                      data_dir=tmp_path / "data", unusual_image_action=action)
-    upgrade(database_url)
+    migrate_from_template(database_url)
     with running_worker(env, tmp_path / "worker.log") as worker:
         enqueued = run_cli("enqueue", str(root), "--wait", "--timeout", "240", env=env)
         assert enqueued.returncode == 0, enqueued.stderr + worker.log()

@@ -75,11 +75,11 @@ def _token(env: dict[str, str], name: str, scope: str) -> str:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    from db.migrate import upgrade
+    from tests.utils.env import migrate_from_template
 
     tmp = tmp_path_factory.mktemp("http-security")
     with temporary_pg_database() as url:
-        upgrade(url)
+        migrate_from_template(url)
         env = worker_env(database_url=url, ingest_root=tmp, data_dir=tmp / "data",
                          trusted_user_header="X-Remote-User", trusted_proxies="10.0.0.5",
                          http_header_timeout_s=HEADER_TIMEOUT_S,
@@ -439,10 +439,10 @@ def test_stow_refuses_malformed_uids(server: Server) -> None:
 
 def test_behind_a_trusted_proxy_sso_works_and_the_client_is_the_forwarded_one(
         tmp_path: Path) -> None:
-    from db.migrate import upgrade
+    from tests.utils.env import migrate_from_template
 
     with temporary_pg_database() as url:
-        upgrade(url)
+        migrate_from_template(url)
         env = worker_env(database_url=url, ingest_root=tmp_path, data_dir=tmp_path / "data",
                          trusted_user_header="X-Remote-User", trusted_proxies="127.0.0.1")
         env.pop("CXR_BROKER_URL", None)

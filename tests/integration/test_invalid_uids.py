@@ -1,7 +1,8 @@
 """A malformed Study, Series or SOP Instance UID (PS3.5 9.1) is refused whatever the way
 in, by the one check (cxr_orient.dicomnet.policy.check_uids, applied by
 cxr_orient.ingest.header_record): here the real listener, sent to by dcmtk's dcmsend.
-STOW-RS: tests/integration/test_http_security.py; enqueue: tests/unit/test_policy.py."""
+STOW-RS: tests/integration/test_http_security.py; enqueue:
+tests/unit/cxr_orient/dicomnet/test_policy.py."""
 
 from __future__ import annotations
 
@@ -12,9 +13,9 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from cxr_orient.synthetic import make_dicom, synthetic_pixels
 from db import crud
 from db.session import session_scope
+from tests.utils.dicom_factory import make_dicom, synthetic_pixels
 from tests.utils.dicomnode import dcmsend, running_listener
 from tests.utils.worker import worker_env
 

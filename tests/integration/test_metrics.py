@@ -34,7 +34,7 @@ def _total(got: Samples, name: str, **labels: str) -> float:
 
 
 def test_metrics_and_flower_show_a_running_worker(redis_url: str, tmp_path: Path) -> None:
-    from db.migrate import upgrade
+    from tests.utils.env import migrate_from_template
 
     archive = tmp_path / "archive"
     for study in ("study1", "study2", "study3"):
@@ -45,7 +45,7 @@ def test_metrics_and_flower_show_a_running_worker(redis_url: str, tmp_path: Path
     env = worker_env(database_url=database_url, broker_url=redis_url, ingest_root=archive,
                      data_dir=tmp_path / "data", batch_size=8, batch_max_wait_ms=100,
                      worker_metrics_port=worker_port)
-    upgrade(database_url)
+    migrate_from_template(database_url)
     worker_metrics = f"http://127.0.0.1:{worker_port}/metrics"
 
     with flower(env, tmp_path / "flower.log") as flower_url, \

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.integration
 def test_worker_classifies_mixed_corpus_once_each(
     database_url: str, redis_url: str, tmp_path: Path
 ) -> None:
-    from db.migrate import upgrade
+    from tests.utils.env import migrate_from_template
 
     corpus = tmp_path / "archive"
     truth = build_corpus(corpus, frontal=8, lateral=6)
@@ -27,7 +27,7 @@ def test_worker_classifies_mixed_corpus_once_each(
     bad = add_bad_files(corpus)
     env = worker_env(database_url=database_url, broker_url=redis_url, ingest_root=corpus,
                      data_dir=tmp_path / "data", batch_size=8, batch_max_wait_ms=100)
-    upgrade(database_url)
+    migrate_from_template(database_url)
 
     with running_worker(env, tmp_path / "worker.log") as worker:
         enqueued = run_cli("enqueue", str(corpus), "--wait", "--timeout", "240", env=env)

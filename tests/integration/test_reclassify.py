@@ -61,13 +61,13 @@ def _wait_for(url: str, n: int, *, per_instance: int, timeout: float = 240) -> d
 
 def test_reclassify_after_a_promotion_with_a_real_worker(
         database_url: str, redis_url: str, tmp_path: Path) -> None:
-    from db.migrate import upgrade
+    from tests.utils.env import migrate_from_template
 
     corpus = tmp_path / "archive"
     n = _archive(corpus)
     env = worker_env(database_url=database_url, broker_url=redis_url, ingest_root=corpus,
                      data_dir=tmp_path / "data", batch_size=8, batch_max_wait_ms=100)
-    upgrade(database_url)
+    migrate_from_template(database_url)
 
     with running_worker(env, tmp_path / "worker.log") as worker:
         enqueued = run_cli("enqueue", str(corpus), "--wait", "--timeout", "240", env=env)

@@ -219,9 +219,9 @@ def _resend_all(env: dict[str, str], pg_url: str) -> None:
     finally:
         engine.dispose()
     for item in work:
-        sender = sender_for(item.destination, settings)
+        sender = sender_for(item.destination, settings.results)
         try:
-            sender.send(report_for(item, settings))
+            sender.send(report_for(item, settings.intake))
         finally:
             sender.close()
 
@@ -238,7 +238,7 @@ def test_refused_for_good_then_retried_by_the_operator(
     from db.models import OrientationLabel
     from db.session import session_scope
     from tests.utils.env import migrate_from_template
-    from tests.utils.factories import register_version
+    from tests.utils.factories import prediction_record, register_version
 
     archive = tmp_path / "archive"
     archive.mkdir()
@@ -261,7 +261,7 @@ def test_refused_for_good_then_retried_by_the_operator(
             rows = crud.results(session)
             ids = [crud.find_instance_by_uid(session, sop_instance_uid=str(r.sop_instance_uid))
                    for r in rows]
-            records = [crud.PredictionRecord(
+            records = [prediction_record(
                 instance_id=i.id, label=OrientationLabel.lateral, confidence=0.55,
                 p_frontal=0.45, p_lateral=0.55, header_agrees=False, needs_review=True,
                 review_reason="low_confidence", decode_ms=None, inference_ms=None,

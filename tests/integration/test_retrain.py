@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 from sqlalchemy import select
 
+from cxr_orient.settings import get_settings
 from tests.utils.dicom_factory import COVID_CXR, make_dicom
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -65,7 +66,7 @@ def test_retrain_gates_promotes_and_refuses_a_worse_model(
               model_dir=tmp_path / "models",
               model_path=_untrained_checkpoint(tmp_path, build_model, ModelCard,
                                                save_checkpoint))
-    report = enqueue_paths([corpus], send=None)
+    report = enqueue_paths([corpus], send=None, settings=get_settings())
     assert len(report.queued) == len(files)
     rows = [{"sop_instance_uid": _uid(path), "label": label, "source": "test"}
             for path, label in files]
@@ -73,9 +74,9 @@ def test_retrain_gates_promotes_and_refuses_a_worse_model(
         assert import_labels(session, rows) == len(files)
 
     # The first active model always answers frontal: the candidate must beat it.
-    skipped = retrain(min_new_labels=len(files) + 1)
+    skipped = retrain(get_settings(), min_new_labels=len(files) + 1)
     assert skipped.status == "skipped" and "new label" in skipped.message
-    result = retrain(min_new_labels=10, epochs=8)
+    result = retrain(get_settings(), min_new_labels=10, epochs=8)
     assert result.status == "promoted", result.message
     with session_scope() as session:
         active = crud.active_model_version(session)
@@ -86,14 +87,14 @@ def test_retrain_gates_promotes_and_refuses_a_worse_model(
         assert event is not None and event.details["active"] is not None
         assert set(event.details["candidate"]) == {"balanced_accuracy", "lateral_recall", "ece"}
     # No new labels since: the next night does nothing.
-    assert retrain(min_new_labels=1).status == "skipped"
+    assert retrain(get_settings(), min_new_labels=1).status == "skipped"
 
     # A deliberately worse model (untrained again) is refused and recorded.
     worse = _untrained_checkpoint(tmp_path / "worse", build_model, ModelCard, save_checkpoint,
                                   name="worse")
     with session_scope() as session:
         register_checkpoint(session, Path(worse), actor="test", reason="worse")
-    decision = challenge_version("worse", actor="test")
+    decision = challenge_version("worse", actor="test", settings=get_settings())
     assert not decision.promote
     with session_scope() as session:
         worse_row = crud.find_model_version(session, name="worse")
@@ -108,9 +109,9 @@ def test_retrain_gates_promotes_and_refuses_a_worse_model(
     new_file = corpus / "new.dcm"
     make_dicom(new_file, _pixels(sorted((COVID_CXR / "lateral").glob("*.jpg"))[-1]),
                patient_id="NEW")
-    new = enqueue_paths([new_file], send=None)
-    assert current_model().name == result.candidate
-    outcome = classify_instances(new.queued)
+    new = enqueue_paths([new_file], send=None, settings=get_settings())
+    assert current_model(get_settings().inference).name == result.candidate
+    outcome = classify_instances(new.queued, settings=get_settings())
     assert outcome.done == new.queued and outcome.model_version == result.candidate
     with session_scope() as session:
         assert session.scalar(select(ModelVersion.name).where(ModelVersion.is_active)) == (
@@ -142,9 +143,9 @@ def test_an_existing_database_adopts_the_new_shipped_model_through_the_gate(
     files = _labelled_corpus(corpus, n_frontal=12, n_lateral=8)
     configure(database_url=migrated_db, ingest_root=corpus, data_dir=tmp_path / "data",
               model_path=previous)
-    enqueue_paths([corpus], send=None)
+    enqueue_paths([corpus], send=None, settings=get_settings())
     with session_scope() as session:
-        assert ensure_active_model(session).name == previous.stem
+        assert ensure_active_model(session, get_settings().inference).name == previous.stem
         import_labels(session, [{"sop_instance_uid": _uid(path), "label": label,
                                  "source": "test"} for path, label in files])
 
@@ -198,12 +199,14 @@ def test_an_existing_database_adopts_a_new_shipped_model_by_register_and_promote
     assert old != new
     configure(database_url=migrated_db, data_dir=tmp_path / "data", model_path=previous)
     with session_scope() as session:
-        assert ensure_active_model(session).name == old
+        assert ensure_active_model(session, get_settings().inference).name == old
     # The new release: CXR_MODEL_PATH unset, the shipped default is the new model.
     monkeypatch.delenv("CXR_MODEL_PATH")
     configure()
     with session_scope() as session:
-        assert ensure_active_model(session).name == old  # not swapped behind anyone
+        # not swapped behind anyone
+        assert ensure_active_model(session,
+                                   get_settings().inference).name == old
 
     runner = CliRunner()
     out = runner.invoke(main, ["register", str(SHIPPED_MODEL), "--reason", "release 0.3",

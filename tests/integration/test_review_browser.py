@@ -22,8 +22,8 @@ import httpx
 import psycopg
 import pytest
 
-from db.migrate import upgrade
 from db.session import session_scope
+from tests.utils.env import migrate_from_template
 from tests.utils.review import PATIENT_ID, active_version, answered_instance
 from tests.utils.services import serving
 from tests.utils.worker import REPO, worker_env
@@ -103,7 +103,7 @@ def test_a_reviewer_logs_in_and_labels_three_answers(
     root, data = (tmp_path / "archive").resolve(), (tmp_path / "data").resolve()
     root.mkdir()
     configure(database_url=pg_url, data_dir=data, ingest_root=root)
-    upgrade(pg_url)
+    migrate_from_template(pg_url)
     with session_scope() as session:
         version = active_version(session, "compact-v1")
         flagged = [answered_instance(session, root=root, version=version, index=i,

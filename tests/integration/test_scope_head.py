@@ -38,7 +38,7 @@ def _ultrasound_as_cr(path: Path) -> Path:
 def test_worker_refuses_an_ultrasound_claiming_cr_only_with_the_chest_head(
     model: str, redis_url: str, tmp_path: Path
 ) -> None:
-    from db.migrate import upgrade
+    from tests.utils.env import migrate_from_template
 
     root = tmp_path / "archive"
     root.mkdir()
@@ -49,7 +49,7 @@ def test_worker_refuses_an_ultrasound_claiming_cr_only_with_the_chest_head(
     env = worker_env(database_url=database_url, broker_url=redis_url, ingest_root=root,
                      data_dir=tmp_path / "data", unusual_image_action="refuse",
                      model_path=SHIPPED / f"{model}.keras")
-    upgrade(database_url)
+    migrate_from_template(database_url)
     with running_worker(env, tmp_path / "worker.log") as worker:
         enqueued = run_cli("enqueue", str(root), "--wait", "--timeout", "240", env=env)
         assert enqueued.returncode == 0, enqueued.stderr + worker.log()

@@ -21,6 +21,7 @@ import psycopg
 import pytest
 from sqlalchemy import select
 
+from cxr_orient.settings import get_settings
 from db.models import Instance
 from db.session import make_engine
 from tests.integration.test_faults import make_corpus
@@ -68,9 +69,9 @@ def _states(url: str) -> dict[str, tuple[str, str | None]]:
 def test_bad_corpus_through_real_worker_without_secrets_or_phi_in_logs(
     pg_url: str, tmp_path: Path
 ) -> None:
-    from db.migrate import upgrade
+    from tests.utils.env import migrate_from_template
 
-    upgrade(pg_url)
+    migrate_from_template(pg_url)
     # trust auth ignores the password, but it is in the URL the processes see.
     secret_db_url = pg_url.replace("postgres@", f"postgres:{DB_PASSWORD}@", 1)
     assert DB_PASSWORD in secret_db_url
@@ -146,9 +147,9 @@ def test_bad_corpus_through_real_worker_without_secrets_or_phi_in_logs(
 def test_queue_accepts_json_ids_only(pg_url: str, tmp_path: Path) -> None:
     from celery import Celery
 
-    from db.migrate import upgrade
+    from tests.utils.env import migrate_from_template
 
-    upgrade(pg_url)
+    migrate_from_template(pg_url)
     redis = PrivateRedis()
     redis.start()
     root = tmp_path / "archive"
@@ -190,26 +191,26 @@ def test_checkpoint_sha256_mismatch_refused(tmp_path: Path, configure: object,
     from cxr_orient import registry
     from cxr_orient.errors import ModelError, ModelIntegrityError
     from cxr_orient.registry import current_model, load_version
-    from db.migrate import upgrade
     from db.session import session_scope
+    from tests.utils.env import migrate_from_template
 
     checkpoint = smoke_checkpoint(tmp_path / "model")
     url = f"sqlite:///{tmp_path / 'cxr.db'}"
     configure(database_url=url, model_path=checkpoint, data_dir=tmp_path)  # type: ignore[operator]
-    upgrade(url)
+    migrate_from_template(url)
     from cxr_orient.registry import ensure_active_model
 
     with session_scope() as session:
-        version = ensure_active_model(session)
+        version = ensure_active_model(session, get_settings().inference)
     # Nothing loaded in this process before: an earlier test's model of the same row id,
     # name and bytes (the smoke checkpoint is deterministic) would be served from memory.
     monkeypatch.setattr(registry, "_LOADED", None)
     with checkpoint.open("ab") as handle:  # tampered after registration
         handle.write(b"\0tampered")
     with pytest.raises(ModelIntegrityError, match=r"sha256|SHA-256|hash"):
-        load_version(version)
+        load_version(version, get_settings().inference)
     with pytest.raises(ModelError):
-        current_model()
+        current_model(get_settings().inference)
 
 
 def test_audit_role_reads_and_cannot_write(tmp_path: Path) -> None:

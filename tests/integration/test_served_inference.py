@@ -35,13 +35,13 @@ def _archive(root: Path) -> int:
 
 def _classify(root: Path, tmp_path: Path, redis_url: str, layout: str
               ) -> tuple[dict[str, dict[str, object]], str]:
-    from db.migrate import upgrade
+    from tests.utils.env import migrate_from_template
 
     database_url = f"sqlite:///{tmp_path / f'{layout}.db'}"
     env = worker_env(database_url=database_url, broker_url=redis_url, ingest_root=root,
                      data_dir=tmp_path / f"data-{layout}", inference=layout, batch_size=4,
                      batch_max_wait_ms=100)
-    upgrade(database_url)
+    migrate_from_template(database_url)
     with running_worker(env, tmp_path / f"worker-{layout}.log", concurrency=2) as worker:
         enqueued = run_cli("enqueue", str(root), "--wait", "--timeout", "240", env=env)
         assert enqueued.returncode == 0, enqueued.stderr + worker.log()

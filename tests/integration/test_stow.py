@@ -158,7 +158,7 @@ def test_stow_then_classify_then_purge(
             } == dict.fromkeys(("1-frontal", "1-lateral", "2-frontal", "2-lateral"), "done")
     assert set(statuses) == {"3-frontal", "3-lateral"}
     assert set(statuses.values()) <= {"waiting", "queued"}, statuses
-    spool = get_settings().effective_spool_dir
+    spool = get_settings().intake.effective_spool_dir
     assert all(Path(r.file_path).is_relative_to(spool) for r in rows.values())
     with session_scope() as session:
         crud.add_label(session, instance_id=rows["1-lateral"].id,
@@ -226,5 +226,5 @@ def test_a_sender_gone_mid_request_leaves_its_whole_parts_recorded(
         assert crud.find_instance_by_uid(session, sop_instance_uid=uids[1]) is None
         # Held for its study's quiet period: recorded, not yet queued.
         assert {k: v for k, v in crud.status_counts(session).items() if v} == {"waiting": 1}
-    spooled = sorted(p.name for p in (get_settings().effective_spool_dir / study).iterdir())
+    spooled = sorted(p.name for p in (get_settings().intake.effective_spool_dir / study).iterdir())
     assert len(spooled) == 1 and spooled[0].startswith(uids[0]), spooled

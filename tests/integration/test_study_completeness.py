@@ -82,7 +82,7 @@ def test_a_study_is_held_released_classified_and_answered_again_after_a_late_ins
 
 def _held_released_answered(pg_url: str, redis_url: str, tmp_path: Path,
                             configure: Callable[..., None]) -> None:
-    from db.migrate import upgrade
+    from tests.utils.env import migrate_from_template
 
     root = (tmp_path / "spool").resolve()
     values: dict[str, object] = dict(database_url=pg_url, broker_url=redis_url,
@@ -90,7 +90,7 @@ def _held_released_answered(pg_url: str, redis_url: str, tmp_path: Path,
                                      batch_size=8, batch_max_wait_ms=100,
                                      study_quiet_s=QUIET_S)
     configure(**values)
-    upgrade(pg_url)
+    migrate_from_template(pg_url)
     env = worker_env(**values)
     frontal = _film(root, "frontal", "frontal", 0)
     lateral = _film(root, "lateral", "lateral", 0)
@@ -138,7 +138,7 @@ def _held_released_answered(pg_url: str, redis_url: str, tmp_path: Path,
         refused = {Path(r.file_path).name: r for r in crud.results(session)
                    if r.status == "out_of_scope"}
     assert sorted(refused) == ["ct.dcm", "mr.dcm"]
-    assert all(r.label is None and r.error and "modality" in r.error
+    assert all(r.answer is None and r.error and "modality" in r.error
                for r in refused.values())
     # Each refused file's own study is complete at once: answered with nothing classified.
     ct_study = rows[refused["ct.dcm"].study_instance_uid or ""]

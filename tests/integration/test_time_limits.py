@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 from sqlalchemy import select
 
-from cxr_orient.synthetic import make_dicom
 from db.models import Instance
 from db.session import make_engine
+from tests.utils.dicom_factory import make_dicom
 from tests.utils.faults import free_port, wait_until
 from tests.utils.hanging_fs import fuse_unavailable, hanging_mount
 from tests.utils.services import parse_samples
@@ -49,7 +49,7 @@ def test_a_hung_read_times_out_is_retried_then_failed_and_the_worker_goes_on(
     problem = fuse_unavailable()
     if problem:
         pytest.skip(f"needs a FUSE mount: {problem}")
-    from db.migrate import upgrade
+    from tests.utils.env import migrate_from_template
 
     archive = tmp_path / "archive"
     for study in ("study1", "study2"):
@@ -66,7 +66,7 @@ def test_a_hung_read_times_out_is_retried_then_failed_and_the_worker_goes_on(
                      task_soft_time_limit_s=SOFT_S, task_time_limit_s=HARD_S,
                      max_attempts=MAX_ATTEMPTS, processing_timeout_s=600,
                      worker_metrics_port=port)
-    upgrade(pg_url)
+    migrate_from_template(pg_url)
 
     with hanging_mount(archive / "nfs", nfs_source, tmp_path / "fuse.log") as mount:
         # Recorded while every file reads fine (ingest hashes each one)...

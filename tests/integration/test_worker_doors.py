@@ -107,13 +107,13 @@ def test_ready_to_classify_only_once_every_pool_process_has_its_model(
     pg_url: str, redis_server: PrivateRedis, tmp_path: Path
 ) -> None:
     from db import crud
-    from db.migrate import upgrade
+    from tests.utils.env import migrate_from_template
 
     (tmp_path / "archive").mkdir()
     _studies(tmp_path / "archive", "study1")
     metrics_port = free_port()
     env = _env(pg_url, redis_server, tmp_path, worker_metrics_port=metrics_port)
-    upgrade(pg_url)
+    migrate_from_template(pg_url)
     worker = WorkerProcess(env, tmp_path / "worker.log", concurrency=2, cwd=REPO)
     try:
         worker.wait_ready(180)  # celery's "ready.": consuming, models not loaded yet
@@ -158,12 +158,12 @@ def test_queued_work_is_done_within_60s_of_a_broker_that_lost_its_messages(
     """The worker is paused (SIGSTOP) while 6 instances are queued, so their messages
     wait in Redis; Redis then loses them (SIGKILL and a restart without persistence, or
     FLUSHALL); the worker goes on. No beat, no worker restart: the worker notices."""
-    from db.migrate import upgrade
+    from tests.utils.env import migrate_from_template
 
     (tmp_path / "archive").mkdir()
     _studies(tmp_path / "archive", "study1", "study2", "study3")
     env = _env(pg_url, redis_server, tmp_path, broker_watch_s=2)
-    upgrade(pg_url)
+    migrate_from_template(pg_url)
     worker = WorkerProcess(env, tmp_path / "worker.log", concurrency=1, cwd=REPO)
     try:
         worker.wait_ready_to_classify(240)
@@ -195,7 +195,7 @@ def test_delivery_without_beat_backs_off_from_a_closed_port_then_reaches_orthanc
     pg_url: str, redis_server: PrivateRedis, tmp_path: Path
 ) -> None:
     from db import crud
-    from db.migrate import upgrade
+    from tests.utils.env import migrate_from_template
 
     archive = tmp_path / "archive"
     archive.mkdir()
@@ -205,7 +205,7 @@ def test_delivery_without_beat_backs_off_from_a_closed_port_then_reaches_orthanc
     env = _env(pg_url, redis_server, tmp_path, result_destinations=destination,
                outbox_interval_s=1, outbox_backoff_s=1, outbox_backoff_max_s=4,
                outbox_timeout_s=5)
-    upgrade(pg_url)
+    migrate_from_template(pg_url)
 
     def state() -> crud.DestinationState | None:
         return _read(pg_url, crud.destination_states).get(destination)

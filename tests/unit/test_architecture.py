@@ -22,10 +22,12 @@ PACKAGES = ("cxr_orient", "db", "worker", "training", "recipes", "bench", "servi
 ENTRY_POINTS = {"cli"}
 #: What each layer may import (besides itself).
 ALLOWED = {
-    "db": {"cxr_orient.settings", "cxr_orient.errors"},
+    # ``cxr_orient.answer`` is a leaf (the standard library only): the one answer type.
+    "db": {"cxr_orient.settings", "cxr_orient.errors", "cxr_orient.answer"},
     "cxr_orient": {"cxr_orient", "db"},
     "training": {"cxr_orient", "db"},
-    # One-off scripts that made a shipped checkpoint: nothing imports them.
+    # How each shipped checkpoint was made (one recipe per model or study, and what
+    # they share in recipes.common): the library and training; nothing imports them.
     "recipes": {"cxr_orient", "training"},
     "worker": {"cxr_orient", "db"},
     "bench": {"cxr_orient", "db", "worker", "bench"},
@@ -220,10 +222,25 @@ def test_no_import_circles() -> None:
                                   ("service.routes.admin", "cli.users"),
                                   ("bench.run", "cli.main"),
                                   ("cxr_orient.registry", "training.lifecycle"),
-                                  ("cxr_orient.settings", "bench.run")],
+                                  ("cxr_orient.settings", "bench.run"),
+                                  ("training.lifecycle", "recipes.compact_invariant_64_v4"),
+                                  ("cxr_orient.architectures", "recipes.common.release"),
+                                  ("worker.tasks", "recipes.unusual_score"),
+                                  ("bench.corpus", "recipes.common.devdata"),
+                                  ("recipes.common.devdata", "bench.dicom_factory"),
+                                  ("recipes.compact_invariant_64_v4", "db.crud")],
                          ids=lambda r: f"{r[0]}->{r[1]}")
 def test_the_rules_refuse_what_the_doc_forbids(rule: tuple[str, str]) -> None:
     assert not _allowed(*rule)
+
+
+def test_nothing_imports_the_recipes() -> None:
+    """The recipes record how a checkpoint was made; the product, the bench and the
+    CLI never run them (tests may)."""
+    found = [f"{source} (line {line}) imports {target}"
+             for source, path in SOURCES.items() if _layer(source) != "recipes"
+             for target, line, _ in _imports(source, path) if _layer(target) == "recipes"]
+    assert not found, "\n".join(found)
 
 
 def _wheel_packages() -> set[str]:
@@ -258,7 +275,7 @@ def test_the_console_script_is_the_cli_main() -> None:
 MAX_MODULE_LINES = 600
 #: Modules still over it, each split by its own part of issue 20; remove an entry as
 #: its split lands (a stale entry fails below).
-NOT_YET_SPLIT = {"cxr_orient.settings"}
+NOT_YET_SPLIT: set[str] = set()
 
 
 def test_no_module_is_over_the_line_limit() -> None:
@@ -277,3 +294,48 @@ def test_db_holds_no_dicom_knowledge() -> None:
              for word in ("2.25.", "STUDY_FLAGS")
              if word in p.read_text(encoding="utf-8")]
     assert not found, found
+
+
+#: Where settings are read (``get_settings()``): the processes' entry modules, and the
+#: module that defines it. Everything else is handed the group (or the groups) it needs.
+SETTINGS_READERS = {
+    "cxr_orient.settings",
+    # celery -A worker: the app's configuration, the tasks, the worker's signal handlers.
+    "worker.celery", "worker.tasks", "worker.signals",
+    # cxr-orient serve: the app factory and the FastAPI dependency.
+    "service.app", "service.deps",
+    # The process-wide engine, built on first use from CXR_DATABASE_URL.
+    "db.session",
+    # python -m recipes.compact_v1 and the other release recipes (their main:
+    # CXR_IMAGENET_WEIGHTS_DIR for a transfer backbone).
+    "recipes.common.release",
+}
+#: Layers that are entry points as a whole: the command line (the listener's entry is its
+#: ``listen`` verb) and the bench (``python -m bench``).
+SETTINGS_READING_LAYERS = {"cli", "bench"}
+
+
+def _settings_reads(path: Path) -> list[int]:
+    """Lines calling ``get_settings()`` (by name or as an attribute)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    return [node.lineno for node in ast.walk(tree) if isinstance(node, ast.Call)
+            and (getattr(node.func, "id", None) == "get_settings"
+                 or getattr(node.func, "attr", None) == "get_settings")]
+
+
+def test_settings_are_read_at_the_edges_only() -> None:
+    reads = [f"{module} (line {line}) calls get_settings(); take the settings it needs "
+             "as a parameter"
+             for module, path in SOURCES.items()
+             if module not in SETTINGS_READERS and _layer(module) not in SETTINGS_READING_LAYERS
+             for line in _settings_reads(path)]
+    assert not reads, "\n".join(reads)
+
+
+def test_the_edge_rule_sees_a_fallback(tmp_path: Path) -> None:
+    library = tmp_path / "library.py"
+    library.write_text("from cxr_orient import settings as s\n"
+                       "def work(settings=None):\n"
+                       "    settings = settings or s.get_settings()\n")
+    assert _settings_reads(library) == [3]
+    assert not set(SETTINGS_READERS) - set(SOURCES), "a stale entry in SETTINGS_READERS"

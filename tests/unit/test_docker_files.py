@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
-from cxr_orient.settings import Settings
+from cxr_orient.settings import field_groups
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKER = ROOT / "docker"
@@ -24,7 +24,7 @@ DOCKERFILES = [DOCKER / "Dockerfile", DOCKER / "Dockerfile.gpu"]
 #: The local stand-ins for the public redis and postgres images (context docker/local).
 LOCAL_DOCKERFILES = [DOCKER / "local" / "Dockerfile.redis",
                      DOCKER / "local" / "Dockerfile.postgres"]
-SETTINGS_VARIABLES = {f"CXR_{name.upper()}" for name in Settings.model_fields}
+SETTINGS_VARIABLES = {f"CXR_{name.upper()}" for name in field_groups()}
 #: Compose-level inputs that are not application settings (docs/deployment.md).
 COMPOSE_INPUTS = {"POSTGRES_PASSWORD", "ARCHIVE_DIR", "WORKER_CONCURRENCY", "APP_IMAGE",
                   "BASE_IMAGE", "REDIS_IMAGE", "POSTGRES_IMAGE", "REDIS_PORT", "POSTGRES_PORT"}

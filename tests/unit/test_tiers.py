@@ -13,7 +13,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 UNIT_TIER = "not integration and not pg"
 #: A test run on SQLite and on PostgreSQL (database_url's two sides).
-BOTH_SIDES = "tests/unit/test_migrations.py::test_upgrade_creates_every_model_table"
+BOTH_SIDES = "tests/unit/db/test_migrations.py::test_upgrade_creates_every_model_table"
 
 
 def _closed_port() -> int:
@@ -49,7 +49,7 @@ def test_without_the_tier_the_postgresql_side_runs_and_needs_the_server() -> Non
 
 def test_tests_under_integration_and_those_using_redis_are_marked_integration() -> None:
     result = _pytest("--collect-only", "-m", "integration", "tests/integration/test_heads.py",
-                     "tests/unit/test_migrations.py")
+                     "tests/unit/db/test_migrations.py")
     assert result.returncode == 0, result.stdout + result.stderr
     collected = [line for line in result.stdout.splitlines() if "::" in line]
     assert collected, result.stdout

@@ -1,7 +1,8 @@
-"""Test factories for DICOM files: a re-export of :mod:`cxr_orient.synthetic`."""
+"""Test factories for DICOM files: a re-export of :mod:`bench.dicom_factory` (the
+benchmark builds its corpus with the same functions)."""
 
 from __future__ import annotations
 
-from cxr_orient.synthetic import COVID_CXR, make_dicom, real_pixels, synthetic_pixels
+from bench.dicom_factory import COVID_CXR, make_dicom, real_pixels, synthetic_pixels
 
 __all__ = ["COVID_CXR", "make_dicom", "real_pixels", "synthetic_pixels"]

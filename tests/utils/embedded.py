@@ -31,7 +31,7 @@ class Embedded:
 
     @property
     def broker_out(self) -> Path:
-        """Where the filesystem transport writes messages (settings.broker_folder/out)."""
+        """Where the filesystem transport writes messages (settings.storage.broker_folder/out)."""
         return self.data_dir / "broker" / "out"
 
     def messages(self) -> list[BrokerMessage]:

@@ -10,11 +10,10 @@ from pathlib import Path
 import numpy as np
 from sqlalchemy.orm import Session
 
-from cxr_orient.synthetic import make_dicom, real_pixels
 from db import crud
-from db.crud import PredictionRecord
 from db.models import InstanceStatus, ModelVersion, OrientationLabel
-from tests.utils.factories import register_version
+from tests.utils.dicom_factory import make_dicom, real_pixels
+from tests.utils.factories import prediction_record, register_version
 
 #: What the files say about the patient: a test looks for it where it must not be.
 PATIENT_ID = "PHI-PATIENT-4711"
@@ -54,7 +53,7 @@ def answered_instance(session: Session, *, root: Path, version: ModelVersion, in
     session.flush()
     p_lateral = confidence if label == "lateral" else 1 - confidence
     crud.record_predictions(session, model_version_id=version.id, worker="test", records=[
-        PredictionRecord(instance_id=instance.id, label=OrientationLabel(label),
+        prediction_record(instance_id=instance.id, label=OrientationLabel(label),
                          confidence=confidence, p_frontal=1 - p_lateral, p_lateral=p_lateral,
                          header_agrees=header_agrees, needs_review=needs_review,
                          decode_ms=1.0, inference_ms=1.0, batch_size=1,

@@ -1,5 +1,6 @@
 """One SOP instance in several versions (same SOPInstanceUID, other bytes), and the rows
-ingest records about it: the building blocks of tests/unit/test_uid_conflicts.py."""
+ingest records about it: the building blocks of
+tests/unit/cxr_orient/dicomnet/test_uid_conflicts.py."""
 
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
 """How a film stored turned is put upright: its pixels, and every position or axis its
 header names, moved the same way.
 
-The model's answer (``predictions.rotation`` / ``mirrored``, :class:`cxr_orient.modelstore
-.Prediction`) says how the film is *stored*: ``stored == numpy.rot90(upright, k)`` with
+The model's answer (``predictions.rotation`` / ``mirrored``, :class:`cxr_orient.answer
+.Answer`) says how the film is *stored*: ``stored == numpy.rot90(upright, k)`` with
 ``rotation == 90 k``, after a left-right mirror of ``upright`` when ``mirrored``
 (:data:`cxr_orient.layers.STORED_AS`). Undoing it is ``numpy.rot90(stored, -k)`` (``k``
 clockwise quarter turns as displayed, row 0 at the top), then the mirror again.
@@ -41,7 +41,7 @@ class Turn:
 
     @classmethod
     def from_answer(cls, rotation: int | None, mirrored: bool | None) -> Turn:
-        """From a ``predictions`` row (or a ``Prediction``): a lateral's ``mirrored`` is
+        """From a ``predictions`` row (or an ``Answer``): a lateral's ``mirrored`` is
         None (the model leaves its facing open) and counts as not mirrored; a model
         without the orientation head (``rotation`` None) gives nothing to undo."""
         if rotation is None:

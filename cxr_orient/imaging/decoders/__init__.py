@@ -17,13 +17,14 @@ False). A new syntax is then accepted by validation and listed in
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 import pydicom
 from pydicom.uid import UID
 
 from cxr_orient.errors import UnsupportedTransferSyntaxError
-from cxr_orient.imaging.decoders import htj2k, jpeg, jpeg2000, jpegls, native, rle
+from cxr_orient.imaging.decoders import htj2k, jpeg, jpeg2000, jpeg_turbo, jpegls, native, rle
 from cxr_orient.imaging.decoders.base import Decoded, Decoder, PixelSpec
 from cxr_orient.imaging.errors import where
 
@@ -35,11 +36,13 @@ __all__ = [
     "PixelSpec",
     "decode_stored",
     "decoder_for",
+    "turn_off",
 ]
 
 DECODERS: tuple[Decoder, ...] = (
     native.DECODER,
     rle.DECODER,
+    jpeg_turbo.DECODER,
     jpeg.DECODER,
     jpegls.DECODER,
     jpeg2000.DECODER,
@@ -58,15 +61,33 @@ _BY_SYNTAX: dict[UID, tuple[Decoder, ...]] = {
 }
 
 
+_OFF: frozenset[str] = frozenset()
+"""Names of decoders passed over (CXR_CPU_DECODERS_OFF, :func:`turn_off`)."""
+
+
+def turn_off(names: Iterable[str]) -> None:
+    """Pass over the decoders named (``libjpeg-turbo``: JPEG lossless by pydicom's
+    plugins instead) in this process from now on; an empty list turns every one back
+    on. The last decoder of a syntax is never passed over. Raises ValueError for a name
+    no decoder has."""
+    global _OFF
+    wanted = frozenset(n.strip() for n in names if n.strip())
+    unknown = wanted - {d.name for d in DECODERS}
+    if unknown:
+        raise ValueError(f"no decoder named {sorted(unknown)}; "
+                         f"known: {sorted(d.name for d in DECODERS)}")
+    _OFF = wanted
+
+
 def decoder_for(transfer_syntax: UID) -> Decoder | None:
     """The decoder for ``transfer_syntax``: the first available of those listing it
-    (the last one when none is, so that its decode reports what is missing), or None
-    when no decoder lists it."""
+    that is not turned off (the last one when none is, so that its decode reports what
+    is missing), or None when no decoder lists it."""
     candidates = _BY_SYNTAX.get(transfer_syntax)
     if not candidates:
         return None
     for decoder in candidates[:-1]:
-        if decoder.is_available():
+        if decoder.name not in _OFF and decoder.is_available():
             return decoder
     return candidates[-1]
 

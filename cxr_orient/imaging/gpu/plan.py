@@ -10,8 +10,8 @@ output, or a JPEG 2000 codestream the header reader does not understand.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -65,11 +65,10 @@ baseline and lossless; native little endian: copied as read). JPEG extended, JPE
 RLE and big endian stay on the CPU."""
 
 
-@lru_cache(maxsize=16)
-def card_syntaxes(names: str) -> frozenset[UID]:
-    """The transfer syntaxes of a ``CXR_CARD_SYNTAXES`` value (comma-separated names of
-    :data:`CARD_SYNTAX_NAMES`)."""
-    chosen = [n.strip().lower() for n in names.split(",") if n.strip()]
+def card_syntaxes(names: Iterable[str]) -> frozenset[UID]:
+    """The transfer syntaxes of ``CXR_CARD_SYNTAXES`` (names of :data:`CARD_SYNTAX_NAMES`,
+    as the settings parsed them)."""
+    chosen = [n.strip().lower() for n in names]
     unknown = [n for n in chosen if n not in CARD_SYNTAX_NAMES]
     if unknown:
         raise ValueError(f"unknown card syntax names {unknown}; choose from "
