@@ -31,7 +31,9 @@ def answered_instance(session: Session, *, root: Path, version: ModelVersion, in
                       needs_review: bool = True, header_view: str | None = "PA",
                       header_agrees: bool | None = True,
                       review_reason: str | None = "low_confidence",
-                      study: int | None = None, pixels: np.ndarray | None = None) -> int:
+                      study: int | None = None, pixels: np.ndarray | None = None,
+                      projection: str | None = None, p_ap: float | None = None,
+                      projection_agrees: bool | None = None) -> int:
     """One instance with its answer; returns the instance id. ``study`` groups several
     instances in one study (default: a study each)."""
     sop = f"{UID_ROOT}.{index}"
@@ -55,5 +57,7 @@ def answered_instance(session: Session, *, root: Path, version: ModelVersion, in
                          confidence=confidence, p_frontal=1 - p_lateral, p_lateral=p_lateral,
                          header_agrees=header_agrees, needs_review=needs_review,
                          decode_ms=1.0, inference_ms=1.0, batch_size=1,
-                         review_reason=review_reason if needs_review else None)])
+                         review_reason=review_reason if needs_review else None,
+                         projection=projection, p_ap=p_ap,
+                         projection_agrees=projection_agrees)])
     return instance.id
