@@ -89,7 +89,8 @@ def label() -> None:
               help="Source recorded for rows without a source column.")
 @click.option("--annotator", default=None, help="Annotator for rows without one.")
 def label_import(csv_path: Path, source: str, annotator: str | None) -> None:
-    """Import CSV_PATH (sop_instance_uid,label[,source,annotator]); all rows or none."""
+    """Import CSV_PATH (sop_instance_uid,label[,source,annotator,projection]); all rows or
+    none. A label PA or AP is a frontal with that projection."""
     from cxr_orient.errors import LabelImportError
     from cxr_orient.labels import import_labels, read_label_csv
     from db.session import session_scope
@@ -143,8 +144,9 @@ def register(checkpoint: Path, reason: str, actor: str | None, challenge: bool) 
     """Register CHECKPOINT (a .keras file with its card beside it) as a model version.
 
     It is not active until `cxr-orient promote NAME` (a human decision) or, with
-    --challenge, until it beats the active model at the gate. A new release's shipped
-    model reaches an existing database this way; the shipped file only seeds an empty one.
+    --challenge, until it beats the active model at the gate (or ties it on the view and
+    adds heads, as compact-invariant-64-v4 does over v3). A new release's shipped model
+    reaches an existing database this way; the shipped file only seeds an empty one.
     """
     import getpass
 

@@ -20,14 +20,18 @@ RESULT_COLUMNS = (
     "review_reason",
     "rotation",
     "mirrored",
+    "projection",
+    "p_ap",
     "header_view",
     "header_agrees",
     "model_version",
     "error",
 )
-#: csv and json add the unusual-image score and the file path (an operator needs it to
-#: find a failed file).
-EXPORT_COLUMNS = (*RESULT_COLUMNS, "unusual_score", "file_path")
+#: csv and json add the projection's agreement with the header, the unusual-image score,
+#: the chest-or-not probability and the file path (an operator needs it to find a failed
+#: file); the table has no room for them.
+EXPORT_COLUMNS = (*RESULT_COLUMNS, "projection_agrees", "unusual_score", "p_not_chest",
+                  "file_path")
 #: ``results --by-study``: each study's current answer (view current_study_answers).
 STUDY_COLUMNS = ("study_instance_uid", "sequence", "instance_count", "frontal_count",
                  "lateral_count", "needs_review_count", "failed_count", "out_of_scope_count",
@@ -60,6 +64,10 @@ CHANGED_COLUMNS = ("sop_instance_uid", "study_instance_uid", "label_a", "confide
 def results(study_uid: str | None, fmt: str, model_name: str | None,
             changed: tuple[str, str] | None, by_study: bool) -> None:
     """One row per instance: status, label, confidence, header agreement, model version.
+
+    A frontal answered by a model with a PA/AP head also has its projection (PA or AP;
+    empty where the model is not confident enough to say), p_ap (the probability of AP)
+    and projection_agrees (against the header's ViewPosition when it names PA or AP).
 
     The answer shown is the current one: that of the model version most recently put in
     service (promotion or rollback) among those that answered the instance. With

@@ -43,8 +43,9 @@ class Answer:
     threshold is part of ``unusual``), ``p_ap`` the calibrated probability that a frontal
     was taken AP, and ``projection`` "PA" or "AP" for a frontal whose confidence
     max(p_ap, 1 - p_ap) reaches the card's ``projection_threshold`` (None otherwise,
-    for laterals, and for models without the head). These three are not stored yet:
-    read back from the database they are None.
+    for laterals, and for models without the head). ``projection_agrees`` says whether
+    the header's ViewPosition names the same projection: None where either names none
+    (the worker sets it, like ``header_agrees``).
     """
 
     label: str  # "frontal" or "lateral"
@@ -60,6 +61,7 @@ class Answer:
     p_not_chest: float | None = None
     p_ap: float | None = None
     projection: str | None = None
+    projection_agrees: bool | None = None
 
     @property
     def unusual(self) -> bool:
@@ -80,7 +82,8 @@ def reasons_of(review_reason: str | None) -> tuple[str, ...]:
 #: The answer's fields as the results table, the review queue and the JSON API show
 #: them, flat beside the instance's (``review_reason`` as stored, comma-separated).
 SHOWN = ("label", "confidence", "p_frontal", "p_lateral", "needs_review", "review_reason",
-         "rotation", "mirrored", "unusual_score", "header_agrees")
+         "rotation", "mirrored", "unusual_score", "header_agrees", "projection", "p_ap",
+         "projection_agrees", "p_not_chest")
 
 
 def flat(answer: Answer | None) -> dict[str, Any]:

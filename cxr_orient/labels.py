@@ -1,8 +1,11 @@
 """Ground-truth labels from radiologists or QA: validated, append-only imports.
 
-A CSV has the columns ``sop_instance_uid,label[,source,annotator]``. The whole
-file is checked before anything is written: one unknown UID or label and
-nothing is imported, with every bad line named in the error.
+A CSV has the columns ``sop_instance_uid,label[,source,annotator,projection]``. A
+label ``PA`` or ``AP`` is a frontal with that projection; ``projection`` (PA, AP or
+empty) says it for a ``frontal`` (kept in ``labels.projection``, the PA/AP head's
+training target). The whole file is checked before anything is written: one unknown UID
+or label, or a projection on a lateral, and nothing is imported, with every bad line
+named in the error.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from cxr_orient.errors import LabelImportError
+from cxr_orient.imaging.header import PROJECTIONS
 from db import crud
 from db.models import Instance, OrientationLabel
 
@@ -37,6 +41,21 @@ class LabelRow:
     label: OrientationLabel
     source: str
     annotator: str | None
+    projection: str | None = None
+
+
+def parse_projection(label: str, projection: str | None) -> str | None:
+    """The projection a row gives: its ``projection`` column, else a ``PA``/``AP``
+    label's; None when neither says. Only a frontal has one."""
+    said = (projection or "").strip().upper() or None
+    key = label.strip().upper()
+    if said is None and key in PROJECTIONS:
+        said = key
+    if said is not None and said not in PROJECTIONS:
+        raise ValueError(f"unknown projection {projection!r} (expected PA or AP)")
+    if said is not None and parse_label(label) is not OrientationLabel.frontal:
+        raise ValueError(f"projection {said} given for a {label.strip()!r}: only a frontal has one")
+    return said
 
 
 def parse_label(value: str) -> OrientationLabel:
@@ -79,6 +98,7 @@ def import_labels(
             continue
         try:
             label = parse_label(row.get("label") or "")
+            projection = parse_projection(row.get("label") or "", row.get("projection"))
         except ValueError as exc:
             problems.append(f"line {line}: {exc}")
             continue
@@ -90,6 +110,7 @@ def import_labels(
                     label=label,
                     source=(row.get("source") or "").strip() or default_source,
                     annotator=(row.get("annotator") or "").strip() or default_annotator,
+                    projection=projection,
                 ),
             )
         )
@@ -120,5 +141,6 @@ def import_labels(
             label=r.label,
             source=r.source,
             annotator=r.annotator,
+            projection=r.projection,
         )
     return len(parsed)

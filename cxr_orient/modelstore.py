@@ -31,6 +31,7 @@ from cxr_orient.calibration import (
     predicted_class,
 )
 from cxr_orient.errors import ModelError, ModelIntegrityError
+from cxr_orient.imaging.header import PROJECTIONS
 
 logger = logging.getLogger(__name__)
 
@@ -295,8 +296,6 @@ def orientation_answer(copies: np.ndarray, label: str) -> tuple[int, bool | None
     return 90 * k_best, bool(mirror > plain)
 
 
-#: The projections a frontal's answer may state (``p_ap`` is the probability of "AP").
-PROJECTIONS = ("PA", "AP")
 
 
 def projection_answer(p_ap: float | None, label: str, threshold: float | None) -> str | None:

@@ -140,8 +140,9 @@ def rollback(*, actor: str, reason: str) -> ModelVersion:
 class LoadedModel:
     """The model in service in this process, as the database describes it.
 
-    ``classifier.card`` carries the registered temperature and the review threshold in
-    force (``CXR_REVIEW_THRESHOLD`` when set, else the version's), so
+    ``classifier.card`` carries the registered temperature and the review and projection
+    thresholds in force (``CXR_REVIEW_THRESHOLD`` / ``CXR_PROJECTION_THRESHOLD`` when
+    set, else the version's / the card's), so
     :meth:`~cxr_orient.modelstore.Classifier.predict` is the one prediction rule.
     """
 
@@ -181,10 +182,15 @@ def load_version(version: ModelVersion, inference: InferenceSettings) -> LoadedM
     )
 
     path = Path(version.file_path)
+    card = read_card(path)
     card = dataclasses.replace(
-        read_card(path),
+        card,
         temperature=version.temperature,
         review_threshold=inference.review_threshold or version.review_threshold,
+        projection_threshold=(inference.projection_threshold
+                              if inference.projection_threshold is not None
+                                 and card.projection_threshold is not None
+                              else card.projection_threshold),
     )
     if inference.inference == "served":
         # The forward pass runs in the worker's inference process, which loads (and

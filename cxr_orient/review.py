@@ -12,7 +12,9 @@ error page: the decision can still be recorded from the other views of the study
 A decision is an append-only ``labels`` row (source ``review``, annotator the user), so
 the latest label of an instance is what the next retrain learns from
 (:func:`training.lifecycle.labelled_images_from_db`); "not a chest radiograph" is kept as
-``not_chest`` and leaves the instance out of training.
+``not_chest`` and leaves the instance out of training. A frontal may carry the
+reviewer's projection (PA or AP, ``labels.projection``), the PA/AP head's training
+target.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from sqlalchemy.orm import Session
 
 from cxr_orient.dicomnet.retention import ensure_not_purged
 from cxr_orient.errors import CxrError, FileChangedError, FilePurgedError
-from cxr_orient.imaging import MODEL_INPUT_SIZE, load_dicom_image, read_header
+from cxr_orient.imaging import MODEL_INPUT_SIZE, PROJECTIONS, load_dicom_image, read_header
 from cxr_orient.intake import read_checked
 from cxr_orient.settings import Settings
 from db import crud
@@ -152,18 +154,25 @@ class RenderCache:
 
 
 def record_review(session: Session, *, instance_id: int, decision: str,
-                  annotator: str) -> GroundTruthLabel:
-    """Append the reviewer's ``decision`` (a key of :data:`DECISIONS`) for the instance."""
+                  annotator: str, projection: str | None = None) -> GroundTruthLabel:
+    """Append the reviewer's ``decision`` (a key of :data:`DECISIONS`) for the instance;
+    for a frontal, optionally its ``projection`` ("PA" or "AP")."""
     value = DECISIONS.get(decision)
     if value is None:
         raise ReviewError(f"decision {decision!r}: choose from {', '.join(DECISIONS)}")
+    projection = projection or None
+    if projection is not None and projection not in PROJECTIONS:
+        raise ReviewError(f"projection {projection!r}: choose from {', '.join(PROJECTIONS)}")
+    if projection is not None and value is not LabelValue.frontal:
+        raise ReviewError(f"projection {projection!r} given for a {value.value}: only a "
+                          "frontal has one")
     if crud.get_instance(session, instance_id=instance_id) is None:
         raise ReviewError(f"no instance {instance_id}")
     row = crud.add_label(session, instance_id=instance_id, label=value, source=REVIEW_SOURCE,
-                         annotator=annotator)
+                         annotator=annotator, projection=projection)
     session.flush()
-    logger.info("review: %s labelled instance %d %s (label %d)", annotator, instance_id,
-                value.value, row.id)
+    logger.info("review: %s labelled instance %d %s%s (label %d)", annotator, instance_id,
+                value.value, f" {projection}" if projection else "", row.id)
     return row
 
 

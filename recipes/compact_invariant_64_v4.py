@@ -3,6 +3,7 @@
     python -m recipes.compact_invariant_64_v4 cache      # decode + features -> .devdata/
     python -m recipes.compact_invariant_64_v4 fit        # choose, measure, write the checkpoint
     python -m recipes.compact_invariant_64_v4 occlusion  # docs/figures/.../projection-occlusion.png
+    python -m recipes.compact_invariant_64_v4 thresholds # PA/AP coverage and accuracy by threshold
 
 v3's network (trunk, view, orientation, unusual-image score) is kept weight for
 weight, so the view and orientation answers are v3's. Two linear heads are trained on
@@ -498,16 +499,52 @@ def occlusion(args: argparse.Namespace, *, patch: int = 32, stride: int = 16,
     logger.info("wrote %s", out)
 
 
+#: PA/AP thresholds tabulated for CXR_PROJECTION_THRESHOLD (a table, not a choice).
+THRESHOLDS = (0.81, 0.85, 0.9, 0.93, 0.95, 0.97)
+
+
+def thresholds(args: argparse.Namespace) -> None:
+    """The shipped v4's PA/AP answers by threshold, on validation and on test patients'
+    labelled frontals (stored + 4 augmented copies, as :func:`measure`): what a
+    hospital trades by raising
+    CXR_PROJECTION_THRESHOLD. Decodes the chest films only (no cache needed)."""
+    from training.data import load_labelled_folder
+
+    chest = load_labelled_folder(COVID_CXR)
+    rows = _sources(COVID_CXR / "manifest.csv")
+    split = json.loads((SHIPPED / "split.json").read_text(encoding="utf-8"))["files"]
+    part = {f: k for k, files in split.items() for f in files}
+    views = np.asarray([rows.get(f, {}).get("view", "") for f in chest.files])
+    parts = np.asarray([part.get(f, "none") for f in chest.files])
+    v4 = Classifier.from_checkpoint(args.out / f"{NAME}.keras")
+    table: dict[str, Any] = {"model": NAME, "sha256": v4.card.sha256,
+                             "card_threshold": v4.card.projection_threshold}
+    for name in ("val", "test"):
+        keep = (parts == name) & np.isin(views, ["PA", "AP", "AP Supine"])
+        stacked = augmented_copies(chest.images[keep], 5, SEED + 99)
+        y = np.tile((views[keep] != "PA").astype(float), len(stacked) // int(keep.sum()))
+        # The head's p_ap (what Prediction.p_ap is for a frontal), every film a frontal.
+        p_ap = np.concatenate([v4.predict_heads(stacked[i:i + 64]).projection
+                               for i in range(0, len(stacked), 64)])
+        table[name] = {f"{t:.2f}": projection_figures(y, p_ap, t) for t in THRESHOLDS}
+        logger.info("%s: %s", name, {t: (v["answered"]["k"], v["answered"]["n"],
+                                         round(v["balanced_accuracy_answered"], 3))
+                                     for t, v in table[name].items()})
+    out = FIGURES / NAME / "projection-thresholds.json"
+    out.write_text(json.dumps(table, indent=2, default=float) + "\n", encoding="utf-8")
+    logger.info("wrote %s", out)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m recipes.compact_invariant_64_v4",
                                      description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("step", choices=("cache", "fit", "occlusion"))
+    parser.add_argument("step", choices=("cache", "fit", "occlusion", "thresholds"))
     parser.add_argument("--out", type=Path, default=SHIPPED,
                         help="the checkpoint and its card (default: cxr_orient/shipped)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    steps = {"cache": cache, "fit": fit, "occlusion": occlusion}
+    steps = {"cache": cache, "fit": fit, "occlusion": occlusion, "thresholds": thresholds}
     steps[args.step](args)
 
 

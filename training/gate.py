@@ -22,11 +22,28 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["ECE_TOLERANCE", "GateDecision", "gate", "selection_key"]
+__all__ = ["ARCHITECTURE_HEADS", "ECE_TOLERANCE", "GateDecision", "gate", "heads_of",
+           "selection_key"]
 
 #: ECE differences smaller than this are noise on evaluation sets of this size: the gate
 #: tolerates that much worse, and does not count that much better as a reason to promote.
 ECE_TOLERANCE = 0.01
+
+
+#: The answers beyond the view each architecture's heads give: what the service would stop
+#: giving if the model in service were replaced by one without them, or start giving with
+#: one that has more (the gate weighs both: ``lost_heads``, ``gained_heads``).
+ARCHITECTURE_HEADS: dict[str, frozenset[str]] = {
+    "compact_invariant_64_heads": frozenset({"orientation", "unusual-image"}),
+    "compact_invariant_64_heads2": frozenset({"orientation", "unusual-image"}),
+    "compact_invariant_64_heads3": frozenset({"orientation", "unusual-image",
+                                              "chest-or-not", "PA/AP"}),
+}
+
+
+def heads_of(architecture: str) -> frozenset[str]:
+    """The heads ``architecture`` has beyond the view (none for a view-only network)."""
+    return ARCHITECTURE_HEADS.get(architecture, frozenset())
 
 
 @dataclass(frozen=True)
@@ -42,12 +59,16 @@ def _figures(metrics: Mapping[str, Any]) -> dict[str, float]:
 
 
 def gate(candidate: Mapping[str, Any], active: Mapping[str, Any] | None, *,
-         lost_heads: Sequence[str] = ()) -> GateDecision:
+         lost_heads: Sequence[str] = (), gained_heads: Sequence[str] = ()) -> GateDecision:
     """Promote only a candidate that beats the active model on the same evaluation set.
     (Choosing among sibling candidates before release is :func:`selection_key`.)
 
     Never one that lacks a head the active model has (``lost_heads``: e.g. a view-only
     retrain against a model that also says which way up and flags unusual images).
+    A candidate that ties the active model on the view and adds heads
+    (``gained_heads``: e.g. a release's model that keeps the view network weight for
+    weight and adds chest-or-not and PA/AP) is promoted: it gives every answer the
+    active model gives, as well, and more.
 
     It must be no worse in balanced accuracy and lateral recall, no worse in
     calibration (ECE, within ``ECE_TOLERANCE``), and strictly better in balanced
@@ -89,6 +110,9 @@ def gate(candidate: Mapping[str, Any], active: Mapping[str, Any] | None, *,
         or cand["lateral_recall"] > act["lateral_recall"]
         or cand["ece"] < act["ece"] - ECE_TOLERANCE
     )
+    if not better and gained_heads:
+        return GateDecision(True, [f"ties the active model on the view and adds the "
+                                   f"{', '.join(gained_heads)} head(s)"], cand, act)
     if not better:
         return GateDecision(False, ["ties the active model: nothing to gain"], cand, act)
     return GateDecision(True, ["beats the active model"], cand, act)

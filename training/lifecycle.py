@@ -37,7 +37,7 @@ from cxr_orient.settings import InferenceSettings, IntakeSettings, Settings
 from db import crud
 from db.models import VIEW_LABELS, ModelVersion, OrientationLabel
 from db.session import get_engine, session_scope
-from training.gate import GateDecision, gate
+from training.gate import GateDecision, gate, heads_of
 
 logger = logging.getLogger(__name__)
 
@@ -133,12 +133,11 @@ def challenge(
             seed=seed,
         )
 
-    from cxr_orient.architectures import HEADED_ARCHITECTURES
-
-    lost = (["orientation", "unusual-image"]
-            if serving.architecture in HEADED_ARCHITECTURES
-            and candidate.architecture not in HEADED_ARCHITECTURES else [])
-    decision = gate(candidate_metrics or figures(candidate), figures(serving), lost_heads=lost)
+    serving_heads, candidate_heads = heads_of(serving.architecture), heads_of(
+        candidate.architecture)
+    decision = gate(candidate_metrics or figures(candidate), figures(serving),
+                    lost_heads=sorted(serving_heads - candidate_heads),
+                    gained_heads=sorted(candidate_heads - serving_heads))
     details = {
         "candidate": decision.candidate,
         "active": decision.active,

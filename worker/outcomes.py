@@ -17,7 +17,7 @@ from cxr_orient.answer import Answer
 from cxr_orient.dicomnet.corrections.rules import AnswerFacts, rule_correction
 from cxr_orient.dicomnet.retention import purged_error
 from cxr_orient.errors import CxrError, InterruptedProcessingError, UnusualImageError
-from cxr_orient.imaging import view_to_label
+from cxr_orient.imaging import view_to_label, view_to_projection
 from db.crud import ClaimedInstance, CorrectionRecord, PredictionRecord
 from worker.decoding import DecodeResult
 
@@ -138,8 +138,10 @@ def decide(work: Sequence[ClaimedInstance], decoded: Sequence[DecodeResult],
     (in the order of ``work``), ``predictions`` the model's answers on the images that
     decoded, in the same order. A decode error fails its image alone; an answer the
     refusal policy refuses fails it; the rest are recorded with whether the header's
-    ViewPosition agrees (None when the header names no view) and their timings; with
-    ``rules``, the corrections they decide on the recorded answers."""
+    ViewPosition agrees (None when the header names no view), whether it names the
+    projection the model states (None when either names none; a lateral's p_ap is
+    dropped: it has no projection to be probable of) and their timings; with ``rules``,
+    the corrections they decide on the recorded answers."""
     ready = [(w, ms) for w, (img, _, ms) in zip(work, decoded, strict=True) if img is not None]
     failures = [Failure(w.instance_id, w.file_sha256, err)
                 for w, (_, err, _) in zip(work, decoded, strict=True) if err is not None]
@@ -152,10 +154,16 @@ def decide(work: Sequence[ClaimedInstance], decoded: Sequence[DecodeResult],
                 f"{refusal.unusual_threshold or 0.0:.3f}); CXR_UNUSUAL_IMAGE_ACTION=refuse")))
             continue
         claimed = view_to_label(w.header_view)
+        header_projection = view_to_projection(w.header_view)
         records.append(PredictionRecord(
             instance_id=w.instance_id,
-            answer=replace(answer, header_agrees=None if claimed is None
-                           else claimed == answer.label),
+            answer=replace(
+                answer,
+                header_agrees=None if claimed is None else claimed == answer.label,
+                p_ap=answer.p_ap if answer.label == "frontal" else None,
+                projection_agrees=(None if answer.projection is None
+                                   or header_projection is None
+                                   else answer.projection == header_projection)),
             file_sha256=w.file_sha256,
             decode_ms=round(decode_ms, 3),
             inference_ms=round(inference_ms, 3),

@@ -212,8 +212,10 @@ def report_for_plan(session: Session, *, plan_id: int, requirements: Sequence[Re
     about = {"id": plan.id, "name": plan.name, "seed": plan.seed, "actor": plan.actor,
              "created_at": plan.created_at.isoformat(), "population": plan.population,
              "design": plan.design}
-    report = build_report(crud.acceptance_report_rows(session, plan_id=plan.id), plan=about,
-                          requirements=requirements,
-                          projection_measured=crud.prediction_has_projection(session),
+    rows = crud.acceptance_report_rows(session, plan_id=plan.id)
+    # Measured when the answers come from a model with a PA/AP head: it gives p_ap for
+    # every frontal, even where it states no projection.
+    report = build_report(rows, plan=about, requirements=requirements,
+                          projection_measured=any(r.p_ap is not None for r in rows),
                           confidence=confidence)
     return {"generated_at": utcnow().isoformat(), **report}

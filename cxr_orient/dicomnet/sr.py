@@ -6,9 +6,13 @@ group (TID 1501) whose source image is exactly the answered instance, with
 - the view as a qualitative evaluation *Image View* (DCM 111031) coded from CID 4010
   "DX View" (SNOMED CT): postero-anterior 272479007, antero-posterior 399348003,
   lateral 399067008 (left lateral 399173006, right lateral 399198007). The model says
-  frontal or lateral; a frontal answer takes PA or AP from the header's ViewPosition when
-  the header says which, else the local code ``(99CXR, frontal)``; a lateral answer takes
+  frontal or lateral; a frontal answer is PA or AP as the model's PA/AP head states it
+  (models with the head, above its threshold), else as the header's ViewPosition says
+  when it says which, else the local code ``(99CXR, frontal)``; a lateral answer takes
   left/right lateral from a ViewPosition of LL/RL, else plain lateral;
+- for a frontal answered by a model with a PA/AP head: ``(99CXR, p-ap)`` (UCUM
+  ``{ratio}``), the calibrated probability that it was taken AP, and, when the model
+  states a projection and the header names one, ``(99CXR, projection-disagrees)`` yes/no;
 - *Certainty of Finding* (DCM 111012, UCUM ``{ratio}``): the answer's calibrated confidence;
 - *Rotation Angle* (DCM 130523, UCUM ``deg``) and ``(99CXR, mirrored)`` yes/no: how the
   film is stored relative to standard display (models with the orientation head);
@@ -37,6 +41,7 @@ from pydicom.sr.codedict import codes
 
 from cxr_orient import __version__
 from cxr_orient.answer import Answer
+from cxr_orient.imaging import view_to_projection
 
 __all__ = [
     "LOCAL_SCHEME",
@@ -70,6 +75,9 @@ REVIEW_REASON = CodedConcept("review-reason", LOCAL_SCHEME, "Review reason")
 HEADER_DISAGREES = CodedConcept("header-disagrees", LOCAL_SCHEME,
                                 "Header view disagrees")
 MIRRORED = CodedConcept("mirrored", LOCAL_SCHEME, "Stored mirrored")
+P_AP = CodedConcept("p-ap", LOCAL_SCHEME, "Probability of AP projection")
+PROJECTION_DISAGREES = CodedConcept("projection-disagrees", LOCAL_SCHEME,
+                                    "Header projection disagrees")
 UNUSUAL_SCORE = CodedConcept("unusual-image-score", LOCAL_SCHEME, "Unusual image score")
 PROCEDURE = CodedConcept("399208008", "SCT", "Plain chest X-ray")
 RATIO = CodedConcept("{ratio}", "UCUM", "ratio")
@@ -98,20 +106,15 @@ def new_sr_uid() -> str:
 #: The device that makes every report (a fixed UID, so the observer is one device).
 DEVICE_UID = derived_uid("device observer")
 
-_PA_VIEWS = frozenset({"PA", "PAS"})
-_AP_VIEWS = frozenset({"AP", "APS", "AP SUPINE"})
-
-
-def view_code(label: str, header_view: str | None) -> CodedConcept:
-    """The CID 4010 code for the model's answer, made precise by the header when it
-    agrees (PA or AP for a frontal, left or right for a lateral)."""
+def view_code(label: str, header_view: str | None,
+              projection: str | None = None) -> CodedConcept:
+    """The CID 4010 code for the model's answer: for a frontal, the ``projection`` the
+    model states, else the header's PA or AP; for a lateral, left or right as the header
+    says."""
     view = (header_view or "").strip().upper()
     if label == "frontal":
-        if view in _PA_VIEWS:
-            return PA
-        if view in _AP_VIEWS:
-            return AP
-        return FRONTAL
+        said = projection or view_to_projection(view)
+        return {"PA": PA, "AP": AP}.get(said or "", FRONTAL)
     if label == "lateral":
         return {"LL": LEFT_LATERAL, "RL": RIGHT_LATERAL}.get(view, LATERAL)
     raise ValueError(f"unknown label {label!r}")
@@ -129,7 +132,8 @@ def _yes_no(value: bool) -> CodedConcept:
 def _evaluations(answer: Answer, header_view: str | None
                  ) -> list[hd.sr.QualitativeEvaluation]:
     items = [
-        hd.sr.QualitativeEvaluation(IMAGE_VIEW, view_code(answer.label, header_view)),
+        hd.sr.QualitativeEvaluation(IMAGE_VIEW, view_code(answer.label, header_view,
+                                                          answer.projection)),
         hd.sr.QualitativeEvaluation(NEEDS_REVIEW, _yes_no(answer.needs_review)),
     ]
     for reason in answer.review_reasons:
@@ -138,6 +142,9 @@ def _evaluations(answer: Answer, header_view: str | None
     if answer.header_agrees is not None:
         items.append(hd.sr.QualitativeEvaluation(HEADER_DISAGREES,
                                                  _yes_no(not answer.header_agrees)))
+    if answer.projection_agrees is not None:
+        items.append(hd.sr.QualitativeEvaluation(PROJECTION_DISAGREES,
+                                                 _yes_no(not answer.projection_agrees)))
     if answer.mirrored is not None:
         items.append(hd.sr.QualitativeEvaluation(MIRRORED, _yes_no(answer.mirrored)))
     return items
@@ -153,6 +160,9 @@ def _measurements(answer: Answer, algorithm: hd.sr.AlgorithmIdentification
     if answer.unusual_score is not None:
         items.append(hd.sr.Measurement(UNUSUAL_SCORE, round(answer.unusual_score, 6),
                                        NO_UNITS, algorithm_id=algorithm))
+    if answer.p_ap is not None and answer.label == "frontal":
+        items.append(hd.sr.Measurement(P_AP, round(answer.p_ap, 6), RATIO,
+                                       algorithm_id=algorithm))
     return items
 
 

@@ -59,7 +59,7 @@ Each module holds one concern and imports only public names of the others
 * :mod:`~cxr_orient.imaging.pipeline`: the entry points (``load_*``,
   :func:`dataset_to_image`), composing the modules below.
 * :mod:`~cxr_orient.imaging.header`: :func:`read_header`, :class:`DicomHeader`,
-  :func:`view_to_label`.
+  :func:`view_to_label`, :func:`view_to_projection`.
 * :mod:`~cxr_orient.imaging.validation`: the checks above, made before decoding;
   the VOI choice; the one parser of *RescaleSlope*/*RescaleIntercept*.
 * :mod:`~cxr_orient.imaging.decoders`: one module per codec family, chosen by
@@ -93,11 +93,15 @@ from __future__ import annotations
 
 from cxr_orient.imaging.decoders import SUPPORTED_TRANSFER_SYNTAXES
 from cxr_orient.imaging.header import (
+    AP_VIEWS,
     FRONTAL_VIEWS,
     LATERAL_VIEWS,
+    PA_VIEWS,
+    PROJECTIONS,
     DicomHeader,
     read_header,
     view_to_label,
+    view_to_projection,
 )
 from cxr_orient.imaging.limits import DEFAULT_MAX_PIXELS
 from cxr_orient.imaging.pipeline import (
@@ -111,10 +115,13 @@ from cxr_orient.imaging.processing import normalise_to_uint8, resize_square, to_
 from cxr_orient.imaging.reading import inflated_size_limit
 
 __all__ = [
+    "AP_VIEWS",
     "DEFAULT_MAX_PIXELS",
     "FRONTAL_VIEWS",
     "LATERAL_VIEWS",
     "MODEL_INPUT_SIZE",
+    "PA_VIEWS",
+    "PROJECTIONS",
     "SUPPORTED_TRANSFER_SYNTAXES",
     "DicomHeader",
     "dataset_to_image",
@@ -127,4 +134,5 @@ __all__ = [
     "resize_square",
     "to_rgb",
     "view_to_label",
+    "view_to_projection",
 ]

@@ -18,9 +18,16 @@ from cxr_orient.imaging.attributes import is_multi, optional_int, optional_text
 from cxr_orient.imaging.errors import errors_named
 from cxr_orient.imaging.reading import read_dataset
 
-__all__ = ["FRONTAL_VIEWS", "LATERAL_VIEWS", "DicomHeader", "read_header", "view_to_label"]
+__all__ = ["AP_VIEWS", "FRONTAL_VIEWS", "LATERAL_VIEWS", "PA_VIEWS", "PROJECTIONS", "DicomHeader",
+           "read_header", "view_to_label", "view_to_projection"]
 
-FRONTAL_VIEWS = frozenset({"PA", "AP", "APS", "PAS", "AP SUPINE", "FRONTAL"})
+#: The projections a frontal may have (a model's ``p_ap`` is the probability of "AP").
+PROJECTIONS = ("PA", "AP")
+#: ViewPosition values that name the projection of a frontal (PAS, APS: the "S" of
+#: some vendors for standing/supine; AP SUPINE and AP ERECT as some modalities write).
+PA_VIEWS = frozenset({"PA", "PAS", "PA ERECT"})
+AP_VIEWS = frozenset({"AP", "APS", "AP SUPINE", "AP ERECT", "AP SEMI-ERECT"})
+FRONTAL_VIEWS = PA_VIEWS | AP_VIEWS | {"FRONTAL"}
 LATERAL_VIEWS = frozenset({"LL", "RL", "LAT", "LATERAL", "L", "R"})
 
 
@@ -38,6 +45,17 @@ def view_to_label(view_position: str | None) -> str | None:
         return "frontal"
     if value in LATERAL_VIEWS:
         return "lateral"
+    return None
+
+
+def view_to_projection(view_position: str | None) -> str | None:
+    """The projection a DICOM ViewPosition claims for a frontal: ``"PA"``, ``"AP"``, or
+    None when it names neither (missing, ``FRONTAL``, a lateral, decubitus, oblique)."""
+    value = (view_position or "").strip().upper()
+    if value in PA_VIEWS:
+        return "PA"
+    if value in AP_VIEWS:
+        return "AP"
     return None
 
 

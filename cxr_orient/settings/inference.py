@@ -13,7 +13,7 @@ from cxr_orient.settings.base import SettingsGroup
 __all__ = ["SHIPPED_MODEL", "InferenceSettings"]
 
 #: Checkpoint shipped with the source tree, used when nothing else is active.
-SHIPPED_MODEL = Path(__file__).resolve().parent.parent / "shipped" / "compact-invariant-64-v3.keras"
+SHIPPED_MODEL = Path(__file__).resolve().parent.parent / "shipped" / "compact-invariant-64-v4.keras"
 
 
 class InferenceSettings(SettingsGroup):
@@ -22,7 +22,7 @@ class InferenceSettings(SettingsGroup):
     model_path: Path | None = Field(
         default=None,
         description="CXR_MODEL_PATH: .keras checkpoint registered and activated when the "
-        "database has no active model. Default: the shipped checkpoint (compact-invariant-64-v3).",
+        "database has no active model. Default: the shipped checkpoint (compact-invariant-64-v4).",
     )
     inference: Literal["local", "served"] = Field(
         default="local",
@@ -47,6 +47,16 @@ class InferenceSettings(SettingsGroup):
         le=1.0,
         description="CXR_REVIEW_THRESHOLD: confidence under which an answer is flagged for "
         "review. Default: the threshold recorded with the model version.",
+    )
+    projection_threshold: float | None = Field(
+        default=None,
+        ge=0.5,
+        le=1.0,
+        description="CXR_PROJECTION_THRESHOLD: confidence max(p_ap, 1 - p_ap) a frontal's "
+        "PA/AP answer must reach to be stated (models with a PA/AP head); under it the "
+        "projection is left empty. Raise it to state fewer, surer projections (1.0: "
+        "none, p_ap still recorded). Default: the model card's projection_threshold "
+        "(0.81 for compact-invariant-64-v4; see docs/model-card.md).",
     )
     unusual_image_action: Literal["review", "refuse"] = Field(
         default="review",

@@ -21,7 +21,6 @@ the session and its transaction: ``from db import crud; crud.add_instance(sessio
 from __future__ import annotations
 
 from db.crud.acceptance import (
-    PROJECTION_COLUMNS,
     AnsweredFilm,
     PlanItemRow,
     PlanProgress,
@@ -35,7 +34,6 @@ from db.crud.acceptance import (
     find_acceptance_plan,
     get_acceptance_plan,
     next_unlabelled_item,
-    prediction_has_projection,
     set_acceptance_label,
 )
 from db.crud.answers import (
@@ -220,7 +218,6 @@ from db.models import Instance, OrientationLabel, utcnow
 
 __all__ = [
     "HEARTBEAT_FRESH_S",
-    "PROJECTION_COLUMNS",
     "REVIEW_FILTERS",
     "AnswerHistory",
     "AnswerToCorrect",
@@ -337,7 +334,6 @@ __all__ = [
     "outbox_summary",
     "outbox_work",
     "ping",
-    "prediction_has_projection",
     "previously_active_model_version",
     "queue_for_model",
     "ready_workers",

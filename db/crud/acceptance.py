@@ -8,10 +8,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import column, func, inspect, select, table
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from db.crud.common import ID_CHUNK, chunked, current_answer_id
+from db.crud.common import current_answer_id
 from db.models import (
     AcceptanceItem,
     AcceptancePlan,
@@ -22,9 +22,6 @@ from db.models import (
     OrientationLabel,
     Prediction,
 )
-
-#: Columns of ``predictions`` a PA/AP head adds (another migration); read when present.
-PROJECTION_COLUMNS = ("projection", "p_ap", "projection_agrees")
 
 
 @dataclass(frozen=True)
@@ -152,12 +149,6 @@ def set_acceptance_label(session: Session, *, item: AcceptanceItem, label: Groun
     item.labelled_at = label.created_at
 
 
-def prediction_has_projection(session: Session) -> bool:
-    """Whether ``predictions`` has the PA/AP columns (:data:`PROJECTION_COLUMNS`)."""
-    names = {c["name"] for c in inspect(session.connection()).get_columns("predictions")}
-    return set(PROJECTION_COLUMNS) <= names
-
-
 @dataclass(frozen=True)
 class ReportRow:
     """One item of a plan with the answer it measures and the reviewer's label."""
@@ -174,8 +165,10 @@ class ReportRow:
     truth_projection: str | None
     annotator: str | None
     labelled_at: datetime | None
-    #: The answer's PA/AP (None: not given, or no such column).
+    #: The answer's PA/AP (None: the model abstained, or has no PA/AP head).
     predicted_projection: str | None = None
+    #: The answer's probability of AP (None: the model has no PA/AP head, or a lateral).
+    p_ap: float | None = None
 
 
 def acceptance_report_rows(session: Session, *, plan_id: int) -> list[ReportRow]:
@@ -188,13 +181,6 @@ def acceptance_report_rows(session: Session, *, plan_id: int) -> list[ReportRow]
         .outerjoin(GroundTruthLabel, GroundTruthLabel.id == AcceptanceItem.label_id)
         .where(AcceptanceItem.plan_id == plan_id)
         .order_by(AcceptanceItem.instance_id)).all()
-    projections: dict[int, str | None] = {}
-    if rows and prediction_has_projection(session):
-        predictions = table("predictions", column("id"), column("projection"))
-        for chunk in chunked([r[1].id for r in rows], ID_CHUNK):
-            projections.update({i: p for i, p in session.execute(
-                select(predictions.c.id, predictions.c.projection)
-                .where(predictions.c.id.in_(chunk)))})
     return [ReportRow(
         instance_id=item.instance_id, core=item.core, strata=tuple(item.strata),
         predicted=OrientationLabel(prediction.label).value,
@@ -202,5 +188,5 @@ def acceptance_report_rows(session: Session, *, plan_id: int) -> list[ReportRow]
         header_view=header_view, header_agrees=prediction.header_agrees,
         truth=LabelValue(label).value if label is not None else None,
         truth_projection=item.projection, annotator=annotator, labelled_at=item.labelled_at,
-        predicted_projection=projections.get(prediction.id))
+        predicted_projection=prediction.projection, p_ap=prediction.p_ap)
         for item, prediction, header_view, label, annotator in rows]

@@ -35,7 +35,9 @@ def answer_columns(answer: Answer) -> dict[str, Any]:
                 p_frontal=answer.p_frontal, p_lateral=answer.p_lateral,
                 header_agrees=answer.header_agrees, needs_review=answer.needs_review,
                 review_reason=answer.review_reason, rotation=answer.rotation,
-                mirrored=answer.mirrored, unusual_score=answer.unusual_score)
+                mirrored=answer.mirrored, unusual_score=answer.unusual_score,
+                projection=answer.projection, p_ap=answer.p_ap,
+                projection_agrees=answer.projection_agrees, p_not_chest=answer.p_not_chest)
 
 
 def answer_of(prediction: Prediction) -> Answer:
@@ -46,7 +48,10 @@ def answer_of(prediction: Prediction) -> Answer:
                   review_reasons=reasons_of(prediction.review_reason),
                   rotation=prediction.rotation, mirrored=prediction.mirrored,
                   unusual_score=prediction.unusual_score,
-                  header_agrees=prediction.header_agrees)
+                  header_agrees=prediction.header_agrees,
+                  projection=prediction.projection, p_ap=prediction.p_ap,
+                  projection_agrees=prediction.projection_agrees,
+                  p_not_chest=prediction.p_not_chest)
 
 
 def current_answer_id() -> Any:

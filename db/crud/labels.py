@@ -15,9 +15,10 @@ def add_label(
     label: OrientationLabel | LabelValue,
     source: str,
     annotator: str | None,
+    projection: str | None = None,
 ) -> GroundTruthLabel:
     row = GroundTruthLabel(instance_id=instance_id, label=LabelValue(label.value),
-                           source=source, annotator=annotator)
+                           source=source, annotator=annotator, projection=projection)
     session.add(row)
     return row
 

@@ -256,6 +256,18 @@ class Prediction(Base):
     #: Distance from the chest films the model was trained on (about 1 for a typical
     #: one); NULL for a model without the unusual-image head.
     unusual_score: Mapped[float | None] = mapped_column(Float)
+    #: A frontal's projection, ``PA`` or ``AP``, from a model with a PA/AP head; NULL when
+    #: its confidence max(p_ap, 1 - p_ap) is under the model's projection threshold (it
+    #: abstains rather than guess), for laterals, and for models without the head.
+    projection: Mapped[str | None] = mapped_column(String(2))
+    #: The calibrated probability that a frontal was taken AP (NULL without the head).
+    p_ap: Mapped[float | None] = mapped_column(Float)
+    #: ``projection`` against the header's ViewPosition; NULL when either says nothing
+    #: about PA or AP.
+    projection_agrees: Mapped[bool | None] = mapped_column(Boolean)
+    #: The chest-or-not head's probability that the image is no chest radiograph (its
+    #: threshold is part of ``unusual_image``); NULL without the head.
+    p_not_chest: Mapped[float | None] = mapped_column(Float)
     decode_ms: Mapped[float | None] = mapped_column(Float)
     inference_ms: Mapped[float | None] = mapped_column(Float)
     batch_size: Mapped[int | None] = mapped_column(Integer)
@@ -305,6 +317,8 @@ class GroundTruthLabel(Base):
     #: ``import`` (CSV), ``review`` (the review page; annotator is the user) or as given.
     source: Mapped[str] = mapped_column(String(64), default="import")
     annotator: Mapped[str | None] = mapped_column(String(128))
+    #: For a frontal: ``PA`` or ``AP`` when the labeller said which (NULL otherwise).
+    projection: Mapped[str | None] = mapped_column(String(2))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

@@ -44,6 +44,9 @@ class ReviewItemOut(BaseModel):
     model_version: str | None
     answered_at: Any | None
     enqueued_at: Any
+    projection: str | None
+    p_ap: float | None
+    projection_agrees: bool | None
 
 
 class QueueOut(BaseModel):
@@ -56,6 +59,8 @@ class QueueOut(BaseModel):
 class Decision(BaseModel):
     decision: Literal["frontal", "lateral", "not_chest"] = Field(
         description="what the image is: frontal, lateral, or not a chest radiograph")
+    projection: Literal["PA", "AP"] | None = Field(
+        default=None, description="for a frontal: PA or AP, when the reviewer can tell")
 
 
 class LabelOut(BaseModel):
@@ -64,6 +69,7 @@ class LabelOut(BaseModel):
     label: str
     source: str
     annotator: str
+    projection: str | None = None
 
 
 @router.get("/review/queue", response_model=QueueOut, summary="Instances awaiting review")
@@ -108,12 +114,12 @@ def label(instance_id: DbInt, decision: Decision, caller: ReviewCaller,
           session: SessionDep) -> LabelOut:
     try:
         row = record_review(session, instance_id=instance_id, decision=decision.decision,
-                            annotator=caller.annotator)
+                            annotator=caller.annotator, projection=decision.projection)
     except ReviewError as exc:
         raise HTTPException(404 if "no instance" in str(exc) else 400, detail=str(exc)) from exc
     return LabelOut(label_id=row.id, instance_id=instance_id,
                     label=DECISIONS[decision.decision].value, source=row.source,
-                    annotator=caller.annotator)
+                    annotator=caller.annotator, projection=row.projection)
 
 
 @router.get("/audit/versions", tags=["audit"], summary="Answers per model version")

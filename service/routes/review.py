@@ -24,8 +24,12 @@ router = APIRouter(prefix="/review", include_in_schema=False)
 Reviewer = Annotated[Caller, Depends(page_user("review"))]
 FILTER_NAMES = {"flagged": "Flagged for review", "disagree": "Header disagrees",
                 "out_of_scope": "Out of scope", "uid_conflict": "UID conflicts"}
-DECISION_BUTTONS = [("frontal", "Frontal", "f"), ("lateral", "Lateral", "l"),
-                    ("not_chest", "Not a chest radiograph", "n")]
+#: (button id, decision, projection, name, key): a frontal with or without its projection.
+DECISION_BUTTONS = [("frontal", "frontal", "", "Frontal", "f"),
+                    ("frontal-pa", "frontal", "PA", "Frontal PA", "p"),
+                    ("frontal-ap", "frontal", "AP", "Frontal AP", "a"),
+                    ("lateral", "lateral", "", "Lateral", "l"),
+                    ("not_chest", "not_chest", "", "Not a chest radiograph", "n")]
 PAGE_SIZE = 50
 
 
@@ -74,7 +78,7 @@ def label(instance_id: DbInt, caller: Reviewer, session: SessionDep,
     kind = _kind(form.get("filter"))
     try:
         record_review(session, instance_id=instance_id, decision=form.get("decision", ""),
-                      annotator=caller.annotator)
+                      annotator=caller.annotator, projection=form.get("projection") or None)
     except ReviewError as exc:
         raise HTTPException(400, detail=str(exc)) from exc
     session.flush()

@@ -118,6 +118,50 @@ def test_retrain_gates_promotes_and_refuses_a_worse_model(
             result.candidate)
 
 
+@pytest.mark.skipif(not COVID_CXR.is_dir(), reason="needs ../shared/data/covid-cxr")
+def test_an_existing_database_adopts_the_new_shipped_model_through_the_gate(
+    migrated_db: str, configure: Callable[..., None], tmp_path: Path
+) -> None:
+    """A database serving v3 with labels of its own: ``register v4 --challenge`` puts v4
+    in service through the gate (the same view figures on the database's evaluation
+    split, two more heads), recorded with both sets of figures."""
+    from click.testing import CliRunner
+
+    from cli.main import main
+    from cxr_orient.ingest import enqueue_paths
+    from cxr_orient.labels import import_labels
+    from cxr_orient.registry import ensure_active_model
+    from cxr_orient.settings import SHIPPED_MODEL
+    from db import crud
+    from db.models import ModelEvent
+    from db.session import session_scope
+
+    previous = SHIPPED_MODEL.parent / "compact-invariant-64-v3.keras"
+    assert SHIPPED_MODEL.stem == "compact-invariant-64-v4"
+    corpus = tmp_path / "archive"
+    corpus.mkdir()
+    files = _labelled_corpus(corpus, n_frontal=12, n_lateral=8)
+    configure(database_url=migrated_db, ingest_root=corpus, data_dir=tmp_path / "data",
+              model_path=previous)
+    enqueue_paths([corpus], send=None, settings=get_settings())
+    with session_scope() as session:
+        assert ensure_active_model(session, get_settings().inference).name == previous.stem
+        import_labels(session, [{"sop_instance_uid": _uid(path), "label": label,
+                                 "source": "test"} for path, label in files])
+
+    out = CliRunner().invoke(main, ["register", str(SHIPPED_MODEL), "--challenge",
+                                    "--reason", "release 0.5", "--actor", "it-admin"])
+    assert out.exit_code == 0, out.output
+    with session_scope() as session:
+        active = crud.active_model_version(session)
+        assert active is not None and active.name == SHIPPED_MODEL.stem
+        event = session.scalars(select(ModelEvent).where(
+            ModelEvent.model_version_id == active.id, ModelEvent.action == "promote")).one()
+    assert "adds the PA/AP, chest-or-not head(s)" in event.reason, event.reason
+    assert event.details["candidate"] == event.details["active"]  # the same view figures
+    assert event.details["active_version"] == previous.stem
+
+
 def _uid(path: Path) -> str:
     import pydicom
 
@@ -150,7 +194,7 @@ def test_an_existing_database_adopts_a_new_shipped_model_by_register_and_promote
     from db.session import session_scope
 
     # The previous release's model is what the database serves; this release ships another.
-    previous = SHIPPED_MODEL.parent / "compact-invariant-64-v2.keras"
+    previous = SHIPPED_MODEL.parent / "compact-invariant-64-v3.keras"
     old, new = previous.stem, SHIPPED_MODEL.stem
     assert old != new
     configure(database_url=migrated_db, data_dir=tmp_path / "data", model_path=previous)
@@ -175,7 +219,7 @@ def test_an_existing_database_adopts_a_new_shipped_model_by_register_and_promote
     with session_scope() as session:
         active = crud.active_model_version(session)
         assert active is not None and active.name == new
-        assert active.architecture == "compact_invariant_64_heads2"
+        assert active.architecture == "compact_invariant_64_heads3"
         events = session.execute(
             select(ModelVersion.name, ModelEvent.action, ModelEvent.actor)
             .join(ModelVersion, ModelVersion.id == ModelEvent.model_version_id)

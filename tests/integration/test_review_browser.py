@@ -3,7 +3,8 @@ through /usr/bin/chromedriver (set explicitly: Selenium Manager downloads nothin
 real `cxr-orient serve` process, a real PostgreSQL database with answers recorded the
 way the worker records them, users made with the `cxr-orient user create` verb.
 
-A reviewer logs in, labels three answers (one click, two keyboard shortcuts), the rows
+A reviewer logs in, labels four answers (one click, three keyboard shortcuts, one of them
+a frontal's projection, PA), sees a frontal's PA/AP answer, the rows
 are checked in SQL, and the reviewer is refused the admin page. With
 CXR_REVIEW_SCREENSHOTS=<folder> the pages are saved there as PNGs (docs/figures/review-*).
 """
@@ -109,7 +110,9 @@ def test_a_reviewer_logs_in_and_labels_three_answers(
                                      study=i // 2, confidence=0.55 + 0.05 * i,
                                      header_view="LL" if i % 2 else "PA",
                                      label="lateral" if i in (1, 4) else "frontal",
-                                     header_agrees=i != 4)
+                                     header_agrees=i != 4,
+                                     projection="AP" if i == 5 else None,
+                                     p_ap=0.88 if i == 5 else None)
                    for i in range(1, 6)]
         answered_instance(session, root=root, version=version, index=9, confidence=0.99,
                           needs_review=False)
@@ -142,14 +145,20 @@ def test_a_reviewer_logs_in_and_labels_three_answers(
         browser.find_element(By.TAG_NAME, "body").send_keys("n")
         WebDriverWait(browser, 30).until(lambda d: f"/items/{flagged[3]}?" in d.current_url)
         assert _instance_shown(browser) == flagged[3]
+        assert browser.find_element(By.ID, "projection").text == "—"  # no PA/AP head
+        browser.find_element(By.TAG_NAME, "body").send_keys("p")  # frontal, PA
+        WebDriverWait(browser, 30).until(lambda d: f"/items/{flagged[4]}?" in d.current_url)
+        assert browser.find_element(By.ID, "projection").text == "AP (p_ap 0.88)"
+        _shot(browser, "item-projection")
 
         with psycopg.connect(pg_url.replace("+psycopg", "")) as conn:
             labels = conn.execute(
-                "SELECT instance_id, label, source, annotator FROM labels ORDER BY id"
-            ).fetchall()
-        assert labels == [(flagged[0], "frontal", "review", "rita"),
-                          (flagged[1], "lateral", "review", "rita"),
-                          (flagged[2], "not_chest", "review", "rita")]
+                "SELECT instance_id, label, source, annotator, projection FROM labels "
+                "ORDER BY id").fetchall()
+        assert labels == [(flagged[0], "frontal", "review", "rita", None),
+                          (flagged[1], "lateral", "review", "rita", None),
+                          (flagged[2], "not_chest", "review", "rita", None),
+                          (flagged[3], "frontal", "review", "rita", "PA")]
 
         # The reviewer may not reach the admin pages: a 403 page in the browser, and 403
         # for the same session cookie over plain HTTP.
@@ -164,7 +173,7 @@ def test_a_reviewer_logs_in_and_labels_three_answers(
 
         browser.get(f"{base}/review")
         remaining = browser.find_elements(By.CSS_SELECTOR, "#queue tr[data-instance]")
-        assert [int(r.get_attribute("data-instance") or 0) for r in remaining] == flagged[3:]
+        assert [int(r.get_attribute("data-instance") or 0) for r in remaining] == flagged[4:]
 
         browser.find_element(By.ID, "logout").click()
         _log_in(browser, base, "audrey")

@@ -38,6 +38,8 @@ def prediction_record(
     mirrored: bool | None = None, unusual_score: float | None = None,
     decode_ms: float | None = None, inference_ms: float | None = None,
     batch_size: int | None = None, file_sha256: str | None = None,
+    projection: str | None = None, p_ap: float | None = None,
+    projection_agrees: bool | None = None, p_not_chest: float | None = None,
 ) -> crud.PredictionRecord:
     """An answer to record for ``instance_id``, as the worker hands it to
     ``crud.record_predictions`` (p_frontal and p_lateral from the label and confidence
@@ -52,7 +54,8 @@ def prediction_record(
                     p_lateral=p_lateral, needs_review=needs_review,
                     review_reasons=reasons_of(review_reason), rotation=rotation,
                     mirrored=mirrored, unusual_score=unusual_score,
-                    header_agrees=header_agrees)
+                    header_agrees=header_agrees, projection=projection, p_ap=p_ap,
+                    projection_agrees=projection_agrees, p_not_chest=p_not_chest)
     return crud.PredictionRecord(instance_id=instance_id, answer=answer,
                                  file_sha256=file_sha256, decode_ms=decode_ms,
                                  inference_ms=inference_ms, batch_size=batch_size)

@@ -32,6 +32,8 @@ def answered_instance(session: Session, *, root: Path, version: ModelVersion, in
                       header_agrees: bool | None = True,
                       review_reason: str | None = "low_confidence",
                       study: int | None = None, pixels: np.ndarray | None = None,
+                      projection: str | None = None, p_ap: float | None = None,
+                      projection_agrees: bool | None = None,
                       rotation: int | None = None, mirrored: bool | None = None) -> int:
     """One instance with its answer; returns the instance id. ``study`` groups several
     instances in one study (default: a study each)."""
@@ -57,5 +59,7 @@ def answered_instance(session: Session, *, root: Path, version: ModelVersion, in
                          header_agrees=header_agrees, needs_review=needs_review,
                          decode_ms=1.0, inference_ms=1.0, batch_size=1,
                          review_reason=review_reason if needs_review else None,
-                         rotation=rotation, mirrored=mirrored)])
+                         projection=projection, p_ap=p_ap,
+                         projection_agrees=projection_agrees, rotation=rotation,
+                         mirrored=mirrored)])
     return instance.id

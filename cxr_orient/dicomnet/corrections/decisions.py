@@ -25,17 +25,17 @@ from db.models import CorrectionAction, utcnow
 __all__ = ["correct_instance", "facts_of", "offer_for", "reverse_correction"]
 
 
-def facts_of(found: crud.AnswerToCorrect, projection: str | None = None) -> AnswerFacts:
-    """The rules' facts of a stored answer. ``projection`` (PA / AP) overrides the
-    stored answer's own (``Answer.projection``: None where the prediction holds none, a
-    frontal's view then comes from its header)."""
+def facts_of(found: crud.AnswerToCorrect) -> AnswerFacts:
+    """The rules' facts of a stored answer, its projection (PA / AP) as the prediction
+    recorded it (``predictions.projection``; None where the model abstained or has no
+    PA/AP head: a frontal's view then comes from its header)."""
     answer = found.answer
     return AnswerFacts(answer.label, answer.rotation, answer.mirrored, found.header_view,
-                       answer.needs_review, projection or answer.projection)
+                       answer.needs_review, answer.projection)
 
 
-def offer_for(session: Session, *, instance_id: int, corrections: CorrectionSettings,
-              projection: str | None = None) -> CorrectionPlan | None:
+def offer_for(session: Session, *, instance_id: int,
+              corrections: CorrectionSettings) -> CorrectionPlan | None:
     """The correction a reviewer may send for the instance's current answer (None:
     corrections are off, nothing is wrong, it is corrected already, or the view cannot be
     stated)."""
@@ -46,12 +46,11 @@ def offer_for(session: Session, *, instance_id: int, corrections: CorrectionSett
         return None
     if crud.correction_of_instance(session, instance_id=instance_id) is not None:
         return None
-    return plan_correction(facts_of(answer, projection))
+    return plan_correction(facts_of(answer))
 
 
 def correct_instance(session: Session, *, instance_id: int, decided_by: str, via: str,
-                     corrections: CorrectionSettings, projection: str | None = None,
-                     now: datetime | None = None) -> int:
+                     corrections: CorrectionSettings, now: datetime | None = None) -> int:
     """Record the correction of the instance's current answer (confirmed by
     ``decided_by``); returns its id. Raises :class:`CorrectionError` saying why not."""
     destinations = corrections.destination_urls
@@ -65,7 +64,7 @@ def correct_instance(session: Session, *, instance_id: int, decided_by: str, via
                               "answer, or it has no SOP Instance UID")
     if crud.correction_of_instance(session, instance_id=instance_id) is not None:
         raise CorrectionError(f"instance {instance_id} is corrected already")
-    plan = plan_correction(facts_of(answer, projection))
+    plan = plan_correction(facts_of(answer))
     if plan is None:
         raise CorrectionError(
             f"instance {instance_id}: nothing to correct in its answer, or its view cannot "

@@ -53,9 +53,9 @@ class AnswerFacts:
     #: The header's View Position as stored (None: none).
     header_view: str | None
     needs_review: bool
-    #: The model's PA / AP for a frontal (None: not answered, or a model without the
-    #: projection head). The worker hands in its answer's; stored answers give None
-    #: until predictions carry the projection.
+    #: The model's PA / AP for a frontal (None: abstained, or a model without the
+    #: projection head). The worker hands in its answer's; a stored answer gives the
+    #: projection its prediction recorded (``predictions.projection``).
     projection: str | None = None
 
 

@@ -1,7 +1,8 @@
 """Acceptance plans on a real database (SQLite and PostgreSQL): the device recorded at
 ingest, a plan drawn from the answers and stored, a decision through the plan's queue
 as the same labels row the review page makes, and the report with its figures, the
-projection section with and without the PA/AP columns, and the go/no-go."""
+projection section for answers of a model with and without a PA/AP head, and the
+go/no-go."""
 
 from __future__ import annotations
 
@@ -174,16 +175,16 @@ def test_decisions_are_review_labels_and_the_report_measures_them(
 
 
 def test_the_projection_is_measured_when_the_answers_carry_it(answered: list[int]) -> None:
-    """Another migration adds predictions.projection (the PA/AP head); the report reads
-    it as soon as the column is there."""
+    """Answers of a model with a PA/AP head carry p_ap on every frontal (and a projection
+    where it is sure enough); the report measures PA/AP on them. (Without the head, all
+    null: not measured, the test above.)"""
     with session_scope() as session:
-        for name, kind in (("projection", "VARCHAR(8)"), ("p_ap", "FLOAT"),
-                           ("projection_agrees", "BOOLEAN")):
-            session.execute(text(f"ALTER TABLE predictions ADD COLUMN {name} {kind}"))
-        # The model says PA for films 1 and 2 (the reviewers: PA, AP), nothing for 3.
-        for n in answered[:2]:
-            session.execute(text("UPDATE predictions SET projection = 'PA' "
-                                 "WHERE instance_id = :n"), {"n": n})
+        # The model says PA for films 1 and 2 (the reviewers: PA, AP) and abstains on 3.
+        for n, projection, p_ap in zip(answered[:3], ("PA", "PA", None), (0.1, 0.15, 0.5),
+                                       strict=True):
+            session.execute(text("UPDATE predictions SET projection = :projection, "
+                                 "p_ap = :p_ap WHERE instance_id = :n"),
+                            {"n": n, "projection": projection, "p_ap": p_ap})
     plan_id = _plan("site-c")
     _label_all(plan_id, answered)
     with session_scope() as session:

@@ -45,12 +45,28 @@ def test_import_appends_and_latest_wins(migrated_db: str, tmp_path: Path) -> Non
                       "1.2": (OrientationLabel.lateral, "import", None)}
 
 
+def test_a_frontal_keeps_its_projection(migrated_db: str, tmp_path: Path) -> None:
+    _instances("1.1", "1.2", "1.3")
+    body = ("sop_instance_uid,label,projection\n1.1,AP,\n1.2,frontal,pa\n1.3,frontal,\n")
+    with session_scope() as session:
+        assert import_labels(session, read_label_csv(_csv(tmp_path, body))) == 3
+        got = {i.sop_instance_uid: (g.label, g.projection)
+               for i, _, g in crud.latest_labels(session)}
+    assert got == {"1.1": (OrientationLabel.frontal, "AP"),
+                   "1.2": (OrientationLabel.frontal, "PA"),
+                   "1.3": (OrientationLabel.frontal, None)}
+
+
 @pytest.mark.parametrize(("body", "message"), [
+    ("sop_instance_uid,label,projection\n1.1,lateral,PA\n",
+     "line 2: projection PA given for a 'lateral'"),
+    ("sop_instance_uid,label,projection\n1.1,frontal,LL\n", "line 2: unknown projection 'LL'"),
     ("sop_instance_uid,label\n1.1,frontal\n7.7,frontal\n", "line 3: unknown sop_instance_uid"),
     ("sop_instance_uid,label\n1.1,oblique\n", "line 2: unknown label 'oblique'"),
     ("sop_instance_uid,label\n,frontal\n", "line 2: empty sop_instance_uid"),
     ("uid,view\n1.1,frontal\n", "missing column(s) sop_instance_uid, label"),
-], ids=["unknown-uid", "unknown-label", "empty-uid", "wrong-columns"])
+], ids=["projection-on-lateral", "unknown-projection", "unknown-uid", "unknown-label",
+        "empty-uid", "wrong-columns"])
 def test_bad_rows_import_nothing(migrated_db: str, tmp_path: Path, body: str,
                                  message: str) -> None:
     _instances("1.1")

@@ -16,6 +16,7 @@ from cxr_orient.registry import (
     current_model,
     ensure_active_model,
     load_classifier,
+    load_version,
     promote,
     register_checkpoint,
     rollback,
@@ -71,7 +72,7 @@ def test_register_the_shipped_checkpoint(tmp_path: Path) -> None:
         assert version.sha256 == file_sha256(SHIPPED_MODEL) == read_card(SHIPPED_MODEL).sha256
         assert version.file_path == str(SHIPPED_MODEL.resolve())
         assert (version.state, version.is_active) == ("candidate", False)
-        assert version.input_size == 256 and version.architecture == "compact_invariant_64_heads2"
+        assert version.input_size == 256 and version.architecture == "compact_invariant_64_heads3"
         again = register_checkpoint(session, SHIPPED_MODEL, actor="tester", reason="again")
         assert again.id == first_id, "the same file under the same name: the same row"
     assert _events() == [(SHIPPED_NAME, "register", "tester", "unit")]
@@ -193,3 +194,20 @@ def test_current_model_is_cached_until_the_active_version_changes(tmp_path: Path
     rollback(actor="tester", reason="back")
     back = current_model(get_settings().inference)
     assert back.name == SHIPPED_NAME and back is not first
+
+
+def test_the_projection_threshold_in_force(configure: Callable[..., None]) -> None:
+    """The card's PA/AP threshold unless CXR_PROJECTION_THRESHOLD raises it; a model
+    without a PA/AP head keeps none."""
+    from cxr_orient.modelstore import read_card
+
+    with session_scope() as session:
+        shipped = ensure_active_model(session, get_settings().inference)
+        v3 = SHIPPED_MODEL.parent / "compact-invariant-64-v3.keras"
+        older = register_checkpoint(session, v3, actor="tester", reason="r")
+    assert load_version(shipped, get_settings().inference).classifier.card \
+        .projection_threshold == read_card(SHIPPED_MODEL).projection_threshold == 0.81
+    configure(projection_threshold=0.95)
+    inference = get_settings().inference
+    assert load_version(shipped, inference).classifier.card.projection_threshold == 0.95
+    assert load_version(older, inference).classifier.card.projection_threshold is None

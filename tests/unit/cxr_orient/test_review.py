@@ -116,6 +116,23 @@ def test_a_decision_leaves_the_queue_and_feeds_the_next_retrain(
     assert labelled.not_chest == 1 and labelled.problems == []
 
 
+def test_a_frontal_decision_may_carry_its_projection(answers: dict[str, int]) -> None:
+    with session_scope() as session:
+        row = record_review(session, instance_id=answers["low"], decision="frontal",
+                            annotator="rita", projection="AP")
+        assert (row.label, row.projection) == (LabelValue.frontal, "AP")
+        with pytest.raises(ReviewError, match="only a frontal"):
+            record_review(session, instance_id=answers["sure"], decision="lateral",
+                          annotator="rita", projection="PA")
+        with pytest.raises(ReviewError, match="projection 'LL'"):
+            record_review(session, instance_id=answers["sure"], decision="frontal",
+                          annotator="rita", projection="LL")
+    with session_scope() as session:
+        assert [(g.label, g.projection) for g in crud.labels_of(
+            session, instance_id=answers["low"])] == [(LabelValue.frontal, "AP")]
+        assert crud.labels_of(session, instance_id=answers["sure"]) == []
+
+
 def test_next_for_review_wraps_and_ends(answers: dict[str, int]) -> None:
     with session_scope() as session:
         assert next_for_review(session, kind="flagged", after=answers["low"]) == answers["unusual"]

@@ -58,6 +58,9 @@ def _prediction(
     rotation: int | None = None,
     mirrored: bool | None = None,
     unusual: float | None = None,
+    projection: str | None = None,
+    p_ap: float | None = None,
+    projection_agrees: bool | None = None,
 ) -> crud.PredictionRecord:
     p_lateral = confidence if label == "lateral" else 1 - confidence
     return prediction_record(
@@ -74,6 +77,9 @@ def _prediction(
         rotation=rotation,
         mirrored=mirrored,
         unusual_score=unusual,
+        projection=projection,
+        p_ap=p_ap,
+        projection_agrees=projection_agrees,
         review_reason=",".join(
             r for r, on in (("low_confidence", review and unusual is None),
                             ("unusual_image", unusual is not None and unusual > 2.0)) if on)
@@ -132,11 +138,12 @@ def _populate() -> dict[str, int]:
             model_version_id=v2.id,
             records=[
                 _prediction(ids["i1"], "frontal", 0.97, agrees=True, rotation=0,
-                            mirrored=True, unusual=0.9),
+                            mirrored=True, unusual=0.9, projection="AP", p_ap=0.91,
+                            projection_agrees=False),
                 _prediction(ids["i2"], "lateral", 0.95, agrees=False, rotation=90,
                             unusual=1.1),
                 _prediction(ids["i3"], "frontal", 0.60, agrees=None, review=True,
-                            rotation=0, mirrored=False, unusual=3.5),
+                            rotation=0, mirrored=False, unusual=3.5, p_ap=0.6),
                 _prediction(ids["i8"], "lateral", 0.55, agrees=True, review=True),
             ],
             worker="w1",
@@ -209,6 +216,7 @@ def _populate() -> dict[str, int]:
             label=OrientationLabel.frontal,
             source="qa",
             annotator="dr-a",
+            projection="PA",
         )
         crud.add_label(
             session,
@@ -443,6 +451,26 @@ def check_outbox_reports(rows: list[Any]) -> None:
     assert rows[0].sent_at is not None and rows[2].sent_at is None
 
 
+
+def check_projections(rows: list[Any]) -> None:
+    """i1: the model says AP where the header says PA; i3: p_ap but no projection
+    (abstained, no header view); i1's first answer (compact-v1, no head) is not current."""
+    got = [(r.sop_instance_uid, r.header_view_position, r.projection, round(r.p_ap, 2),
+            _bool(r.projection_agrees), r.model_version) for r in rows]
+    assert got == [(_uid("i1"), "PA", "AP", 0.91, False, "compact-v2"),
+                   (_uid("i3"), None, None, 0.6, None, "compact-v2")]
+
+
+def check_projection_coverage(rows: list[Any]) -> None:
+    got = [(r.model_version, r.frontals, r.projection_stated, r.header_disagrees)
+           for r in rows]
+    assert got == [("compact-v2", 2, 1, 1)]
+
+
+def check_projection_labels(rows: list[Any]) -> None:
+    got = [(r.sop_instance_uid, r.true_projection, r.annotator, r.predicted) for r in rows]
+    assert got == [(_uid("i1"), "PA", "dr-a", "AP")]
+
 CHECKS = {
     "out-of-scope": check_out_of_scope,
     "current-study-answers": check_current_study_answers,
@@ -467,6 +495,9 @@ CHECKS = {
     "accuracy-by-model": check_accuracy_by_model,
     "uid-conflicts": check_uid_conflicts,
     "stored-turned": check_stored_turned,
+    "projections": check_projections,
+    "projection-coverage": check_projection_coverage,
+    "projection-labels": check_projection_labels,
     "unusual-images": check_unusual_images,
 }
 

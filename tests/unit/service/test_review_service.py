@@ -215,6 +215,40 @@ def test_a_decision_is_a_review_label_and_the_page_moves_on(
     assert PATIENT_ID not in caplog.text and UID_ROOT not in caplog.text
 
 
+def test_the_projection_is_shown_and_a_reviewer_can_set_it(site: Site) -> None:
+    """The model's AP on a film whose header says PA is on the page with its p_ap; the
+    reviewer's Frontal PA is stored as the label's projection, by form and by API."""
+    with session_scope() as session:
+        version = crud.find_model_version(session, name="m1")
+        assert version is not None
+        said_ap = answered_instance(session, root=site.root, version=version, index=9,
+                                    projection="AP", p_ap=0.91, projection_agrees=False)
+    site.login("rita")
+    page = site.client.get(f"/review/items/{said_ap}")
+    shown = re.search(r'<td id="projection">(.*?)</td>', page.text)
+    assert shown and "AP (p_ap 0.91)" in shown.group(1) and "header disagrees" in shown.group(1)
+    assert 'id="decide-frontal-pa"' in page.text and 'id="decide-frontal-ap"' in page.text
+    answer = site.client.post(f"/review/items/{said_ap}/label", follow_redirects=False,
+                              data={"decision": "frontal", "projection": "PA",
+                                    "filter": "flagged", "csrf_token": csrf_of(page.text)})
+    assert answer.status_code == 303, answer.text
+    refused = site.client.post(f"/review/items/{said_ap}/label", follow_redirects=False,
+                               data={"decision": "lateral", "projection": "PA",
+                                     "filter": "flagged", "csrf_token": csrf_of(page.text)})
+    assert refused.status_code == 400
+    item = site.client.get(f"/api/v1/review/items/{said_ap}").json()
+    assert (item["projection"], item["p_ap"], item["projection_agrees"]) == ("AP", 0.91, False)
+    made = site.client.post(f"/api/v1/review/items/{said_ap}/label",
+                            json={"decision": "frontal", "projection": "AP"},
+                            headers={"X-CSRF-Token": csrf_of(page.text)})
+    assert made.status_code == 201, made.text
+    assert made.json()["projection"] == "AP"
+    with session_scope() as session:
+        assert [(g.label, g.projection) for g in crud.labels_of(
+            session, instance_id=said_ap)] == [(LabelValue.frontal, "PA"),
+                                               (LabelValue.frontal, "AP")]
+
+
 def test_the_api_with_a_token(site: Site) -> None:
     with session_scope() as session:
         token = create_token(session, name="qa-script", scopes=["review"])

@@ -45,3 +45,24 @@ def test_gate_refuses_a_candidate_that_would_drop_a_head() -> None:
     decision = gate(better, worse, lost_heads=["orientation"])
     assert not decision.promote and "orientation" in decision.reasons[0]
     assert gate(better, worse).promote
+
+
+def test_gate_promotes_a_tie_that_adds_heads_and_nothing_worse() -> None:
+    """A release that keeps the view weight for weight (the same figures) and adds
+    heads goes into service through the gate; worse on the view, it still does not."""
+    same = {"balanced_accuracy": 0.98, "lateral_recall": 1.0, "ece": 0.02}
+    decision = gate(same, same, gained_heads=["PA/AP", "chest-or-not"])
+    assert decision.promote and "adds the PA/AP, chest-or-not head(s)" in decision.reasons[0]
+    worse = {**same, "lateral_recall": 0.95}
+    assert not gate(worse, same, gained_heads=["PA/AP"]).promote
+    assert not gate(same, same).promote
+
+
+def test_heads_of_each_architecture() -> None:
+    from cxr_orient.architectures import ARCHITECTURES
+    from training.gate import ARCHITECTURE_HEADS, heads_of
+
+    assert set(ARCHITECTURE_HEADS) <= set(ARCHITECTURES)
+    assert heads_of("compact_invariant_64_heads3") - heads_of("compact_invariant_64_heads2") == {
+        "chest-or-not", "PA/AP"}
+    assert heads_of("compact_invariant_64") == frozenset()

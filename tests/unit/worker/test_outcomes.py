@@ -89,6 +89,26 @@ def test_each_bad_image_fails_alone_and_the_others_are_recorded_with_the_header(
         work[1].file_sha256}
 
 
+def test_the_projection_is_held_against_the_header_and_a_laterals_p_ap_dropped() -> None:
+    """A model with a PA/AP head: projection_agrees where both the model and the header
+    name a projection (None where either names none); a lateral keeps no p_ap."""
+    work = [_claimed(1, view="PA"), _claimed(2, view="AP SUPINE"), _claimed(3, view="PA"),
+            _claimed(4, view="FRONTAL"), _claimed(5, view="LL")]
+    decoded = [(IMAGE, None, 1.0)] * len(work)
+    predictions = [replace(_answer("frontal"), p_ap=0.1, projection="PA"),
+                   replace(_answer("frontal"), p_ap=0.1, projection="PA"),
+                   replace(_answer("frontal"), p_ap=0.6, projection=None),  # abstained
+                   replace(_answer("frontal"), p_ap=0.9, projection="AP"),
+                   replace(_answer("lateral"), p_ap=0.7, projection=None)]
+
+    decided = decide(work, decoded, predictions, refusal=KEEP, inference_ms=1.0)
+
+    answers = {r.instance_id: r.answer for r in decided.records}
+    assert [answers[i].projection_agrees for i in range(1, 6)] == [
+        True, False, None, None, None]
+    assert [answers[i].p_ap for i in range(1, 6)] == [0.1, 0.1, 0.6, 0.9, None]
+
+
 def test_an_unusual_image_is_refused_only_under_the_refuse_policy() -> None:
     work = [_claimed(1), _claimed(2)]
     decoded = [(IMAGE, None, 1.0), (IMAGE, None, 1.0)]

@@ -5,6 +5,7 @@ PostgreSQL): once per original, only for the model in service, a reversal once."
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import pytest
@@ -210,3 +211,26 @@ def test_a_person_corrects_once_and_reverses_once(migrated_db: str) -> None:
     assert rows[undone].reverses_id == made and rows[undone].action == "reverse"
     assert rows[undone].rejection_note_uid == rejection_note_uid(
         [rows[made].replacement_sop_instance_uid])
+
+
+def test_a_stored_answers_projection_is_what_a_person_corrects_from(migrated_db: str) -> None:
+    """The review page's and the CLI's offer read the projection the prediction recorded
+    (predictions.projection): a frontal stored upright whose header says PA and whose
+    model said AP is offered a header_projection correction stating AP; one whose model
+    abstained (no projection) is offered nothing."""
+    with session_scope() as session:
+        said_ap, abstained = _instance(session, "9.1"), _instance(session, "9.2")
+        model = register_version(session, "m1")
+        crud.activate_model_version(session, version=model, actor="t", reason="in service")
+        frontal = Answer(label="frontal", confidence=0.99, p_frontal=0.99, p_lateral=0.01,
+                         needs_review=False, header_agrees=True, rotation=0, mirrored=False)
+        crud.record_predictions(session, model_version_id=model.id, worker="w", records=[
+            crud.PredictionRecord(instance_id=said_ap, answer=replace(
+                frontal, projection="AP", p_ap=0.97, projection_agrees=False)),
+            crud.PredictionRecord(instance_id=abstained, answer=replace(frontal, p_ap=0.6))])
+    on = Settings(correction_destinations=PACS).corrections
+    with session_scope() as session:
+        offer = offer_for(session, instance_id=said_ap, corrections=on)
+        assert offer is not None
+        assert (offer.faults, offer.view) == (("header_projection",), "AP")
+        assert offer_for(session, instance_id=abstained, corrections=on) is None

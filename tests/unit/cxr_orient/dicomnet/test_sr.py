@@ -87,6 +87,15 @@ def test_view_code(label: str, header: str | None, expected: object) -> None:
     assert view_code(label, header) == expected
 
 
+@pytest.mark.parametrize(("header", "projection", "expected"), [
+    ("PA", "AP", AP), (None, "PA", PA), ("AP SUPINE", None, AP), (None, None, FRONTAL),
+], ids=["model-over-header", "model-no-header", "header-when-model-abstains", "neither"])
+def test_view_code_takes_the_models_projection(header: str | None, projection: str | None,
+                                                expected: object) -> None:
+    assert view_code("frontal", header, projection) == expected
+    assert view_code("lateral", header, projection) == LATERAL
+
+
 def test_codes_are_the_standard_ones() -> None:
     assert (PA.value, PA.scheme_designator) == ("272479007", "SCT")
     assert (AP.value, AP.scheme_designator) == ("399348003", "SCT")
@@ -158,12 +167,35 @@ def test_without_header_view_or_heads(tmp_path: Path) -> None:
     assert "PatientName" not in source or source.PatientName is not None
 
 
+def test_projection_as_a_coded_finding(tmp_path: Path) -> None:
+    """A model that states AP on a film whose header says PA: the Image View is the
+    model's AP, with p_ap and the projection disagreement beside it."""
+    sr = build_sr(_source(tmp_path, "PA"),
+                  _answer("frontal", projection="AP", p_ap=0.93, projection_agrees=False),
+                  **MADE_BY, sop_instance_uid=generate_uid(), instance_number=1)
+    assert _code(_named(sr, "Image View")[0]) == ("399348003", "SCT")
+    p_ap = _named(sr, "Probability of AP projection")[0].MeasuredValueSequence[0]
+    assert float(p_ap.NumericValue) == pytest.approx(0.93)
+    assert p_ap.MeasurementUnitsCodeSequence[0].CodeValue == "{ratio}"
+    assert _code(_named(sr, "Header projection disagrees")[0]) == ("373066001", "SCT")
+
+
+def test_abstained_projection_keeps_p_ap_without_a_disagreement(tmp_path: Path) -> None:
+    sr = build_sr(_source(tmp_path, None),
+                  _answer("frontal", header_agrees=None, projection=None, p_ap=0.6),
+                  **MADE_BY, sop_instance_uid=generate_uid(), instance_number=1)
+    assert _code(_named(sr, "Image View")[0]) == ("frontal", LOCAL_SCHEME)
+    assert _named(sr, "Probability of AP projection")
+    assert not _named(sr, "Header projection disagrees")
+
+
 @pytest.mark.parametrize(("label", "view", "overrides"), [
     ("frontal", "PA", {}),
+    ("frontal", "AP", {"projection": "PA", "p_ap": 0.02, "projection_agrees": False}),
     ("lateral", "LL", {"rotation": 180}),
     ("frontal", None, {"needs_review": True, "review_reasons": ("low_confidence",),
                        "header_agrees": None, "confidence": 0.61}),
-], ids=["frontal", "lateral", "needs-review"])
+], ids=["frontal", "projection", "lateral", "needs-review"])
 def test_dciodvfy_finds_no_errors(tmp_path: Path, label: str, view: str | None,
                                   overrides: dict[str, object]) -> None:
     sr = build_sr(_source(tmp_path, view), _answer(label, **overrides),

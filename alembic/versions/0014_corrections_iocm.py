@@ -7,8 +7,8 @@ The outbox carries their delivery: ``outbox.correction_id`` beside ``prediction_
 (exactly one of the two set; ``prediction_id`` becomes nullable), unique per
 destination like the reports.
 
-Revision ID: 0013_corrections
-Revises: 0012_acceptance
+Revision ID: 0014_corrections
+Revises: 0013_trust_projection
 Create Date: 2026-12-07 01:00:00
 """
 
@@ -20,8 +20,8 @@ import sqlalchemy as sa
 
 from alembic import op
 
-revision: str = "0013_corrections"
-down_revision: str | None = "0012_acceptance"
+revision: str = "0014_corrections"
+down_revision: str | None = "0013_trust_projection"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
