@@ -208,12 +208,20 @@ def test_a_plan_labelled_in_the_browser_becomes_a_report(
             == len(views))
     # The two RG1 copies claim LL and are frontal: the headers are wrong at least there.
     assert report["headers"]["wrong"]["x"] >= 2
-    assert report["projection"]["measured"] is False
-    assert report["decision"] == "no-go"  # the shipped model gives no PA/AP
+    # The shipped model (v4) has a PA/AP head: every reviewed PA/AP frontal is either
+    # given a projection (and scored) or left without one. On these few films it states
+    # none (not sure enough), so the PA/AP threshold has nothing to measure: no-go.
+    projection = report["projection"]
+    assert projection["measured"] is True
+    assert projection["reviewed_frontals"] == sum(p in "pa" for p in truth.values())
+    assert (projection["without_projection"] + projection["accuracy"]["n"]
+            == projection["reviewed_frontals"])
+    assert projection["accuracy"]["n"] == 0
+    assert report["decision"] == "no-go"
     assert "projection_accuracy_lb not measured" in reported.stdout
     assert any(s["stratum"] == "device:Acme Imaging / DR-9" for s in report["strata"])
     html = (out / "report.html").read_text()
-    assert "<svg" in html and "not measured: the model in service gives no projection" in html
+    assert "<svg" in html and "reviewed frontals without a projection from the model" in html
 
     browser.get((out / "report.html").as_uri())
     assert browser.find_element(By.ID, "decision").text == "no-go"
