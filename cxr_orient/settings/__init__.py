@@ -17,7 +17,7 @@ domain (AE titles and result destinations:
 
 Read at the edges only: ``get_settings()`` is called by the processes' entry modules
 (``cli/``, ``worker/celery.py``, ``worker/tasks.py``, ``worker/signals.py``,
-``service/deps.py`` and ``service/app.py``, ``training/ship.py``'s main, the bench) and
+``service/deps.py`` and ``service/app.py``, the release recipes' main, the bench) and
 the database engine of ``db.session``; everything else is handed the group (or the groups) it needs.
 ``tests/unit/test_architecture.py`` fails when another module calls it.
 
