@@ -52,14 +52,16 @@ MIXES: dict[str, Mix] = {
         "syntax that modalities and PACS compress to), JPEG 2000 lossless where the PACS "
         "transcodes to it, and uncompressed explicit little endian as sent by modalities "
         "that do not compress. Weights 0.60 / 0.25 / 0.15; a site replaces them with its "
-        "own census (--mix NAME=syntax:weight,...)."),
+        "own census (--mix NAME=syntax:weight,...).",
+    ),
     "lossy-archive": Mix(
         "lossy-archive",
         {"jpeg-baseline": 0.50, "j2k-lossy": 0.30, "htj2k-lossy": 0.20},
         "An assumption, not a census: archives that keep lossy copies (teleradiology, "
         "long-term tiers, research exports) hold JPEG baseline most, JPEG 2000 lossy, and "
         "HTJ2K in the newest (DICOM 2023 syntaxes). Weights 0.50 / 0.30 / 0.20; replace "
-        "with a site's census."),
+        "with a site's census.",
+    ),
 }
 
 
@@ -77,8 +79,9 @@ def parse_mix(text: str) -> Mix:
     return Mix(name.strip(), weights, "given on the command line")
 
 
-def archive_set(items: Sequence[CorpusItem], mix: Mix, films: int, *, seed: int = 0
-                ) -> list[tuple[CorpusItem, int]]:
+def archive_set(
+    items: Sequence[CorpusItem], mix: Mix, films: int, *, seed: int = 0
+) -> list[tuple[CorpusItem, int]]:
     """``films`` (corpus item, study number) pairs in the mix's shares, shuffled (an
     archive's order is no syntax's order); two films a study, frontal and lateral where
     the syntax has both. Raises if the corpus lacks a syntax of the mix."""
@@ -88,12 +91,14 @@ def archive_set(items: Sequence[CorpusItem], mix: Mix, films: int, *, seed: int 
         raise ValueError(f"mix {mix.name}: no corpus files of {missing}")
     picked: list[CorpusItem] = []
     for name, count in mix.counts(films).items():
-        views = ([i for i in by_syntax[name] if i.view == "frontal"] or by_syntax[name],
-                 [i for i in by_syntax[name] if i.view == "lateral"] or by_syntax[name])
+        views = (
+            [i for i in by_syntax[name] if i.view == "frontal"] or by_syntax[name],
+            [i for i in by_syntax[name] if i.view == "lateral"] or by_syntax[name],
+        )
         for k in range(count):
             chosen = views[k % 2]
             picked.append(chosen[(k // 2) % len(chosen)])
-    pairs = [picked[k:k + 2] for k in range(0, len(picked), 2)]
+    pairs = [picked[k : k + 2] for k in range(0, len(picked), 2)]
     random.Random(seed).shuffle(pairs)
     return [(item, study) for study, pair in enumerate(pairs) for item in pair]
 
@@ -118,14 +123,19 @@ def record_archive(films: Sequence[tuple[CorpusItem, int]], *, tag: str) -> list
                 raise ValueError(f"{item.path}: not accepted ({base.error or base.refusal})")
         assert base.header is not None
         study_uid = study_uids.setdefault(study, generate_uid())
-        header = dataclasses.replace(base.header, sop_instance_uid=generate_uid(),
-                                     series_instance_uid=generate_uid(),
-                                     study_instance_uid=study_uid,
-                                     patient_id=f"{tag}-{study}")
+        header = dataclasses.replace(
+            base.header,
+            sop_instance_uid=generate_uid(),
+            series_instance_uid=generate_uid(),
+            study_instance_uid=study_uid,
+            patient_id=f"{tag}-{study}",
+        )
         records.append(dataclasses.replace(base, header=header))
     report = enqueue_scanned(records, send=None, settings=settings)
     if len(report.queued) != len(records):
-        raise RuntimeError(f"recorded {len(report.queued)} of {len(records)} films "
-                           f"({len(report.uid_conflicts)} conflicts, {len(report.refused)} "
-                           "refused)")
+        raise RuntimeError(
+            f"recorded {len(report.queued)} of {len(records)} films "
+            f"({len(report.uid_conflicts)} conflicts, {len(report.refused)} "
+            "refused)"
+        )
     return list(report.queued)

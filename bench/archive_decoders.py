@@ -58,10 +58,13 @@ def jpeg_lossless(root: Path) -> list[dict[str, Any]]:
         turbo = decode_jpeg_lossless(ds, spec, size=256, path=None).stored
         plugin = decode_with_pydicom(ds, spec, path=None).stored
         row: dict[str, Any] = {
-            "rows": item.rows, "columns": item.columns, "bits": item.bits_stored,
+            "rows": item.rows,
+            "columns": item.columns,
+            "bits": item.bits_stored,
             "same_stored_values": bool(np.array_equal(turbo, plugin)),
-            "decode_turbo_ms": _best_ms(partial(decode_jpeg_lossless, ds, spec, size=256,
-                                                path=None)),
+            "decode_turbo_ms": _best_ms(
+                partial(decode_jpeg_lossless, ds, spec, size=256, path=None)
+            ),
             "decode_pylibjpeg_ms": _best_ms(partial(decode_with_pydicom, ds, spec, path=None)),
         }
         turn_off([])
@@ -89,14 +92,15 @@ def j2k_band(root: Path, films: int, model: Path) -> dict[str, Any]:
     for k in range(films):
         rows, columns, bits = SHAPES[k % len(SHAPES)]
         view = "frontal" if k % 2 == 0 else "lateral"
-        pixels = real_pixels(1, bits=bits, seed=k, view=view, shape=(rows, columns),
-                             start=7 * k)[0]
+        pixels = real_pixels(1, bits=bits, seed=k, view=view, shape=(rows, columns), start=7 * k)[0]
         mono1 = (k // 2) % 2 == 1
         if mono1:
             pixels = (1 << bits) - 1 - pixels
         kw: dict[str, Any] = {
-            "photometric": "MONOCHROME1" if mono1 else "MONOCHROME2", "bits_stored": bits,
-            "window": ((1 << bits) * 0.5, (1 << bits) * 0.8) if k % 3 == 1 else None}
+            "photometric": "MONOCHROME1" if mono1 else "MONOCHROME2",
+            "bits_stored": bits,
+            "window": ((1 << bits) * 0.5, (1 << bits) * 0.8) if k % 3 == 1 else None,
+        }
         native = make_dicom(root / f"native-{k}.dcm", pixels, **kw)
         coded = make_dicom(root / f"j2k-{k}.dcm", pixels, transfer_syntax=JPEG2000Lossless, **kw)
         images["reference"].append(load_dicom_image(native))
@@ -106,26 +110,32 @@ def j2k_band(root: Path, films: int, model: Path) -> dict[str, Any]:
             start = time.perf_counter()
             decoded = jpeg2000_reduced(ds, spec, size=256, path=None, margin=margin)
             assert decoded is not None, "a reduced decode was expected"
-            images[f"margin{margin}"].append(stored_to_image(decoded, ds, spec, size=256,
-                                                             path=None))
+            images[f"margin{margin}"].append(
+                stored_to_image(decoded, ds, spec, size=256, path=None)
+            )
             seconds[f"margin{margin}"] += time.perf_counter() - start
     classifier = Classifier.from_checkpoint(model, verify=False)
-    heads = {k: classifier.predict_heads(np.stack([to_rgb(g) for g in v]))
-             for k, v in images.items()}
+    heads = {
+        k: classifier.predict_heads(np.stack([to_rgb(g) for g in v])) for k, v in images.items()
+    }
     orientation = {k: np.asarray(h.orientation).argmax(1) for k, h in heads.items()}
     unusual = {k: np.asarray(h.unusual, dtype=np.float64) for k, h in heads.items()}
-    p = {k: classifier.predict_proba(np.stack([to_rgb(g) for g in v]))[:, 1]
-         for k, v in images.items()}
+    p = {
+        k: classifier.predict_proba(np.stack([to_rgb(g) for g in v]))[:, 1]
+        for k, v in images.items()
+    }
     out: dict[str, Any] = {"films": films, "model": model.name}
     for key in ("margin2", "margin1"):
         diff = np.abs(p[key] - p["reference"])
-        pixel = [np.abs(a.astype(int) - b.astype(int)) for a, b in
-                 zip(images[key], images["reference"], strict=True)]
+        pixel = [
+            np.abs(a.astype(int) - b.astype(int))
+            for a, b in zip(images[key], images["reference"], strict=True)
+        ]
         out[key] = {
             "decode_and_process_ms_mean": round(1000 * seconds[key] / films, 1),
-            "max_p_diff": float(diff.max()), "mean_p_diff": float(diff.mean()),
-            "same_labels": int((predicted_class(p[key])
-                                == predicted_class(p["reference"])).sum()),
+            "max_p_diff": float(diff.max()),
+            "mean_p_diff": float(diff.mean()),
+            "same_labels": int((predicted_class(p[key]) == predicted_class(p["reference"])).sum()),
             "same_orientation": int((orientation[key] == orientation["reference"]).sum()),
             "max_unusual_diff": float(np.abs(unusual[key] - unusual["reference"]).max()),
             "mean_pixel_diff": float(np.mean([d.mean() for d in pixel])),
@@ -138,13 +148,17 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--films", type=int, default=40)
     parser.add_argument("--root", type=Path, default=Path("/tmp/archive-decoders"))
-    parser.add_argument("--model", type=Path,
-                        default=Path("cxr_orient/shipped/compact-invariant-64-v3.keras"))
+    parser.add_argument(
+        "--model", type=Path, default=Path("cxr_orient/shipped/compact-invariant-64-v3.keras")
+    )
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--machine", default=f"cpu-{platform.machine()}")
     args = parser.parse_args()
-    results = {"machine": args.machine, "jpeg_lossless": jpeg_lossless(args.root / "jll"),
-               "j2k_lossless_band": j2k_band(args.root / "j2k", args.films, args.model)}
+    results = {
+        "machine": args.machine,
+        "jpeg_lossless": jpeg_lossless(args.root / "jll"),
+        "j2k_lossless_band": j2k_band(args.root / "j2k", args.films, args.model),
+    }
     text = json.dumps(results, indent=1)
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)

@@ -174,8 +174,9 @@ def _to_jpeg_lossless(path: Path, bits: int) -> None:
     from pydicom.encaps import encapsulate
 
     ds = pydicom.dcmread(path)
-    stream = imagecodecs.jpeg8_encode(ds.pixel_array, lossless=True, predictor=1,
-                                      bitspersample=max(bits, 2))
+    stream = imagecodecs.jpeg8_encode(
+        ds.pixel_array, lossless=True, predictor=1, bitspersample=max(bits, 2)
+    )
     ds.PixelData = encapsulate([bytes(stream)])
     ds["PixelData"].VR = "OB"
     ds.file_meta.TransferSyntaxUID = JPEGLosslessSV1
@@ -207,12 +208,18 @@ def load_corpus(folder: Path) -> list[CorpusItem]:
     for path in sorted(folder.glob("*.dcm")):
         ds = pydicom.dcmread(path, stop_before_pixels=True)
         window = "WindowCenter" in ds
-        items.append(CorpusItem(
-            path=path, syntax=names.get(ds.file_meta.TransferSyntaxUID, "other"),
-            photometric=str(ds.PhotometricInterpretation), bits_stored=int(ds.BitsStored),
-            rows=int(ds.Rows), columns=int(ds.Columns),
-            view="frontal" if ds.get("ViewPosition") in ("PA", "AP") else "lateral",
-            windowed=window))
+        items.append(
+            CorpusItem(
+                path=path,
+                syntax=names.get(ds.file_meta.TransferSyntaxUID, "other"),
+                photometric=str(ds.PhotometricInterpretation),
+                bits_stored=int(ds.BitsStored),
+                rows=int(ds.Rows),
+                columns=int(ds.Columns),
+                view="frontal" if ds.get("ViewPosition") in ("PA", "AP") else "lateral",
+                windowed=window,
+            )
+        )
     return items
 
 

@@ -41,8 +41,9 @@ from pydicom.uid import (
 #: The development data (not in the repository): ``CXR_DEV_DATA`` names the folder that
 #: holds ``covid-cxr/``; unset, ``../shared/data`` beside the checkout (README,
 #: "Development"). The recipes read the same variable (``recipes/devdata.py``).
-DEV_DATA = Path(os.environ.get("CXR_DEV_DATA")
-                or Path(__file__).resolve().parents[2] / "shared" / "data")
+DEV_DATA = Path(
+    os.environ.get("CXR_DEV_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data"
+)
 COVID_CXR = DEV_DATA / "covid-cxr"
 """Real radiographs (JPEG); absent on most machines, where synthetic stand-ins serve."""
 

@@ -63,19 +63,35 @@ def main() -> None:
     parser.add_argument("--corpus-per-syntax", type=int, default=4)
     parser.add_argument("--budget-s", type=float, default=420)
     parser.add_argument("--pipeline", action="store_true")
-    parser.add_argument("--broker-url", default=None,
-                        help="e.g. redis://127.0.0.1:6379/0; default: filesystem transport")
-    parser.add_argument("--workers", type=int, default=0,
-                        help="worker pool processes for the pipeline (default: one per core)")
-    parser.add_argument("--studies", type=int, default=1000,
-                        help="studies (two images each) queued for the pipeline")
+    parser.add_argument(
+        "--broker-url",
+        default=None,
+        help="e.g. redis://127.0.0.1:6379/0; default: filesystem transport",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="worker pool processes for the pipeline (default: one per core)",
+    )
+    parser.add_argument(
+        "--studies",
+        type=int,
+        default=1000,
+        help="studies (two images each) queued for the pipeline",
+    )
     parser.add_argument("--batch-size", type=int, default=32, help="CXR_BATCH_SIZE")
-    parser.add_argument("--models-only", action="store_true",
-                        help="measure the models only: no decode capacity, no pipeline")
-    parser.add_argument("--skip-models", action="store_true",
-                        help="only decode capacity and the pipeline")
-    parser.add_argument("--worker-log", type=Path, default=None,
-                        help="where the pipeline's worker writes its log")
+    parser.add_argument(
+        "--models-only",
+        action="store_true",
+        help="measure the models only: no decode capacity, no pipeline",
+    )
+    parser.add_argument(
+        "--skip-models", action="store_true", help="only decode capacity and the pipeline"
+    )
+    parser.add_argument(
+        "--worker-log", type=Path, default=None, help="where the pipeline's worker writes its log"
+    )
     parser.add_argument("--drain-timeout", type=float, default=300)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO)
@@ -130,8 +146,9 @@ def main() -> None:
     _decode_and_pipeline(args, results, save, t0)
 
 
-def _decode_and_pipeline(args: argparse.Namespace, results: dict[str, Any], save: Any,
-                         t0: float) -> None:
+def _decode_and_pipeline(
+    args: argparse.Namespace, results: dict[str, Any], save: Any, t0: float
+) -> None:
     from bench.corpus import build_corpus
     from bench.measure import decode_rate
     from bench.run import write_results
@@ -150,18 +167,35 @@ def _decode_and_pipeline(args: argparse.Namespace, results: dict[str, Any], save
     save()
     logger.info("decode done at %.0fs", time.monotonic() - t0)
     if args.pipeline and time.monotonic() - t0 < args.budget_s - 150:
-        results["pipeline"] = _pipeline(items, root, args.model, cores,
-                                        broker_url=args.broker_url, workers=args.workers,
-                                        studies=args.studies, batch_size=args.batch_size,
-                                        worker_log=args.worker_log or root / "worker.log",
-                                        drain_timeout_s=args.drain_timeout)
+        results["pipeline"] = _pipeline(
+            items,
+            root,
+            args.model,
+            cores,
+            broker_url=args.broker_url,
+            workers=args.workers,
+            studies=args.studies,
+            batch_size=args.batch_size,
+            worker_log=args.worker_log or root / "worker.log",
+            drain_timeout_s=args.drain_timeout,
+        )
         save()
     write_results(results, args.out, args.machine)
 
 
-def _pipeline(items: list[Any], root: Path, model: Path, cores: int, *,
-              broker_url: str | None, workers: int, studies: int,
-              batch_size: int, worker_log: Path, drain_timeout_s: float) -> dict[str, Any]:
+def _pipeline(
+    items: list[Any],
+    root: Path,
+    model: Path,
+    cores: int,
+    *,
+    broker_url: str | None,
+    workers: int,
+    studies: int,
+    batch_size: int,
+    worker_log: Path,
+    drain_timeout_s: float,
+) -> dict[str, Any]:
     """The whole path on the GPU node: one pool process per core (each decodes with one
     thread; decoding, not the model, is what needs the cores), all sharing the card.
 
@@ -177,26 +211,35 @@ def _pipeline(items: list[Any], root: Path, model: Path, cores: int, *,
     from worker.dispatch import send_instances
 
     processes = workers or cores
-    out: dict[str, Any] = {"pool_processes": processes, "decode_threads": 1,
-                           "batch_size": batch_size, "max_wait_ms": 200,
-                           "broker": broker_url or "filesystem", "database": "sqlite"}
+    out: dict[str, Any] = {
+        "pool_processes": processes,
+        "decode_threads": 1,
+        "batch_size": batch_size,
+        "max_wait_ms": 200,
+        "broker": broker_url or "filesystem",
+        "database": "sqlite",
+    }
     try:
         config = pl.PipelineConfig(
-            root=root, model_path=model, broker_url=broker_url, decode_threads=1,
+            root=root,
+            model_path=model,
+            broker_url=broker_url,
+            decode_threads=1,
             concurrency=processes,
         )
         env = pl.configure_environment(config)
         env["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"
         out["mixed_precision"] = env.get("CXR_MIXED_PRECISION", "off")
-        folders = pl.make_studies(items, root / "studies", studies=studies, tag="gpu",
-                                  jobs=cores)
+        folders = pl.make_studies(items, root / "studies", studies=studies, tag="gpu", jobs=cores)
         files = sorted(f for folder in folders for f in folder.glob("*.dcm"))
         with ProcessPoolExecutor(max_workers=processes, mp_context=_SPAWN) as pool:
-            out["decode_capacity_images_per_s"] = decode_rate(pool, files, warm_up=processes,
-                                                              chunksize=4)
+            out["decode_capacity_images_per_s"] = decode_rate(
+                pool, files, warm_up=processes, chunksize=4
+            )
         launched = time.monotonic()
-        with pl.running_worker(env, worker_log, concurrency=processes,
-                               batch_size=batch_size, max_wait_ms=200) as worker:
+        with pl.running_worker(
+            env, worker_log, concurrency=processes, batch_size=batch_size, max_wait_ms=200
+        ) as worker:
             # Every pool process loaded the model and compiled its buckets (tens of
             # seconds under JAX, staggered): only then is there work, all of it at once.
             pl.wait_for_pool(worker_log, processes)
@@ -210,8 +253,9 @@ def _pipeline(items: list[Any], root: Path, model: Path, cores: int, *,
             rss = pl.peak_rss_mib(worker.pid)
         out["peak_rss_mib_max"] = max(rss.values()) if rss else None
         if out.get("sustained_images_per_s"):
-            out["ratio_to_decode_capacity"] = (out["sustained_images_per_s"]
-                                               / out["decode_capacity_images_per_s"])
+            out["ratio_to_decode_capacity"] = (
+                out["sustained_images_per_s"] / out["decode_capacity_images_per_s"]
+            )
         return out
     except Exception as e:  # report, never lose the model/decode figures
         logger.exception("pipeline failed")

@@ -81,26 +81,40 @@ class UtilisationSampler:
     def between(self, start: float, end: float) -> dict[str, float | None]:
         window = [s for s in self.samples if start <= s[0] <= end]
         if not window:
-            return {"gpu_util_mean_pct": None, "gpu_util_max_pct": None,
-                    "gpu_memory_max_mib": None}
-        return {"gpu_util_mean_pct": float(np.mean([s[1] for s in window])),
-                "gpu_util_max_pct": float(max(s[1] for s in window)),
-                "gpu_memory_max_mib": float(max(s[2] for s in window))}
+            return {"gpu_util_mean_pct": None, "gpu_util_max_pct": None, "gpu_memory_max_mib": None}
+        return {
+            "gpu_util_mean_pct": float(np.mean([s[1] for s in window])),
+            "gpu_util_max_pct": float(max(s[1] for s in window)),
+            "gpu_memory_max_mib": float(max(s[2] for s in window)),
+        }
 
 
 #: The syntaxes of this bench's corpus.
-CORPUS_SYNTAXES = ("explicit-le", "implicit-le", "explicit-be", "deflated", "rle", "jpeg-ls",
-                   "j2k-lossless", "j2k-lossy", "jpeg-baseline", "htj2k-lossless",
-                   "htj2k-lossy")
+CORPUS_SYNTAXES = (
+    "explicit-le",
+    "implicit-le",
+    "explicit-be",
+    "deflated",
+    "rle",
+    "jpeg-ls",
+    "j2k-lossless",
+    "j2k-lossy",
+    "jpeg-baseline",
+    "htj2k-lossless",
+    "htj2k-lossy",
+)
 
 
-def parallel_corpus(root: Path, per_syntax: int, carried: Path | None,
-                    names: Sequence[str] = CORPUS_SYNTAXES) -> list[CorpusItem]:
+def parallel_corpus(
+    root: Path, per_syntax: int, carried: Path | None, names: Sequence[str] = CORPUS_SYNTAXES
+) -> list[CorpusItem]:
     """Each syntax of ``names`` built in parallel (one process per syntax); those this
     machine cannot encode (HTJ2K) taken from the ``carried`` corpus."""
     with ProcessPoolExecutor(max_workers=len(names), mp_context=_SPAWN) as pool:
-        futures = [pool.submit(build_corpus, root / name, per_syntax=per_syntax,
-                               syntaxes=(name,)) for name in names]
+        futures = [
+            pool.submit(build_corpus, root / name, per_syntax=per_syntax, syntaxes=(name,))
+            for name in names
+        ]
         items = [item for f in futures for item in f.result()]
     have = {i.syntax for i in items}
     if carried is not None and carried.is_dir():
@@ -110,8 +124,12 @@ def parallel_corpus(root: Path, per_syntax: int, carried: Path | None,
     return items
 
 
-def agreement(items: Sequence[CorpusItem], model: Path, size: int = 256,
-              syntaxes: Sequence[str] = CARD_SYNTAXES) -> dict[str, Any]:
+def agreement(
+    items: Sequence[CorpusItem],
+    model: Path,
+    size: int = 256,
+    syntaxes: Sequence[str] = CARD_SYNTAXES,
+) -> dict[str, Any]:
     """CPU path against the card, file by file, for the corpus files of ``syntaxes``:
     pixels and the model's answers."""
     from cxr_orient.imaging import load_dicom_image, to_rgb
@@ -121,8 +139,10 @@ def agreement(items: Sequence[CorpusItem], model: Path, size: int = 256,
 
     card = CardDecoder(cpu_threads=1)
     chosen = [i for i in items if i.syntax in syntaxes]
-    planned = [read_and_plan(i.path, data=i.path.read_bytes(), size=size,
-                             max_pixels=100_000_000) for i in chosen]
+    planned = [
+        read_and_plan(i.path, data=i.path.read_bytes(), size=size, max_pixels=100_000_000)
+        for i in chosen
+    ]
     on_card = [p.job is not None for p in planned]
     answers = card.decode([p.job for p in planned if p.job is not None], size=size)
     cpu = [load_dicom_image(i.path, size=size) for i in chosen]
@@ -143,30 +163,50 @@ def agreement(items: Sequence[CorpusItem], model: Path, size: int = 256,
     per_file: list[dict[str, Any]] = []
     for k, item in enumerate(chosen):
         diff = np.abs(cpu[k].astype(np.int16) - gpu[k].astype(np.int16))
-        per_file.append({"file": item.path.name, "syntax": item.syntax,
-                         "photometric": item.photometric, "windowed": item.windowed,
-                         "on_card": on_card[k], "max_pixel_diff": int(diff.max()),
-                         "mean_pixel_diff": float(diff.mean()),
-                         "p_diff": float(np.abs(p_cpu[k] - p_gpu[k]).max()),
-                         "same_label": bool(same[k])})
+        per_file.append(
+            {
+                "file": item.path.name,
+                "syntax": item.syntax,
+                "photometric": item.photometric,
+                "windowed": item.windowed,
+                "on_card": on_card[k],
+                "max_pixel_diff": int(diff.max()),
+                "mean_pixel_diff": float(diff.mean()),
+                "p_diff": float(np.abs(p_cpu[k] - p_gpu[k]).max()),
+                "same_label": bool(same[k]),
+            }
+        )
     by_syntax: dict[str, Any] = {}
     for name in sorted({f["syntax"] for f in per_file}):
         rows = [f for f in per_file if f["syntax"] == name]
-        by_syntax[name] = {"files": len(rows), "on_card": sum(r["on_card"] for r in rows),
-                           "max_pixel_diff": max(r["max_pixel_diff"] for r in rows),
-                           "mean_pixel_diff": float(np.mean([r["mean_pixel_diff"]
-                                                             for r in rows])),
-                           "max_p_diff": max(r["p_diff"] for r in rows),
-                           "same_labels": sum(r["same_label"] for r in rows)}
-    return {"card": card.name, "files": len(per_file), "same_labels": int(same.sum()),
-            "card_errors": card_errors,
-            "max_p_diff": float(np.abs(p_cpu - p_gpu).max()), "by_syntax": by_syntax,
-            "per_file": per_file}
+        by_syntax[name] = {
+            "files": len(rows),
+            "on_card": sum(r["on_card"] for r in rows),
+            "max_pixel_diff": max(r["max_pixel_diff"] for r in rows),
+            "mean_pixel_diff": float(np.mean([r["mean_pixel_diff"] for r in rows])),
+            "max_p_diff": max(r["p_diff"] for r in rows),
+            "same_labels": sum(r["same_label"] for r in rows),
+        }
+    return {
+        "card": card.name,
+        "files": len(per_file),
+        "same_labels": int(same.sum()),
+        "card_errors": card_errors,
+        "max_p_diff": float(np.abs(p_cpu - p_gpu).max()),
+        "by_syntax": by_syntax,
+        "per_file": per_file,
+    }
 
 
-def card_rates(items: Sequence[CorpusItem], *, batch: int, seconds: float,
-               threads: Sequence[int] = (1,), size: int = 256,
-               syntaxes: Sequence[str] = CARD_SYNTAXES) -> dict[str, Any]:
+def card_rates(
+    items: Sequence[CorpusItem],
+    *,
+    batch: int,
+    seconds: float,
+    threads: Sequence[int] = (1,),
+    size: int = 256,
+    syntaxes: Sequence[str] = CARD_SYNTAXES,
+) -> dict[str, Any]:
     """One process, the card alone: codestreams already read, batches of ``batch``; per
     nvImageCodec CPU thread count, images/s and the share of the time spent decoding
     (the rest: the reduction on the card, its copy back and the normalisation)."""
@@ -179,8 +219,10 @@ def card_rates(items: Sequence[CorpusItem], *, batch: int, seconds: float,
         rates: dict[str, Any] = {}
         for name in syntaxes:
             files = [i.path for i in items if i.syntax == name]
-            jobs = [read_and_plan(f, data=f.read_bytes(), size=size,
-                                  max_pixels=100_000_000).job for f in files]
+            jobs = [
+                read_and_plan(f, data=f.read_bytes(), size=size, max_pixels=100_000_000).job
+                for f in files
+            ]
             ready = [j for j in jobs if j is not None]
             if not ready:
                 continue
@@ -197,9 +239,12 @@ def card_rates(items: Sequence[CorpusItem], *, batch: int, seconds: float,
                 errors = errors or [str(e)[:300] for e in bad[:1]]
                 decode_s += card.last_seconds[0]
                 reduce_s += card.last_seconds[1]
-            rates[name] = {"images_per_s": done / (time.perf_counter() - start),
-                           "failed": failed, "first_error": errors[0] if errors else None,
-                           "decode_share": decode_s / max(decode_s + reduce_s, 1e-9)}
+            rates[name] = {
+                "images_per_s": done / (time.perf_counter() - start),
+                "failed": failed,
+                "first_error": errors[0] if errors else None,
+                "decode_share": decode_s / max(decode_s + reduce_s, 1e-9),
+            }
         out[f"cpu_threads_{count}"] = rates
     return out
 
@@ -212,20 +257,33 @@ def time_split(ids: Sequence[int]) -> dict[str, float | None]:
     from db.session import session_scope
 
     with session_scope() as session:
-        rows = session.execute(select(Prediction.decode_ms, Prediction.inference_ms,
-                                      Prediction.batch_size)
-                               .where(Prediction.instance_id.in_(list(ids)))).all()
+        rows = session.execute(
+            select(Prediction.decode_ms, Prediction.inference_ms, Prediction.batch_size).where(
+                Prediction.instance_id.in_(list(ids))
+            )
+        ).all()
     if not rows:
         return {"decode_ms_mean": None, "inference_ms_mean": None, "batch_mean": None}
-    return {"decode_ms_mean": float(np.mean([r[0] or 0 for r in rows])),
-            "inference_ms_mean": float(np.mean([r[1] or 0 for r in rows])),
-            "batch_mean": float(np.mean([r[2] or 0 for r in rows]))}
+    return {
+        "decode_ms_mean": float(np.mean([r[0] or 0 for r in rows])),
+        "inference_ms_mean": float(np.mean([r[1] or 0 for r in rows])),
+        "batch_mean": float(np.mean([r[2] or 0 for r in rows])),
+    }
 
 
-def _layout_run(name: str, sets: dict[str, list[Path]], *, base_env: dict[str, str],
-                extra_env: dict[str, str], processes: int, batch_size: int, log: Path,
-                sampler: UtilisationSampler, drain_timeout_s: float,
-                deadline: float) -> dict[str, Any]:
+def _layout_run(
+    name: str,
+    sets: dict[str, list[Path]],
+    *,
+    base_env: dict[str, str],
+    extra_env: dict[str, str],
+    processes: int,
+    batch_size: int,
+    log: Path,
+    sampler: UtilisationSampler,
+    drain_timeout_s: float,
+    deadline: float,
+) -> dict[str, Any]:
     """One worker layout: start it, then drain each set of study folders in turn."""
     from bench import pipeline as pl
     from cxr_orient.ingest import enqueue_paths
@@ -233,12 +291,17 @@ def _layout_run(name: str, sets: dict[str, list[Path]], *, base_env: dict[str, s
     from worker.dispatch import send_instances
 
     env = {**base_env, **extra_env}
-    out: dict[str, Any] = {"processes": processes, "batch_size": batch_size,
-                           "env": extra_env, "sets": {}}
+    out: dict[str, Any] = {
+        "processes": processes,
+        "batch_size": batch_size,
+        "env": extra_env,
+        "sets": {},
+    }
     launched = time.monotonic()
     try:
-        with pl.running_worker(env, log, concurrency=processes, batch_size=batch_size,
-                               max_wait_ms=200) as worker:
+        with pl.running_worker(
+            env, log, concurrency=processes, batch_size=batch_size, max_wait_ms=200
+        ) as worker:
             pl.wait_for_pool(log, processes, timeout_s=150)
             out["pool_ready_after_s"] = time.monotonic() - launched
             text = log.read_text(errors="replace")
@@ -247,8 +310,7 @@ def _layout_run(name: str, sets: dict[str, list[Path]], *, base_env: dict[str, s
                 if time.monotonic() > deadline:
                     out["sets"][set_name] = {"skipped": "out of time"}
                     continue
-                ids = list(enqueue_paths(list(folders), send=None,
-                                           settings=get_settings()).queued)
+                ids = list(enqueue_paths(list(folders), send=None, settings=get_settings()).queued)
                 sent_at = time.time()
                 send_instances(ids)
                 result = pl.drain(ids, started=sent_at, timeout_s=drain_timeout_s)
@@ -294,30 +356,43 @@ def main() -> None:
     parser.add_argument("--model", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--machine", default="h200")
-    parser.add_argument("--carried", type=Path, default=None,
-                        help="corpus files this machine cannot write (HTJ2K)")
+    parser.add_argument(
+        "--carried", type=Path, default=None, help="corpus files this machine cannot write (HTJ2K)"
+    )
     parser.add_argument("--broker-url", default="redis://127.0.0.1:6379/0")
     parser.add_argument("--per-syntax", type=int, default=4)
-    parser.add_argument("--root", type=Path, default=Path("/tmp/gpu-decode"),
-                        help="where the corpus and the studies are written (GBs)")
+    parser.add_argument(
+        "--root",
+        type=Path,
+        default=Path("/tmp/gpu-decode"),
+        help="where the corpus and the studies are written (GBs)",
+    )
     parser.add_argument("--mixed-studies", type=int, default=800)
     parser.add_argument("--syntax-studies", type=int, default=200)
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--layouts",
-                        default="gpu-card-decode,gpu-cpu-decode,cpu-node,gpu-card-decode-8x2",
-                        help="comma-separated, from: cpu-node, gpu-cpu-decode, "
-                        "gpu-card-decode, gpu-card-decode-8x2")
+    parser.add_argument(
+        "--layouts",
+        default="gpu-card-decode,gpu-cpu-decode,cpu-node,gpu-card-decode-8x2",
+        help="comma-separated, from: cpu-node, gpu-cpu-decode, "
+        "gpu-card-decode, gpu-card-decode-8x2",
+    )
     parser.add_argument("--budget-s", type=float, default=560)
-    parser.add_argument("--quick", action="store_true",
-                        help="environment check: small corpus, agreement, card rates, and "
-                        "one small pipeline run on the card")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="environment check: small corpus, agreement, card rates, and "
+        "one small pipeline run on the card",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     t0 = time.monotonic()
     deadline = t0 + args.budget_s
     args.out.mkdir(parents=True, exist_ok=True)
-    results: dict[str, Any] = {"machine": args.machine, "cpu_count": os.cpu_count(),
-                               "model": str(args.model)}
+    results: dict[str, Any] = {
+        "machine": args.machine,
+        "cpu_count": os.cpu_count(),
+        "model": str(args.model),
+    }
     out_json = args.out / f"{args.machine}-gpu-decode.json"
 
     steps = StepLog(out_json, results)
@@ -327,32 +402,46 @@ def main() -> None:
     shutil.rmtree(root, ignore_errors=True)
     per_syntax = 2 if args.quick else args.per_syntax
     items = parallel_corpus(root / "corpus", per_syntax, args.carried)
-    results["corpus"] = {name: sum(i.syntax == name for i in items)
-                         for name in sorted({i.syntax for i in items})}
+    results["corpus"] = {
+        name: sum(i.syntax == name for i in items) for name in sorted({i.syntax for i in items})
+    }
     results["step_seconds"] = {"corpus": round(time.monotonic() - t0, 1)}
     save()
     step("agreement", lambda: agreement(items, args.model))
-    step("card_alone_images_per_s", lambda: card_rates(
-        items, batch=64, seconds=1.0,
-        threads=(1, 4)))
+    step(
+        "card_alone_images_per_s", lambda: card_rates(items, batch=64, seconds=1.0, threads=(1, 4))
+    )
     sampler = UtilisationSampler()
     sampler.start()
     results["pipeline"] = {}
-    step("pipeline", lambda: _pipelines(args, items, root, sampler, deadline, save,
-                                         results["pipeline"]))
+    step(
+        "pipeline",
+        lambda: _pipelines(args, items, root, sampler, deadline, save, results["pipeline"]),
+    )
     sampler.stop()
     logger.info("done in %.0f s", time.monotonic() - t0)
 
 
-def _pipelines(args: argparse.Namespace, items: list[CorpusItem], root: Path,
-               sampler: UtilisationSampler, deadline: float,
-               save: Callable[[], None], out: dict[str, Any]) -> dict[str, Any]:
+def _pipelines(
+    args: argparse.Namespace,
+    items: list[CorpusItem],
+    root: Path,
+    sampler: UtilisationSampler,
+    deadline: float,
+    save: Callable[[], None],
+    out: dict[str, Any],
+) -> dict[str, Any]:
     from bench import pipeline as pl
     from bench.measure import decode_rate
 
     cores = os.cpu_count() or 1
-    config = pl.PipelineConfig(root=root, model_path=args.model, broker_url=args.broker_url,
-                               decode_threads=1, concurrency=cores)
+    config = pl.PipelineConfig(
+        root=root,
+        model_path=args.model,
+        broker_url=args.broker_url,
+        decode_threads=1,
+        concurrency=cores,
+    )
     env = pl.configure_environment(config)
     env["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"
     quick = args.quick
@@ -361,32 +450,48 @@ def _pipelines(args: argparse.Namespace, items: list[CorpusItem], root: Path,
     layouts_wanted = ["gpu-card-decode"] if quick else args.layouts.split(",")
     all_layouts = {
         # A CPU-only node: the card hidden from every process, the model on the CPU.
-        "cpu-node": (cores, {"CXR_DECODE_DEVICE": "cpu", "CUDA_VISIBLE_DEVICES": "",
-                             "JAX_PLATFORMS": "cpu"}),
+        "cpu-node": (
+            cores,
+            {"CXR_DECODE_DEVICE": "cpu", "CUDA_VISIBLE_DEVICES": "", "JAX_PLATFORMS": "cpu"},
+        ),
         "gpu-cpu-decode": (cores, {"CXR_DECODE_DEVICE": "cpu"}),
         "gpu-card-decode": (cores, {"CXR_DECODE_DEVICE": "gpu"}),
-        "gpu-card-decode-8x2": (cores // 2, {"CXR_DECODE_DEVICE": "gpu",
-                                             "CXR_DECODE_THREADS": "2"}),
+        "gpu-card-decode-8x2": (
+            cores // 2,
+            {"CXR_DECODE_DEVICE": "gpu", "CXR_DECODE_THREADS": "2"},
+        ),
     }
-    out.update({"broker": args.broker_url, "database": "sqlite",
-                "batch_size": args.batch_size, "layouts": {}})
+    out.update(
+        {
+            "broker": args.broker_url,
+            "database": "sqlite",
+            "batch_size": args.batch_size,
+            "layouts": {},
+        }
+    )
     # One set of files for every layout, each layout on a fresh database (and an empty
     # queue): nothing is recorded twice, and the disk holds one copy of the studies.
     jobs = cores
     sets: dict[str, list[Path]] = {}
-    sets["mixed"] = pl.make_studies(items, root / "studies" / "mixed", studies=mixed_n,
-                                    tag="mixed", jobs=jobs)
+    sets["mixed"] = pl.make_studies(
+        items, root / "studies" / "mixed", studies=mixed_n, tag="mixed", jobs=jobs
+    )
     for name in CARD_SYNTAXES:
         chosen = [i for i in items if i.syntax == name]
         if chosen:
-            sets[name] = pl.make_studies(chosen, root / "studies" / name, studies=syntax_n,
-                                         tag=name, jobs=jobs)
+            sets[name] = pl.make_studies(
+                chosen, root / "studies" / name, studies=syntax_n, tag=name, jobs=jobs
+            )
     mixed_files = sorted(f for folder in sets["mixed"] for f in folder.glob("*.dcm"))
-    out["disk_used_gib"] = round(sum(f.stat().st_size for s in sets.values()
-                                     for folder in s for f in folder.glob("*.dcm")) / 2**30, 2)
+    out["disk_used_gib"] = round(
+        sum(f.stat().st_size for s in sets.values() for folder in s for f in folder.glob("*.dcm"))
+        / 2**30,
+        2,
+    )
     with ProcessPoolExecutor(max_workers=cores, mp_context=_SPAWN) as pool:
         out["cpu_decode_capacity_mixed_images_per_s"] = decode_rate(
-            pool, mixed_files, warm_up=cores, chunksize=4)
+            pool, mixed_files, warm_up=cores, chunksize=4
+        )
     save()
     for layout in layouts_wanted:
         processes, extra = all_layouts[layout]
@@ -396,10 +501,17 @@ def _pipelines(args: argparse.Namespace, items: list[CorpusItem], root: Path,
         env = fresh_database(root / f"{layout}.db", args.broker_url)
         env["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"
         out["layouts"][layout] = _layout_run(
-            layout, sets, base_env=env, extra_env=extra,
-            processes=processes, batch_size=args.batch_size,
-            log=args.out / f"worker-{layout}.log", sampler=sampler,
-            drain_timeout_s=60 if quick else 150, deadline=deadline)
+            layout,
+            sets,
+            base_env=env,
+            extra_env=extra,
+            processes=processes,
+            batch_size=args.batch_size,
+            log=args.out / f"worker-{layout}.log",
+            sampler=sampler,
+            drain_timeout_s=60 if quick else 150,
+            deadline=deadline,
+        )
         save()
     return out
 

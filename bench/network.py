@@ -41,21 +41,30 @@ logger = logging.getLogger(__name__)
 
 REPO = Path(__file__).resolve().parents[1]
 #: Only the syntaxes every sender and the worker handle without a codec plugin of their own.
-NETWORK_SYNTAXES = ("explicit-le", "rle", "jpeg-ls", "j2k-lossless", "j2k-lossy",
-                    "jpeg-baseline")
+NETWORK_SYNTAXES = ("explicit-le", "rle", "jpeg-ls", "j2k-lossless", "j2k-lossy", "jpeg-baseline")
 
 
-def _copies(items: Sequence[CorpusItem], target: Path, count: int, tag: str,
-            syntaxes: Sequence[str] = NETWORK_SYNTAXES) -> list[Path]:
+def _copies(
+    items: Sequence[CorpusItem],
+    target: Path,
+    count: int,
+    tag: str,
+    syntaxes: Sequence[str] = NETWORK_SYNTAXES,
+) -> list[Path]:
     """``count`` files cloned from ``items`` of ``syntaxes`` with fresh UIDs, two per
     study."""
     chosen = [i for i in items if i.syntax in syntaxes] or list(items)
     out = []
     for k in range(count):
         study = f"1.2.826.0.1.3680043.10.4.{_digits(tag)}.{k // 2}"
-        out.append(clone_with_new_uids(chosen[k % len(chosen)].path,
-                                       target / f"{k // 2:04d}" / f"{k % 2}.dcm",
-                                       study_uid=study, patient_id=f"N{k // 2}"))
+        out.append(
+            clone_with_new_uids(
+                chosen[k % len(chosen)].path,
+                target / f"{k // 2:04d}" / f"{k % 2}.dcm",
+                study_uid=study,
+                patient_id=f"N{k // 2}",
+            )
+        )
     return out
 
 
@@ -75,8 +84,13 @@ def _recorded_under(prefix: Path) -> int:
 def _start_listener(env: dict[str, str], log_path: Path) -> tuple[subprocess.Popen[bytes], int]:
     log = log_path.open("ab")
     process = subprocess.Popen(
-        [sys.executable, "-m", "cli", "listen", "--port", "0"], env=env, cwd=REPO,
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        [sys.executable, "-m", "cli", "listen", "--port", "0"],
+        env=env,
+        cwd=REPO,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         found = re.search(r"listening on [0-9.]+:(\d+)", log_path.read_text(errors="replace"))
@@ -99,8 +113,9 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
             process.wait()
 
 
-def durable_write_mb_per_s(folder: Path, *, writers: int = 1, files: int = 24,
-                           size: int = 4 << 20) -> float:
+def durable_write_mb_per_s(
+    folder: Path, *, writers: int = 1, files: int = 24, size: int = 4 << 20
+) -> float:
     """The spool disk's bound: MB/s of ``files`` files written as the spool writes them
     (write, fdatasync, rename, folder fsync) by ``writers`` threads at once (the
     listener's concurrent associations)."""
@@ -140,25 +155,58 @@ def raw_dsync_mb_per_s(folder: Path, *, megabytes: int = 96) -> float | None:
     source = folder / "random.bin"
     source.write_bytes(os.urandom(megabytes << 20))
     start = time.perf_counter()
-    subprocess.run([dd, f"if={source}", f"of={folder / 'dsync.bin'}", "bs=4M",
-                    f"count={megabytes // 4}", "oflag=dsync"], check=True,
-                   capture_output=True, timeout=300)
+    subprocess.run(
+        [
+            dd,
+            f"if={source}",
+            f"of={folder / 'dsync.bin'}",
+            "bs=4M",
+            f"count={megabytes // 4}",
+            "oflag=dsync",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     elapsed = time.perf_counter() - start
     shutil.rmtree(folder, ignore_errors=True)
     return megabytes / elapsed
 
 
-def _send_all(dcmsend: str, port: int, files: Sequence[Path], senders: int,
-              called: str) -> list[subprocess.Popen[bytes]]:
-    return [subprocess.Popen(
-        [dcmsend, "-aet", f"BENCH{n}", "-aec", called, "--decompress-never", "127.0.0.1",
-         str(port), *map(str, files[n::senders])],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for n in range(senders)]
+def _send_all(
+    dcmsend: str, port: int, files: Sequence[Path], senders: int, called: str
+) -> list[subprocess.Popen[bytes]]:
+    return [
+        subprocess.Popen(
+            [
+                dcmsend,
+                "-aet",
+                f"BENCH{n}",
+                "-aec",
+                called,
+                "--decompress-never",
+                "127.0.0.1",
+                str(port),
+                *map(str, files[n::senders]),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for n in range(senders)
+    ]
 
 
-def _one_corpus(items: Sequence[CorpusItem], root: Path, *, name: str,
-                syntaxes: Sequence[str], files: int, senders: int, dcmsend: str,
-                say: Callable[[str], None]) -> dict[str, Any]:
+def _one_corpus(
+    items: Sequence[CorpusItem],
+    root: Path,
+    *,
+    name: str,
+    syntaxes: Sequence[str],
+    files: int,
+    senders: int,
+    dcmsend: str,
+    say: Callable[[str], None],
+) -> dict[str, Any]:
     """The folder path, then the listener, on ``files`` clones of ``syntaxes``."""
     from cxr_orient.ingest import enqueue_paths
     from cxr_orient.settings import get_settings
@@ -210,8 +258,9 @@ def _one_corpus(items: Sequence[CorpusItem], root: Path, *, name: str,
     }
 
 
-def network_ingest(items: Sequence[CorpusItem], root: Path, *, files: int, senders: int,
-                   say: Callable[[str], None]) -> dict[str, Any]:
+def network_ingest(
+    items: Sequence[CorpusItem], root: Path, *, files: int, senders: int, say: Callable[[str], None]
+) -> dict[str, Any]:
     """The folder path and the listener on ``files`` instances each (same corpus, fresh
     UIDs), the mixed corpus (the top-level figures) and the uncompressed files alone,
     with the disk's bounds measured in the same run; the process's CXR_* settings
@@ -219,12 +268,26 @@ def network_ingest(items: Sequence[CorpusItem], root: Path, *, files: int, sende
     dcmsend = shutil.which("dcmsend")
     if dcmsend is None:
         return {"skipped": "dcmsend is not installed (apt-get install dcmtk)"}
-    out = _one_corpus(items, root, name="mixed", syntaxes=NETWORK_SYNTAXES, files=files,
-                      senders=senders, dcmsend=dcmsend, say=say)
+    out = _one_corpus(
+        items,
+        root,
+        name="mixed",
+        syntaxes=NETWORK_SYNTAXES,
+        files=files,
+        senders=senders,
+        dcmsend=dcmsend,
+        say=say,
+    )
     out["uncompressed"] = _one_corpus(
-        items, root, name="uncompressed",
-        syntaxes=[s for s in UNCOMPRESSED if s in NETWORK_SYNTAXES], files=files,
-        senders=senders, dcmsend=dcmsend, say=say)
+        items,
+        root,
+        name="uncompressed",
+        syntaxes=[s for s in UNCOMPRESSED if s in NETWORK_SYNTAXES],
+        files=files,
+        senders=senders,
+        dcmsend=dcmsend,
+        say=say,
+    )
     out["raw_dsync_mb_per_s"] = raw_dsync_mb_per_s(root / ".dd-probe")
     return out
 
@@ -236,9 +299,17 @@ def _orthanc_instances(orthanc: Any) -> int:
         return -1
 
 
-def end_to_end(items: Sequence[CorpusItem], root: Path, *, files: int, senders: int,
-               env: dict[str, str], worker: Callable[[dict[str, str]], Any],
-               say: Callable[[str], None], timeout_s: float = 900) -> dict[str, Any]:
+def end_to_end(
+    items: Sequence[CorpusItem],
+    root: Path,
+    *,
+    files: int,
+    senders: int,
+    env: dict[str, str],
+    worker: Callable[[dict[str, str]], Any],
+    say: Callable[[str], None],
+    timeout_s: float = 900,
+) -> dict[str, Any]:
     """dcmsend -> ``listen`` -> worker -> SR in Orthanc for ``files`` instances of the mixed
     corpus: images/s from the first send to the last SR visible in Orthanc, after a
     warm-up (one study per sender, untimed: the pool processes load the model on their
@@ -255,8 +326,9 @@ def end_to_end(items: Sequence[CorpusItem], root: Path, *, files: int, senders: 
     megabytes = sum(p.stat().st_size for p in sent) / 2**20
     called = env.get("CXR_DICOM_AE_TITLE", "CXR_ORIENT")
     try:
-        orthanc = start(root / "orthanc", free_port(), free_port(),
-                        {"cxr": [called, "127.0.0.1", free_port()]})
+        orthanc = start(
+            root / "orthanc", free_port(), free_port(), {"cxr": [called, "127.0.0.1", free_port()]}
+        )
     except OrthancMissingError as exc:
         return {"skipped": str(exc)}
     quiet_s = 1.0
@@ -264,9 +336,14 @@ def end_to_end(items: Sequence[CorpusItem], root: Path, *, files: int, senders: 
 
     spool = get_settings().intake.effective_spool_dir  # this process is configured like env
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per poll otherwise
-    env = {**env, "PYTHONUNBUFFERED": "1", "CXR_SPOOL_MIN_FREE_MB": "64",
-           "CXR_STUDY_QUIET_S": str(quiet_s), "CXR_OUTBOX_INTERVAL_S": "1",
-           "CXR_RESULT_DESTINATIONS": f"dicom://ORTHANC@127.0.0.1:{orthanc.dicom_port}"}
+    env = {
+        **env,
+        "PYTHONUNBUFFERED": "1",
+        "CXR_SPOOL_MIN_FREE_MB": "64",
+        "CXR_STUDY_QUIET_S": str(quiet_s),
+        "CXR_OUTBOX_INTERVAL_S": "1",
+        "CXR_RESULT_DESTINATIONS": f"dicom://ORTHANC@127.0.0.1:{orthanc.dicom_port}",
+    }
     try:
         with worker(env):
             say(f"end to end: {files} instances dcmsend -> listen -> worker -> SR in Orthanc")

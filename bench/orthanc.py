@@ -48,8 +48,9 @@ def orthanc_binary() -> str:
     """The Orthanc executable; :class:`OrthancMissingError` naming the Debian packages."""
     binary = shutil.which("Orthanc") or "/usr/sbin/Orthanc"
     if not Path(binary).exists() or not DICOMWEB_PLUGIN.exists():
-        raise OrthancMissingError("Orthanc with its DICOMweb plugin is missing "
-                                  "(apt-get install orthanc orthanc-dicomweb)")
+        raise OrthancMissingError(
+            "Orthanc with its DICOMweb plugin is missing (apt-get install orthanc orthanc-dicomweb)"
+        )
     return binary
 
 
@@ -102,14 +103,17 @@ class Orthanc:
         config = self.folder / "orthanc.json"
         config.write_text(json.dumps(self.config(), indent=2))
         log = self.log_path.open("ab")
-        self.process = subprocess.Popen([binary, str(config)], stdout=log,
-                                        stderr=subprocess.STDOUT, start_new_session=True)
+        self.process = subprocess.Popen(
+            [binary, str(config)], stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         log.close()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"Orthanc exited with {self.process.returncode}:\n"
-                                   + self.log_path.read_text(errors="replace")[-3000:])
+                raise RuntimeError(
+                    f"Orthanc exited with {self.process.returncode}:\n"
+                    + self.log_path.read_text(errors="replace")[-3000:]
+                )
             try:
                 if httpx.get(f"{self.url}/system", timeout=2).status_code == 200:
                     return
@@ -117,8 +121,10 @@ class Orthanc:
                 pass
             time.sleep(0.3)
         self.stop()
-        raise TimeoutError(f"Orthanc not up after {timeout}s:\n"
-                           + self.log_path.read_text(errors="replace")[-3000:])
+        raise TimeoutError(
+            f"Orthanc not up after {timeout}s:\n"
+            + self.log_path.read_text(errors="replace")[-3000:]
+        )
 
     def stop(self, timeout: float = 30) -> None:
         """Stop Orthanc (SIGTERM, SIGKILL after ``timeout``); its storage stays."""
@@ -168,14 +174,17 @@ class Orthanc:
 def sr_sources(tags: dict[str, Any]) -> list[str]:
     """The SOPInstanceUIDs an SR's CurrentRequestedProcedureEvidenceSequence references
     (Orthanc's simplified tags)."""
-    return [str(item["ReferencedSOPInstanceUID"])
-            for evidence in tags["CurrentRequestedProcedureEvidenceSequence"]
-            for series in evidence["ReferencedSeriesSequence"]
-            for item in series["ReferencedSOPSequence"]]
+    return [
+        str(item["ReferencedSOPInstanceUID"])
+        for evidence in tags["CurrentRequestedProcedureEvidenceSequence"]
+        for series in evidence["ReferencedSeriesSequence"]
+        for item in series["ReferencedSOPSequence"]
+    ]
 
 
-def start(folder: Path, dicom_port: int, http_port: int,
-          modalities: dict[str, list[Any]] | None = None) -> Orthanc:
+def start(
+    folder: Path, dicom_port: int, http_port: int, modalities: dict[str, list[Any]] | None = None
+) -> Orthanc:
     """A running Orthanc storing under ``folder``; ``modalities`` (name -> [AE, host,
     port]) are the callers allowed to store, query and retrieve."""
     orthanc = Orthanc(folder, dicom_port, http_port, modalities or {})

@@ -25,6 +25,7 @@ def temporary_pg_database() -> Iterator[str]:
         yield f"{base}/{name}"
     finally:
         with psycopg.connect(PG_ADMIN_DSN, autocommit=True) as conn:
-            conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                         "WHERE datname = %s", (name,))
+            conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,)
+            )
             conn.execute(f'DROP DATABASE IF EXISTS "{name}"')

@@ -78,8 +78,9 @@ def running_worker(
 ) -> Iterator[WorkerProcess]:
     """A real, ready worker with this batch configuration, stopped with SIGTERM afterwards."""
     env = {**env, "CXR_BATCH_SIZE": str(batch_size), "CXR_BATCH_MAX_WAIT_MS": str(max_wait_ms)}
-    with launch.running_worker(env, log_path, concurrency=concurrency, name="bench",
-                               ready_timeout=180) as worker:
+    with launch.running_worker(
+        env, log_path, concurrency=concurrency, name="bench", ready_timeout=180
+    ) as worker:
         yield worker
 
 
@@ -197,8 +198,10 @@ def wait_for_pool(log_path: Path, processes: int, *, timeout_s: float = 300) -> 
     deadline = time.monotonic() + timeout_s
     while log_path.read_text(errors="replace").count(" serving model ") < processes:
         if time.monotonic() > deadline:
-            raise RuntimeError(f"pool not ready after {timeout_s:.0f} s:\n"
-                               f"{log_path.read_text(errors='replace')[-3000:]}")
+            raise RuntimeError(
+                f"pool not ready after {timeout_s:.0f} s:\n"
+                f"{log_path.read_text(errors='replace')[-3000:]}"
+            )
         time.sleep(0.5)
 
 
@@ -222,8 +225,9 @@ def drain(ids: Sequence[int], *, started: float, timeout_s: float = 600) -> dict
             select(Instance.finished_at, Instance.status).where(Instance.id.in_(list(ids)))
         ).all()
     # SQLite hands back naive datetimes; they were written in UTC.
-    times = sorted((f if f.tzinfo else f.replace(tzinfo=UTC)).timestamp()
-                   for f, _ in rows if f is not None)
+    times = sorted(
+        (f if f.tzinfo else f.replace(tzinfo=UTC)).timestamp() for f, _ in rows if f is not None
+    )
     failed = sum(1 for _, status in rows if status != InstanceStatus.done)
     out: dict[str, Any] = {"images": len(ids), "failed": failed, "complete": finished}
     if len(times) >= 10:
@@ -252,8 +256,7 @@ def steady(
         delay = start + k * interval - time.monotonic()
         if delay > 0:
             time.sleep(delay)
-        ids.extend(enqueue_paths([folder], send=send_instances,
-                                 settings=get_settings()).queued)
+        ids.extend(enqueue_paths([folder], send=send_instances, settings=get_settings()).queued)
     offered_s = time.monotonic() - start
     finished = _wait_done(ids, timeout_s)
     latencies, _, _, failed = _study_latencies(ids)

@@ -35,8 +35,6 @@ REDIS_URL = "redis://127.0.0.1:6379/13"
 OUT = Path(__file__).resolve().parent / "results" / "reclassify.md"
 
 
-
-
 def _use(url: str) -> None:
     from cxr_orient.settings import reset_settings_cache
     from db.session import dispose_engines
@@ -60,26 +58,56 @@ def _populate(n: int) -> None:
         versions = {}
         for name in ("old", "new"):
             versions[name] = crud.register_model_version(
-                session, name=name, architecture="compact", file_path=f"/models/{name}.keras",
-                sha256="a" * 64, input_size=256, labels=["frontal", "lateral"], temperature=1.0,
-                review_threshold=0.9, metrics={}, training={}, actor="bench", reason="bench")
-        crud.activate_model_version(session, version=versions["old"], actor="bench",
-                                    reason="bench")
+                session,
+                name=name,
+                architecture="compact",
+                file_path=f"/models/{name}.keras",
+                sha256="a" * 64,
+                input_size=256,
+                labels=["frontal", "lateral"],
+                temperature=1.0,
+                review_threshold=0.9,
+                metrics={},
+                training={},
+                actor="bench",
+                reason="bench",
+            )
+        crud.activate_model_version(session, version=versions["old"], actor="bench", reason="bench")
         study_id, old_id, new_id = study.id, versions["old"].id, versions["new"].id
     step = 10_000
     for start in range(0, n, step):
-        rows = [dict(id=i + 1, study_id=study_id, sop_instance_uid=f"1.2.3.4.{i}",
-                     file_path=f"/archive/{i}.dcm", file_sha256="b" * 64, file_size=1000,
-                     status=InstanceStatus.done, attempts=1, enqueued_at=now, finished_at=now,
-                     updated_at=now)
-                for i in range(start, min(n, start + step))]
+        rows = [
+            dict(
+                id=i + 1,
+                study_id=study_id,
+                sop_instance_uid=f"1.2.3.4.{i}",
+                file_path=f"/archive/{i}.dcm",
+                file_sha256="b" * 64,
+                file_size=1000,
+                status=InstanceStatus.done,
+                attempts=1,
+                enqueued_at=now,
+                finished_at=now,
+                updated_at=now,
+            )
+            for i in range(start, min(n, start + step))
+        ]
         answers: list[dict[str, Any]] = []
         for instance_id in range(start + 1, min(n, start + step) + 1):
             for version_id in (old_id, new_id) if instance_id % 10 == 0 else (old_id,):
-                answers.append(dict(instance_id=instance_id, model_version_id=version_id,
-                                    label=OrientationLabel.frontal, confidence=0.99,
-                                    p_frontal=0.99, p_lateral=0.01, needs_review=False,
-                                    file_sha256="b" * 64, created_at=now))
+                answers.append(
+                    dict(
+                        instance_id=instance_id,
+                        model_version_id=version_id,
+                        label=OrientationLabel.frontal,
+                        confidence=0.99,
+                        p_frontal=0.99,
+                        p_lateral=0.01,
+                        needs_review=False,
+                        file_sha256="b" * 64,
+                        created_at=now,
+                    )
+                )
         with session_scope() as session:
             session.execute(insert(Instance), rows)
             session.execute(insert(Prediction), answers)
@@ -107,8 +135,9 @@ def _reset() -> None:
     from db.session import session_scope
 
     with session_scope() as session:
-        session.execute(update(Instance).values(status=InstanceStatus.done,
-                                                target_model_version_id=None))
+        session.execute(
+            update(Instance).values(status=InstanceStatus.done, target_model_version_id=None)
+        )
         session.execute(delete(ReclassifyRun))
     _analyze()
 
@@ -121,10 +150,13 @@ def _time(send: Callable[[Sequence[int]], int], chunk_size: int) -> dict[str, An
     report = reclassify(send=send, model="new", chunk_size=chunk_size, actor="bench")
     seconds = time.perf_counter() - start
     assert report.finished
-    return {"sent": report.sent, "skipped": report.skipped, "seconds": seconds,
-            "per_s": report.sent / seconds,
-            "rss_growth_mib": (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-                               - rss_before) / 1024}
+    return {
+        "sent": report.sent,
+        "skipped": report.skipped,
+        "seconds": seconds,
+        "per_s": report.sent / seconds,
+        "rss_growth_mib": (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before) / 1024,
+    }
 
 
 def _flush_redis() -> None:
@@ -152,8 +184,15 @@ def _measure(backend: str, url: str, n: int, chunk_size: int) -> dict[str, Any]:
         _flush_redis()
     _reset()
     null = _time(lambda ids: len(ids), chunk_size)
-    return {"backend": backend, "instances": n, "chunk_size": chunk_size, "build_s": build_s,
-            "redis": real, "db_only": null, "messages_in_redis": queued}
+    return {
+        "backend": backend,
+        "instances": n,
+        "chunk_size": chunk_size,
+        "build_s": build_s,
+        "redis": real,
+        "db_only": null,
+        "messages_in_redis": queued,
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -167,8 +206,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     os.environ.pop("CXR_QUEUE_NAME", None)
     results = []
     with tempfile.TemporaryDirectory() as folder:
-        results.append(_measure("SQLite", f"sqlite:///{folder}/bench.db", args.instances,
-                                args.chunk_size))
+        results.append(
+            _measure("SQLite", f"sqlite:///{folder}/bench.db", args.instances, args.chunk_size)
+        )
     with temporary_pg_database() as url:
         results.append(_measure("PostgreSQL", url, args.instances, args.chunk_size))
     _write(args.out, results)
@@ -196,14 +236,16 @@ def _write(path: Path, results: list[dict[str, Any]]) -> None:
             f"| {r['backend']} | {r['instances']:,} | {r['chunk_size']:,} | {real['sent']:,} | "
             f"{real['skipped']:,} | {real['seconds']:.1f} | {real['per_s']:,.0f} | "
             f"{null['seconds']:.1f} | {null['per_s']:,.0f} | "
-            f"{max(real['rss_growth_mib'], null['rss_growth_mib']):.0f} MiB |")
+            f"{max(real['rss_growth_mib'], null['rss_growth_mib']):.0f} MiB |"
+        )
     lines += [
         "",
-        "\"To Redis\" is the command as an operator runs it: `worker.dispatch.send_instances` "
+        '"To Redis" is the command as an operator runs it: `worker.dispatch.send_instances` '
         "puts one Celery message per instance on Redis (database 13 here; "
-        + ", ".join(f"{r['messages_in_redis']:,} messages counted on {r['backend']}"
-                    for r in results)
-        + "). \"Database alone\" sends nothing: the keyset read, the skip check, the "
+        + ", ".join(
+            f"{r['messages_in_redis']:,} messages counted on {r['backend']}" for r in results
+        )
+        + '). "Database alone" sends nothing: the keyset read, the skip check, the '
         "`done -> queued` update with the marker and the run's cursor, one commit per chunk. "
         "Memory stays flat: a chunk of ids is all the command holds.",
         "",

@@ -51,14 +51,11 @@ FILES = 12
 SHAPE = (2000, 1600)
 
 
-
-
 def _configure(url: str, root: Path, data: Path) -> dict[str, str]:
     from cxr_orient.settings import reset_settings_cache
     from db.session import dispose_engines
 
-    values = {"CXR_DATABASE_URL": url, "CXR_INGEST_ROOT": str(root),
-              "CXR_DATA_DIR": str(data)}
+    values = {"CXR_DATABASE_URL": url, "CXR_INGEST_ROOT": str(root), "CXR_DATA_DIR": str(data)}
     os.environ.update(values)
     reset_settings_cache()
     dispose_engines()
@@ -74,8 +71,12 @@ def _files(root: Path) -> list[tuple[str, str, int]]:
 
     out = []
     for i, pixels in enumerate(real_pixels(FILES, shape=SHAPE, bits=12, seed=7)):
-        path = make_dicom(root / f"bench-{i}.dcm", pixels, patient_id="BENCH",
-                          sop_uid=f"1.2.826.0.1.3680043.8.498.55.{i}")
+        path = make_dicom(
+            root / f"bench-{i}.dcm",
+            pixels,
+            patient_id="BENCH",
+            sop_uid=f"1.2.826.0.1.3680043.8.498.55.{i}",
+        )
         data = path.read_bytes()
         out.append((str(path), hashlib.sha256(data).hexdigest(), len(data)))
     return out
@@ -100,9 +101,20 @@ def _populate(n: int, files: list[tuple[str, str, int]]) -> dict[str, int]:
     now = datetime.now(UTC)
     with session_scope() as session:
         version = crud.register_model_version(
-            session, name="compact-v1", architecture="compact", file_path="/models/c.keras",
-            sha256="a" * 64, input_size=256, labels=["frontal", "lateral"], temperature=1.0,
-            review_threshold=0.9, metrics={}, training={}, actor="bench", reason="bench")
+            session,
+            name="compact-v1",
+            architecture="compact",
+            file_path="/models/c.keras",
+            sha256="a" * 64,
+            input_size=256,
+            labels=["frontal", "lateral"],
+            temperature=1.0,
+            review_threshold=0.9,
+            metrics={},
+            training={},
+            actor="bench",
+            reason="bench",
+        )
         crud.activate_model_version(session, version=version, actor="bench", reason="bench")
         version_id = version.id
         create_user(session, username="bench", role="reviewer", password=PASSWORD)
@@ -111,29 +123,63 @@ def _populate(n: int, files: list[tuple[str, str, int]]) -> dict[str, int]:
     step = 10_000
     for start in range(1, n + 1, step):
         ids = range(start, min(n, start + step - 1) + 1)
-        studies = [dict(id=s, study_instance_uid=f"1.2.826.0.1.3680043.8.498.56.{s}",
-                        patient_id=f"P{s}", created_at=now)
-                   for s in sorted({(i + 1) // 2 for i in ids})]
+        studies = [
+            dict(
+                id=s,
+                study_instance_uid=f"1.2.826.0.1.3680043.8.498.56.{s}",
+                patient_id=f"P{s}",
+                created_at=now,
+            )
+            for s in sorted({(i + 1) // 2 for i in ids})
+        ]
         instances, answers, labels = [], [], []
         for i in ids:
             path, sha, size = files[i % len(files)]
             when = now - timedelta(days=90) + timedelta(seconds=90 * 86400 * i / n)
-            instances.append(dict(
-                id=i, study_id=(i + 1) // 2, sop_instance_uid=f"1.2.826.0.1.3680043.8.498.57.{i}",
-                file_path=path, file_sha256=sha, file_size=size, modality="DX",
-                header_view_position="PA" if i % 3 else "LL", status=InstanceStatus.done,
-                attempts=1, enqueued_at=when, finished_at=when, updated_at=when))
+            instances.append(
+                dict(
+                    id=i,
+                    study_id=(i + 1) // 2,
+                    sop_instance_uid=f"1.2.826.0.1.3680043.8.498.57.{i}",
+                    file_path=path,
+                    file_sha256=sha,
+                    file_size=size,
+                    modality="DX",
+                    header_view_position="PA" if i % 3 else "LL",
+                    status=InstanceStatus.done,
+                    attempts=1,
+                    enqueued_at=when,
+                    finished_at=when,
+                    updated_at=when,
+                )
+            )
             review = i % 12 == 0
             agrees = None if i % 7 == 0 else i % 50 != 0
-            answers.append(dict(
-                instance_id=i, model_version_id=version_id, file_sha256=sha,
-                label=OrientationLabel.frontal if i % 3 else OrientationLabel.lateral,
-                confidence=0.6 if review else 0.99, p_frontal=0.6, p_lateral=0.4,
-                header_agrees=agrees, needs_review=review,
-                review_reason="low_confidence" if review else None, created_at=when))
+            answers.append(
+                dict(
+                    instance_id=i,
+                    model_version_id=version_id,
+                    file_sha256=sha,
+                    label=OrientationLabel.frontal if i % 3 else OrientationLabel.lateral,
+                    confidence=0.6 if review else 0.99,
+                    p_frontal=0.6,
+                    p_lateral=0.4,
+                    header_agrees=agrees,
+                    needs_review=review,
+                    review_reason="low_confidence" if review else None,
+                    created_at=when,
+                )
+            )
             if i in reviewed:
-                labels.append(dict(instance_id=i, label=LabelValue.frontal, source="review",
-                                   annotator="bench", created_at=when))
+                labels.append(
+                    dict(
+                        instance_id=i,
+                        label=LabelValue.frontal,
+                        source="review",
+                        annotator="bench",
+                        created_at=when,
+                    )
+                )
         with session_scope() as session:
             if studies:
                 session.execute(insert(Study), studies)
@@ -143,8 +189,12 @@ def _populate(n: int, files: list[tuple[str, str, int]]) -> dict[str, int]:
                 session.execute(insert(GroundTruthLabel), labels)
     with get_engine().connect() as conn:
         for table in ("studies", "instances", "predictions", "labels"):
-            conn.execute(text(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "
-                              f"(SELECT max(id) FROM {table}))"))
+            conn.execute(
+                text(
+                    f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), "
+                    f"(SELECT max(id) FROM {table}))"
+                )
+            )
         conn.execute(text("ANALYZE"))
         conn.commit()
     return {"instances": n, "flagged": len(flagged), "already_reviewed": len(reviewed)}
@@ -159,9 +209,13 @@ def _csrf(html: str) -> str:
 
 def _summary(ms: list[float]) -> dict[str, float]:
     ordered = sorted(ms)
-    return {"n": len(ms), "p50_ms": statistics.median(ordered),
-            "p95_ms": ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))],
-            "max_ms": ordered[-1], "mean_ms": statistics.fmean(ordered)}
+    return {
+        "n": len(ms),
+        "p50_ms": statistics.median(ordered),
+        "p95_ms": ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))],
+        "max_ms": ordered[-1],
+        "mean_ms": statistics.fmean(ordered),
+    }
 
 
 def _timed(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[float, Any]:
@@ -174,21 +228,32 @@ def _index_scans(url: str) -> int:
     import psycopg
 
     with psycopg.connect(url.replace("+psycopg", "")) as conn:
-        row = conn.execute("SELECT idx_scan FROM pg_stat_user_indexes "
-                           "WHERE indexrelname = 'ix_predictions_review_queue'").fetchone()
+        row = conn.execute(
+            "SELECT idx_scan FROM pg_stat_user_indexes "
+            "WHERE indexrelname = 'ix_predictions_review_queue'"
+        ).fetchone()
     return int(row[0]) if row else 0
 
 
 def _drive(base: str, requests: int) -> dict[str, Any]:
     import httpx
 
-    out: dict[str, list[float]] = {k: [] for k in (
-        "queue page", "next item page", "next image, first request",
-        "next image, prefetched", "decision")}
+    out: dict[str, list[float]] = {
+        k: []
+        for k in (
+            "queue page",
+            "next item page",
+            "next image, first request",
+            "next image, prefetched",
+            "decision",
+        )
+    }
     with httpx.Client(base_url=base, timeout=60) as client:
         login = client.get("/login")
-        done = client.post("/login", data={"username": "bench", "password": PASSWORD,
-                                           "csrf_token": _csrf(login.text)})
+        done = client.post(
+            "/login",
+            data={"username": "bench", "password": PASSWORD, "csrf_token": _csrf(login.text)},
+        )
         if done.status_code != 303:
             raise RuntimeError(f"login failed: HTTP {done.status_code}")
         for _ in range(5):  # warm: connections, templates, the first queries
@@ -215,8 +280,10 @@ def _drive(base: str, requests: int) -> dict[str, Any]:
         csrf = _csrf(page)
         for instance_id in ids[:requests]:
             ms, answer = _timed(
-                client.post, f"/review/items/{instance_id}/label",
-                data={"decision": "frontal", "filter": "flagged", "csrf_token": csrf})
+                client.post,
+                f"/review/items/{instance_id}/label",
+                data={"decision": "frontal", "filter": "flagged", "csrf_token": csrf},
+            )
             if answer.status_code != 303:
                 raise RuntimeError(f"decision refused: HTTP {answer.status_code}")
             out["decision"].append(ms)
@@ -239,13 +306,20 @@ def run(*, instances: int, requests: int, machine: str) -> dict[str, Any]:
         with serving(env, Path(folder) / "serve.log", timeout=120) as base:
             timings = _drive(base, requests)
         scans = _index_scans(url) - scans_before
-    return {"machine": machine, "date": f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
-            "cpus": os.cpu_count(), "python": platform.python_version(),
-            "load_average": [round(x, 2) for x in os.getloadavg()],
-            "database": "PostgreSQL (temporary database, local socket over TCP)",
-            "file_shape": list(SHAPE), "build_s": build_s, **counts,
-            "requests_per_measure": requests, "queue_index_scans": scans,
-            "timings": timings}
+    return {
+        "machine": machine,
+        "date": f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "load_average": [round(x, 2) for x in os.getloadavg()],
+        "database": "PostgreSQL (temporary database, local socket over TCP)",
+        "file_shape": list(SHAPE),
+        "build_s": build_s,
+        **counts,
+        "requests_per_measure": requests,
+        "queue_index_scans": scans,
+        "timings": timings,
+    }
 
 
 def _write(results: dict[str, Any], out: Path) -> None:
@@ -272,8 +346,9 @@ def _write(results: dict[str, Any], out: Path) -> None:
         "| --- | --- | --- | --- | --- |",
     ]
     for key, s in results["timings"].items():
-        lines.append(f"| {key} | {s['n']} | {s['p50_ms']:.1f} | {s['p95_ms']:.1f} | "
-                     f"{s['max_ms']:.1f} |")
+        lines.append(
+            f"| {key} | {s['n']} | {s['p50_ms']:.1f} | {s['p95_ms']:.1f} | {s['max_ms']:.1f} |"
+        )
     lines += ["", f"Building the database took {results['build_s']:.0f} s.", ""]
     (out / f"{name}.md").write_text("\n".join(lines))
 

@@ -138,7 +138,8 @@ def run_bench(
         if PREVIOUS_MODEL.is_file() and PREVIOUS_MODEL.resolve() != model_path:
             previous = _classifier(PREVIOUS_MODEL)
             models[f"{previous.card.name} (previous release)"] = measure.model_throughput(
-                previous, plan.compact_batches)
+                previous, plan.compact_batches
+            )
             del previous
         tutorial = _untrained("tutorial2019", root)
         models["tutorial2019"] = measure.model_throughput(
@@ -203,7 +204,10 @@ def _pipeline(
         sat = pl.make_studies(items, root / "studies", studies=n, tag=f"sat{k}")
         worker_env = {**env, "CXR_DECODE_THREADS": "1"} if processes > 1 else env
         with pl.running_worker(
-            worker_env, root / f"worker{k}.log", concurrency=processes, batch_size=batch,
+            worker_env,
+            root / f"worker{k}.log",
+            concurrency=processes,
+            batch_size=batch,
             max_wait_ms=wait,
         ) as worker:
             warm = pl.make_studies(items, root / "studies", studies=2, tag=f"warm{k}")
@@ -245,30 +249,42 @@ def _network(
 
     net = root / "net"
     net.mkdir()
-    env = pl.configure_environment(pl.PipelineConfig(root=net, model_path=model_path,
-                                                     broker_url=broker_url))
-    out = network_ingest(items, net, files=plan.network_files,
-                         senders=plan.network_senders, say=say)
+    env = pl.configure_environment(
+        pl.PipelineConfig(root=net, model_path=model_path, broker_url=broker_url)
+    )
+    out = network_ingest(
+        items, net, files=plan.network_files, senders=plan.network_senders, say=say
+    )
     out["broker"] = broker_url or "filesystem"
     # End to end on a database and broker of its own: nothing the ingest runs recorded
     # (folder files queued, received ones held) may reach its worker or its PACS.
     e2e = root / "net-e2e"
     e2e.mkdir()
-    env = pl.configure_environment(pl.PipelineConfig(root=e2e, model_path=model_path,
-                                                     broker_url=broker_url))
+    env = pl.configure_environment(
+        pl.PipelineConfig(root=e2e, model_path=model_path, broker_url=broker_url)
+    )
     settings = get_settings()
     cores = os.cpu_count() or 1
 
     def worker(worker_env: dict[str, str]) -> Any:
         # The worker's defaults: a pool process per core, one decode thread each.
-        return pl.running_worker({**worker_env, "CXR_DECODE_THREADS": "1"},
-                                 e2e / "worker.log", concurrency=cores,
-                                 batch_size=settings.worker.batch_size,
-                                 max_wait_ms=settings.worker.batch_max_wait_ms)
+        return pl.running_worker(
+            {**worker_env, "CXR_DECODE_THREADS": "1"},
+            e2e / "worker.log",
+            concurrency=cores,
+            batch_size=settings.worker.batch_size,
+            max_wait_ms=settings.worker.batch_max_wait_ms,
+        )
 
-    out["end_to_end"] = end_to_end(items, e2e, files=plan.network_files,
-                                   senders=plan.network_senders, env=env, worker=worker,
-                                   say=say)
+    out["end_to_end"] = end_to_end(
+        items,
+        e2e,
+        files=plan.network_files,
+        senders=plan.network_senders,
+        env=env,
+        worker=worker,
+        say=say,
+    )
     return out
 
 
@@ -298,18 +314,19 @@ def _summarise_network(results: dict[str, Any], summary: dict[str, Any]) -> None
     summary["listen_recorded_per_s"] = net["listen_recorded_per_s"]
     summary["folder_enqueue_per_s"] = net["folder_instances_per_s"]
     summary["listen_disk_bound_per_s"] = net["disk_bound_instances_per_s"]
-    summary["listen_vs_disk_bound"] = (net["listen_recorded_per_s"]
-                                       / net["disk_bound_instances_per_s"])
+    summary["listen_vs_disk_bound"] = (
+        net["listen_recorded_per_s"] / net["disk_bound_instances_per_s"]
+    )
     uncompressed = net.get("uncompressed") or {}
     if "listen_recorded_per_s" in uncompressed:
         summary["listen_uncompressed_recorded_per_s"] = uncompressed["listen_recorded_per_s"]
-        summary["listen_uncompressed_disk_bound_per_s"] = (
-            uncompressed["disk_bound_instances_per_s"])
+        summary["listen_uncompressed_disk_bound_per_s"] = uncompressed["disk_bound_instances_per_s"]
     if net.get("raw_dsync_mb_per_s"):
         summary["raw_dsync_mb_per_s"] = net["raw_dsync_mb_per_s"]
         if net.get("listen_megabytes_per_s"):
-            summary["listen_mb_per_s_vs_raw_dsync"] = (net["listen_megabytes_per_s"]
-                                                       / net["raw_dsync_mb_per_s"])
+            summary["listen_mb_per_s_vs_raw_dsync"] = (
+                net["listen_megabytes_per_s"] / net["raw_dsync_mb_per_s"]
+            )
     e2e = net.get("end_to_end") or {}
     if "images_per_s" in e2e:
         summary["end_to_end_images_per_s"] = e2e["images_per_s"]
@@ -374,15 +391,15 @@ def summarise(results: dict[str, Any]) -> dict[str, Any]:
         if pooled:
             pool_rate = pooled[0]["saturated"]["images_per_s"]
             summary["pipeline_pool_per_core_images_per_s"] = pool_rate
-            summary["pipeline_pool_ratio_to_min_capacity"] = pool_rate / min(decode_cap,
-                                                                              model_cap)
+            summary["pipeline_pool_ratio_to_min_capacity"] = pool_rate / min(decode_cap, model_cap)
             summary["pipeline_pool_vs_baseline"] = pool_rate / baseline
             # The worker's default is one pool process per core (celery's default
             # concurrency, one decode thread each): that is the configuration the
             # throughput targets are about; the one-process run stays for comparison.
             summary["targets_judged_on"] = "one pool process per core (the default)"
             summary["target_pipeline_0.8_capacity"] = (
-                summary["pipeline_pool_ratio_to_min_capacity"] >= 0.8)
+                summary["pipeline_pool_ratio_to_min_capacity"] >= 0.8
+            )
             summary["target_8x_baseline"] = summary["pipeline_pool_vs_baseline"] >= 8
     _summarise_network(results, summary)
     return summary
@@ -442,12 +459,16 @@ def _network_detail(net: dict[str, Any]) -> list[str]:
             f"{c['megabytes']} | {_f(c['megabytes'] / c['files'], 2)} | "
             f"{_f(c['folder_instances_per_s'])} | {_f(c['listen_acknowledged_per_s'])} | "
             f"{_f(c['listen_recorded_per_s'])} | {_f(c.get('listen_megabytes_per_s'))} | "
-            f"{_f(c['spool_disk_durable_mb_per_s'])} | {_f(c['disk_bound_instances_per_s'])} |")
+            f"{_f(c['spool_disk_durable_mb_per_s'])} | {_f(c['disk_bound_instances_per_s'])} |"
+        )
     lines.append("")
     if net.get("raw_dsync_mb_per_s"):
-        lines += [f"Raw synchronous write bandwidth of the spool's disk in the same run "
-                  f"(`dd bs=4M oflag=dsync`, one writer): "
-                  f"{_f(net['raw_dsync_mb_per_s'])} MB/s.", ""]
+        lines += [
+            f"Raw synchronous write bandwidth of the spool's disk in the same run "
+            f"(`dd bs=4M oflag=dsync`, one writer): "
+            f"{_f(net['raw_dsync_mb_per_s'])} MB/s.",
+            "",
+        ]
     e2e = net.get("end_to_end") or {}
     if "images_per_s" in e2e:
         lines += [
@@ -532,8 +553,7 @@ def to_markdown(results: dict[str, Any]) -> str:
     net = results.get("network")
     if net and "listen_recorded_per_s" in net:
         lines += [
-            f"## Network ingest ({net['files']} instances, {net['megabytes']} MB, "
-            f"{net['broker']})",
+            f"## Network ingest ({net['files']} instances, {net['megabytes']} MB, {net['broker']})",
             "",
             "| path | instances/s |",
             "|---|---|",

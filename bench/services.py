@@ -21,8 +21,9 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_until_up(process: subprocess.Popen[bytes], url: str, log: Path, what: str,
-                  timeout: float = 90) -> None:
+def wait_until_up(
+    process: subprocess.Popen[bytes], url: str, log: Path, what: str, timeout: float = 90
+) -> None:
     """Until ``url`` answers 200; the process's log in the error if it exits or is late."""
     import httpx
 
@@ -57,7 +58,12 @@ def serving(env: dict[str, str], log: Path, *, timeout: float = 90) -> Iterator[
     with log.open("ab") as out:
         server = subprocess.Popen(
             [sys.executable, "-m", "cli", "serve", "--port", str(port)],
-            env=env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+            env=env,
+            cwd=REPO,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     base = f"http://127.0.0.1:{port}"
     try:
         wait_until_up(server, f"{base}/healthz", log, "serve", timeout)

@@ -24,8 +24,19 @@ from cxr_orient.settings import get_settings, redact_url, reset_settings_cache
 #: Package data of the library (pyproject.toml), so the demo runs from a wheel too.
 SAMPLES = Path(cxr_orient.__file__).resolve().parent / "samples"
 #: The demo shows sample file names rather than the (long) UIDs.
-DEMO_COLUMNS = ("file", "status", "label", "confidence", "needs_review", "rotation",
-                "mirrored", "header_view", "header_agrees", "model_version", "error")
+DEMO_COLUMNS = (
+    "file",
+    "status",
+    "label",
+    "confidence",
+    "needs_review",
+    "rotation",
+    "mirrored",
+    "header_view",
+    "header_agrees",
+    "model_version",
+    "error",
+)
 
 
 class WorkerDied(Exception):
@@ -93,8 +104,12 @@ def run_demo(
         )
         try:
             finished = (
-                wait_for(report.instance_ids, timeout_s=timeout_s, poll_s=0.5,
-                         on_poll=give_up_if_worker_died)
+                wait_for(
+                    report.instance_ids,
+                    timeout_s=timeout_s,
+                    poll_s=0.5,
+                    on_poll=give_up_if_worker_died,
+                )
                 if report.instance_ids
                 else True
             )

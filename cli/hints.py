@@ -4,5 +4,6 @@
 #: fails; a command sets its own so that it never advises running itself.
 DATABASE_HINT = "cxr_orient.database_hint"
 DEFAULT_DATABASE_HINT = "is it running, and has `cxr-orient db upgrade` been run?"
-MIGRATE_DATABASE_HINT = ("is it running, is the URL right, and for SQLite, can its folder "
-                         "be written?")
+MIGRATE_DATABASE_HINT = (
+    "is it running, is the URL right, and for SQLite, can its folder be written?"
+)

@@ -32,8 +32,9 @@ def _progress_enqueue(paths: list[Path]) -> Any:
         transient=True,
     ) as progress:
         task = progress.add_task("reading headers", total=total)
-        return enqueue_paths(paths, send=send_instances, settings=settings,
-                             on_file=lambda: progress.advance(task))
+        return enqueue_paths(
+            paths, send=send_instances, settings=settings, on_file=lambda: progress.advance(task)
+        )
 
 
 @click.command()
@@ -85,8 +86,9 @@ def enqueue(paths: tuple[Path, ...], wait: bool, timeout: float | None) -> None:
     for path, _rule, message in report.out_of_scope[:20]:
         click.echo(f"  out_of_scope {path}: {message}", err=True)
     if len(report.out_of_scope) > 20:
-        click.echo(f"  ... and {len(report.out_of_scope) - 20} more (see `cxr-orient "
-                   "results`)", err=True)
+        click.echo(
+            f"  ... and {len(report.out_of_scope) - 20} more (see `cxr-orient results`)", err=True
+        )
     for path, code, message in report.refused[:20]:
         click.echo(f"  refused {path}: {code}: {message}", err=True)
     if len(report.refused) > 20:
@@ -118,23 +120,56 @@ def requeue() -> None:
 
 @click.command()
 @click.option("--study", "study_uid", default=None, help="Only this StudyInstanceUID.")
-@click.option("--since", type=click.DateTime(formats=["%Y-%m-%d"]), default=None,
-              metavar="YYYY-MM-DD",
-              help="Only instances ingested on or after this day (YYYY-MM-DD, UTC).")
-@click.option("--model", "model_name", default=None, metavar="VERSION",
-              help="A registered version to answer (default: the active one).")
-@click.option("--limit", type=click.IntRange(min=1), default=None, metavar="N",
-              help="Send at most N instances now; the run stays resumable.")
-@click.option("--include-failed", is_flag=True,
-              help="Also failed instances (never files refused at ingest).")
-@click.option("--resume", "resume_id", type=int, default=None, metavar="RUN_ID",
-              help="Go on with run RUN_ID (its own filters and model).")
-@click.option("--chunk-size", type=click.IntRange(1, 50_000), default=1000, show_default=True,
-              help="Instance ids per chunk (one id range per transaction and send).")
+@click.option(
+    "--since",
+    type=click.DateTime(formats=["%Y-%m-%d"]),
+    default=None,
+    metavar="YYYY-MM-DD",
+    help="Only instances ingested on or after this day (YYYY-MM-DD, UTC).",
+)
+@click.option(
+    "--model",
+    "model_name",
+    default=None,
+    metavar="VERSION",
+    help="A registered version to answer (default: the active one).",
+)
+@click.option(
+    "--limit",
+    type=click.IntRange(min=1),
+    default=None,
+    metavar="N",
+    help="Send at most N instances now; the run stays resumable.",
+)
+@click.option(
+    "--include-failed", is_flag=True, help="Also failed instances (never files refused at ingest)."
+)
+@click.option(
+    "--resume",
+    "resume_id",
+    type=int,
+    default=None,
+    metavar="RUN_ID",
+    help="Go on with run RUN_ID (its own filters and model).",
+)
+@click.option(
+    "--chunk-size",
+    type=click.IntRange(1, 50_000),
+    default=1000,
+    show_default=True,
+    help="Instance ids per chunk (one id range per transaction and send).",
+)
 @click.option("--actor", default=None, help="Who (default: $USER).")
-def reclassify(study_uid: str | None, since: Any, model_name: str | None, limit: int | None,
-               include_failed: bool, resume_id: int | None, chunk_size: int,
-               actor: str | None) -> None:
+def reclassify(
+    study_uid: str | None,
+    since: Any,
+    model_name: str | None,
+    limit: int | None,
+    include_failed: bool,
+    resume_id: int | None,
+    chunk_size: int,
+    actor: str | None,
+) -> None:
     """Queue done instances for another answer (after a promotion): each a new row.
 
     Instances that already have an answer from the version are skipped. The walk goes in
@@ -149,34 +184,61 @@ def reclassify(study_uid: str | None, since: Any, model_name: str | None, limit:
     from worker.dispatch import send_instances
 
     if resume_id is not None and (study_uid or since or model_name or include_failed):
-        raise click.UsageError("--resume goes on with the run's own filters and model; "
-                               "give none of --study, --since, --model, --include-failed")
-    filters = Filters(study_instance_uid=study_uid, since=since.date() if since else None,
-                      include_failed=include_failed)
-    kwargs: dict[str, Any] = dict(send=send_instances, model=model_name, filters=filters,
-                                  limit=limit, resume=resume_id, chunk_size=chunk_size,
-                                  actor=actor or getpass.getuser())
+        raise click.UsageError(
+            "--resume goes on with the run's own filters and model; "
+            "give none of --study, --since, --model, --include-failed"
+        )
+    filters = Filters(
+        study_instance_uid=study_uid,
+        since=since.date() if since else None,
+        include_failed=include_failed,
+    )
+    kwargs: dict[str, Any] = dict(
+        send=send_instances,
+        model=model_name,
+        filters=filters,
+        limit=limit,
+        resume=resume_id,
+        chunk_size=chunk_size,
+        actor=actor or getpass.getuser(),
+    )
     try:
         if sys.stderr.isatty():
             from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-            with Progress("reclassify", BarColumn(), TextColumn("{task.description}"),
-                          TimeRemainingColumn(), transient=True) as bar:
+            with Progress(
+                "reclassify",
+                BarColumn(),
+                TextColumn("{task.description}"),
+                TimeRemainingColumn(),
+                transient=True,
+            ) as bar:
                 task = bar.add_task("", total=max(1, last_instance_id()))
-                report = run_reclassify(**kwargs, on_chunk=lambda p: bar.update(
-                    task, completed=p.cursor,
-                    description=f"run {p.run_id}: sent {p.sent}, skipped {p.skipped}"))
+                report = run_reclassify(
+                    **kwargs,
+                    on_chunk=lambda p: bar.update(
+                        task,
+                        completed=p.cursor,
+                        description=f"run {p.run_id}: sent {p.sent}, skipped {p.skipped}",
+                    ),
+                )
         else:
             report = run_reclassify(**kwargs)
     except ReclassifyError as exc:
         raise click.ClickException(str(exc)) from exc
     if report.resumed:
         click.echo(f"resumed run {report.run_id}", err=True)
-    click.echo(f"run {report.run_id} ({report.model_version}): sent {report.sent}, "
-               f"skipped {report.skipped} already answered by {report.model_version}")
+    click.echo(
+        f"run {report.run_id} ({report.model_version}): sent {report.sent}, "
+        f"skipped {report.skipped} already answered by {report.model_version}"
+    )
     if report.finished:
-        click.echo(f"run {report.run_id} finished: {report.total_sent} sent, "
-                   f"{report.total_skipped} skipped in all")
+        click.echo(
+            f"run {report.run_id} finished: {report.total_sent} sent, "
+            f"{report.total_skipped} skipped in all"
+        )
     else:
-        click.echo(f"run {report.run_id} stopped after instance {report.cursor}; go on with "
-                   f"`cxr-orient reclassify --resume {report.run_id}`")
+        click.echo(
+            f"run {report.run_id} stopped after instance {report.cursor}; go on with "
+            f"`cxr-orient reclassify --resume {report.run_id}`"
+        )

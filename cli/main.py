@@ -74,12 +74,31 @@ def main(verbose: bool) -> None:
     setup_logging(verbose)
 
 
-for command in (db, enqueue, requeue, reclassify,  # cli.db, cli.ingest
-                listen, pull, serve, outbox, token,  # cli.node
-                corrections,  # cli.corrections
-                results, status,  # cli.results
-                train, evaluate, register, promote, rollback, models, retrain, label,
-                user, demo, acceptance):
+for command in (
+    db,
+    enqueue,
+    requeue,
+    reclassify,  # cli.db, cli.ingest
+    listen,
+    pull,
+    serve,
+    outbox,
+    token,  # cli.node
+    corrections,  # cli.corrections
+    results,
+    status,  # cli.results
+    train,
+    evaluate,
+    register,
+    promote,
+    rollback,
+    models,
+    retrain,
+    label,
+    user,
+    demo,
+    acceptance,
+):
     main.add_command(command)
 
 if __name__ == "__main__":

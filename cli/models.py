@@ -11,14 +11,16 @@ import click
 from cxr_orient.settings import get_settings
 
 # Literal here: importing cxr_orient.architectures would load Keras for every command.
-ARCHITECTURE_HELP = ("compact_invariant_64 (the shipped models' view network), "
-                     "compact_invariant_64_heads (adds the orientation and unusual-image "
-                     "heads), compact_invariant_64_heads2 (the served one: the unusual-image "
-                     "score also asks the orientation head), compact_invariant_64_heads3 "
-                     "(adds a chest-or-not and a PA/AP head), compact_invariant, "
-                     "compact_invariant_slim, compact, compact_wide, tutorial2019, vgg16, "
-                     "mobilenetv3small. How each shipped checkpoint and its heads were "
-                     "made: python -m recipes.<name> --help, from a checkout.")
+ARCHITECTURE_HELP = (
+    "compact_invariant_64 (the shipped models' view network), "
+    "compact_invariant_64_heads (adds the orientation and unusual-image "
+    "heads), compact_invariant_64_heads2 (the served one: the unusual-image "
+    "score also asks the orientation head), compact_invariant_64_heads3 "
+    "(adds a chest-or-not and a PA/AP head), compact_invariant, "
+    "compact_invariant_slim, compact, compact_wide, tutorial2019, vgg16, "
+    "mobilenetv3small. How each shipped checkpoint and its heads were "
+    "made: python -m recipes.<name> --help, from a checkout."
+)
 
 
 @click.command()
@@ -85,8 +87,12 @@ def label() -> None:
 
 @label.command("import")
 @click.argument("csv_path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--source", default="import", show_default=True,
-              help="Source recorded for rows without a source column.")
+@click.option(
+    "--source",
+    default="import",
+    show_default=True,
+    help="Source recorded for rows without a source column.",
+)
 @click.option("--annotator", default=None, help="Annotator for rows without one.")
 def label_import(csv_path: Path, source: str, annotator: str | None) -> None:
     """Import CSV_PATH (sop_instance_uid,label[,source,annotator,projection]); all rows or
@@ -98,36 +104,68 @@ def label_import(csv_path: Path, source: str, annotator: str | None) -> None:
     try:
         rows = read_label_csv(csv_path)
         with session_scope() as session:
-            count = import_labels(session, rows, default_source=source,
-                                  default_annotator=annotator)
+            count = import_labels(session, rows, default_source=source, default_annotator=annotator)
     except LabelImportError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"imported {count} labels from {csv_path}")
 
 
 @click.command()
-@click.option("--min-new-labels", default=50, show_default=True,
-              help="Skip (exit 0) when fewer labels arrived since the last training run.")
-@click.option("--data", "extra_dir", type=click.Path(exists=True, file_okay=False,
-              path_type=Path), default=None, help="Also train on a folder of class subfolders.")
-@click.option("--manifest", type=click.Path(exists=True, path_type=Path), default=None,
-              help="Patient ids for --data (CSV with file and patientid columns).")
-@click.option("--architecture", default="compact_invariant_64", show_default=True,
-              help=ARCHITECTURE_HELP)
-@click.option("--epochs", default=200, show_default=True,
-              help="Epochs of the cosine learning-rate schedule.")
-@click.option("--min-epochs", type=int, default=None,
-              help="Epochs before early stopping may stop the run [default: 70 % of --epochs].")
+@click.option(
+    "--min-new-labels",
+    default=50,
+    show_default=True,
+    help="Skip (exit 0) when fewer labels arrived since the last training run.",
+)
+@click.option(
+    "--data",
+    "extra_dir",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=None,
+    help="Also train on a folder of class subfolders.",
+)
+@click.option(
+    "--manifest",
+    type=click.Path(exists=True, path_type=Path),
+    default=None,
+    help="Patient ids for --data (CSV with file and patientid columns).",
+)
+@click.option(
+    "--architecture", default="compact_invariant_64", show_default=True, help=ARCHITECTURE_HELP
+)
+@click.option(
+    "--epochs", default=200, show_default=True, help="Epochs of the cosine learning-rate schedule."
+)
+@click.option(
+    "--min-epochs",
+    type=int,
+    default=None,
+    help="Epochs before early stopping may stop the run [default: 70 % of --epochs].",
+)
 @click.option("--seed", default=0, show_default=True)
-def retrain(min_new_labels: int, extra_dir: Path | None, manifest: Path | None,
-            architecture: str, epochs: int, min_epochs: int | None, seed: int) -> None:
+def retrain(
+    min_new_labels: int,
+    extra_dir: Path | None,
+    manifest: Path | None,
+    architecture: str,
+    epochs: int,
+    min_epochs: int | None,
+    seed: int,
+) -> None:
     """Nightly retrain: train a candidate on the labels, promote it only if it beats the
     active model on the fixed evaluation split. Exit 0 when done or nothing to do."""
     from training.lifecycle import retrain as run_retrain
 
-    result = run_retrain(get_settings(), min_new_labels=min_new_labels, extra_dir=extra_dir,
-                         manifest=manifest, architecture=architecture, epochs=epochs,
-                         min_epochs=min_epochs, seed=seed)
+    result = run_retrain(
+        get_settings(),
+        min_new_labels=min_new_labels,
+        extra_dir=extra_dir,
+        manifest=manifest,
+        architecture=architecture,
+        epochs=epochs,
+        min_epochs=min_epochs,
+        seed=seed,
+    )
     for problem in result.problems[:20]:
         click.echo(f"not trained on: {problem}", err=True)
     click.echo(result.message)
@@ -137,9 +175,12 @@ def retrain(min_new_labels: int, extra_dir: Path | None, manifest: Path | None,
 @click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--reason", required=True, help="Why, for the audit trail.")
 @click.option("--actor", default=None, help="Who (default: $USER).")
-@click.option("--challenge", is_flag=True,
-              help="Then let the promotion gate decide, on the fixed evaluation split, "
-              "whether it replaces the active model (recorded either way).")
+@click.option(
+    "--challenge",
+    is_flag=True,
+    help="Then let the promotion gate decide, on the fixed evaluation split, "
+    "whether it replaces the active model (recorded either way).",
+)
 def register(checkpoint: Path, reason: str, actor: str | None, challenge: bool) -> None:
     """Register CHECKPOINT (a .keras file with its card beside it) as a model version.
 
@@ -170,8 +211,10 @@ def register(checkpoint: Path, reason: str, actor: str | None, challenge: bool) 
         decision = challenge_version(name, actor=who, settings=get_settings())
     except ModelError as exc:
         raise click.ClickException(str(exc)) from exc
-    click.echo(("promoted: " if decision.promote else "kept the active model: ")
-               + "; ".join(decision.reasons))
+    click.echo(
+        ("promoted: " if decision.promote else "kept the active model: ")
+        + "; ".join(decision.reasons)
+    )
 
 
 @click.command()
@@ -219,20 +262,31 @@ def models() -> None:
         for v in crud.list_model_versions(session):
             held_out = v.metrics.get("held_out_test", {}).get("balanced_accuracy", {})
             figure = held_out.get("value") if isinstance(held_out, dict) else held_out
-            click.echo(f"{v.name:40s} {v.architecture:26s} {v.state:9s}"
-                       f"{' ACTIVE' if v.is_active else '':7s} balanced_accuracy={figure}")
+            click.echo(
+                f"{v.name:40s} {v.architecture:26s} {v.state:9s}"
+                f"{' ACTIVE' if v.is_active else '':7s} balanced_accuracy={figure}"
+            )
 
 
 @click.command()
 @click.argument("model")
 @click.argument("data", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--manifest", type=click.Path(exists=True, path_type=Path), default=None,
-              help="Patient ids (bootstrap intervals resample patients).")
-@click.option("--robustness/--no-robustness", default=True, show_default=True,
-              help="Also rotated 90/180/270, flipped and inverted copies.")
+@click.option(
+    "--manifest",
+    type=click.Path(exists=True, path_type=Path),
+    default=None,
+    help="Patient ids (bootstrap intervals resample patients).",
+)
+@click.option(
+    "--robustness/--no-robustness",
+    default=True,
+    show_default=True,
+    help="Also rotated 90/180/270, flipped and inverted copies.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the full metrics as JSON.")
-def evaluate(model: str, data: Path, manifest: Path | None, robustness: bool,
-             as_json: bool) -> None:
+def evaluate(
+    model: str, data: Path, manifest: Path | None, robustness: bool, as_json: bool
+) -> None:
     """Evaluate MODEL (a registered version name or a .keras path) on DATA, a folder of
     frontal/ and lateral/ subfolders (PNG, JPEG or DICOM): accuracy, balanced accuracy,
     per-class precision and recall, ROC AUC and ECE with bootstrap 95 % intervals."""
@@ -243,16 +297,31 @@ def evaluate(model: str, data: Path, manifest: Path | None, robustness: bool,
     classifier = load_classifier(model, get_settings().inference)
     dataset = load_labelled_folder(data, manifest=manifest)
     variants = None if robustness else ["original"]
-    results = run_robustness(classifier, dataset.images, dataset.labels,
-                             groups=dataset.patients, variants=variants)
+    results = run_robustness(
+        classifier, dataset.images, dataset.labels, groups=dataset.patients, variants=variants
+    )
     if as_json:
-        click.echo(json.dumps({k: {m: v for m, v in r.items() if m != "p_lateral"}
-                               for k, r in results.items()}, indent=2, default=str))
+        click.echo(
+            json.dumps(
+                {k: {m: v for m, v in r.items() if m != "p_lateral"} for k, r in results.items()},
+                indent=2,
+                default=str,
+            )
+        )
         return
-    keys = ("accuracy", "balanced_accuracy", "frontal_precision", "frontal_recall",
-            "lateral_precision", "lateral_recall", "roc_auc", "ece")
-    click.echo(f"{len(dataset)} images, {len(set(dataset.patients))} patients, "
-               f"{dataset.class_counts()}")
+    keys = (
+        "accuracy",
+        "balanced_accuracy",
+        "frontal_precision",
+        "frontal_recall",
+        "lateral_precision",
+        "lateral_recall",
+        "roc_auc",
+        "ece",
+    )
+    click.echo(
+        f"{len(dataset)} images, {len(set(dataset.patients))} patients, {dataset.class_counts()}"
+    )
     for variant, r in results.items():
         cells = []
         for k in keys:

@@ -13,8 +13,12 @@ from cxr_orient.settings import get_settings
 
 
 @click.command()
-@click.option("--port", type=int, default=None,
-              help="TCP port (0: any free one, logged). Default CXR_DICOM_PORT (11112).")
+@click.option(
+    "--port",
+    type=int,
+    default=None,
+    help="TCP port (0: any free one, logged). Default CXR_DICOM_PORT (11112).",
+)
 @click.option("--bind", default=None, help="Address to bind. Default CXR_DICOM_BIND (127.0.0.1).")
 @click.option("--ae-title", default=None, help="Our AE title. Default CXR_DICOM_AE_TITLE.")
 def listen(port: int | None, bind: str | None, ae_title: str | None) -> None:
@@ -37,34 +41,66 @@ def listen(port: int | None, bind: str | None, ae_title: str | None) -> None:
         raise click.ClickException(str(exc)) from exc
     try:
         stored = serve_dicom(
-            settings, send=send_instances, config=config,
+            settings,
+            send=send_instances,
+            config=config,
             on_ready=lambda host, bound: click.echo(
-                f"listening on {host}:{bound} as {config.ae_title}", err=True))
+                f"listening on {host}:{bound} as {config.ae_title}", err=True
+            ),
+        )
     except OSError as exc:  # the port taken, the address not ours
         raise click.ClickException(
-            f"cannot listen on {config.bind}:{config.port}: {exc.strerror or exc}") from exc
+            f"cannot listen on {config.bind}:{config.port}: {exc.strerror or exc}"
+        ) from exc
     click.echo(f"listener stopped: {stored} instances stored", err=True)
 
 
 @click.command()
-@click.option("--dicomweb", "url", default=None,
-              help="DICOMweb base URL, e.g. http://pacs:8042/dicom-web.")
-@click.option("--dimse", default=None,
-              help="Or a Query/Retrieve SCP, AET@host:port: C-FIND, then C-MOVE to "
-                   "CXR_DICOM_AE_TITLE (a running `cxr-orient listen`).")
+@click.option(
+    "--dicomweb", "url", default=None, help="DICOMweb base URL, e.g. http://pacs:8042/dicom-web."
+)
+@click.option(
+    "--dimse",
+    default=None,
+    help="Or a Query/Retrieve SCP, AET@host:port: C-FIND, then C-MOVE to "
+    "CXR_DICOM_AE_TITLE (a running `cxr-orient listen`).",
+)
 @click.option("--study", "study_uid", default=None, help="Only this StudyInstanceUID.")
-@click.option("--since", type=click.DateTime(["%Y-%m-%d"]), default=None,
-              help="Studies from this StudyDate (YYYY-MM-DD), and undated ones.")
-@click.option("--until", type=click.DateTime(["%Y-%m-%d"]), default=None,
-              help="Studies up to this StudyDate (YYYY-MM-DD), and undated ones.")
-@click.option("--undated/--skip-undated", default=True, show_default=True,
-              help="With --since/--until: also studies with no StudyDate (no date rules "
-                   "them out; the PACS then lists every study and the dates are matched "
-                   "here). --skip-undated lets the PACS match the dates.")
-@click.option("--modality", default="CR,DX", show_default=True,
-              help="Comma-separated series modalities to fetch.")
-def pull(url: str | None, dimse: str | None, study_uid: str | None, since: Any, until: Any,
-         undated: bool, modality: str) -> None:
+@click.option(
+    "--since",
+    type=click.DateTime(["%Y-%m-%d"]),
+    default=None,
+    help="Studies from this StudyDate (YYYY-MM-DD), and undated ones.",
+)
+@click.option(
+    "--until",
+    type=click.DateTime(["%Y-%m-%d"]),
+    default=None,
+    help="Studies up to this StudyDate (YYYY-MM-DD), and undated ones.",
+)
+@click.option(
+    "--undated/--skip-undated",
+    default=True,
+    show_default=True,
+    help="With --since/--until: also studies with no StudyDate (no date rules "
+    "them out; the PACS then lists every study and the dates are matched "
+    "here). --skip-undated lets the PACS match the dates.",
+)
+@click.option(
+    "--modality",
+    default="CR,DX",
+    show_default=True,
+    help="Comma-separated series modalities to fetch.",
+)
+def pull(
+    url: str | None,
+    dimse: str | None,
+    study_uid: str | None,
+    since: Any,
+    until: Any,
+    undated: bool,
+    modality: str,
+) -> None:
     """Fetch studies from a PACS over DICOMweb (QIDO-RS, WADO-RS) or DIMSE (C-FIND,
     C-MOVE to the listener) and queue them.
 
@@ -82,12 +118,21 @@ def pull(url: str | None, dimse: str | None, study_uid: str | None, since: Any, 
     if (url is None) == (dimse is None):
         raise click.UsageError("give one of --dicomweb URL or --dimse AET@host:port")
     recorded_now = 0
-    query = PullQuery(study_uid=study_uid, since=since.date() if since else None,
-                      until=until.date() if until else None,
-                      modalities=parse_modalities(modality), undated=undated)
-    with Progress("[progress.description]{task.description}", BarColumn(),
-                  MofNCompleteColumn(), TimeRemainingColumn(), transient=True,
-                  disable=not sys.stderr.isatty()) as progress:
+    query = PullQuery(
+        study_uid=study_uid,
+        since=since.date() if since else None,
+        until=until.date() if until else None,
+        modalities=parse_modalities(modality),
+        undated=undated,
+    )
+    with Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        transient=True,
+        disable=not sys.stderr.isatty(),
+    ) as progress:
         task = progress.add_task("fetching", total=None)
 
         def on_total(count: int) -> None:
@@ -99,24 +144,35 @@ def pull(url: str | None, dimse: str | None, study_uid: str | None, since: Any, 
         if dimse is not None:
             try:
                 peer = DimsePeer.parse(dimse)
-                report, recorded_now = pull_dimse(peer, query, settings=get_settings(),
-                                                  on_total=on_total, on_instance=on_instance)
+                report, recorded_now = pull_dimse(
+                    peer, query, settings=get_settings(), on_total=on_total, on_instance=on_instance
+                )
             except (ValueError, ConnectionError) as exc:
                 raise click.ClickException(str(exc)) from exc
         else:
             assert url is not None
-            report = pull_dicomweb(url, query, settings=get_settings(), send=send_instances,
-                                   on_total=on_total, on_instance=on_instance)
-    summary = (f"{report.found} instances found: {report.skipped_known} recorded before, "
-               f"{report.fetched} {'moved' if dimse else 'fetched'}, "
-               f"{len(report.failed)} failed; ")
+            report = pull_dicomweb(
+                url,
+                query,
+                settings=get_settings(),
+                send=send_instances,
+                on_total=on_total,
+                on_instance=on_instance,
+            )
+    summary = (
+        f"{report.found} instances found: {report.skipped_known} recorded before, "
+        f"{report.fetched} {'moved' if dimse else 'fetched'}, "
+        f"{len(report.failed)} failed; "
+    )
     recorded = report.recorded
     if dimse:
         summary += f"{recorded_now} of the moved recorded by the listener"
     else:
-        summary += (f"{len(recorded.queued)} queued, {len(recorded.already_known)} already "
-                    f"known, {len(recorded.uid_conflicts)} uid_conflict, "
-                    f"{len(recorded.refused)} refused")
+        summary += (
+            f"{len(recorded.queued)} queued, {len(recorded.already_known)} already "
+            f"known, {len(recorded.uid_conflicts)} uid_conflict, "
+            f"{len(recorded.refused)} refused"
+        )
     click.echo(summary)
     for line in remote_summary(report.failed)[:20]:
         click.echo(f"  failed {line}", err=True)
@@ -126,8 +182,9 @@ def pull(url: str | None, dimse: str | None, study_uid: str | None, since: Any, 
 
 @click.command()
 @click.option("--host", default=None, help="Address to listen on [default: CXR_HTTP_HOST].")
-@click.option("--port", type=click.IntRange(1, 65535), default=None,
-              help="TCP port [default: CXR_HTTP_PORT].")
+@click.option(
+    "--port", type=click.IntRange(1, 65535), default=None, help="TCP port [default: CXR_HTTP_PORT]."
+)
 def serve(host: str | None, port: int | None) -> None:
     """The HTTP service: the review page (/review, /audit, /admin/users; log in as a
     user made with `cxr-orient user create`), its JSON API (/api/v1, OpenAPI at
@@ -138,8 +195,7 @@ def serve(host: str | None, port: int | None) -> None:
     from service.server import serve as run_server
 
     settings = get_settings()
-    run_server(settings, host=host or settings.http.http_host,
-               port=port or settings.http.http_port)
+    run_server(settings, host=host or settings.http.http_host, port=port or settings.http.http_port)
 
 
 @click.group()
@@ -150,8 +206,14 @@ def token() -> None:
 
 @token.command("create")
 @click.argument("name")
-@click.option("--scope", "scopes", multiple=True, default=("stow",), show_default=True,
-              help="What the token may do (repeatable): stow, review, audit.")
+@click.option(
+    "--scope",
+    "scopes",
+    multiple=True,
+    default=("stow",),
+    show_default=True,
+    help="What the token may do (repeatable): stow, review, audit.",
+)
 def token_create(name: str, scopes: tuple[str, ...]) -> None:
     """Create token NAME and print it, once: it cannot be shown again."""
     from cxr_orient.tokens import TokenError, create_token
@@ -162,8 +224,7 @@ def token_create(name: str, scopes: tuple[str, ...]) -> None:
             secret = create_token(session, name=name, scopes=list(scopes))
     except TokenError as exc:
         raise click.ClickException(str(exc)) from exc
-    click.echo(f"token {name} ({', '.join(sorted(set(scopes)))}); it is shown only now:",
-               err=True)
+    click.echo(f"token {name} ({', '.join(sorted(set(scopes)))}); it is shown only now:", err=True)
     click.echo(secret)
 
 
@@ -175,9 +236,11 @@ def token_list() -> None:
 
     with session_scope() as session:
         for info in list_tokens(session):
-            click.echo(f"{info.name:32s} {','.join(info.scopes):12s} "
-                       f"created {when(info.created_at)}  last used {when(info.last_used_at)}"
-                       f"  {'REVOKED ' + when(info.revoked_at) if info.revoked_at else ''}")
+            click.echo(
+                f"{info.name:32s} {','.join(info.scopes):12s} "
+                f"created {when(info.created_at)}  last used {when(info.last_used_at)}"
+                f"  {'REVOKED ' + when(info.revoked_at) if info.revoked_at else ''}"
+            )
 
 
 @token.command("revoke")
@@ -215,12 +278,18 @@ def outbox_retry(destination: str | None, outbox_ids: tuple[int, ...]) -> None:
 
 
 @outbox.command("deliver")
-@click.option("--limit", type=click.IntRange(min=1), default=None,
-              help="Most rows to send (default CXR_OUTBOX_BATCH).")
+@click.option(
+    "--limit",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Most rows to send (default CXR_OUTBOX_BATCH).",
+)
 def outbox_deliver(limit: int | None) -> None:
     """Send due rows now, from this process (what the deliver_outbox task does)."""
     from cxr_orient.dicomnet.delivery import deliver_due
 
     counts = deliver_due(get_settings(), limit)
-    click.echo(f"{counts.claimed} claimed: {counts.sent} sent, {counts.retrying} retrying, "
-               f"{counts.failed} failed")
+    click.echo(
+        f"{counts.claimed} claimed: {counts.sent} sent, {counts.retrying} retrying, "
+        f"{counts.failed} failed"
+    )

@@ -30,20 +30,45 @@ RESULT_COLUMNS = (
 #: csv and json add the projection's agreement with the header, the unusual-image score,
 #: the chest-or-not probability and the file path (an operator needs it to find a failed
 #: file); the table has no room for them.
-EXPORT_COLUMNS = (*RESULT_COLUMNS, "projection_agrees", "unusual_score", "p_not_chest",
-                  "file_path")
+EXPORT_COLUMNS = (*RESULT_COLUMNS, "projection_agrees", "unusual_score", "p_not_chest", "file_path")
 #: ``results --by-study``: each study's current answer (view current_study_answers).
-STUDY_COLUMNS = ("study_instance_uid", "sequence", "instance_count", "frontal_count",
-                 "lateral_count", "needs_review_count", "failed_count", "out_of_scope_count",
-                 "header_agrees_count", "header_disagrees_count", "flags", "model_versions",
-                 "answered_at")
+STUDY_COLUMNS = (
+    "study_instance_uid",
+    "sequence",
+    "instance_count",
+    "frontal_count",
+    "lateral_count",
+    "needs_review_count",
+    "failed_count",
+    "out_of_scope_count",
+    "header_agrees_count",
+    "header_disagrees_count",
+    "flags",
+    "model_versions",
+    "answered_at",
+)
 #: The table leaves out what the flags and the counts already say (csv/json have it all).
-STUDY_TABLE_COLUMNS = ("study_instance_uid", "sequence", "instance_count", "frontal_count",
-                       "lateral_count", "needs_review_count", "failed_count",
-                       "out_of_scope_count", "flags", "model_versions")
+STUDY_TABLE_COLUMNS = (
+    "study_instance_uid",
+    "sequence",
+    "instance_count",
+    "frontal_count",
+    "lateral_count",
+    "needs_review_count",
+    "failed_count",
+    "out_of_scope_count",
+    "flags",
+    "model_versions",
+)
 #: ``results --changed-between A B``: A's answer, then B's.
-CHANGED_COLUMNS = ("sop_instance_uid", "study_instance_uid", "label_a", "confidence_a",
-                   "label_b", "confidence_b")
+CHANGED_COLUMNS = (
+    "sop_instance_uid",
+    "study_instance_uid",
+    "label_a",
+    "confidence_a",
+    "label_b",
+    "confidence_b",
+)
 
 
 @click.command()
@@ -55,14 +80,33 @@ CHANGED_COLUMNS = ("sop_instance_uid", "study_instance_uid", "label_a", "confide
     default="table",
     show_default=True,
 )
-@click.option("--model", "model_name", default=None, metavar="VERSION",
-              help="Only the answers of this model version (one row per instance it answered).")
-@click.option("--changed-between", "changed", nargs=2, default=None, metavar="A B",
-              help="Instances whose label differs between versions A and B, both confidences.")
-@click.option("--by-study", is_flag=True,
-              help="One row per study: its current study answer (counts and flags).")
-def results(study_uid: str | None, fmt: str, model_name: str | None,
-            changed: tuple[str, str] | None, by_study: bool) -> None:
+@click.option(
+    "--model",
+    "model_name",
+    default=None,
+    metavar="VERSION",
+    help="Only the answers of this model version (one row per instance it answered).",
+)
+@click.option(
+    "--changed-between",
+    "changed",
+    nargs=2,
+    default=None,
+    metavar="A B",
+    help="Instances whose label differs between versions A and B, both confidences.",
+)
+@click.option(
+    "--by-study",
+    is_flag=True,
+    help="One row per study: its current study answer (counts and flags).",
+)
+def results(
+    study_uid: str | None,
+    fmt: str,
+    model_name: str | None,
+    changed: tuple[str, str] | None,
+    by_study: bool,
+) -> None:
     """One row per instance: status, label, confidence, header agreement, model version.
 
     A frontal answered by a model with a PA/AP head also has its projection (PA or AP;
@@ -86,32 +130,41 @@ def results(study_uid: str | None, fmt: str, model_name: str | None,
         return version.id
 
     if by_study and (changed or model_name):
-        raise click.UsageError("--by-study shows each study's current answer; it takes "
-                               "--study, not --model or --changed-between")
+        raise click.UsageError(
+            "--by-study shows each study's current answer; it takes "
+            "--study, not --model or --changed-between"
+        )
     columns: tuple[str, ...] = EXPORT_COLUMNS
     with session_scope() as session:
         if by_study:
-            rows = [r.as_dict() for r in crud.current_study_answers(
-                session, study_instance_uid=study_uid)]
+            rows = [
+                r.as_dict()
+                for r in crud.current_study_answers(session, study_instance_uid=study_uid)
+            ]
             for row in rows:
                 row["answered_at"] = row["answered_at"].isoformat()
             columns = STUDY_COLUMNS
         elif changed:
             a, b = (version_id(session, name) for name in changed)
-            rows = [r.as_dict() for r in crud.changed_between(session, version_a_id=a,
-                                                              version_b_id=b)]
+            rows = [
+                r.as_dict() for r in crud.changed_between(session, version_a_id=a, version_b_id=b)
+            ]
             columns = CHANGED_COLUMNS
         else:
             only = None if model_name is None else version_id(session, model_name)
-            rows = [r.as_dict() for r in crud.results(session, study_instance_uid=study_uid,
-                                                      model_version_id=only)]
+            rows = [
+                r.as_dict()
+                for r in crud.results(session, study_instance_uid=study_uid, model_version_id=only)
+            ]
     if fmt == "json":
         echo_json(rows, columns)
     elif fmt == "csv":
         echo_csv(rows, columns)
     else:
-        print_table(rows, STUDY_TABLE_COLUMNS if by_study
-                    else CHANGED_COLUMNS if changed else RESULT_COLUMNS)
+        print_table(
+            rows,
+            STUDY_TABLE_COLUMNS if by_study else CHANGED_COLUMNS if changed else RESULT_COLUMNS,
+        )
 
 
 @click.command()
@@ -144,12 +197,16 @@ def status() -> None:
     click.echo("instances: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
     click.echo(f"queue depth: {'unknown' if depth is None else depth}")
     if waiting:
-        click.echo(f"held: {waiting} instances of {waiting_studies} studies waiting for "
-                   f"CXR_STUDY_QUIET_S={settings.intake.study_quiet_s:g} s of quiet")
+        click.echo(
+            f"held: {waiting} instances of {waiting_studies} studies waiting for "
+            f"CXR_STUDY_QUIET_S={settings.intake.study_quiet_s:g} s of quiet"
+        )
     click.echo(f"active model: {active_name}")
     if targeted or runs:
-        click.echo(f"reclassify: {targeted} instances queued or processing for a named "
-                   f"version; unfinished runs: {', '.join(map(str, runs)) or 'none'}")
+        click.echo(
+            f"reclassify: {targeted} instances queued or processing for a named "
+            f"version; unfinished runs: {', '.join(map(str, runs)) or 'none'}"
+        )
     click.echo(
         f"uid conflicts: {sum(conflicts.values())} ("
         + ", ".join(f"{k} {v}" for k, v in conflicts.items())
@@ -158,19 +215,20 @@ def status() -> None:
     configured = list(settings.results.destination_urls)
     configured += [u for u in settings.corrections.destination_urls if u not in configured]
     _echo_outbox(outbox, configured=configured, states=destinations)
-    click.echo(f"workers ready to classify: {len(ready)}"
-               + (f" ({', '.join(ready)})" if ready else ""))
+    click.echo(
+        f"workers ready to classify: {len(ready)}" + (f" ({', '.join(ready)})" if ready else "")
+    )
 
 
-def _echo_outbox(summary: list[Any], *, configured: list[str],
-                 states: dict[str, Any]) -> None:
+def _echo_outbox(summary: list[Any], *, configured: list[str], states: dict[str, Any]) -> None:
     """The outbox per destination: pending, sent, failed, the oldest pending's age, and
     for a destination that is failing, why and when it is tried next."""
     from db.models import utcnow
 
     if not summary and not configured:
-        click.echo("outbox: no result destinations (CXR_RESULT_DESTINATIONS, "
-                   "CXR_CORRECTION_DESTINATIONS)")
+        click.echo(
+            "outbox: no result destinations (CXR_RESULT_DESTINATIONS, CXR_CORRECTION_DESTINATIONS)"
+        )
         return
     click.echo("outbox:")
     now = utcnow()
@@ -181,8 +239,9 @@ def _echo_outbox(summary: list[Any], *, configured: list[str],
             oldest = aware(s.oldest_pending, now)
             age = f", oldest pending {(now - oldest).total_seconds():.0f}s"
         extra = "" if s.destination in configured else " (not configured now)"
-        click.echo(f"  {s.destination}{extra}: pending {s.pending}, sent {s.sent}, "
-                   f"failed {s.failed}{age}")
+        click.echo(
+            f"  {s.destination}{extra}: pending {s.pending}, sent {s.sent}, failed {s.failed}{age}"
+        )
         _echo_destination_state(states.get(s.destination), now)
     for url in configured:
         if url not in listed:
@@ -201,5 +260,7 @@ def _echo_destination_state(state: Any, now: Any) -> None:
     since = ""
     if state.failing_since is not None:
         since = f" over {(now - aware(state.failing_since, now)).total_seconds():.0f}s"
-    click.echo(f"    down: {state.consecutive_failures} failures in a row{since}{wait}; "
-               f"last error: {state.last_error}")
+    click.echo(
+        f"    down: {state.consecutive_failures} failures in a row{since}{wait}; "
+        f"last error: {state.last_error}"
+    )

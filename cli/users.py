@@ -24,13 +24,22 @@ def _password_from(stdin: bool, none: bool) -> str | None:
 
 @user.command("create")
 @click.argument("username")
-@click.option("--role", type=click.Choice(["reviewer", "auditor", "admin"]),
-              default="reviewer", show_default=True)
-@click.option("--password-stdin", is_flag=True,
-              help="Read the password from the first line of stdin (scripts) instead of a "
-                   "prompt.")
-@click.option("--no-password", is_flag=True,
-              help="No password: single sign-on only (CXR_TRUSTED_USER_HEADER).")
+@click.option(
+    "--role",
+    type=click.Choice(["reviewer", "auditor", "admin"]),
+    default="reviewer",
+    show_default=True,
+)
+@click.option(
+    "--password-stdin",
+    is_flag=True,
+    help="Read the password from the first line of stdin (scripts) instead of a prompt.",
+)
+@click.option(
+    "--no-password",
+    is_flag=True,
+    help="No password: single sign-on only (CXR_TRUSTED_USER_HEADER).",
+)
 def user_create(username: str, role: str, password_stdin: bool, no_password: bool) -> None:
     """Create user USERNAME (asks for a password of at least 12 characters)."""
     from cxr_orient.users import UserError, create_user
@@ -53,10 +62,12 @@ def user_list() -> None:
 
     with session_scope() as session:
         for info in list_users(session):
-            click.echo(f"{info.username:32s} {info.role.value:9s} "
-                       f"{'password' if info.has_password else 'sso-only':9s} "
-                       f"last login {when(info.last_login_at)}"
-                       f"{'  DISABLED ' + when(info.disabled_at) if info.disabled_at else ''}")
+            click.echo(
+                f"{info.username:32s} {info.role.value:9s} "
+                f"{'password' if info.has_password else 'sso-only':9s} "
+                f"last login {when(info.last_login_at)}"
+                f"{'  DISABLED ' + when(info.disabled_at) if info.disabled_at else ''}"
+            )
 
 
 @user.command("disable")

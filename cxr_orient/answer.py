@@ -81,9 +81,22 @@ def reasons_of(review_reason: str | None) -> tuple[str, ...]:
 
 #: The answer's fields as the results table, the review queue and the JSON API show
 #: them, flat beside the instance's (``review_reason`` as stored, comma-separated).
-SHOWN = ("label", "confidence", "p_frontal", "p_lateral", "needs_review", "review_reason",
-         "rotation", "mirrored", "unusual_score", "header_agrees", "projection", "p_ap",
-         "projection_agrees", "p_not_chest")
+SHOWN = (
+    "label",
+    "confidence",
+    "p_frontal",
+    "p_lateral",
+    "needs_review",
+    "review_reason",
+    "rotation",
+    "mirrored",
+    "unusual_score",
+    "header_agrees",
+    "projection",
+    "p_ap",
+    "projection_agrees",
+    "p_not_chest",
+)
 
 
 def flat(answer: Answer | None) -> dict[str, Any]:

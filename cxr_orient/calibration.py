@@ -55,8 +55,9 @@ def apply_temperature(probs: np.ndarray, temperature: float) -> np.ndarray:
     return np.stack([1.0 - p_lateral, p_lateral], axis=1)
 
 
-def _soft_nll(logits: np.ndarray, y: np.ndarray, temperature: float,
-              targets: tuple[float, float] = (0.0, 1.0)) -> float:
+def _soft_nll(
+    logits: np.ndarray, y: np.ndarray, temperature: float, targets: tuple[float, float] = (0.0, 1.0)
+) -> float:
     """Cross-entropy of sigmoid(logits / T) against soft targets (negative, positive)."""
     z = logits / temperature
     t = np.where(y == 1, targets[1], targets[0])
@@ -74,8 +75,12 @@ def platt_targets(y: np.ndarray) -> tuple[float, float]:
 
 
 def fit_temperature(
-    probs: np.ndarray, y: Sequence[int] | np.ndarray, *,
-    bounds: tuple[float, float] = (0.01, 100.0), smoothed: bool = True, counts_per_image: int = 1,
+    probs: np.ndarray,
+    y: Sequence[int] | np.ndarray,
+    *,
+    bounds: tuple[float, float] = (0.01, 100.0),
+    smoothed: bool = True,
+    counts_per_image: int = 1,
 ) -> float:
     """Temperature minimising the validation NLL (1-D search in log T).
 
@@ -94,8 +99,11 @@ def fit_temperature(
     targets = (0.0, 1.0)
     if smoothed:
         per = max(1, int(counts_per_image))
-        targets = platt_targets(labels[: max(1, len(labels) // per)]) if per > 1 \
+        targets = (
+            platt_targets(labels[: max(1, len(labels) // per)])
+            if per > 1
             else platt_targets(labels)
+        )
 
     def _nll(lg: np.ndarray, yy: np.ndarray, temp: float) -> float:
         return _soft_nll(lg, yy, temp, targets)
@@ -119,8 +127,9 @@ def fit_temperature(
             fd = _nll(logits, labels, math.exp(d))
     temperature = float(math.exp((a + b) / 2))
     if min(abs(math.log(temperature) - lo), abs(hi - math.log(temperature))) < 0.05:
-        logger.warning("fitted temperature %.4g is at the edge of its range %s",
-                       temperature, bounds)
+        logger.warning(
+            "fitted temperature %.4g is at the edge of its range %s", temperature, bounds
+        )
     return temperature
 
 

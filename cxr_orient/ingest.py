@@ -81,17 +81,29 @@ class EnqueueReport:
     @property
     def requeued(self) -> list[int]:
         """Instances whose file was replaced by this call (queued again)."""
-        return [c.instance_id for c in self.uid_conflicts
-                if c.action == UidConflictAction.replaced.value]
+        return [
+            c.instance_id
+            for c in self.uid_conflicts
+            if c.action == UidConflictAction.replaced.value
+        ]
 
     @property
     def instance_ids(self) -> list[int]:
         """Every instance this call is about: new (queued or held), known, conflicting,
         out-of-scope and refused ones."""
         conflicting = [c.instance_id for c in self.uid_conflicts]
-        return list(dict.fromkeys(
-            [*self.queued, *self.held, *self.already_known, *conflicting,
-             *self.out_of_scope_ids, *self.refused_ids]))
+        return list(
+            dict.fromkeys(
+                [
+                    *self.queued,
+                    *self.held,
+                    *self.already_known,
+                    *conflicting,
+                    *self.out_of_scope_ids,
+                    *self.refused_ids,
+                ]
+            )
+        )
 
 
 def iter_files(paths: Iterable[Path]) -> Iterator[Path]:
@@ -124,8 +136,9 @@ class ScannedFile:
     refusal: PolicyRefusal | None = None
 
 
-def header_record(path: str, sha256: str, size: int, header: DicomHeader,
-                  settings: Settings) -> ScannedFile:
+def header_record(
+    path: str, sha256: str, size: int, header: DicomHeader, settings: Settings
+) -> ScannedFile:
     """The record of a file whose header was read, for every way in (:func:`scan_file`,
     and the network sources through :func:`cxr_orient.dicomnet.receive.received_file`):
     refused (a failed row, ``invalid_uid``) when a UID is malformed
@@ -149,8 +162,7 @@ def scan_file(path: Path, settings: Settings) -> ScannedFile:
         header = read_header(checked.path, data=checked.data)
     except CxrError as exc:
         return ScannedFile(str(checked.path), checked.sha256, len(checked.data), None, exc)
-    return header_record(str(checked.path), checked.sha256, len(checked.data), header,
-                         settings)
+    return header_record(str(checked.path), checked.sha256, len(checked.data), header, settings)
 
 
 def _record_known(
@@ -175,8 +187,9 @@ def _record_known(
         report.already_known.append(instance.id)
         report.studies.add(header.study_instance_uid)
         return False
-    study = None if instance.study_id is None else crud.get_study(
-        session, study_id=instance.study_id)
+    study = (
+        None if instance.study_id is None else crud.get_study(session, study_id=instance.study_id)
+    )
     known_study = study.study_instance_uid if study is not None else None
     if known_study is not None:
         report.studies.add(known_study)
@@ -185,12 +198,15 @@ def _record_known(
     known = (instance.file_path, instance.file_sha256, instance.file_size)
     action = UidConflictAction.kept_first
     if not study_matches:
-        detail = (f"the file names study {header.study_instance_uid}, the instance belongs "
-                  f"to study {known_study}: a UID clash across studies; the instance is not "
-                  "moved and keeps its file and answers, whatever the policy")
+        detail = (
+            f"the file names study {header.study_instance_uid}, the instance belongs "
+            f"to study {known_study}: a UID clash across studies; the instance is not "
+            "moved and keeps its file and answers, whatever the policy"
+        )
     elif policy == "keep_first":
-        detail = ("keep_first: the new file is not queued; the instance keeps its file and "
-                  "its answers")
+        detail = (
+            "keep_first: the new file is not queued; the instance keeps its file and its answers"
+        )
     elif crud.replace_instance_file(
         session,
         instance_id=instance.id,
@@ -207,15 +223,18 @@ def _record_known(
         status=InstanceStatus.waiting if hold else InstanceStatus.queued,
     ):
         action = UidConflictAction.replaced
-        detail = (f"replace: the instance (was {known_status.value}) now refers to the new "
-                  "file and is queued again; its earlier answers stay, made on the known bytes")
+        detail = (
+            f"replace: the instance (was {known_status.value}) now refers to the new "
+            "file and is queued again; its earlier answers stay, made on the known bytes"
+        )
         if known_status == InstanceStatus.processing:
             detail += "; the answer in flight on the known bytes is not recorded"
     elif tries > 1:
         # Another enqueue replaced the file meanwhile: decide again against the new one.
         session.refresh(instance)
-        return _record_known(session, instance, item, header, policy, report,
-                             hold=hold, tries=tries - 1)
+        return _record_known(
+            session, instance, item, header, policy, report, hold=hold, tries=tries - 1
+        )
     else:
         detail = "replace: lost repeated races with other enqueues; the instance is unchanged"
     conflict, created = crud.add_uid_conflict(
@@ -269,8 +288,10 @@ def _record_chunk(
         )
         # One query for the chunk's known instances, one for its studies, one insert for
         # its new instances (statements per chunk, not per file).
-        known_by_uid = crud.find_instances_by_uids(session, sop_instance_uids=[
-            s.header.sop_instance_uid for s in ordered if s.header is not None])
+        known_by_uid = crud.find_instances_by_uids(
+            session,
+            sop_instance_uids=[s.header.sop_instance_uid for s in ordered if s.header is not None],
+        )
         fresh: list[ScannedFile] = []
         for item in ordered:
             if item.error is not None or item.header is None:
@@ -292,37 +313,49 @@ def _record_chunk(
                 continue
             # An out-of-scope file never replaces a known instance's file.
             file_policy = policy if item.refusal is None else "keep_first"
-            if _record_known(session, known, item, item.header, file_policy, report,
-                             hold=hold):
+            if _record_known(session, known, item, item.header, file_policy, report, hold=hold):
                 requeued.append(known.id)
                 if hold and known.study_id is not None:
                     arrived.add(known.study_id)
-        studies = crud.get_or_create_studies(session, studies={
-            s.header.study_instance_uid: s.header.patient_id
-            for s in fresh if s.header is not None})
+        studies = crud.get_or_create_studies(
+            session,
+            studies={
+                s.header.study_instance_uid: s.header.patient_id
+                for s in fresh
+                if s.header is not None
+            },
+        )
         new: list[crud.NewInstance] = []
         for item in fresh:
             assert item.header is not None
             header, refusal = item.header, item.refusal
-            new.append(crud.NewInstance(
-                study=studies[header.study_instance_uid],
-                sop_instance_uid=header.sop_instance_uid,
-                series_instance_uid=header.series_instance_uid,
-                file_path=item.path,
-                file_sha256=item.sha256,
-                file_size=item.size,
-                modality=header.modality,
-                transfer_syntax_uid=header.transfer_syntax_uid,
-                header_view_position=header.view_position,
-                manufacturer=header.manufacturer,
-                manufacturer_model=header.manufacturer_model,
-                status=(InstanceStatus.out_of_scope if refusal is not None
-                        else InstanceStatus.waiting if hold else InstanceStatus.queued),
-                error_code=None if refusal is None else refusal.code,
-                error_message=None if refusal is None else refusal.message,
-            ))
-        for item, (instance, created) in zip(fresh, crud.add_instances(session, new=new),
-                                             strict=True):
+            new.append(
+                crud.NewInstance(
+                    study=studies[header.study_instance_uid],
+                    sop_instance_uid=header.sop_instance_uid,
+                    series_instance_uid=header.series_instance_uid,
+                    file_path=item.path,
+                    file_sha256=item.sha256,
+                    file_size=item.size,
+                    modality=header.modality,
+                    transfer_syntax_uid=header.transfer_syntax_uid,
+                    header_view_position=header.view_position,
+                    manufacturer=header.manufacturer,
+                    manufacturer_model=header.manufacturer_model,
+                    status=(
+                        InstanceStatus.out_of_scope
+                        if refusal is not None
+                        else InstanceStatus.waiting
+                        if hold
+                        else InstanceStatus.queued
+                    ),
+                    error_code=None if refusal is None else refusal.code,
+                    error_message=None if refusal is None else refusal.message,
+                )
+            )
+        for item, (instance, created) in zip(
+            fresh, crud.add_instances(session, new=new), strict=True
+        ):
             assert item.header is not None
             header, refusal = item.header, item.refusal
             study = studies[header.study_instance_uid]
@@ -337,9 +370,15 @@ def _record_chunk(
                     new_ids.append(instance.id)
                     if hold:
                         arrived.add(study.id)
-            elif _record_known(session, instance, item, header,
-                               policy if refusal is None else "keep_first", report,
-                               hold=hold):
+            elif _record_known(
+                session,
+                instance,
+                item,
+                header,
+                policy if refusal is None else "keep_first",
+                report,
+                hold=hold,
+            ):
                 # recorded meanwhile by another enqueue (or earlier in this chunk)
                 requeued.append(instance.id)
                 if hold:

@@ -90,7 +90,8 @@ def read_file_bounded(real: Path, *, shown: str, max_pixels: int) -> bytes:
             if not stat.S_ISREG(info.st_mode):
                 raise NotRegularFileError(
                     f"file {shown!r} is not a regular file (a FIFO, device or socket); "
-                    "refused unread")
+                    "refused unread"
+                )
             if info.st_size > max_file_bytes(max_pixels):
                 raise ImageTooLargeError(
                     f"file {shown!r} is {info.st_size} bytes, more than an image of "

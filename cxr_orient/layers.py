@@ -102,8 +102,12 @@ class DihedralOrbit(keras.layers.Layer):
         transposed = ops.transpose(inputs, (0, 2, 1, 3))
         views = []
         for x in (inputs, transposed):
-            views += [x, ops.flip(x, axis=1), ops.flip(x, axis=2),
-                      ops.flip(ops.flip(x, axis=1), axis=2)]
+            views += [
+                x,
+                ops.flip(x, axis=1),
+                ops.flip(x, axis=2),
+                ops.flip(ops.flip(x, axis=1), axis=2),
+            ]
         return ops.concatenate(views, axis=0)
 
 
@@ -163,10 +167,20 @@ class MahalanobisScore(keras.layers.Layer):
         super().__init__(**kwargs)
         self.classes = int(classes)
         self.dims = int(dims)
-        self.means = self.add_weight(shape=(self.classes, self.dims), initializer="zeros",
-                                     trainable=False, name="means", dtype="float32")
-        self.precision = self.add_weight(shape=(self.dims, self.dims), initializer="identity",
-                                         trainable=False, name="precision", dtype="float32")
+        self.means = self.add_weight(
+            shape=(self.classes, self.dims),
+            initializer="zeros",
+            trainable=False,
+            name="means",
+            dtype="float32",
+        )
+        self.precision = self.add_weight(
+            shape=(self.dims, self.dims),
+            initializer="identity",
+            trainable=False,
+            name="precision",
+            dtype="float32",
+        )
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "classes": self.classes, "dims": self.dims}
@@ -231,26 +245,36 @@ class PixelStatistics(keras.layers.Layer):
         x = ops.cast(inputs[..., 0], "float32")
         bins = PIXEL_HISTOGRAM_BINS
         # Values are whole numbers 0..255: bin i holds 16 i .. 16 i + 15 exactly.
-        at_least = [ops.mean(ops.cast(x >= 256.0 * i / bins - 0.5, "float32"), axis=(1, 2))
-                    for i in range(bins + 1)]
+        at_least = [
+            ops.mean(ops.cast(x >= 256.0 * i / bins - 0.5, "float32"), axis=(1, 2))
+            for i in range(bins + 1)
+        ]
         root = [ops.sqrt(ops.maximum(at_least[i] - at_least[i + 1], 0.0)) for i in range(bins)]
         half = bins // 2
-        folded = ([root[i] + root[bins - 1 - i] for i in range(half)]
-                  + [ops.abs(root[i] - root[bins - 1 - i]) for i in range(half)])
+        folded = [root[i] + root[bins - 1 - i] for i in range(half)] + [
+            ops.abs(root[i] - root[bins - 1 - i]) for i in range(half)
+        ]
         x = x / 255.0
 
         def edges(y: Any) -> Any:
-            return (ops.mean(ops.abs(y[:, 1:, :] - y[:, :-1, :]), axis=(1, 2))
-                    + ops.mean(ops.abs(y[:, :, 1:] - y[:, :, :-1]), axis=(1, 2)))
+            return ops.mean(ops.abs(y[:, 1:, :] - y[:, :-1, :]), axis=(1, 2)) + ops.mean(
+                ops.abs(y[:, :, 1:] - y[:, :, :-1]), axis=(1, 2)
+            )
 
         size = inputs.shape[1]
         block = ops.mean(ops.reshape(x, (-1, size // 4, 4, size // 4, 4)), axis=(2, 4))
-        laplacian = (4.0 * x[:, 1:-1, 1:-1] - x[:, :-2, 1:-1] - x[:, 2:, 1:-1]
-                     - x[:, 1:-1, :-2] - x[:, 1:-1, 2:])
+        laplacian = (
+            4.0 * x[:, 1:-1, 1:-1]
+            - x[:, :-2, 1:-1]
+            - x[:, 2:, 1:-1]
+            - x[:, 1:-1, :-2]
+            - x[:, 1:-1, 2:]
+        )
         quarter = size // 4
-        centre = ops.mean(x[:, quarter:size - quarter, quarter:size - quarter], axis=(1, 2))
-        extremes = ops.mean(ops.cast((x <= 0.5 / 255.0) | (x >= 254.5 / 255.0), "float32"),
-                            axis=(1, 2))
+        centre = ops.mean(x[:, quarter : size - quarter, quarter : size - quarter], axis=(1, 2))
+        extremes = ops.mean(
+            ops.cast((x <= 0.5 / 255.0) | (x >= 254.5 / 255.0), "float32"), axis=(1, 2)
+        )
         stats = [
             ops.log(edges(x) + 1e-4),
             ops.log(edges(block) + 1e-4),
@@ -277,16 +301,19 @@ class UnusualScore(keras.layers.Layer):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.scales = self.add_weight(shape=(2,), initializer="ones", trainable=False,
-                                      name="scales", dtype="float32")
+        self.scales = self.add_weight(
+            shape=(2,), initializer="ones", trainable=False, name="scales", dtype="float32"
+        )
 
     def compute_output_shape(self, input_shapes: Any) -> tuple[Any, ...]:
         return (input_shapes[0][0], 1)
 
     def call(self, inputs: Any) -> Any:
         distance, copies = inputs
-        return ops.maximum(ops.cast(distance, "float32") / self.scales[0],
-                           orientation_entropy(copies) / self.scales[1])
+        return ops.maximum(
+            ops.cast(distance, "float32") / self.scales[0],
+            orientation_entropy(copies) / self.scales[1],
+        )
 
     def fit(self, distances: Any, copies: Any, *, quantile: float = 0.9975) -> None:
         """Each part's scale: its ``quantile`` over validation chest films (numpy
@@ -294,8 +321,9 @@ class UnusualScore(keras.layers.Layer):
         d = np.asarray(distances, dtype=np.float64).reshape(-1)
         p = np.asarray(copies, dtype=np.float64)
         entropy = -(p * np.log(p + 1e-12)).sum(axis=-1)
-        self.scales.assign(np.array([np.quantile(d, quantile), np.quantile(entropy, quantile)],
-                                    dtype=np.float32))
+        self.scales.assign(
+            np.array([np.quantile(d, quantile), np.quantile(entropy, quantile)], dtype=np.float32)
+        )
 
 
 def orientation_entropy(copies: Any) -> Any:
@@ -331,8 +359,9 @@ class ScopeScore(keras.layers.Layer):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.thresholds = self.add_weight(shape=(2,), initializer="ones", trainable=False,
-                                          name="thresholds", dtype="float32")
+        self.thresholds = self.add_weight(
+            shape=(2,), initializer="ones", trainable=False, name="thresholds", dtype="float32"
+        )
 
     def compute_output_shape(self, input_shapes: Any) -> tuple[Any, ...]:
         return (input_shapes[0][0], 1)

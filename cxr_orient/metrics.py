@@ -110,24 +110,39 @@ def worker_metrics() -> WorkerMetrics:
     with _LOCK:
         if _WORKER_METRICS is None:
             _WORKER_METRICS = WorkerMetrics(
-                images=Counter("cxr_orient_images", "Images finished by the workers.",
-                               ["status", "label", "error_code"]),
+                images=Counter(
+                    "cxr_orient_images",
+                    "Images finished by the workers.",
+                    ["status", "label", "error_code"],
+                ),
                 decode_seconds=Histogram(
                     "cxr_orient_decode_seconds",
                     "Checked read + decode + resize of one image, in seconds.",
-                    buckets=DECODE_BUCKETS),
+                    buckets=DECODE_BUCKETS,
+                ),
                 inference_seconds=Histogram(
                     "cxr_orient_inference_seconds",
-                    "Model prediction of one batch, in seconds.", buckets=INFERENCE_BUCKETS),
-                batch_size=Histogram("cxr_orient_batch_size",
-                                     "Images per predicted batch.", buckets=BATCH_BUCKETS),
-                timeouts=Counter("cxr_orient_task_timeouts",
-                                 "Classification batches stopped by the soft time limit."),
-                pool_processes=Gauge("cxr_orient_worker_pool_processes",
-                                     "Worker pool processes up.", multiprocess_mode="livesum"),
-                worker_ready=Gauge("cxr_orient_worker_ready",
-                                   "1 once every pool process of the worker has loaded its "
-                                   "model and can classify.", multiprocess_mode="livemax"),
+                    "Model prediction of one batch, in seconds.",
+                    buckets=INFERENCE_BUCKETS,
+                ),
+                batch_size=Histogram(
+                    "cxr_orient_batch_size", "Images per predicted batch.", buckets=BATCH_BUCKETS
+                ),
+                timeouts=Counter(
+                    "cxr_orient_task_timeouts",
+                    "Classification batches stopped by the soft time limit.",
+                ),
+                pool_processes=Gauge(
+                    "cxr_orient_worker_pool_processes",
+                    "Worker pool processes up.",
+                    multiprocess_mode="livesum",
+                ),
+                worker_ready=Gauge(
+                    "cxr_orient_worker_ready",
+                    "1 once every pool process of the worker has loaded its "
+                    "model and can classify.",
+                    multiprocess_mode="livemax",
+                ),
             )
         return _WORKER_METRICS
 
@@ -207,8 +222,13 @@ def start_worker_exporter(folder: Path, *, host: str, port: int) -> Any | None:
     try:
         server, _thread = start_http_server(port, addr=host, registry=worker_registry(folder))
     except OSError as exc:
-        logger.error("worker metrics exporter not started on %s:%d: %s "
-                     "(CXR_WORKER_METRICS_PORT: one port per worker on a host)", host, port, exc)
+        logger.error(
+            "worker metrics exporter not started on %s:%d: %s "
+            "(CXR_WORKER_METRICS_PORT: one port per worker on a host)",
+            host,
+            port,
+            exc,
+        )
         return None
     logger.info("worker metrics on http://%s:%d/metrics", host, port)
     return server
@@ -218,8 +238,11 @@ def start_worker_exporter(folder: Path, *, host: str, port: int) -> Any | None:
 
 _LISTENER_REGISTRY = CollectorRegistry()
 _LISTENER_REFUSALS = Counter(
-    "cxr_orient_dicom_refused", "Connections, associations and C-STOREs the DICOM "
-    "listener refused or cut off, by reason.", ["reason"], registry=_LISTENER_REGISTRY)
+    "cxr_orient_dicom_refused",
+    "Connections, associations and C-STOREs the DICOM listener refused or cut off, by reason.",
+    ["reason"],
+    registry=_LISTENER_REGISTRY,
+)
 
 
 def listener_refusals(reason: str) -> None:
@@ -235,8 +258,12 @@ def start_listener_exporter(*, host: str, port: int) -> Any | None:
     try:
         server, _thread = start_http_server(port, addr=host, registry=_LISTENER_REGISTRY)
     except OSError as exc:
-        logger.error("listener metrics exporter not started on %s:%d: %s "
-                     "(CXR_DICOM_METRICS_PORT)", host, port, exc)
+        logger.error(
+            "listener metrics exporter not started on %s:%d: %s (CXR_DICOM_METRICS_PORT)",
+            host,
+            port,
+            exc,
+        )
         return None
     logger.info("listener metrics on http://%s:%d/metrics", host, port)
     return server
@@ -261,19 +288,22 @@ class ServiceCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         yield from self._from_database()
         depth = self._queue_depth()
-        broker = GaugeMetricFamily("cxr_orient_broker_up",
-                                   "Whether the broker answered the queue depth query.")
+        broker = GaugeMetricFamily(
+            "cxr_orient_broker_up", "Whether the broker answered the queue depth query."
+        )
         broker.add_metric([], 0.0 if depth is None else 1.0)
         yield broker
         if depth is not None:
-            queue = GaugeMetricFamily("cxr_orient_queue_depth",
-                                      "Messages waiting in the broker queue.", labels=["queue"])
+            queue = GaugeMetricFamily(
+                "cxr_orient_queue_depth", "Messages waiting in the broker queue.", labels=["queue"]
+            )
             queue.add_metric([self._queue_name], float(depth))
             yield queue
 
     def _from_database(self) -> Iterator[Metric]:
-        up = GaugeMetricFamily("cxr_orient_database_up",
-                               "Whether the database answered the scrape's queries.")
+        up = GaugeMetricFamily(
+            "cxr_orient_database_up", "Whether the database answered the scrape's queries."
+        )
         try:
             with session_scope() as session:
                 statuses = crud.status_counts(session)
@@ -288,34 +318,41 @@ class ServiceCollector(Collector):
             return
         up.add_metric([], 1.0)
         yield up
-        instances = GaugeMetricFamily("cxr_orient_instances", "Instances by status.",
-                                      labels=["status"])
+        instances = GaugeMetricFamily(
+            "cxr_orient_instances", "Instances by status.", labels=["status"]
+        )
         for status, n in sorted(statuses.items()):
             instances.add_metric([status], float(n))
         yield instances
         backlog = GaugeMetricFamily(
             "cxr_orient_review_backlog",
-            "Instances whose current answer needs review and that have no label yet.")
+            "Instances whose current answer needs review and that have no label yet.",
+        )
         backlog.add_metric([], float(review))
         yield backlog
-        messages = GaugeMetricFamily("cxr_orient_outbox_messages",
-                                     "Outbox rows by destination and status.",
-                                     labels=["destination", "status"])
+        messages = GaugeMetricFamily(
+            "cxr_orient_outbox_messages",
+            "Outbox rows by destination and status.",
+            labels=["destination", "status"],
+        )
         oldest = GaugeMetricFamily(
             "cxr_orient_outbox_oldest_pending_seconds",
-            "Age of the oldest pending outbox row, by destination.", labels=["destination"])
+            "Age of the oldest pending outbox row, by destination.",
+            labels=["destination"],
+        )
         now = utcnow()
         for row in outbox:
-            for status, n in (("pending", row.pending), ("sent", row.sent),
-                              ("failed", row.failed)):
+            for status, n in (("pending", row.pending), ("sent", row.sent), ("failed", row.failed)):
                 messages.add_metric([row.destination, status], float(n))
             if row.oldest_pending is not None:
-                oldest.add_metric([row.destination],
-                                  max(0.0, (now - _aware(row.oldest_pending)).total_seconds()))
+                oldest.add_metric(
+                    [row.destination], max(0.0, (now - _aware(row.oldest_pending)).total_seconds())
+                )
         yield messages
         yield oldest
-        info = InfoMetricFamily("cxr_orient_active_model",
-                                "The model version in service (none: no active model).")
+        info = InfoMetricFamily(
+            "cxr_orient_active_model", "The model version in service (none: no active model)."
+        )
         info.add_metric([], {"version": model_name or "none"})
         yield info
 
@@ -327,8 +364,7 @@ def _aware(moment: Any) -> Any:
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
-def service_registry(queue_depth: Callable[[], int | None], queue_name: str
-                     ) -> CollectorRegistry:
+def service_registry(queue_depth: Callable[[], int | None], queue_name: str) -> CollectorRegistry:
     """A registry holding only :class:`ServiceCollector` (not the process's default one)."""
     registry = CollectorRegistry()
     registry.register(ServiceCollector(queue_depth, queue_name))

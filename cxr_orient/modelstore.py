@@ -296,10 +296,8 @@ def orientation_answer(copies: np.ndarray, label: str) -> tuple[int, bool | None
     return 90 * k_best, bool(mirror > plain)
 
 
-
-
 def projection_answer(p_ap: float | None, label: str, threshold: float | None) -> str | None:
-    """"PA" or "AP" for a frontal whose confidence ``max(p_ap, 1 - p_ap)`` reaches
+    """ "PA" or "AP" for a frontal whose confidence ``max(p_ap, 1 - p_ap)`` reaches
     ``threshold`` (0.5 when the card has none); None otherwise (abstention), for a
     lateral, and without a PA/AP head."""
     if p_ap is None or label != "frontal":
@@ -357,7 +355,8 @@ class Classifier:
         padded = self.padded_size(n)
         if padded > n:
             stacked = np.concatenate(
-                [stacked, np.zeros((padded - n, *stacked.shape[1:]), dtype=stacked.dtype)])
+                [stacked, np.zeros((padded - n, *stacked.shape[1:]), dtype=stacked.dtype)]
+            )
         probs = self._forward(stacked)["view"][:n]
         return probs.reshape(len(views), len(x), 2).mean(axis=0)
 
@@ -371,8 +370,9 @@ class Classifier:
         ``view``), as float64 numpy."""
         out = self.model.predict_on_batch(x)
         named = out if isinstance(out, dict) else {"view": out}
-        return {k: np.asarray(keras.ops.convert_to_numpy(v), dtype=np.float64)
-                for k, v in named.items()}
+        return {
+            k: np.asarray(keras.ops.convert_to_numpy(v), dtype=np.float64) for k, v in named.items()
+        }
 
     @property
     def has_heads(self) -> bool:
@@ -393,14 +393,19 @@ class Classifier:
             x = np.concatenate([x, np.zeros((padded - n, *x.shape[1:]), dtype=x.dtype)])
         out = self._forward(x)
         optional = {k: out[k][:n, 0] for k in ("not_chest", "projection") if k in out}
-        return HeadOutputs(view=out["view"][:n], orientation=out["orientation"][:n],
-                           unusual=out["unusual"][:n, 0], **optional)
+        return HeadOutputs(
+            view=out["view"][:n],
+            orientation=out["orientation"][:n],
+            unusual=out["unusual"][:n, 0],
+            **optional,
+        )
 
     def predict_raw_in_batches(self, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
         """:meth:`predict_raw` over ``images`` ``batch_size`` at a time (evaluation and
         training sets that do not fit one call)."""
-        parts = [self.predict_raw(images[i : i + batch_size])
-                 for i in range(0, len(images), batch_size)]
+        parts = [
+            self.predict_raw(images[i : i + batch_size]) for i in range(0, len(images), batch_size)
+        ]
         return np.concatenate(parts) if parts else np.zeros((0, 2), dtype=np.float64)
 
     def predict_proba(self, batch: np.ndarray) -> np.ndarray:
@@ -415,15 +420,24 @@ class Classifier:
         batch of ``max_batch`` traces the graph (over a second on a CPU).
         """
         size = self.card.input_size
-        sizes = (sorted({padded_batch_size(n) for n in range(1, max_batch + 1)})
-                 if _compiles_per_shape() else [max_batch])
+        sizes = (
+            sorted({padded_batch_size(n) for n in range(1, max_batch + 1)})
+            if _compiles_per_shape()
+            else [max_batch]
+        )
         for n in sizes:
             self.predict_raw(np.zeros((n, size, size, 3), np.uint8))
         return sizes
 
-    def post_process(self, probs: np.ndarray, *, orientation: np.ndarray | None = None,
-                     unusual: np.ndarray | None = None, not_chest: np.ndarray | None = None,
-                     projection: np.ndarray | None = None) -> list[Answer]:
+    def post_process(
+        self,
+        probs: np.ndarray,
+        *,
+        orientation: np.ndarray | None = None,
+        unusual: np.ndarray | None = None,
+        not_chest: np.ndarray | None = None,
+        projection: np.ndarray | None = None,
+    ) -> list[Answer]:
         """The prediction rule: the label by :func:`predicted_class`, the confidence as
         the larger probability, review below the card's ``review_threshold`` or above
         its ``unusual_threshold``; with an orientation head, which way up
@@ -434,16 +448,25 @@ class Classifier:
         threshold = self.card.unusual_threshold
         out = []
         for i, ((p_front, p_lat), index) in enumerate(
-                zip(probs, predicted_class(probs[:, 1]), strict=True)):
+            zip(probs, predicted_class(probs[:, 1]), strict=True)
+        ):
             label = labels[int(index)]
             confidence = float(max(p_front, p_lat))
-            rotation, mirrored = (orientation_answer(orientation[i], label)
-                                  if orientation is not None else (None, None))
+            rotation, mirrored = (
+                orientation_answer(orientation[i], label)
+                if orientation is not None
+                else (None, None)
+            )
             score = float(unusual[i]) if unusual is not None else None
             is_unusual = score is not None and threshold is not None and score > threshold
-            reasons = tuple(reason for reason, applies in (
-                (LOW_CONFIDENCE, confidence < self.card.review_threshold),
-                (UNUSUAL_IMAGE, is_unusual)) if applies)
+            reasons = tuple(
+                reason
+                for reason, applies in (
+                    (LOW_CONFIDENCE, confidence < self.card.review_threshold),
+                    (UNUSUAL_IMAGE, is_unusual),
+                )
+                if applies
+            )
             p_ap = float(projection[i]) if projection is not None else None
             out.append(
                 Answer(
@@ -466,6 +489,10 @@ class Classifier:
     def predict(self, batch: np.ndarray) -> list[Answer]:
         """Calibrated answers with everything the model's heads say."""
         heads = self.predict_heads(batch)
-        return self.post_process(apply_temperature(heads.view, self.card.temperature),
-                                 orientation=heads.orientation, unusual=heads.unusual,
-                                 not_chest=heads.not_chest, projection=heads.projection)
+        return self.post_process(
+            apply_temperature(heads.view, self.card.temperature),
+            orientation=heads.orientation,
+            unusual=heads.unusual,
+            not_chest=heads.not_chest,
+            projection=heads.projection,
+        )

@@ -95,23 +95,30 @@ def _start(
         else:
             version = crud.find_model_version(session, name=model)
             if version is None:
-                raise ReclassifyError(f"no model version named {model!r} "
-                                      "(register it first: cxr-orient register)")
+                raise ReclassifyError(
+                    f"no model version named {model!r} (register it first: cxr-orient register)"
+                )
         same = crud.find_unfinished_reclassify_run(
-            session, model_version_id=version.id, study_instance_uid=filters.study_instance_uid,
-            since=filters.since_utc, include_failed=filters.include_failed)
+            session,
+            model_version_id=version.id,
+            study_instance_uid=filters.study_instance_uid,
+            since=filters.since_utc,
+            include_failed=filters.include_failed,
+        )
         if same is not None:
             return same.id, version.name, True
         run = crud.create_reclassify_run(
-            session, actor=actor, model_version_id=version.id,
-            study_instance_uid=filters.study_instance_uid, since=filters.since_utc,
-            include_failed=filters.include_failed)
+            session,
+            actor=actor,
+            model_version_id=version.id,
+            study_instance_uid=filters.study_instance_uid,
+            since=filters.since_utc,
+            include_failed=filters.include_failed,
+        )
         return run.id, version.name, False
 
 
-def _chunk(
-    run_id: int, *, chunk_size: int, budget: int | None
-) -> tuple[list[int], int, int, bool]:
+def _chunk(run_id: int, *, chunk_size: int, budget: int | None) -> tuple[list[int], int, int, bool]:
     """One chunk in one transaction: (ids queued, skipped, cursor, run finished)."""
     with session_scope() as session:
         run = crud.get_reclassify_run(session, run_id=run_id, lock=True)
@@ -121,9 +128,14 @@ def _chunk(
         last = crud.max_instance_id(session)
         end = min(run.cursor_instance_id + chunk_size, last)
         candidates = crud.reclassify_candidates(
-            session, after_id=run.cursor_instance_id, up_to_id=end,
-            model_version_id=run.model_version_id, study_instance_uid=run.study_instance_uid,
-            since=run.since, include_failed=run.include_failed)
+            session,
+            after_id=run.cursor_instance_id,
+            up_to_id=end,
+            model_version_id=run.model_version_id,
+            study_instance_uid=run.study_instance_uid,
+            since=run.since,
+            include_failed=run.include_failed,
+        )
         todo = 0
         skipped = 0
         for k, (_, answered) in enumerate(candidates):
@@ -137,9 +149,14 @@ def _chunk(
         cursor = max(run.cursor_instance_id, end)
         # The same range and filters, the answered ones left out: one statement, no id list.
         queued = crud.queue_for_model(
-            session, after_id=run.cursor_instance_id, up_to_id=cursor,
-            model_version_id=run.model_version_id, study_instance_uid=run.study_instance_uid,
-            since=run.since, include_failed=run.include_failed)
+            session,
+            after_id=run.cursor_instance_id,
+            up_to_id=cursor,
+            model_version_id=run.model_version_id,
+            study_instance_uid=run.study_instance_uid,
+            since=run.since,
+            include_failed=run.include_failed,
+        )
         skipped += max(0, todo - len(queued))  # no longer finished: someone else has it
         run.cursor_instance_id = cursor
         run.sent += len(queued)
@@ -171,14 +188,12 @@ def reclassify(
     if chunk_size < 1:
         raise ValueError("chunk_size must be at least 1")
     filters = filters or Filters()
-    run_id, version_name, resumed = _start(model=model, filters=filters, resume=resume,
-                                           actor=actor)
+    run_id, version_name, resumed = _start(model=model, filters=filters, resume=resume, actor=actor)
     sent = skipped = 0
     cursor, finished = 0, False
     while not finished and (limit is None or sent < limit):
         budget = None if limit is None else limit - sent
-        ids, chunk_skipped, cursor, finished = _chunk(run_id, chunk_size=chunk_size,
-                                                      budget=budget)
+        ids, chunk_skipped, cursor, finished = _chunk(run_id, chunk_size=chunk_size, budget=budget)
         try:
             send(ids)
         except Exception as exc:
@@ -194,11 +209,25 @@ def reclassify(
     with session_scope() as session:
         run = crud.get_reclassify_run(session, run_id=run_id)
         assert run is not None
-        report = Report(run_id=run_id, model_version=version_name, resumed=resumed, sent=sent,
-                        skipped=skipped, total_sent=run.sent, total_skipped=run.skipped,
-                        cursor=run.cursor_instance_id, finished=run.finished_at is not None)
-    logger.info("reclassify run %d (%s): sent %d, skipped %d%s", run_id, version_name, sent,
-                skipped, ", finished" if report.finished else "")
+        report = Report(
+            run_id=run_id,
+            model_version=version_name,
+            resumed=resumed,
+            sent=sent,
+            skipped=skipped,
+            total_sent=run.sent,
+            total_skipped=run.skipped,
+            cursor=run.cursor_instance_id,
+            finished=run.finished_at is not None,
+        )
+    logger.info(
+        "reclassify run %d (%s): sent %d, skipped %d%s",
+        run_id,
+        version_name,
+        sent,
+        skipped,
+        ", finished" if report.finished else "",
+    )
     return report
 
 

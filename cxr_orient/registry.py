@@ -187,10 +187,11 @@ def load_version(version: ModelVersion, inference: InferenceSettings) -> LoadedM
         card,
         temperature=version.temperature,
         review_threshold=inference.review_threshold or version.review_threshold,
-        projection_threshold=(inference.projection_threshold
-                              if inference.projection_threshold is not None
-                                 and card.projection_threshold is not None
-                              else card.projection_threshold),
+        projection_threshold=(
+            inference.projection_threshold
+            if inference.projection_threshold is not None and card.projection_threshold is not None
+            else card.projection_threshold
+        ),
     )
     if inference.inference == "served":
         # The forward pass runs in the worker's inference process, which loads (and
@@ -199,10 +200,17 @@ def load_version(version: ModelVersion, inference: InferenceSettings) -> LoadedM
         from cxr_orient.serving.client import ServedClassifier
 
         return LoadedModel(
-            version_id=version.id, name=version.name, sha256=version.sha256,
-            classifier=ServedClassifier(card, path=path, sha256=version.sha256,
-                                        mixed_precision=inference.mixed_precision,
-                                        socket_path=socket_for(os.getpid())))
+            version_id=version.id,
+            name=version.name,
+            sha256=version.sha256,
+            classifier=ServedClassifier(
+                card,
+                path=path,
+                sha256=version.sha256,
+                mixed_precision=inference.mixed_precision,
+                socket_path=socket_for(os.getpid()),
+            ),
+        )
     model = load_checkpoint(path, expected_sha256=version.sha256)
     if inference.mixed_precision == "bfloat16":
         model = with_mixed_bfloat16(model, card)

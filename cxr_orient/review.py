@@ -56,8 +56,11 @@ logger = logging.getLogger(__name__)
 #: The ``labels.source`` of a decision made on the review page.
 REVIEW_SOURCE = "review"
 #: What a reviewer may answer (the page's buttons, keys f / l / n).
-DECISIONS = {"frontal": LabelValue.frontal, "lateral": LabelValue.lateral,
-             "not_chest": LabelValue.not_chest}
+DECISIONS = {
+    "frontal": LabelValue.frontal,
+    "lateral": LabelValue.lateral,
+    "not_chest": LabelValue.not_chest,
+}
 #: The longer side of the larger image, in pixels.
 LARGE_SIZE = 768
 
@@ -110,10 +113,12 @@ def render_instance(instance: Instance, *, kind: str, settings: Settings) -> Ren
     size = MODEL_INPUT_SIZE if kind == "model" else LARGE_SIZE
     try:
         ensure_not_purged(instance)
-        checked = read_checked(instance.file_path, expected_sha256=instance.file_sha256,
-                               intake=settings.intake)
-        square = load_dicom_image(checked.real, size=size, max_pixels=settings.intake.max_pixels,
-                                  data=checked.data)
+        checked = read_checked(
+            instance.file_path, expected_sha256=instance.file_sha256, intake=settings.intake
+        )
+        square = load_dicom_image(
+            checked.real, size=size, max_pixels=settings.intake.max_pixels, data=checked.data
+        )
         if kind == "model":
             return Rendered(_png(square))
         header = read_header(checked.real, data=checked.data)
@@ -124,8 +129,9 @@ def render_instance(instance: Instance, *, kind: str, settings: Settings) -> Ren
     rows, columns = header.rows or LARGE_SIZE, header.columns or LARGE_SIZE
     scale = LARGE_SIZE / max(rows, columns)
     shape = (max(1, round(columns * scale)), max(1, round(rows * scale)))
-    return Rendered(_png(np.asarray(Image.fromarray(square).resize(
-        shape, Image.Resampling.BILINEAR))))
+    return Rendered(
+        _png(np.asarray(Image.fromarray(square).resize(shape, Image.Resampling.BILINEAR)))
+    )
 
 
 class RenderCache:
@@ -153,8 +159,14 @@ class RenderCache:
         return rendered
 
 
-def record_review(session: Session, *, instance_id: int, decision: str,
-                  annotator: str, projection: str | None = None) -> GroundTruthLabel:
+def record_review(
+    session: Session,
+    *,
+    instance_id: int,
+    decision: str,
+    annotator: str,
+    projection: str | None = None,
+) -> GroundTruthLabel:
     """Append the reviewer's ``decision`` (a key of :data:`DECISIONS`) for the instance;
     for a frontal, optionally its ``projection`` ("PA" or "AP")."""
     value = DECISIONS.get(decision)
@@ -164,15 +176,28 @@ def record_review(session: Session, *, instance_id: int, decision: str,
     if projection is not None and projection not in PROJECTIONS:
         raise ReviewError(f"projection {projection!r}: choose from {', '.join(PROJECTIONS)}")
     if projection is not None and value is not LabelValue.frontal:
-        raise ReviewError(f"projection {projection!r} given for a {value.value}: only a "
-                          "frontal has one")
+        raise ReviewError(
+            f"projection {projection!r} given for a {value.value}: only a frontal has one"
+        )
     if crud.get_instance(session, instance_id=instance_id) is None:
         raise ReviewError(f"no instance {instance_id}")
-    row = crud.add_label(session, instance_id=instance_id, label=value, source=REVIEW_SOURCE,
-                         annotator=annotator, projection=projection)
+    row = crud.add_label(
+        session,
+        instance_id=instance_id,
+        label=value,
+        source=REVIEW_SOURCE,
+        annotator=annotator,
+        projection=projection,
+    )
     session.flush()
-    logger.info("review: %s labelled instance %d %s%s (label %d)", annotator, instance_id,
-                value.value, f" {projection}" if projection else "", row.id)
+    logger.info(
+        "review: %s labelled instance %d %s%s (label %d)",
+        annotator,
+        instance_id,
+        value.value,
+        f" {projection}" if projection else "",
+        row.id,
+    )
     return row
 
 

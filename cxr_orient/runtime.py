@@ -43,10 +43,11 @@ def missing_backend() -> str | None:
         return "Keras is not installed: pip install -e '.[cpu]'"
     backend = keras_backend_name()
     if backend not in BACKENDS:
-        return (f"KERAS_BACKEND={backend!r} is not a Keras backend "
-                f"(one of {', '.join(BACKENDS)})")
+        return f"KERAS_BACKEND={backend!r} is not a Keras backend (one of {', '.join(BACKENDS)})"
     module, install = BACKENDS[backend]
     if importlib.util.find_spec(module) is None:
-        return (f"Keras backend {backend!r} is not installed ({module} missing), so no "
-                f"model can run: {install}")
+        return (
+            f"Keras backend {backend!r} is not installed ({module} missing), so no "
+            f"model can run: {install}"
+        )
     return None

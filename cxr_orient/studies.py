@@ -36,8 +36,13 @@ from db import crud
 from db.models import InstanceStatus, OrientationLabel, utcnow
 from db.session import session_scope
 
-__all__ = ["STUDY_FLAGS", "record_study_answers", "release_quiet_studies",
-           "run_release_loop", "study_answer"]
+__all__ = [
+    "STUDY_FLAGS",
+    "record_study_answers",
+    "release_quiet_studies",
+    "run_release_loop",
+    "study_answer",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -62,12 +67,18 @@ def study_answer(instances: Sequence[crud.StudyInstance]) -> crud.NewStudyAnswer
     agrees = sum(1 for i in done if i.header_agrees is True)
     disagrees = sum(1 for i in done if i.header_agrees is False)
     failed = sum(1 for i in instances if i.status == InstanceStatus.failed)
-    flags = {"no_frontal": frontal == 0, "no_lateral": lateral == 0,
-             "header_disagreement": disagrees > 0, "needs_review": review > 0,
-             "failed": failed > 0}
-    fingerprint = hashlib.sha256(";".join(
-        f"{i.instance_id},{i.status.value},{i.answer_id or ''}" for i in instances
-    ).encode()).hexdigest()
+    flags = {
+        "no_frontal": frontal == 0,
+        "no_lateral": lateral == 0,
+        "header_disagreement": disagrees > 0,
+        "needs_review": review > 0,
+        "failed": failed > 0,
+    }
+    fingerprint = hashlib.sha256(
+        ";".join(
+            f"{i.instance_id},{i.status.value},{i.answer_id or ''}" for i in instances
+        ).encode()
+    ).hexdigest()
     return crud.NewStudyAnswer(
         fingerprint=fingerprint,
         instance_count=len(instances),
@@ -75,16 +86,14 @@ def study_answer(instances: Sequence[crud.StudyInstance]) -> crud.NewStudyAnswer
         lateral_count=lateral,
         needs_review_count=review,
         failed_count=failed,
-        out_of_scope_count=sum(1 for i in instances
-                               if i.status == InstanceStatus.out_of_scope),
+        out_of_scope_count=sum(1 for i in instances if i.status == InstanceStatus.out_of_scope),
         header_agrees_count=agrees,
         header_disagrees_count=disagrees,
         no_frontal=flags["no_frontal"],
         no_lateral=flags["no_lateral"],
         header_disagreement=flags["header_disagreement"],
         flags=",".join(f for f in STUDY_FLAGS if flags[f]) or None,
-        model_versions=",".join(sorted({i.model_version for i in done
-                                        if i.model_version})) or None,
+        model_versions=",".join(sorted({i.model_version for i in done if i.model_version})) or None,
     )
 
 
@@ -99,13 +108,13 @@ def record_study_answers(
     the studies' rows are locked then (the lock order of every writer), so the answer
     is written once, by whichever transaction finishes a study last."""
     finished = crud.finished_studies(session, instance_ids=instance_ids, study_ids=study_ids)
-    return crud.add_study_answers(session, answers={
-        study_id: study_answer(instances) for study_id, instances in finished.items()})
+    return crud.add_study_answers(
+        session,
+        answers={study_id: study_answer(instances) for study_id, instances in finished.items()},
+    )
 
 
-def release_quiet_studies(
-    send: Sender, intake: IntakeSettings, now: datetime | None = None
-) -> int:
+def release_quiet_studies(send: Sender, intake: IntakeSettings, now: datetime | None = None) -> int:
     """Queue and send the waiting instances of every study quiet for
     ``CXR_STUDY_QUIET_S`` seconds (as of ``now``, default the present); how many sent."""
     cutoff = (now or utcnow()) - timedelta(seconds=intake.study_quiet_s)
@@ -117,9 +126,7 @@ def release_quiet_studies(
     return len(ids)
 
 
-def run_release_loop(
-    send: Sender, stop: threading.Event, intake: IntakeSettings
-) -> None:
+def run_release_loop(send: Sender, stop: threading.Event, intake: IntakeSettings) -> None:
     """Sweep until ``stop`` is set (the body of a thread in ``listen``/``serve``); a
     database error is logged and the next sweep tries again: the process never dies of it."""
     interval = intake.study_release_interval_s

@@ -87,13 +87,13 @@ def create_token(session: Session, *, name: str, scopes: Sequence[str]) -> str:
     if crud.find_api_token_by_name(session, name=name) is not None:
         raise TokenError(f"a token named {name!r} exists (revoked ones keep their name)")
     token = TOKEN_PREFIX + secrets.token_urlsafe(32)
-    crud.add_api_token(session, name=name, token_sha256=hash_token(token),
-                       scopes=sorted(set(scopes)))
+    crud.add_api_token(
+        session, name=name, token_sha256=hash_token(token), scopes=sorted(set(scopes))
+    )
     return token
 
 
-def verify_token(session: Session, *, token: str,
-                 now: datetime | None = None) -> TokenInfo | None:
+def verify_token(session: Session, *, token: str, now: datetime | None = None) -> TokenInfo | None:
     """The token's info when ``token`` is a known, unrevoked token, else None; records its
     use. Whether it holds the scope a route needs is the caller's check (403)."""
     digest = hash_token(token)
@@ -103,8 +103,7 @@ def verify_token(session: Session, *, token: str,
     if row.revoked_at is not None:
         return None
     now = now or utcnow()
-    crud.touch_api_token(session, token_id=row.id, now=now,
-                         not_since=now - LAST_USED_RESOLUTION)
+    crud.touch_api_token(session, token_id=row.id, now=now, not_since=now - LAST_USED_RESOLUTION)
     return _info(row)
 
 

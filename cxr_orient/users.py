@@ -84,9 +84,16 @@ class UserInfo:
 
 
 def _info(row: User) -> UserInfo:
-    return UserInfo(row.id, row.username, UserRole(row.role), row.session_epoch,
-                    row.password_hash is not None, row.created_at, row.last_login_at,
-                    row.disabled_at)
+    return UserInfo(
+        row.id,
+        row.username,
+        UserRole(row.role),
+        row.session_epoch,
+        row.password_hash is not None,
+        row.created_at,
+        row.last_login_at,
+        row.disabled_at,
+    )
 
 
 def hash_password(password: str) -> str:
@@ -99,18 +106,19 @@ def _normal_name(username: str) -> str:
     return username.strip().lower()
 
 
-def create_user(session: Session, *, username: str, role: str,
-                password: str | None) -> UserInfo:
+def create_user(session: Session, *, username: str, role: str, password: str | None) -> UserInfo:
     """A new user; ``password`` None: single sign-on only (CXR_TRUSTED_USER_HEADER)."""
     name = _normal_name(username)
     if not _NAME.match(name):
-        raise UserError(f"username {username!r}: lower-case letters, digits, '.', '_', '@' "
-                        "or '-', at most 64")
+        raise UserError(
+            f"username {username!r}: lower-case letters, digits, '.', '_', '@' or '-', at most 64"
+        )
     try:
         chosen = UserRole(role)
     except ValueError as exc:
-        raise UserError(f"role {role!r}: choose from "
-                        f"{', '.join(r.value for r in UserRole)}") from exc
+        raise UserError(
+            f"role {role!r}: choose from {', '.join(r.value for r in UserRole)}"
+        ) from exc
     if crud.find_user(session, username=name) is not None:
         raise UserError(f"a user named {name!r} exists")
     hashed = hash_password(password) if password is not None else None
@@ -131,8 +139,9 @@ def _existing(session: Session, username: str) -> User:
 def set_password(session: Session, *, username: str, password: str | None) -> None:
     """A new password (None: none, single sign-on only); the user's sessions end."""
     row = _existing(session, username)
-    crud.set_user_password(session, user_id=row.id,
-                           password_hash=hash_password(password) if password else None)
+    crud.set_user_password(
+        session, user_id=row.id, password_hash=hash_password(password) if password else None
+    )
 
 
 def disable_user(session: Session, *, username: str) -> None:
@@ -149,9 +158,16 @@ def end_sessions(session: Session, *, user_id: int, epoch: int) -> None:
     crud.end_user_sessions(session, user_id=user_id, epoch=epoch)
 
 
-def authenticate(session: Session, *, username: str, password: str, address: str,
-                 max_failures: int, window_s: int,
-                 now: datetime | None = None) -> UserInfo:
+def authenticate(
+    session: Session,
+    *,
+    username: str,
+    password: str,
+    address: str,
+    max_failures: int,
+    window_s: int,
+    now: datetime | None = None,
+) -> UserInfo:
     """The user whose password this is. Raises :class:`LoginThrottled` before checking
     anything when the pair (username, address) failed too often lately, and
     :class:`LoginRefused` (recording a failure) for a wrong name or password or a
@@ -160,8 +176,10 @@ def authenticate(session: Session, *, username: str, password: str, address: str
     name = _normal_name(username)[:64]
     address = address[:64]
     since = now - timedelta(seconds=window_s)
-    if crud.count_login_failures(session, username=name, address=address,
-                                 since=since) >= max_failures:
+    if (
+        crud.count_login_failures(session, username=name, address=address, since=since)
+        >= max_failures
+    ):
         raise LoginThrottled("too many failed logins; wait a few minutes and try again")
     row = crud.find_user(session, username=name)
     stored = row.password_hash if row is not None and row.password_hash else None

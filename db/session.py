@@ -35,11 +35,17 @@ def make_engine(url: str) -> Engine:
         # A worker cut off from the database (link down, host partitioned) must notice
         # within seconds, not after the kernel's ~15 min of TCP retransmissions: connects
         # time out, idle connections are probed, unacknowledged writes give up after 20 s.
-        connect_args = {"connect_timeout": 10, "keepalives": 1, "keepalives_idle": 10,
-                        "keepalives_interval": 5, "keepalives_count": 3,
-                        "tcp_user_timeout": 20000}
-    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5,
-                         connect_args=connect_args)
+        connect_args = {
+            "connect_timeout": 10,
+            "keepalives": 1,
+            "keepalives_idle": 10,
+            "keepalives_interval": 5,
+            "keepalives_count": 3,
+            "tcp_user_timeout": 20000,
+        }
+    return create_engine(
+        url, pool_pre_ping=True, pool_size=5, max_overflow=5, connect_args=connect_args
+    )
 
 
 def _make_sqlite_folder(url: str) -> None:

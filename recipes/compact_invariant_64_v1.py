@@ -26,11 +26,16 @@ from recipes.common import release
 RELEASE = release.Release(
     name="compact-invariant-64-v1",
     module="recipes.compact_invariant_64_v1",
-    candidates=("compact_invariant_64:20200601", "compact_invariant_64:7",
-                "compact_invariant_64:11", "compact_invariant_slim:20200601",
-                "compact_invariant_slim:7", "compact_invariant_slim:11"),
+    candidates=(
+        "compact_invariant_64:20200601",
+        "compact_invariant_64:7",
+        "compact_invariant_64:11",
+        "compact_invariant_slim:20200601",
+        "compact_invariant_slim:7",
+        "compact_invariant_slim:11",
+    ),
     doc=f"{__doc__}\nHow a release is trained and chosen (recipes/common/release.py):\n\n"
-        f"{release.__doc__}",
+    f"{release.__doc__}",
 )
 
 

@@ -101,8 +101,17 @@ def orientation_loss(y_true: Any, y_pred: Any) -> Any:
 class OrientationBatches(keras.utils.PyDataset):
     """Each epoch, every training film ``repeats`` times, augmented, stored at random."""
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray, *, batch_size: int, seed: int,
-                 repeats: int = 4, members: int = 1, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        images: np.ndarray,
+        labels: np.ndarray,
+        *,
+        batch_size: int,
+        seed: int,
+        repeats: int = 4,
+        members: int = 1,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.members = members
         self.images, self.labels = images, np.asarray(labels).astype(int)
@@ -118,11 +127,15 @@ class OrientationBatches(keras.utils.PyDataset):
         return math.ceil(len(self._order) / self.batch_size)
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, Any]:
-        idx = self._order[index * self.batch_size:(index + 1) * self.batch_size]
+        idx = self._order[index * self.batch_size : (index + 1) * self.batch_size]
         rng = np.random.default_rng([self.seed, self.epoch, index])
         copies = rng.integers(0, ORBIT_SIZE, size=len(idx))
-        batch = np.stack([store_as(augment_image(self.images[i], rng, HEAD_AUGMENT), c)
-                          for i, c in zip(idx, copies, strict=True)])
+        batch = np.stack(
+            [
+                store_as(augment_image(self.images[i], rng, HEAD_AUGMENT), c)
+                for i, c in zip(idx, copies, strict=True)
+            ]
+        )
         x = np.repeat(batch[..., np.newaxis], 3, axis=-1).astype(np.float32)
         targets = orientation_targets(self.labels[idx], copies)
         return x, (targets if self.members == 1 else tuple([targets] * self.members))
@@ -132,20 +145,22 @@ class OrientationBatches(keras.utils.PyDataset):
         self._order = self._draw()
 
 
-def _validation_poses(val: LabelledImages, *, seed: int, augmented: int = 2
-                      ) -> tuple[np.ndarray, np.ndarray]:
+def _validation_poses(
+    val: LabelledImages, *, seed: int, augmented: int = 2
+) -> tuple[np.ndarray, np.ndarray]:
     """The validation films in all 8 poses, as stored and ``augmented`` times augmented
     (label-keeping): as stored they are too easy to tell candidates apart."""
     rng = np.random.default_rng([seed, 1])
-    images = [val.images] + [np.stack([augment_image(img, rng, HEAD_AUGMENT)
-                                       for img in val.images]) for _ in range(augmented)]
+    images = [val.images] + [
+        np.stack([augment_image(img, rng, HEAD_AUGMENT) for img in val.images])
+        for _ in range(augmented)
+    ]
     return _all_poses(np.concatenate(images), np.tile(val.labels, augmented + 1))
 
 
 def _all_poses(images: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Every image stored in all 8 ways (pose-major), and the targets."""
-    x = np.concatenate([np.stack([store_as(img, c) for img in images])
-                        for c in range(ORBIT_SIZE)])
+    x = np.concatenate([np.stack([store_as(img, c) for img in images]) for c in range(ORBIT_SIZE)])
     copies = np.repeat(np.arange(ORBIT_SIZE), len(images))
     return x, orientation_targets(np.tile(labels, ORBIT_SIZE), copies)
 
@@ -163,28 +178,48 @@ def copy_view_weights(model: keras.Model, base: keras.Model) -> int:
 
 
 def train_heads(
-    model: keras.Model, train: LabelledImages, val: LabelledImages, *, epochs: int,
-    seed: int, batch_size: int = 32, patience: int = 8, workers: int = 1,
+    model: keras.Model,
+    train: LabelledImages,
+    val: LabelledImages,
+    *,
+    epochs: int,
+    seed: int,
+    batch_size: int = 32,
+    patience: int = 8,
+    workers: int = 1,
     verbose: int | str = 2,
 ) -> dict[str, Any]:
     """Fit the orientation head (everything not frozen) on ``train``, stopping on ``val``
     in all 8 poses; returns the history."""
     keras.utils.set_random_seed(seed)
-    members = [layer.output for layer in model.layers
-               if layer.name.startswith("orient") and layer.name.endswith("_softmax")]
+    members = [
+        layer.output
+        for layer in model.layers
+        if layer.name.startswith("orient") and layer.name.endswith("_softmax")
+    ]
     # Each member learns on its own loss (an ensemble, not one wider scorer).
     orient = keras.Model(model.input, members)
-    orient.compile(optimizer=keras.optimizers.Adam(1e-3),
-                   loss=[orientation_loss] * len(members))
+    orient.compile(optimizer=keras.optimizers.Adam(1e-3), loss=[orientation_loss] * len(members))
     val_x, val_y = _validation_poses(val, seed=seed)
-    batches = OrientationBatches(train.images, train.labels, batch_size=batch_size, seed=seed,
-                                 workers=workers, use_multiprocessing=False,
-                                 members=len(members))
-    stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience,
-                                         min_delta=1e-4, restore_best_weights=True)
-    fit = orient.fit(batches, validation_data=(rgb(val_x).astype(np.float32),
-                                               tuple([val_y] * len(members))),
-                     epochs=epochs, callbacks=[stop], verbose=verbose)
+    batches = OrientationBatches(
+        train.images,
+        train.labels,
+        batch_size=batch_size,
+        seed=seed,
+        workers=workers,
+        use_multiprocessing=False,
+        members=len(members),
+    )
+    stop = keras.callbacks.EarlyStopping(
+        monitor="val_loss", patience=patience, min_delta=1e-4, restore_best_weights=True
+    )
+    fit = orient.fit(
+        batches,
+        validation_data=(rgb(val_x).astype(np.float32), tuple([val_y] * len(members))),
+        epochs=epochs,
+        callbacks=[stop],
+        verbose=verbose,
+    )
     return {k: [float(v) for v in vs] for k, vs in fit.history.items()}
 
 
@@ -192,9 +227,16 @@ def _unusual_features(model: keras.Model) -> keras.Model:
     return keras.Model(model.input, model.get_layer("unusual_features").output)
 
 
-def fit_unusual(model: keras.Model, train: LabelledImages, val: LabelledImages, *,
-                copies: int, quantile: float, seed: int, shrinkage: float = 0.01
-                ) -> tuple[float, np.ndarray]:
+def fit_unusual(
+    model: keras.Model,
+    train: LabelledImages,
+    val: LabelledImages,
+    *,
+    copies: int,
+    quantile: float,
+    seed: int,
+    shrinkage: float = 0.01,
+) -> tuple[float, np.ndarray]:
     """Fit the score on augmented training films; return the threshold (the
     ``quantile`` of augmented validation films' scores) and those scores."""
     features = _unusual_features(model)
@@ -206,8 +248,9 @@ def fit_unusual(model: keras.Model, train: LabelledImages, val: LabelledImages, 
     return float(np.quantile(val_scores, quantile)), val_scores
 
 
-def orientation_metrics(classifier: Classifier, data: LabelledImages, *, resamples: int = 1000,
-                        seed: int = 0) -> dict[str, Any]:
+def orientation_metrics(
+    classifier: Classifier, data: LabelledImages, *, resamples: int = 1000, seed: int = 0
+) -> dict[str, Any]:
     """Every film stored in all 8 ways through the classifier's own rule: rotation
     accuracy (all films), mirroring accuracy (frontals; a frontal answered lateral has
     no mirrored answer and counts as wrong), with bootstrap 95 % CIs over patients."""
@@ -218,38 +261,54 @@ def orientation_metrics(classifier: Classifier, data: LabelledImages, *, resampl
     for copy in range(ORBIT_SIZE):
         k, mirrored = STORED_AS[copy]
         stored = np.stack([store_as(img, copy) for img in data.images])
-        answers = [a for i in range(0, len(stored), 64)
-                   for a in classifier.predict(rgb(stored[i:i + 64]))]
+        answers = [
+            a
+            for i in range(0, len(stored), 64)
+            for a in classifier.predict(rgb(stored[i : i + 64]))
+        ]
         for answer, label, patient in zip(answers, data.labels, data.patients, strict=True):
             rotation_ok.append(float(answer.rotation == 90 * k))
             groups_rot.append(patient)
             if int(label) == 0:
-                mirror_ok.append(float(answer.mirrored is not None
-                                       and answer.mirrored == mirrored))
+                mirror_ok.append(float(answer.mirrored is not None and answer.mirrored == mirrored))
                 groups_mir.append(patient)
     return {
         "rotation_accuracy": float(np.mean(rotation_ok)),
-        "rotation_accuracy_ci95": bootstrap_mean_ci(rotation_ok, groups_rot,
-                                                    resamples=resamples, seed=seed),
+        "rotation_accuracy_ci95": bootstrap_mean_ci(
+            rotation_ok, groups_rot, resamples=resamples, seed=seed
+        ),
         "frontal_mirroring_accuracy": float(np.mean(mirror_ok)),
-        "frontal_mirroring_accuracy_ci95": bootstrap_mean_ci(mirror_ok, groups_mir,
-                                                             resamples=resamples, seed=seed),
-        "n_images": len(data), "n_answers": len(rotation_ok),
-        "n_frontal_answers": len(mirror_ok), "n_patients": len(set(data.patients)),
+        "frontal_mirroring_accuracy_ci95": bootstrap_mean_ci(
+            mirror_ok, groups_mir, resamples=resamples, seed=seed
+        ),
+        "n_images": len(data),
+        "n_answers": len(rotation_ok),
+        "n_frontal_answers": len(mirror_ok),
+        "n_patients": len(set(data.patients)),
     }
 
 
-def unusual_metrics(classifier: Classifier, chest: LabelledImages,
-                    non_chest: dict[str, np.ndarray], *, copies: int, seed: int,
-                    resamples: int = 1000) -> dict[str, Any]:
+def unusual_metrics(
+    classifier: Classifier,
+    chest: LabelledImages,
+    non_chest: dict[str, np.ndarray],
+    *,
+    copies: int,
+    seed: int,
+    resamples: int = 1000,
+) -> dict[str, Any]:
     """False alarms on chest films (as stored and augmented) and detections of
     non-chest images, at the card's threshold, through the classifier's own rule."""
+
     def flagged(images: np.ndarray) -> list[bool]:
-        return [a.unusual for i in range(0, len(images), 64)
-                for a in classifier.predict(rgb(images[i:i + 64]))]
+        return [
+            a.unusual
+            for i in range(0, len(images), 64)
+            for a in classifier.predict(rgb(images[i : i + 64]))
+        ]
 
     stored = flagged(chest.images)
-    augmented = flagged(augmented_copies(chest.images, copies, seed)[len(chest):])
+    augmented = flagged(augmented_copies(chest.images, copies, seed)[len(chest) :])
     names = sorted(non_chest)
     detected = flagged(np.stack([non_chest[n] for n in names])) if names else []
     kinds: dict[str, list[bool]] = {}
@@ -259,9 +318,11 @@ def unusual_metrics(classifier: Classifier, chest: LabelledImages,
         "threshold": classifier.card.unusual_threshold,
         "false_alarm_rate_stored": float(np.mean(stored)),
         "false_alarm_rate_stored_ci95": bootstrap_mean_ci(
-            [float(v) for v in stored], chest.patients, resamples=resamples, seed=seed),
+            [float(v) for v in stored], chest.patients, resamples=resamples, seed=seed
+        ),
         "false_alarm_rate_augmented": float(np.mean(augmented)),
-        "n_chest": len(stored), "n_chest_augmented": len(augmented),
+        "n_chest": len(stored),
+        "n_chest_augmented": len(augmented),
         "detection_rate": float(np.mean(detected)) if names else None,
         "n_non_chest": len(names),
         "detection_by_kind": {k: f"{sum(v)}/{len(v)}" for k, v in sorted(kinds.items())},
@@ -270,39 +331,74 @@ def unusual_metrics(classifier: Classifier, chest: LabelledImages,
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m recipes.compact_invariant_64_v2",
-                                     description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--npz", type=Path, default=NPZ,
-                        help="covid-cxr decoded (default: .devdata/covid-cxr-256.npz)")
-    parser.add_argument("--base", type=Path, default=SHIPPED / "compact-invariant-64-v1.keras",
-                        help="the view model (.keras; default: the shipped v1)")
-    parser.add_argument("--split", type=Path, default=SPLIT,
-                        help="its split.json (default: cxr_orient/shipped/split.json)")
-    parser.add_argument("--out", type=Path, required=True,
-                        help="where the checkpoint, its card and the report go")
+    parser = argparse.ArgumentParser(
+        prog="python -m recipes.compact_invariant_64_v2",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--npz",
+        type=Path,
+        default=NPZ,
+        help="covid-cxr decoded (default: .devdata/covid-cxr-256.npz)",
+    )
+    parser.add_argument(
+        "--base",
+        type=Path,
+        default=SHIPPED / "compact-invariant-64-v1.keras",
+        help="the view model (.keras; default: the shipped v1)",
+    )
+    parser.add_argument(
+        "--split",
+        type=Path,
+        default=SPLIT,
+        help="its split.json (default: cxr_orient/shipped/split.json)",
+    )
+    parser.add_argument(
+        "--out", type=Path, required=True, help="where the checkpoint, its card and the report go"
+    )
     parser.add_argument("--name", default="compact-invariant-64-v2")
     parser.add_argument("--epochs", type=int, default=60)
     parser.add_argument("--seed", type=int, default=20200601)
     parser.add_argument("--workers", type=int, default=1)
-    parser.add_argument("--unusual-copies", type=int, default=6,
-                        help="each film and this many minus one augmented versions")
+    parser.add_argument(
+        "--unusual-copies",
+        type=int,
+        default=6,
+        help="each film and this many minus one augmented versions",
+    )
     parser.add_argument("--unusual-quantile", type=float, default=0.995)
-    parser.add_argument("--unusual-shrinkage", type=float, default=0.01,
-                        help="covariance shrinkage towards its mean variance")
-    parser.add_argument("--refit-unusual", action="store_true",
-                        help="with --evaluate-only: fit the unusual-image score and its "
-                        "threshold again (the orientation head is kept)")
+    parser.add_argument(
+        "--unusual-shrinkage",
+        type=float,
+        default=0.01,
+        help="covariance shrinkage towards its mean variance",
+    )
+    parser.add_argument(
+        "--refit-unusual",
+        action="store_true",
+        help="with --evaluate-only: fit the unusual-image score and its "
+        "threshold again (the orientation head is kept)",
+    )
     parser.add_argument("--resamples", type=int, default=1000)
-    parser.add_argument("--skip-non-chest", action="store_true",
-                        help="leave out the non-chest detection figures (they need pydicom's "
-                        "test files; measure them later with --evaluate-only)")
-    parser.add_argument("--evaluate-only", type=Path, default=None, metavar="KERAS",
-                        help="recompute the figures of a checkpoint made by this script")
+    parser.add_argument(
+        "--skip-non-chest",
+        action="store_true",
+        help="leave out the non-chest detection figures (they need pydicom's "
+        "test files; measure them later with --evaluate-only)",
+    )
+    parser.add_argument(
+        "--evaluate-only",
+        type=Path,
+        default=None,
+        metavar="KERAS",
+        help="recompute the figures of a checkpoint made by this script",
+    )
     parser.add_argument("--verbose", default="2")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     started = time.monotonic()
 
     data = load_npz(args.npz)
@@ -314,34 +410,67 @@ def main(argv: list[str] | None = None) -> None:
         classifier = Classifier.from_checkpoint(args.evaluate_only)
         model, card = classifier.model, classifier.card
         history = card.training.get("heads", {}).get("history", {})
-        val_scores = np.asarray([card.training.get("heads", {}).get(
-            "unusual_validation_scores", {}).get("max", float("nan"))])
+        val_scores = np.asarray(
+            [
+                card.training.get("heads", {})
+                .get("unusual_validation_scores", {})
+                .get("max", float("nan"))
+            ]
+        )
         if args.refit_unusual:
             card.unusual_threshold, val_scores = fit_unusual(
-                model, train, val, copies=args.unusual_copies, quantile=args.unusual_quantile,
-                seed=args.seed, shrinkage=args.unusual_shrinkage)
-            card.training.setdefault("heads", {}).update({
-                "unusual_copies": args.unusual_copies,
-                "unusual_quantile": args.unusual_quantile,
-                "unusual_shrinkage": args.unusual_shrinkage,
-                "unusual_validation_scores": {"max": float(val_scores.max()),
-                                              "median": float(np.median(val_scores))}})
+                model,
+                train,
+                val,
+                copies=args.unusual_copies,
+                quantile=args.unusual_quantile,
+                seed=args.seed,
+                shrinkage=args.unusual_shrinkage,
+            )
+            card.training.setdefault("heads", {}).update(
+                {
+                    "unusual_copies": args.unusual_copies,
+                    "unusual_quantile": args.unusual_quantile,
+                    "unusual_shrinkage": args.unusual_shrinkage,
+                    "unusual_validation_scores": {
+                        "max": float(val_scores.max()),
+                        "median": float(np.median(val_scores)),
+                    },
+                }
+            )
     else:
         model = build_model(ARCHITECTURE, input_size=base_card.input_size)
         copied = copy_view_weights(model, base.model)
         logger.info("copied and froze %d layers of %s", copied, args.base.name)
         verbose: int | str = int(args.verbose) if args.verbose.isdigit() else args.verbose
-        history = train_heads(model, train, val, epochs=args.epochs, seed=args.seed,
-                              workers=args.workers, verbose=verbose)
+        history = train_heads(
+            model,
+            train,
+            val,
+            epochs=args.epochs,
+            seed=args.seed,
+            workers=args.workers,
+            verbose=verbose,
+        )
         for layer in model.layers:
             layer.trainable = True
-        threshold, val_scores = fit_unusual(model, train, val, copies=args.unusual_copies,
-                                            quantile=args.unusual_quantile, seed=args.seed,
-                                            shrinkage=args.unusual_shrinkage)
+        threshold, val_scores = fit_unusual(
+            model,
+            train,
+            val,
+            copies=args.unusual_copies,
+            quantile=args.unusual_quantile,
+            seed=args.seed,
+            shrinkage=args.unusual_shrinkage,
+        )
         card = ModelCard(
-            name=args.name, architecture=ARCHITECTURE, input_size=base_card.input_size,
-            labels=base_card.labels, temperature=base_card.temperature,
-            review_threshold=base_card.review_threshold, unusual_threshold=threshold,
+            name=args.name,
+            architecture=ARCHITECTURE,
+            input_size=base_card.input_size,
+            labels=base_card.labels,
+            temperature=base_card.temperature,
+            review_threshold=base_card.review_threshold,
+            unusual_threshold=threshold,
         )
         classifier = Classifier(model, card)
 
@@ -352,34 +481,67 @@ def main(argv: list[str] | None = None) -> None:
         from recipes.common.nonchest import non_chest_images
 
         non_chest = non_chest_images()
-    unusual = unusual_metrics(classifier, test, non_chest, copies=args.unusual_copies,
-                              seed=args.seed + 2, resamples=args.resamples)
-    view_same = float(np.abs(classifier.predict_raw_in_batches(rgb(test.images))
-                             - base.predict_raw_in_batches(rgb(test.images))).max())
-    card.metrics = {**base_card.metrics,
-                    "orientation_validation": validation, "orientation_held_out": held_out,
-                    "unusual_held_out": unusual,
-                    "view_max_abs_difference_from_base": view_same}
+    unusual = unusual_metrics(
+        classifier,
+        test,
+        non_chest,
+        copies=args.unusual_copies,
+        seed=args.seed + 2,
+        resamples=args.resamples,
+    )
+    view_same = float(
+        np.abs(
+            classifier.predict_raw_in_batches(rgb(test.images))
+            - base.predict_raw_in_batches(rgb(test.images))
+        ).max()
+    )
+    card.metrics = {
+        **base_card.metrics,
+        "orientation_validation": validation,
+        "orientation_held_out": held_out,
+        "unusual_held_out": unusual,
+        "view_max_abs_difference_from_base": view_same,
+    }
     if args.evaluate_only is None:
-        card.training = {**base_card.training, "heads": {
-            "base": args.base.name, "base_sha256": base_card.sha256, "epochs_run": len(
-                history.get("loss", [])), "seed": args.seed, "history": history,
-            "unusual_copies": args.unusual_copies, "unusual_quantile": args.unusual_quantile,
-            "unusual_shrinkage": args.unusual_shrinkage,
-            "unusual_validation_scores": {"max": float(val_scores.max()),
-                                          "median": float(np.median(val_scores))},
-            "seconds": round(time.monotonic() - started, 1), "keras": keras.__version__,
-            "backend": keras.backend.backend(),
-        }}
+        card.training = {
+            **base_card.training,
+            "heads": {
+                "base": args.base.name,
+                "base_sha256": base_card.sha256,
+                "epochs_run": len(history.get("loss", [])),
+                "seed": args.seed,
+                "history": history,
+                "unusual_copies": args.unusual_copies,
+                "unusual_quantile": args.unusual_quantile,
+                "unusual_shrinkage": args.unusual_shrinkage,
+                "unusual_validation_scores": {
+                    "max": float(val_scores.max()),
+                    "median": float(np.median(val_scores)),
+                },
+                "seconds": round(time.monotonic() - started, 1),
+                "keras": keras.__version__,
+                "backend": keras.backend.backend(),
+            },
+        }
     path = save_checkpoint(model, card, args.out)
-    write_json(args.out / f"{args.name}-heads-report.json",
-               {"orientation_validation": validation, "orientation_held_out": held_out,
-                "unusual_held_out": unusual, "view_max_abs_difference_from_base": view_same,
-                "history": history})
-    logger.info("saved %s: rotation %.4f, frontal mirroring %.4f, unusual false alarms %.4f, "
-                "detection %s", path, held_out["rotation_accuracy"],
-                held_out["frontal_mirroring_accuracy"], unusual["false_alarm_rate_stored"],
-                unusual["detection_rate"])
+    write_json(
+        args.out / f"{args.name}-heads-report.json",
+        {
+            "orientation_validation": validation,
+            "orientation_held_out": held_out,
+            "unusual_held_out": unusual,
+            "view_max_abs_difference_from_base": view_same,
+            "history": history,
+        },
+    )
+    logger.info(
+        "saved %s: rotation %.4f, frontal mirroring %.4f, unusual false alarms %.4f, detection %s",
+        path,
+        held_out["rotation_accuracy"],
+        held_out["frontal_mirroring_accuracy"],
+        unusual["false_alarm_rate_stored"],
+        unusual["detection_rate"],
+    )
 
 
 if __name__ == "__main__":

@@ -46,8 +46,12 @@ NAME = "compact-invariant-64-v3"
 
 def _rate(flags: list[bool]) -> dict[str, Any]:
     hits = int(sum(flags))
-    return {"rate": hits / len(flags) if flags else None, "hits": hits, "n": len(flags),
-            "wilson95": wilson_interval(hits, len(flags))}
+    return {
+        "rate": hits / len(flags) if flags else None,
+        "hits": hits,
+        "n": len(flags),
+        "wilson95": wilson_interval(hits, len(flags)),
+    }
 
 
 def ship(args: argparse.Namespace) -> None:
@@ -72,51 +76,79 @@ def ship(args: argparse.Namespace) -> None:
     entropy = -(cache["val/orientation"] * np.log(cache["val/orientation"] + 1e-12)).sum(1)
     val_scores = np.maximum(cache["val/shipped"] / scales[0], entropy / scales[1])
     threshold = float(np.quantile(val_scores, args.quantile))
-    card = dataclasses.replace(base.card, name=args.name,
-                               architecture="compact_invariant_64_heads2",
-                               unusual_threshold=threshold, sha256="")
+    card = dataclasses.replace(
+        base.card,
+        name=args.name,
+        architecture="compact_invariant_64_heads2",
+        unusual_threshold=threshold,
+        sha256="",
+    )
     classifier = Classifier(model, card)
 
     def answers(c: Classifier, images: np.ndarray) -> list[Any]:
-        return [a for i in range(0, len(images), 64)
-                for a in c.predict(np.repeat(images[i:i + 64][..., None], 3, axis=-1))]
+        return [
+            a
+            for i in range(0, len(images), 64)
+            for a in c.predict(np.repeat(images[i : i + 64][..., None], 3, axis=-1))
+        ]
 
     data = load_npz(args.npz)
     split = json.loads(args.split.read_text(encoding="utf-8"))["files"]
     test = subset_files(data, split["test"])
-    poses = np.concatenate([np.stack([store_as(img, c) for img in test.images])
-                            for c in range(len(STORED_AS))])
+    poses = np.concatenate(
+        [np.stack([store_as(img, c) for img in test.images]) for c in range(len(STORED_AS))]
+    )
     pose_patients = list(test.patients) * len(STORED_AS)
     new_poses, old_poses = answers(classifier, poses), answers(base, poses)
-    same = all((a.label, a.rotation, a.mirrored, a.p_lateral) == (b.label, b.rotation,
-               b.mirrored, b.p_lateral) for a, b in zip(new_poses, old_poses, strict=True))
-    augmented = augmented_copies(test.images, 6, args.seed + 2)[len(test):]
+    same = all(
+        (a.label, a.rotation, a.mirrored, a.p_lateral)
+        == (b.label, b.rotation, b.mirrored, b.p_lateral)
+        for a, b in zip(new_poses, old_poses, strict=True)
+    )
+    augmented = augmented_copies(test.images, 6, args.seed + 2)[len(test) :]
     measurement = non_chest_images()
     development = development_images(exclude=measurement)
     chest_dev = chest_development_images()
-    report: dict[str, Any] = {"design": {
-        "score": "max(distance / s_d, orientation entropy / s_h)",
-        "distance": "the base model's Mahalanobis distance (weights copied)",
-        "scales": {"s_d": scales[0], "s_h": scales[1]},
-        "part_quantile": args.part_quantile, "quantile": args.quantile,
-        "threshold": threshold, "base": args.base.name, "base_sha256": base.card.sha256,
-        "layers_copied": copied}}
+    report: dict[str, Any] = {
+        "design": {
+            "score": "max(distance / s_d, orientation entropy / s_h)",
+            "distance": "the base model's Mahalanobis distance (weights copied)",
+            "scales": {"s_d": scales[0], "s_h": scales[1]},
+            "part_quantile": args.part_quantile,
+            "quantile": args.quantile,
+            "threshold": threshold,
+            "base": args.base.name,
+            "base_sha256": base.card.sha256,
+            "layers_copied": copied,
+        }
+    }
     for name, c in (("new", classifier), ("base", base)):
-        stored = [a.unusual for a in (new_poses if name == "new" else old_poses)[:len(test)]]
+        stored = [a.unusual for a in (new_poses if name == "new" else old_poses)[: len(test)]]
         turned = [a.unusual for a in (new_poses if name == "new" else old_poses)]
         part: dict[str, Any] = {
-            "false_alarms_stored": {**_rate(stored), "bootstrap95": bootstrap_mean_ci(
-                [float(v) for v in stored], test.patients, resamples=1000, seed=args.seed)},
-            "false_alarms_8_poses": {**_rate(turned), "bootstrap95": bootstrap_mean_ci(
-                [float(v) for v in turned], pose_patients, resamples=1000, seed=args.seed)},
+            "false_alarms_stored": {
+                **_rate(stored),
+                "bootstrap95": bootstrap_mean_ci(
+                    [float(v) for v in stored], test.patients, resamples=1000, seed=args.seed
+                ),
+            },
+            "false_alarms_8_poses": {
+                **_rate(turned),
+                "bootstrap95": bootstrap_mean_ci(
+                    [float(v) for v in turned], pose_patients, resamples=1000, seed=args.seed
+                ),
+            },
             "false_alarms_augmented": _rate([a.unusual for a in answers(c, augmented)]),
-            "rg1_flagged": _rate([a.unusual for a in answers(
-                c, np.stack(list(chest_dev.values())))]),
+            "rg1_flagged": _rate(
+                [a.unusual for a in answers(c, np.stack(list(chest_dev.values())))]
+            ),
         }
         names = sorted(development)
         hits = [a.unusual for a in answers(c, np.stack([development[n] for n in names]))]
-        part["development_detection"] = {**_rate(hits), "missed": [
-            n for n, h in zip(names, hits, strict=True) if not h]}
+        part["development_detection"] = {
+            **_rate(hits),
+            "missed": [n for n, h in zip(names, hits, strict=True) if not h],
+        }
         if args.measure:
             names = sorted(measurement)
             hits = [a.unusual for a in answers(c, np.stack([measurement[n] for n in names]))]
@@ -124,8 +156,10 @@ def ship(args: argparse.Namespace) -> None:
             for n, h in zip(names, hits, strict=True):
                 kinds.setdefault(n.rsplit(":", 1)[0], []).append(h)
             part["measurement_detection"] = {
-                **_rate(hits), "missed": [n for n, h in zip(names, hits, strict=True) if not h],
-                "by_kind": {k: f"{sum(v)}/{len(v)}" for k, v in sorted(kinds.items())}}
+                **_rate(hits),
+                "missed": [n for n, h in zip(names, hits, strict=True) if not h],
+                "by_kind": {k: f"{sum(v)}/{len(v)}" for k, v in sorted(kinds.items())},
+            }
         report[name] = part
     report["view_and_orientation_identical_to_base_on_test_8_poses"] = same
     # v2's unusual-image figures are of its own score: kept, under a name that says so.
@@ -133,33 +167,56 @@ def ship(args: argparse.Namespace) -> None:
     if "unusual_held_out" in metrics:
         metrics["unusual_held_out_of_v2_score"] = metrics.pop("unusual_held_out")
     card.metrics = {**metrics, "unusual_v3": report}
-    card.training = {**base.card.training, "unusual_v3": {
-        "base": args.base.name, "scales": scales.tolist(), "part_quantile": args.part_quantile,
-        "quantile": args.quantile, "validation_scores": {
-            "max": float(val_scores.max()), "median": float(np.median(val_scores))}}}
+    card.training = {
+        **base.card.training,
+        "unusual_v3": {
+            "base": args.base.name,
+            "scales": scales.tolist(),
+            "part_quantile": args.part_quantile,
+            "quantile": args.quantile,
+            "validation_scores": {
+                "max": float(val_scores.max()),
+                "median": float(np.median(val_scores)),
+            },
+        },
+    }
     path = save_checkpoint(model, card, args.out)
     (args.out / f"{args.name}-unusual-report.json").write_text(
-        json.dumps(report, indent=2, default=float) + "\n", encoding="utf-8")
+        json.dumps(report, indent=2, default=float) + "\n", encoding="utf-8"
+    )
     logger.info("saved %s; report %s", path, json.dumps(report, default=float))
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m recipes.compact_invariant_64_v3",
-                                     description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m recipes.compact_invariant_64_v3",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     add_cache_arguments(parser)
-    parser.add_argument("--out", type=Path, required=True,
-                        help="where the checkpoint, its card and the report go")
+    parser.add_argument(
+        "--out", type=Path, required=True, help="where the checkpoint, its card and the report go"
+    )
     parser.add_argument("--name", default=NAME)
-    parser.add_argument("--part-quantile", type=float, default=0.9975,
-                        help="each part's scale: this quantile over validation films")
-    parser.add_argument("--quantile", type=float, default=0.995,
-                        help="the threshold: this quantile of validation films' scores")
-    parser.add_argument("--measure", action="store_true",
-                        help="also the measurement set (read once, at the end)")
+    parser.add_argument(
+        "--part-quantile",
+        type=float,
+        default=0.9975,
+        help="each part's scale: this quantile over validation films",
+    )
+    parser.add_argument(
+        "--quantile",
+        type=float,
+        default=0.995,
+        help="the threshold: this quantile of validation films' scores",
+    )
+    parser.add_argument(
+        "--measure", action="store_true", help="also the measurement set (read once, at the end)"
+    )
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     cached(args)
     ship(args)
 

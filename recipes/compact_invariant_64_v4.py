@@ -85,11 +85,15 @@ def decode(args: argparse.Namespace) -> dict[str, Any]:
     non_images = np.stack([load_image_file(non_dir / r["file"], size=256) for r in non_rows])
     other = non_chest_images()
     return {
-        "chest_images": chest.images, "chest_labels": chest.labels,
-        "chest_files": np.asarray(chest.files), "chest_patients": np.asarray(chest.patients),
-        "chest_views": np.asarray(views), "chest_hosts": np.asarray(hosts),
+        "chest_images": chest.images,
+        "chest_labels": chest.labels,
+        "chest_files": np.asarray(chest.files),
+        "chest_patients": np.asarray(chest.patients),
+        "chest_views": np.asarray(views),
+        "chest_hosts": np.asarray(hosts),
         "chest_split": np.asarray([part.get(f, "none") for f in chest.files]),
-        "non_images": non_images, "non_files": np.asarray([r["file"] for r in non_rows]),
+        "non_images": non_images,
+        "non_files": np.asarray([r["file"] for r in non_rows]),
         "non_parts": np.asarray([r["body_part"] for r in non_rows]),
         "non_groups": np.asarray([r["group"] for r in non_rows]),
         "other_images": np.stack([other[k] for k in sorted(other)]),
@@ -112,12 +116,15 @@ def v4_from_v3() -> keras.Model:
 
 
 def extractor(model: keras.Model) -> keras.Model:
-    return keras.Model(model.input, {
-        "scope": model.get_layer("scope_features").output,
-        "unusual_v3": model.get_layer("unusual").output,
-        "view": model.get_layer("view").output,
-        "orientation": model.get_layer("orientation").output,
-    })
+    return keras.Model(
+        model.input,
+        {
+            "scope": model.get_layer("scope_features").output,
+            "unusual_v3": model.get_layer("unusual").output,
+            "view": model.get_layer("view").output,
+            "orientation": model.get_layer("orientation").output,
+        },
+    )
 
 
 def cache(args: argparse.Namespace) -> None:
@@ -131,9 +138,11 @@ def cache(args: argparse.Namespace) -> None:
         logger.info("wrote %s", images_path)
     ex = extractor(v4_from_v3())
     out: dict[str, np.ndarray] = {}
-    for name, key, copies in (("chest", "chest_images", AUGMENTED["chest"]),
-                              ("non", "non_images", AUGMENTED["nonchest"]),
-                              ("other", "other_images", 0)):
+    for name, key, copies in (
+        ("chest", "chest_images", AUGMENTED["chest"]),
+        ("non", "non_images", AUGMENTED["nonchest"]),
+        ("other", "other_images", 0),
+    ):
         imgs = data[key]
         stacked = augmented_copies(imgs, copies + 1, SEED + len(name)) if copies else imgs
         logger.info("features of %s: %d images", name, len(stacked))
@@ -161,8 +170,9 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
     return 0.5 * (1.0 + np.tanh(0.5 * z))
 
 
-def logistic(x: np.ndarray, y: np.ndarray, w: np.ndarray, penalty: float
-             ) -> tuple[np.ndarray, float]:
+def logistic(
+    x: np.ndarray, y: np.ndarray, w: np.ndarray, penalty: float
+) -> tuple[np.ndarray, float]:
     """Weighted L2 logistic regression by Newton's method on standardised features;
     returns weights and bias on the raw features (the standardisation folded in)."""
     mu, sd = x.mean(axis=0), x.std(axis=0) + 1e-6
@@ -185,17 +195,21 @@ def logistic(x: np.ndarray, y: np.ndarray, w: np.ndarray, penalty: float
 
 def rate(flags: np.ndarray) -> dict[str, Any]:
     flags = np.asarray(flags, dtype=bool)
-    return {"k": int(flags.sum()), "n": int(flags.size),
-            "rate": float(flags.mean()) if flags.size else float("nan"),
-            "ci95": wilson_interval(int(flags.sum()), int(flags.size))}
+    return {
+        "k": int(flags.sum()),
+        "n": int(flags.size),
+        "rate": float(flags.mean()) if flags.size else float("nan"),
+        "ci95": wilson_interval(int(flags.sum()), int(flags.size)),
+    }
 
 
 def _part(parts: np.ndarray) -> np.ndarray:
     return np.where(np.isin(parts, BODY_PARTS[:3]), parts, "limb")
 
 
-def chest_training(f: dict[str, np.ndarray], d: dict[str, np.ndarray], keep_parts: set[str]
-                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def chest_training(
+    f: dict[str, np.ndarray], d: dict[str, np.ndarray], keep_parts: set[str]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Features, labels (1 not chest) and weights: training patients' chest films
     against the body parts in ``keep_parts``, each part as heavy as the others together
     are divided (equal shares), all parts together as heavy as the chest films."""
@@ -213,8 +227,9 @@ def chest_training(f: dict[str, np.ndarray], d: dict[str, np.ndarray], keep_part
     return x, y, np.concatenate([np.ones(len(chest)), w_non])
 
 
-def chest_threshold(f: dict[str, np.ndarray], d: dict[str, np.ndarray], coef: np.ndarray,
-                    bias: float) -> float:
+def chest_threshold(
+    f: dict[str, np.ndarray], d: dict[str, np.ndarray], coef: np.ndarray, bias: float
+) -> float:
     val = f["chest/scope"][:, d["chest_split"] == "val"]
     return float(np.quantile(val.reshape(-1, val.shape[-1]) @ coef + bias, CHEST_QUANTILE))
 
@@ -230,8 +245,13 @@ def confident(view: np.ndarray, temperature: float) -> np.ndarray:
     return np.maximum(p_lat, 1 - p_lat) >= V3_TEMPERATURE_REVIEW
 
 
-def leave_one_part_out(f: dict[str, np.ndarray], d: dict[str, np.ndarray], penalty: float,
-                       v3_threshold: float, temperature: float) -> dict[str, Any]:
+def leave_one_part_out(
+    f: dict[str, np.ndarray],
+    d: dict[str, np.ndarray],
+    penalty: float,
+    v3_threshold: float,
+    temperature: float,
+) -> dict[str, Any]:
     """Per body part: fit without it, threshold on validation chest films, measure on it
     (stored films; and all copies)."""
     parts = _part(d["non_parts"])
@@ -243,15 +263,18 @@ def leave_one_part_out(f: dict[str, np.ndarray], d: dict[str, np.ndarray], penal
         logits = f["non/scope"][:, mask] @ coef + bias
         flagged = (logits > threshold) | v3_flags(f, "non", v3_threshold)[:, mask]
         answered = ~flagged & confident(f["non/view"][:, mask], temperature)
-        out[held] = {"detected_stored": rate(flagged[0]),
-                     "answered_confidently_stored": rate(answered[0]),
-                     "detected_all_copies": rate(flagged.reshape(-1)),
-                     "answered_confidently_all_copies": rate(answered.reshape(-1))}
+        out[held] = {
+            "detected_stored": rate(flagged[0]),
+            "answered_confidently_stored": rate(answered[0]),
+            "detected_all_copies": rate(flagged.reshape(-1)),
+            "answered_confidently_all_copies": rate(answered.reshape(-1)),
+        }
     return out
 
 
-def projection_data(f: dict[str, np.ndarray], d: dict[str, np.ndarray], part: str
-                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def projection_data(
+    f: dict[str, np.ndarray], d: dict[str, np.ndarray], part: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(copies, N, D) features, (N,) labels (1 AP), patient ids of ``part``'s frontals
     with a PA/AP label."""
     views = d["chest_views"]
@@ -268,17 +291,22 @@ def balanced_accuracy(y: np.ndarray, p: np.ndarray) -> float:
 def projection_figures(y: np.ndarray, p: np.ndarray, threshold: float) -> dict[str, Any]:
     answered = np.maximum(p, 1 - p) >= threshold
     pred = p >= 0.5
-    return {"n": int(y.size), "answered": rate(answered),
-            "balanced_accuracy_answered": balanced_accuracy(y[answered], p[answered]),
-            "balanced_accuracy_all": balanced_accuracy(y, p),
-            "pa_recall_answered": rate(~pred[answered & (y == 0)]),
-            "ap_recall_answered": rate(pred[answered & (y == 1)])}
+    return {
+        "n": int(y.size),
+        "answered": rate(answered),
+        "balanced_accuracy_answered": balanced_accuracy(y[answered], p[answered]),
+        "balanced_accuracy_all": balanced_accuracy(y, p),
+        "pa_recall_answered": rate(~pred[answered & (y == 0)]),
+        "ap_recall_answered": rate(pred[answered & (y == 1)]),
+    }
 
 
 def fit_temperature_1d(z: np.ndarray, y: np.ndarray) -> float:
     grid = np.exp(np.linspace(math.log(0.05), math.log(20), 400))
-    nll = [float(np.mean(np.logaddexp(0, -zz) * y + np.logaddexp(0, zz) * (1 - y)))
-           for zz in (z[None] / grid[:, None])]
+    nll = [
+        float(np.mean(np.logaddexp(0, -zz) * y + np.logaddexp(0, zz) * (1 - y)))
+        for zz in (z[None] / grid[:, None])
+    ]
     return float(grid[int(np.argmin(nll))])
 
 
@@ -293,8 +321,11 @@ def fit(args: argparse.Namespace) -> None:
     # 1. Chest or not: the penalty by leave-one-body-part-out detection.
     lobo = {pen: leave_one_part_out(f, d, pen, v3_threshold, temperature) for pen in PENALTIES}
     for pen, res in lobo.items():
-        logger.info("not-chest penalty %g: %s", pen, {k: (v["detected_stored"]["k"],
-                    v["detected_stored"]["n"]) for k, v in res.items()})
+        logger.info(
+            "not-chest penalty %g: %s",
+            pen,
+            {k: (v["detected_stored"]["k"], v["detected_stored"]["n"]) for k, v in res.items()},
+        )
 
     def lobo_score(res: dict[str, Any]) -> float:
         return float(np.mean([v["detected_all_copies"]["rate"] for v in res.values()]))
@@ -306,11 +337,14 @@ def fit(args: argparse.Namespace) -> None:
     v3_flagged = v3_flags(f, "non", v3_threshold)
     v3_answered = ~v3_flagged & confident(f["non/view"], temperature)
     report["leave_one_body_part_out_v3"] = {
-        part: {"detected_stored": rate(v3_flagged[0, parts == part]),
-               "answered_confidently_stored": rate(v3_answered[0, parts == part]),
-               "detected_all_copies": rate(v3_flagged[:, parts == part].reshape(-1)),
-               "answered_confidently_all_copies": rate(v3_answered[:, parts == part].reshape(-1))}
-        for part in BODY_PARTS}
+        part: {
+            "detected_stored": rate(v3_flagged[0, parts == part]),
+            "answered_confidently_stored": rate(v3_answered[0, parts == part]),
+            "detected_all_copies": rate(v3_flagged[:, parts == part].reshape(-1)),
+            "answered_confidently_all_copies": rate(v3_answered[:, parts == part].reshape(-1)),
+        }
+        for part in BODY_PARTS
+    }
     coef_c, bias_c = logistic(*chest_training(f, d, set(BODY_PARTS)), penalty)
     logit_threshold = chest_threshold(f, d, coef_c, bias_c)
     logger.info("not-chest: penalty %g, logit threshold %.3f", penalty, logit_threshold)
@@ -322,13 +356,26 @@ def fit(args: argparse.Namespace) -> None:
     w = np.where(yt == 1, 0.5 / yt.mean(), 0.5 / (1 - yt.mean()))
     fits = {}
     for pen in PENALTIES:
-        coef, bias = logistic(xt.reshape(-1, xt.shape[-1]), np.tile(yt, len(xt)),
-                              np.tile(w, len(xt)), pen)
+        coef, bias = logistic(
+            xt.reshape(-1, xt.shape[-1]), np.tile(yt, len(xt)), np.tile(w, len(xt)), pen
+        )
         z = (xv @ coef + bias).reshape(-1)
-        fits[pen] = (coef, bias, float(np.mean(np.logaddexp(0, -z) * np.tile(yv, len(xv))
-                                               + np.logaddexp(0, z) * (1 - np.tile(yv, len(xv))))))
-        logger.info("PA/AP penalty %g: validation NLL %.4f, BA %.3f", pen, fits[pen][2],
-                    balanced_accuracy(np.tile(yv, len(xv)), _sigmoid(z)))
+        fits[pen] = (
+            coef,
+            bias,
+            float(
+                np.mean(
+                    np.logaddexp(0, -z) * np.tile(yv, len(xv))
+                    + np.logaddexp(0, z) * (1 - np.tile(yv, len(xv)))
+                )
+            ),
+        )
+        logger.info(
+            "PA/AP penalty %g: validation NLL %.4f, BA %.3f",
+            pen,
+            fits[pen][2],
+            balanced_accuracy(np.tile(yv, len(xv)), _sigmoid(z)),
+        )
     pen_p = min(fits, key=lambda k: fits[k][2])
     coef_p, bias_p, _ = fits[pen_p]
     z_val = (xv @ coef_p + bias_p).reshape(-1)
@@ -345,16 +392,23 @@ def fit(args: argparse.Namespace) -> None:
     report["penalties"]["projection"] = pen_p
     report["projection_temperature"] = t_p
     report["projection_validation"] = projection_figures(y_val, p_val, projection_threshold)
-    logger.info("PA/AP: penalty %g, temperature %.3f, threshold %.2f, validation %s",
-                pen_p, t_p, projection_threshold, report["projection_validation"])
+    logger.info(
+        "PA/AP: penalty %g, temperature %.3f, threshold %.2f, validation %s",
+        pen_p,
+        t_p,
+        projection_threshold,
+        report["projection_validation"],
+    )
 
     # 3. The checkpoint.
     model = v4_from_v3()
     model.get_layer("not_chest_logit").set_weights(
-        [coef_c[:, None].astype(np.float32), np.array([bias_c], np.float32)])
+        [coef_c[:, None].astype(np.float32), np.array([bias_c], np.float32)]
+    )
     model.get_layer("scope_unusual").fit(v3_threshold, logit_threshold)
     model.get_layer("projection").set_weights(
-        [coef_p[:, None].astype(np.float32), np.array([bias_p], np.float32)])
+        [coef_p[:, None].astype(np.float32), np.array([bias_p], np.float32)]
+    )
     card = _card(v3, projection_threshold, logit_threshold, report)
     from cxr_orient.modelstore import save_checkpoint
 
@@ -367,23 +421,35 @@ def fit(args: argparse.Namespace) -> None:
     logger.info("wrote %s and %s", path, DEVDATA / "v4-report.json")
 
 
-def _card(v3: Classifier, projection_threshold: float, logit_threshold: float,
-          report: dict[str, Any]) -> Any:
+def _card(
+    v3: Classifier, projection_threshold: float, logit_threshold: float, report: dict[str, Any]
+) -> Any:
     from cxr_orient.modelstore import ModelCard
 
     return ModelCard(
-        name=NAME, architecture="compact_invariant_64_heads3", input_size=256,
-        temperature=v3.card.temperature, review_threshold=v3.card.review_threshold,
-        unusual_threshold=1.0, projection_threshold=projection_threshold,
-        training={"recipe": "recipes/compact_invariant_64_v4.py", "base": v3.card.name,
-                  "base_sha256": v3.card.sha256, "seed": SEED,
-                  "not_chest_logit_threshold": logit_threshold,
-                  "not_chest_threshold_rule": f"{CHEST_QUANTILE} quantile of validation-"
-                  "patient chest films' logits (stored + 4 augmented copies)",
-                  "projection_threshold_rule": "lowest confidence whose answered "
-                  f"validation frontals reach balanced accuracy {PROJECTION_TARGET}",
-                  "data": {"chest": "covid-cxr (shipped split.json, by patient)",
-                           "not_chest": "nonchest/ (spine, dental, wrist, 6 limb films)"}})
+        name=NAME,
+        architecture="compact_invariant_64_heads3",
+        input_size=256,
+        temperature=v3.card.temperature,
+        review_threshold=v3.card.review_threshold,
+        unusual_threshold=1.0,
+        projection_threshold=projection_threshold,
+        training={
+            "recipe": "recipes/compact_invariant_64_v4.py",
+            "base": v3.card.name,
+            "base_sha256": v3.card.sha256,
+            "seed": SEED,
+            "not_chest_logit_threshold": logit_threshold,
+            "not_chest_threshold_rule": f"{CHEST_QUANTILE} quantile of validation-"
+            "patient chest films' logits (stored + 4 augmented copies)",
+            "projection_threshold_rule": "lowest confidence whose answered "
+            f"validation frontals reach balanced accuracy {PROJECTION_TARGET}",
+            "data": {
+                "chest": "covid-cxr (shipped split.json, by patient)",
+                "not_chest": "nonchest/ (spine, dental, wrist, 6 limb films)",
+            },
+        },
+    )
 
 
 def measure(v3: Classifier, v4: Classifier, d: dict[str, np.ndarray]) -> dict[str, Any]:
@@ -396,13 +462,18 @@ def measure(v3: Classifier, v4: Classifier, d: dict[str, np.ndarray]) -> dict[st
     images = d["chest_images"][test]
     stacked = augmented_copies(images, 5, SEED + 99)
     copies = len(stacked) // len(images)
-    labels, views, hosts = (np.tile(d[k][test], copies) for k in
-                            ("chest_labels", "chest_views", "chest_hosts"))
-    rg1 = np.stack([load_image_file(Path(str(get_testdata_file(n))), size=256)
-                    for n in ("RG1_UNCR.dcm", "RG1_J2KR.dcm", "RG1_J2KI.dcm")])
+    labels, views, hosts = (
+        np.tile(d[k][test], copies) for k in ("chest_labels", "chest_views", "chest_hosts")
+    )
+    rg1 = np.stack(
+        [
+            load_image_file(Path(str(get_testdata_file(n))), size=256)
+            for n in ("RG1_UNCR.dcm", "RG1_J2KR.dcm", "RG1_J2KI.dcm")
+        ]
+    )
     out: dict[str, Any] = {}
     for name, c in (("v3", v3), ("v4", v4)):
-        preds = [p for i in range(0, len(stacked), 64) for p in c.predict(stacked[i:i + 64])]
+        preds = [p for i in range(0, len(stacked), 64) for p in c.predict(stacked[i : i + 64])]
         flagged = np.array([p.unusual for p in preds])
         p_lat = np.array([p.p_lateral for p in preds])
         res: dict[str, Any] = {
@@ -414,35 +485,58 @@ def measure(v3: Classifier, v4: Classifier, d: dict[str, np.ndarray]) -> dict[st
             "frontal_max_p_lateral": float(p_lat[labels == 0].max()),
             "rg1_flagged": [p.unusual for p in c.predict(rg1)],
         }
-        other = [p for i in range(0, len(d["other_images"]), 64)
-                 for p in c.predict(d["other_images"][i:i + 64])]
+        other = [
+            p
+            for i in range(0, len(d["other_images"]), 64)
+            for p in c.predict(d["other_images"][i : i + 64])
+        ]
         names = d["other_names"]
         res["other_non_chest"] = {
-            kind: {"flagged": rate(np.array([p.unusual for p, n in zip(other, names, strict=True)
-                                             if n.startswith(kind)])),
-                   "answered_confidently": rate(np.array(
-                       [not p.needs_review for p, n in zip(other, names, strict=True)
-                        if n.startswith(kind)]))}
-            for kind in ("dicom:", "document:", "pattern:")}
-        res["rg3_tibia"] = [(str(n), p.unusual, not p.needs_review)
-                            for p, n in zip(other, names, strict=True) if "RG3" in str(n)]
+            kind: {
+                "flagged": rate(
+                    np.array(
+                        [p.unusual for p, n in zip(other, names, strict=True) if n.startswith(kind)]
+                    )
+                ),
+                "answered_confidently": rate(
+                    np.array(
+                        [
+                            not p.needs_review
+                            for p, n in zip(other, names, strict=True)
+                            if n.startswith(kind)
+                        ]
+                    )
+                ),
+            }
+            for kind in ("dicom:", "document:", "pattern:")
+        }
+        res["rg3_tibia"] = [
+            (str(n), p.unusual, not p.needs_review)
+            for p, n in zip(other, names, strict=True)
+            if "RG3" in str(n)
+        ]
         if name == "v4":
             frontal = (labels == 0) & np.isin(views, ["PA", "AP", "AP Supine"])
             p_ap = np.array([p.p_ap for p in preds])[frontal]
             res["projection_test"] = projection_figures(
-                (views[frontal] != "PA").astype(float), p_ap,
-                float(v4.card.projection_threshold or 0.5))
+                (views[frontal] != "PA").astype(float),
+                p_ap,
+                float(v4.card.projection_threshold or 0.5),
+            )
             stored = frontal[: len(images)]
             res["projection_test_stored"] = projection_figures(
                 (views[: len(images)][stored] != "PA").astype(float),
-                p_ap[: int(stored.sum())], float(v4.card.projection_threshold or 0.5))
+                p_ap[: int(stored.sum())],
+                float(v4.card.projection_threshold or 0.5),
+            )
         out[name] = res
         logger.info("%s: %s", name, json.dumps(res, default=float)[:2000])
     return {"measured": out}
 
 
-def occlusion(args: argparse.Namespace, *, patch: int = 32, stride: int = 16,
-              films: int = 6) -> None:
+def occlusion(
+    args: argparse.Namespace, *, patch: int = 32, stride: int = 16, films: int = 6
+) -> None:
     """Where the PA/AP head looks: the change of its logit when a ``patch`` square is
     greyed (128, the centre of the range: 0 after the model's centring), for the first
     ``films`` test-patient PA, AP and AP Supine films under CC BY (attribution only:
@@ -459,8 +553,9 @@ def occlusion(args: argparse.Namespace, *, patch: int = 32, stride: int = 16,
     open_licence = np.isin(licence, ["CC BY", "CC BY 3.0", "CC BY 4.0"])
     picks: list[int] = []
     for view in ("PA", "AP", "AP Supine"):
-        index = np.flatnonzero((d["chest_split"] == "test") & (d["chest_views"] == view)
-                               & open_licence)
+        index = np.flatnonzero(
+            (d["chest_split"] == "test") & (d["chest_views"] == view) & open_licence
+        )
         picks += [int(i) for i in index[: films // 3]]
     positions = list(range(0, 256 - patch + 1, stride))
     fig, axes = plt.subplots(2, len(picks), figsize=(2.2 * len(picks), 4.6))
@@ -470,16 +565,20 @@ def occlusion(args: argparse.Namespace, *, patch: int = 32, stride: int = 16,
         for y in positions:
             for x in positions:
                 covered = image.copy()
-                covered[y:y + patch, x:x + patch] = 128
+                covered[y : y + patch, x : x + patch] = 128
                 batch.append(covered)
-        p = np.concatenate([v4.predict_heads(np.stack(batch[j:j + 64])).projection
-                            for j in range(0, len(batch), 64)])
+        p = np.concatenate(
+            [
+                v4.predict_heads(np.stack(batch[j : j + 64])).projection
+                for j in range(0, len(batch), 64)
+            ]
+        )
         z = np.log(np.clip(p, 1e-7, 1)) - np.log(np.clip(1 - p, 1e-7, 1))
         heat = np.zeros((256, 256))
         count = np.zeros((256, 256))
         for k, (y, x) in enumerate((y, x) for y in positions for x in positions):
-            heat[y:y + patch, x:x + patch] += abs(z[k + 1] - z[0])
-            count[y:y + patch, x:x + patch] += 1
+            heat[y : y + patch, x : x + patch] += abs(z[k + 1] - z[0])
+            count[y : y + patch, x : x + patch] += 1
         axes[0, column].imshow(image, cmap="gray")
         axes[0, column].set_title(f"{d['chest_views'][i]}: p_ap {p[0]:.2f}", fontsize=8)
         axes[1, column].imshow(image, cmap="gray")
@@ -490,12 +589,16 @@ def occlusion(args: argparse.Namespace, *, patch: int = 32, stride: int = 16,
     out = FIGURES / NAME / "projection-occlusion.png"
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110, bbox_inches="tight")
-    attribution = [{"file": str(d["chest_files"][i]), "licence": str(licence[i]),
-                    "source": rows[str(d["chest_files"][i])]["url"],
-                    "collection": "ieee8023/covid-chestxray-dataset (Cohen et al. 2020)"}
-                   for i in picks]
-    out.with_suffix(".json").write_text(json.dumps(attribution, indent=2) + "\n",
-                                        encoding="utf-8")
+    attribution = [
+        {
+            "file": str(d["chest_files"][i]),
+            "licence": str(licence[i]),
+            "source": rows[str(d["chest_files"][i])]["url"],
+            "collection": "ieee8023/covid-chestxray-dataset (Cohen et al. 2020)",
+        }
+        for i in picks
+    ]
+    out.with_suffix(".json").write_text(json.dumps(attribution, indent=2) + "\n", encoding="utf-8")
     logger.info("wrote %s", out)
 
 
@@ -517,31 +620,50 @@ def thresholds(args: argparse.Namespace) -> None:
     views = np.asarray([rows.get(f, {}).get("view", "") for f in chest.files])
     parts = np.asarray([part.get(f, "none") for f in chest.files])
     v4 = Classifier.from_checkpoint(args.out / f"{NAME}.keras")
-    table: dict[str, Any] = {"model": NAME, "sha256": v4.card.sha256,
-                             "card_threshold": v4.card.projection_threshold}
+    table: dict[str, Any] = {
+        "model": NAME,
+        "sha256": v4.card.sha256,
+        "card_threshold": v4.card.projection_threshold,
+    }
     for name in ("val", "test"):
         keep = (parts == name) & np.isin(views, ["PA", "AP", "AP Supine"])
         stacked = augmented_copies(chest.images[keep], 5, SEED + 99)
         y = np.tile((views[keep] != "PA").astype(float), len(stacked) // int(keep.sum()))
         # The head's p_ap (what Prediction.p_ap is for a frontal), every film a frontal.
-        p_ap = np.concatenate([v4.predict_heads(stacked[i:i + 64]).projection
-                               for i in range(0, len(stacked), 64)])
+        p_ap = np.concatenate(
+            [v4.predict_heads(stacked[i : i + 64]).projection for i in range(0, len(stacked), 64)]
+        )
         table[name] = {f"{t:.2f}": projection_figures(y, p_ap, t) for t in THRESHOLDS}
-        logger.info("%s: %s", name, {t: (v["answered"]["k"], v["answered"]["n"],
-                                         round(v["balanced_accuracy_answered"], 3))
-                                     for t, v in table[name].items()})
+        logger.info(
+            "%s: %s",
+            name,
+            {
+                t: (
+                    v["answered"]["k"],
+                    v["answered"]["n"],
+                    round(v["balanced_accuracy_answered"], 3),
+                )
+                for t, v in table[name].items()
+            },
+        )
     out = FIGURES / NAME / "projection-thresholds.json"
     out.write_text(json.dumps(table, indent=2, default=float) + "\n", encoding="utf-8")
     logger.info("wrote %s", out)
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m recipes.compact_invariant_64_v4",
-                                     description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m recipes.compact_invariant_64_v4",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("step", choices=("cache", "fit", "occlusion", "thresholds"))
-    parser.add_argument("--out", type=Path, default=SHIPPED,
-                        help="the checkpoint and its card (default: cxr_orient/shipped)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=SHIPPED,
+        help="the checkpoint and its card (default: cxr_orient/shipped)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     steps = {"cache": cache, "fit": fit, "occlusion": occlusion, "thresholds": thresholds}

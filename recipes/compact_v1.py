@@ -27,7 +27,7 @@ RELEASE = release.Release(
     module="recipes.compact_v1",
     candidates=("compact:20200601", "compact:7", "compact_wide:20200601"),
     doc=f"{__doc__}\nHow a release is trained and chosen (recipes/common/release.py):\n\n"
-        f"{release.__doc__}",
+    f"{release.__doc__}",
 )
 
 

@@ -48,8 +48,13 @@ from training.data import load_npz
 logger = logging.getLogger(__name__)
 
 #: Trunk depths a design may measure, by the name of the layer whose output is tapped.
-DEPTHS = {"stem": "stem_bn", "block1": "block1_pool", "block2": "block2_pool",
-          "block3": "block3_pool", "block4": "block4_pool"}
+DEPTHS = {
+    "stem": "stem_bn",
+    "block1": "block1_pool",
+    "block2": "block2_pool",
+    "block3": "block3_pool",
+    "block4": "block4_pool",
+}
 
 
 def feature_model(model: keras.Model) -> keras.Model:
@@ -59,9 +64,12 @@ def feature_model(model: keras.Model) -> keras.Model:
     for short, layer in DEPTHS.items():
         x = model.get_layer(layer).output
         mean = keras.ops.mean(x, axis=(1, 2))
-        std = keras.ops.sqrt(keras.ops.maximum(
-            keras.ops.mean(keras.ops.square(x), axis=(1, 2)) - keras.ops.square(mean), 0.0)
-            + 1e-12)
+        std = keras.ops.sqrt(
+            keras.ops.maximum(
+                keras.ops.mean(keras.ops.square(x), axis=(1, 2)) - keras.ops.square(mean), 0.0
+            )
+            + 1e-12
+        )
         outputs[f"{short}_mean"] = OrbitMean(name=f"dev_{short}_mean")(mean)
         outputs[f"{short}_std"] = OrbitMean(name=f"dev_{short}_std")(std)
     outputs["pixels"] = PixelStatistics(name="dev_pixels")(model.input)
@@ -88,19 +96,37 @@ def build_cache(*, npz: Path, base: Path, split: Path, cache: Path, seed: int) -
     development = development_images(exclude=measurement)
     chest_dev = chest_development_images()
     sets: dict[str, tuple[np.ndarray, np.ndarray, list[str]]] = {
-        "train": (augmented_copies(train.images, 6, seed), np.tile(train.labels, 6),
-                  list(train.patients) * 6),
-        "val": (augmented_copies(val.images, 6, seed + 1), np.tile(val.labels, 6),
-                list(val.patients) * 6),
+        "train": (
+            augmented_copies(train.images, 6, seed),
+            np.tile(train.labels, 6),
+            list(train.patients) * 6,
+        ),
+        "val": (
+            augmented_copies(val.images, 6, seed + 1),
+            np.tile(val.labels, 6),
+            list(val.patients) * 6,
+        ),
         "test_stored": (test.images, test.labels, list(test.patients)),
-        "test_augmented": (augmented_copies(test.images, 6, seed + 2)[len(test):],
-                           np.tile(test.labels, 5), list(test.patients) * 5),
-        "development": (np.stack(list(development.values())), np.full(len(development), -1),
-                        list(development)),
-        "chest_development": (np.stack(list(chest_dev.values())), np.zeros(len(chest_dev)),
-                              list(chest_dev)),
-        "measurement": (np.stack([measurement[k] for k in sorted(measurement)]),
-                        np.full(len(measurement), -1), sorted(measurement)),
+        "test_augmented": (
+            augmented_copies(test.images, 6, seed + 2)[len(test) :],
+            np.tile(test.labels, 5),
+            list(test.patients) * 5,
+        ),
+        "development": (
+            np.stack(list(development.values())),
+            np.full(len(development), -1),
+            list(development),
+        ),
+        "chest_development": (
+            np.stack(list(chest_dev.values())),
+            np.zeros(len(chest_dev)),
+            list(chest_dev),
+        ),
+        "measurement": (
+            np.stack([measurement[k] for k in sorted(measurement)]),
+            np.full(len(measurement), -1),
+            sorted(measurement),
+        ),
     }
     arrays: dict[str, np.ndarray] = {}
     for name, (images, labels, ids) in sets.items():
@@ -122,15 +148,19 @@ def build_cache(*, npz: Path, base: Path, split: Path, cache: Path, seed: int) -
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m recipes.unusual_score",
-                                     description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m recipes.unusual_score",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     add_cache_arguments(parser)
-    parser.add_argument("--measure", action="store_true",
-                        help="also the measurement set (read once, at the end)")
+    parser.add_argument(
+        "--measure", action="store_true", help="also the measurement set (read once, at the end)"
+    )
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     cached(args)
     for row in compare(np.load(args.cache), measure=args.measure):
         logger.info("%s", json.dumps(row))
@@ -138,14 +168,30 @@ def main(argv: list[str] | None = None) -> None:
 
 def add_cache_arguments(parser: argparse.ArgumentParser) -> None:
     """The options that say which films, which base model and which cache."""
-    parser.add_argument("--npz", type=Path, default=NPZ,
-                        help="covid-cxr decoded (default: .devdata/covid-cxr-256.npz)")
-    parser.add_argument("--base", type=Path, default=SHIPPED / "compact-invariant-64-v2.keras",
-                        help="the model whose trunk is measured (default: the shipped v2)")
-    parser.add_argument("--split", type=Path, default=SPLIT,
-                        help="its split.json (default: cxr_orient/shipped/split.json)")
-    parser.add_argument("--cache", type=Path, default=CACHE,
-                        help="the features (default: .devdata/unusual-features.npz)")
+    parser.add_argument(
+        "--npz",
+        type=Path,
+        default=NPZ,
+        help="covid-cxr decoded (default: .devdata/covid-cxr-256.npz)",
+    )
+    parser.add_argument(
+        "--base",
+        type=Path,
+        default=SHIPPED / "compact-invariant-64-v2.keras",
+        help="the model whose trunk is measured (default: the shipped v2)",
+    )
+    parser.add_argument(
+        "--split",
+        type=Path,
+        default=SPLIT,
+        help="its split.json (default: cxr_orient/shipped/split.json)",
+    )
+    parser.add_argument(
+        "--cache",
+        type=Path,
+        default=CACHE,
+        help="the features (default: .devdata/unusual-features.npz)",
+    )
     parser.add_argument("--seed", type=int, default=20200601)
     parser.add_argument("--rebuild", action="store_true", help="compute the cache again")
 
@@ -153,12 +199,12 @@ def add_cache_arguments(parser: argparse.ArgumentParser) -> None:
 def cached(args: argparse.Namespace) -> None:
     """Build the cache unless it is there (or ``--rebuild``)."""
     if args.rebuild or not args.cache.is_file():
-        build_cache(npz=args.npz, base=args.base, split=args.split, cache=args.cache,
-                    seed=args.seed)
+        build_cache(
+            npz=args.npz, base=args.base, split=args.split, cache=args.cache, seed=args.seed
+        )
 
 
-def _mahalanobis(train: np.ndarray, labels: np.ndarray, shrinkage: float
-                 ) -> Any:
+def _mahalanobis(train: np.ndarray, labels: np.ndarray, shrinkage: float) -> Any:
     """A scorer fitted as :class:`cxr_orient.layers.MahalanobisScore` fits (numpy)."""
     classes = sorted(set(labels.tolist()))
     means = np.stack([train[labels == c].mean(0) for c in classes])
@@ -172,11 +218,19 @@ def _mahalanobis(train: np.ndarray, labels: np.ndarray, shrinkage: float
         diff = x[:, None, :] - means[None]
         d2 = np.einsum("bcd,de,bce->bc", diff, precision, diff)
         return np.sqrt(np.maximum(d2.min(1), 0.0) / dims)
+
     return score
 
 
-_SETS = ("train", "val", "test_stored", "test_augmented", "development",
-         "chest_development", "measurement")
+_SETS = (
+    "train",
+    "val",
+    "test_stored",
+    "test_augmented",
+    "development",
+    "chest_development",
+    "measurement",
+)
 
 
 def _entropy(p: np.ndarray) -> np.ndarray:
@@ -186,6 +240,7 @@ def _entropy(p: np.ndarray) -> np.ndarray:
 def compare(cache: Any, *, measure: bool) -> list[dict[str, Any]]:
     """Each design's scores over the cached sets, thresholded at the 99.5th percentile
     of validation: rows of false-alarm and detection rates."""
+
     def feats(s: str, keys: list[str]) -> np.ndarray:
         return np.concatenate([cache[f"{s}/{k}"] for k in keys], axis=1)
 
@@ -197,17 +252,21 @@ def compare(cache: Any, *, measure: bool) -> list[dict[str, Any]]:
         scale = float(np.quantile(scores["val"], q))
         return {s: v / scale for s, v in scores.items()}
 
-    def maximum(parts: list[dict[str, np.ndarray]], q: float = 0.9975
-                ) -> dict[str, np.ndarray]:
+    def maximum(parts: list[dict[str, np.ndarray]], q: float = 0.9975) -> dict[str, np.ndarray]:
         scaled_parts = [scaled(p, q) for p in parts]
         return {s: np.max([p[s] for p in scaled_parts], axis=0) for s in _SETS}
 
     def knn(keys: list[str], k: int = 1) -> dict[str, np.ndarray]:
         def unit(x: np.ndarray) -> np.ndarray:
             return x / np.linalg.norm(x, axis=1, keepdims=True)
+
         bank = unit(feats("train", keys))
-        return {s: np.sqrt(np.sort(np.maximum(2 - 2 * unit(feats(s, keys)) @ bank.T, 0),
-                                   axis=1)[:, k - 1]) for s in _SETS}
+        return {
+            s: np.sqrt(
+                np.sort(np.maximum(2 - 2 * unit(feats(s, keys)) @ bank.T, 0), axis=1)[:, k - 1]
+            )
+            for s in _SETS
+        }
 
     means = [f"{d}_mean" for d in DEPTHS]
     stds = [f"{d}_std" for d in DEPTHS]
@@ -216,13 +275,15 @@ def compare(cache: Any, *, measure: bool) -> list[dict[str, Any]]:
     designs: dict[str, dict[str, np.ndarray]] = {
         "v2: distance, stages 2-4 means": {s: cache[f"{s}/shipped"] for s in _SETS},
         "distance per depth (stem..4), maximum": maximum([distance([m]) for m in means]),
-        "distance, all depths' means and stds + pixel statistics":
-            distance([*means, *stds, "pixels"]),
+        "distance, all depths' means and stds + pixel statistics": distance(
+            [*means, *stds, "pixels"]
+        ),
         "distance, stages 2-4 means + pixel statistics": distance([*late, "pixels"], 0.03),
         "nearest training film, stages 2-4 means": knn(late),
         "orientation entropy alone": entropy,
         "v3: max(v2 distance, orientation entropy)": maximum(
-            [{s: cache[f"{s}/shipped"] for s in _SETS}, entropy]),
+            [{s: cache[f"{s}/shipped"] for s in _SETS}, entropy]
+        ),
     }
     rows = []
     for name, scores in designs.items():

@@ -38,8 +38,14 @@ from pydicom.uid import (
 from bench.dicom_factory import make_dicom
 from cxr_orient.settings import SHIPPED_MODEL
 
-SYNTAXES = [ExplicitVRLittleEndian, JPEG2000Lossless, RLELossless, JPEGLSLossless,
-            DeflatedExplicitVRLittleEndian, JPEG2000]
+SYNTAXES = [
+    ExplicitVRLittleEndian,
+    JPEG2000Lossless,
+    RLELossless,
+    JPEGLSLossless,
+    DeflatedExplicitVRLittleEndian,
+    JPEG2000,
+]
 ROOT_UID = "1.2.826.0.1.3680043.10.2026"
 
 
@@ -47,8 +53,11 @@ def build(covid_cxr: Path, out: Path) -> None:
     split = json.loads((SHIPPED_MODEL.parent / "split.json").read_text())["patients"]
     side = {str(p): name for name, patients in split.items() for p in patients}
     out.mkdir(parents=True, exist_ok=True)
-    rows = [r for r in csv.DictReader((covid_cxr / "manifest.csv").open())
-            if r["class"] in ("frontal", "lateral")]
+    rows = [
+        r
+        for r in csv.DictReader((covid_cxr / "manifest.csv").open())
+        if r["class"] in ("frontal", "lateral")
+    ]
     truth = []
     for n, row in enumerate(rows):
         with Image.open(covid_cxr / row["file"]) as image:
@@ -61,13 +70,25 @@ def build(covid_cxr: Path, out: Path) -> None:
         patient = row["patientid"]
         path = out / f"patient-{patient}" / f"{n:04d}.dcm"
         path.parent.mkdir(exist_ok=True)
-        make_dicom(path, 4095 - pixels if mono1 else pixels,
-                   photometric="MONOCHROME1" if mono1 else "MONOCHROME2",
-                   transfer_syntax=SYNTAXES[n % len(SYNTAXES)], view_position=view,
-                   patient_id=f"ARCH{patient}", study_uid=f"{ROOT_UID}.{n % 100000}",
-                   sop_uid=f"{ROOT_UID}.{n % 100000}.1", modality="CR" if n % 2 else "DX")
-        truth.append({"file_path": str(path.resolve()), "label": row["class"],
-                      "patient": patient, "split": side.get(patient, "none")})
+        make_dicom(
+            path,
+            4095 - pixels if mono1 else pixels,
+            photometric="MONOCHROME1" if mono1 else "MONOCHROME2",
+            transfer_syntax=SYNTAXES[n % len(SYNTAXES)],
+            view_position=view,
+            patient_id=f"ARCH{patient}",
+            study_uid=f"{ROOT_UID}.{n % 100000}",
+            sop_uid=f"{ROOT_UID}.{n % 100000}.1",
+            modality="CR" if n % 2 else "DX",
+        )
+        truth.append(
+            {
+                "file_path": str(path.resolve()),
+                "label": row["class"],
+                "patient": patient,
+                "split": side.get(patient, "none"),
+            }
+        )
     with (out / "truth.csv").open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(truth[0]))
         writer.writeheader()
@@ -87,14 +108,17 @@ def score(results_csv: Path, truth_csv: Path) -> None:
         per[f"{known['label']}_n"] += 1
         per[f"{known['label']}_right"] += row["label"] == known["label"]
     listed = {r["file_path"] for r in results}
-    print(f"rows {len(results)}; status {dict(statuses)}; "
-          f"files listed {len(listed & set(truth))}/{len(truth)}")
+    print(
+        f"rows {len(results)}; status {dict(statuses)}; "
+        f"files listed {len(listed & set(truth))}/{len(truth)}"
+    )
     for split, c in sorted(hits.items()):
-        recalls = {k: c[f"{k}_right"] / c[f"{k}_n"] for k in ("frontal", "lateral")
-                   if c[f"{k}_n"]}
+        recalls = {k: c[f"{k}_right"] / c[f"{k}_n"] for k in ("frontal", "lateral") if c[f"{k}_n"]}
         balanced = sum(recalls.values()) / len(recalls)
-        print(f"{split}: frontal {c['frontal_right']}/{c['frontal_n']}, lateral "
-              f"{c['lateral_right']}/{c['lateral_n']}, balanced accuracy {balanced:.3f}")
+        print(
+            f"{split}: frontal {c['frontal_right']}/{c['frontal_n']}, lateral "
+            f"{c['lateral_right']}/{c['lateral_n']}, balanced accuracy {balanced:.3f}"
+        )
 
 
 if __name__ == "__main__":

@@ -26,13 +26,18 @@ def create_app() -> FastAPI:
     app = FastAPI(
         title="cxr-orient",
         summary="Frontal vs lateral classification of chest radiographs: STOW-RS in, the "
-                "review queue and audit figures, health.",
+        "review queue and audit figures, health.",
         version="0.1.0",
     )
     app.state.render_cache = RenderCache()
-    app.add_middleware(SessionMiddleware, secret_key=session_key(settings),
-                       session_cookie=SESSION_COOKIE, max_age=settings.http.session_max_age_s,
-                       same_site="lax", https_only=settings.http.session_cookie_secure)
+    app.add_middleware(
+        SessionMiddleware,
+        secret_key=session_key(settings),
+        session_cookie=SESSION_COOKIE,
+        max_age=settings.http.session_max_age_s,
+        same_site="lax",
+        https_only=settings.http.session_cookie_secure,
+    )
     # Added last, so outermost: no body reaches a parser past its route's limits, and
     # the URL check and the quiet last-resort 500 come before everything.
     app.add_middleware(BodyLimitsMiddleware, settings=settings)
@@ -52,8 +57,13 @@ def create_app() -> FastAPI:
             return await http_exception_handler(request, exc)
         user = current_user(request, settings)
         caller = Caller(user.username, ROLE_CAN[user.role], user=user) if user else None
-        return page(request, "error.html", status_code=exc.status_code, code=exc.status_code,
-                    caller=caller,
-                    detail=exc.detail)
+        return page(
+            request,
+            "error.html",
+            status_code=exc.status_code,
+            code=exc.status_code,
+            caller=caller,
+            detail=exc.detail,
+        )
 
     return app

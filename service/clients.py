@@ -66,8 +66,9 @@ def forwarded_client(peer: str, forwarded_for: Sequence[str], networks: Networks
 def peer_is_trusted_proxy(request: Request, settings: Settings) -> bool:
     """The socket's peer is one of CXR_TRUSTED_PROXIES (the only callers whose
     CXR_TRUSTED_USER_HEADER is believed)."""
-    return is_trusted(request.client.host if request.client else None,
-                      settings.http.trusted_proxies)
+    return is_trusted(
+        request.client.host if request.client else None, settings.http.trusted_proxies
+    )
 
 
 def scope_client_address(scope: Scope, settings: Settings) -> str:
@@ -75,8 +76,11 @@ def scope_client_address(scope: Scope, settings: Settings) -> str:
     without a peer): for the middlewares, which log before any route runs."""
     client = scope.get("client")
     peer = str(client[0]) if client else "unknown"
-    forwarded = [value.decode("latin-1") for name, value in scope.get("headers", [])
-                 if name == b"x-forwarded-for"]
+    forwarded = [
+        value.decode("latin-1")
+        for name, value in scope.get("headers", [])
+        if name == b"x-forwarded-for"
+    ]
     return forwarded_client(peer, forwarded, settings.http.trusted_proxies)
 
 

@@ -39,10 +39,14 @@ __all__ = ["ConnectionLimits", "GuardedH11Protocol", "guarded_protocol"]
 logger = logging.getLogger(__name__)
 #: After the middleware's body deadline, how long the protocol waits before it closes.
 BODY_GRACE_S = 5.0
-_TIMEOUT_408 = (b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain\r\n"
-                b"content-length: 0\r\nconnection: close\r\n\r\n")
-_BUSY_503 = (b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\n"
-             b"content-length: 0\r\nconnection: close\r\nretry-after: 1\r\n\r\n")
+_TIMEOUT_408 = (
+    b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain\r\n"
+    b"content-length: 0\r\nconnection: close\r\n\r\n"
+)
+_BUSY_503 = (
+    b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\n"
+    b"content-length: 0\r\nconnection: close\r\nretry-after: 1\r\n\r\n"
+)
 
 
 @dataclass(frozen=True)
@@ -82,15 +86,19 @@ class GuardedH11Protocol(H11Protocol):
         (refused a moment ago) do not count."""
         others = [c for c in self.connections if c is not self and _still_open(c)]
         if len(others) >= self.limits.max_connections:
-            return (f"{len(others)} connections open, at CXR_HTTP_MAX_CONNECTIONS="
-                    f"{self.limits.max_connections}")
+            return (
+                f"{len(others)} connections open, at CXR_HTTP_MAX_CONNECTIONS="
+                f"{self.limits.max_connections}"
+            )
         peer = self._peer()
         if is_trusted(peer, self.limits.settings.http.trusted_proxies):
             return None
         same = sum(1 for c in others if (getattr(c, "client", None) or ("",))[0] == peer)
         if same >= self.limits.max_per_client:
-            return (f"{same} connections open from it, at "
-                    f"CXR_HTTP_MAX_CONNECTIONS_PER_CLIENT={self.limits.max_per_client}")
+            return (
+                f"{same} connections open from it, at "
+                f"CXR_HTTP_MAX_CONNECTIONS_PER_CLIENT={self.limits.max_per_client}"
+            )
         return None
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -130,8 +138,9 @@ class GuardedH11Protocol(H11Protocol):
             self.body_timer = None
 
     def _arm_header_timer(self) -> None:
-        self.header_timer = self.loop.call_later(self.limits.header_timeout_s,
-                                                 self._headers_too_slow)
+        self.header_timer = self.loop.call_later(
+            self.limits.header_timeout_s, self._headers_too_slow
+        )
 
     def _cancel_timers(self) -> None:
         for timer in (self.header_timer, self.body_timer):
@@ -145,8 +154,11 @@ class GuardedH11Protocol(H11Protocol):
             return
         if self.conn.our_state is not h11.IDLE:
             return  # an answer is still being written
-        logger.warning("408 to %s: request headers not complete within %g s "
-                       "(CXR_HTTP_HEADER_TIMEOUT_S)", self._peer(), self.limits.header_timeout_s)
+        logger.warning(
+            "408 to %s: request headers not complete within %g s (CXR_HTTP_HEADER_TIMEOUT_S)",
+            self._peer(),
+            self.limits.header_timeout_s,
+        )
         self.transport.write(_TIMEOUT_408)
         self.transport.close()
 
@@ -154,8 +166,11 @@ class GuardedH11Protocol(H11Protocol):
         self.body_timer = None
         if self.transport.is_closing() or self.conn.their_state is not h11.SEND_BODY:
             return
-        logger.warning("closed the connection of %s: request body still arriving after %g s",
-                       self._peer(), timeout)
+        logger.warning(
+            "closed the connection of %s: request body still arriving after %g s",
+            self._peer(),
+            timeout,
+        )
         if self.cycle is not None and not self.cycle.response_started:
             self.transport.write(_TIMEOUT_408)
         self.transport.close()
@@ -168,7 +183,10 @@ def _still_open(protocol: object) -> bool:
 
 def guarded_protocol(settings: Settings) -> type[GuardedH11Protocol]:
     """The protocol class uvicorn is given (``http=``), bound to ``settings``' limits."""
-    limits = ConnectionLimits(settings.http.http_max_connections,
-                              settings.http.http_max_connections_per_client,
-                              settings.http.http_header_timeout_s, settings)
+    limits = ConnectionLimits(
+        settings.http.http_max_connections,
+        settings.http.http_max_connections_per_client,
+        settings.http.http_header_timeout_s,
+        settings,
+    )
     return type("BoundGuardedH11Protocol", (GuardedH11Protocol,), {"limits": limits})

@@ -49,8 +49,9 @@ def _unauthorized(detail: str, error: str | None) -> HTTPException:
     challenge = f'Bearer realm="{REALM}"'
     if error:
         challenge += f', error="{error}"'
-    return HTTPException(status.HTTP_401_UNAUTHORIZED, detail=detail,
-                         headers={"WWW-Authenticate": challenge})
+    return HTTPException(
+        status.HTTP_401_UNAUTHORIZED, detail=detail, headers={"WWW-Authenticate": challenge}
+    )
 
 
 def bearer_token(request: Request) -> str | None:
@@ -78,15 +79,20 @@ def require_scope(scope: str) -> Callable[..., TokenInfo]:
                 info = verify_token(session, token=token)
         except SQLAlchemyError as exc:  # the database is down: try again later, not 500
             logger.error("token check: database unavailable (%s)", type(exc).__name__)
-            raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE,
-                                detail="the database is unavailable; try again") from exc
+            raise HTTPException(
+                status.HTTP_503_SERVICE_UNAVAILABLE, detail="the database is unavailable; try again"
+            ) from exc
         if info is None:
             raise _unauthorized("the token is unknown or revoked", "invalid_token")
         if scope not in info.scopes:
             raise HTTPException(
-                status.HTTP_403_FORBIDDEN, detail=f"the token lacks the {scope!r} scope",
-                headers={"WWW-Authenticate":
-                         f'Bearer realm="{REALM}", error="insufficient_scope", scope="{scope}"'})
+                status.HTTP_403_FORBIDDEN,
+                detail=f"the token lacks the {scope!r} scope",
+                headers={
+                    "WWW-Authenticate": f'Bearer realm="{REALM}", '
+                    f'error="insufficient_scope", scope="{scope}"'
+                },
+            )
         request.state.token_name = info.name
         return info
 
@@ -131,8 +137,9 @@ def current_user(request: Request, settings: SettingsDep) -> UserInfo | None:
         user = session_user(request, settings)
     except SQLAlchemyError as exc:
         logger.error("session check: database unavailable (%s)", type(exc).__name__)
-        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE,
-                            detail="the database is unavailable; try again") from exc
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE, detail="the database is unavailable; try again"
+        ) from exc
     if user is not None:
         request.state.user_name = user.username
     return user
@@ -142,14 +149,16 @@ def page_user(capability: str) -> Callable[..., Caller]:
     """A page dependency: a logged-in person allowed ``capability`` (else a redirect to
     the login page, or 403)."""
 
-    def dependency(request: Request,
-                   user: Annotated[UserInfo | None, Depends(current_user)]) -> Caller:
+    def dependency(
+        request: Request, user: Annotated[UserInfo | None, Depends(current_user)]
+    ) -> Caller:
         if user is None:
             raise LoginRequired(request.url.path)
         can = ROLE_CAN[user.role]
         if capability not in can:
-            raise HTTPException(status.HTTP_403_FORBIDDEN,
-                                detail=f"the {user.role.value} role may not do this")
+            raise HTTPException(
+                status.HTTP_403_FORBIDDEN, detail=f"the {user.role.value} role may not do this"
+            )
         return Caller(user.username, can, user=user)
 
     return dependency
@@ -161,8 +170,9 @@ def api_caller(capability: str) -> Callable[..., Caller]:
     CSRF token in X-CSRF-Token (a token's need not: no cookie, no cross-site forgery)."""
     by_token = require_scope(capability)
 
-    def dependency(request: Request,
-                   user: Annotated[UserInfo | None, Depends(current_user)]) -> Caller:
+    def dependency(
+        request: Request, user: Annotated[UserInfo | None, Depends(current_user)]
+    ) -> Caller:
         if bearer_token(request) is not None:
             info = by_token(request)
             return Caller(info.name, frozenset(info.scopes), token=info)
@@ -170,10 +180,12 @@ def api_caller(capability: str) -> Callable[..., Caller]:
             raise _unauthorized("log in, or send a bearer token", None)
         can = ROLE_CAN[user.role]
         if capability not in can:
-            raise HTTPException(status.HTTP_403_FORBIDDEN,
-                                detail=f"the {user.role.value} role may not do this")
+            raise HTTPException(
+                status.HTTP_403_FORBIDDEN, detail=f"the {user.role.value} role may not do this"
+            )
         if request.method not in {"GET", "HEAD", "OPTIONS"} and not csrf_ok(
-                request, request.headers.get(CSRF_HEADER)):
+            request, request.headers.get(CSRF_HEADER)
+        ):
             raise HTTPException(status.HTTP_403_FORBIDDEN, detail="missing or wrong CSRF token")
         return Caller(user.username, can, user=user)
 
@@ -190,8 +202,9 @@ async def checked_form(request: Request) -> dict[str, str]:
         # would log the typed value.
         raise HTTPException(status.HTTP_400_BAD_REQUEST, detail="a form field holds a NUL byte")
     if not csrf_ok(request, fields.get(CSRF_FIELD)):
-        raise HTTPException(status.HTTP_403_FORBIDDEN,
-                            detail="missing or wrong CSRF token; reload the page")
+        raise HTTPException(
+            status.HTTP_403_FORBIDDEN, detail="missing or wrong CSRF token; reload the page"
+        )
     return fields
 
 

@@ -29,16 +29,17 @@ _CONTROL = re.compile(rb"[\x00-\x1f\x7f]")
 
 def _bad_url(scope: Scope) -> bool:
     raw_path = scope.get("raw_path") or scope["path"].encode("utf-8", "replace")
-    return bool(_CONTROL.search(unquote_to_bytes(raw_path))
-                or _CONTROL.search(unquote_to_bytes(scope.get("query_string", b""))))
+    return bool(
+        _CONTROL.search(unquote_to_bytes(raw_path))
+        or _CONTROL.search(unquote_to_bytes(scope.get("query_string", b"")))
+    )
 
 
 async def answer_json(send: Send, status: int, detail: str, *, close: bool = False) -> None:
     """A ``{"detail": ...}`` answer sent straight from a middleware (no route ran);
     ``close``: the connection is not reused (its body was not read)."""
     body = json.dumps({"detail": detail}).encode()
-    headers = [(b"content-type", b"application/json"),
-               (b"content-length", str(len(body)).encode())]
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     if close:
         headers.append((b"connection", b"close"))
     await send({"type": "http.response.start", "status": status, "headers": headers})
@@ -56,8 +57,7 @@ class EdgeMiddleware:
             await self.app(scope, receive, send)
             return
         if _bad_url(scope):
-            logger.warning("400: a control character in the URL of a %s request",
-                           scope["method"])
+            logger.warning("400: a control character in the URL of a %s request", scope["method"])
             await answer_json(send, 400, "the URL holds a control character")
             return
         started = False
@@ -71,7 +71,11 @@ class EdgeMiddleware:
             await self.app(scope, receive, tracking_send)
         except Exception as exc:  # the last resort: answer, and log without values
             frames = "".join(traceback.format_tb(exc.__traceback__))
-            logger.error("500 on a %s request: %s (message not logged: it may quote the "
-                         "request)\n%s", scope["method"], type(exc).__name__, frames)
+            logger.error(
+                "500 on a %s request: %s (message not logged: it may quote the request)\n%s",
+                scope["method"],
+                type(exc).__name__,
+                frames,
+            )
             if not started:
                 await answer_json(send, 500, "internal error")

@@ -47,26 +47,34 @@ class BodyLimits:
 def limits_for(path: str, settings: Settings) -> BodyLimits:
     """The bounds of the route at ``path``: STOW-RS's, or the small ones of the rest."""
     if path.startswith(STOW_PREFIX):
-        return BodyLimits("stow", settings.http.stow_max_request_mb << 20,
-                          settings.http.stow_body_timeout_s)
-    return BodyLimits("form", settings.http.http_max_body_kb << 10,
-                      settings.http.http_body_timeout_s)
+        return BodyLimits(
+            "stow", settings.http.stow_max_request_mb << 20, settings.http.stow_body_timeout_s
+        )
+    return BodyLimits(
+        "form", settings.http.http_max_body_kb << 10, settings.http.http_body_timeout_s
+    )
 
 
 class BodyTooLarge(HTTPException):
     """The body went over its route's limit while it streamed (413)."""
 
     def __init__(self, limits: BodyLimits) -> None:
-        super().__init__(413, detail=f"request body over {limits.max_bytes} bytes",
-                         headers={"Connection": "close"})
+        super().__init__(
+            413,
+            detail=f"request body over {limits.max_bytes} bytes",
+            headers={"Connection": "close"},
+        )
 
 
 class BodyTimeout(HTTPException):
     """The body did not arrive whole within its route's deadline (408)."""
 
     def __init__(self, limits: BodyLimits) -> None:
-        super().__init__(408, detail=f"request body not received within {limits.timeout_s:g} s",
-                         headers={"Connection": "close"})
+        super().__init__(
+            408,
+            detail=f"request body not received within {limits.timeout_s:g} s",
+            headers={"Connection": "close"},
+        )
 
 
 class BodyLimitsMiddleware:
@@ -84,17 +92,22 @@ class BodyLimitsMiddleware:
         client = scope_client_address(scope, self.settings)
         declared = _content_length(scope)
         if declared is not None and (declared < 0 or declared > limits.max_bytes):
-            logger.warning("413 from %s: %s request declares %d bytes, over %d", client,
-                           limits.kind, declared, limits.max_bytes)
-            await answer_json(send, 413, f"request body over {limits.max_bytes} bytes",
-                              close=True)
+            logger.warning(
+                "413 from %s: %s request declares %d bytes, over %d",
+                client,
+                limits.kind,
+                declared,
+                limits.max_bytes,
+            )
+            await answer_json(send, 413, f"request body over {limits.max_bytes} bytes", close=True)
             return
         loop = asyncio.get_running_loop()
         deadline = loop.time() + limits.timeout_s
         received = 0
         chunked = any(name == b"transfer-encoding" for name, _ in scope["headers"])
-        body_done = (scope["method"] in {"GET", "HEAD", "OPTIONS"} and declared in (None, 0)
-                     and not chunked)
+        body_done = (
+            scope["method"] in {"GET", "HEAD", "OPTIONS"} and declared in (None, 0) and not chunked
+        )
         refused: BodyTooLarge | BodyTimeout | None = None
 
         async def bounded_receive() -> Message:
@@ -105,15 +118,24 @@ class BodyLimitsMiddleware:
                 message = await asyncio.wait_for(receive(), max(deadline - loop.time(), 0))
             except TimeoutError:
                 refused = BodyTimeout(limits)
-                logger.warning("408 from %s: %s request body not whole after %g s (%d bytes)",
-                               client, limits.kind, limits.timeout_s, received)
+                logger.warning(
+                    "408 from %s: %s request body not whole after %g s (%d bytes)",
+                    client,
+                    limits.kind,
+                    limits.timeout_s,
+                    received,
+                )
                 raise refused from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limits.max_bytes:
                     refused = BodyTooLarge(limits)
-                    logger.warning("413 from %s: %s request body went over %d bytes",
-                                   client, limits.kind, limits.max_bytes)
+                    logger.warning(
+                        "413 from %s: %s request body went over %d bytes",
+                        client,
+                        limits.kind,
+                        limits.max_bytes,
+                    )
                     raise refused
                 body_done = not message.get("more_body", False)
             else:
@@ -137,4 +159,3 @@ def _content_length(scope: Scope) -> int | None:
             except ValueError:
                 return -1
     return None
-

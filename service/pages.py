@@ -17,9 +17,9 @@ TEMPLATES = Jinja2Templates(directory=Path(__file__).parent / "templates")
 #: is loaded from anywhere, and no page may be framed (clickjacking a "label" button).
 PAGE_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; "
-                               "style-src 'self' 'unsafe-inline'; "
-                               "script-src 'self' 'unsafe-inline'; frame-ancestors 'none'; "
-                               "form-action 'self'; base-uri 'none'",
+    "style-src 'self' 'unsafe-inline'; "
+    "script-src 'self' 'unsafe-inline'; frame-ancestors 'none'; "
+    "form-action 'self'; base-uri 'none'",
     "X-Frame-Options": "DENY",
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "same-origin",
@@ -27,12 +27,13 @@ PAGE_HEADERS = {
 }
 
 
-def page(request: Request, template: str, *, status_code: int = 200,
-         **context: Any) -> HTMLResponse:
+def page(
+    request: Request, template: str, *, status_code: int = 200, **context: Any
+) -> HTMLResponse:
     """``template`` rendered with ``context`` plus the session's CSRF token."""
     context.setdefault("caller", None)
     response = TEMPLATES.TemplateResponse(
-        request, template, {"csrf_token": csrf_token(request), **context},
-        status_code=status_code)
+        request, template, {"csrf_token": csrf_token(request), **context}, status_code=status_code
+    )
     response.headers.update(PAGE_HEADERS)
     return response

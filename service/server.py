@@ -26,17 +26,27 @@ def serve(settings: Settings, *, host: str, port: int) -> None:
     The connections are uvicorn's h11 protocol with a cap and deadlines
     (:mod:`service.connections`); request bodies are bounded by :mod:`service.limits`."""
     stop = threading.Event()
-    sweeper = threading.Thread(target=run_release_loop,
-                               args=(send_instances, stop, settings.intake),
-                               name="release-quiet-studies", daemon=True)
+    sweeper = threading.Thread(
+        target=run_release_loop,
+        args=(send_instances, stop, settings.intake),
+        name="release-quiet-studies",
+        daemon=True,
+    )
     sweeper.start()
     try:
         # proxy_headers off: uvicorn would otherwise believe X-Forwarded-For from
         # 127.0.0.1 and rewrite the client's address; service.clients is the one rule.
-        uvicorn.run(create_app(), host=host, port=port, access_log=False, log_config=None,
-                    log_level=settings.logs.log_level.lower(), server_header=False,
-                    proxy_headers=False,
-                    http=guarded_protocol(settings))
+        uvicorn.run(
+            create_app(),
+            host=host,
+            port=port,
+            access_log=False,
+            log_config=None,
+            log_level=settings.logs.log_level.lower(),
+            server_header=False,
+            proxy_headers=False,
+            http=guarded_protocol(settings),
+        )
     finally:
         stop.set()
         sweeper.join(timeout=5)

@@ -69,15 +69,20 @@ def csrf_token(request: Request) -> str:
 
 def csrf_ok(request: Request, submitted: str | None) -> bool:
     expected = request.session.get("csrf")
-    return (isinstance(expected, str) and bool(expected) and submitted is not None
-            and hmac.compare_digest(expected.encode(), submitted.encode()))
+    return (
+        isinstance(expected, str)
+        and bool(expected)
+        and submitted is not None
+        and hmac.compare_digest(expected.encode(), submitted.encode())
+    )
 
 
 def log_in(request: Request, user: UserInfo) -> None:
     """A fresh session for ``user`` (a new CSRF token too: nothing carried over)."""
     request.session.clear()
-    request.session.update({"uid": user.id, "epoch": user.session_epoch,
-                            "csrf": secrets.token_urlsafe(32)})
+    request.session.update(
+        {"uid": user.id, "epoch": user.session_epoch, "csrf": secrets.token_urlsafe(32)}
+    )
 
 
 def log_out(request: Request) -> None:
@@ -104,8 +109,11 @@ def session_user(request: Request, settings: Settings) -> UserInfo | None:
                 if user is None:
                     logger.warning("trusted proxy named an unknown or disabled user")
                 return user
-            logger.warning("%s header from an untrusted address ignored (%s)", header,
-                           client_address(request, settings))
+            logger.warning(
+                "%s header from an untrusted address ignored (%s)",
+                header,
+                client_address(request, settings),
+            )
     uid, epoch = request.session.get("uid"), request.session.get("epoch")
     if not isinstance(uid, int) or not isinstance(epoch, int):
         return None

@@ -50,8 +50,9 @@ def _spread(item: pytest.Item, integration: bool) -> bool:
     info = getattr(item, "_fixtureinfo", None)
     if not integration or info is None:
         return False
-    return all(d.scope in ("function", "session")
-               for defs in info.name2fixturedefs.values() for d in defs)
+    return all(
+        d.scope in ("function", "session") for defs in info.name2fixturedefs.values() for d in defs
+    )
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist reads the groups (--dist loadgroup)
@@ -60,8 +61,11 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         integration = _INTEGRATION in Path(str(item.path)).resolve().parents
         if not any(item.iter_markers("xdist_group")) and not _spread(item, integration):
             item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::", 1)[0]))
-        needs = {mark for fixture, mark in _SERVER_FIXTURES.items()
-                 if fixture in getattr(item, "fixturenames", ())}
+        needs = {
+            mark
+            for fixture, mark in _SERVER_FIXTURES.items()
+            if fixture in getattr(item, "fixturenames", ())
+        }
         callspec = getattr(item, "callspec", None)
         if callspec is not None and callspec.params.get("db_backend") == "postgresql":
             needs.add("pg")
@@ -118,8 +122,7 @@ def database_url(db_backend: str, tmp_path: Path) -> Iterator[str]:
 
 
 @pytest.fixture
-def migrated_db(db_backend: str, configure: Callable[..., None], tmp_path: Path
-                ) -> Iterator[str]:
+def migrated_db(db_backend: str, configure: Callable[..., None], tmp_path: Path) -> Iterator[str]:
     """An empty, fully migrated database configured as CXR_DATABASE_URL, on SQLite and on
     PostgreSQL: a copy of the run's migrated template (what ``upgrade()`` would leave)."""
     with migrated_database(db_backend, tmp_path / "cxr.db") as url:

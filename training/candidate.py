@@ -33,13 +33,22 @@ from training.train import TrainHistory, calibrate, train_model
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "TrainedRun", "summarise", "train_and_evaluate", "train_from_folder",
+    "TrainedRun",
+    "summarise",
+    "train_and_evaluate",
+    "train_from_folder",
 ]
 
 #: Headline figures copied from the evaluation into the model card and summaries.
 SUMMARY_METRICS = (
-    "accuracy", "balanced_accuracy", "frontal_recall", "lateral_recall",
-    "frontal_precision", "lateral_precision", "roc_auc", "ece",
+    "accuracy",
+    "balanced_accuracy",
+    "frontal_recall",
+    "lateral_recall",
+    "frontal_precision",
+    "lateral_precision",
+    "roc_auc",
+    "ece",
 )
 
 
@@ -94,18 +103,30 @@ def train_and_evaluate(
     ``grid_mask`` limits which test images the prediction grid may show. With
     ``teacher_paths`` the model is distilled from them (:func:`training.train.train_model`).
     """
-    train, val, test = (data.subset(split.train), data.subset(split.val),
-                        data.subset(split.test))
+    train, val, test = (data.subset(split.train), data.subset(split.val), data.subset(split.test))
     model, history = train_model(
-        train.images, train.labels, architecture=architecture, epochs=epochs,
-        batch_size=batch_size, seed=seed, val_images=val.images, val_labels=val.labels,
-        min_epochs=min_epochs, verbose=verbose, workers=workers, time_budget_s=time_budget_s,
-        teacher_paths=teacher_paths, distill_weight=distill_weight,
+        train.images,
+        train.labels,
+        architecture=architecture,
+        epochs=epochs,
+        batch_size=batch_size,
+        seed=seed,
+        val_images=val.images,
+        val_labels=val.labels,
+        min_epochs=min_epochs,
+        verbose=verbose,
+        workers=workers,
+        time_budget_s=time_budget_s,
+        teacher_paths=teacher_paths,
+        distill_weight=distill_weight,
         imagenet_weights_dir=imagenet_weights_dir,
     )
     card = ModelCard(
-        name=name, architecture=architecture, input_size=int(data.images.shape[1]),
-        labels=LABELS, temperature=history.temperature,
+        name=name,
+        architecture=architecture,
+        input_size=int(data.images.shape[1]),
+        labels=LABELS,
+        temperature=history.temperature,
         review_threshold=history.review_threshold,
         test_time_augmentation=test_time_augmentation,
     )
@@ -115,8 +136,14 @@ def train_and_evaluate(
     test_metrics: dict[str, Any] = {}
     variants: dict[str, dict[str, Any]] = {}
     if len(test):
-        variants = robustness(classifier, test.images, test.labels, groups=test.patients,
-                              resamples=resamples, seed=seed)
+        variants = robustness(
+            classifier,
+            test.images,
+            test.labels,
+            groups=test.patients,
+            resamples=resamples,
+            seed=seed,
+        )
         test_metrics = variants["original"]
     card.metrics = {
         # What candidates are compared on: validation patients, 16 views, uncalibrated.
@@ -134,12 +161,21 @@ def train_and_evaluate(
         "seconds": round(history.seconds, 1),
         "class_weights": {LABELS[k]: v for k, v in history.class_weights.items()},
         "split_sizes": {
-            "train": {"images": len(train), "patients": len(set(train.patients)),
-                      "lateral": int(train.labels.sum())},
-            "val": {"images": len(val), "patients": len(set(val.patients)),
-                    "lateral": int(val.labels.sum())},
-            "test": {"images": len(test), "patients": len(set(test.patients)),
-                     "lateral": int(test.labels.sum())},
+            "train": {
+                "images": len(train),
+                "patients": len(set(train.patients)),
+                "lateral": int(train.labels.sum()),
+            },
+            "val": {
+                "images": len(val),
+                "patients": len(set(val.patients)),
+                "lateral": int(val.labels.sum()),
+            },
+            "test": {
+                "images": len(test),
+                "patients": len(set(test.patients)),
+                "lateral": int(test.labels.sum()),
+            },
         },
         "keras": keras.__version__,
         "machine": platform.node(),
@@ -158,17 +194,24 @@ def train_and_evaluate(
         }
         write_json(report_dir / "metrics.json", metrics_doc)
         write_figures(
-            report_dir, history=history.history, images=test.images, y_true=test.labels,
+            report_dir,
+            history=history.history,
+            images=test.images,
+            y_true=test.labels,
             p_lateral=np.asarray(test_metrics.get("p_lateral", []), dtype=np.float64),
-            grid_mask=grid_mask, seed=seed,
+            grid_mask=grid_mask,
+            seed=seed,
         )
-        write_json(report_dir / "summary.json", {
-            "held_out_test": summarise(test_metrics) if test_metrics else {},
-            "robustness": {k: summarise(v) for k, v in variants.items()},
-            "training": card.training,
-            "temperature": card.temperature,
-            "review_threshold": card.review_threshold,
-        })
+        write_json(
+            report_dir / "summary.json",
+            {
+                "held_out_test": summarise(test_metrics) if test_metrics else {},
+                "robustness": {k: summarise(v) for k, v in variants.items()},
+                "training": card.training,
+                "temperature": card.temperature,
+                "review_threshold": card.review_threshold,
+            },
+        )
     return TrainedRun(checkpoint, card, history, test_metrics, variants)
 
 
@@ -190,9 +233,16 @@ def train_from_folder(
     name = f"{architecture}-{time.strftime('%Y%m%d-%H%M%S')}"
     out_dir = Path(out_dir)
     run = train_and_evaluate(
-        data, split, name=name, out_dir=out_dir, report_dir=out_dir / f"{name}-report",
-        architecture=architecture, epochs=epochs, seed=seed,
-        extra_training={"data_dir": str(data_dir)}, imagenet_weights_dir=imagenet_weights_dir,
+        data,
+        split,
+        name=name,
+        out_dir=out_dir,
+        report_dir=out_dir / f"{name}-report",
+        architecture=architecture,
+        epochs=epochs,
+        seed=seed,
+        extra_training={"data_dir": str(data_dir)},
+        imagenet_weights_dir=imagenet_weights_dir,
     )
     write_json(out_dir / f"{name}-split.json", split.as_patients(data.patients))
     return run.checkpoint, run.card

@@ -80,8 +80,8 @@ class LabelledImages:
 
 
 def _is_image_file(path: Path) -> bool:
-    return path.is_file() and not path.name.startswith(".") and path.suffix.lower() in (
-        IMAGE_SUFFIXES
+    return (
+        path.is_file() and not path.name.startswith(".") and path.suffix.lower() in (IMAGE_SUFFIXES)
     )
 
 
@@ -200,8 +200,9 @@ def load_labelled_folder(
         raise ValueError(f"no usable images under {data_dir}")
     unnamed = sum(1 for f in files if f not in file_patients)
     if manifest is not None and unnamed:
-        logger.warning("%d files have no patient id in %s; each is its own patient", unnamed,
-                       manifest)
+        logger.warning(
+            "%d files have no patient id in %s; each is its own patient", unnamed, manifest
+        )
     return LabelledImages(
         images=np.stack(images),
         labels=np.asarray(labels, dtype=np.int64),

@@ -48,8 +48,14 @@ ROBUSTNESS_VARIANTS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
 }
 
 _POINT_METRICS = (
-    "accuracy", "balanced_accuracy", "frontal_precision", "frontal_recall",
-    "lateral_precision", "lateral_recall", "roc_auc", "ece",
+    "accuracy",
+    "balanced_accuracy",
+    "frontal_precision",
+    "frontal_recall",
+    "lateral_precision",
+    "lateral_recall",
+    "roc_auc",
+    "ece",
 )
 
 
@@ -110,7 +116,8 @@ def binary_metrics(y_true: np.ndarray, p_lateral: np.ndarray) -> dict[str, float
     precision = [_ratio(cm[c, c], cm[:, c].sum()) for c in (0, 1)]
     return {
         "accuracy": _ratio(np.trace(cm), cm.sum()),
-        "balanced_accuracy": float(np.nanmean(recall)) if not np.all(np.isnan(recall))
+        "balanced_accuracy": float(np.nanmean(recall))
+        if not np.all(np.isnan(recall))
         else float("nan"),
         "frontal_precision": precision[0],
         "frontal_recall": recall[0],
@@ -160,7 +167,11 @@ def bootstrap_ci(
 
 
 def bootstrap_mean_ci(
-    values: Sequence[float], groups: Sequence[str], *, resamples: int = 1000, seed: int = 0,
+    values: Sequence[float],
+    groups: Sequence[str],
+    *,
+    resamples: int = 1000,
+    seed: int = 0,
     level: float = 0.95,
 ) -> tuple[float, float]:
     """Percentile bootstrap CI of the mean of per-answer 0/1 (or real) ``values``,
@@ -250,11 +261,18 @@ def robustness(
     for name in names:
         transformed = np.ascontiguousarray(ROBUSTNESS_VARIANTS[name](np.asarray(images)))
         out[name] = evaluate(
-            classifier, transformed, labels, groups=groups, resamples=resamples, seed=seed,
+            classifier,
+            transformed,
+            labels,
+            groups=groups,
+            resamples=resamples,
+            seed=seed,
             batch_size=batch_size,
         )
         logger.info(
             "%s: balanced accuracy %.4f, lateral recall %.4f",
-            name, out[name]["balanced_accuracy"], out[name]["lateral_recall"],
+            name,
+            out[name]["balanced_accuracy"],
+            out[name]["lateral_recall"],
         )
     return out

@@ -22,8 +22,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["ARCHITECTURE_HEADS", "ECE_TOLERANCE", "GateDecision", "gate", "heads_of",
-           "selection_key"]
+__all__ = [
+    "ARCHITECTURE_HEADS",
+    "ECE_TOLERANCE",
+    "GateDecision",
+    "gate",
+    "heads_of",
+    "selection_key",
+]
 
 #: ECE differences smaller than this are noise on evaluation sets of this size: the gate
 #: tolerates that much worse, and does not count that much better as a reason to promote.
@@ -36,8 +42,9 @@ ECE_TOLERANCE = 0.01
 ARCHITECTURE_HEADS: dict[str, frozenset[str]] = {
     "compact_invariant_64_heads": frozenset({"orientation", "unusual-image"}),
     "compact_invariant_64_heads2": frozenset({"orientation", "unusual-image"}),
-    "compact_invariant_64_heads3": frozenset({"orientation", "unusual-image",
-                                              "chest-or-not", "PA/AP"}),
+    "compact_invariant_64_heads3": frozenset(
+        {"orientation", "unusual-image", "chest-or-not", "PA/AP"}
+    ),
 }
 
 
@@ -58,8 +65,13 @@ def _figures(metrics: Mapping[str, Any]) -> dict[str, float]:
     return {k: float(metrics[k]) for k in ("balanced_accuracy", "lateral_recall", "ece")}
 
 
-def gate(candidate: Mapping[str, Any], active: Mapping[str, Any] | None, *,
-         lost_heads: Sequence[str] = (), gained_heads: Sequence[str] = ()) -> GateDecision:
+def gate(
+    candidate: Mapping[str, Any],
+    active: Mapping[str, Any] | None,
+    *,
+    lost_heads: Sequence[str] = (),
+    gained_heads: Sequence[str] = (),
+) -> GateDecision:
     """Promote only a candidate that beats the active model on the same evaluation set.
     (Choosing among sibling candidates before release is :func:`selection_key`.)
 
@@ -83,8 +95,11 @@ def gate(candidate: Mapping[str, Any], active: Mapping[str, Any] | None, *,
     if lost_heads:
         # A better view figure does not pay for answers the service would stop giving.
         return GateDecision(
-            False, [f"lacks the active model's {', '.join(lost_heads)} head(s)"], cand,
-            _figures(active) if active is not None else None)
+            False,
+            [f"lacks the active model's {', '.join(lost_heads)} head(s)"],
+            cand,
+            _figures(active) if active is not None else None,
+        )
     if any(math.isnan(v) for v in cand.values()):
         return GateDecision(
             False, ["candidate figures undefined (evaluation set lacks a class?)"], cand, None
@@ -111,8 +126,12 @@ def gate(candidate: Mapping[str, Any], active: Mapping[str, Any] | None, *,
         or cand["ece"] < act["ece"] - ECE_TOLERANCE
     )
     if not better and gained_heads:
-        return GateDecision(True, [f"ties the active model on the view and adds the "
-                                   f"{', '.join(gained_heads)} head(s)"], cand, act)
+        return GateDecision(
+            True,
+            [f"ties the active model on the view and adds the {', '.join(gained_heads)} head(s)"],
+            cand,
+            act,
+        )
     if not better:
         return GateDecision(False, ["ties the active model: nothing to gain"], cand, act)
     return GateDecision(True, ["beats the active model"], cand, act)
@@ -124,6 +143,8 @@ def selection_key(validation: dict[str, Any]) -> tuple[float, float, float]:
     cards that predate it); larger keys are better. (The gate, :func:`gate`, decides
     whether a candidate replaces the model in service.)"""
     nll = validation.get("nll_calibrated_mean", validation.get("nll_mean", float("inf")))
-    return (float(validation.get("lateral_recall_mean", 0.0)),
-            float(validation.get("balanced_accuracy_mean", 0.0)),
-            -float(nll))
+    return (
+        float(validation.get("lateral_recall_mean", 0.0)),
+        float(validation.get("balanced_accuracy_mean", 0.0)),
+        -float(nll),
+    )

@@ -81,7 +81,9 @@ def labelled_images_from_db(session: Session, intake: IntakeSettings) -> Labelle
         try:
             ensure_not_purged(instance)
             image = load_checked_image(
-                instance.file_path, expected_sha256=instance.file_sha256, intake=intake,
+                instance.file_path,
+                expected_sha256=instance.file_sha256,
+                intake=intake,
                 size=MODEL_INPUT_SIZE,
             )
         except CxrError as exc:
@@ -133,11 +135,16 @@ def challenge(
             seed=seed,
         )
 
-    serving_heads, candidate_heads = heads_of(serving.architecture), heads_of(
-        candidate.architecture)
-    decision = gate(candidate_metrics or figures(candidate), figures(serving),
-                    lost_heads=sorted(serving_heads - candidate_heads),
-                    gained_heads=sorted(candidate_heads - serving_heads))
+    serving_heads, candidate_heads = (
+        heads_of(serving.architecture),
+        heads_of(candidate.architecture),
+    )
+    decision = gate(
+        candidate_metrics or figures(candidate),
+        figures(serving),
+        lost_heads=sorted(serving_heads - candidate_heads),
+        gained_heads=sorted(candidate_heads - serving_heads),
+    )
     details = {
         "candidate": decision.candidate,
         "active": decision.active,
@@ -189,8 +196,11 @@ def challenge_version(name: str, *, actor: str, settings: Settings) -> GateDecis
         if candidate is None:
             raise ModelError(f"no model version named {name!r}")
         return challenge(
-            session, candidate=candidate, test=eval_split_from_db(session, settings.intake),
-            actor=actor, inference=settings.inference,
+            session,
+            candidate=candidate,
+            test=eval_split_from_db(session, settings.intake),
+            actor=actor,
+            inference=settings.inference,
         )
 
 

@@ -57,8 +57,12 @@ def plot_training_curves(history: Mapping[str, Sequence[float]], path: Path) -> 
         for prefix, style in (("", "-"), ("val_", "--")):
             values = history.get(prefix + key)
             if values:
-                ax.plot(range(1, len(values) + 1), values, style,
-                        label=f"{'validation' if prefix else 'training'} {key}")
+                ax.plot(
+                    range(1, len(values) + 1),
+                    values,
+                    style,
+                    label=f"{'validation' if prefix else 'training'} {key}",
+                )
         ax.set_xlabel("epoch")
         ax.set_title(key)
         ax.grid(alpha=0.3)
@@ -78,8 +82,14 @@ def plot_confusion_matrix(
     ax.imshow(matrix, cmap="Blues")
     for i in range(2):
         for j in range(2):
-            ax.text(j, i, str(matrix[i, j]), ha="center", va="center",
-                    color="white" if matrix[i, j] > matrix.max() / 2 else "black")
+            ax.text(
+                j,
+                i,
+                str(matrix[i, j]),
+                ha="center",
+                va="center",
+                color="white" if matrix[i, j] > matrix.max() / 2 else "black",
+            )
     ax.set_xticks([0, 1], LABELS)
     ax.set_yticks([0, 1], LABELS)
     ax.set_xlabel("predicted")
@@ -136,8 +146,9 @@ def plot_prediction_grid(
     for ax, i in zip(np.ravel(axes), chosen, strict=False):
         ax.imshow(images[i], cmap="gray", vmin=0, vmax=255)
         ok = pred[i] == y[i]
-        ax.set_title(f"{LABELS[pred[i]]} ({LABELS[y[i]]})", color="green" if ok else "red",
-                     fontsize=9)
+        ax.set_title(
+            f"{LABELS[pred[i]]} ({LABELS[y[i]]})", color="green" if ok else "red", fontsize=9
+        )
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     plt.close(fig)
@@ -173,7 +184,8 @@ def write_figures(
         written["curves"] = plot_training_curves(history, report_dir / "training_curves.png")
     if len(y):
         written["confusion"] = plot_confusion_matrix(
-            confusion_matrix(y, predicted_class(p)), report_dir / "confusion_matrix.png",
+            confusion_matrix(y, predicted_class(p)),
+            report_dir / "confusion_matrix.png",
             title="held-out patients",
         )
         written["roc"] = plot_roc(y, p, report_dir / "roc.png", roc_auc(y, p))
@@ -206,7 +218,8 @@ def write_report(
         from training.evaluate import confusion_matrix, roc_auc
 
         written["confusion"] = plot_confusion_matrix(
-            confusion_matrix(y, predicted_class(p)), out_dir / "confusion_matrix.png",
+            confusion_matrix(y, predicted_class(p)),
+            out_dir / "confusion_matrix.png",
             title="held-out patients",
         )
         written["roc"] = plot_roc(y, p, out_dir / "roc.png", roc_auc(y, p))

@@ -79,12 +79,18 @@ DEFAULT_REVIEW_THRESHOLD = 0.9
 
 def validation_views(images: np.ndarray) -> list[np.ndarray]:
     """The 16 dihedral x inversion views of grey uint8 ``(N, H, W)`` images, as uint8."""
-    return [np.ascontiguousarray(v).astype(np.uint8)
-            for v in tta_views(np.asarray(images), "dihedral+invert")]
+    return [
+        np.ascontiguousarray(v).astype(np.uint8)
+        for v in tta_views(np.asarray(images), "dihedral+invert")
+    ]
 
 
 def view_metrics(
-    classifier: Classifier, images: np.ndarray, labels: np.ndarray, *, batch_size: int = 64,
+    classifier: Classifier,
+    images: np.ndarray,
+    labels: np.ndarray,
+    *,
+    batch_size: int = 64,
     temperature: float | None = None,
 ) -> dict[str, Any]:
     """Uncalibrated predictions on every one of the 16 views of the images, and per-view
@@ -103,9 +109,13 @@ def view_metrics(
     for probs in raw:
         m = binary_metrics(y, probs[:, 1])
         p_true = np.clip(probs[np.arange(len(y)), y], 1e-7, 1.0)
-        per_view.append({"balanced_accuracy": m["balanced_accuracy"],
-                         "lateral_recall": m["lateral_recall"],
-                         "nll": float(-np.log(p_true).mean())})
+        per_view.append(
+            {
+                "balanced_accuracy": m["balanced_accuracy"],
+                "lateral_recall": m["lateral_recall"],
+                "nll": float(-np.log(p_true).mean()),
+            }
+        )
     summary: dict[str, Any] = {}
     for key in ("balanced_accuracy", "lateral_recall"):
         vals = [v[key] for v in per_view]
@@ -114,8 +124,11 @@ def view_metrics(
     summary["nll_mean"] = float(np.mean([v["nll"] for v in per_view]))
     if temperature is not None:
         calibrated = [apply_temperature(probs, temperature) for probs in raw]
-        summary["nll_calibrated_mean"] = float(np.mean(
-            [-np.log(np.clip(c[np.arange(len(y)), y], 1e-7, 1.0)).mean() for c in calibrated]))
+        summary["nll_calibrated_mean"] = float(
+            np.mean(
+                [-np.log(np.clip(c[np.arange(len(y)), y], 1e-7, 1.0)).mean() for c in calibrated]
+            )
+        )
     summary["nll_max"] = float(np.max([v["nll"] for v in per_view]))
     summary["views"] = len(per_view)
     summary["n"] = len(y)
@@ -138,8 +151,9 @@ class TimeBudget(keras.callbacks.Callback):
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         if time.monotonic() - self.started > self.seconds:
             self.stopped_at = epoch + 1
-            logger.warning("time budget of %.0f s spent: stopping after epoch %d",
-                           self.seconds, epoch + 1)
+            logger.warning(
+                "time budget of %.0f s spent: stopping after epoch %d", self.seconds, epoch + 1
+            )
             self.model.stop_training = True
 
 
@@ -161,21 +175,24 @@ class TeacherEnsemble:
             raise ValueError("a teacher ensemble needs at least one checkpoint")
         self.paths = [Path(p) for p in paths]
         self.sha256 = [read_card(p).sha256 for p in self.paths]
-        self.models = [load_checkpoint(p, expected_sha256=sha)
-                       for p, sha in zip(self.paths, self.sha256, strict=True)]
+        self.models = [
+            load_checkpoint(p, expected_sha256=sha)
+            for p, sha in zip(self.paths, self.sha256, strict=True)
+        ]
         # PyDataset workers are threads; one model call at a time keeps backends happy.
         self._lock = threading.Lock()
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         """(N, H, W, 3) model input -> (N, 2) mean softmax."""
         with self._lock:
-            outs = [np.asarray(keras.ops.convert_to_numpy(m.predict_on_batch(x)), np.float64)
-                    for m in self.models]
+            outs = [
+                np.asarray(keras.ops.convert_to_numpy(m.predict_on_batch(x)), np.float64)
+                for m in self.models
+            ]
         return np.mean(outs, axis=0)
 
     def describe(self) -> list[dict[str, str]]:
-        return [{"file": p.name, "sha256": s} for p, s in zip(self.paths, self.sha256,
-                                                                strict=True)]
+        return [{"file": p.name, "sha256": s} for p, s in zip(self.paths, self.sha256, strict=True)]
 
 
 class AugmentedBatches(keras.utils.PyDataset):
@@ -255,7 +272,10 @@ class TrainHistory:
 
 
 def choose_review_threshold(
-    calibrated: np.ndarray, labels: np.ndarray, *, floor: float = DEFAULT_REVIEW_THRESHOLD,
+    calibrated: np.ndarray,
+    labels: np.ndarray,
+    *,
+    floor: float = DEFAULT_REVIEW_THRESHOLD,
     ceiling: float = 0.99,
 ) -> float:
     """Confidence under which predictions go to a human.
@@ -280,8 +300,9 @@ def calibrate(
     film arrives. Returns ``(temperature, review_threshold)``; the caller puts them on
     the card."""
     y = np.asarray(labels).astype(int)
-    raw = np.concatenate([classifier.predict_raw_in_batches(view, 32)
-                          for view in validation_views(images)])
+    raw = np.concatenate(
+        [classifier.predict_raw_in_batches(view, 32) for view in validation_views(images)]
+    )
     views = len(raw) // max(len(y), 1)
     y_all = np.tile(y, views)
     temperature = fit_temperature(raw, y_all, counts_per_image=views)
@@ -351,7 +372,11 @@ def train_model(
     class_weights = balanced_class_weights(train_y)
     logger.info(
         "training %s on %d images (%d lateral), validating on %d (%d lateral); class weights %s",
-        architecture, len(train_y), int(train_y.sum()), len(val_y), int(val_y.sum()),
+        architecture,
+        len(train_y),
+        int(train_y.sum()),
+        len(val_y),
+        int(val_y.sum()),
         class_weights,
     )
 
@@ -361,12 +386,18 @@ def train_model(
     model = build_model(architecture, input_size=input_size, weights_path=weights_path)
     teacher = TeacherEnsemble(teacher_paths) if teacher_paths else None
     if teacher is not None:
-        logger.info("distilling from %d teachers (weight %.2f)", len(teacher.paths),
-                    distill_weight)
+        logger.info("distilling from %d teachers (weight %.2f)", len(teacher.paths), distill_weight)
     batches = AugmentedBatches(
-        train_x, train_y, batch_size=batch_size, seed=seed, class_weights=class_weights,
-        augment=augment or AugmentConfig(), teacher=teacher, distill_weight=distill_weight,
-        workers=max(1, int(workers)), use_multiprocessing=False,
+        train_x,
+        train_y,
+        batch_size=batch_size,
+        seed=seed,
+        class_weights=class_weights,
+        augment=augment or AugmentConfig(),
+        teacher=teacher,
+        distill_weight=distill_weight,
+        workers=max(1, int(workers)),
+        use_multiprocessing=False,
         max_queue_size=max(10, 2 * int(workers)),
     )
     if validate_variants and architecture in INVARIANT_ARCHITECTURES:
@@ -384,13 +415,17 @@ def train_model(
     total_steps = max(1, len(batches) * epochs)
     warmup_steps = min(len(batches) * 2, total_steps // 10)
     schedule = keras.optimizers.schedules.CosineDecay(
-        learning_rate / 10, decay_steps=total_steps - warmup_steps, alpha=0.02,
-        warmup_target=learning_rate, warmup_steps=warmup_steps,
+        learning_rate / 10,
+        decay_steps=total_steps - warmup_steps,
+        alpha=0.02,
+        warmup_target=learning_rate,
+        warmup_steps=warmup_steps,
     )
     model.compile(
         optimizer=keras.optimizers.Adam(schedule),
-        loss=("categorical_crossentropy" if teacher is not None
-              else "sparse_categorical_crossentropy"),
+        loss=(
+            "categorical_crossentropy" if teacher is not None else "sparse_categorical_crossentropy"
+        ),
         metrics=["accuracy"],
     )
     with tempfile.TemporaryDirectory() as tmp:
@@ -398,12 +433,17 @@ def train_model(
         ckpt_dir.mkdir(parents=True, exist_ok=True)
         fit_callbacks: list[keras.callbacks.Callback] = [
             keras.callbacks.ModelCheckpoint(
-                str(ckpt_dir / "best.weights.h5"), monitor="val_loss", save_best_only=True,
+                str(ckpt_dir / "best.weights.h5"),
+                monitor="val_loss",
+                save_best_only=True,
                 save_weights_only=True,
             ),
             keras.callbacks.EarlyStopping(
-                monitor="val_loss", patience=patience, min_delta=0.001,
-                restore_best_weights=True, start_from_epoch=min_epochs,
+                monitor="val_loss",
+                patience=patience,
+                min_delta=0.001,
+                restore_best_weights=True,
+                start_from_epoch=min_epochs,
             ),
             *callbacks,
             *([budget] if budget is not None else []),
@@ -417,8 +457,9 @@ def train_model(
         )
     history = {k: [float(v) for v in vs] for k, vs in fit.history.items()}
     early = next(cb for cb in fit_callbacks if isinstance(cb, keras.callbacks.EarlyStopping))
-    trained = Classifier(model, ModelCard(name="training", architecture=architecture,
-                                          input_size=input_size))
+    trained = Classifier(
+        model, ModelCard(name="training", architecture=architecture, input_size=input_size)
+    )
     temperature, threshold = calibrate(trained, val_x, val_y)
     validation = view_metrics(trained, val_x, val_y, temperature=temperature)
     validation.pop("raw")
@@ -432,25 +473,43 @@ def train_model(
         class_weights=class_weights,
         val_index=val_index,
         params={
-            "architecture": architecture, "epochs": epochs, "batch_size": batch_size,
-            "seed": seed, "learning_rate": learning_rate, "patience": patience,
-            "min_epochs": min_epochs, "input_size": input_size,
-            "train_images": len(train_y), "val_images": len(val_y),
-            "backend": keras.backend.backend(), "workers": workers,
+            "architecture": architecture,
+            "epochs": epochs,
+            "batch_size": batch_size,
+            "seed": seed,
+            "learning_rate": learning_rate,
+            "patience": patience,
+            "min_epochs": min_epochs,
+            "input_size": input_size,
+            "train_images": len(train_y),
+            "val_images": len(val_y),
+            "backend": keras.backend.backend(),
+            "workers": workers,
             "validation_loss_on": "stored + rot90/180/270 + hflip + vflip + inverted"
-            if validate_variants else "stored" + (
+            if validate_variants
+            else "stored"
+            + (
                 " (the architecture is invariant to the variants)"
-                if architecture in INVARIANT_ARCHITECTURES else ""),
+                if architecture in INVARIANT_ARCHITECTURES
+                else ""
+            ),
             "time_budget_s": time_budget_s,
             "stopped_by_time_budget": budget is not None and budget.stopped_at is not None,
             "augment": dataclasses.asdict(augment or AugmentConfig()),
             "validation_16_views": validation,
-            **({"distilled_from": teacher.describe(), "distill_weight": distill_weight}
-               if teacher is not None else {}),
+            **(
+                {"distilled_from": teacher.describe(), "distill_weight": distill_weight}
+                if teacher is not None
+                else {}
+            ),
         },
     )
     logger.info(
         "trained %d epochs in %.0f s; best epoch %d; temperature %.3f; review threshold %.3f",
-        result.epochs_run, result.seconds, result.best_epoch, temperature, threshold,
+        result.epochs_run,
+        result.seconds,
+        result.best_epoch,
+        temperature,
+        threshold,
     )
     return model, result

@@ -11,4 +11,3 @@ import os
 # Set before anything imports numpy; an operator's explicit value wins.
 for _var in ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
-

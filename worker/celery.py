@@ -33,8 +33,7 @@ def make_app() -> Celery:
     # The task module, and the signal handlers that load the model in each pool process
     # and requeue lost work on start: imported by the worker, never by senders.
     app = Celery("cxr_orient", include=["worker.tasks", "worker.signals"])
-    transport_options: dict[str, Any] = {
-        "visibility_timeout": settings.worker.processing_timeout_s}
+    transport_options: dict[str, Any] = {"visibility_timeout": settings.worker.processing_timeout_s}
     if settings.storage.uses_embedded_broker:
         folder = settings.storage.broker_folder
         for sub in ("out", "processed", "control"):
@@ -107,8 +106,13 @@ def make_app() -> Celery:
         minute, hour, day_of_month, month, day_of_week = schedule.split()
         app.conf.beat_schedule["nightly-retrain"] = {
             "task": RETRAIN,
-            "schedule": crontab(minute=minute, hour=hour, day_of_month=day_of_month,
-                                month_of_year=month, day_of_week=day_of_week),
+            "schedule": crontab(
+                minute=minute,
+                hour=hour,
+                day_of_month=day_of_month,
+                month_of_year=month,
+                day_of_week=day_of_week,
+            ),
         }
     return app
 

@@ -37,8 +37,15 @@ from cxr_orient.settings import Settings
 if TYPE_CHECKING:
     from cxr_orient.imaging.gpu.card import CardDecoder
 
-__all__ = ["BatchCard", "DecodeResult", "FileToDecode", "decode_batch", "decode_batch_with",
-           "decode_device", "start_decoding"]
+__all__ = [
+    "BatchCard",
+    "DecodeResult",
+    "FileToDecode",
+    "decode_batch",
+    "decode_batch_with",
+    "decode_device",
+    "start_decoding",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -96,7 +103,10 @@ def _card(settings: Settings) -> CardDecoder | None:
     except Exception as e:  # no card, no driver, a library that does not load
         (logger.warning if settings.decode.decode_device == "gpu" else logger.info)(
             "CXR_DECODE_DEVICE=%s: no card decoding here (%s: %s); decoding on the CPU",
-            settings.decode.decode_device, type(e).__name__, e)
+            settings.decode.decode_device,
+            type(e).__name__,
+            e,
+        )
     return _CARD
 
 
@@ -131,15 +141,21 @@ def _timed_decode(work: FileToDecode, settings: Settings, size: int) -> DecodeRe
         return None, _unexpected(work, exc), (time.perf_counter() - start) * 1000
 
 
-def _timed_read(work: FileToDecode, settings: Settings,
-                size: int) -> tuple[PlannedImage | None, CxrError | None, float]:
+def _timed_read(
+    work: FileToDecode, settings: Settings, size: int
+) -> tuple[PlannedImage | None, CxrError | None, float]:
     start = time.perf_counter()
     try:
-        checked = read_checked(work.file_path, expected_sha256=work.file_sha256,
-                               intake=settings.intake)
-        planned = read_and_plan(checked.real, data=checked.data, size=size,
-                                max_pixels=settings.intake.max_pixels,
-                                syntaxes=card_syntaxes(settings.decode.card_syntaxes))
+        checked = read_checked(
+            work.file_path, expected_sha256=work.file_sha256, intake=settings.intake
+        )
+        planned = read_and_plan(
+            checked.real,
+            data=checked.data,
+            size=size,
+            max_pixels=settings.intake.max_pixels,
+            syntaxes=card_syntaxes(settings.decode.card_syntaxes),
+        )
         return planned, None, (time.perf_counter() - start) * 1000
     except CxrError as exc:
         return None, exc, (time.perf_counter() - start) * 1000
@@ -147,8 +163,9 @@ def _timed_read(work: FileToDecode, settings: Settings,
         return None, _unexpected(work, exc), (time.perf_counter() - start) * 1000
 
 
-def _timed_cpu(work: FileToDecode, planned: PlannedImage, settings: Settings, size: int,
-               spent_ms: float) -> DecodeResult:
+def _timed_cpu(
+    work: FileToDecode, planned: PlannedImage, settings: Settings, size: int, spent_ms: float
+) -> DecodeResult:
     start = time.perf_counter()
     try:
         grey = decode_on_cpu(planned, size=size, max_pixels=settings.intake.max_pixels)
@@ -162,19 +179,18 @@ def _timed_cpu(work: FileToDecode, planned: PlannedImage, settings: Settings, si
 class BatchCard(Protocol):
     """What :func:`decode_batch_with` needs of a card: :class:`CardDecoder`'s ``decode``."""
 
-    def decode(self, jobs: Sequence[CardJob], *, size: int) -> list[np.ndarray | Exception]:
-        ...
+    def decode(self, jobs: Sequence[CardJob], *, size: int) -> list[np.ndarray | Exception]: ...
 
 
-def decode_batch(work: Sequence[FileToDecode], settings: Settings,
-                 size: int) -> list[DecodeResult]:
+def decode_batch(work: Sequence[FileToDecode], settings: Settings, size: int) -> list[DecodeResult]:
     """Each file's image (or error) and its decode time, in the order of ``work``, on this
     process's card where it has one."""
     return decode_batch_with(work, settings, size, card=_card(settings))
 
 
-def decode_batch_with(work: Sequence[FileToDecode], settings: Settings, size: int, *,
-                      card: BatchCard | None) -> list[DecodeResult]:
+def decode_batch_with(
+    work: Sequence[FileToDecode], settings: Settings, size: int, *, card: BatchCard | None
+) -> list[DecodeResult]:
     """:func:`decode_batch` with the card given (None: every file on the CPU threads)."""
     pool = _executor(settings)
     if card is None:
@@ -199,10 +215,12 @@ def decode_batch_with(work: Sequence[FileToDecode], settings: Settings, size: in
             planned, _, ms = reads[i]
             assert planned is not None
             if isinstance(answer, Exception):
-                logger.info("the card could not decode %s (%s); decoding it on the CPU",
-                            planned.path, answer)
-                on_cpu[i] = pool.submit(_timed_cpu, work[i], planned, settings, size,
-                                        ms + share)
+                logger.info(
+                    "the card could not decode %s (%s); decoding it on the CPU",
+                    planned.path,
+                    answer,
+                )
+                on_cpu[i] = pool.submit(_timed_cpu, work[i], planned, settings, size, ms + share)
             else:
                 results[i] = (to_rgb(answer), None, ms + share)
     for i, future in on_cpu.items():

@@ -30,8 +30,9 @@ def broker_reachable(timeout_s: float = 3.0) -> bool:
     """Whether the broker accepts a connection now (readiness checks)."""
     try:
         with app.connection_for_write() as connection:
-            connection.ensure_connection(max_retries=1, interval_start=0, interval_step=0,
-                                         timeout=timeout_s)
+            connection.ensure_connection(
+                max_retries=1, interval_start=0, interval_step=0, timeout=timeout_s
+            )
         return True
     except Exception:
         logger.debug("broker unreachable", exc_info=True)
@@ -45,8 +46,7 @@ def kick_delivery(outbox_interval_s: float) -> None:
     try:
         app.send_task(DELIVER_OUTBOX, expires=max(outbox_interval_s * 2, 10.0))
     except Exception:
-        logger.warning("could not queue an outbox delivery; the periodic one will",
-                       exc_info=True)
+        logger.warning("could not queue an outbox delivery; the periodic one will", exc_info=True)
 
 
 def broker_queue_depth() -> int | None:

@@ -26,9 +26,17 @@ def send_received(request: Any) -> None:
     tasks get theirs from celery's own strategy)."""
     if getattr(request, "name", None) != CLASSIFY:
         return
-    request.send_event("task-received", name=request.name, args=request.argsrepr,
-                       kwargs=request.kwargsrepr, root_id=request.root_id,
-                       parent_id=request.parent_id, retries=0, eta=None, expires=None)
+    request.send_event(
+        "task-received",
+        name=request.name,
+        args=request.argsrepr,
+        kwargs=request.kwargsrepr,
+        root_id=request.root_id,
+        parent_id=request.parent_id,
+        retries=0,
+        eta=None,
+        expires=None,
+    )
 
 
 def send_batch_events(requests: Sequence[Any], kind: str, **fields: Any) -> None:

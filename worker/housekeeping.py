@@ -66,8 +66,13 @@ class Periodic:
                 # Once per run of failures (a broker or database down for minutes must
                 # not fill the log); the traceback at DEBUG (it may quote a path).
                 level = logging.DEBUG if failing else logging.WARNING
-                logger.log(level, "%s: this round failed (%s); trying every %gs",
-                           self.name, type(exc).__name__, self.interval_s)
+                logger.log(
+                    level,
+                    "%s: this round failed (%s); trying every %gs",
+                    self.name,
+                    type(exc).__name__,
+                    self.interval_s,
+                )
                 logger.debug("%s failed", self.name, exc_info=True)
                 failing = True
             if self._stop.wait(self.interval_s):
@@ -150,8 +155,11 @@ def start(settings: Settings, *, node: str, pool_processes: int) -> Housekeeping
     if settings.results.result_destinations or settings.corrections.correction_destinations:
         from cxr_orient.dicomnet.delivery import deliver_due
 
-        threads.append(Periodic("outbox-delivery", settings.results.outbox_interval_s,
-                                lambda: deliver_due(settings)))
+        threads.append(
+            Periodic(
+                "outbox-delivery", settings.results.outbox_interval_s, lambda: deliver_due(settings)
+            )
+        )
     if settings.worker.broker_watch_s and uses_redis(settings):
         watch = BrokerWatch(settings, send_instances, app)
         threads.append(Periodic("broker-watch", settings.worker.broker_watch_s, watch.check))

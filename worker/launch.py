@@ -26,28 +26,55 @@ def worker_command(*, concurrency: int, name: str, extra: tuple[str, ...] = ()) 
     """``celery -A worker worker`` with this interpreter, a unique node name, and no
     cluster chatter (gossip, mingle, heartbeats): these workers are alone on purpose."""
     return [
-        sys.executable, "-m", "celery", "-A", "worker", "worker", "--loglevel=INFO",
-        f"--concurrency={concurrency}", "--without-gossip", "--without-mingle",
-        "--without-heartbeat", "-n", f"{name}-{os.getpid()}-{time.time_ns()}@%h", *extra,
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "worker",
+        "worker",
+        "--loglevel=INFO",
+        f"--concurrency={concurrency}",
+        "--without-gossip",
+        "--without-mingle",
+        "--without-heartbeat",
+        "-n",
+        f"{name}-{os.getpid()}-{time.time_ns()}@%h",
+        *extra,
     ]
 
 
 class WorkerProcess:
     """A worker in its own process group, logging to ``log_path``."""
 
-    def __init__(self, env: dict[str, str], log_path: Path, *, concurrency: int = 1,
-                 name: str = "worker", extra_args: tuple[str, ...] = (),
-                 cwd: Path | None = None, command_prefix: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        env: dict[str, str],
+        log_path: Path,
+        *,
+        concurrency: int = 1,
+        name: str = "worker",
+        extra_args: tuple[str, ...] = (),
+        cwd: Path | None = None,
+        command_prefix: tuple[str, ...] = (),
+    ) -> None:
         """Start it; ``cwd`` defaults to the caller's (relative CXR_* paths keep their
         meaning), the tests and the benchmark run it in :data:`SOURCE_ROOT`.
         ``command_prefix`` runs it through a command that then execs it in place (same
         pid), e.g. ``ip netns exec <ns>`` to put the worker on another network."""
         self.log_path = log_path
         self._log = log_path.open("ab")
-        command = [*command_prefix,
-                   *worker_command(concurrency=concurrency, name=name, extra=extra_args)]
-        self.process = subprocess.Popen(command, env=env, cwd=cwd, stdout=self._log,
-                                        stderr=subprocess.STDOUT, start_new_session=True)
+        command = [
+            *command_prefix,
+            *worker_command(concurrency=concurrency, name=name, extra=extra_args),
+        ]
+        self.process = subprocess.Popen(
+            command,
+            env=env,
+            cwd=cwd,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
     @property
     def pid(self) -> int:
@@ -67,7 +94,8 @@ class WorkerProcess:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(
-                    f"worker exited with {self.process.returncode}:\n{self.log()[-5000:]}")
+                    f"worker exited with {self.process.returncode}:\n{self.log()[-5000:]}"
+                )
             if line in self.log():
                 return
             time.sleep(0.3)
@@ -101,14 +129,21 @@ class WorkerProcess:
 
 
 @contextmanager
-def running_worker(env: dict[str, str], log_path: Path, *, concurrency: int = 1,
-                   name: str = "worker", extra_args: tuple[str, ...] = (),
-                   ready_timeout: float = 120,
-                   cwd: Path | None = SOURCE_ROOT) -> Iterator[WorkerProcess]:
+def running_worker(
+    env: dict[str, str],
+    log_path: Path,
+    *,
+    concurrency: int = 1,
+    name: str = "worker",
+    extra_args: tuple[str, ...] = (),
+    ready_timeout: float = 120,
+    cwd: Path | None = SOURCE_ROOT,
+) -> Iterator[WorkerProcess]:
     """A ready worker for the ``with`` block (run in :data:`SOURCE_ROOT` unless ``cwd``
     says otherwise), stopped afterwards."""
-    worker = WorkerProcess(env, log_path, concurrency=concurrency, name=name,
-                           extra_args=extra_args, cwd=cwd)
+    worker = WorkerProcess(
+        env, log_path, concurrency=concurrency, name=name, extra_args=extra_args, cwd=cwd
+    )
     try:
         worker.wait_ready(ready_timeout)
         yield worker

@@ -99,14 +99,18 @@ class LeaseKeeper:
         try:
             self.renew()
         except Exception:
-            logger.warning("could not renew claim leases (database unreachable?); "
-                           "results of a batch whose lease lapses are not recorded",
-                           exc_info=logger.isEnabledFor(logging.DEBUG))
+            logger.warning(
+                "could not renew claim leases (database unreachable?); "
+                "results of a batch whose lease lapses are not recorded",
+                exc_info=logger.isEnabledFor(logging.DEBUG),
+            )
         try:
             self.reap()
         except Exception:
-            logger.warning("could not re-queue lapsed claims this round",
-                           exc_info=logger.isEnabledFor(logging.DEBUG))
+            logger.warning(
+                "could not re-queue lapsed claims this round",
+                exc_info=logger.isEnabledFor(logging.DEBUG),
+            )
 
     def renew(self) -> None:
         with self._lock:
@@ -117,8 +121,9 @@ class LeaseKeeper:
         renewed: dict[str, int] = {}
         with session_scope() as session:
             for token in tokens:
-                renewed[token] = crud.renew_leases(session, claim_tokens=[token],
-                                                   lease_s=self.lease_s)
+                renewed[token] = crud.renew_leases(
+                    session, claim_tokens=[token], lease_s=self.lease_s
+                )
         with self._lock:
             for token, rows in renewed.items():
                 if token not in self._held:
@@ -137,9 +142,13 @@ class LeaseKeeper:
             if ids and self._send is not None:
                 self._send(ids)
         if ids:
-            logger.warning("re-queued %d instances whose claim lapsed (their worker stopped "
-                           "renewing it for %gs): %s", len(ids), self.lease_s,
-                           ids[:20] if len(ids) > 20 else ids)
+            logger.warning(
+                "re-queued %d instances whose claim lapsed (their worker stopped "
+                "renewing it for %gs): %s",
+                len(ids),
+                self.lease_s,
+                ids[:20] if len(ids) > 20 else ids,
+            )
         return len(ids)
 
 

@@ -21,8 +21,19 @@ from cxr_orient.imaging import view_to_label, view_to_projection
 from db.crud import ClaimedInstance, CorrectionRecord, PredictionRecord
 from worker.decoding import DecodeResult
 
-__all__ = ["BatchOutcome", "CorrectionRules", "Decided", "Failure", "Refusal", "Written",
-           "by_version", "decide", "refused_at_claim", "rule_corrections", "settle"]
+__all__ = [
+    "BatchOutcome",
+    "CorrectionRules",
+    "Decided",
+    "Failure",
+    "Refusal",
+    "Written",
+    "by_version",
+    "decide",
+    "refused_at_claim",
+    "rule_corrections",
+    "settle",
+]
 
 
 @dataclass
@@ -98,8 +109,9 @@ class Written:
     recorded: int
 
 
-def refused_at_claim(claimed: Sequence[ClaimedInstance], *,
-                     max_attempts: int) -> tuple[list[ClaimedInstance], list[Failure]]:
+def refused_at_claim(
+    claimed: Sequence[ClaimedInstance], *, max_attempts: int
+) -> tuple[list[ClaimedInstance], list[Failure]]:
     """The claimed rows to work on, and those that fail at once: interrupted more than
     ``max_attempts`` times (CXR_MAX_ATTEMPTS; a poison file must not kill workers for
     ever), or whose received file the spool purge deleted."""
@@ -110,7 +122,8 @@ def refused_at_claim(claimed: Sequence[ClaimedInstance], *,
         if row.attempts > max_attempts:
             error = InterruptedProcessingError(
                 f"processing was interrupted {row.attempts - 1} times "
-                f"(CXR_MAX_ATTEMPTS={max_attempts}); giving up")
+                f"(CXR_MAX_ATTEMPTS={max_attempts}); giving up"
+            )
         else:
             error = purged_error(row.instance_id, row.file_purged_at)
         if error is None:
@@ -120,8 +133,9 @@ def refused_at_claim(claimed: Sequence[ClaimedInstance], *,
     return work, failures
 
 
-def by_version(work: Sequence[ClaimedInstance],
-               active_version_id: int) -> dict[int, list[ClaimedInstance]]:
+def by_version(
+    work: Sequence[ClaimedInstance], active_version_id: int
+) -> dict[int, list[ClaimedInstance]]:
     """The work grouped by the model version that must answer it: reclassify work names
     its version (the row's marker, so a re-sent id keeps it); the rest, and work naming
     the active version, is one group for the active model."""
@@ -131,9 +145,15 @@ def by_version(work: Sequence[ClaimedInstance],
     return groups
 
 
-def decide(work: Sequence[ClaimedInstance], decoded: Sequence[DecodeResult],
-           predictions: Sequence[Answer], *, refusal: Refusal,
-           inference_ms: float, rules: CorrectionRules | None = None) -> Decided:
+def decide(
+    work: Sequence[ClaimedInstance],
+    decoded: Sequence[DecodeResult],
+    predictions: Sequence[Answer],
+    *,
+    refusal: Refusal,
+    inference_ms: float,
+    rules: CorrectionRules | None = None,
+) -> Decided:
     """The records and failures of a batch: ``decoded`` holds each work item's decode
     (in the order of ``work``), ``predictions`` the model's answers on the images that
     decoded, in the same order. A decode error fails its image alone; an answer the
@@ -143,38 +163,54 @@ def decide(work: Sequence[ClaimedInstance], decoded: Sequence[DecodeResult],
     dropped: it has no projection to be probable of) and their timings; with ``rules``,
     the corrections they decide on the recorded answers."""
     ready = [(w, ms) for w, (img, _, ms) in zip(work, decoded, strict=True) if img is not None]
-    failures = [Failure(w.instance_id, w.file_sha256, err)
-                for w, (_, err, _) in zip(work, decoded, strict=True) if err is not None]
+    failures = [
+        Failure(w.instance_id, w.file_sha256, err)
+        for w, (_, err, _) in zip(work, decoded, strict=True)
+        if err is not None
+    ]
     records: list[PredictionRecord] = []
     for (w, decode_ms), answer in zip(ready, predictions, strict=True):
         if answer.unusual and refusal.refuse_unusual:
-            failures.append(Failure(w.instance_id, w.file_sha256, UnusualImageError(
-                f"{w.file_path!r}: unlike any chest radiograph the model was trained on "
-                f"(unusual-image score {answer.unusual_score:.3f} > "
-                f"{refusal.unusual_threshold or 0.0:.3f}); CXR_UNUSUAL_IMAGE_ACTION=refuse")))
+            failures.append(
+                Failure(
+                    w.instance_id,
+                    w.file_sha256,
+                    UnusualImageError(
+                        f"{w.file_path!r}: unlike any chest radiograph the model was trained on "
+                        f"(unusual-image score {answer.unusual_score:.3f} > "
+                        f"{refusal.unusual_threshold or 0.0:.3f}); CXR_UNUSUAL_IMAGE_ACTION=refuse"
+                    ),
+                )
+            )
             continue
         claimed = view_to_label(w.header_view)
         header_projection = view_to_projection(w.header_view)
-        records.append(PredictionRecord(
-            instance_id=w.instance_id,
-            answer=replace(
-                answer,
-                header_agrees=None if claimed is None else claimed == answer.label,
-                p_ap=answer.p_ap if answer.label == "frontal" else None,
-                projection_agrees=(None if answer.projection is None
-                                   or header_projection is None
-                                   else answer.projection == header_projection)),
-            file_sha256=w.file_sha256,
-            decode_ms=round(decode_ms, 3),
-            inference_ms=round(inference_ms, 3),
-            batch_size=len(ready),
-        ))
+        records.append(
+            PredictionRecord(
+                instance_id=w.instance_id,
+                answer=replace(
+                    answer,
+                    header_agrees=None if claimed is None else claimed == answer.label,
+                    p_ap=answer.p_ap if answer.label == "frontal" else None,
+                    projection_agrees=(
+                        None
+                        if answer.projection is None or header_projection is None
+                        else answer.projection == header_projection
+                    ),
+                ),
+                file_sha256=w.file_sha256,
+                decode_ms=round(decode_ms, 3),
+                inference_ms=round(inference_ms, 3),
+                batch_size=len(ready),
+            )
+        )
     corrections = rule_corrections(work, records, rules) if rules is not None else {}
     return Decided(records, failures, corrections)
 
 
-def rule_corrections(work: Iterable[ClaimedInstance], records: Iterable[PredictionRecord],
-                     rules: CorrectionRules) -> dict[int, CorrectionRecord]:
+def rule_corrections(
+    work: Iterable[ClaimedInstance], records: Iterable[PredictionRecord], rules: CorrectionRules
+) -> dict[int, CorrectionRecord]:
     """The corrections CXR_CORRECTION_RULES decides on a batch's answers, by instance id
     (:func:`cxr_orient.dicomnet.corrections.rules.rule_correction`; the prediction id and
     the bytes are filled in when recorded). The answer's own projection (PA / AP) states
@@ -186,11 +222,20 @@ def rule_corrections(work: Iterable[ClaimedInstance], records: Iterable[Predicti
     for record in records:
         w, answer = by_id[record.instance_id], record.answer
         correction = rule_correction(
-            AnswerFacts(answer.label, answer.rotation, answer.mirrored, w.header_view,
-                        answer.needs_review, answer.projection),
-            enabled=rules.enabled, instance_id=w.instance_id,
-            original_sop_instance_uid=w.sop_instance_uid, model_name=rules.model_name,
-            decided_at=rules.decided_at)
+            AnswerFacts(
+                answer.label,
+                answer.rotation,
+                answer.mirrored,
+                w.header_view,
+                answer.needs_review,
+                answer.projection,
+            ),
+            enabled=rules.enabled,
+            instance_id=w.instance_id,
+            original_sop_instance_uid=w.sop_instance_uid,
+            model_name=rules.model_name,
+            decided_at=rules.decided_at,
+        )
         if correction is not None:
             decided[w.instance_id] = correction
     return decided
@@ -206,8 +251,7 @@ def settle(work: Iterable[ClaimedInstance], decided: Decided, written: Written) 
     gone = superseded | set(lost)
     return BatchOutcome(
         done=[r.instance_id for r in decided.records if r.instance_id not in gone],
-        failed={f.instance_id: f.error.code for f in decided.failures
-                if f.instance_id not in gone},
+        failed={f.instance_id: f.error.code for f in decided.failures if f.instance_id not in gone},
         skipped=list(written.superseded),
         lost=lost,
     )

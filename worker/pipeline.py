@@ -75,8 +75,7 @@ def worker_name() -> str:
 # --- resilience --------------------------------------------------------------------
 
 
-def with_db_retry(fn: Callable[[], T], *, what: str,
-                  max_wait_s: float = DB_RETRY_MAX_WAIT_S) -> T:
+def with_db_retry(fn: Callable[[], T], *, what: str, max_wait_s: float = DB_RETRY_MAX_WAIT_S) -> T:
     """Run ``fn`` until the database answers, backing off up to ``max_wait_s`` in all.
 
     A database outage must not lose the work in hand (predictions already
@@ -108,35 +107,55 @@ def with_db_retry(fn: Callable[[], T], *, what: str,
 # --- the batch ----------------------------------------------------------------------
 
 
-def _claim(instance_ids: Sequence[int], settings: Settings,
-           claim_token: str) -> tuple[list[ClaimedInstance], BatchOutcome]:
+def _claim(
+    instance_ids: Sequence[int], settings: Settings, claim_token: str
+) -> tuple[list[ClaimedInstance], BatchOutcome]:
     """Claim the batch (one statement) and fail at once, in the same transaction, what
     may not be worked on (:func:`worker.outcomes.refused_at_claim`)."""
     with session_scope() as session:
-        claim = crud.claim_instances(session, instance_ids=instance_ids,
-                                     lease_s=settings.worker.lease_s, claim_token=claim_token,
-                                     claimed_by=worker_name())
+        claim = crud.claim_instances(
+            session,
+            instance_ids=instance_ids,
+            lease_s=settings.worker.lease_s,
+            claim_token=claim_token,
+            claimed_by=worker_name(),
+        )
         for instance_id in claim.unknown:
             logger.warning("dropping task for unknown instance id %d", instance_id)
         work, refused = refused_at_claim(claim.claimed, max_attempts=settings.worker.max_attempts)
         failed = _mark_failed(session, refused, claim_token)
         if failed:  # studies after instances: the lock order of every writer
             record_study_answers(session, instance_ids=failed)
-    return work, BatchOutcome(failed={f.instance_id: f.error.code for f in refused},
-                              skipped=claim.skipped)
+    return work, BatchOutcome(
+        failed={f.instance_id: f.error.code for f in refused}, skipped=claim.skipped
+    )
 
 
 def _mark_failed(session: Session, failures: Sequence[Failure], claim_token: str) -> list[int]:
     """Record each failure while its row is still held under ``claim_token`` and still
     refers to the bytes claimed; returns the ids recorded."""
-    return [f.instance_id for f in failures if crud.mark_failed(
-        session, instance_id=f.instance_id, error_code=f.error.code,
-        error_message=str(f.error), file_sha256=f.file_sha256, claim_token=claim_token)]
+    return [
+        f.instance_id
+        for f in failures
+        if crud.mark_failed(
+            session,
+            instance_id=f.instance_id,
+            error_code=f.error.code,
+            error_message=str(f.error),
+            file_sha256=f.file_sha256,
+            claim_token=claim_token,
+        )
+    ]
 
 
-def _write(work: Sequence[ClaimedInstance], model_version_id: int, decided: Decided,
-           claim_token: str, destinations: Sequence[str],
-           correction_destinations: Sequence[str]) -> Written:
+def _write(
+    work: Sequence[ClaimedInstance],
+    model_version_id: int,
+    decided: Decided,
+    claim_token: str,
+    destinations: Sequence[str],
+    correction_destinations: Sequence[str],
+) -> Written:
     """Record a batch's answers and failures in one transaction, with their outbox rows,
     the corrections the rules decided (and theirs) and their studies' answers, for the
     rows still held under ``claim_token`` only."""
@@ -144,46 +163,63 @@ def _write(work: Sequence[ClaimedInstance], model_version_id: int, decided: Deci
     with session_scope() as session:
         # The rows still ours, locked: a claim that lapsed and was taken over while
         # this worker was cut off is recorded by its new holder only.
-        held = frozenset(crud.held_instance_ids(session, claim_token=claim_token,
-                                                instance_ids=ids))
+        held = frozenset(crud.held_instance_ids(session, claim_token=claim_token, instance_ids=ids))
         recorded = crud.record_predictions(
-            session, model_version_id=model_version_id,
+            session,
+            model_version_id=model_version_id,
             records=[r for r in decided.records if r.instance_id in held],
-            worker=worker_name(), result_destinations=destinations,
-            new_report_uid=new_sr_uid, claim_token=claim_token,
-            corrections=decided.corrections, correction_destinations=correction_destinations)
-        _mark_failed(session, [f for f in decided.failures if f.instance_id in held],
-                     claim_token)
+            worker=worker_name(),
+            result_destinations=destinations,
+            new_report_uid=new_sr_uid,
+            claim_token=claim_token,
+            corrections=decided.corrections,
+            correction_destinations=correction_destinations,
+        )
+        _mark_failed(session, [f for f in decided.failures if f.instance_id in held], claim_token)
         # Files replaced since the claim (uid conflict, CXR_UID_CONFLICT_POLICY=replace):
         # nothing was recorded for them; their replacement is queued.
         superseded = crud.superseded_instance_ids(
-            session, made_on={w.instance_id: w.file_sha256 for w in work})
+            session, made_on={w.instance_id: w.file_sha256 for w in work}
+        )
         # A study left with nothing waiting, queued or processing gets its answer.
         record_study_answers(session, instance_ids=ids)
     return Written(held=held, superseded=tuple(superseded), recorded=recorded)
 
 
-def _record(work: Sequence[ClaimedInstance], model_version_id: int, decided: Decided,
-            claim_token: str, settings: Settings) -> BatchOutcome:
+def _record(
+    work: Sequence[ClaimedInstance],
+    model_version_id: int,
+    decided: Decided,
+    claim_token: str,
+    settings: Settings,
+) -> BatchOutcome:
     """Write (retried while the database is away), then say what the batch did."""
     destinations = settings.results.destination_urls
     correction_destinations = settings.corrections.destination_urls
     written = with_db_retry(
-        lambda: _write(work, model_version_id, decided, claim_token, destinations,
-                       correction_destinations),
-        what="recording results")
+        lambda: _write(
+            work, model_version_id, decided, claim_token, destinations, correction_destinations
+        ),
+        what="recording results",
+    )
     if written.recorded and (destinations or decided.corrections):
         from worker.dispatch import kick_delivery
 
         kick_delivery(settings.results.outbox_interval_s)
     outcome = settle(work, decided, written)
     if outcome.skipped:
-        logger.warning("instances %s: file replaced while in flight; answer not recorded, "
-                       "the replacement is queued", outcome.skipped)
+        logger.warning(
+            "instances %s: file replaced while in flight; answer not recorded, "
+            "the replacement is queued",
+            outcome.skipped,
+        )
     if outcome.lost:
-        logger.warning("claim on instances %s lapsed before their results were written "
-                       "(this worker was cut off for longer than CXR_LEASE_S): not "
-                       "recorded here; they were re-queued for another claim", outcome.lost)
+        logger.warning(
+            "claim on instances %s lapsed before their results were written "
+            "(this worker was cut off for longer than CXR_LEASE_S): not "
+            "recorded here; they were re-queued for another claim",
+            outcome.lost,
+        )
     return outcome
 
 
@@ -192,9 +228,7 @@ def _interrupted_before(instance_ids: Sequence[int]) -> list[int]:
         return crud.interrupted_instance_ids(session, instance_ids=instance_ids)
 
 
-def classify_instances(
-    instance_ids: Sequence[int], *, settings: Settings
-) -> BatchOutcome:
+def classify_instances(instance_ids: Sequence[int], *, settings: Settings) -> BatchOutcome:
     """Classify a batch of instances and record every outcome in the database.
 
     An instance whose processing was interrupted before (its worker was killed) may
@@ -225,13 +259,18 @@ def _timed_out(ids: list[int], settings: Settings) -> BatchOutcome:
     error = TaskTimeoutError(
         f"the batch ran past CXR_TASK_SOFT_TIME_LIMIT_S={limit:g} s before this image was "
         "finished (a read that hung?); tried at most "
-        f"CXR_MAX_ATTEMPTS={settings.worker.max_attempts} times")
+        f"CXR_MAX_ATTEMPTS={settings.worker.max_attempts} times"
+    )
 
     def write() -> crud.TimedOut:
         with session_scope() as session:
             timed_out = crud.time_out_instances(
-                session, instance_ids=ids, max_attempts=settings.worker.max_attempts,
-                error_code=error.code, error_message=str(error))
+                session,
+                instance_ids=ids,
+                max_attempts=settings.worker.max_attempts,
+                error_code=error.code,
+                error_message=str(error),
+            )
             record_study_answers(session, instance_ids=timed_out.failed)
             return timed_out
 
@@ -243,12 +282,20 @@ def _timed_out(ids: list[int], settings: Settings) -> BatchOutcome:
     counters.timeouts.inc()
     counters.count_retried(error.code, len(timed_out.retried))
     counters.count_failed([error.code] * len(timed_out.failed))
-    logger.error("batch of %d stopped by the soft time limit (%g s): %d sent again, "
-                 "%d failed (%s), %d not started sent again", len(ids), limit,
-                 len(timed_out.retried), len(timed_out.failed), error.code,
-                 len(timed_out.unclaimed))
-    return BatchOutcome(failed={i: error.code for i in timed_out.failed},
-                        skipped=timed_out.retried + timed_out.unclaimed)
+    logger.error(
+        "batch of %d stopped by the soft time limit (%g s): %d sent again, "
+        "%d failed (%s), %d not started sent again",
+        len(ids),
+        limit,
+        len(timed_out.retried),
+        len(timed_out.failed),
+        error.code,
+        len(timed_out.unclaimed),
+    )
+    return BatchOutcome(
+        failed={i: error.code for i in timed_out.failed},
+        skipped=timed_out.retried + timed_out.unclaimed,
+    )
 
 
 def _classify_batch(instance_ids: Sequence[int], settings: Settings) -> BatchOutcome:
@@ -258,13 +305,13 @@ def _classify_batch(instance_ids: Sequence[int], settings: Settings) -> BatchOut
         return BatchOutcome()
     # The model first: if it cannot be loaded, nothing is claimed and the instances
     # stay queued for the reaper to re-send, instead of burning their attempts.
-    model: LoadedModel = with_db_retry(lambda: current_model(settings.inference),
-                                       what="model lookup")
+    model: LoadedModel = with_db_retry(
+        lambda: current_model(settings.inference), what="model lookup"
+    )
     # One token for the batch, made before the first try: a claim that committed though
     # its answer was lost (the connection dropped) is retried under the same token.
     token = crud.new_claim_token()
-    work, outcome = with_db_retry(lambda: _claim(instance_ids, settings, token),
-                                  what="claim")
+    work, outcome = with_db_retry(lambda: _claim(instance_ids, settings, token), what="claim")
     outcome.model_version = model.name
     if not work:
         return outcome
@@ -276,21 +323,28 @@ def _classify_batch(instance_ids: Sequence[int], settings: Settings) -> BatchOut
                 outcome.merge(_classify_for_version(version_id, items, settings, token))
     logger.info(
         "batch of %d: %d done, %d failed, %d skipped, %d lost (model %s)",
-        len(instance_ids), len(outcome.done), len(outcome.failed), len(outcome.skipped),
-        len(outcome.lost), model.name)
+        len(instance_ids),
+        len(outcome.done),
+        len(outcome.failed),
+        len(outcome.skipped),
+        len(outcome.lost),
+        model.name,
+    )
     return outcome
 
 
-def _classify_for_version(version_id: int, work: list[ClaimedInstance], settings: Settings,
-                          token: str) -> BatchOutcome:
+def _classify_for_version(
+    version_id: int, work: list[ClaimedInstance], settings: Settings, token: str
+) -> BatchOutcome:
     """Work reclassify names a version for, by the version from the per-process cache; if
     it cannot be loaded here (checkpoint missing or altered), that work fails with the
     reason."""
     from cxr_orient.registry import model_for_version
 
     try:
-        model = with_db_retry(lambda: model_for_version(version_id, settings.inference),
-                              what="model lookup")
+        model = with_db_retry(
+            lambda: model_for_version(version_id, settings.inference), what="model lookup"
+        )
     except ModelError as error:
         logger.error("cannot serve model version %d: %s", version_id, error)
         failures = [Failure(w.instance_id, w.file_sha256, error) for w in work]
@@ -298,8 +352,9 @@ def _classify_for_version(version_id: int, work: list[ClaimedInstance], settings
     return _predict_and_record(work, model, settings, token)
 
 
-def _predict_and_record(work: list[ClaimedInstance], model: LoadedModel, settings: Settings,
-                        token: str) -> BatchOutcome:
+def _predict_and_record(
+    work: list[ClaimedInstance], model: LoadedModel, settings: Settings, token: str
+) -> BatchOutcome:
     """Decode, predict, decide, write: the work of one model version."""
     decoded = decode_batch(work, settings, model.input_size)
     counters = metrics.worker_metrics()
@@ -307,10 +362,13 @@ def _predict_and_record(work: list[ClaimedInstance], model: LoadedModel, setting
         counters.decode_seconds.observe(ms / 1000)
     if keeper(settings.worker).lost(token):
         ids = [w.instance_id for w in work]
-        logger.warning("claim on instances %s lapsed while decoding (no lease renewal "
-                       "reached the database for CXR_LEASE_S, or another worker holds "
-                       "them now): batch abandoned, nothing recorded; the work is "
-                       "re-queued", ids)
+        logger.warning(
+            "claim on instances %s lapsed while decoding (no lease renewal "
+            "reached the database for CXR_LEASE_S, or another worker holds "
+            "them now): batch abandoned, nothing recorded; the work is "
+            "re-queued",
+            ids,
+        )
         return BatchOutcome(lost=ids)
     images = [img for img, _, _ in decoded if img is not None]
     predictions: list[Answer] = []
@@ -322,15 +380,23 @@ def _predict_and_record(work: list[ClaimedInstance], model: LoadedModel, setting
         inference_ms = inference_s * 1000 / len(images)
         counters.inference_seconds.observe(inference_s)
         counters.batch_size.observe(len(images))
-    refusal = Refusal(refuse_unusual=settings.inference.unusual_image_action == "refuse",
-                      unusual_threshold=model.classifier.card.unusual_threshold)
+    refusal = Refusal(
+        refuse_unusual=settings.inference.unusual_image_action == "refuse",
+        unusual_threshold=model.classifier.card.unusual_threshold,
+    )
     # Rules decide nothing while corrections go nowhere.
     rules = CorrectionRules(
-        enabled=(settings.corrections.rule_faults
-                 if settings.corrections.correction_destinations else frozenset()),
-        model_name=model.name, decided_at=utcnow())
-    decided = decide(work, decoded, predictions, refusal=refusal, inference_ms=inference_ms,
-                     rules=rules)
+        enabled=(
+            settings.corrections.rule_faults
+            if settings.corrections.correction_destinations
+            else frozenset()
+        ),
+        model_name=model.name,
+        decided_at=utcnow(),
+    )
+    decided = decide(
+        work, decoded, predictions, refusal=refusal, inference_ms=inference_ms, rules=rules
+    )
     outcome = _record(work, model.version_id, decided, token, settings)
     done = set(outcome.done)
     counters.count_done(r.answer.label for r in decided.records if r.instance_id in done)
@@ -354,15 +420,21 @@ def on_process_start(settings: Settings) -> None:
     decoding: Future[str] = setup.submit(start_decoding, settings)
     setup.shutdown(wait=False)  # the thread ends once the set-up is done
     try:
-        model = with_db_retry(lambda: current_model(settings.inference),
-                              what="initial model load", max_wait_s=60)
+        model = with_db_retry(
+            lambda: current_model(settings.inference), what="initial model load", max_wait_s=60
+        )
         # Compile now, not during the first real batches, so first-study latency stays low.
         model.classifier.warm_up(settings.worker.batch_size)
         warm = time.monotonic() - started
         where = decoding.result()
-        logger.info("worker process %s serving model %s, %s (model ready in %.1f s, "
-                    "decoding in %.1f s)", worker_name(), model.name, where, warm,
-                    time.monotonic() - started)
+        logger.info(
+            "worker process %s serving model %s, %s (model ready in %.1f s, decoding in %.1f s)",
+            worker_name(),
+            model.name,
+            where,
+            warm,
+            time.monotonic() - started,
+        )
         mark_ready()  # this process can classify now (worker.readiness)
     except Exception:
         # The first batch retries; a worker must not die because the DB is late.

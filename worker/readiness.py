@@ -56,7 +56,6 @@ def mark_ready() -> None:
             (_FOLDER / str(os.getpid())).touch()
 
 
-
 class Readiness:
     """The main process's view of its pool: how many processes can classify."""
 
@@ -86,8 +85,7 @@ class Readiness:
         if self.ready_at is None and ready >= self.pool_processes:
             self.ready_at = utcnow()
             self._gauge.set(1)
-            logger.info("%s: %s (%d pool processes have their model)", self.node, READY_LINE,
-                        ready)
+            logger.info("%s: %s (%d pool processes have their model)", self.node, READY_LINE, ready)
         elif self.ready_at is not None and ready == 0:
             self._gauge.set(0)
         elif self.ready_at is not None:
@@ -96,9 +94,13 @@ class Readiness:
         if ready == self._written and now - self._written_at < HEARTBEAT_WRITE_S:
             return
         with session_scope() as session:
-            crud.record_worker_heartbeat(session, node=self.node,
-                                         pool_processes=self.pool_processes,
-                                         ready_processes=ready, ready_at=self.ready_at)
+            crud.record_worker_heartbeat(
+                session,
+                node=self.node,
+                pool_processes=self.pool_processes,
+                ready_processes=ready,
+                ready_at=self.ready_at,
+            )
         self._written, self._written_at = ready, now
 
     def forget(self) -> None:

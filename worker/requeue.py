@@ -35,8 +35,7 @@ def requeue_unfinished(worker: WorkerSettings, *, only_stale: bool = False) -> i
         if only_stale:
             depth = broker_queue_depth()
             if depth is not None and depth >= counts["queued"]:
-                ids = crud.unfinished_instance_ids(session, lapsed_lease_s=lease_s,
-                                                   queued=False)
+                ids = crud.unfinished_instance_ids(session, lapsed_lease_s=lease_s, queued=False)
         crud.mark_queued(session, instance_ids=ids, lease_s=lease_s)
     sent = send_instances(ids)
     if sent:

@@ -67,8 +67,9 @@ def _start_housekeeping(sender: Any = None, **_: Any) -> None:
 
     pool = getattr(sender, "pool", None)
     node = str(getattr(sender, "hostname", None) or f"worker-{os.getpid()}")
-    _HOUSEKEEPING = start(get_settings(), node=node,
-                          pool_processes=int(getattr(pool, "num_processes", 1) or 1))
+    _HOUSEKEEPING = start(
+        get_settings(), node=node, pool_processes=int(getattr(pool, "num_processes", 1) or 1)
+    )
 
 
 @signals.worker_shutdown.connect
@@ -81,9 +82,11 @@ def _stop_housekeeping(**_: Any) -> None:
 def _start_metrics_exporter(sender: Any = None, **_: Any) -> None:
     settings = get_settings()
     if settings.worker.worker_metrics_port:
-        metrics.start_worker_exporter(_metrics_dir(sender),
-                                      host=settings.worker.worker_metrics_host,
-                                      port=settings.worker.worker_metrics_port)
+        metrics.start_worker_exporter(
+            _metrics_dir(sender),
+            host=settings.worker.worker_metrics_host,
+            port=settings.worker.worker_metrics_port,
+        )
 
 
 @signals.worker_process_shutdown.connect
@@ -117,8 +120,9 @@ def _start_inference_processes(**_: Any) -> None:
     if settings.inference.inference == "served":
         from cxr_orient.serving import start_servers
 
-        start_servers(max_batch=max(1024, settings.worker.batch_size),
-                      log_level=settings.logs.log_level)
+        start_servers(
+            max_batch=max(1024, settings.worker.batch_size), log_level=settings.logs.log_level
+        )
 
 
 @signals.worker_shutdown.connect

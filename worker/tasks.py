@@ -66,8 +66,11 @@ class HandingBackBatches(Batches):
             # messages back; a redelivered id whose claim is still leased is skipped, the
             # others are claimed, and a lapsed claim is re-sent by the lease keepers.
             cause = getattr(error, "exception", error)
-            logger.warning("batch of %d lost with its pool process (%s); its messages go "
-                           "back to the queue", len(late), type(cause).__name__)
+            logger.warning(
+                "batch of %d lost with its pool process (%s); its messages go back to the queue",
+                len(late),
+                type(cause).__name__,
+            )
             for request in late:
                 request.reject(requeue=True)
 
@@ -103,8 +106,9 @@ def classify(requests: list[SimpleRequest]) -> dict[str, Any]:
     try:
         outcome = classify_instances(ids, settings=get_settings())
     except Exception as exc:
-        send_batch_events(requests, "task-failed", exception=repr(exc),
-                          runtime=time.monotonic() - start)
+        send_batch_events(
+            requests, "task-failed", exception=repr(exc), runtime=time.monotonic() - start
+        )
         raise
     result = {
         "done": len(outcome.done),
@@ -113,8 +117,9 @@ def classify(requests: list[SimpleRequest]) -> dict[str, Any]:
         "lost": len(outcome.lost),
         "model": outcome.model_version,
     }
-    send_batch_events(requests, "task-succeeded", result=repr(result),
-                      runtime=time.monotonic() - start)
+    send_batch_events(
+        requests, "task-succeeded", result=repr(result), runtime=time.monotonic() - start
+    )
     return result
 
 
@@ -124,8 +129,14 @@ def requeue_stuck() -> int:
     return requeue_unfinished(get_settings().worker, only_stale=True)
 
 
-@app.task(name=RELEASE_QUIET_STUDIES, ignore_result=True, acks_late=False,
-          autoretry_for=(OperationalError,), retry_backoff=True, max_retries=3)
+@app.task(
+    name=RELEASE_QUIET_STUDIES,
+    ignore_result=True,
+    acks_late=False,
+    autoretry_for=(OperationalError,),
+    retry_backoff=True,
+    max_retries=3,
+)
 def release_quiet_studies() -> int:
     """Periodic (celery beat): queue the held instances of studies quiet for
     CXR_STUDY_QUIET_S. Not acked late: a lost run is simply the next one."""
@@ -137,8 +148,7 @@ def purge_spool() -> dict[str, int]:
     """Periodic (celery beat): delete received files that nobody needs any more
     (CXR_SPOOL_KEEP_DAYS, docs/security.md)."""
     counts = run_purge_spool(get_settings(), utcnow())
-    return {"deleted": counts.deleted, "already_gone": counts.already_gone,
-            "errors": counts.errors}
+    return {"deleted": counts.deleted, "already_gone": counts.already_gone, "errors": counts.errors}
 
 
 @app.task(name=DELIVER_OUTBOX, ignore_result=True, acks_late=False)
@@ -155,8 +165,13 @@ def deliver_outbox() -> dict[str, int]:
 RETRAIN_TIME_LIMIT_S = 12 * 3600
 
 
-@app.task(name=RETRAIN, ignore_result=True, acks_late=False,
-          soft_time_limit=RETRAIN_TIME_LIMIT_S - 60, time_limit=RETRAIN_TIME_LIMIT_S)
+@app.task(
+    name=RETRAIN,
+    ignore_result=True,
+    acks_late=False,
+    soft_time_limit=RETRAIN_TIME_LIMIT_S - 60,
+    time_limit=RETRAIN_TIME_LIMIT_S,
+)
 def retrain() -> str:
     """Nightly retrain (celery beat, CXR_RETRAIN_SCHEDULE); the lock in
     training.lifecycle keeps it from overlapping with a cron-started run."""
@@ -164,7 +179,8 @@ def retrain() -> str:
     from training.lifecycle import retrain as run_retrain
 
     settings = get_settings()
-    result = run_retrain(settings, min_new_labels=settings.training.retrain_min_new_labels,
-                         actor="celery-beat")
+    result = run_retrain(
+        settings, min_new_labels=settings.training.retrain_min_new_labels, actor="celery-beat"
+    )
     logger.info("scheduled retrain: %s", result.message)
     return result.message

@@ -29,8 +29,13 @@ PREDICTIONS_UNIQUE = "uq_predictions_instance_id"
 
 def _status_enum() -> sa.Enum:
     return sa.Enum(
-        "queued", "processing", "done", "failed",
-        name="instance_status", native_enum=False, length=16,
+        "queued",
+        "processing",
+        "done",
+        "failed",
+        name="instance_status",
+        native_enum=False,
+        length=16,
     )
 
 
@@ -51,8 +56,9 @@ def upgrade() -> None:
         sa.Column("policy", sa.String(length=16), nullable=False),
         sa.Column(
             "action",
-            sa.Enum("kept_first", "replaced", name="uid_conflict_action",
-                    native_enum=False, length=16),
+            sa.Enum(
+                "kept_first", "replaced", name="uid_conflict_action", native_enum=False, length=16
+            ),
             nullable=False,
         ),
         sa.Column("detail", sa.Text(), nullable=False),
@@ -87,10 +93,16 @@ def upgrade() -> None:
 def downgrade() -> None:
     # Two answers by one model version on two versions of a file cannot be kept under
     # the old rule; refuse rather than delete audit rows.
-    clashes = op.get_bind().execute(sa.text(
-        "SELECT count(*) FROM (SELECT instance_id, model_version_id FROM predictions "
-        "GROUP BY instance_id, model_version_id HAVING count(*) > 1) AS twice"
-    )).scalar_one()
+    clashes = (
+        op.get_bind()
+        .execute(
+            sa.text(
+                "SELECT count(*) FROM (SELECT instance_id, model_version_id FROM predictions "
+                "GROUP BY instance_id, model_version_id HAVING count(*) > 1) AS twice"
+            )
+        )
+        .scalar_one()
+    )
     if clashes:
         raise RuntimeError(
             f"cannot downgrade below 0002: {clashes} (instance, model version) pairs have "

@@ -38,8 +38,9 @@ WHERE a.sequence = (SELECT MAX(b.sequence) FROM study_answers b WHERE b.study_id
 def upgrade() -> None:
     # Plain ADD COLUMN (nullable, no default): no table rebuild of studies on SQLite,
     # whose children (instances) would make a rebuild fail its foreign keys.
-    op.add_column("studies", sa.Column("last_arrival_at", sa.DateTime(timezone=True),
-                                       nullable=True))
+    op.add_column(
+        "studies", sa.Column("last_arrival_at", sa.DateTime(timezone=True), nullable=True)
+    )
     op.create_table(
         "study_answers",
         sa.Column("id", sa.Integer(), nullable=False),
@@ -70,8 +71,7 @@ def upgrade() -> None:
         sa.UniqueConstraint("study_id", "sequence", name=op.f("uq_study_answers_study_id")),
     )
     with op.batch_alter_table("study_answers", schema=None) as batch_op:
-        batch_op.create_index(batch_op.f("ix_study_answers_study_id"), ["study_id"],
-                              unique=False)
+        batch_op.create_index(batch_op.f("ix_study_answers_study_id"), ["study_id"], unique=False)
     op.execute(CURRENT_STUDY_ANSWERS)
 
 

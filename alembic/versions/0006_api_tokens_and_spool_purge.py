@@ -39,7 +39,8 @@ def upgrade() -> None:
     )
     # Plain ADD COLUMN (no table rebuild on SQLite): nullable, no default.
     op.add_column(
-        "instances", sa.Column("file_purged_at", sa.DateTime(timezone=True), nullable=True))
+        "instances", sa.Column("file_purged_at", sa.DateTime(timezone=True), nullable=True)
+    )
 
 
 def downgrade() -> None:

@@ -32,8 +32,9 @@ def upgrade() -> None:
         sa.Column("sr_sop_instance_uid", sa.String(length=64), nullable=False),
         sa.Column(
             "status",
-            sa.Enum("pending", "sent", "failed", name="outbox_status", native_enum=False,
-                    length=16),
+            sa.Enum(
+                "pending", "sent", "failed", name="outbox_status", native_enum=False, length=16
+            ),
             nullable=False,
         ),
         sa.Column("attempts", sa.Integer(), nullable=False),
@@ -49,11 +50,11 @@ def upgrade() -> None:
             ondelete="RESTRICT",
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_outbox")),
-        sa.UniqueConstraint("prediction_id", "destination",
-                            name=op.f("uq_outbox_prediction_id")),
+        sa.UniqueConstraint("prediction_id", "destination", name=op.f("uq_outbox_prediction_id")),
     )
-    op.create_index("ix_outbox_status_next_attempt_at", "outbox",
-                    ["status", "next_attempt_at"], unique=False)
+    op.create_index(
+        "ix_outbox_status_next_attempt_at", "outbox", ["status", "next_attempt_at"], unique=False
+    )
 
 
 def downgrade() -> None:

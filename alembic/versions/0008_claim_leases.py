@@ -26,12 +26,12 @@ depends_on: str | Sequence[str] | None = None
 
 def upgrade() -> None:
     with op.batch_alter_table("instances") as batch:
-        batch.add_column(sa.Column("lease_expires_at", sa.DateTime(timezone=True),
-                                   nullable=True))
+        batch.add_column(sa.Column("lease_expires_at", sa.DateTime(timezone=True), nullable=True))
         batch.add_column(sa.Column("claim_token", sa.String(length=32), nullable=True))
         batch.add_column(sa.Column("claimed_by", sa.String(length=255), nullable=True))
-    op.create_index("ix_instances_status_lease", "instances", ["status", "lease_expires_at"],
-                    unique=False)
+    op.create_index(
+        "ix_instances_status_lease", "instances", ["status", "lease_expires_at"], unique=False
+    )
 
 
 def downgrade() -> None:

@@ -35,8 +35,7 @@ def upgrade() -> None:
         sa.Column("password_hash", sa.Text(), nullable=True),
         sa.Column(
             "role",
-            sa.Enum("reviewer", "auditor", "admin", name="user_role", native_enum=False,
-                    length=16),
+            sa.Enum("reviewer", "auditor", "admin", name="user_role", native_enum=False, length=16),
             nullable=False,
         ),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
@@ -54,14 +53,25 @@ def upgrade() -> None:
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_login_failures")),
     )
-    op.create_index("ix_login_failures_username_address", "login_failures",
-                    ["username", "address", "created_at"])
-    op.create_index("ix_predictions_review_queue", "predictions", ["instance_id"],
-                    postgresql_where=sa.text("needs_review"),
-                    sqlite_where=sa.text("needs_review"))
-    op.create_index("ix_predictions_header_disagrees", "predictions", ["instance_id"],
-                    postgresql_where=sa.text("header_agrees = false"),
-                    sqlite_where=sa.text("header_agrees = 0"))
+    op.create_index(
+        "ix_login_failures_username_address",
+        "login_failures",
+        ["username", "address", "created_at"],
+    )
+    op.create_index(
+        "ix_predictions_review_queue",
+        "predictions",
+        ["instance_id"],
+        postgresql_where=sa.text("needs_review"),
+        sqlite_where=sa.text("needs_review"),
+    )
+    op.create_index(
+        "ix_predictions_header_disagrees",
+        "predictions",
+        ["instance_id"],
+        postgresql_where=sa.text("header_agrees = false"),
+        sqlite_where=sa.text("header_agrees = 0"),
+    )
     op.create_index("ix_predictions_created_at", "predictions", ["created_at"])
 
 

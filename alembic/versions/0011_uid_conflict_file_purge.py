@@ -23,8 +23,8 @@ depends_on: str | Sequence[str] | None = None
 
 def upgrade() -> None:
     op.add_column(
-        "uid_conflicts",
-        sa.Column("file_purged_at", sa.DateTime(timezone=True), nullable=True))
+        "uid_conflicts", sa.Column("file_purged_at", sa.DateTime(timezone=True), nullable=True)
+    )
 
 
 def downgrade() -> None:

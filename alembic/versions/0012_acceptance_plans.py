@@ -24,8 +24,7 @@ depends_on: str | Sequence[str] | None = None
 
 def upgrade() -> None:
     op.add_column("instances", sa.Column("manufacturer", sa.String(length=64), nullable=True))
-    op.add_column("instances",
-                  sa.Column("manufacturer_model", sa.String(length=64), nullable=True))
+    op.add_column("instances", sa.Column("manufacturer_model", sa.String(length=64), nullable=True))
     op.create_table(
         "acceptance_plans",
         sa.Column("id", sa.Integer(), nullable=False),
@@ -49,17 +48,32 @@ def upgrade() -> None:
         sa.Column("label_id", sa.Integer(), nullable=True),
         sa.Column("projection", sa.String(length=8), nullable=True),
         sa.Column("labelled_at", sa.DateTime(timezone=True), nullable=True),
-        sa.ForeignKeyConstraint(["plan_id"], ["acceptance_plans.id"], ondelete="RESTRICT",
-                                name=op.f("fk_acceptance_items_plan_id_acceptance_plans")),
-        sa.ForeignKeyConstraint(["instance_id"], ["instances.id"], ondelete="RESTRICT",
-                                name=op.f("fk_acceptance_items_instance_id_instances")),
-        sa.ForeignKeyConstraint(["prediction_id"], ["predictions.id"], ondelete="RESTRICT",
-                                name=op.f("fk_acceptance_items_prediction_id_predictions")),
-        sa.ForeignKeyConstraint(["label_id"], ["labels.id"], ondelete="RESTRICT",
-                                name=op.f("fk_acceptance_items_label_id_labels")),
+        sa.ForeignKeyConstraint(
+            ["plan_id"],
+            ["acceptance_plans.id"],
+            ondelete="RESTRICT",
+            name=op.f("fk_acceptance_items_plan_id_acceptance_plans"),
+        ),
+        sa.ForeignKeyConstraint(
+            ["instance_id"],
+            ["instances.id"],
+            ondelete="RESTRICT",
+            name=op.f("fk_acceptance_items_instance_id_instances"),
+        ),
+        sa.ForeignKeyConstraint(
+            ["prediction_id"],
+            ["predictions.id"],
+            ondelete="RESTRICT",
+            name=op.f("fk_acceptance_items_prediction_id_predictions"),
+        ),
+        sa.ForeignKeyConstraint(
+            ["label_id"],
+            ["labels.id"],
+            ondelete="RESTRICT",
+            name=op.f("fk_acceptance_items_label_id_labels"),
+        ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_acceptance_items")),
-        sa.UniqueConstraint("plan_id", "instance_id",
-                            name=op.f("uq_acceptance_items_plan_id")),
+        sa.UniqueConstraint("plan_id", "instance_id", name=op.f("uq_acceptance_items_plan_id")),
     )
 
 

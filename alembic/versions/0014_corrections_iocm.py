@@ -30,8 +30,11 @@ def upgrade() -> None:
     op.create_table(
         "corrections",
         sa.Column("id", sa.Integer(), nullable=False),
-        sa.Column("action", sa.Enum("correct", "reverse", name="correction_action",
-                                    native_enum=False, length=16), nullable=False),
+        sa.Column(
+            "action",
+            sa.Enum("correct", "reverse", name="correction_action", native_enum=False, length=16),
+            nullable=False,
+        ),
         sa.Column("instance_id", sa.Integer(), nullable=False),
         sa.Column("prediction_id", sa.Integer(), nullable=False),
         sa.Column("reverses_id", sa.Integer(), nullable=True),
@@ -48,27 +51,45 @@ def upgrade() -> None:
         sa.Column("decided_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("reason", sa.Text(), nullable=True),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
-        sa.ForeignKeyConstraint(["instance_id"], ["instances.id"], ondelete="RESTRICT",
-                                name=op.f("fk_corrections_instance_id_instances")),
-        sa.ForeignKeyConstraint(["prediction_id"], ["predictions.id"], ondelete="RESTRICT",
-                                name=op.f("fk_corrections_prediction_id_predictions")),
-        sa.ForeignKeyConstraint(["reverses_id"], ["corrections.id"], ondelete="RESTRICT",
-                                name=op.f("fk_corrections_reverses_id_corrections")),
+        sa.ForeignKeyConstraint(
+            ["instance_id"],
+            ["instances.id"],
+            ondelete="RESTRICT",
+            name=op.f("fk_corrections_instance_id_instances"),
+        ),
+        sa.ForeignKeyConstraint(
+            ["prediction_id"],
+            ["predictions.id"],
+            ondelete="RESTRICT",
+            name=op.f("fk_corrections_prediction_id_predictions"),
+        ),
+        sa.ForeignKeyConstraint(
+            ["reverses_id"],
+            ["corrections.id"],
+            ondelete="RESTRICT",
+            name=op.f("fk_corrections_reverses_id_corrections"),
+        ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_corrections")),
-        sa.UniqueConstraint("rejection_note_uid",
-                            name=op.f("uq_corrections_rejection_note_uid")),
+        sa.UniqueConstraint("rejection_note_uid", name=op.f("uq_corrections_rejection_note_uid")),
         sa.UniqueConstraint("reverses_id", name=op.f("uq_corrections_reverses_id")),
     )
     op.create_index(op.f("ix_corrections_instance_id"), "corrections", ["instance_id"])
     with op.batch_alter_table("outbox") as batch:
         batch.alter_column("prediction_id", existing_type=sa.Integer(), nullable=True)
         batch.add_column(sa.Column("correction_id", sa.Integer(), nullable=True))
-        batch.create_foreign_key(op.f("fk_outbox_correction_id_corrections"), "corrections",
-                                 ["correction_id"], ["id"], ondelete="RESTRICT")
-        batch.create_unique_constraint(op.f("uq_outbox_correction_id"),
-                                       ["correction_id", "destination"])
+        batch.create_foreign_key(
+            op.f("fk_outbox_correction_id_corrections"),
+            "corrections",
+            ["correction_id"],
+            ["id"],
+            ondelete="RESTRICT",
+        )
+        batch.create_unique_constraint(
+            op.f("uq_outbox_correction_id"), ["correction_id", "destination"]
+        )
         batch.create_check_constraint(
-            "one_source", "(prediction_id IS NULL) != (correction_id IS NULL)")
+            "one_source", "(prediction_id IS NULL) != (correction_id IS NULL)"
+        )
         batch.create_index(op.f("ix_outbox_correction_id"), ["correction_id"])
 
 
@@ -78,8 +99,7 @@ def downgrade() -> None:
         batch.drop_index(op.f("ix_outbox_correction_id"))
         batch.drop_constraint(op.f("ck_outbox_one_source"), type_="check")
         batch.drop_constraint(op.f("uq_outbox_correction_id"), type_="unique")
-        batch.drop_constraint(op.f("fk_outbox_correction_id_corrections"),
-                              type_="foreignkey")
+        batch.drop_constraint(op.f("fk_outbox_correction_id_corrections"), type_="foreignkey")
         batch.drop_column("correction_id")
         batch.alter_column("prediction_id", existing_type=sa.Integer(), nullable=False)
     op.drop_index(op.f("ix_corrections_instance_id"), table_name="corrections")

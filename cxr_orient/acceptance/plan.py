@@ -46,10 +46,16 @@ class PlanTargets:
         return size_for_half_width(self.expected, self.half_width, self.confidence)
 
     def as_dict(self) -> dict[str, Any]:
-        rule = ("lower_bound" if self.lower_bound is not None else "half_width")
-        return {"rule": rule, "expected": self.expected, "half_width": self.half_width,
-                "lower_bound": self.lower_bound, "confidence": self.confidence,
-                "per_stratum": self.per_stratum, "core_size": self.core_size}
+        rule = "lower_bound" if self.lower_bound is not None else "half_width"
+        return {
+            "rule": rule,
+            "expected": self.expected,
+            "half_width": self.half_width,
+            "lower_bound": self.lower_bound,
+            "confidence": self.confidence,
+            "per_stratum": self.per_stratum,
+            "core_size": self.core_size,
+        }
 
 
 @dataclass(frozen=True)
@@ -61,8 +67,9 @@ class PlanOutcome:
     drawn: Draw
 
 
-def create_plan(session: Session, *, name: str, actor: str, targets: PlanTargets,
-                seed: int | None = None) -> PlanOutcome:
+def create_plan(
+    session: Session, *, name: str, actor: str, targets: PlanTargets, seed: int | None = None
+) -> PlanOutcome:
     """Draw and store the plan ``name`` (its seed recorded: given, or a random one)."""
     if not name.strip():
         raise AcceptanceError("a plan needs a name")
@@ -76,15 +83,40 @@ def create_plan(session: Session, *, name: str, actor: str, targets: PlanTargets
     films = [Candidate(**f.__dict__) for f in crud.answered_films(session)]
     if not films:
         raise AcceptanceError("no answered films to sample (nothing is done yet)")
-    drawn = draw(films, seed=seed, per_class=per_class, per_stratum=targets.per_stratum,
-                 core_size=targets.core_size)
-    design = {"targets": targets.as_dict(), "per_class": per_class,
-              "core_size": drawn.core_size, "strata_population": drawn.strata_population,
-              "strata_sampled": drawn.strata_sampled}
+    drawn = draw(
+        films,
+        seed=seed,
+        per_class=per_class,
+        per_stratum=targets.per_stratum,
+        core_size=targets.core_size,
+    )
+    design = {
+        "targets": targets.as_dict(),
+        "per_class": per_class,
+        "core_size": drawn.core_size,
+        "strata_population": drawn.strata_population,
+        "strata_sampled": drawn.strata_sampled,
+    }
     plan = crud.add_acceptance_plan(
-        session, name=name, actor=actor, seed=seed, population=drawn.population,
-        design=design, items=[(i.candidate.instance_id, i.candidate.prediction_id, i.core,
-                               list(i.strata)) for i in drawn.items])
-    logger.info("acceptance: plan %d %r by %s: %d films of %d (core %d, seed %d)", plan.id,
-                name, actor, len(drawn.items), drawn.population, drawn.core_size, seed)
+        session,
+        name=name,
+        actor=actor,
+        seed=seed,
+        population=drawn.population,
+        design=design,
+        items=[
+            (i.candidate.instance_id, i.candidate.prediction_id, i.core, list(i.strata))
+            for i in drawn.items
+        ],
+    )
+    logger.info(
+        "acceptance: plan %d %r by %s: %d films of %d (core %d, seed %d)",
+        plan.id,
+        name,
+        actor,
+        len(drawn.items),
+        drawn.population,
+        drawn.core_size,
+        seed,
+    )
     return PlanOutcome(plan.id, name, seed, per_class, drawn)

@@ -14,8 +14,10 @@ from cxr_orient.plots import Estimate, interval_plot
 
 __all__ = ["render_html", "write_report"]
 
-_ENVIRONMENT = Environment(loader=FileSystemLoader(Path(__file__).parent / "templates"),
-                           autoescape=select_autoescape(["html"]))
+_ENVIRONMENT = Environment(
+    loader=FileSystemLoader(Path(__file__).parent / "templates"),
+    autoescape=select_autoescape(["html"]),
+)
 
 
 def _estimate(name: str, share: dict[str, Any], threshold: float | None = None) -> Estimate:
@@ -38,20 +40,27 @@ def plots(report: dict[str, Any]) -> dict[str, str]:
     rows = []
     for c in CLASSES:
         for kind in ("recall", "precision"):
-            rows.append(_estimate(f"{c} {kind}", report["per_class"][c][kind],
-                                  held.get(f"{c}_{kind}")))
+            rows.append(
+                _estimate(f"{c} {kind}", report["per_class"][c][kind], held.get(f"{c}_{kind}"))
+            )
     rows.append(_estimate("accuracy", report["accuracy"], held.get("accuracy")))
     if report["projection"]["measured"]:
-        rows.append(_estimate("PA/AP accuracy", report["projection"]["accuracy"],
-                              held.get("projection_accuracy")))
+        rows.append(
+            _estimate(
+                "PA/AP accuracy", report["projection"]["accuracy"], held.get("projection_accuracy")
+            )
+        )
     strata = [_estimate(s["stratum"], s["accuracy"]) for s in report["strata"]]
-    return {"figures": interval_plot(rows, title="Core sample: share, exact 95 % interval"),
-            "strata": interval_plot(strata, title="Accuracy per stratum (labelled films)")}
+    return {
+        "figures": interval_plot(rows, title="Core sample: share, exact 95 % interval"),
+        "strata": interval_plot(strata, title="Accuracy per stratum (labelled films)"),
+    }
 
 
 def render_html(report: dict[str, Any]) -> str:
     return _ENVIRONMENT.get_template("report.html").render(
-        report=report, plots=plots(report), classes=CLASSES)
+        report=report, plots=plots(report), classes=CLASSES
+    )
 
 
 def write_report(report: dict[str, Any], folder: Path) -> tuple[Path, Path]:

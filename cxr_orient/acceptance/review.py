@@ -23,19 +23,20 @@ ACCEPTANCE_DECISIONS: dict[str, tuple[str, str | None]] = {
 }
 
 
-def record_acceptance_label(session: Session, *, plan_id: int, instance_id: int,
-                            decision: str, annotator: str) -> AcceptanceItem:
+def record_acceptance_label(
+    session: Session, *, plan_id: int, instance_id: int, decision: str, annotator: str
+) -> AcceptanceItem:
     """Record ``decision`` (a key of :data:`ACCEPTANCE_DECISIONS`) for the plan's film."""
     found = ACCEPTANCE_DECISIONS.get(decision)
     if found is None:
-        raise AcceptanceError(f"decision {decision!r}: choose from "
-                              f"{', '.join(ACCEPTANCE_DECISIONS)}")
+        raise AcceptanceError(
+            f"decision {decision!r}: choose from {', '.join(ACCEPTANCE_DECISIONS)}"
+        )
     item = crud.acceptance_item(session, plan_id=plan_id, instance_id=instance_id)
     if item is None:
         raise AcceptanceError(f"instance {instance_id} is not in plan {plan_id}")
     label, projection = found
-    row = record_review(session, instance_id=instance_id, decision=label,
-                        annotator=annotator)
+    row = record_review(session, instance_id=instance_id, decision=label, annotator=annotator)
     crud.set_acceptance_label(session, item=item, label=row, projection=projection)
     session.flush()
     return item

@@ -86,8 +86,14 @@ class Draw:
     strata_sampled: dict[str, int] = field(default_factory=dict)
 
 
-def draw(candidates: Sequence[Candidate], *, seed: int, per_class: int, per_stratum: int,
-         core_size: int | None = None) -> Draw:
+def draw(
+    candidates: Sequence[Candidate],
+    *,
+    seed: int,
+    per_class: int,
+    per_stratum: int,
+    core_size: int | None = None,
+) -> Draw:
     """The stratified sample of ``candidates`` (module docstring); ``core_size`` given
     replaces the per-class rule."""
     if per_class < 0 or per_stratum < 0 or (core_size is not None and core_size < 0):
@@ -115,8 +121,15 @@ def draw(candidates: Sequence[Candidate], *, seed: int, per_class: int, per_stra
                 continue
             chosen[candidate.instance_id] = False
             sampled.update(strata[candidate.instance_id])
-    items = [DrawnItem(c, chosen[c.instance_id], tuple(strata[c.instance_id]))
-             for c in sorted(order, key=lambda c: c.instance_id) if c.instance_id in chosen]
-    return Draw(items=items, core_size=core_size, population=n,
-                strata_population=dict(sorted(population.items())),
-                strata_sampled={s: sampled[s] for s in sorted(population)})
+    items = [
+        DrawnItem(c, chosen[c.instance_id], tuple(strata[c.instance_id]))
+        for c in sorted(order, key=lambda c: c.instance_id)
+        if c.instance_id in chosen
+    ]
+    return Draw(
+        items=items,
+        core_size=core_size,
+        population=n,
+        strata_population=dict(sorted(population.items())),
+        strata_sampled={s: sampled[s] for s in sorted(population)},
+    )

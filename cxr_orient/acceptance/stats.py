@@ -15,8 +15,13 @@ from dataclasses import dataclass
 
 from scipy.stats import beta
 
-__all__ = ["MAX_SAMPLE", "Proportion", "clopper_pearson", "size_for_half_width",
-           "size_for_lower_bound"]
+__all__ = [
+    "MAX_SAMPLE",
+    "Proportion",
+    "clopper_pearson",
+    "size_for_half_width",
+    "size_for_lower_bound",
+]
 
 #: The largest sample a rule searches (beyond it a target is not worth reviewing for).
 MAX_SAMPLE = 100_000
@@ -34,8 +39,14 @@ class Proportion:
     confidence: float = 0.95
 
     def as_dict(self) -> dict[str, object]:
-        return {"x": self.x, "n": self.n, "value": self.value, "low": self.low,
-                "high": self.high, "confidence": self.confidence}
+        return {
+            "x": self.x,
+            "n": self.n,
+            "value": self.value,
+            "low": self.low,
+            "high": self.high,
+            "confidence": self.confidence,
+        }
 
 
 def clopper_pearson(x: int, n: int, confidence: float = 0.95) -> Proportion:
@@ -74,21 +85,24 @@ def size_for_half_width(expected: float, half_width: float, confidence: float = 
     raise ValueError(f"half-width {half_width} needs more than {MAX_SAMPLE} films")
 
 
-def size_for_lower_bound(expected: float, lower_bound: float,
-                         confidence: float = 0.95) -> int:
+def size_for_lower_bound(expected: float, lower_bound: float, confidence: float = 0.95) -> int:
     """The smallest ``n`` whose exact lower bound, at the anticipated proportion
     (``x = round(n * expected)``), is at least ``lower_bound``: the sample that shows
     "recall >= lower_bound" if the model is as good as ``expected``."""
     _check(expected, confidence)
     if not 0 <= lower_bound < expected:
-        raise ValueError(f"lower bound {lower_bound} must be below the expected "
-                         f"proportion {expected}")
+        raise ValueError(
+            f"lower bound {lower_bound} must be below the expected proportion {expected}"
+        )
     # x = n at expected = 1: the bound is (alpha/2) ** (1/n); a closed form starts the walk.
-    start = max(1, math.floor(math.log((1 - confidence) / 2) / math.log(lower_bound))
-                if lower_bound > 0 else 1)
+    start = max(
+        1,
+        math.floor(math.log((1 - confidence) / 2) / math.log(lower_bound))
+        if lower_bound > 0
+        else 1,
+    )
     for n in range(start, MAX_SAMPLE + 1):
         low = clopper_pearson(round(n * expected), n, confidence).low
         if low is not None and low >= lower_bound:
             return n
-    raise ValueError(f"lower bound {lower_bound} at {expected} needs more than "
-                     f"{MAX_SAMPLE} films")
+    raise ValueError(f"lower bound {lower_bound} at {expected} needs more than {MAX_SAMPLE} films")

@@ -14,11 +14,21 @@ from pathlib import Path
 
 from cxr_orient.errors import CxrError
 
-__all__ = ["Outcome", "Requirement", "ThresholdError", "evaluate", "load_requirements",
-           "parse_requirement"]
+__all__ = [
+    "Outcome",
+    "Requirement",
+    "ThresholdError",
+    "evaluate",
+    "load_requirements",
+    "parse_requirement",
+]
 
 OPERATORS: dict[str, Callable[[float, float], bool]] = {
-    ">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt}
+    ">=": operator.ge,
+    "<=": operator.le,
+    ">": operator.gt,
+    "<": operator.lt,
+}
 _PATTERN = re.compile(r"^\s*([a-z][a-z0-9_]*)\s*(>=|<=|>|<)\s*([0-9]*\.?[0-9]+)\s*$")
 
 
@@ -41,8 +51,10 @@ def parse_requirement(text: str) -> Requirement:
     """``lateral_recall_lb>=0.98`` -> Requirement."""
     found = _PATTERN.match(text)
     if found is None:
-        raise ThresholdError(f"threshold {text!r}: write it as NAME>=VALUE (or <=, >, <), "
-                             "e.g. lateral_recall_lb>=0.98")
+        raise ThresholdError(
+            f"threshold {text!r}: write it as NAME>=VALUE (or <=, >, <), "
+            "e.g. lateral_recall_lb>=0.98"
+        )
     return Requirement(found.group(1), found.group(2), float(found.group(3)))
 
 
@@ -50,7 +62,7 @@ def load_requirements(path: Path) -> list[Requirement]:
     """The ``require`` list of a JSON or TOML file."""
     try:
         text = path.read_text(encoding="utf-8")
-        data = (tomllib.loads(text) if path.suffix == ".toml" else json.loads(text))
+        data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
     except (OSError, ValueError) as exc:
         raise ThresholdError(f"{path}: {exc}") from exc
     listed = data.get("require") if isinstance(data, dict) else None
@@ -67,16 +79,26 @@ class Outcome:
     reason: str
 
     def as_dict(self) -> dict[str, object]:
-        return {"require": self.requirement.text, "metric": self.requirement.metric,
-                "measured": self.measured, "passed": self.passed, "reason": self.reason}
+        return {
+            "require": self.requirement.text,
+            "metric": self.requirement.metric,
+            "measured": self.measured,
+            "passed": self.passed,
+            "reason": self.reason,
+        }
 
 
 def evaluate(requirement: Requirement, metrics: dict[str, float]) -> Outcome:
     measured = metrics.get(requirement.metric)
     if measured is None:
-        return Outcome(requirement, None, False,
-                       f"{requirement.text}: {requirement.metric} not measured")
+        return Outcome(
+            requirement, None, False, f"{requirement.text}: {requirement.metric} not measured"
+        )
     passed = OPERATORS[requirement.op](measured, requirement.value)
     verdict = "met" if passed else "not met"
-    return Outcome(requirement, measured, passed,
-                   f"{requirement.text}: {verdict} ({requirement.metric} = {measured:.4f})")
+    return Outcome(
+        requirement,
+        measured,
+        passed,
+        f"{requirement.text}: {verdict} ({requirement.metric} = {measured:.4f})",
+    )

@@ -95,13 +95,20 @@ ARCHITECTURES: dict[str, Callable[..., keras.Model]] = {
 #: construction, see :func:`build_compact_invariant`): validating them on all 16 views
 #: would only repeat the same figures 16 times.
 INVARIANT_ARCHITECTURES = frozenset(
-    {"compact_invariant", "compact_invariant_slim", "compact_invariant_64",
-     "compact_invariant_64_heads", "compact_invariant_64_heads2",
-     "compact_invariant_64_heads3"})
+    {
+        "compact_invariant",
+        "compact_invariant_slim",
+        "compact_invariant_64",
+        "compact_invariant_64_heads",
+        "compact_invariant_64_heads2",
+        "compact_invariant_64_heads3",
+    }
+)
 
 #: Architectures with the orientation and unusual-image heads (three named outputs).
-HEADED_ARCHITECTURES = frozenset({"compact_invariant_64_heads", "compact_invariant_64_heads2",
-                                  "compact_invariant_64_heads3"})
+HEADED_ARCHITECTURES = frozenset(
+    {"compact_invariant_64_heads", "compact_invariant_64_heads2", "compact_invariant_64_heads3"}
+)
 
 
 def build_model(

@@ -18,7 +18,10 @@ __all__ = ["build_compact", "build_compact_wide"]
 
 
 def build_compact(
-    *, input_size: int = 256, weights_path: Path | None = None, width: float = 1.0,
+    *,
+    input_size: int = 256,
+    weights_path: Path | None = None,
+    width: float = 1.0,
     name: str = "compact",
 ) -> keras.Model:
     """The default: five Conv-BN-ReLU stages (16..128 channels), global pooling, ~0.42 M params.
@@ -28,6 +31,7 @@ def build_compact(
     matters for CPU inference and for generalising from a few hundred images.
     ``width`` multiplies every stage's channels (parameters grow as its square).
     """
+
     def ch(n: int) -> int:
         return max(8, round(n * width / 4.0) * 4)
 
@@ -46,10 +50,9 @@ def build_compact(
     return model
 
 
-def build_compact_wide(
-    *, input_size: int = 256, weights_path: Path | None = None
-) -> keras.Model:
+def build_compact_wide(*, input_size: int = 256, weights_path: Path | None = None) -> keras.Model:
     """:func:`build_compact` with 1.25x the channels (20..160), ~0.66 M params, ~1.5x the
     CPU cost of ``compact``."""
-    return build_compact(input_size=input_size, weights_path=weights_path, width=1.25,
-                         name="compact_wide")
+    return build_compact(
+        input_size=input_size, weights_path=weights_path, width=1.25, name="compact_wide"
+    )

@@ -63,8 +63,11 @@ def _orientation_member(block2: keras.KerasTensor, name: str) -> keras.KerasTens
 
 
 def build_compact_invariant_64_heads(
-    *, input_size: int = 256, weights_path: Path | None = None,
-    with_orientation_entropy: bool = False, name: str = "compact_invariant_64_heads",
+    *,
+    input_size: int = 256,
+    weights_path: Path | None = None,
+    with_orientation_entropy: bool = False,
+    name: str = "compact_invariant_64_heads",
 ) -> keras.Model:
     """:func:`build_compact_invariant_64` (the same layers, names and view answer) with two
     more heads, as a model with three named outputs:
@@ -82,38 +85,46 @@ def build_compact_invariant_64_heads(
       training), invariant like the view.
     """
     inputs = image_input(input_size)
-    _, outputs = _headed_outputs(inputs, input_size=input_size,
-                                 with_orientation_entropy=with_orientation_entropy)
+    _, outputs = _headed_outputs(
+        inputs, input_size=input_size, with_orientation_entropy=with_orientation_entropy
+    )
     model = keras.Model(inputs, outputs, name=name)
     load_full_weights(model, weights_path)
     return model
 
 
 def _headed_outputs(
-    inputs: keras.KerasTensor, *, input_size: int, with_orientation_entropy: bool,
+    inputs: keras.KerasTensor,
+    *,
+    input_size: int,
+    with_orientation_entropy: bool,
 ) -> tuple[dict[str, keras.KerasTensor], dict[str, keras.KerasTensor]]:
     """The trunk's tapped tensors and the ``view``, ``orientation`` and ``unusual``
     outputs of :func:`build_compact_invariant_64_heads` (its layers and names)."""
     trunk = invariant_trunk(inputs, width=1.0, pool=4, input_size=input_size)
     view = softmax_head(layers.Dropout(0.3, name="dropout")(trunk["features"]))
 
-    members = [_orientation_member(trunk["block2"], f"orient{i}")
-               for i in range(ORIENTATION_MEMBERS)]
+    members = [
+        _orientation_member(trunk["block2"], f"orient{i}") for i in range(ORIENTATION_MEMBERS)
+    ]
     orientation = layers.Average(dtype="float32", name="orientation")(members)
 
     pooled = [
         OrbitMean(name=f"unusual_mean{i}")(
-            layers.GlobalAveragePooling2D(name=f"unusual_gap{i}")(trunk[f"block{i}"]))
+            layers.GlobalAveragePooling2D(name=f"unusual_gap{i}")(trunk[f"block{i}"])
+        )
         for i in (2, 3)
     ]
     x = layers.Concatenate(name="unusual_features")([*pooled, trunk["features"]])
     if with_orientation_entropy:
-        distance = MahalanobisScore(NUM_CLASSES, UNUSUAL_FEATURE_DIMS, dtype="float32",
-                                    name="unusual_distance")(x)
+        distance = MahalanobisScore(
+            NUM_CLASSES, UNUSUAL_FEATURE_DIMS, dtype="float32", name="unusual_distance"
+        )(x)
         unusual = UnusualScore(dtype="float32", name="unusual")([distance, orientation])
     else:
-        unusual = MahalanobisScore(NUM_CLASSES, UNUSUAL_FEATURE_DIMS, dtype="float32",
-                                   name="unusual")(x)
+        unusual = MahalanobisScore(
+            NUM_CLASSES, UNUSUAL_FEATURE_DIMS, dtype="float32", name="unusual"
+        )(x)
     return trunk, {"view": view, "orientation": orientation, "unusual": unusual}
 
 
@@ -127,8 +138,11 @@ def build_compact_invariant_64_heads2(
     (:class:`~cxr_orient.layers.UnusualScore`). A chest film has one upright copy;
     what is not a chest film has none, and the head, trained on chest films only, hedges."""
     return build_compact_invariant_64_heads(
-        input_size=input_size, weights_path=weights_path, with_orientation_entropy=True,
-        name="compact_invariant_64_heads2")
+        input_size=input_size,
+        weights_path=weights_path,
+        with_orientation_entropy=True,
+        name="compact_invariant_64_heads2",
+    )
 
 
 #: Features the chest-or-not and PA/AP heads read: the spatial mean and standard
@@ -157,20 +171,23 @@ def build_compact_invariant_64_heads3(
     equivariant, as in ``heads2``.
     """
     inputs = image_input(input_size)
-    trunk, outputs = _headed_outputs(inputs, input_size=input_size,
-                                     with_orientation_entropy=True)
-    scope = layers.Concatenate(name="scope_features")([
-        OrbitMean(name=f"scope_mean{i}")(SpatialMeanStd(name=f"scope_stats{i}")(
-            trunk[f"block{i}"]))
-        for i in (2, 3, 4)
-    ])
+    trunk, outputs = _headed_outputs(inputs, input_size=input_size, with_orientation_entropy=True)
+    scope = layers.Concatenate(name="scope_features")(
+        [
+            OrbitMean(name=f"scope_mean{i}")(
+                SpatialMeanStd(name=f"scope_stats{i}")(trunk[f"block{i}"])
+            )
+            for i in (2, 3, 4)
+        ]
+    )
     logit = layers.Dense(1, dtype="float32", name="not_chest_logit")(scope)
     not_chest = layers.Activation("sigmoid", dtype="float32", name="not_chest")(logit)
     unusual = ScopeScore(dtype="float32", name="scope_unusual")([outputs["unusual"], logit])
-    projection = layers.Dense(1, activation="sigmoid", dtype="float32",
-                              name="projection")(scope)
-    model = keras.Model(inputs, {**outputs, "unusual": unusual, "not_chest": not_chest,
-                                 "projection": projection},
-                        name="compact_invariant_64_heads3")
+    projection = layers.Dense(1, activation="sigmoid", dtype="float32", name="projection")(scope)
+    model = keras.Model(
+        inputs,
+        {**outputs, "unusual": unusual, "not_chest": not_chest, "projection": projection},
+        name="compact_invariant_64_heads3",
+    )
     load_full_weights(model, weights_path)
     return model

@@ -25,8 +25,12 @@ __all__ = [
 
 
 def build_compact_invariant(
-    *, input_size: int = 256, weights_path: Path | None = None, width: float = 1.0,
-    pool: int = 2, name: str = "compact_invariant",
+    *,
+    input_size: int = 256,
+    weights_path: Path | None = None,
+    width: float = 1.0,
+    pool: int = 2,
+    name: str = "compact_invariant",
 ) -> keras.Model:
     """:func:`build_compact`'s trunk made exactly invariant to the 8 rotations/flips of the
     film and to greyscale inversion (:mod:`cxr_orient.layers` explains how).
@@ -56,6 +60,7 @@ def invariant_trunk(
     """The invariant trunk of :func:`build_compact_invariant` (its layers, in its order,
     with its names), returning the tensors heads tap: ``block2`` and ``block3`` (per
     copy, ``(8 B, h, w, c)``) and ``features`` (pooled, averaged over the copies)."""
+
     def ch(n: int) -> int:
         return max(8, round(n * width / 4.0) * 4)
 
@@ -63,13 +68,13 @@ def invariant_trunk(
     # halves the size five times.
     if input_size % pool or input_size < 32 * pool:
         raise ValueError(
-            f"input_size {input_size} must be a multiple of {pool} and at least {32 * pool}")
+            f"input_size {input_size} must be a multiple of {pool} and at least {32 * pool}"
+        )
     x = layers.Rescaling(1.0 / 127.5, offset=-1.0, name="centre")(inputs)
     if pool > 1:
         x = layers.AveragePooling2D(pool, name="downsample")(x)
     x = DihedralOrbit(name="orbit")(x)
-    x = layers.Conv2D(ch(16), 3, strides=2, padding="same", use_bias=False,
-                      name="stem_conv")(x)
+    x = layers.Conv2D(ch(16), 3, strides=2, padding="same", use_bias=False, name="stem_conv")(x)
     x = Abs(name="stem_abs")(x)
     x = layers.BatchNormalization(momentum=0.9, name="stem_bn")(x)
     tapped: dict[str, keras.KerasTensor] = {}
@@ -90,8 +95,9 @@ def build_compact_invariant_64(
     """The default: :func:`build_compact_invariant` on a 64 px average of a 256 px input
     (``pool=4``); 0.42 M params, about half ``compact``'s arithmetic and a quarter of
     ``compact_invariant``'s."""
-    return build_compact_invariant(input_size=input_size, weights_path=weights_path, pool=4,
-                                   name="compact_invariant_64")
+    return build_compact_invariant(
+        input_size=input_size, weights_path=weights_path, pool=4, name="compact_invariant_64"
+    )
 
 
 def build_compact_invariant_slim(
@@ -99,5 +105,6 @@ def build_compact_invariant_slim(
 ) -> keras.Model:
     """:func:`build_compact_invariant` with half the channels (8..64), ~0.11 M params (a
     candidate beside ``compact_invariant_64`` when the shipped model was chosen)."""
-    return build_compact_invariant(input_size=input_size, weights_path=weights_path,
-                                   width=0.5, name="compact_invariant_slim")
+    return build_compact_invariant(
+        input_size=input_size, weights_path=weights_path, width=0.5, name="compact_invariant_slim"
+    )

@@ -34,9 +34,9 @@ def build_vgg16(*, input_size: int = 256, weights_path: Path | None = None) -> k
     (``vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5``); nothing is downloaded.
     """
     inputs = image_input(input_size)
-    x = layers.Rescaling(
-        1.0, offset=[-m for m in _VGG16_BGR_MEANS], name="caffe_preprocess"
-    )(inputs)
+    x = layers.Rescaling(1.0, offset=[-m for m in _VGG16_BGR_MEANS], name="caffe_preprocess")(
+        inputs
+    )
     base = keras.applications.VGG16(
         include_top=False, weights=None, input_shape=(input_size, input_size, 3)
     )
@@ -84,17 +84,14 @@ def imagenet_weights_for(name: str, directory: Path | None) -> Path | None:
         return None
     path = Path(directory) / file_name
     if not path.is_file():
-        logger.warning("%s: %s not in CXR_IMAGENET_WEIGHTS_DIR (%s)", name, file_name,
-                       directory)
+        logger.warning("%s: %s not in CXR_IMAGENET_WEIGHTS_DIR (%s)", name, file_name, directory)
         return None
     return path
 
 
 def _load_backbone_weights(base: keras.Model, weights_path: Path | None) -> None:
     if weights_path is None:
-        logger.warning(
-            "%s: no ImageNet weights file given, training from scratch", base.name
-        )
+        logger.warning("%s: no ImageNet weights file given, training from scratch", base.name)
         return
     path = Path(weights_path)
     if not path.is_file():

@@ -14,8 +14,13 @@ from dataclasses import dataclass
 from typing import NamedTuple
 from urllib.parse import urlsplit
 
-__all__ = ["AllowedCaller", "ResultDestination", "check_ae_title", "parse_allowed_caller",
-           "parse_result_destination"]
+__all__ = [
+    "AllowedCaller",
+    "ResultDestination",
+    "check_ae_title",
+    "parse_allowed_caller",
+    "parse_result_destination",
+]
 
 _AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # printable ASCII, no backslash
 
@@ -25,8 +30,9 @@ def check_ae_title(value: str, *, name: str) -> str:
     all spaces), stripped; else ValueError naming ``name`` (the setting or the entry)."""
     stripped = value.strip()
     if not stripped or not _AE_TITLE.match(stripped):
-        raise ValueError(f"{name}: {value!r} is not an AE title (1-16 printable ASCII "
-                         "characters, no backslash)")
+        raise ValueError(
+            f"{name}: {value!r} is not an AE title (1-16 printable ASCII characters, no backslash)"
+        )
     return stripped
 
 
@@ -41,8 +47,10 @@ class AllowedCaller(NamedTuple):
 def parse_allowed_caller(text: str) -> AllowedCaller:
     """``AET`` or ``AET@host``; ValueError when the AE title is not one."""
     title, _, host = text.strip().partition("@")
-    return AllowedCaller(check_ae_title(title, name=f"CXR_DICOM_ALLOWED_CALLERS entry {text!r}"),
-                         host.strip() or None)
+    return AllowedCaller(
+        check_ae_title(title, name=f"CXR_DICOM_ALLOWED_CALLERS entry {text!r}"),
+        host.strip() or None,
+    )
 
 
 @dataclass(frozen=True)
@@ -81,8 +89,7 @@ def parse_result_destination(text: str) -> ResultDestination:
     except ValueError as exc:
         raise ValueError(f"{where}: {exc}") from exc
     if parts.scheme not in {"dicom", "dicomweb+http", "dicomweb+https"}:
-        raise ValueError(f"{where}: scheme must be dicom://, dicomweb+http:// or "
-                         "dicomweb+https://")
+        raise ValueError(f"{where}: scheme must be dicom://, dicomweb+http:// or dicomweb+https://")
     if not parts.hostname:
         raise ValueError(f"{where}: no host")
     if parts.query or parts.fragment or parts.password:
@@ -94,10 +101,12 @@ def parse_result_destination(text: str) -> ResultDestination:
             raise ValueError(f"{where}: a dicom:// destination has no path")
         if not parts.username:
             raise ValueError(f"{where}: the called AE title is missing (dicom://AET@host:port)")
-        return ResultDestination("dicom", parts.hostname, port,
-                                 ae_title=check_ae_title(parts.username, name=where))
+        return ResultDestination(
+            "dicom", parts.hostname, port, ae_title=check_ae_title(parts.username, name=where)
+        )
     if parts.username:
         raise ValueError(f"{where}: no user in a DICOMweb URL")
     default_port = 443 if parts.scheme == "dicomweb+https" else 80
-    return ResultDestination(parts.scheme, parts.hostname, port or default_port,
-                             path=parts.path.rstrip("/"))
+    return ResultDestination(
+        parts.scheme, parts.hostname, port or default_port, path=parts.path.rstrip("/")
+    )

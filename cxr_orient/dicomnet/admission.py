@@ -78,9 +78,14 @@ class Admission:
                 oldest = min(self._pending, key=lambda k: self._pending[k].since)
                 evicted.append(self._pending.pop(oldest))
         for victim in evicted:
-            self.refuse("pending_evicted", "connection from %s closed: no A-ASSOCIATE-RQ "
-                        "after %.1f s while %d connections wait (CXR_DICOM_MAX_PENDING)",
-                        victim.host, time.monotonic() - victim.since, self.limits.pending)
+            self.refuse(
+                "pending_evicted",
+                "connection from %s closed: no A-ASSOCIATE-RQ "
+                "after %.1f s while %d connections wait (CXR_DICOM_MAX_PENDING)",
+                victim.host,
+                time.monotonic() - victim.since,
+                self.limits.pending,
+            )
             victim.close()
 
     def associating(self, key: int) -> None:
@@ -105,11 +110,12 @@ class Admission:
             else:
                 self._admitted[key] = (host, title)
         if reason is not None:
-            setting = {"associations": "CXR_DICOM_MAX_ASSOCIATIONS",
-                       "per_host": "CXR_DICOM_MAX_ASSOCIATIONS_PER_HOST",
-                       "per_caller": "CXR_DICOM_MAX_ASSOCIATIONS_PER_CALLER"}[reason]
-            self.refuse(reason, "association from %s@%s rejected: %s reached", title, host,
-                        setting)
+            setting = {
+                "associations": "CXR_DICOM_MAX_ASSOCIATIONS",
+                "per_host": "CXR_DICOM_MAX_ASSOCIATIONS_PER_HOST",
+                "per_caller": "CXR_DICOM_MAX_ASSOCIATIONS_PER_CALLER",
+            }[reason]
+            self.refuse(reason, "association from %s@%s rejected: %s reached", title, host, setting)
         return reason
 
     def closed(self, key: int) -> None:
@@ -119,12 +125,15 @@ class Admission:
             pending = self._pending.pop(key, None)
             self._admitted.pop(key, None)
         if pending is not None:
-            self.refuse("no_association_request", "connection from %s closed after %.1f s "
-                        "without an A-ASSOCIATE-RQ (CXR_DICOM_ACSE_TIMEOUT_S)", pending.host,
-                        time.monotonic() - pending.since)
+            self.refuse(
+                "no_association_request",
+                "connection from %s closed after %.1f s "
+                "without an A-ASSOCIATE-RQ (CXR_DICOM_ACSE_TIMEOUT_S)",
+                pending.host,
+                time.monotonic() - pending.since,
+            )
 
     def counts(self) -> tuple[int, int]:
         """(pending connections, admitted associations) now."""
         with self._lock:
             return len(self._pending), len(self._admitted)
-

@@ -71,28 +71,41 @@ def backoff_s(failures: int, results: ResultSettings) -> float:
 def report_for(work: crud.OutboxWork, intake: IntakeSettings) -> Dataset:
     """The SR of one outbox row, built from its source file's header (raises an
     :class:`~cxr_orient.errors.InputError` when the file is gone or changed)."""
-    checked = read_checked(work.file_path, expected_sha256=work.file_sha256,
-                           intake=intake)
-    source = read_dataset(checked.real, stop_before_pixels=True, data=checked.data,
-                          inflate_limit=inflated_size_limit(intake.max_pixels))
-    return build_sr(source, work.answer, model_name=work.model_name,
-                    model_architecture=work.model_architecture,
-                    answered_at=work.answered_at, sop_instance_uid=work.sr_sop_instance_uid,
-                    instance_number=work.prediction_id)
+    checked = read_checked(work.file_path, expected_sha256=work.file_sha256, intake=intake)
+    source = read_dataset(
+        checked.real,
+        stop_before_pixels=True,
+        data=checked.data,
+        inflate_limit=inflated_size_limit(intake.max_pixels),
+    )
+    return build_sr(
+        source,
+        work.answer,
+        model_name=work.model_name,
+        model_architecture=work.model_architecture,
+        answered_at=work.answered_at,
+        sop_instance_uid=work.sr_sop_instance_uid,
+        instance_number=work.prediction_id,
+    )
 
 
 def deliver_due(settings: Settings, limit: int | None = None) -> DeliveryCounts:
     """Claim, build, send and record up to ``limit`` (CXR_OUTBOX_BATCH) due rows."""
     counts = DeliveryCounts()
     with session_scope() as session:
-        ids = crud.claim_due_outbox(session, limit=limit or settings.results.outbox_batch,
-                                    lease_s=settings.results.outbox_lease_s)
+        ids = crud.claim_due_outbox(
+            session,
+            limit=limit or settings.results.outbox_batch,
+            lease_s=settings.results.outbox_lease_s,
+        )
     if not ids:
         return counts
     counts.claimed = len(ids)
     with session_scope() as session:
-        work: list[Work] = [*crud.outbox_work(session, outbox_ids=ids),
-                            *crud.correction_work(session, outbox_ids=ids)]
+        work: list[Work] = [
+            *crud.outbox_work(session, outbox_ids=ids),
+            *crud.correction_work(session, outbox_ids=ids),
+        ]
     # Fewest attempts first: while a destination is down only its first row is tried per
     # run (below), so its rows take turns and each records why it waits.
     work.sort(key=lambda w: (w.attempts, w.outbox_id))
@@ -105,8 +118,13 @@ def deliver_due(settings: Settings, limit: int | None = None) -> DeliveryCounts:
                 sender.close()
             except Exception:  # a release the peer no longer hears: nothing to keep
                 logger.debug("closing a sender", exc_info=True)
-    logger.info("outbox: %d claimed, %d sent, %d retrying, %d failed", counts.claimed,
-                counts.sent, counts.retrying, counts.failed)
+    logger.info(
+        "outbox: %d claimed, %d sent, %d retrying, %d failed",
+        counts.claimed,
+        counts.sent,
+        counts.retrying,
+        counts.failed,
+    )
     return counts
 
 
@@ -116,8 +134,9 @@ def _key(item: Work) -> tuple[str, int]:
     return "report", item.prediction_id
 
 
-def _deliver(work: list[Work], senders: dict[str, Sender], settings: Settings,
-             counts: DeliveryCounts) -> None:
+def _deliver(
+    work: list[Work], senders: dict[str, Sender], settings: Settings, counts: DeliveryCounts
+) -> None:
     built: dict[tuple[str, int], list[Dataset] | CxrError] = {}
     #: Destinations found unavailable in this run -> (when due again, the error).
     down: dict[str, tuple[datetime, str]] = {}
@@ -127,9 +146,12 @@ def _deliver(work: list[Work], senders: dict[str, Sender], settings: Settings,
             # (a black-holed PACS must not hold this pool process for rows x timeout).
             due, error = down[item.destination]
             with session_scope() as session:
-                crud.release_outbox(session, outbox_id=item.outbox_id,
-                                    error=f"not tried, destination unavailable: {error}",
-                                    next_attempt_at=due)
+                crud.release_outbox(
+                    session,
+                    outbox_id=item.outbox_id,
+                    error=f"not tried, destination unavailable: {error}",
+                    next_attempt_at=due,
+                )
             counts.retrying += 1
             continue
         if _key(item) not in built:
@@ -172,38 +194,47 @@ def _build(item: Work, settings: Settings) -> list[Dataset] | CxrError:
         return exc
     except Exception as exc:  # highdicom or a codec refusing a header value
         kind, key = _key(item)
-        what = (f"the objects of correction {key}" if kind == "correction"
-                else f"the SR of prediction {key}")
+        what = (
+            f"the objects of correction {key}"
+            if kind == "correction"
+            else f"the SR of prediction {key}"
+        )
         logger.exception("cannot build %s", what)
         return DeliveryError(f"cannot build {what}: {type(exc).__name__}: {exc}")
 
 
-def _record_retry(item: Work, error: str, settings: Settings,
-                  counts: DeliveryCounts) -> datetime:
+def _record_retry(item: Work, error: str, settings: Settings, counts: DeliveryCounts) -> datetime:
     """Pending again, due when its destination's backoff ends; returns that time."""
     with session_scope() as session:
         failures, due = crud.record_destination_failure(
-            session, destination=item.destination, error=error,
-            delay_s=lambda n: backoff_s(n, settings.results))
-        crud.mark_outbox_retry(session, outbox_id=item.outbox_id, error=error,
-                               next_attempt_at=due)
-    logger.warning("outbox row %d (%s), attempt %d: %s; destination failed %d times in a "
-                   "row, next try in %.1fs", item.outbox_id, item.destination, item.attempts,
-                   error, failures, (due - utcnow()).total_seconds())
+            session,
+            destination=item.destination,
+            error=error,
+            delay_s=lambda n: backoff_s(n, settings.results),
+        )
+        crud.mark_outbox_retry(session, outbox_id=item.outbox_id, error=error, next_attempt_at=due)
+    logger.warning(
+        "outbox row %d (%s), attempt %d: %s; destination failed %d times in a "
+        "row, next try in %.1fs",
+        item.outbox_id,
+        item.destination,
+        item.attempts,
+        error,
+        failures,
+        (due - utcnow()).total_seconds(),
+    )
     counts.retrying += 1
     return due
 
 
 def _record_failed(item: Work, error: str, counts: DeliveryCounts) -> None:
-    logger.error("outbox row %d (%s) failed for good: %s", item.outbox_id, item.destination,
-                 error)
+    logger.error("outbox row %d (%s) failed for good: %s", item.outbox_id, item.destination, error)
     with session_scope() as session:
         crud.mark_outbox_failed(session, outbox_id=item.outbox_id, error=error)
     counts.failed += 1
 
 
-def retry_failed(*, destination: str | None = None,
-                 outbox_ids: list[int] | None = None) -> int:
+def retry_failed(*, destination: str | None = None, outbox_ids: list[int] | None = None) -> int:
     """Make failed rows pending and due now (``cxr-orient outbox retry``: the operator
     fixed what the destination refused); ``destination`` in any spelling the setting
     accepts. Returns rows moved."""

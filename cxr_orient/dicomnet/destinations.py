@@ -31,8 +31,7 @@ from cxr_orient.dicomnet.addresses import ResultDestination, parse_result_destin
 from cxr_orient.errors import DeliveryRefusedError, DestinationUnavailableError
 from cxr_orient.settings import ResultSettings
 
-__all__ = ["CStoreDestination", "Sender", "StowDestination", "connection_failure",
-           "sender_for"]
+__all__ = ["CStoreDestination", "Sender", "StowDestination", "connection_failure", "sender_for"]
 
 logger = logging.getLogger(__name__)
 
@@ -83,8 +82,9 @@ class CStoreDestination:
     object whose syntax the peer declines goes uncompressed (every syntax the
     corrections write is lossless: nothing is lost)."""
 
-    def __init__(self, destination: ResultDestination, *, calling_ae: str,
-                 timeout_s: float) -> None:
+    def __init__(
+        self, destination: ResultDestination, *, calling_ae: str, timeout_s: float
+    ) -> None:
         self.destination = destination
         self.calling_ae = calling_ae
         self.timeout_s = timeout_s
@@ -93,9 +93,14 @@ class CStoreDestination:
         self._offered: dict[str, list[str]] = {}
 
     def _has_context(self, sop_class_uid: str, syntaxes: list[str]) -> bool:
-        return self._assoc is not None and self._assoc.is_established and any(
-            c.abstract_syntax == sop_class_uid and c.transfer_syntax[0] in syntaxes
-            for c in self._assoc.accepted_contexts)
+        return (
+            self._assoc is not None
+            and self._assoc.is_established
+            and any(
+                c.abstract_syntax == sop_class_uid and c.transfer_syntax[0] in syntaxes
+                for c in self._assoc.accepted_contexts
+            )
+        )
 
     def _association(self, sop_class_uid: str, syntax: str) -> Any:
         from pynetdicom import AE
@@ -127,8 +132,9 @@ class CStoreDestination:
         assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title or "ANY-SCP")
         if not assoc.is_established:
             if assoc.is_rejected:
-                reason = (f"association rejected (is the calling AE title "
-                          f"{self.calling_ae} known to it?)")
+                reason = (
+                    f"association rejected (is the calling AE title {self.calling_ae} known to it?)"
+                )
             elif time.monotonic() - started >= self.timeout_s * 0.9:
                 reason = f"timed out: no association answer within {self.timeout_s:g}s"
             elif assoc.is_aborted:
@@ -143,13 +149,15 @@ class CStoreDestination:
         """Store ``sr`` (a report, a corrected image or a rejection note)."""
         dest = self.destination
         meta = getattr(sr, "file_meta", None)
-        syntax = str(meta.get("TransferSyntaxUID", ExplicitVRLittleEndian)
-                     if meta is not None else ExplicitVRLittleEndian)
+        syntax = str(
+            meta.get("TransferSyntaxUID", ExplicitVRLittleEndian)
+            if meta is not None
+            else ExplicitVRLittleEndian
+        )
         assoc = self._association(sr.SOPClassUID, syntax)
         if not self._has_context(sr.SOPClassUID, [syntax, *_UNCOMPRESSED]):
             self.close()
-            raise DeliveryRefusedError(
-                f"{dest.url}: SOP class {sr.SOPClassUID} not accepted")
+            raise DeliveryRefusedError(f"{dest.url}: SOP class {sr.SOPClassUID} not accepted")
         if not self._has_context(sr.SOPClassUID, [syntax]):
             # The peer takes this class only uncompressed: send a lossless copy so.
             sr = copy.deepcopy(sr)
@@ -159,12 +167,14 @@ class CStoreDestination:
         except Exception as exc:  # the association broke under us
             self.close()
             raise DestinationUnavailableError(
-                f"{dest.url}: C-STORE failed: {type(exc).__name__}: {exc}") from exc
+                f"{dest.url}: C-STORE failed: {type(exc).__name__}: {exc}"
+            ) from exc
         code = getattr(status, "Status", None)
         if code is None:
             self.close()
             raise DestinationUnavailableError(
-                f"{dest.url}: no C-STORE response (timeout, abort or invalid response)")
+                f"{dest.url}: no C-STORE response (timeout, abort or invalid response)"
+            )
         if code in _STORED:
             return
         comment = getattr(status, "ErrorComment", "") or ""
@@ -189,8 +199,9 @@ class StowDestination:
         self.destination = destination
         self.timeout_s = timeout_s
         self._session = requests.Session()
-        self._client = DICOMwebClient(destination.http_url, session=self._session,
-                                      timeout=timeout_s)
+        self._client = DICOMwebClient(
+            destination.http_url, session=self._session, timeout=timeout_s
+        )
         # The outbox retries, with its own backoff; the client's retries (up to 5, with
         # exponential waits) would hold the delivery run for half a minute per row.
         self._client.set_http_retry_params(retry=False)
@@ -207,10 +218,13 @@ class StowDestination:
             raise DeliveryRefusedError(message) from exc
         except requests.Timeout as exc:
             raise DestinationUnavailableError(
-                f"{url}: STOW-RS timed out after {self.timeout_s:g}s") from exc
+                f"{url}: STOW-RS timed out after {self.timeout_s:g}s"
+            ) from exc
         except requests.ConnectionError as exc:
-            cause = (connection_failure(self.destination.host, self.destination.port,
-                                        self.timeout_s) or "connection lost")
+            cause = (
+                connection_failure(self.destination.host, self.destination.port, self.timeout_s)
+                or "connection lost"
+            )
             raise DestinationUnavailableError(f"{url}: STOW-RS {cause}") from exc
         except requests.RequestException as exc:
             raise DestinationUnavailableError(f"{url}: STOW-RS failed: {exc}") from exc
@@ -231,6 +245,7 @@ def sender_for(destination: str, results: ResultSettings) -> Sender:
     """The sender for a canonical destination URL (an outbox row's ``destination``)."""
     parsed = parse_result_destination(destination)
     if parsed.scheme == "dicom":
-        return CStoreDestination(parsed, calling_ae=results.result_calling_ae,
-                                 timeout_s=results.outbox_timeout_s)
+        return CStoreDestination(
+            parsed, calling_ae=results.result_calling_ae, timeout_s=results.outbox_timeout_s
+        )
     return StowDestination(parsed, timeout_s=results.outbox_timeout_s)

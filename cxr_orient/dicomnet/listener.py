@@ -114,8 +114,13 @@ def listener_sop_classes(accept: AcceptSettings) -> list[UID]:
         return [UID(uid) for uid in accept.accept_sop_classes]
     from pynetdicom import AllStoragePresentationContexts
 
-    return list(dict.fromkeys(UID(cx.abstract_syntax) for cx in AllStoragePresentationContexts
-                              if cx.abstract_syntax is not None))
+    return list(
+        dict.fromkeys(
+            UID(cx.abstract_syntax)
+            for cx in AllStoragePresentationContexts
+            if cx.abstract_syntax is not None
+        )
+    )
 
 
 def accepted_transfer_syntaxes() -> list[UID]:
@@ -157,12 +162,22 @@ class ListenerConfig:
 
     @property
     def limits(self) -> Limits:
-        return Limits(associations=self.max_associations, per_host=self.per_host,
-                      per_caller=self.per_caller, pending=self.max_pending)
+        return Limits(
+            associations=self.max_associations,
+            per_host=self.per_host,
+            per_caller=self.per_caller,
+            pending=self.max_pending,
+        )
 
     @classmethod
-    def from_settings(cls, settings: Settings, *, ae_title: str | None = None,
-                      bind: str | None = None, port: int | None = None) -> ListenerConfig:
+    def from_settings(
+        cls,
+        settings: Settings,
+        *,
+        ae_title: str | None = None,
+        bind: str | None = None,
+        port: int | None = None,
+    ) -> ListenerConfig:
         return cls(
             ae_title=ae_title or settings.dicom.dicom_ae_title,
             bind=bind or settings.dicom.dicom_bind,
@@ -214,9 +229,13 @@ class _Handlers:
         host = str(assoc.requestor.address)
         if not caller_allowed(title, host, self.config.allowed_callers):
             self.admission.associating(id(assoc))
-            self.admission.refuse("caller_not_allowed", "association from %s@%s rejected: "
-                                  "calling AE title not allowed (CXR_DICOM_ALLOWED_CALLERS)",
-                                  title, host)
+            self.admission.refuse(
+                "caller_not_allowed",
+                "association from %s@%s rejected: "
+                "calling AE title not allowed (CXR_DICOM_ALLOWED_CALLERS)",
+                title,
+                host,
+            )
             # As pynetdicom's own rejection does: kill() lets the DUL send the
             # A-ASSOCIATE-RJ before the socket is closed.
             assoc.acse.send_reject(0x01, 0x01, 0x03)
@@ -231,9 +250,13 @@ class _Handlers:
         """pynetdicom's own rejection: its ceiling on connection threads (admitted +
         pending + a margin) reached, or a request it cannot accept."""
         assoc = event.assoc
-        self.admission.refuse("rejected", "association from %s@%s rejected by pynetdicom "
-                              "(too many connections in all, or a malformed request)",
-                              str(assoc.requestor.ae_title).strip(), assoc.requestor.address)
+        self.admission.refuse(
+            "rejected",
+            "association from %s@%s rejected by pynetdicom "
+            "(too many connections in all, or a malformed request)",
+            str(assoc.requestor.ae_title).strip(),
+            assoc.requestor.address,
+        )
 
     def on_aborted(self, event: Any) -> None:
         assoc = event.assoc
@@ -241,9 +264,13 @@ class _Handlers:
             return  # refused and counted as too_large already
         idle = assoc.dul.idle_timer_expired()
         reason = "idle_timeout" if idle else "aborted"
-        self.admission.refuse(reason, "association from %s@%s aborted%s",
-                              str(assoc.requestor.ae_title).strip(), assoc.requestor.address,
-                              " (silent for CXR_DICOM_IDLE_TIMEOUT_S)" if idle else "")
+        self.admission.refuse(
+            reason,
+            "association from %s@%s aborted%s",
+            str(assoc.requestor.ae_title).strip(),
+            assoc.requestor.address,
+            " (silent for CXR_DICOM_IDLE_TIMEOUT_S)" if idle else "",
+        )
 
     def on_echo(self, event: Any) -> int:
         return STATUS["success"]
@@ -252,8 +279,9 @@ class _Handlers:
         try:
             return self._store(event)
         except Exception:
-            logger.exception("C-STORE from %s: unexpected error",
-                             str(event.assoc.requestor.ae_title).strip())
+            logger.exception(
+                "C-STORE from %s: unexpected error", str(event.assoc.requestor.ae_title).strip()
+            )
             return _status("internal_error", "internal error, see the listener's log")
         finally:
             self.guard.taken(event.assoc)
@@ -262,9 +290,11 @@ class _Handlers:
     def _store(self, event: Any) -> int | Dataset:
         caller = str(event.assoc.requestor.ae_title).strip()
         if free_mb(self.settings) < self.settings.intake.spool_min_free_mb:
-            logger.warning("C-STORE from %s refused (A700): spool free space under "
-                           "CXR_SPOOL_MIN_FREE_MB=%d", caller,
-                           self.settings.intake.spool_min_free_mb)
+            logger.warning(
+                "C-STORE from %s refused (A700): spool free space under CXR_SPOOL_MIN_FREE_MB=%d",
+                caller,
+                self.settings.intake.spool_min_free_mb,
+            )
             listener_refusals("out_of_resources")
             return _status("out_of_resources", "spool disk nearly full")
         # Received onto disk (receive_on_disk): preamble, file meta and the dataset as
@@ -272,8 +302,11 @@ class _Handlers:
         received = Path(event.dataset_path)
         size = received.stat().st_size
         if size > self.largest:
-            logger.warning("C-STORE from %s refused (C001): %d bytes, more than "
-                           "CXR_MAX_PIXELS allows", caller, size)
+            logger.warning(
+                "C-STORE from %s refused (C001): %d bytes, more than CXR_MAX_PIXELS allows",
+                caller,
+                size,
+            )
             listener_refusals("too_large")
             return _status("too_large", "instance larger than CXR_MAX_PIXELS allows")
         sop_uid = str(event.request.AffectedSOPInstanceUID or "")
@@ -283,8 +316,7 @@ class _Handlers:
             # included in the check: an instance cut short is refused now, while the
             # sender can still send it again, not acknowledged and failed later (the
             # check STOW-RS makes).
-            dataset = read_dataset(received, stop_before_pixels=False,
-                                   defer_size=DEFER_BYTES)
+            dataset = read_dataset(received, stop_before_pixels=False, defer_size=DEFER_BYTES)
             header = read_header(shown, dataset=dataset)
             check_pixel_data_complete(dataset, path=shown)
             # A malformed UID would be recorded failed after a Success: the modality
@@ -295,27 +327,37 @@ class _Handlers:
         except CxrError as exc:
             # Spooled anyway, so that the failure is recorded with its reason, as ingest
             # records a bad file (the name carries the bytes' hash: a resend is one row).
-            spooled = adopt_file(received, sha256=_sha256(received),
-                                 study_instance_uid="unreadable", sop_instance_uid=sop_uid,
-                                 settings=self.settings)
-            self.recorder.put(received_file(spooled, header=None, error=exc,
-                                            settings=self.settings))
+            spooled = adopt_file(
+                received,
+                sha256=_sha256(received),
+                study_instance_uid="unreadable",
+                sop_instance_uid=sop_uid,
+                settings=self.settings,
+            )
+            self.recorder.put(
+                received_file(spooled, header=None, error=exc, settings=self.settings)
+            )
             logger.warning("C-STORE from %s refused (C210): %s", caller, exc.code)
             listener_refusals(exc.code)
             return _status("cannot_read", f"{exc.code}: unreadable, incomplete or malformed")
         try:
-            spooled = adopt_file(received, sha256=_sha256(received),
-                                 study_instance_uid=header.study_instance_uid,
-                                 sop_instance_uid=header.sop_instance_uid,
-                                 settings=self.settings)
+            spooled = adopt_file(
+                received,
+                sha256=_sha256(received),
+                study_instance_uid=header.study_instance_uid,
+                sop_instance_uid=header.sop_instance_uid,
+                settings=self.settings,
+            )
         except OSError as exc:
-            logger.error("C-STORE from %s refused (A700): spool write failed: %s", caller,
-                         exc.strerror or type(exc).__name__)
+            logger.error(
+                "C-STORE from %s refused (A700): spool write failed: %s",
+                caller,
+                exc.strerror or type(exc).__name__,
+            )
             listener_refusals("spool_write_failed")
             return _status("out_of_resources", "spool write failed")
         # Hashed as received and parsed once: the recorder does not read the file back.
-        self.recorder.put(received_file(spooled, header=header, error=None,
-                                        settings=self.settings))
+        self.recorder.put(received_file(spooled, header=header, error=None, settings=self.settings))
         self.stored += 1
         return STATUS["success"]
 
@@ -346,8 +388,12 @@ def serve_dicom(
     # process releases them itself, so a study sent here is classified without a beat.
     releaser = None
     if send is not None:
-        releaser = threading.Thread(target=run_release_loop, args=(send, stop, settings.intake),
-                                    name="release-quiet-studies", daemon=True)
+        releaser = threading.Thread(
+            target=run_release_loop,
+            args=(send, stop, settings.intake),
+            name="release-quiet-studies",
+            daemon=True,
+        )
         releaser.start()
     previous = {}
     if threading.current_thread() is threading.main_thread():
@@ -355,35 +401,53 @@ def serve_dicom(
             previous[signum] = signal.signal(signum, lambda *_: stop.set())
     cleanup = contextlib.ExitStack()
     if settings.dicom.dicom_metrics_port:
-        exporter = start_listener_exporter(host=settings.dicom.dicom_metrics_host,
-                                           port=settings.dicom.dicom_metrics_port)
+        exporter = start_listener_exporter(
+            host=settings.dicom.dicom_metrics_host, port=settings.dicom.dicom_metrics_port
+        )
         if exporter is not None:
             cleanup.callback(exporter.shutdown)
     cleanup.enter_context(receive_on_disk(spool_dir(settings) / RECEIVING_FOLDER))
     ae = application_entity(
-        ae_title=config.ae_title, sop_classes=config.sop_classes,
+        ae_title=config.ae_title,
+        sop_classes=config.sop_classes,
         transfer_syntaxes=config.transfer_syntaxes,
         # admitted + pending + a margin for those being rejected
         thread_ceiling=config.max_associations + config.max_pending + 16,
-        acse_timeout_s=config.acse_timeout_s, idle_timeout_s=config.idle_timeout_s)
+        acse_timeout_s=config.acse_timeout_s,
+        idle_timeout_s=config.idle_timeout_s,
+    )
     try:
         server = ae.start_server(
-            (config.bind, config.port), block=False,
-            evt_handlers=[(evt.EVT_REQUESTED, handlers.on_requested),
-                          (evt.EVT_ABORTED, handlers.on_aborted),
-                          (evt.EVT_REJECTED, handlers.on_rejected),
-                          (evt.EVT_PDU_RECV, handlers.guard.on_pdu),
-                          (evt.EVT_C_ECHO, handlers.on_echo),
-                          (evt.EVT_C_STORE, handlers.on_store)])
+            (config.bind, config.port),
+            block=False,
+            evt_handlers=[
+                (evt.EVT_REQUESTED, handlers.on_requested),
+                (evt.EVT_ABORTED, handlers.on_aborted),
+                (evt.EVT_REJECTED, handlers.on_rejected),
+                (evt.EVT_PDU_RECV, handlers.guard.on_pdu),
+                (evt.EVT_C_ECHO, handlers.on_echo),
+                (evt.EVT_C_STORE, handlers.on_store),
+            ],
+        )
     except BaseException:  # the port taken: the metrics port and pynetdicom's globals back
         cleanup.close()
         raise
-    track_connections(server, admission=handlers.admission, guard=handlers.guard,
-                      idle_timeout_s=config.idle_timeout_s)
+    track_connections(
+        server,
+        admission=handlers.admission,
+        guard=handlers.guard,
+        idle_timeout_s=config.idle_timeout_s,
+    )
     host, port = server.server_address[:2]
-    logger.info("listening on %s:%d as %s (%d SOP classes, %d transfer syntaxes, at most "
-                "%d associations)", host, port, config.ae_title, len(config.sop_classes),
-                len(config.transfer_syntaxes), config.max_associations)
+    logger.info(
+        "listening on %s:%d as %s (%d SOP classes, %d transfer syntaxes, at most %d associations)",
+        host,
+        port,
+        config.ae_title,
+        len(config.sop_classes),
+        len(config.transfer_syntaxes),
+        config.max_associations,
+    )
     if on_ready is not None:
         on_ready(str(host), int(port))
     try:
@@ -392,8 +456,7 @@ def serve_dicom(
         while not stop.wait(PARTIAL_SWEEP_S):
             remove_stale_partials(settings)
     finally:
-        logger.info("stopping: no new associations; waiting up to %.0f s for open ones",
-                    grace_s)
+        logger.info("stopping: no new associations; waiting up to %.0f s for open ones", grace_s)
         server.shutdown()
         deadline = time.monotonic() + grace_s
         while server.active_associations and time.monotonic() < deadline:
@@ -406,6 +469,5 @@ def serve_dicom(
         for signum, handler in previous.items():
             signal.signal(signum, handler)
         cleanup.close()
-        logger.info("stopped: %d instances stored, %d recorded", handlers.stored,
-                    recorder.recorded)
+        logger.info("stopped: %d instances stored, %d recorded", handlers.stored, recorder.recorded)
     return handlers.stored

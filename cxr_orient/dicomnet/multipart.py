@@ -60,11 +60,13 @@ def related_boundary(content_type: str | None, *, part_type: str = DICOM_MEDIA_T
     message["content-type"] = content_type
     if message.get_content_type() != "multipart/related":
         raise UnsupportedMediaTypeError(
-            f"Content-Type {message.get_content_type()!r}: expected multipart/related")
+            f"Content-Type {message.get_content_type()!r}: expected multipart/related"
+        )
     declared = message.get_param("type")
     if isinstance(declared, str) and declared.strip().lower() != part_type:
         raise UnsupportedMediaTypeError(
-            f"multipart/related of type {declared!r}: only {part_type!r} is accepted")
+            f"multipart/related of type {declared!r}: only {part_type!r} is accepted"
+        )
     boundary = message.get_param("boundary")
     if not isinstance(boundary, str) or not 1 <= len(boundary) <= 70:
         raise MultipartError("multipart/related without a valid boundary parameter")
@@ -111,15 +113,20 @@ class RelatedStreamReader:
         self._field = bytearray()
         self._value = bytearray()
         self._count = 0
-        self._parser = MultipartParser(boundary, {
-            "on_part_begin": self._part_begin,
-            "on_header_field": lambda d, s, e: self._field.extend(d[s:e]),
-            "on_header_value": lambda d, s, e: self._value.extend(d[s:e]),
-            "on_header_end": self._header_end,
-            "on_part_data": self._part_data,
-            "on_part_end": self._part_end,
-            "on_end": self._end,
-        }, max_header_count=16, max_header_size=8192)
+        self._parser = MultipartParser(
+            boundary,
+            {
+                "on_part_begin": self._part_begin,
+                "on_header_field": lambda d, s, e: self._field.extend(d[s:e]),
+                "on_header_value": lambda d, s, e: self._value.extend(d[s:e]),
+                "on_header_end": self._header_end,
+                "on_part_data": self._part_data,
+                "on_part_end": self._part_end,
+                "on_end": self._end,
+            },
+            max_header_count=16,
+            max_header_size=8192,
+        )
 
     # --- parser callbacks ---------------------------------------------------------
 
@@ -167,7 +174,7 @@ class RelatedStreamReader:
         at = 0
         while True:
             at = data.find(self._delimiter, at)
-            if at < 0 or at == 0 or data[at - 2:at] == b"\r\n":
+            if at < 0 or at == 0 or data[at - 2 : at] == b"\r\n":
                 break
             at += 1
         if at < 0:
@@ -183,7 +190,8 @@ class RelatedStreamReader:
         self.total += len(chunk)
         if self.total > self.max_total_bytes:
             raise RequestTooLargeError(
-                f"request body over {self.max_total_bytes} bytes (CXR_STOW_MAX_REQUEST_MB)")
+                f"request body over {self.max_total_bytes} bytes (CXR_STOW_MAX_REQUEST_MB)"
+            )
         if self.ended:  # the epilogue after the closing delimiter is ignored
             return []
         if not self._started:

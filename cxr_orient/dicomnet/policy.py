@@ -79,12 +79,16 @@ def uid_problem(uid: str) -> str | None:
     return None
 
 
-def check_uid_values(*, study: str | None, series: str | None,
-                     sop_instance: str | None) -> InvalidUidError | None:
+def check_uid_values(
+    *, study: str | None, series: str | None, sop_instance: str | None
+) -> InvalidUidError | None:
     """The first of the Study, Series (None: absent, allowed) and SOP Instance UIDs that
     is not a DICOM UID, as the error its instance is refused with; None when all are."""
-    for keyword, value in (("StudyInstanceUID", study), ("SeriesInstanceUID", series),
-                           ("SOPInstanceUID", sop_instance)):
+    for keyword, value in (
+        ("StudyInstanceUID", study),
+        ("SeriesInstanceUID", series),
+        ("SOPInstanceUID", sop_instance),
+    ):
         if value is None and keyword == "SeriesInstanceUID":
             continue
         problem = uid_problem(value or "")
@@ -96,8 +100,11 @@ def check_uid_values(*, study: str | None, series: str | None,
 def check_uids(header: DicomHeader) -> InvalidUidError | None:
     """:func:`check_uid_values` of a header (what :func:`cxr_orient.ingest.header_record`
     applies to every instance recorded, whatever the way in)."""
-    return check_uid_values(study=header.study_instance_uid, series=header.series_instance_uid,
-                            sop_instance=header.sop_instance_uid)
+    return check_uid_values(
+        study=header.study_instance_uid,
+        series=header.series_instance_uid,
+        sop_instance=header.sop_instance_uid,
+    )
 
 
 @dataclass(frozen=True)
@@ -113,37 +120,48 @@ class PolicyRefusal:
         return OUT_OF_SCOPE
 
 
-
 def check_policy(header: DicomHeader, accept: AcceptSettings) -> PolicyRefusal | None:
     """None when the instance is in scope, else the first rule that refuses it."""
     modalities = accept.accept_modalities
     modality = (header.modality or "").upper() or None
     if modalities and modality not in modalities:
         shown = "absent" if modality is None else repr(header.modality)
-        return PolicyRefusal("modality", header.modality,
-                             f"modality: Modality {shown} is not one of "
-                             f"{', '.join(modalities)} (CXR_ACCEPT_MODALITIES)")
+        return PolicyRefusal(
+            "modality",
+            header.modality,
+            f"modality: Modality {shown} is not one of "
+            f"{', '.join(modalities)} (CXR_ACCEPT_MODALITIES)",
+        )
     sop_classes = accept.accept_sop_classes
     if sop_classes and header.sop_class_uid not in sop_classes:
         shown = "absent" if header.sop_class_uid is None else header.sop_class_uid
-        return PolicyRefusal("sop_class", header.sop_class_uid,
-                             f"sop_class: SOPClassUID {shown} is not an accepted SOP Class "
-                             "(CXR_ACCEPT_SOP_CLASSES)")
+        return PolicyRefusal(
+            "sop_class",
+            header.sop_class_uid,
+            f"sop_class: SOPClassUID {shown} is not an accepted SOP Class (CXR_ACCEPT_SOP_CLASSES)",
+        )
     body_parts = accept.accept_body_parts
     body_part = (header.body_part_examined or "").upper() or None
     if body_part is None and body_parts and not accept.accept_missing_body_part:
-        return PolicyRefusal("body_part", None,
-                             "body_part: BodyPartExamined is absent "
-                             "(CXR_ACCEPT_MISSING_BODY_PART=false)")
+        return PolicyRefusal(
+            "body_part",
+            None,
+            "body_part: BodyPartExamined is absent (CXR_ACCEPT_MISSING_BODY_PART=false)",
+        )
     if body_part is not None and body_parts and body_part not in body_parts:
-        return PolicyRefusal("body_part", header.body_part_examined,
-                             f"body_part: BodyPartExamined {header.body_part_examined!r} is "
-                             f"not one of {', '.join(body_parts)} (CXR_ACCEPT_BODY_PARTS)")
+        return PolicyRefusal(
+            "body_part",
+            header.body_part_examined,
+            f"body_part: BodyPartExamined {header.body_part_examined!r} is "
+            f"not one of {', '.join(body_parts)} (CXR_ACCEPT_BODY_PARTS)",
+        )
     present = set(header.image_type)
     for pattern in accept.refuse_image_types:
         if set(pattern) <= present:
             value, shown = "\\".join(header.image_type), "\\".join(pattern)
-            return PolicyRefusal("image_type", value,
-                                 f"image_type: ImageType {value} matches {shown} "
-                                 "(CXR_REFUSE_IMAGE_TYPES)")
+            return PolicyRefusal(
+                "image_type",
+                value,
+                f"image_type: ImageType {value} matches {shown} (CXR_REFUSE_IMAGE_TYPES)",
+            )
     return None

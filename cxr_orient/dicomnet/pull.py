@@ -36,8 +36,16 @@ from cxr_orient.settings import Settings
 from db import crud
 from db.session import session_scope
 
-__all__ = ["PullQuery", "PullReport", "RemoteInstance", "find_instances", "not_yet_recorded",
-           "parse_modalities", "pull", "remote_summary"]
+__all__ = [
+    "PullQuery",
+    "PullReport",
+    "RemoteInstance",
+    "find_instances",
+    "not_yet_recorded",
+    "parse_modalities",
+    "pull",
+    "remote_summary",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +89,8 @@ class PullQuery:
         except ValueError:
             return self.undated
         return (self.since is None or day >= self.since) and (
-            self.until is None or day <= self.until)
+            self.until is None or day <= self.until
+        )
 
 
 @dataclass(frozen=True)
@@ -121,11 +130,14 @@ def find_instances(client: Any, query: PullQuery) -> Iterator[RemoteInstance]:
     if query.study_uid:
         studies = [query.study_uid]
     else:
-        found = client.search_for_studies(search_filters=query.study_filters(),
-                                          fields=["StudyDate"], get_remaining=True)
-        studies = [uid for uid, day in ((_value(s, STUDY_UID), _value(s, STUDY_DATE))
-                                        for s in found)
-                   if uid and query.wants_study(day)]
+        found = client.search_for_studies(
+            search_filters=query.study_filters(), fields=["StudyDate"], get_remaining=True
+        )
+        studies = [
+            uid
+            for uid, day in ((_value(s, STUDY_UID), _value(s, STUDY_DATE)) for s in found)
+            if uid and query.wants_study(day)
+        ]
     wanted = {m.upper() for m in query.modalities}
     for study in studies:
         for series in client.search_for_series(study, get_remaining=True):
@@ -133,8 +145,7 @@ def find_instances(client: Any, query: PullQuery) -> Iterator[RemoteInstance]:
             modality = (_value(series, MODALITY) or "").upper()
             if not series_uid or (wanted and modality not in wanted):
                 continue
-            for instance in client.search_for_instances(study, series_uid,
-                                                        get_remaining=True):
+            for instance in client.search_for_instances(study, series_uid, get_remaining=True):
                 sop = _value(instance, SOP_UID)
                 if sop:
                     yield RemoteInstance(study, series_uid, sop)
@@ -142,8 +153,12 @@ def find_instances(client: Any, query: PullQuery) -> Iterator[RemoteInstance]:
 
 def _fetch(client: Any, remote: RemoteInstance) -> bytes:
     """WADO-RS: one instance in its stored transfer syntax, as a DICOM file."""
-    dataset = client.retrieve_instance(remote.study_uid, remote.series_uid, remote.sop_uid,
-                                       media_types=(("application/dicom", "*"),))
+    dataset = client.retrieve_instance(
+        remote.study_uid,
+        remote.series_uid,
+        remote.sop_uid,
+        media_types=(("application/dicom", "*"),),
+    )
     buffer = io.BytesIO()
     dataset.save_as(buffer, enforce_file_format=True)
     return buffer.getvalue()
@@ -160,7 +175,8 @@ def _merge(into: EnqueueReport, report: EnqueueReport) -> None:
 
 
 def not_yet_recorded(
-    found: Iterable[RemoteInstance], report: PullReport,
+    found: Iterable[RemoteInstance],
+    report: PullReport,
     on_total: Callable[[int], None] | None = None,
 ) -> list[RemoteInstance]:
     """The instances a PACS answered with (duplicates dropped) that no row records yet:
@@ -169,8 +185,7 @@ def not_yet_recorded(
     remote = list(dict.fromkeys(found))
     report.found = len(remote)
     with session_scope() as session:
-        known = crud.known_sop_instance_uids(
-            session, sop_instance_uids=[r.sop_uid for r in remote])
+        known = crud.known_sop_instance_uids(session, sop_instance_uids=[r.sop_uid for r in remote])
     todo = [r for r in remote if r.sop_uid not in known]
     report.skipped_known = len(remote) - len(todo)
     if on_total is not None:
@@ -197,16 +212,22 @@ def pull(
 
     def flush() -> None:
         if spooled:
-            _merge(report.recorded, record_received(spooled, send=send, settings=settings,
-                                                          hold=False))
+            _merge(
+                report.recorded, record_received(spooled, send=send, settings=settings, hold=False)
+            )
             spooled.clear()
 
     for item in todo:
         try:
             data = _fetch(client, item)
-            spooled.append(write_instance(data, study_instance_uid=item.study_uid,
-                                          sop_instance_uid=item.sop_uid,
-                                          settings=settings).path)
+            spooled.append(
+                write_instance(
+                    data,
+                    study_instance_uid=item.study_uid,
+                    sop_instance_uid=item.sop_uid,
+                    settings=settings,
+                ).path
+            )
             report.fetched += 1
         except Exception as exc:  # one instance failing must not stop the pull
             report.failed.append((item, f"{type(exc).__name__}: {exc}"[:300]))
@@ -216,8 +237,13 @@ def pull(
         if len(spooled) >= CHUNK:
             flush()
     flush()
-    logger.info("pull: %d instances found, %d recorded before, %d fetched, %d failed",
-                report.found, report.skipped_known, report.fetched, len(report.failed))
+    logger.info(
+        "pull: %d instances found, %d recorded before, %d fetched, %d failed",
+        report.found,
+        report.skipped_known,
+        report.fetched,
+        len(report.failed),
+    )
     return report
 
 

@@ -71,23 +71,38 @@ def find_instances_dimse(assoc: Any, query: PullQuery) -> Iterator[RemoteInstanc
         studies = [query.study_uid]
     else:
         keys = {"StudyInstanceUID": "", "StudyDate": "", **query.study_filters()}
-        studies = [str(d.StudyInstanceUID) for d in _find(assoc, "STUDY", keys)
-                   if d.get("StudyInstanceUID")
-                   and query.wants_study(str(d.get("StudyDate") or ""))]
+        studies = [
+            str(d.StudyInstanceUID)
+            for d in _find(assoc, "STUDY", keys)
+            if d.get("StudyInstanceUID") and query.wants_study(str(d.get("StudyDate") or ""))
+        ]
     wanted = {m.upper() for m in query.modalities}
     for study in studies:
         # Each level is read to its end before the next C-FIND: one operation at a time
         # on the association (a nested C-FIND is refused, C000).
-        series_found = list(_find(assoc, "SERIES", {"StudyInstanceUID": study,
-                                                    "SeriesInstanceUID": "", "Modality": ""}))
+        series_found = list(
+            _find(
+                assoc,
+                "SERIES",
+                {"StudyInstanceUID": study, "SeriesInstanceUID": "", "Modality": ""},
+            )
+        )
         for series in series_found:
             modality = str(series.get("Modality", "")).upper()
             series_uid = str(series.get("SeriesInstanceUID", ""))
             if not series_uid or (wanted and modality not in wanted):
                 continue
-            for instance in list(_find(assoc, "IMAGE", {"StudyInstanceUID": study,
-                                                         "SeriesInstanceUID": series_uid,
-                                                         "SOPInstanceUID": ""})):
+            for instance in list(
+                _find(
+                    assoc,
+                    "IMAGE",
+                    {
+                        "StudyInstanceUID": study,
+                        "SeriesInstanceUID": series_uid,
+                        "SOPInstanceUID": "",
+                    },
+                )
+            ):
                 sop = str(instance.get("SOPInstanceUID", ""))
                 if sop:
                     yield RemoteInstance(study, series_uid, sop)
@@ -131,8 +146,9 @@ def pull_dimse(
     ae.add_requested_context(MOVE)
     assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title)
     if not assoc.is_established:
-        raise ConnectionError(f"{peer.ae_title}@{peer.host}:{peer.port} refused the "
-                              f"association from {title}")
+        raise ConnectionError(
+            f"{peer.ae_title}@{peer.host}:{peer.port} refused the association from {title}"
+        )
     report = PullReport()
     moved: list[str] = []
     try:
@@ -158,6 +174,11 @@ def pull_dimse(
         if recorded == len(moved) or time.monotonic() > deadline:
             break
         time.sleep(0.2)
-    logger.info("pull (DIMSE): %d instances found, %d recorded before, %d moved, %d failed",
-                report.found, report.skipped_known, report.fetched, len(report.failed))
+    logger.info(
+        "pull (DIMSE): %d instances found, %d recorded before, %d moved, %d failed",
+        report.found,
+        report.skipped_known,
+        report.fetched,
+        len(report.failed),
+    )
     return report, recorded

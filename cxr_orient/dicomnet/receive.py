@@ -37,8 +37,9 @@ __all__ = ["Received", "received_file", "record_received"]
 Received = Path | ScannedFile
 
 
-def received_file(spooled: SpooledFile, *, header: DicomHeader | None,
-                  error: CxrError | None, settings: Settings) -> ScannedFile:
+def received_file(
+    spooled: SpooledFile, *, header: DicomHeader | None, error: CxrError | None, settings: Settings
+) -> ScannedFile:
     """The ingest record of an instance the spool has just written, as :func:`scan_file`
     would make it: the same confinement rule, the spool's SHA-256 and size of the bytes
     written, the header parsed once from those bytes (or why it could not be), and
@@ -49,8 +50,9 @@ def received_file(spooled: SpooledFile, *, header: DicomHeader | None,
     except CxrError as exc:
         return ScannedFile(str(path), spooled.sha256, spooled.size, None, exc)
     if header is None:
-        return ScannedFile(str(path), spooled.sha256, spooled.size, None,
-                           error or CxrError("no header"))
+        return ScannedFile(
+            str(path), spooled.sha256, spooled.size, None, error or CxrError("no header")
+        )
     return header_record(str(path), spooled.sha256, spooled.size, header, settings)
 
 

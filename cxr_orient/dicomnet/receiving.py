@@ -106,9 +106,12 @@ class ReceiveGuard:
     def _abort(self, assoc: Any, received: int) -> None:
         from pynetdicom.pdu import A_ABORT_RQ
 
-        self._refuse("too_large", f"C-STORE from {str(assoc.requestor.ae_title).strip()}@"
-                                  f"{assoc.requestor.address}: association aborted after "
-                                  f"{received} dataset bytes, more than CXR_MAX_PIXELS allows")
+        self._refuse(
+            "too_large",
+            f"C-STORE from {str(assoc.requestor.ae_title).strip()}@"
+            f"{assoc.requestor.address}: association aborted after "
+            f"{received} dataset bytes, more than CXR_MAX_PIXELS allows",
+        )
         sock = assoc.dul.socket
         try:
             # We are on the reader thread: the A-ABORT goes straight out, then the
@@ -142,5 +145,7 @@ class ReceiveGuard:
             partial = _PARTIALS.pop(reader, None) if reader is not None else None
         if partial is not None and partial.exists():
             partial.unlink(missing_ok=True)
-            logger.info("association from %s ended mid-transfer: partial dataset deleted",
-                        assoc.requestor.address)
+            logger.info(
+                "association from %s ended mid-transfer: partial dataset deleted",
+                assoc.requestor.address,
+            )

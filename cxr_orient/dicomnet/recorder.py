@@ -30,8 +30,9 @@ class Recorder:
     """One thread recording spooled paths in batches (every association's), retrying a
     batch that fails; what is unrecorded at stop is left to the next start's sweep."""
 
-    def __init__(self, settings: Settings, send: Sender | None, *, batch: int = 200,
-                 window_s: float = 0.05) -> None:
+    def __init__(
+        self, settings: Settings, send: Sender | None, *, batch: int = 200, window_s: float = 0.05
+    ) -> None:
         self.settings = settings
         self.send = send
         self.batch = batch
@@ -62,8 +63,9 @@ class Recorder:
         while len(taken) < self.batch:
             left = deadline - time.monotonic()
             try:
-                taken.append(self._paths.get(timeout=max(left, 0)) if left > 0
-                             else self._paths.get_nowait())
+                taken.append(
+                    self._paths.get(timeout=max(left, 0)) if left > 0 else self._paths.get_nowait()
+                )
             except queue.Empty:
                 break
         return taken
@@ -82,16 +84,23 @@ class Recorder:
         except Exception as exc:
             # The exception's text may quote paths (UIDs): its type at WARNING, the rest
             # at DEBUG only.
-            logger.warning("recording %d spooled instances failed (%s); retrying",
-                           len(paths), type(exc).__name__)
+            logger.warning(
+                "recording %d spooled instances failed (%s); retrying",
+                len(paths),
+                type(exc).__name__,
+            )
             logger.debug("recording failed", exc_info=True)
             return False
         self.recorded += len(paths)
-        logger.info("recorded %d received instances: %d new, %d already known, "
-                    "%d uid conflicts, %d refused", len(paths),
-                    len(report.queued) + len(report.held), len(report.already_known),
-                    len(report.uid_conflicts),
-                    len(report.refused))
+        logger.info(
+            "recorded %d received instances: %d new, %d already known, "
+            "%d uid conflicts, %d refused",
+            len(paths),
+            len(report.queued) + len(report.held),
+            len(report.already_known),
+            len(report.uid_conflicts),
+            len(report.refused),
+        )
         return True
 
     def _run(self) -> None:
@@ -106,8 +115,11 @@ class Recorder:
             while not self._record(paths, retry=retry):
                 retry = True
                 if self._stopping.wait(backoff):
-                    logger.warning("%d spooled instances left unrecorded at shutdown; the "
-                                   "next start's sweep records them", len(paths))
+                    logger.warning(
+                        "%d spooled instances left unrecorded at shutdown; the "
+                        "next start's sweep records them",
+                        len(paths),
+                    )
                     return
                 backoff = min(backoff * 2, 30.0)
                 # What arrived meanwhile joins the retried batch: one recording when the
@@ -152,8 +164,7 @@ def sweep_spool(settings: Settings, send: Sender | None) -> int:
         recorded = crud.recorded_paths_under(session, prefix=f"{folder}/")
     unrecorded = sorted(p for p in folder.glob("*/*.dcm") if str(p) not in recorded)
     for start in range(0, len(unrecorded), 500):
-        record_received(unrecorded[start:start + 500], send=send, settings=settings)
+        record_received(unrecorded[start : start + 500], send=send, settings=settings)
     if unrecorded:
-        logger.info("spool sweep: recorded %d files received before the last stop",
-                    len(unrecorded))
+        logger.info("spool sweep: recorded %d files received before the last stop", len(unrecorded))
     return len(unrecorded)

@@ -73,7 +73,8 @@ def purged_error(instance_id: int, file_purged_at: datetime | None) -> FilePurge
     return FilePurgedError(
         f"instance {instance_id}: its received file was deleted by the spool purge at "
         f"{file_purged_at:%Y-%m-%d %H:%M} UTC (CXR_SPOOL_KEEP_DAYS); have it "
-        "sent again to use its pixels")
+        "sent again to use its pixels"
+    )
 
 
 def ensure_not_purged(instance: Instance) -> None:
@@ -89,8 +90,9 @@ def _delete(path: Path, spool: Path) -> bool | None:
     """True deleted, False gone already, None refused or failed (kept)."""
     # Never follow a link out of the spool: the recorded path must itself lie there.
     if ".." in path.parts or not path.is_relative_to(spool) or path.is_symlink():
-        logger.error("spool purge: refusing a recorded path that is not a plain file "
-                     "under the spool")
+        logger.error(
+            "spool purge: refusing a recorded path that is not a plain file under the spool"
+        )
         return None
     try:
         path.unlink()
@@ -122,28 +124,50 @@ def purge_spool(settings: Settings, now: datetime) -> PurgeCounts:
     finished_before = now - timedelta(days=settings.intake.spool_keep_days)
     counts = PurgeCounts()
     folders: set[Path] = set()
-    _purge_marked(crud.mark_files_purged, crud.unmark_files_purged, "instance_ids",
-                  dict(spool_prefix=prefix, finished_before=finished_before, now=now),
-                  spool, counts, folders)
+    _purge_marked(
+        crud.mark_files_purged,
+        crud.unmark_files_purged,
+        "instance_ids",
+        dict(spool_prefix=prefix, finished_before=finished_before, now=now),
+        spool,
+        counts,
+        folders,
+    )
     conflicts_before = counts.purged
-    _purge_marked(crud.mark_conflict_files_purged, crud.unmark_conflict_files_purged,
-                  "conflict_ids",
-                  dict(spool_prefix=prefix, created_before=finished_before, now=now),
-                  spool, counts, folders)
+    _purge_marked(
+        crud.mark_conflict_files_purged,
+        crud.unmark_conflict_files_purged,
+        "conflict_ids",
+        dict(spool_prefix=prefix, created_before=finished_before, now=now),
+        spool,
+        counts,
+        folders,
+    )
     counts.conflict_files = counts.purged - conflicts_before
     counts.folders_removed = _remove_empty_folders(folders, spool)
     counts.partials = remove_stale_partials(settings)
     if counts.purged or counts.errors or counts.partials:
-        logger.info("spool purge: %d files deleted (%d of uid conflicts), %d gone already, "
-                    "%d could not be deleted, %d stale partial files removed",
-                    counts.deleted, counts.conflict_files, counts.already_gone,
-                    counts.errors, counts.partials)
+        logger.info(
+            "spool purge: %d files deleted (%d of uid conflicts), %d gone already, "
+            "%d could not be deleted, %d stale partial files removed",
+            counts.deleted,
+            counts.conflict_files,
+            counts.already_gone,
+            counts.errors,
+            counts.partials,
+        )
     return counts
 
 
-def _purge_marked(mark: Callable[..., list[tuple[int, str]]], unmark: Callable[..., None],
-                  unmark_ids: str, rule: dict[str, Any], spool: Path, counts: PurgeCounts,
-                  folders: set[Path]) -> None:
+def _purge_marked(
+    mark: Callable[..., list[tuple[int, str]]],
+    unmark: Callable[..., None],
+    unmark_ids: str,
+    rule: dict[str, Any],
+    spool: Path,
+    counts: PurgeCounts,
+    folders: set[Path],
+) -> None:
     """Walk the rows ``mark`` marks (a chunk per transaction), delete each one's file,
     and ``unmark`` those whose file could not be deleted."""
     after_id = 0

@@ -39,9 +39,15 @@ MAX_PDU_BYTES = 4 << 20
 VERIFICATION = UID("1.2.840.10008.1.1")
 
 
-def application_entity(*, ae_title: str, sop_classes: Sequence[UID],
-                       transfer_syntaxes: Sequence[UID], thread_ceiling: int,
-                       acse_timeout_s: float, idle_timeout_s: float) -> Any:
+def application_entity(
+    *,
+    ae_title: str,
+    sop_classes: Sequence[UID],
+    transfer_syntaxes: Sequence[UID],
+    thread_ceiling: int,
+    acse_timeout_s: float,
+    idle_timeout_s: float,
+) -> Any:
     """The SCP's pynetdicom AE: Verification, and ``sop_classes`` in
     ``transfer_syntaxes``. pynetdicom counts a connection from its first byte; the
     association limits are :class:`Admission`'s (from the A-ASSOCIATE-RQ), and
@@ -63,8 +69,9 @@ def application_entity(*, ae_title: str, sop_classes: Sequence[UID],
     return ae
 
 
-def track_connections(server: Any, *, admission: Admission, guard: ReceiveGuard,
-                      idle_timeout_s: float) -> None:
+def track_connections(
+    server: Any, *, admission: Admission, guard: ReceiveGuard, idle_timeout_s: float
+) -> None:
     """Install our request handler on a started pynetdicom ``server`` (the module's
     docstring says what it does)."""
     from pynetdicom.transport import AssociationSocket, RequestHandler

@@ -119,8 +119,14 @@ def write_instance(
     return SpooledFile(final, digest, len(data), written=True)
 
 
-def adopt_file(received: Path, *, sha256: str, study_instance_uid: str,
-               sop_instance_uid: str, settings: Settings) -> SpooledFile:
+def adopt_file(
+    received: Path,
+    *,
+    sha256: str,
+    study_instance_uid: str,
+    sop_instance_uid: str,
+    settings: Settings,
+) -> SpooledFile:
     """Move a whole received file (``received``, on the spool's file system: the
     listener receives into ``<spool>/.receiving``) to its place in the spool, durably,
     as :func:`write_instance` would have written its bytes (``sha256``: of those bytes).

@@ -72,12 +72,12 @@ CERTAINTY = CodedConcept("111012", "DCM", "Certainty of Finding")
 ROTATION_ANGLE = CodedConcept("130523", "DCM", "Rotation Angle")
 NEEDS_REVIEW = CodedConcept("needs-review", LOCAL_SCHEME, "Needs review")
 REVIEW_REASON = CodedConcept("review-reason", LOCAL_SCHEME, "Review reason")
-HEADER_DISAGREES = CodedConcept("header-disagrees", LOCAL_SCHEME,
-                                "Header view disagrees")
+HEADER_DISAGREES = CodedConcept("header-disagrees", LOCAL_SCHEME, "Header view disagrees")
 MIRRORED = CodedConcept("mirrored", LOCAL_SCHEME, "Stored mirrored")
 P_AP = CodedConcept("p-ap", LOCAL_SCHEME, "Probability of AP projection")
-PROJECTION_DISAGREES = CodedConcept("projection-disagrees", LOCAL_SCHEME,
-                                    "Header projection disagrees")
+PROJECTION_DISAGREES = CodedConcept(
+    "projection-disagrees", LOCAL_SCHEME, "Header projection disagrees"
+)
 UNUSUAL_SCORE = CodedConcept("unusual-image-score", LOCAL_SCHEME, "Unusual image score")
 PROCEDURE = CodedConcept("399208008", "SCT", "Plain chest X-ray")
 RATIO = CodedConcept("{ratio}", "UCUM", "ratio")
@@ -106,8 +106,8 @@ def new_sr_uid() -> str:
 #: The device that makes every report (a fixed UID, so the observer is one device).
 DEVICE_UID = derived_uid("device observer")
 
-def view_code(label: str, header_view: str | None,
-              projection: str | None = None) -> CodedConcept:
+
+def view_code(label: str, header_view: str | None, projection: str | None = None) -> CodedConcept:
     """The CID 4010 code for the model's answer: for a frontal, the ``projection`` the
     model states, else the header's PA or AP; for a lateral, left or right as the header
     says."""
@@ -129,40 +129,49 @@ def _yes_no(value: bool) -> CodedConcept:
     return CodedConcept.from_code(codes.SCT.Yes if value else codes.SCT.No)
 
 
-def _evaluations(answer: Answer, header_view: str | None
-                 ) -> list[hd.sr.QualitativeEvaluation]:
+def _evaluations(answer: Answer, header_view: str | None) -> list[hd.sr.QualitativeEvaluation]:
     items = [
-        hd.sr.QualitativeEvaluation(IMAGE_VIEW, view_code(answer.label, header_view,
-                                                          answer.projection)),
+        hd.sr.QualitativeEvaluation(
+            IMAGE_VIEW, view_code(answer.label, header_view, answer.projection)
+        ),
         hd.sr.QualitativeEvaluation(NEEDS_REVIEW, _yes_no(answer.needs_review)),
     ]
     for reason in answer.review_reasons:
         value = REASONS.get(reason) or CodedConcept(reason[:16], LOCAL_SCHEME, reason)
         items.append(hd.sr.QualitativeEvaluation(REVIEW_REASON, value))
     if answer.header_agrees is not None:
-        items.append(hd.sr.QualitativeEvaluation(HEADER_DISAGREES,
-                                                 _yes_no(not answer.header_agrees)))
+        items.append(
+            hd.sr.QualitativeEvaluation(HEADER_DISAGREES, _yes_no(not answer.header_agrees))
+        )
     if answer.projection_agrees is not None:
-        items.append(hd.sr.QualitativeEvaluation(PROJECTION_DISAGREES,
-                                                 _yes_no(not answer.projection_agrees)))
+        items.append(
+            hd.sr.QualitativeEvaluation(PROJECTION_DISAGREES, _yes_no(not answer.projection_agrees))
+        )
     if answer.mirrored is not None:
         items.append(hd.sr.QualitativeEvaluation(MIRRORED, _yes_no(answer.mirrored)))
     return items
 
 
-def _measurements(answer: Answer, algorithm: hd.sr.AlgorithmIdentification
-                  ) -> list[hd.sr.Measurement]:
-    items = [hd.sr.Measurement(CERTAINTY, round(answer.confidence, 6), RATIO,
-                               algorithm_id=algorithm)]
+def _measurements(
+    answer: Answer, algorithm: hd.sr.AlgorithmIdentification
+) -> list[hd.sr.Measurement]:
+    items = [
+        hd.sr.Measurement(CERTAINTY, round(answer.confidence, 6), RATIO, algorithm_id=algorithm)
+    ]
     if answer.rotation is not None:
-        items.append(hd.sr.Measurement(ROTATION_ANGLE, float(answer.rotation), DEGREE,
-                                       algorithm_id=algorithm))
+        items.append(
+            hd.sr.Measurement(
+                ROTATION_ANGLE, float(answer.rotation), DEGREE, algorithm_id=algorithm
+            )
+        )
     if answer.unusual_score is not None:
-        items.append(hd.sr.Measurement(UNUSUAL_SCORE, round(answer.unusual_score, 6),
-                                       NO_UNITS, algorithm_id=algorithm))
+        items.append(
+            hd.sr.Measurement(
+                UNUSUAL_SCORE, round(answer.unusual_score, 6), NO_UNITS, algorithm_id=algorithm
+            )
+        )
     if answer.p_ap is not None and answer.label == "frontal":
-        items.append(hd.sr.Measurement(P_AP, round(answer.p_ap, 6), RATIO,
-                                       algorithm_id=algorithm))
+        items.append(hd.sr.Measurement(P_AP, round(answer.p_ap, 6), RATIO, algorithm_id=algorithm))
     return items
 
 
@@ -180,23 +189,29 @@ def build_sr(
     header, pixels not needed), made by the model version ``model_name`` (of
     ``model_architecture``) at ``answered_at``."""
     source = with_type2_attributes(source)
-    algorithm = hd.sr.AlgorithmIdentification(name=model_name,
-                                              version=model_architecture,
-                                              manufacturer=MANUFACTURER)
+    algorithm = hd.sr.AlgorithmIdentification(
+        name=model_name, version=model_architecture, manufacturer=MANUFACTURER
+    )
     observer = hd.sr.ObserverContext(
         observer_type=CodedConcept.from_code(codes.cid270.Device),
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
-            uid=DEVICE_UID, name=MANUFACTURER, manufacturer_name=MANUFACTURER,
-            model_name=model_name[:64]),
+            uid=DEVICE_UID,
+            name=MANUFACTURER,
+            manufacturer_name=MANUFACTURER,
+            model_name=model_name[:64],
+        ),
     )
     group = hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(
-            uid=derived_uid("tracking", sop_instance_uid),
-            identifier="view classification"),
+            uid=derived_uid("tracking", sop_instance_uid), identifier="view classification"
+        ),
         algorithm_id=algorithm,
-        source_images=[hd.sr.SourceImageForMeasurementGroup(
-            referenced_sop_class_uid=source.SOPClassUID,
-            referenced_sop_instance_uid=source.SOPInstanceUID)],
+        source_images=[
+            hd.sr.SourceImageForMeasurementGroup(
+                referenced_sop_class_uid=source.SOPClassUID,
+                referenced_sop_instance_uid=source.SOPInstanceUID,
+            )
+        ],
         measurements=_measurements(answer, algorithm),
         qualitative_evaluations=_evaluations(answer, source.get("ViewPosition")),
     )
@@ -223,8 +238,17 @@ def build_sr(
 
 #: Type 2 attributes of the patient and general study modules: the SR copies them from
 #: the source, and must carry them (empty when the source has none).
-_TYPE2 = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate",
-          "StudyTime", "ReferringPhysicianName", "StudyID", "AccessionNumber")
+_TYPE2 = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+    "StudyID",
+    "AccessionNumber",
+)
 
 
 def with_type2_attributes(source: Dataset) -> Dataset:

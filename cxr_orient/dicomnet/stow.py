@@ -130,7 +130,7 @@ _MESSAGES = {
     "out_of_resources": "the spool's disk is full; its bytes were not kept",
     "spool_write_failed": "the spool write failed; its bytes were not kept",
     "request_too_large": "the request went over CXR_STOW_MAX_REQUEST_MB here; the rest "
-                         "of it was not read",
+    "of it was not read",
     "bad_multipart": "the multipart body is malformed from here on",
 }
 
@@ -147,19 +147,26 @@ def spool_part(part: Part, *, study_instance_uid: str | None, settings: Settings
     are spooled apart (``refused_file``), to be recorded against it."""
     outcome = _check_and_spool(part, study_instance_uid=study_instance_uid, settings=settings)
     outcome.size = part.size or len(part.data or b"")
-    if (not outcome.stored and part.data is not None and outcome.code not in _NO_BYTES_KEPT):
+    if not outcome.stored and part.data is not None and outcome.code not in _NO_BYTES_KEPT:
         try:
             outcome.refused_file = write_instance(
-                part.data, study_instance_uid=REFUSED_FOLDER,
-                sop_instance_uid=outcome.sop_instance_uid or "", settings=settings)
+                part.data,
+                study_instance_uid=REFUSED_FOLDER,
+                sop_instance_uid=outcome.sop_instance_uid or "",
+                settings=settings,
+            )
         except OSError as exc:
-            logger.error("STOW-RS part %d: refused part not spooled: %s", part.index,
-                         errno.errorcode.get(exc.errno or 0, type(exc).__name__))
+            logger.error(
+                "STOW-RS part %d: refused part not spooled: %s",
+                part.index,
+                errno.errorcode.get(exc.errno or 0, type(exc).__name__),
+            )
     return outcome
 
 
-def _check_and_spool(part: Part, *, study_instance_uid: str | None,
-                     settings: Settings) -> PartOutcome:
+def _check_and_spool(
+    part: Part, *, study_instance_uid: str | None, settings: Settings
+) -> PartOutcome:
     outcome = PartOutcome(part.index)
     if part.too_large:
         return outcome.fail(OUT_OF_RESOURCES, "too_large")
@@ -177,9 +184,11 @@ def _check_and_spool(part: Part, *, study_instance_uid: str | None,
         for keyword in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID"):
             if _text(ds, keyword) is None:
                 raise MissingAttributeError(f"{shown}: {keyword} is missing or empty")
-        invalid = check_uid_values(study=outcome.study_instance_uid,
-                                   series=_text(ds, "SeriesInstanceUID"),
-                                   sop_instance=outcome.sop_instance_uid)
+        invalid = check_uid_values(
+            study=outcome.study_instance_uid,
+            series=_text(ds, "SeriesInstanceUID"),
+            sop_instance=outcome.sop_instance_uid,
+        )
         if invalid is not None:
             # Not echoed in the response either: a malformed UID goes nowhere.
             outcome.study_instance_uid = outcome.sop_instance_uid = None
@@ -194,11 +203,18 @@ def _check_and_spool(part: Part, *, study_instance_uid: str | None,
     if study_instance_uid is not None and outcome.study_instance_uid != study_instance_uid:
         return outcome.fail(PROCESSING_FAILURE, "wrong_study")
     try:
-        spooled = write_instance(part.data, study_instance_uid=outcome.study_instance_uid,
-                                 sop_instance_uid=outcome.sop_instance_uid, settings=settings)
+        spooled = write_instance(
+            part.data,
+            study_instance_uid=outcome.study_instance_uid,
+            sop_instance_uid=outcome.sop_instance_uid,
+            settings=settings,
+        )
     except OSError as exc:
-        logger.error("STOW-RS part %d: spool write failed: %s", part.index,
-                     errno.errorcode.get(exc.errno or 0, type(exc).__name__))
+        logger.error(
+            "STOW-RS part %d: spool write failed: %s",
+            part.index,
+            errno.errorcode.get(exc.errno or 0, type(exc).__name__),
+        )
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             return outcome.fail(OUT_OF_RESOURCES, "out_of_resources")
         return outcome.fail(PROCESSING_FAILURE, "spool_write_failed")
@@ -206,8 +222,9 @@ def _check_and_spool(part: Part, *, study_instance_uid: str | None,
     return outcome
 
 
-def record_parts(outcomes: Sequence[PartOutcome], *, send: Sender | None,
-                 settings: Settings) -> None:
+def record_parts(
+    outcomes: Sequence[PartOutcome], *, send: Sender | None, settings: Settings
+) -> None:
     """Record every part in one go (one transaction per ingest chunk) and hand the new
     instances to ``send``: a spooled part as any received file (a part refused by the
     recording rules gets its failure), a part refused before spooling as a failed row
@@ -234,14 +251,15 @@ def record_parts(outcomes: Sequence[PartOutcome], *, send: Sender | None,
 def _refused_record(outcome: PartOutcome, request: str, settings: Settings) -> ScannedFile:
     """The failed row of a part refused before spooling: its spooled bytes, or, with none
     kept, a name for the part of this request."""
-    error = RefusedPartError(outcome.code, f"STOW-RS part {outcome.index} refused "
-                                           f"(FailureReason {outcome.failure_reason:04X}, "
-                                           f"{outcome.code}): {outcome.message}")
+    error = RefusedPartError(
+        outcome.code,
+        f"STOW-RS part {outcome.index} refused "
+        f"(FailureReason {outcome.failure_reason:04X}, "
+        f"{outcome.code}): {outcome.message}",
+    )
     if outcome.refused_file is not None:
-        return received_file(outcome.refused_file, header=None, error=error,
-                             settings=settings)
-    return ScannedFile(f"stow-rs://{request}/part/{outcome.index}", "", outcome.size,
-                       None, error)
+        return received_file(outcome.refused_file, header=None, error=error, settings=settings)
+    return ScannedFile(f"stow-rs://{request}/part/{outcome.index}", "", outcome.size, None, error)
 
 
 def http_status(outcomes: Sequence[PartOutcome]) -> int:

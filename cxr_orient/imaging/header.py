@@ -18,8 +18,17 @@ from cxr_orient.imaging.attributes import is_multi, optional_int, optional_text
 from cxr_orient.imaging.errors import errors_named
 from cxr_orient.imaging.reading import read_dataset
 
-__all__ = ["AP_VIEWS", "FRONTAL_VIEWS", "LATERAL_VIEWS", "PA_VIEWS", "PROJECTIONS", "DicomHeader",
-           "read_header", "view_to_label", "view_to_projection"]
+__all__ = [
+    "AP_VIEWS",
+    "FRONTAL_VIEWS",
+    "LATERAL_VIEWS",
+    "PA_VIEWS",
+    "PROJECTIONS",
+    "DicomHeader",
+    "read_header",
+    "view_to_label",
+    "view_to_projection",
+]
 
 #: The projections a frontal may have (a model's ``p_ap`` is the probability of "AP").
 PROJECTIONS = ("PA", "AP")
@@ -83,8 +92,9 @@ class DicomHeader:
     manufacturer_model: str | None = None
 
 
-def read_header(path: Path, *, data: bytes | None = None,
-                dataset: pydicom.Dataset | None = None) -> DicomHeader:
+def read_header(
+    path: Path, *, data: bytes | None = None, dataset: pydicom.Dataset | None = None
+) -> DicomHeader:
     """Read the identifying attributes of a DICOM file, without its pixel data.
 
     ``data``, when given, is the file's content already read, ``dataset`` the file
@@ -95,8 +105,11 @@ def read_header(path: Path, *, data: bytes | None = None,
     """
     path = Path(path)
     with errors_named(path):
-        ds = (dataset if dataset is not None
-              else read_dataset(path, stop_before_pixels=True, data=data))
+        ds = (
+            dataset
+            if dataset is not None
+            else read_dataset(path, stop_before_pixels=True, data=data)
+        )
         sop_instance_uid = optional_text(ds, "SOPInstanceUID")
         study_instance_uid = optional_text(ds, "StudyInstanceUID")
         for keyword, value in (
@@ -108,7 +121,8 @@ def read_header(path: Path, *, data: bytes | None = None,
         assert sop_instance_uid is not None and study_instance_uid is not None
         transfer_syntax = ds.file_meta.get("TransferSyntaxUID") if ds.file_meta else None
         sop_class = optional_text(ds, "SOPClassUID") or (
-            optional_text(ds.file_meta, "MediaStorageSOPClassUID") if ds.file_meta else None)
+            optional_text(ds.file_meta, "MediaStorageSOPClassUID") if ds.file_meta else None
+        )
         return DicomHeader(
             sop_instance_uid=sop_instance_uid,
             study_instance_uid=study_instance_uid,

@@ -146,8 +146,13 @@ def read_dataset(
         with path.open("rb") as head:
             head_bytes = head.read(1 << 16)
         if not _is_deflated(head_bytes):
-            return _parse_checked(path, head_bytes, lambda: pydicom.dcmread(
-                str(path), stop_before_pixels=stop_before_pixels, defer_size=defer_size))
+            return _parse_checked(
+                path,
+                head_bytes,
+                lambda: pydicom.dcmread(
+                    str(path), stop_before_pixels=stop_before_pixels, defer_size=defer_size
+                ),
+            )
     if data is None:
         require_file(path)
         data = path.read_bytes()
@@ -156,8 +161,13 @@ def read_dataset(
     # a file for gigabytes, which a buffered read allocates before finding the file
     # short; a BytesIO hands back only the bytes that exist.
     read = data
-    return _parse_checked(path, data, lambda: dcmread_bytes(
-        read, stop_before_pixels=stop_before_pixels, inflate_limit=limit, path=path))
+    return _parse_checked(
+        path,
+        data,
+        lambda: dcmread_bytes(
+            read, stop_before_pixels=stop_before_pixels, inflate_limit=limit, path=path
+        ),
+    )
 
 
 def _is_deflated(head: bytes) -> bool:

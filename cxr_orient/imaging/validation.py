@@ -155,9 +155,10 @@ def check_pixel_data_complete(ds: pydicom.Dataset, *, path: Path | None) -> None
         return
     actual = _pixel_bytes(ds, _where(path))
     try:
-        factors = [int(ds.get(k) or d) for k, d in (("Rows", 0), ("Columns", 0),
-                                                    ("SamplesPerPixel", 1),
-                                                    ("NumberOfFrames", 1))]
+        factors = [
+            int(ds.get(k) or d)
+            for k, d in (("Rows", 0), ("Columns", 0), ("SamplesPerPixel", 1), ("NumberOfFrames", 1))
+        ]
         bits_allocated = int(ds.get("BitsAllocated") or 0)
     except (TypeError, ValueError):
         return  # attributes the worker refuses with their own code
@@ -165,7 +166,8 @@ def check_pixel_data_complete(ds: pydicom.Dataset, *, path: Path | None) -> None
     if actual < expected:
         raise TruncatedFileError(
             f"{_where(path)}PixelData holds {actual} bytes, Rows*Columns*SamplesPerPixel*"
-            f"BitsAllocated/8*NumberOfFrames needs {expected}")
+            f"BitsAllocated/8*NumberOfFrames needs {expected}"
+        )
 
 
 def _pixel_bytes(ds: pydicom.Dataset, where: str) -> int:
@@ -178,7 +180,8 @@ def _pixel_bytes(ds: pydicom.Dataset, where: str) -> int:
     declared, there = extent
     if there < declared:
         raise TruncatedFileError(
-            f"{where}PixelData declares {declared} bytes, the file holds {there}")
+            f"{where}PixelData declares {declared} bytes, the file holds {there}"
+        )
     return declared
 
 

@@ -27,8 +27,9 @@ class ServedClassifier(Classifier):
     Built in a pool process from the card and the checkpoint's path and SHA-256; holds
     no Keras model. One connection per process, opened on first use (after fork)."""
 
-    def __init__(self, card: ModelCard, *, path: Path, sha256: str, mixed_precision: str,
-                 socket_path: str) -> None:
+    def __init__(
+        self, card: ModelCard, *, path: Path, sha256: str, mixed_precision: str, socket_path: str
+    ) -> None:
         super().__init__(None, card)
         self.path = Path(path)
         self.sha256 = sha256
@@ -50,17 +51,25 @@ class ServedClassifier(Classifier):
             except OSError as e:
                 sock.close()
                 if time.monotonic() > deadline:
-                    raise ModelError(f"no inference process at {self.socket_path} "
-                                     f"(CXR_INFERENCE=served): {e}") from e
+                    raise ModelError(
+                        f"no inference process at {self.socket_path} (CXR_INFERENCE=served): {e}"
+                    ) from e
                 time.sleep(0.2)
         self._sock = sock
-        header, _ = self._call({"op": "load", "path": str(self.path), "sha256": self.sha256,
-                                "mixed_precision": self.mixed_precision})
+        header, _ = self._call(
+            {
+                "op": "load",
+                "path": str(self.path),
+                "sha256": self.sha256,
+                "mixed_precision": self.mixed_precision,
+            }
+        )
         self._outputs = list(header["outputs"])
         return sock
 
-    def _call(self, header: dict[str, Any], payload: bytes | memoryview = b""
-              ) -> tuple[dict[str, Any], bytearray]:
+    def _call(
+        self, header: dict[str, Any], payload: bytes | memoryview = b""
+    ) -> tuple[dict[str, Any], bytearray]:
         sock = self._sock
         assert sock is not None
         try:
@@ -69,8 +78,7 @@ class ServedClassifier(Classifier):
         except OSError as e:
             self._sock = None
             sock.close()
-            raise ModelError(f"the inference process at {self.socket_path} went away: "
-                             f"{e}") from e
+            raise ModelError(f"the inference process at {self.socket_path} went away: {e}") from e
         if "error" in answer:
             raise ModelError(f"inference process: {answer['error']}")
         return answer, data
@@ -79,14 +87,17 @@ class ServedClassifier(Classifier):
         with self._lock:
             self._connect()
             x = np.ascontiguousarray(x)
-            header, data = self._call({"op": "forward", "sha256": self.sha256,
-                                       **array_header(x)}, x.data.cast("B"))
+            header, data = self._call(
+                {"op": "forward", "sha256": self.sha256, **array_header(x)}, x.data.cast("B")
+            )
         out: dict[str, np.ndarray] = {}
         offset = 0
         for name, spec in header["outputs"].items():
             count = int(np.prod(spec["shape"]))
             size = count * np.dtype(spec["dtype"]).itemsize
-            out[name] = array_from(spec, memoryview(data)[offset:offset + size]).astype(np.float64)
+            out[name] = array_from(spec, memoryview(data)[offset : offset + size]).astype(
+                np.float64
+            )
             offset += size
         return out
 
@@ -104,8 +115,5 @@ class ServedClassifier(Classifier):
         process); returns the sizes it ran."""
         with self._lock:
             self._connect()
-            header, _ = self._call({"op": "warm_up", "sha256": self.sha256,
-                                    "max_batch": max_batch})
+            header, _ = self._call({"op": "warm_up", "sha256": self.sha256, "max_batch": max_batch})
         return list(header["sizes"])
-
-

@@ -31,8 +31,9 @@ def card_count() -> int:
     if tool is None:
         return 0
     try:
-        listed = subprocess.run([tool, "-L"], capture_output=True, text=True, timeout=20,
-                                check=False).stdout
+        listed = subprocess.run(
+            [tool, "-L"], capture_output=True, text=True, timeout=20, check=False
+        ).stdout
     except (OSError, subprocess.SubprocessError):
         return 0
     count = sum(line.startswith("GPU ") for line in listed.splitlines())
@@ -50,20 +51,34 @@ def start_servers(*, max_batch: int, log_level: str = "INFO") -> list[str]:
         return list(_SOCKETS)
     cards = card_count()
     _FOLDER = tempfile.mkdtemp(prefix="cxr-inference-")
-    visible = [v.strip() for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")
-               if v.strip()]
+    visible = [
+        v.strip() for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()
+    ]
     for k in range(max(cards, 1)):
         path = os.path.join(_FOLDER, f"card{k}.sock")
         env = dict(os.environ)
         if cards:
             env["CUDA_VISIBLE_DEVICES"] = visible[k] if visible else str(k)
-        command = [sys.executable, "-m", "cxr_orient.serving.server", "--socket", path,
-                   "--max-batch", str(max_batch), "--parent", str(os.getpid()),
-                   "--log-level", log_level]
+        command = [
+            sys.executable,
+            "-m",
+            "cxr_orient.serving.server",
+            "--socket",
+            path,
+            "--max-batch",
+            str(max_batch),
+            "--parent",
+            str(os.getpid()),
+            "--log-level",
+            log_level,
+        ]
         _SERVERS.append(subprocess.Popen(command, env=env))
         _SOCKETS.append(path)
-    logger.info("started %d inference process(es) (CXR_INFERENCE=served): %s",
-                len(_SERVERS), ", ".join(str(p.pid) for p in _SERVERS))
+    logger.info(
+        "started %d inference process(es) (CXR_INFERENCE=served): %s",
+        len(_SERVERS),
+        ", ".join(str(p.pid) for p in _SERVERS),
+    )
     return list(_SOCKETS)
 
 
@@ -75,8 +90,10 @@ def server_sockets() -> list[str]:
 def socket_for(pid: int) -> str:
     """The socket a pool process uses: the processes spread over the cards by pid."""
     if not _SOCKETS:
-        raise ModelError("CXR_INFERENCE=served, but this worker started no inference "
-                         "process (start the worker with `celery -A worker worker`)")
+        raise ModelError(
+            "CXR_INFERENCE=served, but this worker started no inference "
+            "process (start the worker with `celery -A worker worker`)"
+        )
     return _SOCKETS[pid % len(_SOCKETS)]
 
 
@@ -93,5 +110,3 @@ def stop_servers(timeout_s: float = 10.0) -> None:
     _SOCKETS.clear()
     if _FOLDER:
         shutil.rmtree(_FOLDER, ignore_errors=True)
-
-

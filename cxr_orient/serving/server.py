@@ -86,17 +86,20 @@ class InferenceServer:
             except queue.Empty:
                 break
             n = int(more.header["shape"][0]) if more.header.get("op") == "forward" else 0
-            if (more.header.get("op") != "forward"
-                    or more.header["sha256"] != first.header["sha256"]
-                    or count + n > self.max_batch):
+            if (
+                more.header.get("op") != "forward"
+                or more.header["sha256"] != first.header["sha256"]
+                or count + n > self.max_batch
+            ):
                 self._held = more
                 break
             group.append(more)
             count += n
         return group
 
-    def _reply(self, request: _Request, header: dict[str, Any],
-               payload: bytes | memoryview = b"") -> None:
+    def _reply(
+        self, request: _Request, header: dict[str, Any], payload: bytes | memoryview = b""
+    ) -> None:
         try:
             send(request.conn, header, payload)
         except OSError:
@@ -132,8 +135,12 @@ class InferenceServer:
             if header.get("mixed_precision") == "bfloat16":
                 model = with_mixed_bfloat16(model, card)
             self._models[sha] = Classifier(model, card)
-            logger.info("inference process %d loaded %s in %.1f s", os.getpid(), path.name,
-                        time.monotonic() - started)
+            logger.info(
+                "inference process %d loaded %s in %.1f s",
+                os.getpid(),
+                path.name,
+                time.monotonic() - started,
+            )
         return self._models[sha]
 
     def _model(self, sha: str) -> Classifier:
@@ -149,16 +156,19 @@ class InferenceServer:
             size = classifier.card.input_size
             if classifier.padded_size(1) != 1:
                 # JAX compiles per shape: every bucket up to the joined batch's largest.
-                sizes = sorted({self._bucket(classifier, n)
-                                for n in range(1, self.max_batch + 1)})
+                sizes = sorted({self._bucket(classifier, n) for n in range(1, self.max_batch + 1)})
                 for n in sizes:
                     classifier.model.predict_on_batch(np.zeros((n, size, size, 3), np.uint8))
             else:
                 # Other backends trace once: one batch of the pool processes' size.
                 sizes = classifier.warm_up(int(header["max_batch"]))
             self._warm[sha] = sizes
-            logger.info("inference process %d compiled batch sizes %s in %.1f s",
-                        os.getpid(), sizes, time.monotonic() - started)
+            logger.info(
+                "inference process %d compiled batch sizes %s in %.1f s",
+                os.getpid(),
+                sizes,
+                time.monotonic() - started,
+            )
         return self._warm[sha]
 
     def _bucket(self, classifier: Classifier, n: int) -> int:
@@ -179,16 +189,20 @@ class InferenceServer:
             x = np.concatenate([x, np.zeros((padded - n, *x.shape[1:]), dtype=x.dtype)])
         out = classifier.model.predict_on_batch(x)
         named = out if isinstance(out, dict) else {"view": out}
-        arrays = {k: np.ascontiguousarray(np.asarray(v)[:n], dtype=np.float32)
-                  for k, v in named.items()}
+        arrays = {
+            k: np.ascontiguousarray(np.asarray(v)[:n], dtype=np.float32) for k, v in named.items()
+        }
         self.batches += 1
         self.images += n
         start = 0
         for request, part in zip(group, parts, strict=True):
             end = start + len(part)
             pieces = {k: np.ascontiguousarray(a[start:end]) for k, a in arrays.items()}
-            self._reply(request, {"outputs": {k: array_header(a) for k, a in pieces.items()}},
-                        b"".join(a.tobytes() for a in pieces.values()))
+            self._reply(
+                request,
+                {"outputs": {k: array_header(a) for k, a in pieces.items()}},
+                b"".join(a.tobytes() for a in pieces.values()),
+            )
             start = end
 
 
@@ -206,8 +220,7 @@ def _on_accelerator() -> bool:
     """Whether the model runs on a card (Keras lists a device other than CPUs)."""
     import keras
 
-    return any(not str(d).lower().startswith("cpu")
-               for d in keras.distribution.list_devices())
+    return any(not str(d).lower().startswith("cpu") for d in keras.distribution.list_devices())
 
 
 def _output_names(classifier: Classifier) -> list[str]:
@@ -230,8 +243,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--parent", type=int, default=0)
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(),
-                        format="[%(asctime)s: %(levelname)s/inference-%(process)d] %(message)s")
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="[%(asctime)s: %(levelname)s/inference-%(process)d] %(message)s",
+    )
     if args.parent:
         threading.Thread(target=_exit_with_parent, args=(args.parent,), daemon=True).start()
     InferenceServer(args.socket, max_batch=args.max_batch).serve_forever()

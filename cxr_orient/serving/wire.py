@@ -49,5 +49,3 @@ def array_header(x: np.ndarray) -> dict[str, Any]:
 
 def array_from(header: dict[str, Any], payload: bytearray | memoryview) -> np.ndarray:
     return np.frombuffer(payload, dtype=np.dtype(header["dtype"])).reshape(header["shape"])
-
-

@@ -85,4 +85,3 @@ class AcceptSettings(SettingsGroup):
         "re-saved annotated copies; an acquired film, also a processed DERIVED\\PRIMARY "
         "one, passes).",
     )
-

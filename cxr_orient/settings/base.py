@@ -25,7 +25,10 @@ class SettingsGroup(BaseSettings):
     """A group of settings of one concern, read from ``CXR_<FIELD>`` variables."""
 
     model_config = SettingsConfigDict(
-        env_prefix="CXR_", env_file=".env", extra="ignore", validate_default=True,
+        env_prefix="CXR_",
+        env_file=".env",
+        extra="ignore",
+        validate_default=True,
         frozen=True,
     )
 

@@ -20,8 +20,9 @@ CORRECTION_FAULTS = ("turned", "mirrored", "header_view", "header_projection")
 class CorrectionSettings(SettingsGroup):
     """The corrections' destinations and rules (both empty by default: nothing sent)."""
 
-    correction_destinations: CommaList[Annotated[ResultDestination,
-                                                 from_text(parse_result_destination)]] = Field(
+    correction_destinations: CommaList[
+        Annotated[ResultDestination, from_text(parse_result_destination)]
+    ] = Field(
         default=[],
         description="CXR_CORRECTION_DESTINATIONS: where corrections go (IHE IOCM: a "
         "corrected replacement and a rejection note of the original), comma-separated, "
@@ -52,8 +53,10 @@ class CorrectionSettings(SettingsGroup):
         faults = {f.strip().lower() for f in value}
         unknown = sorted(faults - set(CORRECTION_FAULTS))
         if unknown:
-            raise ValueError(f"CXR_CORRECTION_RULES: unknown fault {', '.join(unknown)} "
-                             f"(known: {', '.join(CORRECTION_FAULTS)})")
+            raise ValueError(
+                f"CXR_CORRECTION_RULES: unknown fault {', '.join(unknown)} "
+                f"(known: {', '.join(CORRECTION_FAULTS)})"
+            )
         return [f for f in CORRECTION_FAULTS if f in faults]
 
     @property

@@ -18,8 +18,9 @@ def _card_syntax_name(text: str) -> str:
 
     name = text.strip().lower()
     if name not in CARD_SYNTAX_NAMES:
-        raise ValueError(f"CXR_CARD_SYNTAXES: unknown {text!r} (choose from "
-                         f"{', '.join(CARD_SYNTAX_NAMES)})")
+        raise ValueError(
+            f"CXR_CARD_SYNTAXES: unknown {text!r} (choose from {', '.join(CARD_SYNTAX_NAMES)})"
+        )
     return name
 
 
@@ -31,8 +32,7 @@ def _cpu_decoder_name(text: str) -> str:
     name = text.strip().lower()
     known = [d.name for d in DECODERS]
     if name not in known:
-        raise ValueError(f"CXR_CPU_DECODERS_OFF: unknown {text!r} (choose from "
-                         f"{', '.join(known)})")
+        raise ValueError(f"CXR_CPU_DECODERS_OFF: unknown {text!r} (choose from {', '.join(known)})")
     return name
 
 

@@ -32,13 +32,14 @@ class DicomSettings(SettingsGroup):
         description="CXR_DICOM_BIND: address `cxr-orient listen` binds to; 0.0.0.0 for "
         "every interface. Default 127.0.0.1 (this machine only).",
     )
-    dicom_allowed_callers: CommaList[Annotated[AllowedCaller,
-                                               from_text(parse_allowed_caller)]] = Field(
-        default=[],
-        description="CXR_DICOM_ALLOWED_CALLERS: comma-separated calling AE titles allowed to "
-        "associate, each optionally AET@host (host: an IP address, matched exactly); any "
-        "other caller is rejected at association (A-ASSOCIATE-RJ, calling AE title not "
-        "recognised). Empty: any caller. Default empty.",
+    dicom_allowed_callers: CommaList[Annotated[AllowedCaller, from_text(parse_allowed_caller)]] = (
+        Field(
+            default=[],
+            description="CXR_DICOM_ALLOWED_CALLERS: comma-separated calling AE titles allowed to "
+            "associate, each optionally AET@host (host: an IP address, matched exactly); any "
+            "other caller is rejected at association (A-ASSOCIATE-RJ, calling AE title not "
+            "recognised). Empty: any caller. Default empty.",
+        )
     )
     dicom_max_associations: int = Field(
         default=8,
@@ -96,7 +97,9 @@ class DicomSettings(SettingsGroup):
         "listen` listens on. Default 127.0.0.1.",
     )
     dicom_metrics_port: int = Field(
-        default=9809, ge=0, le=65_535,
+        default=9809,
+        ge=0,
+        le=65_535,
         description="CXR_DICOM_METRICS_PORT: TCP port of the Prometheus exporter of "
         "`cxr-orient listen` (GET /metrics: refused connections and associations by "
         "reason); 0 turns it off. Default 9809.",

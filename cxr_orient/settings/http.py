@@ -32,7 +32,9 @@ class HttpSettings(SettingsGroup):
         "STOW-RS, health). Default 127.0.0.1.",
     )
     http_port: int = Field(
-        default=8080, ge=1, le=65_535,
+        default=8080,
+        ge=1,
+        le=65_535,
         description="CXR_HTTP_PORT: TCP port of `cxr-orient serve`. Default 8080.",
     )
     stow_max_request_mb: int = Field(
@@ -43,36 +45,42 @@ class HttpSettings(SettingsGroup):
         "request is answered 413. Default 2048.",
     )
     http_max_body_kb: int = Field(
-        default=64, ge=1,
+        default=64,
+        ge=1,
         description="CXR_HTTP_MAX_BODY_KB: largest request body of every route but STOW-RS "
         "(the login, review and admin forms, the JSON API), in KiB; a larger one is "
         "answered 413 before it is parsed (Content-Length checked first, a chunked body "
         "counted as it arrives). Default 64.",
     )
     http_header_timeout_s: float = Field(
-        default=10.0, gt=0,
+        default=10.0,
+        gt=0,
         description="CXR_HTTP_HEADER_TIMEOUT_S: seconds a connection may take to send a "
         "request's line and headers (from connecting, or from the previous answer); a "
         "slower one is answered 408 and closed. Default 10.",
     )
     http_body_timeout_s: float = Field(
-        default=30.0, gt=0,
+        default=30.0,
+        gt=0,
         description="CXR_HTTP_BODY_TIMEOUT_S: seconds a request body of every route but "
         "STOW-RS may take to arrive whole once its headers are in; a slower one is "
         "answered 408 and closed. Default 30.",
     )
     stow_body_timeout_s: float = Field(
-        default=900.0, gt=0,
+        default=900.0,
+        gt=0,
         description="CXR_STOW_BODY_TIMEOUT_S: the same deadline for a STOW-RS request body "
         "(up to CXR_STOW_MAX_REQUEST_MB). Default 900.",
     )
     http_max_connections: int = Field(
-        default=256, ge=1,
+        default=256,
+        ge=1,
         description="CXR_HTTP_MAX_CONNECTIONS: open connections `cxr-orient serve` holds at "
         "once; one more is answered 503 and closed at once (logged). Default 256.",
     )
     http_max_connections_per_client: int = Field(
-        default=32, ge=1,
+        default=32,
+        ge=1,
         description="CXR_HTTP_MAX_CONNECTIONS_PER_CLIENT: open connections one peer address "
         "may hold (the addresses of CXR_TRUSTED_PROXIES excepted: every client behind them "
         "shares them); one more is answered 503 and closed at once (logged), so one peer "
@@ -92,19 +100,22 @@ class HttpSettings(SettingsGroup):
         "listen address is 127.0.0.1, plain HTTP).",
     )
     session_max_age_s: int = Field(
-        default=12 * 3600, ge=60,
+        default=12 * 3600,
+        ge=60,
         description="CXR_SESSION_MAX_AGE_S: how long a login lasts, in seconds. Default "
         "43200 (12 hours).",
     )
     login_max_failures: int = Field(
-        default=5, ge=1,
+        default=5,
+        ge=1,
         description="CXR_LOGIN_MAX_FAILURES: failed logins allowed per username and client "
         "address within CXR_LOGIN_WINDOW_S; further attempts are answered 429 without "
         "checking the password. Counted in the database (shared by every serve process). "
         "Default 5.",
     )
     login_window_s: int = Field(
-        default=900, ge=1,
+        default=900,
+        ge=1,
         description="CXR_LOGIN_WINDOW_S: the rate limit's window, in seconds. Default 900.",
     )
     trusted_user_header: str | None = Field(

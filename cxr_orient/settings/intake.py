@@ -79,7 +79,8 @@ class IntakeSettings(SettingsGroup):
         if self.spool_dir is not None and not self.spool_dir.is_relative_to(self.ingest_root):
             raise ValueError(
                 f"CXR_SPOOL_DIR {self.spool_dir} must lie under CXR_INGEST_ROOT "
-                f"{self.ingest_root}: workers read only files under the ingest root")
+                f"{self.ingest_root}: workers read only files under the ingest root"
+            )
         return self
 
     @property

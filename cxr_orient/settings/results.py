@@ -20,8 +20,9 @@ __all__ = ["ResultSettings"]
 class ResultSettings(SettingsGroup):
     """The destinations and the outbox's pace."""
 
-    result_destinations: CommaList[Annotated[ResultDestination,
-                                             from_text(parse_result_destination)]] = Field(
+    result_destinations: CommaList[
+        Annotated[ResultDestination, from_text(parse_result_destination)]
+    ] = Field(
         default=[],
         description="CXR_RESULT_DESTINATIONS: where each answer goes back as a DICOM "
         "Structured Report, comma-separated: dicom://AET@host:port (C-STORE) and "
@@ -34,33 +35,45 @@ class ResultSettings(SettingsGroup):
         "Default CXR_ORIENT.",
     )
     outbox_interval_s: float = Field(
-        default=5.0, ge=0.5, le=3600,
+        default=5.0,
+        ge=0.5,
+        le=3600,
         description="CXR_OUTBOX_INTERVAL_S: how often every worker delivers the outbox, "
         "from a thread of its main process (no beat needed; it also runs after each "
         "recorded batch, and on beat when a worker runs one). Default 5.",
     )
     outbox_batch: int = Field(
-        default=50, ge=1, le=10_000,
+        default=50,
+        ge=1,
+        le=10_000,
         description="CXR_OUTBOX_BATCH: most SRs sent by one delivery run. Default 50.",
     )
     outbox_backoff_s: float = Field(
-        default=5.0, ge=0.1, le=3600,
+        default=5.0,
+        ge=0.1,
+        le=3600,
         description="CXR_OUTBOX_BACKOFF_S: wait before the first retry of a failed "
         "send; doubled after each further failure, up to CXR_OUTBOX_BACKOFF_MAX_S. "
         "Default 5.",
     )
     outbox_backoff_max_s: float = Field(
-        default=600.0, ge=0.1, le=86_400,
+        default=600.0,
+        ge=0.1,
+        le=86_400,
         description="CXR_OUTBOX_BACKOFF_MAX_S: the longest wait between two attempts. "
         "Default 600. A destination that is down is retried for ever at this pace.",
     )
     outbox_timeout_s: float = Field(
-        default=30.0, ge=1, le=3600,
+        default=30.0,
+        ge=1,
+        le=3600,
         description="CXR_OUTBOX_TIMEOUT_S: network timeout of one send (connect, "
         "association, response). Default 30.",
     )
     outbox_lease_s: float = Field(
-        default=300.0, ge=10, le=86_400,
+        default=300.0,
+        ge=10,
+        le=86_400,
         description="CXR_OUTBOX_LEASE_S: a claimed row whose sender died without "
         "recording the outcome is due again after this long (re-sent with the same "
         "SOPInstanceUID). Must exceed the time one delivery run takes. Default 300.",

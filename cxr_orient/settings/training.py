@@ -26,7 +26,8 @@ class TrainingSettings(SettingsGroup):
         "docs/operations.md. Default unset (no beat-driven retrain).",
     )
     retrain_min_new_labels: int = Field(
-        default=50, ge=1,
+        default=50,
+        ge=1,
         description="CXR_RETRAIN_MIN_NEW_LABELS: a scheduled retrain with fewer new labels "
         "exits without training. Default 50.",
     )

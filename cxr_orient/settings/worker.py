@@ -121,7 +121,9 @@ class WorkerSettings(SettingsGroup):
         "on. Default 127.0.0.1.",
     )
     worker_metrics_port: int = Field(
-        default=9808, ge=0, le=65_535,
+        default=9808,
+        ge=0,
+        le=65_535,
         description="CXR_WORKER_METRICS_PORT: TCP port of a worker's Prometheus exporter "
         "(GET /metrics, served by the worker's main process for all its pool processes); "
         "0 turns it off. Give each worker on a host its own port. Default 9808.",
@@ -133,7 +135,8 @@ class WorkerSettings(SettingsGroup):
         if soft is not None and hard is not None and soft >= hard:
             raise ValueError(
                 f"CXR_TASK_SOFT_TIME_LIMIT_S ({soft:g}) must be below CXR_TASK_TIME_LIMIT_S "
-                f"({hard:g}): the soft limit records the unfinished images, the hard one kills")
+                f"({hard:g}): the soft limit records the unfinished images, the hard one kills"
+            )
         return self
 
     @model_validator(mode="after")
@@ -142,7 +145,8 @@ class WorkerSettings(SettingsGroup):
             raise ValueError(
                 f"CXR_LEASE_RENEW_S ({self.lease_renew_s:g}) must be at most half of "
                 f"CXR_LEASE_S ({self.lease_s:g}): a live worker's lease would lapse between "
-                "two renewals")
+                "two renewals"
+            )
         return self
 
     @property

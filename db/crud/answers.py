@@ -94,8 +94,11 @@ def record_predictions(
     now = utcnow()
     condition: Any = tuple_(Instance.id, Instance.file_sha256).in_(list(made_on.items()))
     if claim_token is not None:
-        condition = and_(condition, Instance.claim_token == claim_token,
-                         Instance.status == InstanceStatus.processing)
+        condition = and_(
+            condition,
+            Instance.claim_token == claim_token,
+            Instance.status == InstanceStatus.processing,
+        )
     # Compare-and-set in one statement: done only where the bytes are still the ones
     # answered (on PostgreSQL the rows stay locked until commit, so a replacement that
     # comes meanwhile waits and then queues the instance again).
@@ -150,16 +153,25 @@ def record_predictions(
     if not added or not ((new_report_uid is not None and result_destinations) or decided):
         return len(fresh)
     if not session.scalar(
-            select(ModelVersion.is_active).where(ModelVersion.id == model_version_id)):
+        select(ModelVersion.is_active).where(ModelVersion.id == model_version_id)
+    ):
         return len(fresh)
     if new_report_uid is not None and result_destinations:
-        add_outbox_messages(session, prediction_ids=[p.id for p in added],
-                            destinations=result_destinations, new_report_uid=new_report_uid)
+        add_outbox_messages(
+            session,
+            prediction_ids=[p.id for p in added],
+            destinations=result_destinations,
+            new_report_uid=new_report_uid,
+        )
     for p in added:
         if p.instance_id in decided:
-            add_correction(session, record=replace(
-                decided[p.instance_id], prediction_id=p.id, file_sha256=p.file_sha256),
-                destinations=correction_destinations)
+            add_correction(
+                session,
+                record=replace(
+                    decided[p.instance_id], prediction_id=p.id, file_sha256=p.file_sha256
+                ),
+                destinations=correction_destinations,
+            )
     return len(fresh)
 
 
@@ -254,11 +266,23 @@ def changed_between(
     query of docs/auditing.md "Answers that changed between two model versions")."""
     a, b = aliased(Prediction), aliased(Prediction)
     query = (
-        select(Instance.sop_instance_uid, Study.study_instance_uid,
-               a.label, a.confidence, b.label, b.confidence)
+        select(
+            Instance.sop_instance_uid,
+            Study.study_instance_uid,
+            a.label,
+            a.confidence,
+            b.label,
+            b.confidence,
+        )
         .select_from(a)
-        .join(b, and_(b.instance_id == a.instance_id, b.model_version_id == version_b_id,
-                      b.file_sha256 == a.file_sha256))
+        .join(
+            b,
+            and_(
+                b.instance_id == a.instance_id,
+                b.model_version_id == version_b_id,
+                b.file_sha256 == a.file_sha256,
+            ),
+        )
         .join(Instance, Instance.id == a.instance_id)
         .outerjoin(Study, Study.id == Instance.study_id)
         .where(a.model_version_id == version_a_id, a.label != b.label)

@@ -40,19 +40,31 @@ class VersionCounts:
 def answers_per_version(session: Session) -> list[VersionCounts]:
     """Every model version with its number of answers, flagged ones and disagreements."""
     query = (
-        select(ModelVersion.name, ModelVersion.state, ModelVersion.is_active,
-               ModelVersion.activated_at, func.count(Prediction.id),
-               func.coalesce(func.sum(case((Prediction.needs_review.is_(true()), 1),
-                                           else_=0)), 0),
-               func.coalesce(func.sum(case((Prediction.header_agrees.is_(false()), 1),
-                                           else_=0)), 0))
+        select(
+            ModelVersion.name,
+            ModelVersion.state,
+            ModelVersion.is_active,
+            ModelVersion.activated_at,
+            func.count(Prediction.id),
+            func.coalesce(func.sum(case((Prediction.needs_review.is_(true()), 1), else_=0)), 0),
+            func.coalesce(func.sum(case((Prediction.header_agrees.is_(false()), 1), else_=0)), 0),
+        )
         .outerjoin(Prediction, Prediction.model_version_id == ModelVersion.id)
         .group_by(ModelVersion.id)
         .order_by(ModelVersion.id)
     )
-    return [VersionCounts(name=n, state=s, is_active=bool(a), activated_at=at, answers=int(c),
-                          needs_review=int(r), header_disagrees=int(d))
-            for n, s, a, at, c, r, d in session.execute(query)]
+    return [
+        VersionCounts(
+            name=n,
+            state=s,
+            is_active=bool(a),
+            activated_at=at,
+            answers=int(c),
+            needs_review=int(r),
+            header_disagrees=int(d),
+        )
+        for n, s, a, at, c, r, d in session.execute(query)
+    ]
 
 
 @dataclass(frozen=True)
@@ -73,26 +85,43 @@ def daily_rates(session: Session, *, since: datetime) -> list[DailyRates]:
     those disagreeing, and review labels recorded."""
     day = func.date(Prediction.created_at)
     answers = (
-        select(day, func.count(),
-               func.sum(case((Prediction.needs_review.is_(true()), 1), else_=0)),
-               func.sum(case((Prediction.header_agrees.is_not(None), 1), else_=0)),
-               func.sum(case((Prediction.header_agrees.is_(false()), 1), else_=0)))
+        select(
+            day,
+            func.count(),
+            func.sum(case((Prediction.needs_review.is_(true()), 1), else_=0)),
+            func.sum(case((Prediction.header_agrees.is_not(None), 1), else_=0)),
+            func.sum(case((Prediction.header_agrees.is_(false()), 1), else_=0)),
+        )
         .where(Prediction.created_at >= since)
         .group_by(day)
     )
     label_day = func.date(GroundTruthLabel.created_at)
     reviews = dict(
-        (str(d), int(n)) for d, n in session.execute(
+        (str(d), int(n))
+        for d, n in session.execute(
             select(label_day, func.count())
             .where(GroundTruthLabel.source == "review", GroundTruthLabel.created_at >= since)
-            .group_by(label_day)))
-    rows = {str(d): DailyRates(day=str(d), answers=int(c), needs_review=int(r or 0),
-                               header_known=int(k or 0), header_disagrees=int(x or 0),
-                               reviewed=reviews.get(str(d), 0))
-            for d, c, r, k, x in session.execute(answers)}
+            .group_by(label_day)
+        )
+    )
+    rows = {
+        str(d): DailyRates(
+            day=str(d),
+            answers=int(c),
+            needs_review=int(r or 0),
+            header_known=int(k or 0),
+            header_disagrees=int(x or 0),
+            reviewed=reviews.get(str(d), 0),
+        )
+        for d, c, r, k, x in session.execute(answers)
+    }
     for d, n in reviews.items():
-        rows.setdefault(d, DailyRates(day=d, answers=0, needs_review=0, header_known=0,
-                                      header_disagrees=0, reviewed=n))
+        rows.setdefault(
+            d,
+            DailyRates(
+                day=d, answers=0, needs_review=0, header_known=0, header_disagrees=0, reviewed=n
+            ),
+        )
     return [rows[d] for d in sorted(rows)]
 
 
@@ -118,31 +147,63 @@ class AnswerHistory:
 def study_history(session: Session, *, study_id: int) -> list[AnswerHistory]:
     """Every instance of the study, each with all its answers (oldest first, the current
     one marked) and labels: the audit view of one study. No UIDs."""
-    instances = list(session.execute(
-        select(Instance, current_answer_id()).where(Instance.study_id == study_id)
-        .order_by(Instance.id)))
+    instances = list(
+        session.execute(
+            select(Instance, current_answer_id())
+            .where(Instance.study_id == study_id)
+            .order_by(Instance.id)
+        )
+    )
     ids = [i.id for i, _ in instances]
     answers: dict[int, list[dict[str, Any]]] = {i: [] for i in ids}
     for p, name in session.execute(
-            select(Prediction, ModelVersion.name)
-            .join(ModelVersion, ModelVersion.id == Prediction.model_version_id)
-            .where(Prediction.instance_id.in_(ids)).order_by(Prediction.id)):
-        answers[p.instance_id].append({"prediction_id": p.id, "model_version": name,
-                                       **flat(answer_of(p)), "created_at": p.created_at})
+        select(Prediction, ModelVersion.name)
+        .join(ModelVersion, ModelVersion.id == Prediction.model_version_id)
+        .where(Prediction.instance_id.in_(ids))
+        .order_by(Prediction.id)
+    ):
+        answers[p.instance_id].append(
+            {
+                "prediction_id": p.id,
+                "model_version": name,
+                **flat(answer_of(p)),
+                "created_at": p.created_at,
+            }
+        )
     labels: dict[int, list[dict[str, Any]]] = {i: [] for i in ids}
-    for g in session.scalars(select(GroundTruthLabel)
-                             .where(GroundTruthLabel.instance_id.in_(ids))
-                             .order_by(GroundTruthLabel.id)):
-        labels[g.instance_id].append({
-            "label_id": g.id, "label": LabelValue(g.label).value, "source": g.source,
-            "annotator": g.annotator, "created_at": g.created_at})
-    return [AnswerHistory(instance_id=i.id, status=InstanceStatus(i.status).value,
-                          header_view=i.header_view_position, current_prediction_id=current,
-                          answers=answers[i.id], labels=labels[i.id])
-            for i, current in instances]
+    for g in session.scalars(
+        select(GroundTruthLabel)
+        .where(GroundTruthLabel.instance_id.in_(ids))
+        .order_by(GroundTruthLabel.id)
+    ):
+        labels[g.instance_id].append(
+            {
+                "label_id": g.id,
+                "label": LabelValue(g.label).value,
+                "source": g.source,
+                "annotator": g.annotator,
+                "created_at": g.created_at,
+            }
+        )
+    return [
+        AnswerHistory(
+            instance_id=i.id,
+            status=InstanceStatus(i.status).value,
+            header_view=i.header_view_position,
+            current_prediction_id=current,
+            answers=answers[i.id],
+            labels=labels[i.id],
+        )
+        for i, current in instances
+    ]
 
 
 def study_answer_rows(session: Session, *, study_id: int) -> list[StudyAnswer]:
     """The study-level answers of a study, oldest first."""
-    return list(session.scalars(select(StudyAnswer).where(StudyAnswer.study_id == study_id)
-                                .order_by(StudyAnswer.sequence)))
+    return list(
+        session.scalars(
+            select(StudyAnswer)
+            .where(StudyAnswer.study_id == study_id)
+            .order_by(StudyAnswer.sequence)
+        )
+    )

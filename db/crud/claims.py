@@ -21,9 +21,13 @@ def lease_lapsed(now: datetime, lease_s: float) -> Any:
     from its last update)."""
     return and_(
         Instance.status == InstanceStatus.processing,
-        or_(Instance.lease_expires_at < now,
-            and_(Instance.lease_expires_at.is_(None),
-                 Instance.updated_at < now - timedelta(seconds=lease_s))),
+        or_(
+            Instance.lease_expires_at < now,
+            and_(
+                Instance.lease_expires_at.is_(None),
+                Instance.updated_at < now - timedelta(seconds=lease_s),
+            ),
+        ),
     )
 
 
@@ -61,8 +65,12 @@ class Claim:
 
 
 def claim_instances(
-    session: Session, *, instance_ids: Sequence[int], lease_s: float,
-    claim_token: str | None = None, claimed_by: str | None = None,
+    session: Session,
+    *,
+    instance_ids: Sequence[int],
+    lease_s: float,
+    claim_token: str | None = None,
+    claimed_by: str | None = None,
 ) -> Claim:
     """Atomically move the claimable of ``instance_ids`` to ``processing`` under a lease
     of ``lease_s`` seconds held by ``claim_token``, in one ``UPDATE ... RETURNING`` (the
@@ -79,8 +87,10 @@ def claim_instances(
     now = utcnow()
     claimable = or_(Instance.status == InstanceStatus.queued, lease_lapsed(now, lease_s))
     if claim_token is not None:
-        claimable = or_(claimable, and_(Instance.status == InstanceStatus.processing,
-                                        Instance.claim_token == claim_token))
+        claimable = or_(
+            claimable,
+            and_(Instance.status == InstanceStatus.processing, Instance.claim_token == claim_token),
+        )
     rows = session.execute(
         update(Instance)
         .where(Instance.id.in_(ids), claimable)
@@ -93,16 +103,31 @@ def claim_instances(
             started_at=now,
             updated_at=now,
         )
-        .returning(Instance.id, Instance.file_path, Instance.file_sha256,
-                   Instance.header_view_position, Instance.attempts,
-                   Instance.file_purged_at, Instance.target_model_version_id,
-                   Instance.sop_instance_uid)
+        .returning(
+            Instance.id,
+            Instance.file_path,
+            Instance.file_sha256,
+            Instance.header_view_position,
+            Instance.attempts,
+            Instance.file_purged_at,
+            Instance.target_model_version_id,
+            Instance.sop_instance_uid,
+        )
         .execution_options(synchronize_session=False)
     ).all()
-    by_id = {i: ClaimedInstance(instance_id=i, file_path=path, file_sha256=sha,
-                                header_view=view, attempts=attempts, file_purged_at=purged,
-                                target_version_id=target, sop_instance_uid=uid)
-             for i, path, sha, view, attempts, purged, target, uid in rows}
+    by_id = {
+        i: ClaimedInstance(
+            instance_id=i,
+            file_path=path,
+            file_sha256=sha,
+            header_view=view,
+            attempts=attempts,
+            file_purged_at=purged,
+            target_version_id=target,
+            sop_instance_uid=uid,
+        )
+        for i, path, sha, view, attempts, purged, target, uid in rows
+    }
     skipped = [i for i in ids if i not in by_id]
     unknown: list[int] = []
     if skipped:
@@ -112,12 +137,23 @@ def claim_instances(
 
 
 def claim_for_processing(
-    session: Session, *, instance_id: int, lease_s: float, claim_token: str | None = None,
+    session: Session,
+    *,
+    instance_id: int,
+    lease_s: float,
+    claim_token: str | None = None,
     claimed_by: str | None = None,
 ) -> bool:
     """:func:`claim_instances` for one instance: whether it was claimed."""
-    return bool(claim_instances(session, instance_ids=[instance_id], lease_s=lease_s,
-                                claim_token=claim_token, claimed_by=claimed_by).claimed)
+    return bool(
+        claim_instances(
+            session,
+            instance_ids=[instance_id],
+            lease_s=lease_s,
+            claim_token=claim_token,
+            claimed_by=claimed_by,
+        ).claimed
+    )
 
 
 def renew_leases(session: Session, *, claim_tokens: Sequence[str], lease_s: float) -> int:
@@ -130,8 +166,10 @@ def renew_leases(session: Session, *, claim_tokens: Sequence[str], lease_s: floa
         return 0
     result = session.execute(
         update(Instance)
-        .where(Instance.claim_token.in_(list(claim_tokens)),
-               Instance.status == InstanceStatus.processing)
+        .where(
+            Instance.claim_token.in_(list(claim_tokens)),
+            Instance.status == InstanceStatus.processing,
+        )
         .values(lease_expires_at=utcnow() + timedelta(seconds=lease_s))
         .execution_options(synchronize_session=False)
     )
@@ -143,19 +181,27 @@ def requeue_lapsed_claims(session: Session, *, lease_s: float, limit: int = 5000
     and return their ids, for the caller to send. Compare-and-set: reapers running at
     once in several processes each get distinct rows (each lapsed row is returned once)."""
     now = utcnow()
-    lapsed = list(session.scalars(
-        select(Instance.id).where(lease_lapsed(now, lease_s)).order_by(Instance.id)
-        .limit(limit)))
+    lapsed = list(
+        session.scalars(
+            select(Instance.id).where(lease_lapsed(now, lease_s)).order_by(Instance.id).limit(limit)
+        )
+    )
     if not lapsed:
         return []
-    return sorted(session.scalars(
-        update(Instance)
-        .where(Instance.id.in_(lapsed), lease_lapsed(now, lease_s))
-        .values(status=InstanceStatus.queued, claim_token=None, lease_expires_at=None,
-                updated_at=now)
-        .returning(Instance.id)
-        .execution_options(synchronize_session=False)
-    ))
+    return sorted(
+        session.scalars(
+            update(Instance)
+            .where(Instance.id.in_(lapsed), lease_lapsed(now, lease_s))
+            .values(
+                status=InstanceStatus.queued,
+                claim_token=None,
+                lease_expires_at=None,
+                updated_at=now,
+            )
+            .returning(Instance.id)
+            .execution_options(synchronize_session=False)
+        )
+    )
 
 
 def take_queued_for_resend(
@@ -167,13 +213,18 @@ def take_queued_for_resend(
     row is re-sent once per loss (touched now, it is no longer before the cut-off)."""
     now = utcnow()
     stale = and_(Instance.status == InstanceStatus.queued, Instance.updated_at < queued_before)
-    ids = list(session.scalars(select(Instance.id).where(stale).order_by(Instance.id)
-                               .limit(limit)))
+    ids = list(session.scalars(select(Instance.id).where(stale).order_by(Instance.id).limit(limit)))
     if not ids:
         return []
-    return sorted(session.scalars(
-        update(Instance).where(Instance.id.in_(ids), stale).values(updated_at=now)
-        .returning(Instance.id).execution_options(synchronize_session=False)))
+    return sorted(
+        session.scalars(
+            update(Instance)
+            .where(Instance.id.in_(ids), stale)
+            .values(updated_at=now)
+            .returning(Instance.id)
+            .execution_options(synchronize_session=False)
+        )
+    )
 
 
 def mark_failed(
@@ -194,8 +245,11 @@ def mark_failed(
     if file_sha256 is not None:
         condition = and_(condition, Instance.file_sha256 == file_sha256)
     if claim_token is not None:
-        condition = and_(condition, Instance.claim_token == claim_token,
-                         Instance.status == InstanceStatus.processing)
+        condition = and_(
+            condition,
+            Instance.claim_token == claim_token,
+            Instance.status == InstanceStatus.processing,
+        )
     result = session.execute(
         update(Instance)
         .where(condition)
@@ -225,8 +279,14 @@ class TimedOut:
     unclaimed: list[int]
 
 
-def time_out_instances(session: Session, *, instance_ids: Sequence[int], max_attempts: int,
-                       error_code: str, error_message: str) -> TimedOut:
+def time_out_instances(
+    session: Session,
+    *,
+    instance_ids: Sequence[int],
+    max_attempts: int,
+    error_code: str,
+    error_message: str,
+) -> TimedOut:
     """The ids of a batch that was stopped (time limit): those it had claimed and not
     finished (``processing``) are queued again with ``error_code`` recorded, or failed
     with it once they used ``max_attempts``; finished ones are left as they are."""
@@ -244,16 +304,30 @@ def time_out_instances(session: Session, *, instance_ids: Sequence[int], max_att
         session.execute(
             update(Instance)
             .where(Instance.id.in_(retried), Instance.status == InstanceStatus.processing)
-            .values(status=InstanceStatus.queued, error_code=error_code,
-                    error_message=error_message[:4000], claim_token=None,
-                    lease_expires_at=None, updated_at=now))
+            .values(
+                status=InstanceStatus.queued,
+                error_code=error_code,
+                error_message=error_message[:4000],
+                claim_token=None,
+                lease_expires_at=None,
+                updated_at=now,
+            )
+        )
     if failed:
         session.execute(
             update(Instance)
             .where(Instance.id.in_(failed), Instance.status == InstanceStatus.processing)
-            .values(status=InstanceStatus.failed, error_code=error_code,
-                    error_message=error_message[:4000], target_model_version_id=None,
-                    claim_token=None, lease_expires_at=None, finished_at=now, updated_at=now))
+            .values(
+                status=InstanceStatus.failed,
+                error_code=error_code,
+                error_message=error_message[:4000],
+                target_model_version_id=None,
+                claim_token=None,
+                lease_expires_at=None,
+                finished_at=now,
+                updated_at=now,
+            )
+        )
     return TimedOut(retried, failed, unclaimed)
 
 
@@ -268,22 +342,34 @@ def mark_queued(session: Session, *, instance_ids: Sequence[int], lease_s: float
                 Instance.id.in_(instance_ids),
                 or_(Instance.status == InstanceStatus.queued, lease_lapsed(now, lease_s)),
             )
-            .values(status=InstanceStatus.queued, claim_token=None, lease_expires_at=None,
-                    updated_at=now)
+            .values(
+                status=InstanceStatus.queued,
+                claim_token=None,
+                lease_expires_at=None,
+                updated_at=now,
+            )
         )
 
 
-def held_instance_ids(session: Session, *, claim_token: str,
-                      instance_ids: Sequence[int]) -> list[int]:
+def held_instance_ids(
+    session: Session, *, claim_token: str, instance_ids: Sequence[int]
+) -> list[int]:
     """Those of ``instance_ids`` still ``processing`` under ``claim_token``, locked until
     the transaction ends (PostgreSQL): the rows a worker may record outcomes for."""
     if not instance_ids:
         return []
-    return sorted(session.scalars(
-        select(Instance.id).where(Instance.id.in_(list(instance_ids)),
-                                  Instance.claim_token == claim_token,
-                                  Instance.status == InstanceStatus.processing)
-        .order_by(Instance.id).with_for_update()))
+    return sorted(
+        session.scalars(
+            select(Instance.id)
+            .where(
+                Instance.id.in_(list(instance_ids)),
+                Instance.claim_token == claim_token,
+                Instance.status == InstanceStatus.processing,
+            )
+            .order_by(Instance.id)
+            .with_for_update()
+        )
+    )
 
 
 def superseded_instance_ids(session: Session, *, made_on: Mapping[int, str]) -> list[int]:

@@ -25,33 +25,48 @@ def chunked(items: Iterable[T], size: int) -> Iterator[list[T]]:
     queries that take them as an ``IN`` list; nothing for no items."""
     values = list(items)
     for start in range(0, len(values), size):
-        yield values[start:start + size]
+        yield values[start : start + size]
 
 
 def answer_columns(answer: Answer) -> dict[str, Any]:
     """The ``predictions`` columns that hold ``answer`` (the one place an answer field
     meets its column, with :func:`answer_of`)."""
-    return dict(label=OrientationLabel(answer.label), confidence=answer.confidence,
-                p_frontal=answer.p_frontal, p_lateral=answer.p_lateral,
-                header_agrees=answer.header_agrees, needs_review=answer.needs_review,
-                review_reason=answer.review_reason, rotation=answer.rotation,
-                mirrored=answer.mirrored, unusual_score=answer.unusual_score,
-                projection=answer.projection, p_ap=answer.p_ap,
-                projection_agrees=answer.projection_agrees, p_not_chest=answer.p_not_chest)
+    return dict(
+        label=OrientationLabel(answer.label),
+        confidence=answer.confidence,
+        p_frontal=answer.p_frontal,
+        p_lateral=answer.p_lateral,
+        header_agrees=answer.header_agrees,
+        needs_review=answer.needs_review,
+        review_reason=answer.review_reason,
+        rotation=answer.rotation,
+        mirrored=answer.mirrored,
+        unusual_score=answer.unusual_score,
+        projection=answer.projection,
+        p_ap=answer.p_ap,
+        projection_agrees=answer.projection_agrees,
+        p_not_chest=answer.p_not_chest,
+    )
 
 
 def answer_of(prediction: Prediction) -> Answer:
     """The answer a ``predictions`` row holds (:func:`answer_columns` read back)."""
-    return Answer(label=OrientationLabel(prediction.label).value,
-                  confidence=prediction.confidence, p_frontal=prediction.p_frontal,
-                  p_lateral=prediction.p_lateral, needs_review=prediction.needs_review,
-                  review_reasons=reasons_of(prediction.review_reason),
-                  rotation=prediction.rotation, mirrored=prediction.mirrored,
-                  unusual_score=prediction.unusual_score,
-                  header_agrees=prediction.header_agrees,
-                  projection=prediction.projection, p_ap=prediction.p_ap,
-                  projection_agrees=prediction.projection_agrees,
-                  p_not_chest=prediction.p_not_chest)
+    return Answer(
+        label=OrientationLabel(prediction.label).value,
+        confidence=prediction.confidence,
+        p_frontal=prediction.p_frontal,
+        p_lateral=prediction.p_lateral,
+        needs_review=prediction.needs_review,
+        review_reasons=reasons_of(prediction.review_reason),
+        rotation=prediction.rotation,
+        mirrored=prediction.mirrored,
+        unusual_score=prediction.unusual_score,
+        header_agrees=prediction.header_agrees,
+        projection=prediction.projection,
+        p_ap=prediction.p_ap,
+        projection_agrees=prediction.projection_agrees,
+        p_not_chest=prediction.p_not_chest,
+    )
 
 
 def current_answer_id() -> Any:

@@ -16,8 +16,12 @@ def ping(session: Session) -> None:
 
 
 def record_worker_heartbeat(
-    session: Session, *, node: str, pool_processes: int, ready_processes: int,
-    ready_at: datetime | None
+    session: Session,
+    *,
+    node: str,
+    pool_processes: int,
+    ready_processes: int,
+    ready_at: datetime | None,
 ) -> None:
     """This worker's state, seen now (one row per node name)."""
     row = session.get(WorkerHeartbeat, node)
@@ -41,7 +45,10 @@ HEARTBEAT_FRESH_S = 30.0
 def ready_workers(session: Session, *, fresh_s: float = HEARTBEAT_FRESH_S) -> list[str]:
     """Nodes seen in the last ``fresh_s`` with a pool process that can classify now."""
     seen_after = utcnow() - timedelta(seconds=fresh_s)
-    return list(session.scalars(
-        select(WorkerHeartbeat.node)
-        .where(WorkerHeartbeat.seen_at > seen_after, WorkerHeartbeat.ready_processes > 0)
-        .order_by(WorkerHeartbeat.node)))
+    return list(
+        session.scalars(
+            select(WorkerHeartbeat.node)
+            .where(WorkerHeartbeat.seen_at > seen_after, WorkerHeartbeat.ready_processes > 0)
+            .order_by(WorkerHeartbeat.node)
+        )
+    )

@@ -41,8 +41,9 @@ def get_or_create_studies(
     for chunk in chunked(uids, UID_CHUNK):
         for study in session.scalars(select(Study).where(Study.study_instance_uid.in_(chunk))):
             found[study.study_instance_uid] = study
-    missing = [Study(study_instance_uid=uid, patient_id=studies[uid])
-               for uid in uids if uid not in found]
+    missing = [
+        Study(study_instance_uid=uid, patient_id=studies[uid]) for uid in uids if uid not in found
+    ]
     if missing:
         try:
             with session.begin_nested():
@@ -53,8 +54,9 @@ def get_or_create_studies(
             found[study.study_instance_uid] = study
         for uid in uids:
             if uid not in found:
-                found[uid] = get_or_create_study(session, study_instance_uid=uid,
-                                                 patient_id=studies[uid])
+                found[uid] = get_or_create_study(
+                    session, study_instance_uid=uid, patient_id=studies[uid]
+                )
     return found
 
 
@@ -78,21 +80,31 @@ class NewInstance:
     manufacturer_model: str | None = None
 
 
-def add_instances(session: Session, *, new: Sequence[NewInstance]
-                  ) -> list[tuple[Instance, bool]]:
+def add_instances(session: Session, *, new: Sequence[NewInstance]) -> list[tuple[Instance, bool]]:
     """:func:`add_instance` for instances whose UIDs the caller has just found unknown in
     this transaction: inserted together (one savepoint, not one each); when one of them
     was recorded meanwhile (by another ingest, or twice in ``new``), one by one. Returns
     (instance, created) in the order of ``new``."""
-    rows = [Instance(
-        study_id=n.study.id, sop_instance_uid=n.sop_instance_uid,
-        series_instance_uid=n.series_instance_uid, file_path=n.file_path,
-        file_sha256=n.file_sha256, file_size=n.file_size, modality=n.modality,
-        transfer_syntax_uid=n.transfer_syntax_uid, header_view_position=n.header_view_position,
-        manufacturer=n.manufacturer, manufacturer_model=n.manufacturer_model,
-        status=n.status, error_code=n.error_code, error_message=n.error_message,
-        finished_at=utcnow() if n.status == InstanceStatus.out_of_scope else None,
-    ) for n in new]
+    rows = [
+        Instance(
+            study_id=n.study.id,
+            sop_instance_uid=n.sop_instance_uid,
+            series_instance_uid=n.series_instance_uid,
+            file_path=n.file_path,
+            file_sha256=n.file_sha256,
+            file_size=n.file_size,
+            modality=n.modality,
+            transfer_syntax_uid=n.transfer_syntax_uid,
+            header_view_position=n.header_view_position,
+            manufacturer=n.manufacturer,
+            manufacturer_model=n.manufacturer_model,
+            status=n.status,
+            error_code=n.error_code,
+            error_message=n.error_message,
+            finished_at=utcnow() if n.status == InstanceStatus.out_of_scope else None,
+        )
+        for n in new
+    ]
     if len({n.sop_instance_uid for n in new}) == len(new):
         try:
             with session.begin_nested():
@@ -100,14 +112,26 @@ def add_instances(session: Session, *, new: Sequence[NewInstance]
             return [(row, True) for row in rows]
         except IntegrityError:
             pass
-    return [add_instance(session, study=n.study, sop_instance_uid=n.sop_instance_uid,
-                         series_instance_uid=n.series_instance_uid, file_path=n.file_path,
-                         file_sha256=n.file_sha256, file_size=n.file_size,
-                         modality=n.modality, transfer_syntax_uid=n.transfer_syntax_uid,
-                         header_view_position=n.header_view_position, status=n.status,
-                         manufacturer=n.manufacturer, manufacturer_model=n.manufacturer_model,
-                         error_code=n.error_code, error_message=n.error_message)
-            for n in new]
+    return [
+        add_instance(
+            session,
+            study=n.study,
+            sop_instance_uid=n.sop_instance_uid,
+            series_instance_uid=n.series_instance_uid,
+            file_path=n.file_path,
+            file_sha256=n.file_sha256,
+            file_size=n.file_size,
+            modality=n.modality,
+            transfer_syntax_uid=n.transfer_syntax_uid,
+            header_view_position=n.header_view_position,
+            status=n.status,
+            manufacturer=n.manufacturer,
+            manufacturer_model=n.manufacturer_model,
+            error_code=n.error_code,
+            error_message=n.error_message,
+        )
+        for n in new
+    ]
 
 
 def get_instance(session: Session, *, instance_id: int) -> Instance | None:
@@ -118,14 +142,16 @@ def find_instance_by_uid(session: Session, *, sop_instance_uid: str) -> Instance
     return session.scalar(select(Instance).where(Instance.sop_instance_uid == sop_instance_uid))
 
 
-def find_instances_by_uids(session: Session, *, sop_instance_uids: Sequence[str]
-                           ) -> dict[str, Instance]:
+def find_instances_by_uids(
+    session: Session, *, sop_instance_uids: Sequence[str]
+) -> dict[str, Instance]:
     """The recorded instances among ``sop_instance_uids``, by UID (one query per 500)."""
     found: dict[str, Instance] = {}
     uids = list(dict.fromkeys(sop_instance_uids))
     for chunk in chunked(uids, UID_CHUNK):
-        for instance in session.scalars(select(Instance).where(
-                Instance.sop_instance_uid.in_(chunk))):
+        for instance in session.scalars(
+            select(Instance).where(Instance.sop_instance_uid.in_(chunk))
+        ):
             found[str(instance.sop_instance_uid)] = instance
     return found
 
@@ -352,9 +378,11 @@ def recorded_paths_under(session: Session, *, prefix: str) -> set[str]:
     """Every file path under ``prefix`` (a folder, ending in '/') that is recorded: as an
     instance's file or as the new file of a uid conflict (the spool's startup sweep)."""
     instances = select(Instance.file_path).where(
-        Instance.file_path.startswith(prefix, autoescape=True))
+        Instance.file_path.startswith(prefix, autoescape=True)
+    )
     conflicts = select(UidConflict.new_file_path).where(
-        UidConflict.new_file_path.startswith(prefix, autoescape=True))
+        UidConflict.new_file_path.startswith(prefix, autoescape=True)
+    )
     return set(session.scalars(instances)) | set(session.scalars(conflicts))
 
 
@@ -363,6 +391,9 @@ def known_sop_instance_uids(session: Session, *, sop_instance_uids: Sequence[str
     found: set[str] = set()
     uids = list(dict.fromkeys(sop_instance_uids))
     for chunk in chunked(uids, UID_CHUNK):
-        found.update(session.scalars(
-            select(Instance.sop_instance_uid).where(Instance.sop_instance_uid.in_(chunk))))
+        found.update(
+            session.scalars(
+                select(Instance.sop_instance_uid).where(Instance.sop_instance_uid.in_(chunk))
+            )
+        )
     return found

@@ -17,17 +17,26 @@ def add_label(
     annotator: str | None,
     projection: str | None = None,
 ) -> GroundTruthLabel:
-    row = GroundTruthLabel(instance_id=instance_id, label=LabelValue(label.value),
-                           source=source, annotator=annotator, projection=projection)
+    row = GroundTruthLabel(
+        instance_id=instance_id,
+        label=LabelValue(label.value),
+        source=source,
+        annotator=annotator,
+        projection=projection,
+    )
     session.add(row)
     return row
 
 
 def labels_of(session: Session, *, instance_id: int) -> list[GroundTruthLabel]:
     """Every label of an instance, oldest first (the last one counts)."""
-    return list(session.scalars(select(GroundTruthLabel)
-                                .where(GroundTruthLabel.instance_id == instance_id)
-                                .order_by(GroundTruthLabel.id)))
+    return list(
+        session.scalars(
+            select(GroundTruthLabel)
+            .where(GroundTruthLabel.instance_id == instance_id)
+            .order_by(GroundTruthLabel.id)
+        )
+    )
 
 
 def count_labels_after(session: Session, *, label_id: int) -> int:

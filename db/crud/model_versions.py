@@ -46,8 +46,10 @@ def previously_active_model_version(session: Session) -> ModelVersion | None:
 def highest_trained_label_id(session: Session) -> int:
     """The newest label any registered version was trained with (0 when none)."""
     return max(
-        (int(v.training.get("highest_label_id", 0) or 0)
-         for v in session.scalars(select(ModelVersion))),
+        (
+            int(v.training.get("highest_label_id", 0) or 0)
+            for v in session.scalars(select(ModelVersion))
+        ),
         default=0,
     )
 

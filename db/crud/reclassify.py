@@ -56,8 +56,11 @@ def find_unfinished_reclassify_run(
 ) -> ReclassifyRun | None:
     """The newest unfinished run with exactly these filters and this target, if any."""
     same_since = ReclassifyRun.since.is_(None) if since is None else ReclassifyRun.since == since
-    same_study = (ReclassifyRun.study_instance_uid.is_(None) if study_instance_uid is None
-                  else ReclassifyRun.study_instance_uid == study_instance_uid)
+    same_study = (
+        ReclassifyRun.study_instance_uid.is_(None)
+        if study_instance_uid is None
+        else ReclassifyRun.study_instance_uid == study_instance_uid
+    )
     return session.scalar(
         select(ReclassifyRun)
         .where(
@@ -73,15 +76,17 @@ def find_unfinished_reclassify_run(
 
 
 def unfinished_reclassify_runs(session: Session) -> list[ReclassifyRun]:
-    return list(session.scalars(
-        select(ReclassifyRun).where(ReclassifyRun.finished_at.is_(None))
-        .order_by(ReclassifyRun.id)
-    ))
+    return list(
+        session.scalars(
+            select(ReclassifyRun)
+            .where(ReclassifyRun.finished_at.is_(None))
+            .order_by(ReclassifyRun.id)
+        )
+    )
 
 
 def reclassify_statuses(*, include_failed: bool) -> list[InstanceStatus]:
-    return [InstanceStatus.done, InstanceStatus.failed] if include_failed else [
-        InstanceStatus.done]
+    return [InstanceStatus.done, InstanceStatus.failed] if include_failed else [InstanceStatus.done]
 
 
 def _reclassify_range(
@@ -104,8 +109,12 @@ def _reclassify_range(
         Instance.file_purged_at.is_(None),
     ]
     if study_instance_uid is not None:
-        conditions.append(Instance.study_id == select(Study.id).where(
-            Study.study_instance_uid == study_instance_uid).scalar_subquery())
+        conditions.append(
+            Instance.study_id
+            == select(Study.id)
+            .where(Study.study_instance_uid == study_instance_uid)
+            .scalar_subquery()
+        )
     if since is not None:
         conditions.append(Instance.enqueued_at >= since)
     return conditions
@@ -144,9 +153,13 @@ def reclassify_candidates(
     status index PostgreSQL may answer a LIMIT query by reading every matching row past
     the cursor and sorting them (measured: the walk turns quadratic); a range reads at most
     ``up_to_id - after_id`` rows through the primary key."""
-    conditions = _reclassify_range(after_id=after_id, up_to_id=up_to_id,
-                                   study_instance_uid=study_instance_uid, since=since,
-                                   include_failed=include_failed)
+    conditions = _reclassify_range(
+        after_id=after_id,
+        up_to_id=up_to_id,
+        study_instance_uid=study_instance_uid,
+        since=since,
+        include_failed=include_failed,
+    )
     query = select(Instance.id, _answered_by(model_version_id)).where(*conditions)
     return [(int(i), bool(a)) for i, a in session.execute(query.order_by(Instance.id))]
 
@@ -165,9 +178,13 @@ def queue_for_model(
     answered back to ``queued`` for ``model_version_id`` (the reclassify marker); attempts
     start again from 0. One statement, no id list; returns the ids moved (an instance no
     longer finished by now is left alone)."""
-    conditions = _reclassify_range(after_id=after_id, up_to_id=up_to_id,
-                                   study_instance_uid=study_instance_uid, since=since,
-                                   include_failed=include_failed)
+    conditions = _reclassify_range(
+        after_id=after_id,
+        up_to_id=up_to_id,
+        study_instance_uid=study_instance_uid,
+        since=since,
+        include_failed=include_failed,
+    )
     if up_to_id <= after_id:
         return []
     moved = session.execute(
@@ -189,12 +206,17 @@ def queue_for_model(
 
 def count_targeted(session: Session) -> int:
     """Instances queued or processing for a named version (reclassify work in flight)."""
-    return session.scalar(
-        select(func.count()).select_from(Instance).where(
-            Instance.target_model_version_id.is_not(None),
-            Instance.status.in_([InstanceStatus.queued, InstanceStatus.processing]),
+    return (
+        session.scalar(
+            select(func.count())
+            .select_from(Instance)
+            .where(
+                Instance.target_model_version_id.is_not(None),
+                Instance.status.in_([InstanceStatus.queued, InstanceStatus.processing]),
+            )
         )
-    ) or 0
+        or 0
+    )
 
 
 def max_instance_id(session: Session) -> int:

@@ -26,13 +26,18 @@ from db.models import (
 def review_backlog(session: Session) -> int:
     """Instances ``done`` whose current answer needs review and that carry no label yet
     (what a reviewer still has to look at); one query."""
-    return int(session.scalar(
-        select(func.count()).select_from(Instance).where(
-            Instance.status == InstanceStatus.done,
-            func.coalesce(awaiting_review(), false()),
-            ~labelled(),
+    return int(
+        session.scalar(
+            select(func.count())
+            .select_from(Instance)
+            .where(
+                Instance.status == InstanceStatus.done,
+                func.coalesce(awaiting_review(), false()),
+                ~labelled(),
+            )
         )
-    ) or 0)
+        or 0
+    )
 
 
 def held_for_delivery() -> Any:
@@ -45,8 +50,7 @@ def held_for_delivery() -> Any:
     return or_(
         select(OutboxMessage.id)
         .join(Prediction, Prediction.id == OutboxMessage.prediction_id)
-        .where(Prediction.instance_id == Instance.id,
-               OutboxMessage.status == OutboxStatus.pending)
+        .where(Prediction.instance_id == Instance.id, OutboxMessage.status == OutboxStatus.pending)
         .correlate(Instance)
         .exists(),
         instance_corrected(),
@@ -70,8 +74,13 @@ def _purgeable(*, spool_prefix: str, finished_before: datetime) -> list[Any]:
 
 
 def mark_files_purged(
-    session: Session, *, spool_prefix: str, finished_before: datetime, now: datetime,
-    after_id: int, limit: int,
+    session: Session,
+    *,
+    spool_prefix: str,
+    finished_before: datetime,
+    now: datetime,
+    after_id: int,
+    limit: int,
 ) -> list[tuple[int, str]]:
     """Mark the first ``limit`` purgeable instances (:func:`_purgeable`) with an id above
     ``after_id`` as purged at ``now`` and return (id, file_path) of each, in id order.
@@ -79,8 +88,10 @@ def mark_files_purged(
     that came meanwhile keeps its file; the caller deletes the files before it commits
     (rows locked meanwhile). A keyset walk: a run reads each instance once, not once per
     chunk."""
-    conditions = [Instance.id > after_id,
-                  *_purgeable(spool_prefix=spool_prefix, finished_before=finished_before)]
+    conditions = [
+        Instance.id > after_id,
+        *_purgeable(spool_prefix=spool_prefix, finished_before=finished_before),
+    ]
     chunk = select(Instance.id).where(*conditions).order_by(Instance.id).limit(limit)
     marked = session.execute(
         update(Instance)
@@ -96,7 +107,9 @@ def unmark_files_purged(session: Session, *, instance_ids: Sequence[int]) -> Non
     """Undo :func:`mark_files_purged` for files that could not be deleted."""
     if instance_ids:
         session.execute(
-            update(Instance).where(Instance.id.in_(instance_ids)).values(file_purged_at=None)
+            update(Instance)
+            .where(Instance.id.in_(instance_ids))
+            .values(file_purged_at=None)
             .execution_options(synchronize_session=False)
         )
 
@@ -104,13 +117,20 @@ def unmark_files_purged(session: Session, *, instance_ids: Sequence[int]) -> Non
 def _conflict_unused_file() -> Any:
     """The file of a UID conflict that the instance does not refer to: the new one kept
     out (keep_first), or the old one replaced (replace)."""
-    return case((UidConflict.action == UidConflictAction.kept_first,
-                 UidConflict.new_file_path), else_=UidConflict.known_file_path)
+    return case(
+        (UidConflict.action == UidConflictAction.kept_first, UidConflict.new_file_path),
+        else_=UidConflict.known_file_path,
+    )
 
 
 def mark_conflict_files_purged(
-    session: Session, *, spool_prefix: str, created_before: datetime, now: datetime,
-    after_id: int, limit: int,
+    session: Session,
+    *,
+    spool_prefix: str,
+    created_before: datetime,
+    now: datetime,
+    after_id: int,
+    limit: int,
 ) -> list[tuple[int, str]]:
     """Mark the first ``limit`` UID conflicts above ``after_id`` whose unused file
     (:func:`_conflict_unused_file`) lies under the spool, is named by no instance (the
@@ -140,8 +160,10 @@ def unmark_conflict_files_purged(session: Session, *, conflict_ids: Sequence[int
     """Undo :func:`mark_conflict_files_purged` for files that could not be deleted."""
     if conflict_ids:
         session.execute(
-            update(UidConflict).where(UidConflict.id.in_(conflict_ids))
-            .values(file_purged_at=None).execution_options(synchronize_session=False)
+            update(UidConflict)
+            .where(UidConflict.id.in_(conflict_ids))
+            .values(file_purged_at=None)
+            .execution_options(synchronize_session=False)
         )
 
 

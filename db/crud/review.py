@@ -50,22 +50,33 @@ class ReviewItem:
         return {**row, **flat(self.answer)}
 
 
-def _review_item(instance: Instance, prediction: Prediction | None,
-                 model_name: str | None) -> ReviewItem:
+def _review_item(
+    instance: Instance, prediction: Prediction | None, model_name: str | None
+) -> ReviewItem:
     answered: dict[str, Any] = {}
     if prediction is not None:
-        answered = {"prediction_id": prediction.id, "answer": answer_of(prediction),
-                    "model_version": model_name, "answered_at": prediction.created_at}
+        answered = {
+            "prediction_id": prediction.id,
+            "answer": answer_of(prediction),
+            "model_version": model_name,
+            "answered_at": prediction.created_at,
+        }
     return ReviewItem(
-        instance_id=instance.id, study_id=instance.study_id,
-        status=InstanceStatus(instance.status).value, modality=instance.modality,
-        header_view=instance.header_view_position, error_code=instance.error_code,
-        file_purged=instance.file_purged_at is not None, enqueued_at=instance.enqueued_at,
-        **answered)
+        instance_id=instance.id,
+        study_id=instance.study_id,
+        status=InstanceStatus(instance.status).value,
+        modality=instance.modality,
+        header_view=instance.header_view_position,
+        error_code=instance.error_code,
+        file_purged=instance.file_purged_at is not None,
+        enqueued_at=instance.enqueued_at,
+        **answered,
+    )
 
 
-def _answered_queue(session: Session, condition: Any, *, after: int,
-                    limit: int) -> list[tuple[Instance, Prediction, str]]:
+def _answered_queue(
+    session: Session, condition: Any, *, after: int, limit: int
+) -> list[tuple[Instance, Prediction, str]]:
     """Current, unlabelled answers meeting ``condition``, in instance order from ``after``.
 
     Walked in rounds, keyset on ``instance_id`` through the partial indexes on predictions
@@ -76,15 +87,19 @@ def _answered_queue(session: Session, condition: Any, *, after: int,
     picked: list[int] = []
     cursor = after
     batch = max(4 * limit, 32)
-    labelled = (select(GroundTruthLabel.id)
-                .where(GroundTruthLabel.instance_id == Prediction.instance_id)
-                .correlate(Prediction).exists())
+    labelled = (
+        select(GroundTruthLabel.id)
+        .where(GroundTruthLabel.instance_id == Prediction.instance_id)
+        .correlate(Prediction)
+        .exists()
+    )
     while len(picked) < limit:
         candidates = session.execute(
             select(Prediction.instance_id, Prediction.id)
             .where(condition, Prediction.instance_id > cursor, ~labelled)
             .order_by(Prediction.instance_id, Prediction.id)
-            .limit(batch)).all()
+            .limit(batch)
+        ).all()
         if not candidates:
             break
         full = len(candidates) == batch
@@ -93,9 +108,13 @@ def _answered_queue(session: Session, condition: Any, *, after: int,
             whole = [c for c in candidates if c[0] != last]
             candidates = whole or candidates
         cursor = candidates[-1][0]
-        current: dict[int, int | None] = dict(session.execute(
-            select(Instance.id, current_answer_id())
-            .where(Instance.id.in_({i for i, _ in candidates}))).all())
+        current: dict[int, int | None] = dict(
+            session.execute(
+                select(Instance.id, current_answer_id()).where(
+                    Instance.id.in_({i for i, _ in candidates})
+                )
+            ).all()
+        )
         picked += [p for i, p in candidates if current.get(i) == p]
         if not full:
             break
@@ -107,37 +126,51 @@ def _answered_queue(session: Session, condition: Any, *, after: int,
         .join(Prediction, Prediction.instance_id == Instance.id)
         .join(ModelVersion, ModelVersion.id == Prediction.model_version_id)
         .where(Prediction.id.in_(picked[:limit]))
-        .order_by(Instance.id))
+        .order_by(Instance.id)
+    )
     return [(i, p, n) for i, p, n in rows]
 
 
-def review_queue(session: Session, *, kind: str = "flagged", after: int = 0,
-                 limit: int = 50) -> list[ReviewItem]:
+def review_queue(
+    session: Session, *, kind: str = "flagged", after: int = 0, limit: int = 50
+) -> list[ReviewItem]:
     """Instances awaiting review (no label yet), oldest (lowest instance id) first, from
     instance id ``after`` on: ``kind`` one of :data:`REVIEW_FILTERS`."""
     if kind not in REVIEW_FILTERS:
         raise ValueError(f"unknown review filter {kind!r}; choose from {REVIEW_FILTERS}")
     if kind == "flagged":
         # "= true" / "= false", not IS: the form the partial indexes' predicates match.
-        rows = _answered_queue(session, Prediction.needs_review == true(), after=after,
-                               limit=limit)
+        rows = _answered_queue(session, Prediction.needs_review == true(), after=after, limit=limit)
     elif kind == "disagree":
-        rows = _answered_queue(session, Prediction.header_agrees == false(), after=after,
-                               limit=limit)
+        rows = _answered_queue(
+            session, Prediction.header_agrees == false(), after=after, limit=limit
+        )
     elif kind == "uid_conflict":
-        conflicted = (select(UidConflict.id)
-                      .where(UidConflict.instance_id == Prediction.instance_id)
-                      .correlate(Prediction).exists())
+        conflicted = (
+            select(UidConflict.id)
+            .where(UidConflict.instance_id == Prediction.instance_id)
+            .correlate(Prediction)
+            .exists()
+        )
         rows = _answered_queue(session, conflicted, after=after, limit=limit)
     else:
         unusual = _answered_queue(
-            session, and_(Prediction.needs_review == true(),
-                          Prediction.review_reason.contains("unusual_image", autoescape=True)),
-            after=after, limit=limit)
+            session,
+            and_(
+                Prediction.needs_review == true(),
+                Prediction.review_reason.contains("unusual_image", autoescape=True),
+            ),
+            after=after,
+            limit=limit,
+        )
         refused = (
             select(Instance)
-            .where(Instance.status == InstanceStatus.out_of_scope, Instance.id > after,
-                   Instance.study_id.is_not(None), ~labelled())
+            .where(
+                Instance.status == InstanceStatus.out_of_scope,
+                Instance.id > after,
+                Instance.study_id.is_not(None),
+                ~labelled(),
+            )
             .order_by(Instance.id)
             .limit(limit)
         )

@@ -29,8 +29,12 @@ def touch_study_arrivals(session: Session, *, study_ids: Iterable[int], at: date
     """Note that instances of these studies arrived ``at`` (their quiet period restarts)."""
     ids = sorted(set(study_ids))
     if ids:
-        session.execute(update(Study).where(Study.id.in_(ids)).values(last_arrival_at=at)
-                        .execution_options(synchronize_session=False))
+        session.execute(
+            update(Study)
+            .where(Study.id.in_(ids))
+            .values(last_arrival_at=at)
+            .execution_options(synchronize_session=False)
+        )
 
 
 def release_waiting(session: Session, *, arrived_before: datetime) -> list[int]:
@@ -40,8 +44,9 @@ def release_waiting(session: Session, *, arrived_before: datetime) -> list[int]:
     re-checks ``status = 'waiting'`` on a row another transaction changed meanwhile;
     SQLite runs one writer at a time)."""
     now = utcnow()
-    quiet = select(Study.id).where(Study.last_arrival_at.is_not(None),
-                                   Study.last_arrival_at < arrived_before)
+    quiet = select(Study.id).where(
+        Study.last_arrival_at.is_not(None), Study.last_arrival_at < arrived_before
+    )
     moved = session.execute(
         update(Instance)
         .where(Instance.status == InstanceStatus.waiting, Instance.study_id.in_(quiet))
@@ -55,8 +60,9 @@ def release_waiting(session: Session, *, arrived_before: datetime) -> list[int]:
 def count_waiting(session: Session) -> tuple[int, int]:
     """(instances waiting for their study's quiet period, studies they belong to)."""
     row = session.execute(
-        select(func.count(), func.count(func.distinct(Instance.study_id)))
-        .where(Instance.status == InstanceStatus.waiting)
+        select(func.count(), func.count(func.distinct(Instance.study_id))).where(
+            Instance.status == InstanceStatus.waiting
+        )
     ).one()
     return int(row[0]), int(row[1])
 
@@ -115,15 +121,26 @@ def finished_studies(
     """
     ids = set(study_ids)
     for chunk in chunked(instance_ids, ID_CHUNK):
-        ids.update(session.scalars(select(Instance.study_id).where(
-            Instance.id.in_(chunk), Instance.study_id.is_not(None)).distinct()))
+        ids.update(
+            session.scalars(
+                select(Instance.study_id)
+                .where(Instance.id.in_(chunk), Instance.study_id.is_not(None))
+                .distinct()
+            )
+        )
     if not ids:
         return {}
     ordered = sorted(ids)
-    session.execute(select(Study.id).where(Study.id.in_(ordered)).order_by(Study.id)
-                    .with_for_update())
-    busy = set(session.scalars(select(Instance.study_id).where(
-        Instance.study_id.in_(ordered), Instance.status.in_(UNFINISHED_STATUSES)).distinct()))
+    session.execute(
+        select(Study.id).where(Study.id.in_(ordered)).order_by(Study.id).with_for_update()
+    )
+    busy = set(
+        session.scalars(
+            select(Instance.study_id)
+            .where(Instance.study_id.in_(ordered), Instance.status.in_(UNFINISHED_STATUSES))
+            .distinct()
+        )
+    )
     complete = [i for i in ordered if i not in busy]
     if not complete:
         return {}
@@ -138,21 +155,31 @@ def finished_studies(
     details: dict[int, tuple[Any, ...]] = {}
     for chunk in chunked([a for *_, a in listed if a is not None], ID_CHUNK):
         for row in session.execute(
-            select(Prediction.id, Prediction.label, Prediction.needs_review,
-                   Prediction.header_agrees, ModelVersion.name)
+            select(
+                Prediction.id,
+                Prediction.label,
+                Prediction.needs_review,
+                Prediction.header_agrees,
+                ModelVersion.name,
+            )
             .join(ModelVersion, ModelVersion.id == Prediction.model_version_id)
             .where(Prediction.id.in_(chunk))
         ):
             details[row[0]] = tuple(row[1:])
     studies: dict[int, list[StudyInstance]] = {i: [] for i in complete}
     for study_id, instance_id, status, answer_id in listed:
-        label, needs_review, header_agrees, model_version = details.get(
-            answer_id, (None,) * 4)
-        studies[study_id].append(StudyInstance(
-            instance_id=instance_id, status=InstanceStatus(status), answer_id=answer_id,
-            label=None if label is None else OrientationLabel(label),
-            needs_review=needs_review, header_agrees=header_agrees,
-            model_version=model_version))
+        label, needs_review, header_agrees, model_version = details.get(answer_id, (None,) * 4)
+        studies[study_id].append(
+            StudyInstance(
+                instance_id=instance_id,
+                status=InstanceStatus(status),
+                answer_id=answer_id,
+                label=None if label is None else OrientationLabel(label),
+                needs_review=needs_review,
+                header_agrees=header_agrees,
+                model_version=model_version,
+            )
+        )
     return studies
 
 
@@ -165,20 +192,29 @@ def add_study_answers(session: Session, *, answers: Mapping[int, NewStudyAnswer]
     other = aliased(StudyAnswer)
     newest = {
         a.study_id: a
-        for a in session.scalars(select(StudyAnswer).where(
-            StudyAnswer.study_id.in_(list(answers)),
-            StudyAnswer.sequence == select(func.max(other.sequence)).where(
-                other.study_id == StudyAnswer.study_id).correlate(StudyAnswer).scalar_subquery(),
-        ))
+        for a in session.scalars(
+            select(StudyAnswer).where(
+                StudyAnswer.study_id.in_(list(answers)),
+                StudyAnswer.sequence
+                == select(func.max(other.sequence))
+                .where(other.study_id == StudyAnswer.study_id)
+                .correlate(StudyAnswer)
+                .scalar_subquery(),
+            )
+        )
     }
     fresh: list[StudyAnswer] = []
     for study_id, answer in answers.items():
         last = newest.get(study_id)
         if last is not None and last.fingerprint == answer.fingerprint:
             continue
-        fresh.append(StudyAnswer(study_id=study_id,
-                                 sequence=1 if last is None else last.sequence + 1,
-                                 **asdict(answer)))
+        fresh.append(
+            StudyAnswer(
+                study_id=study_id,
+                sequence=1 if last is None else last.sequence + 1,
+                **asdict(answer),
+            )
+        )
     try:
         with session.begin_nested():
             session.add_all(fresh)
@@ -240,12 +276,19 @@ def current_study_answers(
         query = query.where(Study.study_instance_uid == study_instance_uid)
     return [
         StudyAnswerRow(
-            study_instance_uid=uid, sequence=a.sequence, instance_count=a.instance_count,
-            frontal_count=a.frontal_count, lateral_count=a.lateral_count,
-            needs_review_count=a.needs_review_count, failed_count=a.failed_count,
-            out_of_scope_count=a.out_of_scope_count, header_agrees_count=a.header_agrees_count,
-            header_disagrees_count=a.header_disagrees_count, flags=a.flags,
-            model_versions=a.model_versions, answered_at=a.created_at,
+            study_instance_uid=uid,
+            sequence=a.sequence,
+            instance_count=a.instance_count,
+            frontal_count=a.frontal_count,
+            lateral_count=a.lateral_count,
+            needs_review_count=a.needs_review_count,
+            failed_count=a.failed_count,
+            out_of_scope_count=a.out_of_scope_count,
+            header_agrees_count=a.header_agrees_count,
+            header_disagrees_count=a.header_disagrees_count,
+            flags=a.flags,
+            model_versions=a.model_versions,
+            answered_at=a.created_at,
         )
         for a, uid in session.execute(query)
     ]
@@ -253,7 +296,11 @@ def current_study_answers(
 
 def study_answer_history(session: Session, *, study_instance_uid: str) -> list[StudyAnswer]:
     """Every answer row of a study, oldest first."""
-    return list(session.scalars(
-        select(StudyAnswer).join(Study, Study.id == StudyAnswer.study_id)
-        .where(Study.study_instance_uid == study_instance_uid)
-        .order_by(StudyAnswer.sequence)))
+    return list(
+        session.scalars(
+            select(StudyAnswer)
+            .join(Study, Study.id == StudyAnswer.study_id)
+            .where(Study.study_instance_uid == study_instance_uid)
+            .order_by(StudyAnswer.sequence)
+        )
+    )

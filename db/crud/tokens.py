@@ -43,14 +43,15 @@ def revoke_api_token(session: Session, *, name: str, now: datetime) -> bool:
     return bool(getattr(result, "rowcount", 0))
 
 
-def touch_api_token(session: Session, *, token_id: int, now: datetime,
-                    not_since: datetime) -> None:
+def touch_api_token(session: Session, *, token_id: int, now: datetime, not_since: datetime) -> None:
     """Record a use, at most once per interval (``last_used_at`` before ``not_since``), so
     that a busy sender does not turn every request into a write."""
     session.execute(
         update(ApiToken)
-        .where(ApiToken.id == token_id,
-               or_(ApiToken.last_used_at.is_(None), ApiToken.last_used_at < not_since))
+        .where(
+            ApiToken.id == token_id,
+            or_(ApiToken.last_used_at.is_(None), ApiToken.last_used_at < not_since),
+        )
         .values(last_used_at=now)
         # No in-Python evaluation against loaded rows (SQLite hands back naive datetimes).
         .execution_options(synchronize_session=False)

@@ -76,6 +76,7 @@ __all__ = [
     "utcnow",
 ]
 
+
 class InstanceStatus(enum.StrEnum):
     #: Received over the network, held until its study is quiet (``CXR_STUDY_QUIET_S``),
     #: then queued. Not a message in the broker: the release sweep sends it.
@@ -137,8 +138,10 @@ class Study(Base):
 
 class Instance(Base):
     __tablename__ = "instances"
-    __table_args__ = (Index("ix_instances_status_updated", "status", "updated_at"),
-                      Index("ix_instances_status_lease", "status", "lease_expires_at"))
+    __table_args__ = (
+        Index("ix_instances_status_updated", "status", "updated_at"),
+        Index("ix_instances_status_lease", "status", "lease_expires_at"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     #: NULL only for files refused before their header could be read (not DICOM...).
@@ -220,11 +223,18 @@ class Prediction(Base):
     #: instance (= arrival) order without reading the unflagged majority.
     __table_args__ = (
         UniqueConstraint("instance_id", "model_version_id", "file_sha256"),
-        Index("ix_predictions_review_queue", "instance_id",
-              postgresql_where=text("needs_review"), sqlite_where=text("needs_review")),
-        Index("ix_predictions_header_disagrees", "instance_id",
-              postgresql_where=text("header_agrees = false"),
-              sqlite_where=text("header_agrees = 0")),
+        Index(
+            "ix_predictions_review_queue",
+            "instance_id",
+            postgresql_where=text("needs_review"),
+            sqlite_where=text("needs_review"),
+        ),
+        Index(
+            "ix_predictions_header_disagrees",
+            "instance_id",
+            postgresql_where=text("header_agrees = false"),
+            sqlite_where=text("header_agrees = 0"),
+        ),
         Index("ix_predictions_created_at", "created_at"),
     )
 
@@ -357,9 +367,7 @@ class UidConflict(Base):
     known_file_sha256: Mapped[str] = mapped_column(String(64))
     known_file_size: Mapped[int] = mapped_column(BigInteger)
     #: The instance's status then (``processing``: an answer in flight on the old bytes).
-    known_status: Mapped[InstanceStatus] = mapped_column(
-        _enum(InstanceStatus, "instance_status")
-    )
+    known_status: Mapped[InstanceStatus] = mapped_column(_enum(InstanceStatus, "instance_status"))
     new_file_path: Mapped[str] = mapped_column(Text)
     new_file_sha256: Mapped[str] = mapped_column(String(64))
     new_file_size: Mapped[int] = mapped_column(BigInteger)
@@ -388,9 +396,7 @@ class StudyAnswer(Base):
     __table_args__ = (UniqueConstraint("study_id", "sequence"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    study_id: Mapped[int] = mapped_column(
-        ForeignKey("studies.id", ondelete="RESTRICT"), index=True
-    )
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id", ondelete="RESTRICT"), index=True)
     #: 1 for a study's first answer, then 2, 3... (the unique pair keeps concurrent
     #: writers from adding the same answer twice).
     sequence: Mapped[int] = mapped_column(Integer)
@@ -414,6 +420,8 @@ class StudyAnswer(Base):
     #: The model versions behind the answers counted, comma-separated names.
     model_versions: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class ApiToken(Base):
     """A bearer token for machines (STOW-RS senders): only its SHA-256 is stored.
 
@@ -487,8 +495,9 @@ class LoginFailure(Base):
     address within CXR_LOGIN_WINDOW_S); rows older than the window are deleted."""
 
     __tablename__ = "login_failures"
-    __table_args__ = (Index("ix_login_failures_username_address", "username", "address",
-                            "created_at"),)
+    __table_args__ = (
+        Index("ix_login_failures_username_address", "username", "address", "created_at"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     #: As typed (lower-cased, cut to 64): an unknown name is limited like a known one.
@@ -524,8 +533,7 @@ class AcceptanceItem(Base):
     plan_id: Mapped[int] = mapped_column(ForeignKey("acceptance_plans.id", ondelete="RESTRICT"))
     instance_id: Mapped[int] = mapped_column(ForeignKey("instances.id", ondelete="RESTRICT"))
     #: The answer sampled (the instance's current one when the plan was drawn).
-    prediction_id: Mapped[int] = mapped_column(
-        ForeignKey("predictions.id", ondelete="RESTRICT"))
+    prediction_id: Mapped[int] = mapped_column(ForeignKey("predictions.id", ondelete="RESTRICT"))
     #: Drawn in the simple random core sample (per-class figures), not only as a top-up
     #: of a stratum.
     core: Mapped[bool] = mapped_column(Boolean)

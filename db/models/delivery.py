@@ -21,8 +21,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from db.models.base import UID, Base, enum_column, utcnow
 
-__all__ = ["Correction", "CorrectionAction", "OutboxDestination", "OutboxMessage",
-           "OutboxStatus"]
+__all__ = ["Correction", "CorrectionAction", "OutboxDestination", "OutboxMessage", "OutboxStatus"]
 
 
 class OutboxStatus(enum.StrEnum):
@@ -45,16 +44,17 @@ class OutboxMessage(Base):
     __table_args__ = (
         UniqueConstraint("prediction_id", "destination"),
         UniqueConstraint("correction_id", "destination"),
-        CheckConstraint("(prediction_id IS NULL) != (correction_id IS NULL)",
-                        name="one_source"),
+        CheckConstraint("(prediction_id IS NULL) != (correction_id IS NULL)", name="one_source"),
         Index("ix_outbox_status_next_attempt_at", "status", "next_attempt_at"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     prediction_id: Mapped[int | None] = mapped_column(
-        ForeignKey("predictions.id", ondelete="RESTRICT"))
+        ForeignKey("predictions.id", ondelete="RESTRICT")
+    )
     correction_id: Mapped[int | None] = mapped_column(
-        ForeignKey("corrections.id", ondelete="RESTRICT"), index=True)
+        ForeignKey("corrections.id", ondelete="RESTRICT"), index=True
+    )
     #: The destination's canonical URL (``dicom://AET@host:port``, ``dicomweb+http://...``).
     destination: Mapped[str] = mapped_column(String(512))
     #: Fixed when the row is made: every (re-)send is the same object, stored once.
@@ -62,7 +62,8 @@ class OutboxMessage(Base):
     #: UID (a reversal: its rejection note's).
     sr_sop_instance_uid: Mapped[str] = mapped_column(UID)
     status: Mapped[OutboxStatus] = mapped_column(
-        enum_column(OutboxStatus, "outbox_status"), default=OutboxStatus.pending)
+        enum_column(OutboxStatus, "outbox_status"), default=OutboxStatus.pending
+    )
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     last_error: Mapped[str | None] = mapped_column(Text)
     next_attempt_at: Mapped[datetime] = mapped_column(default=utcnow)
@@ -88,15 +89,17 @@ class Correction(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     action: Mapped[CorrectionAction] = mapped_column(
-        enum_column(CorrectionAction, "correction_action"))
+        enum_column(CorrectionAction, "correction_action")
+    )
     instance_id: Mapped[int] = mapped_column(
-        ForeignKey("instances.id", ondelete="RESTRICT"), index=True)
+        ForeignKey("instances.id", ondelete="RESTRICT"), index=True
+    )
     #: The answer that found the fault (a reversal: the corrected answer's).
-    prediction_id: Mapped[int] = mapped_column(
-        ForeignKey("predictions.id", ondelete="RESTRICT"))
+    prediction_id: Mapped[int] = mapped_column(ForeignKey("predictions.id", ondelete="RESTRICT"))
     #: The correction a reversal undoes (NULL for a correction).
     reverses_id: Mapped[int | None] = mapped_column(
-        ForeignKey("corrections.id", ondelete="RESTRICT"), unique=True)
+        ForeignKey("corrections.id", ondelete="RESTRICT"), unique=True
+    )
     #: What was wrong, comma-separated: ``turned``, ``mirrored``, ``header_view``,
     #: ``header_projection``.
     faults: Mapped[str] = mapped_column(String(128))

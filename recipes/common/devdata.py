@@ -18,8 +18,17 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["CHECKOUT", "COVID_CXR", "DEVDATA", "DEV_DATA", "FIGURES", "NONCHEST", "NPZ",
-           "SHIPPED", "SPLIT"]
+__all__ = [
+    "CHECKOUT",
+    "COVID_CXR",
+    "DEVDATA",
+    "DEV_DATA",
+    "FIGURES",
+    "NONCHEST",
+    "NPZ",
+    "SHIPPED",
+    "SPLIT",
+]
 
 #: The checkout the recipes run from (``python -m recipes.<name>`` at its root).
 CHECKOUT = Path(__file__).resolve().parents[2]

@@ -12,8 +12,7 @@ from cxr_orient.layers import STORED_AS
 from training.augment import augment_image
 from training.data import LabelledImages
 
-__all__ = ["augmented_copies", "features", "predict_batches", "rgb", "store_as",
-           "subset_files"]
+__all__ = ["augmented_copies", "features", "predict_batches", "rgb", "store_as", "subset_files"]
 
 
 def subset_files(data: LabelledImages, files: Sequence[str]) -> LabelledImages:
@@ -32,8 +31,9 @@ def augmented_copies(images: np.ndarray, copies: int, seed: int) -> np.ndarray:
     """Each image as stored plus ``copies - 1`` augmented versions (all augmentations
     the view model trains with; the invariant outputs ignore the turns anyway)."""
     rng = np.random.default_rng(seed)
-    out = [images] + [np.stack([augment_image(img, rng) for img in images])
-                      for _ in range(copies - 1)]
+    out = [images] + [
+        np.stack([augment_image(img, rng) for img in images]) for _ in range(copies - 1)
+    ]
     return np.concatenate(out)
 
 
@@ -44,18 +44,24 @@ def rgb(batch: np.ndarray) -> np.ndarray:
 
 def predict_batches(model: keras.Model, images: np.ndarray, batch: int = 64) -> np.ndarray:
     """A one-output model over ``images``, ``batch`` at a time, as float64."""
-    return np.concatenate([np.asarray(keras.ops.convert_to_numpy(
-        model.predict_on_batch(rgb(images[i:i + batch]))), dtype=np.float64)
-        for i in range(0, len(images), batch)])
+    return np.concatenate(
+        [
+            np.asarray(
+                keras.ops.convert_to_numpy(model.predict_on_batch(rgb(images[i : i + batch]))),
+                dtype=np.float64,
+            )
+            for i in range(0, len(images), batch)
+        ]
+    )
 
 
-def features(extractor: keras.Model, images: np.ndarray, batch: int = 64
-             ) -> dict[str, np.ndarray]:
+def features(extractor: keras.Model, images: np.ndarray, batch: int = 64) -> dict[str, np.ndarray]:
     """A model with named outputs over ``images``, ``batch`` at a time: name -> float64."""
     parts: dict[str, list[np.ndarray]] = {}
     for i in range(0, len(images), batch):
-        out = extractor.predict_on_batch(rgb(images[i:i + batch]).astype(np.float32))
+        out = extractor.predict_on_batch(rgb(images[i : i + batch]).astype(np.float32))
         for k, v in out.items():
-            parts.setdefault(k, []).append(np.asarray(keras.ops.convert_to_numpy(v),
-                                                      dtype=np.float64))
+            parts.setdefault(k, []).append(
+                np.asarray(keras.ops.convert_to_numpy(v), dtype=np.float64)
+            )
     return {k: np.concatenate(v) for k, v in parts.items()}

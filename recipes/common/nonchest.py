@@ -76,12 +76,27 @@ def pydicom_test_images(size: int = MODEL_INPUT_SIZE) -> dict[str, np.ndarray]:
     return out
 
 
-def documents(count: int = 12, *, size: int = MODEL_INPUT_SIZE, seed: int = 0
-              ) -> dict[str, np.ndarray]:
+def documents(
+    count: int = 12, *, size: int = MODEL_INPUT_SIZE, seed: int = 0
+) -> dict[str, np.ndarray]:
     """Rendered pages: text lines, a form with boxes, a table; some scanned-looking."""
     rng = np.random.default_rng(seed)
-    words = ("patient", "request", "chest", "x-ray", "clinical", "history", "cough",
-             "referral", "date", "signature", "department", "radiology", "report", "ward")
+    words = (
+        "patient",
+        "request",
+        "chest",
+        "x-ray",
+        "clinical",
+        "history",
+        "cough",
+        "referral",
+        "date",
+        "signature",
+        "department",
+        "radiology",
+        "report",
+        "ward",
+    )
     out = {}
     for n in range(count):
         page = Image.new("L", (850, 1100), 250)
@@ -111,9 +126,11 @@ def patterns(*, size: int = MODEL_INPUT_SIZE, seed: int = 0) -> dict[str, np.nda
     """Noise, flat fields, gradients, stripes and grids."""
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
-    smooth = np.asarray(Image.fromarray(
-        rng.integers(0, 256, (16, 16), dtype=np.uint8)).resize((size, size),
-                                                                 Image.Resampling.BICUBIC))
+    smooth = np.asarray(
+        Image.fromarray(rng.integers(0, 256, (16, 16), dtype=np.uint8)).resize(
+            (size, size), Image.Resampling.BICUBIC
+        )
+    )
     raw: dict[str, np.ndarray] = {
         "uniform_noise": rng.uniform(0, 255, (size, size)),
         "gaussian_noise": rng.normal(128, 40, (size, size)),
@@ -127,8 +144,9 @@ def patterns(*, size: int = MODEL_INPUT_SIZE, seed: int = 0) -> dict[str, np.nda
         "checkerboard": ((np.floor(xx * 8) + np.floor(yy * 8)) % 2) * 255.0,
         "disc": (np.hypot(xx - 0.5, yy - 0.5) < 0.35) * 200.0 + rng.normal(0, 5, (size, size)),
     }
-    return {f"pattern:{k}": normalise_to_uint8(np.asarray(v, dtype=np.float32))
-            for k, v in raw.items()}
+    return {
+        f"pattern:{k}": normalise_to_uint8(np.asarray(v, dtype=np.float32)) for k, v in raw.items()
+    }
 
 
 def non_chest_images(size: int = MODEL_INPUT_SIZE) -> dict[str, np.ndarray]:

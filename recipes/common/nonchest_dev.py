@@ -68,8 +68,9 @@ def _dicom_files() -> Iterator[tuple[str, np.ndarray]]:
     try:
         import pynetdicom
 
-        candidates += sorted((Path(pynetdicom.__file__).parent / "tests" / "dicom_files"
-                              ).glob("*.dcm"))
+        candidates += sorted(
+            (Path(pynetdicom.__file__).parent / "tests" / "dicom_files").glob("*.dcm")
+        )
     except ImportError:
         pass
     candidates += sorted(Path("/usr/share/doc/dicom3tools/examples").glob("*.dcm"))
@@ -110,8 +111,18 @@ def _picture_files() -> Iterator[tuple[str, np.ndarray]]:
         folders.append(("mpl", Path(matplotlib.get_data_path()) / "sample_data"))
     except ImportError:
         pass
-    science = {"phantom", "retina", "microaneurysms", "cell", "ihc", "moon", "coins",
-               "hubble_deep_field", "page", "text"}
+    science = {
+        "phantom",
+        "retina",
+        "microaneurysms",
+        "cell",
+        "ihc",
+        "moon",
+        "coins",
+        "hubble_deep_field",
+        "page",
+        "text",
+    }
     for prefix, folder in folders:
         for path in sorted([*folder.glob("*.png"), *folder.glob("*.jpg")]):
             try:
@@ -131,14 +142,14 @@ def _picture_files() -> Iterator[tuple[str, np.ndarray]]:
 
 
 def _thumb(image: np.ndarray) -> np.ndarray:
-    t = np.asarray(Image.fromarray(image).resize((24, 24), Image.Resampling.BOX),
-                   dtype=np.float64).ravel()
+    t = np.asarray(
+        Image.fromarray(image).resize((24, 24), Image.Resampling.BOX), dtype=np.float64
+    ).ravel()
     t -= t.mean()
     return t / (np.linalg.norm(t) + 1e-9)
 
 
-def _near_duplicate(image: np.ndarray, references: list[np.ndarray],
-                    limit: float = 0.9) -> bool:
+def _near_duplicate(image: np.ndarray, references: list[np.ndarray], limit: float = 0.9) -> bool:
     """Whether any dihedral pose of ``image`` correlates above ``limit`` with a reference
     thumbnail (or its inversion: the correlation's absolute value)."""
     if not references:
@@ -150,8 +161,9 @@ def _near_duplicate(image: np.ndarray, references: list[np.ndarray],
     return False
 
 
-def package_images(exclude: dict[str, np.ndarray] | None = None,
-                   size: int = MODEL_INPUT_SIZE) -> dict[str, np.ndarray]:
+def package_images(
+    exclude: dict[str, np.ndarray] | None = None, size: int = MODEL_INPUT_SIZE
+) -> dict[str, np.ndarray]:
     """The DICOM files and sample pictures of installed packages, as model input,
     without anything that (nearly) repeats an image of ``exclude`` or one already kept."""
     references = [_thumb(v) for v in (exclude or {}).values()]
@@ -176,12 +188,13 @@ def _one_over_f(rng: np.random.Generator, size: int, exponent: float) -> np.ndar
     fx = np.fft.fftfreq(size)[None, :]
     radius = np.hypot(fx, fy)
     radius[0, 0] = 1.0
-    spectrum = (rng.normal(size=(size, size)) + 1j * rng.normal(size=(size, size)))
-    return np.real(np.fft.ifft2(spectrum / radius ** exponent))
+    spectrum = rng.normal(size=(size, size)) + 1j * rng.normal(size=(size, size))
+    return np.real(np.fft.ifft2(spectrum / radius**exponent))
 
 
-def synthetic_images(count: int = 4, *, size: int = MODEL_INPUT_SIZE, seed: int = 12345
-                     ) -> dict[str, np.ndarray]:
+def synthetic_images(
+    count: int = 4, *, size: int = MODEL_INPUT_SIZE, seed: int = 12345
+) -> dict[str, np.ndarray]:
     """``count`` images of each of ten generators (none of them
     :func:`recipes.common.nonchest.patterns` or :func:`recipes.common.nonchest.documents`)."""
     rng = np.random.default_rng(seed)
@@ -208,7 +221,8 @@ def synthetic_images(count: int = 4, *, size: int = MODEL_INPUT_SIZE, seed: int 
             text = "".join(rng.choice(list("ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 "), 12))
             draw.text((20, 30 + row * 90), text, fill=0, font_size=int(rng.integers(40, 70)))
         out[f"synthetic:large_print:{n}"] = np.asarray(
-            page.filter(ImageFilter.GaussianBlur(float(rng.uniform(0, 2)))), np.float32)
+            page.filter(ImageFilter.GaussianBlur(float(rng.uniform(0, 2)))), np.float32
+        )
 
         bars = rng.integers(0, 2, int(rng.integers(30, 80))).astype(np.float32)
         code = np.repeat(bars, canvas // len(bars) + 1)[:canvas]
@@ -219,16 +233,19 @@ def synthetic_images(count: int = 4, *, size: int = MODEL_INPUT_SIZE, seed: int 
         out[f"synthetic:colour_bars:{n}"] = np.tile(band, (canvas, 1)).astype(np.float32)
 
         out[f"synthetic:one_over_f:{n}"] = _one_over_f(rng, canvas, 1.0 + 0.5 * n).astype(
-            np.float32)
+            np.float32
+        )
 
         angle = rng.uniform(0, np.pi)
         freq = rng.uniform(4, 60)
         out[f"synthetic:grating:{n}"] = np.sin(
-            2 * np.pi * freq * (xx * np.cos(angle) + yy * np.sin(angle))).astype(np.float32)
+            2 * np.pi * freq * (xx * np.cos(angle) + yy * np.sin(angle))
+        ).astype(np.float32)
 
         cx, cy = rng.uniform(0.2, 0.8, 2)
         out[f"synthetic:rings:{n}"] = np.cos(
-            np.hypot(xx - cx, yy - cy) * rng.uniform(20, 120)).astype(np.float32)
+            np.hypot(xx - cx, yy - cy) * rng.uniform(20, 120)
+        ).astype(np.float32)
 
         page = Image.new("L", (canvas, canvas), 0)
         draw = ImageDraw.Draw(page)
@@ -245,12 +262,14 @@ def synthetic_images(count: int = 4, *, size: int = MODEL_INPUT_SIZE, seed: int 
         base = rng.uniform(0, 255)
         vignette = base - rng.uniform(50, 200) * np.hypot(xx - 0.5, yy - 0.5)
         out[f"synthetic:vignette_noise:{n}"] = (
-            vignette + rng.normal(0, rng.uniform(1, 30), vignette.shape)).astype(np.float32)
+            vignette + rng.normal(0, rng.uniform(1, 30), vignette.shape)
+        ).astype(np.float32)
     return {k: _model_input(v, size) for k, v in out.items()}
 
 
-def development_images(exclude: dict[str, np.ndarray] | None = None,
-                       size: int = MODEL_INPUT_SIZE) -> dict[str, np.ndarray]:
+def development_images(
+    exclude: dict[str, np.ndarray] | None = None, size: int = MODEL_INPUT_SIZE
+) -> dict[str, np.ndarray]:
     """:func:`package_images` (without ``exclude``'s images) and :func:`synthetic_images`."""
     return {**package_images(exclude, size), **synthetic_images(size=size)}
 

@@ -80,9 +80,16 @@ class Release:
     #: The recipe's own description (its ``--help``).
     doc: str
 
+
 #: Licences under which an image may appear in a committed figure.
-_SHOWABLE_LICENCES = ("CC BY", "CC BY 3.0", "CC BY 4.0", "CC BY-NC-SA", "CC BY-NC-SA 4.0",
-                      "CC BY-SA")
+_SHOWABLE_LICENCES = (
+    "CC BY",
+    "CC BY 3.0",
+    "CC BY 4.0",
+    "CC BY-NC-SA",
+    "CC BY-NC-SA 4.0",
+    "CC BY-SA",
+)
 
 
 def _licences(manifest: Path | None) -> dict[str, tuple[str, str]]:
@@ -90,8 +97,10 @@ def _licences(manifest: Path | None) -> dict[str, tuple[str, str]]:
     if manifest is None or not manifest.is_file():
         return {}
     with open(manifest, newline="", encoding="utf-8") as fh:
-        return {row["file"]: (row.get("license", "").strip(), row.get("url", "").strip())
-                for row in csv.DictReader(fh)}
+        return {
+            row["file"]: (row.get("license", "").strip(), row.get("url", "").strip())
+            for row in csv.DictReader(fh)
+        }
 
 
 def ship(
@@ -119,16 +128,27 @@ def ship(
     split = grouped_stratified_split(data.labels, data.patients, seed=split_seed)
     licences = _licences(manifest)
     test_files = [data.files[i] for i in split.test]
-    grid_mask = np.asarray([licences.get(f, ("", ""))[0] in _SHOWABLE_LICENCES
-                            for f in test_files])
+    grid_mask = np.asarray([licences.get(f, ("", ""))[0] in _SHOWABLE_LICENCES for f in test_files])
     started = time.monotonic()
     run = train_and_evaluate(
-        data, split, name=release.name, out_dir=out_dir, report_dir=report_dir,
-        architecture=architecture, epochs=epochs, seed=seed, batch_size=batch_size,
-        grid_mask=grid_mask, verbose=verbose, min_epochs=min_epochs,
-        test_time_augmentation=test_time_augmentation, workers=workers,
-        time_budget_s=time_budget_s, teacher_paths=teacher_paths,
-        distill_weight=distill_weight, imagenet_weights_dir=imagenet_weights_dir,
+        data,
+        split,
+        name=release.name,
+        out_dir=out_dir,
+        report_dir=report_dir,
+        architecture=architecture,
+        epochs=epochs,
+        seed=seed,
+        batch_size=batch_size,
+        grid_mask=grid_mask,
+        verbose=verbose,
+        min_epochs=min_epochs,
+        test_time_augmentation=test_time_augmentation,
+        workers=workers,
+        time_budget_s=time_budget_s,
+        teacher_paths=teacher_paths,
+        distill_weight=distill_weight,
+        imagenet_weights_dir=imagenet_weights_dir,
         extra_training={
             "data": "covid-cxr (ieee8023/covid-chestxray-dataset, June 2020 snapshot)",
             "backend": keras.backend.backend(),
@@ -140,31 +160,43 @@ def ship(
         },
     )
     elapsed = time.monotonic() - started
-    write_json(out_dir / "split.json", {
-        "seed": split_seed,
-        "fractions": [0.7, 0.15, 0.15],
-        "stratified_by": "patient has any lateral image",
-        "patients": split.as_patients(data.patients),
-        "files": {k: sorted(data.files[i] for i in getattr(split, k))
-                  for k in ("train", "val", "test")},
-    })
+    write_json(
+        out_dir / "split.json",
+        {
+            "seed": split_seed,
+            "fractions": [0.7, 0.15, 0.15],
+            "stratified_by": "patient has any lateral image",
+            "patients": split.as_patients(data.patients),
+            "files": {
+                k: sorted(data.files[i] for i in getattr(split, k))
+                for k in ("train", "val", "test")
+            },
+        },
+    )
     shown = [f for f, keep in zip(test_files, grid_mask, strict=True) if keep]
-    write_json(report_dir / "model_card_figures.json", {
-        "model": release.name,
-        "architecture": architecture,
-        "params": int(sum(int(np.prod(w.shape)) for w in
-                          keras.saving.load_model(run.checkpoint, compile=False).weights)),
-        "sha256": run.card.sha256,
-        "temperature": run.card.temperature,
-        "review_threshold": run.card.review_threshold,
-        "training": run.card.training,
-        "train_and_evaluate_seconds": round(elapsed, 1),
-        "test_time_augmentation": test_time_augmentation,
-        "validation_16_views": run.card.metrics.get("validation_16_views", {}),
-        "held_out_test": summarise(run.test_metrics),
-        "robustness": {k: summarise(v) for k, v in run.robustness.items()},
-        "prediction_grid_sources": {f: licences.get(f, ("", "")) for f in shown},
-    })
+    write_json(
+        report_dir / "model_card_figures.json",
+        {
+            "model": release.name,
+            "architecture": architecture,
+            "params": int(
+                sum(
+                    int(np.prod(w.shape))
+                    for w in keras.saving.load_model(run.checkpoint, compile=False).weights
+                )
+            ),
+            "sha256": run.card.sha256,
+            "temperature": run.card.temperature,
+            "review_threshold": run.card.review_threshold,
+            "training": run.card.training,
+            "train_and_evaluate_seconds": round(elapsed, 1),
+            "test_time_augmentation": test_time_augmentation,
+            "validation_16_views": run.card.metrics.get("validation_16_views", {}),
+            "held_out_test": summarise(run.test_metrics),
+            "robustness": {k: summarise(v) for k, v in run.robustness.items()},
+            "prediction_grid_sources": {f: licences.get(f, ("", "")) for f in shown},
+        },
+    )
     logger.info("shipped %s: %s", release.name, run.checkpoint)
 
 
@@ -180,8 +212,14 @@ def _device() -> str:
 
 
 def _train_all(
-    candidates: Sequence[tuple[str, int]], *, module: str, base_args: list[str],
-    work_dir: Path, jobs: int, prefix: str = "", extra_args: Sequence[str] = (),
+    candidates: Sequence[tuple[str, int]],
+    *,
+    module: str,
+    base_args: list[str],
+    work_dir: Path,
+    jobs: int,
+    prefix: str = "",
+    extra_args: Sequence[str] = (),
 ) -> tuple[dict[str, Path], list[str]]:
     """Train each ``(architecture, seed)`` in its own ``python -m MODULE`` process,
     ``jobs`` at a time; returns each candidate's folder and the keys of those that failed."""
@@ -196,13 +234,24 @@ def _train_all(
             key = f"{prefix}{arch}-{seed}"
             cdir = work_dir / key
             cdir.mkdir(parents=True, exist_ok=True)
-            cmd = [sys.executable, "-m", module, *base_args, "--architecture", arch,
-                   "--seed", str(seed), "--out", str(cdir), "--report", str(cdir / "report"),
-                   *extra_args]
+            cmd = [
+                sys.executable,
+                "-m",
+                module,
+                *base_args,
+                "--architecture",
+                arch,
+                "--seed",
+                str(seed),
+                "--out",
+                str(cdir),
+                "--report",
+                str(cdir / "report"),
+                *extra_args,
+            ]
             log = open(cdir / "train.log", "wb")  # noqa: SIM115 - closed when it ends
             logger.info("candidate %s: %s", key, shlex.join(cmd))
-            running.append((key, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT),
-                            log))
+            running.append((key, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), log))
             dirs[key] = cdir
         time.sleep(1.0)
         for item in list(running):
@@ -212,17 +261,28 @@ def _train_all(
                 running.remove(item)
                 if proc.returncode != 0:
                     failed.append(key)
-                    logger.error("candidate %s failed (exit %d), see %s", key,
-                                 proc.returncode, dirs[key] / "train.log")
+                    logger.error(
+                        "candidate %s failed (exit %d), see %s",
+                        key,
+                        proc.returncode,
+                        dirs[key] / "train.log",
+                    )
                 else:
                     logger.info("candidate %s done", key)
     return dirs, failed
 
 
 def ship_candidates(
-    release: Release, candidates: list[tuple[str, int]], *, base_args: list[str],
-    out_dir: Path, report_dir: Path, work_dir: Path, jobs: int,
-    students: Sequence[tuple[str, int]] = (), distill_weight: float = 0.5,
+    release: Release,
+    candidates: list[tuple[str, int]],
+    *,
+    base_args: list[str],
+    out_dir: Path,
+    report_dir: Path,
+    work_dir: Path,
+    jobs: int,
+    students: Sequence[tuple[str, int]] = (),
+    distill_weight: float = 0.5,
 ) -> dict[str, Any]:
     """Train each ``(architecture, seed)`` in its own ``python -m MODULE`` process
     (``jobs`` at a time), then each of ``students`` distilled from all of them that
@@ -230,15 +290,21 @@ def ship_candidates(
     chosen checkpoint, card, split and report into ``out_dir`` / ``report_dir``."""
     started = time.monotonic()
     name = release.name
-    dirs, failed = _train_all(candidates, module=release.module, base_args=base_args,
-                              work_dir=work_dir, jobs=jobs)
+    dirs, failed = _train_all(
+        candidates, module=release.module, base_args=base_args, work_dir=work_dir, jobs=jobs
+    )
     teachers = [dirs[k] / f"{name}.keras" for k in dirs if k not in failed]
     if students and teachers:
         teacher_args = [a for t in teachers for a in ("--teacher", str(t))]
         more, more_failed = _train_all(
-            students, module=release.module, base_args=base_args, work_dir=work_dir,
-            jobs=jobs, prefix="distilled-",
-            extra_args=[*teacher_args, "--distill-weight", str(distill_weight)])
+            students,
+            module=release.module,
+            base_args=base_args,
+            work_dir=work_dir,
+            jobs=jobs,
+            prefix="distilled-",
+            extra_args=[*teacher_args, "--distill-weight", str(distill_weight)],
+        )
         dirs.update(more)
         failed.extend(more_failed)
     scores: dict[str, dict[str, Any]] = {}
@@ -261,9 +327,11 @@ def ship_candidates(
     chosen = max(scores, key=lambda k: selection_key(scores[k]["validation_16_views"]))
     selection = {
         "rule": "validation patients, all 16 dihedral x inversion views: highest mean lateral "
-                "recall, then highest mean balanced accuracy (both at p >= 0.5), then lowest "
-                "mean NLL after the candidate's own temperature scaling",
-        "chosen": chosen, "candidates": scores, "failed": failed,
+        "recall, then highest mean balanced accuracy (both at p >= 0.5), then lowest "
+        "mean NLL after the candidate's own temperature scaling",
+        "chosen": chosen,
+        "candidates": scores,
+        "failed": failed,
         "wall_seconds": round(time.monotonic() - started, 1),
         "command": shlex.join(["python", "-m", release.module, *sys.argv[1:]]),
         "device": _device(),
@@ -275,8 +343,7 @@ def ship_candidates(
         shutil.copy2(src / file, out_dir / file)
     card_doc = json.loads((src / f"{name}.json").read_text(encoding="utf-8"))
     card_doc["training"]["selection"] = selection
-    (out_dir / f"{name}.json").write_text(json.dumps(card_doc, indent=2) + "\n",
-                                          encoding="utf-8")
+    (out_dir / f"{name}.json").write_text(json.dumps(card_doc, indent=2) + "\n", encoding="utf-8")
     if report_dir.exists():
         shutil.rmtree(report_dir)
     shutil.copytree(src / "report", report_dir)
@@ -288,8 +355,14 @@ def ship_candidates(
 
 
 def finalize(
-    data: LabelledImages, release: Release, *, out_dir: Path, report_dir: Path,
-    test_time_augmentation: str, manifest: Path | None, seed: int,
+    data: LabelledImages,
+    release: Release,
+    *,
+    out_dir: Path,
+    report_dir: Path,
+    test_time_augmentation: str,
+    manifest: Path | None,
+    seed: int,
 ) -> None:
     """Set the test-time augmentation of a trained checkpoint, refit its calibration on the
     validation patients, re-evaluate the test patients, and rewrite card and report.
@@ -321,21 +394,28 @@ def finalize(
     metrics_doc["robustness"] = {k: v for k, v in variants.items() if k != "original"}
     write_json(report_dir / "metrics.json", metrics_doc)
     figures = json.loads((report_dir / "model_card_figures.json").read_text(encoding="utf-8"))
-    figures.update({
-        "sha256": card.sha256, "temperature": card.temperature,
-        "review_threshold": card.review_threshold,
-        "test_time_augmentation": test_time_augmentation,
-        "held_out_test": summarise(variants["original"]),
-        "robustness": {k: summarise(v) for k, v in variants.items()},
-    })
+    figures.update(
+        {
+            "sha256": card.sha256,
+            "temperature": card.temperature,
+            "review_threshold": card.review_threshold,
+            "test_time_augmentation": test_time_augmentation,
+            "held_out_test": summarise(variants["original"]),
+            "robustness": {k: summarise(v) for k, v in variants.items()},
+        }
+    )
     write_json(report_dir / "model_card_figures.json", figures)
-    write_json(report_dir / "summary.json", {
-        "held_out_test": summarise(variants["original"]),
-        "robustness": {k: summarise(v) for k, v in variants.items()},
-        "training": card.training, "temperature": card.temperature,
-        "review_threshold": card.review_threshold,
-        "test_time_augmentation": test_time_augmentation,
-    })
+    write_json(
+        report_dir / "summary.json",
+        {
+            "held_out_test": summarise(variants["original"]),
+            "robustness": {k: summarise(v) for k, v in variants.items()},
+            "training": card.training,
+            "temperature": card.temperature,
+            "review_threshold": card.review_threshold,
+            "test_time_augmentation": test_time_augmentation,
+        },
+    )
     replot(data, report_dir, manifest, seed)
 
 
@@ -345,82 +425,169 @@ def replot(data: LabelledImages, report_dir: Path, manifest: Path | None, seed: 
     index = {f: i for i, f in enumerate(data.files)}
     test = np.asarray([index[f] for f in doc["test_files"]], dtype=int)
     licences = _licences(manifest)
-    grid_mask = np.asarray([licences.get(f, ("", ""))[0] in _SHOWABLE_LICENCES
-                            for f in doc["test_files"]])
+    grid_mask = np.asarray(
+        [licences.get(f, ("", ""))[0] in _SHOWABLE_LICENCES for f in doc["test_files"]]
+    )
     write_figures(
-        report_dir, history=doc["history"], images=data.images[test],
-        y_true=data.labels[test], p_lateral=np.asarray(doc["held_out_test"]["p_lateral"]),
-        grid_mask=grid_mask, seed=seed,
+        report_dir,
+        history=doc["history"],
+        images=data.images[test],
+        y_true=data.labels[test],
+        p_lateral=np.asarray(doc["held_out_test"]["p_lateral"]),
+        grid_mask=grid_mask,
+        seed=seed,
     )
 
 
 def main(release: Release, argv: list[str] | None = None) -> None:
     """The recipe's command line: train, choose and write ``release``'s checkpoint."""
-    parser = argparse.ArgumentParser(prog=f"python -m {release.module}",
-                                     description=release.doc,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=COVID_CXR,
-                        help="covid-cxr folder (frontal/, lateral/, other/, manifest.csv; "
-                        "default: $CXR_DEV_DATA/covid-cxr, CXR_DEV_DATA defaulting to "
-                        "../shared/data beside the checkout)")
-    parser.add_argument("--npz", type=Path, default=None,
-                        help="already decoded images (from --make-npz) instead of --data")
-    parser.add_argument("--make-npz", type=Path, default=None,
-                        help="decode --data into this .npz and stop")
-    parser.add_argument("--manifest", type=Path, default=None,
-                        help="manifest.csv for image licences (default: --data/manifest.csv)")
-    parser.add_argument("--out", type=Path, default=SHIPPED,
-                        help="checkpoint, card and split.json (default: cxr_orient/shipped)")
-    parser.add_argument("--report", type=Path, default=FIGURES / release.name,
-                        help="figures and metrics (default: docs/figures/NAME)")
+    parser = argparse.ArgumentParser(
+        prog=f"python -m {release.module}",
+        description=release.doc,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--data",
+        type=Path,
+        default=COVID_CXR,
+        help="covid-cxr folder (frontal/, lateral/, other/, manifest.csv; "
+        "default: $CXR_DEV_DATA/covid-cxr, CXR_DEV_DATA defaulting to "
+        "../shared/data beside the checkout)",
+    )
+    parser.add_argument(
+        "--npz",
+        type=Path,
+        default=None,
+        help="already decoded images (from --make-npz) instead of --data",
+    )
+    parser.add_argument(
+        "--make-npz", type=Path, default=None, help="decode --data into this .npz and stop"
+    )
+    parser.add_argument(
+        "--manifest",
+        type=Path,
+        default=None,
+        help="manifest.csv for image licences (default: --data/manifest.csv)",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=SHIPPED,
+        help="checkpoint, card and split.json (default: cxr_orient/shipped)",
+    )
+    parser.add_argument(
+        "--report",
+        type=Path,
+        default=FIGURES / release.name,
+        help="figures and metrics (default: docs/figures/NAME)",
+    )
     parser.add_argument("--epochs", type=int, default=200)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--seed", type=int, default=20200601, help="training seed")
-    parser.add_argument("--split-seed", type=int, default=20200601,
-                        help="patient split seed (fixed: keeps the evaluation split)")
-    parser.add_argument("--architecture", default=None,
-                        help="train this one architecture (--seed) and ship it, no choice")
-    parser.add_argument("--candidate", action="append", default=[], metavar="ARCH:SEED",
-                        help="train several candidates and ship the best on validation "
-                        f"(default: those it was chosen from, {' '.join(release.candidates)})")
+    parser.add_argument(
+        "--split-seed",
+        type=int,
+        default=20200601,
+        help="patient split seed (fixed: keeps the evaluation split)",
+    )
+    parser.add_argument(
+        "--architecture",
+        default=None,
+        help="train this one architecture (--seed) and ship it, no choice",
+    )
+    parser.add_argument(
+        "--candidate",
+        action="append",
+        default=[],
+        metavar="ARCH:SEED",
+        help="train several candidates and ship the best on validation "
+        f"(default: those it was chosen from, {' '.join(release.candidates)})",
+    )
     parser.add_argument("--jobs", type=int, default=1, help="candidates trained at a time")
-    parser.add_argument("--teacher", action="append", default=[], type=Path, metavar="KERAS",
-                        help="distil from the mean of these checkpoints (repeatable)")
-    parser.add_argument("--distill-weight", type=float, default=0.5,
-                        help="weight of the teachers' mean against the true label")
-    parser.add_argument("--student", action="append", default=[], metavar="ARCH:SEED",
-                        help="with --candidate: after them, train this model distilled from "
-                        "all the candidates, and choose among all")
-    parser.add_argument("--work", type=Path, default=None,
-                        help="folder for the candidates (default: a temporary folder)")
-    parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
-                        help="threads building augmented batches")
-    parser.add_argument("--time-budget", type=float, default=None,
-                        help="stop a training run after this many seconds")
-    parser.add_argument("--min-epochs", type=int, default=140,
-                        help="epochs before early stopping may stop the run")
-    parser.add_argument("--tta", choices=TTA_MODES, default="none",
-                        help="test-time augmentation recorded in the card")
-    parser.add_argument("--finalize", action="store_true",
-                        help="only apply --tta to the checkpoint in --out, recalibrate on the "
-                        "validation patients, re-evaluate and rewrite card and report")
-    parser.add_argument("--replot", action="store_true",
-                        help="only draw the figures of an existing --report from its metrics.json")
+    parser.add_argument(
+        "--teacher",
+        action="append",
+        default=[],
+        type=Path,
+        metavar="KERAS",
+        help="distil from the mean of these checkpoints (repeatable)",
+    )
+    parser.add_argument(
+        "--distill-weight",
+        type=float,
+        default=0.5,
+        help="weight of the teachers' mean against the true label",
+    )
+    parser.add_argument(
+        "--student",
+        action="append",
+        default=[],
+        metavar="ARCH:SEED",
+        help="with --candidate: after them, train this model distilled from "
+        "all the candidates, and choose among all",
+    )
+    parser.add_argument(
+        "--work",
+        type=Path,
+        default=None,
+        help="folder for the candidates (default: a temporary folder)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=min(8, os.cpu_count() or 1),
+        help="threads building augmented batches",
+    )
+    parser.add_argument(
+        "--time-budget",
+        type=float,
+        default=None,
+        help="stop a training run after this many seconds",
+    )
+    parser.add_argument(
+        "--min-epochs", type=int, default=140, help="epochs before early stopping may stop the run"
+    )
+    parser.add_argument(
+        "--tta",
+        choices=TTA_MODES,
+        default="none",
+        help="test-time augmentation recorded in the card",
+    )
+    parser.add_argument(
+        "--finalize",
+        action="store_true",
+        help="only apply --tta to the checkpoint in --out, recalibrate on the "
+        "validation patients, re-evaluate and rewrite card and report",
+    )
+    parser.add_argument(
+        "--replot",
+        action="store_true",
+        help="only draw the figures of an existing --report from its metrics.json",
+    )
     parser.add_argument("--verbose", default="2", help="Keras fit verbosity: 0, 1, 2 or auto")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: "
-                        "%(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
 
     data = load_npz(args.npz) if args.npz is not None else load_labelled_folder(args.data)
-    logger.info("%d images, %d patient groups, %s", len(data), len(set(data.patients)),
-                data.class_counts())
+    logger.info(
+        "%d images, %d patient groups, %s", len(data), len(set(data.patients)), data.class_counts()
+    )
     if args.make_npz is not None:
         save_npz(data, args.make_npz)
         return
     manifest = args.manifest or (args.data / "manifest.csv")
     if args.finalize:
-        finalize(data, release, out_dir=args.out, report_dir=args.report,
-                 test_time_augmentation=args.tta, manifest=manifest, seed=args.seed)
+        finalize(
+            data,
+            release,
+            out_dir=args.out,
+            report_dir=args.report,
+            test_time_augmentation=args.tta,
+            manifest=manifest,
+            seed=args.seed,
+        )
         return
     if args.replot:
         replot(data, args.report, manifest, args.seed)
@@ -429,25 +596,57 @@ def main(release: Release, argv: list[str] | None = None) -> None:
     if args.architecture is None:
         chosen_from = args.candidate or list(release.candidates)
         candidates = [(c.split(":")[0], int(c.split(":")[1])) for c in chosen_from]
-        base = [*(["--npz", str(args.npz)] if args.npz is not None else
-                  ["--data", str(args.data)]),
-                "--manifest", str(manifest), "--epochs", str(args.epochs),
-                "--batch-size", str(args.batch_size), "--split-seed", str(args.split_seed),
-                "--min-epochs", str(args.min_epochs), "--tta", args.tta,
-                "--workers", str(args.workers), "--verbose", str(args.verbose),
-                *(["--time-budget", str(args.time_budget)] if args.time_budget else [])]
+        base = [
+            *(["--npz", str(args.npz)] if args.npz is not None else ["--data", str(args.data)]),
+            "--manifest",
+            str(manifest),
+            "--epochs",
+            str(args.epochs),
+            "--batch-size",
+            str(args.batch_size),
+            "--split-seed",
+            str(args.split_seed),
+            "--min-epochs",
+            str(args.min_epochs),
+            "--tta",
+            args.tta,
+            "--workers",
+            str(args.workers),
+            "--verbose",
+            str(args.verbose),
+            *(["--time-budget", str(args.time_budget)] if args.time_budget else []),
+        ]
         work = args.work or Path(tempfile.mkdtemp(prefix="cxr-orient-ship-"))
         students = [(c.split(":")[0], int(c.split(":")[1])) for c in args.student]
-        ship_candidates(release, candidates, base_args=base, out_dir=args.out,
-                        report_dir=args.report, work_dir=work, jobs=args.jobs, students=students,
-                        distill_weight=args.distill_weight)
+        ship_candidates(
+            release,
+            candidates,
+            base_args=base,
+            out_dir=args.out,
+            report_dir=args.report,
+            work_dir=work,
+            jobs=args.jobs,
+            students=students,
+            distill_weight=args.distill_weight,
+        )
         return
-    ship(data, release, architecture=args.architecture, out_dir=args.out,
-         report_dir=args.report, epochs=args.epochs, seed=args.seed,
-         batch_size=args.batch_size, manifest=manifest, verbose=verbose,
-         min_epochs=args.min_epochs, test_time_augmentation=args.tta,
-         split_seed=args.split_seed, workers=args.workers,
-         time_budget_s=args.time_budget, teacher_paths=args.teacher,
-         distill_weight=args.distill_weight,
-         imagenet_weights_dir=get_settings().training.imagenet_weights_dir)
-
+    ship(
+        data,
+        release,
+        architecture=args.architecture,
+        out_dir=args.out,
+        report_dir=args.report,
+        epochs=args.epochs,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        manifest=manifest,
+        verbose=verbose,
+        min_epochs=args.min_epochs,
+        test_time_augmentation=args.tta,
+        split_seed=args.split_seed,
+        workers=args.workers,
+        time_budget_s=args.time_budget,
+        teacher_paths=args.teacher,
+        distill_weight=args.distill_weight,
+        imagenet_weights_dir=get_settings().training.imagenet_weights_dir,
+    )

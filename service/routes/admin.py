@@ -18,12 +18,25 @@ router = APIRouter(prefix="/admin", include_in_schema=False)
 Admin = Annotated[Caller, Depends(page_user("admin"))]
 
 
-def _users_page(request: Request, caller: Caller, session: SessionDep, *,
-                error: str | None = None, message: str | None = None,
-                status_code: int = 200) -> Response:
-    return page(request, "users.html", status_code=status_code, caller=caller,
-                users=list_users(session), roles=[r.value for r in UserRole],
-                error=error, message=message)
+def _users_page(
+    request: Request,
+    caller: Caller,
+    session: SessionDep,
+    *,
+    error: str | None = None,
+    message: str | None = None,
+    status_code: int = 200,
+) -> Response:
+    return page(
+        request,
+        "users.html",
+        status_code=status_code,
+        caller=caller,
+        users=list_users(session),
+        roles=[r.value for r in UserRole],
+        error=error,
+        message=message,
+    )
 
 
 @router.get("/users")
@@ -32,11 +45,14 @@ def users(request: Request, caller: Admin, session: SessionDep) -> Response:
 
 
 @router.post("/users")
-def add_user(request: Request, caller: Admin, session: SessionDep,
-             form: CheckedForm) -> Response:
+def add_user(request: Request, caller: Admin, session: SessionDep, form: CheckedForm) -> Response:
     try:
-        made = create_user(session, username=form.get("username", ""),
-                           role=form.get("role", ""), password=form.get("password") or None)
+        made = create_user(
+            session,
+            username=form.get("username", ""),
+            role=form.get("role", ""),
+            password=form.get("password") or None,
+        )
     except UserError as exc:
         session.rollback()
         return _users_page(request, caller, session, error=str(exc), status_code=400)

@@ -58,9 +58,11 @@ class QueueOut(BaseModel):
 
 class Decision(BaseModel):
     decision: Literal["frontal", "lateral", "not_chest"] = Field(
-        description="what the image is: frontal, lateral, or not a chest radiograph")
+        description="what the image is: frontal, lateral, or not a chest radiograph"
+    )
     projection: Literal["PA", "AP"] | None = Field(
-        default=None, description="for a frontal: PA or AP, when the reviewer can tell")
+        default=None, description="for a frontal: PA or AP, when the reviewer can tell"
+    )
 
 
 class LabelOut(BaseModel):
@@ -73,17 +75,28 @@ class LabelOut(BaseModel):
 
 
 @router.get("/review/queue", response_model=QueueOut, summary="Instances awaiting review")
-def queue(caller: ReviewCaller, session: SessionDep, filter: Filter = "flagged",
-          after: DbInt = 0, limit: DbInt = 50) -> QueueOut:
+def queue(
+    caller: ReviewCaller,
+    session: SessionDep,
+    filter: Filter = "flagged",
+    after: DbInt = 0,
+    limit: DbInt = 50,
+) -> QueueOut:
     limit = min(max(limit, 1), 500)
     items = crud.review_queue(session, kind=filter, after=max(0, after), limit=limit + 1)
     shown = items[:limit]
-    return QueueOut(filter=filter, items=[ReviewItemOut(**i.as_dict()) for i in shown],
-                    next_after=shown[-1].instance_id if len(items) > limit else None)
+    return QueueOut(
+        filter=filter,
+        items=[ReviewItemOut(**i.as_dict()) for i in shown],
+        next_after=shown[-1].instance_id if len(items) > limit else None,
+    )
 
 
-@router.get("/review/items/{instance_id}", response_model=ReviewItemOut,
-            summary="One instance with its current answer")
+@router.get(
+    "/review/items/{instance_id}",
+    response_model=ReviewItemOut,
+    summary="One instance with its current answer",
+)
 def item(instance_id: DbInt, caller: ReviewCaller, session: SessionDep) -> ReviewItemOut:
     found = crud.review_item(session, instance_id=instance_id)
     if found is None:
@@ -91,11 +104,19 @@ def item(instance_id: DbInt, caller: ReviewCaller, session: SessionDep) -> Revie
     return ReviewItemOut(**found.as_dict())
 
 
-@router.get("/review/items/{instance_id}/images/{kind}.png",
-            responses={200: {"content": {"image/png": {}}}},
-            summary="The model's 256 px input (model) or the larger windowed image (large)")
-def image(instance_id: DbInt, kind: Literal["model", "large"], request: Request,
-          caller: ReviewCaller, session: SessionDep, settings: SettingsDep) -> Response:
+@router.get(
+    "/review/items/{instance_id}/images/{kind}.png",
+    responses={200: {"content": {"image/png": {}}}},
+    summary="The model's 256 px input (model) or the larger windowed image (large)",
+)
+def image(
+    instance_id: DbInt,
+    kind: Literal["model", "large"],
+    request: Request,
+    caller: ReviewCaller,
+    session: SessionDep,
+    settings: SettingsDep,
+) -> Response:
     instance = crud.get_instance(session, instance_id=instance_id)
     if instance is None:
         raise HTTPException(404, detail=f"no instance {instance_id}")
@@ -108,18 +129,33 @@ def image(instance_id: DbInt, kind: Literal["model", "large"], request: Request,
     return Response(body, media_type="image/png", headers=headers)
 
 
-@router.post("/review/items/{instance_id}/label", response_model=LabelOut, status_code=201,
-             summary="Record a reviewer's decision as a label (source review)")
-def label(instance_id: DbInt, decision: Decision, caller: ReviewCaller,
-          session: SessionDep) -> LabelOut:
+@router.post(
+    "/review/items/{instance_id}/label",
+    response_model=LabelOut,
+    status_code=201,
+    summary="Record a reviewer's decision as a label (source review)",
+)
+def label(
+    instance_id: DbInt, decision: Decision, caller: ReviewCaller, session: SessionDep
+) -> LabelOut:
     try:
-        row = record_review(session, instance_id=instance_id, decision=decision.decision,
-                            annotator=caller.annotator, projection=decision.projection)
+        row = record_review(
+            session,
+            instance_id=instance_id,
+            decision=decision.decision,
+            annotator=caller.annotator,
+            projection=decision.projection,
+        )
     except ReviewError as exc:
         raise HTTPException(404 if "no instance" in str(exc) else 400, detail=str(exc)) from exc
-    return LabelOut(label_id=row.id, instance_id=instance_id,
-                    label=DECISIONS[decision.decision].value, source=row.source,
-                    annotator=caller.annotator, projection=row.projection)
+    return LabelOut(
+        label_id=row.id,
+        instance_id=instance_id,
+        label=DECISIONS[decision.decision].value,
+        source=row.source,
+        annotator=caller.annotator,
+        projection=row.projection,
+    )
 
 
 @router.get("/audit/versions", tags=["audit"], summary="Answers per model version")
@@ -127,23 +163,43 @@ def versions(caller: AuditCaller, session: SessionDep) -> list[dict[str, Any]]:
     return [v.as_dict() for v in crud.answers_per_version(session)]
 
 
-@router.get("/audit/rates", tags=["audit"],
-            summary="Per day: answers, flagged, header disagreements, reviews")
+@router.get(
+    "/audit/rates",
+    tags=["audit"],
+    summary="Per day: answers, flagged, header disagreements, reviews",
+)
 def rates(caller: AuditCaller, session: SessionDep, days: DbInt = 90) -> list[dict[str, Any]]:
     since = utcnow() - timedelta(days=min(max(days, 1), 3650))
     return [r.as_dict() for r in crud.daily_rates(session, since=since)]
 
 
-@router.get("/audit/studies/{study_id}", tags=["audit"],
-            summary="Every answer of a study's instances with its history, and labels")
+@router.get(
+    "/audit/studies/{study_id}",
+    tags=["audit"],
+    summary="Every answer of a study's instances with its history, and labels",
+)
 def study(study_id: DbInt, caller: AuditCaller, session: SessionDep) -> dict[str, Any]:
     if crud.get_study(session, study_id=study_id) is None:
         raise HTTPException(404, detail=f"no study {study_id}")
-    return {"study_id": study_id,
-            "study_answers": [{c: getattr(a, c) for c in (
-                "sequence", "instance_count", "frontal_count", "lateral_count",
-                "needs_review_count", "failed_count", "out_of_scope_count", "flags",
-                "model_versions", "created_at")}
-                for a in crud.study_answer_rows(session, study_id=study_id)],
-            "instances": [h.as_dict() for h in crud.study_history(session, study_id=study_id)]}
-
+    return {
+        "study_id": study_id,
+        "study_answers": [
+            {
+                c: getattr(a, c)
+                for c in (
+                    "sequence",
+                    "instance_count",
+                    "frontal_count",
+                    "lateral_count",
+                    "needs_review_count",
+                    "failed_count",
+                    "out_of_scope_count",
+                    "flags",
+                    "model_versions",
+                    "created_at",
+                )
+            }
+            for a in crud.study_answer_rows(session, study_id=study_id)
+        ],
+        "instances": [h.as_dict() for h in crud.study_history(session, study_id=study_id)],
+    }

@@ -26,23 +26,49 @@ def _share(part: int, whole: int) -> float | None:
     return part / whole if whole else None
 
 
-def _overview(request: Request, caller: Caller, session: SessionDep,
-              error: str | None = None, status_code: int = 200) -> Response:
+def _overview(
+    request: Request,
+    caller: Caller,
+    session: SessionDep,
+    error: str | None = None,
+    status_code: int = 200,
+) -> Response:
     rates = crud.daily_rates(session, since=utcnow() - timedelta(days=DAYS))
     days = [r.day for r in rates]
-    review_plot = share_plot(days, [
-        Series("flagged for review", [_share(r.needs_review, r.answers) for r in rates],
-               "#c75b12"),
-        Series("reviewed / flagged", [_share(r.reviewed, r.needs_review) for r in rates],
-               "#2456c7"),
-    ], title="Review rate per day")
-    disagreement_plot = share_plot(days, [
-        Series("header disagrees", [_share(r.header_disagrees, r.header_known)
-                                    for r in rates], "#a01010"),
-    ], title="Header disagreement per day")
-    return page(request, "audit.html", status_code=status_code, caller=caller,
-                versions=crud.answers_per_version(session), days=DAYS,
-                review_plot=review_plot, disagreement_plot=disagreement_plot, error=error)
+    review_plot = share_plot(
+        days,
+        [
+            Series(
+                "flagged for review", [_share(r.needs_review, r.answers) for r in rates], "#c75b12"
+            ),
+            Series(
+                "reviewed / flagged", [_share(r.reviewed, r.needs_review) for r in rates], "#2456c7"
+            ),
+        ],
+        title="Review rate per day",
+    )
+    disagreement_plot = share_plot(
+        days,
+        [
+            Series(
+                "header disagrees",
+                [_share(r.header_disagrees, r.header_known) for r in rates],
+                "#a01010",
+            ),
+        ],
+        title="Header disagreement per day",
+    )
+    return page(
+        request,
+        "audit.html",
+        status_code=status_code,
+        caller=caller,
+        versions=crud.answers_per_version(session),
+        days=DAYS,
+        review_plot=review_plot,
+        disagreement_plot=disagreement_plot,
+        error=error,
+    )
 
 
 @router.get("")
@@ -51,13 +77,13 @@ def overview(request: Request, caller: Auditor, session: SessionDep) -> Response
 
 
 @router.post("/studies")
-def find_study(request: Request, caller: Auditor, session: SessionDep,
-               form: CheckedForm) -> Response:
+def find_study(
+    request: Request, caller: Auditor, session: SessionDep, form: CheckedForm
+) -> Response:
     uid = form.get("study_instance_uid", "").strip()
     study_id = crud.find_study_id(session, study_instance_uid=uid) if uid else None
     if study_id is None:
-        return _overview(request, caller, session, error="no study with that UID",
-                         status_code=404)
+        return _overview(request, caller, session, error="no study with that UID", status_code=404)
     return RedirectResponse(f"/audit/studies/{study_id}", status_code=303)
 
 
@@ -65,6 +91,11 @@ def find_study(request: Request, caller: Auditor, session: SessionDep,
 def study(study_id: DbInt, request: Request, caller: Auditor, session: SessionDep) -> Response:
     if crud.get_study(session, study_id=study_id) is None:
         raise HTTPException(404, detail=f"no study {study_id}")
-    return page(request, "study.html", caller=caller, study_id=study_id,
-                study_answers=crud.study_answer_rows(session, study_id=study_id),
-                history=crud.study_history(session, study_id=study_id))
+    return page(
+        request,
+        "study.html",
+        caller=caller,
+        study_id=study_id,
+        study_answers=crud.study_answer_rows(session, study_id=study_id),
+        history=crud.study_history(session, study_id=study_id),
+    )

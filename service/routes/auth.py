@@ -43,25 +43,32 @@ def login_form(request: Request, next: str | None = None) -> Response:
 
 
 @router.post("/login")
-def login(request: Request, form: CheckedForm, settings: SettingsDep,
-          session: SessionDep) -> Response:
+def login(
+    request: Request, form: CheckedForm, settings: SettingsDep, session: SessionDep
+) -> Response:
     username = form.get("username", "")
     next_path = _safe_next(form.get("next"))
     address = client_address(request, settings)
     try:
-        user = authenticate(session, username=username, password=form.get("password", ""),
-                            address=address,
-                            max_failures=settings.http.login_max_failures,
-                            window_s=settings.http.login_window_s)
+        user = authenticate(
+            session,
+            username=username,
+            password=form.get("password", ""),
+            address=address,
+            max_failures=settings.http.login_max_failures,
+            window_s=settings.http.login_window_s,
+        )
     except LoginThrottled as exc:
         logger.warning("login throttled for a username from %s", address)
-        return page(request, "login.html", status_code=429, error=str(exc),
-                    next_path=next_path or "")
+        return page(
+            request, "login.html", status_code=429, error=str(exc), next_path=next_path or ""
+        )
     except LoginRefused as exc:
         session.commit()  # the failure counts, whatever the response
         logger.info("login refused from %s", address)
-        return page(request, "login.html", status_code=401, error=str(exc),
-                    next_path=next_path or "")
+        return page(
+            request, "login.html", status_code=401, error=str(exc), next_path=next_path or ""
+        )
     log_in(request, user)
     logger.info("login: %s (%s) from %s", user.username, user.role.value, address)
     return RedirectResponse(next_path or start_page(user), status_code=303)

@@ -53,11 +53,18 @@ async def readyz() -> JSONResponse:
     workers = await run_in_threadpool(_ready_workers) if database else None
     ready = database and broker
     return JSONResponse(
-        {"status": "ready" if ready else "not ready",
-         "database": "ok" if database else "unreachable",
-         "broker": "ok" if broker else "unreachable",
-         "workers": ("unknown" if workers is None else
-                     f"{len(workers)} ready to classify" if workers else "none ready"),
-         "workers_ready": len(workers or [])},
+        {
+            "status": "ready" if ready else "not ready",
+            "database": "ok" if database else "unreachable",
+            "broker": "ok" if broker else "unreachable",
+            "workers": (
+                "unknown"
+                if workers is None
+                else f"{len(workers)} ready to classify"
+                if workers
+                else "none ready"
+            ),
+            "workers_ready": len(workers or []),
+        },
         status_code=200 if ready else 503,
     )

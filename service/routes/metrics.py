@@ -32,10 +32,14 @@ def scrape(request: Request, settings: SettingsDep) -> Response:
     the queries and the broker round trip never hold the event loop."""
     if settings.http.metrics_token is not None:
         given = bearer_token(request) or ""
-        if not hmac.compare_digest(given.encode(),
-                                   settings.http.metrics_token.get_secret_value().encode()):
-            raise HTTPException(status.HTTP_401_UNAUTHORIZED,
-                                detail="GET /metrics wants the CXR_METRICS_TOKEN bearer token",
-                                headers={"WWW-Authenticate": f'Bearer realm="{REALM}"'})
-    return Response(generate_latest(_registry(settings.worker.queue_name)),
-                    media_type=CONTENT_TYPE_LATEST)
+        if not hmac.compare_digest(
+            given.encode(), settings.http.metrics_token.get_secret_value().encode()
+        ):
+            raise HTTPException(
+                status.HTTP_401_UNAUTHORIZED,
+                detail="GET /metrics wants the CXR_METRICS_TOKEN bearer token",
+                headers={"WWW-Authenticate": f'Bearer realm="{REALM}"'},
+            )
+    return Response(
+        generate_latest(_registry(settings.worker.queue_name)), media_type=CONTENT_TYPE_LATEST
+    )

@@ -54,13 +54,19 @@ def _problem(status_code: int, detail: str) -> JSONResponse:
     return JSONResponse({"detail": detail}, status_code=status_code)
 
 
-async def _store(request: Request, study: str | None, settings: Settings,
-                 token: TokenInfo) -> Response:
+async def _store(
+    request: Request, study: str | None, settings: Settings, token: TokenInfo
+) -> Response:
     if study is not None and (problem := uid_problem(study)) is not None:
         # Refused before the body is read (and the connection closed: it is not read).
-        return JSONResponse({"detail": "the StudyInstanceUID of the URL is not a valid DICOM "
-                                       f"UID (PS3.5 9.1): {problem}"},
-                            status_code=400, headers={"Connection": "close"})
+        return JSONResponse(
+            {
+                "detail": "the StudyInstanceUID of the URL is not a valid DICOM "
+                f"UID (PS3.5 9.1): {problem}"
+            },
+            status_code=400,
+            headers={"Connection": "close"},
+        )
     try:
         boundary = related_boundary(request.headers.get("content-type"))
     except UnsupportedMediaTypeError as exc:
@@ -70,16 +76,21 @@ async def _store(request: Request, study: str | None, settings: Settings,
     # A Content-Length over CXR_STOW_MAX_REQUEST_MB was answered 413 by service.limits,
     # which also cuts a longer body as it streams (BodyTooLarge) or a late one (BodyTimeout).
     max_total = settings.http.stow_max_request_mb << 20
-    reader = RelatedStreamReader(boundary,
-                                 max_part_bytes=max_file_bytes(settings.intake.max_pixels),
-                                 max_total_bytes=max_total)
+    reader = RelatedStreamReader(
+        boundary,
+        max_part_bytes=max_file_bytes(settings.intake.max_pixels),
+        max_total_bytes=max_total,
+    )
     outcomes: list[PartOutcome] = []
     cut_short: int | None = None
 
     async def handle(parts: list[Part]) -> None:
         for part in parts:
-            outcomes.append(await run_in_threadpool(
-                spool_part, part, study_instance_uid=study, settings=settings))
+            outcomes.append(
+                await run_in_threadpool(
+                    spool_part, part, study_instance_uid=study, settings=settings
+                )
+            )
 
     try:
         async for chunk in request.stream():
@@ -104,25 +115,40 @@ async def _store(request: Request, study: str | None, settings: Settings,
         return _problem(503, "the received instances could not be recorded; send them again")
     codes = Counter(o.code for o in outcomes)
     status_code = cut_short or http_status(outcomes)
-    logger.info("STOW-RS from token %r: %d parts, %d stored, HTTP %d, %s", token.name,
-                len(outcomes), sum(1 for o in outcomes if o.stored), status_code,
-                dict(sorted(codes.items())))
-    return JSONResponse(response_json(outcomes), status_code=status_code,
-                        media_type=DICOM_JSON)
+    logger.info(
+        "STOW-RS from token %r: %d parts, %d stored, HTTP %d, %s",
+        token.name,
+        len(outcomes),
+        sum(1 for o in outcomes if o.stored),
+        status_code,
+        dict(sorted(codes.items())),
+    )
+    return JSONResponse(response_json(outcomes), status_code=status_code, media_type=DICOM_JSON)
 
 
-@router.post("/studies", summary="Store instances (STOW-RS)",
-             responses={200: {"description": "all stored"},
-                        202: {"description": "some stored, some failed"},
-                        409: {"description": "none stored"}})
+@router.post(
+    "/studies",
+    summary="Store instances (STOW-RS)",
+    responses={
+        200: {"description": "all stored"},
+        202: {"description": "some stored, some failed"},
+        409: {"description": "none stored"},
+    },
+)
 async def store_instances(request: Request, settings: SettingsDep, token: StowToken) -> Response:
     return await _store(request, None, settings, token)
 
 
-@router.post("/studies/{study}", summary="Store instances of one study (STOW-RS)",
-             responses={200: {"description": "all stored"},
-                        202: {"description": "some stored, some failed"},
-                        409: {"description": "none stored"}})
-async def store_study_instances(study: str, request: Request, settings: SettingsDep,
-                                token: StowToken) -> Response:
+@router.post(
+    "/studies/{study}",
+    summary="Store instances of one study (STOW-RS)",
+    responses={
+        200: {"description": "all stored"},
+        202: {"description": "some stored, some failed"},
+        409: {"description": "none stored"},
+    },
+)
+async def store_study_instances(
+    study: str, request: Request, settings: SettingsDep, token: StowToken
+) -> Response:
     return await _store(request, study, settings, token)

@@ -18,7 +18,8 @@ pytestmark = pytest.mark.integration
 #: from several checkouts on one machine each set CXR_TEST_REDIS_DB to their own number;
 #: under pytest-xdist each test process takes the next number up (gw0 the base, gw1 +1).
 REDIS_DB = int(os.environ.get("CXR_TEST_REDIS_DB", "11")) + int(
-    os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+    os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0
+)
 
 
 @pytest.fixture

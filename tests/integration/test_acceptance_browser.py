@@ -38,8 +38,7 @@ SAMPLES = Path(cxr_orient.__file__).resolve().parent / "samples"
 NON_CHEST = COVID_CXR.parent / "nonchest" / "hand"
 
 if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
-    pytest.skip("Debian's chromium and chromium-driver are not installed",
-                allow_module_level=True)
+    pytest.skip("Debian's chromium and chromium-driver are not installed", allow_module_level=True)
 
 from selenium import webdriver  # noqa: E402  (after the skip: nothing to import without it)
 from selenium.webdriver.chrome.service import Service  # noqa: E402
@@ -53,12 +52,16 @@ from selenium.webdriver.support.wait import WebDriverWait  # noqa: E402
 def browser(tmp_path: Path) -> Iterator[WebDriver]:
     options = webdriver.ChromeOptions()
     options.binary_location = str(CHROMIUM)
-    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu",
-                     "--disable-dev-shm-usage", "--window-size=1400,1000",
-                     f"--user-data-dir={tmp_path / 'chromium'}"):
+    for argument in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--window-size=1400,1000",
+        f"--user-data-dir={tmp_path / 'chromium'}",
+    ):
         options.add_argument(argument)
-    driver = webdriver.Chrome(options=options,
-                              service=Service(executable_path=str(CHROMEDRIVER)))
+    driver = webdriver.Chrome(options=options, service=Service(executable_path=str(CHROMEDRIVER)))
     driver.set_page_load_timeout(60)
     try:
         yield driver
@@ -86,27 +89,48 @@ def _films(root: Path) -> dict[str, str]:
     shutil.copy(SAMPLES / "rg1" / "RG1_J2KI.dcm", root / "rg1-j2k.dcm")
     truth[str(root / "rg1-j2k.dcm")] = "p"
     for n in range(2):  # a frontal whose header claims lateral, from a named device
-        made = _device(rg1_dicom(root / f"rg1-ll-{n}.dcm", view_position="LL",
-                                 study_uid=f"1.2.826.0.1.3680043.10.21.{n}"),
-                       "Acme Imaging", "DR-9")
+        made = _device(
+            rg1_dicom(
+                root / f"rg1-ll-{n}.dcm",
+                view_position="LL",
+                study_uid=f"1.2.826.0.1.3680043.10.21.{n}",
+            ),
+            "Acme Imaging",
+            "DR-9",
+        )
         truth[str(made)] = "a"
     if COVID_CXR.is_dir():
         for n in range(2):
-            made = _device(film_dicom(root / f"covid-lateral-{n}.dcm", view="lateral",
-                                      index=n, view_position="LATERAL"),
-                           "Acme Imaging", "DR-9")
+            made = _device(
+                film_dicom(
+                    root / f"covid-lateral-{n}.dcm",
+                    view="lateral",
+                    index=n,
+                    view_position="LATERAL",
+                ),
+                "Acme Imaging",
+                "DR-9",
+            )
             truth[str(made)] = "l"
     if NON_CHEST.is_dir():
         hand = sorted(NON_CHEST.glob("*.jpg"))[0]
-        made = make_dicom(root / "hand.dcm", real_image(hand), view_position="PA",
-                          modality="CR", study_uid="1.2.826.0.1.3680043.10.21.9")
+        made = make_dicom(
+            root / "hand.dcm",
+            real_image(hand),
+            view_position="PA",
+            modality="CR",
+            study_uid="1.2.826.0.1.3680043.10.21.9",
+        )
         truth[str(made)] = "n"
     return truth
 
 
 def _images_loaded(driver: WebDriver) -> bool:
-    return bool(driver.execute_script(
-        "return Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)"))
+    return bool(
+        driver.execute_script(
+            "return Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)"
+        )
+    )
 
 
 def _left(instance_id: int) -> Callable[[WebDriver], bool]:
@@ -122,34 +146,60 @@ def _shot(driver: WebDriver, name: str) -> None:
 
 
 def test_a_plan_labelled_in_the_browser_becomes_a_report(
-        browser: WebDriver, pg_url: str, redis_url: str, tmp_path: Path) -> None:
+    browser: WebDriver, pg_url: str, redis_url: str, tmp_path: Path
+) -> None:
     root, data = (tmp_path / "archive").resolve(), (tmp_path / "data").resolve()
     root.mkdir()
     truth = _films(root)
-    env = worker_env(database_url=pg_url, broker_url=redis_url, ingest_root=root,
-                     data_dir=data, batch_size=8, batch_max_wait_ms=100)
+    env = worker_env(
+        database_url=pg_url,
+        broker_url=redis_url,
+        ingest_root=root,
+        data_dir=data,
+        batch_size=8,
+        batch_max_wait_ms=100,
+    )
     upgrade(pg_url)
     with running_worker(env, tmp_path / "worker.log") as worker:
         enqueued = run_cli("enqueue", str(root), "--wait", "--timeout", "240", env=env)
         assert enqueued.returncode == 0, enqueued.stderr + worker.log()
 
-    planned = run_cli("acceptance", "plan", "site-acceptance", "--seed", "21",
-                      "--per-stratum", "3", env=env)
+    planned = run_cli(
+        "acceptance", "plan", "site-acceptance", "--seed", "21", "--per-stratum", "3", env=env
+    )
     assert planned.returncode == 0, planned.stderr
     assert "seed 21" in planned.stdout and "device:Acme Imaging / DR-9" in planned.stdout
     with psycopg.connect(pg_url.replace("+psycopg", "")) as conn:
-        paths: dict[int, str] = dict(conn.execute(
-            "SELECT a.instance_id, i.file_path FROM acceptance_items a "
-            "JOIN instances i ON i.id = a.instance_id").fetchall())
-        answered = conn.execute("SELECT count(*) FROM instances WHERE status = 'done'"
-                                ).fetchone()
+        paths: dict[int, str] = dict(
+            conn.execute(
+                "SELECT a.instance_id, i.file_path FROM acceptance_items a "
+                "JOIN instances i ON i.id = a.instance_id"
+            ).fetchall()
+        )
+        answered = conn.execute("SELECT count(*) FROM instances WHERE status = 'done'").fetchone()
     # A small site: the per-class rule wants more films than it has, so all are drawn.
     assert answered is not None and len(paths) == answered[0] == len(truth)
 
     made = subprocess.run(
-        [sys.executable, "-m", "cli", "user", "create", "rita", "--role", "reviewer",
-         "--password-stdin"], input=PASSWORD + "\n", env=env, cwd=REPO,
-        capture_output=True, text=True, timeout=120, check=False)
+        [
+            sys.executable,
+            "-m",
+            "cli",
+            "user",
+            "create",
+            "rita",
+            "--role",
+            "reviewer",
+            "--password-stdin",
+        ],
+        input=PASSWORD + "\n",
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert made.returncode == 0, made.stderr
 
     with serving(env, tmp_path / "serve.log") as base:
@@ -158,7 +208,8 @@ def test_a_plan_labelled_in_the_browser_becomes_a_report(
         browser.find_element(By.ID, "password").send_keys(PASSWORD)
         browser.find_element(By.ID, "login").click()
         WebDriverWait(browser, 30).until(
-            expected_conditions.presence_of_element_located((By.ID, "nav-acceptance")))
+            expected_conditions.presence_of_element_located((By.ID, "nav-acceptance"))
+        )
         browser.find_element(By.ID, "nav-acceptance").click()
         browser.find_element(By.LINK_TEXT, "site-acceptance").click()
         WebDriverWait(browser, 30).until(_images_loaded)
@@ -167,7 +218,8 @@ def test_a_plan_labelled_in_the_browser_becomes_a_report(
         seen = []
         for step in range(len(paths)):
             WebDriverWait(browser, 30).until(
-                expected_conditions.presence_of_element_located((By.ID, "large-image")))
+                expected_conditions.presence_of_element_located((By.ID, "large-image"))
+            )
             WebDriverWait(browser, 30).until(_images_loaded)
             shown = int(browser.current_url.rsplit("/items/", 1)[1])
             assert not browser.find_elements(By.ID, "model-answer")  # blind review
@@ -181,21 +233,29 @@ def test_a_plan_labelled_in_the_browser_becomes_a_report(
             seen.append(shown)
             WebDriverWait(browser, 30).until(_left(shown))
         WebDriverWait(browser, 30).until(
-            expected_conditions.presence_of_element_located((By.ID, "done")))
+            expected_conditions.presence_of_element_located((By.ID, "done"))
+        )
     assert sorted(seen) == sorted(paths)
 
     with psycopg.connect(pg_url.replace("+psycopg", "")) as conn:
-        labels = conn.execute("SELECT instance_id, label, source, annotator FROM labels"
-                              ).fetchall()
+        labels = conn.execute("SELECT instance_id, label, source, annotator FROM labels").fetchall()
     word = {"p": "frontal", "a": "frontal", "l": "lateral", "n": "not_chest"}
-    assert sorted(labels) == sorted((i, word[truth[p]], "review", "rita")
-                                    for i, p in paths.items())
+    assert sorted(labels) == sorted((i, word[truth[p]], "review", "rita") for i, p in paths.items())
 
     (tmp_path / "site.toml").write_text('require = ["accuracy_lb>=0.2"]\n')
     out = tmp_path / "report"
-    reported = run_cli("acceptance", "report", "site-acceptance", "--out", str(out),
-                       "--thresholds", str(tmp_path / "site.toml"),
-                       "--require", "projection_accuracy_lb>=0.5", env=env)
+    reported = run_cli(
+        "acceptance",
+        "report",
+        "site-acceptance",
+        "--out",
+        str(out),
+        "--thresholds",
+        str(tmp_path / "site.toml"),
+        "--require",
+        "projection_accuracy_lb>=0.5",
+        env=env,
+    )
     assert reported.returncode == 0, reported.stderr
     report = json.loads((out / "report.json").read_text())
     assert report["labelled"] == report["items"] == len(truth)
@@ -204,8 +264,9 @@ def test_a_plan_labelled_in_the_browser_becomes_a_report(
     per_class = report["per_class"]
     assert per_class["lateral"]["recall"]["n"] == views.count("l")
     assert per_class["frontal"]["recall"]["n"] == len(views) - views.count("l")
-    assert (per_class["frontal"]["precision"]["n"] + per_class["lateral"]["precision"]["n"]
-            == len(views))
+    assert per_class["frontal"]["precision"]["n"] + per_class["lateral"]["precision"]["n"] == len(
+        views
+    )
     # The two RG1 copies claim LL and are frontal: the headers are wrong at least there.
     assert report["headers"]["wrong"]["x"] >= 2
     # The shipped model (v4) has a PA/AP head: every reviewed PA/AP frontal is either
@@ -214,8 +275,10 @@ def test_a_plan_labelled_in_the_browser_becomes_a_report(
     projection = report["projection"]
     assert projection["measured"] is True
     assert projection["reviewed_frontals"] == sum(p in "pa" for p in truth.values())
-    assert (projection["without_projection"] + projection["accuracy"]["n"]
-            == projection["reviewed_frontals"])
+    assert (
+        projection["without_projection"] + projection["accuracy"]["n"]
+        == projection["reviewed_frontals"]
+    )
     assert projection["accuracy"]["n"] == 0
     assert report["decision"] == "no-go"
     assert "projection_accuracy_lb not measured" in reported.stdout

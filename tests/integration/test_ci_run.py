@@ -36,8 +36,9 @@ def stop_service(pidfile: Path, *, ci: str | None) -> subprocess.CompletedProces
     env.update(ORTHANC_PIDFILE=str(pidfile), ORTHANC_DAEMON=orthanc_binary())
     if ci is not None:
         env["CI"] = ci
-    return subprocess.run([str(SCRIPT)], env=env, capture_output=True, text=True,
-                          timeout=120, check=False)
+    return subprocess.run(
+        [str(SCRIPT)], env=env, capture_output=True, text=True, timeout=120, check=False
+    )
 
 
 @pytest.fixture
@@ -52,7 +53,8 @@ def two_orthancs(tmp_path: Path) -> Iterator[tuple[Orthanc, Orthanc]]:
 
 
 def test_only_the_service_orthanc_is_stopped_and_only_in_ci(
-        two_orthancs: tuple[Orthanc, Orthanc], tmp_path: Path) -> None:
+    two_orthancs: tuple[Orthanc, Orthanc], tmp_path: Path
+) -> None:
     service, own = two_orthancs
     assert service.process is not None and own.process is not None
     pidfile = tmp_path / "orthanc.pid"

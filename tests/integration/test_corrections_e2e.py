@@ -53,9 +53,16 @@ def _outbox() -> list[dict[str, object]]:
     from db.session import session_scope
 
     with session_scope() as session:
-        return [{"id": r.id, "correction_id": r.correction_id, "status": r.status.value,
-                 "attempts": r.attempts, "last_error": r.last_error}
-                for r in crud.outbox_rows(session)]
+        return [
+            {
+                "id": r.id,
+                "correction_id": r.correction_id,
+                "status": r.status.value,
+                "attempts": r.attempts,
+                "last_error": r.last_error,
+            }
+            for r in crud.outbox_rows(session)
+        ]
 
 
 def _corrections() -> list[CorrectionRow]:
@@ -84,8 +91,10 @@ def test_turned_lateral_is_corrected_in_orthanc(
     study = turned_lateral_study(root / "src")
     original = pydicom.dcmread(study.lateral)
     frontal = pydicom.dcmread(study.frontal, stop_before_pixels=True)
-    modalities = {"cxr": ["CXR_ORIENT", "127.0.0.1", free_port()],
-                  "modality": ["MODALITY", "127.0.0.1", free_port()]}
+    modalities = {
+        "cxr": ["CXR_ORIENT", "127.0.0.1", free_port()],
+        "modality": ["MODALITY", "127.0.0.1", free_port()],
+    }
     orthanc = start(tmp_path / "orthanc", free_port(), free_port(), modalities)
     pacs = f"dicom://ORTHANC@127.0.0.1:{orthanc.dicom_port}"
     try:
@@ -95,45 +104,74 @@ def test_turned_lateral_is_corrected_in_orthanc(
         assert sent.returncode == 0, sent.stdout + sent.stderr
         with private_redis() as redis:
             values: dict[str, object] = dict(
-                database_url=pg_url, broker_url=redis.url(0), ingest_root=root,
-                data_dir=tmp_path / "data", model_path=SHIPPED_MODEL, batch_max_wait_ms=100,
-                study_quiet_s=QUIET_S, spool_min_free_mb=1, result_destinations=pacs,
-                correction_destinations=pacs, correction_rules="turned,header_view",
-                outbox_interval_s=1, outbox_backoff_s=1, outbox_backoff_max_s=8,
-                outbox_timeout_s=10)
+                database_url=pg_url,
+                broker_url=redis.url(0),
+                ingest_root=root,
+                data_dir=tmp_path / "data",
+                model_path=SHIPPED_MODEL,
+                batch_max_wait_ms=100,
+                study_quiet_s=QUIET_S,
+                spool_min_free_mb=1,
+                result_destinations=pacs,
+                correction_destinations=pacs,
+                correction_rules="turned,header_view",
+                outbox_interval_s=1,
+                outbox_backoff_s=1,
+                outbox_backoff_max_s=8,
+                outbox_timeout_s=10,
+            )
             configure(**values)
             upgrade(pg_url)
             env = worker_env(**values)
-            with running_worker(env, tmp_path / "worker.log", ready_timeout=240) as worker, \
-                    running_listener(env, tmp_path / "listen.log") as listener:
+            with (
+                running_worker(env, tmp_path / "worker.log", ready_timeout=240) as worker,
+                running_listener(env, tmp_path / "listen.log") as listener,
+            ):
                 if pacs_down:
                     orthanc.stop()
                     down_at = time.monotonic()
                 sent = dcmsend(listener.port, [study.frontal, study.lateral])
                 assert sent.returncode == 0, sent.stdout + sent.stderr
-                _wait(lambda: len(_corrections()) == 1 and len(_outbox()) == 3,
-                      "2 reports and 1 correction in the outbox")
+                _wait(
+                    lambda: len(_corrections()) == 1 and len(_outbox()) == 3,
+                    "2 reports and 1 correction in the outbox",
+                )
                 if pacs_down:
-                    _wait(lambda: all(int(str(r["attempts"])) >= 2 for r in _outbox()),
-                          "every row tried twice while the PACS is down")
+                    _wait(
+                        lambda: all(int(str(r["attempts"])) >= 2 for r in _outbox()),
+                        "every row tried twice while the PACS is down",
+                    )
                     rows = _outbox()
                     assert {r["status"] for r in rows} == {"pending"}, rows
                     assert all(r["last_error"] for r in rows), rows
                     time.sleep(max(0.0, DOWN_S - (time.monotonic() - down_at)))
                     orthanc.start()
-                _wait(lambda: {r["status"] for r in _outbox()} == {"sent"},
-                      "every outbox row sent", 240)
+                _wait(
+                    lambda: {r["status"] for r in _outbox()} == {"sent"},
+                    "every outbox row sent",
+                    240,
+                )
                 time.sleep(3)  # nothing more comes
                 rows, corrections, log = _outbox(), _corrections(), worker.log()
                 if not pacs_down:
                     # An operator undoes it: a rejection note of the replacement.
-                    undo = run_cli("corrections", "reverse", str(corrections[0].id),
-                                   "--by", "ops oliver", "--reason", "test of the reversal",
-                                   env=env)
+                    undo = run_cli(
+                        "corrections",
+                        "reverse",
+                        str(corrections[0].id),
+                        "--by",
+                        "ops oliver",
+                        "--reason",
+                        "test of the reversal",
+                        env=env,
+                    )
                     assert undo.returncode == 0, undo.stderr
-                    _wait(lambda: len(_outbox()) == 4
-                          and {r["status"] for r in _outbox()} == {"sent"},
-                          "the reversal's note sent")
+                    _wait(
+                        lambda: (
+                            len(_outbox()) == 4 and {r["status"] for r in _outbox()} == {"sent"}
+                        ),
+                        "the reversal's note sent",
+                    )
                     reversal = _corrections()[0]
                     assert reversal.action == "reverse" and reversal.delivered_at is not None
                 stored = _by_uid(orthanc)
@@ -146,16 +184,27 @@ def test_turned_lateral_is_corrected_in_orthanc(
     if pacs_down:
         assert all(int(str(r["attempts"])) >= 2 for r in rows), rows
     (correction,) = corrections
-    assert (correction.action, correction.faults, correction.rotation, correction.view,
-            correction.decided_via) == ("correct", "turned,header_view", 90, "LL", "rule")
+    assert (
+        correction.action,
+        correction.faults,
+        correction.rotation,
+        correction.view,
+        correction.decided_via,
+    ) == ("correct", "turned,header_view", 90, "LL", "rule")
     assert correction.delivered_at is not None
     replacement_uid = correction.replacement_sop_instance_uid
     note_uid = correction.rejection_note_uid
     srs = {uid for uid, t in tags.items() if t["Modality"] == "SR"}
     assert len(srs) == 2
     reversal_note = set() if pacs_down else {reversal.rejection_note_uid}
-    assert set(stored) == {frontal.SOPInstanceUID, original.SOPInstanceUID,
-                           replacement_uid, note_uid, *srs, *reversal_note}
+    assert set(stored) == {
+        frontal.SOPInstanceUID,
+        original.SOPInstanceUID,
+        replacement_uid,
+        note_uid,
+        *srs,
+        *reversal_note,
+    }
     assert all(len(ids) == 1 for ids in stored.values()), "each object stored once"
 
     replacement = pydicom.dcmread(DicomBytesIO(files[replacement_uid]))
@@ -165,23 +214,26 @@ def test_turned_lateral_is_corrected_in_orthanc(
     assert replacement.StudyInstanceUID == study.study_uid
     assert np.array_equal(replacement.pixel_array, np.rot90(original.pixel_array, -1))
     assert np.array_equal(replacement.pixel_array, study.upright_lateral)
-    assert replacement.SourceImageSequence[0].ReferencedSOPInstanceUID == \
-        original.SOPInstanceUID
+    assert replacement.SourceImageSequence[0].ReferencedSOPInstanceUID == original.SOPInstanceUID
     assert "decided by model" in replacement.DerivationDescription
     note = pydicom.dcmread(DicomBytesIO(files[note_uid]))
     assert note.SOPClassUID == KOS
     assert note.ConceptNameCodeSequence[0].CodeValue == "113001"
-    rejected = [item.ReferencedSOPInstanceUID
-                for evidence in note.CurrentRequestedProcedureEvidenceSequence
-                for series in evidence.ReferencedSeriesSequence
-                for item in series.ReferencedSOPSequence]
+    rejected = [
+        item.ReferencedSOPInstanceUID
+        for evidence in note.CurrentRequestedProcedureEvidenceSequence
+        for series in evidence.ReferencedSeriesSequence
+        for item in series.ReferencedSOPSequence
+    ]
     assert rejected == [original.SOPInstanceUID]
     if not pacs_down:
         undo_note = pydicom.dcmread(DicomBytesIO(files[reversal.rejection_note_uid]))
-        assert [item.ReferencedSOPInstanceUID
-                for evidence in undo_note.CurrentRequestedProcedureEvidenceSequence
-                for series in evidence.ReferencedSeriesSequence
-                for item in series.ReferencedSOPSequence] == [replacement_uid]
+        assert [
+            item.ReferencedSOPInstanceUID
+            for evidence in undo_note.CurrentRequestedProcedureEvidenceSequence
+            for series in evidence.ReferencedSeriesSequence
+            for item in series.ReferencedSOPSequence
+        ] == [replacement_uid]
 
     for uid, data in files.items():
         path = tmp_path / "from-orthanc" / f"{uid}.dcm"

@@ -35,8 +35,12 @@ WHEN = datetime(2026, 12, 6, 21, 30, tzinfo=UTC)
 
 @pytest.fixture
 def orthanc(tmp_path: Path) -> Iterator[Orthanc]:
-    server = start(tmp_path / "orthanc", free_port(), free_port(),
-                   {"cxr": [CALLING_AE, "127.0.0.1", free_port()]})
+    server = start(
+        tmp_path / "orthanc",
+        free_port(),
+        free_port(),
+        {"cxr": [CALLING_AE, "127.0.0.1", free_port()]},
+    )
     try:
         yield server
     finally:
@@ -58,45 +62,56 @@ def _c_store(orthanc: Orthanc, datasets: list[Dataset]) -> None:
 
 
 def _lookup(orthanc: Orthanc, sop_instance_uid: str) -> str:
-    response = httpx.post(f"{orthanc.url}/tools/lookup", content=sop_instance_uid,
-                          timeout=30)
+    response = httpx.post(f"{orthanc.url}/tools/lookup", content=sop_instance_uid, timeout=30)
     response.raise_for_status()
     (found,) = [r for r in response.json() if r["Type"] == "Instance"]
     return str(found["ID"])
 
 
 def test_orthanc_stores_the_replacement_and_the_note_and_hides_nothing(
-        tmp_path: Path, orthanc: Orthanc) -> None:
+    tmp_path: Path, orthanc: Orthanc
+) -> None:
     upright = np.asarray(rg1().pixel_array)
-    original = pydicom.dcmread(write_in_syntax(turned_original(upright, 90, True),
-                                               JPEG2000Lossless, tmp_path))
+    original = pydicom.dcmread(
+        write_in_syntax(turned_original(upright, 90, True), JPEG2000Lossless, tmp_path)
+    )
     replacement = build_corrected_image(
-        original, Correction(Turn(90, True), "PA", "model compact-invariant-64-v3", WHEN))
-    note = build_rejection_note([original], reason="stored turned 90 degrees, mirrored",
-                                decided_by="model compact-invariant-64-v3", decided_at=WHEN)
+        original, Correction(Turn(90, True), "PA", "model compact-invariant-64-v3", WHEN)
+    )
+    note = build_rejection_note(
+        [original],
+        reason="stored turned 90 degrees, mirrored",
+        decided_by="model compact-invariant-64-v3",
+        decided_at=WHEN,
+    )
     assert replacement.file_meta.TransferSyntaxUID == JPEG2000Lossless
     assert note.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
 
     _c_store(orthanc, [original, replacement, note])
 
-    stored = {str(orthanc.instance_tags(i)["SOPInstanceUID"]): i
-              for i in orthanc.instances()}
-    assert set(stored) == {original.SOPInstanceUID, replacement.SOPInstanceUID,
-                           note.SOPInstanceUID}, "Orthanc keeps all three: no IOCM"
+    stored = {str(orthanc.instance_tags(i)["SOPInstanceUID"]): i for i in orthanc.instances()}
+    assert set(stored) == {
+        original.SOPInstanceUID,
+        replacement.SOPInstanceUID,
+        note.SOPInstanceUID,
+    }, "Orthanc keeps all three: no IOCM"
     studies = orthanc.get("/studies")
     assert len(studies) == 1 and len(orthanc.get(f"/studies/{studies[0]}/series")) == 3
 
-    back = pydicom.dcmread(pydicom.filebase.DicomBytesIO(
-        orthanc.instance_file(stored[replacement.SOPInstanceUID])))
+    back = pydicom.dcmread(
+        pydicom.filebase.DicomBytesIO(orthanc.instance_file(stored[replacement.SOPInstanceUID]))
+    )
     assert back.file_meta.TransferSyntaxUID == JPEG2000Lossless
     assert np.array_equal(back.pixel_array, upright)
     assert back.SourceImageSequence[0].ReferencedSOPInstanceUID == original.SOPInstanceUID
     tags = orthanc.instance_tags(stored[note.SOPInstanceUID])
     assert tags["ConceptNameCodeSequence"][0]["CodeValue"] == "113001"
-    rejected = [item["ReferencedSOPInstanceUID"]
-                for evidence in tags["CurrentRequestedProcedureEvidenceSequence"]
-                for series in evidence["ReferencedSeriesSequence"]
-                for item in series["ReferencedSOPSequence"]]
+    rejected = [
+        item["ReferencedSOPInstanceUID"]
+        for evidence in tags["CurrentRequestedProcedureEvidenceSequence"]
+        for series in evidence["ReferencedSeriesSequence"]
+        for item in series["ReferencedSOPSequence"]
+    ]
     assert rejected == [original.SOPInstanceUID]
 
     # An Orthanc-only site applies the rejection itself through the REST API.

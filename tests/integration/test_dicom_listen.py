@@ -51,8 +51,12 @@ def make_node(url: str, tmp_path: Path, configure: Callable[..., None]) -> dict[
     process of the test shares (this process reads the same database)."""
     from tests.utils.env import migrate_from_template
 
-    values = {"database_url": url, "ingest_root": tmp_path, "data_dir": tmp_path / "data",
-              "spool_min_free_mb": 1}
+    values = {
+        "database_url": url,
+        "ingest_root": tmp_path,
+        "data_dir": tmp_path / "data",
+        "spool_min_free_mb": 1,
+    }
     (tmp_path / "data").mkdir()
     configure(**values)
     migrate_from_template(url)
@@ -103,7 +107,7 @@ def dataset_bytes(path: Path) -> bytes:
     assert data[128:132] == b"DICM"
     assert data[132:136] == b"\x02\x00\x00\x00", "file meta must start with its group length"
     (length,) = struct.unpack("<I", data[140:144])
-    return data[144 + length:]
+    return data[144 + length :]
 
 
 def small(path: Path, **kwargs: Any) -> Path:
@@ -137,10 +141,14 @@ def test_a_frontal_and_lateral_study_is_recorded_and_classified(
     node: dict[str, str], tmp_path: Path
 ) -> None:
     study = "1.2.826.0.1.3680043.10.77.1"
-    files = [rg1_dicom(tmp_path / "src" / "frontal.dcm", study_uid=study),
-             film_dicom(tmp_path / "src" / "lateral.dcm", view="lateral", study_uid=study)]
-    with running_worker(node, tmp_path / "worker.log"), \
-            running_listener(node, tmp_path / "listen.log") as listener:
+    files = [
+        rg1_dicom(tmp_path / "src" / "frontal.dcm", study_uid=study),
+        film_dicom(tmp_path / "src" / "lateral.dcm", view="lateral", study_uid=study),
+    ]
+    with (
+        running_worker(node, tmp_path / "worker.log"),
+        running_listener(node, tmp_path / "listen.log") as listener,
+    ):
         sent = dcmsend(listener.port, files)
         assert sent.returncode == 0, sent.stdout + sent.stderr
         deadline = time.monotonic() + 120
@@ -195,14 +203,27 @@ def test_an_unreadable_dataset_gets_a_failure_status_and_a_recorded_reason(
 def test_killed_mid_association_nothing_half_recorded_and_the_resend_is_accepted_once(
     node: dict[str, str], tmp_path: Path
 ) -> None:
-    sources = [rg1_dicom(tmp_path / "src" / f"{k:02d}.dcm", study_uid=f"1.2.826.0.1.9.{k % 3}")
-               for k in range(30)]
+    sources = [
+        rg1_dicom(tmp_path / "src" / f"{k:02d}.dcm", study_uid=f"1.2.826.0.1.9.{k % 3}")
+        for k in range(30)
+    ]
     truth = {dataset_bytes(p) for p in sources}
     with running_listener(node, tmp_path / "listen.log") as listener:
         sender = subprocess.Popen(
-            [need_tool("dcmsend"), "-aet", "MODALITY", "-aec", "CXR_ORIENT", "127.0.0.1",
-             str(listener.port), *map(str, sources)],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            [
+                need_tool("dcmsend"),
+                "-aet",
+                "MODALITY",
+                "-aec",
+                "CXR_ORIENT",
+                "127.0.0.1",
+                str(listener.port),
+                *map(str, sources),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         deadline = time.monotonic() + 60
         while len(spooled(tmp_path)) < 3 and time.monotonic() < deadline:
             time.sleep(0.02)
@@ -235,13 +256,33 @@ def test_100_instances_from_4_concurrent_senders_are_each_recorded_once(
     database: str, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
     node: dict[str, str] = request.getfixturevalue(database)
-    sources = [small(tmp_path / "src" / f"{k:03d}.dcm", study_uid=f"1.2.826.0.1.8.{k % 10}",
-                     modality="CR" if k % 2 else "DX") for k in range(100)]
+    sources = [
+        small(
+            tmp_path / "src" / f"{k:03d}.dcm",
+            study_uid=f"1.2.826.0.1.8.{k % 10}",
+            modality="CR" if k % 2 else "DX",
+        )
+        for k in range(100)
+    ]
     with running_listener(node, tmp_path / "listen.log") as listener:
-        senders = [subprocess.Popen(
-            [need_tool("dcmsend"), "-aet", f"MOD{n}", "-aec", "CXR_ORIENT", "127.0.0.1",
-             str(listener.port), *map(str, sources[n::4])],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for n in range(4)]
+        senders = [
+            subprocess.Popen(
+                [
+                    need_tool("dcmsend"),
+                    "-aet",
+                    f"MOD{n}",
+                    "-aec",
+                    "CXR_ORIENT",
+                    "127.0.0.1",
+                    str(listener.port),
+                    *map(str, sources[n::4]),
+                ],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+            for n in range(4)
+        ]
         for sender in senders:
             out, _ = sender.communicate(timeout=120)
             assert sender.returncode == 0, out
@@ -266,8 +307,7 @@ def rewrapped(name: str, path: Path) -> Path:
     found = get_testdata_file(name)
     assert isinstance(found, str), f"pydicom-data's {name} is not installed"
     ds = pydicom.dcmread(found)
-    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = (
-        DigitalXRayImageStorageForPresentation)
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = DigitalXRayImageStorageForPresentation
     ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
     ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.Modality = generate_uid(), generate_uid(), "DX"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -275,8 +315,9 @@ def rewrapped(name: str, path: Path) -> Path:
     return path
 
 
-@pytest.mark.parametrize("syntax", [RLELossless, JPEGLSLossless, JPEG2000Lossless,
-                                    JPEGLosslessSV1], ids=lambda s: s.name)
+@pytest.mark.parametrize(
+    "syntax", [RLELossless, JPEGLSLossless, JPEG2000Lossless, JPEGLosslessSV1], ids=lambda s: s.name
+)
 def test_compressed_syntaxes_are_stored_as_sent(
     node: dict[str, str], tmp_path: Path, syntax: str
 ) -> None:
@@ -300,11 +341,19 @@ def test_orthanc_routes_a_study_to_the_listener(node: dict[str, str], tmp_path: 
     """docs/dicom.md's route: Orthanc declares us in DicomModalities and stores to us
     (its AE title is the one allowed)."""
     env = {**node, "CXR_DICOM_ALLOWED_CALLERS": "ORTHANC@127.0.0.1"}
-    files = [small(tmp_path / "src" / f"{k}.dcm", study_uid="1.2.826.0.1.5.1",
-                   transfer_syntax=RLELossless) for k in range(2)]
-    with running_listener(env, tmp_path / "listen.log") as listener, running_orthanc(
+    files = [
+        small(
+            tmp_path / "src" / f"{k}.dcm", study_uid="1.2.826.0.1.5.1", transfer_syntax=RLELossless
+        )
+        for k in range(2)
+    ]
+    with (
+        running_listener(env, tmp_path / "listen.log") as listener,
+        running_orthanc(
             tmp_path / "orthanc",
-            modalities={"cxr-orient": ["CXR_ORIENT", "127.0.0.1", listener.port]}) as orthanc:
+            modalities={"cxr-orient": ["CXR_ORIENT", "127.0.0.1", listener.port]},
+        ) as orthanc,
+    ):
         for path in files:
             orthanc.upload(path)
         studies = orthanc.get("/studies")
@@ -315,8 +364,7 @@ def test_orthanc_routes_a_study_to_the_listener(node: dict[str, str], tmp_path: 
     assert {dataset_bytes(p) for p in spooled(tmp_path)} == {dataset_bytes(p) for p in files}
 
 
-def test_associations_beyond_the_maximum_are_rejected(node: dict[str, str],
-                                                       tmp_path: Path) -> None:
+def test_associations_beyond_the_maximum_are_rejected(node: dict[str, str], tmp_path: Path) -> None:
     from pynetdicom import AE
 
     env = {**node, "CXR_DICOM_MAX_ASSOCIATIONS": "1"}
@@ -336,13 +384,13 @@ def test_associations_beyond_the_maximum_are_rejected(node: dict[str, str],
     assert after.returncode == 0, "the slot is free again once the first is released"
 
 
-def test_an_instance_larger_than_the_worker_accepts_is_refused(node: dict[str, str],
-                                                               tmp_path: Path) -> None:
+def test_an_instance_larger_than_the_worker_accepts_is_refused(
+    node: dict[str, str], tmp_path: Path
+) -> None:
     # CXR_MAX_PIXELS=1: the bound is 64 MiB + 2 bytes; a 6000 x 6000 16-bit image is 72 MB.
     env = {**node, "CXR_MAX_PIXELS": "1"}
     (tmp_path / "src").mkdir()
-    source = make_dicom(tmp_path / "src" / "big.dcm",
-                        np.zeros((6000, 6000), dtype=np.uint16))
+    source = make_dicom(tmp_path / "src" / "big.dcm", np.zeros((6000, 6000), dtype=np.uint16))
     with running_listener(env, tmp_path / "listen.log") as listener:
         sent = dcmsend(listener.port, [source])
         assert listener.process.poll() is None
@@ -367,8 +415,9 @@ def test_instances_acknowledged_while_the_database_is_down_are_recorded_when_it_
             pg.stop()
             sent = dcmsend(listener.port, files)
             time.sleep(1.5)
-            assert "spooled instances failed (OperationalError); retrying" in (
-                listener.log()), listener.log()
+            assert "spooled instances failed (OperationalError); retrying" in (listener.log()), (
+                listener.log()
+            )
             pg.start()
             found = wait_rows(3, timeout=60)
             time.sleep(0.5)
@@ -422,10 +471,14 @@ def peak_rss(pid: int) -> Iterator[dict[str, float]]:
         sampler.join()
 
 
-@pytest.mark.parametrize(("titles", "admitted", "reason"), [
-    (["HOLDER"] * 8, 4, "per_caller"),
-    ([f"HOLDER{k}" for k in range(8)], 6, "per_host"),
-], ids=["one-calling-ae", "eight-calling-aes"])
+@pytest.mark.parametrize(
+    ("titles", "admitted", "reason"),
+    [
+        (["HOLDER"] * 8, 4, "per_caller"),
+        ([f"HOLDER{k}" for k in range(8)], 6, "per_host"),
+    ],
+    ids=["one-calling-ae", "eight-calling-aes"],
+)
 def test_idle_sockets_and_idle_associations_do_not_keep_a_modality_out(
     node: dict[str, str], tmp_path: Path, titles: list[str], admitted: int, reason: str
 ) -> None:
@@ -448,8 +501,11 @@ def test_idle_sockets_and_idle_associations_do_not_keep_a_modality_out(
         for title in titles:
             scu = AE(ae_title=title)
             scu.add_requested_context("1.2.840.10008.1.1")
-            held.append(scu.associate("127.0.0.1", listener.port, ae_title="CXR_ORIENT",
-                                      bind_address=("127.0.0.2", 0)))
+            held.append(
+                scu.associate(
+                    "127.0.0.1", listener.port, ae_title="CXR_ORIENT", bind_address=("127.0.0.2", 0)
+                )
+            )
         established = sum(assoc.is_established for assoc in held)
         try:
             started = time.monotonic()
@@ -487,8 +543,12 @@ def test_silent_connections_and_associations_are_cut_off_by_their_timeouts(
     from pynetdicom import AE
 
     metrics = free_port()
-    env = {**node, "CXR_DICOM_METRICS_PORT": str(metrics), "CXR_DICOM_ACSE_TIMEOUT_S": "1",
-           "CXR_DICOM_IDLE_TIMEOUT_S": "2"}
+    env = {
+        **node,
+        "CXR_DICOM_METRICS_PORT": str(metrics),
+        "CXR_DICOM_ACSE_TIMEOUT_S": "1",
+        "CXR_DICOM_IDLE_TIMEOUT_S": "2",
+    }
     with running_listener(env, tmp_path / "listen.log") as listener:
         bare = socket.create_connection(("127.0.0.1", listener.port))
         stalled = socket.create_connection(("127.0.0.1", listener.port))
@@ -552,17 +612,21 @@ def test_a_large_c_store_is_received_on_disk_and_an_oversize_one_cut_off_early(
             cut = dcmsend(listener.port, [oversize])
             time.sleep(0.5)
         assert listener.process.poll() is None
-    print(f"\nlistener RSS, 98 MB C-STORE: {storing['before']:.0f} -> {storing['peak']:.0f} MiB;"
-          f" 288 MB refused: {cutting['before']:.0f} -> {cutting['peak']:.0f} MiB")
+    print(
+        f"\nlistener RSS, 98 MB C-STORE: {storing['before']:.0f} -> {storing['peak']:.0f} MiB;"
+        f" 288 MB refused: {cutting['before']:.0f} -> {cutting['peak']:.0f} MiB"
+    )
     assert sent.returncode == 0, sent.stdout + sent.stderr
     assert len(found) == 1 and dataset_bytes(Path(str(found[0]["file_path"]))) == (
-        dataset_bytes(large))
+        dataset_bytes(large)
+    )
     assert storing["peak"] - storing["before"] < 40, storing
     assert cutting["peak"] - cutting["before"] < 40, cutting
     out = cut.stdout + cut.stderr
     assert cut.returncode != 0 and "C-STORE Response (Success)" not in out, out
-    aborted = re.search(r"refused \(too_large\): .*aborted after (\d+) dataset bytes",
-                        listener.log())
+    aborted = re.search(
+        r"refused \(too_large\): .*aborted after (\d+) dataset bytes", listener.log()
+    )
     assert aborted, listener.log()
     bound = 2 * 20_000_000 + (64 << 20)
     assert bound < int(aborted.group(1)) <= bound + 2 * (4 << 20), "cut off at the bound"
@@ -584,14 +648,18 @@ def cut_files(folder: Path) -> dict[str, Path]:
     whole = small(folder / "whole.dcm").read_bytes()
     at = whole.rindex(b"\xe0\x7f\x10\x00OW\x00\x00") + 8
     huge = folder / "huge-length.dcm"
-    huge.write_bytes(whole[:at] + struct.pack("<I", 0xFFFFFFF0) + whole[at + 4:])
+    huge.write_bytes(whole[:at] + struct.pack("<I", 0xFFFFFFF0) + whole[at + 4 :])
     rle = small(folder / "rle.dcm", transfer_syntax=RLELossless).read_bytes()
     no_delimiter = folder / "no-delimiter.dcm"
     no_delimiter.write_bytes(rle[:-8])
     fragment = folder / "fragment-cut.dcm"
     fragment.write_bytes(rle[:-100])
-    return {"native-short": short, "native-4gb-length": huge,
-            "encapsulated-no-delimiter": no_delimiter, "encapsulated-fragment-cut": fragment}
+    return {
+        "native-short": short,
+        "native-4gb-length": huge,
+        "encapsulated-no-delimiter": no_delimiter,
+        "encapsulated-fragment-cut": fragment,
+    }
 
 
 def test_an_instance_cut_short_gets_a_failure_status_not_success(
@@ -649,9 +717,20 @@ def test_a_transfer_cut_off_by_a_killed_sender_or_listener_leaves_no_partial(
 
     def send_and_wait_for_a_partial(port: int) -> subprocess.Popen[str]:
         sender = subprocess.Popen(
-            [need_tool("dcmsend"), "-aet", "MODALITY", "-aec", "CXR_ORIENT", "127.0.0.1",
-             str(port), str(large)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            text=True)
+            [
+                need_tool("dcmsend"),
+                "-aet",
+                "MODALITY",
+                "-aec",
+                "CXR_ORIENT",
+                "127.0.0.1",
+                str(port),
+                str(large),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         deadline = time.monotonic() + 60
         while not any(p.stat().st_size > 10 << 20 for p in partials(tmp_path)):
             assert time.monotonic() < deadline, "no transfer under way"

@@ -40,16 +40,21 @@ def _study_state() -> tuple[dict[str, tuple[str, object]], object, dict[str, int
         study = session.scalars(select(Study).where(Study.study_instance_uid == STUDY)).first()
         if study is None:
             return {}, None, {}
-        rows = session.execute(select(Instance.sop_instance_uid, Instance.status,
-                                      Instance.enqueued_at, Instance.id)
-                               .where(Instance.study_id == study.id)).all()
-        counts = dict(session.execute(
-            select(Prediction.instance_id, func.count()).group_by(Prediction.instance_id)
-        ).all())
-        return ({str(uid): (str(getattr(status, "value", status)), at)
-                 for uid, status, at, _ in rows},
-                study.last_arrival_at,
-                {str(uid): int(counts.get(id_, 0)) for uid, _, _, id_ in rows})
+        rows = session.execute(
+            select(
+                Instance.sop_instance_uid, Instance.status, Instance.enqueued_at, Instance.id
+            ).where(Instance.study_id == study.id)
+        ).all()
+        counts = dict(
+            session.execute(
+                select(Prediction.instance_id, func.count()).group_by(Prediction.instance_id)
+            ).all()
+        )
+        return (
+            {str(uid): (str(getattr(status, "value", status)), at) for uid, status, at, _ in rows},
+            study.last_arrival_at,
+            {str(uid): int(counts.get(id_, 0)) for uid, _, _, id_ in rows},
+        )
 
 
 def _epoch(at: datetime) -> float:
@@ -76,29 +81,46 @@ def test_dcmsend_to_listen_to_worker_to_srs_in_orthanc(
     root = tmp_path / "node"
     (root / "src").mkdir(parents=True)
     frontal = rg1_dicom(root / "src" / "frontal.dcm", study_uid=STUDY)
-    lateral = (film_dicom(root / "src" / "lateral.dcm", view="lateral", study_uid=STUDY)
-               if COVID_CXR.is_dir()
-               else rg1_dicom(root / "src" / "lateral.dcm", view_position="LL",
-                              study_uid=STUDY))
-    sources = {str(ds.SOPInstanceUID): ds for ds in
-               (pydicom.dcmread(p, stop_before_pixels=True) for p in (frontal, lateral))}
+    lateral = (
+        film_dicom(root / "src" / "lateral.dcm", view="lateral", study_uid=STUDY)
+        if COVID_CXR.is_dir()
+        else rg1_dicom(root / "src" / "lateral.dcm", view_position="LL", study_uid=STUDY)
+    )
+    sources = {
+        str(ds.SOPInstanceUID): ds
+        for ds in (pydicom.dcmread(p, stop_before_pixels=True) for p in (frontal, lateral))
+    }
     assert len(sources) == 2
 
-    orthanc = start(tmp_path / "orthanc", free_port(), free_port(),
-                    {"cxr": ["CXR_ORIENT", "127.0.0.1", free_port()]})
+    orthanc = start(
+        tmp_path / "orthanc",
+        free_port(),
+        free_port(),
+        {"cxr": ["CXR_ORIENT", "127.0.0.1", free_port()]},
+    )
     try:
         with private_redis() as redis:
             values: dict[str, object] = dict(
-                database_url=pg_url, broker_url=redis.url(0), ingest_root=root,
-                data_dir=tmp_path / "data", model_path=SHIPPED_MODEL, batch_max_wait_ms=100,
-                study_quiet_s=QUIET_S, spool_min_free_mb=1,
+                database_url=pg_url,
+                broker_url=redis.url(0),
+                ingest_root=root,
+                data_dir=tmp_path / "data",
+                model_path=SHIPPED_MODEL,
+                batch_max_wait_ms=100,
+                study_quiet_s=QUIET_S,
+                spool_min_free_mb=1,
                 result_destinations=f"dicom://ORTHANC@127.0.0.1:{orthanc.dicom_port}",
-                outbox_interval_s=1, outbox_backoff_s=0.5, outbox_timeout_s=10)
+                outbox_interval_s=1,
+                outbox_backoff_s=0.5,
+                outbox_timeout_s=10,
+            )
             configure(**values)
             migrate_from_template(pg_url)
             env = worker_env(**values)
-            with running_worker(env, tmp_path / "worker.log", ready_timeout=180) as worker, \
-                    running_listener(env, tmp_path / "listen.log") as listener:
+            with (
+                running_worker(env, tmp_path / "worker.log", ready_timeout=180) as worker,
+                running_listener(env, tmp_path / "listen.log") as listener,
+            ):
                 sent = dcmsend(listener.port, [frontal, lateral])
                 assert sent.returncode == 0, sent.stdout + sent.stderr
                 _wait(lambda: len(_study_state()[0]) == 2, "both instances recorded", 60)
@@ -111,8 +133,10 @@ def test_dcmsend_to_listen_to_worker_to_srs_in_orthanc(
                     assert {s for s, _ in instances.values()} == {"waiting"}, instances
                     assert sum(predictions.values()) == 0
                     time.sleep(0.1)
-                _wait(lambda: {s for s, _ in _study_state()[0].values()} == {"done"},
-                      "both instances classified")
+                _wait(
+                    lambda: {s for s, _ in _study_state()[0].values()} == {"done"},
+                    "both instances classified",
+                )
                 _wait(lambda: len(orthanc.structured_reports()) >= 2, "2 SRs in Orthanc", 120)
                 time.sleep(2 * QUIET_S)  # no second classification, no third SR
                 instances, arrival, predictions = _study_state()
@@ -128,7 +152,8 @@ def test_dcmsend_to_listen_to_worker_to_srs_in_orthanc(
     for uid, (_, released) in instances.items():
         assert isinstance(released, datetime)
         assert _epoch(released) - _epoch(arrival) >= QUIET_S, (
-            f"{uid} released before its study was quiet")
+            f"{uid} released before its study was quiet"
+        )
     assert len(srs) == 2, log[-3000:]
     referenced = []
     for sr_uid, (_, tags) in srs.items():

@@ -14,16 +14,21 @@ from tests.utils.worker import WorkerProcess, run_cli, worker_env
 
 pytestmark = [
     pytest.mark.integration,
-    pytest.mark.skipif(importlib.util.find_spec("jax") is not None,
-                       reason="jax is installed here, so KERAS_BACKEND=jax is not missing"),
+    pytest.mark.skipif(
+        importlib.util.find_spec("jax") is not None,
+        reason="jax is installed here, so KERAS_BACKEND=jax is not missing",
+    ),
 ]
 
 MISSING = "Keras backend 'jax' is not installed (jax missing), so no model can run: "
 
 
 def _env(tmp_path: Path) -> dict[str, str]:
-    env = worker_env(database_url=f"sqlite:///{tmp_path / 'cxr.db'}",
-                     data_dir=tmp_path / "data", ingest_root=tmp_path)
+    env = worker_env(
+        database_url=f"sqlite:///{tmp_path / 'cxr.db'}",
+        data_dir=tmp_path / "data",
+        ingest_root=tmp_path,
+    )
     env.pop("CXR_BROKER_URL", None)
     env["KERAS_BACKEND"] = "jax"
     return env
@@ -52,7 +57,7 @@ def test_demo_without_its_backend_exits_at_once_with_one_line(tmp_path: Path) ->
 
     assert time.monotonic() - start < 30
     assert result.returncode != 0, result.stdout + result.stderr
-    assert result.stdout.splitlines() == [f"cannot run the demo: {MISSING}"
-                                          "pip install 'jax[cpu]' (or the CUDA build on a "
-                                          "GPU host)"], result.stdout
+    assert result.stdout.splitlines() == [
+        f"cannot run the demo: {MISSING}pip install 'jax[cpu]' (or the CUDA build on a GPU host)"
+    ], result.stdout
     assert "Traceback" not in result.stderr, result.stderr

@@ -67,9 +67,14 @@ def make_corpus(root: Path, n: int, *, size: int = 512, prefix: str = "img") -> 
         (root / f"study{i % 2}").mkdir(parents=True, exist_ok=True)
         base = 2000 + 1500 * np.sin(x / (40 + i)) * np.cos(y / 55)
         pixels = np.clip(base + rng.normal(0, 80, base.shape), 0, 4095).astype(np.uint16)
-        paths.append(make_dicom(root / f"study{i % 2}" / f"{prefix}-{i:03d}.dcm", pixels,
-                                study_uid=f"1.2.826.0.1.3680043.10.9.{abs(hash(prefix)) % 999}."
-                                f"{i % 2}", patient_id=f"PAT-{prefix}-{i % 2}"))
+        paths.append(
+            make_dicom(
+                root / f"study{i % 2}" / f"{prefix}-{i:03d}.dcm",
+                pixels,
+                study_uid=f"1.2.826.0.1.3680043.10.9.{abs(hash(prefix)) % 999}.{i % 2}",
+                patient_id=f"PAT-{prefix}-{i % 2}",
+            )
+        )
     return paths
 
 
@@ -81,17 +86,23 @@ def redis_server() -> Iterator[PrivateRedis]:
 
 def _env(tmp_path: Path, database_url: str, broker_url: str, **extra: object) -> dict[str, str]:
     values: dict[str, object] = dict(
-        database_url=database_url, broker_url=broker_url, ingest_root=tmp_path / "archive",
-        model_path=smoke_checkpoint(tmp_path / "model"), data_dir=tmp_path / "data",
-        batch_size=8, batch_max_wait_ms=100, max_attempts=5, decode_threads=1)
+        database_url=database_url,
+        broker_url=broker_url,
+        ingest_root=tmp_path / "archive",
+        model_path=smoke_checkpoint(tmp_path / "model"),
+        data_dir=tmp_path / "data",
+        batch_size=8,
+        batch_max_wait_ms=100,
+        max_attempts=5,
+        decode_threads=1,
+    )
     values.update(extra)
     return worker_env(**values)
 
 
 def _worker(env: dict[str, str], tmp_path: Path, name: str, beat: bool = True) -> WorkerProcess:
     args = ("-B", "-s", str(tmp_path / f"beat-{name}")) if beat else ()
-    worker = WorkerProcess(env, tmp_path / f"{name}.log", name="test", extra_args=args,
-                           cwd=REPO)
+    worker = WorkerProcess(env, tmp_path / f"{name}.log", name="test", extra_args=args, cwd=REPO)
     try:
         worker.wait_ready()
     except BaseException:
@@ -108,9 +119,14 @@ def _enqueue(env: dict[str, str], path: Path) -> None:
 def _enqueue_async(env: dict[str, str], path: Path) -> subprocess.Popen[str]:
     """Enqueue in the background: a warm worker may finish a small run before a
     blocking enqueue returns, and the tests must catch it mid-batch."""
-    return subprocess.Popen([sys.executable, "-m", "cli", "enqueue", str(path)],
-                            env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "cli", "enqueue", str(path)],
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def _finish_enqueue(process: subprocess.Popen[str]) -> None:
@@ -120,8 +136,11 @@ def _finish_enqueue(process: subprocess.Popen[str]) -> None:
 
 def _ids_under(engine: Engine, folder: Path) -> list[int]:
     with engine.connect() as conn:
-        return [i for i, p in conn.execute(select(Instance.id, Instance.file_path))
-                if p.startswith(str(folder))]
+        return [
+            i
+            for i, p in conn.execute(select(Instance.id, Instance.file_path))
+            if p.startswith(str(folder))
+        ]
 
 
 def _wait_processing(engine: Engine, timeout: float = 60) -> int:
@@ -138,8 +157,12 @@ def _wait_processing(engine: Engine, timeout: float = 60) -> int:
 
 
 def _wait_finished(engine: Engine, ids: list[int], timeout: float) -> None:
-    wait_until(lambda: all(instance_states(engine).get(i) in {"done", "failed"} for i in ids),
-               timeout=timeout, poll=0.5, what="every instance finished")
+    wait_until(
+        lambda: all(instance_states(engine).get(i) in {"done", "failed"} for i in ids),
+        timeout=timeout,
+        poll=0.5,
+        what="every instance finished",
+    )
 
 
 def _replaced(worker: WorkerProcess, old_child: int) -> bool:
@@ -167,9 +190,13 @@ def test_kill9_pool_child_then_parent_mid_batch(
         ids1 = _ids_under(engine, first)
         started = time.monotonic()
         _wait_finished(engine, ids1, timeout=90)
-        counts1 = ledger(pg_url, ids1, "kill -9 pool process mid-batch",
-                         in_processing_at_kill=in_hand,
-                         recovery_s=round(time.monotonic() - started, 1))
+        counts1 = ledger(
+            pg_url,
+            ids1,
+            "kill -9 pool process mid-batch",
+            in_processing_at_kill=in_hand,
+            recovery_s=round(time.monotonic() - started, 1),
+        )
         record_counts(counts1, tmp_path)
         assert _replaced(worker, child), "the parent replaced its pool process"
 
@@ -191,9 +218,13 @@ def test_kill9_pool_child_then_parent_mid_batch(
         _wait_finished(engine, ids2, timeout=90)
     finally:
         replacement.stop()
-    counts2 = ledger(pg_url, ids2, "kill -9 worker parent mid-batch, new worker started",
-                     in_processing_at_kill=in_hand,
-                     recovery_s=round(time.monotonic() - started, 1))
+    counts2 = ledger(
+        pg_url,
+        ids2,
+        "kill -9 worker parent mid-batch, new worker started",
+        in_processing_at_kill=in_hand,
+        recovery_s=round(time.monotonic() - started, 1),
+    )
     record_counts(counts2, tmp_path)
     engine.dispose()
     for counts, n in ((counts1, 16), (counts2, 16)):
@@ -203,8 +234,11 @@ def test_kill9_pool_child_then_parent_mid_batch(
 
 def _tokens(engine: Engine, ids: list[int]) -> set[str]:
     with engine.connect() as conn:
-        return {t for t in conn.scalars(select(Instance.claim_token).where(
-            Instance.id.in_(ids))) if t is not None}
+        return {
+            t
+            for t in conn.scalars(select(Instance.claim_token).where(Instance.id.in_(ids)))
+            if t is not None
+        }
 
 
 def test_kill9_worker_at_default_settings_requeue_new_worker(
@@ -242,8 +276,12 @@ def test_kill9_worker_at_default_settings_requeue_new_worker(
     try:
         second.wait_ready()
         ready_s = time.monotonic() - killed_at
-        wait_until(lambda: not _tokens(engine, held) & dead_tokens, timeout=120, poll=0.1,
-                   what="the dead worker's claims re-queued")
+        wait_until(
+            lambda: not _tokens(engine, held) & dead_tokens,
+            timeout=120,
+            poll=0.1,
+            what="the dead worker's claims re-queued",
+        )
         requeued_s = time.monotonic() - killed_at
         _wait_finished(engine, ids, timeout=180)
         done_s = time.monotonic() - killed_at
@@ -251,20 +289,24 @@ def test_kill9_worker_at_default_settings_requeue_new_worker(
         second.stop()
     engine.dispose()
     bound_s = max(LEASE_S + RENEW_S, ready_s + RENEW_S) + MARGIN_S
-    counts = ledger(pg_url, ids, "kill -9 worker mid-run at default settings, "
-                    "cxr-orient requeue, a new worker",
-                    in_processing_at_kill=len(held), requeue_output=requeued.stdout.strip(),
-                    new_worker_ready_s=round(ready_s, 1), claims_requeued_s=round(requeued_s, 1),
-                    bound_s=round(bound_s, 1), all_done_s=round(done_s, 1))
+    counts = ledger(
+        pg_url,
+        ids,
+        "kill -9 worker mid-run at default settings, cxr-orient requeue, a new worker",
+        in_processing_at_kill=len(held),
+        requeue_output=requeued.stdout.strip(),
+        new_worker_ready_s=round(ready_s, 1),
+        claims_requeued_s=round(requeued_s, 1),
+        bound_s=round(bound_s, 1),
+        all_done_s=round(done_s, 1),
+    )
     record_counts(counts, tmp_path)
     assert (counts.done, counts.failed, counts.duplicated, counts.lost) == (80, 0, 0, 0), counts
     assert counts.unfinished == 0
     assert requeued_s <= bound_s, counts
 
 
-def test_redis_restart_loses_queue_requeue_completes(
-    pg_url: str, tmp_path: Path
-) -> None:
+def test_redis_restart_loses_queue_requeue_completes(pg_url: str, tmp_path: Path) -> None:
     """Work queued, Redis killed and restarted empty: the DB re-sends it all."""
     migrate_from_template(pg_url)
     server = PrivateRedis()
@@ -290,9 +332,14 @@ def test_redis_restart_loses_queue_requeue_completes(
         engine.dispose()
     finally:
         server.kill()
-    counts = ledger(pg_url, ids, "redis restarted empty with work queued; cxr-orient requeue",
-                    queued_in_redis_before=queued_before, queued_in_redis_after=queued_after,
-                    requeue_output=requeued.stdout.strip())
+    counts = ledger(
+        pg_url,
+        ids,
+        "redis restarted empty with work queued; cxr-orient requeue",
+        queued_in_redis_before=queued_before,
+        queued_in_redis_after=queued_after,
+        requeue_output=requeued.stdout.strip(),
+    )
     record_counts(counts, tmp_path)
     assert queued_before == 20 and queued_after == 0
     assert (counts.done, counts.failed, counts.duplicated, counts.lost) == (20, 0, 0, 0), counts
@@ -355,8 +402,13 @@ def test_database_outage_45s_workers_wait_and_finish(
             log = worker.log()
         finally:
             worker.stop()
-        counts = ledger(url, ids, "postgresql stopped mid-run", outage_s=outage_s,
-                        retry_warnings=log.count("database unavailable during"))
+        counts = ledger(
+            url,
+            ids,
+            "postgresql stopped mid-run",
+            outage_s=outage_s,
+            retry_warnings=log.count("database unavailable during"),
+        )
     record_counts(counts, tmp_path)
     assert counts.extra["retry_warnings"] > 0, log
     assert (counts.done, counts.failed, counts.duplicated, counts.lost) == (24, 0, 0, 0), counts
@@ -387,9 +439,15 @@ def test_sigterm_warm_shutdown_finishes_or_hands_back(
     finally:
         second.stop()
     engine.dispose()
-    counts = ledger(pg_url, ids, "SIGTERM warm shutdown mid-batch, then a new worker",
-                    in_processing_at_term=in_hand, exit_code=code,
-                    left_processing=left_processing, done_before_exit=done_by_first)
+    counts = ledger(
+        pg_url,
+        ids,
+        "SIGTERM warm shutdown mid-batch, then a new worker",
+        in_processing_at_term=in_hand,
+        exit_code=code,
+        left_processing=left_processing,
+        done_before_exit=done_by_first,
+    )
     record_counts(counts, tmp_path)
     assert code == 0
     assert left_processing == 0, "warm shutdown must finish the batch in hand"
@@ -410,8 +468,9 @@ def test_poison_instance_fails_after_max_attempts(
         pytest.skip(f"needs a FUSE mount: {problem}")
     migrate_from_template(pg_url)
     max_attempts = 2
-    env = _env(tmp_path, pg_url, redis_server.url(13), max_attempts=max_attempts,
-               task_soft_time_limit_s=0)
+    env = _env(
+        tmp_path, pg_url, redis_server.url(13), max_attempts=max_attempts, task_soft_time_limit_s=0
+    )
     corpus = tmp_path / "archive" / "poison"
     make_corpus(corpus, 5, prefix="poison")
     exported = tmp_path / "nfs-export"
@@ -426,14 +485,16 @@ def test_poison_instance_fails_after_max_attempts(
         _enqueue(env, corpus)
         ids = _ids_under(engine, corpus)
         with engine.connect() as conn:
-            poison = conn.execute(select(Instance.id).where(
-                Instance.file_path == str(poison_path))).scalar_one()
+            poison = conn.execute(
+                select(Instance.id).where(Instance.file_path == str(poison_path))
+            ).scalar_one()
         mount.hang()  # reading it now blocks for ever: the pool process hangs
 
         def poison_row() -> tuple[str, int]:
             with engine.connect() as conn:
-                status, attempts = conn.execute(select(Instance.status, Instance.attempts).where(
-                    Instance.id == poison)).one()
+                status, attempts = conn.execute(
+                    select(Instance.status, Instance.attempts).where(Instance.id == poison)
+                ).one()
             return str(status), int(attempts)
 
         # Kill the pool process once per claim of the poison (a new claim = a new attempt).
@@ -454,21 +515,31 @@ def test_poison_instance_fails_after_max_attempts(
                     # until the server answers (a hard NFS mount does the same): let it
                     # answer so the process can die, then stall again for the next claim.
                     mount.resume()
-                    wait_until(lambda c=child: _replaced(worker, c),  # type: ignore[misc]
-                               timeout=60, what="replacement pool process")
+                    wait_until(
+                        lambda c=child: _replaced(worker, c),  # type: ignore[misc]
+                        timeout=60,
+                        what="replacement pool process",
+                    )
                     mount.hang()
             time.sleep(0.2)
         _wait_finished(engine, ids, timeout=60)
         with engine.connect() as conn:
-            row = conn.execute(select(Instance.error_code, Instance.attempts).where(
-                Instance.id == poison)).one()
+            row = conn.execute(
+                select(Instance.error_code, Instance.attempts).where(Instance.id == poison)
+            ).one()
     finally:
         worker.stop()
         engine.dispose()
         mount_cm.__exit__(None, None, None)
-    counts = ledger(pg_url, ids, "poison instance (hangs until killed)", kills=kills,
-                    poison_error_code=row.error_code, poison_attempts=row.attempts,
-                    max_attempts=max_attempts)
+    counts = ledger(
+        pg_url,
+        ids,
+        "poison instance (hangs until killed)",
+        kills=kills,
+        poison_error_code=row.error_code,
+        poison_attempts=row.attempts,
+        max_attempts=max_attempts,
+    )
     record_counts(counts, tmp_path)
     assert row.error_code == "too_many_attempts", counts
     assert kills == max_attempts

@@ -24,8 +24,15 @@ def _ct_as_cr(path: Path) -> Path:
 
     pixels = pydicom.dcmread(str(get_testdata_file("CT_small.dcm"))).pixel_array
     shifted = (pixels.astype(np.int32) - int(pixels.min())).astype(np.uint16)
-    return make_dicom(path, shifted, bits_stored=16, view_position="PA", modality="CR",
-                      study_uid="1.2.826.0.1.3680043.10.7.1", patient_id="P9")
+    return make_dicom(
+        path,
+        shifted,
+        bits_stored=16,
+        view_position="PA",
+        modality="CR",
+        study_uid="1.2.826.0.1.3680043.10.7.1",
+        patient_id="P9",
+    )
 
 
 def _archive(root: Path) -> dict[str, tuple[int, bool]]:
@@ -35,8 +42,14 @@ def _archive(root: Path) -> dict[str, tuple[int, bool]]:
     pixels = rg1_pixels()
     for name, (rotation, mirrored) in poses.items():
         stored = np.rot90(pixels[:, ::-1] if mirrored else pixels, rotation // 90)
-        make_dicom(root / name, np.ascontiguousarray(stored), photometric="MONOCHROME1",
-                   bits_stored=15, modality="CR", study_uid="1.2.826.0.1.3680043.10.7.2")
+        make_dicom(
+            root / name,
+            np.ascontiguousarray(stored),
+            photometric="MONOCHROME1",
+            bits_stored=15,
+            modality="CR",
+            study_uid="1.2.826.0.1.3680043.10.7.2",
+        )
     _ct_as_cr(root / "ct.dcm")
     return poses
 
@@ -50,8 +63,13 @@ def test_worker_records_orientation_and_flags_a_ct_slice(
     root = tmp_path / "archive"
     poses = _archive(root)
     database_url = f"sqlite:///{tmp_path / 'cxr.db'}"
-    env = worker_env(database_url=database_url, broker_url=redis_url, ingest_root=root,
-                     data_dir=tmp_path / "data", unusual_image_action=action)
+    env = worker_env(
+        database_url=database_url,
+        broker_url=redis_url,
+        ingest_root=root,
+        data_dir=tmp_path / "data",
+        unusual_image_action=action,
+    )
     migrate_from_template(database_url)
     with running_worker(env, tmp_path / "worker.log") as worker:
         enqueued = run_cli("enqueue", str(root), "--wait", "--timeout", "240", env=env)

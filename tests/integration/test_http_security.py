@@ -61,9 +61,16 @@ class Server:
 def _user(env: dict[str, str], name: str, role: str, password: str | None) -> None:
     args = ["user", "create", name, "--role", role]
     args += ["--password-stdin"] if password else ["--no-password"]
-    made = subprocess.run([sys.executable, "-m", "cli", *args],
-                          input=(password or "") + "\n", env=env, cwd=REPO,
-                          capture_output=True, text=True, timeout=120, check=False)
+    made = subprocess.run(
+        [sys.executable, "-m", "cli", *args],
+        input=(password or "") + "\n",
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert made.returncode == 0, made.stderr
 
 
@@ -80,13 +87,19 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     tmp = tmp_path_factory.mktemp("http-security")
     with temporary_pg_database() as url:
         migrate_from_template(url)
-        env = worker_env(database_url=url, ingest_root=tmp, data_dir=tmp / "data",
-                         trusted_user_header="X-Remote-User", trusted_proxies="10.0.0.5",
-                         http_header_timeout_s=HEADER_TIMEOUT_S,
-                         http_body_timeout_s=BODY_TIMEOUT_S,
-                         stow_body_timeout_s=BODY_TIMEOUT_S,
-                         http_max_connections=MAX_CONNECTIONS,
-                         http_max_connections_per_client=MAX_PER_CLIENT, study_quiet_s=3600)
+        env = worker_env(
+            database_url=url,
+            ingest_root=tmp,
+            data_dir=tmp / "data",
+            trusted_user_header="X-Remote-User",
+            trusted_proxies="10.0.0.5",
+            http_header_timeout_s=HEADER_TIMEOUT_S,
+            http_body_timeout_s=BODY_TIMEOUT_S,
+            stow_body_timeout_s=BODY_TIMEOUT_S,
+            http_max_connections=MAX_CONNECTIONS,
+            http_max_connections_per_client=MAX_PER_CLIENT,
+            study_quiet_s=3600,
+        )
         env.pop("CXR_BROKER_URL", None)
         _user(env, "carol", "admin", None)  # single sign-on only
         _user(env, "alice", "reviewer", PASSWORD)
@@ -103,10 +116,18 @@ def _csrf(client: httpx.Client, base: str) -> str:
     return found.group(1)
 
 
-def _log_in(client: httpx.Client, base: str, name: str, password: str = PASSWORD,
-            headers: dict[str, str] | None = None) -> httpx.Response:
-    return client.post(f"{base}/login", headers=headers, data={
-        "username": name, "password": password, "csrf_token": _csrf(client, base)})
+def _log_in(
+    client: httpx.Client,
+    base: str,
+    name: str,
+    password: str = PASSWORD,
+    headers: dict[str, str] | None = None,
+) -> httpx.Response:
+    return client.post(
+        f"{base}/login",
+        headers=headers,
+        data={"username": name, "password": password, "csrf_token": _csrf(client, base)},
+    )
 
 
 def _status_line(sock: socket.socket, timeout: float) -> int | None:
@@ -131,9 +152,16 @@ def test_forwarded_for_from_this_host_does_not_forge_single_sign_on(server: Serv
         page = client.get(f"{server.base}/admin/users", headers=forged)
         assert page.status_code == 303, f"forged SSO got {page.status_code}"
         assert page.headers["location"].startswith("/login")
-        made = client.post(f"{server.base}/admin/users", headers=forged, data={
-            "username": "eve", "role": "admin", "password": PASSWORD,
-            "csrf_token": _csrf(client, server.base)})
+        made = client.post(
+            f"{server.base}/admin/users",
+            headers=forged,
+            data={
+                "username": "eve",
+                "role": "admin",
+                "password": PASSWORD,
+                "csrf_token": _csrf(client, server.base),
+            },
+        )
         assert made.status_code == 303 and made.headers["location"].startswith("/login")
     engine = make_engine(server.database_url)
     try:
@@ -143,7 +171,8 @@ def test_forwarded_for_from_this_host_does_not_forge_single_sign_on(server: Serv
         engine.dispose()
     assert "eve" not in names
     assert "X-Remote-User header from an untrusted address ignored (127.0.0.1)" in (
-        server.log_text())
+        server.log_text()
+    )
 
 
 # --- Medium: the login rate limit holds whatever X-Forwarded-For says ------------------
@@ -153,11 +182,18 @@ def test_login_rate_limit_is_not_reset_by_a_rotating_forwarded_for(server: Serve
     statuses = []
     with httpx.Client(follow_redirects=False, timeout=30) as client:
         for i in range(40):
-            answer = _log_in(client, server.base, "target", "wrong password " + str(i),
-                             headers={"X-Forwarded-For": f"203.0.113.{i}"})
+            answer = _log_in(
+                client,
+                server.base,
+                "target",
+                "wrong password " + str(i),
+                headers={"X-Forwarded-For": f"203.0.113.{i}"},
+            )
             statuses.append(answer.status_code)
-    print(f"40 wrong passwords, rotating X-Forwarded-For: {statuses.count(401)} x 401, "
-          f"{statuses.count(429)} x 429")
+    print(
+        f"40 wrong passwords, rotating X-Forwarded-For: {statuses.count(401)} x 401, "
+        f"{statuses.count(429)} x 429"
+    )
     assert statuses[:5] == [401] * 5
     assert set(statuses[5:]) == {429}
 
@@ -168,18 +204,21 @@ def test_login_rate_limit_is_not_reset_by_a_rotating_forwarded_for(server: Serve
 def test_a_declared_huge_form_is_refused_before_its_body(server: Server) -> None:
     started = time.monotonic()
     with socket.create_connection(("127.0.0.1", server.port)) as sock:
-        sock.sendall(b"POST /login HTTP/1.1\r\nHost: x\r\n"
-                     b"Content-Type: multipart/form-data; boundary=b\r\n"
-                     b"Content-Length: 629145600\r\n\r\n--b\r\n")  # 600 MB announced
+        sock.sendall(
+            b"POST /login HTTP/1.1\r\nHost: x\r\n"
+            b"Content-Type: multipart/form-data; boundary=b\r\n"
+            b"Content-Length: 629145600\r\n\r\n--b\r\n"
+        )  # 600 MB announced
         status = _status_line(sock, timeout=10)
     elapsed = time.monotonic() - started
-    print(f"600 MB Content-Length to /login: HTTP {status} after {elapsed:.3f} s, "
-          "no body read")
+    print(f"600 MB Content-Length to /login: HTTP {status} after {elapsed:.3f} s, no body read")
     assert status == 413
     with socket.create_connection(("127.0.0.1", server.port)) as sock:
-        sock.sendall(b"POST /dicom-web/studies HTTP/1.1\r\nHost: x\r\n"
-                     b'Content-Type: multipart/related; type="application/dicom"; boundary=b\r\n'
-                     b"Content-Length: 3221225472\r\n\r\n")  # 3 GiB > CXR_STOW_MAX_REQUEST_MB
+        sock.sendall(
+            b"POST /dicom-web/studies HTTP/1.1\r\nHost: x\r\n"
+            b'Content-Type: multipart/related; type="application/dicom"; boundary=b\r\n'
+            b"Content-Length: 3221225472\r\n\r\n"
+        )  # 3 GiB > CXR_STOW_MAX_REQUEST_MB
         assert _status_line(sock, timeout=10) == 413
 
 
@@ -194,10 +233,14 @@ def test_a_chunked_flood_is_cut_at_the_route_limit(server: Server) -> None:
     with socket.socket() as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)
         sock.connect(("127.0.0.1", server.port))
-        sock.sendall(b"POST /login HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
-                     b"Content-Type: multipart/form-data; boundary=b\r\n\r\n")
-        start = (b'--b\r\nContent-Disposition: form-data; name="f"; filename="f"\r\n'
-                 b"Content-Type: application/octet-stream\r\n\r\n")  # a file part: to disk
+        sock.sendall(
+            b"POST /login HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+            b"Content-Type: multipart/form-data; boundary=b\r\n\r\n"
+        )
+        start = (
+            b'--b\r\nContent-Disposition: form-data; name="f"; filename="f"\r\n'
+            b"Content-Type: application/octet-stream\r\n\r\n"
+        )  # a file part: to disk
         sock.sendall(f"{len(start):x}\r\n".encode() + start + b"\r\n")
         sock.settimeout(5)
         try:
@@ -224,9 +267,11 @@ def test_a_trickled_body_is_cut_at_the_body_deadline(server: Server) -> None:
     started = time.monotonic()
     status: int | None = None
     with socket.create_connection(("127.0.0.1", server.port)) as sock:
-        sock.sendall(b"POST /login HTTP/1.1\r\nHost: x\r\n"
-                     b"Content-Type: application/x-www-form-urlencoded\r\n"
-                     b"Content-Length: 1000\r\n\r\n")
+        sock.sendall(
+            b"POST /login HTTP/1.1\r\nHost: x\r\n"
+            b"Content-Type: application/x-www-form-urlencoded\r\n"
+            b"Content-Length: 1000\r\n\r\n"
+        )
         sock.settimeout(0.3)
         try:
             while time.monotonic() - started < 20:
@@ -239,8 +284,10 @@ def test_a_trickled_body_is_cut_at_the_body_deadline(server: Server) -> None:
         except (BrokenPipeError, ConnectionResetError):
             pass
     elapsed = time.monotonic() - started
-    print(f"a body trickled at 3 bytes/s: HTTP {status}, connection ended after {elapsed:.1f} s "
-          f"(CXR_HTTP_BODY_TIMEOUT_S={BODY_TIMEOUT_S:g})")
+    print(
+        f"a body trickled at 3 bytes/s: HTTP {status}, connection ended after {elapsed:.1f} s "
+        f"(CXR_HTTP_BODY_TIMEOUT_S={BODY_TIMEOUT_S:g})"
+    )
     assert status == 408
     assert elapsed < BODY_TIMEOUT_S + 3
 
@@ -249,14 +296,20 @@ def test_a_stalled_stow_request_ends_in_408_with_its_whole_parts_kept(server: Se
     """STOW-RS has a deadline of its own (CXR_STOW_BODY_TIMEOUT_S): a sender that stalls
     after one whole part gets 408, and that part is recorded like any other."""
     whole = SAMPLE_2.read_bytes()
-    start = (b"--b\r\nContent-Type: application/dicom\r\n\r\n" + whole
-             + b"\r\n--b\r\nContent-Type: application/dicom\r\n\r\nDICM")  # then nothing
+    start = (
+        b"--b\r\nContent-Type: application/dicom\r\n\r\n"
+        + whole
+        + b"\r\n--b\r\nContent-Type: application/dicom\r\n\r\nDICM"
+    )  # then nothing
     started = time.monotonic()
     with socket.create_connection(("127.0.0.1", server.port)) as sock:
-        sock.sendall(b"POST /dicom-web/studies HTTP/1.1\r\nHost: x\r\n"
-                     + f"Authorization: Bearer {server.stow_token}\r\n".encode()
-                     + b'Content-Type: multipart/related; type="application/dicom"; boundary=b\r\n'
-                     + f"Content-Length: {len(start) + 100_000}\r\n\r\n".encode() + start)
+        sock.sendall(
+            b"POST /dicom-web/studies HTTP/1.1\r\nHost: x\r\n"
+            + f"Authorization: Bearer {server.stow_token}\r\n".encode()
+            + b'Content-Type: multipart/related; type="application/dicom"; boundary=b\r\n'
+            + f"Content-Length: {len(start) + 100_000}\r\n\r\n".encode()
+            + start
+        )
         status = _status_line(sock, timeout=BODY_TIMEOUT_S + 10)
     elapsed = time.monotonic() - started
     print(f"a STOW-RS request stalled after one part: HTTP {status} after {elapsed:.1f} s")
@@ -266,8 +319,9 @@ def test_a_stalled_stow_request_ends_in_408_with_its_whole_parts_kept(server: Se
     engine = make_engine(server.database_url)
     try:
         with engine.connect() as conn:
-            kept = list(conn.scalars(select(Instance.status)
-                                     .where(Instance.sop_instance_uid == sop)))
+            kept = list(
+                conn.scalars(select(Instance.status).where(Instance.sop_instance_uid == sop))
+            )
     finally:
         engine.dispose()
     assert kept == ["waiting"], "the whole part is recorded, held for its study"
@@ -284,8 +338,9 @@ def _half_open(port: int, source: str, count: int) -> list[tuple[socket.socket, 
     return out
 
 
-def _until_closed(opened: list[tuple[socket.socket, float]],
-                  limit_s: float) -> list[tuple[float, bytes]]:
+def _until_closed(
+    opened: list[tuple[socket.socket, float]], limit_s: float
+) -> list[tuple[float, bytes]]:
     """For each connection: seconds from its opening until the server closed it, and the
     start of what it answered (inf: still open after ``limit_s``)."""
     selector = selectors.DefaultSelector()
@@ -324,16 +379,17 @@ def test_half_open_connections_are_capped_and_timed_out(server: Server) -> None:
     attacker = _half_open(server.port, "127.0.0.1", 3 * MAX_PER_CLIENT)
     with httpx.Client(transport=httpx.HTTPTransport(local_address="127.0.0.2")) as other:
         served = other.get(f"{server.base}/healthz", timeout=10).status_code
-    crowd = [c for n in (3, 4, 5) for c in _half_open(server.port, f"127.0.0.{n}",
-                                                      MAX_PER_CLIENT)]
+    crowd = [c for n in (3, 4, 5) for c in _half_open(server.port, f"127.0.0.{n}", MAX_PER_CLIENT)]
     ended = _until_closed(attacker + crowd, HEADER_TIMEOUT_S + 8)
     refused = [t for t, answer in ended if answer.startswith(b"HTTP/1.1 503")]
     timed_out = [t for t, answer in ended if answer.startswith(b"HTTP/1.1 408")]
     last = max(t for t, _ in ended)
-    print(f"{len(ended)} half-open connections (48 from one address, 16 from each of 3 "
-          f"others): {len(refused)} refused at once (503, at most {max(refused):.2f} s), "
-          f"{len(timed_out)} answered 408 at {min(timed_out):.1f}-{max(timed_out):.1f} s; "
-          f"all closed after {last:.1f} s; another client meanwhile: HTTP {served}")
+    print(
+        f"{len(ended)} half-open connections (48 from one address, 16 from each of 3 "
+        f"others): {len(refused)} refused at once (503, at most {max(refused):.2f} s), "
+        f"{len(timed_out)} answered 408 at {min(timed_out):.1f}-{max(timed_out):.1f} s; "
+        f"all closed after {last:.1f} s; another client meanwhile: HTTP {served}"
+    )
     assert served == 200
     assert last < HEADER_TIMEOUT_S + 3, "none held past the header deadline"
     assert len(refused) + len(timed_out) == len(ended)
@@ -353,11 +409,11 @@ def test_a_copied_cookie_is_worthless_after_logout(server: Server) -> None:
         assert _log_in(client, server.base, "alice").status_code == 303
         copied = client.cookies.get("cxr_session")
         assert copied and client.get(f"{server.base}/review").status_code == 200
-        logout = client.post(f"{server.base}/logout",
-                             data={"csrf_token": _csrf(client, server.base)})
+        logout = client.post(
+            f"{server.base}/logout", data={"csrf_token": _csrf(client, server.base)}
+        )
         assert logout.status_code == 303
-    with httpx.Client(follow_redirects=False, timeout=30,
-                      cookies={"cxr_session": copied}) as thief:
+    with httpx.Client(follow_redirects=False, timeout=30, cookies={"cxr_session": copied}) as thief:
         after = thief.get(f"{server.base}/review")
     assert after.status_code == 303 and after.headers["location"].startswith("/login")
     with httpx.Client(follow_redirects=False, timeout=30) as client:  # a new login works
@@ -372,25 +428,28 @@ def test_nul_and_huge_ids_are_refused_at_the_edge(server: Server) -> None:
     answers: dict[str, int] = {}
     with httpx.Client(follow_redirects=False, timeout=30) as client:
         answers["login NUL"] = _log_in(client, server.base, f"{MARK}\x00x").status_code
-        answers["login ?next=%00"] = client.get(
-            f"{server.base}/login?next=/%00{MARK}").status_code
+        answers["login ?next=%00"] = client.get(f"{server.base}/login?next=/%00{MARK}").status_code
         assert _log_in(client, server.base, "alice").status_code == 303
         answers["review item"] = client.get(f"{server.base}/review/items/{HUGE}").status_code
         answers["review ?after"] = client.get(f"{server.base}/review?after={HUGE}").status_code
         answers["decision"] = client.post(
             f"{server.base}/review/items/{HUGE}/label",
-            data={"decision": "frontal", "csrf_token": _csrf(client, server.base)}).status_code
+            data={"decision": "frontal", "csrf_token": _csrf(client, server.base)},
+        ).status_code
     with httpx.Client(follow_redirects=False, timeout=30) as client:
         assert _log_in(client, server.base, "audrey").status_code == 303
         answers["audit study"] = client.get(f"{server.base}/audit/studies/{HUGE}").status_code
-        answers["audit lookup NUL"] = client.post(f"{server.base}/audit/studies", data={
-            "study_instance_uid": f"1.2\x00{MARK}",
-            "csrf_token": _csrf(client, server.base)}).status_code
+        answers["audit lookup NUL"] = client.post(
+            f"{server.base}/audit/studies",
+            data={"study_instance_uid": f"1.2\x00{MARK}", "csrf_token": _csrf(client, server.base)},
+        ).status_code
     bearer = {"Authorization": f"Bearer {server.review_token}"}
-    answers["api item"] = httpx.get(f"{server.base}/api/v1/review/items/{HUGE}",
-                                    headers=bearer, timeout=30).status_code
-    answers["api queue"] = httpx.get(f"{server.base}/api/v1/review/queue?after={HUGE}",
-                                     headers=bearer, timeout=30).status_code
+    answers["api item"] = httpx.get(
+        f"{server.base}/api/v1/review/items/{HUGE}", headers=bearer, timeout=30
+    ).status_code
+    answers["api queue"] = httpx.get(
+        f"{server.base}/api/v1/review/queue?after={HUGE}", headers=bearer, timeout=30
+    ).status_code
     print(answers)
     assert all(400 <= status < 500 for status in answers.values()), answers
     log = server.log_text()
@@ -402,21 +461,25 @@ def test_nul_and_huge_ids_are_refused_at_the_edge(server: Server) -> None:
 
 
 def test_stow_refuses_malformed_uids(server: Server) -> None:
-    headers = {"Authorization": f"Bearer {server.stow_token}",
-               "Content-Type": 'multipart/related; type="application/dicom"; boundary=b'}
+    headers = {
+        "Authorization": f"Bearer {server.stow_token}",
+        "Content-Type": 'multipart/related; type="application/dicom"; boundary=b',
+    }
     ds = pydicom.dcmread(SAMPLE)
     ds.StudyInstanceUID = "../../../../tmp/x"
     buffer = BytesIO()
     ds.save_as(buffer)
     body = b"--b\r\nContent-Type: application/dicom\r\n\r\n" + buffer.getvalue() + b"\r\n--b--\r\n"
 
-    in_url = httpx.post(f"{server.base}/dicom-web/studies/1.2.03.4", content=body,
-                        headers=headers, timeout=60)
+    in_url = httpx.post(
+        f"{server.base}/dicom-web/studies/1.2.03.4", content=body, headers=headers, timeout=60
+    )
     assert in_url.status_code == 400
     assert "leading zero" in in_url.json()["detail"]
 
-    in_part = httpx.post(f"{server.base}/dicom-web/studies", content=body, headers=headers,
-                         timeout=60)
+    in_part = httpx.post(
+        f"{server.base}/dicom-web/studies", content=body, headers=headers, timeout=60
+    )
     assert in_part.status_code == 409, in_part.text
     answer = pydicom.Dataset.from_json(in_part.json())
     assert [int(i.FailureReason) for i in answer.FailedSOPSequence] == [0xC000]
@@ -424,8 +487,11 @@ def test_stow_refuses_malformed_uids(server: Server) -> None:
     engine = make_engine(server.database_url)
     try:
         with engine.connect() as conn:
-            codes = list(conn.scalars(select(Instance.error_code)
-                                      .where(Instance.error_code == "invalid_uid")))
+            codes = list(
+                conn.scalars(
+                    select(Instance.error_code).where(Instance.error_code == "invalid_uid")
+                )
+            )
             studies = list(conn.scalars(select(Study.study_instance_uid)))
     finally:
         engine.dispose()
@@ -438,26 +504,35 @@ def test_stow_refuses_malformed_uids(server: Server) -> None:
 
 
 def test_behind_a_trusted_proxy_sso_works_and_the_client_is_the_forwarded_one(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     from tests.utils.env import migrate_from_template
 
     with temporary_pg_database() as url:
         migrate_from_template(url)
-        env = worker_env(database_url=url, ingest_root=tmp_path, data_dir=tmp_path / "data",
-                         trusted_user_header="X-Remote-User", trusted_proxies="127.0.0.1")
+        env = worker_env(
+            database_url=url,
+            ingest_root=tmp_path,
+            data_dir=tmp_path / "data",
+            trusted_user_header="X-Remote-User",
+            trusted_proxies="127.0.0.1",
+        )
         env.pop("CXR_BROKER_URL", None)
         _user(env, "carol", "admin", None)
         log = tmp_path / "serve.log"
-        with serving(env, log) as base, httpx.Client(follow_redirects=False,
-                                                     timeout=30) as client:
-            sso = client.get(f"{base}/admin/users",
-                             headers={"X-Remote-User": "carol", "Accept": "text/html"})
+        with serving(env, log) as base, httpx.Client(follow_redirects=False, timeout=30) as client:
+            sso = client.get(
+                f"{base}/admin/users", headers={"X-Remote-User": "carol", "Accept": "text/html"}
+            )
             assert sso.status_code == 200, "the proxy's header is believed"
 
             def attempts(forwarded: list[str]) -> list[int]:
-                return [_log_in(client, base, "target", "wrong password",
-                                headers={"X-Forwarded-For": value}).status_code
-                        for value in forwarded]
+                return [
+                    _log_in(
+                        client, base, "target", "wrong password", headers={"X-Forwarded-For": value}
+                    ).status_code
+                    for value in forwarded
+                ]
 
             # The proxy appends the real client; what the client wrote on the left is
             # not believed, so rotating it does not reset the count.
@@ -469,4 +544,3 @@ def test_behind_a_trusted_proxy_sso_works_and_the_client_is_the_forwarded_one(
         # The log names the client by the same rule, never what the client wrote.
         assert "login refused from 198.51.100.9" in text
         assert "login refused from 198.51.100.10" in text and "203.0.113." not in text
-

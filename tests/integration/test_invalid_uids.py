@@ -25,22 +25,33 @@ BAD = "../../../../tmp/x"
 
 
 def test_the_listener_refuses_a_malformed_uid_and_records_a_failed_row(
-        tmp_path: Path, configure: Callable[..., None]) -> None:
+    tmp_path: Path, configure: Callable[..., None]
+) -> None:
     from tests.utils.env import migrate_from_template
 
-    values = dict(database_url=f"sqlite:///{tmp_path / 'cxr.db'}", ingest_root=tmp_path,
-                  data_dir=tmp_path / "data", study_quiet_s=3600)
+    values = dict(
+        database_url=f"sqlite:///{tmp_path / 'cxr.db'}",
+        ingest_root=tmp_path,
+        data_dir=tmp_path / "data",
+        study_quiet_s=3600,
+    )
     configure(**values)
     migrate_from_template(str(values["database_url"]))
     env = worker_env(**values)
     sources = tmp_path / "src"
     sources.mkdir()
-    good = make_dicom(sources / "good.dcm", synthetic_pixels((64, 64)),
-                      study_uid="1.2.826.0.1.3680043.10.99.1",
-                      sop_uid="1.2.826.0.1.3680043.10.99.1.1")
-    bad = make_dicom(sources / "bad.dcm", synthetic_pixels((64, 64)),
-                     study_uid="1.2.826.0.1.3680043.10.99.2",
-                     sop_uid="1.2.826.0.1.3680043.10.99.2.1")
+    good = make_dicom(
+        sources / "good.dcm",
+        synthetic_pixels((64, 64)),
+        study_uid="1.2.826.0.1.3680043.10.99.1",
+        sop_uid="1.2.826.0.1.3680043.10.99.1.1",
+    )
+    bad = make_dicom(
+        sources / "bad.dcm",
+        synthetic_pixels((64, 64)),
+        study_uid="1.2.826.0.1.3680043.10.99.2",
+        sop_uid="1.2.826.0.1.3680043.10.99.2.1",
+    )
     ds = pydicom.dcmread(bad)
     ds.StudyInstanceUID = BAD
     ds.save_as(bad)

@@ -55,22 +55,35 @@ def nodes() -> Iterator[list[netns.Node]]:
 
 def _claims_by(engine: Engine, prefix: str) -> list[int]:
     with engine.connect() as conn:
-        return list(conn.scalars(select(Instance.id).where(
-            Instance.status == InstanceStatus.processing,
-            Instance.claimed_by.like(f"{prefix}%"))))
+        return list(
+            conn.scalars(
+                select(Instance.id).where(
+                    Instance.status == InstanceStatus.processing,
+                    Instance.claimed_by.like(f"{prefix}%"),
+                )
+            )
+        )
 
 
 def _tokens(engine: Engine, ids: list[int]) -> dict[int, str | None]:
     with engine.connect() as conn:
-        return dict(conn.execute(select(Instance.id, Instance.claim_token).where(
-            Instance.id.in_(ids))).all())
+        return dict(
+            conn.execute(
+                select(Instance.id, Instance.claim_token).where(Instance.id.in_(ids))
+            ).all()
+        )
 
 
 def _states(engine: Engine, ids: list[int]) -> dict[int, tuple[str, str | None]]:
     with engine.connect() as conn:
-        return {i: (str(s), c) for i, s, c in conn.execute(
-            select(Instance.id, Instance.status, Instance.claimed_by).where(
-                Instance.id.in_(ids)))}
+        return {
+            i: (str(s), c)
+            for i, s, c in conn.execute(
+                select(Instance.id, Instance.status, Instance.claimed_by).where(
+                    Instance.id.in_(ids)
+                )
+            )
+        }
 
 
 def test_three_hosts_one_cut_off_30s_mid_batch_then_healed(
@@ -94,21 +107,32 @@ def test_three_hosts_one_cut_off_30s_mid_batch_then_healed(
         make_corpus(first, N_FIRST, size=256, prefix="mh1")
         make_corpus(second, N_SECOND, size=256, prefix="mh2")
         model = smoke_checkpoint(tmp_path / "model")
-        common = dict(ingest_root=archive, model_path=model, batch_size=8,
-                      batch_max_wait_ms=100, decode_threads=1)
+        common = dict(
+            ingest_root=archive,
+            model_path=model,
+            batch_size=8,
+            batch_max_wait_ms=100,
+            decode_threads=1,
+        )
 
         def env_on(host: str, data: str) -> dict[str, str]:
             return worker_env(
                 database_url=local_url.replace("127.0.0.1", host),
                 broker_url=f"redis://:{REDIS_PASSWORD}@{host}:{redis_server.port}/0",
-                data_dir=tmp_path / data, **common)
+                data_dir=tmp_path / data,
+                **common,
+            )
 
         host_env = env_on("127.0.0.1", "data-host")
 
         def start(node: netns.Node) -> WorkerProcess:
-            worker = WorkerProcess(env_on(node.host_ip, f"data-{node.name}"),
-                                   tmp_path / f"node{node.name}.log", name=f"node{node.name}",
-                                   cwd=REPO, command_prefix=node.exec_prefix)
+            worker = WorkerProcess(
+                env_on(node.host_ip, f"data-{node.name}"),
+                tmp_path / f"node{node.name}.log",
+                name=f"node{node.name}",
+                cwd=REPO,
+                command_prefix=node.exec_prefix,
+            )
             workers[node.name] = worker
             return worker
 
@@ -121,8 +145,12 @@ def test_three_hosts_one_cut_off_30s_mid_batch_then_healed(
         assert enqueued.returncode == 0, enqueued.stdout + enqueued.stderr
 
         # Cut node A off while it holds a claimed batch; node C starts meanwhile.
-        wait_until(lambda: bool(_claims_by(engine, "nodea")), timeout=90, poll=0.05,
-                   what="node A holding a claimed batch")
+        wait_until(
+            lambda: bool(_claims_by(engine, "nodea")),
+            timeout=90,
+            poll=0.05,
+            what="node A holding a claimed batch",
+        )
         netns.cut(node_a)
         cut_at = time.monotonic()
         held_by_a = _claims_by(engine, "nodea")
@@ -135,8 +163,12 @@ def test_three_hosts_one_cut_off_30s_mid_batch_then_healed(
         def requeued() -> bool:
             return not tokens_of_a & set(_tokens(engine, held_by_a).values())
 
-        wait_until(requeued, timeout=PARTITION_S, poll=0.2,
-                   what="node A's claims re-queued by another node during the partition")
+        wait_until(
+            requeued,
+            timeout=PARTITION_S,
+            poll=0.2,
+            what="node A's claims re-queued by another node during the partition",
+        )
         requeued_s = round(time.monotonic() - cut_at, 1)
         time.sleep(max(0.0, PARTITION_S - (time.monotonic() - cut_at)))
         netns.heal(node_a)
@@ -144,8 +176,11 @@ def test_three_hosts_one_cut_off_30s_mid_batch_then_healed(
 
         # Mid-run: the third node is up (its pool process serving), more work arrives.
         workers["c"].wait_ready()
-        wait_until(lambda: "serving model" in workers["c"].log(), timeout=120,
-                   what="node C's pool process serving")
+        wait_until(
+            lambda: "serving model" in workers["c"].log(),
+            timeout=120,
+            what="node C's pool process serving",
+        )
         enqueued = run_cli("enqueue", str(second), env=host_env, timeout=120)
         assert enqueued.returncode == 0, enqueued.stdout + enqueued.stderr
         with engine.connect() as conn:
@@ -160,7 +195,8 @@ def test_three_hosts_one_cut_off_30s_mid_batch_then_healed(
         per_node: dict[str, int] = {}
         with engine.connect() as conn:
             for worker_name, n in conn.execute(
-                    select(Prediction.worker, func.count()).group_by(Prediction.worker)):
+                select(Prediction.worker, func.count()).group_by(Prediction.worker)
+            ):
                 node = (worker_name or "?").split("-", 1)[0]
                 per_node[node] = per_node.get(node, 0) + n
         assert workers["a"].exited() is None, workers["a"].log()[-5000:]
@@ -169,20 +205,35 @@ def test_three_hosts_one_cut_off_30s_mid_batch_then_healed(
         # tcp_user_timeout 20 s) when the others finish: the ledger is read once A has come
         # back to its batch and given it up, so a late write of A's would be counted.
         def given_up_by_a() -> set[int]:
-            return {int(i) for found in re.findall(
-                r"claim on instances \[([\d, ]+)\] lapsed", workers["a"].log())
-                for i in found.split(",")}
+            return {
+                int(i)
+                for found in re.findall(
+                    r"claim on instances \[([\d, ]+)\] lapsed", workers["a"].log()
+                )
+                for i in found.split(",")
+            }
 
-        wait_until(lambda: set(held_by_a) <= given_up_by_a(), timeout=120, poll=0.5,
-                   what="node A back from the partition, giving up the batch it held")
+        wait_until(
+            lambda: set(held_by_a) <= given_up_by_a(),
+            timeout=120,
+            poll=0.5,
+            what="node A back from the partition, giving up the batch it held",
+        )
         log_a = workers["a"].log()
         engine.dispose()
-        counts = ledger(local_url, ids, "3 hosts, node A cut off from Redis and PostgreSQL "
-                        "30 s mid-batch, node C added mid-run", partition_s=partition_s,
-                        held_by_a_at_cut=len(held_by_a), requeued_s_after_cut=requeued_s,
-                        all_done_s_after_cut=finished_s, answers_per_node=per_node,
-                        a_gave_up=log_a.count("lapsed before their results were written")
-                        + log_a.count("batch abandoned"))
+        counts = ledger(
+            local_url,
+            ids,
+            "3 hosts, node A cut off from Redis and PostgreSQL "
+            "30 s mid-batch, node C added mid-run",
+            partition_s=partition_s,
+            held_by_a_at_cut=len(held_by_a),
+            requeued_s_after_cut=requeued_s,
+            all_done_s_after_cut=finished_s,
+            answers_per_node=per_node,
+            a_gave_up=log_a.count("lapsed before their results were written")
+            + log_a.count("batch abandoned"),
+        )
     finally:
         for worker in workers.values():
             worker.stop()
@@ -190,9 +241,17 @@ def test_three_hosts_one_cut_off_30s_mid_batch_then_healed(
         pg.destroy()
     record_counts(counts, tmp_path)
     assert (counts.done, counts.failed, counts.duplicated, counts.lost, counts.unfinished) == (
-        N_FIRST + N_SECOND, 0, 0, 0, 0), counts
+        N_FIRST + N_SECOND,
+        0,
+        0,
+        0,
+        0,
+    ), counts
     assert per_node.get("nodec", 0) > 0, f"node C took no work: {per_node}"
     # A came back with the batch it had claimed and found the claim gone: nothing recorded.
-    given_up = {int(i) for found in re.findall(r"claim on instances \[([\d, ]+)\] lapsed", log_a)
-                for i in found.split(",")}
+    given_up = {
+        int(i)
+        for found in re.findall(r"claim on instances \[([\d, ]+)\] lapsed", log_a)
+        for i in found.split(",")
+    }
     assert set(held_by_a) <= given_up, (held_by_a, log_a[-5000:])

@@ -25,8 +25,14 @@ def test_worker_classifies_mixed_corpus_once_each(
     assert any(f.header_lies for f in truth.values()), "the corpus must hold lying headers"
     assert any(f.header_view is None for f in truth.values())
     bad = add_bad_files(corpus)
-    env = worker_env(database_url=database_url, broker_url=redis_url, ingest_root=corpus,
-                     data_dir=tmp_path / "data", batch_size=8, batch_max_wait_ms=100)
+    env = worker_env(
+        database_url=database_url,
+        broker_url=redis_url,
+        ingest_root=corpus,
+        data_dir=tmp_path / "data",
+        batch_size=8,
+        batch_max_wait_ms=100,
+    )
     migrate_from_template(database_url)
 
     with running_worker(env, tmp_path / "worker.log") as worker:

@@ -29,11 +29,20 @@ SAMPLES = REPO / "cxr_orient" / "samples"
 PASSWORD = "correct horse battery"
 
 
-def cli_in(folder: Path, env: dict[str, str], *args: str,
-           stdin: str = "") -> subprocess.CompletedProcess[str]:
+def cli_in(
+    folder: Path, env: dict[str, str], *args: str, stdin: str = ""
+) -> subprocess.CompletedProcess[str]:
     """``cxr-orient ARGS`` as the operator types it in ``folder``."""
-    return subprocess.run(["cxr-orient", *args], cwd=folder, env=env, input=stdin,
-                          capture_output=True, text=True, timeout=300, check=False)
+    return subprocess.run(
+        ["cxr-orient", *args],
+        cwd=folder,
+        env=env,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
 
 
 def wait_for(condition: Callable[[], bool], what: str, timeout: float = 180) -> None:
@@ -47,8 +56,11 @@ def wait_for(condition: Callable[[], bool], what: str, timeout: float = 180) -> 
 def sample_sops(*studies: str) -> set[str]:
     import pydicom
 
-    return {str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
-            for study in studies for path in (SAMPLES / study).glob("*.dcm")}
+    return {
+        str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
+        for study in studies
+        for path in (SAMPLES / study).glob("*.dcm")
+    }
 
 
 # --- the first command of the README's recipes, in a fresh folder -------------------
@@ -92,7 +104,7 @@ def test_the_readme_marks_its_operator_blocks() -> None:
 
 
 def test_the_dicom_node_and_stow_rs_recipes(tmp_path: Path, redis_url: str) -> None:
-    """"As a DICOM node" then the STOW-RS example, in one shell as the README says: the
+    """ "As a DICOM node" then the STOW-RS example, in one shell as the README says: the
     samples sent by dcmsend are classified and their SRs reach Orthanc with a worker
     started exactly as written (no beat), the results and the outbox are printed, the
     pull finds the PACS's undated study, a STOW-RS request by curl is stored, answered,
@@ -102,9 +114,13 @@ def test_the_dicom_node_and_stow_rs_recipes(tmp_path: Path, redis_url: str) -> N
     folder = tmp_path / "operator"
     folder.mkdir()
     pacs_dicom, pacs_http, listen_port, http_port = (free_port() for _ in range(4))
-    env = operator_env(PACS_DICOM_PORT=str(pacs_dicom), PACS_HTTP_PORT=str(pacs_http),
-                       CXR_DICOM_PORT=str(listen_port), CXR_HTTP_PORT=str(http_port),
-                       CXR_BROKER_URL=redis_url)
+    env = operator_env(
+        PACS_DICOM_PORT=str(pacs_dicom),
+        PACS_HTTP_PORT=str(pacs_http),
+        CXR_DICOM_PORT=str(listen_port),
+        CXR_HTTP_PORT=str(http_port),
+        CXR_BROKER_URL=redis_url,
+    )
     recipe = readme_block("dicom-node") + readme_block("stow-rs")
     run = BlockRun(recipe, folder, env, tmp_path / "recipe.log").start()
     try:
@@ -126,7 +142,7 @@ def test_the_dicom_node_and_stow_rs_recipes(tmp_path: Path, redis_url: str) -> N
 
         # the results the README printed: study1's two films, frontal and lateral
         start = out.index("+ cxr-orient results\n")
-        table = out[start:out.index("\n+ ", start + 1)]
+        table = out[start : out.index("\n+ ", start + 1)]
         assert "frontal" in table and "lateral" in table, table
 
         # every sample study, however it came, classified; its SRs in Orthanc
@@ -136,14 +152,18 @@ def test_the_dicom_node_and_stow_rs_recipes(tmp_path: Path, redis_url: str) -> N
         def sr_sources_in_pacs() -> set[str]:
             found: set[str] = set()
             for orthanc_id in httpx.get(f"{pacs}/instances", timeout=30).json():
-                tags = httpx.get(f"{pacs}/instances/{orthanc_id}/simplified-tags",
-                                 timeout=30).json()
+                tags = httpx.get(
+                    f"{pacs}/instances/{orthanc_id}/simplified-tags", timeout=30
+                ).json()
                 if tags.get("SOPClassUID") == COMPREHENSIVE_SR:
                     found |= set(sr_sources(tags))
             return found
 
-        wait_for(lambda: wanted <= sr_sources_in_pacs(),
-                 "SRs for the dcmsend, pulled and STOW-RS studies in Orthanc", timeout=300)
+        wait_for(
+            lambda: wanted <= sr_sources_in_pacs(),
+            "SRs for the dcmsend, pulled and STOW-RS studies in Orthanc",
+            timeout=300,
+        )
         answers = json.loads(cli_in(folder, env, "results", "--format", "json").stdout)
         assert {a["sop_instance_uid"] for a in answers} == wanted
         assert {a["status"] for a in answers} == {"done"}
@@ -152,22 +172,25 @@ def test_the_dicom_node_and_stow_rs_recipes(tmp_path: Path, redis_url: str) -> N
 
 
 def test_the_review_recipe_up_to_serve(tmp_path: Path) -> None:
-    """"Reviewing answers": db upgrade, a reviewer made (the password typed at the
+    """ "Reviewing answers": db upgrade, a reviewer made (the password typed at the
     prompt, twice), serve started; alice logs in on the page it serves."""
     folder = tmp_path / "operator"
     folder.mkdir()
     http_port = free_port()
     env = operator_env(CXR_HTTP_PORT=str(http_port))
     recipe = readme_block("review", through="cxr-orient serve")
-    run = BlockRun(recipe, folder, env, tmp_path / "review.log",
-                   stdin=f"{PASSWORD}\n{PASSWORD}\n").start()
+    run = BlockRun(
+        recipe, folder, env, tmp_path / "review.log", stdin=f"{PASSWORD}\n{PASSWORD}\n"
+    ).start()
     base = f"http://127.0.0.1:{http_port}"
     try:
+
         def up() -> bool:
             try:
                 return httpx.get(f"{base}/healthz", timeout=2).status_code == 200
             except httpx.HTTPError:
                 return run.process is not None and run.process.poll() is not None
+
         wait_for(up, "serve answering", timeout=120)
         assert run.process is not None and run.process.poll() is None, run.output()
         assert "user alice (reviewer) created" in run.output()
@@ -175,8 +198,10 @@ def test_the_review_recipe_up_to_serve(tmp_path: Path) -> None:
             form = client.get("/login")
             csrf = re.search(r'name="csrf_token" value="([^"]+)"', form.text)
             assert csrf is not None, form.text
-            login = client.post("/login", data={"username": "alice", "password": PASSWORD,
-                                                "csrf_token": csrf.group(1)})
+            login = client.post(
+                "/login",
+                data={"username": "alice", "password": PASSWORD, "csrf_token": csrf.group(1)},
+            )
             assert login.status_code == 303, login.text
             assert client.get("/review").status_code == 200
     finally:
@@ -184,7 +209,7 @@ def test_the_review_recipe_up_to_serve(tmp_path: Path) -> None:
 
 
 def test_the_using_it_commands_that_run_here(tmp_path: Path, redis_url: str) -> None:
-    """"Using it" up to `requeue` (training needs data): with the README's variables set
+    """ "Using it" up to `requeue` (training needs data): with the README's variables set
     to a real PostgreSQL, Redis and an archive folder, the samples are enqueued and waited
     for, the CSV and the per-study answers written, the status printed."""
     folder = tmp_path / "operator"
@@ -193,10 +218,15 @@ def test_the_using_it_commands_that_run_here(tmp_path: Path, redis_url: str) -> 
     for study in ("study1", "study2"):
         shutil.copytree(SAMPLES / study, archive / "2026" / "11" / study)
     with temporary_pg_database() as database_url:
-        env = operator_env(CXR_DATABASE_URL=database_url, CXR_BROKER_URL=redis_url,
-                           CXR_INGEST_ROOT=str(archive))
-        run = BlockRun(readme_block("using-it", through="cxr-orient requeue"), folder, env,
-                       tmp_path / "using.log").start()
+        env = operator_env(
+            CXR_DATABASE_URL=database_url, CXR_BROKER_URL=redis_url, CXR_INGEST_ROOT=str(archive)
+        )
+        run = BlockRun(
+            readme_block("using-it", through="cxr-orient requeue"),
+            folder,
+            env,
+            tmp_path / "using.log",
+        ).start()
         try:
             status = run.wait(timeout=600)
             out = run.output()

@@ -40,7 +40,8 @@ def _answers(url: str) -> dict[int, list[str]]:
             rows = conn.execute(
                 select(Prediction.instance_id, ModelVersion.name)
                 .join(ModelVersion, ModelVersion.id == Prediction.model_version_id)
-                .order_by(Prediction.id)).all()
+                .order_by(Prediction.id)
+            ).all()
     finally:
         engine.dispose()
     out: dict[int, list[str]] = {}
@@ -60,13 +61,20 @@ def _wait_for(url: str, n: int, *, per_instance: int, timeout: float = 240) -> d
 
 
 def test_reclassify_after_a_promotion_with_a_real_worker(
-        database_url: str, redis_url: str, tmp_path: Path) -> None:
+    database_url: str, redis_url: str, tmp_path: Path
+) -> None:
     from tests.utils.env import migrate_from_template
 
     corpus = tmp_path / "archive"
     n = _archive(corpus)
-    env = worker_env(database_url=database_url, broker_url=redis_url, ingest_root=corpus,
-                     data_dir=tmp_path / "data", batch_size=8, batch_max_wait_ms=100)
+    env = worker_env(
+        database_url=database_url,
+        broker_url=redis_url,
+        ingest_root=corpus,
+        data_dir=tmp_path / "data",
+        batch_size=8,
+        batch_max_wait_ms=100,
+    )
     migrate_from_template(database_url)
 
     with running_worker(env, tmp_path / "worker.log") as worker:
@@ -75,8 +83,10 @@ def test_reclassify_after_a_promotion_with_a_real_worker(
         first = _wait_for(database_url, n, per_instance=1)
         assert {tuple(v) for v in first.values()} == {(SHIPPED_NAME,)}
 
-        for args in (("register", str(OTHER), "--reason", "test"),
-                     ("promote", "compact-v1", "--reason", "test")):
+        for args in (
+            ("register", str(OTHER), "--reason", "test"),
+            ("promote", "compact-v1", "--reason", "test"),
+        ):
             done = run_cli(*args, env=env)
             assert done.returncode == 0, done.stderr
         reclassified = run_cli("reclassify", "--chunk-size", "2", env=env)

@@ -41,9 +41,24 @@ def broker_url(tmp_path: Path) -> Iterator[str]:
         pytest.fail("redis-server is missing (apt-get install redis-server)")
     port = free_port()
     process = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--databases", "32",
-         "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--databases",
+            "32",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(tmp_path),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+    )
     import redis
 
     client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=2)
@@ -92,10 +107,17 @@ def _outbox(database_url: str) -> list[dict[str, object]]:
     engine = make_engine(database_url)
     try:
         with session_scope(engine) as session:
-            return [{"destination": r.destination, "status": r.status.value,
-                     "attempts": r.attempts, "last_error": r.last_error,
-                     "uid": r.sr_sop_instance_uid, "prediction_id": r.prediction_id}
-                    for r in crud.outbox_rows(session)]
+            return [
+                {
+                    "destination": r.destination,
+                    "status": r.status.value,
+                    "attempts": r.attempts,
+                    "last_error": r.last_error,
+                    "uid": r.sr_sop_instance_uid,
+                    "prediction_id": r.prediction_id,
+                }
+                for r in crud.outbox_rows(session)
+            ]
     finally:
         engine.dispose()
 
@@ -111,9 +133,12 @@ def _study(root: Path, name: str) -> dict[str, str]:
 
     target = root / name
     shutil.copytree(SAMPLES / name, target)
-    return {ds.SOPInstanceUID: ds.StudyInstanceUID
-            for ds in (pydicom.dcmread(p, stop_before_pixels=True)
-                       for p in sorted(target.glob("*.dcm")))}
+    return {
+        ds.SOPInstanceUID: ds.StudyInstanceUID
+        for ds in (
+            pydicom.dcmread(p, stop_before_pixels=True) for p in sorted(target.glob("*.dcm"))
+        )
+    }
 
 
 def test_srs_reach_pacs_by_cstore_and_stow_and_survive_an_outage(
@@ -124,32 +149,48 @@ def test_srs_reach_pacs_by_cstore_and_stow_and_survive_an_outage(
     a, b = orthancs
     archive = tmp_path / "archive"
     archive.mkdir()
-    destinations = [f"dicom://ORTHANC@127.0.0.1:{a.dicom_port}",
-                    f"dicomweb+http://127.0.0.1:{b.http_port}/dicom-web"]
-    env = worker_env(database_url=pg_url, broker_url=broker_url, ingest_root=archive,
-                     data_dir=tmp_path / "data", model_path=SHIPPED_MODEL,
-                     batch_max_wait_ms=100, result_destinations=",".join(destinations),
-                     outbox_interval_s=1, outbox_backoff_s=0.5, outbox_backoff_max_s=2,
-                     outbox_timeout_s=5)
+    destinations = [
+        f"dicom://ORTHANC@127.0.0.1:{a.dicom_port}",
+        f"dicomweb+http://127.0.0.1:{b.http_port}/dicom-web",
+    ]
+    env = worker_env(
+        database_url=pg_url,
+        broker_url=broker_url,
+        ingest_root=archive,
+        data_dir=tmp_path / "data",
+        model_path=SHIPPED_MODEL,
+        batch_max_wait_ms=100,
+        result_destinations=",".join(destinations),
+        outbox_interval_s=1,
+        outbox_backoff_s=0.5,
+        outbox_backoff_max_s=2,
+        outbox_timeout_s=5,
+    )
     migrate_from_template(pg_url)
     first = _study(archive, "study1")
 
-    with running_worker(env, tmp_path / "worker.log",
-                        extra_args=("-B", "-s", str(tmp_path / "beat"))) as worker:
-        enqueued = run_cli("enqueue", str(archive / "study1"), "--wait", "--timeout", "240",
-                           env=env)
+    with running_worker(
+        env, tmp_path / "worker.log", extra_args=("-B", "-s", str(tmp_path / "beat"))
+    ) as worker:
+        enqueued = run_cli(
+            "enqueue", str(archive / "study1"), "--wait", "--timeout", "240", env=env
+        )
         assert enqueued.returncode == 0, enqueued.stderr + worker.log()
-        _wait(lambda: [r["status"] for r in _outbox(pg_url)] == ["sent"] * 4,
-              "4 SRs sent (2 answers x 2 destinations)")
+        _wait(
+            lambda: [r["status"] for r in _outbox(pg_url)] == ["sent"] * 4,
+            "4 SRs sent (2 answers x 2 destinations)",
+        )
         for orthanc in (a, b):
             srs = _srs(orthanc)
             assert len(srs) == 2, orthanc.log_path.read_text()[-2000:]
             referenced = set()
             for tags in srs.values():
                 evidence = tags["CurrentRequestedProcedureEvidenceSequence"][0]  # type: ignore[index]
-                sources = [s["ReferencedSOPInstanceUID"]
-                           for series in evidence["ReferencedSeriesSequence"]
-                           for s in series["ReferencedSOPSequence"]]
+                sources = [
+                    s["ReferencedSOPInstanceUID"]
+                    for series in evidence["ReferencedSeriesSequence"]
+                    for s in series["ReferencedSOPSequence"]
+                ]
                 assert len(sources) == 1, "each SR references exactly its source image"
                 referenced.add(sources[0])
                 assert tags["StudyInstanceUID"] == first[sources[0]]
@@ -165,23 +206,36 @@ def test_srs_reach_pacs_by_cstore_and_stow_and_survive_an_outage(
         a.stop()
         b.stop()
         second = _study(archive, "study2")
-        enqueued = run_cli("enqueue", str(archive / "study2"), "--wait", "--timeout", "240",
-                           env=env)
+        enqueued = run_cli(
+            "enqueue", str(archive / "study2"), "--wait", "--timeout", "240", env=env
+        )
         assert enqueued.returncode == 0, enqueued.stderr + worker.log()
-        _wait(lambda: sum(1 for r in _outbox(pg_url) if r["status"] == "pending"
-                          and int(str(r["attempts"])) > 1 and r["last_error"]) == 4,
-              "4 pending rows retried at least twice, with their last error")
+        _wait(
+            lambda: (
+                sum(
+                    1
+                    for r in _outbox(pg_url)
+                    if r["status"] == "pending" and int(str(r["attempts"])) > 1 and r["last_error"]
+                )
+                == 4
+            ),
+            "4 pending rows retried at least twice, with their last error",
+        )
         status = run_cli("status", env=env)
         assert status.returncode == 0, status.stderr
         assert f"{destinations[0]}: pending 2, sent 2, failed 0, oldest pending" in (
-            status.stdout), status.stdout
+            status.stdout
+        ), status.stdout
         pending = [r for r in _outbox(pg_url) if r["status"] == "pending"]
         assert all("destination_unavailable" in str(r["last_error"]) for r in pending), pending
 
         a.start()
         b.start()
-        _wait(lambda: [r["status"] for r in _outbox(pg_url)] == ["sent"] * 8,
-              "every SR sent after the PACS came back", timeout=120)
+        _wait(
+            lambda: [r["status"] for r in _outbox(pg_url)] == ["sent"] * 8,
+            "every SR sent after the PACS came back",
+            timeout=120,
+        )
     rows = _outbox(pg_url)
     uids = {str(r["uid"]) for r in rows}
     assert len(uids) == 4
@@ -191,7 +245,8 @@ def test_srs_reach_pacs_by_cstore_and_stow_and_survive_an_outage(
         assert len(orthanc.instances()) == 4
         assert len(orthanc.get("/studies")) == 2
     assert {str(t["StudyInstanceUID"]) for t in _srs(a).values()} == (
-        set(first.values()) | set(second.values()))
+        set(first.values()) | set(second.values())
+    )
 
     # What a crash between sending and marking sent leads to: the same object again.
     _resend_all(env, pg_url)
@@ -207,8 +262,7 @@ def _resend_all(env: dict[str, str], pg_url: str) -> None:
     from db import crud
     from db.session import make_engine, session_scope
 
-    values = {k.removeprefix("CXR_").lower(): v for k, v in env.items()
-              if k.startswith("CXR_")}
+    values = {k.removeprefix("CXR_").lower(): v for k, v in env.items() if k.startswith("CXR_")}
     assert os.environ.get("CXR_RESULT_DESTINATIONS") is None
     settings = Settings.model_validate(values)
     engine = make_engine(pg_url)
@@ -247,29 +301,58 @@ def test_refused_for_good_then_retried_by_the_operator(
     orthanc.start()
     try:
         destination = f"dicomweb+http://127.0.0.1:{orthanc.http_port}/dicom-web"
-        configure(database_url=sqlite_url, ingest_root=archive, data_dir=tmp_path / "data",
-                  result_destinations=destination, outbox_timeout_s=5)
+        configure(
+            database_url=sqlite_url,
+            ingest_root=archive,
+            data_dir=tmp_path / "data",
+            result_destinations=destination,
+            outbox_timeout_s=5,
+        )
         migrate_from_template(sqlite_url)
         settings = get_settings()
-        enqueued = run_cli("enqueue", str(archive / "study3"), env=worker_env(
-            database_url=sqlite_url, ingest_root=archive, data_dir=tmp_path / "data"))
+        enqueued = run_cli(
+            "enqueue",
+            str(archive / "study3"),
+            env=worker_env(
+                database_url=sqlite_url, ingest_root=archive, data_dir=tmp_path / "data"
+            ),
+        )
         assert enqueued.returncode == 0, enqueued.stderr
         with session_scope() as session:
             model = register_version(session, "m-test")
             crud.activate_model_version(session, version=model, actor="t", reason="test")
             model_id = model.id
             rows = crud.results(session)
-            ids = [crud.find_instance_by_uid(session, sop_instance_uid=str(r.sop_instance_uid))
-                   for r in rows]
-            records = [prediction_record(
-                instance_id=i.id, label=OrientationLabel.lateral, confidence=0.55,
-                p_frontal=0.45, p_lateral=0.55, header_agrees=False, needs_review=True,
-                review_reason="low_confidence", decode_ms=None, inference_ms=None,
-                batch_size=None) for i in ids if i is not None]
+            ids = [
+                crud.find_instance_by_uid(session, sop_instance_uid=str(r.sop_instance_uid))
+                for r in rows
+            ]
+            records = [
+                prediction_record(
+                    instance_id=i.id,
+                    label=OrientationLabel.lateral,
+                    confidence=0.55,
+                    p_frontal=0.45,
+                    p_lateral=0.55,
+                    header_agrees=False,
+                    needs_review=True,
+                    review_reason="low_confidence",
+                    decode_ms=None,
+                    inference_ms=None,
+                    batch_size=None,
+                )
+                for i in ids
+                if i is not None
+            ]
             assert len(records) == len(uids) == 2
-            crud.record_predictions(session, model_version_id=model_id, records=records,
-                                    worker="test", result_destinations=[destination],
-                                    new_report_uid=new_sr_uid)
+            crud.record_predictions(
+                session,
+                model_version_id=model_id,
+                records=records,
+                worker="test",
+                result_destinations=[destination],
+                new_report_uid=new_sr_uid,
+            )
         counts = deliver_due(settings)
         assert (counts.claimed, counts.sent, counts.failed) == (2, 0, 2)
         with session_scope() as session:
@@ -281,8 +364,12 @@ def test_refused_for_good_then_retried_by_the_operator(
         orthanc.stop()
         orthanc.dicomweb = True
         orthanc.start()
-        env = worker_env(database_url=sqlite_url, ingest_root=archive,
-                         data_dir=tmp_path / "data", result_destinations=destination)
+        env = worker_env(
+            database_url=sqlite_url,
+            ingest_root=archive,
+            data_dir=tmp_path / "data",
+            result_destinations=destination,
+        )
         retried = run_cli("outbox", "retry", "--destination", destination, env=env)
         assert retried.returncode == 0, retried.stderr
         assert "2 failed rows pending again" in retried.stdout
@@ -313,10 +400,10 @@ class _HangingProxy:
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                headers = {k: v for k, v in self.headers.items()
-                           if k.lower() in ("content-type", "accept")}
-                answer = httpx.post(target + self.path, content=body, headers=headers,
-                                    timeout=30)
+                headers = {
+                    k: v for k, v in self.headers.items() if k.lower() in ("content-type", "accept")
+                }
+                answer = httpx.post(target + self.path, content=body, headers=headers, timeout=30)
                 proxy.posts += 1
                 if proxy.posts == 1:
                     proxy.forwarded.set()
@@ -358,17 +445,26 @@ def test_worker_killed_between_pacs_storing_and_marking_sent(
         archive.mkdir()
         sources = _study(archive, "study3")
         destination = f"dicomweb+http://127.0.0.1:{proxy.port}/dicom-web"
-        env = worker_env(database_url=pg_url, broker_url=broker_url, ingest_root=archive,
-                         data_dir=tmp_path / "data", model_path=SHIPPED_MODEL,
-                         batch_max_wait_ms=100, result_destinations=destination,
-                         outbox_interval_s=1, outbox_timeout_s=60, outbox_lease_s=10)
+        env = worker_env(
+            database_url=pg_url,
+            broker_url=broker_url,
+            ingest_root=archive,
+            data_dir=tmp_path / "data",
+            model_path=SHIPPED_MODEL,
+            batch_max_wait_ms=100,
+            result_destinations=destination,
+            outbox_interval_s=1,
+            outbox_timeout_s=60,
+            outbox_lease_s=10,
+        )
         migrate_from_template(pg_url)
         beat = ("-B", "-s", str(tmp_path / "beat"))
         first = WorkerProcess(env, tmp_path / "worker-1.log", extra_args=beat, cwd=REPO)
         try:
             first.wait_ready(180)
-            enqueued = run_cli("enqueue", str(archive / "study3"), "--wait", "--timeout",
-                               "240", env=env)
+            enqueued = run_cli(
+                "enqueue", str(archive / "study3"), "--wait", "--timeout", "240", env=env
+            )
             assert enqueued.returncode == 0, enqueued.stderr + first.log()
             assert proxy.forwarded.wait(120), first.log()[-3000:]
             _wait(lambda: len(_srs(orthanc)) == 1, "Orthanc stored the first SR")
@@ -377,19 +473,26 @@ def test_worker_killed_between_pacs_storing_and_marking_sent(
             first.stop()
         rows = _outbox(pg_url)
         assert [r["status"] for r in rows] == ["pending", "pending"], rows
-        with running_worker(env, tmp_path / "worker-2.log", extra_args=beat,
-                            ready_timeout=180) as second:
-            _wait(lambda: [r["status"] for r in _outbox(pg_url)] == ["sent", "sent"],
-                  "both SRs sent after the lease", timeout=120)
+        with running_worker(
+            env, tmp_path / "worker-2.log", extra_args=beat, ready_timeout=180
+        ) as second:
+            _wait(
+                lambda: [r["status"] for r in _outbox(pg_url)] == ["sent", "sent"],
+                "both SRs sent after the lease",
+                timeout=120,
+            )
             assert "outbox" in second.log()
         rows = _outbox(pg_url)
         srs = _srs(orthanc)
         assert set(srs) == {r["uid"] for r in rows}, "the same SOPInstanceUIDs, stored once"
         assert len(orthanc.instances()) == 2
         assert proxy.posts >= 3, "the SR stored before the kill was sent again"
-        referenced = {t["CurrentRequestedProcedureEvidenceSequence"][0][  # type: ignore[index]
-            "ReferencedSeriesSequence"][0]["ReferencedSOPSequence"][0][
-            "ReferencedSOPInstanceUID"] for t in srs.values()}
+        referenced = {
+            t["CurrentRequestedProcedureEvidenceSequence"][0][  # type: ignore[index]
+                "ReferencedSeriesSequence"
+            ][0]["ReferencedSOPSequence"][0]["ReferencedSOPInstanceUID"]
+            for t in srs.values()
+        }
         assert referenced == set(sources)
     finally:
         proxy.close()

@@ -30,7 +30,7 @@ def _labelled_corpus(root: Path, n_frontal: int, n_lateral: int) -> list[tuple[P
     from training.lifecycle import in_eval_split
 
     wanted = {"frontal": n_frontal, "lateral": n_lateral}
-    files = {c: sorted((COVID_CXR / c).glob("*.jpg"))[:wanted[c]] for c in wanted}
+    files = {c: sorted((COVID_CXR / c).glob("*.jpg"))[: wanted[c]] for c in wanted}
     eval_ids = (f"P{i}" for i in range(10_000) if in_eval_split(f"db:P{i}"))
     train_ids = (f"P{i}" for i in range(10_000) if not in_eval_split(f"db:P{i}"))
     out = []
@@ -38,8 +38,13 @@ def _labelled_corpus(root: Path, n_frontal: int, n_lateral: int) -> list[tuple[P
         for n, src in enumerate(paths):
             patient = next(eval_ids) if n % 4 == 0 else next(train_ids)
             path = root / f"{label}-{n:03d}.dcm"
-            make_dicom(path, _pixels(src), patient_id=patient, view_position=None,
-                       study_uid=f"1.2.826.0.1.3680043.10.9.{int(label == 'lateral')}.{n}")
+            make_dicom(
+                path,
+                _pixels(src),
+                patient_id=patient,
+                view_position=None,
+                study_uid=f"1.2.826.0.1.3680043.10.9.{int(label == 'lateral')}.{n}",
+            )
             out.append((path, label))
     return out
 
@@ -62,14 +67,18 @@ def test_retrain_gates_promotes_and_refuses_a_worse_model(
     corpus = tmp_path / "archive"
     corpus.mkdir()
     files = _labelled_corpus(corpus, n_frontal=40, n_lateral=24)
-    configure(database_url=migrated_db, ingest_root=corpus, data_dir=tmp_path / "data",
-              model_dir=tmp_path / "models",
-              model_path=_untrained_checkpoint(tmp_path, build_model, ModelCard,
-                                               save_checkpoint))
+    configure(
+        database_url=migrated_db,
+        ingest_root=corpus,
+        data_dir=tmp_path / "data",
+        model_dir=tmp_path / "models",
+        model_path=_untrained_checkpoint(tmp_path, build_model, ModelCard, save_checkpoint),
+    )
     report = enqueue_paths([corpus], send=None, settings=get_settings())
     assert len(report.queued) == len(files)
-    rows = [{"sop_instance_uid": _uid(path), "label": label, "source": "test"}
-            for path, label in files]
+    rows = [
+        {"sop_instance_uid": _uid(path), "label": label, "source": "test"} for path, label in files
+    ]
     with session_scope() as session:
         assert import_labels(session, rows) == len(files)
 
@@ -82,16 +91,18 @@ def test_retrain_gates_promotes_and_refuses_a_worse_model(
         active = crud.active_model_version(session)
         assert active is not None and active.name == result.candidate
         assert active.training["highest_label_id"] >= len(files)
-        event = session.scalars(select(ModelEvent).where(ModelEvent.action == "promote")
-                                .order_by(ModelEvent.id.desc())).first()
+        event = session.scalars(
+            select(ModelEvent).where(ModelEvent.action == "promote").order_by(ModelEvent.id.desc())
+        ).first()
         assert event is not None and event.details["active"] is not None
         assert set(event.details["candidate"]) == {"balanced_accuracy", "lateral_recall", "ece"}
     # No new labels since: the next night does nothing.
     assert retrain(get_settings(), min_new_labels=1).status == "skipped"
 
     # A deliberately worse model (untrained again) is refused and recorded.
-    worse = _untrained_checkpoint(tmp_path / "worse", build_model, ModelCard, save_checkpoint,
-                                  name="worse")
+    worse = _untrained_checkpoint(
+        tmp_path / "worse", build_model, ModelCard, save_checkpoint, name="worse"
+    )
     with session_scope() as session:
         register_checkpoint(session, Path(worse), actor="test", reason="worse")
     decision = challenge_version("worse", actor="test", settings=get_settings())
@@ -101,21 +112,28 @@ def test_retrain_gates_promotes_and_refuses_a_worse_model(
         assert worse_row is not None and worse_row.state == "rejected"
         active = crud.active_model_version(session)
         assert active is not None and active.name == result.candidate
-        assert session.scalar(select(ModelEvent.action).where(
-            ModelEvent.model_version_id == worse_row.id).order_by(ModelEvent.id.desc())
-        ) == "reject"
+        assert (
+            session.scalar(
+                select(ModelEvent.action)
+                .where(ModelEvent.model_version_id == worse_row.id)
+                .order_by(ModelEvent.id.desc())
+            )
+            == "reject"
+        )
 
     # Workers pick the promoted version up between batches, and say which made each answer.
     new_file = corpus / "new.dcm"
-    make_dicom(new_file, _pixels(sorted((COVID_CXR / "lateral").glob("*.jpg"))[-1]),
-               patient_id="NEW")
+    make_dicom(
+        new_file, _pixels(sorted((COVID_CXR / "lateral").glob("*.jpg"))[-1]), patient_id="NEW"
+    )
     new = enqueue_paths([new_file], send=None, settings=get_settings())
     assert current_model(get_settings().inference).name == result.candidate
     outcome = classify_instances(new.queued, settings=get_settings())
     assert outcome.done == new.queued and outcome.model_version == result.candidate
     with session_scope() as session:
         assert session.scalar(select(ModelVersion.name).where(ModelVersion.is_active)) == (
-            result.candidate)
+            result.candidate
+        )
 
 
 @pytest.mark.skipif(not COVID_CXR.is_dir(), reason="needs ../shared/data/covid-cxr")
@@ -141,22 +159,44 @@ def test_an_existing_database_adopts_the_new_shipped_model_through_the_gate(
     corpus = tmp_path / "archive"
     corpus.mkdir()
     files = _labelled_corpus(corpus, n_frontal=12, n_lateral=8)
-    configure(database_url=migrated_db, ingest_root=corpus, data_dir=tmp_path / "data",
-              model_path=previous)
+    configure(
+        database_url=migrated_db,
+        ingest_root=corpus,
+        data_dir=tmp_path / "data",
+        model_path=previous,
+    )
     enqueue_paths([corpus], send=None, settings=get_settings())
     with session_scope() as session:
         assert ensure_active_model(session, get_settings().inference).name == previous.stem
-        import_labels(session, [{"sop_instance_uid": _uid(path), "label": label,
-                                 "source": "test"} for path, label in files])
+        import_labels(
+            session,
+            [
+                {"sop_instance_uid": _uid(path), "label": label, "source": "test"}
+                for path, label in files
+            ],
+        )
 
-    out = CliRunner().invoke(main, ["register", str(SHIPPED_MODEL), "--challenge",
-                                    "--reason", "release 0.5", "--actor", "it-admin"])
+    out = CliRunner().invoke(
+        main,
+        [
+            "register",
+            str(SHIPPED_MODEL),
+            "--challenge",
+            "--reason",
+            "release 0.5",
+            "--actor",
+            "it-admin",
+        ],
+    )
     assert out.exit_code == 0, out.output
     with session_scope() as session:
         active = crud.active_model_version(session)
         assert active is not None and active.name == SHIPPED_MODEL.stem
-        event = session.scalars(select(ModelEvent).where(
-            ModelEvent.model_version_id == active.id, ModelEvent.action == "promote")).one()
+        event = session.scalars(
+            select(ModelEvent).where(
+                ModelEvent.model_version_id == active.id, ModelEvent.action == "promote"
+            )
+        ).one()
     assert "adds the PA/AP, chest-or-not head(s)" in event.reason, event.reason
     assert event.details["candidate"] == event.details["active"]  # the same view figures
     assert event.details["active_version"] == previous.stem
@@ -168,8 +208,9 @@ def _uid(path: Path) -> str:
     return str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
 
 
-def _untrained_checkpoint(folder: Path, build_model, ModelCard, save_checkpoint,
-                          name: str = "untrained") -> str:
+def _untrained_checkpoint(
+    folder: Path, build_model, ModelCard, save_checkpoint, name: str = "untrained"
+) -> str:
     """A deliberately bad model: untrained, its output biased to say 'frontal' always."""
     model = build_model("compact")
     head = model.get_layer("view")
@@ -180,7 +221,9 @@ def _untrained_checkpoint(folder: Path, build_model, ModelCard, save_checkpoint,
 
 
 def test_an_existing_database_adopts_a_new_shipped_model_by_register_and_promote(
-    migrated_db: str, configure: Callable[..., None], tmp_path: Path,
+    migrated_db: str,
+    configure: Callable[..., None],
+    tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A database serving the previous release's model keeps it until a human moves it."""
@@ -205,16 +248,15 @@ def test_an_existing_database_adopts_a_new_shipped_model_by_register_and_promote
     configure()
     with session_scope() as session:
         # not swapped behind anyone
-        assert ensure_active_model(session,
-                                   get_settings().inference).name == old
+        assert ensure_active_model(session, get_settings().inference).name == old
 
     runner = CliRunner()
-    out = runner.invoke(main, ["register", str(SHIPPED_MODEL), "--reason", "release 0.3",
-                               "--actor", "it-admin"])
+    out = runner.invoke(
+        main, ["register", str(SHIPPED_MODEL), "--reason", "release 0.3", "--actor", "it-admin"]
+    )
     assert out.exit_code == 0, out.output
     assert f"registered {new} (candidate)" in out.output
-    out = runner.invoke(main, ["promote", new, "--reason", "release 0.3",
-                               "--actor", "it-admin"])
+    out = runner.invoke(main, ["promote", new, "--reason", "release 0.3", "--actor", "it-admin"])
     assert out.exit_code == 0, out.output
     with session_scope() as session:
         active = crud.active_model_version(session)
@@ -223,9 +265,12 @@ def test_an_existing_database_adopts_a_new_shipped_model_by_register_and_promote
         events = session.execute(
             select(ModelVersion.name, ModelEvent.action, ModelEvent.actor)
             .join(ModelVersion, ModelVersion.id == ModelEvent.model_version_id)
-            .order_by(ModelEvent.id)).all()
+            .order_by(ModelEvent.id)
+        ).all()
     assert [tuple(e) for e in events][-2:] == [
-        (new, "register", "it-admin"), (new, "promote", "it-admin")]
+        (new, "register", "it-admin"),
+        (new, "promote", "it-admin"),
+    ]
 
     out = runner.invoke(main, ["rollback", "--reason", "check", "--actor", "it-admin"])
     assert out.exit_code == 0 and f"rolled back to {old}" in out.output, out.output
@@ -236,10 +281,10 @@ def test_an_existing_database_adopts_a_new_shipped_model_by_register_and_promote
     for suffix in (".keras", ".json"):
         data = SHIPPED_MODEL.with_suffix(suffix).read_bytes()
         (impostor / f"{old}{suffix}").write_bytes(
-            data + b"\n" if suffix == ".keras" else data.replace(new.encode(), old.encode()))
+            data + b"\n" if suffix == ".keras" else data.replace(new.encode(), old.encode())
+        )
     card = json.loads((impostor / f"{old}.json").read_text())
     card["sha256"] = ""
     (impostor / f"{old}.json").write_text(json.dumps(card))
-    out = runner.invoke(main, ["register", str(impostor / f"{old}.keras"),
-                               "--reason", "x"])
+    out = runner.invoke(main, ["register", str(impostor / f"{old}.keras"), "--reason", "x"])
     assert out.exit_code != 0 and "already registered with another file" in out.output

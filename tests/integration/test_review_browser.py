@@ -35,8 +35,7 @@ CHROMEDRIVER = Path("/usr/bin/chromedriver")
 PASSWORD = "review-page password"
 
 if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
-    pytest.skip("Debian's chromium and chromium-driver are not installed",
-                allow_module_level=True)
+    pytest.skip("Debian's chromium and chromium-driver are not installed", allow_module_level=True)
 
 from selenium import webdriver  # noqa: E402  (after the skip: nothing to import without it)
 from selenium.webdriver.chrome.service import Service  # noqa: E402
@@ -50,12 +49,16 @@ from selenium.webdriver.support.wait import WebDriverWait  # noqa: E402
 def browser(tmp_path: Path) -> Iterator[WebDriver]:
     options = webdriver.ChromeOptions()
     options.binary_location = str(CHROMIUM)
-    for argument in ("--headless=new", "--no-sandbox", "--disable-gpu",
-                     "--disable-dev-shm-usage", "--window-size=1400,1000",
-                     f"--user-data-dir={tmp_path / 'chromium'}"):
+    for argument in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--window-size=1400,1000",
+        f"--user-data-dir={tmp_path / 'chromium'}",
+    ):
         options.add_argument(argument)
-    driver = webdriver.Chrome(options=options,
-                              service=Service(executable_path=str(CHROMEDRIVER)))
+    driver = webdriver.Chrome(options=options, service=Service(executable_path=str(CHROMEDRIVER)))
     driver.set_page_load_timeout(60)
     try:
         yield driver
@@ -65,9 +68,15 @@ def browser(tmp_path: Path) -> Iterator[WebDriver]:
 
 def _user(env: dict[str, str], name: str, role: str) -> None:
     made = subprocess.run(
-        [sys.executable, "-m", "cli", "user", "create", name, "--role", role,
-         "--password-stdin"], input=PASSWORD + "\n", env=env, cwd=REPO, capture_output=True,
-        text=True, timeout=120, check=False)
+        [sys.executable, "-m", "cli", "user", "create", name, "--role", role, "--password-stdin"],
+        input=PASSWORD + "\n",
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert made.returncode == 0, made.stderr
 
 
@@ -79,8 +88,11 @@ def _shot(driver: WebDriver, name: str) -> None:
 
 
 def _images_loaded(driver: WebDriver) -> bool:
-    return bool(driver.execute_script(
-        "return Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)"))
+    return bool(
+        driver.execute_script(
+            "return Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)"
+        )
+    )
 
 
 def _log_in(driver: WebDriver, base: str, name: str) -> None:
@@ -91,31 +103,41 @@ def _log_in(driver: WebDriver, base: str, name: str) -> None:
 
 
 def _instance_shown(driver: WebDriver) -> int:
-    WebDriverWait(driver, 30).until(expected_conditions.presence_of_element_located(
-        (By.ID, "model-image")))
+    WebDriverWait(driver, 30).until(
+        expected_conditions.presence_of_element_located((By.ID, "model-image"))
+    )
     WebDriverWait(driver, 30).until(_images_loaded)
     return int(driver.current_url.split("/review/items/")[1].split("?")[0])
 
 
 def test_a_reviewer_logs_in_and_labels_three_answers(
-        browser: WebDriver, pg_url: str, tmp_path: Path,
-        configure: Callable[..., None]) -> None:
+    browser: WebDriver, pg_url: str, tmp_path: Path, configure: Callable[..., None]
+) -> None:
     root, data = (tmp_path / "archive").resolve(), (tmp_path / "data").resolve()
     root.mkdir()
     configure(database_url=pg_url, data_dir=data, ingest_root=root)
     migrate_from_template(pg_url)
     with session_scope() as session:
         version = active_version(session, "compact-v1")
-        flagged = [answered_instance(session, root=root, version=version, index=i,
-                                     study=i // 2, confidence=0.55 + 0.05 * i,
-                                     header_view="LL" if i % 2 else "PA",
-                                     label="lateral" if i in (1, 4) else "frontal",
-                                     header_agrees=i != 4,
-                                     projection="AP" if i == 5 else None,
-                                     p_ap=0.88 if i == 5 else None)
-                   for i in range(1, 6)]
-        answered_instance(session, root=root, version=version, index=9, confidence=0.99,
-                          needs_review=False)
+        flagged = [
+            answered_instance(
+                session,
+                root=root,
+                version=version,
+                index=i,
+                study=i // 2,
+                confidence=0.55 + 0.05 * i,
+                header_view="LL" if i % 2 else "PA",
+                label="lateral" if i in (1, 4) else "frontal",
+                header_agrees=i != 4,
+                projection="AP" if i == 5 else None,
+                p_ap=0.88 if i == 5 else None,
+            )
+            for i in range(1, 6)
+        ]
+        answered_instance(
+            session, root=root, version=version, index=9, confidence=0.99, needs_review=False
+        )
     env = worker_env(database_url=pg_url, data_dir=data, ingest_root=root)
     _user(env, "rita", "reviewer")
     _user(env, "audrey", "auditor")
@@ -125,8 +147,9 @@ def test_a_reviewer_logs_in_and_labels_three_answers(
         assert "/login" in browser.current_url  # nobody logged in yet
         _shot(browser, "login")
         _log_in(browser, base, "rita")
-        WebDriverWait(browser, 30).until(expected_conditions.presence_of_element_located(
-            (By.ID, "queue")))
+        WebDriverWait(browser, 30).until(
+            expected_conditions.presence_of_element_located((By.ID, "queue"))
+        )
         WebDriverWait(browser, 30).until(_images_loaded)
         rows = browser.find_elements(By.CSS_SELECTOR, "#queue tr[data-instance]")
         assert [int(r.get_attribute("data-instance") or 0) for r in rows] == flagged
@@ -153,12 +176,14 @@ def test_a_reviewer_logs_in_and_labels_three_answers(
 
         with psycopg.connect(pg_url.replace("+psycopg", "")) as conn:
             labels = conn.execute(
-                "SELECT instance_id, label, source, annotator, projection FROM labels "
-                "ORDER BY id").fetchall()
-        assert labels == [(flagged[0], "frontal", "review", "rita", None),
-                          (flagged[1], "lateral", "review", "rita", None),
-                          (flagged[2], "not_chest", "review", "rita", None),
-                          (flagged[3], "frontal", "review", "rita", "PA")]
+                "SELECT instance_id, label, source, annotator, projection FROM labels ORDER BY id"
+            ).fetchall()
+        assert labels == [
+            (flagged[0], "frontal", "review", "rita", None),
+            (flagged[1], "lateral", "review", "rita", None),
+            (flagged[2], "not_chest", "review", "rita", None),
+            (flagged[3], "frontal", "review", "rita", "PA"),
+        ]
 
         # The reviewer may not reach the admin pages: a 403 page in the browser, and 403
         # for the same session cookie over plain HTTP.
@@ -167,8 +192,9 @@ def test_a_reviewer_logs_in_and_labels_three_answers(
         cookie = browser.get_cookie("cxr_session")
         assert cookie is not None and cookie.get("httpOnly") is True
         for path in ("/admin/users", "/audit"):
-            refused = httpx.get(f"{base}{path}", cookies={"cxr_session": cookie["value"]},
-                                follow_redirects=False)
+            refused = httpx.get(
+                f"{base}{path}", cookies={"cxr_session": cookie["value"]}, follow_redirects=False
+            )
             assert refused.status_code == 403
 
         browser.get(f"{base}/review")
@@ -177,8 +203,9 @@ def test_a_reviewer_logs_in_and_labels_three_answers(
 
         browser.find_element(By.ID, "logout").click()
         _log_in(browser, base, "audrey")
-        WebDriverWait(browser, 30).until(expected_conditions.presence_of_element_located(
-            (By.ID, "versions")))
+        WebDriverWait(browser, 30).until(
+            expected_conditions.presence_of_element_located((By.ID, "versions"))
+        )
         assert "compact-v1" in browser.find_element(By.ID, "versions").text
         _shot(browser, "audit")
     assert PATIENT_ID not in (tmp_path / "serve.log").read_text()
@@ -186,8 +213,8 @@ def test_a_reviewer_logs_in_and_labels_three_answers(
 
 
 def test_a_reviewer_confirms_a_fault_with_one_key_and_an_operator_reverses_it(
-        browser: WebDriver, pg_url: str, tmp_path: Path,
-        configure: Callable[..., None]) -> None:
+    browser: WebDriver, pg_url: str, tmp_path: Path, configure: Callable[..., None]
+) -> None:
     """CXR_CORRECTION_DESTINATIONS set, no rule: a lateral stored turned by 90 degrees
     whose header says PA is offered for correction on its page; the reviewer presses
     ``c``: a ``corrections`` row (decided by the reviewer, when), its outbox row and the
@@ -197,26 +224,44 @@ def test_a_reviewer_confirms_a_fault_with_one_key_and_an_operator_reverses_it(
     root, data = (tmp_path / "archive").resolve(), (tmp_path / "data").resolve()
     root.mkdir()
     pacs = "dicom://ORTHANC@127.0.0.1:4242"
-    configure(database_url=pg_url, data_dir=data, ingest_root=root,
-              correction_destinations=pacs)
+    configure(database_url=pg_url, data_dir=data, ingest_root=root, correction_destinations=pacs)
     migrate_from_template(pg_url)
     with session_scope() as session:
         version = active_version(session, "compact-invariant-64-v3")
-        turned = answered_instance(session, root=root, version=version, index=1,
-                                   label="lateral", confidence=0.97, header_view="PA",
-                                   header_agrees=False, needs_review=True,
-                                   review_reason="low_confidence", rotation=90)
-        fine = answered_instance(session, root=root, version=version, index=2,
-                                 label="frontal", confidence=0.6, header_view="PA",
-                                 rotation=0, mirrored=False)
-    env = worker_env(database_url=pg_url, data_dir=data, ingest_root=root,
-                     correction_destinations=pacs)
+        turned = answered_instance(
+            session,
+            root=root,
+            version=version,
+            index=1,
+            label="lateral",
+            confidence=0.97,
+            header_view="PA",
+            header_agrees=False,
+            needs_review=True,
+            review_reason="low_confidence",
+            rotation=90,
+        )
+        fine = answered_instance(
+            session,
+            root=root,
+            version=version,
+            index=2,
+            label="frontal",
+            confidence=0.6,
+            header_view="PA",
+            rotation=0,
+            mirrored=False,
+        )
+    env = worker_env(
+        database_url=pg_url, data_dir=data, ingest_root=root, correction_destinations=pacs
+    )
     _user(env, "rita", "reviewer")
 
     with serving(env, tmp_path / "serve.log") as base:
         _log_in(browser, base, "rita")
-        WebDriverWait(browser, 30).until(expected_conditions.presence_of_element_located(
-            (By.ID, "queue")))
+        WebDriverWait(browser, 30).until(
+            expected_conditions.presence_of_element_located((By.ID, "queue"))
+        )
         browser.get(f"{base}/review/items/{fine}")
         _instance_shown(browser)
         assert not browser.find_elements(By.ID, "correct"), "nothing wrong: no offer"
@@ -231,13 +276,17 @@ def test_a_reviewer_confirms_a_fault_with_one_key_and_an_operator_reverses_it(
         with psycopg.connect(pg_url.replace("+psycopg", "")) as conn:
             rows = conn.execute(
                 "SELECT id, action, instance_id, faults, rotation, view, decided_via, "
-                "decided_by, decided_at IS NOT NULL FROM corrections ORDER BY id").fetchall()
+                "decided_by, decided_at IS NOT NULL FROM corrections ORDER BY id"
+            ).fetchall()
             outbox = conn.execute(
-                "SELECT correction_id, destination, status FROM outbox").fetchall()
+                "SELECT correction_id, destination, status FROM outbox"
+            ).fetchall()
             labels = conn.execute(
-                "SELECT instance_id, label, source, annotator FROM labels").fetchall()
-        assert [r[1:] for r in rows] == [("correct", turned, "turned,header_view", 90, "LL",
-                                          "review", "reviewer rita", True)]
+                "SELECT instance_id, label, source, annotator FROM labels"
+            ).fetchall()
+        assert [r[1:] for r in rows] == [
+            ("correct", turned, "turned,header_view", 90, "LL", "review", "reviewer rita", True)
+        ]
         correction_id = rows[0][0]
         assert outbox == [(correction_id, pacs, "pending")]
         assert labels == [(turned, "lateral", "review", "rita")]
@@ -247,22 +296,57 @@ def test_a_reviewer_confirms_a_fault_with_one_key_and_an_operator_reverses_it(
         assert not browser.find_elements(By.ID, "correct"), "corrected once"
 
     reversed_ = subprocess.run(
-        [sys.executable, "-m", "cli", "corrections", "reverse", str(correction_id),
-         "--by", "ops oliver", "--reason", "wrong patient orientation"],
-        env=env, cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
+        [
+            sys.executable,
+            "-m",
+            "cli",
+            "corrections",
+            "reverse",
+            str(correction_id),
+            "--by",
+            "ops oliver",
+            "--reason",
+            "wrong patient orientation",
+        ],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert reversed_.returncode == 0, reversed_.stderr
     again = subprocess.run(
-        [sys.executable, "-m", "cli", "corrections", "reverse", str(correction_id),
-         "--by", "ops oliver", "--reason", "twice"],
-        env=env, cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
+        [
+            sys.executable,
+            "-m",
+            "cli",
+            "corrections",
+            "reverse",
+            str(correction_id),
+            "--by",
+            "ops oliver",
+            "--reason",
+            "twice",
+        ],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert again.returncode != 0 and "reversed already" in again.stderr
     with psycopg.connect(pg_url.replace("+psycopg", "")) as conn:
         reversal = conn.execute(
             "SELECT action, reverses_id, decided_via, decided_by, reason FROM corrections "
-            "WHERE action = 'reverse'").fetchall()
+            "WHERE action = 'reverse'"
+        ).fetchall()
         destinations = conn.execute(
             "SELECT o.destination FROM outbox o JOIN corrections c ON c.id = o.correction_id "
-            "WHERE c.action = 'reverse'").fetchall()
-    assert reversal == [("reverse", correction_id, "cli", "ops oliver",
-                         "wrong patient orientation")]
+            "WHERE c.action = 'reverse'"
+        ).fetchall()
+    assert reversal == [
+        ("reverse", correction_id, "cli", "ops oliver", "wrong patient orientation")
+    ]
     assert destinations == [(pacs,)]

@@ -28,10 +28,18 @@ def _ultrasound_as_cr(path: Path) -> Path:
 
     rgb = pydicom.dcmread(str(get_testdata_file("color-pl.dcm"))).pixel_array
     luminance = np.asarray(rgb, dtype=np.float64) @ np.array([0.299, 0.587, 0.114])
-    grey = np.round((luminance - luminance.min()) * 4095
-                    / max(1e-9, float(luminance.max() - luminance.min())))
-    return make_dicom(path, grey.astype(np.uint16), bits_stored=12, view_position="PA",
-                      modality="CR", study_uid="1.2.826.0.1.3680043.10.8.1", patient_id="P8")
+    grey = np.round(
+        (luminance - luminance.min()) * 4095 / max(1e-9, float(luminance.max() - luminance.min()))
+    )
+    return make_dicom(
+        path,
+        grey.astype(np.uint16),
+        bits_stored=12,
+        view_position="PA",
+        modality="CR",
+        study_uid="1.2.826.0.1.3680043.10.8.1",
+        patient_id="P8",
+    )
 
 
 @pytest.mark.parametrize("model", ["compact-invariant-64-v3", "compact-invariant-64-v4"])
@@ -43,12 +51,23 @@ def test_worker_refuses_an_ultrasound_claiming_cr_only_with_the_chest_head(
     root = tmp_path / "archive"
     root.mkdir()
     _ultrasound_as_cr(root / "us.dcm")
-    make_dicom(root / "rg1.dcm", rg1_pixels(), photometric="MONOCHROME1", bits_stored=15,
-               modality="CR", study_uid="1.2.826.0.1.3680043.10.8.2")
+    make_dicom(
+        root / "rg1.dcm",
+        rg1_pixels(),
+        photometric="MONOCHROME1",
+        bits_stored=15,
+        modality="CR",
+        study_uid="1.2.826.0.1.3680043.10.8.2",
+    )
     database_url = f"sqlite:///{tmp_path / 'cxr.db'}"
-    env = worker_env(database_url=database_url, broker_url=redis_url, ingest_root=root,
-                     data_dir=tmp_path / "data", unusual_image_action="refuse",
-                     model_path=SHIPPED / f"{model}.keras")
+    env = worker_env(
+        database_url=database_url,
+        broker_url=redis_url,
+        ingest_root=root,
+        data_dir=tmp_path / "data",
+        unusual_image_action="refuse",
+        model_path=SHIPPED / f"{model}.keras",
+    )
     migrate_from_template(database_url)
     with running_worker(env, tmp_path / "worker.log") as worker:
         enqueued = run_cli("enqueue", str(root), "--wait", "--timeout", "240", env=env)

@@ -87,11 +87,17 @@ def test_bad_corpus_through_real_worker_without_secrets_or_phi_in_logs(
         ds.PatientName = "Doe^Jane"
         ds.save_as(path)
     bad = build_bad_corpus(root / "bad", tmp_path / "outside")
-    env = worker_env(database_url=secret_db_url,
-                     broker_url=f"redis://:{REDIS_PASSWORD}@127.0.0.1:{redis.port}/14",
-                     ingest_root=root, model_path=smoke_checkpoint(tmp_path / "model"),
-                     data_dir=tmp_path / "data", batch_size=8, batch_max_wait_ms=100,
-                     max_pixels=1_000_000, decode_threads=1)
+    env = worker_env(
+        database_url=secret_db_url,
+        broker_url=f"redis://:{REDIS_PASSWORD}@127.0.0.1:{redis.port}/14",
+        ingest_root=root,
+        model_path=smoke_checkpoint(tmp_path / "model"),
+        data_dir=tmp_path / "data",
+        batch_size=8,
+        batch_max_wait_ms=100,
+        max_pixels=1_000_000,
+        decode_threads=1,
+    )
     try:
         # Enqueue with no worker running, so files can vanish / change before decoding.
         dotdot = [str(b.path) for b in bad if ".." in b.path.parts]
@@ -103,8 +109,12 @@ def test_bad_corpus_through_real_worker_without_secrets_or_phi_in_logs(
         worker = WorkerProcess(env, tmp_path / "worker.log", name="test", cwd=REPO)
         try:
             worker.wait_ready()
-            wait_until(lambda: all(s in {"done", "failed"} for s, _ in _states(pg_url).values()),
-                       timeout=90, poll=0.5, what="every instance finished")
+            wait_until(
+                lambda: all(s in {"done", "failed"} for s, _ in _states(pg_url).values()),
+                timeout=90,
+                poll=0.5,
+                what="every instance finished",
+            )
             assert worker.process.poll() is None, "the worker survived the corpus"
             status = run_cli("status", env=env)
             results = run_cli("results", "--format", "json", env=env)
@@ -116,8 +126,11 @@ def test_bad_corpus_through_real_worker_without_secrets_or_phi_in_logs(
 
     states = _states(pg_url)
     by_path = {str(b.path): b for b in bad}
-    mismatched = {b.kind: states.get(str(b.path)) for b in bad
-                  if states.get(str(b.path)) != ("failed", b.code)}
+    mismatched = {
+        b.kind: states.get(str(b.path))
+        for b in bad
+        if states.get(str(b.path)) != ("failed", b.code)
+    }
     assert not mismatched, mismatched
     good_states = Counter(states[str(p)][0] for p in good)
     assert good_states == {"done": len(good)}, good_states
@@ -126,8 +139,11 @@ def test_bad_corpus_through_real_worker_without_secrets_or_phi_in_logs(
     assert all(r["error"] for r in rows if r["status"] == "failed")
 
     # Secrets and PHI.
-    outputs = {"status": status.stdout + status.stderr, "enqueue": enqueued.stdout
-               + enqueued.stderr, "worker log": log}
+    outputs = {
+        "status": status.stdout + status.stderr,
+        "enqueue": enqueued.stdout + enqueued.stderr,
+        "worker log": log,
+    }
     for name, text in outputs.items():
         assert DB_PASSWORD not in text, name
         assert REDIS_PASSWORD not in text, name
@@ -138,8 +154,13 @@ def test_bad_corpus_through_real_worker_without_secrets_or_phi_in_logs(
     with engine.connect() as conn:
         ids = list(conn.scalars(select(Instance.id)))
     engine.dispose()
-    counts = ledger(pg_url, ids, "bad-input corpus with good batch-mates, real worker",
-                    bad_kinds=len(bad), by_code=dict(Counter(b.code for b in bad)))
+    counts = ledger(
+        pg_url,
+        ids,
+        "bad-input corpus with good batch-mates, real worker",
+        bad_kinds=len(bad),
+        by_code=dict(Counter(b.code for b in bad)),
+    )
     record_counts(counts, tmp_path)
     assert (counts.done, counts.failed, counts.duplicated) == (len(good), len(bad), 0)
 
@@ -154,9 +175,16 @@ def test_queue_accepts_json_ids_only(pg_url: str, tmp_path: Path) -> None:
     redis.start()
     root = tmp_path / "archive"
     make_corpus(root, 2, prefix="sec")
-    env = worker_env(database_url=pg_url, broker_url=redis.url(15), ingest_root=root,
-                     model_path=smoke_checkpoint(tmp_path / "model"), data_dir=tmp_path / "data",
-                     batch_size=4, batch_max_wait_ms=100, decode_threads=1)
+    env = worker_env(
+        database_url=pg_url,
+        broker_url=redis.url(15),
+        ingest_root=root,
+        model_path=smoke_checkpoint(tmp_path / "model"),
+        data_dir=tmp_path / "data",
+        batch_size=4,
+        batch_max_wait_ms=100,
+        decode_threads=1,
+    )
     marker = tmp_path / "pwned"
     sender = Celery("attacker", broker=redis.url(15))
     sender.conf.update(accept_content=["json", "pickle"], task_default_queue="cxr-orient")
@@ -164,14 +192,18 @@ def test_queue_accepts_json_ids_only(pg_url: str, tmp_path: Path) -> None:
         worker = WorkerProcess(env, tmp_path / "worker.log", name="test", cwd=REPO)
         try:
             worker.wait_ready()
-            sender.send_task("cxr_orient.classify", args=[_Exploit(marker)],
-                             serializer="pickle")
+            sender.send_task("cxr_orient.classify", args=[_Exploit(marker)], serializer="pickle")
             sender.send_task("cxr_orient.classify", args=[987654], serializer="json")
-            sender.send_task("cxr_orient.classify", args=["../../etc/passwd"],
-                             serializer="json")
-            wait_until(lambda: "unknown instance id 987654" in worker.log()
-                       and "malformed classify message" in worker.log()
-                       and "pickle" in worker.log(), timeout=60, what="three refusals logged")
+            sender.send_task("cxr_orient.classify", args=["../../etc/passwd"], serializer="json")
+            wait_until(
+                lambda: (
+                    "unknown instance id 987654" in worker.log()
+                    and "malformed classify message" in worker.log()
+                    and "pickle" in worker.log()
+                ),
+                timeout=60,
+                what="three refusals logged",
+            )
             # The worker still works after the attempts.
             enqueued = run_cli("enqueue", str(root), "--wait", "--timeout", "60", env=env)
             assert enqueued.returncode == 0, enqueued.stdout + enqueued.stderr + worker.log()
@@ -186,8 +218,9 @@ def test_queue_accepts_json_ids_only(pg_url: str, tmp_path: Path) -> None:
     assert Counter(s for s, _ in _states(pg_url).values()) == {"done": 2}
 
 
-def test_checkpoint_sha256_mismatch_refused(tmp_path: Path, configure: object,
-                                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_checkpoint_sha256_mismatch_refused(
+    tmp_path: Path, configure: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from cxr_orient import registry
     from cxr_orient.errors import ModelError, ModelIntegrityError
     from cxr_orient.registry import current_model, load_version
@@ -224,7 +257,8 @@ def test_audit_role_reads_and_cannot_write(tmp_path: Path) -> None:
         with psycopg.connect(pg.dsn("cxr"), autocommit=True) as owner:
             owner.execute(
                 "INSERT INTO studies (study_instance_uid, patient_id, created_at) "
-                "VALUES ('1.2.3', 'PATIENT-1', now())")
+                "VALUES ('1.2.3', 'PATIENT-1', now())"
+            )
             owner.execute(script)
             owner.execute(script)  # idempotent: safe to re-run after migrations
             owner.execute("CREATE ROLE alice LOGIN IN ROLE cxr_audit")
@@ -232,8 +266,7 @@ def test_audit_role_reads_and_cannot_write(tmp_path: Path) -> None:
         alice = pg.dsn("cxr").replace("postgres@", "alice@")
         with psycopg.connect(alice, autocommit=True) as conn:
             assert conn.execute("SELECT patient_id FROM studies").fetchall() == [("PATIENT-1",)]
-            for table in ("instances", "predictions", "model_versions", "model_events",
-                          "labels"):
+            for table in ("instances", "predictions", "model_versions", "model_events", "labels"):
                 conn.execute(f"SELECT count(*) FROM {table}").fetchone()
             for statement in (
                 "INSERT INTO studies (study_instance_uid, created_at) VALUES ('9', now())",
@@ -245,12 +278,10 @@ def test_audit_role_reads_and_cannot_write(tmp_path: Path) -> None:
                     conn.execute(statement)
         bob = pg.dsn("cxr").replace("postgres@", "bob@")
         with psycopg.connect(bob, autocommit=True) as conn:
-            assert conn.execute("SELECT study_instance_uid FROM studies").fetchall() == [
-                ("1.2.3",)]
+            assert conn.execute("SELECT study_instance_uid FROM studies").fetchall() == [("1.2.3",)]
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 conn.execute("SELECT patient_id FROM studies")
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 conn.execute("SELECT file_path FROM instances")
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 conn.execute("INSERT INTO labels (instance_id, label) VALUES (1, 'frontal')")
-

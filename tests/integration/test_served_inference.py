@@ -27,20 +27,32 @@ def _archive(root: Path) -> int:
     pixels = rg1_pixels()
     (root / "rg1").mkdir()
     for name, stored in {"turned.dcm": np.rot90(pixels), "mirrored.dcm": pixels[:, ::-1]}.items():
-        make_dicom(root / "rg1" / name, np.ascontiguousarray(stored),
-                   photometric="MONOCHROME1", bits_stored=15, modality="CR",
-                   study_uid="1.2.826.0.1.3680043.10.7.3")
+        make_dicom(
+            root / "rg1" / name,
+            np.ascontiguousarray(stored),
+            photometric="MONOCHROME1",
+            bits_stored=15,
+            modality="CR",
+            study_uid="1.2.826.0.1.3680043.10.7.3",
+        )
     return len(list(root.rglob("*.dcm")))
 
 
-def _classify(root: Path, tmp_path: Path, redis_url: str, layout: str
-              ) -> tuple[dict[str, dict[str, object]], str]:
+def _classify(
+    root: Path, tmp_path: Path, redis_url: str, layout: str
+) -> tuple[dict[str, dict[str, object]], str]:
     from tests.utils.env import migrate_from_template
 
     database_url = f"sqlite:///{tmp_path / f'{layout}.db'}"
-    env = worker_env(database_url=database_url, broker_url=redis_url, ingest_root=root,
-                     data_dir=tmp_path / f"data-{layout}", inference=layout, batch_size=4,
-                     batch_max_wait_ms=100)
+    env = worker_env(
+        database_url=database_url,
+        broker_url=redis_url,
+        ingest_root=root,
+        data_dir=tmp_path / f"data-{layout}",
+        inference=layout,
+        batch_size=4,
+        batch_max_wait_ms=100,
+    )
     migrate_from_template(database_url)
     with running_worker(env, tmp_path / f"worker-{layout}.log", concurrency=2) as worker:
         enqueued = run_cli("enqueue", str(root), "--wait", "--timeout", "240", env=env)
@@ -48,8 +60,7 @@ def _classify(root: Path, tmp_path: Path, redis_url: str, layout: str
         log = worker.log()
     listed = run_cli("results", "--format", "json", env=env)
     assert listed.returncode == 0, listed.stderr
-    return {str(Path(r["file_path"]).relative_to(root)): r
-            for r in json.loads(listed.stdout)}, log
+    return {str(Path(r["file_path"]).relative_to(root)): r for r in json.loads(listed.stdout)}, log
 
 
 def test_served_inference_gives_the_prefork_answers(redis_url: str, tmp_path: Path) -> None:

@@ -46,8 +46,7 @@ def _sample(study: int, view: str) -> Path:
 def _multipart(*parts: bytes) -> bytes:
     out = b""
     for data in parts:
-        out += (f"--{BOUNDARY}\r\nContent-Type: application/dicom\r\n\r\n".encode()
-                + data + b"\r\n")
+        out += f"--{BOUNDARY}\r\nContent-Type: application/dicom\r\n\r\n".encode() + data + b"\r\n"
     return out + f"--{BOUNDARY}--\r\n".encode()
 
 
@@ -79,8 +78,14 @@ def test_stow_then_classify_then_purge(
     root = tmp_path / "root"
     archive = root / "archive"
     archive.mkdir(parents=True)
-    settings = dict(database_url=database_url, broker_url=broker_url, ingest_root=root,
-                    data_dir=tmp_path / "data", batch_size=8, batch_max_wait_ms=100)
+    settings = dict(
+        database_url=database_url,
+        broker_url=broker_url,
+        ingest_root=root,
+        data_dir=tmp_path / "data",
+        batch_size=8,
+        batch_max_wait_ms=100,
+    )
     env = worker_env(**settings)
     configure(**settings)
     migrate_from_template(database_url)
@@ -94,11 +99,12 @@ def test_stow_then_classify_then_purge(
         study1 = [pydicom.dcmread(_sample(1, v)) for v in ("frontal", "lateral")]
 
         # The real client, with a token: 200 and both instances recorded.
-        client = DICOMwebClient(f"{base}/dicom-web",
-                                headers={"Authorization": f"Bearer {token}"})
+        client = DICOMwebClient(f"{base}/dicom-web", headers={"Authorization": f"Bearer {token}"})
         answer = client.store_instances(study1, study_instance_uid=STUDY[1])
         assert sorted(i.ReferencedSOPInstanceUID for i in answer.ReferencedSOPSequence) == [
-            f"{STUDY[1]}.1", f"{STUDY[1]}.2"]
+            f"{STUDY[1]}.1",
+            f"{STUDY[1]}.2",
+        ]
         assert "FailedSOPSequence" not in answer
 
         # Without a token, and with a revoked one: 401, nothing recorded.
@@ -113,17 +119,24 @@ def test_stow_then_classify_then_purge(
         # A bad part among good ones: 202, the bad one in FailedSOPSequence, the rest kept.
         mixed = httpx.post(
             f"{base}/dicom-web/studies/{STUDY[2]}",
-            content=_multipart(_sample(2, "frontal").read_bytes(), b"\x00not DICOM at all",
-                               _sample(2, "lateral").read_bytes()),
-            headers={"Authorization": f"Bearer {token}",
-                     "Content-Type": f'multipart/related; type="application/dicom"; '
-                                     f"boundary={BOUNDARY}"},
-            timeout=60)
+            content=_multipart(
+                _sample(2, "frontal").read_bytes(),
+                b"\x00not DICOM at all",
+                _sample(2, "lateral").read_bytes(),
+            ),
+            headers={
+                "Authorization": f"Bearer {token}",
+                "Content-Type": f'multipart/related; type="application/dicom"; boundary={BOUNDARY}',
+            },
+            timeout=60,
+        )
         assert mixed.status_code == 202, mixed.text
         body = pydicom.Dataset.from_json(mixed.json())
         assert [int(i.FailureReason) for i in body.FailedSOPSequence] == [CANNOT_UNDERSTAND]
         assert sorted(i.ReferencedSOPInstanceUID for i in body.ReferencedSOPSequence) == [
-            f"{STUDY[2]}.1", f"{STUDY[2]}.2"]
+            f"{STUDY[2]}.1",
+            f"{STUDY[2]}.2",
+        ]
         # The bad part is recorded too: a failed row with its reason (as listen's C210).
         with session_scope() as session:
             assert crud.status_counts(session).get("failed") == 1
@@ -134,17 +147,20 @@ def test_stow_then_classify_then_purge(
         assert run_cli("enqueue", str(in_place), env=env).returncode == 0
 
         with running_worker(env, tmp_path / "worker.log") as worker:
+
             def all_done() -> bool:
                 with session_scope() as session:
                     counts = crud.status_counts(session)
                 # 4 received + 1 enqueued, and the refused part's failed row.
                 return counts.get("done", 0) + counts.get("failed", 0) == 6
+
             wait_until(all_done, timeout=300, what="6 instances finished")
             worker_log = worker.log()
         # Study 3 arrives once the worker has gone: it stays unfinished (held for its
         # study's quiet period, then queued by this server's release sweep).
-        late = client.store_instances([pydicom.dcmread(_sample(3, v))
-                                       for v in ("frontal", "lateral")])
+        late = client.store_instances(
+            [pydicom.dcmread(_sample(3, v)) for v in ("frontal", "lateral")]
+        )
         assert len(late.ReferencedSOPSequence) == 2
 
     server_log = log.read_text()
@@ -154,17 +170,24 @@ def test_stow_then_classify_then_purge(
 
     rows = _instances(1, 2, 3)
     statuses = {k: r.status for k, r in rows.items()}
-    assert {k: statuses.pop(k) for k in ("1-frontal", "1-lateral", "2-frontal", "2-lateral")
-            } == dict.fromkeys(("1-frontal", "1-lateral", "2-frontal", "2-lateral"), "done")
+    assert {
+        k: statuses.pop(k) for k in ("1-frontal", "1-lateral", "2-frontal", "2-lateral")
+    } == dict.fromkeys(("1-frontal", "1-lateral", "2-frontal", "2-lateral"), "done")
     assert set(statuses) == {"3-frontal", "3-lateral"}
     assert set(statuses.values()) <= {"waiting", "queued"}, statuses
     spool = get_settings().intake.effective_spool_dir
     assert all(Path(r.file_path).is_relative_to(spool) for r in rows.values())
     with session_scope() as session:
-        crud.add_label(session, instance_id=rows["1-lateral"].id,
-                       label=OrientationLabel.lateral, source="review", annotator="qa")
+        crud.add_label(
+            session,
+            instance_id=rows["1-lateral"].id,
+            label=OrientationLabel.lateral,
+            source="review",
+            annotator="qa",
+        )
         archived = crud.find_instance_by_uid(
-            session, sop_instance_uid=pydicom.dcmread(in_place).SOPInstanceUID)
+            session, sop_instance_uid=pydicom.dcmread(in_place).SOPInstanceUID
+        )
         assert archived is not None and archived.status == "done"
 
     counts = purge_spool(get_settings(), utcnow())
@@ -182,16 +205,18 @@ def test_stow_then_classify_then_purge(
 
 def _hang_up_mid_part(port: int, token: str, whole: bytes, cut: bytes) -> None:
     """A chunked STOW-RS upload whose sender goes away inside its second part."""
-    head = (f"POST /dicom-web/studies HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
-            f"Authorization: Bearer {token}\r\n"
-            f'Content-Type: multipart/related; type="application/dicom"; boundary={BOUNDARY}'
-            "\r\nTransfer-Encoding: chunked\r\n\r\n").encode()
+    head = (
+        f"POST /dicom-web/studies HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+        f"Authorization: Bearer {token}\r\n"
+        f'Content-Type: multipart/related; type="application/dicom"; boundary={BOUNDARY}'
+        "\r\nTransfer-Encoding: chunked\r\n\r\n"
+    ).encode()
     body = _multipart(whole, cut)
-    sent = body[:len(body) - len(cut) // 2]  # the first part whole, half the second
+    sent = body[: len(body) - len(cut) // 2]  # the first part whole, half the second
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
         sock.sendall(head)
         for start in range(0, len(sent), 65536):
-            piece = sent[start:start + 65536]
+            piece = sent[start : start + 65536]
             sock.sendall(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
         time.sleep(1.0)
 
@@ -204,8 +229,12 @@ def test_a_sender_gone_mid_request_leaves_its_whole_parts_recorded(
 
     study = "1.2.826.0.1.3680043.8.498.4242"
     root = tmp_path / "root"
-    settings = dict(database_url=f"sqlite:///{tmp_path / 'cxr.db'}", broker_url=broker_url,
-                    ingest_root=root, data_dir=tmp_path / "data")
+    settings = dict(
+        database_url=f"sqlite:///{tmp_path / 'cxr.db'}",
+        broker_url=broker_url,
+        ingest_root=root,
+        data_dir=tmp_path / "data",
+    )
     env = worker_env(**settings)
     configure(**settings)
     migrate_from_template(str(settings["database_url"]))
@@ -219,6 +248,7 @@ def test_a_sender_gone_mid_request_leaves_its_whole_parts_recorded(
         def first_recorded() -> bool:
             with session_scope() as session:
                 return crud.find_instance_by_uid(session, sop_instance_uid=uids[0]) is not None
+
         wait_until(first_recorded, timeout=30, what="the whole part recorded")
         # The server is still there for the next sender.
         assert httpx.get(f"{base}/healthz", timeout=5).status_code == 200

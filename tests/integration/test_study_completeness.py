@@ -54,13 +54,19 @@ def _state(study_uid: str) -> tuple[dict[int, Any], list[Any], Any]:
     """(instance id -> (status, enqueued_at)), the study's answers, its last arrival."""
     with session_scope() as session:
         study = crud.get_or_create_study(session, study_instance_uid=study_uid, patient_id=None)
-        rows = session.query(Instance.id, Instance.status, Instance.enqueued_at).filter(
-            Instance.study_id == study.id).all()
+        rows = (
+            session.query(Instance.id, Instance.status, Instance.enqueued_at)
+            .filter(Instance.study_id == study.id)
+            .all()
+        )
         history = crud.study_answer_history(session, study_instance_uid=study_uid)
         arrival = session.get(Study, study.id)
         session.expunge_all()
-    return ({i: (InstanceStatus(s), at) for i, s, at in rows}, history,
-            arrival.last_arrival_at if arrival else None)
+    return (
+        {i: (InstanceStatus(s), at) for i, s, at in rows},
+        history,
+        arrival.last_arrival_at if arrival else None,
+    )
 
 
 def _wait_until(test: Callable[[], bool], what: str, timeout: float = 240) -> None:
@@ -73,22 +79,29 @@ def _wait_until(test: Callable[[], bool], what: str, timeout: float = 240) -> No
 
 
 def test_a_study_is_held_released_classified_and_answered_again_after_a_late_instance(
-        pg_url: str, tmp_path: Path, configure: Callable[..., None]) -> None:
+    pg_url: str, tmp_path: Path, configure: Callable[..., None]
+) -> None:
     # A redis-server of its own (free port, nothing on disk): the shared one has 16
     # databases, fewer than the checkouts running tests at once.
     with private_redis() as server:
         _held_released_answered(pg_url, server.url(0), tmp_path, configure)
 
 
-def _held_released_answered(pg_url: str, redis_url: str, tmp_path: Path,
-                            configure: Callable[..., None]) -> None:
+def _held_released_answered(
+    pg_url: str, redis_url: str, tmp_path: Path, configure: Callable[..., None]
+) -> None:
     from tests.utils.env import migrate_from_template
 
     root = (tmp_path / "spool").resolve()
-    values: dict[str, object] = dict(database_url=pg_url, broker_url=redis_url,
-                                     ingest_root=root, data_dir=tmp_path / "data",
-                                     batch_size=8, batch_max_wait_ms=100,
-                                     study_quiet_s=QUIET_S)
+    values: dict[str, object] = dict(
+        database_url=pg_url,
+        broker_url=redis_url,
+        ingest_root=root,
+        data_dir=tmp_path / "data",
+        batch_size=8,
+        batch_max_wait_ms=100,
+        study_quiet_s=QUIET_S,
+    )
     configure(**values)
     migrate_from_template(pg_url)
     env = worker_env(**values)
@@ -99,8 +112,7 @@ def _held_released_answered(pg_url: str, redis_url: str, tmp_path: Path,
     beat = ("-B", "--schedule", str(tmp_path / "beat-schedule"))
 
     with running_worker(env, tmp_path / "worker.log", extra_args=beat) as worker:
-        report = record_received([frontal, lateral, ct, mr], send=None,
-                                 settings=get_settings())
+        report = record_received([frontal, lateral, ct, mr], send=None, settings=get_settings())
         assert len(report.held) == 2 and report.queued == []
         assert sorted(Path(p).name for p, _, _ in report.out_of_scope) == ["ct.dcm", "mr.dcm"]
         instances, history, _ = _state(STUDY)
@@ -135,11 +147,11 @@ def _held_released_answered(pg_url: str, redis_url: str, tmp_path: Path,
     rows = {r["study_instance_uid"]: r for r in json.loads(by_study.stdout)}
     assert rows[STUDY]["sequence"] == 2 and rows[STUDY]["instance_count"] == 3
     with session_scope() as session:
-        refused = {Path(r.file_path).name: r for r in crud.results(session)
-                   if r.status == "out_of_scope"}
+        refused = {
+            Path(r.file_path).name: r for r in crud.results(session) if r.status == "out_of_scope"
+        }
     assert sorted(refused) == ["ct.dcm", "mr.dcm"]
-    assert all(r.answer is None and r.error and "modality" in r.error
-               for r in refused.values())
+    assert all(r.answer is None and r.error and "modality" in r.error for r in refused.values())
     # Each refused file's own study is complete at once: answered with nothing classified.
     ct_study = rows[refused["ct.dcm"].study_instance_uid or ""]
     assert (ct_study["out_of_scope_count"], ct_study["flags"]) == (1, "no_frontal,no_lateral")

@@ -36,16 +36,25 @@ def _rows(database_url: str, archive: Path) -> dict[str, tuple[str, str | None, 
     engine = make_engine(database_url)
     try:
         with engine.connect() as conn:
-            return {str(Path(p).relative_to(archive)): (str(s), e, int(a), m)
-                    for p, s, e, a, m in conn.execute(
-                        select(Instance.file_path, Instance.status, Instance.error_code,
-                               Instance.attempts, Instance.error_message))}
+            return {
+                str(Path(p).relative_to(archive)): (str(s), e, int(a), m)
+                for p, s, e, a, m in conn.execute(
+                    select(
+                        Instance.file_path,
+                        Instance.status,
+                        Instance.error_code,
+                        Instance.attempts,
+                        Instance.error_message,
+                    )
+                )
+            }
     finally:
         engine.dispose()
 
 
 def test_a_hung_read_times_out_is_retried_then_failed_and_the_worker_goes_on(
-        pg_url: str, redis_url: str, tmp_path: Path) -> None:
+    pg_url: str, redis_url: str, tmp_path: Path
+) -> None:
     problem = fuse_unavailable()
     if problem:
         pytest.skip(f"needs a FUSE mount: {problem}")
@@ -61,11 +70,19 @@ def test_a_hung_read_times_out_is_retried_then_failed_and_the_worker_goes_on(
     nfs_source.mkdir()
     shutil.copy(SAMPLES / "study3" / "frontal.dcm", nfs_source / "frontal.dcm")
     port = free_port()
-    env = worker_env(database_url=pg_url, broker_url=redis_url, ingest_root=archive,
-                     data_dir=tmp_path / "data", batch_size=8, batch_max_wait_ms=300,
-                     task_soft_time_limit_s=SOFT_S, task_time_limit_s=HARD_S,
-                     max_attempts=MAX_ATTEMPTS, processing_timeout_s=600,
-                     worker_metrics_port=port)
+    env = worker_env(
+        database_url=pg_url,
+        broker_url=redis_url,
+        ingest_root=archive,
+        data_dir=tmp_path / "data",
+        batch_size=8,
+        batch_max_wait_ms=300,
+        task_soft_time_limit_s=SOFT_S,
+        task_time_limit_s=HARD_S,
+        max_attempts=MAX_ATTEMPTS,
+        processing_timeout_s=600,
+        worker_metrics_port=port,
+    )
     migrate_from_template(pg_url)
 
     with hanging_mount(archive / "nfs", nfs_source, tmp_path / "fuse.log") as mount:
@@ -79,6 +96,7 @@ def test_a_hung_read_times_out_is_retried_then_failed_and_the_worker_goes_on(
         os.mkfifo(swapped)
 
         with running_worker(env, tmp_path / "worker.log", name="limits") as worker:
+
             def finished() -> bool:
                 return all(s in {"done", "failed"} for s, *_ in _rows(pg_url, archive).values())
 
@@ -91,8 +109,13 @@ def test_a_hung_read_times_out_is_retried_then_failed_and_the_worker_goes_on(
             later.mkdir()
             pixels = (np.arange(256 * 200, dtype=np.uint16).reshape(256, 200) * 7) % 4096
             for n in range(2):
-                make_dicom(later / f"img{n}.dcm", pixels, study_uid="1.2.826.0.1.99.1",
-                           sop_uid=f"1.2.826.0.1.99.1.{n}", patient_id="LATER")
+                make_dicom(
+                    later / f"img{n}.dcm",
+                    pixels,
+                    study_uid="1.2.826.0.1.99.1",
+                    sop_uid=f"1.2.826.0.1.99.1.{n}",
+                    patient_id="LATER",
+                )
             again = run_cli("enqueue", str(later), "--wait", "--timeout", "120", env=env)
             assert again.returncode == 0, again.stdout + again.stderr + worker.log()
             got = parse_samples(httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text)
@@ -113,8 +136,11 @@ def test_a_hung_read_times_out_is_retried_then_failed_and_the_worker_goes_on(
     assert log.count("stopped by the soft time limit") == MAX_ATTEMPTS, log[-4000:]
 
     def total(name: str, **labels: str) -> float:
-        return sum(v for (n, ls), v in got.items()
-                   if n == name and all(dict(ls).get(k) == w for k, w in labels.items()))
+        return sum(
+            v
+            for (n, ls), v in got.items()
+            if n == name and all(dict(ls).get(k) == w for k, w in labels.items())
+        )
 
     assert total("cxr_orient_task_timeouts_total") == MAX_ATTEMPTS
     assert total("cxr_orient_images_total", status="failed", error_code="timeout") == 1

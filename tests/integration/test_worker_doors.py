@@ -96,11 +96,16 @@ def _read(database_url: str, read: Callable[..., T]) -> T:
         engine.dispose()
 
 
-def _env(pg_url: str, redis_server: PrivateRedis, tmp_path: Path, **more: object
-         ) -> dict[str, str]:
-    return worker_env(database_url=pg_url, broker_url=redis_server.url(),
-                      ingest_root=tmp_path / "archive", data_dir=tmp_path / "data",
-                      model_path=SHIPPED_MODEL, batch_max_wait_ms=100, **more)
+def _env(pg_url: str, redis_server: PrivateRedis, tmp_path: Path, **more: object) -> dict[str, str]:
+    return worker_env(
+        database_url=pg_url,
+        broker_url=redis_server.url(),
+        ingest_root=tmp_path / "archive",
+        data_dir=tmp_path / "data",
+        model_path=SHIPPED_MODEL,
+        batch_max_wait_ms=100,
+        **more,
+    )
 
 
 def test_ready_to_classify_only_once_every_pool_process_has_its_model(
@@ -130,16 +135,16 @@ def test_ready_to_classify_only_once_every_pool_process_has_its_model(
         status = run_cli("status", env=env)
         assert "workers ready to classify: 1 (" in status.stdout, status.stdout + status.stderr
         scraped = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).text
-        assert re.search(r"^cxr_orient_worker_ready(\{[^}]*\})? 1\.0$", scraped, re.M), (
-            scraped)
+        assert re.search(r"^cxr_orient_worker_ready(\{[^}]*\})? 1\.0$", scraped, re.M), scraped
         with serving(env, tmp_path / "serve.log") as base:
             ready = httpx.get(f"{base}/readyz", timeout=10).json()
             assert ready["workers_ready"] == 1, ready
 
             # Ready means a classification succeeds now, not after a model load.
             started = time.monotonic()
-            enqueued = run_cli("enqueue", str(tmp_path / "archive"), "--wait", "--timeout",
-                               "60", env=env)
+            enqueued = run_cli(
+                "enqueue", str(tmp_path / "archive"), "--wait", "--timeout", "60", env=env
+            )
             assert enqueued.returncode == 0, enqueued.stderr + worker.log()[-3000:]
             assert _counts(pg_url)["done"] == 2
             assert time.monotonic() - started < 30, "the model was not loaded yet?"
@@ -182,8 +187,7 @@ def test_queued_work_is_done_within_60s_of_a_broker_that_lost_its_messages(
             assert _redis(redis_server).llen("cxr-orient") == 0
         finally:
             os.killpg(worker.pid, signal.SIGCONT)
-        took = _wait(lambda: _counts(pg_url)["done"] == 6, "all 6 instances done",
-                     timeout=90)
+        took = _wait(lambda: _counts(pg_url)["done"] == 6, "all 6 instances done", timeout=90)
         print(f"broker {loss}: all done {took:.1f}s after its return")
         assert took < 60, f"{took:.0f}s after the broker's return"
         assert "queued instances again" in worker.log(), "the watch, not something else"
@@ -202,9 +206,16 @@ def test_delivery_without_beat_backs_off_from_a_closed_port_then_reaches_orthanc
     uids = _studies(archive, "study1")
     dicom_port, http_port = free_port(), free_port()
     destination = f"dicom://ORTHANC@127.0.0.1:{dicom_port}"
-    env = _env(pg_url, redis_server, tmp_path, result_destinations=destination,
-               outbox_interval_s=1, outbox_backoff_s=1, outbox_backoff_max_s=4,
-               outbox_timeout_s=5)
+    env = _env(
+        pg_url,
+        redis_server,
+        tmp_path,
+        result_destinations=destination,
+        outbox_interval_s=1,
+        outbox_backoff_s=1,
+        outbox_backoff_max_s=4,
+        outbox_timeout_s=5,
+    )
     migrate_from_template(pg_url)
 
     def state() -> crud.DestinationState | None:
@@ -212,19 +223,24 @@ def test_delivery_without_beat_backs_off_from_a_closed_port_then_reaches_orthanc
 
     # Exactly the README's recipe: `celery -A worker worker`, no -B.
     worker = WorkerProcess(env, tmp_path / "worker.log", concurrency=1, cwd=REPO)
-    orthanc = Orthanc(tmp_path / "orthanc", dicom_port, http_port,
-                      {"cxr": [CALLING_AE, "127.0.0.1", free_port()]})
+    orthanc = Orthanc(
+        tmp_path / "orthanc", dicom_port, http_port, {"cxr": [CALLING_AE, "127.0.0.1", free_port()]}
+    )
     try:
         worker.wait_ready_to_classify(240)
         enqueued = run_cli("enqueue", str(archive), "--wait", "--timeout", "120", env=env)
         assert enqueued.returncode == 0, enqueued.stderr + worker.log()[-3000:]
-        _wait(lambda: (s := state()) is not None and s.consecutive_failures >= 3,
-              "the closed port failed 3 times in a row", timeout=60)
+        _wait(
+            lambda: (s := state()) is not None and s.consecutive_failures >= 3,
+            "the closed port failed 3 times in a row",
+            timeout=60,
+        )
         rows = _read(pg_url, crud.outbox_rows)
         assert len(rows) == 2
         assert all(r.status.value == "pending" for r in rows)
         assert all("connection refused" in str(r.last_error) for r in rows), [
-            r.last_error for r in rows]
+            r.last_error for r in rows
+        ]
         # At the cap (4 s) a closed port is tried about 3 times in 12 s, not 12 times.
         before = state()
         time.sleep(12)
@@ -237,8 +253,11 @@ def test_delivery_without_beat_backs_off_from_a_closed_port_then_reaches_orthanc
         assert "connection refused" in status.stdout, status.stdout
 
         orthanc.start()  # the PACS comes up on that port
-        _wait(lambda: [r.status.value for r in _read(pg_url, crud.outbox_rows)]
-              == ["sent", "sent"], "both SRs sent once the PACS is up", timeout=60)
+        _wait(
+            lambda: [r.status.value for r in _read(pg_url, crud.outbox_rows)] == ["sent", "sent"],
+            "both SRs sent once the PACS is up",
+            timeout=60,
+        )
         assert len(orthanc.structured_reports()) == 2
         after_success = state()
         assert after_success is not None and after_success.consecutive_failures == 0

@@ -126,8 +126,11 @@ def test_no_module_takes_another_modules_private_names() -> None:
         for target, line, names in _imports(source, path):
             if target == source:
                 continue
-            taken += [f"{source} (line {line}) takes {target}.{n}" for n in names
-                      if n.startswith("_") and not n.startswith("__")]
+            taken += [
+                f"{source} (line {line}) takes {target}.{n}"
+                for n in names
+                if n.startswith("_") and not n.startswith("__")
+            ]
         taken += _private_attributes(source, path)
     assert not taken, "\n".join(taken)
 
@@ -152,11 +155,14 @@ def _private_attributes(source: str, path: Path) -> list[str]:
                     aliases[alias.asname or alias.name] = full
     found = []
     for node in ast.walk(tree):
-        if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
-                and node.value.id in aliases and node.attr.startswith("_")
-                and not node.attr.startswith("__")):
-            found.append(f"{source} (line {node.lineno}) uses {aliases[node.value.id]}."
-                         f"{node.attr}")
+        if (
+            isinstance(node, ast.Attribute)
+            and isinstance(node.value, ast.Name)
+            and node.value.id in aliases
+            and node.attr.startswith("_")
+            and not node.attr.startswith("__")
+        ):
+            found.append(f"{source} (line {node.lineno}) uses {aliases[node.value.id]}.{node.attr}")
     return found
 
 
@@ -210,26 +216,31 @@ def test_no_import_circles() -> None:
     assert not _cycles(graph), _cycles(graph)
 
 
-@pytest.mark.parametrize("rule", [("worker.pipeline", "training.lifecycle"),
-                                  ("training.lifecycle", "worker.pipeline"),
-                                  ("db.crud", "cxr_orient.imaging"),
-                                  ("cxr_orient.ingest", "worker.dispatch"),
-                                  ("service.routes.stow", "worker.tasks"),
-                                  ("worker.tasks", "service.app"),
-                                  ("cxr_orient.dicomnet.stow", "service.deps"),
-                                  ("cxr_orient.ingest", "cli.ingest"),
-                                  ("worker.tasks", "cli.main"),
-                                  ("service.routes.admin", "cli.users"),
-                                  ("bench.run", "cli.main"),
-                                  ("cxr_orient.registry", "training.lifecycle"),
-                                  ("cxr_orient.settings", "bench.run"),
-                                  ("training.lifecycle", "recipes.compact_invariant_64_v4"),
-                                  ("cxr_orient.architectures", "recipes.common.release"),
-                                  ("worker.tasks", "recipes.unusual_score"),
-                                  ("bench.corpus", "recipes.common.devdata"),
-                                  ("recipes.common.devdata", "bench.dicom_factory"),
-                                  ("recipes.compact_invariant_64_v4", "db.crud")],
-                         ids=lambda r: f"{r[0]}->{r[1]}")
+@pytest.mark.parametrize(
+    "rule",
+    [
+        ("worker.pipeline", "training.lifecycle"),
+        ("training.lifecycle", "worker.pipeline"),
+        ("db.crud", "cxr_orient.imaging"),
+        ("cxr_orient.ingest", "worker.dispatch"),
+        ("service.routes.stow", "worker.tasks"),
+        ("worker.tasks", "service.app"),
+        ("cxr_orient.dicomnet.stow", "service.deps"),
+        ("cxr_orient.ingest", "cli.ingest"),
+        ("worker.tasks", "cli.main"),
+        ("service.routes.admin", "cli.users"),
+        ("bench.run", "cli.main"),
+        ("cxr_orient.registry", "training.lifecycle"),
+        ("cxr_orient.settings", "bench.run"),
+        ("training.lifecycle", "recipes.compact_invariant_64_v4"),
+        ("cxr_orient.architectures", "recipes.common.release"),
+        ("worker.tasks", "recipes.unusual_score"),
+        ("bench.corpus", "recipes.common.devdata"),
+        ("recipes.common.devdata", "bench.dicom_factory"),
+        ("recipes.compact_invariant_64_v4", "db.crud"),
+    ],
+    ids=lambda r: f"{r[0]}->{r[1]}",
+)
 def test_the_rules_refuse_what_the_doc_forbids(rule: tuple[str, str]) -> None:
     assert not _allowed(*rule)
 
@@ -237,9 +248,13 @@ def test_the_rules_refuse_what_the_doc_forbids(rule: tuple[str, str]) -> None:
 def test_nothing_imports_the_recipes() -> None:
     """The recipes record how a checkpoint was made; the product, the bench and the
     CLI never run them (tests may)."""
-    found = [f"{source} (line {line}) imports {target}"
-             for source, path in SOURCES.items() if _layer(source) != "recipes"
-             for target, line, _ in _imports(source, path) if _layer(target) == "recipes"]
+    found = [
+        f"{source} (line {line}) imports {target}"
+        for source, path in SOURCES.items()
+        if _layer(source) != "recipes"
+        for target, line, _ in _imports(source, path)
+        if _layer(target) == "recipes"
+    ]
     assert not found, "\n".join(found)
 
 
@@ -249,8 +264,11 @@ def _wheel_packages() -> set[str]:
     config = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
     include = config["tool"]["setuptools"]["packages"]["find"]["include"]
     # setuptools matches each package's dotted name against the patterns (fnmatch).
-    return {path.parent.name for path in ROOT.glob("*/__init__.py")
-            if any(fnmatch.fnmatchcase(path.parent.name, p) for p in include)}
+    return {
+        path.parent.name
+        for path in ROOT.glob("*/__init__.py")
+        if any(fnmatch.fnmatchcase(path.parent.name, p) for p in include)
+    }
 
 
 def test_the_wheel_holds_the_product_only() -> None:
@@ -258,10 +276,13 @@ def test_the_wheel_holds_the_product_only() -> None:
     checkout), and nothing shipped imports what is not shipped."""
     shipped = _wheel_packages()
     assert shipped == {"cxr_orient", "db", "worker", "training", "service", "cli"}
-    outside = [f"{source} (line {line}) imports {target}"
-               for source, path in SOURCES.items() if _layer(source) in shipped
-               for target, line, _ in _imports(source, path)
-               if _layer(target) not in shipped]
+    outside = [
+        f"{source} (line {line}) imports {target}"
+        for source, path in SOURCES.items()
+        if _layer(source) in shipped
+        for target, line, _ in _imports(source, path)
+        if _layer(target) not in shipped
+    ]
     assert not outside, "\n".join(outside)
 
 
@@ -280,8 +301,11 @@ NOT_YET_SPLIT: set[str] = set()
 
 def test_no_module_is_over_the_line_limit() -> None:
     lines = {m: len(p.read_text(encoding="utf-8").splitlines()) for m, p in SOURCES.items()}
-    long = sorted(f"{m}: {n} lines" for m, n in lines.items()
-                  if n > MAX_MODULE_LINES and m not in NOT_YET_SPLIT)
+    long = sorted(
+        f"{m}: {n} lines"
+        for m, n in lines.items()
+        if n > MAX_MODULE_LINES and m not in NOT_YET_SPLIT
+    )
     assert not long, "\n".join(long)
     stale = sorted(m for m in NOT_YET_SPLIT if lines.get(m, 0) <= MAX_MODULE_LINES)
     assert not stale, f"split already, drop from NOT_YET_SPLIT: {stale}"
@@ -290,9 +314,13 @@ def test_no_module_is_over_the_line_limit() -> None:
 def test_db_holds_no_dicom_knowledge() -> None:
     """UIDs (the 2.25 root of PS3.5 B.2) and the study-answer rule belong to the library
     (cxr_orient.dicomnet.sr, cxr_orient.studies); db stores what it is handed."""
-    found = [f"{m}: {word}" for m, p in SOURCES.items() if m.split(".")[0] == "db"
-             for word in ("2.25.", "STUDY_FLAGS")
-             if word in p.read_text(encoding="utf-8")]
+    found = [
+        f"{m}: {word}"
+        for m, p in SOURCES.items()
+        if m.split(".")[0] == "db"
+        for word in ("2.25.", "STUDY_FLAGS")
+        if word in p.read_text(encoding="utf-8")
+    ]
     assert not found, found
 
 
@@ -301,9 +329,12 @@ def test_db_holds_no_dicom_knowledge() -> None:
 SETTINGS_READERS = {
     "cxr_orient.settings",
     # celery -A worker: the app's configuration, the tasks, the worker's signal handlers.
-    "worker.celery", "worker.tasks", "worker.signals",
+    "worker.celery",
+    "worker.tasks",
+    "worker.signals",
     # cxr-orient serve: the app factory and the FastAPI dependency.
-    "service.app", "service.deps",
+    "service.app",
+    "service.deps",
     # The process-wide engine, built on first use from CXR_DATABASE_URL.
     "db.session",
     # python -m recipes.compact_v1 and the other release recipes (their main:
@@ -318,24 +349,33 @@ SETTINGS_READING_LAYERS = {"cli", "bench"}
 def _settings_reads(path: Path) -> list[int]:
     """Lines calling ``get_settings()`` (by name or as an attribute)."""
     tree = ast.parse(path.read_text(encoding="utf-8"))
-    return [node.lineno for node in ast.walk(tree) if isinstance(node, ast.Call)
-            and (getattr(node.func, "id", None) == "get_settings"
-                 or getattr(node.func, "attr", None) == "get_settings")]
+    return [
+        node.lineno
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call)
+        and (
+            getattr(node.func, "id", None) == "get_settings"
+            or getattr(node.func, "attr", None) == "get_settings"
+        )
+    ]
 
 
 def test_settings_are_read_at_the_edges_only() -> None:
-    reads = [f"{module} (line {line}) calls get_settings(); take the settings it needs "
-             "as a parameter"
-             for module, path in SOURCES.items()
-             if module not in SETTINGS_READERS and _layer(module) not in SETTINGS_READING_LAYERS
-             for line in _settings_reads(path)]
+    reads = [
+        f"{module} (line {line}) calls get_settings(); take the settings it needs as a parameter"
+        for module, path in SOURCES.items()
+        if module not in SETTINGS_READERS and _layer(module) not in SETTINGS_READING_LAYERS
+        for line in _settings_reads(path)
+    ]
     assert not reads, "\n".join(reads)
 
 
 def test_the_edge_rule_sees_a_fallback(tmp_path: Path) -> None:
     library = tmp_path / "library.py"
-    library.write_text("from cxr_orient import settings as s\n"
-                       "def work(settings=None):\n"
-                       "    settings = settings or s.get_settings()\n")
+    library.write_text(
+        "from cxr_orient import settings as s\n"
+        "def work(settings=None):\n"
+        "    settings = settings or s.get_settings()\n"
+    )
     assert _settings_reads(library) == [3]
     assert not set(SETTINGS_READERS) - set(SOURCES), "a stale entry in SETTINGS_READERS"

@@ -22,12 +22,23 @@ DOCKER = ROOT / "docker"
 COMPOSE = DOCKER / "compose.yaml"
 DOCKERFILES = [DOCKER / "Dockerfile", DOCKER / "Dockerfile.gpu"]
 #: The local stand-ins for the public redis and postgres images (context docker/local).
-LOCAL_DOCKERFILES = [DOCKER / "local" / "Dockerfile.redis",
-                     DOCKER / "local" / "Dockerfile.postgres"]
+LOCAL_DOCKERFILES = [
+    DOCKER / "local" / "Dockerfile.redis",
+    DOCKER / "local" / "Dockerfile.postgres",
+]
 SETTINGS_VARIABLES = {f"CXR_{name.upper()}" for name in field_groups()}
 #: Compose-level inputs that are not application settings (docs/deployment.md).
-COMPOSE_INPUTS = {"POSTGRES_PASSWORD", "ARCHIVE_DIR", "WORKER_CONCURRENCY", "APP_IMAGE",
-                  "BASE_IMAGE", "REDIS_IMAGE", "POSTGRES_IMAGE", "REDIS_PORT", "POSTGRES_PORT"}
+COMPOSE_INPUTS = {
+    "POSTGRES_PASSWORD",
+    "ARCHIVE_DIR",
+    "WORKER_CONCURRENCY",
+    "APP_IMAGE",
+    "BASE_IMAGE",
+    "REDIS_IMAGE",
+    "POSTGRES_IMAGE",
+    "REDIS_PORT",
+    "POSTGRES_PORT",
+}
 APP_SERVICES = ("migrate", "worker", "beat", "serve", "listen", "retrain")
 INTERPOLATION = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?P<rest>[^}]*)\}")
 ENTRYPOINT_ROLES = {"worker", "beat", "retrain-loop"}
@@ -202,8 +213,9 @@ def test_every_service_command_exists(services: dict[str, Any]) -> None:
         else:
             assert role in ENTRYPOINT_ROLES, f"{name}: unknown role {role!r}"
         if role == "retrain-loop":
-            cli_runs += [(name, words)
-                         for words in _script_cli_commands(DOCKER / "retrain-loop.sh")]
+            cli_runs += [
+                (name, words) for words in _script_cli_commands(DOCKER / "retrain-loop.sh")
+            ]
     assert roles == {
         "migrate": "cxr-orient",
         "worker": "worker",
@@ -321,7 +333,8 @@ def test_cpu_and_gpu_images() -> None:
 
 
 @pytest.mark.parametrize(
-    "script", ["entrypoint.sh", "retrain-loop.sh", "local/postgres-entrypoint.sh"])
+    "script", ["entrypoint.sh", "retrain-loop.sh", "local/postgres-entrypoint.sh"]
+)
 def test_scripts_are_executable_posix_sh(script: str) -> None:
     path = DOCKER / script
     assert path.stat().st_mode & stat.S_IXUSR

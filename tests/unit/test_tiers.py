@@ -25,12 +25,30 @@ def _closed_port() -> int:
 def _pytest(*args: str) -> subprocess.CompletedProcess[str]:
     port = _closed_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CXR_", "PYTEST_"))}
-    env.update(CXR_TEST_PG_ADMIN=f"postgresql://postgres@127.0.0.1:{port}/test",
-               CXR_TEST_REDIS_HOST="127.0.0.1", CXR_TEST_REDIS_PORT=str(port))
+    env.update(
+        CXR_TEST_PG_ADMIN=f"postgresql://postgres@127.0.0.1:{port}/test",
+        CXR_TEST_REDIS_HOST="127.0.0.1",
+        CXR_TEST_REDIS_PORT=str(port),
+    )
     return subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "no:randomly",
-         "-q", *args], env=env, cwd=REPO, capture_output=True, text=True, timeout=300,
-        check=False)
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-p",
+            "no:cacheprovider",
+            "-p",
+            "no:randomly",
+            "-q",
+            *args,
+        ],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
 
 
 def test_the_postgresql_side_of_database_url_is_left_out_of_the_unit_tier() -> None:
@@ -48,8 +66,13 @@ def test_without_the_tier_the_postgresql_side_runs_and_needs_the_server() -> Non
 
 
 def test_tests_under_integration_and_those_using_redis_are_marked_integration() -> None:
-    result = _pytest("--collect-only", "-m", "integration", "tests/integration/test_heads.py",
-                     "tests/unit/db/test_migrations.py")
+    result = _pytest(
+        "--collect-only",
+        "-m",
+        "integration",
+        "tests/integration/test_heads.py",
+        "tests/unit/db/test_migrations.py",
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     collected = [line for line in result.stdout.splitlines() if "::" in line]
     assert collected, result.stdout

@@ -21,11 +21,25 @@ from pydicom.uid import (
 
 from tests.utils.dicom_factory import COVID_CXR, make_dicom
 
-__all__ = ["SYNTAXES", "CorpusFile", "add_bad_files", "build_corpus", "film_dicom",
-           "real_image", "rg1_dicom", "rg1_pixels"]
+__all__ = [
+    "SYNTAXES",
+    "CorpusFile",
+    "add_bad_files",
+    "build_corpus",
+    "film_dicom",
+    "real_image",
+    "rg1_dicom",
+    "rg1_pixels",
+]
 
-SYNTAXES = [ExplicitVRLittleEndian, RLELossless, JPEG2000Lossless, JPEGLSLossless,
-            DeflatedExplicitVRLittleEndian, JPEG2000]
+SYNTAXES = [
+    ExplicitVRLittleEndian,
+    RLELossless,
+    JPEG2000Lossless,
+    JPEGLSLossless,
+    DeflatedExplicitVRLittleEndian,
+    JPEG2000,
+]
 
 
 @dataclass(frozen=True)
@@ -38,7 +52,8 @@ class CorpusFile:
     @property
     def header_lies(self) -> bool:
         return self.header_view is not None and self.header_view != (
-            "PA" if self.label == "frontal" else "LL")
+            "PA" if self.label == "frontal" else "LL"
+        )
 
 
 def real_image(path: Path, longest: int = 768) -> np.ndarray:
@@ -65,14 +80,23 @@ def build_corpus(root: Path, *, frontal: int, lateral: int) -> dict[str, CorpusF
             mono1 = n % 3 == 0
             if mono1:
                 pixels = 4095 - pixels
-            header_view = {0: "PA" if label == "frontal" else "LL", 1: None,
-                           2: "LL" if label == "frontal" else "PA"}[n % 3]
+            header_view = {
+                0: "PA" if label == "frontal" else "LL",
+                1: None,
+                2: "LL" if label == "frontal" else "PA",
+            }[n % 3]
             path = root / f"study{n % 4}" / f"{label}-{n:03d}.dcm"
             path.parent.mkdir(parents=True, exist_ok=True)
-            make_dicom(path, pixels, photometric="MONOCHROME1" if mono1 else "MONOCHROME2",
-                       transfer_syntax=SYNTAXES[n % len(SYNTAXES)], view_position=header_view,
-                       patient_id=f"P{n % 4}", study_uid=f"1.2.826.0.1.3680043.10.1.{n % 4}",
-                       modality="CR" if n % 2 else "DX")
+            make_dicom(
+                path,
+                pixels,
+                photometric="MONOCHROME1" if mono1 else "MONOCHROME2",
+                transfer_syntax=SYNTAXES[n % len(SYNTAXES)],
+                view_position=header_view,
+                patient_id=f"P{n % 4}",
+                study_uid=f"1.2.826.0.1.3680043.10.1.{n % 4}",
+                modality="CR" if n % 2 else "DX",
+            )
             corpus[str(path)] = CorpusFile(label, header_view)
             n += 1
     return corpus
@@ -88,8 +112,11 @@ def add_bad_files(root: Path) -> dict[str, str]:
     good.unlink()
     (bad / "truncated.dcm").write_bytes(data[: len(data) // 2])
     (bad / "empty.dcm").write_bytes(b"")
-    return {str(bad / "notes.txt"): "not_dicom", str(bad / "empty.dcm"): "truncated",
-            str(bad / "truncated.dcm"): "truncated"}
+    return {
+        str(bad / "notes.txt"): "not_dicom",
+        str(bad / "empty.dcm"): "truncated",
+        str(bad / "truncated.dcm"): "truncated",
+    }
 
 
 @lru_cache(maxsize=1)
@@ -105,20 +132,39 @@ def rg1_pixels() -> np.ndarray:
     return pixels
 
 
-def rg1_dicom(path: Path, *, view_position: str | None = "PA", study_uid: str | None = None,
-              patient_id: str = "P1") -> Path:
+def rg1_dicom(
+    path: Path,
+    *,
+    view_position: str | None = "PA",
+    study_uid: str | None = None,
+    patient_id: str = "P1",
+) -> Path:
     """RG1 (a frontal CR) as a new instance at ``path``, claiming ``view_position``."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    return make_dicom(path, rg1_pixels(), photometric="MONOCHROME1", bits_stored=15,
-                      view_position=view_position, study_uid=study_uid,
-                      patient_id=patient_id, modality="CR")
+    return make_dicom(
+        path,
+        rg1_pixels(),
+        photometric="MONOCHROME1",
+        bits_stored=15,
+        view_position=view_position,
+        study_uid=study_uid,
+        patient_id=patient_id,
+        modality="CR",
+    )
 
 
-def film_dicom(path: Path, *, view: str, index: int = 0, view_position: str | None = None,
-               study_uid: str | None = None) -> Path:
+def film_dicom(
+    path: Path,
+    *,
+    view: str,
+    index: int = 0,
+    view_position: str | None = None,
+    study_uid: str | None = None,
+) -> Path:
     """The ``index``-th covid-cxr film of ``view`` ("frontal"/"lateral") as DICOM at
     ``path``; callers skip when :data:`COVID_CXR` is absent."""
     film = sorted((COVID_CXR / view).glob("*.jpg"))[index]
     path.parent.mkdir(parents=True, exist_ok=True)
-    return make_dicom(path, real_image(film), view_position=view_position,
-                      study_uid=study_uid, modality="DX")
+    return make_dicom(
+        path, real_image(film), view_position=view_position, study_uid=study_uid, modality="DX"
+    )

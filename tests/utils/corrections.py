@@ -23,8 +23,17 @@ from pydicom.uid import (
     generate_uid,
 )
 
-__all__ = ["CR_STORAGE", "DX_STORAGE", "TurnedLateralStudy", "as_dx", "rg1", "stored_as",
-           "turned_lateral_study", "turned_original", "write_in_syntax"]
+__all__ = [
+    "CR_STORAGE",
+    "DX_STORAGE",
+    "TurnedLateralStudy",
+    "as_dx",
+    "rg1",
+    "stored_as",
+    "turned_lateral_study",
+    "turned_original",
+    "write_in_syntax",
+]
 
 CR_STORAGE = UID("1.2.840.10008.5.1.4.1.1.1")
 DX_STORAGE = UID("1.2.840.10008.5.1.4.1.1.1.1")
@@ -39,8 +48,7 @@ def rg1(name: str = "RG1_UNCR.dcm") -> Dataset:
 def stored_as(upright: np.ndarray, rotation: int, mirrored: bool) -> np.ndarray:
     """``upright`` stored the way the model's answer (rotation, mirrored) describes it
     (cxr_orient.answer.Answer: ``numpy.rot90(upright, k)``, after a left-right mirror)."""
-    return np.ascontiguousarray(np.rot90(upright[:, ::-1] if mirrored else upright,
-                                         rotation // 90))
+    return np.ascontiguousarray(np.rot90(upright[:, ::-1] if mirrored else upright, rotation // 90))
 
 
 def _code(value: str, scheme: str, meaning: str) -> Dataset:
@@ -53,9 +61,18 @@ def as_dx(ds: Dataset) -> Dataset:
     """``ds`` (RG1's header) as a complete DX for presentation."""
     ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = DX_STORAGE
     ds.Modality = "DX"
-    for keyword in ("OtherPatientIDs", "PostprocessingFunction", "ProcessingFunction",
-                    "GeneratorPower", "CollimatorGridName", "PlateType", "Sensitivity",
-                    "PixelSpacing", "FilterType", "ReferringPhysicianName"):
+    for keyword in (
+        "OtherPatientIDs",
+        "PostprocessingFunction",
+        "ProcessingFunction",
+        "GeneratorPower",
+        "CollimatorGridName",
+        "PlateType",
+        "Sensitivity",
+        "PixelSpacing",
+        "FilterType",
+        "ReferringPhysicianName",
+    ):
         if keyword in ds:
             delattr(ds, keyword)
     ds.ReferringPhysicianName = "Ward^A"
@@ -82,9 +99,15 @@ def as_dx(ds: Dataset) -> Dataset:
     return ds
 
 
-def turned_original(pixels: np.ndarray, rotation: int, mirrored: bool, *,
-                    dx: bool = False, view: str = "PA",
-                    orientation: list[str] | None = None) -> Dataset:
+def turned_original(
+    pixels: np.ndarray,
+    rotation: int,
+    mirrored: bool,
+    *,
+    dx: bool = False,
+    view: str = "PA",
+    orientation: list[str] | None = None,
+) -> Dataset:
     """RG1's header with ``pixels`` (upright) stored turned: a new instance, explicit VR
     little endian; its Patient Orientation the stored pixels' (``orientation`` is the
     upright one's, L\\F unless given; [] for none)."""
@@ -95,11 +118,11 @@ def turned_original(pixels: np.ndarray, rotation: int, mirrored: bool, *,
         ds = as_dx(ds)
     ds.ViewPosition = view
     stored = stored_as(pixels, rotation, mirrored)
-    ds.set_pixel_data(stored, str(ds.PhotometricInterpretation), int(ds.BitsStored),
-                      generate_instance_uid=False)
+    ds.set_pixel_data(
+        stored, str(ds.PhotometricInterpretation), int(ds.BitsStored), generate_instance_uid=False
+    )
     upright = ["L", "F"] if orientation is None else orientation
-    ds.PatientOrientation = (stored_orientation(upright, rotation, mirrored)
-                             if upright else [])
+    ds.PatientOrientation = stored_orientation(upright, rotation, mirrored) if upright else []
     return ds
 
 
@@ -111,8 +134,10 @@ def stored_orientation(upright: list[str], rotation: int, mirrored: bool) -> lis
     found by storing two coordinate grids the same way (numpy only, not the code under
     test) and reading which way each grows along the first row and the first column."""
     along_rows, along_columns = np.meshgrid(np.arange(3), np.arange(3))
-    grids = {upright[0]: stored_as(along_rows, rotation, mirrored),
-             upright[1]: stored_as(along_columns, rotation, mirrored)}
+    grids = {
+        upright[0]: stored_as(along_rows, rotation, mirrored),
+        upright[1]: stored_as(along_columns, rotation, mirrored),
+    }
 
     def direction(step: tuple[int, int]) -> str:
         for name, grid in grids.items():
@@ -135,8 +160,9 @@ def write_in_syntax(ds: Dataset, syntax: str, folder: Path) -> Path:
     if syntax == ExplicitVRLittleEndian:
         return plain
     if syntax == JPEGLosslessSV1:
-        subprocess.run(["dcmcjpeg", "+e1", str(plain), str(out)], check=True,
-                       capture_output=True, timeout=120)
+        subprocess.run(
+            ["dcmcjpeg", "+e1", str(plain), str(out)], check=True, capture_output=True, timeout=120
+        )
         return out
     ds = pydicom.dcmread(plain)
     if syntax == JPEG2000:  # lossy: compressed 10:1
@@ -147,8 +173,9 @@ def write_in_syntax(ds: Dataset, syntax: str, folder: Path) -> Path:
     return out
 
 
-SAMPLE_LATERAL = Path(__file__).resolve().parents[2] / "cxr_orient" / "samples" / "study1" / \
-    "lateral.dcm"
+SAMPLE_LATERAL = (
+    Path(__file__).resolve().parents[2] / "cxr_orient" / "samples" / "study1" / "lateral.dcm"
+)
 
 
 @dataclass(frozen=True)
@@ -167,8 +194,9 @@ def turned_lateral_study(folder: Path) -> TurnedLateralStudy:
     JPEG-LS lossless, with View Position PA: the header's view wrong, the film turned."""
     upright_lateral = np.asarray(pydicom.dcmread(SAMPLE_LATERAL).pixel_array)
     frontal = turned_original(np.asarray(rg1().pixel_array), 0, False, dx=True)
-    lateral = turned_original(upright_lateral, 90, False, dx=True, view="PA",
-                              orientation=["A", "F"])
+    lateral = turned_original(
+        upright_lateral, 90, False, dx=True, view="PA", orientation=["A", "F"]
+    )
     study_uid = generate_uid()
     for ds in (frontal, lateral):
         ds.StudyInstanceUID = study_uid
@@ -176,4 +204,6 @@ def turned_lateral_study(folder: Path) -> TurnedLateralStudy:
     return TurnedLateralStudy(
         write_in_syntax(frontal, ExplicitVRLittleEndian, folder / "frontal"),
         write_in_syntax(lateral, JPEGLSLossless, folder / "lateral"),
-        upright_lateral, study_uid)
+        upright_lateral,
+        study_uid,
+    )

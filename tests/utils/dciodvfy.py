@@ -20,9 +20,13 @@ def dciodvfy(path: Path) -> tuple[list[str], list[str], str]:
     tool = shutil.which("dciodvfy")
     if tool is None:
         pytest.fail("dciodvfy is missing (apt-get install dicom3tools)")
-    result = subprocess.run([tool, str(path)], capture_output=True, text=True, timeout=60,
-                            check=False)
+    result = subprocess.run(
+        [tool, str(path)], capture_output=True, text=True, timeout=60, check=False
+    )
     report = result.stdout + result.stderr
     lines = report.splitlines()
-    return ([line for line in lines if line.startswith("Error")],
-            [line for line in lines if line.startswith("Warning")], report)
+    return (
+        [line for line in lines if line.startswith("Error")],
+        [line for line in lines if line.startswith("Warning")],
+        report,
+    )

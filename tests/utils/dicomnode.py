@@ -55,12 +55,16 @@ class ListenerProcess:
         self.offset = log_path.stat().st_size
         self.process = subprocess.Popen(
             [sys.executable, "-m", "cli", "listen", "--port", "0", *args],
-            env=env, cwd=REPO, stdout=self._log, stderr=subprocess.STDOUT,
-            start_new_session=True)
+            env=env,
+            cwd=REPO,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         self.port = 0
 
     def log(self) -> str:
-        return self.log_path.read_text(errors="replace")[self.offset:]
+        return self.log_path.read_text(errors="replace")[self.offset :]
 
     def wait_ready(self, timeout: float = 60) -> int:
         deadline = time.monotonic() + timeout
@@ -101,29 +105,49 @@ def running_listener(env: dict[str, str], log_path: Path, *args: str) -> Iterato
         listener.stop()
 
 
-def dcmsend(port: int, files: Sequence[Path], *, aet: str = "MODALITY",
-            aec: str = "CXR_ORIENT", timeout: float = 300,
-            extra: Sequence[str] = ()) -> subprocess.CompletedProcess[str]:
+def dcmsend(
+    port: int,
+    files: Sequence[Path],
+    *,
+    aet: str = "MODALITY",
+    aec: str = "CXR_ORIENT",
+    timeout: float = 300,
+    extra: Sequence[str] = (),
+) -> subprocess.CompletedProcess[str]:
     """dcmtk's dcmsend of ``files`` (no transcoding: dcmsend's default, decompression never)."""
-    command = [need_tool("dcmsend"), "-v", "-aet", aet, "-aec", aec, "--decompress-never",
-               *extra, "127.0.0.1", str(port), *[str(f) for f in files]]
-    return subprocess.run(command, capture_output=True, text=True, timeout=timeout,
-                          check=False)
+    command = [
+        need_tool("dcmsend"),
+        "-v",
+        "-aet",
+        aet,
+        "-aec",
+        aec,
+        "--decompress-never",
+        *extra,
+        "127.0.0.1",
+        str(port),
+        *[str(f) for f in files],
+    ]
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
 
 
-def echoscu(port: int, *, aet: str = "MODALITY",
-            aec: str = "CXR_ORIENT") -> subprocess.CompletedProcess[str]:
-    return subprocess.run([need_tool("echoscu"), "-v", "-aet", aet, "-aec", aec,
-                           "127.0.0.1", str(port)],
-                          capture_output=True, text=True, timeout=60, check=False)
+def echoscu(
+    port: int, *, aet: str = "MODALITY", aec: str = "CXR_ORIENT"
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [need_tool("echoscu"), "-v", "-aet", aet, "-aec", aec, "127.0.0.1", str(port)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
 
 
 class OrthancProcess:
     """A real Orthanc: its own storage folder, free DICOM and HTTP ports, DICOMweb on,
     authentication off, reachable from 127.0.0.1 only."""
 
-    def __init__(self, root: Path, *, modalities: dict[str, list[object]] | None = None
-                 ) -> None:
+    def __init__(self, root: Path, *, modalities: dict[str, list[object]] | None = None) -> None:
         """``modalities``: Orthanc's DicomModalities (name -> [AET, host, port])."""
         binary = need_tool("Orthanc")
         if not (ORTHANC_PLUGINS / "libOrthancDicomWeb.so").is_file():
@@ -147,8 +171,12 @@ class OrthancProcess:
         config_path.write_text(json.dumps(config), encoding="utf-8")
         self.log_path = root / "orthanc.log"
         self._log = self.log_path.open("ab")
-        self.process = subprocess.Popen([binary, str(config_path)], stdout=self._log,
-                                        stderr=subprocess.STDOUT, start_new_session=True)
+        self.process = subprocess.Popen(
+            [binary, str(config_path)],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
     @property
     def url(self) -> str:
@@ -181,8 +209,11 @@ class OrthancProcess:
 
     def upload(self, path: Path) -> str:
         """REST ``POST /instances``; Orthanc's id of the instance."""
-        request = urllib.request.Request(self.url + "/instances", data=path.read_bytes(),
-                                         headers={"Content-Type": "application/dicom"})
+        request = urllib.request.Request(
+            self.url + "/instances",
+            data=path.read_bytes(),
+            headers={"Content-Type": "application/dicom"},
+        )
         with urllib.request.urlopen(request, timeout=60) as response:
             answer = json.loads(response.read())
         return str(answer["ID"])
@@ -199,8 +230,9 @@ class OrthancProcess:
 
 
 @contextmanager
-def running_orthanc(root: Path, *, modalities: dict[str, list[object]] | None = None
-                    ) -> Iterator[OrthancProcess]:
+def running_orthanc(
+    root: Path, *, modalities: dict[str, list[object]] | None = None
+) -> Iterator[OrthancProcess]:
     orthanc = OrthancProcess(root, modalities=modalities)
     try:
         orthanc.wait_ready()

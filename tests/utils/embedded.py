@@ -55,10 +55,14 @@ def embedded_setup(
     monkeypatch.delenv("CXR_BROKER_URL", raising=False)
     root = tmp_path / "archive"
     root.mkdir(exist_ok=True)
-    setup = Embedded(root=root.resolve(), data_dir=(tmp_path / "data").resolve(),
-                     database_url=f"sqlite:///{tmp_path / 'cxr.db'}")
-    configure(database_url=setup.database_url, data_dir=setup.data_dir,
-              ingest_root=setup.root, **settings)
+    setup = Embedded(
+        root=root.resolve(),
+        data_dir=(tmp_path / "data").resolve(),
+        database_url=f"sqlite:///{tmp_path / 'cxr.db'}",
+    )
+    configure(
+        database_url=setup.database_url, data_dir=setup.data_dir, ingest_root=setup.root, **settings
+    )
 
     import worker.dispatch
     from worker.celery import make_app

@@ -106,7 +106,8 @@ def migrate_from_template(url: str) -> None:
     with psycopg.connect(f"{admin_base}/{database}", autocommit=True) as conn:
         tables = conn.execute(
             "SELECT count(*) FROM pg_tables WHERE schemaname NOT IN "
-            "('pg_catalog', 'information_schema')").fetchone()
+            "('pg_catalog', 'information_schema')"
+        ).fetchone()
     if tables and tables[0]:
         raise ValueError(f"{url} is not empty")
     _drop_pg_database(database)

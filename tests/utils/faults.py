@@ -33,8 +33,9 @@ PG_BIN = next(iter(sorted(Path("/usr/lib/postgresql").glob("*/bin"))), Path("/us
 COUNTS_FILE_ENV = "CXR_FAULT_COUNTS_FILE"
 
 
-def wait_until(condition: Callable[[], bool], *, timeout: float, poll: float = 0.2,
-               what: str = "condition") -> None:
+def wait_until(
+    condition: Callable[[], bool], *, timeout: float, poll: float = 0.2, what: str = "condition"
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if condition():
@@ -62,10 +63,25 @@ class PrivateRedis:
     def start(self, password: str | None = None) -> None:
         auth = ["--requirepass", password] if password else []
         self.process = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", *self.also_bind,
-             "--save", "",
-             "--appendonly", "no", "--dir", tempfile.gettempdir(), *auth],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+            [
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                *self.also_bind,
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                tempfile.gettempdir(),
+                *auth,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         client = redis.Redis(port=self.port, socket_timeout=1, password=password)
         wait_until(lambda: _pings(client), timeout=20, what="redis-server up")
 
@@ -113,8 +129,18 @@ class PrivatePostgres:
         if self._as_postgres:
             owner = pwd.getpwnam("postgres")
             os.chown(self.root, owner.pw_uid, owner.pw_gid)
-        self._run("initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync",
-                  "-E", "UTF8")
+        self._run(
+            "initdb",
+            "-D",
+            str(self.data),
+            "-A",
+            "trust",
+            "-U",
+            "postgres",
+            "--no-sync",
+            "-E",
+            "UTF8",
+        )
         if trust_cidr:
             with (self.data / "pg_hba.conf").open("a") as hba:
                 hba.write(f"host all all {trust_cidr} trust\n")
@@ -134,8 +160,19 @@ class PrivatePostgres:
     def start(self) -> None:
         listen = ",".join(("127.0.0.1", *self.also_listen))
         options = f"-p {self.port} -k {self.root} -c listen_addresses={listen} -c fsync=off"
-        self._run("pg_ctl", "-D", str(self.data), "-o", options, "-l",
-                  str(self.root / "server.log"), "-w", "-t", "60", "start")
+        self._run(
+            "pg_ctl",
+            "-D",
+            str(self.data),
+            "-o",
+            options,
+            "-l",
+            str(self.root / "server.log"),
+            "-w",
+            "-t",
+            "60",
+            "start",
+        )
 
     def stop(self) -> None:
         self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop")
@@ -183,8 +220,12 @@ def pool_child(parent_pid: int, log_path: Path, timeout: float = 60) -> int:
 
     def look() -> bool:
         children = set(child_pids(parent_pid))
-        pids = [int(m) for m in re.findall(r"worker process [^:\s]+:(\d+) serving",
-                                           log_path.read_text(errors="replace"))]
+        pids = [
+            int(m)
+            for m in re.findall(
+                r"worker process [^:\s]+:(\d+) serving", log_path.read_text(errors="replace")
+            )
+        ]
         live = [p for p in pids if p in children and pid_alive(p)]
         if live:
             found.append(live[-1])
@@ -229,8 +270,7 @@ class RunCounts:
     extra: dict[str, Any]
 
 
-def ledger(database_url: str, instance_ids: list[int], fault: str,
-           **extra: Any) -> RunCounts:
+def ledger(database_url: str, instance_ids: list[int], fault: str, **extra: Any) -> RunCounts:
     from db.models import Instance, InstanceStatus, Prediction
     from db.session import make_engine
 
@@ -239,22 +279,30 @@ def ledger(database_url: str, instance_ids: list[int], fault: str,
         with engine.connect() as conn:
             rows = conn.execute(
                 select(Instance.id, Instance.status, Instance.attempts).where(
-                    Instance.id.in_(instance_ids))).all()
+                    Instance.id.in_(instance_ids)
+                )
+            ).all()
             per_pair = conn.execute(
                 select(Prediction.instance_id, Prediction.model_version_id, func.count())
                 .where(Prediction.instance_id.in_(instance_ids))
-                .group_by(Prediction.instance_id, Prediction.model_version_id)).all()
+                .group_by(Prediction.instance_id, Prediction.model_version_id)
+            ).all()
     finally:
         engine.dispose()
     status = {i: InstanceStatus(s) for i, s, _ in rows}
     done = sum(s == InstanceStatus.done for s in status.values())
     failed = sum(s == InstanceStatus.failed for s in status.values())
     return RunCounts(
-        fault=fault, sent=len(instance_ids), done=done, failed=failed,
+        fault=fault,
+        sent=len(instance_ids),
+        done=done,
+        failed=failed,
         unfinished=len(status) - done - failed,
         duplicated=sum(n - 1 for _, _, n in per_pair),
         lost=len(set(instance_ids) - set(status)),
-        attempts_max=max((a for _, _, a in rows), default=0), extra=extra)
+        attempts_max=max((a for _, _, a in rows), default=0),
+        extra=extra,
+    )
 
 
 def record_counts(counts: RunCounts, fallback_dir: Path) -> None:
@@ -335,21 +383,31 @@ def build_bad_corpus(root: Path, outside: Path) -> list[BadFile]:
         path = root / f"truncated_{cut}.dcm"
         path.write_bytes(source[:cut])
         if cut == 300:  # cut inside the header: the UIDs ingest needs are gone
-            bad.append(BadFile("truncated in the header (byte 300)", path, "missing_attribute",
-                               decode_code="no_pixel_data"))
+            bad.append(
+                BadFile(
+                    "truncated in the header (byte 300)",
+                    path,
+                    "missing_attribute",
+                    decode_code="no_pixel_data",
+                )
+            )
         else:
             bad.append(BadFile(f"truncated at byte {cut}", path, "truncated"))
     (root / "source.dcm").unlink()
 
     edited("no_pixel_data", "no_pixel_data", lambda ds: delattr(ds, "PixelData"))
     edited("rows_zero", "invalid_attribute", lambda ds: setattr(ds, "Rows", 0))
+
     def absurd_size(ds: pydicom.Dataset) -> None:
         ds.Rows = ds.Columns = 65535
 
     edited("rows_columns_absurd", "image_too_large", absurd_size)
     edited("bits_stored_absurd", "invalid_attribute", lambda ds: setattr(ds, "BitsStored", 40))
-    edited("pixel_data_short", "truncated",
-           lambda ds: setattr(ds, "PixelData", ds.PixelData[: len(ds.PixelData) // 3]))
+    edited(
+        "pixel_data_short",
+        "truncated",
+        lambda ds: setattr(ds, "PixelData", ds.PixelData[: len(ds.PixelData) // 3]),
+    )
 
     def mpeg2(ds: pydicom.Dataset) -> None:
         ds.file_meta.TransferSyntaxUID = UID("1.2.840.10008.1.2.4.100")
@@ -364,8 +422,9 @@ def build_bad_corpus(root: Path, outside: Path) -> list[BadFile]:
     edited("lying_transfer_syntax", "decode_failed", lying_j2k)
     edited("multi_frame", "unsupported_image", lambda ds: setattr(ds, "NumberOfFrames", 2))
     edited("rgb", "unsupported_image", lambda ds: setattr(ds, "PhotometricInterpretation", "RGB"))
-    edited("ybr", "unsupported_image",
-           lambda ds: setattr(ds, "PhotometricInterpretation", "YBR_FULL"))
+    edited(
+        "ybr", "unsupported_image", lambda ds: setattr(ds, "PhotometricInterpretation", "YBR_FULL")
+    )
     edited("one_bit", "unsupported_image", lambda ds: setattr(ds, "BitsStored", 1))
     huge = dicom("huge.dcm", pixels=np.zeros((1100, 1000), dtype=np.uint16))
     bad.append(BadFile("huge (1.1 Mpx > CXR_MAX_PIXELS)", huge, "image_too_large"))
@@ -379,8 +438,11 @@ def build_bad_corpus(root: Path, outside: Path) -> list[BadFile]:
     (root / "sub").mkdir(exist_ok=True)
     (root / ".hidden").mkdir(exist_ok=True)
     make_dicom(root / ".hidden" / "dotdot.dcm", pixels)
-    bad.append(BadFile("path with '..'", root / "sub" / ".." / ".hidden" / "dotdot.dcm",
-                       "path_not_allowed"))
+    bad.append(
+        BadFile(
+            "path with '..'", root / "sub" / ".." / ".hidden" / "dotdot.dcm", "path_not_allowed"
+        )
+    )
 
     vanish = dicom("vanishes.dcm")
     bad.append(BadFile("vanishes after enqueue", vanish, "file_missing", vanish.unlink))

@@ -64,9 +64,19 @@ def hanging_mount(mountpoint: Path, source: Path, log: Path) -> Iterator[Hanging
     switch.unlink(missing_ok=True)
     with log.open("ab") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "tests.utils.hanging_fs", str(mountpoint), str(source),
-             str(switch)], cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
-            start_new_session=True)
+            [
+                sys.executable,
+                "-m",
+                "tests.utils.hanging_fs",
+                str(mountpoint),
+                str(source),
+                str(switch),
+            ],
+            cwd=REPO,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         deadline = time.monotonic() + 20
         while not os.path.ismount(mountpoint):
@@ -78,8 +88,9 @@ def hanging_mount(mountpoint: Path, source: Path, log: Path) -> Iterator[Hanging
         process.kill()
         process.wait()
         umount = shutil.which("fusermount3") or shutil.which("fusermount")
-        command = [umount, "-u", "-z", str(mountpoint)] if umount else ["umount", "-l",
-                                                                         str(mountpoint)]
+        command = (
+            [umount, "-u", "-z", str(mountpoint)] if umount else ["umount", "-l", str(mountpoint)]
+        )
         subprocess.run(command, check=False, capture_output=True)
 
 
@@ -98,9 +109,19 @@ def _serve(mountpoint: str, source: str, switch: str) -> None:
                 info = os.lstat(self._real(path))
             except FileNotFoundError as exc:
                 raise FuseOSError(errno.ENOENT) from exc
-            return {key: getattr(info, key) for key in (
-                "st_mode", "st_size", "st_nlink", "st_uid", "st_gid", "st_atime",
-                "st_mtime", "st_ctime")}
+            return {
+                key: getattr(info, key)
+                for key in (
+                    "st_mode",
+                    "st_size",
+                    "st_nlink",
+                    "st_uid",
+                    "st_gid",
+                    "st_atime",
+                    "st_mtime",
+                    "st_ctime",
+                )
+            }
 
         def readdir(self, path: str, fh: Any) -> list[str]:
             return [".", "..", *sorted(os.listdir(self._real(path)))]

@@ -49,8 +49,11 @@ def unavailable() -> str | None:
     try:
         _ip("netns", "add", probe)
     except (subprocess.CalledProcessError, OSError) as exc:
-        detail = exc.stderr.decode(errors="replace").strip() if isinstance(
-            exc, subprocess.CalledProcessError) else str(exc)
+        detail = (
+            exc.stderr.decode(errors="replace").strip()
+            if isinstance(exc, subprocess.CalledProcessError)
+            else str(exc)
+        )
         return f"ip netns add failed: {detail}"
     with suppress(subprocess.CalledProcessError):
         _ip("netns", "del", probe)
@@ -63,9 +66,17 @@ def namespaces(names: Sequence[str]) -> Iterator[list[Node]]:
     failure (deleting a namespace deletes its veth end, and with it the pair)."""
     tag = os.getpid() % 10000
     subnet = os.getpid() % 250  # third octet: two runs at once rarely collide
-    nodes = [Node(name=n, netns=f"cxr{tag}{n}", host_if=f"vc{tag}{i}h", node_if=f"vc{tag}{i}n",
-                  host_ip=f"10.231.{subnet}.{4 * i + 1}", node_ip=f"10.231.{subnet}.{4 * i + 2}")
-             for i, n in enumerate(names)]
+    nodes = [
+        Node(
+            name=n,
+            netns=f"cxr{tag}{n}",
+            host_if=f"vc{tag}{i}h",
+            node_if=f"vc{tag}{i}n",
+            host_ip=f"10.231.{subnet}.{4 * i + 1}",
+            node_ip=f"10.231.{subnet}.{4 * i + 2}",
+        )
+        for i, n in enumerate(names)
+    ]
     made: list[Node] = []
     try:
         for node in nodes:

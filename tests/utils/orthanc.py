@@ -30,8 +30,9 @@ from bench.orthanc import start as start_orthanc
 __all__ = ["COMPREHENSIVE_SR", "DICOMWEB_PLUGIN", "Orthanc", "free_port", "sr_sources", "start"]
 
 
-def start(folder: Path, dicom_port: int, http_port: int,
-          modalities: dict[str, list[Any]] | None = None) -> Orthanc:
+def start(
+    folder: Path, dicom_port: int, http_port: int, modalities: dict[str, list[Any]] | None = None
+) -> Orthanc:
     """A running Orthanc storing under ``folder`` (:func:`bench.orthanc.start`); fails the
     test when Orthanc is not installed."""
     try:

@@ -55,7 +55,7 @@ def readme_block(name: str, *, through: str | None = None) -> str:
     lines = body.splitlines(keepends=True)
     for index, line in enumerate(lines):
         if line.startswith(through):
-            return "".join(lines[:index + 1])
+            return "".join(lines[: index + 1])
     raise KeyError(f"README block {name} has no line starting {through!r}")
 
 
@@ -63,8 +63,9 @@ def operator_env(**values: str) -> dict[str, str]:
     """An operator's shell: the checkout's virtual environment active (its ``bin`` first
     on PATH, this checkout importable as an editable install makes it), no ``CXR_*``
     setting but ``values`` (names given in full)."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("CXR_", "PACS_", "VIRTUAL_ENV"))}
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("CXR_", "PACS_", "VIRTUAL_ENV"))
+    }
     venv_bin = str(Path(sys.executable).parent)
     env["PATH"] = os.pathsep.join([venv_bin, env.get("PATH", "")])
     env["VIRTUAL_ENV"] = str(Path(venv_bin).parent)
@@ -93,9 +94,14 @@ class BlockRun:
         script.write_text(self.script)
         with self.log.open("ab") as out:
             self.process = subprocess.Popen(
-                ["bash", "-e", "-o", "pipefail", "-x", str(script)], cwd=self.folder,
-                env=self.env, stdin=subprocess.PIPE, stdout=out, stderr=subprocess.STDOUT,
-                start_new_session=True)
+                ["bash", "-e", "-o", "pipefail", "-x", str(script)],
+                cwd=self.folder,
+                env=self.env,
+                stdin=subprocess.PIPE,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         assert self.process.stdin is not None
         self.process.stdin.write(self.stdin.encode())
         self.process.stdin.close()
@@ -114,7 +120,8 @@ class BlockRun:
             steps = [line for line in self.output().splitlines() if line.startswith("+")]
             raise AssertionError(
                 f"the README's block had not finished after {timeout:.0f} s; it was at "
-                f"{steps[-1] if steps else 'its start'!r}\n{self.output()[-6000:]}") from None
+                f"{steps[-1] if steps else 'its start'!r}\n{self.output()[-6000:]}"
+            ) from None
 
     def stop(self, timeout: float = 30) -> None:
         """SIGTERM to the whole group (the block's background processes too), SIGKILL

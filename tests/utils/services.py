@@ -35,10 +35,22 @@ def flower(env: dict[str, str], log: Path) -> Iterator[str]:
     port = free_port()
     with log.open("ab") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "worker", "flower", f"--port={port}",
-             "--address=127.0.0.1"],
-            env={**env, "FLOWER_UNAUTHENTICATED_API": "true"}, cwd=REPO, stdout=out,
-            stderr=subprocess.STDOUT, start_new_session=True)
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "worker",
+                "flower",
+                f"--port={port}",
+                "--address=127.0.0.1",
+            ],
+            env={**env, "FLOWER_UNAUTHENTICATED_API": "true"},
+            cwd=REPO,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     base = f"http://127.0.0.1:{port}"
     try:
         wait_until_up(process, f"{base}/healthcheck", log, "flower")

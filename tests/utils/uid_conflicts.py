@@ -16,16 +16,32 @@ from db.session import session_scope
 from tests.utils.corpus import rg1_pixels
 from tests.utils.dicom_factory import make_dicom
 
-__all__ = ["OTHER_STUDY", "SOP", "STUDY", "Sent", "conflict_rows", "instance_row",
-           "prediction_rows", "radiograph_version", "sha256_of", "study_uids"]
+__all__ = [
+    "OTHER_STUDY",
+    "SOP",
+    "STUDY",
+    "Sent",
+    "conflict_rows",
+    "instance_row",
+    "prediction_rows",
+    "radiograph_version",
+    "sha256_of",
+    "study_uids",
+]
 
 STUDY = "1.2.826.0.1.3680043.10.12.1"
 OTHER_STUDY = "1.2.826.0.1.3680043.10.12.2"
 SOP = "1.2.826.0.1.3680043.10.12.1.1"
 
 
-def radiograph_version(path: Path, *, version: int, sop_uid: str = SOP,
-                       study_uid: str = STUDY, view_position: str | None = "PA") -> Path:
+def radiograph_version(
+    path: Path,
+    *,
+    version: int,
+    sop_uid: str = SOP,
+    study_uid: str = STUDY,
+    view_position: str | None = "PA",
+) -> Path:
     """RG1 (a real chest PA, CR) as SOP instance ``sop_uid`` of ``study_uid`` at ``path``.
     ``version`` 0 is the stored image; each other version shifts the pixels sideways (a
     corrected re-send, still a chest PA): same UIDs, other bytes."""
@@ -33,9 +49,17 @@ def radiograph_version(path: Path, *, version: int, sop_uid: str = SOP,
     pixels = np.array(rg1_pixels())
     if version:
         pixels = np.roll(pixels, 7 * version, axis=1)
-    return make_dicom(path, pixels, photometric="MONOCHROME1", bits_stored=15,
-                      view_position=view_position, study_uid=study_uid, sop_uid=sop_uid,
-                      patient_id="P1", modality="CR")
+    return make_dicom(
+        path,
+        pixels,
+        photometric="MONOCHROME1",
+        bits_stored=15,
+        view_position=view_position,
+        study_uid=study_uid,
+        sop_uid=sop_uid,
+        patient_id="P1",
+        modality="CR",
+    )
 
 
 def sha256_of(path: Path) -> str:
@@ -64,9 +88,13 @@ def conflict_rows(instance_id: int | None = None) -> list[UidConflict]:
 def prediction_rows(instance_id: int) -> list[Prediction]:
     """An instance's predictions, oldest first, detached."""
     with session_scope() as session:
-        rows = list(session.scalars(
-            select(Prediction).where(Prediction.instance_id == instance_id)
-            .order_by(Prediction.id)))
+        rows = list(
+            session.scalars(
+                select(Prediction)
+                .where(Prediction.instance_id == instance_id)
+                .order_by(Prediction.id)
+            )
+        )
         session.expunge_all()
     return rows
 

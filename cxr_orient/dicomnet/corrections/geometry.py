@@ -82,8 +82,9 @@ def upright_pixels(stored: np.ndarray, turn: Turn) -> np.ndarray:
     return np.ascontiguousarray(upright)
 
 
-def upright_point(row: float, column: float, rows: int, columns: int,
-                  turn: Turn) -> tuple[float, float]:
+def upright_point(
+    row: float, column: float, rows: int, columns: int, turn: Turn
+) -> tuple[float, float]:
     """Where the stored image's pixel ``(row, column)`` (1-based, as DICOM counts them; it
     may lie outside the image) lands in the upright image of a ``rows`` x ``columns``
     stored image."""
@@ -114,8 +115,7 @@ def upright_orientation(stored: Sequence[str], turn: Turn) -> tuple[str, str]:
     return row_dir, column_dir
 
 
-def upright_field_of_view(rotation: int, horizontal_flip: bool,
-                          turn: Turn) -> tuple[int, bool]:
+def upright_field_of_view(rotation: int, horizontal_flip: bool, turn: Turn) -> tuple[int, bool]:
     """DX Detector's Field of View Rotation (clockwise degrees) and Horizontal Flip
     (applied after the rotation), PS3.3 C.8.11.4, of the upright image: the stored image
     is ``flip(rotate_cw(detector, rotation))``; the upright one is that turned by

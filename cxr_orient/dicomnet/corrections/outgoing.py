@@ -34,9 +34,15 @@ def _utc(when: datetime) -> datetime:
 
 def replacement_of(original: Dataset, record: CorrectionRecord) -> Dataset:
     """The replacement a correction row describes (the one its delivery sent)."""
-    return build_corrected_image(original, Correction(
-        Turn(record.rotation, record.mirrored), record.view, record.decided_by,
-        _utc(record.decided_at)))
+    return build_corrected_image(
+        original,
+        Correction(
+            Turn(record.rotation, record.mirrored),
+            record.view,
+            record.decided_by,
+            _utc(record.decided_at),
+        ),
+    )
 
 
 def correction_objects(work: CorrectionWork, intake: IntakeSettings) -> list[Dataset]:
@@ -44,24 +50,35 @@ def correction_objects(work: CorrectionWork, intake: IntakeSettings) -> list[Dat
     Raises an :class:`~cxr_orient.errors.InputError` when the original's file is gone or
     changed, a :class:`CorrectionError` when it cannot be corrected."""
     record = work.correction
-    checked = read_checked(work.file_path, expected_sha256=record.file_sha256,
-                           intake=intake)
-    original = read_dataset(checked.real, stop_before_pixels=False, data=checked.data,
-                            inflate_limit=inflated_size_limit(intake.max_pixels))
+    checked = read_checked(work.file_path, expected_sha256=record.file_sha256, intake=intake)
+    original = read_dataset(
+        checked.real,
+        stop_before_pixels=False,
+        data=checked.data,
+        inflate_limit=inflated_size_limit(intake.max_pixels),
+    )
     if original.SOPInstanceUID != record.original_sop_instance_uid:
-        raise CorrectionError(f"{work.file_path!r} holds {original.SOPInstanceUID}, not the "
-                              f"corrected original {record.original_sop_instance_uid}")
+        raise CorrectionError(
+            f"{work.file_path!r} holds {original.SOPInstanceUID}, not the "
+            f"corrected original {record.original_sop_instance_uid}"
+        )
     if record.action == CorrectionAction.correct:
         replacement = replacement_of(original, record)
         note = build_rejection_note(
-            [original], reason=f"corrected by cxr-orient ({record.faults}); replaced by "
-            f"{replacement.SOPInstanceUID}", decided_by=record.decided_by,
-            decided_at=_utc(record.decided_at))
+            [original],
+            reason=f"corrected by cxr-orient ({record.faults}); replaced by "
+            f"{replacement.SOPInstanceUID}",
+            decided_by=record.decided_by,
+            decided_at=_utc(record.decided_at),
+        )
         return [replacement, note]
     if work.reversed is None:
         raise CorrectionError(f"reversal {work.correction_id} names no correction")
     replacement = replacement_of(original, work.reversed)
     note = build_rejection_note(
-        [replacement], reason=f"correction reversed: {record.reason or 'no reason given'}",
-        decided_by=record.decided_by, decided_at=_utc(record.decided_at))
+        [replacement],
+        reason=f"correction reversed: {record.reason or 'no reason given'}",
+        decided_by=record.decided_by,
+        decided_at=_utc(record.decided_at),
+    )
     return [note]

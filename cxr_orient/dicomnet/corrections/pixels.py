@@ -29,9 +29,13 @@ __all__ = ["mark_lossy", "output_syntax", "stored_pixels", "write_upright_pixels
 #: Transfer syntaxes re-encoded as they came (lossless and pydicom can encode them).
 _REENCODED = frozenset({RLELossless, JPEGLSLossless, JPEG2000Lossless})
 #: Syntaxes that may have lost information, with PS3.3 C.7.6.1.1.5's method name.
-_LOSSY_METHODS = {JPEGBaseline8Bit: "ISO_10918_1", JPEGExtended12Bit: "ISO_10918_1",
-                  JPEG2000: "ISO_15444_1", HTJ2K: "ISO_15444_15",
-                  JPEGLSNearLossless: "ISO_14495_1"}
+_LOSSY_METHODS = {
+    JPEGBaseline8Bit: "ISO_10918_1",
+    JPEGExtended12Bit: "ISO_10918_1",
+    JPEG2000: "ISO_15444_1",
+    HTJ2K: "ISO_15444_15",
+    JPEGLSNearLossless: "ISO_14495_1",
+}
 
 
 def stored_pixels(original: Dataset) -> np.ndarray:
@@ -40,16 +44,17 @@ def stored_pixels(original: Dataset) -> np.ndarray:
         raise NoPixelDataError("the original has no Pixel Data (7FE0,0010)")
     if int(original.get("SamplesPerPixel", 1)) != 1:
         raise UnsupportedImageError(
-            f"SamplesPerPixel {original.SamplesPerPixel}: only greyscale is corrected")
+            f"SamplesPerPixel {original.SamplesPerPixel}: only greyscale is corrected"
+        )
     if int(original.get("NumberOfFrames", 1) or 1) != 1:
         raise UnsupportedImageError(
-            f"NumberOfFrames {original.NumberOfFrames}: only single frames are corrected")
+            f"NumberOfFrames {original.NumberOfFrames}: only single frames are corrected"
+        )
     try:
         return np.asarray(original.pixel_array)
     except Exception as exc:  # any codec failure: name the syntax
         syntax = original.file_meta.get("TransferSyntaxUID", "unknown")
-        raise DecodeError(f"cannot decode the original's Pixel Data ({syntax}): "
-                              f"{exc}") from exc
+        raise DecodeError(f"cannot decode the original's Pixel Data ({syntax}): {exc}") from exc
 
 
 def output_syntax(original_syntax: UID) -> UID:
@@ -60,8 +65,7 @@ def output_syntax(original_syntax: UID) -> UID:
     return ExplicitVRLittleEndian
 
 
-def write_upright_pixels(ds: Dataset, stored: np.ndarray, turn: Turn,
-                         original_syntax: UID) -> None:
+def write_upright_pixels(ds: Dataset, stored: np.ndarray, turn: Turn, original_syntax: UID) -> None:
     """``stored`` turned upright as ``ds``'s Pixel Data (Rows and Columns follow), in
     :func:`output_syntax`; ``ds.file_meta`` gets the syntax."""
     pixels = upright_pixels(stored, turn)

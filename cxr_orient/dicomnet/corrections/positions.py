@@ -23,10 +23,20 @@ __all__ = ["drop_old_drawings", "move_positions", "values_of"]
 #: (row spacing, column spacing) pairs that trade places when rows and columns do.
 _SPACINGS = ("PixelSpacing", "ImagerPixelSpacing", "NominalScannedPixelSpacing")
 #: (left, right, upper, lower) edge keywords of each rectangle.
-_RECTANGLES = (("CollimatorLeftVerticalEdge", "CollimatorRightVerticalEdge",
-                "CollimatorUpperHorizontalEdge", "CollimatorLowerHorizontalEdge"),
-               ("ShutterLeftVerticalEdge", "ShutterRightVerticalEdge",
-                "ShutterUpperHorizontalEdge", "ShutterLowerHorizontalEdge"))
+_RECTANGLES = (
+    (
+        "CollimatorLeftVerticalEdge",
+        "CollimatorRightVerticalEdge",
+        "CollimatorUpperHorizontalEdge",
+        "CollimatorLowerHorizontalEdge",
+    ),
+    (
+        "ShutterLeftVerticalEdge",
+        "ShutterRightVerticalEdge",
+        "ShutterUpperHorizontalEdge",
+        "ShutterLowerHorizontalEdge",
+    ),
+)
 #: row\column points, and lists of them.
 _POINTS = ("CenterOfCircularCollimator", "CenterOfCircularShutter")
 _POLYGONS = ("VerticesOfThePolygonalCollimator", "VerticesOfThePolygonalShutter")
@@ -42,9 +52,11 @@ def move_positions(ds: Dataset, turn: Turn, rows: int, columns: int) -> None:
     for left, right, upper, lower in _RECTANGLES:
         if not all(k in ds and ds[k].value is not None for k in (left, right, upper, lower)):
             continue
-        corners = [upright_point(float(r), float(c), rows, columns, turn)
-                   for r in (ds[upper].value, ds[lower].value)
-                   for c in (ds[left].value, ds[right].value)]
+        corners = [
+            upright_point(float(r), float(c), rows, columns, turn)
+            for r in (ds[upper].value, ds[lower].value)
+            for c in (ds[left].value, ds[right].value)
+        ]
         new_rows = [p[0] for p in corners]
         new_columns = [p[1] for p in corners]
         ds[left].value, ds[right].value = int(min(new_columns)), int(max(new_columns))
@@ -75,8 +87,11 @@ def drop_old_drawings(ds: Dataset) -> None:
         del ds.IconImageSequence
     shapes = [str(v) for v in values_of(ds.get("ShutterShape"))]
     if "BITMAP" in shapes:
-        for keyword in ("ShutterOverlayGroup", "ShutterPresentationValue",
-                        "ShutterPresentationColorCIELabValue"):
+        for keyword in (
+            "ShutterOverlayGroup",
+            "ShutterPresentationValue",
+            "ShutterPresentationColorCIELabValue",
+        ):
             if keyword in ds:
                 delattr(ds, keyword)
         kept = [v for v in shapes if v != "BITMAP"]

@@ -47,9 +47,14 @@ def rejection_note_uid(rejected_sop_instance_uids: Sequence[str]) -> str:
     return derived_uid("rejection note", *sorted(rejected_sop_instance_uids))
 
 
-def build_rejection_note(rejected: Sequence[Dataset], *, reason: str,
-                         decided_by: str, decided_at: datetime,
-                         instance_number: int = 1) -> Dataset:
+def build_rejection_note(
+    rejected: Sequence[Dataset],
+    *,
+    reason: str,
+    decided_by: str,
+    decided_at: datetime,
+    instance_number: int = 1,
+) -> Dataset:
     """The KOS rejecting ``rejected`` (headers of instances of one study; pixels not
     needed) for quality reasons; ``reason`` and ``decided_by`` in words go in its text
     (Key Object Description), ``decided_at`` is its content date and time."""
@@ -64,7 +69,8 @@ def build_rejection_note(rejected: Sequence[Dataset], *, reason: str,
     observer = hd.sr.ObserverContext(
         observer_type=CodedConcept.from_code(codes.cid270.Device),
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
-            uid=DEVICE_UID, name=MANUFACTURER, manufacturer_name=MANUFACTURER),
+            uid=DEVICE_UID, name=MANUFACTURER, manufacturer_name=MANUFACTURER
+        ),
     )
     content = hd.ko.KeyObjectSelection(
         document_title=REJECTED_FOR_QUALITY_REASONS,
@@ -81,8 +87,10 @@ def build_rejection_note(rejected: Sequence[Dataset], *, reason: str,
         instance_number=instance_number,
         manufacturer=MANUFACTURER,
     )
-    note.ContentDate, note.ContentTime = (decided_at.strftime("%Y%m%d"),
-                                          decided_at.strftime("%H%M%S"))
+    note.ContentDate, note.ContentTime = (
+        decided_at.strftime("%Y%m%d"),
+        decided_at.strftime("%H%M%S"),
+    )
     note.SeriesDescription = REJECTION_SERIES_DESCRIPTION
     note.SoftwareVersions = __version__
     return note

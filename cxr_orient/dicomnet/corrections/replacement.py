@@ -89,6 +89,7 @@ PROCESSING_EQUIPMENT = ("109102", "DCM", "Processing Equipment")
 VIEWS = {"PA": PA, "AP": AP, "LL": LEFT_LATERAL, "RL": RIGHT_LATERAL}
 _LATERAL_VIEWS = frozenset({"LL", "RL"})
 
+
 @dataclass(frozen=True)
 class Correction:
     """What the replacement puts right, and on whose word.
@@ -110,8 +111,7 @@ class Correction:
 
     def __post_init__(self) -> None:
         if self.view not in VIEWS:
-            raise CorrectionError(f"view must be one of {', '.join(VIEWS)}, "
-                                  f"not {self.view!r}")
+            raise CorrectionError(f"view must be one of {', '.join(VIEWS)}, not {self.view!r}")
 
 
 def corrected_series_uid(original_series_uid: str) -> str:
@@ -122,12 +122,18 @@ def corrected_series_uid(original_series_uid: str) -> str:
 def corrected_instance_uid(original_sop_instance_uid: str, correction: Correction) -> str:
     """The replacement's SOP Instance UID: a function of the original's and the answer."""
     turn = correction.turn
-    return derived_uid("corrected image", original_sop_instance_uid, str(turn.rotation),
-                       str(turn.mirrored), correction.view)
+    return derived_uid(
+        "corrected image",
+        original_sop_instance_uid,
+        str(turn.rotation),
+        str(turn.mirrored),
+        correction.view,
+    )
 
 
-def upright_patient_orientation(stored: Sequence[str] | str | None, view: str,
-                                turn: Turn) -> list[str]:
+def upright_patient_orientation(
+    stored: Sequence[str] | str | None, view: str, turn: Turn
+) -> list[str]:
     """Patient Orientation (0020,0020) of the upright image for ``view``.
 
     A frontal upright in standard display (PS3.3 C.7.6.1.1.1: first value the direction
@@ -156,8 +162,16 @@ def _code_item(value: str, scheme: str, meaning: str) -> Dataset:
 
 
 #: What building a replacement reads from the original (all Type 1 in CR and DX).
-_REQUIRED = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID",
-             "Rows", "Columns", "BitsStored", "PhotometricInterpretation")
+_REQUIRED = (
+    "SOPClassUID",
+    "SOPInstanceUID",
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "Rows",
+    "Columns",
+    "BitsStored",
+    "PhotometricInterpretation",
+)
 
 
 def _check_required(original: Dataset) -> None:
@@ -167,7 +181,8 @@ def _check_required(original: Dataset) -> None:
     meta = getattr(original, "file_meta", None)
     if meta is None or not meta.get("TransferSyntaxUID"):
         raise MissingAttributeError(
-            "the original has no Transfer Syntax UID (0002,0010) in its file meta")
+            "the original has no Transfer Syntax UID (0002,0010) in its file meta"
+        )
 
 
 def _image_type(ds: Dataset) -> list[str]:
@@ -183,8 +198,10 @@ def _what_was_done(turn: Turn) -> str:
 
 def _derivation_description(original: Dataset, correction: Correction) -> str:
     said = str(original.get("ViewPosition", "") or "none")
-    text = (f"cxr-orient {__version__}: {_what_was_done(correction.turn)}; view "
-            f"{correction.view} (was {said}); decided by {correction.decided_by}")
+    text = (
+        f"cxr-orient {__version__}: {_what_was_done(correction.turn)}; view "
+        f"{correction.view} (was {said}); decided by {correction.decided_by}"
+    )
     return text[:1024]
 
 
@@ -197,10 +214,12 @@ def _contributing_equipment(ds: Dataset, correction: Correction) -> None:
     item.ManufacturerModelName = MANUFACTURER
     item.SoftwareVersions = __version__
     item.ContributionDateTime = correction.decided_at.strftime("%Y%m%d%H%M%S%z")
-    item.ContributionDescription = (f"{_what_was_done(correction.turn)}; decided by "
-                                    f"{correction.decided_by}")[:1024]
+    item.ContributionDescription = (
+        f"{_what_was_done(correction.turn)}; decided by {correction.decided_by}"
+    )[:1024]
     ds.ContributingEquipmentSequence = DicomSequence(
-        [*ds.get("ContributingEquipmentSequence", []), item])
+        [*ds.get("ContributingEquipmentSequence", []), item]
+    )
 
 
 def build_corrected_image(original: Dataset, correction: Correction) -> Dataset:
@@ -247,7 +266,8 @@ def build_corrected_image(original: Dataset, correction: Correction) -> Dataset:
     view_item.ViewModifierCodeSequence = DicomSequence()
     ds.ViewCodeSequence = DicomSequence([view_item])
     ds.PatientOrientation = upright_patient_orientation(
-        original.get("PatientOrientation"), correction.view, turn)
+        original.get("PatientOrientation"), correction.view, turn
+    )
 
     meta = ds.file_meta
     meta.MediaStorageSOPClassUID = original.SOPClassUID

@@ -36,8 +36,15 @@ from cxr_orient.imaging.header import view_to_label
 from db.crud import CorrectionRecord
 from db.models import CorrectionAction
 
-__all__ = ["AnswerFacts", "CorrectionPlan", "correction_record", "faults_of",
-           "plan_correction", "rule_allows", "rule_correction"]
+__all__ = [
+    "AnswerFacts",
+    "CorrectionPlan",
+    "correction_record",
+    "faults_of",
+    "plan_correction",
+    "rule_allows",
+    "rule_correction",
+]
 
 _FRONTAL_VIEWS = ("PA", "AP")
 _LATERAL_VIEWS = ("LL", "RL")
@@ -83,8 +90,12 @@ def faults_of(facts: AnswerFacts) -> tuple[str, ...]:
     said = view_to_label(facts.header_view)
     if said is not None and said != facts.label:
         found.append("header_view")
-    if (facts.label == "frontal" and facts.projection in _FRONTAL_VIEWS
-            and _header(facts) in _FRONTAL_VIEWS and _header(facts) != facts.projection):
+    if (
+        facts.label == "frontal"
+        and facts.projection in _FRONTAL_VIEWS
+        and _header(facts) in _FRONTAL_VIEWS
+        and _header(facts) != facts.projection
+    ):
         found.append("header_projection")
     return tuple(found)
 
@@ -115,25 +126,46 @@ def rule_allows(plan: CorrectionPlan, facts: AnswerFacts, enabled: frozenset[str
     return bool(enabled) and not facts.needs_review and set(plan.faults) <= enabled
 
 
-def correction_record(plan: CorrectionPlan, *, instance_id: int, prediction_id: int,
-                      file_sha256: str, original_sop_instance_uid: str, decided_via: str,
-                      decided_by: str, decided_at: datetime) -> CorrectionRecord:
+def correction_record(
+    plan: CorrectionPlan,
+    *,
+    instance_id: int,
+    prediction_id: int,
+    file_sha256: str,
+    original_sop_instance_uid: str,
+    decided_via: str,
+    decided_by: str,
+    decided_at: datetime,
+) -> CorrectionRecord:
     """The audit row of a correction, its UIDs made as the builders make them."""
     correction = Correction(plan.turn, plan.view, decided_by, decided_at)
     return CorrectionRecord(
-        action=CorrectionAction.correct, instance_id=instance_id,
-        prediction_id=prediction_id, faults=",".join(plan.faults),
-        rotation=plan.turn.rotation, mirrored=plan.turn.mirrored, view=plan.view,
-        file_sha256=file_sha256, original_sop_instance_uid=original_sop_instance_uid,
-        replacement_sop_instance_uid=corrected_instance_uid(original_sop_instance_uid,
-                                                            correction),
+        action=CorrectionAction.correct,
+        instance_id=instance_id,
+        prediction_id=prediction_id,
+        faults=",".join(plan.faults),
+        rotation=plan.turn.rotation,
+        mirrored=plan.turn.mirrored,
+        view=plan.view,
+        file_sha256=file_sha256,
+        original_sop_instance_uid=original_sop_instance_uid,
+        replacement_sop_instance_uid=corrected_instance_uid(original_sop_instance_uid, correction),
         rejection_note_uid=rejection_note_uid([original_sop_instance_uid]),
-        decided_via=decided_via, decided_by=decided_by, decided_at=decided_at)
+        decided_via=decided_via,
+        decided_by=decided_by,
+        decided_at=decided_at,
+    )
 
 
-def rule_correction(facts: AnswerFacts, *, enabled: frozenset[str], instance_id: int,
-                    original_sop_instance_uid: str | None, model_name: str,
-                    decided_at: datetime) -> CorrectionRecord | None:
+def rule_correction(
+    facts: AnswerFacts,
+    *,
+    enabled: frozenset[str],
+    instance_id: int,
+    original_sop_instance_uid: str | None,
+    model_name: str,
+    decided_at: datetime,
+) -> CorrectionRecord | None:
     """The worker's correction of a new answer under CXR_CORRECTION_RULES, or None. The
     prediction id and the bytes are filled in when the answer is recorded."""
     if not enabled or not original_sop_instance_uid:
@@ -142,6 +174,12 @@ def rule_correction(facts: AnswerFacts, *, enabled: frozenset[str], instance_id:
     if plan is None or not rule_allows(plan, facts, enabled):
         return None
     return correction_record(
-        plan, instance_id=instance_id, prediction_id=0, file_sha256="",
-        original_sop_instance_uid=original_sop_instance_uid, decided_via="rule",
-        decided_by=f"model {model_name} (rule {plan.describe()})", decided_at=decided_at)
+        plan,
+        instance_id=instance_id,
+        prediction_id=0,
+        file_sha256="",
+        original_sop_instance_uid=original_sop_instance_uid,
+        decided_via="rule",
+        decided_by=f"model {model_name} (rule {plan.describe()})",
+        decided_at=decided_at,
+    )

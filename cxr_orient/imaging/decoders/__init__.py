@@ -74,8 +74,9 @@ def turn_off(names: Iterable[str]) -> None:
     wanted = frozenset(n.strip() for n in names if n.strip())
     unknown = wanted - {d.name for d in DECODERS}
     if unknown:
-        raise ValueError(f"no decoder named {sorted(unknown)}; "
-                         f"known: {sorted(d.name for d in DECODERS)}")
+        raise ValueError(
+            f"no decoder named {sorted(unknown)}; known: {sorted(d.name for d in DECODERS)}"
+        )
     _OFF = wanted
 
 
@@ -92,9 +93,7 @@ def decoder_for(transfer_syntax: UID) -> Decoder | None:
     return candidates[-1]
 
 
-def decode_stored(
-    ds: pydicom.Dataset, spec: PixelSpec, *, size: int, path: Path | None
-) -> Decoded:
+def decode_stored(ds: pydicom.Dataset, spec: PixelSpec, *, size: int, path: Path | None) -> Decoded:
     """Stored values of the first frame, possibly at reduced resolution, the reduction
     factor, and the JPEG 2000 wavelet when the values are its low-pass band."""
     decoder = decoder_for(spec.transfer_syntax)

@@ -129,8 +129,12 @@ def _pixel_array(ds: pydicom.Dataset, transfer_syntax: UID, plugin: str | None) 
         try:
             return np.asarray(pydicom.pixels.pixel_array(ds, decoding_plugin=plugin))
         except Exception:
-            logger.debug("decoder %s failed for %s; trying the others", plugin,
-                         transfer_syntax.name, exc_info=True)
+            logger.debug(
+                "decoder %s failed for %s; trying the others",
+                plugin,
+                transfer_syntax.name,
+                exc_info=True,
+            )
     return np.asarray(pydicom.pixels.pixel_array(ds))
 
 

@@ -56,9 +56,7 @@ def pillow_decodes_htj2k() -> bool:
     return len(numbers) == 2 and numbers >= _FIRST_HT_OPENJPEG
 
 
-def decode_htj2k(
-    ds: pydicom.Dataset, spec: PixelSpec, *, size: int, path: Path | None
-) -> Decoded:
+def decode_htj2k(ds: pydicom.Dataset, spec: PixelSpec, *, size: int, path: Path | None) -> Decoded:
     """Check the codestream's size, then decode reduced where possible, else in full."""
     check_j2k_dimensions(ds, spec, path)
     if pillow_decodes_htj2k():

@@ -62,8 +62,14 @@ def decode_jpeg_lossless(
         logger.debug("%slibjpeg-turbo refused the JPEG lossless stream: %s", where(path), e)
         return decode_with_pydicom(ds, spec, path=path)
     if decoded.shape != (spec.rows, spec.columns) or decoded.dtype.kind != "u":
-        logger.debug("%slibjpeg-turbo gave %s %s, not %dx%d grey; decoding with pydicom",
-                     where(path), decoded.shape, decoded.dtype, spec.rows, spec.columns)
+        logger.debug(
+            "%slibjpeg-turbo gave %s %s, not %dx%d grey; decoding with pydicom",
+            where(path),
+            decoded.shape,
+            decoded.dtype,
+            spec.rows,
+            spec.columns,
+        )
         return decode_with_pydicom(ds, spec, path=path)
     # pydicom hands back BitsAllocated-wide values (8-bit precision in 16 bits too);
     # signed data is sign-extended from BitsStored by the mask, as pydicom's is.

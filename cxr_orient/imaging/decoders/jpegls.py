@@ -22,9 +22,7 @@ JPEGLS_SYNTAXES = frozenset({JPEGLSLossless, JPEGLSNearLossless})
 _PLUGIN = "pyjpegls"
 
 
-def decode_jpegls(
-    ds: pydicom.Dataset, spec: PixelSpec, *, size: int, path: Path | None
-) -> Decoded:
+def decode_jpegls(ds: pydicom.Dataset, spec: PixelSpec, *, size: int, path: Path | None) -> Decoded:
     """Full-resolution decode, pyjpegls first, then pydicom's own order."""
     return decode_with_pydicom(ds, spec, path=path, plugin=_PLUGIN)
 

@@ -28,9 +28,7 @@ NATIVE_SYNTAXES = frozenset(
 )
 
 
-def decode_native(
-    ds: pydicom.Dataset, spec: PixelSpec, *, size: int, path: Path | None
-) -> Decoded:
+def decode_native(ds: pydicom.Dataset, spec: PixelSpec, *, size: int, path: Path | None) -> Decoded:
     """Read uncompressed pixel data straight from the bytes (no copy until masking)."""
     kind = "i" if spec.signed else "u"
     dtype = np.dtype(f"{kind}{spec.bits_allocated // 8}")

@@ -35,16 +35,19 @@ class CardDecoder:
         self._cupy = cupy
         self.device_id = device_id
         cupy.cuda.Device(device_id).use()
-        self._decoder = nvimgcodec.Decoder(device_id=device_id,
-                                           max_num_cpu_threads=cpu_threads)
+        self._decoder = nvimgcodec.Decoder(device_id=device_id, max_num_cpu_threads=cpu_threads)
         self._params = nvimgcodec.DecodeParams(
-            allow_any_depth=True, color_spec=nvimgcodec.ColorSpec.UNCHANGED,
-            apply_exif_orientation=False)
+            allow_any_depth=True,
+            color_spec=nvimgcodec.ColorSpec.UNCHANGED,
+            apply_exif_orientation=False,
+        )
         self._matrices: dict[tuple[int, int], Any] = {}
         #: Seconds the last :meth:`decode` spent decoding, and reducing (to host).
         self.last_seconds = (0.0, 0.0)
-        self.name = (f"nvImageCodec {nvimgcodec.__version__} on "
-                     f"{cupy.cuda.runtime.getDeviceProperties(device_id)['name'].decode()}")
+        self.name = (
+            f"nvImageCodec {nvimgcodec.__version__} on "
+            f"{cupy.cuda.runtime.getDeviceProperties(device_id)['name'].decode()}"
+        )
 
     def _matrix(self, length: int, size: int) -> Any:
         key = (length, size)
@@ -62,8 +65,9 @@ class CardDecoder:
         images: dict[int, Any] = {}
         try:
             if coded:
-                answers = self._decoder.decode([job.codestream for job in coded],
-                                               params=self._params)
+                answers = self._decoder.decode(
+                    [job.codestream for job in coded], params=self._params
+                )
                 images = {id(job): image for job, image in zip(coded, answers, strict=True)}
         except Exception as e:  # the whole call failed: each of its jobs reports it
             failed = DecodeError(f"nvImageCodec: {e}")
@@ -77,17 +81,18 @@ class CardDecoder:
                     out.append(DecodeError(f"{where(job.path)}{image}"))
                     continue
                 if image is None:
-                    out.append(DecodeError(f"{where(job.path)}nvImageCodec could not "
-                                           "decode it"))
+                    out.append(DecodeError(f"{where(job.path)}nvImageCodec could not decode it"))
                     continue
             try:
                 if job.raw_dtype is not None:  # native pixels: to the card as read
-                    stored = cupy.asarray(np.frombuffer(job.codestream, job.raw_dtype)
-                                          .reshape(job.rows, job.columns))
+                    stored = cupy.asarray(
+                        np.frombuffer(job.codestream, job.raw_dtype).reshape(job.rows, job.columns)
+                    )
                 else:
                     stored = cupy.asarray(image)
-                small = reduce_stored(cupy, stored, job, self._matrix(job.rows, size),
-                                      self._matrix(job.columns, size))
+                small = reduce_stored(
+                    cupy, stored, job, self._matrix(job.rows, size), self._matrix(job.columns, size)
+                )
                 out.append(normalise_to_uint8(cupy.asnumpy(small)))
             except Exception as e:
                 out.append(DecodeError(f"{where(job.path)}{type(e).__name__}: {e}"))

@@ -46,6 +46,8 @@ def choose_decode_device(
     installed = card_libraries_installed() if libraries_installed is None else libraries_installed
     if installed:
         return "gpu", f"CXR_DECODE_DEVICE={setting}: nvImageCodec and CuPy are installed"
-    return "cpu", (f"CXR_DECODE_DEVICE={setting}, but nvImageCodec or CuPy is not installed "
-                   f"(pip install nvidia-nvimgcodec-cu13[nvjpeg,nvjpeg2k] cupy-cuda13x); "
-                   "decoding on the CPU")
+    return "cpu", (
+        f"CXR_DECODE_DEVICE={setting}, but nvImageCodec or CuPy is not installed "
+        f"(pip install nvidia-nvimgcodec-cu13[nvjpeg,nvjpeg2k] cupy-cuda13x); "
+        "decoding on the CPU"
+    )

@@ -38,15 +38,21 @@ from cxr_orient.imaging.decoders.jpeg2000 import check_j2k_dimensions, j2k_codes
 from cxr_orient.imaging.processing import Window, window_clip_bounds
 from cxr_orient.imaging.validation import choose_voi, read_rescale
 
-__all__ = ["CARD_SYNTAX_NAMES", "CARD_TRANSFER_SYNTAXES", "CardJob", "card_syntaxes",
-           "plan_card_job"]
+__all__ = [
+    "CARD_SYNTAX_NAMES",
+    "CARD_TRANSFER_SYNTAXES",
+    "CardJob",
+    "card_syntaxes",
+    "plan_card_job",
+]
 
 _J2K_FAMILY = frozenset({JPEG2000Lossless, JPEG2000}) | HTJ2K_SYNTAXES
 _JPEG_LOSSLESS = frozenset({JPEGLossless, JPEGLosslessSV1})
 #: Uncompressed little endian (deflated is inflated when the file is read): the stored
 #: values go to the card as they are.
-_NATIVE = frozenset({ExplicitVRLittleEndian, ImplicitVRLittleEndian,
-                     DeflatedExplicitVRLittleEndian})
+_NATIVE = frozenset(
+    {ExplicitVRLittleEndian, ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian}
+)
 
 CARD_SYNTAX_NAMES: dict[str, frozenset[UID]] = {
     "htj2k-lossless": frozenset({HTJ2KLossless, HTJ2KLosslessRPCL}),
@@ -71,8 +77,9 @@ def card_syntaxes(names: Iterable[str]) -> frozenset[UID]:
     chosen = [n.strip().lower() for n in names]
     unknown = [n for n in chosen if n not in CARD_SYNTAX_NAMES]
     if unknown:
-        raise ValueError(f"unknown card syntax names {unknown}; choose from "
-                         f"{sorted(CARD_SYNTAX_NAMES)}")
+        raise ValueError(
+            f"unknown card syntax names {unknown}; choose from {sorted(CARD_SYNTAX_NAMES)}"
+        )
     return frozenset().union(*(CARD_SYNTAX_NAMES[n] for n in chosen))
 
 
@@ -103,7 +110,11 @@ class CardJob:
 
 
 def plan_card_job(
-    ds: pydicom.Dataset, spec: PixelSpec, *, size: int, path: Path | None,
+    ds: pydicom.Dataset,
+    spec: PixelSpec,
+    *,
+    size: int,
+    path: Path | None,
     syntaxes: frozenset[UID] = CARD_TRANSFER_SYNTAXES,
 ) -> CardJob | None:
     """A :class:`CardJob` for ``ds``, or None where the CPU path decodes it (among them
@@ -112,8 +123,11 @@ def plan_card_job(
     A JPEG 2000 codestream whose size disagrees with Rows x Columns raises
     :class:`~cxr_orient.errors.DecodeError`, as on the CPU path.
     """
-    if (spec.transfer_syntax not in syntaxes or spec.transfer_syntax
-            not in CARD_TRANSFER_SYNTAXES or spec.signed):
+    if (
+        spec.transfer_syntax not in syntaxes
+        or spec.transfer_syntax not in CARD_TRANSFER_SYNTAXES
+        or spec.signed
+    ):
         return None
     if spec.rows < size or spec.columns < size or "ModalityLUTSequence" in ds:
         return None
@@ -146,8 +160,18 @@ def plan_card_job(
     window = voi if isinstance(voi, Window) else None
     dtype = np.uint8 if spec.bits_allocated == 8 else np.uint16
     bounds = window_clip_bounds(window, slope, intercept, dtype) if window else None
-    return CardJob(codestream, spec.rows, spec.columns, clip_max, bounds, window, slope,
-                   intercept, spec.monochrome1, path)
+    return CardJob(
+        codestream,
+        spec.rows,
+        spec.columns,
+        clip_max,
+        bounds,
+        window,
+        slope,
+        intercept,
+        spec.monochrome1,
+        path,
+    )
 
 
 def _native_job(ds: pydicom.Dataset, spec: PixelSpec, path: Path | None) -> CardJob | None:
@@ -171,6 +195,17 @@ def _native_job(ds: pydicom.Dataset, spec: PixelSpec, path: Path | None) -> Card
     dtype = np.uint8 if spec.bits_allocated == 8 else np.uint16
     bounds = window_clip_bounds(window, slope, intercept, dtype) if window else None
     mask = (1 << spec.bits_stored) - 1 if spec.bits_stored < spec.bits_allocated else None
-    return CardJob(data[:nbytes], spec.rows, spec.columns, None, bounds, window, slope,
-                   intercept, spec.monochrome1, path,
-                   raw_dtype=f"<u{spec.bits_allocated // 8}", mask=mask)
+    return CardJob(
+        data[:nbytes],
+        spec.rows,
+        spec.columns,
+        None,
+        bounds,
+        window,
+        slope,
+        intercept,
+        spec.monochrome1,
+        path,
+        raw_dtype=f"<u{spec.bits_allocated // 8}",
+        mask=mask,
+    )

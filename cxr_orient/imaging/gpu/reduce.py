@@ -32,8 +32,9 @@ def box_matrix(length: int, size: int) -> npt.NDArray[np.float32]:
     return matrix
 
 
-def reduce_stored(xp: ModuleType, stored: Any, job: CardJob, rows_matrix: Any,
-                  columns_matrix: Any) -> Any:
+def reduce_stored(
+    xp: ModuleType, stored: Any, job: CardJob, rows_matrix: Any, columns_matrix: Any
+) -> Any:
     """``size x size`` float32 values (an ``xp`` array) ready for normalisation.
 
     ``stored`` is the decoded first frame, ``(rows, columns)`` or ``(rows, columns, 1)``
@@ -42,8 +43,9 @@ def reduce_stored(xp: ModuleType, stored: Any, job: CardJob, rows_matrix: Any,
     """
     values = stored[..., 0] if stored.ndim == 3 else stored
     if values.shape != (job.rows, job.columns):
-        raise ValueError(f"decoded shape {tuple(values.shape)} != Rows x Columns "
-                         f"{(job.rows, job.columns)}")
+        raise ValueError(
+            f"decoded shape {tuple(values.shape)} != Rows x Columns {(job.rows, job.columns)}"
+        )
     if job.mask is not None:
         values = values & values.dtype.type(job.mask)
     if job.clip_max is not None:
@@ -63,8 +65,9 @@ def reduce_stored(xp: ModuleType, stored: Any, job: CardJob, rows_matrix: Any,
             small = xp.clip((small - center) / width + xp.float32(0.5), 0.0, 1.0)
         else:
             denominator = xp.float32(max(float(width) - 1.0, 1e-3))
-            small = xp.clip((small - (center - xp.float32(0.5))) / denominator
-                            + xp.float32(0.5), 0.0, 1.0)
+            small = xp.clip(
+                (small - (center - xp.float32(0.5))) / denominator + xp.float32(0.5), 0.0, 1.0
+            )
         small = small.astype(xp.float32)
     if job.monochrome1:
         small = -small

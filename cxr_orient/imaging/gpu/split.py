@@ -36,19 +36,27 @@ class PlannedImage:
     path: Path
 
 
-def read_and_plan(path: Path, *, data: bytes, size: int, max_pixels: int,
-                  syntaxes: frozenset[UID] = CARD_TRANSFER_SYNTAXES) -> PlannedImage:
+def read_and_plan(
+    path: Path,
+    *,
+    data: bytes,
+    size: int,
+    max_pixels: int,
+    syntaxes: frozenset[UID] = CARD_TRANSFER_SYNTAXES,
+) -> PlannedImage:
     """Parse ``data`` (the bytes of ``path``), validate it, plan it for the card or not
     (only the transfer syntaxes in ``syntaxes`` go to the card).
 
     Raises only :mod:`cxr_orient.errors` classes, as :func:`load_dicom_image` does.
     """
     with errors_named(path):
-        ds = read_dataset(path, stop_before_pixels=False, data=data,
-                          inflate_limit=inflated_size_limit(max_pixels))
+        ds = read_dataset(
+            path, stop_before_pixels=False, data=data, inflate_limit=inflated_size_limit(max_pixels)
+        )
         spec = validate_pixel_spec(ds, max_pixels=max_pixels, path=path)
-        return PlannedImage(ds, spec, plan_card_job(ds, spec, size=size, path=path,
-                                                         syntaxes=syntaxes), path)
+        return PlannedImage(
+            ds, spec, plan_card_job(ds, spec, size=size, path=path, syntaxes=syntaxes), path
+        )
 
 
 def decode_on_cpu(planned: PlannedImage, *, size: int, max_pixels: int) -> np.ndarray:

@@ -16,8 +16,11 @@ def _items() -> list[CorpusItem]:
     out = []
     for syntax in ("jpeg-lossless", "j2k-lossless", "explicit-le"):
         for k, view in enumerate(("frontal", "lateral", "frontal", "lateral")):
-            out.append(CorpusItem(Path(f"/x/{syntax}-{k}.dcm"), syntax, "MONOCHROME2", 12,
-                                  2500, 2048, view, False))
+            out.append(
+                CorpusItem(
+                    Path(f"/x/{syntax}-{k}.dcm"), syntax, "MONOCHROME2", 12, 2500, 2048, view, False
+                )
+            )
     return out
 
 
@@ -56,8 +59,9 @@ def test_a_mix_needs_its_syntaxes_in_the_corpus() -> None:
 
 def test_a_site_gives_its_own_census() -> None:
     mix = parse_mix("site=jpeg-lossless:7, explicit-le:3")
-    assert mix == Mix("site", {"jpeg-lossless": 7.0, "explicit-le": 3.0},
-                      "given on the command line")
+    assert mix == Mix(
+        "site", {"jpeg-lossless": 7.0, "explicit-le": 3.0}, "given on the command line"
+    )
     assert mix.counts(10) == {"jpeg-lossless": 7, "explicit-le": 3}
     for bad in ("site", "site=jpeg-lossless", "=a:1", "site=a:-1"):
         with pytest.raises(ValueError):
@@ -67,21 +71,26 @@ def test_a_site_gives_its_own_census() -> None:
 def test_where_the_start_up_went_is_read_from_the_worker_log() -> None:
     from bench.gpu_archive import startup_phases
 
-    log = "\n".join([
-        "[2026-12-07 01:00:01,000: INFO/MainProcess] started 1 inference process(es)",
-        "[2026-12-07 01:00:09,000: INFO/inference-77] inference process 77 loaded "
-        "compact-invariant-64-v3.keras in 2.5 s",
-        "[2026-12-07 01:00:14,000: INFO/inference-77] inference process 77 compiled batch "
-        "sizes [64, 256, 1024] in 4.2 s",
-        "[2026-12-07 01:00:15,000: INFO/ForkPoolWorker-1] worker process w1 serving model "
-        "compact-invariant-64-v3, decoding on the card (nvImageCodec 0.9.0) (model ready in "
-        "12.0 s, decoding in 12.1 s)",
-        "[2026-12-07 01:00:16,000: INFO/ForkPoolWorker-2] worker process w2 serving model "
-        "compact-invariant-64-v3, decoding on the CPU (model ready in 13.5 s, decoding in "
-        "13.5 s)",
-    ])
+    log = "\n".join(
+        [
+            "[2026-12-07 01:00:01,000: INFO/MainProcess] started 1 inference process(es)",
+            "[2026-12-07 01:00:09,000: INFO/inference-77] inference process 77 loaded "
+            "compact-invariant-64-v3.keras in 2.5 s",
+            "[2026-12-07 01:00:14,000: INFO/inference-77] inference process 77 compiled batch "
+            "sizes [64, 256, 1024] in 4.2 s",
+            "[2026-12-07 01:00:15,000: INFO/ForkPoolWorker-1] worker process w1 serving model "
+            "compact-invariant-64-v3, decoding on the card (nvImageCodec 0.9.0) (model ready in "
+            "12.0 s, decoding in 12.1 s)",
+            "[2026-12-07 01:00:16,000: INFO/ForkPoolWorker-2] worker process w2 serving model "
+            "compact-invariant-64-v3, decoding on the CPU (model ready in 13.5 s, decoding in "
+            "13.5 s)",
+        ]
+    )
     assert startup_phases(log) == {
-        "pool_model_ready_s_max": 13.5, "pool_decoding_ready_s_max": 13.5,
-        "served_load_s": 2.5, "served_compile_s": 4.2,
-        "served_compiled_sizes": "64, 256, 1024"}
+        "pool_model_ready_s_max": 13.5,
+        "pool_decoding_ready_s_max": 13.5,
+        "served_load_s": 2.5,
+        "served_compile_s": 4.2,
+        "served_compiled_sizes": "64, 256, 1024",
+    }
     assert startup_phases("")["pool_model_ready_s_max"] is None

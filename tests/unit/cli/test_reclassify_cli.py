@@ -22,8 +22,9 @@ OTHER = SHIPPED_MODEL.parent / "compact-v1.keras"
 
 
 @pytest.fixture
-def embedded(tmp_path: Path, configure: Callable[..., None],
-             monkeypatch: pytest.MonkeyPatch) -> Embedded:
+def embedded(
+    tmp_path: Path, configure: Callable[..., None], monkeypatch: pytest.MonkeyPatch
+) -> Embedded:
     return embedded_setup(tmp_path, configure, monkeypatch)
 
 
@@ -47,17 +48,28 @@ def test_reclassify_after_a_promotion_from_the_command_line(embedded: Embedded) 
     assert sorted(classify_instances(ids, settings=get_settings()).done) == sorted(ids)
     assert cli("register", str(OTHER), "--reason", "r").exit_code == 0
 
-    not_active = cli("reclassify", "--model", "compact-v1", "--limit", "2", "--chunk-size", "1",
-                     "--actor", "alice")
+    not_active = cli(
+        "reclassify",
+        "--model",
+        "compact-v1",
+        "--limit",
+        "2",
+        "--chunk-size",
+        "1",
+        "--actor",
+        "alice",
+    )
 
     assert not_active.exit_code == 0, not_active.output
     assert not_active.stdout.splitlines() == [
         "run 1 (compact-v1): sent 2, skipped 0 already answered by compact-v1",
         f"run 1 stopped after instance {sorted(ids)[1]}; go on with "
-        "`cxr-orient reclassify --resume 1`"]
+        "`cxr-orient reclassify --resume 1`",
+    ]
     status = cli("status")
-    assert ("reclassify: 2 instances queued or processing for a named version; "
-            "unfinished runs: 1") in status.output
+    assert (
+        "reclassify: 2 instances queued or processing for a named version; unfinished runs: 1"
+    ) in status.output
     misuse = cli("reclassify", "--resume", "1", "--model", "compact-v1")
     assert misuse.exit_code == 2 and "--resume goes on with the run's own" in misuse.output
     unknown = cli("reclassify", "--model", "nope")
@@ -67,7 +79,8 @@ def test_reclassify_after_a_promotion_from_the_command_line(embedded: Embedded) 
     assert rest.exit_code == 0, rest.output
     assert rest.stdout.splitlines() == [
         "run 1 (compact-v1): sent 1, skipped 0 already answered by compact-v1",
-        "run 1 finished: 3 sent, 0 skipped in all"]
+        "run 1 finished: 3 sent, 0 skipped in all",
+    ]
     assert "resumed run 1" in rest.stderr
     again = _sent_ids(embedded)
     assert sorted(again) == sorted(ids)
@@ -83,7 +96,8 @@ def test_reclassify_after_a_promotion_from_the_command_line(embedded: Embedded) 
     changed = cli("results", "--format", "csv", "--changed-between", SHIPPED_NAME, "compact-v1")
     assert changed.exit_code == 0, changed.output
     assert changed.stdout.splitlines()[0] == (
-        "sop_instance_uid,study_instance_uid,label_a,confidence_a,label_b,confidence_b")
+        "sop_instance_uid,study_instance_uid,label_a,confidence_a,label_b,confidence_b"
+    )
     # Both call RG1 (a chest PA) frontal: no answer changed.
     assert len(changed.stdout.splitlines()) == 1
     missing = cli("results", "--changed-between", SHIPPED_NAME, "nope")
@@ -92,5 +106,6 @@ def test_reclassify_after_a_promotion_from_the_command_line(embedded: Embedded) 
     done = cli("reclassify")
     assert done.exit_code == 0
     assert done.stdout.splitlines()[0] == (
-        "run 2 (compact-v1): sent 0, skipped 3 already answered by compact-v1")
+        "run 2 (compact-v1): sent 0, skipped 3 already answered by compact-v1"
+    )
     assert embedded.messages() == []

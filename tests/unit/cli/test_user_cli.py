@@ -17,8 +17,9 @@ from tests.utils.embedded import embedded_setup
 
 
 @pytest.fixture(autouse=True)
-def _embedded(tmp_path: Path, configure: Callable[..., None],
-              monkeypatch: pytest.MonkeyPatch) -> None:
+def _embedded(
+    tmp_path: Path, configure: Callable[..., None], monkeypatch: pytest.MonkeyPatch
+) -> None:
     embedded_setup(tmp_path, configure, monkeypatch)
 
 
@@ -28,13 +29,15 @@ def cli(*args: str, stdin: str | None = None) -> Result:
 
 def _login(name: str, password: str) -> str:
     with session_scope() as session:
-        return authenticate(session, username=name, password=password, address="cli",
-                            max_failures=5, window_s=60).role.value
+        return authenticate(
+            session, username=name, password=password, address="cli", max_failures=5, window_s=60
+        ).role.value
 
 
 def test_create_list_set_password_disable() -> None:
-    made = cli("user", "create", "Alice", "--role", "admin", "--password-stdin",
-               stdin="a long password!\n")
+    made = cli(
+        "user", "create", "Alice", "--role", "admin", "--password-stdin", stdin="a long password!\n"
+    )
     assert made.exit_code == 0, made.output
     assert "user alice (admin) created" in made.output
     prompted = cli("user", "create", "bob", stdin="another password\nanother password\n")
@@ -42,8 +45,10 @@ def test_create_list_set_password_disable() -> None:
     assert _login("alice", "a long password!") == "admin"
     assert _login("bob", "another password") == "reviewer"
     listed = cli("user", "list").output.splitlines()
-    assert [line.split()[:3] for line in listed] == [["alice", "admin", "password"],
-                                                     ["bob", "reviewer", "password"]]
+    assert [line.split()[:3] for line in listed] == [
+        ["alice", "admin", "password"],
+        ["bob", "reviewer", "password"],
+    ]
     changed = cli("user", "set-password", "bob", "--password-stdin", stdin="a third one!!\n")
     assert changed.exit_code == 0, changed.output
     assert _login("bob", "a third one!!") == "reviewer"
@@ -62,12 +67,16 @@ def test_sso_only_users_have_no_password() -> None:
         _login("carol", "")
 
 
-@pytest.mark.parametrize(("args", "stdin", "message"), [
-    (("create", "x", "--password-stdin"), "short\n", "at least 12 characters"),
-    (("create", "bad name", "--no-password"), None, "username 'bad name'"),
-    (("disable", "nobody"), None, "no user named 'nobody'"),
-    (("set-password", "nobody", "--no-password"), None, "no user named 'nobody'"),
-], ids=["short-password", "bad-name", "disable-unknown", "password-unknown"])
+@pytest.mark.parametrize(
+    ("args", "stdin", "message"),
+    [
+        (("create", "x", "--password-stdin"), "short\n", "at least 12 characters"),
+        (("create", "bad name", "--no-password"), None, "username 'bad name'"),
+        (("disable", "nobody"), None, "no user named 'nobody'"),
+        (("set-password", "nobody", "--no-password"), None, "no user named 'nobody'"),
+    ],
+    ids=["short-password", "bad-name", "disable-unknown", "password-unknown"],
+)
 def test_clean_errors(args: tuple[str, ...], stdin: str | None, message: str) -> None:
     result = cli("user", *args, stdin=stdin)
     assert result.exit_code != 0 and message in result.output, result.output

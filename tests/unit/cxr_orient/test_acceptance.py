@@ -38,7 +38,7 @@ SAMPLES = Path(cxr_orient.__file__).resolve().parent / "samples"
 FILMS = [
     ("frontal", "PA", True, None, "Acme"),
     ("frontal", "PA", True, None, "Acme"),
-    ("frontal", "LL", False, None, None),       # header says lateral: header wrong
+    ("frontal", "LL", False, None, None),  # header says lateral: header wrong
     ("frontal", "PA", True, "low_confidence", "Acme"),  # truly lateral: header, model wrong
     ("lateral", "LL", True, None, "Philips"),
     ("lateral", "LL", True, None, "Philips"),
@@ -46,22 +46,35 @@ FILMS = [
     ("frontal", None, None, "unusual_image", None),  # truly not a chest film: caught
 ]
 #: What the reviewers say of each film (decision keys of the plan's page).
-TRUTH = ["frontal_pa", "frontal_ap", "frontal_pa", "lateral", "lateral", "lateral",
-         "lateral", "not_chest"]
+TRUTH = [
+    "frontal_pa",
+    "frontal_ap",
+    "frontal_pa",
+    "lateral",
+    "lateral",
+    "lateral",
+    "lateral",
+    "not_chest",
+]
 
 
 def test_ingest_records_the_device_from_the_header(
-        tmp_path: Path, configure: Callable[..., None],
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, configure: Callable[..., None], monkeypatch: pytest.MonkeyPatch
+) -> None:
     embedded: Embedded = embedded_setup(tmp_path, configure, monkeypatch)
     shutil.copy(SAMPLES / "rg1" / "RG1_J2KI.dcm", embedded.root / "rg1.dcm")
     shutil.copy(SAMPLES / "study1" / "frontal.dcm", embedded.root / "frontal.dcm")
     report = enqueue_paths([embedded.root], send=send_instances, settings=get_settings())
     with session_scope() as session:
-        devices = {(i.manufacturer, i.manufacturer_model) for i in
-                   (crud.get_instance(session, instance_id=n) for n in report.queued) if i}
-    assert devices == {("Philips Medical Systems", "Cassette Holder Type 9840 500 70201"),
-                       (None, None)}
+        devices = {
+            (i.manufacturer, i.manufacturer_model)
+            for i in (crud.get_instance(session, instance_id=n) for n in report.queued)
+            if i
+        }
+    assert devices == {
+        ("Philips Medical Systems", "Cassette Holder Type 9840 500 70201"),
+        (None, None),
+    }
 
 
 @pytest.fixture
@@ -70,10 +83,18 @@ def answered(migrated_db: str, tmp_path: Path) -> list[int]:
         version = active_version(session)
         ids = []
         for n, (label, view, agrees, reason, maker) in enumerate(FILMS, start=1):
-            made = answered_instance(session, root=tmp_path, version=version, index=n,
-                                     label=label, header_view=view, header_agrees=agrees,
-                                     needs_review=reason is not None, review_reason=reason,
-                                     confidence=0.6 if reason else 0.99)
+            made = answered_instance(
+                session,
+                root=tmp_path,
+                version=version,
+                index=n,
+                label=label,
+                header_view=view,
+                header_agrees=agrees,
+                needs_review=reason is not None,
+                review_reason=reason,
+                confidence=0.6 if reason else 0.99,
+            )
             row = session.get(Instance, made)
             assert row is not None
             row.manufacturer = maker
@@ -83,8 +104,8 @@ def answered(migrated_db: str, tmp_path: Path) -> list[int]:
 
 def _plan(name: str, **targets: object) -> int:
     with session_scope() as session:
-        return create_plan(session, name=name, actor="qa", seed=11,
-                           targets=PlanTargets(**targets)).plan_id  # type: ignore[arg-type]
+        goals = PlanTargets(**targets)  # type: ignore[arg-type]
+        return create_plan(session, name=name, actor="qa", seed=11, targets=goals).plan_id
 
 
 def test_a_plan_is_stored_with_every_stratum(answered: list[int]) -> None:
@@ -96,15 +117,24 @@ def test_a_plan_is_stored_with_every_stratum(answered: list[int]) -> None:
         design = plan.design
     assert sum(i.core for i in items) == 2
     assert set(design["strata_population"]) == {
-        "class:frontal", "class:lateral", "header:disagrees", "low_confidence", "unusual",
-        "modality:DX", "device:Acme", "device:Philips", "device:unknown"}
+        "class:frontal",
+        "class:lateral",
+        "header:disagrees",
+        "low_confidence",
+        "unusual",
+        "modality:DX",
+        "device:Acme",
+        "device:Philips",
+        "device:unknown",
+    }
     for stratum in design["strata_population"]:
         assert any(stratum in i.strata for i in items), stratum
     # The same seed on the same answers draws the same films.
     again = _plan("site-a-again", core_size=2, per_stratum=1)
     with session_scope() as session:
-        assert ([i.instance_id for i in crud.acceptance_items(session, plan_id=again)]
-                == [i.instance_id for i in items])
+        assert [i.instance_id for i in crud.acceptance_items(session, plan_id=again)] == [
+            i.instance_id for i in items
+        ]
         with pytest.raises(AcceptanceError, match="exists already"):
             create_plan(session, name="site-a", actor="qa", targets=PlanTargets())
 
@@ -112,37 +142,56 @@ def test_a_plan_is_stored_with_every_stratum(answered: list[int]) -> None:
 def _label_all(plan_id: int, ids: list[int]) -> None:
     with session_scope() as session:
         for instance_id, decision in zip(ids, TRUTH, strict=True):
-            record_acceptance_label(session, plan_id=plan_id, instance_id=instance_id,
-                                    decision=decision, annotator="rita")
+            record_acceptance_label(
+                session,
+                plan_id=plan_id,
+                instance_id=instance_id,
+                decision=decision,
+                annotator="rita",
+            )
 
 
 def test_decisions_are_review_labels_and_the_report_measures_them(
-        answered: list[int], tmp_path: Path) -> None:
+    answered: list[int], tmp_path: Path
+) -> None:
     plan_id = _plan("site-b")  # per class 101 films wanted: the whole (small) site
     with session_scope() as session:
         with pytest.raises(AcceptanceError, match="choose from"):
-            record_acceptance_label(session, plan_id=plan_id, instance_id=answered[0],
-                                    decision="maybe", annotator="rita")
-        unlabelled = report_for_plan(session, plan_id=plan_id, requirements=[
-            parse_requirement("lateral_recall_lb>=0.1")])
+            record_acceptance_label(
+                session,
+                plan_id=plan_id,
+                instance_id=answered[0],
+                decision="maybe",
+                annotator="rita",
+            )
+        unlabelled = report_for_plan(
+            session, plan_id=plan_id, requirements=[parse_requirement("lateral_recall_lb>=0.1")]
+        )
     assert unlabelled["decision"] == "no-go"
     assert "8 of 8 films not labelled yet" in unlabelled["reasons"]
 
     # A first, wrong decision on film 4, then the right one: the newest counts.
     with session_scope() as session:
-        record_acceptance_label(session, plan_id=plan_id, instance_id=answered[3],
-                                decision="frontal", annotator="rita")
+        record_acceptance_label(
+            session, plan_id=plan_id, instance_id=answered[3], decision="frontal", annotator="rita"
+        )
     _label_all(plan_id, answered)
     with session_scope() as session:
         labels = crud.latest_labels(session)
-        made = report_for_plan(session, plan_id=plan_id, requirements=[
-            parse_requirement("lateral_recall_lb>=0.15"),
-            parse_requirement("header_wrong_rate<=0.5"),
-            parse_requirement("projection_accuracy_lb>=0.5")])
+        made = report_for_plan(
+            session,
+            plan_id=plan_id,
+            requirements=[
+                parse_requirement("lateral_recall_lb>=0.15"),
+                parse_requirement("header_wrong_rate<=0.5"),
+                parse_requirement("projection_accuracy_lb>=0.5"),
+            ],
+        )
     # The same rows the review page writes (retraining reads them).
     assert {(i.id, g.label.value, g.source, g.annotator) for i, _, g in labels} == {
         (n, t.split("_")[0] if t != "not_chest" else "not_chest", "review", "rita")
-        for n, t in zip(answered, TRUTH, strict=True)}
+        for n, t in zip(answered, TRUTH, strict=True)
+    }
 
     assert made["items"] == made["core_items"] == made["labelled"] == 8
     lateral, frontal = made["per_class"]["lateral"], made["per_class"]["frontal"]
@@ -159,14 +208,12 @@ def test_decisions_are_review_labels_and_the_report_measures_them(
     assert made["headers"]["without_view"] == 0
     assert made["headers"]["model_right_when_disagreeing"]["x"] == 2
     assert (made["unusual"]["caught"]["x"], made["unusual"]["caught"]["n"]) == (1, 1)
-    assert made["projection"] == {"measured": False, "note": NO_PROJECTION,
-                                  "reviewed_frontals": 3}
+    assert made["projection"] == {"measured": False, "note": NO_PROJECTION, "reviewed_frontals": 3}
     assert made["review_load"]["labelled"] == 8
     assert made["review_load"]["reviewers"] == {"rita": 8}
     assert [r["passed"] for r in made["requirements"]] == [True, True, False]
     assert made["decision"] == "no-go"
-    assert made["reasons"] == ["projection_accuracy_lb>=0.5: projection_accuracy_lb not "
-                               "measured"]
+    assert made["reasons"] == ["projection_accuracy_lb>=0.5: projection_accuracy_lb not measured"]
 
     json_path, html_path = write_report(made, tmp_path / "out")
     html = html_path.read_text()
@@ -180,16 +227,22 @@ def test_the_projection_is_measured_when_the_answers_carry_it(answered: list[int
     null: not measured, the test above.)"""
     with session_scope() as session:
         # The model says PA for films 1 and 2 (the reviewers: PA, AP) and abstains on 3.
-        for n, projection, p_ap in zip(answered[:3], ("PA", "PA", None), (0.1, 0.15, 0.5),
-                                       strict=True):
-            session.execute(text("UPDATE predictions SET projection = :projection, "
-                                 "p_ap = :p_ap WHERE instance_id = :n"),
-                            {"n": n, "projection": projection, "p_ap": p_ap})
+        for n, projection, p_ap in zip(
+            answered[:3], ("PA", "PA", None), (0.1, 0.15, 0.5), strict=True
+        ):
+            session.execute(
+                text(
+                    "UPDATE predictions SET projection = :projection, "
+                    "p_ap = :p_ap WHERE instance_id = :n"
+                ),
+                {"n": n, "projection": projection, "p_ap": p_ap},
+            )
     plan_id = _plan("site-c")
     _label_all(plan_id, answered)
     with session_scope() as session:
-        made = report_for_plan(session, plan_id=plan_id, requirements=[
-            parse_requirement("projection_accuracy>=0.5")])
+        made = report_for_plan(
+            session, plan_id=plan_id, requirements=[parse_requirement("projection_accuracy>=0.5")]
+        )
     projection = made["projection"]
     assert projection["measured"] and projection["without_projection"] == 1
     assert (projection["accuracy"]["x"], projection["accuracy"]["n"]) == (1, 2)
@@ -212,15 +265,28 @@ def test_the_verbs_say_what_is_wrong(migrated_db: str, tmp_path: Path) -> None:
     with session_scope() as session:
         version = active_version(session)
         answered_instance(session, root=tmp_path, version=version, index=1)
-    made = runner.invoke(main, ["acceptance", "plan", "site", "--seed", "4",
-                                "--lower-bound", "0.99", "--expected", "0.98"])
+    made = runner.invoke(
+        main,
+        [
+            "acceptance",
+            "plan",
+            "site",
+            "--seed",
+            "4",
+            "--lower-bound",
+            "0.99",
+            "--expected",
+            "0.98",
+        ],
+    )
     assert made.exit_code == 1 and "must be below the expected" in made.output
     made = runner.invoke(main, ["acceptance", "plan", "site", "--seed", "4"])
     assert made.exit_code == 0, made.output
     assert "seed 4" in made.output and "101 per class needed" in made.output
     listed = runner.invoke(main, ["acceptance", "list"])
     assert "site" in listed.output
-    reported = runner.invoke(main, ["acceptance", "report", "site", "--out",
-                                    str(tmp_path / "out"), "--exit-status"])
+    reported = runner.invoke(
+        main, ["acceptance", "report", "site", "--out", str(tmp_path / "out"), "--exit-status"]
+    )
     assert reported.exit_code == 1 and "decision: undecided" in reported.output
     assert (tmp_path / "out" / "report.html").is_file()

@@ -23,16 +23,19 @@ from cxr_orient.acceptance import (
 from cxr_orient.acceptance.thresholds import evaluate
 
 
-@pytest.mark.parametrize(("x", "n", "low", "high"), [
-    # R's binom.test(x, n)$conf.int, and the closed forms at x = 0 (upper bound
-    # 1 - 0.025 ** (1/n)) and x = n (lower bound 0.025 ** (1/n)).
-    (5, 10, 0.187086, 0.812914),
-    (95, 100, 0.887165, 0.983568),
-    (0, 20, 0.0, 1 - 0.025 ** (1 / 20)),
-    (10, 10, 0.025 ** (1 / 10), 1.0),
-], ids=lambda v: str(v))
-def test_clopper_pearson_matches_known_values(x: int, n: int, low: float,
-                                              high: float) -> None:
+@pytest.mark.parametrize(
+    ("x", "n", "low", "high"),
+    [
+        # R's binom.test(x, n)$conf.int, and the closed forms at x = 0 (upper bound
+        # 1 - 0.025 ** (1/n)) and x = n (lower bound 0.025 ** (1/n)).
+        (5, 10, 0.187086, 0.812914),
+        (95, 100, 0.887165, 0.983568),
+        (0, 20, 0.0, 1 - 0.025 ** (1 / 20)),
+        (10, 10, 0.025 ** (1 / 10), 1.0),
+    ],
+    ids=lambda v: str(v),
+)
+def test_clopper_pearson_matches_known_values(x: int, n: int, low: float, high: float) -> None:
     found = clopper_pearson(x, n)
     assert found.value == x / n
     assert found.low == pytest.approx(low, abs=1e-6)
@@ -46,11 +49,10 @@ def _bounds(x: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
 
 
 def _tail_at_least(x: int, n: int, p: float) -> float:
-    return sum(math.comb(n, k) * p ** k * (1 - p) ** (n - k) for k in range(x, n + 1))
+    return sum(math.comb(n, k) * p**k * (1 - p) ** (n - k) for k in range(x, n + 1))
 
 
-@pytest.mark.parametrize(("x", "n"), [(81, 263), (15, 148), (1, 29), (197, 200)],
-                         ids=str)
+@pytest.mark.parametrize(("x", "n"), [(81, 263), (15, 148), (1, 29), (197, 200)], ids=str)
 def test_clopper_pearson_is_the_binomial_tail_inversion(x: int, n: int) -> None:
     """The definition, summed term by term: at the lower bound P(X >= x) = 2.5 %, at the
     upper bound P(X <= x) = 2.5 %."""
@@ -86,25 +88,39 @@ def test_sample_size_rules() -> None:
 def _films(n: int) -> list[Candidate]:
     """n answers: a tenth lateral, a few header disagreements, low confidence and unusual
     ones, two modalities, three devices (one unknown)."""
-    return [Candidate(
-        instance_id=i + 1, prediction_id=100 + i,
-        label="lateral" if i % 10 == 0 else "frontal",
-        needs_review=i % 13 == 0 or i % 37 == 0,
-        review_reason=("low_confidence" if i % 13 == 0 else
-                       "unusual_image" if i % 37 == 0 else None),
-        header_agrees=False if i % 17 == 0 else (None if i % 5 == 0 else True),
-        modality="CR" if i % 3 else "DX",
-        manufacturer=("Acme" if i % 4 == 0 else "Philips" if i % 4 == 1 else None),
-        manufacturer_model=("X1" if i % 4 == 0 else None))
-        for i in range(n)]
+    return [
+        Candidate(
+            instance_id=i + 1,
+            prediction_id=100 + i,
+            label="lateral" if i % 10 == 0 else "frontal",
+            needs_review=i % 13 == 0 or i % 37 == 0,
+            review_reason=(
+                "low_confidence" if i % 13 == 0 else "unusual_image" if i % 37 == 0 else None
+            ),
+            header_agrees=False if i % 17 == 0 else (None if i % 5 == 0 else True),
+            modality="CR" if i % 3 else "DX",
+            manufacturer=("Acme" if i % 4 == 0 else "Philips" if i % 4 == 1 else None),
+            manufacturer_model=("X1" if i % 4 == 0 else None),
+        )
+        for i in range(n)
+    ]
 
 
 def test_strata_of_an_answer() -> None:
     film = _films(1)[0]
-    assert strata_of(film) == ["class:lateral", "header:disagrees", "low_confidence",
-                               "modality:DX", "device:Acme / X1"]
-    assert strata_of(_films(38)[37]) == ["class:frontal", "unusual", "modality:CR",
-                                         "device:Philips"]
+    assert strata_of(film) == [
+        "class:lateral",
+        "header:disagrees",
+        "low_confidence",
+        "modality:DX",
+        "device:Acme / X1",
+    ]
+    assert strata_of(_films(38)[37]) == [
+        "class:frontal",
+        "unusual",
+        "modality:CR",
+        "device:Philips",
+    ]
     assert "device:unknown" in strata_of(_films(3)[2])
 
 
@@ -129,12 +145,19 @@ def test_the_draw_is_reproducible_by_seed() -> None:
     films = _films(500)
 
     def ids(seed: int) -> list[int]:
-        return [i.candidate.instance_id for i in draw(films, seed=seed, per_class=10,
-                                                      per_stratum=5).items]
+        return [
+            i.candidate.instance_id
+            for i in draw(films, seed=seed, per_class=10, per_stratum=5).items
+        ]
 
-    assert ids(3) == ids(3) == [i.candidate.instance_id for i in
-                                draw(list(reversed(films)), seed=3, per_class=10,
-                                     per_stratum=5).items]
+    assert (
+        ids(3)
+        == ids(3)
+        == [
+            i.candidate.instance_id
+            for i in draw(list(reversed(films)), seed=3, per_class=10, per_stratum=5).items
+        ]
+    )
     assert ids(3) != ids(4)
 
 
@@ -153,11 +176,14 @@ def test_thresholds(tmp_path: Path) -> None:
     assert not missing.passed and "not measured" in missing.reason
     with pytest.raises(ThresholdError, match="NAME>=VALUE"):
         parse_requirement("lateral recall is good")
-    (tmp_path / "site.toml").write_text('require = ["frontal_recall_lb>=0.95", '
-                                        '"header_wrong_rate_ub<=0.2"]\n')
+    (tmp_path / "site.toml").write_text(
+        'require = ["frontal_recall_lb>=0.95", "header_wrong_rate_ub<=0.2"]\n'
+    )
     (tmp_path / "site.json").write_text('{"require": ["accuracy_lb>=0.9"]}')
     assert [r.text for r in load_requirements(tmp_path / "site.toml")] == [
-        "frontal_recall_lb>=0.95", "header_wrong_rate_ub<=0.2"]
+        "frontal_recall_lb>=0.95",
+        "header_wrong_rate_ub<=0.2",
+    ]
     assert [r.text for r in load_requirements(tmp_path / "site.json")] == ["accuracy_lb>=0.9"]
     (tmp_path / "bad.json").write_text('{"thresholds": 1}')
     with pytest.raises(ThresholdError, match="require"):

@@ -29,8 +29,9 @@ def test_registry_names_and_unknown():
         build_model("resnet9000")
 
 
-@pytest.mark.parametrize("name", ["compact", "tutorial2019", "compact_invariant",
-                                  "compact_invariant_64"])
+@pytest.mark.parametrize(
+    "name", ["compact", "tutorial2019", "compact_invariant", "compact_invariant_64"]
+)
 def test_keras_round_trip(tmp_path, name):
     model = build_model(name, input_size=128)
     x = np.random.default_rng(0).integers(0, 256, (3, 128, 128, 3)).astype(np.float32)
@@ -76,6 +77,7 @@ def test_invariant_architectures_give_one_answer_for_all_sixteen_views(name):
     x = rng.integers(0, 256, (5, 128, 128, 3)).astype(np.float32)
     for i, image in enumerate(x):  # noise alone looks alike once averaged: add a shape
         image[10 + 15 * i : 60 + 10 * i, 20 : 40 + 15 * i] = 255.0
+
     def view_of(batch: np.ndarray) -> np.ndarray:
         out = model.predict_on_batch(batch)
         return np.asarray(out["view"] if isinstance(out, dict) else out)
@@ -115,10 +117,15 @@ def test_the_default_under_mixed_bfloat16_keeps_its_invariance():
         np.testing.assert_allclose(np.asarray(mixed.predict_on_batch(view)), base, atol=0.02)
 
 
-@pytest.mark.parametrize(("name", "size"), [("compact_invariant", 67),
-                                            ("compact_invariant", 62),
-                                            ("compact_invariant_64", 126),
-                                            ("compact_invariant_64", 124)])
+@pytest.mark.parametrize(
+    ("name", "size"),
+    [
+        ("compact_invariant", 67),
+        ("compact_invariant", 62),
+        ("compact_invariant_64", 126),
+        ("compact_invariant_64", 124),
+    ],
+)
 def test_invariant_input_must_tile_and_survive_the_trunk(name, size):
     with pytest.raises(ValueError):
         build_model(name, input_size=size)
@@ -134,8 +141,10 @@ def test_command_defaults_name_the_default_architecture():
     from training import lifecycle
 
     assert DEFAULT_ARCHITECTURE == "compact_invariant_64"
-    assert inspect.signature(lifecycle.retrain).parameters["architecture"].default \
+    assert (
+        inspect.signature(lifecycle.retrain).parameters["architecture"].default
         == DEFAULT_ARCHITECTURE
+    )
     for command in (cli.train, cli.retrain):
         option = next(p for p in command.params if p.name == "architecture")
         assert option.default == DEFAULT_ARCHITECTURE
@@ -143,8 +152,9 @@ def test_command_defaults_name_the_default_architecture():
         assert name in cli.ARCHITECTURE_HELP
 
 
-@pytest.mark.parametrize("card", sorted(p.name for p in SHIPPED.glob("*.json")
-                                        if p.name != "split.json"))
+@pytest.mark.parametrize(
+    "card", sorted(p.name for p in SHIPPED.glob("*.json") if p.name != "split.json")
+)
 def test_every_shipped_architecture_is_rebuilt_by_name(card: str) -> None:
     """A shipped checkpoint's architecture is in the registry and its graph takes the
     checkpoint's weights (what with_mixed_bfloat16 rebuilds by name)."""

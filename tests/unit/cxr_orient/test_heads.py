@@ -50,8 +50,12 @@ def untrained():
 
     keras.utils.set_random_seed(3)
     model = build_model("compact_invariant_64_heads")
-    card = ModelCard(name="untrained", architecture="compact_invariant_64_heads",
-                     input_size=256, unusual_threshold=5.0)
+    card = ModelCard(
+        name="untrained",
+        architecture="compact_invariant_64_heads",
+        input_size=256,
+        unusual_threshold=5.0,
+    )
     return Classifier(model, card)
 
 
@@ -150,8 +154,7 @@ def test_mahalanobis_score_fits_and_survives_a_keras_round_trip(tmp_path: Path) 
     path = tmp_path / "m.keras"
     model.save(path)
     loaded = keras.saving.load_model(path, compile=False, safe_mode=True)
-    np.testing.assert_allclose(np.asarray(loaded.predict_on_batch(x))[:, 0], typical,
-                               rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(loaded.predict_on_batch(x))[:, 0], typical, rtol=1e-6)
 
 
 def test_orientation_entropy_spans_certain_to_undecided() -> None:
@@ -186,8 +189,9 @@ def test_unusual_score_is_the_larger_scaled_part_and_round_trips(tmp_path: Path)
     near = np.array([[1.0]], np.float32)
     out = float(np.asarray(model.predict_on_batch([near, undecided]))[0, 0])
     assert abs(out - np.log(ORBIT_SIZE) / s_h) < 1e-4 and out > 1.0 / s_d
-    far = float(np.asarray(model.predict_on_batch([np.array([[50.0]], np.float32),
-                                                   confident[:1]]))[0, 0])
+    far = float(
+        np.asarray(model.predict_on_batch([np.array([[50.0]], np.float32), confident[:1]]))[0, 0]
+    )
     assert abs(far - 50.0 / s_d) < 1e-3
     path = tmp_path / "score.keras"
     model.save(path)

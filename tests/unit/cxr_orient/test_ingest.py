@@ -24,8 +24,9 @@ STUDY_B = "1.2.826.0.1.3680043.10.7.2"
 
 
 @pytest.fixture
-def embedded(tmp_path: Path, configure: Callable[..., None],
-             monkeypatch: pytest.MonkeyPatch) -> Embedded:
+def embedded(
+    tmp_path: Path, configure: Callable[..., None], monkeypatch: pytest.MonkeyPatch
+) -> Embedded:
     return embedded_setup(tmp_path, configure, monkeypatch)
 
 
@@ -73,8 +74,9 @@ def test_re_enqueue_adds_nothing(embedded: Embedded) -> None:
         assert crud.status_counts(session)["queued"] == 2
 
 
-def test_non_dicom_and_outside_files_are_recorded_failed(embedded: Embedded,
-                                                         tmp_path: Path) -> None:
+def test_non_dicom_and_outside_files_are_recorded_failed(
+    embedded: Embedded, tmp_path: Path
+) -> None:
     notes = embedded.root / "notes.txt"
     notes.write_text("not an image")
     outside = rg1_dicom(tmp_path / "elsewhere" / "outside.dcm")
@@ -121,12 +123,17 @@ def test_a_studys_instances_are_grouped(embedded: Embedded) -> None:
     assert sent == [report.queued]
     rows = _rows(report.queued)
     with session_scope() as session:
-        study_ids = {uid: sid for uid, sid in session.execute(
-            select(Study.study_instance_uid, Study.id))}
+        study_ids = {
+            uid: sid for uid, sid in session.execute(select(Study.study_instance_uid, Study.id))
+        }
     order = [rows[i].study_id for i in report.queued]
     assert order == [study_ids[STUDY_A]] * 2 + [study_ids[STUDY_B]] * 2
     assert [Path(rows[i].file_path).name for i in report.queued] == [
-        "a1.dcm", "c1.dcm", "b1.dcm", "d1.dcm"]
+        "a1.dcm",
+        "c1.dcm",
+        "b1.dcm",
+        "d1.dcm",
+    ]
     assert sorted(m.args[0] for m in embedded.messages()) == sorted(report.queued)
 
 
@@ -143,8 +150,12 @@ def test_wait_for_times_out_then_sees_the_work_finished(embedded: Embedded) -> N
 
     with session_scope() as session:
         for instance_id in ids:
-            crud.mark_failed(session, instance_id=instance_id, error_code="test",
-                             error_message="finished by the test")
+            crud.mark_failed(
+                session,
+                instance_id=instance_id,
+                error_code="test",
+                error_message="finished by the test",
+            )
     polls.clear()
     start = time.monotonic()
     assert wait_for(ids, timeout_s=5, poll_s=0.05, on_poll=polls.append) is True

@@ -34,16 +34,34 @@ def info_root() -> Iterator[None]:
 
 def _build(tmp_path: Path) -> tuple[str, str]:
     tmp_path.mkdir()
-    path = make_dicom(tmp_path / "src.dcm", np.full((64, 64), 500, np.uint16),
-                      view_position="PA", patient_id="PAT-7")
+    path = make_dicom(
+        tmp_path / "src.dcm",
+        np.full((64, 64), 500, np.uint16),
+        view_position="PA",
+        patient_id="PAT-7",
+    )
     source = pydicom.dcmread(path, stop_before_pixels=True)
-    answer = Answer(label="frontal", confidence=0.97, p_frontal=0.97, p_lateral=0.03,
-                    needs_review=False, header_agrees=True, rotation=0, mirrored=False,
-                    unusual_score=1.0)
+    answer = Answer(
+        label="frontal",
+        confidence=0.97,
+        p_frontal=0.97,
+        p_lateral=0.03,
+        needs_review=False,
+        header_agrees=True,
+        rotation=0,
+        mirrored=False,
+        unusual_score=1.0,
+    )
     sr_uid = generate_uid()
-    build_sr(source, answer, model_name="m", model_architecture="a",
-             answered_at=datetime(2026, 12, 3, 8, 15, 30, tzinfo=UTC),
-             sop_instance_uid=sr_uid, instance_number=1)
+    build_sr(
+        source,
+        answer,
+        model_name="m",
+        model_architecture="a",
+        answered_at=datetime(2026, 12, 3, 8, 15, 30, tzinfo=UTC),
+        sop_instance_uid=sr_uid,
+        instance_number=1,
+    )
     return str(source.SOPInstanceUID), str(source.StudyInstanceUID)
 
 
@@ -65,5 +83,4 @@ def test_debugging_lets_them_through(info_root: None) -> None:
     cap_third_party_loggers(debugging=True)
     assert logging.getLogger("highdicom").getEffectiveLevel() == logging.DEBUG
     cap_third_party_loggers()
-    assert all(logging.getLogger(n).getEffectiveLevel() == logging.WARNING
-               for n in PHI_LOGGERS)
+    assert all(logging.getLogger(n).getEffectiveLevel() == logging.WARNING for n in PHI_LOGGERS)

@@ -39,22 +39,39 @@ DESTINATION = "dicom://PACS@127.0.0.1:11112"
 def _add(session, uid: str):
     study = crud.get_or_create_study(session, study_instance_uid="1.2.3", patient_id="P1")
     instance, _ = crud.add_instance(
-        session, study=study, sop_instance_uid=uid, series_instance_uid=None,
-        file_path=f"/x/{uid}.dcm", file_sha256="0" * 64, file_size=1, modality="CR",
-        transfer_syntax_uid=None, header_view_position="PA")
+        session,
+        study=study,
+        sop_instance_uid=uid,
+        series_instance_uid=None,
+        file_path=f"/x/{uid}.dcm",
+        file_sha256="0" * 64,
+        file_size=1,
+        modality="CR",
+        transfer_syntax_uid=None,
+        header_view_position="PA",
+    )
     return instance
 
 
 def _answer(instance_id: int, *, needs_review: bool) -> crud.PredictionRecord:
     return prediction_record(
-        instance_id=instance_id, label=OrientationLabel.frontal, confidence=0.6,
-        p_frontal=0.6, p_lateral=0.4, header_agrees=True, needs_review=needs_review,
-        decode_ms=1.0, inference_ms=1.0, batch_size=1)
+        instance_id=instance_id,
+        label=OrientationLabel.frontal,
+        confidence=0.6,
+        p_frontal=0.6,
+        p_lateral=0.4,
+        header_agrees=True,
+        needs_review=needs_review,
+        decode_ms=1.0,
+        inference_ms=1.0,
+        batch_size=1,
+    )
 
 
 @pytest.fixture
-def client(tmp_path: Path, configure: Callable[..., None],
-           monkeypatch: pytest.MonkeyPatch) -> Iterator[TestClient]:
+def client(
+    tmp_path: Path, configure: Callable[..., None], monkeypatch: pytest.MonkeyPatch
+) -> Iterator[TestClient]:
     embedded_setup(tmp_path, configure, monkeypatch)
     with TestClient(create_app()) as test_client:
         yield test_client
@@ -72,18 +89,30 @@ def _fill_database() -> None:
         for i in ids[:4]:
             assert crud.claim_for_processing(session, instance_id=i, lease_s=3600)
         crud.record_predictions(
-            session, model_version_id=version_id, worker="w",
-            records=[_answer(ids[0], needs_review=True), _answer(ids[1], needs_review=True),
-                     _answer(ids[2], needs_review=False)],
-            result_destinations=[DESTINATION], new_report_uid=new_sr_uid)
-        crud.mark_failed(session, instance_id=ids[3], error_code="decode_failed",
-                         error_message="bad")
-        crud.add_label(session, instance_id=ids[1], label=OrientationLabel.frontal,
-                       source="review", annotator="dr-a")
+            session,
+            model_version_id=version_id,
+            worker="w",
+            records=[
+                _answer(ids[0], needs_review=True),
+                _answer(ids[1], needs_review=True),
+                _answer(ids[2], needs_review=False),
+            ],
+            result_destinations=[DESTINATION],
+            new_report_uid=new_sr_uid,
+        )
+        crud.mark_failed(
+            session, instance_id=ids[3], error_code="decode_failed", error_message="bad"
+        )
+        crud.add_label(
+            session,
+            instance_id=ids[1],
+            label=OrientationLabel.frontal,
+            source="review",
+            annotator="dr-a",
+        )
 
 
-def test_service_metrics_are_read_from_the_database_and_the_broker(
-        client: TestClient) -> None:
+def test_service_metrics_are_read_from_the_database_and_the_broker(client: TestClient) -> None:
     _fill_database()
     answer = client.get("/metrics")
     assert answer.status_code == 200
@@ -95,10 +124,14 @@ def test_service_metrics_are_read_from_the_database_and_the_broker(
     assert got[("cxr_orient_instances", (("status", "failed"),))] == 1
     assert got[("cxr_orient_instances", (("status", "processing"),))] == 0
     assert got[("cxr_orient_review_backlog", ())] == 1, "labelled answers are reviewed"
-    assert got[("cxr_orient_outbox_messages",
-                (("destination", DESTINATION), ("status", "pending")))] == 3
-    assert got[("cxr_orient_outbox_messages",
-                (("destination", DESTINATION), ("status", "failed")))] == 0
+    assert (
+        got[("cxr_orient_outbox_messages", (("destination", DESTINATION), ("status", "pending")))]
+        == 3
+    )
+    assert (
+        got[("cxr_orient_outbox_messages", (("destination", DESTINATION), ("status", "failed")))]
+        == 0
+    )
     age = got[("cxr_orient_outbox_oldest_pending_seconds", (("destination", DESTINATION),))]
     assert 0 <= age < 600
     assert got[("cxr_orient_active_model_info", (("version", "compact-test-v9"),))] == 1
@@ -115,7 +148,8 @@ def test_an_empty_database_has_no_active_model(client: TestClient) -> None:
 
 
 def test_database_down_is_a_gauge_not_a_500(
-        client: TestClient, configure: Callable[..., None]) -> None:
+    client: TestClient, configure: Callable[..., None]
+) -> None:
     configure(database_url="postgresql+psycopg://cxr@127.0.0.1:1/nowhere")
     answer = client.get("/metrics")
     assert answer.status_code == 200
@@ -178,16 +212,43 @@ def test_worker_metrics_summed_over_forked_processes(tmp_path: Path) -> None:
         os.write(w, b"x")
         os.waitpid(children[1], 0)
     """)
-    done = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True,
-                          text=True, timeout=120, check=False)
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr
     got = samples(done.stdout)
-    assert got[("cxr_orient_images_total",
-                (("error_code", ""), ("label", "frontal"), ("status", "done")))] == 3
-    assert got[("cxr_orient_images_total",
-                (("error_code", "decode_failed"), ("label", ""), ("status", "failed")))] == 2
-    assert got[("cxr_orient_images_total",
-                (("error_code", "timeout"), ("label", ""), ("status", "retried")))] == 4
+    assert (
+        got[
+            (
+                "cxr_orient_images_total",
+                (("error_code", ""), ("label", "frontal"), ("status", "done")),
+            )
+        ]
+        == 3
+    )
+    assert (
+        got[
+            (
+                "cxr_orient_images_total",
+                (("error_code", "decode_failed"), ("label", ""), ("status", "failed")),
+            )
+        ]
+        == 2
+    )
+    assert (
+        got[
+            (
+                "cxr_orient_images_total",
+                (("error_code", "timeout"), ("label", ""), ("status", "retried")),
+            )
+        ]
+        == 4
+    )
     assert got[("cxr_orient_decode_seconds_count", ())] == 2
     assert got[("cxr_orient_batch_size_bucket", (("le", "4.0"),))] == 2
     assert got[("cxr_orient_worker_pool_processes", ())] == 1, "the dead one is not summed"
@@ -215,8 +276,14 @@ def test_a_killed_process_is_swept_from_the_live_gauge(tmp_path: Path) -> None:
         after = generate_latest(metrics.worker_registry(folder)).decode()
         sys.stdout.write(before + "\\n#SPLIT\\n" + after)
     """)
-    done = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True,
-                          text=True, timeout=120, check=False)
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr
     before, after = done.stdout.split("#SPLIT")
     assert samples(before)[("cxr_orient_worker_pool_processes", ())] == 1
@@ -226,7 +293,8 @@ def test_a_killed_process_is_swept_from_the_live_gauge(tmp_path: Path) -> None:
 
 def test_node_folders_are_safe_names(tmp_path: Path) -> None:
     assert metrics.node_metrics_dir(tmp_path, "celery@host-1.example") == (
-        tmp_path / "celery_host-1.example")
+        tmp_path / "celery_host-1.example"
+    )
     assert metrics.node_metrics_dir(tmp_path, "../../etc").parent == tmp_path
 
 
@@ -242,8 +310,10 @@ def test_time_limit_defaults_follow_the_batch_size() -> None:
     assert off.worker.effective_task_soft_time_limit_s is None
     assert off.worker.effective_task_time_limit_s is None
     only_hard = Settings(task_soft_time_limit_s=0, task_time_limit_s=30)
-    assert (only_hard.worker.effective_task_soft_time_limit_s,
-            only_hard.worker.effective_task_time_limit_s) == (None, 30)
+    assert (
+        only_hard.worker.effective_task_soft_time_limit_s,
+        only_hard.worker.effective_task_time_limit_s,
+    ) == (None, 30)
     with pytest.raises(ValidationError, match="must be below CXR_TASK_TIME_LIMIT_S"):
         Settings(task_soft_time_limit_s=60, task_time_limit_s=60)
 
@@ -268,31 +338,45 @@ def test_timed_out_instances_are_retried_then_failed(migrated_db: str) -> None:
             lease = 0.0 if i == ids[2] else 3600.0
             assert crud.claim_for_processing(session, instance_id=i, lease_s=lease)
         version = register_version(session, "m1")
-        crud.record_predictions(session, model_version_id=version.id, worker="w",
-                                records=[_answer(ids[0], needs_review=False)])
+        crud.record_predictions(
+            session,
+            model_version_id=version.id,
+            worker="w",
+            records=[_answer(ids[0], needs_review=False)],
+        )
     with session_scope() as session:  # ids[2] claimed a second time: its last attempt
         crud.mark_queued(session, instance_ids=[ids[2]], lease_s=3600)
         assert crud.claim_for_processing(session, instance_id=ids[2], lease_s=3600)
     with session_scope() as session:
-        out = crud.time_out_instances(session, instance_ids=ids, max_attempts=2,
-                                      error_code="timeout", error_message="too slow")
+        out = crud.time_out_instances(
+            session,
+            instance_ids=ids,
+            max_attempts=2,
+            error_code="timeout",
+            error_message="too slow",
+        )
     assert (out.retried, out.failed, out.unclaimed) == ([ids[1]], [ids[2]], [ids[3]])
     with session_scope() as session:
         rows = {i: crud.get_instance(session, instance_id=i) for i in ids}
         assert rows[ids[0]].status == InstanceStatus.done  # type: ignore[union-attr]
         assert rows[ids[0]].error_code is None  # type: ignore[union-attr]
         assert (rows[ids[1]].status, rows[ids[1]].error_code) == (  # type: ignore[union-attr]
-            InstanceStatus.queued, "timeout")
+            InstanceStatus.queued,
+            "timeout",
+        )
         assert (rows[ids[2]].status, rows[ids[2]].error_code) == (  # type: ignore[union-attr]
-            InstanceStatus.failed, "timeout")
+            InstanceStatus.failed,
+            "timeout",
+        )
         assert rows[ids[3]].error_code is None  # type: ignore[union-attr]
 
 
 # --- alert rules and dashboard ----------------------------------------------------------
 
 
-def _exported_names(tmp_path: Path, configure: Callable[..., None],
-                    monkeypatch: pytest.MonkeyPatch) -> set[str]:
+def _exported_names(
+    tmp_path: Path, configure: Callable[..., None], monkeypatch: pytest.MonkeyPatch
+) -> set[str]:
     """Every series name the code can export: the workers' metric objects and the
     service's collector (on a migrated database), with the suffixes each type adds."""
     from prometheus_client import CollectorRegistry
@@ -303,13 +387,25 @@ def _exported_names(tmp_path: Path, configure: Callable[..., None],
 
     registry = CollectorRegistry()
     worker = metrics.worker_metrics()
-    for metric in (worker.images, worker.decode_seconds, worker.inference_seconds,
-                   worker.batch_size, worker.timeouts, worker.pool_processes):
+    for metric in (
+        worker.images,
+        worker.decode_seconds,
+        worker.inference_seconds,
+        worker.batch_size,
+        worker.timeouts,
+        worker.pool_processes,
+    ):
         registry.register(_Only(metric))
-    families = [*registry.collect(),
-                *metrics.ServiceCollector(broker_queue_depth, "cxr-orient").collect()]
-    suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"],
-                "info": ["_info"], "gauge": [""]}
+    families = [
+        *registry.collect(),
+        *metrics.ServiceCollector(broker_queue_depth, "cxr-orient").collect(),
+    ]
+    suffixes = {
+        "counter": ["_total"],
+        "histogram": ["_bucket", "_sum", "_count"],
+        "info": ["_info"],
+        "gauge": [""],
+    }
     names = {"up"}  # Prometheus's own, per scrape target
     for family in families:
         names.update(family.name + s for s in suffixes[family.type])
@@ -339,13 +435,17 @@ def _referenced(expressions: list[str]) -> set[str]:
 
 
 def test_alert_rules_and_dashboard_name_only_exported_metrics(
-        tmp_path: Path, configure: Callable[..., None],
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, configure: Callable[..., None], monkeypatch: pytest.MonkeyPatch
+) -> None:
     exported = _exported_names(tmp_path, configure, monkeypatch)
     rules = yaml.safe_load(ALERTS.read_text())
     alerts = {r["alert"]: r["expr"] for g in rules["groups"] for r in g["rules"]}
-    assert {"CxrOrientNoWorkerUp", "CxrOrientFailureRate", "CxrOrientReviewBacklog",
-            "CxrOrientOutboxFailing"} <= set(alerts)
+    assert {
+        "CxrOrientNoWorkerUp",
+        "CxrOrientFailureRate",
+        "CxrOrientReviewBacklog",
+        "CxrOrientOutboxFailing",
+    } <= set(alerts)
     for rule in (r for g in rules["groups"] for r in g["rules"]):
         assert rule["annotations"]["summary"] and rule["labels"]["severity"]
     used = _referenced(list(alerts.values()))
@@ -359,8 +459,9 @@ def test_alert_rules_and_dashboard_name_only_exported_metrics(
     # Every metric the code exports is on the dashboard or in an alert, so none is dead.
     shown = _referenced(exprs + list(alerts.values()))
     families = {re.sub(r"(_total|_bucket|_sum|_count|_info)$", "", n) for n in exported}
-    assert families - {"up"} <= {re.sub(r"(_total|_bucket|_sum|_count|_info)$", "", n)
-                                 for n in shown}, "a metric nobody looks at"
+    assert families - {"up"} <= {
+        re.sub(r"(_total|_bucket|_sum|_count|_info)$", "", n) for n in shown
+    }, "a metric nobody looks at"
 
     scrape = yaml.safe_load(SCRAPE_CONFIG.read_text())
     jobs = {job["job_name"] for job in scrape["scrape_configs"]}

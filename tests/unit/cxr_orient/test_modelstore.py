@@ -68,15 +68,17 @@ def test_ece_hand_computed():
 
 def test_tta_makes_predictions_invariant(tmp_path):
     model = build_model("compact", input_size=64)
-    card = ModelCard(name="m", architecture="compact", input_size=64,
-                     test_time_augmentation="dihedral+invert")
+    card = ModelCard(
+        name="m", architecture="compact", input_size=64, test_time_augmentation="dihedral+invert"
+    )
     clf = Classifier(model, card)
     x = np.random.default_rng(1).integers(0, 256, (2, 64, 64), dtype=np.uint8)
     assert len(tta_views(x[..., None].astype(np.float32), "dihedral+invert")) == 16
     base = clf.predict_proba(x)
     for variant in (np.rot90(x, 1, (1, 2)), x[:, :, ::-1], 255 - x):
-        np.testing.assert_allclose(clf.predict_proba(np.ascontiguousarray(variant)), base,
-                                   atol=1e-5)
+        np.testing.assert_allclose(
+            clf.predict_proba(np.ascontiguousarray(variant)), base, atol=1e-5
+        )
 
 
 def test_temperature_stays_inside_its_range_on_separable_validation():
@@ -95,8 +97,9 @@ def test_checkpoint_has_no_optimizer_state(tmp_path):
     model = build_model("compact", input_size=32)
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
     model.fit(np.zeros((4, 32, 32, 3), np.float32), np.zeros(4), verbose=0)
-    path = save_checkpoint(model, ModelCard(name="m", architecture="compact", input_size=32),
-                           tmp_path)
+    path = save_checkpoint(
+        model, ModelCard(name="m", architecture="compact", input_size=32), tmp_path
+    )
     loaded = keras.saving.load_model(path, compile=False)
     assert getattr(loaded, "optimizer", None) is None
     x = np.random.default_rng(1).uniform(0, 255, (2, 32, 32, 3)).astype(np.float32)
@@ -115,8 +118,10 @@ def test_padding_a_batch_to_its_bucket_keeps_every_answer(monkeypatch):
     # the zero images added to fill the bucket must not change the real ones' outputs.
     from cxr_orient import modelstore
 
-    clf = Classifier(build_model("compact", input_size=64),
-                     ModelCard(name="m", architecture="compact", input_size=64))
+    clf = Classifier(
+        build_model("compact", input_size=64),
+        ModelCard(name="m", architecture="compact", input_size=64),
+    )
     x = np.random.default_rng(2).integers(0, 256, (5, 64, 64, 3), dtype=np.uint8)
     plain = clf.predict_raw(x)
     calls = []
@@ -137,8 +142,10 @@ def test_padding_a_batch_to_its_bucket_keeps_every_answer(monkeypatch):
 def test_warm_up_runs_one_batch_here_and_every_bucket_where_shapes_compile(monkeypatch):
     from cxr_orient import modelstore
 
-    clf = Classifier(build_model("compact", input_size=32),
-                     ModelCard(name="m", architecture="compact", input_size=32))
+    clf = Classifier(
+        build_model("compact", input_size=32),
+        ModelCard(name="m", architecture="compact", input_size=32),
+    )
     assert clf.warm_up(32) == [32]
     monkeypatch.setattr(modelstore, "_compiles_per_shape", lambda: True)
     assert clf.warm_up(32) == [8, 16, 32]
@@ -178,4 +185,6 @@ def test_workers_serve_the_mixed_bfloat16_copy_when_configured(configure, sqlite
         mixed = load_version(version, get_settings().inference)
     assert {layer.dtype_policy.name for layer in plain.classifier.model.layers} == {"float32"}
     assert {layer.dtype_policy.name for layer in mixed.classifier.model.layers} >= {
-        "mixed_bfloat16", "float32"}
+        "mixed_bfloat16",
+        "float32",
+    }

@@ -16,15 +16,22 @@ from cxr_orient.modelstore import Classifier, projection_answer
 
 SHIPPED = Path(__file__).resolve().parents[3] / "cxr_orient" / "shipped"
 SAMPLES = Path(__file__).resolve().parents[3] / "cxr_orient" / "samples"
-SAMPLE_FILES = ("study1/frontal.dcm", "study1/lateral.dcm", "study2/frontal.dcm",
-                "study2/lateral.dcm", "study3/frontal.dcm", "study3/lateral.dcm",
-                "rg1/RG1_J2KI.dcm")
+SAMPLE_FILES = (
+    "study1/frontal.dcm",
+    "study1/lateral.dcm",
+    "study2/frontal.dcm",
+    "study2/lateral.dcm",
+    "study3/frontal.dcm",
+    "study3/lateral.dcm",
+    "rg1/RG1_J2KI.dcm",
+)
 
 #: What each shipped checkpoint answered on the bundled samples before v4's heads were
 #: added (label, p_lateral to 6 places, rotation, mirrored, unusual score to 5, reasons),
 #: computed with the code of bc2de9d.
-BEFORE: dict[str, list[tuple[str, float, int | None, bool | None, float | None,
-                             tuple[str, ...]]]] = {
+BEFORE: dict[
+    str, list[tuple[str, float, int | None, bool | None, float | None, tuple[str, ...]]]
+] = {
     "compact-v1": [
         ("frontal", 0.029391, None, None, None, ()),
         ("lateral", 0.96601, None, None, None, ()),
@@ -32,7 +39,8 @@ BEFORE: dict[str, list[tuple[str, float, int | None, bool | None, float | None,
         ("lateral", 0.64251, None, None, None, ("low_confidence",)),
         ("frontal", 0.023691, None, None, None, ()),
         ("lateral", 0.541934, None, None, None, ("low_confidence",)),
-        ("frontal", 0.02601, None, None, None, ())],
+        ("frontal", 0.02601, None, None, None, ()),
+    ],
     "compact-invariant-64-v1": [
         ("frontal", 0.012236, None, None, None, ()),
         ("lateral", 0.9816, None, None, None, ()),
@@ -40,7 +48,8 @@ BEFORE: dict[str, list[tuple[str, float, int | None, bool | None, float | None,
         ("lateral", 0.990518, None, None, None, ()),
         ("frontal", 0.074024, None, None, None, ()),
         ("lateral", 0.989591, None, None, None, ()),
-        ("frontal", 0.019405, None, None, None, ())],
+        ("frontal", 0.019405, None, None, None, ()),
+    ],
     "compact-invariant-64-v2": [
         ("frontal", 0.012236, 0, False, 0.66698, ()),
         ("lateral", 0.9816, 0, None, 0.84586, ()),
@@ -48,7 +57,8 @@ BEFORE: dict[str, list[tuple[str, float, int | None, bool | None, float | None,
         ("lateral", 0.990518, 0, None, 0.87132, ()),
         ("frontal", 0.074024, 0, False, 0.71262, ()),
         ("lateral", 0.989591, 0, None, 1.01866, ()),
-        ("frontal", 0.019405, 0, False, 0.68129, ())],
+        ("frontal", 0.019405, 0, False, 0.68129, ()),
+    ],
     "compact-invariant-64-v3": [
         ("frontal", 0.012236, 0, False, 0.51482, ()),
         ("lateral", 0.9816, 0, None, 0.71508, ()),
@@ -56,7 +66,8 @@ BEFORE: dict[str, list[tuple[str, float, int | None, bool | None, float | None,
         ("lateral", 0.990518, 0, None, 0.67254, ()),
         ("frontal", 0.074024, 0, False, 0.55004, ()),
         ("lateral", 0.989591, 0, None, 0.78627, ()),
-        ("frontal", 0.019405, 0, False, 0.52586, ())],
+        ("frontal", 0.019405, 0, False, 0.52586, ()),
+    ],
 }
 
 
@@ -78,9 +89,14 @@ def test_shipped_checkpoints_answer_as_before(name: str) -> None:
     classifier = Classifier.from_checkpoint(SHIPPED / f"{name}.keras")
     got = classifier.predict(_samples())
     for p, (label, p_lateral, rotation, mirrored, score, reasons) in zip(
-            got, BEFORE[name], strict=True):
+        got, BEFORE[name], strict=True
+    ):
         assert (p.label, p.rotation, p.mirrored, p.review_reasons) == (
-            label, rotation, mirrored, reasons)
+            label,
+            rotation,
+            mirrored,
+            reasons,
+        )
         assert abs(p.p_lateral - p_lateral) < 2e-6
         assert (p.unusual_score is None) == (score is None)
         if score is not None:
@@ -113,8 +129,9 @@ def test_heads3_outputs_are_invariant_on_an_untrained_network() -> None:
         if reference is None:
             reference = {k: out[k][0] for k in ("view", "unusual", "not_chest", "projection")}
         for k, first in reference.items():
-            np.testing.assert_allclose(out[k], np.broadcast_to(first, out[k].shape),
-                                       rtol=1e-4, atol=1e-6, err_msg=k)
+            np.testing.assert_allclose(
+                out[k], np.broadcast_to(first, out[k].shape), rtol=1e-4, atol=1e-6, err_msg=k
+            )
 
 
 def test_heads3_unusual_is_heads2_score_over_its_threshold_or_the_chest_head() -> None:
@@ -133,8 +150,9 @@ def test_heads3_unusual_is_heads2_score_over_its_threshold_or_the_chest_head() -
             new.get_layer(layer.name).set_weights(layer.get_weights())
     x = np.random.default_rng(2).integers(0, 256, (3, 256, 256, 3)).astype(np.float32)
     before = {k: np.asarray(v) for k, v in old.predict_on_batch(x).items()}
-    logits = np.asarray(keras.Model(new.input, new.get_layer("not_chest_logit").output)
-                        .predict_on_batch(x))[:, 0]
+    logits = np.asarray(
+        keras.Model(new.input, new.get_layer("not_chest_logit").output).predict_on_batch(x)
+    )[:, 0]
 
     new.get_layer("scope_unusual").fit(1.5, float(logits.max()) + 1.0)
     after = {k: np.asarray(v) for k, v in new.predict_on_batch(x).items()}
@@ -147,17 +165,21 @@ def test_heads3_unusual_is_heads2_score_over_its_threshold_or_the_chest_head() -
     np.testing.assert_array_equal(flagged, logits > np.sort(logits)[1] - 1e-3)
 
 
-@pytest.mark.parametrize(("p_ap", "label", "threshold", "expected"), [
-    (0.97, "frontal", 0.9, "AP"),
-    (0.03, "frontal", 0.9, "PA"),
-    (0.85, "frontal", 0.9, None),
-    (0.2, "frontal", 0.9, None),
-    (0.99, "lateral", 0.9, None),
-    (None, "frontal", 0.9, None),
-    (0.6, "frontal", None, "AP"),
-])
+@pytest.mark.parametrize(
+    ("p_ap", "label", "threshold", "expected"),
+    [
+        (0.97, "frontal", 0.9, "AP"),
+        (0.03, "frontal", 0.9, "PA"),
+        (0.85, "frontal", 0.9, None),
+        (0.2, "frontal", 0.9, None),
+        (0.99, "lateral", 0.9, None),
+        (None, "frontal", 0.9, None),
+        (0.6, "frontal", None, "AP"),
+    ],
+)
 def test_projection_is_stated_only_for_confident_frontals(
-        p_ap: float | None, label: str, threshold: float | None, expected: str | None) -> None:
+    p_ap: float | None, label: str, threshold: float | None, expected: str | None
+) -> None:
     assert projection_answer(p_ap, label, threshold) == expected
 
 
@@ -174,8 +196,9 @@ def test_v4_answers_the_view_as_v3_and_adds_the_projection() -> None:
         assert abs(new.p_lateral - old.p_lateral) < 1e-6
         assert new.p_ap is not None and 0.0 <= new.p_ap <= 1.0
         assert new.p_not_chest is not None
-        assert new.projection == projection_answer(new.p_ap, new.label,
-                                                   v4.card.projection_threshold)
+        assert new.projection == projection_answer(
+            new.p_ap, new.label, v4.card.projection_threshold
+        )
         assert not new.unusual  # real chest films, from the bundled samples
 
 
@@ -199,8 +222,12 @@ def test_v4_flags_a_real_tibia_film_it_never_saw() -> None:
 
     from cxr_orient.imaging import load_image_file
 
-    tibia = np.stack([load_image_file(Path(str(get_testdata_file(n))), size=256)
-                      for n in ("RG3_J2KR.dcm", "RG3_J2KI.dcm")])
+    tibia = np.stack(
+        [
+            load_image_file(Path(str(get_testdata_file(n))), size=256)
+            for n in ("RG3_J2KR.dcm", "RG3_J2KI.dcm")
+        ]
+    )
     v4 = Classifier.from_checkpoint(V4)
     assert all(p.unusual and p.needs_review for p in v4.predict(tibia))
 

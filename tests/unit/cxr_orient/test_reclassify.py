@@ -52,8 +52,10 @@ class Broker:
 def _archive(root: Path, n: int, *, study: str = STUDY_A) -> list[int]:
     """``n`` RG1 instances of ``study``, recorded (nothing sent); their ids in id order."""
     folder = root / study
-    paths = [rg1_dicom(folder / f"{k}.dcm", study_uid=study,
-                       view_position="PA" if k % 2 else None) for k in range(n)]
+    paths = [
+        rg1_dicom(folder / f"{k}.dcm", study_uid=study, view_position="PA" if k % 2 else None)
+        for k in range(n)
+    ]
     report = enqueue_paths(paths, send=None, settings=get_settings())
     assert len(report.queued) == n, report.refused
     return sorted(report.queued)
@@ -76,10 +78,17 @@ def _answers(ids: Sequence[int]) -> dict[int, list[tuple[int, str, str, float]]]
     out: dict[int, list[tuple[int, str, str, float]]] = {i: [] for i in ids}
     with session_scope() as session:
         rows = session.execute(
-            select(Prediction.instance_id, Prediction.id, ModelVersion.name, Prediction.label,
-                   Prediction.confidence)
+            select(
+                Prediction.instance_id,
+                Prediction.id,
+                ModelVersion.name,
+                Prediction.label,
+                Prediction.confidence,
+            )
             .join(ModelVersion, ModelVersion.id == Prediction.model_version_id)
-            .where(Prediction.instance_id.in_(ids)).order_by(Prediction.id))
+            .where(Prediction.instance_id.in_(ids))
+            .order_by(Prediction.id)
+        )
         for instance_id, pid, name, label, confidence in rows:
             out[instance_id].append((pid, name, str(label), confidence))
     return out
@@ -88,9 +97,11 @@ def _answers(ids: Sequence[int]) -> dict[int, list[tuple[int, str, str, float]]]
 def _instances(ids: Sequence[int]) -> dict[int, tuple[str, int | None, int]]:
     """instance id -> (status, target version id, attempts)."""
     with session_scope() as session:
-        rows = session.execute(select(Instance.id, Instance.status,
-                                      Instance.target_model_version_id, Instance.attempts)
-                               .where(Instance.id.in_(ids)))
+        rows = session.execute(
+            select(
+                Instance.id, Instance.status, Instance.target_model_version_id, Instance.attempts
+            ).where(Instance.id.in_(ids))
+        )
         return {i: (str(s), t, a) for i, s, t, a in rows}
 
 
@@ -104,16 +115,26 @@ def _version_id(name: str) -> int:
 def _shown(ids: Sequence[int], model: str | None = None) -> dict[int, str | None]:
     """What `cxr-orient results` shows: instance id -> model version."""
     with session_scope() as session:
-        by_uid = {r.sop_instance_uid: r.model_version for r in crud.results(
-            session, instance_ids=ids,
-            model_version_id=None if model is None else _version_id(model))}
-        uids = {i: uid for i, uid in session.execute(
-            select(Instance.id, Instance.sop_instance_uid).where(Instance.id.in_(ids)))}
+        by_uid = {
+            r.sop_instance_uid: r.model_version
+            for r in crud.results(
+                session,
+                instance_ids=ids,
+                model_version_id=None if model is None else _version_id(model),
+            )
+        }
+        uids = {
+            i: uid
+            for i, uid in session.execute(
+                select(Instance.id, Instance.sop_instance_uid).where(Instance.id.in_(ids))
+            )
+        }
     return {i: by_uid[uids[i]] for i in ids if uids[i] in by_uid}
 
 
 def test_after_a_promotion_reclassify_adds_rows_loses_none_and_doubles_none(
-        migrated_db: str, tmp_path: Path) -> None:
+    migrated_db: str, tmp_path: Path
+) -> None:
     ids = _classified(tmp_path, 5)
     before = _answers(ids)
     _register_other()
@@ -204,7 +225,8 @@ def test_an_unknown_or_unloadable_version(migrated_db: str, tmp_path: Path) -> N
 
 
 def test_an_interrupted_run_resumes_and_sends_only_the_rest(
-        migrated_db: str, tmp_path: Path) -> None:
+    migrated_db: str, tmp_path: Path
+) -> None:
     ids = _classified(tmp_path, 9)
     _register_other()
     first = Broker()
@@ -216,8 +238,13 @@ def test_an_interrupted_run_resumes_and_sends_only_the_rest(
     # Some of the rest already answered by compact-v1 (e.g. by an earlier run): skipped.
     classify_instances(first.sent, settings=get_settings())
     head_start = Broker()
-    reclassify(send=head_start, model="compact-v1", filters=Filters(study_instance_uid=STUDY_A),
-               chunk_size=100, limit=1)
+    reclassify(
+        send=head_start,
+        model="compact-v1",
+        filters=Filters(study_instance_uid=STUDY_A),
+        chunk_size=100,
+        limit=1,
+    )
     classify_instances(head_start.sent, settings=get_settings())
     assert head_start.sent == [ids[3]]
 
@@ -282,24 +309,43 @@ def test_filters_and_failed_instances(migrated_db: str, tmp_path: Path) -> None:
     with session_scope() as session:
         runs = session.scalars(select(ReclassifyRun).order_by(ReclassifyRun.id)).all()
         assert [(r.study_instance_uid, r.since is not None, r.include_failed) for r in runs] == [
-            (STUDY_B, False, False), (None, True, False), (None, True, False),
-            (None, False, True)]
+            (STUDY_B, False, False),
+            (None, True, False),
+            (None, True, False),
+            (None, False, True),
+        ]
 
 
 def test_changed_between_lists_changed_labels_with_both_confidences(
-        migrated_db: str, tmp_path: Path) -> None:
+    migrated_db: str, tmp_path: Path
+) -> None:
     ids = _archive(tmp_path, 3)
     with session_scope() as session:
         v1 = register_version(session, "v1")
         v2 = register_version(session, "v2")
         for version, labels in ((v1, "FFL"), (v2, "FLL")):
-            crud.record_predictions(session, model_version_id=version.id, worker="t", records=[
-                prediction_record(instance_id=i, label=crud.OrientationLabel(
-                    "frontal" if c == "F" else "lateral"), confidence=0.9 if c == "F" else 0.8,
-                    p_frontal=0.5, p_lateral=0.5, header_agrees=None, needs_review=False,
-                    decode_ms=None, inference_ms=None, batch_size=None)
-                for i, c in zip(ids, labels, strict=True)])
+            crud.record_predictions(
+                session,
+                model_version_id=version.id,
+                worker="t",
+                records=[
+                    prediction_record(
+                        instance_id=i,
+                        label=crud.OrientationLabel("frontal" if c == "F" else "lateral"),
+                        confidence=0.9 if c == "F" else 0.8,
+                        p_frontal=0.5,
+                        p_lateral=0.5,
+                        header_agrees=None,
+                        needs_review=False,
+                        decode_ms=None,
+                        inference_ms=None,
+                        batch_size=None,
+                    )
+                    for i, c in zip(ids, labels, strict=True)
+                ],
+            )
         changed = crud.changed_between(session, version_a_id=v1.id, version_b_id=v2.id)
         uid = session.scalar(select(Instance.sop_instance_uid).where(Instance.id == ids[1]))
-    assert [(c.sop_instance_uid, c.label_a, c.confidence_a, c.label_b, c.confidence_b)
-            for c in changed] == [(uid, "frontal", 0.9, "lateral", 0.8)]
+    assert [
+        (c.sop_instance_uid, c.label_a, c.confidence_a, c.label_b, c.confidence_b) for c in changed
+    ] == [(uid, "frontal", 0.9, "lateral", 0.8)]

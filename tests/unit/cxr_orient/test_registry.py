@@ -31,8 +31,9 @@ SHIPPED_NAME = SHIPPED_MODEL.stem
 
 
 @pytest.fixture(autouse=True)
-def embedded(tmp_path: Path, configure: Callable[..., None],
-             monkeypatch: pytest.MonkeyPatch) -> None:
+def embedded(
+    tmp_path: Path, configure: Callable[..., None], monkeypatch: pytest.MonkeyPatch
+) -> None:
     embedded_setup(tmp_path, configure, monkeypatch)
 
 
@@ -45,8 +46,11 @@ def tiny_checkpoint(folder: Path, name: str = "tiny-v1", seed: int = 0) -> Path:
 
     keras.utils.set_random_seed(seed)
     model = build_model("compact", input_size=32)
-    return save_checkpoint(model, ModelCard(name=name, architecture="compact", input_size=32,
-                                            review_threshold=0.8), folder)
+    return save_checkpoint(
+        model,
+        ModelCard(name=name, architecture="compact", input_size=32, review_threshold=0.8),
+        folder,
+    )
 
 
 def _events() -> list[tuple[str, str, str, str]]:
@@ -55,7 +59,8 @@ def _events() -> list[tuple[str, str, str, str]]:
         rows = session.execute(
             select(ModelVersion.name, ModelEvent.action, ModelEvent.actor, ModelEvent.reason)
             .join(ModelVersion, ModelVersion.id == ModelEvent.model_version_id)
-            .order_by(ModelEvent.id))
+            .order_by(ModelEvent.id)
+        )
         return [(n, a, who, why) for n, a, who, why in rows]
 
 
@@ -84,8 +89,10 @@ def test_another_file_under_a_registered_name_is_refused(tmp_path: Path) -> None
     assert file_sha256(first) != file_sha256(second)
     with session_scope() as session:
         register_checkpoint(session, first, actor="tester", reason="first")
-    with pytest.raises(ModelError, match="already registered with another file"), \
-            session_scope() as session:
+    with (
+        pytest.raises(ModelError, match="already registered with another file"),
+        session_scope() as session,
+    ):
         register_checkpoint(session, second, actor="tester", reason="second")
     with session_scope() as session:
         versions = crud.list_model_versions(session)
@@ -97,8 +104,7 @@ def test_missing_checkpoint_and_altered_file_are_refused(tmp_path: Path) -> None
     with pytest.raises(ModelError, match="does not exist"), session_scope() as session:
         register_checkpoint(session, tmp_path / "nothing.keras", actor="t", reason="r")
     path.write_bytes(path.read_bytes() + b"\0")
-    with pytest.raises(ModelError, match="does not match the sha256"), \
-            session_scope() as session:
+    with pytest.raises(ModelError, match="does not match the sha256"), session_scope() as session:
         register_checkpoint(session, path, actor="t", reason="r")
 
 
@@ -112,7 +118,9 @@ def test_ensure_active_model_bootstraps_an_empty_database() -> None:
         assert ensure_active_model(session, get_settings().inference).id == version_id
     assert _active() == {SHIPPED_NAME: True}
     assert [(n, a, who) for n, a, who, _ in _events()] == [
-        (SHIPPED_NAME, "register", "system"), (SHIPPED_NAME, "bootstrap", "system")]
+        (SHIPPED_NAME, "register", "system"),
+        (SHIPPED_NAME, "bootstrap", "system"),
+    ]
 
 
 def test_promote_and_rollback_swap_is_active_and_record_events(tmp_path: Path) -> None:
@@ -130,8 +138,10 @@ def test_promote_and_rollback_swap_is_active_and_record_events(tmp_path: Path) -
     restored = rollback(actor="bob", reason="too many reviews")
     assert restored.name == SHIPPED_NAME
     assert _active() == {"tiny-v1": False, SHIPPED_NAME: True}
-    assert _events()[-2:] == [("tiny-v1", "promote", "alice", "better on site data"),
-                              (SHIPPED_NAME, "rollback", "bob", "too many reviews")]
+    assert _events()[-2:] == [
+        ("tiny-v1", "promote", "alice", "better on site data"),
+        (SHIPPED_NAME, "rollback", "bob", "too many reviews"),
+    ]
     with session_scope() as session:
         last = session.scalars(select(ModelEvent).order_by(ModelEvent.id.desc())).first()
         assert last is not None
@@ -183,7 +193,8 @@ def test_current_model_is_cached_until_the_active_version_changes(tmp_path: Path
     with session_scope() as session:
         register_checkpoint(session, tiny_checkpoint(tmp_path), actor="tester", reason="r")
     assert current_model(get_settings().inference) is first, (
-        "registering alone changes nothing in service")
+        "registering alone changes nothing in service"
+    )
 
     promote("tiny-v1", actor="tester", reason="swap")
     swapped = current_model(get_settings().inference)
@@ -205,8 +216,11 @@ def test_the_projection_threshold_in_force(configure: Callable[..., None]) -> No
         shipped = ensure_active_model(session, get_settings().inference)
         v3 = SHIPPED_MODEL.parent / "compact-invariant-64-v3.keras"
         older = register_checkpoint(session, v3, actor="tester", reason="r")
-    assert load_version(shipped, get_settings().inference).classifier.card \
-        .projection_threshold == read_card(SHIPPED_MODEL).projection_threshold == 0.81
+    assert (
+        load_version(shipped, get_settings().inference).classifier.card.projection_threshold
+        == read_card(SHIPPED_MODEL).projection_threshold
+        == 0.81
+    )
     configure(projection_threshold=0.95)
     inference = get_settings().inference
     assert load_version(shipped, inference).classifier.card.projection_threshold == 0.95

@@ -94,8 +94,7 @@ def render_table() -> str:
             "",
             f"### `{group}`: {' '.join((model.__doc__ or '').split())}",
             "",
-            f"`cxr_orient.settings.{model.__name__}` "
-            f"(`{model.__module__}`, `Settings().{group}`).",
+            f"`cxr_orient.settings.{model.__name__}` (`{model.__module__}`, `Settings().{group}`).",
             "",
             "| Variable | Type | Allowed | Default | Meaning |",
             "| --- | --- | --- | --- | --- |",
@@ -210,14 +209,17 @@ def test_no_two_groups_share_a_variable() -> None:
 
 def test_fields_given_by_name_land_in_their_group() -> None:
     settings = _settings(batch_size=4, max_pixels=10, http_port=9000)
-    assert (settings.worker.batch_size, settings.intake.max_pixels,
-            settings.http.http_port) == (4, 10, 9000)
+    assert (settings.worker.batch_size, settings.intake.max_pixels, settings.http.http_port) == (
+        4,
+        10,
+        9000,
+    )
     with pytest.raises(ValidationError, match="no such setting: batch_sise"):
         _settings(batch_sise=4)
 
 
 def test_comma_separated_lists_are_parsed_once_into_typed_lists(
-    monkeypatch: pytest.MonkeyPatch
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("CXR_ACCEPT_MODALITIES", " cr, dx ,,")
     monkeypatch.setenv("CXR_ACCEPT_SOP_CLASSES", "1.2.840.10008.5.1.4.1.1.1")
@@ -225,41 +227,56 @@ def test_comma_separated_lists_are_parsed_once_into_typed_lists(
     monkeypatch.setenv("CXR_CARD_SYNTAXES", "native, HTJ2K-lossless,native")
     monkeypatch.setenv("CXR_DICOM_ALLOWED_CALLERS", "MOD1, PACS@10.1.2.3")
     monkeypatch.setenv("CXR_TRUSTED_PROXIES", "10.0.0.5, 10.1.2.3/16")
-    monkeypatch.setenv("CXR_RESULT_DESTINATIONS", "dicom://PACS@pacs:104,"
-                                                  "dicomweb+http://web:8042/dicom-web/")
+    monkeypatch.setenv(
+        "CXR_RESULT_DESTINATIONS", "dicom://PACS@pacs:104,dicomweb+http://web:8042/dicom-web/"
+    )
     settings = _settings()
     assert settings.accept.accept_modalities == ["CR", "DX"]
     assert settings.accept.accept_sop_classes == ["1.2.840.10008.5.1.4.1.1.1"]
     assert settings.accept.refuse_image_types == [("DERIVED", "SECONDARY"), ("SCREEN",)]
     assert settings.decode.card_syntaxes == ["native", "htj2k-lossless"]
-    assert settings.dicom.dicom_allowed_callers == [AllowedCaller("MOD1", None),
-                                                    AllowedCaller("PACS", "10.1.2.3")]
+    assert settings.dicom.dicom_allowed_callers == [
+        AllowedCaller("MOD1", None),
+        AllowedCaller("PACS", "10.1.2.3"),
+    ]
     assert [str(n) for n in settings.http.trusted_proxies] == ["10.0.0.5/32", "10.1.0.0/16"]
     assert settings.results.result_destinations == [
         ResultDestination("dicom", "pacs", 104, ae_title="PACS"),
-        ResultDestination("dicomweb+http", "web", 8042, path="/dicom-web")]
+        ResultDestination("dicomweb+http", "web", 8042, path="/dicom-web"),
+    ]
 
 
-@pytest.mark.parametrize("variable", ["CXR_ACCEPT_MODALITIES", "CXR_ACCEPT_BODY_PARTS",
-                                      "CXR_ACCEPT_SOP_CLASSES", "CXR_REFUSE_IMAGE_TYPES",
-                                      "CXR_DICOM_ALLOWED_CALLERS", "CXR_TRUSTED_PROXIES",
-                                      "CXR_RESULT_DESTINATIONS", "CXR_CARD_SYNTAXES"])
-def test_an_empty_list_switches_its_rule_off(monkeypatch: pytest.MonkeyPatch,
-                                              variable: str) -> None:
+@pytest.mark.parametrize(
+    "variable",
+    [
+        "CXR_ACCEPT_MODALITIES",
+        "CXR_ACCEPT_BODY_PARTS",
+        "CXR_ACCEPT_SOP_CLASSES",
+        "CXR_REFUSE_IMAGE_TYPES",
+        "CXR_DICOM_ALLOWED_CALLERS",
+        "CXR_TRUSTED_PROXIES",
+        "CXR_RESULT_DESTINATIONS",
+        "CXR_CARD_SYNTAXES",
+    ],
+)
+def test_an_empty_list_switches_its_rule_off(
+    monkeypatch: pytest.MonkeyPatch, variable: str
+) -> None:
     monkeypatch.setenv(variable, "")
     settings = _settings()
     name = variable.removeprefix("CXR_").lower()
     assert getattr(getattr(settings, field_groups()[name]), name) == []
 
 
-def test_a_dot_env_file_fills_every_group(monkeypatch: pytest.MonkeyPatch,
-                                          tmp_path: Path) -> None:
+def test_a_dot_env_file_fills_every_group(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     for name in field_groups():
         monkeypatch.delenv(env_name(name), raising=False)
     monkeypatch.chdir(tmp_path)
-    (tmp_path / ".env").write_text("CXR_BATCH_SIZE=7\nCXR_ACCEPT_MODALITIES=cr,dx\n"
-                                   "CXR_DICOM_PORT=11113\nCXR_TRUSTED_PROXIES=10.0.0.1\n"
-                                   "NOT_OURS=1\n")
+    (tmp_path / ".env").write_text(
+        "CXR_BATCH_SIZE=7\nCXR_ACCEPT_MODALITIES=cr,dx\n"
+        "CXR_DICOM_PORT=11113\nCXR_TRUSTED_PROXIES=10.0.0.1\n"
+        "NOT_OURS=1\n"
+    )
     settings = Settings()
     assert settings.worker.batch_size == 7
     assert settings.accept.accept_modalities == ["CR", "DX"]
@@ -274,16 +291,27 @@ def test_lists_from_code_are_taken_as_given() -> None:
     assert [str(n) for n in settings.http.trusted_proxies] == ["10.0.0.0/8"]
 
 
-@pytest.mark.parametrize(("variable", "value", "message"), [
-    ("CXR_DICOM_ALLOWED_CALLERS", "MOD1,BAD\\AE", "CXR_DICOM_ALLOWED_CALLERS"),
-    ("CXR_DICOM_ALLOWED_CALLERS", "A" * 17, "CXR_DICOM_ALLOWED_CALLERS"),
-    ("CXR_DICOM_AE_TITLE", "BAD\\AE", "CXR_DICOM_AE_TITLE"),
-    ("CXR_RESULT_CALLING_AE", "  ", "CXR_RESULT_CALLING_AE"),
-    ("CXR_RESULT_DESTINATIONS", "dicom://BAD\\AE@pacs:104", "CXR_RESULT_DESTINATIONS"),
-    ("CXR_TRUSTED_PROXIES", "10.0.0.5,proxy.example", "CXR_TRUSTED_PROXIES"),
-    ("CXR_ACCEPT_SOP_CLASSES", "1.2.x", "CXR_ACCEPT_SOP_CLASSES"),
-], ids=["caller-backslash", "caller-long", "our-title", "calling-blank", "destination-title",
-        "proxy-name", "sop-class"])
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("CXR_DICOM_ALLOWED_CALLERS", "MOD1,BAD\\AE", "CXR_DICOM_ALLOWED_CALLERS"),
+        ("CXR_DICOM_ALLOWED_CALLERS", "A" * 17, "CXR_DICOM_ALLOWED_CALLERS"),
+        ("CXR_DICOM_AE_TITLE", "BAD\\AE", "CXR_DICOM_AE_TITLE"),
+        ("CXR_RESULT_CALLING_AE", "  ", "CXR_RESULT_CALLING_AE"),
+        ("CXR_RESULT_DESTINATIONS", "dicom://BAD\\AE@pacs:104", "CXR_RESULT_DESTINATIONS"),
+        ("CXR_TRUSTED_PROXIES", "10.0.0.5,proxy.example", "CXR_TRUSTED_PROXIES"),
+        ("CXR_ACCEPT_SOP_CLASSES", "1.2.x", "CXR_ACCEPT_SOP_CLASSES"),
+    ],
+    ids=[
+        "caller-backslash",
+        "caller-long",
+        "our-title",
+        "calling-blank",
+        "destination-title",
+        "proxy-name",
+        "sop-class",
+    ],
+)
 def test_one_ae_title_rule_and_each_list_item_checked(
     monkeypatch: pytest.MonkeyPatch, variable: str, value: str, message: str
 ) -> None:

@@ -87,15 +87,18 @@ def test_received_instances_wait_for_the_quiet_period(quiet_db: str, tmp_path: P
     assert len(sent.ids) == 3, "sent once"
 
 
-def test_quiet_zero_and_folders_send_at_once(migrated_db: str, tmp_path: Path,
-                                             configure: Callable[..., None]) -> None:
-    folder = enqueue_paths([rg1_dicom(tmp_path / "f.dcm", study_uid=STUDY)], send=Sent(),
-                           settings=get_settings())
+def test_quiet_zero_and_folders_send_at_once(
+    migrated_db: str, tmp_path: Path, configure: Callable[..., None]
+) -> None:
+    folder = enqueue_paths(
+        [rg1_dicom(tmp_path / "f.dcm", study_uid=STUDY)], send=Sent(), settings=get_settings()
+    )
     assert len(folder.queued) == 1 and folder.held == [], "a folder is never held"
     configure(study_quiet_s=0)
     sent = Sent()
-    report = record_received([rg1_dicom(tmp_path / "n.dcm", study_uid=STUDY)], send=sent,
-                             settings=get_settings())
+    report = record_received(
+        [rg1_dicom(tmp_path / "n.dcm", study_uid=STUDY)], send=sent, settings=get_settings()
+    )
     assert report.held == [] and sent.ids == report.queued and len(sent.ids) == 1
 
 
@@ -124,13 +127,15 @@ def test_concurrent_callers_send_each_instance_once(quiet_db: str, tmp_path: Pat
     assert sum(counts) == len(held)
 
 
-def test_the_release_loop_runs_in_a_thread_until_stopped(migrated_db: str, tmp_path: Path,
-                                                         configure: Callable[..., None]) -> None:
+def test_the_release_loop_runs_in_a_thread_until_stopped(
+    migrated_db: str, tmp_path: Path, configure: Callable[..., None]
+) -> None:
     configure(study_quiet_s=0.5)
     held = _receive(tmp_path, "a")
     sent, stop = Sent(), threading.Event()
-    thread = threading.Thread(target=run_release_loop, args=(sent, stop, get_settings().intake),
-                              daemon=True)
+    thread = threading.Thread(
+        target=run_release_loop, args=(sent, stop, get_settings().intake), daemon=True
+    )
     thread.start()
     try:
         for _ in range(100):
@@ -151,18 +156,32 @@ def _answer(ids: Sequence[int], label: str, *, agrees: bool | None = True) -> in
         if version is None:
             version = register_version(session, "m1")
             crud.activate_model_version(session, version=version, actor="t", reason="t")
-        crud.record_predictions(session, model_version_id=version.id, worker="t", records=[
-            prediction_record(instance_id=i, label=OrientationLabel(label), confidence=0.9,
-                                  p_frontal=0.9 if label == "frontal" else 0.1,
-                                  p_lateral=0.1 if label == "frontal" else 0.9,
-                                  header_agrees=agrees, needs_review=False, decode_ms=None,
-                                  inference_ms=None, batch_size=len(ids))
-            for i in ids])
+        crud.record_predictions(
+            session,
+            model_version_id=version.id,
+            worker="t",
+            records=[
+                prediction_record(
+                    instance_id=i,
+                    label=OrientationLabel(label),
+                    confidence=0.9,
+                    p_frontal=0.9 if label == "frontal" else 0.1,
+                    p_lateral=0.1 if label == "frontal" else 0.9,
+                    header_agrees=agrees,
+                    needs_review=False,
+                    decode_ms=None,
+                    inference_ms=None,
+                    batch_size=len(ids),
+                )
+                for i in ids
+            ],
+        )
         return record_study_answers(session, instance_ids=ids)
 
 
 def test_a_study_is_answered_once_complete_and_again_after_a_late_instance(
-        quiet_db: str, tmp_path: Path) -> None:
+    quiet_db: str, tmp_path: Path
+) -> None:
     frontal, lateral = _receive(tmp_path, "frontal", "lateral")
     release(Sent(), now=utcnow() + timedelta(seconds=11))
 
@@ -171,9 +190,18 @@ def test_a_study_is_answered_once_complete_and_again_after_a_late_instance(
     assert _answer([lateral], "lateral", agrees=False) == 0, "a redelivery adds nothing"
     with session_scope() as session:
         first = crud.current_study_answers(session)
-    assert [(a.study_instance_uid, a.sequence, a.frontal_count, a.lateral_count,
-             a.header_disagrees_count, a.flags, a.model_versions) for a in first] == [
-        (STUDY, 1, 1, 1, 1, "header_disagreement", "m1")]
+    assert [
+        (
+            a.study_instance_uid,
+            a.sequence,
+            a.frontal_count,
+            a.lateral_count,
+            a.header_disagrees_count,
+            a.flags,
+            a.model_versions,
+        )
+        for a in first
+    ] == [(STUDY, 1, 1, 1, 1, "header_disagreement", "m1")]
 
     late = _receive(tmp_path, "late", view="LL")
     with session_scope() as session:
@@ -196,7 +224,8 @@ def _study_id() -> int:
 
 
 def test_concurrent_workers_finishing_a_study_write_its_answer_once(
-        quiet_db: str, tmp_path: Path) -> None:
+    quiet_db: str, tmp_path: Path
+) -> None:
     ids = _receive(tmp_path, *(f"i{n}" for n in range(8)))
     release(Sent(), now=utcnow() + timedelta(seconds=11))
     assert _answer(ids[:1], "frontal") == 0  # registers the model; the rest still queued
@@ -226,7 +255,8 @@ def test_concurrent_workers_finishing_a_study_write_its_answer_once(
 
 
 def test_held_instances_outlive_their_process_and_the_reaper_leaves_them(
-        quiet_db: str, tmp_path: Path) -> None:
+    quiet_db: str, tmp_path: Path
+) -> None:
     """Held is a row, not a message: requeue/the reaper neither send nor re-status it, and
     any later sweep (another process) releases it."""
     from click.testing import CliRunner
@@ -247,44 +277,85 @@ def test_held_instances_outlive_their_process_and_the_reaper_leaves_them(
     assert sorted(sent.ids) == sorted(held)
 
 
-def _instance(instance_id: int, status: str, label: str | None = None, *,
-              review: bool = False, agrees: bool | None = None,
-              version: str | None = "m1") -> crud.StudyInstance:
+def _instance(
+    instance_id: int,
+    status: str,
+    label: str | None = None,
+    *,
+    review: bool = False,
+    agrees: bool | None = None,
+    version: str | None = "m1",
+) -> crud.StudyInstance:
     answered = label is not None
     return crud.StudyInstance(
-        instance_id=instance_id, status=InstanceStatus(status),
+        instance_id=instance_id,
+        status=InstanceStatus(status),
         answer_id=100 + instance_id if answered else None,
         label=None if label is None else OrientationLabel(label),
-        needs_review=review if answered else None, header_agrees=agrees if answered else None,
-        model_version=version if answered else None)
+        needs_review=review if answered else None,
+        header_agrees=agrees if answered else None,
+        model_version=version if answered else None,
+    )
 
 
-@pytest.mark.parametrize(("instances", "counts", "flags", "versions"), [
-    pytest.param([_instance(1, "done", "frontal", agrees=True),
-                  _instance(2, "done", "lateral", agrees=True, version="m2")],
-                 (2, 1, 1, 0, 0, 0, 2, 0), None, "m1,m2", id="frontal_and_lateral"),
-    pytest.param([_instance(1, "done", "frontal", review=True, agrees=False),
-                  _instance(2, "failed"), _instance(3, "out_of_scope")],
-                 (3, 1, 0, 1, 1, 1, 0, 1),
-                 "no_lateral,header_disagreement,needs_review,failed", "m1",
-                 id="flags_in_their_order"),
-    pytest.param([_instance(1, "failed", "frontal"), _instance(2, "out_of_scope")],
-                 (2, 0, 0, 0, 1, 1, 0, 0), "no_frontal,no_lateral,failed", None,
-                 id="an_answer_counts_only_when_done"),
-])
-def test_study_answer_rule(instances: list[crud.StudyInstance],
-                           counts: tuple[int, ...], flags: str | None,
-                           versions: str | None) -> None:
+@pytest.mark.parametrize(
+    ("instances", "counts", "flags", "versions"),
+    [
+        pytest.param(
+            [
+                _instance(1, "done", "frontal", agrees=True),
+                _instance(2, "done", "lateral", agrees=True, version="m2"),
+            ],
+            (2, 1, 1, 0, 0, 0, 2, 0),
+            None,
+            "m1,m2",
+            id="frontal_and_lateral",
+        ),
+        pytest.param(
+            [
+                _instance(1, "done", "frontal", review=True, agrees=False),
+                _instance(2, "failed"),
+                _instance(3, "out_of_scope"),
+            ],
+            (3, 1, 0, 1, 1, 1, 0, 1),
+            "no_lateral,header_disagreement,needs_review,failed",
+            "m1",
+            id="flags_in_their_order",
+        ),
+        pytest.param(
+            [_instance(1, "failed", "frontal"), _instance(2, "out_of_scope")],
+            (2, 0, 0, 0, 1, 1, 0, 0),
+            "no_frontal,no_lateral,failed",
+            None,
+            id="an_answer_counts_only_when_done",
+        ),
+    ],
+)
+def test_study_answer_rule(
+    instances: list[crud.StudyInstance],
+    counts: tuple[int, ...],
+    flags: str | None,
+    versions: str | None,
+) -> None:
     """The rule over named fields: instances, frontal, lateral, to review, failed, out
     of scope, header agrees, header disagrees; the flags in STUDY_FLAGS' order."""
     answer = study_answer(instances)
-    assert (answer.instance_count, answer.frontal_count, answer.lateral_count,
-            answer.needs_review_count, answer.failed_count, answer.out_of_scope_count,
-            answer.header_agrees_count, answer.header_disagrees_count) == counts
+    assert (
+        answer.instance_count,
+        answer.frontal_count,
+        answer.lateral_count,
+        answer.needs_review_count,
+        answer.failed_count,
+        answer.out_of_scope_count,
+        answer.header_agrees_count,
+        answer.header_disagrees_count,
+    ) == counts
     assert answer.flags == flags and answer.model_versions == versions
     assert (answer.no_frontal, answer.no_lateral, answer.header_disagreement) == (
-        answer.frontal_count == 0, answer.lateral_count == 0,
-        answer.header_disagrees_count > 0)
+        answer.frontal_count == 0,
+        answer.lateral_count == 0,
+        answer.header_disagrees_count > 0,
+    )
     assert set((flags or "").split(",")) - {""} <= set(STUDY_FLAGS)
 
 

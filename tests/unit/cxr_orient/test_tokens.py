@@ -67,8 +67,9 @@ def test_verify_accepts_the_token_and_records_its_use(migrated_db: str) -> None:
         assert list_tokens(session)[0].last_used_at == later
 
 
-@pytest.mark.parametrize("presented", ["", "cxr_", "cxr_wrong", "x" * 500],
-                         ids=["empty", "prefix", "wrong", "long"])
+@pytest.mark.parametrize(
+    "presented", ["", "cxr_", "cxr_wrong", "x" * 500], ids=["empty", "prefix", "wrong", "long"]
+)
 def test_verify_refuses_unknown_tokens(migrated_db: str, presented: str) -> None:
     with session_scope() as session:
         token = create_token(session, name="pacs", scopes=["stow"])
@@ -93,17 +94,19 @@ def test_a_revoked_token_is_refused_and_kept_listed(migrated_db: str) -> None:
             create_token(session, name="pacs", scopes=["stow"])
 
 
-@pytest.mark.parametrize("name, scopes", [("", ["stow"]), ("a b", ["stow"]),
-                                          ("../x", ["stow"]), ("ok", ["admin"]), ("ok", [])],
-                         ids=["empty-name", "space", "path", "unknown-scope", "no-scope"])
-def test_bad_names_and_scopes_are_refused(migrated_db: str, name: str,
-                                          scopes: list[str]) -> None:
+@pytest.mark.parametrize(
+    "name, scopes",
+    [("", ["stow"]), ("a b", ["stow"]), ("../x", ["stow"]), ("ok", ["admin"]), ("ok", [])],
+    ids=["empty-name", "space", "path", "unknown-scope", "no-scope"],
+)
+def test_bad_names_and_scopes_are_refused(migrated_db: str, name: str, scopes: list[str]) -> None:
     with session_scope() as session, pytest.raises(TokenError):
         create_token(session, name=name, scopes=scopes)
 
 
-def test_token_verbs(tmp_path: Path, configure: Callable[..., None],
-                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_token_verbs(
+    tmp_path: Path, configure: Callable[..., None], monkeypatch: pytest.MonkeyPatch
+) -> None:
     embedded_setup(tmp_path, configure, monkeypatch)
     runner = CliRunner()
     created = runner.invoke(main, ["token", "create", "modality-1", "--scope", "stow"])
@@ -119,8 +122,9 @@ def test_token_verbs(tmp_path: Path, configure: Callable[..., None],
     assert "last used 20" in listed.stdout and "REVOKED" not in listed.stdout
     revoked = runner.invoke(main, ["token", "revoke", "modality-1"])
     assert revoked.exit_code == 0, revoked.output
-    assert "REVOKED " + utcnow().strftime("%Y-%m-%d") in runner.invoke(
-        main, ["token", "list"]).stdout
+    assert (
+        "REVOKED " + utcnow().strftime("%Y-%m-%d") in runner.invoke(main, ["token", "list"]).stdout
+    )
     with session_scope() as session:
         assert verify_token(session, token=token) is None
     missing = runner.invoke(main, ["token", "revoke", "nobody"])

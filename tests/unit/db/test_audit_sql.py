@@ -81,8 +81,13 @@ def _prediction(
         p_ap=p_ap,
         projection_agrees=projection_agrees,
         review_reason=",".join(
-            r for r, on in (("low_confidence", review and unusual is None),
-                            ("unusual_image", unusual is not None and unusual > 2.0)) if on)
+            r
+            for r, on in (
+                ("low_confidence", review and unusual is None),
+                ("unusual_image", unusual is not None and unusual > 2.0),
+            )
+            if on
+        )
         or None,
     )
 
@@ -120,8 +125,7 @@ def _populate() -> dict[str, int]:
         ids["i5"] = unreadable.id
 
         def register(name: str) -> Any:
-            return register_version(session, name, sha256="2" * 64,
-                                    metrics={"accuracy": 0.97})
+            return register_version(session, name, sha256="2" * 64, metrics={"accuracy": 0.97})
 
         v1 = register("compact-v1")
         crud.activate_model_version(session, version=v1, actor="test", reason="first model")
@@ -137,37 +141,70 @@ def _populate() -> dict[str, int]:
             session,
             model_version_id=v2.id,
             records=[
-                _prediction(ids["i1"], "frontal", 0.97, agrees=True, rotation=0,
-                            mirrored=True, unusual=0.9, projection="AP", p_ap=0.91,
-                            projection_agrees=False),
-                _prediction(ids["i2"], "lateral", 0.95, agrees=False, rotation=90,
-                            unusual=1.1),
-                _prediction(ids["i3"], "frontal", 0.60, agrees=None, review=True,
-                            rotation=0, mirrored=False, unusual=3.5, p_ap=0.6),
+                _prediction(
+                    ids["i1"],
+                    "frontal",
+                    0.97,
+                    agrees=True,
+                    rotation=0,
+                    mirrored=True,
+                    unusual=0.9,
+                    projection="AP",
+                    p_ap=0.91,
+                    projection_agrees=False,
+                ),
+                _prediction(ids["i2"], "lateral", 0.95, agrees=False, rotation=90, unusual=1.1),
+                _prediction(
+                    ids["i3"],
+                    "frontal",
+                    0.60,
+                    agrees=None,
+                    review=True,
+                    rotation=0,
+                    mirrored=False,
+                    unusual=3.5,
+                    p_ap=0.6,
+                ),
                 _prediction(ids["i8"], "lateral", 0.55, agrees=True, review=True),
             ],
             worker="w1",
-            result_destinations=[OUTBOX_DESTINATION], new_report_uid=new_sr_uid,
+            result_destinations=[OUTBOX_DESTINATION],
+            new_report_uid=new_sr_uid,
         )
         # Their SRs: i1's delivered, i2's refused for good, i3's and i8's pending.
         outbox = crud.outbox_rows(session)
         crud.mark_outbox_sent(session, outbox_id=outbox[0].id)
-        crud.mark_outbox_failed(session, outbox_id=outbox[1].id,
-                                error="delivery_refused: C-STORE status 0xA900")
+        crud.mark_outbox_failed(
+            session, outbox_id=outbox[1].id, error="delivery_refused: C-STORE status 0xA900"
+        )
         # i2 (a lateral stored turned, its header saying otherwise) corrected by a
         # reviewer; its objects not sent yet.
         plan = plan_correction(AnswerFacts("lateral", 90, None, "PA", False))
         assert plan is not None and outbox[1].prediction_id is not None
-        crud.add_correction(session, record=correction_record(
-            plan, instance_id=ids["i2"], prediction_id=outbox[1].prediction_id,
-            file_sha256="0" * 64, original_sop_instance_uid=_uid("i2"), decided_via="review",
-            decided_by="reviewer rita", decided_at=datetime(2026, 12, 7, tzinfo=UTC)),
-            destinations=[CORRECTION_DESTINATION])
+        crud.add_correction(
+            session,
+            record=correction_record(
+                plan,
+                instance_id=ids["i2"],
+                prediction_id=outbox[1].prediction_id,
+                file_sha256="0" * 64,
+                original_sop_instance_uid=_uid("i2"),
+                decided_via="review",
+                decided_by="reviewer rita",
+                decided_at=datetime(2026, 12, 7, tzinfo=UTC),
+            ),
+            destinations=[CORRECTION_DESTINATION],
+        )
         # A reclassify with the retired compact-v1 answers i2 after compact-v2 did: the
         # newer row, but not the current answer (compact-v2 was put in service later).
-        run = crud.create_reclassify_run(session, actor="dr-a", model_version_id=v1.id,
-                                         study_instance_uid="1.2.840.1", since=None,
-                                         include_failed=False)
+        run = crud.create_reclassify_run(
+            session,
+            actor="dr-a",
+            model_version_id=v1.id,
+            study_instance_uid="1.2.840.1",
+            since=None,
+            include_failed=False,
+        )
         crud.record_predictions(
             session,
             model_version_id=v1.id,
@@ -184,8 +221,10 @@ def _populate() -> dict[str, int]:
         )
         # Two files with known SOPInstanceUIDs and other bytes: a re-send of i6 kept first,
         # and a file naming another study for i2 (never moved, even under replace).
-        for name, study_uid, policy in (("i6", "1.2.840.1", "keep_first"),
-                                        ("i2", "1.2.840.9", "replace")):
+        for name, study_uid, policy in (
+            ("i6", "1.2.840.1", "keep_first"),
+            ("i2", "1.2.840.9", "replace"),
+        ):
             crud.add_uid_conflict(
                 session,
                 instance_id=ids[name],
@@ -202,13 +241,16 @@ def _populate() -> dict[str, int]:
                 action=UidConflictAction.kept_first,
                 detail="test",
             )
-        assert crud.claim_for_processing(session, instance_id=ids["i7"], lease_s=20,
-                                         claimed_by="node-a@host:1")
+        assert crud.claim_for_processing(
+            session, instance_id=ids["i7"], lease_s=20, claimed_by="node-a@host:1"
+        )
         session.execute(  # its worker died an hour ago: the lease lapsed, nobody reaped it
             update(Instance)
             .where(Instance.id == ids["i7"])
-            .values(updated_at=datetime.now(UTC) - timedelta(hours=1),
-                    lease_expires_at=datetime.now(UTC) - timedelta(hours=1))
+            .values(
+                updated_at=datetime.now(UTC) - timedelta(hours=1),
+                lease_expires_at=datetime.now(UTC) - timedelta(hours=1),
+            )
         )
         crud.add_label(
             session,
@@ -242,24 +284,34 @@ def _populate_studies() -> dict[str, int]:
     study 1.2.840.3: an instance held for its quiet period."""
     ids: dict[str, int] = {}
     for name, study_uid, modality, status in (
-            ("ct", "1.2.840.2", "CT", InstanceStatus.out_of_scope),
-            ("mr", "1.2.840.2", "MR", InstanceStatus.out_of_scope),
-            ("held", "1.2.840.3", "DX", InstanceStatus.waiting)):
+        ("ct", "1.2.840.2", "CT", InstanceStatus.out_of_scope),
+        ("mr", "1.2.840.2", "MR", InstanceStatus.out_of_scope),
+        ("held", "1.2.840.3", "DX", InstanceStatus.waiting),
+    ):
         with session_scope() as session:
-            study = crud.get_or_create_study(session, study_instance_uid=study_uid,
-                                             patient_id="P2")
+            study = crud.get_or_create_study(session, study_instance_uid=study_uid, patient_id="P2")
             instance, _ = crud.add_instance(
-                session, study=study, sop_instance_uid=f"{study_uid}.{name}",
-                series_instance_uid=None, file_path=f"/archive/{name}.dcm",
-                file_sha256="4" * 64, file_size=100, modality=modality,
-                transfer_syntax_uid=None, header_view_position=None, status=status,
+                session,
+                study=study,
+                sop_instance_uid=f"{study_uid}.{name}",
+                series_instance_uid=None,
+                file_path=f"/archive/{name}.dcm",
+                file_sha256="4" * 64,
+                file_size=100,
+                modality=modality,
+                transfer_syntax_uid=None,
+                header_view_position=None,
+                status=status,
                 error_code="out_of_scope" if modality != "DX" else None,
-                error_message=(f"modality: Modality {modality!r} is not one of CR, DX "
-                               "(CXR_ACCEPT_MODALITIES)") if modality != "DX" else None)
+                error_message=(
+                    f"modality: Modality {modality!r} is not one of CR, DX (CXR_ACCEPT_MODALITIES)"
+                )
+                if modality != "DX"
+                else None,
+            )
             ids[name] = instance.id
             if status == InstanceStatus.waiting:
-                crud.touch_study_arrivals(session, study_ids=[study.id],
-                                          at=datetime.now(UTC))
+                crud.touch_study_arrivals(session, study_ids=[study.id], at=datetime.now(UTC))
             record_study_answers(session, instance_ids=[instance.id])
     return ids
 
@@ -294,8 +346,14 @@ def check_latest_answer(rows: list[Any]) -> None:
 
 
 def check_status_counts(rows: list[Any]) -> None:
-    expected = [("done", 4), ("failed", 2), ("out_of_scope", 2), ("processing", 1),
-                ("queued", 1), ("waiting", 1)]
+    expected = [
+        ("done", 4),
+        ("failed", 2),
+        ("out_of_scope", 2),
+        ("processing", 1),
+        ("queued", 1),
+        ("waiting", 1),
+    ]
     assert [tuple(r) for r in rows] == expected
 
 
@@ -334,30 +392,67 @@ def check_answers_by_model(rows: list[Any]) -> None:
 
 
 def check_changed_between(rows: list[Any]) -> None:
-    got = [(r.sop_instance_uid, r.label_a, r.confidence_a, r.label_b, r.confidence_b)
-           for r in rows]
+    got = [(r.sop_instance_uid, r.label_a, r.confidence_a, r.label_b, r.confidence_b) for r in rows]
     assert got == [(_uid("i2"), "frontal", pytest.approx(0.90), "lateral", pytest.approx(0.95))]
     assert rows[0].study_instance_uid == "1.2.840.1" and rows[0].header_view_position == "PA"
 
 
 def check_reclassify_runs(rows: list[Any]) -> None:
-    got = [(r.actor, r.model_version, r.study_instance_uid, r.since, _bool(r.include_failed),
-            r.sent, r.skipped) for r in rows]
+    got = [
+        (
+            r.actor,
+            r.model_version,
+            r.study_instance_uid,
+            r.since,
+            _bool(r.include_failed),
+            r.sent,
+            r.skipped,
+        )
+        for r in rows
+    ]
     assert got == [("dr-a", "compact-v1", "1.2.840.1", None, False, 1, 5)]
     assert rows[0].cursor_instance_id > 0 and rows[0].finished_at is not None
 
 
 def check_uid_conflicts(rows: list[Any]) -> None:
-    got = [(r.sop_instance_uid, r.instance_study, r.file_study, _bool(r.study_matches),
-            r.policy, r.action, r.known_status, r.new_file_path) for r in rows]
+    got = [
+        (
+            r.sop_instance_uid,
+            r.instance_study,
+            r.file_study,
+            _bool(r.study_matches),
+            r.policy,
+            r.action,
+            r.known_status,
+            r.new_file_path,
+        )
+        for r in rows
+    ]
     assert got == [
-        (_uid("i6"), "1.2.840.1", "1.2.840.1", True, "keep_first", "kept_first", "queued",
-         "/archive/resent/i6.dcm"),
-        (_uid("i2"), "1.2.840.1", "1.2.840.9", False, "replace", "kept_first", "done",
-         "/archive/resent/i2.dcm"),
+        (
+            _uid("i6"),
+            "1.2.840.1",
+            "1.2.840.1",
+            True,
+            "keep_first",
+            "kept_first",
+            "queued",
+            "/archive/resent/i6.dcm",
+        ),
+        (
+            _uid("i2"),
+            "1.2.840.1",
+            "1.2.840.9",
+            False,
+            "replace",
+            "kept_first",
+            "done",
+            "/archive/resent/i2.dcm",
+        ),
     ]
     assert {(r.known_file_sha256, r.new_file_sha256, r.current_file_sha256) for r in rows} == {
-        ("0" * 64, "3" * 64, "0" * 64)}
+        ("0" * 64, "3" * 64, "0" * 64)
+    }
     assert all(r.created_at is not None for r in rows)
 
 
@@ -401,26 +496,36 @@ def check_stored_turned(rows: list[Any]) -> None:
 
 
 def check_unusual_images(rows: list[Any]) -> None:
-    assert [(r.sop_instance_uid, r.review_reason) for r in rows] == [
-        (_uid("i3"), "unusual_image")]
+    assert [(r.sop_instance_uid, r.review_reason) for r in rows] == [(_uid("i3"), "unusual_image")]
     assert rows[0].unusual_score == 3.5
 
 
 def check_out_of_scope(rows: list[Any]) -> None:
     assert [(r.sop_instance_uid, r.modality, r.error_message.split(":")[0]) for r in rows] == [
-        ("1.2.840.2.ct", "CT", "modality"), ("1.2.840.2.mr", "MR", "modality")]
+        ("1.2.840.2.ct", "CT", "modality"),
+        ("1.2.840.2.mr", "MR", "modality"),
+    ]
 
 
 def check_current_study_answers(rows: list[Any]) -> None:
     # Study 1 has work unfinished (i6 queued, i7 processing): no answer yet.
-    assert [(r.study_instance_uid, r.sequence, r.frontal_count, r.lateral_count,
-             r.out_of_scope_count, r.flags) for r in rows] == [
-        ("1.2.840.2", 2, 0, 0, 2, "no_frontal,no_lateral")]
+    assert [
+        (
+            r.study_instance_uid,
+            r.sequence,
+            r.frontal_count,
+            r.lateral_count,
+            r.out_of_scope_count,
+            r.flags,
+        )
+        for r in rows
+    ] == [("1.2.840.2", 2, 0, 0, 2, "no_frontal,no_lateral")]
 
 
 def check_study_answer_history(rows: list[Any]) -> None:
-    assert [(r.study_instance_uid, r.sequence, r.instance_count, r.out_of_scope_count)
-            for r in rows] == [("1.2.840.2", 1, 1, 1), ("1.2.840.2", 2, 2, 2)]
+    assert [
+        (r.study_instance_uid, r.sequence, r.instance_count, r.out_of_scope_count) for r in rows
+    ] == [("1.2.840.2", 1, 1, 1), ("1.2.840.2", 2, 2, 2)]
 
 
 def check_waiting_studies(rows: list[Any]) -> None:
@@ -429,47 +534,71 @@ def check_waiting_studies(rows: list[Any]) -> None:
 
 
 def check_outbox(rows: list[Any]) -> None:
-    assert [tuple(r[:4]) for r in rows] == [(CORRECTION_DESTINATION, 1, 0, 0),
-                                            (OUTBOX_DESTINATION, 2, 1, 1)]
+    assert [tuple(r[:4]) for r in rows] == [
+        (CORRECTION_DESTINATION, 1, 0, 0),
+        (OUTBOX_DESTINATION, 2, 1, 1),
+    ]
     assert rows[1].oldest_pending is not None and rows[1].most_attempts == 0
 
 
 def check_corrections(rows: list[Any]) -> None:
-    assert [(r.original, r.action, r.faults, r.view, r.decided_via, r.decided_by,
-             r.pending, r.last_sent) for r in rows] == [
-        (_uid("i2"), "correct", "turned,header_view", "LL", "review", "reviewer rita", 1,
-         None)]
+    assert [
+        (
+            r.original,
+            r.action,
+            r.faults,
+            r.view,
+            r.decided_via,
+            r.decided_by,
+            r.pending,
+            r.last_sent,
+        )
+        for r in rows
+    ] == [(_uid("i2"), "correct", "turned,header_view", "LL", "review", "reviewer rita", 1, None)]
     assert rows[0].replacement_sop_instance_uid.startswith("2.25.")
 
 
 def check_outbox_reports(rows: list[Any]) -> None:
     assert [(r.sop_instance_uid, r.status) for r in rows] == [
-        (_uid("i1"), "sent"), (_uid("i2"), "failed"), (_uid("i3"), "pending"),
-        (_uid("i8"), "pending")]
+        (_uid("i1"), "sent"),
+        (_uid("i2"), "failed"),
+        (_uid("i3"), "pending"),
+        (_uid("i8"), "pending"),
+    ]
     assert rows[1].last_error.startswith("delivery_refused")
     assert len({r.sr_sop_instance_uid for r in rows}) == 4
     assert rows[0].sent_at is not None and rows[2].sent_at is None
 
 
-
 def check_projections(rows: list[Any]) -> None:
     """i1: the model says AP where the header says PA; i3: p_ap but no projection
     (abstained, no header view); i1's first answer (compact-v1, no head) is not current."""
-    got = [(r.sop_instance_uid, r.header_view_position, r.projection, round(r.p_ap, 2),
-            _bool(r.projection_agrees), r.model_version) for r in rows]
-    assert got == [(_uid("i1"), "PA", "AP", 0.91, False, "compact-v2"),
-                   (_uid("i3"), None, None, 0.6, None, "compact-v2")]
+    got = [
+        (
+            r.sop_instance_uid,
+            r.header_view_position,
+            r.projection,
+            round(r.p_ap, 2),
+            _bool(r.projection_agrees),
+            r.model_version,
+        )
+        for r in rows
+    ]
+    assert got == [
+        (_uid("i1"), "PA", "AP", 0.91, False, "compact-v2"),
+        (_uid("i3"), None, None, 0.6, None, "compact-v2"),
+    ]
 
 
 def check_projection_coverage(rows: list[Any]) -> None:
-    got = [(r.model_version, r.frontals, r.projection_stated, r.header_disagrees)
-           for r in rows]
+    got = [(r.model_version, r.frontals, r.projection_stated, r.header_disagrees) for r in rows]
     assert got == [("compact-v2", 2, 1, 1)]
 
 
 def check_projection_labels(rows: list[Any]) -> None:
     got = [(r.sop_instance_uid, r.true_projection, r.annotator, r.predicted) for r in rows]
     assert got == [(_uid("i1"), "PA", "dr-a", "AP")]
+
 
 CHECKS = {
     "out-of-scope": check_out_of_scope,

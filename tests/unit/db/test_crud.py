@@ -43,8 +43,11 @@ def _lapse(instance_id: int) -> None:
     from sqlalchemy import update
 
     with session_scope() as session:
-        session.execute(update(crud.Instance).where(crud.Instance.id == instance_id)
-                        .values(lease_expires_at=utcnow() - timedelta(seconds=1)))
+        session.execute(
+            update(crud.Instance)
+            .where(crud.Instance.id == instance_id)
+            .values(lease_expires_at=utcnow() - timedelta(seconds=1))
+        )
 
 
 def test_claim_is_a_lease_exclusive_until_it_lapses(migrated_db: str) -> None:
@@ -52,17 +55,28 @@ def test_claim_is_a_lease_exclusive_until_it_lapses(migrated_db: str) -> None:
         instance, _ = _add(session, "2.1")
         instance_id = instance.id
     with session_scope() as session:
-        assert crud.claim_for_processing(session, instance_id=instance_id, lease_s=20,
-                                         claim_token="a" * 32, claimed_by="nodeA@h:1")
-        assert not crud.claim_for_processing(session, instance_id=instance_id, lease_s=20,
-                                             claim_token="b" * 32)
+        assert crud.claim_for_processing(
+            session,
+            instance_id=instance_id,
+            lease_s=20,
+            claim_token="a" * 32,
+            claimed_by="nodeA@h:1",
+        )
+        assert not crud.claim_for_processing(
+            session, instance_id=instance_id, lease_s=20, claim_token="b" * 32
+        )
         row = session.get(crud.Instance, instance_id)
         assert row is not None and row.claimed_by == "nodeA@h:1"
         assert row.lease_expires_at is not None
     _lapse(instance_id)
     with session_scope() as session:
-        assert crud.claim_for_processing(session, instance_id=instance_id, lease_s=20,
-                                         claim_token="b" * 32, claimed_by="nodeB@h:2")
+        assert crud.claim_for_processing(
+            session,
+            instance_id=instance_id,
+            lease_s=20,
+            claim_token="b" * 32,
+            claimed_by="nodeB@h:2",
+        )
         row = session.get(crud.Instance, instance_id)
         assert row is not None and row.attempts == 2 and row.claim_token == "b" * 32
 
@@ -73,10 +87,12 @@ def test_renewal_keeps_a_slow_claim_and_only_the_holders(migrated_db: str) -> No
         b, _ = _add(session, "2.3")
         ids = (a.id, b.id)
     with session_scope() as session:
-        assert crud.claim_for_processing(session, instance_id=ids[0], lease_s=20,
-                                         claim_token="a" * 32)
-        assert crud.claim_for_processing(session, instance_id=ids[1], lease_s=20,
-                                         claim_token="b" * 32)
+        assert crud.claim_for_processing(
+            session, instance_id=ids[0], lease_s=20, claim_token="a" * 32
+        )
+        assert crud.claim_for_processing(
+            session, instance_id=ids[1], lease_s=20, claim_token="b" * 32
+        )
     _lapse(ids[0])
     _lapse(ids[1])
     with session_scope() as session:  # holder a renews in time; b's worker is gone
@@ -110,25 +126,47 @@ def test_a_lapsed_claim_records_nothing_its_successor_records_once(migrated_db: 
         version = register_version(session, "m-lease")
         instance_id, version_id = instance.id, version.id
     with session_scope() as session:
-        assert crud.claim_for_processing(session, instance_id=instance_id, lease_s=20,
-                                         claim_token="a" * 32)
+        assert crud.claim_for_processing(
+            session, instance_id=instance_id, lease_s=20, claim_token="a" * 32
+        )
     _lapse(instance_id)
     with session_scope() as session:
         assert crud.requeue_lapsed_claims(session, lease_s=20) == [instance_id]
-        assert crud.claim_for_processing(session, instance_id=instance_id, lease_s=20,
-                                         claim_token="b" * 32)
+        assert crud.claim_for_processing(
+            session, instance_id=instance_id, lease_s=20, claim_token="b" * 32
+        )
     with session_scope() as session:  # the cut-off worker is back
-        assert crud.held_instance_ids(session, claim_token="a" * 32,
-                                      instance_ids=[instance_id]) == []
-        assert crud.record_predictions(session, model_version_id=version_id, worker="A",
-                                       records=[_record(instance_id)],
-                                       claim_token="a" * 32) == 0
-        assert not crud.mark_failed(session, instance_id=instance_id, error_code="x",
-                                    error_message="x", claim_token="a" * 32)
+        assert (
+            crud.held_instance_ids(session, claim_token="a" * 32, instance_ids=[instance_id]) == []
+        )
+        assert (
+            crud.record_predictions(
+                session,
+                model_version_id=version_id,
+                worker="A",
+                records=[_record(instance_id)],
+                claim_token="a" * 32,
+            )
+            == 0
+        )
+        assert not crud.mark_failed(
+            session,
+            instance_id=instance_id,
+            error_code="x",
+            error_message="x",
+            claim_token="a" * 32,
+        )
     with session_scope() as session:
-        assert crud.record_predictions(session, model_version_id=version_id, worker="B",
-                                       records=[_record(instance_id)],
-                                       claim_token="b" * 32) == 1
+        assert (
+            crud.record_predictions(
+                session,
+                model_version_id=version_id,
+                worker="B",
+                records=[_record(instance_id)],
+                claim_token="b" * 32,
+            )
+            == 1
+        )
         row = crud.get_instance(session, instance_id=instance_id)
         assert row is not None and row.status == InstanceStatus.done
         assert row.claim_token is None and row.lease_expires_at is None
@@ -269,10 +307,23 @@ def test_lookups_by_uid_span_more_than_one_chunk(migrated_db: str) -> None:
         made = crud.get_or_create_studies(session, studies=studies)
         assert sorted(made) == sorted(studies)
         study = made["8.0"]
-        crud.add_instances(session, new=[crud.NewInstance(
-            study=study, sop_instance_uid=uid, series_instance_uid=None,
-            file_path=f"/x/{uid}.dcm", file_sha256="0" * 64, file_size=1, modality="CR",
-            transfer_syntax_uid=None, header_view_position=None) for uid in uids[1:]])
+        crud.add_instances(
+            session,
+            new=[
+                crud.NewInstance(
+                    study=study,
+                    sop_instance_uid=uid,
+                    series_instance_uid=None,
+                    file_path=f"/x/{uid}.dcm",
+                    file_sha256="0" * 64,
+                    file_size=1,
+                    modality="CR",
+                    transfer_syntax_uid=None,
+                    header_view_position=None,
+                )
+                for uid in uids[1:]
+            ],
+        )
     with session_scope() as session:
         again = crud.get_or_create_studies(session, studies=studies)
         assert {s.id for s in again.values()} == {s.id for s in made.values()}

@@ -21,7 +21,8 @@ RECIPES = sorted(p.stem for p in (ROOT / "recipes").glob("*.py") if p.stem != "_
 
 @pytest.mark.parametrize("name", RECIPES)
 def test_every_recipe_runs_as_a_module_and_answers_help(
-        name: str, capsys: pytest.CaptureFixture[str]) -> None:
+    name: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     module = importlib.import_module(f"recipes.{name}")
     with pytest.raises(SystemExit) as stop:
         module.main(["--help"])
@@ -43,19 +44,35 @@ def test_every_shipped_checkpoint_has_its_recipe_and_every_recipe_is_listed() ->
 
 
 def test_the_development_data_come_from_cxr_dev_data(tmp_path: Path) -> None:
-    code = ("from recipes.common import devdata; from bench import dicom_factory; "
-            "print(devdata.COVID_CXR); print(devdata.NONCHEST); print(dicom_factory.COVID_CXR)")
+    code = (
+        "from recipes.common import devdata; from bench import dicom_factory; "
+        "print(devdata.COVID_CXR); print(devdata.NONCHEST); print(dicom_factory.COVID_CXR)"
+    )
     env = {**os.environ, "CXR_DEV_DATA": str(tmp_path), "PYTHONPATH": str(ROOT)}
-    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path, text=True,
-                         capture_output=True, check=True).stdout.split()
-    assert out == [str(tmp_path / "covid-cxr"), str(tmp_path / "nonchest"),
-                   str(tmp_path / "covid-cxr")]
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        env=env,
+        cwd=tmp_path,
+        text=True,
+        capture_output=True,
+        check=True,
+    ).stdout.split()
+    assert out == [
+        str(tmp_path / "covid-cxr"),
+        str(tmp_path / "nonchest"),
+        str(tmp_path / "covid-cxr"),
+    ]
     env.pop("CXR_DEV_DATA")
-    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path, text=True,
-                         capture_output=True, check=True).stdout.split()
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        env=env,
+        cwd=tmp_path,
+        text=True,
+        capture_output=True,
+        check=True,
+    ).stdout.split()
     beside = ROOT.parent / "shared" / "data"
-    assert out == [str(beside / "covid-cxr"), str(beside / "nonchest"),
-                   str(beside / "covid-cxr")]
+    assert out == [str(beside / "covid-cxr"), str(beside / "nonchest"), str(beside / "covid-cxr")]
 
 
 def test_a_film_stored_in_a_pose_has_that_copy_upright() -> None:

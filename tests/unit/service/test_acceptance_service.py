@@ -37,23 +37,36 @@ class Plan:
 
     def login(self, username: str) -> None:
         form = self.client.get("/login")
-        self.client.post("/login", data={"username": username, "password": PASSWORD,
-                                         "csrf_token": csrf_of(form.text)})
+        self.client.post(
+            "/login",
+            data={"username": username, "password": PASSWORD, "csrf_token": csrf_of(form.text)},
+        )
 
 
 @pytest.fixture
-def plan(tmp_path: Path, configure: Callable[..., None],
-         monkeypatch: pytest.MonkeyPatch) -> Iterator[Plan]:
+def plan(
+    tmp_path: Path, configure: Callable[..., None], monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Plan]:
     setup = embedded_setup(tmp_path, configure, monkeypatch)
     with session_scope() as session:
         version = active_version(session)
-        ids = [answered_instance(session, root=setup.root, version=version, index=n,
-                                 label="lateral" if n == 2 else "frontal",
-                                 confidence=0.97, needs_review=False) for n in (1, 2, 3)]
+        ids = [
+            answered_instance(
+                session,
+                root=setup.root,
+                version=version,
+                index=n,
+                label="lateral" if n == 2 else "frontal",
+                confidence=0.97,
+                needs_review=False,
+            )
+            for n in (1, 2, 3)
+        ]
         for name, role in (("rita", "reviewer"), ("audrey", "auditor")):
             create_user(session, username=name, role=role, password=PASSWORD)
-        plan_id = create_plan(session, name="site", actor="qa", seed=1,
-                              targets=PlanTargets()).plan_id
+        plan_id = create_plan(
+            session, name="site", actor="qa", seed=1, targets=PlanTargets()
+        ).plan_id
     with TestClient(create_app(), base_url="http://testserver") as client:
         yield Plan(client, plan_id, ids)
 
@@ -82,20 +95,24 @@ def test_a_decision_is_a_review_label_with_its_projection(plan: Plan) -> None:
     assert refused.status_code == 403  # no CSRF token
     bad = plan.client.post(url, data={"decision": "sideways", "csrf_token": token})
     assert bad.status_code == 400
-    done = plan.client.post(url, data={"decision": "frontal_ap", "csrf_token": token},
-                            follow_redirects=False)
+    done = plan.client.post(
+        url, data={"decision": "frontal_ap", "csrf_token": token}, follow_redirects=False
+    )
     assert done.status_code == 303
     assert done.headers["location"] == f"/review/acceptance/{plan.plan_id}/items/{plan.ids[1]}"
-    outside = plan.client.post(f"/review/acceptance/{plan.plan_id}/items/999999/label",
-                               data={"decision": "lateral", "csrf_token": token})
+    outside = plan.client.post(
+        f"/review/acceptance/{plan.plan_id}/items/999999/label",
+        data={"decision": "lateral", "csrf_token": token},
+    )
     assert outside.status_code == 400
     assert plan.client.get(f"/review/acceptance/{plan.plan_id + 1}").status_code == 404
     with session_scope() as session:
         labels = crud.labels_of(session, instance_id=first)
         items = crud.acceptance_items(session, plan_id=plan.plan_id)
     assert [(g.label.value, g.source, g.annotator) for g in labels] == [
-        ("frontal", "review", "rita")]
+        ("frontal", "review", "rita")
+    ]
     assert [(i.label, i.projection, i.annotator) for i in items if i.instance_id == first] == [
-        ("frontal", "AP", "rita")]
-    assert "1 of 3 films labelled" in plan.client.get(
-        f"/review/acceptance/{plan.plan_id}").text
+        ("frontal", "AP", "rita")
+    ]
+    assert "1 of 3 films labelled" in plan.client.get(f"/review/acceptance/{plan.plan_id}").text

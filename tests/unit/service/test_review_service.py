@@ -34,13 +34,16 @@ class Site:
     ids: dict[str, int]
     root: Path
 
-    def login(self, username: str, password: str = PASSWORD,
-              client: TestClient | None = None) -> httpx.Response:
+    def login(
+        self, username: str, password: str = PASSWORD, client: TestClient | None = None
+    ) -> httpx.Response:
         client = client or self.client
         form = client.get("/login")
-        return client.post("/login", data={"username": username, "password": password,
-                                           "csrf_token": csrf_of(form.text)},
-                           follow_redirects=False)
+        return client.post(
+            "/login",
+            data={"username": username, "password": password, "csrf_token": csrf_of(form.text)},
+            follow_redirects=False,
+        )
 
 
 def csrf_of(html: str) -> str:
@@ -50,19 +53,23 @@ def csrf_of(html: str) -> str:
 
 
 @pytest.fixture
-def site(tmp_path: Path, configure: Callable[..., None],
-         monkeypatch: pytest.MonkeyPatch) -> Iterator[Site]:
+def site(
+    tmp_path: Path, configure: Callable[..., None], monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Site]:
     setup = embedded_setup(tmp_path, configure, monkeypatch)
     ids: dict[str, int] = {}
     with session_scope() as session:
         version = active_version(session)
         ids["low"] = answered_instance(session, root=setup.root, version=version, index=1)
-        ids["confident"] = answered_instance(session, root=setup.root, version=version,
-                                             index=2, confidence=0.99, needs_review=False)
-        ids["disagree"] = answered_instance(session, root=setup.root, version=version, index=3,
-                                            label="lateral", header_agrees=False)
-        ids["unusual"] = answered_instance(session, root=setup.root, version=version, index=4,
-                                           review_reason="unusual_image")
+        ids["confident"] = answered_instance(
+            session, root=setup.root, version=version, index=2, confidence=0.99, needs_review=False
+        )
+        ids["disagree"] = answered_instance(
+            session, root=setup.root, version=version, index=3, label="lateral", header_agrees=False
+        )
+        ids["unusual"] = answered_instance(
+            session, root=setup.root, version=version, index=4, review_reason="unusual_image"
+        )
         for name, role in (("rita", "reviewer"), ("audrey", "auditor"), ("ada", "admin")):
             create_user(session, username=name, role=role, password=PASSWORD)
     with TestClient(create_app(), base_url="http://testserver") as client:
@@ -84,8 +91,9 @@ def test_login_sets_a_hardened_session_cookie(site: Site) -> None:
     assert PASSWORD not in cookie
 
 
-def test_a_wrong_password_is_refused_and_rate_limited(site: Site,
-                                                      configure: Callable[..., None]) -> None:
+def test_a_wrong_password_is_refused_and_rate_limited(
+    site: Site, configure: Callable[..., None]
+) -> None:
     for _ in range(5):
         assert site.login("rita", "wrong password!!").status_code == 401
     # The sixth is refused before the password is looked at: even the right one.
@@ -95,8 +103,15 @@ def test_a_wrong_password_is_refused_and_rate_limited(site: Site,
     # Another user from the same address is not limited by rita's failures.
     assert site.login("audrey").status_code == 303
     with session_scope() as session:
-        assert crud.count_login_failures(session, username="rita", address="testclient",
-                                         since=utcnow() - timedelta(seconds=3600)) == 5
+        assert (
+            crud.count_login_failures(
+                session,
+                username="rita",
+                address="testclient",
+                since=utcnow() - timedelta(seconds=3600),
+            )
+            == 5
+        )
 
 
 def test_an_unknown_user_gets_the_same_answer_as_a_wrong_password(site: Site) -> None:
@@ -109,8 +124,9 @@ def test_an_unknown_user_gets_the_same_answer_as_a_wrong_password(site: Site) ->
 def test_a_form_without_its_csrf_token_is_refused(site: Site) -> None:
     form = site.client.get("/login")
     assert csrf_of(form.text)
-    refused = site.client.post("/login", data={"username": "rita", "password": PASSWORD},
-                               follow_redirects=False)
+    refused = site.client.post(
+        "/login", data={"username": "rita", "password": PASSWORD}, follow_redirects=False
+    )
     assert refused.status_code == 403
     assert site.login("rita").status_code == 303
     item = site.ids["low"]
@@ -118,12 +134,15 @@ def test_a_form_without_its_csrf_token_is_refused(site: Site) -> None:
         data = {"decision": "frontal", "filter": "flagged"}
         if token:
             data["csrf_token"] = token
-        answer = site.client.post(f"/review/items/{item}/label", data=data,
-                                  follow_redirects=False)
+        answer = site.client.post(f"/review/items/{item}/label", data=data, follow_redirects=False)
         assert answer.status_code == 403
     # The JSON API from a browser session needs the header too.
-    assert site.client.post(f"/api/v1/review/items/{item}/label",
-                            json={"decision": "frontal"}).status_code == 403
+    assert (
+        site.client.post(
+            f"/api/v1/review/items/{item}/label", json={"decision": "frontal"}
+        ).status_code
+        == 403
+    )
     with session_scope() as session:
         assert crud.labels_of(session, instance_id=item) == []
 
@@ -196,20 +215,24 @@ def test_images_come_from_the_stored_file_or_say_why_not(site: Site) -> None:
 
 
 def test_a_decision_is_a_review_label_and_the_page_moves_on(
-        site: Site, caplog: pytest.LogCaptureFixture) -> None:
+    site: Site, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.DEBUG)
     site.login("rita")
     first = site.ids["low"]
     page = site.client.get(f"/review/items/{first}")
-    answer = site.client.post(f"/review/items/{first}/label", follow_redirects=False,
-                              data={"decision": "lateral", "filter": "flagged",
-                                    "csrf_token": csrf_of(page.text)})
+    answer = site.client.post(
+        f"/review/items/{first}/label",
+        follow_redirects=False,
+        data={"decision": "lateral", "filter": "flagged", "csrf_token": csrf_of(page.text)},
+    )
     assert answer.status_code == 303
     assert answer.headers["location"] == f"/review/items/{site.ids['disagree']}?filter=flagged"
     with session_scope() as session:
         labels = crud.labels_of(session, instance_id=first)
         assert [(g.label, g.source, g.annotator) for g in labels] == [
-            (LabelValue.lateral, REVIEW_SOURCE, "rita")]
+            (LabelValue.lateral, REVIEW_SOURCE, "rita")
+        ]
     queue = site.client.get("/review").text
     assert f'data-instance="{first}"' not in queue
     assert PATIENT_ID not in caplog.text and UID_ROOT not in caplog.text
@@ -221,32 +244,56 @@ def test_the_projection_is_shown_and_a_reviewer_can_set_it(site: Site) -> None:
     with session_scope() as session:
         version = crud.find_model_version(session, name="m1")
         assert version is not None
-        said_ap = answered_instance(session, root=site.root, version=version, index=9,
-                                    projection="AP", p_ap=0.91, projection_agrees=False)
+        said_ap = answered_instance(
+            session,
+            root=site.root,
+            version=version,
+            index=9,
+            projection="AP",
+            p_ap=0.91,
+            projection_agrees=False,
+        )
     site.login("rita")
     page = site.client.get(f"/review/items/{said_ap}")
     shown = re.search(r'<td id="projection">(.*?)</td>', page.text)
     assert shown and "AP (p_ap 0.91)" in shown.group(1) and "header disagrees" in shown.group(1)
     assert 'id="decide-frontal-pa"' in page.text and 'id="decide-frontal-ap"' in page.text
-    answer = site.client.post(f"/review/items/{said_ap}/label", follow_redirects=False,
-                              data={"decision": "frontal", "projection": "PA",
-                                    "filter": "flagged", "csrf_token": csrf_of(page.text)})
+    answer = site.client.post(
+        f"/review/items/{said_ap}/label",
+        follow_redirects=False,
+        data={
+            "decision": "frontal",
+            "projection": "PA",
+            "filter": "flagged",
+            "csrf_token": csrf_of(page.text),
+        },
+    )
     assert answer.status_code == 303, answer.text
-    refused = site.client.post(f"/review/items/{said_ap}/label", follow_redirects=False,
-                               data={"decision": "lateral", "projection": "PA",
-                                     "filter": "flagged", "csrf_token": csrf_of(page.text)})
+    refused = site.client.post(
+        f"/review/items/{said_ap}/label",
+        follow_redirects=False,
+        data={
+            "decision": "lateral",
+            "projection": "PA",
+            "filter": "flagged",
+            "csrf_token": csrf_of(page.text),
+        },
+    )
     assert refused.status_code == 400
     item = site.client.get(f"/api/v1/review/items/{said_ap}").json()
     assert (item["projection"], item["p_ap"], item["projection_agrees"]) == ("AP", 0.91, False)
-    made = site.client.post(f"/api/v1/review/items/{said_ap}/label",
-                            json={"decision": "frontal", "projection": "AP"},
-                            headers={"X-CSRF-Token": csrf_of(page.text)})
+    made = site.client.post(
+        f"/api/v1/review/items/{said_ap}/label",
+        json={"decision": "frontal", "projection": "AP"},
+        headers={"X-CSRF-Token": csrf_of(page.text)},
+    )
     assert made.status_code == 201, made.text
     assert made.json()["projection"] == "AP"
     with session_scope() as session:
-        assert [(g.label, g.projection) for g in crud.labels_of(
-            session, instance_id=said_ap)] == [(LabelValue.frontal, "PA"),
-                                               (LabelValue.frontal, "AP")]
+        assert [(g.label, g.projection) for g in crud.labels_of(session, instance_id=said_ap)] == [
+            (LabelValue.frontal, "PA"),
+            (LabelValue.frontal, "AP"),
+        ]
 
 
 def test_the_api_with_a_token(site: Site) -> None:
@@ -257,14 +304,20 @@ def test_the_api_with_a_token(site: Site) -> None:
     client.headers["Authorization"] = f"Bearer {token}"
     queue = client.get("/api/v1/review/queue?limit=2").json()
     assert [i["instance_id"] for i in queue["items"]] == sorted(
-        [site.ids["low"], site.ids["disagree"]])
+        [site.ids["low"], site.ids["disagree"]]
+    )
     assert queue["next_after"] == queue["items"][-1]["instance_id"]
-    made = client.post(f"/api/v1/review/items/{site.ids['unusual']}/label",
-                       json={"decision": "not_chest"})
+    made = client.post(
+        f"/api/v1/review/items/{site.ids['unusual']}/label", json={"decision": "not_chest"}
+    )
     assert made.status_code == 201, made.text
     assert made.json()["annotator"] == "token:qa-script"
-    assert client.post(f"/api/v1/review/items/{site.ids['unusual']}/label",
-                       json={"decision": "sideways"}).status_code == 422
+    assert (
+        client.post(
+            f"/api/v1/review/items/{site.ids['unusual']}/label", json={"decision": "sideways"}
+        ).status_code
+        == 422
+    )
     assert client.get("/api/v1/audit/rates").status_code == 403
     client.headers["Authorization"] = f"Bearer {stow_only}"
     assert client.get("/api/v1/review/queue").status_code == 403
@@ -279,12 +332,12 @@ def test_the_trusted_proxy_header(site: Site, configure: Callable[..., None]) ->
     from_proxy = TestClient(app, client=("127.0.0.1", 50000))
     assert from_proxy.get("/review", headers={"X-Remote-User": "rita"}).status_code == 200
     assert from_proxy.get("/admin/users", headers={"X-Remote-User": "rita"}).status_code == 403
-    unknown = from_proxy.get("/review", headers={"X-Remote-User": "mallory"},
-                             follow_redirects=False)
+    unknown = from_proxy.get(
+        "/review", headers={"X-Remote-User": "mallory"}, follow_redirects=False
+    )
     assert unknown.status_code == 303
     elsewhere = TestClient(app, client=("192.0.2.7", 50000))
-    spoofed = elsewhere.get("/review", headers={"X-Remote-User": "rita"},
-                            follow_redirects=False)
+    spoofed = elsewhere.get("/review", headers={"X-Remote-User": "rita"}, follow_redirects=False)
     assert spoofed.status_code == 303 and spoofed.headers["location"].startswith("/login")
 
 
@@ -293,8 +346,11 @@ def test_the_audit_pages(site: Site) -> None:
     overview = site.client.get("/audit")
     assert overview.status_code == 200
     assert "<svg" in overview.text and "m1" in overview.text
-    found = site.client.post("/audit/studies", follow_redirects=False, data={
-        "study_instance_uid": f"{UID_ROOT}.9{1}", "csrf_token": csrf_of(overview.text)})
+    found = site.client.post(
+        "/audit/studies",
+        follow_redirects=False,
+        data={"study_instance_uid": f"{UID_ROOT}.9{1}", "csrf_token": csrf_of(overview.text)},
+    )
     assert found.status_code == 303
     location = found.headers["location"]
     assert re.fullmatch(r"/audit/studies/\d+", location)
@@ -308,17 +364,26 @@ def test_the_audit_pages(site: Site) -> None:
 def test_admin_adds_and_disables_users(site: Site) -> None:
     site.login("ada")
     page = site.client.get("/admin/users")
-    made = site.client.post("/admin/users", data={
-        "username": "rob", "role": "reviewer", "password": "a long enough secret",
-        "csrf_token": csrf_of(page.text)})
+    made = site.client.post(
+        "/admin/users",
+        data={
+            "username": "rob",
+            "role": "reviewer",
+            "password": "a long enough secret",
+            "csrf_token": csrf_of(page.text),
+        },
+    )
     assert made.status_code == 200 and "added rob" in made.text
     with session_scope() as session:
         rob = crud.find_user(session, username="rob")
         assert rob is not None and rob.password_hash is not None
         assert rob.password_hash.startswith("$argon2id$")
         rob_id = rob.id
-    gone = site.client.post(f"/admin/users/{rob_id}/disable",
-                            data={"csrf_token": csrf_of(made.text)}, follow_redirects=False)
+    gone = site.client.post(
+        f"/admin/users/{rob_id}/disable",
+        data={"csrf_token": csrf_of(made.text)},
+        follow_redirects=False,
+    )
     assert gone.status_code == 303
     with session_scope() as session:
         assert session.get(GroundTruthLabel, 1) is None

@@ -23,26 +23,42 @@ from service.limits import limits_for
 PROXIES = [ipaddress.ip_network("10.0.0.5"), ipaddress.ip_network("10.1.0.0/16")]
 
 
-@pytest.mark.parametrize(("peer", "forwarded", "client"), [
-    ("127.0.0.1", ["10.0.0.5"], "127.0.0.1"),  # not a proxy: the header is not read
-    ("192.0.2.7", ["198.51.100.1"], "192.0.2.7"),
-    ("10.0.0.5", [], "10.0.0.5"),  # a proxy without the header: itself
-    ("10.0.0.5", ["198.51.100.1"], "198.51.100.1"),
-    ("10.0.0.5", ["6.6.6.6, 198.51.100.1"], "198.51.100.1"),  # what the client wrote left
-    ("10.0.0.5", ["6.6.6.6", "198.51.100.1"], "198.51.100.1"),  # two header lines
-    ("10.0.0.5", ["198.51.100.1, 10.1.2.3"], "198.51.100.1"),  # a second proxy skipped
-    ("10.0.0.5", ["10.1.2.3, 10.1.2.4"], "10.1.2.3"),  # proxies all the way: the leftmost
-    ("10.0.0.5", ["198.51.100.1, not-an-address"], "10.0.0.5"),  # garbage stops the walk
-    ("10.0.0.5", ["2001:db8::1"], "2001:db8::1"),
-    ("::ffff:10.0.0.5", ["198.51.100.1"], "198.51.100.1"),  # dual-stack socket
-], ids=["untrusted-peer", "untrusted-other", "proxy-alone", "proxy", "forged-left",
-        "two-lines", "chain", "all-proxies", "garbage", "ipv6", "ipv4-mapped"])
+@pytest.mark.parametrize(
+    ("peer", "forwarded", "client"),
+    [
+        ("127.0.0.1", ["10.0.0.5"], "127.0.0.1"),  # not a proxy: the header is not read
+        ("192.0.2.7", ["198.51.100.1"], "192.0.2.7"),
+        ("10.0.0.5", [], "10.0.0.5"),  # a proxy without the header: itself
+        ("10.0.0.5", ["198.51.100.1"], "198.51.100.1"),
+        ("10.0.0.5", ["6.6.6.6, 198.51.100.1"], "198.51.100.1"),  # what the client wrote left
+        ("10.0.0.5", ["6.6.6.6", "198.51.100.1"], "198.51.100.1"),  # two header lines
+        ("10.0.0.5", ["198.51.100.1, 10.1.2.3"], "198.51.100.1"),  # a second proxy skipped
+        ("10.0.0.5", ["10.1.2.3, 10.1.2.4"], "10.1.2.3"),  # proxies all the way: the leftmost
+        ("10.0.0.5", ["198.51.100.1, not-an-address"], "10.0.0.5"),  # garbage stops the walk
+        ("10.0.0.5", ["2001:db8::1"], "2001:db8::1"),
+        ("::ffff:10.0.0.5", ["198.51.100.1"], "198.51.100.1"),  # dual-stack socket
+    ],
+    ids=[
+        "untrusted-peer",
+        "untrusted-other",
+        "proxy-alone",
+        "proxy",
+        "forged-left",
+        "two-lines",
+        "chain",
+        "all-proxies",
+        "garbage",
+        "ipv6",
+        "ipv4-mapped",
+    ],
+)
 def test_forwarded_client(peer: str, forwarded: list[str], client: str) -> None:
     assert forwarded_client(peer, forwarded, PROXIES) == client
 
 
 def test_every_integer_of_a_url_is_bounded_to_the_database(
-        configure: Callable[..., None], tmp_path: Path) -> None:
+    configure: Callable[..., None], tmp_path: Path
+) -> None:
     """A new route taking ``int`` from its path or query fails here until it uses DbInt."""
     configure(data_dir=tmp_path)
     unbounded = []
@@ -60,8 +76,9 @@ def test_every_integer_of_a_url_is_bounded_to_the_database(
 
 
 def test_the_limits_of_each_route() -> None:
-    settings = Settings(stow_max_request_mb=10, http_max_body_kb=8, http_body_timeout_s=5,
-                        stow_body_timeout_s=60)
+    settings = Settings(
+        stow_max_request_mb=10, http_max_body_kb=8, http_body_timeout_s=5, stow_body_timeout_s=60
+    )
     assert limits_for("/dicom-web/studies", settings).max_bytes == 10 << 20
     assert limits_for("/dicom-web/studies/1.2", settings).timeout_s == 60
     for path in ("/login", "/api/v1/review/items/1/label", "/admin/users", "/"):
@@ -70,7 +87,8 @@ def test_the_limits_of_each_route() -> None:
 
 
 def test_an_unforeseen_error_is_500_and_logged_without_its_message(
-        configure: Callable[..., None], tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    configure: Callable[..., None], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     """A database error's message quotes its parameters (what someone typed): the last
     resort (service.edge) logs the type and the frames only."""
     configure(data_dir=tmp_path)

@@ -12,22 +12,35 @@ def _m(bal: float, lat: float, ece: float) -> dict[str, float]:
     return {"balanced_accuracy": bal, "lateral_recall": lat, "ece": ece}
 
 
-@pytest.mark.parametrize(("candidate", "active", "promote"), [
-    (_m(0.99, 1.0, 0.02), _m(0.98, 1.0, 0.02), True),
-    (_m(0.98, 1.0, 0.02), _m(0.98, 0.9, 0.02), True),
-    (_m(0.98, 1.0, 0.01), _m(0.98, 1.0, 0.03), True),
-    (_m(0.98, 1.0, 0.02), _m(0.98, 1.0, 0.02), False),  # a tie gains nothing
-    # tied decisions, ECE lower by less than its noise: not a reason to swap models
-    (_m(1.0, 1.0, 0.0321), _m(1.0, 1.0, 0.0333), False),
-    (_m(0.99, 0.9, 0.02), _m(0.98, 1.0, 0.02), False),  # lateral recall worse
-    (_m(0.97, 1.0, 0.01), _m(0.98, 1.0, 0.02), False),  # balanced accuracy worse
-    (_m(0.99, 1.0, 0.02 + ECE_TOLERANCE + 0.01), _m(0.98, 1.0, 0.02), False),
-    (_m(float("nan"), 1.0, 0.0), _m(0.5, 0.5, 0.5), False),
-    (_m(0.9, 0.9, 0.1), None, True),
-], ids=["better-bal", "better-lat", "better-ece", "tie", "ece-noise", "worse-lat", "worse-bal",
-        "worse-ece", "undefined", "no-active"])
-def test_gate(candidate: dict[str, float], active: dict[str, float] | None,
-              promote: bool) -> None:
+@pytest.mark.parametrize(
+    ("candidate", "active", "promote"),
+    [
+        (_m(0.99, 1.0, 0.02), _m(0.98, 1.0, 0.02), True),
+        (_m(0.98, 1.0, 0.02), _m(0.98, 0.9, 0.02), True),
+        (_m(0.98, 1.0, 0.01), _m(0.98, 1.0, 0.03), True),
+        (_m(0.98, 1.0, 0.02), _m(0.98, 1.0, 0.02), False),  # a tie gains nothing
+        # tied decisions, ECE lower by less than its noise: not a reason to swap models
+        (_m(1.0, 1.0, 0.0321), _m(1.0, 1.0, 0.0333), False),
+        (_m(0.99, 0.9, 0.02), _m(0.98, 1.0, 0.02), False),  # lateral recall worse
+        (_m(0.97, 1.0, 0.01), _m(0.98, 1.0, 0.02), False),  # balanced accuracy worse
+        (_m(0.99, 1.0, 0.02 + ECE_TOLERANCE + 0.01), _m(0.98, 1.0, 0.02), False),
+        (_m(float("nan"), 1.0, 0.0), _m(0.5, 0.5, 0.5), False),
+        (_m(0.9, 0.9, 0.1), None, True),
+    ],
+    ids=[
+        "better-bal",
+        "better-lat",
+        "better-ece",
+        "tie",
+        "ece-noise",
+        "worse-lat",
+        "worse-bal",
+        "worse-ece",
+        "undefined",
+        "no-active",
+    ],
+)
+def test_gate(candidate: dict[str, float], active: dict[str, float] | None, promote: bool) -> None:
     decision = gate(candidate, active)
     assert decision.promote is promote, decision.reasons
     assert decision.reasons
@@ -64,5 +77,7 @@ def test_heads_of_each_architecture() -> None:
 
     assert set(ARCHITECTURE_HEADS) <= set(ARCHITECTURES)
     assert heads_of("compact_invariant_64_heads3") - heads_of("compact_invariant_64_heads2") == {
-        "chest-or-not", "PA/AP"}
+        "chest-or-not",
+        "PA/AP",
+    }
     assert heads_of("compact_invariant_64") == frozenset()

@@ -51,8 +51,16 @@ def test_train_model_tiny():
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (24, 64, 64), dtype=np.uint8)
     labels = np.array([0] * 18 + [1] * 6)
-    model, history = train_model(images, labels, architecture="compact", epochs=1,
-                                 batch_size=8, seed=0, val_fraction=0.25, verbose=0)
+    model, history = train_model(
+        images,
+        labels,
+        architecture="compact",
+        epochs=1,
+        batch_size=8,
+        seed=0,
+        val_fraction=0.25,
+        verbose=0,
+    )
     assert model.output_shape == (None, 2)
     assert history.epochs_run == 1 and history.temperature > 0
 
@@ -60,8 +68,9 @@ def test_train_model_tiny():
 def test_augment_always_draws_one_of_the_eight_orientations():
     from training.augment import AugmentConfig
 
-    cfg = AugmentConfig(p_crop=0.0, p_zoom_out=0.0, p_intensity=0.0, p_noise=0.0,
-                        p_small_rotation=0.0, p_invert=0.0)
+    cfg = AugmentConfig(
+        p_crop=0.0, p_zoom_out=0.0, p_intensity=0.0, p_noise=0.0, p_small_rotation=0.0, p_invert=0.0
+    )
     img = np.arange(16 * 16, dtype=np.uint8).reshape(16, 16)
     views = {np.rot90(f, k).tobytes() for f in (img, img[:, ::-1]) for k in range(4)}
     seen = {augment_image(img, np.random.default_rng(s), cfg).tobytes() for s in range(200)}
@@ -71,9 +80,17 @@ def test_augment_always_draws_one_of_the_eight_orientations():
 def test_zoom_out_shrinks_the_film_onto_a_dark_canvas():
     from training.augment import AugmentConfig
 
-    cfg = AugmentConfig(p_crop=0.0, p_zoom_out=1.0, zoom_out_min=0.5, p_intensity=0.0,
-                        p_noise=0.0, p_small_rotation=0.0, p_invert=0.0, p_rot90=0.0,
-                        p_hflip=0.0)
+    cfg = AugmentConfig(
+        p_crop=0.0,
+        p_zoom_out=1.0,
+        zoom_out_min=0.5,
+        p_intensity=0.0,
+        p_noise=0.0,
+        p_small_rotation=0.0,
+        p_invert=0.0,
+        p_rot90=0.0,
+        p_hflip=0.0,
+    )
     img = np.full((64, 64), 200, np.uint8)
     img[0, 0] = 10  # the darkest level fills the canvas
     shrunk = [augment_image(img, np.random.default_rng(s), cfg) for s in range(20)]
@@ -116,8 +133,9 @@ def test_distillation_targets_mix_label_and_teachers_mean(tmp_path):
     teacher = TeacherEnsemble([_tiny_teacher(tmp_path, "a"), _tiny_teacher(tmp_path, "b")])
     images = np.random.default_rng(0).integers(0, 256, (6, 32, 32), dtype=np.uint8)
     labels = np.array([0, 1, 0, 1, 0, 0])
-    batches = AugmentedBatches(images, labels, batch_size=6, seed=0, augment=None,
-                               teacher=teacher, distill_weight=0.25)
+    batches = AugmentedBatches(
+        images, labels, batch_size=6, seed=0, augment=None, teacher=teacher, distill_weight=0.25
+    )
     x, y, w = batches[0]
     order = batches._order
     means = np.mean([np.asarray(m.predict_on_batch(x)) for m in teacher.models], axis=0)
@@ -128,8 +146,7 @@ def test_distillation_targets_mix_label_and_teachers_mean(tmp_path):
     np.testing.assert_allclose(w, 1.0)  # no class weights given: every image counts once
     assert not np.allclose(y, np.eye(2)[labels[order]])  # the teachers moved the targets
     with pytest.raises(ValueError, match="distill_weight"):
-        AugmentedBatches(images, labels, batch_size=6, seed=0, teacher=teacher,
-                         distill_weight=1.5)
+        AugmentedBatches(images, labels, batch_size=6, seed=0, teacher=teacher, distill_weight=1.5)
 
 
 def test_train_model_distilled_records_its_teachers(tmp_path):
@@ -139,29 +156,50 @@ def test_train_model_distilled_records_its_teachers(tmp_path):
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (24, 32, 32), dtype=np.uint8)
     labels = np.array([0] * 18 + [1] * 6)
-    model, history = train_model(images, labels, architecture="compact", epochs=1,
-                                 batch_size=8, seed=0, val_fraction=0.25, verbose=0,
-                                 teacher_paths=[path], distill_weight=0.5)
+    model, history = train_model(
+        images,
+        labels,
+        architecture="compact",
+        epochs=1,
+        batch_size=8,
+        seed=0,
+        val_fraction=0.25,
+        verbose=0,
+        teacher_paths=[path],
+        distill_weight=0.5,
+    )
     assert model.output_shape == (None, 2)
-    assert history.params["distilled_from"] == [{"file": "t.keras",
-                                                 "sha256": read_card(path).sha256}]
+    assert history.params["distilled_from"] == [
+        {"file": "t.keras", "sha256": read_card(path).sha256}
+    ]
     assert history.params["distill_weight"] == 0.5
 
 
 def test_selection_compares_calibrated_nll_when_cards_have_it():
     from training.gate import selection_key
 
-    sharp = {"lateral_recall_mean": 1.0, "balanced_accuracy_mean": 1.0, "nll_mean": 0.005,
-             "nll_calibrated_mean": 0.004}
-    soft = {"lateral_recall_mean": 1.0, "balanced_accuracy_mean": 1.0, "nll_mean": 0.013,
-            "nll_calibrated_mean": 0.003}
+    sharp = {
+        "lateral_recall_mean": 1.0,
+        "balanced_accuracy_mean": 1.0,
+        "nll_mean": 0.005,
+        "nll_calibrated_mean": 0.004,
+    }
+    soft = {
+        "lateral_recall_mean": 1.0,
+        "balanced_accuracy_mean": 1.0,
+        "nll_mean": 0.013,
+        "nll_calibrated_mean": 0.003,
+    }
     worse_recall = {**soft, "lateral_recall_mean": 0.99}
     assert max([sharp, soft, worse_recall], key=selection_key) is soft
-    assert selection_key({"lateral_recall_mean": 1.0, "balanced_accuracy_mean": 1.0,
-                          "nll_mean": 0.01})[2] == -0.01
+    assert (
+        selection_key(
+            {"lateral_recall_mean": 1.0, "balanced_accuracy_mean": 1.0, "nll_mean": 0.01}
+        )[2]
+        == -0.01
+    )
     from training.train import view_metrics
 
     images = np.random.default_rng(0).integers(0, 256, (4, 32, 32), dtype=np.uint8)
-    out = view_metrics(_untrained_classifier(), images, np.array([0, 0, 1, 1]),
-                       temperature=2.0)
+    out = view_metrics(_untrained_classifier(), images, np.array([0, 0, 1, 1]), temperature=2.0)
     assert out["nll_calibrated_mean"] > 0

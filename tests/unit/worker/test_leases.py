@@ -20,20 +20,30 @@ def _claimed(uid: str, token: str) -> int:
     with session_scope() as session:
         study = crud.get_or_create_study(session, study_instance_uid="1.2.9", patient_id="P")
         row, _ = crud.add_instance(
-            session, study=study, sop_instance_uid=uid, series_instance_uid=None,
-            file_path=f"/x/{uid}.dcm", file_sha256="0" * 64, file_size=1, modality="CR",
-            transfer_syntax_uid=None, header_view_position="PA")
+            session,
+            study=study,
+            sop_instance_uid=uid,
+            series_instance_uid=None,
+            file_path=f"/x/{uid}.dcm",
+            file_sha256="0" * 64,
+            file_size=1,
+            modality="CR",
+            transfer_syntax_uid=None,
+            header_view_position="PA",
+        )
         row_id = row.id
     with session_scope() as session:
-        assert crud.claim_for_processing(session, instance_id=row_id, lease_s=20,
-                                         claim_token=token)
+        assert crud.claim_for_processing(session, instance_id=row_id, lease_s=20, claim_token=token)
     return row_id
 
 
 def _lapse(*ids: int) -> None:
     with session_scope() as session:
-        session.execute(update(Instance).where(Instance.id.in_(ids))
-                        .values(lease_expires_at=utcnow() - timedelta(seconds=1)))
+        session.execute(
+            update(Instance)
+            .where(Instance.id.in_(ids))
+            .values(lease_expires_at=utcnow() - timedelta(seconds=1))
+        )
 
 
 def _row(instance_id: int) -> Instance:
@@ -60,7 +70,8 @@ def test_keeper_renews_its_own_and_reaps_the_dead_workers(migrated_db: str) -> N
         renewed_until = _row(mine).lease_expires_at
         assert renewed_until is not None  # SQLite gives it back naive (UTC)
         assert renewed_until.replace(tzinfo=None) > (utcnow() + timedelta(seconds=15)).replace(
-            tzinfo=None)
+            tzinfo=None
+        )
         assert not keeper.lost("m" * 32)
         assert _row(dead).status == InstanceStatus.queued and sent == [dead]
         keeper.tick()
@@ -75,8 +86,9 @@ def test_keeper_reports_a_claim_taken_over(migrated_db: str) -> None:
         other = LeaseKeeper(get_settings().worker, None)  # another worker's reaper got there first
         assert other.reap() == 1
         with session_scope() as session:
-            assert crud.claim_for_processing(session, instance_id=mine, lease_s=20,
-                                             claim_token="o" * 32)
+            assert crud.claim_for_processing(
+                session, instance_id=mine, lease_s=20, claim_token="o" * 32
+            )
         keeper.tick()
         assert keeper.lost("m" * 32)
         assert _row(mine).claim_token == "o" * 32
@@ -92,14 +104,25 @@ def test_work_a_broker_lost_is_taken_for_resending_once(migrated_db: str) -> Non
         ids = []
         for uid in ("8.1", "8.2", "8.3"):
             row, _ = crud.add_instance(
-                session, study=study, sop_instance_uid=uid, series_instance_uid=None,
-                file_path=f"/x/{uid}.dcm", file_sha256="0" * 64, file_size=1,
-                modality="CR", transfer_syntax_uid=None, header_view_position="PA")
+                session,
+                study=study,
+                sop_instance_uid=uid,
+                series_instance_uid=None,
+                file_path=f"/x/{uid}.dcm",
+                file_sha256="0" * 64,
+                file_size=1,
+                modality="CR",
+                transfer_syntax_uid=None,
+                header_view_position="PA",
+            )
             ids.append(row.id)
     claimed = _claimed("8.4", "c" * 32)
     with session_scope() as session:
-        session.execute(update(Instance).where(Instance.id.in_([*ids[:2], claimed]))
-                        .values(updated_at=utcnow() - timedelta(seconds=60)))
+        session.execute(
+            update(Instance)
+            .where(Instance.id.in_([*ids[:2], claimed]))
+            .values(updated_at=utcnow() - timedelta(seconds=60))
+        )
     cutoff = utcnow() - timedelta(seconds=10)
     with session_scope() as session:
         first = crud.take_queued_for_resend(session, queued_before=cutoff)

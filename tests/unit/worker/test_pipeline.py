@@ -27,8 +27,9 @@ SHIPPED_NAME = SHIPPED_MODEL.stem
 
 
 @pytest.fixture
-def embedded(tmp_path: Path, configure: Callable[..., None],
-             monkeypatch: pytest.MonkeyPatch) -> Embedded:
+def embedded(
+    tmp_path: Path, configure: Callable[..., None], monkeypatch: pytest.MonkeyPatch
+) -> Embedded:
     return embedded_setup(tmp_path, configure, monkeypatch)
 
 
@@ -53,15 +54,22 @@ def _answer(row: crud.ResultRow) -> Answer:
 
 def _prediction_count(instance_id: int) -> int:
     with session_scope() as session:
-        return int(session.scalar(select(func.count()).select_from(Prediction)
-                                  .where(Prediction.instance_id == instance_id)) or 0)
+        return int(
+            session.scalar(
+                select(func.count())
+                .select_from(Prediction)
+                .where(Prediction.instance_id == instance_id)
+            )
+            or 0
+        )
 
 
-def test_answers_are_recorded_with_model_version_and_header_agreement(
-        embedded: Embedded) -> None:
-    ids = _enqueue(rg1_dicom(embedded.root / "pa.dcm", view_position="PA"),
-                   rg1_dicom(embedded.root / "ll.dcm", view_position="LL"),
-                   rg1_dicom(embedded.root / "none.dcm", view_position=None))
+def test_answers_are_recorded_with_model_version_and_header_agreement(embedded: Embedded) -> None:
+    ids = _enqueue(
+        rg1_dicom(embedded.root / "pa.dcm", view_position="PA"),
+        rg1_dicom(embedded.root / "ll.dcm", view_position="LL"),
+        rg1_dicom(embedded.root / "none.dcm", view_position=None),
+    )
 
     outcome = classify_instances(list(ids.values()), settings=get_settings())
 
@@ -81,9 +89,15 @@ def test_answers_are_recorded_with_model_version_and_header_agreement(
         assert answer.needs_review is (answer.confidence < threshold)
         assert row.error is None
     assert {name: row.header_view for name, row in rows.items()} == {
-        "pa.dcm": "PA", "ll.dcm": "LL", "none.dcm": None}
+        "pa.dcm": "PA",
+        "ll.dcm": "LL",
+        "none.dcm": None,
+    }
     assert {name: _answer(row).header_agrees for name, row in rows.items()} == {
-        "pa.dcm": True, "ll.dcm": False, "none.dcm": None}
+        "pa.dcm": True,
+        "ll.dcm": False,
+        "none.dcm": None,
+    }
     with session_scope() as session:
         active = crud.active_model_version(session)
         assert active is not None and active.name == SHIPPED_NAME
@@ -93,21 +107,26 @@ def test_answers_are_recorded_with_model_version_and_header_agreement(
 
 @pytest.mark.skipif(not COVID_CXR.is_dir(), reason="needs the real films in ../shared/data")
 def test_lateral_films_and_a_lying_header(embedded: Embedded) -> None:
-    ids = _enqueue(film_dicom(embedded.root / "lat-ll.dcm", view="lateral", index=0,
-                              view_position="LL"),
-                   film_dicom(embedded.root / "lat-pa.dcm", view="lateral", index=3,
-                              view_position="PA"),
-                   film_dicom(embedded.root / "front-pa.dcm", view="frontal", index=0,
-                              view_position="PA"))
+    ids = _enqueue(
+        film_dicom(embedded.root / "lat-ll.dcm", view="lateral", index=0, view_position="LL"),
+        film_dicom(embedded.root / "lat-pa.dcm", view="lateral", index=3, view_position="PA"),
+        film_dicom(embedded.root / "front-pa.dcm", view="frontal", index=0, view_position="PA"),
+    )
 
     outcome = classify_instances(list(ids.values()), settings=get_settings())
 
     assert sorted(outcome.done) == sorted(ids.values())
     rows = _results(list(ids.values()))
     assert {n: _answer(r).label for n, r in rows.items()} == {
-        "lat-ll.dcm": "lateral", "lat-pa.dcm": "lateral", "front-pa.dcm": "frontal"}
+        "lat-ll.dcm": "lateral",
+        "lat-pa.dcm": "lateral",
+        "front-pa.dcm": "frontal",
+    }
     assert {n: _answer(r).header_agrees for n, r in rows.items()} == {
-        "lat-ll.dcm": True, "lat-pa.dcm": False, "front-pa.dcm": True}
+        "lat-ll.dcm": True,
+        "lat-pa.dcm": False,
+        "front-pa.dcm": True,
+    }
 
 
 def test_a_bad_file_fails_alone(embedded: Embedded) -> None:
@@ -159,8 +178,8 @@ def test_an_instance_already_done_is_skipped(embedded: Embedded) -> None:
 
 
 def test_review_threshold_setting_overrides_the_versions(
-        tmp_path: Path, configure: Callable[..., None],
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, configure: Callable[..., None], monkeypatch: pytest.MonkeyPatch
+) -> None:
     embedded = embedded_setup(tmp_path, configure, monkeypatch, review_threshold=0.999)
     ids = _enqueue(rg1_dicom(embedded.root / "pa.dcm"))
 

@@ -75,11 +75,13 @@ def _errors(path: Path) -> set[str]:
 
 
 @pytest.mark.parametrize(("rotation", "mirrored"), POSES, ids=IDS)
-def test_rg1_in_every_pose_comes_back_upright(tmp_path: Path, upright: np.ndarray,
-                                              rotation: int, mirrored: bool) -> None:
+def test_rg1_in_every_pose_comes_back_upright(
+    tmp_path: Path, upright: np.ndarray, rotation: int, mirrored: bool
+) -> None:
     original = turned_original(upright, rotation, mirrored)
-    replacement = _saved(build_corrected_image(original, _correction(rotation, mirrored)),
-                         tmp_path / "r.dcm")
+    replacement = _saved(
+        build_corrected_image(original, _correction(rotation, mirrored)), tmp_path / "r.dcm"
+    )
     assert np.array_equal(replacement.pixel_array, upright)
     assert (replacement.Rows, replacement.Columns) == upright.shape
     assert replacement.PatientOrientation == ["L", "F"]
@@ -95,29 +97,37 @@ SYNTAXES = [
     (JPEGLSLossless, JPEGLSLossless),
     (JPEG2000, ExplicitVRLittleEndian),  # lossy: its decoded pixels, losslessly
 ]
-SYNTAX_IDS = ["explicit-le", "jpeg2000-lossless", "jpeg-lossless", "rle", "jpeg-ls-lossless",
-              "jpeg2000-lossy"]
+SYNTAX_IDS = [
+    "explicit-le",
+    "jpeg2000-lossless",
+    "jpeg-lossless",
+    "rle",
+    "jpeg-ls-lossless",
+    "jpeg2000-lossy",
+]
 
 
-def _check_syntax_round_trip(tmp_path: Path, upright: np.ndarray, syntax: str,
-                             written_as: str, rotation: int, mirrored: bool) -> None:
+def _check_syntax_round_trip(
+    tmp_path: Path, upright: np.ndarray, syntax: str, written_as: str, rotation: int, mirrored: bool
+) -> None:
     path = write_in_syntax(turned_original(upright, rotation, mirrored), syntax, tmp_path)
     original = pydicom.dcmread(path)
     assert original.file_meta.TransferSyntaxUID == syntax
     stored = original.pixel_array
     if syntax != JPEG2000:
         assert np.array_equal(stored, stored_as(upright, rotation, mirrored))
-    replacement = _saved(build_corrected_image(original, _correction(rotation, mirrored)),
-                         tmp_path / "r.dcm")
+    replacement = _saved(
+        build_corrected_image(original, _correction(rotation, mirrored)), tmp_path / "r.dcm"
+    )
     turn = Turn(rotation, mirrored)
     # Already upright (a header-only correction): the encoded pixels stay as they came.
-    assert replacement.file_meta.TransferSyntaxUID == (syntax if turn.is_identity
-                                                       else written_as)
+    assert replacement.file_meta.TransferSyntaxUID == (syntax if turn.is_identity else written_as)
     # The replacement's decoded pixels are the original's decoded pixels turned back.
     assert np.array_equal(replacement.pixel_array, upright_pixels(stored, turn))
     if syntax == JPEG2000:
         assert replacement.get("LossyImageCompression") == (
-            original.get("LossyImageCompression") if turn.is_identity else "01")
+            original.get("LossyImageCompression") if turn.is_identity else "01"
+        )
     else:
         assert np.array_equal(replacement.pixel_array, upright)
         assert "LossyImageCompression" not in replacement
@@ -125,46 +135,67 @@ def _check_syntax_round_trip(tmp_path: Path, upright: np.ndarray, syntax: str,
 
 @pytest.mark.parametrize(("syntax", "written_as"), SYNTAXES, ids=SYNTAX_IDS)
 @pytest.mark.parametrize(("rotation", "mirrored"), POSES, ids=IDS)
-def test_rg1_detail_in_every_syntax_and_pose(tmp_path: Path, upright: np.ndarray,
-                                             syntax: str, written_as: str, rotation: int,
-                                             mirrored: bool) -> None:
+def test_rg1_detail_in_every_syntax_and_pose(
+    tmp_path: Path, upright: np.ndarray, syntax: str, written_as: str, rotation: int, mirrored: bool
+) -> None:
     """Every syntax x every pose on a 384 x 256 piece of RG1 (real pixels, small enough
     to encode 48 times)."""
     detail = np.ascontiguousarray(upright[700:1084, 800:1056])
     _check_syntax_round_trip(tmp_path, detail, syntax, written_as, rotation, mirrored)
 
 
-@pytest.mark.parametrize(("syntax", "written_as", "rotation", "mirrored"), [
-    (syntax, written_as, rotation, mirrored)
-    for (syntax, written_as), (rotation, mirrored) in zip(
-        SYNTAXES, [(270, False), (90, True), (180, True), (90, False), (0, True),
-                   (270, True)], strict=True)
-], ids=SYNTAX_IDS)
-def test_whole_rg1_in_each_syntax(tmp_path: Path, upright: np.ndarray, syntax: str,
-                                  written_as: str, rotation: int, mirrored: bool) -> None:
+@pytest.mark.parametrize(
+    ("syntax", "written_as", "rotation", "mirrored"),
+    [
+        (syntax, written_as, rotation, mirrored)
+        for (syntax, written_as), (rotation, mirrored) in zip(
+            SYNTAXES,
+            [(270, False), (90, True), (180, True), (90, False), (0, True), (270, True)],
+            strict=True,
+        )
+    ],
+    ids=SYNTAX_IDS,
+)
+def test_whole_rg1_in_each_syntax(
+    tmp_path: Path, upright: np.ndarray, syntax: str, written_as: str, rotation: int, mirrored: bool
+) -> None:
     _check_syntax_round_trip(tmp_path, upright, syntax, written_as, rotation, mirrored)
 
 
-@pytest.mark.parametrize("path", [
-    str(SAMPLES / "rg1" / "RG1_J2KI.dcm"),  # lossy JPEG 2000, MONOCHROME1
-    "RG1_J2KI.dcm",
-    str(SAMPLES / "study1" / "frontal.dcm"),  # JPEG 2000 lossless
-    str(SAMPLES / "study1" / "lateral.dcm"),  # JPEG-LS lossless
-    str(SAMPLES / "study3" / "frontal.dcm"),  # not square
-], ids=["sample-rg1-lossy", "pydicom-data-rg1-lossy", "study1-frontal-j2k",
-        "study1-lateral-jpeg-ls", "study3-frontal"])
-@pytest.mark.parametrize(("rotation", "mirrored"), [(90, False), (180, True), (270, True)],
-                         ids=["90", "180-mirrored", "270-mirrored"])
-def test_samples_turned_back_losslessly(tmp_path: Path, path: str, rotation: int,
-                                        mirrored: bool) -> None:
+@pytest.mark.parametrize(
+    "path",
+    [
+        str(SAMPLES / "rg1" / "RG1_J2KI.dcm"),  # lossy JPEG 2000, MONOCHROME1
+        "RG1_J2KI.dcm",
+        str(SAMPLES / "study1" / "frontal.dcm"),  # JPEG 2000 lossless
+        str(SAMPLES / "study1" / "lateral.dcm"),  # JPEG-LS lossless
+        str(SAMPLES / "study3" / "frontal.dcm"),  # not square
+    ],
+    ids=[
+        "sample-rg1-lossy",
+        "pydicom-data-rg1-lossy",
+        "study1-frontal-j2k",
+        "study1-lateral-jpeg-ls",
+        "study3-frontal",
+    ],
+)
+@pytest.mark.parametrize(
+    ("rotation", "mirrored"),
+    [(90, False), (180, True), (270, True)],
+    ids=["90", "180-mirrored", "270-mirrored"],
+)
+def test_samples_turned_back_losslessly(
+    tmp_path: Path, path: str, rotation: int, mirrored: bool
+) -> None:
     original = rg1(path) if "/" not in path else pydicom.dcmread(path)
     syntax = original.file_meta.TransferSyntaxUID
     view = "LL" if "lateral" in path else "PA"
     replacement = _saved(
-        build_corrected_image(original, _correction(rotation, mirrored, view)),
-        tmp_path / "r.dcm")
-    assert np.array_equal(replacement.pixel_array,
-                          upright_pixels(original.pixel_array, Turn(rotation, mirrored)))
+        build_corrected_image(original, _correction(rotation, mirrored, view)), tmp_path / "r.dcm"
+    )
+    assert np.array_equal(
+        replacement.pixel_array, upright_pixels(original.pixel_array, Turn(rotation, mirrored))
+    )
     if syntax == JPEG2000:  # lossy in: the decoded pixels, losslessly, flagged lossy
         assert replacement.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
         assert replacement.LossyImageCompression == "01"
@@ -174,7 +205,8 @@ def test_samples_turned_back_losslessly(tmp_path: Path, path: str, rotation: int
 
 
 def test_the_shipped_models_answer_puts_a_turned_real_film_upright(
-        tmp_path: Path, upright: np.ndarray) -> None:
+    tmp_path: Path, upright: np.ndarray
+) -> None:
     """The direction convention end to end: RG1 stored turned by a known amount, read
     and answered by the shipped model, corrected from that answer: upright again."""
     from cxr_orient.imaging import load_dicom_image
@@ -192,10 +224,12 @@ def test_the_shipped_models_answer_puts_a_turned_real_film_upright(
     for i, answer in enumerate(answers):
         assert answer.rotation is not None and answer.mirrored is not None
         original = pydicom.dcmread(tmp_path / f"stored{i}.dcm")
-        correction = Correction(Turn.from_answer(answer.rotation, answer.mirrored), "PA",
-                                "model shipped", WHEN)
-        assert np.array_equal(build_corrected_image(original, correction).pixel_array,
-                              upright), poses[i]
+        correction = Correction(
+            Turn.from_answer(answer.rotation, answer.mirrored), "PA", "model shipped", WHEN
+        )
+        assert np.array_equal(build_corrected_image(original, correction).pixel_array, upright), (
+            poses[i]
+        )
 
 
 # ------------------------------------------------------------------ the header
@@ -215,8 +249,7 @@ def test_replacement_header(tmp_path: Path, upright: np.ndarray) -> None:
     replacement = build_corrected_image(original, correction)
     assert original.to_json_dict() == before, "the caller's dataset is left alone"
 
-    assert replacement.SOPInstanceUID == corrected_instance_uid(original.SOPInstanceUID,
-                                                                correction)
+    assert replacement.SOPInstanceUID == corrected_instance_uid(original.SOPInstanceUID, correction)
     assert replacement.SOPInstanceUID != original.SOPInstanceUID
     assert replacement.SOPClassUID == original.SOPClassUID
     assert replacement.file_meta.MediaStorageSOPInstanceUID == replacement.SOPInstanceUID
@@ -232,8 +265,11 @@ def test_replacement_header(tmp_path: Path, upright: np.ndarray) -> None:
     assert source.ReferencedSOPInstanceUID == original.SOPInstanceUID
     assert source.ReferencedSOPClassUID == original.SOPClassUID
     purpose = source.PurposeOfReferenceCodeSequence[0]
-    assert (purpose.CodeValue, purpose.CodingSchemeDesignator,
-            purpose.CodeMeaning) == SOURCE_FOR_PROCESSING
+    assert (
+        purpose.CodeValue,
+        purpose.CodingSchemeDesignator,
+        purpose.CodeMeaning,
+    ) == SOURCE_FOR_PROCESSING
     assert replacement.ViewPosition == "PA"
     assert replacement.ViewCodeSequence[0].CodeValue == "272479007"
     (equipment,) = replacement.ContributingEquipmentSequence
@@ -241,17 +277,22 @@ def test_replacement_header(tmp_path: Path, upright: np.ndarray) -> None:
     assert equipment.Manufacturer == "cxr-orient"
     assert replacement.Manufacturer == original.Manufacturer  # the acquisition device's
     assert (replacement.InstanceCreationDate, replacement.InstanceCreationTime) == (
-        "20261206", "213005")
+        "20261206",
+        "213005",
+    )
     # Geometry: spacings trade places, the collimator moves with the pixels.
     assert [float(v) for v in replacement.ImagerPixelSpacing] == [0.1, 0.2]
     mask = np.zeros(original.pixel_array.shape, bool)
     mask[10:30, 100:150] = True
     rows, columns = np.nonzero(upright_pixels(mask, correction.turn))
-    assert (replacement.CollimatorUpperHorizontalEdge,
-            replacement.CollimatorLowerHorizontalEdge) == (rows.min() + 1, rows.max() + 1)
-    assert (replacement.CollimatorLeftVerticalEdge,
-            replacement.CollimatorRightVerticalEdge) == (columns.min() + 1,
-                                                         columns.max() + 1)
+    assert (
+        replacement.CollimatorUpperHorizontalEdge,
+        replacement.CollimatorLowerHorizontalEdge,
+    ) == (rows.min() + 1, rows.max() + 1)
+    assert (replacement.CollimatorLeftVerticalEdge, replacement.CollimatorRightVerticalEdge) == (
+        columns.min() + 1,
+        columns.max() + 1,
+    )
     point = np.zeros(original.pixel_array.shape, bool)
     point[19, 39] = True
     (row,), (column,) = np.nonzero(upright_pixels(point, correction.turn))
@@ -264,8 +305,9 @@ def test_a_header_only_correction_keeps_the_pixels_as_they_came(tmp_path: Path) 
     syntax (lossy JPEG 2000 here) stay exactly as they were."""
     original = rg1("RG1_J2KI.dcm")
     original.ViewPosition = "LL"
-    replacement = _saved(build_corrected_image(original, _correction(0, False, "PA")),
-                         tmp_path / "r.dcm")
+    replacement = _saved(
+        build_corrected_image(original, _correction(0, False, "PA")), tmp_path / "r.dcm"
+    )
     assert replacement.file_meta.TransferSyntaxUID == original.file_meta.TransferSyntaxUID
     assert replacement.PixelData == original.PixelData
     assert replacement.ViewPosition == "PA"
@@ -282,11 +324,15 @@ def test_a_bitmap_shutter_goes_with_its_overlay(upright: np.ndarray) -> None:
     assert replacement.ShutterShape == "RECTANGULAR"
     assert "ShutterOverlayGroup" not in replacement
     # The rectangle moved: a clockwise quarter turn of rows 1-20, columns 1-10.
-    assert (replacement.ShutterUpperHorizontalEdge,
-            replacement.ShutterLowerHorizontalEdge) == (1, 10)
+    assert (replacement.ShutterUpperHorizontalEdge, replacement.ShutterLowerHorizontalEdge) == (
+        1,
+        10,
+    )
     rows = original.Rows
-    assert (replacement.ShutterLeftVerticalEdge,
-            replacement.ShutterRightVerticalEdge) == (rows + 1 - 20, rows)
+    assert (replacement.ShutterLeftVerticalEdge, replacement.ShutterRightVerticalEdge) == (
+        rows + 1 - 20,
+        rows,
+    )
 
 
 def test_single_valued_image_type_and_orientation(upright: np.ndarray) -> None:
@@ -303,10 +349,8 @@ def test_single_valued_image_type_and_orientation(upright: np.ndarray) -> None:
 def test_pixel_aspect_ratio_trades_places(upright: np.ndarray) -> None:
     original = turned_original(upright, 270, False)
     original.PixelAspectRatio = [2, 1]
-    assert list(build_corrected_image(original, _correction(270, False))
-                .PixelAspectRatio) == [1, 2]
-    assert list(build_corrected_image(original, _correction(180, False))
-                .PixelAspectRatio) == [2, 1]
+    assert list(build_corrected_image(original, _correction(270, False)).PixelAspectRatio) == [1, 2]
+    assert list(build_corrected_image(original, _correction(180, False)).PixelAspectRatio) == [2, 1]
 
 
 def test_same_answer_same_object(tmp_path: Path, upright: np.ndarray) -> None:
@@ -322,32 +366,36 @@ def test_same_answer_same_object(tmp_path: Path, upright: np.ndarray) -> None:
     assert other.SeriesInstanceUID == first.SeriesInstanceUID
 
 
-@pytest.mark.parametrize(("view", "upright_as", "expected"), [
-    ("PA", ["L", "F"], ["L", "F"]),
-    ("AP", ["L", "F"], ["L", "F"]),
-    ("PA", [], ["L", "F"]),  # no orientation on the original: a frontal's is known
-    ("LL", ["A", "F"], ["A", "F"]),  # the facing kept from the original
-    ("RL", ["P", "F"], ["P", "F"]),
-    ("LL", [], []),  # a lateral's facing unknown: left empty
-], ids=["pa", "ap", "pa-none", "ll-facing-right", "rl-facing-left", "ll-unknown"])
-def test_patient_orientation_for_each_view(upright: np.ndarray, view: str,
-                                           upright_as: list[str],
-                                           expected: list[str]) -> None:
+@pytest.mark.parametrize(
+    ("view", "upright_as", "expected"),
+    [
+        ("PA", ["L", "F"], ["L", "F"]),
+        ("AP", ["L", "F"], ["L", "F"]),
+        ("PA", [], ["L", "F"]),  # no orientation on the original: a frontal's is known
+        ("LL", ["A", "F"], ["A", "F"]),  # the facing kept from the original
+        ("RL", ["P", "F"], ["P", "F"]),
+        ("LL", [], []),  # a lateral's facing unknown: left empty
+    ],
+    ids=["pa", "ap", "pa-none", "ll-facing-right", "rl-facing-left", "ll-unknown"],
+)
+def test_patient_orientation_for_each_view(
+    upright: np.ndarray, view: str, upright_as: list[str], expected: list[str]
+) -> None:
     original = turned_original(upright, 270, False, view=view, orientation=upright_as)
     replacement = build_corrected_image(original, _correction(270, False, view))
     assert list(replacement.PatientOrientation) == expected
     assert replacement.ViewPosition == view
 
 
-def test_the_accept_policy_refuses_the_replacement(tmp_path: Path,
-                                                   upright: np.ndarray) -> None:
+def test_the_accept_policy_refuses_the_replacement(tmp_path: Path, upright: np.ndarray) -> None:
     """A replacement sent back to cxr-orient is not classified again (DERIVED\\SECONDARY,
     CXR_REFUSE_IMAGE_TYPES' default), while its original is accepted."""
     original = turned_original(upright, 90, False)
     original.ImageType = ["ORIGINAL", "PRIMARY"]
     original.save_as(tmp_path / "o.dcm", enforce_file_format=True)
     build_corrected_image(original, _correction(90, False)).save_as(
-        tmp_path / "r.dcm", enforce_file_format=True)
+        tmp_path / "r.dcm", enforce_file_format=True
+    )
     settings = Settings()
     assert check_policy(read_header(tmp_path / "o.dcm"), settings.accept) is None
     refusal = check_policy(read_header(tmp_path / "r.dcm"), settings.accept)
@@ -376,18 +424,28 @@ def test_refuses_what_it_cannot_correct(upright: np.ndarray) -> None:
 # ------------------------------------------------------------------ dciodvfy
 
 
-@pytest.mark.parametrize(("view", "dx"), [("PA", True), ("AP", True), ("LL", True),
-                                          ("RL", True), ("PA", False), ("LL", False)],
-                         ids=["dx-pa", "dx-ap", "dx-ll", "dx-rl", "cr-pa", "cr-ll"])
-def test_dciodvfy_finds_no_new_error_in_the_replacement(tmp_path: Path, upright: np.ndarray,
-                                                        view: str, dx: bool) -> None:
+@pytest.mark.parametrize(
+    ("view", "dx"),
+    [("PA", True), ("AP", True), ("LL", True), ("RL", True), ("PA", False), ("LL", False)],
+    ids=["dx-pa", "dx-ap", "dx-ll", "dx-rl", "cr-pa", "cr-ll"],
+)
+def test_dciodvfy_finds_no_new_error_in_the_replacement(
+    tmp_path: Path, upright: np.ndarray, view: str, dx: bool
+) -> None:
     """The DX original is complete (dciodvfy finds nothing): the replacement must be too.
     The CR original is RG1's own header, whose only errors (Pixel Spacing 0\\0) it keeps."""
-    original = turned_original(upright, 90, True, dx=dx, view=view,
-                               orientation=["A", "F"] if view in ("LL", "RL") else None)
+    original = turned_original(
+        upright,
+        90,
+        True,
+        dx=dx,
+        view=view,
+        orientation=["A", "F"] if view in ("LL", "RL") else None,
+    )
     original.save_as(tmp_path / "o.dcm", enforce_file_format=True)
     build_corrected_image(original, _correction(90, True, view)).save_as(
-        tmp_path / "r.dcm", enforce_file_format=True)
+        tmp_path / "r.dcm", enforce_file_format=True
+    )
     before = _errors(tmp_path / "o.dcm")
     if dx:
         assert before == set()
@@ -401,15 +459,17 @@ def test_dciodvfy_finds_no_new_error_in_the_replacement(tmp_path: Path, upright:
     if dx:
         assert new == set(), new
     else:  # View Code Sequence is DX Positioning's: in a CR, a standard extension
-        assert new and all(any(k in w for k in ("(0x0054,0x022", "(0x0008,0x010"))
-                           for w in new), new
+        assert new and all(any(k in w for k in ("(0x0054,0x022", "(0x0008,0x010")) for w in new), (
+            new
+        )
 
 
 def test_dciodvfy_on_a_lateral_of_unknown_facing(tmp_path: Path, upright: np.ndarray) -> None:
     original = turned_original(upright, 180, False, dx=True, view="LL", orientation=[])
     original.save_as(tmp_path / "o.dcm", enforce_file_format=True)
     build_corrected_image(original, _correction(180, False, "LL")).save_as(
-        tmp_path / "r.dcm", enforce_file_format=True)
+        tmp_path / "r.dcm", enforce_file_format=True
+    )
     assert _errors(tmp_path / "r.dcm") == _errors(tmp_path / "o.dcm")
 
 
@@ -417,23 +477,28 @@ def test_dciodvfy_on_a_lateral_of_unknown_facing(tmp_path: Path, upright: np.nda
 
 
 def test_rejection_note_rejects_the_original_then_the_replacement(
-        tmp_path: Path, upright: np.ndarray) -> None:
+    tmp_path: Path, upright: np.ndarray
+) -> None:
     original = turned_original(upright, 90, True)
     original.save_as(tmp_path / "o.dcm", enforce_file_format=True)
     replacement = build_corrected_image(original, _correction())
     notes = {
-        "original": build_rejection_note([original], reason="stored turned",
-                                         decided_by="model m", decided_at=WHEN),
+        "original": build_rejection_note(
+            [original], reason="stored turned", decided_by="model m", decided_at=WHEN
+        ),
         # The reversal: a reviewer rejects the replacement later.
-        "replacement": build_rejection_note([replacement], reason="correction undone",
-                                            decided_by="reviewer alice", decided_at=WHEN),
+        "replacement": build_rejection_note(
+            [replacement], reason="correction undone", decided_by="reviewer alice", decided_at=WHEN
+        ),
     }
     for name, rejected in (("original", original), ("replacement", replacement)):
         note = _saved(notes[name], tmp_path / f"{name}.dcm")
         assert note.SOPClassUID == KOS and note.Modality == "KO"
         title = note.ConceptNameCodeSequence[0]
         assert (title.CodeValue, title.CodingSchemeDesignator) == (
-            REJECTED_FOR_QUALITY_REASONS.value, "DCM")
+            REJECTED_FOR_QUALITY_REASONS.value,
+            "DCM",
+        )
         assert title.CodeMeaning == "Rejected for Quality Reasons"
         assert note.StudyInstanceUID == original.StudyInstanceUID
         assert note.PatientID == original.PatientID
@@ -441,18 +506,21 @@ def test_rejection_note_rejects_the_original_then_the_replacement(
         series = evidence.ReferencedSeriesSequence[0]
         assert series.SeriesInstanceUID == rejected.SeriesInstanceUID
         assert [s.ReferencedSOPInstanceUID for s in series.ReferencedSOPSequence] == [
-            rejected.SOPInstanceUID]
+            rejected.SOPInstanceUID
+        ]
         images = [i for i in note.ContentSequence if i.ValueType == "IMAGE"]
         assert [i.ReferencedSOPSequence[0].ReferencedSOPInstanceUID for i in images] == [
-            rejected.SOPInstanceUID]
+            rejected.SOPInstanceUID
+        ]
         errors, warnings, report = dciodvfy(tmp_path / f"{name}.dcm")
         assert "KeyObjectSelectionDocument" in report.replace(" ", ""), report
         assert errors == [], report
         # RG1's Referring Physician's Name "ward" (copied) is the only thing it notes.
         assert all("Referring Physician" in w for w in warnings), warnings
     assert notes["original"].SOPInstanceUID != notes["replacement"].SOPInstanceUID
-    again = build_rejection_note([original], reason="stored turned", decided_by="model m",
-                                 decided_at=WHEN)
+    again = build_rejection_note(
+        [original], reason="stored turned", decided_by="model m", decided_at=WHEN
+    )
     assert again.SOPInstanceUID == notes["original"].SOPInstanceUID
 
 

@@ -34,16 +34,25 @@ def test_a_pixel_position_moves_with_the_pixels(rotation: int, mirrored: bool) -
     upright[1, 5] = 1  # 1-based (2, 6)
     stored = stored_as(upright, rotation, mirrored)
     (row,), (column,) = np.nonzero(stored)
-    moved = upright_point(float(row + 1), float(column + 1), stored.shape[0],
-                          stored.shape[1], Turn(rotation, mirrored))
+    moved = upright_point(
+        float(row + 1),
+        float(column + 1),
+        stored.shape[0],
+        stored.shape[1],
+        Turn(rotation, mirrored),
+    )
     assert moved == (2, 6)
 
 
 @pytest.mark.parametrize(("rotation", "mirrored"), POSES, ids=IDS)
-@pytest.mark.parametrize("upright", [["L", "F"], ["A", "F"], ["P", "F"]],
-                         ids=["frontal", "lateral-facing-right", "lateral-facing-left"])
-def test_patient_orientation_moves_with_the_pixels(upright: list[str], rotation: int,
-                                                   mirrored: bool) -> None:
+@pytest.mark.parametrize(
+    "upright",
+    [["L", "F"], ["A", "F"], ["P", "F"]],
+    ids=["frontal", "lateral-facing-right", "lateral-facing-left"],
+)
+def test_patient_orientation_moves_with_the_pixels(
+    upright: list[str], rotation: int, mirrored: bool
+) -> None:
     stored = stored_orientation(upright, rotation, mirrored)
     assert list(upright_orientation(stored, Turn(rotation, mirrored))) == upright
 
@@ -56,8 +65,9 @@ def test_an_oblique_direction_turns_letter_by_letter() -> None:
 @pytest.mark.parametrize(("rotation", "mirrored"), POSES, ids=IDS)
 @pytest.mark.parametrize("fov_rotation", [0, 90, 180, 270])
 @pytest.mark.parametrize("fov_flip", [False, True], ids=["no-flip", "flip"])
-def test_field_of_view_rotation_and_flip_follow(rotation: int, mirrored: bool,
-                                                fov_rotation: int, fov_flip: bool) -> None:
+def test_field_of_view_rotation_and_flip_follow(
+    rotation: int, mirrored: bool, fov_rotation: int, fov_flip: bool
+) -> None:
     """PS3.3 C.8.11.4: the image is the detector turned clockwise by Field of View
     Rotation, then flipped when Field of View Horizontal Flip is YES."""
     detector = np.arange(4 * 6).reshape(4, 6)
@@ -68,8 +78,9 @@ def test_field_of_view_rotation_and_flip_follow(rotation: int, mirrored: bool,
 
     turn = Turn(rotation, mirrored)
     new_rotation, new_flip = upright_field_of_view(fov_rotation, fov_flip, turn)
-    assert np.array_equal(upright_pixels(image_of(fov_rotation, fov_flip), turn),
-                          image_of(new_rotation, new_flip))
+    assert np.array_equal(
+        upright_pixels(image_of(fov_rotation, fov_flip), turn), image_of(new_rotation, new_flip)
+    )
 
 
 def test_turn_refuses_other_angles() -> None:

@@ -34,12 +34,15 @@ WHEN = datetime(2026, 12, 7, 1, 0, tzinfo=UTC)
 @pytest.fixture(scope="module")
 def objects(tmp_path_factory: pytest.TempPathFactory) -> tuple[Dataset, Dataset, Dataset]:
     folder = tmp_path_factory.mktemp("original")
-    original = pydicom.dcmread(write_in_syntax(
-        turned_original(np.asarray(rg1().pixel_array), 90, False, dx=True, view="PA"),
-        JPEGLSLossless, folder))
+    original = pydicom.dcmread(
+        write_in_syntax(
+            turned_original(np.asarray(rg1().pixel_array), 90, False, dx=True, view="PA"),
+            JPEGLSLossless,
+            folder,
+        )
+    )
     replacement = build_corrected_image(original, Correction(Turn(90), "PA", "test", WHEN))
-    note = build_rejection_note([original], reason="turned", decided_by="test",
-                                decided_at=WHEN)
+    note = build_rejection_note([original], reason="turned", decided_by="test", decided_at=WHEN)
     return original, replacement, note
 
 
@@ -58,8 +61,7 @@ def _scp(syntaxes: list[str]) -> Iterator[tuple[int, list[tuple[str, Any]]]]:
     ae = AE(ae_title="PACS")
     for sop_class in (DX_STORAGE, KOS):
         ae.add_supported_context(sop_class, syntaxes)
-    server = ae.start_server(("127.0.0.1", 0), block=False,
-                             evt_handlers=[(evt.EVT_C_STORE, store)])
+    server = ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_STORE, store)])
     assert server is not None
     try:
         yield server.server_address[1], received
@@ -67,13 +69,20 @@ def _scp(syntaxes: list[str]) -> Iterator[tuple[int, list[tuple[str, Any]]]]:
         server.shutdown()
 
 
-@pytest.mark.parametrize(("accepted", "replacement_syntax"), [
-    ([JPEGLSLossless, ExplicitVRLittleEndian, ImplicitVRLittleEndian], JPEGLSLossless),
-    ([ExplicitVRLittleEndian, ImplicitVRLittleEndian], None),
-], ids=["peer-takes-jpeg-ls", "peer-takes-uncompressed-only"])
+@pytest.mark.parametrize(
+    ("accepted", "replacement_syntax"),
+    [
+        ([JPEGLSLossless, ExplicitVRLittleEndian, ImplicitVRLittleEndian], JPEGLSLossless),
+        ([ExplicitVRLittleEndian, ImplicitVRLittleEndian], None),
+    ],
+    ids=["peer-takes-jpeg-ls", "peer-takes-uncompressed-only"],
+)
 def test_the_replacement_goes_in_its_syntax_or_uncompressed(
-        tmp_path: Path, objects: tuple[Dataset, Dataset, Dataset], accepted: list[str],
-        replacement_syntax: str | None) -> None:
+    tmp_path: Path,
+    objects: tuple[Dataset, Dataset, Dataset],
+    accepted: list[str],
+    replacement_syntax: str | None,
+) -> None:
     _, replacement, note = objects
     assert replacement.file_meta.TransferSyntaxUID == JPEGLSLossless
     with _scp(accepted) as (port, received):
@@ -83,8 +92,10 @@ def test_the_replacement_goes_in_its_syntax_or_uncompressed(
             sender.send(note)
         finally:
             sender.close()
-        assert [ds.SOPInstanceUID for _, ds in received] == [replacement.SOPInstanceUID,
-                                                            note.SOPInstanceUID]
+        assert [ds.SOPInstanceUID for _, ds in received] == [
+            replacement.SOPInstanceUID,
+            note.SOPInstanceUID,
+        ]
         (syntax, got), (note_syntax, _) = received
         if replacement_syntax is not None:
             assert syntax == replacement_syntax

@@ -44,15 +44,34 @@ def _answered(archive: Path, destination: str) -> list[int]:
         model = register_version(session, "m1")
         crud.activate_model_version(session, version=model, actor="t", reason="in service")
         model_id = model.id
-        instances = [crud.find_instance_by_uid(session, sop_instance_uid=str(r.sop_instance_uid))
-                     for r in crud.results(session)]
-        records = [prediction_record(
-            instance_id=i.id, label=OrientationLabel.frontal, confidence=0.9, p_frontal=0.9,
-            p_lateral=0.1, header_agrees=None, needs_review=False, decode_ms=None,
-            inference_ms=None, batch_size=None) for i in instances if i is not None]
-        crud.record_predictions(session, model_version_id=model_id, records=records,
-                                worker="t", result_destinations=[destination],
-                                new_report_uid=new_sr_uid)
+        instances = [
+            crud.find_instance_by_uid(session, sop_instance_uid=str(r.sop_instance_uid))
+            for r in crud.results(session)
+        ]
+        records = [
+            prediction_record(
+                instance_id=i.id,
+                label=OrientationLabel.frontal,
+                confidence=0.9,
+                p_frontal=0.9,
+                p_lateral=0.1,
+                header_agrees=None,
+                needs_review=False,
+                decode_ms=None,
+                inference_ms=None,
+                batch_size=None,
+            )
+            for i in instances
+            if i is not None
+        ]
+        crud.record_predictions(
+            session,
+            model_version_id=model_id,
+            records=records,
+            worker="t",
+            result_destinations=[destination],
+            new_report_uid=new_sr_uid,
+        )
         return [r.id for r in crud.outbox_rows(session)]
 
 
@@ -62,9 +81,15 @@ def test_a_down_destination_is_tried_once_per_run_and_rows_take_turns(
     archive = tmp_path / "archive"
     shutil.copytree(SAMPLES, archive)
     destination = f"dicom://NOBODY@127.0.0.1:{_closed_port()}"
-    configure(database_url=database_url, ingest_root=tmp_path, data_dir=tmp_path / "d",
-              result_destinations=destination, outbox_backoff_s=0.1,
-              outbox_backoff_max_s=0.1, outbox_timeout_s=3)
+    configure(
+        database_url=database_url,
+        ingest_root=tmp_path,
+        data_dir=tmp_path / "d",
+        result_destinations=destination,
+        outbox_backoff_s=0.1,
+        outbox_backoff_max_s=0.1,
+        outbox_timeout_s=3,
+    )
     migrate_from_template(database_url)  # what upgrade() would leave
     ids = _answered(archive, destination)
     assert len(ids) == 2
@@ -89,9 +114,15 @@ def test_a_dead_destination_backs_off_by_its_own_failures_and_names_the_cause(
     archive = tmp_path / "archive"
     shutil.copytree(SAMPLES, archive)
     destination = f"dicom://NOBODY@127.0.0.1:{_closed_port()}"
-    configure(database_url=database_url, ingest_root=tmp_path, data_dir=tmp_path / "d",
-              result_destinations=destination, outbox_backoff_s=0.3,
-              outbox_backoff_max_s=1.2, outbox_timeout_s=3)
+    configure(
+        database_url=database_url,
+        ingest_root=tmp_path,
+        data_dir=tmp_path / "d",
+        result_destinations=destination,
+        outbox_backoff_s=0.3,
+        outbox_backoff_max_s=1.2,
+        outbox_timeout_s=3,
+    )
     migrate_from_template(database_url)  # what upgrade() would leave
     assert len(_answered(archive, destination)) == 2
     waits = []
@@ -105,8 +136,9 @@ def test_a_dead_destination_backs_off_by_its_own_failures_and_names_the_cause(
         assert state.next_attempt_at is not None
         assert all("connection refused" in str(r.last_error) for r in rows), rows
         assert "connection refused" in str(state.last_error)
-        wait = (state.next_attempt_at.replace(tzinfo=None)
-                - datetime.now(UTC).replace(tzinfo=None)).total_seconds()
+        wait = (
+            state.next_attempt_at.replace(tzinfo=None) - datetime.now(UTC).replace(tzinfo=None)
+        ).total_seconds()
         waits.append(round(wait, 1))
         # Every row is due by its own clock, but the destination is backing off.
         with session_scope() as session:
@@ -123,8 +155,12 @@ def test_a_changed_source_file_fails_for_good(
     archive = tmp_path / "archive"
     shutil.copytree(SAMPLES, archive)
     destination = f"dicom://NOBODY@127.0.0.1:{_closed_port()}"
-    configure(database_url=sqlite_url, ingest_root=tmp_path, data_dir=tmp_path / "d",
-              result_destinations=destination)
+    configure(
+        database_url=sqlite_url,
+        ingest_root=tmp_path,
+        data_dir=tmp_path / "d",
+        result_destinations=destination,
+    )
     migrate_from_template(sqlite_url)  # what upgrade() would leave
     _answered(archive, destination)
     for path in archive.glob("*.dcm"):
@@ -147,8 +183,12 @@ def test_an_answer_on_a_replaced_file_is_reported_from_that_file(
     archive = tmp_path / "archive"
     shutil.copytree(SAMPLES, archive)
     destination = f"dicom://NOBODY@127.0.0.1:{_closed_port()}"
-    configure(database_url=sqlite_url, ingest_root=tmp_path, data_dir=tmp_path / "d",
-              result_destinations=destination)
+    configure(
+        database_url=sqlite_url,
+        ingest_root=tmp_path,
+        data_dir=tmp_path / "d",
+        result_destinations=destination,
+    )
     migrate_from_template(sqlite_url)  # what upgrade() would leave
     _answered(archive, destination)
     resent = tmp_path / "resent.dcm"
@@ -160,21 +200,44 @@ def test_an_answer_on_a_replaced_file_is_reported_from_that_file(
         assert instance is not None
         old_path, old_sha = instance.file_path, instance.file_sha256
         crud.add_uid_conflict(
-            session, instance_id=instance.id, known_status=instance.status,
-            study_instance_uid="1.2", study_matches=True, known_file_path=old_path,
-            known_file_sha256=old_sha, known_file_size=instance.file_size,
-            new_file_path=str(resent), new_file_sha256="f" * 64, new_file_size=1,
-            policy="replace", action=UidConflictAction.replaced, detail="test")
+            session,
+            instance_id=instance.id,
+            known_status=instance.status,
+            study_instance_uid="1.2",
+            study_matches=True,
+            known_file_path=old_path,
+            known_file_sha256=old_sha,
+            known_file_size=instance.file_size,
+            new_file_path=str(resent),
+            new_file_sha256="f" * 64,
+            new_file_size=1,
+            policy="replace",
+            action=UidConflictAction.replaced,
+            detail="test",
+        )
         assert crud.replace_instance_file(
-            session, instance_id=instance.id, expected_sha256=old_sha, file_path=str(resent),
-            file_sha256="f" * 64, file_size=1, series_instance_uid=None, modality="DX",
-            transfer_syntax_uid=None, header_view_position="PA")
+            session,
+            instance_id=instance.id,
+            expected_sha256=old_sha,
+            file_path=str(resent),
+            file_sha256="f" * 64,
+            file_size=1,
+            series_instance_uid=None,
+            modality="DX",
+            transfer_syntax_uid=None,
+            header_view_position="PA",
+        )
     with session_scope() as session:
         work = crud.outbox_work(session, outbox_ids=[row.id])[0]
     assert (work.file_path, work.file_sha256) == (old_path, old_sha)
     report = report_for(work, get_settings().intake)
-    assert report.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence[
-        0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == work.sop_instance_uid
+    assert (
+        report.CurrentRequestedProcedureEvidenceSequence[0]
+        .ReferencedSeriesSequence[0]
+        .ReferencedSOPSequence[0]
+        .ReferencedSOPInstanceUID
+        == work.sop_instance_uid
+    )
 
 
 def _sr_for(tmp_path: Path) -> Dataset:
@@ -182,12 +245,26 @@ def _sr_for(tmp_path: Path) -> Dataset:
     from cxr_orient.dicomnet.sr import build_sr
 
     source = pydicom.dcmread(SAMPLES / "frontal.dcm", stop_before_pixels=True)
-    answer = Answer(label="frontal", confidence=0.9, p_frontal=0.9, p_lateral=0.1,
-                    needs_review=False, header_agrees=True, rotation=0, mirrored=False,
-                    unusual_score=1.0)
-    return build_sr(source, answer, model_name="m", model_architecture="a",
-                    answered_at=datetime(2026, 12, 6, tzinfo=UTC),
-                    sop_instance_uid=generate_uid(), instance_number=1)
+    answer = Answer(
+        label="frontal",
+        confidence=0.9,
+        p_frontal=0.9,
+        p_lateral=0.1,
+        needs_review=False,
+        header_agrees=True,
+        rotation=0,
+        mirrored=False,
+        unusual_score=1.0,
+    )
+    return build_sr(
+        source,
+        answer,
+        model_name="m",
+        model_architecture="a",
+        answered_at=datetime(2026, 12, 6, tzinfo=UTC),
+        sop_instance_uid=generate_uid(),
+        instance_number=1,
+    )
 
 
 def _cause(destination: str, sr: Dataset, timeout_s: float = 2) -> str:

@@ -28,16 +28,21 @@ from tests.utils.dicom_factory import make_dicom, synthetic_pixels
 CR, DX = "1.2.840.10008.5.1.4.1.1.1", "1.2.840.10008.5.1.4.1.1.1.1"
 
 
-@pytest.mark.parametrize(("title", "host", "allowed", "expected"), [
-    ("ANY", "10.0.0.1", [], True),
-    ("MOD", "10.0.0.1", [("MOD", None)], True),
-    ("MOD ", "10.0.0.1", [("MOD", None)], True),
-    ("OTHER", "10.0.0.1", [("MOD", None)], False),
-    ("MOD", "10.0.0.1", [("MOD", "10.0.0.1")], True),
-    ("MOD", "10.0.0.2", [("MOD", "10.0.0.1")], False),
-], ids=["empty-any", "title", "padded", "other-title", "title-host", "other-host"])
-def test_callers(title: str, host: str, allowed: list[tuple[str, str | None]],
-                 expected: bool) -> None:
+@pytest.mark.parametrize(
+    ("title", "host", "allowed", "expected"),
+    [
+        ("ANY", "10.0.0.1", [], True),
+        ("MOD", "10.0.0.1", [("MOD", None)], True),
+        ("MOD ", "10.0.0.1", [("MOD", None)], True),
+        ("OTHER", "10.0.0.1", [("MOD", None)], False),
+        ("MOD", "10.0.0.1", [("MOD", "10.0.0.1")], True),
+        ("MOD", "10.0.0.2", [("MOD", "10.0.0.1")], False),
+    ],
+    ids=["empty-any", "title", "padded", "other-title", "title-host", "other-host"],
+)
+def test_callers(
+    title: str, host: str, allowed: list[tuple[str, str | None]], expected: bool
+) -> None:
     assert caller_allowed(title, host, allowed) is expected
 
 
@@ -76,8 +81,12 @@ def test_the_sweep_records_acknowledged_files_once_and_drops_stale_temporaries(
     configure(study_quiet_s=0)  # sent at once (the hold itself is test_studies')
     settings = get_settings()
     source = make_dicom(tmp_path / "src.dcm", synthetic_pixels((32, 32)))
-    spooled = write_instance(source.read_bytes(), study_instance_uid="1.2.3",
-                             sop_instance_uid="1.2.3.4", settings=settings)
+    spooled = write_instance(
+        source.read_bytes(),
+        study_instance_uid="1.2.3",
+        sop_instance_uid="1.2.3.4",
+        settings=settings,
+    )
     stale = spooled.path.parent / ".incoming-old.tmp"
     fresh = spooled.path.parent / ".incoming-new.tmp"
     stale.write_bytes(b"half")
@@ -95,8 +104,7 @@ def test_the_sweep_records_acknowledged_files_once_and_drops_stale_temporaries(
 def test_admission_counts_from_the_request_per_host_and_per_caller() -> None:
     refusals: list[str] = []
     closed: list[int] = []
-    books = Admission(Limits(associations=3, per_host=2, per_caller=1, pending=2),
-                      refusals.append)
+    books = Admission(Limits(associations=3, per_host=2, per_caller=1, pending=2), refusals.append)
     for key in range(3):  # three bare connections: the oldest is closed at the third
         books.opened(key, "10.0.0.9", functools.partial(closed.append, key))
     assert closed == [0] and refusals == ["pending_evicted"]
@@ -111,5 +119,10 @@ def test_admission_counts_from_the_request_per_host_and_per_caller() -> None:
     assert books.requested(7, "10.0.0.1", "MOD") is None, "a slot freed is taken again"
     books.opened(8, "10.0.0.4", lambda: None)
     books.closed(8)  # gave up (or timed out) before its request
-    assert refusals == ["pending_evicted", "per_caller", "per_host", "associations",
-                        "no_association_request"]
+    assert refusals == [
+        "pending_evicted",
+        "per_caller",
+        "per_host",
+        "associations",
+        "no_association_request",
+    ]

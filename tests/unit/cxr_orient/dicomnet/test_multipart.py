@@ -16,44 +16,53 @@ from cxr_orient.dicomnet.multipart import (
 BOUNDARY = "b0undary-7f3a"
 
 
-def body(*parts: bytes, preamble: bytes = b"", epilogue: bytes = b"",
-         close: bool = True) -> bytes:
+def body(*parts: bytes, preamble: bytes = b"", epilogue: bytes = b"", close: bool = True) -> bytes:
     out = preamble
     for data in parts:
-        out += (f"--{BOUNDARY}\r\nContent-Type: application/dicom\r\n\r\n".encode()
-                + data + b"\r\n")
+        out += f"--{BOUNDARY}\r\nContent-Type: application/dicom\r\n\r\n".encode() + data + b"\r\n"
     if close:
         out += f"--{BOUNDARY}--\r\n".encode() + epilogue
     return out
 
 
-def read(raw: bytes, *, chunk: int = 1 << 16, max_part: int = 1 << 20,
-         max_total: int = 1 << 24) -> list[Part]:
+def read(
+    raw: bytes, *, chunk: int = 1 << 16, max_part: int = 1 << 20, max_total: int = 1 << 24
+) -> list[Part]:
     reader = RelatedStreamReader(BOUNDARY, max_part_bytes=max_part, max_total_bytes=max_total)
     parts: list[Part] = []
     for start in range(0, len(raw), chunk):
-        parts += reader.feed(raw[start:start + chunk])
+        parts += reader.feed(raw[start : start + chunk])
     return parts + reader.finish()
 
 
-@pytest.mark.parametrize("content_type", [
-    f'multipart/related; type="application/dicom"; boundary={BOUNDARY}',
-    f'Multipart/Related; boundary="{BOUNDARY}"; type=application/dicom',
-    f"multipart/related; boundary={BOUNDARY}",  # type omitted: assumed
-], ids=["quoted-type", "case-and-order", "no-type"])
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        f'multipart/related; type="application/dicom"; boundary={BOUNDARY}',
+        f'Multipart/Related; boundary="{BOUNDARY}"; type=application/dicom',
+        f"multipart/related; boundary={BOUNDARY}",  # type omitted: assumed
+    ],
+    ids=["quoted-type", "case-and-order", "no-type"],
+)
 def test_the_boundary_of_a_related_dicom_body(content_type: str) -> None:
     assert related_boundary(content_type) == BOUNDARY
 
 
-@pytest.mark.parametrize("content_type, error", [
-    (None, UnsupportedMediaTypeError),
-    ("application/dicom", UnsupportedMediaTypeError),
-    (f"multipart/form-data; boundary={BOUNDARY}", UnsupportedMediaTypeError),
-    (f'multipart/related; type="application/dicom+json"; boundary={BOUNDARY}',
-     UnsupportedMediaTypeError),
-    ('multipart/related; type="application/dicom"', MultipartError),
-    ('multipart/related; type="application/dicom"; boundary=' + "x" * 71, MultipartError),
-], ids=["none", "single-part", "form-data", "dicom-json", "no-boundary", "long-boundary"])
+@pytest.mark.parametrize(
+    "content_type, error",
+    [
+        (None, UnsupportedMediaTypeError),
+        ("application/dicom", UnsupportedMediaTypeError),
+        (f"multipart/form-data; boundary={BOUNDARY}", UnsupportedMediaTypeError),
+        (
+            f'multipart/related; type="application/dicom+json"; boundary={BOUNDARY}',
+            UnsupportedMediaTypeError,
+        ),
+        ('multipart/related; type="application/dicom"', MultipartError),
+        ('multipart/related; type="application/dicom"; boundary=' + "x" * 71, MultipartError),
+    ],
+    ids=["none", "single-part", "form-data", "dicom-json", "no-boundary", "long-boundary"],
+)
 def test_other_media_types_are_refused(content_type: str | None, error: type) -> None:
     with pytest.raises(error):
         related_boundary(content_type)
@@ -87,7 +96,7 @@ def test_a_body_over_the_total_bound_stops_reading() -> None:
     raw = body(b"a" * 300, b"b" * 300)
     with pytest.raises(RequestTooLargeError):
         for start in range(0, len(raw), 100):
-            reader.feed(raw[start:start + 100])
+            reader.feed(raw[start : start + 100])
     assert reader.total <= 600
 
 
@@ -98,9 +107,11 @@ def test_a_body_cut_off_gives_its_last_part_incomplete() -> None:
     assert parts[1].incomplete and parts[1].data is None
 
 
-@pytest.mark.parametrize("raw", [b"", b"no delimiter at all" * 5000,
-                                 f"--{BOUNDARY}--\r\n".encode()],
-                         ids=["empty", "no-delimiter", "no-part"])
+@pytest.mark.parametrize(
+    "raw",
+    [b"", b"no delimiter at all" * 5000, f"--{BOUNDARY}--\r\n".encode()],
+    ids=["empty", "no-delimiter", "no-part"],
+)
 def test_a_body_without_parts_is_refused(raw: bytes) -> None:
     with pytest.raises(MultipartError):
         read(raw)

@@ -37,15 +37,19 @@ STUDY = "1.2.826.0.1.3680043.8.498.77"
 
 
 def _dicom_bytes(tmp: Path, sop: str, study: str = STUDY) -> bytes:
-    pixels = (np.arange(64 * 64, dtype=np.uint16).reshape(64, 64) % 4096)
+    pixels = np.arange(64 * 64, dtype=np.uint16).reshape(64, 64) % 4096
     return make_dicom(tmp / f"{sop}.dcm", pixels, study_uid=study, sop_uid=sop).read_bytes()
 
 
 def _receive(tmp: Path, sop: str, study: str = STUDY) -> tuple[int, Path]:
     """A file received over the network: spooled, then recorded (nothing sent)."""
     settings = get_settings()
-    spooled = write_instance(_dicom_bytes(tmp, sop, study), study_instance_uid=study,
-                             sop_instance_uid=sop, settings=settings)
+    spooled = write_instance(
+        _dicom_bytes(tmp, sop, study),
+        study_instance_uid=study,
+        sop_instance_uid=sop,
+        settings=settings,
+    )
     report = enqueue_paths([spooled.path], send=None, settings=settings)
     assert len(report.queued) == 1, report
     return report.queued[0], spooled.path
@@ -54,12 +58,25 @@ def _receive(tmp: Path, sop: str, study: str = STUDY) -> tuple[int, Path]:
 def _answer(instance_id: int, version_id: int, *, needs_review: bool = False) -> None:
     with session_scope() as session:
         assert crud.claim_for_processing(session, instance_id=instance_id, lease_s=20)
-        crud.record_predictions(session, model_version_id=version_id, worker="test", records=[
-            prediction_record(instance_id=instance_id, label=OrientationLabel.frontal,
-                                  confidence=0.7 if needs_review else 0.99, p_frontal=0.99,
-                                  p_lateral=0.01, header_agrees=True,
-                                  needs_review=needs_review, decode_ms=None,
-                                  inference_ms=None, batch_size=1)])
+        crud.record_predictions(
+            session,
+            model_version_id=version_id,
+            worker="test",
+            records=[
+                prediction_record(
+                    instance_id=instance_id,
+                    label=OrientationLabel.frontal,
+                    confidence=0.7 if needs_review else 0.99,
+                    p_frontal=0.99,
+                    p_lateral=0.01,
+                    header_agrees=True,
+                    needs_review=needs_review,
+                    decode_ms=None,
+                    inference_ms=None,
+                    batch_size=1,
+                )
+            ],
+        )
 
 
 def _purged_at(instance_id: int) -> object:
@@ -76,7 +93,8 @@ def version_id(migrated_db: str) -> int:
 
 
 def test_finished_unneeded_received_files_go_and_the_rest_stay(
-        version_id: int, tmp_path: Path) -> None:
+    version_id: int, tmp_path: Path
+) -> None:
     made = tmp_path / "made"
     made.mkdir()
     done, done_path = _receive(made, "1.2.3.1")
@@ -93,11 +111,17 @@ def test_finished_unneeded_received_files_go_and_the_rest_stay(
         _answer(instance_id, version_id)
     _answer(review, version_id, needs_review=True)
     with session_scope() as session:
-        crud.add_label(session, instance_id=labelled, label=OrientationLabel.frontal,
-                       source="review", annotator="qa")
+        crud.add_label(
+            session,
+            instance_id=labelled,
+            label=OrientationLabel.frontal,
+            source="review",
+            annotator="qa",
+        )
         assert crud.claim_for_processing(session, instance_id=processing, lease_s=20)
-        crud.mark_failed(session, instance_id=failed, error_code="decode_failed",
-                         error_message="test")
+        crud.mark_failed(
+            session, instance_id=failed, error_code="decode_failed", error_message="test"
+        )
 
     counts = purge_spool(get_settings(), utcnow())
 
@@ -115,8 +139,8 @@ def test_finished_unneeded_received_files_go_and_the_rest_stay(
 
 
 def test_keep_days_holds_files_that_long_after_they_finished(
-        version_id: int, tmp_path: Path, configure: Callable[..., None],
-        migrated_db: str) -> None:
+    version_id: int, tmp_path: Path, configure: Callable[..., None], migrated_db: str
+) -> None:
     configure(spool_keep_days=2)
     instance_id, path = _receive(tmp_path, "1.2.3.10")
     _answer(instance_id, version_id)
@@ -128,7 +152,8 @@ def test_keep_days_holds_files_that_long_after_they_finished(
 
 
 def test_a_file_gone_already_is_marked_and_a_resend_brings_it_back(
-        version_id: int, tmp_path: Path) -> None:
+    version_id: int, tmp_path: Path
+) -> None:
     instance_id, path = _receive(tmp_path, "1.2.3.20")
     _answer(instance_id, version_id)
     sent = path.read_bytes()
@@ -138,8 +163,9 @@ def test_a_file_gone_already_is_marked_and_a_resend_brings_it_back(
     assert _purged_at(instance_id) is not None
     # The same bytes received again: known (not queued again), the file is back and the
     # row says so; the next purge deletes it again.
-    spooled = write_instance(sent, study_instance_uid=STUDY,
-                             sop_instance_uid="1.2.3.20", settings=get_settings())
+    spooled = write_instance(
+        sent, study_instance_uid=STUDY, sop_instance_uid="1.2.3.20", settings=get_settings()
+    )
     report = enqueue_paths([spooled.path], send=None, settings=get_settings())
     assert report.already_known == [instance_id]
     assert _purged_at(instance_id) is None and spooled.path.is_file()
@@ -152,20 +178,31 @@ def test_purged_instances_are_not_reclassified(version_id: int, tmp_path: Path) 
     for instance_id in (kept_id, purged_id):
         _answer(instance_id, version_id)
     with session_scope() as session:
-        crud.add_label(session, instance_id=kept_id, label=OrientationLabel.frontal,
-                       source="import", annotator=None)
+        crud.add_label(
+            session,
+            instance_id=kept_id,
+            label=OrientationLabel.frontal,
+            source="import",
+            annotator=None,
+        )
     assert purge_spool(get_settings(), utcnow()).deleted == 1
     with session_scope() as session:
         other = register_version(session, name="m2").id
         candidates = crud.reclassify_candidates(
-            session, after_id=0, up_to_id=crud.max_instance_id(session),
-            model_version_id=other, study_instance_uid=None, since=None,
-            include_failed=False)
+            session,
+            after_id=0,
+            up_to_id=crud.max_instance_id(session),
+            model_version_id=other,
+            study_instance_uid=None,
+            since=None,
+            include_failed=False,
+        )
     assert candidates == [(kept_id, False)]
 
 
 def test_work_reaching_a_worker_for_a_purged_file_fails_with_file_purged(
-        tmp_path: Path, configure: Callable[..., None], monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, configure: Callable[..., None], monkeypatch: pytest.MonkeyPatch
+) -> None:
     from worker.pipeline import classify_instances
 
     setup = embedded_setup(tmp_path, configure, monkeypatch)
@@ -186,33 +223,42 @@ def test_work_reaching_a_worker_for_a_purged_file_fails_with_file_purged(
 
 
 def test_a_label_after_the_purge_is_reported_file_purged_by_training(
-        version_id: int, tmp_path: Path) -> None:
+    version_id: int, tmp_path: Path
+) -> None:
     from training.lifecycle import labelled_images_from_db
 
     instance_id, _ = _receive(tmp_path, "1.2.3.40")
     _answer(instance_id, version_id)
     assert purge_spool(get_settings(), utcnow()).deleted == 1
     with session_scope() as session:
-        crud.add_label(session, instance_id=instance_id, label=OrientationLabel.frontal,
-                       source="import", annotator=None)
+        crud.add_label(
+            session,
+            instance_id=instance_id,
+            label=OrientationLabel.frontal,
+            source="import",
+            annotator=None,
+        )
     with session_scope() as session:
         labelled = labelled_images_from_db(session, get_settings().intake)
     assert labelled.images == []
     assert len(labelled.problems) == 1 and ": file_purged: " in labelled.problems[0]
 
 
-def test_a_report_not_yet_delivered_keeps_its_source_file(
-        version_id: int, tmp_path: Path) -> None:
+def test_a_report_not_yet_delivered_keeps_its_source_file(version_id: int, tmp_path: Path) -> None:
     """The SR is built from the source file's header when it is sent: a pending outbox
     row holds the file; once sent (or failed for good) the file may go."""
     instance_id, path = _receive(tmp_path, "1.2.3.20")
     _answer(instance_id, version_id)
     with session_scope() as session:
         prediction_id = session.scalars(
-            select(Prediction.id).where(Prediction.instance_id == instance_id)).one()
-        crud.add_outbox_messages(session, prediction_ids=[prediction_id],
-                                 destinations=["dicom://PACS@127.0.0.1:4242"],
-                                 new_report_uid=new_sr_uid)
+            select(Prediction.id).where(Prediction.instance_id == instance_id)
+        ).one()
+        crud.add_outbox_messages(
+            session,
+            prediction_ids=[prediction_id],
+            destinations=["dicom://PACS@127.0.0.1:4242"],
+            new_report_uid=new_sr_uid,
+        )
         (outbox,) = crud.outbox_rows(session, prediction_ids=[prediction_id])
         outbox_id = outbox.id
     assert purge_spool(get_settings(), utcnow()).deleted == 0
@@ -227,13 +273,15 @@ def _conflicting(tmp: Path, sop: str) -> Path:
     """Other bytes under a known SOPInstanceUID (a corrected re-send), spooled."""
     pixels = (np.arange(64 * 64, dtype=np.uint16).reshape(64, 64) % 4096)[:, ::-1].copy()
     data = make_dicom(tmp / f"{sop}.v2.dcm", pixels, study_uid=STUDY, sop_uid=sop).read_bytes()
-    return write_instance(data, study_instance_uid=STUDY, sop_instance_uid=sop,
-                          settings=get_settings()).path
+    return write_instance(
+        data, study_instance_uid=STUDY, sop_instance_uid=sop, settings=get_settings()
+    ).path
 
 
 @pytest.mark.parametrize("policy", ["keep_first", "replace"])
 def test_the_file_of_a_uid_conflict_that_no_instance_uses_is_purged(
-        version_id: int, tmp_path: Path, configure: Callable[..., None], policy: str) -> None:
+    version_id: int, tmp_path: Path, configure: Callable[..., None], policy: str
+) -> None:
     """keep_first: the new bytes, never an instance's file; replace: the old ones. Both
     are received PHI that nothing reads (before: kept forever). The instance's own file
     is the usual rule's: kept here while it is unfinished."""
@@ -256,7 +304,8 @@ def test_the_file_of_a_uid_conflict_that_no_instance_uses_is_purged(
 
 
 def test_a_conflict_file_that_became_an_instances_file_is_kept(
-        version_id: int, tmp_path: Path, configure: Callable[..., None]) -> None:
+    version_id: int, tmp_path: Path, configure: Callable[..., None]
+) -> None:
     """keep_first kept the second bytes out; replace later made them the instance's file
     (a second conflict, same bytes): the first conflict's "unused" file is used now."""
     configure(uid_conflict_policy="keep_first")
@@ -271,7 +320,8 @@ def test_a_conflict_file_that_became_an_instances_file_is_kept(
 
 
 def test_the_purge_removes_stale_partial_files_and_leaves_fresh_ones(
-        migrated_db: str, tmp_path: Path) -> None:
+    migrated_db: str, tmp_path: Path
+) -> None:
     """Partials of interrupted writes (``.incoming-*.tmp``) and of transfers cut off
     (``.receiving/``), left by a killed process: removed by the periodic purge once
     stale, not only by a listener's restart; a fresh one may be a transfer in progress."""

@@ -19,8 +19,9 @@ def settings_for(root: Path) -> Settings:
 
 def test_written_under_the_ingest_root_named_by_uid_and_hash(tmp_path: Path) -> None:
     settings = settings_for(tmp_path)
-    spooled = write_instance(b"DICM-bytes", study_instance_uid=STUDY,
-                             sop_instance_uid=SOP, settings=settings)
+    spooled = write_instance(
+        b"DICM-bytes", study_instance_uid=STUDY, sop_instance_uid=SOP, settings=settings
+    )
     assert spooled.written
     assert spooled.path.parent == tmp_path / "spool" / STUDY
     assert spooled.path.name == f"{SOP}.{spooled.sha256[:16]}.dcm"
@@ -30,12 +31,15 @@ def test_written_under_the_ingest_root_named_by_uid_and_hash(tmp_path: Path) -> 
 
 def test_same_bytes_written_once_other_bytes_get_their_own_file(tmp_path: Path) -> None:
     settings = settings_for(tmp_path)
-    first = write_instance(b"one", study_instance_uid=STUDY, sop_instance_uid=SOP,
-                           settings=settings)
-    again = write_instance(b"one", study_instance_uid=STUDY, sop_instance_uid=SOP,
-                           settings=settings)
-    other = write_instance(b"two", study_instance_uid=STUDY, sop_instance_uid=SOP,
-                           settings=settings)
+    first = write_instance(
+        b"one", study_instance_uid=STUDY, sop_instance_uid=SOP, settings=settings
+    )
+    again = write_instance(
+        b"one", study_instance_uid=STUDY, sop_instance_uid=SOP, settings=settings
+    )
+    other = write_instance(
+        b"two", study_instance_uid=STUDY, sop_instance_uid=SOP, settings=settings
+    )
     assert again.path == first.path and not again.written
     assert other.path != first.path and other.written
     assert first.path.read_bytes() == b"one" and other.path.read_bytes() == b"two"
@@ -45,8 +49,9 @@ def test_same_bytes_written_once_other_bytes_get_their_own_file(tmp_path: Path) 
 def test_a_uid_that_does_not_parse_cannot_name_a_path(tmp_path: Path, uid: str) -> None:
     name = safe_uid_name(uid)
     assert name.startswith("invalid-") and "/" not in name and ".." not in name
-    spooled = write_instance(b"x", study_instance_uid=uid, sop_instance_uid=uid,
-                             settings=settings_for(tmp_path))
+    spooled = write_instance(
+        b"x", study_instance_uid=uid, sop_instance_uid=uid, settings=settings_for(tmp_path)
+    )
     assert spooled.path.resolve().is_relative_to((tmp_path / "spool").resolve())
 
 

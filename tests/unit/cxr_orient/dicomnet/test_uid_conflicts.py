@@ -96,7 +96,8 @@ def test_a_file_refused_first_is_no_conflict(archive: Path) -> None:
 
 
 def test_keep_first_records_the_conflict_and_queues_nothing(
-        archive: Path, configure: Callable[..., None]) -> None:
+    archive: Path, configure: Callable[..., None]
+) -> None:
     first, instance_id = _first(archive)
     changed = radiograph_version(archive / "resent" / "changed.dcm", version=1)
     sent = Sent()
@@ -104,16 +105,28 @@ def test_keep_first_records_the_conflict_and_queues_nothing(
     report = enqueue_paths([changed], send=sent, settings=get_settings())
 
     assert report.queued == [] and report.already_known == [] and sent == []
-    assert [(c.instance_id, c.action, c.study_matches, c.first_seen, c.sop_instance_uid)
-            for c in report.uid_conflicts] == [(instance_id, "kept_first", True, True, SOP)]
+    assert [
+        (c.instance_id, c.action, c.study_matches, c.first_seen, c.sop_instance_uid)
+        for c in report.uid_conflicts
+    ] == [(instance_id, "kept_first", True, True, SOP)]
     assert report.instance_ids == [instance_id]
     (row,) = conflict_rows()
     assert (row.instance_id, row.policy, row.action, row.known_status) == (
-        instance_id, "keep_first", "kept_first", "queued")
+        instance_id,
+        "keep_first",
+        "kept_first",
+        "queued",
+    )
     assert (row.known_file_path, row.known_file_sha256, row.known_file_size) == (
-        str(first), sha256_of(first), first.stat().st_size)
+        str(first),
+        sha256_of(first),
+        first.stat().st_size,
+    )
     assert (row.new_file_path, row.new_file_sha256, row.new_file_size) == (
-        str(changed), sha256_of(changed), changed.stat().st_size)
+        str(changed),
+        sha256_of(changed),
+        changed.stat().st_size,
+    )
     assert row.known_file_sha256 != row.new_file_sha256
     assert (row.study_instance_uid, row.study_matches) == (STUDY, True)
     assert row.created_at is not None
@@ -123,8 +136,7 @@ def test_keep_first_records_the_conflict_and_queues_nothing(
         assert crud.uid_conflict_counts(session) == {"kept_first": 1, "replaced": 0}
 
     # the same conflict: reported, not re-recorded
-    again = enqueue_paths([changed], send=sent,
-                          settings=get_settings())
+    again = enqueue_paths([changed], send=sent, settings=get_settings())
 
     assert [(c.conflict_id, c.first_seen) for c in again.uid_conflicts] == [(row.id, False)]
     assert len(conflict_rows()) == 1 and sent == []
@@ -137,10 +149,14 @@ def test_enqueue_and_status_report_the_conflict(archive: Path) -> None:
     result = CliRunner().invoke(main, ["enqueue", str(changed)])
 
     assert result.exit_code == 0, result.output
-    assert result.stdout == ("1 files: 0 queued, 0 already known, 1 uid_conflict, "
-                             "0 out_of_scope, 0 refused (1 studies)\n")
-    assert (f"  uid_conflict {changed}: SOPInstanceUID {SOP} (instance {instance_id}) has "
-            "other bytes: kept_first\n") in result.stderr
+    assert result.stdout == (
+        "1 files: 0 queued, 0 already known, 1 uid_conflict, "
+        "0 out_of_scope, 0 refused (1 studies)\n"
+    )
+    assert (
+        f"  uid_conflict {changed}: SOPInstanceUID {SOP} (instance {instance_id}) has "
+        "other bytes: kept_first\n"
+    ) in result.stderr
     status = CliRunner().invoke(main, ["status"])
     assert status.exit_code == 0, status.output
     assert "uid conflicts: 1 (kept_first 1, replaced 0)" in status.stdout.splitlines()
@@ -150,7 +166,8 @@ def test_enqueue_and_status_report_the_conflict(archive: Path) -> None:
 
 
 def test_replace_requeues_the_instance_and_keeps_the_earlier_answer(
-        archive: Path, configure: Callable[..., None]) -> None:
+    archive: Path, configure: Callable[..., None]
+) -> None:
     first, instance_id = _first(archive)
     assert classify_instances([instance_id], settings=get_settings()).done == [instance_id]
     _policy(configure, "replace")
@@ -160,15 +177,21 @@ def test_replace_requeues_the_instance_and_keeps_the_earlier_answer(
     report = enqueue_paths([corrected], send=sent, settings=get_settings())
 
     assert report.queued == [] and sent == [instance_id]
-    assert [(c.instance_id, c.action) for c in report.uid_conflicts] == [
-        (instance_id, "replaced")]
+    assert [(c.instance_id, c.action) for c in report.uid_conflicts] == [(instance_id, "replaced")]
     row = instance_row(instance_id)
     assert (row.status, row.file_path, row.file_sha256, row.file_size) == (
-        "queued", str(corrected), sha256_of(corrected), corrected.stat().st_size)
+        "queued",
+        str(corrected),
+        sha256_of(corrected),
+        corrected.stat().st_size,
+    )
     assert (row.attempts, row.header_view_position, row.finished_at) == (0, "AP", None)
     (conflict,) = conflict_rows(instance_id)
     assert (conflict.policy, conflict.action, conflict.known_status) == (
-        "replace", "replaced", "done")
+        "replace",
+        "replaced",
+        "done",
+    )
     assert conflict.known_file_sha256 == sha256_of(first)
     assert len(prediction_rows(instance_id)) == 1  # history is kept
 
@@ -181,15 +204,13 @@ def test_replace_requeues_the_instance_and_keeps_the_earlier_answer(
     with session_scope() as session:
         (latest,) = crud.results(session, instance_ids=[instance_id])
         assert crud.uid_conflict_counts(session) == {"kept_first": 0, "replaced": 1}
-    assert (latest.status, latest.file_path, latest.header_view) == (
-        "done", str(corrected), "AP")
+    assert (latest.status, latest.file_path, latest.header_view) == ("done", str(corrected), "AP")
     # answered once
     assert classify_instances([instance_id], settings=get_settings()).skipped == [instance_id]
     assert len(prediction_rows(instance_id)) == 2
 
 
-def test_replace_revives_a_failed_instance(
-        archive: Path, configure: Callable[..., None]) -> None:
+def test_replace_revives_a_failed_instance(archive: Path, configure: Callable[..., None]) -> None:
     broken = radiograph_version(archive / "broken.dcm", version=0)
     ds = pydicom.dcmread(broken)
     ds.PixelData = ds.PixelData[: len(ds.PixelData) // 3]  # the header is intact
@@ -212,8 +233,8 @@ def test_replace_revives_a_failed_instance(
 
 @pytest.mark.parametrize("where", ["same-path", "other-path"])
 def test_replace_while_processing_records_nothing_stale_and_requeues(
-        archive: Path, configure: Callable[..., None], monkeypatch: pytest.MonkeyPatch,
-        where: str) -> None:
+    archive: Path, configure: Callable[..., None], monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
     """The worker has claimed the instance (old sha) when the replacement is enqueued:
     overwritten in place, its read fails file_changed; elsewhere, it answers the old bytes.
     Either way nothing is recorded on the instance, which stays queued for the new file."""
@@ -236,8 +257,7 @@ def test_replace_while_processing_records_nothing_stale_and_requeues(
     assert sent == [instance_id]
     assert outcome.done == [] and outcome.failed == {} and outcome.skipped == [instance_id]
     row = instance_row(instance_id)
-    assert (row.status, row.error_code, row.file_sha256) == (
-        "queued", None, sha256_of(new_path))
+    assert (row.status, row.error_code, row.file_sha256) == ("queued", None, sha256_of(new_path))
     assert prediction_rows(instance_id) == []
     (conflict,) = conflict_rows(instance_id)
     assert (conflict.known_status, conflict.action) == ("processing", "replaced")
@@ -249,7 +269,8 @@ def test_replace_while_processing_records_nothing_stale_and_requeues(
 
 
 def test_a_clash_across_studies_is_recorded_and_never_moves_the_instance(
-        archive: Path, configure: Callable[..., None]) -> None:
+    archive: Path, configure: Callable[..., None]
+) -> None:
     first, instance_id = _first(archive)
     _policy(configure, "replace")
     clash = radiograph_version(archive / "other-study.dcm", version=1, study_uid=OTHER_STUDY)
@@ -258,12 +279,15 @@ def test_a_clash_across_studies_is_recorded_and_never_moves_the_instance(
     report = enqueue_paths([clash], send=sent, settings=get_settings())
 
     assert sent == [] and report.queued == []
-    assert [(c.action, c.study_matches) for c in report.uid_conflicts] == [
-        ("kept_first", False)]
+    assert [(c.action, c.study_matches) for c in report.uid_conflicts] == [("kept_first", False)]
     assert report.studies == {STUDY}
     (row,) = conflict_rows(instance_id)
     assert (row.policy, row.action, row.study_matches, row.study_instance_uid) == (
-        "replace", "kept_first", False, OTHER_STUDY)
+        "replace",
+        "kept_first",
+        False,
+        OTHER_STUDY,
+    )
     assert OTHER_STUDY in row.detail and STUDY in row.detail
     kept = instance_row(instance_id)
     assert (kept.file_sha256, kept.status) == (sha256_of(first), "queued")
@@ -284,24 +308,57 @@ def test_answers_and_failures_on_replaced_bytes_are_not_recorded(archive: Path) 
     with session_scope() as session:
         version_id = register_version(session).id
         assert crud.replace_instance_file(
-            session, instance_id=instance_id, expected_sha256=old, file_path="/new.dcm",
-            file_sha256="b" * 64, file_size=1, series_instance_uid=None, modality="CR",
-            transfer_syntax_uid=None, header_view_position=None)
+            session,
+            instance_id=instance_id,
+            expected_sha256=old,
+            file_path="/new.dcm",
+            file_sha256="b" * 64,
+            file_size=1,
+            series_instance_uid=None,
+            modality="CR",
+            transfer_syntax_uid=None,
+            header_view_position=None,
+        )
         assert not crud.replace_instance_file(  # compare-and-set: the old sha is gone
-            session, instance_id=instance_id, expected_sha256=old, file_path="/x.dcm",
-            file_sha256="c" * 64, file_size=1, series_instance_uid=None, modality="CR",
-            transfer_syntax_uid=None, header_view_position=None)
+            session,
+            instance_id=instance_id,
+            expected_sha256=old,
+            file_path="/x.dcm",
+            file_sha256="c" * 64,
+            file_size=1,
+            series_instance_uid=None,
+            modality="CR",
+            transfer_syntax_uid=None,
+            header_view_position=None,
+        )
     record = prediction_record(
-        instance_id=instance_id, label=OrientationLabel.frontal, confidence=0.9,
-        p_frontal=0.9, p_lateral=0.1, header_agrees=None, needs_review=False,
-        decode_ms=None, inference_ms=None, batch_size=1, file_sha256=old)
+        instance_id=instance_id,
+        label=OrientationLabel.frontal,
+        confidence=0.9,
+        p_frontal=0.9,
+        p_lateral=0.1,
+        header_agrees=None,
+        needs_review=False,
+        decode_ms=None,
+        inference_ms=None,
+        batch_size=1,
+        file_sha256=old,
+    )
     with session_scope() as session:
-        assert crud.record_predictions(session, model_version_id=version_id,
-                                       records=[record], worker="w") == 0
-        crud.mark_failed(session, instance_id=instance_id, error_code="file_changed",
-                         error_message="stale", file_sha256=old)
-        assert crud.superseded_instance_ids(session, made_on={instance_id: old}) == [
-            instance_id]
+        assert (
+            crud.record_predictions(
+                session, model_version_id=version_id, records=[record], worker="w"
+            )
+            == 0
+        )
+        crud.mark_failed(
+            session,
+            instance_id=instance_id,
+            error_code="file_changed",
+            error_message="stale",
+            file_sha256=old,
+        )
+        assert crud.superseded_instance_ids(session, made_on={instance_id: old}) == [instance_id]
     row = instance_row(instance_id)
     assert (row.status, row.error_code, row.file_sha256) == ("queued", None, "b" * 64)
     assert prediction_rows(instance_id) == []
@@ -323,46 +380,66 @@ def test_the_policy_setting_is_validated(monkeypatch: pytest.MonkeyPatch) -> Non
 # --- the migration ---------------------------------------------------------------------
 
 
-def test_migration_0002_backfills_widens_the_unique_rule_and_downgrades(
-        database_url: str) -> None:
+def test_migration_0002_backfills_widens_the_unique_rule_and_downgrades(database_url: str) -> None:
     upgrade(database_url, "0001")
     engine = make_engine(database_url)
     now = "CURRENT_TIMESTAMP"
     prediction = (
         "INSERT INTO predictions (instance_id, model_version_id, {extra_cols}label, "
         "confidence, p_frontal, p_lateral, needs_review, created_at) VALUES (1, 1, "
-        "{extra_vals}'frontal', 0.9, 0.9, 0.1, false, " + now + ")")
+        "{extra_vals}'frontal', 0.9, 0.9, 0.1, false, " + now + ")"
+    )
     try:
         with engine.begin() as conn:
-            conn.execute(text("INSERT INTO studies (id, study_instance_uid, created_at) "
-                              f"VALUES (1, '1.2.3', {now})"))
-            conn.execute(text(
-                "INSERT INTO instances (id, study_id, sop_instance_uid, file_path, "
-                "file_sha256, file_size, status, attempts, enqueued_at, updated_at) VALUES "
-                f"(1, 1, '1.2.3.4', '/a.dcm', '{'a' * 64}', 10, 'done', 1, {now}, {now})"))
-            conn.execute(text(
-                "INSERT INTO model_versions (id, name, architecture, file_path, sha256, "
-                "input_size, labels, temperature, review_threshold, metrics, training, "
-                "state, is_active, created_at) VALUES (1, 'm1', 'compact', '/m.keras', "
-                f"'{'f' * 64}', 256, '[]', 1.0, 0.9, '{{}}', '{{}}', 'active', true, {now})"))
+            conn.execute(
+                text(
+                    "INSERT INTO studies (id, study_instance_uid, created_at) "
+                    f"VALUES (1, '1.2.3', {now})"
+                )
+            )
+            conn.execute(
+                text(
+                    "INSERT INTO instances (id, study_id, sop_instance_uid, file_path, "
+                    "file_sha256, file_size, status, attempts, enqueued_at, updated_at) VALUES "
+                    f"(1, 1, '1.2.3.4', '/a.dcm', '{'a' * 64}', 10, 'done', 1, {now}, {now})"
+                )
+            )
+            conn.execute(
+                text(
+                    "INSERT INTO model_versions (id, name, architecture, file_path, sha256, "
+                    "input_size, labels, temperature, review_threshold, metrics, training, "
+                    "state, is_active, created_at) VALUES (1, 'm1', 'compact', '/m.keras', "
+                    f"'{'f' * 64}', 256, '[]', 1.0, 0.9, '{{}}', '{{}}', 'active', true, {now})"
+                )
+            )
             conn.execute(text(prediction.format(extra_cols="", extra_vals="")))
 
         upgrade(database_url, "0002")
 
         with engine.begin() as conn:
             assert conn.execute(text("SELECT file_sha256 FROM predictions")).scalar_one() == (
-                "a" * 64)
-            conn.execute(text(
-                "INSERT INTO uid_conflicts (instance_id, study_instance_uid, study_matches, "
-                "known_file_path, known_file_sha256, known_file_size, known_status, "
-                "new_file_path, new_file_sha256, new_file_size, policy, action, detail, "
-                f"created_at) VALUES (1, '1.2.3', true, '/a.dcm', '{'a' * 64}', 10, 'done', "
-                f"'/b.dcm', '{'b' * 64}', 11, 'replace', 'replaced', 'test', {now})"))
-            conn.execute(text(prediction.format(  # the same model on the new bytes: allowed
-                extra_cols="file_sha256, ", extra_vals=f"'{'b' * 64}', ")))
+                "a" * 64
+            )
+            conn.execute(
+                text(
+                    "INSERT INTO uid_conflicts (instance_id, study_instance_uid, study_matches, "
+                    "known_file_path, known_file_sha256, known_file_size, known_status, "
+                    "new_file_path, new_file_sha256, new_file_size, policy, action, detail, "
+                    f"created_at) VALUES (1, '1.2.3', true, '/a.dcm', '{'a' * 64}', 10, 'done', "
+                    f"'/b.dcm', '{'b' * 64}', 11, 'replace', 'replaced', 'test', {now})"
+                )
+            )
+            conn.execute(
+                text(
+                    prediction.format(  # the same model on the new bytes: allowed
+                        extra_cols="file_sha256, ", extra_vals=f"'{'b' * 64}', "
+                    )
+                )
+            )
         with pytest.raises(IntegrityError), engine.begin() as conn:  # but only once
-            conn.execute(text(prediction.format(
-                extra_cols="file_sha256, ", extra_vals=f"'{'b' * 64}', ")))
+            conn.execute(
+                text(prediction.format(extra_cols="file_sha256, ", extra_vals=f"'{'b' * 64}', "))
+            )
         with pytest.raises(RuntimeError, match="more than one version of their file"):
             downgrade(database_url, "0001")  # would lose an answer: refused
 
@@ -372,14 +449,21 @@ def test_migration_0002_backfills_widens_the_unique_rule_and_downgrades(
 
         with engine.begin() as conn:
             assert conn.execute(text("SELECT count(*) FROM predictions")).scalar_one() == 1
-            tables = {r[0] for r in conn.execute(text(
-                "SELECT table_name FROM information_schema.tables"
-                if not database_url.startswith("sqlite")
-                else "SELECT name FROM sqlite_master WHERE type = 'table'"))}
+            tables = {
+                r[0]
+                for r in conn.execute(
+                    text(
+                        "SELECT table_name FROM information_schema.tables"
+                        if not database_url.startswith("sqlite")
+                        else "SELECT name FROM sqlite_master WHERE type = 'table'"
+                    )
+                )
+            }
             assert "uid_conflicts" not in tables
         upgrade(database_url, "0002")
         with engine.begin() as conn:
             assert conn.execute(text("SELECT file_sha256 FROM predictions")).scalar_one() == (
-                "a" * 64)
+                "a" * 64
+            )
     finally:
         engine.dispose()

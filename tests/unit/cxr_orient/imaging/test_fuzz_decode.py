@@ -50,8 +50,10 @@ def _seed(path: Path, syntax: str) -> bytes:
 @pytest.fixture(scope="module")
 def seeds(tmp_path_factory: pytest.TempPathFactory) -> list[bytes]:
     folder = tmp_path_factory.mktemp("fuzz-seeds")
-    return [_seed(folder / f"{i}.dcm", s)
-            for i, s in enumerate([ExplicitVRLittleEndian, RLELossless, JPEG2000Lossless])]
+    return [
+        _seed(folder / f"{i}.dcm", s)
+        for i, s in enumerate([ExplicitVRLittleEndian, RLELossless, JPEG2000Lossless])
+    ]
 
 
 mutation = st.one_of(
@@ -84,12 +86,22 @@ def _mutate(data: bytes, ops: list[tuple[str, int, int]], header_bias: bool) -> 
     return bytes(buf)
 
 
-@settings(max_examples=EXAMPLES, deadline=None, derandomize=False,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-@given(seed=st.integers(0, 2), ops=st.lists(mutation, min_size=1, max_size=6),
-       header_bias=st.booleans())
+@settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    derandomize=False,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    seed=st.integers(0, 2),
+    ops=st.lists(mutation, min_size=1, max_size=6),
+    header_bias=st.booleans(),
+)
 def test_mutated_dicom_decodes_or_raises_cxr_error(
-    seeds: list[bytes], tmp_path: Path, seed: int, ops: list[tuple[str, int, int]],
+    seeds: list[bytes],
+    tmp_path: Path,
+    seed: int,
+    ops: list[tuple[str, int, int]],
     header_bias: bool,
 ) -> None:
     path = tmp_path / "fuzz.dcm"

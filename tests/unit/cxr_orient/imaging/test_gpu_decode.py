@@ -40,8 +40,17 @@ from cxr_orient.settings import Settings
 from tests.utils.dicom_factory import make_dicom, real_pixels
 from worker.decoding import decode_batch, decode_batch_with, decode_device
 
-CARD = ("j2k-lossless", "j2k-lossy", "jpeg-baseline", "htj2k-lossless", "htj2k-lossy",
-        "explicit-le", "jpeg-lossless", "implicit-le", "deflated")
+CARD = (
+    "j2k-lossless",
+    "j2k-lossy",
+    "jpeg-baseline",
+    "htj2k-lossless",
+    "htj2k-lossy",
+    "explicit-le",
+    "jpeg-lossless",
+    "implicit-le",
+    "deflated",
+)
 CPU = ("rle", "jpeg-ls", "explicit-be")
 #: Added with JPEG lossless and native pixels on the card (issue 23), written apart so
 #: the files of the first ones stay what they were.
@@ -53,17 +62,26 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> list[CorpusItem]:
     """Card and CPU syntaxes, MONOCHROME1 and 2, windowed or not, 600-900 px."""
     root = tmp_path_factory.mktemp("corpus")
     first = tuple(n for n in CARD + CPU if n not in ADDED)
-    return (build_corpus(root, per_syntax=2, scale=0.3, syntaxes=first)
-            + build_corpus(root / "added", per_syntax=2, scale=0.3, syntaxes=ADDED))
+    return build_corpus(root, per_syntax=2, scale=0.3, syntaxes=first) + build_corpus(
+        root / "added", per_syntax=2, scale=0.3, syntaxes=ADDED
+    )
 
 
 def _max_diff(a: np.ndarray, b: np.ndarray) -> int:
     return int(np.abs(a.astype(np.int32) - b.astype(np.int32)).max())
 
 
-@pytest.mark.parametrize(("setting", "installed", "device"), [
-    ("cpu", True, "cpu"), ("cpu", False, "cpu"), ("auto", True, "gpu"),
-    ("auto", False, "cpu"), ("gpu", True, "gpu"), ("gpu", False, "cpu")])
+@pytest.mark.parametrize(
+    ("setting", "installed", "device"),
+    [
+        ("cpu", True, "cpu"),
+        ("cpu", False, "cpu"),
+        ("auto", True, "gpu"),
+        ("auto", False, "cpu"),
+        ("gpu", True, "gpu"),
+        ("gpu", False, "cpu"),
+    ],
+)
 def test_decode_device_choice(setting: str, installed: bool, device: str) -> None:
     chosen, reason = choose_decode_device(setting, libraries_installed=installed)
     assert chosen == device
@@ -81,8 +99,7 @@ def test_decode_device_refuses_nonsense() -> None:
 
 def test_card_plans_its_syntaxes_only(corpus: list[CorpusItem]) -> None:
     for item in corpus:
-        planned = read_and_plan(item.path, data=item.path.read_bytes(), size=256,
-                                max_pixels=10**8)
+        planned = read_and_plan(item.path, data=item.path.read_bytes(), size=256, max_pixels=10**8)
         assert (planned.job is not None) == (item.syntax in CARD), item
         if planned.job is not None:
             assert (planned.job.rows, planned.job.columns) == (item.rows, item.columns)
@@ -97,15 +114,23 @@ def test_card_takes_only_the_syntaxes_chosen(corpus: list[CorpusItem]) -> None:
     chosen = card_syntaxes(["htj2k-lossless", "jpeg-baseline", "native"])
     default = card_syntaxes(Settings(_env_file=None).decode.card_syntaxes)
     for item in corpus:
-        planned = read_and_plan(item.path, data=item.path.read_bytes(), size=256,
-                                max_pixels=10**8, syntaxes=chosen)
-        expected = item.syntax in ("htj2k-lossless", "jpeg-baseline", "explicit-le",
-                                   "implicit-le", "deflated")
+        planned = read_and_plan(
+            item.path, data=item.path.read_bytes(), size=256, max_pixels=10**8, syntaxes=chosen
+        )
+        expected = item.syntax in (
+            "htj2k-lossless",
+            "jpeg-baseline",
+            "explicit-le",
+            "implicit-le",
+            "deflated",
+        )
         assert (planned.job is not None) == expected, item
-        by_default = read_and_plan(item.path, data=item.path.read_bytes(), size=256,
-                                   max_pixels=10**8, syntaxes=default)
-        assert (by_default.job is not None) == (item.syntax in CARD and not
-                                                item.syntax.startswith("j2k")), item
+        by_default = read_and_plan(
+            item.path, data=item.path.read_bytes(), size=256, max_pixels=10**8, syntaxes=default
+        )
+        assert (by_default.job is not None) == (
+            item.syntax in CARD and not item.syntax.startswith("j2k")
+        ), item
     with pytest.raises(ValueError, match="CXR_CARD_SYNTAXES"):
         Settings(card_syntaxes="htj2k,webp")
 
@@ -131,12 +156,16 @@ def _spec_and_ds(path: Path) -> tuple[pydicom.Dataset, object]:
 
 def test_cpu_keeps_what_the_card_cannot_take(tmp_path: Path) -> None:
     pixels = real_pixels(1, bits=12, seed=3, shape=(600, 500))[0]
-    small = make_dicom(tmp_path / "small.dcm", pixels[:200, :300], bits_stored=12,
-                       transfer_syntax=JPEG2000Lossless)
-    signed = make_dicom(tmp_path / "signed.dcm", pixels.astype(np.int16) - 2048,
-                        bits_stored=12, transfer_syntax=JPEG2000Lossless)
-    lut = make_dicom(tmp_path / "lut.dcm", pixels, bits_stored=12,
-                     transfer_syntax=JPEG2000Lossless)
+    small = make_dicom(
+        tmp_path / "small.dcm", pixels[:200, :300], bits_stored=12, transfer_syntax=JPEG2000Lossless
+    )
+    signed = make_dicom(
+        tmp_path / "signed.dcm",
+        pixels.astype(np.int16) - 2048,
+        bits_stored=12,
+        transfer_syntax=JPEG2000Lossless,
+    )
+    lut = make_dicom(tmp_path / "lut.dcm", pixels, bits_stored=12, transfer_syntax=JPEG2000Lossless)
     ds = pydicom.dcmread(lut)
     item = pydicom.Dataset()
     item.LUTDescriptor = [4096, 0, 16]
@@ -149,8 +178,9 @@ def test_cpu_keeps_what_the_card_cannot_take(tmp_path: Path) -> None:
 
 
 def _card_image(job: CardJob, stored: np.ndarray, size: int = 256) -> np.ndarray:
-    small = reduce_stored(np, stored, job, box_matrix(job.rows, size),
-                          box_matrix(job.columns, size))
+    small = reduce_stored(
+        np, stored, job, box_matrix(job.rows, size), box_matrix(job.columns, size)
+    )
     return normalise_to_uint8(small)
 
 
@@ -160,12 +190,12 @@ def test_card_steps_match_the_reference(corpus: list[CorpusItem]) -> None:
     for item in corpus:
         if item.syntax not in CARD:
             continue
-        planned = read_and_plan(item.path, data=item.path.read_bytes(), size=256,
-                                max_pixels=10**8)
+        planned = read_and_plan(item.path, data=item.path.read_bytes(), size=256, max_pixels=10**8)
         assert planned.job is not None
         if planned.job.raw_dtype is not None:  # native: the file's bytes, as the card gets them
             stored = np.frombuffer(planned.job.codestream, planned.job.raw_dtype).reshape(
-                planned.job.rows, planned.job.columns)
+                planned.job.rows, planned.job.columns
+            )
         else:
             stored = pydicom.pixels.pixel_array(planned.ds)
         if planned.job.clip_max is not None:
@@ -205,8 +235,7 @@ class NumpyCard:
                 out.append(RuntimeError("nvjpeg2k: out of memory"))
                 continue
             if job.raw_dtype is not None:  # native pixels, as read
-                stored = np.frombuffer(job.codestream, job.raw_dtype).reshape(job.rows,
-                                                                               job.columns)
+                stored = np.frombuffer(job.codestream, job.raw_dtype).reshape(job.rows, job.columns)
             elif job.codestream.startswith(b"\xff\x4f"):  # JPEG 2000 and HTJ2K
                 stored = np.asarray(openjpeg.decode(job.codestream))
             elif b"\xff\xc3" in job.codestream[:4096]:  # lossless JPEG (SOF3)
@@ -218,14 +247,20 @@ class NumpyCard:
 
 
 def _files(corpus: list[CorpusItem]) -> list[_File]:
-    return [_File(k, str(i.path), hashlib.sha256(i.path.read_bytes()).hexdigest())
-            for k, i in enumerate(corpus)]
+    return [
+        _File(k, str(i.path), hashlib.sha256(i.path.read_bytes()).hexdigest())
+        for k, i in enumerate(corpus)
+    ]
 
 
 def _settings(root: Path, device: str = "auto") -> Settings:
     """Every syntax the card can take, classic JPEG 2000 too."""
-    return Settings(ingest_root=root, decode_device=device, decode_threads=2,
-                    card_syntaxes=",".join(CARD_SYNTAX_NAMES))
+    return Settings(
+        ingest_root=root,
+        decode_device=device,
+        decode_threads=2,
+        card_syntaxes=",".join(CARD_SYNTAX_NAMES),
+    )
 
 
 def test_batch_on_a_card_agrees_with_the_cpu(corpus: list[CorpusItem]) -> None:

@@ -67,6 +67,7 @@ def _mean_diff(a: np.ndarray, b: np.ndarray) -> float:
 
 # ------------------------------------------------------------------ RG1 (real CR)
 
+
 def pydicom_file(name: str) -> Path:
     """A file of pydicom's test data (pydicom-data), as a path."""
     found = get_testdata_file(name)

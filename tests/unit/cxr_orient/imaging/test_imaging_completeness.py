@@ -34,16 +34,18 @@ def _short(path: Path) -> Path:
 def _huge_length(path: Path) -> Path:
     data = _native(path).read_bytes()
     at = data.rindex(b"\xe0\x7f\x10\x00OW\x00\x00") + 8
-    path.write_bytes(data[:at] + struct.pack("<I", 0xFFFFFFF0) + data[at + 4:])
+    path.write_bytes(data[:at] + struct.pack("<I", 0xFFFFFFF0) + data[at + 4 :])
     return path
 
 
 def _cut(keep: int) -> Callable[[Path], Path]:
     def make(path: Path) -> Path:
-        data = make_dicom(path, synthetic_pixels((64, 64)), transfer_syntax=RLELossless
-                          ).read_bytes()
+        data = make_dicom(
+            path, synthetic_pixels((64, 64)), transfer_syntax=RLELossless
+        ).read_bytes()
         path.write_bytes(data[:keep])
         return path
+
     return make
 
 
@@ -54,21 +56,31 @@ def _two_frames_one_there(path: Path) -> Path:
     return path
 
 
-CUT = {"native-short": _short, "native-4gb-length": _huge_length,
-       "rle-no-delimiter": _cut(-8), "rle-fragment-cut": _cut(-100),
-       "frames-missing": _two_frames_one_there}
-WHOLE = {"native": _native,
-         "rle": lambda p: make_dicom(p, synthetic_pixels((64, 64)), transfer_syntax=RLELossless),
-         "8-bit": lambda p: make_dicom(p, (synthetic_pixels((64, 64)) % 256).astype(np.uint8),
-                                       bits_stored=8)}
-READS = {"memory": lambda p: read_dataset(p, stop_before_pixels=False, data=p.read_bytes()),
-         "deferred": lambda p: read_dataset(p, stop_before_pixels=False, defer_size=256)}
+CUT = {
+    "native-short": _short,
+    "native-4gb-length": _huge_length,
+    "rle-no-delimiter": _cut(-8),
+    "rle-fragment-cut": _cut(-100),
+    "frames-missing": _two_frames_one_there,
+}
+WHOLE = {
+    "native": _native,
+    "rle": lambda p: make_dicom(p, synthetic_pixels((64, 64)), transfer_syntax=RLELossless),
+    "8-bit": lambda p: make_dicom(
+        p, (synthetic_pixels((64, 64)) % 256).astype(np.uint8), bits_stored=8
+    ),
+}
+READS = {
+    "memory": lambda p: read_dataset(p, stop_before_pixels=False, data=p.read_bytes()),
+    "deferred": lambda p: read_dataset(p, stop_before_pixels=False, defer_size=256),
+}
 
 
 @pytest.mark.parametrize("read", READS.values(), ids=READS.keys())
 @pytest.mark.parametrize("make", CUT.values(), ids=CUT.keys())
-def test_an_instance_cut_short_is_truncated(tmp_path: Path, make: Callable[[Path], Path],
-                                            read: Callable[[Path], pydicom.Dataset]) -> None:
+def test_an_instance_cut_short_is_truncated(
+    tmp_path: Path, make: Callable[[Path], Path], read: Callable[[Path], pydicom.Dataset]
+) -> None:
     path = make(tmp_path / "cut.dcm")
     with pytest.raises(TruncatedFileError):
         check_pixel_data_complete(read(path), path=path)
@@ -76,8 +88,9 @@ def test_an_instance_cut_short_is_truncated(tmp_path: Path, make: Callable[[Path
 
 @pytest.mark.parametrize("read", READS.values(), ids=READS.keys())
 @pytest.mark.parametrize("make", WHOLE.values(), ids=WHOLE.keys())
-def test_a_whole_instance_passes(tmp_path: Path, make: Callable[[Path], Path],
-                                 read: Callable[[Path], pydicom.Dataset]) -> None:
+def test_a_whole_instance_passes(
+    tmp_path: Path, make: Callable[[Path], Path], read: Callable[[Path], pydicom.Dataset]
+) -> None:
     path = make(tmp_path / "whole.dcm")
     check_pixel_data_complete(read(path), path=path)
 

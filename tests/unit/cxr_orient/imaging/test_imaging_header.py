@@ -57,12 +57,19 @@ def test_every_supported_syntax_has_one_decoder() -> None:
         assert decoder is not None and syntax in decoder.transfer_syntaxes
         assert decoder.is_available(), decoder.name
     # One decoder a syntax, except JPEG lossless: libjpeg-turbo first, pylibjpeg behind it.
-    shared = {s for s in SUPPORTED_TRANSFER_SYNTAXES
-              if sum(s in d.transfer_syntaxes for d in DECODERS) > 1}
+    shared = {
+        s
+        for s in SUPPORTED_TRANSFER_SYNTAXES
+        if sum(s in d.transfer_syntaxes for d in DECODERS) > 1
+    }
     assert shared == {JPEGLossless, JPEGLosslessSV1}
     assert next(d.name for d in DECODERS if JPEGLosslessSV1 in d.transfer_syntaxes) == (
-        "libjpeg-turbo")
-    names = {s: d.name for s in (JPEG2000Lossless, JPEGBaseline8Bit, RLELossless)
-             if (d := decoder_for(s)) is not None}
+        "libjpeg-turbo"
+    )
+    names = {
+        s: d.name
+        for s in (JPEG2000Lossless, JPEGBaseline8Bit, RLELossless)
+        if (d := decoder_for(s)) is not None
+    }
     assert names == {JPEG2000Lossless: "jpeg2000", JPEGBaseline8Bit: "jpeg", RLELossless: "rle"}
     assert decoder_for(UID("1.2.840.10008.1.2.4.100")) is None  # MPEG-2

@@ -60,9 +60,7 @@ def encode_htj2k(stored: np.ndarray, syntax: UID) -> bytes:
     irreversible 9-7 for HTJ2K; OpenJPH writes RPCL order, plus TLM for the RPCL one."""
     if syntax == HTJ2K:
         return bytes(imagecodecs.htj2k_encode(stored, LOSSY_STEP, reversible=False))
-    return bytes(
-        imagecodecs.htj2k_encode(stored, reversible=True, tlm=syntax == HTJ2KLosslessRPCL)
-    )
+    return bytes(imagecodecs.htj2k_encode(stored, reversible=True, tlm=syntax == HTJ2KLosslessRPCL))
 
 
 def to_htj2k(source: Path, target: Path, syntax: UID) -> Path:
@@ -164,7 +162,8 @@ def test_lossy_stored_values_close_to_the_original(rg1, detector, tmp_path) -> N
 
 
 @pytest.mark.parametrize(
-    ("syntax", "wavelet"), [(s, "9-7" if s == HTJ2K else "5-3") for s in ALL],
+    ("syntax", "wavelet"),
+    [(s, "9-7" if s == HTJ2K else "5-3") for s in ALL],
     ids=[IDS[s] for s in ALL],
 )
 @pytest.mark.parametrize(("size", "factor"), [(MODEL_INPUT_SIZE, 2.0), (128, 4.0)])
@@ -178,7 +177,9 @@ def test_rg1_is_decoded_at_reduced_resolution(syntax, wavelet, size, factor, rg1
     assert reduced is not None
     rows, columns = -(-1955 // int(factor)), -(-1841 // int(factor))
     assert (reduced.stored.shape, reduced.factor, reduced.wavelet) == (
-        (rows, columns), factor, wavelet,
+        (rows, columns),
+        factor,
+        wavelet,
     )
 
 
@@ -297,8 +298,10 @@ def test_huge_image_refused_before_decoding(rg1, monkeypatch) -> None:
 
 @pytest.mark.parametrize(
     ("bits_stored", "error", "code"),
-    [(1, UnsupportedImageError, "unsupported_image"), (17, InvalidAttributeError,
-                                                        "invalid_attribute")],
+    [
+        (1, UnsupportedImageError, "unsupported_image"),
+        (17, InvalidAttributeError, "invalid_attribute"),
+    ],
 )
 def test_bits_stored_checked(bits_stored, error, code, rg1, tmp_path) -> None:
     ds = pydicom.dcmread(rg1[HTJ2KLossless])
@@ -363,8 +366,13 @@ def test_shipped_model_answers_htj2k_as_uncompressed(
 
     film = _lateral_film(1024)
     paths = [
-        make_htj2k(tmp_path / f"film-{IDS[s]}.dcm", 4095 - film, s,
-                   photometric="MONOCHROME1", window=(2048, 3000))
+        make_htj2k(
+            tmp_path / f"film-{IDS[s]}.dcm",
+            4095 - film,
+            s,
+            photometric="MONOCHROME1",
+            window=(2048, 3000),
+        )
         for s in (HTJ2KLossless, HTJ2K)
     ]
     fast = np.stack([load_dicom_image(p) for p in paths])

@@ -21,8 +21,9 @@ from cxr_orient.settings import Settings
 from tests.utils.dicom_factory import make_dicom, real_pixels
 
 imagecodecs = pytest.importorskip("imagecodecs")
-pytestmark = pytest.mark.skipif(not imagecodecs.JPEG8.available,
-                                reason="imagecodecs without libjpeg-turbo")
+pytestmark = pytest.mark.skipif(
+    not imagecodecs.JPEG8.available, reason="imagecodecs without libjpeg-turbo"
+)
 
 
 @pytest.fixture(autouse=True)
@@ -32,16 +33,22 @@ def _every_decoder_on():
     turn_off([])
 
 
-def _jpeg_lossless(path: Path, pixels: np.ndarray, *, bits: int, syntax=JPEGLosslessSV1,
-                   predictor: int = 1, photometric: str = "MONOCHROME2") -> Path:
+def _jpeg_lossless(
+    path: Path,
+    pixels: np.ndarray,
+    *,
+    bits: int,
+    syntax=JPEGLosslessSV1,
+    predictor: int = 1,
+    photometric: str = "MONOCHROME2",
+) -> Path:
     """A real film written natively, then its pixels re-encoded as JPEG lossless."""
     make_dicom(path, pixels, bits_stored=bits, photometric=photometric)
     ds = pydicom.dcmread(path)
     raw = ds.pixel_array
     if raw.dtype.kind == "i":  # the stream carries the stored bit patterns
         raw = (raw.astype(np.int32) & ((1 << bits) - 1)).astype(np.uint16)
-    stream = imagecodecs.jpeg8_encode(raw, lossless=True, predictor=predictor,
-                                      bitspersample=bits)
+    stream = imagecodecs.jpeg8_encode(raw, lossless=True, predictor=predictor, bitspersample=bits)
     ds.PixelData = encapsulate([bytes(stream)])
     ds["PixelData"].VR = "OB"
     ds.file_meta.TransferSyntaxUID = syntax
@@ -52,24 +59,38 @@ def _jpeg_lossless(path: Path, pixels: np.ndarray, *, bits: int, syntax=JPEGLoss
 def _stored(path: Path, decode) -> Decoded:
     ds = pydicom.dcmread(path)
     spec = validate_pixel_spec(ds, max_pixels=10**8, path=path)
-    return decode(ds, spec, path=path) if decode is decode_with_pydicom else decode(
-        ds, spec, size=256, path=path)
+    return (
+        decode(ds, spec, path=path)
+        if decode is decode_with_pydicom
+        else decode(ds, spec, size=256, path=path)
+    )
 
 
-@pytest.mark.parametrize(("bits", "syntax", "predictor", "photometric"), [
-    (12, JPEGLosslessSV1, 1, "MONOCHROME2"),
-    (14, JPEGLosslessSV1, 1, "MONOCHROME1"),
-    (16, JPEGLosslessSV1, 1, "MONOCHROME2"),
-    (8, JPEGLosslessSV1, 1, "MONOCHROME2"),
-    (12, JPEGLossless, 6, "MONOCHROME2"),
-], ids=["12-bit", "14-bit-mono1", "16-bit", "8-bit", "process14-predictor6"])
-def test_same_stored_values_and_image_as_pydicom(bits, syntax, predictor, photometric,
-                                                 tmp_path) -> None:
+@pytest.mark.parametrize(
+    ("bits", "syntax", "predictor", "photometric"),
+    [
+        (12, JPEGLosslessSV1, 1, "MONOCHROME2"),
+        (14, JPEGLosslessSV1, 1, "MONOCHROME1"),
+        (16, JPEGLosslessSV1, 1, "MONOCHROME2"),
+        (8, JPEGLosslessSV1, 1, "MONOCHROME2"),
+        (12, JPEGLossless, 6, "MONOCHROME2"),
+    ],
+    ids=["12-bit", "14-bit-mono1", "16-bit", "8-bit", "process14-predictor6"],
+)
+def test_same_stored_values_and_image_as_pydicom(
+    bits, syntax, predictor, photometric, tmp_path
+) -> None:
     pixels = real_pixels(1, bits=bits, shape=(600, 480))[0]
     if bits == 8:
         pixels = pixels.astype(np.uint8)
-    path = _jpeg_lossless(tmp_path / "ll.dcm", pixels, bits=bits, syntax=syntax,
-                          predictor=predictor, photometric=photometric)
+    path = _jpeg_lossless(
+        tmp_path / "ll.dcm",
+        pixels,
+        bits=bits,
+        syntax=syntax,
+        predictor=predictor,
+        photometric=photometric,
+    )
     assert getattr(decoder_for(syntax), "name", None) == "libjpeg-turbo"
     turbo, plugin = _stored(path, decode_jpeg_lossless), _stored(path, decode_with_pydicom)
     assert turbo.stored.dtype == plugin.stored.dtype
@@ -81,7 +102,7 @@ def test_same_stored_values_and_image_as_pydicom(bits, syntax, predictor, photom
 
 
 def test_signed_film_sign_extended_as_pydicom(tmp_path) -> None:
-    pixels = (real_pixels(1, bits=12, shape=(300, 240))[0].astype(np.int16) - 2048)
+    pixels = real_pixels(1, bits=12, shape=(300, 240))[0].astype(np.int16) - 2048
     path = _jpeg_lossless(tmp_path / "s.dcm", pixels, bits=12)
     turbo, plugin = _stored(path, decode_jpeg_lossless), _stored(path, decode_with_pydicom)
     assert turbo.stored.dtype == np.int16 and turbo.stored.min() < 0
@@ -92,8 +113,7 @@ def test_a_stream_libjpeg_turbo_refuses_fails_with_pydicoms_error(tmp_path) -> N
     # Not a JPEG stream at all: libjpeg-turbo refuses it, pydicom's plugins are asked
     # and their error is the film's recorded one. (A truncated stream is decoded with
     # its tail filled by both libraries alike: no error either way.)
-    path = _jpeg_lossless(tmp_path / "t.dcm", real_pixels(1, bits=12, shape=(200, 160))[0],
-                          bits=12)
+    path = _jpeg_lossless(tmp_path / "t.dcm", real_pixels(1, bits=12, shape=(200, 160))[0], bits=12)
     ds = pydicom.dcmread(path)
     ds.PixelData = encapsulate([b"\x00\x01" * 500])
     ds.save_as(path, enforce_file_format=True)
@@ -105,6 +125,7 @@ def test_turning_off_names_a_real_decoder() -> None:
     with pytest.raises(ValueError, match="no decoder named"):
         turn_off(["libjpeg-tubro"])
     assert Settings(cpu_decoders_off=" libjpeg-turbo ,").decode.cpu_decoders_off == [
-        "libjpeg-turbo"]
+        "libjpeg-turbo"
+    ]
     with pytest.raises(ValueError, match="CXR_CPU_DECODERS_OFF"):
         Settings(cpu_decoders_off="nope")
