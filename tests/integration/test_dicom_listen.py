@@ -4,7 +4,6 @@ talking to the real listener process, a real worker classifying what it received
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 import re
 import socket
@@ -78,7 +77,7 @@ def rows() -> list[dict[str, object]]:
     from db.session import session_scope
 
     with session_scope() as session:
-        return [dataclasses.asdict(row) for row in crud.results(session)]
+        return [row.as_dict() for row in crud.results(session)]
 
 
 def wait_rows(count: int, timeout: float = 60) -> list[dict[str, object]]:

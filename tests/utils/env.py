@@ -101,6 +101,14 @@ def migrate_from_template(url: str) -> None:
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(_sqlite_template(), target)
         return
+    shared = make_url(PG_ADMIN_DSN.replace("postgresql://", "postgresql+psycopg://", 1))
+    if (parsed.host, parsed.port or 5432) != (shared.host, shared.port or 5432):
+        # A private cluster of the test's own (tests/utils/faults.py) holds no template:
+        # migrate it for real.
+        from db.migrate import upgrade
+
+        upgrade(url)
+        return
     template = _pg_template()
     admin_base = PG_ADMIN_DSN.rsplit("/", 1)[0]
     with psycopg.connect(f"{admin_base}/{database}", autocommit=True) as conn:
