@@ -6,6 +6,11 @@ says it wins; every decision is recorded in ``model_events`` with the figures be
 Human promotion and rollback are :func:`cxr_orient.registry.promote` and
 :func:`~cxr_orient.registry.rollback`.
 
+The retrain's candidate is a view network trained on the labels or, while the model in
+service has a PA/AP head, that model with the head refitted on the labelled frontals'
+projections (:mod:`training.head_refit`): a view network would lose the heads, and the
+gate refuses a candidate that lacks one the model in service has.
+
 The evaluation split is fixed: a patient belongs to it when a salted hash of
 its identifier falls under ``EVAL_FRACTION``. Membership depends on nothing
 but the patient, so it never moves as labels accumulate, and every candidate
