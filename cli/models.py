@@ -131,7 +131,14 @@ def label_import(csv_path: Path, source: str, annotator: str | None) -> None:
     help="Patient ids for --data (CSV with file and patientid columns).",
 )
 @click.option(
-    "--architecture", default="compact_invariant_64", show_default=True, help=ARCHITECTURE_HELP
+    "--architecture",
+    default="auto",
+    show_default=True,
+    help="What the candidate is. auto: when the model in service has a PA/AP head "
+    "(compact-invariant-64-v4), that model with its PA/AP head refitted on the labelled "
+    "frontals' projections (labels.projection; with --data, a manifest's view column "
+    "too), every other weight kept; otherwise a compact_invariant_64 view network. "
+    "refit-projection: the refit. Or a network to train: " + ARCHITECTURE_HELP,
 )
 @click.option(
     "--epochs", default=200, show_default=True, help="Epochs of the cosine learning-rate schedule."
@@ -152,8 +159,10 @@ def retrain(
     min_epochs: int | None,
     seed: int,
 ) -> None:
-    """Nightly retrain: train a candidate on the labels, promote it only if it beats the
-    active model on the fixed evaluation split. Exit 0 when done or nothing to do."""
+    """Nightly retrain: make a candidate from the labels, promote it only if it beats the
+    active model on the fixed evaluation split (the view; and PA/AP, no worse in
+    coverage or balanced accuracy, when both have the head). Exit 0 when done or
+    nothing to do."""
     from training.lifecycle import retrain as run_retrain
 
     result = run_retrain(
@@ -169,6 +178,18 @@ def retrain(
     for problem in result.problems[:20]:
         click.echo(f"not trained on: {problem}", err=True)
     click.echo(result.message)
+    decision = result.decision
+    if decision is not None and decision.candidate_projection is not None:
+        for who, figures in (
+            ("candidate", decision.candidate_projection),
+            ("active", decision.active_projection),
+        ):
+            if figures is not None:
+                click.echo(
+                    f"PA/AP {who}: stated {figures['stated']}/{figures['n']} frontals, "
+                    f"balanced accuracy {figures['balanced_accuracy']:.3f} stated, "
+                    f"{figures['balanced_accuracy_all']:.3f} all"
+                )
 
 
 @click.command()

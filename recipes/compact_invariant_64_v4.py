@@ -46,20 +46,17 @@ from recipes.common.films import augmented_copies, features
 from recipes.common.head_stats import (
     BODY_PARTS,
     CHEST_QUANTILE,
-    balanced_accuracy,
     chest_threshold,
     chest_training,
     confident,
-    fit_temperature_1d,
     leave_one_part_out,
-    logistic,
     part_of,
     projection_data,
     projection_figures,
     rate,
-    sigmoid,
     v3_flags,
 )
+from training.projection import balanced_accuracy, fit_temperature_1d, logistic, sigmoid
 
 logger = logging.getLogger("recipes.compact_invariant_64_v4")
 

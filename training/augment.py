@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-__all__ = ["AugmentConfig", "augment_batch", "augment_image"]
+__all__ = ["AugmentConfig", "augment_batch", "augment_image", "augmented_copies"]
 
 
 @dataclass(frozen=True)
@@ -124,3 +124,11 @@ def augment_batch(
 ) -> np.ndarray:
     """(N, H, W) uint8 -> augmented (N, H, W) uint8, one draw per image."""
     return np.stack([augment_image(img, rng, config) for img in images])
+
+
+def augmented_copies(images: np.ndarray, copies: int, seed: int) -> np.ndarray:
+    """Each image as stored plus ``copies - 1`` augmented versions, ``(copies * N, H, W)``
+    with the stored images first (all the augmentations the view model trains with; the
+    invariant outputs ignore the turns anyway)."""
+    rng = np.random.default_rng(seed)
+    return np.concatenate([images] + [augment_batch(images, rng) for _ in range(copies - 1)])

@@ -25,6 +25,7 @@ from typing import Any
 __all__ = [
     "ARCHITECTURE_HEADS",
     "ECE_TOLERANCE",
+    "PROJECTION_FIGURES",
     "GateDecision",
     "gate",
     "heads_of",
@@ -59,6 +60,35 @@ class GateDecision:
     reasons: list[str]
     candidate: dict[str, float]
     active: dict[str, float] | None
+    #: Both models' PA/AP figures on the held-out labelled frontals
+    #: (:func:`training.projection.projection_figures`), when both have the head.
+    candidate_projection: dict[str, Any] | None = None
+    active_projection: dict[str, Any] | None = None
+
+
+#: The PA/AP figures the gate compares, higher is better for each.
+PROJECTION_FIGURES = ("coverage", "balanced_accuracy", "balanced_accuracy_all")
+
+
+def _projection_comparison(
+    cand: Mapping[str, Any] | None, act: Mapping[str, Any] | None
+) -> tuple[list[str], list[str]]:
+    """``(worse, better)``: the PA/AP figures on which the candidate is worse or better
+    than the active model. Empty when either lacks the head or the held-out frontals
+    lack PA or AP films (nothing to compare on). The balanced accuracy of stated
+    projections is compared only when both models state at least one."""
+    if cand is None or act is None or not (cand.get("n_pa") and cand.get("n_ap")):
+        return [], []
+    worse, better = [], []
+    for key in PROJECTION_FIGURES:
+        if cand.get(key) is None or act.get(key) is None:
+            continue
+        c, a = float(cand[key]), float(act[key])
+        if c < a:
+            worse.append(f"PA/AP {key.replace('_', ' ')} {c:.4f} < {a:.4f}")
+        elif c > a:
+            better.append(f"PA/AP {key.replace('_', ' ')} {c:.4f} > {a:.4f}")
+    return worse, better
 
 
 def _figures(metrics: Mapping[str, Any]) -> dict[str, float]:
@@ -71,6 +101,8 @@ def gate(
     *,
     lost_heads: Sequence[str] = (),
     gained_heads: Sequence[str] = (),
+    candidate_projection: Mapping[str, Any] | None = None,
+    active_projection: Mapping[str, Any] | None = None,
 ) -> GateDecision:
     """Promote only a candidate that beats the active model on the same evaluation set.
     (Choosing among sibling candidates before release is :func:`selection_key`.)
@@ -90,8 +122,19 @@ def gate(
     in service night after night (one 2026-11-27 candidate would have replaced the
     shipped model on an ECE 0.0012 lower, then missed a lateral on the held-out patients
     that the model in service gets right).
+
+    PA/AP (``candidate_projection``, ``active_projection``: both models' figures on the
+    held-out labelled frontals, when both have the head and those frontals hold PA and
+    AP films): the candidate must be no worse in coverage, in the balanced accuracy of
+    the projections it states, and in the balanced accuracy of every frontal at p_ap
+    0.5; being better in one of them, with the view tied, is a reason to promote (the
+    nightly refit of the PA/AP head: the same view weights, a better head).
     """
     cand = _figures(candidate)
+    proj = (
+        dict(candidate_projection) if candidate_projection is not None else None,
+        dict(active_projection) if active_projection is not None else None,
+    )
     if lost_heads:
         # A better view figure does not pay for answers the service would stop giving.
         return GateDecision(
@@ -99,14 +142,20 @@ def gate(
             [f"lacks the active model's {', '.join(lost_heads)} head(s)"],
             cand,
             _figures(active) if active is not None else None,
+            *proj,
         )
     if any(math.isnan(v) for v in cand.values()):
         return GateDecision(
-            False, ["candidate figures undefined (evaluation set lacks a class?)"], cand, None
+            False,
+            ["candidate figures undefined (evaluation set lacks a class?)"],
+            cand,
+            None,
+            *proj,
         )
     if active is None:
-        return GateDecision(True, ["no active model to compare with"], cand, None)
+        return GateDecision(True, ["no active model to compare with"], cand, None, *proj)
     act = _figures(active)
+    projection_worse, projection_better = _projection_comparison(*proj)
     reasons: list[str] = []
     if cand["balanced_accuracy"] < act["balanced_accuracy"]:
         reasons.append(
@@ -118,8 +167,9 @@ def gate(
         reasons.append(
             f"calibration worse: ECE {cand['ece']:.4f} > {act['ece']:.4f} + {ECE_TOLERANCE}"
         )
+    reasons += projection_worse
     if reasons:
-        return GateDecision(False, reasons, cand, act)
+        return GateDecision(False, reasons, cand, act, *proj)
     better = (
         cand["balanced_accuracy"] > act["balanced_accuracy"]
         or cand["lateral_recall"] > act["lateral_recall"]
@@ -131,10 +181,22 @@ def gate(
             [f"ties the active model on the view and adds the {', '.join(gained_heads)} head(s)"],
             cand,
             act,
+            *proj,
+        )
+    if not better and projection_better:
+        return GateDecision(
+            True,
+            [
+                "ties the active model on the view and is better on PA/AP: "
+                + ", ".join(projection_better)
+            ],
+            cand,
+            act,
+            *proj,
         )
     if not better:
-        return GateDecision(False, ["ties the active model: nothing to gain"], cand, act)
-    return GateDecision(True, ["beats the active model"], cand, act)
+        return GateDecision(False, ["ties the active model: nothing to gain"], cand, act, *proj)
+    return GateDecision(True, ["beats the active model", *projection_better], cand, act, *proj)
 
 
 def selection_key(validation: dict[str, Any]) -> tuple[float, float, float]:

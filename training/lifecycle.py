@@ -6,6 +6,11 @@ says it wins; every decision is recorded in ``model_events`` with the figures be
 Human promotion and rollback are :func:`cxr_orient.registry.promote` and
 :func:`~cxr_orient.registry.rollback`.
 
+The retrain's candidate is a view network trained on the labels or, while the model in
+service has a PA/AP head, that model with the head refitted on the labelled frontals'
+projections (:mod:`training.head_refit`): a view network would lose the heads, and the
+gate refuses a candidate that lacks one the model in service has.
+
 The evaluation split is fixed: a patient belongs to it when a salted hash of
 its identifier falls under ``EVAL_FRACTION``. Membership depends on nothing
 but the patient, so it never moves as labels accumulate, and every candidate
@@ -38,12 +43,17 @@ from db import crud
 from db.models import VIEW_LABELS, ModelVersion, OrientationLabel
 from db.session import get_engine, session_scope
 from training.gate import GateDecision, gate, heads_of
+from training.projection import ProjectionSet
 
 logger = logging.getLogger(__name__)
 
 EVAL_SALT = "cxr-orient/fixed-eval/v1"
 EVAL_FRACTION = 0.2
 _ADVISORY_LOCK_KEY = 0x0C0F_0A11
+#: The retrain's default ``architecture``: refit the PA/AP head of the model in service
+#: when it has one, else train :data:`DEFAULT_RETRAIN_NETWORK`.
+AUTO = "auto"
+DEFAULT_RETRAIN_NETWORK = "compact_invariant_64"
 
 
 def in_eval_split(patient_key: str, *, fraction: float = EVAL_FRACTION) -> bool:
@@ -64,6 +74,8 @@ class LabelledSet:
     highest_label_id: int = 0
     #: Instances whose latest label says they are no chest radiograph: not trained on.
     not_chest: int = 0
+    #: A frontal's ``PA`` or ``AP`` when the labeller said which (``labels.projection``).
+    projections: list[str | None] = field(default_factory=list)
 
 
 def labelled_images_from_db(session: Session, intake: IntakeSettings) -> LabelledSet:
@@ -100,6 +112,7 @@ def labelled_images_from_db(session: Session, intake: IntakeSettings) -> Labelle
         out.labels.append(LABELS.index(OrientationLabel(label.label).value))
         out.files.append(instance.file_path)
         out.patients.append(f"db:{patient}")
+        out.projections.append(label.projection if label.label == "frontal" else None)
     return out
 
 
@@ -115,11 +128,17 @@ def challenge(
     inference: InferenceSettings,
     seed: int = 0,
     candidate_metrics: Mapping[str, Any] | None = None,
+    projection_test: ProjectionSet | None = None,
 ) -> GateDecision:
     """Evaluate ``candidate`` and the active model on ``test`` (the fixed evaluation
-    split), record the decision with both sets of figures, and promote on a win."""
+    split), record the decision with both sets of figures, and promote on a win.
+
+    With ``projection_test`` (the split's frontals whose projection is labelled) and a
+    PA/AP head on both models, their PA/AP answers there are compared too, as the
+    service gives them (``CXR_PROJECTION_THRESHOLD``, when set, for both)."""
     from cxr_orient.registry import ensure_active_model, load_version
     from training.evaluate import evaluate
+    from training.projection import predicted_projection_figures
 
     serving = ensure_active_model(session, inference)
     if serving.id == candidate.id:
@@ -135,6 +154,13 @@ def challenge(
             seed=seed,
         )
 
+    def projection(version: ModelVersion) -> dict[str, Any] | None:
+        if projection_test is None or not len(projection_test):
+            return None
+        return predicted_projection_figures(
+            load_version(version, inference).classifier, projection_test
+        )
+
     serving_heads, candidate_heads = (
         heads_of(serving.architecture),
         heads_of(candidate.architecture),
@@ -144,10 +170,14 @@ def challenge(
         figures(serving),
         lost_heads=sorted(serving_heads - candidate_heads),
         gained_heads=sorted(candidate_heads - serving_heads),
+        candidate_projection=projection(candidate),
+        active_projection=projection(serving),
     )
     details = {
         "candidate": decision.candidate,
         "active": decision.active,
+        "candidate_projection": decision.candidate_projection,
+        "active_projection": decision.active_projection,
         "active_version": serving.name,
         "eval_images": len(test),
         "eval_patients": len(set(test.patients)),
@@ -173,20 +203,24 @@ def challenge(
     return decision
 
 
-def eval_split_from_db(session: Session, intake: IntakeSettings) -> Any:
-    """The labelled images of the fixed evaluation split's patients, from the database."""
+def eval_split_from_db(session: Session, intake: IntakeSettings) -> tuple[Any, ProjectionSet]:
+    """The labelled images of the fixed evaluation split's patients, from the database,
+    and those of them that are frontals with a labelled projection."""
     from training.data import LabelledImages
+    from training.head_refit import projection_set
 
     collected = labelled_images_from_db(session, intake)
     keep = [i for i, p in enumerate(collected.patients) if in_eval_split(p)]
     if not keep:
         raise ModelError("no labelled image belongs to the fixed evaluation split yet")
+    images = [collected.images[i] for i in keep]
+    patients = [collected.patients[i] for i in keep]
     return LabelledImages(
-        images=np.stack([collected.images[i] for i in keep]),
+        images=np.stack(images),
         labels=np.asarray([collected.labels[i] for i in keep], dtype=np.int64),
         files=[collected.files[i] for i in keep],
-        patients=[collected.patients[i] for i in keep],
-    )
+        patients=patients,
+    ), projection_set(images, [collected.projections[i] for i in keep], patients)
 
 
 def challenge_version(name: str, *, actor: str, settings: Settings) -> GateDecision:
@@ -195,12 +229,14 @@ def challenge_version(name: str, *, actor: str, settings: Settings) -> GateDecis
         candidate = crud.find_model_version(session, name=name)
         if candidate is None:
             raise ModelError(f"no model version named {name!r}")
+        test, projection_test = eval_split_from_db(session, settings.intake)
         return challenge(
             session,
             candidate=candidate,
-            test=eval_split_from_db(session, settings.intake),
+            test=test,
             actor=actor,
             inference=settings.inference,
+            projection_test=projection_test,
         )
 
 
@@ -249,20 +285,27 @@ def retrain(
     min_new_labels: int = 50,
     extra_dir: Path | None = None,
     manifest: Path | None = None,
-    architecture: str = "compact_invariant_64",
+    architecture: str = AUTO,
     epochs: int = 200,
     min_epochs: int | None = None,
     seed: int = 0,
     actor: str = "retrain",
 ) -> RetrainResult:
-    """Train a candidate on every label so far, gate it against the active model on
+    """Make a candidate from every label so far, gate it against the active model on
     the fixed evaluation split, and promote it only if it wins.
 
-    The recipe is the shipped model's: ``epochs`` of cosine-decayed learning rate, and
-    early stopping only from ``min_epochs`` (default 70 % of ``epochs``). Stopped early
-    while the rate is still high, a run ends on a weak model: with 40 epochs and early
-    stopping from epoch 10, a retrain on the 614 covid-cxr films here stopped at epoch
-    24 with balanced accuracy 0.875 and was (rightly) refused by the gate.
+    ``architecture`` :data:`AUTO` (the default): when the model in service has a PA/AP
+    head, the candidate is that model with the head refitted on the labelled frontals
+    (:mod:`training.head_refit`: nothing else changes, so it keeps every head);
+    otherwise a ``compact_invariant_64`` view network is trained. A network name trains
+    that network; ``refit-projection`` asks for the refit.
+
+    The view network's recipe is the shipped model's: ``epochs`` of cosine-decayed
+    learning rate, and early stopping only from ``min_epochs`` (default 70 % of
+    ``epochs``). Stopped early while the rate is still high, a run ends on a weak model:
+    with 40 epochs and early stopping from epoch 10, a retrain on the 614 covid-cxr
+    films here stopped at epoch 24 with balanced accuracy 0.875 and was (rightly)
+    refused by the gate.
     """
     with retrain_lock(settings.storage.data_dir) as acquired:
         if not acquired:
@@ -280,6 +323,44 @@ def retrain(
         )
 
 
+@dataclass
+class _Collected:
+    """Every labelled film the retrain may use: the database's and the folder's."""
+
+    images: list[np.ndarray]
+    labels: list[int]
+    files: list[str]
+    patients: list[str]
+    projections: list[str | None]
+
+
+def _with_folder(
+    collected: LabelledSet, extra_dir: Path | None, manifest: Path | None
+) -> _Collected:
+    from training.data import load_labelled_folder
+    from training.projection import read_projection_manifest
+
+    out = _Collected(
+        list(collected.images),
+        list(collected.labels),
+        list(collected.files),
+        list(collected.patients),
+        list(collected.projections),
+    )
+    if extra_dir is not None:
+        folder = load_labelled_folder(extra_dir, manifest=manifest)
+        said = read_projection_manifest(manifest) if manifest is not None else {}
+        out.images += list(folder.images)
+        out.labels += [int(v) for v in folder.labels]
+        out.files += folder.files
+        out.patients += [f"folder:{p}" for p in folder.patients]
+        out.projections += [
+            said.get(f) if LABELS[int(v)] == "frontal" else None
+            for f, v in zip(folder.files, folder.labels, strict=True)
+        ]
+    return out
+
+
 def _retrain_locked(
     settings: Settings,
     *,
@@ -293,11 +374,12 @@ def _retrain_locked(
     actor: str,
 ) -> RetrainResult:
     from cxr_orient.registry import ensure_active_model, register_checkpoint
-    from training.candidate import train_and_evaluate
-    from training.data import LabelledImages, Split, grouped_stratified_split, load_labelled_folder
+    from training.data import LabelledImages
+    from training.head_refit import REFIT_PROJECTION, has_projection_head
 
     with session_scope() as session:
-        ensure_active_model(session, settings.inference)
+        serving = ensure_active_model(session, settings.inference)
+        serving_ref = (Path(serving.file_path), serving.sha256, serving.architecture, serving.name)
         # Labels already seen by any earlier candidate (promoted or not) are not new:
         # a rejected candidate must not make every night retrain on the same data.
         seen = crud.highest_trained_label_id(session)
@@ -311,67 +393,117 @@ def _retrain_locked(
         collected = labelled_images_from_db(session, settings.intake)
     for problem in collected.problems:
         logger.warning("not trained on: %s", problem)
+    if architecture == AUTO:
+        architecture = (
+            REFIT_PROJECTION if has_projection_head(serving_ref[2]) else DEFAULT_RETRAIN_NETWORK
+        )
+    if architecture == REFIT_PROJECTION and not has_projection_head(serving_ref[2]):
+        return RetrainResult(
+            "skipped", f"the model in service ({serving_ref[2]}) has no PA/AP head to refit"
+        )
 
-    images, labels = list(collected.images), list(collected.labels)
-    files, patients = list(collected.files), list(collected.patients)
-    if extra_dir is not None:
-        folder = load_labelled_folder(extra_dir, manifest=manifest)
-        images += list(folder.images)
-        labels += [int(v) for v in folder.labels]
-        files += folder.files
-        patients += [f"folder:{p}" for p in folder.patients]
-    if len(images) < 10 or len(set(labels)) < 2:
+    films = _with_folder(collected, extra_dir, manifest)
+    if len(films.images) < 10 or len(set(films.labels)) < 2:
         return RetrainResult(
             "skipped",
-            f"only {len(images)} usable labelled images (both classes needed)",
+            f"only {len(films.images)} usable labelled images (both classes needed)",
             problems=collected.problems,
         )
     data = LabelledImages(
-        images=np.stack(images),
-        labels=np.asarray(labels, dtype=np.int64),
-        files=files,
-        patients=patients,
+        images=np.stack(films.images),
+        labels=np.asarray(films.labels, dtype=np.int64),
+        files=films.files,
+        patients=films.patients,
     )
-    eval_mask = np.array([in_eval_split(p) for p in patients])
-    rest = np.flatnonzero(~eval_mask)
-    inner = grouped_stratified_split(
-        data.labels[rest], [patients[i] for i in rest], fractions=(0.85, 0.15, 0.0), seed=seed
-    )
-    split = Split(train=rest[inner.train], val=rest[inner.val], test=np.flatnonzero(eval_mask))
-    test = data.subset(split.test)
+    eval_mask = np.array([in_eval_split(p) for p in films.patients])
+    test = data.subset(np.flatnonzero(eval_mask))
     if len(set(test.labels.tolist())) < 2:
         return RetrainResult(
             "skipped",
             "the fixed evaluation split does not yet hold both classes; label more patients",
             problems=collected.problems,
         )
-
-    name = f"{architecture}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
+    extra_training = {
+        "labels_used": len(collected.labels),
+        "highest_label_id": collected.highest_label_id,
+        "split_seed": seed,
+        "eval_salt": EVAL_SALT,
+        "extra_dir": str(extra_dir) if extra_dir else None,
+        "images_not_trained_on": len(collected.problems),
+    }
     out_dir = settings.storage.effective_model_dir
-    run = train_and_evaluate(
-        data,
-        split,
-        name=name,
-        out_dir=out_dir,
-        report_dir=out_dir / f"{name}-report",
-        architecture=architecture,
-        epochs=epochs,
-        min_epochs=min_epochs,
-        seed=seed,
-        resamples=200,
-        imagenet_weights_dir=settings.training.imagenet_weights_dir,
-        extra_training={
-            "labels_used": len(collected.labels),
-            "highest_label_id": collected.highest_label_id,
-            "split_seed": seed,
-            "eval_salt": EVAL_SALT,
-            "extra_dir": str(extra_dir) if extra_dir else None,
-            "images_not_trained_on": len(collected.problems),
-        },
-    )
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    candidate_metrics: dict[str, Any] | None = None
+    if architecture == REFIT_PROJECTION:
+        from training.head_refit import (
+            projection_set,
+            refit_name,
+            refit_projection_candidate,
+            split_frontals,
+        )
+
+        frontals = projection_set(films.images, films.projections, films.patients)
+        train, val, held_out = split_frontals(
+            frontals, held_out=[in_eval_split(p) for p in frontals.patients], seed=seed
+        )
+        for part, what in ((held_out, "fixed evaluation split"), (train, "training patients")):
+            if not part.has_both:
+                return RetrainResult(
+                    "skipped",
+                    f"the {what} do not yet hold PA and AP frontals ({part.counts}); "
+                    "label more patients' projections",
+                    problems=collected.problems,
+                )
+        if not val.has_both:
+            return RetrainResult(
+                "skipped",
+                f"the validation patients do not yet hold PA and AP frontals ({val.counts})",
+                problems=collected.problems,
+            )
+        name = refit_name(serving_ref[3], stamp)
+        refit = refit_projection_candidate(
+            serving_ref[0],
+            base_sha256=serving_ref[1],
+            train=train,
+            validation=val,
+            held_out=held_out,
+            name=name,
+            out_dir=out_dir,
+            seed=seed,
+            extra_training={**extra_training, "projection_labels_used": len(frontals)},
+        )
+        checkpoint, projection_test = refit.checkpoint, held_out
+    else:
+        from training.candidate import train_and_evaluate
+        from training.data import Split, grouped_stratified_split
+
+        rest = np.flatnonzero(~eval_mask)
+        inner = grouped_stratified_split(
+            data.labels[rest],
+            [films.patients[i] for i in rest],
+            fractions=(0.85, 0.15, 0.0),
+            seed=seed,
+        )
+        split = Split(train=rest[inner.train], val=rest[inner.val], test=np.flatnonzero(eval_mask))
+        name = f"{architecture}-{stamp}"
+        run = train_and_evaluate(
+            data,
+            split,
+            name=name,
+            out_dir=out_dir,
+            report_dir=out_dir / f"{name}-report",
+            architecture=architecture,
+            epochs=epochs,
+            min_epochs=min_epochs,
+            seed=seed,
+            resamples=200,
+            imagenet_weights_dir=settings.training.imagenet_weights_dir,
+            extra_training=extra_training,
+        )
+        checkpoint, candidate_metrics, projection_test = run.checkpoint, run.test_metrics, None
     with session_scope() as session:
         candidate = register_checkpoint(
-            session, run.checkpoint, actor=actor, reason="nightly retrain candidate"
+            session, checkpoint, actor=actor, reason="nightly retrain candidate"
         )
         decision = challenge(
             session,
@@ -380,7 +512,8 @@ def _retrain_locked(
             actor=actor,
             inference=settings.inference,
             seed=seed,
-            candidate_metrics=run.test_metrics,
+            candidate_metrics=candidate_metrics,
+            projection_test=projection_test,
         )
     status = "promoted" if decision.promote else "rejected"
     return RetrainResult(

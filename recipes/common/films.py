@@ -9,7 +9,7 @@ import keras
 import numpy as np
 
 from cxr_orient.layers import STORED_AS
-from training.augment import augment_image
+from training.augment import augmented_copies
 from training.data import LabelledImages
 
 __all__ = ["augmented_copies", "features", "predict_batches", "rgb", "store_as", "subset_files"]
@@ -25,16 +25,6 @@ def store_as(image: np.ndarray, copy: int) -> np.ndarray:
     """The upright ``image`` stored so that its copy ``copy`` is the upright one."""
     k, mirrored = STORED_AS[copy]
     return np.ascontiguousarray(np.rot90(image[:, ::-1] if mirrored else image, k))
-
-
-def augmented_copies(images: np.ndarray, copies: int, seed: int) -> np.ndarray:
-    """Each image as stored plus ``copies - 1`` augmented versions (all augmentations
-    the view model trains with; the invariant outputs ignore the turns anyway)."""
-    rng = np.random.default_rng(seed)
-    out = [images] + [
-        np.stack([augment_image(img, rng) for img in images]) for _ in range(copies - 1)
-    ]
-    return np.concatenate(out)
 
 
 def rgb(batch: np.ndarray) -> np.ndarray:

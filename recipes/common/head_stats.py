@@ -4,12 +4,12 @@ figures, a one-parameter temperature."""
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
 
 from recipes.common.proportions import wilson_interval
+from training.projection import balanced_accuracy, logistic, sigmoid
 
 #: The chest-or-not threshold: this quantile of validation-patient chest films' logits
 #: (stored and augmented copies).
@@ -20,33 +20,6 @@ BODY_PARTS = ("spine", "dental", "wrist", "limb")
 
 
 V3_TEMPERATURE_REVIEW = 0.9
-
-
-def sigmoid(z: np.ndarray) -> np.ndarray:
-    return 0.5 * (1.0 + np.tanh(0.5 * z))
-
-
-def logistic(
-    x: np.ndarray, y: np.ndarray, w: np.ndarray, penalty: float
-) -> tuple[np.ndarray, float]:
-    """Weighted L2 logistic regression by Newton's method on standardised features;
-    returns weights and bias on the raw features (the standardisation folded in)."""
-    mu, sd = x.mean(axis=0), x.std(axis=0) + 1e-6
-    xs = np.hstack([(x - mu) / sd, np.ones((len(x), 1))])
-    w = w * len(w) / w.sum()
-    reg = np.full(xs.shape[1], penalty)
-    reg[-1] = 0.0
-    beta = np.zeros(xs.shape[1])
-    for _ in range(100):
-        p = sigmoid(xs @ beta)
-        grad = xs.T @ (w * (p - y)) + reg * beta
-        hess = (xs * (w * p * (1 - p))[:, None]).T @ xs + np.diag(reg + 1e-9)
-        step = np.linalg.solve(hess, grad)
-        beta -= step
-        if np.abs(step).max() < 1e-7:
-            break
-    coef = beta[:-1] / sd
-    return coef, float(beta[-1] - coef @ mu)
 
 
 def rate(flags: np.ndarray) -> dict[str, Any]:
@@ -138,12 +111,6 @@ def projection_data(
     return f["chest/scope"][:, mask], (views[mask] != "PA").astype(float), d["chest_patients"][mask]
 
 
-def balanced_accuracy(y: np.ndarray, p: np.ndarray) -> float:
-    pred = p >= 0.5
-    recalls = [float((pred[y == c] == c).mean()) for c in (0, 1) if (y == c).any()]
-    return float(np.mean(recalls)) if recalls else float("nan")
-
-
 def projection_figures(y: np.ndarray, p: np.ndarray, threshold: float) -> dict[str, Any]:
     answered = np.maximum(p, 1 - p) >= threshold
     pred = p >= 0.5
@@ -155,12 +122,3 @@ def projection_figures(y: np.ndarray, p: np.ndarray, threshold: float) -> dict[s
         "pa_recall_answered": rate(~pred[answered & (y == 0)]),
         "ap_recall_answered": rate(pred[answered & (y == 1)]),
     }
-
-
-def fit_temperature_1d(z: np.ndarray, y: np.ndarray) -> float:
-    grid = np.exp(np.linspace(math.log(0.05), math.log(20), 400))
-    nll = [
-        float(np.mean(np.logaddexp(0, -zz) * y + np.logaddexp(0, zz) * (1 - y)))
-        for zz in (z[None] / grid[:, None])
-    ]
-    return float(grid[int(np.argmin(nll))])

@@ -164,6 +164,8 @@ def test_a_decision_leaves_the_queue_and_feeds_the_next_retrain(answers: dict[st
 
 
 def test_a_frontal_decision_may_carry_its_projection(answers: dict[str, int]) -> None:
+    from training.lifecycle import labelled_images_from_db
+
     with session_scope() as session:
         row = record_review(
             session,
@@ -194,6 +196,9 @@ def test_a_frontal_decision_may_carry_its_projection(answers: dict[str, int]) ->
             (g.label, g.projection) for g in crud.labels_of(session, instance_id=answers["low"])
         ] == [(LabelValue.frontal, "AP")]
         assert crud.labels_of(session, instance_id=answers["sure"]) == []
+        # What the retrain refits the PA/AP head on: the film with its projection.
+        labelled = labelled_images_from_db(session, get_settings().intake)
+    assert (labelled.labels, labelled.projections) == ([LABELS.index("frontal")], ["AP"])
 
 
 def test_next_for_review_wraps_and_ends(answers: dict[str, int]) -> None:

@@ -81,3 +81,67 @@ def test_heads_of_each_architecture() -> None:
         "PA/AP",
     }
     assert heads_of("compact_invariant_64") == frozenset()
+
+
+def _pa_ap(
+    coverage: float, stated: float | None, every: float, *, n_pa: int = 10, n_ap: int = 10
+) -> dict[str, float | int | None]:
+    return {
+        "n": n_pa + n_ap,
+        "n_pa": n_pa,
+        "n_ap": n_ap,
+        "coverage": coverage,
+        "balanced_accuracy": stated,
+        "balanced_accuracy_all": every,
+    }
+
+
+@pytest.mark.parametrize(
+    ("candidate", "active", "promote", "reason"),
+    [
+        (_pa_ap(0.3, 0.95, 0.85), _pa_ap(0.3, 0.95, 0.80), True, "better on PA/AP"),
+        (_pa_ap(0.4, 0.95, 0.80), _pa_ap(0.3, 0.95, 0.80), True, "coverage 0.4000 > 0.3000"),
+        (_pa_ap(0.2, 1.0, 0.90), _pa_ap(0.3, 0.95, 0.80), False, "coverage 0.2000 < 0.3000"),
+        (_pa_ap(0.4, 0.90, 0.90), _pa_ap(0.3, 0.95, 0.80), False, "balanced accuracy 0.9000"),
+        (_pa_ap(0.3, 0.95, 0.75), _pa_ap(0.3, 0.95, 0.80), False, "accuracy all 0.7500"),
+        # the active model states nothing: its stated accuracy is not compared
+        (_pa_ap(0.2, 0.90, 0.70), _pa_ap(0.0, None, 0.50), True, "better on PA/AP"),
+        # no AP film held out: nothing to compare PA/AP on, and the view ties
+        (_pa_ap(0.4, 1.0, 1.0, n_ap=0), _pa_ap(0.1, 1.0, 0.5, n_ap=0), False, "nothing to gain"),
+        (_pa_ap(0.3, 0.95, 0.80), _pa_ap(0.3, 0.95, 0.80), False, "nothing to gain"),
+    ],
+    ids=[
+        "better-all",
+        "more-stated",
+        "fewer-stated",
+        "stated-worse",
+        "all-worse",
+        "active-states-none",
+        "no-ap-held-out",
+        "tie",
+    ],
+)
+def test_gate_compares_pa_ap_when_the_view_ties(
+    candidate: dict[str, float], active: dict[str, float], promote: bool, reason: str
+) -> None:
+    """The nightly refit of the PA/AP head: the same view weights, so the view ties;
+    the PA/AP figures on the held-out frontals decide, none may be worse."""
+    view = {"balanced_accuracy": 0.98, "lateral_recall": 1.0, "ece": 0.02}
+    decision = gate(view, view, candidate_projection=candidate, active_projection=active)
+    assert decision.promote is promote, decision.reasons
+    assert any(reason in r for r in decision.reasons), decision.reasons
+    assert decision.candidate_projection == candidate
+
+
+def test_gate_refuses_a_better_view_that_is_worse_on_pa_ap() -> None:
+    better = {"balanced_accuracy": 1.0, "lateral_recall": 1.0, "ece": 0.01}
+    active = {"balanced_accuracy": 0.98, "lateral_recall": 1.0, "ece": 0.02}
+    same = _pa_ap(0.3, 0.95, 0.80)
+    assert gate(better, active, candidate_projection=same, active_projection=same).promote
+    decision = gate(
+        better,
+        active,
+        candidate_projection=_pa_ap(0.3, 0.95, 0.70),
+        active_projection=same,
+    )
+    assert not decision.promote and "PA/AP balanced accuracy all" in decision.reasons[0]
