@@ -19,8 +19,11 @@ from tests.utils.dicom_factory import COVID_CXR, make_dicom
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 #: Films per side of the fixed evaluation split: (PA, AP, lateral) frontals and laterals.
-HELD_OUT = {"PA": 5, "AP": 5, "lateral": 3}
-REST = {"PA": 16, "AP": 16, "lateral": 4}
+#: Sized so the refit's held-out figure is not a coin toss: with 16 + 16 films to learn
+#: from and 5 + 5 to judge, its balanced accuracy over all frontals was 0.60 or 0.47 by
+#: the draw; with these it is 0.63 (19 of 30), four films clear of the blank head's 0.5.
+HELD_OUT = {"PA": 15, "AP": 15, "lateral": 3}
+REST = {"PA": 60, "AP": 60, "lateral": 4}
 
 
 def _films() -> list[tuple[str, str, str]]:
