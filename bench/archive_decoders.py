@@ -149,7 +149,7 @@ def main() -> None:
     parser.add_argument("--films", type=int, default=40)
     parser.add_argument("--root", type=Path, default=Path("/tmp/archive-decoders"))
     parser.add_argument(
-        "--model", type=Path, default=Path("cxr_orient/shipped/compact-invariant-64-v3.keras")
+        "--model", type=Path, default=Path("cxr_orient/shipped/compact-invariant-64-v4.keras")
     )
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--machine", default=f"cpu-{platform.machine()}")

@@ -23,7 +23,7 @@ LD_LIBRARY_PATH=/tmp/redis/lib /tmp/redis/redis-server --daemonize yes --bind 12
     --port 6379 --save "" --appendonly no --logfile /tmp/redis.log
 df -h /tmp "$PWD" /dev/shm > "$OUT/results/disk.txt" 2>&1
 python3 -m bench.gpu_archive --root /tmp/gpu-archive \
-    --model "${MODEL:-cxr_orient/shipped/compact-invariant-64-v3.keras}" \
+    --model "${MODEL:-cxr_orient/shipped/compact-invariant-64-v4.keras}" \
     --out "$OUT/results" --carried .whl/corpus --machine "${MACHINE:-h200}" \
     --budget-s "${BUDGET_S:-520}" --mix-films "${LOSSY_FILMS:-lossy-archive=5000}" "$@" 2>&1 \
     | tee "$OUT/results/bench.log" | grep -v -E "^\s*$|DEBUG"
