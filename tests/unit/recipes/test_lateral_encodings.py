@@ -56,9 +56,14 @@ def test_margin_its_movement_flips_and_the_frontal_side() -> None:
 
 def test_the_table_has_a_row_per_encoding() -> None:
     p = _p([[0.95], [0.99], [0.02]], [[0.93], [0.99], [0.03]])
-    table = markdown(_summary(p), {"explicit-le": 1.0, "lossy": 9.5})
-    lines = table.splitlines()
+    info = {
+        "explicit-le": {"setting": "", "ratio": 1.0, "stress": False},
+        "lossy": {"setting": "quality 50", "ratio": 9.5, "stress": True},
+    }
+    lines = markdown(_summary(p), info).splitlines()
     assert len(lines) == 4
-    assert lines[3].startswith(
-        "| lossy | 9.5:1 | 2/2 [0.158, 1.000] | 0.930 (-0.020) | 0.020 | 0 |"
+    assert lines[2].startswith("| explicit-le | 1.0:1 | 2/2 ")
+    assert lines[3] == (
+        "| lossy (quality 50) (stress) | 9.5:1 | 2/2 [0.158, 1.000] | 0.9300 (-0.0200) "
+        "| 0.0200 | 0 | 0.0300 | 0.0200 | 0 |"
     )
