@@ -15,7 +15,10 @@ same answer by construction; a turned film encoded lossily is not the lossy film
 Per encoding: lateral recall with its exact 95 % interval, the margin (lowest p_lateral
 of a true lateral) and how far it moved from the uncompressed file's, the laterals under
 the review threshold, the highest p_lateral of a true frontal (the other side), and every
-label flip against the uncompressed file of the same pose. Decoded films are cached in
+label flip against the uncompressed file of the same pose; beside them, as checks, the
+spread of a film's p over its 8 uncompressed poses, which encodings decode to the
+reference's pixels, and the JPEG files' own p (the path the model card's figures took).
+Decoded films are cached in
 ``.devdata/lateral-encodings/`` (git-ignored); the figures go to
 ``docs/figures/<model>/lateral-encodings.json`` and a Markdown table to stdout.
 """
@@ -57,7 +60,7 @@ def _cache_file(path: Path, encoding: Encoding) -> Path:
     return CACHE / f"{film}-{key[:12]}.npz"
 
 
-def test_films(data_dir: Path = COVID_CXR, split: Path = SPLIT) -> list[tuple[str, int]]:
+def held_out_films(data_dir: Path = COVID_CXR, split: Path = SPLIT) -> list[tuple[str, int]]:
     """``(file, label)`` of the split's test patients' films, labelled as for training."""
     from training.data import list_labelled_files
 
@@ -179,7 +182,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     from cxr_orient.imaging import load_image_file
     from cxr_orient.modelstore import Classifier
 
-    films = test_films(args.data, args.split)
+    films = held_out_films(args.data, args.split)
     paths = [args.data / f for f, _ in films]
     started = time.perf_counter()
     context = multiprocessing.get_context("spawn")
