@@ -10,9 +10,11 @@ checkout as ``python -m recipes.<name>`` (``--help`` tells the exact command tha
 - :mod:`recipes.unusual_score`: the study that chose the unusual-image score's design on
   a development set of non-chest images;
 - :mod:`recipes.compact_invariant_64_v3`: ``compact-invariant-64-v3``, that design (the
-  model served by default);
+  default before v4);
 - :mod:`recipes.compact_invariant_64_v4`: ``compact-invariant-64-v4``, the chest-or-not
-  and PA/AP heads (a candidate).
+  and PA/AP heads (the shipped default);
+- :mod:`recipes.lateral_encodings`: a study of the shipped default, its lateral recall
+  and margin on test patients' films under every turn and lossy DICOM encoding.
 
 :mod:`recipes.common` holds what several share. The data come from ``CXR_DEV_DATA``
 (default ``../shared/data`` beside the checkout; :mod:`recipes.common.devdata`), never
