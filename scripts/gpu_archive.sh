@@ -18,13 +18,16 @@ export JAX_COMPILATION_CACHE_DIR=/tmp/jax-cache JAX_PERSISTENT_CACHE_MIN_COMPILE
 export JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES=-1
 export LD_LIBRARY_PATH=/tmp/site/nvidia/cu13/lib:/tmp/site/nvidia/nvjpeg2k/lib:/tmp/site/nvidia/nvjpeg/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/results/gpu.txt" 2>&1
+# The report is named after the card that ran it (a call for one kind may get another).
+card=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)
+case "$card" in *H200*) card=h200 ;; *H100*) card=h100 ;; *) card=gpu ;; esac
 python3 -c "import nvidia.nvimgcodec as n, cupy, jax, keras, pydicom, celery, imagecodecs; print('nvimgcodec', n.__version__, 'cupy', cupy.__version__, 'jax', jax.__version__, jax.devices(), 'keras', keras.__version__, 'pydicom', pydicom.__version__, 'celery', celery.__version__, 'imagecodecs', imagecodecs.__version__, 'libjpeg-turbo', imagecodecs.JPEG8.available)" 2>&1 | tee "$OUT/results/versions.txt"
 LD_LIBRARY_PATH=/tmp/redis/lib /tmp/redis/redis-server --daemonize yes --bind 127.0.0.1 \
     --port 6379 --save "" --appendonly no --logfile /tmp/redis.log
 df -h /tmp "$PWD" /dev/shm > "$OUT/results/disk.txt" 2>&1
 python3 -m bench.gpu_archive --root /tmp/gpu-archive \
     --model "${MODEL:-cxr_orient/shipped/compact-invariant-64-v4.keras}" \
-    --out "$OUT/results" --carried .whl/corpus --machine "${MACHINE:-h200}" \
+    --out "$OUT/results" --carried .whl/corpus --machine "${MACHINE:-$card}" \
     --budget-s "${BUDGET_S:-520}" --mix-films "${LOSSY_FILMS:-lossy-archive=5000}" "$@" 2>&1 \
     | tee "$OUT/results/bench.log" | grep -v -E "^\s*$|DEBUG"
 logs=$(cd "$OUT/results" && ls worker-*.log 2>/dev/null)
