@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
+from functools import cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from hypothesis import settings
@@ -26,6 +28,9 @@ from hypothesis import settings
 from cxr_orient.settings import reset_settings_cache
 from db.session import dispose_engines
 from tests.utils.env import drop_templates, migrated_database, temporary_pg_database
+
+if TYPE_CHECKING:
+    from cxr_orient.modelstore import Classifier
 
 #: Fixtures that need a server: a test using one is marked so (see the module's text).
 _SERVER_FIXTURES = {"pg_url": "pg", "redis_url": "integration"}
@@ -129,3 +134,19 @@ def migrated_db(db_backend: str, configure: Callable[..., None], tmp_path: Path)
         configure(database_url=url, data_dir=tmp_path / "data", ingest_root=tmp_path)
         yield url
         dispose_engines()  # before the database is dropped
+
+
+@pytest.fixture(scope="session")
+def shipped_models() -> Callable[..., Classifier]:
+    """``shipped_models(name)``: the shipped checkpoint ``name`` (the default model when
+    no name is given) as a :class:`~cxr_orient.modelstore.Classifier`, its SHA-256
+    checked, loaded once per test process and shared by the tests that ask for it (a
+    load takes seconds; a Classifier holds nothing a prediction changes)."""
+    from cxr_orient.modelstore import Classifier
+    from cxr_orient.settings import SHIPPED_MODEL
+
+    @cache
+    def load(name: str = SHIPPED_MODEL.stem) -> Classifier:
+        return Classifier.from_checkpoint(SHIPPED_MODEL.parent / f"{name}.keras")
+
+    return load

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
@@ -25,7 +26,13 @@ from cxr_orient.imaging import MODEL_INPUT_SIZE, normalise_to_uint8, resize_squa
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["documents", "non_chest_images", "patterns", "pydicom_test_images"]
+__all__ = [
+    "documents",
+    "non_chest_images",
+    "patterns",
+    "pydicom_test_files",
+    "pydicom_test_images",
+]
 
 
 def _grey(pixels: np.ndarray, photometric: str) -> np.ndarray:
@@ -38,14 +45,27 @@ def _grey(pixels: np.ndarray, photometric: str) -> np.ndarray:
     return np.asarray(x, dtype=np.float32)
 
 
+def pydicom_test_files(pattern: str) -> list[str]:
+    """pydicom's own test files and ``pydicom-data``'s (a dev dependency) matching
+    ``pattern``, as found on disk. ``pydicom.data.get_testdata_files`` lists the same
+    files and then tries to download each of the online ones again (into
+    ``~/.pydicom``), which waits on the network or, offline, on every name lookup."""
+    from pydicom.data import DATA_ROOT, external_data_sources
+    from pydicom.data.data_manager import DataTypes
+
+    files = [str(p) for p in (Path(DATA_ROOT) / "test_files").glob(pattern)]
+    for source in external_data_sources().values():
+        files += source.get_paths(pattern, DataTypes.DATASET)
+    return [f for f in files if not f.endswith(".py")]
+
+
 def pydicom_test_images(size: int = MODEL_INPUT_SIZE) -> dict[str, np.ndarray]:
     """Distinct images of pydicom's test files (``pydicom-data`` included when installed)."""
     import pydicom
-    from pydicom.data import get_testdata_files
 
     out: dict[str, np.ndarray] = {}
     seen: set[str] = set()
-    for path in sorted(get_testdata_files("*.dcm")):
+    for path in sorted(pydicom_test_files("*.dcm")):
         try:
             ds = pydicom.dcmread(path)
             pixels = ds.pixel_array

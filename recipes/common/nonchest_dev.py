@@ -277,12 +277,11 @@ def development_images(
 def chest_development_images(size: int = MODEL_INPUT_SIZE) -> dict[str, np.ndarray]:
     """Chest films from outside the covid-cxr collection, decoded as the worker does:
     RG1 (NEMA, a CR chest PA) in each of pydicom-data's encodings this machine reads."""
-    from pydicom.data import get_testdata_files
-
     from cxr_orient.imaging import load_dicom_image
+    from recipes.common.nonchest import pydicom_test_files
 
     out: dict[str, np.ndarray] = {}
-    for path in sorted(get_testdata_files("RG1_*.dcm")):
+    for path in sorted(pydicom_test_files("RG1_*.dcm")):
         try:
             out[f"chest:{Path(path).stem}"] = load_dicom_image(Path(path), size=size)
         except Exception as e:  # a codec this machine lacks

@@ -11,6 +11,7 @@ import ast
 import fnmatch
 import tomllib
 from collections.abc import Iterator
+from functools import cache
 from pathlib import Path
 
 import pytest
@@ -60,6 +61,12 @@ def _sources() -> dict[str, Path]:
 SOURCES = _sources()
 
 
+@cache
+def _tree(path: Path) -> ast.Module:
+    """The parsed file, once per run: every rule below walks the same trees (read only)."""
+    return ast.parse(path.read_text(encoding="utf-8"))
+
+
 def _resolve(name: str) -> str | None:
     """The project module an imported name refers to (longest known prefix)."""
     parts = name.split(".")
@@ -72,7 +79,7 @@ def _resolve(name: str) -> str | None:
 
 def _imports(module: str, path: Path) -> Iterator[tuple[str, int, list[str]]]:
     """(imported module, line, names taken from it) for each import of a project module."""
-    tree = ast.parse(path.read_text(encoding="utf-8"))
+    tree = _tree(path)
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
@@ -141,7 +148,7 @@ def _test_sources() -> dict[str, Path]:
 
 def _private_attributes(source: str, path: Path) -> list[str]:
     """``module._name`` where ``module`` is a project module bound by an import."""
-    tree = ast.parse(path.read_text(encoding="utf-8"))
+    tree = _tree(path)
     aliases: dict[str, str] = {}
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
@@ -348,7 +355,7 @@ SETTINGS_READING_LAYERS = {"cli", "bench"}
 
 def _settings_reads(path: Path) -> list[int]:
     """Lines calling ``get_settings()`` (by name or as an attribute)."""
-    tree = ast.parse(path.read_text(encoding="utf-8"))
+    tree = _tree(path)
     return [
         node.lineno
         for node in ast.walk(tree)

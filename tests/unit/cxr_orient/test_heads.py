@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 from cxr_orient.layers import ORBIT_SIZE, STORED_AS, orbit_copies
-from cxr_orient.settings import SHIPPED_MODEL
 
 
 def _store_as(image: np.ndarray, copy: int) -> np.ndarray:
@@ -92,10 +91,8 @@ def test_orientation_answer_marginalises_the_mirror() -> None:
 
 
 @pytest.fixture(scope="module")
-def shipped():
-    from cxr_orient.modelstore import Classifier
-
-    return Classifier.from_checkpoint(SHIPPED_MODEL)
+def shipped(shipped_models):
+    return shipped_models()
 
 
 @pytest.fixture(scope="module")

@@ -5,6 +5,7 @@ v1-v3 checkpoints answer exactly as before."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -85,8 +86,10 @@ def _poses(image: np.ndarray) -> np.ndarray:
 
 
 @pytest.mark.parametrize("name", sorted(BEFORE))
-def test_shipped_checkpoints_answer_as_before(name: str) -> None:
-    classifier = Classifier.from_checkpoint(SHIPPED / f"{name}.keras")
+def test_shipped_checkpoints_answer_as_before(
+    name: str, shipped_models: Callable[[str], Classifier]
+) -> None:
+    classifier = shipped_models(name)
     got = classifier.predict(_samples())
     for p, (label, p_lateral, rotation, mirrored, score, reasons) in zip(
         got, BEFORE[name], strict=True
@@ -187,9 +190,11 @@ V4 = SHIPPED / "compact-invariant-64-v4.keras"
 
 
 @pytest.mark.skipif(not V4.is_file(), reason="v4 not built")
-def test_v4_answers_the_view_as_v3_and_adds_the_projection() -> None:
-    v3 = Classifier.from_checkpoint(SHIPPED / "compact-invariant-64-v3.keras")
-    v4 = Classifier.from_checkpoint(V4)
+def test_v4_answers_the_view_as_v3_and_adds_the_projection(
+    shipped_models: Callable[[str], Classifier],
+) -> None:
+    v3 = shipped_models("compact-invariant-64-v3")
+    v4 = shipped_models(V4.stem)
     images = _samples()
     for old, new in zip(v3.predict(images), v4.predict(images), strict=True):
         assert (new.label, new.rotation, new.mirrored) == (old.label, old.rotation, old.mirrored)
@@ -203,8 +208,10 @@ def test_v4_answers_the_view_as_v3_and_adds_the_projection() -> None:
 
 
 @pytest.mark.skipif(not V4.is_file(), reason="v4 not built")
-def test_v4_projection_and_scope_do_not_move_with_the_pose() -> None:
-    v4 = Classifier.from_checkpoint(V4)
+def test_v4_projection_and_scope_do_not_move_with_the_pose(
+    shipped_models: Callable[[str], Classifier],
+) -> None:
+    v4 = shipped_models(V4.stem)
     frontal = _samples()[0]
     poses = _poses(frontal)
     answers = v4.predict(np.concatenate([poses, 255 - poses]))
@@ -216,7 +223,9 @@ def test_v4_projection_and_scope_do_not_move_with_the_pose() -> None:
 
 
 @pytest.mark.skipif(not V4.is_file(), reason="v4 not built")
-def test_v4_flags_a_real_tibia_film_it_never_saw() -> None:
+def test_v4_flags_a_real_tibia_film_it_never_saw(
+    shipped_models: Callable[[str], Classifier],
+) -> None:
     """pydicom-data's RG3, a CR of a distal tibia: never seen by either model."""
     from pydicom.data import get_testdata_file
 
@@ -228,7 +237,7 @@ def test_v4_flags_a_real_tibia_film_it_never_saw() -> None:
             for n in ("RG3_J2KR.dcm", "RG3_J2KI.dcm")
         ]
     )
-    v4 = Classifier.from_checkpoint(V4)
+    v4 = shipped_models(V4.stem)
     assert all(p.unusual and p.needs_review for p in v4.predict(tibia))
 
 

@@ -6,8 +6,10 @@ error in either object that the original did not already have."""
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pydicom
@@ -44,6 +46,9 @@ from cxr_orient.imaging import read_header
 from cxr_orient.settings import Settings
 from tests.utils.corrections import CR_STORAGE, rg1, stored_as, turned_original, write_in_syntax
 from tests.utils.dciodvfy import dciodvfy
+
+if TYPE_CHECKING:
+    from cxr_orient.modelstore import Classifier
 
 SAMPLES = Path(__file__).resolve().parents[4] / "cxr_orient" / "samples"
 WHEN = datetime(2026, 12, 6, 21, 30, 5, tzinfo=UTC)
@@ -205,15 +210,13 @@ def test_samples_turned_back_losslessly(
 
 
 def test_the_shipped_models_answer_puts_a_turned_real_film_upright(
-    tmp_path: Path, upright: np.ndarray
+    tmp_path: Path, upright: np.ndarray, shipped_models: Callable[[], Classifier]
 ) -> None:
     """The direction convention end to end: RG1 stored turned by a known amount, read
     and answered by the shipped model, corrected from that answer: upright again."""
     from cxr_orient.imaging import load_dicom_image
-    from cxr_orient.modelstore import Classifier
-    from cxr_orient.settings import SHIPPED_MODEL
 
-    classifier = Classifier.from_checkpoint(SHIPPED_MODEL)
+    classifier = shipped_models()
     poses = [(90, False), (270, True), (180, True)]
     images = []
     for i, (rotation, mirrored) in enumerate(poses):

@@ -522,11 +522,8 @@ def _real_film_at_least(side: int) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def shipped_classifier():
-    from cxr_orient.modelstore import Classifier
-    from cxr_orient.settings import SHIPPED_MODEL
-
-    return Classifier.from_checkpoint(SHIPPED_MODEL, verify=False)
+def shipped_classifier(shipped_models):
+    return shipped_models()
 
 
 @pytest.mark.slow

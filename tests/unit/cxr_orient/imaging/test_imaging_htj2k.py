@@ -332,11 +332,8 @@ def test_corrupt_codestream_is_a_decode_error(rg1, tmp_path) -> None:
 
 
 @pytest.fixture(scope="module")
-def shipped_classifier():
-    from cxr_orient.modelstore import Classifier
-    from cxr_orient.settings import SHIPPED_MODEL
-
-    return Classifier.from_checkpoint(SHIPPED_MODEL, verify=False)
+def shipped_classifier(shipped_models):
+    return shipped_models()
 
 
 def _lateral_film(side: int) -> np.ndarray:
