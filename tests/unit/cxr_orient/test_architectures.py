@@ -133,7 +133,8 @@ def test_invariant_input_must_tile_and_survive_the_trunk(name, size):
 
 def test_command_defaults_name_the_default_architecture():
     """The CLI and the nightly retrain spell the default out (importing the registry
-    would load Keras); they must not drift from it."""
+    would load Keras); they must not drift from it. Retraining defaults to ``auto``: the
+    PA/AP refit while a headed model serves, else the default network."""
     import inspect
 
     from cli import models as cli
@@ -141,13 +142,14 @@ def test_command_defaults_name_the_default_architecture():
     from training import lifecycle
 
     assert DEFAULT_ARCHITECTURE == "compact_invariant_64"
-    assert (
-        inspect.signature(lifecycle.retrain).parameters["architecture"].default
-        == DEFAULT_ARCHITECTURE
+    assert lifecycle.DEFAULT_RETRAIN_NETWORK == DEFAULT_ARCHITECTURE
+    assert inspect.signature(lifecycle.retrain).parameters["architecture"].default == (
+        lifecycle.AUTO
     )
-    for command in (cli.train, cli.retrain):
-        option = next(p for p in command.params if p.name == "architecture")
-        assert option.default == DEFAULT_ARCHITECTURE
+    train_option = next(p for p in cli.train.params if p.name == "architecture")
+    assert train_option.default == DEFAULT_ARCHITECTURE
+    retrain_option = next(p for p in cli.retrain.params if p.name == "architecture")
+    assert retrain_option.default == lifecycle.AUTO
     for name in ARCHITECTURES:
         assert name in cli.ARCHITECTURE_HELP
 
