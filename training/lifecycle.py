@@ -379,7 +379,8 @@ def _retrain_locked(
 
     with session_scope() as session:
         serving = ensure_active_model(session, settings.inference)
-        serving_ref = (Path(serving.file_path), serving.sha256, serving.architecture, serving.name)
+        serving_path, serving_sha256 = Path(serving.file_path), serving.sha256
+        serving_architecture, serving_name = serving.architecture, serving.name
         # Labels already seen by any earlier candidate (promoted or not) are not new:
         # a rejected candidate must not make every night retrain on the same data.
         seen = crud.highest_trained_label_id(session)
@@ -395,11 +396,13 @@ def _retrain_locked(
         logger.warning("not trained on: %s", problem)
     if architecture == AUTO:
         architecture = (
-            REFIT_PROJECTION if has_projection_head(serving_ref[2]) else DEFAULT_RETRAIN_NETWORK
+            REFIT_PROJECTION
+            if has_projection_head(serving_architecture)
+            else DEFAULT_RETRAIN_NETWORK
         )
-    if architecture == REFIT_PROJECTION and not has_projection_head(serving_ref[2]):
+    if architecture == REFIT_PROJECTION and not has_projection_head(serving_architecture):
         return RetrainResult(
-            "skipped", f"the model in service ({serving_ref[2]}) has no PA/AP head to refit"
+            "skipped", f"the model in service ({serving_architecture}) has no PA/AP head to refit"
         )
 
     films = _with_folder(collected, extra_dir, manifest)
@@ -460,10 +463,10 @@ def _retrain_locked(
                 f"the validation patients do not yet hold PA and AP frontals ({val.counts})",
                 problems=collected.problems,
             )
-        name = refit_name(serving_ref[3], stamp)
+        name = refit_name(serving_name, stamp)
         refit = refit_projection_candidate(
-            serving_ref[0],
-            base_sha256=serving_ref[1],
+            serving_path,
+            base_sha256=serving_sha256,
             train=train,
             validation=val,
             held_out=held_out,
