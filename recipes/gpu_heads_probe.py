@@ -114,6 +114,11 @@ def pack(args: argparse.Namespace) -> None:
         "other_names",
     ):
         arrays[key] = np.asarray(d[key]).astype(str) if d[key].dtype.kind in "OUS" else d[key]
+    from cxr_orient.modelstore import read_card
+
+    arrays["v3_unusual_threshold"] = np.asarray(
+        read_card(SHIPPED / "compact-invariant-64-v3.keras").unusual_threshold
+    )
     savez: Any = np.savez  # numpy's stub reads **arrays as its allow_pickle flag
     savez(out / "probe.npz", **arrays)
     logger.info("wrote %s (%.1f MB)", out / "probe.npz", (out / "probe.npz").stat().st_size / 1e6)
@@ -323,6 +328,7 @@ def scope(z: Any, chest: np.ndarray, report: dict[str, Any], args: argparse.Name
     split, parts = z["chest_split"], _parts(z["non_parts"])
     train_chest = chest[split == "train"]
     v3_review = {k: z[f"{k}_v3_needs_review"] for k in ("chest", "non", "other")}
+    v3_t = float(z["v3_unusual_threshold"])
     out: dict[str, Any] = {}
     for held in (*BODY_PARTS, "none"):
         started = time.perf_counter()
@@ -348,7 +354,7 @@ def scope(z: Any, chest: np.ndarray, report: dict[str, Any], args: argparse.Name
         p_chest = _predict(model, chest, poses=True)
         t = float(np.quantile(p_chest[split == "val"], CHEST_QUANTILE))
         test = split == "test"
-        flagged_chest = (p_chest > t) | (z["chest_v3_unusual"] > 1.0)
+        flagged_chest = (p_chest > t) | (z["chest_v3_unusual"] > v3_t)
         copies = _augment(np.repeat(chest[test], 4, axis=0), np.random.default_rng(1), poses=True)
         by_view = {
             v: int((p_chest[test & (z["chest_views"] == v)] > t).sum())
@@ -373,7 +379,7 @@ def scope(z: Any, chest: np.ndarray, report: dict[str, Any], args: argparse.Name
             targets.pop("held")
         for name, (images, review, v3_score) in targets.items():
             p = _predict(model, images, poses=True)
-            flagged = (p > t) | (v3_score > 1.0)
+            flagged = (p > t) | (v3_score > v3_t)
             confident = ~flagged & ~review
             entry[name] = {
                 "n": len(images),
@@ -387,7 +393,7 @@ def scope(z: Any, chest: np.ndarray, report: dict[str, Any], args: argparse.Name
     # v4 as shipped (trained on every part: not held out) and v3 alone, on the same films.
     out["v3_alone"] = {
         k: {
-            "flagged": int((z[f"{k}_v3_unusual"] > 1.0).sum()),
+            "flagged": int((z[f"{k}_v3_unusual"] > v3_t).sum()),
             "answered_confidently": int((~z[f"{k}_v3_needs_review"]).sum()),
         }
         for k in ("non", "other")
