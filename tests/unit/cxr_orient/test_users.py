@@ -1,0 +1,20 @@
+"""Password hashes at the product's cost: the other tests hash at argon2's lowest
+(tests/conftest.py ``cheap_password_hashes``); this one sees the real hasher."""
+
+from __future__ import annotations
+
+import pytest
+from argon2 import extract_parameters
+from argon2.profiles import RFC_9106_LOW_MEMORY
+
+from cxr_orient import users
+
+
+@pytest.mark.production_hash
+def test_passwords_are_hashed_at_rfc_9106_low_memory_cost() -> None:
+    made = users.hash_password("correct horse battery staple")
+    assert made.startswith("$argon2id$")
+    assert extract_parameters(made) == RFC_9106_LOW_MEMORY
+    # An unknown username costs the same verification as a wrong password.
+    assert extract_parameters(users._DUMMY_HASH) == RFC_9106_LOW_MEMORY
+    assert not users._HASHER.check_needs_rehash(made)
