@@ -6,7 +6,7 @@ real PostgreSQL (``pg_url``, or the ``postgresql`` side of ``database_url`` and
 ``pg``, one under tests/integration or that gets Redis (``redis_url``) ``integration``,
 here at collection. ``make unit`` runs ``-m "not integration and not pg"``: no server.
 
-Under ``pytest -n 3 --dist loadgroup`` (``make test``) the tests of one file run in one test
+Under ``pytest -n 4 --dist loadgroup`` (``make test``) the tests of one file run in one test
 process (they may share module fixtures and module state), except integration tests that
 use no module-scoped fixture and tests marked ``spread``: those go one by one to whichever
 process is free, so one file of slow tests (killed workers, outages) does not keep one
