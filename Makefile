@@ -19,7 +19,7 @@ test: $(STAMP)  ## Lint, format check, types, unit and integration tests (needs 
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
-	$(BIN)/pytest -n 3 --dist loadgroup --no-loadscope-reorder
+	$(BIN)/pytest -n 4 --dist loadgroup --no-loadscope-reorder
 
 unit: $(STAMP)  ## The unit tier: no server (tests needing PostgreSQL/Redis/workers deselected).
 	$(BIN)/pytest -n 2 -m "not integration and not pg" -q

@@ -6,7 +6,7 @@ real PostgreSQL (``pg_url``, or the ``postgresql`` side of ``database_url`` and
 ``pg``, one under tests/integration or that gets Redis (``redis_url``) ``integration``,
 here at collection. ``make unit`` runs ``-m "not integration and not pg"``: no server.
 
-Under ``pytest -n 3 --dist loadgroup`` (``make test``) the tests of one file run in one test
+Under ``pytest -n 4 --dist loadgroup`` (``make test``) the tests of one file run in one test
 process (they may share module fixtures and module state), except integration tests that
 use no module-scoped fixture and tests marked ``spread``: those go one by one to whichever
 process is free, so one file of slow tests (killed workers, outages) does not keep one
@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+from argon2 import PasswordHasher
 from hypothesis import settings
 
 from cxr_orient.settings import reset_settings_cache
@@ -134,6 +135,30 @@ def migrated_db(db_backend: str, configure: Callable[..., None], tmp_path: Path)
         configure(database_url=url, data_dir=tmp_path / "data", ingest_root=tmp_path)
         yield url
         dispose_engines()  # before the database is dropped
+
+
+#: argon2id at its lowest cost (8 KiB, one pass, one lane): what the tests hash and check
+#: in their own process. The product's cost (argon2-cffi's defaults, RFC 9106's low-memory
+#: profile: 64 MiB, three passes, four lanes) is some 0.1 CPU-s a hash, and the unit tier
+#: hashes and verifies passwords hundreds of times; the test marked ``production_hash``
+#: (tests/unit/cxr_orient/test_users.py) checks that cost, and processes the tests start
+#: (``cxr-orient user create``, ``serve``) always run at it.
+_CHEAP_HASHER = PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)
+
+
+@pytest.fixture(autouse=True)
+def cheap_password_hashes(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    if request.node.get_closest_marker("production_hash"):
+        return
+    from cxr_orient import users
+
+    monkeypatch.setattr(users, "_HASHER", _CHEAP_HASHER)
+    monkeypatch.setattr(users, "_DUMMY_HASH", _cheap_dummy_hash())
+
+
+@cache
+def _cheap_dummy_hash() -> str:
+    return _CHEAP_HASHER.hash("not a password of anybody")
 
 
 @pytest.fixture(scope="session")
