@@ -330,7 +330,7 @@ def scope(z: Any, chest: np.ndarray, report: dict[str, Any], args: argparse.Name
     v3_review = {k: z[f"{k}_v3_needs_review"] for k in ("chest", "non", "other")}
     v3_t = float(z["v3_unusual_threshold"])
     out: dict[str, Any] = {}
-    for held in (*BODY_PARTS, "none"):
+    for held in args.held:
         started = time.perf_counter()
         keep = parts != held
         kept_parts = parts[keep]
@@ -448,6 +448,12 @@ def main(argv: list[str] | None = None) -> None:
     )
     t.add_argument("--scope-width", type=int, default=16)
     t.add_argument("--scope-epochs", type=int, default=30)
+    t.add_argument(
+        "--held",
+        nargs="+",
+        default=[*BODY_PARTS, "none"],
+        help="chest-or-not: the body parts held out in turn ('none': fit on all)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     {"pack": pack, "train": train}[args.command](args)
