@@ -104,30 +104,33 @@ def test_three_hosts_one_cut_off_30s_mid_batch_then_healed(
         upgrade(local_url)
         archive = tmp_path / "archive"  # shared storage: every node sees this folder
         first, second = archive / "first", archive / "second"
-        make_corpus(first, N_FIRST, size=256, prefix="mh1")
+        # Films of 1024 px: a batch takes long enough to decode (and node A's, of 16, twice
+        # as long) that node A is seen holding one. With 256 px films both nodes finished
+        # the first wave in about 2 s, A's batches held for a few tens of milliseconds, and
+        # on a loaded machine the poll below missed every one of them (2 runs in 4).
+        make_corpus(first, N_FIRST, size=1024, prefix="mh1")
         make_corpus(second, N_SECOND, size=256, prefix="mh2")
         model = smoke_checkpoint(tmp_path / "model")
         common = dict(
             ingest_root=archive,
             model_path=model,
-            batch_size=8,
             batch_max_wait_ms=100,
             decode_threads=1,
         )
 
-        def env_on(host: str, data: str) -> dict[str, str]:
+        def env_on(host: str, data: str, batch_size: int = 8) -> dict[str, str]:
             return worker_env(
                 database_url=local_url.replace("127.0.0.1", host),
                 broker_url=f"redis://:{REDIS_PASSWORD}@{host}:{redis_server.port}/0",
                 data_dir=tmp_path / data,
-                **common,
+                **{**common, "batch_size": batch_size},
             )
 
         host_env = env_on("127.0.0.1", "data-host")
 
         def start(node: netns.Node) -> WorkerProcess:
             worker = WorkerProcess(
-                env_on(node.host_ip, f"data-{node.name}"),
+                env_on(node.host_ip, f"data-{node.name}", 16 if node is node_a else 8),
                 tmp_path / f"node{node.name}.log",
                 name=f"node{node.name}",
                 cwd=REPO,
@@ -148,7 +151,7 @@ def test_three_hosts_one_cut_off_30s_mid_batch_then_healed(
         wait_until(
             lambda: bool(_claims_by(engine, "nodea")),
             timeout=90,
-            poll=0.05,
+            poll=0.02,
             what="node A holding a claimed batch",
         )
         netns.cut(node_a)

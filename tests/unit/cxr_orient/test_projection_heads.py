@@ -100,7 +100,10 @@ def test_shipped_checkpoints_answer_as_before(
             mirrored,
             reasons,
         )
-        assert abs(p.p_lateral - p_lateral) < 2e-6
+        # float32 through oneDNN: kernels chosen by the CPU's instruction set differ in
+        # the last bits (compact-v1 moved 4.9e-6 between two x86_64 machines); a weight
+        # changed on purpose moves an answer by far more.
+        assert abs(p.p_lateral - p_lateral) < 2e-5
         assert (p.unusual_score is None) == (score is None)
         if score is not None:
             assert p.unusual_score == pytest.approx(score, abs=2e-5)
