@@ -479,7 +479,7 @@ def test_poison_instance_fails_after_max_attempts(
     mount = mount_cm.__enter__()
     poison_path = corpus / "nfs" / "poison-hang.dcm"
     engine = make_engine(pg_url)
-    worker = _worker(env, tmp_path, "w", beat=True)
+    worker: WorkerProcess | None = None
     kills = 0
     try:
         _enqueue(env, corpus)
@@ -489,6 +489,9 @@ def test_poison_instance_fails_after_max_attempts(
                 select(Instance.id).where(Instance.file_path == str(poison_path))
             ).scalar_one()
         mount.hang()  # reading it now blocks for ever: the pool process hangs
+        # The worker starts once the mount stalls: started before the enqueue, it read the
+        # poison before the stall on a fast run (done at attempt 1, no kill).
+        worker = _worker(env, tmp_path, "w", beat=True)
 
         def poison_row() -> tuple[str, int]:
             with engine.connect() as conn:
@@ -528,7 +531,8 @@ def test_poison_instance_fails_after_max_attempts(
                 select(Instance.error_code, Instance.attempts).where(Instance.id == poison)
             ).one()
     finally:
-        worker.stop()
+        if worker is not None:
+            worker.stop()
         engine.dispose()
         mount_cm.__exit__(None, None, None)
     counts = ledger(
