@@ -17,6 +17,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import cache
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
@@ -28,6 +29,7 @@ from db.models import User, UserRole, utcnow
 
 __all__ = [
     "MIN_PASSWORD_LENGTH",
+    "PASSWORD_HASHER",
     "LoginRefused",
     "LoginThrottled",
     "UserError",
@@ -45,8 +47,21 @@ __all__ = [
 
 MIN_PASSWORD_LENGTH = 12
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._@-]{0,63}$")
-_HASHER = PasswordHasher()
-_DUMMY_HASH = _HASHER.hash("not a password of anybody")
+#: The hasher every password is hashed and checked with (argon2-cffi's defaults: RFC 9106's
+#: low-memory profile, 64 MiB, three passes, four lanes). Read at each call, so a test
+#: process may swap in a cheaper one (tests/conftest.py); a stored hash records its own
+#: parameters, so any hasher checks any hash.
+PASSWORD_HASHER = PasswordHasher()
+
+
+@cache
+def _dummy_hash(hasher: PasswordHasher) -> str:
+    """A hash no password matches, made by ``hasher``: what an unknown username is checked
+    against, at the cost of a known one."""
+    return hasher.hash("not a password of anybody")
+
+
+_dummy_hash(PASSWORD_HASHER)  # made at import: the first unknown name costs no more
 
 
 class UserError(CxrError):
@@ -99,7 +114,7 @@ def _info(row: User) -> UserInfo:
 def hash_password(password: str) -> str:
     if len(password) < MIN_PASSWORD_LENGTH:
         raise UserError(f"a password needs at least {MIN_PASSWORD_LENGTH} characters")
-    return _HASHER.hash(password)
+    return PASSWORD_HASHER.hash(password)
 
 
 def _normal_name(username: str) -> str:
@@ -184,7 +199,7 @@ def authenticate(
     row = crud.find_user(session, username=name)
     stored = row.password_hash if row is not None and row.password_hash else None
     try:
-        _HASHER.verify(stored or _DUMMY_HASH, password)
+        PASSWORD_HASHER.verify(stored or _dummy_hash(PASSWORD_HASHER), password)
         good = stored is not None
     except (VerificationError, InvalidHashError):
         good = False
@@ -192,8 +207,10 @@ def authenticate(
         crud.add_login_failure(session, username=name, address=address, now=now)
         crud.forget_login_failures(session, before=since)
         raise LoginRefused("wrong username or password")
-    if _HASHER.check_needs_rehash(stored or ""):
-        crud.set_user_password(session, user_id=row.id, password_hash=_HASHER.hash(password))
+    if PASSWORD_HASHER.check_needs_rehash(stored or ""):
+        crud.set_user_password(
+            session, user_id=row.id, password_hash=PASSWORD_HASHER.hash(password)
+        )
         session.refresh(row)
     crud.forget_login_failures(session, before=now, username=name, address=address)
     crud.touch_user_login(session, user_id=row.id, now=now)

@@ -152,13 +152,7 @@ def cheap_password_hashes(request: pytest.FixtureRequest, monkeypatch: pytest.Mo
         return
     from cxr_orient import users
 
-    monkeypatch.setattr(users, "_HASHER", _CHEAP_HASHER)
-    monkeypatch.setattr(users, "_DUMMY_HASH", _cheap_dummy_hash())
-
-
-@cache
-def _cheap_dummy_hash() -> str:
-    return _CHEAP_HASHER.hash("not a password of anybody")
+    monkeypatch.setattr(users, "PASSWORD_HASHER", _CHEAP_HASHER)
 
 
 @pytest.fixture(scope="session")
