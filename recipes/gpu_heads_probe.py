@@ -60,11 +60,10 @@ def _jpeg(image: np.ndarray, size: int) -> bytes:
     return buf.getvalue()
 
 
-def _answers(path: Path, images: np.ndarray) -> dict[str, np.ndarray]:
-    from cxr_orient.modelstore import Classifier
+def _answers(model: Any, images: np.ndarray) -> dict[str, np.ndarray]:
+    """A :class:`~cxr_orient.modelstore.Classifier`'s answers on ``images``, by field."""
     from recipes.common.films import rgb
 
-    model = Classifier.from_checkpoint(path)
     rows = []
     for i in range(0, len(images), 64):
         rows.extend(model.predict(rgb(images[i : i + 64])))
@@ -78,10 +77,15 @@ def _answers(path: Path, images: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def pack(args: argparse.Namespace) -> None:
+    from cxr_orient.modelstore import Classifier
     from recipes.common.devdata import SHIPPED
     from recipes.compact_invariant_64_v4 import decode
 
     d = decode(args)
+    models = {
+        m: Classifier.from_checkpoint(SHIPPED / f"compact-invariant-64-{m}.keras")
+        for m in ("v3", "v4")
+    }
     out = Path(args.pack)
     out.mkdir(parents=True, exist_ok=True)
     groups = {
@@ -94,9 +98,9 @@ def pack(args: argparse.Namespace) -> None:
         blobs = [_jpeg(im, size) for im in images]
         arrays[f"{name}_jpeg"] = np.frombuffer(b"".join(blobs), dtype=np.uint8)
         arrays[f"{name}_offsets"] = np.cumsum([0, *map(len, blobs)])
-        for model in ("v3", "v4"):
+        for model, classifier in models.items():
             started = time.perf_counter()
-            answers = _answers(SHIPPED / f"compact-invariant-64-{model}.keras", images)
+            answers = _answers(classifier, images)
             logger.info(
                 "%s on %d %s films: %.1f s", model, len(images), name, time.perf_counter() - started
             )
@@ -114,11 +118,7 @@ def pack(args: argparse.Namespace) -> None:
         "other_names",
     ):
         arrays[key] = np.asarray(d[key]).astype(str) if d[key].dtype.kind in "OUS" else d[key]
-    from cxr_orient.modelstore import read_card
-
-    arrays["v3_unusual_threshold"] = np.asarray(
-        read_card(SHIPPED / "compact-invariant-64-v3.keras").unusual_threshold
-    )
+    arrays["v3_unusual_threshold"] = np.asarray(models["v3"].card.unusual_threshold)
     savez: Any = np.savez  # numpy's stub reads **arrays as its allow_pickle flag
     savez(out / "probe.npz", **arrays)
     logger.info("wrote %s (%.1f MB)", out / "probe.npz", (out / "probe.npz").stat().st_size / 1e6)

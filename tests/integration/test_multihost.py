@@ -111,6 +111,7 @@ def test_three_hosts_one_cut_off_40s_mid_batch_then_healed(
         common = dict(
             ingest_root=archive,
             model_path=model,
+            batch_size=8,
             batch_max_wait_ms=100,
             decode_threads=1,
         )
@@ -150,7 +151,7 @@ def test_three_hosts_one_cut_off_40s_mid_batch_then_healed(
         wait_until(
             lambda: bool(_claims_by(engine, "nodea")),
             timeout=90,
-            poll=0.02,
+            poll=0.05,
             what="node A holding a claimed batch",
         )
         netns.cut(node_a)
