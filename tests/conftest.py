@@ -62,10 +62,15 @@ def _spread(item: pytest.Item, integration: bool) -> bool:
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist reads the groups (--dist loadgroup)
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    grouping = config.pluginmanager.hasplugin("xdist")  # -p no:xdist: one process, no groups
     for item in items:
         integration = _INTEGRATION in Path(str(item.path)).resolve().parents
-        if not any(item.iter_markers("xdist_group")) and not _spread(item, integration):
+        if (
+            grouping
+            and not any(item.iter_markers("xdist_group"))
+            and not _spread(item, integration)
+        ):
             item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::", 1)[0]))
         needs = {
             mark

@@ -300,10 +300,17 @@ def test_the_error_names_the_cause(tmp_path: Path) -> None:
     assert server is not None
     try:
         port = server.server_address[1]
-        rejected = _cause(f"dicom://PACS@127.0.0.1:{port}", sr)
+        # Under a loaded test run pynetdicom's requestor once saw the peer's A-ASSOCIATE-RJ
+        # only as the transport closing ("aborted"): the rejection is asked up to 3 times.
+        tries = []
+        for _ in range(3):
+            tries.append(_cause(f"dicom://PACS@127.0.0.1:{port}", sr))
+            if "association rejected" in tries[-1]:
+                break
     finally:
         server.shutdown()
-    assert "association rejected" in rejected and "CXR_ORIENT" in rejected, rejected
+    rejected = tries[-1]
+    assert "association rejected" in rejected and "CXR_ORIENT" in rejected, tries
 
     with socket.socket() as silent:  # listens (the kernel accepts), never answers
         silent.bind(("127.0.0.1", 0))
