@@ -155,6 +155,10 @@ def _scope(flagged: int, detected: int, n_chest: int = 400, n_non: int = 20) -> 
         (_scope(1, 5), _scope(2, 5), True, "chest films flagged unusual 1/400 < 2"),
         (_scope(2, 5), _scope(2, 5), False, "ties the active model"),
         (_scope(9, 9), _scope(10, 5), True, "not-chest"),  # fewer than the active's own
+        # A small split: 1 % of 57 is no film; one false alarm more is the least allowed.
+        (_scope(1, 10, n_chest=57), _scope(0, 5, n_chest=57), True, "detected 10/20 > 5"),
+        (_scope(2, 10, n_chest=57), _scope(0, 5, n_chest=57), False, "2/57 > 0 + 1"),
+        (_scope(2, 10, n_chest=57), _scope(1, 5, n_chest=57), False, "2/57 > 1%"),
     ],
     ids=[
         "detects-more",
@@ -165,6 +169,9 @@ def _scope(flagged: int, detected: int, n_chest: int = 400, n_non: int = 20) -> 
         "fewer-false-alarms",
         "tie",
         "active-above-cap",
+        "small-split-one-more",
+        "small-split-two-more",
+        "small-split-over-cap",
     ],
 )
 def test_gate_judges_the_chest_or_not_head(
