@@ -339,10 +339,11 @@ def retrain(
     the fixed evaluation split, and promote it only if it wins.
 
     ``architecture`` :data:`AUTO` (the default): when the model in service has a PA/AP
-    head, the candidate is that model with the head refitted on the labelled frontals
-    (:mod:`training.head_refit`: nothing else changes, so it keeps every head);
-    otherwise a ``compact_invariant_64`` view network is trained. A network name trains
-    that network; ``refit-projection`` asks for the refit.
+    or chest-or-not head, the candidate is that model with the heads the labels can
+    refit refitted (:func:`training.head_refit.refit_plan`: PA/AP on the labelled
+    frontals, chest-or-not on the films labelled not_chest; nothing else changes, so it
+    keeps every head); otherwise a ``compact_invariant_64`` view network is trained. A
+    network name trains that network; ``refit-projection`` asks for the refit.
 
     The view network's recipe is the shipped model's: ``epochs`` of cosine-decayed
     learning rate, and early stopping only from ``min_epochs`` (default 70 % of
