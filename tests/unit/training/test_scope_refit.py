@@ -185,3 +185,48 @@ def test_gate_judges_the_chest_or_not_head(
 
 def test_gate_ignores_the_chest_or_not_head_when_a_model_lacks_it() -> None:
     assert not gate(_view(), _view(), candidate_scope=_scope(0, 20), active_scope=None).promote
+
+
+def _plan(n_not_chest: int, architecture: str = "compact_invariant_64_heads3", **kw):
+    """:func:`training.head_refit.refit_plan` on blank films: 40 chest films (no
+    projection labels), ``n_not_chest`` not-chest films outside the evaluation split and
+    2 inside (patients ``E*``)."""
+    from training.head_refit import refit_plan
+
+    img = np.zeros((8, 8), np.uint8)
+    patients = [f"{'E' if i % 5 == 0 else 'P'}{i}" for i in range(40)]
+    non = [f"N{i}" for i in range(n_not_chest)] + ["E-n1", "E-n2"]
+    return refit_plan(
+        [img] * 40,
+        kw.get("projections", [None] * 40),
+        patients,
+        [img] * len(non),
+        non,
+        architecture=architecture,
+        in_eval=lambda p: p.startswith("E"),
+        seed=0,
+    )
+
+
+def test_refit_plan_says_why_each_head_is_not_refitted() -> None:
+    few = _plan(4)
+    assert few.projection is None and few.scope is None
+    assert any("PA/AP head not refitted" in r for r in few.reasons), few.reasons
+    assert any(
+        "4 film(s) labelled not_chest outside the fixed evaluation split (need 10)" in r
+        for r in few.reasons
+    ), few.reasons
+    # The evaluation split's chest and not-chest films are the gate's either way.
+    assert few.scope_test is not None and few.scope_test.counts == {"chest": 8, "not_chest": 2}
+
+    enough = _plan(12)
+    assert enough.projection is None and enough.scope is not None
+    train, val, held_out = enough.scope
+    assert train.counts["not_chest"] + val.counts["not_chest"] == 12
+    assert held_out.counts == {"chest": 8, "not_chest": 2}
+    assert enough.not_chest_films == 12
+    assert [r for r in enough.reasons if "chest-or-not" in r] == []
+
+    view_only = _plan(12, architecture="compact_invariant_64")
+    assert view_only.scope is None and view_only.scope_test is None
+    assert any("compact_invariant_64 has none" in r for r in view_only.reasons)
