@@ -230,3 +230,71 @@ def test_refit_plan_says_why_each_head_is_not_refitted() -> None:
     view_only = _plan(12, architecture="compact_invariant_64")
     assert view_only.scope is None and view_only.scope_test is None
     assert any("compact_invariant_64 has none" in r for r in view_only.reasons)
+
+
+@pytest.mark.slow
+def test_refit_candidate_refits_both_heads_and_keeps_every_other_weight(tmp_path) -> None:
+    """Both heads at once on the shipped v4 (the bundled chest films, turned and framed
+    into several films each, as PA/AP frontals; pydicom-data's non-chest images): one
+    checkpoint whose card and reports tell both refits, with only those layers moved."""
+    import json
+
+    from cxr_orient.imaging import load_image_file
+    from cxr_orient.modelstore import load_checkpoint, read_card
+    from cxr_orient.settings import SHIPPED_MODEL
+    from recipes.common.nonchest import pydicom_test_images
+    from training.head_refit import refit_candidate
+    from training.projection import ProjectionSet
+    from training.scope_refit import scope_set
+
+    samples = SHIPPED_MODEL.parents[1] / "samples"
+    films = [load_image_file(p, size=256) for p in sorted(samples.glob("study*/*.dcm"))]
+    chest = [np.roll(np.rot90(f, k % 4), 9 * k, axis=k % 2) for k in range(5) for f in films]
+    patients = [f"c{i}" for i in range(len(chest))]
+    y = np.array([float(i % 2) for i in range(len(chest))])  # PA/AP: only the wiring
+
+    def frontals(idx: range) -> ProjectionSet:
+        return ProjectionSet(
+            np.stack([chest[i] for i in idx]), y[list(idx)], [patients[i] for i in idx]
+        )
+
+    others = pydicom_test_images()
+    non = [others[k] for k in sorted(others)]
+    every = scope_set(chest, patients, non, [f"n{i}" for i in range(len(non))])
+    thirds = [np.arange(len(every))[j::3] for j in range(3)]
+    run = refit_candidate(
+        SHIPPED_MODEL,
+        base_sha256=read_card(SHIPPED_MODEL).sha256,
+        name="v4-both",
+        out_dir=tmp_path,
+        seed=0,
+        projection=(frontals(range(0, 16)), frontals(range(16, 24)), frontals(range(24, 30))),
+        scope=(every.subset(thirds[0]), every.subset(thirds[1]), every.subset(thirds[2])),
+        extra_training={"refitted": "pa-ap-scope"},
+    )
+    card = read_card(run.checkpoint)
+    assert set(run.report) == {"projection", "scope"}
+    assert card.metrics["projection_refit"]["threshold"] == card.projection_threshold
+    scope = card.metrics["scope_refit"]
+    assert card.training["not_chest_logit_threshold"] == scope["logit_threshold"]
+    assert {"projection_refit", "scope_refit"} <= set(card.training)
+    assert scope["films"]["held_out"] == every.subset(thirds[2]).counts | {
+        "patients": len(set(every.subset(thirds[2]).patients))
+    }
+    for what in ("projection", "scope"):
+        written = json.loads((tmp_path / "v4-both-report" / f"{what}.json").read_text())
+        assert set(written["held_out"]) == {"candidate", "compact-invariant-64-v4"}
+    new, old = load_checkpoint(run.checkpoint), load_checkpoint(SHIPPED_MODEL)
+    moved = {
+        layer.name
+        for layer in new.layers
+        if not all(
+            np.array_equal(a, b)
+            for a, b in zip(
+                layer.get_weights(), old.get_layer(layer.name).get_weights(), strict=True
+            )
+        )
+    }
+    assert moved <= {"projection", "not_chest_logit", "scope_unusual"} and "projection" in moved
+    kept = new.get_layer("scope_unusual").get_weights()[0][0]
+    assert kept == old.get_layer("scope_unusual").get_weights()[0][0]
