@@ -134,11 +134,13 @@ def label_import(csv_path: Path, source: str, annotator: str | None) -> None:
     "--architecture",
     default="auto",
     show_default=True,
-    help="What the candidate is. auto: when the model in service has a PA/AP head "
-    "(compact-invariant-64-v4), that model with its PA/AP head refitted on the labelled "
-    "frontals' projections (labels.projection; with --data, a manifest's view column "
-    "too), every other weight kept; otherwise a compact_invariant_64 view network. "
-    "refit-projection: the refit. Or a network to train: " + ARCHITECTURE_HELP,
+    help="What the candidate is. auto: when the model in service has a PA/AP or "
+    "chest-or-not head (compact-invariant-64-v4), that model with its PA/AP head refitted "
+    "on the labelled frontals' projections (labels.projection; with --data, a manifest's "
+    "view column too) and its chest-or-not head on the films labelled not_chest (from 10 "
+    "outside the evaluation split), every other weight kept; otherwise a "
+    "compact_invariant_64 view network. refit-projection: the refit. Or a network to "
+    "train: " + ARCHITECTURE_HELP,
 )
 @click.option(
     "--epochs", default=200, show_default=True, help="Epochs of the cosine learning-rate schedule."
@@ -160,9 +162,9 @@ def retrain(
     seed: int,
 ) -> None:
     """Nightly retrain: make a candidate from the labels, promote it only if it beats the
-    active model on the fixed evaluation split (the view; and PA/AP, no worse in
-    coverage or balanced accuracy, when both have the head). Exit 0 when done or
-    nothing to do."""
+    active model on the fixed evaluation split (the view; PA/AP, no worse in coverage or
+    balanced accuracy, and chest-or-not, no fewer not-chest films detected and no more
+    chest films flagged, when both have the head). Exit 0 when done or nothing to do."""
     from training.lifecycle import retrain as run_retrain
 
     result = run_retrain(
@@ -187,9 +189,24 @@ def retrain(
             if figures is not None:
                 click.echo(
                     f"PA/AP {who}: stated {figures['stated']}/{figures['n']} frontals, "
-                    f"balanced accuracy {figures['balanced_accuracy']:.3f} stated, "
-                    f"{figures['balanced_accuracy_all']:.3f} all"
+                    f"balanced accuracy {_figure(figures['balanced_accuracy'])} stated, "
+                    f"{_figure(figures['balanced_accuracy_all'])} all"
                 )
+    if decision is not None and decision.candidate_scope is not None:
+        for who, figures in (
+            ("candidate", decision.candidate_scope),
+            ("active", decision.active_scope),
+        ):
+            if figures is not None:
+                click.echo(
+                    f"chest or not {who}: detected {figures['not_chest_detected']}/"
+                    f"{figures['n_not_chest']} not-chest films, flagged "
+                    f"{figures['chest_flagged']}/{figures['n_chest']} chest films"
+                )
+
+
+def _figure(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
 
 
 @click.command()

@@ -26,6 +26,8 @@ __all__ = [
     "ARCHITECTURE_HEADS",
     "ECE_TOLERANCE",
     "PROJECTION_FIGURES",
+    "SCOPE_FALSE_ALARM_CAP",
+    "SCOPE_FALSE_ALARM_MARGIN",
     "GateDecision",
     "gate",
     "heads_of",
@@ -64,6 +66,10 @@ class GateDecision:
     #: (:func:`training.projection.projection_figures`), when both have the head.
     candidate_projection: dict[str, Any] | None = None
     active_projection: dict[str, Any] | None = None
+    #: Both models' chest-or-not answers on the held-out chest and not-chest films
+    #: (:func:`training.scope_refit.predicted_scope_figures`), when both have the head.
+    candidate_scope: dict[str, Any] | None = None
+    active_scope: dict[str, Any] | None = None
 
 
 #: The PA/AP figures the gate compares, higher is better for each.
@@ -91,6 +97,50 @@ def _projection_comparison(
     return worse, better
 
 
+#: Chest films of the evaluation split a candidate may flag as unusual beyond those the
+#: active model flags: this share of them (rounded up; at least one film) ...
+SCOPE_FALSE_ALARM_MARGIN = 0.005
+#: ... and never more than this share of them in all, or one film where that share of a
+#: small split is less than one (unless no more than the active model flags: a candidate
+#: is not refused for the active model's own false alarms).
+SCOPE_FALSE_ALARM_CAP = 0.01
+
+
+def _scope_comparison(
+    cand: Mapping[str, Any] | None, act: Mapping[str, Any] | None
+) -> tuple[list[str], list[str]]:
+    """``(worse, better)`` on the chest-or-not answers of the evaluation split. Worse:
+    more chest films flagged than the active model beyond the margin or the cap, or
+    fewer not-chest films detected. Better: more not-chest films detected, or fewer
+    chest films flagged. Empty when either model lacks the head."""
+    if cand is None or act is None:
+        return [], []
+    worse, better = [], []
+    n_chest = int(cand.get("n_chest") or 0)
+    c_flag, a_flag = int(cand.get("chest_flagged") or 0), int(act.get("chest_flagged") or 0)
+    if n_chest and c_flag > a_flag:
+        margin = max(1, math.ceil(SCOPE_FALSE_ALARM_MARGIN * n_chest))
+        if c_flag > a_flag + margin:
+            worse.append(
+                f"chest films flagged unusual {c_flag}/{n_chest} > {a_flag} + {margin} "
+                "(the active model's, plus the margin)"
+            )
+        elif c_flag > max(1.0, SCOPE_FALSE_ALARM_CAP * n_chest):
+            worse.append(
+                f"chest films flagged unusual {c_flag}/{n_chest} > "
+                f"{SCOPE_FALSE_ALARM_CAP:.0%} (active {a_flag})"
+            )
+    elif n_chest and c_flag < a_flag:
+        better.append(f"chest films flagged unusual {c_flag}/{n_chest} < {a_flag}")
+    n_non = int(cand.get("n_not_chest") or 0)
+    c_det, a_det = int(cand.get("not_chest_detected") or 0), int(act.get("not_chest_detected") or 0)
+    if n_non and c_det < a_det:
+        worse.append(f"not-chest films detected {c_det}/{n_non} < {a_det}")
+    elif n_non and c_det > a_det:
+        better.append(f"not-chest films detected {c_det}/{n_non} > {a_det}")
+    return worse, better
+
+
 def _figures(metrics: Mapping[str, Any]) -> dict[str, float]:
     return {k: float(metrics[k]) for k in ("balanced_accuracy", "lateral_recall", "ece")}
 
@@ -103,6 +153,8 @@ def gate(
     gained_heads: Sequence[str] = (),
     candidate_projection: Mapping[str, Any] | None = None,
     active_projection: Mapping[str, Any] | None = None,
+    candidate_scope: Mapping[str, Any] | None = None,
+    active_scope: Mapping[str, Any] | None = None,
 ) -> GateDecision:
     """Promote only a candidate that beats the active model on the same evaluation set.
     (Choosing among sibling candidates before release is :func:`selection_key`.)
@@ -129,11 +181,24 @@ def gate(
     the projections it states, and in the balanced accuracy of every frontal at p_ap
     0.5; being better in one of them, with the view tied, is a reason to promote (the
     nightly refit of the PA/AP head: the same view weights, a better head).
+
+    Chest or not (``candidate_scope``, ``active_scope``: both models' answers, as the
+    service gives them, on the evaluation split's chest films and the films its
+    reviewers labelled not_chest, when both have the head): the candidate may flag no
+    more chest films as unusual than the active model plus
+    :data:`SCOPE_FALSE_ALARM_MARGIN` of them (at least one film), and no more than
+    :data:`SCOPE_FALSE_ALARM_CAP` of them (at least one film: 1 % of a split of 57 chest
+    films is none) unless it flags no more than the active model;
+    it must detect at least as many not-chest films. Detecting more, or flagging fewer
+    chest films, with the view tied, is a reason to promote (the nightly refit of the
+    chest-or-not head on a site's not_chest labels).
     """
     cand = _figures(candidate)
     proj = (
         dict(candidate_projection) if candidate_projection is not None else None,
         dict(active_projection) if active_projection is not None else None,
+        dict(candidate_scope) if candidate_scope is not None else None,
+        dict(active_scope) if active_scope is not None else None,
     )
     if lost_heads:
         # A better view figure does not pay for answers the service would stop giving.
@@ -155,7 +220,8 @@ def gate(
     if active is None:
         return GateDecision(True, ["no active model to compare with"], cand, None, *proj)
     act = _figures(active)
-    projection_worse, projection_better = _projection_comparison(*proj)
+    projection_worse, projection_better = _projection_comparison(*proj[:2])
+    scope_worse, scope_better = _scope_comparison(*proj[2:])
     reasons: list[str] = []
     if cand["balanced_accuracy"] < act["balanced_accuracy"]:
         reasons.append(
@@ -167,7 +233,7 @@ def gate(
         reasons.append(
             f"calibration worse: ECE {cand['ece']:.4f} > {act['ece']:.4f} + {ECE_TOLERANCE}"
         )
-    reasons += projection_worse
+    reasons += projection_worse + scope_worse
     if reasons:
         return GateDecision(False, reasons, cand, act, *proj)
     better = (
@@ -188,7 +254,19 @@ def gate(
             True,
             [
                 "ties the active model on the view and is better on PA/AP: "
-                + ", ".join(projection_better)
+                + ", ".join(projection_better),
+                *scope_better,
+            ],
+            cand,
+            act,
+            *proj,
+        )
+    if not better and scope_better:
+        return GateDecision(
+            True,
+            [
+                "ties the active model on the view and is better on chest or not: "
+                + ", ".join(scope_better)
             ],
             cand,
             act,
@@ -196,7 +274,9 @@ def gate(
         )
     if not better:
         return GateDecision(False, ["ties the active model: nothing to gain"], cand, act, *proj)
-    return GateDecision(True, ["beats the active model", *projection_better], cand, act, *proj)
+    return GateDecision(
+        True, ["beats the active model", *projection_better, *scope_better], cand, act, *proj
+    )
 
 
 def selection_key(validation: dict[str, Any]) -> tuple[float, float, float]:

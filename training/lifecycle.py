@@ -7,9 +7,12 @@ Human promotion and rollback are :func:`cxr_orient.registry.promote` and
 :func:`~cxr_orient.registry.rollback`.
 
 The retrain's candidate is a view network trained on the labels or, while the model in
-service has a PA/AP head, that model with the head refitted on the labelled frontals'
-projections (:mod:`training.head_refit`): a view network would lose the heads, and the
-gate refuses a candidate that lacks one the model in service has.
+service has a PA/AP or chest-or-not head, that model with the head(s) refitted: PA/AP on
+the labelled frontals' projections (:mod:`training.head_refit`), chest-or-not on the
+films reviewers labelled ``not_chest`` (:mod:`training.scope_refit`, from
+:data:`~training.scope_refit.MIN_NOT_CHEST` of them outside the evaluation split): a
+view network would lose the heads, and the gate refuses a candidate that lacks one the
+model in service has.
 
 The evaluation split is fixed: a patient belongs to it when a salted hash of
 its identifier falls under ``EVAL_FRACTION``. Membership depends on nothing
@@ -44,6 +47,7 @@ from db.models import VIEW_LABELS, ModelVersion, OrientationLabel
 from db.session import get_engine, session_scope
 from training.gate import GateDecision, gate, heads_of
 from training.projection import ProjectionSet
+from training.scope_refit import ScopeSet
 
 logger = logging.getLogger(__name__)
 
@@ -72,24 +76,30 @@ class LabelledSet:
     patients: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     highest_label_id: int = 0
-    #: Instances whose latest label says they are no chest radiograph: not trained on.
+    #: Instances whose latest label says they are no chest radiograph (decoded or not):
+    #: never trained on as a view, only by the chest-or-not head's refit.
     not_chest: int = 0
     #: A frontal's ``PA`` or ``AP`` when the labeller said which (``labels.projection``).
     projections: list[str | None] = field(default_factory=list)
+    #: The decoded not-chest films, their files and patients (index-aligned).
+    not_chest_images: list[np.ndarray] = field(default_factory=list)
+    not_chest_files: list[str] = field(default_factory=list)
+    not_chest_patients: list[str] = field(default_factory=list)
 
 
 def labelled_images_from_db(session: Session, intake: IntakeSettings) -> LabelledSet:
     """Decode the image behind every labelled instance, checked against its hash.
 
     A file that is missing, purged from the spool, outside the ingest root, changed or
-    undecodable is reported in ``problems`` and not trained on.
+    undecodable is reported in ``problems`` and not used. Films labelled ``not_chest``
+    go to ``not_chest_*`` (the chest-or-not head's), never to the view's lists.
     """
     out = LabelledSet()
     for instance, study, label in crud.latest_labels(session):
         out.highest_label_id = max(out.highest_label_id, label.id)
-        if label.label not in VIEW_LABELS:  # "not a chest radiograph" (a reviewer's)
+        is_view = label.label in VIEW_LABELS
+        if not is_view:  # "not a chest radiograph" (a reviewer's)
             out.not_chest += 1
-            continue
         try:
             ensure_not_purged(instance)
             image = load_checked_image(
@@ -108,6 +118,11 @@ def labelled_images_from_db(session: Session, intake: IntakeSettings) -> Labelle
             if study
             else str(instance.sop_instance_uid)
         )
+        if not is_view:
+            out.not_chest_images.append(image)
+            out.not_chest_files.append(instance.file_path)
+            out.not_chest_patients.append(f"db:{patient}")
+            continue
         out.images.append(image)
         out.labels.append(LABELS.index(OrientationLabel(label.label).value))
         out.files.append(instance.file_path)
@@ -129,16 +144,21 @@ def challenge(
     seed: int = 0,
     candidate_metrics: Mapping[str, Any] | None = None,
     projection_test: ProjectionSet | None = None,
+    scope_test: ScopeSet | None = None,
 ) -> GateDecision:
     """Evaluate ``candidate`` and the active model on ``test`` (the fixed evaluation
     split), record the decision with both sets of figures, and promote on a win.
 
     With ``projection_test`` (the split's frontals whose projection is labelled) and a
     PA/AP head on both models, their PA/AP answers there are compared too, as the
-    service gives them (``CXR_PROJECTION_THRESHOLD``, when set, for both)."""
+    service gives them (``CXR_PROJECTION_THRESHOLD``, when set, for both). With
+    ``scope_test`` (the split's view-labelled chest films and not_chest-labelled films)
+    and the chest-or-not head on both, which of them each flags as unusual is compared
+    too."""
     from cxr_orient.registry import ensure_active_model, load_version
     from training.evaluate import evaluate
     from training.projection import predicted_projection_figures
+    from training.scope_refit import predicted_scope_figures
 
     serving = ensure_active_model(session, inference)
     if serving.id == candidate.id:
@@ -161,6 +181,11 @@ def challenge(
             load_version(version, inference).classifier, projection_test
         )
 
+    def scope(version: ModelVersion) -> dict[str, Any] | None:
+        if scope_test is None or not len(scope_test):
+            return None
+        return predicted_scope_figures(load_version(version, inference).classifier, scope_test)
+
     serving_heads, candidate_heads = (
         heads_of(serving.architecture),
         heads_of(candidate.architecture),
@@ -172,12 +197,16 @@ def challenge(
         gained_heads=sorted(candidate_heads - serving_heads),
         candidate_projection=projection(candidate),
         active_projection=projection(serving),
+        candidate_scope=scope(candidate),
+        active_scope=scope(serving),
     )
     details = {
         "candidate": decision.candidate,
         "active": decision.active,
         "candidate_projection": decision.candidate_projection,
         "active_projection": decision.active_projection,
+        "candidate_scope": decision.candidate_scope,
+        "active_scope": decision.active_scope,
         "active_version": serving.name,
         "eval_images": len(test),
         "eval_patients": len(set(test.patients)),
@@ -203,11 +232,15 @@ def challenge(
     return decision
 
 
-def eval_split_from_db(session: Session, intake: IntakeSettings) -> tuple[Any, ProjectionSet]:
-    """The labelled images of the fixed evaluation split's patients, from the database,
-    and those of them that are frontals with a labelled projection."""
+def eval_split_from_db(
+    session: Session, intake: IntakeSettings
+) -> tuple[Any, ProjectionSet, ScopeSet]:
+    """The labelled images of the fixed evaluation split's patients, from the database;
+    those of them that are frontals with a labelled projection; and the split's chest
+    films with its films labelled not_chest (for the chest-or-not head)."""
     from training.data import LabelledImages
     from training.head_refit import projection_set
+    from training.scope_refit import scope_set
 
     collected = labelled_images_from_db(session, intake)
     keep = [i for i, p in enumerate(collected.patients) if in_eval_split(p)]
@@ -215,12 +248,22 @@ def eval_split_from_db(session: Session, intake: IntakeSettings) -> tuple[Any, P
         raise ModelError("no labelled image belongs to the fixed evaluation split yet")
     images = [collected.images[i] for i in keep]
     patients = [collected.patients[i] for i in keep]
-    return LabelledImages(
-        images=np.stack(images),
-        labels=np.asarray([collected.labels[i] for i in keep], dtype=np.int64),
-        files=[collected.files[i] for i in keep],
-        patients=patients,
-    ), projection_set(images, [collected.projections[i] for i in keep], patients)
+    non = [i for i, p in enumerate(collected.not_chest_patients) if in_eval_split(p)]
+    return (
+        LabelledImages(
+            images=np.stack(images),
+            labels=np.asarray([collected.labels[i] for i in keep], dtype=np.int64),
+            files=[collected.files[i] for i in keep],
+            patients=patients,
+        ),
+        projection_set(images, [collected.projections[i] for i in keep], patients),
+        scope_set(
+            images,
+            patients,
+            [collected.not_chest_images[i] for i in non],
+            [collected.not_chest_patients[i] for i in non],
+        ),
+    )
 
 
 def challenge_version(name: str, *, actor: str, settings: Settings) -> GateDecision:
@@ -229,7 +272,7 @@ def challenge_version(name: str, *, actor: str, settings: Settings) -> GateDecis
         candidate = crud.find_model_version(session, name=name)
         if candidate is None:
             raise ModelError(f"no model version named {name!r}")
-        test, projection_test = eval_split_from_db(session, settings.intake)
+        test, projection_test, scope_test = eval_split_from_db(session, settings.intake)
         return challenge(
             session,
             candidate=candidate,
@@ -237,6 +280,7 @@ def challenge_version(name: str, *, actor: str, settings: Settings) -> GateDecis
             actor=actor,
             inference=settings.inference,
             projection_test=projection_test,
+            scope_test=scope_test,
         )
 
 
@@ -295,10 +339,11 @@ def retrain(
     the fixed evaluation split, and promote it only if it wins.
 
     ``architecture`` :data:`AUTO` (the default): when the model in service has a PA/AP
-    head, the candidate is that model with the head refitted on the labelled frontals
-    (:mod:`training.head_refit`: nothing else changes, so it keeps every head);
-    otherwise a ``compact_invariant_64`` view network is trained. A network name trains
-    that network; ``refit-projection`` asks for the refit.
+    or chest-or-not head, the candidate is that model with the heads the labels can
+    refit refitted (:func:`training.head_refit.refit_plan`: PA/AP on the labelled
+    frontals, chest-or-not on the films labelled not_chest; nothing else changes, so it
+    keeps every head); otherwise a ``compact_invariant_64`` view network is trained. A
+    network name trains that network; ``refit-projection`` asks for the refit.
 
     The view network's recipe is the shipped model's: ``epochs`` of cosine-decayed
     learning rate, and early stopping only from ``min_epochs`` (default 70 % of
@@ -376,6 +421,7 @@ def _retrain_locked(
     from cxr_orient.registry import ensure_active_model, register_checkpoint
     from training.data import LabelledImages
     from training.head_refit import REFIT_PROJECTION, has_projection_head
+    from training.scope_refit import has_scope_head
 
     with session_scope() as session:
         serving = ensure_active_model(session, settings.inference)
@@ -394,15 +440,14 @@ def _retrain_locked(
         collected = labelled_images_from_db(session, settings.intake)
     for problem in collected.problems:
         logger.warning("not trained on: %s", problem)
+    refittable = has_projection_head(serving_architecture) or has_scope_head(serving_architecture)
     if architecture == AUTO:
-        architecture = (
-            REFIT_PROJECTION
-            if has_projection_head(serving_architecture)
-            else DEFAULT_RETRAIN_NETWORK
-        )
-    if architecture == REFIT_PROJECTION and not has_projection_head(serving_architecture):
+        architecture = REFIT_PROJECTION if refittable else DEFAULT_RETRAIN_NETWORK
+    if architecture == REFIT_PROJECTION and not refittable:
         return RetrainResult(
-            "skipped", f"the model in service ({serving_architecture}) has no PA/AP head to refit"
+            "skipped",
+            f"the model in service ({serving_architecture}) has no PA/AP or chest-or-not "
+            "head to refit",
         )
 
     films = _with_folder(collected, extra_dir, manifest)
@@ -437,45 +482,52 @@ def _retrain_locked(
     out_dir = settings.storage.effective_model_dir
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
     candidate_metrics: dict[str, Any] | None = None
+    scope_test: ScopeSet | None = None
     if architecture == REFIT_PROJECTION:
-        from training.head_refit import (
-            projection_set,
-            refit_name,
-            refit_projection_candidate,
-            split_frontals,
-        )
+        from training.head_refit import refit_candidate, refit_name, refit_plan
 
-        frontals = projection_set(films.images, films.projections, films.patients)
-        train, val, held_out = split_frontals(
-            frontals, held_out=[in_eval_split(p) for p in frontals.patients], seed=seed
+        plan = refit_plan(
+            films.images,
+            films.projections,
+            films.patients,
+            collected.not_chest_images,
+            collected.not_chest_patients,
+            architecture=serving_architecture,
+            in_eval=in_eval_split,
+            seed=seed,
         )
-        for part, what in ((held_out, "fixed evaluation split"), (train, "training patients")):
-            if not part.has_both:
-                return RetrainResult(
-                    "skipped",
-                    f"the {what} do not yet hold PA and AP frontals ({part.counts}); "
-                    "label more patients' projections",
-                    problems=collected.problems,
-                )
-        if not val.has_both:
+        if plan.projection is None and plan.scope is None:
             return RetrainResult(
                 "skipped",
-                f"the validation patients do not yet hold PA and AP frontals ({val.counts})",
+                "nothing to refit: " + "; ".join(plan.reasons),
                 problems=collected.problems,
             )
-        name = refit_name(serving_name, stamp)
-        refit = refit_projection_candidate(
+        for reason in plan.reasons:
+            logger.info("retrain: %s", reason)
+        what = "-".join(
+            part
+            for part, done in (("pa-ap", plan.projection), ("scope", plan.scope))
+            if done is not None
+        )
+        name = refit_name(serving_name, stamp, what=what)
+        refit = refit_candidate(
             serving_path,
             base_sha256=serving_sha256,
-            train=train,
-            validation=val,
-            held_out=held_out,
+            projection=plan.projection,
+            scope=plan.scope,
             name=name,
             out_dir=out_dir,
             seed=seed,
-            extra_training={**extra_training, "projection_labels_used": len(frontals)},
+            extra_training={
+                **extra_training,
+                "projection_labels_used": plan.projection_labels,
+                "not_chest_labels": collected.not_chest,
+                "not_chest_films_used": plan.not_chest_films,
+                "refitted": what,
+                "not_refitted": plan.reasons,
+            },
         )
-        checkpoint, projection_test = refit.checkpoint, held_out
+        checkpoint, projection_test, scope_test = refit.checkpoint, plan.held_out, plan.scope_test
     else:
         from training.candidate import train_and_evaluate
         from training.data import Split, grouped_stratified_split
@@ -517,6 +569,7 @@ def _retrain_locked(
             seed=seed,
             candidate_metrics=candidate_metrics,
             projection_test=projection_test,
+            scope_test=scope_test,
         )
     status = "promoted" if decision.promote else "rejected"
     return RetrainResult(

@@ -161,6 +161,10 @@ def test_a_decision_leaves_the_queue_and_feeds_the_next_retrain(answers: dict[st
     assert labelled.labels == [LABELS.index("lateral")]
     assert len(labelled.images) == 1 and labelled.images[0].shape == (256, 256)
     assert labelled.not_chest == 1 and labelled.problems == []
+    # The not-chest film is decoded for the chest-or-not head, never as a view.
+    assert len(labelled.not_chest_images) == 1 and labelled.not_chest_images[0].shape == (256, 256)
+    assert len(labelled.not_chest_patients) == len(labelled.not_chest_files) == 1
+    assert labelled.not_chest_files[0] not in labelled.files
 
 
 def test_a_frontal_decision_may_carry_its_projection(answers: dict[str, int]) -> None:
