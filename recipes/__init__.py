@@ -16,7 +16,9 @@ checkout as ``python -m recipes.<name>`` (``--help`` tells the exact command tha
 - :mod:`recipes.lateral_encodings`: a study of the shipped default, its lateral recall
   and margin on test patients' films under every turn and lossy DICOM encoding;
 - :mod:`recipes.gpu_heads_probe`: a study on the lent GPU, whether networks of their own
-  at 256 px tell PA from AP and chest from not-chest better than v4's heads.
+  at 256 px tell PA from AP and chest from not-chest better than v4's heads;
+- :mod:`recipes.scope_refit_site`: a study of the nightly chest-or-not refit
+  (:mod:`training.scope_refit`) for a site whose body part the base head never saw.
 
 :mod:`recipes.common` holds what several share. The data come from ``CXR_DEV_DATA``
 (default ``../shared/data`` beside the checkout; :mod:`recipes.common.devdata`), never

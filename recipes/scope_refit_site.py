@@ -25,6 +25,7 @@ features are cached in ``.devdata/scope-refit-features.npz``.
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import logging
@@ -160,7 +161,12 @@ def _base_head(
     return logistic(*chest_training(f, d, set(BODY_PARTS) - {held}), 1.0)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    argparse.ArgumentParser(
+        prog="python -m recipes.scope_refit_site",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    ).parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     from cxr_orient.modelstore import load_checkpoint
 
