@@ -12,7 +12,8 @@ error page: the decision can still be recorded from the other views of the study
 A decision is an append-only ``labels`` row (source ``review``, annotator the user), so
 the latest label of an instance is what the next retrain learns from
 (:func:`training.lifecycle.labelled_images_from_db`); "not a chest radiograph" is kept as
-``not_chest`` and leaves the instance out of training. A frontal may carry the
+``not_chest``: never learnt as a view, it teaches the chest-or-not head
+(:mod:`training.scope_refit`). A frontal may carry the
 reviewer's projection (PA or AP, ``labels.projection``), the PA/AP head's training
 target.
 """

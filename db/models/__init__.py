@@ -101,7 +101,8 @@ class OrientationLabel(enum.StrEnum):
 
 class LabelValue(enum.StrEnum):
     """What a ground-truth label may say: a view, or that the image is no chest
-    radiograph at all (a reviewer's answer; training leaves such an instance out)."""
+    radiograph at all (a reviewer's answer; never learnt as a view, it teaches the
+    chest-or-not head: training.scope_refit)."""
 
     frontal = "frontal"
     lateral = "lateral"

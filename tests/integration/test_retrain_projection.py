@@ -64,6 +64,9 @@ def _variant_of(base, folder, name, head, load_checkpoint, read_card, save_check
 
 
 @pytest.mark.skipif(not COVID_CXR.is_dir(), reason="needs ../shared/data/covid-cxr")
+# One database: the refit reads labels and projections through the queries that
+# test_retrain.py and test_projection.py run on both, and on SQLite it cost 2 more minutes.
+@pytest.mark.parametrize("db_backend", ["postgresql"], indirect=True)
 def test_retrain_refits_the_pa_ap_head_and_the_gate_guards_it(
     migrated_db: str, configure: Callable[..., None], tmp_path: Path
 ) -> None:
