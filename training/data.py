@@ -25,6 +25,7 @@ import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol, Self, TypeVar
 
 import numpy as np
 
@@ -35,6 +36,7 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "IMAGE_SUFFIXES",
     "LabelledImages",
+    "PatientFilms",
     "Split",
     "grouped_stratified_split",
     "list_labelled_files",
@@ -42,6 +44,7 @@ __all__ = [
     "load_npz",
     "read_patient_manifest",
     "save_npz",
+    "split_around_held_out",
 ]
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".dcm", ".dicom", ""})
@@ -296,3 +299,39 @@ def grouped_stratified_split(
         return np.asarray(sorted(idx), dtype=int)
 
     return Split(train=indices(sides[0]), val=indices(sides[1]), test=indices(sides[2]))
+
+
+class PatientFilms(Protocol):
+    """Films index-aligned with a binary target ``y`` and their patients: a head's
+    training set (:class:`training.projection.ProjectionSet`,
+    :class:`training.scope_refit.ScopeSet`)."""
+
+    y: np.ndarray
+    patients: list[str]
+
+    def subset(self, index: np.ndarray) -> Self: ...
+
+
+FilmsT = TypeVar("FilmsT", bound=PatientFilms)
+
+
+def split_around_held_out(
+    films: FilmsT, *, held_out: Sequence[bool], validation_fraction: float, seed: int
+) -> tuple[FilmsT, FilmsT, FilmsT]:
+    """``(train, validation, held out)`` by patient: ``held_out`` marks the fixed
+    evaluation split's films; the others are split ``1 - validation_fraction`` /
+    ``validation_fraction`` by :func:`grouped_stratified_split`, stratified by whether a
+    patient has a film whose ``y`` is 1."""
+    mask = np.asarray(held_out, dtype=bool)
+    rest = np.flatnonzero(~mask)
+    inner = grouped_stratified_split(
+        films.y[rest].astype(int),
+        [films.patients[i] for i in rest],
+        fractions=(1.0 - validation_fraction, validation_fraction, 0.0),
+        seed=seed,
+    )
+    return (
+        films.subset(rest[inner.train]),
+        films.subset(rest[inner.val]),
+        films.subset(np.flatnonzero(mask)),
+    )

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from training.augment import augmented_copies
-from training.data import grouped_stratified_split
+from training.data import split_around_held_out
 from training.gate import heads_of
 from training.projection import (
     HEAD_LAYER,
@@ -105,18 +105,8 @@ def split_frontals(
 ) -> tuple[ProjectionSet, ProjectionSet, ProjectionSet]:
     """``(train, validation, held out)`` by patient: ``held_out`` marks the fixed
     evaluation split's films, the rest are split by :data:`VALIDATION_FRACTION`."""
-    mask = np.asarray(held_out, dtype=bool)
-    rest = np.flatnonzero(~mask)
-    inner = grouped_stratified_split(
-        frontals.y[rest].astype(int),
-        [frontals.patients[i] for i in rest],
-        fractions=(1.0 - VALIDATION_FRACTION, VALIDATION_FRACTION, 0.0),
-        seed=seed,
-    )
-    return (
-        frontals.subset(rest[inner.train]),
-        frontals.subset(rest[inner.val]),
-        frontals.subset(np.flatnonzero(mask)),
+    return split_around_held_out(
+        frontals, held_out=held_out, validation_fraction=VALIDATION_FRACTION, seed=seed
     )
 
 

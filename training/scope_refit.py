@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from training.augment import augmented_copies
-from training.data import grouped_stratified_split
+from training.data import split_around_held_out
 from training.gate import heads_of
 from training.projection import scope_features
 
@@ -126,18 +126,8 @@ def split_scope(
     """``(train, validation, held out)`` by patient: ``held_out`` marks the fixed
     evaluation split's films; the others are split by :data:`VALIDATION_FRACTION`,
     stratified by whether a patient has a not-chest film."""
-    mask = np.asarray(held_out, dtype=bool)
-    rest = np.flatnonzero(~mask)
-    inner = grouped_stratified_split(
-        films.y[rest].astype(int),
-        [films.patients[i] for i in rest],
-        fractions=(1.0 - VALIDATION_FRACTION, VALIDATION_FRACTION, 0.0),
-        seed=seed,
-    )
-    return (
-        films.subset(rest[inner.train]),
-        films.subset(rest[inner.val]),
-        films.subset(np.flatnonzero(mask)),
+    return split_around_held_out(
+        films, held_out=held_out, validation_fraction=VALIDATION_FRACTION, seed=seed
     )
 
 
