@@ -36,6 +36,7 @@ __all__ = [
     "fit_projection_head",
     "fit_temperature_1d",
     "logistic",
+    "predict_in_batches",
     "predicted_projection_figures",
     "projection_figures",
     "projection_of_view",
@@ -257,17 +258,21 @@ def _defined(value: float) -> float | None:
     return None if math.isnan(value) else value
 
 
+def predict_in_batches(classifier: Any, images: np.ndarray, *, batch: int = 32) -> list[Any]:
+    """``classifier``'s answers (:meth:`cxr_orient.modelstore.Classifier.predict`) to
+    ``images``, ``batch`` at a time."""
+    return [
+        a for i in range(0, len(images), batch) for a in classifier.predict(images[i : i + batch])
+    ]
+
+
 def predicted_projection_figures(
     classifier: Any, frontals: ProjectionSet, *, batch: int = 32
 ) -> dict[str, Any] | None:
     """:func:`projection_figures` of ``classifier``'s answers (the one prediction rule,
     :meth:`cxr_orient.modelstore.Classifier.predict`: a film it calls lateral, or is not
     sure of, is given no projection); None for a model without a PA/AP head."""
-    answers = [
-        a
-        for i in range(0, len(frontals), batch)
-        for a in classifier.predict(frontals.images[i : i + batch])
-    ]
+    answers = predict_in_batches(classifier, frontals.images, batch=batch)
     if not answers or any(a.p_ap is None for a in answers):
         return None
     return projection_figures(

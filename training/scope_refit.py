@@ -38,7 +38,7 @@ import numpy as np
 from training.augment import augmented_copies
 from training.data import split_around_held_out
 from training.gate import heads_of
-from training.projection import scope_features
+from training.projection import predict_in_batches, scope_features
 
 __all__ = [
     "CHEST_QUANTILE",
@@ -360,11 +360,7 @@ def predicted_scope_figures(
     detected. None for a model without the chest-or-not head or no film."""
     if not len(films) or not has_scope_head(classifier.card.architecture):
         return None
-    answers = [
-        a
-        for i in range(0, len(films), batch)
-        for a in classifier.predict(films.images[i : i + batch])
-    ]
+    answers = predict_in_batches(classifier, films.images, batch=batch)
     flagged = np.array([a.unusual for a in answers], dtype=bool)
     chest, non = flagged[films.y == 0], flagged[films.y == 1]
     return {
