@@ -12,7 +12,7 @@ from PIL import Image
 from sqlalchemy import select
 
 from cxr_orient.settings import get_settings
-from tests.utils.dicom_factory import COVID_CXR, make_dicom
+from tests.utils.dicom_factory import COVID_CXR, make_dicom, sop_instance_uid
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -77,7 +77,8 @@ def test_retrain_gates_promotes_and_refuses_a_worse_model(
     report = enqueue_paths([corpus], send=None, settings=get_settings())
     assert len(report.queued) == len(files)
     rows = [
-        {"sop_instance_uid": _uid(path), "label": label, "source": "test"} for path, label in files
+        {"sop_instance_uid": sop_instance_uid(path), "label": label, "source": "test"}
+        for path, label in files
     ]
     with session_scope() as session:
         assert import_labels(session, rows) == len(files)
@@ -171,7 +172,7 @@ def test_an_existing_database_adopts_the_new_shipped_model_through_the_gate(
         import_labels(
             session,
             [
-                {"sop_instance_uid": _uid(path), "label": label, "source": "test"}
+                {"sop_instance_uid": sop_instance_uid(path), "label": label, "source": "test"}
                 for path, label in files
             ],
         )
@@ -200,12 +201,6 @@ def test_an_existing_database_adopts_the_new_shipped_model_through_the_gate(
     assert "adds the PA/AP, chest-or-not head(s)" in event.reason, event.reason
     assert event.details["candidate"] == event.details["active"]  # the same view figures
     assert event.details["active_version"] == previous.stem
-
-
-def _uid(path: Path) -> str:
-    import pydicom
-
-    return str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
 
 
 def _untrained_checkpoint(

@@ -14,7 +14,7 @@ from sqlalchemy import select
 
 from cxr_orient.settings import SHIPPED_MODEL, get_settings
 from tests.utils.corpus import real_image
-from tests.utils.dicom_factory import COVID_CXR, make_dicom
+from tests.utils.dicom_factory import COVID_CXR, make_dicom, sop_instance_uid
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -102,7 +102,7 @@ def test_retrain_refits_the_pa_ap_head_and_the_gate_guards_it(
         label = "lateral" if kind == "lateral" else "frontal"
         rows.append(
             {
-                "sop_instance_uid": _uid(path),
+                "sop_instance_uid": sop_instance_uid(path),
                 "label": label,
                 "source": "review",
                 "projection": kind if label == "frontal" else "",
@@ -206,9 +206,3 @@ def test_retrain_refits_the_pa_ap_head_and_the_gate_guards_it(
 
     # No new labels since: the next night does nothing.
     assert retrain(get_settings(), min_new_labels=1).status == "skipped"
-
-
-def _uid(path: Path) -> str:
-    import pydicom
-
-    return str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)

@@ -27,7 +27,7 @@ import pytest
 
 from cxr_orient.settings import SHIPPED_MODEL, get_settings
 from tests.utils.corpus import real_image, rg1_pixels
-from tests.utils.dicom_factory import COVID_CXR, make_dicom
+from tests.utils.dicom_factory import COVID_CXR, make_dicom, sop_instance_uid
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -39,12 +39,6 @@ def _patients(in_eval: bool) -> Iterator[str]:
     from training.lifecycle import in_eval_split
 
     return (f"S{i}" for i in count() if in_eval_split(f"db:S{i}") is in_eval)
-
-
-def _uid(path: Path) -> str:
-    import pydicom
-
-    return str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
 
 
 def _review(rows: list[dict[str, str]]) -> None:
@@ -124,7 +118,9 @@ def test_retrain_refits_the_chest_or_not_head_without_dev_data(
                 view_position=None,
                 study_uid=f"1.2.826.0.1.3680043.10.12.1.{n}",
             )
-            chest_rows.append({"sop_instance_uid": _uid(path), "label": label, "source": "review"})
+            chest_rows.append(
+                {"sop_instance_uid": sop_instance_uid(path), "label": label, "source": "review"}
+            )
             n += 1
     others = pydicom_test_images()
     non_rows: dict[bool, list[dict[str, str]]] = {True: [], False: []}
@@ -139,7 +135,7 @@ def test_retrain_refits_the_chest_or_not_head_without_dev_data(
             study_uid=f"1.2.826.0.1.3680043.10.12.2.{i}",
         )
         non_rows[held].append(
-            {"sop_instance_uid": _uid(path), "label": "not_chest", "source": "review"}
+            {"sop_instance_uid": sop_instance_uid(path), "label": "not_chest", "source": "review"}
         )
     assert len(non_rows[False]) >= MIN_NOT_CHEST + 5 and non_rows[True]
     configure(
@@ -298,7 +294,9 @@ def test_retrain_learns_a_body_part_it_missed(
             view_position=None,
             study_uid=f"1.2.826.0.1.3680043.10.13.1.{n}",
         )
-        rows.append({"sop_instance_uid": _uid(path), "label": row["class"], "source": "review"})
+        rows.append(
+            {"sop_instance_uid": sop_instance_uid(path), "label": row["class"], "source": "review"}
+        )
     wrist_patients = []
     for n, src in enumerate(labelled):
         patient = f"W{n}"
@@ -311,7 +309,9 @@ def test_retrain_learns_a_body_part_it_missed(
             view_position=None,
             study_uid=f"1.2.826.0.1.3680043.10.13.2.{n}",
         )
-        rows.append({"sop_instance_uid": _uid(path), "label": "not_chest", "source": "review"})
+        rows.append(
+            {"sop_instance_uid": sop_instance_uid(path), "label": "not_chest", "source": "review"}
+        )
     configure(
         database_url=migrated_db,
         ingest_root=corpus,
